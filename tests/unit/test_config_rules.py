@@ -325,7 +325,7 @@ RULES = [
     (
         GROUP + "    file_targets: {path: bad-targets.txt}\n",
         "target_groups[0].file_targets.path",
-        "bad-targets.txt line 2: not host:port",
+        "bad-targets.txt line 2: not host or host:port",
     ),
     (
         GROUP + "    local_targets: {paths: [missing-dir]}\n",

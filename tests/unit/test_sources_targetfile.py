@@ -41,6 +41,16 @@ def test_json_array_of_strings(tmp_path: Path) -> None:
     assert read_target_file(path) == ["a:1", "[::1]:2"]
 
 
+def test_a_target_without_a_port_is_the_schemes_as_in_static_targets(tmp_path: Path) -> None:
+    """The Go tracker takes any line of the file as a target, a host alone too (the scheme's
+    port); refused, one such line failed the whole file at load."""
+    assert read_target_file(write(tmp_path, "sidecar-a.example.org\nb:2\n")) == [
+        "sidecar-a.example.org",
+        "b:2",
+    ]
+    assert read_target_file(write(tmp_path, '["[::1]", "c"]')) == ["[::1]", "c"]
+
+
 def test_empty_file_has_no_targets(tmp_path: Path) -> None:
     assert read_target_file(write(tmp_path, "# nothing yet\n")) == []
     assert read_target_file(write(tmp_path, "[]")) == []
@@ -49,13 +59,13 @@ def test_empty_file_has_no_targets(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("data", "reason"),
     [
-        ("a:1\n\nb:2\nhttp://c:3\n", "line 4: not host:port: 'http://c:3'"),
-        ("a:1\nb\n", "line 2: not host:port: 'b'"),
-        ('["a:1", 7]', ": [1]: not host:port: 7"),
-        ('["a:1", "b"]', ": [1]: not host:port: 'b'"),
+        ("a:1\n\nb:2\nhttp://c:3\n", "line 4: not host or host:port: 'http://c:3'"),
+        ("a:1\nb:\n", "line 2: not host or host:port: 'b:'"),
+        ('["a:1", 7]', ": [1]: not host or host:port: 7"),
+        ('["a:1", "b:0"]', ": [1]: not host or host:port: 'b:0'"),
         # credentials never shown (the daemon logged this line at every scrape)
-        ("admin:hunter2@10.0.0.1:8899\n", "line 1: not host:port: '***@10.0.0.1:8899'"),
-        ('["u:pw@h:1"]', ": [0]: not host:port: '***@h:1'"),
+        ("admin:hunter2@10.0.0.1:8899\n", "line 1: not host or host:port: '***@10.0.0.1:8899'"),
+        ('["u:pw@h:1"]', ": [0]: not host or host:port: '***@h:1'"),
         ('["a:1",', ": invalid JSON: Expecting value: line 1 column 8 (char 7)"),
         ("[" * 100_000, ": JSON nested too deeply"),
         (b"a:1\n\xff\n", ": not UTF-8 text (byte 4)"),

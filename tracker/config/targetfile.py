@@ -1,8 +1,9 @@
 """``file_targets``: a file listing sidecar targets, re-read on every scrape.
 
 Two formats: a JSON array of ``"host:port"`` strings, or one ``host:port`` a line with blank
-lines and ``#`` comments ignored. One bad entry fails the whole file with an error naming the
-line (or array index): silently probing half a fleet would hide the typo.
+lines and ``#`` comments ignored; the port may be left out (the scheme's), as in
+``static_targets`` and the Go tracker's files. One bad entry fails the whole file with an
+error naming the line (or array index): silently probing half a fleet would hide the typo.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ DEFAULT_MAX_BYTES = 1024 * 1024
 
 
 def read_target_file(path: str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> list[str]:
-    """The ``host:port`` targets listed in ``path``, in order, duplicates dropped.
+    """The ``host[:port]`` targets listed in ``path``, in order, duplicates dropped.
 
     Blocking: run it in a worker thread. Raises :class:`ProbeError` (one line) when the file
     cannot be read, is larger than ``max_bytes``, is not UTF-8, is invalid JSON, or holds an
-    entry that is not ``host:port``.
+    entry that is neither ``host`` nor ``host:port``.
     """
     text = _read(path, max_bytes)
     if text.lstrip().startswith("["):
@@ -64,9 +65,9 @@ def _json_targets(text: str, path: str) -> list[str]:
         raise ProbeError(f"{path}: not a JSON array of strings")
     targets = []
     for index, entry in enumerate(entries):
-        if not isinstance(entry, str) or not is_host_port(entry):
+        if not isinstance(entry, str) or not is_authority(entry):
             shown = redact_url(entry) if isinstance(entry, str) else entry
-            raise ProbeError(f"{path}: [{index}]: not host:port: {quoted(shown)}")
+            raise ProbeError(f"{path}: [{index}]: not host or host:port: {quoted(shown)}")
         targets.append(entry)
     return targets
 
@@ -77,7 +78,8 @@ def _line_targets(text: str, path: str) -> list[str]:
         entry = line.split("#", 1)[0].strip()
         if not entry:
             continue
-        if not is_host_port(entry):
-            raise ProbeError(f"{path} line {number}: not host:port: {quoted(redact_url(entry))}")
+        if not is_authority(entry):  # the port may be left out, as in static_targets
+            reason = f"not host or host:port: {quoted(redact_url(entry))}"
+            raise ProbeError(f"{path} line {number}: {reason}")
         targets.append(entry)
     return targets
