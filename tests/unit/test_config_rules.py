@@ -258,11 +258,6 @@ RULES = [
         "expected host:port or an http(s):// origin",
     ),
     (
-        GROUP + "    consul_sd_config: {token: t, token_file: secret.txt}\n",
-        "target_groups[0].consul_sd_config",
-        "not both",
-    ),
-    (
         GROUP + "    consul_sd_config: {token_file: missing.txt}\n",
         "target_groups[0].consul_sd_config.token_file",
         "cannot read",
@@ -477,3 +472,58 @@ def test_a_token_no_header_may_carry_is_refused_without_being_quoted(tmp_path: P
     text = GROUP + "    bearer_auth: {token_file: spaced.txt}\n"
     line = problem_at(problems(tmp_path, text), "target_groups[0].bearer_auth.token_file")
     assert "not usable in a header" in line and "b34r3r" not in line
+
+
+@pytest.mark.parametrize(
+    ("given", "secrets", "environ", "host", "token"),
+    [
+        ({}, {}, {}, "", ""),  # Consul's default address, no token
+        ({}, {}, {"CONSUL_HTTP_ADDR": "consul:8500"}, "consul:8500", ""),
+        ({"host": "c:1"}, {}, {"CONSUL_HTTP_ADDR": "consul:8500"}, "c:1", ""),  # given wins
+        ({}, {}, {"CONSUL_HTTP_SSL": "true"}, "https://127.0.0.1:8500", ""),
+        ({}, {}, {"CONSUL_HTTP_ADDR": "c:1", "CONSUL_HTTP_SSL": "1"}, "https://c:1", ""),
+        ({"host": "http://c:1"}, {}, {"CONSUL_HTTP_SSL": "true"}, "http://c:1", ""),
+        ({}, {}, {"CONSUL_HTTP_SSL": "yes"}, "", ""),  # not one of Go's trues
+        # token_file wins over token (both were refused: a file the Go tracker takes)
+        ({"token": "t", "token_file": "/s"}, {"/s": "from-file"}, {}, "", "from-file"),
+        ({"token": "t", "token_file": "/s"}, {"/s": ""}, {}, "", "t"),  # an empty file
+        ({}, {}, {"CONSUL_HTTP_TOKEN": "from-env"}, "", "from-env"),
+        ({"token": "t"}, {}, {"CONSUL_HTTP_TOKEN": "from-env"}, "", "t"),
+    ],
+)
+def test_consul_is_found_and_asked_as_the_go_trackers_client_does(
+    given: dict[str, str],
+    secrets: dict[str, str],
+    environ: dict[str, str],
+    host: str,
+    token: str,
+) -> None:
+    """An empty ``host`` is ``CONSUL_HTTP_ADDR``, ``CONSUL_HTTP_SSL`` makes it https, the
+    token is ``token_file``'s (not empty), else ``token``, else ``CONSUL_HTTP_TOKEN``: what
+    the Go tracker's Consul client (``api.NewClient``) reads. They were ignored (a fleet that
+    sets them asked 127.0.0.1:8500 without a token and found no target)."""
+    from tracker.config.schema import ConsulSDConfig
+    from tracker.config.sections import finish_consul
+
+    finished = finish_consul(ConsulSDConfig(service="s", **given), secrets, environ)
+    assert (finished.host, finished.resolved_token) == (host, token)
+
+
+@pytest.mark.parametrize(
+    ("environ", "key", "reason"),
+    [
+        ({"CONSUL_HTTP_ADDR": "ftp://c:1"}, "host", "CONSUL_HTTP_ADDR: "),
+        ({"CONSUL_HTTP_TOKEN": "a b"}, "token", "CONSUL_HTTP_TOKEN holds a space"),
+    ],
+)
+def test_a_consul_environment_that_cannot_be_used_is_named(
+    environ: dict[str, str], key: str, reason: str
+) -> None:
+    from tracker.config.schema import ConsulSDConfig
+    from tracker.config.sections import finish_consul
+    from tracker.errors import FieldProblems
+
+    with pytest.raises(FieldProblems) as raised:
+        finish_consul(ConsulSDConfig(service="s"), {}, environ)
+    [(path, text)] = raised.value.problems
+    assert path == (key,) and text.startswith(reason)

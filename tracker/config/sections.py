@@ -9,6 +9,7 @@ secrets. :func:`file_problems` and :func:`store_problems` check what spans secti
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import ssl
 from collections.abc import Callable, Mapping
@@ -27,7 +28,7 @@ from tracker.config.schema import (
     ObjectStore,
     TLSConfig,
 )
-from tracker.config.values import parse_address, parse_duration
+from tracker.config.values import consul_host, parse_address, parse_duration
 from tracker.core.text import one_line
 from tracker.proof.levels import Level
 
@@ -113,18 +114,43 @@ def finish_object_store(store: ObjectStore, secrets: Secrets) -> ObjectStore:
 SERVICE_WANTED = "the Consul service whose instances are the targets"
 
 
-def finish_consul(consul: ConsulSDConfig, secrets: Secrets) -> ConsulSDConfig:
-    """The service to ask, and at most one token: given or read from its file."""
-    problems: list[tuple[Path, str]] = []
+def finish_consul(
+    consul: ConsulSDConfig, secrets: Secrets, environ: Mapping[str, str] = os.environ
+) -> ConsulSDConfig:
+    """The service to ask, where and with which token, as the Go tracker's Consul client
+    reads them: an empty ``host`` is ``CONSUL_HTTP_ADDR`` (then Consul's default), with
+    ``https`` when ``CONSUL_HTTP_SSL`` is true; the token is ``token_file``'s when that is
+    set and not empty (it wins over ``token``), else ``token``, else ``CONSUL_HTTP_TOKEN``."""
     if not consul.service:
-        problems.append((("service",), f"required: {SERVICE_WANTED}"))
-    if consul.token and consul.token_file:
-        problems.append(((), "set either token or token_file, not both"))
-    raise_problems(problems)
-    token = secrets.get(consul.token_file, consul.token)
-    if token:
-        _check_token(consul.token, consul.token_file, secrets)
-    return attrs.evolve(consul, resolved_token=token)
+        raise_problems([(("service",), f"required: {SERVICE_WANTED}")])
+    host = consul.host
+    if not host and environ.get("CONSUL_HTTP_ADDR", ""):
+        try:
+            host = consul_host(environ["CONSUL_HTTP_ADDR"])
+        except ValueError as exc:
+            raise_problems([(("host",), f"CONSUL_HTTP_ADDR: {exc}")])
+    if "://" not in host and _true(environ.get("CONSUL_HTTP_SSL", "")):
+        host = f"https://{host or DEFAULT_CONSUL}"
+    read = secrets[consul.token_file] if consul.token_file else ""
+    if read:
+        token, key, where = read, "token_file", f"the token file {consul.token_file!r}"
+    elif consul.token:
+        token, key, where = consul.token, "token", "token"
+    else:
+        token, key, where = environ.get("CONSUL_HTTP_TOKEN", ""), "token", "CONSUL_HTTP_TOKEN"
+    problem = token_problem(token, where) if token else ""
+    raise_problems([((key,), problem)] if problem else [])
+    return attrs.evolve(consul, host=host, resolved_token=token)
+
+
+#: Where Consul's HTTP API is when nothing says otherwise (its client's default).
+DEFAULT_CONSUL = "127.0.0.1:8500"
+
+
+def _true(text: str) -> bool:
+    """Go's ``strconv.ParseBool`` true (what the Consul client reads ``CONSUL_HTTP_SSL``
+    with); anything else is false."""
+    return text in ("1", "t", "T", "TRUE", "true", "True")
 
 
 def finish_discovery(discovery: ClusterDiscovery) -> ClusterDiscovery:

@@ -15,13 +15,12 @@ import attrs
 import httpx
 import trio
 
+from tracker.config.sections import DEFAULT_CONSUL
 from tracker.config.targetfile import is_host_port
 from tracker.core.text import quoted
 from tracker.errors import ProbeError
 from tracker.net.limits import decode_text, fetch_capped, iter_json_array
 
-#: Where the Go Consul client looks when ``host`` is empty.
-DEFAULT_HOST = "127.0.0.1:8500"
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
 DEFAULT_MAX_ENTRIES = 10_000
 # Catalog entries carry node and service metadata: allow more per element than a sidecar's.
@@ -78,7 +77,7 @@ def parse_catalog(body: bytes | bytearray, max_entries: int) -> list[str]:
 
 
 def _origin(host: str) -> str:
-    host = host.strip().rstrip("/") or DEFAULT_HOST
+    host = host.strip().rstrip("/") or DEFAULT_CONSUL
     return host if "://" in host else f"http://{host}"
 
 
