@@ -177,11 +177,6 @@ RULES = [
         "must not have a query or fragment",
     ),
     (
-        GROUP + "    basic_auth: {password: p}\n",
-        "target_groups[0].basic_auth.username",
-        "needs a username",
-    ),
-    (
         GROUP + "    basic_auth: {username: u, password: p, password_file: secret.txt}\n",
         "target_groups[0].basic_auth",
         "either password or password_file, not both",
@@ -527,3 +522,13 @@ def test_a_consul_environment_that_cannot_be_used_is_named(
         finish_consul(ConsulSDConfig(service="s"), {}, environ)
     [(path, text)] = raised.value.problems
     assert path == (key,) and text.startswith(reason)
+
+
+def test_basic_auth_without_a_username_is_sent_as_the_go_tracker_does(tmp_path: Path) -> None:
+    """``basic_auth: {password: p}``: the Go tracker takes it and sends ``:p`` (RFC 7617
+    allows an empty user-id); it was refused ("needs a username")."""
+    import base64
+
+    config = load(tmp_path, GROUP + "    basic_auth: {password: p}\n")
+    [group] = config.target_groups
+    assert group.authorization == "Basic " + base64.b64encode(b":p").decode()

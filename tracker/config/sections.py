@@ -37,10 +37,9 @@ Secrets = Mapping[str, str]
 
 
 def finish_basic_auth(auth: BasicAuth, secrets: Secrets) -> BasicAuth:
-    """A username, and one password: given or read from its file."""
+    """One password: given or read from its file. The username may be empty (RFC 7617
+    allows it; the Go tracker sends ``:password`` then)."""
     problems: list[tuple[Path, str]] = []
-    if not auth.username:
-        problems.append((("username",), "basic_auth needs a username"))
     if auth.password and auth.password_file:
         problems.append(((), "set either password or password_file, not both"))
     raise_problems(problems)
