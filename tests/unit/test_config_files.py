@@ -149,6 +149,9 @@ def test_warnings_for_valid_but_suspicious_settings(tmp_path: Path) -> None:
             bearer_auth: {token: t}
             http_targets: {targets: ["https://h"]}
           - group: c
+          - group: d
+            static_targets: {targets: ["a:1"]}
+            consul_sd_config: {service: s}
         """,
     )
     prefixes = [w.split(": ", 1)[0] for w in config.warnings]
@@ -157,8 +160,14 @@ def test_warnings_for_valid_but_suspicious_settings(tmp_path: Path) -> None:
         "target_groups[0].file_targets.path",
         "target_groups[1]",
         "target_groups[2]",
+        "target_groups[3]",
     ]
     assert "does not exist yet" in config.warnings[1]
+    # the Go tracker reads one discovery of a group: a file moved from it probes more here
+    assert config.warnings[4].endswith(
+        "static_targets and consul_sd_config are all used; the Go tracker used only"
+        " static_targets of them"
+    )
 
 
 @pytest.mark.parametrize(
