@@ -100,10 +100,12 @@ RULES = [
     ("target_groups:\n  - group: '..'\n", "target_groups[0].group", "must not start with"),
     ("target_groups:\n  - group: .hidden\n", "target_groups[0].group", "must not start with"),
     (f"target_groups:\n  - group: {'g' * 129}\n", "target_groups[0].group", "at most 128"),
+    # entries of one name are one group (the Go tracker's way to mix static targets with
+    # Consul), whose settings but its targets are set once
     (
-        GROUP + "  - group: g\n",
-        "target_groups[1].group",
-        "duplicate group name 'g' (also target_groups[0])",
+        GROUP + "    scheme: https\n  - group: g\n",
+        "target_groups[1].scheme",
+        "the group of target_groups[0], which sets it otherwise: a group has one scheme",
     ),
     (GROUP + "    scheme: ftp\n", "target_groups[0].scheme", "scheme must be 'http' or 'https'"),
     (GROUP + "    api_path: '/a?b'\n", "target_groups[0].api_path", "must be a URL path"),
@@ -439,7 +441,6 @@ def test_many_problems_are_reported_together(tmp_path: Path) -> None:
         "target_groups[0].http_targets.targets[1]",
         "target_groups[0].http_targets.targets[2]",
         "target_groups[0].basic_auth.password_file",
-        "target_groups[1].group",
         "target_groups[1].static_targets.targets[1]",
         "target_groups[1].unknown",
         "target_groups[2]",
@@ -532,3 +533,52 @@ def test_basic_auth_without_a_username_is_sent_as_the_go_tracker_does(tmp_path: 
     config = load(tmp_path, GROUP + "    basic_auth: {password: p}\n")
     [group] = config.target_groups
     assert group.authorization == "Basic " + base64.b64encode(b":p").decode()
+
+
+def test_entries_of_one_name_are_one_group_as_in_the_go_tracker(tmp_path: Path) -> None:
+    """The Go tracker scrapes each entry of ``target_groups`` into the group it names: two
+    entries of one name are its way to mix static targets with Consul's. Refused here as a
+    duplicate name, such a file did not start. One group, with the targets of both."""
+    config = load(
+        tmp_path,
+        GROUP
+        + "    static_targets: {targets: ['a:1']}\n"
+        + "  - group: h\n    static_targets: {targets: ['c:3']}\n"
+        + "  - group: g\n    static_targets: {targets: ['b:2', 'a:1']}\n"
+        + "    consul_sd_config: {service: s}\n",
+    )
+    assert [g.group for g in config.target_groups] == ["g", "h"]
+    g = config.target_groups[0]
+    assert g.static_targets is not None and g.static_targets.targets == ("a:1", "b:2")
+    assert g.consul_sd_config is not None and g.consul_sd_config.service == "s"
+    assert config.group_entries == (0, 1)
+    # the third entry used two kinds at once: the Go tracker read only the first
+    assert [w.split(": ", 1)[0] for w in config.warnings] == ["target_groups[2]"]
+
+
+def test_warnings_name_the_entry_in_the_file_after_groups_were_merged(tmp_path: Path) -> None:
+    """A warning's key path is the file's: after two entries made one group, the next
+    group is still the file's third entry, not the second group."""
+    config = load(
+        tmp_path,
+        GROUP + "  - group: g\n  - group: h\n    file_targets: {path: later.txt}\n",
+    )
+    assert [w.split(": ", 1)[0] for w in config.warnings] == [
+        "target_groups[0]",  # g: no targets of any kind
+        "target_groups[2].file_targets.path",
+    ]
+
+
+def test_entries_of_one_name_with_other_credentials_are_refused(tmp_path: Path) -> None:
+    """The Go tracker sent each entry's credentials to its own targets: merged, one entry's
+    ``basic_auth`` would go to the other's targets too. Refused at the later entry's key."""
+    found = problems(
+        tmp_path,
+        GROUP
+        + "    static_targets: {targets: ['a:1']}\n"
+        + "  - group: g\n    static_targets: {targets: ['b:2']}\n"
+        + "    basic_auth: {username: u, password: p}\n",
+    )
+    assert problem_at(found, "target_groups[1].basic_auth").startswith(
+        "target_groups[1].basic_auth: the group of target_groups[0], which sets it otherwise"
+    )

@@ -38,6 +38,7 @@ from tracker.config.schema import Config
 from tracker.config.sections import (
     file_problems,
     listener_problems,
+    merge_groups,
     proof_problems,
     store_problems,
 )
@@ -68,16 +69,20 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     except Exception as exc:  # the whole tree of problems is turned into lines below
         problems = flatten(exc, ())
     problems += file_problems(as_mapping(raw, {}))
+    merged: list[str] = []
     if config is not None:
+        groups, entries, merging, merged = merge_groups(config.target_groups)
+        config = attrs.evolve(config, target_groups=groups, group_entries=entries)
+        problems += merging
         problems += store_problems(config) + proof_problems(config) + listener_problems(config)
     if problems or config is None:
         raise ConfigError(lines(problems))
-    return _finish_config(config, file_path)
+    return _finish_config(config, file_path, merged)
 
 
-def _finish_config(config: Config, file_path: str) -> Config:
+def _finish_config(config: Config, file_path: str, warnings: list[str]) -> Config:
     default_group = config.default_group
     if not default_group and config.target_groups:
         default_group = config.target_groups[0].group
     config = attrs.evolve(config, default_group=default_group, config_path=file_path)
-    return attrs.evolve(config, warnings=tuple(config_warnings(config)))
+    return attrs.evolve(config, warnings=tuple(warnings + config_warnings(config)))

@@ -428,6 +428,9 @@ class Config:
     target_groups: tuple[TargetGroup, ...] = ()
     #: The absolute path the config was loaded from (set by load_config, not a YAML key).
     config_path: str = attrs.field(default="", metadata=_NOT_YAML)
+    #: Where each group's first entry is in the file's ``target_groups`` (entries of one name
+    #: make one group: ``tracker.config.sections.merge_groups``); empty: one entry each.
+    group_entries: tuple[int, ...] = attrs.field(default=(), eq=False, metadata=_NOT_YAML)
     #: Things that are valid but probably unintended; the caller logs them.
     warnings: tuple[str, ...] = attrs.field(default=(), eq=False, repr=False, metadata=_NOT_YAML)
 

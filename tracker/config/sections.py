@@ -26,6 +26,8 @@ from tracker.config.schema import (
     Config,
     ConsulSDConfig,
     ObjectStore,
+    StaticTargets,
+    TargetGroup,
     TLSConfig,
 )
 from tracker.config.values import consul_host, parse_address, parse_duration
@@ -207,16 +209,79 @@ def _group_name_problems(raw: Mapping[Any, Any]) -> list[tuple[Path, str]]:
     problems: list[tuple[Path, str]] = []
     for index, group in enumerate(groups):
         name = group.get("group") if isinstance(group, dict) else None
-        if not isinstance(name, str):
-            continue
-        if name in first_index:
-            message = f"duplicate group name {name!r} (also target_groups[{first_index[name]}])"
-            problems.append((("target_groups", index, "group"), message))
-        first_index.setdefault(name, index)
+        if isinstance(name, str):  # (entries of one name are one group: merge_groups)
+            first_index.setdefault(name, index)
     default = raw.get("default_group")
     if isinstance(default, str) and default and default not in first_index:
         problems.append((("default_group",), f"no target group is named {default!r}"))
     return problems
+
+
+#: A group's ways to its targets that the Go tracker reads (one per entry of ``target_groups``).
+GO_DISCOVERY = ("static_targets", "file_targets", "consul_sd_config")
+#: Every way to a group's targets: what entries of one name may each bring (their credentials,
+#: scheme and TLS settings are the group's, the same in each: the Go tracker applied each
+#: entry's to its own targets).
+_TARGET_KINDS = (*GO_DISCOVERY, "http_targets", "local_targets", "cluster_discovery")
+
+
+def merge_groups(
+    groups: tuple[TargetGroup, ...],
+) -> tuple[tuple[TargetGroup, ...], tuple[int, ...], list[tuple[Path, str]], list[str]]:
+    """Entries of ``target_groups`` that share a name made one group, as the Go tracker
+    scrapes them into one (its way to mix static targets with Consul's): the groups, the
+    index in the file of each one's first entry, the problems (an entry whose other settings
+    differ from its group's first entry: here a group has one of each) and the warnings (an
+    entry with more than one of the Go tracker's discovery kinds: it read only the first).
+    ``static_targets`` of the entries add up; another kind of targets may come from one of
+    them; every other setting (credentials, scheme, TLS, trust...) must be the same in each
+    (the Go tracker applied each entry's to its own targets: here a group has one)."""
+    merged: dict[str, tuple[int, TargetGroup]] = {}
+    problems: list[tuple[Path, str]] = []
+    warnings: list[str] = []
+    for index, group in enumerate(groups):
+        kinds = [kind for kind in GO_DISCOVERY if getattr(group, kind) is not None]
+        if len(kinds) > 1:
+            # a file moved from the Go tracker probes more targets here than it did there
+            warnings.append(
+                f"target_groups[{index}]: {' and '.join(kinds)} are all used; the Go tracker"
+                f" used only {kinds[0]} of them"
+            )
+        first = merged.get(group.group)
+        if first is None:
+            merged[group.group] = (index, group)
+            continue
+        into, differs = _merged(first[1], group)
+        if differs:
+            message = (
+                f"the group of target_groups[{first[0]}], which sets it otherwise: a group has"
+                f" one {differs} (only its targets may come from several entries)"
+            )
+            problems.append((("target_groups", index, differs), message))
+        merged[group.group] = (first[0], into)
+    return (
+        tuple(group for _first, group in merged.values()),
+        tuple(first for first, _group in merged.values()),
+        problems,
+        warnings,
+    )
+
+
+def _merged(into: TargetGroup, entry: TargetGroup) -> tuple[TargetGroup, str]:
+    """``entry`` made part of ``into``; and "" or the key of the first setting that
+    differs."""
+    changes: dict[str, Any] = {}
+    for field in attrs.fields(TargetGroup):
+        mine, theirs = getattr(into, field.name), getattr(entry, field.name)
+        if field.name == "group" or theirs == mine:
+            continue
+        if field.name == "static_targets" and mine is not None and theirs is not None:
+            changes[field.name] = StaticTargets(tuple(dict.fromkeys(mine.targets + theirs.targets)))
+        elif field.name in _TARGET_KINDS and (mine is None or theirs is None):
+            changes[field.name] = mine if theirs is None else theirs
+        else:
+            return into, field.name
+    return attrs.evolve(into, **changes), ""
 
 
 def _lenient(compute: Callable[[], float]) -> float | None:

@@ -46,7 +46,8 @@ def config_warnings(config: Config) -> list[str]:
         )
     if not config.target_groups:
         found.append("target_groups: none configured; the tracker will know no snapshots")
-    for index, group in enumerate(config.target_groups):
+    entries = config.group_entries or range(len(config.target_groups))
+    for index, group in zip(entries, config.target_groups, strict=True):
         found += [f"target_groups[{index}]{line}" for line in _group_warnings(group, config)]
     memory = memory_warning(config)
     if memory:
@@ -180,16 +181,6 @@ def _group_warnings(group: TargetGroup, config: Config) -> list[str]:
         found.append(f".file_targets.path: {path!r} does not exist yet (re-read every scrape)")
     if group.basic_auth is not None and group.bearer_auth is not None:
         found.append(": both basic_auth and bearer_auth set; the bearer token is sent")
-    go_kinds = [
-        k for k in ("static_targets", "file_targets", "consul_sd_config") if getattr(group, k)
-    ]
-    if len(go_kinds) > 1:
-        # The Go tracker reads one (internal/discovery/discovery.go): a file moved from it
-        # probes more targets here than it did there
-        found.append(
-            f": {' and '.join(go_kinds)} are all used; the Go tracker used only"
-            f" {go_kinds[0]} of them"
-        )
     return found + _unmatched_known_sources(group) + _shadowed_targets(group)
 
 
