@@ -149,25 +149,16 @@ def test_warnings_for_valid_but_suspicious_settings(tmp_path: Path) -> None:
             bearer_auth: {token: t}
             http_targets: {targets: ["https://h"]}
           - group: c
-          - group: d
-            static_targets: {targets: ["a:1"]}
-            consul_sd_config: {service: s}
         """,
     )
     prefixes = [w.split(": ", 1)[0] for w in config.warnings]
     assert prefixes == [
-        "target_groups[3]",
         "proxy_snapshot_cache_dir",
         "target_groups[0].file_targets.path",
         "target_groups[1]",
         "target_groups[2]",
     ]
-    assert "does not exist yet" in config.warnings[2]
-    # the Go tracker reads one discovery of a group: a file moved from it probes more here
-    assert config.warnings[0].endswith(
-        "static_targets and consul_sd_config are all used; the Go tracker used only"
-        " static_targets of them"
-    )
+    assert "does not exist yet" in config.warnings[1]
 
 
 @pytest.mark.parametrize(

@@ -552,8 +552,6 @@ def test_entries_of_one_name_are_one_group_as_in_the_go_tracker(tmp_path: Path) 
     assert g.static_targets is not None and g.static_targets.targets == ("a:1", "b:2")
     assert g.consul_sd_config is not None and g.consul_sd_config.service == "s"
     assert config.group_entries == (0, 1)
-    # the third entry used two kinds at once: the Go tracker read only the first
-    assert [w.split(": ", 1)[0] for w in config.warnings] == ["target_groups[2]"]
 
 
 def test_warnings_name_the_entry_in_the_file_after_groups_were_merged(tmp_path: Path) -> None:

@@ -69,20 +69,19 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     except Exception as exc:  # the whole tree of problems is turned into lines below
         problems = flatten(exc, ())
     problems += file_problems(as_mapping(raw, {}))
-    merged: list[str] = []
     if config is not None:
-        groups, entries, merging, merged = merge_groups(config.target_groups)
+        groups, entries, merging = merge_groups(config.target_groups)
         config = attrs.evolve(config, target_groups=groups, group_entries=entries)
         problems += merging
         problems += store_problems(config) + proof_problems(config) + listener_problems(config)
     if problems or config is None:
         raise ConfigError(lines(problems))
-    return _finish_config(config, file_path, merged)
+    return _finish_config(config, file_path)
 
 
-def _finish_config(config: Config, file_path: str, warnings: list[str]) -> Config:
+def _finish_config(config: Config, file_path: str) -> Config:
     default_group = config.default_group
     if not default_group and config.target_groups:
         default_group = config.target_groups[0].group
     config = attrs.evolve(config, default_group=default_group, config_path=file_path)
-    return attrs.evolve(config, warnings=tuple(warnings + config_warnings(config)))
+    return attrs.evolve(config, warnings=tuple(config_warnings(config)))

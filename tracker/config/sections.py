@@ -217,36 +217,32 @@ def _group_name_problems(raw: Mapping[Any, Any]) -> list[tuple[Path, str]]:
     return problems
 
 
-#: A group's ways to its targets that the Go tracker reads (one per entry of ``target_groups``).
-GO_DISCOVERY = ("static_targets", "file_targets", "consul_sd_config")
 #: Every way to a group's targets: what entries of one name may each bring (their credentials,
 #: scheme and TLS settings are the group's, the same in each: the Go tracker applied each
 #: entry's to its own targets).
-_TARGET_KINDS = (*GO_DISCOVERY, "http_targets", "local_targets", "cluster_discovery")
+_TARGET_KINDS = (
+    "static_targets",
+    "file_targets",
+    "consul_sd_config",
+    "http_targets",
+    "local_targets",
+    "cluster_discovery",
+)
 
 
 def merge_groups(
     groups: tuple[TargetGroup, ...],
-) -> tuple[tuple[TargetGroup, ...], tuple[int, ...], list[tuple[Path, str]], list[str]]:
+) -> tuple[tuple[TargetGroup, ...], tuple[int, ...], list[tuple[Path, str]]]:
     """Entries of ``target_groups`` that share a name made one group, as the Go tracker
     scrapes them into one (its way to mix static targets with Consul's): the groups, the
-    index in the file of each one's first entry, the problems (an entry whose other settings
-    differ from its group's first entry: here a group has one of each) and the warnings (an
-    entry with more than one of the Go tracker's discovery kinds: it read only the first).
+    index in the file of each one's first entry, and the problems (an entry whose other
+    settings differ from its group's first entry: here a group has one of each).
     ``static_targets`` of the entries add up; another kind of targets may come from one of
     them; every other setting (credentials, scheme, TLS, trust...) must be the same in each
     (the Go tracker applied each entry's to its own targets: here a group has one)."""
     merged: dict[str, tuple[int, TargetGroup]] = {}
     problems: list[tuple[Path, str]] = []
-    warnings: list[str] = []
     for index, group in enumerate(groups):
-        kinds = [kind for kind in GO_DISCOVERY if getattr(group, kind) is not None]
-        if len(kinds) > 1:
-            # a file moved from the Go tracker probes more targets here than it did there
-            warnings.append(
-                f"target_groups[{index}]: {' and '.join(kinds)} are all used; the Go tracker"
-                f" used only {kinds[0]} of them"
-            )
         first = merged.get(group.group)
         if first is None:
             merged[group.group] = (index, group)
@@ -263,7 +259,6 @@ def merge_groups(
         tuple(group for _first, group in merged.values()),
         tuple(first for first, _group in merged.values()),
         problems,
-        warnings,
     )
 
 
