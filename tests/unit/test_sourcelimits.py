@@ -10,7 +10,7 @@ import trio.testing
 
 from tracker.config.schema import SourceLimits
 from tracker.errors import SourceBusy
-from tracker.net.sourcelimits import BURST, UNCAPPED, Pacer, SourceLimiter, source_of
+from tracker.net.sourcelimits import BURST, Pacer, SourceLimiter, source_of
 
 MiB = 1024 * 1024
 URL = "http://127.0.0.1:8899/snapshot-100-abc.tar.zst"
@@ -43,7 +43,7 @@ async def test_the_rate_is_honoured_after_a_burst(
 async def test_no_cap_never_waits(autojump_clock: trio.testing.MockClock) -> None:
     limits = SourceLimiter()
     async with limits.transfer(URL, SourceLimits(), wait=0) as slot:
-        assert slot.pacer is UNCAPPED
+        assert slot.pacer.rate == 0
         assert await _paced(slot.pacer, 1024 * MiB, MiB) == 0.0
     assert Pacer(0).delay(10**12) == 0.0
     assert Pacer(0).slice(1.0, 4 * MiB) == 4 * MiB
@@ -192,3 +192,48 @@ async def test_the_queue_is_bounded_in_length_and_time_and_counted(
         release.set()  # a slot frees: the one still queued takes it at once
     assert got == [pytest.approx(-1.0), pytest.approx(2.0)]
     assert sorted(events) == sorted(["queued", "queued", "full", "timeout", "served"])
+
+
+async def test_a_lower_cap_holds_the_transfers_running_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A reload lowers ``max_rate`` while a transfer runs: each transfer kept the pacer of
+    the cap it began under and a new one got a fresh budget on top (2 MiB/s and 0.5 MiB/s
+    at once, against a cap of 0.5). The source has one pacer: both share the new cap."""
+    limits = SourceLimiter()
+    total = 8 * MiB
+    took: list[float] = []
+
+    async def one(cap: int) -> None:
+        async with limits.transfer(URL, SourceLimits(max_rate=cap), wait=0) as slot:
+            took.append(await _paced(slot.pacer, total, 64 * 1024))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(one, 2 * MiB)
+        await trio.sleep(0.1)
+        nursery.start_soon(one, MiB // 2)  # the reload
+    # 16 MiB at 0.5 MiB/s: about 32 s for both (they ended within a second of each other)
+    assert min(took) > 2 * total / (MiB // 2) - 4
+    assert limits.running(URL) == 0
+
+
+async def test_two_groups_of_one_source_share_the_lower_cap(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Two groups list one source with other caps (1 and 2 MiB/s): each start swapped the
+    source's pacer for a fresh one, and the group of the lower cap got 4 MiB/s from it. The
+    source is held to the lower cap while transfers of both run."""
+    limits = SourceLimiter()
+    started = trio.current_time()
+
+    async def one(cap: int) -> None:
+        async with limits.transfer(
+            SAME if cap > MiB else URL, SourceLimits(max_rate=cap), wait=0
+        ) as slot:
+            await _paced(slot.pacer, 4 * MiB, 64 * 1024)
+
+    async with trio.open_nursery() as nursery:
+        for cap in (MiB, 2 * MiB, MiB, 2 * MiB):
+            nursery.start_soon(one, cap)
+    # 16 MiB from the source at 1 MiB/s
+    assert trio.current_time() - started > 16 - 1

@@ -12,7 +12,10 @@ it (0: no cap for either). One API::
 A request that finds every slot taken joins the source's queue (at most ``queue`` wait at
 once, each at most ``wait`` seconds; docs/http-api.md, "Source limits").
 
-A pacer of an uncapped source does nothing, so the byte paths keep their speed.
+A pacer of an uncapped source does nothing, so the byte paths keep their speed. A source
+has one pacer, whose rate is the lowest ``max_rate`` its running transfers began under: a
+reload's new cap holds every transfer from it at once, the paced ones (a relay spliced
+zero-copy because its source had no cap when it began is not paced until it ends).
 """
 
 from __future__ import annotations
@@ -73,6 +76,10 @@ class Pacer:
         if wait > 0:
             await trio.sleep(wait)
 
+    def owes(self) -> bool:
+        """Whether bytes counted are still due (the next transfer must wait for them)."""
+        return self._due > self.clock()
+
 
 #: The pacer of a source with no rate cap (shared: it keeps no state).
 UNCAPPED = Pacer(0)
@@ -85,23 +92,35 @@ QueueEvent = Literal["queued", "served", "full", "timeout", "left"]
 
 @attrs.define(eq=False)
 class Slot:
-    """One transfer's slot: the source's pacer, and when the transfer expects to end (on
-    the limits' clock; None: unknown), which tells a request turned away when to retry."""
+    """One transfer's slot: the source's pacer, when the transfer expects to end (on the
+    limits' clock; None: unknown), which tells a request turned away when to retry, and the
+    ``max_rate`` it began under (0: none)."""
 
     pacer: Pacer
     ends_at: float | None = None
+    cap: int = 0
 
 
 @attrs.define
 class _Source:
+    #: The source's one pacer, shared by every transfer from it, running or to come.
+    pacer: Pacer
     waiting: int = 0
     freed: trio.Event = attrs.Factory(trio.Event)
-    pacer: Pacer = UNCAPPED
     slots: set[Slot] = attrs.Factory(set)
 
     @property
     def running(self) -> int:
         return len(self.slots)
+
+    def retune(self) -> None:
+        """The source's rate: the lowest ``max_rate`` its running transfers began under.
+        A reload that lowers it holds the transfers running to it at once (a pacer of the
+        old rate stayed with each, and the new ones got a budget of their own on top), and
+        two groups listing one source share the lower cap (each start swapped the pacer
+        for a fresh one: its rate grew with every switch)."""
+        caps = [slot.cap for slot in self.slots if slot.cap > 0]
+        self.pacer.rate = min(caps) if caps else 0
 
 
 def _ignore(_event: QueueEvent) -> None:
@@ -143,9 +162,9 @@ class SourceLimiter:
         carries ``retry_after``, the seconds until the first running transfer expects to
         end, when one said so (:attr:`Slot.ends_at`)."""
         key = source_of(url)
-        source = self._sources.setdefault(key, _Source())
-        if limits.max_rate != source.pacer.rate:
-            source.pacer = Pacer(limits.max_rate, self._clock) if limits.max_rate else UNCAPPED
+        source = self._sources.get(key)
+        if source is None:
+            source = self._sources[key] = _Source(Pacer(0, self._clock))
         if limits.max_transfers and source.running >= limits.max_transfers:
             if wait > 0 and source.waiting >= queue:
                 self._on_queue("full")
@@ -154,15 +173,17 @@ class SourceLimiter:
                 await self._queue(source, limits, wait)
             if source.running >= limits.max_transfers:
                 raise self._busy(source)
-        slot = Slot(source.pacer)
+        slot = Slot(source.pacer, cap=limits.max_rate)
         source.slots.add(slot)
+        source.retune()
         try:
             yield slot
         finally:
             source.slots.discard(slot)
+            source.retune()
             source.freed.set()
             source.freed = trio.Event()
-            if not (source.running or source.waiting) and source.pacer is UNCAPPED:
+            if not (source.running or source.waiting or source.pacer.owes()):
                 self._sources.pop(key, None)  # nothing to remember of it
 
     async def _queue(self, source: _Source, limits: SourceLimits, wait: float) -> None:

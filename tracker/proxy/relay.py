@@ -23,7 +23,6 @@ import trio
 
 from tracker.accounting.downloads import outcome_of
 from tracker.clientwire.transport import BigReadStream, splice_stream
-from tracker.net.sourcelimits import UNCAPPED
 from tracker.observability.logs import log_event
 from tracker.proxy.channel import ChannelBody, channel, pass_on
 from tracker.proxy.passthrough import SpliceBody
@@ -118,6 +117,6 @@ def _spliceable(job: StreamJob, upstream: Upstream, length: int) -> BigReadStrea
     """The upstream's stream when its body may be spliced to the client: a zero-copy
     connection, and a source without a rate cap (a capped one is read chunk by chunk, paced
     by ``source_limits.max_rate``)."""
-    if job.zero_copy is None or upstream.first.pacer is not UNCAPPED:
+    if job.zero_copy is None or upstream.first.pacer.rate > 0:
         return None
     return splice_stream(upstream.first.response, length)
