@@ -84,6 +84,29 @@ async def test_prefetch_is_bounded_and_never_twice_the_same_file(
         assert sorted(s.target.rsplit("/", 1)[-1] for s in upstream.gets()) == sorted(FILES)
 
 
+async def test_a_reload_turning_prefetch_off_starts_none_that_waited(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """A prefetch waiting for its slot when a reload turns ``cache_prefetch`` off: it
+    downloaded the whole archive all the same once the slot came. It starts nothing."""
+    import attrs
+
+    for name, data in FILES.items():
+        upstream.behaviour[name] = Behaviour(pause_at=len(data) // 2)
+    async with proxy_tracker(
+        tmp_path / "cache", upstream, cache_prefetch=True, cache_prefetch_concurrency=1
+    ) as t:
+        p = prefetcher(t)
+        assert p.check() == 2
+        await wait_for(lambda: len(upstream.gets()) == 1)
+        await wait_for(lambda: p.statistics() == (1, 1))  # the second waits for the slot
+        t.config = attrs.evolve(t.config, cache_prefetch=False)  # the reload
+        [first] = upstream.gets()
+        upstream.behaviour[first.target.rsplit("/", 1)[-1]].resume.set()
+        await wait_for(lambda: p.statistics() == (0, 0))  # the second had its slot: ended
+        assert len(upstream.gets()) == 1
+
+
 async def test_a_new_best_full_is_prefetched_and_replaces_the_old_one(
     upstream: FakeUpstream, tmp_path: Path
 ) -> None:

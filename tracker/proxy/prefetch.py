@@ -103,7 +103,7 @@ class Prefetcher:
 
     async def _prefetch_wanted(self, key: FileKey) -> None:
         try:
-            await self._prefetch(key)
+            await self._prefetch(key, asked=True)
         finally:
             self._wanted.discard(key)
 
@@ -116,10 +116,21 @@ class Prefetcher:
                     files.add((root, name, source.info.files[0].bare_name))
         return files
 
-    async def _prefetch(self, key: FileKey) -> None:
+    def _still_on(self, key: FileKey) -> bool:
+        """Whether prefetching ``key`` is still what the config asks (a reload may have
+        turned it off, or moved the cache, while it waited for a slot)."""
+        config = self._config()
+        root = config.proxy_snapshot_cache_dir
+        return config.cache_prefetch and config.proxy_snapshot_downloads and root == key[0]
+
+    async def _prefetch(self, key: FileKey, *, asked: bool = False) -> None:
+        """Refresh ``key`` once a slot is free: a prefetch of :meth:`check` only while the
+        config still asks for prefetching then; ``asked``: one :meth:`wanted` started."""
         _root, group, name = key
         try:
             async with self._limiter:
+                if not (asked or self._still_on(key)):
+                    return  # (a reload turned prefetching off: it started the whole archive)
                 done = await self._refresh(group, name)
         except Exception:  # a bug must not take the transfers nursery (the service) down
             log_event(log, "error", "cache_prefetch_failed", group=group, file=name, exc_info=True)
