@@ -237,3 +237,50 @@ async def test_two_groups_of_one_source_share_the_lower_cap(
             nursery.start_soon(one, cap)
     # 16 MiB from the source at 1 MiB/s
     assert trio.current_time() - started > 16 - 1
+
+
+async def test_a_freed_slot_goes_to_the_request_that_waits(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """One slot; a refresh's lane gives it back after each piece and asks again at once; a
+    client waits for it meanwhile. Waking the waiter left the slot to whoever asked first:
+    the lane took it eleven times, and the client was refused after its 5 s (a 503). The
+    slot goes to the waiter, first come first."""
+    limits = SourceLimiter()
+    caps = SourceLimits(max_transfers=1)
+    served: list[float] = []
+
+    async def lane() -> None:
+        for _ in range(20):
+            async with limits.transfer(URL, caps, wait=5.0):
+                await trio.sleep(0.5)  # one piece; then straight on to the next
+
+    async def client() -> None:
+        began = trio.current_time()
+        async with limits.transfer(URL, caps, wait=5.0):
+            served.append(trio.current_time() - began)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lane)
+        await trio.sleep(0.1)
+        nursery.start_soon(client)
+    assert served and served[0] <= 0.5
+
+
+async def test_requests_wait_their_turn_in_order(autojump_clock: trio.testing.MockClock) -> None:
+    """Three requests queue for one slot: each freed slot goes to the first of them."""
+    limits = SourceLimiter()
+    caps = SourceLimits(max_transfers=1)
+    order: list[int] = []
+
+    async def one(n: int) -> None:
+        async with limits.transfer(URL, caps, wait=60.0):
+            order.append(n)
+            await trio.sleep(1.0)
+
+    async with trio.open_nursery() as nursery:
+        for n in range(4):
+            nursery.start_soon(one, n)
+            await trio.sleep(0.1)
+    assert order == [0, 1, 2, 3]
+    assert limits.running(URL) == 0 and limits.waiting(URL) == 0

@@ -20,6 +20,7 @@ zero-copy because its source had no cap when it began is not paced until it ends
 
 from __future__ import annotations
 
+import collections
 import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -105,13 +106,34 @@ class Slot:
 class _Source:
     #: The source's one pacer, shared by every transfer from it, running or to come.
     pacer: Pacer
-    waiting: int = 0
-    freed: trio.Event = attrs.Factory(trio.Event)
     slots: set[Slot] = attrs.Factory(set)
+    #: The requests waiting for a slot, first come first: each one's event is set when a
+    #: slot is handed to it (a freed slot goes to the first, never to a request that came
+    #: after: a refresh's lane asking again at once took every slot a waiter was woken for).
+    queue: collections.deque[trio.Event] = attrs.Factory(collections.deque)
+    #: Slots handed to waiters that have not taken them yet.
+    handed: int = 0
+    #: The ``max_transfers`` the last request came with (0: no cap).
+    most: int = 0
 
     @property
     def running(self) -> int:
         return len(self.slots)
+
+    @property
+    def waiting(self) -> int:
+        return len(self.queue)
+
+    def full(self) -> bool:
+        """No slot for a newcomer: every one taken or handed, or requests wait before it."""
+        taken = self.running + self.handed
+        return bool(self.most) and (taken >= self.most or bool(self.queue))
+
+    def hand_on(self) -> None:
+        """Hand the slots free now to the first waiters."""
+        while self.queue and (not self.most or self.running + self.handed < self.most):
+            self.handed += 1
+            self.queue.popleft().set()
 
     def retune(self) -> None:
         """The source's rate: the lowest ``max_rate`` its running transfers began under.
@@ -165,14 +187,15 @@ class SourceLimiter:
         source = self._sources.get(key)
         if source is None:
             source = self._sources[key] = _Source(Pacer(0, self._clock))
-        if limits.max_transfers and source.running >= limits.max_transfers:
-            if wait > 0 and source.waiting >= queue:
+        source.most = limits.max_transfers
+        source.hand_on()  # (a reload may have raised it)
+        if source.full():
+            if wait <= 0:
+                raise self._busy(source)
+            if source.waiting >= queue:
                 self._on_queue("full")
                 raise self._busy(source, f"and {source.waiting} requests wait already")
-            if wait > 0:
-                await self._queue(source, limits, wait)
-            if source.running >= limits.max_transfers:
-                raise self._busy(source)
+            await self._queue(source, wait)
         slot = Slot(source.pacer, cap=limits.max_rate)
         source.slots.add(slot)
         source.retune()
@@ -181,24 +204,31 @@ class SourceLimiter:
         finally:
             source.slots.discard(slot)
             source.retune()
-            source.freed.set()
-            source.freed = trio.Event()
-            if not (source.running or source.waiting or source.pacer.owes()):
+            source.hand_on()
+            if not (source.running or source.waiting or source.handed or source.pacer.owes()):
                 self._sources.pop(key, None)  # nothing to remember of it
 
-    async def _queue(self, source: _Source, limits: SourceLimits, wait: float) -> None:
-        """Wait in ``source``'s queue for a free slot, at most ``wait`` seconds."""
-        source.waiting += 1
+    async def _queue(self, source: _Source, wait: float) -> None:
+        """Wait in ``source``'s queue, at most ``wait`` seconds, until a slot is handed to
+        this request (it is then the caller's to take); SourceBusy when none was."""
+        turn = trio.Event()
+        source.queue.append(turn)
         self._on_queue("queued")
         outcome: QueueEvent = "left"
         try:
             with trio.move_on_after(wait):
-                while source.running >= limits.max_transfers:
-                    await source.freed.wait()
-            outcome = "timeout" if source.running >= limits.max_transfers else "served"
+                await turn.wait()
+            outcome = "served" if turn.is_set() else "timeout"
         finally:
-            source.waiting -= 1
+            if turn.is_set():
+                source.handed -= 1  # taken by the caller now, or passed on below
+                if outcome != "served":
+                    source.hand_on()  # (cancelled as it was handed one)
+            else:
+                source.queue.remove(turn)
             self._on_queue(outcome)
+        if outcome == "timeout":
+            raise self._busy(source)
 
     def _busy(self, source: _Source, more: str = "") -> SourceBusy:
         count = source.running
