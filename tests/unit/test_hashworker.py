@@ -784,3 +784,35 @@ def test_many_small_calls_compile_the_kernels(monkeypatch: pytest.MonkeyPatch) -
     runs = [kernel(small) for _ in range(kernels.INTERPRETED_AT_MOST // 100 + 2)]
     assert runs[0] == "interpreted" and runs[-1] == "compiled" and loads
     assert runs.count("interpreted") == -(-kernels.INTERPRETED_AT_MOST // 100)
+
+
+#: A parent that goes away (the tracker stopping mid-proof) while its hashing child hashes a
+#: slot: the child's answer goes to a closed pipe.
+_PARENT_GONE = """
+import os
+import numpy as np
+from tracker.proof.accounts.hashworker import HashWorker, SEND_AT
+worker = HashWorker(start_from=0)
+worker.expect(1)
+room = worker.room(SEND_AT)
+room[:] = 7
+worker.add(room, np.arange(200, SEND_AT + 1, 200, dtype=np.int64))
+print(worker.pid, flush=True)
+os._exit(0)
+"""
+
+
+def test_a_child_whose_parent_went_away_ends_without_a_word() -> None:
+    """The tracker stopped while its hashing child hashed a slot: the child's answer went to
+    a closed pipe, and its BrokenPipeError was a whole traceback on the tracker's stderr
+    (the journal). It ends as when its input ends, silently."""
+    done = subprocess.run(
+        [sys.executable, "-c", _PARENT_GONE],
+        capture_output=True,
+        text=True,
+        timeout=60,  # (read to the end: the child keeps stderr open until it ends)
+        env={**os.environ, "PYTHONPATH": str(Path(hashworker.__file__).parents[3])},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().isdigit()
+    assert done.stderr == ""

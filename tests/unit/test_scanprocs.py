@@ -269,6 +269,52 @@ def test_a_process_that_dies_costs_the_proof_a_note_and_leaves_nothing_running()
     assert all(each.exitcode is not None for each in processes)
 
 
+def _parent_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("PPid:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no parent of {pid}")
+
+
+def test_a_proof_whose_forkserver_died_closes_and_leaves_nothing_running() -> None:
+    """The forkserver (it alone reaps the scan processes and tells their end) is killed
+    (the OOM killer: it is the largest child) while a proof's processes wait for their next
+    frame; the proof is then closed (cancelled). ``is_alive()`` said False of processes
+    still waiting, none was killed, and the close waited for ever on the thread reading
+    them, the proof's budget and slots with it. It ends, and so do they."""
+    made = built({3: many(500, 3), 5: many(400, 5)}, [3, 5])
+    proof = AccountsProof(roomy(10_000), scanners=2, lanes=0)
+    scanners = proof._scanners
+    assert scanners is not None
+    pids = [each.proc.pid for each in scanners._processes]
+    feed(proof, made[0], 4096)
+    proof.settle()
+    forkserver = _parent_of(pids[0])
+    os.kill(forkserver, signal.SIGKILL)  # (reaped by multiprocessing at its next start)
+    closing = threading.Thread(target=proof.close, daemon=True)
+    closing.start()
+    closing.join(30)
+    if closing.is_alive():  # hung: the scan processes let go so that the test can end
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        closing.join(30)
+        pytest.fail("the proof's close waited for scan processes no one could see end")
+    deadline = time.monotonic() + 30
+    while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)  # (orphans now: init reaps them once they end)
+    assert not any(_running(pid) for pid in pids)
+
+
+def _running(pid: int) -> bool:
+    """True while process ``pid`` exists and has not ended (a zombie has)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
 def test_proofs_at_once_fork_from_the_one_forkserver_and_each_gets_its_hash() -> None:
     # a tracker proves several archives at once: each proof's processes are its own
     import threading

@@ -524,9 +524,7 @@ def serve(
             return 1  # the parent went away
         kind, count, nbytes, slot = _HEADER.unpack(header)
         if kind == _END:
-            sink.write(total.astype("<u2").tobytes())
-            sink.flush()
-            return 0
+            return 0 if _answer(sink, total.astype("<u2").tobytes()) else 1
         if kind not in (_BATCH, _NEGATIVE) or count > MAX_MESSAGES or nbytes > MAX_BYTES:
             return 2
         if slot != -1 and (shared is None or not 0 <= slot < SLOTS or nbytes > slot_bytes):
@@ -546,8 +544,19 @@ def serve(
         total = hash_sum_into(total, work, ends, kind == _NEGATIVE)
         if slot != -1:
             del work  # the slot is the parent's again
-            sink.write(bytes([slot]))
-            sink.flush()
+            if not _answer(sink, bytes([slot])):
+                return 1
+
+
+def _answer(sink: IO[bytes], data: bytes) -> bool:
+    """Write ``data`` to the parent; False when it went away (the pipe closed: the tracker
+    stopped mid-proof), as for an end of ``source``: a traceback on the tracker's stderr."""
+    try:
+        sink.write(data)
+        sink.flush()
+    except OSError:
+        return False
+    return True
 
 
 def _main(argv: list[str]) -> int:
@@ -563,4 +572,6 @@ if __name__ == "__main__":
     # Ctrl-C at a terminal reaches the whole process group: the parent decides when this
     # ends (it kills it, or closes the pipe).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    sys.exit(_main(sys.argv[1:]))
+    # at once: an answer left in stdout's buffer for a parent that went away would be
+    # flushed at the interpreter's exit, and its BrokenPipeError printed
+    os._exit(_main(sys.argv[1:]))

@@ -36,6 +36,7 @@ process's loop: :mod:`.scanprocess`.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import multiprocessing
 import os
@@ -222,6 +223,10 @@ class ScanAnswers(Protocol):
         ``taken_out`` taken out of it."""
 
 
+#: Seconds the reading thread is given to see its process's end before the pipe is hung up.
+HANG_UP_AFTER = 2.0
+
+
 class _Process:
     """One scan process, its pipe, the thread sending to it and the thread reading its
     answers."""
@@ -404,6 +409,8 @@ class _Process:
     def close(self) -> None:
         """End the process (at once unless it gave its sum and ends by itself), then the
         thread reading it, then the pipe (idempotent)."""
+        if self.conn.closed:
+            return
         self.closing = True
         if self.total is not None:
             self.proc.join(1.0)  # it ends by itself once it gave its sum
@@ -412,7 +419,19 @@ class _Process:
         self.proc.join()
         self._outbox.put(None)  # after the process: a send blocked on its pipe fails now
         self.sender.join()
-        self.reader.join()  # the pipe's other end is gone: it has read its end
+        self.reader.join(HANG_UP_AFTER)  # the pipe's other end is gone: it has read its end
+        if self.reader.is_alive():
+            # ...unless the forkserver died: it alone could tell this process's end or kill
+            # it (is_alive() then says False of a process still waiting for its next frame,
+            # and the reading thread waited for its answer for ever, the proof's budget
+            # with it). The pipe hung up both ways: the process reads its end and ends, the
+            # reading thread wakes.
+            with (
+                contextlib.suppress(OSError),
+                socket.socket(fileno=os.dup(self.conn.fileno())) as raw,
+            ):
+                raw.shutdown(socket.SHUT_RDWR)
+            self.reader.join()
         self.conn.close()
         if self.shared is not None:
             self.shared.close()
