@@ -555,6 +555,12 @@ def _answer(sink: IO[bytes], data: bytes) -> bool:
         sink.write(data)
         sink.flush()
     except OSError:
+        # what stays in the buffer goes nowhere: flushed at the interpreter's exit into the
+        # closed pipe, its BrokenPipeError would be printed after all
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sink.fileno())
+            os.close(devnull)
         return False
     return True
 
@@ -572,6 +578,4 @@ if __name__ == "__main__":
     # Ctrl-C at a terminal reaches the whole process group: the parent decides when this
     # ends (it kills it, or closes the pipe).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # at once: an answer left in stdout's buffer for a parent that went away would be
-    # flushed at the interpreter's exit, and its BrokenPipeError printed
-    os._exit(_main(sys.argv[1:]))
+    sys.exit(_main(sys.argv[1:]))
