@@ -241,6 +241,18 @@ class Ranking:
     switch_margin: float = 0.1
 
 
+#: Every way a group gets targets (the fields of :class:`TargetGroup`): what entries of one
+#: group's name may each bring (tracker.config.sections.merge_groups).
+TARGET_KINDS = (
+    "static_targets",
+    "file_targets",
+    "consul_sd_config",
+    "http_targets",
+    "local_targets",
+    "cluster_discovery",
+)
+
+
 @attrs.frozen
 class TargetGroup:
     """One cluster/network: its sources and how to reach them."""

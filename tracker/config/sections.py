@@ -20,6 +20,7 @@ import attrs
 from tracker.config.files import tls_context
 from tracker.config.problems import Path, raise_problems
 from tracker.config.schema import (
+    TARGET_KINDS,
     BasicAuth,
     BearerAuth,
     ClusterDiscovery,
@@ -217,19 +218,6 @@ def _group_name_problems(raw: Mapping[Any, Any]) -> list[tuple[Path, str]]:
     return problems
 
 
-#: Every way to a group's targets: what entries of one name may each bring (their credentials,
-#: scheme and TLS settings are the group's, the same in each: the Go tracker applied each
-#: entry's to its own targets).
-_TARGET_KINDS = (
-    "static_targets",
-    "file_targets",
-    "consul_sd_config",
-    "http_targets",
-    "local_targets",
-    "cluster_discovery",
-)
-
-
 def merge_groups(
     groups: tuple[TargetGroup, ...],
 ) -> tuple[tuple[TargetGroup, ...], tuple[int, ...], list[tuple[Path, str]]]:
@@ -272,7 +260,7 @@ def _merged(into: TargetGroup, entry: TargetGroup) -> tuple[TargetGroup, str]:
             continue
         if field.name == "static_targets" and mine is not None and theirs is not None:
             changes[field.name] = StaticTargets(tuple(dict.fromkeys(mine.targets + theirs.targets)))
-        elif field.name in _TARGET_KINDS and (mine is None or theirs is None):
+        elif field.name in TARGET_KINDS and (mine is None or theirs is None):
             changes[field.name] = mine if theirs is None else theirs
         else:
             return into, field.name

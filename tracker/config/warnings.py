@@ -12,7 +12,7 @@ import os
 import attrs
 
 from tracker.config.problems import lines
-from tracker.config.schema import Config, TargetGroup
+from tracker.config.schema import TARGET_KINDS, Config, TargetGroup
 from tracker.config.sections import proof_problems, store_problems
 from tracker.config.targetfile import read_target_file
 from tracker.core.snapshots import MIN_DISCOVERED_AGREEING, is_known
@@ -130,22 +130,13 @@ def nothing_signed(config: Config) -> str:
     )
 
 
-#: Every way a group gets targets.
-_TARGET_KINDS = (
-    "static_targets",
-    "file_targets",
-    "consul_sd_config",
-    "http_targets",
-    "local_targets",
-    "cluster_discovery",
-)
 #: The kinds whose copies are read over the network (a local target's files are on disk).
-_REMOTE_KINDS = tuple(kind for kind in _TARGET_KINDS if kind != "local_targets")
+_REMOTE_KINDS = tuple(kind for kind in TARGET_KINDS if kind != "local_targets")
 
 
 def _group_warnings(group: TargetGroup, config: Config) -> list[str]:
     found: list[str] = []
-    if all(getattr(group, kind) is None for kind in _TARGET_KINDS):
+    if all(getattr(group, kind) is None for kind in TARGET_KINDS):
         found.append(": no targets of any kind; the group stays empty")
     if group.cluster_discovery is not None and not config.rpc:
         agreeing = max(MIN_DISCOVERED_AGREEING, group.trust.min_agreeing_sources)
