@@ -107,14 +107,13 @@ class _Source:
     #: The source's one pacer, shared by every transfer from it, running or to come.
     pacer: Pacer
     slots: set[Slot] = attrs.Factory(set)
-    #: The requests waiting for a slot, first come first: each one's event is set when a
-    #: slot is handed to it (a freed slot goes to the first, never to a request that came
-    #: after: a refresh's lane asking again at once took every slot a waiter was woken for).
-    queue: collections.deque[trio.Event] = attrs.Factory(collections.deque)
+    #: The requests waiting for a slot, first come first, each with the ``max_transfers``
+    #: it came under: its event is set when a slot is handed to it (a freed slot goes to
+    #: the first, never to a request that came after: a refresh's lane asking again at once
+    #: took every slot a waiter was woken for).
+    queue: collections.deque[tuple[trio.Event, int]] = attrs.Factory(collections.deque)
     #: Slots handed to waiters that have not taken them yet.
     handed: int = 0
-    #: The ``max_transfers`` the last request came with (0: no cap).
-    most: int = 0
 
     @property
     def running(self) -> int:
@@ -124,16 +123,21 @@ class _Source:
     def waiting(self) -> int:
         return len(self.queue)
 
-    def full(self) -> bool:
-        """No slot for a newcomer: every one taken or handed, or requests wait before it."""
+    def full(self, most: int) -> bool:
+        """No slot for a newcomer under ``most`` transfers at once (0: no cap): every one
+        taken or handed, or requests wait before it."""
         taken = self.running + self.handed
-        return bool(self.most) and (taken >= self.most or bool(self.queue))
+        return bool(most) and (taken >= most or bool(self.queue))
 
     def hand_on(self) -> None:
-        """Hand the slots free now to the first waiters."""
-        while self.queue and (not self.most or self.running + self.handed < self.most):
+        """Hand the slots free now to the first waiters, in their order."""
+        while self.queue:
+            turn, most = self.queue[0]
+            if most and self.running + self.handed >= most:
+                return
+            self.queue.popleft()
             self.handed += 1
-            self.queue.popleft().set()
+            turn.set()
 
     def retune(self) -> None:
         """The source's rate: the lowest ``max_rate`` its running transfers began under.
@@ -187,15 +191,13 @@ class SourceLimiter:
         source = self._sources.get(key)
         if source is None:
             source = self._sources[key] = _Source(Pacer(0, self._clock))
-        source.most = limits.max_transfers
-        source.hand_on()  # (a reload may have raised it)
-        if source.full():
+        if source.full(limits.max_transfers):
             if wait <= 0:
                 raise self._busy(source)
             if source.waiting >= queue:
                 self._on_queue("full")
                 raise self._busy(source, f"and {source.waiting} requests wait already")
-            await self._queue(source, wait)
+            await self._queue(source, limits.max_transfers, wait)
         slot = Slot(source.pacer, cap=limits.max_rate)
         source.slots.add(slot)
         source.retune()
@@ -208,11 +210,12 @@ class SourceLimiter:
             if not (source.running or source.waiting or source.handed or source.pacer.owes()):
                 self._sources.pop(key, None)  # nothing to remember of it
 
-    async def _queue(self, source: _Source, wait: float) -> None:
+    async def _queue(self, source: _Source, most: int, wait: float) -> None:
         """Wait in ``source``'s queue, at most ``wait`` seconds, until a slot is handed to
-        this request (it is then the caller's to take); SourceBusy when none was."""
+        this request under ``most`` transfers at once (it is then the caller's to take);
+        SourceBusy when none was."""
         turn = trio.Event()
-        source.queue.append(turn)
+        source.queue.append((turn, most))
         self._on_queue("queued")
         outcome: QueueEvent = "left"
         try:
@@ -225,7 +228,7 @@ class SourceLimiter:
                 if outcome != "served":
                     source.hand_on()  # (cancelled as it was handed one)
             else:
-                source.queue.remove(turn)
+                source.queue.remove((turn, most))
             self._on_queue(outcome)
         if outcome == "timeout":
             raise self._busy(source)
