@@ -8,6 +8,8 @@ Through the daemon: ``snapshot-tracker serve`` scraping a sidecar fills its cach
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -60,9 +62,12 @@ async def test_prefetch_is_off_by_default(upstream: FakeUpstream, tmp_path: Path
         assert t.cached() == []
 
 
-async def test_prefetch_is_bounded_and_never_twice_the_same_file(
+@asynccontextmanager
+async def one_running_one_waiting(
     upstream: FakeUpstream, tmp_path: Path
-) -> None:
+) -> AsyncIterator[tuple[TrackerUnderTest, Prefetcher]]:
+    """Both files prefetched one at a time: the first paused half way, the second waiting
+    for the slot."""
     for name, data in FILES.items():
         upstream.behaviour[name] = Behaviour(pause_at=len(data) // 2)
     async with proxy_tracker(
@@ -72,6 +77,13 @@ async def test_prefetch_is_bounded_and_never_twice_the_same_file(
         assert p.check() == 2
         await wait_for(lambda: len(upstream.gets()) == 1)
         await wait_for(lambda: p.statistics() == (1, 1))  # the second waits for the slot
+        yield t, p
+
+
+async def test_prefetch_is_bounded_and_never_twice_the_same_file(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    async with one_running_one_waiting(upstream, tmp_path) as (t, p):
         assert p.check() == 0  # a round later: nothing new, nothing twice
         assert len(upstream.gets()) == 1  # one at a time
         [first] = upstream.gets()
@@ -91,15 +103,7 @@ async def test_a_reload_turning_prefetch_off_starts_none_that_waited(
     downloaded the whole archive all the same once the slot came. It starts nothing."""
     import attrs
 
-    for name, data in FILES.items():
-        upstream.behaviour[name] = Behaviour(pause_at=len(data) // 2)
-    async with proxy_tracker(
-        tmp_path / "cache", upstream, cache_prefetch=True, cache_prefetch_concurrency=1
-    ) as t:
-        p = prefetcher(t)
-        assert p.check() == 2
-        await wait_for(lambda: len(upstream.gets()) == 1)
-        await wait_for(lambda: p.statistics() == (1, 1))  # the second waits for the slot
+    async with one_running_one_waiting(upstream, tmp_path) as (t, p):
         t.config = attrs.evolve(t.config, cache_prefetch=False)  # the reload
         [first] = upstream.gets()
         upstream.behaviour[first.target.rsplit("/", 1)[-1]].resume.set()
