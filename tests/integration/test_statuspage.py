@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import trio
+from cluster_answers import node_entry, nodes_answer
 from fakes import Rpc
 from helpers_browser import (
     CHROMIUM,
@@ -32,6 +33,8 @@ from helpers_browser import (
 from helpers_bytes import archive_bytes
 from helpers_ports import REFUSED
 from helpers_server import serve_app
+from helpers_sources import Answer as SourceAnswer
+from helpers_sources import Request, ScriptedApp
 from helpers_tracker import start_tracker, wait_until, write_config
 from helpers_upstream import UPSTREAM_LAST_MODIFIED, Behaviour, FakeUpstream, sidecar_listing
 from names import full_name, incremental_name
@@ -373,3 +376,42 @@ async def test_the_bucket_down_and_an_empty_cache(nursery: trio.Nursery, tmp_pat
     assert "The cache is empty" in page and "snapshots" in page and "tracker/" in page
     assert "s3cret-key" not in page and "AKIDEXAMPLE" not in page
     assert ">DOWN<" in page  # the summary's card
+
+
+async def test_the_cluster_rpc_is_not_counted_among_the_targets_up(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A group discovering its nodes from an RPC that answers, its one node down: the page
+    says 0 of 1 targets up, as the metrics do (the RPC URL is a row of the Targets table, not
+    a snapshot source: counted, it read "1 / 2" while the alert for no healthy target fired).
+    """
+    down = REFUSED.removeprefix("http://")
+
+    async def nodes(_request: Request) -> SourceAnswer:
+        body = nodes_answer([node_entry(1, down)])
+        return SourceAnswer(200, (("content-type", "application/json"),), body)
+
+    rpc = await nursery.start(serve_app, ScriptedApp({"/": nodes}))
+    settings = {
+        "scrape_interval": "300ms",
+        "internal_listen": "127.0.0.1:0",
+        "egress": {"allow": ["127.0.0.0/8"]},
+        "target_groups": [{"group": "g", "cluster_discovery": {"rpc": [rpc], "interval": "200ms"}}],
+    }
+    public, internal = await start_tracker(nursery, write_config(tmp_path, settings))
+    async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
+
+        async def both_probed() -> bool:
+            shown = (await client.get(f"{public}/v1/targets")).json()
+            return sorted((t["kind"], t["health"]) for t in shown) == [
+                ("cluster", "up"),
+                ("http", "down"),
+            ]
+
+        await wait_until(both_probed)
+        page = (await client.get(f"{internal}/")).text
+        metrics = (await client.get(f"{internal}/metrics")).text
+    assert 'snapshot_tracker_targets{group="g"} 1.0' in metrics
+    assert 'snapshot_tracker_targets_up{group="g"} 0.0' in metrics
+    assert re.findall(r"<b>([^<]*)</b><span>targets up", page) == ["0 / 1"]
+    assert re.findall(r"(\d+ / \d+) targets up</span>", page) == ["0 / 1"]

@@ -182,7 +182,9 @@ def _mode(config: Config) -> str:
 
 
 def _group(sources: StatusSources, group: str, health: list[TargetHealth], now: float) -> GroupView:
-    mine = [h for h in health if h.target.key.group == group]
+    # Snapshot sources only: a cluster RPC URL (kind "cluster") lists no snapshot, and the
+    # metrics and the systemd status line do not count it either.
+    mine = [h for h in health if h.target.key.group == group and h.target.kind != "cluster"]
     index = sources.index
     full, incremental = index.best_full(group), index.best_incremental(group)
     holders = _holders(index, group, [s.info.files[0].bare_name for s in (full, incremental) if s])

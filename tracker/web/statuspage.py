@@ -156,8 +156,10 @@ def _card(value: str, label: str) -> str:
 
 
 def _summary(view: StatusView) -> str:
-    up = sum(t.health == "up" for t in view.targets)
-    cards = [_card(f"{up} / {len(view.targets)}", "targets up")]
+    # The groups' counts: snapshot sources only, not the cluster RPC URLs the Targets table
+    # also lists (as the metrics `snapshot_tracker_targets` / `_up` count them).
+    up, total = sum(g.up for g in view.groups), sum(g.targets for g in view.groups)
+    cards = [_card(f"{up} / {total}", "targets up")]
     for group in view.groups:
         best = f"{group.full.slot:,}" if group.full is not None else "none"
         cards.append(_card(best, f"best full of {text(group.name)}"))
