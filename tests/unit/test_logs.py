@@ -68,6 +68,29 @@ def test_text_quotes_and_escapes_values_so_they_stay_on_one_line() -> None:
     )
 
 
+#: What json.dumps leaves raw and a reader takes for a line break or a terminal's control:
+#: NEL, LINE and PARAGRAPH SEPARATOR, the one-character CSI, a right-to-left override, DEL.
+UNPRINTABLE = "a\x85b\u2028c\u2029d\x9b31me\u202eg\x7fh"
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+@pytest.mark.usefixtures("restore_root")
+def test_characters_that_are_not_printable_are_escaped(fmt: str) -> None:
+    stream = capture(fmt)
+    log_event(logging.getLogger("tracker.test"), "warning", "odd", reason=UNPRINTABLE, ok="é")
+    line = stream.getvalue()
+    assert line.endswith("\n")
+    assert line[:-1].isprintable()
+    assert len(line.splitlines()) == 1
+    if fmt == "json":
+        assert json.loads(line)["reason"] == UNPRINTABLE
+        assert json.loads(line)["ok"] == "é"  # printable text stays as it is
+    else:
+        value = line.split(" reason=", 1)[1].split(" ok=")[0]
+        assert json.loads(value) == UNPRINTABLE
+        assert line.endswith(" ok=é\n")
+
+
 @pytest.mark.usefixtures("restore_root")
 def test_json_line_is_one_object_with_time_level_event_and_fields() -> None:
     stream = capture("json")

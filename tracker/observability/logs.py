@@ -181,7 +181,17 @@ class JsonFormatter(logging.Formatter):
             "event": event,
         }
         line.update(fields)
-        return json.dumps(line, ensure_ascii=False, default=str)
+        return _one_line(json.dumps(line, ensure_ascii=False, default=str))
+
+
+def _one_line(dumped: str) -> str:
+    """``dumped`` (JSON text) with every character that is not printable escaped as JSON
+    escapes it: json.dumps leaves NEL, U+2028/2029 (line breaks to ``splitlines`` and to
+    journal readers), C1 controls (U+009B starts a terminal escape) and bidi overrides
+    raw, which would let a value split or disguise a log line."""
+    if dumped.isprintable():
+        return dumped
+    return "".join(ch if ch.isprintable() else json.dumps(ch)[1:-1] for ch in dumped)
 
 
 def _text_value(value: object) -> str:
@@ -192,8 +202,9 @@ def _text_value(value: object) -> str:
     text = str(value)
     if text and not any(ch in text for ch in ' "=\\') and text.isprintable():
         return text
-    # json.dumps quotes and escapes newlines, tabs and quotes: the value stays on one line.
-    return json.dumps(text, ensure_ascii=False)
+    # json.dumps quotes and escapes newlines, tabs and quotes; _one_line the rest that is
+    # not printable: the value stays on one line.
+    return _one_line(json.dumps(text, ensure_ascii=False))
 
 
 class ExpectedErrors(logging.Filter):
