@@ -220,3 +220,27 @@ async def test_userinfo_in_public_url_is_not_handed_to_clients(client: httpx.Asy
         [source] = response.json()
         assert source["target"] == f"http://***@{REFUSED}/pre"
         assert source["files"][0]["file_name"].startswith(f"http://***@{REFUSED}/pre/v1/")
+
+
+async def test_short_redirects_keep_the_path_prefix_of_public_url(
+    client: httpx.AsyncClient,
+) -> None:
+    """Behind a reverse proxy serving the tracker under ``/tracker``: the short redirect to
+    an archive the tracker serves itself points under the prefix, as the listing's URL does
+    (a bare ``/v1/...`` left it: a 404 for wget, curl and aria2c); the root aliases stay at
+    the root, where validators' clients ask."""
+    name = full_name(900)
+    data = archive_bytes(50_000, seed=9)
+    config = make_config(None, public_url="http://tracker.invalid/tracker")
+    async with serving(FakeUpstream(files={name: data})) as up, running_tracker(config) as tracker:
+        advertise(tracker.index, up.base, [(name, up.url(name), len(data))])
+        [listed] = (await client.get(f"{tracker.base}/v1/snapshots")).json()
+        path = listed["files"][0]["file_name"].removeprefix("http://tracker.invalid")
+        assert path == f"/tracker/v1/{GROUP}/{name}"
+        short = await client.get(f"{tracker.base}/v1/snapshot.tar.bz2")
+        assert (short.status_code, short.headers["location"]) == (303, path)
+        # what the reverse proxy sends on, the prefix stripped: the archive
+        served = await client.get(tracker.base + path.removeprefix("/tracker"))
+        assert (served.status_code, served.content) == (200, data)
+        alias = await client.get(f"{tracker.base}/snapshot.tar.bz2")
+        assert (alias.status_code, alias.headers["location"]) == (303, f"/{name}")

@@ -23,7 +23,7 @@ import os
 from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Protocol, cast
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import quart
 from quart.wrappers.response import ResponseBody
@@ -164,11 +164,17 @@ class Delivery:
         A root alias (``alias``) always points at the tracker's own root concrete route,
         ``/{name}``, as a validator does: Firedancer and solana-snapshot-finder accept only a
         ``location`` starting with ``/`` and re-send it to the same address (README.md#clients);
-        that route then serves the bytes or redirects to the source.
+        that route then serves the bytes or redirects to the source. It takes no
+        ``public_url`` prefix: those clients ask a validator's root, never under a prefix.
         """
         f = source.info.files[0]
-        if alias or self.serves_bytes(f, source):
-            return tracker_path(f.bare_name, group, alias=alias)
+        if alias:
+            return tracker_path(f.bare_name, group, alias=True)
+        if self.serves_bytes(f, source):
+            # Under ``public_url``'s path prefix, as the listings' URLs are: behind a reverse
+            # proxy that strips it, a bare ``/v1/...`` would leave the prefix (a 404).
+            prefix = urlsplit(self._config().public_url).path
+            return prefix + tracker_path(f.bare_name, group, alias=False)
         return redact_userinfo(f.url)
 
     async def serve(
