@@ -480,6 +480,39 @@ def test_zero_filled_zstd_blocks_end_fast() -> None:
     )
 
 
+def one_frame_of_raw_blocks(data: bytes, size: int) -> bytes:
+    """``data`` as one zstd frame (8 KiB window) of raw blocks of ``size`` bytes."""
+    out = bytearray(ZSTD_MAGIC + b"\x00" + bytes([3 << 3]))
+    for at in range(0, len(data), size):
+        piece = data[at : at + size]
+        last = at + size >= len(data)
+        out += (int(last) | len(piece) << 3).to_bytes(3, "little") + piece
+    return bytes(out)
+
+
+@pytest.mark.parametrize("decoders", [1, 2])
+def test_a_frame_of_tiny_blocks_is_refused_early(decoders: int) -> None:
+    # A valid archive in blocks of one byte: a Python step of the framing walk per four bytes
+    # (7.6 s for 3 MB of tar) is refused past one block per 512 bytes (beyond 8,192)...
+    name = archive_name(SLOT)
+    tar = make_tar(snapshot_entries(SLOT, accounts=3, account_size=64 * 1024, seed=0))
+    data = one_frame_of_raw_blocks(tar, 1)
+    assert zstandard.ZstdDecompressor().stream_reader(data).read() == tar  # valid zstd
+    with pytest.raises(ArchiveInvalid) as caught:
+        check_stream(io.BytesIO(data).read, name, decoders=decoders)
+    found = re.fullmatch(
+        r"zstd: more than (\d+) blocks before byte (\d+) \(at most one per 512 bytes past "
+        r"the first 8192\)",
+        caught.value.reason,
+    )
+    assert found is not None, caught.value.reason
+    blocks, at = int(found[1]), int(found[2])
+    assert blocks == 8192 + at // 512 and at < 64 * 1024  # at the bound, not at the end
+    # ... while the same tar in blocks of 2 KiB (as small as blocks get within the ratio
+    # bound) passes.
+    assert check_bytes(one_frame_of_raw_blocks(tar, 2048), name)
+
+
 # --- files ---------------------------------------------------------------------------------------
 
 

@@ -32,8 +32,11 @@ import zstandard
 
 from tracker.errors import ArchiveInvalid
 from tracker.proof.archive.checklimits import (
+    BLOCK_FLOOR,
+    BYTES_PER_BLOCK,
     XZ_MEMLIMIT,
     ZSTD_MAX_WINDOW,
+    blocks_allowed,
     too_many_units,
     units_allowed,
 )
@@ -72,6 +75,8 @@ class FrameState:
     magic_at: int = 0
     #: Frames (skippable ones included) begun so far, the one being read included.
     frames: int = 0
+    #: Blocks begun so far, in every frame (:func:`~tracker.proof.archive.checklimits.blocks_allowed`).
+    blocks: int = 0
 
 
 def zstd_frames(state: FrameState, at: int = 0) -> Parser:
@@ -91,7 +96,7 @@ def zstd_frames(state: FrameState, at: int = 0) -> Parser:
             if state.frames > units_allowed(at):
                 raise too_many_units("zstd", "frame", state.frames, at)
             if magic == _ZSTD_MAGIC:
-                at = yield from _zstd_frame(at)
+                at = yield from _zstd_frame(at, state)
             elif magic & 0xFFFFFFF0 == 0x184D2A50:  # skippable frame
                 size = int.from_bytes((yield 4), "little")
                 if size:
@@ -109,7 +114,7 @@ def zstd_frames(state: FrameState, at: int = 0) -> Parser:
         ) from None
 
 
-def _zstd_frame(at: int) -> ParserOf[int]:
+def _zstd_frame(at: int, state: FrameState) -> ParserOf[int]:
     descriptor = (yield 1)[0]
     if descriptor & 0x08:
         raise ArchiveInvalid(f"zstd: reserved bit set in the frame header at byte {at}")
@@ -124,6 +129,12 @@ def _zstd_frame(at: int) -> ParserOf[int]:
     pos = at + 5 + header
     empty = 0
     while True:
+        state.blocks += 1
+        if state.blocks > blocks_allowed(pos):
+            raise ArchiveInvalid(
+                f"zstd: more than {state.blocks - 1} blocks before byte {pos} (at most one per "
+                f"{BYTES_PER_BLOCK} bytes past the first {BLOCK_FLOOR})"
+            )
         block = int.from_bytes((yield 3), "little")
         kind, size = (block >> 1) & 3, block >> 3
         if kind == 3:
