@@ -75,7 +75,8 @@ class FrameState:
     magic_at: int = 0
     #: Frames (skippable ones included) begun so far, the one being read included.
     frames: int = 0
-    #: Blocks begun so far, in every frame (:func:`~tracker.proof.archive.checklimits.blocks_allowed`).
+    #: Blocks begun so far, in every frame (bounded by
+    #: :func:`~tracker.proof.archive.checklimits.blocks_allowed`).
     blocks: int = 0
 
 
