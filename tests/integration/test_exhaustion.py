@@ -161,6 +161,34 @@ async def test_a_request_smuggled_behind_an_ambiguous_one_is_never_served() -> N
     assert b"HTTP/1.1 200" not in received
 
 
+async def test_an_h2c_upgrade_is_answered_in_http_1_1() -> None:
+    # HTTP/2 is not served: its streams bypassed the zero-copy sends, and a stream whose
+    # flow-control window stayed 0 had a whole archive buffered in the tracker's memory.
+    # The upgrade is ignored (RFC 9110, section 7.8), the request answered in HTTP/1.1.
+    upgrade = (
+        b"GET /v1/snapshots HTTP/1.1\r\nhost: t\r\n"
+        b"connection: upgrade, http2-settings, close\r\nupgrade: h2c\r\n"
+        b"http2-settings: AAMAAABkAAQAAP__\r\n\r\n"
+    )
+    async with proxy_tracker() as t:
+        received, closed = await exchange(t.base, upgrade)
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n"), head
+    assert b"upgrade" not in head.lower()
+    assert body.startswith(b"[")  # the JSON listing, not HTTP/2 frames
+    assert closed
+
+
+async def test_the_http2_preface_is_refused_in_one_line() -> None:
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes(9)  # and an empty frame
+    async with proxy_tracker() as t:
+        received, closed = await exchange(t.base, preface)
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 505 HTTP Version Not Supported\r\n"), head
+    assert body == b"only HTTP/1.1 is served\n"
+    assert closed
+
+
 async def listed(client: httpx.AsyncClient, base: str) -> bool:
     """The tracker at ``base`` lists a snapshot (its first scan is done)."""
     return bool((await client.get(f"{base}/v1/snapshots")).json())

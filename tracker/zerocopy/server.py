@@ -64,6 +64,11 @@ class ZeroCopyApp:
             await self._answer(scope, receive, send)
 
     async def _answer(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("type") == "http" and scope.get("http_version") not in ("1.0", "1.1"):
+            # HTTP/2's prior-knowledge preface (``PRI * HTTP/2.0``), read as a request now
+            # that no request switches protocols (:func:`http1_only`).
+            await _refuse(send, b"only HTTP/1.1 is served\n", 505)
+            return
         if scope.get("type") == "http" and _ambiguous_length(scope.get("headers", ())):
             await _refuse(send, b"content-length and transfer-encoding together\n")
             return
@@ -103,15 +108,31 @@ def _ambiguous_length(headers: Any) -> bool:
     return b"content-length" in names and b"transfer-encoding" in names
 
 
-async def _refuse(send: Any, reason: bytes) -> None:
-    """A 400 with a one-line reason; ``connection: close`` ends the connection after it."""
+async def _refuse(send: Any, reason: bytes, status: int = 400) -> None:
+    """A ``status`` (400) with a one-line reason; ``connection: close`` ends the connection
+    after it."""
     headers = [
         (b"content-type", b"text/plain"),
         (b"content-length", str(len(reason)).encode()),
         (b"connection", b"close"),
     ]
-    await send({"type": "http.response.start", "status": 400, "headers": headers})
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": reason, "more_body": False})
+
+
+async def _served_as_http1(_protocol: H11Protocol, _event: object) -> None:
+    """hypercorn's ``H11Protocol._check_protocol`` replaced: no request switches the
+    connection to HTTP/2."""
+
+
+def http1_only() -> None:
+    """Keep every connection in HTTP/1.1: hypercorn answers ``upgrade: h2c`` with a 101 and
+    takes ``PRI * HTTP/2.0`` as HTTP/2, whose streams bypass the zero-copy sends and whose
+    flow control hypercorn does not wait for (a stream whose window stays 0 had the whole
+    archive buffered in memory: 1 GB for a 1 GiB file, per stream). A server may ignore
+    ``upgrade`` (RFC 9110, section 7.8): the request is answered in HTTP/1.1; the preface
+    gets a 505 (:meth:`ZeroCopyApp._answer`). tracker/zerocopy/README.md, assumption 14."""
+    H11Protocol._check_protocol = _served_as_http1  # type: ignore[method-assign,assignment]
 
 
 async def serve(
@@ -135,6 +156,7 @@ async def serve(
     lower_case_headers()  # `connection: close` as the clients of README.md#clients expect it
     reason_phrases()  # `HTTP/1.1 303 See Other`, not `HTTP/1.1 303 `
     bytes_after_the_last_request_dropped()  # a stray CRLF after an HTTP/1.0 request
+    http1_only()  # no h2c upgrade, no HTTP/2 preface
     wrapped = wrap_app(ZeroCopyApp(app, connections), config.wsgi_max_body_size, "asgi")
     lifespan_state: LifespanState = {}
     lifespan = Lifespan(wrapped, config, lifespan_state)
