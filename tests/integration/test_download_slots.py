@@ -8,6 +8,7 @@ tests/unit/test_exhaustion_unit.py.
 
 from __future__ import annotations
 
+import socket
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from test_exhaustion import stalled_reader
 
 from tracker.core.snapshots import SnapshotFile, chains_from_files, parse_archive_name
 from tracker.ordering.index import Index, TargetKey
+from tracker.serving.fileresponse import TAIL
 
 NAME = "snapshot-700-" + "3" * 44 + ".tar.zst"
 DATA = bytes(range(256)) * (64 * 1024)  # 16 MiB: more than the sockets' buffers hold
@@ -85,3 +87,44 @@ async def test_a_slow_reader_keeps_its_slot(tmp_path: Path) -> None:
                     received += chunk
     assert received.partition(b"\r\n\r\n")[2] == DATA
     assert slots.reclaimed == 0
+
+
+async def reader_stopped_in_the_last_bytes(host: str, port: int) -> trio.SocketStream:
+    """A client that reads NAME up to one byte into its last 64 KiB (which the tracker reads
+    and sends as plain bytes, not as a zero-copy piece), then nothing more, through a
+    receive buffer of a few KiB: the tracker's send of those bytes blocks."""
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    await sock.connect((host, port))
+    stream = trio.SocketStream(sock)
+    await stream.send_all(f"GET /{NAME} HTTP/1.1\r\nhost: t\r\n\r\n".encode())
+    received = b""
+    while b"\r\n\r\n" not in received:
+        received += await stream.receive_some(1024)
+    body = len(received.partition(b"\r\n\r\n")[2])
+    while body < len(DATA) - TAIL + 1:
+        body += len(await stream.receive_some(min(4096, len(DATA) - TAIL + 1 - body)))
+    return stream
+
+
+async def test_a_client_stopped_in_the_last_bytes_gives_its_slot_up(tmp_path: Path) -> None:
+    """The last 64 KiB of a file go out as plain bytes: a client that stopped reading there
+    kept its slot (no stall was measured, nothing could take the slot back) until the
+    kernel dropped the connection, and its download was logged complete."""
+    async with proxy_tracker(index=local_archive(tmp_path)) as t:
+        slots = t.parts.delivery.slots
+        slots.limit, slots.reclaim_after = 1, 0.5
+        host, port = t.base.removeprefix("http://").rsplit(":", 1)
+        reader = await reader_stopped_in_the_last_bytes(host, int(port))
+        async with reader, httpx.AsyncClient(timeout=10, trust_env=False) as client:
+            assert slots.taken == 1
+            with trio.fail_after(15):
+                while (answer := await client.get(f"{t.base}/{NAME}")).status_code == 503:
+                    await trio.sleep(0.1)  # paces the retries until the reader stalled long
+            assert answer.status_code == 200
+            assert answer.content == DATA
+            # the stopped client's answer ended short of its length: the connection is cut
+            with trio.fail_after(10):
+                while await reader.receive_some(65536):
+                    pass
+    assert slots.reclaimed == 1

@@ -13,6 +13,7 @@ import errno
 import hashlib
 import os
 import socket
+import struct
 from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
@@ -30,6 +31,7 @@ from quart_trio import QuartTrio
 import tracker.zerocopy.kernelcopy
 import tracker.zerocopy.stream as stream_module
 from tracker.accounting.downloads import outcome_of
+from tracker.serving.fileresponse import TAIL
 from tracker.serving.responsebodies import WrappedBody
 from tracker.zerocopy.connection import (
     SCOPE_KEY,
@@ -175,6 +177,38 @@ async def test_a_client_leaving_mid_file_ends_the_body_as_client_gone(tmp_path: 
         nursery.cancel_scope.cancel()
     [error] = endings
     assert outcome_of(received, 64 * MiB, error) == "client_gone", repr(error)
+
+
+async def test_a_client_leaving_in_the_last_bytes_ends_the_body_as_client_gone(
+    tmp_path: Path,
+) -> None:
+    """The last 64 KiB go out as plain bytes, whose failed send hypercorn keeps to itself:
+    a client that reset there had its download ended as complete, every byte counted."""
+    path = tmp_path / "snapshot-100-archive.tar.zst"
+    size = 4 * MiB  # its last 64 KiB: the plain tail
+    path.write_bytes(os.urandom(size))
+    endings: list[BaseException | None] = []
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(serve_app, file_app(path, endings))
+        port = int(url.rsplit(":", 1)[1])
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        with sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+            await sock.connect(("127.0.0.1", port))
+            await sock.send(b"GET /file HTTP/1.1\r\nhost: t\r\n\r\n")
+            received = b""
+            while b"\r\n\r\n" not in received:
+                received += await sock.recv(1024)
+            body = len(received.partition(b"\r\n\r\n")[2])
+            while body < size - TAIL + 1:  # one byte into the tail, the rest unread
+                body += len(await sock.recv(min(4096, size - TAIL + 1 - body)))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        with trio.fail_after(10):
+            while not endings:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    [error] = endings
+    assert outcome_of(body, size, error) == "client_gone", repr(error)
 
 
 async def test_a_pipelining_client_that_left_ends_its_connection(server: Server) -> None:

@@ -44,7 +44,7 @@ from typing import Protocol
 import attrs
 import trio
 
-from tracker.errors import TrackerError
+from tracker.errors import ClientGone, TrackerError
 from tracker.serving.httpanswer import Answer
 from tracker.serving.ranges import METHODS, RequestHeaders, make_etag, plan_file_response
 from tracker.serving.responsebodies import Body, GeneratorBody
@@ -222,6 +222,10 @@ class _SendfileBody(_FileBody):
                 if position + size == end:
                     unchanged(self._fd, self._opened, position)
                 yield chunk
+                if self._connection.broken:
+                    # hypercorn keeps a failed send to itself: without this the answer
+                    # ended as complete (tracker/zerocopy/README.md, assumption 10)
+                    raise ClientGone("client connection closed during the last bytes")
             position += size
             if self._on_bytes is not None:
                 self._on_bytes(size)

@@ -36,6 +36,7 @@ from typing import Any
 import trio
 
 from tracker.errors import ClientGone, SourceFailed, TrackerError
+from tracker.zerocopy import kernelcopy
 from tracker.zerocopy.pieces import (
     LARGEST_PIECE,
     LARGEST_SOCKET_PIECE,
@@ -174,6 +175,33 @@ class Connection:
         """Give up on the client (its download slot went to another): the piece waiting for
         it fails as the client's failure, and the connection ends."""
         self._progress.reclaim()
+
+    async def send_plain(
+        self,
+        stream: trio.SocketStream,
+        sock: trio.socket.SocketType,
+        data: bytes | bytearray | memoryview,
+    ) -> None:
+        """Send ``data`` (a head, a small body, a file's last bytes: what is not a piece)
+        on ``stream`` while an answer is in progress, watched as a piece's wait is: its
+        client's stall is measured (:meth:`stalled`), :meth:`reclaim` gives up on it, and a
+        send still blocked after STALL_TIMEOUT ends (tracker/zerocopy/kernelcopy.py).
+        Without this, a client that stopped reading in a file's last bytes kept its download
+        slot until the kernel dropped it. Raises trio.BrokenResourceError when given up on
+        (the connection is shut down: part of ``data`` may be out)."""
+        stall = kernelcopy.STALL_TIMEOUT
+        with trio.move_on_after(stall) as waited:
+            self._progress.waiting(sock, waited)
+            try:
+                await stream.send_all(data)
+                return
+            finally:
+                self._progress.moving()
+        self.broken = True
+        shut_down(sock)
+        if self._progress.reclaimed:
+            raise trio.BrokenResourceError("client took nothing while downloads were refused")
+        raise trio.BrokenResourceError(f"client took nothing for {stall:.0f} s")
 
     def stage(self, piece: Piece) -> bytes:
         """Stage ``piece`` and return the placeholder to yield for it.

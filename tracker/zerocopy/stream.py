@@ -88,7 +88,10 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
                 # As trio's stream does after send_eof, but before touching it: a send racing
                 # the close got trio's BusyResourceError, logged as a failure of the app.
                 raise trio.ClosedResourceError("the connection is closed for sending")
-            await self._stream.send_all(data)
+            if connection is not None and connection.requests:
+                await connection.send_plain(self._stream, self.socket, data)
+            else:
+                await self._stream.send_all(data)
         except trio.BrokenResourceError:
             self._client_gone()
             raise
