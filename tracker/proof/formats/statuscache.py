@@ -24,7 +24,8 @@ Sources (anza-xyz/agave; the enums from anza-xyz/solana-sdk):
 
 Every count is bounded by the bytes left in the member before it is used
 (:class:`~tracker.proof.formats.bincode.Reader`), so a hostile count costs nothing; the
-statuses, millions on mainnet, are read by a compiled kernel (``kernels.skip_statuses``).
+blockhashes and statuses, millions on mainnet, are read by a compiled kernel
+(``kernels.skip_status``).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ _RUST_WHITE_SPACE = (
     "\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
 )
 _U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
 #: Bytes of statuses read at once (the kernel's piece).
 PIECE = 1024 * 1024
 # A Vec's element (the 20-byte key and the Result's tag) and a slot delta's fixed part.
@@ -126,44 +128,46 @@ def _slot_deltas(reader: Reader, bank_slot: int) -> ParserOf[set[int]]:
 
 
 def _status(reader: Reader, slot: int) -> ParserOf[None]:
-    reader.field = f"the blockhashes of slot {slot}"
-    hashes = yield from reader.count(_BLOCKHASH_ENTRY)
-    for _ in range(hashes):
-        reader.field = f"a blockhash of slot {slot}"
-        yield from reader.skip(32 + 8)  # the blockhash, the key's index (usize)
-        reader.field = f"the statuses of slot {slot}"
-        entries = yield from reader.count(_KEYED_RESULT)
-        yield from _statuses(reader, slot, entries)
-
-
-def _statuses(reader: Reader, slot: int, count: int) -> ParserOf[None]:
-    """Read past ``count`` transaction statuses, in pieces of at most :data:`PIECE` bytes
-    read by a compiled kernel (``kernels.skip_statuses``): never more bytes than the statuses
-    left take at least (24 each), so that the piece never reaches into what follows."""
+    """Read past the status of ``slot``: its blockhashes and their transaction statuses, in
+    pieces of at most :data:`PIECE` bytes read by a compiled kernel
+    (``kernels.skip_status``): never more bytes than what is left takes at least (48 a
+    blockhash, 24 a status), so that the piece never reaches into what follows."""
     # numpy and the kernels loaded here, where statuses are read: a tracker that only serves
     # loads neither (tests/unit/test_idle_imports.py)
     import numpy as np
 
-    from tracker.proof.formats.kernels import skip_statuses
+    from tracker.proof.formats.kernels import skip_status
 
-    reader.field = f"a transaction status of slot {slot}"
-    carry = b""
-    need = _KEYED_RESULT  # the bytes the next status takes at least, past those carried
-    while count:
-        data = yield from reader.take(max(need, min(PIECE, need + _KEYED_RESULT * (count - 1))))
+    reader.field = f"the blockhashes of slot {slot}"
+    hashes = yield from reader.count(_BLOCKHASH_ENTRY)
+    statuses, carry, need = 0, b"", 0
+    while hashes or statuses:
+        least = _BLOCKHASH_ENTRY * hashes + _KEYED_RESULT * statuses - len(carry)
+        what = "a transaction status" if statuses else "a blockhash"
+        reader.field = f"{what} of slot {slot}"
+        data = yield from reader.take(max(need, min(PIECE, least)))
         piece = carry + data if carry else data
-        pos, read, wrong, need = skip_statuses(
-            np.frombuffer(piece, dtype=np.uint8), 0, len(piece), count
+        left = reader.size - reader.at + len(piece)  # the member's bytes from the piece
+        found = skip_status(
+            np.frombuffer(piece, dtype=np.uint8), 0, len(piece), hashes, statuses, left
         )
-        count -= read
+        pos, hashes, statuses, wrong, need = (int(value) for value in found)
         if wrong:
             raise _unknown(reader, slot, piece, pos, wrong)
         carry = piece[pos:]
 
 
 def _unknown(reader: Reader, slot: int, piece: bytes, pos: int, wrong: int) -> ArchiveInvalid:
-    """The refusal of the status at ``piece[pos:]`` whose variant ``wrong`` says is unknown."""
+    """The refusal of the status at ``piece[pos:]`` whose variant ``wrong`` says is unknown,
+    or (``wrong`` 4) of the blockhash there whose count of statuses is past the member."""
     at = reader.at - len(piece) + pos  # where the status starts in the member
+    if wrong == 4:  # as Reader.count words it
+        count = _U64.unpack_from(piece, pos + 40)[0]
+        left = reader.size - (at + 48)
+        return reader.fail(
+            f"the statuses of slot {slot}: {count} elements of {_KEYED_RESULT} bytes at byte "
+            f"{at + 40}, {left} bytes left"
+        )
     if wrong == 1:
         tag = _U32.unpack_from(piece, pos + 20)[0]
         return reader.fail(
