@@ -19,7 +19,7 @@ import httpx
 import pytest
 from helpers_process import RUNNING
 
-from tracker.observability.logs import TextFormatter
+from tracker.observability.logs import JsonFormatter, TextFormatter
 
 
 @pytest.fixture
@@ -57,8 +57,19 @@ def _events_with_fields(request: pytest.FixtureRequest) -> Iterator[None]:
     request.node.stash[_EVENTS] = handler
     root = logging.getLogger()
     root.addHandler(handler)
+    level = root.level
     yield
     root.removeHandler(handler)
+    # A test that ran the command line in this process (``cli.main``: setup_logging) left
+    # its handler on the root logger, writing to the stderr of that test (a capture closed
+    # since): every warning of a later test in the worker printed a "Logging error"
+    # traceback instead, 2,000 of them in one test of failing sends (11 s).
+    for left in root.handlers[:]:
+        if isinstance(left, logging.StreamHandler) and isinstance(
+            left.formatter, (TextFormatter, JsonFormatter)
+        ):
+            root.removeHandler(left)
+    root.setLevel(level)
 
 
 @pytest.hookimpl(wrapper=True)

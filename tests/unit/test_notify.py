@@ -86,13 +86,15 @@ def test_send_failure_is_logged_not_raised(
 def test_a_full_socket_does_not_block_the_sender(
     listener: tuple[socket.socket, str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    # Nobody reads the socket: the queue fills up; sends must then fail fast, not block the loop.
+    # Nobody reads the socket: the queue fills up; sends must then fail at once, not block
+    # the loop (a blocking send would wait for ever: the bound is generous on purpose, a
+    # loaded host took 11 s for the 2,000 sends and their warnings).
     _, path = listener
     notifier = Notifier.from_env({"NOTIFY_SOCKET": path})
     started = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="tracker.notify"):
         results = [notifier.status("x" * 1000) for _ in range(2000)]
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 60
     assert results[0] is True
     assert results[-1] is False
     assert caplog.records[-1].getMessage() == "sd_notify_failed"
