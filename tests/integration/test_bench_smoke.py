@@ -15,13 +15,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import select
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -125,6 +128,13 @@ def test_bench_quick_run(tmp_path: Path, reaped: dict[str, str]) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
+def _lines_to(stream: IO[str], lines: queue.Queue[str]) -> None:
+    """Put each line of ``stream`` in ``lines``, then "" at its end."""
+    for line in stream:
+        lines.put(line)
+    lines.put("")
+
+
 def test_a_bench_killed_outright_leaves_no_process(tmp_path: Path, reaped: dict[str, str]) -> None:
     """SIGKILL of ``run.py`` once its servers run (no ``finally`` of its own runs): every
     process it started dies with it (the parent-death signal; nginx's workers with their
@@ -134,18 +144,23 @@ def test_a_bench_killed_outright_leaves_no_process(tmp_path: Path, reaped: dict[
         bench_argv(tmp_path, "cache_hit_1", "cache_hit_8"),
         cwd=tmp_path, env=reaped, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
+    assert bench.stdout is not None
+    # Its lines read in a thread: a bench that hangs silently fails the wait below after two
+    # minutes (a readline here would wait for ever, the finally never killing it).
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=_lines_to, args=(bench.stdout, lines), daemon=True)
+    reader.start()
     try:
-        assert bench.stdout is not None
         # Its first figure measured: nginx and the tracker it hit are running now.
-        while not (line := bench.stdout.readline()).startswith("  cache_hit_1 run 1:"):
+        while not (line := lines.get(timeout=120)).startswith("  cache_hit_1 run 1:"):
             assert line, "the bench ended before its first figure"
         started = [pid for pid in marked(reaped[MARK], tmp_path) if pid != bench.pid]
         assert len(started) > 1  # nginx, the tracker...
     finally:
         bench.send_signal(signal.SIGKILL)
         bench.wait()
-        if bench.stdout is not None:
-            bench.stdout.close()
+        reader.join(10)  # the pipe ended with the bench
+        bench.stdout.close()
     # Nothing but the kernel ends them: each dies with its parent (or its group's leader),
     # and what they started in turn with them; each exit waited for as the kernel reports it.
     while left := marked(reaped[MARK], tmp_path):

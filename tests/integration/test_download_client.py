@@ -24,7 +24,8 @@ async def test_download_client_uses_big_reads() -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(up.run)
         async with client, client.stream("GET", up.url(NAME)) as response:
-            await trio.sleep(0.2)  # let the socket buffers fill
+            # the upstream's send blocked: the socket buffers are full
+            await trio.testing.wait_all_tasks_blocked()
             sizes = [len(chunk) async for chunk in response.aiter_raw()]
         nursery.cancel_scope.cancel()
     assert sum(sizes) == len(data)

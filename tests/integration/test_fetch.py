@@ -764,6 +764,7 @@ async def test_progress_bar_in_a_terminal_and_log_lines_without(tmp_path: Path) 
         tty = tmp_path / "tty"
         tty.mkdir()
         controller, terminal = pty.openpty()
+        os.set_blocking(controller, False)
         # A terminal of 24 rows and 100 columns (a fresh pty has 0x0, where tqdm hides bars).
         fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
         try:
@@ -778,8 +779,13 @@ async def test_progress_bar_in_a_terminal_and_log_lines_without(tmp_path: Path) 
                 with trio.fail_after(60):
                     while True:
                         try:
-                            chunk = await trio.to_thread.run_sync(os.read, controller, 65536)
-                        except OSError:
+                            # in the event loop: fail_after cancels the wait, a blocked
+                            # read in a thread would not end (a hung fetch hung the test)
+                            await trio.lowlevel.wait_readable(controller)
+                            chunk = os.read(controller, 65536)
+                        except BlockingIOError:
+                            continue
+                        except OSError:  # EIO: the terminal's last user closed it
                             break
                         if not chunk:
                             break

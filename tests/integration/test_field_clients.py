@@ -208,7 +208,8 @@ async def test_two_sources_one_never_answers(tmp_path: Path) -> None:
         advertise_files(t.index, good, FILES)
         advertise_files(t.index, dead, FILES)  # scraped last: asked first
         assert t.index.find_file(GROUP, INCR)[0][1].key.target == dead.base
-        limit = t.config.first_byte_timeout + 1.0
+        # the dead source given up at first_byte_timeout, not at the answer timeout (5 s)
+        limit = t.config.first_byte_timeout + 3.0
         durations = []
         for _ in range(8):
             start = trio.current_time()
@@ -233,7 +234,8 @@ async def test_a_source_that_answers_but_never_starts_its_body_is_given_up(
         advertise_files(t.index, stalls, FILES)
         start = trio.current_time()
         wire = await raw_request(t.base, f"/v1/{GROUP}/{FULL}")
-        assert trio.current_time() - start <= t.config.first_byte_timeout + 1.0
+        # not at the read timeout (10 s)
+        assert trio.current_time() - start <= t.config.first_byte_timeout + 3.0
         assert wire.status == 200 and sha256(wire.body) == sha256(FILES[FULL])
         assert wire.header("etag") is None  # an early head carries no validator
         assert good.gets(FULL)

@@ -123,7 +123,7 @@ def test_splice_to_file_fails_on_a_closed_or_silent_source(tmp_path: Path) -> No
         started = time.monotonic()
         with pytest.raises(SourceFailed, match="sent nothing"):
             splice_to_file(rx.fileno(), f.fileno(), 0, 2000, 0.5, 10)
-        assert time.monotonic() - started < 3
+        assert time.monotonic() - started < 15  # not the 30 s read timeout
 
 
 def test_splice_to_file_returns_what_arrived_while_the_source_pauses(tmp_path: Path) -> None:
@@ -134,12 +134,12 @@ def test_splice_to_file_returns_what_arrived_while_the_source_pauses(tmp_path: P
         tx.sendall(b"y" * 5000)
         started = time.monotonic()
         assert splice_to_file(rx.fileno(), f.fileno(), 0, 10_000, 30, 0.2) == 5000
-        assert time.monotonic() - started < 2
+        assert time.monotonic() - started < 15  # not the 30 s timeout
         # Nothing more comes: the call still returns (the caller may have been cancelled:
         # a stopping service waits for this thread), and the caller keeps the silence.
         started = time.monotonic()
         assert splice_to_file(rx.fileno(), f.fileno(), 5000, 5000, 30, 0.2) == 0
-        assert time.monotonic() - started < 2
+        assert time.monotonic() - started < 15
     assert (tmp_path / "file").read_bytes() == b"y" * 5000
 
 

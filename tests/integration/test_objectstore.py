@@ -416,7 +416,8 @@ async def test_a_hung_store_costs_a_request_at_most_request_timeout(
                     async with client.stream("GET", t.url(name)) as answer:
                         waited = trio.current_time() - started
                         body = await answer.aread()
-                assert waited < timeout + 1.5, (name, waited)
+                # not boto's own 60 s: request_timeout, with room for a loaded host
+                assert waited < 3 * timeout, (name, waited)
                 assert answer.status_code == 200 and body == data, name
                 assert not health.up
             status = await client.get(f"{t.base}/v1/store")

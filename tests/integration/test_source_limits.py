@@ -230,13 +230,18 @@ async def test_no_cap_is_not_slowed(tmp_path: Path) -> None:
         began = time.monotonic()
         response = await client.get(t.url(FULL))
         assert sha256(response.content) == sha256(DATA)
-        assert time.monotonic() - began < 1.5
+        # paced, 3 MiB would take seconds at any cap a test could set; unpaced, a blink
+        assert time.monotonic() - began < 10
 
 
 async def test_a_speed_test_skips_a_busy_source_and_measures_it_when_a_slot_is_free() -> None:
     up = FakeUpstream(files={FULL: DATA}, behaviour={FULL: Behaviour(pause_at=MiB)})
     config = limited(None, 1, ranking=PROBED)
-    async with serving(up), running_tracker(config, up) as t:  # type: ignore[arg-type]
+    settings = attrs.evolve(FAST, busy_wait=30.0)  # what a round waiting for the slot takes
+    async with (
+        serving(up),
+        running_tracker(config, up, settings=settings) as t,  # type: ignore[arg-type]
+    ):
         tests = t.parts.speedtests
         async with httpx.AsyncClient(timeout=20) as client, trio.open_nursery() as nursery:
             bodies: list[bytes] = []
@@ -248,7 +253,7 @@ async def test_a_speed_test_skips_a_busy_source_and_measures_it_when_a_slot_is_f
             await wait_for(lambda: up.answering == 1)  # a proxied transfer holds the slot
             began = time.monotonic()
             assert await tests.round() == 0  # skipped, not waited for
-            assert time.monotonic() - began < 1.0
+            assert time.monotonic() - began < 10
             assert len(up.gets()) == 1 and up.most_at_once == 1
             [_due] = tests.due(t.config.target_groups[0])  # still due: tried again next round
             t.config = limited(None, 2, ranking=PROBED)  # type: ignore[assignment]

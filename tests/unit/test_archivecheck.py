@@ -501,8 +501,8 @@ def test_a_frame_of_tiny_blocks_is_refused_early(decoders: int) -> None:
     with pytest.raises(ArchiveInvalid) as caught:
         check_stream(io.BytesIO(data).read, name, decoders=decoders)
     found = re.fullmatch(
-        r"zstd: more than (\d+) blocks before byte (\d+) \(at most one per 512 bytes past "
-        r"the first 8192\)",
+        r"zstd: more than (\d+) small blocks before byte (\d+) \(at most one per 512 bytes "
+        r"past the first 8192\)",
         caught.value.reason,
     )
     assert found is not None, caught.value.reason

@@ -377,7 +377,7 @@ def test_a_cancelled_check_stops_in_its_decode_loop(monkeypatch: pytest.MonkeyPa
     started = time.perf_counter()
     thread.join(10)
     assert not thread.is_alive()
-    assert time.perf_counter() - started < 1.0  # all of it: ~10 s
+    assert time.perf_counter() - started < 5.0  # all of it: ~10 s
     [error] = outcome
     assert isinstance(error, ArchiveInvalid) and error.reason == "check cancelled"
 

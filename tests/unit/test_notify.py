@@ -138,5 +138,6 @@ async def test_run_watchdog_pings_at_the_interval(tmp_path: Path) -> None:
                     assert await receiver.recv(4096) == b"WATCHDOG=1"
                 elapsed = trio.current_time() - started
                 nursery.cancel_scope.cancel()
-    # Ping k goes out after k sleeps of the interval: never sooner, and not much later either.
-    assert 3 * interval <= elapsed < 3.0
+    # Ping k goes out after k sleeps of the interval: never sooner (the bound above is the
+    # fail_after; a loaded host may be late by seconds).
+    assert 3 * interval <= elapsed

@@ -419,8 +419,13 @@ def test_a_scan_process_ignores_sigint_from_the_moment_it_is_forked() -> None:
         target=signal.raise_signal, args=(signal.SIGINT,), daemon=True
     )
     scanprocs.start_process(process)
-    process.join(30)
-    assert process.exitcode == 0
+    try:
+        process.join(30)
+        assert process.exitcode == 0
+    finally:
+        if process.is_alive():
+            process.kill()
+            process.join()
 
 
 def _signal_mask(pid: int, field: str) -> int:

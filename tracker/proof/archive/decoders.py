@@ -75,8 +75,8 @@ class FrameState:
     magic_at: int = 0
     #: Frames (skippable ones included) begun so far, the one being read included.
     frames: int = 0
-    #: Blocks begun so far, in every frame (bounded by
-    #: :func:`~tracker.proof.archive.checklimits.blocks_allowed`).
+    #: Blocks so far that may decode to little (compressed, small raw), in every frame
+    #: (bounded by :func:`~tracker.proof.archive.checklimits.blocks_allowed`).
     blocks: int = 0
 
 
@@ -130,18 +130,21 @@ def _zstd_frame(at: int, state: FrameState) -> ParserOf[int]:
     pos = at + 5 + header
     empty = 0
     while True:
-        state.blocks += 1
-        if state.blocks > blocks_allowed(pos):
-            raise ArchiveInvalid(
-                f"zstd: more than {state.blocks - 1} blocks before byte {pos} (at most one per "
-                f"{BYTES_PER_BLOCK} bytes past the first {BLOCK_FLOOR})"
-            )
         block = int.from_bytes((yield 3), "little")
         kind, size = (block >> 1) & 3, block >> 3
         if kind == 3:
             raise ArchiveInvalid(f"zstd: reserved block type at byte {pos}")
         if size > _ZSTD_MAX_BLOCK:
             raise ArchiveInvalid(f"zstd: block of {size} bytes at byte {pos}")
+        # Counted: the blocks that may decode to little. An RLE block, or a raw one of
+        # BYTES_PER_BLOCK or more, decodes to its size (the expansion bound's to weigh).
+        if kind == 2 or (kind == 0 and size < BYTES_PER_BLOCK):
+            state.blocks += 1
+            if state.blocks > blocks_allowed(pos):
+                raise ArchiveInvalid(
+                    f"zstd: more than {state.blocks - 1} small blocks before byte {pos} (at "
+                    f"most one per {BYTES_PER_BLOCK} bytes past the first {BLOCK_FLOOR})"
+                )
         body = 1 if kind == 1 else size
         if body:
             yield -body
