@@ -13,7 +13,7 @@ import contextlib
 import errno
 import os
 import subprocess
-import time
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ import attrs
 import httpx
 import pytest
 import trio
+import trio.testing
 from helpers_bytes import MiB, archive_bytes, sha256
 from helpers_proxy import (
     EARLY,
@@ -96,24 +97,39 @@ async def test_first_get_fills_the_cache_then_no_upstream_requests(
 async def test_the_client_does_not_wait_for_the_fsync_and_the_next_request_does(
     upstream: FakeUpstream, tmp_path: Path
 ) -> None:
+    syncing, gate = threading.Event(), threading.Event()
+
     def slow_sync(fd: int) -> None:
-        time.sleep(1.5)  # a slow disk: the refresh's fsync takes its time
+        syncing.set()
+        gate.wait(60)  # a slow disk: the refresh's fsync lasts until the test lets it end
         os.fsync(fd)
 
     def factory(path: str) -> Cache:
         return Cache(path, ops=DiskOps(sync=slow_sync))
 
     async with proxy_tracker(tmp_path / "cache", upstream, cache_factory=factory) as t:
-        first = await get(t.url(FULL))
-        assert sha256(first.content) == sha256(FULL_DATA)
-        assert FULL not in t.cached()  # every byte is out; the promotion is still running
-        began = time.monotonic()
-        second = await raw_request(t.base, f"/v1/{FULL}?group={GROUP}")
-        assert time.monotonic() - began > 0.5  # it waited for the promotion ...
-        assert sha256(second.body) == sha256(FULL_DATA)
-        assert len(upstream.gets(FULL)) == 1  # ... and was a cache hit
-        assert t.outcome("cache_hit") == 1
-        assert t.cached() == [FULL]
+        try:
+            first = await get(t.url(FULL))
+            assert sha256(first.content) == sha256(FULL_DATA)
+            assert await trio.to_thread.run_sync(syncing.wait, 30)
+            assert FULL not in t.cached()  # every byte is out; the promotion is still running
+            answers: list[Any] = []
+
+            async def second_request() -> None:
+                answers.append(await raw_request(t.base, f"/v1/{FULL}?group={GROUP}"))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(second_request)
+                await trio.testing.wait_all_tasks_blocked(cushion=0.2)
+                assert answers == []  # it waits for the promotion ...
+                gate.set()
+            [second] = answers
+            assert sha256(second.body) == sha256(FULL_DATA)
+            assert len(upstream.gets(FULL)) == 1  # ... and was a cache hit
+            assert t.outcome("cache_hit") == 1
+            assert t.cached() == [FULL]
+        finally:
+            gate.set()  # however the test ends, the fsync ends (the tracker waits for it)
 
 
 async def test_ranges_and_conditionals_on_a_cached_file(
