@@ -405,6 +405,49 @@ def skip_status(
         statuses = int(count)
 
 
+@_kernel(0, per=48)
+def skip_nodes(
+    buf: Any, start: int, end: int, nodes: int, votes: int, tail: int, left: int
+) -> tuple[int, int, int, int, int, int]:
+    """Read past the nodes of an epoch's stakes (``node_id_to_vote_accounts``: a node id,
+    its vote accounts' Vec of 32-byte keys and its u64 total stake) in ``buf[start:end]``:
+    ``votes`` keys left of the node being read, then its total stake when ``tail``, then
+    ``nodes`` more nodes; ``left``: the member's bytes from ``start`` (a Vec's count is
+    bounded by them). Returns (where it stopped, the nodes, the keys and the tail still to
+    read, what was wrong there: 0 nothing, 1 a count of keys past the member's end (its u64
+    at the stop + 32); the bytes the next item needs past ``end`` when it stopped short of
+    it, else 0). A list of keys that passes ``end`` is walked to it (the caller skips the
+    rest unread)."""
+    pos = start
+    while True:
+        if votes > 0:
+            whole = min(votes, (end - pos) // 32)
+            pos += 32 * whole
+            votes -= whole
+            if votes > 0:
+                return pos, nodes, votes, tail, 0, pos + 32 - end
+        if tail:
+            if pos + 8 > end:
+                return pos, nodes, 0, tail, 0, pos + 8 - end
+            pos += 8
+            tail = 0
+        if nodes == 0:
+            return pos, 0, 0, 0, 0, 0
+        if pos + 40 > end:
+            return pos, nodes, 0, 0, 0, pos + 40 - end
+        high = np.int64(_u32(buf, pos + 36))
+        after = left - (pos + 40 - start)  # the member's bytes after the count
+        if high >= 1 << 31:
+            return pos, nodes, 0, 0, 1, 0
+        count = high << 32 | np.int64(_u32(buf, pos + 32))
+        if count > after // 32:
+            return pos, nodes, 0, 0, 1, 0
+        pos += 40
+        nodes -= 1
+        votes = int(count)
+        tail = 1
+
+
 def warm_up() -> None:
     """Compile (or load from numba's cache) every kernel for the argument types the accounts
     level passes, so that the first check of a process does not pay for it (~0.3 s from the
@@ -421,3 +464,4 @@ def warm_up() -> None:
     fingerprint_keys(rows[:, :4], np.ones(4, dtype=np.uint64), np.uint64(1))
     words = np.frombuffer(bytes(256), dtype=np.uint64)  # read-only, as a piece's words
     index_rows(words, offsets, 0, 0, np.uint64(1 << 32), np.array([16, 48], dtype=np.int64))
+    skip_nodes(piece, 0, 256, 1, 0, 0, 256)  # the manifest's (a read-only piece)

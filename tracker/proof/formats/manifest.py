@@ -56,6 +56,8 @@ _INFLATION = struct.Struct("<6d")
 _STORAGE = struct.Struct("<QQ")
 #: Hard forks read at once (1 MiB).
 _FORKS_AT_ONCE = 65_536
+#: Bytes of an epoch's nodes read at once (a kernel's piece).
+PIECE = 1024 * 1024
 # The names of the decoded fields (agave's, the structs' own dotted before them).
 _MIDDLE_NAMES = "transaction_count tick_height signature_count capitalization max_tick_height"
 _TIMES_NAMES = "ticks_per_slot ns_per_slot genesis_creation_time slots_per_year "
@@ -409,11 +411,47 @@ class ManifestDecoder:
         r.field = f"the {name}"
         yield from r.skip(8)  # total_stake
         nodes = yield from r.count(32 + 8 + 8)
-        for _ in range(nodes):  # node id -> NodeVoteAccounts{vote_accounts, total_stake}
-            yield from r.skip(32)
-            yield from r.skip_seq(32)
-            yield from r.skip(8)
+        yield from self._nodes(nodes)
         yield from r.skip_seq(64)  # epoch_authorized_voters
+
+    def _nodes(self, nodes: int) -> ParserOf[None]:
+        """Read past ``nodes`` entries of ``node id -> NodeVoteAccounts{vote_accounts,
+        total_stake}`` in pieces of at most :data:`PIECE` bytes walked by a compiled kernel
+        (``kernels.skip_nodes``), never more than what is left takes at least (48 a node, 8
+        a total stake), so that a piece never reaches into what follows; a list of vote
+        accounts that passes a piece is skipped unread. One Python step a node cost ~3 µs,
+        and nodes of zeros compress to nothing (a million in an archive of kilobytes)."""
+        # numpy and the kernels loaded here, where an archive is checked
+        # (tests/unit/test_idle_imports.py)
+        import numpy as np
+
+        from tracker.proof.formats.kernels import skip_nodes
+
+        r = self.r
+        votes, tail, carry, need = 0, 0, b"", 0
+        while nodes or votes or tail:
+            if votes:  # the rest of a list that passed the piece: skipped unread
+                yield from r.skip(32 * votes - len(carry))
+                votes, carry, need = 0, b"", 0
+                continue
+            least = 48 * nodes + 8 * tail - len(carry)
+            wanted = max(need, min(PIECE, least))
+            # the bytes left when fewer (at least one): the kernel then finds a count past
+            # the end where one lies there, refused in the words Reader.count says
+            data = yield from r.take(min(wanted, max(r.size - r.at, 1)))
+            piece = carry + data if carry else data
+            left = r.size - r.at + len(piece)  # the member's bytes from the piece
+            found = skip_nodes(
+                np.frombuffer(piece, dtype=np.uint8), 0, len(piece), nodes, 0, tail, left
+            )
+            pos, nodes, votes, tail, wrong, need = (int(value) for value in found)
+            if wrong:  # as Reader.count words it
+                at = r.at - len(piece) + pos + 32  # where the count lies
+                raise r.fail(
+                    f"{r.field}: {_u64_at(piece, pos + 32)} elements of 32 bytes at byte "
+                    f"{at}, {r.size - at - 8} bytes left"
+                )
+            carry = piece[pos:]
 
     # -- AccountsDbFields ------------------------------------------------------------------
 
