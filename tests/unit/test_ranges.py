@@ -85,6 +85,8 @@ def test_parse_range_unsatisfiable(header: str) -> None:
         "bytes=abc",
         "bytes=1-2-3",
         "bytes=9-5",  # last before first: invalid
+        "bytes=" + "9" * 40 + "-" + "1" * 40,  # so too past what is read as a number
+        "bytes=" + "2" * 31 + "-" + "1" * 31,
         "bytes=+5-9",
         "bytes=0x10-20",
         "bytes=½-9",

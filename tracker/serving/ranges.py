@@ -133,10 +133,11 @@ def range_spec(header: str | None) -> tuple[int | None, int | None] | None:
         return None
     first, last = match.groups()
     if first:
-        start, end = _to_int(first), _to_int(last) if last else None
-        if end is not None and end < start:
-            return None  # an invalid range-spec makes the whole header invalid [14.1.1]
-        return start, end
+        if last and _digits_key(last) < _digits_key(first):
+            # an invalid range-spec makes the whole header invalid [14.1.1]; compared as
+            # written: past _MAX_DIGITS both would read as the same number
+            return None
+        return _to_int(first), _to_int(last) if last else None
     if last:
         return None, _to_int(last)
     return None
@@ -146,6 +147,12 @@ def range_header(spec: tuple[int | None, int | None]) -> str:
     """The ``Range`` value of :func:`range_spec`'s ``spec``, written plainly."""
     first, last = spec
     return f"bytes={'' if first is None else first}-{'' if last is None else last}"
+
+
+def _digits_key(digits: str) -> tuple[int, str]:
+    """A key ordering decimal numbers as their values, however long: (length, digits)."""
+    stripped = digits.lstrip("0")
+    return len(stripped), stripped
 
 
 def _to_int(digits: str) -> int:
