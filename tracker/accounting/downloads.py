@@ -187,9 +187,17 @@ class DownloadBody(WrappedBody):
 
     def _passed(self, size: int) -> None:
         # a zero-copy piece cut short may come back as if it had gone whole (the server
-        # kept its failure to itself): what went of it, never its size
-        cut = self._connection.take_cut() if self._connection is not None else None
-        self._sent += size if cut is None else cut
+        # kept its failure to itself): what went of it, never its size; nor a plain chunk
+        # whose send failed (the connection broke: nothing more reaches the client)
+        connection = self._connection
+        if connection is None:
+            self._sent += size
+            return
+        cut = connection.take_cut()
+        if cut is not None:
+            self._sent += cut
+        elif not connection.broken:
+            self._sent += size
 
     async def _finish(self, error: BaseException | None) -> None:
         try:
@@ -201,6 +209,11 @@ class DownloadBody(WrappedBody):
                 self._metrics.active_streams.dec()
             if error is not None and self._connection is not None:
                 self._sent += self._connection.take_cut() or 0
+            if error is None and self._connection is not None and self._connection.broken:
+                # a plain send (an answer's last bytes, a relay's chunk through Python)
+                # failed and the server kept it to itself: the body ran to its end, but the
+                # client did not get it (tracker/zerocopy/README.md, assumption 10)
+                error = ClientGone("client connection closed during the answer")
             outcome = outcome_of(self._sent, self._expected, error, cut=self._cut)
             seconds = round(time.monotonic() - self._began, 3)
             level = "info" if outcome != "error" else "warning"
