@@ -8,18 +8,23 @@ Real hypercorn tracker on 127.0.0.1, index fed by a real scan of the directory.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import trio
 from helpers_proxy import GROUP, proxy_tracker
 from helpers_wire import raw_request
 from names import full_name
 
+from tracker.core.digests import Verified
 from tracker.discovery.local import scan_local
 from tracker.ordering.index import TargetKey
+from tracker.proof.levels import Level, Proof
+from tracker.proof.records.localcopies import holder
 
 FULL = full_name(4200)
 SECRET = b"root:$6$not-an-archive:19000:0:99999:7:::\n"
@@ -58,3 +63,39 @@ async def test_a_swapped_local_archive_is_refused(
             wire = await raw_request(t.base, f"/{FULL}", method=method)
             assert wire.status == 404
             assert SECRET not in wire.body
+
+
+async def test_the_sha256_route_names_the_copy_the_archive_route_serves(
+    tmp_path: Path,
+) -> None:
+    """One group, two ledger directories holding one name with other bytes each (the same
+    archive compressed twice), both checked: the ``.sha256`` route gave the digest of the
+    best proven copy whatever the archive route served (a ``sha256sum -c`` failure half of
+    the time). It names the served copy now, and a copy replaced since its check (another
+    size) is no digest at all."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    datas = {one: b"the first copy", two: b"the other copy, longer"}
+    async with proxy_tracker(proxy_snapshot_downloads=False) as t:
+        digests = t.streamer.digests
+        for directory, data in datas.items():
+            await trio.Path(directory).mkdir()
+            await trio.Path(directory / FULL).write_bytes(data)
+            t.index.apply(
+                TargetKey(GROUP, str(directory)), scan_local(str(directory)), datetime.now(UTC)
+            )
+            proof = Proof(Level.MANIFEST) if directory == one else Proof(Level.STRUCTURE)
+            held = Verified(hashlib.sha256(data).hexdigest(), proof, len(data))
+            digests.hold(holder(str(directory / FULL)), GROUP, FULL, held)
+        [(served, _source), _other] = t.index.find_file(GROUP, FULL)
+        body = (await raw_request(t.base, f"/v1/{GROUP}/{FULL}")).body
+        assert body == datas[Path(served.path).parent]
+        line = (await raw_request(t.base, f"/v1/{GROUP}/{FULL}.sha256")).body
+        assert line == f"{hashlib.sha256(body).hexdigest()}  {FULL}\n".encode()
+        # both replaced by files of other sizes since their checks (the next round forgets
+        # them): neither's digest is that of the file listed now
+        for directory in datas:
+            await trio.Path(directory / FULL).write_bytes(b"replaced")
+            t.index.apply(
+                TargetKey(GROUP, str(directory)), scan_local(str(directory)), datetime.now(UTC)
+            )
+        assert (await raw_request(t.base, f"/v1/{GROUP}/{FULL}.sha256")).status == 404

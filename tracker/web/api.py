@@ -37,7 +37,7 @@ from tracker.web.queries import (
     resolve_group,
 )
 from tracker.web.shortcuts import SHORT_NAMES, best_source, is_json_route, short_answer
-from tracker.web.wire import listing_body, statements_json, targets_body
+from tracker.web.wire import held_copy, listing_body, statements_json, targets_body
 
 #: The suffix of the digest routes (``{archive}.sha256``).
 DIGEST_SUFFIX = ".sha256"
@@ -309,7 +309,14 @@ def _short(
 def _digest_answer(deps: ApiDeps, group: str, name: str) -> quart.Response:
     """``GET {archive}.sha256``: the ``sha256sum`` line of the tracker's verified copy."""
     archive = archive_name(name[: -len(DIGEST_SUFFIX)]).file_name
-    digest = deps.digests.get(group, archive)
+    # The digest of the copy the archive's own route serves (the first found: a group may
+    # hold two local files of one name, other bytes each), as the listings show it.
+    found = deps.index.find_file(group, archive)
+    if found:
+        verified = held_copy(deps.digests, group, found[0][0])
+        digest = verified.sha256 if verified is not None else None
+    else:
+        digest = deps.digests.get(group, archive)
     if digest is None:
         raise RequestError(404, "no verified copy of this archive is known")
     body = sha256sum_line(digest, archive).encode()

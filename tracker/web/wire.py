@@ -40,7 +40,10 @@ def held_copy(digests: Digests, group: str, f: SnapshotFile) -> Verified | None:
     copy (docs/architecture.md, "Proven archives": "Local files"), any other the cache's or
     the bucket's (a local file of the same name may be other bytes)."""
     if f.path:
-        return digests.of(holder(f.path), group, f.bare_name)
+        held = digests.of(holder(f.path), group, f.bare_name)
+        # a file replaced since its check (agave renames a new archive over an old one):
+        # until the next round forgets it, its listing's size tells the two apart
+        return held if held is None or not f.size or held.size == f.size else None
     return digests.verified(group, f.bare_name, local=False)
 
 
