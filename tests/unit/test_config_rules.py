@@ -334,6 +334,18 @@ RULES = [
         "target_groups[0].local_targets.paths[0]",
         "must not be empty",
     ),
+    # one ledger in two groups (or twice in one): its files are checked and held by path
+    (
+        GROUP + "    local_targets: {paths: [subdir]}\n"
+        "  - group: h\n    local_targets: {paths: [subdir/]}\n",
+        "target_groups[1].local_targets.paths[0]",
+        "'{dir}/subdir' is listed already, in target_groups[0]",
+    ),
+    (
+        GROUP + "    local_targets: {paths: [subdir, subdir]}\n",
+        "target_groups[0].local_targets.paths[1]",
+        "'{dir}/subdir' is listed already, in target_groups[0]",
+    ),
     ("default_group: nope\n" + GROUP, "default_group", "no target group is named 'nope'"),
     ("default_group: nope\n", "default_group", "no target group is named 'nope'"),
     ("listen: '8458'\n", "listen", "not a valid address"),

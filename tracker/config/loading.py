@@ -38,6 +38,7 @@ from tracker.config.schema import Config
 from tracker.config.sections import (
     file_problems,
     listener_problems,
+    local_problems,
     merge_groups,
     proof_problems,
     store_problems,
@@ -74,6 +75,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         config = attrs.evolve(config, target_groups=groups, group_entries=entries)
         problems += merging
         problems += store_problems(config) + proof_problems(config) + listener_problems(config)
+        problems += local_problems(config)
     if problems or config is None:
         raise ConfigError(lines(problems))
     return _finish_config(config, file_path)

@@ -324,6 +324,28 @@ def listener_problems(config: Config) -> list[tuple[Path, str]]:
     return []
 
 
+def local_problems(config: Config) -> list[tuple[Path, str]]:
+    """A directory of ``local_targets`` listed twice (in two groups, or twice in one): its
+    files' checks, proofs and digests are kept by path, and one scan of a directory runs at
+    a time, so the second listing was shown down ("the last scan has not ended") and one
+    group's files went unchecked. A ledger belongs to one cluster: one group."""
+    found: list[tuple[Path, str]] = []
+    first: dict[str, int] = {}
+    entries = config.group_entries or range(len(config.target_groups))
+    for index, group in zip(entries, config.target_groups, strict=True):
+        paths = group.local_targets.paths if group.local_targets is not None else ()
+        for at, directory in enumerate(paths):
+            key = os.path.normpath(directory)
+            if key in first:
+                where = ("target_groups", index, "local_targets", "paths", at)
+                found.append(
+                    (where, f"{directory!r} is listed already, in target_groups[{first[key]}]")
+                )
+                continue
+            first[key] = index
+    return found
+
+
 def proof_problems(config: Config) -> list[tuple[Path, str]]:
     """A group's ``trust.require`` above ``structure`` needs archives checked: with
     ``verify_archives: false`` nothing is read, so nothing is proven; ``accounts`` and above
