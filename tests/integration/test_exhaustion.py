@@ -189,6 +189,15 @@ async def test_the_http2_preface_is_refused_in_one_line() -> None:
     assert closed
 
 
+async def test_a_later_http_1_minor_version_is_served_as_1_1() -> None:
+    # RFC 9112 section 2.3: HTTP/1.2 is answered as 1.1 (only another major version is not)
+    async with proxy_tracker() as t:
+        received, _closed = await exchange(
+            t.base, b"GET /v1/snapshots HTTP/1.2\r\nhost: t\r\nconnection: close\r\n\r\n"
+        )
+    assert received.startswith(b"HTTP/1.1 200 OK\r\n"), received[:100]
+
+
 async def listed(client: httpx.AsyncClient, base: str) -> bool:
     """The tracker at ``base`` lists a snapshot (its first scan is done)."""
     return bool((await client.get(f"{base}/v1/snapshots")).json())

@@ -36,6 +36,7 @@ from tracker.serving.responsebodies import WrappedBody
 from tracker.zerocopy.connection import (
     SCOPE_KEY,
     SMALLEST_PIECE,
+    Connection,
     Connections,
 )
 from tracker.zerocopy.stream import ZeroCopyStream
@@ -209,6 +210,50 @@ async def test_a_client_leaving_in_the_last_bytes_ends_the_body_as_client_gone(
         nursery.cancel_scope.cancel()
     [error] = endings
     assert outcome_of(body, size, error) == "client_gone", repr(error)
+
+
+async def test_a_plain_send_waits_for_a_client_that_keeps_reading(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A plain send during an answer (a head, a file's last bytes, a relay's chunk through
+    Python) waits for room in the client's socket as a piece does: a client that keeps
+    reading gets all of it, however much longer than the stall timeout (0.5 s here) the
+    send takes, and is never seen stalled (sent by trio's stream under one deadline, it was
+    cut at the deadline, and seen stalled from the start); one that takes nothing is given
+    up on after the stall timeout."""
+    monkeypatch.setattr(tracker.zerocopy.kernelcopy, "STALL_TIMEOUT", 0.5)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    with listener, socket.create_connection(listener.getsockname()) as client:
+        accepted, _ = listener.accept()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+        accepted.setblocking(False)
+        sock = trio.socket.from_stdlib_socket(accepted)
+        connection = Connection(Connections(4))
+        received = bytearray()
+        stalls: list[float] = []
+        data = os.urandom(4 * MiB)
+
+        async def slow_reader() -> None:
+            while len(received) < len(data):
+                chunk = await trio.to_thread.run_sync(client.recv, 64 * 1024)
+                assert chunk
+                received.extend(chunk)
+                stalls.append(connection.stalled())
+                await trio.sleep(0.01)  # the client's pace, on purpose
+
+        with sock:
+            with trio.fail_after(60):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(slow_reader)
+                    await connection.send_plain(sock, data)
+            assert bytes(received) == data
+            assert max(stalls) < 0.5
+            # a client that reads nothing more is given up on after the stall timeout
+            with trio.fail_after(30), pytest.raises(trio.BrokenResourceError):
+                await connection.send_plain(sock, data)
+            assert connection.broken
 
 
 async def test_a_pipelining_client_that_left_ends_its_connection(server: Server) -> None:

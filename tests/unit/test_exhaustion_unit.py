@@ -218,6 +218,8 @@ class _CutConnection:
 
     def __init__(self, went: int | None) -> None:
         self.went = went
+        #: set with a cut, as the real connection's (nothing more reaches the client)
+        self.broken = False
 
     def take_cut(self) -> int | None:
         went, self.went = self.went, None
@@ -258,7 +260,7 @@ async def test_a_piece_cut_short_counts_what_went_of_it_once(
         async with body as chunks:
             async for chunk in chunks:
                 if len(chunk) == 2000:  # its send was cut after ``went`` bytes
-                    connection.went = went
+                    connection.went, connection.broken = went, went is not None
     [record] = [r for r in caplog.records if r.getMessage() == "download"]
     fields = record.tracker_fields
     assert fields["bytes"] == logged

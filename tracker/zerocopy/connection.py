@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import trio
 
 from tracker.errors import ClientGone, SourceFailed, TrackerError
-from tracker.zerocopy import kernelcopy
 from tracker.zerocopy.pieces import (
     LARGEST_PIECE,
     LARGEST_SOCKET_PIECE,
@@ -46,6 +46,7 @@ from tracker.zerocopy.pieces import (
     Piece,
     PieceSenders,
     SocketPiece,
+    client_room,
     piece_size,
     placeholders,
     shut_down,
@@ -177,31 +178,32 @@ class Connection:
         self._progress.reclaim()
 
     async def send_plain(
-        self,
-        stream: trio.SocketStream,
-        sock: trio.socket.SocketType,
-        data: bytes | bytearray | memoryview,
+        self, sock: trio.socket.SocketType, data: bytes | bytearray | memoryview
     ) -> None:
         """Send ``data`` (a head, a small body, a file's last bytes: what is not a piece)
-        on ``stream`` while an answer is in progress, watched as a piece's wait is: its
-        client's stall is measured (:meth:`stalled`), :meth:`reclaim` gives up on it, and a
-        send still blocked after STALL_TIMEOUT ends (tracker/zerocopy/kernelcopy.py).
-        Without this, a client that stopped reading in a file's last bytes kept its download
-        slot until the kernel dropped it. Raises trio.BrokenResourceError when given up on
-        (the connection is shut down: part of ``data`` may be out)."""
-        stall = kernelcopy.STALL_TIMEOUT
-        with trio.move_on_after(stall) as waited:
-            self._progress.waiting(sock, waited)
-            try:
-                await stream.send_all(data)
-                return
-            finally:
-                self._progress.moving()
-        self.broken = True
-        shut_down(sock)
-        if self._progress.reclaimed:
-            raise trio.BrokenResourceError("client took nothing while downloads were refused")
-        raise trio.BrokenResourceError(f"client took nothing for {stall:.0f} s")
+        on the client's socket ``sock`` while an answer is in progress, waiting for room as
+        a piece does (:func:`~tracker.zerocopy.pieces.client_room`): its client's stall is
+        measured (:meth:`stalled`), :meth:`reclaim` gives up on it, and a client that takes
+        nothing for STALL_TIMEOUT is given up on (tracker/zerocopy/kernelcopy.py). Sent by
+        trio's stream, a client that stopped reading in a file's last bytes kept its
+        download slot until the kernel dropped it. Raises trio.BrokenResourceError when
+        the client is gone or given up on (the connection is then shut down: part of
+        ``data`` may be out)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        view = memoryview(data).cast("B")
+        try:
+            while view:
+                try:
+                    # the socket is non-blocking (trio's); SIGPIPE is ignored by Python
+                    sent = os.write(sock.fileno(), view)
+                except BlockingIOError:
+                    await client_room(sock, self._progress)
+                    continue
+                view = view[sent:]
+        except (OSError, TimeoutError) as exc:  # gone, reset, stalled or given up on
+            self.broken = True
+            shut_down(sock)
+            raise trio.BrokenResourceError(str(exc) or type(exc).__name__) from exc
 
     def stage(self, piece: Piece) -> bytes:
         """Stage ``piece`` and return the placeholder to yield for it.
@@ -306,12 +308,18 @@ class Connections:
 
     def for_scope(self, scope: dict[str, Any]) -> Connection | None:
         """The connection an HTTP/1.x request arrived on, when it can take pieces."""
-        if scope.get("type") != "http" or scope.get("http_version") not in ("1.0", "1.1"):
+        if scope.get("type") != "http" or not http1(scope):
             return None  # HTTP/2 frames bodies itself: a placeholder would be copied
         client, server = scope.get("client"), scope.get("server")
         if not client or not server:
             return None
         return self._open.get((tuple(client), tuple(server)))
+
+
+def http1(scope: Mapping[str, Any]) -> bool:
+    """Whether the request of ``scope`` is HTTP/1.x (a later minor version is served as
+    1.1, RFC 9112 section 2.3)."""
+    return str(scope.get("http_version", "")).startswith("1.")
 
 
 def zero_copy_connection(scope: Mapping[str, Any]) -> Connection | None:

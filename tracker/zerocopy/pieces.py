@@ -173,7 +173,7 @@ class ClientProgress:
     """Whether a client whose socket has no room for a piece takes any bytes meanwhile, and
     the way to give up on it (:meth:`reclaim`).
 
-    A piece waits for its client's socket in :func:`_client_room`; while it does, the bytes
+    A piece waits for its client's socket in :func:`client_room`; while it does, the bytes
     the client has not acknowledged (:func:`kernelcopy.unacknowledged`) shrink as it reads
     and stay put while it reads nothing. ``clock`` is injectable for tests.
     """
@@ -240,7 +240,7 @@ class PieceSenders:
         progress = progress if progress is not None else ClientProgress()
         while (waiting := await self._transfer(sock, piece)) is not None:
             if waiting is Wait.CLIENT:
-                await _client_room(sock, progress)
+                await client_room(sock, progress)
             else:
                 await _source_bytes(sock, piece, client_left)
 
@@ -265,23 +265,28 @@ class PieceSenders:
                 os.close(fd)
 
 
-async def _client_room(sock: trio.socket.SocketType, progress: ClientProgress) -> None:
+async def client_room(sock: trio.socket.SocketType, progress: ClientProgress) -> None:
     """Wait until the client's socket takes bytes again; TimeoutError after STALL_TIMEOUT,
     ConnectionResetError when the connection is closed or the client given up on
     (``progress``) meanwhile."""
     stall = kernelcopy.STALL_TIMEOUT
-    with trio.move_on_after(stall) as waited:
+    with trio.CancelScope() as waited:
         progress.waiting(sock, waited)
         try:
-            await trio.lowlevel.wait_writable(sock)
+            # "Took nothing" is the client's acknowledgements (ClientProgress.stalled), not
+            # the socket's room: a full socket is writable again only once half of what it
+            # queues has gone, which a slow client that keeps reading may take longer for.
+            while (left := stall - progress.stalled()) > 0:
+                with trio.move_on_after(left):
+                    await trio.lowlevel.wait_writable(sock)
+                    return
         except (trio.ClosedResourceError, trio.BusyResourceError) as exc:
             raise ConnectionResetError("client connection closed") from exc
         finally:
             progress.moving()
     if progress.reclaimed:
         raise ConnectionResetError("client took nothing while downloads were refused")
-    if waited.cancelled_caught:
-        raise TimeoutError(f"client took nothing for {stall:.0f} s")
+    raise TimeoutError(f"client took nothing for {stall:.0f} s")
 
 
 async def _source_bytes(

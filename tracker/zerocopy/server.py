@@ -33,7 +33,7 @@ from tracker.h11patches.closing import install as bytes_after_the_last_request_d
 from tracker.h11patches.headers import install as lower_case_headers
 from tracker.h11patches.statusline import install as reason_phrases
 from tracker.observability.logs import ExpectedErrors
-from tracker.zerocopy.connection import SCOPE_KEY, Connections, sending_last
+from tracker.zerocopy.connection import SCOPE_KEY, Connections, http1, sending_last
 from tracker.zerocopy.keepalive import KeepAlive
 from tracker.zerocopy.limit import CAPACITY_ERRNOS, ConnectionLimit
 from tracker.zerocopy.stream import ZeroCopyStream
@@ -64,7 +64,7 @@ class ZeroCopyApp:
             await self._answer(scope, receive, send)
 
     async def _answer(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope.get("type") == "http" and scope.get("http_version") not in ("1.0", "1.1"):
+        if scope.get("type") == "http" and not http1(scope):
             # HTTP/2's prior-knowledge preface (``PRI * HTTP/2.0``), read as a request now
             # that no request switches protocols (:func:`http1_only`).
             await _refuse(send, b"only HTTP/1.1 is served\n", 505)

@@ -89,7 +89,7 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
                 # the close got trio's BusyResourceError, logged as a failure of the app.
                 raise trio.ClosedResourceError("the connection is closed for sending")
             if connection is not None and connection.requests:
-                await connection.send_plain(self._stream, self.socket, data)
+                await connection.send_plain(self.socket, data)
             else:
                 await self._stream.send_all(data)
         except trio.BrokenResourceError:
