@@ -270,23 +270,25 @@ async def client_room(sock: trio.socket.SocketType, progress: ClientProgress) ->
     ConnectionResetError when the connection is closed or the client given up on
     (``progress``) meanwhile."""
     stall = kernelcopy.STALL_TIMEOUT
+    writable = False
     with trio.CancelScope() as waited:
         progress.waiting(sock, waited)
         try:
             # "Took nothing" is the client's acknowledgements (ClientProgress.stalled), not
             # the socket's room: a full socket is writable again only once half of what it
             # queues has gone, which a slow client that keeps reading may take longer for.
-            while (left := stall - progress.stalled()) > 0:
+            while not writable and (left := stall - progress.stalled()) > 0:
                 with trio.move_on_after(left):
                     await trio.lowlevel.wait_writable(sock)
-                    return
+                    writable = True
         except (trio.ClosedResourceError, trio.BusyResourceError) as exc:
             raise ConnectionResetError("client connection closed") from exc
         finally:
             progress.moving()
-    if progress.reclaimed:
+    if progress.reclaimed:  # meanwhile, or since the last wait
         raise ConnectionResetError("client took nothing while downloads were refused")
-    raise TimeoutError(f"client took nothing for {stall:.0f} s")
+    if not writable:
+        raise TimeoutError(f"client took nothing for {stall:.0f} s")
 
 
 async def _source_bytes(
