@@ -14,7 +14,7 @@ import hashlib
 import os
 import socket
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -158,25 +158,44 @@ async def test_a_file_system_without_sendfile_gets_the_same_bytes_copied(
     assert server.connections.pieces == 8  # still pieces, copied in the worker thread
 
 
-async def test_a_client_leaving_mid_file_ends_the_body_as_client_gone(tmp_path: Path) -> None:
-    path = tmp_path / "snapshot-100-archive.tar.zst"
-    path.write_bytes(os.urandom(64 * MiB))
+async def served_to_a_client_that_leaves(
+    path: Path,
+    leave: Callable[[trio.socket.SocketType], Awaitable[int]],
+    rcvbuf: int | None = None,
+) -> tuple[int, BaseException | None]:
+    """``path`` asked of the zero-copy server by a raw client (a receive buffer of
+    ``rcvbuf``) that ``leave`` reads from, then closes: the body bytes it read, and how the
+    file's body ended."""
     endings: list[BaseException | None] = []
     async with trio.open_nursery() as nursery:
         url = await nursery.start(serve_app, file_app(path, endings))
         port = int(url.rsplit(":", 1)[1])
         sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         with sock:
+            if rcvbuf is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
             await sock.connect(("127.0.0.1", port))
             await sock.send(b"GET /file HTTP/1.1\r\nhost: t\r\n\r\n")
-            received = 0
-            while received < 10 * MiB:
-                received += len(await sock.recv(MiB))
+            read = await leave(sock)
         with trio.fail_after(10):
             while not endings:
                 await trio.sleep(0.01)
         nursery.cancel_scope.cancel()
     [error] = endings
+    return read, error
+
+
+async def test_a_client_leaving_mid_file_ends_the_body_as_client_gone(tmp_path: Path) -> None:
+    path = tmp_path / "snapshot-100-archive.tar.zst"
+    path.write_bytes(os.urandom(64 * MiB))
+
+    async def ten_mib(sock: trio.socket.SocketType) -> int:
+        received = 0
+        while received < 10 * MiB:
+            received += len(await sock.recv(MiB))
+        return received
+
+    received, error = await served_to_a_client_that_leaves(path, ten_mib)
     assert outcome_of(received, 64 * MiB, error) == "client_gone", repr(error)
 
 
@@ -188,27 +207,18 @@ async def test_a_client_leaving_in_the_last_bytes_ends_the_body_as_client_gone(
     path = tmp_path / "snapshot-100-archive.tar.zst"
     size = 4 * MiB  # its last 64 KiB: the plain tail
     path.write_bytes(os.urandom(size))
-    endings: list[BaseException | None] = []
-    async with trio.open_nursery() as nursery:
-        url = await nursery.start(serve_app, file_app(path, endings))
-        port = int(url.rsplit(":", 1)[1])
-        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        with sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
-            await sock.connect(("127.0.0.1", port))
-            await sock.send(b"GET /file HTTP/1.1\r\nhost: t\r\n\r\n")
-            received = b""
-            while b"\r\n\r\n" not in received:
-                received += await sock.recv(1024)
-            body = len(received.partition(b"\r\n\r\n")[2])
-            while body < size - TAIL + 1:  # one byte into the tail, the rest unread
-                body += len(await sock.recv(min(4096, size - TAIL + 1 - body)))
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        with trio.fail_after(10):
-            while not endings:
-                await trio.sleep(0.01)
-        nursery.cancel_scope.cancel()
-    [error] = endings
+
+    async def into_the_tail_then_reset(sock: trio.socket.SocketType) -> int:
+        received = b""
+        while b"\r\n\r\n" not in received:
+            received += await sock.recv(1024)
+        body = len(received.partition(b"\r\n\r\n")[2])
+        while body < size - TAIL + 1:  # one byte into the tail, the rest unread
+            body += len(await sock.recv(min(4096, size - TAIL + 1 - body)))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        return body
+
+    body, error = await served_to_a_client_that_leaves(path, into_the_tail_then_reset, 2048)
     assert outcome_of(body, size, error) == "client_gone", repr(error)
 
 
