@@ -333,6 +333,19 @@ def _u32(buf: Any, at: int) -> int:
     return int(buf[at]) | int(buf[at + 1]) << 8 | int(buf[at + 2]) << 16 | int(buf[at + 3]) << 24
 
 
+@_kernel(None)
+def _count_within(buf: Any, at: int, after: int, element: int) -> Any:
+    """The u64 count at ``buf[at:at + 8]`` (the caller checked) of elements of ``element``
+    bytes, as a bincode reader bounds it: -1 when they cannot fit in the ``after`` bytes
+    that follow it. An int64, as the other counts (a u64 would make numba unify them as
+    floats)."""
+    high = np.int64(_u32(buf, at + 4))
+    if high >= 1 << 31:
+        return np.int64(-1)
+    count = high << 32 | np.int64(_u32(buf, at))
+    return count if count <= after // element else np.int64(-1)
+
+
 @_kernel(0, per=24)
 def skip_status(
     buf: Any, start: int, end: int, hashes: int, statuses: int, left: int
@@ -392,13 +405,8 @@ def skip_status(
             return pos, 0, 0, 0, 0
         if pos + 48 > end:
             return pos, hashes, 0, 0, pos + 48 - end
-        # as int64, as the other counts (a u64 would make numba unify them as floats)
-        high = np.int64(_u32(buf, pos + 44))
-        after = left - (pos + 48 - start)  # the member's bytes after the count
-        if high >= 1 << 31:
-            return pos, hashes, 0, 4, 0
-        count = high << 32 | np.int64(_u32(buf, pos + 40))
-        if count > after // 24:
+        count = _count_within(buf, pos + 40, left - (pos + 48 - start), 24)
+        if count < 0:
             return pos, hashes, 0, 4, 0
         pos += 48
         hashes -= 1
@@ -435,12 +443,8 @@ def skip_nodes(
             return pos, 0, 0, 0, 0, 0
         if pos + 40 > end:
             return pos, nodes, 0, 0, 0, pos + 40 - end
-        high = np.int64(_u32(buf, pos + 36))
-        after = left - (pos + 40 - start)  # the member's bytes after the count
-        if high >= 1 << 31:
-            return pos, nodes, 0, 0, 1, 0
-        count = high << 32 | np.int64(_u32(buf, pos + 32))
-        if count > after // 32:
+        count = _count_within(buf, pos + 32, left - (pos + 40 - start), 32)
+        if count < 0:
             return pos, nodes, 0, 0, 1, 0
         pos += 40
         nodes -= 1
