@@ -69,3 +69,17 @@ async def raw_request(
     wire.body = bytes(body)
     wire.closed = closed
     return wire
+
+
+async def read_body_to(sock: trio.socket.SocketType, upto: int) -> tuple[bytes, int]:
+    """Read an answer on ``sock`` (a request sent) to byte ``upto`` of its body, 4 KiB at a
+    time at most, no further: its head, and the body bytes read (``upto``, or more when
+    they came with the head)."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        received += await sock.recv(1024)
+    head, _, body = received.partition(b"\r\n\r\n")
+    read = len(body)
+    while read < upto:
+        read += len(await sock.recv(min(4096, upto - read)))
+    return head, read

@@ -17,6 +17,7 @@ import trio
 from helpers_bytes import MiB, archive_bytes
 from helpers_proxy import FAST, GROUP, advertise, proxy_tracker, wait_for
 from helpers_upstream import FakeUpstream, serving
+from helpers_wire import read_body_to
 from names import full_name
 
 from tracker.observability.logs import record_fields
@@ -35,14 +36,8 @@ async def leave_in_the_tail(base: str, target: str) -> int:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)  # the tail's send blocks
         await sock.connect((host, int(port)))
         await sock.send(f"GET {target} HTTP/1.1\r\nhost: t\r\n\r\n".encode())
-        received = b""
-        while b"\r\n\r\n" not in received:
-            received += await sock.recv(1024)
-        assert received.startswith(b"HTTP/1.1 200")
-        body = len(received.partition(b"\r\n\r\n")[2])
-        goal = len(DATA) - TAIL + 1
-        while body < goal:
-            body += len(await sock.recv(min(4096, goal - body)))
+        head, body = await read_body_to(sock, len(DATA) - TAIL + 1)
+        assert head.startswith(b"HTTP/1.1 200")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     return body
 

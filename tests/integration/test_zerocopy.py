@@ -25,6 +25,7 @@ import pytest
 import trio
 import trio.testing
 from helpers_server import file_for_request, serve_app
+from helpers_wire import read_body_to
 from quart import Response
 from quart_trio import QuartTrio
 
@@ -209,12 +210,7 @@ async def test_a_client_leaving_in_the_last_bytes_ends_the_body_as_client_gone(
     path.write_bytes(os.urandom(size))
 
     async def into_the_tail_then_reset(sock: trio.socket.SocketType) -> int:
-        received = b""
-        while b"\r\n\r\n" not in received:
-            received += await sock.recv(1024)
-        body = len(received.partition(b"\r\n\r\n")[2])
-        while body < size - TAIL + 1:  # one byte into the tail, the rest unread
-            body += len(await sock.recv(min(4096, size - TAIL + 1 - body)))
+        _head, body = await read_body_to(sock, size - TAIL + 1)  # one byte into the tail
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         return body
 
