@@ -31,6 +31,7 @@ from tracker.config.warnings import in_force, reload_problems, restart_needed
 from tracker.core.digests import Digests
 from tracker.core.text import one_line
 from tracker.discovery.scrape import Scraper, TargetHealth
+from tracker.discovery.targetset import named_keys
 from tracker.errors import ConfigError
 from tracker.learning.sync import Learning
 from tracker.measuring.rangereads import SpeedTests
@@ -229,7 +230,14 @@ def build(
     public = FastRedirects(app, deps, partial(best_source, index), metrics.count_request)
     speedtests = SpeedTests(current, index, streamer.clients)
     bucket = objects.tier.bucket if objects is not None else None
-    learning = Learning(current, index, rejections, bucket, metrics=metrics)
+    learning = Learning(
+        current,
+        index,
+        rejections,
+        bucket,
+        metrics=metrics,
+        named=lambda: {key for group in current().target_groups for key in named_keys(group)},
+    )
     heads = HeadProofs(current, index, streamer.clients, prove_head, votes=votes)
     return Components(
         tracker,

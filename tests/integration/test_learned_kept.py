@@ -23,7 +23,7 @@ from helpers_upstream import FakeUpstream, serving
 from names import full_name
 
 import tracker.learning.sync
-from tracker.config.schema import Config
+from tracker.config.schema import Config, HttpTargets
 from tracker.learning.sync import FILE_NAME
 from tracker.ordering.index import TargetKey
 
@@ -104,6 +104,61 @@ async def test_two_replicas_share_what_they_learned_through_the_bucket(
             await two.parts.learning.restore()  # what its periodic sync does
             assert abs(two.index.throughput(key, trio.current_time()) - speed) < speed * 0.01
             assert two.streamer.rejections.rejected(key, NAME, trio.current_time()) is not None
+
+
+def _with_credentials(up: FakeUpstream) -> str:
+    """``up``'s base URL with a password in its userinfo, as an operator configures it."""
+    return up.base.replace("http://", "http://operator:pw-s3cret@")
+
+
+def _naming(config: Config, target: str) -> Config:
+    """``config`` whose group names ``target`` as an HTTP target."""
+    group = attrs.evolve(config.target_groups[0], http_targets=HttpTargets(targets=(target,)))
+    return attrs.evolve(config, target_groups=(group,))
+
+
+async def test_a_sources_credentials_never_reach_the_file_and_its_history_outlives_a_restart(
+    tmp_path: Path,
+) -> None:
+    """The file names a source without the password of its URL (anyone who reads the cache
+    directory reads it), is the tracker's user's alone, and what was learned of the source
+    is its own again at the next start, before any scrape lists it."""
+    async with serving(FakeUpstream(files={NAME: DATA})) as up:
+        target = _with_credentials(up)
+        config, key = _naming(make_config(tmp_path / "cache"), target), TargetKey(GROUP, target)
+        async with learning(config, up) as first:
+            speed = _learn(first, key)
+        state = tmp_path / "cache" / FILE_NAME
+        assert b"pw-s3cret" not in state.read_bytes()
+        assert b"http://***@127.0.0.1:" in state.read_bytes()
+        assert state.stat().st_mode & 0o777 == 0o600
+        async with running_tracker(config) as second, trio.open_nursery() as nursery:
+            await nursery.start(second.parts.learning.run)  # the index lists nothing yet
+            assert second.index.keys() == []
+            now = trio.current_time()
+            assert abs(second.index.throughput(key, now) - speed) < speed * 0.01
+            assert second.streamer.rejections.rejected(key, NAME, now) is not None
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_sources_credentials_never_reach_the_bucket(weed: Weed, tmp_path: Path) -> None:
+    """Another replica's operators read the bucket: its objects name a source without the
+    password of its URL, and a replica that names the source takes what was learned."""
+    async with serving(FakeUpstream(files={NAME: DATA})) as up:
+        target = _with_credentials(up)
+        configs = [_naming(c, target) for c in _replicas(weed, tmp_path)]
+        key = TargetKey(GROUP, target)
+        async with learning(configs[0], up) as one, learning(configs[1], up) as two:
+            speed = _learn(one, key)
+            await one.parts.learning.save()
+            assert one.parts.objects is not None
+            bucket = one.parts.objects.tier.bucket
+            prefix = configs[0].object_store.prefix  # type: ignore[union-attr]
+            listed = await bucket.list_objects(f"{prefix}.learned/")
+            stored = [await bucket.get_small(o.key, 1 << 20) for o in listed]
+            assert stored and all(b and b"pw-s3cret" not in b for b in stored)
+            await two.parts.learning.restore()  # what its periodic sync does
+            assert abs(two.index.throughput(key, trio.current_time()) - speed) < speed * 0.01
 
 
 async def test_a_hostile_object_of_another_replica_costs_itself_or_its_entries(

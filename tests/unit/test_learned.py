@@ -226,3 +226,52 @@ def test_a_rejection_held_for_centuries_is_read_back() -> None:
     held.reject(A, "n", "bad tar", now=10.0, hold=9.2e9)
     read = decode(encode(gather(Index(), held, now=20.0, wall=1_800_000_000.0)))
     assert read.dropped == 0 and len(read.rejections) == 1
+
+
+#: A configured source whose URL carries credentials (userinfo and a query's key).
+SECRET = TargetKey("g", "http://operator:pw-s3cret@rpc.example:8899/?api-key=k3y")
+
+
+def test_a_sources_credentials_are_never_written_and_it_keeps_what_was_learned() -> None:
+    index, held = Index(), Rejections()
+    index.record_transfer(SECRET, 100_000_000, 1.0, now=50.0)
+    why = "bad tar from http://u:pw-s3cret@h/"
+    held.reject(SECRET, "snapshot-1-x.tar.zst", why, now=50.0, hold=600)
+    data = encode(gather(index, held, now=60.0, wall=1_000_010.0))
+    assert b"pw-s3cret" not in data and b"k3y" not in data
+    assert json.loads(data)["achieved"][0]["target"] == "http://***@rpc.example:8899/?***"
+    # After a restart the config names the source before the index lists it: the entries
+    # are its own, not a stranger's of the masked name.
+    index2, held2 = Index(), Rejections()
+    restore(decode(data), index2, held2, now=7.0, wall=1_000_020.0, named=[SECRET])
+    assert index2.throughput(SECRET, 7.0) == pytest.approx(index.throughput(SECRET, 70.0))
+    assert held2.rejected(SECRET, "snapshot-1-x.tar.zst", 7.0) is not None
+
+
+def test_a_document_holding_credentials_in_clear_is_taken_and_written_without_them() -> None:
+    # As an older version wrote it: the target as configured.
+    doc = {
+        "version": 1,
+        "throughputs": [
+            {
+                "group": "g",
+                "target": SECRET.target,
+                "discovered": False,
+                "bps": 1e8,
+                "at": 1_000_000.0,
+            }
+        ],
+        "achieved": [],
+        "rejections": [],
+    }
+    index = Index()
+    restore(
+        decode(json.dumps(doc).encode()),
+        index,
+        Rejections(),
+        now=5.0,
+        wall=1_000_000.0,
+        named=[SECRET],
+    )
+    assert index.throughput(SECRET, 5.0) == pytest.approx(1e8, rel=0.01)
+    assert b"pw-s3cret" not in encode(gather(index, Rejections(), now=5.0, wall=1_000_005.0))

@@ -21,6 +21,7 @@ import attrs
 
 from tracker.core.untrusted import load_json
 from tracker.errors import StateError
+from tracker.observability.redact import redact_text
 from tracker.ordering.index import Index, TargetKey
 from tracker.ordering.sourcehistory import KINDS, MAX_REJECTIONS, Kind, Rejection, Rejections
 
@@ -79,18 +80,37 @@ def restore(
     now: float,
     wall: float,
     longest_hold: float = math.inf,
+    named: Iterable[TargetKey] = (),
 ) -> None:
     """Give ``index`` and ``rejections`` what ``learned`` holds (see :func:`gather`); a time
     in the future (another machine's clock) counts as now, a rejection holds at most
-    ``longest_hold`` seconds from now (``reject_for``: what this tracker would hold)."""
+    ``longest_hold`` seconds from now (``reject_for``: what this tracker would hold).
+
+    The document names targets without their credentials (:func:`as_written`): an entry is
+    taken for the target of that name among ``named`` (the targets the config names) and
+    the index's; one of another (another replica's, a target not found yet) keeps it."""
     shift = now - wall
+    live = {as_written(key): key for key in (*named, *index.keys())}
+
+    def target(key: TargetKey) -> TargetKey:
+        written = as_written(key)  # a document of an older version held them in clear
+        return live.get(written, written)
+
     for kind, speeds in zip(KINDS, (learned.throughputs, learned.achieved), strict=True):
         for key, (rate, at) in speeds.items():
-            index.restore_throughput(key, rate, min(at, wall) + shift, kind)
+            index.restore_throughput(target(key), rate, min(at, wall) + shift, kind)
     for held in learned.rejections:
         if held.until > wall:
             until = min(held.until, wall + longest_hold)
-            rejections.restore(attrs.evolve(held, until=until + shift))
+            rejections.restore(attrs.evolve(held, key=target(held.key), until=until + shift))
+
+
+def as_written(key: TargetKey) -> TargetKey:
+    """``key`` as the document names it: the userinfo and query of a target's URL masked
+    (``http://***@host/path?***``). The document is a file anyone who reads the cache
+    directory reads, and an object of a bucket other replicas' operators read: credentials
+    never go there. Two targets that differ only in them share what was learned."""
+    return key._replace(target=redact_text(key.target))
 
 
 #: How far ahead of this machine's clock another replica's times may be and still count
@@ -170,7 +190,7 @@ def encode(learned: Learned) -> bytes:
                 {
                     **_key_json(r.key),
                     "name": r.name,
-                    "reason": r.reason[:MAX_REASON],
+                    "reason": redact_text(r.reason)[:MAX_REASON],
                     "until": min(r.until, MAX_WALL),
                 }
                 for r in learned.rejections
@@ -251,7 +271,7 @@ def _rejection(item: object) -> Rejection | None:
 
 
 def _key_json(key: TargetKey) -> dict[str, object]:
-    return {"group": key.group, "target": key.target, "discovered": key.discovered}
+    return {"group": key.group, "target": as_written(key).target, "discovered": key.discovered}
 
 
 def _items(value: object, limit: int) -> tuple[list[object], int]:

@@ -19,7 +19,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import attrs
 import trio
@@ -40,7 +40,7 @@ from tracker.learning.learned import (
 from tracker.objectstore.bucket import Bucket
 from tracker.observability.logs import log_event
 from tracker.observability.metrics import LearnedLoss, Metrics
-from tracker.ordering.index import Index
+from tracker.ordering.index import Index, TargetKey
 from tracker.ordering.sourcehistory import Rejections
 
 log = logging.getLogger("tracker.learned")
@@ -73,6 +73,9 @@ class Learning:
     _every: float | None = attrs.field(default=None, kw_only=True)
     _replica: str = attrs.field(default="", kw_only=True)
     _metrics: Metrics | None = attrs.field(default=None, kw_only=True)
+    #: The targets the config names now (the document names them without credentials:
+    #: :func:`tracker.learning.learned.restore`).
+    _named: Callable[[], Iterable[TargetKey]] = attrs.field(default=tuple, kw_only=True)
     #: Writes completed (tests wait on it).
     saved: int = attrs.field(default=0, init=False)
 
@@ -113,7 +116,14 @@ class Learning:
             if future:  # times no replica's clock could have written (or a longer hold)
                 log_event(log, "warning", "learned_entries_dropped", source="ahead", count=future)
                 self._count("entry", future)
-            restore(merge(kept), self._index, self._rejections, **moment, longest_hold=hold)
+            restore(
+                merge(kept),
+                self._index,
+                self._rejections,
+                **moment,
+                longest_hold=hold,
+                named=self._named(),
+            )
 
     async def save(self) -> None:
         """Write what is learned now to the state file and this replica's object."""
@@ -207,6 +217,7 @@ def replica_name(config: Config) -> str:
 
 
 def _write(path: str, data: bytes) -> None:
-    """Write the state file (blocking): its directory made if missing, then atomically."""
+    """Write the state file (blocking): its directory made if missing, then atomically,
+    readable by the tracker's user only (it names the sources and what they did)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    write_atomically(path, data)
+    write_atomically(path, data, mode=0o600)
