@@ -699,3 +699,32 @@ async def test_two_ports_of_one_host_are_one_voice(tmp_path: Path) -> None:
             assert not t.streamer.rejections.rejected(TargetKey(GROUP, honest.base), NAME, now)
             again = await get(t.url(NAME))
             assert again[:3] == (200, sha256(DATA), SIZE)
+
+
+async def test_pieces_asked_after_a_reload_carry_the_credentials_of_now(tmp_path: Path) -> None:
+    """A refresh from several sources outlives the reload that rotated its group's token:
+    each piece asked after it carries the new one (one origin's transfer at a time: only
+    the piece asked before the reload may still carry the old one)."""
+    async with sources(2) as ups, tracker(tmp_path, ups) as t:
+        async with trio.open_nursery() as nursery:
+            got: list[tuple[int, str, int, float]] = []
+
+            async def read() -> None:
+                got.append(await get(t.url(NAME)))
+
+            nursery.start_soon(read)
+            second = ups[1]
+            await wait_for(lambda: sent(second) >= 1)  # the crew asks the second source
+            before = [len(up.gets(NAME)) for up in ups]
+            [old] = t.config.target_groups
+            rotated = attrs.evolve(old, bearer_auth=BearerAuth(token="rotated"))
+            t.config = attrs.evolve(t.config, target_groups=(rotated,))
+        assert got[0][:3] == (200, sha256(DATA), SIZE)
+        later = [
+            [r.headers.get("authorization") for r in up.gets(NAME)[n:]]
+            for up, n in zip(ups, before, strict=True)
+        ]
+        print(f"\nasked after the reload: {later}")
+        assert any("Bearer rotated" in asked for asked in later)
+        for asked in later:  # the first may have been asked before the reload, none after
+            assert all(auth == "Bearer rotated" for auth in asked[1:]), later

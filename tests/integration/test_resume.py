@@ -23,6 +23,9 @@ from helpers_upstream import UPSTREAM_ETAG, UPSTREAM_LAST_MODIFIED, Behaviour, F
 from helpers_wire import raw_request
 from names import full_name
 
+from tracker.config.schema import BearerAuth
+from tracker.ordering.index import TargetKey
+
 FULL = full_name(9100)
 DATA = archive_bytes(8 * MiB, seed=50)
 HALF = len(DATA) // 2
@@ -239,3 +242,49 @@ async def test_an_uncached_stream_is_not_resumed(nursery: trio.Nursery, tmp_path
         # One request of the client's range (the background refresh that a Range request
         # on the best file starts, README.md#clients, asks for the whole file and its own rest).
         assert [g.headers.get("range") for g in up.gets(FULL)].count("bytes=0-") == 1
+
+
+@pytest.mark.parametrize("reload", ["credentials-changed", "source-removed", "group-removed"])
+async def test_a_resume_after_a_reload_asks_with_the_config_of_now(
+    nursery: trio.Nursery, tmp_path: Path, reload: str
+) -> None:
+    """A refresh outlives the reload that changed its group's credentials or removed its
+    source: the rest is asked with the credentials of now, or not at all (never with the
+    credentials a reload took away, never from a source the config no longer has)."""
+    up = await start_upstream(nursery)
+    halfway = trio.Event()  # the upstream waits there while the config is reloaded
+    up.behaviour[FULL] = Behaviour(pause_at=HALF // 2, resume=halfway, drop_after=HALF)
+    after_first_get(nursery, up, Behaviour())
+    async with tracker_for(tmp_path, up) as t:
+        [group] = t.config.target_groups
+        assert group.bearer_auth is not None
+        old = f"Bearer {group.bearer_auth.token}"
+        async with trio.open_nursery() as client:
+            got: list[tuple[int, bytes, bool]] = []
+
+            async def read() -> None:
+                wire = await raw_request(t.base, f"/v1/{FULL}?group={GROUP}")
+                got.append((wire.status, wire.body, wire.closed))
+
+            client.start_soon(read)
+            await wait_for(lambda: sent(up) >= HALF // 2)
+            assert up.gets(FULL)[0].headers["authorization"] == old
+            if reload == "credentials-changed":
+                rotated = attrs.evolve(group, bearer_auth=BearerAuth(token="rotated"))
+                t.config = attrs.evolve(t.config, target_groups=(rotated,))
+            elif reload == "source-removed":
+                t.index.drop(TargetKey(GROUP, up.base))  # what the reload's scrape does
+            else:
+                t.config = attrs.evolve(t.config, target_groups=())
+            halfway.set()
+        [(status, body, closed)] = got
+        asked = up.gets(FULL)[1:]
+        if reload == "credentials-changed":
+            assert (status, sha256(body)) == (200, sha256(DATA))
+            assert asked and all(r.headers["range"] == f"bytes={HALF}-" for r in asked)
+            assert {r.headers.get("authorization") for r in asked} == {"Bearer rotated"}
+        else:
+            assert asked == []  # never asked again
+            assert status == 200 and closed and len(body) < len(DATA)
+            await wait_for(lambda: t.outcome("refresh_failed") == 1)
+            assert t.cached() == []

@@ -214,6 +214,10 @@ class Index:
         """Every target that currently contributes snapshots."""
         return list(self._entries)
 
+    def lists(self, key: TargetKey) -> bool:
+        """Whether ``key`` is a target of the index now (a reload that removed it dropped it)."""
+        return key in self._entries
+
     def count(self, key: TargetKey) -> int:
         """How many snapshots ``key`` currently contributes."""
         entry = self._entries.get(key)

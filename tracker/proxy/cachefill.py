@@ -513,8 +513,9 @@ async def _ask(
     freed when the block ends. The first answer's validators become the source's (every
     later one must be of the same file)."""
     file, copy = copies[source]
+    group = peers.group_for(copy.key)  # a reload meanwhile: its credentials of now
     answer = await ask_source(
-        peers.clients, peers.group, file, copy, "GET", headers, url=source.url, wait=SLOT_WAIT
+        peers.clients, group, file, copy, "GET", headers, url=source.url, wait=SLOT_WAIT
     )
     try:
         if answer.response.status_code == 206:

@@ -197,6 +197,12 @@ class Peers:
     read_timeout: float = 60.0
     #: Where each refresh from several sources says how it used them (None: nowhere).
     uses: SourcesUsed | None = None
+    #: The group to ask a source with now (:meth:`Launcher.asking`; None: ``group``).
+    asking: Callable[[TargetKey], TargetGroup] | None = None
+
+    def group_for(self, key: TargetKey) -> TargetGroup:
+        """The group whose credentials and TLS settings ask ``key`` now."""
+        return self.group if self.asking is None else self.asking(key)
 
 
 @attrs.frozen
@@ -362,7 +368,7 @@ class Launcher:
             method=method,
             known_size=size,
             settings=self.settings,
-            reopen=partial(self._reopen, group),
+            reopen=partial(self._reopen, group.group, origin),
             zero_copy=ask.connection if zero_copy else None,
             early_size=early,
             budget=self._channel_budget,
@@ -374,6 +380,7 @@ class Launcher:
                 enabled=origin == "upstream",
                 read_timeout=self.settings.read_timeout,
                 uses=self.sources_used,
+                asking=partial(self.asking, group.group, origin),
             ),
         )
         return self._reported(job, group.group, archive, origin)
@@ -481,11 +488,30 @@ class Launcher:
         if self.metrics is not None:
             self.metrics.count_archive_rejected(group)
 
+    def asking(self, group: str, origin: ByteSource, key: TargetKey) -> TargetGroup:
+        """The group to ask ``key`` (a source from ``origin``) with, as the config has it now:
+        a refresh outlives the reload that changed or removed the credentials it started
+        with, and later requests (a resume, another source's piece) carry the new ones, to a
+        source the config still has (docs/configuration.md: credentials go to the group's
+        configured sources only). UpstreamError once a reload removed the group, or a source
+        of the index that it no longer lists (a reload removed it, or left it behind)."""
+        now = self.config().group_named(group)
+        if now is None:
+            raise UpstreamError(f"group {group!r} was removed by a reload")
+        if origin == "upstream" and not self.index.lists(key):
+            raise UpstreamError("the source is no longer listed (removed by a reload?)")
+        return now
+
     async def _reopen(
-        self, group: TargetGroup, first: UpstreamAnswer, offset: int, size: int
+        self, group: str, origin: ByteSource, first: UpstreamAnswer, offset: int, size: int
     ) -> UpstreamAnswer:
-        """Resume a refresh: the rest of the file, from the source that sent the start."""
-        return await resume_upstream(self._clients, group, first, offset, size)
+        """Resume a refresh: the rest of the file, from the source that sent the start, with
+        the group's credentials of now (:meth:`asking`)."""
+        try:
+            now = self.asking(group, origin, first.source.key)
+        except UpstreamError as exc:
+            raise UpstreamError(f"cannot resume: {exc}") from exc
+        return await resume_upstream(self._clients, now, first, offset, size)
 
 
 async def _refuse(reason: str) -> UpstreamAnswer:
