@@ -238,3 +238,34 @@ async def test_a_websocket_upgrade_gets_a_400_line_not_a_500_traceback(tmp_path:
     finally:
         assert await serve.stop() == 0
     assert "Traceback" not in serve.log and "Error in ASGI" not in serve.log
+
+
+async def test_a_second_tracker_on_a_cache_directory_stops_at_start_touching_nothing(
+    tmp_path: Path,
+) -> None:
+    """Two trackers in one cache directory deleted each other's live temp files at start
+    and renamed their copies over each other's (served under the other's digest): the
+    second ``serve`` stops at once, names the directory, and leaves it as it was."""
+    cache = tmp_path / "cache"
+    path = write(tmp_path, proxy_snapshot_downloads=True, proxy_snapshot_cache_dir=str(cache))
+    serve = await start_serve("--config", str(path))
+    try:
+        live = cache / "g" / ".tmp-snapshot-100-11111111111111111111111111111111.tar.zst.x"
+        live.parent.mkdir(parents=True, exist_ok=True)
+        live.write_bytes(b"a refresh being written")  # the first tracker's, for this test
+        second = await trio.to_thread.run_sync(
+            lambda: subprocess.run(
+                [sys.executable, "-m", "tracker", "serve", "--config", str(path)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        )
+        assert second.returncode == 1, second.stderr
+        [line] = second.stderr.strip().splitlines()[-1:]
+        assert "startup_failed" in line
+        assert f"proxy_snapshot_cache_dir {cache}: another tracker uses this cache" in line
+        assert "Traceback" not in second.stderr
+        assert live.exists()
+    finally:
+        assert await serve.stop() == 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -13,7 +15,7 @@ from names import full_name, incremental_name
 
 from tracker.cache.disk import DiskOps
 from tracker.cache.refresh import WRITE_WINDOW
-from tracker.cache.store import TEMP_PREFIX, Cache
+from tracker.cache.store import LOCK_FILE, TEMP_PREFIX, Cache
 from tracker.core.snapshots import ArchiveName, parse_archive_name
 from tracker.errors import CacheError, RequestError
 from tracker.proof.accounts.budget import CACHE_TEMP, PREFIX
@@ -106,8 +108,51 @@ def test_startup_cleanup_removes_only_temp_files(tmp_path: Path) -> None:
     assert sorted(p.name for p in group.iterdir()) == sorted(
         [f"{TEMP_PREFIX}dir", FULL, "notes.txt"]
     )
-    assert sorted(p.name for p in (tmp_path / "root").iterdir()) == ["learned.json", "mainnet"]
+    assert sorted(p.name for p in (tmp_path / "root").iterdir()) == [
+        LOCK_FILE,  # this tracker's, held while it runs
+        "learned.json",
+        "mainnet",
+    ]
     assert sizes == [4]
+
+
+#: Another process holding a cache directory's lock until its stdin closes.
+HOLDER = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.lockf(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_directory_another_tracker_holds_is_left_untouched(tmp_path: Path) -> None:
+    """Two trackers in one directory deleted each other's live temp files and renamed their
+    copies over the other's: the second one touches nothing and says why."""
+    group = tmp_path / "root" / "mainnet"
+    group.mkdir(parents=True)
+    live = group / f"{TEMP_PREFIX}{FULL}.abcd"  # the other tracker's refresh, being written
+    live.write_bytes(b"x")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path / "root" / LOCK_FILE)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        cache = Cache(str(tmp_path / "root"))
+        assert cache.startup_cleanup() == 0
+        assert live.exists()
+        assert "another tracker uses this cache directory" in cache.in_use
+        assert cache.problem == cache.in_use
+        assert cache.check_directory() == cache.in_use  # the periodic check keeps saying so
+    finally:
+        holder.communicate(timeout=30)  # stdin closed: it ends, its lock gone with it
+    # A cache of the same process in the directory (a reload's) shares this one's lock.
+    first, second = Cache(str(tmp_path / "root")), Cache(str(tmp_path / "root"))
+    assert first.startup_cleanup() == 1 and not first.in_use
+    assert second.startup_cleanup() == 0 and not second.in_use
 
 
 def test_a_link_where_the_proofs_spill_is_removed_not_followed(tmp_path: Path) -> None:

@@ -25,6 +25,8 @@ checked, promoted or not).
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import logging
 import os
 import stat
@@ -56,6 +58,10 @@ from tracker.proof.levels import STRUCTURE_ONLY, Level, Proof, Voter
 __all__ = ["TEMP_PREFIX", "Cache", "CachedFile", "RefreshProgress"]
 
 log = logging.getLogger("tracker.cache")
+
+#: The lock file of a cache directory: one tracker uses the directory at a time
+#: (docs/configuration.md, ``proxy_snapshot_cache_dir``).
+LOCK_FILE = ".lock"
 
 # A group name as the config allows it, minus names starting with a dot ("." and ".." match
 # [A-Za-z0-9_.-]+ and would leave the cache directory; dot files are our temp files).
@@ -149,6 +155,10 @@ class Cache:
         #: Why the directory cannot be used now ("" while it can): set at start-up and by
         #: :meth:`check_directory`, shown instead of "empty".
         self.problem = ""
+        self._lock_fd: int | None = None
+        #: Why this tracker may not use the directory at all: another one holds its lock
+        #: (:meth:`startup_cleanup`); "" once this process holds it.
+        self.in_use = ""
 
     # -- names and lookups ---------------------------------------------------------------
 
@@ -303,8 +313,34 @@ class Cache:
     def check_directory(self) -> str:
         """Check that the directory can still be used (blocking: call it in a worker
         thread); :attr:`problem` says why not ("" when it can)."""
-        self.problem = unusable_directory(self.root)
+        self.problem = self.in_use or unusable_directory(self.root)
         return self.problem
+
+    def _hold(self) -> str:
+        """Take the directory's lock (:data:`LOCK_FILE`), held until the process ends; why
+        another tracker has it ("" when this process holds it now).
+
+        Two trackers in one directory delete each other's temp files at start and rename
+        their own copies over the other's, served under the other's digest. A POSIX record
+        lock (``lockf``), not ``flock``: it is the process's, so a second cache of this
+        process in the directory (one a reload made) shares it, and it works on NFS. A lock
+        file that cannot be made (a read-only directory) is no conflict: the directory's own
+        problem shows (:meth:`check_directory`).
+        """
+        path = os.path.join(self.root, LOCK_FILE)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError:
+            return ""
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)  # this process holds no lock on it: closing drops nothing
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                return f"another tracker uses this cache directory (it holds {path})"
+            return ""
+        self._lock_fd = fd  # kept open: closing any descriptor of the file would drop it
+        return ""
 
     def files(self) -> list[CachedFile]:
         """Every archive held complete, by group and name (temp files excluded).
@@ -344,6 +380,11 @@ class Cache:
         except OSError as exc:
             self.problem = f"{exc.strerror}: {self.root!r}"
             log_event(log, "error", "cache_unusable", root=self.root, error=exc)
+            return 0
+        self.in_use = self._hold()
+        if self.in_use:  # nothing of it is touched: its files are another tracker's
+            self.problem = self.in_use
+            log_event(log, "error", "cache_in_use", root=self.root, error=self.in_use)
             return 0
         if self.check_directory():
             log_event(log, "error", "cache_unusable", root=self.root, error=self.problem)
