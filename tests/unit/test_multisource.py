@@ -314,13 +314,14 @@ def test_the_status_page_shows_each_sources_share_and_rate() -> None:
     from tracker.cache.store import RefreshProgress
     from tracker.web.statusview import source_shares
 
-    progress = RefreshProgress("g", "n", 100, 60, 10.0, sources=(("a", 30), ("b", 10), ("c", 20)))
-    assert source_shares(progress, 20.0) == [
+    sources = (("a", 30), ("b", 10), ("c", 20))
+    progress = RefreshProgress("g", "n", 100, 60, 10.0, sources=sources, elapsed=10.0)
+    assert source_shares(progress) == [
         ("a", 50.0, 3.0),
         ("b", 100 / 6, 1.0),
         ("c", 100 / 3, 2.0),
     ]
-    assert source_shares(RefreshProgress("g", "n", 0, 0, 10.0), 20.0) == []
+    assert source_shares(RefreshProgress("g", "n", 0, 0, 10.0, elapsed=10.0)) == []
 
 
 def test_a_lanes_failure_becomes_the_refreshs() -> None:

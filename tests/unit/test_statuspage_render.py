@@ -247,19 +247,19 @@ def test_no_reload_without_refresh() -> None:
     [
         # 512 MiB of 2 GiB in 8 s, 3 readers.
         (
-            RefreshProgress("mainnet", FULL, 2 * GiB, GiB // 2, NOW - 8, 3),
+            RefreshProgress("mainnet", FULL, 2 * GiB, GiB // 2, NOW - 8, 3, elapsed=8),
             ['value="25.0"', "25.0 % of 2.0 GiB", "64.0 MiB/s", '<td class="num">3</td>'],
         ),
         # Readers unknown; no second yet: no rate.
         (
-            RefreshProgress("mainnet", FULL, 100, 50, NOW - 0.5, None),
+            RefreshProgress("mainnet", FULL, 100, 50, NOW - 0.5, None, elapsed=0.5),
             ['value="50.0"', "—</td>"],
         ),
         # The source has not answered yet: no size.
         (RefreshProgress("mainnet", FULL, 0, 0, NOW, 1), ["waiting for the source"]),
         # Every byte served, the accounts level's second read running.
         (
-            RefreshProgress("mainnet", FULL, 100, 100, NOW - 9, 2, proving=True),
+            RefreshProgress("mainnet", FULL, 100, 100, NOW - 9, 2, proving=True, elapsed=9),
             [">proving<", "every byte served to its readers"],
         ),
     ],
@@ -280,7 +280,9 @@ def test_the_sources_of_a_refresh_and_how_each_was_used_are_shown() -> None:
 
     sources = (("http://a/f", 40), ("http://b/f", 0))
     notes = ("", "left out: ignores Range (answered a Range request with the whole file)")
-    progress = RefreshProgress("mainnet", FULL, 100, 40, NOW - 5, 1, sources, notes=notes)
+    progress = RefreshProgress(
+        "mainnet", FULL, 100, 40, NOW - 5, 1, sources, notes=notes, elapsed=5
+    )
     used = {"file": FULL, "used": "left out", "bytes": 0, "reason": "ignores Range"}
     row = target("http://b")._replace(refresh=refresh_use(used))
     page = render_status(view(cache=CacheView("/c", (), (progress,)), targets=(row,)))

@@ -223,8 +223,12 @@ class Refresh:
         self.temp = ""
         self.size = 0
         self.written = 0
-        #: When the refresh began (Unix time): its rate is ``written`` over the time since.
+        #: When the refresh began (Unix time), for showing when it started only.
         self.started_at = time.time()
+        #: When it began on the monotonic clock: its rate is ``written`` over
+        #: :meth:`elapsed`, which a step of the wall clock must not stretch or shrink (the
+        #: ``retry-after`` of docs/http-api.md "Archive answers", the status page's rates).
+        self._began = time.monotonic()
         self._writeback = Writeback(ops.writeback_every)
         #: Set when ``open`` found too little free disk (as opposed to an unwritable cache).
         self.no_space = False
@@ -277,6 +281,10 @@ class Refresh:
         #: Clients reading its temp file now (``tracker.proxy.refreshing.join``).
         self.readers = 0
         self._announced = False
+
+    def elapsed(self) -> float:
+        """Seconds since the refresh began, on the monotonic clock."""
+        return time.monotonic() - self._began
 
     def share(self, stop: trio.CancelScope, *, keep: bool, register: bool) -> None:
         """Let clients read the refresh while it runs: ``stop`` cancels its pump, ``keep``

@@ -86,7 +86,9 @@ class RefreshProgress:
     """A refresh in flight, as the status page shows it.
 
     ``size`` is 0 until the refresh is open (the upstream answered); ``started_at`` is Unix
-    time; ``readers``: clients reading its temp file (:func:`tracker.proxy.refreshing.join`), None
+    time, shown only; ``elapsed`` the seconds since it began on the monotonic clock, which
+    its rates are computed over (a step of the wall clock does not change them);
+    ``readers``: clients reading its temp file (:func:`tracker.proxy.refreshing.join`), None
     for a refresh not shared (:meth:`Refresh.share`).
     """
 
@@ -106,6 +108,8 @@ class RefreshProgress:
     #: read runs: its readers get the end, and it is cached, once that passed
     #: (docs/architecture.md, "The release rule").
     proving: bool = False
+    #: Seconds since the refresh began on the monotonic clock, when this was taken.
+    elapsed: float = attrs.field(default=0.0, kw_only=True)
 
 
 class Cache:
@@ -306,6 +310,7 @@ class Cache:
                 sources=tuple((redact_text(s.url), s.sent) for s in r.piece_sources),
                 notes=tuple(redact_text(s.state) for s in r.piece_sources),
                 proving=r.proving and not r.verified,
+                elapsed=r.elapsed(),
             )
             for _key, r in sorted(self._refreshing.items())
         ]

@@ -11,7 +11,6 @@ path as a plan"). :meth:`ProxyStreamer.prefetch` starts a refresh with no client
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from functools import partial
 
@@ -501,7 +500,8 @@ class Route:
             run.on_interest(self.group.group, self.name)
         retry = CHECKING_RETRY
         if (refresh := shared) is not None:
-            rate = refresh.written / max(1e-3, time.time() - refresh.started_at)
+            # Over monotonic seconds: a step of the wall clock must not move it.
+            rate = refresh.written / max(1e-3, refresh.elapsed())
             if rate > 0:
                 retry = min(MAX_RETRY, CHECKING_RETRY + refresh.remaining / rate)
         reason = "the file is being fetched and checked; its ranges are served once it passed"

@@ -318,7 +318,7 @@ def _refresh_row(progress: RefreshProgress, now: float) -> str:
     shares = "".join(
         f'<br><span class="meta">{text(url)}: {share:.0f} % at {format_rate(rate)}'
         f"{f' ({text(note)})' if note else ''}</span>"
-        for (url, share, rate), note in zip(source_shares(progress, now), notes, strict=True)
+        for (url, share, rate), note in zip(source_shares(progress), notes, strict=True)
     )
     state = "refreshing"
     if progress.proving:  # docs/architecture.md, "Two reads"
@@ -333,7 +333,7 @@ def _refresh_row(progress: RefreshProgress, now: float) -> str:
         f'<td><span class="badge refreshing">{state}</span></td>'
         f'<td>{bar}<br><span class="meta">started {ago(now, progress.started_at)}</span>'
         f"{shares}</td>"
-        f'<td class="num">{format_rate(refresh_rate(progress, now))}</td>'
+        f'<td class="num">{format_rate(refresh_rate(progress))}</td>'
         f'<td class="num">{readers}</td><td><span class="none">when complete</span></td></tr>'
     )
 

@@ -209,9 +209,10 @@ def refresh_percent(progress: RefreshProgress) -> float | None:
     return min(100.0, 100.0 * progress.written / progress.size)
 
 
-def refresh_rate(progress: RefreshProgress, now: float) -> float:
-    """A refresh's mean rate so far, bytes per second (0 before its first second)."""
-    elapsed = now - progress.started_at
+def refresh_rate(progress: RefreshProgress) -> float:
+    """A refresh's mean rate so far, bytes per second (0 before its first second): over its
+    monotonic ``elapsed``, not the wall clock, which can step."""
+    elapsed = progress.elapsed
     return progress.written / elapsed if elapsed >= 1.0 else 0.0
 
 
@@ -224,11 +225,12 @@ def refresh_use(used: Mapping[str, object] | None) -> str:
     return f"refresh of {used.get('file')}: {used.get('used')}{reason}"
 
 
-def source_shares(progress: RefreshProgress, now: float) -> list[tuple[str, float, float]]:
+def source_shares(progress: RefreshProgress) -> list[tuple[str, float, float]]:
     """Each source of a refresh from several at once: its URL, its share of the bytes so far
-    (per cent) and its rate since the refresh began (bytes per second)."""
+    (per cent) and its rate since the refresh began (bytes per second, over its monotonic
+    ``elapsed``)."""
     total = sum(sent for _url, sent in progress.sources)
-    elapsed = max(1e-3, now - progress.started_at)
+    elapsed = max(1e-3, progress.elapsed)
     return [
         (url, 100.0 * sent / total if total else 0.0, sent / elapsed)
         for url, sent in progress.sources
