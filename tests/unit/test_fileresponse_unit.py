@@ -5,6 +5,7 @@ bodies read through Quart, empty files, errors, FIFOs, the chunk budget shared b
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import trio
 from helpers_fds import open_fds
 
 from tracker.serving.fileresponse import PlainRequest, content_disposition, file_response
+from tracker.serving.ranges import parse_http_date
 from tracker.web.delivery import to_response
 
 
@@ -46,6 +48,22 @@ async def test_empty_file(tmp_path: Path) -> None:
     assert (response.status_code, response.headers["content-length"]) == (200, "0")
     assert await response.get_data() == b""
     assert open_fds(path) == 0
+
+
+async def test_a_file_touched_in_the_future_is_last_modified_no_later_than_now(
+    tmp_path: Path,
+) -> None:
+    """RFC 9110 8.8.2.1 (docs/http-api.md, "Archive answers"): its Last-Modified is the
+    time of the answer, and a client revalidating with it gets 304."""
+    path = tmp_path / "f"
+    path.write_bytes(b"abc")
+    ahead = time.time() + 3600
+    os.utime(path, (ahead, ahead))
+    head = await file_response(str(path), PlainRequest("HEAD", {}))
+    last_modified = parse_http_date(head.headers["last-modified"])
+    assert last_modified is not None and last_modified <= time.time()
+    since = {"if-modified-since": head.headers["last-modified"]}
+    assert (await file_response(str(path), PlainRequest("HEAD", since))).status == 304
 
 
 async def test_errors(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from tracker.serving.ranges import (
     evaluate_preconditions,
     http_date,
     if_range_allows,
+    last_modified_at,
     make_etag,
     normalize_headers,
     parse_http_date,
@@ -26,10 +27,11 @@ SIZE = 1000
 MTIME = 784111777.25  # Sun, 06 Nov 1994 08:49:37 GMT, plus a fraction
 LAST_MODIFIED = "Sun, 06 Nov 1994 08:49:37 GMT"
 ETAG = make_etag(SIZE, 784111777_250000000, 42)
+NOW = 1_700_000_000.5  # when the answer is planned: long after MTIME
 
 
 def plan(headers: dict[str, str] | None = None, method: str = "GET") -> ResponsePlan:
-    return plan_file_response(method, headers or {}, SIZE, MTIME, ETAG)
+    return plan_file_response(method, headers or {}, SIZE, MTIME, ETAG, now=NOW)
 
 
 # --- parse_range -----------------------------------------------------------------------------
@@ -359,14 +361,14 @@ def test_plan_head_conditionals() -> None:
 
 
 def test_plan_empty_file() -> None:
-    result = plan_file_response("GET", {"range": "bytes=-10"}, 0, MTIME, ETAG)
+    result = plan_file_response("GET", {"range": "bytes=-10"}, 0, MTIME, ETAG, now=NOW)
     assert (result.status, result.length, result.headers["content-length"]) == (200, 0, "0")
-    assert plan_file_response("GET", {"range": "bytes=0-"}, 0, MTIME, ETAG).status == 416
+    assert plan_file_response("GET", {"range": "bytes=0-"}, 0, MTIME, ETAG, now=NOW).status == 416
 
 
 def test_plan_repeated_range_lines_are_ignored() -> None:
     result = plan_file_response(
-        "GET", [("Range", "bytes=0-1"), ("Range", "bytes=2-3")], SIZE, MTIME, ETAG
+        "GET", [("Range", "bytes=0-1"), ("Range", "bytes=2-3")], SIZE, MTIME, ETAG, now=NOW
     )
     assert result.status == 200
 
@@ -375,7 +377,49 @@ def test_plan_rejects_other_methods_and_negative_sizes() -> None:
     with pytest.raises(ValueError, match="POST"):
         plan(method="POST")
     with pytest.raises(ValueError, match="negative"):
-        plan_file_response("GET", {}, -1, MTIME, ETAG)
+        plan_file_response("GET", {}, -1, MTIME, ETAG, now=NOW)
+
+
+@pytest.mark.parametrize(
+    ("mtime", "now", "last_modified"),
+    [
+        (MTIME, NOW, 784111777),  # in the past: its whole seconds
+        (NOW - 0.25, NOW, 1_700_000_000),  # the same second as now
+        (NOW + 0.25, NOW, 1_700_000_000),  # later in now's second: now's second
+        (NOW + 3600, NOW, 1_700_000_000),  # an hour ahead: now ([8.8.2.1])
+        (NOW + 1e12, NOW, 1_700_000_000),  # ahead past any date: now
+    ],
+)
+def test_last_modified_is_never_later_than_now(
+    mtime: float, now: float, last_modified: int
+) -> None:
+    assert last_modified_at(mtime, now) == last_modified
+
+
+#: The Date of an answer planned at NOW, and the future mtime (an hour ahead) of a file.
+NOW_DATE = "Tue, 14 Nov 2023 22:13:20 GMT"
+FUTURE = NOW + 3600
+FUTURE_DATE = "Tue, 14 Nov 2023 23:13:20 GMT"
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({}, 200),
+        ({"if-modified-since": NOW_DATE}, 304),  # the Last-Modified it was given: unchanged
+        ({"if-unmodified-since": NOW_DATE}, 200),  # not modified since: it proceeds
+        ({"range": "bytes=0-9", "if-range": NOW_DATE}, 206),  # the date it was given
+        ({"range": "bytes=0-9", "if-range": FUTURE_DATE}, 200),  # a date it never sent
+    ],
+)
+def test_a_file_modified_in_the_future_is_answered_as_modified_now(
+    headers: dict[str, str], status: int
+) -> None:
+    """RFC 9110 8.8.2.1: no Last-Modified later than the Date; the date preconditions
+    compare against the Last-Modified sent, not the file's future mtime."""
+    result = plan_file_response("GET", headers, SIZE, FUTURE, ETAG, now=NOW)
+    assert http_date(NOW) == NOW_DATE and http_date(FUTURE) == FUTURE_DATE
+    assert (result.status, result.headers["last-modified"]) == (status, NOW_DATE)
 
 
 # --- properties ------------------------------------------------------------------------------
@@ -399,7 +443,7 @@ def size_and_range(draw: st.DrawFn) -> tuple[int, str, slice]:
 @given(size_and_range())
 def test_planned_range_matches_reference_slice(case: tuple[int, str, slice]) -> None:
     size, header, reference = case
-    result = plan_file_response("GET", {"range": header}, size, MTIME, ETAG)
+    result = plan_file_response("GET", {"range": header}, size, MTIME, ETAG, now=NOW)
     expected = range(size)[reference]  # a lazy stand-in for the file's bytes
     assert result.status == 206
     assert 0 <= result.offset < result.offset + result.length <= size
@@ -411,7 +455,7 @@ def test_planned_range_matches_reference_slice(case: tuple[int, str, slice]) -> 
 
 @given(st.integers(min_value=0, max_value=10**6), st.text(max_size=40))
 def test_any_range_header_gives_a_consistent_plan(size: int, header: str) -> None:
-    result = plan_file_response("GET", {"range": header}, size, MTIME, ETAG)
+    result = plan_file_response("GET", {"range": header}, size, MTIME, ETAG, now=NOW)
     assert result.status in (200, 206, 416)
     assert result.offset >= 0
     assert result.offset + result.length <= size

@@ -37,6 +37,7 @@ import errno
 import os
 import re
 import stat
+import time
 import weakref
 from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Protocol
@@ -328,7 +329,9 @@ async def file_response(
     try:
         extra = extra_headers(st) if callable(extra_headers) else extra_headers
         etag = make_etag(st.st_size, st.st_mtime_ns, st.st_ino)
-        plan = plan_file_response(method, headers, st.st_size, st.st_mtime, etag)
+        # now: Last-Modified may not be later than the Date the server adds to this answer
+        # (RFC 9110 8.8.2.1; docs/http-api.md, "Archive answers").
+        plan = plan_file_response(method, headers, st.st_size, st.st_mtime, etag, now=time.time())
     except BaseException:
         os.close(fd)
         raise

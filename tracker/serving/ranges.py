@@ -23,6 +23,10 @@ Decisions worth knowing (RFC 9110 section numbers in brackets):
 - 304 carries no ``content-length`` (as nginx does; [8.6] forbids any value but the length a
   200 would have, and the field is not among those [15.4.5] asks for). 412 and 416 carry
   ``content-length: 0`` and no body. Every plan carries ``accept-ranges: bytes``.
+- Last-Modified is the file's mtime in whole seconds, but never later than now: [8.8.2.1]
+  forbids a Last-Modified later than the response's Date and says to send the Date instead
+  (a local file touched in the future, or a cached copy stamped with the Last-Modified of a
+  source whose clock runs ahead). The preconditions compare dates with that same value.
 - Header names are lower case: some snapshot clients match names case-sensitively.
 """
 
@@ -294,25 +298,35 @@ def normalize_headers(headers: RequestHeaders) -> dict[str, str]:
     return result
 
 
+def last_modified_at(mtime: float, now: float) -> int:
+    """The Last-Modified of a file modified at ``mtime``, answered at ``now`` (POSIX seconds):
+    its whole seconds, held to now's, as [8.8.2.1] asks of a date later than the Date."""
+    return min(math.floor(mtime), math.floor(now))
+
+
 def plan_file_response(
     method: str,
     headers: RequestHeaders,
     size: int,
     mtime: float,
     etag: str,
+    *,
+    now: float,
 ) -> ResponsePlan:
     """Plan the answer to a GET or HEAD of a file of ``size`` bytes modified at ``mtime``.
 
-    ``headers`` are the request headers (any case; a Quart ``Headers`` works); ``mtime`` is a
-    POSIX timestamp, ``etag`` the file's strong ETag (see :func:`make_etag`). Raises
-    ValueError for another method or a negative size.
+    ``headers`` are the request headers (any case; a Quart ``Headers`` works); ``mtime`` and
+    ``now`` (the wall clock, which the response's Date is taken from) are POSIX timestamps,
+    ``etag`` the file's strong ETag (see :func:`make_etag`). Raises ValueError for another
+    method or a negative size.
     """
     if method not in METHODS:
         raise ValueError(f"cannot plan a file response to {method!r}")
     if size < 0:
         raise ValueError(f"negative file size: {size}")
     request = normalize_headers(headers)
-    last_modified = math.floor(mtime)
+    # One value for the header and every date precondition (:func:`last_modified_at`).
+    last_modified = last_modified_at(mtime, now)
     validators = {
         "accept-ranges": "bytes",
         "etag": etag,
