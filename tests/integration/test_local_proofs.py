@@ -473,6 +473,55 @@ async def test_a_statement_from_a_clock_ahead_is_taken_once_this_clock_catches_u
     assert held() == [True]
 
 
+async def test_a_file_that_could_not_be_opened_is_retried_on_time_whatever_the_wall_clock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A local file whose check could not open it is tried again RETRY_AFTER later on the
+    monotonic clock (docs/architecture.md, "Proven archives": "Local files"): on the wall
+    clock, a step back of an hour kept it unchecked, and unserved under trust.require, an
+    hour more (no network: the daemon's own class, a real archive, the test's clocks)."""
+    from archives import build_archive
+
+    import tracker.proof.background.localfiles as localfiles
+    from tracker.config.loading import load_config
+    from tracker.core.digests import Digests
+    from tracker.ordering.index import Index, TargetKey
+    from tracker.proof.background.rounds import RETRY_AFTER
+
+    ledger = tmp_path / "ledger"
+    ledger.mkdir()
+    name, data = build_archive(100)
+    (ledger / name).write_bytes(data)
+    config = load_config(write_config(tmp_path, {
+        "listen": "127.0.0.1:0",
+        "target_groups": [{"group": "local", "local_targets": {"paths": [str(ledger)]}}],
+    }))  # fmt: skip
+    real_open, opens = localfiles.open_copy, [0]
+
+    async def open_copy(path: str) -> Any:
+        opens[0] += 1
+        if opens[0] == 1:
+            raise OSError(24, "Too many open files")  # a descriptor short, this once
+        return await real_open(path)
+
+    monkeypatch.setattr(localfiles, "open_copy", open_copy)
+    wall, mono = [1_900_000_000.0], [500.0]
+    proofs = localfiles.LocalProofs(
+        lambda: config, Index(), Digests(), clock=lambda: wall[0], monotonic=lambda: mono[0]
+    )
+
+    def checked() -> bool:
+        [(_name, done)] = proofs.of_target(TargetKey("local", str(ledger)))
+        return done is not None and done.verified is not None
+
+    assert await proofs.round() == 1 and not checked()  # could not open it
+    wall[0] -= 3600  # the wall clock steps an hour back
+    mono[0] += RETRY_AFTER - 1
+    assert await proofs.round() == 0  # not yet due
+    mono[0] += 1
+    assert await proofs.round() == 1 and checked()  # due on time, and passed
+
+
 async def test_a_check_marks_its_own_file_not_every_file_again(tmp_path: Path) -> None:
     """After each check every listed file was marked again (O(files) a check, O(files²) a
     round: a ledger of 19,000 archives held the event loop ~70 ms a check). Only what may

@@ -87,6 +87,7 @@ class LocalProofs(Rounds):
         every: float = CHECK_EVERY,
         retry_after: float = RETRY_AFTER,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(config, index, every, retry_after)
         self._digests = digests
@@ -94,12 +95,17 @@ class LocalProofs(Rounds):
         #: The limits of a full's accounts proof (the tracker's shared budget and workers);
         #: None: from the config alone.
         self._accounts = accounts
+        #: Wall-clock time: what statements are valid against, and when a file was checked.
         self._clock = clock
+        #: When to retry a file that could not be read: monotonic, so that a step of the wall
+        #: clock back does not keep it unchecked (and, under trust.require, unserved) for
+        #: the size of the step (docs/architecture.md, "Proven archives": "Local files").
+        self._monotonic = monotonic
         #: What the check of each file's current identity said, by path.
         self._checked: dict[str, Checked] = {}
         #: The copy each path was last listed as (its target and name), to undo its marks.
         self._copies: dict[str, LocalCopy] = {}
-        #: When a check could not read a file, by path.
+        #: When a check could not read a file (on the monotonic clock), by path.
         self._tried: dict[str, float] = {}
         #: The statement file beside each checked file, by the archive's path.
         self._beside: dict[str, Beside] = {}
@@ -127,7 +133,11 @@ class LocalProofs(Rounds):
         self._forget_changed({c.path: (c, i) for c, i in found})
         running = [(c, i) for c, i in found if c.path not in self._checking]
         due = checks_due(
-            running, self._checked, self._tried, now=self._clock(), retry_after=self._retry_after
+            running,
+            self._checked,
+            self._tried,
+            now=self._monotonic(),
+            retry_after=self._retry_after,
         )
         self._apply(config)  # a reload may have changed a group's level meanwhile
         for copy, identity in due:
@@ -189,7 +199,7 @@ class LocalProofs(Rounds):
         try:
             fd, st = await open_copy(path)
         except OSError as exc:  # gone, or replaced by something else: tried later
-            self._tried[path] = self._clock()
+            self._tried[path] = self._monotonic()
             log_event(log, "warning", "local_check_failed", path=path, error=exc)
             return
         try:
@@ -204,7 +214,7 @@ class LocalProofs(Rounds):
             )  # fmt: skip
             return
         except OSError as exc:  # unreadable (a descriptor short, a read error): tried later
-            self._tried[path] = self._clock()
+            self._tried[path] = self._monotonic()
             log_event(log, "warning", "local_check_failed", path=path, error=exc)
             return
         self._tried.pop(path, None)

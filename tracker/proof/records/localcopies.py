@@ -77,7 +77,8 @@ def checks_due(
     identity now; None: gone or not a regular file, nothing to check): those whose identity
     was not checked yet (``checked``, by path), unless a check that could not read the file
     (``tried``: when, by path) was less than ``retry_after`` seconds before ``now``. Each
-    path once."""
+    path once. ``tried`` and ``now`` are read off a monotonic clock: on the wall clock, a
+    step back would hold a retry off for the size of the step."""
     due: list[tuple[LocalCopy, FileIdentity]] = []
     seen: set[str] = set()
     for copy, identity in found:
