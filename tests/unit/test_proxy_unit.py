@@ -193,6 +193,34 @@ async def test_transfers_refuse_new_work_once_closed() -> None:
     assert not transfers.accepting
 
 
+async def test_a_forced_stop_cancels_running_transfers_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A second SIGTERM ends the grace at once (README.md, "serve"): the running transfers
+    (a refresh pulling from its source) are cancelled then, not left running until the
+    listeners are cancelled 2 s later (they pulled 16 MB more), nor to the grace's end.
+    On the mock clock: no time passes between the cut and their end."""
+    transfers = Transfers()
+    ended: list[float] = []
+
+    async def job(*, task_status: trio.TaskStatus[int]) -> None:
+        task_status.started(1)
+        try:
+            await trio.sleep_forever()
+        finally:
+            ended.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(transfers.run)
+        assert await transfers.start(job) == 1
+        transfers.close(60.0)  # the graceful stop: the job may run on
+        await trio.sleep(1.0)
+        assert ended == [] and not transfers.cut()
+        forced = trio.current_time()
+        transfers.cut_now()  # a second SIGTERM
+    assert ended == [forced] and transfers.cut()
+
+
 async def test_the_proxy_holds_its_settings_as_a_plain_value() -> None:
     """One value of the tunables, given when the streamer is built: the launcher and the
     download clients hold it, and nothing replaces it afterwards."""

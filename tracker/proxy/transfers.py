@@ -89,7 +89,7 @@ class Transfers:
 
     ``run`` opens it; ``close(grace)`` refuses new transfers and gives running ones ``grace``
     seconds before they are cancelled (each then removes its temp file and breaks its
-    client's stream).
+    client's stream); ``cut_now`` (a forced stop) cancels them at once.
     """
 
     def __init__(self) -> None:
@@ -119,7 +119,9 @@ class Transfers:
                 task_status.started()
                 await self._stop.wait()
                 self._background.cancel_scope.cancel()
-                nursery.cancel_scope.deadline = trio.current_time() + self._grace
+                # min: a forced stop (cut_now) may already have ended the grace
+                ends = trio.current_time() + self._grace
+                nursery.cancel_scope.deadline = min(nursery.cancel_scope.deadline, ends)
         finally:
             self._nursery = self._background = None
 
@@ -134,10 +136,16 @@ class Transfers:
             self._background.cancel_scope.cancel()
 
     def cut_now(self) -> None:
-        """The grace period ends now (a second SIGTERM or SIGINT): what is still being sent
-        is ended by the tracker, and said so (``outcome=shutdown``)."""
-        now = trio.current_time() + CUT_MARGIN
-        self._cut_at = now if self._cut_at is None else min(self._cut_at, now)
+        """The grace period ends now (a second SIGTERM or SIGINT): every running transfer
+        (a refresh included) is cancelled at once, not when the listeners are (README.md:
+        "a second one ends the grace at once"), and what is still being sent is ended by
+        the tracker, and said so (``outcome=shutdown``)."""
+        now = trio.current_time()
+        cut = now + CUT_MARGIN
+        self._cut_at = cut if self._cut_at is None else min(self._cut_at, cut)
+        if self._nursery is not None:
+            scope = self._nursery.cancel_scope
+            scope.deadline = min(scope.deadline, now)
 
     def cut(self) -> bool:
         """True once the grace period after :meth:`close` ended: what is still being sent
