@@ -5,8 +5,13 @@ real archives where the check is on."""
 
 from __future__ import annotations
 
+import errno
+import json
+import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -33,7 +38,9 @@ from test_fetch import (
 )
 from test_fetch_sources import body_bytes, tracker_of
 
+from tracker.core import smallfiles
 from tracker.errors import FetchError
+from tracker.fetch import space
 from tracker.fetch.download import Result
 from tracker.fetch.progress import NoProgress
 from tracker.fetch.run import FetchOptions, run_fetch
@@ -182,9 +189,110 @@ async def test_no_room_for_the_full_and_its_incremental_fails_before_the_first_b
         with pytest.raises(FetchError, match="not enough space") as info:
             await run_fetch(opts, NoProgress())
         assert not up.gets(FULL) and not up.gets(INCR)
-    needed = len(FILES[FULL]) + len(FILES[INCR])
+    needed = space.room_needed([len(FILES[FULL]), len(FILES[INCR])], space.block_size(str(ledger)))
     assert f"{needed} bytes needed, {free} free" in str(info.value)
     assert list(ledger.iterdir()) == []
+
+
+async def test_room_for_the_archive_alone_not_its_state_fails_before_the_first_byte(
+    tmp_path: Path,
+) -> None:
+    """Room for the archive's blocks and one more, as on a ledger that was just full enough:
+    the state file's save (``.state.new`` beside ``.state``) found no room after the
+    download, and every run downloaded the whole archive to record none of it. Now the check
+    counts the state file too (docs/fetch.md, "Safely"), and says so before the first byte."""
+    data = FILES[FULL]
+    ledger = ledger_of(tmp_path)
+    block = space.block_size(str(ledger))
+    free = space.on_disk(len(data), block) + block
+    up = FakeUpstream(files={FULL: data})
+    async with serving(up), tracker_for("redirect", tmp_path) as t:
+        advertise_all(t, up, {FULL: data})
+        opts = attrs.evolve(options(ledger, t.base, incremental=False), free_bytes=lambda _: free)
+        with pytest.raises(FetchError, match="not enough space") as info:
+            await run_fetch(opts, NoProgress())
+        assert body_bytes(up, FULL) == 0
+    needed = space.room_needed([len(data)], block)
+    assert needed > free
+    assert f"{needed} bytes needed, {free} free" in str(info.value)
+    assert list(ledger.iterdir()) == []
+
+
+def failing_state_writes(
+    monkeypatch: pytest.MonkeyPatch, fails: Callable[[dict[str, Any]], bool]
+) -> None:
+    """Writes of a fetch's state file for which ``fails(state)`` fail as a full disk's do
+    (ENOSPC from ``write(2)``, naming no file); every other small file is written."""
+    real = smallfiles._write_all
+
+    def write(fd: int, data: bytes) -> None:
+        try:
+            state = json.loads(data)
+        except ValueError:
+            state = None
+        if isinstance(state, dict) and "done" in state and fails(state):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(fd, data)
+
+    monkeypatch.setattr(smallfiles, "_write_all", write)
+
+
+def claimed(state: dict[str, Any]) -> int:
+    return sum(end - start for start, end in state["done"])
+
+
+async def test_a_failing_last_state_save_keeps_the_download(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every byte is on disk when the state's last save fails (the disk full): the archive
+    is still checked and put in place; that state was to be deleted anyway."""
+    failing_state_writes(monkeypatch, lambda state: claimed(state) > 0)
+    data = FILES[FULL]
+    ledger = ledger_of(tmp_path)
+    rare = attrs.evolve(FAST, state_every=3600.0)  # the first save and the last one only
+    up = FakeUpstream(files={FULL: data})
+    async with serving(up), tracker_for("redirect", tmp_path) as t:
+        advertise_all(t, up, {FULL: data})
+        opts = options(ledger, t.base, incremental=False, settings=rare)
+        [result] = await run_fetch(opts, NoProgress())
+    assert result.size == len(data)
+    assert [p.name for p in ledger.iterdir()] == [FULL]
+    assert sha256((ledger / FULL).read_bytes()) == sha256(data)
+
+
+async def test_a_failing_state_save_mid_download_names_the_file_and_what_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A state save that fails before the last byte (the source pauses there) stops the
+    fetch with one line naming the state file, why, and the bytes a next run resumes; the
+    temp file and the last state saved stay, and the next run fetches only the rest."""
+    failing_state_writes(monkeypatch, lambda state: claimed(state) >= 2 * MiB)
+    data = FILES[FULL]
+    paused = Behaviour(pause_at=2 * MiB, rate=4 * MiB)
+    up = FakeUpstream(files={FULL: data}, behaviour={FULL: paused})
+    ledger = ledger_of(tmp_path)
+    one = attrs.evolve(FAST, connections=1, piece_size=len(data), state_every=0.02)
+    async with serving(up), tracker_for("redirect", tmp_path) as t:
+        advertise_all(t, up, {FULL: data})
+        opts = options(ledger, t.base, incremental=False, settings=one)
+        with pytest.raises(FetchError) as info:
+            await run_fetch(opts, NoProgress())
+        state = ledger / f".tmp-{FULL}.state"
+        kept = claimed(json.loads(state.read_text())) if state.exists() else 0
+        assert str(info.value) == (
+            f"{state}: No space left on device: the download's state could not be saved; "
+            f"{kept} of {len(data)} bytes kept, run again to resume"
+        )
+        assert (ledger / f".tmp-{FULL}").exists()
+        monkeypatch.undo()
+        paused.resume.set()
+        before = body_bytes(up, FULL)
+        await run_fetch(opts, NoProgress())
+        again = body_bytes(up, FULL) - before
+    # the rest, and the first byte asked of each URL of the source when it is inspected
+    assert again <= len(data) - kept + 16
+    assert [p.name for p in ledger.iterdir()] == [FULL]
+    assert sha256((ledger / FULL).read_bytes()) == sha256(data)
 
 
 async def test_a_new_temp_file_is_preallocated(tmp_path: Path) -> None:

@@ -149,6 +149,23 @@ def test_a_write_that_fails_midway_is_never_visible(
     assert calls == [10, 5]  # the short write was continued, not taken for the whole
 
 
+def test_a_failed_write_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``write(2)`` names no file: a full disk's error said "No space left on device" and not
+    which file (a fetch's state, in its one error line)."""
+    path = tmp_path / "state.json"
+
+    def full(fd: int, data: bytes | memoryview) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(smallfiles.os, "write", full)
+    with pytest.raises(OSError, match="No space left on device") as info:
+        write_atomically(str(path), b"0123456789")
+    assert info.value.errno == errno.ENOSPC
+    assert info.value.filename == str(path)
+    assert str(path) in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_directory_at_the_path_is_not_replaced(tmp_path: Path) -> None:
     (tmp_path / "state.json").mkdir()
     with pytest.raises(IsADirectoryError):

@@ -15,7 +15,8 @@ refused once, here (docs/http-api.md#what-the-tracker-learned):
   file or the new one, never part of one.
 
 Blocking functions (no event loop here): callers in trio run them in worker threads. The
-refusals are ``OSError`` with an ``errno`` and a one-line ``strerror``.
+refusals are ``OSError`` with an ``errno``, a one-line ``strerror`` and the file's name
+(``filename``: a failed write says which file the disk refused).
 """
 
 from __future__ import annotations
@@ -117,6 +118,12 @@ def write_atomically(
             if mtime_ns is not None:
                 os.utime(fd, ns=(mtime_ns, mtime_ns))
             os.fsync(fd)
+        except OSError as exc:
+            if exc.filename is not None:
+                raise
+            # A write, fchmod or fsync names no file: its error line would not say which
+            # file the disk refused ("No space left on device" and nothing else).
+            raise OSError(exc.errno, exc.strerror or str(exc), path) from exc
         finally:
             os.close(fd)
         if replace:

@@ -36,12 +36,20 @@ from tracker.fetch.listing import RemoteFile
 from tracker.fetch.progress import Progress
 from tracker.fetch.settings import FetchSettings
 from tracker.fetch.sourcechecks import inspect_all, same_bytes
-from tracker.fetch.space import FreeBytes, free_bytes, no_room_reason, preallocate
+from tracker.fetch.space import (
+    FreeBytes,
+    block_size,
+    free_bytes,
+    no_room_reason,
+    preallocate,
+    room_needed,
+)
 from tracker.fetch.state import (
     State,
     load_state,
     remove_state,
     restart_reason,
+    state_path,
     temp_path,
 )
 from tracker.fetch.vouching import vouched_for
@@ -254,7 +262,7 @@ async def _fill(crew: FetchCrew, file: RemoteFile, pool: list[Source], ledger: s
         await trio.to_thread.run_sync(grow, fd, size)
         await saver.save()
         await _move_pieces(crew, live, saver, check)
-        await saver.save()
+        await _last_save(saver, name)
         # A check that ended before the download failed (the copy is bad): _verify says why.
         if check is None or not check.done():
             if not pieces.complete:
@@ -267,7 +275,7 @@ async def _fill(crew: FetchCrew, file: RemoteFile, pool: list[Source], ledger: s
         if check is not None:
             check.cancel()
         # An interrupt or a local error: what is on disk is kept for a later resume.
-        with trio.CancelScope(shield=True), contextlib.suppress(OSError):
+        with trio.CancelScope(shield=True), contextlib.suppress(OSError, FetchError):
             await saver.save()
         raise
     finally:
@@ -281,6 +289,23 @@ async def _fill(crew: FetchCrew, file: RemoteFile, pool: list[Source], ledger: s
     _set_mtime(final, reference.identity.last_modified)
     seconds = trio.current_time() - started
     return Result(final, size, seconds, tuple(live), pieces.steals, digest, proof, vouchers)
+
+
+async def _last_save(saver: StateSaver, name: str) -> None:
+    """The state after the workers ended. With every byte on disk a failed save costs
+    nothing: the state is deleted once the copy is checked and in place, and a run killed
+    before then resumes from the last one saved, which never claims more than is on disk
+    (docs/fetch.md, "Safely"); on a ledger just full enough for the archive that save met
+    ENOSPC and threw the whole download away. With bytes missing it fails the fetch as
+    every save does."""
+    try:
+        await saver.save()
+    except FetchError as exc:
+        cause = exc.__cause__
+        if not saver.pieces.complete or not isinstance(cause, OSError):
+            raise
+        reason = f"{cause.filename}: {cause.strerror}; every byte is on disk: going on"
+        log_event(log, "warning", "fetch_state_unsaved", file=name, reason=reason)
 
 
 async def _move_pieces(
@@ -384,20 +409,24 @@ async def _verify(
     raise CopyRejected(f"{urls or name}: {reason}")
 
 
-def _check_space(ledger: str, needed: int, name: str, free: FreeBytes) -> None:
-    """FetchError when ``ledger`` has less than ``needed`` bytes free (the blocks of a
-    temp file of the same name count as there: it is resumed, or deleted)."""
+def _check_space(ledger: str, size: int, name: str, free: FreeBytes) -> None:
+    """FetchError when ``ledger`` has no room for an archive of ``size`` bytes, its temp
+    file in whole blocks and its state file (:func:`~tracker.fetch.space.room_needed`; the
+    blocks of a temp file and state of the same name count as there: they are resumed, or
+    deleted)."""
+    needed = room_needed([size], block_size(ledger))
     reason = no_room_reason(name, ledger, needed, held_bytes(ledger, name), free(ledger))
     if reason:
         raise FetchError(reason)
 
 
 def held_bytes(ledger: str, name: str) -> int:
-    """The bytes the temp file of ``name`` takes on disk (0: none)."""
-    try:
-        return os.stat(temp_path(ledger, name), follow_symlinks=False).st_blocks * 512
-    except OSError:
-        return 0
+    """The bytes the temp file of ``name`` and its state take on disk (0: none)."""
+    held = 0
+    for path in (temp_path(ledger, name), state_path(ledger, name)):
+        with contextlib.suppress(OSError):
+            held += os.stat(path, follow_symlinks=False).st_blocks * 512
+    return held
 
 
 def _set_mtime(path: str, last_modified: str) -> None:

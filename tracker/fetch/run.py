@@ -40,7 +40,7 @@ from tracker.fetch.lock import ledger_lock
 from tracker.fetch.plan import choose_incremental, plan
 from tracker.fetch.progress import Progress, progress_for
 from tracker.fetch.settings import FetchSettings
-from tracker.fetch.space import FreeBytes, free_bytes, no_room_reason
+from tracker.fetch.space import FreeBytes, block_size, free_bytes, no_room_reason, room_needed
 from tracker.net.httpclients import ClientShape, OriginCredentials, bulk_client, rpc_client
 from tracker.observability.logs import log_event
 from tracker.observability.redact import redact_userinfo
@@ -301,8 +301,9 @@ async def _really_held(
 
 def _room_for(options: FetchOptions, planned: list[RemoteFile]) -> None:
     """FetchError before the first byte when the ledger has no room for every archive
-    planned (less what their temp files already hold)."""
-    needed = sum(f.size for f in planned)
+    planned, in whole blocks, and a state file (less what their temp files and states
+    already hold: :func:`~tracker.fetch.space.room_needed`)."""
+    needed = room_needed([f.size for f in planned], block_size(options.ledger))
     held = sum(held_bytes(options.ledger, f.file_name) for f in planned)
     what = " and ".join(f.file_name for f in planned)
     reason = no_room_reason(what, options.ledger, needed, held, options.free_bytes(options.ledger))

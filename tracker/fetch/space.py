@@ -8,6 +8,13 @@ it half way; where the file system cannot preallocate, it stays a sparse file, a
 Not ``posix_fallocate``: where the file system has no preallocation, glibc emulates it by
 writing a byte into every block, which for a 100 GB archive on NFS or ZFS takes longer than
 the download it prepares.
+
+What a download takes on disk is more than its bytes: its temp file takes whole blocks, and
+its state file (``.tmp-{name}.state``) is replaced by writing ``.state.new`` beside it, so
+two of them exist at once during a save (docs/fetch.md, "Safely"). The check counts both
+(:func:`room_needed`): where only the archive's bytes fitted, the temp file was allocated,
+the state file's next save failed with ENOSPC, and every run downloaded the whole archive
+only to record none of it.
 """
 
 from __future__ import annotations
@@ -48,6 +55,39 @@ def free_bytes(path: str) -> int:
     return info.f_bavail * info.f_frsize
 
 
+#: Block size assumed where ``statvfs`` cannot tell.
+DEFAULT_BLOCK = 4096
+
+#: The most a state file is counted for: a few hundred bytes, one range per gap between
+#: the pieces done (a few per connection), so a few KiB even for many connections.
+STATE_BYTES = 16 * 1024
+
+
+def block_size(path: str) -> int:
+    """The block size of the file system of ``path`` (``f_frsize``), DEFAULT_BLOCK where it
+    cannot be read (the ledger not created yet)."""
+    try:
+        info = os.statvfs(path)
+    except OSError:
+        return DEFAULT_BLOCK
+    return info.f_frsize or info.f_bsize or DEFAULT_BLOCK
+
+
+def on_disk(size: int, block: int) -> int:
+    """The bytes a file of ``size`` bytes takes in whole blocks of ``block`` bytes."""
+    return -(-size // block) * block
+
+
+def room_needed(sizes: list[int], block: int) -> int:
+    """The bytes downloads of ``sizes`` (one after the other) take on disk: each archive's
+    temp file in whole blocks, and room for its state file twice (the state and the
+    ``.state.new`` that replaces it; one download's state is gone before the next one's
+    is written)."""
+    if not sizes:
+        return 0
+    return sum(on_disk(size, block) for size in sizes) + 2 * on_disk(STATE_BYTES, block)
+
+
 def shortfall(needed: int, held: int, free: int) -> int:
     """Bytes missing for a download of ``needed`` bytes of which ``held`` are already on
     disk (a resumable temp file) when ``free`` are free; 0 when it fits."""
@@ -55,7 +95,8 @@ def shortfall(needed: int, held: int, free: int) -> int:
 
 
 def no_room_reason(what: str, ledger: str, needed: int, held: int, free: int) -> str:
-    """The one line of a fetch that does not fit; "" when it does."""
+    """The one line of a fetch that does not fit; "" when it does. ``needed`` is what it
+    takes on disk (:func:`room_needed`), ``held`` what its files there already take."""
     if not shortfall(needed, held, free):
         return ""
     return (

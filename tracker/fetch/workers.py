@@ -19,10 +19,11 @@ import attrs
 import httpx
 import trio
 
+from tracker.errors import FetchError
 from tracker.fetch.progress import Progress
 from tracker.fetch.settings import FetchSettings
 from tracker.fetch.sourcechecks import request
-from tracker.fetch.state import State, save_state
+from tracker.fetch.state import State, save_state, state_path, temp_path
 from tracker.multisource import crew as engine
 from tracker.multisource.claims import Claim, Pieces
 from tracker.multisource.crew import PieceAnswer, skipped
@@ -50,13 +51,28 @@ class StateSaver:
     saved: tuple[tuple[int, int], ...] | None = None
 
     async def save(self) -> None:
-        """Write the state of what is done now, unless it did not change."""
+        """Write the state of what is done now, unless it did not change. FetchError when
+        it cannot be written (a full disk): one line naming the file, the system's words and
+        what a next run resumes (the last state saved stays as it was)."""
         done = tuple(self.pieces.done())  # taken before the sync: every byte in it is written
         if done == self.saved:
             return
         state = attrs.evolve(self.state, done=done)
-        await trio.to_thread.run_sync(_sync_and_save, self.ledger, state, self.fd)
+        try:
+            await trio.to_thread.run_sync(_sync_and_save, self.ledger, state, self.fd)
+        except OSError as exc:
+            raise FetchError(self._failed(exc)) from exc
         self.saved = done
+
+    def _failed(self, exc: OSError) -> str:
+        """Why the state could not be saved, and what a next run resumes: the bytes of the
+        last state saved (docs/fetch.md, "Safely": a state never claims more than that)."""
+        where = exc.filename or state_path(self.ledger, self.state.name)
+        kept = sum(end - start for start, end in self.saved or ())
+        return (
+            f"{where}: {exc.strerror or exc}: the download's state could not be saved; "
+            f"{kept} of {self.state.identity.size} bytes kept, run again to resume"
+        )
 
     async def run(self, every: float) -> None:
         """Save every ``every`` seconds until cancelled."""
@@ -66,7 +82,10 @@ class StateSaver:
 
 
 def _sync_and_save(ledger: str, state: State, fd: int) -> None:
-    os.fdatasync(fd)
+    try:
+        os.fdatasync(fd)
+    except OSError as exc:  # the error line names the file that failed
+        raise OSError(exc.errno, exc.strerror, temp_path(ledger, state.name)) from exc
     save_state(ledger, state)
 
 
