@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import subprocess
 import threading
@@ -483,6 +484,35 @@ async def test_disk_full_during_a_refresh_injected(upstream: FakeUpstream, tmp_p
         await wait_for(lambda: t.outcome("refresh_failed") == 1)
         assert_nothing_promoted(t)
         assert len(upstream.gets(FULL)) == 1
+
+
+async def test_a_full_cache_disk_is_named_as_the_problem(
+    upstream: FakeUpstream, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The disk filling under a refresh is the cache's failure, not the source's: the
+    refresh's end says why, and the group's uncached record (the status page, ``cache`` in
+    ``/v1/targets``) says the disk ran out of room, until a refresh of it finds room."""
+    caplog.set_level(logging.INFO)
+
+    def ended() -> list[dict[str, Any]]:
+        return [
+            getattr(r, "tracker_fields", {})
+            for r in caplog.records
+            if r.msg == "cache_refresh_ended"
+        ]
+
+    async with proxy_tracker(tmp_path / "cache", upstream, cache_factory=failing_disk) as t:
+        await raw_request(t.base, f"/v1/{FULL}?group={GROUP}")  # broken, or whole uncached
+        await wait_for(lambda: len(ended()) == 1)
+        [fields] = ended()
+        assert fields["outcome"] == "refresh_failed"
+        assert fields["reason"] == "cache write failed: No space left on device"
+        uncached = t.streamer.uncached()[GROUP]
+        assert uncached == (
+            f"{FULL} not cached: the cache's disk ran out of room while it was written "
+            "(No space left on device)"
+        )
+        assert_nothing_promoted(t)
 
 
 async def test_a_refresh_that_failed_before_its_client_joined_is_streamed_uncached(

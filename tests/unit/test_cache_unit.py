@@ -14,7 +14,7 @@ import trio
 from names import full_name, incremental_name
 
 from tracker.cache.disk import DiskOps
-from tracker.cache.refresh import WRITE_WINDOW
+from tracker.cache.refresh import WRITE_WINDOW, Refresh
 from tracker.cache.store import LOCK_FILE, TEMP_PREFIX, Cache
 from tracker.core.snapshots import ArchiveName, parse_archive_name
 from tracker.errors import CacheError, RequestError
@@ -427,3 +427,50 @@ async def test_a_commit_whose_digest_cannot_be_written_leaves_nothing_behind(
     assert os.listdir(tmp_path / "mainnet") == []
     assert cache.lookup("mainnet", FULL) is None
     assert not cache.is_refreshing("mainnet", FULL)
+
+
+async def _write_and_commit(refresh: Refresh, data: bytes) -> None:
+    """Write ``data`` (a failed write is raised by the next step: the commit's flush), then
+    promote it as a copy whose check passed."""
+    await refresh.write(data)
+    refresh.sha256 = "ab" * 32  # as a check that passed sets it
+    await refresh.commit()
+
+
+@pytest.mark.parametrize("where", ["write", "commit"])
+async def test_a_full_disk_under_a_refresh_is_its_groups_uncached_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """ENOSPC from a write of the temp file, or from its commit: the refresh fails, and the
+    group's uncached record (the status page, ``cache`` in ``/v1/targets``) says the disk
+    ran out of room, not that a source failed; a later refresh that finds room clears it
+    (docs/http-api.md#archive-answers)."""
+    import errno
+
+    from tracker.cache import disk
+
+    def full_disk(*_args: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    cache = Cache(str(tmp_path), ops=DiskOps(free_space=lambda _path: 10**12, write=full_disk))
+    if where == "commit":
+        cache = make_cache(tmp_path)
+        monkeypatch.setattr(disk, "write_side", full_disk)
+    refresh = cache.begin_refresh("mainnet", FULL)
+    assert refresh is not None
+    assert await refresh.open(3)
+    with pytest.raises(CacheError, match="No space left on device"):
+        await _write_and_commit(refresh, b"abc")
+    assert cache.uncached == {
+        "mainnet": f"{FULL} not cached: the cache's disk ran out of room while it was "
+        "written (No space left on device)"
+    }
+    refresh.abort()
+    monkeypatch.undo()
+    again = make_cache(tmp_path)
+    again.uncached = dict(cache.uncached)
+    refresh = again.begin_refresh("mainnet", FULL)
+    assert refresh is not None
+    assert await refresh.open(3)
+    assert again.uncached == {}
+    refresh.abort()

@@ -4,6 +4,8 @@ tables."""
 
 from __future__ import annotations
 
+import errno
+
 import pytest
 import trio
 import trio.testing
@@ -338,6 +340,36 @@ def test_a_lanes_failure_becomes_the_refreshs() -> None:
     assert _unwrapped(ExceptionGroup("", [ExceptionGroup("", [upstream])])) is upstream
     stopping = BaseExceptionGroup("", [KeyboardInterrupt(), upstream])
     assert _unwrapped(stopping) is stopping
+
+
+@pytest.mark.parametrize(
+    ("code", "recorded"), [(errno.ENOSPC, True), (errno.EDQUOT, True), (errno.EIO, False)]
+)
+def test_a_lanes_full_disk_is_kept_as_the_groups_reason(code: int, recorded: bool) -> None:
+    """A refresh from several sources whose temp file's write fails with ENOSPC or EDQUOT
+    records the full disk as its group's reason (the status page, ``/v1/targets``), as a
+    refresh from one source does; an I/O error is no want of room."""
+    import os
+
+    from tracker.cache.disk import DiskOps
+    from tracker.cache.refresh import Refresh
+    from tracker.errors import CacheError
+    from tracker.proxy.cachefill import _unwrapped
+
+    rooms: list[tuple[str, str]] = []
+
+    class Registry:
+        def room(self, group: str, reason: str) -> None:
+            rooms.append((group, reason))
+
+    refresh = Refresh(Registry(), DiskOps(), "g", "n.tar.zst", "/nowhere/n.tar.zst")
+    failed = _unwrapped(ExceptionGroup("", [OSError(code, "x")]), refresh)
+    why = os.strerror(code)
+    assert isinstance(failed, CacheError) and str(failed) == f"cache write failed: {why}"
+    expected = (
+        f"n.tar.zst not cached: the cache's disk ran out of room while it was written ({why})"
+    )
+    assert rooms == ([("g", expected)] if recorded else [])
 
 
 async def test_a_whole_file_answer_takes_the_next_piece_only_once_its_own_is_used_up() -> None:

@@ -58,6 +58,8 @@ WRITE_WINDOW = 4
 #: Bytes a reader of a refresh being checked gets only once the check passed: enough that no
 #: archive format looks complete without them (docs/http-api.md, "Verified archives").
 HOLD_BACK = 64 * 1024
+#: A failed write's errors that say the cache's disk (or its owner's quota) is full.
+NO_ROOM_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class Phase(enum.Enum):
@@ -588,7 +590,12 @@ class Refresh:
         await self.flush()
         splice = partial(_splice_or_cache_error, self._ops.splice)
         sink = _Appender(count, self._end_of_file, partial(self._spliced, on_moved))
-        await splice_into_file(sock, sink, read_timeout, pacer=pacer, splice=splice)
+        try:
+            await splice_into_file(sock, sink, read_timeout, pacer=pacer, splice=splice)
+        except CacheError as exc:
+            if isinstance(exc.__cause__, OSError):  # the temp file's write failed
+                raise self.write_failed(exc.__cause__) from exc.__cause__
+            raise
 
     def _end_of_file(self) -> tuple[int, int]:
         """The temp file and where the next spliced bytes go in it."""
@@ -614,8 +621,18 @@ class Refresh:
 
     def _raise_write_error(self) -> None:
         if self._write_error is not None:
-            reason = os.strerror(self._write_error.errno or errno.EIO)
-            raise CacheError(f"cache write failed: {reason}") from self._write_error
+            raise self.write_failed(self._write_error) from self._write_error
+
+    def write_failed(self, exc: OSError, what: str = "cache write failed") -> CacheError:
+        """The CacheError of a failed write of the temp file (in trio's thread). A full disk
+        (ENOSPC, EDQUOT) is also kept as the group's reason for streaming uncached, as
+        :meth:`open` keeps too little room (docs/http-api.md#archive-answers): the status page
+        and ``/v1/targets`` then say the disk is the problem, not the source, until a
+        refresh of the group finds room."""
+        reason = os.strerror(exc.errno) if exc.errno else exc.strerror or str(exc) or "I/O error"
+        if exc.errno in NO_ROOM_ERRORS:
+            self._registry.room(self.group, disk_full_reason(self.name, reason))
+        return CacheError(f"{what}: {reason}")
 
     def _wrote(self, entry: _Write, result: outcome.Outcome[None]) -> None:
         """A write finished (in trio's thread): advance ``written`` over the finished prefix."""
@@ -652,7 +669,7 @@ class Refresh:
             served = self._registry.served(self.group)
             evicted = await trio.to_thread.run_sync(self._promote, mtime, served)
         except OSError as exc:
-            raise CacheError(f"cache commit failed: {exc.strerror or exc}") from exc
+            raise self.write_failed(exc, "cache commit failed") from exc
         else:
             self._registry.promoted(self.group, self.name, self.sha256, evicted, self.proof)
         finally:
@@ -689,6 +706,12 @@ class Refresh:
         self._move("ended")
         self.ended.set()
         self._notify()
+
+
+def disk_full_reason(name: str, reason: str) -> str:
+    """Why a refresh of ``name`` failed when the disk filled under it (``reason``: the
+    system's words): one line for the log, the status page and ``/v1/targets``."""
+    return f"{name} not cached: the cache's disk ran out of room while it was written ({reason})"
 
 
 def no_room_reason(name: str, needed: int, free: int) -> str:

@@ -39,6 +39,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import Any
 
 import attrs
 import trio
@@ -140,6 +141,11 @@ def _end_refresh(job: StreamJob, refresh: Refresh, upstream: Upstream | None, fl
     body = upstream.body if upstream is not None else None
     many = upstream.many if upstream is not None else []
     received = body.received if body is not None else sum(s.sent for s in many)
+    # Why a refresh failed, on its own line: a full cache disk otherwise shows only in a
+    # ``stream_failed`` line that names the source's URL, as if the source had failed.
+    failed: dict[str, Any] = {}
+    if flow.outcome != "refresh_ok" and flow.error:
+        failed["reason"] = flow.error
     log_event(
         log,
         "info",
@@ -151,6 +157,7 @@ def _end_refresh(job: StreamJob, refresh: Refresh, upstream: Upstream | None, fl
         upstream_bytes=received,
         resumes=body.resumes if body is not None else 0,
         sources=len(many) or 1,
+        **failed,
     )
 
 
@@ -473,7 +480,7 @@ async def fill_from_many(
                         lanes_nursery.start_soon(lane, crew, each, carried)
             nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        raise _unwrapped(group) from None
+        raise _unwrapped(group, refresh) from None
     finally:
         os.close(fd)
         for stop in stops:
@@ -488,14 +495,19 @@ async def fill_from_many(
     return outcome
 
 
-def _unwrapped(group: BaseExceptionGroup[BaseException]) -> BaseException:
+def _unwrapped(
+    group: BaseExceptionGroup[BaseException], refresh: Refresh | None = None
+) -> BaseException:
     """What a lane's failure means for the refresh: the group itself while it carries a
     cancellation (or anything but an Exception: it must reach its scope), else its first
-    error, a failed write of the temp file as CacheError."""
+    error, a failed write of the temp file as CacheError (a full disk recorded as the
+    group's reason by ``refresh``: :meth:`Refresh.write_failed`)."""
     if group.subgroup(lambda exc: not isinstance(exc, Exception | BaseExceptionGroup)):
         return group
     leaf = first_leaf(group)
     if isinstance(leaf, OSError):
+        if refresh is not None:
+            return refresh.write_failed(leaf)
         return CacheError(f"cache write failed: {os.strerror(leaf.errno or 0)}")
     return leaf
 
