@@ -18,6 +18,8 @@ from helpers_ports import REFUSED
 from helpers_tracker import start_tracker, wait_until, write_config
 from test_cache import tmpfs
 
+from tracker.cache.store import LOCK_FILE
+
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -86,6 +88,7 @@ async def test_a_cache_dir_that_becomes_unusable_is_shown(
     async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
         page = (await client.get(f"{internal}/")).text
         assert "The cache is empty" in page and "unusable" not in page
+        (cache / LOCK_FILE).unlink()  # the running tracker's lock goes with its directory
         cache.rmdir()
         cache.write_text("someone put a file here")
         page = (await client.get(f"{internal}/")).text
