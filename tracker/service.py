@@ -352,6 +352,9 @@ async def run_tracker(
                 log_event(log, "warning", "config_needs_restart", change=change)
             new = in_force(tracker.config, new)
             tracker.config = new
+            # A changed cache directory is taken now, not at the next archive request: the
+            # listings say what the new one holds at once (docs/configuration.md).
+            streamer.cache()
             apply_trust(tracker.index, new)
             scraper.update_config(new)
             for group in dropped:  # their series would stay in /metrics forever

@@ -19,7 +19,7 @@ import attrs
 from tracker.cache.refresh import Refresh
 from tracker.cache.store import Cache, CachedFile, RefreshProgress
 from tracker.config.schema import Config, TargetGroup
-from tracker.core.digests import Digests
+from tracker.core.digests import Digests, Verified
 from tracker.core.snapshots import ArchiveName, parse_archive_name
 from tracker.errors import RequestError
 from tracker.net.egress import Resolver, policy_of, resolve
@@ -78,8 +78,9 @@ class ProxyStreamer:
 
     ``config`` returns the live config (the cache directory is read per request, so a reload
     that changes it takes effect; each directory gets its own :class:`Cache`, cleaned up on
-    first use). ``objects``: the object-store tier; ``budget``: the read memory of cache
-    hits; ``digests`` and ``rejections``: what the archive checks concluded; ``voter``: the
+    first use, and only the configured one tells the index and the digests what it holds).
+    ``objects``: the object-store tier; ``budget``: the read memory of cache hits;
+    ``digests`` and ``rejections``: what the archive checks concluded; ``voter``: the
     cluster's votes that lift the cached copies (None: not asked). The seams tests inject
     faults through: ``cache_factory`` builds a Cache for a directory, ``resolver`` looks up
     host names that came from the network.
@@ -142,6 +143,11 @@ class ProxyStreamer:
         self._cache_factory = cache_factory or self._default_cache
         self._voter = voter
         self._caches: dict[str, Cache] = {}
+        #: The directory (as configured) of the one cache that tells the index what it holds
+        #: and the digests what it checked; None: none yet, or none configured now.
+        self._current: str | None = None
+        #: Each directory's own digests (:class:`CacheDigests`), by the directory as configured.
+        self._digests_of: dict[str, CacheDigests] = {}
         #: The one memory budget of every accounts proof (docs/architecture.md, "Bounded
         #: memory"): concurrent checks (groups, refreshes, the start-up check) share it.
         self._proof_budget: MemoryBudget | None = None
@@ -165,7 +171,14 @@ class ProxyStreamer:
         return self.launcher.settings
 
     def _default_cache(self, root: str) -> Cache:
-        on_size = self._metrics.set_cache_size if self._metrics is not None else None
+        metrics = self._metrics
+        if metrics is None:
+            return Cache(root)
+
+        def on_size(total: int) -> None:
+            if root == self._current:  # an old directory's late promotion is not the cache's
+                metrics.set_cache_size(total)
+
         return Cache(root, on_size=on_size)
 
     def _cached_copy_rejected(self, group: str, name: str, reason: str) -> None:
@@ -195,13 +208,18 @@ class ProxyStreamer:
         config = self._config()
         root = config.proxy_snapshot_cache_dir
         if not (config.proxy_snapshot_downloads and root):
+            if self._current is not None:  # a reload turned the cache off: it holds nothing
+                self._switch(None)
             return None
         cache = self._caches.get(root)
         if cache is None:
             cache = self._caches[root] = self._cache_factory(root)
+            digests = self._digests_of[root] = CacheDigests(
+                self.digests, partial(self._is_current, root)
+            )
             cache.verify_with(
                 config.verify_archives,
-                self.digests,
+                digests,
                 self._cached_copy_rejected,
                 self._required_level,
                 self._accounts_limits(root) if config.prove_accounts else None,
@@ -209,14 +227,46 @@ class ProxyStreamer:
                 self._loadable_by,
             )
             cache.served = self._index.served_fulls
-            cache.on_files = partial(hold_cached, self._index)
-            cache.startup_cleanup()
+            cache.on_files = partial(self._cache_files, root)
+            self._switch(root)
+            cache.startup_cleanup()  # tells what it holds and checked (nothing when in use)
             self._rechecking.add(root)
+        elif root != self._current:  # a reload back to a directory used before
+            self._switch(root)
+            if not cache.in_use:  # another tracker's files are not this one's
+                cache.report_size()
         if cache.ops.min_free != config.proxy_snapshot_cache_min_free:  # set, or reloaded
             cache.ops = attrs.evolve(cache.ops, min_free=config.proxy_snapshot_cache_min_free)
         if root in self._rechecking and self._transfers.spawn(cache.recheck):
             self._rechecking.discard(root)  # files found unchecked are checked once, now
         return cache
+
+    def _is_current(self, root: str) -> bool:
+        return root == self._current
+
+    def _switch(self, root: str | None) -> None:
+        """The cache at ``root`` (None: none) is the configured one from now on: only it
+        tells the index and the digests what it holds (its files are told next), so an older
+        directory's refresh that ends there later changes neither (docs/configuration.md,
+        ``proxy_snapshot_cache_dir``). The digests of the disk cache's copies become its own:
+        a digest is its copy's, and another directory's copies are not served
+        (docs/http-api.md, "Verified archives")."""
+        self._current = root
+        hold_cached(self._index, [])
+        if root is None and self._metrics is not None:
+            self._metrics.set_cache_size(0)
+        for group, name, holder, _value in self.digests.held():
+            if holder == CACHE:
+                self.digests.drop(CACHE, group, name)
+        own = self._digests_of.get(root) if root is not None else None
+        for group, name, holder, value in own.held() if own is not None else []:
+            self.digests.hold(holder, group, name, value)
+
+    def _cache_files(self, root: str, files: list[CachedFile]) -> None:
+        """The cache at ``root`` now holds ``files``: the index lists them while it is the
+        configured one."""
+        if root == self._current:
+            hold_cached(self._index, files)
 
     def proof_limits(self) -> AccountsLimits | None:
         """The limits of the tracker's accounts proofs outside the cache's refreshes (local
@@ -548,6 +598,32 @@ class Route:
                     run.on_interest(group.group, self.name)
                 return await relay_answer(launcher, launcher.job(group, ask, archive, self.found))
         return None
+
+
+#: The holder of the disk cache's copies among the digests (tracker.core.digests.Digests).
+CACHE = "cache"
+
+
+class CacheDigests(Digests):
+    """One cache directory's digests, told on to the tracker's ``shared`` ones while
+    ``current()`` says it is the configured directory: a reload to another directory must not
+    leave this one's digests (or its later promotions') on copies the cache does not hold
+    (docs/http-api.md, "Verified archives")."""
+
+    def __init__(self, shared: Digests, current: Callable[[], bool]) -> None:
+        super().__init__()
+        self._shared = shared
+        self._current = current
+
+    def hold(self, holder: str, group: str, name: str, value: Verified) -> None:
+        super().hold(holder, group, name, value)
+        if self._current():
+            self._shared.hold(holder, group, name, value)
+
+    def drop(self, holder: str, group: str, name: str) -> None:
+        super().drop(holder, group, name)
+        if self._current():
+            self._shared.drop(holder, group, name)
 
 
 def hold_cached(index: Index, files: list[CachedFile]) -> None:

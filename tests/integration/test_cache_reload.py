@@ -1,0 +1,152 @@
+"""A reload that changes ``proxy_snapshot_cache_dir``: from then on the listings, the archive
+answers and the digests say what the new directory holds, never an older one's files; a
+refresh the reload left running ends in the old directory (docs/configuration.md,
+``proxy_snapshot_cache_dir``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+import httpx
+import trio
+import yaml
+from archives import build_archive
+from helpers_bytes import MiB, archive_bytes
+from helpers_ports import REFUSED
+from helpers_proxy import GROUP, TrackerUnderTest, advertise, proxy_tracker, wait_for
+from helpers_tracker import start_tracker, wait_until, write_config
+from helpers_upstream import Behaviour, FakeUpstream, serving
+from names import full_name
+
+FULL = full_name(5000)
+OLD = full_name(4000)
+DATA = archive_bytes(2 * MiB, seed=10)
+OLD_DATA = archive_bytes(256 * 1024, seed=13)
+
+
+async def listed(client: httpx.AsyncClient, base: str, group: str = GROUP) -> set[str]:
+    """The archive names ``/v1/snapshots`` lists of ``group``."""
+    answer = await client.get(f"{base}/v1/snapshots?group={group}")
+    assert answer.status_code == 200, answer.text
+    return {f["file_name"].rsplit("/", 1)[1] for s in answer.json() for f in s["files"]}
+
+
+def reload_to(t: TrackerUnderTest, cache_dir: Path) -> None:
+    """What a reload that moves the cache to ``cache_dir`` does (tracker/service.py)."""
+    t.config = attrs.evolve(t.config, proxy_snapshot_cache_dir=str(cache_dir))
+    t.streamer.cache()
+
+
+async def test_a_refresh_ending_in_the_old_directory_leaves_the_new_ones_holdings(
+    tmp_path: Path,
+) -> None:
+    """A refresh into A runs across a reload to B (which holds OLD): it ends in A, and the
+    index still lists what B holds, serves B's OLD, and never lists A's new file as held."""
+    a, b = tmp_path / "A", tmp_path / "B"
+    (b / GROUP).mkdir(parents=True)
+    (b / GROUP / OLD).write_bytes(OLD_DATA)
+    async with serving(FakeUpstream(files={FULL: DATA})) as up:
+        up.behaviour[FULL] = resumed = Behaviour(pause_at=MiB, resume=trio.Event())
+        async with proxy_tracker(a, up) as t, httpx.AsyncClient(timeout=30) as client:
+            old_cache = t.streamer.cache()
+            assert old_cache is not None
+            got: list[httpx.Response] = []
+
+            async def read() -> None:
+                got.append(await client.get(t.url(FULL)))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read)
+                await wait_for(lambda: old_cache.is_refreshing(GROUP, FULL))
+                await wait_for(lambda: bool(up.gets(FULL)) and up.gets(FULL)[0].body_sent >= MiB)
+                reload_to(t, b)
+                assert await listed(client, t.base) == {FULL, OLD}
+                resumed.resume.set()
+            await wait_for(lambda: not old_cache.is_refreshing(GROUP, FULL))
+            assert got[0].status_code == 200 and got[0].content == DATA
+            assert (a / GROUP / FULL).exists() and not (b / GROUP / FULL).exists()
+            # A's promotion told nothing: B's OLD is listed and served
+            assert await listed(client, t.base) == {FULL, OLD}
+            answer = await client.get(t.url(OLD))
+            assert answer.status_code == 200 and answer.content == OLD_DATA
+            advertise(t.index, up.base, [])  # the source moved on: only B is held
+            assert await listed(client, t.base) == {OLD}
+            assert (await client.get(t.url(FULL))).status_code == 404
+
+
+async def test_a_reload_back_to_a_directory_used_before_lists_what_it_holds(
+    tmp_path: Path,
+) -> None:
+    """A (holding OLD) -> B -> A with no refresh at all: on B, OLD is neither listed nor
+    served; back on A, it is both again."""
+    a, b = tmp_path / "A", tmp_path / "B"
+    (a / GROUP).mkdir(parents=True)
+    (a / GROUP / OLD).write_bytes(OLD_DATA)
+    async with proxy_tracker(a) as t, httpx.AsyncClient(timeout=30) as client:
+        assert await listed(client, t.base) == {OLD}
+        reload_to(t, b)
+        assert await listed(client, t.base) == set()
+        assert (await client.get(t.url(OLD))).status_code == 404
+        reload_to(t, a)
+        assert await listed(client, t.base) == {OLD}
+        answer = await client.get(t.url(OLD))
+        assert answer.status_code == 200 and answer.content == OLD_DATA
+
+
+async def test_a_reload_to_another_directory_takes_the_old_ones_digests_with_it(
+    tmp_path: Path,
+) -> None:
+    """With archive checks: A caches NAME (its digest known); after a reload to an empty B
+    no digest of it is claimed (the cache does not hold it); back on A it is again."""
+    name, good = build_archive(700, seed=5)
+    a, b = tmp_path / "A", tmp_path / "B"
+    async with (
+        serving(FakeUpstream(files={name: good})) as up,
+        proxy_tracker(a, up, verify_archives=True, prove_accounts=False) as t,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
+        digest_url = f"{t.base}/v1/{name}.sha256?group={GROUP}"
+        assert (await client.get(t.url(name))).content == good
+        cache = t.streamer.cache()
+        assert cache is not None
+        await wait_for(lambda: cache.servable(GROUP, name))
+        digest = (await client.get(digest_url)).text
+        advertise(t.index, up.base, [])  # the source moved on: only the cache has it
+        reload_to(t, b)
+        assert (await client.get(digest_url)).status_code == 404
+        assert (await client.get(t.url(name))).status_code == 404
+        reload_to(t, a)
+        assert (await client.get(digest_url)).text == digest
+        assert (await client.get(t.url(name))).content == good
+
+
+async def test_a_reload_lists_the_new_directorys_files_before_any_request(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """``POST /reload`` moving the cache from A to B: ``/v1/snapshots`` lists B's files at
+    once (the cache is taken by the reload, not at the next archive request)."""
+    a, b = tmp_path / "A", tmp_path / "B"
+    for cache, name, data in ((a, OLD, OLD_DATA), (b, FULL, DATA)):
+        (cache / "g").mkdir(parents=True)
+        (cache / "g" / name).write_bytes(data)
+    settings = {
+        "internal_listen": "127.0.0.1:0",
+        "proxy_snapshot_downloads": True,
+        "proxy_snapshot_cache_dir": str(a),
+        "verify_archives": False,  # random bytes, not archives
+        "target_groups": [{"group": "g", "static_targets": {"targets": [f"{REFUSED}"]}}],
+    }
+    path = write_config(tmp_path, settings)
+    public, internal = await start_tracker(nursery, path)
+    async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+
+        async def on_a() -> bool:
+            return await listed(client, public, "g") == {OLD}
+
+        await wait_until(on_a)
+        path.write_text(
+            yaml.safe_dump({**yaml.safe_load(path.read_text()), "proxy_snapshot_cache_dir": str(b)})
+        )
+        assert (await client.post(f"{internal}/reload")).status_code == 200
+        assert await listed(client, public, "g") == {FULL}
