@@ -1,7 +1,7 @@
 """A reload that changes ``proxy_snapshot_cache_dir``: from then on the listings, the archive
 answers and the digests say what the new directory holds, never an older one's files; a
-refresh the reload left running ends in the old directory (docs/configuration.md,
-``proxy_snapshot_cache_dir``)."""
+refresh the reload left running ends in the old directory and is shown until it does
+(docs/configuration.md, ``proxy_snapshot_cache_dir``)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from helpers_proxy import GROUP, TrackerUnderTest, advertise, proxy_tracker, wai
 from helpers_tracker import start_tracker, wait_until, write_config
 from helpers_upstream import Behaviour, FakeUpstream, serving
 from names import full_name
+
+from tracker.web.statusgather import gather_status
 
 FULL = full_name(5000)
 OLD = full_name(4000)
@@ -42,7 +44,8 @@ async def test_a_refresh_ending_in_the_old_directory_leaves_the_new_ones_holding
     tmp_path: Path,
 ) -> None:
     """A refresh into A runs across a reload to B (which holds OLD): it ends in A, and the
-    index still lists what B holds, serves B's OLD, and never lists A's new file as held."""
+    index still lists what B holds, serves B's OLD, and never lists A's new file as held;
+    while it runs, the status page shows it."""
     a, b = tmp_path / "A", tmp_path / "B"
     (b / GROUP).mkdir(parents=True)
     (b / GROUP / OLD).write_bytes(OLD_DATA)
@@ -62,6 +65,10 @@ async def test_a_refresh_ending_in_the_old_directory_leaves_the_new_ones_holding
                 await wait_for(lambda: bool(up.gets(FULL)) and up.gets(FULL)[0].body_sent >= MiB)
                 reload_to(t, b)
                 assert await listed(client, t.base) == {FULL, OLD}
+                # the refresh left in A is still shown (it ends there)
+                view = await gather_status(t.parts.status_sources(), 0)
+                assert view.cache is not None and Path(view.cache.directory) == b.resolve()
+                assert [r.name for r in view.cache.refreshes] == [FULL]
                 resumed.resume.set()
             await wait_for(lambda: not old_cache.is_refreshing(GROUP, FULL))
             assert got[0].status_code == 200 and got[0].content == DATA
@@ -70,6 +77,7 @@ async def test_a_refresh_ending_in_the_old_directory_leaves_the_new_ones_holding
             assert await listed(client, t.base) == {FULL, OLD}
             answer = await client.get(t.url(OLD))
             assert answer.status_code == 200 and answer.content == OLD_DATA
+            assert t.streamer.refreshes() == []
             advertise(t.index, up.base, [])  # the source moved on: only B is held
             assert await listed(client, t.base) == {OLD}
             assert (await client.get(t.url(FULL))).status_code == 404

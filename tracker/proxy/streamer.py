@@ -326,12 +326,12 @@ class ProxyStreamer:
         return dict(cache.uncached)
 
     def refreshes(self) -> list[RefreshProgress]:
-        """The disk cache's refreshes in flight, each with the clients reading it now
-        (empty without a cache)."""
-        cache = self.cache()
-        if cache is None:
-            return []
-        return cache.refreshes()
+        """The disk cache's refreshes in flight, each with the clients reading it now: the
+        configured directory's first, then those a reload left running in a directory used
+        before (they end there, docs/configuration.md, ``proxy_snapshot_cache_dir``)."""
+        current = self.cache()
+        older = [c for c in self._caches.values() if c is not current]
+        return [r for c in [current, *older] if c is not None for r in c.refreshes()]
 
     async def aclose(self) -> None:
         """Close the download clients (at service stop, after the transfers ended)."""
