@@ -256,8 +256,10 @@ class CheckedFiles:
             log_event(log, "warning", "cache_recheck_failed", path=path, error=exc)
             return None  # unreadable: stays unchecked (never a hit), nothing removed
         except ArchiveInvalid as exc:
-            await self.remove(group, name, path, st.st_ino, exc.reason)
-            return False
+            # Not removed when a refresh promoted another copy meanwhile: the one that
+            # failed is gone already, and not a rejection of the copy the cache holds.
+            removed = await self.remove(group, name, path, st.st_ino, exc.reason)
+            return False if removed else None
         if (group, name) in self._checked:
             return True  # a refresh promoted a copy meanwhile: its digest stands
         try:
@@ -288,8 +290,7 @@ class CheckedFiles:
             return True
         below = self._below(proof, self.required(group), group, name)
         if below is not None and proof.voted_stake is not None:  # the votes say no
-            await self.remove(group, name, path, checked.ino, below)
-            return False
+            return not await self.remove(group, name, path, checked.ino, below)
         if checked.proof == proof:
             return True
         self._checked[(group, name)] = checked._replace(proof=proof)
@@ -301,9 +302,14 @@ class CheckedFiles:
                 log_event(log, "warning", "cache_digest_unwritable", path=path, error=exc)
         return True
 
-    async def remove(self, group: str, name: str, path: str, ino: int, reason: str) -> None:
+    async def remove(self, group: str, name: str, path: str, ino: int, reason: str) -> bool:
         """Remove the cached copy of ``name`` (at ``path``, inode ``ino``) that fell short
-        for ``reason``, and say so as for any rejected archive."""
+        for ``reason``, and say so as for any rejected archive; False (nothing done) when
+        the copy held of ``name`` is another inode: a refresh promoted it while this one was
+        checked, and its digest and file stand."""
+        held = self._checked.get((group, name))
+        if held is not None and held.ino != ino:
+            return False
         self._forget(group, name)
         await trio.to_thread.run_sync(_unlink_if_same, path, ino)
         log_event(
@@ -317,6 +323,7 @@ class CheckedFiles:
         )
         if self._on_rejected is not None:
             self._on_rejected(group, name, reason)
+        return True
 
 
 async def open_copy(path: str) -> tuple[int, os.stat_result]:

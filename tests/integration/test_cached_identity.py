@@ -1,0 +1,98 @@
+"""A cached copy is served and its digest told only while the file under its name is the copy
+that passed its check (docs/http-api.md, "Verified archives"): a real tracker on 127.0.0.1, a
+real upstream, real archives checked as they are cached (``verify_archives``).
+
+A start-up check that fails on an old copy leaves the copy a refresh promoted meanwhile as it
+is.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+import trio.testing
+from archives import build_archive
+from helpers_proxy import GROUP, TrackerUnderTest, proxy_tracker, wait_for
+from helpers_upstream import FakeUpstream, serving
+
+import tracker.cache.checked as checked_module
+from tracker.core.digests import Verified
+from tracker.proof.accounts.budget import AccountsLimits
+
+NAME, GOOD = build_archive(700, seed=5)
+
+
+def hexdigest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def digest_of(response: httpx.Response) -> str | None:
+    """The hex SHA-256 a ``repr-digest`` header says (None: no header)."""
+    header = response.headers.get("repr-digest")
+    return None if header is None else base64.b64decode(header.split(":")[1]).hex()
+
+
+async def get(t: TrackerUnderTest, path: str = "") -> httpx.Response:
+    async with httpx.AsyncClient(timeout=30) as client:
+        return await client.get(t.url(NAME + path))
+
+
+async def digest_route(t: TrackerUnderTest) -> httpx.Response:
+    return await get(t, ".sha256")
+
+
+@pytest.fixture
+async def up() -> AsyncIterator[FakeUpstream]:
+    async with serving(FakeUpstream(files={NAME: GOOD})) as upstream:
+        yield upstream
+
+
+async def test_a_failed_start_up_check_keeps_the_copy_a_refresh_promoted_meanwhile(
+    up: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bad = bytearray(GOOD)
+    bad[len(bad) // 2] ^= 0xFF
+    group_dir = tmp_path / "c" / GROUP
+    group_dir.mkdir(parents=True)
+    (group_dir / NAME).write_bytes(bytes(bad))  # found at start-up without a digest file
+    entered, go, ended = trio.Event(), trio.Event(), trio.Event()
+    check_opened = checked_module.check_opened
+
+    async def held_check(
+        fd: int, st: os.stat_result, name: str, limits: AccountsLimits | None
+    ) -> Verified:
+        # The start-up check of a big file takes long: held here until the refresh of the
+        # same name promoted its good copy.
+        entered.set()
+        await go.wait()
+        try:
+            return await check_opened(fd, st, name, limits)
+        finally:
+            ended.set()
+
+    monkeypatch.setattr(checked_module, "check_opened", held_check)
+    async with proxy_tracker(tmp_path / "c", up, verify_archives=True, prove_accounts=False) as t:
+        cache = t.streamer.cache()
+        assert cache is not None
+        await entered.wait()
+        assert (await get(t)).content == GOOD  # not a hit: a refresh promotes the good copy
+        await wait_for(lambda: cache.servable(GROUP, NAME))
+        go.set()
+        await ended.wait()
+        await trio.testing.wait_all_tasks_blocked()  # the failed check was dealt with
+        assert cache.servable(GROUP, NAME)
+        assert (group_dir / NAME).read_bytes() == GOOD
+        told = await digest_route(t)
+        assert told.status_code == 200 and told.text.split()[0] == hexdigest(GOOD)
+        hit = await get(t)
+        assert hit.content == GOOD and digest_of(hit) == hexdigest(GOOD)
+        assert len(up.gets(NAME)) == 1
+        # the copy that failed was replaced before its check ended: no rejection to count
+        assert t.counter("snapshot_tracker_archives_rejected_total", group=GROUP) == 0
