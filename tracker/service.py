@@ -225,6 +225,7 @@ def build(
         clock=index.clock,
         flowing=transfers.flowing,
         local_checks=local_proofs.of_target,
+        confirm_cached=streamer.confirm_cached,
     )
     app = create_app(deps, on_response=metrics.count_request)
     public = FastRedirects(app, deps, partial(best_source, index), metrics.count_request)

@@ -3,7 +3,9 @@
 With ``verify_archives`` a cached file is a hit only while its digest is known: from the
 refresh that promoted it (its check ran as it was written), restored at start-up from the
 ``.{name}.sha256`` file beside it when that still describes it (:func:`digest_matches`), or
-from checking it again (:meth:`CheckedFiles.recheck`); one that fails again is removed.
+from checking it again (:meth:`CheckedFiles.recheck`); one that fails again is removed. A
+hit is only the file the check read (its identity, :meth:`CheckedFiles.opened`): one
+replaced or written under its name since is checked again first.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from tracker.proof.levels import (
     Proof,
     checked_for,
 )
+from tracker.proof.records.localcopies import FileIdentity, identity_of
 
 if TYPE_CHECKING:
     from tracker.proof.levels import Voter
@@ -79,11 +82,17 @@ UNCHECKED = Checking()
 
 
 class _Held(NamedTuple):
-    """A cached file that passed its check."""
+    """A cached file that passed its check: its digest, its identity when it was checked
+    (None: not known, never matched by a file opened to be served) and what it proved."""
 
     sha256: str
-    ino: int
+    identity: FileIdentity | None
     proof: Proof
+
+    @property
+    def ino(self) -> int:
+        """Its inode (0: not known)."""
+        return self.identity[1] if self.identity is not None else 0
 
 
 class CheckedFiles:
@@ -112,10 +121,11 @@ class CheckedFiles:
         self.prove_accounts = prove_accounts
         self._digests = digests if digests is not None else Digests()
         self._on_rejected = on_rejected
-        #: Each cached file that passed its check: its digest, inode and what the check (and
-        #: the cluster's votes) proved.
+        #: Each cached file that passed its check: its digest, identity and what the check
+        #: (and the cluster's votes) proved.
         self._checked: dict[tuple[str, str], _Held] = {}
-        #: Cached files found at start-up without a digest that still describes them.
+        #: Cached files to check again: found at start-up without a digest that still
+        #: describes them, below their group's level, or changed since their check.
         self._unchecked: list[tuple[str, str]] = []
 
     def servable(self, group: str, name: str) -> bool:
@@ -128,6 +138,44 @@ class CheckedFiles:
         if held is None:
             return False
         return self._below(held.proof, self.required(group), group, name) is None
+
+    def opened(self, group: str, name: str, st: os.stat_result) -> str | None:
+        """The hex SHA-256 of the cached copy of ``name`` opened to be served as ``st`` (its
+        fstat; None: archives are not checked). RequestError(404) when that file is not the
+        copy that passed its check (another inode, size, mtime or ctime: replaced or written
+        under its name since; docs/http-api.md, "Verified archives"; its digest is then
+        forgotten and it is checked again: :meth:`recheck`), or no copy of it is held."""
+        if not self.verify:
+            return None
+        held = self._checked.get((group, name))
+        if held is not None and held.identity == identity_of(st):
+            return held.sha256
+        if held is not None:
+            self._changed(group, name)
+        raise RequestError(404, f"{name}: the cached file is not the copy that passed its check")
+
+    def confirm(self, group: str, name: str, path: str) -> None:
+        """Before the digest of the cached copy of ``name`` is told: forget it when the file
+        at ``path`` is no longer that copy (as :meth:`opened` does; gone included), and
+        have the file checked again."""
+        held = self._checked.get((group, name))
+        if held is None:
+            return
+        try:
+            identity: FileIdentity | None = identity_of(os.stat(path, follow_symlinks=False))
+        except OSError:
+            identity = None
+        if identity is None or identity != held.identity:
+            self._changed(group, name)
+
+    def _changed(self, group: str, name: str) -> None:
+        """The cached file of ``name`` is not the copy that passed its check: not served as
+        checked from now on, and checked again (a hit again once it passes, removed if it
+        fails)."""
+        self._forget(group, name)
+        if (group, name) not in self._unchecked:
+            self._unchecked.append((group, name))
+        log_event(log, "warning", "cache_copy_changed", group=group, file=name)
 
     def proof(self, group: str, name: str) -> Proof | None:
         """What was proven of the cached copy of ``name``, when it passed its check."""
@@ -170,13 +218,18 @@ class CheckedFiles:
         return Checking(self.verify, required, self.prove_accounts, voter, loadable_by)
 
     def promoted(
-        self, group: str, name: str, checked: Verified | None, ino: int, evicted: list[str]
+        self,
+        group: str,
+        name: str,
+        checked: Verified | None,
+        identity: FileIdentity | None,
+        evicted: list[str],
     ) -> None:
-        """A refresh of ``name`` (inode ``ino``; ``checked``: what its check said, its size
-        and when it ended, None when unchecked) was promoted and evicted ``evicted``: digests
-        follow."""
+        """A refresh of ``name`` (``identity``: its file's once in place, None when not
+        known; ``checked``: what its check said, its size and when it ended, None when
+        unchecked) was promoted and evicted ``evicted``: digests follow."""
         if checked is not None:
-            self._checked[(group, name)] = _Held(checked.sha256, ino, checked.proof)
+            self._checked[(group, name)] = _Held(checked.sha256, identity, checked.proof)
             self._digests.hold("cache", group, name, checked)
         else:
             self._forget(group, name)
@@ -209,8 +262,8 @@ class CheckedFiles:
                 # group's level (its trust.require was raised since): checked again.
                 self._unchecked.append((group, name))
                 continue
-            hex_digest, ino, size, checked_at = restored
-            self._checked[(group, name)] = _Held(hex_digest, ino, proof)
+            hex_digest, identity, size, checked_at = restored
+            self._checked[(group, name)] = _Held(hex_digest, identity, proof)
             held = Verified(hex_digest, proof, size=size, checked_at=checked_at)
             self._digests.hold("cache", group, name, held)
 
@@ -233,6 +286,8 @@ class CheckedFiles:
         (the rest stay unchecked)."""
         while self._unchecked:
             group, name = self._unchecked.pop(0)
+            if (group, name) in self._checked:
+                continue  # a refresh promoted a checked copy since it was listed
             try:
                 path = path_for(group, name)
             except RequestError:
@@ -266,7 +321,9 @@ class CheckedFiles:
             await trio.to_thread.run_sync(write_checked, path, Verified(sha256, proof), name)
         except OSError as exc:
             log_event(log, "warning", "cache_digest_unwritable", path=path, error=exc)
-        self._checked[(group, name)] = _Held(sha256, st.st_ino, proof)
+        # The identity of the file as it was opened for the check: one written since is
+        # not this copy (opened, confirm).
+        self._checked[(group, name)] = _Held(sha256, identity_of(st), proof)
         held = Verified(sha256, proof, size=st.st_size, checked_at=time.time())
         self._digests.hold("cache", group, name, held)
         log_event(
@@ -361,9 +418,9 @@ def digest_matches(archive: os.stat_result, digest: os.stat_result) -> bool:
     return digest.st_mtime_ns == archive.st_mtime_ns and digest.st_ctime_ns >= archive.st_ctime_ns
 
 
-def _restored_digest(path: str, name: str) -> tuple[str, int, int, float] | None:
-    """The digest, inode and size of the archive at ``path`` from its digest file, and when
-    that was written (its check ended then), or None."""
+def _restored_digest(path: str, name: str) -> tuple[str, FileIdentity, int, float] | None:
+    """The digest, identity and size of the archive at ``path`` from its digest file, and
+    when that was written (its check ended then), or None."""
     try:
         archive = os.stat(path, follow_symlinks=False)
     except OSError:
@@ -374,7 +431,7 @@ def _restored_digest(path: str, name: str) -> tuple[str, int, int, float] | None
     hex_digest = parse_sha256sum_line(found[0], name)
     if hex_digest is None:
         return None
-    return hex_digest, archive.st_ino, archive.st_size, found[1].st_ctime
+    return hex_digest, identity_of(archive), archive.st_size, found[1].st_ctime
 
 
 def _restored_proof(path: str) -> Proof | None:

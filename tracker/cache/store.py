@@ -54,6 +54,7 @@ from tracker.observability.redact import redact_text
 from tracker.proof.accounts.budget import CACHE_TEMP, AccountsLimits, clean_leftovers
 from tracker.proof.cluster.lifting import keep_levels
 from tracker.proof.levels import STRUCTURE_ONLY, Level, Proof, Voter
+from tracker.proof.records.localcopies import identity_of
 
 __all__ = ["TEMP_PREFIX", "Cache", "CachedFile", "RefreshProgress"]
 
@@ -244,6 +245,20 @@ class Cache:
         """The hex SHA-256 of the cached copy of ``name``, when it passed its check."""
         return self.checked.digest(group, name)
 
+    def opened(self, group: str, name: str, st: os.stat_result) -> str | None:
+        """The digest of the cached copy of ``name`` opened to be served as ``st``
+        (:meth:`CheckedFiles.opened`: RequestError when it is not the copy checked)."""
+        return self.checked.opened(group, name, st)
+
+    def confirm(self, group: str, name: str) -> None:
+        """Forget the digest of the cached copy of ``name`` when the file under its name is
+        no longer that copy (:meth:`CheckedFiles.confirm`), before its digest is told."""
+        try:
+            path = self._path_named(group, name)
+        except RequestError:
+            return
+        self.checked.confirm(group, name, path)
+
     def promoted(
         self,
         group: str,
@@ -254,14 +269,16 @@ class Cache:
     ) -> None:
         """A refresh of ``name`` was promoted (and evicted ``evicted``): digests follow,
         with what its check proved."""
-        ino = 0
+        identity = None
         # The check ended as the last byte was written, just before this rename.
         checked = Verified(sha256, proof, checked_at=time.time()) if sha256 else None
         if checked is not None:
             with contextlib.suppress(OSError, RequestError):
+                # After the rename (which moves the file's ctime): the identity a hit's
+                # opened file must have (CheckedFiles.opened).
                 st = os.stat(self._path_named(group, name))
-                ino, checked = st.st_ino, attrs.evolve(checked, size=st.st_size)
-        self.checked.promoted(group, name, checked, ino, evicted)
+                identity, checked = identity_of(st), attrs.evolve(checked, size=st.st_size)
+        self.checked.promoted(group, name, checked, identity, evicted)
 
     async def recheck(self) -> None:
         """Check the cached files start-up found without a digest that still describes them

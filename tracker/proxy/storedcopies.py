@@ -11,6 +11,7 @@ store"). A copy whose digest is known says so (``repr-digest``, "Verified archiv
 from __future__ import annotations
 
 import logging
+import os
 from functools import partial
 
 from tracker.cache.store import Cache
@@ -86,11 +87,20 @@ async def cache_hit(
     ask: Ask,
 ) -> Answer | None:
     """The cached file at ``path`` (a copy the route found servable), Range, conditionals
-    and HEAD answered from disk; None when it is not there."""
-    digest = cache.digest(group, archive.file_name)
-    extra = {"repr-digest": repr_digest(digest)} if digest else None
+    and HEAD answered from disk; None when it is not there, or when the file opened is not
+    the copy that passed its check (replaced or written since: it is checked again, and
+    the route goes on as for a copy not checked yet; docs/http-api.md, "Verified
+    archives")."""
+
+    def digest_of(st: os.stat_result) -> dict[str, str]:
+        # Asked of the opened file's fstat: no other system call on the hit path.
+        digest = cache.opened(group, archive.file_name, st)
+        return {"repr-digest": repr_digest(digest)} if digest else {}
+
     try:
-        response = await served_from_disk(path, ask, "cache", metrics, budget, extra)
+        response = await served_from_disk(path, ask, "cache", metrics, budget, digest_of)
+    except RequestError:  # not the copy checked
+        return None
     except FileNotFoundError:
         return None
     except OSError as exc:  # something else than a file at the path: not cached

@@ -309,6 +309,9 @@ def _short(
 def _digest_answer(deps: ApiDeps, group: str, name: str) -> quart.Response:
     """``GET {archive}.sha256``: the ``sha256sum`` line of the tracker's verified copy."""
     archive = archive_name(name[: -len(DIGEST_SUFFIX)]).file_name
+    # Never the digest of a cached copy no longer under its name (docs/http-api.md,
+    # "Verified archives").
+    deps.confirm_cached(group, archive)
     # The digest of the copy the archive's own route serves (the first found: a group may
     # hold two local files of one name, other bytes each), as the listings show it.
     found = deps.index.find_file(group, archive)

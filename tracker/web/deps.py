@@ -61,3 +61,7 @@ class ApiDeps:
     #: What the checks of a local target's files said, by name (docs/architecture.md,
     #: "Proven archives"; None: not checked yet).
     local_checks: Callable[[TargetKey], list[tuple[str, Checked | None]]] = lambda _key: []
+    #: Asked of (group, name) before a digest route answers: the disk cache forgets the
+    #: digest of its copy of a file replaced or written under its name since its check
+    #: (docs/http-api.md, "Verified archives").
+    confirm_cached: Callable[[str, str], None] = lambda _group, _name: None
