@@ -43,6 +43,10 @@ class TargetHealth:
     last_scrape: datetime | None = None
     last_duration: float | None = None
     failures: int = 0
+    #: The scrape round that last gave it a probe slot (None: never): the order and the
+    #: back-off of discovered nodes (:func:`tracker.discovery.schedule.round_plan`). Not
+    #: shown: ``last_scrape`` is when it was last probed.
+    probed_round: int | None = None
 
 
 #: Why a target that answers lists no snapshot, by its kind (docs/http-api.md, ``note``).

@@ -5,12 +5,17 @@ re-read, Consul is asked: :mod:`~tracker.discovery.targetset`), diffed against t
 (:mod:`~tracker.discovery.roster`), and every target is probed concurrently (at most
 ``scrape_concurrency`` at once, each under ``scrape_timeout``: :mod:`~tracker.discovery.probing`).
 Each result is handed on as soon as its probe ends, so a hanging target delays nobody; during
-a round the index takes them in batches (:mod:`~tracker.discovery.batches`).
+a round the index takes them in batches (:mod:`~tracker.discovery.batches`). Which targets a
+round probes, and in which order, is :func:`~tracker.discovery.schedule.round_plan`'s: a
+discovered node that gets no probe slot before the round's interval ends is left for the
+next round, so a round lasts about ``scrape_interval`` plus ``scrape_timeout`` at most
+(docs/architecture.md, "Scrape rounds").
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 
 import trio
@@ -29,6 +34,7 @@ from tracker.discovery.roster import (
     mark_down,
     mark_up,
 )
+from tracker.discovery.schedule import round_plan
 from tracker.discovery.targetset import (
     Moved,
     TargetFinder,
@@ -79,6 +85,8 @@ class Scraper:
         #: The groups a reload changed the credentials of, until a round's discovery under
         #: the new config told which of their targets stay (:func:`left_behind`).
         self._moved: Moved = {}
+        #: The number of the round going on (or the last one): what ``probed_round`` counts.
+        self._round = 0
 
     @property
     def health(self) -> dict[TargetKey, TargetHealth]:
@@ -131,28 +139,43 @@ class Scraper:
         for key in self._roster.adopt(current):
             self.index.drop(key)
 
-    async def scrape_round(self) -> None:
-        """Probe every target once; returns when every probe has finished or timed out."""
+    async def scrape_round(self, deadline: float | None = None) -> None:
+        """Probe every target due (:func:`round_plan`) once; returns when every probe started
+        has finished or timed out. A discovered node whose probe has no slot by
+        ``deadline`` (default: ``scrape_interval`` from now) is not probed this round, and
+        nothing is recorded of it: the next round probes it among the first."""
+        if deadline is None:
+            deadline = trio.current_time() + self.config.scrape_interval
+        self._round += 1
         await self._probes.close_retired()
         moved = self._moved
         targets = await self.discover()
         if self._moved is moved:  # no reload during the discovery: it told what stays
             self._moved = {}
         self._adopt(targets)
+        # The operator's own targets first, all at once, never left out; discovered nodes
+        # (thousands) after them, the least recently probed first, backed off while down,
+        # and paced over the interval.
+        plan = round_plan(
+            (self.health[t.key] for t in targets), self._round, self.config.max_target_failures
+        )
         limiter = trio.CapacityLimiter(self.config.scrape_concurrency)
         async with self._results.batched(), trio.open_nursery() as nursery:
-            # The operator's own targets go first, all at once; discovered nodes
-            # (thousands) are paced over the interval.
-            ordered = sorted(targets, key=lambda t: t.key.discovered)
-            spacing = self._spacing(sum(t.key.discovered for t in targets))
+            spacing = self._spacing(sum(h.target.key.discovered for h in plan))
             begun, number = trio.current_time(), 0
-            for target in ordered:
+            for health in plan:
+                discovered = health.target.key.discovered
                 # On a schedule, not a sleep per start: a busy loop's late wake-ups
                 # must not stretch the round (a late start catches up at once).
-                if spacing and target.key.discovered:
+                if spacing and discovered:
                     await trio.sleep_until(begun + number * spacing)
                     number += 1
-                nursery.start_soon(self._probe_one, self.health[target.key], limiter)
+                # Waiting past the interval, a hanging node's probe would hold back the
+                # next round, and with it every configured target's (a cluster whose
+                # advertised RPC ports hang took 234 s a round at 15 s): it waits for the
+                # next round instead.
+                until = deadline if discovered else math.inf
+                nursery.start_soon(self._probe_one, health, limiter, until)
 
     def _spacing(self, count: int) -> float:
         """Seconds between two starts of ``count`` discovered nodes' probes: 0 (all at once,
@@ -165,10 +188,16 @@ class Scraper:
             return 0.0
         return PACED_SHARE * self.config.scrape_interval / count
 
-    async def _probe_one(self, health: TargetHealth, limiter: trio.CapacityLimiter) -> None:
+    async def _probe_one(
+        self, health: TargetHealth, limiter: trio.CapacityLimiter, until: float = math.inf
+    ) -> None:
+        """Probe ``health``'s target once it has a slot of ``limiter``; a discovered node
+        with none by ``until`` is not probed (:func:`_slot`)."""
         if health.target.key.discovered and not await self._allowed(health):
             return
-        async with limiter:
+        if not await _slot(limiter, until):
+            return  # left for the next round: nothing to record
+        try:
             group = self.config.group_named(health.target.key.group)
             if group is None or left_behind(self._moved, health.target.key):
                 # A reload dropped its group, or changed its credentials and may have
@@ -176,6 +205,7 @@ class Scraper:
                 # effect at once): not probed; the next round, which a reload starts at
                 # once, drops the target or probes it again.
                 return
+            health.probed_round = self._round
             start = trio.current_time()
             try:
                 with trio.fail_after(self.config.scrape_timeout):
@@ -197,6 +227,8 @@ class Scraper:
             else:
                 self._succeeded(health, infos, trio.current_time() - start)
             health.last_duration = trio.current_time() - start
+        finally:
+            limiter.release()
         self._probed(health)
 
     def _probed(self, health: TargetHealth) -> None:
@@ -246,7 +278,7 @@ class Scraper:
             self._wakeup = trio.Event()
             deadline = trio.current_time() + self.config.scrape_interval
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self.scrape_round)
+                nursery.start_soon(self.scrape_round, deadline)
                 if not started:
                     task_status.started()
                     started = True
@@ -258,3 +290,21 @@ class Scraper:
     async def aclose(self) -> None:
         """Close the HTTP clients (shielded: safe to call while being cancelled)."""
         await self._probes.aclose()
+
+
+async def _slot(limiter: trio.CapacityLimiter, until: float) -> bool:
+    """Take a slot of ``limiter``, waiting for one until ``until`` at most; False when none
+    came. A free slot is taken even past ``until``: a round whose discovery outlasted its
+    interval (a Consul or RPC that hangs up to ``scrape_timeout``, which may equal it)
+    still probes some of its nodes, the least recently probed (docs/architecture.md,
+    "Scrape rounds")."""
+    try:
+        limiter.acquire_nowait()
+    except trio.WouldBlock:
+        pass
+    else:
+        return True
+    with trio.move_on_at(until):
+        await limiter.acquire()
+        return True
+    return False
