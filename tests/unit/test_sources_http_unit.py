@@ -4,7 +4,14 @@ tests/integration/test_sources_http.py)."""
 
 from __future__ import annotations
 
-from tracker.discovery.http import SizeMemo
+from collections.abc import Mapping
+
+import httpx
+import pytest
+import trio
+import trio.testing
+
+from tracker.discovery.http import SizeMemo, _size_of
 
 
 def test_the_size_memo_is_bounded() -> None:
@@ -25,3 +32,29 @@ def test_the_size_memo_grows_with_the_targets_of_a_round() -> None:
     assert [sizes.get(url) for url in urls] == list(range(8))
     sizes.fit(targets=1)  # never shrinks below what it was given
     assert sizes.get("u0") == 0
+
+
+class _Hanging:
+    """A client whose HEAD never answers."""
+
+    async def head(
+        self, url: httpx.URL | str, *, headers: Mapping[str, str], follow_redirects: bool
+    ) -> httpx.Response:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+
+async def test_a_size_asked_once_the_probes_time_ran_out_ends_as_a_timeout(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """The probe's deadline passed while the loop was busy (no checkpoint told it yet): the
+    size's own wait must not be negative (trio refuses one: the probe failed as "not read"
+    instead of timing out)."""
+
+    async def probe() -> int:
+        with trio.fail_after(1):
+            mock_clock.jump(2)  # past the deadline, no checkpoint yet
+            return await _size_of(_Hanging(), "http://h/snapshot.tar.zst", {}, SizeMemo())
+
+    with pytest.raises(trio.TooSlowError):
+        await probe()

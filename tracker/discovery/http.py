@@ -214,7 +214,8 @@ async def _size_of(client: Heads, url: str, headers: Mapping[str, str], sizes: S
     # scrape_timeout, and a target whose aliases answered was down every round.
     left = trio.current_effective_deadline() - trio.current_time()
     response: httpx.Response | None = None
-    with trio.move_on_after(left / 2 if math.isfinite(left) else SIZE_WITHIN):
+    # max: the probe's deadline may have passed before a checkpoint told it (a busy loop)
+    with trio.move_on_after(max(0.0, left / 2) if math.isfinite(left) else SIZE_WITHIN):
         try:
             response = await head(client, url, headers)
         except TransportError:
