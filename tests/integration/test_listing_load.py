@@ -6,6 +6,8 @@ without pause move about 1 GB/s, which is bandwidth, not the listing's cost; it 
 A real ``serve`` subprocess scrapes one sidecar (a :class:`FakeUpstream` on 127.0.0.1) that
 lists 10,000 snapshots; 16 clients in this process ask the listing endpoints at once. Each
 listing is rendered once per index change, and the ranking compares hashes it decoded once.
+The index keeps what one target contributes within its bound (docs/http-api.md, "Snapshot
+sources"): such an answer costs the listings no more than a validator's.
 """
 
 from __future__ import annotations

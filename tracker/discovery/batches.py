@@ -3,10 +3,15 @@
 During a round results reach the index every :data:`APPLY_EVERY` seconds, not one by one:
 each change re-ranks the index on the next read, which with thousands of targets answering
 within a second would keep the API busy re-ranking (bench: cluster discovery).
+
+The index keeps what each target contributes within a bound (docs/http-api.md, "Snapshot
+sources"); a target whose answer it cuts is logged once (``listing_trimmed``), not again
+while its answers keep being cut.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -14,7 +19,10 @@ from datetime import datetime
 import trio
 
 from tracker.core.snapshots import SnapshotInfo
+from tracker.observability.logs import log_event
 from tracker.ordering.index import Index, TargetKey
+
+log = logging.getLogger("tracker.scrape")
 
 #: Seconds between two hand-overs of probe results to the index during a round.
 APPLY_EVERY = 0.25
@@ -68,4 +76,14 @@ class ResultBatches:
         """Hand every pending result to the index now."""
         self._changed()
         pending, self._pending = self._pending, {}
-        self.index.apply_many((k, i, at, lat) for k, (i, at, lat) in pending.items())
+        cut = self.index.apply_many((k, i, at, lat) for k, (i, at, lat) in pending.items())
+        for key, dropped in cut:
+            log_event(
+                log,
+                "info",
+                "listing_trimmed",
+                group=key.group,
+                target=key.target,
+                kept=self.index.count(key),
+                dropped=dropped,
+            )

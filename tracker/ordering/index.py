@@ -15,7 +15,7 @@ the ranking.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -31,7 +31,15 @@ from tracker.core.snapshots import (
 )
 from tracker.core.untrusted import utc_time
 from tracker.ordering.predict import RankingSettings
-from tracker.ordering.ranking import Built, Entry, RankedPairs, TimedGroups, copies_of, first
+from tracker.ordering.ranking import (
+    Built,
+    Entry,
+    RankedPairs,
+    TimedGroups,
+    bounded,
+    copies_by_name,
+    first,
+)
 from tracker.ordering.screens import Screens, SourceTrust
 from tracker.ordering.sourcehistory import Kind, Throughputs
 
@@ -64,6 +72,11 @@ class Index:
         self._built: dict[TargetKey, Built] = {}
         #: What the tracker itself holds (cache, bucket): listed once no source has it.
         self.holdings = Holdings()
+        #: Per group: its copies of each archive name, made once per ranking (an archive
+        #: request, found or not, does not scan the group's sources).
+        self._copies: dict[str, dict[str, list[tuple[SnapshotFile, SnapshotSource]]]] = {}
+        #: Per target whose last answer the bound cut: how many snapshots it dropped.
+        self._trimmed: dict[TargetKey, int] = {}
 
     def hold(self, origin: str, group: str, files: Iterable[tuple[str, int, float]]) -> None:
         """``origin`` (``"cache"``, ``"bucket"``) now holds ``files`` (name, bytes, Unix time
@@ -85,9 +98,8 @@ class Index:
     def held(self, group: str | None = None) -> list[SnapshotSource]:
         """The archives the tracker holds of ``group`` (or of every group) that no source
         advertises any more, newest first (:func:`tracker.ordering.index.held_sources`)."""
-        ranked = self._rank()
         groups = [group] if group is not None else self.holdings.groups()
-        return held_sources(self.holdings, groups, lambda name: ranked.get(name, []))
+        return held_sources(self.holdings, groups, self._copies_of)
 
     def apply(
         self,
@@ -97,23 +109,41 @@ class Index:
         latency: float | None = None,
     ) -> None:
         """Replace everything ``key`` reported before with ``infos`` (``latency``: seconds
-        the probe took)."""
+        the probe took), bounded (:meth:`apply_many`)."""
         self.apply_many([(key, infos, updated_at, latency)])
 
     def apply_many(
         self, results: Iterable[tuple[TargetKey, Iterable[SnapshotInfo], datetime, float | None]]
-    ) -> None:
+    ) -> list[tuple[TargetKey, int]]:
         """:meth:`apply` for several targets at once: the ranking is rebuilt once, not once
-        per target (a scrape round of thousands of targets hands results over in batches)."""
-        # An entry listed twice (a sidecar repeating itself) is one snapshot of the target,
-        # not two in its group's listing.
-        entries = [
-            (key, Entry(tuple(dict.fromkeys(infos)), at, latency))
-            for key, infos, at, latency in results
-        ]
-        self._entries.update(entries)
-        if entries:
+        per target (a scrape round of thousands of targets hands results over in batches).
+
+        Each answer is bounded (:func:`tracker.ordering.ranking.bounded`): returned are the
+        targets whose answer the bound cut that it did not cut before, with how many
+        snapshots it dropped (logged once, not an error: docs/http-api.md, "Snapshot
+        sources")."""
+        changed = False
+        cut: list[tuple[TargetKey, int]] = []
+        for key, given, at, latency in results:
+            # Every kind of source (sidecar, HTTP, local directory) enters here: one bound.
+            infos, dropped = bounded(given)
+            if dropped and key not in self._trimmed:
+                cut.append((key, dropped))
+            if dropped:
+                self._trimmed[key] = dropped
+            else:
+                self._trimmed.pop(key, None)
+            # The same answer again is taken too: its time and latency are the sources'
+            # `updated_at` and `latency_ms` (the Go tracker's: when it was last scraped).
+            self._entries[key] = Entry(infos, at, latency)
+            changed = True
+        if changed:
             self._changed()
+        return cut
+
+    def trimmed(self, key: TargetKey) -> int:
+        """How many snapshots of ``key``'s last answer the bound dropped (0: none)."""
+        return self._trimmed.get(key, 0)
 
     def set_policy(self, group: str, policy: SourceTrust) -> None:
         """Use ``policy`` to screen what ``group``'s targets advertise (docs/http-api.md#trust)."""
@@ -202,6 +232,7 @@ class Index:
     def drop(self, key: TargetKey) -> None:
         """Forget a target's snapshots (dead target, or no longer configured)."""
         self.speeds.drop(key)
+        self._trimmed.pop(key, None)
         if self._entries.pop(key, None) is not None:
             self._changed()
 
@@ -257,6 +288,7 @@ class Index:
                 full_pairs.sort(key=first, reverse=True)
                 fulls[group] = [source for _key, source in full_pairs]
             self._built = built
+            self._copies = {}
             self._screens.end()
             self._ranked = ranked
             self._keyed = keyed
@@ -354,12 +386,22 @@ class Index:
 
         Best is a local copy first, then as :func:`tracker.ordering.ranking.source_order` says.
         """
-        found = copies_of(self._rank().get(group, ()), name)
+        found = list(self._copies_of(group).get(name, ()))
         if not found:  # no source has it any more: the tracker's own copy, if it holds one
-            found = [
-                (s.info.files[0], s) for s in self.held(group) if s.info.files[0].bare_name == name
-            ]
+            held = self.holdings.find(group, name)
+            if held is not None:
+                source = held_source(group, held)
+                found = [(source.info.files[0], source)]
         return found
+
+    def _copies_of(self, group: str) -> dict[str, list[tuple[SnapshotFile, SnapshotSource]]]:
+        """``group``'s copies by archive name, made once per ranking (docs/http-api.md,
+        "Snapshot sources": a request, found or not, costs a lookup, not a scan)."""
+        ranked = self._rank()
+        copies = self._copies.get(group)
+        if copies is None:
+            copies = self._copies[group] = copies_by_name(ranked.get(group, ()))
+        return copies
 
 
 # What the tracker itself holds.
@@ -418,24 +460,41 @@ class Holdings:
                     found[name] = one
         return found
 
+    def find(self, group: str, name: str) -> Held | None:
+        """:meth:`of` ``group``'s archive ``name`` without listing the others (an archive
+        request asks it)."""
+        found: Held | None = None
+        for origin, held_group in sorted(self._held):
+            one = self._held[origin, held_group].get(name) if held_group == group else None
+            if one is not None and (found is None or one.stored_at > found.stored_at):
+                found = one
+        return found
+
     def full_slots(self, group: str) -> frozenset[int]:
         """The slots of the fulls held of ``group``."""
         return frozenset(h.file.name.slot for h in self.of(group).values() if h.file.name.is_full)
 
 
 def held_sources(
-    holdings: Holdings, groups: Iterable[str], advertised: Callable[[str], list[SnapshotSource]]
+    holdings: Holdings, groups: Iterable[str], listed: Callable[[str], Collection[str]]
 ) -> list[SnapshotSource]:
-    """The archives ``holdings`` has of ``groups`` that no source of ``advertised(group)``
-    lists any more, newest first, grouped by group: each a source of its own, target
-    :data:`HELD_TARGET`, its file with neither URL nor path."""
+    """The archives ``holdings`` has of ``groups`` whose names no source of the group lists
+    any more (``listed(group)``), newest first, grouped by group: each a source of its own
+    (:func:`held_source`)."""
     out: list[SnapshotSource] = []
     for name in groups:
-        listed = {f.bare_name for s in advertised(name) for f in s.info.files}
-        key = TargetKey(name, HELD_TARGET)
+        advertised = listed(name)
         for archive, held in holdings.of(name).items():
-            if archive not in listed:
-                out.append(SnapshotSource(info_from_files([held.file]), key, held.stored_at))
+            if archive not in advertised:
+                out.append(held_source(name, held))
     out.sort(key=lambda s: s.info.rank_key(), reverse=True)
     out.sort(key=lambda s: s.key.group)
     return out
+
+
+def held_source(group: str, held: Held) -> SnapshotSource:
+    """An archive the tracker holds of ``group`` as a source of its own: target
+    :data:`HELD_TARGET`, its file with neither URL nor path."""
+    return SnapshotSource(
+        info_from_files([held.file]), TargetKey(group, HELD_TARGET), held.stored_at
+    )

@@ -1,9 +1,11 @@
 """A group's ranking (docs/ranking.md). Pure.
 
-**Each target's part**, reused between re-rankings (:class:`Built`), and the order of the
-sources of one file (:func:`copies_of`). A round of thousands of targets hands results over
-several times a second, each time a few dozen of them new: a target's sources, their ranking
-keys and its fulls are built once and kept while nothing about the target changed.
+**Each target's part**, bounded (:func:`bounded`), reused between re-rankings
+(:class:`Built`), and the order of the sources of one file (:func:`copies_of`, and
+:func:`copies_by_name` for every file of a group at once). A round of thousands of targets
+hands results over several times a second, each time a few dozen of them new: a target's
+sources, their ranking keys and its fulls are built once and kept while nothing about the
+target changed.
 
 **Pairs by the predicted time to a running node** (:class:`TimedGroups`). Each source of the
 group is a pair: a full alone, or an incremental with its full (the one in its chain, else
@@ -53,6 +55,35 @@ class Entry:
     latency: float | None = None
 
 
+#: What one target contributes at most (docs/http-api.md, "Snapshot sources"): its newest
+#: :data:`MAX_FULLS` fulls by slot, each with its incrementals, and :data:`MAX_INFOS` snapshots
+#: in all. A validator keeps a handful (agave's defaults: 2 fulls, 4 incrementals), an archive
+#: host a few more; past that a listing only costs: one sidecar's answer of 10,000 entries
+#: (5.4 MB) made every re-rank, listing and archive request of the tracker pay for all of
+#: them, for snapshots no node would choose over the newest.
+MAX_FULLS = 8
+MAX_INFOS = 64
+
+
+def bounded(infos: Iterable[SnapshotInfo]) -> tuple[tuple[SnapshotInfo, ...], int]:
+    """``infos`` once each (a sidecar repeating an entry lists one snapshot), bounded to what
+    one target contributes (:data:`MAX_FULLS`, :data:`MAX_INFOS`), in their own order; and
+    how many distinct snapshots the bound dropped. The fulls kept are the newest
+    :data:`MAX_FULLS` slots that are a full or an incremental's base; of their snapshots the
+    fulls come first, then the newest incrementals, up to :data:`MAX_INFOS` (ties by slot,
+    base slot and hash: the same answer in any order keeps the same snapshots). Pure."""
+    distinct = tuple(dict.fromkeys(infos))
+    bases = {i.base_slot for i in distinct}  # a full's base slot is its own
+    if len(distinct) <= MAX_INFOS and len(bases) <= MAX_FULLS:
+        return distinct, 0
+    newest = set(sorted(bases, reverse=True)[:MAX_FULLS])
+    ours = [i for i in distinct if i.base_slot in newest]
+    ours.sort(key=lambda i: (i.is_full, i.slot, i.base_slot, i.hash), reverse=True)
+    kept = {id(i) for i in ours[:MAX_INFOS]}
+    out = tuple(i for i in distinct if id(i) in kept)
+    return out, len(distinct) - len(out)
+
+
 def copies_of(
     sources: Iterable[SnapshotSource], name: str
 ) -> list[tuple[SnapshotFile, SnapshotSource]]:
@@ -72,9 +103,28 @@ def copies_of(
     return found
 
 
+def copies_by_name(
+    sources: Iterable[SnapshotSource],
+) -> dict[str, list[tuple[SnapshotFile, SnapshotSource]]]:
+    """:func:`copies_of` for every archive ``sources`` list, found in one pass: made once per
+    ranking and looked up per archive request, so that a request does not scan every source
+    of its group (nor a miss every listed name). A plain dict, not a class of its own: the
+    request path stays as short as it was (bench/routepath.py)."""
+    # As copies_of: per name, the first source of each target (in ``sources``' order) with
+    # its first file of that name; ordered by source_order, a stable sort.
+    found: dict[str, dict[TargetKey, tuple[SnapshotFile, SnapshotSource]]] = {}
+    for source in sources:
+        for f in source.info.files:
+            of_name = found.setdefault(f.bare_name, {})
+            if source.key not in of_name:
+                of_name[source.key] = (f, source)
+    return {name: sorted(of_name.values(), key=source_order) for name, of_name in found.items()}
+
+
 def source_order(found: tuple[SnapshotFile, SnapshotSource]) -> tuple[object, ...]:
     """Sources of one file: a local copy first (no network at all), then the measured
-    fastest, the quickest to answer a probe, the most recently scraped, and the target name
+    fastest, the quickest to answer a probe, the most recently scraped (the answer that last
+    changed what it lists: docs/http-api.md, "Snapshot sources"), and the target name
     (a stable order for failover; docs/http-api.md#trust)."""
     f, source = found
     latency = source.latency if source.latency is not None else math.inf
