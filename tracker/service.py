@@ -309,6 +309,9 @@ async def run_tracker(
         parts = build(tracker, rpc, on_probe=reporter.probe_done)
         cache = parts.streamer.cache()  # its leftovers go before any request, with its lock
         if cache is not None and cache.in_use:  # another tracker's: nothing of it touched
+            for sock in sockets.values():
+                sock.close()
+            await parts.aclose()
             raise OSError(f"proxy_snapshot_cache_dir {cache.root}: {cache.in_use}")
         # cache_prefetch: after each scrape round, new best archives are refreshed in the
         # background (in the transfers nursery).

@@ -5,6 +5,8 @@ refresh the reload left running ends in the old directory and is shown until it 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import attrs
@@ -19,6 +21,7 @@ from helpers_tracker import start_tracker, wait_until, write_config
 from helpers_upstream import Behaviour, FakeUpstream, serving
 from names import full_name
 
+from tracker.cache.store import LOCK_FILE
 from tracker.web.statusgather import gather_status
 
 FULL = full_name(5000)
@@ -158,3 +161,58 @@ async def test_a_reload_lists_the_new_directorys_files_before_any_request(
         )
         assert (await client.post(f"{internal}/reload")).status_code == 200
         assert await listed(client, public, "g") == {FULL}
+
+
+#: Another process holding a cache directory's lock until its stdin closes.
+HOLDER = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.lockf(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+async def test_a_reload_onto_a_directory_another_tracker_holds_streams_uncached(
+    tmp_path: Path,
+) -> None:
+    """Nothing of a directory another tracker holds is this one's: after a reload onto it
+    every request streams uncached (no temp file, no eviction there), the status says why,
+    and a reload back to it once that tracker stopped takes it."""
+    a, b = tmp_path / "A", tmp_path / "B"
+    b.mkdir()
+    holder = await trio.lowlevel.open_process(
+        [sys.executable, "-c", HOLDER, str(b / LOCK_FILE)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        with trio.fail_after(30):
+            said = b""
+            while not said.endswith(b"\n"):
+                said += await holder.stdout.receive_some(64)
+        assert said == b"held\n"
+        async with (
+            serving(FakeUpstream(files={FULL: DATA})) as up,
+            proxy_tracker(a, up) as t,
+            httpx.AsyncClient(timeout=30, trust_env=False) as client,
+        ):
+            reload_to(t, b)
+            answer = await client.get(t.url(FULL))
+            assert (answer.status_code, answer.content) == (200, DATA)
+            assert sorted(p.name for p in b.rglob("*")) == [LOCK_FILE]  # nothing written
+            assert "another tracker uses this cache directory" in t.streamer.uncached()[GROUP]
+            await holder.stdin.aclose()  # it stops: its lock goes
+            with trio.fail_after(30):
+                await holder.wait()
+            reload_to(t, a)
+            reload_to(t, b)
+            answer = await client.get(t.url(FULL))
+            assert (answer.status_code, answer.content) == (200, DATA)
+            await wait_for(lambda: (b / GROUP / FULL).exists())
+    finally:
+        if holder.returncode is None:
+            holder.kill()
+            with trio.CancelScope(shield=True):
+                await holder.wait()

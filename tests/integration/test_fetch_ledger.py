@@ -260,6 +260,35 @@ async def test_a_failing_last_state_save_keeps_the_download(
     assert sha256((ledger / FULL).read_bytes()) == sha256(data)
 
 
+async def test_a_failing_sync_of_the_archive_at_the_last_save_fails_the_fetch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last save's ``fdatasync`` of the archive itself fails (a writeback error: NFS
+    says ENOSPC there): its bytes may not be on disk, so the fetch fails and nothing is put
+    in place; only the state file's own failure is let go."""
+    real, synced = os.fdatasync, [0]
+
+    def fdatasync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(f".tmp-{FULL}"):
+            synced[0] += 1
+            if synced[0] == 2:  # the first save's, then the last one's
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    data = FILES[FULL]
+    ledger = ledger_of(tmp_path)
+    rare = attrs.evolve(FAST, state_every=3600.0)  # the first save and the last one only
+    up = FakeUpstream(files={FULL: data})
+    async with serving(up), tracker_for("redirect", tmp_path) as t:
+        advertise_all(t, up, {FULL: data})
+        opts = options(ledger, t.base, incremental=False, settings=rare)
+        with pytest.raises(FetchError, match=f"\\.tmp-{FULL}: Input/output error"):
+            await run_fetch(opts, NoProgress())
+    assert synced[0] >= 2  # (a save on the way out syncs again)
+    assert not (ledger / FULL).exists()
+
+
 async def test_a_failing_state_save_mid_download_names_the_file_and_what_is_kept(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

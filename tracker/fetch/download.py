@@ -304,6 +304,9 @@ async def _last_save(saver: StateSaver, name: str) -> None:
         cause = exc.__cause__
         if not saver.pieces.complete or not isinstance(cause, OSError):
             raise
+        state = state_path(saver.ledger, name)
+        if cause.filename not in (state, state + ".new"):
+            raise  # the archive's own fdatasync failed: its bytes may not be on disk
         reason = f"{cause.filename}: {cause.strerror}; every byte is on disk: going on"
         log_event(log, "warning", "fetch_state_unsaved", file=name, reason=reason)
 

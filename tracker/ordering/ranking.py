@@ -123,8 +123,7 @@ def copies_by_name(
 
 def source_order(found: tuple[SnapshotFile, SnapshotSource]) -> tuple[object, ...]:
     """Sources of one file: a local copy first (no network at all), then the measured
-    fastest, the quickest to answer a probe, the most recently scraped (the answer that last
-    changed what it lists: docs/http-api.md, "Snapshot sources"), and the target name
+    fastest, the quickest to answer a probe, the most recently scraped, and the target name
     (a stable order for failover; docs/http-api.md#trust)."""
     f, source = found
     latency = source.latency if source.latency is not None else math.inf

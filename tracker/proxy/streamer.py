@@ -212,6 +212,8 @@ class ProxyStreamer:
                 self._switch(None)
             return None
         cache = self._caches.get(root)
+        if cache is not None and cache.in_use and root != self._current:
+            cache = None  # a reload back to a directory another tracker held: asked again
         if cache is None:
             cache = self._caches[root] = self._cache_factory(root)
             digests = self._digests_of[root] = CacheDigests(
@@ -240,6 +242,14 @@ class ProxyStreamer:
         if root in self._rechecking and self._transfers.spawn(cache.recheck):
             self._rechecking.discard(root)  # files found unchecked are checked once, now
         return cache
+
+    def serving_cache(self) -> Cache | None:
+        """The cache requests and prefetches use: :meth:`cache`, but None while another
+        tracker holds its directory (docs/configuration.md, ``proxy_snapshot_cache_dir``:
+        nothing there is this one's to read, write or evict; every request streams
+        uncached, and the status page says why)."""
+        cache = self.cache()
+        return None if cache is None or cache.in_use else cache
 
     def _is_current(self, root: str) -> bool:
         return root == self._current
@@ -357,7 +367,7 @@ class ProxyStreamer:
         target_group = config.group_named(group)
         if target_group is None:
             raise RequestError(404, f"unknown group {group!r}")
-        cache = self.cache()
+        cache = self.serving_cache()
         mode = self._mode(config, cache)
         if cache is not None and cache.checked.verify:  # docs/architecture.md, "The release rule"
             strict = cache.checked.required(group) >= Level.ACCOUNTS
@@ -380,7 +390,7 @@ class ProxyStreamer:
         object store (counted as such), or None when it would answer otherwise (then call
         :meth:`serve`). Never raises for a bad name or group: None."""
         config = self._config()
-        mode = self._mode(config, self.cache())
+        mode = self._mode(config, self.serving_cache())
         archive = parse_archive_name(name)
         if config.group_named(group) is None or archive is None or archive.file_name != name:
             return None
@@ -399,7 +409,7 @@ class ProxyStreamer:
         clients are reading it, which then get the service's grace period.
         """
         target_group = self._config().group_named(group)
-        cache = self.cache()
+        cache = self.serving_cache()
         archive = parse_archive_name(name)
         if cache is None or target_group is None or archive is None:
             return False
