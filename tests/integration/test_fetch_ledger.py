@@ -9,7 +9,8 @@ import errno
 import json
 import os
 import subprocess
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ from test_fetch_sources import body_bytes, tracker_of
 
 from tracker.core import smallfiles
 from tracker.errors import FetchError
-from tracker.fetch import space
+from tracker.fetch import download, space
 from tracker.fetch.download import Result
 from tracker.fetch.progress import NoProgress
 from tracker.fetch.run import FetchOptions, run_fetch
@@ -241,6 +242,18 @@ def claimed(state: dict[str, Any]) -> int:
     return sum(end - start for start, end in state["done"])
 
 
+@asynccontextmanager
+async def saving_twice(tmp_path: Path, ledger: Path) -> AsyncIterator[FetchOptions]:
+    """The options of a ``fetch`` of FULL into ``ledger`` from a source a redirect-mode
+    tracker advertises, its state saved at the first piece and at the end only."""
+    data = FILES[FULL]
+    rare = attrs.evolve(FAST, state_every=3600.0)  # the first save and the last one only
+    up = FakeUpstream(files={FULL: data})
+    async with serving(up), tracker_for("redirect", tmp_path) as t:
+        advertise_all(t, up, {FULL: data})
+        yield options(ledger, t.base, incremental=False, settings=rare)
+
+
 async def test_a_failing_last_state_save_keeps_the_download(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -249,11 +262,7 @@ async def test_a_failing_last_state_save_keeps_the_download(
     failing_state_writes(monkeypatch, lambda state: claimed(state) > 0)
     data = FILES[FULL]
     ledger = ledger_of(tmp_path)
-    rare = attrs.evolve(FAST, state_every=3600.0)  # the first save and the last one only
-    up = FakeUpstream(files={FULL: data})
-    async with serving(up), tracker_for("redirect", tmp_path) as t:
-        advertise_all(t, up, {FULL: data})
-        opts = options(ledger, t.base, incremental=False, settings=rare)
+    async with saving_twice(tmp_path, ledger) as opts:
         [result] = await run_fetch(opts, NoProgress())
     assert result.size == len(data)
     assert [p.name for p in ledger.iterdir()] == [FULL]
@@ -266,26 +275,24 @@ async def test_a_failing_sync_of_the_archive_at_the_last_save_fails_the_fetch(
     """The last save's ``fdatasync`` of the archive itself fails (a writeback error: NFS
     says ENOSPC there): its bytes may not be on disk, so the fetch fails and nothing is put
     in place; only the state file's own failure is let go."""
-    real, synced = os.fdatasync, [0]
+    real_sync, real_last_save, last = os.fdatasync, download._last_save, [False]
+
+    async def last_save(saver: Any, name: str) -> None:
+        last[0] = True  # every worker ended: the save that follows is the last one
+        await real_last_save(saver, name)
 
     def fdatasync(fd: int) -> None:
-        if os.readlink(f"/proc/self/fd/{fd}").endswith(f".tmp-{FULL}"):
-            synced[0] += 1
-            if synced[0] == 2:  # the first save's, then the last one's
-                raise OSError(errno.EIO, os.strerror(errno.EIO))
-        real(fd)
+        if last[0] and os.readlink(f"/proc/self/fd/{fd}").endswith(f".tmp-{FULL}"):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_sync(fd)
 
+    monkeypatch.setattr(download, "_last_save", last_save)
     monkeypatch.setattr(os, "fdatasync", fdatasync)
-    data = FILES[FULL]
     ledger = ledger_of(tmp_path)
-    rare = attrs.evolve(FAST, state_every=3600.0)  # the first save and the last one only
-    up = FakeUpstream(files={FULL: data})
-    async with serving(up), tracker_for("redirect", tmp_path) as t:
-        advertise_all(t, up, {FULL: data})
-        opts = options(ledger, t.base, incremental=False, settings=rare)
+    async with saving_twice(tmp_path, ledger) as opts:
         with pytest.raises(FetchError, match=f"\\.tmp-{FULL}: Input/output error"):
             await run_fetch(opts, NoProgress())
-    assert synced[0] >= 2  # (a save on the way out syncs again)
+    assert last[0]
     assert not (ledger / FULL).exists()
 
 

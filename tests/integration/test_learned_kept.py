@@ -25,6 +25,7 @@ from names import full_name
 import tracker.learning.sync
 from tracker.config.schema import Config, HttpTargets
 from tracker.learning.sync import FILE_NAME
+from tracker.objectstore.bucket import Bucket
 from tracker.ordering.index import TargetKey
 
 NAME = full_name(4000)
@@ -106,6 +107,17 @@ async def test_two_replicas_share_what_they_learned_through_the_bucket(
             assert two.streamer.rejections.rejected(key, NAME, trio.current_time()) is not None
 
 
+async def _learned_and_saved(
+    t: TrackerUnderTest, config: Config, key: TargetKey
+) -> tuple[Bucket, str, float]:
+    """What ``t`` learned of ``key`` (:func:`_learn`) saved to its bucket: the bucket, the
+    replicas' prefix there and the speed learned."""
+    speed = _learn(t, key)
+    await t.parts.learning.save()
+    assert t.parts.objects is not None and config.object_store is not None
+    return t.parts.objects.tier.bucket, config.object_store.prefix, speed
+
+
 def _with_credentials(up: FakeUpstream) -> str:
     """``up``'s base URL with a password in its userinfo, as an operator configures it."""
     return up.base.replace("http://", "http://operator:pw-s3cret@")
@@ -149,11 +161,7 @@ async def test_a_sources_credentials_never_reach_the_bucket(weed: Weed, tmp_path
         configs = [_naming(c, target) for c in _replicas(weed, tmp_path)]
         key = TargetKey(GROUP, target)
         async with learning(configs[0], up) as one, learning(configs[1], up) as two:
-            speed = _learn(one, key)
-            await one.parts.learning.save()
-            assert one.parts.objects is not None
-            bucket = one.parts.objects.tier.bucket
-            prefix = configs[0].object_store.prefix  # type: ignore[union-attr]
+            bucket, prefix, speed = await _learned_and_saved(one, configs[0], key)
             listed = await bucket.list_objects(f"{prefix}.learned/")
             stored = [await bucket.get_small(o.key, 1 << 20) for o in listed]
             assert stored and all(b and b"pw-s3cret" not in b for b in stored)
@@ -170,11 +178,7 @@ async def test_a_hostile_object_of_another_replica_costs_itself_or_its_entries(
     async with serving(FakeUpstream(files={NAME: DATA})) as up:
         key = TargetKey(GROUP, up.base)
         async with learning(configs[0], up) as one, learning(configs[1], up) as two:
-            speed = _learn(one, key)
-            await one.parts.learning.save()
-            assert one.parts.objects is not None
-            bucket = one.parts.objects.tier.bucket
-            prefix = configs[0].object_store.prefix  # type: ignore[union-attr]
+            bucket, prefix, speed = await _learned_and_saved(one, configs[0], key)
             entry = {"group": GROUP, "target": "http://evil", "discovered": False}
             huge = {"version": 1, "throughputs": [{**entry, "bps": 1.0, "at": 10**400}]}
             await bucket.put(f"{prefix}.learned/huge.json", json.dumps(huge).encode())

@@ -423,21 +423,12 @@ async def test_a_tracker_of_many_proof_workers_proves_in_scan_processes(tmp_path
             await serve.proc.wait()
 
 
-async def test_a_statement_from_a_clock_ahead_is_taken_once_this_clock_catches_up(
-    tmp_path: Path,
-) -> None:
-    """A local ``FILE.attestation`` signed on a clock 400 s ahead is refused (over the 300 s
-    skew allowed): a refusal time cures. It was never read again while the file stayed as
-    it was; it is taken once this clock is within the skew (no network: the daemon's own
-    class, a real archive, a clock of the test's)."""
+def _ledger_of_one_archive(tmp_path: Path) -> tuple[Path, str, bytes, Any]:
+    """A ledger directory holding one real archive, and a config whose one group serves it
+    as a local target: the ledger, the archive's name and bytes, the config."""
     from archives import build_archive
-    from helpers_statements import signer
 
     from tracker.config.loading import load_config
-    from tracker.core.digests import Digests
-    from tracker.ordering.index import Index
-    from tracker.proof.background.localfiles import LocalProofs
-    from tracker.proof.statements import MAX_CLOCK_SKEW, Statement
 
     ledger = tmp_path / "ledger"
     ledger.mkdir()
@@ -447,6 +438,24 @@ async def test_a_statement_from_a_clock_ahead_is_taken_once_this_clock_catches_u
         "listen": "127.0.0.1:0",
         "target_groups": [{"group": "local", "local_targets": {"paths": [str(ledger)]}}],
     }))  # fmt: skip
+    return ledger, name, data, config
+
+
+async def test_a_statement_from_a_clock_ahead_is_taken_once_this_clock_catches_up(
+    tmp_path: Path,
+) -> None:
+    """A local ``FILE.attestation`` signed on a clock 400 s ahead is refused (over the 300 s
+    skew allowed): a refusal time cures. It was never read again while the file stayed as
+    it was; it is taken once this clock is within the skew (no network: the daemon's own
+    class, a real archive, a clock of the test's)."""
+    from helpers_statements import signer
+
+    from tracker.core.digests import Digests
+    from tracker.ordering.index import Index
+    from tracker.proof.background.localfiles import LocalProofs
+    from tracker.proof.statements import MAX_CLOCK_SKEW, Statement
+
+    ledger, name, data, config = _ledger_of_one_archive(tmp_path)
     start = 1_900_000_000.0
     now = [start]
     ahead = int(start) + MAX_CLOCK_SKEW + 100
@@ -480,22 +489,13 @@ async def test_a_file_that_could_not_be_opened_is_retried_on_time_whatever_the_w
     monotonic clock (docs/architecture.md, "Proven archives": "Local files"): on the wall
     clock, a step back of an hour kept it unchecked, and unserved under trust.require, an
     hour more (no network: the daemon's own class, a real archive, the test's clocks)."""
-    from archives import build_archive
 
     import tracker.proof.background.localfiles as localfiles
-    from tracker.config.loading import load_config
     from tracker.core.digests import Digests
     from tracker.ordering.index import Index, TargetKey
     from tracker.proof.background.rounds import RETRY_AFTER
 
-    ledger = tmp_path / "ledger"
-    ledger.mkdir()
-    name, data = build_archive(100)
-    (ledger / name).write_bytes(data)
-    config = load_config(write_config(tmp_path, {
-        "listen": "127.0.0.1:0",
-        "target_groups": [{"group": "local", "local_targets": {"paths": [str(ledger)]}}],
-    }))  # fmt: skip
+    ledger, _name, _data, config = _ledger_of_one_archive(tmp_path)
     real_open, opens = localfiles.open_copy, [0]
 
     async def open_copy(path: str) -> Any:
