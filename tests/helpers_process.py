@@ -178,3 +178,14 @@ async def _knock(host: str, port: int) -> None:
                 continue
             await stream.aclose()
             return
+
+
+#: A child holding a cache directory's lock (``sys.argv[1]``, as a tracker holds it: a POSIX
+#: record lock) until its stdin closes; it says ``held`` once it does.
+LOCK_HOLDER = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.lockf(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+sys.stdin.read()
+"""

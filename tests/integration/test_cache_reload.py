@@ -16,6 +16,7 @@ import yaml
 from archives import build_archive
 from helpers_bytes import MiB, archive_bytes
 from helpers_ports import REFUSED
+from helpers_process import LOCK_HOLDER
 from helpers_proxy import GROUP, TrackerUnderTest, advertise, proxy_tracker, wait_for
 from helpers_tracker import start_tracker, wait_until, write_config
 from helpers_upstream import Behaviour, FakeUpstream, serving
@@ -163,16 +164,6 @@ async def test_a_reload_lists_the_new_directorys_files_before_any_request(
         assert await listed(client, public, "g") == {FULL}
 
 
-#: Another process holding a cache directory's lock until its stdin closes.
-HOLDER = """
-import fcntl, os, sys
-fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
-fcntl.lockf(fd, fcntl.LOCK_EX)
-print("held", flush=True)
-sys.stdin.read()
-"""
-
-
 async def test_a_reload_onto_a_directory_another_tracker_holds_streams_uncached(
     tmp_path: Path,
 ) -> None:
@@ -182,7 +173,7 @@ async def test_a_reload_onto_a_directory_another_tracker_holds_streams_uncached(
     a, b = tmp_path / "A", tmp_path / "B"
     b.mkdir()
     holder = await trio.lowlevel.open_process(
-        [sys.executable, "-c", HOLDER, str(b / LOCK_FILE)],
+        [sys.executable, "-c", LOCK_HOLDER, str(b / LOCK_FILE)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
     )

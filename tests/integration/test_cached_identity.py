@@ -13,6 +13,7 @@ import base64
 import hashlib
 import os
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -68,6 +69,15 @@ async def up() -> AsyncIterator[FakeUpstream]:
         yield upstream
 
 
+@asynccontextmanager
+async def checked_copy(up: FakeUpstream, tmp_path: Path) -> AsyncIterator[TrackerUnderTest]:
+    """A tracker checking archives whose cache holds the good copy, checked (its GET was a
+    hit with its digest)."""
+    async with proxy_tracker(tmp_path / "c", up, verify_archives=True, prove_accounts=False) as t:
+        await cached_and_hit(t, up)
+        yield t
+
+
 async def cached_and_hit(t: TrackerUnderTest, up: FakeUpstream) -> None:
     """Fill the cache with the good copy; its next GET is a hit with its digest."""
     assert (await get(t)).content == GOOD
@@ -95,8 +105,7 @@ async def test_a_cached_file_replaced_under_its_name_is_not_a_hit_under_its_old_
     up: FakeUpstream, tmp_path: Path
 ) -> None:
     _, other = build_archive(700, seed=6)  # another archive's bytes (they fail this name)
-    async with proxy_tracker(tmp_path / "c", up, verify_archives=True, prove_accounts=False) as t:
-        await cached_and_hit(t, up)
+    async with checked_copy(up, tmp_path) as t:
         path = t.group_dir() / NAME
         swap = t.group_dir() / "by-hand"
         swap.write_bytes(other)
@@ -107,8 +116,7 @@ async def test_a_cached_file_replaced_under_its_name_is_not_a_hit_under_its_old_
 async def test_a_cached_file_written_in_place_with_its_mtime_set_back_is_not_a_hit(
     up: FakeUpstream, tmp_path: Path
 ) -> None:
-    async with proxy_tracker(tmp_path / "c", up, verify_archives=True, prove_accounts=False) as t:
-        await cached_and_hit(t, up)
+    async with checked_copy(up, tmp_path) as t:
         path = t.group_dir() / NAME
         st = path.stat()
         flip_byte(path, len(GOOD) // 2)  # the same inode and size
@@ -120,8 +128,7 @@ async def test_a_cached_file_written_in_place_with_its_mtime_set_back_is_not_a_h
 async def test_a_cached_file_touched_is_checked_again_then_a_hit_again(
     up: FakeUpstream, tmp_path: Path
 ) -> None:
-    async with proxy_tracker(tmp_path / "c", up, verify_archives=True, prove_accounts=False) as t:
-        await cached_and_hit(t, up)
+    async with checked_copy(up, tmp_path) as t:
         path = t.group_dir() / NAME
         os.utime(path)  # the same bytes, another mtime: not the copy checked any more
         assert (await digest_route(t)).status_code == 404

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from helpers_process import LOCK_HOLDER
 from names import full_name, incremental_name
 
 from tracker.cache.disk import DiskOps
@@ -116,16 +117,6 @@ def test_startup_cleanup_removes_only_temp_files(tmp_path: Path) -> None:
     assert sizes == [4]
 
 
-#: Another process holding a cache directory's lock until its stdin closes.
-HOLDER = """
-import fcntl, os, sys
-fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
-fcntl.lockf(fd, fcntl.LOCK_EX)
-print("held", flush=True)
-sys.stdin.read()
-"""
-
-
 def test_a_directory_another_tracker_holds_is_left_untouched(tmp_path: Path) -> None:
     """Two trackers in one directory deleted each other's live temp files and renamed their
     copies over the other's: the second one touches nothing and says why."""
@@ -134,7 +125,7 @@ def test_a_directory_another_tracker_holds_is_left_untouched(tmp_path: Path) -> 
     live = group / f"{TEMP_PREFIX}{FULL}.abcd"  # the other tracker's refresh, being written
     live.write_bytes(b"x")
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(tmp_path / "root" / LOCK_FILE)],
+        [sys.executable, "-c", LOCK_HOLDER, str(tmp_path / "root" / LOCK_FILE)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
