@@ -77,6 +77,9 @@ class Behaviour:
     accept_ranges: bool = True  # send ``Accept-Ranges: bytes``
     # body bytes per second of a request without Range (a real transfer, not a speed test)
     unranged_rate: float | None = None
+    # evaluate If-Range as nginx does: a Range applies only when If-Range equals the ETag or
+    # the Last-Modified exactly (the default ignores If-Range)
+    if_range: bool = False
 
 
 def agave_rpc(rate: float | None = None) -> Behaviour:
@@ -232,7 +235,12 @@ class FakeUpstream:
             await send_event(conn, stream, h11.Data(data=body))
             await send_event(conn, stream, h11.EndOfMessage())
             return True
-        asked = {k: v for k, v in headers.items() if k != "range"} if how.ignore_range else headers
+        stale = how.if_range and headers.get("if-range", how.etag) not in (
+            how.etag,
+            how.last_modified,
+        )
+        ignored = how.ignore_range or stale
+        asked = {k: v for k, v in headers.items() if k != "range"} if ignored else headers
         status, start, length, extra = _plan(asked, len(data))
         validators = [("etag", how.etag), ("last-modified", how.last_modified)]
         response_headers = [

@@ -452,11 +452,17 @@ def test_a_head_answer_from_a_date_past_the_calendars_edge_in_utc() -> None:
         # the upstream's own date, kept in the object's metadata, is the one compared
         ({"upstream-last-modified": "Mon, 01 Jan 2024 00:00:00 GMT"},
          [("If-Modified-Since", "Sat, 01 Jan 2000 00:00:00 GMT")], 200),
-        # a date the bucket garbled: nothing to compare a date with (RFC 9110, 13.1.3-4)
+        # a date the bucket garbled is dropped: the object's own date is the one compared
         ({"upstream-last-modified": "yesterday"},
-         [("If-Modified-Since", "Sat, 01 Jan 2000 00:00:00 GMT")], 200),
+         [("If-Modified-Since", "Sat, 01 Jan 2000 00:00:00 GMT")], 304),
         ({"upstream-last-modified": "yesterday"},
          [("If-Unmodified-Since", "Sat, 01 Jan 2000 00:00:00 GMT")], 200),
+        # so is one in the future (a copy of a source whose clock ran ahead): the answer's
+        # date is never later than now, and its conditionals are judged against that
+        ({"upstream-last-modified": "Thu, 01 Jan 2099 00:00:00 GMT"},
+         [("If-Modified-Since", "Sat, 01 Jan 2000 00:00:00 GMT")], 304),
+        ({"upstream-last-modified": "Thu, 01 Jan 2099 00:00:00 GMT"},
+         [("If-Unmodified-Since", "Fri, 31 Dec 1999 23:59:59 GMT")], 412),
     ],
 )  # fmt: skip
 def test_a_head_from_the_bucket_answers_its_conditionals(
@@ -468,6 +474,9 @@ def test_a_head_from_the_bucket_answers_its_conditionals(
     stored = datetime(2000, 1, 1, tzinfo=UTC)
     answer = head_response(ObjectInfo("p/g/x", 5, '"e"', stored, metadata), None, asked)
     assert answer.status == status
+    modified = metadata.get("upstream-last-modified", "")
+    kept = modified if modified.startswith("Mon") else "Sat, 01 Jan 2000 00:00:00 GMT"
+    assert answer.headers["last-modified"] == kept
     assert answer.headers["etag"] == '"e"'
     assert ("content-length" in answer.headers) == (status != 304)
 

@@ -21,6 +21,7 @@ from tracker.serving.ranges import (
     parse_http_date,
     parse_range,
     plan_file_response,
+    sent_last_modified,
 )
 
 SIZE = 1000
@@ -420,6 +421,29 @@ def test_a_file_modified_in_the_future_is_answered_as_modified_now(
     result = plan_file_response("GET", headers, SIZE, FUTURE, ETAG, now=NOW)
     assert http_date(NOW) == NOW_DATE and http_date(FUTURE) == FUTURE_DATE
     assert (result.status, result.headers["last-modified"]) == (status, NOW_DATE)
+
+
+@pytest.mark.parametrize(
+    ("value", "sent"),
+    [
+        (None, None),  # the source sent none: none
+        (LAST_MODIFIED, LAST_MODIFIED),  # in the past: as the source wrote it
+        ("Sunday, 06-Nov-94 08:49:37 GMT", "Sunday, 06-Nov-94 08:49:37 GMT"),  # RFC 850
+        (NOW_DATE, NOW_DATE),  # now's own second: not later than the Date
+        (FUTURE_DATE, NOW_DATE),  # an hour ahead: now ([8.8.2.1])
+        ("Thu, 01 Jan 2099 00:00:00 GMT", NOW_DATE),
+        ("Fri, 31 Dec 9999 23:59:59 GMT", NOW_DATE),  # the calendar's last second
+        ("yesterday", None),  # no HTTP-date: none kept
+        ("", None),
+        ("Sun, 06 Nov 99999 08:49:37 GMT", None),  # a year no date holds
+        ("Sun, 06 Nov 1994 99:49:37 GMT", None),  # hour 99
+        (f"{LAST_MODIFIED}, {LAST_MODIFIED}", None),  # two dates
+    ],
+)
+def test_a_sources_last_modified_is_kept_never_later_than_now(
+    value: str | None, sent: str | None
+) -> None:
+    assert sent_last_modified(value, NOW) == sent
 
 
 # --- properties ------------------------------------------------------------------------------

@@ -71,9 +71,9 @@ LOCK_FILE = ".lock"
 @attrs.frozen
 class CachedFile:
     """An archive the cache holds complete: its group, name, bytes, mtime (Unix time: the
-    source's ``Last-Modified`` when it gave one) and when the cache took it (its ctime: set by
-    the promotion's rename, kept across restarts; the cache changes nothing of its inode
-    after)."""
+    source's ``Last-Modified`` when it gave one, never later than the copy's promotion) and
+    when the cache took it (its ctime: set by the promotion's rename, kept across restarts;
+    the cache changes nothing of its inode after)."""
 
     group: str
     name: str

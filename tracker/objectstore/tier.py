@@ -48,6 +48,7 @@ from tracker.objectstore.upload import Growing, upload_following
 from tracker.observability.logs import log_event
 from tracker.observability.redact import redact_url
 from tracker.proof.records.attestations import Attestations
+from tracker.serving.ranges import sent_last_modified
 
 if TYPE_CHECKING:  # not at run time: an idle tracker never loads cryptography
     from tracker.proof.statements import Attestation
@@ -301,9 +302,10 @@ class ObjectTier:
                 self._failed("lock", exc)
 
     def upload_metadata(self, headers: dict[str, str]) -> dict[str, str]:
-        """The object's metadata: the upstream's ``last-modified``, kept for HEAD answers."""
-        modified = headers.get("last-modified", "")
-        return {"upstream-last-modified": modified} if modified.isascii() and modified else {}
+        """The object's metadata: the upstream's ``last-modified``, kept for HEAD answers,
+        never later than now (none when it is no HTTP-date: docs/http-api.md#archive-answers)."""
+        modified = sent_last_modified(headers.get("last-modified"), time.time())
+        return {"upstream-last-modified": modified} if modified else {}
 
     async def upload(
         self, key: str, fd: int, growing: Growing, metadata: dict[str, str]

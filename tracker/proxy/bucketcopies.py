@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from datetime import UTC, datetime
 from functools import partial
 from urllib.parse import quote, urlsplit
@@ -50,8 +51,10 @@ from tracker.serving.ranges import (
     RequestHeaders,
     evaluate_preconditions,
     http_date,
+    last_modified_at,
     normalize_headers,
     parse_http_date,
+    sent_last_modified,
 )
 
 log = logging.getLogger("tracker.objectstore")
@@ -194,17 +197,14 @@ def head_response(
     object's ``repr-digest`` when its digest is known. The conditionals of the request
     header lines ``asked`` are evaluated against the validators it gives, as a file's
     HEAD (a disk copy's) and the bucket's GET do: 304 or 412, bodiless."""
-    # timestamp() of the aware date: astimezone(UTC) overflows at the calendar's edges
-    # (a store's 0001-01-01T00:00:00+05:00); http_date holds it to 1970-9999
-    modified = info.metadata.get("upstream-last-modified") or http_date(
-        info.last_modified.timestamp()
+    modified = object_last_modified(
+        info.metadata.get("upstream-last-modified"), info.last_modified.timestamp(), time.time()
     )
     validators = {"last-modified": modified, **({"etag": info.etag} if info.etag else {})}
     request = normalize_headers(asked)
     seconds = parse_http_date(modified)
-    if seconds is None:  # a date the bucket's metadata garbled: none to compare (RFC 9110)
-        request = {k: v for k, v in request.items() if not k.endswith("modified-since")}
-    status = evaluate_preconditions("HEAD", request, info.etag, seconds or 0)
+    assert seconds is not None  # one of ours (object_last_modified)
+    status = evaluate_preconditions("HEAD", request, info.etag, seconds)
     if status is not None:
         return Answer(status, {**validators, **({"content-length": "0"} if status == 412 else {})})
     response = Answer(200)
@@ -221,6 +221,21 @@ def head_response(
     if digest:
         response.headers["repr-digest"] = repr_digest(digest)
     return response
+
+
+def object_last_modified(metadata: str | None, stored: float, now: float) -> str:
+    """The Last-Modified of an object answered at ``now`` (POSIX seconds): the source's
+    date kept in its ``metadata`` (the one its first clients were sent: tier.py), else the
+    object's own date ``stored`` (its metadata had none, garbled or in the future: a copy
+    written before the tracker held dates to now), either never later than now
+    (:func:`~tracker.serving.ranges.sent_last_modified`, docs/http-api.md#archive-answers)."""
+    kept = sent_last_modified(metadata, now)
+    if kept is not None and kept == metadata:
+        return kept
+    # timestamp() of the aware date: astimezone(UTC) overflows at the calendar's edges
+    # (a store's 0001-01-01T00:00:00+05:00); http_date holds it to 1970-9999. The object's
+    # date, not now's: the same for every HEAD, a date precondition's to compare with.
+    return http_date(last_modified_at(stored, now))
 
 
 def _source(

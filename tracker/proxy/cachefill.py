@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -75,7 +76,7 @@ from tracker.proxy.piececheck import (
 from tracker.proxy.pumps import Flow, Upstream, UpstreamBody, opened, recorded
 from tracker.proxy.transfers import Head, Peers, StreamJob
 from tracker.proxy.upstream import UpstreamAnswer, ask_source
-from tracker.serving.ranges import parse_http_date
+from tracker.serving.ranges import parse_http_date, sent_last_modified
 
 log = logging.getLogger("tracker.transfers")
 #: The events of a refresh from several sources.
@@ -270,7 +271,12 @@ async def _promote(
         )
         refresh.abort()
         return False
-    mtime = parse_http_date(first.response.headers.get("last-modified"))
+    # the source's date, never later than now (docs/http-api.md#archive-answers): a
+    # source's future date would be the copy's mtime, its "stored" time in the listings,
+    # and, held to each answer's time, a hit's validator that moves every second
+    mtime = parse_http_date(
+        sent_last_modified(first.response.headers.get("last-modified"), time.time())
+    )
     try:
         await refresh.commit(None if mtime is None else float(mtime))
     except CacheError as exc:

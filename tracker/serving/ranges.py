@@ -27,6 +27,10 @@ Decisions worth knowing (RFC 9110 section numbers in brackets):
   forbids a Last-Modified later than the response's Date and says to send the Date instead
   (a local file touched in the future, or a cached copy stamped with the Last-Modified of a
   source whose clock runs ahead). The preconditions compare dates with that same value.
+- A source's Last-Modified kept by the tracker (a cached copy's mtime, the bucket's metadata)
+  is held the same way, once, when it is kept (:func:`sent_last_modified`); one that is no
+  HTTP-date is dropped. A relayed answer passes the source's on as it is, as a reverse proxy
+  does: the client's date preconditions go back to the source, which compares its own.
 - Header names are lower case: some snapshot clients match names case-sensitively.
 """
 
@@ -302,6 +306,19 @@ def last_modified_at(mtime: float, now: float) -> int:
     """The Last-Modified of a file modified at ``mtime``, answered at ``now`` (POSIX seconds):
     its whole seconds, held to now's, as [8.8.2.1] asks of a date later than the Date."""
     return min(math.floor(mtime), math.floor(now))
+
+
+def sent_last_modified(value: str | None, now: float) -> str | None:
+    """The Last-Modified to keep of a source's ``value`` (a cached copy's mtime, an object's
+    metadata), kept at ``now`` (POSIX seconds): None when it is absent or no HTTP-date
+    (:func:`parse_http_date`: a client would compare its dates with junk); ``value`` itself,
+    as written, when it is no later than now; else now's date, as :func:`last_modified_at`
+    holds a file's ([8.8.2.1]: never later than the Date)."""
+    seconds = parse_http_date(value)
+    if value is None or seconds is None:
+        return None
+    held = last_modified_at(seconds, now)
+    return value if held == seconds else http_date(held)
 
 
 def plan_file_response(
