@@ -366,6 +366,9 @@ async def run_tracker(
             log_event(log, "info", "config_reloaded", groups=len(new.target_groups))
             for warning in new.warnings:
                 log_event(log, "warning", "config_warning", problem=warning)
+            # The cache's directories of the groups dropped stay (the group may come back):
+            # each is named, once per change of the groups (docs/proxy.md, "Orphaned archives").
+            await streamer.report_orphaned()
 
         sources = parts.status_sources()
         internal = checked_host(

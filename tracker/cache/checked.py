@@ -236,6 +236,11 @@ class CheckedFiles:
         for other in evicted:
             self._forget(group, other)
 
+    def removed(self, group: str, name: str) -> None:
+        """The cached file ``name`` of ``group`` was removed (not by a promotion, which
+        says what it evicted): its digest goes."""
+        self._forget(group, name)
+
     def _forget(self, group: str, name: str) -> None:
         if self._checked.pop((group, name), None) is not None:
             self._digests.drop("cache", group, name)

@@ -1,14 +1,16 @@
 """Disk helpers of the cache: free space, writes, syncs, writeback hints, eviction, listing,
-and a refresh's temp file at both ends (room on the disk and a fresh temp file, then sync,
-rename into place, the digest beside it and eviction of the files that need not stay beside
-it; :func:`open_temp`, :func:`settle`) with the kernel's writeback of what is written
-meanwhile (:class:`Writeback`).
+the archives of groups no longer configured (found, named, removed for a refresh short of
+room: :func:`orphans_to_remove`), and a refresh's temp file at both ends (room on the disk
+and a fresh temp file, then sync, rename into place, the digest beside it and eviction of
+the files that need not stay beside it; :func:`open_temp`, :func:`settle`) with the kernel's
+writeback of what is written meanwhile (:class:`Writeback`).
 
 Blocking functions: callers run them in worker threads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import json
@@ -17,12 +19,13 @@ import os
 import secrets
 import shutil
 import stat
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from functools import partial
 
 import attrs
 
 # The small files' temp prefix and directory fsync, shared with the cache's own temp files.
+from tracker.core.cachedirs import is_group_name
 from tracker.core.digests import Verified, sha256sum_line
 from tracker.core.libc import libc_function
 from tracker.core.smallfiles import TEMP_PREFIX as TEMP_PREFIX
@@ -133,6 +136,170 @@ def evict(directory: str, promoted: str, served: Collection[int]) -> list[str]:
     return removed
 
 
+# -- orphaned groups' archives ------------------------------------------------------------
+# A group a reload (or a restart with another config) dropped leaves its directory behind,
+# and a mainnet full there is ~100 GB. Removed at once, a typo that drops a group for one
+# reload would cost its re-download; kept forever, it takes the room the configured groups'
+# refreshes need. So they stay, are named in the log, and go only for a refresh of a
+# configured group that lacks the room (docs/proxy.md, "Orphaned archives").
+
+
+@attrs.frozen
+class OrphanedArchive:
+    """An archive in a directory of the cache that no configured group names: its
+    ``group`` (the directory's name), ``name``, bytes and mtime (Unix time)."""
+
+    group: str
+    name: str
+    size: int
+    mtime: float
+
+
+def orphans_to_remove(orphans: Sequence[OrphanedArchive], shortfall: int) -> list[OrphanedArchive]:
+    """Which of ``orphans`` to remove for ``shortfall`` more bytes of room: the oldest first
+    (mtime; group and name after it, so that equal times choose the same way every time),
+    as few as make the room; none when there is no shortfall, or when all of them together
+    would not make it (the refresh would stream uncached anyway, and the archives might be
+    wanted again when their group comes back). Pure."""
+    if shortfall <= 0:
+        return []
+    chosen: list[OrphanedArchive] = []
+    freed = 0
+    for orphan in sorted(orphans, key=lambda o: (o.mtime, o.group, o.name)):
+        if freed >= shortfall:
+            break
+        chosen.append(orphan)
+        freed += orphan.size
+    return chosen if freed >= shortfall else []
+
+
+def orphaned_archives(root: str, groups: Collection[str]) -> list[OrphanedArchive]:
+    """Every archive of the cache at ``root`` in a directory that none of ``groups`` names.
+
+    Only real directories whose name can be a group's are looked in: never a link, a dot
+    directory (the proofs' spill, ``.accounts-proof``) or another name (``lost+found``); and
+    in them only regular files named as archives (:func:`is_archive_entry`). Blocking.
+    """
+    found: list[OrphanedArchive] = []
+    for group in scan(root):
+        if group.name in groups or not is_group_name(group.name):
+            continue
+        if not group.is_dir(follow_symlinks=False):
+            continue
+        try:
+            fd = _open_directory(group.path)
+        except OSError:
+            continue
+        try:
+            for entry in _scan_fd(fd):
+                if not is_archive_entry(entry):
+                    continue
+                with contextlib.suppress(OSError):  # gone meanwhile
+                    st = entry.stat(follow_symlinks=False)
+                    found.append(OrphanedArchive(group.name, entry.name, st.st_size, st.st_mtime))
+        finally:
+            os.close(fd)
+    return found
+
+
+def remove_orphaned(
+    root: str, orphans: Sequence[OrphanedArchive], refresh: str
+) -> list[OrphanedArchive]:
+    """Remove ``orphans`` from the cache at ``root`` in their order, each with the files
+    beside it (its digest, proof and stakes), for the refresh of ``refresh`` (``group/name``,
+    logged), then each directory they leave empty; those removed.
+
+    Through descriptors of the directories opened without following a link: a directory
+    replaced by a link since the scan is not followed, and nothing outside ``root`` is
+    touched. A client still reading an archive removed keeps reading it (its descriptor
+    holds the file); its bytes are freed when that download ends.
+    """
+    removed: list[OrphanedArchive] = []
+    try:
+        root_fd = _open_directory(root)
+    except OSError as exc:
+        log_event(log, "warning", "cache_unlink_failed", path=root, error=exc)
+        return removed
+    try:
+        for orphan in orphans:
+            try:
+                fd = _open_directory(orphan.group, root_fd)
+            except OSError:
+                continue  # gone, or no longer a directory
+            try:
+                shown = os.path.join(root, orphan.group)
+                if not _unlink_at(fd, orphan.name, shown):
+                    continue
+                for suffix in SIDES:
+                    _unlink_at(fd, f".{orphan.name}{suffix}", shown)
+            finally:
+                os.close(fd)
+            removed.append(orphan)
+            log_event(
+                log,
+                "warning",
+                "cache_orphan_removed",
+                group=orphan.group,
+                file=orphan.name,
+                size=orphan.size,
+                refresh=refresh,
+            )
+        for group in sorted({o.group for o in removed}):
+            with contextlib.suppress(OSError):  # only when empty: anything else stays
+                os.rmdir(group, dir_fd=root_fd)
+    finally:
+        os.close(root_fd)
+    return removed
+
+
+def report_orphaned(root: str, groups: Collection[str]) -> list[str]:
+    """Log one ``cache_orphaned`` warning for each directory of the cache at ``root`` that
+    holds archives none of ``groups`` names (:func:`orphaned_archives`): its path, how many
+    archives, their bytes; the groups named. Blocking."""
+    by_group: dict[str, list[OrphanedArchive]] = {}
+    for orphan in orphaned_archives(root, groups):
+        by_group.setdefault(orphan.group, []).append(orphan)
+    for group, orphans in sorted(by_group.items()):
+        log_event(
+            log,
+            "warning",
+            "cache_orphaned",
+            group=group,
+            dir=os.path.join(root, group),
+            archives=len(orphans),
+            size=sum(o.size for o in orphans),
+        )
+    return sorted(by_group)
+
+
+def _open_directory(path: str, dir_fd: int | None = None) -> int:
+    """A descriptor of the directory ``path`` (relative to ``dir_fd``), never through a
+    link at its last component."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    return os.open(path, flags, dir_fd=dir_fd)
+
+
+def _scan_fd(fd: int) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(fd) as entries:  # of a duplicate: ``fd`` stays open
+            return list(entries)
+    except OSError:
+        return []
+
+
+def _unlink_at(dir_fd: int, name: str, shown: str) -> bool:
+    """Remove the file ``name`` of the directory open as ``dir_fd`` (a link itself, never
+    what it points to; never a directory); whether it was there."""
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:  # a directory (EISDIR), no permission
+        log_event(log, "warning", "cache_unlink_failed", path=os.path.join(shown, name), error=exc)
+        return False
+    return True
+
+
 #: The suffixes of the files kept beside a cached archive: its digest, what its check proved,
 #: the stakes of its manifest's epoch (what a finality certificate of its slot is read in:
 #: :attr:`tracker.proof.levels.Proof.epoch_stakes`, written only when the manifest had them).
@@ -234,21 +401,40 @@ class Opened:
     no_space: bool = False
     #: Free bytes found on the cache's file system (with ``no_space``).
     free: int = 0
+    #: The orphaned archives removed to make the room (:func:`remove_orphaned`).
+    orphans_removed: tuple[OrphanedArchive, ...] = ()
 
 
 def open_temp(
-    final: str, group: str, name: str, size: int, needed: int, ops: DiskOps, served: Collection[int]
+    final: str,
+    group: str,
+    name: str,
+    size: int,
+    needed: int,
+    ops: DiskOps,
+    served: Collection[int],
+    groups: Collection[str] | None = None,
 ) -> Opened:
     """Make ``needed`` bytes of room beside ``final`` (removing, when short, the files that
     need not stay once ``name`` is in place: :func:`~tracker.cache.disk.evict` with the full
-    slots still ``served``) and create a fresh temp file there, read-write (the archive
-    check reads it through a duplicate)."""
+    slots still ``served``; then, when still short, the orphaned archives of the cache's
+    directories that none of the configured ``groups`` names, oldest first, as few as make
+    the room: :func:`orphans_to_remove`; None: not known, none removed) and create a fresh
+    temp file there, read-write (the archive check reads it through a duplicate)."""
     directory = os.path.dirname(final)
+    removed: list[OrphanedArchive] = []
     try:
         os.makedirs(directory, exist_ok=True)
         if ops.free_space(directory) < needed:
             evict(directory, name, served)
             free = ops.free_space(directory)
+            if free < needed and groups is not None:
+                # ``final`` is {root}/{group}/{name} (Cache.path_for): the root is two up.
+                root = os.path.dirname(directory)
+                chosen = orphans_to_remove(orphaned_archives(root, groups), needed - free)
+                removed = remove_orphaned(root, chosen, f"{group}/{name}")
+                if removed:
+                    free = ops.free_space(directory)
             if free < needed:
                 log_event(
                     log,
@@ -260,13 +446,13 @@ def open_temp(
                     needed=needed,
                     free=free,
                 )
-                return Opened(None, no_space=True, free=free)
+                return Opened(None, no_space=True, free=free, orphans_removed=tuple(removed))
         temp = os.path.join(directory, f"{TEMP_PREFIX}{name}.{secrets.token_hex(4)}")
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
-        return Opened(os.open(temp, flags, 0o644), temp)
+        return Opened(os.open(temp, flags, 0o644), temp, orphans_removed=tuple(removed))
     except OSError as exc:
         log_event(log, "error", "cache_refresh_unwritable", group=group, file=name, error=exc)
-        return Opened(None)
+        return Opened(None, orphans_removed=tuple(removed))
 
 
 def rename_into_place(fd: int, temp: str, final: str, mtime: float | None, ops: DiskOps) -> None:

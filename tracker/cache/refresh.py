@@ -22,7 +22,7 @@ import errno
 import logging
 import os
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from functools import partial
 from typing import Literal, Protocol
 
@@ -33,6 +33,8 @@ import trio
 from tracker.cache.checked import UNCHECKED, Checking
 from tracker.cache.disk import (
     DiskOps,
+    Opened,
+    OrphanedArchive,
     Writeback,
     open_temp,
     rename_into_place,
@@ -194,6 +196,15 @@ class Registry(Protocol):
 
     def served(self, group: str) -> Collection[int]:
         """The slots of ``group``'s fulls still served (which incrementals stay)."""
+        ...
+
+    def configured_groups(self) -> Collection[str] | None:
+        """The names of the configured groups (a directory none names holds orphaned
+        archives, which a refresh short of room may remove); None: not known."""
+        ...
+
+    def orphans_removed(self, removed: Sequence[OrphanedArchive]) -> None:
+        """``removed`` were removed to make room for a refresh."""
         ...
 
 
@@ -513,19 +524,24 @@ class Refresh:
     async def open(self, size: int) -> bool:
         """Make room for ``size`` bytes and create the temp file; False means "stream uncached".
 
-        Not enough free space (after removing stale files of the same group and kind) or a
-        cache directory that cannot be written end the refresh (it is released) and return
-        False. Cancellation aborts the refresh.
+        Not enough free space (after removing stale files of the same group and kind, then
+        the oldest orphaned archives of groups no longer configured as needed:
+        :func:`~tracker.cache.disk.open_temp`) or a cache directory that cannot be written
+        end the refresh (it is released) and return False. Cancellation aborts the refresh.
         """
         self.size = size
         # Read here, not in the worker thread: the registry changes in trio's thread.
         needed = size + self._ops.min_free + self._registry.reserved_besides(self)
         served = self._registry.served(self.group)
+        groups = self._registry.configured_groups()
         try:
-            self._fd = await trio.to_thread.run_sync(self._prepare, needed, served)
+            opened = await trio.to_thread.run_sync(self._prepare, needed, served, groups)
         except BaseException:
             self.abort()
             raise
+        self._fd = opened.fd
+        if opened.orphans_removed:
+            self._registry.orphans_removed(opened.orphans_removed)
         self._registry.report_size()  # stale files may have been evicted to make room
         self._registry.room(self.group, self._no_room)
         if self._fd is None:
@@ -536,12 +552,16 @@ class Refresh:
             self._hold_back = HOLD_BACK
         return True
 
-    def _prepare(self, needed: int, served: Collection[int]) -> int | None:
-        opened = open_temp(self.final, self.group, self.name, self.size, needed, self._ops, served)
+    def _prepare(
+        self, needed: int, served: Collection[int], groups: Collection[str] | None
+    ) -> Opened:
+        opened = open_temp(
+            self.final, self.group, self.name, self.size, needed, self._ops, served, groups
+        )
         self.temp, self.no_space = opened.temp, opened.no_space
         if opened.no_space:  # room() is told in trio's thread, by open()
             self._no_room = no_room_reason(self.name, needed, opened.free)
-        return opened.fd
+        return opened
 
     async def write(self, data: bytes) -> None:
         """Append ``data`` to the temp file in a worker thread, overlapping the caller's next

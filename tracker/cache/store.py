@@ -31,7 +31,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 
 import attrs
 import trio
@@ -40,7 +40,9 @@ from tracker.cache.checked import CheckedFiles
 from tracker.cache.disk import (
     TEMP_PREFIX,
     DiskOps,
+    OrphanedArchive,
     is_archive_entry,
+    report_orphaned,
     scan,
     unlink,
 )
@@ -154,6 +156,12 @@ class Cache:
         self.served: Callable[[str], Collection[int]] = _none_served
         #: Told every archive held complete after every change (the index lists them).
         self.on_files: Callable[[list[CachedFile]], None] | None = None
+        #: The names of the configured groups: the archives of a directory none of them
+        #: names are orphaned (named in the log, removed for a refresh short of room:
+        #: docs/proxy.md, "Orphaned archives"). None: not known, nothing is orphaned.
+        self.groups: Callable[[], Collection[str]] | None = None
+        #: The groups the orphaned directories were last named for (:meth:`report_orphaned`).
+        self._orphans_reported: frozenset[str] | None = None
         #: Per group: why its last refresh streamed uncached (too little room on the disk);
         #: gone once a refresh of it found room.
         self.uncached: dict[str, str] = {}
@@ -430,8 +438,23 @@ class Cache:
             self.checked.restore(group.path, group.name, entries)
         if removed:
             log_event(log, "info", "cache_temp_removed", root=self.root, count=removed)
+        self.report_orphaned()
         self.report_size()
         return removed
+
+    def report_orphaned(self) -> None:
+        """Name in the log each directory holding archives that no configured group names
+        (:func:`~tracker.cache.disk.report_orphaned`: one ``cache_orphaned`` warning each),
+        at start-up and after a reload that changed the groups (the same groups again: once).
+        Blocking: after start-up, call it in a worker thread. Nothing while another tracker
+        holds the directory (its files are not this one's) or the groups are not known."""
+        if self.groups is None or self.in_use:
+            return
+        groups = frozenset(self.groups())
+        if groups == self._orphans_reported:
+            return
+        self._orphans_reported = groups
+        report_orphaned(self.root, groups)
 
     def total_size(self) -> int:
         """Bytes of archives in the cache (temp files excluded)."""
@@ -485,6 +508,16 @@ class Cache:
             self.uncached[group] = reason
         else:
             self.uncached.pop(group, None)
+
+    def configured_groups(self) -> Collection[str] | None:
+        """The names of the configured groups (:attr:`groups`); None: not known."""
+        return frozenset(self.groups()) if self.groups is not None else None
+
+    def orphans_removed(self, removed: Sequence[OrphanedArchive]) -> None:
+        """``removed`` (orphaned archives) were removed to make room for a refresh: their
+        digests go (the sizes and files are told by the refresh's :meth:`report_size`)."""
+        for orphan in removed:
+            self.checked.removed(orphan.group, orphan.name)
 
     def reserved_besides(self, refresh: Refresh) -> int:
         """Bytes other running refreshes will still write (not yet taken from the disk)."""

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from functools import partial
 
 import attrs
+import trio
 
 from tracker.cache.refresh import Refresh
 from tracker.cache.store import Cache, CachedFile, RefreshProgress
@@ -230,6 +231,7 @@ class ProxyStreamer:
             )
             cache.served = self._index.served_fulls
             cache.on_files = partial(self._cache_files, root)
+            cache.groups = self._group_names
             self._switch(root)
             cache.startup_cleanup()  # tells what it holds and checked (nothing when in use)
             self._rechecking.add(root)
@@ -242,6 +244,17 @@ class ProxyStreamer:
         if root in self._rechecking and self._transfers.spawn(cache.recheck):
             self._rechecking.discard(root)  # files found unchecked are checked once, now
         return cache
+
+    def _group_names(self) -> frozenset[str]:
+        """The names of the configured groups: a cache directory none names is orphaned."""
+        return frozenset(group.group for group in self._config().target_groups)
+
+    async def report_orphaned(self) -> None:
+        """Name in the log the cache's directories of groups no longer configured
+        (:meth:`Cache.report_orphaned`, in a worker thread); after a reload."""
+        cache = self.serving_cache()
+        if cache is not None:
+            await trio.to_thread.run_sync(cache.report_orphaned)
 
     def serving_cache(self) -> Cache | None:
         """The cache requests and prefetches use: :meth:`cache`, but None while another
