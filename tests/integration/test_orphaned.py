@@ -116,7 +116,8 @@ async def test_start_up_names_the_directory_of_a_group_no_longer_configured(
     root = tmp_path / "cache"
     orphan = plant(root)
     (root / GROUP).mkdir()  # a configured group's directory, empty: never named
-    async with proxy_tracker(root, upstream):
+    async with proxy_tracker(root, upstream) as t:
+        assert t.index.find_file(DROPPED, ORPHAN) == []  # not listed: its group is refused
         assert logged(caplog, "cache_orphaned") == [
             {
                 "group": DROPPED,
@@ -146,8 +147,11 @@ async def test_a_reload_that_drops_a_group_names_its_directory_and_keeps_it(
         "target_groups": [{"group": GROUP, **group}, {"group": DROPPED, **group}],
     }
     path = write_config(tmp_path, settings)
-    _public, internal = await start_tracker(nursery, path)
+    public, internal = await start_tracker(nursery, path)
     assert logged(caplog, "cache_orphaned") == []
+    async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+        listed = (await client.get(f"{public}/v1/snapshots")).json()
+    assert [(s["group"], s["slot"]) for s in listed] == [(DROPPED, 4000)]
     settings["target_groups"] = settings["target_groups"][:1]
     path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), **settings}))
     async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
@@ -160,6 +164,8 @@ async def test_a_reload_that_drops_a_group_names_its_directory_and_keeps_it(
                 "size": len(ORPHAN_DATA),
             }
         ]
+        # the dropped group's archive is not listed (its URL would be refused)
+        assert (await client.get(f"{public}/v1/snapshots")).json() == []
         assert (await client.post(f"{internal}/reload")).status_code == 200
     assert len(logged(caplog, "cache_orphaned")) == 1
     assert orphan.read_bytes() == ORPHAN_DATA

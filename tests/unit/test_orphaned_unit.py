@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from names import full_name, incremental_name
 
+from tracker.cache.checked import CheckedFiles
 from tracker.cache.disk import (
     DiskOps,
     OrphanedArchive,
@@ -232,3 +233,31 @@ def test_start_up_names_each_orphaned_directory_once_per_change_of_the_groups(
     groups.remove("testnet")  # dropped again
     cache.report_orphaned()
     assert len(logged(caplog, "cache_orphaned")) == 2
+
+
+async def test_the_start_up_check_of_an_orphaned_archive_waits_for_its_group(
+    tmp_path: Path,
+) -> None:
+    """Found at start-up without a digest, an orphaned group's archive is not checked (a
+    whole archive read for a group nobody asks) until a reload configures its group again:
+    then it is, as any copy found unchecked."""
+    group_dir = tmp_path / "testnet"
+    group_dir.mkdir()
+    (group_dir / FULL).write_bytes(b"not an archive")
+    checked = CheckedFiles(verify=True)
+    checked.restore(str(group_dir), "testnet", list(os.scandir(group_dir)))
+    configured = {"mainnet"}
+    checked.configured = lambda group: group in configured
+    asked: list[tuple[str, str]] = []
+
+    def path_for(group: str, name: str) -> str:
+        asked.append((group, name))
+        return str(tmp_path / group / name)
+
+    await checked.recheck(path_for, lambda: None)
+    assert asked == []
+    assert (group_dir / FULL).exists()
+    configured.add("testnet")  # a reload configures it again
+    await checked.recheck(path_for, lambda: None)
+    assert asked == [("testnet", FULL)]
+    assert not (group_dir / FULL).exists()  # checked: not an archive, removed

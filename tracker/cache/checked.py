@@ -127,6 +127,10 @@ class CheckedFiles:
         #: Cached files to check again: found at start-up without a digest that still
         #: describes them, below their group's level, or changed since their check.
         self._unchecked: list[tuple[str, str]] = []
+        #: Whether a group is configured: the files of one that is not (an orphaned
+        #: directory, docs/proxy.md, "Orphaned archives") wait for it to come back before
+        #: their check (a whole archive read for nothing otherwise).
+        self.configured: Callable[[str], bool] = _any_group
 
     def servable(self, group: str, name: str) -> bool:
         """True unless archives are verified and ``name``'s cached copy is not (yet), or is
@@ -287,18 +291,26 @@ class CheckedFiles:
         """Check, one after another, the cached files start-up found without a digest that
         still describes them (``path_for(group, name)``: where each is, RequestError when
         it may not be read): a file that passes is a hit from then on (its digest file
-        written), one that fails is removed (then ``report_size()``). Cancellation stops it
+        written), one that fails is removed (then ``report_size()``); those of a group not
+        configured (:attr:`configured`) wait for it, listed again. Cancellation stops it
         (the rest stay unchecked)."""
-        while self._unchecked:
-            group, name = self._unchecked.pop(0)
-            if (group, name) in self._checked:
-                continue  # a refresh promoted a checked copy since it was listed
-            try:
-                path = path_for(group, name)
-            except RequestError:
-                continue
-            if await self._recheck_one(group, name, path) is False:
-                report_size()
+        waiting: list[tuple[str, str]] = []
+        try:
+            while self._unchecked:
+                group, name = self._unchecked.pop(0)
+                if (group, name) in self._checked:
+                    continue  # a refresh promoted a checked copy since it was listed
+                if not self.configured(group):
+                    waiting.append((group, name))  # checked if a reload configures it again
+                    continue
+                try:
+                    path = path_for(group, name)
+                except RequestError:
+                    continue
+                if await self._recheck_one(group, name, path) is False:
+                    report_size()
+        finally:
+            self._unchecked.extend(w for w in waiting if w not in self._unchecked)
 
     async def _recheck_one(self, group: str, name: str, path: str) -> bool | None:
         """True: passed; False: failed and removed; None: unreadable or gone."""
@@ -509,6 +521,10 @@ def _unlink_if_same(path: str, ino: int) -> None:
     unlink(path)
     for suffix in SIDES:
         unlink(digest_path(path, suffix))
+
+
+def _any_group(_group: str) -> bool:
+    return True
 
 
 def _orphan_digest(file_name: str, archives: set[str]) -> bool:

@@ -239,6 +239,7 @@ class Cache:
         self.checked = CheckedFiles(
             verify, digests, on_rejected, required, prove_accounts, voter, loadable_by
         )
+        self.checked.configured = self._configured
 
     @property
     def verify(self) -> bool:
@@ -508,6 +509,10 @@ class Cache:
             self.uncached[group] = reason
         else:
             self.uncached.pop(group, None)
+
+    def _configured(self, group: str) -> bool:
+        """Whether ``group`` is configured (True while the groups are not known)."""
+        return self.groups is None or group in self.groups()
 
     def configured_groups(self) -> Collection[str] | None:
         """The names of the configured groups (:attr:`groups`); None: not known."""

@@ -251,10 +251,16 @@ class ProxyStreamer:
 
     async def report_orphaned(self) -> None:
         """Name in the log the cache's directories of groups no longer configured
-        (:meth:`Cache.report_orphaned`, in a worker thread); after a reload."""
+        (:meth:`Cache.report_orphaned`, in a worker thread) and list the archives of those
+        configured in the index; after a reload."""
         cache = self.serving_cache()
         if cache is not None:
             await trio.to_thread.run_sync(cache.report_orphaned)
+            # the index lists the configured groups' archives only: a dropped group's go,
+            # a group configured again lists its archives again
+            root, files = self._current, await trio.to_thread.run_sync(cache.files)
+            if root is not None:
+                self._cache_files(root, files)
 
     def serving_cache(self) -> Cache | None:
         """The cache requests and prefetches use: :meth:`cache`, but None while another
@@ -286,10 +292,12 @@ class ProxyStreamer:
             self.digests.hold(holder, group, name, value)
 
     def _cache_files(self, root: str, files: list[CachedFile]) -> None:
-        """The cache at ``root`` now holds ``files``: the index lists them while it is the
-        configured one."""
+        """The cache at ``root`` now holds ``files``: the index lists those of configured
+        groups while it is the configured one (an orphaned group's archives are never
+        listed: a request of its group is refused, docs/proxy.md, "Orphaned archives")."""
         if root == self._current:
-            hold_cached(self._index, files)
+            groups = self._group_names()
+            hold_cached(self._index, [f for f in files if f.group in groups])
 
     def proof_limits(self) -> AccountsLimits | None:
         """The limits of the tracker's accounts proofs outside the cache's refreshes (local
