@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any, cast
 
+import attrs
 import pytest
 import trio
 
@@ -70,6 +71,10 @@ OTHER = Now(best=False)
 REFRESHING = Now(best=True, refreshing=True)
 #: A registered refresh with 500 of its 1000 bytes written.
 RUNNING = Now(best=True, running=(SIZE, 500), refreshing=True)
+#: RUNNING, the archive checked and not passed yet: its ranges' ends are held.
+CHECKED_RUNNING = attrs.evolve(RUNNING, ends_held=True)
+#: A range that ends on the file's last byte, as aria2c's last segment asks.
+RANGE_TO_LAST = Asked("GET", range=f"bytes=100-{SIZE - 1}")
 
 #: What the table lists: a decision, or a holder followed as a source of the index's size.
 Tried = Decision | tuple[Step, int]
@@ -402,6 +407,56 @@ ROWS = [
         {"passes": (Step.CACHE_HIT,), "now": OTHER},
         [Step.CACHE_HIT, Step.MISS, Step.RELAY],
         id="shared: another file is relayed",
+    ),
+    # -- "The release rule": ranges of a checked refresh -----------------------------------------
+    pytest.param(
+        RANGE,
+        CACHE,
+        {"passes": (Step.CACHE_HIT,), "now": CHECKED_RUNNING},
+        [Step.CACHE_HIT, Step.MISS, Step.RELAY],
+        id="checked: a Range behind the refresh that ends before the file's: relayed",
+    ),
+    pytest.param(
+        Asked("GET", range="bytes=499-"),
+        CACHE,
+        {"passes": (Step.CACHE_HIT,), "now": CHECKED_RUNNING},
+        [Step.CACHE_HIT, Step.MISS, Step.JOIN_BEHIND],
+        id="checked: a Range behind the refresh to the file's end: read from the temp file",
+    ),
+    pytest.param(
+        RANGE_TO_LAST,
+        CACHE,
+        {"passes": (Step.CACHE_HIT,), "now": CHECKED_RUNNING},
+        [Step.CACHE_HIT, Step.MISS, Step.JOIN_BEHIND],
+        id="checked: a closed Range to the file's last byte: read from the temp file",
+    ),
+    pytest.param(
+        RANGE,
+        SHARE,
+        {"passes": (Step.CACHE_HIT,), "now": CHECKED_RUNNING},
+        [Step.CACHE_HIT, Step.MISS, Step.RELAY],
+        id="checked, shared: a Range that ends before the file's: relayed",
+    ),
+    pytest.param(
+        RANGE_AT_EDGE,
+        SHARE,
+        {"passes": (Step.CACHE_HIT,), "now": CHECKED_RUNNING},
+        [Step.CACHE_HIT, Step.MISS, Step.JOIN_SHARED],
+        id="checked, shared: a Range to the file's end reads the refresh",
+    ),
+    pytest.param(
+        GET,
+        SHARE,
+        {"passes": (Step.CACHE_HIT,), "now": CHECKED_RUNNING},
+        [Step.CACHE_HIT, Step.MISS, Step.JOIN_SHARED],
+        id="checked, shared: a plain GET reads the refresh",
+    ),
+    pytest.param(
+        RANGE,
+        STRICT,
+        {"passes": (Step.CACHE_HIT,), "now": attrs.evolve(CHECKED_RUNNING, best=False)},
+        [Step.CACHE_HIT, Step.MISS, Step.JOIN_BEHIND],
+        id="accounts: a Range of another file during its refresh reads it, never relayed",
     ),
     # -- "The release rule": trust.require accounts --------------------------------------------
     pytest.param(

@@ -69,11 +69,13 @@ async def test_readers_wait_for_the_second_read_whatever_the_groups_level(
         # last byte of any range.
         assert refresh.readable() == max(0, len(data) - HOLD_BACK)
         assert refresh.range_end(1) == 0  # a range of its first byte alone
+        assert refresh.holds_range_ends  # what the route asks before a Range joins it
         assert not refresh.verified and not refresh.failed
         assert refresh.storable() < len(data)  # the bucket gets the end after the proof
         second_read.go()
     assert refresh.verified and refresh.proof.level == Level.ACCOUNTS
     assert refresh.storable() == refresh.readable() == len(data)
+    assert not refresh.holds_range_ends and refresh.range_end(1) == 1
     await refresh.commit()
     assert cache.checked.proof(GROUP, archive.name) == refresh.proof
 

@@ -403,13 +403,22 @@ class Refresh:
             return self.size
         return min(self.written, max(0, self.size - self._hold_back))
 
+    @property
+    def holds_range_ends(self) -> bool:
+        """True while the archive is checked and has not passed its check yet: the last byte
+        of every range read from the refresh waits for the whole check
+        (:meth:`Refresh.range_end`), so a range that ends before the file's end would wait
+        for the rest of the file, not just for its own bytes (what
+        :func:`tracker.proxy.decisions.on_miss` asks)."""
+        return self._checking.verify and not self.verified
+
     def range_end(self, end: int) -> int:
         """How far a reader of bytes up to ``end`` (exclusive; a ``Range`` of the file)
         may send now: :meth:`readable`, and while the archive is checked and not verified
-        yet, never the range's own last byte (a 206 of unchecked bytes must not look
-        complete: docs/architecture.md, "The release rule")."""
+        yet (:attr:`holds_range_ends`), never the range's own last byte (a 206 of unchecked
+        bytes must not look complete: docs/architecture.md, "The release rule")."""
         limit = min(end, self.readable())
-        if self._checking.verify and not self.verified:
+        if self.holds_range_ends:
             limit = min(limit, end - 1)
         return limit
 

@@ -106,6 +106,10 @@ class Now:
     running: tuple[int, int] | None = None
     #: Any refresh of the file runs, registered or not (the cache's own record).
     refreshing: bool = False
+    #: The running refresh is checked and has not passed its check yet: the last byte of
+    #: every range read from it goes only once the whole file passed
+    #: (:attr:`tracker.cache.refresh.Refresh.holds_range_ends`).
+    ends_held: bool = False
 
 
 #: What asking the bucket for the file's lock gave: ``lock`` (this replica holds it: it
@@ -141,7 +145,8 @@ class Step(enum.Enum):
     #: Read the running shared refresh's growing temp file (passes: it ended unread).
     JOIN_SHARED = "join_shared"
     #: A ``Range`` GET whose first byte the running background refresh already wrote: read
-    #: from its temp file rather than asking the source again.
+    #: from its temp file rather than asking the source again (not one whose last byte the
+    #: refresh would hold until its whole check passed: :func:`on_miss`).
     JOIN_BEHIND = "join_behind"
     #: Ask the bucket for the file's lock before refreshing it; then :func:`claimed`.
     CLAIM = "claim"
@@ -246,22 +251,28 @@ def on_miss(asked: Asked, mode: Mode, now: Now) -> Decision:
     """A cache miss. Shared refreshes: a reader joins the running one; a plain GET of the
     best file starts one (under the bucket's lock when there is a bucket). Unshared: a
     plain GET of the best file starts its own refresh; a ``Range`` GET reads a background
-    refresh when its first byte is already written. Under a strict level
-    (:attr:`Mode.strict`) a plain GET reads the refresh running (another client's own
-    included, ``Now.running``) or starts one, and a ``Range`` or conditional GET of the
-    best file waits for a checked copy (:attr:`Step.CHECKING`). Anything else:
-    :func:`fallback`."""
+    refresh when its first byte is already written. Either way, a ``Range`` that ends
+    before the file's end joins no refresh whose range ends are held (``Now.ends_held``):
+    its last byte would wait for the rest of the file and its check (minutes for a mainnet
+    full), so it goes on as a concurrent request does (:func:`fallback`: a relay).
+    Under a strict level (:attr:`Mode.strict`) a plain GET reads the refresh running
+    (another client's own included, ``Now.running``) or starts one, and a ``Range`` or
+    conditional GET of the best file waits for a checked copy (:attr:`Step.CHECKING`).
+    Anything else: :func:`fallback`."""
     starts = asked.plain_get and now.best and not now.refreshing
     if mode.strict and asked.method == "GET" and not asked.plain and now.best:
         return Step.CHECKING  # never a source's or a growing file's unchecked range
+    # Below a strict level: a relay answers it at the source's pace (docs/architecture.md,
+    # "The release rule"); a strict level relays nothing it may read from a refresh.
+    joinable = asked.may_join and (mode.strict or not _end_held(asked.range, now))
     if mode.shares:
         if now.running is not None:
-            return Step.JOIN_SHARED if asked.may_join else fallback(asked, now)
+            return Step.JOIN_SHARED if joinable else fallback(asked, now)
         if not starts:
             return fallback(asked, now)
         return Step.CLAIM if mode.bucket else start_shared(keep=mode.keep)
     joins = mode.strict or (now.running is not None and _written(asked.range, now.running))
-    if now.running is not None and asked.may_join and joins:
+    if now.running is not None and joinable and joins:
         return Step.JOIN_BEHIND
     if starts:
         return own_refresh(keep=mode.keep)
@@ -298,6 +309,19 @@ def early_head(asked: Asked, size: int) -> int:
     """The size an early head may promise (0: none): a plain request of a file whose size
     the index knows (docs/http-api.md, "Archive answers")."""
     return size if asked.plain and size > 0 else 0
+
+
+def _end_held(range_header: str | None, now: Now) -> bool:
+    """True when the running refresh holds its ranges' ends (``Now.ends_held``) and the
+    range ends before the file's last byte: read from the refresh, its own last byte would
+    wait for every byte after it and the check of the whole file. A range to the file's
+    end (``bytes=N-``, ``bytes=-N``: wget -c, aria2c's last segment) waits only as long as
+    every reader's end does; aria2c's other segments are ranges that end before it."""
+    if range_header is None or now.running is None or not now.ends_held:
+        return False
+    size = now.running[0]
+    wanted = parse_range(range_header, size)
+    return isinstance(wanted, ByteRange) and wanted.end < size - 1
 
 
 def _written(range_header: str | None, running: tuple[int, int]) -> bool:

@@ -27,7 +27,9 @@ the server breaks the connection (never a short 200). The last byte of the file 
 once the refresh ended verified (see :meth:`tracker.cache.refresh.Refresh.readable`), and
 while the archive is checked, so is the last byte of every range
 (:meth:`tracker.cache.refresh.Refresh.range_end`): a 206 of bytes not checked yet never
-looks complete.
+looks complete. A range that ends before the file's end would so wait for the whole file:
+the route relays it instead (:func:`tracker.proxy.decisions.on_miss`, docs/architecture.md,
+"The release rule").
 """
 
 from __future__ import annotations

@@ -554,6 +554,7 @@ class Route:
             best=self.run.launcher.is_best(group, name),
             running=running,
             refreshing=cache.is_refreshing(group, name),
+            ends_held=shared is not None and shared.holds_range_ends,
         )
 
     async def claim(self) -> Claimed:
