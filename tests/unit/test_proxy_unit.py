@@ -4,16 +4,19 @@ client's big reads against a real server: tests/integration/test_download_client
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 
 import httpx
 import pytest
 import trio
+import trio.testing
 from names import full_name
 
 from tracker.config.schema import Config, TLSConfig
 from tracker.core.snapshots import SnapshotFile, info_from_files, parse_archive_name
 from tracker.errors import UpstreamError
+from tracker.observability.logs import record_fields
 from tracker.ordering.index import Index, SnapshotSource, TargetKey
 from tracker.proxy.streamer import ProxyStreamer
 from tracker.proxy.transfers import Transfers, plan_head
@@ -191,6 +194,42 @@ async def test_transfers_refuse_new_work_once_closed() -> None:
             with pytest.raises(UpstreamError, match="stopping"):
                 await transfers.start(job)
     assert not transfers.accepting
+
+
+async def test_a_background_task_that_raises_is_logged_and_ends_alone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A spawned task (a prefetch, an upload, a lock's release) that raises what no rule of
+    its own caught ends that task: logged once as ``task_failed``, the transfers running on.
+    Raised into the transfers' nursery, an upload's lock release ended the daemon."""
+    transfers = Transfers()
+    ran: list[str] = []
+
+    async def release(key: str) -> None:
+        raise RuntimeError(f"no rule for {key}")
+
+    async def prefetch(key: str) -> None:
+        ran.append(key)
+
+    async def job(*, task_status: trio.TaskStatus[int]) -> None:
+        task_status.started(1)
+        await trio.sleep_forever()
+
+    with trio.fail_after(5), caplog.at_level(logging.ERROR, logger="tracker"):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(transfers.run)
+            assert await transfers.start(job) == 1  # a transfer that runs meanwhile
+            assert transfers.spawn(release, "p/.locks/g/x.lock")
+            await trio.testing.wait_all_tasks_blocked()  # the task failed and ended
+            assert transfers.accepting and transfers.spawn(prefetch, "g/x")
+            await trio.testing.wait_all_tasks_blocked()
+            assert ran == ["g/x"]  # the background nursery still runs what is spawned
+            transfers.close(0)
+    failed = [record_fields(r)[1] for r in caplog.records if r.msg == "task_failed"]
+    assert len(failed) == 1
+    assert str(failed[0]["task"]).endswith("release")
+    assert failed[0]["error"] == "RuntimeError: no rule for p/.locks/g/x.lock"
+    assert "Traceback" in str(failed[0]["traceback"])
 
 
 async def test_a_forced_stop_cancels_running_transfers_at_once(

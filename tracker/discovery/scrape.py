@@ -42,7 +42,7 @@ from tracker.discovery.targetset import (
     left_behind,
     rpc_keys,
 )
-from tracker.errors import EgressRefused, ProbeError
+from tracker.errors import EgressRefused, ProbeError, first_leaf
 from tracker.net.egress import Resolver, resolve
 from tracker.net.limits import exhausted
 from tracker.observability.logs import log_event
@@ -271,19 +271,29 @@ class Scraper:
         """Scrape forever, a round every ``scrape_interval``; ready once the first round started.
 
         A reload (``update_config``) starts the next round at once. Cancellation stops the loop
-        between or inside rounds; probes in flight are cancelled with it.
+        between or inside rounds; probes in flight are cancelled with it. A round (its
+        discovery, the index's batches, the ``on_round`` hooks) that raises what no rule of
+        its own caught costs that round: it is logged as ``task_failed`` with its traceback
+        and the next round starts on schedule (docs/architecture.md, "Failures"); raised, it
+        ended the daemon.
         """
         started = False
         while True:
             self._wakeup = trio.Event()
             deadline = trio.current_time() + self.config.scrape_interval
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self.scrape_round, deadline)
-                if not started:
-                    task_status.started()
-                    started = True
-            if self.on_round:
-                self.on_round(self)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self.scrape_round, deadline)
+                    if not started:
+                        task_status.started()
+                        started = True
+                if self.on_round:
+                    self.on_round(self)
+            except Exception as exc:  # the round's nursery wraps it: its leaf is what failed
+                failed, number = first_leaf(exc), self._round
+                log_event(
+                    log, "error", "task_failed", task="scrape_round", round=number, exc_info=failed
+                )
             with trio.move_on_at(deadline):
                 await self._wakeup.wait()
 

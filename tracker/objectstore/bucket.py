@@ -33,7 +33,6 @@ from typing import Any, TypeVar
 import attrs
 import botocore.exceptions
 import trio
-import urllib3.exceptions
 
 from tracker.config.schema import ObjectStore
 from tracker.core.text import one_line
@@ -97,7 +96,9 @@ class Bucket:
         return Bucket(self.store, self.health, clients=quick, deadline=self.request_timeout)
 
     async def _call(self, operation: str, fn: Callable[..., _T], **kwargs: Any) -> _T:
-        """Run ``fn(Bucket=…, **kwargs)`` in a worker thread; StoreError on failure."""
+        """Run ``fn(Bucket=…, **kwargs)`` in a worker thread; StoreError on any failure (the
+        store marked down unless it answered "not found" or "conflict"), never another
+        exception but cancellation."""
         call = partial(fn, Bucket=self.name, **kwargs)
         deadline = CALL_DEADLINE if self._deadline is None else self._deadline
         try:
@@ -109,16 +110,17 @@ class Bucket:
                 return result
         except botocore.exceptions.ClientError as exc:
             raise self._client_error(operation, exc) from None
-        except (
-            botocore.exceptions.BotoCoreError,
-            urllib3.exceptions.HTTPError,
-            OSError,
-            ValueError,
-        ) as exc:
-            # ValueError: botocore's parse of an answer's field (a Last-Modified that is no
-            # date: "Invalid timestamp"), which it raises as no error of its own; urllib3's
-            # own errors while a body streams that botocore does not wrap (a TLS record
-            # that fails its MAC: urllib3's SSLError, no OSError).
+        except Exception as exc:
+            # Whatever else the call raised, the store's answer caused it: botocore parses
+            # an answer's fields with errors not its own (a Last-Modified that is no date:
+            # ValueError "Invalid timestamp"; one it reads as an epoch past the calendar,
+            # "1e20" or "inf": RuntimeError "Unable to calculate correct timezone offset";
+            # malformed XML of a 200: ResponseParserError, a bare Exception), and urllib3's
+            # errors while a body streams are not wrapped (a TLS record that fails its MAC:
+            # urllib3's SSLError, no OSError). Listing them one by one let the next one past
+            # the tier: a 500 on the request path, the daemon's end from an upload's lock
+            # release. Cancellation is no Exception and passes (the worker thread abandoned:
+            # abandon_on_cancel), as do KeyboardInterrupt and SystemExit.
             reason = f"{operation}: {one_line(str(exc)) or type(exc).__name__}"
             self.health.failed(reason)
             raise StoreError(reason) from None

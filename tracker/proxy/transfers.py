@@ -154,14 +154,18 @@ class Transfers:
         return self._cut_at is not None and trio.current_time() >= self._cut_at - CUT_MARGIN
 
     def spawn(self, task: Callable[..., Awaitable[None]], *args: Any) -> bool:
-        """Run ``task(*args)`` in the background (prefetch); False when stopping.
+        """Run ``task(*args)`` in the background (prefetch, upload, lock release); False
+        when stopping.
 
-        The task must not raise (its errors would stop the transfers); it is cancelled as
-        soon as the service stops, without a grace period.
+        The task should handle its own failures; an exception it raises anyway is logged
+        once (``task_failed``, with its traceback) and ends that task only: raised into the
+        transfers nursery it would end every transfer and the daemon with them
+        (docs/architecture.md, "Failures"). It is cancelled as soon as the service stops,
+        without a grace period.
         """
         if self._background is None or self._stop.is_set():
             return False
-        self._background.start_soon(task, *args)
+        self._background.start_soon(_contained, task, *args, name=_task_name(task))
         return True
 
     async def start(self, pump: Callable[..., Awaitable[None]], *args: Any) -> Any:
@@ -171,6 +175,23 @@ class Transfers:
         if self._nursery is None or self._stop.is_set():
             raise UpstreamError("the tracker is stopping")
         return await self._nursery.start(pump, *args)
+
+
+async def _contained(task: Callable[..., Awaitable[None]], *args: Any) -> None:
+    """``task(*args)``; an exception it raised is logged, not raised (cancellation is not
+    caught)."""
+    try:
+        await task(*args)
+    except Exception as exc:
+        log_event(log, "error", "task_failed", task=_task_name(task), exc_info=exc)
+
+
+def _task_name(task: Callable[..., Awaitable[None]]) -> str:
+    """What the log calls ``task``: its qualified name (``ObjectPath.upload``), that of the
+    function a partial wraps."""
+    while isinstance(task, partial):
+        task = task.func
+    return str(getattr(task, "__qualname__", type(task).__name__))
 
 
 async def _hold_nursery(*, task_status: trio.TaskStatus[trio.Nursery]) -> None:
