@@ -142,10 +142,12 @@ class ObjectPath:
             tier.events.upload("failed")
             log_event(log, "warning", "object_upload_failed", group=group, file=name, reason=exc)
         finally:
-            with trio.CancelScope(shield=True) as scope:
-                scope.deadline = trio.current_time() + RELEASE_WITHIN
-                await lock.release()
-            tier.uploads_running -= 1
+            try:
+                with trio.CancelScope(shield=True) as scope:
+                    scope.deadline = trio.current_time() + RELEASE_WITHIN
+                    await lock.release()
+            finally:  # whatever the release raised: /v1/store's count must come down
+                tier.uploads_running -= 1
 
     async def _upload(
         self, refresh: Refresh, lock: Lock, group: str, name: str
