@@ -155,15 +155,19 @@ async def test_the_service_measures_its_sources_and_targets_show_it(
 ) -> None:
     files = {NAME: DATA}
     fast = FakeUpstream(files=dict(files), listing=sidecar_listing(files))
+    # The fast one is as fast as the host: beside the suite's other workers it read 1 MiB at
+    # 1.2 MB/s, below a 4 MiB/s slow one. At 256 KiB/s the slow one takes 2 s for its 512 KiB.
     slow = FakeUpstream(
-        files=dict(files), listing=sidecar_listing(files), behaviour={NAME: Behaviour(rate=4 * MiB)}
+        files=dict(files),
+        listing=sidecar_listing(files),
+        behaviour={NAME: Behaviour(rate=MiB // 4)},
     )
     for up in (fast, slow):
         await nursery.start(up.run)
     group = {
         "group": GROUP,
         "static_targets": {"targets": [fast.base[7:], slow.base[7:]]},
-        "ranking": {"speed_test": {"bytes": "1MiB", "top": 2}},
+        "ranking": {"speed_test": {"bytes": "512KiB", "top": 2}},
     }
     settings = {
         "scrape_interval": "200ms",
