@@ -1,12 +1,11 @@
-"""``cache.refresh.own_shortfall``: which copies below their group's level fall short for the
+"""``cache.checked.own_shortfall``: which copies below their group's level fall short for the
 tracker's own cause (never booked against their source), as a table."""
 
 from __future__ import annotations
 
 import pytest
 
-from tracker.cache.checked import Checking
-from tracker.cache.refresh import own_shortfall
+from tracker.cache.checked import Checking, own_shortfall
 from tracker.proof.levels import Level, Proof
 
 FULL = "snapshot-100-7G3gw9TmwzT24jhJQyrPnH2QaKUZ7MHWGG9KW8XaPbDb.tar.zst"

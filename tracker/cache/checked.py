@@ -3,9 +3,11 @@
 With ``verify_archives`` a cached file is a hit only while its digest is known: from the
 refresh that promoted it (its check ran as it was written), restored at start-up from the
 ``.{name}.sha256`` file beside it when that still describes it (:func:`digest_matches`), or
-from checking it again (:meth:`CheckedFiles.recheck`); one that fails again is removed. A
-hit is only the file the check read (its identity, :meth:`CheckedFiles.opened`): one
-replaced or written under its name since is checked again first.
+from checking it again (:meth:`CheckedFiles.recheck`); one that fails again is removed, one
+whose check fell short for the tracker's own cause (:func:`recheck_verdict`) stays, unserved,
+and is checked again later. A hit is only the file the check read (its identity,
+:meth:`CheckedFiles.opened`): one replaced or written under its name since is checked again
+first.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import os
 import stat
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
+from math import inf
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import attrs
 import trio
@@ -51,6 +54,7 @@ from tracker.proof.levels import (
     Level,
     Proof,
     checked_for,
+    not_loadable,
 )
 from tracker.proof.records.localcopies import FileIdentity, identity_of
 
@@ -79,6 +83,43 @@ class Checking:
 
 #: Archives not checked (``verify_archives: false``).
 UNCHECKED = Checking()
+
+#: Seconds after a check of a cached copy that ended short for the tracker's own cause (its
+#: hashing process killed, its temporary space or memory short, the file unreadable) before
+#: the copy is checked again: each try reads the whole archive, so not at once, and a
+#: minute as a local file's (``proof.background.rounds.RETRY_AFTER``, a layer above this).
+RETRY_AFTER = 60.0
+
+#: What the check of a cached copy found unchecked does with it (:func:`recheck_verdict`).
+Verdict = Literal["kept", "retried", "removed"]
+
+
+def own_shortfall(checking: Checking, name: str, proof: Proof) -> str | None:
+    """Why the copy ``name`` proven to ``proof`` falls short of its group's level for a cause
+    of this tracker's own (``Proof.local_cause``: its temporary space, its memory, its
+    hashing process), None otherwise: such a copy is not the source's fault, so the refresh
+    ends as a local failure and its source is not held back, and a cached copy stays on disk
+    (docs/architecture.md, "Bounded memory"). Pure."""
+    if not proof.local_cause or not_loadable(proof, checking.loadable_by) is not None:
+        return None  # what the group's validators cannot load is the archive's own fault
+    below = below_required(proof, checked_for(checking.require), name)
+    return None if below is None else f"archive not proven here: {below}"
+
+
+def recheck_verdict(checking: Checking, name: str, proof: Proof) -> tuple[Verdict, str]:
+    """What becomes of a cached copy of ``name`` checked again (found at start-up without a
+    digest that still describes it, changed, or below a level a reload raised) once its
+    check proved ``proof`` under its group's ``checking``: ``("kept", "")`` when it reaches
+    what a check shows of the group's level; ``("retried", reason)`` when it falls short for
+    the tracker's own cause (:func:`own_shortfall`): kept on disk, not served, checked again
+    later, never a rejection (a mainnet full is ~100 GB to download again); ``("removed",
+    reason)`` when it falls short for its own, like a copy that fails its check. Pure."""
+    short = own_shortfall(checking, name, proof)
+    if short is not None:
+        return "retried", short
+    required = checked_for(checking.require)  # what a check shows: the votes come later
+    below = below_required(proof, required, name, loadable_by=checking.loadable_by)
+    return ("kept", "") if below is None else ("removed", below)
 
 
 class _Held(NamedTuple):
@@ -112,6 +153,9 @@ class CheckedFiles:
         prove_accounts: AccountsLimits | None = None,
         voter: Voter | None = None,
         loadable_by: Callable[[str], str | None] | None = None,
+        *,
+        retry_after: float = RETRY_AFTER,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.verify = verify
         self.voter = voter
@@ -127,6 +171,12 @@ class CheckedFiles:
         #: Cached files to check again: found at start-up without a digest that still
         #: describes them, below their group's level, or changed since their check.
         self._unchecked: list[tuple[str, str]] = []
+        #: When each cached file whose check ended short for the tracker's own cause may be
+        #: checked again (on ``monotonic``: a step of the wall clock back does not hold it
+        #: unserved for longer); it waits in ``_unchecked`` meanwhile.
+        self._retry_at: dict[tuple[str, str], float] = {}
+        self._retry_after = retry_after
+        self._monotonic = monotonic
         #: Whether a group is configured: the files of one that is not (an orphaned
         #: directory, docs/proxy.md, "Orphaned archives") wait for it to come back before
         #: their check (a whole archive read for nothing otherwise).
@@ -246,6 +296,7 @@ class CheckedFiles:
         self._forget(group, name)
 
     def _forget(self, group: str, name: str) -> None:
+        self._retry_at.pop((group, name), None)  # another file, or none, from now on
         if self._checked.pop((group, name), None) is not None:
             self._digests.drop("cache", group, name)
 
@@ -291,49 +342,72 @@ class CheckedFiles:
         """Check, one after another, the cached files start-up found without a digest that
         still describes them (``path_for(group, name)``: where each is, RequestError when
         it may not be read): a file that passes is a hit from then on (its digest file
-        written), one that fails is removed (then ``report_size()``); those of a group not
-        configured (:attr:`configured`) wait for it, listed again. Cancellation stops it
-        (the rest stay unchecked)."""
+        written), one that fails is removed (then ``report_size()``); one whose check ended
+        short for the tracker's own cause (:func:`recheck_verdict`: its hashing process
+        killed, its temporary space or memory short; or the file unreadable) stays, not
+        served, and waits, listed again, ``retry_after`` seconds for a later call; those of a
+        group not configured (:attr:`configured`) wait for it, listed again. Cancellation
+        stops it (the rest stay unchecked)."""
         waiting: list[tuple[str, str]] = []
         try:
             while self._unchecked:
-                group, name = self._unchecked.pop(0)
-                if (group, name) in self._checked:
+                group, name = key = self._unchecked.pop(0)
+                if key in self._checked:
+                    self._retry_at.pop(key, None)
                     continue  # a refresh promoted a checked copy since it was listed
                 if not self.configured(group):
-                    waiting.append((group, name))  # checked if a reload configures it again
+                    waiting.append(key)  # checked if a reload configures it again
+                    continue
+                if self._retry_at.get(key, -inf) > self._monotonic():
+                    waiting.append(key)  # its last check ended short for a cause of ours
                     continue
                 try:
                     path = path_for(group, name)
                 except RequestError:
                     continue
-                if await self._recheck_one(group, name, path) is False:
+                ended = await self._recheck_one(group, name, path)
+                if ended == "removed":
                     report_size()
+                elif ended == "later":
+                    self._retry_at[key] = self._monotonic() + self._retry_after
+                    waiting.append(key)
         finally:
             self._unchecked.extend(w for w in waiting if w not in self._unchecked)
 
-    async def _recheck_one(self, group: str, name: str, path: str) -> bool | None:
-        """True: passed; False: failed and removed; None: unreadable or gone."""
+    async def _recheck_one(
+        self, group: str, name: str, path: str
+    ) -> Literal["passed", "removed", "gone", "later"]:
+        """Check the cached file of ``name`` at ``path``: ``passed``; ``removed`` (it failed);
+        ``gone`` (not there, or another copy promoted meanwhile); ``later``: its check ended
+        short for the tracker's own cause, nothing removed, to be tried again."""
         try:
             fd, st = await open_copy(path)
         except OSError:
-            return None  # gone meanwhile
+            return "gone"  # gone meanwhile
         try:
             checked = await check_opened(fd, st, name, self.prove_accounts)
             sha256, proof = checked.sha256, checked.proof
-            below = self._below(proof, checked_for(self.required(group)), group, name)
-            if below is not None:  # the group's trust.require: not kept, like a bad copy
-                raise ArchiveInvalid(below)
-        except OSError as exc:  # a descriptor short, a read error
+            verdict, reason = recheck_verdict(self.checking(group), name, proof)
+            if verdict == "removed":  # the group's trust.require: not kept, like a bad copy
+                raise ArchiveInvalid(reason)
+        except OSError as exc:  # a descriptor short, a read error, a thread or memory short
             log_event(log, "warning", "cache_recheck_failed", path=path, error=exc)
-            return None  # unreadable: stays unchecked (never a hit), nothing removed
+            return "later"  # unreadable here: stays unchecked (never a hit), nothing removed
         except ArchiveInvalid as exc:
             # Not removed when a refresh promoted another copy meanwhile: the one that
             # failed is gone already, and not a rejection of the copy the cache holds.
             removed = await self.remove(group, name, path, st.st_ino, exc.reason)
-            return False if removed else None
+            return "removed" if removed else "gone"
         if (group, name) in self._checked:
-            return True  # a refresh promoted a copy meanwhile: its digest stands
+            return "passed"  # a refresh promoted a copy meanwhile: its digest stands
+        if verdict == "retried":
+            # The tracker's own shortage (docs/http-api.md, "The accounts level"): worded as
+            # a refresh's own shortfall, not a rejection; the copy stays, unserved.
+            log_event(
+                log, "warning", "cache_recheck_failed", group=group, file=name, path=path,
+                reason=reason,
+            )  # fmt: skip
+            return "later"
         try:
             await trio.to_thread.run_sync(write_checked, path, Verified(sha256, proof), name)
         except OSError as exc:
@@ -352,7 +426,7 @@ class CheckedFiles:
             sha256=sha256,
             proven=proof.level.label,
         )
-        return True
+        return "passed"
 
     async def relevel(self, group: str, name: str, proof: Proof, path: str) -> bool:
         """The cached copy of ``name`` (at ``path``) is proven to ``proof`` now (the

@@ -30,7 +30,7 @@ import attrs
 import outcome
 import trio
 
-from tracker.cache.checked import UNCHECKED, Checking
+from tracker.cache.checked import UNCHECKED, Checking, own_shortfall
 from tracker.cache.disk import (
     DiskOps,
     Opened,
@@ -43,13 +43,13 @@ from tracker.cache.disk import (
     write_all,
 )
 from tracker.cache.mixedcopy import Vouching
-from tracker.core.digests import Verified, below_required
+from tracker.core.digests import Verified
 from tracker.errors import CacheError
 from tracker.multisource.sources import Source
 from tracker.net.sourcelimits import UNCAPPED, Pacer
 from tracker.proof.archive.archivecheck import FollowingCheck
 from tracker.proof.cluster.lifting import required_proof
-from tracker.proof.levels import STRUCTURE_ONLY, Proof, checked_for, not_loadable
+from tracker.proof.levels import STRUCTURE_ONLY, Proof
 from tracker.serving.threads import Background
 from tracker.zerocopy.filesplice import Splicer, splice_into_file
 
@@ -142,18 +142,6 @@ class _Appender:
         if moved:
             self.left -= moved
             self.landed(moved)
-
-
-def own_shortfall(checking: Checking, name: str, proof: Proof) -> str | None:
-    """Why the copy ``name`` proven to ``proof`` falls short of its group's level for a cause
-    of this tracker's own (``Proof.local_cause``: its temporary space, its memory, its
-    hashing process), None otherwise: such a copy is not the source's fault, so the refresh
-    ends as a local failure and its source is not held back (docs/architecture.md, "Bounded
-    memory"). Pure."""
-    if not proof.local_cause or not_loadable(proof, checking.loadable_by) is not None:
-        return None  # what the group's validators cannot load is the archive's own fault
-    below = below_required(proof, checked_for(checking.require), name)
-    return None if below is None else f"archive not proven here: {below}"
 
 
 def _splice_or_cache_error(
