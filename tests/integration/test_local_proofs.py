@@ -522,6 +522,84 @@ async def test_a_file_that_could_not_be_opened_is_retried_on_time_whatever_the_w
     assert await proofs.round() == 1 and checked()  # due on time, and passed
 
 
+async def test_a_file_proven_short_for_the_tracker_s_own_cause_is_checked_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A local full whose accounts proof lost its hashing process (SIGKILL, as an OOM kill:
+    ``Proof.local_cause``) stays at ``manifest``, unranked under ``trust.require: accounts``,
+    and is checked again RETRY_AFTER later on the monotonic clock though the file did not
+    change (docs/http-api.md, "Proven archives": "Local files"); it was checked once per
+    file identity, so it stayed out until it changed or the tracker restarted. What the
+    first check said stands meanwhile. No network: the daemon's own class, a real archive,
+    its hashing processes real children, the test's clock."""
+    from archives import build_archive
+
+    from tracker.config.loading import load_config
+    from tracker.core.digests import Digests
+    from tracker.ordering.index import Index, TargetKey
+    from tracker.proof.accounts import hashworker
+    from tracker.proof.accounts.budget import AccountsLimits
+    from tracker.proof.background.localfiles import LocalProofs
+    from tracker.proof.background.rounds import RETRY_AFTER
+
+    ledger = tmp_path / "ledger"
+    ledger.mkdir()
+    name, data = build_archive(1100, accounts=7)
+    (ledger / name).write_bytes(data)
+    config = load_config(write_config(tmp_path, {
+        "listen": "127.0.0.1:0",
+        "prove_accounts": True,
+        "target_groups": [{"group": "local", "local_targets": {"paths": [str(ledger)]},
+                           "trust": {"require": "accounts"}}],
+    }))  # fmt: skip
+    monkeypatch.setattr(hashworker, "START_FROM", 0)  # a small archive's proof starts one
+    real_start, started, kill = hashworker.HashWorker._start, [], [True]
+
+    def start(self: hashworker.HashWorker) -> None:
+        real_start(self)
+        if self._proc is not None:
+            started.append(self._proc.pid)
+            if kill[0]:  # the OOM killer
+                os.kill(self._proc.pid, signal.SIGKILL)
+
+    monkeypatch.setattr(hashworker.HashWorker, "_start", start)
+    mono = [500.0]
+    index = Index()
+    proofs = LocalProofs(
+        lambda: config, index, Digests(),
+        accounts=lambda: AccountsLimits(memory=64 * 1024**2, workers=2),
+        monotonic=lambda: mono[0],
+    )  # fmt: skip
+
+    def proven() -> tuple[str, bool]:
+        [(_name, done)] = proofs.of_target(TargetKey("local", str(ledger)))
+        assert done is not None and done.verified is not None, done
+        return done.verified.proof.level.label, done.verified.proof.local_cause
+
+    assert await proofs.round() == 1
+    assert len(started) == 1
+    assert proven() == ("manifest", True)  # the tracker's own cause, not the file's
+    key = TargetKey("local", str(ledger))
+    [refused] = index.disproven()[key].values()  # below trust.require: kept out
+    assert refused.startswith("proven to manifest, accounts required: not proven: the hash")
+    kill[0] = False  # memory again
+    mono[0] += RETRY_AFTER - 1
+    assert await proofs.round() == 0  # not yet due: what it said stands
+    assert proven() == ("manifest", True)
+    mono[0] += 1
+    assert await proofs.round() == 1  # due again, though the same file
+    assert proven() == ("accounts", False)
+    assert name not in index.disproven().get(key, {})  # ranked
+    mono[0] += RETRY_AFTER
+    assert await proofs.round() == 0  # proven: once per identity again
+    # each hashing process reaped by its proof's close, however the check ended
+    assert [pid for pid in started if _exists(f"/proc/{pid}")] == []
+
+
+def _exists(path: str) -> bool:
+    return os.path.exists(path)
+
+
 async def test_a_check_marks_its_own_file_not_every_file_again(tmp_path: Path) -> None:
     """After each check every listed file was marked again (O(files) a check, O(files²) a
     round: a ledger of 19,000 archives held the event loop ~70 ms a check). Only what may

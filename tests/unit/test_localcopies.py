@@ -36,6 +36,15 @@ SHA = "ab" * 32
 ACCOUNTS = Proof(Level.ACCOUNTS, H, "FF2m")
 MANIFEST = Proof(Level.MANIFEST, H, "FF2m")
 T0 = datetime(2026, 11, 25, tzinfo=UTC)
+#: A full's proof stopped by the tracker's own shortage (an OOM-killed hashing process).
+OWN_SHORT = Proof(
+    Level.MANIFEST,
+    H,
+    "FF2m",
+    note="not proven: the hashing process ended (exit status -9)",
+    local_cause=True,
+)
+BOUND = "not proven: 2000 accounts over the bound of 1000"
 
 
 def passed(proof: Proof = ACCOUNTS, identity: FileIdentity = ONE) -> Checked:
@@ -59,6 +68,27 @@ def passed(proof: Proof = ACCOUNTS, identity: FileIdentity = ONE) -> Checked:
         pytest.param([(A, ONE), (A, ONE)], {}, {}, [A], id="listed twice: once"),
         pytest.param([(A, ONE)], {}, {A.path: 950.0}, [], id="unreadable lately: waits"),
         pytest.param([(A, ONE)], {}, {A.path: 900.0}, [A], id="unreadable long ago: again"),
+        pytest.param(
+            [(A, ONE)],
+            {A.path: passed(OWN_SHORT)},
+            {A.path: 950.0},
+            [],
+            id="short for the tracker's own cause lately: waits",
+        ),
+        pytest.param(
+            [(A, ONE)],
+            {A.path: passed(OWN_SHORT)},
+            {A.path: 900.0},
+            [A],
+            id="short for the tracker's own cause long ago: again, though the same file",
+        ),
+        pytest.param(
+            [(A, ONE)],
+            {A.path: passed(Proof(Level.MANIFEST, H, "FF2m", note=BOUND))},
+            {},
+            [],
+            id="short for the archive's own size (the operator's bound): not again",
+        ),
     ],
 )
 def test_which_local_files_are_checked(

@@ -105,7 +105,8 @@ class LocalProofs(Rounds):
         self._checked: dict[str, Checked] = {}
         #: The copy each path was last listed as (its target and name), to undo its marks.
         self._copies: dict[str, LocalCopy] = {}
-        #: When a check could not read a file (on the monotonic clock), by path.
+        #: When a check could not read a file, or proved it short for a cause of the
+        #: tracker's own (on the monotonic clock), by path: tried again after retry_after.
         self._tried: dict[str, float] = {}
         #: The statement file beside each checked file, by the archive's path.
         self._beside: dict[str, Beside] = {}
@@ -217,7 +218,12 @@ class LocalProofs(Rounds):
             self._tried[path] = self._monotonic()
             log_event(log, "warning", "local_check_failed", path=path, error=exc)
             return
-        self._tried.pop(path, None)
+        if checked.proof.local_cause:
+            # proven short for a cause of ours (a hashing process killed, no temporary space):
+            # what it proved stands, and the file is checked again after retry_after
+            self._tried[path] = self._monotonic()
+        else:
+            self._tried.pop(path, None)
         held = attrs.evolve(checked, size=st.st_size, checked_at=self._clock())
         self._checked[path] = Checked(identity_of(st), verified=held)
         self._dirty.add(path)

@@ -3,7 +3,8 @@ docs/architecture.md, "Proven archives": "Local files"; docs/http-api.md, "Prove
 
 A ``local`` target's files are on the tracker's own disk, so they are checked and proven as
 the cache's copies are, in the background: once per file identity (device, inode, size,
-mtime, ctime), again when the file under a name changes. A file that passes is held verified as
+mtime, ctime), again when the file under a name changes or its check stopped short for the
+tracker's own cause (:func:`own_cause`). A file that passes is held verified as
 the holder :func:`holder` (its digest and proof in the JSON, signed with ``attest``); one
 that fails shows why (``/v1/targets``, the log). In a group that sets ``trust.require``
 above ``structure`` a local file is ranked only once its check proved it to that level, one
@@ -57,8 +58,9 @@ class LocalCopy:
 
 @attrs.frozen
 class Checked:
-    """What the check of one identity of a local file said: ``verified`` when it passed,
-    else ``failed`` (the one-line reason)."""
+    """What the check of one identity of a local file said: ``verified`` when it passed
+    (its proof below what it could be for the tracker's own cause: checked again later,
+    :func:`checks_due`), else ``failed`` (the one-line reason)."""
 
     identity: FileIdentity
     verified: Verified | None = None
@@ -75,10 +77,12 @@ def checks_due(
 ) -> list[tuple[LocalCopy, FileIdentity]]:
     """The local files to check now, in the order ``found`` gives them (each with its
     identity now; None: gone or not a regular file, nothing to check): those whose identity
-    was not checked yet (``checked``, by path), unless a check that could not read the file
-    (``tried``: when, by path) was less than ``retry_after`` seconds before ``now``. Each
-    path once. ``tried`` and ``now`` are read off a monotonic clock: on the wall clock, a
-    step back would hold a retry off for the size of the step."""
+    was not checked yet (``checked``, by path), and those whose check ended short for the
+    tracker's own cause (:func:`own_cause`: its hashing process killed, its temporary space
+    or memory short; what it said stands meanwhile), unless a check that could not read the
+    file or ended so (``tried``: when, by path) was less than ``retry_after`` seconds before
+    ``now``. Each path once. ``tried`` and ``now`` are read off a monotonic clock: on the
+    wall clock, a step back would hold a retry off for the size of the step. Pure."""
     due: list[tuple[LocalCopy, FileIdentity]] = []
     seen: set[str] = set()
     for copy, identity in found:
@@ -87,10 +91,19 @@ def checks_due(
         if now - tried.get(copy.path, -inf) < retry_after:
             continue
         done = checked.get(copy.path)
-        if done is None or done.identity != identity:
+        if done is None or done.identity != identity or own_cause(done):
             seen.add(copy.path)
             due.append((copy, identity))
     return due
+
+
+def own_cause(done: Checked) -> bool:
+    """True when the check ``done`` stopped short for a cause of the tracker's own
+    (``Proof.local_cause``), not the file's: the same file may prove more on a later try,
+    once the machine has the memory, the temporary space or the process again (a file
+    otherwise is checked once per identity, and would stay below a group's level until it
+    changed or the tracker restarted). Pure."""
+    return done.verified is not None and done.verified.proof.local_cause
 
 
 @attrs.frozen
