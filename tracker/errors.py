@@ -43,6 +43,8 @@ exception class::
 
 from __future__ import annotations
 
+import errno
+
 
 class TrackerError(Exception):
     """Base class of every error the tracker raises on purpose."""
@@ -246,4 +248,22 @@ def interruption_in(exc: BaseException) -> BaseException | None:
                 if (found := interruption_in(inner)) is not None:
                     return found
         link = link.__cause__ or link.__context__
+    return None
+
+
+#: What CPython's ``threading.Thread.start`` raises (as RuntimeError) when the system refuses
+#: a thread: a pids or threads limit (a container's ``pids.max``), no memory for its stack.
+THREAD_START_FAILED = "can't start new thread"
+
+
+def own_shortage(exc: BaseException) -> OSError | None:
+    """The tracker's own shortage ``exc`` is, as the OSError of a local failure (ENOMEM:
+    memory it could not get; EAGAIN: a thread it could not start, as ``pthread_create``
+    says), None when it is none. Such a failure says nothing of the bytes being checked: its
+    callers treat it as they treat a read error, never as a verdict on an archive
+    (docs/architecture.md, "Any failure is the copy's, unless it is the reading's"). Pure."""
+    if isinstance(exc, MemoryError):
+        return OSError(errno.ENOMEM, f"out of memory{': ' if str(exc) else ''}{exc}")
+    if isinstance(exc, RuntimeError) and str(exc).startswith(THREAD_START_FAILED):
+        return OSError(errno.EAGAIN, THREAD_START_FAILED)
     return None

@@ -273,8 +273,8 @@ def test_a_frame_thread_that_fails_otherwise_fails_the_check_never_hangs_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A frame's thread raising something else than a zstd error (a MemoryError allocating
-    a piece under memory pressure) ends the decoding with that error (the check words it in
-    one line). The checking
+    a piece under memory pressure) ends the decoding with that error (the check raises it as
+    the tracker's own shortage: ``errors.own_shortage``). The checking
     thread waited on that frame's queue for an end that never came, cancellation too (the
     pool kept the worker's exception to itself)."""
     _, data = stream(9 << 20, 4)
@@ -303,7 +303,7 @@ def test_a_frame_thread_that_fails_otherwise_fails_the_check_never_hangs_it(
     thread.join(120)  # ends at once; the bound only keeps a regression from hanging the suite
     assert not thread.is_alive(), "the decoding hangs"
     [failed] = result
-    assert isinstance(failed, MemoryError)  # the check words it: "check failed: MemoryError"
+    assert isinstance(failed, MemoryError)  # the check's OSError (ENOMEM): no verdict
 
 
 def test_the_frame_threads_refuse_empty_frames_past_the_bound() -> None:

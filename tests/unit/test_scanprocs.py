@@ -902,3 +902,49 @@ def test_a_forkserver_gone_leaves_the_proof_to_its_lanes(
     finally:
         proof.close()
     assert limits.budget is not None and limits.budget.used == 0
+
+
+@pytest.mark.parametrize("thread", ["accounts-scan-answers", "accounts-scan-sends"])
+def test_a_scan_thread_that_cannot_start_costs_no_verdict_and_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, thread: str
+) -> None:
+    """A scan process's thread that cannot start (``RuntimeError: can't start new thread``,
+    as CPython says at a pids limit: the tracker's own shortage, not the archive's). The
+    check rejected a good archive ("check failed: RuntimeError: ..."), and the half-built
+    process, its reading thread, its pipe, the proof's part of the shared budget and its
+    hashing processes' worker slots were never given back. The proof goes on in the reading
+    thread (no thread to spare) and proves it; everything is back."""
+    monkeypatch.setattr(budget, "SCAN_PROCESSES", 2)
+    shared, slots = MemoryBudget(1 << 30, room=1 << 30), budget.WorkerSlots(2)
+    limits = AccountsLimits(max_accounts=100_000, workers=3, budget=shared, slots=slots)
+    name, data = build_archive(1100, accounts=7)
+    (tmp_path / name).write_bytes(data)
+    processes: list[Any] = []
+    start_process = scanprocs.start_process
+
+    def started(process: Any) -> None:
+        start_process(process)
+        processes.append(process)
+
+    real_start = threading.Thread.start
+
+    def start(self: threading.Thread) -> None:
+        if self.name == thread:
+            raise RuntimeError("can't start new thread")
+        real_start(self)
+
+    monkeypatch.setattr(scanprocs, "start_process", started)
+    monkeypatch.setattr(threading.Thread, "start", start)
+    try:
+        proof = check_file(str(tmp_path / name), prove_accounts=limits).proof
+        monkeypatch.setattr(threading.Thread, "start", real_start)
+        assert (proof.level, proof.note) == (Level.ACCOUNTS, None)
+        assert (shared.used, slots.used) == (0, 0)
+        assert len(processes) == 1  # the first one's thread failed: no second was started
+        assert all(each.exitcode is not None for each in processes)  # killed and waited for
+        assert not [t for t in threading.enumerate() if t.name.startswith("accounts-scan")]
+    finally:
+        for each in processes:  # however the test ends, none is left running
+            if each.exitcode is None:
+                each.kill()
+                each.join()

@@ -45,6 +45,7 @@ lie and their hashes kept (:mod:`.kepthashes`).
 
 from __future__ import annotations
 
+import errno
 import functools
 import threading
 import time
@@ -54,7 +55,7 @@ import base58
 import numpy as np
 import numpy.typing as npt
 
-from tracker.errors import ArchiveInvalid, NoRoom
+from tracker.errors import ArchiveInvalid, NoRoom, own_shortage
 from tracker.proof.accounts import kepthashes
 from tracker.proof.accounts.accounthash import (
     LocalSum,
@@ -121,6 +122,27 @@ class AccountsProof:
         self.limits = limits if limits is not None else AccountsLimits()
         self.max_accounts = self.limits.max_accounts
         self.held = BudgetShare(self.limits.shared())
+        try:
+            self._begin(summer, cancelled, lanes, at_least, scanners)
+        except BaseException:
+            # a proof never built is never closed: what it took goes back now (its part of
+            # the shared budget, and the summer it was given: its hashing processes and their
+            # worker slots), whatever failed (a thread or memory short, an interrupt)
+            self.held.release()
+            if summer is not None:
+                summer.close()
+            raise
+        track(self.progress)
+
+    def _begin(
+        self,
+        summer: Summer | None,
+        cancelled: Callable[[], bool] | None,
+        lanes: int | None,
+        at_least: int,
+        scanners: int | None,
+    ) -> None:
+        """The constructor's work once the budget's share is made (see the class)."""
         self.progress = ProofCounters()
         self._note: str | None = None
         #: True once :meth:`finish` said why it could not end for a reason of this tracker's
@@ -184,11 +206,16 @@ class AccountsProof:
         if processes and self._note is None:
             try:
                 self._scanners = Scanners(processes, self)
-            except (OSError, EOFError):
-                # no process to start (no fds, no memory; the forkserver gone: EOFError):
-                # the lanes' way; the tracker's own fault is no verdict on the archive
+            except (OSError, EOFError, MemoryError, RuntimeError) as exc:
+                short = own_shortage(exc)
+                if short is None and isinstance(exc, RuntimeError):
+                    raise  # not the tracker's shortage: a bug, not to be hidden
+                # no process or thread to start (no fds, no memory, a pids limit; the
+                # forkserver gone: EOFError): the lanes' way; the tracker's own fault is no
+                # verdict on the archive
                 self._close_scanners()
-        track(self.progress)
+                if short is not None and short.errno == errno.EAGAIN:
+                    self._lanes = []  # no thread to spare either: the reading thread scans
 
     @property
     def records(self) -> int:

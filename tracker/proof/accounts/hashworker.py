@@ -401,7 +401,12 @@ class HashPool:
     ) -> None:
         self._slots = slots
         taken = slots.take(workers) if slots is not None else workers
-        self._children = [HashWorker(start_from) for _ in range(taken)]
+        try:
+            self._children = [HashWorker(start_from) for _ in range(taken)]
+        except BaseException:  # memory short: the slots go back, no pool to close them
+            if slots is not None:
+                slots.give(taken)
+            raise
         self._local = np.zeros(LANES, dtype=np.uint16)
         self._next = 0
         self._lender: HashWorker | None = None

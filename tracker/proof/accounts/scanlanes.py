@@ -93,8 +93,9 @@ class Apart:
             if self._closed:
                 return False
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="accounts-scan", daemon=True)
-                self._thread.start()
+                thread = threading.Thread(target=self._run, name="accounts-scan", daemon=True)
+                thread.start()  # a pids limit raises here: no thread for close() to join
+                self._thread = thread
             # under the lock: the thread ends only under it, when nothing is queued (a full
             # queue never waits on the lock: its thread is busy, not ending)
             self._jobs.put(item)

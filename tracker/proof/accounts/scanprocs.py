@@ -235,24 +235,38 @@ class _Process:
         context = _context()
         self._sink = sink
         self.conn, theirs = context.Pipe(duplex=True)
-        self.proc = context.Process(target=serve, args=(theirs,), daemon=True)
-        start_process(self.proc)
-        theirs.close()
+        try:
+            self.proc = context.Process(target=serve, args=(theirs,), daemon=True)
+            start_process(self.proc)
+        except BaseException:
+            self.conn.close()
+            raise
+        finally:
+            theirs.close()
+        self.shared: mmap.mmap | None = None
+        self.closing = False
+        try:
+            self._begin(unsent)
+        except BaseException:
+            # a step after the process started failed (its threads cannot start at a pids
+            # limit, no memory, no descriptor): this half-built one never reaches its
+            # Scanners' list, so nothing else would end the process, the thread reading it
+            # and the pipe, nor give back what the proof holds for them
+            self._abandon()
+            raise
+
+    def _begin(self, unsent: _Unsent) -> None:
+        """Everything after the process started: the shared slots, the thread reading its
+        answers and the one sending to it."""
         # the pieces' slots: memory both map (sent with the first frame), else the pipe; the
         # process maps what it is sent, whole (bench/accounts.py --set may change the count)
         in_flight = scanprocess.IN_FLIGHT
-        self.shared: mmap.mmap | None = None
         fd = shared_memory(in_flight * SLOT_BYTES, "tracker-scan")
         try:
             with socket.socket(fileno=os.dup(self.conn.fileno())) as raw:
                 socket.send_fds(raw, [b"1" if fd is not None else b"0"], [] if fd is None else [fd])
             if fd is not None:
                 self.shared = mmap.mmap(fd, in_flight * SLOT_BYTES)
-        except OSError:
-            self.proc.kill()
-            self.proc.join()
-            self.conn.close()
-            raise
         finally:
             if fd is not None:
                 os.close(fd)  # the mapping (and the process's) keep the memory
@@ -266,7 +280,6 @@ class _Process:
         self.total: npt.NDArray[np.uint16] | None = None
         self.cpu = 0.0  # CPU seconds it used, told with its sum
         self.failure: str | None = None
-        self.closing = False
         self.reader = threading.Thread(target=self._read, name="accounts-scan-answers", daemon=True)
         self.reader.start()
         #: What the sending thread sends, in order (None: it ends), and the bound on the
@@ -432,6 +445,28 @@ class _Process:
             ):
                 raw.shutdown(socket.SHUT_RDWR)
             self.reader.join()
+        self.conn.close()
+        if self.shared is not None:
+            self.shared.close()
+            self.shared = None
+
+    def _abandon(self) -> None:
+        """Undo a construction that failed after the process started: the process killed
+        and waited for, the thread reading its answers (if it started) ended, the pipe
+        closed, the shared slots unmapped. No sending thread runs yet."""
+        self.closing = True  # the reading thread tells no one of the end it sees
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join()
+        reader = getattr(self, "reader", None)
+        if isinstance(reader, threading.Thread) and reader.ident is not None:
+            # hung up both ways, as :meth:`close` does for a forkserver gone: it wakes
+            with (
+                contextlib.suppress(OSError),
+                socket.socket(fileno=os.dup(self.conn.fileno())) as raw,
+            ):
+                raw.shutdown(socket.SHUT_RDWR)
+            reader.join()
         self.conn.close()
         if self.shared is not None:
             self.shared.close()

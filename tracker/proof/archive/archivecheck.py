@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 from tracker.core.digests import Verified
 from tracker.core.snapshots import parse_archive_name
-from tracker.errors import ArchiveInvalid, interruption_in
+from tracker.errors import ArchiveInvalid, interruption_in, own_shortage
 from tracker.proof.accounts.budget import AccountsLimits, FrameThreads, decodes_ahead
 from tracker.proof.archive.binding import BlockDigests
 from tracker.proof.archive.checklimits import CANCELLED, Budget
@@ -101,20 +101,22 @@ def check_stream(
 
     Raises ArchiveInvalid (one-line ``reason``) when the archive fails, whatever part of the
     check it failed in (:func:`as_rejection`); what ``read`` raises (OSError, a local I/O
-    error, or ArchiveInvalid("check cancelled")) goes through. ``read`` is called from a
-    thread of its own, which has always ended when this returns or raises (so the caller may
-    close what it reads); when the check fails before the end, ``unblock()`` (if given) is
-    called first, to end a ``read`` that may wait (GrowingFile.cancel). ``cancelled()`` is
-    polled between decoded pieces: once true, the check stops with ArchiveInvalid("check
-    cancelled") within one piece. ``prefetch=False`` reads and hashes in the calling thread
-    too (one core). ``prover`` replaces the archive's own (``proof.archive.headproof``). ``seen`` is
-    told each member the tar walk took (:func:`~tracker.proof.archive.tarwalk.walk_tar`).
-    ``decoders``: threads that decode a multi-frame ``.tar.zst``'s frames in parallel
+    error, or ArchiveInvalid("check cancelled")) goes through, and the tracker's own
+    shortage (a thread it cannot start, memory it cannot get) is raised as OSError too.
+    ``read`` is called from a thread of its own, which has always ended when this returns or
+    raises (so the caller may close what it reads); when the check fails before the end,
+    ``unblock()`` (if given) is called first, to end a ``read`` that may wait
+    (GrowingFile.cancel). ``cancelled()`` is polled between decoded pieces: once true, the
+    check stops with ArchiveInvalid("check cancelled") within one piece. ``prefetch=False``
+    reads and hashes in the calling thread too (one core). ``prover`` replaces the archive's
+    own (``proof.archive.headproof``). ``seen`` is told each member the tar walk took
+    (:func:`~tracker.proof.archive.tarwalk.walk_tar`). ``decoders``: threads that decode a
+    multi-frame ``.tar.zst``'s frames in parallel
     (:mod:`tracker.proof.archive.framedecode`); with one, ``decode_ahead`` runs the serial
     decoder in a thread of its own (``framedecode.DecodeAhead``; with ``prefetch`` only).
     ``first_read`` (if given) is told what the read of the file proved before the accounts
-    level's second read starts (the SHA-256 and the manifest's level: a refresh's readers may
-    end there, docs/architecture.md "Two reads").
+    level's second read starts (the SHA-256 and the manifest's level: a refresh's readers
+    may end there, docs/architecture.md "Two reads").
     """
     parsed = parse_archive_name(name)
     if parsed is None:
@@ -180,6 +182,10 @@ def check_stream(
                 raise as_rejection(exc) from None
             digest = source.hexdigest()
             blocks = source.blocks()
+    except (MemoryError, RuntimeError) as exc:  # before the walk: the reading thread's start
+        if (short := own_shortage(exc)) is not None:
+            raise short from exc
+        raise
     finally:
         if ahead is not None:
             ahead.close()  # after the source stopped: its decoder may have waited on it
@@ -200,9 +206,14 @@ def as_rejection(exc: Exception) -> ArchiveInvalid:
     """What a failure of the check other than reading means: the copy is rejected.
 
     The check's own reasons pass as they are; anything else a decoder or the tar walk raised
-    on hostile bytes (a library's error the decoders do not know, a ValueError, a
-    MemoryError) rejects the copy with a one-line reason, so that every caller treats it as a
-    bad copy (deleted, its source held back) instead of crashing on it.
+    on hostile bytes (a library's error the decoders do not know, a ValueError) rejects the
+    copy with a one-line reason, so that every caller treats it as a bad copy (deleted, its
+    source held back) instead of crashing on it.
+
+    The tracker's own shortage is no verdict (:func:`tracker.errors.own_shortage`): a thread
+    it cannot start (a pids limit) or memory it cannot get (what the check allows is bounded:
+    docs/architecture.md, "Bounded memory and time") is raised as the OSError a local read
+    error is, so that every caller keeps the copy and tries again later.
 
     An interrupt is no verdict: a signal's KeyboardInterrupt raised while a compiled kernel
     (numba's dispatcher) or another C function ran comes back as a SystemError ("returned a
@@ -212,6 +223,9 @@ def as_rejection(exc: Exception) -> ArchiveInvalid:
     interrupt = interruption_in(exc)
     if interrupt is not None:
         raise interrupt
+    short = own_shortage(exc)
+    if short is not None:
+        raise short from exc
     if isinstance(exc, ArchiveInvalid):
         return exc
     detail = " ".join(str(exc).split())[:200]
@@ -329,7 +343,12 @@ class _Prefetch:
     def __enter__(self) -> _Prefetch:
         self._thread.start()
         if self._hashing is not None:
-            self._hashing.start()
+            try:
+                self._hashing.start()
+            except BaseException as exc:  # a pids limit: the reading thread ends, not left
+                self._hashing = None
+                self.__exit__(type(exc), exc, exc.__traceback__)
+                raise
         return self
 
     def __exit__(
@@ -525,8 +544,9 @@ class FollowingCheck:
     The owner reports progress with :meth:`advance` and the end with :meth:`finish`, or stops
     the check with :meth:`cancel`; one of the last two must come in every path (the thread
     waits for bytes until then). :meth:`result` is the SHA-256 and the proof, or raises
-    ArchiveInvalid (OSError when the file could not be read); :meth:`first_read` is what the
-    read of the file proved, before the accounts level's second read.
+    ArchiveInvalid (OSError when the file could not be read, or the tracker ran short);
+    :meth:`first_read` is what the read of the file proved, before the accounts level's
+    second read.
     """
 
     def __init__(
@@ -543,7 +563,7 @@ class FollowingCheck:
                 path = f"/proc/self/fd/{again}"
                 accounts = accounts_prover(name, prove_accounts, path, growing.cancelled)
             self._begin(growing, name, prove_accounts, again, accounts)
-        except BaseException:
+        except BaseException as exc:
             # nothing started (descriptors short, no thread): what was opened goes now,
             # the caller's own descriptor stays the caller's
             growing.cancel()
@@ -551,6 +571,8 @@ class FollowingCheck:
                 accounts.close()
             if again is not None:
                 os.close(again)
+            if (short := own_shortage(exc)) is not None:
+                raise short from exc  # as a descriptor short: no verdict, tried again
             raise
 
     def _begin(
