@@ -257,13 +257,13 @@ THREAD_START_FAILED = "can't start new thread"
 
 
 def own_shortage(exc: BaseException) -> OSError | None:
-    """The tracker's own shortage ``exc`` is, as the OSError of a local failure (ENOMEM:
-    memory it could not get; EAGAIN: a thread it could not start, as ``pthread_create``
-    says), None when it is none. Such a failure says nothing of the bytes being checked: its
-    callers treat it as they treat a read error, never as a verdict on an archive
-    (docs/architecture.md, "Any failure is the copy's, unless it is the reading's"). Pure."""
-    if isinstance(exc, MemoryError):
-        return OSError(errno.ENOMEM, f"out of memory{': ' if str(exc) else ''}{exc}")
+    """The tracker's own shortage ``exc`` is, as the OSError of a local failure (EAGAIN: a
+    thread it could not start, as ``pthread_create`` says), None when it is none. Such a
+    failure says nothing of the bytes being checked: its callers treat it as they treat a
+    read error, never as a verdict on an archive (docs/architecture.md, "Any failure is the
+    copy's, unless it is the reading's"). A MemoryError is none: what the check allocates is
+    bounded, so one is the bytes' asking (a size no limit caught), and taken as a shortage a
+    hostile copy would be fetched and checked again forever. Pure."""
     if isinstance(exc, RuntimeError) and str(exc).startswith(THREAD_START_FAILED):
         return OSError(errno.EAGAIN, THREAD_START_FAILED)
     return None

@@ -401,7 +401,7 @@ class CheckedFiles:
         if (group, name) in self._checked:
             return "passed"  # a refresh promoted a copy meanwhile: its digest stands
         if verdict == "retried":
-            # The tracker's own shortage (docs/http-api.md, "The accounts level"): worded as
+            # The tracker's own shortage (docs/architecture.md, "The accounts level"): worded as
             # a refresh's own shortfall, not a rejection; the copy stays, unserved.
             log_event(
                 log, "warning", "cache_recheck_failed", group=group, file=name, path=path,

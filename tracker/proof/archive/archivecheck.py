@@ -182,7 +182,7 @@ def check_stream(
                 raise as_rejection(exc) from None
             digest = source.hexdigest()
             blocks = source.blocks()
-    except (MemoryError, RuntimeError) as exc:  # before the walk: the reading thread's start
+    except RuntimeError as exc:  # before the walk: the reading thread's start
         if (short := own_shortage(exc)) is not None:
             raise short from exc
         raise
@@ -211,9 +211,9 @@ def as_rejection(exc: Exception) -> ArchiveInvalid:
     source held back) instead of crashing on it.
 
     The tracker's own shortage is no verdict (:func:`tracker.errors.own_shortage`): a thread
-    it cannot start (a pids limit) or memory it cannot get (what the check allows is bounded:
-    docs/architecture.md, "Bounded memory and time") is raised as the OSError a local read
-    error is, so that every caller keeps the copy and tries again later.
+    it cannot start (a pids limit) is raised as the OSError a local read error is, so that
+    every caller keeps the copy and tries again later. A MemoryError rejects: what the check
+    allows is bounded (docs/architecture.md, "Bounded memory and time").
 
     An interrupt is no verdict: a signal's KeyboardInterrupt raised while a compiled kernel
     (numba's dispatcher) or another C function ran comes back as a SystemError ("returned a
