@@ -230,7 +230,14 @@ class Index:
             self._changed()
 
     def drop(self, key: TargetKey) -> None:
-        """Forget a target's snapshots (dead target, or no longer configured)."""
+        """Forget a target's snapshots (dead target, or no longer configured).
+
+        The marks of its copies (:meth:`prove`, :meth:`disprove`) stay: they are their
+        provers' to clear, who would not mark them again should it come back (a proven copy
+        held back for good, a local file whose check failed ranked). The head reads forget
+        a dropped target's refusals at their next round, and bound what they keep
+        (:class:`tracker.proof.background.heads.HeadProofs`); the local files' checks clear
+        the marks of a file once it is gone."""
         self.speeds.drop(key)
         self._trimmed.pop(key, None)
         if self._entries.pop(key, None) is not None:

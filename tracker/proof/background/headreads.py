@@ -9,14 +9,16 @@ best sources (a group that requires a level ranks only proven copies:
 :class:`tracker.ordering.screens.ProvenOnly`). A copy proven (or refused) is not read again;
 one whose read failed for a reason that is not the archive's (the source busy, unreachable,
 an answer that is not the file) waits ``retry_after`` before it is tried again, and the next
-source of the archive is read meanwhile. Times are seconds on the caller's one clock, so the
-rules are tested as a table.
+source of the archive is read meanwhile. What is remembered of failed reads is bounded
+(:func:`failures_kept`). Times are seconds on the caller's one clock, so the rules are tested
+as a table.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Set
+from collections.abc import Hashable, Iterable, Mapping, Set
 from math import inf
+from typing import TypeVar
 
 import attrs
 
@@ -25,6 +27,8 @@ from tracker.ordering.index import SnapshotSource, TargetKey
 
 #: Copies a group's head reads consider per archive (the best sources of it).
 TOP_SOURCES = 3
+
+K = TypeVar("K", bound=Hashable)
 
 
 @attrs.frozen
@@ -75,3 +79,22 @@ def heads_due(
                     seen.add(copy)
                     due.append(HeadRead(source, f))
     return due
+
+
+def failures_kept(
+    tried: Mapping[K, float], *, now: float, retry_after: float, most: int
+) -> dict[K, float]:
+    """What to remember of the failed reads ``tried`` (copy: when its read failed) at
+    ``now``: those within ``retry_after`` of it, the newest ``most`` of them.
+
+    A failure older than ``retry_after`` holds its copy back no more (:func:`heads_due` reads
+    it as if it never failed), so forgetting it changes no read; kept, it stayed for good
+    once its archive moved on (a new incremental every minute is never read again), one
+    entry per archive and failing source. ``most`` bounds a burst (thousands of discovered
+    nodes refusing connections within ``retry_after``): the oldest go first, and a copy
+    forgotten early is at worst read again before its retry is due."""
+    held = {copy: at for copy, at in tried.items() if now - at < retry_after}
+    if len(held) > most:
+        newest = sorted(held.items(), key=lambda item: item[1])  # stable: ties keep order
+        held = dict(newest[len(newest) - most :])
+    return held

@@ -36,7 +36,7 @@ from tracker.net.bodyreads import body_chunks
 from tracker.net.exchange import source_failures
 from tracker.observability.logs import log_event
 from tracker.ordering.index import Index, TargetKey
-from tracker.proof.background.headreads import HeadRead, heads_due
+from tracker.proof.background.headreads import HeadRead, failures_kept, heads_due
 from tracker.proof.background.rounds import CHECK_EVERY, RETRY_AFTER, Rounds
 from tracker.proof.cluster.clustervotes import ClusterVotes
 from tracker.proof.levels import NOT_LOADABLE, Level, Proof, not_loadable, shortfall
@@ -51,7 +51,8 @@ _V = TypeVar("_V")
 #: ``read(n)`` returns, from at most ``limit`` of them (ArchiveInvalid: it fails).
 Prove = Callable[[Callable[[int], bytes], str, int], Proof]
 
-#: Copies remembered as proven or refused (the oldest forgotten first).
+#: Copies remembered as proven, refused, awaiting their votes, or whose read failed lately
+#: (each the oldest forgotten first, and out of the index's marks with it).
 MAX_KEPT = 4096
 #: Longest one head read may take, whatever its size.
 READ_FOR = 300.0
@@ -129,6 +130,8 @@ class HeadProofs(Rounds):
         #: The refused copies whose proof was only below the level (not a failed check),
         #: with their read and proof: a reload that lowers the level brings them back.
         self._short: OrderedDict[Copy, tuple[HeadRead, Proof]] = OrderedDict()
+        #: When each copy's read last failed for the source's reason: within ``retry_after``
+        #: only, at most MAX_KEPT (:func:`~tracker.proof.background.headreads.failures_kept`).
         self._tried: dict[tuple[TargetKey, str], float] = {}
         self._stakes = SharedStakes()
         #: Copies whose read (or votes) is in flight, and how many may be at once.
@@ -143,6 +146,7 @@ class HeadProofs(Rounds):
         decided = 0
         config = self._config()
         step = partial(self._step, nursery)
+        self._forget_stale()
         for group in config.target_groups:
             gated = proven_only(config, group)
             self._index.rank_proven_only(group.group, gated)
@@ -174,7 +178,11 @@ class HeadProofs(Rounds):
             except Exception as exc:
                 # the last guard: what no rule of the read or the decision foresaw costs
                 # this copy (tried again after retry_after), never the reads beside it
-                self._tried[read.copy] = self._index.clock()
+                self._failed(read.copy)
+                if read.copy not in self._refused and read.copy not in self._voting:
+                    # a refusal of a decision that raised half way (its votes) has no
+                    # record left to clear it: the copy is unproven (out) until read again
+                    self._index.disprove(*read.copy, None)
                 log_event(log, "error", "head_read_error", url=read.file.url, exc_info=exc)
                 return 0
             finally:
@@ -197,7 +205,7 @@ class HeadProofs(Rounds):
             if shortfall(proof, required, is_full=full, loadable_by=loadable_by) is not None:
                 del self.proven[copy]
                 self._index.prove(*copy, proven=False)
-                self._voting[copy] = (read, proof)
+                self._await_votes(read, proof)
 
     def _lowered(self, required: Level | None, group: str, loadable_by: str | None = None) -> None:
         """Bring back every copy of ``group`` refused only for being below a level that a
@@ -224,7 +232,7 @@ class HeadProofs(Rounds):
                 # votes are asked then, where its level needs them).
                 self._short.pop(copy, None)
                 self._refused.pop(copy, None)
-                self._voting[copy] = (read, proof)
+                self._await_votes(read, proof)
 
     def due(self, group: TargetGroup) -> list[HeadRead]:
         """The head reads of ``group`` due now."""
@@ -249,7 +257,7 @@ class HeadProofs(Rounds):
             log_event(log, "warning", "archive_disproven", url=url, reason=exc)
             return 1
         except (SourceBusy, SourceFailed, TransportError) as exc:
-            self._tried[read.copy] = self._index.clock()
+            self._failed(read.copy)
             log_event(log, "info", "head_read_failed", url=url, reason=exc)
             return 0
         return await self._decide(config, group, read, proof)
@@ -282,9 +290,7 @@ class HeadProofs(Rounds):
         if reason is not None:
             self._index.disprove(read.key, read.file.bare_name, reason)
             if proof.level >= Level.MANIFEST and proof.voted_stake is None and not unloadable:
-                self._voting[read.copy] = (read, proof)  # no tally yet: ask again
-                while len(self._voting) > MAX_KEPT:
-                    del self._voting[next(iter(self._voting))]
+                self._await_votes(read, proof)  # no tally yet: ask again
                 return 0
             self._keep(self._refused, read.copy, reason)
             self._keep(self._short, read.copy, (read, proof))
@@ -293,6 +299,58 @@ class HeadProofs(Rounds):
         self._proved(read, proof)
         log_event(log, "info", "archive_proven", url=url, proven=proof.level.label)
         return 1
+
+    def _await_votes(self, read: HeadRead, proof: Proof) -> None:
+        """Keep ``read``'s copy (refused meanwhile, or unproven) to ask its votes again each
+        round; past :data:`MAX_KEPT` the oldest such copy is forgotten and out of the index's
+        refusals too: unproven, so out of the ranking until read again when due (its
+        refusal had no record left to clear it, and stayed in the index for good)."""
+        self._voting.pop(read.copy, None)  # the newest: the last forgotten
+        self._voting[read.copy] = (read, proof)
+        while len(self._voting) > MAX_KEPT:
+            old = next(iter(self._voting))
+            del self._voting[old]
+            self._index.disprove(*old, None)
+
+    def _failed(self, copy: Copy) -> None:
+        """``copy``'s read failed for the source's reason now: not read again within
+        ``retry_after``; what is remembered of failures pruned once past :data:`MAX_KEPT`
+        (a round's reads, thousands of discovered nodes refusing connections, come between
+        two rounds' prunings)."""
+        self._tried.pop(copy, None)  # the newest: the last forgotten
+        self._tried[copy] = now = self._index.clock()
+        if len(self._tried) > MAX_KEPT:
+            self._tried = failures_kept(
+                self._tried, now=now, retry_after=self._retry_after, most=MAX_KEPT
+            )
+
+    def _forget_stale(self) -> None:
+        """Forget what no read will need: failures past their retry (or past
+        :data:`MAX_KEPT`), and the refusals (and copies awaiting votes) of targets the
+        index no longer lists (dead, or no longer configured), out of its refusals with
+        them. A target back later has those copies read again, unproven (out of the
+        ranking) meanwhile: a refused copy is never ranked unread. Its proven copies are
+        kept (bounded as they are): a target back after an outage is ranked at once."""
+        now = self._index.clock()
+        self._tried = failures_kept(
+            self._tried, now=now, retry_after=self._retry_after, most=MAX_KEPT
+        )
+        for kept in (self._refused, self._voting):
+            for copy in [c for c in kept if not self._index.lists(c[0])]:
+                del kept[copy]
+                self._short.pop(copy, None)
+                self._index.disprove(*copy, None)
+
+    def kept(self) -> dict[str, int]:
+        """How many copies each record of the head reads holds (``proven``, ``refused``,
+        ``voting``: awaiting votes, ``tried``: failed lately), each at most
+        :data:`MAX_KEPT`."""
+        return {
+            "proven": len(self.proven),
+            "refused": len(self._refused),
+            "voting": len(self._voting),
+            "tried": len(self._tried),
+        }
 
     def _proved(self, read: HeadRead, proof: Proof) -> None:
         """``read``'s copy reached its group's level: ranked (the oldest proven copy past
