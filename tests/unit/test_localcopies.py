@@ -313,3 +313,25 @@ def test_whether_a_local_file_as_opened_may_be_served(
     done: Checked | None, opened: FileIdentity, required: Level | None, expected: tuple[str, str]
 ) -> None:
     assert admission(done, opened, required, FULL) == expected
+
+
+@pytest.mark.parametrize(
+    ("tries", "tried", "due"),
+    [
+        (1, 900.0, [A]),  # one short check 100 s ago: a minute's wait is over
+        (2, 870.0, [A]),  # two: two minutes
+        (2, 960.0, []),
+        (3, 900.0, []),  # three: four minutes
+        (3, 700.0, [A]),
+        (40, 1_000.0 - 3_599.0, []),  # many: an hour at most
+        (40, 1_000.0 - 3_600.0, [A]),
+    ],
+)
+def test_a_file_whose_checks_keep_falling_short_waits_longer_each_time(
+    tries: int, tried: float, due: list[LocalCopy]
+) -> None:
+    checked = {A.path: passed(OWN_SHORT)}
+    got = checks_due(
+        [(A, ONE)], checked, {A.path: tried}, now=1_000.0, retry_after=60.0, tries={A.path: tries}
+    )
+    assert [copy for copy, _identity in got] == due

@@ -165,3 +165,38 @@ async def test_a_copy_whose_hashing_process_was_killed_stays_and_is_checked_agai
     clock.now += RETRY
     await checked.recheck(path_for, lambda: None)  # nothing left to check
     assert asked == [name, name]
+
+
+async def test_a_copy_whose_checks_keep_falling_short_waits_longer_each_time(
+    tmp_path: Path, killer: Killer
+) -> None:
+    """Each try reads the whole archive: a shortage that lasts (the OOM killer at every try)
+    doubles the wait before the next one, and a try that proves it ends the waits."""
+    name, good = build_archive(1100, accounts=7)
+    group_dir = tmp_path / GROUP
+    group_dir.mkdir()
+    (group_dir / name).write_bytes(good)
+    clock = Clock()
+    checked = CheckedFiles(
+        verify=True,
+        required=lambda group: Level.ACCOUNTS,
+        prove_accounts=AccountsLimits(memory=64 * 1024**2, workers=2),
+        retry_after=RETRY,
+        monotonic=clock,
+    )
+    checked.restore(str(group_dir), GROUP, list(os.scandir(group_dir)))
+
+    def path_for(group: str, archive: str) -> str:
+        return str(tmp_path / group / archive)
+
+    await checked.recheck(path_for, lambda: None)  # killed: waits RETRY
+    clock.now += RETRY
+    await checked.recheck(path_for, lambda: None)  # killed again: waits twice as long
+    assert len(killer.pids) == 2
+    clock.now += RETRY
+    await checked.recheck(path_for, lambda: None)
+    assert len(killer.pids) == 2 and not checked.servable(GROUP, name)
+    killer.on = False
+    clock.now += RETRY
+    await checked.recheck(path_for, lambda: None)
+    assert checked.servable(GROUP, name)

@@ -17,6 +17,7 @@ from tracker.errors import ArchiveInvalid, own_shortage
 from tracker.proof.accounts import accountsproof
 from tracker.proof.accounts.budget import AccountsLimits, MemoryBudget, WorkerSlots
 from tracker.proof.archive.archivecheck import as_rejection, check_file
+from tracker.proof.levels import own_retry_after
 
 
 @pytest.mark.parametrize(
@@ -71,3 +72,11 @@ def test_a_scan_lane_that_cannot_start_is_a_local_failure_and_gives_everything_b
     assert raised.value.errno == errno.EAGAIN
     assert (shared.used, slots.used) == (0, 0)
     assert not [t for t in threading.enumerate() if t.name == "accounts-scan"]
+
+
+@pytest.mark.parametrize(
+    ("tries", "wait"),
+    [(0, 60.0), (1, 60.0), (2, 120.0), (3, 240.0), (7, 3600.0), (1000, 3600.0)],
+)
+def test_the_wait_before_a_check_that_fell_short_is_tried_again(tries: int, wait: float) -> None:
+    assert own_retry_after(tries, 60.0) == wait

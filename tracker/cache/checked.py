@@ -55,6 +55,7 @@ from tracker.proof.levels import (
     Proof,
     checked_for,
     not_loadable,
+    own_retry_after,
 )
 from tracker.proof.records.localcopies import FileIdentity, identity_of
 
@@ -175,6 +176,9 @@ class CheckedFiles:
         #: checked again (on ``monotonic``: a step of the wall clock back does not hold it
         #: unserved for longer); it waits in ``_unchecked`` meanwhile.
         self._retry_at: dict[tuple[str, str], float] = {}
+        #: How many checks in a row of each such file ended so (its wait grows with them:
+        #: :func:`~tracker.proof.levels.own_retry_after`).
+        self._tries: dict[tuple[str, str], int] = {}
         self._retry_after = retry_after
         self._monotonic = monotonic
         #: Whether a group is configured: the files of one that is not (an orphaned
@@ -297,6 +301,7 @@ class CheckedFiles:
 
     def _forget(self, group: str, name: str) -> None:
         self._retry_at.pop((group, name), None)  # another file, or none, from now on
+        self._tries.pop((group, name), None)
         if self._checked.pop((group, name), None) is not None:
             self._digests.drop("cache", group, name)
 
@@ -345,7 +350,8 @@ class CheckedFiles:
         written), one that fails is removed (then ``report_size()``); one whose check ended
         short for the tracker's own cause (:func:`recheck_verdict`: its hashing process
         killed, its temporary space or memory short; or the file unreadable) stays, not
-        served, and waits, listed again, ``retry_after`` seconds for a later call; those of a
+        served, and waits, listed again, ``retry_after`` seconds for a later call (doubled for
+        each such check in a row, at most an hour: :func:`~tracker.proof.levels.own_retry_after`); those of a
         group not configured (:attr:`configured`) wait for it, listed again. Cancellation
         stops it (the rest stay unchecked)."""
         waiting: list[tuple[str, str]] = []
@@ -354,6 +360,7 @@ class CheckedFiles:
                 group, name = key = self._unchecked.pop(0)
                 if key in self._checked:
                     self._retry_at.pop(key, None)
+                    self._tries.pop(key, None)
                     continue  # a refresh promoted a checked copy since it was listed
                 if not self.configured(group):
                     waiting.append(key)  # checked if a reload configures it again
@@ -369,8 +376,12 @@ class CheckedFiles:
                 if ended == "removed":
                     report_size()
                 elif ended == "later":
-                    self._retry_at[key] = self._monotonic() + self._retry_after
+                    tries = self._tries[key] = self._tries.get(key, 0) + 1
+                    wait = own_retry_after(tries, self._retry_after)
+                    self._retry_at[key] = self._monotonic() + wait
                     waiting.append(key)
+                else:
+                    self._tries.pop(key, None)
         finally:
             self._unchecked.extend(w for w in waiting if w not in self._unchecked)
 

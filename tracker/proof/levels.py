@@ -202,3 +202,19 @@ class Voter(Protocol):
         """``proof`` at ``cluster`` when 2/3 of the stake voted (``slot``, its bank hash),
         else with ``voted_stake`` (a tally) or a note saying why not."""
         ...
+
+
+#: The longest wait before a copy whose checks keep stopping short for the tracker's own
+#: cause is checked again (:func:`own_retry_after`).
+OWN_RETRY_MOST = 3600.0
+
+
+def own_retry_after(tries: int, first: float, most: float = OWN_RETRY_MOST) -> float:
+    """Seconds before a copy whose last ``tries`` checks in a row stopped short for the
+    tracker's own cause (:attr:`Proof.local_cause`: its hashing process killed, its
+    temporary space short; or it could not be read) is checked again: ``first`` after one,
+    doubled for each after it, at most ``most`` (never less than ``first``). Each try reads
+    the whole archive: a shortage that lasts (the OOM killer at every try of a mainnet full)
+    is not met with a whole read every minute, and one that passes is tried again soon. Pure."""
+    doublings = min(max(tries - 1, 0), 32)
+    return max(first, min(most, first * float(2**doublings)))

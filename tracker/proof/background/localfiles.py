@@ -108,6 +108,8 @@ class LocalProofs(Rounds):
         #: When a check could not read a file, or proved it short for a cause of the
         #: tracker's own (on the monotonic clock), by path: tried again after retry_after.
         self._tried: dict[str, float] = {}
+        #: How many checks in a row of each such file ended so (its wait grows with them).
+        self._tries: dict[str, int] = {}
         #: The statement file beside each checked file, by the archive's path.
         self._beside: dict[str, Beside] = {}
         #: When a statement file refused for being checked ahead of this clock becomes
@@ -139,6 +141,7 @@ class LocalProofs(Rounds):
             self._tried,
             now=self._monotonic(),
             retry_after=self._retry_after,
+            tries=self._tries,
         )
         self._apply(config)  # a reload may have changed a group's level meanwhile
         for copy, identity in due:
@@ -172,6 +175,7 @@ class LocalProofs(Rounds):
                 continue  # the same file (or not checked yet: nothing said of it)
             self._checked.pop(path, None)
             self._tried.pop(path, None)
+            self._tries.pop(path, None)
             self._beside.pop(path, None)
             self._ahead.pop(path, None)
             self._digests.drop(holder(path), copy.key.group, copy.name)
@@ -200,7 +204,7 @@ class LocalProofs(Rounds):
         try:
             fd, st = await open_copy(path)
         except OSError as exc:  # gone, or replaced by something else: tried later
-            self._tried[path] = self._monotonic()
+            self._tried_short(path)
             log_event(log, "warning", "local_check_failed", path=path, error=exc)
             return
         try:
@@ -215,15 +219,16 @@ class LocalProofs(Rounds):
             )  # fmt: skip
             return
         except OSError as exc:  # unreadable (a descriptor short, a read error): tried later
-            self._tried[path] = self._monotonic()
+            self._tried_short(path)
             log_event(log, "warning", "local_check_failed", path=path, error=exc)
             return
         if checked.proof.local_cause:
             # proven short for a cause of ours (a hashing process killed, no temporary space):
             # what it proved stands, and the file is checked again after retry_after
-            self._tried[path] = self._monotonic()
+            self._tried_short(path)
         else:
             self._tried.pop(path, None)
+            self._tries.pop(path, None)
         held = attrs.evolve(checked, size=st.st_size, checked_at=self._clock())
         self._checked[path] = Checked(identity_of(st), verified=held)
         self._dirty.add(path)
@@ -231,6 +236,12 @@ class LocalProofs(Rounds):
             log, "info", "local_checked", group=group, file=name, sha256=held.sha256,
             proven=held.proof.level.label,
         )  # fmt: skip
+
+    def _tried_short(self, path: str) -> None:
+        """The check of ``path`` ended short for a cause of the tracker's own (or could not
+        read it): tried again after a wait that grows with such checks in a row."""
+        self._tried[path] = self._monotonic()
+        self._tries[path] = self._tries.get(path, 0) + 1
 
     async def _read_statements(self) -> None:
         """Read the statement file beside each checked file whose statement file is new or

@@ -23,7 +23,7 @@ import attrs
 
 from tracker.core.digests import LOCAL, Verified, below_required
 from tracker.core.snapshots import TargetKey
-from tracker.proof.levels import Level
+from tracker.proof.levels import Level, own_retry_after
 
 #: A file's identity: device, inode, size, mtime and ctime (ns). Another identity under the
 #: same path is another file (a validator writes a new archive and renames it over the old
@@ -74,6 +74,7 @@ def checks_due(
     *,
     now: float,
     retry_after: float,
+    tries: Mapping[str, int] | None = None,
 ) -> list[tuple[LocalCopy, FileIdentity]]:
     """The local files to check now, in the order ``found`` gives them (each with its
     identity now; None: gone or not a regular file, nothing to check): those whose identity
@@ -81,14 +82,16 @@ def checks_due(
     tracker's own cause (:func:`own_cause`: its hashing process killed, its temporary space
     or memory short; what it said stands meanwhile), unless a check that could not read the
     file or ended so (``tried``: when, by path) was less than ``retry_after`` seconds before
-    ``now``. Each path once. ``tried`` and ``now`` are read off a monotonic clock: on the
+    ``now`` (doubled for each such check in a row, ``tries`` by path, at most an hour:
+    :func:`~tracker.proof.levels.own_retry_after`). Each path once. ``tried`` and ``now`` are read off a monotonic clock: on the
     wall clock, a step back would hold a retry off for the size of the step. Pure."""
     due: list[tuple[LocalCopy, FileIdentity]] = []
     seen: set[str] = set()
     for copy, identity in found:
         if identity is None or copy.path in seen:
             continue
-        if now - tried.get(copy.path, -inf) < retry_after:
+        wait = own_retry_after((tries or {}).get(copy.path, 1), retry_after)
+        if now - tried.get(copy.path, -inf) < wait:
             continue
         done = checked.get(copy.path)
         if done is None or done.identity != identity or own_cause(done):
