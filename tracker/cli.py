@@ -165,20 +165,37 @@ def build_parser() -> CommandParser:
 
 
 def unknown_flag(parser: CommandParser, argv: Sequence[str]) -> str:
-    """The usage error for the first flag ``argv`` gives its subcommand that it does not
-    know (with the closest known one), "" when there is none: argparse reports a missing
+    """The usage error for the first flag ``argv`` gives that its command does not know
+    (with the closest known one), "" when there is none: argparse reports a missing
     required flag first, so ``serve --conifg x`` would only say that ``--config`` is
-    required."""
+    required (:func:`flag_error`, which also says whose flag it is not)."""
+    return flag_error(parser, argv)[1]
+
+
+def flag_error(parser: CommandParser, argv: Sequence[str]) -> tuple[CommandParser, str]:
+    """The parser a mistaken flag of ``argv`` is not one of (the program's own before the
+    subcommand: ``--verison`` was reported as a missing command, ``--bogus serve`` in
+    argparse's words; the subcommand's after it), and the usage error naming it ("": none)."""
     command = next((arg for arg in argv if not arg.startswith("-")), "")
+    at = list(argv).index(command) if command else len(argv)
+    own = [flag for action in parser.options() for flag in action.option_strings]
+    found = _first_unknown(argv[:at], own, short=True)
     sub = parser.commands.get(command)
-    if sub is None:
-        return ""
+    if found or sub is None:
+        return parser, found
     known = [flag for action in sub.options() for flag in action.option_strings]
-    for arg in argv[list(argv).index(command) + 1 :]:
+    return sub, _first_unknown(argv[at + 1 :], known)
+
+
+def _first_unknown(args: Sequence[str], known: Sequence[str], *, short: bool = False) -> str:
+    """The usage error for the first flag of ``args`` not in ``known`` (with the closest
+    known one), "" when there is none; nothing after ``--``. ``short``: ``-x`` flags too
+    (the program's own take no value; after a subcommand ``-5`` may be a flag's value)."""
+    for arg in args:
         if arg == "--":
             break
         flag = arg.split("=", 1)[0]
-        if flag.startswith("--") and flag not in known:
+        if flag.startswith("--" if not short else "-") and flag != "-" and flag not in known:
             close = difflib.get_close_matches(flag, known, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             return f"unknown flag {flag}{hint}"
@@ -442,9 +459,9 @@ def _run(
     received: list[int],
 ) -> int:
     parser = build_parser()
-    unknown = unknown_flag(parser, argv)
+    whose, unknown = flag_error(parser, argv)
     if unknown:
-        parser.commands[next(a for a in argv if not a.startswith("-"))].error(unknown)
+        whose.error(unknown)
     args = parser.parse_args(argv)
     starting = StartingSignals(stop)
     if args.command == "serve":

@@ -4,8 +4,10 @@ libraries are imported (a third of a second, more on a cold disk).
 
 A signal while they load ends the command as one while it runs does (README.md, "Command
 line"): one line, ``snapshot-tracker: interrupted``, and exit 128 + the signal's number;
-it killed the process with no line, or printed a KeyboardInterrupt traceback. Only the
-interpreter's own start, before this module runs, is left to the defaults.
+it killed the process with no line, or printed a KeyboardInterrupt traceback. ``serve``'s
+SIGHUP is a reload, never an end: one while it loads changes nothing (the config is read
+after). Only the interpreter's own start, before this module runs, is left to the
+defaults.
 
 Standard library only: importing this module must itself be quick.
 """
@@ -32,10 +34,15 @@ def main() -> int:
         signum: signal.getsignal(signum)
         for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
     }
+    serving = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), "") == "serve"
     for signum, handler in original.items():
         # one that came ignored stays ignored: SIGINT in a background job of a script,
         # SIGHUP under nohup
-        if handler is not signal.SIG_IGN:
+        if handler is signal.SIG_IGN:
+            continue
+        if serving and signum == signal.SIGHUP:
+            signal.signal(signum, _reload_before_reading)
+        else:
             signal.signal(signum, stop)
     try:
         from tracker.cli import main as run
@@ -50,3 +57,8 @@ def main() -> int:
         signal.signal(signum, signal.SIG_IGN)
     print(INTERRUPTED, file=sys.stderr)
     return 128 + (received[0] if received else signal.SIGINT)
+
+
+def _reload_before_reading(signum: int, frame: object) -> None:
+    """``serve``'s SIGHUP before its config is read: a reload of a file not read yet is
+    what the start does anyway."""

@@ -459,3 +459,23 @@ async def test_sighup_while_serve_loads_is_a_reload_once_it_runs(tmp_path: Path)
         returncode = await held.ended()
     assert returncode == 0, log.read_text()
     assert "Traceback" not in log.read_text() and "stopped" in log.read_text()
+
+
+async def test_sighup_while_serve_s_command_line_loads_changes_nothing(tmp_path: Path) -> None:
+    """Held while ``tracker.cli`` imports its first libraries, before the config is read: a
+    SIGHUP is a reload of a file not read yet, so the daemon starts as it would have, and
+    stops on SIGTERM. It ended ``serve`` as interrupted (exit 129)."""
+    async with held_at(tmp_path, "difflib", serve_command(tmp_path)) as held:
+        held.process.send_signal(signal.SIGHUP)
+        await held.release()
+        log = held.errors
+
+        def said(event: str) -> bool:
+            return held.process.poll() is not None or event in log.read_text()
+
+        await wait_for(lambda: said("listening"), timeout=30)
+        assert held.process.poll() is None, log.read_text()
+        held.process.send_signal(signal.SIGTERM)
+        returncode = await held.ended()
+    assert returncode == 0, log.read_text()
+    assert "interrupted" not in log.read_text() and "stopped" in log.read_text()

@@ -72,6 +72,12 @@ def test_help_names_the_defaults() -> None:
         (["fetch", "--ledger", "x", "--trackr", "t"], "did you mean --tracker?"),
         (["verify", "--quiet", "f"], "unknown flag --quiet"),
         (["serve", "--config", "x"], ""),
+        # before the subcommand: the program's own flags
+        (["--verison"], "unknown flag --verison (did you mean --version?)"),
+        (["-V"], "unknown flag -V"),
+        (["--bogus", "serve", "--config", "x"], "unknown flag --bogus"),
+        (["--version"], ""),
+        (["-h"], ""),
         (["verify", "--", "--odd-name"], ""),
     ],
 )

@@ -350,10 +350,11 @@ class CheckedFiles:
         written), one that fails is removed (then ``report_size()``); one whose check ended
         short for the tracker's own cause (:func:`recheck_verdict`: its hashing process
         killed, its temporary space or memory short; or the file unreadable) stays, not
-        served, and waits, listed again, ``retry_after`` seconds for a later call (doubled for
-        each such check in a row, at most an hour: :func:`~tracker.proof.levels.own_retry_after`); those of a
-        group not configured (:attr:`configured`) wait for it, listed again. Cancellation
-        stops it (the rest stay unchecked)."""
+        served, and waits, listed again, ``retry_after`` seconds for a later call (doubled
+        for each such check in a row, at most an hour:
+        :func:`~tracker.proof.levels.own_retry_after`); those of a group not configured
+        (:attr:`configured`) wait for it, listed again. Cancellation stops it (the rest stay
+        unchecked)."""
         waiting: list[tuple[str, str]] = []
         try:
             while self._unchecked:

@@ -83,8 +83,9 @@ def checks_due(
     or memory short; what it said stands meanwhile), unless a check that could not read the
     file or ended so (``tried``: when, by path) was less than ``retry_after`` seconds before
     ``now`` (doubled for each such check in a row, ``tries`` by path, at most an hour:
-    :func:`~tracker.proof.levels.own_retry_after`). Each path once. ``tried`` and ``now`` are read off a monotonic clock: on the
-    wall clock, a step back would hold a retry off for the size of the step. Pure."""
+    :func:`~tracker.proof.levels.own_retry_after`). Each path once. ``tried`` and ``now``
+    are read off a monotonic clock: on the wall clock, a step back would hold a retry off
+    for the size of the step. Pure."""
     due: list[tuple[LocalCopy, FileIdentity]] = []
     seen: set[str] = set()
     for copy, identity in found:
