@@ -17,7 +17,7 @@ import pytest
 from archives import build_archive
 from test_hashworker import workers
 
-from tracker.cache.checked import CheckedFiles, Checking, Verdict, recheck_verdict
+from tracker.cache.checked import CheckedFiles, Checking, RecheckVerdict, recheck_verdict
 from tracker.proof.accounts import hashworker
 from tracker.proof.accounts.budget import AccountsLimits
 from tracker.proof.levels import Level, Proof
@@ -29,9 +29,9 @@ KILLED = "not proven: the hashing process ended (exit status -9)"
 BOUND = "not proven: 2000 accounts over the bound of 1000"
 UNLOADABLE = "a storage the manifest does not list"
 RETRY = 60.0
-KEPT: tuple[Verdict, str] = ("kept", "")
+KEPT: tuple[RecheckVerdict, str] = ("kept", "")
 
-ROWS: list[tuple[Level, str | None, str, Proof, tuple[Verdict, str]]] = [
+ROWS: list[tuple[Level, str | None, str, Proof, tuple[RecheckVerdict, str]]] = [
     # (require, loadable_by, name, proof, verdict)
     (
         Level.ACCOUNTS,
@@ -70,7 +70,11 @@ ROWS: list[tuple[Level, str | None, str, Proof, tuple[Verdict, str]]] = [
 
 @pytest.mark.parametrize(("require", "loadable_by", "name", "proof", "verdict"), ROWS)
 def test_what_becomes_of_a_copy_checked_again(
-    require: Level, loadable_by: str | None, name: str, proof: Proof, verdict: tuple[Verdict, str]
+    require: Level,
+    loadable_by: str | None,
+    name: str,
+    proof: Proof,
+    verdict: tuple[RecheckVerdict, str],
 ) -> None:
     checking = Checking(verify=True, require=require, loadable_by=loadable_by)
     assert recheck_verdict(checking, name, proof) == verdict

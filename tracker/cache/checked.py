@@ -92,7 +92,7 @@ UNCHECKED = Checking()
 RETRY_AFTER = 60.0
 
 #: What the check of a cached copy found unchecked does with it (:func:`recheck_verdict`).
-Verdict = Literal["kept", "retried", "removed"]
+RecheckVerdict = Literal["kept", "retried", "removed"]
 
 
 def own_shortfall(checking: Checking, name: str, proof: Proof) -> str | None:
@@ -107,7 +107,7 @@ def own_shortfall(checking: Checking, name: str, proof: Proof) -> str | None:
     return None if below is None else f"archive not proven here: {below}"
 
 
-def recheck_verdict(checking: Checking, name: str, proof: Proof) -> tuple[Verdict, str]:
+def recheck_verdict(checking: Checking, name: str, proof: Proof) -> tuple[RecheckVerdict, str]:
     """What becomes of a cached copy of ``name`` checked again (found at start-up without a
     digest that still describes it, changed, or below a level a reload raised) once its
     check proved ``proof`` under its group's ``checking``: ``("kept", "")`` when it reaches
