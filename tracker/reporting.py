@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 
 import trio
 
@@ -13,6 +13,7 @@ from tracker.errors import RpcError
 from tracker.notify import Notifier
 from tracker.observability.logs import log_event
 from tracker.observability.metrics import Metrics
+from tracker.observability.redact import redact_url
 from tracker.ordering.index import Index
 from tracker.web.healthcheck import HealthChecker
 
@@ -65,8 +66,8 @@ def status_line(scraper: Scraper, index: Index) -> str:
     return "; ".join(parts)
 
 
-#: How long the cluster's slot is carried on past the RPC's last answer (an RPC down, slow
-#: or gone): then the tracker screens as without ``rpc``, rather than against a slot that
+#: How long a cluster's slot is carried on past its RPC's last answer (an RPC down, slow
+#: or gone): then the tracker screens its groups as without ``rpc``, rather than against a slot that
 #: falls further behind every minute (every newer archive "too far ahead").
 SLOT_KEPT_FOR = 300.0
 #: The slot time the carried slot advances by (mainnet's target).
@@ -88,40 +89,69 @@ def cluster_slot_now(
     return slot + int((now - at) / NOMINAL_SLOT_SECONDS), last
 
 
+def group_slots(config: Config, by_url: Mapping[str, int | None]) -> dict[str, int | None]:
+    """Each group's cluster slot: that of its own cluster's RPC (:meth:`Config.group_rpc`)
+    in ``by_url``; None for a group without an RPC or whose RPC has no slot. A cluster's
+    slot screens its own groups only: another cluster's is no bound on what they advertise
+    (docs/http-api.md#trust). Pure."""
+    return {g.group: by_url.get(config.group_rpc(g.group)) for g in config.target_groups}
+
+
+async def read_slots(health: HealthChecker, urls: Iterable[str]) -> dict[str, int]:
+    """The finalized slot each RPC of ``urls`` answers, asked all at once (each within the
+    health check's timeout: one slow cluster delays none of the others' reads); an RPC
+    that fails is left out."""
+    answered: dict[str, int] = {}
+
+    async def read(url: str) -> None:
+        try:
+            answered[url] = await health.current_slot(url)
+        except RpcError:
+            pass
+        except Exception as exc:
+            # the last guard (docs/architecture.md, "Failures"): what no rule names costs
+            # this answer, as a failed one: the carried slot stays (a restart of the
+            # whole task would start without it)
+            log_event(log, "error", "slot_read_error", rpc=redact_url(url), exc_info=exc)
+
+    async with trio.open_nursery() as nursery:
+        for url in urls:
+            nursery.start_soon(read, url)
+    return answered
+
+
 async def track_snapshot_age(
     health: HealthChecker,
     metrics: Metrics,
     config: Callable[[], Config],
-    on_slot: Callable[[int | None], None] | None = None,
+    on_slot: Callable[[Mapping[str, int | None]], None] | None = None,
 ) -> None:
-    """Every scrape interval, publish each group's snapshot age in slots (when ``rpc`` answers).
+    """Every scrape interval, read each group's cluster slot from its RPC (each distinct
+    URL of :meth:`Config.slot_rpcs` once) and publish each group's snapshot age in slots
+    against its own cluster's slot (when that RPC answers).
 
-    ``on_slot`` is told the cluster's slot every interval (the index's ``max_slot_ahead``
-    check): the RPC's answer, carried on for a while when it fails
-    (:func:`cluster_slot_now`), None without ``rpc``. Runs until cancelled. An RPC failure
-    removes the series rather than keeping a stale age.
+    ``on_slot`` is told every group's cluster slot every interval (the index's
+    ``max_slot_ahead`` check, :func:`group_slots`): its RPC's answer, carried on for a
+    while when it fails (:func:`cluster_slot_now`), None without an RPC. Runs until
+    cancelled. An RPC failure removes its groups' series rather than keeping a stale age.
     """
-    last: tuple[int, float] | None = None
+    last: dict[str, tuple[int, float]] = {}
     while True:
         current = config()
-        slot: int | None = None
-        if current.rpc:
-            try:
-                slot = await health.current_slot()
-            except RpcError:
-                slot = None
-            except Exception as exc:
-                # the last guard (docs/architecture.md, "Failures"): what no rule names costs
-                # this answer, as a failed one: the carried slot stays (a restart of the
-                # whole task would start without it)
-                log_event(log, "error", "slot_read_error", exc_info=exc)
-                slot = None
-            screened, last = cluster_slot_now(slot, last, trio.current_time())
-        else:
-            screened, last = None, None
+        urls = current.slot_rpcs()
+        answered = await read_slots(health, urls)
+        now = trio.current_time()
+        screened: dict[str, int | None] = {}
+        kept: dict[str, tuple[int, float]] = {}
+        for url in urls:  # an RPC no group reads any more is forgotten with its slot
+            screened[url], carried = cluster_slot_now(answered.get(url), last.get(url), now)
+            if carried is not None:
+                kept[url] = carried
+        last = kept
         if on_slot is not None:
-            on_slot(screened)
+            on_slot(group_slots(current, screened))
         for group in current.target_groups:
+            slot = answered.get(current.group_rpc(group.group))
             newest = health.newest_slot(group.group)
             age = None if slot is None or newest is None else max(0, slot - newest)
             metrics.set_snapshot_age(group.group, age)

@@ -186,7 +186,9 @@ def build(
         objects.tier.attestations = attestations
         objects.tier.retainer.served = index.served_fulls
         objects.tier.retainer.on_listed = partial(index.hold, "bucket")
-    votes = ClusterVotes(current, rpc)  # one, its tallies shared by every copy it lifts
+    # one, its tallies shared by every copy it lifts; each group asks its own cluster's
+    # RPCs (ClusterVotes.of: groups may be mainnet and testnet)
+    votes = ClusterVotes(current, rpc)
     streamer = ProxyStreamer(
         current,
         index,
@@ -425,7 +427,7 @@ async def run_tracker(
                         health,
                         tracker.metrics,
                         tracker.current,
-                        tracker.index.set_cluster_slot,
+                        tracker.index.set_cluster_slots,
                     )
                     background = await nursery.start(
                         _background,

@@ -210,7 +210,7 @@ async def test_a_thousand_nodes_discovered_screened_and_ranked(nursery: trio.Nur
     rpc = await nursery.start(serve_app, rpc_app([entries]))
     config = config_for(rpc)
     async with scraper_for(config) as (scraper, index):
-        index.set_cluster_slot(SLOT + 10)
+        index.set_cluster_slots({GROUP: SLOT + 10})
         start = trio.current_time()
         await scraper.scrape_round()
         took = trio.current_time() - start
@@ -382,7 +382,7 @@ async def test_the_cluster_slot_from_rpc_keeps_a_bogus_slot_out(nursery: trio.Nu
             health,
             Metrics(process=False),
             lambda: config,
-            index.set_cluster_slot,
+            index.set_cluster_slots,
         )
         nursery.start_soon(track)
         with trio.fail_after(10):

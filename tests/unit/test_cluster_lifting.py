@@ -67,6 +67,9 @@ class FixedVotes:
     def rpcs(self) -> tuple[str, ...]:
         return ("http://127.0.0.1:1/",)
 
+    def of(self, group: str) -> FixedVotes:
+        return self  # one cluster: every group's votes are these
+
     async def lift(self, slot: int, proof: Proof) -> Proof:
         self.asked.append(slot)
         assert self.answer is not None

@@ -3,13 +3,14 @@ answer, carried on for a while when it fails, then none (docs/http-api.md#trust)
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
-from tracker.config.schema import Config
+from tracker.config.schema import Config, TargetGroup
 from tracker.errors import RpcError
 from tracker.observability.metrics import Metrics
 from tracker.reporting import SLOT_KEPT_FOR, cluster_slot_now, track_snapshot_age
@@ -38,13 +39,21 @@ def test_the_slot_is_the_rpcs_then_carried_then_none(
     assert cluster_slot_now(answered, last, now) == (slot, kept)
 
 
+GROUP = TargetGroup(group="g")
+
+
+def tell(told: list[int | None]) -> Callable[[Mapping[str, int | None]], None]:
+    """What the index is told of the one group ``g``'s slot, appended to ``told``."""
+    return lambda slots: told.append(slots["g"])
+
+
 class _Health:
     """The RPC's getSlot: answers once, then fails."""
 
     def __init__(self) -> None:
         self.answers = [1000]
 
-    async def current_slot(self) -> int:
+    async def current_slot(self, url: str) -> int:
         if self.answers:
             return self.answers.pop()
         raise RpcError("getSlot: down")
@@ -59,10 +68,10 @@ async def test_an_rpc_that_fails_stops_holding_the_index_back(
     # The index kept the last answer for good: once the cluster moved past it by
     # max_slot_ahead, every newer archive was "too far ahead" and left out.
     told: list[int | None] = []
-    config = Config(rpc="http://rpc.invalid/", scrape_interval=60.0)
+    config = Config(rpc="http://rpc.invalid/", scrape_interval=60.0, target_groups=(GROUP,))
     health: Any = _Health()
     with trio.move_on_after(SLOT_KEPT_FOR + 130):
-        await track_snapshot_age(health, Metrics(process=False), lambda: config, told.append)
+        await track_snapshot_age(health, Metrics(process=False), lambda: config, tell(told))
     assert told[0] == 1000 and told[1] == 1150  # carried on a minute later
     assert told[-1] is None  # then none
 
@@ -70,7 +79,7 @@ async def test_an_rpc_that_fails_stops_holding_the_index_back(
 class _Breaking(_Health):
     """Answers once, then fails in a way no rule names (a bug, a library's surprise)."""
 
-    async def current_slot(self) -> int:
+    async def current_slot(self, url: str) -> int:
         if self.answers:
             return self.answers.pop()
         raise ValueError("nothing foresaw this")
@@ -82,9 +91,9 @@ async def test_an_unforeseen_failure_keeps_the_carried_slot(
     # It ended the task: its supervisor started it again without the carried slot, so one
     # odd answer screened the index as without rpc at once.
     told: list[int | None] = []
-    config = Config(rpc="http://rpc.invalid/", scrape_interval=60.0)
+    config = Config(rpc="http://rpc.invalid/", scrape_interval=60.0, target_groups=(GROUP,))
     health: Any = _Breaking()
     with trio.move_on_after(61):
-        await track_snapshot_age(health, Metrics(process=False), lambda: config, told.append)
+        await track_snapshot_age(health, Metrics(process=False), lambda: config, tell(told))
     assert told == [1000, 1150]
     assert any(r.msg == "slot_read_error" and r.exc_info for r in caplog.records)

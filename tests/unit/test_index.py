@@ -269,11 +269,11 @@ def test_reuse_ranks_as_a_fresh_index(ops: list[tuple[str, int, set[int]]]) -> N
             index.drop(key)
         else:
             slot = arg
-            index.set_cluster_slot(slot)
+            index.set_cluster_slots({"g": slot})
         index.sources("g")  # ranked after each change: the next one reuses what it can
     fresh = Index()
     fresh.set_policy("g", SourceTrust(min_agreeing_sources=2))
-    fresh.set_cluster_slot(slot)
+    fresh.set_cluster_slots({"g": slot})
     for key, (its_infos, at) in applied.items():
         fresh.apply(key, its_infos, at)
     assert _listing(index) == _listing(fresh)

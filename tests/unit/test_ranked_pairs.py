@@ -97,7 +97,7 @@ def test_the_tip_is_the_cluster_slot_when_known() -> None:
     index = still()
     index.set_ranking("g", RANKING)
     two_sources(index)
-    index.set_cluster_slot(1225)
+    index.set_cluster_slots({"g": 1225})
     [newest] = [s for s in index.sources("g") if s.info.slot == 1000]
     assert index.predicted(newest) == pytest.approx(100 + 475 / 22.5)
 

@@ -60,7 +60,7 @@ from tracker.proof.levels import (
 from tracker.proof.records.localcopies import FileIdentity, identity_of
 
 if TYPE_CHECKING:
-    from tracker.proof.levels import Voter
+    from tracker.proof.levels import Voter, Voters
 
 log = logging.getLogger("tracker.cache")
 
@@ -152,7 +152,7 @@ class CheckedFiles:
         on_rejected: Callable[[str, str, str], None] | None = None,
         required: Callable[[str], Level] | None = None,
         prove_accounts: AccountsLimits | None = None,
-        voter: Voter | None = None,
+        voter: Voters | None = None,
         loadable_by: Callable[[str], str | None] | None = None,
         *,
         retry_after: float = RETRY_AFTER,
@@ -271,7 +271,9 @@ class CheckedFiles:
     def checking(self, group: str) -> Checking:
         """How an archive of ``group`` is checked as it is cached."""
         required = self.required(group)
-        voter = self.voter if required >= Level.CLUSTER else None
+        # the group's own cluster's votes: another cluster's prove nothing of its archives
+        asks = required >= Level.CLUSTER
+        voter = self.voter.of(group) if self.voter is not None and asks else None
         loadable_by = self.loadable_by(group)
         return Checking(self.verify, required, self.prove_accounts, voter, loadable_by)
 

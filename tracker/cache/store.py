@@ -55,7 +55,7 @@ from tracker.observability.logs import log_event
 from tracker.observability.redact import redact_text
 from tracker.proof.accounts.budget import CACHE_TEMP, AccountsLimits, clean_leftovers
 from tracker.proof.cluster.lifting import keep_levels
-from tracker.proof.levels import STRUCTURE_ONLY, Level, Proof, Voter
+from tracker.proof.levels import STRUCTURE_ONLY, Level, Proof, Voters
 from tracker.proof.records.localcopies import identity_of
 
 __all__ = ["TEMP_PREFIX", "Cache", "CachedFile", "RefreshProgress"]
@@ -228,7 +228,7 @@ class Cache:
         on_rejected: Callable[[str, str, str], None] | None = None,
         required: Callable[[str], Level] | None = None,
         prove_accounts: AccountsLimits | None = None,
-        voter: Voter | None = None,
+        voter: Voters | None = None,
         loadable_by: Callable[[str], str | None] | None = None,
     ) -> None:
         """Set how archives are checked (see the class doc; ``required(group)``: the level

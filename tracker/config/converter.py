@@ -49,6 +49,7 @@ from tracker.config.sections import (
     finish_bearer_auth,
     finish_consul,
     finish_discovery,
+    finish_group_rpc,
     finish_object_store,
     finish_tls,
 )
@@ -70,11 +71,15 @@ def config_converter(files: FileChecks) -> cattrs.Converter:
     _register_targets(converter, files)
     _register_object_store(converter, files)
     _register_ranking(converter)
-    add_hook(
-        converter,
-        TargetGroup,
-        {"group": values.group_name, "scheme": values.scheme, "api_path": values.api_path},
-    )
+    group_checks = {
+        "group": values.group_name,
+        "scheme": values.scheme,
+        "api_path": values.api_path,
+        # the same form as the top-level ones (docs/configuration.md, the per-group table)
+        "rpc": values.rpc_url,
+        "also_rpc": list_of(values.rpc_url),
+    }
+    add_hook(converter, TargetGroup, group_checks, finish_group_rpc)
     add_hook(converter, Config, _config_fields(converter, files))
     return converter
 

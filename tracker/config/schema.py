@@ -39,6 +39,7 @@ __all__ = [
     "format_address",
     "parse_address",
     "parse_duration",
+    "rpc_identity",
 ]
 
 #: Field metadata marking values that are computed at load, never read from the YAML file.
@@ -273,6 +274,14 @@ class TargetGroup:
     #: None: ranked by slot, as the Go tracker does, and no speed tests (docs/ranking.md).
     ranking: Ranking | None = None
     source_limits: SourceLimits = SourceLimits()
+    #: The group's own cluster's JSON-RPC URL (the slot its archives are screened and its
+    #: health answered against, the votes that prove them); "": the top-level ``rpc``
+    #: (:meth:`Config.group_rpc`). An RPC URL often carries an API key: kept out of repr().
+    rpc: str = attrs.field(default="", repr=False)
+    #: More RPCs of the group's own cluster whose votes must agree with its ``rpc``
+    #: (``cluster_proof.also_rpc`` is the top-level ``rpc``'s witnesses: another cluster's
+    #: votes prove nothing here); only with the group's own ``rpc``.
+    also_rpc: tuple[str, ...] = attrs.field(default=(), repr=False)
 
     def sidecar_url(self, host: str) -> str:
         """The base URL of a sidecar's API for a ``host:port`` entry (its target's name)."""
@@ -453,14 +462,37 @@ class Config:
             return group.trust.require
         return Level.MANIFEST if self.verify_archives else Level.STRUCTURE
 
-    def cluster_rpcs(self) -> tuple[str, ...]:
-        """The RPCs the cluster level asks: ``rpc`` then each ``cluster_proof.also_rpc``,
-        each once: the same RPC written twice (``…:8899/``, ``HTTP://…``) is one witness,
-        not two that agree."""
+    def group_rpc(self, group: str | None) -> str:
+        """The JSON-RPC URL of ``group``'s cluster: its own ``rpc``, else the top-level
+        ``rpc`` (a group not configured, or None: the top-level one). "": none, no slot
+        is known and no vote asked for the group. Pure."""
+        found = self.group_named(group) if group is not None else None
+        return found.rpc if found is not None and found.rpc else self.rpc
+
+    def slot_rpcs(self) -> dict[str, tuple[str, ...]]:
+        """Each RPC URL some group's cluster slot is read from (:meth:`group_rpc`), with the
+        groups it is read for, in the order of the groups; a group without any RPC is in
+        none. Pure."""
+        by_url: dict[str, list[str]] = {}
+        for group in self.target_groups:
+            url = self.group_rpc(group.group)
+            if url:
+                by_url.setdefault(url, []).append(group.group)
+        return {url: tuple(groups) for url, groups in by_url.items()}
+
+    def cluster_rpcs(self, group: str | None = None) -> tuple[str, ...]:
+        """The RPCs the cluster level asks for ``group``'s archives: its :meth:`group_rpc`,
+        then each of its witnesses (the group's own ``also_rpc`` where it has its own
+        ``rpc``, else ``cluster_proof.also_rpc``); None: the top-level ones. Each RPC once:
+        the same RPC written twice (``…:8899/``, ``HTTP://…``) is one witness, not two that
+        agree."""
+        found = self.group_named(group) if group is not None else None
+        own = found is not None and bool(found.rpc)
+        witnesses = found.also_rpc if found is not None and own else self.cluster_proof.also_rpc
         seen: set[str] = set()
         distinct: list[str] = []
-        for url in (self.rpc, *self.cluster_proof.also_rpc):
-            same = _rpc_identity(url)
+        for url in (self.group_rpc(group), *witnesses):
+            same = rpc_identity(url)
             if url and same not in seen:
                 seen.add(same)
                 distinct.append(url)
@@ -471,7 +503,7 @@ class Config:
         return next((g for g in self.target_groups if g.group == name), None)
 
 
-def _rpc_identity(url: str) -> str:
+def rpc_identity(url: str) -> str:
     """``url`` as one RPC: scheme and host lower case, the scheme's default port and a
     trailing ``/`` dropped."""
     parts = urlsplit(url)

@@ -162,6 +162,15 @@ def finish_discovery(discovery: ClusterDiscovery) -> ClusterDiscovery:
     return discovery
 
 
+def finish_group_rpc(group: TargetGroup) -> TargetGroup:
+    """A group's ``also_rpc`` are witnesses of its own ``rpc``: without one they would be
+    asked beside the top-level ``rpc``, which may be another cluster's."""
+    if group.also_rpc and not group.rpc:
+        message = "needs the group's own rpc (cluster_proof.also_rpc are the top-level rpc's)"
+        raise_problems([(("also_rpc",), message)])
+    return group
+
+
 def finish_tls(tls: TLSConfig) -> TLSConfig:
     """A client certificate comes with its key, and the files load as the TLS context the
     tracker builds of them (a file that is no certificate, a key that needs a password or

@@ -12,12 +12,12 @@ import os
 import attrs
 
 from tracker.config.problems import lines
-from tracker.config.schema import TARGET_KINDS, Config, TargetGroup
+from tracker.config.schema import TARGET_KINDS, Config, TargetGroup, rpc_identity
 from tracker.config.sections import proof_problems, store_problems
 from tracker.config.targetfile import read_target_file
 from tracker.core.snapshots import MIN_DISCOVERED_AGREEING, is_known
 from tracker.errors import ProbeError
-from tracker.observability.redact import redact_text
+from tracker.observability.redact import redact_text, redact_url
 from tracker.proof.accounts.budget import (
     FIXED_COST,
     PROCESS_MINIMUM,
@@ -49,6 +49,7 @@ def config_warnings(config: Config) -> list[str]:
     entries = config.group_entries or range(len(config.target_groups))
     for index, group in zip(entries, config.target_groups, strict=True):
         found += [f"target_groups[{index}]{line}" for line in _group_warnings(group, config)]
+    found += shared_rpc_warnings(config)
     memory = memory_warning(config)
     if memory:
         found.append(f"prove_accounts_memory: {memory}")
@@ -62,6 +63,35 @@ def config_warnings(config: Config) -> list[str]:
     unsigned = nothing_signed(config)
     if unsigned:
         found.append(f"attest: {unsigned}")
+    return found
+
+
+def shared_rpcs(config: Config) -> list[tuple[str, tuple[str, ...]]]:
+    """Each RPC (one written twice, ``…:8899/`` and ``HTTP://…``, is one) whose slot (and
+    votes) two or more groups take (:meth:`Config.group_rpc`), with those groups: the URL
+    as the first of them resolves it. Pure."""
+    by_rpc: dict[str, tuple[str, list[str]]] = {}
+    for url, groups in config.slot_rpcs().items():
+        _first, names = by_rpc.setdefault(rpc_identity(url), (url, []))
+        names.extend(groups)
+    return [(url, tuple(names)) for url, names in by_rpc.values() if len(names) > 1]
+
+
+def shared_rpc_warnings(config: Config) -> list[str]:
+    """One line per RPC that two or more groups resolve to. Not an error: two groups may be
+    one cluster (two regions); but if they are different clusters, one cluster's slot
+    screens the other's archives (trust.max_slot_ahead: the higher cluster's newer ones are
+    never ranked), answers its /v1/health and would prove its archives by its votes
+    (trust.require: cluster)."""
+    found = []
+    for url, groups in shared_rpcs(config):
+        names = ", ".join(groups)
+        found.append(
+            f"target_groups: the groups {names} all take their cluster slot from the RPC"
+            f" {redact_url(url)!r} (trust.max_slot_ahead, /v1/health, the cluster level's"
+            " votes): if they are different clusters, give each cluster its own `rpc` in"
+            " its group"
+        )
     return found
 
 
@@ -138,14 +168,15 @@ def _group_warnings(group: TargetGroup, config: Config) -> list[str]:
     found: list[str] = []
     if all(getattr(group, kind) is None for kind in TARGET_KINDS):
         found.append(": no targets of any kind; the group stays empty")
-    if group.cluster_discovery is not None and not config.rpc:
+    rpc = config.group_rpc(group.group)  # its own, else the top-level one
+    if group.cluster_discovery is not None and not rpc:
         agreeing = max(MIN_DISCOVERED_AGREEING, group.trust.min_agreeing_sources)
         found.append(
             ".cluster_discovery: no `rpc` to check slots against (max_slot_ahead): discovered"
             f" nodes that agree (at least {agreeing}) can make any slot, however far ahead,"
             " the best; set `rpc`"
         )
-    if group.trust.require == Level.CLUSTER and not config.rpc:
+    if group.trust.require == Level.CLUSTER and not rpc:
         found.append(
             ".trust.require: cluster needs `rpc` to read the votes (docs/architecture.md,"
             ' "The cluster level"): every archive of the group stays below it; set `rpc`'
@@ -161,11 +192,13 @@ def _group_warnings(group: TargetGroup, config: Config) -> list[str]:
             " handed out (local files, read whole, can reach it); require manifest, or use"
             " proxy mode with proxy_snapshot_cache_dir"
         )
-    if group.trust.require == Level.CLUSTER and config.rpc and len(config.cluster_rpcs()) == 1:
+    if group.trust.require == Level.CLUSTER and rpc and len(config.cluster_rpcs(group.group)) == 1:
+        # the witnesses of the group's own rpc are its also_rpc, the top-level's are not
+        where = "the group's also_rpc" if group.rpc else "cluster_proof.also_rpc"
         found.append(
             ".trust.require: cluster rests on one RPC's word: a lying `rpc` reaches a"
             ' two-thirds majority with a single voter (docs/http-api.md, "The cluster'
-            ' level"); name RPCs run by others in cluster_proof.also_rpc'
+            f' level"); name RPCs run by others in {where}'
         )
     if group.file_targets is not None and not os.path.lexists(group.file_targets.path):
         path = group.file_targets.path

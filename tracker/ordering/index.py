@@ -156,17 +156,18 @@ class Index:
         if self._timed.set(group, ranking):
             self._changed()
 
-    def set_cluster_slot(self, slot: int | None) -> None:
-        """The cluster's current slot (from ``rpc``): snapshots far above it are not ranked."""
-        if slot != self._screens.cluster_slot:
-            self._screens.cluster_slot = slot
+    def set_cluster_slots(self, slots: Mapping[str, int | None]) -> None:
+        """Each group's cluster's current slot (from the group's RPC; None or a group not
+        in ``slots``: unknown): snapshots far above it are not ranked in that group."""
+        known = {group: slot for group, slot in slots.items() if slot is not None}
+        if known != self._screens.cluster_slots:
+            self._screens.cluster_slots = known
             self._changed()
 
-    @property
-    def cluster_slot(self) -> int | None:
-        """The cluster's current slot as last given to :meth:`set_cluster_slot` (None:
-        unknown, no ``rpc`` or it did not answer)."""
-        return self._screens.cluster_slot
+    def cluster_slot(self, group: str) -> int | None:
+        """``group``'s cluster's current slot as last given to :meth:`set_cluster_slots`
+        (None: unknown, no RPC for the group or it did not answer)."""
+        return self._screens.cluster_slots.get(group)
 
     def disprove(self, key: TargetKey, name: str, reason: str | None) -> None:
         """``key``'s copy of ``name`` is below its group's level: not ranked (None: it is)."""
@@ -379,7 +380,7 @@ class Index:
         change (:class:`tracker.ordering.ranking.TimedGroups`)."""
         sources = self._rank().get(group, [])
         return self._timed.pairs(
-            group, sources, self._fulls.get(group, []), self._screens.cluster_slot
+            group, sources, self._fulls.get(group, []), self.cluster_slot(group)
         )
 
     def predicted(self, source: SnapshotSource) -> float | None:

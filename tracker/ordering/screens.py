@@ -375,8 +375,10 @@ class Screens:
 
     def __init__(self) -> None:
         self.policies: dict[str, SourceTrust] = {}
-        #: The cluster's current slot (None: unknown): snapshots far above it are not ranked.
-        self.cluster_slot: int | None = None
+        #: Each group's cluster's current slot (a group not in it: unknown): snapshots far
+        #: above it are not ranked in that group. By group, never one for all: groups may
+        #: be different clusters (mainnet, testnet), each at its own height.
+        self.cluster_slots: dict[str, int] = {}
         #: Copies a proof showed below their group's level: never ranked.
         self.disproven = Disproven()
         #: Groups that rank proven copies only, and the copies proven.
@@ -402,7 +404,7 @@ class Screens:
         target not in the answer: all it advertises); ``speeds`` and ``typical`` (the group's
         median) are kept with what it would rank were every copy proven."""
         policy = self.policies.get(group, SourceTrust())
-        screened = _screen(entries, policy, self.cluster_slot, self.mismatches)
+        screened = _screen(entries, policy, self.cluster_slots.get(group), self.mismatches)
         if self.disproven.view():  # rare: only copies a proof refused
             self.disproven.screen({k: e.infos for k, e in entries.items()}, screened)
         if self.proven_only.gates(group):  # only where a level is required

@@ -204,6 +204,17 @@ class Voter(Protocol):
         ...
 
 
+class Voters(Protocol):
+    """Who asks the cluster's votes for each group's archives
+    (:class:`tracker.proof.cluster.clustervotes.ClusterVotes`): groups may be different
+    clusters, each proven by its own cluster's RPCs only."""
+
+    def of(self, group: str) -> Voter:
+        """The voter of ``group``'s archives: it asks that group's cluster's RPCs
+        (:meth:`tracker.config.schema.Config.cluster_rpcs`)."""
+        ...
+
+
 #: The longest wait before a copy whose checks keep stopping short for the tracker's own
 #: cause is checked again (:func:`own_retry_after`).
 OWN_RETRY_MOST = 3600.0

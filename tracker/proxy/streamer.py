@@ -37,7 +37,7 @@ from tracker.proof.accounts.budget import (
     default_workers,
     shared_limits,
 )
-from tracker.proof.levels import Level, Voter
+from tracker.proof.levels import Level, Voters
 from tracker.proxy import storedcopies as copies
 from tracker.proxy.ask import Ask
 from tracker.proxy.bucketcopies import ObjectPath
@@ -101,7 +101,7 @@ class ProxyStreamer:
         rejections: Rejections | None = None,
         cache_factory: CacheFactory | None = None,
         resolver: Resolver = resolve,
-        voter: Voter | None = None,
+        voter: Voters | None = None,
     ) -> None:
         settings = settings if settings is not None else ProxySettings()
         self._config = config

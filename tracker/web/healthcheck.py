@@ -20,7 +20,8 @@ MAX_RPC_BODY = 64 * 1024
 
 
 class HealthChecker:
-    """Compares a group's newest snapshot slot with ``getSlot`` (finalized) from ``rpc``."""
+    """Compares a group's newest snapshot slot with ``getSlot`` (finalized) from its
+    cluster's RPC (the group's ``rpc``, else the top-level one)."""
 
     def __init__(
         self, config: Callable[[], Config], index: Index, client: httpx.AsyncClient
@@ -35,20 +36,23 @@ class HealthChecker:
         return source.info.slot if source else None
 
     async def check(self, group: str) -> tuple[int, dict[str, Any]]:
-        """(status, body): 200 healthy, 500 no snapshot, 502 RPC unreachable, 503 too old,
-        or no RPC configured (nothing to compare with: the tracker cannot say). The body is
-        the Go tracker's, word for word (slots 0 when not known, its ``Health`` texts:
-        scripts compare them), what it does not say in ``Detail``."""
+        """(status, body) of ``group`` against its own cluster's slot (the group's ``rpc``,
+        else the top-level one: :meth:`Config.group_rpc`): 200 healthy, 500 no snapshot,
+        502 RPC unreachable, 503 too old, or no RPC configured (nothing to compare with:
+        the tracker cannot say). The body is the Go tracker's, word for word (slots 0 when
+        not known, its ``Health`` texts: scripts compare them), what it does not say in
+        ``Detail``."""
         newest = self.newest_slot(group)
         body: dict[str, Any] = {"MaxSnapshot": newest or 0, "CurrentSlot": 0}
         if newest is None:
             return 500, {**body, "Health": "no snapshots found"}
-        if not self._config().rpc:
+        url = self._config().group_rpc(group)
+        if not url:
             # Nothing to compare with: "cannot say" (503), never "unreachable" (502), so that
             # alerting tells a broken RPC from none configured.
             return 503, {**body, "Health": "no rpc configured"}
         try:
-            current = await self.current_slot()
+            current = await self.current_slot(url)
         except RpcError as exc:
             return 502, {**body, "Health": "rpc unhealthy", "Detail": f"rpc unreachable: {exc}"}
         body["CurrentSlot"] = current
@@ -58,9 +62,9 @@ class HealthChecker:
             return 503, {**body, "Health": "snapshot too old", "Detail": detail}
         return 200, {**body, "Health": "healthy"}
 
-    async def current_slot(self) -> int:
-        """The cluster's finalized slot. Raises RpcError with a one-line reason."""
-        url = self._config().rpc
+    async def current_slot(self, url: str) -> int:
+        """The finalized slot of the cluster whose RPC is ``url``. Raises RpcError with a
+        one-line reason."""
         if not url:
             raise RpcError("no rpc configured")
         payload = {

@@ -227,7 +227,7 @@ def _best(
         return None
     archive = source.info.files[0]
     group, name = source.key.group, archive.bare_name
-    cluster = sources.index.cluster_slot
+    cluster = sources.index.cluster_slot(group)  # its own cluster's: groups differ
     age_slots = None if cluster is None else max(0, cluster - source.info.slot)
     estimated = archive.mod_time is None
     if archive.mod_time is not None:

@@ -280,7 +280,9 @@ class HeadProofs(Rounds):
         unloadable = not_loadable(proof, loadable_by) is not None
         if required >= Level.CLUSTER and not unloadable:
             if self._votes is not None:
-                proof = await self._votes.lift(read.file.name.slot, proof)
+                # the group's own cluster's votes (its rpc, else the top-level one)
+                voter = self._votes.of(group.group)
+                proof = await voter.lift(read.file.name.slot, proof)
                 # other reads may have let its stakes go meanwhile: held (and counted) again
                 proof = self._shared(proof)
             elif proof.level < Level.CLUSTER:

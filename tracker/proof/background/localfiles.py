@@ -45,7 +45,7 @@ from tracker.ordering.index import Index
 from tracker.proof.accounts.budget import AccountsLimits
 from tracker.proof.background.rounds import CHECK_EVERY, RETRY_AFTER, Rounds
 from tracker.proof.cluster.lifting import liftable, lifted
-from tracker.proof.levels import Voter
+from tracker.proof.levels import Voters
 from tracker.proof.records.localcopies import (
     Checked,
     FileIdentity,
@@ -82,7 +82,7 @@ class LocalProofs(Rounds):
         index: Index,
         digests: Digests,
         *,
-        votes: Voter | None = None,
+        votes: Voters | None = None,
         accounts: Callable[[], AccountsLimits | None] | None = None,
         every: float = CHECK_EVERY,
         retry_after: float = RETRY_AFTER,
@@ -280,12 +280,16 @@ class LocalProofs(Rounds):
     async def _lift(self) -> None:
         """Ask the cluster's votes of each checked file they may lift (with ``rpc`` set,
         as for a cached copy; the voter keeps its tallies and backs off a failure)."""
-        voter = self._votes
-        if voter is None or not voter.rpcs():
+        voters = self._votes
+        if voters is None:
             return
         for path, done in list(self._checked.items()):
             copy, verified = self._copies.get(path), done.verified
             if copy is None or verified is None or not liftable(verified.proof, copy.name):
+                continue
+            # asked of the file's group's own cluster (its rpc, else the top-level one)
+            voter = voters.of(copy.key.group)
+            if not voter.rpcs():
                 continue
             proof = await lifted(voter, copy.name, verified.proof)
             if self._checked.get(path) is done:  # not replaced while the votes were asked

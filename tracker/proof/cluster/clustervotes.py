@@ -153,20 +153,27 @@ class ClusterVotes:
         #: RPC calls made (tests count them).
         self.calls = 0
 
-    def rpcs(self) -> tuple[str, ...]:
-        """The RPC URLs asked: ``rpc`` then each ``cluster_proof.also_rpc``, each RPC once
-        (:meth:`tracker.config.schema.Config.cluster_rpcs`)."""
-        return self._config().cluster_rpcs()
+    def rpcs(self, group: str | None = None) -> tuple[str, ...]:
+        """The RPC URLs asked for ``group``'s archives: its cluster's ``rpc`` then each of
+        its witnesses, each RPC once (:meth:`tracker.config.schema.Config.cluster_rpcs`;
+        None: the top-level ``rpc`` and ``cluster_proof.also_rpc``)."""
+        return self._config().cluster_rpcs(group)
 
-    async def lift(self, slot: int, proof: Proof) -> Proof:
+    def of(self, group: str) -> GroupVotes:
+        """The voter of ``group``'s archives: these votes, asked of that group's cluster's
+        RPCs (its tallies and back-off are these, kept by the RPCs asked)."""
+        return GroupVotes(self, group)
+
+    async def lift(self, slot: int, proof: Proof, group: str | None = None) -> Proof:
         """``proof`` at ``cluster`` when the votes for (``slot``, its bank hash) carry 2/3
         of the stake (TowerBFT), or when a finality certificate for its block checks
         against every RPC's rank map (after the Alpenglow migration); else ``proof`` with
         ``voted_stake`` (when known) and a note saying why not. A proof below ``manifest``
-        or without a bank hash is returned as it is."""
+        or without a bank hash is returned as it is. Asked of ``group``'s cluster's RPCs
+        (:meth:`rpcs`): another cluster's votes prove nothing of its archives."""
         if proof.level < Level.MANIFEST or proof.bank_hash is None:
             return proof
-        urls = self.rpcs()
+        urls = self.rpcs(group)
         if not urls:
             return attrs.evolve(proof, note="cluster not proven: no rpc configured")
         bank_hash = _hash_bytes(proof.bank_hash)
@@ -190,7 +197,7 @@ class ClusterVotes:
         asking = self._asking.get(by_votes)
         if asking is not None:  # the same question is out: its answer is this one's
             await asking.wait()
-            return await self.lift(slot, proof)
+            return await self.lift(slot, proof, group)
         self._asking[by_votes] = trio.Event()
         try:
             return await self._lift(slot, proof, bank_hash, urls, prefix)
@@ -527,6 +534,24 @@ class ClusterVotes:
         except (TransportError, ProbeError) as exc:
             raise RpcError(one_line(f"{method}: {exc}")) from exc
         return body
+
+
+@attrs.frozen
+class GroupVotes:
+    """:class:`ClusterVotes` for one group's archives: asked of that group's cluster's RPCs
+    (:meth:`tracker.config.schema.Config.cluster_rpcs`), as the config in force says at
+    each question (a reload that gives the group its own ``rpc`` asks that one next)."""
+
+    votes: ClusterVotes
+    group: str
+
+    def rpcs(self) -> tuple[str, ...]:
+        """The RPC URLs asked for the group's archives (empty: none, nothing asked)."""
+        return self.votes.rpcs(self.group)
+
+    async def lift(self, slot: int, proof: Proof) -> Proof:
+        """:meth:`ClusterVotes.lift` asked of the group's cluster's RPCs."""
+        return await self.votes.lift(slot, proof, self.group)
 
 
 def _keep(

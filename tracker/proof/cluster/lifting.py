@@ -3,7 +3,8 @@
 A copy's check proves at most ``accounts`` (``manifest`` for an incremental); the cluster's
 votes for its slot and bank hash lift it to ``cluster``. They are asked of the one voter
 the composition root passes in (:class:`tracker.proof.cluster.clustervotes.ClusterVotes`, its
-tallies and back-off shared with the head reads), never while a refresh waits, except where its
+tallies and back-off shared with the head reads), of the copy's group's own cluster's RPCs
+(``ClusterVotes.of``), never while a refresh waits, except where its
 group requires ``cluster``: there a refresh's readers get their last bytes only once the
 votes carry the copy (:meth:`tracker.cache.refresh.Refresh.verify`).
 
@@ -25,7 +26,7 @@ import trio
 from tracker.core.digests import below_required
 from tracker.core.snapshots import parse_archive_name
 from tracker.errors import ArchiveInvalid, RequestError
-from tracker.proof.levels import Level, Proof, Voter, checked_for, required_for
+from tracker.proof.levels import Level, Proof, Voter, Voters, checked_for, required_for
 
 
 class GroupRequirement(Protocol):
@@ -48,7 +49,7 @@ class HeldCopies(Protocol):
     :class:`tracker.cache.checked.CheckedFiles`; its methods say what each does)."""
 
     @property
-    def voter(self) -> Voter | None: ...
+    def voter(self) -> Voters | None: ...
 
     def held(self) -> list[tuple[str, str, Proof]]: ...
 
@@ -121,12 +122,14 @@ async def keep_levels(
 async def lift_held(
     checked: HeldCopies, path_for: Callable[[str, str], str], report_size: Callable[[], None]
 ) -> None:
-    """Ask the votes of every held copy they may lift (one after another: the voter keeps
-    its tallies per slot and bank hash, and backs off a failure); a copy whose tally is
-    below its group's level now is removed."""
-    voter = checked.voter
-    asks = voter is not None and bool(voter.rpcs())
+    """Ask the votes of every held copy they may lift, of its group's cluster's RPCs (one
+    after another: the voter keeps its tallies per slot and bank hash, and backs off a
+    failure); a copy whose tally is below its group's level now is removed."""
+    voters = checked.voter
     for group, name, proof in checked.held():
+        # each copy's votes are its group's own cluster's (its rpc, else the top-level one)
+        voter = voters.of(group) if voters is not None else None
+        asks = voter is not None and bool(voter.rpcs())
         if proof.voted_stake is None and not (asks and liftable(proof, name)):
             continue
         now = await lifted(voter, name, proof)

@@ -1,0 +1,187 @@
+"""Each group's own cluster RPC (docs/configuration.md, the top-level ``rpc`` and the group's
+``rpc``): which RPC a group's slot, health and votes come from, the slot each group is told,
+the config's checks and ``check-config``'s warning when groups share one RPC.
+
+One top-level ``rpc`` gave every group the same cluster slot: a fleet with a mainnet ``rpc``
+and a testnet group had testnet's newer archives screened out by mainnet's slot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers_config import load, problem_at, problems
+
+from tracker.config.loading import load_config
+from tracker.config.schema import ClusterProof, Config, TargetGroup
+from tracker.config.warnings import config_warnings, shared_rpcs
+from tracker.reporting import group_slots
+
+MAIN, TEST, DEV = "http://127.0.0.1:8899", "http://127.0.0.1:8898", "http://127.0.0.1:8897"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def fleet(top: str, *groups: tuple[str, str], witnesses: tuple[str, ...] = ()) -> Config:
+    """A config of ``groups`` (name, own rpc), with the top-level ``rpc`` ``top``."""
+    made = tuple(TargetGroup(group=name, rpc=rpc) for name, rpc in groups)
+    return Config(rpc=top, target_groups=made, cluster_proof=ClusterProof(also_rpc=witnesses))
+
+
+@pytest.mark.parametrize(
+    ("config", "group", "rpc"),
+    [
+        # one cluster, as every config before: the top-level rpc for every group
+        (fleet(MAIN, ("mainnet", "")), "mainnet", MAIN),
+        (fleet(MAIN, ("mainnet", ""), ("testnet", TEST)), "mainnet", MAIN),
+        # a group with its own: that one, whatever the top-level says
+        (fleet(MAIN, ("mainnet", ""), ("testnet", TEST)), "testnet", TEST),
+        (fleet("", ("mainnet", ""), ("testnet", TEST)), "testnet", TEST),
+        # none anywhere: none (the health cannot say, nothing is screened)
+        (fleet("", ("mainnet", ""), ("testnet", TEST)), "mainnet", ""),
+        # no group named (fetch, the top-level voter) or one not configured: the top-level
+        (fleet(MAIN, ("testnet", TEST)), None, MAIN),
+        (fleet(MAIN, ("testnet", TEST)), "gone", MAIN),
+    ],
+)
+def test_the_rpc_of_a_group(config: Config, group: str | None, rpc: str) -> None:
+    assert config.group_rpc(group) == rpc
+
+
+@pytest.mark.parametrize(
+    ("config", "by_url"),
+    [
+        (fleet(MAIN, ("a", ""), ("b", "")), {MAIN: ("a", "b")}),
+        (fleet(MAIN, ("a", ""), ("b", TEST)), {MAIN: ("a",), TEST: ("b",)}),
+        # the top-level rpc no group uses is not asked
+        (fleet(MAIN, ("a", TEST), ("b", DEV)), {TEST: ("a",), DEV: ("b",)}),
+        (fleet("", ("a", ""), ("b", TEST)), {TEST: ("b",)}),
+        (fleet("", ("a", "")), {}),
+    ],
+)
+def test_each_rpc_is_read_once_for_its_groups(
+    config: Config, by_url: dict[str, tuple[str, ...]]
+) -> None:
+    assert config.slot_rpcs() == by_url
+
+
+@pytest.mark.parametrize(
+    ("config", "answered", "slots"),
+    [
+        # each group its own cluster's slot: testnet's is no bound on mainnet's, nor back
+        (
+            fleet(MAIN, ("mainnet", ""), ("testnet", TEST)),
+            {MAIN: 370_000_050, TEST: 372_000_000},
+            {"mainnet": 370_000_050, "testnet": 372_000_000},
+        ),
+        # testnet's RPC has no slot: testnet is unbounded, never held to mainnet's
+        (
+            fleet(MAIN, ("mainnet", ""), ("testnet", TEST)),
+            {MAIN: 370_000_050, TEST: None},
+            {"mainnet": 370_000_050, "testnet": None},
+        ),
+        (fleet("", ("mainnet", ""), ("testnet", TEST)), {TEST: 9}, {"mainnet": None, "testnet": 9}),
+        (fleet(MAIN, ("a", ""), ("b", "")), {MAIN: 5}, {"a": 5, "b": 5}),
+    ],
+)
+def test_each_group_is_told_its_own_clusters_slot(
+    config: Config, answered: dict[str, int | None], slots: dict[str, int | None]
+) -> None:
+    assert group_slots(config, answered) == slots
+
+
+@pytest.mark.parametrize(
+    ("config", "group", "asked"),
+    [
+        # without its own rpc: the top-level rpc and its witnesses, as before
+        (fleet(MAIN, ("mainnet", ""), witnesses=(DEV,)), "mainnet", (MAIN, DEV)),
+        (fleet(MAIN, ("mainnet", ""), witnesses=(DEV,)), None, (MAIN, DEV)),
+        # with its own: that one alone, never mainnet's witnesses
+        (fleet(MAIN, ("testnet", TEST), witnesses=(DEV,)), "testnet", (TEST,)),
+        (fleet("", ("mainnet", "")), "mainnet", ()),
+    ],
+)
+def test_the_rpcs_asked_for_a_groups_votes(
+    config: Config, group: str | None, asked: tuple[str, ...]
+) -> None:
+    assert config.cluster_rpcs(group) == asked
+
+
+def test_a_groups_own_witnesses_are_asked_with_its_rpc() -> None:
+    group = TargetGroup(group="testnet", rpc=TEST, also_rpc=(DEV, TEST + "/"))
+    config = Config(rpc=MAIN, target_groups=(group,), cluster_proof=ClusterProof(also_rpc=(MAIN,)))
+    assert config.cluster_rpcs("testnet") == (TEST, DEV)  # the same RPC twice is one witness
+
+
+def test_a_group_rpc_loads_and_is_checked_as_the_top_level_one(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        f"""
+        rpc: {MAIN}
+        target_groups:
+          - group: mainnet
+          - group: testnet
+            rpc: {TEST}
+            also_rpc: [{DEV}]
+        """,
+    )
+    assert [g.rpc for g in config.target_groups] == ["", TEST]
+    assert config.target_groups[1].also_rpc == (DEV,)
+    assert TEST not in repr(config)  # it may carry an API key, as the top-level one
+
+
+@pytest.mark.parametrize(
+    ("entry", "path", "message"),
+    [
+        ("rpc: ftp://127.0.0.1/", "target_groups[0].rpc", "http"),
+        ("rpc: 'http://127.0.0.1:8899/#x'", "target_groups[0].rpc", "must not have a fragment"),
+        ("rpc: 5", "target_groups[0].rpc", "expected a string"),
+        ("also_rpc: ['ftp://x/']", "target_groups[0].also_rpc[0]", "http"),
+        (f"also_rpc: ['{DEV}']", "target_groups[0].also_rpc", "needs the group's own rpc"),
+    ],
+)
+def test_a_bad_group_rpc_names_its_key(tmp_path: Path, entry: str, path: str, message: str) -> None:
+    found = problems(tmp_path, f"target_groups:\n  - group: g\n    {entry}\n")
+    assert message in problem_at(found, path)
+
+
+def test_entries_of_one_group_must_name_one_rpc(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path,
+        f"target_groups:\n  - {{group: g, rpc: '{MAIN}'}}\n  - {{group: g, rpc: '{TEST}'}}\n",
+    )
+    assert "a group has one rpc" in problem_at(found, "target_groups[1].rpc")
+
+
+@pytest.mark.parametrize(
+    ("config", "shared"),
+    [
+        # the bug's config: a mainnet rpc and a testnet group without its own
+        (fleet(MAIN, ("mainnet", ""), ("testnet", "")), [(MAIN, ("mainnet", "testnet"))]),
+        # one RPC written twice is one RPC
+        (fleet(MAIN, ("a", ""), ("b", MAIN + "/")), [(MAIN, ("a", "b"))]),
+        (fleet("", ("a", TEST), ("b", TEST), ("c", DEV)), [(TEST, ("a", "b"))]),
+        # each its own, or one group: nothing to say
+        (fleet(MAIN, ("mainnet", ""), ("testnet", TEST)), []),
+        (fleet(MAIN, ("mainnet", "")), []),
+        (fleet("", ("a", ""), ("b", "")), []),
+    ],
+)
+def test_groups_that_share_an_rpc(
+    config: Config, shared: list[tuple[str, tuple[str, ...]]]
+) -> None:
+    assert shared_rpcs(config) == shared
+
+
+def test_check_config_warns_once_naming_the_groups_that_share_an_rpc() -> None:
+    warnings = config_warnings(fleet(MAIN, ("mainnet", ""), ("testnet", ""), ("devnet", DEV)))
+    [line] = [w for w in warnings if "own `rpc`" in w]
+    assert line.startswith("target_groups: the groups mainnet, testnet all take")
+    assert MAIN in line and "devnet" not in line
+    assert not any("own `rpc`" in w for w in config_warnings(fleet(MAIN, ("a", ""), ("b", TEST))))
+
+
+def test_the_fleet_example_gives_testnet_its_own_rpc() -> None:
+    config = load_config(EXAMPLES / "fleet.yml")
+    assert config.group_rpc("mainnet") == config.rpc
+    assert config.group_rpc("testnet") not in ("", config.rpc)
+    assert shared_rpcs(config) == []
