@@ -7,12 +7,14 @@ bucket is in ``test_objectstore.py``.
 from __future__ import annotations
 
 import secrets
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 import trio
+import trio.testing
 from helpers_bucket import bucket_tracker, prefix_of, put, store_config, tier_of, uploaded
 from helpers_bytes import MiB, archive_bytes
 from helpers_proxy import GROUP, advertise, advertise_files, proxy_tracker, wait_for
@@ -535,3 +537,45 @@ async def test_retention_keeps_the_newest_incremental_of_every_full_still_served
         left = {key.rsplit("/", 1)[-1] for key in weed.objects(prefix_of(t))}
     assert gone_full not in left
     assert left == {newest_full, on_served[1], on_newest[1]}
+
+
+async def test_replicas_taking_turns_forget_what_the_others_retention_deleted(
+    weed: Weed, mock_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Two replicas of one prefix upload incrementals in turn, the uploader's retention
+    deleting the other's: each forgets what the other's retention deleted (its objects,
+    digests and statements: none written again beside a deleted archive), and keeps what
+    it just uploaded (docs/replicas.md, "What a replica remembers")."""
+    from helpers_statements import signer
+    from helpers_uploads import upload
+
+    from tracker.objectstore import keys
+    from tracker.objectstore.known import KNOWN_FOR
+    from tracker.objectstore.sides import restate
+
+    a = tier_of(weed, keep_previous=0)
+    prefix = a.store.prefix
+    b = tier_of(weed, prefix=prefix, keep_previous=0)
+    a.attestations.configure(signer(1), 3600.0, time.time())
+    b.attestations.configure(signer(2), 3600.0, time.time())
+    await upload(b, tmp_path, GROUP, FULL)
+    for n in range(1, 14):  # A uploads every third; B the last
+        await upload(a if n % 3 == 0 else b, tmp_path, GROUP, incremental_name(9000, 9000 + n))
+        mock_clock.jump(KNOWN_FOR + 1)  # (trio's clock: the store dates by its own)
+    own = a.object_key(GROUP, incremental_name(9000, 9012))
+    assert own in a.known.seen()  # A's last upload, which B's retention deleted
+    await a.retain(GROUP, full=True)  # any listing of the group will do
+    there = {k for k in weed.objects(prefix) if keys.archive_of(prefix, k) is not None}
+    assert there == {a.object_key(GROUP, FULL), b.object_key(GROUP, incremental_name(9000, 9013))}
+    for tier in (a, b):
+        assert set(tier.known.seen()) <= there
+        held = tier.digests.held()
+        assert {a.object_key(g, n) for g, n, holder, _v in held if holder == "bucket"} <= there
+        tier.attestations.sync(time.time())
+        await restate(tier.bucket, prefix, tier.attestations, {})  # every statement written
+    left = weed.objects(prefix)
+    assert [
+        k
+        for k in left
+        if (s := keys.side_of(prefix, k)) and a.object_key(s.group, s.name) not in there
+    ] == []

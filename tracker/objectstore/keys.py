@@ -97,6 +97,15 @@ def archive_of(prefix: str, key: str) -> Archive | None:
     return Archive(group, name, parsed.is_full)
 
 
+def side_of(prefix: str, key: str) -> Archive | None:
+    """The archive ``key`` is a side object of (the archive's key and one of
+    :data:`SIDE_SUFFIXES`), whether or not that archive is there; None for any other key."""
+    for suffix in SIDE_SUFFIXES:
+        if key.endswith(suffix):
+            return archive_of(prefix, key.removesuffix(suffix))
+    return None
+
+
 def legacy_kind(prefix: str, key: str) -> Literal["lock", "mark"] | None:
     """``"lock"`` or ``"mark"`` for a lock or mark key of an older version, which ends in
     the archive's name; None for any other key."""

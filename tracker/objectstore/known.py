@@ -5,9 +5,16 @@ again: another replica's retention may have removed one), misses for :data:`MISS
 a presigned URL is kept for reuse until its ``reuse_until``; the digest of each object
 version read from its ``{key}.sha256`` object (or that it has none) is kept while the
 object's ETag stays the same. Times are trio's clock.
+
+Nothing here outlives what it is about: a miss is dropped once it is no longer believed
+(:data:`MISSED_FOR`; at most :data:`MAX_MISSED` are kept), an object retention deleted is
+forgotten whole (:meth:`Known.forget`, no miss), and what retention's listing shows gone is
+forgotten too (:mod:`tracker.objectstore.retainer`, docs/replicas.md).
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
 
 import attrs
 import trio
@@ -18,6 +25,9 @@ from tracker.objectstore.storeanswers import ObjectInfo
 KNOWN_FOR = 30.0
 #: Seconds a miss is taken to be one.
 MISSED_FOR = 1.0
+#: Misses kept at most: one lookup of each of this many names a second are all remembered;
+#: past it the oldest is dropped (its next lookup asks the store again: safe, one HEAD).
+MAX_MISSED = 4096
 
 
 @attrs.define
@@ -33,7 +43,8 @@ class Known:
 
     def __init__(self) -> None:
         self._objects: dict[str, tuple[ObjectInfo, float]] = {}
-        self._missed: dict[str, float] = {}
+        #: Ordered (oldest first): the old ones are dropped from the front at O(1) each.
+        self._missed: OrderedDict[str, float] = OrderedDict()
         self._urls: dict[str, HandedUrl] = {}
         self._sums: dict[str, tuple[str, str]] = {}
 
@@ -55,13 +66,41 @@ class Known:
     def remember(self, key: str, info: ObjectInfo | None) -> None:
         """The object at ``key`` is ``info`` now (None: not there; its URL is dropped)."""
         now = trio.current_time()
+        self._missed.pop(key, None)  # (re-inserted last: the oldest miss is always first)
         if info is None:
             self._objects.pop(key, None)
             self._urls.pop(key, None)
             self._missed[key] = now
+            self._drop_old_misses(now)
         else:
             self._objects[key] = (info, now)
-            self._missed.pop(key, None)
+
+    def _drop_old_misses(self, now: float) -> None:
+        """Drop the misses no longer believed, and the oldest past MAX_MISSED: a name looked
+        up once and never again (another replica uploads it later, a client asked for a name
+        nobody has) would otherwise stay for good. Misses are in the order they were
+        recorded (trio's clock never goes back), so only the first ones are looked at."""
+        while self._missed:
+            when = next(iter(self._missed.values()))
+            if now - when < MISSED_FOR and len(self._missed) <= MAX_MISSED:
+                break
+            self._missed.popitem(last=False)
+
+    def forget(self, key: str) -> None:
+        """Forget all that is known of ``key`` (its object, URL, digest, miss): retention
+        deleted it, or its listing shows it gone. No miss is kept: one for every archive
+        retired would stay for good, and the next lookup asks the store anyway."""
+        self._objects.pop(key, None)
+        self._urls.pop(key, None)
+        self._sums.pop(key, None)
+        self._missed.pop(key, None)
+
+    def seen(self) -> dict[str, float | None]:
+        """Every key known of (an object, its URL or its digest), with when its object was
+        last seen there (trio's clock; None: only its URL or digest is known)."""
+        found: dict[str, float | None] = dict.fromkeys([*self._urls, *self._sums])
+        found.update((key, when) for key, (_info, when) in self._objects.items())
+        return found
 
     def newest(self, count: int) -> list[str]:
         """The keys of the ``count`` objects learned of last, the newest first."""

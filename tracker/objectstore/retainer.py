@@ -8,6 +8,13 @@ An archive goes with its digest, proof, statement and marks. Before it goes it i
 retiring (:func:`~tracker.objectstore.keys.retiring_key`) and its hand-out mark read again:
 a hand-out writes its mark, then looks for that one, so a URL is never handed out of an
 object being deleted (docs/replicas.md).
+
+The listing is also what this replica's memory is held to (docs/replicas.md, "What a
+replica remembers"): in a fleet, most archives one replica uploaded or read are deleted by
+another's retention, so what the listing shows gone is forgotten (its object, URL, digest
+and the statements signed of it: :func:`~tracker.objectstore.retention.gone`), and side
+objects left beside an archive that is gone are deleted
+(:func:`~tracker.objectstore.retention.stray_sides`).
 """
 
 from __future__ import annotations
@@ -23,9 +30,17 @@ from tracker.config.schema import ObjectStore
 from tracker.core.digests import Digests
 from tracker.errors import StoreError
 from tracker.objectstore import keys
-from tracker.objectstore.bucket import Bucket
-from tracker.objectstore.known import Known
-from tracker.objectstore.retention import clock_ahead, retirement, superseded
+from tracker.objectstore.bucket import MAX_LISTED, Bucket
+from tracker.objectstore.known import KNOWN_FOR, Known
+from tracker.objectstore.retention import (
+    clock_ahead,
+    gone,
+    retirement,
+    side_expired,
+    stray_sides,
+    superseded,
+)
+from tracker.objectstore.storeanswers import ObjectInfo
 from tracker.observability.logs import log_event
 
 log = logging.getLogger("tracker.objectstore")
@@ -36,6 +51,10 @@ HANDOUT_MARGIN = 5.0
 RETRY_AFTER = 30.0
 #: Groups and kinds whose retention may wait for a URL to expire at once (one entry each).
 MAX_DUE = 1024
+#: Seconds after this replica learned of an archive (a lookup found it, an upload of its own
+#: completed) before retention lists its group and kind again, at most once that often: a
+#: replica that seldom uploads there forgets what other replicas' retention deleted too.
+LIST_AGAIN = 300.0
 
 
 def _none_served(_group: str) -> Collection[int]:
@@ -76,12 +95,19 @@ class Retainer:
         prefix = self.store.prefix
         hold = self.store.direct_serve_ttl + HANDOUT_MARGIN
         try:
+            # before the listing, never after: what this replica learns meanwhile is newer
+            started = trio.current_time()
             listed = await self.bucket.list_objects(keys.archive_key(prefix, group, ""))
             held = {}
+            sides: dict[str, tuple[str, ObjectInfo]] = {}
             for o in listed:
                 archive = keys.archive_of(prefix, o.key)
+                side = keys.side_of(prefix, o.key) if archive is None else None
                 if archive is not None and archive.group == group:
                     held[archive.name] = (archive.name, o.size, o.last_modified.timestamp())
+                elif side is not None and side.group == group and side.full == full:
+                    sides[o.key] = (side.name, o)
+            listed_names = set(held)
             keep = self.store.keep_previous
             old = superseded(held, full=full, keep_previous=keep, served=self.served(group))
             handed = {name: await self._handed_age(group, name) for name in old}
@@ -101,6 +127,11 @@ class Retainer:
                 # kept after all (a newer one deleted by hand, a restart with more kept):
                 # URLs of it are handed out again
                 await self.bucket.delete(keys.retiring_key(self.store.prefix, group, name))
+            # A listing cut at its bound does not show all that is there: nothing is judged
+            # gone for not being in it
+            if len(listed) < MAX_LISTED:
+                self._forget_gone(group, held.keys(), started)
+                await self._delete_strays(group, full, listed_names, sides)
             self.on_listed(group, sorted(held.values()))
         except StoreError as exc:
             self._failed("retention", exc)
@@ -138,10 +169,62 @@ class Retainer:
             keys.retiring_key(self.store.prefix, group, name),
         ):
             await self.bucket.delete(other)
-        self.known.remember(key, None)
-        if self.known.drop_sum(key):
-            self.digests.drop("bucket", group, name)
+        self.known.forget(key)  # no miss: one a retired archive would stay for good
+        self.digests.drop("bucket", group, name)
         log_event(log, "info", "object_retired", group=group, file=name)
+
+    def _forget_gone(self, group: str, there: Collection[str], started: float) -> None:
+        """Forget what this replica knows of ``group``'s archives that a listing begun at
+        ``started`` (trio's clock) shows gone (``there``: the names it shows, less those
+        this retention deleted): their objects, URLs and digests, and so the statements
+        signed of them (:meth:`~tracker.proof.records.attestations.Attestations.sync` drops
+        those of copies no longer held, and nothing is written beside them again). One seen
+        less than KNOWN_FOR before the listing began is kept
+        (:func:`~tracker.objectstore.retention.gone`)."""
+        prefix = self.store.prefix
+        seen: dict[str, float | None] = {}
+        for key, when in self.known.seen().items():
+            archive = keys.archive_of(prefix, key)
+            if archive is not None and archive.group == group:
+                seen[key] = when
+        for held_group, name, holder, _copy in self.digests.held():
+            if holder == "bucket" and held_group == group:
+                seen.setdefault(keys.archive_key(prefix, group, name), None)
+        listed = [keys.archive_key(prefix, group, name) for name in there]
+        for key in gone(seen, listed, before=started - KNOWN_FOR):
+            self.known.forget(key)
+            self.digests.drop("bucket", group, key.rsplit("/", 1)[-1])
+
+    async def _delete_strays(
+        self,
+        group: str,
+        full: bool,
+        listed: Collection[str],
+        sides: dict[str, tuple[str, ObjectInfo]],
+    ) -> None:
+        """Delete the side objects of ``group``'s archives of one kind (``sides``: key ->
+        archive name, listed object) whose archive is not in the listing (``listed``: the
+        archive names it shows), would be superseded, is still not there when asked again,
+        and that were written at least ``lock_ttl`` ago (the store's clock)
+        (:func:`~tracker.objectstore.retention.stray_sides`,
+        :func:`~tracker.objectstore.retention.side_expired`)."""
+        named = {key: name for key, (name, _info) in sides.items()}
+        served = self.served(group)
+        keep = self.store.keep_previous
+        strays = stray_sides(named, listed, full=full, keep_previous=keep, served=served)
+        asked: dict[str, tuple[bool, float]] = {}  # by archive name: there?, store's time
+        for key in strays:
+            name, info = sides[key]
+            if name not in asked:
+                there, now = await self.bucket.head_dated(
+                    keys.archive_key(self.store.prefix, group, name)
+                )
+                asked[name] = (there is not None, now.timestamp())
+            there_now, now_ts = asked[name]
+            age = now_ts - info.last_modified.timestamp()
+            if side_expired(age, there_now, settle=self.store.lock_ttl):
+                await self.bucket.delete(key)
+                log_event(log, "info", "object_side_deleted", key=key)
 
     def schedule(self, group: str, full: bool, delay: float) -> None:
         """Run retention of ``group``'s fulls or incrementals again in ``delay`` seconds (or

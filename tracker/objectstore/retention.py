@@ -110,3 +110,47 @@ def clock_ahead(metadata: Mapping[str, str]) -> int:
     if not (text.isascii() and text.isdigit() and len(text) <= 4):
         return 0
     return min(int(text), MAX_AHEAD)
+
+
+def gone(seen: Mapping[str, float | None], listed: Collection[str], *, before: float) -> list[str]:
+    """The keys of ``seen`` (key -> when this replica last saw its object in the bucket,
+    trio's clock; None: only its digest or URL is known) that a listing shows gone: not in
+    ``listed`` and not seen at or after ``before``, the listing's start less
+    :data:`~tracker.objectstore.known.KNOWN_FOR`. An object this replica completed (or saw)
+    since is kept: the listing may have begun before it landed, or a store's listing may
+    not show a write that recent yet; the next listing decides. Pure."""
+    listed = set(listed)
+    return [
+        key for key, when in seen.items() if key not in listed and (when is None or when < before)
+    ]
+
+
+def stray_sides(
+    sides: Mapping[str, str],
+    archives: Collection[str],
+    *,
+    full: bool,
+    keep_previous: int,
+    served: Collection[int] = (),
+) -> list[str]:
+    """The side objects (``sides``: key -> the archive name it is beside, of one group) whose
+    archive is not among ``archives`` (the listing's, of that group) and would be superseded
+    if it were there (:func:`superseded`, ``full``'s kind only): left by a replica that wrote
+    one after another replica's retention deleted the archive, or by an upload that never
+    completed. The side objects of an archive that would be kept are not strays: its upload
+    may be under way (they are written before it completes). Pure."""
+    absent = {name for name in sides.values() if name not in archives}
+    if not absent:
+        return []
+    old = set(
+        superseded({*archives, *absent}, full=full, keep_previous=keep_previous, served=served)
+    )
+    return [key for key, name in sides.items() if name in absent and name in old]
+
+
+def side_expired(age: float, archive_there: bool, *, settle: float) -> bool:
+    """Whether a stray side object (:func:`stray_sides`) ``age`` seconds old on the store's
+    clock may be deleted: its archive is not there when asked again (``archive_there``: a
+    HEAD just before), and it was written at least ``settle`` seconds (``lock_ttl``) ago:
+    one being written now belongs to an upload about to complete. Pure."""
+    return not archive_there and age >= settle

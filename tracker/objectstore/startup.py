@@ -1,7 +1,8 @@
 """What a replica does with the bucket when it starts, and the clean-up of uploads whose
 replica died: incomplete uploads of this prefix older than ``lock_ttl`` whose file has no
 live lock are aborted; expired locks and marks of an older version (keys without a suffix)
-are deleted; retention of every group and kind found is due."""
+are deleted; retention of every group and kind found is due (of an archive, or of a side
+object, which retention deletes when its archive is gone)."""
 
 from __future__ import annotations
 
@@ -41,11 +42,16 @@ async def start_up(
         for info in await bucket.list_objects(prefix):
             archive = keys.archive_of(prefix, info.key)
             kind = keys.legacy_kind(prefix, info.key) if archive is None else None
+            side = keys.side_of(prefix, info.key) if archive is None else None
             if archive is not None:
                 known.remember(info.key, info)
                 retainer.schedule(archive.group, archive.full, 0)
             elif kind is not None:
                 legacy.append((info.key, kind))
+            elif side is not None:
+                # a side object whose archive may be gone (left by an older version, or
+                # written after another replica deleted it): retention deletes it
+                retainer.schedule(side.group, side.full, 0)
         aborted = await abort_uploads(bucket, store, prefix, only_stale=True)
         expired = [key for key, kind in legacy if await _expired(bucket, store, key, kind)]
         for key in expired:

@@ -39,7 +39,7 @@ from tracker.objectstore import keys
 from tracker.objectstore.bucket import Bucket
 from tracker.objectstore.known import Known
 from tracker.objectstore.locks import Holder, Lock, acquire
-from tracker.objectstore.retainer import Retainer
+from tracker.objectstore.retainer import LIST_AGAIN, Retainer
 from tracker.objectstore.retention import ahead_of, url_life
 from tracker.objectstore.sides import Reads, read_copy, reread, restate, side_objects
 from tracker.objectstore.startup import abort_uploads, start_up
@@ -151,7 +151,17 @@ class ObjectTier:
             self._failed("HEAD", exc)
             return None
         self.known.remember(key, info)
+        if info is not None:
+            self._list_again(group, name)
         return info
+
+    def _list_again(self, group: str, name: str) -> None:
+        """Have retention list ``name``'s group and kind again within LIST_AGAIN seconds: what
+        this replica learned of there is forgotten once another replica's retention deleted
+        it, though this one uploads nothing there (docs/replicas.md)."""
+        parsed = parse_archive_name(name)
+        if parsed is not None:
+            self.retainer.schedule(group, parsed.is_full, LIST_AGAIN)
 
     async def digest(self, group: str, name: str, info: ObjectInfo) -> str | None:
         """The hex SHA-256 of object ``info`` of ``name`` from its digest object, asked once
@@ -347,6 +357,9 @@ class ObjectTier:
         parsed = parse_archive_name(name)
         if parsed is not None:
             await self.retain(group, full=parsed.is_full)
+            # this retention keeps what it just uploaded (too recent to be judged gone): a
+            # later one forgets it once another replica's retention deleted it
+            self._list_again(group, name)
 
     async def retain(self, group: str, *, full: bool) -> None:
         """Apply retention to ``group``'s archives of one kind
