@@ -206,6 +206,10 @@ class NoVotesYet:
 
     asked: int = 0
 
+    def of(self, group: str) -> Any:
+        """The voter of ``group``'s archives: one cluster here, these votes."""
+        return self
+
     async def lift(self, slot: int, proof: Proof) -> Proof:
         self.asked += 1
         if slot == BASE:
@@ -274,6 +278,10 @@ class VotesFailingAsNoRuleForesaw:
     """:class:`ClusterVotes` with no tally the first time, raising the next."""
 
     asked: int = 0
+
+    def of(self, group: str) -> Any:
+        """The voter of ``group``'s archives: one cluster here, these votes."""
+        return self
 
     async def lift(self, slot: int, proof: Proof) -> Proof:
         self.asked += 1
