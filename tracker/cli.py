@@ -384,10 +384,15 @@ def main(
         print("snapshot-tracker: interrupted", file=sys.stderr)
         return 128 + (received[0] if received else signal.SIGINT)
 
+    given = argv if argv is not None else sys.argv[1:]
+    serving = next((arg for arg in given if not arg.startswith("-")), "") == "serve"
     try:
         for signum in watched:
-            signal.signal(signum, stop)
-        code = _run(argv if argv is not None else sys.argv[1:], watched, stop, received)
+            # serve's SIGHUP is a reload: until its config is read (StartingSignals holds it
+            # from then on) it changes nothing; it ended serve while its command line parsed
+            hold = serving and signum == signal.SIGHUP
+            signal.signal(signum, _before_reading if hold else stop)
+        code = _run(given, watched, stop, received)
         if sys.stdout is not None:  # None: started with stdout closed (print writes nothing)
             sys.stdout.flush()  # a write that fails is said here, not as a traceback at exit
         if received and code != 128 + received[0]:
@@ -415,6 +420,11 @@ def main(
             # the process itself ends now: a signal then changes nothing of what was done
             # or said (killed by it, the exit status lied and no line said why)
             signal.signal(signum, handler if argv is not None else signal.SIG_IGN)
+
+
+def _before_reading(signum: int, frame: object) -> None:
+    """``serve``'s SIGHUP before its config is read: a reload of a file not read yet is
+    what the start does anyway."""
 
 
 def _stdout_to_devnull() -> None:

@@ -99,3 +99,33 @@ async def test_the_buckets_copy_of_a_sources_future_date_keeps_one_date_no_later
         kept = not_ahead(head)
         again = await client.head(t.url(FULL), headers={"if-modified-since": kept})
         assert (again.status_code, again.headers["last-modified"]) == (304, kept)
+
+
+async def test_a_sources_date_with_junk_around_it_is_kept_in_its_canonical_form(
+    weed: Weed, tmp_path: Path
+) -> None:
+    """A date the parser takes may carry bytes around it that are no ASCII (``GMT\\xe9``):
+    kept as written in the object's metadata, the store's client refused the upload before
+    sending it, and the store was marked down for every request."""
+    junk = FakeUpstream(
+        files={FULL: DATA},
+        behaviour={
+            FULL: Behaviour(
+                last_modified=None,
+                etag=None,
+                headers=[("last-modified", b"Mon, 01 Jan 2024 00:00:00 GMT\xe9")],
+            )
+        },
+    )
+    async with (
+        serving(junk) as up,
+        bucket_tracker(weed, up, tmp_path) as t,
+        httpx.AsyncClient(trust_env=False) as client,
+    ):
+        advertise(t.index, up.base, [(FULL, up.url(FULL), len(DATA))])
+        assert (await client.get(t.url(FULL))).content == DATA
+        await uploaded(weed, t, FULL)
+        for path in t.group_dir().iterdir():
+            path.unlink()  # no disk copy: the HEAD is the bucket's
+        head = await client.head(t.url(FULL))
+        assert head.headers["last-modified"] == "Mon, 01 Jan 2024 00:00:00 GMT"

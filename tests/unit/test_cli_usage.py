@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -337,3 +338,27 @@ def test_a_signal_the_entry_points_handler_took_is_the_exit_code(
         for signum, handler in original.items():
             signal.signal(signum, handler)
     assert capsys.readouterr().err == "snapshot-tracker: interrupted\n"
+
+
+def test_serve_s_sighup_while_its_command_line_is_parsed_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # serve's SIGHUP is a reload: before its config is read it changed nothing but ended
+    # serve as interrupted (exit 129) while its command line was parsed
+    parser = cli_module.build_parser
+
+    def hung_up_while_parsing() -> Any:
+        os.kill(os.getpid(), signal.SIGHUP)
+        return parser()
+
+    monkeypatch.setattr(cli_module, "build_parser", hung_up_while_parsing)
+    watchable = (*cli_module.STOPPING, signal.SIGINT)
+    before = {signum: signal.getsignal(signum) for signum in watchable}
+    original = {**before, signal.SIGHUP: signal.SIG_DFL}  # as a terminal starts serve
+    try:
+        code = main(["serve", "--config", str(tmp_path / "missing.yml")], original, [])
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+    assert code == 2  # the missing config's usage error, not an interruption
+    assert "interrupted" not in capsys.readouterr().err

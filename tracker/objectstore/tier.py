@@ -48,7 +48,7 @@ from tracker.objectstore.upload import Growing, upload_following
 from tracker.observability.logs import log_event
 from tracker.observability.redact import redact_url
 from tracker.proof.records.attestations import Attestations
-from tracker.serving.ranges import sent_last_modified
+from tracker.serving.ranges import http_date, parse_http_date, sent_last_modified
 
 if TYPE_CHECKING:  # not at run time: an idle tracker never loads cryptography
     from tracker.proof.statements import Attestation
@@ -314,8 +314,11 @@ class ObjectTier:
     def upload_metadata(self, headers: dict[str, str]) -> dict[str, str]:
         """The object's metadata: the upstream's ``last-modified``, kept for HEAD answers,
         never later than now (none when it is no HTTP-date: docs/http-api.md#archive-answers)."""
-        modified = sent_last_modified(headers.get("last-modified"), time.time())
-        return {"upstream-last-modified": modified} if modified else {}
+        # in its canonical form: a date the parser takes may carry junk around it (a
+        # source's "... GMTé"), and a byte of metadata that is no ASCII is refused by the
+        # store's client before it sends: the upload failed and the store was marked down
+        seconds = parse_http_date(sent_last_modified(headers.get("last-modified"), time.time()))
+        return {"upstream-last-modified": http_date(seconds)} if seconds is not None else {}
 
     async def upload(
         self, key: str, fd: int, growing: Growing, metadata: dict[str, str]
