@@ -440,11 +440,21 @@ async def test_sigterm_while_serve_loads_ends_it_with_one_line(tmp_path: Path) -
     assert one_line(held.errors.read_text(), "interrupted") == "snapshot-tracker: interrupted"
 
 
-async def test_sighup_while_serve_loads_is_a_reload_once_it_runs(tmp_path: Path) -> None:
-    """A SIGHUP that came while the daemon loaded is held and becomes its first reload (the
-    file may have changed since it was read); the daemon runs on, and stops on SIGTERM. It
-    was killed silently."""
-    async with held_at(tmp_path, "quart_trio", serve_command(tmp_path)) as held:
+@pytest.mark.parametrize(
+    ("loading", "then"),
+    [
+        # the daemon's libraries, after the config was read: held, its first reload (the
+        # file may have changed since it was read); it was killed silently
+        ("quart_trio", "config_reloaded"),
+        # the command line's first libraries, before the config is read: a reload of a file
+        # not read yet changes nothing; it ended ``serve`` as interrupted (exit 129)
+        ("difflib", "listening"),
+    ],
+)
+async def test_sighup_while_serve_loads_is_no_end(tmp_path: Path, loading: str, then: str) -> None:
+    """A SIGHUP while ``serve`` loads never ends it: the daemon runs on (``then`` in its
+    log), and stops on SIGTERM."""
+    async with held_at(tmp_path, loading, serve_command(tmp_path)) as held:
         held.process.send_signal(signal.SIGHUP)
         await held.release()
         log = held.errors
@@ -452,30 +462,11 @@ async def test_sighup_while_serve_loads_is_a_reload_once_it_runs(tmp_path: Path)
         def said(event: str) -> bool:
             return held.process.poll() is not None or event in log.read_text()
 
-        await wait_for(lambda: said("config_reloaded"), timeout=30)
+        await wait_for(lambda: said(then), timeout=30)
         assert held.process.poll() is None, log.read_text()
         assert "listening" in log.read_text()
         held.process.send_signal(signal.SIGTERM)
         returncode = await held.ended()
     assert returncode == 0, log.read_text()
-    assert "Traceback" not in log.read_text() and "stopped" in log.read_text()
-
-
-async def test_sighup_while_serve_s_command_line_loads_changes_nothing(tmp_path: Path) -> None:
-    """Held while ``tracker.cli`` imports its first libraries, before the config is read: a
-    SIGHUP is a reload of a file not read yet, so the daemon starts as it would have, and
-    stops on SIGTERM. It ended ``serve`` as interrupted (exit 129)."""
-    async with held_at(tmp_path, "difflib", serve_command(tmp_path)) as held:
-        held.process.send_signal(signal.SIGHUP)
-        await held.release()
-        log = held.errors
-
-        def said(event: str) -> bool:
-            return held.process.poll() is not None or event in log.read_text()
-
-        await wait_for(lambda: said("listening"), timeout=30)
-        assert held.process.poll() is None, log.read_text()
-        held.process.send_signal(signal.SIGTERM)
-        returncode = await held.ended()
-    assert returncode == 0, log.read_text()
-    assert "interrupted" not in log.read_text() and "stopped" in log.read_text()
+    text = log.read_text()
+    assert "Traceback" not in text and "interrupted" not in text and "stopped" in text
