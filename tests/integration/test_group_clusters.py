@@ -15,7 +15,15 @@ import base58
 import httpx
 import trio
 from fakes import Rpc, Sidecar, sidecar_info
-from helpers_alpenglow import validators
+from helpers_alpenglow import (
+    BLOCK_ID,
+    alpenglow_rpc,
+    document,
+    epoch_stakes,
+    fast_certificate,
+    ranked,
+    validators,
+)
 from helpers_server import serve_app
 from helpers_tracker import start_tracker, wait_until, write_config
 from helpers_votes import VoteRpc, hash_of, tower, vote_transaction
@@ -137,3 +145,46 @@ async def test_each_groups_archives_are_proven_by_its_own_clusters_votes(
         short = await votes.of("mainnet").lift(SLOT, proof)
     assert short.level == Level.MANIFEST and short.voted_stake == 0.25
     assert mainnet.block_calls()  # mainnet's archive: mainnet's RPC
+
+
+async def test_each_groups_finality_certificates_are_its_own_clusters(
+    nursery: trio.Nursery,
+) -> None:
+    """After the Alpenglow migration ``cluster_proof.certificates`` (the top-level
+    cluster's) was read for every group's archives: a testnet group with its own ``rpc``
+    was weighed on mainnet's documents and never proven (docs/http-api.md, "The cluster
+    level")."""
+    signers = ranked(VALIDATORS)
+    testnet_document = document(SLOT, BANK, fast_certificate(SLOT, signers, signers))
+    # each cluster's relay serves a document for the slot: only the group's is to be read
+    mainnet, testnet = alpenglow_rpc(VALIDATORS), alpenglow_rpc(VALIDATORS)
+    mainnet.documents[SLOT] = testnet.documents[SLOT] = testnet_document
+    main_url = await nursery.start(serve_app, mainnet.app()) + "/"
+    test_url = await nursery.start(serve_app, testnet.app()) + "/"
+    own = TargetGroup(group="testnet", rpc=test_url, certificates=test_url + "certificates")
+    none = TargetGroup(group="devnet", rpc=test_url)  # its own rpc, no certificates of its own
+    config = Config(
+        rpc=main_url,
+        target_groups=(TargetGroup(group="mainnet"), own, none),
+        cluster_proof=ClusterProof(certificates=main_url + "certificates"),
+    )
+    proof = Proof(
+        Level.MANIFEST,
+        snapshot_hash="x",
+        bank_hash=base58.b58encode(BANK).decode(),
+        block_id=base58.b58encode(BLOCK_ID).decode(),
+        epoch_stakes=epoch_stakes(VALIDATORS),
+    )
+    async with httpx.AsyncClient(trust_env=False, timeout=30) as client:
+        votes = ClusterVotes(lambda: config, client)
+        proven = await votes.of("testnet").lift(SLOT, proof)
+        assert (proven.level, proven.cluster_proof) == (Level.CLUSTER, "certificate")
+        assert testnet.calls.count(("certificate", SLOT)) == 1
+        unproven = await votes.of("devnet").lift(SLOT, proof)
+        assert unproven.level == Level.MANIFEST
+        assert unproven.note == (
+            f"cluster not proven: the RPC serves no finality certificate for slot {SLOT}"
+        )
+        assert mainnet.calls == []  # mainnet's relay was never read for the other clusters
+        assert (await votes.of("mainnet").lift(SLOT, proof)).level == Level.CLUSTER
+    assert mainnet.calls.count(("certificate", SLOT)) == 1  # mainnet's archive: its own relay

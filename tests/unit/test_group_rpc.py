@@ -112,6 +112,47 @@ def test_a_groups_own_witnesses_are_asked_with_its_rpc() -> None:
     assert config.cluster_rpcs("testnet") == (TEST, DEV)  # the same RPC twice is one witness
 
 
+MAIN_CERTS, TEST_CERTS = MAIN + "/certificates", TEST + "/certificates"
+
+
+def certified(*groups: TargetGroup) -> Config:
+    """A config of ``groups`` whose top-level cluster (:data:`MAIN`) has its certificates
+    at :data:`MAIN_CERTS`."""
+    return Config(
+        rpc=MAIN, target_groups=groups, cluster_proof=ClusterProof(certificates=MAIN_CERTS)
+    )
+
+
+@pytest.mark.parametrize(
+    ("config", "group", "prefix"),
+    [
+        # without its own rpc: the top-level cluster's certificates, as before
+        (certified(TargetGroup(group="mainnet")), "mainnet", MAIN_CERTS),
+        (certified(TargetGroup(group="mainnet")), None, MAIN_CERTS),
+        (certified(TargetGroup(group="testnet", rpc=TEST)), "gone", MAIN_CERTS),
+        # with its own rpc: its own certificates, never the top-level cluster's
+        (
+            certified(TargetGroup(group="testnet", rpc=TEST, certificates=TEST_CERTS)),
+            "testnet",
+            TEST_CERTS,
+        ),
+        (certified(TargetGroup(group="testnet", rpc=TEST)), "testnet", ""),
+        # the top-level ones stay the groups' without their own rpc beside it
+        (
+            certified(
+                TargetGroup(group="mainnet"),
+                TargetGroup(group="testnet", rpc=TEST, certificates=TEST_CERTS),
+            ),
+            "mainnet",
+            MAIN_CERTS,
+        ),
+        (Config(target_groups=(TargetGroup(group="mainnet"),)), "mainnet", ""),
+    ],
+)
+def test_the_certificates_read_for_a_group(config: Config, group: str | None, prefix: str) -> None:
+    assert config.group_certificates(group) == prefix
+
+
 def test_a_group_rpc_loads_and_is_checked_as_the_top_level_one(tmp_path: Path) -> None:
     config = load(
         tmp_path,
@@ -122,10 +163,12 @@ def test_a_group_rpc_loads_and_is_checked_as_the_top_level_one(tmp_path: Path) -
           - group: testnet
             rpc: {TEST}
             also_rpc: [{DEV}]
+            certificates: {TEST_CERTS}
         """,
     )
     assert [g.rpc for g in config.target_groups] == ["", TEST]
     assert config.target_groups[1].also_rpc == (DEV,)
+    assert config.group_certificates("testnet") == TEST_CERTS
     assert TEST not in repr(config)  # it may carry an API key, as the top-level one
 
 
@@ -137,6 +180,8 @@ def test_a_group_rpc_loads_and_is_checked_as_the_top_level_one(tmp_path: Path) -
         ("rpc: 5", "target_groups[0].rpc", "expected a string"),
         ("also_rpc: ['ftp://x/']", "target_groups[0].also_rpc[0]", "http"),
         (f"also_rpc: ['{DEV}']", "target_groups[0].also_rpc", "needs the group's own rpc"),
+        ("certificates: 'ftp://x/'", "target_groups[0].certificates", "http"),
+        (f"certificates: '{DEV}/c'", "target_groups[0].certificates", "needs the group's own rpc"),
     ],
 )
 def test_a_bad_group_rpc_names_its_key(tmp_path: Path, entry: str, path: str, message: str) -> None:

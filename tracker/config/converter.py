@@ -78,6 +78,7 @@ def config_converter(files: FileChecks) -> cattrs.Converter:
         # the same form as the top-level ones (docs/configuration.md, the per-group table)
         "rpc": values.rpc_url,
         "also_rpc": list_of(values.rpc_url),
+        "certificates": values.rpc_url,
     }
     add_hook(converter, TargetGroup, group_checks, finish_group_rpc)
     add_hook(converter, Config, _config_fields(converter, files))

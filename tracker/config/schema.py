@@ -282,6 +282,11 @@ class TargetGroup:
     #: (``cluster_proof.also_rpc`` is the top-level ``rpc``'s witnesses: another cluster's
     #: votes prove nothing here); only with the group's own ``rpc``.
     also_rpc: tuple[str, ...] = attrs.field(default=(), repr=False)
+    #: After the Alpenglow migration: the URL prefix of the group's own cluster's finality
+    #: certificate documents (``cluster_proof.certificates`` is the top-level ``rpc``'s
+    #: cluster's: another cluster's certificates never verify against this one's stakes);
+    #: only with the group's own ``rpc`` (:meth:`Config.group_certificates`); "": none.
+    certificates: str = attrs.field(default="", repr=False)
 
     def sidecar_url(self, host: str) -> str:
         """The base URL of a sidecar's API for a ``host:port`` entry (its target's name)."""
@@ -497,6 +502,17 @@ class Config:
                 seen.add(same)
                 distinct.append(url)
         return tuple(distinct)
+
+    def group_certificates(self, group: str | None = None) -> str:
+        """The URL prefix of the finality certificate documents read for ``group``'s
+        archives (docs/http-api.md, "The cluster level"): the group's own ``certificates``
+        where it has its own ``rpc`` (its cluster's; "" there: none, never the top-level
+        cluster's), else ``cluster_proof.certificates``; None or a group not configured:
+        the top-level one. "": none. Pure."""
+        found = self.group_named(group) if group is not None else None
+        if found is not None and found.rpc:
+            return found.certificates
+        return self.cluster_proof.certificates
 
     def group_named(self, name: str) -> TargetGroup | None:
         """The group called ``name``, or None."""

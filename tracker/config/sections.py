@@ -163,11 +163,20 @@ def finish_discovery(discovery: ClusterDiscovery) -> ClusterDiscovery:
 
 
 def finish_group_rpc(group: TargetGroup) -> TargetGroup:
-    """A group's ``also_rpc`` are witnesses of its own ``rpc``: without one they would be
-    asked beside the top-level ``rpc``, which may be another cluster's."""
+    """A group's ``also_rpc`` are witnesses of its own ``rpc``, its ``certificates`` its
+    own cluster's: without that ``rpc`` they would be read beside the top-level ``rpc``,
+    which may be another cluster's."""
+    problems: list[tuple[Path, str]] = []
     if group.also_rpc and not group.rpc:
         message = "needs the group's own rpc (cluster_proof.also_rpc are the top-level rpc's)"
-        raise_problems([(("also_rpc",), message)])
+        problems.append((("also_rpc",), message))
+    if group.certificates and not group.rpc:
+        message = (
+            "needs the group's own rpc (cluster_proof.certificates are the top-level rpc's"
+            " cluster's)"
+        )
+        problems.append((("certificates",), message))
+    raise_problems(problems)
     return group
 
 

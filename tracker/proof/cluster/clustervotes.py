@@ -170,7 +170,9 @@ class ClusterVotes:
         against every RPC's rank map (after the Alpenglow migration); else ``proof`` with
         ``voted_stake`` (when known) and a note saying why not. A proof below ``manifest``
         or without a bank hash is returned as it is. Asked of ``group``'s cluster's RPCs
-        (:meth:`rpcs`): another cluster's votes prove nothing of its archives."""
+        (:meth:`rpcs`), its certificates read from its cluster's prefix
+        (:meth:`~tracker.config.schema.Config.group_certificates`): another cluster's votes
+        or certificates prove nothing of its archives."""
         if proof.level < Level.MANIFEST or proof.bank_hash is None:
             return proof
         urls = self.rpcs(group)
@@ -179,7 +181,8 @@ class ClusterVotes:
         bank_hash = _hash_bytes(proof.bank_hash)
         if bank_hash is None:
             return attrs.evolve(proof, note="cluster not proven: the bank hash is not base58")
-        prefix = self._config().cluster_proof.certificates
+        # the group's own cluster's certificates: another cluster's never verify here
+        prefix = self._config().group_certificates(group)
         by_votes: AskedOfRpcs = ((slot, proof.bank_hash), urls, "")
         by_cert: AskedOfRpcs = (self._certificate_key(slot, proof), urls, prefix)
         tallies = self._kept.get(by_votes)
