@@ -162,7 +162,7 @@ async def test_each_groups_finality_certificates_are_its_own_clusters(
     main_url = await nursery.start(serve_app, mainnet.app()) + "/"
     test_url = await nursery.start(serve_app, testnet.app()) + "/"
     own = TargetGroup(group="testnet", rpc=test_url, certificates=test_url + "certificates")
-    none = TargetGroup(group="devnet", rpc=test_url)  # its own rpc, no certificates of its own
+    none = TargetGroup(group="devnet", rpc=test_url)  # its own rpc, no relay of its own
     config = Config(
         rpc=main_url,
         target_groups=(TargetGroup(group="mainnet"), own, none),
@@ -180,11 +180,11 @@ async def test_each_groups_finality_certificates_are_its_own_clusters(
         proven = await votes.of("testnet").lift(SLOT, proof)
         assert (proven.level, proven.cluster_proof) == (Level.CLUSTER, "certificate")
         assert testnet.calls.count(("certificate", SLOT)) == 1
-        unproven = await votes.of("devnet").lift(SLOT, proof)
-        assert unproven.level == Level.MANIFEST
-        assert unproven.note == (
-            f"cluster not proven: the RPC serves no finality certificate for slot {SLOT}"
-        )
-        assert mainnet.calls == []  # mainnet's relay was never read for the other clusters
+        assert mainnet.calls == []  # a group with its own relay never reads the top-level one
+        # its own rpc, no relay of its own (another region's RPC of the top-level cluster):
+        # the top-level relay, whose document verifies only against the group's own stakes
+        assert (await votes.of("devnet").lift(SLOT, proof)).level == Level.CLUSTER
+        assert mainnet.calls.count(("certificate", SLOT)) == 1
+        assert testnet.calls.count(("certificate", SLOT)) == 1
         assert (await votes.of("mainnet").lift(SLOT, proof)).level == Level.CLUSTER
-    assert mainnet.calls.count(("certificate", SLOT)) == 1  # mainnet's archive: its own relay
+    assert mainnet.calls.count(("certificate", SLOT)) >= 1  # mainnet's archive: its own relay

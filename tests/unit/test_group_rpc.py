@@ -130,13 +130,15 @@ def certified(*groups: TargetGroup) -> Config:
         (certified(TargetGroup(group="mainnet")), "mainnet", MAIN_CERTS),
         (certified(TargetGroup(group="mainnet")), None, MAIN_CERTS),
         (certified(TargetGroup(group="testnet", rpc=TEST)), "gone", MAIN_CERTS),
-        # with its own rpc: its own certificates, never the top-level cluster's
+        # with its own rpc and its own certificates: those, never the top-level cluster's
         (
             certified(TargetGroup(group="testnet", rpc=TEST, certificates=TEST_CERTS)),
             "testnet",
             TEST_CERTS,
         ),
-        (certified(TargetGroup(group="testnet", rpc=TEST)), "testnet", ""),
+        # its own rpc and none of its own: the top-level ones (another RPC of the same
+        # cluster; another cluster's certificate verifies against none of its stakes)
+        (certified(TargetGroup(group="testnet", rpc=TEST)), "testnet", MAIN_CERTS),
         # the top-level ones stay the groups' without their own rpc beside it
         (
             certified(

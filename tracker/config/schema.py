@@ -506,11 +506,13 @@ class Config:
     def group_certificates(self, group: str | None = None) -> str:
         """The URL prefix of the finality certificate documents read for ``group``'s
         archives (docs/http-api.md, "The cluster level"): the group's own ``certificates``
-        where it has its own ``rpc`` (its cluster's; "" there: none, never the top-level
-        cluster's), else ``cluster_proof.certificates``; None or a group not configured:
-        the top-level one. "": none. Pure."""
+        (set only with its own ``rpc``: its cluster's), else ``cluster_proof.certificates``
+        (a group with its own ``rpc`` may be the same cluster, another region's RPC; another
+        cluster's certificate verifies against none of the group's stakes, so reading it
+        proves nothing wrong); None or a group not configured: the top-level one. "": none.
+        Pure."""
         found = self.group_named(group) if group is not None else None
-        if found is not None and found.rpc:
+        if found is not None and found.certificates:
             return found.certificates
         return self.cluster_proof.certificates
 

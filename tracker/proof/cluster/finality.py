@@ -6,7 +6,7 @@ No JSON-RPC method serves a finality certificate: ``getBlock`` gives no block fo
 (agave's ``UiConfirmedBlock``) and ``getAgGenesisCert`` only the genesis. Block footers,
 each with the ``FinalCertificate`` of a recent block, reach Geyser plugins (agave's
 ``geyser-plugin-interface`` ``block_footer``). So the certificate comes from the operator:
-``cluster_proof.certificates`` (or, for a group with its own ``rpc``, that group's
+``cluster_proof.certificates`` (or a group's own
 ``certificates``: :meth:`~tracker.config.schema.Config.group_certificates`) is a URL prefix
 under which ``{slot}.json`` is the :class:`Document` of a slot (its block's footer and a
 certificate for it, base64), checked here as agave checks a footer's certificate; without
