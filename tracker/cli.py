@@ -164,6 +164,13 @@ def build_parser() -> CommandParser:
     return parser
 
 
+def command_of(argv: Sequence[str]) -> str:
+    """The subcommand ``argv`` names ("" none): its first argument that is no flag (the
+    program's own flags take no value; tracker/launch.py reads it so too, before this
+    module is imported)."""
+    return next((arg for arg in argv if not arg.startswith("-")), "")
+
+
 def unknown_flag(parser: CommandParser, argv: Sequence[str]) -> str:
     """The usage error for the first flag ``argv`` gives that its command does not know
     (with the closest known one), "" when there is none: argparse reports a missing
@@ -176,7 +183,7 @@ def flag_error(parser: CommandParser, argv: Sequence[str]) -> tuple[CommandParse
     """The parser a mistaken flag of ``argv`` is not one of (the program's own before the
     subcommand: ``--verison`` was reported as a missing command, ``--bogus serve`` in
     argparse's words; the subcommand's after it), and the usage error naming it ("": none)."""
-    command = next((arg for arg in argv if not arg.startswith("-")), "")
+    command = command_of(argv)
     at = list(argv).index(command) if command else len(argv)
     own = [flag for action in parser.options() for flag in action.option_strings]
     found = _first_unknown(argv[:at], own, short=True)
@@ -385,7 +392,7 @@ def main(
         return 128 + (received[0] if received else signal.SIGINT)
 
     given = argv if argv is not None else sys.argv[1:]
-    serving = next((arg for arg in given if not arg.startswith("-")), "") == "serve"
+    serving = command_of(given) == "serve"
     try:
         for signum in watched:
             # serve's SIGHUP is a reload: until its config is read (StartingSignals holds it

@@ -34,6 +34,7 @@ def main() -> int:
         signum: signal.getsignal(signum)
         for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
     }
+    # as tracker.cli.command_of reads it (that module is what is being loaded)
     serving = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), "") == "serve"
     for signum, handler in original.items():
         # one that came ignored stays ignored: SIGINT in a background job of a script,

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import httpx
 from helpers_bucket import bucket_tracker, uploaded
 from helpers_bytes import MiB, archive_bytes
-from helpers_proxy import FAST, advertise, proxy_tracker, wait_for
+from helpers_proxy import FAST, TrackerUnderTest, advertise, proxy_tracker, wait_for
 from helpers_s3 import Weed
 from helpers_upstream import Behaviour, FakeUpstream, serving
 from names import full_name
@@ -43,6 +45,25 @@ def not_ahead(answer: httpx.Response) -> str:
     modified = answer.headers["last-modified"]
     assert parsedate_to_datetime(modified) <= parsedate_to_datetime(answer.headers["date"])
     return modified
+
+
+@asynccontextmanager
+async def only_in_the_bucket(
+    weed: Weed, upstream: FakeUpstream, tmp_path: Path
+) -> AsyncIterator[tuple[TrackerUnderTest, httpx.AsyncClient]]:
+    """A tracker with a bucket that fetched and uploaded ``FULL`` from ``upstream``, its
+    disk copy gone: a HEAD of it is the bucket's."""
+    async with (
+        serving(upstream) as up,
+        bucket_tracker(weed, up, tmp_path) as t,
+        httpx.AsyncClient(trust_env=False) as client,
+    ):
+        advertise(t.index, up.base, [(FULL, up.url(FULL), len(DATA))])
+        assert (await client.get(t.url(FULL))).content == DATA
+        await uploaded(weed, t, FULL)
+        for path in t.group_dir().iterdir():
+            path.unlink()
+        yield t, client
 
 
 async def test_a_relay_passes_the_sources_date_on_and_resumes_with_it(tmp_path: Path) -> None:
@@ -84,16 +105,7 @@ async def test_a_cached_copy_of_a_sources_future_date_keeps_one_date_no_later_th
 async def test_the_buckets_copy_of_a_sources_future_date_keeps_one_date_no_later_than_it(
     weed: Weed, tmp_path: Path
 ) -> None:
-    async with (
-        serving(ahead_upstream()) as up,
-        bucket_tracker(weed, up, tmp_path) as t,
-        httpx.AsyncClient(trust_env=False) as client,
-    ):
-        advertise(t.index, up.base, [(FULL, up.url(FULL), len(DATA))])
-        assert (await client.get(t.url(FULL))).content == DATA
-        await uploaded(weed, t, FULL)
-        for path in t.group_dir().iterdir():
-            path.unlink()  # no disk copy: the HEAD is the bucket's
+    async with only_in_the_bucket(weed, ahead_upstream(), tmp_path) as (t, client):
         head = await client.head(t.url(FULL))
         assert head.status_code == 200
         kept = not_ahead(head)
@@ -117,15 +129,6 @@ async def test_a_sources_date_with_junk_around_it_is_kept_in_its_canonical_form(
             )
         },
     )
-    async with (
-        serving(junk) as up,
-        bucket_tracker(weed, up, tmp_path) as t,
-        httpx.AsyncClient(trust_env=False) as client,
-    ):
-        advertise(t.index, up.base, [(FULL, up.url(FULL), len(DATA))])
-        assert (await client.get(t.url(FULL))).content == DATA
-        await uploaded(weed, t, FULL)
-        for path in t.group_dir().iterdir():
-            path.unlink()  # no disk copy: the HEAD is the bucket's
+    async with only_in_the_bucket(weed, junk, tmp_path) as (t, client):
         head = await client.head(t.url(FULL))
         assert head.headers["last-modified"] == "Mon, 01 Jan 2024 00:00:00 GMT"
