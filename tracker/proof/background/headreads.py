@@ -1,5 +1,5 @@
-"""Which sources' copies a head read proves next (pure; docs/architecture.md, "Proven
-archives", "Redirect mode").
+"""Which sources' copies a head read proves next (pure; docs/http-api.md, "Proven
+archives", **Redirect mode**).
 
 In redirect mode the tracker never holds the bytes it hands out, but an archive's manifest
 comes first in its stream: one bounded read of a copy's head proves it to ``manifest``. The
