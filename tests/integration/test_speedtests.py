@@ -8,6 +8,7 @@ ranks the faster one first.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import attrs
@@ -20,7 +21,7 @@ from helpers_tracker import start_tracker, wait_until, write_config
 from helpers_upstream import Behaviour, FakeUpstream, serving, sidecar_listing
 from names import full_name
 
-from tracker.config.schema import Config, Ranking, SpeedTest, TargetGroup
+from tracker.config.schema import BearerAuth, Config, Ranking, SpeedTest, TargetGroup
 from tracker.ordering.index import TargetKey
 
 NAME = full_name(1000)
@@ -148,6 +149,41 @@ async def test_a_source_that_serves_slower_than_it_probes_loses_its_place(
         probed, achieved = t.index.speeds.figures(TargetKey(GROUP, sly.base), trio.current_time())
         assert achieved < _speed(t, steady) < probed
         assert _speed(t, sly) < _speed(t, steady)
+
+
+async def test_a_round_running_across_a_reload_reads_only_what_the_config_lists_now() -> None:
+    """A round's reads come one after another (each up to 20 s): while the first is held
+    back, a reload rotates the group's token and removes that source and another one. The
+    source the reload kept is asked with the new token, the one it removed not at all, and
+    the read that was running is not recorded for a source no longer listed
+    (docs/configuration.md: credentials go to the group's configured sources only)."""
+    ups = [
+        FakeUpstream(files={NAME: DATA}, behaviour={NAME: Behaviour(pause_at=0)}) for _ in range(3)
+    ]
+    config = _config_with(SpeedTest(bytes=PROBE, top=5, interval=600))
+    async with AsyncExitStack() as stack:
+        for up in ups:
+            await stack.enter_async_context(serving(up))
+        t = await stack.enter_async_context(running_tracker(config, *ups))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(t.parts.speedtests.round)
+            await wait_for(lambda: any(up.gets(NAME) for up in ups))
+            [running] = [up for up in ups if up.gets(NAME)]
+            kept, removed = [up for up in ups if up is not running]
+            # The reload: the new token in force, the removed sources out of the index (as
+            # the scrape round the reload starts drops them).
+            rotated = attrs.evolve(t.config.target_groups[0], bearer_auth=BearerAuth("rotated"))
+            t.config = attrs.evolve(t.config, target_groups=(rotated,))
+            for up in (running, removed):
+                t.index.drop(TargetKey(GROUP, up.base))
+            for up in ups:
+                up.behaviour[NAME].resume.set()
+        assert removed.gets(NAME) == []
+        [seen] = kept.gets(NAME)
+        assert seen.headers["authorization"] == "Bearer rotated"
+        assert _speed(t, kept) > 0
+        assert running.gets(NAME)[0].headers["authorization"] == f"Bearer {TOKEN}"
+        assert _speed(t, running) == 0.0  # read to its end, but no longer listed
 
 
 async def test_the_service_measures_its_sources_and_targets_show_it(

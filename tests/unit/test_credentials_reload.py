@@ -24,7 +24,9 @@ from tracker.config.schema import (
 from tracker.discovery.roster import Target, TargetHealth
 from tracker.discovery.scrape import Scraper
 from tracker.discovery.targetset import credentials_moved, left_behind
+from tracker.errors import UpstreamError
 from tracker.ordering.index import Index, TargetKey
+from tracker.proxy.upstream import group_asking
 
 FROM_FILE = TargetKey("g", "http://10.0.0.9:8899")  # a file's (or Consul's) sidecar
 STATIC = TargetKey("g", "http://10.0.0.1:8899")
@@ -118,3 +120,14 @@ async def test_a_probe_waiting_in_the_round_is_not_sent_the_new_credentials(
         assert probed == [STATIC.target]
     finally:
         await scraper.aclose()
+
+
+def test_what_outlives_a_reload_asks_with_the_group_of_now_and_only_what_it_lists() -> None:
+    # A refresh, a speed-test round or a head read waiting its turn took its group once: after
+    # a reload it sent the old credentials, to sources the reload may have removed.
+    new = config(bearer_auth=BearerAuth(token="new"))
+    assert group_asking(new, "g", listed=True) is new.group_named("g")
+    with pytest.raises(UpstreamError, match="no longer listed"):
+        group_asking(new, "g", listed=False)
+    with pytest.raises(UpstreamError, match="group 'gone' was removed by a reload"):
+        group_asking(new, "gone", listed=True)

@@ -25,14 +25,14 @@ import httpx
 import trio
 
 from tracker.config.schema import Config, TargetGroup
-from tracker.errors import SourceBusy, SourceFailed, TransportError
+from tracker.errors import SourceBusy, SourceFailed, TransportError, UpstreamError
 from tracker.measuring.speedtests import Probe, probes_due
 from tracker.net.bodyreads import body_chunks
 from tracker.net.sourcelimits import Pacer
 from tracker.observability.logs import log_event
 from tracker.ordering.index import Index, TargetKey
 from tracker.ordering.sourcehistory import KINDS
-from tracker.proxy.upstream import DownloadClients, ask_source, size_problem
+from tracker.proxy.upstream import DownloadClients, ask_source, group_asking, size_problem
 
 log = logging.getLogger("tracker.speedtest")
 
@@ -87,7 +87,7 @@ class SpeedTests:
         measured = 0
         for group in self._config().target_groups:
             for probe in self.due(group):
-                measured += await self._measure(group, probe)
+                measured += await self._measure(group.group, probe)
         self.rounds += 1
         return measured
 
@@ -111,9 +111,20 @@ class SpeedTests:
             now=self._clock(),
         )
 
-    async def _measure(self, group: TargetGroup, probe: Probe) -> int:
-        """Run ``probe``; 1 when it measured the source, 0 when it failed (logged) or the
-        source had no free transfer slot (then it is due again next round)."""
+    async def _measure(self, name: str, probe: Probe) -> int:
+        """Run ``probe`` of group ``name``; 1 when it measured the source, 0 when it failed
+        (logged), the source had no free transfer slot (then it is due again next round) or
+        a reload since the round began removed the group or the source (skipped).
+
+        The round's reads come one after another, each up to :data:`READ_FOR` seconds: each
+        asks with the group as the config has it when it starts, never as it was when the
+        round began (docs/configuration.md: credentials go to the group's configured
+        sources only)."""
+        try:
+            group = group_asking(self._config(), name, self._index.lists(probe.key))
+        except UpstreamError as exc:
+            log_event(log, "info", "speed_test_skipped", url=probe.file.url, reason=exc)
+            return 0
         try:
             size, seconds = await speed_test(self._clients, group, probe, self._read_for)
         except SourceBusy as exc:
@@ -128,6 +139,10 @@ class SpeedTests:
             # after its interval), never the tests of the sources after it
             self._probed[probe.key] = self._clock()
             log_event(log, "error", "speed_test_error", url=probe.file.url, exc_info=exc)
+            return 0
+        if not self._index.lists(probe.key):
+            # a reload removed it while it was read: a figure recorded now would outlive
+            # the drop that forgot the target's figures (Index.drop)
             return 0
         self._probed[probe.key] = self._clock()
         self._index.record_transfer(probe.key, size, seconds, self._clock(), kind="probed")

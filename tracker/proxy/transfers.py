@@ -61,6 +61,7 @@ from tracker.proxy.upstream import (
     Reopen,
     UpstreamAnswer,
     client_response_headers,
+    group_asking,
     open_upstream,
     resume_upstream,
 )
@@ -523,13 +524,11 @@ class Launcher:
         with, and later requests (a resume, another source's piece) carry the new ones, to a
         source the config still has (docs/configuration.md: credentials go to the group's
         configured sources only). UpstreamError once a reload removed the group, or a source
-        of the index that it no longer lists (a reload removed it, or left it behind)."""
-        now = self.config().group_named(group)
-        if now is None:
-            raise UpstreamError(f"group {group!r} was removed by a reload")
-        if origin == "upstream" and not self.index.lists(key):
-            raise UpstreamError("the source is no longer listed (removed by a reload?)")
-        return now
+        of the index that it no longer lists (a reload removed it, or left it behind):
+        :func:`~tracker.proxy.upstream.group_asking`."""
+        # the bucket and the replicas are no sources of the index: never unlisted
+        listed = origin != "upstream" or self.index.lists(key)
+        return group_asking(self.config(), group, listed)
 
     async def _reopen(
         self, group: str, origin: ByteSource, first: UpstreamAnswer, offset: int, size: int

@@ -65,7 +65,7 @@ import httpx
 import trio
 
 from tracker.clientwire.transport import BigReadBackend, PoolTransport, body_started
-from tracker.config.schema import TargetGroup, TLSConfig
+from tracker.config.schema import Config, TargetGroup, TLSConfig
 from tracker.core.snapshots import SnapshotFile
 from tracker.core.text import TRACKER_AGENT, one_line, quoted
 from tracker.errors import SourceBusy, SourceFailed, SourcesBusy, UpstreamError
@@ -306,6 +306,21 @@ class UpstreamAnswer:
                 slot, self.slot = self.slot, None
                 if slot is not None:
                     await slot.aclose()
+
+
+def group_asking(config: Config, group: str, listed: bool) -> TargetGroup:
+    """The group a source of ``group`` is asked with under ``config``, the config in force
+    now: what outlives a reload (a refresh, a speed-test round, a head read waiting for its
+    turn) asks with the credentials of now, and only a source the config still has
+    (docs/configuration.md: credentials go to the group's configured sources only).
+    ``listed``: the index still lists the source. UpstreamError once the reload removed
+    the group, or the source (or left it behind: :mod:`tracker.discovery.targetset`)."""
+    now = config.group_named(group)
+    if now is None:
+        raise UpstreamError(f"group {group!r} was removed by a reload")
+    if not listed:
+        raise UpstreamError("the source is no longer listed (removed by a reload?)")
+    return now
 
 
 async def ask_source(

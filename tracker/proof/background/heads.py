@@ -31,7 +31,13 @@ import attrs
 import trio
 
 from tracker.config.schema import Config, TargetGroup
-from tracker.errors import ArchiveInvalid, SourceBusy, SourceFailed, TransportError
+from tracker.errors import (
+    ArchiveInvalid,
+    SourceBusy,
+    SourceFailed,
+    TransportError,
+    UpstreamError,
+)
 from tracker.net.bodyreads import body_chunks
 from tracker.net.exchange import source_failures
 from tracker.observability.logs import log_event
@@ -40,11 +46,14 @@ from tracker.proof.background.headreads import HeadRead, failures_kept, heads_du
 from tracker.proof.background.rounds import CHECK_EVERY, RETRY_AFTER, Rounds
 from tracker.proof.cluster.clustervotes import ClusterVotes
 from tracker.proof.levels import NOT_LOADABLE, Level, Proof, not_loadable, shortfall
-from tracker.proxy.upstream import DownloadClients, ask_source, size_problem
+from tracker.proxy.upstream import DownloadClients, ask_source, group_asking, size_problem
 
 log = logging.getLogger("tracker.proof")
 
 Copy = tuple[TargetKey, str]
+#: A read or a decision of one copy, given the config and the copy's group as they are when
+#: its turn comes (:meth:`HeadProofs._step`).
+Work = Callable[[Config, TargetGroup], Awaitable[int]]
 _V = TypeVar("_V")
 
 #: ``prove(read, name, limit)``: the proof of the archive ``name`` whose raw bytes
@@ -158,23 +167,24 @@ class HeadProofs(Rounds):
             self._lowered(config.required_level(group), group.group, loadable_by)
             for read, proof in [v for v in self._voting.values() if v[0].key.group == group.group]:
                 if read.copy not in self._reading:
-                    decided += await step(read, partial(self._decide, config, group, read, proof))
+                    decided += await step(read, partial(self._decide, read=read, proof=proof))
             for read in self.due(group):
-                decided += await step(read, partial(self._read, config, group, read))
+                decided += await step(read, partial(self._read, read=read))
         self.rounds += 1
         return decided
 
-    async def _step(
-        self, nursery: trio.Nursery | None, read: HeadRead, work: Callable[[], Awaitable[int]]
-    ) -> int:
+    async def _step(self, nursery: trio.Nursery | None, read: HeadRead, work: Work) -> int:
         """Run ``work`` on ``read``'s copy: awaited (None) or started in ``nursery``, the copy
-        in flight meanwhile (not read again, counted among its archive's sources)."""
+        in flight meanwhile (not read again, counted among its archive's sources). Its turn
+        may come long after the round (:data:`READS_AT_ONCE`, each read up to
+        :data:`READ_FOR`): it is given the config of then (:meth:`_in_force`)."""
         self._reading.add(read.copy)
 
         async def done() -> int:
             try:
                 async with self._at_once:
-                    return await work()
+                    now = self._in_force(read)
+                    return 0 if now is None else await work(*now)
             except Exception as exc:
                 # the last guard: what no rule of the read or the decision foresaw costs
                 # this copy (tried again after retry_after), never the reads beside it
@@ -192,6 +202,22 @@ class HeadProofs(Rounds):
             return await done()
         nursery.start_soon(done)
         return 0
+
+    def _in_force(self, read: HeadRead) -> tuple[Config, TargetGroup] | None:
+        """The config in force and ``read``'s group in it, for a read or a decision whose
+        turn came; None (skipped, logged) once a reload since its round removed the group or
+        the source, or made the group read no heads. Never the group of the round: a read
+        waiting its turn across a reload would send the old credentials, to a source the
+        config may no longer have (docs/configuration.md: credentials go to the group's
+        configured sources only)."""
+        config = self._config()
+        try:
+            group = group_asking(config, read.key.group, self._index.lists(read.key))
+        except UpstreamError as exc:
+            log_event(log, "info", "head_read_skipped", url=read.file.url, reason=exc)
+            return None
+        # a reload made the group rank its copies unread: nothing to prove any more
+        return (config, group) if proven_only(config, group) else None
 
     def _below_now(self, required: Level, group: str, loadable_by: str | None) -> None:
         """Put every proven copy of ``group`` below ``required`` (a reload raised its
