@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import trio
 
-from tracker.config.schema import Config
+from tracker.config.schema import Config, rpc_identity
 from tracker.discovery.scrape import Scraper, TargetHealth
 from tracker.errors import RpcError
 from tracker.notify import Notifier
@@ -97,6 +97,40 @@ def group_slots(config: Config, by_url: Mapping[str, int | None]) -> dict[str, i
     return {g.group: by_url.get(config.group_rpc(g.group)) for g in config.target_groups}
 
 
+def slots_kept(old: Config, new: Config, slots: Mapping[str, int | None]) -> dict[str, int | None]:
+    """The cluster slots (``slots``: by group, as the index holds them) that still screen the
+    groups of ``new`` after a reload from ``old``: those of the groups whose RPC
+    (:meth:`Config.group_rpc`) the reload left as it was; a group it moved to another RPC,
+    or to none, has no slot known until that one answers: its old cluster's slot is no
+    bound on what it advertises (docs/http-api.md, "Public routes": its own cluster's
+    slot). Pure."""
+    return {
+        g.group: slots.get(g.group)
+        for g in new.target_groups
+        if old.group_named(g.group) is not None
+        and rpc_identity(old.group_rpc(g.group)) == rpc_identity(new.group_rpc(g.group))
+    }
+
+
+class Wakeup:
+    """What cuts the slot loop's wait for its next read short (:func:`track_snapshot_age`):
+    a reload, whose RPCs and ``scrape_interval`` apply at once, as the scrape loop's do. A
+    :meth:`set` while a read goes on ends the wait after it at once."""
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def set(self) -> None:
+        """Read again now (or as soon as the read going on ended)."""
+        self._event.set()
+
+    async def wait(self, seconds: float) -> None:
+        """Until :meth:`set` or ``seconds`` passed; the set is used up."""
+        with trio.move_on_after(seconds):
+            await self._event.wait()
+        self._event = trio.Event()
+
+
 async def read_slots(health: HealthChecker, urls: Iterable[str]) -> dict[str, int]:
     """The finalized slot each RPC of ``urls`` answers, asked all at once (each within the
     health check's timeout: one slow cluster delays none of the others' reads); an RPC
@@ -125,10 +159,12 @@ async def track_snapshot_age(
     metrics: Metrics,
     config: Callable[[], Config],
     on_slot: Callable[[Mapping[str, int | None]], None] | None = None,
+    wakeup: Wakeup | None = None,
 ) -> None:
-    """Every scrape interval, read each group's cluster slot from its RPC (each distinct
-    URL of :meth:`Config.slot_rpcs` once) and publish each group's snapshot age in slots
-    against its own cluster's slot (when that RPC answers).
+    """Every scrape interval, and at once when ``wakeup`` is set (a reload), read each
+    group's cluster slot from its RPC (each distinct URL of :meth:`Config.slot_rpcs` once)
+    and publish each group's snapshot age in slots against its own cluster's slot (when
+    that RPC answers).
 
     ``on_slot`` is told every group's cluster slot every interval (the index's
     ``max_slot_ahead`` check, :func:`group_slots`): its RPC's answer, carried on for a
@@ -149,10 +185,15 @@ async def track_snapshot_age(
                 kept[url] = carried
         last = kept
         if on_slot is not None:
-            on_slot(group_slots(current, screened))
+            # by the groups' RPCs of now: a reload during the read moved a group to another
+            # RPC, whose slot is not read yet (none: never the old cluster's, slots_kept)
+            on_slot(group_slots(config(), screened))
         for group in current.target_groups:
             slot = answered.get(current.group_rpc(group.group))
             newest = health.newest_slot(group.group)
             age = None if slot is None or newest is None else max(0, slot - newest)
             metrics.set_snapshot_age(group.group, age)
-        await trio.sleep(current.scrape_interval)
+        if wakeup is None:
+            await trio.sleep(current.scrape_interval)
+        else:
+            await wakeup.wait(current.scrape_interval)

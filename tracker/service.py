@@ -53,7 +53,7 @@ from tracker.proxy.prefetch import Prefetcher
 from tracker.proxy.streamer import CacheFactory, ProxyStreamer
 from tracker.proxy.transfers import Transfers
 from tracker.proxy.upstream import ProxySettings
-from tracker.reporting import ScrapeReporter, track_snapshot_age
+from tracker.reporting import ScrapeReporter, Wakeup, slots_kept, track_snapshot_age
 from tracker.serving.fileresponse import ChunkBudget
 from tracker.web.activity import ActiveRequests
 from tracker.web.api import create_app
@@ -327,6 +327,7 @@ async def run_tracker(
         app = parts.public
 
         reloading = trio.Lock()
+        slots_read = Wakeup()  # the cluster-slot loop's: a reload's RPCs read at once
 
         async def reload() -> None:
             # SIGHUP's and POST /reload's: a refused file is logged for either.
@@ -357,7 +358,13 @@ async def run_tracker(
             for change in restart_needed(tracker.config, new):
                 log_event(log, "warning", "config_needs_restart", change=change)
             new = in_force(tracker.config, new)
-            tracker.config = new
+            old, tracker.config = tracker.config, new
+            # A group moved to another RPC is screened by no cluster's slot until that one
+            # answers, never by its old cluster's; the slot loop reads the new RPCs now, and
+            # waits the new scrape_interval after (docs/configuration.md, a group's `rpc`).
+            held = {g.group: tracker.index.cluster_slot(g.group) for g in old.target_groups}
+            tracker.index.set_cluster_slots(slots_kept(old, new, held))
+            slots_read.set()
             # A changed cache directory is taken now, not at the next archive request: the
             # listings say what the new one holds at once (docs/configuration.md).
             streamer.cache()
@@ -428,6 +435,7 @@ async def run_tracker(
                         tracker.metrics,
                         tracker.current,
                         tracker.index.set_cluster_slots,
+                        slots_read,
                     )
                     background = await nursery.start(
                         _background,

@@ -13,7 +13,7 @@ import trio.testing
 from tracker.config.schema import Config, TargetGroup
 from tracker.errors import RpcError
 from tracker.observability.metrics import Metrics
-from tracker.reporting import SLOT_KEPT_FOR, cluster_slot_now, track_snapshot_age
+from tracker.reporting import SLOT_KEPT_FOR, cluster_slot_now, slots_kept, track_snapshot_age
 
 
 @pytest.mark.parametrize(
@@ -97,3 +97,25 @@ async def test_an_unforeseen_failure_keeps_the_carried_slot(
         await track_snapshot_age(health, Metrics(process=False), lambda: config, tell(told))
     assert told == [1000, 1150]
     assert any(r.msg == "slot_read_error" and r.exc_info for r in caplog.records)
+
+
+def test_a_reload_keeps_the_slot_of_a_group_only_where_it_kept_its_rpc() -> None:
+    # A group moved to another cluster's RPC was screened by its old cluster's slot until
+    # the slot loop's next read, up to the old scrape_interval later.
+    def config(top: str, own: str) -> Config:
+        groups = (TargetGroup(group="a"), TargetGroup(group="b", rpc=own), TargetGroup(group="c"))
+        return Config(rpc=top, target_groups=groups)
+
+    old = config("http://main:8899", "http://test:8899")
+    held = {"a": 10, "b": 50, "c": 10}
+    # the same RPCs, written otherwise: every slot kept
+    assert slots_kept(old, config("HTTP://main:8899/", "http://test:8899"), held) == held
+    # b moved: its slot goes; a and c keep theirs
+    assert slots_kept(old, config("http://main:8899", "http://other:8899"), held) == {
+        "a": 10,
+        "c": 10,
+    }
+    # the top-level rpc moved: the groups that take it lose theirs, b keeps its own
+    assert slots_kept(old, config("http://other:8899", "http://test:8899"), held) == {"b": 50}
+    # a group the reload added has none yet
+    assert slots_kept(Config(rpc="http://main:8899"), old, held) == {}
