@@ -426,6 +426,8 @@ async def run_tracker(
                             sock,
                             zero_copy,
                             shutdown_trigger=tracker.stop.wait,
+                            # Read at the stop: a reload may have changed it since the start.
+                            grace=lambda: tracker.config.shutdown_grace,
                             max_connections=limits.get(role, budget.connections),
                         )
                         addresses += await nursery.start(run)
@@ -467,8 +469,8 @@ async def run_tracker(
                     log_event(log, "info", "stopping", grace_seconds=grace)
                     background.cancel()
                     transfers.close(grace)
-                    # The listeners drain for up to `grace` (hypercorn's graceful timeout);
-                    # the guard then ends what a stalled client still holds.
+                    # The listeners drain for up to `grace` (each reads it at the stop, as
+                    # here); the guard then ends what a stalled client still holds.
                     ports = {port_of(a) for a in addresses}
                     guard.start_soon(
                         _enforce_grace, grace, ports, apps, nursery.cancel_scope, forced

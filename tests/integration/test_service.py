@@ -233,6 +233,49 @@ async def test_sigterm_lets_a_slow_download_finish(tmp_path: Path) -> None:
         assert await serve.proc.wait() == 0
 
 
+async def test_a_grace_raised_by_reload_holds_for_the_downloads_at_the_stop(
+    tmp_path: Path,
+) -> None:
+    """``shutdown_grace`` raised by a reload is the grace of the stop that follows, for the
+    listeners' connections too: they were cut at the start's grace (the log said the new
+    one). The client stops reading for a while far past the start's grace (0.1 s) and far
+    within the reload's (1 h), then reads the rest at once: the whole file arrives. No pace
+    of reading to keep: how loaded the machine is changes neither outcome (a slow machine
+    only stretches the steps, which the reload's grace and the timeouts cover many times)."""
+    path = local_config(tmp_path, shutdown_grace="100ms")
+    # Far more than the socket buffers hold while the client reads nothing: the server is
+    # still sending at the stop and after it.
+    name, data = big_archive(tmp_path, 16 * 1024 * 1024)
+    serve = await start_serve("--config", str(path))
+    assert serve.internal is not None
+    async with httpx.AsyncClient(trust_env=False, timeout=60) as client:
+        await wait_until(lambda: _listed(client, serve.base), timeout=60)
+        local_config(tmp_path, shutdown_grace="1h")
+        assert (await client.post(f"{serve.internal}/reload")).status_code == 200
+    host, port = serve.base.removeprefix("http://").rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    await stream.send_all(f"GET /{name} HTTP/1.1\r\nhost: {host}\r\n\r\n".encode())
+    received = bytearray(await stream.receive_some(1024))  # the download started
+    serve.proc.send_signal(signal.SIGTERM)
+    await wait_for(lambda: "stopping grace_seconds=3600.0" in serve.log, timeout=60)
+    # The client reads nothing for 30 times the start's grace (no event to wait for: the
+    # point is that time passes). The start's grace cut the connection meanwhile: what the
+    # server had queued still arrived, then the end, half way.
+    await trio.sleep(3)
+    assert serve.proc.returncode is None  # still in its grace
+    with trio.fail_after(300):
+        while len(received.partition(b"\r\n\r\n")[2]) < len(data):
+            if not (chunk := await stream.receive_some(1024 * 1024)):
+                break  # cut short
+            received += chunk
+    await stream.aclose()
+    body = bytes(received.partition(b"\r\n\r\n")[2])
+    assert len(body) == len(data) and hashlib.sha256(body).digest() == hashlib.sha256(data).digest()
+    with trio.fail_after(60):
+        assert await serve.proc.wait() == 0
+    assert "outcome=complete" in serve.log, serve.log_tail()
+
+
 async def stalled_download(tmp_path: Path, grace: str) -> tuple[Serve, SlowReader]:
     """A ``serve`` of ``shutdown_grace`` ``grace`` and a download of 64 MiB from it that
     started, then stopped reading."""

@@ -142,14 +142,16 @@ async def serve(
     connections: Connections,
     *,
     shutdown_trigger: Callable[[], Awaitable[Any]],
+    grace: Callable[[], float] | None = None,
     max_connections: int = 4096,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` on the listening TCP socket ``sock`` until ``shutdown_trigger`` returns.
 
     At most ``max_connections`` client connections are open at once (see
-    :mod:`tracker.zerocopy.limit`). Then stop accepting, give open connections
-    ``config.graceful_timeout`` seconds to finish, and run the app's lifespan shutdown.
+    :mod:`tracker.zerocopy.limit`). Then stop accepting, give open connections ``grace()``
+    seconds to finish (read once ``shutdown_trigger`` returned; without ``grace``,
+    ``config.graceful_timeout``), and run the app's lifespan shutdown.
     ``sock`` is closed on return. Starts with the bound address (``http://host:port``) as
     hypercorn's ``serve`` does.
     """
@@ -195,9 +197,11 @@ async def serve(
                 accepting.cancel_scope.cancel()
             await context.terminated.set()
             keep_alive.stop()
-            connections_nursery.cancel_scope.deadline = (
-                trio.current_time() + config.graceful_timeout
-            )
+            # The grace in force now, not the one at the start: a reload may have changed
+            # it, and the caller's own stop reads the same value (docs/configuration.md,
+            # `shutdown_grace`).
+            seconds = config.graceful_timeout if grace is None else grace()
+            connections_nursery.cancel_scope.deadline = trio.current_time() + seconds
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()
 
