@@ -1,18 +1,27 @@
-"""Consul catalog discovery against a tiny fake Consul on 127.0.0.1."""
+"""Consul catalog discovery against a tiny fake Consul on 127.0.0.1: the catalog query, what a
+failed query leaves a group (the last answer to that same query only), through the tracker too."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
 import httpx
 import pytest
+import trio
+from helpers_bytes import MiB, archive_bytes
 from helpers_server import serve_app
 from helpers_sources import Answer, ScriptedApp
+from helpers_tracker import start_tracker, wait_until, write_config
+from helpers_upstream import FakeUpstream, sidecar_listing
+from names import full_name
 
+from tracker.config.schema import Config, ConsulSDConfig, TargetGroup
 from tracker.discovery.consul import CatalogQuery, discover_consul
+from tracker.discovery.targetset import TargetFinder
 from tracker.errors import ProbeError
 
 CATALOG = "/v1/catalog/service/solana-sidecar"
@@ -95,3 +104,131 @@ async def test_too_many_instances(nursery, client) -> None:
         len(await discover_consul(client, CatalogQuery(base, "solana-sidecar"), max_entries=11))
         == 11
     )
+
+
+def consul_config(consul: str, **changed: str) -> Config:
+    """One group ``g`` of Consul's sidecars: ``solana-sidecar`` of Consul at ``consul``,
+    with a token, a datacenter and a filter, but for what ``changed`` says."""
+    settings = {
+        "host": consul,
+        "service": "solana-sidecar",
+        "token": "t",
+        "datacenter": "dc1",
+        "filter": 'Node != "x"',
+    }
+    sd = ConsulSDConfig(**(settings | changed))  # built anew: resolved_token follows token
+    return Config(target_groups=(TargetGroup(group="g", consul_sd_config=sd),))
+
+
+def finder(client: httpx.AsyncClient) -> TargetFinder:
+    return TargetFinder(lambda _group: client, lambda *_answered: None)
+
+
+async def sidecars(found: TargetFinder, config: Config) -> list[str]:
+    return [t.location for t in await found.discover(config)]
+
+
+async def test_a_failed_query_keeps_its_own_last_answer(nursery, client) -> None:
+    """A Consul that stops answering does not empty the group: the same query's last list
+    stays (a timeout or an ACL hiccup must not take every sidecar away)."""
+    app = ScriptedApp({CATALOG: catalog([node("10.0.0.1", 13080)])})
+    base = await nursery.start(serve_app, app)
+    found = finder(client)
+    assert await sidecars(found, consul_config(base)) == ["http://10.0.0.1:13080"]
+    app.routes[CATALOG] = Answer(500, (), b"rpc error")
+    assert await sidecars(found, consul_config(base)) == ["http://10.0.0.1:13080"]
+    assert len(app.requests) == 2  # asked, and failed
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"host": "another Consul"},
+        {"service": "another-sidecar"},
+        {"datacenter": "dc2"},
+        {"filter": 'Node == "x"'},
+        {"token": "rotated"},
+    ],
+    ids=lambda changed: next(iter(changed)),
+)
+async def test_a_failed_query_a_reload_changed_keeps_nothing_of_the_old_one(
+    nursery, client, changed: dict[str, str]
+) -> None:
+    """After a reload that changed the query, the old query's sidecars are another
+    service's (or another Consul's view): a failure of the new query leaves the group none,
+    where they stayed as long as it failed, probed, ranked, served and sent the group's
+    credentials (docs/configuration.md, ``consul_sd_config``)."""
+    app = ScriptedApp({CATALOG: catalog([node("10.0.0.1", 13080)])})
+    base = await nursery.start(serve_app, app)
+    found = finder(client)
+    assert await sidecars(found, consul_config(base)) == ["http://10.0.0.1:13080"]
+    app.routes[CATALOG] = Answer(500, (), b"rpc error")  # whatever is asked now fails
+    if "host" in changed:
+        changed = {"host": await nursery.start(serve_app, ScriptedApp())}  # 404 to all
+    assert await sidecars(found, consul_config(base, **changed)) == []
+    # Back to the old query, failing too: its answer was the other query's; none kept.
+    assert await sidecars(found, consul_config(base)) == []
+
+
+FULL = full_name(345_600_000)
+DATA = archive_bytes(MiB, seed=5)
+
+
+async def test_a_reload_to_another_service_drops_the_old_services_sidecars(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Through the tracker: a reload to a Consul service that fails leaves the group
+    without the old service's sidecar (``/v1/targets``, ``/v1/snapshots``), which is never
+    probed again; it stayed, and was probed with the group's credentials, as long as the
+    new query failed."""
+    up = FakeUpstream(files={FULL: DATA}, listing=sidecar_listing({FULL: DATA}))
+    await nursery.start(up.run)
+    port = int(up.base.rsplit(":", 1)[1])
+    app = ScriptedApp(
+        {
+            "/v1/catalog/service/svc-a": catalog([node("127.0.0.1", port)]),
+            "/v1/catalog/service/svc-b": Answer(500, (), b"no such service here"),
+        }
+    )
+    consul = await nursery.start(serve_app, app)
+
+    def settings(service: str) -> dict[str, Any]:
+        return {
+            "internal_listen": "127.0.0.1:0",
+            "scrape_interval": "300ms",
+            "verify_archives": False,
+            "target_groups": [
+                {
+                    "group": "g",
+                    "bearer_auth": {"token": "group-token"},
+                    "consul_sd_config": {"host": consul, "service": service},
+                }
+            ],
+        }
+
+    def asked_b() -> int:
+        return app.paths().count("/v1/catalog/service/svc-b")
+
+    async def rounds_asked_b(count: int) -> bool:
+        return asked_b() >= count
+
+    path = write_config(tmp_path, settings("svc-a"))
+    public, internal = await start_tracker(nursery, path)
+    async with httpx.AsyncClient(trust_env=False) as client:
+
+        async def listed() -> bool:
+            return bool((await client.get(f"{public}/v1/snapshots")).json())
+
+        await wait_until(listed)
+        write_config(tmp_path, settings("svc-b"))
+        assert (await client.post(f"{internal}/reload")).status_code == 200
+        # A round's discovery comes after the previous round's probes: from the second
+        # question of svc-b on, the round before was one under the new config.
+        await wait_until(lambda: rounds_asked_b(2))
+        probes = len(up.seen)
+        await wait_until(lambda: rounds_asked_b(3))
+        targets = (await client.get(f"{public}/v1/targets")).json()
+        snapshots = (await client.get(f"{public}/v1/snapshots")).json()
+    assert [t["target"] for t in targets if t["group"] == "g"] == []
+    assert snapshots == []
+    assert up.seen[probes:] == []  # no probe, no token sent

@@ -2,7 +2,9 @@
 the cluster's nodes, asked again at every round.
 
 A source of targets that fails keeps its last answer: an operator's typo in a file, a
-Consul timeout or a failed ``getClusterNodes`` call must not empty a group.
+Consul timeout or a failed ``getClusterNodes`` call must not empty a group. Only an answer
+to what is asked now, though: Consul's and the cluster's lists go when a reload changes
+what they are asked.
 """
 
 from __future__ import annotations
@@ -100,14 +102,32 @@ def rpc_keys(config: Config) -> set[TargetKey]:
     }
 
 
+#: A Consul query and the hosts a group has by it.
+ConsulAnswer = tuple[CatalogQuery, list[str]]
+
+
+def consul_hosts_kept(last: ConsulAnswer | None, query: CatalogQuery) -> list[str]:
+    """What ``query`` of Consul's catalog gives when it fails: the hosts it answered last,
+    never another query's (a reload that changed the group's ``host``, ``service``,
+    ``datacenter``, ``filter`` or token): those belong to another service, or another
+    Consul's view of one, and would be probed, ranked, served and sent the group's
+    credentials for as long as the new query fails (docs/configuration.md,
+    ``consul_sd_config``). Pure."""
+    if last is None or last[0] != query:
+        return []
+    return last[1]
+
+
 class TargetFinder:
     """Builds the target set of every group, keeping what each source of targets said last."""
 
     def __init__(self, client_of: ClientOf, rpc_answered: RpcAnswered) -> None:
         self._client_of = client_of
         self._rpc_answered = rpc_answered
-        #: The hosts each ``file_targets`` file and each group's Consul gave last.
+        #: The hosts each ``file_targets`` file gave last.
         self._hosts: dict[str, list[str]] = {}
+        #: Per group: the Consul query it asked last, and the hosts it has by that query.
+        self._consul: dict[str, ConsulAnswer] = {}
         #: Per group: the nodes cluster discovery found last, when it asked, and the
         #: ``cluster_discovery`` it asked by (a reload that changes it asks again at once).
         self._cluster: dict[str, tuple[ClusterDiscovery, float, list[Node]]] = {}
@@ -174,19 +194,23 @@ class TargetFinder:
         return self._hosts.get(path, [])
 
     async def _consul_targets(self, group: TargetGroup, within: float) -> list[str]:
+        """The hosts Consul lists for ``group``; a failure keeps the last answer to the same
+        query (a Consul timeout must not empty a group), and gives none after a reload that
+        changed the query (:func:`consul_hosts_kept`)."""
         sd = group.consul_sd_config
         assert sd is not None
-        key = f"consul:{group.group}"
+        query = CatalogQuery(sd.host, sd.service, sd.resolved_token, sd.datacenter, sd.filter)
         client = self._client_of(group.group)
         if client is None:  # dropped by a reload during this round: not asked
-            return self._hosts.get(key, [])
+            return consul_hosts_kept(self._consul.get(group.group), query)
         try:
             with trio.fail_after(within):
-                query = CatalogQuery(
-                    sd.host, sd.service, sd.resolved_token, sd.datacenter, sd.filter
-                )
-                self._hosts[key] = await discover_consul(client, query)
+                hosts = await discover_consul(client, query)
         except (ProbeError, trio.TooSlowError) as exc:
             reason = str(exc) or "timed out"
             log_event(log, "warning", "consul_discovery_failed", group=group.group, error=reason)
-        return self._hosts.get(key, [])
+            hosts = consul_hosts_kept(self._consul.get(group.group), query)
+        # What the group has now, for this query: a reload back to an earlier query finds
+        # nothing of that query's older answer either.
+        self._consul[group.group] = (query, hosts)
+        return hosts
