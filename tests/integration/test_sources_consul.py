@@ -147,7 +147,6 @@ async def test_a_failed_query_keeps_its_own_last_answer(nursery, client) -> None
         {"service": "another-sidecar"},
         {"datacenter": "dc2"},
         {"filter": 'Node == "x"'},
-        {"token": "rotated"},
     ],
     ids=lambda changed: next(iter(changed)),
 )

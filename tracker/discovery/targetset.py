@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable
 from functools import partial
 
+import attrs
 import httpx
 import trio
 
@@ -109,11 +110,12 @@ ConsulAnswer = tuple[CatalogQuery, list[str]]
 def consul_hosts_kept(last: ConsulAnswer | None, query: CatalogQuery) -> list[str]:
     """What ``query`` of Consul's catalog gives when it fails: the hosts it answered last,
     never another query's (a reload that changed the group's ``host``, ``service``,
-    ``datacenter``, ``filter`` or token): those belong to another service, or another
-    Consul's view of one, and would be probed, ranked, served and sent the group's
-    credentials for as long as the new query fails (docs/configuration.md,
-    ``consul_sd_config``). Pure."""
-    if last is None or last[0] != query:
+    ``datacenter`` or ``filter``): those belong to another service, or another Consul's
+    view of one, and would be probed, ranked, served and sent the group's credentials for
+    as long as the new query fails (docs/configuration.md, ``consul_sd_config``). A rotated
+    token asks the same question: a rotation while Consul is down keeps the group's
+    sidecars. Pure."""
+    if last is None or attrs.evolve(last[0], token="") != attrs.evolve(query, token=""):
         return []
     return last[1]
 
