@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from tracker.core.hosts import is_authority, is_host_name, voice_of
+from tracker.core.hosts import (
+    canonical_authority,
+    canonical_host,
+    is_authority,
+    is_host_name,
+    voice_of,
+)
+from tracker.ordering.ranking import priced_sizes
 
 
 @pytest.mark.parametrize(
@@ -56,7 +63,60 @@ def test_one_host_rule(text: str, name: bool, authority: bool, with_port: bool) 
         ("http://[::1]:8899", "::1"),
         ("/var/ledger", "/var/ledger"),  # a local directory is its own
         ("http://[::1", "http://[::1"),  # malformed: its own, never an error
+        # one host however the URL spells it
+        ("http://[2001:0db8:0:0::6]:13080", "2001:db8::6"),
+        ("http://[2001:DB8::6]:8899", "2001:db8::6"),
+        ("http://[::ffff:10.0.0.6]:8899", "10.0.0.6"),
+        ("http://[::ffff:a00:6]:8899", "10.0.0.6"),
+        ("http://[fe80::1%eth0]:8899", "fe80::1"),
     ],
 )
 def test_voice_of(target: str, voice: str) -> None:
     assert voice_of(target) == voice
+
+
+@pytest.mark.parametrize(
+    ("host", "canonical"),
+    [
+        ("2001:0db8::6", "2001:db8::6"),
+        ("[2001:0db8:0:0::6]", "2001:db8::6"),
+        ("2001:DB8::6", "2001:db8::6"),
+        ("::ffff:10.0.0.6", "10.0.0.6"),
+        ("[::ffff:a00:6]", "10.0.0.6"),
+        ("fe80::1%eth0", "fe80::1"),
+        ("10.0.0.6", "10.0.0.6"),
+        ("::1", "::1"),
+        ("Node.Example", "node.example"),
+        ("rpc_1", "rpc_1"),
+        ("", ""),
+    ],
+)
+def test_canonical_host(host: str, canonical: str) -> None:
+    assert canonical_host(host) == canonical
+
+
+@pytest.mark.parametrize(
+    ("authority", "canonical"),
+    [
+        ("[2001:0db8::6]:8899", "[2001:db8::6]:8899"),
+        ("[::ffff:10.0.0.6]:8899", "10.0.0.6:8899"),
+        ("[2001:0db8::6]", "[2001:db8::6]"),
+        ("u:p@Node.Example:80", "node.example:80"),
+        ("10.0.0.6", "10.0.0.6"),
+    ],
+)
+def test_canonical_authority(authority: str, canonical: str) -> None:
+    assert canonical_authority(authority) == canonical
+
+
+@pytest.mark.parametrize("twice", ["http://[2001:db8::6]:13080", "http://[2001:0db8:0:0::6]:13080"])
+def test_a_machine_listed_twice_is_one_vote(twice: str) -> None:
+    """One machine's sidecar and RPC, however their URLs spell its address, hold one price
+    against another machine's (the lower median of the voices' sizes)."""
+    name = "snapshot-1000-x.tar.zst"
+    listed = [
+        (name, True, 10**11, voice_of("http://[2001:db8::9]:8899")),
+        (name, True, 10**15, voice_of("http://[2001:db8::6]:8899")),
+        (name, True, 10**15, voice_of(twice)),
+    ]
+    assert priced_sizes(listed)[name] == 10**11

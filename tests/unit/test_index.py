@@ -334,6 +334,13 @@ def test_discovered_nodes_alone_need_two_agreeing(
         ("http://10.0.0.1:13080", "10.0.0.1", False),
         ("/srv/ledger", "/srv/ledger", True),
         ("/srv/ledger", "/srv", False),
+        # one host however either spells it (core.hosts.canonical_host)
+        ("http://[2001:0db8::6]:8899", "[2001:db8::6]:8899", True),
+        ("http://[2001:db8::6]:8899", "http://[2001:db8:0:0::6]:8899", True),
+        ("http://[::ffff:10.0.0.6]:8899", "10.0.0.6:8899", True),
+        ("HTTP://Node.Example:8899", "http://node.example:8899", True),
+        ("http://[2001:db8::6]:8899", "[2001:db8::7]:8899", False),
+        ("/SRV/ledger", "/srv/ledger", False),  # a path as it is
     ],
 )
 def test_a_known_source_names_a_target_or_its_address(

@@ -286,6 +286,19 @@ LISTED = ("http://10.0.0.5:8458", "http://10.0.0.6:8458/")
         ("", LISTED, "no replica_url"),
         ("http://x@10.0.0.6:8458", LISTED, "not an http(s) base URL"),
         ("file:///etc/passwd", (), "not an http(s) base URL"),
+        # one replica however its address is spelled (core.hosts.canonical_host)
+        (
+            "http://[2001:db8:0::a]:8458",
+            ("http://[2001:db8::a]:8458",),
+            HolderRoute("http://[2001:db8:0::a]:8458", trusted=True),
+        ),
+        (
+            "http://[::ffff:10.0.0.6]:8458",
+            LISTED,
+            HolderRoute("http://[::ffff:10.0.0.6]:8458", trusted=True),
+        ),
+        ("http://[::ffff:10.0.0.5]:8458", LISTED, ""),
+        ("http://[2001:db8::b]:8458", ("http://[2001:db8::a]:8458",), "is not in"),
     ],
 )
 def test_a_holder_is_followed_only_where_the_operator_allows(

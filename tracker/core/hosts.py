@@ -57,14 +57,46 @@ def is_authority(text: str, *, port_required: bool = False) -> bool:
     return rest.startswith(":") and port_number(rest[1:]) is not None
 
 
+def canonical_host(host: str) -> str:
+    """One machine's one spelling of ``host`` (a URL's host, brackets or not): an IP address
+    as :mod:`ipaddress` writes it, without a zone id, an IPv4-mapped IPv6 address as its IPv4
+    one (``[2001:0db8::6]`` and ``2001:db8::6``, ``[::ffff:10.0.0.6]`` and ``10.0.0.6`` are
+    one host); a name lower-cased. What counts one host once (voices, a source's limits,
+    ``trust.known_sources``, ``object_store.replicas``) compares hosts with it. Pure."""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        # The zone names the link to reach the address by, not another machine
+        # (docs/configuration.md, "static_targets").
+        address = ipaddress.ip_address(bare.partition("%")[0])
+    except ValueError:
+        return host.lower()
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+def canonical_authority(authority: str) -> str:
+    """``host[:port]`` or ``[v6][:port]`` (a ``userinfo@`` before it dropped) with its host
+    as :func:`canonical_host` writes it (an IPv6 one bracketed), the port as written. Pure."""
+    hostport = authority.rpartition("@")[2]
+    if hostport.startswith("["):
+        host, _bracket, rest = hostport[1:].partition("]")
+    else:
+        host, colon, port = hostport.partition(":")
+        rest = colon + port
+    canonical = canonical_host(host)
+    return (f"[{canonical}]" if ":" in canonical else canonical) + rest
+
+
 @functools.lru_cache(maxsize=65_536)  # targets are few and stable; ranked again and again
 def voice_of(target: str) -> str:
     """Whose word a target's listing or a source's bytes are: the host its URL names (two
     ports of one machine, a sidecar and its validator's RPC, hold what that machine holds
     and count once), a local target's path its own. The ranking's prices and a refresh's
-    piece comparison count voices with it. Pure."""
+    piece comparison count voices with it: one host however its URL spells it
+    (:func:`canonical_host`), so a machine listed twice gets one vote. Pure."""
     try:
         host = urlsplit(target).hostname
     except ValueError:  # a malformed URL is its own voice
         host = None
-    return host or target  # the host lower-cased (urlsplit does), a path as it is
+    return canonical_host(host) if host else target  # a path as it is

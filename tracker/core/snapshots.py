@@ -23,6 +23,8 @@ from typing import NamedTuple
 import attrs
 import base58
 
+from tracker.core.hosts import canonical_authority
+
 #: Archive extensions a Solana validator writes, longest first so that matching is greedy.
 EXTENSIONS = (".tar.bz2", ".tar.gz", ".tar.zst", ".tar.lz4", ".tar.xz", ".tar")
 
@@ -263,11 +265,27 @@ MIN_DISCOVERED_AGREEING = 2
 
 def is_known(target: str, known_sources: Set[str]) -> bool:
     """True when ``target`` (a target's URL or path) is one of ``known_sources``: the same
-    URL or path, or its ``host:port`` (an entry that names every target at that address)."""
+    URL or path, or its ``host:port`` (an entry that names every target at that address);
+    one host however either spells it (:func:`tracker.core.hosts.canonical_host`)."""
     if target in known_sources:
         return True
-    _scheme, sep, rest = target.partition("://")
+    entries = {_source_form(entry) for entry in known_sources}
+    form = _source_form(target)
+    if form in entries:
+        return True
+    _scheme, sep, rest = form.partition("://")
+    return bool(sep) and rest.split("/", 1)[0] in entries
+
+
+@functools.lru_cache(maxsize=65536)
+def _source_form(text: str) -> str:
+    # A target's URL, a host:port or a path as is_known compares them: the scheme lower
+    # case, the host canonical, no userinfo (credentials are no part of whose word it is);
+    # a path (a local target, resolved) as it is.
+    if text.startswith("/"):
+        return text
+    scheme, sep, rest = text.partition("://")
     if not sep:
-        return False
-    authority = rest.split("/", 1)[0].rpartition("@")[2]
-    return authority in known_sources
+        return canonical_authority(text)
+    authority, slash, path = rest.partition("/")
+    return f"{scheme.lower()}://{canonical_authority(authority)}{slash}{path}"

@@ -31,6 +31,7 @@ import attrs
 import trio
 
 from tracker.config.schema import SourceLimits
+from tracker.core.hosts import canonical_host
 from tracker.errors import SourceBusy
 
 #: Seconds of a source's rate an idle source may send at once.
@@ -40,10 +41,12 @@ QUEUE = 8
 
 
 def source_of(url: str) -> str:
-    """The source a URL's transfers count against: its scheme, host and port."""
+    """The source a URL's transfers count against: its scheme, host and port, the host as
+    :func:`~tracker.core.hosts.canonical_host` writes it (one machine's limits are one,
+    however its URLs spell it: docs/http-api.md, "Source limits")."""
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
+    return f"{parts.scheme}://{canonical_host(parts.hostname or '')}:{port}"
 
 
 @attrs.define

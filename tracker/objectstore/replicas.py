@@ -20,11 +20,13 @@ replicas would refuse this one's own ``replica_url``.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 import attrs
 
 from tracker.config.schema import Config
+from tracker.core.hosts import canonical_authority
 from tracker.core.text import quoted
 from tracker.net.egress import policy_of
 
@@ -64,6 +66,23 @@ def base_url(text: str) -> str | None:
     return f"{scheme}://{netloc}{parts.path.rstrip('/')}"
 
 
+def same_replica(url: str, replicas: Iterable[str]) -> bool:
+    """Whether ``url`` is one of ``replicas`` as base URLs (:func:`base_url`), its host
+    however it is spelled (``[2001:db8::a]``, ``[2001:db8:0::a]``:
+    :func:`~tracker.core.hosts.canonical_host`); False when it is no base URL. Pure."""
+    identity = _identity(url)
+    return identity is not None and identity in {_identity(other) for other in replicas}
+
+
+def _identity(url: str) -> str | None:
+    base = base_url(url)
+    if base is None:
+        return None
+    scheme, _sep, rest = base.partition("://")
+    authority, slash, path = rest.partition("/")
+    return f"{scheme}://{canonical_authority(authority)}{slash}{path}"
+
+
 def holder_route(replica_url: str, *, own: str, replicas: tuple[str, ...]) -> HolderRoute | str:
     """How to reach the holder a lock names by ``replica_url``, or why it is not followed
     (one line; "" when it is this replica itself). ``own``: this replica's ``replica_url``;
@@ -73,11 +92,11 @@ def holder_route(replica_url: str, *, own: str, replicas: tuple[str, ...]) -> Ho
     base = base_url(replica_url)
     if base is None:
         return f"replica_url {quoted(replica_url)} is not an http(s) base URL"
-    if own and base == base_url(own):
+    if own and same_replica(base, (own,)):
         return ""
     if not replicas:
         return HolderRoute(base, trusted=False)
-    if base in {base_url(url) for url in replicas}:
+    if same_replica(base, replicas):
         return HolderRoute(base, trusted=True)
     return f"replica_url {quoted(replica_url)} is not in object_store.replicas"
 
@@ -89,9 +108,8 @@ def own_url_warning(config: Config) -> str | None:
     store = config.object_store
     if store is None or not store.replica_url:
         return None
-    base = base_url(store.replica_url)
     if store.replicas:
-        if base in {base_url(url) for url in store.replicas}:
+        if same_replica(store.replica_url, store.replicas):
             return None
         return (
             "object_store.replica_url: not in object_store.replicas; other replicas with "
