@@ -75,6 +75,53 @@ def test_bind_socket_on_a_port_in_use_raises_oserror() -> None:
         bind_socket("127.0.0.1", sock.getsockname()[1])
 
 
+#: Binds a link-local address with its zone in a namespace of its own (lo, up, holding
+#: fe80::1), and prints where it listens and what a client reached there.
+_ZONED_LISTENER = """
+import json, socket
+from tracker.web.listeners import bind_address
+with bind_address("[fe80::1%lo]:8461", "listen") as sock:
+    with socket.create_connection(("fe80::1%lo", 8461), timeout=5) as client:
+        peer = client.getpeername()
+    print(json.dumps({"bound": sock.getsockname(), "peer": peer,
+                      "lo": socket.if_nametoindex("lo")}))
+"""
+
+
+def _own_namespace() -> bool:
+    unshare = shutil.which("unshare")
+    if unshare is None or shutil.which("ip") is None:
+        return False
+    return subprocess.run([unshare, "-rn", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _own_namespace(), reason="needs unshare -rn and ip (a namespace)")
+def test_a_link_local_listen_address_with_its_zone_is_bound_and_served() -> None:
+    """``listen: "[fe80::1%lo]:8461"``: bound on that interface (the zone its scope id), not
+    refused with EINVAL; in a network namespace of the test's own, its loopback holding
+    fe80::1, so nothing outside 127.0.0.0/8 of this machine is touched."""
+    setup = "ip link set lo up && ip -6 addr add fe80::1/64 dev lo nodad"
+    done = subprocess.run(
+        [
+            "unshare",
+            "-rn",
+            "sh",
+            "-c",
+            f'{setup} && exec "$0" -c "$1"',
+            sys.executable,
+            _ZONED_LISTENER,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert found["bound"] == ["fe80::1", 8461, 0, found["lo"]]
+    assert found["peer"][:2] == ["fe80::1", 8461]
+
+
 # --- tracker.server serving a socket bound here ---------------------------------------------------
 
 

@@ -5,11 +5,12 @@ systemd: tests/integration/test_listeners.py)."""
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
 
 from tracker.errors import ConfigError
-from tracker.web.listeners import assign_roles, listen_fds
+from tracker.web.listeners import assign_roles, listen_fds, socket_address
 
 
 @pytest.mark.parametrize(
@@ -59,3 +60,28 @@ def test_listen_fds_ignores_sockets_meant_for_another_process(environ: dict[str,
 def test_listen_fds_refuses_a_malformed_count() -> None:
     with pytest.raises(ConfigError, match="LISTEN_FDS"):
         listen_fds({"LISTEN_PID": str(os.getpid()), "LISTEN_FDS": "two"})
+
+
+LO = socket.if_nametoindex("lo")  # every network namespace has it, even one with none up
+
+
+@pytest.mark.parametrize(
+    ("family", "host", "address"),
+    [
+        (socket.AF_INET, "127.0.0.1", ("127.0.0.1", 8461)),
+        (socket.AF_INET6, "::1", ("::1", 8461, 0, 0)),
+        (socket.AF_INET6, "::", ("::", 8461, 0, 0)),
+        # the zone id is the interface's index: (host, port) would bind scope id 0 (EINVAL)
+        (socket.AF_INET6, "fe80::1%lo", ("fe80::1", 8461, 0, LO)),
+        (socket.AF_INET6, f"fe80::1%{LO}", ("fe80::1", 8461, 0, LO)),
+    ],
+)
+def test_a_bind_address_carries_the_zone_as_its_scope_id(
+    family: socket.AddressFamily, host: str, address: tuple[object, ...]
+) -> None:
+    assert socket_address(family, host, 8461) == address
+
+
+def test_a_zone_that_names_no_interface_is_an_oserror() -> None:
+    with pytest.raises(socket.gaierror):
+        socket_address(socket.AF_INET6, "fe80::1%no-such-if0", 8461)

@@ -17,6 +17,7 @@ import os
 import socket
 import stat
 from collections.abc import Container, Mapping, Sequence
+from typing import Any
 
 from tracker.config.schema import Config, parse_address
 from tracker.errors import ConfigError
@@ -169,12 +170,24 @@ def _listen(
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         if user_timeout is not None:
             set_user_timeout(sock, user_timeout)
-        sock.bind((host, port))
+        sock.bind(socket_address(family, host, port))
         sock.listen(BACKLOG)
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+def socket_address(family: socket.AddressFamily, host: str, port: int) -> tuple[Any, ...]:
+    """The address ``bind`` takes for ``host:port``: an IPv6 one as the resolver reads it,
+    its zone id (``fe80::1%eth0``) the interface's index: the tuple ``(host, port)`` leaves
+    the scope id 0 and a link-local address then fails with EINVAL (docs/configuration.md,
+    ``listen``). Raises OSError (``socket.gaierror``) for an IPv6 text that is none or names
+    no interface."""
+    if family != socket.AF_INET6:
+        return (host, port)
+    flags = socket.AI_PASSIVE | socket.AI_NUMERICHOST  # never a lookup: a literal only
+    return tuple(socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, flags)[0][4])
 
 
 def set_user_timeout(sock: socket.socket, seconds: float) -> None:
