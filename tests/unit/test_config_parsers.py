@@ -16,7 +16,7 @@ from tracker.config.schema import (
     parse_address,
     parse_duration,
 )
-from tracker.config.values import size_in
+from tracker.config.values import check_http_url, size_in
 
 # --- parsers --------------------------------------------------------------------------------
 
@@ -156,11 +156,36 @@ def test_check_target_accepts(text: str) -> None:
         *("", ":13080", "h:0", "h:65536", "h:x", "http://h:1", "h:1/path", "::1", "a b:1"),
         # a zone id is an interface's name: these made URLs no parser splits again
         *("[fe80::1%eth0#x?y]:8899", "[fe80::1%a b]:1", "[fe80::1%\u00e9]:1", "[fe80::1%a\x00]:1"),
+        "[fe80::1%25eth0]:8899",  # RFC 6874's form: never reaches an interface "25eth0"
     ],
 )
 def test_check_target_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="not a host:port target"):
         check_target(text)
+
+
+def test_a_target_zone_in_rfc_6874_form_is_told_how_to_write_it() -> None:
+    with pytest.raises(ValueError, match=r"write the zone id as %eth0, not %25eth0"):
+        check_target("[fe80::1%25eth0]:8899")
+
+
+#: URLs of http_targets, rpc, public_url, fetch --tracker (values.check_http_url): "" where
+#: one is taken, else a piece of the reason given.
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://[fe80::1%eth0]:8461", ""),
+        ("http://[2001:db8::3]:8899/x", ""),
+        ("http://[fe80::1%25v0]:8461", "write the zone id as %eth0, not %25eth0"),
+        ("http://[fe80::1%25eth0]:8461/", "write the zone id as %eth0, not %25eth0"),
+    ],
+)
+def test_check_http_url(url: str, problem: str) -> None:
+    if not problem:
+        check_http_url(url)
+        return
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        check_http_url(url)
 
 
 @pytest.mark.parametrize(

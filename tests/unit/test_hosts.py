@@ -46,6 +46,7 @@ from tracker.ordering.ranking import priced_sizes
         ("[fe80::1%a?b]:8899", False, False, False),
         ("[fe80::1%\ud800]:8899", False, False, False),
         ("[fe80::1%]:8899", False, False, False),
+        ("[fe80::1%25eth0]:8899", False, False, False),  # RFC 6874's %25: never connects
     ],
 )
 def test_one_host_rule(text: str, name: bool, authority: bool, with_port: bool) -> None:

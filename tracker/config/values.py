@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import idna
 
 from tracker.core.cachedirs import group_name_problem
-from tracker.core.hosts import is_authority, is_host_name, is_ipv6
+from tracker.core.hosts import ipv6_problem, is_authority, is_host_name
 from tracker.core.text import quoted
 from tracker.observability.redact import redact_url
 from tracker.proof.levels import LEVEL_NAMES, LOADERS, Level
@@ -125,8 +125,9 @@ def _split_host_port(text: str) -> tuple[str, str | None]:
         host, bracket, rest = text[1:].partition("]")
         if not bracket or (rest and not rest.startswith(":")):
             raise ValueError("malformed [v6addr]")
-        if not is_ipv6(host):  # a zone id only an interface's name (docs/configuration.md)
-            raise ValueError(f"not an IPv6 address: {host!r}")
+        problem = ipv6_problem(host)  # a zone id only an interface's name (docs/configuration.md)
+        if problem:
+            raise ValueError(f"{problem}: {host!r}")
         return host, (rest[1:] if rest else None)
     if text.count(":") > 1:
         raise ValueError("an IPv6 address needs brackets: [v6addr]:port")
@@ -274,6 +275,9 @@ def check_http_url(text: str) -> None:
         raise ValueError(f"port must be a number from 1 to 65535: {redact_url(text)!r}")
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         raise ValueError(f"not an absolute http(s) URL: {redact_url(text)!r}")
+    if ":" in parts.hostname and ipv6_problem(parts.hostname):
+        # the rule of static_targets' zones (docs/configuration.md, "http_targets")
+        raise ValueError(f"{ipv6_problem(parts.hostname)}: {redact_url(text)!r}")
     if parts.hostname.lower().startswith("xn--") or not parts.hostname.isascii():
         # httpx decodes such a host (encodes one not in ASCII) when it is first read, and
         # raises then (a target that passed the check would fail at its first scrape).

@@ -30,14 +30,31 @@ def is_host_name(text: str) -> bool:
 _ZONE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 
 
-def is_ipv6(text: str) -> bool:
-    """True for an IPv6 address written without brackets (a zone id, where there is one,
-    an interface's name)."""
+def ipv6_problem(text: str) -> str:
+    """Why ``text`` is no IPv6 address written without brackets (a zone id, where there is
+    one, an interface's name); "" when it is one. Pure."""
     try:
         address = ipaddress.IPv6Address(text)
     except ValueError:
-        return False
-    return address.scope_id is None or _ZONE.fullmatch(address.scope_id) is not None
+        return "not an IPv6 address"
+    zone = address.scope_id
+    if zone is None:
+        return ""
+    if zone.startswith("25"):
+        # RFC 6874 writes the % of a zone as %25 in a URL; httpx and the resolver do not
+        # decode it, so "fe80::1%25eth0" asks for an interface "25eth0" that is not there
+        # and never connects: the one form that reaches the interface is refused
+        # (docs/configuration.md, "static_targets").
+        return "write the zone id as %eth0, not %25eth0 (RFC 6874's %25 is not decoded)"
+    if _ZONE.fullmatch(zone) is None:
+        return "a zone id must be an interface's name (letters, digits, _ . -)"
+    return ""
+
+
+def is_ipv6(text: str) -> bool:
+    """True for an IPv6 address written without brackets (a zone id, where there is one,
+    an interface's name: :func:`ipv6_problem`)."""
+    return not ipv6_problem(text)
 
 
 def is_authority(text: str, *, port_required: bool = False) -> bool:
