@@ -53,6 +53,22 @@ def test_a_url_without_a_scheme_gets_the_fix(flag: str, capsys: pytest.CaptureFi
     )
 
 
+@pytest.mark.parametrize(
+    ("given", "fix"),
+    [
+        ("::1:8458", "did you mean http://[::1]:8458?"),
+        ("2001:db8::3:8899/v1", "did you mean http://[2001:db8::3]:8899/v1?"),
+        ("http://::1:8458", "an IPv6 address needs brackets: http://[::1]:8458"),
+    ],
+)
+def test_an_unbracketed_ipv6_url_gets_the_bracketed_fix(
+    given: str, fix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = usage_error(["fetch", "--ledger", "l", "--tracker", given], capsys)
+    assert fix in err.splitlines()[-1], err
+    assert "port must be" not in err
+
+
 @pytest.mark.parametrize("flag", ["--source", "--rpc"])
 def test_an_empty_url_of_a_repeatable_flag_is_a_usage_error(
     flag: str, capsys: pytest.CaptureFixture[str]

@@ -201,6 +201,7 @@ def test_a_file_targets_path_with_a_nul_is_a_config_error(tmp_path: Path) -> Non
         ("http://a\\0b/", "a URL cannot hold a control character"),
         ("http://\\u2603.com:8899", "host is not a valid internationalised name"),
         ("http://[fe80::1%25v0]:8461", "write the zone id as %eth0"),
+        ("http://2001:db8::3:8899", "an IPv6 address needs brackets: http://[2001:db8::3]:8899"),
     ],
 )
 def test_a_url_httpx_would_refuse_later_is_a_config_error(

@@ -135,6 +135,11 @@ def test_parse_address_rejects(text: str) -> None:
     assert repr(text) in str(info.value)
 
 
+def test_an_unbracketed_listen_address_is_told_bracketed() -> None:
+    with pytest.raises(ValueError, match=re.escape("needs brackets: [::1]:8458")):
+        parse_address("::1:8458")
+
+
 @pytest.mark.parametrize(
     "text",
     [
@@ -178,6 +183,13 @@ def test_a_target_zone_in_rfc_6874_form_is_told_how_to_write_it() -> None:
         ("http://[2001:db8::3]:8899/x", ""),
         ("http://[fe80::1%25v0]:8461", "write the zone id as %eth0, not %25eth0"),
         ("http://[fe80::1%25eth0]:8461/", "write the zone id as %eth0, not %25eth0"),
+        # an unbracketed IPv6 address: said so, with the URL it meant (not "port must be...")
+        ("http://2001:db8::3:8899", "needs brackets: http://[2001:db8::3]:8899, got"),
+        ("https://::1:8458/v1", "needs brackets: https://[::1]:8458/v1, got"),
+        ("http://2001:db8::1", "needs brackets: http://[2001:db8::1], got"),
+        ("http://u:p@2001:db8::3:8899/x", "needs brackets: http://***@[2001:db8::3]:8899/x"),
+        ("http://a:b:c", "needs brackets: http://[2001:db8::3]:8899, got"),
+        ("http://h:99999", "port must be a number from 1 to 65535"),
     ],
 )
 def test_check_http_url(url: str, problem: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tracker.core.hosts import (
+    bracketed,
     canonical_authority,
     canonical_host,
     is_authority,
@@ -74,6 +75,23 @@ def test_one_host_rule(text: str, name: bool, authority: bool, with_port: bool) 
 )
 def test_voice_of(target: str, voice: str) -> None:
     assert voice_of(target) == voice
+
+
+@pytest.mark.parametrize(
+    ("authority", "meant"),
+    [
+        ("2001:db8::3:8899", "[2001:db8::3]:8899"),  # a last group that reads as a port
+        ("::1:8458", "[::1]:8458"),
+        ("2001:db8::1", "[2001:db8::1]"),  # no other reading
+        ("fe80::1%eth0:80", "[fe80::1%eth0]:80"),
+        ("::1", "[::1]"),
+        ("[::1]:8458", None),  # already bracketed
+        ("host:8458", None),
+        ("a:b:c", None),  # no address at all
+    ],
+)
+def test_bracketed(authority: str, meant: str | None) -> None:
+    assert bracketed(authority) == meant
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import idna
 
 from tracker.core.cachedirs import group_name_problem
-from tracker.core.hosts import ipv6_problem, is_authority, is_host_name
+from tracker.core.hosts import bracketed, ipv6_problem, is_authority, is_host_name
 from tracker.core.text import quoted
 from tracker.observability.redact import redact_url
 from tracker.proof.levels import LEVEL_NAMES, LOADERS, Level
@@ -130,7 +130,7 @@ def _split_host_port(text: str) -> tuple[str, str | None]:
             raise ValueError(f"{problem}: {host!r}")
         return host, (rest[1:] if rest else None)
     if text.count(":") > 1:
-        raise ValueError("an IPv6 address needs brackets: [v6addr]:port")
+        raise ValueError(f"an IPv6 address needs brackets: {bracketed(text) or '[v6addr]:port'}")
     host, colon, port = text.partition(":")
     if host and not is_host_name(host):
         raise ValueError(f"not a host name or IPv4 address: {host!r}")
@@ -267,6 +267,19 @@ def check_http_url(text: str) -> None:
         parts = urlsplit(text)
     except ValueError:
         raise ValueError(f"not an absolute http(s) URL: {redact_url(text)!r}") from None
+    authority = parts.netloc.rpartition("@")[2]
+    if authority.count(":") > 1 and "[" not in authority:
+        # Read as host:port, an unbracketed IPv6 address has a "port" of its last groups:
+        # told as what it is, with the URL it meant (RFC 3986 3.2.2: an IP literal is
+        # bracketed; docs/configuration.md, "http_targets").
+        meant = bracketed(authority)
+        userinfo = parts.netloc[: len(parts.netloc) - len(authority)]
+        example = (
+            redact_url(parts._replace(netloc=userinfo + meant).geturl())
+            if meant
+            else "http://[2001:db8::3]:8899"
+        )
+        raise ValueError(f"an IPv6 address needs brackets: {example}, got {redact_url(text)!r}")
     try:
         port = parts.port  # raises ValueError for a port out of range
     except ValueError:

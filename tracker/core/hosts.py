@@ -74,6 +74,19 @@ def is_authority(text: str, *, port_required: bool = False) -> bool:
     return rest.startswith(":") and port_number(rest[1:]) is not None
 
 
+def bracketed(authority: str) -> str | None:
+    """``authority`` (``host[:port]``) as it was meant when it holds an IPv6 address without
+    brackets, the address bracketed: ``2001:db8::3:8899`` is ``[2001:db8::3]:8899`` (a last
+    group that reads as a port is taken for one), ``2001:db8::1`` is ``[2001:db8::1]``; None
+    when it holds none (one ``:`` at most, a bracket already, or no address). Pure."""
+    if "[" in authority or authority.count(":") < 2:
+        return None
+    host, _colon, port = authority.rpartition(":")
+    if port_number(port) is not None and is_ipv6(host):
+        return f"[{host}]:{port}"
+    return f"[{authority}]" if is_ipv6(authority) else None
+
+
 def canonical_host(host: str) -> str:
     """One machine's one spelling of ``host`` (a URL's host, brackets or not): an IP address
     as :mod:`ipaddress` writes it, without a zone id, an IPv4-mapped IPv6 address as its IPv4

@@ -13,6 +13,7 @@ import attrs
 
 from tracker.config.values import check_http_url, duration_text, parse_duration, parse_size
 from tracker.core.cachedirs import group_name_problem
+from tracker.core.hosts import bracketed
 from tracker.core.untrusted import ascii_digits
 from tracker.errors import FetchError
 from tracker.fetch.settings import FetchSettings
@@ -103,7 +104,11 @@ def url_arg(text: str) -> str:
             raise argparse.ArgumentTypeError(str(exc)) from None
         return text
     if not sep:
-        raise argparse.ArgumentTypeError(f"{text!r} has no scheme: did you mean http://{text}?")
+        # ``::1:8458`` meant ``http://[::1]:8458`` (core.hosts.bracketed), not
+        # ``http://::1:8458``, which the URL check refuses in turn
+        authority, slash, path = text.partition("/")
+        meant = (bracketed(authority) or authority) + slash + path
+        raise argparse.ArgumentTypeError(f"{text!r} has no scheme: did you mean http://{meant}?")
     raise argparse.ArgumentTypeError(f"expected an http:// or https:// URL, got {text!r}")
 
 
