@@ -19,6 +19,7 @@ from tracker.errors import EgressRefused
 from tracker.net.egress import (
     CheckingBackend,
     EgressPolicy,
+    as_ipv4_network,
     category,
     checked_addresses,
     embedded_ipv4,
@@ -87,6 +88,47 @@ def test_embedded_ipv4() -> None:
     )
     assert embedded_ipv4(ipaddress.ip_address("10.0.0.1")) is None
     assert embedded_ipv4(ipaddress.ip_address("2606:4700::1")) is None
+
+
+@pytest.mark.parametrize(
+    ("network", "meant"),
+    [
+        ("::ffff:10.0.0.5/128", "10.0.0.5/32"),
+        ("::ffff:10.0.0.0/104", "10.0.0.0/8"),
+        ("::ffff:0:0/96", "0.0.0.0/0"),
+        ("64:ff9b::a00:5/128", "10.0.0.5/32"),
+        ("64:ff9b::a00:0/120", "10.0.0.0/24"),
+        ("::ffff:0:0/95", "::fffe:0:0/95"),  # wider than the prefix: more than IPv4
+        ("64:ff9b::/64", "64:ff9b::/64"),
+        ("2001:db8::/32", "2001:db8::/32"),
+        ("10.0.0.0/8", "10.0.0.0/8"),
+    ],
+)
+def test_an_ipv4_network_in_an_ipv6_form_is_that_ipv4_network(network: str, meant: str) -> None:
+    assert as_ipv4_network(ipaddress.ip_network(network, strict=False)) == ipaddress.ip_network(
+        meant
+    )
+
+
+#: (allow, deny, address, refused): egress.deny and egress.allow in any form an address
+#: takes (docs/configuration.md, "egress").
+@pytest.mark.parametrize(
+    ("allow", "deny", "address", "refused"),
+    [
+        (["10.0.0.0/8"], ["::ffff:10.0.0.5/128"], "10.0.0.5", True),
+        (["10.0.0.0/8"], ["::ffff:10.0.0.5/128"], "::ffff:10.0.0.5", True),
+        (["10.0.0.0/8"], ["::ffff:10.0.0.5/128"], "10.0.0.6", False),
+        (["10.0.0.0/8"], ["64:ff9b::a00:5/128"], "10.0.0.5", True),
+        (["::ffff:10.0.0.0/104"], [], "10.0.0.7", False),
+        (["::/0"], ["10.0.0.0/8"], "64:ff9b::a00:1", True),
+        (["::/0"], ["10.0.0.0/8"], "::ffff:10.0.0.1", True),
+    ],
+)
+def test_allow_and_deny_in_every_form(
+    allow: list[str], deny: list[str], address: str, refused: bool
+) -> None:
+    policy = EgressPolicy.from_lists(allow, deny)
+    assert (policy.refusal(ipaddress.ip_address(address)) is not None) is refused
 
 
 def test_bad_networks_are_named() -> None:

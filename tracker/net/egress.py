@@ -51,15 +51,35 @@ _IETF_GLOBAL = frozenset(map(ipaddress.ip_address, ("192.0.0.9", "192.0.0.10")))
 
 
 def parse_networks(texts: Iterable[str]) -> tuple[IPNetwork, ...]:
-    """CIDRs (``10.0.0.0/8``, ``::1/128``, or a bare address) as networks; ValueError names
-    the first one that is not."""
+    """CIDRs (``10.0.0.0/8``, ``::1/128``, or a bare address) as networks, each IPv4 one
+    written in an IPv6 form as the IPv4 network it is (:func:`as_ipv4_network`); ValueError
+    names the first one that is not."""
     networks: list[IPNetwork] = []
     for text in texts:
         try:
-            networks.append(ipaddress.ip_network(text.strip(), strict=False))
+            networks.append(as_ipv4_network(ipaddress.ip_network(text.strip(), strict=False)))
         except ValueError:
             raise ValueError(f"not a CIDR network: {text!r}") from None
     return tuple(networks)
+
+
+#: IPv6 prefixes whose addresses are an IPv4 address in their last 32 bits, reaching it:
+#: IPv4-mapped (RFC 4291 2.5.5.2) and NAT64's well-known prefix (RFC 6052 2.1).
+_IPV4_IN_IPV6 = (ipaddress.IPv6Network("::ffff:0:0/96"), ipaddress.IPv6Network("64:ff9b::/96"))
+
+
+def as_ipv4_network(network: IPNetwork) -> IPNetwork:
+    """``network`` as the IPv4 network it stands for when it lies within an IPv4-mapped or
+    NAT64 ``/96`` (``::ffff:10.0.0.5/128`` is ``10.0.0.5/32``); else as it is. An address
+    is checked in its IPv4 form too (:meth:`EgressPolicy.refusal`), against networks of its
+    own version: a mapped ``egress.deny`` entry kept as IPv6 denied nothing of IPv4
+    (docs/configuration.md, ``egress``). Pure."""
+    if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96:
+        for prefix in _IPV4_IN_IPV6:
+            if network.subnet_of(prefix):
+                low = ipaddress.IPv4Address(int(network.network_address) & 0xFFFFFFFF)
+                return ipaddress.IPv4Network((low, network.prefixlen - 96))
+    return network
 
 
 def embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
