@@ -211,3 +211,13 @@ def test_a_url_httpx_would_refuse_later_is_a_config_error(
     assert problem in problem_at(
         problems(tmp_path, text), "target_groups[0].http_targets.targets[0]"
     )
+
+
+@pytest.mark.parametrize("key", ["allow", "deny"])
+def test_an_egress_network_with_a_zone_is_a_config_error_naming_its_key(
+    tmp_path: Path, key: str
+) -> None:
+    """``fe80::%eth0/64`` was taken, its zone silently ignored (an address checked after
+    resolution has none)."""
+    found = problems(tmp_path, f'egress:\n  {key}: ["10.0.0.0/8", "fe80::%eth0/64"]\n')
+    assert "has no zone id" in problem_at(found, f"egress.{key}[1]")

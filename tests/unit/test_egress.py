@@ -24,6 +24,7 @@ from tracker.net.egress import (
     checked_addresses,
     embedded_ipv4,
     parse_networks,
+    translated_ipv4,
 )
 
 
@@ -122,6 +123,14 @@ def test_an_ipv4_network_in_an_ipv6_form_is_that_ipv4_network(network: str, mean
         (["::ffff:10.0.0.0/104"], [], "10.0.0.7", False),
         (["::/0"], ["10.0.0.0/8"], "64:ff9b::a00:1", True),
         (["::/0"], ["10.0.0.0/8"], "::ffff:10.0.0.1", True),
+        # a local translator's prefixes: denied as the IPv4 address they may reach
+        (["::/0"], ["10.0.0.0/8"], "64:ff9b:1::a00:1", True),
+        (["::/0"], ["10.0.0.0/8"], "64:ff9b:1:2::a00:1", True),
+        (["::/0"], ["10.0.0.0/8"], "::ffff:0:a00:1", True),
+        (["::/0"], ["10.0.0.0/8"], "64:ff9b:1::808:808", False),
+        # ... but judged by their own range otherwise: not public, refused unless allowed
+        ([], [], "64:ff9b:1::808:808", True),
+        ([], [], "::ffff:0:808:808", True),
     ],
 )
 def test_allow_and_deny_in_every_form(
@@ -129,6 +138,22 @@ def test_allow_and_deny_in_every_form(
 ) -> None:
     policy = EgressPolicy.from_lists(allow, deny)
     assert (policy.refusal(ipaddress.ip_address(address)) is not None) is refused
+
+
+@pytest.mark.parametrize(
+    ("address", "ipv4"),
+    [
+        ("64:ff9b:1::a00:1", "10.0.0.1"),
+        ("::ffff:0:a00:1", "10.0.0.1"),
+        ("64:ff9b::a00:1", None),  # the well-known prefix: embedded_ipv4's
+        ("::ffff:10.0.0.1", None),
+        ("2001:db8::a00:1", None),
+        ("10.0.0.1", None),
+    ],
+)
+def test_translated_ipv4(address: str, ipv4: str | None) -> None:
+    expected = None if ipv4 is None else ipaddress.IPv4Address(ipv4)
+    assert translated_ipv4(ipaddress.ip_address(address)) == expected
 
 
 def test_bad_networks_are_named() -> None:

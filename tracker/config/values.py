@@ -386,6 +386,10 @@ def api_path(value: object) -> str:
 def cidr(value: object) -> str:
     """A network in CIDR notation (``10.0.0.0/8``, ``fd00::/8``) or a bare address."""
     text = string(value).strip()
+    if "%" in text:
+        # The standard library takes fe80::%eth0/64 and the policy then ignores the zone: an
+        # address after resolution has none to match (docs/configuration.md, "egress").
+        raise ValueError(f"a CIDR network has no zone id (%...): {text!r}")
     try:
         ipaddress.ip_network(text, strict=False)
     except ValueError:

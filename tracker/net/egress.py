@@ -10,7 +10,9 @@ answer differently):
 - refused: loopback, private (RFC 1918, RFC 4193), link-local, shared (CGNAT, RFC 6598),
   multicast, unspecified, reserved and every other address that is not public unicast, also
   in their IPv4-mapped, IPv4-compatible, 6to4 and NAT64 IPv6 forms;
-- unless listed in ``egress.allow`` (CIDRs); ``egress.deny`` (CIDRs) always refuses.
+- unless listed in ``egress.allow`` (CIDRs); ``egress.deny`` (CIDRs) always refuses, an
+  address of a local translation prefix too by the IPv4 address it may reach
+  (:func:`translated_ipv4`).
 
 Addresses the operator configured (targets, ``rpc``) are trusted as typed and never checked.
 :class:`CheckingBackend` applies the policy to every connection of an httpcore pool.
@@ -95,6 +97,28 @@ def embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
     return None
 
 
+#: IPv6 prefixes whose translation to IPv4 is a local choice: RFC 8215's local-use NAT64
+#: prefix (its /96 form, RFC 6052 2.2) and SIIT's IPv4-translated addresses (RFC 2765,
+#: ``::ffff:0:a.b.c.d``). Where a translator serves one, an address there reaches the IPv4
+#: address of its last 32 bits: ``egress.deny`` of that one denies it. Otherwise the address
+#: is judged by its own range (not public: refused unless allowed), never as that IPv4
+#: address, since nothing says a translator is there.
+_LOCAL_TRANSLATIONS = (
+    ipaddress.IPv6Network("64:ff9b:1::/48"),
+    ipaddress.IPv6Network("::ffff:0:0:0/96"),
+)
+
+
+def translated_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address of a local translation prefix may reach
+    (``64:ff9b:1::a00:1``, ``::ffff:0:a00:1``: 10.0.0.1), if it is one. Pure."""
+    if isinstance(address, ipaddress.IPv6Address) and any(
+        address in prefix for prefix in _LOCAL_TRANSLATIONS
+    ):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
 def category(address: IPAddress) -> str | None:
     """What kind of non-public address ``address`` is (``"loopback"``, ...); None for a
     public unicast address."""
@@ -143,7 +167,9 @@ class EgressPolicy:
     def refusal(self, address: IPAddress) -> str | None:
         """Why ``address`` may not be reached (one line); None when it may."""
         forms = [address, *filter(None, [embedded_ipv4(address)])]
-        if any(a in n for a in forms for n in self.deny if a.version == n.version):
+        # deny: every IPv4 address it may reach, a local translator's too (deny wins)
+        denied = [*forms, *filter(None, [translated_ipv4(address)])]
+        if any(a in n for a in denied for n in self.deny if a.version == n.version):
             return f"{address} is denied by egress.deny"
         if any(a in n for a in forms for n in self.allow if a.version == n.version):
             return None
