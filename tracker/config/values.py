@@ -271,7 +271,7 @@ def check_http_url(text: str) -> None:
     if authority.count(":") > 1 and "[" not in authority:
         # Read as host:port, an unbracketed IPv6 address has a "port" of its last groups:
         # told as what it is, with the URL it meant (RFC 3986 3.2.2: an IP literal is
-        # bracketed; docs/configuration.md, "http_targets").
+        # bracketed; docs/configuration.md, ``http_targets``).
         meant = bracketed(authority)
         userinfo = parts.netloc[: len(parts.netloc) - len(authority)]
         example = (
@@ -289,7 +289,7 @@ def check_http_url(text: str) -> None:
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         raise ValueError(f"not an absolute http(s) URL: {redact_url(text)!r}")
     if ":" in parts.hostname and ipv6_problem(parts.hostname):
-        # the rule of static_targets' zones (docs/configuration.md, "http_targets")
+        # the rule of static_targets' zones (docs/configuration.md, ``http_targets``)
         raise ValueError(f"{ipv6_problem(parts.hostname)}: {redact_url(text)!r}")
     if parts.hostname.lower().startswith("xn--") or not parts.hostname.isascii():
         # httpx decodes such a host (encodes one not in ASCII) when it is first read, and
@@ -388,7 +388,7 @@ def cidr(value: object) -> str:
     text = string(value).strip()
     if "%" in text:
         # The standard library takes fe80::%eth0/64 and the policy then ignores the zone: an
-        # address after resolution has none to match (docs/configuration.md, "egress").
+        # address after resolution has none to match (docs/configuration.md, ``egress``).
         raise ValueError(f"a CIDR network has no zone id (%...): {text!r}")
     try:
         ipaddress.ip_network(text, strict=False)

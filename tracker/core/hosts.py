@@ -44,7 +44,7 @@ def ipv6_problem(text: str) -> str:
         # RFC 6874 writes the % of a zone as %25 in a URL; httpx and the resolver do not
         # decode it, so "fe80::1%25eth0" asks for an interface "25eth0" that is not there
         # and never connects: the one form that reaches the interface is refused
-        # (docs/configuration.md, "static_targets").
+        # (docs/configuration.md, ``static_targets``).
         return "write the zone id as %eth0, not %25eth0 (RFC 6874's %25 is not decoded)"
     if _ZONE.fullmatch(zone) is None:
         return "a zone id must be an interface's name (letters, digits, _ . -)"
@@ -96,7 +96,7 @@ def canonical_host(host: str) -> str:
     bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     try:
         # The zone names the link to reach the address by, not another machine
-        # (docs/configuration.md, "static_targets").
+        # (docs/configuration.md, ``static_targets``).
         address = ipaddress.ip_address(bare.partition("%")[0])
     except ValueError:
         return host.lower()
