@@ -188,7 +188,9 @@ def test_a_target_zone_in_rfc_6874_form_is_told_how_to_write_it() -> None:
         ("https://::1:8458/v1", "needs brackets: https://[::1]:8458/v1, got"),
         ("http://2001:db8::1", "needs brackets: http://[2001:db8::1], got"),
         ("http://u:p@2001:db8::3:8899/x", "needs brackets: http://***@[2001:db8::3]:8899/x"),
-        ("http://a:b:c", "needs brackets: http://[2001:db8::3]:8899, got"),
+        # colons that hold no address: a port's problem, not an address's
+        ("http://a:b:c", "port must be a number from 1 to 65535"),
+        ("http://host:8899:1/", "port must be a number from 1 to 65535"),
         ("http://h:99999", "port must be a number from 1 to 65535"),
     ],
 )

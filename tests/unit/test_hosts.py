@@ -48,6 +48,8 @@ from tracker.ordering.ranking import priced_sizes
         ("[fe80::1%\ud800]:8899", False, False, False),
         ("[fe80::1%]:8899", False, False, False),
         ("[fe80::1%25eth0]:8899", False, False, False),  # RFC 6874's %25: never connects
+        ("[fe80::1%25]:8899", False, True, True),  # an interface's index, 25
+        ("[fe80::1%250]:8899", False, True, True),
     ],
 )
 def test_one_host_rule(text: str, name: bool, authority: bool, with_port: bool) -> None:
@@ -70,7 +72,7 @@ def test_one_host_rule(text: str, name: bool, authority: bool, with_port: bool) 
         ("http://[2001:DB8::6]:8899", "2001:db8::6"),
         ("http://[::ffff:10.0.0.6]:8899", "10.0.0.6"),
         ("http://[::ffff:a00:6]:8899", "10.0.0.6"),
-        ("http://[fe80::1%eth0]:8899", "fe80::1"),
+        ("http://[fe80::1%eth0]:8899", "fe80::1%eth0"),  # a link's own machine
     ],
 )
 def test_voice_of(target: str, voice: str) -> None:
@@ -102,7 +104,8 @@ def test_bracketed(authority: str, meant: str | None) -> None:
         ("2001:DB8::6", "2001:db8::6"),
         ("::ffff:10.0.0.6", "10.0.0.6"),
         ("[::ffff:a00:6]", "10.0.0.6"),
-        ("fe80::1%eth0", "fe80::1"),
+        ("fe80::1%eth0", "fe80::1%eth0"),  # the zone stays: another link, another machine
+        ("[fe80:0::1%eth1]", "fe80::1%eth1"),
         ("10.0.0.6", "10.0.0.6"),
         ("::1", "::1"),
         ("Node.Example", "node.example"),
@@ -112,6 +115,11 @@ def test_bracketed(authority: str, meant: str | None) -> None:
 )
 def test_canonical_host(host: str, canonical: str) -> None:
     assert canonical_host(host) == canonical
+
+
+def test_one_link_local_address_on_two_links_is_two_hosts() -> None:
+    assert voice_of("http://[fe80::1%eth0]:8899") != voice_of("http://[fe80::1%eth1]:8899")
+    assert canonical_host("[fe80::1%eth0]") != canonical_host("fe80::1%eth1")
 
 
 @pytest.mark.parametrize(

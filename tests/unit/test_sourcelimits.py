@@ -157,12 +157,16 @@ def test_a_source_is_its_scheme_host_and_port() -> None:
         ("http://[2001:0db8::6]:8899/a", "http://[2001:db8::6]:8899/b"),
         ("http://[2001:db8:0:0::6]:8899", "http://[2001:DB8::6]:8899"),
         ("http://[::ffff:10.0.0.6]:8899", "http://10.0.0.6:8899"),
-        ("http://[fe80::1%eth0]:8899", "http://[fe80::1]:8899"),
+        ("http://[fe80:0::1%eth0]:8899", "http://[fe80::1%eth0]:8899"),
     ],
 )
 def test_one_source_however_its_host_is_spelled(one: str, other: str) -> None:
     """Two spellings of one machine's address share its transfers and its rate."""
     assert source_of(one) == source_of(other)
+
+
+def test_one_link_local_address_on_two_links_is_two_sources() -> None:
+    assert source_of("http://[fe80::1%eth0]:8899/a") != source_of("http://[fe80::1%eth1]:8899/a")
 
 
 async def test_the_queue_is_bounded_in_length_and_time_and_counted(

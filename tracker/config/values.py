@@ -268,17 +268,14 @@ def check_http_url(text: str) -> None:
     except ValueError:
         raise ValueError(f"not an absolute http(s) URL: {redact_url(text)!r}") from None
     authority = parts.netloc.rpartition("@")[2]
-    if authority.count(":") > 1 and "[" not in authority:
+    meant = bracketed(authority)
+    if meant is not None:
         # Read as host:port, an unbracketed IPv6 address has a "port" of its last groups:
         # told as what it is, with the URL it meant (RFC 3986 3.2.2: an IP literal is
-        # bracketed; docs/configuration.md, ``http_targets``).
-        meant = bracketed(authority)
+        # bracketed; docs/configuration.md, ``http_targets``). Colons that hold no address
+        # (``host:8899:1``) are a port's problem, said below.
         userinfo = parts.netloc[: len(parts.netloc) - len(authority)]
-        example = (
-            redact_url(parts._replace(netloc=userinfo + meant).geturl())
-            if meant
-            else "http://[2001:db8::3]:8899"
-        )
+        example = redact_url(parts._replace(netloc=userinfo + meant).geturl())
         raise ValueError(f"an IPv6 address needs brackets: {example}, got {redact_url(text)!r}")
     try:
         port = parts.port  # raises ValueError for a port out of range

@@ -40,10 +40,11 @@ def ipv6_problem(text: str) -> str:
     zone = address.scope_id
     if zone is None:
         return ""
-    if zone.startswith("25"):
+    if zone.startswith("25") and not zone.isdigit():
         # RFC 6874 writes the % of a zone as %25 in a URL; httpx and the resolver do not
         # decode it, so "fe80::1%25eth0" asks for an interface "25eth0" that is not there
-        # and never connects: the one form that reaches the interface is refused
+        # and never connects: the one form that reaches the interface is refused (a zone
+        # of digits only is an interface's index, 25 or 250 as much as 7)
         # (docs/configuration.md, ``static_targets``).
         return "write the zone id as %eth0, not %25eth0 (RFC 6874's %25 is not decoded)"
     if _ZONE.fullmatch(zone) is None:
@@ -87,17 +88,17 @@ def bracketed(authority: str) -> str | None:
     return f"[{authority}]" if is_ipv6(authority) else None
 
 
+@functools.lru_cache(maxsize=65_536)  # hosts are few and stable; asked per transfer
 def canonical_host(host: str) -> str:
     """One machine's one spelling of ``host`` (a URL's host, brackets or not): an IP address
-    as :mod:`ipaddress` writes it, without a zone id, an IPv4-mapped IPv6 address as its IPv4
-    one (``[2001:0db8::6]`` and ``2001:db8::6``, ``[::ffff:10.0.0.6]`` and ``10.0.0.6`` are
-    one host); a name lower-cased. What counts one host once (voices, a source's limits,
+    as :mod:`ipaddress` writes it, an IPv4-mapped IPv6 address as its IPv4 one
+    (``[2001:0db8::6]`` and ``2001:db8::6``, ``[::ffff:10.0.0.6]`` and ``10.0.0.6`` are one
+    host); a name lower-cased. A zone id stays: ``fe80::1%eth0`` and ``fe80::1%eth1`` are
+    two machines on two links. What counts one host once (voices, a source's limits,
     ``trust.known_sources``, ``object_store.replicas``) compares hosts with it. Pure."""
     bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     try:
-        # The zone names the link to reach the address by, not another machine
-        # (docs/configuration.md, ``static_targets``).
-        address = ipaddress.ip_address(bare.partition("%")[0])
+        address = ipaddress.ip_address(bare)
     except ValueError:
         return host.lower()
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:

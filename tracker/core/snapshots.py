@@ -269,12 +269,19 @@ def is_known(target: str, known_sources: Set[str]) -> bool:
     one host however either spells it (:func:`tracker.core.hosts.canonical_host`)."""
     if target in known_sources:
         return True
-    entries = {_source_form(entry) for entry in known_sources}
+    entries = _source_forms(frozenset(known_sources))
     form = _source_form(target)
     if form in entries:
         return True
     _scheme, sep, rest = form.partition("://")
     return bool(sep) and rest.split("/", 1)[0] in entries
+
+
+@functools.lru_cache(maxsize=256)
+def _source_forms(known_sources: frozenset[str]) -> frozenset[str]:
+    # Once per group's entries, not per target: the ranking asks for every target of a
+    # round several times a second (a frozenset keeps its hash: the same one costs O(1)).
+    return frozenset(_source_form(entry) for entry in known_sources)
 
 
 @functools.lru_cache(maxsize=65536)

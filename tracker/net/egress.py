@@ -54,8 +54,8 @@ _IETF_GLOBAL = frozenset(map(ipaddress.ip_address, ("192.0.0.9", "192.0.0.10")))
 
 def parse_networks(texts: Iterable[str]) -> tuple[IPNetwork, ...]:
     """CIDRs (``10.0.0.0/8``, ``::1/128``, or a bare address) as networks, each IPv4 one
-    written in an IPv6 form as the IPv4 network it is (:func:`as_ipv4_network`); ValueError
-    names the first one that is not."""
+    written in its IPv4-mapped form as the IPv4 network it is (:func:`as_ipv4_network`);
+    ValueError names the first one that is not."""
     networks: list[IPNetwork] = []
     for text in texts:
         try:
@@ -65,22 +65,26 @@ def parse_networks(texts: Iterable[str]) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
-#: IPv6 prefixes whose addresses are an IPv4 address in their last 32 bits, reaching it:
-#: IPv4-mapped (RFC 4291 2.5.5.2) and NAT64's well-known prefix (RFC 6052 2.1).
-_IPV4_IN_IPV6 = (ipaddress.IPv6Network("::ffff:0:0/96"), ipaddress.IPv6Network("64:ff9b::/96"))
+#: IPv4-mapped addresses (RFC 4291 2.5.5.2): an IPv4 address in their last 32 bits, the very
+#: same destination. NAT64's (RFC 6052) are not: they reach it through a translator, another
+#: machine, so a NAT64 entry stays the IPv6 network it is (``allow: [64:ff9b::/96]`` would
+#: otherwise admit every IPv4 address, loopback and metadata included).
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
 
 def as_ipv4_network(network: IPNetwork) -> IPNetwork:
-    """``network`` as the IPv4 network it stands for when it lies within an IPv4-mapped or
-    NAT64 ``/96`` (``::ffff:10.0.0.5/128`` is ``10.0.0.5/32``); else as it is. An address
-    is checked in its IPv4 form too (:meth:`EgressPolicy.refusal`), against networks of its
+    """``network`` as the IPv4 network it stands for when it lies within the IPv4-mapped
+    ``/96`` (``::ffff:10.0.0.5/128`` is ``10.0.0.5/32``); else as it is. An address is
+    checked in its IPv4 form too (:meth:`EgressPolicy.refusal`), against networks of its
     own version: a mapped ``egress.deny`` entry kept as IPv6 denied nothing of IPv4
     (docs/configuration.md, ``egress``). Pure."""
-    if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96:
-        for prefix in _IPV4_IN_IPV6:
-            if network.subnet_of(prefix):
-                low = ipaddress.IPv4Address(int(network.network_address) & 0xFFFFFFFF)
-                return ipaddress.IPv4Network((low, network.prefixlen - 96))
+    if (
+        isinstance(network, ipaddress.IPv6Network)
+        and network.prefixlen >= 96
+        and network.subnet_of(_MAPPED)
+    ):
+        low = ipaddress.IPv4Address(int(network.network_address) & 0xFFFFFFFF)
+        return ipaddress.IPv4Network((low, network.prefixlen - 96))
     return network
 
 
