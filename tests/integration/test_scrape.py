@@ -254,6 +254,71 @@ async def test_file_targets_reread_every_scrape(
     await wait_until(lambda: slots([200]))
 
 
+async def test_a_new_group_on_a_retired_groups_missing_file_has_none_of_its_sidecars(
+    nursery: trio.Nursery, tmp_path: Path, client: httpx.AsyncClient
+) -> None:
+    """A reload retires group a, whose file is deleted, and adds b (its own token) on that
+    path, not written yet: b never probes a's sidecar with its token, lists or serves it,
+    where it did until the file was written again (docs/configuration.md,
+    ``file_targets.path``); once written, b reads it."""
+    old = Sidecar(body=[sidecar_info((full_name(100), 1))])
+    own = Sidecar(body=[])  # b's static sidecar: each probe of it is a round of b
+    old_up = await nursery.start(serve_app, old.app())
+    own_up = await nursery.start(serve_app, own.app())
+    listing = tmp_path / "targets.txt"
+    listing.write_text(f"{old_up[7:]}\n")
+    a = {"group": "a", "file_targets": {"path": "targets.txt"}}
+    b = {
+        "group": "b",
+        "bearer_auth": {"token": "secret-of-b"},
+        "static_targets": {"targets": [own_up[7:]]},
+        "file_targets": {"path": "targets.txt"},
+    }
+
+    def settings(group: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "internal_listen": "127.0.0.1:0",
+            "scrape_interval": "100ms",
+            "target_groups": [group],
+        }
+
+    path = write_config(tmp_path, settings(a))
+    public, internal = await start_tracker(nursery, path)
+
+    async def slots(group: str) -> list[int]:
+        answer = await client.get(f"{public}/v1/snapshots", params={"group": group})
+        return [s["slot"] for s in answer.json()]
+
+    async def a_lists() -> bool:
+        return await slots("a") == [100]
+
+    def sent_b(sidecar: Sidecar) -> int:
+        return sum(r[2].get("authorization") == "Bearer secret-of-b" for r in sidecar.requests)
+
+    async def rounds_of_b(count: int) -> bool:
+        return sent_b(own) >= count
+
+    await wait_until(a_lists)
+    listing.unlink()
+    write_config(tmp_path, settings(b))
+    assert (await client.post(f"{internal}/reload")).status_code == 200
+    # A round's discovery comes after the previous round's probes: from b's second round
+    # on, the round before was one of the new config, with a's list if it were kept.
+    await wait_until(lambda: rounds_of_b(2))
+    second = sent_b(own)
+    await wait_until(lambda: rounds_of_b(second + 1))
+    listed = (await client.get(f"{public}/v1/targets")).json()
+    assert [t["target"] for t in listed if t["group"] == "b"] == [own_up]
+    assert await slots("b") == []
+    assert sent_b(old) == 0
+    listing.write_text(f"{old_up[7:]}\n")  # written now: b reads it, with its token
+
+    async def b_reads_it() -> bool:
+        return sent_b(old) > 0 and await slots("b") == [100]
+
+    await wait_until(b_reads_it)
+
+
 async def test_credentials_go_to_own_group_only(
     nursery: trio.Nursery, tmp_path: Path, client: httpx.AsyncClient
 ) -> None:

@@ -1,4 +1,5 @@
-"""file_targets files: both formats, comments, and one clear error for a bad entry."""
+"""file_targets files: both formats, comments, and one clear error for a bad entry; what an
+unreadable file leaves a group (the list that group last read from that path only)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from tracker.config.schema import BearerAuth, Config, FileTargets, TargetGroup
 from tracker.config.targetfile import is_host_port, read_target_file
+from tracker.discovery.targetset import TargetFinder, file_hosts_named
 from tracker.errors import ProbeError
 
 
@@ -144,3 +147,93 @@ def test_host_port_accepted(text: str) -> None:
 )
 def test_host_port_refused(text: str) -> None:
     assert not is_host_port(text)
+
+
+def files(*reads: tuple[str, str], token: str = "") -> Config:
+    """A config whose groups read ``file_targets`` as ``reads`` says: ``(group, path)``."""
+    auth = BearerAuth(token=token) if token else None
+    return Config(
+        target_groups=tuple(
+            TargetGroup(group=group, bearer_auth=auth, file_targets=FileTargets(path))
+            for group, path in reads
+        )
+    )
+
+
+KEPT = {("a", "/p"): ["10.0.0.1:8899"], ("b", "/q"): ["10.0.0.2:8899"]}
+
+
+@pytest.mark.parametrize(
+    ("config", "still"),
+    [
+        (files(("a", "/p"), ("b", "/q")), {("a", "/p"), ("b", "/q")}),  # nothing changed
+        (files(("a", "/p"), ("b", "/q"), token="rotated"), {("a", "/p"), ("b", "/q")}),
+        (files(("b", "/q")), {("b", "/q")}),  # group a retired
+        (files(("c", "/p"), ("b", "/q")), {("b", "/q")}),  # a retired, c reads its path
+        (files(("b", "/p"), ("a", "/q")), set()),  # the groups swapped their files
+        (files(("a", "/r"), ("b", "/q")), {("b", "/q")}),  # a moved to another path
+        (Config(target_groups=(TargetGroup(group="a"), TargetGroup(group="b"))), set()),
+        (Config(), set()),
+    ],
+    ids=["same", "credentials", "retired", "new-group", "swapped", "moved", "no-files", "empty"],
+)
+def test_a_files_last_list_stays_only_with_the_group_reading_that_path(
+    config: Config, still: set[tuple[str, str]]
+) -> None:
+    assert file_hosts_named(KEPT, config) == {read: KEPT[read] for read in still}
+
+
+def finder() -> TargetFinder:
+    # Files only: no Consul nor cluster client is asked for.
+    return TargetFinder(lambda _group: None, lambda *_answered: None)
+
+
+async def sidecars(found: TargetFinder, config: Config, group: str) -> list[str]:
+    return [t.location for t in await found.discover(config) if t.key.group == group]
+
+
+async def test_an_unreadable_file_keeps_its_groups_last_list(tmp_path: Path) -> None:
+    """An operator's typo or a file being replaced must not empty a group: the list the group
+    last read from that path stays, credentials rotated or not."""
+    file = tmp_path / "targets"
+    file.write_text("127.0.0.1:13080\n")
+    path = str(file)
+    found = finder()
+    assert await sidecars(found, files(("a", path)), "a") == ["http://127.0.0.1:13080"]
+    file.write_text("not a host port\n")
+    assert await sidecars(found, files(("a", path)), "a") == ["http://127.0.0.1:13080"]
+    file.unlink()
+    rotated = files(("a", path), token="rotated")
+    assert await sidecars(found, rotated, "a") == ["http://127.0.0.1:13080"]
+
+
+async def test_a_new_group_on_a_missing_path_gets_nothing_of_the_old_groups_list(
+    tmp_path: Path,
+) -> None:
+    """A reload retires group a and adds b on a's path, not written yet: b has no sidecar of
+    a's, where it probed them with its own token, listed and served them until the file came
+    back (docs/configuration.md, ``file_targets.path``)."""
+    file = tmp_path / "targets"
+    file.write_text("127.0.0.1:13080\n")
+    path = str(file)
+    found = finder()
+    assert await sidecars(found, files(("a", path)), "a") == ["http://127.0.0.1:13080"]
+    file.unlink()
+    assert await sidecars(found, files(("b", path), token="secret-of-b"), "b") == []
+    # Nor does a, back on its path while the file is missing: its list went with the reload.
+    assert await sidecars(found, files(("a", path)), "a") == []
+    file.write_text("127.0.0.1:13081\n")
+    assert await sidecars(found, files(("b", path)), "b") == ["http://127.0.0.1:13081"]
+
+
+async def test_a_group_moved_away_and_back_gets_nothing_of_its_old_list(tmp_path: Path) -> None:
+    """A group moved to path Q, then back to P while P is missing, has no sidecar of what P
+    listed before the move: the operator took them away with the move."""
+    file = tmp_path / "p"
+    file.write_text("127.0.0.1:13080\n")
+    p, q = str(file), str(tmp_path / "q")
+    found = finder()
+    assert await sidecars(found, files(("a", p)), "a") == ["http://127.0.0.1:13080"]
+    file.unlink()
+    assert await sidecars(found, files(("a", q)), "a") == []
+    assert await sidecars(found, files(("a", p)), "a") == []

@@ -4,14 +4,14 @@ the cluster's nodes, asked again at every round.
 A source of targets that fails keeps its last answer: an operator's typo in a file, a
 Consul timeout or a failed ``getClusterNodes`` call must not empty a group. Only an answer
 to what is asked now, though: Consul's and the cluster's lists go when a reload changes
-what they are asked.
+what they are asked, a file's list when the group no longer reads that file.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 
 import attrs
@@ -120,14 +120,39 @@ def consul_hosts_kept(last: ConsulAnswer | None, query: CatalogQuery) -> list[st
     return last[1]
 
 
+#: A ``file_targets`` file as one group reads it: (group, path).
+FileRead = tuple[str, str]
+
+
+def file_reads(config: Config) -> set[FileRead]:
+    """The ``(group, path)`` of every group's ``file_targets`` in ``config``. Pure."""
+    return {(g.group, g.file_targets.path) for g in config.target_groups if g.file_targets}
+
+
+def file_hosts_named(
+    kept: Mapping[FileRead, list[str]], config: Config
+) -> dict[FileRead, list[str]]:
+    """The last lists of ``kept`` that ``config`` still reads: the same group, the same
+    path. A list read by a group a reload removed, or moved to another path, is dropped:
+    kept, it was what an unreadable file gave a new group reading that path (another
+    group's sidecars, probed, ranked, served and sent this group's credentials), or the
+    group moved back to a path that is missing now (docs/configuration.md,
+    ``file_targets.path``). A changed ``bearer_auth``, ``basic_auth`` or TLS setting keeps
+    the list: the file is read with no credentials, so the group asks the same question
+    (as a rotated Consul token does, :func:`consul_hosts_kept`). Pure."""
+    named = file_reads(config)
+    return {read: hosts for read, hosts in kept.items() if read in named}
+
+
 class TargetFinder:
     """Builds the target set of every group, keeping what each source of targets said last."""
 
     def __init__(self, client_of: ClientOf, rpc_answered: RpcAnswered) -> None:
         self._client_of = client_of
         self._rpc_answered = rpc_answered
-        #: The hosts each ``file_targets`` file gave last.
-        self._hosts: dict[str, list[str]] = {}
+        #: The hosts each ``file_targets`` file gave last, per group reading it
+        #: (:func:`file_hosts_named`).
+        self._hosts: dict[FileRead, list[str]] = {}
         #: Per group: the Consul query it asked last, and the hosts it has by that query.
         self._consul: dict[str, ConsulAnswer] = {}
         #: Per group: the nodes cluster discovery found last, when it asked, and the
@@ -136,6 +161,7 @@ class TargetFinder:
 
     async def discover(self, config: Config) -> list[Target]:
         """The current target set of every group (files re-read, Consul asked)."""
+        self._hosts = file_hosts_named(self._hosts, config)
         targets: list[Target] = []
         for group in config.target_groups:
             targets.extend(await self._group_targets(group, config.scrape_timeout))
@@ -147,7 +173,7 @@ class TargetFinder:
         if group.static_targets:
             out += _sidecars(group, list(group.static_targets.targets))
         if group.file_targets:
-            out += _sidecars(group, self._read_file_targets(group.file_targets.path))
+            out += _sidecars(group, self._read_file_targets(name, group.file_targets.path))
         if group.consul_sd_config:
             out += _sidecars(group, await self._consul_targets(group, consul_within))
         out += [Target(TargetKey(name, u), "http", u) for u in _urls(group)]
@@ -187,13 +213,18 @@ class TargetFinder:
         self._cluster[group.group] = (discovery, now, nodes)
         return nodes
 
-    def _read_file_targets(self, path: str) -> list[str]:
+    def _read_file_targets(self, group: str, path: str) -> list[str]:
         # A broken file keeps the last good list: an operator's typo must not empty a group.
+        # Only the list this group read from this path: never another group's of the same
+        # path, nor one from before a move (file_hosts_named).
+        read = (group, path)
         try:
-            self._hosts[path] = read_target_file(path)
+            self._hosts[read] = read_target_file(path)
         except ProbeError as exc:
-            log_event(log, "warning", "file_targets_unreadable", path=path, error=str(exc))
-        return self._hosts.get(path, [])
+            log_event(
+                log, "warning", "file_targets_unreadable", group=group, path=path, error=str(exc)
+            )
+        return self._hosts.get(read, [])
 
     async def _consul_targets(self, group: TargetGroup, within: float) -> list[str]:
         """The hosts Consul lists for ``group``; a failure keeps the last answer to the same
