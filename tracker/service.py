@@ -277,13 +277,6 @@ def apply_trust(index: Index, config: Config) -> None:
         index.rank_proven_only(group.group, proven_only(config, group), local=local)
 
 
-def groups_dropped(old: Config, new: Config) -> list[str]:
-    """The names of the groups of ``old`` that ``new`` no longer has (a reload drops their
-    metrics)."""
-    kept = {group.group for group in new.target_groups}
-    return [group.group for group in old.target_groups if group.group not in kept]
-
-
 async def run_tracker(
     config: Config,
     reload_config: Callable[[], Config],
@@ -304,6 +297,7 @@ async def run_tracker(
     """
     environ = dict(os.environ) if environ is None else environ
     tracker = Tracker(config)
+    tracker.metrics.set_groups(g.group for g in config.target_groups)
     notifier = Notifier.from_env(environ)
     reporter = ScrapeReporter(tracker.metrics, notifier)
     sockets = open_listeners(config, environ)
@@ -354,7 +348,6 @@ async def run_tracker(
             if refused:  # what it would put in force, no start would take
                 raise ConfigError(refused)
             parts.attestations.configure(*signing(new.attest), now=time.time())  # or refused
-            dropped = groups_dropped(tracker.config, new)
             for change in restart_needed(tracker.config, new):
                 log_event(log, "warning", "config_needs_restart", change=change)
             new = in_force(tracker.config, new)
@@ -370,8 +363,9 @@ async def run_tracker(
             streamer.cache()
             apply_trust(tracker.index, new)
             scraper.update_config(new)
-            for group in dropped:  # their series would stay in /metrics forever
-                tracker.metrics.remove_group(group)
+            # The dropped groups' series would stay in /metrics forever, and a refresh or
+            # probe of theirs that the reload left running would make them again.
+            tracker.metrics.set_groups(g.group for g in new.target_groups)
             log_event(log, "info", "config_reloaded", groups=len(new.target_groups))
             for warning in new.warnings:
                 log_event(log, "warning", "config_warning", problem=warning)

@@ -21,11 +21,13 @@ import pytest
 import trio
 import yaml
 from fakes import Rpc, Sidecar, sidecar_info
+from helpers_bytes import MiB, archive_bytes
 from helpers_process import Serve, start_serve
 from helpers_proxy import wait_for
 from helpers_s3 import free_ports
 from helpers_server import serve_app
-from helpers_tracker import start_tracker, wait_until
+from helpers_tracker import start_tracker, wait_until, write_config
+from helpers_upstream import Behaviour, FakeUpstream, sidecar_listing
 from names import full_name
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -176,6 +178,106 @@ async def test_a_reload_that_drops_a_group_drops_its_metrics(
     await wait_until(h_gone)
     assert "snapshot_tracker_targets" in await series_of("g")
     assert await serve.stop() == 0
+
+
+def group_series(text: str, group: str) -> set[str]:
+    """The names of the samples of ``group`` in a ``/metrics`` answer."""
+    return {
+        s.name
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.labels.get("group") == group
+    }
+
+
+def refreshes_ended(text: str) -> float:
+    """Archive requests counted with a refresh's outcome, whichever it was."""
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "snapshot_tracker_archive_requests_total"
+        and s.labels["outcome"].startswith("refresh_")
+    )
+
+
+async def test_a_refresh_outliving_the_reload_that_dropped_its_group_makes_no_series(
+    nursery: trio.Nursery, tmp_path: Path, client: httpx.AsyncClient
+) -> None:
+    """A refresh of group ``gone`` running across the reload that removed the group: its
+    bytes after the reload make no ``upstream_bytes_total{group="gone"}`` (nor any series of
+    the group), where they made it again, and nothing ever dropped it; a reload bringing the
+    group back reports it again."""
+    name = full_name(7000)
+    data = archive_bytes(2 * MiB, seed=30)
+    keep = FakeUpstream(files={name: data}, listing=sidecar_listing({name: data}))
+    gone = FakeUpstream(
+        files={name: data},
+        listing=sidecar_listing({name: data}),
+        behaviour={name: Behaviour(pause_at=MiB)},
+    )
+    await nursery.start(keep.run)
+    await nursery.start(gone.run)
+
+    def settings(*groups: FakeUpstream) -> dict[str, Any]:
+        named = {"keep": keep, "gone": gone}
+        return {
+            "internal_listen": "127.0.0.1:0",
+            "scrape_interval": "300ms",
+            "verify_archives": False,
+            "proxy_snapshot_downloads": True,
+            "proxy_snapshot_cache_dir": str(tmp_path / "cache"),
+            "proxy_snapshot_cache_min_free": "0",
+            "target_groups": [
+                {"group": group, "static_targets": {"targets": [up.base.removeprefix("http://")]}}
+                for group, up in named.items()
+                if up in groups
+            ],
+        }
+
+    path = write_config(tmp_path, settings(keep, gone))
+    public, internal = await start_tracker(nursery, path)
+
+    async def metrics() -> str:
+        return (await client.get(f"{internal}/metrics")).text
+
+    async def gone_listed() -> bool:
+        answer = await client.get(f"{public}/v1/snapshots", params={"group": "gone"})
+        return bool(answer.json())
+
+    await wait_until(gone_listed)
+    read: list[bytes] = []
+
+    async def download() -> None:
+        async with httpx.AsyncClient(timeout=30, trust_env=False) as own:
+            read.append((await own.get(f"{public}/v1/gone/{name}")).content)
+
+    nursery.start_soon(download)
+
+    async def paused() -> bool:
+        counting = "snapshot_tracker_upstream_bytes_total" in group_series(await metrics(), "gone")
+        return counting and gone.body_sent >= MiB
+
+    await wait_until(paused)
+    ended = refreshes_ended(await metrics())
+    write_config(tmp_path, settings(keep))
+    assert (await client.post(f"{internal}/reload")).status_code == 200
+    assert group_series(await metrics(), "gone") == set()
+    gone.behaviour[name].resume.set()  # the second MiB moves after the reload
+
+    async def refresh_ended() -> bool:
+        return bool(read) and refreshes_ended(await metrics()) > ended
+
+    await wait_until(refresh_ended, timeout=20)
+    assert read == [data]
+    assert group_series(await metrics(), "gone") == set()
+    write_config(tmp_path, settings(keep, gone))  # the group is back: reported again
+    assert (await client.post(f"{internal}/reload")).status_code == 200
+
+    async def reported_again() -> bool:
+        return "snapshot_tracker_targets" in group_series(await metrics(), "gone")
+
+    await wait_until(reported_again)
 
 
 class SlowReader:

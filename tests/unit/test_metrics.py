@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import re
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import (
@@ -19,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tracker import __version__
 from tracker.observability.collectors import SCRAPE_BUCKETS
-from tracker.observability.metrics import Metrics
+from tracker.observability.metrics import Metrics, counted
 from tracker.observability.probemetrics import ProbeSeries
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -173,6 +174,62 @@ def test_remove_group_drops_the_group_and_its_targets() -> None:
     metrics.remove_group("testnet")
     groups = {dict(labels).get("group") for _, labels in samples(metrics)} - {None}
     assert groups == {"mainnet"}
+
+
+def every_event_of(metrics: Metrics, group: str) -> None:
+    """One event of each kind that makes a series of ``group``."""
+    metrics.observe_scrape(group, "http://a:1", 0.1, ok=False)
+    metrics.set_targets(group, up=1, total=1)
+    metrics.set_best_slots(group, full=100, incremental=150)
+    metrics.set_snapshot_age(group, 10)
+    metrics.add_upstream_bytes(group, "full", 10)
+    metrics.count_source_failure(group)
+    metrics.count_archive_rejected(group)
+    metrics.count_refresh_share(group, "http://a:1", 10, 0.5)
+
+
+def groups_with_series(metrics: Metrics) -> set[str]:
+    return {v for _, labels in samples(metrics) for k, v in labels if k == "group"}
+
+
+@pytest.mark.parametrize(
+    ("configured", "group", "counts"),
+    [
+        (None, "gone", True),  # never told the groups: a Metrics of its own counts any
+        (frozenset({"keep", "gone"}), "gone", True),
+        (frozenset({"keep"}), "gone", False),  # a reload removed it: late events make none
+        (frozenset(), "gone", False),
+    ],
+)
+def test_only_a_configured_group_counts(
+    configured: frozenset[str] | None, group: str, counts: bool
+) -> None:
+    assert counted(configured, group) is counts
+
+
+def test_a_removed_groups_late_events_make_no_series_until_it_comes_back() -> None:
+    # A refresh (or probe, or slot read) running across the reload that removed its group
+    # made the group's series again after the reload dropped them, and nothing dropped them.
+    metrics = Metrics(process=False)
+    metrics.set_groups(["keep", "gone"])
+    every_event_of(metrics, "keep")
+    every_event_of(metrics, "gone")
+    assert groups_with_series(metrics) == {"keep", "gone"}
+    metrics.set_groups(["keep"])  # the reload
+    assert groups_with_series(metrics) == {"keep"}
+    every_event_of(metrics, "gone")  # the refresh the reload left running goes on
+    assert groups_with_series(metrics) == {"keep"}
+    metrics.set_groups(["keep", "gone"])  # a later reload brings the group back
+    every_event_of(metrics, "gone")
+    found = samples(metrics)
+    assert value(found, "snapshot_tracker_upstream_bytes_total", group="gone", kind="full") == 10
+    assert value(found, "snapshot_tracker_source_failures_total", group="gone") == 1
+    assert value(found, "snapshot_tracker_archives_rejected_total", group="gone") == 1
+    assert value(found, "snapshot_tracker_targets", group="gone") == 1
+    share = value(
+        found, "snapshot_tracker_refresh_source_bytes_total", group="gone", target="http://a:1"
+    )
+    assert share == 10
 
 
 @given(

@@ -4,7 +4,8 @@ One :class:`Metrics` is made by the service and passed to the scraper, the API, 
 the cache; ``GET /metrics`` on the internal listener answers :meth:`Metrics.render`. Names
 start with ``snapshot_tracker_`` and use base units (seconds, bytes). Labels are bounded:
 ``group`` and ``target`` come from the config file (and are removed with
-:meth:`Metrics.remove_target` / :meth:`Metrics.remove_group` when a reload drops them),
+:meth:`Metrics.remove_target` / :meth:`Metrics.set_groups` when a reload drops them; an
+event of a group the config no longer has makes no series, :func:`counted`),
 ``route`` is a route template, never a request path. A ``target`` label shows the configured
 URL with its userinfo and query masked (``http://***@host/``): two targets that differ only
 there share one series.
@@ -12,7 +13,7 @@ there share one series.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Literal, get_args
 
@@ -72,6 +73,16 @@ LearnedLoss = Literal["entry", "document"]
 Kind = Literal["full", "incremental"]
 
 
+def counted(configured: frozenset[str] | None, group: str) -> bool:
+    """Whether an event of ``group`` makes or moves its series: only a group the config has
+    now (``configured``, :meth:`Metrics.set_groups`). A refresh, probe or slot read that a
+    reload removing its group left running ends later: its bytes, failures, rejections or
+    gauges would make the group's series again, after the reload dropped them, and nothing
+    would drop them again. ``None`` (never told, a :class:`Metrics` of its own): every group
+    counts. Pure."""
+    return configured is None or group in configured
+
+
 class Metrics:
     """Every collector of the tracker on ``self.registry``; methods say what happened.
 
@@ -112,6 +123,8 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         # group -> target label -> the targets sharing that series, for removal
         self._targets: dict[str, dict[str, set[str]]] = {}
+        # The groups the config has now (set_groups); None until told: every group counts.
+        self._groups: frozenset[str] | None = None
         reg = self.registry
         self.build_info = Info(PREFIX + "build", "Version of the tracker.", registry=reg)
         self.build_info.info({"version": __version__})
@@ -148,8 +161,20 @@ class Metrics:
             PlatformCollector(registry=reg)
             GCCollector(registry=reg)
 
+    def set_groups(self, groups: Iterable[str]) -> None:
+        """The groups the config has now: at start and at every reload. Every series of a
+        group it no longer has is dropped (:meth:`remove_group`), and that group's events
+        make none from then on (:func:`counted`); a group a later reload brings back counts
+        again."""
+        configured = frozenset(groups)
+        for group in ((self._groups or frozenset()) | self._targets.keys()) - configured:
+            self.remove_group(group)
+        self._groups = configured
+
     def observe_scrape(self, group: str, target: str, seconds: float, *, ok: bool) -> None:
         """One probe of ``target`` took ``seconds``; ``ok=False`` also counts an error."""
+        if not counted(self._groups, group):  # a probe a reload removing its group left
+            return
         label = redact_text(target)
         self._targets.setdefault(group, {}).setdefault(label, set()).add(target)
         self.probes.observe(group, label, seconds, failed=not ok)  # errors present at 0
@@ -159,6 +184,8 @@ class Metrics:
         The group's counters are there from its first round, at 0: a series born at 1 by
         its first event has no sample before it, so ``increase()`` (the rejected-archive
         alert) never saw that first one."""
+        if not counted(self._groups, group):
+            return
         self.targets.labels(group).set(total)
         self.targets_up.labels(group).set(up)
         for per_group in (self.source_failures, self.archives_rejected):
@@ -176,11 +203,15 @@ class Metrics:
     def set_best_slots(self, group: str, *, full: int | None, incremental: int | None) -> None:
         """Slots of the group's best full and best incremental snapshot; None drops the series
         (no snapshot is not slot 0)."""
+        if not counted(self._groups, group):
+            return
         _set_or_remove(self.best_full_slot, group, full)
         _set_or_remove(self.best_incremental_slot, group, incremental)
 
     def set_snapshot_age(self, group: str, slots: int | None) -> None:
         """Age in slots of the group's newest snapshot; None (unknown) drops the series."""
+        if not counted(self._groups, group):  # a slot read a reload removing it left
+            return
         _set_or_remove(self.snapshot_age_slots, group, slots)
 
     def count_request(self, route: str, status: int, seconds: float | None = None) -> None:
@@ -219,6 +250,8 @@ class Metrics:
 
     def add_upstream_bytes(self, group: str, kind: Kind, count: int) -> None:
         """``count`` bytes of a ``kind`` archive of ``group`` were read from upstream."""
+        if not counted(self._groups, group):  # a refresh a reload removing its group left
+            return
         self.upstream_bytes.labels(group, kind).inc(count)
 
     def set_object_store_up(self, bucket: str, up: bool) -> None:
@@ -249,6 +282,8 @@ class Metrics:
 
     def count_source_failure(self, group: str) -> None:
         """A source of ``group`` failed to deliver a proxied file (the next one is asked)."""
+        if not counted(self._groups, group):
+            return
         self.source_failures.labels(group).inc()
 
     def source_queue_event(self, event: str) -> None:
@@ -264,6 +299,8 @@ class Metrics:
 
     def count_archive_rejected(self, group: str) -> None:
         """An archive of ``group`` failed its check: it was neither stored nor handed out."""
+        if not counted(self._groups, group):
+            return
         self.archives_rejected.labels(group).inc()
 
     def count_shared_reader(self) -> None:
@@ -277,6 +314,8 @@ class Metrics:
     def count_refresh_share(self, group: str, target: str, size: int, seconds: float) -> None:
         """``target`` gave a refresh of ``group`` ``size`` bytes over ``seconds`` (its share
         of a refresh from several sources)."""
+        if not counted(self._groups, group):
+            return
         label = redact_text(target)
         self._targets.setdefault(group, {}).setdefault(label, set()).add(target)
         self.refresh_source_bytes.labels(group, label).inc(size)
