@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
+import yaml
 from helpers_monitoring import ALERTS, alert_rules, dashboard, exported_names, metric_names
 
 
@@ -86,3 +88,48 @@ def test_promtool_accepts_the_rules() -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"SUCCESS: {len(alert_rules())} rules found" in done.stdout
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+@pytest.mark.parametrize(
+    ("outcome", "fires"),
+    [
+        ("refresh_failed", True),  # a source breaking every refresh
+        ("refresh_no_space", True),  # the cache's disk full: streamed uncached all the same
+        ("refresh_rejected", False),  # SnapshotTrackerArchiveRejected's
+        ("refresh_ok", False),
+    ],
+)
+def test_refreshes_failing_fires_for_every_refresh_that_ends_uncached(
+    tmp_path: Path, outcome: str, fires: bool
+) -> None:
+    """The rule's own expression, evaluated by promtool on a series of one refresh outcome a
+    minute for an hour (none completed): it fires for each outcome that leaves the clients
+    streamed uncached from the sources."""
+    rule = next(r for r in alert_rules() if r["alert"] == "SnapshotTrackerRefreshesFailing")
+    series = "snapshot_tracker_archive_requests_total"
+    expected = [{"labels": '{instance="t"}', "value": 30}] if fires else []
+    spec = {
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {"series": f'{series}{{instance="t",outcome="{outcome}"}}', "values": "0+1x60"}
+                ],
+                "promql_expr_test": [
+                    {"expr": rule["expr"], "eval_time": "40m", "exp_samples": expected}
+                ],
+            }
+        ],
+    }
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(spec))
+    done = subprocess.run(
+        ["promtool", "test", "rules", "test.yml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr

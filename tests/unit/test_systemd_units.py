@@ -88,3 +88,52 @@ def test_service_settings_the_daemon_relies_on() -> None:
     assert "AF_UNIX" in service["RestrictAddressFamilies"][0].split()
     # Exit code 2 (config error) must not restart in a loop.
     assert service["RestartPreventExitStatus"] == ["2"]
+
+
+def syscalls_of(items: str) -> set[str]:
+    """The system calls of a ``SystemCallFilter=`` list, its ``@groups`` expanded by
+    ``systemd-analyze syscall-filter`` (groups nest: each line that is no comment and no
+    group header is a call or another group)."""
+    assert SYSTEMD_ANALYZE is not None
+    calls: set[str] = set()
+    for item in items.split():
+        if not item.startswith("@"):
+            calls.add(item)
+            continue
+        listed = subprocess.run(
+            [SYSTEMD_ANALYZE, "syscall-filter", "--no-pager", item],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        for line in listed.splitlines()[1:]:
+            name = line.strip()
+            if name and not name.startswith("#"):
+                calls |= syscalls_of(name)
+    return calls
+
+
+def allowed_syscalls(filters: list[str]) -> set[str]:
+    """What a unit's ``SystemCallFilter=`` lines allow, read as systemd does when the first
+    is an allow list: each later ``~`` list takes calls out, each later plain list puts
+    them back (systemd.exec(5))."""
+    allowed: set[str] = set()
+    for index, value in enumerate(filters):
+        if value.startswith("~"):
+            allowed -= syscalls_of(value[1:])
+        else:
+            assert index == 0 or allowed, "the first SystemCallFilter= is an allow list"
+            allowed |= syscalls_of(value)
+    return allowed
+
+
+@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed")
+def test_the_filter_lets_the_hashing_processes_lower_their_priority() -> None:
+    """The accounts proof's hashing processes renice themselves below the tracker's
+    (tracker/proof/accounts/hashworker.py): setpriority, one of @resources, is allowed back,
+    while the rest of @privileged and @resources stays refused."""
+    allowed = allowed_syscalls(unit("snapshot-tracker.service")["Service"]["SystemCallFilter"])
+    assert "setpriority" in allowed
+    assert {"setrlimit", "sched_setaffinity", "reboot", "setuid"}.isdisjoint(allowed)
+    assert {"read", "sendfile", "splice", "openat"} <= allowed
