@@ -164,13 +164,7 @@ def test_remove_target_drops_only_that_targets_series() -> None:
 def test_remove_group_drops_the_group_and_its_targets() -> None:
     metrics = Metrics(process=False)
     for group in ("mainnet", "testnet"):
-        metrics.observe_scrape(group, "http://a:1", 0.1, ok=True)
-        metrics.set_targets(group, up=1, total=1)
-        metrics.set_best_slots(group, full=100, incremental=150)
-        metrics.set_snapshot_age(group, 10)
-        metrics.add_upstream_bytes(group, "incremental", 10)
-        metrics.count_source_failure(group)
-        metrics.count_archive_rejected(group)
+        every_event_of(metrics, group)
     metrics.remove_group("testnet")
     groups = {dict(labels).get("group") for _, labels in samples(metrics)} - {None}
     assert groups == {"mainnet"}
