@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Mapping
 import trio
 
 from tracker.config.schema import Config, rpc_identity
-from tracker.discovery.scrape import Scraper, TargetHealth
+from tracker.discovery.scrape import Scraper, TargetHealth, Wakeup
 from tracker.errors import RpcError
 from tracker.notify import Notifier
 from tracker.observability.logs import log_event
@@ -110,25 +110,6 @@ def slots_kept(old: Config, new: Config, slots: Mapping[str, int | None]) -> dic
         if old.group_named(g.group) is not None
         and rpc_identity(old.group_rpc(g.group)) == rpc_identity(new.group_rpc(g.group))
     }
-
-
-class Wakeup:
-    """What cuts the slot loop's wait for its next read short (:func:`track_snapshot_age`):
-    a reload, whose RPCs and ``scrape_interval`` apply at once, as the scrape loop's do. A
-    :meth:`set` while a read goes on ends the wait after it at once."""
-
-    def __init__(self) -> None:
-        self._event = trio.Event()
-
-    def set(self) -> None:
-        """Read again now (or as soon as the read going on ended)."""
-        self._event.set()
-
-    async def wait(self, seconds: float) -> None:
-        """Until :meth:`set` or ``seconds`` passed; the set is used up."""
-        with trio.move_on_after(seconds):
-            await self._event.wait()
-        self._event = trio.Event()
 
 
 async def read_slots(health: HealthChecker, urls: Iterable[str]) -> dict[str, int]:

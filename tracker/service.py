@@ -30,7 +30,7 @@ from tracker.config.schema import Config
 from tracker.config.warnings import in_force, reload_problems, restart_needed
 from tracker.core.digests import Digests
 from tracker.core.text import one_line
-from tracker.discovery.scrape import Scraper, TargetHealth
+from tracker.discovery.scrape import Scraper, TargetHealth, Wakeup
 from tracker.discovery.targetset import named_keys
 from tracker.errors import ConfigError
 from tracker.learning.sync import Learning
@@ -53,7 +53,7 @@ from tracker.proxy.prefetch import Prefetcher
 from tracker.proxy.streamer import CacheFactory, ProxyStreamer
 from tracker.proxy.transfers import Transfers
 from tracker.proxy.upstream import ProxySettings
-from tracker.reporting import ScrapeReporter, Wakeup, slots_kept, track_snapshot_age
+from tracker.reporting import ScrapeReporter, slots_kept, track_snapshot_age
 from tracker.serving.fileresponse import ChunkBudget
 from tracker.web.activity import ActiveRequests
 from tracker.web.api import create_app

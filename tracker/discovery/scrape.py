@@ -61,6 +61,30 @@ PACE_ABOVE = 8
 PACED_SHARE = 0.8
 
 
+class Wakeup:
+    """What cuts a loop's wait for its next round short: a reload, whose settings apply at
+    once (the scrape rounds', :class:`Scraper`; the cluster-slot reads',
+    :func:`tracker.reporting.track_snapshot_age`). A :meth:`set` while a round goes on ends
+    the wait after it at once."""
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def set(self) -> None:
+        """Begin the next round now (or as soon as the one going on ended)."""
+        self._event.set()
+
+    async def wait_until(self, deadline: float) -> None:
+        """Until :meth:`set` or ``deadline`` (trio's clock); the set is used up."""
+        with trio.move_on_at(deadline):
+            await self._event.wait()
+        self._event = trio.Event()
+
+    async def wait(self, seconds: float) -> None:
+        """Until :meth:`set` or ``seconds`` passed; the set is used up."""
+        await self.wait_until(trio.current_time() + seconds)
+
+
 class Scraper:
     """Owns the target set, their health, and the loop that feeds the index."""
 
@@ -81,7 +105,7 @@ class Scraper:
         self._results = ResultBatches(index, self._roster.touch)
         self._probes = Probes(config, resolver)
         self._finder = TargetFinder(self._probes.client, self._roster.rpc_answered)
-        self._wakeup = trio.Event()
+        self._wakeup = Wakeup()
         #: The groups a reload changed the credentials of, until a round's discovery under
         #: the new config told which of their targets stay (:func:`left_behind`).
         self._moved: Moved = {}
@@ -279,7 +303,6 @@ class Scraper:
         """
         started = False
         while True:
-            self._wakeup = trio.Event()
             deadline = trio.current_time() + self.config.scrape_interval
             try:
                 async with trio.open_nursery() as nursery:
@@ -294,8 +317,7 @@ class Scraper:
                 log_event(
                     log, "error", "task_failed", task="scrape_round", round=number, exc_info=failed
                 )
-            with trio.move_on_at(deadline):
-                await self._wakeup.wait()
+            await self._wakeup.wait_until(deadline)
 
     async def aclose(self) -> None:
         """Close the HTTP clients (shielded: safe to call while being cancelled)."""
