@@ -213,7 +213,10 @@ def _register_listings(app: QuartTrio, deps: ApiDeps) -> None:
         # too: a node that spent its time on a full still finds an incremental on it.
         sources = deps.index.sources(group)
         if config.proxy_snapshot_downloads:
-            sources += deps.index.held(group)
+            # Of the groups configured now only: a shared bucket holds other replicas'
+            # groups, and one a reload dropped (its URLs would answer 404).
+            names = [group] if group is not None else sorted(g.group for g in config.target_groups)
+            sources += [s for name in names for s in deps.index.held(name)]
         if slot is not None:
             sources = [s for s in sources if s.info.base_slot == slot]
         return sources
