@@ -69,6 +69,8 @@ def test_urls_inside_messages_are_masked(url: str, query: str) -> None:
 
 @given(urls_with_secrets)
 @example("http://0:?SECRETPW@0/")  # a "?" in the password ends the authority for a parser
+@example("http://0:?@SECRETPW@0/")  # and an "@" after it
+@example("http://0:@?SECRETPW@0/")  # or before it
 def test_redact_userinfo_hides_the_password(url: str) -> None:
     assert SECRET not in redact_userinfo(url)
 

@@ -86,16 +86,15 @@ def redact_userinfo(url: str) -> str:
     if not scheme or "@" in parts.path + parts.fragment or any(c.isspace() for c in url):
         return redact_url(url)  # not a clean URL: mask generously
     start = scheme.end()
-    if "@" not in parts.netloc:
-        # An "@" in the query only is not userinfo, unless no "/" comes before it: a
-        # password holding "?" or "#" ends the authority early for a URL parser, yet it is
-        # what was typed as userinfo ("http://u:p?w@host/"), so it is masked.
-        first = url.find("@", start)
-        if "/" in url[start:first]:
-            return url
-        return url[:start] + MASK + url[first:]
-    at = url.rfind("@", start, start + len(parts.netloc))
-    return url[:start] + MASK + url[at:]
+    # The userinfo as typed ends at the last "@" before the first "/" after the parser's
+    # authority: a password holding "?" or "#" ends that authority early, yet all of it was
+    # typed as userinfo ("http://u:p?w@host/", "http://u:@?w@host/"), so it is masked; an
+    # "@" only after that "/" is in the path or query, not userinfo.
+    stop = url.find("/", start + len(parts.netloc))
+    last = url.rfind("@", start, stop if stop >= 0 else len(url))
+    if last < 0:
+        return url
+    return url[:start] + MASK + url[last:]
 
 
 def has_secrets(url: str) -> bool:
