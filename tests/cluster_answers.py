@@ -4,6 +4,7 @@ cluster discovery's integration tests."""
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -20,5 +21,8 @@ def nodes_answer(entries: list[dict[str, Any]]) -> bytes:
     return json.dumps({"jsonrpc": "2.0", "id": 1, "result": entries}).encode()
 
 
-#: 11 million ``{}`` in 32 MiB (under the body cap): ~960 MB of dicts to json.loads.
-EMPTY_NODES = b'{"jsonrpc": "2.0", "id": 1, "result": [' + b",".join([b"{}"] * 11_000_000) + b"]}"
+@functools.cache
+def empty_nodes() -> bytes:
+    """11 million ``{}`` in 32 MiB (under the body cap): ~960 MB of dicts to json.loads.
+    Made on first use, not at import: every xdist worker imports every test module."""
+    return b'{"jsonrpc": "2.0", "id": 1, "result": [' + b",".join([b"{}"] * 11_000_000) + b"]}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+import sys
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from typing import Any
 
@@ -20,6 +21,12 @@ import pytest
 from helpers_process import RUNNING
 
 from tracker.observability.logs import JsonFormatter, TextFormatter
+
+# Each xdist worker imports every test module, its asserts rewritten by pytest: with
+# PYTHONDONTWRITEBYTECODE set (as in many CI images) none of that was kept, so each worker of
+# each run rewrote them all again (about 10 s of CPU per worker on two cores). The rewritten
+# modules are kept in __pycache__/ (ignored by git), as without that variable.
+sys.dont_write_bytecode = False
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ import attrs
 import httpx
 import pytest
 import trio
-from cluster_answers import EMPTY_NODES, NESTED, node_entry, nodes_answer
+from cluster_answers import NESTED, empty_nodes, node_entry, nodes_answer
 from helpers_bytes import MiB, archive_bytes
 from helpers_ports import REFUSED
 from helpers_proxy import GROUP, advertise, make_config, running_tracker
@@ -475,7 +475,7 @@ async def test_the_api_answers_while_a_32_mib_answer_is_parsed(
 
     async def handle(request: Request) -> Answer:
         asked.set()
-        return Answer(200, (("content-type", "application/json"),), EMPTY_NODES)
+        return Answer(200, (("content-type", "application/json"),), empty_nodes())
 
     rpc = await nursery.start(serve_app, ScriptedApp({"/": handle}))
     settings = {

@@ -12,7 +12,7 @@ the signers its bitmap names in each RPC's rank map, lifts an archive."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -244,43 +244,45 @@ def _another_epochs_rank_map() -> bytes:
 
 @pytest.mark.parametrize(
     ("certificate", "reason", "stake"),
+    # each certificate made by the test that uses it: signing in pure Python at import would
+    # cost every xdist worker that collects this module, not only the one that runs it
     [
         (
-            fast_certificate(S, [V300, V250, V200], ORDER),
+            lambda: fast_certificate(S, [V300, V250, V200], ORDER),
             "cluster not proven: the fast-finalize certificate carries 75.0% of the stake,"
             " 80% needed",
             0.75,
         ),
         (
-            slow_certificate(S, [V300, V250], [V300, V250, V200], ORDER),
+            lambda: slow_certificate(S, [V300, V250], [V300, V250, V200], ORDER),
             "cluster not proven: the finalize and notarize certificate carries 55.0% of the"
             " stake, 60% finalize and 60% notarize needed",
             0.55,
         ),
         (
-            fast_certificate(S, ORDER[:4], ORDER, block_id=OTHER_BLOCK),
+            lambda: fast_certificate(S, ORDER[:4], ORDER, block_id=OTHER_BLOCK),
             "cluster not proven: the finality certificate is for block id "
             f"{base58.b58encode(OTHER_BLOCK).decode()}, the manifest's is "
             f"{base58.b58encode(BLOCK_ID).decode()}",
             None,
         ),
         (
-            fast_certificate(S, ORDER[:4], ORDER, signed_block=OTHER_BLOCK),  # forged
+            lambda: fast_certificate(S, ORDER[:4], ORDER, signed_block=OTHER_BLOCK),  # forged
             "the notarize aggregate does not verify over the 4 signers its bitmap names",
             None,
         ),
         (
-            _wrong_bitmap(),
+            _wrong_bitmap,
             "the notarize aggregate does not verify over the 4 signers its bitmap names",
             None,
         ),
         (
-            _outside_the_rank_map(),
+            _outside_the_rank_map,
             "the signer bitmap names 8 ranks, the rank map holds 5",
             None,
         ),
         (
-            _another_epochs_rank_map(),
+            _another_epochs_rank_map,
             "the notarize aggregate does not verify over the 4 signers its bitmap names",
             None,
         ),
@@ -296,10 +298,10 @@ def _another_epochs_rank_map() -> bytes:
     ],
 )
 async def test_a_certificate_that_does_not_hold_is_refused_with_its_reason(
-    certificate: bytes, reason: str, stake: float | None
+    certificate: Callable[[], bytes], reason: str, stake: float | None
 ) -> None:
     node = alpenglow_rpc(VALS)
-    node.documents[S] = document(S, H, certificate)
+    node.documents[S] = document(S, H, certificate())
     proof = await lift(node, S)
     assert (proof.level, proof.voted_stake, proof.cluster_proof) == (Level.MANIFEST, stake, None)
     assert proof.note is not None and proof.note.startswith("cluster not proven: ")

@@ -4,6 +4,7 @@ real SeaweedFS bucket, a real upstream, real download clients."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -34,15 +35,26 @@ from test_clients_real import run, tool
 
 SIZE = 256 * MiB
 FULL = full_name(12000)
-# 256 MiB of distinct bytes (randbytes takes at most 2**31 bits at once).
-DATA = b"".join(archive_bytes(16 * MiB, seed=120 + i) for i in range(SIZE // (16 * MiB)))
-DIGEST = sha256(DATA)
+
+
+@functools.cache
+def data() -> bytes:
+    """256 MiB of distinct bytes (randbytes takes at most 2**31 bits at once), made on first
+    use, not at import: every xdist worker imports every test module."""
+    return b"".join(archive_bytes(16 * MiB, seed=120 + i) for i in range(SIZE // (16 * MiB)))
+
+
+@functools.cache
+def data_digest() -> str:
+    return sha256(data())
+
+
 LOCK_TTL = 2.0
 
 
 @pytest.fixture
 async def upstream() -> AsyncIterator[FakeUpstream]:
-    files = {FULL: DATA}
+    files = {FULL: data()}
     up = FakeUpstream(files=files, listing=sidecar_listing(files), chunk=1024 * 1024)
     async with serving(up) as served:
         yield served
@@ -181,7 +193,7 @@ async def test_three_replicas_pull_each_archive_from_upstream_once(
             for i in range(9):
                 url = f"{replicas[i % 3].base}/v1/{GROUP}/{FULL}"
                 nursery.start_soon(lambda url=url: _append(digests, digest_of(client, url)))
-        assert digests == [DIGEST] * 9
+        assert digests == [data_digest()] * 9
         assert upstream_bytes(upstream) <= 1.1 * SIZE
         await wait_for(lambda: key in weed.objects(prefix), timeout=60)
         assert weed.objects(prefix)[key] == SIZE
@@ -214,7 +226,7 @@ async def test_three_replicas_pull_each_archive_from_upstream_once(
                     await trio.sleep(0.1)  # a replica looks again after a miss (1 s)
             locations.append(hit.headers["location"])
         ranged = await client.get(locations[0], headers={"range": "bytes=1000-1999"})
-        assert ranged.status_code == 206 and ranged.content == DATA[1000:2000]
+        assert ranged.status_code == 206 and ranged.content == data()[1000:2000]
         metrics_free = upstream_bytes(upstream)
 
         # HEAD is each replica's own answer from the object's metadata: no disk copy, the
@@ -252,7 +264,7 @@ async def test_three_replicas_pull_each_archive_from_upstream_once(
         where.mkdir()
         await run(tool(name), *flags, f"{replica.base}/snapshot.tar.zst", cwd=where)
         assert [p.name for p in where.iterdir()] == [FULL], (name, replica.base)
-        assert sha256((where / FULL).read_bytes()) == DIGEST, (name, replica.base)
+        assert sha256((where / FULL).read_bytes()) == data_digest(), (name, replica.base)
         (where / FULL).unlink()
     assert upstream_bytes(upstream) == metrics_free  # nothing more from upstream
     for replica in replicas:
@@ -282,7 +294,7 @@ async def test_a_refresh_longer_than_lock_ttl_keeps_its_lock(
             await wait_for(lambda: upstream_bytes(upstream) >= SIZE * 3 // 4, timeout=20)
             other = f"{second.base}/v1/{GROUP}/{FULL}"
             nursery.start_soon(lambda: _append(digests, digest_of(client, other)))
-        assert digests == [DIGEST] * 2
+        assert digests == [data_digest()] * 2
         assert upstream_bytes(upstream) <= 1.1 * SIZE
         assert await outcome(client, second, "replica") == 1
         for replica in (first, second):
@@ -329,18 +341,18 @@ async def test_a_killed_refresher_is_taken_over_and_leaves_no_parts(
 
         # Within lock_ttl the lock is live but its holder gone: served from upstream.
         url = f"{second.base}/v1/{GROUP}/{FULL}"
-        assert await digest_of(client, url) == DIGEST
+        assert await digest_of(client, url) == data_digest()
         assert key not in weed.objects(prefix)
         # After lock_ttl the next request takes the lock over and fills the bucket.
         await trio.sleep(LOCK_TTL + 1)  # and a second: lock ages are whole seconds
         assert key not in weed.objects(prefix)
-        assert await digest_of(client, url) == DIGEST
+        assert await digest_of(client, url) == data_digest()
         await wait_for(lambda: key in weed.objects(prefix), timeout=60)
         await wait_for(lambda: weed.uploads(prefix) == [], timeout=30)
         assert uploaded_parts(weed, prefix) == 0
         assert weed.objects(prefix)[key] == SIZE
         presigned = (await client.get(url)).headers["location"]  # the object's own bytes
-        assert await digest_of(client, presigned) == DIGEST
+        assert await digest_of(client, presigned) == data_digest()
         takeovers = "snapshot_tracker_object_lock_takeovers_total"
         assert await metric(client, second, takeovers) == 1
     assert "object_lock_taken_over" in second.log
