@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from helpers_process import RUNNING
+from helpers_tls import client_tls
 
 from tracker.observability.logs import JsonFormatter, TextFormatter
 
@@ -36,7 +37,9 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
     nursery waits up to 2 s for each idle client to close (a lingering close:
     tracker/zerocopy/README.md, assumption 9)."""
     no_idle = httpx.Limits(max_keepalive_connections=0)
-    async with httpx.AsyncClient(timeout=10, trust_env=False, limits=no_idle) as c:
+    async with httpx.AsyncClient(
+        timeout=10, trust_env=False, limits=no_idle, verify=client_tls()
+    ) as c:
         yield c
 
 

@@ -18,6 +18,7 @@ import attrs
 import httpx
 import trio
 from helpers_server import serve_app
+from helpers_tls import client_tls
 from helpers_upstream import FakeUpstream
 
 from tracker.config.schema import BearerAuth, Config, TargetGroup
@@ -169,7 +170,7 @@ async def running_tracker(
     how = Serving(**serving)
     index = how.index or Index(clock=trio.current_time)
     tracker = Tracker(config, index=index, metrics=Metrics(process=False))
-    async with httpx.AsyncClient(trust_env=False) as rpc:
+    async with httpx.AsyncClient(trust_env=False, verify=client_tls()) as rpc:
         parts = build(tracker, rpc, settings=how.settings, cache_factory=how.cache_factory)
         parts.app.config.update(how.app_config or {})
         try:

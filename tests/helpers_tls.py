@@ -1,9 +1,11 @@
-"""Certificates for TLS servers on 127.0.0.1 (a CA, a server's, a client's), and a TLS server
-that tells what each client presented: its server name (SNI) and its certificate."""
+"""Certificates for TLS servers on 127.0.0.1 (a CA, a server's, a client's), a TLS server
+that tells what each client presented: its server name (SNI) and its certificate, and the
+test clients' own context."""
 
 from __future__ import annotations
 
 import datetime
+import functools
 import ipaddress
 import ssl
 from pathlib import Path
@@ -15,6 +17,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from helpers_sources import read_head
+
+
+@functools.cache
+def client_tls() -> ssl.SSLContext:
+    """A verifying client context (the system's CAs) made once per process, for the tests'
+    clients as ``verify=``: httpx loads its CA store again for every client it makes (~30 ms),
+    which the suite's thousands of clients paid in CPU."""
+    return ssl.create_default_context()
 
 
 @attrs.frozen

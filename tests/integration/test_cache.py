@@ -34,6 +34,7 @@ from helpers_proxy import (
     proxy_tracker,
     wait_for,
 )
+from helpers_tls import client_tls
 from helpers_upstream import Behaviour, FakeUpstream
 from helpers_wire import raw_request
 from names import full_name, incremental_name
@@ -59,7 +60,7 @@ async def tracker(upstream: FakeUpstream, tmp_path: Path) -> AsyncIterator[Track
 
 
 async def get(url: str, **kwargs: object) -> httpx.Response:
-    async with httpx.AsyncClient(timeout=20) as client:
+    async with httpx.AsyncClient(timeout=20, verify=client_tls()) as client:
         return await client.get(url, **kwargs)  # type: ignore[arg-type]
 
 

@@ -27,6 +27,7 @@ from helpers_ports import REFUSED
 from helpers_proxy import GROUP, advertise, make_config, running_tracker
 from helpers_server import serve_app
 from helpers_sources import Answer, Request, ScriptedApp
+from helpers_tls import client_tls
 from helpers_tracker import start_tracker, wait_until, write_config
 from helpers_upstream import Behaviour, FakeUpstream, serving
 from names import archive_hash, full_name
@@ -44,6 +45,7 @@ from tracker.discovery.cluster import cluster_targets
 from tracker.discovery.nodes import MAX_NODES
 from tracker.discovery.nodes import Node as ClusterNode
 from tracker.discovery.scrape import Scraper
+from tracker.discovery.targetset import TargetFinder
 from tracker.errors import ProbeError
 from tracker.observability.metrics import Metrics
 from tracker.ordering.index import Index, TargetKey
@@ -257,6 +259,23 @@ async def test_nodes_joining_and_leaving(nursery: trio.Nursery) -> None:
         assert sorted(targets) == sorted(f"http://{a}" for a in (first[0], *joined))
         best = index.best_full(GROUP)
         assert best is not None and best.info.slot == SLOT + 1
+
+
+async def test_a_group_removed_and_added_again_asks_the_cluster_anew(
+    nursery: trio.Nursery,
+) -> None:
+    # Within its interval a group is answered by its last discovery; a group a reload
+    # removed keeps none of it: added again, it asks the cluster at once.
+    answers = [[node_entry(0, "127.0.0.1:1001")]]
+    rpc = await nursery.start(serve_app, rpc_app(answers))
+    config = config_for(rpc, interval=3600.0)
+    async with httpx.AsyncClient(trust_env=False, verify=client_tls()) as client:
+        found = TargetFinder(lambda _group: client, lambda *_answered: None)
+        assert [t.location for t in await found.discover(config)] == ["http://127.0.0.1:1001"]
+        answers.append([node_entry(1, "127.0.0.1:1002")])
+        assert [t.location for t in await found.discover(config)] == ["http://127.0.0.1:1001"]
+        assert await found.discover(attrs.evolve(config, target_groups=())) == []
+        assert [t.location for t in await found.discover(config)] == ["http://127.0.0.1:1002"]
 
 
 async def test_a_known_source_decides_the_hash(nursery: trio.Nursery) -> None:

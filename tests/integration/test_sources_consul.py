@@ -169,6 +169,20 @@ async def test_a_failed_query_a_reload_changed_keeps_nothing_of_the_old_one(
     assert await sidecars(found, consul_config(base)) == []
 
 
+async def test_a_group_removed_and_added_again_keeps_nothing_of_its_old_answer(
+    nursery, client
+) -> None:
+    """A reload that removes a group drops its Consul answer: added again later, with
+    Consul failing, the group has no sidecar of a list answered before it was gone."""
+    app = ScriptedApp({CATALOG: catalog([node("10.0.0.1", 13080)])})
+    base = await nursery.start(serve_app, app)
+    found = finder(client)
+    assert await sidecars(found, consul_config(base)) == ["http://10.0.0.1:13080"]
+    assert await sidecars(found, Config(target_groups=())) == []
+    app.routes[CATALOG] = Answer(500, (), b"rpc error")
+    assert await sidecars(found, consul_config(base)) == []
+
+
 FULL = full_name(345_600_000)
 DATA = archive_bytes(MiB, seed=5)
 

@@ -4,17 +4,20 @@ fetch's client made with it (tracker/fetch/run.py)."""
 from __future__ import annotations
 
 import ssl
+from pathlib import Path
 
 import httpcore
 import httpx
 import pytest
+from helpers_tls import issue
 
 import tracker.fetch.run as fetch_run
 from tracker.clientwire.transport import BigReadBackend, PoolTransport
+from tracker.config.schema import TLSConfig
 from tracker.core.text import FETCH_AGENT
 from tracker.fetch.run import _client
 from tracker.fetch.settings import FetchSettings
-from tracker.net.httpclients import ClientShape, OriginCredentials, bulk_client
+from tracker.net.httpclients import ClientShape, OriginCredentials, bulk_client, ssl_context
 
 
 class Recorded(httpx.AsyncBaseTransport):
@@ -148,3 +151,43 @@ async def test_only_typed_credentials_of_another_origin_are_removed() -> None:
     assert await kept("http://a.example:65536/", "Basic dTpw") is None
     flow = credentials.auth_flow(httpx.Request("GET", "http://a.example:65536/"))
     assert "authorization" not in next(flow).headers
+
+
+def test_one_tls_context_per_setting_and_state_of_its_files(tmp_path: Path) -> None:
+    # Loading a CA store takes tens of milliseconds of the event loop, once per context:
+    # every client made of one setting shares one, until a file of it is replaced.
+    assert ssl_context(None) is ssl_context(None)
+    ca = issue(tmp_path, "ca")
+    tls = TLSConfig(ca_file=str(ca.cert))
+    first = ssl_context(tls)
+    assert ssl_context(TLSConfig(ca_file=str(ca.cert))) is first
+    assert ssl_context(TLSConfig(ca_file=str(ca.cert), insecure_skip_verify=True)) is not first
+    replaced = tmp_path / "replaced.pem"
+    (tmp_path / "other").mkdir()
+    replaced.write_bytes(issue(tmp_path / "other", "another ca").cert.read_bytes())
+    replaced.replace(ca.cert)  # another CA in its place (a new inode): a new context
+    second = ssl_context(tls)
+    assert second is not first
+    assert second.get_ca_certs() != first.get_ca_certs()
+    ca.cert.write_text("not a certificate")
+    for _ in range(2):  # a file that does not load is refused each time, never kept
+        with pytest.raises(ssl.SSLError):
+            ssl_context(tls)
+
+
+def test_the_system_ca_context_is_made_again_when_its_bundle_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(issue(tmp_path, "system ca").cert.read_bytes())
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))  # what OpenSSL reads as the system's
+    first = ssl_context(None)
+    assert ssl_context(None) is first
+    assert [c["subject"] for c in first.get_ca_certs()] == [((("commonName", "system ca"),),)]
+    (tmp_path / "new").mkdir()
+    new = tmp_path / "new.pem"
+    new.write_bytes(issue(tmp_path / "new", "updated ca").cert.read_bytes())
+    new.replace(bundle)  # as update-ca-certificates writes it
+    second = ssl_context(None)
+    assert second is not first
+    assert [c["subject"] for c in second.get_ca_certs()] == [((("commonName", "updated ca"),),)]

@@ -162,6 +162,11 @@ class TargetFinder:
     async def discover(self, config: Config) -> list[Target]:
         """The current target set of every group (files re-read, Consul asked)."""
         self._hosts = file_hosts_named(self._hosts, config)
+        # Consul's and the cluster's last answers of a group the config no longer has go:
+        # a group a later reload adds again under that name asks anew.
+        named = {group.group for group in config.target_groups}
+        self._consul = {name: a for name, a in self._consul.items() if name in named}
+        self._cluster = {name: a for name, a in self._cluster.items() if name in named}
         targets: list[Target] = []
         for group in config.target_groups:
             targets.extend(await self._group_targets(group, config.scrape_timeout))

@@ -10,6 +10,7 @@ source sets is never replayed, to it or to another group's source on the same ho
 from __future__ import annotations
 
 import base64
+import functools
 import http.cookiejar
 import os
 import ssl
@@ -28,10 +29,27 @@ from tracker.core.text import TRACKER_AGENT
 
 def ssl_context(tls: TLSConfig | None) -> ssl.SSLContext:
     """A client TLS context for ``tls`` (system CAs when no ``ca_file``;
-    :func:`tracker.config.files.tls_context`, which the config's check builds too)."""
+    :func:`tracker.config.files.tls_context`, which the config's check builds too).
+
+    One context per setting and state of its files, shared by the clients made of it:
+    loading a CA store takes ~30 ms of the event loop, and a reload makes each group's probe
+    and discovery clients again. A file replaced (the system's CA bundle too) makes a new
+    one; one that fails to load is tried again on the next call."""
+    return _context(tls, tls_files(tls) if tls is not None else _system_ca_files())
+
+
+@functools.lru_cache(maxsize=64)
+def _context(tls: TLSConfig | None, _files: tuple[object, ...]) -> ssl.SSLContext:
+    # ``_files`` only keys the cache: a context of files since replaced is not handed out
     if tls is None:
         return ssl.create_default_context()
     return tls_context(tls.ca_file, tls.cert_file, tls.key_file, tls.insecure_skip_verify)
+
+
+def _system_ca_files() -> tuple[object, ...]:
+    """What the system's CA file and directory are now (as :func:`tls_files` tells)."""
+    paths = ssl.get_default_verify_paths()
+    return tuple(_file_state(path) for path in (paths.cafile, paths.capath))
 
 
 class _RefuseCookies(http.cookiejar.DefaultCookiePolicy):
@@ -292,13 +310,13 @@ def tls_files(tls: TLSConfig | None) -> tuple[object, ...]:
     same inode, often the same size) from the one loaded; nobody can set it back."""
     if tls is None:
         return ()
-    found: list[object] = []
-    for path in (tls.ca_file, tls.cert_file, tls.key_file):
-        try:
-            st = os.stat(path) if path else None
-        except OSError:
-            st = None
-        found.append(
-            None if st is None else (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        )
-    return tuple(found)
+    return tuple(_file_state(path) for path in (tls.ca_file, tls.cert_file, tls.key_file))
+
+
+def _file_state(path: str | None) -> object:
+    """A file's identity, size, mtime and ctime (None: no path, or it cannot be read)."""
+    try:
+        st = os.stat(path) if path else None
+    except OSError:
+        return None
+    return None if st is None else (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
