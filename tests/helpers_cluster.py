@@ -17,6 +17,7 @@ import trio
 import yaml
 from archives import build_archive
 from helpers_server import serve_app
+from helpers_tls import client_tls
 from helpers_votes import VoteRpc, hash_of, key, tower, vote_transaction
 from test_proven import ACCOUNT
 from test_verified import GROUP, Fleet, _config, fleet, target
@@ -81,7 +82,7 @@ async def cluster(
 
 
 async def get_json(url: str) -> Any:
-    async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), timeout=10, trust_env=False) as client:
         answer = await client.get(url)
         assert answer.status_code == 200, answer.text
         return answer.json()
@@ -91,7 +92,7 @@ async def shown(f: Fleet, text: str) -> bool:
     """Whether the status page shows ``text``. Ask it in a wait (``wait_until``): a scrape
     that outlasts the fleet's 0.2 s timeout on a loaded host writes its own error over the
     target's last one for a round (see ``nothing_refused``)."""
-    async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), timeout=10, trust_env=False) as client:
         return text in (await client.get(f"{f.internal}/")).text
 
 
@@ -134,7 +135,7 @@ async def reload(f: Fleet, tmp_path: Path, **extra: Any) -> None:
     """Write the config again with ``extra`` and have the tracker reload it."""
     hosts = [f.bad.base.removeprefix("http://"), f.good.base.removeprefix("http://")]
     _config(tmp_path, hosts, **extra)
-    async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), timeout=30, trust_env=False) as client:
         assert (await client.post(f"{f.internal}/reload")).status_code == 200
 
 

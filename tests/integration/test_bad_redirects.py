@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 from helpers_proxy import advertise, proxy_tracker
+from helpers_tls import client_tls
 from helpers_upstream import Behaviour, FakeUpstream, serving
 from names import full_name
 
@@ -35,7 +36,7 @@ async def test_an_unusable_redirect_answers_502(tmp_path: Path, location: str) -
     up.behaviour[FULL] = Behaviour(redirect_to=location)
     async with serving(up), proxy_tracker() as t:
         advertise(t.index, up.base, [(FULL, up.url(FULL), 100)])
-        async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+        async with httpx.AsyncClient(verify=client_tls(), timeout=10, trust_env=False) as client:
             got = await client.get(t.url(FULL))
         assert got.status_code == 502
         assert "\n" not in got.text.strip()

@@ -18,6 +18,7 @@ from helpers_bytes import MiB, archive_bytes, sha256
 from helpers_ports import REFUSED
 from helpers_proxy import GROUP
 from helpers_s3 import Weed, store_settings
+from helpers_tls import client_tls
 from helpers_tracker import start_tracker, write_config
 from names import full_name
 
@@ -64,7 +65,7 @@ async def test_a_group_a_reload_dropped_has_its_bucket_archives_listed_no_more(
     settings = _settings(tmp_path, weed, prefix, [GROUP, "testnet"])
     path = write_config(tmp_path, settings)
     public, internal = await start_tracker(nursery, path)
-    async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False, timeout=10) as client:
         await _wait_listed(client, public, [("testnet", 4000)])  # start-up listed the bucket
         settings["target_groups"] = settings["target_groups"][:1]
         path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), **settings}))
@@ -84,5 +85,5 @@ async def test_a_group_another_replica_keeps_in_the_bucket_is_not_listed(
     assert GROUP > "devnet"
     path = write_config(tmp_path, _settings(tmp_path, weed, prefix, [GROUP]))
     public = (await start_tracker(nursery, path))[0]
-    async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False, timeout=10) as client:
         await _wait_listed(client, public, [(GROUP, 4000)])

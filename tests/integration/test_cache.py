@@ -644,7 +644,7 @@ async def _traversal(upstream: FakeUpstream, base: Path, strict: bool) -> None:
             "/v1/%00",
             "/v1/snapshot.tar.bz2?group=../..",
         ]
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(verify=client_tls()) as client:
             for target in targets:
                 wire = await raw_request(t.base, target, idle=0.01)
                 assert wire.status in (400, 404), (target, wire.status)

@@ -15,6 +15,7 @@ import pytest
 import trio
 import yaml
 from helpers_ports import REFUSED
+from helpers_tls import client_tls
 from helpers_tracker import start_tracker, wait_until, write_config
 from test_cache import tmpfs
 
@@ -85,7 +86,7 @@ async def test_a_cache_dir_that_becomes_unusable_is_shown(
         "target_groups": [{"group": "g", "static_targets": {"targets": [f"{REFUSED}"]}}],
     }
     public, internal = await start_tracker(nursery, write_config(tmp_path, settings))
-    async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False, timeout=10) as client:
         page = (await client.get(f"{internal}/")).text
         assert "The cache is empty" in page and "unusable" not in page
         (cache / LOCK_FILE).unlink()  # the running tracker's lock goes with its directory

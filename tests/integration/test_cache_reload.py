@@ -18,6 +18,7 @@ from helpers_bytes import MiB, archive_bytes
 from helpers_ports import REFUSED
 from helpers_process import LOCK_HOLDER
 from helpers_proxy import GROUP, TrackerUnderTest, advertise, proxy_tracker, wait_for
+from helpers_tls import client_tls
 from helpers_tracker import start_tracker, wait_until, write_config
 from helpers_upstream import Behaviour, FakeUpstream, serving
 from names import full_name
@@ -55,7 +56,10 @@ async def test_a_refresh_ending_in_the_old_directory_leaves_the_new_ones_holding
     (b / GROUP / OLD).write_bytes(OLD_DATA)
     async with serving(FakeUpstream(files={FULL: DATA})) as up:
         up.behaviour[FULL] = resumed = Behaviour(pause_at=MiB, resume=trio.Event())
-        async with proxy_tracker(a, up) as t, httpx.AsyncClient(timeout=30) as client:
+        async with (
+            proxy_tracker(a, up) as t,
+            httpx.AsyncClient(verify=client_tls(), timeout=30) as client,
+        ):
             old_cache = t.streamer.cache()
             assert old_cache is not None
             got: list[httpx.Response] = []
@@ -95,7 +99,7 @@ async def test_a_reload_back_to_a_directory_used_before_lists_what_it_holds(
     a, b = tmp_path / "A", tmp_path / "B"
     (a / GROUP).mkdir(parents=True)
     (a / GROUP / OLD).write_bytes(OLD_DATA)
-    async with proxy_tracker(a) as t, httpx.AsyncClient(timeout=30) as client:
+    async with proxy_tracker(a) as t, httpx.AsyncClient(verify=client_tls(), timeout=30) as client:
         assert await listed(client, t.base) == {OLD}
         reload_to(t, b)
         assert await listed(client, t.base) == set()
@@ -116,7 +120,7 @@ async def test_a_reload_to_another_directory_takes_the_old_ones_digests_with_it(
     async with (
         serving(FakeUpstream(files={name: good})) as up,
         proxy_tracker(a, up, verify_archives=True, prove_accounts=False) as t,
-        httpx.AsyncClient(timeout=30) as client,
+        httpx.AsyncClient(verify=client_tls(), timeout=30) as client,
     ):
         digest_url = f"{t.base}/v1/{name}.sha256?group={GROUP}"
         assert (await client.get(t.url(name))).content == good
@@ -151,7 +155,7 @@ async def test_a_reload_lists_the_new_directorys_files_before_any_request(
     }
     path = write_config(tmp_path, settings)
     public, internal = await start_tracker(nursery, path)
-    async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False, timeout=10) as client:
 
         async def on_a() -> bool:
             return await listed(client, public, "g") == {OLD}
@@ -187,7 +191,7 @@ async def test_a_reload_onto_a_directory_another_tracker_holds_streams_uncached(
         async with (
             serving(FakeUpstream(files={FULL: DATA})) as up,
             proxy_tracker(a, up) as t,
-            httpx.AsyncClient(timeout=30, trust_env=False) as client,
+            httpx.AsyncClient(verify=client_tls(), timeout=30, trust_env=False) as client,
         ):
             reload_to(t, b)
             answer = await client.get(t.url(FULL))

@@ -16,6 +16,7 @@ import httpx
 import pytest
 import trio
 from helpers_bytes import archive_bytes, sha256
+from helpers_tls import client_tls
 from helpers_tracker import start_tracker, wait_until, write_config
 from helpers_upstream import FakeUpstream, sidecar_listing
 from names import full_name
@@ -53,7 +54,7 @@ async def test_no_room_streams_uncached_and_says_why(
 ) -> None:
     caplog.set_level(logging.INFO)
     public, internal = await _tracker(nursery, tmp_path, "1000TiB")
-    async with httpx.AsyncClient(timeout=20) as client:
+    async with httpx.AsyncClient(verify=client_tls(), timeout=20) as client:
         await wait_until(lambda: _listed(client, public))
         response = await client.get(f"{public}/v1/mainnet/{FULL}")
         assert response.status_code == 200
@@ -71,7 +72,7 @@ async def test_room_for_the_archive_and_min_free_caches(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     public, _internal = await _tracker(nursery, tmp_path, "1MiB")
-    async with httpx.AsyncClient(timeout=20) as client:
+    async with httpx.AsyncClient(verify=client_tls(), timeout=20) as client:
         await wait_until(lambda: _listed(client, public))
         response = await client.get(f"{public}/v1/mainnet/{FULL}")
         assert sha256(response.content) == sha256(DATA)

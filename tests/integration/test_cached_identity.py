@@ -22,6 +22,7 @@ import trio
 import trio.testing
 from archives import build_archive
 from helpers_proxy import GROUP, TrackerUnderTest, proxy_tracker, wait_for
+from helpers_tls import client_tls
 from helpers_upstream import FakeUpstream, serving
 
 import tracker.cache.checked as checked_module
@@ -42,7 +43,7 @@ def digest_of(response: httpx.Response) -> str | None:
 
 
 async def get(t: TrackerUnderTest, path: str = "") -> httpx.Response:
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(verify=client_tls(), timeout=30) as client:
         return await client.get(t.url(NAME + path))
 
 

@@ -20,6 +20,7 @@ import pytest
 import trio
 from archives import build_archive
 from helpers_proxy import GROUP, TrackerUnderTest, proxy_tracker, wait_for
+from helpers_tls import client_tls
 from helpers_upstream import Behaviour, FakeUpstream, serving
 from test_share import refresh_written
 
@@ -40,7 +41,7 @@ async def held_refresh(
     async with (
         serving(up),
         proxy_tracker(tmp_path / "cache", up, cache_share_inflight=share, **checking) as t,
-        httpx.AsyncClient(timeout=30, trust_env=False) as client,
+        httpx.AsyncClient(verify=client_tls(), timeout=30, trust_env=False) as client,
         trio.open_nursery() as nursery,
     ):
         first: list[httpx.Response] = []
@@ -85,7 +86,7 @@ async def test_a_range_to_the_files_end_reads_the_refresh_and_ends_once_checked(
     start = HALF - 1000
     # The reader's nursery and client outlive the held refresh: it is let go first.
     async with (
-        httpx.AsyncClient(timeout=30, trust_env=False) as own,
+        httpx.AsyncClient(verify=client_tls(), timeout=30, trust_env=False) as own,
         trio.open_nursery() as n,
         held_refresh(tmp_path, share=True) as (t, up, _client),
     ):

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import trio
 from helpers_process import start_serve
+from helpers_tls import client_tls
 
 import tracker
 
@@ -126,7 +127,9 @@ async def test_quickstart_serves_the_example_ledger() -> None:
     )
     base = serve.base
     try:
-        async with httpx.AsyncClient(follow_redirects=True, trust_env=False) as client:
+        async with httpx.AsyncClient(
+            verify=client_tls(), follow_redirects=True, trust_env=False
+        ) as client:
 
             async def listed() -> bool:
                 return len((await client.get(f"{base}/v1/snapshots")).json()) == 3
@@ -156,7 +159,7 @@ async def test_sigint_stops_cleanly(tmp_path: Path) -> None:
         "--log-format",
         "json",
     )
-    async with httpx.AsyncClient(trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False) as client:
         assert (await client.get(f"{serve.base}/v1/best_snapshots")).status_code == 200
     assert await serve.stop(signal.SIGINT) == 0
 
@@ -232,7 +235,7 @@ async def test_known_sources_typos_are_refused_and_unmatched_ones_warned(tmp_pat
     try:
         assert "known_sources[0]: '10.0.0.1:13080' matches no configured target" in serve.log
         path.write_text(config("http://10.0.0.2:8899"))
-        async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+        async with httpx.AsyncClient(verify=client_tls(), trust_env=False, timeout=10) as client:
             answer = await client.post(f"{serve.internal}/reload")
         assert answer.status_code == 200
         assert "known_sources[0]: 'http://10.0.0.2:8899' matches no configured" in serve.log

@@ -58,7 +58,7 @@ SLOT = 5000
 
 
 async def get(url: str) -> httpx.Response:
-    async with httpx.AsyncClient(trust_env=False, timeout=20) as client:
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False, timeout=20) as client:
         return await client.get(url)
 
 
@@ -322,7 +322,7 @@ async def test_the_rpc_list_fails_over_and_answers_are_bounded(nursery: trio.Nur
     good = rpc_app([[node_entry(1, "127.0.0.1:8899"), node_entry(2, "bad")]])
     urls = [await nursery.start(serve_app, app) for app in (huge, silent, good)]
     discovery = ClusterDiscovery(rpc=tuple(urls))
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(verify=client_tls()) as client:
         nodes = await cluster_targets(client, discovery, rpc_timeout=1.0, max_answer=1 * MiB)
         assert nodes == [ClusterNode("http://127.0.0.1:8899", "2.2.1")]
         only_bad = ClusterDiscovery(rpc=tuple(urls[:2]))
@@ -394,7 +394,7 @@ async def test_the_cluster_slot_from_rpc_keeps_a_bogus_slot_out(nursery: trio.Nu
     advertise(index, "http://127.0.0.1:2", [(bogus, "http://127.0.0.1:2/b", 10)])
     best = index.best_full(GROUP)
     assert best is not None and best.info.files[0].bare_name == bogus  # no slot known yet
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(verify=client_tls()) as client:
         health = HealthChecker(lambda: config, index, client)
         track = partial(
             track_snapshot_age,
@@ -507,7 +507,7 @@ async def test_the_api_answers_while_a_32_mib_answer_is_parsed(
         await asked.wait()
     began = trio.current_time()
     slowest, polls = 0.0, 0
-    async with httpx.AsyncClient(trust_env=False, timeout=20) as client:
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False, timeout=20) as client:
         with trio.fail_after(60):
             while True:
                 start = trio.current_time()

@@ -37,6 +37,7 @@ from helpers_alpenglow import (
     validators,
 )
 from helpers_server import serve_app
+from helpers_tls import client_tls
 from helpers_votes import VoteRpc, hash_of, tower, vote_transaction
 
 import tracker.proof.cluster.clustervotes as clustervotes_module
@@ -88,7 +89,7 @@ async def voter(
         certificates=urls[0] + "certificates" if certificates else "",
     )
     config = Config(rpc=urls[0], cluster_proof=proof, **more)
-    async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False, timeout=10) as client:
         yield ClusterVotes(lambda: config, client, retry_after=0)
 
 
@@ -544,7 +545,7 @@ async def test_a_lift_backing_off_hashes_its_stakes_no_more(
     proof = proof_of()
     async with rpcs(node) as urls:
         config = Config(rpc=urls[0], cluster_proof=ClusterProof(certificates=urls[0] + "c"))
-        async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+        async with httpx.AsyncClient(verify=client_tls(), trust_env=False, timeout=10) as client:
             cv = ClusterVotes(lambda: config, client, retry_after=600)
             for _ in range(3):
                 lifted = await cv.lift(S, proof)

@@ -24,6 +24,7 @@ from helpers_alpenglow import (
     validators,
 )
 from helpers_server import serve_app
+from helpers_tls import client_tls
 from helpers_votes import VoteRpc, hash_of, tower, vote_transaction
 
 from tracker.config.schema import ClusterProof, Config, TargetGroup, Trust
@@ -58,7 +59,7 @@ async def test_one_deadline_bounds_the_whole_check(autojump_clock: trio.testing.
     answering each just under it made one archive's check take twice the deadline (three
     times by certificate), and readers waiting on it wait as long."""
     config = Config(rpc="http://rpc.invalid/", cluster_proof=ClusterProof(deadline=2.0))
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(verify=client_tls()) as client:
         voter = ClusterVotes(lambda: config, client, retry_after=0)
 
         async def slow(url: str, payload: dict[str, Any] | None, max_body: int) -> bytearray:
@@ -109,7 +110,7 @@ async def test_the_deadline_stops_a_block_being_decoded(
         return slow_down(entry)
 
     monkeypatch.setattr(clustervotes, "transaction_votes", slowly)
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(verify=client_tls()) as client:
         voter = ClusterVotes(lambda: config, client, retry_after=0)
 
         async def call(url: str, payload: dict[str, Any] | None, max_body: int) -> bytearray:
@@ -133,7 +134,7 @@ async def test_a_reload_to_another_rpc_asks_it_at_once(nursery: trio.Nursery) ->
     good_url = await nursery.start(serve_app, good.app()) + "/"
     broken_url = await nursery.start(serve_app, broken.app()) + "/"
     config = {"now": Config(rpc=broken_url, cluster_proof=ClusterProof(blocks=8))}
-    async with httpx.AsyncClient(trust_env=False, timeout=30) as client:
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False, timeout=30) as client:
         voter = ClusterVotes(lambda: config["now"], client)  # waits 60 s after a failure
         failed = await voter.lift(SLOT, manifest_proof())
         assert failed.level == Level.MANIFEST and "not a JSON object" in (failed.note or "")
@@ -152,7 +153,7 @@ async def test_a_certificate_short_of_its_stake_is_read_again(nursery: trio.Nurs
     url = await nursery.start(serve_app, node.app()) + "/"
     proof = ClusterProof(blocks=8, certificates=url + "certificates")
     config = Config(rpc=url, cluster_proof=proof)
-    async with httpx.AsyncClient(trust_env=False, timeout=30) as client:
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False, timeout=30) as client:
         voter = ClusterVotes(lambda: config, client, retry_after=0)
         short = await voter.lift(SLOT, manifest_proof())
         assert short.level == Level.MANIFEST
@@ -173,7 +174,7 @@ async def test_the_same_question_out_is_asked_once(nursery: trio.Nursery) -> Non
     url = await nursery.start(serve_app, node.app()) + "/"
     config = Config(rpc=url, cluster_proof=ClusterProof(blocks=8))
     lifted: list[Proof] = []
-    async with httpx.AsyncClient(trust_env=False, timeout=30) as client:
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False, timeout=30) as client:
         voter = ClusterVotes(lambda: config, client)
 
         async def lift() -> None:

@@ -33,6 +33,7 @@ from helpers_cluster import (
     votes_for,
 )
 from helpers_proxy import wait_for
+from helpers_tls import client_tls
 from helpers_tracker import wait_until
 from helpers_votes import VoteRpc
 from helpers_wire import raw_request
@@ -50,7 +51,7 @@ async def test_redirect_mode_ranks_and_redirects_an_archive_2_3_voted(tmp_path: 
     node = VoteRpc(blocks=votes_for(3000, bank, majority=True), stakes=STAKES)
     async with (
         cluster(tmp_path, name, data, node, trust={"require": "cluster"}, **REDIRECT) as f,
-        httpx.AsyncClient(timeout=10, trust_env=False) as client,
+        httpx.AsyncClient(verify=client_tls(), timeout=10, trust_env=False) as client,
     ):
         expected = f"{f.bad.base}/v1/snapshot/{name}"
         seen: list[tuple[list[str], int, str]] = []

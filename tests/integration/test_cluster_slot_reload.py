@@ -14,6 +14,7 @@ import trio
 from fakes import Rpc, Sidecar, sidecar_info
 from helpers_server import serve_app
 from helpers_sources import Answer, Request, ScriptedApp
+from helpers_tls import client_tls
 from helpers_tracker import start_tracker, wait_until, write_config
 from names import full_name
 
@@ -46,18 +47,18 @@ class Tracked:
 
     async def reload(self, rpc: str, interval: str = "10m") -> None:
         self.write(rpc, interval)
-        async with httpx.AsyncClient(trust_env=False) as client:
+        async with httpx.AsyncClient(verify=client_tls(), trust_env=False) as client:
             assert (await client.post(f"{self.internal}/reload")).status_code == 200
 
     async def listed(self) -> bool:
-        async with httpx.AsyncClient(trust_env=False) as client:
+        async with httpx.AsyncClient(verify=client_tls(), trust_env=False) as client:
             answer = await client.get(f"{self.public}/v1/snapshots", params={"group": "g"})
         return bool(answer.json())
 
     async def screened(self) -> bool:
         """The sidecar's archive is in the index (counted), and kept out of the ranking: a
         slot below it by more than max_slot_ahead is known."""
-        async with httpx.AsyncClient(trust_env=False) as client:
+        async with httpx.AsyncClient(verify=client_tls(), trust_env=False) as client:
             [target] = (await client.get(f"{self.public}/v1/targets")).json()
         return target["snapshots"] == 1 and not await self.listed()
 

@@ -19,6 +19,7 @@ import trio
 from helpers_bytes import archive_bytes
 from helpers_proxy import GROUP, advertise_files
 from helpers_server import serve_app
+from helpers_tls import client_tls
 from helpers_upstream import FakeUpstream, serving
 from helpers_votes import VoteRpc, compact, hash_of, key, tower, update, vote, vote_transaction
 from names import full_name
@@ -93,7 +94,7 @@ def settings(urls: list[str], *, blocks: int = 8, deadline: float = 20.0, **more
 
 @asynccontextmanager
 async def cluster_votes(config: Config, **options: Any) -> AsyncIterator[ClusterVotes]:
-    async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False, timeout=10) as client:
         yield ClusterVotes(lambda: config, client, **options)
 
 
@@ -191,7 +192,7 @@ async def test_a_reload_of_the_rpcs_asks_the_ones_in_force() -> None:
     liar, honest, third = majority(), minority(), majority()
     async with rpcs(liar, honest, third) as urls:
         config = {"now": settings(urls[:1])}
-        async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+        async with httpx.AsyncClient(verify=client_tls(), trust_env=False, timeout=10) as client:
             votes = ClusterVotes(lambda: config["now"], client)
             assert (await votes.lift(S, PROOF)).level == Level.CLUSTER  # the liar alone
             config["now"] = settings(urls[1:2])  # replaced by the honest one

@@ -17,6 +17,7 @@ import httpx
 import pytest
 from helpers_bytes import MiB, archive_bytes, sha256
 from helpers_proxy import GROUP, advertise, make_config, running_tracker, wait_for
+from helpers_tls import client_tls
 from helpers_upstream import Behaviour, FakeUpstream, serving
 from names import full_name, incremental_name
 
@@ -54,7 +55,7 @@ def config(tmp_path: Path | None, **overrides: object) -> Config:
 
 
 async def get(url: str) -> httpx.Response:
-    async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), timeout=10, trust_env=False) as client:
         return await client.get(url)
 
 

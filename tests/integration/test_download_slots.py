@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import trio
 from helpers_proxy import GROUP, proxy_tracker
+from helpers_tls import client_tls
 from test_exhaustion import stalled_reader
 
 from tracker.core.snapshots import SnapshotFile, chains_from_files, parse_archive_name
@@ -51,7 +52,9 @@ async def test_clients_that_never_read_do_not_keep_a_new_download_from_its_bytes
         readers = [await stalled_reader(host, int(port), f"/{NAME}") for _ in range(SLOTS)]
         try:
             assert slots.taken == SLOTS
-            async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+            async with httpx.AsyncClient(
+                verify=client_tls(), timeout=10, trust_env=False
+            ) as client:
                 with trio.fail_after(15):
                     while (answer := await client.get(f"{t.base}/{NAME}")).status_code == 503:
                         await trio.sleep(0.1)  # paces the retries until a reader stalled long
@@ -73,7 +76,10 @@ async def test_a_slow_reader_keeps_its_slot(tmp_path: Path) -> None:
         reader = await trio.open_tcp_stream(host, int(port))
         await reader.send_all(f"GET /{NAME} HTTP/1.1\r\nhost: t\r\n\r\n".encode())
         received = b""
-        async with reader, httpx.AsyncClient(timeout=10, trust_env=False) as client:
+        async with (
+            reader,
+            httpx.AsyncClient(verify=client_tls(), timeout=10, trust_env=False) as client,
+        ):
             start = trio.current_time()
             while trio.current_time() - start < 3:  # three times reclaim_after
                 received += await reader.receive_some(8192)  # its buffers stay full
@@ -116,7 +122,10 @@ async def test_a_client_stopped_in_the_last_bytes_gives_its_slot_up(tmp_path: Pa
         slots.limit, slots.reclaim_after = 1, 0.5
         host, port = t.base.removeprefix("http://").rsplit(":", 1)
         reader = await reader_stopped_in_the_last_bytes(host, int(port))
-        async with reader, httpx.AsyncClient(timeout=10, trust_env=False) as client:
+        async with (
+            reader,
+            httpx.AsyncClient(verify=client_tls(), timeout=10, trust_env=False) as client,
+        ):
             assert slots.taken == 1
             with trio.fail_after(15):
                 while (answer := await client.get(f"{t.base}/{NAME}")).status_code == 503:

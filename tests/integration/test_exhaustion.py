@@ -20,6 +20,7 @@ import pytest
 import trio
 from helpers_process import start_serve
 from helpers_proxy import proxy_tracker
+from helpers_tls import client_tls
 from helpers_tracker import wait_until
 
 from tracker.zerocopy.server import KEEP_ALIVE_TIMEOUT
@@ -51,7 +52,7 @@ async def test_a_reload_of_a_large_config_keeps_the_api_answering(tmp_path: Path
     polls = 0
     reloaded = trio.Event()
     async with (
-        httpx.AsyncClient(timeout=10, trust_env=False) as client,
+        httpx.AsyncClient(verify=client_tls(), timeout=10, trust_env=False) as client,
         trio.open_nursery() as nursery,
     ):
 
@@ -242,7 +243,7 @@ async def test_idle_and_half_sent_connections_cannot_lock_the_api_out(tmp_path: 
             await stream.send_all(b"GET /v1/snapshots HTTP/1.1\r\nhost: t\r\n")  # no end
             idle.append(stream)
         start = trio.current_time()
-        async with httpx.AsyncClient(timeout=5, trust_env=False) as client:
+        async with httpx.AsyncClient(verify=client_tls(), timeout=5, trust_env=False) as client:
             answer = await client.get(f"{serve.base}/v1/snapshots")
         elapsed = trio.current_time() - start
         assert answer.status_code == 200
@@ -267,7 +268,7 @@ async def test_an_idle_connection_is_closed_soon_and_a_slow_download_is_not(
     (tmp_path / "ledger" / name).write_bytes(data)
     serve = await start_serve("--config", str(path))
     host, port = serve.base.removeprefix("http://").rsplit(":", 1)
-    async with httpx.AsyncClient(timeout=5, trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), timeout=5, trust_env=False) as client:
         await wait_until(partial(listed, client, serve.base))
     async with await trio.open_tcp_stream(host, int(port)) as keep_alive:
         await keep_alive.send_all(b"GET /v1/snapshots HTTP/1.1\r\nhost: t\r\n\r\n")
@@ -331,13 +332,13 @@ async def test_slow_readers_cost_their_own_connection_not_every_download(
     (tmp_path / "ledger" / name).write_bytes(data)
     serve = await start_serve("--config", str(path))
     host, port = serve.base.removeprefix("http://").rsplit(":", 1)
-    async with httpx.AsyncClient(timeout=5, trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), timeout=5, trust_env=False) as client:
         await wait_until(partial(listed, client, serve.base))
     readers: list[trio.SocketStream] = []
     try:
         for _ in range(300):
             readers.append(await stalled_reader(host, int(port), f"/{name}"))
-        async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+        async with httpx.AsyncClient(verify=client_tls(), timeout=10, trust_env=False) as client:
             with trio.fail_after(60):  # the bug: the stall timeout (300 s)
                 answer = await client.get(f"{serve.base}/{name}")
     finally:
@@ -387,7 +388,7 @@ async def test_stalled_downloads_leave_descriptors_for_the_api_metrics_and_scans
     assert serve.internal is not None
     host, port = serve.base.removeprefix("http://").rsplit(":", 1)
     readers: list[trio.SocketStream] = []
-    async with httpx.AsyncClient(timeout=5, trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), timeout=5, trust_env=False) as client:
         await wait_until(partial(listed, client, serve.base))
         try:
             for _ in range(600):
@@ -434,7 +435,7 @@ async def test_a_stray_line_after_a_closing_request_is_ignored(tmp_path: Path, h
     data = bytes(range(256)) * 4096
     (tmp_path / "ledger" / name).write_bytes(data)
     serve = await start_serve("--config", str(path))
-    async with httpx.AsyncClient(timeout=5, trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), timeout=5, trust_env=False) as client:
         await wait_until(partial(listed, client, serve.base))
     try:
         request = (head.format(name=name) + "\r\n").encode()

@@ -33,6 +33,7 @@ from helpers_proxy import (
     wait_for,
 )
 from helpers_proxy import advertise as advertise_urls
+from helpers_tls import client_tls
 from helpers_upstream import Behaviour, FakeUpstream, serving
 from helpers_wire import raw_request
 from names import full_name, incremental_name
@@ -180,7 +181,9 @@ async def test_agave_gets_identity_bytes_of_the_root_concrete_name(
     up = FakeUpstream(files=dict(FILES), behaviour=coding)
     async with setup(mode, tmp_path, upstream=up) as s:
         headers = {"accept-encoding": "gzip, br, deflate", "user-agent": "agave/2.2"}
-        async with httpx.AsyncClient(trust_env=False, max_redirects=10) as client:
+        async with httpx.AsyncClient(
+            verify=client_tls(), trust_env=False, max_redirects=10
+        ) as client:
             url = f"{s.tracker.base}/{FULL}"
             async with client.stream("GET", url, headers=headers, follow_redirects=True) as r:
                 raw = b"".join([part async for part in r.aiter_raw()])

@@ -24,6 +24,7 @@ import pytest
 import trio
 from helpers_fds import open_fds
 from helpers_server import file_for_request, serve_app
+from helpers_tls import client_tls
 from quart import Response, after_this_request
 from quart_trio import QuartTrio
 from werkzeug.wrappers.response import Response as WerkzeugResponse
@@ -103,7 +104,7 @@ async def served(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterato
 
 @pytest.fixture
 async def client(served: Served) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=served.url) as http:
+    async with httpx.AsyncClient(verify=client_tls(), base_url=served.url) as http:
         yield http
 
 
@@ -445,7 +446,7 @@ async def test_replaced_file_keeps_serving_the_old_inode(served: Served) -> None
         os.replace(replacement, served.path)
         rest = await connection.read_body(STALL_SIZE - CHUNK)
     assert hashlib.sha256(first + rest).digest() == hashlib.sha256(old).digest()
-    async with httpx.AsyncClient(base_url=served.url) as client:
+    async with httpx.AsyncClient(verify=client_tls(), base_url=served.url) as client:
         response = await client.get("/file")
     assert response.content == b"new content"
     assert response.headers["etag"] != head.get("etag")

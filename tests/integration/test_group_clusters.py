@@ -25,6 +25,7 @@ from helpers_alpenglow import (
     validators,
 )
 from helpers_server import serve_app
+from helpers_tls import client_tls
 from helpers_tracker import start_tracker, wait_until, write_config
 from helpers_votes import VoteRpc, hash_of, tower, vote_transaction
 from names import full_name
@@ -84,7 +85,7 @@ async def test_each_group_ranks_and_answers_against_its_own_clusters_slot(
         ],
     }
     public, internal = await start_tracker(nursery, write_config(tmp_path, settings))
-    async with httpx.AsyncClient(trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False) as client:
 
         async def best(group: str) -> int | None:
             answer = await client.get(f"{public}/v1/snapshots", params={"group": group})
@@ -136,7 +137,7 @@ async def test_each_groups_archives_are_proven_by_its_own_clusters_votes(
     groups = (TargetGroup(group="mainnet"), TargetGroup(group="testnet", rpc=test_url))
     config = Config(rpc=main_url, target_groups=groups, cluster_proof=ClusterProof(blocks=8))
     proof = Proof(Level.MANIFEST, snapshot_hash="x", bank_hash=base58.b58encode(BANK).decode())
-    async with httpx.AsyncClient(trust_env=False, timeout=30) as client:
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False, timeout=30) as client:
         votes = ClusterVotes(lambda: config, client)
         assert votes.of("testnet").rpcs() == (test_url,)
         proven = await votes.of("testnet").lift(SLOT, proof)
@@ -175,7 +176,7 @@ async def test_each_groups_finality_certificates_are_its_own_clusters(
         block_id=base58.b58encode(BLOCK_ID).decode(),
         epoch_stakes=epoch_stakes(VALIDATORS),
     )
-    async with httpx.AsyncClient(trust_env=False, timeout=30) as client:
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False, timeout=30) as client:
         votes = ClusterVotes(lambda: config, client)
         proven = await votes.of("testnet").lift(SLOT, proof)
         assert (proven.level, proven.cluster_proof) == (Level.CLUSTER, "certificate")

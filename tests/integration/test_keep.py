@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 from helpers_bytes import MiB, archive_bytes, sha256
 from helpers_proxy import GROUP, advertise_files, proxy_tracker, wait_for
+from helpers_tls import client_tls
 from helpers_upstream import FakeUpstream, serving
 from names import full_name, incremental_name
 
@@ -29,7 +30,7 @@ async def test_an_incremental_on_a_full_still_served_stays_listed_and_downloads(
     up = FakeUpstream(files={FULL: DATA[FULL], INCR_1: DATA[INCR_1]})
     async with serving(up), proxy_tracker(tmp_path / "cache") as t:
         advertise_files(t.index, up, {FULL: DATA[FULL], INCR_1: DATA[INCR_1]})
-        async with httpx.AsyncClient(timeout=20) as client:
+        async with httpx.AsyncClient(verify=client_tls(), timeout=20) as client:
             first = await client.get(t.url(INCR_1))
             assert sha256(first.content) == sha256(DATA[INCR_1])
             await wait_for(lambda: INCR_1 in t.cached())
@@ -59,7 +60,7 @@ async def test_an_incremental_on_a_full_nobody_serves_goes(tmp_path: Path) -> No
     up = FakeUpstream(files={FULL: DATA[FULL], INCR_1: DATA[INCR_1]})
     async with serving(up), proxy_tracker(tmp_path / "cache") as t:
         advertise_files(t.index, up, {FULL: DATA[FULL], INCR_1: DATA[INCR_1]})
-        async with httpx.AsyncClient(timeout=20) as client:
+        async with httpx.AsyncClient(verify=client_tls(), timeout=20) as client:
             await client.get(t.url(INCR_1))
             await wait_for(lambda: INCR_1 in t.cached())
             moved = {name: DATA[name] for name in (NEWER_FULL, INCR_2)}

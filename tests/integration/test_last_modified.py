@@ -23,6 +23,7 @@ from helpers_bucket import bucket_tracker, uploaded
 from helpers_bytes import MiB, archive_bytes
 from helpers_proxy import FAST, TrackerUnderTest, advertise, proxy_tracker, wait_for
 from helpers_s3 import Weed
+from helpers_tls import client_tls
 from helpers_upstream import Behaviour, FakeUpstream, serving
 from names import full_name
 
@@ -56,7 +57,7 @@ async def only_in_the_bucket(
     async with (
         serving(upstream) as up,
         bucket_tracker(weed, up, tmp_path) as t,
-        httpx.AsyncClient(trust_env=False) as client,
+        httpx.AsyncClient(verify=client_tls(), trust_env=False) as client,
     ):
         advertise(t.index, up.base, [(FULL, up.url(FULL), len(DATA))])
         assert (await client.get(t.url(FULL))).content == DATA
@@ -70,7 +71,7 @@ async def test_a_relay_passes_the_sources_date_on_and_resumes_with_it(tmp_path: 
     async with (
         serving(ahead_upstream()) as up,
         proxy_tracker(None, settings=FAST) as t,
-        httpx.AsyncClient(trust_env=False) as client,
+        httpx.AsyncClient(verify=client_tls(), trust_env=False) as client,
     ):
         advertise(t.index, up.base, [(FULL, up.url(FULL), len(DATA))])
         first = await client.get(t.url(FULL))
@@ -85,7 +86,7 @@ async def test_a_cached_copy_of_a_sources_future_date_keeps_one_date_no_later_th
     async with (
         serving(ahead_upstream()) as up,
         proxy_tracker(tmp_path / "cache", settings=FAST) as t,
-        httpx.AsyncClient(trust_env=False) as client,
+        httpx.AsyncClient(verify=client_tls(), trust_env=False) as client,
     ):
         advertise(t.index, up.base, [(FULL, up.url(FULL), len(DATA))])
         assert (await client.get(t.url(FULL))).content == DATA

@@ -17,6 +17,7 @@ import httpx
 import trio
 import yaml
 from helpers_process import Serve, start_serve
+from helpers_tls import client_tls
 
 from tracker.learning.sync import FILE_NAME
 
@@ -76,7 +77,7 @@ async def logged_while_running(serve: Serve, words: str, timeout: float = 20) ->
 
 async def dropped_entries(serve: Serve) -> float:
     assert serve.internal is not None
-    async with httpx.AsyncClient(trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False) as client:
         text = (await client.get(f"{serve.internal}/metrics")).text
     line = 'snapshot_tracker_learned_dropped_total{what="entry"}'
     return float(next(x for x in text.splitlines() if x.startswith(line)).split()[-1])

@@ -15,6 +15,7 @@ import httpx
 import pytest
 import trio
 from helpers_s3 import free_ports
+from helpers_tls import client_tls
 from hypercorn.config import Config
 from quart_trio import QuartTrio
 
@@ -147,7 +148,7 @@ async def test_server_serves_a_bound_socket_and_closes_it_on_stop() -> None:
                 partial(serve, tiny_app(), config, sock, Connections(), shutdown_trigger=stop.wait)
             )
             assert binds == [f"http://127.0.0.1:{port}"]
-            async with httpx.AsyncClient() as client:
+            async with httpx.AsyncClient(verify=client_tls()) as client:
                 response = await client.get(f"http://127.0.0.1:{port}/ping")
             assert (response.status_code, response.text) == (200, "pong")
             stop.set()

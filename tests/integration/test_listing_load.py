@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import trio
 from helpers_process import start_serve
+from helpers_tls import client_tls
 from helpers_upstream import FakeUpstream, serving
 from names import full_name
 
@@ -61,7 +62,7 @@ async def test_listings_with_10000_snapshots_under_16_clients(tmp_path: Path) ->
         )
         serve = await start_serve("--config", str(path))
         latencies: dict[str, list[float]] = {p: [] for p in PATHS}
-        async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
+        async with httpx.AsyncClient(verify=client_tls(), timeout=30, trust_env=False) as client:
             with trio.fail_after(60):
                 while len((await client.get(f"{serve.base}/v1/best_snapshots?max=1")).json()) < 1:
                     await trio.sleep(0.1)

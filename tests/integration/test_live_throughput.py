@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import trio
 from helpers_bytes import archive_bytes
+from helpers_tls import client_tls
 from helpers_tracker import start_tracker, wait_until, write_config
 from helpers_upstream import Behaviour, FakeUpstream, sidecar_listing
 from names import full_name
@@ -36,7 +37,7 @@ async def test_a_target_shows_its_rate_while_bytes_come_from_it(
     }
     public, internal = await start_tracker(nursery, write_config(tmp_path, settings))
     target = f"{up.base}"
-    async with httpx.AsyncClient(trust_env=False, timeout=30) as client:
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False, timeout=30) as client:
 
         async def listed() -> bool:
             return bool((await client.get(f"{public}/v1/snapshots")).json())

@@ -29,6 +29,7 @@ from helpers_cluster import (
     votes_for,
 )
 from helpers_proxy import wait_for
+from helpers_tls import client_tls
 from helpers_tracker import wait_until
 from helpers_upstream import sidecar_listing
 from helpers_votes import VoteRpc
@@ -71,7 +72,7 @@ def copies(slot: int, seed: int) -> tuple[str, bytes, bytes]:
 
 
 async def best_urls(base: str) -> list[str]:
-    async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), timeout=10, trust_env=False) as client:
         best = (await client.get(f"{base}/v1/best_snapshots?group={GROUP}")).json()
     return [file["url"] for source in best for file in source["files"]]
 

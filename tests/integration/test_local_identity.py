@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+from helpers_tls import client_tls
 from helpers_tracker import start_tracker, wait_until, write_config
 
 from tracker.errors import TrackerError
@@ -56,7 +57,7 @@ async def test_a_file_changed_in_place_with_its_mtime_set_back_is_checked_again(
         ]},
     )  # fmt: skip
     [base] = await start_tracker(nursery, config)
-    async with httpx.AsyncClient(trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False) as client:
 
         async def state() -> dict[str, str]:
             [target] = (await client.get(f"{base}/v1/targets")).json()
@@ -108,7 +109,7 @@ async def test_a_download_of_a_file_overwritten_in_place_breaks_before_its_end(
         ]},
     )  # fmt: skip
     [base] = await start_tracker(nursery, config)
-    async with httpx.AsyncClient(trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False) as client:
 
         async def listed() -> bool:
             return bool((await client.get(f"{base}/v1/snapshots")).json())

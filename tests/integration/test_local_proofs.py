@@ -26,6 +26,7 @@ from helpers_cluster import STAKES, bank_hash, votes_for
 from helpers_ports import REFUSED
 from helpers_process import start_serve
 from helpers_server import serve_app
+from helpers_tls import client_tls
 from helpers_tracker import start_tracker, wait_until, write_config
 from helpers_votes import VoteRpc
 from test_attestations import attest
@@ -82,7 +83,7 @@ async def test_the_quickstart_proves_and_shows_its_local_files() -> None:
     )
     disk = on_disk(LEDGER)
     try:
-        async with httpx.AsyncClient(trust_env=False) as client:
+        async with httpx.AsyncClient(verify=client_tls(), trust_env=False) as client:
 
             async def proven() -> bool:
                 files = listed_files((await client.get(f"{serve.base}/v1/snapshots")).json())
@@ -125,7 +126,7 @@ async def test_trust_require_on_a_local_group_is_enforced(
     base, internal = await start_tracker(nursery, config)
     disk = on_disk(tmp_path / "ledger")
     seen: dict[str, dict[str, Any]] = {}
-    async with httpx.AsyncClient(trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False) as client:
 
         async def settled() -> bool:
             files = listed_files((await client.get(f"{base}/v1/snapshots")).json())
@@ -175,7 +176,7 @@ async def test_a_group_without_a_level_ranks_its_files_but_keeps_a_failed_one_ou
     config = quickstart_config(tmp_path)
     (tmp_path / "ledger" / FORGED).write_bytes(FORGED_DATA)
     base, _internal = await start_tracker(nursery, config)
-    async with httpx.AsyncClient(trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False) as client:
 
         async def all_checked() -> bool:
             [target] = (await client.get(f"{base}/v1/targets")).json()
@@ -205,7 +206,7 @@ async def test_a_replaced_local_file_is_not_served_on_its_predecessor_s_proof(
     config = quickstart_config(tmp_path, trust={"require": "accounts"})
     base, _internal = await start_tracker(nursery, config)
     ledger = tmp_path / "ledger"
-    async with httpx.AsyncClient(trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False) as client:
 
         async def proven() -> bool:
             return (await client.head(f"{base}/v1/local/{FULL}")).status_code == 200
@@ -250,7 +251,7 @@ async def test_local_files_reach_cluster_by_the_votes(
         bank = bank_hash(tmp_path, path.name, path.read_bytes())
         node.blocks.update(votes_for(slot, bank, majority=True))
     base, _internal = await start_tracker(nursery, config)
-    async with httpx.AsyncClient(trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False) as client:
 
         async def listed() -> dict[str, dict[str, Any]]:
             return listed_files((await client.get(f"{base}/v1/snapshots")).json())
@@ -286,7 +287,7 @@ async def test_attest_signs_local_files_and_fetch_trusts_them(
     config.write_text(yaml.safe_dump(settings))
     base, internal = await start_tracker(nursery, config)
     disk = on_disk(tmp_path / "ledger")
-    async with httpx.AsyncClient(trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False) as client:
 
         async def signed() -> bool:
             files = listed_files((await client.get(f"{base}/v1/snapshots")).json())
@@ -392,7 +393,7 @@ async def test_a_tracker_of_many_proof_workers_proves_in_scan_processes(tmp_path
     serve = await start_serve("--config", str(path))
     disk = on_disk(tmp_path / "ledger")
     try:
-        async with httpx.AsyncClient(trust_env=False) as client:
+        async with httpx.AsyncClient(verify=client_tls(), trust_env=False) as client:
 
             async def proven() -> bool:
                 files = listed_files((await client.get(f"{serve.base}/v1/snapshots")).json())

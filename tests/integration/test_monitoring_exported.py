@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import trio
 from helpers_monitoring import LEDGER, alert_rules, dashboard_names, exported_names, metric_names
+from helpers_tls import client_tls
 from helpers_tracker import start_tracker, write_config
 
 
@@ -21,7 +22,7 @@ async def test_every_metric_of_the_alerts_and_the_dashboard_is_exported(
         "target_groups": [{"group": "local", "local_targets": {"paths": [str(LEDGER)]}}],
     }
     _public, internal = await start_tracker(nursery, write_config(tmp_path, settings))
-    async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), timeout=10, trust_env=False) as client:
         response = await client.get(f"{internal}/metrics")
     assert response.status_code == 200
     exported = exported_names(response.text)

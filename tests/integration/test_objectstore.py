@@ -27,6 +27,7 @@ from helpers_ports import REFUSED
 from helpers_proxy import GROUP, TrackerUnderTest, wait_for
 from helpers_s3 import SECRET_KEY, Weed, uploaded_parts
 from helpers_server import serve_app
+from helpers_tls import client_tls
 from helpers_upstream import Behaviour, FakeUpstream
 from helpers_wire import raw_request
 from names import full_name, incremental_name
@@ -54,7 +55,7 @@ async def tracker(
 async def test_a_cold_get_streams_and_fills_the_bucket_then_hits_redirect(
     tracker: TrackerUnderTest, upstream: FakeUpstream, weed: Weed
 ) -> None:
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(verify=client_tls()) as client:
         first = await client.get(tracker.url(FULL))
         assert first.status_code == 200 and first.content == FULL_DATA
         await uploaded(weed, tracker, FULL)
@@ -95,7 +96,7 @@ async def test_a_lock_that_came_free_with_its_upload_done_pulls_nothing(
     async with (
         bucket_tracker(weed, upstream, tmp_path / "a", prefix=prefix) as a,
         bucket_tracker(weed, upstream, tmp_path / "b", prefix=prefix) as b,
-        httpx.AsyncClient(timeout=60) as client,
+        httpx.AsyncClient(verify=client_tls(), timeout=60) as client,
     ):
         objects = b.parts.objects
         assert objects is not None
@@ -123,7 +124,7 @@ def prefix_of_new(weed: Weed) -> str:
 async def test_head_is_answered_from_the_object_without_the_store_get(
     tracker: TrackerUnderTest, upstream: FakeUpstream, weed: Weed
 ) -> None:
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(verify=client_tls()) as client:
         await client.get(tracker.url(FULL))
         await uploaded(weed, tracker, FULL)
         for path in tracker.group_dir().iterdir():
@@ -176,7 +177,7 @@ async def test_a_failed_refresh_leaves_no_object_and_no_parts(
         prefix = prefix_of(t)
         objects = t.parts.objects
         assert objects is not None
-        async with httpx.AsyncClient() as client, trio.open_nursery() as nursery:
+        async with httpx.AsyncClient(verify=client_tls()) as client, trio.open_nursery() as nursery:
             outcome: list[str] = []
 
             async def download() -> None:
@@ -206,7 +207,9 @@ async def test_a_failed_refresh_leaves_no_object_and_no_parts(
 async def test_firedancer_gets_the_bytes_not_a_redirect(
     tracker: TrackerUnderTest, weed: Weed
 ) -> None:
-    async with httpx.AsyncClient(headers={"user-agent": "Firedancer/0.9"}) as client:
+    async with httpx.AsyncClient(
+        verify=client_tls(), headers={"user-agent": "Firedancer/0.9"}
+    ) as client:
         await client.get(tracker.url(FULL))
         await uploaded(weed, tracker, FULL)
         alias = await client.get(f"{tracker.base}/snapshot.tar.zst")
@@ -220,7 +223,7 @@ async def test_without_direct_serve_the_object_is_streamed_with_ranges(
     weed: Weed, upstream: FakeUpstream, tmp_path: Path
 ) -> None:
     async with bucket_tracker(weed, upstream, tmp_path, direct_serve=False) as t:
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(verify=client_tls()) as client:
             await client.get(t.url(FULL))
             await uploaded(weed, t, FULL)
             for path in t.group_dir().iterdir():
@@ -239,7 +242,7 @@ async def test_wrong_credentials_still_serve_correct_bytes_and_show_the_store_do
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="tracker")
     async with bucket_tracker(weed, upstream, tmp_path, secret_access_key="wrong-secret") as t:
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(verify=client_tls()) as client:
             first = await client.get(t.url(FULL))
             second = await client.get(t.url(FULL))
             status = await client.get(f"{t.base}/v1/store")
@@ -283,7 +286,10 @@ async def test_a_store_that_stops_and_comes_back(upstream: FakeUpstream, tmp_pat
 
     own = start_weed()
     try:
-        async with bucket_tracker(own, upstream, tmp_path) as t, httpx.AsyncClient() as client:
+        async with (
+            bucket_tracker(own, upstream, tmp_path) as t,
+            httpx.AsyncClient(verify=client_tls()) as client,
+        ):
             tier = await redirecting(t, own, client)
             health = tier.bucket.health
             async with trio.open_nursery() as nursery:
@@ -316,8 +322,8 @@ async def test_no_url_is_handed_out_until_the_store_back_reads_again(
     try:
         async with (
             bucket_tracker(own, upstream, tmp_path) as t,
-            httpx.AsyncClient() as client,
-            httpx.AsyncClient(follow_redirects=True) as follower,  # curl -L
+            httpx.AsyncClient(verify=client_tls()) as client,
+            httpx.AsyncClient(verify=client_tls(), follow_redirects=True) as follower,  # curl -L
         ):
             tier = await redirecting(t, own, client)
             health = tier.bucket.health
@@ -404,7 +410,7 @@ async def test_a_hung_store_costs_a_request_at_most_request_timeout(
     timeout = 3.0
     async with (
         bucket_tracker(weed, upstream, tmp_path, request_timeout=timeout) as t,
-        httpx.AsyncClient(timeout=30) as client,
+        httpx.AsyncClient(verify=client_tls(), timeout=30) as client,
     ):
         tier = await redirecting(t, weed, client)
         health = tier.bucket.health
@@ -483,7 +489,7 @@ async def test_a_lock_naming_another_service_does_not_get_it_served(
             assert objects is not None
             lock = objects.tier.lock_key(GROUP, INCR)
             put(weed, lock, Metadata={"owner": "intruder", "replica": base})
-            async with httpx.AsyncClient() as client:
+            async with httpx.AsyncClient(verify=client_tls()) as client:
                 got = await client.get(t.url(INCR))
             assert got.status_code == 200 and got.content == INCR_DATA
             assert service.asked == asked
@@ -497,7 +503,7 @@ async def test_urls_are_signed_for_the_public_endpoint(
     public = weed.endpoint.replace("127.0.0.1", "localhost")
     async with (
         bucket_tracker(weed, upstream, tmp_path, public_endpoint=public) as t,
-        httpx.AsyncClient() as client,
+        httpx.AsyncClient(verify=client_tls()) as client,
     ):
         await client.get(t.url(FULL))
         await uploaded(weed, t, FULL)
@@ -517,7 +523,7 @@ async def test_a_url_that_cannot_be_signed_gets_the_bytes_streamed(
 
     objects = tracker.parts.objects
     assert objects is not None
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(verify=client_tls()) as client:
         await client.get(tracker.url(FULL))
         await uploaded(weed, tracker, FULL)
 
@@ -538,7 +544,7 @@ async def test_a_prefetch_fills_the_bucket_once(
     for path in tracker.group_dir().iterdir():
         path.unlink()
     assert await tracker.streamer.prefetch(GROUP, FULL) is False  # the bucket has it
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(verify=client_tls()) as client:
         assert (await client.get(tracker.url(FULL))).status_code == 303
     assert len(upstream.gets(FULL)) == 1
 
@@ -550,7 +556,7 @@ async def test_the_fast_path_answers_bucket_hits_as_quart_does(
     (:class:`tracker.web.shortcuts.FastRedirects`): same status, headers and body as the
     Quart routes give, for every route and client; the others are left to Quart."""
     t = tracker
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(verify=client_tls()) as client:
         await client.get(t.url(FULL))  # fills the bucket
     await uploaded(weed, t, FULL)
     # The incremental stays out of the bucket: a first request that could fetch it would

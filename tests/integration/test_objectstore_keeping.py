@@ -19,6 +19,7 @@ from helpers_bucket import bucket_tracker, prefix_of, put, store_config, tier_of
 from helpers_bytes import MiB, archive_bytes
 from helpers_proxy import GROUP, advertise, advertise_files, proxy_tracker, wait_for
 from helpers_s3 import Weed
+from helpers_tls import client_tls
 from helpers_upstream import FakeUpstream
 from names import full_name, incremental_name
 
@@ -53,7 +54,7 @@ async def test_presigned_urls_expire_and_retention_keeps_what_was_handed_out(
         old_key = f"{prefix}{GROUP}/{FULL}"
         objects = t.parts.objects
         assert objects is not None
-        async with httpx.AsyncClient() as client, trio.open_nursery() as nursery:
+        async with httpx.AsyncClient(verify=client_tls()) as client, trio.open_nursery() as nursery:
             nursery.start_soon(objects.tier.retire_when_due)  # the service's timer task
             await client.get(t.url(FULL))
             await uploaded(weed, t, FULL)
@@ -203,7 +204,7 @@ async def test_a_stale_lock_is_taken_over_and_its_upload_aborted(
             Metadata={"owner": "dead", "replica": ""},
         )
         s3.create_multipart_upload(Bucket="snapshots", Key=key)
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(verify=client_tls()) as client:
             # The lock is live (3 s: on a loaded host too): no replica_url to follow, so the
             # bytes come uncached.
             first = await client.get(t.url(FULL))
@@ -374,7 +375,7 @@ async def test_a_hand_out_while_retention_deletes_gets_a_url_that_works(
     await retaining.retainer.retain(GROUP, full=True)
     [url] = urls
     assert url is not None
-    async with httpx.AsyncClient(trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False) as client:
         got = await client.get(url)
     assert got.status_code == 200 and got.content == b"archive bytes"
     assert (GROUP, True) in retaining.retainer._due  # deleted once that URL expired

@@ -14,6 +14,7 @@ import trio
 import yaml
 from helpers_process import start_serve
 from helpers_proxy import wait_for
+from helpers_tls import client_tls
 from names import full_name
 
 SETTINGS = {
@@ -54,7 +55,7 @@ async def test_a_reload_that_moves_a_listener_warns_and_health_names_the_missing
     path = write(tmp_path)
     serve = await start_serve("--config", str(path))
     try:
-        async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+        async with httpx.AsyncClient(verify=client_tls(), trust_env=False, timeout=10) as client:
             # No snapshot yet: 500 before any rpc question; with one, the missing rpc.
             (
                 tmp_path / "ledger" / "snapshot-100-11111111111111111111111111111111.tar.zst"
@@ -82,7 +83,7 @@ async def test_a_refused_reload_is_logged_for_post_reload_too(tmp_path: Path) ->
     serve = await start_serve("--config", str(path))
     try:
         write(tmp_path, scrape_interval="soon")
-        async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+        async with httpx.AsyncClient(verify=client_tls(), trust_env=False, timeout=10) as client:
             refused = await client.post(f"{serve.internal}/reload")
         assert refused.status_code == 400 and "scrape_interval" in refused.text
         await wait_for(lambda: "reload_refused" in serve.log)
@@ -103,7 +104,7 @@ async def test_a_reload_whose_setting_in_force_no_start_would_take_is_refused(
     (tmp_path / "ledger" / full_name(100)).write_bytes(b"x")
     serve = await start_serve("--config", str(path))
     try:
-        async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+        async with httpx.AsyncClient(verify=client_tls(), trust_env=False, timeout=10) as client:
             await wait_for_listed(client, f"{serve.base}/v1/snapshots")
             groups = [{**SETTINGS["target_groups"][0], "trust": {"require": "cluster"}}]
             write(tmp_path, verify_archives=True, target_groups=groups, rpc="http://127.0.0.1:9")
@@ -133,7 +134,7 @@ async def test_a_host_quart_cannot_route_gets_a_400_counted_not_a_500_traceback(
     400 with one line, counted, and the log stays quiet."""
     serve = await start_serve("--config", str(write(tmp_path)))
     try:
-        async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+        async with httpx.AsyncClient(verify=client_tls(), trust_env=False, timeout=10) as client:
             for host in ("a..b", ".", "a" * 64 + ".example", "a..b:8458"):
                 for base, path in [
                     (serve.base, "/v1/snapshots"),
@@ -165,7 +166,7 @@ async def test_the_internal_listener_answers_a_slip_in_one_plain_line(tmp_path: 
     # `fetch --tracker` naming this port by mistake quoted a paragraph of it.
     serve = await start_serve("--config", str(write(tmp_path)))
     try:
-        async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+        async with httpx.AsyncClient(verify=client_tls(), trust_env=False, timeout=10) as client:
             for path, status, line in [
                 ("/reload", 405, "method not allowed\n"),
                 ("/v1/x", 404, "not found\n"),
@@ -226,7 +227,7 @@ async def test_a_websocket_upgrade_gets_a_400_line_not_a_500_traceback(tmp_path:
             answer = await upgrade(base, path)
             assert answer.startswith(b"HTTP/1.1 400 "), (path, answer)
             assert answer.endswith(b"\r\n\r\nthis server does not speak WebSocket\n"), answer
-        async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+        async with httpx.AsyncClient(verify=client_tls(), trust_env=False, timeout=10) as client:
             assert (await client.get(f"{serve.base}/v1/snapshots")).json() == []
             metrics = (await client.get(f"{serve.internal}/metrics")).text
         [counted] = [

@@ -24,6 +24,7 @@ import yaml
 from helpers_bytes import MiB, archive_bytes, sha256
 from helpers_ports import REFUSED
 from helpers_proxy import GROUP, proxy_tracker, wait_for
+from helpers_tls import client_tls
 from helpers_tracker import start_tracker, write_config
 from helpers_upstream import FakeUpstream
 from names import full_name
@@ -89,7 +90,7 @@ async def test_a_refresh_short_of_room_removes_an_orphaned_archive_and_is_cached
     async with proxy_tracker(
         root, upstream, cache_factory=factory, proxy_snapshot_cache_min_free=0
     ) as t:
-        async with httpx.AsyncClient(timeout=20) as client:
+        async with httpx.AsyncClient(verify=client_tls(), timeout=20) as client:
             response = await client.get(t.url(FULL))
         assert sha256(response.content) == sha256(FULL_DATA)
         # refused, the refresh would have said so before the first byte
@@ -149,12 +150,12 @@ async def test_a_reload_that_drops_a_group_names_its_directory_and_keeps_it(
     path = write_config(tmp_path, settings)
     public, internal = await start_tracker(nursery, path)
     assert logged(caplog, "cache_orphaned") == []
-    async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False, timeout=10) as client:
         listed = (await client.get(f"{public}/v1/snapshots")).json()
     assert [(s["group"], s["slot"]) for s in listed] == [(DROPPED, 4000)]
     settings["target_groups"] = settings["target_groups"][:1]
     path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), **settings}))
-    async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False, timeout=10) as client:
         assert (await client.post(f"{internal}/reload")).status_code == 200
         assert logged(caplog, "cache_orphaned") == [
             {

@@ -25,6 +25,7 @@ from helpers_proxy import (
     proxy_tracker,
     wait_for,
 )
+from helpers_tls import client_tls
 from helpers_upstream import Behaviour, FakeUpstream
 from helpers_wire import raw_request
 from names import full_name
@@ -52,7 +53,7 @@ UPSTREAM_FILES = {NAME: DATA}
 
 async def test_every_piece_size_arrives_byte_exact(upstream: FakeUpstream) -> None:
     async with proxying(upstream.base) as t:
-        async with httpx.AsyncClient(timeout=20) as client:
+        async with httpx.AsyncClient(verify=client_tls(), timeout=20) as client:
             response = await client.get(t.url(NAME))
         assert response.status_code == 200
         assert sha256(response.content) == sha256(DATA)
@@ -67,7 +68,7 @@ async def test_every_piece_size_arrives_byte_exact(upstream: FakeUpstream) -> No
 async def test_a_large_range_is_spliced_too(upstream: FakeUpstream) -> None:
     first, last = 100, 5 * MiB + 99  # 206 of 5 MiB: pieces of 4 MiB and 1 MiB
     async with proxying(upstream.base) as t:
-        async with httpx.AsyncClient(timeout=20) as client:
+        async with httpx.AsyncClient(verify=client_tls(), timeout=20) as client:
             part = await client.get(t.url(NAME), headers={"range": f"bytes={first}-{last}"})
         assert part.status_code == 206
         assert part.headers["content-range"] == f"bytes {first}-{last}/{len(DATA)}"
@@ -84,7 +85,7 @@ async def test_the_body_of_an_early_head_is_spliced_too(upstream: FakeUpstream) 
     stream for slow clients: bench/README.md, "memory")."""
     upstream.behaviour[NAME] = Behaviour(delay=EARLY.early_head_after + 0.3)
     async with proxying(upstream.base, settings=EARLY) as t:
-        async with httpx.AsyncClient(timeout=20) as client:
+        async with httpx.AsyncClient(verify=client_tls(), timeout=20) as client:
             response = await client.get(t.url(NAME))
         assert response.status_code == 200
         assert "etag" not in response.headers  # the early head: sent before the answer
@@ -156,7 +157,7 @@ async def test_upstream_head_and_body_in_one_segment(prefix: bytes) -> None:
     async with trio.open_nursery() as nursery:
         base = await nursery.start(one_segment_upstream, prefix)
         async with proxying(base) as t:
-            async with httpx.AsyncClient(timeout=20) as client:
+            async with httpx.AsyncClient(verify=client_tls(), timeout=20) as client:
                 response = await client.get(t.url(NAME))
             assert response.status_code == 200
             assert sha256(response.content) == sha256(DATA)

@@ -24,6 +24,7 @@ from helpers_bucket import bucket_tracker, uploaded
 from helpers_process import Serve, start_serve
 from helpers_proxy import GROUP
 from helpers_s3 import Weed
+from helpers_tls import client_tls
 from helpers_tracker import wait_until
 from helpers_upstream import FakeUpstream
 from test_exhaustion import descriptor_limit, listed, small_tracker
@@ -75,7 +76,7 @@ async def test_pipelined_requests_of_a_client_that_left_cost_nothing(tmp_path: P
             await pipeline_and_leave(serve)
         await wait_for_fds(pid, baseline)
         # A fresh client each time: its connection ends with it, as the others did.
-        async with httpx.AsyncClient(timeout=5, trust_env=False) as client:
+        async with httpx.AsyncClient(verify=client_tls(), timeout=5, trust_env=False) as client:
             answer = await client.get(f"{serve.base}/v1/best_snapshots?max=1")
         assert answer.status_code == 200
     await wait_for_fds(pid, baseline)
@@ -130,14 +131,14 @@ async def test_every_route_gives_back_a_flooding_client_that_left(
     (tmp_path / "ledger" / ARCHIVE).write_bytes(bytes(range(256)) * 256)  # 64 KiB
     serve = await start_serve("--config", str(config), preexec_fn=descriptor_limit(LIMIT))
     pid = serve.proc.pid
-    async with httpx.AsyncClient(timeout=5, trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), timeout=5, trust_env=False) as client:
         await wait_until(partial(listed, client, serve.base))
         baseline = open_fds(pid)
         for _wave in range(3):
             for _ in range(FLOOD_WAVE):
                 flood_and_leave(serve.base, target)
             # A fresh client: answered once the flood's connections were accepted (in order).
-            async with httpx.AsyncClient(timeout=5, trust_env=False) as fresh:
+            async with httpx.AsyncClient(verify=client_tls(), timeout=5, trust_env=False) as fresh:
                 answer = await fresh.get(f"{serve.base}/v1/best_snapshots?max=1")
             assert answer.status_code == 200
             await wait_for_fds(pid, baseline)
@@ -177,7 +178,7 @@ async def test_a_flooding_client_that_left_gives_back_its_connection_slot(
     about one answer per client, not one per request it left behind."""
     async with (
         bucket_tracker(weed, upstream, tmp_path) as t,
-        httpx.AsyncClient(trust_env=False) as client,
+        httpx.AsyncClient(verify=client_tls(), trust_env=False) as client,
     ):
         assert (await client.get(t.url(FULL))).status_code == 200  # fills the bucket
         await uploaded(weed, t, FULL)
@@ -189,7 +190,7 @@ async def test_a_flooding_client_that_left_gives_back_its_connection_slot(
         for _ in range(FLOOD_WAVE):
             flood_and_leave(t.base, route)
         # A fresh client: answered once the flood's connections were accepted (in order).
-        async with httpx.AsyncClient(trust_env=False) as fresh:
+        async with httpx.AsyncClient(verify=client_tls(), trust_env=False) as fresh:
             assert (await fresh.get(f"{t.base}{route}")).status_code == 303
         with trio.fail_after(10):
             # Polling: the listener has nothing to wait on. The first client's connection

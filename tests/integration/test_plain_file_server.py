@@ -12,6 +12,7 @@ import trio
 import yaml
 from helpers_fileserver import file_server
 from helpers_process import start_serve
+from helpers_tls import client_tls
 
 from tracker.discovery.roster import nothing_listed
 
@@ -32,7 +33,7 @@ async def test_a_plain_file_server_target_says_why_it_lists_nothing(tmp_path: Pa
         path.write_text(yaml.safe_dump(config))
         serve = await start_serve("--config", str(path))
         try:
-            async with httpx.AsyncClient(trust_env=False) as client:
+            async with httpx.AsyncClient(verify=client_tls(), trust_env=False) as client:
                 with trio.fail_after(30):
                     while True:
                         [target] = (await client.get(f"{serve.base}/v1/targets")).json()

@@ -17,6 +17,7 @@ import trio
 from helpers_bytes import MiB, archive_bytes, sha256
 from helpers_process import start_serve
 from helpers_proxy import GROUP, TOKEN, TrackerUnderTest, advertise, proxy_tracker, wait_for
+from helpers_tls import client_tls
 from helpers_upstream import Behaviour, FakeUpstream, sidecar_listing
 from names import full_name, incremental_name
 
@@ -46,7 +47,7 @@ async def test_prefetch_fills_the_cache_with_no_client_request(
             assert sha256((t.group_dir() / name).read_bytes()) == sha256(data)
             assert len(upstream.gets(name)) == 1
             assert "range" not in upstream.gets(name)[0].headers
-        async with httpx.AsyncClient(timeout=20, trust_env=False) as client:
+        async with httpx.AsyncClient(verify=client_tls(), timeout=20, trust_env=False) as client:
             hit = await client.get(t.url(FULL))
         assert sha256(hit.content) == sha256(FILES[FULL])
         assert t.outcome("cache_hit") == 1
@@ -138,7 +139,7 @@ async def test_clients_join_a_running_prefetch_when_sharing_is_on(
         await wait_for(lambda: upstream.gets(FULL) != [] and upstream.gets(FULL)[0].body_sent > 0)
         got: list[httpx.Response] = []
         async with (
-            httpx.AsyncClient(timeout=20, trust_env=False) as client,
+            httpx.AsyncClient(verify=client_tls(), timeout=20, trust_env=False) as client,
             trio.open_nursery() as nursery,
         ):
 

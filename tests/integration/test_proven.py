@@ -19,6 +19,7 @@ from archives import (
     snapshot_entries,
 )
 from helpers_proxy import wait_for
+from helpers_tls import client_tls
 from helpers_tracker import wait_until
 from helpers_upstream import sidecar_listing
 from helpers_wire import raw_request
@@ -116,7 +117,7 @@ async def test_trust_require_structure_caches_it_with_its_level(tmp_path: Path) 
             "bank_hash": proof["bank_hash"],
             "note": NO_LATTICE_HASH,
         }
-        async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+        async with httpx.AsyncClient(verify=client_tls(), timeout=10, trust_env=False) as client:
             page = (await client.get(f"{f.internal}/")).text
         assert '<span class="meta">structure</span>' in page  # beside its sha256
 
@@ -187,7 +188,7 @@ async def test_redirect_mode_reads_heads_and_keeps_a_forged_copy_out_of_the_rank
         reason = f"manifest: name hash {name_hash}, lattice hash gives {archive_hash_of(other)}"
         await shows_error(f, lambda error: error == f"{DISPROVEN}{name}: {reason}", timeout=20)
         assert f.bad.gets(name)  # its head was read
-        async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+        async with httpx.AsyncClient(verify=client_tls(), timeout=10, trust_env=False) as client:
             best = (await client.get(f"{f.public}/v1/best_snapshots?group={GROUP}")).json()
         urls = [file["url"] for source in best for file in source["files"]]
         assert urls and all(u.startswith(f.good.base) for u in urls), best

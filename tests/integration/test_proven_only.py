@@ -31,6 +31,7 @@ from helpers_cluster import (
     shown,
     votes_for,
 )
+from helpers_tls import client_tls
 from helpers_tracker import wait_until
 from helpers_upstream import Behaviour, sidecar_listing
 from helpers_votes import VoteRpc
@@ -44,7 +45,7 @@ pytestmark = pytest.mark.usefixtures("quick_vote_retries")
 
 
 async def short_redirect(f: Fleet) -> httpx.Response:
-    async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), timeout=10, trust_env=False) as client:
         return await client.get(f"{f.public}/v1/snapshot.tar.bz2?group={GROUP}")
 
 
@@ -54,7 +55,7 @@ async def assert_nothing_handed_out(f: Fleet, name: str) -> None:
     assert await get_json(f"{f.public}/v1/snapshots?group={GROUP}") == []
     answer = await short_redirect(f)
     assert answer.status_code == 202 and "location" not in answer.headers
-    async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), timeout=10, trust_env=False) as client:
         by_name = await client.get(f"{f.public}/v1/{GROUP}/{name}")
     assert by_name.status_code == 404
     await wait_until(lambda: error_is(f, f"{DISPROVEN}{name}: {NOT_YET}"), timeout=20)

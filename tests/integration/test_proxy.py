@@ -26,6 +26,7 @@ from helpers_proxy import (
     proxy_tracker,
     wait_for,
 )
+from helpers_tls import client_tls
 from helpers_upstream import UPSTREAM_ETAG, Behaviour, FakeUpstream
 from helpers_wire import raw_request
 from names import full_name, incremental_name
@@ -54,7 +55,7 @@ async def tracker(
 async def test_proxied_bytes_are_identical_with_content_length(
     tracker: TrackerUnderTest, upstream: FakeUpstream
 ) -> None:
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(verify=client_tls()) as client:
         response = await client.get(tracker.url(NAME))
     assert response.status_code == 200
     assert sha256(response.content) == sha256(DATA)
@@ -130,7 +131,7 @@ async def test_credentials_go_upstream_client_secrets_do_not(
 async def test_range_and_conditionals_are_forwarded(
     tracker: TrackerUnderTest, upstream: FakeUpstream
 ) -> None:
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(verify=client_tls()) as client:
         part = await client.get(tracker.url(NAME), headers={"range": "bytes=100-199"})
         suffix = await client.get(tracker.url(NAME), headers={"range": "bytes=-100"})
         past = await client.get(tracker.url(NAME), headers={"range": f"bytes={len(DATA)}-"})
@@ -172,7 +173,7 @@ async def test_failover_to_the_next_source_before_any_byte(upstream: FakeUpstrea
             advertise(t.index, broken.base, [(NAME, broken.url(NAME), len(DATA))], age=1)
             advertise(t.index, missing.base, [(NAME, missing.url(NAME), len(DATA))], age=2)
             advertise(t.index, upstream.base, [(NAME, upstream.url(NAME), len(DATA))], age=3)
-            async with httpx.AsyncClient() as client:
+            async with httpx.AsyncClient(verify=client_tls()) as client:
                 response = await client.get(t.url(NAME))
             assert response.status_code == 200
             assert sha256(response.content) == sha256(DATA)
@@ -190,7 +191,7 @@ async def test_all_sources_failing_is_a_502_with_one_line() -> None:
             dead = _dead_url()
             advertise(t.index, dead.rsplit("/files/", 1)[0], [(NAME, dead, len(DATA))], age=0)
             advertise(t.index, broken.base, [(NAME, broken.url(NAME), len(DATA))], age=1)
-            async with httpx.AsyncClient() as client:
+            async with httpx.AsyncClient(verify=client_tls()) as client:
                 response = await client.get(t.url(NAME))
             assert response.status_code == 502
             assert response.headers["content-type"].startswith("text/plain")
@@ -215,7 +216,7 @@ async def test_redirects_keep_credentials_on_the_same_origin_only(upstream: Fake
         # Another origin is reachable only where the egress policy allows: loopback here.
         async with proxy_tracker(egress=Egress(allow=("127.0.0.0/8",))) as t:
             advertise(t.index, upstream.base, [(NAME, f"{upstream.base}/x/away", len(DATA))])
-            async with httpx.AsyncClient() as client:
+            async with httpx.AsyncClient(verify=client_tls()) as client:
                 response = await client.get(t.url(NAME))
             assert response.status_code == 200
             assert sha256(response.content) == sha256(DATA)
@@ -237,7 +238,7 @@ async def test_the_settings_a_tracker_is_built_with_reach_the_download_clients(
     async with proxy_tracker(None, settings=strict) as t:
         assert t.parts.streamer.clients.settings is strict
         advertise(t.index, upstream.base, [(NAME, f"{upstream.base}/files/hop", len(DATA))])
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(verify=client_tls()) as client:
             response = await client.get(t.url(NAME))
             assert response.status_code == 502
             assert "more than 0 redirects" in response.text
@@ -262,7 +263,7 @@ async def test_broken_upstream_body_breaks_the_client_connection(
     assert len(wire.body) < len(DATA)  # short ...
     assert wire.closed  # ... and the connection closed: never a silently short 200
     with pytest.raises(httpx.RemoteProtocolError):
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(verify=client_tls()) as client:
             await client.get(tracker.url(NAME))
 
 
@@ -280,7 +281,7 @@ async def test_answer_without_any_known_length_is_a_502(upstream: FakeUpstream) 
     upstream.behaviour[NAME] = Behaviour(chunked=True)
     async with proxy_tracker() as t:
         advertise(t.index, upstream.base, [(NAME, upstream.url(NAME), 0)])
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(verify=client_tls()) as client:
             response = await client.get(t.url(NAME))
         assert response.status_code == 502
         assert "without content-length" in response.text
@@ -299,7 +300,7 @@ async def test_a_206_to_a_whole_file_request_is_no_answer(
     )
     async with proxy_tracker(tmp_path / "cache" if cached else None) as t:
         advertise(t.index, upstream.base, [(NAME, upstream.url(NAME), 0)])
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(verify=client_tls()) as client:
             response = await client.get(t.url(NAME))
         assert response.status_code == 502
         assert upstream.gets(NAME)
@@ -439,7 +440,7 @@ async def test_no_framework_timeout_cuts_a_long_download(upstream: FakeUpstream)
     upstream.behaviour[NAME] = Behaviour(rate=2 * MiB)  # 3 MiB: 1.5 s
     async with proxy_tracker(app_config={"RESPONSE_TIMEOUT": 0.5}) as t:
         advertise(t.index, upstream.base, [(NAME, upstream.url(NAME), len(DATA))])
-        async with httpx.AsyncClient(timeout=10) as client:
+        async with httpx.AsyncClient(verify=client_tls(), timeout=10) as client:
             response = await client.get(t.url(NAME))
         assert sha256(response.content) == sha256(DATA)
 
@@ -449,7 +450,7 @@ async def test_incremental_counts_as_incremental_upstream_bytes(upstream: FakeUp
     upstream.files[name] = DATA[: 1 * MiB]
     async with proxy_tracker() as t:
         advertise(t.index, upstream.base, [(name, upstream.url(name), 1 * MiB)])
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(verify=client_tls()) as client:
             response = await client.get(t.url(name))
         assert response.content == DATA[: 1 * MiB]
         kind = t.counter("snapshot_tracker_upstream_bytes_total", group=GROUP, kind="incremental")
@@ -461,7 +462,7 @@ async def first_bytes_then_rest(url: str, pause: Behaviour, count: int) -> bytes
     after them (nothing else could push them out), then the rest after ``pause.resume``."""
     got = bytearray()
     async with (
-        httpx.AsyncClient(timeout=10, trust_env=False) as client,
+        httpx.AsyncClient(verify=client_tls(), timeout=10, trust_env=False) as client,
         client.stream("GET", url) as response,
     ):
         chunks = response.aiter_raw()

@@ -13,6 +13,7 @@ import trio
 from helpers_bytes import MiB, archive_bytes, sha256
 from helpers_process import start_serve
 from helpers_proxy import GROUP, TOKEN, wait_for
+from helpers_tls import client_tls
 from helpers_upstream import Behaviour, FakeUpstream, serving, sidecar_listing
 from names import full_name, incremental_name
 
@@ -56,7 +57,9 @@ async def test_daemon_proxies_caches_and_cleans_up_on_stop(
     group_dir.mkdir(parents=True)
     (group_dir / f".tmp-{FULL}.left-over").write_bytes(b"from a crash")
     serve = await start_serve("--config", str(write_config(tmp_path, sidecar)))
-    async with httpx.AsyncClient(timeout=20, trust_env=False, follow_redirects=True) as client:
+    async with httpx.AsyncClient(
+        verify=client_tls(), timeout=20, trust_env=False, follow_redirects=True
+    ) as client:
 
         async def listed() -> bool:
             return bool((await client.get(f"{serve.base}/v1/snapshots")).json())
@@ -100,7 +103,7 @@ async def test_a_stream_broken_on_purpose_is_one_log_line(
 ) -> None:
     serve = await start_serve("--config", str(write_config(tmp_path, sidecar)))
     sidecar.behaviour[FULL] = Behaviour(drop_after=1 * MiB)
-    async with httpx.AsyncClient(timeout=20, trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), timeout=20, trust_env=False) as client:
 
         async def listed() -> bool:
             return bool((await client.get(f"{serve.base}/v1/snapshots")).json())

@@ -21,6 +21,7 @@ import pytest
 import trio
 from helpers_process import Serve, reap, start_serve
 from helpers_s3 import free_ports  # ports outside the kernel's ephemeral range
+from helpers_tls import client_tls
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -65,7 +66,7 @@ async def test_the_configs_download_command_keeps_the_name_verify_needs(
     # once the tracker lists the ledger's full (its first scan of the directory ends after it
     # listens: on a loaded host a command run at once would get the empty 404 of a tracker
     # that knows no snapshot yet)
-    async with httpx.AsyncClient(trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False) as client:
         with trio.fail_after(30):
             while not (await client.get(quickstart.base + "/v1/snapshots")).json():
                 await trio.sleep(0.05)
@@ -109,7 +110,7 @@ async def test_what_the_readme_says_a_tracker_without_snapshots_answers(tmp_path
     )
     serve = await start_serve("--config", str(config))
     try:
-        async with httpx.AsyncClient(trust_env=False) as client:
+        async with httpx.AsyncClient(verify=client_tls(), trust_env=False) as client:
             for answers in claims.values():
                 for path, status, body in answers:
                     got = await client.get(serve.base + path)
@@ -149,7 +150,7 @@ async def test_attest_beside_the_served_archives_then_fetch_trust_key_takes_them
     shutil.copy(f"{incrementals[1]}.attestation", f"{incrementals[0]}.attestation")
     serve = await start_serve("--config", str(config))
     try:
-        async with httpx.AsyncClient(trust_env=False) as client:
+        async with httpx.AsyncClient(verify=client_tls(), trust_env=False) as client:
 
             async def served(name: str) -> httpx.Response:
                 return await client.get(f"{serve.base}/v1/local/{name}.attestation")

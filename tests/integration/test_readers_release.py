@@ -17,6 +17,7 @@ from helpers_proxy import wait_for
 from helpers_replicas import idle, replica
 from helpers_s3 import Weed
 from helpers_secondread import hold_second_read
+from helpers_tls import client_tls
 from helpers_tracker import wait_until
 from helpers_upstream import FakeUpstream, serving
 from helpers_wire import Wire, raw_request
@@ -50,7 +51,9 @@ async def test_a_client_gets_the_end_of_the_full_once_its_second_read_passed(
             # docs/architecture.md, "Hashing ahead": the hashing process has hashed accounts
             # while the bytes came, before the second read (a first read that hashed
             # nothing read 0 here)
-            async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+            async with httpx.AsyncClient(
+                verify=client_tls(), timeout=10, trust_env=False
+            ) as client:
                 metrics = (await client.get(f"{f.internal}/metrics")).text
             (line,) = [x for x in metrics.splitlines() if x.startswith(HASHED)]
             assert float(line.split()[-1]) > 0

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import trio
 from helpers_process import start_serve
+from helpers_tls import client_tls
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -92,7 +93,7 @@ async def test_the_readme_quickstart_tour_and_fetch_run_as_written(tmp_path: Pat
     serve = await start_serve(flag, str(quickstart_config(tmp_path, config)))
     assert serve.internal is not None
     try:
-        async with httpx.AsyncClient(trust_env=False) as client:
+        async with httpx.AsyncClient(verify=client_tls(), trust_env=False) as client:
             with trio.fail_after(20):
                 while len((await client.get(f"{serve.base}/v1/snapshots")).json()) < 3:
                     await trio.sleep(0.05)

@@ -24,6 +24,7 @@ import trio
 from archives import build_archive
 from helpers_bytes import MiB, sha256
 from helpers_proxy import FAST, GROUP, TrackerUnderTest, advertise, proxy_tracker, wait_for
+from helpers_tls import client_tls
 from helpers_upstream import Behaviour, FakeUpstream, agave_rpc, serving
 
 from tracker.config.schema import BearerAuth, SourceLimits, TargetGroup
@@ -73,7 +74,7 @@ async def get(url: str) -> tuple[int, str, int, float]:
     digest, size = hashlib.sha256(), 0
     started = trio.current_time()
     async with (
-        httpx.AsyncClient(timeout=30, trust_env=False) as client,
+        httpx.AsyncClient(verify=client_tls(), timeout=30, trust_env=False) as client,
         client.stream("GET", url) as response,
     ):
         try:
@@ -280,7 +281,7 @@ async def published(
 
     from tracker.discovery.sidecar import probe_sidecar
 
-    async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), timeout=10, trust_env=False) as client:
         for age, (up, digest) in enumerate(zip(ups, digests, strict=True)):
             up.listing = sidecar_listing({NAME: DATA})
             if digest is not None:
@@ -498,7 +499,7 @@ async def small_tracker(
 
 async def shown_uses(t: TrackerUnderTest) -> dict[str, dict[str, Any]]:
     """Each target's ``refresh`` as ``/v1/targets`` shows it, by target."""
-    async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), timeout=10, trust_env=False) as client:
         entries = (await client.get(f"{t.base}/v1/targets")).json()
     return {e["target"]: e["refresh"] for e in entries if "refresh" in e}
 

@@ -21,6 +21,7 @@ from helpers_bytes import MiB, sha256
 from helpers_proxy import GROUP, TrackerUnderTest, advertise, proxy_tracker, wait_for
 from helpers_rawblocks import as_agave_writes, flipped_in_raw_blocks, storage_heavy_archive
 from helpers_secondread import SecondRead, hold_second_read
+from helpers_tls import client_tls
 from helpers_upstream import Behaviour, FakeUpstream, serving, sidecar_listing
 from test_clients_real import CLEAN_ENV, tool
 
@@ -88,7 +89,7 @@ async def published(t: TrackerUnderTest, ups: list[FakeUpstream], name: str, dat
     assert parsed is not None
     if not parsed.is_full:
         files = {archive_name(parsed.base_slot): bytes(1024), **files}
-    async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), timeout=10, trust_env=False) as client:
         for age, up in enumerate(ups):
             up.listing = sidecar_listing(files)
             entries = [f for info in up.listing for f in info["files"] if f["file_name"] == name]
@@ -104,7 +105,7 @@ async def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str
     is what the test looks at)."""
     digest, size = hashlib.sha256(), 0
     async with (
-        httpx.AsyncClient(timeout=30, trust_env=False) as client,
+        httpx.AsyncClient(verify=client_tls(), timeout=30, trust_env=False) as client,
         client.stream("GET", url, headers=headers) as response,
     ):
         try:
@@ -171,7 +172,7 @@ async def read_along(url: str, size: int, held: SecondRead) -> tuple[int, int]:
 
     async def client() -> None:
         async with (
-            httpx.AsyncClient(timeout=30, trust_env=False) as http,
+            httpx.AsyncClient(verify=client_tls(), timeout=30, trust_env=False) as http,
             http.stream("GET", url) as response,
         ):
             got[0] = response.status_code

@@ -28,6 +28,7 @@ from helpers_s3 import (
     store_settings,
     uploaded_parts,
 )
+from helpers_tls import client_tls
 from helpers_upstream import Behaviour, FakeUpstream, serving, sidecar_listing
 from names import full_name
 from prometheus_client.parser import text_string_to_metric_families
@@ -125,7 +126,7 @@ async def start_replicas(
             }
         config = write_config(tmp_path, up, port, internal, store)
         replicas.append(await start_serve("--config", str(config), env=env))
-    async with httpx.AsyncClient(trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False) as client:
         for replica in replicas:  # each has scraped the upstream
             with trio.fail_after(10):
                 while not (await client.get(f"{replica.base}/v1/snapshots")).json():
@@ -188,7 +189,7 @@ async def test_three_replicas_pull_each_archive_from_upstream_once(
         3, tmp_path, upstream, weed, prefix, env_credentials=frozenset({2})
     )
     digests: list[str] = []
-    async with httpx.AsyncClient(trust_env=False, timeout=60) as client:
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False, timeout=60) as client:
         async with trio.open_nursery() as nursery:
             for i in range(9):
                 url = f"{replicas[i % 3].base}/v1/{GROUP}/{FULL}"
@@ -286,7 +287,7 @@ async def test_a_refresh_longer_than_lock_ttl_keeps_its_lock(
     upstream.behaviour[FULL] = Behaviour(rate=SIZE / 4)  # 4 s
     first, second = await start_replicas(2, tmp_path, upstream, weed, prefix, lock_ttl=1.0)
     digests: list[str] = []
-    async with httpx.AsyncClient(trust_env=False, timeout=60) as client:
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False, timeout=60) as client:
         async with trio.open_nursery() as nursery:
             url = f"{first.base}/v1/{GROUP}/{FULL}"
             nursery.start_soon(lambda: _append(digests, digest_of(client, url)))
@@ -314,7 +315,7 @@ async def test_a_killed_refresher_is_taken_over_and_leaves_no_parts(
     paused = Behaviour(pause_at=SIZE // 2)
     upstream.behaviour[FULL] = paused
     first, second = await start_replicas(2, tmp_path, upstream, weed, prefix)
-    async with httpx.AsyncClient(trust_env=False, timeout=60) as client:
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False, timeout=60) as client:
         broken: list[str] = []
 
         async def doomed() -> None:

@@ -19,6 +19,7 @@ import pytest
 import trio
 from helpers_bytes import MiB, archive_bytes, sha256
 from helpers_proxy import FAST, GROUP, TrackerUnderTest, advertise, proxy_tracker, wait_for
+from helpers_tls import client_tls
 from helpers_upstream import UPSTREAM_ETAG, UPSTREAM_LAST_MODIFIED, Behaviour, FakeUpstream
 from helpers_wire import raw_request
 from names import full_name
@@ -71,7 +72,7 @@ async def fetch(url: str) -> tuple[int, str, int]:
     digest = hashlib.sha256()
     size = 0
     async with (
-        httpx.AsyncClient(timeout=20, trust_env=False) as client,
+        httpx.AsyncClient(verify=client_tls(), timeout=20, trust_env=False) as client,
         client.stream("GET", url) as response,
     ):
         async for chunk in response.aiter_raw():

@@ -12,6 +12,7 @@ import pytest
 import trio
 from helpers_bytes import MiB, archive_bytes
 from helpers_proxy import FAST, GROUP, TOKEN, TrackerUnderTest, proxy_tracker, wait_for
+from helpers_tls import client_tls
 from helpers_upstream import Behaviour, FakeUpstream, serving
 from names import full_name
 
@@ -71,7 +72,11 @@ async def test_every_503_carries_retry_after(case: Case, reason: str) -> None:
     up = FakeUpstream(files={NAME: DATA})
     settings = attrs.evolve(FAST, busy_wait=0.3)  # a busy source's queue: 0.3 s, then 503
     tracker = proxy_tracker(None, up, settings=settings, target_groups=(group,))
-    async with serving(up), tracker as t, httpx.AsyncClient(timeout=20, trust_env=False) as client:
+    async with (
+        serving(up),
+        tracker as t,
+        httpx.AsyncClient(verify=client_tls(), timeout=20, trust_env=False) as client,
+    ):
         response = await case(t, up, client)
     assert response.status_code == 503
     assert reason in response.text

@@ -19,6 +19,7 @@ from helpers_ports import REFUSED
 from helpers_process import start_serve
 from helpers_proxy import GROUP, advertise, make_config, running_tracker
 from helpers_server import serve_app
+from helpers_tls import client_tls
 from helpers_upstream import Behaviour, FakeUpstream, serving
 from names import full_name, incremental_name
 
@@ -81,7 +82,7 @@ async def test_a_running_daemon_never_shows_a_configured_secret(
     # Debug: httpx logs every request URL, the RPC's API key and the userinfo included.
     serve = await start_serve("--config", str(config), "--log-level", "debug")
     shown: list[str] = []
-    async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), timeout=10, trust_env=False) as client:
         with trio.fail_after(15):
             while not (await client.get(f"{serve.base}/v1/snapshots")).json():
                 await trio.sleep(0.05)

@@ -26,6 +26,7 @@ from helpers_process import Serve, start_serve
 from helpers_proxy import wait_for
 from helpers_s3 import free_ports
 from helpers_server import serve_app
+from helpers_tls import client_tls
 from helpers_tracker import start_tracker, wait_until, write_config
 from helpers_upstream import Behaviour, FakeUpstream, sidecar_listing
 from names import full_name
@@ -249,7 +250,7 @@ async def test_a_refresh_outliving_the_reload_that_dropped_its_group_makes_no_se
     read: list[bytes] = []
 
     async def download() -> None:
-        async with httpx.AsyncClient(timeout=30, trust_env=False) as own:
+        async with httpx.AsyncClient(verify=client_tls(), timeout=30, trust_env=False) as own:
             read.append((await own.get(f"{public}/v1/gone/{name}")).content)
 
     nursery.start_soon(download)
@@ -319,7 +320,7 @@ async def test_sigterm_lets_a_slow_download_finish(tmp_path: Path) -> None:
     path = local_config(tmp_path, shutdown_grace="20s")
     name, data = big_archive(tmp_path, 8 * 1024 * 1024)
     serve = await start_serve("--config", str(path))
-    async with httpx.AsyncClient(trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False) as client:
         await wait_until(
             lambda: _listed(client, serve.base),
         )
@@ -350,7 +351,7 @@ async def test_a_grace_raised_by_reload_holds_for_the_downloads_at_the_stop(
     name, data = big_archive(tmp_path, 16 * 1024 * 1024)
     serve = await start_serve("--config", str(path))
     assert serve.internal is not None
-    async with httpx.AsyncClient(trust_env=False, timeout=60) as client:
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False, timeout=60) as client:
         await wait_until(lambda: _listed(client, serve.base), timeout=60)
         local_config(tmp_path, shutdown_grace="1h")
         assert (await client.post(f"{serve.internal}/reload")).status_code == 200
@@ -384,7 +385,7 @@ async def stalled_download(tmp_path: Path, grace: str) -> tuple[Serve, SlowReade
     path = local_config(tmp_path, shutdown_grace=grace)
     name, _ = big_archive(tmp_path, 64 * 1024 * 1024)
     serve = await start_serve("--config", str(path))
-    async with httpx.AsyncClient(trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False) as client:
         await wait_until(lambda: _listed(client, serve.base))
     reader = await SlowReader.open(serve.base, f"/{name}")
     await reader.stream.receive_some(1024)  # the download started; now stop reading
@@ -445,7 +446,7 @@ async def test_socket_activation(tmp_path: Path) -> None:
     # Only the public socket passed: the internal one is the config's (it was dropped, and
     # /metrics, /reload and /healthz with it).
     assert serve.internal is not None
-    async with httpx.AsyncClient(trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False) as client:
         await wait_until(lambda: _listed(client, serve.base))
         assert (await client.get(f"{serve.base}/{name}")).content == data
         assert (await client.get(f"{serve.internal}/healthz")).status_code == 200
@@ -483,7 +484,7 @@ async def test_metrics_are_rendered_off_the_event_loop(
     monkeypatch.setattr(Metrics, "render", held)
     public, internal = await start_tracker(nursery, local_config(tmp_path))
     async with (
-        httpx.AsyncClient(trust_env=False, timeout=20) as client,
+        httpx.AsyncClient(verify=client_tls(), trust_env=False, timeout=20) as client,
         trio.open_nursery() as scrape,
     ):
         scrape.start_soon(client.get, f"{internal}/metrics")
@@ -508,7 +509,7 @@ async def test_metrics_move_with_traffic(nursery: trio.Nursery, tmp_path: Path) 
                     return float(s.value)
         return 0.0
 
-    async with httpx.AsyncClient(trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False) as client:
         await wait_until(lambda: _listed(client, serve.base))
         before = (await client.get(f"{serve.internal}/metrics")).text
         assert (await client.get(f"{serve.base}/{name}")).content == data
@@ -526,7 +527,7 @@ async def test_metrics_move_with_traffic(nursery: trio.Nursery, tmp_path: Path) 
     assert sample(after, outcomes, outcome="local") == sample(before, outcomes, outcome="local") + 1
     assert sample(after, "snapshot_tracker_best_full_slot", group="g") == 100
     assert sample(after, "snapshot_tracker_targets_up", group="g") == 1
-    async with httpx.AsyncClient(trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False) as client:
 
         async def age_published() -> bool:
             text = (await client.get(f"{serve.internal}/metrics")).text
@@ -550,7 +551,7 @@ async def test_download_logs_one_json_line_at_its_end(tmp_path: Path) -> None:
     path = local_config(tmp_path)
     name, data = big_archive(tmp_path, 300_000)
     serve = await start_serve("--config", str(path), "--log-format", "json")
-    async with httpx.AsyncClient(trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False) as client:
         await wait_until(lambda: _listed(client, serve.base))
         assert (await client.get(f"{serve.base}/{name}")).content == data
         assert (await client.head(f"{serve.base}/{name}")).status_code == 200
@@ -580,7 +581,7 @@ async def test_reload_keeps_a_running_download(tmp_path: Path) -> None:
     name, data = big_archive(tmp_path, 8 * 1024 * 1024)
     serve = await start_serve("--config", str(path))
     assert serve.internal is not None
-    async with httpx.AsyncClient(trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False) as client:
         await wait_until(lambda: _listed(client, serve.base))
         reader = await SlowReader.open(serve.base, f"/{name}")
         async with trio.open_nursery() as nursery:

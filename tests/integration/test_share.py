@@ -21,6 +21,7 @@ import trio
 import trio.testing
 from helpers_bytes import MiB, archive_bytes, sha256
 from helpers_proxy import FAST, GROUP, TrackerUnderTest, proxy_tracker, wait_for
+from helpers_tls import client_tls
 from helpers_upstream import UPSTREAM_ETAG, Behaviour, FakeUpstream
 from helpers_wire import raw_request
 from names import full_name, incremental_name
@@ -83,7 +84,7 @@ def upstream_sent(up: FakeUpstream, name: str) -> int:
 
 async def concurrent_gets(t: TrackerUnderTest, name: str, count: int) -> list[Digest]:
     results: list[Digest] = []
-    async with httpx.AsyncClient(timeout=60, trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), timeout=60, trust_env=False) as client:
 
         async def one() -> None:
             results.append(await fetch(client, t.url(name)))
@@ -148,7 +149,10 @@ async def test_a_late_joiner_starts_at_once_with_the_bytes_on_disk(
 ) -> None:
     half = len(FULL_DATA) // 2
     upstream.behaviour[FULL] = Behaviour(pause_at=half)
-    async with httpx.AsyncClient(timeout=20, trust_env=False) as client, trio.open_nursery() as n:
+    async with (
+        httpx.AsyncClient(verify=client_tls(), timeout=20, trust_env=False) as client,
+        trio.open_nursery() as n,
+    ):
         first: list[Digest] = []
 
         async def refresher() -> None:
@@ -189,7 +193,10 @@ async def test_range_requests_read_what_is_on_disk_or_wait_for_it(
     half = len(FULL_DATA) // 2
     size = len(FULL_DATA)
     upstream.behaviour[FULL] = Behaviour(pause_at=half)
-    async with httpx.AsyncClient(timeout=20, trust_env=False) as client, trio.open_nursery() as n:
+    async with (
+        httpx.AsyncClient(verify=client_tls(), timeout=20, trust_env=False) as client,
+        trio.open_nursery() as n,
+    ):
         n.start_soon(fetch, client, tracker.url(FULL))
         await wait_for(lambda: refresh_written(tracker, FULL) == half)
         url = tracker.url(FULL)
@@ -261,7 +268,7 @@ async def test_a_slow_client_does_not_slow_the_refresh(
         await stalled.receive_some(1024)  # the headers came; then we read nothing more
         await wait_for(lambda: tracker.outcome("refresh_ok") == 1)
         assert tracker.cached() == [FULL]
-        async with httpx.AsyncClient(timeout=20, trust_env=False) as client:
+        async with httpx.AsyncClient(verify=client_tls(), timeout=20, trust_env=False) as client:
             again = await fetch(client, tracker.url(FULL))
         assert again.sha256 == sha256(FULL_DATA)
         assert tracker.outcome("cache_hit") == 1
@@ -283,7 +290,10 @@ async def test_head_and_conditionals_during_a_shared_refresh_go_upstream(
     tracker: TrackerUnderTest, upstream: FakeUpstream
 ) -> None:
     upstream.behaviour[INCR] = Behaviour(pause_at=len(INCR_DATA) // 2)
-    async with httpx.AsyncClient(timeout=20, trust_env=False) as client, trio.open_nursery() as n:
+    async with (
+        httpx.AsyncClient(verify=client_tls(), timeout=20, trust_env=False) as client,
+        trio.open_nursery() as n,
+    ):
         n.start_soon(fetch, client, tracker.url(INCR))
         await wait_for(lambda: refresh_written(tracker, INCR) == len(INCR_DATA) // 2)
         head = await client.head(tracker.url(INCR))
@@ -303,7 +313,7 @@ async def test_no_room_for_a_shared_refresh_streams_uncached(
 
     sharing = {"cache_share_inflight": True, "cache_factory": factory}
     async with proxy_tracker(tmp_path / "cache", upstream, **sharing) as t:
-        async with httpx.AsyncClient(timeout=20, trust_env=False) as client:
+        async with httpx.AsyncClient(verify=client_tls(), timeout=20, trust_env=False) as client:
             response = await fetch(client, t.url(FULL))
         assert (response.status, response.sha256) == (200, sha256(FULL_DATA))
         assert t.outcome("refresh_no_space") == 1
@@ -314,7 +324,7 @@ async def test_no_room_for_a_shared_refresh_streams_uncached(
 async def test_a_range_request_with_no_refresh_running_is_proxied(
     tracker: TrackerUnderTest, upstream: FakeUpstream
 ) -> None:
-    async with httpx.AsyncClient(timeout=20, trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), timeout=20, trust_env=False) as client:
         part = await client.get(tracker.url(FULL), headers={"range": "bytes=10-19"})
     assert (part.status_code, part.content) == (206, FULL_DATA[10:20])
     assert any(g.headers.get("range") == "bytes=10-19" for g in upstream.gets(FULL))

@@ -16,6 +16,7 @@ import trio
 from helpers_bytes import MiB, archive_bytes
 from helpers_process import start_serve
 from helpers_proxy import GROUP
+from helpers_tls import client_tls
 from helpers_upstream import Behaviour, FakeUpstream, serving, sidecar_listing
 from names import full_name
 
@@ -51,7 +52,9 @@ async def test_a_transfer_the_grace_period_cut_logs_its_bytes_and_shutdown(
         serve = await start_serve("--config", str(path))
         try:
             received, signalled = 0, False
-            async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
+            async with httpx.AsyncClient(
+                verify=client_tls(), timeout=30, trust_env=False
+            ) as client:
                 with trio.fail_after(20):
                     while not (await client.get(f"{serve.base}/v1/snapshots")).json():
                         await trio.sleep(0.05)

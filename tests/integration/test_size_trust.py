@@ -13,6 +13,7 @@ import httpx
 import pytest
 from helpers_bytes import MiB, archive_bytes, sha256
 from helpers_proxy import advertise, proxy_tracker, wait_for
+from helpers_tls import client_tls
 from helpers_upstream import FakeUpstream, serving
 from names import full_name
 
@@ -27,7 +28,7 @@ async def test_a_shorter_answer_than_advertised_fails_the_source(tmp_path: Path)
         proxy_tracker(tmp_path / "cache") as t,
     ):
         advertise(t.index, short.base, [(FULL, short.url(FULL), len(DATA))])
-        async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+        async with httpx.AsyncClient(verify=client_tls(), timeout=10, trust_env=False) as client:
             head = await client.head(t.url(FULL))
             got = await client.get(t.url(FULL))
         assert head.status_code == 502
@@ -48,7 +49,7 @@ async def test_the_next_source_of_the_advertised_size_is_taken(
     ):
         advertise(t.index, short.base, [(FULL, short.url(FULL), len(DATA))], age=0)
         advertise(t.index, right.base, [(FULL, right.url(FULL), len(DATA))], age=5)
-        async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+        async with httpx.AsyncClient(verify=client_tls(), timeout=10, trust_env=False) as client:
             got = await client.get(t.url(FULL))
         assert (got.status_code, sha256(got.content)) == (200, sha256(DATA))
         assert len(short.gets(FULL)) == 1  # asked first, refused

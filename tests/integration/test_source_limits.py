@@ -25,6 +25,7 @@ from helpers_proxy import (
     running_tracker,
     wait_for,
 )
+from helpers_tls import client_tls
 from helpers_upstream import UPSTREAM_ETAG, Behaviour, FakeUpstream, serving
 from names import full_name
 
@@ -73,7 +74,10 @@ async def test_a_busy_source_gives_way_to_another_then_503(tmp_path: Path) -> No
         advertise_files(t.index, one, {FULL: DATA})
         advertise(t.index, two.base, [(FULL, two.url(FULL), len(DATA))])
         bodies: list[bytes] = []
-        async with httpx.AsyncClient(timeout=20) as client, trio.open_nursery() as nursery:
+        async with (
+            httpx.AsyncClient(verify=client_tls(), timeout=20) as client,
+            trio.open_nursery() as nursery,
+        ):
 
             async def fetch() -> None:
                 bodies.append((await client.get(t.url(FULL))).content)
@@ -108,7 +112,10 @@ async def test_the_slot_is_the_origin_that_serves_after_a_redirect() -> None:
         advertise(t.index, b.base, [(FULL, b.url(FULL), len(DATA))])
         statuses: list[int] = []
         ranged = {"range": f"bytes=0-{2 * MiB - 1}"}
-        async with httpx.AsyncClient(timeout=20) as client, trio.open_nursery() as nursery:
+        async with (
+            httpx.AsyncClient(verify=client_tls(), timeout=20) as client,
+            trio.open_nursery() as nursery,
+        ):
 
             async def fetch() -> None:
                 statuses.append((await client.get(t.url(FULL), headers=ranged)).status_code)
@@ -141,7 +148,10 @@ async def test_redirects_across_two_origins_do_not_wait_for_each_other() -> None
         advertise(t.index, a.base, [(x, a.url(x), len(SIX[x]))])
         advertise(t.index, b.base, [(y, b.url(y), len(SIX[y]))])
         got: dict[str, httpx.Response] = {}
-        async with httpx.AsyncClient(timeout=20) as client, trio.open_nursery() as nursery:
+        async with (
+            httpx.AsyncClient(verify=client_tls(), timeout=20) as client,
+            trio.open_nursery() as nursery,
+        ):
 
             async def fetch(name: str) -> None:
                 got[name] = await client.get(t.url(name), headers=RANGE)
@@ -164,7 +174,10 @@ async def test_a_refresh_holds_the_slot_of_the_origin_it_was_redirected_to(tmp_p
         a.behaviour[FULL] = Behaviour(redirect_to=b.url(FULL))
         advertise(t.index, a.base, [(FULL, a.url(FULL), len(DATA))])
         advertise(t.index, b.base, [(FULL, b.url(FULL), len(DATA))])
-        async with httpx.AsyncClient(timeout=20) as client, trio.open_nursery() as nursery:
+        async with (
+            httpx.AsyncClient(verify=client_tls(), timeout=20) as client,
+            trio.open_nursery() as nursery,
+        ):
             bodies: list[bytes] = []
 
             async def fetch() -> None:
@@ -190,7 +203,10 @@ async def test_a_speed_test_redirected_to_a_busy_origin_is_skipped() -> None:
         a.behaviour[FULL] = Behaviour(redirect_to=b.url(FULL))
         advertise(t.index, a.base, [(FULL, a.url(FULL), len(DATA))])
         advertise(t.index, b.base, [(FULL, b.url(FULL), len(DATA))])
-        async with httpx.AsyncClient(timeout=20) as client, trio.open_nursery() as nursery:
+        async with (
+            httpx.AsyncClient(verify=client_tls(), timeout=20) as client,
+            trio.open_nursery() as nursery,
+        ):
             bodies: list[bytes] = []
 
             async def fetch() -> None:
@@ -209,7 +225,7 @@ async def test_max_rate_caps_a_relay_and_a_spliced_refresh(tmp_path: Path) -> No
     up = FakeUpstream(files={FULL: DATA})
     for cache in (None, tmp_path / "cache"):
         async with serving(up), running_tracker(limited(cache, max_rate=rate), up) as t:  # type: ignore[arg-type]
-            async with httpx.AsyncClient(timeout=30) as client:
+            async with httpx.AsyncClient(verify=client_tls(), timeout=30) as client:
                 began = time.monotonic()
                 response = await client.get(t.url(FULL))
                 took = time.monotonic() - began
@@ -225,7 +241,7 @@ async def test_no_cap_is_not_slowed(tmp_path: Path) -> None:
     async with (
         serving(up),
         running_tracker(config, up) as t,  # type: ignore[arg-type]
-        httpx.AsyncClient(timeout=30) as client,
+        httpx.AsyncClient(verify=client_tls(), timeout=30) as client,
     ):
         began = time.monotonic()
         response = await client.get(t.url(FULL))
@@ -243,7 +259,10 @@ async def test_a_speed_test_skips_a_busy_source_and_measures_it_when_a_slot_is_f
         running_tracker(config, up, settings=settings) as t,  # type: ignore[arg-type]
     ):
         tests = t.parts.speedtests
-        async with httpx.AsyncClient(timeout=20) as client, trio.open_nursery() as nursery:
+        async with (
+            httpx.AsyncClient(verify=client_tls(), timeout=20) as client,
+            trio.open_nursery() as nursery,
+        ):
             bodies: list[bytes] = []
 
             async def fetch() -> None:
@@ -293,7 +312,10 @@ async def test_requests_past_max_transfers_wait_in_a_bounded_queue() -> None:
     async with serving(up), running_tracker(limited(None, 2), settings=settings) as t:  # type: ignore[arg-type]
         advertise_files(t.index, up, SIX)
         statuses: dict[str, int] = {}
-        async with httpx.AsyncClient(timeout=40) as client, trio.open_nursery() as nursery:
+        async with (
+            httpx.AsyncClient(verify=client_tls(), timeout=40) as client,
+            trio.open_nursery() as nursery,
+        ):
 
             async def fetch(name: str) -> None:
                 response = await client.get(t.url(name), headers=RANGE)
@@ -331,7 +353,10 @@ async def test_a_request_waits_in_the_queue_at_most_busy_wait_then_503_with_retr
         advertise_files(t.index, up, {name: SIX[name]})
         # The source's measured speed (1 MiB/s): the running 2 MiB transfer ends in ~2 s.
         t.index.record_transfer(TargetKey(GROUP, up.base), 8 * MiB, 8.0)
-        async with httpx.AsyncClient(timeout=20) as client, trio.open_nursery() as nursery:
+        async with (
+            httpx.AsyncClient(verify=client_tls(), timeout=20) as client,
+            trio.open_nursery() as nursery,
+        ):
 
             async def hold() -> None:
                 await client.get(t.url(name), headers=RANGE)
@@ -363,7 +388,10 @@ async def test_a_plain_get_waits_in_the_queue_with_no_early_head(
     async with serving(up), running_tracker(config, settings=settings) as t:  # type: ignore[arg-type]
         advertise_files(t.index, up, files)
         answers: dict[str, httpx.Response] = {}
-        async with httpx.AsyncClient(timeout=40) as client, trio.open_nursery() as nursery:
+        async with (
+            httpx.AsyncClient(verify=client_tls(), timeout=40) as client,
+            trio.open_nursery() as nursery,
+        ):
 
             async def fetch(name: str, headers: dict[str, str]) -> None:
                 answers[name] = await client.get(t.url(name), headers=headers)

@@ -15,6 +15,7 @@ import trio
 from helpers_bytes import MiB, archive_bytes
 from helpers_server import serve_app
 from helpers_sources import Answer, ScriptedApp
+from helpers_tls import client_tls
 from helpers_tracker import start_tracker, wait_until, write_config
 from helpers_upstream import FakeUpstream, sidecar_listing
 from names import full_name
@@ -29,7 +30,7 @@ CATALOG = "/v1/catalog/service/solana-sidecar"
 
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=5) as c:
+    async with httpx.AsyncClient(verify=client_tls(), timeout=5) as c:
         yield c
 
 
@@ -227,7 +228,7 @@ async def test_a_reload_to_another_service_drops_the_old_services_sidecars(
 
     path = write_config(tmp_path, settings("svc-a"))
     public, internal = await start_tracker(nursery, path)
-    async with httpx.AsyncClient(trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False) as client:
 
         async def listed() -> bool:
             return bool((await client.get(f"{public}/v1/snapshots")).json())

@@ -11,6 +11,7 @@ import pytest
 import trio
 from helpers_server import local_config, serve_app
 from helpers_sources import HASHES, Answer, Request, ScriptedApp
+from helpers_tls import client_tls
 
 from tracker.config.schema import TargetGroup
 from tracker.discovery.http import SizeMemo, probe_http
@@ -26,7 +27,7 @@ FULL_PATH, INCR_PATH = "/snapshot.tar.bz2", "/incremental-snapshot.tar.bz2"
 
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=5) as c:
+    async with httpx.AsyncClient(verify=client_tls(), timeout=5) as c:
         yield c
 
 

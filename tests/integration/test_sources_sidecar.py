@@ -17,6 +17,7 @@ import trio
 from helpers_ports import REFUSED
 from helpers_server import serve_app
 from helpers_sources import HASHES, Answer, ScriptedApp, file_json, info_json, read_head, serve_raw
+from helpers_tls import client_tls
 
 from tracker.discovery.sidecar import probe_sidecar
 from tracker.errors import ProbeError
@@ -27,7 +28,7 @@ MiB = 1024 * 1024
 
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=5) as c:
+    async with httpx.AsyncClient(verify=client_tls(), timeout=5) as c:
         yield c
 
 

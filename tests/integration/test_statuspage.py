@@ -35,6 +35,7 @@ from helpers_ports import REFUSED
 from helpers_server import serve_app
 from helpers_sources import Answer as SourceAnswer
 from helpers_sources import Request, ScriptedApp
+from helpers_tls import client_tls
 from helpers_tracker import start_tracker, wait_until, write_config
 from helpers_upstream import UPSTREAM_LAST_MODIFIED, Behaviour, FakeUpstream, sidecar_listing
 from names import full_name, incremental_name
@@ -148,7 +149,7 @@ async def test_the_page_in_a_browser_during_a_refresh(
             {"group": "testnet", "static_targets": {"targets": [f"{REFUSED}"]}},
         ],
     )
-    async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), timeout=30, trust_env=False) as client:
 
         async def both_sources() -> bool:
             listed = (await client.get(f"{public}/v1/snapshots?group=mainnet")).json()
@@ -235,7 +236,7 @@ async def test_local_proofs_and_the_signing_card_in_a_browser(
         attest={"key": key.key, "valid_for": "1h"},
         target_groups=[{"group": "local", "local_targets": {"paths": [str(ledger)]}}],
     )
-    async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), timeout=30, trust_env=False) as client:
 
         async def all_signed() -> bool:
             listed = (await client.get(f"{public}/v1/snapshots")).json()
@@ -298,7 +299,7 @@ async def test_hostile_sources_render_as_text_and_credentials_never_show(
         source="https://u:t0ken@node.example/snapshot.tar.bz2?key=K3Y",
         reason="bad\u001b[2J\nframe <b>",
     )
-    async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), timeout=30, trust_env=False) as client:
 
         async def both_failed() -> bool:
             page = await page_of(client, internal)
@@ -330,7 +331,7 @@ async def test_no_snapshot_no_cache_no_bucket(nursery: trio.Nursery, tmp_path: P
         tmp_path,
         target_groups=[{"group": "mainnet", "static_targets": {"targets": [f"{REFUSED}"]}}],
     )
-    async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), timeout=30, trust_env=False) as client:
         page = await page_of(client, internal)
         assert (await client.get(f"{internal}/?refresh=abc")).status_code == 400
         quiet = await page_of(client, internal, "?refresh=0")
@@ -363,7 +364,7 @@ async def test_the_bucket_down_and_an_empty_cache(nursery: trio.Nursery, tmp_pat
         object_store=store,
         target_groups=[{"group": "mainnet", "static_targets": {"targets": [f"{REFUSED}"]}}],
     )
-    async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), timeout=30, trust_env=False) as client:
 
         async def bucket_down() -> bool:
             return '<span class="badge down">down</span></td><td><code>' in await page_of(
@@ -399,7 +400,7 @@ async def test_the_cluster_rpc_is_not_counted_among_the_targets_up(
         "target_groups": [{"group": "g", "cluster_discovery": {"rpc": [rpc], "interval": "200ms"}}],
     }
     public, internal = await start_tracker(nursery, write_config(tmp_path, settings))
-    async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), timeout=30, trust_env=False) as client:
 
         async def both_probed() -> bool:
             shown = (await client.get(f"{public}/v1/targets")).json()

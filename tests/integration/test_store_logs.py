@@ -12,6 +12,7 @@ import trio
 import yaml
 from helpers_process import start_serve
 from helpers_s3 import ACCESS_KEY, Weed, store_settings
+from helpers_tls import client_tls
 
 from tracker.observability.logs import STORE_DEBUG_ENV
 
@@ -31,7 +32,7 @@ async def serve_at_debug(weed: Weed, tmp_path: Path, env: dict[str, str]) -> str
     path.write_text(yaml.safe_dump(settings))
     serve = await start_serve("--config", str(path), "--log-level", "debug", env=env)
     try:
-        async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+        async with httpx.AsyncClient(verify=client_tls(), trust_env=False, timeout=10) as client:
             with trio.fail_after(20):
                 while (await client.get(f"{serve.base}/v1/store")).status_code != 200:
                     await trio.sleep(0.05)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 from archives import build_archive
+from helpers_tls import client_tls
 from helpers_tracker import wait_until
 from helpers_wire import raw_request
 from test_proven import ACCOUNT, wait_until_proof
@@ -29,7 +30,7 @@ async def cached_proof_and_page(
         answer = await raw_request(f.public, f"/v1/{GROUP}/{name}")
         assert answer.status == 200 and answer.body == data
         proof = await wait_until_proof(f.public, name)
-        async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+        async with httpx.AsyncClient(verify=client_tls(), timeout=10, trust_env=False) as client:
             page = (await client.get(f"{f.internal}/")).text
     return proof, page
 

@@ -24,6 +24,7 @@ import pytest
 import trio
 from archives import bad_variants, build_archive, huge_pax_size_archive, huge_pax_size_reason
 from helpers_proxy import wait_for
+from helpers_tls import client_tls
 from helpers_tracker import start_tracker, wait_until, write_config
 from helpers_upstream import Behaviour, FakeUpstream, serving, sidecar_listing
 from helpers_wire import Wire, raw_request
@@ -103,14 +104,14 @@ async def fleet(
 
 async def sources_of(base: str, name: str) -> list[dict[str, Any]]:
     """The file objects of ``name`` in ``/v1/snapshots``, one per source."""
-    async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), timeout=10, trust_env=False) as client:
         listing = (await client.get(f"{base}/v1/snapshots")).json()
     return [f for s in listing for f in s["files"] if f["file_name"].endswith(name)]
 
 
 async def target(base: str, up: FakeUpstream) -> dict[str, Any]:
     """The ``/v1/targets`` entry of sidecar ``up``."""
-    async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), timeout=10, trust_env=False) as client:
         listing = (await client.get(f"{base}/v1/targets")).json()
     [entry] = [t for t in listing if t["target"].endswith(up.base.removeprefix("http://"))]
     return dict(entry)
@@ -135,7 +136,7 @@ async def shows_error(f: Fleet, wanted: Callable[[str], bool], timeout: float = 
 
 
 async def metric(internal: str, name: str) -> float:
-    async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), timeout=10, trust_env=False) as client:
         text = (await client.get(f"{internal}/metrics")).text
     return sum(
         float(line.rsplit(" ", 1)[1])

@@ -25,6 +25,7 @@ import pytest
 import trio
 import trio.testing
 from helpers_server import file_for_request, serve_app
+from helpers_tls import client_tls
 from helpers_wire import read_body_to
 from quart import Response
 from quart_trio import QuartTrio
@@ -102,7 +103,9 @@ def digest(data: bytes) -> bytes:
 
 async def test_whole_file_and_ranges_over_one_keep_alive_connection(server: Server) -> None:
     ranges = [(0, SIZE - 1), (1, 3 * MiB + 77), (SIZE - SMALLEST_PIECE - 10, SIZE - 1)]
-    async with httpx.AsyncClient(base_url=server.url, limits=httpx.Limits(max_connections=1)) as c:
+    async with httpx.AsyncClient(
+        verify=client_tls(), base_url=server.url, limits=httpx.Limits(max_connections=1)
+    ) as c:
         whole = await c.get("/file")
         assert whole.status_code == 200
         assert digest(whole.content) == digest(server.data)
@@ -135,7 +138,7 @@ async def test_eight_concurrent_streams(server: Server) -> None:
     results: list[bytes] = []
 
     async def fetch() -> None:
-        async with httpx.AsyncClient(base_url=server.url) as client:
+        async with httpx.AsyncClient(verify=client_tls(), base_url=server.url) as client:
             results.append(digest((await client.get("/file")).content))
 
     with trio.fail_after(30):
@@ -152,7 +155,7 @@ async def test_a_file_system_without_sendfile_gets_the_same_bytes_copied(
         raise OSError(errno.EINVAL, "sendfile not supported here")
 
     monkeypatch.setattr(os, "sendfile", no_sendfile)
-    async with httpx.AsyncClient(base_url=server.url) as client:
+    async with httpx.AsyncClient(verify=client_tls(), base_url=server.url) as client:
         response = await client.get("/file")
     assert response.status_code == 200
     assert digest(response.content) == digest(server.data)
@@ -324,7 +327,10 @@ async def test_a_placeholder_that_bypasses_the_stream_never_completes_a_response
 async def receive_until_broken(url: str) -> int:
     """Bytes of body received before the server broke the connection (fails if it didn't)."""
     received = 0
-    async with httpx.AsyncClient(base_url=url) as client, client.stream("GET", "/file") as response:
+    async with (
+        httpx.AsyncClient(verify=client_tls(), base_url=url) as client,
+        client.stream("GET", "/file") as response,
+    ):
         assert response.headers["content-length"] == str(3 * MiB)
         try:
             async for chunk in response.aiter_bytes():

@@ -13,6 +13,7 @@ import httpx
 import pytest
 import trio
 import trio.testing
+from helpers_tls import client_tls
 
 from tracker.errors import SourceFailed
 from tracker.fetch.progress import NoProgress
@@ -162,7 +163,13 @@ def writer(size: int = 8 * 1024 * 1024) -> ClaimWriter:
     claim = pieces.claim(0.0)
     assert claim is not None
     source = Source("http://s/x", Identity(size), ranges=True)
-    crew = FetchCrew(httpx.AsyncClient(), FetchSettings(write_size=1024), pieces, -1, NoProgress())
+    crew = FetchCrew(
+        httpx.AsyncClient(verify=client_tls()),
+        FetchSettings(write_size=1024),
+        pieces,
+        -1,
+        NoProgress(),
+    )
     return ClaimWriter(crew.engine, source, claim)
 
 

@@ -9,6 +9,7 @@ import socket
 import httpx
 import pytest
 import trio
+from helpers_tls import client_tls
 
 REFUSED = "a unit test tried to use the network"
 
@@ -40,7 +41,7 @@ async def test_trio_and_httpx_are_refused_too() -> None:
         await trio.open_tcp_listeners(0, host="127.0.0.1")
     with refused:
         await trio.open_tcp_stream("127.0.0.1", 9)
-    async with httpx.AsyncClient(trust_env=False) as client:
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False) as client:
         with refused:
             await client.get("http://127.0.0.1:9/")
 
