@@ -70,7 +70,9 @@ def bookkeeping_both_ways(request: pytest.FixtureRequest) -> Iterator[str]:
     lanes from three cores), whatever this machine's cores: never in scan processes, which
     a host of many cores would use (``budget.scan_processes``; tests/unit/test_scanprocs.py
     holds them to the same outcomes). Opted into with ``pytestmark``; module-wide, so that
-    hypothesis's examples share it."""
+    hypothesis's examples share it. A test of such a module that never reaches the scan
+    (its own lanes given, no first read) is marked ``one_bookkeeping`` and runs inline only:
+    the three ways would be one (:func:`_bookkeeping_reached` holds the marks true)."""
     from tracker.proof.accounts import accountsproof
 
     lanes = {"inline": 0, "one lane": 1, "three lanes": 3}[request.param]
@@ -78,3 +80,46 @@ def bookkeeping_both_ways(request: pytest.FixtureRequest) -> Iterator[str]:
         patch.setattr(accountsproof, "scan_lanes", lambda limits: lanes)
         patch.setattr(accountsproof, "scan_processes", lambda limits: 0)
         yield str(request.param)
+
+
+@pytest.hookimpl(tryfirst=True)  # before the fixture's own params are applied
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test marked ``one_bookkeeping`` runs with the inline bookkeeping only."""
+    if "bookkeeping_both_ways" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "one_bookkeeping"
+    ):
+        # as a mark: the fixture's own params then give way to it (pytest's rule)
+        only = pytest.mark.parametrize(
+            "bookkeeping_both_ways", ["inline"], indirect=True, scope="module"
+        )
+        metafunc.definition.add_marker(only)
+
+
+@pytest.fixture(autouse=True)
+def _bookkeeping_reached(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test run the three ways of :func:`bookkeeping_both_ways` must reach the scan the
+    three ways differ in (``accountsproof.scan_lanes`` asked): one that never does is three
+    runs of one test, and must be marked ``one_bookkeeping``."""
+    if "bookkeeping_both_ways" not in request.fixturenames or request.node.get_closest_marker(
+        "one_bookkeeping"
+    ):
+        yield
+        return
+    from tracker.proof.accounts import accountsproof
+
+    request.getfixturevalue("bookkeeping_both_ways")  # its lanes patched in first
+    chosen = accountsproof.scan_lanes
+    asked: list[None] = []
+
+    def counted(limits: object) -> int:
+        asked.append(None)
+        return chosen(limits)  # type: ignore[arg-type]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(accountsproof, "scan_lanes", counted)
+        yield
+    if not asked:
+        pytest.fail(
+            f"{request.node.name} runs three ways but never reaches the first read's scan:"
+            " mark it one_bookkeeping"
+        )

@@ -119,6 +119,7 @@ def test_changed_accounts_under_the_manifests_lattice_hash_are_refused(tmp_path:
     assert check_file(str(path)).proof.level == Level.MANIFEST  # what the manifest alone shows
 
 
+@pytest.mark.one_bookkeeping
 def test_an_incremental_stays_at_manifest(tmp_path: Path) -> None:
     path = write_archive(tmp_path, STATE, base_slot=400)
     assert (
@@ -201,6 +202,7 @@ async def test_a_following_check_proves_accounts_with_a_second_read(tmp_path: Pa
     )
 
 
+@pytest.mark.one_bookkeeping
 async def test_a_following_check_that_cannot_start_leaves_no_descriptor(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

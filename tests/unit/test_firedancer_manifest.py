@@ -109,6 +109,7 @@ def decode(data: bytes) -> Manifest:
     return decoder.result()
 
 
+@pytest.mark.one_bookkeeping
 def test_firedancers_manifest_is_decoded_and_proven() -> None:
     first = decode(firedancer_manifest())
     manifest = decode(firedancer_manifest(bank_hash(first)))
@@ -129,6 +130,7 @@ def test_firedancers_manifest_is_decoded_and_proven() -> None:
     assert (proof.level, proof.unloadable) == (Level.MANIFEST, UNLISTED)
 
 
+@pytest.mark.one_bookkeeping
 def test_an_empty_state_listing_no_storage_is_not_said_unloadable() -> None:
     empty = lattice_of([])
     manifest = decode(firedancer_manifest(lt_hash=empty))
@@ -137,6 +139,7 @@ def test_an_empty_state_listing_no_storage_is_not_said_unloadable() -> None:
     assert (proof.level, proof.unloadable) == (Level.MANIFEST, None)
 
 
+@pytest.mark.one_bookkeeping
 @pytest.mark.parametrize("version", [2, 3])
 def test_the_alpenglow_marker_in_epoch_credits_is_read_past(version: int) -> None:
     """64 entries (the vote program's history), one of them the marker: agave's frame reads

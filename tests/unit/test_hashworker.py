@@ -66,6 +66,7 @@ def batch(rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray]
     return work, ends
 
 
+@pytest.mark.one_bookkeeping
 def test_the_worker_process_sums_what_the_calling_thread_sums() -> None:
     rng = np.random.default_rng(5)
     worker, here = HashWorker(start_from=0), LocalSum()
@@ -83,6 +84,7 @@ def test_the_worker_process_sums_what_the_calling_thread_sums() -> None:
     assert not workers()
 
 
+@pytest.mark.one_bookkeeping
 def test_the_worker_process_is_reached_past_a_thousand_descriptors() -> None:
     # a tracker serving a thousand connections holds descriptors past select()'s 1,024: a
     # proof started then still talks to its process (each wait is a poll)
@@ -111,6 +113,7 @@ def test_the_worker_process_is_reached_past_a_thousand_descriptors() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+@pytest.mark.one_bookkeeping
 @pytest.mark.parametrize("free", [3, 1, 0])
 def test_a_pool_of_workers_sums_what_the_calling_thread_sums_with_the_slots_it_got(
     free: int,
@@ -221,6 +224,7 @@ def add_through_slots(
     return lent, here
 
 
+@pytest.mark.one_bookkeeping
 @pytest.mark.parametrize(
     "make", [lambda: HashWorker(start_from=0), lambda: HashPool(2, start_from=0)]
 )
@@ -253,6 +257,7 @@ def test_batches_taken_out_leave_the_sum_of_the_others(make: object) -> None:
     assert not workers()
 
 
+@pytest.mark.one_bookkeeping
 def test_the_child_hashes_at_a_lower_priority_than_the_check() -> None:
     worker = HashWorker(start_from=0)
     try:
@@ -264,6 +269,7 @@ def test_the_child_hashes_at_a_lower_priority_than_the_check() -> None:
         worker.close()
 
 
+@pytest.mark.one_bookkeeping
 def test_a_negative_frame_in_a_slot_is_taken_out_by_the_child() -> None:
     worker = HashWorker(start_from=0)
     rng = np.random.default_rng(17)
@@ -286,6 +292,7 @@ def test_a_negative_frame_in_a_slot_is_taken_out_by_the_child() -> None:
     assert not workers()
 
 
+@pytest.mark.one_bookkeeping
 def test_a_pool_lends_its_childrens_slots_and_sums_what_the_calling_thread_sums() -> None:
     pool = HashPool(2, start_from=0)
     try:
@@ -301,6 +308,7 @@ def test_a_pool_lends_its_childrens_slots_and_sums_what_the_calling_thread_sums(
     assert not workers()
 
 
+@pytest.mark.one_bookkeeping
 def test_small_batches_share_a_slot_and_sum_what_the_calling_thread_sums() -> None:
     worker = HashWorker(start_from=0)
     try:
@@ -318,6 +326,7 @@ def test_small_batches_share_a_slot_and_sum_what_the_calling_thread_sums() -> No
     assert not workers()
 
 
+@pytest.mark.one_bookkeeping
 def test_a_slot_lent_but_not_used_is_free_again_and_the_batch_goes_by_the_pipe() -> None:
     worker, here = HashWorker(start_from=0), LocalSum()
     rng = np.random.default_rng(9)
@@ -337,6 +346,7 @@ def test_a_slot_lent_but_not_used_is_free_again_and_the_batch_goes_by_the_pipe()
     assert not workers()
 
 
+@pytest.mark.one_bookkeeping
 def test_a_worker_killed_while_it_hashes_a_slot_costs_the_proof() -> None:
     worker = HashWorker(start_from=0)
     try:
@@ -424,6 +434,7 @@ def test_kernels_interpreted_and_compiled_prove_the_same(mode: str, chunk: int) 
         ), mode
 
 
+@pytest.mark.one_bookkeeping
 def test_a_small_proof_loads_no_numba(tmp_path: Path) -> None:
     """numba and its compiled code cost a process ~170 MB of RSS: a proof of a few accounts
     (verify's of a small archive, the tests' archives) runs the kernels interpreted."""
@@ -463,6 +474,7 @@ def reference_scan(buf: bytes, start: int, end: int, at: int) -> tuple[list[int]
     return offsets, lens, off
 
 
+@pytest.mark.one_bookkeeping
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(
@@ -507,6 +519,7 @@ def test_the_scan_is_the_formats_scan(
     )
 
 
+@pytest.mark.one_bookkeeping
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(0, 63), max_size=3000), st.integers(1, 5), st.booleans())
 def test_grouped_rows_are_a_stable_sort_by_group(
@@ -525,6 +538,7 @@ def test_grouped_rows_are_a_stable_sort_by_group(
     assert bounds.tolist() == np.searchsorted(numbers[order], np.arange(65)).tolist()
 
 
+@pytest.mark.one_bookkeeping
 @settings(max_examples=100, deadline=None)
 @given(
     st.lists(st.lists(st.integers(0, 2**64 - 1), min_size=5, max_size=5), max_size=3000),
@@ -551,6 +565,7 @@ def test_the_fingerprints_are_the_multiply_shift_of_the_keys(
     assert got.dtype == np.uint64 and got.tolist() == expected
 
 
+@pytest.mark.one_bookkeeping
 @settings(max_examples=100, deadline=None)
 @given(
     st.lists(st.tuples(st.binary(min_size=32, max_size=32), st.sampled_from([0, 1, 2**64 - 1]))),
@@ -583,6 +598,7 @@ def test_the_index_rows_are_the_records_pubkeys_and_locators(
     assert batch.lamports().tolist() == [lamports for _, lamports in accounts]
 
 
+@pytest.mark.one_bookkeeping
 @pytest.mark.parametrize("compiled", [False, True])
 def test_an_index_row_outside_its_buffer_is_refused(compiled: bool) -> None:
     if compiled:
@@ -596,6 +612,7 @@ def test_an_index_row_outside_its_buffer_is_refused(compiled: bool) -> None:
         index_rows(words, np.array([0, 12]), 0, 0, np.uint64(0), fields)
 
 
+@pytest.mark.one_bookkeeping
 @pytest.mark.parametrize("compiled", [False, True])
 def test_a_group_past_the_count_is_refused_before_a_row_is_written(compiled: bool) -> None:
     if compiled:
@@ -655,6 +672,7 @@ def test_a_worker_that_cannot_start_costs_the_proof(monkeypatch: pytest.MonkeyPa
     assert note is not None and note.startswith("not proven: the hashing process could not start")
 
 
+@pytest.mark.one_bookkeeping
 def test_the_worker_is_started_with_the_directory_that_holds_the_package() -> None:
     # run from a source tree (no installed package), the child finds ``tracker`` only by the
     # PYTHONPATH entry the parent adds: the directory above the package, wherever the
@@ -663,6 +681,7 @@ def test_the_worker_is_started_with_the_directory_that_holds_the_package() -> No
     assert (root / "tracker" / "proof" / "accounts" / "hashworker.py").is_file()
 
 
+@pytest.mark.one_bookkeeping
 def test_the_compiled_copy_copies_what_a_slice_copies() -> None:
     # the canary of the one use of numba below its documented API (kernels._compile_copy):
     # the layout compiled with memcpy gives the interpreted layout's bytes, and refuses a
@@ -689,6 +708,7 @@ def test_the_compiled_copy_copies_what_a_slice_copies() -> None:
         kernels.lay_out(buf, beyond, lens.astype(np.int64), chosen, fields)
 
 
+@pytest.mark.one_bookkeeping
 def test_the_child_starts_with_what_it_hashes_with_only(monkeypatch: pytest.MonkeyPatch) -> None:
     # its start-up is paid by every proof: no budget module (attrs and the rest) in the child,
     # and one OpenBLAS thread (numpy's import starts one a core otherwise, never used here)
@@ -747,6 +767,7 @@ def test_a_worker_that_answers_a_slot_twice_costs_the_proof(
     assert not workers()
 
 
+@pytest.mark.one_bookkeeping
 @pytest.mark.parametrize(
     "closed",
     [
@@ -767,6 +788,7 @@ def test_a_record_of_no_lamports_must_be_the_default_account(closed: Account) ->
     assert storages_scan(fine, 0, len(fine), 0, "accounts/9.0")[0].tolist() == [0]
 
 
+@pytest.mark.one_bookkeeping
 def test_many_small_calls_compile_the_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
     # Only a call of COMPILE_FROM items (or 4,096 storages) compiled them: an archive of
     # storages of a few records each ran interpreted, ~13 times the CPU, until a flush.
@@ -802,6 +824,7 @@ os._exit(0)
 """
 
 
+@pytest.mark.one_bookkeeping
 def test_a_child_whose_parent_went_away_ends_without_a_word() -> None:
     """The tracker stopped while its hashing child hashed a slot: the child's answer went to
     a closed pipe, and its BrokenPipeError was a whole traceback on the tracker's stderr

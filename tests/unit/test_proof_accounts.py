@@ -529,6 +529,7 @@ def test_hundreds_of_storages_keep_their_names_slots_and_counts() -> None:
 # --- a storage member's cost (docs/architecture.md, "The accounts level" → "Cost") --------
 
 
+@pytest.mark.one_bookkeeping
 def test_a_storage_is_looked_up_by_its_exact_slot_and_id_whatever_their_size() -> None:
     # exact past 2^53 (numpy once cast a Python int and the whole table to float64 at each
     # look-up, where these slots are one number) and past 32 bits (three searches)
@@ -546,6 +547,7 @@ def test_a_storage_is_looked_up_by_its_exact_slot_and_id_whatever_their_size() -
     assert lengths.get(1 << 64, 0) is None  # past u64: no storage agave lists
 
 
+@pytest.mark.one_bookkeeping
 def test_a_list_of_32_bit_slots_and_ids_is_looked_up_by_one_key() -> None:
     # every real list: slot and id packed in one u64 key, found exactly, never a neighbour's
     # (the slot of one and the id of another), a look-up past 32 bits found nowhere
@@ -565,6 +567,7 @@ def test_a_list_of_32_bit_slots_and_ids_is_looked_up_by_one_key() -> None:
     assert empty.get(5, 2) is None
 
 
+@pytest.mark.one_bookkeeping
 def test_a_storage_look_up_never_calls_numpy() -> None:
     # numpy's searchsorted lets go of the GIL at each call: the check's thread, which every
     # storage passes, then waits behind the proof's other threads for its turn (docs
@@ -727,6 +730,7 @@ def test_whatever_is_kept_or_hashed_ahead_the_hash_is_the_models(
         assert prove(built(slots, order), 64, summer=summer) == (model(slots), None)
 
 
+@pytest.mark.one_bookkeeping
 def test_kept_hashes_are_summed_held_and_taken_out_by_locator() -> None:
     kept = kepthashes.KeptHashes()
     rows = np.arange(3 * 1024, dtype=np.uint16).reshape(3, 1024)

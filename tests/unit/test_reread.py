@@ -40,6 +40,7 @@ def archive(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
     return str(plain), ext
 
 
+@pytest.mark.one_bookkeeping
 def test_members_are_read_again_from_an_offset_in_archive_order(archive: tuple[str, str]) -> None:
     reread = ArchiveReread(*archive)
     try:
@@ -54,6 +55,7 @@ def test_members_are_read_again_from_an_offset_in_archive_order(archive: tuple[s
         reread.close()
 
 
+@pytest.mark.one_bookkeeping
 def test_the_second_read_stops_once_the_check_is_cancelled(
     archive: tuple[str, str], tmp_path: Path
 ) -> None:
@@ -88,6 +90,7 @@ def test_the_proof_finishes_with_the_archive_read_again(archive: tuple[str, str]
         reread.close()
 
 
+@pytest.mark.one_bookkeeping
 def test_the_second_read_reads_headers_as_the_check_does(tmp_path: Path) -> None:
     # A pax path naming accounts/2.2 (tar-rs would unpack it so, the check refuses it): the
     # second read does not take it for that member either (docs/architecture.md, "One
@@ -108,11 +111,13 @@ def test_the_second_read_reads_headers_as_the_check_does(tmp_path: Path) -> None
         reread.close()
 
 
+@pytest.mark.one_bookkeeping
 def test_the_second_read_steps_by_a_storage_parsers_piece() -> None:
     # each piece a storage parser asks for is then one chunk, taken as a view, not copied
     assert STEP == storage_format.PIECE
 
 
+@pytest.mark.one_bookkeeping
 def test_a_file_changed_after_the_check_read_it_is_refused(tmp_path: Path) -> None:
     path = tmp_path / ARCHIVE.name
     path.write_bytes(ARCHIVE.read_bytes())
@@ -147,6 +152,7 @@ def test_a_file_changed_after_the_check_read_it_is_refused(tmp_path: Path) -> No
     changed.close()
 
 
+@pytest.mark.one_bookkeeping
 def test_a_second_read_closed_part_way_stops_its_reading_thread(tmp_path: Path) -> None:
     name, data = many_accounts_archive(900, 160_000, seed=5)
     assert len(data) > (AHEAD + 2) * STEP  # its reading thread waits for room when closed
@@ -322,6 +328,7 @@ def test_a_check_that_fails_after_the_switch_ends_its_blake3_thread(tmp_path: Pa
 # --- frames decoded by several threads (a proof with more than two workers) ------------------
 
 
+@pytest.mark.one_bookkeeping
 @pytest.mark.parametrize("pieces", [1, 7, 40])
 def test_frames_decoded_by_threads_read_what_one_decoder_reads(tmp_path: Path, pieces: int) -> None:
     # frames cut anywhere in the tar (headers and records across them): every member read
@@ -352,6 +359,7 @@ def test_a_proof_whose_frames_are_decoded_by_threads_gives_the_lattice_hash(
     assert check_file(str(path), prove_accounts=limits).proof.level.label == "accounts"
 
 
+@pytest.mark.one_bookkeeping
 def test_a_second_read_takes_frame_threads_and_gives_them_back_when_it_closes(
     tmp_path: Path,
 ) -> None:
@@ -374,6 +382,7 @@ def test_a_second_read_takes_frame_threads_and_gives_them_back_when_it_closes(
     assert frames.used == 0
 
 
+@pytest.mark.one_bookkeeping
 def test_a_file_changed_is_refused_when_its_frames_are_decoded_by_threads(
     tmp_path: Path,
 ) -> None:
@@ -392,6 +401,7 @@ def test_a_file_changed_is_refused_when_its_frames_are_decoded_by_threads(
         reread.close()
 
 
+@pytest.mark.one_bookkeeping
 def test_frames_decoded_by_threads_stop_when_the_second_read_closes_part_way(
     tmp_path: Path,
 ) -> None:

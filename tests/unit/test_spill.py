@@ -73,6 +73,7 @@ def model_superseded(rnd: list[tuple[int, int, bool]]) -> tuple[set[int], bool]:
 _versions = st.lists(st.tuples(st.integers(0, 40), st.integers(0, 63), st.booleans()), max_size=300)
 
 
+@pytest.mark.one_bookkeeping
 @settings(max_examples=200, deadline=None)
 @given(_versions, st.booleans())
 def test_dedup_of_a_partition_matches_a_dict(
@@ -91,6 +92,7 @@ def test_dedup_of_a_partition_matches_a_dict(
         assert sum(1 for p, s, _ in rnd if (p, s) == (pubkey, slot)) > 1
 
 
+@pytest.mark.one_bookkeeping
 def test_colliding_fingerprints_never_make_two_accounts_one() -> None:
     # two pubkeys whose versions interleave by slot, all fingerprints equal: a forgery that
     # relied on a collision (the older version of A hidden by B's newer one) is seen
@@ -106,6 +108,7 @@ def test_colliding_fingerprints_never_make_two_accounts_one() -> None:
     _versions.filter(lambda r: not model_superseded(r)[1]), st.booleans(), st.sampled_from([1, 3])
 )
 # one partition of 30 versions: over one share of 20, within the 60 of three: one thread
+@pytest.mark.one_bookkeeping
 @example(rnd=[(key, 5, True) for key in range(30)], colliding=True, threads=3)
 @example(rnd=[(key, 5, True) for key in range(61)], colliding=True, threads=3)
 def test_the_spilled_index_matches_a_dict_through_splits(
@@ -145,6 +148,7 @@ def test_the_spilled_index_matches_a_dict_through_splits(
     assert os.listdir(root) == []
 
 
+@pytest.mark.one_bookkeeping
 @pytest.mark.parametrize(
     ("workers", "memory_mib", "threads"),
     [(2, 512, 2), (16, 512, 16), (128, 512, 64), (16, 4, 4), (16, 1, 1), (16, 0, 1)],
@@ -162,6 +166,7 @@ MIB = 1024**2
 PER_MIB = MIB // spill_module.DEDUP_COST * spill_module.RECORD
 
 
+@pytest.mark.one_bookkeeping
 @pytest.mark.parametrize(
     ("workers", "memory_mib", "largest_mib_of_sort", "threads"),
     [
@@ -180,6 +185,7 @@ def test_no_more_threads_than_the_largest_partition_fits_in_the_shares_of(
     assert spill_module.dedup_threads(workers, memory_mib * MIB, largest) == threads
 
 
+@pytest.mark.one_bookkeeping
 def test_partitions_that_fit_a_share_of_fewer_threads_are_not_split(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -298,6 +304,7 @@ def test_a_proof_closed_in_the_middle_removes_its_files(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.one_bookkeeping
 def test_leftovers_of_a_killed_proof_go_at_the_next_start_and_a_running_ones_stay(
     tmp_path: Path,
 ) -> None:
@@ -312,6 +319,7 @@ def test_leftovers_of_a_killed_proof_go_at_the_next_start_and_a_running_ones_sta
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.one_bookkeeping
 def test_a_spill_directory_let_go_of_without_remove_is_removed(tmp_path: Path) -> None:
     # a signal's interrupt between two statements of whoever holds it (made, not yet handed
     # to the index): the directory goes with the last reference, its lock file closed
@@ -323,6 +331,7 @@ def test_a_spill_directory_let_go_of_without_remove_is_removed(tmp_path: Path) -
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.one_bookkeeping
 def test_an_interrupt_as_the_index_moves_to_disk_leaves_no_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -346,6 +355,7 @@ def test_an_interrupt_as_the_index_moves_to_disk_leaves_no_directory(
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.one_bookkeeping
 def test_a_directory_without_its_lock_is_left_alone_while_it_may_be_starting(
     tmp_path: Path,
 ) -> None:
@@ -357,6 +367,7 @@ def test_a_directory_without_its_lock_is_left_alone_while_it_may_be_starting(
     assert clean_leftovers(str(tmp_path)) == 1 and not starting.exists()
 
 
+@pytest.mark.one_bookkeeping
 def test_a_proof_starting_while_another_cleans_keeps_its_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -380,6 +391,7 @@ def test_a_proof_starting_while_another_cleans_keeps_its_directory(
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.one_bookkeeping
 def test_a_spill_directory_gone_in_the_middle_stops_the_proof_not_the_check(
     tmp_path: Path,
 ) -> None:
@@ -454,10 +466,12 @@ def test_the_spill_leaves_the_room_its_caller_keeps_free(
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.one_bookkeeping
 def test_the_count_bound_is_an_option_not_the_default() -> None:
     assert AccountsLimits().max_accounts is None
 
 
+@pytest.mark.one_bookkeeping
 def test_a_proof_waits_for_the_room_another_holds() -> None:
     budget = MemoryBudget(1 << 20, room=1 << 20)
     first = BudgetShare(budget)
@@ -543,6 +557,7 @@ def test_concurrent_proofs_share_one_budget_and_never_pass_it(tmp_path: Path) ->
     assert budget.used == 0 and os.listdir(tmp_path) == []
 
 
+@pytest.mark.one_bookkeeping
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(st.tuples(st.integers(0, 6), st.integers(0, 4)), min_size=0, max_size=300),
@@ -560,6 +575,7 @@ def test_the_partitions_order_is_lexsorts(pairs: list[tuple[int, int]], wide: bo
     assert got.tolist() == expected.tolist()
 
 
+@pytest.mark.one_bookkeeping
 def test_a_pubkey_twice_in_a_slot_is_named_by_its_first_copy_whatever_the_rows_order() -> None:
     # three copies in one slot, added in every order: the one named is the first in the
     # stream (the lowest locator), as the serial reading adds it first
@@ -599,6 +615,7 @@ def test_the_partitions_sort_within_what_the_proof_holds_beside_its_runs_in_memo
     assert resident > 0 and memory + resident <= held
 
 
+@pytest.mark.one_bookkeeping
 def test_concurrent_proofs_each_pay_for_their_checks_buffers() -> None:
     # the budget bounds the process tree however many proofs run at once: each holds its
     # check's buffers (CHECK_COST) beside its index, so the default 512 MiB runs three at
@@ -623,6 +640,7 @@ def test_concurrent_proofs_each_pay_for_their_checks_buffers() -> None:
     assert BudgetShare(small).reserved == 0
 
 
+@pytest.mark.one_bookkeeping
 def test_a_shared_temporary_directory_costs_nothing_of_anyone_elses(tmp_path: Path) -> None:
     # fetch, verify and a daemon without a cache spill to the system's temporary directory:
     # the clean-up followed a planted link's lock file and blocked on a FIFO there (a proof
@@ -657,6 +675,7 @@ def test_a_shared_temporary_directory_costs_nothing_of_anyone_elses(tmp_path: Pa
     assert (outside / f"{PREFIX}kept").is_dir()
 
 
+@pytest.mark.one_bookkeeping
 @pytest.mark.skipif(os.geteuid() != 0, reason="making another user's directory needs root")
 def test_another_users_leftovers_are_not_removed(tmp_path: Path) -> None:
     theirs = tmp_path / f"{PREFIX}theirs"
