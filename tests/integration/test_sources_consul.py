@@ -184,6 +184,44 @@ async def test_a_group_removed_and_added_again_keeps_nothing_of_its_old_answer(
     assert await sidecars(found, consul_config(base)) == []
 
 
+async def test_a_group_removed_and_added_again_within_one_round_keeps_nothing(
+    nursery, client
+) -> None:
+    """Two reloads while one round goes on (the group removed, then added again) drop the
+    group's Consul answer, and an answer that comes for it after the removal is not kept:
+    with Consul failing, the group added again has no sidecar of before."""
+    app = ScriptedApp({CATALOG: catalog([node("10.0.0.1", 13080)])})
+    base = await nursery.start(serve_app, app)
+    found = finder(client)
+    assert await sidecars(found, consul_config(base)) == ["http://10.0.0.1:13080"]
+    found.use(Config(target_groups=()))  # a reload removes the group
+    found.use(consul_config(base))  # and another adds it again
+    app.routes[CATALOG] = Answer(500, (), b"rpc error")
+    assert await sidecars(found, consul_config(base)) == []
+
+    asked, answer = trio.Event(), trio.Event()
+
+    async def slow_consul(_request: Any) -> Answer:
+        asked.set()
+        await answer.wait()
+        return catalog([node("10.0.0.2", 13080)])
+
+    app.routes[CATALOG] = slow_consul
+    late: list[str] = []
+
+    async def round_under_the_old_config() -> None:
+        late.extend(await sidecars(found, consul_config(base)))
+
+    async with trio.open_nursery() as round_:
+        round_.start_soon(round_under_the_old_config)
+        await asked.wait()
+        found.use(Config(target_groups=()))  # a reload removes the group meanwhile
+        answer.set()
+    assert late == ["http://10.0.0.2:13080"]  # that round's own list
+    app.routes[CATALOG] = Answer(500, (), b"rpc error")
+    assert await sidecars(found, consul_config(base)) == []
+
+
 FULL = full_name(345_600_000)
 DATA = archive_bytes(MiB, seed=5)
 

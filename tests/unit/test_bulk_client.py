@@ -175,19 +175,29 @@ def test_one_tls_context_per_setting_and_state_of_its_files(tmp_path: Path) -> N
             ssl_context(tls)
 
 
+@pytest.mark.parametrize("setting", ["none", "empty", "client certificate"])
 def test_the_system_ca_context_is_made_again_when_its_bundle_is_replaced(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setting: str
 ) -> None:
+    # No tls_config, or one without ca_file (a client certificate of a public CA's source):
+    # the system's CAs are loaded, and a bundle replaced since (update-ca-certificates, then
+    # a reload) is what the next context trusts.
+    mine = issue(tmp_path, "client")
+    tls = {
+        "none": None,
+        "empty": TLSConfig(),
+        "client certificate": TLSConfig(cert_file=str(mine.cert), key_file=str(mine.key)),
+    }[setting]
     bundle = tmp_path / "bundle.pem"
     bundle.write_bytes(issue(tmp_path, "system ca").cert.read_bytes())
     monkeypatch.setenv("SSL_CERT_FILE", str(bundle))  # what OpenSSL reads as the system's
-    first = ssl_context(None)
-    assert ssl_context(None) is first
+    first = ssl_context(tls)
+    assert ssl_context(tls) is first
     assert [c["subject"] for c in first.get_ca_certs()] == [((("commonName", "system ca"),),)]
     (tmp_path / "new").mkdir()
     new = tmp_path / "new.pem"
     new.write_bytes(issue(tmp_path / "new", "updated ca").cert.read_bytes())
     new.replace(bundle)  # as update-ca-certificates writes it
-    second = ssl_context(None)
+    second = ssl_context(tls)
     assert second is not first
     assert [c["subject"] for c in second.get_ca_certs()] == [((("commonName", "updated ca"),),)]

@@ -146,6 +146,7 @@ class Scraper:
         tells whether they stay."""
         previous, self.config = self.config, config
         self._probes.use(config)
+        self._finder.use(config)
         self._moved = {**self._moved, **credentials_moved(previous, config)}
         for key in [*self.index.keys(), *self._results.waiting()]:
             if left_behind(self._moved, key):

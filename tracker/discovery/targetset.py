@@ -158,15 +158,22 @@ class TargetFinder:
         #: Per group: the nodes cluster discovery found last, when it asked, and the
         #: ``cluster_discovery`` it asked by (a reload that changes it asks again at once).
         self._cluster: dict[str, tuple[ClusterDiscovery, float, list[Node]]] = {}
+        #: The groups of the config in force: only their answers are kept.
+        self._named: frozenset[str] = frozenset()
+
+    def use(self, config: Config) -> None:
+        """``config`` is in force (each round's and each reload's): what was kept for a
+        group it no longer has goes, and an answer still coming for one is not kept (a
+        round under the old config may go on), so a group a later reload adds again under
+        that name asks anew."""
+        self._named = frozenset(group.group for group in config.target_groups)
+        self._hosts = file_hosts_named(self._hosts, config)
+        self._consul = {name: a for name, a in self._consul.items() if name in self._named}
+        self._cluster = {name: a for name, a in self._cluster.items() if name in self._named}
 
     async def discover(self, config: Config) -> list[Target]:
         """The current target set of every group (files re-read, Consul asked)."""
-        self._hosts = file_hosts_named(self._hosts, config)
-        # Consul's and the cluster's last answers of a group the config no longer has go:
-        # a group a later reload adds again under that name asks anew.
-        named = {group.group for group in config.target_groups}
-        self._consul = {name: a for name, a in self._consul.items() if name in named}
-        self._cluster = {name: a for name, a in self._cluster.items() if name in named}
+        self.use(config)
         targets: list[Target] = []
         for group in config.target_groups:
             targets.extend(await self._group_targets(group, config.scrape_timeout))
@@ -215,7 +222,8 @@ class TargetFinder:
             log_event(log, "warning", "cluster_discovery_failed", group=group.group, error=exc)
         else:
             log_event(log, "info", "cluster_discovered", group=group.group, nodes=len(nodes))
-        self._cluster[group.group] = (discovery, now, nodes)
+        if group.group in self._named:
+            self._cluster[group.group] = (discovery, now, nodes)
         return nodes
 
     def _read_file_targets(self, group: str, path: str) -> list[str]:
@@ -224,12 +232,15 @@ class TargetFinder:
         # path, nor one from before a move (file_hosts_named).
         read = (group, path)
         try:
-            self._hosts[read] = read_target_file(path)
+            hosts = read_target_file(path)
         except ProbeError as exc:
             log_event(
                 log, "warning", "file_targets_unreadable", group=group, path=path, error=str(exc)
             )
-        return self._hosts.get(read, [])
+            return self._hosts.get(read, [])
+        if group in self._named:
+            self._hosts[read] = hosts
+        return hosts
 
     async def _consul_targets(self, group: TargetGroup, within: float) -> list[str]:
         """The hosts Consul lists for ``group``; a failure keeps the last answer to the same
@@ -250,5 +261,6 @@ class TargetFinder:
             hosts = consul_hosts_kept(self._consul.get(group.group), query)
         # What the group has now, for this query: a reload back to an earlier query finds
         # nothing of that query's older answer either.
-        self._consul[group.group] = (query, hosts)
+        if group.group in self._named:
+            self._consul[group.group] = (query, hosts)
         return hosts

@@ -35,7 +35,10 @@ def ssl_context(tls: TLSConfig | None) -> ssl.SSLContext:
     loading a CA store takes ~30 ms of the event loop, and a reload makes each group's probe
     and discovery clients again. A file replaced (the system's CA bundle too) makes a new
     one; one that fails to load is tried again on the next call."""
-    return _context(tls, tls_files(tls) if tls is not None else _system_ca_files())
+    files = tls_files(tls)
+    if tls is None or not tls.ca_file:  # the system's CAs are loaded: their state counts
+        files += _system_ca_files()
+    return _context(tls, files)
 
 
 @functools.lru_cache(maxsize=64)

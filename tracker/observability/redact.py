@@ -73,7 +73,10 @@ def redact_userinfo(url: str) -> str:
     The query of such a URL came from the source's redirect (a signed object-store link, say)
     and is needed to fetch the file; a configured query never gets there, because a source
     whose configured URL has one is proxied (:func:`has_secrets`). Text that does not parse
-    as a URL is masked whole (:func:`redact_url`).
+    as a URL is masked whole (:func:`redact_url`), and so is one whose userinfo cannot be
+    told from its query (a "?" or "#" ends the parser's authority and an "@" follows). A "/"
+    ends the authority: no URL carries one in its userinfo unencoded, and a signed URL's
+    query may hold an "@" (``GoogleAccessId=name@project``) that must reach the client.
     """
     if "@" not in url:
         return url
@@ -86,15 +89,17 @@ def redact_userinfo(url: str) -> str:
     if not scheme or "@" in parts.path + parts.fragment or any(c.isspace() for c in url):
         return redact_url(url)  # not a clean URL: mask generously
     start = scheme.end()
-    # The userinfo as typed ends at the last "@" before the first "/" after the parser's
-    # authority: a password holding "?" or "#" ends that authority early, yet all of it was
-    # typed as userinfo ("http://u:p?w@host/", "http://u:@?w@host/"), so it is masked; an
-    # "@" only after that "/" is in the path or query, not userinfo.
-    stop = url.find("/", start + len(parts.netloc))
-    last = url.rfind("@", start, stop if stop >= 0 else len(url))
-    if last < 0:
+    end = start + len(parts.netloc)
+    if url[end : end + 1] in ("?", "#") and "@" in url[end:]:
+        # A "?" or "#" ended the parser's authority and an "@" follows: a password holding
+        # one ("http://u:p?w@host/", "http://u:@?w@host/") cannot be told from a query
+        # holding an "@" ("http://u:p@host?mail=a@b"), so it is masked as
+        # :func:`redact_url` masks it, naming no host (which could be the password's tail)
+        return redact_url(url)
+    at = url.rfind("@", start, end)
+    if at < 0:
         return url
-    return url[:start] + MASK + url[last:]
+    return url[:start] + MASK + url[at:]
 
 
 def has_secrets(url: str) -> bool:
