@@ -36,15 +36,20 @@ def _url(scheme: str, user: str, password: str, host: str, port: str, path: list
     return f"{scheme}://{userinfo}{host}{port}/{'/'.join(path)}"
 
 
-urls_with_secrets = st.builds(
-    _url,
-    st.sampled_from(["http", "https", "HTTP"]),
-    _PLAIN,
-    st.builds(lambda a, b: a + SECRET + b, _NOISE, _NOISE),
-    _PLAIN,
-    st.sampled_from(["", ":8899", ":1"]),
-    _PATH,
-)
+def _urls_with_secrets(noise: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    """URLs whose password is ``noise`` around :data:`SECRET`."""
+    return st.builds(
+        _url,
+        st.sampled_from(["http", "https", "HTTP"]),
+        _PLAIN,
+        st.builds(lambda a, b: a + SECRET + b, noise, noise),
+        _PLAIN,
+        st.sampled_from(["", ":8899", ":1"]),
+        _PATH,
+    )
+
+
+urls_with_secrets = _urls_with_secrets(_NOISE)
 queries = st.builds(lambda a, b: "?" + a + QSECRET + b, _NOISE, _NOISE)
 # A URL handed to a client keeps its query (a signed link's), so a "/" ends its authority:
 # a password holding one reads as a path and query ("http://u:/pw?@host/"), the shape of a
@@ -53,15 +58,7 @@ queries = st.builds(lambda a, b: "?" + a + QSECRET + b, _NOISE, _NOISE)
 _NO_SLASH = st.text(
     alphabet=st.characters(exclude_categories=("Cs",), exclude_characters="/"), max_size=12
 )
-handed_urls_with_secrets = st.builds(
-    _url,
-    st.sampled_from(["http", "https", "HTTP"]),
-    _PLAIN,
-    st.builds(lambda a, b: a + SECRET + b, _NO_SLASH, _NO_SLASH),
-    _PLAIN,
-    st.sampled_from(["", ":8899", ":1"]),
-    _PATH,
-)
+handed_urls_with_secrets = _urls_with_secrets(_NO_SLASH)
 
 
 @given(urls_with_secrets, st.one_of(st.just(""), queries))
