@@ -135,6 +135,11 @@ async def shows_error(f: Fleet, wanted: Callable[[str], bool], timeout: float = 
         raise AssertionError(f"last_error is still {last!r}") from None
 
 
+async def _digest_listed(base: str, name: str) -> bool:
+    """Whether ``/v1/snapshots`` publishes a SHA-256 for ``name`` (its digest is held)."""
+    return any("sha256" in f for f in await sources_of(base, name))
+
+
 async def metric(internal: str, name: str) -> float:
     async with httpx.AsyncClient(verify=client_tls(), timeout=10, trust_env=False) as client:
         text = (await client.get(f"{internal}/metrics")).text
@@ -319,7 +324,8 @@ async def test_a_cached_file_without_digest_is_checked_before_it_is_a_hit(
     (cache / name).write_bytes(good)  # left by an older version: no digest beside it
     async with fleet(tmp_path, name, good, good) as f:
         await wait_for(lambda: (cache / f".{name}.sha256").exists())
-        await wait_until(lambda: _listed(f.public, name, 1))
+        # the digest file is written before the digest is held: wait for the listing's
+        await wait_until(lambda: _digest_listed(f.public, name))
         hit = await raw_request(f.public, f"/v1/{GROUP}/{name}")
         assert hit.body == good and hit.header("repr-digest") is not None
         assert f.bad.gets(name) == []

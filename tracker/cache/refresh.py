@@ -186,6 +186,11 @@ class Registry(Protocol):
         """The slots of ``group``'s fulls still served (which incrementals stay)."""
         ...
 
+    def promotions(self, group: str) -> trio.Lock:
+        """What orders ``group``'s promotions: each (its rename, the evictions after it,
+        what the registry is told) runs alone, deciding on the files the last one left."""
+        ...
+
     def configured_groups(self) -> Collection[str] | None:
         """The names of the configured groups (a directory none names holds orphaned
         archives, which a refresh short of room may remove); None: not known."""
@@ -683,12 +688,15 @@ class Refresh:
             raise CacheError("refresh is not open")
         try:
             await self.flush()
-            served = self._registry.served(self.group)
-            evicted = await trio.to_thread.run_sync(self._promote, mtime, served)
+            # One promotion of the group at a time, told to the registry before the next:
+            # two overlapping ones (both files renamed in before either evicted) would each
+            # evict the other's new file (docs/proxy.md, "Proxy mode and the disk cache").
+            async with self._registry.promotions(self.group):
+                served = self._registry.served(self.group)
+                evicted = await trio.to_thread.run_sync(self._promote, mtime, served)
+                self._registry.promoted(self.group, self.name, self.sha256, evicted, self.proof)
         except OSError as exc:
             raise self.write_failed(exc, "cache commit failed") from exc
-        else:
-            self._registry.promoted(self.group, self.name, self.sha256, evicted, self.proof)
         finally:
             # Promoted: only releases the refresh. Failed or cancelled: also removes the
             # temp file.

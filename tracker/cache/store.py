@@ -149,6 +149,8 @@ class Cache:
         self.ops = ops if ops is not None else DiskOps()
         self._on_size = on_size
         self._refreshing: dict[tuple[str, str], Refresh] = {}
+        #: Per group: what orders its promotions (:meth:`promotions`).
+        self._promotions: dict[str, trio.Lock] = {}
         #: Which cached files passed their check (``verify``), with their digests.
         self.checked = CheckedFiles()
         #: The slots of a group's fulls still served: the newest incremental on each stays
@@ -493,6 +495,14 @@ class Cache:
         refresh = Refresh(self, self.ops, group, name, path, checking=checking)
         self._refreshing[key] = refresh
         return refresh
+
+    def promotions(self, group: str) -> trio.Lock:
+        """The lock that runs ``group``'s promotions one at a time (made on first use; the
+        configured groups bound them)."""
+        lock = self._promotions.get(group)
+        if lock is None:
+            lock = self._promotions[group] = trio.Lock()
+        return lock
 
     def release(self, refresh: Refresh) -> None:
         """``refresh`` ended (:meth:`Refresh.abort`): the file may be refreshed again."""
