@@ -14,7 +14,6 @@ import trio
 from helpers_process import LOCK_HOLDER
 from names import full_name, incremental_name
 
-from tracker.cache import disk
 from tracker.cache.disk import DiskOps
 from tracker.cache.refresh import WRITE_WINDOW, Refresh
 from tracker.cache.store import LOCK_FILE, TEMP_PREFIX, Cache
@@ -228,57 +227,6 @@ async def test_commit_replaces_every_other_file_of_the_kind(tmp_path: Path) -> N
     await refresh.commit()
     assert sorted(p.name for p in group.iterdir()) == sorted([FULL, INCR])
     assert not cache.is_refreshing("mainnet", FULL)
-
-
-async def test_promotions_of_a_group_run_one_at_a_time(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Two refreshes of a group that end together: had both files been renamed in before
-    either evicted, each would evict the other's new file and the group would hold
-    neither. The second promotion waits for the first (rename, evictions, registry), then
-    evicts it: the later one stays."""
-    first_name, second_name = incremental_name(300, 350), incremental_name(400, 450)
-    first_settling, let_first_go = threading.Event(), threading.Event()
-    calls: list[str] = []
-
-    def fsync_dir(directory: str) -> None:  # after each promotion's rename, before evicting
-        calls.append(directory)
-        if len(calls) == 1:
-            first_settling.set()
-            let_first_go.wait(timeout=30)
-
-    monkeypatch.setattr(disk, "fsync_dir", fsync_dir)
-    cache = make_cache(tmp_path)  # no full served: an incremental stays only as the newest
-    refreshes = []
-    for name in (first_name, second_name):
-        refresh = cache.begin_refresh("mainnet", name)
-        assert refresh is not None and await refresh.open(3)
-        await refresh.write(name[-3:].encode())
-        refreshes.append(refresh)
-    second_done = trio.Event()
-
-    async def second() -> None:
-        await refreshes[1].commit()
-        second_done.set()
-
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(refreshes[0].commit)
-            await trio.to_thread.run_sync(first_settling.wait)  # renamed in, not evicting
-            nursery.start_soon(second)
-            # What must not happen can only be waited for a bounded time: the second
-            # promotion ending while the first is between its rename and its evictions.
-            with trio.move_on_after(1.0):
-                await second_done.wait()
-            overlapped = second_done.is_set()
-            let_first_go.set()
-    finally:
-        let_first_go.set()
-    group = tmp_path / "mainnet"
-    assert [p.name for p in group.iterdir()] == [second_name]
-    assert not overlapped
-    assert cache.lookup("mainnet", second_name) == str(group / second_name)
-    assert cache.lookup("mainnet", first_name) is None
 
 
 async def test_abort_removes_the_temp_file(tmp_path: Path) -> None:

@@ -185,6 +185,20 @@ class CheckedFiles:
         #: directory, docs/proxy.md, "Orphaned archives") wait for it to come back before
         #: their check (a whole archive read for nothing otherwise).
         self.configured: Callable[[str], bool] = _any_group
+        #: Per group: what runs the changes of its directory and of this registry one at a
+        #: time (:meth:`changing`).
+        self._changing: dict[str, trio.Lock] = {}
+
+    def changing(self, group: str) -> trio.Lock:
+        """The lock that runs ``group``'s changes one at a time: a promotion (its rename,
+        its evictions, what it tells this registry), the evictions that make room for a
+        refresh, a recheck's digest and a removal of a copy that fell short, each deciding
+        on the files and the entry the last one left (made on first use; the configured
+        groups bound them)."""
+        lock = self._changing.get(group)
+        if lock is None:
+            lock = self._changing[group] = trio.Lock()
+        return lock
 
     def servable(self, group: str, name: str) -> bool:
         """True unless archives are verified and ``name``'s cached copy is not (yet), or is
@@ -412,9 +426,7 @@ class CheckedFiles:
             # failed is gone already, and not a rejection of the copy the cache holds.
             removed = await self.remove(group, name, path, st.st_ino, exc.reason)
             return "removed" if removed else "gone"
-        if (group, name) in self._checked:
-            return "passed"  # a refresh promoted a copy meanwhile: its digest stands
-        if verdict == "retried":
+        if verdict == "retried" and (group, name) not in self._checked:
             # The tracker's own shortage (docs/architecture.md, "The accounts level"): worded as
             # a refresh's own shortfall, not a rejection; the copy stays, unserved.
             log_event(
@@ -422,15 +434,21 @@ class CheckedFiles:
                 reason=reason,
             )  # fmt: skip
             return "later"
-        try:
-            await trio.to_thread.run_sync(write_checked, path, Verified(sha256, proof), name)
-        except OSError as exc:
-            log_event(log, "warning", "cache_digest_unwritable", path=path, error=exc)
-        # The identity of the file as it was opened for the check: one written since is
-        # not this copy (opened, confirm).
-        self._checked[(group, name)] = _Held(sha256, identity_of(st), proof)
-        held = Verified(sha256, proof, size=st.st_size, checked_at=time.time())
-        self._digests.hold("cache", group, name, held)
+        # Under the group's lock: a refresh promoting a copy of the name meanwhile would
+        # find its digest overwritten by this one's, beside it and after a restart.
+        async with self.changing(group):
+            if (group, name) in self._checked:
+                return "passed"  # a refresh promoted a copy meanwhile: its digest stands
+            try:
+                checked_now = Verified(sha256, proof)
+                await trio.to_thread.run_sync(_write_checked_if_same, path, st, checked_now, name)
+            except OSError as exc:
+                log_event(log, "warning", "cache_digest_unwritable", path=path, error=exc)
+            # The identity of the file as it was opened for the check: one written since is
+            # not this copy (opened, confirm).
+            self._checked[(group, name)] = _Held(sha256, identity_of(st), proof)
+            held = Verified(sha256, proof, size=st.st_size, checked_at=time.time())
+            self._digests.hold("cache", group, name, held)
         log_event(
             log,
             "info",
@@ -442,26 +460,31 @@ class CheckedFiles:
         )
         return "passed"
 
-    async def relevel(self, group: str, name: str, proof: Proof, path: str) -> bool:
-        """The cached copy of ``name`` (at ``path``) is proven to ``proof`` now (the
-        cluster's votes were asked): recorded, and kept beside its digest once a tally says
-        it; False when that tally leaves it below its group's level (now: a reload may
-        have raised it), then it is removed like a copy that failed its check."""
+    async def relevel(self, group: str, name: str, proof: Proof, path: str, was: Proof) -> bool:
+        """The cached copy of ``name`` (at ``path``), held at ``was`` when the cluster's
+        votes were asked, is proven to ``proof`` now: recorded, and kept beside its digest
+        once a tally says it; False when that tally leaves it below its group's level (now:
+        a reload may have raised it), then it is removed like a copy that failed its check.
+        Nothing is done when another copy is held since (a refresh promoted one while the
+        votes were asked): they were asked for the one before."""
         checked = self._checked.get((group, name))
-        if checked is None:
+        if checked is None or checked.proof != was:
             return True
         below = self._below(proof, self.required(group), group, name)
         if below is not None and proof.voted_stake is not None:  # the votes say no
             return not await self.remove(group, name, path, checked.ino, below)
         if checked.proof == proof:
             return True
-        self._checked[(group, name)] = checked._replace(proof=proof)
-        self._digests.put("cache", group, name, checked.sha256, proof)
-        if proof.voted_stake is not None:  # a tally, not a failure to read one
-            try:
-                await trio.to_thread.run_sync(write_proof, path, proof)
-            except OSError as exc:
-                log_event(log, "warning", "cache_digest_unwritable", path=path, error=exc)
+        async with self.changing(group):
+            if self._checked.get((group, name)) is not checked:
+                return True  # promoted or removed while the lock was waited for
+            self._checked[(group, name)] = checked._replace(proof=proof)
+            self._digests.put("cache", group, name, checked.sha256, proof)
+            if proof.voted_stake is not None:  # a tally, not a failure to read one
+                try:
+                    await trio.to_thread.run_sync(write_proof, path, proof)
+                except OSError as exc:
+                    log_event(log, "warning", "cache_digest_unwritable", path=path, error=exc)
         return True
 
     async def remove(self, group: str, name: str, path: str, ino: int, reason: str) -> bool:
@@ -469,11 +492,14 @@ class CheckedFiles:
         for ``reason``, and say so as for any rejected archive; False (nothing done) when
         the copy held of ``name`` is another inode: a refresh promoted it while this one was
         checked, and its digest and file stand."""
-        held = self._checked.get((group, name))
-        if held is not None and held.ino != ino:
-            return False
-        self._forget(group, name)
-        await trio.to_thread.run_sync(_unlink_if_same, path, ino)
+        # Under the group's lock: a refresh promoting a copy of the name meanwhile would
+        # lose the files beside it (or itself, between the inode's check and the unlink).
+        async with self.changing(group):
+            held = self._checked.get((group, name))
+            if held is not None and held.ino != ino:
+                return False
+            self._forget(group, name)
+            await trio.to_thread.run_sync(_unlink_if_same, path, ino)
         log_event(
             log,
             "warning",
@@ -609,6 +635,13 @@ def _unlink_if_same(path: str, ino: int) -> None:
     unlink(path)
     for suffix in SIDES:
         unlink(digest_path(path, suffix))
+
+
+def _write_checked_if_same(path: str, opened: os.stat_result, checked: Verified, name: str) -> None:
+    """:func:`write_checked` beside the archive at ``path`` while it is still the file that
+    was checked (``opened``'s identity): the files of another copy are not this one's."""
+    if identity_of(os.stat(path, follow_symlinks=False)) == identity_of(opened):
+        write_checked(path, checked, name)
 
 
 def _any_group(_group: str) -> bool:

@@ -203,11 +203,16 @@ def orphaned_archives(root: str, groups: Collection[str]) -> list[OrphanedArchiv
 
 
 def remove_orphaned(
-    root: str, orphans: Sequence[OrphanedArchive], refresh: str
+    root: str,
+    orphans: Sequence[OrphanedArchive],
+    refresh: str,
+    configured: Callable[[], Collection[str] | None] | None = None,
 ) -> list[OrphanedArchive]:
     """Remove ``orphans`` from the cache at ``root`` in their order, each with the files
     beside it (its digest, proof and stakes), for the refresh of ``refresh`` (``group/name``,
-    logged), then each directory they leave empty; those removed.
+    logged), then each directory they leave empty; those removed. ``configured`` (the
+    groups configured now, None: not known) is asked again before each: a reload that
+    configured an orphan's group again since the scan keeps its archives.
 
     Through descriptors of the directories opened without following a link: a directory
     replaced by a link since the scan is not followed, and nothing outside ``root`` is
@@ -222,6 +227,9 @@ def remove_orphaned(
         return removed
     try:
         for orphan in orphans:
+            now = configured() if configured is not None else None
+            if now is not None and orphan.group in now:
+                continue  # its group is configured again: its archives are wanted
             try:
                 fd = _open_directory(orphan.group, root_fd)
             except OSError:
@@ -403,6 +411,8 @@ class Opened:
     free: int = 0
     #: The orphaned archives removed to make the room (:func:`remove_orphaned`).
     orphans_removed: tuple[OrphanedArchive, ...] = ()
+    #: The group's own archives evicted to make the room (:func:`evict`).
+    evicted: tuple[str, ...] = ()
 
 
 def open_temp(
@@ -414,25 +424,28 @@ def open_temp(
     ops: DiskOps,
     served: Collection[int],
     groups: Collection[str] | None = None,
+    configured: Callable[[], Collection[str] | None] | None = None,
 ) -> Opened:
     """Make ``needed`` bytes of room beside ``final`` (removing, when short, the files that
     need not stay once ``name`` is in place: :func:`~tracker.cache.disk.evict` with the full
     slots still ``served``; then, when still short, the orphaned archives of the cache's
     directories that none of the configured ``groups`` names, oldest first, as few as make
-    the room: :func:`orphans_to_remove`; None: not known, none removed) and create a fresh
-    temp file there, read-write (the archive check reads it through a duplicate)."""
+    the room: :func:`orphans_to_remove`; None: not known, none removed; ``configured``
+    asked again before each removal, :func:`remove_orphaned`) and create a fresh temp file
+    there, read-write (the archive check reads it through a duplicate)."""
     directory = os.path.dirname(final)
     removed: list[OrphanedArchive] = []
+    evicted: tuple[str, ...] = ()
     try:
         os.makedirs(directory, exist_ok=True)
         if ops.free_space(directory) < needed:
-            evict(directory, name, served)
+            evicted = tuple(evict(directory, name, served))
             free = ops.free_space(directory)
             if free < needed and groups is not None:
                 # ``final`` is {root}/{group}/{name} (Cache.path_for): the root is two up.
                 root = os.path.dirname(directory)
                 chosen = orphans_to_remove(orphaned_archives(root, groups), needed - free)
-                removed = remove_orphaned(root, chosen, f"{group}/{name}")
+                removed = remove_orphaned(root, chosen, f"{group}/{name}", configured)
                 if removed:
                     free = ops.free_space(directory)
             if free < needed:
@@ -446,13 +459,17 @@ def open_temp(
                     needed=needed,
                     free=free,
                 )
-                return Opened(None, no_space=True, free=free, orphans_removed=tuple(removed))
+                orphans = tuple(removed)
+                return Opened(
+                    None, no_space=True, free=free, orphans_removed=orphans, evicted=evicted
+                )
         temp = os.path.join(directory, f"{TEMP_PREFIX}{name}.{secrets.token_hex(4)}")
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
-        return Opened(os.open(temp, flags, 0o644), temp, orphans_removed=tuple(removed))
+        fd = os.open(temp, flags, 0o644)
+        return Opened(fd, temp, orphans_removed=tuple(removed), evicted=evicted)
     except OSError as exc:
         log_event(log, "error", "cache_refresh_unwritable", group=group, file=name, error=exc)
-        return Opened(None, orphans_removed=tuple(removed))
+        return Opened(None, orphans_removed=tuple(removed), evicted=evicted)
 
 
 def rename_into_place(fd: int, temp: str, final: str, mtime: float | None, ops: DiskOps) -> None:

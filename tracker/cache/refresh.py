@@ -186,9 +186,16 @@ class Registry(Protocol):
         """The slots of ``group``'s fulls still served (which incrementals stay)."""
         ...
 
-    def promotions(self, group: str) -> trio.Lock:
-        """What orders ``group``'s promotions: each (its rename, the evictions after it,
-        what the registry is told) runs alone, deciding on the files the last one left."""
+    def changing(self, group: str) -> trio.Lock:
+        """What runs ``group``'s changes one at a time: a promotion (its rename, the
+        evictions after it, what the registry is told), the evictions that make room for a
+        refresh, a recheck's digest, the removal of a copy that fell short; each decides on
+        the files the last one left."""
+        ...
+
+    def evicted(self, group: str, names: Sequence[str]) -> None:
+        """``names`` of ``group`` were evicted to make room for a refresh: their digests
+        go."""
         ...
 
     def configured_groups(self) -> Collection[str] | None:
@@ -534,10 +541,14 @@ class Refresh:
         self.size = size
         # Read here, not in the worker thread: the registry changes in trio's thread.
         needed = size + self._ops.min_free + self._registry.reserved_besides(self)
-        served = self._registry.served(self.group)
         groups = self._registry.configured_groups()
         try:
-            opened = await trio.to_thread.run_sync(self._prepare, needed, served, groups)
+            # Evictions for room decide on the files a promotion left, never on its
+            # half-done changes, and are told before the next change of the group.
+            async with self._registry.changing(self.group):
+                served = self._registry.served(self.group)
+                opened = await trio.to_thread.run_sync(self._prepare, needed, served, groups)
+                self._registry.evicted(self.group, opened.evicted)
         except BaseException:
             self.abort()
             raise
@@ -558,7 +569,15 @@ class Refresh:
         self, needed: int, served: Collection[int], groups: Collection[str] | None
     ) -> Opened:
         opened = open_temp(
-            self.final, self.group, self.name, self.size, needed, self._ops, served, groups
+            self.final,
+            self.group,
+            self.name,
+            self.size,
+            needed,
+            self._ops,
+            served,
+            groups,
+            self._registry.configured_groups,  # asked again before each orphan goes
         )
         self.temp, self.no_space = opened.temp, opened.no_space
         if opened.no_space:  # room() is told in trio's thread, by open()
@@ -691,7 +710,7 @@ class Refresh:
             # One promotion of the group at a time, told to the registry before the next:
             # two overlapping ones (both files renamed in before either evicted) would each
             # evict the other's new file (docs/proxy.md, "Proxy mode and the disk cache").
-            async with self._registry.promotions(self.group):
+            async with self._registry.changing(self.group):
                 served = self._registry.served(self.group)
                 evicted = await trio.to_thread.run_sync(self._promote, mtime, served)
                 self._registry.promoted(self.group, self.name, self.sha256, evicted, self.proof)

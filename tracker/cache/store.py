@@ -149,8 +149,6 @@ class Cache:
         self.ops = ops if ops is not None else DiskOps()
         self._on_size = on_size
         self._refreshing: dict[tuple[str, str], Refresh] = {}
-        #: Per group: what orders its promotions (:meth:`promotions`).
-        self._promotions: dict[str, trio.Lock] = {}
         #: Which cached files passed their check (``verify``), with their digests.
         self.checked = CheckedFiles()
         #: The slots of a group's fulls still served: the newest incremental on each stays
@@ -496,13 +494,16 @@ class Cache:
         self._refreshing[key] = refresh
         return refresh
 
-    def promotions(self, group: str) -> trio.Lock:
-        """The lock that runs ``group``'s promotions one at a time (made on first use; the
-        configured groups bound them)."""
-        lock = self._promotions.get(group)
-        if lock is None:
-            lock = self._promotions[group] = trio.Lock()
-        return lock
+    def changing(self, group: str) -> trio.Lock:
+        """The lock that runs ``group``'s changes one at a time
+        (:meth:`CheckedFiles.changing`)."""
+        return self.checked.changing(group)
+
+    def evicted(self, group: str, names: Sequence[str]) -> None:
+        """``names`` of ``group`` were evicted to make room for a refresh: their digests
+        go (the sizes and files are told by the refresh's :meth:`report_size`)."""
+        for name in names:
+            self.checked.removed(group, name)
 
     def release(self, refresh: Refresh) -> None:
         """``refresh`` ended (:meth:`Refresh.abort`): the file may be refreshed again."""

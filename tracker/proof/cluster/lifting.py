@@ -59,7 +59,7 @@ class HeldCopies(Protocol):
         self, path_for: Callable[[str, str], str], report_size: Callable[[], None]
     ) -> None: ...
 
-    async def relevel(self, group: str, name: str, proof: Proof, path: str) -> bool: ...
+    async def relevel(self, group: str, name: str, proof: Proof, path: str, was: Proof) -> bool: ...
 
 
 #: How often the held copies are looked at (seconds).
@@ -137,5 +137,6 @@ async def lift_held(
             path = path_for(group, name)
         except RequestError:
             continue
-        if not await checked.relevel(group, name, now, path):
+        # ``proof``: what the copy held was; another promoted meanwhile is not told
+        if not await checked.relevel(group, name, now, path, proof):
             report_size()

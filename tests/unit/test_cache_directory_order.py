@@ -1,0 +1,351 @@
+"""The changes of one group's cache directory run one at a time (docs/proxy.md, "Proxy mode
+and the disk cache"): promotions, the evictions that make room for a refresh, a recheck's
+digest, the removal of a copy that fell short, and what each tells the registry of checked
+copies. Each test holds one change in its worker thread at the point where another used to
+slip in, starts the other, and looks at what the directory and the registry hold after.
+
+What must not happen (the second change ending while the first is held) can only be waited
+for a bounded time: those waits cost a second when the order holds, and catch the old
+interleaving at once when it does not.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+import trio
+from names import full_name, incremental_name
+
+from tracker.cache import checked as checked_module
+from tracker.cache import disk
+from tracker.cache.checked import CheckedFiles
+from tracker.cache.disk import DiskOps
+from tracker.cache.store import Cache
+from tracker.core.digests import Digests, Verified
+from tracker.errors import ArchiveInvalid
+from tracker.proof.cluster.lifting import lift_held
+from tracker.proof.levels import Level, Proof
+from tracker.proof.records.localcopies import identity_of
+
+GROUP = "mainnet"
+OLD_FULL, NEW_FULL = full_name(300), full_name(400)
+SHA_OLD, SHA_NEW = "a" * 64, "b" * 64
+#: How long a change that must wait is given to end anyway.
+MUST_NOT_END = 1.0
+
+
+def verified_cache(root: Path, free: Callable[[str], int] = lambda _path: 10**12) -> Cache:
+    """A cache at ``root`` that checks archives (as ``verify_archives`` does), its disk's
+    free space as ``free`` says."""
+    cache = Cache(str(root), ops=DiskOps(free_space=free))
+    cache.verify_with(True, Digests())
+    return cache
+
+
+def held(cache: Cache) -> list[str]:
+    """The names whose digests the cache's registry holds."""
+    return sorted(name for group, name, _proof in cache.checked.held() if group == GROUP)
+
+
+def files(directory: Path) -> list[str]:
+    """Every file in ``directory`` (digest and proof files included)."""
+    return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+
+
+async def promote(cache: Cache, name: str, body: bytes, sha256: str) -> None:
+    """Refresh ``name`` with ``body`` and promote it as a copy whose check passed."""
+    refresh = cache.begin_refresh(GROUP, name)
+    assert refresh is not None and await refresh.open(len(body))
+    await refresh.write(body)
+    refresh.sha256 = sha256  # what its check said
+    await refresh.commit()
+
+
+async def ended_meanwhile(change: Callable[[], Awaitable[object]], nursery: trio.Nursery) -> bool:
+    """Start ``change`` and say whether it ended within :data:`MUST_NOT_END` seconds."""
+    ended = trio.Event()
+
+    async def run() -> None:
+        await change()
+        ended.set()
+
+    nursery.start_soon(run)
+    with trio.move_on_after(MUST_NOT_END):
+        await ended.wait()
+    return ended.is_set()
+
+
+async def test_promotions_of_a_group_run_one_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two refreshes of a group that end together: had both files been renamed in before
+    either evicted, each would evict the other's new file and the group would hold
+    neither. The second promotion waits for the first (rename, evictions, registry), then
+    evicts it: the later one stays."""
+    first_name, second_name = incremental_name(300, 350), incremental_name(400, 450)
+    first_settling, let_first_go = threading.Event(), threading.Event()
+    calls: list[str] = []
+
+    def fsync_dir(directory: str) -> None:  # after each promotion's rename, before evicting
+        calls.append(directory)
+        if len(calls) == 1:
+            first_settling.set()
+            let_first_go.wait(timeout=30)
+
+    monkeypatch.setattr(disk, "fsync_dir", fsync_dir)
+    cache = Cache(str(tmp_path))  # no full served: an incremental stays only as the newest
+    refreshes = []
+    for name in (first_name, second_name):
+        refresh = cache.begin_refresh(GROUP, name)
+        assert refresh is not None and await refresh.open(3)
+        await refresh.write(name[-3:].encode())
+        refreshes.append(refresh)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(refreshes[0].commit)
+            await trio.to_thread.run_sync(first_settling.wait)  # renamed in, not evicting
+            overlapped = await ended_meanwhile(refreshes[1].commit, nursery)
+            let_first_go.set()
+    finally:
+        let_first_go.set()
+    group = tmp_path / GROUP
+    assert files(group) == [second_name]
+    assert cache.lookup(GROUP, second_name) == str(group / second_name)
+    assert cache.lookup(GROUP, first_name) is None
+    assert not overlapped
+
+
+async def test_an_eviction_for_room_is_told_to_the_registry(tmp_path: Path) -> None:
+    """A refresh short of room evicts the group's older full: its digest goes with it (it
+    was held on, listed and signed for a file no longer there)."""
+    room = [True]
+    cache = verified_cache(tmp_path, lambda _path: 10**12 if room[0] else 0)
+    await promote(cache, OLD_FULL, b"old", SHA_OLD)
+    assert held(cache) == [OLD_FULL]
+    group = tmp_path / GROUP
+    room[0] = False  # short until the old full is gone
+    cache.ops = DiskOps(free_space=lambda _path: 10**12 if not (group / OLD_FULL).exists() else 0)
+    await promote(cache, NEW_FULL, b"new", SHA_NEW)  # its open evicts OLD_FULL for room
+    assert [f for f in files(group) if not f.startswith(".")] == [NEW_FULL]
+    assert held(cache) == [NEW_FULL]
+
+
+async def test_an_eviction_for_room_waits_for_a_promotion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refresh short of room does not evict a full whose promotion is writing the files
+    beside it: it evicts it once promoted, digest and all (not a digest file beside no
+    archive, and a registry holding a copy that is gone)."""
+    writing, let_go = threading.Event(), threading.Event()
+    write_atomically = disk.write_atomically
+
+    def held_write(path: str, data: bytes, *args: object, **kwargs: object) -> None:
+        if path.endswith(f"{OLD_FULL}.sha256"):  # the promotion's digest, after its rename
+            writing.set()
+            let_go.wait(timeout=30)
+        write_atomically(path, data, *args, **kwargs)
+
+    monkeypatch.setattr(disk, "write_atomically", held_write)
+    room = [True]
+    cache = verified_cache(tmp_path, lambda _path: 10**12 if room[0] else 0)
+    first = cache.begin_refresh(GROUP, OLD_FULL)
+    assert first is not None and await first.open(3)
+    await first.write(b"old")
+    first.sha256 = SHA_OLD
+    second = cache.begin_refresh(GROUP, NEW_FULL)
+    assert second is not None
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(first.commit)
+            await trio.to_thread.run_sync(writing.wait)
+            room[0] = False  # the disk is short now: the second refresh evicts for room
+            overlapped = await ended_meanwhile(lambda: second.open(3), nursery)
+            let_go.set()
+    finally:
+        let_go.set()
+    second.abort()
+    assert (files(tmp_path / GROUP), held(cache)) == ([], [])
+    assert not overlapped
+
+
+async def test_an_orphan_s_group_configured_again_during_the_scan_keeps_its_archives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refresh short of room found a group's full orphaned (its group dropped by a
+    reload); a reload configures the group again before the removal: the full stays."""
+    testnet = tmp_path / "testnet"
+    testnet.mkdir()
+    (testnet / OLD_FULL).write_bytes(b"x" * 100)
+    configured = {GROUP}
+    scanned, let_go = threading.Event(), threading.Event()
+    orphaned_archives = disk.orphaned_archives
+
+    def held_scan(root: str, groups: object) -> list[disk.OrphanedArchive]:
+        found = orphaned_archives(root, groups)
+        scanned.set()
+        let_go.wait(timeout=30)
+        return found
+
+    monkeypatch.setattr(disk, "orphaned_archives", held_scan)
+    short = DiskOps(free_space=lambda _path: 10**12 if not (testnet / OLD_FULL).exists() else 50)
+    cache = Cache(str(tmp_path), ops=short)
+    cache.groups = lambda: frozenset(configured)
+    refresh = cache.begin_refresh(GROUP, NEW_FULL)
+    assert refresh is not None
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(refresh.open, 60)
+            await trio.to_thread.run_sync(scanned.wait)
+            configured.add("testnet")  # the reload that brings the group back
+            let_go.set()
+    finally:
+        let_go.set()
+    refresh.abort()
+    assert files(testnet) == [OLD_FULL]
+
+
+class HeldVotes:
+    """A cluster's votes answering ``answer`` once the test lets them."""
+
+    def __init__(self, answer: Proof) -> None:
+        self.answer = answer
+        self.asked, self.answer_now = trio.Event(), trio.Event()
+
+    def rpcs(self) -> tuple[str, ...]:
+        return ("http://127.0.0.1:1/",)  # never asked: lift answers
+
+    def of(self, _group: str) -> HeldVotes:
+        return self
+
+    async def lift(self, _slot: int, _proof: Proof) -> Proof:
+        self.asked.set()
+        await self.answer_now.wait()
+        return self.answer
+
+
+async def test_a_tally_asked_for_one_copy_is_not_applied_to_the_next(tmp_path: Path) -> None:
+    """The votes were asked for the copy held at ``accounts``; meanwhile a refresh promoted
+    another copy of the name, lifted by its own tally. The first tally (below the group's
+    level) arrives: it removes nothing and leaves the new copy's proof as it is."""
+    group = tmp_path / GROUP
+    group.mkdir()
+    path = group / OLD_FULL
+    bank_hash = "1" * 43
+    minority = Proof(Level.ACCOUNTS, "s", bank_hash, 0.3, "cluster not proven: 30%")
+    votes = HeldVotes(minority)
+    checked = CheckedFiles(True, Digests(), required=lambda _g: Level.CLUSTER, voter=votes)
+    path.write_bytes(b"old")
+    was = Proof(Level.ACCOUNTS, "s", bank_hash)
+    checked.promoted(GROUP, OLD_FULL, Verified(SHA_OLD, was), identity_of(os.stat(path)), [])
+    lifted = Proof(Level.CLUSTER, "s", bank_hash, 0.9)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lift_held, checked, lambda _g, n: str(group / n), lambda: None)
+        await votes.asked.wait()
+        (group / "new").write_bytes(b"new")
+        os.replace(group / "new", path)  # a refresh's promotion, with its own tally
+        checked.promoted(GROUP, OLD_FULL, Verified(SHA_NEW, lifted), identity_of(os.stat(path)), [])
+        votes.answer_now.set()
+    assert path.read_bytes() == b"new"
+    assert checked.digest(GROUP, OLD_FULL) == SHA_NEW
+    assert checked.servable(GROUP, OLD_FULL)
+
+
+async def test_a_recheck_s_digest_never_lands_beside_a_copy_promoted_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Start-up found a copy without a digest and checked it; while its digest was written,
+    a refresh of the name (the copy was not servable yet) ended: the new copy's digest
+    stands, held, on disk and after a restart, and a hit of it is served."""
+    group = tmp_path / GROUP
+    group.mkdir()
+    path = group / OLD_FULL
+    path.write_bytes(b"old")
+
+    async def check_opened(fd: int, *_args: object) -> Verified:
+        os.close(fd)
+        return Verified(SHA_OLD, Proof(Level.ACCOUNTS, "s", "1" * 43))
+
+    writing, let_go = threading.Event(), threading.Event()
+    write_checked = checked_module.write_checked
+
+    def held_write(at: str, verified: Verified, name: str) -> None:
+        writing.set()
+        let_go.wait(timeout=30)
+        write_checked(at, verified, name)
+
+    monkeypatch.setattr(checked_module, "check_opened", check_opened)
+    monkeypatch.setattr(checked_module, "write_checked", held_write)
+    cache = verified_cache(tmp_path)
+    cache.startup_cleanup()
+    path_of = lambda g, n: str(tmp_path / g / n)  # noqa: E731
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(cache.checked.recheck, path_of, cache.report_size)
+            await trio.to_thread.run_sync(writing.wait)
+            overlapped = await ended_meanwhile(
+                lambda: promote(cache, OLD_FULL, b"new!", SHA_NEW), nursery
+            )
+            let_go.set()
+    finally:
+        let_go.set()
+    assert path.read_bytes() == b"new!"
+    assert (group / f".{OLD_FULL}.sha256").read_text().split()[0] == SHA_NEW
+    assert cache.digest(GROUP, OLD_FULL) == SHA_NEW
+    assert cache.opened(GROUP, OLD_FULL, os.stat(path)) == SHA_NEW
+    restarted = verified_cache(tmp_path)
+    restarted.startup_cleanup()
+    assert restarted.digest(GROUP, OLD_FULL) == SHA_NEW
+    assert not overlapped
+
+
+async def test_a_failed_copy_s_removal_never_takes_a_new_copy_s_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Start-up's check of a copy failed and the copy is being removed (a 100 GB unlink
+    takes seconds); a refresh of the name ends meanwhile: the new copy keeps its digest
+    and proof files, servable after a restart."""
+    group = tmp_path / GROUP
+    group.mkdir()
+    path = group / OLD_FULL
+    path.write_bytes(b"bad")
+
+    async def check_opened(fd: int, *_args: object) -> Verified:
+        os.close(fd)
+        raise ArchiveInvalid("a bad copy")
+
+    unlinked, let_go = threading.Event(), threading.Event()
+    unlink = checked_module.unlink
+
+    def held_unlink(at: str) -> bool:
+        done = unlink(at)
+        if at == str(path) and not unlinked.is_set():  # the archive went, its sides not yet
+            unlinked.set()
+            let_go.wait(timeout=30)
+        return done
+
+    monkeypatch.setattr(checked_module, "check_opened", check_opened)
+    monkeypatch.setattr(checked_module, "unlink", held_unlink)
+    cache = verified_cache(tmp_path)
+    cache.startup_cleanup()
+    path_of = lambda g, n: str(tmp_path / g / n)  # noqa: E731
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(cache.checked.recheck, path_of, cache.report_size)
+            await trio.to_thread.run_sync(unlinked.wait)
+            overlapped = await ended_meanwhile(
+                lambda: promote(cache, OLD_FULL, b"good", SHA_NEW), nursery
+            )
+            let_go.set()
+    finally:
+        let_go.set()
+    assert path.read_bytes() == b"good"
+    assert files(group) == sorted([OLD_FULL, f".{OLD_FULL}.sha256", f".{OLD_FULL}.proof"])
+    assert cache.digest(GROUP, OLD_FULL) == SHA_NEW
+    restarted = verified_cache(tmp_path)
+    restarted.startup_cleanup()
+    assert restarted.servable(GROUP, OLD_FULL)
+    assert not overlapped
