@@ -119,6 +119,35 @@ async def test_promotions_of_a_group_run_one_at_a_time(
     assert not overlapped
 
 
+async def test_a_full_s_last_sync_holds_no_other_refresh_of_its_group(tmp_path: Path) -> None:
+    """A full's promotion syncs its file (seconds for ~100 GB) before it takes the group's
+    lock: an incremental's refresh of the group starts meanwhile, its client not held."""
+    syncing, let_go = threading.Event(), threading.Event()
+
+    def held_sync(fd: int) -> None:
+        syncing.set()
+        let_go.wait(timeout=30)
+        os.fsync(fd)
+
+    cache = Cache(str(tmp_path), ops=DiskOps(sync=held_sync))
+    full = cache.begin_refresh(GROUP, NEW_FULL)
+    assert full is not None and await full.open(3)
+    await full.write(b"new")
+    incremental = cache.begin_refresh(GROUP, incremental_name(400, 450))
+    assert incremental is not None
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(full.commit)
+            await trio.to_thread.run_sync(syncing.wait)
+            with trio.fail_after(10):
+                assert await incremental.open(3)  # not after the full's sync
+            let_go.set()
+    finally:
+        let_go.set()
+    incremental.abort()
+    assert files(tmp_path / GROUP) == [NEW_FULL]
+
+
 async def test_an_eviction_for_room_is_told_to_the_registry(tmp_path: Path) -> None:
     """A refresh short of room evicts the group's older full: its digest goes with it (it
     was held on, listed and signed for a file no longer there)."""

@@ -472,15 +472,17 @@ def open_temp(
         return Opened(None, orphans_removed=tuple(removed), evicted=evicted)
 
 
-def rename_into_place(fd: int, temp: str, final: str, mtime: float | None, ops: DiskOps) -> None:
-    """Sync the temp file (``ops.sync``), give it ``mtime`` (when known), close it and
-    rename it to ``final``."""
-    try:
-        ops.sync(fd)
-        if mtime is not None:
-            os.utime(fd, (mtime, mtime))
-    finally:
-        os.close(fd)
+def sync_temp(fd: int, mtime: float | None, ops: DiskOps) -> None:
+    """Sync the temp file open as ``fd`` (``ops.sync``) and give it ``mtime`` (when known):
+    its bytes are durable before it is renamed into place."""
+    ops.sync(fd)
+    if mtime is not None:
+        os.utime(fd, (mtime, mtime))
+
+
+def rename_into_place(fd: int, temp: str, final: str) -> None:
+    """Close the synced temp file ``fd`` and rename it (``temp``) to ``final``."""
+    os.close(fd)
     os.replace(temp, final)
 
 

@@ -39,6 +39,7 @@ from tracker.cache.disk import (
     open_temp,
     rename_into_place,
     settle,
+    sync_temp,
     unlink,
     write_all,
 )
@@ -707,12 +708,15 @@ class Refresh:
             raise CacheError("refresh is not open")
         try:
             await self.flush()
+            # The file's own sync before the group's lock: a full's last fsync may take
+            # seconds, and the group's other refreshes need not wait for it.
+            await trio.to_thread.run_sync(self._sync, mtime)
             # One promotion of the group at a time, told to the registry before the next:
             # two overlapping ones (both files renamed in before either evicted) would each
             # evict the other's new file (docs/proxy.md, "Proxy mode and the disk cache").
             async with self._registry.changing(self.group):
                 served = self._registry.served(self.group)
-                evicted = await trio.to_thread.run_sync(self._promote, mtime, served)
+                evicted = await trio.to_thread.run_sync(self._promote, served)
                 self._registry.promoted(self.group, self.name, self.sha256, evicted, self.proof)
         except OSError as exc:
             raise self.write_failed(exc, "cache commit failed") from exc
@@ -722,11 +726,16 @@ class Refresh:
             self.abort()
             self._registry.report_size()
 
-    def _promote(self, mtime: float | None, served: Collection[int]) -> list[str]:
-        """Sync, rename into place, write the digest beside it; the names evicted."""
+    def _sync(self, mtime: float | None) -> None:
+        """Sync the temp file and give it ``mtime`` (in a worker thread)."""
+        assert self._fd is not None
+        sync_temp(self._fd, mtime, self._ops)
+
+    def _promote(self, served: Collection[int]) -> list[str]:
+        """Rename into place, write the digest beside it; the names evicted."""
         assert self._fd is not None
         fd, self._fd = self._fd, None
-        rename_into_place(fd, self.temp, self.final, mtime, self._ops)
+        rename_into_place(fd, self.temp, self.final)
         self.temp, self._done = "", True
         checked = Verified(self.sha256, self.proof) if self.sha256 else None
         return settle(self.final, self.group, self.name, self.written, checked, served)
