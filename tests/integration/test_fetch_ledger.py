@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import subprocess
 from collections.abc import AsyncIterator, Callable
@@ -21,7 +22,13 @@ from archives import build_archive
 from helpers_bytes import MiB, archive_bytes, sha256
 from helpers_process import reaped
 from helpers_proxy import wait_for
-from helpers_upstream import Behaviour, FakeUpstream, serving
+from helpers_upstream import (
+    UPSTREAM_ETAG,
+    UPSTREAM_LAST_MODIFIED,
+    Behaviour,
+    FakeUpstream,
+    serving,
+)
 from names import full_name
 from test_fetch import (
     FAST,
@@ -42,9 +49,11 @@ from test_fetch_sources import body_bytes, tracker_of
 from tracker.core import smallfiles
 from tracker.errors import FetchError
 from tracker.fetch import download, space
+from tracker.fetch import state as state_module
 from tracker.fetch.download import Result
 from tracker.fetch.progress import NoProgress
 from tracker.fetch.run import FetchOptions, run_fetch
+from tracker.fetch.state import Identity, State, save_state
 
 NAME, GOOD = build_archive(33_000, compression="zst", accounts=16, account_size=256 * 1024)
 VERIFYING = attrs.evolve(FAST, verify=True)
@@ -458,3 +467,75 @@ async def test_a_resume_that_starts_over_says_why(tmp_path: Path) -> None:
     lines = [line for line in done.stderr.decode().splitlines() if "fetch_starting_over" in line]
     assert len(lines) == 1 and "the source sent no validator; starting over" in lines[0]
     assert sha256((ledger / FULL).read_bytes()) == sha256(data)
+
+
+async def test_an_earlier_run_s_download_of_what_is_no_longer_offered_goes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An interrupted fetch left a full's temp file (preallocated: its whole room) and
+    state; the offer moved on to a newer full before the next run: nothing would ever
+    resume them, so that run removes them (and only them) and says what it freed."""
+    stale = full_name(100)
+    ledger = ledger_of(tmp_path)
+    (ledger / f".tmp-{stale}").write_bytes(os.urandom(MiB))
+    identity = Identity(4 * MiB, UPSTREAM_ETAG, UPSTREAM_LAST_MODIFIED)
+    save_state(str(ledger), State(stale, identity, ((0, MiB),)))
+    (ledger / ".tmp-notes").write_text("not a download of an archive")
+    data = FILES[FULL]
+    async with (
+        serving(FakeUpstream(files={FULL: data})) as up,
+        tracker_for("redirect", tmp_path) as t,
+    ):
+        advertise_all(t, up, {FULL: data})
+        caplog.set_level(logging.INFO, logger="tracker.fetch")
+        await run_fetch(options(ledger, t.base, incremental=False), NoProgress())
+    assert sorted(p.name for p in ledger.iterdir()) == sorted([FULL, ".tmp-notes"])
+    [removed] = [
+        getattr(r, "tracker_fields", {}) for r in caplog.records if r.msg == "fetch_removed_stale"
+    ]
+    assert removed["file"] == stale and removed["bytes"] >= MiB
+
+
+async def test_a_temp_file_with_another_hard_link_is_not_written_through(tmp_path: Path) -> None:
+    """A file outside the ledger hard-linked under the temp file's name, with a state
+    claiming half of it: the fetch starts over in a file of its own, the other untouched."""
+    data = FILES[FULL]
+    ledger = ledger_of(tmp_path)
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"precious" + bytes(len(data) - 8))
+    before = sha256(outside.read_bytes())
+    os.link(outside, ledger / f".tmp-{FULL}")
+    identity = Identity(len(data), UPSTREAM_ETAG, UPSTREAM_LAST_MODIFIED)
+    save_state(str(ledger), State(FULL, identity, ((0, len(data) // 2),)))
+    async with (
+        serving(FakeUpstream(files={FULL: data})) as up,
+        tracker_for("redirect", tmp_path) as t,
+    ):
+        advertise_all(t, up, {FULL: data})
+        await run_fetch(options(ledger, t.base, incremental=False), NoProgress())
+    assert sha256(outside.read_bytes()) == before
+    assert sha256((ledger / FULL).read_bytes()) == sha256(data)
+    assert outside.stat().st_ino != (ledger / FULL).stat().st_ino
+
+
+async def test_a_temp_file_linked_after_it_was_looked_at_is_not_written_through(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hard link comes between the look at the temp file and its opening (the look
+    is made to miss it): the opened file is refused, one line, the other file untouched."""
+    data = FILES[FULL]
+    ledger = ledger_of(tmp_path)
+    outside = tmp_path / "outside"
+    outside.write_bytes(bytes(len(data)))
+    os.link(outside, ledger / f".tmp-{FULL}")
+    identity = Identity(len(data), UPSTREAM_ETAG, UPSTREAM_LAST_MODIFIED)
+    save_state(str(ledger), State(FULL, identity, ((0, len(data) // 2),)))
+    monkeypatch.setattr(state_module, "_data_on_disk", lambda _path: [(0, len(data))])
+    async with (
+        serving(FakeUpstream(files={FULL: data})) as up,
+        tracker_for("redirect", tmp_path) as t,
+    ):
+        advertise_all(t, up, {FULL: data})
+        with pytest.raises(FetchError, match="has another link; not written through"):
+            await run_fetch(options(ledger, t.base, incremental=False), NoProgress())
+    assert outside.read_bytes() == bytes(len(data))

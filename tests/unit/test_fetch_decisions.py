@@ -16,7 +16,7 @@ from tracker.core.snapshots import parse_archive_name as parse
 from tracker.errors import FetchError
 from tracker.fetch import space
 from tracker.fetch.download import alone
-from tracker.fetch.ledger import retired, suspects, without
+from tracker.fetch.ledger import retired, stale_downloads, suspects, without
 from tracker.fetch.listing import RemoteFile, RemoteSnapshot
 from tracker.fetch.lock import ledger_lock, lock_path
 from tracker.fetch.sourcechecks import Source
@@ -201,3 +201,22 @@ I1, I2 = incremental_name(20_000, 20_800), incremental_name(20_400, 20_900)
 )
 def test_retired(names: list[str], keep: int, fresh: set[str], gone: list[str]) -> None:
     assert sorted(retired(names, keep, fresh)) == sorted(gone)
+
+
+@pytest.mark.parametrize(
+    ("names", "planned", "stale"),
+    [
+        # an earlier run's download of a full no longer planned: its temp file and state
+        ([f".tmp-{F3}", f".tmp-{F3}.state", F1], {F1}, [F3]),
+        ([f".tmp-{F3}.state.new"], {F1}, [F3]),  # a state being replaced when it stopped
+        # what is planned now resumes
+        ([f".tmp-{F1}", f".tmp-{F1}.state", f".tmp-{I1}"], {F1, I1}, []),
+        # the offer moved on to a newer incremental: the older one's download goes
+        ([f".tmp-{I1}", f".tmp-{I1}.state"], {F1, I2}, [I1]),
+        ([f".tmp-{F1}", f".tmp-{I1}"], set(), [F1, I1]),  # nothing to do: all of them
+        # names that are no downloads of archives are never touched
+        ([".tmp-notes", ".tmp-", ".fetch.lock", F3, f"tmp-{F3}"], {F1}, []),
+    ],
+)
+def test_stale_downloads(names: list[str], planned: set[str], stale: list[str]) -> None:
+    assert stale_downloads(names, planned) == sorted(stale)

@@ -221,6 +221,9 @@ async def _download_from(
     # was there is gone with the state), a resumed one is the regular file load_state saw.
     flags = os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW
     fd = os.open(path, flags if done else flags | os.O_CREAT | os.O_EXCL, 0o644)
+    if done and os.fstat(fd).st_nlink != 1:  # hard-linked since load_state looked at it
+        os.close(fd)
+        raise FetchError(f"{path} has another link; not written through: remove it and run again")
     try:
         return await _fill(FetchCrew(client, settings, pieces, fd, progress), file, pool, ledger)
     except CopyRejected as exc:

@@ -15,7 +15,7 @@ import stat
 from tracker.core.snapshots import SnapshotFile, SnapshotInfo, chains_from_files, parse_archive_name
 from tracker.errors import ArchiveInvalid, FetchError
 from tracker.fetch.listing import RemoteSnapshot
-from tracker.fetch.state import load_state
+from tracker.fetch.state import load_state, remove_state
 from tracker.observability.logs import log_event
 from tracker.proof.archive.archivecheck import check_file
 
@@ -103,6 +103,39 @@ def kept(ledger: str) -> tuple[int, int]:
             done += sum(end - start for start, end in state.done)
             total += state.identity.size
     return done, total
+
+
+def stale_downloads(names: list[str], planned: set[str]) -> list[str]:
+    """The archives whose interrupted downloads ``names`` (a ledger's entries) hold: a temp
+    file ``.tmp-{name}``, its state or the state's ``.new``, of an archive not ``planned``
+    now (the offer moved on: a newer full, a newer incremental). Nothing resumes them, and
+    a preallocated temp file holds its whole archive's room. Pure."""
+    stale = set()
+    for entry in names:
+        if not entry.startswith(".tmp-"):
+            continue
+        name = entry.removeprefix(".tmp-").removesuffix(".new").removesuffix(".state")
+        if name not in planned and parse_archive_name(name) is not None:
+            stale.add(name)
+    return sorted(stale)
+
+
+def remove_stale(ledger: str, planned: set[str]) -> None:
+    """Remove what :func:`stale_downloads` names in ``ledger`` (the links among them are
+    removed, never followed), one ``fetch_removed_stale`` line each with the bytes freed."""
+    try:
+        names = os.listdir(ledger)
+    except OSError:
+        return
+    for name in stale_downloads(names, planned):
+        freed = 0
+        for entry in (f".tmp-{name}", f".tmp-{name}.state", f".tmp-{name}.state.new"):
+            try:
+                freed += os.lstat(os.path.join(ledger, entry)).st_blocks * 512
+            except OSError:
+                continue
+        remove_state(ledger, name)
+        log_event(log, "info", "fetch_removed_stale", file=name, bytes=freed)
 
 
 def retired(names: list[str], keep: int, fresh: set[str]) -> list[str]:

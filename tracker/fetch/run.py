@@ -31,6 +31,7 @@ from tracker.fetch.ledger import (
     listed_sizes,
     no_ledger,
     passes_check,
+    remove_stale,
     retain,
     suspects,
     without,
@@ -211,9 +212,13 @@ async def _locked(
                 what.reason if offered or not why else f"{what.reason}: {'; '.join(why)}"
             )
         log_event(log, "info", "fetch_nothing_to_do", reason=what.reason)
+        remove_stale(options.ledger, set())
         return []
     planned = [f for f in (what.full, incremental) if f is not None]
     in_the_way(options.ledger, [f.file_name for f in planned])
+    # An earlier run's download of what is not planned now (the offer moved on) would
+    # hold its room for good, unseen (docs/fetch.md).
+    remove_stale(options.ledger, {f.file_name for f in planned})
     _room_for(options, planned)
     results = []
     if what.full is not None:

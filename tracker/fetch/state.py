@@ -92,11 +92,12 @@ MAX_EXTENTS = 100_000
 def _data_on_disk(path: str) -> list[tuple[int, int]] | None:
     """The byte ranges of the regular file at ``path`` that hold data (``SEEK_DATA`` /
     ``SEEK_HOLE``; the whole file where the file system cannot tell), None when it is not a
-    regular file (a link planted there is not ours)."""
+    regular file of one link (a link planted there, symbolic or hard, is not ours: a write
+    through it would reach a file outside the ledger)."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
             return None
         extents: list[tuple[int, int]] = []
         offset = 0
