@@ -124,6 +124,31 @@ async def test_the_cache_s_copy_is_signed_and_served_on_every_route(tmp_path: Pa
         assert entry["attestations"] == [document.to_json()]
 
 
+async def test_a_cached_copy_gone_from_disk_is_no_longer_stated_nor_listed(
+    tmp_path: Path,
+) -> None:
+    """The cached file (and the files beside it) removed behind the tracker's back: within
+    a round of the background keeping, its digest is forgotten, so no listing shows its
+    SHA-256 or statement and no statement of it is renewed, whatever requests come; a
+    request for it is not a hit (and would forget it at once)."""
+    config = make_config(tmp_path / "cache", verify_archives=True, attest=attest(tmp_path))
+    async with (
+        serving(FakeUpstream(files={NAME: GOOD})) as up,
+        running_tracker(config) as t,
+    ):
+        advertise_files(t.index, up, up.files)
+        await fill(t)
+        assert (await served(t, ROUTES[0])).statement.sha256 == SHA
+        for path in (tmp_path / "cache" / GROUP).iterdir():
+            path.unlink()
+        digests = t.parts.streamer.digests
+        await wait_for(lambda: digests.get(GROUP, NAME) is None)
+        entry = await listed_file(t)  # still offered by its source
+        assert "sha256" not in entry and not entry.get("attestations")
+        assert (await raw_request(t.base, ROUTES[0])).status == 404
+        assert t.parts.attestations.documents(GROUP, NAME) == []
+
+
 async def statements_route(t: TrackerUnderTest) -> dict[str, Any]:
     """What ``/v1/statements`` answers (JSON, 200)."""
     answer = await raw_request(t.base, "/v1/statements")

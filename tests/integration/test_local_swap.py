@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,12 +20,14 @@ import trio
 from helpers_proxy import GROUP, proxy_tracker
 from helpers_wire import raw_request
 from names import full_name
+from test_attestations import attest
 
 from tracker.core.digests import Verified
 from tracker.discovery.local import scan_local
 from tracker.ordering.index import TargetKey
 from tracker.proof.levels import Level, Proof
 from tracker.proof.records.localcopies import holder
+from tracker.proof.statements import parse_document
 
 FULL = full_name(4200)
 SECRET = b"root:$6$not-an-archive:19000:0:99999:7:::\n"
@@ -99,3 +102,34 @@ async def test_the_sha256_route_names_the_copy_the_archive_route_serves(
                 TargetKey(GROUP, str(directory)), scan_local(str(directory)), datetime.now(UTC)
             )
         assert (await raw_request(t.base, f"/v1/{GROUP}/{FULL}.sha256")).status == 404
+
+
+async def test_the_attestation_route_names_the_copy_the_archive_route_serves(
+    tmp_path: Path,
+) -> None:
+    """Two local copies of one name, other bytes each, both checked and signed; the copy
+    the archive route does not serve is proven further: the ``.attestation`` route served
+    its statement (the best proven), which a client checking it against the bytes it got
+    refused. It serves the statement of the served copy now."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    datas = {one: b"the first copy", two: b"the other copy, longer"}
+    async with proxy_tracker(proxy_snapshot_downloads=False, attest=attest(tmp_path)) as t:
+        digests = t.streamer.digests
+        for directory, data in datas.items():
+            await trio.Path(directory).mkdir()
+            await trio.Path(directory / FULL).write_bytes(data)
+            t.index.apply(
+                TargetKey(GROUP, str(directory)), scan_local(str(directory)), datetime.now(UTC)
+            )
+        [(served, _source), _other] = t.index.find_file(GROUP, FULL)
+        served_dir = Path(served.path).parent
+        for directory, data in datas.items():
+            proof = Proof(Level.STRUCTURE if directory == served_dir else Level.MANIFEST)
+            held = Verified(hashlib.sha256(data).hexdigest(), proof, len(data), time.time())
+            digests.hold(holder(str(directory / FULL)), GROUP, FULL, held)
+        body = (await raw_request(t.base, f"/v1/{GROUP}/{FULL}")).body
+        assert body == datas[served_dir]
+        answer = await raw_request(t.base, f"/v1/{GROUP}/{FULL}.attestation")
+        assert answer.status == 200
+        statement = parse_document(answer.body).statement
+        assert (statement.sha256, statement.size) == (hashlib.sha256(body).hexdigest(), len(body))

@@ -240,6 +240,27 @@ class CheckedFiles:
         if identity is None or identity != held.identity:
             self._changed(group, name)
 
+    async def confirm_held(self, path_for: Callable[[str, str], str]) -> None:
+        """:meth:`confirm` every held copy (``path_for(group, name)``: its path,
+        RequestError when it may not be read): one gone or replaced since its check (by
+        hand, or while another directory was the cache's) is forgotten within a round, its
+        digest no longer listed nor its statement renewed, not only once a request comes.
+        The files are looked at in a worker thread, each group's under its lock: a
+        promotion's new file is never taken for a replaced one."""
+        by_group: dict[str, list[tuple[str, _Held, str]]] = {}
+        for (group, name), held in self._checked.items():
+            try:
+                by_group.setdefault(group, []).append((name, held, path_for(group, name)))
+            except RequestError:
+                continue
+        for group, copies in by_group.items():
+            async with self.changing(group):
+                paths = [path for _name, _held, path in copies]
+                now = await trio.to_thread.run_sync(_identities, paths)
+                for (name, held, _path), identity in zip(copies, now, strict=True):
+                    if self._checked.get((group, name)) is held and identity != held.identity:
+                        self._changed(group, name)
+
     def _changed(self, group: str, name: str) -> None:
         """The cached file of ``name`` is not the copy that passed its check: not served as
         checked from now on, and checked again (a hit again once it passes, removed if it
@@ -635,6 +656,17 @@ def _unlink_if_same(path: str, ino: int) -> None:
     unlink(path)
     for suffix in SIDES:
         unlink(digest_path(path, suffix))
+
+
+def _identities(paths: list[str]) -> list[FileIdentity | None]:
+    """The identity of the file at each of ``paths`` (None: none there, or unreadable)."""
+    found: list[FileIdentity | None] = []
+    for path in paths:
+        try:
+            found.append(identity_of(os.stat(path, follow_symlinks=False)))
+        except OSError:
+            found.append(None)
+    return found
 
 
 def _write_checked_if_same(path: str, opened: os.stat_result, checked: Verified, name: str) -> None:

@@ -101,7 +101,8 @@ async def cache_hit(
         response = await served_from_disk(path, ask, "cache", metrics, budget, digest_of)
     except RequestError:  # not the copy checked
         return None
-    except FileNotFoundError:
+    except FileNotFoundError:  # gone since it was found: its digest goes at once
+        cache.confirm(group, archive.file_name)
         return None
     except OSError as exc:  # something else than a file at the path: not cached
         log_event(log, "warning", "cache_unreadable", path=path, error=exc)

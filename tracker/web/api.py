@@ -19,7 +19,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from tracker.config.schema import Config
-from tracker.core.digests import sha256sum_line
+from tracker.core.digests import Verified, sha256sum_line
 from tracker.core.hosts import is_authority
 from tracker.errors import RequestError
 from tracker.observability.redact import redact_url
@@ -309,32 +309,40 @@ def _short(
     return quart.Response(short.body, short.status, content_type="text/plain")
 
 
+def _served_copy(deps: ApiDeps, group: str, archive: str) -> Verified | None:
+    """The tracker's verified copy of ``archive`` that its own route serves (the first
+    found: a group may hold two local files of one name, other bytes each), as the
+    listings show it; never a cached copy no longer under its name (docs/http-api.md,
+    "Verified archives")."""
+    deps.confirm_cached(group, archive)
+    found = deps.index.find_file(group, archive)
+    if found:
+        return held_copy(deps.digests, group, found[0][0])
+    return deps.digests.verified(group, archive)
+
+
 def _digest_answer(deps: ApiDeps, group: str, name: str) -> quart.Response:
     """``GET {archive}.sha256``: the ``sha256sum`` line of the tracker's verified copy."""
     archive = archive_name(name[: -len(DIGEST_SUFFIX)]).file_name
-    # Never the digest of a cached copy no longer under its name (docs/http-api.md,
-    # "Verified archives").
-    deps.confirm_cached(group, archive)
-    # The digest of the copy the archive's own route serves (the first found: a group may
-    # hold two local files of one name, other bytes each), as the listings show it.
-    found = deps.index.find_file(group, archive)
-    if found:
-        verified = held_copy(deps.digests, group, found[0][0])
-        digest = verified.sha256 if verified is not None else None
-    else:
-        digest = deps.digests.get(group, archive)
-    if digest is None:
+    verified = _served_copy(deps, group, archive)
+    if verified is None:
         raise RequestError(404, "no verified copy of this archive is known")
-    body = sha256sum_line(digest, archive).encode()
+    body = sha256sum_line(verified.sha256, archive).encode()
     return quart.Response(body, 200, content_type="text/plain; charset=utf-8")
 
 
 def _attestation_answer(deps: ApiDeps, group: str, name: str) -> quart.Response:
-    """``GET {archive}.attestation``: the signed statement of the archive held verified (the
-    tracker's own, else one another replica left in the bucket)."""
+    """``GET {archive}.attestation``: the signed statement of the copy the archive's route
+    serves (the tracker's own, else one another replica left in the bucket): never one of
+    other bytes of the name, which a client checking the two together would refuse."""
     archive = archive_name(name[: -len(ATTESTATION_SUFFIX)]).file_name
+    verified = _served_copy(deps, group, archive)
     deps.attestations.sync(deps.wall_clock())
-    documents = deps.attestations.documents(group, archive)
+    documents = [
+        d
+        for d in deps.attestations.documents(group, archive)
+        if verified is not None and d.statement.sha256 == verified.sha256
+    ]
     if not documents:
         raise RequestError(404, "no signed statement of this archive is held")
     return quart.Response(documents[0].encode(), 200, content_type="application/json")

@@ -55,6 +55,8 @@ class HeldCopies(Protocol):
 
     def recheck_below(self) -> None: ...
 
+    async def confirm_held(self, path_for: Callable[[str, str], str]) -> None: ...
+
     async def recheck(
         self, path_for: Callable[[str, str], str], report_size: Callable[[], None]
     ) -> None: ...
@@ -109,10 +111,12 @@ async def keep_levels(
     *,
     every: float = KEEP_EVERY,
 ) -> None:
-    """Check the files start-up found unchecked, then keep every held copy at its group's
-    level (the module's docstring), until cancelled (``path_for(group, name)``: the copy's
+    """Forget the held copies gone or replaced since their checks, check the files
+    start-up found unchecked, then keep every held copy at its group's level (the
+    module's docstring), until cancelled (``path_for(group, name)``: the copy's
     path, RequestError when it may not be read; ``report_size()``: a copy was removed)."""
     while True:
+        await checked.confirm_held(path_for)  # a copy gone or replaced: checked again
         checked.recheck_below()
         await checked.recheck(path_for, report_size)
         await lift_held(checked, path_for, report_size)
