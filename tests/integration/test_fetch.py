@@ -674,10 +674,11 @@ async def test_a_read_only_ledger_is_a_one_line_error(tmp_path: Path) -> None:
 async def test_a_failing_write_is_a_one_line_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """ENOSPC while the workers write (raised inside their nursery): a FetchError."""
+    """ENOSPC while the workers write (raised inside their nursery, naming no file, as the
+    kernel's does): a FetchError naming the temp file and what a next run resumes."""
 
     def full(*args: Any) -> int:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "the-temp-file")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(tracker.fetch.workers, "splice_to_file", full)
     monkeypatch.setattr(tracker.fetch.workers, "_write_all", full)
@@ -688,7 +689,10 @@ async def test_a_failing_write_is_a_one_line_error(
         advertise_all(t, up, FILES)
         with pytest.raises(FetchError, match="No space left on device") as info:
             await run_fetch(options(ledger_of(tmp_path), t.base), NoProgress())
-    assert "\n" not in str(info.value)
+    line = str(info.value)
+    assert "\n" not in line
+    assert line.startswith(str(ledger_of(tmp_path) / f".tmp-{FULL}: No space left on device"))
+    assert line.endswith(f"0 of {len(FILES[FULL])} bytes kept, run again to resume")
 
 
 async def test_no_space_fails_before_downloading(tmp_path: Path) -> None:

@@ -74,6 +74,17 @@ class StateSaver:
             f"{kept} of {self.state.identity.size} bytes kept, run again to resume"
         )
 
+    def stopped(self, exc: OSError, temp: str) -> str:
+        """Why the download stopped on a local error ``exc`` of its temp file ``temp`` (when
+        it names no other file), and what a next run resumes: the bytes of the last state
+        saved."""
+        where = exc.filename or temp
+        kept = sum(end - start for start, end in self.saved or ())
+        return (
+            f"{where}: {exc.strerror or exc}: the download stopped; "
+            f"{kept} of {self.state.identity.size} bytes kept, run again to resume"
+        )
+
     async def run(self, every: float) -> None:
         """Save every ``every`` seconds until cancelled."""
         while True:
