@@ -14,10 +14,11 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
-from helpers_proxy import GROUP, proxy_tracker
+from helpers_proxy import GROUP, TrackerUnderTest, proxy_tracker
 from helpers_wire import raw_request
 from names import full_name
 from test_attestations import attest
@@ -68,6 +69,26 @@ async def test_a_swapped_local_archive_is_refused(
             assert SECRET not in wire.body
 
 
+async def two_local_copies(t: TrackerUnderTest, datas: dict[Path, bytes]) -> Path:
+    """Write each of ``datas`` as :data:`FULL` in its ledger directory, scanned into the
+    index as a local source of the group; the directory of the copy the archive route
+    serves."""
+    for directory, data in datas.items():
+        await trio.Path(directory).mkdir()
+        await trio.Path(directory / FULL).write_bytes(data)
+        t.index.apply(
+            TargetKey(GROUP, str(directory)), scan_local(str(directory)), datetime.now(UTC)
+        )
+    [(served, _source), _other] = t.index.find_file(GROUP, FULL)
+    return Path(served.path).parent
+
+
+def hold(t: TrackerUnderTest, directory: Path, data: bytes, proof: Proof, **more: Any) -> None:
+    """Hold the local copy of :data:`FULL` in ``directory`` (``data``) as checked."""
+    held = Verified(hashlib.sha256(data).hexdigest(), proof, len(data), **more)
+    t.streamer.digests.hold(holder(str(directory / FULL)), GROUP, FULL, held)
+
+
 async def test_the_sha256_route_names_the_copy_the_archive_route_serves(
     tmp_path: Path,
 ) -> None:
@@ -79,19 +100,11 @@ async def test_the_sha256_route_names_the_copy_the_archive_route_serves(
     one, two = tmp_path / "one", tmp_path / "two"
     datas = {one: b"the first copy", two: b"the other copy, longer"}
     async with proxy_tracker(proxy_snapshot_downloads=False) as t:
-        digests = t.streamer.digests
+        served_dir = await two_local_copies(t, datas)
         for directory, data in datas.items():
-            await trio.Path(directory).mkdir()
-            await trio.Path(directory / FULL).write_bytes(data)
-            t.index.apply(
-                TargetKey(GROUP, str(directory)), scan_local(str(directory)), datetime.now(UTC)
-            )
-            proof = Proof(Level.MANIFEST) if directory == one else Proof(Level.STRUCTURE)
-            held = Verified(hashlib.sha256(data).hexdigest(), proof, len(data))
-            digests.hold(holder(str(directory / FULL)), GROUP, FULL, held)
-        [(served, _source), _other] = t.index.find_file(GROUP, FULL)
+            hold(t, directory, data, Proof(Level.MANIFEST if directory == one else Level.STRUCTURE))
         body = (await raw_request(t.base, f"/v1/{GROUP}/{FULL}")).body
-        assert body == datas[Path(served.path).parent]
+        assert body == datas[served_dir]
         line = (await raw_request(t.base, f"/v1/{GROUP}/{FULL}.sha256")).body
         assert line == f"{hashlib.sha256(body).hexdigest()}  {FULL}\n".encode()
         # both replaced by files of other sizes since their checks (the next round forgets
@@ -114,19 +127,10 @@ async def test_the_attestation_route_names_the_copy_the_archive_route_serves(
     one, two = tmp_path / "one", tmp_path / "two"
     datas = {one: b"the first copy", two: b"the other copy, longer"}
     async with proxy_tracker(proxy_snapshot_downloads=False, attest=attest(tmp_path)) as t:
-        digests = t.streamer.digests
+        served_dir = await two_local_copies(t, datas)
         for directory, data in datas.items():
-            await trio.Path(directory).mkdir()
-            await trio.Path(directory / FULL).write_bytes(data)
-            t.index.apply(
-                TargetKey(GROUP, str(directory)), scan_local(str(directory)), datetime.now(UTC)
-            )
-        [(served, _source), _other] = t.index.find_file(GROUP, FULL)
-        served_dir = Path(served.path).parent
-        for directory, data in datas.items():
-            proof = Proof(Level.STRUCTURE if directory == served_dir else Level.MANIFEST)
-            held = Verified(hashlib.sha256(data).hexdigest(), proof, len(data), time.time())
-            digests.hold(holder(str(directory / FULL)), GROUP, FULL, held)
+            level = Level.STRUCTURE if directory == served_dir else Level.MANIFEST
+            hold(t, directory, data, Proof(level), checked_at=time.time())
         body = (await raw_request(t.base, f"/v1/{GROUP}/{FULL}")).body
         assert body == datas[served_dir]
         answer = await raw_request(t.base, f"/v1/{GROUP}/{FULL}.attestation")

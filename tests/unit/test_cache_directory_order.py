@@ -79,6 +79,30 @@ async def ended_meanwhile(change: Callable[[], Awaitable[object]], nursery: trio
     return ended.is_set()
 
 
+async def promoted_during_recheck(
+    cache: Cache, reached: threading.Event, let_go: threading.Event, body: bytes
+) -> bool:
+    """Run start-up's check of the cache's unchecked copies until its worker thread sets
+    ``reached`` (held there until ``let_go``), and meanwhile a refresh promoting ``body``
+    as :data:`OLD_FULL` (:data:`SHA_NEW`); whether that promotion ended while the check was
+    held."""
+    cache.startup_cleanup()
+    root = Path(cache.root)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                cache.checked.recheck, lambda g, n: str(root / g / n), cache.report_size
+            )
+            await trio.to_thread.run_sync(reached.wait)
+            overlapped = await ended_meanwhile(
+                lambda: promote(cache, OLD_FULL, body, SHA_NEW), nursery
+            )
+            let_go.set()
+    finally:
+        let_go.set()
+    return overlapped
+
+
 async def test_promotions_of_a_group_run_one_at_a_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -309,18 +333,7 @@ async def test_a_recheck_s_digest_never_lands_beside_a_copy_promoted_meanwhile(
     monkeypatch.setattr(checked_module, "check_opened", check_opened)
     monkeypatch.setattr(checked_module, "write_checked", held_write)
     cache = verified_cache(tmp_path)
-    cache.startup_cleanup()
-    path_of = lambda g, n: str(tmp_path / g / n)  # noqa: E731
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(cache.checked.recheck, path_of, cache.report_size)
-            await trio.to_thread.run_sync(writing.wait)
-            overlapped = await ended_meanwhile(
-                lambda: promote(cache, OLD_FULL, b"new!", SHA_NEW), nursery
-            )
-            let_go.set()
-    finally:
-        let_go.set()
+    overlapped = await promoted_during_recheck(cache, writing, let_go, b"new!")
     assert path.read_bytes() == b"new!"
     assert (group / f".{OLD_FULL}.sha256").read_text().split()[0] == SHA_NEW
     assert cache.digest(GROUP, OLD_FULL) == SHA_NEW
@@ -359,18 +372,7 @@ async def test_a_failed_copy_s_removal_never_takes_a_new_copy_s_files(
     monkeypatch.setattr(checked_module, "check_opened", check_opened)
     monkeypatch.setattr(checked_module, "unlink", held_unlink)
     cache = verified_cache(tmp_path)
-    cache.startup_cleanup()
-    path_of = lambda g, n: str(tmp_path / g / n)  # noqa: E731
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(cache.checked.recheck, path_of, cache.report_size)
-            await trio.to_thread.run_sync(unlinked.wait)
-            overlapped = await ended_meanwhile(
-                lambda: promote(cache, OLD_FULL, b"good", SHA_NEW), nursery
-            )
-            let_go.set()
-    finally:
-        let_go.set()
+    overlapped = await promoted_during_recheck(cache, unlinked, let_go, b"good")
     assert path.read_bytes() == b"good"
     assert files(group) == sorted([OLD_FULL, f".{OLD_FULL}.sha256", f".{OLD_FULL}.proof"])
     assert cache.digest(GROUP, OLD_FULL) == SHA_NEW
