@@ -79,6 +79,15 @@ async def ended_meanwhile(change: Callable[[], Awaitable[object]], nursery: trio
     return ended.is_set()
 
 
+def left_at_start(root: Path, body: bytes) -> Path:
+    """A copy of :data:`OLD_FULL` (``body``) in the cache at ``root`` without a digest, as
+    start-up finds one: it is checked again; its path."""
+    (root / GROUP).mkdir()
+    path = root / GROUP / OLD_FULL
+    path.write_bytes(body)
+    return path
+
+
 async def promoted_during_recheck(
     cache: Cache, reached: threading.Event, let_go: threading.Event, body: bytes
 ) -> bool:
@@ -313,10 +322,7 @@ async def test_a_recheck_s_digest_never_lands_beside_a_copy_promoted_meanwhile(
     """Start-up found a copy without a digest and checked it; while its digest was written,
     a refresh of the name (the copy was not servable yet) ended: the new copy's digest
     stands, held, on disk and after a restart, and a hit of it is served."""
-    group = tmp_path / GROUP
-    group.mkdir()
-    path = group / OLD_FULL
-    path.write_bytes(b"old")
+    group, path = tmp_path / GROUP, left_at_start(tmp_path, b"old")
 
     async def check_opened(fd: int, *_args: object) -> Verified:
         os.close(fd)
@@ -350,10 +356,7 @@ async def test_a_failed_copy_s_removal_never_takes_a_new_copy_s_files(
     """Start-up's check of a copy failed and the copy is being removed (a 100 GB unlink
     takes seconds); a refresh of the name ends meanwhile: the new copy keeps its digest
     and proof files, servable after a restart."""
-    group = tmp_path / GROUP
-    group.mkdir()
-    path = group / OLD_FULL
-    path.write_bytes(b"bad")
+    group, path = tmp_path / GROUP, left_at_start(tmp_path, b"bad")
 
     async def check_opened(fd: int, *_args: object) -> Verified:
         os.close(fd)
