@@ -44,6 +44,7 @@ exception class::
 from __future__ import annotations
 
 import errno
+from typing import TypeVar
 
 
 class TrackerError(Exception):
@@ -225,12 +226,27 @@ class NoRoom(TrackerError):
         self.note = note
 
 
+_E = TypeVar("_E", bound=BaseException)
+
+
 def first_leaf(exc: BaseException) -> BaseException:
     """``exc``, or the first exception that is no group inside it: what a one-line reason
     names (``ValueError``, not ``ExceptionGroup``) when nurseries wrapped it."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     return exc
+
+
+def sole_leaf(exc: BaseException, kinds: type[_E] | tuple[type[_E], ...]) -> _E | None:
+    """``exc`` when it is one of ``kinds``, or the first exception of a group (as a nursery
+    raises it) that holds nothing else; None otherwise."""
+    if isinstance(exc, kinds):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        matched, rest = exc.split(kinds)
+        leaf = first_leaf(matched) if matched is not None and rest is None else None
+        return leaf if isinstance(leaf, kinds) else None
+    return None
 
 
 def interruption_in(exc: BaseException) -> BaseException | None:

@@ -423,16 +423,15 @@ def open_temp(
     needed: int,
     ops: DiskOps,
     served: Collection[int],
-    groups: Collection[str] | None = None,
     configured: Callable[[], Collection[str] | None] | None = None,
 ) -> Opened:
     """Make ``needed`` bytes of room beside ``final`` (removing, when short, the files that
     need not stay once ``name`` is in place: :func:`~tracker.cache.disk.evict` with the full
     slots still ``served``; then, when still short, the orphaned archives of the cache's
-    directories that none of the configured ``groups`` names, oldest first, as few as make
-    the room: :func:`orphans_to_remove`; None: not known, none removed; ``configured``
-    asked again before each removal, :func:`remove_orphaned`) and create a fresh temp file
-    there, read-write (the archive check reads it through a duplicate)."""
+    directories that none of the groups ``configured()`` names, oldest first, as few as
+    make the room: :func:`orphans_to_remove`; None: not known, none removed; asked again
+    before each removal, :func:`remove_orphaned`) and create a fresh temp file there,
+    read-write (the archive check reads it through a duplicate)."""
     directory = os.path.dirname(final)
     removed: list[OrphanedArchive] = []
     evicted: tuple[str, ...] = ()
@@ -441,7 +440,8 @@ def open_temp(
         if ops.free_space(directory) < needed:
             evicted = tuple(evict(directory, name, served))
             free = ops.free_space(directory)
-            if free < needed and groups is not None:
+            groups = configured() if configured is not None and free < needed else None
+            if groups is not None:
                 # ``final`` is {root}/{group}/{name} (Cache.path_for): the root is two up.
                 root = os.path.dirname(directory)
                 chosen = orphans_to_remove(orphaned_archives(root, groups), needed - free)

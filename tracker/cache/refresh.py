@@ -201,7 +201,8 @@ class Registry(Protocol):
 
     def configured_groups(self) -> Collection[str] | None:
         """The names of the configured groups (a directory none names holds orphaned
-        archives, which a refresh short of room may remove); None: not known."""
+        archives, which a refresh short of room may remove); None: not known. Asked from
+        the refresh's worker thread: it reads the config in force, no state of trio's."""
         ...
 
     def orphans_removed(self, removed: Sequence[OrphanedArchive]) -> None:
@@ -542,13 +543,12 @@ class Refresh:
         self.size = size
         # Read here, not in the worker thread: the registry changes in trio's thread.
         needed = size + self._ops.min_free + self._registry.reserved_besides(self)
-        groups = self._registry.configured_groups()
         try:
             # Evictions for room decide on the files a promotion left, never on its
             # half-done changes, and are told before the next change of the group.
             async with self._registry.changing(self.group):
                 served = self._registry.served(self.group)
-                opened = await trio.to_thread.run_sync(self._prepare, needed, served, groups)
+                opened = await trio.to_thread.run_sync(self._prepare, needed, served)
                 self._registry.evicted(self.group, opened.evicted)
         except BaseException:
             self.abort()
@@ -566,19 +566,12 @@ class Refresh:
             self._hold_back = HOLD_BACK
         return True
 
-    def _prepare(
-        self, needed: int, served: Collection[int], groups: Collection[str] | None
-    ) -> Opened:
+    def _prepare(self, needed: int, served: Collection[int]) -> Opened:
+        # the configured groups are asked when orphans are looked for, and again before
+        # each goes (a reload may configure one's group again meanwhile)
+        configured = self._registry.configured_groups
         opened = open_temp(
-            self.final,
-            self.group,
-            self.name,
-            self.size,
-            needed,
-            self._ops,
-            served,
-            groups,
-            self._registry.configured_groups,  # asked again before each orphan goes
+            self.final, self.group, self.name, self.size, needed, self._ops, served, configured
         )
         self.temp, self.no_space = opened.temp, opened.no_space
         if opened.no_space:  # room() is told in trio's thread, by open()

@@ -31,7 +31,7 @@ import httpx
 import trio
 
 from tracker.core.digests import below_required
-from tracker.errors import ArchiveInvalid, CopyRejected, FetchError, SourceFailed, first_leaf
+from tracker.errors import ArchiveInvalid, CopyRejected, FetchError, SourceFailed, sole_leaf
 from tracker.fetch.listing import RemoteFile
 from tracker.fetch.progress import Progress
 from tracker.fetch.settings import FetchSettings
@@ -280,7 +280,8 @@ async def _fill(crew: FetchCrew, file: RemoteFile, pool: list[Source], ledger: s
         # An interrupt or a local error: what is on disk is kept for a later resume.
         with trio.CancelScope(shield=True), contextlib.suppress(OSError, FetchError):
             await saver.save()
-        local = _local_error(exc)
+        # sources' failures never reach here as OSErrors: each costs its source
+        local = sole_leaf(exc, OSError)
         if local is not None:
             # A write of the temp file failed (the disk filled under a file system without
             # fallocate, an I/O error): the kernel's words name no file; the line does.
@@ -297,18 +298,6 @@ async def _fill(crew: FetchCrew, file: RemoteFile, pool: list[Source], ledger: s
     _set_mtime(final, reference.identity.last_modified)
     seconds = trio.current_time() - started
     return Result(final, size, seconds, tuple(live), pieces.steals, digest, proof, vouchers)
-
-
-def _local_error(exc: BaseException) -> OSError | None:
-    """The OSError ``exc`` is, or the first of a group of workers' errors holding nothing
-    else (sources' failures never reach here as OSErrors: each costs its source)."""
-    if isinstance(exc, OSError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        matched, rest = exc.split(OSError)
-        leaf = first_leaf(matched) if matched is not None and rest is None else None
-        return leaf if isinstance(leaf, OSError) else None
-    return None
 
 
 async def _last_save(saver: StateSaver, name: str) -> None:

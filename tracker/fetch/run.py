@@ -24,7 +24,7 @@ from tracker.config.schema import Ranking
 from tracker.core.snapshots import SnapshotInfo
 from tracker.core.text import FETCH_AGENT
 from tracker.discovery.local import scan_local
-from tracker.errors import FetchError, ProbeError, first_leaf
+from tracker.errors import FetchError, ProbeError, first_leaf, sole_leaf
 from tracker.fetch.download import Result, download, held_bytes
 from tracker.fetch.ledger import (
     in_the_way,
@@ -140,10 +140,7 @@ def _unexpected(exc: BaseException) -> FetchError:
 def _failure_in(group: BaseExceptionGroup[BaseException]) -> FetchError | None:
     """The first FetchError or OSError of ``group`` (as a FetchError) when it holds nothing
     else; None otherwise (a bug or an interrupt)."""
-    matched, rest = group.split((FetchError, OSError))
-    if matched is None or rest is not None:
-        return None
-    leaf = first_leaf(matched)
+    leaf = sole_leaf(group, (FetchError, OSError))
     if isinstance(leaf, OSError):
         return FetchError(os_reason(leaf))
     return leaf if isinstance(leaf, FetchError) else None

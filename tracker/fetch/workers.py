@@ -65,23 +65,17 @@ class StateSaver:
         self.saved = done
 
     def _failed(self, exc: OSError) -> str:
-        """Why the state could not be saved, and what a next run resumes: the bytes of the
-        last state saved (docs/fetch.md, "Safely": a state never claims more than that)."""
-        where = exc.filename or state_path(self.ledger, self.state.name)
-        kept = sum(end - start for start, end in self.saved or ())
-        return (
-            f"{where}: {exc.strerror or exc}: the download's state could not be saved; "
-            f"{kept} of {self.state.identity.size} bytes kept, run again to resume"
-        )
+        """Why the state could not be saved, and what a next run resumes."""
+        state = state_path(self.ledger, self.state.name)
+        return self.stopped(exc, state, "the download's state could not be saved")
 
-    def stopped(self, exc: OSError, temp: str) -> str:
-        """Why the download stopped on a local error ``exc`` of its temp file ``temp`` (when
-        it names no other file), and what a next run resumes: the bytes of the last state
-        saved."""
-        where = exc.filename or temp
+    def stopped(self, exc: OSError, where: str, what: str = "the download stopped") -> str:
+        """One line: the file ``exc`` names (else ``where``), the system's words, ``what``
+        happened, and what a next run resumes: the bytes of the last state saved
+        (docs/fetch.md, "Safely": a state never claims more than that)."""
         kept = sum(end - start for start, end in self.saved or ())
         return (
-            f"{where}: {exc.strerror or exc}: the download stopped; "
+            f"{exc.filename or where}: {exc.strerror or exc}: {what}; "
             f"{kept} of {self.state.identity.size} bytes kept, run again to resume"
         )
 
