@@ -29,10 +29,12 @@ class Done:
         raise AssertionError("a whole file needs no wait")
 
 
-async def upload(tier: ObjectTier, tmp_path: Path, group: str, name: str) -> None:
-    """``tier`` uploads ``name`` of ``group`` (a few bytes, staged in ``tmp_path``) as a
-    refresh does, then learns of it and applies retention."""
-    data = name.encode() * 3
+async def upload(
+    tier: ObjectTier, tmp_path: Path, group: str, name: str, data: bytes | None = None
+) -> None:
+    """``tier`` uploads ``name`` of ``group`` (``data``, by default a few bytes; staged in
+    ``tmp_path``) as a refresh does, then learns of it and applies retention."""
+    data = name.encode() * 3 if data is None else data
     path = tmp_path / name
     path.write_bytes(data)
     fd = os.open(path, os.O_RDONLY)

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import secrets
 from pathlib import Path
 
-from archives import bad_variants, build_archive
+from archives import bad_variants, build_archive, compress, make_tar, snapshot_entries
 from helpers_proxy import GROUP, wait_for
 from helpers_replicas import idle, replica
 from helpers_s3 import BUCKET, Weed
@@ -85,3 +86,56 @@ async def test_a_good_archive_is_completed_with_its_digest_known_to_every_replic
             known = second.parts.streamer.digests.verified(GROUP, NAME)
             assert known is not None and known.proof == proven.proof
         assert len(up.gets(NAME)) == 1  # the second replica never asked the source
+
+
+async def test_a_cache_copy_other_than_the_bucket_s_is_served_and_listed_alone(
+    weed: Weed, tmp_path: Path
+) -> None:
+    """The bucket's object of a name became another replica's upload, other bytes of the
+    same snapshot (another node's compression), while this replica's cache holds its own:
+    the listing, ``.sha256`` and HEAD gave the cache's digest and a wget GET a 303 to the
+    bucket's bytes, which ``sha256sum -c`` refused. Every route serves and lists the cache's
+    copy now; the bucket's copy is read again (its own digest) for when the cache has none."""
+    prefix = f"v-{secrets.token_hex(4)}/"
+    key = f"{prefix}{GROUP}/{NAME}"
+    wget = [("user-agent", "Wget/1.21.4")]
+    entries = snapshot_entries(9500, accounts=3, account_size=64 * 1024, seed=95)
+    other = compress(make_tar(entries), "zst", pieces=2)
+    assert other != GOOD
+    good_line, other_line = (f"{hashlib.sha256(d).hexdigest()}  {NAME}\n" for d in (GOOD, other))
+    async with (
+        serving(FakeUpstream(files={NAME: GOOD})) as up,
+        replica(weed, up, tmp_path, prefix) as t,
+    ):
+        objects = t.parts.objects
+        assert objects is not None
+        digests = t.parts.streamer.digests
+        fill = await raw_request(t.base, f"/v1/{GROUP}/{NAME}", headers=wget)
+        assert fill.status == 200 and fill.body == GOOD
+        await wait_for(lambda: key in weed.objects(prefix), timeout=30)
+        await idle(t)
+        await objects.tier.retain(GROUP, full=True)  # the store's listing: the same object
+        assert digests.of("bucket", GROUP, NAME) is not None
+        # the same bytes in the bucket: a wget GET is sent there
+        sent = await raw_request(t.base, f"/v1/{GROUP}/{NAME}", headers=wget)
+        assert sent.status == 303
+        s3 = weed.client()
+        for side in (key, *(key + s for s in (".sha256", ".proof"))):
+            s3.delete_object(Bucket=BUCKET, Key=side)  # the other replica's retention
+        s3.put_object(Bucket=BUCKET, Key=key + ".sha256", Body=other_line.encode())
+        s3.put_object(Bucket=BUCKET, Key=key, Body=other)  # its upload: digest first
+        await objects.tier.retain(GROUP, full=True)  # the listing shows another object
+        assert digests.of("bucket", GROUP, NAME) is None
+        objects.tier.known.forget(key)  # (as KNOWN_FOR later)
+        got = await raw_request(t.base, f"/v1/{GROUP}/{NAME}", headers=wget)
+        assert got.status == 200 and got.body == GOOD
+        line = await raw_request(t.base, f"/v1/{GROUP}/{NAME}.sha256")
+        assert line.body.decode() == good_line
+        head = await raw_request(t.base, f"/v1/{GROUP}/{NAME}", method="HEAD")
+        assert head.header("repr-digest") == repr_digest(GOOD)
+        listing = await raw_request(t.base, f"/v1/snapshots?group={GROUP}")
+        listed = [f for s in json.loads(listing.body) for f in s["files"]]
+        assert [f["sha256"] for f in listed if f["url"].endswith(NAME)] == [good_line[:64]]
+        # the bucket's copy read again, its own digest held beside the cache's
+        bucket_copy = digests.of("bucket", GROUP, NAME)
+        assert bucket_copy is not None and bucket_copy.sha256 == other_line[:64]

@@ -67,6 +67,39 @@ def test_each_holder_keeps_its_own_digest() -> None:
     assert digests.get("other", NAME) is None
 
 
+OTHER = hashlib.sha256(b"other bytes of the archive").hexdigest()
+MANIFEST = Proof(Level.MANIFEST, "s", "b")
+CLUSTER = Proof(Level.CLUSTER, "s", "b", 0.9)
+
+
+@pytest.mark.parametrize(
+    ("held", "served"),
+    [
+        # the cache's copy is the one served: its digest, however the bucket's other bytes
+        # are proven (a wget GET is no longer sent to them)
+        ({"cache": (HEX, MANIFEST), "bucket": (OTHER, CLUSTER)}, (HEX, Level.MANIFEST)),
+        ({"bucket": (OTHER, CLUSTER), "cache": (HEX, MANIFEST)}, (HEX, Level.MANIFEST)),
+        # the same bytes: the best proof held of them
+        ({"cache": (HEX, MANIFEST), "bucket": (HEX, CLUSTER)}, (HEX, Level.CLUSTER)),
+        ({"cache": (HEX, CLUSTER), "bucket": (HEX, MANIFEST)}, (HEX, Level.CLUSTER)),
+        # no cache copy: the bucket's
+        ({"bucket": (OTHER, MANIFEST)}, (OTHER, Level.MANIFEST)),
+        # a local file is served by its own route, never as the cache's or the bucket's
+        ({"local:/ledger/a": (HEX, CLUSTER), "bucket": (OTHER, MANIFEST)}, (OTHER, Level.MANIFEST)),
+        ({"local:/ledger/a": (HEX, CLUSTER)}, None),
+        ({}, None),
+    ],
+)
+def test_the_copy_served_is_the_cache_s_else_the_bucket_s(
+    held: dict[str, tuple[str, Proof]], served: tuple[str, Level] | None
+) -> None:
+    digests = Digests()
+    for holder, (sha, proof) in held.items():
+        digests.put(holder, "g", NAME, sha, proof)
+    copy = digests.served("g", NAME)
+    assert (copy.sha256, copy.proof.level) == served if copy is not None else served is None
+
+
 def _stat(mtime: int, ctime: int) -> os.stat_result:
     # st_mode .. st_ctime, then the float and ns fields os.stat_result accepts.
     fields = [0o100644, 1, 1, 1, 0, 0, 10, 0, mtime, ctime]

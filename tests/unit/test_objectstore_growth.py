@@ -6,12 +6,14 @@ tier makes, dated by a clock of its own) and trio's mock clock: no waiting."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -27,7 +29,8 @@ from tracker.objectstore.retention import gone, side_expired, stray_sides
 from tracker.objectstore.sides import restate
 from tracker.objectstore.storeanswers import ObjectInfo
 from tracker.objectstore.storehealth import StoreHealth
-from tracker.objectstore.tier import ObjectTier
+from tracker.objectstore.tier import CHECK_EVERY, ObjectTier
+from tracker.proof.levels import Level, Proof
 
 G = "mainnet"
 PREFIX = "p/"
@@ -242,7 +245,8 @@ async def test_replicas_taking_turns_forget_what_the_others_retention_deleted(
         assert uploaded <= there
         # every statement it holds written again (as the health watcher does when they come
         # due): none beside an archive that is gone
-        await restate(bucket, PREFIX, tier.attestations, {})  # type: ignore[arg-type]
+        written = dict(tier._uploaded)
+        await restate(bucket, PREFIX, tier.attestations, {}, written)  # type: ignore[arg-type]
     assert orphans(bucket) == []
     assert not a.known._missed and not b.known._missed  # a retired archive is no miss
 
@@ -374,3 +378,101 @@ async def test_misses_are_dropped_once_no_longer_believed_and_capped(
     assert known.missed_lately("n999") and not known.missed_lately("n900")
     known.remember("n999", ObjectInfo("n999", 1, "e", datetime.now(UTC)))
     assert not known.missed_lately("n999")
+
+
+# -- another replica's upload of a name this replica uploaded ---------------------------------
+
+OTHER = b"other bytes of the name: another node's compression"
+
+
+async def replaced_by_another(tmp_path: Path) -> tuple[MemBucket, ObjectTier, ObjectTier]:
+    """A uploaded ``INCR[1]``; B's retention deleted it with what lay beside it and B
+    uploaded the name again, other bytes (two nodes' archives of one slot and hash differ):
+    the bucket, A, B."""
+    bucket = MemBucket()
+    a, b = replica(bucket), replica(bucket, lock_ttl=60.0)  # each its own key
+    await upload(a, tmp_path, G, INCR[1])
+    key = a.object_key(G, INCR[1])
+    for gone_key in (key, *keys.side_keys(PREFIX, G, INCR[1])):
+        await bucket.delete(gone_key)
+    await upload(b, tmp_path, G, INCR[1], data=OTHER)
+    return bucket, a, b
+
+
+async def test_a_statement_signed_again_is_never_written_beside_another_upload_of_its_name(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    # A signed its upload's statement again (the copy's proof lifted by the cluster's votes)
+    # and wrote it over B's: a statement of other bytes beside the object, refused by every
+    # replica, and B's own gone until B signed again.
+    bucket, a, _b = await replaced_by_another(tmp_path)
+    key = a.object_key(G, INCR[1])
+    theirs = bucket.objects[key + keys.ATTESTATION_SUFFIX][1]
+    held = a.digests.of("bucket", G, INCR[1])
+    assert held is not None
+    lifted = Proof(Level.CLUSTER, "s", "b", 0.9)
+    a.digests.hold("bucket", G, INCR[1], attrs.evolve(held, proof=lifted))
+    with trio.move_on_after(CHECK_EVERY / 2):  # one round of the health watcher
+        await a.watch()
+    assert bucket.objects[key + keys.ATTESTATION_SUFFIX][1] == theirs
+    # and A forgets its copy: the next look at the object reads B's digest and statement
+    assert bucket_copies(a) == set() and key not in a.known.seen()
+    a.attestations.sync(time.time())
+    assert a.attestations.uploaded() == []
+    info = await a.lookup(G, INCR[1])
+    assert info is not None
+    assert await a.digest(G, INCR[1], info) == hashlib.sha256(OTHER).hexdigest()
+
+
+async def test_a_listing_that_shows_another_object_under_a_name_forgets_the_one_known(
+    mock_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    # Retention compared names only: A kept its upload's digest, proof and statement (listed,
+    # served and signed again) for an object that was B's other bytes.
+    _bucket, a, b = await replaced_by_another(tmp_path)
+    mock_clock.jump(KNOWN_FOR + 1)
+    await a.retain(G, full=False)
+    assert bucket_copies(a) == set()
+    await b.retain(G, full=False)  # the uploader's own listing keeps what it knows
+    assert bucket_copies(b) == {b.object_key(G, INCR[1])}
+
+
+def info_of(etag: str) -> ObjectInfo:
+    return ObjectInfo("k", 1, etag, datetime(2026, 1, 1, tzinfo=UTC))
+
+
+@pytest.mark.parametrize(
+    ("seen", "summed", "listed", "outdated"),
+    [
+        # the object seen before the listing began, as listed: current
+        (("e1", -1.0), None, "e1", False),
+        # the same ETag as a HEAD gives it (quoted) and a listing may (bare, other case)
+        (('"AB1"', -1.0), "ab1", '"ab1"', False),
+        (('"ab1"', -1.0), None, "AB1", False),
+        # another object listed under the key: outdated
+        (("e1", -1.0), None, "e2", True),
+        (None, "e1", "e2", True),  # only its digest known
+        (("e2", -1.0), "e1", "e2", True),  # its digest read of an older object
+        # seen since the listing began: newer than the listing, never judged by it
+        (("e1", 0.0), "e1", "e2", False),
+        (("e1", 5.0), None, "e2", False),
+        # nothing known
+        (None, None, "e1", False),
+    ],
+)
+async def test_what_a_listing_shows_outdated(
+    mock_clock: trio.testing.MockClock,
+    seen: tuple[str, float] | None,
+    summed: str | None,
+    listed: str,
+    outdated: bool,
+) -> None:
+    known = Known()
+    listed_at = trio.current_time()
+    if seen is not None:
+        mock_clock.jump(100)  # seen at listed_at + seen[1]
+        known.remember("k", info_of(seen[0]))
+        known._objects["k"] = (known._objects["k"][0], listed_at + seen[1])
+    if summed is not None:
+        known.keep_sum("k", summed, "ab" * 32)
+    assert known.outdated("k", listed, listed_at) is outdated

@@ -37,6 +37,7 @@ from tracker.cache.disk import (
     write_proof_files,
 )
 from tracker.core.digests import (
+    CACHE,
     Digests,
     Verified,
     below_required,
@@ -325,7 +326,7 @@ class CheckedFiles:
         unchecked) was promoted and evicted ``evicted``: digests follow."""
         if checked is not None:
             self._checked[(group, name)] = _Held(checked.sha256, identity, checked.proof)
-            self._digests.hold("cache", group, name, checked)
+            self._digests.hold(CACHE, group, name, checked)
         else:
             self._forget(group, name)
         for other in evicted:
@@ -340,7 +341,7 @@ class CheckedFiles:
         self._retry_at.pop((group, name), None)  # another file, or none, from now on
         self._tries.pop((group, name), None)
         if self._checked.pop((group, name), None) is not None:
-            self._digests.drop("cache", group, name)
+            self._digests.drop(CACHE, group, name)
 
     def restore(self, group_dir: str, group: str, entries: list[os.DirEntry[str]]) -> None:
         """Take the digest of each cached archive of ``group`` (in ``group_dir``, listed as
@@ -367,7 +368,7 @@ class CheckedFiles:
             hex_digest, identity, size, checked_at = restored
             self._checked[(group, name)] = _Held(hex_digest, identity, proof)
             held = Verified(hex_digest, proof, size=size, checked_at=checked_at)
-            self._digests.hold("cache", group, name, held)
+            self._digests.hold(CACHE, group, name, held)
 
     def recheck_below(self) -> None:
         """List for :meth:`recheck` every held copy whose proof is below what a check can
@@ -469,7 +470,7 @@ class CheckedFiles:
             # not this copy (opened, confirm).
             self._checked[(group, name)] = _Held(sha256, identity_of(st), proof)
             held = Verified(sha256, proof, size=st.st_size, checked_at=time.time())
-            self._digests.hold("cache", group, name, held)
+            self._digests.hold(CACHE, group, name, held)
         log_event(
             log,
             "info",
@@ -500,7 +501,7 @@ class CheckedFiles:
             if self._checked.get((group, name)) is not checked:
                 return True  # promoted or removed while the lock was waited for
             self._checked[(group, name)] = checked._replace(proof=proof)
-            self._digests.put("cache", group, name, checked.sha256, proof)
+            self._digests.put(CACHE, group, name, checked.sha256, proof)
             if proof.voted_stake is not None:  # a tally, not a failure to read one
                 try:
                     await trio.to_thread.run_sync(write_proof, path, proof)

@@ -26,6 +26,9 @@ _HEX = re.compile(r"[0-9a-f]{64}")
 #: The holders of local files start with this, their path after it
 #: (:func:`tracker.proof.records.localcopies.holder`): each file is its own copy.
 LOCAL = "local:"
+#: The holder of the disk cache's copies, and the bucket's.
+CACHE = "cache"
+BUCKET = "bucket"
 
 
 def is_sha256_hex(value: object) -> TypeGuard[str]:
@@ -99,14 +102,26 @@ class Digests:
         held = self.verified(group, name)
         return held.sha256 if held is not None else None
 
-    def verified(self, group: str, name: str, *, local: bool = True) -> Verified | None:
+    def verified(self, group: str, name: str) -> Verified | None:
         """What the check said of the held copy of ``name`` of ``group`` (the best proven,
-        when several holders have one; without ``local``, not a local file's)."""
+        when several holders have one)."""
         held = self._known.get((group, name))
         if not held:
             return None
-        copies = [v for h, v in held.items() if local or not h.startswith(LOCAL)]
-        return max(copies, key=lambda v: v.proof.level, default=None)
+        return max(held.values(), key=lambda v: v.proof.level)
+
+    def served(self, group: str, name: str) -> Verified | None:
+        """The copy of ``name`` of ``group`` the archive's route serves when no local file
+        of it is served: the disk cache's when it holds one, else the bucket's (the route
+        sends no client to a bucket copy of other bytes than the cache's: docs/http-api.md,
+        "Verified archives"), with the best proof held of those same bytes. None: neither
+        holds one."""
+        held = self._known.get((group, name), {})
+        first = held.get(CACHE) or held.get(BUCKET)
+        if first is None:
+            return None
+        same = [v for h, v in held.items() if h in (CACHE, BUCKET) and v.sha256 == first.sha256]
+        return max(same, key=lambda v: v.proof.level)
 
     def of(self, holder: str, group: str, name: str) -> Verified | None:
         """What the check said of ``holder``'s copy of ``name`` of ``group``, if held."""

@@ -127,6 +127,26 @@ class Known:
         """Version ``etag`` of ``key`` has digest ``hex_digest`` ("" when none)."""
         self._sums[key] = (etag, hex_digest)
 
+    def outdated(self, key: str, etag: str, listed_at: float) -> bool:
+        """True when what is known of ``key`` (its object, its digest) is of another version
+        than ``etag``, the one a listing begun at ``listed_at`` (trio's clock) shows, and was
+        learned before it began: another replica's upload of the name replaced the object
+        this replica knew (retention deleted it, the other uploaded other bytes of the name).
+        What was learned since is newer than the listing, never judged by it."""
+        known = self._objects.get(key)
+        if known is not None and known[1] >= listed_at:
+            return False
+        versions = [known[0].etag] if known is not None else []
+        if key in self._sums:
+            versions.append(self._sums[key][0])
+        return any(not same_version(version, etag) for version in versions)
+
     def drop_sum(self, key: str) -> bool:
         """Forget the digest of ``key``; True when one was known."""
         return self._sums.pop(key, None) is not None
+
+
+def same_version(etag: str, other: str) -> bool:
+    """True when two ETags of one key name one object version: a listing may give it
+    without the quotes a HEAD gives, or in other case."""
+    return etag.strip('"').lower() == other.strip('"').lower()

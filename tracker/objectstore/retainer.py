@@ -27,7 +27,7 @@ import attrs
 import trio
 
 from tracker.config.schema import ObjectStore
-from tracker.core.digests import Digests
+from tracker.core.digests import BUCKET, Digests
 from tracker.errors import StoreError
 from tracker.objectstore import keys
 from tracker.objectstore.bucket import MAX_LISTED, Bucket
@@ -99,15 +99,18 @@ class Retainer:
             started = trio.current_time()
             listed = await self.bucket.list_objects(keys.archive_key(prefix, group, ""))
             held = {}
+            versions: dict[str, str] = {}  # archive key -> its ETag
             sides: dict[str, tuple[str, ObjectInfo]] = {}
             for o in listed:
                 archive = keys.archive_of(prefix, o.key)
                 side = keys.side_of(prefix, o.key) if archive is None else None
                 if archive is not None and archive.group == group:
                     held[archive.name] = (archive.name, o.size, o.last_modified.timestamp())
+                    versions[o.key] = o.etag
                 elif side is not None and side.group == group and side.full == full:
                     sides[o.key] = (side.name, o)
             listed_names = set(held)
+            self._forget_replaced(group, versions, started)
             keep = self.store.keep_previous
             old = superseded(held, full=full, keep_previous=keep, served=self.served(group))
             handed = {name: await self._handed_age(group, name) for name in old}
@@ -170,7 +173,7 @@ class Retainer:
         ):
             await self.bucket.delete(other)
         self.known.forget(key)  # no miss: one a retired archive would stay for good
-        self.digests.drop("bucket", group, name)
+        self.digests.drop(BUCKET, group, name)
         log_event(log, "info", "object_retired", group=group, file=name)
 
     def _forget_gone(self, group: str, there: Collection[str], started: float) -> None:
@@ -188,12 +191,26 @@ class Retainer:
             if archive is not None and archive.group == group:
                 seen[key] = when
         for held_group, name, holder, _copy in self.digests.held():
-            if holder == "bucket" and held_group == group:
+            if holder == BUCKET and held_group == group:
                 seen.setdefault(keys.archive_key(prefix, group, name), None)
         listed = [keys.archive_key(prefix, group, name) for name in there]
         for key in gone(seen, listed, before=started - KNOWN_FOR):
             self.known.forget(key)
-            self.digests.drop("bucket", group, key.rsplit("/", 1)[-1])
+            self.digests.drop(BUCKET, group, key.rsplit("/", 1)[-1])
+
+    def _forget_replaced(self, group: str, versions: dict[str, str], started: float) -> None:
+        """Forget what this replica knows of ``group``'s archives that the listing begun at
+        ``started`` (trio's clock) shows as another object (``versions``: its ETag of each
+        archive key) than the one it learned of before: the digest and proof of other bytes,
+        and the statement it signed of its own upload, are never served or written beside
+        the new object (docs/replicas.md, "What a replica remembers"); the next look at it
+        reads what lies beside it."""
+        for key, etag in versions.items():
+            if self.known.outdated(key, etag, started):
+                self.known.forget(key)
+                self.digests.drop(BUCKET, group, key.rsplit("/", 1)[-1])
+                why = "listed as another object"
+                log_event(log, "info", "object_replaced", key=key, reason=why)
 
     async def _delete_strays(
         self,

@@ -33,7 +33,13 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from tracker.core.digests import Digests, Verified, parse_sha256sum_line, sha256sum_line
+from tracker.core.digests import (
+    BUCKET,
+    Digests,
+    Verified,
+    parse_sha256sum_line,
+    sha256sum_line,
+)
 from tracker.errors import StatementInvalid
 from tracker.objectstore.bucket import Bucket
 from tracker.objectstore.keys import (
@@ -42,6 +48,7 @@ from tracker.objectstore.keys import (
     PROOF_SUFFIX,
     archive_key,
 )
+from tracker.objectstore.known import same_version
 from tracker.observability.logs import log_event
 from tracker.proof.levels import STRUCTURE_ONLY, Proof
 from tracker.proof.records.attestations import Attestations
@@ -151,7 +158,7 @@ async def reread(
     served = {
         archive_key(prefix, group, name): (group, name, copy)
         for group, name, holder, copy in digests.held()
-        if holder == "bucket" and copy.attestation is not None
+        if holder == BUCKET and copy.attestation is not None
     }
     for key in [key for key in reads if key not in served]:
         del reads[key]
@@ -173,20 +180,36 @@ async def reread(
             reads[key] = (held, known[1], now)
             continue
         reads[key] = (chosen, now, now)
-        digests.hold("bucket", group, name, attrs.evolve(copy, attestation=chosen))
+        digests.hold(BUCKET, group, name, attrs.evolve(copy, attestation=chosen))
         log_event(log, "info", "bucket_attestation_renewed", key=key)
 
 
 async def restate(
-    bucket: Bucket, prefix: str, attestations: Attestations, stated: dict[str, Attestation]
-) -> None:
+    bucket: Bucket,
+    prefix: str,
+    attestations: Attestations,
+    stated: dict[str, Attestation],
+    uploaded: dict[str, str],
+) -> dict[str, str]:
     """Write beside each archive this replica uploaded its statement when it was signed
-    again since it was last written (``stated``: the one last written, by archive key; kept
-    current). Raises StoreError when the store failed."""
+    again since it was last written (``stated``: the one last written, by archive key;
+    ``uploaded``: the ETag of each upload that completed, by key; both kept current), once a
+    HEAD shows the object is still that upload. Returns the keys whose object is gone or
+    another (retention deleted this upload, another replica uploaded other bytes of the
+    name), with why: no statement is written there, the caller forgets the copy. Raises
+    StoreError when the store failed."""
     current = {f"{prefix}{group}/{name}": signed for group, name, signed in attestations.uploaded()}
-    for key in [key for key in stated if key not in current]:
-        del stated[key]  # no longer held: retention deleted it with its statement
+    for known in (stated, uploaded):
+        for key in [key for key in known if key not in current]:
+            del known[key]  # no longer held: retention deleted it with its statement
+    replaced: dict[str, str] = {}
     for key, signed in current.items():
-        if stated.get(key) != signed:
-            await bucket.put(key + ATTESTATION_SUFFIX, signed.encode())
-            stated[key] = signed
+        if stated.get(key) == signed or key not in uploaded:
+            continue  # written already, or with its upload (still running)
+        info = await bucket.head(key)
+        if info is None or not same_version(info.etag, uploaded[key]):
+            replaced[key] = "gone" if info is None else "another upload of the name"
+            continue
+        await bucket.put(key + ATTESTATION_SUFFIX, signed.encode())
+        stated[key] = signed
+    return replaced

@@ -32,7 +32,7 @@ import attrs
 import trio
 
 from tracker.config.schema import ObjectStore
-from tracker.core.digests import Digests, Verified
+from tracker.core.digests import BUCKET, Digests, Verified
 from tracker.core.snapshots import parse_archive_name
 from tracker.errors import StoreConflict, StoreError
 from tracker.objectstore import keys
@@ -108,6 +108,9 @@ class ObjectTier:
         self._uploading: dict[str, Verified] = {}
         #: The statement last written beside each archive this replica uploaded, by key.
         self._stated: dict[str, Attestation] = {}
+        #: The ETag of each of those uploads that completed, by key: a statement is written
+        #: again only beside that object (:func:`restate`).
+        self._uploaded: dict[str, str] = {}
         #: The statements read beside other replicas' uploads, read again (:func:`reread`).
         self._reads: Reads = {}
         self.retainer = Retainer(store, bucket, self.known, self.digests, self._failed)
@@ -182,7 +185,7 @@ class ObjectTier:
         self.known.keep_sum(key, info.etag, copy.sha256 if copy is not None else "")
         if copy is None:
             return None
-        self.digests.hold("bucket", group, name, copy)
+        self.digests.hold(BUCKET, group, name, copy)
         return copy.sha256
 
     def _statement_expired(self, group: str, name: str) -> bool:
@@ -342,19 +345,21 @@ class ObjectTier:
         except BaseException:
             self._uploading.pop(key, None)
             self._stated.pop(key, None)
-            self.attestations.forget(group, name, "bucket")  # no object: nothing to restate
+            self._uploaded.pop(key, None)
+            self.attestations.forget(group, name, BUCKET)  # no object: nothing to restate
             raise
 
     async def completed(self, group: str, name: str, info: ObjectInfo, sha256: str = "") -> None:
         """An upload of ``name`` (of digest ``sha256``) completed: remember it, then apply
         retention."""
         self.known.remember(info.key, info)
+        self._uploaded[info.key] = info.etag
         checked = self._uploading.pop(info.key, None)
         if sha256:
             self.known.keep_sum(info.key, info.etag, sha256)
             if checked is None or checked.sha256 != sha256:
                 checked = Verified(sha256)
-            self.digests.hold("bucket", group, name, checked)
+            self.digests.hold(BUCKET, group, name, checked)
         self.events.upload("ok")
         log_event(log, "info", "object_uploaded", group=group, file=name, size=info.size)
         parsed = parse_archive_name(name)
@@ -396,7 +401,7 @@ class ObjectTier:
             try:
                 await self.probe()
                 self.attestations.sync(time.time())  # statements signed again go out
-                await restate(self.bucket, self.store.prefix, self.attestations, self._stated)
+                await self._restate()
                 # Others' statements past half their life read again: their renewals served.
                 refused = self.events.refused
                 await reread(
@@ -406,6 +411,24 @@ class ObjectTier:
                 self._failed("check", exc)
             self.probes += 1
             await trio.sleep(every)
+
+    async def _restate(self) -> None:
+        """Write this replica's statements signed again beside its uploads (:func:`restate`);
+        forget each upload whose object is gone or another replica's upload of the name
+        (other bytes): its digest, proof and statement are no longer this object's."""
+        prefix = self.store.prefix
+        replaced = await restate(
+            self.bucket, prefix, self.attestations, self._stated, self._uploaded
+        )
+        for key, why in replaced.items():
+            self.known.forget(key)
+            self._stated.pop(key, None)
+            self._uploaded.pop(key, None)
+            archive = keys.archive_of(prefix, key)
+            if archive is not None:
+                self.digests.drop(BUCKET, archive.group, archive.name)
+                self.attestations.forget(archive.group, archive.name, BUCKET)
+            log_event(log, "info", "object_replaced", key=key, reason=why)
 
     async def probe(self) -> None:
         """Ask the store whether it serves stored bytes: a GET of the first byte of an

@@ -34,7 +34,7 @@ import trio
 
 from tracker.cache.refresh import Refresh
 from tracker.config.schema import Config, ObjectStore, TargetGroup
-from tracker.core.digests import Digests, repr_digest
+from tracker.core.digests import CACHE, Digests, repr_digest
 from tracker.core.snapshots import ArchiveName, SnapshotFile, SnapshotInfo
 from tracker.errors import StoreError
 from tracker.objectstore.bucket import Bucket
@@ -74,8 +74,16 @@ class ObjectPath:
 
     async def presigned(self, group: str, name: str) -> str | None:
         """A presigned GET URL of the object of ``name``; None when the bucket does not have
-        it or signing failed."""
-        if await self.tier.lookup(group, name) is None:
+        it, signing failed, or the disk cache holds a checked copy of ``name`` that the
+        object is not known to equal: two nodes' archives of one slot and hash differ in
+        their bytes, and the cache's copy is the one served and listed with its digest
+        (:meth:`~tracker.core.digests.Digests.served`; docs/http-api.md, "Verified
+        archives")."""
+        info = await self.tier.lookup(group, name)
+        if info is None:
+            return None
+        cached = self.tier.digests.of(CACHE, group, name)
+        if cached is not None and await self.tier.digest(group, name, info) != cached.sha256:
             return None
         return await self.tier.handout(group, name)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from tracker.core.digests import Digests, Verified
+from tracker.core.digests import BUCKET, Digests, Verified
 
 if TYPE_CHECKING:
     from tracker.proof.statements import Attestation, Signer
@@ -121,7 +121,7 @@ class Attestations:
             return None
         signed = self._signer.sign(statement_of(copy, now, self._valid_for))
         self.last_signed = (now, group, name)
-        self._keep({**self._own, (group, name, "bucket"): signed})
+        self._keep({**self._own, (group, name, BUCKET): signed})
         return signed
 
     @property
@@ -142,7 +142,7 @@ class Attestations:
 
     def uploaded(self) -> list[tuple[str, str, Attestation]]:
         """This tracker's statement of each bucket copy it uploaded: (group, name, it)."""
-        return [(g, n, a) for (g, n, holder), a in self._own.items() if holder == "bucket"]
+        return [(g, n, a) for (g, n, holder), a in self._own.items() if holder == BUCKET]
 
     def documents(self, group: str, name: str) -> list[Attestation]:
         """The documents served of ``name`` of ``group`` as of the last :meth:`sync`: this
