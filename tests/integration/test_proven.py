@@ -188,7 +188,14 @@ async def test_redirect_mode_reads_heads_and_keeps_a_forged_copy_out_of_the_rank
         reason = f"manifest: name hash {name_hash}, lattice hash gives {archive_hash_of(other)}"
         await shows_error(f, lambda error: error == f"{DISPROVEN}{name}: {reason}", timeout=20)
         assert f.bad.gets(name)  # its head was read
-        async with httpx.AsyncClient(verify=client_tls(), timeout=10, trust_env=False) as client:
-            best = (await client.get(f"{f.public}/v1/best_snapshots?group={GROUP}")).json()
-        urls = [file["url"] for source in best for file in source["files"]]
-        assert urls and all(u.startswith(f.good.base) for u in urls), best
+        urls: list[str] = []
+
+        async def listed() -> bool:  # once the good source's head is proven too
+            nonlocal urls
+            async with httpx.AsyncClient(verify=client_tls(), timeout=10, trust_env=False) as c:
+                best = (await c.get(f"{f.public}/v1/best_snapshots?group={GROUP}")).json()
+            urls = [file["url"] for source in best for file in source["files"]]
+            return bool(urls)
+
+        await wait_until(listed, timeout=20)
+        assert all(u.startswith(f.good.base) for u in urls), urls

@@ -79,6 +79,11 @@ async def ended_meanwhile(change: Callable[[], Awaitable[object]], nursery: trio
     return ended.is_set()
 
 
+async def reached_in_time(reached: threading.Event) -> None:
+    """Until ``reached`` is set in a worker thread; fails after 30 s."""
+    assert await trio.to_thread.run_sync(reached.wait, 30.0)
+
+
 def left_at_start(root: Path, body: bytes) -> Path:
     """A copy of :data:`OLD_FULL` (``body``) in the cache at ``root`` without a digest, as
     start-up finds one: it is checked again; its path."""
@@ -102,7 +107,7 @@ async def promoted_during_recheck(
             nursery.start_soon(
                 cache.checked.recheck, lambda g, n: str(root / g / n), cache.report_size
             )
-            await trio.to_thread.run_sync(reached.wait)
+            await reached_in_time(reached)
             overlapped = await ended_meanwhile(
                 lambda: promote(cache, OLD_FULL, body, SHA_NEW), nursery
             )
@@ -140,7 +145,7 @@ async def test_promotions_of_a_group_run_one_at_a_time(
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(refreshes[0].commit)
-            await trio.to_thread.run_sync(first_settling.wait)  # renamed in, not evicting
+            await reached_in_time(first_settling)  # renamed in, not evicting
             overlapped = await ended_meanwhile(refreshes[1].commit, nursery)
             let_first_go.set()
     finally:
@@ -171,7 +176,7 @@ async def test_a_full_s_last_sync_holds_no_other_refresh_of_its_group(tmp_path: 
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(full.commit)
-            await trio.to_thread.run_sync(syncing.wait)
+            await reached_in_time(syncing)
             with trio.fail_after(10):
                 assert await incremental.open(3)  # not after the full's sync
             let_go.set()
@@ -223,7 +228,7 @@ async def test_an_eviction_for_room_waits_for_a_promotion(
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(first.commit)
-            await trio.to_thread.run_sync(writing.wait)
+            await reached_in_time(writing)
             room[0] = False  # the disk is short now: the second refresh evicts for room
             overlapped = await ended_meanwhile(lambda: second.open(3), nursery)
             let_go.set()
@@ -261,7 +266,7 @@ async def test_an_orphan_s_group_configured_again_during_the_scan_keeps_its_arch
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(refresh.open, 60)
-            await trio.to_thread.run_sync(scanned.wait)
+            await reached_in_time(scanned)
             configured.add("testnet")  # the reload that brings the group back
             let_go.set()
     finally:
@@ -363,17 +368,17 @@ async def test_a_failed_copy_s_removal_never_takes_a_new_copy_s_files(
         raise ArchiveInvalid("a bad copy")
 
     unlinked, let_go = threading.Event(), threading.Event()
-    unlink = checked_module.unlink
+    unlink = disk.unlink
 
     def held_unlink(at: str) -> bool:
-        done = unlink(at)
-        if at == str(path) and not unlinked.is_set():  # the archive went, its sides not yet
+        # the archive gone from its name (unlinked, or set aside), its sides not yet
+        if at == str(group / f".{OLD_FULL}.sha256") and not unlinked.is_set():
             unlinked.set()
             let_go.wait(timeout=30)
-        return done
+        return unlink(at)
 
     monkeypatch.setattr(checked_module, "check_opened", check_opened)
-    monkeypatch.setattr(checked_module, "unlink", held_unlink)
+    monkeypatch.setattr(disk, "unlink", held_unlink)
     cache = verified_cache(tmp_path)
     overlapped = await promoted_during_recheck(cache, unlinked, let_go, b"good")
     assert path.read_bytes() == b"good"
@@ -383,3 +388,87 @@ async def test_a_failed_copy_s_removal_never_takes_a_new_copy_s_files(
     restarted.startup_cleanup()
     assert restarted.servable(GROUP, OLD_FULL)
     assert not overlapped
+
+
+def held_freeing(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> tuple[threading.Event, threading.Event]:
+    """Hold the unlink of the bytes of the archive ``name`` (under its name, or the temp
+    name it was set aside to) in its worker thread: (reached, let go)."""
+    reached, let_go = threading.Event(), threading.Event()
+    unlink = disk.unlink
+
+    def held_unlink(at: str) -> bool:
+        base = os.path.basename(at)
+        if base == name or base.startswith(f"{disk.TEMP_PREFIX}{name}."):
+            reached.set()
+            let_go.wait(timeout=30)
+        return unlink(at)
+
+    monkeypatch.setattr(disk, "unlink", held_unlink)
+    monkeypatch.setattr(checked_module, "unlink", held_unlink)
+    return reached, let_go
+
+
+async def test_an_evicted_full_s_bytes_are_freed_after_its_group_s_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new full's promotion evicts the old one (an unlink of ~100 GB takes seconds): an
+    incremental of the group promoted meanwhile does not wait for it."""
+    cache = verified_cache(tmp_path)
+    await promote(cache, OLD_FULL, b"old", SHA_OLD)
+    reached, let_go = held_freeing(monkeypatch, OLD_FULL)
+    incremental = incremental_name(400, 450)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(promote, cache, NEW_FULL, b"new", SHA_NEW)
+            await reached_in_time(reached)
+            overlapped = await ended_meanwhile(
+                lambda: promote(cache, incremental, b"inc", "c" * 64), nursery
+            )
+            let_go.set()
+    finally:
+        let_go.set()
+    assert overlapped
+    assert files(tmp_path / GROUP) == sorted(
+        [
+            NEW_FULL,
+            incremental,
+            *(f".{n}{s}" for n in (NEW_FULL, incremental) for s in (".sha256", ".proof")),
+        ]
+    )
+    assert held(cache) == sorted([NEW_FULL, incremental])
+
+
+async def test_a_failed_copy_s_bytes_are_freed_after_its_group_s_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Start-up's check of a copy failed: while its bytes are freed, a refresh of another
+    archive of the group is promoted."""
+    path = left_at_start(tmp_path, b"bad")
+
+    async def check_opened(fd: int, *_args: object) -> Verified:
+        os.close(fd)
+        raise ArchiveInvalid("a bad copy")
+
+    monkeypatch.setattr(checked_module, "check_opened", check_opened)
+    reached, let_go = held_freeing(monkeypatch, OLD_FULL)
+    cache = verified_cache(tmp_path)
+    cache.startup_cleanup()
+    root = Path(cache.root)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                cache.checked.recheck, lambda g, n: str(root / g / n), cache.report_size
+            )
+            await reached_in_time(reached)
+            overlapped = await ended_meanwhile(
+                lambda: promote(cache, NEW_FULL, b"new", SHA_NEW), nursery
+            )
+            let_go.set()
+    finally:
+        let_go.set()
+    assert overlapped
+    assert not path.exists()
+    assert [f for f in files(tmp_path / GROUP) if not f.startswith(".")] == [NEW_FULL]
+    assert not [f for f in files(tmp_path / GROUP) if f.startswith(disk.TEMP_PREFIX)]

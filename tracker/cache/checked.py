@@ -30,8 +30,10 @@ from tracker.cache.disk import (
     STAKES,
     TEMP_PREFIX,
     digest_path,
+    free_aside,
     is_archive_entry,
     read_digest,
+    set_aside,
     unlink,
     write_digest,
     write_proof_files,
@@ -521,7 +523,10 @@ class CheckedFiles:
             if held is not None and held.ino != ino:
                 return False
             self._forget(group, name)
-            await trio.to_thread.run_sync(_unlink_if_same, path, ino)
+            aside = await trio.to_thread.run_sync(_aside_if_same, path, ino)
+        if aside:  # its bytes freed after the lock: a 100 GB unlink takes seconds
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(free_aside, [aside])
         log_event(
             log,
             "warning",
@@ -647,16 +652,15 @@ def _open_regular(path: str) -> tuple[int, os.stat_result]:
     return fd, st
 
 
-def _unlink_if_same(path: str, ino: int) -> None:
-    """Remove the archive at ``path`` (and its digest file) if it is still inode ``ino``."""
+def _aside_if_same(path: str, ino: int) -> str | None:
+    """Set the archive at ``path`` aside (:func:`~tracker.cache.disk.set_aside`: renamed,
+    the files beside it removed) if it is still inode ``ino``; where it went."""
     try:
         if os.stat(path, follow_symlinks=False).st_ino != ino:
-            return
+            return None
     except OSError:
-        return
-    unlink(path)
-    for suffix in SIDES:
-        unlink(digest_path(path, suffix))
+        return None
+    return set_aside(path)
 
 
 def _identities(paths: list[str]) -> list[FileIdentity | None]:

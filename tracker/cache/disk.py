@@ -117,11 +117,14 @@ def is_archive_entry(entry: os.DirEntry[str]) -> bool:
     return _parse_entry(entry) is not None
 
 
-def evict(directory: str, promoted: str, served: Collection[int]) -> list[str]:
+def evict(
+    directory: str, promoted: str, served: Collection[int], aside: list[str] | None = None
+) -> list[str]:
     """Remove the cached archives of ``directory`` that need not stay once ``promoted`` is in
     place (:func:`~tracker.ordering.keeping.cache_keeps`: one full, and the newest incremental
     of every full still served, ``served`` being the fulls' slots), with their digest files;
-    the names removed."""
+    the names removed. With ``aside``, each is renamed aside (:func:`set_aside`) and its
+    temp path appended there, for the caller to free once it let its group go."""
     names = []
     for entry in scan(directory):
         if _parse_entry(entry) is not None:
@@ -130,7 +133,14 @@ def evict(directory: str, promoted: str, served: Collection[int]) -> list[str]:
     removed = []
     for other in sorted(set(names) - keep):
         path = os.path.join(directory, other)
-        if remove_archive(path):
+        if aside is None:
+            gone = remove_archive(path)
+        else:
+            moved = set_aside(path)
+            gone = moved is not None
+            if moved:
+                aside.append(moved)
+        if gone:
             removed.append(other)
             log_event(log, "info", "cache_evicted", dir=directory, file=other)
     return removed
@@ -324,6 +334,34 @@ def remove_archive(path: str) -> bool:
     return True
 
 
+def set_aside(path: str) -> str | None:
+    """Rename the cached archive at ``path`` to a temp name beside it and remove the files
+    beside it: gone from its name at once, its bytes freed by :func:`free_aside` once its
+    group's changes may go on (an unlink of ~100 GB takes seconds on ext4); a temp name is
+    removed at start-up should the tracker stop first. The temp path; "" when it could not
+    be renamed and was removed here instead; None when nothing was removed."""
+    try:
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            return None
+        moved = os.path.join(
+            os.path.dirname(path), f"{TEMP_PREFIX}{os.path.basename(path)}.{secrets.token_hex(4)}"
+        )
+        os.rename(path, moved)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return "" if remove_archive(path) else None
+    for suffix in SIDES:
+        unlink(digest_path(path, suffix))
+    return moved
+
+
+def free_aside(paths: Collection[str]) -> None:
+    """Remove the archives :func:`set_aside` renamed aside (blocking: a worker thread)."""
+    for path in paths:
+        unlink(path)
+
+
 def digest_path(path: str, suffix: str = SHA256) -> str:
     """Where the digest of the cached archive at ``path`` is kept: ``.{name}.sha256`` beside
     it (a dot file: never listed as an archive, and it does not end in the archive's name);
@@ -493,11 +531,11 @@ def settle(
     size: int,
     checked: Verified | None,
     served: Collection[int],
-) -> list[str]:
+) -> tuple[list[str], list[str]]:
     """After the rename: write the digest and the proof beside ``final`` (when checked),
     make the rename durable and remove the files that need not stay
     (:func:`~tracker.cache.disk.evict`, with the full slots still ``served``); the names
-    evicted."""
+    evicted, and the temp paths they were set aside to (:func:`free_aside` frees them)."""
     directory = os.path.dirname(final)
     sha256 = checked.sha256 if checked is not None else ""
     if checked is not None:
@@ -515,11 +553,12 @@ def settle(
         fsync_dir(directory)  # makes the rename durable; the file is in place either way
     except OSError as exc:
         log_event(log, "warning", "cache_dir_fsync_failed", dir=directory, error=exc)
-    evicted = evict(directory, name, served)
+    aside: list[str] = []
+    evicted = evict(directory, name, served, aside)
     log_event(
         log, "info", "cache_promoted", group=group, file=name, size=size, sha256=sha256 or None
     )
-    return evicted
+    return evicted, aside
 
 
 class Writeback:

@@ -36,6 +36,7 @@ from tracker.cache.disk import (
     Opened,
     OrphanedArchive,
     Writeback,
+    free_aside,
     open_temp,
     rename_into_place,
     settle,
@@ -699,6 +700,7 @@ class Refresh:
         """
         if self._fd is None or self._done:
             raise CacheError("refresh is not open")
+        aside: list[str] = []
         try:
             await self.flush()
             # The file's own sync before the group's lock: a full's last fsync may take
@@ -709,7 +711,7 @@ class Refresh:
             # evict the other's new file (docs/proxy.md, "Proxy mode and the disk cache").
             async with self._registry.changing(self.group):
                 served = self._registry.served(self.group)
-                evicted = await trio.to_thread.run_sync(self._promote, served)
+                evicted, aside = await trio.to_thread.run_sync(self._promote, served)
                 self._registry.promoted(self.group, self.name, self.sha256, evicted, self.proof)
         except OSError as exc:
             raise self.write_failed(exc, "cache commit failed") from exc
@@ -717,6 +719,12 @@ class Refresh:
             # Promoted: only releases the refresh. Failed or cancelled: also removes the
             # temp file.
             self.abort()
+            if aside:
+                # The evicted files' bytes freed once the refresh and the group's lock are
+                # let go: an old full's unlink takes seconds, and neither its readers nor
+                # the group's next refresh wait for it.
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(free_aside, aside)
             self._registry.report_size()
 
     def _sync(self, mtime: float | None) -> None:
@@ -724,8 +732,9 @@ class Refresh:
         assert self._fd is not None
         sync_temp(self._fd, mtime, self._ops)
 
-    def _promote(self, served: Collection[int]) -> list[str]:
-        """Rename into place, write the digest beside it; the names evicted."""
+    def _promote(self, served: Collection[int]) -> tuple[list[str], list[str]]:
+        """Rename into place, write the digest beside it; the names evicted and where they
+        were set aside (:func:`~tracker.cache.disk.settle`)."""
         assert self._fd is not None
         fd, self._fd = self._fd, None
         rename_into_place(fd, self.temp, self.final)
