@@ -1,10 +1,11 @@
 """Cluster discovery, trust and measured ranking (docs/http-api.md#trust), against real loopback
 nodes.
 
-The nodes are real listeners on 127.0.0.1 (distinct ports) and on a few other loopback
-addresses (127.0.0.x) for the egress cases; the private, link-local and metadata addresses
-listed by the fake RPC must never be connected to (``tests/conftest.py`` fails any test that
-connects off the machine; here they are also checked to show ``blocked``).
+The nodes are real listeners, each on a loopback address of its own (127.1.x.y: the trust
+screen counts discovered nodes by their hosts), and on 127.0.0.9 for the egress cases; the
+private, link-local and metadata addresses listed by the fake RPC must never be connected to
+(``tests/conftest.py`` fails any test that connects off the machine; here they are also
+checked to show ``blocked``).
 """
 
 from __future__ import annotations
@@ -79,19 +80,28 @@ class Nodes:
 
     def __init__(self) -> None:
         self.by_address: dict[tuple[str, int], Node] = {}
+        self._hosts = 0
+
+    def next_host(self) -> str:
+        """A loopback address of its own (127.1.x.y): each node a machine of its own, as the
+        trust screen counts discovered nodes by their hosts."""
+        n, self._hosts = self._hosts, self._hosts + 1
+        return f"127.1.{n // 250}.{n % 250 + 1}"
 
     async def serve(
-        self, nursery: trio.Nursery, nodes: list[Node], host: str = "127.0.0.1"
+        self, nursery: trio.Nursery, nodes: list[Node], host: str | None = None
     ) -> list[str]:
-        """Listen for each of ``nodes`` on ``host``; their ``ip:port`` addresses."""
+        """Listen for each of ``nodes`` on ``host`` (None: each on its own loopback
+        address); their ``ip:port`` addresses."""
         addresses = []
         listeners = []
         for node in nodes:
-            [listener] = await trio.open_tcp_listeners(0, host=host)
+            at = host if host is not None else self.next_host()
+            [listener] = await trio.open_tcp_listeners(0, host=at)
             port = listener.socket.getsockname()[1]
-            self.by_address[(host, port)] = node
+            self.by_address[(at, port)] = node
             listeners.append(listener)
-            addresses.append(f"{host}:{port}")
+            addresses.append(f"{at}:{port}")
         nursery.start_soon(trio.serve_listeners, self._handle, listeners)
         return addresses
 

@@ -27,6 +27,10 @@ from tracker.errors import ProbeError
     [
         ("10.0.0.1:8899", "10.0.0.1:8899"),
         ("[2a00:1450:4001::1]:8899", "[2a00:1450:4001::1]:8899"),
+        # an IPv4 address written as IPv4-mapped IPv6: one socket, one target
+        ("[::ffff:203.0.113.6]:8899", "203.0.113.6:8899"),
+        ("[::ffff:cb00:7106]:8899", "203.0.113.6:8899"),
+        ("[2a00:1450:4001:0:0:0:0:1]:8899", "[2a00:1450:4001::1]:8899"),
         # a zone id names an interface of the node's machine: skipped, whatever it holds
         ("[fe80::1%eth0]:8899", None),
         ("[fe80::1%a#b]:8899", None),

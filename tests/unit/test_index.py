@@ -17,7 +17,7 @@ from tracker.core.snapshots import (
     parse_archive_name,
 )
 from tracker.ordering.index import Index, TargetKey
-from tracker.ordering.screens import SourceTrust
+from tracker.ordering.screens import SourceTrust, screen
 from tracker.web.listings import ListingCache
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
@@ -320,6 +320,60 @@ def test_discovered_nodes_alone_need_two_agreeing(
     best = index.best_full("g")
     assert best is not None
     assert best.info.slot == (2**64 - 1 if ranked else 100)
+
+
+@pytest.mark.parametrize(
+    ("bogus", "ranked"),
+    [
+        # one machine under two gossip identities (its RPC spelled two ways, or two
+        # ports): one voice, which alone never wins
+        (["http://203.0.113.6:8899", "http://[::ffff:203.0.113.6]:8899"], False),
+        (["http://203.0.113.6:8899", "http://203.0.113.6:8900"], False),
+        (["http://203.0.113.6:8899", "http://203.0.113.7:8899"], True),  # two machines
+        # three identities of one machine against two honest machines: no majority of
+        # hosts, the honest hash is not beaten at its slot
+        (["http://203.0.113.6:1", "http://203.0.113.6:2", "http://203.0.113.6:3"], False),
+    ],
+)
+def test_discovered_nodes_agree_as_hosts(bogus: list[str], ranked: bool) -> None:
+    """Beside them, discovered nodes on three hosts advertise slot 100."""
+    index = Index()
+    index.set_policy("g", SourceTrust())
+    for url in bogus:
+        index.apply(TargetKey("g", url, discovered=True), infos(BOGUS), T0)
+    for n in range(3):
+        index.apply(TargetKey("g", f"http://198.51.100.{n}:8899", discovered=True), infos(FULL), T0)
+    best = index.best_full("g")
+    assert best is not None
+    assert best.info.slot == (2**64 - 1 if ranked else 100)
+
+
+@pytest.mark.parametrize(
+    ("holders", "winner"),
+    [
+        # a slot's hash by the majority of hosts: one machine's three identities are one
+        ((["10.0.0.1:1", "10.0.0.1:2", "10.0.0.1:3"], ["10.0.0.2:1", "10.0.0.3:1"]), "B"),
+        ((["10.0.0.1:1", "10.0.0.4:1", "10.0.0.5:1"], ["10.0.0.2:1", "10.0.0.3:1"]), "A"),
+        ((["10.0.0.1:1", "10.0.0.1:2"], ["10.0.0.2:1"]), None),  # one host each: a tie
+    ],
+)
+def test_a_slot_s_hash_is_the_majority_of_discovered_hosts(
+    holders: tuple[list[str], list[str]], winner: str | None
+) -> None:
+    a_nodes, b_nodes = holders
+    other = base58.b58encode(bytes([8]) * 32).decode()  # no "H": infos() keeps it
+    advertised = {}
+    for hash_, nodes in (("H", a_nodes), (other, b_nodes)):
+        for node in nodes:
+            key = TargetKey("g", f"http://{node}", discovered=True)
+            advertised[key] = (tuple(infos(f"snapshot-100-{hash_}.tar.zst")), key.target)
+    screened = screen(advertised, SourceTrust(), discovered=set(advertised))
+    lost = {k.target for k in screened.mismatches}
+    held = {"A": {f"http://{n}" for n in a_nodes}, "B": {f"http://{n}" for n in b_nodes}}
+    if winner is None:
+        assert lost == held["A"] | held["B"]
+    else:
+        assert lost == held["B" if winner == "A" else "A"]
 
 
 @pytest.mark.parametrize(

@@ -131,6 +131,8 @@ def rpc_address(value: object) -> str | None:
         return None  # getClusterNodes gives IP addresses; a name is not one
     if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
         return None  # a zone id names an interface of the machine that wrote it, not ours
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # one socket, one spelling (one target)
     if address.version == 6:
         return f"[{address}]:{port}"
     return f"{address}:{port}"

@@ -9,8 +9,10 @@ data, not authority. A (slot, hash) advertised by a *known source* (``trust.know
 is trusted; otherwise it is ranked only once ``min_agreeing_sources`` distinct targets
 advertise it, and at least :data:`~tracker.core.snapshots.MIN_DISCOVERED_AGREEING` when
 only discovered nodes (cluster discovery: addresses from the network) advertise it, so that
-one node alone never wins whatever the config says. When targets advertise different hashes
-for one slot, the trusted hash wins, else the one most targets advertise (ties: none wins),
+one node alone never wins whatever the config says. Discovered nodes count as their hosts
+(one machine with several gossip identities is one voice). When targets advertise different
+hashes for one slot, the trusted hash wins, else the one most targets advertise (ties: none
+wins),
 and every target advertising another hash is marked (``hash mismatch at slot N``). With the
 cluster's current slot known, a snapshot more than ``max_slot_ahead`` slots above it is never
 ranked: a node advertising a bogus slot cannot win.
@@ -39,6 +41,7 @@ from typing import Any, Generic, TypeVar
 
 import attrs
 
+from tracker.core.hosts import voice_of
 from tracker.core.snapshots import (
     MIN_DISCOVERED_AGREEING,
     SnapshotInfo,
@@ -111,7 +114,8 @@ def screen(
                 agreeing[pair].add(key)
                 if known:
                     trusted.add(pair)
-    winners = _winners(holders, trusted)
+    voices = _voices({key: target for key, (_infos, target) in advertised.items()}, discovered)
+    winners = _winners(holders, trusted, voices)
     mismatches: dict[K, str] = {}
     passed: set[_Archive] = set()
     for archive, keys in holders.items():
@@ -123,7 +127,8 @@ def screen(
         if cluster_slot is not None and slot > cluster_slot + policy.max_slot_ahead:
             continue
         pooled = agreeing[(slot, hash_)]
-        if (slot, hash_) in trusted or len(pooled) >= _agreeing(policy, pooled, discovered):
+        needed = _agreeing(policy, pooled, discovered)
+        if (slot, hash_) in trusted or len({voices[key] for key in pooled}) >= needed:
             passed.add(archive)
     # Only the targets holding something that did not pass are filtered: in a healthy
     # cluster that is none of thousands.
@@ -164,6 +169,14 @@ def hashes_disagree(infos: Iterable[Iterable[SnapshotInfo]]) -> bool:
     return False
 
 
+def _voices(targets: Mapping[K, str], discovered: Set[K]) -> dict[K, Hashable]:
+    """Whose word each target's listing is, as agreement and majorities count it: a
+    discovered node's is its host's (:func:`~tracker.core.hosts.voice_of`: one machine with
+    several gossip identities, its RPC port under several spellings or on several ports, is
+    one voice); a configured target's its own, as the operator listed it."""
+    return {key: voice_of(target) if key in discovered else key for key, target in targets.items()}
+
+
 def _agreeing(policy: SourceTrust, holders: set[K], discovered: Set[K]) -> int:
     """How many distinct holders a (slot, hash) that is not trusted needs."""
     if discovered and holders <= discovered:
@@ -171,13 +184,18 @@ def _agreeing(policy: SourceTrust, holders: set[K], discovered: Set[K]) -> int:
     return policy.min_agreeing_sources
 
 
-def _winners(holders: Mapping[_Archive, set[K]], trusted: set[tuple[int, str]]) -> dict[_Slot, str]:
+def _winners(
+    holders: Mapping[_Archive, set[K]],
+    trusted: set[tuple[int, str]],
+    voices: Mapping[K, Hashable],
+) -> dict[_Slot, str]:
     """The hash that wins at each slot of each kind: the trusted (slot, hash), else the
-    strict majority's of that kind."""
+    strict majority's of that kind (its holders' ``voices`` counted)."""
     by_slot: dict[_Slot, list[tuple[str, int, bool]]] = defaultdict(list)
     for archive, keys in holders.items():
         is_full, slot, hash_ = archive
-        by_slot[(is_full, slot)].append((hash_, len(keys), (slot, hash_) in trusted))
+        heard = len({voices[key] for key in keys})
+        by_slot[(is_full, slot)].append((hash_, heard, (slot, hash_) in trusted))
     winners: dict[_Slot, str] = {}
     for where, candidates in by_slot.items():
         known = [h for h, _n, is_trusted in candidates if is_trusted]
