@@ -19,8 +19,12 @@ from tracker.fetch.download import alone
 from tracker.fetch.ledger import retired, stale_downloads, suspects, without
 from tracker.fetch.listing import RemoteFile, RemoteSnapshot
 from tracker.fetch.lock import ledger_lock, lock_path
+from tracker.fetch.settings import FetchSettings
 from tracker.fetch.sourcechecks import Source
 from tracker.fetch.state import Identity, State, restart_reason
+from tracker.fetch.trust import TrustPolicy
+from tracker.fetch.vouching import mixing_problem
+from tracker.proof.accounts.budget import AccountsLimits
 
 DATE = "Tue, 01 Jul 2025 10:00:00 GMT"
 LATER = "Wed, 02 Jul 2025 10:00:00 GMT"
@@ -220,3 +224,30 @@ def test_retired(names: list[str], keep: int, fresh: set[str], gone: list[str]) 
 )
 def test_stale_downloads(names: list[str], planned: set[str], stale: list[str]) -> None:
     assert stale_downloads(names, planned) == sorted(stale)
+
+
+@pytest.mark.parametrize(
+    ("name", "listed", "keys", "verify", "accounts", "one_source"),
+    [
+        # something checks every byte of a copy of several sources: pooled
+        (full_name(100), "ab" * 32, False, True, False, False),  # the tracker's sha256
+        (incremental_name(100, 150), "", True, True, False, False),  # --trust-key
+        (full_name(100), "", False, True, True, False),  # a full's accounts proof
+        (full_name(100), "", False, False, False, False),  # --verify false: nothing checked
+        # nothing does: one source's copy
+        (incremental_name(100, 150), "", False, True, True, True),
+        (full_name(100), "", False, True, False, True),  # --prove-accounts false
+    ],
+)
+def test_what_lets_a_copy_be_made_of_several_sources(
+    name: str, listed: str, keys: bool, verify: bool, accounts: bool, one_source: bool
+) -> None:
+    parsed = parse(name)
+    assert parsed is not None
+    file = RemoteFile(parsed, 10, (f"http://t/{name}",), sha256=frozenset({listed} - {""}))
+    settings = FetchSettings(
+        verify=verify,
+        trust=TrustPolicy(frozenset({"k"}) if keys else frozenset()),
+        prove_accounts=AccountsLimits() if accounts else None,
+    )
+    assert bool(mixing_problem(file, settings)) is one_source

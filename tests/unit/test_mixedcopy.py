@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tracker.cache.mixedcopy import Vouching, covers, plan, trusted_digest
+from tracker.cache.mixedcopy import Vouching, plan, trusted_digest
+from tracker.core.digests import covers
 from tracker.errors import ArchiveInvalid, CacheError
 from tracker.proof.levels import Level, Proof
 

@@ -23,9 +23,10 @@ from collections.abc import Iterable, Set
 
 import attrs
 
+from tracker.core.digests import covers
 from tracker.core.snapshots import is_known, parse_archive_name
 from tracker.errors import ArchiveInvalid, CacheError
-from tracker.proof.levels import Level, Proof
+from tracker.proof.levels import Proof
 
 
 @attrs.frozen
@@ -56,13 +57,6 @@ class Vouching:
                 f"the copy of {name} from several sources is proven to {proof.level.label}"
                 f"{why}; without a trusted digest only accounts vouches for every byte"
             )
-
-
-def covers(name: str, proof: Proof) -> bool:
-    """True when ``proof`` vouches for every byte of the copy of ``name``: a full proven
-    to ``accounts`` or more."""
-    parsed = parse_archive_name(name)
-    return parsed is not None and parsed.is_full and proof.level >= Level.ACCOUNTS
 
 
 def trusted_digest(

@@ -67,6 +67,14 @@ def below_required(
     return shortfall(proof, required, is_full=full, loadable_by=loadable_by)
 
 
+def covers(name: str, proof: Proof) -> bool:
+    """True when ``proof`` vouches for every byte of a copy of ``name`` made of several
+    sources' pieces as much as one source's copy would be: a full proven to ``accounts`` or
+    more (docs/architecture.md, "The release rule")."""
+    parsed = parse_archive_name(name)
+    return parsed is not None and parsed.is_full and proof.level >= Level.ACCOUNTS
+
+
 @attrs.frozen
 class Verified:
     """What the check said of one held copy: its SHA-256 (hex), what it proved, its size

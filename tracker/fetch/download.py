@@ -5,12 +5,14 @@ time (a ``GET`` of byte 0, redirects followed: size, validators, whether ranges 
 those of the archive's size (the listed one, else the one most of them announce), takes the
 first as the reference and pools every other one that has the same bytes in a sample of
 ranges: archives of one slot and hash made by different nodes differ, so bytes of two of
-them are never mixed. ``connections`` workers then claim pieces (:mod:`tracker.multisource.claims`),
-each from a live source of the pool, and ``pwrite`` them into ``{ledger}/.tmp-{name}``; a
-source that fails three times in a row, or is slower than ``min_speed`` while another is
-left, is dropped and its pieces go back to the pool. A state file (:mod:`tracker.fetch.state`)
-is saved every ``state_every`` seconds, after the bytes it claims are synced, so a killed
-fetch resumes. A complete file is synced, checked (:mod:`tracker.proof.archive.archivecheck`, its
+them are never mixed; and only when what checks the copy vouches for every byte of it
+(:func:`~tracker.fetch.vouching.mixing_problem`; otherwise the reference alone).
+``connections`` workers then claim pieces (:mod:`tracker.multisource.claims`), each from a
+live source of the pool, and ``pwrite`` them into ``{ledger}/.tmp-{name}``; a source that
+fails three times in a row, or is slower than ``min_speed`` while another is left, is
+dropped and its pieces go back to the pool. A state file (:mod:`tracker.fetch.state`) is
+saved every ``state_every`` seconds, after the bytes it claims are synced, so a killed fetch
+resumes. A complete file is synced, checked (:mod:`tracker.proof.archive.archivecheck`, its
 SHA-256 against the tracker's and, with ``--trust-key``, against the trusted keys' signed
 statements: :mod:`tracker.fetch.vouching`), renamed into place and given the source's
 ``Last-Modified`` as its mtime. When every source of the pool failed, or its copy failed the
@@ -30,7 +32,7 @@ import attrs
 import httpx
 import trio
 
-from tracker.core.digests import below_required
+from tracker.core.digests import below_required, covers
 from tracker.errors import ArchiveInvalid, CopyRejected, FetchError, SourceFailed, sole_leaf
 from tracker.fetch.listing import RemoteFile
 from tracker.fetch.progress import Progress
@@ -52,7 +54,7 @@ from tracker.fetch.state import (
     state_path,
     temp_path,
 )
-from tracker.fetch.vouching import vouched_for
+from tracker.fetch.vouching import mixing_problem, vouched_for
 from tracker.fetch.workers import FetchCrew, StateSaver, watch_speed, worker
 from tracker.multisource.claims import Pieces
 from tracker.multisource.sources import Source
@@ -123,11 +125,15 @@ async def download(
     reasons: list[str] = []
     tried: set[str] = set()
     rejected = False
+    mixing = mixing_problem(file, settings)
+    if mixing and len(usable) > 1:
+        log_event(log, "info", "fetch_one_source", file=name, reason=mixing)
     for reference in usable:
         if reference.url in tried:
             continue
         _check_space(ledger, reference.identity.size, name, free)
-        pool = [reference, *await same_bytes(client, reference, usable, settings)]
+        others = await same_bytes(client, reference, usable, settings) if not mixing else []
+        pool = [reference, *others]
         tried.update(s.url for s in pool)
         # A copy of several sources that fails its check has a bad source among them, but
         # which one the check cannot tell: each is then tried alone, best first.
@@ -401,10 +407,18 @@ async def _verify(
             # source is at fault, and another's copy would meet the same one
             remove_state(ledger, name)
             raise FetchError(f"{name}: archive not proven here: {below}")
+        mixed = len([s for s in pool if s.sent]) > 1
         if below is not None:
             reason = f"archive failed verification: {below}"
         elif sha256 and digest not in sha256:
             reason = f"sha256 {digest} is not the tracker's {' or '.join(sorted(sha256))}"
+        elif mixed and not (sha256 or crew.settings.trust.active or covers(name, proof)):
+            # pooled for a full's accounts proof, which stopped short: nothing vouches for
+            # every byte of several sources' pieces (each source is tried alone next)
+            reason = (
+                f"the copy of several sources is proven to {proof.level.label}; without the "
+                "tracker's sha256 or --trust-key only accounts vouches for every byte"
+            )
         else:
             size = pool[0].identity.size
             unvouched, keys = await vouched_for(crew.client, file, size, digest, crew.settings)
@@ -414,9 +428,10 @@ async def _verify(
     remove_state(ledger, name)
     urls = ", ".join(s.url for s in pool if s.sent)
     log_event(log, "warning", "fetch_archive_rejected", file=name, sources=urls, reason=reason)
-    if unvouched is not None:
+    if unvouched is not None and len([s for s in pool if s.sent]) <= 1:
         # The statements are the tracker's of this name, not a source's fault: another
-        # source's copy would be downloaded whole only to meet the same ones.
+        # source's copy would be downloaded whole only to meet the same ones. A copy of
+        # several sources' pieces may hold a liar's: each source is tried alone next.
         raise FetchError(f"{name}: {reason}")
     raise CopyRejected(f"{urls or name}: {reason}")
 

@@ -23,6 +23,22 @@ from tracker.net.limits import fetch_capped
 from tracker.observability.redact import redact_userinfo
 
 
+def mixing_problem(file: RemoteFile, settings: FetchSettings) -> str:
+    """Why ``file``'s copy must come from one source, not from the pieces of several (one
+    line); "" when what checks the copy vouches for every byte of it (docs/fetch.md,
+    "How"): the tracker's ``sha256``, the statements of ``--trust-key``, or, for
+    a full, the ``accounts`` proof; or when nothing is checked (``--verify false``: every
+    source's bytes are taken on its word either way). A copy of several sources is a file
+    none of them may hold: a liar's pieces that keep the archive well formed pass every
+    check that does not bind them. Pure."""
+    if not settings.verify or file.sha256 or settings.trust.active:
+        return ""
+    if file.name.is_full and settings.prove_accounts is not None:
+        return ""
+    kind = "an incremental" if not file.name.is_full else "a full not proven to accounts"
+    return f"{kind} without the tracker's sha256 or --trust-key: one source's copy"
+
+
 async def statements_problem(
     client: httpx.AsyncClient, file: RemoteFile, size: int, sha256: str, settings: FetchSettings
 ) -> str | None:

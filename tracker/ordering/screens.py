@@ -12,10 +12,9 @@ only discovered nodes (cluster discovery: addresses from the network) advertise 
 one node alone never wins whatever the config says. Discovered nodes count as their hosts
 (one machine with several gossip identities is one voice). When targets advertise different
 hashes for one slot, the trusted hash wins, else the one most targets advertise (ties: none
-wins),
-and every target advertising another hash is marked (``hash mismatch at slot N``). With the
-cluster's current slot known, a snapshot more than ``max_slot_ahead`` slots above it is never
-ranked: a node advertising a bogus slot cannot win.
+wins), and every target advertising another hash is marked (``hash mismatch at slot N``).
+With the cluster's current slot known, a snapshot more than ``max_slot_ahead`` slots above
+it is never ranked: a node advertising a bogus slot cannot win.
 
 **Refused by a proof** (:class:`Disproven`): the copies a proof showed below their group's
 level.

@@ -1,0 +1,138 @@
+"""``fetch`` mixes several sources' pieces into one copy only when what checks the copy
+vouches for every byte of it (docs/fetch.md, "How"): the tracker's sha256, the
+statements of ``--trust-key``, or a full's ``accounts`` proof. Otherwise the copy is one
+source's file: a lower-ranked liar that answers the identity samples honestly and any other
+range with its own bytes (same size, the archive still well formed) never writes into it.
+Real archives, real upstreams on 127.0.0.1."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+from archives import build_archive
+from helpers_bytes import MiB, sha256
+from helpers_fetch import sidecar_url
+from helpers_statements import signer
+from helpers_upstream import Behaviour, FakeUpstream
+from test_fetch import FAST, ledger_of, options
+from test_fetch_sources import body_bytes, tracker_of
+
+from tracker.fetch.progress import NoProgress
+from tracker.fetch.run import run_fetch
+from tracker.fetch.trust import TrustPolicy
+from tracker.proof.levels import Level
+from tracker.proof.statements import Statement
+
+FULL_NAME, FULL = build_archive(34_000, compression="tar", accounts=16, account_size=256 * 1024)
+INCR_NAME, INCR = build_archive(
+    34_100, base_slot=34_000, compression="tar", accounts=16, account_size=256 * 1024
+)
+
+
+def forged(data: bytes) -> bytes:
+    """``data`` with a byte of every 4 KiB changed inside its account storages: the same
+    size, a tar stream as well formed as the true one."""
+    bad = bytearray(data)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        for member in tar.getmembers():
+            if member.name.startswith("accounts/"):
+                start, end = member.offset_data + 1024, member.offset_data + member.size - 1024
+                for at in range(start, end, 4096):
+                    bad[at] ^= 0x55
+    return bytes(bad)
+
+
+@attrs.define
+class SampleHonestLiar(FakeUpstream):
+    """Answers byte 0 and the identity samples (their length gives them away) with the true
+    bytes (``truth``), every other range with ``forgery``'s."""
+
+    truth: dict[str, bytes] = attrs.Factory(dict)
+    forgery: dict[str, bytes] = attrs.Factory(dict)
+
+    async def _answer(self, conn: Any, stream: Any, req: Any) -> bool:
+        asked = {k.decode().lower(): v.decode() for k, v in req.headers}.get("range", "")
+        first, _dash, last = asked.removeprefix("bytes=").partition("-")
+        honest = not last or int(last) - int(first) + 1 in (1, FAST.sample_size)
+        for name, true in self.truth.items():
+            self.files[name] = true if honest else self.forgery[name]
+        return await super()._answer(conn, stream, req)
+
+
+async def test_a_liar_of_the_samples_never_writes_into_a_copy_nothing_vouches_for(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full not proven to accounts (``--prove-accounts false``) and an incremental (no
+    level binds its storages), no sha256 listed, no ``--trust-key``: each from one source."""
+    true = {FULL_NAME: FULL, INCR_NAME: INCR}
+    forgeries = {name: forged(data) for name, data in true.items()}
+    assert all(len(forgeries[n]) == len(d) and forgeries[n] != d for n, d in true.items())
+    # The honest sidecar is ranked first; slow, so that a pooled liar would carry pieces.
+    slow = {name: Behaviour(rate=4 * MiB) for name in true}
+    honest = FakeUpstream(files=dict(true), behaviour=slow)
+    liar = SampleHonestLiar(files=dict(true), truth=dict(true), forgery=forgeries)
+    ledger = ledger_of(tmp_path)
+    settings = attrs.evolve(FAST, verify=True, piece_size=256 * 1024, prove_accounts=None)
+    caplog.set_level(logging.INFO, logger="tracker.fetch")
+    async with tracker_of([honest, liar]) as tracker:
+        results = await run_fetch(options(ledger, tracker.base, settings=settings), NoProgress())
+    assert sorted(Path(r.path).name for r in results) == sorted(true)
+    for result in results:
+        name = Path(result.path).name
+        assert (ledger / name).read_bytes() == true[name]
+        assert [s.url for s in result.sources if s.sent] == [sidecar_url(honest, name)]
+        assert body_bytes(liar, name) <= 1  # asked its first byte, never a piece
+    assert [r.getMessage() for r in caplog.records].count("fetch_one_source") == 2
+
+
+async def test_statements_refusing_a_copy_of_several_sources_leave_each_to_be_tried_alone(
+    tmp_path: Path,
+) -> None:
+    """With ``--trust-key`` the liar is pooled (the statements name the copy's SHA-256)
+    and its pieces make a copy they refuse: that ended the fetch, though the honest
+    source's own copy is vouched for. Each source is tried alone next, as after any copy
+    of several sources that failed."""
+    true = {FULL_NAME: FULL}
+    honest = FakeUpstream(files=dict(true), behaviour={FULL_NAME: Behaviour(rate=4 * MiB)})
+    liar = SampleHonestLiar(files=dict(true), truth=dict(true), forgery={FULL_NAME: forged(FULL)})
+    key = signer(1)
+    now = int(time.time())
+    said = Statement(
+        name=FULL_NAME,
+        size=len(FULL),
+        sha256=sha256(FULL),
+        slot=34_000,
+        base_slot=None,
+        snapshot_hash=FULL_NAME.split("-")[2].removesuffix(".tar"),
+        bank_hash=None,
+        level=Level.MANIFEST,
+        voted_stake=None,
+        checked_at=now - 10,
+        expires=now + 3600,
+    )
+    document = json.loads(key.sign(said).encode())
+    ledger = ledger_of(tmp_path)
+    settings = attrs.evolve(
+        FAST,
+        verify=True,
+        piece_size=256 * 1024,
+        prove_accounts=None,
+        trust=TrustPolicy(frozenset({key.public_key})),
+    )
+    async with tracker_of([honest, liar]) as tracker:
+        for entry in tracker.entries:
+            for file in entry["files"]:
+                file["attestations"] = [document]
+        opts = options(ledger, tracker.base, incremental=False, settings=settings)
+        [result] = await run_fetch(opts, NoProgress())
+    assert body_bytes(liar, FULL_NAME) > FAST.sample_size  # pooled: it carried pieces
+    assert (ledger / FULL_NAME).read_bytes() == FULL
+    assert result.vouched_by == (key.public_key,)
