@@ -678,6 +678,33 @@ async def test_an_undecided_repair_holds_back_only_the_liar(tmp_path: Path) -> N
             logging.getLogger("tracker.proxy").removeHandler(handler)
 
 
+async def test_a_liar_gone_mute_beside_one_honest_source_is_held_back_alone(
+    tmp_path: Path,
+) -> None:
+    """One honest source and a liar that will not answer once the comparison begins: the
+    liar's pieces differ from the honest source's, the honest source's stay undecided (the
+    liar compares nothing). Both were held back, the archive kept from the fleet. The check
+    of the whole copy judges between the two: repaired from the honest source and cached,
+    the liar alone held back."""
+    async with sources(1) as honest, serving(WrongThenMute(files={NAME: DATA})) as liar:
+        liar.behaviour[NAME] = Behaviour(rate=RATE)
+        handler = MuteWhenComparing(liar)
+        logging.getLogger("tracker.proxy").addHandler(handler)
+        try:
+            async with tracker(tmp_path, [*honest, liar]) as t:
+                await get(t.url(NAME))
+                clock = t.index.clock
+                rejected = t.streamer.rejections
+                key = TargetKey(GROUP, liar.base)
+                await wait_for(lambda: rejected.rejected(key, NAME, clock()), timeout=30)
+                assert liar.mute
+                assert list(rejected.errors(clock())) == [key]
+                again = await get(t.url(NAME))
+                assert again[:3] == (200, sha256(DATA), SIZE)
+        finally:
+            logging.getLogger("tracker.proxy").removeHandler(handler)
+
+
 async def test_two_ports_of_one_host_are_one_voice(tmp_path: Path) -> None:
     """An honest source on one host and two on another (a sidecar and its validator's RPC
     on one machine) whose every byte is the same wrong one: counted per source, the two

@@ -590,7 +590,10 @@ class Repair:
             found = await find_liars(
                 sources, outcome.written, fd, ask, self.peers.read_timeout, judge_later=two
             )
-            if two and found.differing and not found.undecided:
+            # Undecided ranges too: one side would not compare the other's (a liar gone
+            # mute), and the check of the whole copy, which vouches for every byte, judges
+            # between the two sides' bytes where they differ.
+            if two and found.differing:
                 judged = await self._judge_two(sources, live, voice, found.differing, fd, ask)
                 if judged is not None:
                     found.liars = judged
