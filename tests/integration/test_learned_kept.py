@@ -80,6 +80,28 @@ async def test_a_corrupt_state_file_costs_the_file_not_the_start(
     assert b'"version":1' in (tmp_path / "cache" / FILE_NAME).read_bytes()
 
 
+async def test_a_state_document_is_decoded_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another replica's document is network input of up to 4 MiB, up to 64 of them at
+    each sync: each decoded on the event loop held it for a quarter of a second."""
+    config = make_config(tmp_path / "cache")
+    async with serving(FakeUpstream(files={NAME: DATA})) as up:
+        async with learning(config, up) as first:
+            _learn(first, TargetKey(GROUP, up.base))
+        threads: list[threading.Thread] = []
+        decode = tracker.learning.sync.decode
+
+        def recorded(data: bytes) -> object:
+            threads.append(threading.current_thread())
+            return decode(data)
+
+        monkeypatch.setattr(tracker.learning.sync, "decode", recorded)
+        async with learning(config, up):
+            pass
+    assert threads and threading.main_thread() not in threads
+
+
 def _replicas(weed: Weed, tmp_path: Path) -> list[Config]:
     """Two replicas' configs: a cache each, one bucket prefix for both."""
     prefix = f"t-{secrets.token_hex(4)}/"
