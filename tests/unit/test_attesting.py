@@ -214,7 +214,7 @@ def test_held_copies_are_signed_once_and_again_at_half_their_life() -> None:
     digests.drop("cache", "g", FULL)  # gone: its statement too
     attestations.sync(2_302.0)
     assert attestations.documents("g", FULL) == []
-    assert attestations.documents_json("g", FULL) == []
+    assert attestations.documents_json("g", FULL, SHA) == []
 
 
 def test_another_key_signs_again_and_no_key_signs_nothing() -> None:
@@ -265,7 +265,7 @@ def test_a_tracker_without_a_key_serves_the_bucket_s_statements_until_they_expir
     digests.hold("bucket", "g", FULL, Verified(SHA, PROOF, 3695, None, peer))
     attestations = Attestations(digests)
     attestations.sync(2_000.0)
-    assert attestations.documents_json("g", FULL) == [peer.to_json()]
+    assert attestations.documents_json("g", FULL, SHA) == [peer.to_json()]
     attestations.sync(2_600.0)
     assert attestations.documents("g", FULL) == []
 
@@ -334,3 +334,21 @@ def test_a_statement_whose_proof_kind_does_not_fit_is_refused(
     else:
         with pytest.raises(StatementInvalid, match=reason):
             parse_document(raw)
+
+
+def test_a_listing_carries_the_statements_of_the_listed_copy_only() -> None:
+    """The cache's copy and another replica's bucket copy of the name, other bytes: the
+    listing of the cache's copy never carries the statement of the bucket's bytes (a client
+    weighing statements against its copy would count one of other bytes)."""
+    other = "cd" * 32
+    digests = Digests()
+    peer = parse_document(signer(2).sign(attrs.evolve(said(), sha256=other)).encode())
+    digests.hold("bucket", "g", FULL, Verified(other, PROOF, 3695, None, peer))
+    digests.hold("cache", "g", FULL, Verified(SHA, PROOF, 3695, 1_000.0))
+    attestations = Attestations(digests)
+    attestations.configure(signer(1), VALID)
+    attestations.sync(2_000.0)
+    assert len(attestations.documents("g", FULL)) == 2
+    [own] = attestations.documents_json("g", FULL, SHA)
+    assert own["signer"] == signer(1).public_key
+    assert attestations.documents_json("g", FULL, other) == [peer.to_json()]

@@ -32,7 +32,7 @@ class HeldProofs:
     """What the tracker holds of a file of a group: its verified copy, the statements of it."""
 
     verified: Callable[[str, SnapshotFile], Verified | None]
-    attested: Callable[[str, str], list[dict[str, str]]]
+    attested: Callable[[str, str, str], list[dict[str, str]]]
 
 
 def held_copy(digests: Digests, group: str, f: SnapshotFile) -> Verified | None:
@@ -171,7 +171,7 @@ def source_json(
         if held is not None and copy is not None:
             wire["sha256"] = copy.sha256
             wire["proof"] = copy.proof.to_json()
-            wire["attestations"] = held.attested(group, f.bare_name)
+            wire["attestations"] = held.attested(group, f.bare_name, copy.sha256)
     out["target"] = base if base is not None else redact_text(source.key.target)
     out["group"] = group
     out["updated_at"] = wire_time(source.updated_at)

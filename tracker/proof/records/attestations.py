@@ -162,9 +162,11 @@ class Attestations:
                 found.append(attestation)
         return found
 
-    def documents_json(self, group: str, name: str) -> list[dict[str, str]]:
-        """:meth:`documents` as the JSON listings carry them (``attestations``)."""
-        return [a.to_json() for a in self.documents(group, name)]
+    def documents_json(self, group: str, name: str, sha256: str) -> list[dict[str, str]]:
+        """:meth:`documents` of the copy of digest ``sha256`` (the one listed: never a
+        statement of other bytes of the name), as the JSON listings carry them
+        (``attestations``)."""
+        return [a.to_json() for a in self.documents(group, name) if a.statement.sha256 == sha256]
 
     def _keep(self, own: dict[tuple[str, str, str], Attestation]) -> None:
         self._own = own
