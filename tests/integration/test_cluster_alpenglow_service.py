@@ -134,3 +134,35 @@ async def test_a_restart_keeps_the_epochs_stakes_beside_a_cached_copy(tmp_path: 
         hit = await raw_request(f.public, f"/v1/{GROUP}/{name}")
         assert hit.status == 200 and hit.body == data
         assert f.bad.gets(name) == []  # the kept copy, not read again
+
+
+@pytest.mark.parametrize("require", ["cluster", "accounts"])
+async def test_a_certificate_short_of_its_stake_is_read_again(tmp_path: Path, require: str) -> None:
+    """A copy cached at ``accounts``, then a relay serving a certificate short of its stake
+    (75%), then the one that holds: a short certificate was taken as a final tally (the
+    copy removed under ``require: cluster``, its 75% written beside it and never asked
+    again under ``accounts``). It is read again after the wait, and lifts the copy."""
+    name, data, bank = an_archive(tmp_path, 3490, 39, STAKES)
+    async with fleet(tmp_path, name, data, data) as f:  # no rpc: cached at accounts
+        await wait_until(lambda: _listed(f))
+        assert (await raw_request(f.public, f"/v1/{GROUP}/{name}")).body == data
+        await wait_for((f.cache / GROUP / f".{name}.sha256").exists)
+    node = alpenglow_rpc(ORDER, genesis_slot=3000, epoch=EPOCH)
+    node.documents[3490] = document(3490, bank, fast_certificate(3490, ORDER[:3], ORDER))
+    async with cluster(
+        tmp_path, name, data, node, certificates=True, trust={"require": require}
+    ) as f:
+
+        async def asked() -> bool:
+            return ("certificate", 3490) in node.calls
+
+        await wait_until(asked, timeout=30)
+        node.documents[3490] = document(3490, bank, fast_certificate(3490, ORDER[:4], ORDER))
+
+        async def lifted() -> bool:
+            return (await proof_of(f.public, name) or {}).get("level") == "cluster"
+
+        await wait_until(lifted, timeout=30)
+        hit = await raw_request(f.public, f"/v1/{GROUP}/{name}")
+        assert hit.status == 200 and hit.body == data
+        assert f.bad.gets(name) == []  # the kept copy, never removed

@@ -495,7 +495,7 @@ class CheckedFiles:
         if checked is None or checked.proof != was:
             return True
         below = self._below(proof, self.required(group), group, name)
-        if below is not None and proof.voted_stake is not None:  # the votes say no
+        if below is not None and proof.tallied:  # the votes say no, for good
             return not await self.remove(group, name, path, checked.ino, below)
         if checked.proof == proof:
             return True

@@ -88,17 +88,18 @@ class Proof:
     proven: 12000000 accounts over the bound of 10000000"), None otherwise; ``block_id`` the
     manifest's block id (base58, SIMD-0333; None when it has none); ``cluster_proof`` what
     lifted it to ``cluster``: ``votes`` (TowerBFT) or ``certificate`` (an Alpenglow finality
-    certificate), None below it; ``unloadable`` why agave refuses to load the archive though
-    it is proven (several account storages for one slot, as Firedancer writes them; an
-    invalid vote account in its stakes), None when nothing in it says so; ``local_cause``
-    True when what ``note`` says stopped the proof is this tracker's own shortage (its
-    temporary space, its hashing process, its memory), not the archive nor its source: the
-    copy is not booked against its source (never written to a proof file: a copy read again
-    may be proven); ``epoch_stakes`` the rank map's candidates of the manifest's own epoch
-    (the compact form of :class:`tracker.proof.formats.alpenglow.EpochVoters`: what a
-    finality certificate of its slot is weighed by), None when the manifest holds none;
-    never in the JSON (a cached copy keeps it in a file of its own).
-    """
+    certificate), None below it but for a certificate short of its stake (``certificate``,
+    with the stake behind it: read again, :attr:`tallied`); ``unloadable`` why agave refuses
+    to load the archive though it is proven (several account storages for one slot, as
+    Firedancer writes them; an invalid vote account in its stakes), None when nothing in it
+    says so; ``local_cause`` True when what ``note`` says stopped the proof is this
+    tracker's own shortage (its temporary space, its hashing process, its memory), not the
+    archive nor its source: the copy is not booked against its source (never written to a
+    proof file: a copy read again may be proven); ``epoch_stakes`` the rank map's candidates
+    of the manifest's own epoch (the compact form of
+    :class:`tracker.proof.formats.alpenglow.EpochVoters`: what a finality certificate of its
+    slot is weighed by), None when the manifest holds none; never in the JSON (a cached copy
+    keeps it in a file of its own)."""
 
     level: Level
     snapshot_hash: str | None = None
@@ -114,6 +115,16 @@ class Proof:
     def meets(self, required: Level, *, is_full: bool) -> bool:
         """True when this proof reaches ``required`` (see :func:`required_for`)."""
         return self.level >= required_for(required, is_full=is_full)
+
+    @property
+    def tallied(self) -> bool:
+        """True when the cluster's answer for this copy is final: ``cluster``, or a tally of
+        the votes below it (a minority stays one). A finality certificate short of its stake
+        (``cluster_proof`` ``certificate`` below ``cluster``) is not: one that holds may
+        follow, and it is read again after the wait (docs/http-api.md, "The cluster level")."""
+        if self.voted_stake is None:
+            return False
+        return self.level == Level.CLUSTER or self.cluster_proof != "certificate"
 
     @classmethod
     def from_json(cls, body: object) -> Proof | None:

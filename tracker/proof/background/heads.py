@@ -317,7 +317,7 @@ class HeadProofs(Rounds):
         reason = shortfall(proof, required, is_full=full, loadable_by=loadable_by)
         if reason is not None:
             self._index.disprove(read.key, read.file.bare_name, reason)
-            if proof.level >= Level.MANIFEST and proof.voted_stake is None and not unloadable:
+            if proof.level >= Level.MANIFEST and not proof.tallied and not unloadable:
                 self._await_votes(read, proof)  # no tally yet: ask again
                 return 0
             self._keep(self._refused, read.copy, reason)

@@ -574,8 +574,10 @@ def judged(proof: Proof, tallies: tuple[Tally, ...], urls: tuple[str, ...]) -> P
 def judged_finality(proof: Proof, finals: tuple[Finality, ...], urls: tuple[str, ...]) -> Proof:
     """``proof`` lifted to ``cluster`` when the certificate reaches its thresholds in every
     RPC's rank map, else kept at its level with the reason; ``voted_stake`` is the least
-    stake behind it any RPC saw. Pure."""
-    return _judged(proof, finals, urls, "certificate")
+    stake behind it any RPC saw, and ``cluster_proof`` says it is a certificate's: one short
+    of its stake is no final tally (:attr:`~tracker.proof.levels.Proof.tallied`), a better
+    one may follow. Pure."""
+    return attrs.evolve(_judged(proof, finals, urls, "certificate"), cluster_proof="certificate")
 
 
 def _judged(

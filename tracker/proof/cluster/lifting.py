@@ -71,9 +71,9 @@ KEEP_EVERY = 1.0
 def liftable(proof: Proof, name: str) -> bool:
     """True when the votes may lift ``proof`` of the archive ``name`` and were not counted
     yet: it reaches what a check shows of ``cluster`` (``accounts``; ``manifest`` for an
-    incremental), has a bank hash, and no tally. Pure."""
+    incremental), has a bank hash, and no final tally (:attr:`Proof.tallied`). Pure."""
     parsed = parse_archive_name(name)
-    if parsed is None or proof.bank_hash is None or proof.voted_stake is not None:
+    if parsed is None or proof.bank_hash is None or proof.tallied:
         return False
     needed = required_for(checked_for(Level.CLUSTER), is_full=parsed.is_full)
     return needed <= proof.level < Level.CLUSTER
@@ -134,7 +134,7 @@ async def lift_held(
         # each copy's votes are its group's own cluster's (its rpc, else the top-level one)
         voter = voters.of(group) if voters is not None else None
         asks = voter is not None and bool(voter.rpcs())
-        if proof.voted_stake is None and not (asks and liftable(proof, name)):
+        if not proof.tallied and not (asks and liftable(proof, name)):
             continue
         now = await lifted(voter, name, proof)
         try:
