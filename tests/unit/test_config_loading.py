@@ -185,9 +185,20 @@ def test_a_file_that_is_no_text_is_one_line_naming_where(
 @pytest.mark.parametrize(
     ("text", "reason"),
     [
-        ("scrape_interval: 2024-02-30\n", "invalid YAML value: day is out of range for month"),
-        ("max_connections: !!int abc\n", "invalid YAML value: invalid literal for int()"),
-        ("max_connections: !!float x\n", "invalid YAML value: could not convert"),
+        # each at its line (it named neither line nor key), never with the value: an
+        # unquoted password that reads as a date is a secret
+        (
+            "scrape_interval: 2024-02-30\n",
+            "line 1, column 18: not a valid timestamp (quote it for text): day is out of range",
+        ),
+        (
+            "target_groups:\n  - group: g\n    basic_auth: {username: u, password: 2024-02-30}\n",
+            "line 3, column 41: not a valid timestamp (quote it for text): day is out of range",
+        ),
+        ("max_connections: !!int abc\n", "line 1, column 18: not a valid int"),
+        ("max_connections: !!float x\n", "line 1, column 18: not a valid float"),
+        # a number Python would refuse in words about its own settings
+        (f"max_connections: {'9' * 5000}\n", "line 1, column 18: a number of 5000 characters"),
     ],
 )
 def test_a_value_yaml_cannot_build_is_a_problem_not_a_traceback(
@@ -196,7 +207,22 @@ def test_a_value_yaml_cannot_build_is_a_problem_not_a_traceback(
     # PyYAML's constructors raise ValueError for these (a traceback, exit 1; a SIGHUP with
     # such a file ended the daemon)
     found = problems(tmp_path, text)
-    assert len(found) == 1 and reason in found[0]
+    assert len(found) == 1 and reason in found[0], found
+    assert "2024-02-30" not in found[0] and "set_int_max_str_digits" not in found[0]
+
+
+def test_a_key_that_is_no_plain_value_is_a_problem_not_a_traceback(tmp_path: Path) -> None:
+    """A key made of a chain of aliases, each 30 lists deep (within the nesting bound as
+    written): built recursively, it ended in a RecursionError traceback, exit 1, and a
+    reload with it logged a traceback."""
+    lines, last = [], None
+    for n in range(9):
+        inner = f"*a{last}" if last is not None else "x"
+        lines.append(f"a{n}: &a{n} " + "[" * 30 + inner + "]" * 30)
+        last = n
+    found = problems(tmp_path, "\n".join([*lines, "? *a8", ": 1"]) + "\n")
+    assert len(found) == 1
+    assert "a key must be a plain value, not a list or a mapping" in found[0]
 
 
 def test_duplicate_key_is_an_error(tmp_path: Path) -> None:

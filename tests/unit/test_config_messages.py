@@ -109,6 +109,14 @@ def test_unusable_directories_say_why(tmp_path: Path) -> None:
     assert unusable_directory(str(tmp_path / "file" / "a" / "b")) == (
         f"under a file that is not a directory: '{tmp_path}/file'"
     )
+    # a path that can never be created: it was taken for a missing directory (check-config
+    # said OK, serve ran uncached)
+    long = tmp_path / ("a" * 300) / "cache"
+    assert unusable_directory(str(long)) == f"cannot be used: '{long}': File name too long"
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    assert unusable_directory(str(tmp_path / "loop" / "cache")) == (
+        f"cannot be used: '{tmp_path}/loop/cache': Too many levels of symbolic links"
+    )
 
 
 def test_a_cache_dir_without_downloads_is_said_to_be_used_still(tmp_path: Path) -> None:

@@ -28,6 +28,9 @@ MAX_ALIASES = 100
 #: their error lines, so a file of thousands of ``[`` would end in a RecursionError, not a
 #: line naming the problem.
 MAX_DEPTH = 32
+#: The most characters of an integer: a config's largest is a size in bytes; past a few
+#: thousand digits Python refuses to convert one, in words about its own settings.
+MAX_NUMBER = 64
 
 
 def read_yaml(path: str) -> object:
@@ -58,8 +61,9 @@ def read_yaml(path: str) -> object:
     except yaml.YAMLError as exc:
         raise ConfigError([one_line(f"{path}: invalid YAML: {exc}")]) from None
     except (ValueError, TypeError, OverflowError) as exc:
-        # PyYAML's constructors raise these for a scalar its tag cannot be
-        # (``2024-02-30``, ``!!int abc``): a bad value of the file, as any other
+        # PyYAML's constructors raise these for a scalar its tag cannot be: each is given
+        # its line where the loader builds it (_UniqueKeyLoader.construct_object); one
+        # raised elsewhere is still a bad value of the file, as any other
         raise ConfigError([one_line(f"{path}: invalid YAML value: {exc}")]) from None
 
 
@@ -95,11 +99,34 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        """The value of ``node``; a scalar its tag cannot be (``2024-02-30``, ``!!int abc``,
+        a number of thousands of digits) is an error at its line, as a syntax error is."""
+        integer = isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:int"
+        if integer and len(node.value) > MAX_NUMBER:
+            reason = f"a number of {len(node.value)} characters (at most {MAX_NUMBER})"
+            raise yaml.constructor.ConstructorError(None, None, reason, node.start_mark)
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, OverflowError) as exc:
+            kind = node.tag.rsplit(":", 1)[-1]  # (never the value: it may be a secret)
+            reason = f"not a valid {kind} (quote it for text): {exc}"
+            raise yaml.constructor.ConstructorError(
+                None, None, one_line(reason), node.start_mark
+            ) from None
+
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[object] = set()
         for key_node, _value in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
                 continue
+            if not isinstance(key_node, yaml.ScalarNode):  # no key of a config is a list
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping",
+                    node.start_mark,
+                    "a key must be a plain value, not a list or a mapping",
+                    key_node.start_mark,
+                )
             key = self.construct_object(key_node, deep=True)
             if isinstance(key, str | int | float | bool) and key in seen:
                 raise yaml.constructor.ConstructorError(

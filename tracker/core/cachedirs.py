@@ -46,8 +46,15 @@ def unusable_directory(path: str) -> str:
     (EROFS) to root as well, and creates nothing.
     """
     existing = path
-    while not os.path.lexists(existing):
-        existing = os.path.dirname(existing)
+    while True:
+        try:
+            os.lstat(existing)
+            break
+        except (FileNotFoundError, NotADirectoryError):
+            # missing, or under a file: its nearest existing ancestor says
+            existing = os.path.dirname(existing)
+        except OSError as exc:  # a name too long, a loop of links: it can never be created
+            return f"cannot be used: {existing!r}: {exc.strerror}"
     if not os.path.isdir(existing):
         what = "not a directory" if existing == path else "under a file that is not a directory"
         return f"{what}: {existing!r}"
