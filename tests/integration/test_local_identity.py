@@ -130,7 +130,7 @@ async def test_a_download_of_a_file_overwritten_in_place_breaks_before_its_end(
     assert len(body) < size  # cut short: never a complete 200
 
 
-@pytest.mark.parametrize("what", ["overwritten", "mtime set back"])
+@pytest.mark.parametrize("what", ["overwritten", "mtime set back", "mtime set back, linked"])
 async def test_the_read_path_refuses_the_last_chunk_of_a_changed_file(
     tmp_path: Path, what: str
 ) -> None:
@@ -149,6 +149,10 @@ async def test_the_read_path_refuses_the_last_chunk_of_a_changed_file(
                         overwrite_in_place(path, os.urandom(6 * 1024 * 1024))
                     else:
                         change_in_place_keeping_mtime(path, 5 * 1024 * 1024)
+                    if what.endswith("linked"):
+                        # a link added moves the link count as an unlink does: it passed
+                        # for one, and the changed bytes went as a complete 200
+                        os.link(path, tmp_path / "another-name")
                 got += len(chunk)
 
     with pytest.raises(TrackerError, match="changed while being sent"):
@@ -156,7 +160,10 @@ async def test_the_read_path_refuses_the_last_chunk_of_a_changed_file(
     assert got < 6 * 1024 * 1024
 
 
-async def test_the_read_path_sends_a_file_that_was_unlinked_meanwhile(tmp_path: Path) -> None:
+@pytest.mark.parametrize("what", ["unlinked", "renamed over"])
+async def test_the_read_path_sends_a_file_that_was_unlinked_meanwhile(
+    tmp_path: Path, what: str
+) -> None:
     """Its bytes stay what they were (an old archive deleted, or one renamed over it)."""
     path = tmp_path / "file"
     data = os.urandom(3 * 1024 * 1024)
@@ -166,7 +173,10 @@ async def test_the_read_path_sends_a_file_that_was_unlinked_meanwhile(tmp_path: 
     got = b""
     async with answer.body as chunks:
         async for chunk in chunks:
-            if not got:
+            if not got and what == "unlinked":
                 path.unlink()
+            elif not got:
+                (tmp_path / "new").write_bytes(os.urandom(len(data)))
+                os.replace(tmp_path / "new", path)
             got += chunk
     assert got == data

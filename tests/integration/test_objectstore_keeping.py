@@ -425,7 +425,8 @@ async def test_a_takeover_whose_uploads_cannot_be_aborted_gives_the_lock_back(
         await trio.sleep_forever()
         raise AssertionError("unreachable")
 
-    monkeypatch.setattr(tier.bucket, "list_uploads", list_uploads)
+    # the abort is on the request path: the bucket of request_timeout's calls
+    monkeypatch.setattr(tier.quick, "list_uploads", list_uploads)
     async with trio.open_nursery() as nursery:
         claimed: list[object] = []
 
@@ -433,7 +434,8 @@ async def test_a_takeover_whose_uploads_cannot_be_aborted_gives_the_lock_back(
             claimed.append(await tier.claim(GROUP, FULL))
 
         nursery.start_soon(claim)
-        await asked.wait()
+        with trio.fail_after(30):
+            await asked.wait()
         if ends == "the client leaves":
             nursery.cancel_scope.cancel()
     assert claimed == ([None] if ends == "the store fails" else [])

@@ -93,6 +93,36 @@ async def test_a_refused_reload_is_logged_for_post_reload_too(tmp_path: Path) ->
         assert await serve.stop() == 0
 
 
+async def test_a_page_in_a_browser_cannot_reload_the_daemon(tmp_path: Path) -> None:
+    """A form posted across sites (no preflight for a POST), or a page under a name of its
+    own resolving to the listener (DNS rebinding), reloaded the daemon: each reload starts a
+    scrape round, so a page looping POSTs had every source probed again and again."""
+    path = write(tmp_path)
+    serve = await start_serve("--config", str(path))
+    try:
+        port = serve.internal.rsplit(":", 1)[1]
+        form = {"content-type": "application/x-www-form-urlencoded"}
+        async with httpx.AsyncClient(verify=client_tls(), trust_env=False, timeout=10) as client:
+            url = f"{serve.internal}/reload"
+            for headers in (
+                {**form, "origin": "http://evil.example"},
+                {**form, "sec-fetch-site": "cross-site"},
+                {**form, "host": f"rebind.evil.example:{port}"},
+                {"origin": "null"},
+            ):
+                refused = await client.post(url, headers=headers)
+                assert refused.status_code == 403, headers
+                assert refused.text.startswith("reload refused: ") and refused.text.count("\n") == 1
+            own = {"origin": f"http://127.0.0.1:{port}", "sec-fetch-site": "same-origin"}
+            assert (await client.post(url, headers=own)).status_code == 200
+            assert (await client.post(url)).status_code == 200  # curl, a script
+            local = await client.post(url, headers={"host": f"localhost:{port}"})
+            assert local.status_code == 200
+    finally:
+        assert await serve.stop() == 0
+    assert serve.log.count("config_reloaded") == 3
+
+
 async def test_a_reload_whose_setting_in_force_no_start_would_take_is_refused(
     tmp_path: Path,
 ) -> None:

@@ -224,12 +224,24 @@ class ObjectTier:
                 self._clock_off(ahead)
                 return None
             self._clock_said = False
+            marking = trio.current_time()
             await self.quick.put(self.mark_key(group, name), b"")
             # after the mark, never before: retention marks an archive retiring, then reads
             # the marks again (tracker.objectstore.retainer)
             if await self.quick.head(keys.retiring_key(self.store.prefix, group, name)):
                 return None
-            url = self.bucket.presign_get(key, life, file_name=name)
+            # and the object again: a retention that ran from start to end between the
+            # first look and the mark deleted it, its retiring mark with it
+            if await self.quick.head(key) is None:
+                self.known.remember(key, None)
+                return None
+            # Signed now, not at the mark: the seconds since it was sent come off the URL's
+            # life, which must end before the mark's date + direct_serve_ttl (a store
+            # answering slowly, within request_timeout, made it outlive retention's hold).
+            life -= trio.current_time() - marking
+            if life < 1:
+                return None
+            url = self.bucket.presign_get(key, int(life), file_name=name)
         except StoreError as exc:
             self._failed("handout", exc)
             return None
@@ -262,27 +274,30 @@ class ObjectTier:
         except StoreError as exc:
             self._failed("lock", exc)
             return None
-        if isinstance(got, Lock):
-            got.bucket = self.bucket  # renewals run beside the refresh, not on a request
-        if isinstance(got, Lock) and not got.took_over:
-            stored = await self._landed(group, name)
-            if stored is not None:
-                await _let_go(got)
-                return stored
-        if isinstance(got, Lock) and got.took_over:
-            self.events.takeover()
-            log_event(log, "warning", "object_lock_taken_over", group=group, file=name)
-            try:
-                await abort_uploads(self.bucket, self.store, self.object_key(group, name))
-            except BaseException as exc:
-                # Not aborted (the store failed, or the client left): no upload may start
-                # beside the dead holder's, and the lock, ours now, must not send the other
-                # replicas to this one for lock_ttl while it refreshes nothing.
-                await _let_go(got)
-                if isinstance(exc, StoreError):
-                    self._failed("lock", exc)
-                    return None
-                raise
+        if not isinstance(got, Lock):
+            return got
+        got.bucket = self.bucket  # renewals run beside the refresh, not on a request
+        try:
+            if not got.took_over:
+                stored = await self._landed(group, name)
+            else:
+                self.events.takeover()
+                log_event(log, "warning", "object_lock_taken_over", group=group, file=name)
+                # on the request path: each call within request_timeout (a client waits)
+                await abort_uploads(self.quick, self.store, self.object_key(group, name))
+                stored = None
+        except BaseException as exc:
+            # Not aborted (the store failed or was slow), or the request left while the lock
+            # was ours: no upload may start beside the dead holder's, and a lock kept sends
+            # the other replicas to this one for lock_ttl while it refreshes nothing.
+            await _let_go(got)
+            if isinstance(exc, StoreError):
+                self._failed("lock", exc)
+                return None
+            raise
+        if stored is not None:  # landed as the lock came free: no refresh pulls it again
+            await _let_go(got)
+            return stored
         return got
 
     async def _landed(self, group: str, name: str) -> ObjectInfo | None:

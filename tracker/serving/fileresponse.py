@@ -98,25 +98,38 @@ class ChunkBudget:
         return max(self.smallest, min(self.largest, share))
 
 
-def unchanged(fd: int, opened: os.stat_result, position: int) -> None:
-    """TrackerError when the open file ``fd`` is no longer as it was when opened
-    (``opened``), so bytes sent of it may mix two contents (a file overwritten in place while
-    it was sent): its size or mtime moved, or its ctime with its link count the same (a
-    write whose mtime was set back: no one can set the ctime back; a file unlinked or
-    replaced by a rename over its name moves its ctime too, but its link count with it, and
-    its bytes stay what they were). Asked once the last bytes are read and before they go,
-    so the client never gets the end of a body that changed under it."""
+def unchanged(fd: int, opened: os.stat_result, position: int, path: str) -> None:
+    """TrackerError when the open file ``fd`` (opened at ``path``) is no longer as it was
+    when opened (``opened``), so bytes sent of it may mix two contents (a file overwritten in
+    place while it was sent): its size or mtime moved, or its ctime (a write whose mtime was
+    set back: no one can set the ctime back) while ``path`` still names it. A file unlinked
+    or replaced by a rename over its name moves its ctime too, and its bytes stay what they
+    were: its link count moved and its name names another file or none. (The link count
+    alone said so: a link added beside a write in place passed for an unlink.) Asked once the
+    last bytes are read and before they go, so the client never gets the end of a body that
+    changed under it."""
     now = os.fstat(fd)
     if (now.st_size, now.st_mtime_ns) != (opened.st_size, opened.st_mtime_ns) or (
-        now.st_ctime_ns != opened.st_ctime_ns and now.st_nlink == opened.st_nlink
+        now.st_ctime_ns != opened.st_ctime_ns
+        and (now.st_nlink == opened.st_nlink or _named(path, now))
     ):
         raise TrackerError(f"file changed while being sent (at byte {position})")
+
+
+def _named(path: str, st: os.stat_result) -> bool:
+    """True when ``path`` still names the file of ``st``."""
+    try:
+        named = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    return (named.st_dev, named.st_ino) == (st.st_dev, st.st_ino)
 
 
 @attrs.define(eq=False)
 class _FileBody(GeneratorBody):
     """``length`` bytes of the open file ``fd`` from ``offset`` (``opened``: its fstat when it
-    was opened, for :func:`unchanged`; ``on_bytes(n)`` after each ``n`` bytes went). The body
+    was opened at ``path``, for :func:`unchanged`; ``on_bytes(n)`` after each ``n`` bytes
+    went). The body
     owns the descriptor: it is closed exactly once, when the body ends or, never sent, when
     the body is collected."""
 
@@ -125,6 +138,7 @@ class _FileBody(GeneratorBody):
     _length: int
     _on_bytes: OnBytes | None
     _opened: os.stat_result
+    _path: str
     _close: Callable[[], object] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -172,7 +186,7 @@ class _PreadBody(_FileBody):
                 if position < end:
                     ahead = self._read(self._next_size(end - position), position)
                 else:
-                    unchanged(self._fd, self._opened, position)
+                    unchanged(self._fd, self._opened, position, self._path)
                 size = len(chunk)
                 yield chunk
                 del chunk  # sent: free it now, not after the next read has arrived
@@ -221,7 +235,7 @@ class _SendfileBody(_FileBody):
                 if len(chunk) != size:
                     raise TrackerError(f"file shrank while being sent: ended at byte {position}")
                 if position + size == end:
-                    unchanged(self._fd, self._opened, position)
+                    unchanged(self._fd, self._opened, position, self._path)
                 yield chunk
                 if self._connection.broken:
                     # hypercorn keeps a failed send to itself: without this the answer
@@ -337,9 +351,9 @@ async def file_response(
         raise
     body: Body | bytes = b""
     if plan.send_body and plan.length > 0 and connection is not None:
-        body = _SendfileBody(fd, plan.offset, plan.length, on_bytes, st, connection)
+        body = _SendfileBody(fd, plan.offset, plan.length, on_bytes, st, path, connection)
     elif plan.send_body and plan.length > 0:
-        body = _PreadBody(fd, plan.offset, plan.length, on_bytes, st, chunk_size, budget)
+        body = _PreadBody(fd, plan.offset, plan.length, on_bytes, st, path, chunk_size, budget)
     else:
         os.close(fd)
     # Exactly the planned headers (no text/html default type, no content-length 0 of an

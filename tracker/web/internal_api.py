@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Awaitable, Callable
 
 import quart
@@ -40,6 +41,12 @@ def create_internal_app(
 
     @app.post("/reload")
     async def reload_route() -> quart.Response:
+        headers = quart.request.headers
+        refused = reload_refusal(
+            headers.get("host", ""), headers.get("origin"), headers.get("sec-fetch-site")
+        )
+        if refused:
+            return quart.Response(f"{refused}\n".encode(), status=403, content_type="text/plain")
         try:
             await reload()
         except ConfigError as exc:
@@ -78,3 +85,29 @@ def create_internal_app(
         return quart.Response(b"internal error\n", status=500, content_type="text/plain")
 
     return app
+
+
+def reload_refusal(host: str, origin: str | None, fetch_site: str | None) -> str:
+    """Why a ``POST /reload`` is refused (one line), "" when it is taken: a page in an
+    operator's browser must not reload the daemon, by a form posted across sites (a POST
+    needs no preflight) nor under a name of its own resolving to this listener (DNS
+    rebinding: its origin is then the listener's). So it is taken when addressed to an IP
+    literal or ``localhost`` (``Host``), from no other origin than that (``Origin``, sent by
+    browsers), and not from another site (``Sec-Fetch-Site``). curl and scripts send none
+    of those (and ``SIGHUP`` needs no listener). Pure."""
+    if fetch_site is not None and fetch_site not in ("same-origin", "none"):
+        return "reload refused: requested by a page of another site"
+    name = host.rpartition("]")[0][1:] if host.startswith("[") else host.partition(":")[0]
+    if name.lower() != "localhost" and not _is_ip(name):
+        return "reload refused: address the listener by its IP address or localhost"
+    if origin is not None and origin.partition("://")[2].lower() != host.lower():
+        return "reload refused: requested by a page of another origin"
+    return ""
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
