@@ -7,14 +7,15 @@ a lock is never left behind by a request that went away."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import trio
 from helpers_bucket import put, tier_of
-from helpers_heldstore import HeldStore
+from helpers_heldstore import Held, HeldStore
 from helpers_proxy import GROUP
 from helpers_s3 import Weed
 from names import full_name
@@ -38,6 +39,25 @@ async def behind_a_relay(weed: Weed, **store: Any) -> AsyncIterator[tuple[Object
             nursery.cancel_scope.cancel()
 
 
+async def handed_out(
+    tier: ObjectTier, held: Held, meanwhile: Callable[[], Awaitable[object]]
+) -> str | None:
+    """What ``tier`` hands out of FULL when ``meanwhile`` runs while the request ``held``
+    names is held."""
+    urls: list[str | None] = []
+    async with trio.open_nursery() as nursery:
+
+        async def hand_out() -> None:
+            urls.append(await tier.handout(GROUP, FULL))
+
+        nursery.start_soon(hand_out)
+        await held.arrived.wait()
+        await meanwhile()
+        held.release.set()
+    [url] = urls
+    return url
+
+
 def signed_for(url: str) -> int:
     """The seconds a presigned URL was signed to be valid."""
     return int(parse_qs(urlsplit(url).query)["X-Amz-Expires"][0])
@@ -53,18 +73,13 @@ async def test_no_url_of_an_object_a_whole_retention_deleted_meanwhile(weed: Wee
         put(weed, a.object_key(GROUP, NEWER), b"newer archive")
         a.bucket.health.reads_proven = True  # as after the health watcher read a byte
         mark = relay.hold(lambda line: line.startswith("PUT") and ".handed/" in line)
-        urls: list[str | None] = []
-        async with trio.open_nursery() as nursery:
 
-            async def hand_out() -> None:
-                urls.append(await a.handout(GROUP, FULL))
-
-            nursery.start_soon(hand_out)
-            await mark.arrived.wait()  # it saw the object; its mark is on its way
+        async def meanwhile() -> None:  # it saw the object; its mark is on its way
             await b.retain(GROUP, full=True)  # the other replica's retention, whole
             assert a.object_key(GROUP, FULL) not in weed.objects(a.store.prefix)
-            mark.release.set()
-    assert urls == [None]
+
+        url = await handed_out(a, mark, meanwhile)
+    assert url is None
 
 
 async def test_a_url_signed_after_a_late_answer_ends_within_retention_s_hold(
@@ -78,17 +93,7 @@ async def test_a_url_signed_after_a_late_answer_ends_within_retention_s_hold(
         put(weed, a.object_key(GROUP, FULL), b"archive")
         a.bucket.health.reads_proven = True
         retiring = relay.hold(lambda line: line.startswith("HEAD") and ".retiring " in line)
-        urls: list[str | None] = []
-        async with trio.open_nursery() as nursery:
-
-            async def hand_out() -> None:
-                urls.append(await a.handout(GROUP, FULL))
-
-            nursery.start_soon(hand_out)
-            await retiring.arrived.wait()
-            await trio.sleep(late)  # the store's answer comes that late
-            retiring.release.set()
-    [url] = urls
+        url = await handed_out(a, retiring, partial(trio.sleep, late))  # the answer that late
     assert url is not None
     assert signed_for(url) <= ttl - late
 

@@ -94,12 +94,15 @@ def left_at_start(root: Path, body: bytes) -> Path:
 
 
 async def promoted_during_recheck(
-    cache: Cache, reached: threading.Event, let_go: threading.Event, body: bytes
+    cache: Cache,
+    reached: threading.Event,
+    let_go: threading.Event,
+    body: bytes,
+    name: str = OLD_FULL,
 ) -> bool:
     """Run start-up's check of the cache's unchecked copies until its worker thread sets
     ``reached`` (held there until ``let_go``), and meanwhile a refresh promoting ``body``
-    as :data:`OLD_FULL` (:data:`SHA_NEW`); whether that promotion ended while the check was
-    held."""
+    as ``name`` (:data:`SHA_NEW`); whether that promotion ended while the check was held."""
     cache.startup_cleanup()
     root = Path(cache.root)
     try:
@@ -108,9 +111,7 @@ async def promoted_during_recheck(
                 cache.checked.recheck, lambda g, n: str(root / g / n), cache.report_size
             )
             await reached_in_time(reached)
-            overlapped = await ended_meanwhile(
-                lambda: promote(cache, OLD_FULL, body, SHA_NEW), nursery
-            )
+            overlapped = await ended_meanwhile(lambda: promote(cache, name, body, SHA_NEW), nursery)
             let_go.set()
     finally:
         let_go.set()
@@ -454,21 +455,7 @@ async def test_a_failed_copy_s_bytes_are_freed_after_its_group_s_lock(
     monkeypatch.setattr(checked_module, "check_opened", check_opened)
     reached, let_go = held_freeing(monkeypatch, OLD_FULL)
     cache = verified_cache(tmp_path)
-    cache.startup_cleanup()
-    root = Path(cache.root)
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(
-                cache.checked.recheck, lambda g, n: str(root / g / n), cache.report_size
-            )
-            await reached_in_time(reached)
-            overlapped = await ended_meanwhile(
-                lambda: promote(cache, NEW_FULL, b"new", SHA_NEW), nursery
-            )
-            let_go.set()
-    finally:
-        let_go.set()
-    assert overlapped
+    assert await promoted_during_recheck(cache, reached, let_go, b"new", NEW_FULL)
     assert not path.exists()
     assert [f for f in files(tmp_path / GROUP) if not f.startswith(".")] == [NEW_FULL]
     assert not [f for f in files(tmp_path / GROUP) if f.startswith(disk.TEMP_PREFIX)]
