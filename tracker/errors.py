@@ -44,6 +44,7 @@ exception class::
 from __future__ import annotations
 
 import errno
+from datetime import datetime
 from typing import TypeVar
 
 
@@ -149,10 +150,12 @@ class StoreError(TrackerError):
     """The object store (docs/http-api.md#with-an-object-store-object_store) failed an operation;
     the message is one line naming the
     operation and the store's answer, never a credential. ``down``: the store itself is
-    unusable (unreachable, wrong credentials, 5xx), not just this one object."""
+    unusable (unreachable, wrong credentials, 5xx), not just this one object; ``dated``: the
+    store's clock when it answered (its ``Date``; None: no answer, or none said)."""
 
-    def __init__(self, message: str, *, down: bool = True) -> None:
+    def __init__(self, message: str, *, down: bool = True, dated: datetime | None = None) -> None:
         self.down = down
+        self.dated = dated
         super().__init__(message)
 
 

@@ -583,3 +583,30 @@ async def test_replicas_taking_turns_forget_what_the_others_retention_deleted(
         for k in left
         if (s := keys.side_of(prefix, k)) and a.object_key(s.group, s.name) not in there
     ] == []
+
+
+async def test_sides_of_an_upload_under_way_survive_a_replica_whose_clock_runs_ahead(
+    weed: Weed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stray side object goes once written ``lock_ttl`` ago on the store's clock; its age
+    was taken against this replica's clock when the archive's HEAD answered 404: a replica
+    two minutes ahead deleted the digest, proof and statement another replica's upload had
+    just written (the archive then landed without them)."""
+    import datetime as dt
+
+    import tracker.objectstore.bucket as bucket_module
+    from tracker.objectstore import keys
+
+    class Ahead(dt.datetime):
+        @classmethod
+        def now(cls, tz: dt.tzinfo | None = None) -> Ahead:
+            return cls.fromtimestamp(time.time() + 120, tz)
+
+    tier = tier_of(weed, lock_ttl=60.0, keep_previous=0)
+    monkeypatch.setattr(bucket_module, "datetime", Ahead)
+    put(weed, tier.object_key(GROUP, full_name(9500)), b"newer")
+    sides = keys.side_keys(tier.store.prefix, GROUP, FULL)
+    for side in sides:
+        put(weed, side, b"written by an upload about to complete")
+    await tier.retain(GROUP, full=True)
+    assert [s for s in sides if s in weed.objects(tier.store.prefix)] == list(sides)

@@ -149,7 +149,7 @@ class Bucket:
             return StoreConflict(reason)
         if code in _NOT_FOUND or status in (404, 416):  # 416: a range of an empty object
             self.health.answered()
-            return StoreError(reason, down=False)
+            return StoreError(reason, down=False, dated=store_time(exc.response))
         self.health.failed(reason)  # 403 (credentials), 5xx, throttling: the store is unusable
         return StoreError(reason)
 
@@ -172,7 +172,9 @@ class Bucket:
         except StoreError as exc:
             if exc.down or isinstance(exc, StoreConflict):
                 raise
-            return None, datetime.now(UTC)
+            # the store's clock of its "not found" (a side object's age is judged by it: on
+            # this replica's clock, one running ahead deleted another's upload's sides)
+            return None, exc.dated or datetime.now(UTC)
         info = self._parse(
             "HEAD",
             lambda: ObjectInfo(
