@@ -652,30 +652,45 @@ class MuteWhenComparing(logging.Handler):
             self.liar.mute = True
 
 
+@asynccontextmanager
+async def beside_a_mute_liar(
+    tmp_path: Path, honest: int
+) -> AsyncIterator[tuple[Any, WrongThenMute]]:
+    """A tracker refreshing from ``honest`` honest sources and a :class:`WrongThenMute`
+    liar, muted as the repair begins: the tracker and the liar."""
+    async with sources(honest) as ups, serving(WrongThenMute(files={NAME: DATA})) as liar:
+        liar.behaviour[NAME] = Behaviour(rate=RATE)
+        handler = MuteWhenComparing(liar)
+        logging.getLogger("tracker.proxy").addHandler(handler)
+        try:
+            async with tracker(tmp_path, [*ups, liar]) as t:
+                yield t, liar
+        finally:
+            logging.getLogger("tracker.proxy").removeHandler(handler)
+
+
+async def held_back_alone(t: Any, liar: WrongThenMute) -> None:
+    """Until the liar, muted, is held back: it alone."""
+    clock, rejected = t.index.clock, t.streamer.rejections
+    key = TargetKey(GROUP, liar.base)
+    await wait_for(lambda: rejected.rejected(key, NAME, clock()), timeout=30)
+    assert liar.mute
+    assert list(rejected.errors(clock())) == [key]
+
+
 async def test_an_undecided_repair_holds_back_only_the_liar(tmp_path: Path) -> None:
     """Two honest sources and a liar that will not answer once the comparison begins: its
     own pieces are found wrong, the honest ones' bytes were confirmed by each other, but
     what it was asked to compare stays undecided and the copy is not cached. The liar alone
     carries the failed check: the next client gets the archive from the two honest sources
     (never a 502)."""
-    async with sources(2) as honest, serving(WrongThenMute(files={NAME: DATA})) as liar:
-        liar.behaviour[NAME] = Behaviour(rate=RATE)
-        handler = MuteWhenComparing(liar)
-        logging.getLogger("tracker.proxy").addHandler(handler)
-        try:
-            async with tracker(tmp_path, [*honest, liar]) as t:
-                status, _digest, size, _seconds = await get(t.url(NAME))
-                assert (status, size < SIZE) == (200, True)
-                clock = t.index.clock
-                rejected = t.streamer.rejections
-                key = TargetKey(GROUP, liar.base)
-                await wait_for(lambda: rejected.rejected(key, NAME, clock()), timeout=30)
-                assert liar.mute and NAME not in t.cached()
-                assert list(rejected.errors(clock())) == [key]
-                again = await get(t.url(NAME))
-                assert again[:3] == (200, sha256(DATA), SIZE)
-        finally:
-            logging.getLogger("tracker.proxy").removeHandler(handler)
+    async with beside_a_mute_liar(tmp_path, 2) as (t, liar):
+        status, _digest, size, _seconds = await get(t.url(NAME))
+        assert (status, size < SIZE) == (200, True)
+        await held_back_alone(t, liar)
+        assert NAME not in t.cached()
+        again = await get(t.url(NAME))
+        assert again[:3] == (200, sha256(DATA), SIZE)
 
 
 async def test_a_liar_gone_mute_beside_one_honest_source_is_held_back_alone(
@@ -686,23 +701,11 @@ async def test_a_liar_gone_mute_beside_one_honest_source_is_held_back_alone(
     liar compares nothing). Both were held back, the archive kept from the fleet. The check
     of the whole copy judges between the two: repaired from the honest source and cached,
     the liar alone held back."""
-    async with sources(1) as honest, serving(WrongThenMute(files={NAME: DATA})) as liar:
-        liar.behaviour[NAME] = Behaviour(rate=RATE)
-        handler = MuteWhenComparing(liar)
-        logging.getLogger("tracker.proxy").addHandler(handler)
-        try:
-            async with tracker(tmp_path, [*honest, liar]) as t:
-                await get(t.url(NAME))
-                clock = t.index.clock
-                rejected = t.streamer.rejections
-                key = TargetKey(GROUP, liar.base)
-                await wait_for(lambda: rejected.rejected(key, NAME, clock()), timeout=30)
-                assert liar.mute
-                assert list(rejected.errors(clock())) == [key]
-                again = await get(t.url(NAME))
-                assert again[:3] == (200, sha256(DATA), SIZE)
-        finally:
-            logging.getLogger("tracker.proxy").removeHandler(handler)
+    async with beside_a_mute_liar(tmp_path, 1) as (t, liar):
+        await get(t.url(NAME))
+        await held_back_alone(t, liar)
+        again = await get(t.url(NAME))
+        assert again[:3] == (200, sha256(DATA), SIZE)
 
 
 async def test_two_ports_of_one_host_are_one_voice(tmp_path: Path) -> None:

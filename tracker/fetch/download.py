@@ -387,6 +387,8 @@ async def _verify(
     file and its state are deleted and CopyRejected raised, or FetchError when the
     statements refused it (docs/http-api.md, "Signed statements")."""
     name, sha256, require = file.file_name, file.sha256, crew.settings.require
+    senders = [s for s in pool if s.sent]
+    mixed = len(senders) > 1  # a copy of several sources' pieces
     unvouched = None
     try:
         # On cancellation the check's thread reads on to the end, then stops by itself.
@@ -407,7 +409,6 @@ async def _verify(
             # source is at fault, and another's copy would meet the same one
             remove_state(ledger, name)
             raise FetchError(f"{name}: archive not proven here: {below}")
-        mixed = len([s for s in pool if s.sent]) > 1
         if below is not None:
             reason = f"archive failed verification: {below}"
         elif sha256 and digest not in sha256:
@@ -426,9 +427,9 @@ async def _verify(
                 return digest, proof, keys
             reason = unvouched
     remove_state(ledger, name)
-    urls = ", ".join(s.url for s in pool if s.sent)
+    urls = ", ".join(s.url for s in senders)
     log_event(log, "warning", "fetch_archive_rejected", file=name, sources=urls, reason=reason)
-    if unvouched is not None and len([s for s in pool if s.sent]) <= 1:
+    if unvouched is not None and not mixed:
         # The statements are the tracker's of this name, not a source's fault: another
         # source's copy would be downloaded whole only to meet the same ones. A copy of
         # several sources' pieces may hold a liar's: each source is tried alone next.
