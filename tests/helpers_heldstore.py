@@ -1,5 +1,7 @@
 """A relay on 127.0.0.1 in front of a real store (SeaweedFS) that holds the requests a rule
-names until the test lets them go: a store, or a network, that answers late."""
+names until the test lets them go (a store, or a network, that answers late), or passes one
+on and cuts the connection once the store answered it (an answer lost on the way: the store
+applied the request, its client never learns so)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ class Held:
     matches: Callable[[str], bool]
     arrived: trio.Event = attrs.Factory(trio.Event)
     release: trio.Event = attrs.Factory(trio.Event)
+    #: Not held: the first request it names is passed on and its answer lost.
+    lose_answer: bool = False
 
 
 class HeldStore:
@@ -36,6 +40,13 @@ class HeldStore:
         self.holds.append(held)
         return held
 
+    def lose_answer(self, matches: Callable[[str], bool]) -> Held:
+        """Pass the next request ``matches`` names on to the store, and cut its connection
+        once the store answered (``arrived`` is set when the request comes)."""
+        held = Held(matches, lose_answer=True)
+        self.holds.append(held)
+        return held
+
     async def serve(self, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen until cancelled; the relay's base URL is given to ``task_status``."""
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -48,6 +59,7 @@ class HeldStore:
         except OSError:
             await client.aclose()
             return
+        cut = trio.Event()  # the answer on its way is to be lost
         async with client, upstream, trio.open_nursery() as nursery:
 
             async def requests() -> None:
@@ -58,13 +70,19 @@ class HeldStore:
                             for held in self.holds:
                                 if held.matches(first) and not held.release.is_set():
                                     held.arrived.set()
-                                    await held.release.wait()
+                                    if held.lose_answer:
+                                        held.release.set()  # once
+                                        cut.set()
+                                    else:
+                                        await held.release.wait()
                         await upstream.send_all(data)
                 nursery.cancel_scope.cancel()
 
             async def answers() -> None:
                 with _closing():
                     while data := await upstream.receive_some(65536):
+                        if cut.is_set():
+                            break  # the store answered: its client never hears it
                         await client.send_all(data)
                 nursery.cancel_scope.cancel()
 

@@ -171,6 +171,23 @@ async def test_with_no_size_listed_the_check_tells_a_half_copy(whole: bool, tmp_
     assert (ledger / NAME).read_bytes() == GOOD
 
 
+async def test_an_incremental_the_ledger_holds_is_not_fetched_again_with_its_full(
+    tmp_path: Path,
+) -> None:
+    """The ledger held the offered incremental, whole, and half a copy of its full (an
+    interrupted ``wget``): the full was fetched, then the incremental a second time, its good
+    copy replaced by the same bytes."""
+    ledger = ledger_of(tmp_path)
+    (ledger / FULL).write_bytes(FILES[FULL][: len(FILES[FULL]) // 2])
+    (ledger / INCR).write_bytes(FILES[INCR])
+    up = FakeUpstream(files=dict(FILES))
+    async with tracker_of([up]) as tracker:
+        results = await run_fetch(options(ledger, tracker.base), NoProgress())
+    assert [Path(r.path).name for r in results] == [FULL]
+    assert not up.gets(INCR)
+    assert (ledger / INCR).read_bytes() == FILES[INCR]
+
+
 async def test_a_directory_at_the_archive_name_fails_before_the_download(tmp_path: Path) -> None:
     ledger = ledger_of(tmp_path)
     (ledger / FULL).mkdir()
@@ -201,6 +218,28 @@ async def test_no_room_for_the_full_and_its_incremental_fails_before_the_first_b
         assert not up.gets(FULL) and not up.gets(INCR)
     needed = space.room_needed([len(FILES[FULL]), len(FILES[INCR])], space.block_size(str(ledger)))
     assert f"{needed} bytes needed, {free} free" in str(info.value)
+    assert list(ledger.iterdir()) == []
+
+
+async def test_with_no_size_listed_the_room_for_both_is_checked_before_the_first_byte(
+    tmp_path: Path,
+) -> None:
+    """``--source`` lists no size: the room was checked for the state files alone, the full
+    downloaded whole, and only then did the incremental find no room. The sizes the
+    sources announce are asked first."""
+    free = len(FILES[FULL]) + len(FILES[INCR]) // 2
+    up = FakeUpstream(files=dict(FILES))
+    up.behaviour["snapshot.tar.bz2"] = Behaviour(redirect_to=f"/files/{FULL}")
+    up.behaviour["incremental-snapshot.tar.bz2"] = Behaviour(redirect_to=f"/files/{INCR}")
+    ledger = ledger_of(tmp_path)
+    async with serving(up):
+        opts = FetchOptions(
+            ledger=str(ledger), sources=(up.base,), settings=FAST, free_bytes=lambda _: free
+        )
+        with pytest.raises(FetchError, match="not enough space"):
+            await run_fetch(opts, NoProgress())
+    # the first byte of each, to learn its size: not the full, downloaded in vain
+    assert body_bytes(up, FULL) <= 1 and body_bytes(up, INCR) <= 1
     assert list(ledger.iterdir()) == []
 
 

@@ -2,15 +2,19 @@
 against a real SeaweedFS behind a relay that holds the requests a test names
 (tests/helpers_heldstore.py). What a client waits for stays within ``request_timeout``; no
 URL is handed out of an object retention deleted, nor one that outlives retention's hold;
-a lock is never left behind by a request that went away. (That a takeover's abort asks the
-store within ``request_timeout``: test_objectstore_keeping.py, whose takeover fails on the
-request path's bucket.)"""
+a lock is never left behind by a request that went away; a holder whose renewals hang gives
+its lock up before another replica can take it over, a release never deletes the lock of the
+replica that took it over, and a create whose answer was lost leaves no upload behind. (That
+a takeover's abort asks the store within ``request_timeout``: test_objectstore_keeping.py,
+whose takeover fails on the request path's bucket.)"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -18,10 +22,11 @@ import trio
 from helpers_bucket import put, tier_of
 from helpers_heldstore import Held, HeldStore
 from helpers_proxy import GROUP
-from helpers_s3 import Weed
+from helpers_s3 import BUCKET, Weed
+from helpers_uploads import Done
 from names import full_name
 
-from tracker.objectstore.locks import Lock
+from tracker.objectstore.locks import Holder, Lock
 from tracker.objectstore.tier import ObjectTier
 
 FULL, NEWER = full_name(9000), full_name(9500)
@@ -117,3 +122,96 @@ async def test_a_request_gone_while_its_lock_was_taken_leaves_no_lock(weed: Weed
         landed.release.set()
         got = await b.claim(GROUP, FULL)
     assert isinstance(got, Lock) and not got.took_over
+
+
+async def no_call_in_flight(tier: ObjectTier) -> None:
+    """Wait until no worker thread of ``tier``'s bucket runs a call (one abandoned by a
+    cancelled wait ends once its held request was let go and answered)."""
+    while tier.bucket.clients.limiter.borrowed_tokens:
+        await trio.sleep(0.01)
+
+
+async def test_a_holder_whose_renewals_hang_gives_its_lock_up_before_a_takeover(
+    weed: Weed,
+) -> None:
+    """A renewal with no answer (a store or network that hangs) kept its holder waiting on
+    boto3's timeouts while its lock went stale on the store's clock: another replica took it
+    over, and the first went on to complete its upload under the other's lock."""
+    ttl = 6.0
+    async with behind_a_relay(weed, lock_ttl=ttl, replica_url="http://127.0.0.1:1") as (
+        a,
+        relay,
+    ):
+        b = tier_of(weed, prefix=a.store.prefix, lock_ttl=ttl)
+        lock = await a.claim(GROUP, FULL)
+        assert isinstance(lock, Lock)
+        renewal = relay.hold(lambda line: line.startswith("PUT") and ".locks/" in line)
+        lost = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.keep_renewed, lock, lost)
+            await lost.wait()
+            nursery.cancel_scope.cancel()
+        assert renewal.arrived.is_set() and not lock.held
+        # given up while the store still counts it live: nobody else could hold it yet
+        assert isinstance(await b.claim(GROUP, FULL), Holder)
+        renewal.release.set()
+        await no_call_in_flight(a)
+
+
+async def test_a_takeover_finds_the_object_its_holder_completed_as_its_lease_ran_out(
+    weed: Weed,
+) -> None:
+    """A holder's complete landed as its store went quiet, and its lock was never released:
+    the replica that took the stale lock over pulled the whole file from upstream again."""
+    a = tier_of(weed, lock_ttl=1.0)
+    b = tier_of(weed, prefix=a.store.prefix, lock_ttl=1.0)
+    assert isinstance(await a.claim(GROUP, FULL), Lock)
+    put(weed, a.object_key(GROUP, FULL), b"the holder's upload")  # its complete, landed
+    while isinstance(got := await b.claim(GROUP, FULL), Holder):
+        await trio.sleep(0.1)  # until the lock is stale on the store's clock
+    assert not isinstance(got, Lock)
+    assert got is not None and got.key == a.object_key(GROUP, FULL)
+
+
+async def test_a_release_racing_a_takeover_leaves_the_new_holders_lock(weed: Weed) -> None:
+    """The release read the lock (still its own), another replica took the stale lock over,
+    then the release's delete arrived: it deleted the new holder's lock, and a third replica
+    could take it while the second refreshed."""
+    async with behind_a_relay(weed, lock_ttl=1.0) as (a, relay):
+        b = tier_of(weed, prefix=a.store.prefix, lock_ttl=1.0)
+        lock = await a.claim(GROUP, FULL)
+        assert isinstance(lock, Lock)
+        deleting = relay.hold(lambda line: line.startswith("DELETE") and ".locks/" in line)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lock.release)
+            await deleting.arrived.wait()
+            while not isinstance(taken := await b.claim(GROUP, FULL), Lock):
+                await trio.sleep(0.1)  # until the lock is stale on the store's clock
+            deleting.release.set()
+        assert taken.took_over
+        held = weed.client().head_object(Bucket=BUCKET, Key=a.lock_key(GROUP, FULL))
+    assert held["Metadata"]["token"] == taken.token
+
+
+async def test_a_create_whose_answer_was_lost_leaves_no_upload_behind(
+    weed: Weed, tmp_path: Path
+) -> None:
+    """boto3 sends a CreateMultipartUpload again when its answer was lost: the store began
+    two uploads, the refresh completed the second, and the first stayed (its parts kept and
+    billed) until a replica's restart cleaned up."""
+    data = b"archive " * 1000
+    path = tmp_path / FULL
+    path.write_bytes(data)
+    async with behind_a_relay(weed) as (a, relay):
+        lock = await a.claim(GROUP, FULL)
+        assert isinstance(lock, Lock)
+        create = relay.lose_answer(lambda line: line.startswith("POST") and "?uploads" in line)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            info = await a.upload(a.object_key(GROUP, FULL), fd, Done(data), {}, lock)
+        finally:
+            os.close(fd)
+        await lock.release()
+    assert create.arrived.is_set() and info.size == len(data)
+    listed = weed.client().list_multipart_uploads(Bucket=BUCKET, Prefix=a.store.prefix)
+    assert listed.get("Uploads", []) == []

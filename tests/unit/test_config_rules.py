@@ -579,6 +579,28 @@ def test_warnings_name_the_entry_in_the_file_after_groups_were_merged(tmp_path: 
     ]
 
 
+@pytest.mark.parametrize(
+    ("targets", "empty"),
+    [
+        ("    static_targets: {targets: []}\n", True),
+        ("    http_targets: {targets: []}\n    local_targets: {paths: []}\n", True),
+        ("    static_targets: {targets: []}\n    http_targets: {targets: ['http://a']}\n", False),
+        ("    local_targets: {paths: [ledger]}\n", False),
+        ("    file_targets: {path: later.txt}\n", False),
+        ("    consul_sd_config: {service: s}\n", False),
+    ],
+)
+def test_a_group_whose_lists_are_all_empty_is_warned_of(
+    tmp_path: Path, targets: str, empty: bool
+) -> None:
+    """``static_targets: {targets: []}`` brings no target: a group of empty lists stays as
+    empty as one without targets, and was not warned of."""
+    (tmp_path / "ledger").mkdir()
+    config = load(tmp_path, GROUP + targets)
+    warned = any("no targets of any kind" in w for w in config.warnings)
+    assert warned is empty
+
+
 def test_entries_of_one_name_with_other_credentials_are_refused(tmp_path: Path) -> None:
     """The Go tracker sent each entry's credentials to its own targets: merged, one entry's
     ``basic_auth`` would go to the other's targets too. Refused at the later entry's key."""

@@ -68,6 +68,10 @@ def summary(chosen: Plan) -> tuple[int | None, int | None, int, bool]:
         ((100,), [offer(1000, 1800)], {}, (1000, 1800, 0, False)),
         ((100, (100, 1900)), [offer(1000, 1800)], {}, (1000, 1800, 0, False)),
         ((500,), [offer(1000, 1800)], {}, (1000, 1800, 0, False)),  # exactly min_slots off
+        # The offered incremental is in the ledger already (its full deleted, or a half
+        # copy dropped): the full alone, not the incremental a second time.
+        (((1000, 1800),), [offer(1000, 1800)], {}, (1000, None, 0, False)),
+        ((100, (1000, 1800)), [offer(1000, 1800)], {}, (1000, None, 0, False)),
         ((501,), [offer(1000, 1800)], {}, (None, None, 501, False)),
         # min_slots 0: only the offered full itself is recent enough.
         ((999,), [offer(1000, 1800)], {"min_slots": 0}, (1000, 1800, 0, False)),

@@ -344,3 +344,60 @@ def test_the_gapless_prefix(
     for start, count in written:
         pieces.advance(claims[start], count)
     assert pieces.prefix == prefix
+
+
+def test_a_check_cancelled_stops_at_its_next_read(tmp_path: Path) -> None:
+    """The check of a ledger copy asks ``cancelled`` before each read."""
+    from archives import build_archive
+
+    from tracker.errors import ArchiveInvalid
+    from tracker.proof.archive.archivecheck import check_file
+
+    name, data = build_archive(100)
+    path = tmp_path / name
+    path.write_bytes(data)
+    assert check_file(str(path), cancelled=lambda: False).sha256
+    with pytest.raises(ArchiveInvalid, match="check cancelled"):
+        check_file(str(path), cancelled=lambda: True)
+
+
+async def test_a_signal_does_not_wait_for_the_check_of_a_ledger_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full of the offered name but another size in the ledger is checked before the plan:
+    a 100 GB copy takes minutes, and a signal (or ``--download-timeout``) waited for all of
+    it, past a service manager's stop timeout, and the fetch went on after it. The stand-in
+    reads on until it is told to stop (or for 20 s)."""
+    import threading
+    import time
+
+    import trio
+
+    import tracker.fetch.run as fetch_run
+    from tracker.core.snapshots import SnapshotFile, chains_from_files, parse_archive_name
+    from tracker.fetch.listing import RemoteFile, RemoteSnapshot
+
+    started, stopped = threading.Event(), threading.Event()
+
+    def reading_on(path: str, cancelled: object = None) -> bool:
+        started.set()
+        until = time.monotonic() + 20
+        while time.monotonic() < until and not (callable(cancelled) and cancelled()):
+            time.sleep(0.005)  # a read of the next block
+        stopped.set()
+        return True
+
+    monkeypatch.setattr(fetch_run, "passes_check", reading_on)
+    name = full_name(100)
+    parsed = parse_archive_name(name)
+    assert parsed is not None
+    local = chains_from_files([SnapshotFile(parsed, name, 500, path=str(tmp_path / name))])
+    offered = [RemoteSnapshot(RemoteFile(parsed, 1000, ("http://t/x",)), None)]
+    began = trio.current_time()
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fetch_run._really_held, local, offered, True)
+            assert await trio.to_thread.run_sync(started.wait, 10)
+            scope.cancel()  # the signal
+    assert trio.current_time() - began < 10  # not the 20 s the check read on
+    assert await trio.to_thread.run_sync(stopped.wait, 10)  # the thread left stops too

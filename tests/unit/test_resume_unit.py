@@ -19,6 +19,9 @@ from tracker.proxy.upstream import resume_problem
         (206, {"content-range": "bytes 0-999/1000"}, "content-range"),
         (206, {}, "content-range"),
         (206, {"content-range": "bytes 100-999/1000", "content-length": "10"}, "content-length"),
+        # coded bytes are not the file's, whatever range they claim to be
+        (206, {"content-range": "bytes 100-999/1000", "content-encoding": "gzip"}, "gzip"),
+        (206, {"content-range": "bytes 100-999/1000", "content-encoding": "identity"}, None),
     ],
 )
 def test_resume_problem(status: int, headers: dict[str, str], problem: str | None) -> None:
@@ -28,3 +31,17 @@ def test_resume_problem(status: int, headers: dict[str, str], problem: str | Non
         assert found is None
     else:
         assert found is not None and problem in found
+
+
+def test_a_coded_piece_fails_its_source() -> None:
+    """A piece (206) or a whole file (200) of the multi-source engine sent coded."""
+    from tracker.errors import SourceFailed
+    from tracker.multisource.sources import Identity, Source, check_range, check_whole
+
+    coded = {"content-encoding": "br"}
+    piece = httpx.Response(206, headers={"content-range": "bytes 100-999/1000", **coded})
+    whole = httpx.Response(200, headers={"content-length": "1000", **coded})
+    with pytest.raises(SourceFailed, match="content-encoding 'br'"):
+        check_range(piece, Source("http://s/f", Identity(1000), ranges=True), 100, 1000)
+    with pytest.raises(SourceFailed, match="content-encoding 'br'"):
+        check_whole(whole, Source("http://s/f", Identity(1000), ranges=False))

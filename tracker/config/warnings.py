@@ -164,9 +164,20 @@ def nothing_signed(config: Config) -> str:
 _REMOTE_KINDS = tuple(kind for kind in TARGET_KINDS if kind != "local_targets")
 
 
+def brings_targets(group: TargetGroup, kind: str) -> bool:
+    """True when ``group``'s ``kind`` (one of TARGET_KINDS) can bring a target: it is set,
+    and a list of targets or paths is not empty (``static_targets: {targets: []}`` brings
+    none; a file, Consul or discovery may list some later)."""
+    section = getattr(group, kind)
+    if section is None:
+        return False
+    listed = getattr(section, "targets", getattr(section, "paths", None))
+    return listed is None or bool(listed)
+
+
 def _group_warnings(group: TargetGroup, config: Config) -> list[str]:
     found: list[str] = []
-    if all(getattr(group, kind) is None for kind in TARGET_KINDS):
+    if not any(brings_targets(group, kind) for kind in TARGET_KINDS):
         found.append(": no targets of any kind; the group stays empty")
     rpc = config.group_rpc(group.group)  # its own, else the top-level one
     if group.cluster_discovery is not None and not rpc:

@@ -103,15 +103,8 @@ async def download(
     stay for a later resume unless there is no room or the copy was bad. ``free`` tells the
     free bytes of the ledger's file system.
     """
-    # The best few by the listing's order: each is asked, and sampled against the others.
     name = file.file_name
-    inspected = await inspect_all(
-        client, list(dict.fromkeys(file.urls))[: settings.max_sources], settings
-    )
-    finals: dict[str, Source] = {}  # a redirect and the URL it leads to are one source
-    for s in inspected:
-        if isinstance(s, Source):
-            finals.setdefault(s.url, s)
+    inspected, finals = await _inspected(client, file, settings)
     wanted = chosen_size(file.size, [s.identity.size for s in finals.values()])
     usable = [s for s in finals.values() if s.identity.size == wanted] if wanted else []
     if not usable:
@@ -183,6 +176,34 @@ def summary(reasons: list[str]) -> str:
     shown = "; ".join(reasons[:MAX_REASONS])
     more = len(reasons) - MAX_REASONS
     return f"{shown}; and {more} more" if more > 0 else shown
+
+
+async def _inspected(
+    client: httpx.AsyncClient, file: RemoteFile, settings: FetchSettings
+) -> tuple[list[Source | SourceFailed], dict[str, Source]]:
+    """The best few of ``file``'s URLs by the listing's order, each asked for its first
+    byte; and those that answered, by final URL (a redirect and the URL it leads to are one
+    source)."""
+    inspected = await inspect_all(
+        client, list(dict.fromkeys(file.urls))[: settings.max_sources], settings
+    )
+    finals: dict[str, Source] = {}
+    for s in inspected:
+        if isinstance(s, Source):
+            finals.setdefault(s.url, s)
+    return inspected, finals
+
+
+async def announced_size(
+    client: httpx.AsyncClient, file: RemoteFile, settings: FetchSettings
+) -> int:
+    """The size of ``file``: the listed one, else the one most of its sources announce
+    (:func:`chosen_size`; 0 when none answers). ``--source`` lists no size: the room for
+    every archive planned is checked with these before the first byte."""
+    if file.size:
+        return file.size
+    _inspected_all, finals = await _inspected(client, file, settings)
+    return chosen_size(0, [s.identity.size for s in finals.values()])
 
 
 def chosen_size(listed: int, offered: list[int]) -> int:

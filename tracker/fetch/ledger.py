@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from collections.abc import Callable
 
 from tracker.core.snapshots import SnapshotFile, SnapshotInfo, chains_from_files, parse_archive_name
 from tracker.errors import ArchiveInvalid, FetchError
@@ -55,13 +56,15 @@ def without(local: list[SnapshotInfo], dropped: list[SnapshotFile]) -> list[Snap
     return chains_from_files(ordered)
 
 
-def passes_check(path: str) -> bool:
+def passes_check(path: str, cancelled: Callable[[], bool] | None = None) -> bool:
     """True when the archive at ``path`` passes the archive check (blocking: a worker
-    thread); an OSError reading it is raised."""
+    thread); an OSError reading it is raised. False, saying nothing, once ``cancelled()``
+    (asked before each read: the fetch stopped waiting for it)."""
     try:
-        check_file(path)
+        check_file(path, cancelled=cancelled)
     except ArchiveInvalid as exc:
-        log_event(log, "info", "fetch_local_copy_bad", file=path, reason=exc.reason)
+        if cancelled is None or not cancelled():
+            log_event(log, "info", "fetch_local_copy_bad", file=path, reason=exc.reason)
         return False
     return True
 

@@ -58,6 +58,8 @@ def plan(
     recent = [slot for slot in fulls if offered_full - slot < min_slots]
     if want_full and not recent:
         incremental = best.incremental if want_incremental else None
+        if incremental is not None and incremental.file_name in held_names(local):
+            incremental = None  # in the ledger already: the full alone
         return Plan(full=best.full, incremental=incremental)
     if not want_incremental:
         return Plan(
@@ -81,6 +83,11 @@ def plan(
     if base == offered_full:  # the best snapshot's own incremental builds on it
         return choose_incremental(wanted, [best])
     return wanted
+
+
+def held_names(local: list[SnapshotInfo]) -> set[str]:
+    """The file names of the archives the ledger holds."""
+    return {f.file_name for info in local for f in info.files}
 
 
 def choose_incremental(wanted: Plan, offered: list[RemoteSnapshot]) -> Plan:

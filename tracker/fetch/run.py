@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import Any
@@ -25,7 +26,7 @@ from tracker.core.snapshots import SnapshotInfo
 from tracker.core.text import FETCH_AGENT
 from tracker.discovery.local import scan_local
 from tracker.errors import FetchError, ProbeError, first_leaf, sole_leaf
-from tracker.fetch.download import Result, download, held_bytes
+from tracker.fetch.download import Result, announced_size, download, held_bytes
 from tracker.fetch.ledger import (
     in_the_way,
     listed_sizes,
@@ -38,7 +39,7 @@ from tracker.fetch.ledger import (
 )
 from tracker.fetch.listing import RemoteFile, RemoteSnapshot, from_sources, from_tracker
 from tracker.fetch.lock import ledger_lock
-from tracker.fetch.plan import choose_incremental, plan
+from tracker.fetch.plan import choose_incremental, held_names, plan
 from tracker.fetch.progress import Progress, progress_for
 from tracker.fetch.settings import FetchSettings
 from tracker.fetch.space import FreeBytes, block_size, free_bytes, no_room_reason, room_needed
@@ -216,7 +217,9 @@ async def _locked(
     # An earlier run's download of what is not planned now (the offer moved on) would
     # hold its room for good, unseen (docs/fetch.md).
     remove_stale(options.ledger, {f.file_name for f in planned})
-    _room_for(options, planned)
+    _room_for(
+        options, planned, [await announced_size(client, f, options.settings) for f in planned]
+    )
     results = []
     if what.full is not None:
         results.append(await _download(client, options, what.full, progress))
@@ -225,6 +228,8 @@ async def _locked(
             on = await _offer(client, options, what.full.name.slot)
             newer = next((s.incremental for s in on if s.incremental is not None), None)
             incremental = newer if newer is not None else incremental
+            if incremental is not None and incremental.file_name in held_names(local):
+                incremental = None  # the ledger holds it already
     if incremental is not None:
         results.append(await _download(client, options, incremental, progress))
     retain(options.ledger, options.keep, {r.path for r in results})
@@ -285,7 +290,7 @@ async def _really_held(
     dropped = []
     listed = listed_sizes(remote)
     for file in suspects(local, listed, checked=verify):
-        if verify and file.path and await trio.to_thread.run_sync(passes_check, file.path):
+        if verify and file.path and await _passes_check(file.path):
             continue  # a good archive of another node: archives of a slot differ in size
         dropped.append(file)
         size = listed[file.file_name]
@@ -301,11 +306,24 @@ async def _really_held(
     return without(local, dropped) if dropped else local
 
 
-def _room_for(options: FetchOptions, planned: list[RemoteFile]) -> None:
+async def _passes_check(path: str) -> bool:
+    """:func:`passes_check` in a worker thread that a signal or ``--download-timeout`` does
+    not wait for: the check of a 100 GB copy takes minutes, past a service manager's stop
+    timeout. The thread left behind stops at its next read."""
+    stop = threading.Event()
+    try:
+        return await trio.to_thread.run_sync(
+            passes_check, path, stop.is_set, abandon_on_cancel=True
+        )
+    finally:
+        stop.set()
+
+
+def _room_for(options: FetchOptions, planned: list[RemoteFile], sizes: list[int]) -> None:
     """FetchError before the first byte when the ledger has no room for every archive
-    planned, in whole blocks, and a state file (less what their temp files and states
-    already hold: :func:`~tracker.fetch.space.room_needed`)."""
-    needed = room_needed([f.size for f in planned], block_size(options.ledger))
+    planned (of ``sizes``: listed, else announced), in whole blocks, and a state file (less
+    what their temp files and states already hold: :func:`~tracker.fetch.space.room_needed`)."""
+    needed = room_needed(sizes, block_size(options.ledger))
     held = sum(held_bytes(options.ledger, f.file_name) for f in planned)
     what = " and ".join(f.file_name for f in planned)
     reason = no_room_reason(what, options.ledger, needed, held, options.free_bytes(options.ledger))

@@ -26,6 +26,7 @@ from tracker.multisource.contentrange import MAX_DIGITS, parse_content_range
 from tracker.multisource.sources import Identity, Source, check_range
 from tracker.net.bodyreads import body_chunks
 from tracker.net.exchange import send, source_failures
+from tracker.net.limits import coding_problem
 from tracker.observability.logs import log_event
 
 log = logging.getLogger("tracker.fetch")
@@ -59,6 +60,8 @@ async def _inspect(client: httpx.AsyncClient, url: str, settings: FetchSettings)
         status = response.status_code
         if status not in _SIZE_OF_ANSWER:
             raise SourceFailed(f"{url}: status {status}")
+        if (coded := coding_problem(response)) is not None:
+            raise SourceFailed(f"{url}: {coded}")
         header, parse, expected, ranges = _SIZE_OF_ANSWER[status]
         got = response.headers.get(header, "")
         size = parse(got)

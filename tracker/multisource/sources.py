@@ -26,6 +26,7 @@ from tracker.errors import SourceFailed
 from tracker.multisource.contentrange import ContentRange, states_range
 from tracker.multisource.samefile import Sameness, Validators, sameness
 from tracker.net.httpclients import origin
+from tracker.net.limits import coding_problem
 from tracker.observability.logs import log_event
 from tracker.observability.redact import redact_text
 
@@ -153,6 +154,8 @@ def check_range(response: httpx.Response, source: Source, start: int, end: int) 
     """A 206 of exactly the bytes asked, of the file the source was inspected with."""
     if response.status_code != 206:
         raise SourceFailed(f"{source.url}: answered {response.status_code} to a range")
+    if (coded := coding_problem(response)) is not None:
+        raise SourceFailed(f"{source.url}: {coded}")
     got = response.headers.get("content-range", "").strip()
     if not states_range(got, start, end - 1, source.identity.size):
         expected = ContentRange(start, end - 1, source.identity.size).text()
@@ -165,6 +168,8 @@ def check_whole(response: httpx.Response, source: Source) -> None:
     """A 200 of the whole file the source was inspected with (a source without ranges)."""
     if response.status_code != 200:
         raise SourceFailed(f"{source.url}: status {response.status_code}")
+    if (coded := coding_problem(response)) is not None:
+        raise SourceFailed(f"{source.url}: {coded}")
     length = response.headers.get("content-length", "").strip()
     if length != str(source.identity.size):
         raise SourceFailed(

@@ -241,9 +241,11 @@ class Bucket:
             self.health.read_worked()
         return data
 
-    async def delete(self, key: str) -> None:
-        """Remove the object at ``key`` (no error when it is gone already)."""
-        await self._call("DELETE", self._client.delete_object, Key=key)
+    async def delete(self, key: str, *, if_match: str = "") -> None:
+        """Remove the object at ``key`` (no error when it is gone already); with
+        ``if_match``, only while its ETag is that one (StoreConflict when it is not)."""
+        extra = {"IfMatch": if_match} if if_match else {}
+        await self._call("DELETE", self._client.delete_object, Key=key, **extra)
 
     async def list_objects(self, prefix: str) -> list[ObjectInfo]:
         """Every object under ``prefix`` (at most :data:`MAX_LISTED`)."""

@@ -8,10 +8,19 @@ it (``replica``, its ``replica_url``). It is
 - taken with a conditional create (``If-None-Match: *``): of replicas racing, one wins;
 - renewed by its holder every ``lock_ttl / 3`` with a conditional replace (``If-Match`` of
   the holder's last ETag): a holder that lost it (taken over) learns so;
+- held, as far as its holder knows, for :data:`LEASE` of ``lock_ttl`` from the moment its
+  last successful write was *sent* (its lease, on this replica's own clock): the store dates
+  the write later than that, so another replica can take the lock over no sooner than a
+  third of ``lock_ttl`` after the lease ends. A holder whose renewals get no answer within
+  its lease (a store or network that hangs) gives the lock up at the lease's end, and that
+  third is the room for writes it sent just before;
 - stale when its ``Last-Modified`` is older than ``lock_ttl`` (plus a second: both are HTTP
   dates) on the store's own clock (the ``Date`` of the same answer), and then taken over
   with ``If-Match`` of the stale ETag, so that of replicas racing for a stale lock one wins;
-- deleted by its holder when the refresh ends.
+- deleted by its holder when the refresh ends, with ``If-Match`` of the ETag it just read
+  under its own mark (:attr:`Lock.token`): a replica that took it over between that read
+  and the delete keeps its lock (on a store that ignores ``If-Match`` on DELETE the delete
+  is unconditional, as it was before the stores offered it).
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import secrets
 from datetime import UTC, datetime
 
 import attrs
+import trio
 
 from tracker.errors import StoreConflict, StoreError
 from tracker.objectstore.bucket import Bucket
@@ -29,6 +39,9 @@ from tracker.objectstore.bucket import Bucket
 CLOCK_STEP = 1.0
 #: Conditional-create attempts when the lock vanishes between our create and our look at it.
 ATTEMPTS = 3
+#: A holder's lease, as a share of ``lock_ttl``, from the sending of its last successful
+#: write: past it the holder gives the lock up (a takeover needs the whole ``lock_ttl``).
+LEASE = 2 / 3
 
 
 @attrs.frozen
@@ -50,6 +63,11 @@ class Lock:
     replica_url: str
     etag: str
     took_over: bool = False
+    #: ``lock_ttl``: the lease is :data:`LEASE` of it.
+    ttl: float = 60.0
+    #: When the lease ends (``trio.current_time()``): :data:`LEASE` of :attr:`ttl` after the
+    #: sending of the last write the store applied.
+    lease_end: float = 0.0
     #: This lock's own mark, in its metadata from its first write to its last: what
     #: :meth:`release` knows it by (an ETag changes at every renewal, and a renewal the store
     #: applied but whose answer was cut, the refresh ending, leaves the one known stale).
@@ -60,12 +78,23 @@ class Lock:
         this lock's own mark (:attr:`token`)."""
         return {"owner": self.owner, "replica": self.replica_url, "token": self.token}
 
+    @property
+    def held(self) -> bool:
+        """True while the lease lasts (see the module doc)."""
+        return trio.current_time() < self.lease_end
+
+    def written(self, sent: float) -> None:
+        """A write of this lock sent at ``sent`` (``trio.current_time()``) was applied."""
+        self.lease_end = max(self.lease_end, sent + self.ttl * LEASE)
+
     async def renew(self) -> None:
-        """Prove this holder is alive. StoreConflict when the lock was taken over.
+        """Prove this holder is alive (the lease runs on from this write's sending).
+        StoreConflict when the lock was taken over.
 
         A renewal the store applied whose answer was lost (the client then sends it again,
         with the ETag before it: 412) leaves the ETag known stale, not the lock another's:
         its :attr:`token` tells, and the lock's ETag now is taken."""
+        sent = trio.current_time()
         try:
             self.etag = await self.bucket.put(
                 self.key, _body(self.owner), metadata=self.metadata(), if_match=self.etag
@@ -75,18 +104,20 @@ class Lock:
             if info is None or info.metadata.get("token") != self.token:
                 raise
             self.etag = info.etag  # renewed by the answer we lost
+        self.written(sent)
 
     async def release(self) -> None:
         """Delete the lock if it is still this one (never raises StoreError): its
-        :attr:`token`. Its owner would not tell (another lock of this replica, a stale one
-        of its own taken over, has the same), nor the ETag this holder last wrote (a
-        renewal cut as the refresh ended may have changed it)."""
+        :attr:`token` (its owner would not tell: another lock of this replica, a stale one of
+        its own taken over, has the same; nor the ETag this holder last wrote: a renewal cut
+        as the refresh ended may have changed it), and the delete is conditional on the ETag
+        read with that token (a takeover between the read and the delete keeps its lock)."""
         try:
             info = await self.bucket.head(self.key)
             if info is not None and info.metadata.get("token") == self.token:
-                await self.bucket.delete(self.key)
+                await self.bucket.delete(self.key, if_match=info.etag)
         except StoreError:
-            pass  # it expires after lock_ttl
+            pass  # taken over meanwhile (412), or it expires after lock_ttl
 
 
 async def acquire(
@@ -96,12 +127,14 @@ async def acquire(
 
     Raises StoreError when the store cannot be used.
     """
-    lock = Lock(bucket, key, owner, replica_url, etag="")
+    lock = Lock(bucket, key, owner, replica_url, etag="", ttl=lock_ttl)
     for _attempt in range(ATTEMPTS):
+        sent = trio.current_time()
         try:
             lock.etag = await bucket.put(
                 key, _body(owner), metadata=lock.metadata(), if_none_match=True
             )
+            lock.written(sent)
             return lock
         except StoreConflict:
             pass
@@ -112,12 +145,14 @@ async def acquire(
         holder = Holder(info.metadata.get("owner", ""), info.metadata.get("replica", ""), age)
         if not old_enough(info.last_modified, now, lock_ttl):
             return holder
+        sent = trio.current_time()
         try:
             lock.etag = await bucket.put(
                 key, _body(owner), metadata=lock.metadata(), if_match=info.etag
             )
         except StoreConflict:
             continue  # another replica took it over first: look again
+        lock.written(sent)
         lock.took_over = True
         return lock
     raise StoreError(f"the lock {key} changed hands {ATTEMPTS} times in a row", down=False)

@@ -264,7 +264,8 @@ class ObjectTier:
         when it landed meanwhile (the lock free because its upload completed: it is let go
         at once, no refresh pulls the file again), or None when the store cannot be used
         (down, or no answer within ``request_timeout``). A lock taken over from a dead
-        replica has that replica's incomplete uploads of the key aborted first."""
+        replica has that replica's incomplete uploads of the key aborted first, and the
+        object looked for (a holder whose lease ran out may have completed it)."""
         if not self.usable:
             return None
         store = self.store
@@ -285,7 +286,9 @@ class ObjectTier:
                 log_event(log, "warning", "object_lock_taken_over", group=group, file=name)
                 # on the request path: each call within request_timeout (a client waits)
                 await abort_uploads(self.quick, self.store, self.object_key(group, name))
-                stored = None
+                # a holder whose lease ran out as it completed its upload (a complete on its
+                # way when the store went quiet) may have landed the object after all
+                stored = await self._landed(group, name)
         except BaseException as exc:
             # Not aborted (the store failed or was slow), or the request left while the lock
             # was ours: no upload may start beside the dead holder's, and a lock kept sends
@@ -317,17 +320,46 @@ class ObjectTier:
 
     async def keep_renewed(self, lock: Lock, lost: trio.Event) -> None:
         """Renew ``lock`` every third of ``lock_ttl`` until cancelled; sets ``lost`` and
-        returns when another replica took it over. A store that is down is retried."""
+        returns when another replica took it over, or when its lease ended with no renewal
+        answered (a store that hangs: docs/replicas.md, "Locks and leases"; the refresh's
+        upload is then aborted, never completed under a lock that may be another's). A store
+        that fails is asked again, sooner, within the lease."""
+        ttl = self.store.lock_ttl
+        pause = ttl / 3
         while True:
-            await trio.sleep(self.store.lock_ttl / 3)
-            try:
-                await lock.renew()
-            except StoreConflict:
-                log_event(log, "warning", "object_lock_lost", key=lock.key)
+            await trio.sleep(max(0.0, min(pause, lock.lease_end - trio.current_time())))
+            with trio.move_on_at(lock.lease_end):
+                try:
+                    await lock.renew()
+                except StoreConflict:
+                    log_event(log, "warning", "object_lock_lost", key=lock.key)
+                    lost.set()
+                    return
+                except StoreError as exc:
+                    self._failed("lock", exc)
+                    pause = ttl / 12
+                else:
+                    pause = ttl / 3
+            if not lock.held:
+                log_event(
+                    log, "warning", "object_lock_lost", key=lock.key,
+                    reason="no renewal answered within its lease",
+                )  # fmt: skip
                 lost.set()
                 return
-            except StoreError as exc:
-                self._failed("lock", exc)
+
+    async def _abort_strays(self, key: str, lock: Lock) -> None:
+        """Abort the incomplete uploads of ``key`` left beside the one the refresh under
+        ``lock`` made (its own is completed or aborted by then): a create whose answer was
+        lost, sent again by boto3, began an upload nobody would ever complete or abort,
+        its parts kept (and billed) until a restart's clean-up. Only while ``lock``'s lease
+        lasts: past it another replica may hold the lock and be uploading."""
+        if not lock.held:
+            return
+        try:
+            await abort_uploads(self.bucket, self.store, key)
+        except StoreError as exc:
+            self._failed("abort", exc)
 
     def upload_metadata(self, headers: dict[str, str]) -> dict[str, str]:
         """The object's metadata: the upstream's ``last-modified``, kept for HEAD answers,
@@ -339,10 +371,17 @@ class ObjectTier:
         return {"upstream-last-modified": http_date(seconds)} if seconds is not None else {}
 
     async def upload(
-        self, key: str, fd: int, growing: Growing, metadata: dict[str, str]
+        self,
+        key: str,
+        fd: int,
+        growing: Growing,
+        metadata: dict[str, str],
+        lock: Lock | None = None,
     ) -> ObjectInfo:
         """Upload ``growing`` to ``key`` (:func:`~tracker.objectstore.upload.upload_following`)
-        with its digest, proof and this replica's statement beside it."""
+        with its digest, proof and this replica's statement beside it; under ``lock`` (a
+        refresh's), the key's stray uploads are aborted after it, whether it landed or
+        failed (:meth:`_abort_strays`)."""
 
         group, _slash, name = key.removeprefix(self.store.prefix).partition("/")
 
@@ -356,13 +395,18 @@ class ObjectTier:
             return side_objects(key, checked, signed.encode() if signed is not None else None)
 
         try:
-            return await upload_following(self.bucket, key, fd, growing, metadata, sides)
-        except BaseException:
+            info = await upload_following(self.bucket, key, fd, growing, metadata, sides)
+        except BaseException as exc:
             self._uploading.pop(key, None)
             self._stated.pop(key, None)
             self._uploaded.pop(key, None)
             self.attestations.forget(group, name, BUCKET)  # no object: nothing to restate
+            if lock is not None and isinstance(exc, (StoreError, OSError)):
+                await self._abort_strays(key, lock)
             raise
+        if lock is not None:
+            await self._abort_strays(key, lock)
+        return info
 
     async def completed(self, group: str, name: str, info: ObjectInfo, sha256: str = "") -> None:
         """An upload of ``name`` (of digest ``sha256``) completed: remember it, then apply

@@ -178,7 +178,7 @@ class ObjectPath:
                 try:
                     key = tier.object_key(group, name)
                     metadata = tier.upload_metadata(refresh.headers)
-                    info = await tier.upload(key, fd, refresh, metadata)
+                    info = await tier.upload(key, fd, refresh, metadata, lock)
                 except (StoreError, OSError) as exc:  # raised here, not as an ExceptionGroup
                     failure = exc
                 nursery.cancel_scope.cancel()

@@ -83,7 +83,7 @@ from tracker.net.httpclients import (
     tls_files,
     without_userinfo,
 )
-from tracker.net.limits import status_reason
+from tracker.net.limits import coding_problem, status_reason
 from tracker.net.sourcelimits import (
     QUEUE,
     UNCAPPED,
@@ -614,6 +614,8 @@ async def _answer(
         answer.transfer.ends_at = expected_end(response, rate, answer.pacer.rate)
     try:
         await check_size(response, race.promised or f.size, exact=race.exact)
+        if (coded := coding_problem(response)) is not None:
+            raise SourceFailed(coded)
         status = response.status_code
         ranged = any(name.lower() == "range" for name in race.headers)
         if (race.promised and status != 200) or (status == 206 and not ranged):
@@ -719,6 +721,8 @@ def resume_problem(response: httpx.Response, offset: int, size: int) -> str | No
     when it is."""
     if response.status_code != 206:
         return f"answered {response.status_code} to a range request, not 206"
+    if (coded := coding_problem(response)) is not None:
+        return coded
     got = response.headers.get("content-range", "")
     if not states_range(got, offset, size - 1, size):
         expected = ContentRange(offset, size - 1, size).text()

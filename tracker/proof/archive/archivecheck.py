@@ -233,14 +233,20 @@ def as_rejection(exc: Exception) -> ArchiveInvalid:
 
 
 def check_file(
-    path: str, name: str | None = None, *, prove_accounts: AccountsLimits | None = None
+    path: str,
+    name: str | None = None,
+    *,
+    prove_accounts: AccountsLimits | None = None,
+    cancelled: Callable[[], bool] | None = None,
 ) -> Verified:
     """:func:`check_stream` of the regular file at ``path`` (``name`` defaults to its
     basename); raises OSError when it cannot be opened or read, or is not a regular file (a
     FIFO, a device, a directory: never opened in a way that could block or read forever).
     ``prove_accounts`` (its memory budget, temporary directory, optional bound) proves a full
     to ``accounts``; its frame threads (``FrameThreads``, as many as its budget pays for and
-    are free) decode a ``.tar.zst`` in both reads."""
+    are free) decode a ``.tar.zst`` in both reads. Once ``cancelled()`` (asked before each
+    read) is true the check raises ArchiveInvalid("check cancelled"): a caller that stops
+    waiting (a signal) does not leave a thread reading 100 GB."""
     fd = _open_regular(path)
     name = name or os.path.basename(path)
     frames = FrameThreads(prove_accounts)
@@ -250,9 +256,10 @@ def check_file(
             accounts = accounts_prover(
                 name, prove_accounts, f"/proc/self/fd/{fd}", decoders=frames.count
             )
+            read = file.read if cancelled is None else _stopping(file.read, cancelled)
             with proving(accounts):  # its worker process lives as long as the check
                 return check_stream(
-                    file.read,
+                    read,
                     name,
                     accounts=accounts,
                     decoders=frames.count,
@@ -260,6 +267,19 @@ def check_file(
                 )
     finally:
         frames.release()
+
+
+def _stopping(
+    read: Callable[[int], bytes], cancelled: Callable[[], bool]
+) -> Callable[[int], bytes]:
+    """``read`` that raises ArchiveInvalid("check cancelled") once ``cancelled()``."""
+
+    def checked(size: int) -> bytes:
+        if cancelled():
+            raise ArchiveInvalid(CANCELLED)
+        return read(size)
+
+    return checked
 
 
 def _open_regular(path: str) -> int:
