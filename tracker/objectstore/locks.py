@@ -6,14 +6,16 @@ metadata names the holder (``owner``, a random id per process) and how other rep
 it (``replica``, its ``replica_url``). It is
 
 - taken with a conditional create (``If-None-Match: *``): of replicas racing, one wins;
-- renewed by its holder every ``lock_ttl / 3`` with a conditional replace (``If-Match`` of
-  the holder's last ETag): a holder that lost it (taken over) learns so;
-- held, as far as its holder knows, for :data:`LEASE` of ``lock_ttl`` from the moment its
-  last successful write was *sent* (its lease, on this replica's own clock): the store dates
-  the write later than that, so another replica can take the lock over no sooner than a
-  third of ``lock_ttl`` after the lease ends. A holder whose renewals get no answer within
-  its lease (a store or network that hangs) gives the lock up at the lease's end, and that
-  third is the room for writes it sent just before;
+- renewed by its holder every :data:`RENEW_EVERY` of ``lock_ttl`` (a sixth) with a
+  conditional replace (``If-Match`` of the holder's last ETag): a holder that lost it
+  (taken over) learns so;
+- held, as far as its holder knows, for :data:`LEASE` of ``lock_ttl`` (five sixths) from the
+  moment its last successful write was *sent* (its lease, on this replica's own clock): the
+  store dates the write later than that, so another replica can take the lock over no
+  sooner than a sixth of ``lock_ttl`` and a second after the lease ends. A holder whose
+  renewals get no answer within its lease (a store or network that hangs; one slow renewal
+  may take two thirds of ``lock_ttl``) gives the lock up at the lease's end, and that sixth
+  is the room for writes it sent just before;
 - stale when its ``Last-Modified`` is older than ``lock_ttl`` (plus a second: both are HTTP
   dates) on the store's own clock (the ``Date`` of the same answer), and then taken over
   with ``If-Match`` of the stale ETag, so that of replicas racing for a stale lock one wins;
@@ -41,7 +43,10 @@ CLOCK_STEP = 1.0
 ATTEMPTS = 3
 #: A holder's lease, as a share of ``lock_ttl``, from the sending of its last successful
 #: write: past it the holder gives the lock up (a takeover needs the whole ``lock_ttl``).
-LEASE = 2 / 3
+LEASE = 5 / 6
+#: How often a holder renews its lock, as a share of ``lock_ttl``, from one renewal's
+#: sending to the next: a renewal may take ``LEASE - RENEW_EVERY`` of it to be answered.
+RENEW_EVERY = 1 / 6
 
 
 @attrs.frozen

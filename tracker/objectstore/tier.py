@@ -38,7 +38,7 @@ from tracker.errors import StoreConflict, StoreError
 from tracker.objectstore import keys
 from tracker.objectstore.bucket import Bucket
 from tracker.objectstore.known import Known
-from tracker.objectstore.locks import Holder, Lock, acquire
+from tracker.objectstore.locks import RENEW_EVERY, Holder, Lock, acquire
 from tracker.objectstore.retainer import LIST_AGAIN, Retainer
 from tracker.objectstore.retention import ahead_of, url_life
 from tracker.objectstore.sides import Reads, read_copy, reread, restate, side_objects
@@ -319,15 +319,17 @@ class ObjectTier:
         return info
 
     async def keep_renewed(self, lock: Lock, lost: trio.Event) -> None:
-        """Renew ``lock`` every third of ``lock_ttl`` until cancelled; sets ``lost`` and
-        returns when another replica took it over, or when its lease ended with no renewal
-        answered (a store that hangs: docs/replicas.md, "Locks and leases"; the refresh's
-        upload is then aborted, never completed under a lock that may be another's). A store
-        that fails is asked again, sooner, within the lease."""
-        ttl = self.store.lock_ttl
-        pause = ttl / 3
+        """Renew ``lock`` every sixth of ``lock_ttl`` (from one renewal's sending to the
+        next) until cancelled; sets ``lost`` and returns when another replica took it over,
+        or when its lease ended with no renewal answered (a store that hangs: docs/replicas.md,
+        "Locks and leases"; the refresh's upload is then aborted, never completed under a
+        lock that may be another's). A store that fails is asked again, sooner, within the
+        lease."""
+        every = self.store.lock_ttl * RENEW_EVERY
+        due = trio.current_time() + every
         while True:
-            await trio.sleep(max(0.0, min(pause, lock.lease_end - trio.current_time())))
+            await trio.sleep_until(min(due, lock.lease_end))
+            sent = trio.current_time()
             with trio.move_on_at(lock.lease_end):
                 try:
                     await lock.renew()
@@ -337,9 +339,9 @@ class ObjectTier:
                     return
                 except StoreError as exc:
                     self._failed("lock", exc)
-                    pause = ttl / 12
+                    due = trio.current_time() + every / 2
                 else:
-                    pause = ttl / 3
+                    due = sent + every
             if not lock.held:
                 log_event(
                     log, "warning", "object_lock_lost", key=lock.key,
