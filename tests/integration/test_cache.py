@@ -308,6 +308,23 @@ async def test_without_complete_on_disconnect_a_leaving_client_ends_the_refresh(
         await wait_for(lambda: upstream.gets(FULL)[0].aborted)
 
 
+async def test_without_complete_on_disconnect_a_client_gone_after_an_early_head_ends_it(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """The client got the early head (the source slower than ``early_head_after``) and left
+    before the source answered: it had never joined the refresh as a reader, so nothing
+    stopped it, and the whole archive was pulled and cached for nobody."""
+    upstream.behaviour[FULL] = Behaviour(delay=1.5, rate=16 * MiB)
+    async with proxy_tracker(
+        tmp_path / "cache", upstream, settings=EARLY, cache_complete_on_disconnect=False
+    ) as t:
+        head = await raw_request(t.base, f"/v1/{FULL}?group={GROUP}", read_limit=0)
+        assert head.status == 200 and head.header("etag") is None  # the early head
+        await wait_for(lambda: t.outcome("refresh_failed") == 1)
+        assert_nothing_promoted(t)
+        await wait_for(lambda: bool(upstream.gets(FULL)) and upstream.gets(FULL)[0].aborted)
+
+
 async def test_stopping_during_a_refresh_removes_the_temp_file(
     tracker: TrackerUnderTest, upstream: FakeUpstream
 ) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import attrs
 import httpx
+import pytest
 import trio
 import yaml
 from archives import build_archive
@@ -43,6 +44,48 @@ def reload_to(t: TrackerUnderTest, cache_dir: Path) -> None:
     """What a reload that moves the cache to ``cache_dir`` does (tracker/service.py)."""
     t.config = attrs.evolve(t.config, proxy_snapshot_cache_dir=str(cache_dir))
     t.streamer.cache()
+
+
+@pytest.mark.parametrize("spelled", ["a link to it", "nested in it"])
+async def test_a_reload_to_another_spelling_or_a_nested_directory_keeps_refreshes_in_flight(
+    tmp_path: Path, spelled: str
+) -> None:
+    """A reload to a symbolic link naming the cache's own directory made a second cache of
+    it: its start-up removed the temp file of the refresh in flight (``cache_commit_failed``,
+    nothing cached after a whole download), and the next request started a second refresher
+    of the same file. A directory nested in the old one lost its in-flight temp files too."""
+    a = tmp_path / "A"
+    a.mkdir()
+    if spelled == "a link to it":
+        target = tmp_path / "alias"
+        target.symlink_to(a)
+    else:
+        target = a / GROUP  # the group's own directory, where the temp file lies
+    async with serving(FakeUpstream(files={FULL: DATA})) as up:
+        up.behaviour[FULL] = paused = Behaviour(pause_at=MiB, resume=trio.Event())
+        async with (
+            proxy_tracker(a, up) as t,
+            httpx.AsyncClient(verify=client_tls(), timeout=30) as client,
+        ):
+            old = t.streamer.cache()
+            assert old is not None
+            got: list[httpx.Response] = []
+
+            async def read() -> None:
+                got.append(await client.get(t.url(FULL)))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read)
+                await wait_for(lambda: bool(up.gets(FULL)) and up.gets(FULL)[0].body_sent >= MiB)
+                [temp] = old.temp_files()
+                reload_to(t, target)
+                assert await trio.Path(temp).exists()
+                if spelled == "a link to it":
+                    assert t.streamer.cache() is old  # one cache, one refresher of the file
+                paused.resume.set()
+            await wait_for(lambda: not old.is_refreshing(GROUP, FULL))
+    assert [(r.status_code, r.content == DATA) for r in got] == [(200, True)]
+    assert (a / GROUP / FULL).read_bytes() == DATA  # cached, not lost after the download
 
 
 async def test_a_refresh_ending_in_the_old_directory_leaves_the_new_ones_holdings(

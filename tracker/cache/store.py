@@ -149,6 +149,9 @@ class Cache:
         self.ops = ops if ops is not None else DiskOps()
         self._on_size = on_size
         self._refreshing: dict[tuple[str, str], Refresh] = {}
+        #: The temp files of refreshes in flight in the process's other caches (set by the
+        #: streamer): never removed as leftovers by :meth:`startup_cleanup`.
+        self.in_flight_elsewhere: Callable[[], frozenset[str]] = frozenset
         #: Which cached files passed their check (``verify``), with their digests.
         self.checked = CheckedFiles()
         #: The slots of a group's fulls still served: the newest incremental on each stays
@@ -308,6 +311,10 @@ class Cache:
             with trio.move_on_after(longest):
                 await refresh.ended.wait()
 
+    def temp_files(self) -> list[str]:
+        """The temp files of this cache's refreshes in flight."""
+        return [r.temp for r in self._refreshing.values() if r.temp]
+
     def is_refreshing(self, group: str, name: str) -> bool:
         """True while a refresh of ``name`` of ``group`` is running."""
         return (group, name) in self._refreshing
@@ -426,16 +433,17 @@ class Cache:
         if os.path.islink(spill) and unlink(spill):
             log_event(log, "warning", "cache_link_removed", path=spill)
         removed = clean_leftovers(spill)
+        live = self.in_flight_elsewhere()  # another cache's, nested in or holding this one
         # the root's own files written atomically (the learned state) by a tracker killed
         # between the temp file's write and its rename
         for entry in scan(self.root):
-            if entry.name.startswith(TEMP_PREFIX) and unlink(entry.path):
+            if entry.name.startswith(TEMP_PREFIX) and entry.path not in live and unlink(entry.path):
                 removed += 1
         for group in groups:
             entries = scan(group.path)
             for entry in entries:
-                if entry.name.startswith(TEMP_PREFIX) and unlink(entry.path):
-                    removed += 1
+                if entry.name.startswith(TEMP_PREFIX) and entry.path not in live:
+                    removed += 1 if unlink(entry.path) else 0
             self.checked.restore(group.path, group.name, entries)
         if removed:
             log_event(log, "info", "cache_temp_removed", root=self.root, count=removed)

@@ -88,15 +88,21 @@ class EarlyBody(GeneratorBody):
     from the body it returns once the server starts sending (a refresh's reader, found
     once the refresh opens). When none comes (:meth:`fail`, or ``resolve`` raises
     UpstreamError), iteration raises UpstreamError and the server breaks the connection:
-    never a short 200.
+    never a short 200. ``on_finish`` is called once the body is left (its end, an error or
+    the client gone), before or after ``resolve`` ran.
     """
 
-    def __init__(self, resolve: Callable[[], Awaitable[Body]] | None = None) -> None:
+    def __init__(
+        self,
+        resolve: Callable[[], Awaitable[Body]] | None = None,
+        on_finish: Callable[[], None] | None = None,
+    ) -> None:
         self._decided = trio.Event()
         self._body: Body | None = None
         self._error = "no source answered"
         self._left = False
         self._resolve = resolve
+        self._on_finish = on_finish
 
     def decide(self, body: Body) -> bool:
         """Send ``body``; False (``body`` will never be started) when the client has left
@@ -114,6 +120,8 @@ class EarlyBody(GeneratorBody):
             self._decided.set()
 
     async def _finish(self, error: BaseException | None) -> None:
+        if not self._left and self._on_finish is not None:
+            self._on_finish()
         self._left = True
 
     async def _generate(self) -> AsyncGenerator[bytes, None]:

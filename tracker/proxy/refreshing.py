@@ -244,7 +244,12 @@ class Refreshes:
             await done.wait()
             return await self._follow(outcome[0], step.early, step.origin, ask)
 
-        return early_answer(step.early, EarlyBody(resolve))
+        # The early head's client reads the refresh from now on (its join, once the refresh
+        # opens, counts once more): leaving before that, it may be the last reader, and a
+        # refresh not to be kept (``cache_complete_on_disconnect: false``) then stops.
+        refresh = begun[0]
+        refresh.reader_joined()
+        return early_answer(step.early, EarlyBody(resolve, on_finish=refresh.reader_left))
 
     async def _follow(self, started: Started, size: int, origin: ByteSource, ask: Ask) -> Body:
         """The body that follows an early head of ``size`` bytes: the refresh's (or,

@@ -144,10 +144,10 @@ class ProxyStreamer:
         self._cache_factory = cache_factory or self._default_cache
         self._voter = voter
         self._caches: dict[str, Cache] = {}
-        #: The directory (as configured) of the one cache that tells the index what it holds
+        #: The directory (its real path) of the one cache that tells the index what it holds
         #: and the digests what it checked; None: none yet, or none configured now.
         self._current: str | None = None
-        #: Each directory's own digests (:class:`CacheDigests`), by the directory as configured.
+        #: Each directory's own digests (:class:`CacheDigests`), by the directory's real path.
         self._digests_of: dict[str, CacheDigests] = {}
         #: The one memory budget of every accounts proof (docs/architecture.md, "Bounded
         #: memory"): concurrent checks (groups, refreshes, the start-up check) share it.
@@ -207,11 +207,15 @@ class ProxyStreamer:
         request arrives.
         """
         config = self._config()
-        root = config.proxy_snapshot_cache_dir
-        if not (config.proxy_snapshot_downloads and root):
+        configured = config.proxy_snapshot_cache_dir
+        if not (config.proxy_snapshot_downloads and configured):
             if self._current is not None:  # a reload turned the cache off: it holds nothing
                 self._switch(None)
             return None
+        # by its real path: a reload to another spelling of the same directory (a symbolic
+        # link to it) made a second cache of it, whose start-up removed the temp files of
+        # every refresh in flight, and a second refresher of one file
+        root = os.path.realpath(configured)
         cache = self._caches.get(root)
         if cache is not None and cache.in_use and root != self._current:
             cache = None  # a reload back to a directory another tracker held: asked again
@@ -230,6 +234,7 @@ class ProxyStreamer:
                 self._loadable_by,
             )
             cache.served = self._index.served_fulls
+            cache.in_flight_elsewhere = self._temp_files_in_flight
             cache.on_files = partial(self._cache_files, root)
             cache.groups = self._group_names
             self._switch(root)
@@ -244,6 +249,12 @@ class ProxyStreamer:
         if root in self._rechecking and self._transfers.spawn(cache.recheck):
             self._rechecking.discard(root)  # files found unchecked are checked once, now
         return cache
+
+    def _temp_files_in_flight(self) -> frozenset[str]:
+        """The temp files of every refresh in flight in any cache of this process: a cache
+        made by a reload to a directory nested in another's (or holding it) removes no
+        leftover that is one of them."""
+        return frozenset(path for cache in self._caches.values() for path in cache.temp_files())
 
     def _group_names(self) -> frozenset[str]:
         """The names of the configured groups: a cache directory none names is orphaned."""
