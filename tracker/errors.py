@@ -222,11 +222,20 @@ class CertificateInvalid(TrackerError):
 
 class NoRoom(TrackerError):
     """The accounts proof cannot go on in its memory budget or its temporary space
-    (docs/architecture.md, "Bounded memory"); ``note`` says why, in one line."""
+    (docs/architecture.md, "Bounded memory"); ``note`` says why, in one line. ``local``:
+    the tracker's own shortage (its budget, its disk), checked again later; False: what the
+    archive asks of the proof (one pubkey's versions past any budget), no cause of ours."""
 
-    def __init__(self, note: str) -> None:
+    def __init__(self, note: str, *, local: bool = True) -> None:
         super().__init__(note)
         self.note = note
+        self.local = local
+
+
+class KernelsUnavailable(TrackerError):
+    """The proof's compiled kernels could not be loaded (numba or LLVM's library failed to
+    load or to compile, as under a memory limit): the tracker's own shortage, never a verdict
+    on the archive being checked (:func:`own_shortage`); the message is one line."""
 
 
 _E = TypeVar("_E", bound=BaseException)
@@ -282,7 +291,10 @@ def own_shortage(exc: BaseException) -> OSError | None:
     read error, never as a verdict on an archive (docs/architecture.md, "Any failure is the
     copy's, unless it is the reading's"). A MemoryError is none: what the check allocates is
     bounded, so one is the bytes' asking (a size no limit caught), and taken as a shortage a
-    hostile copy would be fetched and checked again forever. Pure."""
+    hostile copy would be fetched and checked again forever. The compiled kernels that
+    could not be loaded (:class:`KernelsUnavailable`) are one (ENOMEM). Pure."""
     if isinstance(exc, RuntimeError) and str(exc).startswith(THREAD_START_FAILED):
         return OSError(errno.EAGAIN, THREAD_START_FAILED)
+    if isinstance(exc, KernelsUnavailable):
+        return OSError(errno.ENOMEM, str(exc))
     return None

@@ -685,3 +685,74 @@ def test_another_users_leftovers_are_not_removed(tmp_path: Path) -> None:
     assert clean_leftovers(str(tmp_path)) == 0 and theirs.is_dir()
     os.chown(theirs, os.geteuid(), os.getegid())
     assert clean_leftovers(str(tmp_path)) == 1 and not theirs.exists()
+
+
+async def test_a_check_cancelled_while_it_spills_is_over_with_its_spill(tmp_path: Path) -> None:
+    """A check cancelled as the tracker stopped returned at once while its thread still
+    wrote its spilled runs; the interpreter's exit then removed their directory under it,
+    and runs were left behind (gigabytes on a mainnet full). The cancelled task returns
+    only once the thread has ended and its spill is gone."""
+    import trio
+    from archives import many_accounts_archive
+
+    from tracker.cache.checked import check_opened, open_copy
+
+    name, data = many_accounts_archive(2000, 200_000)
+    path = tmp_path / name
+    path.write_bytes(data)
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    limits = AccountsLimits(
+        temp_dir=str(spill), budget=MemoryBudget(1 << 20, room=1 << 20), max_accounts=10**6
+    )
+
+    def spilling() -> bool:
+        return any(f.is_file() for f in spill.rglob("*"))
+
+    fd, st = await open_copy(str(path))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(check_opened, fd, st, name, limits)
+        with trio.fail_after(60):
+            while not await trio.to_thread.run_sync(spilling):
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert not await trio.to_thread.run_sync(lambda: list(spill.iterdir()))
+
+
+def test_one_account_stored_again_and_again_in_one_slot_is_refused_not_our_shortage(
+    tmp_path: Path,
+) -> None:
+    """One pubkey stored 30,000 times in one storage: its versions share every fingerprint,
+    so no split of the index makes them fit the budget, and the proof stopped short "for a
+    cause of ours" (``local_cause``: the copy kept and checked again and again, its source
+    never held back), though a few kilobytes of archive asked for it. The pubkey stored
+    twice in one slot refuses the archive, whatever the budget."""
+    from archives import VERSION, compress, make_tar
+
+    from tracker.proof.archive.archivecheck import check_file
+    from tracker.proof.formats.writing import (
+        archive_hash_of,
+        lattice_of_slots,
+        padded,
+        write_manifest,
+        write_status_cache,
+        write_storage,
+    )
+
+    slot, one = 5000, Account(b"\x07" * 32, 1000, b"")
+    data = write_storage([one] * 30_000)
+    lattice = lattice_of_slots({slot: [one]})
+    entries = [
+        ("version", VERSION),
+        ("snapshots", None),
+        (f"snapshots/{slot}", None),
+        (f"snapshots/{slot}/{slot}", write_manifest(slot, lattice, [(slot, 0, len(data))])),
+        ("snapshots/status_cache", write_status_cache([slot])),
+        (f"accounts/{slot}.0", padded(data)),
+    ]
+    path = tmp_path / f"snapshot-{slot}-{archive_hash_of(lattice)}.tar.zst"
+    path.write_bytes(compress(make_tar(entries), "zst"))
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    with pytest.raises(ArchiveInvalid, match=f"is stored twice in slot {slot}"):
+        check_file(str(path), prove_accounts=tiny(spill, 1 << 20))

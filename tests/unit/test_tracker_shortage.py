@@ -80,3 +80,25 @@ def test_a_scan_lane_that_cannot_start_is_a_local_failure_and_gives_everything_b
 )
 def test_the_wait_before_a_check_that_fell_short_is_tried_again(tries: int, wait: float) -> None:
     assert own_retry_after(tries, 60.0) == wait
+
+
+def test_kernels_that_cannot_be_loaded_are_the_tracker_s_shortage(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """LLVM's library that cannot be mapped under a memory limit (``OSError: Could not
+    find/load shared object file 'libllvmlite.so'``) failed the check of a good full as
+    "check failed: OSError": the copy deleted, its source held back, a local file marked
+    failed. It is the tracker's own shortage (ENOMEM), and the next load tries again."""
+    import sys
+
+    from tracker.errors import KernelsUnavailable
+    from tracker.proof.formats import kernels
+
+    monkeypatch.setattr(kernels, "_LOADED", [])
+    monkeypatch.setitem(sys.modules, "numba", None)  # its import fails
+    with pytest.raises(KernelsUnavailable, match="compiled kernels could not be loaded") as info:
+        kernels.load()
+    with pytest.raises(OSError, match="compiled kernels") as raised:
+        as_rejection(info.value)
+    assert raised.value.errno == errno.ENOMEM
+    assert kernels._LOADED == []  # not taken as loaded: tried again at the next large call

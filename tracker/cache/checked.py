@@ -565,7 +565,7 @@ async def check_opened(
     try:
         return await check.result()
     finally:
-        check.cancel()  # no-op once it ended; stops it when this task is cancelled
+        await check.stopped()  # at once once it ended; cancelled: its thread ends first
 
 
 def digest_matches(archive: os.stat_result, digest: os.stat_result) -> bool:

@@ -465,8 +465,9 @@ class Refresh:
                     ) from exc
                 raise
             finally:
-                # Cancelled while waiting: the check's thread would decode on, unseen.
-                check.cancel()  # a no-op once it has ended
+                # Cancelled while waiting: the check's thread would decode on, unseen (and
+                # spill on, as the tracker stops); it is waited for
+                await check.stopped()  # at once once it has ended
                 self._check = None
                 self._move("checked")
         if self.ended.is_set():  # aborted while the check ran

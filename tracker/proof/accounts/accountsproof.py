@@ -618,9 +618,9 @@ class AccountsProof:
             if self._records:
                 if reread is None:
                     return None, f"not proven: {self._records} accounts need a second read"
-                note = self._finish_index(reread)
+                note, local = self._finish_index(reread)
                 if note is not None:
-                    self.local_cause = True
+                    self.local_cause = local
                     return None, note
             self._scanned_sums()
             if self._note is not None:
@@ -680,9 +680,10 @@ class AccountsProof:
         )
         self._kept.clear()
 
-    def _finish_index(self, reread: Reread) -> str | None:
+    def _finish_index(self, reread: Reread) -> tuple[str | None, bool]:
         """Sort the index's partitions and hash the newest versions; a note when the proof
-        cannot end (no room, the temporary files unreadable)."""
+        cannot end (no room, the temporary files unreadable), and whether that is the
+        tracker's own cause (:attr:`tracker.errors.NoRoom.local`)."""
         index = self.index
         storages = len(self._storages)
         slots = self._storages.slots()
@@ -703,12 +704,12 @@ class AccountsProof:
                 self.progress.spilled = index.dir.written
             self._hash_newest(index.superseded_in_order(storages, memory), reread)
         except NoRoom as exc:
-            return exc.note
+            return exc.note, exc.local
         except OSError as exc:  # a run file read back: the disk's fault, not the archive's
             if self._note is not None:  # a scan process failed: the proof let go of its files
-                return self._note
-            return f"not proven: the temporary files could not be read: {exc.strerror or exc}"
-        return None
+                return self._note, True
+            return f"not proven: the temporary files could not be read: {exc.strerror or exc}", True
+        return None, True
 
     def _note_peaks(self) -> None:
         budget = self.held.budget

@@ -498,7 +498,7 @@ class SpillIndex:
             return
         if size // RECORD * DEDUP_COST > memory:
             if level + 1 >= MAX_LEVEL:
-                raise NoRoom("not proven: one pubkey's versions pass the memory of the proof")
+                self._unsplittable(name, storage_slots, memory, twice)
             step = max(RECORD, memory // (2 * DEDUP_COST) * RECORD)
             for piece in self.dir.pieces(name, step):
                 self._write(piece.reshape(-1, 5), f"{name}.", level + 1)
@@ -513,6 +513,22 @@ class SpillIndex:
         if at is not None:
             twice(keys[at], int(rows[at, 4]))
         self.dir.append("s", counted)
+
+    def _unsplittable(
+        self, name: str, storage_slots: U64, memory: int, twice: Callable[[U64, int], None]
+    ) -> None:
+        """Run ``name`` shares its whole fingerprint (one pubkey, as a rule) and passes
+        ``memory``: no split makes it fit. Each piece that fits is looked at for a pubkey
+        stored twice in one slot (``twice`` refuses the archive: a few kilobytes of one
+        account stored a million times in one storage are that, not a shortage of ours);
+        otherwise NoRoom, not of the tracker's own cause (more room than any budget)."""
+        step = max(RECORD, memory // (2 * DEDUP_COST) * RECORD)
+        for piece in self.dir.pieces(name, step):
+            rows = piece.reshape(-1, 5)
+            _counted, at = superseded_of(rows[:, :4], rows[:, 4], storage_slots, self.mults)
+            if at is not None:
+                twice(rows[at, :4], int(rows[at, 4]))
+        raise NoRoom("not proven: one pubkey's versions pass the memory of the proof", local=False)
 
     def superseded_in_order(self, storages: int, memory: int) -> Iterator[U64]:
         """The superseded locators of run file ``s``, sorted, in pieces of at most

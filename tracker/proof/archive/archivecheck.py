@@ -558,6 +558,10 @@ def _readable(fd: int) -> int:
     return os.dup(fd)
 
 
+#: Seconds a cancelled check's thread is waited for (:meth:`FollowingCheck.stopped`).
+STOP_WITHIN = 10.0
+
+
 class FollowingCheck:
     """:func:`check_stream` over a file being written, in a worker thread, from trio.
 
@@ -671,6 +675,19 @@ class FollowingCheck:
     def done(self) -> bool:
         """True once the check has ended (passed or failed)."""
         return self._background.done()
+
+    async def stopped(self, within: float = STOP_WITHIN) -> None:
+        """:meth:`cancel` the check and wait (shielded, at most ``within`` seconds: its
+        decode loop looks every few MiB) until its thread has ended. A task cancelled as the
+        tracker stops returned at once while the thread still wrote its proof's spilled runs:
+        the interpreter's exit removed their directory under it, and gigabytes of runs stayed
+        behind."""
+        import trio
+
+        self.cancel()
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + within
+            await self._background.wait()
 
     async def result(self) -> Verified:
         """Wait for the check: the SHA-256's hex digest and the proof, or ArchiveInvalid."""

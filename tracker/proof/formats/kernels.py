@@ -26,6 +26,8 @@ from typing import Any, TypeVar, cast
 
 import numpy as np
 
+from tracker.errors import KernelsUnavailable
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: Items (records, keys) in one call from which the kernels are compiled.
@@ -77,16 +79,28 @@ def load() -> None:
     with _LOCK:
         if _LOADED:
             return
-        import numba
-
-        module = globals()
-        _compile_copy()  # before the kernels that call it are compiled
-        for name, function in _RAW.items():
-            dispatcher = numba.njit(nogil=True, boundscheck=False)(function)
-            with contextlib.suppress(RuntimeError):  # no writable cache directory
-                dispatcher.enable_caching()
-            module[name] = dispatcher
+        try:
+            _load()
+        except (ImportError, OSError, MemoryError) as exc:
+            # LLVM's library that cannot be mapped (a memory limit), numba missing: the
+            # tracker's own shortage, never the archive's (tracker.errors.own_shortage)
+            detail = " ".join(str(exc).split())[:200]
+            raise KernelsUnavailable(
+                f"the proof's compiled kernels could not be loaded: {type(exc).__name__}: {detail}"
+            ) from exc
         _LOADED.append(True)
+
+
+def _load() -> None:
+    import numba
+
+    module = globals()
+    _compile_copy()  # before the kernels that call it are compiled
+    for name, function in _RAW.items():
+        dispatcher = numba.njit(nogil=True, boundscheck=False)(function)
+        with contextlib.suppress(RuntimeError):  # no writable cache directory
+            dispatcher.enable_caching()
+        module[name] = dispatcher
 
 
 def _copy(dst: Any, at: Any, src: Any, start: Any, count: Any) -> None:
