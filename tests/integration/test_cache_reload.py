@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import attrs
@@ -24,7 +26,7 @@ from helpers_tracker import start_tracker, wait_until, write_config
 from helpers_upstream import Behaviour, FakeUpstream, serving
 from names import full_name
 
-from tracker.cache.store import LOCK_FILE
+from tracker.cache.store import LOCK_FILE, Cache
 from tracker.web.statusgather import gather_status
 
 FULL = full_name(5000)
@@ -46,29 +48,35 @@ def reload_to(t: TrackerUnderTest, cache_dir: Path) -> None:
     t.streamer.cache()
 
 
-@pytest.mark.parametrize("spelled", ["a link to it", "nested in it"])
-async def test_a_reload_to_another_spelling_or_a_nested_directory_keeps_refreshes_in_flight(
-    tmp_path: Path, spelled: str
-) -> None:
-    """A reload to a symbolic link naming the cache's own directory made a second cache of
-    it: its start-up removed the temp file of the refresh in flight (``cache_commit_failed``,
-    nothing cached after a whole download), and the next request started a second refresher
-    of the same file. A directory nested in the old one lost its in-flight temp files too."""
-    a = tmp_path / "A"
-    a.mkdir()
-    if spelled == "a link to it":
-        target = tmp_path / "alias"
-        target.symlink_to(a)
-    else:
-        target = a / GROUP  # the group's own directory, where the temp file lies
+@attrs.define
+class HalfWay:
+    """A tracker whose refresh of FULL, read by one client, has its first MiB of two."""
+
+    t: TrackerUnderTest
+    cache: Cache
+    client: httpx.AsyncClient
+    up: FakeUpstream
+    got: list[httpx.Response]
+    paused: Behaviour
+
+    async def finish(self) -> None:
+        """The source sends the rest; returns once the refresh ended."""
+        self.paused.resume.set()
+        await wait_for(lambda: not self.cache.is_refreshing(GROUP, FULL))
+
+
+@asynccontextmanager
+async def half_way(cache_dir: Path) -> AsyncIterator[HalfWay]:
+    """:class:`HalfWay` of a tracker caching in ``cache_dir``; the client's read ends
+    (:meth:`HalfWay.finish`, at the latest when the block ends) before the tracker stops."""
     async with serving(FakeUpstream(files={FULL: DATA})) as up:
         up.behaviour[FULL] = paused = Behaviour(pause_at=MiB, resume=trio.Event())
         async with (
-            proxy_tracker(a, up) as t,
+            proxy_tracker(cache_dir, up) as t,
             httpx.AsyncClient(verify=client_tls(), timeout=30) as client,
         ):
-            old = t.streamer.cache()
-            assert old is not None
+            cache = t.streamer.cache()
+            assert cache is not None
             got: list[httpx.Response] = []
 
             async def read() -> None:
@@ -77,13 +85,35 @@ async def test_a_reload_to_another_spelling_or_a_nested_directory_keeps_refreshe
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(read)
                 await wait_for(lambda: bool(up.gets(FULL)) and up.gets(FULL)[0].body_sent >= MiB)
-                [temp] = old.temp_files()
-                reload_to(t, target)
-                assert await trio.Path(temp).exists()
-                if spelled == "a link to it":
-                    assert t.streamer.cache() is old  # one cache, one refresher of the file
-                paused.resume.set()
-            await wait_for(lambda: not old.is_refreshing(GROUP, FULL))
+                half = HalfWay(t, cache, client, up, got, paused)
+                yield half
+                await half.finish()
+
+
+@pytest.mark.parametrize("spelled", ["a link to it", "nested in it"])
+async def test_a_reload_to_another_spelling_or_a_nested_directory_keeps_refreshes_in_flight(
+    tmp_path: Path, spelled: str
+) -> None:
+    """A reload to a symbolic link naming the cache's own directory made a second cache of
+    it: its start-up removed the temp file of the refresh in flight (``cache_commit_failed``,
+    nothing cached after a whole download), and the next request could start a second
+    refresher of the same file in the same directory. A directory nested in the old one lost
+    its in-flight temp files too."""
+    a = tmp_path / "A"
+    a.mkdir()
+    if spelled == "a link to it":
+        target = tmp_path / "alias"
+        target.symlink_to(a)
+    else:
+        target = a / GROUP  # the group's own directory, where the temp file lies
+    async with half_way(a) as refresh:
+        [temp] = refresh.cache.temp_files()
+        reload_to(refresh.t, target)
+        assert await trio.Path(temp).exists()
+        if spelled == "a link to it":
+            assert refresh.t.streamer.cache() is refresh.cache  # one refresher of the file
+        await refresh.finish()
+        got = refresh.got
     assert [(r.status_code, r.content == DATA) for r in got] == [(200, True)]
     assert (a / GROUP / FULL).read_bytes() == DATA  # cached, not lost after the download
 
@@ -97,41 +127,26 @@ async def test_a_refresh_ending_in_the_old_directory_leaves_the_new_ones_holding
     a, b = tmp_path / "A", tmp_path / "B"
     (b / GROUP).mkdir(parents=True)
     (b / GROUP / OLD).write_bytes(OLD_DATA)
-    async with serving(FakeUpstream(files={FULL: DATA})) as up:
-        up.behaviour[FULL] = resumed = Behaviour(pause_at=MiB, resume=trio.Event())
-        async with (
-            proxy_tracker(a, up) as t,
-            httpx.AsyncClient(verify=client_tls(), timeout=30) as client,
-        ):
-            old_cache = t.streamer.cache()
-            assert old_cache is not None
-            got: list[httpx.Response] = []
-
-            async def read() -> None:
-                got.append(await client.get(t.url(FULL)))
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(read)
-                await wait_for(lambda: old_cache.is_refreshing(GROUP, FULL))
-                await wait_for(lambda: bool(up.gets(FULL)) and up.gets(FULL)[0].body_sent >= MiB)
-                reload_to(t, b)
-                assert await listed(client, t.base) == {FULL, OLD}
-                # the refresh left in A is still shown (it ends there)
-                view = await gather_status(t.parts.status_sources(), 0)
-                assert view.cache is not None and Path(view.cache.directory) == b.resolve()
-                assert [r.name for r in view.cache.refreshes] == [FULL]
-                resumed.resume.set()
-            await wait_for(lambda: not old_cache.is_refreshing(GROUP, FULL))
-            assert got[0].status_code == 200 and got[0].content == DATA
-            assert (a / GROUP / FULL).exists() and not (b / GROUP / FULL).exists()
-            # A's promotion told nothing: B's OLD is listed and served
-            assert await listed(client, t.base) == {FULL, OLD}
-            answer = await client.get(t.url(OLD))
-            assert answer.status_code == 200 and answer.content == OLD_DATA
-            assert t.streamer.refreshes() == []
-            advertise(t.index, up.base, [])  # the source moved on: only B is held
-            assert await listed(client, t.base) == {OLD}
-            assert (await client.get(t.url(FULL))).status_code == 404
+    async with half_way(a) as refresh:
+        t, client, up = refresh.t, refresh.client, refresh.up
+        reload_to(t, b)
+        assert await listed(client, t.base) == {FULL, OLD}
+        # the refresh left in A is still shown (it ends there)
+        view = await gather_status(t.parts.status_sources(), 0)
+        assert view.cache is not None and Path(view.cache.directory) == b.resolve()
+        assert [r.name for r in view.cache.refreshes] == [FULL]
+        await refresh.finish()
+        [got] = refresh.got
+        assert got.status_code == 200 and got.content == DATA
+        assert (a / GROUP / FULL).exists() and not (b / GROUP / FULL).exists()
+        # A's promotion told nothing: B's OLD is listed and served
+        assert await listed(client, t.base) == {FULL, OLD}
+        answer = await client.get(t.url(OLD))
+        assert answer.status_code == 200 and answer.content == OLD_DATA
+        assert t.streamer.refreshes() == []
+        advertise(t.index, up.base, [])  # the source moved on: only B is held
+        assert await listed(client, t.base) == {OLD}
+        assert (await client.get(t.url(FULL))).status_code == 404
 
 
 async def test_a_reload_back_to_a_directory_used_before_lists_what_it_holds(
