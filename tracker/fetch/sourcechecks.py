@@ -25,8 +25,7 @@ from tracker.fetch.settings import FetchSettings
 from tracker.multisource.contentrange import MAX_DIGITS, parse_content_range
 from tracker.multisource.sources import Identity, Source, check_range
 from tracker.net.bodyreads import body_chunks
-from tracker.net.exchange import send, source_failures
-from tracker.net.limits import coding_problem
+from tracker.net.exchange import coding_problem, send, source_failures
 from tracker.observability.logs import log_event
 
 log = logging.getLogger("tracker.fetch")

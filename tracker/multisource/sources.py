@@ -25,8 +25,8 @@ from tracker.core.snapshots import TargetKey
 from tracker.errors import SourceFailed
 from tracker.multisource.contentrange import ContentRange, states_range
 from tracker.multisource.samefile import Sameness, Validators, sameness
+from tracker.net.exchange import coding_problem
 from tracker.net.httpclients import origin
-from tracker.net.limits import coding_problem
 from tracker.observability.logs import log_event
 from tracker.observability.redact import redact_text
 

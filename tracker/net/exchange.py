@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import httpx
 import trio
 
-from tracker.core.text import one_line
+from tracker.core.text import one_line, quoted
 from tracker.errors import SourceFailed, TransportError
 
 #: What httpx raises: its failures of a request (``HTTPError``), URLs it cannot parse, and
@@ -93,6 +93,17 @@ def mapped() -> Iterator[None]:
         yield
     except HTTPX_ERRORS as exc:
         raise TransportError(transport_reason(exc)) from exc
+
+
+def coding_problem(response: httpx.Response) -> str | None:
+    """Why the body of ``response`` is not the resource's own bytes: a ``content-encoding``
+    other than identity, which the tracker never asks for (a misconfigured nginx's
+    ``gzip_static always``, a CDN); None when it is. Relayed or stored, coded bytes under an
+    archive's name would look like a complete archive to every client."""
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return None
+    return f"answered with content-encoding {quoted(encoding)}; identity was asked"
 
 
 @contextmanager

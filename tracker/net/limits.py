@@ -56,17 +56,6 @@ def exhausted(exc: BaseException) -> bool:
     return False
 
 
-def coding_problem(response: httpx.Response) -> str | None:
-    """Why the body of ``response`` is not the resource's own bytes: a ``content-encoding``
-    other than identity, which the tracker never asks for (a misconfigured nginx's
-    ``gzip_static always``, a CDN); None when it is. Relayed or stored, coded bytes under an
-    archive's name would look like a complete archive to every client."""
-    encoding = response.headers.get("content-encoding", "identity").strip().lower()
-    if encoding in ("", "identity"):
-        return None
-    return f"answered with content-encoding {quoted(encoding)}; identity was asked"
-
-
 def _check_body_headers(response: httpx.Response, max_bytes: int) -> None:
     """Refuse a body declared larger than ``max_bytes`` or sent compressed.
 

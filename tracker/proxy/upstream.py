@@ -72,7 +72,7 @@ from tracker.errors import SourceBusy, SourceFailed, SourcesBusy, UpstreamError
 from tracker.multisource.contentrange import ContentRange, parse_content_range, states_range
 from tracker.multisource.samefile import Validators, not_same_reason
 from tracker.net.egress import CheckingBackend, EgressPolicy, Resolver, resolve
-from tracker.net.exchange import send, source_failures
+from tracker.net.exchange import coding_problem, send, source_failures
 from tracker.net.httpclients import (
     ClientShape,
     PoolTransportOf,
@@ -83,7 +83,7 @@ from tracker.net.httpclients import (
     tls_files,
     without_userinfo,
 )
-from tracker.net.limits import coding_problem, status_reason
+from tracker.net.limits import status_reason
 from tracker.net.sourcelimits import (
     QUEUE,
     UNCAPPED,
