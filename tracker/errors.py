@@ -37,8 +37,10 @@ exception class::
     ├── VoteInvalid        a vote instruction's data does not decode (the cluster level)
     ├── CertificateInvalid an Alpenglow finality certificate, its signer bitmap, a block
     │                      footer or a BLS key does not decode or check (the cluster level)
-    └── NoRoom             the accounts proof cannot go on in its memory or its temporary
-                           space (the archive stays at ``manifest`` with the note)
+    ├── NoRoom             the accounts proof cannot go on in its memory or its temporary
+    │                      space (the archive stays at ``manifest`` with the note)
+    └── KernelsUnavailable the proof's compiled kernels could not be loaded (numba, LLVM's
+                           library): the tracker's own shortage, never the archive's
 """
 
 from __future__ import annotations
