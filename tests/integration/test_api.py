@@ -277,6 +277,22 @@ async def test_root_alias_404_has_empty_body(
         assert (await client.get(f"{base}/v1/{path}")).text == "no snapshot available\n"
 
 
+async def test_a_tracker_with_no_group_answers_no_snapshot_not_a_bad_group(
+    nursery: trio.Nursery, tmp_path: Path, client: httpx.AsyncClient
+) -> None:
+    """``check-config`` accepts a config with no target group (and warns). Its requests that
+    named no group were answered 400 "malformed group name", blaming a group the client
+    never sent: monitoring reading ``Health`` got an answer it did not know."""
+    base = await tracker_with(nursery, tmp_path, target_groups=[])
+    for path in ("snapshot.tar.bz2", "incremental-snapshot.tar.zst"):
+        answer = await client.get(f"{base}/v1/{path}")
+        assert (answer.status_code, answer.text) == (202, "no snapshot available\n")
+    health = await client.get(f"{base}/v1/health")
+    assert health.status_code == 500 and health.json()["Health"] == "no snapshots found"
+    assert (await client.get(f"{base}/v1/{full_name(7)}")).status_code == 404
+    assert (await client.get(f"{base}/v1/snapshot.tar.bz2?group=nope")).status_code == 404
+
+
 async def test_concrete_route_redirects_to_source(
     two_groups: tuple[str, Sidecar, str], client: httpx.AsyncClient
 ) -> None:

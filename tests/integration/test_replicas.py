@@ -252,12 +252,15 @@ async def test_three_replicas_pull_each_archive_from_upstream_once(
 
     # Real clients follow each replica's 303s (the root alias, then the archive) to the
     # bucket; the name they save comes from the presigned URL's content-disposition (the URL
-    # they were given ends in the alias). One client a replica, each client once: every
+    # they were given ends in the alias); wget, naming its file after the last URL, gets the
+    # bytes from the replica instead. One client a replica, each client once: every
     # replica's presigned URLs (the third's signed with the environment's credentials) and
     # every client's way of following them, without three downloads of 256 MiB each.
     clients = [
         ("curl", ["-sSfOJL"]),
-        ("wget", ["-q", "--content-disposition"]),
+        # as solana-snapshot-finder runs it: the name of the last URL (a presigned URL's
+        # query would be in it: wget gets the bytes from the replica, never the 303)
+        ("wget", ["-q", "--trust-server-names"]),
         ("aria2c", ["-q", "-x4", "-s4", "--allow-overwrite=true"]),
     ]
     for (name, flags), replica in zip(clients, replicas, strict=True):

@@ -55,6 +55,9 @@ IF_RANGE = Asked("GET", range="bytes=0-99", conditional=True)
 IF_NONE_MATCH = Asked("GET", conditional=True)
 FROM_FIREDANCER = Asked("GET", user_agent=FIREDANCER)
 FROM_REPLICA = Asked("GET", user_agent=TRACKER_AGENT)
+# wget names its file after the last URL (``--trust-server-names``), a presigned URL's query
+# and all: it gets the bytes, never the bucket's 303
+FROM_WGET = Asked("GET", user_agent="Wget/1.21.3")
 
 CACHE = Mode(serve_user_agents=("Firedancer",))
 KEEP = Mode(keep=True)
@@ -556,6 +559,13 @@ ROWS = [
         id="bucket: serve_user_agents get bytes from the disk cache",
     ),
     pytest.param(
+        FROM_WGET,
+        BUCKET,
+        {},
+        [Step.CACHE_HIT],
+        id="bucket: wget, naming its file after the URL, gets bytes from the disk cache",
+    ),
+    pytest.param(
         FROM_FIREDANCER,
         BUCKET,
         {"passes": (Step.CACHE_HIT,)},
@@ -885,6 +895,7 @@ def test_a_prefetch_asks_the_bucket_and_its_lock(
     [
         (GET, BUCKET, Step.REDIRECT),  # a client that follows redirects: the bucket's 303
         (FROM_FIREDANCER, BUCKET, Step.FROM_BUCKET),  # one served the bytes: streamed
+        (FROM_WGET, BUCKET, Step.FROM_BUCKET),  # one naming its file after the URL too
         (HEAD, BUCKET, Step.FROM_BUCKET),  # the object's metadata
     ],
 )

@@ -220,14 +220,23 @@ Decision = Step | Start
 # -- stages ------------------------------------------------------------------------------------
 
 
+#: Clients that name the file they save after the last URL, query and all (wget with
+#: ``--trust-server-names``, as solana-snapshot-finder runs it): a presigned URL always
+#: carries one, so they get the bytes from the tracker, never a redirect to the bucket.
+NAMED_FROM_THE_URL = ("Wget/",)
+
+
 def redirect(asked: Asked, mode: Mode) -> bool:
     """First, before any file system work: a GET is sent to the bucket's copy, unless the
-    client must get the bytes from the tracker (``serve_user_agents``), is another tracker
-    (which never forwards to a third replica), ``direct_serve`` is off or the store down."""
+    client must get the bytes from the tracker (``serve_user_agents``; a client that names
+    its file after the URL: :data:`NAMED_FROM_THE_URL`), is another tracker (which never
+    forwards to a third replica), ``direct_serve`` is off or the store down."""
     if not mode.bucket or asked.method != "GET" or not (mode.store_up and mode.direct_serve):
         return False
     return not (
-        asked.user_agent == TRACKER_AGENT or wants_bytes(asked.user_agent, mode.serve_user_agents)
+        asked.user_agent == TRACKER_AGENT
+        or wants_bytes(asked.user_agent, mode.serve_user_agents)
+        or asked.user_agent.startswith(NAMED_FROM_THE_URL)
     )
 
 

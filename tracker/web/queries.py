@@ -47,8 +47,12 @@ def group_filter(config: Config, args: Mapping[str, str]) -> str | None:
 
 
 def resolve_group(config: Config, args: Mapping[str, str]) -> str:
-    """The group a redirect or archive request is for: ``group=`` or the default group."""
+    """The group a redirect or archive request is for: ``group=`` or the default group; ""
+    when neither names one (no group configured: nothing is known, answered as "no
+    snapshot", never as a malformed group the client did not send)."""
     name = args.get("group") or config.default_group
+    if not name:
+        return ""
     return known_group(config, name)
 
 
