@@ -93,12 +93,12 @@ async def test_a_cache_copy_other_than_the_bucket_s_is_served_and_listed_alone(
 ) -> None:
     """The bucket's object of a name became another replica's upload, other bytes of the
     same snapshot (another node's compression), while this replica's cache holds its own:
-    the listing, ``.sha256`` and HEAD gave the cache's digest and a wget GET a 303 to the
+    the listing, ``.sha256`` and HEAD gave the cache's digest and a curl GET a 303 to the
     bucket's bytes, which ``sha256sum -c`` refused. Every route serves and lists the cache's
     copy now; the bucket's copy is read again (its own digest) for when the cache has none."""
     prefix = f"v-{secrets.token_hex(4)}/"
     key = f"{prefix}{GROUP}/{NAME}"
-    wget = [("user-agent", "Wget/1.21.4")]
+    curl = [("user-agent", "curl/8.5.0")]  # a client the bucket's 303 is for
     entries = snapshot_entries(9500, accounts=3, account_size=64 * 1024, seed=95)
     other = compress(make_tar(entries), "zst", pieces=2)
     assert other != GOOD
@@ -110,14 +110,14 @@ async def test_a_cache_copy_other_than_the_bucket_s_is_served_and_listed_alone(
         objects = t.parts.objects
         assert objects is not None
         digests = t.parts.streamer.digests
-        fill = await raw_request(t.base, f"/v1/{GROUP}/{NAME}", headers=wget)
+        fill = await raw_request(t.base, f"/v1/{GROUP}/{NAME}", headers=curl)
         assert fill.status == 200 and fill.body == GOOD
         await wait_for(lambda: key in weed.objects(prefix), timeout=30)
         await idle(t)
         await objects.tier.retain(GROUP, full=True)  # the store's listing: the same object
         assert digests.of("bucket", GROUP, NAME) is not None
-        # the same bytes in the bucket: a wget GET is sent there
-        sent = await raw_request(t.base, f"/v1/{GROUP}/{NAME}", headers=wget)
+        # the same bytes in the bucket: a curl GET is sent there
+        sent = await raw_request(t.base, f"/v1/{GROUP}/{NAME}", headers=curl)
         assert sent.status == 303
         s3 = weed.client()
         for side in (key, *(key + s for s in (".sha256", ".proof"))):
@@ -127,7 +127,7 @@ async def test_a_cache_copy_other_than_the_bucket_s_is_served_and_listed_alone(
         await objects.tier.retain(GROUP, full=True)  # the listing shows another object
         assert digests.of("bucket", GROUP, NAME) is None
         objects.tier.known.forget(key)  # (as KNOWN_FOR later)
-        got = await raw_request(t.base, f"/v1/{GROUP}/{NAME}", headers=wget)
+        got = await raw_request(t.base, f"/v1/{GROUP}/{NAME}", headers=curl)
         assert got.status == 200 and got.body == GOOD
         line = await raw_request(t.base, f"/v1/{GROUP}/{NAME}.sha256")
         assert line.body.decode() == good_line
