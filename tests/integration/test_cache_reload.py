@@ -58,11 +58,14 @@ class HalfWay:
     up: FakeUpstream
     got: list[httpx.Response]
     paused: Behaviour
+    read: trio.Event = attrs.Factory(trio.Event)
 
     async def finish(self) -> None:
-        """The source sends the rest; returns once the refresh ended."""
+        """The source sends the rest; returns once the refresh ended and the client's read
+        with it."""
         self.paused.resume.set()
         await wait_for(lambda: not self.cache.is_refreshing(GROUP, FULL))
+        await self.read.wait()
 
 
 @asynccontextmanager
@@ -77,15 +80,15 @@ async def half_way(cache_dir: Path) -> AsyncIterator[HalfWay]:
         ):
             cache = t.streamer.cache()
             assert cache is not None
-            got: list[httpx.Response] = []
+            half = HalfWay(t, cache, client, up, [], paused)
 
             async def read() -> None:
-                got.append(await client.get(t.url(FULL)))
+                half.got.append(await client.get(t.url(FULL)))
+                half.read.set()
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(read)
                 await wait_for(lambda: bool(up.gets(FULL)) and up.gets(FULL)[0].body_sent >= MiB)
-                half = HalfWay(t, cache, client, up, got, paused)
                 yield half
                 await half.finish()
 

@@ -240,16 +240,26 @@ class Refreshes:
         if done.is_set():
             return outcome[0]
 
+        # The early head's client is the refresh's reader from its head on, until its join
+        # (which counts it from then) or its leaving: leaving first, it may be the last
+        # reader, and a refresh not to be kept (``cache_complete_on_disconnect: false``)
+        # then stops.
+        refresh, counted = begun[0], [True]
+        refresh.reader_joined()
+
+        def let_go() -> None:
+            if counted:
+                counted.clear()
+                refresh.reader_left()
+
         async def resolve() -> Body:
             await done.wait()
-            return await self._follow(outcome[0], step.early, step.origin, ask)
+            try:
+                return await self._follow(outcome[0], step.early, step.origin, ask)
+            finally:
+                let_go()  # joined (counted by its join now), or no body follows
 
-        # The early head's client reads the refresh from now on (its join, once the refresh
-        # opens, counts once more): leaving before that, it may be the last reader, and a
-        # refresh not to be kept (``cache_complete_on_disconnect: false``) then stops.
-        refresh = begun[0]
-        refresh.reader_joined()
-        return early_answer(step.early, EarlyBody(resolve, on_finish=refresh.reader_left))
+        return early_answer(step.early, EarlyBody(resolve, on_finish=let_go))
 
     async def _follow(self, started: Started, size: int, origin: ByteSource, ask: Ask) -> Body:
         """The body that follows an early head of ``size`` bytes: the refresh's (or,
