@@ -437,13 +437,13 @@ class Cache:
         # the root's own files written atomically (the learned state) by a tracker killed
         # between the temp file's write and its rename
         for entry in scan(self.root):
-            if entry.name.startswith(TEMP_PREFIX) and entry.path not in live and unlink(entry.path):
-                removed += 1
+            if entry.name.startswith(TEMP_PREFIX) and entry.path not in live:
+                removed += unlink(entry.path)
         for group in groups:
             entries = scan(group.path)
             for entry in entries:
                 if entry.name.startswith(TEMP_PREFIX) and entry.path not in live:
-                    removed += 1 if unlink(entry.path) else 0
+                    removed += unlink(entry.path)
             self.checked.restore(group.path, group.name, entries)
         if removed:
             log_event(log, "info", "cache_temp_removed", root=self.root, count=removed)

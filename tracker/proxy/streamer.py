@@ -144,6 +144,8 @@ class ProxyStreamer:
         self._cache_factory = cache_factory or self._default_cache
         self._voter = voter
         self._caches: dict[str, Cache] = {}
+        #: The cache directory last configured and its real path (:meth:`_real_path`).
+        self._resolved = ("", "")
         #: The directory (its real path) of the one cache that tells the index what it holds
         #: and the digests what it checked; None: none yet, or none configured now.
         self._current: str | None = None
@@ -215,7 +217,7 @@ class ProxyStreamer:
         # by its real path: a reload to another spelling of the same directory (a symbolic
         # link to it) made a second cache of it, whose start-up removed the temp files of
         # every refresh in flight, and a second refresher of one file
-        root = os.path.realpath(configured)
+        root = self._real_path(configured)
         cache = self._caches.get(root)
         if cache is not None and cache.in_use and root != self._current:
             cache = None  # a reload back to a directory another tracker held: asked again
@@ -249,6 +251,14 @@ class ProxyStreamer:
         if root in self._rechecking and self._transfers.spawn(cache.recheck):
             self._rechecking.discard(root)  # files found unchecked are checked once, now
         return cache
+
+    def _real_path(self, configured: str) -> str:
+        """The real path of the cache directory ``configured``, resolved once per configured
+        value (a reload that changes it resolves it again): :meth:`cache` runs for every
+        request, and the resolution is a system call per component of the path."""
+        if self._resolved[0] != configured:
+            self._resolved = (configured, os.path.realpath(configured))
+        return self._resolved[1]
 
     def _temp_files_in_flight(self) -> frozenset[str]:
         """The temp files of every refresh in flight in any cache of this process: a cache
