@@ -2,11 +2,13 @@
 against a real SeaweedFS behind a relay that holds the requests a test names
 (tests/helpers_heldstore.py). What a client waits for stays within ``request_timeout``; no
 URL is handed out of an object retention deleted, nor one that outlives retention's hold;
-a lock is never left behind by a request that went away; a holder whose renewals hang gives
-its lock up before another replica can take it over, a release never deletes the lock of the
-replica that took it over, and a create whose answer was lost leaves no upload behind. (That
-a takeover's abort asks the store within ``request_timeout``: test_objectstore_keeping.py,
-whose takeover fails on the request path's bucket.)"""
+a lock is never left behind by a request that went away; a holder's lease ends before
+another replica can take its lock over, past it no upload is completed until a renewal is
+applied (one answered late keeps the lock), and one that hangs gives the lock up; a release
+never deletes the lock of the replica that took it over, and a create whose answer was lost
+leaves no upload behind. (That a takeover's abort asks the store within
+``request_timeout``: test_objectstore_keeping.py, whose takeover fails on the request path's
+bucket.)"""
 
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from tracker.objectstore.locks import Holder, Lock
 from tracker.objectstore.tier import ObjectTier
 
 FULL, NEWER = full_name(9000), full_name(9500)
+ARCHIVE = b"archive " * 1000
 
 
 @asynccontextmanager
@@ -136,7 +139,8 @@ async def test_a_holder_whose_renewals_hang_gives_its_lock_up_before_a_takeover(
 ) -> None:
     """A renewal with no answer (a store or network that hangs) kept its holder waiting on
     boto3's timeouts while its lock went stale on the store's clock: another replica took it
-    over, and the first went on to complete its upload under the other's lock."""
+    over, and the first went on to complete its upload under the other's lock. Its lease
+    ends while the store still counts the lock live."""
     ttl = 6.0
     async with behind_a_relay(weed, lock_ttl=ttl, replica_url="http://127.0.0.1:1") as (
         a,
@@ -149,13 +153,97 @@ async def test_a_holder_whose_renewals_hang_gives_its_lock_up_before_a_takeover(
         lost = trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(a.keep_renewed, lock, lost)
-            await lost.wait()
+            await trio.sleep_until(lock.lease_end)
+            assert renewal.arrived.is_set() and not lock.held
+            # past its lease while the store still counts it live: nobody else holds it yet
+            assert isinstance(await b.claim(GROUP, FULL), Holder)
             nursery.cancel_scope.cancel()
-        assert renewal.arrived.is_set() and not lock.held
-        # given up while the store still counts it live: nobody else could hold it yet
-        assert isinstance(await b.claim(GROUP, FULL), Holder)
         renewal.release.set()
         await no_call_in_flight(a)
+
+
+async def upload_under(
+    tier: ObjectTier, lock: Lock, path: Path, lost: trio.Event, done: list[str]
+) -> None:
+    """Upload ``path`` (holding :data:`ARCHIVE`) as FULL under ``lock``, as a refresh does:
+    aborted when ``lost`` is set. ``done`` gets "completed" or "aborted"."""
+    completed = False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_cancel_on, lost, nursery.cancel_scope)
+            await tier.upload(tier.object_key(GROUP, FULL), fd, Done(ARCHIVE), {}, lock)
+            completed = True
+            nursery.cancel_scope.cancel()
+    finally:
+        os.close(fd)
+        done.append("completed" if completed else "aborted")
+
+
+async def _cancel_on(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+
+
+def is_renewal(line: str) -> bool:
+    """A lock's write (its renewal, here)."""
+    return line.startswith("PUT") and ".locks/" in line
+
+
+def is_complete(line: str) -> bool:
+    """A multipart upload's complete."""
+    return line.startswith("POST") and "uploadId=" in line
+
+
+async def test_past_its_lease_a_holder_sends_no_complete_and_then_gives_the_lock_up(
+    weed: Weed, tmp_path: Path
+) -> None:
+    """Its renewal unanswered, the holder's lease ended: an upload that reached its end then
+    completed at once, under a lock another replica may hold by then. It now waits for a
+    renewal, and with none applied ``lock_ttl`` after the lease the lock is given up and the
+    upload aborted: nothing in the bucket."""
+    path = tmp_path / FULL
+    path.write_bytes(ARCHIVE)
+    async with behind_a_relay(weed, lock_ttl=2.0) as (a, relay):
+        lock = await a.claim(GROUP, FULL)
+        assert isinstance(lock, Lock)
+        renewal, complete = relay.hold(is_renewal), relay.hold(is_complete)
+        lost, done = trio.Event(), list[str]()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.keep_renewed, lock, lost)
+            await trio.sleep_until(lock.lease_end)
+            nursery.start_soon(upload_under, a, lock, path, lost, done)
+            await lost.wait()
+            assert not complete.arrived.is_set()
+            nursery.cancel_scope.cancel()
+        assert renewal.arrived.is_set() and done == ["aborted"]
+    assert a.object_key(GROUP, FULL) not in weed.objects(a.store.prefix)
+
+
+async def test_a_renewal_answered_past_the_lease_keeps_the_lock_and_the_upload(
+    weed: Weed, tmp_path: Path
+) -> None:
+    """A loaded store answered one renewal later than the lease (a 1 s ``lock_ttl`` and a
+    busy machine): the holder cut it at the lease's end and gave the lock up, aborting a
+    sound upload, though its ``If-Match`` would have proven nobody took it over."""
+    path = tmp_path / FULL
+    path.write_bytes(ARCHIVE)
+    async with behind_a_relay(weed, lock_ttl=2.0) as (a, relay):
+        lock = await a.claim(GROUP, FULL)
+        assert isinstance(lock, Lock)
+        renewal = relay.hold(is_renewal)
+        lost, done = trio.Event(), list[str]()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.keep_renewed, lock, lost)
+            await trio.sleep_until(lock.lease_end)
+            nursery.start_soon(upload_under, a, lock, path, lost, done)
+            renewal.release.set()  # answered late, within lock_ttl after the lease
+            while not done:  # the upload completed, or was aborted as the lock was lost
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+        assert done == ["completed"] and not lost.is_set() and lock.held
+        await lock.release()
+    assert a.object_key(GROUP, FULL) in weed.objects(a.store.prefix)
 
 
 async def test_a_takeover_finds_the_object_its_holder_completed_as_its_lease_ran_out(

@@ -12,10 +12,12 @@ it (``replica``, its ``replica_url``). It is
 - held, as far as its holder knows, for :data:`LEASE` of ``lock_ttl`` (five sixths) from the
   moment its last successful write was *sent* (its lease, on this replica's own clock): the
   store dates the write later than that, so another replica can take the lock over no
-  sooner than a sixth of ``lock_ttl`` and a second after the lease ends. A holder whose
-  renewals get no answer within its lease (a store or network that hangs; one slow renewal
-  may take two thirds of ``lock_ttl``) gives the lock up at the lease's end, and that sixth
-  is the room for writes it sent just before;
+  sooner than a sixth of ``lock_ttl`` and a second after the lease ends. Past its lease a
+  holder completes no upload (:meth:`Lock.until_held`); a renewal in flight is waited for up
+  to :data:`LAPSE` of ``lock_ttl`` longer: applied, it proves nobody took the lock over (its
+  ``If-Match`` held) and the lease runs on from its sending; unanswered by then (a store or
+  network that hangs), the lock is given up. That sixth is the room for a complete sent
+  just before the lease ended;
 - stale when its ``Last-Modified`` is older than ``lock_ttl`` (plus a second: both are HTTP
   dates) on the store's own clock (the ``Date`` of the same answer), and then taken over
   with ``If-Match`` of the stale ETag, so that of replicas racing for a stale lock one wins;
@@ -47,6 +49,9 @@ LEASE = 5 / 6
 #: How often a holder renews its lock, as a share of ``lock_ttl``, from one renewal's
 #: sending to the next: a renewal may take ``LEASE - RENEW_EVERY`` of it to be answered.
 RENEW_EVERY = 1 / 6
+#: How long past its lease's end, as a share of ``lock_ttl``, a holder waits for a renewal's
+#: answer before it gives the lock up (a loaded store answers late; a hung one never does).
+LAPSE = 1.0
 
 
 @attrs.frozen
@@ -77,6 +82,8 @@ class Lock:
     #: :meth:`release` knows it by (an ETag changes at every renewal, and a renewal the store
     #: applied but whose answer was cut, the refresh ending, leaves the one known stale).
     token: str = attrs.Factory(lambda: secrets.token_hex(16))
+    #: Set (and replaced) at every applied write: what :meth:`until_held` waits for.
+    _applied: trio.Event = attrs.Factory(trio.Event)
 
     def metadata(self) -> dict[str, str]:
         """The lock object's metadata: who holds it, where it serves the file from, and
@@ -91,6 +98,15 @@ class Lock:
     def written(self, sent: float) -> None:
         """A write of this lock sent at ``sent`` (``trio.current_time()``) was applied."""
         self.lease_end = max(self.lease_end, sent + self.ttl * LEASE)
+        self._applied.set()
+        self._applied = trio.Event()
+
+    async def until_held(self) -> None:
+        """Return while the lease lasts; past it, once a renewal is applied (what an
+        upload's complete waits for: never sent under a lock another replica may hold). The
+        renewing task cancels the wait when the lock is lost."""
+        while not self.held:
+            await self._applied.wait()
 
     async def renew(self) -> None:
         """Prove this holder is alive (the lease runs on from this write's sending).

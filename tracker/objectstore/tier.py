@@ -38,7 +38,7 @@ from tracker.errors import StoreConflict, StoreError
 from tracker.objectstore import keys
 from tracker.objectstore.bucket import Bucket
 from tracker.objectstore.known import Known
-from tracker.objectstore.locks import RENEW_EVERY, Holder, Lock, acquire
+from tracker.objectstore.locks import LAPSE, RENEW_EVERY, Holder, Lock, acquire
 from tracker.objectstore.retainer import LIST_AGAIN, Retainer
 from tracker.objectstore.retention import ahead_of, url_life
 from tracker.objectstore.sides import Reads, read_copy, reread, restate, side_objects
@@ -321,16 +321,19 @@ class ObjectTier:
     async def keep_renewed(self, lock: Lock, lost: trio.Event) -> None:
         """Renew ``lock`` every sixth of ``lock_ttl`` (from one renewal's sending to the
         next) until cancelled; sets ``lost`` and returns when another replica took it over,
-        or when its lease ended with no renewal answered (a store that hangs: docs/replicas.md,
-        "Locks and leases"; the refresh's upload is then aborted, never completed under a
-        lock that may be another's). A store that fails is asked again, sooner, within the
-        lease."""
+        or when no renewal was applied within ``lock_ttl`` after its lease ended (a store
+        that hangs: docs/replicas.md, "Locks and leases"; the refresh's upload is then
+        aborted). A renewal answered late, past the lease, keeps the lock: its ``If-Match``
+        held, so nobody took it over, and the upload's complete waited for it. A store that
+        fails is asked again, sooner."""
         every = self.store.lock_ttl * RENEW_EVERY
+        lapse = self.store.lock_ttl * LAPSE
         due = trio.current_time() + every
         while True:
-            await trio.sleep_until(min(due, lock.lease_end))
+            # past the lease, a failing store is asked again every twelfth, not at once
+            await trio.sleep_until(min(due, lock.lease_end) if lock.held else due)
             sent = trio.current_time()
-            with trio.move_on_at(lock.lease_end):
+            with trio.move_on_at(lock.lease_end + lapse):
                 try:
                     await lock.renew()
                 except StoreConflict:
@@ -342,10 +345,10 @@ class ObjectTier:
                     due = trio.current_time() + every / 2
                 else:
                     due = sent + every
-            if not lock.held:
+            if trio.current_time() >= lock.lease_end + lapse:
                 log_event(
                     log, "warning", "object_lock_lost", key=lock.key,
-                    reason="no renewal answered within its lease",
+                    reason="no renewal applied within lock_ttl after its lease",
                 )  # fmt: skip
                 lost.set()
                 return
@@ -397,7 +400,10 @@ class ObjectTier:
             return side_objects(key, checked, signed.encode() if signed is not None else None)
 
         try:
-            info = await upload_following(self.bucket, key, fd, growing, metadata, sides)
+            info = await upload_following(
+                self.bucket, key, fd, growing, metadata, sides,
+                lock.until_held if lock is not None else None,
+            )  # fmt: skip
         except BaseException as exc:
             self._uploading.pop(key, None)
             self._stated.pop(key, None)

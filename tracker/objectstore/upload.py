@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import trio
@@ -111,6 +111,7 @@ async def upload_following(
     growing: Growing,
     metadata: dict[str, str],
     sides: SideObjects | None = None,
+    before_complete: Callable[[], Awaitable[None]] | None = None,
 ) -> ObjectInfo:
     """Upload ``growing`` (read from ``fd``) to ``key`` as it is written; the object.
 
@@ -118,6 +119,8 @@ async def upload_following(
     the objects beside it (``sides``, by default the digest object :func:`digest_key`; the
     tier adds its proof and statement: :mod:`tracker.objectstore.sides`) are written before
     the upload completes, so the archive never appears in the bucket without its digest.
+    ``before_complete`` is awaited just before the complete is sent (a refresh's lock:
+    :meth:`~tracker.objectstore.locks.Lock.until_held`).
     When the file is repaired meanwhile (:attr:`Growing.repairs`), the upload is aborted
     and started again once the repair passed (see the module doc). Raises StoreError when
     the store failed or the file ended unverified (the upload is then aborted);
@@ -125,7 +128,9 @@ async def upload_following(
     """
     for _start in range(MAX_RESTARTS + 1):
         repairs = growing.repairs
-        info = await _upload_once(bucket, key, fd, growing, metadata, sides, repairs)
+        info = await _upload_once(
+            bucket, key, fd, growing, metadata, sides, repairs, before_complete
+        )
         if info is not None:
             return info
         log_event(log, "info", "object_upload_restarted", key=key, reason="the copy is repaired")
@@ -144,6 +149,7 @@ async def _upload_once(
     metadata: dict[str, str],
     sides: SideObjects | None,
     repairs: int,
+    before_complete: Callable[[], Awaitable[None]] | None = None,
 ) -> ObjectInfo | None:
     """One upload of ``growing`` (see :func:`upload_following`); None (aborted, nothing
     left) when the file's readers were cut off since ``repairs``."""
@@ -166,6 +172,8 @@ async def _upload_once(
             if growing.sha256 and growing.repairs == repairs:
                 for side, body in (sides or digest_only(key))(growing):
                     await bucket.put(side, body)
+            if before_complete is not None:
+                await before_complete()
             if growing.repairs == repairs:  # no part read before a cut
                 await bucket.complete_upload(key, upload_id, etags)
                 upload_id = ""
