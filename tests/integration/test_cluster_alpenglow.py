@@ -80,7 +80,7 @@ async def rpcs(*nodes: VoteRpc) -> AsyncIterator[list[str]]:
 
 @asynccontextmanager
 async def voter(
-    urls: list[str], *, certificates: bool = True, **more: Any
+    urls: list[str], *, certificates: bool = True, retry_after: float = 0, **more: Any
 ) -> AsyncIterator[ClusterVotes]:
     proof = ClusterProof(
         blocks=8,
@@ -90,7 +90,7 @@ async def voter(
     )
     config = Config(rpc=urls[0], cluster_proof=proof, **more)
     async with httpx.AsyncClient(verify=client_tls(), trust_env=False, timeout=10) as client:
-        yield ClusterVotes(lambda: config, client, retry_after=0)
+        yield ClusterVotes(lambda: config, client, retry_after=retry_after)
 
 
 def majority_votes(slot: int, at: int) -> dict[int, list[dict[str, Any]]]:
@@ -629,3 +629,45 @@ def test_the_payloads_are_agaves() -> None:
     assert notar == b"\x01" + b"\x02\x01" + bytes(6) + b"\xaa" * 32 + b"\x04\x03"
     assert payload(2, 7, None, 9) == b"\x02\x07" + bytes(7) + b"\x09\x00"
     assert genesis_answer(5)["block"]["slot"] == 5
+
+
+# --- what is asked again ------------------------------------------------------------------------
+# A copy the cluster level cannot lift now is lifted again every second (lifting.KEEP_EVERY).
+
+
+async def test_an_rpc_that_cannot_tell_the_migration_is_not_asked_at_every_lift() -> None:
+    # An also_rpc older than 4.3 (no getAgGenesisCert) beside one that migrated, and no
+    # certificates to read: each lift of each held copy asked it again, every second.
+    migrated, old = alpenglow_rpc(VALS), alpenglow_rpc(VALS)
+    old.genesis = "unsupported"
+    async with rpcs(migrated, old) as urls, voter(urls, certificates=False) as cv:
+        for bank in ("a", "b", "c"):
+            proof = await cv.lift(S, proof_of(bank=hash_of(bank)))
+            assert proof.note is not None and "serves no finality certificate" in proof.note
+    assert [m for m, _ in old.calls].count("getAgGenesisCert") == 1
+
+
+async def test_rpcs_that_disagree_on_the_migration_are_asked_again_after_a_back_off() -> None:
+    migrated, not_yet = alpenglow_rpc(VALS), alpenglow_rpc(VALS)
+    not_yet.genesis = None
+    async with rpcs(not_yet, migrated) as urls, voter(urls, retry_after=60) as cv:
+        first = await cv.lift(S, proof_of())
+        again = await cv.lift(S, proof_of(bank=hash_of("another")))
+    assert first.note is not None and "disagree on the Alpenglow migration" in first.note
+    assert again.note is not None and "disagree on the Alpenglow migration" in again.note
+    assert "asked again in 60s" in again.note
+
+
+async def test_a_rank_map_that_cannot_be_read_is_not_read_for_every_archive() -> None:
+    # A hostile also_rpc's rank map costs seconds to decode before it is refused (20,000
+    # keyed accounts); one that failed was read again for every archive lifted.
+    honest, failing = alpenglow_rpc(VALS), alpenglow_rpc(VALS)
+    failing.raw["getVoteAccounts"] = b'{"jsonrpc":"2.0","error":{"code":-32005},"id":1}'
+    async with rpcs(honest, failing) as urls, voter(urls, retry_after=60) as cv:
+        for bank in ("a", "b"):
+            honest.documents[S] = document(S, hash_of(bank), fast_certificate(S, ORDER[:4], ORDER))
+            proof = await cv.lift(S, proof_of(bank=hash_of(bank)))
+            assert proof.level == Level.MANIFEST and proof.note is not None
+            assert "-32005" in proof.note
+    assert [m for m, _ in failing.calls].count("getVoteAccounts") == 1
+    assert "read again in 60s" in proof.note

@@ -18,7 +18,7 @@ from tracker.discovery.local import scan_local
 from tracker.discovery.roster import Target
 from tracker.discovery.sidecar import probe_sidecar
 from tracker.errors import ProbeError
-from tracker.net.egress import Resolver, checked_addresses, policy_of
+from tracker.net.egress import Resolver, checked_addresses, policy_of, resolve_strangers
 from tracker.net.httpclients import auth_headers, build_client, origin, ssl_context
 from tracker.net.limits import run_limiter
 
@@ -36,9 +36,14 @@ _scans: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("track
 class Probes:
     """The HTTP clients that probe targets, and the probe of one target."""
 
-    def __init__(self, config: Config, resolver: Resolver) -> None:
+    def __init__(
+        self, config: Config, resolver: Resolver, strangers: Resolver = resolve_strangers
+    ) -> None:
         #: Looks up the hosts of Locations on other origins (the egress check).
         self.resolver = resolver
+        #: The same for discovered nodes: lookups of their own, so that a hostile node's
+        #: names that never resolve hold none the operator's targets need.
+        self.strangers = strangers
         #: Sizes of HTTP targets' archives, learned by one HEAD per new URL.
         self.sizes = SizeMemo()
         self.config = config
@@ -75,7 +80,7 @@ class Probes:
         before any connection (docs/http-api.md#trust). Raises EgressRefused or OSError."""
         _scheme, host, port = origin(target.location)
         policy = policy_of(self.config.egress)
-        await checked_addresses(policy, host, port or 80, self.resolver)
+        await checked_addresses(policy, host, port or 80, self.strangers)
 
     def probe(self, target: Target, group: TargetGroup) -> Awaitable[list[SnapshotInfo]]:
         """What ``target`` of ``group`` (configured now: this config's clients) offers now.
@@ -93,7 +98,7 @@ class Probes:
                 target.location,
                 headers=headers,
                 policy=policy,
-                resolver=self.resolver,
+                resolver=self.strangers if target.key.discovered else self.resolver,
                 sizes=self.sizes,
             )
         return self._scan(target.location)

@@ -193,12 +193,30 @@ def policy_of(egress: Egress) -> EgressPolicy:
 #: pool whole, and file answers and parsers, which need it, stalled.
 LOOKUPS_AT_ONCE = 8
 _lookups: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("tracker_lookups")
+#: The lookups of names that discovered nodes gave (their redirects), in threads of their
+#: own: a hostile node's name whose server never answers holds one of these until the system
+#: resolver gives up, never one that the operator's targets and the relay look up with.
+STRANGERS_LOOKUPS_AT_ONCE = 4
+_strangers: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar(
+    "tracker_strangers_lookups"
+)
 
 
 async def resolve(host: str, port: int) -> list[str]:
     """Every address ``host`` resolves to for a TCP connection (the system resolver, at
     most :data:`LOOKUPS_AT_ONCE` at a time). Raises OSError (``socket.gaierror``) when it
     does not resolve or is no host name."""
+    return await _looked_up(host, port, run_limiter(_lookups, LOOKUPS_AT_ONCE))
+
+
+async def resolve_strangers(host: str, port: int) -> list[str]:
+    """:func:`resolve` for a name a discovered node gave, in lookups of their own (at most
+    :data:`STRANGERS_LOOKUPS_AT_ONCE`)."""
+    return await _looked_up(host, port, run_limiter(_strangers, STRANGERS_LOOKUPS_AT_ONCE))
+
+
+async def _looked_up(host: str, port: int, limiter: trio.CapacityLimiter) -> list[str]:
+    """The addresses of ``host`` looked up in a thread of ``limiter``'s."""
     try:
         # The name encoded as trio's own lookup does (an ASCII one by the standard
         # library's codec, which refuses an empty or over-long label before any query; any
@@ -207,7 +225,7 @@ async def resolve(host: str, port: int) -> list[str]:
         infos = await trio.to_thread.run_sync(
             functools.partial(socket.getaddrinfo, name, port, type=socket.SOCK_STREAM),
             abandon_on_cancel=True,
-            limiter=run_limiter(_lookups, LOOKUPS_AT_ONCE),
+            limiter=limiter,
         )
     except UnicodeError as exc:
         # A name from the network that IDNA refuses before any lookup (an empty or

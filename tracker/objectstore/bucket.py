@@ -28,7 +28,7 @@ from collections.abc import Callable
 from contextlib import closing
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 import botocore.exceptions
@@ -37,7 +37,6 @@ import trio
 from tracker.config.schema import ObjectStore
 from tracker.core.text import one_line
 from tracker.errors import StoreConflict, StoreError
-from tracker.objectstore.botoclients import BucketClients
 from tracker.objectstore.storeanswers import (
     ObjectInfo,
     UploadInfo,
@@ -47,6 +46,9 @@ from tracker.objectstore.storeanswers import (
     uploads,
 )
 from tracker.objectstore.storehealth import StoreHealth
+
+if TYPE_CHECKING:
+    from tracker.objectstore.botoclients import BucketClients
 
 _T = TypeVar("_T")
 
@@ -81,7 +83,13 @@ class Bucket:
         self.name = store.bucket
         self.health = health if health is not None else StoreHealth()
         self.request_timeout = store.request_timeout
-        self.clients = clients if clients is not None else BucketClients.of(store)
+        if clients is None:
+            # boto3 comes with the first bucket: a tracker without an object store starts
+            # without it (a fifth of a second of every start)
+            from tracker.objectstore.botoclients import BucketClients
+
+            clients = BucketClients.of(store)
+        self.clients = clients
         self._client = self.clients.calls
         self._signer = self.clients.signer
         self._limiter = self.clients.limiter

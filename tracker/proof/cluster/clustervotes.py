@@ -105,6 +105,10 @@ SKIPPED_CODES = frozenset({-32007, -32009})
 
 #: How long an RPC's rank map is used again before it is read anew (seconds).
 RANKS_FOR = 600.0
+#: How long an RPC's answer that it has not migrated (or has no ``getAgGenesisCert``) is
+#: believed (seconds): a copy the cluster level cannot lift now is lifted again every second,
+#: and each lift asked every such RPC again.
+NOT_MIGRATED_FOR = 10.0
 
 _PARSE = trio.CapacityLimiter(PARSE_THREADS)
 Key = tuple[int, str]
@@ -148,8 +152,14 @@ class ClusterVotes:
         self._asking: dict[AskedOfRpcs, trio.Event] = {}
         #: Each RPC's report of the migration, kept once it is one (it never changes).
         self._genesis: dict[str, Genesis] = {}
+        #: Each RPC's answer that it has not migrated (None) or cannot say (UNSUPPORTED),
+        #: and when it was read (believed for :data:`NOT_MIGRATED_FOR`).
+        self._unmigrated: dict[str, tuple[str | None, float]] = {}
         #: Each RPC's rank map and when it was read.
         self._ranks: dict[str, tuple[EpochRanks, float]] = {}
+        #: Each RPC's rank map that could not be read, why and until when it is not read
+        #: again (a hostile RPC's 20,000 keys cost seconds of a parse thread to decode).
+        self._ranks_failed: dict[str, tuple[str, float]] = {}
         #: RPC calls made (tests count them).
         self.calls = 0
 
@@ -255,6 +265,10 @@ class ClusterVotes:
             if kept is not None:
                 answers[url] = kept
                 return
+            said = self._unmigrated.get(url)
+            if said is not None and trio.current_time() < said[1] + NOT_MIGRATED_FOR:
+                answers[url] = said[0]
+                return
             try:
                 body = await self._call(url, _GET_GENESIS, MAX_GENESIS_ANSWER)
                 answer = await trio.to_thread.run_sync(genesis_answer, body, limiter=_PARSE)
@@ -263,6 +277,9 @@ class ClusterVotes:
                 return
             if isinstance(answer, Genesis):
                 self._genesis[url] = answer
+                self._unmigrated.pop(url, None)
+            else:
+                self._unmigrated[url] = (answer, trio.current_time())
             answers[url] = answer
 
         key: AskedOfRpcs = ((-1, "getAgGenesisCert"), urls, "")
@@ -276,11 +293,15 @@ class ClusterVotes:
                     nursery.start_soon(ask, url)
         if within.cancelled_caught and not failed:
             failed.append(RpcError(f"getAgGenesisCert was not answered within {self._deadline()}"))
-        if failed:
-            self._back_off(key, failure, failed[0])
-            raise failed[0]
+        try:
+            if failed:
+                raise failed[0]
+            genesis = migration_of({u: answers[u] for u in urls})
+        except RpcError as exc:  # a disagreement too: asked again after the back-off
+            self._back_off(key, failure, exc)
+            raise
         self._failed.pop(key, None)
-        return migration_of({u: answers[u] for u in urls})
+        return genesis
 
     async def _lift_by_certificate(
         self,
@@ -490,7 +511,15 @@ class ClusterVotes:
         kept = self._ranks.get(url)
         now = trio.current_time()
         if kept is None or now - kept[1] > RANKS_FOR or doc.slot > kept[0].last:
-            rpc = await epoch_ranks(self._call, url, vote_stakes, MAX_VOTE_ACCOUNTS, _PARSE)
+            failed = self._ranks_failed.get(url)
+            if failed is not None and now < failed[1]:
+                raise RpcError(f"{failed[0]} (read again in {failed[1] - now:.0f}s)")
+            try:
+                rpc = await epoch_ranks(self._call, url, vote_stakes, MAX_VOTE_ACCOUNTS, _PARSE)
+            except RpcError as exc:
+                self._ranks_failed[url] = (str(exc), trio.current_time() + self._retry_after)
+                raise
+            self._ranks_failed.pop(url, None)
             self._ranks[url] = (rpc, now)
         else:
             rpc = kept[0]
