@@ -42,6 +42,7 @@ from tracker.config.schema import (
     TargetGroup,
     Trust,
 )
+from tracker.discovery import targetset
 from tracker.discovery.cluster import cluster_targets
 from tracker.discovery.nodes import MAX_NODES
 from tracker.discovery.nodes import Node as ClusterNode
@@ -286,6 +287,30 @@ async def test_a_group_removed_and_added_again_asks_the_cluster_anew(
         assert [t.location for t in await found.discover(config)] == ["http://127.0.0.1:1001"]
         assert await found.discover(attrs.evolve(config, target_groups=())) == []
         assert [t.location for t in await found.discover(config)] == ["http://127.0.0.1:1002"]
+
+
+async def test_a_failed_discovery_is_asked_again_before_its_interval(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An RPC that failed once as the tracker started left the group without nodes for the
+    # whole interval (5 minutes by default): it is asked again after RETRY_FAILED.
+    monkeypatch.setattr(targetset, "RETRY_FAILED", 0.0)
+    asked: list[int] = []
+
+    async def handle(request: Request) -> Answer:
+        asked.append(1)
+        if len(asked) == 1:
+            return Answer(503, (), b"starting")
+        body = {"jsonrpc": "2.0", "id": 1, "result": [node_entry(0, "127.0.0.1:1001")]}
+        return Answer(200, (("content-type", "application/json"),), json.dumps(body).encode())
+
+    rpc = await nursery.start(serve_app, ScriptedApp({"/": handle}))
+    config = config_for(rpc, interval=3600.0)
+    async with httpx.AsyncClient(trust_env=False, verify=client_tls()) as client:
+        found = TargetFinder(lambda _group: client, lambda *_answered: None)
+        assert await found.discover(config) == []
+        assert [t.location for t in await found.discover(config)] == ["http://127.0.0.1:1001"]
+        assert len(asked) == 2
 
 
 async def test_a_known_source_decides_the_hash(nursery: trio.Nursery) -> None:

@@ -19,6 +19,7 @@ from tracker.discovery.nodes import (
     select,
     shown_version,
 )
+from tracker.discovery.targetset import RETRY_FAILED, asked_again_at
 from tracker.errors import ProbeError
 
 
@@ -166,3 +167,16 @@ def naive_select(entries: list[object], max_targets: int) -> list[Node]:
                 version = shown_version(node.get("version"))
                 chosen.setdefault(node["pubkey"], Node(f"http://{address}", version))
     return [chosen[key] for key in sorted(chosen)[:max_targets]]
+
+
+@pytest.mark.parametrize(
+    ("interval", "failed", "after"),
+    [
+        (300.0, False, 300.0),  # answered: the whole interval
+        (300.0, True, RETRY_FAILED),  # failed: soon, not the whole interval
+        (10.0, True, 10.0),  # never later than the interval
+        (0.001, False, 0.001),
+    ],
+)
+def test_when_cluster_discovery_asks_again(interval: float, failed: bool, after: float) -> None:
+    assert asked_again_at(1000.0, interval, failed=failed) == 1000.0 + after

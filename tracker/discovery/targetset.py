@@ -144,6 +144,17 @@ def file_hosts_named(
     return {read: hosts for read, hosts in kept.items() if read in named}
 
 
+#: How soon a cluster discovery that failed is asked again (at most its ``interval``): one
+#: RPC's hiccup as the tracker started left the group without nodes for the whole interval.
+RETRY_FAILED = 30.0
+
+
+def asked_again_at(asked: float, interval: float, *, failed: bool) -> float:
+    """When cluster discovery that asked at ``asked`` asks again: ``interval`` later, or
+    :data:`RETRY_FAILED` (at most ``interval``) after a failure. Pure."""
+    return asked + (min(interval, RETRY_FAILED) if failed else interval)
+
+
 class TargetFinder:
     """Builds the target set of every group, keeping what each source of targets said last."""
 
@@ -155,8 +166,8 @@ class TargetFinder:
         self._hosts: dict[FileRead, list[str]] = {}
         #: Per group: the Consul query it asked last, and the hosts it has by that query.
         self._consul: dict[str, ConsulAnswer] = {}
-        #: Per group: the nodes cluster discovery found last, when it asked, and the
-        #: ``cluster_discovery`` it asked by (a reload that changes it asks again at once).
+        #: Per group: the ``cluster_discovery`` it asked by (a reload that changes it asks
+        #: again at once), when it asks again, and the nodes it found last.
         self._cluster: dict[str, tuple[ClusterDiscovery, float, list[Node]]] = {}
         #: The groups of the config in force: only their answers are kept.
         self._named: frozenset[str] = frozenset()
@@ -201,29 +212,34 @@ class TargetFinder:
         return list(unique.values())
 
     async def _cluster_targets(self, group: TargetGroup) -> list[Node]:
-        """The cluster's nodes, asked again once ``interval`` has passed; a failure keeps
-        the last list (nodes do not vanish because one RPC call failed)."""
+        """The cluster's nodes, asked again once ``interval`` has passed (sooner after a
+        failure: :func:`asked_again_at`); a failure keeps the last list (nodes do not vanish
+        because one RPC call failed)."""
         discovery = group.cluster_discovery
         assert discovery is not None
         kept = self._cluster.get(group.group)
-        asked, nodes = -math.inf, list[Node]()
+        due, nodes = -math.inf, list[Node]()
         if kept is not None and kept[0] == discovery:  # else another RPC, filter or bound
-            _, asked, nodes = kept
+            _, due, nodes = kept
         now = trio.current_time()
-        if now - asked < discovery.interval:
+        if now < due:
             return nodes
         report = partial(self._rpc_answered, group.group)
         client = self._client_of(group.group)
         if client is None:  # dropped by a reload during this round: not asked
             return nodes
+        failed = False
         try:
             nodes = await cluster_targets(client, discovery, report=report)
         except ProbeError as exc:
+            failed = True
             log_event(log, "warning", "cluster_discovery_failed", group=group.group, error=exc)
         else:
             log_event(log, "info", "cluster_discovered", group=group.group, nodes=len(nodes))
         if group.group in self._named:
-            self._cluster[group.group] = (discovery, now, nodes)
+            self._cluster[group.group] = (
+                discovery, asked_again_at(now, discovery.interval, failed=failed), nodes
+            )  # fmt: skip
         return nodes
 
     def _read_file_targets(self, group: str, path: str) -> list[str]:
