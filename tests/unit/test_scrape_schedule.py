@@ -18,7 +18,7 @@ import tracker.discovery.targetset as targetset
 from tracker.config.schema import ClusterDiscovery, Config, Egress, HttpTargets, TargetGroup
 from tracker.core.snapshots import SnapshotInfo
 from tracker.discovery.nodes import Node
-from tracker.discovery.roster import Target, TargetHealth
+from tracker.discovery.roster import Roster, Target, TargetHealth
 from tracker.discovery.schedule import backoff_rounds, due, round_plan
 from tracker.discovery.scrape import Scraper
 from tracker.ordering.index import Index, TargetKey
@@ -252,3 +252,26 @@ async def test_nodes_down_are_backed_off_until_they_answer(
     assert run.rounds_probed(dead) == [1, 2, 4, 8, 16, 32, 64, 96]
     assert run.rounds_probed(revived) == [1, 2, 4, 8, 16, 32, 64, 96, 97, 98, 99, 100]
     assert run.rounds_probed(CONFIGURED) == list(range(1, 101))
+
+
+@pytest.mark.parametrize(
+    ("now", "kept"),
+    [
+        (Target(TargetKey("g", "http://n", discovered=True), "http", "http://n", "2.3.1"), True),
+        (Target(TargetKey("g", "http://n", discovered=True), "http", "http://m", "2.3.0"), False),
+        (
+            Target(TargetKey("g", "http://n", discovered=True), "sidecar", "http://n", "2.3.0"),
+            False,
+        ),
+    ],
+    ids=["another version", "another location", "another kind"],
+)
+def test_a_target_that_changed_keeps_its_record_only_for_a_version(now: Target, kept: bool) -> None:
+    # An RPC flipping a failing node's version reset its back-off: probed every round again.
+    roster = Roster()
+    before = Target(TargetKey("g", "http://n", discovered=True), "http", "http://n", "2.3.0")
+    roster.adopt([before])
+    roster.health[before.key].failures = 7
+    roster.adopt([now])
+    assert roster.health[now.key].target == now
+    assert roster.health[now.key].failures == (7 if kept else 0)

@@ -113,16 +113,25 @@ class Roster:
 
     def adopt(self, current: Iterable[Target]) -> list[TargetKey]:
         """Make ``current`` the target set (a target whose kind or location changed starts
-        afresh); returns the keys of the targets that are gone."""
+        afresh; a discovered node that reports another version keeps its record, its
+        back-off too: an RPC flipping a failing node's version must not have it probed every
+        round again); returns the keys of the targets that are gone."""
         targets = {t.key: t for t in current}
         gone = [k for k in self.health if k not in targets]
         for key in gone:
             del self.health[key]
             self.roster += 1
         for key, target in targets.items():
-            if key not in self.health or self.health[key].target != target:
+            kept = self.health.get(key)
+            if kept is None or (kept.target.kind, kept.target.location) != (
+                target.kind,
+                target.location,
+            ):
                 self.health[key] = TargetHealth(target)
                 self.roster += 1
+            elif kept.target != target:
+                kept.target = target
+                self.touch()
         return gone
 
     def rpc_answered(self, group: str, url: str, reason: str, seconds: float) -> None:
