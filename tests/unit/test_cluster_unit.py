@@ -170,13 +170,17 @@ def naive_select(entries: list[object], max_targets: int) -> list[Node]:
 
 
 @pytest.mark.parametrize(
-    ("interval", "failed", "after"),
+    ("interval", "failed", "kept", "after"),
     [
-        (300.0, False, 300.0),  # answered: the whole interval
-        (300.0, True, RETRY_FAILED),  # failed: soon, not the whole interval
-        (10.0, True, 10.0),  # never later than the interval
-        (0.001, False, 0.001),
+        (300.0, False, True, 300.0),  # answered: the whole interval
+        (300.0, False, False, 300.0),  # answered an empty list: the same
+        (300.0, True, False, RETRY_FAILED),  # failed with no list: soon
+        (300.0, True, True, 300.0),  # failed with a list: it serves; a hung RPC holds rounds
+        (10.0, True, False, 10.0),  # never later than the interval
+        (0.001, False, True, 0.001),
     ],
 )
-def test_when_cluster_discovery_asks_again(interval: float, failed: bool, after: float) -> None:
-    assert asked_again_at(1000.0, interval, failed=failed) == 1000.0 + after
+def test_when_cluster_discovery_asks_again(
+    interval: float, failed: bool, kept: bool, after: float
+) -> None:
+    assert asked_again_at(1000.0, interval, failed=failed, kept=kept) == 1000.0 + after

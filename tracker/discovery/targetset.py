@@ -144,15 +144,18 @@ def file_hosts_named(
     return {read: hosts for read, hosts in kept.items() if read in named}
 
 
-#: How soon a cluster discovery that failed is asked again (at most its ``interval``): one
-#: RPC's hiccup as the tracker started left the group without nodes for the whole interval.
+#: How soon a cluster discovery that failed with no list kept is asked again (at most its
+#: ``interval``): one RPC's hiccup as the tracker started left the group without nodes for
+#: the whole interval. With a list kept, a failure waits the interval: each ask of an RPC
+#: that hangs holds the round's probes back (up to ``RPC_TIMEOUT`` per RPC URL).
 RETRY_FAILED = 30.0
 
 
-def asked_again_at(asked: float, interval: float, *, failed: bool) -> float:
+def asked_again_at(asked: float, interval: float, *, failed: bool, kept: bool) -> float:
     """When cluster discovery that asked at ``asked`` asks again: ``interval`` later, or
-    :data:`RETRY_FAILED` (at most ``interval``) after a failure. Pure."""
-    return asked + (min(interval, RETRY_FAILED) if failed else interval)
+    :data:`RETRY_FAILED` (at most ``interval``) after a failure when it holds no list from
+    before (``kept``). Pure."""
+    return asked + (min(interval, RETRY_FAILED) if failed and not kept else interval)
 
 
 class TargetFinder:
@@ -238,8 +241,10 @@ class TargetFinder:
             log_event(log, "info", "cluster_discovered", group=group.group, nodes=len(nodes))
         if group.group in self._named:
             self._cluster[group.group] = (
-                discovery, asked_again_at(now, discovery.interval, failed=failed), nodes
-            )  # fmt: skip
+                discovery,
+                asked_again_at(now, discovery.interval, failed=failed, kept=bool(nodes)),
+                nodes,
+            )
         return nodes
 
     def _read_file_targets(self, group: str, path: str) -> list[str]:
