@@ -118,15 +118,18 @@ def advertise(
     *,
     group: str = GROUP,
     age: float = 0.0,
+    discovered: bool = False,
 ) -> None:
-    """Make ``target`` advertise ``files`` as (name, url, size); ``age`` seconds old."""
+    """Make ``target`` advertise ``files`` as (name, url, size); ``age`` seconds old;
+    ``discovered``: a node cluster discovery found, not a configured target."""
     snapshot_files = []
     for name, url, size in files:
         parsed = parse_archive_name(name)
         assert parsed is not None, name
         snapshot_files.append(SnapshotFile(name=parsed, file_name=url, size=size, url=url))
     when = datetime.now(UTC) - timedelta(seconds=age)
-    index.apply(TargetKey(group, target), chains_from_files(snapshot_files), when)
+    key = TargetKey(group, target, discovered=discovered)
+    index.apply(key, chains_from_files(snapshot_files), when)
 
 
 def advertise_files(index: Index, up: FakeUpstream, files: dict[str, bytes]) -> None:

@@ -71,7 +71,7 @@ from tracker.core.text import TRACKER_AGENT, one_line, quoted
 from tracker.errors import SourceBusy, SourceFailed, SourcesBusy, UpstreamError
 from tracker.multisource.contentrange import ContentRange, parse_content_range, states_range
 from tracker.multisource.samefile import Validators, not_same_reason
-from tracker.net.egress import CheckingBackend, EgressPolicy, Resolver, resolve
+from tracker.net.egress import CheckingBackend, EgressPolicy, Resolver, resolve, resolve_strangers
 from tracker.net.exchange import coding_problem, send, source_failures
 from tracker.net.httpclients import (
     ClientShape,
@@ -207,6 +207,7 @@ class DownloadClients:
         resolver: Resolver = resolve,
         on_queue: Callable[[QueueEvent], None] | None = None,
         transport: PoolTransportOf = PoolTransport,
+        strangers: Resolver = resolve_strangers,
     ) -> None:
         #: The proxy's tunables: read size, timeouts, pool (one value, never replaced).
         self.settings = settings
@@ -216,6 +217,9 @@ class DownloadClients:
         self.limits = SourceLimiter() if on_queue is None else SourceLimiter(on_queue=on_queue)
         self._policy = policy
         self._resolver = resolver
+        #: Looks up the names a discovered source's redirects give (lookups of their own:
+        #: docs/http-api.md#trust).
+        self._strangers = strangers
         #: By TLS setting (None: the foreign client's key is "foreign"), with the files it
         #: was made of as they were then.
         self._clients: dict[object, httpx.AsyncClient] = {}
@@ -245,12 +249,17 @@ class DownloadClients:
         self._clients[tls], self._made_of[tls] = made, files
         return made
 
-    def foreign(self) -> httpx.AsyncClient:
-        """The client for origins that are not a group's own configured source."""
-        client = self._clients.get("foreign")
+    def foreign(self, *, strangers: bool = False) -> httpx.AsyncClient:
+        """The client for origins that are not a group's own configured source;
+        ``strangers``: of a discovered source, whose redirects' names are looked up in
+        lookups of their own (a hostile node's names that never resolve hold none of those
+        the operator's sources need)."""
+        kind = "strangers" if strangers else "foreign"
+        client = self._clients.get(kind)
         if client is None:
-            checking = CheckingBackend(self._policy, httpcore.TrioBackend(), self._resolver)
-            client = self._clients["foreign"] = download_client(
+            resolver = self._strangers if strangers else self._resolver
+            checking = CheckingBackend(self._policy, httpcore.TrioBackend(), resolver)
+            client = self._clients[kind] = download_client(
                 None, self.settings, checking, self._transport
             )
         return client
@@ -362,7 +371,9 @@ async def ask_source(
     deadline = trio.current_time() + wait
     for _hop in range(settings.max_redirects + 1):
         own = _origin_of(url) == own_origin
-        client = clients.for_tls(group.tls_config) if own else clients.foreign()
+        client = (
+            clients.for_tls(group.tls_config) if own else clients.foreign(strangers=not trusted)
+        )
         request_headers = upstream_request_headers(headers.items(), credentials if own else None)
         url = without_userinfo(url)  # credentials go per origin, never from a URL
         slot = AsyncExitStack()
