@@ -250,7 +250,8 @@ def make_tar(entries: list[tuple[str, bytes | None]], mtime: int = MTIME) -> byt
 
 def compress(data: bytes, compression: str, *, pieces: int = 1) -> bytes:
     """``data`` compressed as ``compression``; ``pieces`` > 1 splits it into that many
-    frames / members / streams (valid for every format: they decode to the concatenation)."""
+    frames / members / streams (they decode to the concatenation; agave reads them all of
+    zstd only: of lz4, gzip and bz2 the first unit)."""
     if compression == "tar":
         return data
     step = -(-len(data) // pieces) if data else 1
@@ -355,8 +356,11 @@ EXPECTED_REASONS: dict[str, dict[str, str]] = {
     },
     "trailing_bytes": {
         **{c: r"trailing bytes after the compressed stream at byte \d+$" for c in COMPRESSIONS},
-        "lz4": r"trailing bytes after the compressed stream at byte \d+ \(agave reads the first"
-        r" lz4 frame only\)$",
+        **{
+            c: rf"trailing bytes after the compressed stream at byte \d+ \(agave reads the first"
+            rf" {unit} only\)$"
+            for c, unit in (("lz4", "lz4 frame"), ("gz", "gzip member"), ("bz2", "bz2 stream"))
+        },
         "tar": r"tar: data after the end-of-archive blocks? at byte \d+$",
     },
     # Renamed to keep its size: the new name is one agave does not write.

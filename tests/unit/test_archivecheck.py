@@ -92,13 +92,32 @@ def test_good_archives_pass_with_their_sha256(
     assert check_bytes(good, name, prefetch=prefetch) == hashlib.sha256(good).hexdigest()
 
 
-@pytest.mark.parametrize("compression", ["zst", "bz2", "gz", "xz"])
-def test_several_frames_members_or_streams_pass(compression: str) -> None:
-    # agave writes a zstd frame every 32 MiB; gzip, bz2 and xz may be concatenated too.
+@pytest.mark.parametrize("compression", ["zst", "xz"])
+def test_several_frames_or_streams_pass(compression: str) -> None:
+    # agave writes a zstd frame every 32 MiB (its reader reads them all); xz streams may be
+    # concatenated too.
     name = archive_name(SLOT, compression=compression)
     tar = make_tar(snapshot_entries(SLOT, accounts=3, account_size=64 * 1024, seed=0))
     data = compress(tar, compression, pieces=5)
     assert check_bytes(data, name) == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize(("compression", "unit"), [("gz", "gzip member"), ("bz2", "bz2 stream")])
+def test_a_tar_split_across_gzip_members_or_bz2_streams_is_refused(
+    compression: str, unit: str
+) -> None:
+    """agave read a ``.tar.gz`` with flate2's ``GzDecoder`` and a ``.tar.bz2`` with the
+    bzip2 crate's ``BzDecoder``, which end at the end of the first unit: a tar split across
+    two (pbzip2's output, gzip files joined by ``cat``) ends mid-archive for agave, and the
+    check passed it."""
+    name = archive_name(SLOT, compression=compression)
+    tar = make_tar(snapshot_entries(SLOT, accounts=3, account_size=64 * 1024, seed=0))
+    data = compress(tar, compression, pieces=2)
+    first = len(compress(tar[: -(-len(tar) // 2)], compression))
+    assert reason_of(data, name) == (
+        f"trailing bytes after the compressed stream at byte {first} (agave reads the first"
+        f" {unit} only)"
+    )
 
 
 SKIPPABLE_LZ4 = (0x184D2A50).to_bytes(4, "little") + (5).to_bytes(4, "little") + b"hello"
@@ -142,7 +161,7 @@ def test_zstd_frames_without_checksums_pass() -> None:
 
 
 @pytest.mark.parametrize(
-    ("compression", "pieces"), [("zst", 1), ("zst", 3), ("lz4", 1), ("gz", 1), ("gz", 3)]
+    ("compression", "pieces"), [("zst", 1), ("zst", 3), ("lz4", 1), ("gz", 1), ("xz", 3)]
 )
 def test_a_big_archive_in_many_chunks(compression: str, pieces: int) -> None:
     # More than one read and one decompressed piece (4 MiB each), headers across chunks,
@@ -185,7 +204,7 @@ UNITS = {"zst": "frame", "lz4": "frame", "bz2": "stream", "gz": "member", "xz": 
 
 @pytest.mark.parametrize(
     ("compression", "pieces"),
-    [(c, p) for c in COMPRESSIONS[:-1] for p in (1, 2) if (c, p) != ("lz4", 2)],
+    [(c, p) for c in COMPRESSIONS[:-1] for p in (1, 2) if p == 1 or c in ("zst", "xz")],
 )
 def test_a_cut_in_the_last_bytes_is_a_truncated_stream(compression: str, pieces: int) -> None:
     # The tar inside is whole (the cut takes a trailer or checksum byte): only the decoder's
@@ -206,19 +225,20 @@ def test_a_cut_in_the_last_bytes_is_a_truncated_stream(compression: str, pieces:
 @pytest.mark.parametrize("extra", [b"\0", bytes(4), bytes(4096), b"x", b"\x28\xb5\x2f"])
 def test_bytes_after_the_compressed_stream_fail(compression: str, extra: bytes) -> None:
     name, good = build_archive(SLOT, compression=compression)
-    lz4 = " (agave reads the first lz4 frame only)" if compression == "lz4" else ""
+    first = {"lz4": "lz4 frame", "gz": "gzip member", "bz2": "bz2 stream"}.get(compression)
+    why = f" (agave reads the first {first} only)" if first else ""
     assert reason_of(good + extra, name) == (
-        f"trailing bytes after the compressed stream at byte {len(good)}{lz4}"
+        f"trailing bytes after the compressed stream at byte {len(good)}{why}"
     )
 
 
-@pytest.mark.parametrize(("compression", "unit"), [("gz", "member"), ("bz2", "stream")])
-def test_the_start_of_another_member_is_a_truncated_one(compression: str, unit: str) -> None:
+@pytest.mark.parametrize("compression", ["zst", "xz"])
+def test_the_start_of_another_unit_is_a_truncated_one(compression: str) -> None:
     name, good = build_archive(SLOT, compression=compression)
     start = compress(bytes(1000), compression)[:12]  # zeros: nothing for the tar walk to see
     assert reason_of(good + start, name) == (
         f"{LABELS[compression]}: stream truncated at byte {len(good) + 12} "
-        f"(inside the {unit} at byte {len(good)})"
+        f"(inside the {UNITS[compression]} at byte {len(good)})"
     )
 
 

@@ -382,13 +382,11 @@ def test_a_cancelled_check_stops_in_its_decode_loop(monkeypatch: pytest.MonkeyPa
     assert isinstance(error, ArchiveInvalid) and error.reason == "check cancelled"
 
 
-#: One empty unit of each format that has several: a zstd frame, a skippable frame, a gzip
-#: member, a bz2 stream, an xz stream.
+#: One empty unit of each format that has several: a zstd frame, a skippable frame, an xz
+#: stream (of lz4, gzip and bz2 agave reads the first unit only: a second is refused).
 EMPTY_UNITS = {
     "zst": zstandard.ZstdCompressor().compress(b""),
     "zst-skippable": (0x184D2A50).to_bytes(4, "little") + bytes(4),
-    "gz": compress(b"", "gz"),
-    "bz2": compress(b"", "bz2"),
     "xz": compress(b"", "xz"),
 }
 
@@ -407,9 +405,7 @@ def test_empty_compression_units_are_bounded_by_the_archive_size(
         assert check_bytes(data, name) == hashlib.sha256(data).hexdigest()
         return
     reason = reason_of(data, name)
-    label, unit = {"zst": ("zstd", "frame"), "gz": ("gzip", "member")}.get(
-        compression, (compression, "stream")
-    )
+    label, unit = {"zst": ("zstd", "frame")}.get(compression, (compression, "stream"))
     found = re.match(rf"{label}: more than (\d+) {unit}s before byte (\d+) \(at most one", reason)
     assert found, reason
     # refused at the first unit past the bound, not after the 50,000

@@ -455,3 +455,34 @@ def test_what_the_tracker_holds_changes_listings_not_the_ranking() -> None:
     assert index.served_fulls("g") == {100, 90}
     index.hold("cache", "g", [(name, 10, 1.0)])  # the same: nothing changed
     assert index.generation == generation + 1
+
+
+def test_a_configured_machines_gossip_rpc_is_not_a_second_voice() -> None:
+    """The operator's sidecar on a machine and that machine's RPC found by discovery made
+    two voices: with two needed to agree, that machine alone ranked its slot over two other
+    machines'."""
+    index = Index()
+    index.set_policy("g", SourceTrust(min_agreeing_sources=2))
+    index.apply(TargetKey("g", "http://10.0.0.5:9000"), infos("snapshot-900-H.tar.zst"), T0)
+    gossip = TargetKey("g", "http://10.0.0.5:8899", discovered=True)
+    index.apply(gossip, infos("snapshot-900-H.tar.zst"), T0)
+    for n in (1, 2):
+        index.apply(TargetKey("g", f"http://10.0.0.{n}:9000"), infos("snapshot-100-H.tar.zst"), T0)
+    best = index.best_full("g")
+    assert best is not None and best.info.slot == 100
+
+
+def test_a_hash_that_could_never_be_ranked_does_not_tie_a_slot() -> None:
+    """A lone discovered node (never ranked alone) listing a configured target's slot under
+    another hash made a one-to-one tie: nothing at that slot was ranked, and a node listing
+    every slot so left the group nothing to hand out. It is marked, the slot ranked."""
+    other = base58.b58encode(bytes([8]) * 32).decode()
+    index = Index()
+    index.set_policy("g", SourceTrust())
+    own = TargetKey("g", "http://10.0.0.1:9000")
+    index.apply(own, infos("snapshot-100-H.tar.zst", "snapshot-200-H.tar.zst"), T0)
+    liar = TargetKey("g", "http://203.0.113.9:8899", discovered=True)
+    index.apply(liar, infos(f"snapshot-200-{other}.tar.zst"), T0)
+    best = index.best_full("g")
+    assert best is not None and best.info.slot == 200
+    assert index.mismatches() == {liar: "hash mismatch at slot 200"}

@@ -160,7 +160,7 @@ def test_throughput_decays_on_the_index_clock() -> None:
     assert slow.throughput == pytest.approx(50 * MB)
 
 
-F1, F2, I1 = "full 1000", "full 900", "incremental 900-990"
+F1, F2, F0, I1 = "full 1000", "full 900", "full 800", "incremental 900-990"
 
 
 @pytest.mark.parametrize(
@@ -191,6 +191,27 @@ F1, F2, I1 = "full 1000", "full 900", "incremental 900-990"
         ),
         ([(F1, True, 2000, "a"), (I1, False, 0, "a")], {F1: 2000, I1: 0}),
         ([(F1, True, 0, "a"), (F2, True, 0, "a")], {F1: 0, F2: 0}),
+        # Without a size, the typical one of its kind, never the largest on offer: one
+        # source listing an old full it alone holds as huge priced the newest out...
+        (
+            [
+                (F1, True, 0, "a"),
+                (F1, True, 0, "b"),
+                (F2, True, 2000, "c"),
+                (F0, True, 10**18, "c"),
+            ],
+            {F1: 2000, F2: 2000, F0: 10**18},
+        ),
+        # ... and so did one giving the only size of the newest, which its hosts list
+        # without one: they vote the typical size.
+        (
+            [
+                *[(F1, True, 0, voice) for voice in "ab"],
+                *[(F2, True, 2000, voice) for voice in "ab"],
+                (F1, True, 10**18, "c"),
+            ],
+            {F1: 2000, F2: 2000},
+        ),
     ],
 )
 def test_priced_sizes(listed: list[tuple[str, bool, int, str]], priced: dict[str, int]) -> None:

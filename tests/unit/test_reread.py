@@ -22,6 +22,7 @@ from tracker.proof.accounts.accountsproof import AccountsProof
 from tracker.proof.accounts.accountsprover import StoragesProver
 from tracker.proof.accounts.budget import AccountsLimits, shared_limits
 from tracker.proof.archive import archivecheck, binding
+from tracker.proof.archive import reread as reread_module
 from tracker.proof.archive.archivecheck import check_file
 from tracker.proof.archive.binding import BlockDigests
 from tracker.proof.archive.reread import AHEAD, STEP, ArchiveReread, accounts_prover
@@ -77,6 +78,17 @@ def test_the_second_read_stops_once_the_check_is_cancelled(
     finally:
         reread.close()
         prover.close()
+
+
+@pytest.mark.one_bookkeeping
+def test_a_cancel_is_seen_inside_a_member_the_second_read_skips() -> None:
+    # A member not asked for was skipped to its end before a cancel was looked at: one that
+    # decodes to a hundred GiB held the stop for minutes (the tracker waits 10 s).
+    asked = iter(range(1_000_000))
+    reread = ArchiveReread("unused", ".tar", cancelled=lambda: next(asked) >= 2)
+    member = io.BytesIO(bytes(64 * 1024 * 1024))
+    assert not reread._skip(member, 64 * 1024 * 1024)
+    assert member.tell() == 2 * reread_module.STEP
 
 
 def test_the_proof_finishes_with_the_archive_read_again(archive: tuple[str, str]) -> None:

@@ -279,31 +279,43 @@ def _archives(
 
 def priced_sizes(listed: list[tuple[str, bool, int, str]]) -> dict[str, int]:
     """The size each archive is priced at, from what its sources list (``(name, is_full,
-    size, voice)``, 0: not given; ``voice``:
-    :func:`tracker.core.hosts.voice_of`): the lower median of its
-    voices' sizes (each voice's own: the lower median of what its targets list), so that
-    neither a source listing another's archive as huge (the newest full priced out) nor
-    one listing an older archive as tiny (the fleet sent to it) decides, while the
-    honest voices are more than the liars (a lie of a huge size: at least as many); with
-    two voices the smaller; a source can misstate freely only the size of an archive it
-    alone holds. An archive no source gives a size of: the largest of its kind (full or
-    incremental) on offer, so that a size left out never makes it look free (0 when no
-    archive of its kind has one). Pure."""
+    size, voice)``, 0: not given; ``voice``: :func:`tracker.core.hosts.voice_of`): the
+    lower median of its voices' sizes (each voice's own: the lower median of what its
+    targets list), so that neither a source listing another's archive as huge (the newest
+    full priced out) nor one listing an older archive as tiny (the fleet sent to it)
+    decides, while the honest voices are more than the liars (a lie of a huge size: at
+    least as many); with two voices the smaller; a source can misstate freely only the size
+    of an archive it alone holds. A voice that lists an archive without a size votes the
+    typical size of its kind (full or incremental): the lower median of the voices' own
+    typical sizes of that kind, so that a size left out never makes an archive look free,
+    nor lets one voice's size decide (the largest on offer was taken: one source listing
+    an old archive it alone holds as huge priced out the newest full, which its hosts list
+    without a size). 0 when no voice gives a size of that kind. Pure."""
     given: dict[str, dict[str, list[int]]] = {}
+    unsized: dict[str, set[str]] = {}
     kinds: dict[str, bool] = {}
+    of_kind: dict[tuple[bool, str], list[int]] = {}
     for name, is_full, size, voice in listed:
         kinds[name] = is_full
         if size > 0:
             given.setdefault(name, {}).setdefault(voice, []).append(size)
-    sizes = {
-        name: _lower_median([_lower_median(said) for said in voices.values()])
-        for name, voices in given.items()
-    }
-    largest = {
-        kind: max((size for name, size in sizes.items() if kinds[name] == kind), default=0)
+            of_kind.setdefault((is_full, voice), []).append(size)
+        else:
+            unsized.setdefault(name, set()).add(voice)
+    typical = {
+        kind: _lower_median(
+            [_lower_median(sizes) for (k, _voice), sizes in of_kind.items() if k == kind] or [0]
+        )
         for kind in (True, False)
     }
-    return {name: sizes.get(name, largest[kind]) for name, kind in kinds.items()}
+    priced: dict[str, int] = {}
+    for name, kind in kinds.items():
+        voices = given.get(name, {})
+        said = [_lower_median(sizes) for sizes in voices.values()]
+        # a voice that gave a size for it, by one of its targets, says that size
+        said += [typical[kind] for voice in unsized.get(name, ()) if voice not in voices]
+        priced[name] = _lower_median(said)
+    return priced
 
 
 def _lower_median(values: list[int]) -> int:

@@ -34,7 +34,7 @@ the ranking that leaves them out.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Hashable, Iterable, Mapping, Set
 from typing import Any, Generic, TypeVar
 
@@ -114,21 +114,28 @@ def screen(
                 if known:
                     trusted.add(pair)
     voices = _voices({key: target for key, (_infos, target) in advertised.items()}, discovered)
-    winners = _winners(holders, trusted, voices)
+    # a (slot, hash) that could never be ranked (one discovered node's alone) neither wins
+    # nor ties a slot: one node listing every slot under another hash left nothing ranked
+    eligible = {
+        pair
+        for pair, pooled in agreeing.items()
+        if pair in trusted
+        or len({voices[key] for key in pooled}) >= _agreeing(policy, pooled, discovered)
+    }
+    winners = _winners(holders, trusted, voices, eligible)
+    hashes = Counter((is_full, slot) for is_full, slot, _hash in holders)
     mismatches: dict[K, str] = {}
     passed: set[_Archive] = set()
     for archive, keys in holders.items():
         is_full, slot, hash_ = archive
         if winners.get((is_full, slot)) != hash_:
-            for key in keys:
-                mismatches.setdefault(key, f"hash mismatch at slot {slot}")
+            if hashes[(is_full, slot)] > 1:  # alone at its slot it lost to no other hash
+                for key in keys:
+                    mismatches.setdefault(key, f"hash mismatch at slot {slot}")
             continue
         if cluster_slot is not None and slot > cluster_slot + policy.max_slot_ahead:
             continue
-        pooled = agreeing[(slot, hash_)]
-        needed = _agreeing(policy, pooled, discovered)
-        if (slot, hash_) in trusted or len({voices[key] for key in pooled}) >= needed:
-            passed.add(archive)
+        passed.add(archive)  # a winner is eligible
     # Only the targets holding something that did not pass are filtered: in a healthy
     # cluster that is none of thousands.
     affected = {key for archive, keys in holders.items() if archive not in passed for key in keys}
@@ -172,8 +179,21 @@ def _voices(targets: Mapping[K, str], discovered: Set[K]) -> dict[K, Hashable]:
     """Whose word each target's listing is, as agreement and majorities count it: a
     discovered node's is its host's (:func:`~tracker.core.hosts.voice_of`: one machine with
     several gossip identities, its RPC port under several spellings or on several ports, is
-    one voice); a configured target's its own, as the operator listed it."""
-    return {key: voice_of(target) if key in discovered else key for key, target in targets.items()}
+    one voice), or a configured target's on that host (the machine whose sidecar the
+    operator listed is not a second voice by its gossip RPC); a configured target's its
+    own, as the operator listed it."""
+    configured: dict[Hashable, K] = {}
+    for key, target in targets.items():
+        if key not in discovered:
+            configured.setdefault(voice_of(target), key)
+    voices: dict[K, Hashable] = {}
+    for key, target in targets.items():
+        if key in discovered:
+            host = voice_of(target)
+            voices[key] = configured.get(host, host)
+        else:
+            voices[key] = key
+    return voices
 
 
 def _agreeing(policy: SourceTrust, holders: set[K], discovered: Set[K]) -> int:
@@ -187,12 +207,16 @@ def _winners(
     holders: Mapping[_Archive, set[K]],
     trusted: set[tuple[int, str]],
     voices: Mapping[K, Hashable],
+    eligible: set[tuple[int, str]],
 ) -> dict[_Slot, str]:
     """The hash that wins at each slot of each kind: the trusted (slot, hash), else the
-    strict majority's of that kind (its holders' ``voices`` counted)."""
+    strict majority's of that kind (its holders' ``voices`` counted) among the ``eligible``
+    (those that have the agreement they need)."""
     by_slot: dict[_Slot, list[tuple[str, int, bool]]] = defaultdict(list)
     for archive, keys in holders.items():
         is_full, slot, hash_ = archive
+        if (slot, hash_) not in eligible:
+            continue
         heard = len({voices[key] for key in keys})
         by_slot[(is_full, slot)].append((hash_, heard, (slot, hash_) in trusted))
     winners: dict[_Slot, str] = {}

@@ -262,8 +262,8 @@ def _pump(decompressor: Any, data: bytes | memoryview, sink: Sink) -> bytes:
 
 
 def decode_units(layer: Layer, chunks: Chunks, sink: Sink) -> None:
-    """Decode one or more units of ``layer`` (multi-member gzip, multi-stream bz2 and xz;
-    lz4 one frame, as agave reads it: ``Layer.single``) and nothing after them."""
+    """Decode one or more units of ``layer`` (multi-stream xz; lz4, gzip and bz2 one
+    unit, as agave reads them: ``Layer.single``) and nothing after them."""
     at = 0  # offset of `data` in the raw stream
     unit_at = 0
     units = 0
@@ -344,7 +344,20 @@ LZ4 = Layer(
     _lz4_reason,
     single="agave reads the first lz4 frame only",
 )
-BZ2 = Layer("bz2", "stream", bz2.BZ2Decompressor, b"BZh".__eq__, 3, (OSError,), _after_colon)
+# agave read these with the bzip2 crate's ``BzDecoder`` and flate2's ``read::GzDecoder``
+# (snapshot_utils, ``untar_snapshot_create_shared_buffer``): each ends at the end of the
+# first unit, so a tar split across units (pbzip2's output, gzip files joined by ``cat``)
+# ends mid-archive there, and the node cannot start from it
+BZ2 = Layer(
+    "bz2",
+    "stream",
+    bz2.BZ2Decompressor,
+    b"BZh".__eq__,
+    3,
+    (OSError,),
+    _after_colon,
+    single="agave reads the first bz2 stream only",
+)
 GZIP = Layer(
     "gzip",
     "member",
@@ -353,6 +366,7 @@ GZIP = Layer(
     2,
     (zlib.error,),
     _after_colon,
+    single="agave reads the first gzip member only",
 )
 
 
