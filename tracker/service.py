@@ -179,6 +179,7 @@ def build(
     # Digests of verified archives and sources whose copy failed its check (docs/http-api.md,
     # "Verified archives"): written by the byte paths, read by the API.
     digests, rejections = Digests(), Rejections()
+    index.hold_back(rejections)  # a copy that failed its check is not ranked meanwhile
     objects = object_path(tracker.config, metrics, digests)
     attestations = Attestations(digests)  # signs with attest.key: loaded now, on each reload
     attestations.configure(*signing(tracker.config.attest), now=time.time())

@@ -177,9 +177,11 @@ async def test_a_bad_copy_is_never_handed_out_and_its_source_is_skipped(
         assert leftovers(f.cache) == []  # nothing promoted, the temp file gone
         assert await metric(f.internal, "snapshot_tracker_archives_rejected_total") == 1
         await shows_error(f, lambda error: error.startswith(REJECTED))
+        # Held back, the bad copy is not ranked nor listed (the alias must not point at it).
+        assert await sources_of(f.public, name) == []
         # Now the good sidecar lists it too: the next request goes there, not to the bad one.
         f.good.listing = sidecar_listing({name: good})
-        await wait_until(lambda: _listed(f.public, name, 2))
+        await wait_until(lambda: _listed(f.public, name, 1))
         second = await raw_request(f.public, f"/v1/{GROUP}/{name}")
         assert second.status == 200 and second.body == good
         assert len(f.bad.gets(name)) == 1 and len(f.good.gets(name)) == 1

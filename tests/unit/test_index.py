@@ -18,6 +18,7 @@ from tracker.core.snapshots import (
 )
 from tracker.ordering.index import Index, TargetKey
 from tracker.ordering.screens import SourceTrust, screen
+from tracker.ordering.sourcehistory import Rejections
 from tracker.web.listings import ListingCache
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
@@ -486,3 +487,26 @@ def test_a_hash_that_could_never_be_ranked_does_not_tie_a_slot() -> None:
     best = index.best_full("g")
     assert best is not None and best.info.slot == 200
     assert index.mismatches() == {liar: "hash mismatch at slot 200"}
+
+
+def test_a_copy_that_failed_its_check_is_not_ranked_while_it_is_held_back() -> None:
+    """A source whose newest full failed its check stayed the best full: every node's short
+    redirect led to a 502 for ``reject_for``, while another source held an older good one.
+    Held back, it is not ranked (nor its incrementals); a request for it still finds it
+    (the answer names the failure); once the rejection runs out it is ranked again."""
+    now = [1000.0]
+    index = Index(clock=lambda: now[0])
+    rejections = Rejections()
+    index.hold_back(rejections)
+    liar, honest = TargetKey("g", "http://10.0.0.9:9000"), TargetKey("g", "http://10.0.0.1:9000")
+    newest = "snapshot-200-H.tar.zst"
+    index.apply(liar, infos(newest, "incremental-snapshot-200-250-H.tar.zst"), T0)
+    index.apply(honest, infos("snapshot-100-H.tar.zst"), T0)
+    assert index.best_full("g").info.slot == 200  # type: ignore[union-attr]
+    newest = newest.replace("H", H)  # the name as listed
+    rejections.reject(liar, newest, "bad", now=now[0], hold=600)
+    assert index.best_full("g").info.slot == 100  # type: ignore[union-attr]
+    assert index.best_incremental("g") is None
+    assert [s.key for _f, s in index.find_file("g", newest)] == [liar]
+    now[0] += 600
+    assert index.best_full("g").info.slot == 200  # type: ignore[union-attr]

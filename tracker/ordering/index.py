@@ -14,6 +14,7 @@ the ranking.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime
@@ -41,7 +42,7 @@ from tracker.ordering.ranking import (
     first,
 )
 from tracker.ordering.screens import Screens, SourceTrust
-from tracker.ordering.sourcehistory import Kind, Throughputs
+from tracker.ordering.sourcehistory import Kind, Rejections, Throughputs
 
 __all__ = ["Index", "SnapshotSource", "TargetKey"]
 
@@ -75,6 +76,10 @@ class Index:
         #: Per group: its copies of each archive name, made once per ranking (an archive
         #: request, found or not, does not scan the group's sources).
         self._copies: dict[str, dict[str, list[tuple[SnapshotFile, SnapshotSource]]]] = {}
+        #: The copies held back after a failed check (:meth:`hold_back`), and when the
+        #: first of those ranked without runs out (the ranking is made again then).
+        self._rejections: Rejections | None = None
+        self._held_back_until = math.inf
         #: Per target whose last answer the bound cut: how many snapshots it dropped.
         self._trimmed: dict[TargetKey, int] = {}
 
@@ -262,17 +267,30 @@ class Index:
         entry = self._entries.get(key)
         return len(entry.infos) if entry else 0
 
+    def hold_back(self, rejections: Rejections) -> None:
+        """Rank without the copies ``rejections`` holds back (a refresh's failed check:
+        docs/http-api.md, "Verified archives"), from each rejection until it runs out; a
+        request for such an archive still finds them (:meth:`find_file`, last), and its
+        answer names the failed check."""
+        self._rejections = rejections
+        rejections.on_change = self._changed
+        self._changed()
+
     def _rank(self) -> dict[str, list[SnapshotSource]]:
         # Ranked lists are rebuilt lazily once per change, not per request: requests far
         # outnumber scrape results. Each target's part (its sources, ranking keys and fulls)
         # is reused while nothing about it changed: a round of thousands of targets hands
         # results over several times a second, each time a few dozen of them new.
+        if self._ranked is not None and self.clock() >= self._held_back_until:
+            self._changed()  # a rejection ran out: its copy is ranked again
         if self._ranked is None:
             ranked: dict[str, list[SnapshotSource]] = {}
             keyed: dict[str, list[tuple[Any, SnapshotSource]]] = {}
             fulls: dict[str, list[SnapshotSource]] = {}
             self._screens.begin()
             now = self.clock()
+            if self._rejections is not None:
+                self._screens.rejected, self._held_back_until = self._rejections.in_force(now)
             built: dict[TargetKey, Built] = {}
             speeds = self.speeds.rates(now)  # every group's, once
             for group, entries in self._by_group().items():
@@ -409,6 +427,17 @@ class Index:
         copies = self._copies.get(group)
         if copies is None:
             copies = self._copies[group] = copies_by_name(ranked.get(group, ()))
+            for key, names in self._screens.rejected.items():  # rare: a check rejected
+                entry = self._entries.get(key)
+                if entry is None or key.group != group:
+                    continue
+                for info in entry.infos:  # offered last: the answer names the failure
+                    for f in info.files:
+                        if f.bare_name not in names:
+                            continue
+                        found = copies.setdefault(f.bare_name, [])
+                        if all(s.key != key for _f, s in found):
+                            found.append((f, SnapshotSource(info, key, entry.updated_at)))
         return copies
 
 

@@ -405,10 +405,21 @@ class Disproven:
     ) -> None:
         """Drop from ``kept`` (what each target may contribute; a target not in it keeps
         all of ``infos``) every info whose chain holds a refused copy of that target."""
-        for key, names in self._held.items():  # few: only copies a proof refused
-            if key in infos:
-                mine = kept.get(key, infos[key])
-                kept[key] = tuple(i for i in mine if not any(f.bare_name in names for f in i.files))
+        leave_out(self._held, infos, kept)
+
+
+def leave_out(
+    copies: Mapping[TargetKey, Mapping[str, str]],
+    infos: Mapping[TargetKey, tuple[SnapshotInfo, ...]],
+    kept: dict[TargetKey, tuple[SnapshotInfo, ...]],
+) -> None:
+    """Drop from ``kept`` (what each target may contribute; a target not in it keeps all of
+    ``infos``) every info whose chain holds one of ``copies`` (by target, names) of that
+    target: an incremental is of no use without its full."""
+    for key, names in copies.items():  # few: only copies refused
+        if key in infos:
+            mine = kept.get(key, infos[key])
+            kept[key] = tuple(i for i in mine if not any(f.bare_name in names for f in i.files))
 
 
 class Screens:
@@ -422,6 +433,11 @@ class Screens:
         self.cluster_slots: dict[str, int] = {}
         #: Copies a proof showed below their group's level: never ranked.
         self.disproven = Disproven()
+        #: Copies whose refresh failed its check, held back for ``reject_for``: not ranked
+        #: meanwhile (a source whose newest archive is bad must not keep the fleet's short
+        #: redirects on it), still offered to a request for the archive (its answer names
+        #: the failed check). Set by each re-ranking.
+        self.rejected: Mapping[TargetKey, Mapping[str, str]] = {}
         #: Groups that rank proven copies only, and the copies proven.
         self.proven_only = ProvenOnly()
         #: Found by the last re-ranking (replaced by the next one: do not keep).
@@ -448,6 +464,8 @@ class Screens:
         screened = _screen(entries, policy, self.cluster_slots.get(group), self.mismatches)
         if self.disproven.view():  # rare: only copies a proof refused
             self.disproven.screen({k: e.infos for k, e in entries.items()}, screened)
+        if self.rejected:  # rare: only copies a check rejected
+            leave_out(self.rejected, {k: e.infos for k, e in entries.items()}, screened)
         if self.proven_only.gates(group):  # only where a level is required
             if self.proven_only.reads_heads(group):  # redirect mode
                 self._unproven[group] = [

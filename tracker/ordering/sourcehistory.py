@@ -259,6 +259,9 @@ class Rejections:
         self._restored: dict[tuple[TargetKey, str], None] = {}
         #: Changes whenever what :meth:`errors` would say changes (renderings keyed on it).
         self.version = 0
+        #: Called when a copy is held back anew (the index ranks without it:
+        #: :meth:`tracker.ordering.index.Index.hold_back`).
+        self.on_change: Callable[[], None] | None = None
 
     def reject(self, key: TargetKey, name: str, reason: str, *, now: float, hold: float) -> None:
         """Hold ``key``'s copy of archive ``name`` back until ``now + hold``. A full list
@@ -272,6 +275,8 @@ class Rejections:
             self._make_room(now)
         self._held[copy] = Rejection(key, name, reason, now + hold)
         self.version += 1
+        if self.on_change is not None:
+            self.on_change()
 
     def _make_room(self, now: float) -> None:
         """Forget one rejection of a full list, or every one that ran out at ``now``."""
@@ -303,6 +308,19 @@ class Rejections:
                 self._restored.pop(copy, None)
                 self._restored[copy] = None
             self.version += 1
+            if self.on_change is not None:
+                self.on_change()
+
+    def in_force(self, now: float) -> tuple[dict[TargetKey, dict[str, str]], float]:
+        """The copies held back at ``now``, by target, each with its reason, and when the
+        first of them runs out (``inf``: none)."""
+        copies: dict[TargetKey, dict[str, str]] = {}
+        ends = math.inf
+        for held in self._held.values():
+            if held.until > now:
+                copies.setdefault(held.key, {})[held.name] = held.reason
+                ends = min(ends, held.until)
+        return copies, ends
 
     def rejected(self, key: TargetKey, name: str, now: float) -> Rejection | None:
         """The rejection in force of ``key``'s copy of ``name``, if any."""
