@@ -42,10 +42,12 @@ META = 136
 
 
 def storage(first: int, count: int) -> bytes:
-    """``count`` empty closed accounts, pubkeys ``first`` on (big-endian, in the last 8
-    bytes), in AppendVec records of 136 bytes."""
+    """``count`` empty closed accounts, pubkeys ``first + 1`` on (big-endian, in the last 8
+    bytes; never the default pubkey, at which agave's scan of a storage stops), in
+    AppendVec records of 136 bytes."""
     records = np.zeros((count, META), dtype=np.uint8)
-    numbers = np.arange(first, first + count, dtype=">u8").view(np.uint8).reshape(count, 8)
+    numbers = np.arange(first + 1, first + 1 + count, dtype=">u8").view(np.uint8)
+    numbers = numbers.reshape(count, 8)
     records[:, 16 + 24 : 16 + 32] = numbers  # StoredMeta's pubkey, after its two u64s
     return records.tobytes()
 

@@ -127,6 +127,17 @@ def test_several_storages_of_one_slot_say_agave_cannot_load_it() -> None:
     assert proof.to_json()["unloadable"] == proof.unloadable
 
 
+def test_one_storage_listed_twice_is_one_for_agave() -> None:
+    # agave collects a slot's list into a map of id to length (the last length wins, as the
+    # check reads it): one storage, loaded. It was counted as two: "agave cannot load it".
+    lt = lattice_of([Account(b"\x05" * 32, 7)])
+    data = write_manifest(10, lt, [(5, 1, 200), (5, 1, 136)])
+    manifest = decode(data)
+    assert manifest.storages.valid_length(5, 1) == 136
+    proof = prove_manifest(manifest, slot=10, base_slot=0, name_hash=archive_hash_of(lt))
+    assert (proof.level, proof.unloadable) == (Level.MANIFEST, None)
+
+
 NODE = b"\x21" * 32
 GOOD = v4_state(NODE, b"\x81" + bytes(47))
 OTHER_OWNER = b"\x09" * 32

@@ -118,8 +118,11 @@ def unloadable(manifest: Manifest) -> str | None:
     holds accounts (:data:`UNLISTED`; the identity is the empty state's), or an invalid vote
     account in its stakes (a load error since agave 4.3, anza-xyz/agave#13875:
     :mod:`tracker.proof.formats.voteaccounts`)."""
-    slots = Counter(manifest.storages.entries[0::3])
-    twice, count = max(slots.items(), key=lambda item: item[1], default=(0, 0))
+    # distinct ids: one storage listed twice is one (agave collects a slot's list into a
+    # map of id to length, snapshot_storage_lengths_from_fields)
+    e = manifest.storages.entries
+    slots = Counter(slot for slot, _ident in {(e[i], e[i + 1]) for i in range(0, len(e), 3)})
+    twice, count = max(sorted(slots.items()), key=lambda item: item[1], default=(0, 0))
     if count > 1:
         return (
             f"agave cannot load it: {count} account storages for slot {twice} (agave loads one"

@@ -171,6 +171,15 @@ def _default(buf: Any, off: Any, data_len: Any, executable: Any, lamports: Any) 
     return True
 
 
+@_kernel(None)
+def _zero_key(buf: Any, at: Any) -> Any:
+    """True when the 32 bytes at ``at`` are all zero (the default pubkey)."""
+    for i in range(32):  # noqa: SIM110 - a loop, not all(): numba compiles no generator
+        if buf[at + i] != 0:
+            return False
+    return True
+
+
 @_kernel(0, per=136)
 def scan(
     buf: Any,
@@ -181,6 +190,7 @@ def scan(
     max_data: Any,
     executable: Any,
     lamports: Any,
+    pubkey: Any,
 ) -> Any:
     """The records wholly within ``buf[start:end]`` (``end <= len(buf)``): their offsets and
     data lengths (int64 arrays), the offset where the first record not wholly there starts,
@@ -188,8 +198,9 @@ def scan(
     passes ``max_data``, or, wholly there, its executable byte (at ``executable`` in its
     header) is neither 0 nor 1, or its lamports (the u64 at ``lamports``, then the rent
     epoch and the 32-byte owner) are 0 while it is not the default account (no data, not
-    executable, rent epoch 0, owner zero). ``at`` is the storage offset of ``buf[0]``;
-    records start at multiples of 8 of the storage."""
+    executable, rent epoch 0, owner zero) or its pubkey (32 bytes at ``pubkey``) is the
+    default one (agave's scan of a storage stops at such a record). ``at`` is the storage
+    offset of ``buf[0]``; records start at multiples of 8 of the storage."""
     end = min(end, len(buf))
     room = max(0, end - start) // meta + 1
     offsets = np.empty(room, dtype=np.int64)
@@ -206,8 +217,8 @@ def scan(
             break
         if buf[off + executable] > 1:
             return offsets[:count], lens[:count], off, off
-        if _word(buf, off + lamports) == 0 and not _default(
-            buf, off, data_len, executable, lamports
+        if _word(buf, off + lamports) == 0 and (
+            _zero_key(buf, off + pubkey) or not _default(buf, off, data_len, executable, lamports)
         ):
             return offsets[:count], lens[:count], off, off
         offsets[count] = off
@@ -472,7 +483,7 @@ def warm_up() -> None:
     cache, ~3 s without one)."""
     load()
     piece = np.frombuffer(bytes(256), dtype=np.uint8)  # read-only, as a storage's piece
-    offsets, lens, _, _ = scan(piece, 0, 256, 0, 136, 1, 96, 48)
+    offsets, lens, _, _ = scan(piece, 0, 256, 0, 136, 1, 96, 48, 16)
     chosen = np.arange(len(offsets), dtype=np.int64)
     lay_out(piece, offsets, lens, chosen, np.array([48, 96, 64, 16, 136], dtype=np.int64))
     out = np.zeros(256, dtype=np.uint8)

@@ -133,9 +133,12 @@ def scan(
     executable byte neither 0 nor 1 (agave's ``sanitize_executable``) and a record of no
     lamports that is not the default account (``sanitize_lamports``: agave refuses the
     storage at load; such a record counts nothing in the lattice hash, so it would hide
-    anything). One compiled loop (:func:`tracker.proof.formats.kernels.scan`)."""
+    anything), or that has the default pubkey (agave's ``scan_stored_accounts_no_data``
+    stops there, "we passed the last useful account": the records end before the valid
+    length, and ``sanitize_layout_and_length`` refuses the storage). One compiled loop
+    (:func:`tracker.proof.formats.kernels.scan`)."""
     offsets, lens, stop, bad = kernels.scan(
-        buf, start, min(end, len(buf)), at, META, MAX_DATA, EXECUTABLE, LAMPORTS
+        buf, start, min(end, len(buf)), at, META, MAX_DATA, EXECUTABLE, LAMPORTS, PUBKEY
     )
     if bad >= 0:
         (data_len,) = _U64.unpack_from(buf.data, bad + DATA_LEN)
@@ -145,6 +148,11 @@ def scan(
         executable = int(buf[bad + EXECUTABLE])
         if executable > 1:
             raise ArchiveInvalid(f"{where} has executable byte {executable} (0 or 1)")
+        if not buf[bad + PUBKEY : bad + PUBKEY + 32].any():
+            raise ArchiveInvalid(
+                f"{where} has no lamports and the default pubkey: agave's scan of the storage"
+                " stops there, before its valid length, and refuses it at load"
+            )
         raise ArchiveInvalid(
             f"{where} has no lamports but is not the default account (no data, not"
             " executable, rent epoch 0, owner zero): agave refuses it at load"
