@@ -770,7 +770,8 @@ def many_accounts_archive(
     rnd = random.Random(f"many-{seed}-{slot}")
     stored: dict[int, list[Account]] = {slot - i: [] for i in range(4)}
     for n in range(count):
-        pubkey = n.to_bytes(32, "big") if empty else rnd.randbytes(32)
+        # counted from 1: agave's scan of a storage stops at the default pubkey
+        pubkey = (n + 1).to_bytes(32, "big") if empty else rnd.randbytes(32)
         lamports = 0 if empty else 1 + rnd.randrange(10**9)
         data = b"" if empty else rnd.randbytes(rnd.randrange(0, 120))
         newest = slot - (n % 3)

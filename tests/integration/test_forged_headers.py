@@ -54,7 +54,8 @@ async def test_the_cache_never_hands_out_nor_signs_the_forgery(tmp_path: Path) -
         assert leftovers(f.cache) == []
         # The honest copy comes from the other source, proven and signed.
         f.good.listing = sidecar_listing({NAME: good})
-        await wait_until(lambda: _listed(f.public, NAME, 2))
+        # the rejected copy is held back, not listed: the good one is the one listed
+        await wait_until(lambda: _listed(f.public, NAME, 1))
         again = await raw_request(f.public, f"/v1/{GROUP}/{NAME}")
         assert again.status == 200 and again.body == good
         # The last bytes go once the check passed; the copy is promoted and its proof held a

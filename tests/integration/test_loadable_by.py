@@ -131,7 +131,8 @@ async def test_proxy_mode_never_caches_nor_hands_out_what_agave_cannot_load(
         await wait_until(lambda: shown(f, refused_for(2500)), timeout=20)
         # The agave copy, listed now, is cached and handed out.
         f.good.listing = sidecar_listing({name: agave})
-        await wait_until(lambda: _listed(f.public, name, 2))
+        # the rejected copy is held back, not listed: the good one is the one listed
+        await wait_until(lambda: _listed(f.public, name, 1))
         second = await raw_request(f.public, f"/v1/{GROUP}/{name}")
         assert second.status == 200 and second.body == agave
         await wait_for(lambda: (f.cache / GROUP / name).exists())
