@@ -35,7 +35,7 @@ from tracker.discovery.targetset import named_keys
 from tracker.errors import ConfigError
 from tracker.learning.sync import Learning
 from tracker.measuring.rangereads import SpeedTests
-from tracker.net.egress import Resolver, resolve
+from tracker.net.egress import Resolver, resolve, resolve_strangers
 from tracker.net.httpclients import rpc_client
 from tracker.notify import Notifier, run_watchdog, watchdog_interval
 from tracker.observability.logs import RecentEvents, log_event
@@ -163,17 +163,21 @@ def build(
     cache_factory: CacheFactory | None = None,
     resolver: Resolver = resolve,
     on_probe: Callable[[TargetHealth], None] | None = None,
+    strangers: Resolver = resolve_strangers,
 ) -> Components:
     """Build every component of a tracker over ``tracker``'s live state: the one place where
     they are wired (the service and the tests use it alike).
 
-    ``settings`` (download tunables), ``cache_factory`` (the disk cache) and ``resolver``
-    (host names from the network) are for tests to inject; ``on_probe`` is told each probe's
-    result. Nothing runs yet: the caller starts ``transfers.run`` and the listeners.
+    ``settings`` (download tunables), ``cache_factory`` (the disk cache), ``resolver`` (host
+    names from the network) and ``strangers`` (those discovered nodes give) are for tests to
+    inject; ``on_probe`` is told each probe's result. Nothing runs yet: the caller starts
+    ``transfers.run`` and the listeners.
     """
     current, index, metrics = tracker.current, tracker.index, tracker.metrics
     apply_trust(index, tracker.config)
-    scraper = Scraper(tracker.config, index, on_probe=on_probe, resolver=resolver)
+    scraper = Scraper(
+        tracker.config, index, on_probe=on_probe, resolver=resolver, strangers=strangers
+    )
     transfers = Transfers()
     budget = ChunkBudget()  # read-ahead memory shared by every file stream
     # Digests of verified archives and sources whose copy failed its check (docs/http-api.md,
@@ -203,6 +207,7 @@ def build(
         cache_factory=cache_factory,
         resolver=resolver,
         voter=votes,
+        strangers=strangers,
     )
     prefetcher = Prefetcher(current, index, streamer.prefetch, transfers)
     # A Range request on a best file that nobody caches starts a background refresh (§9).

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
 import trio
 from helpers_bucket import put, tier_of
 from helpers_heldstore import Held, HeldStore
@@ -28,6 +29,7 @@ from helpers_s3 import BUCKET, Weed
 from helpers_uploads import Done
 from names import full_name
 
+from tracker.errors import StoreError
 from tracker.objectstore.locks import Holder, Lock
 from tracker.objectstore.tier import ObjectTier
 
@@ -208,13 +210,15 @@ async def test_past_its_lease_a_holder_sends_no_complete_and_then_gives_the_lock
         lock = await a.claim(GROUP, FULL)
         assert isinstance(lock, Lock)
         renewal, complete = relay.hold(is_renewal), relay.hold(is_complete)
+        digest = relay.hold(lambda line: line.startswith("PUT") and ".sha256 " in line)
         lost, done = trio.Event(), list[str]()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(a.keep_renewed, lock, lost)
             await trio.sleep_until(lock.lease_end)
             nursery.start_soon(upload_under, a, lock, path, lost, done)
             await lost.wait()
-            assert not complete.arrived.is_set()
+            # nor the objects beside it: another replica may have written its own by then
+            assert not complete.arrived.is_set() and not digest.arrived.is_set()
             nursery.cancel_scope.cancel()
         assert renewal.arrived.is_set() and done == ["aborted"]
     assert a.object_key(GROUP, FULL) not in weed.objects(a.store.prefix)
@@ -244,6 +248,19 @@ async def test_a_renewal_answered_past_the_lease_keeps_the_lock_and_the_upload(
         assert done == ["completed"] and not lost.is_set() and lock.held
         await lock.release()
     assert a.object_key(GROUP, FULL) in weed.objects(a.store.prefix)
+
+
+async def test_a_store_whose_renewals_all_come_after_the_lease_fails_the_upload(
+    weed: Weed,
+) -> None:
+    """Every renewal applied, each answered after its lease: the lock stayed renewed and the
+    upload's complete waited for a lease that never came back. The upload fails after
+    ``lock_ttl`` more (and is aborted; the lock is then released)."""
+    lock = await tier_of(weed, lock_ttl=1.0).claim(GROUP, FULL)
+    assert isinstance(lock, Lock)
+    lock.lease_end = trio.current_time() - 0.1  # its last renewal came back after it
+    with trio.fail_after(10), pytest.raises(StoreError, match="too slow for lock_ttl"):
+        await lock.until_held()
 
 
 async def test_a_takeover_finds_the_object_its_holder_completed_as_its_lease_ran_out(

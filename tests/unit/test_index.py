@@ -508,5 +508,7 @@ def test_a_copy_that_failed_its_check_is_not_ranked_while_it_is_held_back() -> N
     assert index.best_full("g").info.slot == 100  # type: ignore[union-attr]
     assert index.best_incremental("g") is None
     assert [s.key for _f, s in index.find_file("g", newest)] == [liar]
+    incremental = "incremental-snapshot-200-250-H.tar.zst".replace("H", H)
+    assert [s.key for _f, s in index.find_file("g", incremental)] == [liar]
     now[0] += 600
     assert index.best_full("g").info.slot == 200  # type: ignore[union-attr]

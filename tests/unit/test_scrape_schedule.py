@@ -272,6 +272,8 @@ def test_a_target_that_changed_keeps_its_record_only_for_a_version(now: Target, 
     before = Target(TargetKey("g", "http://n", discovered=True), "http", "http://n", "2.3.0")
     roster.adopt([before])
     roster.health[before.key].failures = 7
+    listed = roster.roster
     roster.adopt([now])
+    assert roster.roster > listed  # the listings' key: a node's version shows at once
     assert roster.health[now.key].target == now
     assert roster.health[now.key].failures == (7 if kept else 0)

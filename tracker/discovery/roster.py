@@ -129,9 +129,9 @@ class Roster:
             ):
                 self.health[key] = TargetHealth(target)
                 self.roster += 1
-            elif kept.target != target:
+            elif kept.target != target:  # another version: the listings show it
                 kept.target = target
-                self.touch()
+                self.roster += 1
         return gone
 
     def rpc_answered(self, group: str, url: str, reason: str, seconds: float) -> None:

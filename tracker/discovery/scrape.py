@@ -43,7 +43,7 @@ from tracker.discovery.targetset import (
     rpc_keys,
 )
 from tracker.errors import EgressRefused, ProbeError, first_leaf
-from tracker.net.egress import Resolver, resolve
+from tracker.net.egress import Resolver, resolve, resolve_strangers
 from tracker.net.limits import exhausted
 from tracker.observability.logs import log_event
 from tracker.ordering.index import Index, TargetKey
@@ -96,6 +96,7 @@ class Scraper:
         on_round: Callable[[Scraper], None] | None = None,
         on_probe: Callable[[TargetHealth], None] | None = None,
         resolver: Resolver = resolve,
+        strangers: Resolver = resolve_strangers,
     ) -> None:
         self.index = index
         self.on_round = on_round
@@ -103,7 +104,7 @@ class Scraper:
         self.config = config
         self._roster = Roster()
         self._results = ResultBatches(index, self._roster.touch)
-        self._probes = Probes(config, resolver)
+        self._probes = Probes(config, resolver, strangers)
         self._finder = TargetFinder(self._probes.client, self._roster.rpc_answered)
         self._wakeup = Wakeup()
         #: The groups a reload changed the credentials of, until a round's discovery under

@@ -104,9 +104,17 @@ class Lock:
     async def until_held(self) -> None:
         """Return while the lease lasts; past it, once a renewal is applied (what an
         upload's complete waits for: never sent under a lock another replica may hold). The
-        renewing task cancels the wait when the lock is lost."""
-        while not self.held:
-            await self._applied.wait()
+        renewing task cancels the wait when the lock is lost. StoreError when the lease has
+        not come back within :data:`LAPSE` of ``lock_ttl``: a store whose every renewal is
+        answered after its lease kept the lock renewed and the upload waiting for good."""
+        with trio.move_on_after(self.ttl * LAPSE):
+            while not self.held:
+                await self._applied.wait()
+            return
+        raise StoreError(
+            "the lock's renewals are answered after its lease: the store is too slow for lock_ttl",
+            down=False,
+        )
 
     async def renew(self) -> None:
         """Prove this holder is alive (the lease runs on from this write's sending).

@@ -119,8 +119,8 @@ async def upload_following(
     the objects beside it (``sides``, by default the digest object :func:`digest_key`; the
     tier adds its proof and statement: :mod:`tracker.objectstore.sides`) are written before
     the upload completes, so the archive never appears in the bucket without its digest.
-    ``before_complete`` is awaited just before the complete is sent (a refresh's lock:
-    :meth:`~tracker.objectstore.locks.Lock.until_held`).
+    ``before_complete`` is awaited before those objects and the complete are sent (a
+    refresh's lock: :meth:`~tracker.objectstore.locks.Lock.until_held`).
     When the file is repaired meanwhile (:attr:`Growing.repairs`), the upload is aborted
     and started again once the repair passed (see the module doc). Raises StoreError when
     the store failed or the file ended unverified (the upload is then aborted);
@@ -169,11 +169,11 @@ async def _upload_once(
         else:
             if size == 0:
                 raise StoreError("an empty archive is not uploaded", down=False)
+            if before_complete is not None:  # the objects beside it are the complete's too
+                await before_complete()
             if growing.sha256 and growing.repairs == repairs:
                 for side, body in (sides or digest_only(key))(growing):
                     await bucket.put(side, body)
-            if before_complete is not None:
-                await before_complete()
             if growing.repairs == repairs:  # no part read before a cut
                 await bucket.complete_upload(key, upload_id, etags)
                 upload_id = ""

@@ -432,9 +432,9 @@ class Index:
                 if entry is None or key.group != group:
                     continue
                 for info in entry.infos:  # offered last: the answer names the failure
+                    if not any(f.bare_name in names for f in info.files):
+                        continue  # an incremental on a rejected full is offered too
                     for f in info.files:
-                        if f.bare_name not in names:
-                            continue
                         found = copies.setdefault(f.bare_name, [])
                         if all(s.key != key for _f, s in found):
                             found.append((f, SnapshotSource(info, key, entry.updated_at)))

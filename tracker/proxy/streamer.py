@@ -23,7 +23,7 @@ from tracker.config.schema import Config, TargetGroup
 from tracker.core.digests import Digests, Verified
 from tracker.core.snapshots import ArchiveName, parse_archive_name
 from tracker.errors import RequestError
-from tracker.net.egress import Resolver, policy_of, resolve
+from tracker.net.egress import Resolver, policy_of, resolve, resolve_strangers
 from tracker.objectstore.locks import Holder, Lock
 from tracker.objectstore.storeanswers import ObjectInfo
 from tracker.observability.metrics import Metrics
@@ -102,6 +102,7 @@ class ProxyStreamer:
         cache_factory: CacheFactory | None = None,
         resolver: Resolver = resolve,
         voter: Voters | None = None,
+        strangers: Resolver = resolve_strangers,
     ) -> None:
         settings = settings if settings is not None else ProxySettings()
         self._config = config
@@ -117,6 +118,7 @@ class ProxyStreamer:
             policy=lambda: policy_of(self._config().egress),
             resolver=resolver,
             on_queue=metrics.source_queue_event if metrics is not None else None,
+            strangers=strangers,
         )
         #: Memory shared by the streams passed through Python (tracker/proxy/channel.py).
         channel_budget = ChunkBudget(
