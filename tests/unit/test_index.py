@@ -510,5 +510,8 @@ def test_a_copy_that_failed_its_check_is_not_ranked_while_it_is_held_back() -> N
     assert [s.key for _f, s in index.find_file("g", newest)] == [liar]
     incremental = "incremental-snapshot-200-250-H.tar.zst".replace("H", H)
     assert [s.key for _f, s in index.find_file("g", incremental)] == [liar]
+    # the tracker's own good copy of it is listed meanwhile: no ranked source lists it
+    index.hold("cache", "g", [(newest, 4096, 0.0)])
+    assert [s.info.files[0].bare_name for s in index.held("g")] == [newest]
     now[0] += 600
     assert index.best_full("g").info.slot == 200  # type: ignore[union-attr]

@@ -411,6 +411,8 @@ class Index:
         """Every source of ``group`` advertising the archive ``name``, best source first.
 
         Best is a local copy first, then as :func:`tracker.ordering.ranking.source_order` says.
+        The copies a failed check holds back (:meth:`hold_back`) come last: the answer names
+        the failure when no other source is left.
         """
         found = list(self._copies_of(group).get(name, ()))
         if not found:  # no source has it any more: the tracker's own copy, if it holds one
@@ -418,26 +420,38 @@ class Index:
             if held is not None:
                 source = held_source(group, held)
                 found = [(source.info.files[0], source)]
+        if self._screens.rejected:  # rare: a check rejected
+            found += self._held_back_copies(group, name)
+        return found
+
+    def _held_back_copies(self, group: str, name: str) -> list[tuple[SnapshotFile, SnapshotSource]]:
+        """The copies of ``name`` in ``group`` the ranking leaves out after a failed check:
+        the rejected archive itself, and an incremental on a rejected full."""
+        found: list[tuple[SnapshotFile, SnapshotSource]] = []
+        for key, names in self._screens.rejected.items():
+            entry = self._entries.get(key)
+            if entry is None or key.group != group:
+                continue
+            for info in entry.infos:
+                if not any(f.bare_name in names for f in info.files):
+                    continue
+                for f in info.files:
+                    if f.bare_name == name:
+                        found.append((f, SnapshotSource(info, key, entry.updated_at)))
+                        break
+                else:
+                    continue
+                break  # one copy per target
         return found
 
     def _copies_of(self, group: str) -> dict[str, list[tuple[SnapshotFile, SnapshotSource]]]:
-        """``group``'s copies by archive name, made once per ranking (docs/http-api.md,
-        "Snapshot sources": a request, found or not, costs a lookup, not a scan)."""
+        """``group``'s ranked copies by archive name, made once per ranking
+        (docs/http-api.md, "Snapshot sources": a request, found or not, costs a lookup, not a
+        scan)."""
         ranked = self._rank()
         copies = self._copies.get(group)
         if copies is None:
             copies = self._copies[group] = copies_by_name(ranked.get(group, ()))
-            for key, names in self._screens.rejected.items():  # rare: a check rejected
-                entry = self._entries.get(key)
-                if entry is None or key.group != group:
-                    continue
-                for info in entry.infos:  # offered last: the answer names the failure
-                    if not any(f.bare_name in names for f in info.files):
-                        continue  # an incremental on a rejected full is offered too
-                    for f in info.files:
-                        found = copies.setdefault(f.bare_name, [])
-                        if all(s.key != key for _f, s in found):
-                            found.append((f, SnapshotSource(info, key, entry.updated_at)))
         return copies
 
 
