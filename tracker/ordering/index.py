@@ -433,15 +433,10 @@ class Index:
             if entry is None or key.group != group:
                 continue
             for info in entry.infos:
-                if not any(f.bare_name in names for f in info.files):
-                    continue
-                for f in info.files:
-                    if f.bare_name == name:
-                        found.append((f, SnapshotSource(info, key, entry.updated_at)))
-                        break
-                else:
-                    continue
-                break  # one copy per target
+                files = {f.bare_name: f for f in info.files}
+                if name in files and not files.keys().isdisjoint(names):
+                    found.append((files[name], SnapshotSource(info, key, entry.updated_at)))
+                    break  # one copy per target
         return found
 
     def _copies_of(self, group: str) -> dict[str, list[tuple[SnapshotFile, SnapshotSource]]]:

@@ -407,8 +407,11 @@ class ArchiveReread:
         check.confirm()
 
     def _stop_if_cancelled(self) -> None:
-        if self._cancelled is not None and self._cancelled():
+        if self._cancel_seen():
             raise ArchiveInvalid("check cancelled")
+
+    def _cancel_seen(self) -> bool:
+        return self._cancelled is not None and self._cancelled()
 
     def _find(self, stream: IO[bytes], name: str) -> int:
         # The archive passed the check: every header is one read_header takes, read the one
@@ -445,7 +448,7 @@ class ArchiveReread:
         hundred GiB (the check bounded the ratio by the bytes read before it, not the
         member): a cancel is seen within a step."""
         while count > 0:
-            if self._cancelled is not None and self._cancelled():
+            if self._cancel_seen():
                 return False
             piece = stream.read(min(STEP, count))
             if not piece:
