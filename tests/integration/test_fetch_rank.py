@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from helpers_bytes import MiB, archive_bytes
 from helpers_proxy import GROUP, advertise, make_config, running_tracker
 from helpers_upstream import FakeUpstream, serving
 from names import full_name, incremental_name
 
 from tracker.config.schema import Ranking, TargetGroup
+from tracker.errors import FetchError
 from tracker.fetch.progress import NoProgress
 from tracker.fetch.run import FetchOptions, run_fetch
 from tracker.fetch.settings import FetchSettings
@@ -47,3 +49,65 @@ async def test_a_full_in_the_ledger_costs_nothing(tmp_path: Path) -> None:
         results = await run_fetch(options, NoProgress())
         assert not up.gets(NEWEST) and not up.gets(ON_NEWEST)
     assert [Path(r.path).name for r in results] == [ON_OLDER]
+
+
+@pytest.mark.parametrize("proxied", [False, True], ids=["redirect", "proxy"])
+async def test_fetch_without_a_group_takes_the_default_groups_pair(
+    tmp_path: Path, proxied: bool
+) -> None:
+    """Two groups, the other's slots higher: a listing without a group names both, and
+    fetch took the other cluster's pair into this node's ledger (``--group`` says "default:
+    its default group"). The default group is learned from the tracker's redirect (a source's
+    URL in redirect mode, the tracker's route naming the group in proxy mode)."""
+    other = {full_name(90_000): archive_bytes(2 * MiB, seed=5)}
+    ours = {OLDER: FILES[OLDER], ON_OLDER: FILES[ON_OLDER]}
+    config = make_config(
+        tmp_path / "cache" if proxied else None,
+        proxy_snapshot_downloads=proxied,
+        default_group=GROUP,
+        target_groups=(
+            TargetGroup(group=GROUP, ranking=Ranking()),
+            TargetGroup(group="testnet", ranking=Ranking()),
+        ),
+    )
+    ledger = tmp_path / "ledger"
+    ledger.mkdir()
+    async with (
+        serving(FakeUpstream(files={**ours, **other})) as up,
+        running_tracker(config) as t,
+    ):
+        advertise(t.index, f"{up.base}/m", [(n, up.url(n), len(d)) for n, d in ours.items()])
+        theirs = [(n, up.url(n), len(d)) for n, d in other.items()]
+        advertise(t.index, f"{up.base}/t", theirs, group="testnet")
+        options = FetchOptions(
+            ledger=str(ledger), tracker=t.base, progress="none", settings=SETTINGS
+        )
+        results = await run_fetch(options, NoProgress())
+    assert sorted(Path(r.path).name for r in results) == sorted(ours)
+
+
+async def test_fetch_without_a_group_asks_for_one_when_the_tracker_does_not_tell(
+    tmp_path: Path,
+) -> None:
+    """The default group holds nothing (its redirect answers 202): which group to take is
+    not known, and fetch names the groups instead of taking another cluster's archives."""
+    config = make_config(
+        None,
+        proxy_snapshot_downloads=False,
+        default_group=GROUP,
+        target_groups=(TargetGroup(group=GROUP), TargetGroup(group="testnet")),
+    )
+    other = {full_name(90_000): archive_bytes(2 * MiB, seed=5)}
+    ledger = tmp_path / "ledger"
+    ledger.mkdir()
+    async with serving(FakeUpstream(files=other)) as up, running_tracker(config) as t:
+        listed = [(n, up.url(n), len(d)) for n, d in other.items()]
+        advertise(t.index, f"{up.base}/t", listed, group="testnet")
+        advertise(t.index, f"{up.base}/m", [], group=GROUP)
+        options = FetchOptions(
+            ledger=str(ledger), tracker=t.base, progress="none", settings=SETTINGS
+        )
+        wanted = r"none of those it lists \(groups testnet\); name one with --group"
+        with pytest.raises(FetchError, match=wanted):
+            await run_fetch(options, NoProgress())
+    assert not up.seen and list(ledger.iterdir()) == []

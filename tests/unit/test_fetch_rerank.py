@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import json
 import math
+from datetime import UTC, datetime
 
 import base58
 import pytest
 
 from tracker.config.schema import Ranking
-from tracker.core.snapshots import SnapshotFile, chains_from_files, parse_archive_name
+from tracker.core.snapshots import (
+    SnapshotFile,
+    SnapshotInfo,
+    TargetKey,
+    chains_from_files,
+    parse_archive_name,
+)
 from tracker.fetch.listing import RemoteFile, RemoteSnapshot, snapshots_from_json
 from tracker.fetch.run import rerank
+from tracker.ordering.index import Index
+from tracker.web.wire import source_json
 
 H = base58.b58encode(bytes(range(32))).decode()
+G = base58.b58encode(bytes(range(1, 33))).decode()
+T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
 MB = 1_000_000
 
 
@@ -100,3 +112,70 @@ def test_the_replay_speed_prices_the_catch_up() -> None:
     assert rerank([newer, behind], held) == [behind, newer]
     slow = Ranking(replay_slots_per_second=5.0)
     assert rerank([newer, behind], held, slow) == [newer, behind]
+
+
+def _tracker_listing(index: Index, group: str) -> list[dict[str, object]]:
+    """``/v1/best_snapshots?group=`` as the tracker renders it (redirect mode)."""
+    entries = [source_json(s, None, predicted=index.predicted(s)) for s in index.sources(group)]
+    return [json.loads(json.dumps(e)) for e in entries]
+
+
+def _infos(*named: tuple[str, int]) -> list[SnapshotInfo]:
+    files = []
+    for name, size in named:
+        parsed = parse_archive_name(name.replace("H", H).replace("G", G))
+        assert parsed is not None
+        files.append(SnapshotFile(parsed, parsed.file_name, size=size, url=f"http://x/{name}"))
+    return chains_from_files(files)
+
+
+def test_fetch_keeps_the_trackers_choice_beside_a_source_never_measured() -> None:
+    """Nothing in the ledger: fetch follows the tracker's choice. The newest full is on a
+    source measured at 5 MB/s and on one never measured (the tracker prices it at the
+    assumed 50 MB/s); fetch saw only the measured one's ``throughput_bps``, priced the
+    newest at 5 MB/s and downloaded the older full."""
+    index = Index(clock=lambda: 0.0)
+    index.set_ranking("g", Ranking())
+    a, b, c = (TargetKey("g", f"http://10.0.0.{n}:80") for n in (1, 2, 3))
+    newest = ("snapshot-1000-H.tar.zst", 2000 * MB)
+    index.apply(a, _infos(newest), T0, latency=0.01)
+    index.apply(b, _infos(newest), T0, latency=0.02)
+    index.apply(c, _infos(("snapshot-900-G.tar.zst", 2000 * MB)), T0, latency=0.03)
+    index.record_transfer(a, 5 * MB, 1.0)
+    best = index.best_full("g")
+    assert best is not None and best.info.slot == 1000
+    chosen = rerank(snapshots_from_json("http://t", _tracker_listing(index, "g")), [])
+    assert chosen[0].full is not None and chosen[0].full.name.slot == 1000
+
+
+def test_fetch_is_not_priced_out_by_one_source_listing_a_huge_size() -> None:
+    """The tracker prices the newest full at its hosts' middle size; fetch took the first
+    size listed (the liar's: it answers probes fastest) and went to the older full."""
+    index = Index(clock=lambda: 0.0)
+    index.set_ranking("g", Ranking())
+    liar, h1, h2, c = (TargetKey("g", f"http://10.0.0.{n}:80") for n in (1, 2, 3, 4))
+    index.apply(liar, _infos(("snapshot-1000-H.tar.zst", 2_000_000 * MB)), T0, latency=0.001)
+    index.apply(h1, _infos(("snapshot-1000-H.tar.zst", 2000 * MB)), T0, latency=0.05)
+    index.apply(h2, _infos(("snapshot-1000-H.tar.zst", 2000 * MB)), T0, latency=0.05)
+    index.apply(c, _infos(("snapshot-900-G.tar.zst", 2000 * MB)), T0, latency=0.05)
+    best = index.best_full("g")
+    assert best is not None and best.info.slot == 1000
+    offered = snapshots_from_json("http://t", _tracker_listing(index, "g"))
+    chosen = rerank(offered, [])
+    assert chosen[0].full is not None and chosen[0].full.name.slot == 1000
+    # the size a download is checked against is still the best source's, the one listed first
+    assert chosen[0].full.size == 2_000_000 * MB and chosen[0].full.priced_size == 2000 * MB
+
+
+def test_fetch_moves_to_a_newer_incremental_on_the_trackers_full() -> None:
+    """The tracker hands out the best pair on its full: a listing whose first pair carries
+    an older incremental (an older tracker) is not kept by the margin against a newer one
+    on the same full."""
+    full = remote("snapshot-900-H.tar", 2000 * MB, 100 * MB)
+    older = RemoteSnapshot(
+        full, remote("incremental-snapshot-900-990-H.tar", 50 * MB, 100 * MB), predicted=30.0
+    )
+    newer = RemoteSnapshot(
+        full, remote("incremental-snapshot-900-1000-H.tar", 50 * MB, 100 * MB), predicted=29.0
+    )
+    assert rerank([older, newer], []) == [newer, older]

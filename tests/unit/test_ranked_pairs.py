@@ -3,6 +3,7 @@ choice that does not flap, and the one clock of measured throughputs."""
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 
 import base58
@@ -11,7 +12,7 @@ import pytest
 from tracker.config.schema import Ranking
 from tracker.core.snapshots import SnapshotFile, SnapshotInfo, chains_from_files, parse_archive_name
 from tracker.ordering.index import Index, TargetKey
-from tracker.ordering.ranking import priced_sizes
+from tracker.ordering.ranking import PairKey, choose_pair, priced_sizes
 from tracker.ordering.sourcehistory import HALF_LIFE as THROUGHPUT_HALF_LIFE
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
@@ -145,19 +146,43 @@ def test_the_pair_moves_only_by_the_switch_margin() -> None:
     assert held is not None and held.key == b
 
 
-def test_throughput_decays_on_the_index_clock() -> None:
-    """Recorded and aged on one clock: after a half-life, half the throughput (a clock far
-    from ``time.monotonic``, as trio's is, must not freeze the measurement)."""
+def test_throughput_ages_on_the_index_clock() -> None:
+    """Recorded and aged on one clock: after a half-life, half its weight against the
+    group's ``assumed_throughput`` (a clock far from ``time.monotonic``, as trio's is, must
+    not freeze the measurement)."""
     now = [1e9]
     index = Index(clock=lambda: now[0])
+    index.set_ranking("g", RANKING)
     index.apply(SLOW, infos(("snapshot-1000-H.tar.zst", MB)), T0)
-    index.record_transfer(SLOW, 100 * MB, 1.0)
-    assert index.sources("g")[0].throughput == pytest.approx(100 * MB)
+    index.record_transfer(SLOW, 400 * MB, 1.0)
+    assert index.sources("g")[0].throughput == pytest.approx(400 * MB)
     now[0] += THROUGHPUT_HALF_LIFE
-    assert index.throughput(SLOW) == pytest.approx(50 * MB)
+    aged = 1 / (0.5 / (400 * MB) + 0.5 / RANKING.assumed_throughput)  # 88.9 MB/s
+    assert index.throughput(SLOW) == pytest.approx(aged)
     index.apply(FAST, infos(("snapshot-900-H.tar.zst", MB)), T0)  # a change re-ranks
     [slow] = [s for s in index.sources("g") if s.key == SLOW]
-    assert slow.throughput == pytest.approx(50 * MB)
+    assert slow.throughput == pytest.approx(aged)
+
+
+def test_a_measured_source_never_falls_below_one_never_measured() -> None:
+    """Measured at 100 MB/s, 20 minutes ago: still priced above the 50 MB/s a source never
+    measured counts (halving the figure itself handed out the other's older full), and a
+    source measured fast hours ago is priced near the assumed figure, not near 0."""
+    now = [0.0]
+    index = Index(clock=lambda: now[0])
+    index.set_ranking("g", RANKING)
+    index.apply(SLOW, infos(("snapshot-1000-H.tar.zst", 2000 * MB)), T0)
+    index.apply(FAST, infos(("snapshot-990-G.tar.zst", 2000 * MB)), T0)
+    index.record_transfer(SLOW, 100 * MB, 1.0)
+    best = index.best_full("g")
+    assert best is not None and best.key == SLOW
+    now[0] += 2 * THROUGHPUT_HALF_LIFE
+    index.apply(FAST, infos(("snapshot-990-G.tar.zst", 2000 * MB)), T0)  # a round re-ranks
+    best = index.best_full("g")
+    assert best is not None and best.key == SLOW
+    assert index.throughput(SLOW) > RANKING.assumed_throughput
+    now[0] += 18 * THROUGHPUT_HALF_LIFE  # three hours
+    assert index.throughput(SLOW) == pytest.approx(RANKING.assumed_throughput, rel=1e-3)
 
 
 F1, F2, F0, I1 = "full 1000", "full 900", "full 800", "incremental 900-990"
@@ -280,3 +305,85 @@ def test_the_listing_of_every_group_keeps_a_time_ranked_groups_order() -> None:
     by_group = [s.info.slot for s in index.sources("g")]
     assert by_group[0] == 990  # the fast pair first
     assert [s.info.slot for s in index.sources(None)] == by_group
+
+
+def test_the_copy_handed_out_is_the_one_the_prediction_priced() -> None:
+    """One full on a source measured at 10 MB/s (quickest to answer a probe) and on one
+    never measured: the pair is priced at the unmeasured one's ``assumed_throughput``
+    (50 MB/s), so that one is handed out (an unmeasured source counted as the group's
+    median handed out the 10 MB/s one under a prediction five times too short)."""
+    index = still()
+    index.set_ranking("g", RANKING)
+    full = ("snapshot-1000-H.tar.zst", 1000 * MB)
+    index.apply(SLOW, infos(full), T0, latency=0.01)
+    index.apply(FAST, infos(full), T0, latency=0.2)
+    index.record_transfer(SLOW, 10 * MB, 1.0)
+    best = index.best_full("g")
+    assert best is not None and best.key == FAST
+    download = 1000 * MB / RANKING.assumed_throughput
+    assert index.predicted(best) == pytest.approx(download + download / 0.4 / 22.5)
+    [(_file, first), *_] = index.find_file("g", best.info.files[0].bare_name)
+    assert first.key == FAST
+
+
+def test_a_newer_incremental_on_the_held_full_is_handed_out_at_once() -> None:
+    """The pair held is (F, incremental 990); the source now lists 1000 on F too: the same
+    full, fewer slots to replay. Handed out at once (the margin on the pair kept the older
+    one: F's download, the same in both, made 10% out of reach)."""
+    index = still()
+    index.set_ranking("g", RANKING)
+    full = ("snapshot-900-H.tar.zst", 2000 * MB)
+    older = ("incremental-snapshot-900-990-H.tar.zst", 50 * MB)
+    index.apply(SLOW, infos(full, older), T0)
+    incremental = index.best_incremental("g")
+    assert incremental is not None and incremental.info.slot == 990
+    index.apply(SLOW, infos(full, older, ("incremental-snapshot-900-1000-G.tar.zst", 50 * MB)), T0)
+    incremental = index.best_incremental("g")
+    assert incremental is not None and incremental.info.slot == 1000
+    first = index.sources("g")[0]
+    assert first.info.slot == 1000
+
+
+def test_a_group_without_any_full_size_ranks_but_predicts_nothing() -> None:
+    """No source gives the size of any full: nothing to price its download at. The group
+    still ranks (by the rest of the prediction, the same for every full), and no pair says
+    "running in ~0 s"."""
+    index = still()
+    index.set_ranking("g", RANKING)
+    index.apply(SLOW, infos(("snapshot-1000-H.tar.zst", 0)), T0)
+    index.apply(FAST, infos(("snapshot-900-G.tar.zst", 0)), T0)
+    best = index.best_full("g")
+    assert best is not None and best.info.slot == 1000
+    assert [index.predicted(s) for s in index.sources("g")] == [None, None]
+    # one full's size given: every full is priced (the others at the typical size)
+    index.apply(FAST, infos(("snapshot-900-G.tar.zst", 2000 * MB)), T0)
+    assert all(index.predicted(s) for s in index.sources("g"))
+
+
+@pytest.mark.parametrize(
+    ("offered", "held", "chosen"),
+    [
+        # Nothing offered: nothing.
+        ([], None, None),
+        ([], ("F", "a"), None),
+        # Nothing held: the fastest pair, the first of equals.
+        ([(("F", "a"), 100.0), (("G", None), 120.0)], None, ("F", "a")),
+        ([(("F", "a"), 100.0), (("G", None), 100.0)], None, ("F", "a")),
+        # The held full stays unless another full's best pair beats its best by the margin.
+        ([(("G", None), 95.0), (("F", "a"), 100.0)], ("F", "a"), ("F", "a")),
+        ([(("G", None), 85.0), (("F", "a"), 100.0)], ("F", "a"), ("G", None)),
+        # On the held full its best pair, without a margin: a newer incremental on it.
+        ([(("F", "b"), 99.0), (("F", "a"), 100.0)], ("F", "a"), ("F", "b")),
+        ([(("G", None), 95.0), (("F", "b"), 99.0), (("F", "a"), 100.0)], ("F", "a"), ("F", "b")),
+        # The held incremental dropped by its sources: the full stays, its best pair.
+        ([(("G", None), 95.0), (("F", "b"), 100.0)], ("F", "a"), ("F", "b")),
+        # The held full gone: the fastest.
+        ([(("G", None), 95.0), (("H", "c"), 100.0)], ("F", "a"), ("G", None)),
+        # Infinite against finite: the finite one, whatever the margin.
+        ([(("G", None), 1e9), (("F", "a"), math.inf)], ("F", "a"), ("G", None)),
+    ],
+)
+def test_the_full_moves_by_the_margin_and_the_pair_on_it_at_once(
+    offered: list[tuple[PairKey, float]], held: PairKey | None, chosen: PairKey | None
+) -> None:
+    assert choose_pair(offered, held, 0.1) == chosen

@@ -11,6 +11,7 @@ import pytest
 from tracker.learning.learned import Learned, decode, encode, gather, merge, restore
 from tracker.ordering.index import Index, TargetKey
 from tracker.ordering.sourcehistory import (
+    DEFAULT_PRIOR,
     HALF_LIFE,
     TRUST_HALF_LIFE,
     Flowing,
@@ -24,16 +25,27 @@ from tracker.ordering.sourcehistory import (
 H, T = HALF_LIFE, TRUST_HALF_LIFE
 
 
+#: The prior in the table: what a source never measured counts (``assumed_throughput``).
+P = 1000.0
+
+
 @pytest.mark.parametrize(
     ("probed", "achieved", "now", "figure"),
     [
         # Nothing measured: 0 (the ranking assumes its figure).
         (None, None, 0.0, 0.0),
-        # One of them: that one, halved every HALF_LIFE of its age.
+        # One of them: that one while new.
         ((100.0, 0.0), None, 0.0, 100.0),
         (None, (10.0, 0.0), 0.0, 10.0),
-        ((100.0, 0.0), None, H, 50.0),
-        (None, (10.0, 0.0), 2 * H, 2.5),
+        # Older, it weighs half every HALF_LIFE against the prior, in seconds per byte: an
+        # old measurement says less, it does not say the source is slow (halving the figure
+        # itself priced a source measured fast 20 minutes ago below one never measured).
+        ((100.0, 0.0), None, H, 1 / (0.5 / 100 + 0.5 / P)),  # 181.8
+        (None, (10.0, 0.0), 2 * H, 1 / (0.25 / 10 + 0.75 / P)),  # 39.0
+        ((5000.0, 0.0), None, 2 * H, 1 / (0.25 / 5000 + 0.75 / P)),  # 1,176.5
+        # Long ago: the prior (a weight that underflowed too).
+        ((100.0, 0.0), None, 50 * H, pytest.approx(P, rel=1e-9)),
+        ((100.0, 0.0), None, 1e9, P),
         # Served slower than probed, no speed test since: what it served.
         ((100.0, 0.0), (10.0, 0.0), 0.0, 10.0),
         ((100.0, 0.0), (10.0, 50.0), 50.0, 10.0),
@@ -45,9 +57,9 @@ H, T = HALF_LIFE, TRUST_HALF_LIFE
         ((100.0, 1e9), (10.0, 0.0), 1e9, pytest.approx(100.0)),
         # Served faster than the short probe read: what it served.
         ((10.0, 0.0), (100.0, 0.0), 0.0, 100.0),
-        # The blend decays by the age of the newer of the two.
-        ((100.0, 0.0), (10.0, 0.0), H, 5.0),
-        ((100.0, T), (10.0, 0.0), T + H, 1 / (0.5 / 10 + 0.5 / 100) / 2),
+        # The blend ages by the age of the newer of the two.
+        ((100.0, 0.0), (10.0, 0.0), H, 1 / (0.5 / 10 + 0.5 / P)),
+        ((100.0, T), (10.0, 0.0), T + H, 1 / (0.5 * (0.5 / 10 + 0.5 / 100) + 0.5 / P)),
         # Figures at the ends of what a float holds: no error, a finite figure.
         ((1e308, 0.0), (1e308, 0.0), 0.0, 1e308),
         ((5e-324, 0.0), (5e-324, 0.0), 0.0, 0.0),
@@ -56,7 +68,29 @@ H, T = HALF_LIFE, TRUST_HALF_LIFE
 def test_the_figure_combines_probed_and_achieved(
     probed: Measured | None, achieved: Measured | None, now: float, figure: float
 ) -> None:
-    assert combined(probed, achieved, now) == figure
+    assert combined(probed, achieved, now, P) == figure
+
+
+@pytest.mark.parametrize(
+    ("old", "rate", "now", "figure"),
+    [
+        # Averaged with the figure of its kind, which weighs its age's weight: the mean
+        # while new, the new one alone once old (averaged with the halved figure, a steady
+        # 100 B/s source measured every half-life was kept at 67 then halved to 33).
+        ((100.0, 0.0), 100.0, H, 100.0),
+        ((100.0, 0.0), 300.0, 0.0, 200.0),
+        ((100.0, 0.0), 400.0, H, (0.5 * 100 + 400) / 1.5),
+        ((100.0, 0.0), 400.0, 1e9, 400.0),
+    ],
+)
+def test_a_measurement_is_averaged_with_the_kinds_figure_by_its_age(
+    old: Measured, rate: float, now: float, figure: float
+) -> None:
+    speeds = Throughputs(lambda: now)
+    speeds.set_prior("g", P)
+    speeds.restore(SLY, *old, "probed")
+    speeds.record(SLY, int(rate), 1.0, now, "probed")
+    assert speeds.measurements("probed")[SLY] == (pytest.approx(figure), now)
 
 
 SLY, STEADY = TargetKey("g", "http://sly"), TargetKey("g", "http://steady")
@@ -72,8 +106,13 @@ def test_a_source_that_serves_slower_than_it_probes_stays_behind_after_more_prob
     index.record_transfer(SLY, 500, 1.0, 600.0, kind="probed")  # fast again on its probe
     index.record_transfer(STEADY, 100, 1.0, 600.0, kind="probed")
     assert index.throughput(SLY, 600.0) < index.throughput(STEADY, 600.0)
-    # The probes average (500 and 250 decayed): 375; the transfer, 10 decayed by 599 s.
-    assert index.speeds.figures(SLY, 600.0) == (375.0, pytest.approx(5.0, rel=0.01))
+    # The probes, each new when the next came: 500; the transfer, 599 s old, weighs about
+    # half against the prior (50 MB/s): about 20 B/s.
+    fresh = 0.5 ** (599 / HALF_LIFE)
+    assert index.speeds.figures(SLY, 600.0) == (
+        500.0,
+        pytest.approx(1 / (fresh / 10 + (1 - fresh) / DEFAULT_PRIOR)),
+    )
 
 
 def test_both_figures_survive_a_restart() -> None:

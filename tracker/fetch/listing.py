@@ -14,20 +14,23 @@ from __future__ import annotations
 
 import math
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import attrs
 import httpx
 import trio
 
 from tracker.core.digests import is_sha256_hex
+from tracker.core.hosts import voice_of
 from tracker.core.snapshots import ArchiveName, file_name_of, parse_archive_name
 from tracker.discovery.http import probe_http
-from tracker.errors import FetchError, ProbeError
+from tracker.errors import FetchError, ProbeError, TransportError
 from tracker.fetch.statementfiles import SUFFIX
 from tracker.fetch.trust import MAX_LISTED, listed_documents
+from tracker.net.exchange import head
 from tracker.net.limits import decode_text, fetch_capped, iter_json_array
 from tracker.observability.redact import redact_userinfo
+from tracker.ordering.ranking import priced_sizes
 
 #: Bounds of what is read from the tracker.
 MAX_BODY = 16 * 1024 * 1024
@@ -46,6 +49,13 @@ class RemoteFile:
     sha256: frozenset[str] = frozenset()
     #: The fastest ``throughput_bps`` the tracker lists for a source of it (0: none).
     throughput: float = 0.0
+    #: A source of it lists no ``throughput_bps`` (never measured): the tracker prices it at
+    #: its group's ``assumed_throughput``, so it downloads at least that fast.
+    unmeasured: bool = False
+    #: The size a prediction prices it at, as the tracker does: the lower middle of the
+    #: sizes its sources list, each host one voice (docs/ranking.md; 0: none listed).
+    #: ``size`` is the best source's, the one its bytes are checked against.
+    priced_size: int = 0
     #: The signed statements the tracker's listing carries for it (each file's
     #: ``attestations``, as bytes; unchecked), and its ``.attestation`` route ("": not from a
     #: tracker).
@@ -102,12 +112,78 @@ async def from_tracker(
     return snapshots_from_json(base, entries)
 
 
+async def default_group(client: httpx.AsyncClient, tracker: str, *, within: float) -> str:
+    """The group the tracker answers a request naming none for (its ``default_group``), for
+    a fetch given no ``--group``; "" when the tracker lists nothing at all. A listing
+    without a group names every group: fetch took the best pair of any of them, another
+    cluster's archives into this node's ledger. Raises FetchError (:func:`_default_group`)."""
+    base = tracker.rstrip("/")
+    try:
+        body = await fetch_capped(
+            client, base + "/v1/best_snapshots", headers={}, max_body=MAX_BODY, head_within=within
+        )
+        entries = list(iter_json_array(decode_text(body), max_items=MAX_ENTRIES))
+    except (ProbeError, ValueError) as exc:
+        raise FetchError(f"tracker {redact_userinfo(base)}: {exc}") from None
+    return await _default_group(client, base, entries, within) if entries else ""
+
+
+async def _default_group(
+    client: httpx.AsyncClient, base: str, entries: list[Any], within: float
+) -> str:
+    """The tracker's default group among the groups its listing of every group
+    (``entries``) names: from where its redirect to the best full points, a route of the
+    tracker's own naming its group (``/v1/{group}/{name}``, or ``?group=``), else a source's
+    URL the listing gives (a listing naming one group does not say it is the default: the
+    default may hold nothing). Raises FetchError when the tracker does not tell (no full
+    in its default group, an answer without a redirect)."""
+    where = ""
+    with trio.move_on_after(within):
+        try:
+            response = await head(client, base + "/v1/snapshot.tar.bz2", {})
+            where = response.headers.get("location", "") if response.is_redirect else ""
+        except TransportError:
+            pass
+    groups: dict[str, str] = {}
+    for entry in entries:
+        if isinstance(entry, dict) and isinstance(entry.get("group"), str):
+            group = entry["group"]
+            groups.setdefault(group, group)
+            for raw in entry.get("files") or ():
+                if isinstance(raw, dict):
+                    for url in (raw.get("url"), raw.get("file_name")):
+                        if isinstance(url, str):
+                            groups.setdefault(redact_userinfo(url), group)
+    if where:
+        found = groups.get(_group_named(where)) or groups.get(redact_userinfo(where))
+        if found:
+            return found
+    listed = ", ".join(sorted(set(groups.values())))
+    raise FetchError(
+        f"tracker {redact_userinfo(base)}: its default group's best full is none of those it "
+        f"lists (groups {listed}); name one with --group"
+    )
+
+
 def _is_utf8(text: str) -> bool:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         return False
     return True
+
+
+def _group_named(location: str) -> str:
+    """The group a tracker's own route names: ``/v1/{group}/{name}`` (under any prefix),
+    else its ``group=`` query; "" for another URL."""
+    try:
+        parts = urlsplit(location)
+    except ValueError:
+        return ""
+    segments = parts.path.split("/")
+    if len(segments) >= 3 and segments[-3] == "v1" and parse_archive_name(segments[-1]):
+        return unquote(segments[-2])
+    return parse_qs(parts.query).get("group", [""])[-1]
 
 
 def snapshots_from_json(base: str, entries: list[Any]) -> list[RemoteSnapshot]:
@@ -123,6 +199,8 @@ def snapshots_from_json(base: str, entries: list[Any]) -> list[RemoteSnapshot]:
     sizes: dict[str, int] = {}
     digests: dict[str, set[str]] = {}
     speeds: dict[str, float] = {}
+    voiced: list[tuple[str, bool, int, str]] = []  # what priced_sizes weighs
+    unmeasured: set[str] = set()
     order: list[tuple[str | None, str | None]] = []
     predicted: dict[tuple[str | None, str | None], float] = {}
     for entry in entries:
@@ -146,6 +224,9 @@ def snapshots_from_json(base: str, entries: list[Any]) -> list[RemoteSnapshot]:
             size = raw.get("size")
             if isinstance(size, int) and not isinstance(size, bool) and size > 0:
                 sizes.setdefault(name, size)
+            else:
+                size = 0
+            voiced.append((name, _parsed(name).is_full, size, _voice(entry.get("target"))))
             digest = raw.get("sha256")
             if is_sha256_hex(digest):
                 digests.setdefault(name, set()).add(digest)
@@ -154,7 +235,9 @@ def snapshots_from_json(base: str, entries: list[Any]) -> list[RemoteSnapshot]:
                 if len(listed) < MAX_LISTED:
                     listed[document] = None
             speed = _figure(entry.get("throughput_bps"))
-            if speed is not None and speed > speeds.get(name, 0.0):
+            if speed is None or speed <= 0:
+                unmeasured.add(name)
+            elif speed > speeds.get(name, 0.0):
                 speeds[name] = speed
         fulls = [n for n in names if _parsed(n).is_full]
         heads = [n for n in names if not _parsed(n).is_full]
@@ -166,7 +249,7 @@ def snapshots_from_json(base: str, entries: list[Any]) -> list[RemoteSnapshot]:
                 seconds = math.inf if raw_seconds is None else _figure(raw_seconds)
                 if seconds is not None:
                     predicted.setdefault(pair, seconds)
-    files = (sizes, urls, digests, speeds)
+    files = (sizes, urls, digests, speeds, priced_sizes(voiced), unmeasured)
     return [
         RemoteSnapshot(
             _signed(_file(full, *files), documents) if full is not None else None,
@@ -216,16 +299,34 @@ def _parsed(name: str) -> ArchiveName:
     return parsed
 
 
+def _voice(target: object) -> str:
+    """The voice of an entry's ``target`` in the pricing of sizes (one per host:
+    :func:`tracker.core.hosts.voice_of`); a tracker serving the bytes lists itself as every
+    entry's target, one voice."""
+    return voice_of(target) if isinstance(target, str) else ""
+
+
 def _file(
     name: str,
     sizes: dict[str, int],
     urls: dict[str, list[str]],
     digests: dict[str, set[str]] | None = None,
     speeds: dict[str, float] | None = None,
+    priced: dict[str, int] | None = None,
+    unmeasured: set[str] | None = None,
 ) -> RemoteFile:
     digest = frozenset((digests or {}).get(name, ()))
     speed = (speeds or {}).get(name, 0.0)
-    return RemoteFile(_parsed(name), sizes.get(name, 0), tuple(urls[name]), digest, speed)
+    size = sizes.get(name, 0)
+    return RemoteFile(
+        _parsed(name),
+        size,
+        tuple(urls[name]),
+        digest,
+        speed,
+        unmeasured=name in (unmeasured or ()),
+        priced_size=(priced or {}).get(name, size),
+    )
 
 
 async def from_sources(

@@ -37,7 +37,13 @@ from tracker.fetch.ledger import (
     suspects,
     without,
 )
-from tracker.fetch.listing import RemoteFile, RemoteSnapshot, from_sources, from_tracker
+from tracker.fetch.listing import (
+    RemoteFile,
+    RemoteSnapshot,
+    default_group,
+    from_sources,
+    from_tracker,
+)
 from tracker.fetch.lock import ledger_lock
 from tracker.fetch.plan import choose_incremental, held_names, plan
 from tracker.fetch.progress import Progress, progress_for
@@ -46,7 +52,8 @@ from tracker.fetch.space import FreeBytes, block_size, free_bytes, no_room_reaso
 from tracker.net.httpclients import ClientShape, OriginCredentials, bulk_client, rpc_client
 from tracker.observability.logs import log_event
 from tracker.observability.redact import redact_userinfo
-from tracker.ordering.predict import Download, choose, predicted_seconds
+from tracker.ordering.predict import Download, predicted_seconds
+from tracker.ordering.ranking import PairKey, choose_pair
 from tracker.proof.levels import Level, Proof, Voter
 
 log = logging.getLogger("tracker.fetch")
@@ -102,6 +109,10 @@ async def run_fetch(options: FetchOptions, progress: Progress | None = None) -> 
                     rpc = await stack.enter_async_context(rpc_client())
                     settings = attrs.evolve(options.settings, voter=options.voter_for(rpc))
                     options = attrs.evolve(options, settings=settings)
+                if options.tracker and not options.group:
+                    within = options.settings.request_timeout
+                    group = await default_group(client, options.tracker, within=within)
+                    options = attrs.evolve(options, group=group)
                 return await _run(client, options, shown)
     except FetchError:
         raise
@@ -246,31 +257,43 @@ def rerank(
     ``predicted_seconds`` for a node that has nothing. A full the ledger already holds costs
     this node nothing to download, so the pairs are priced again by the same predictor
     (:func:`tracker.ordering.predict.predicted_seconds`, docs/ranking.md): the ledger's files
-    left out, each other file at the fastest throughput the tracker lists for it (else the
-    assumed one), the tip the newest slot on offer. The tracker's first pair stays the
-    choice unless another beats it by the switch margin
-    (:func:`tracker.ordering.predict.choose`), so fetch and the redirects agree when the
-    ledger changes nothing."""
+    left out, each other file at its priced size (the lower middle of its hosts' sizes, as
+    the tracker prices it) and the fastest throughput the tracker lists for it, at least
+    the assumed one when a source of it is not measured (it lists no throughput; the
+    tracker counts it so), the tip the newest slot on offer. The tracker's first full stays
+    the choice unless another full's best pair beats it by the switch margin, and on the
+    full chosen its best pair (:func:`tracker.ordering.ranking.choose_pair`), as the tracker
+    chooses."""
     if not remote or any(s.predicted is None for s in remote):
         return remote
     ranking = ranking or Ranking()
     held = {f.bare_name for info in local for f in info.files}
     tip = max(s.slot for s in remote)
 
+    def download(f: RemoteFile) -> Download:
+        speed = max(f.throughput, ranking.assumed_throughput) if f.unmeasured else f.throughput
+        return Download(f.priced_size or f.size, speed)
+
     def cost(snapshot: RemoteSnapshot) -> float:
         if snapshot.full is None:
             return math.inf
         wanted = [
-            Download(f.size, f.throughput)
+            download(f)
             for f in (snapshot.full, snapshot.incremental)
             if f is not None and f.file_name not in held
         ]
         return predicted_seconds(wanted, snapshot.slot, tip, ranking)
 
+    def pair(snapshot: RemoteSnapshot) -> PairKey:
+        full, head = snapshot.full, snapshot.incremental
+        return (full.file_name if full else "", head.file_name if head else None)
+
     costs = [cost(s) for s in remote]
     order = sorted(range(len(remote)), key=costs.__getitem__)
-    chosen = choose([(i, costs[i]) for i in order], 0, ranking.switch_margin)
-    return [remote[i] for i in sorted(order, key=lambda i: i != chosen)]
+    offered = [(pair(remote[i]), costs[i]) for i in order if remote[i].full is not None]
+    chosen = choose_pair(offered, pair(remote[0]), ranking.switch_margin)
+    first = next((i for i in order if pair(remote[i]) == chosen), None)
+    return [remote[i] for i in sorted(order, key=lambda i: i != first)]
 
 
 async def _local(ledger: str) -> list[SnapshotInfo]:

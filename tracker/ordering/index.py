@@ -157,8 +157,10 @@ class Index:
             self._changed()
 
     def set_ranking(self, group: str, ranking: RankingSettings | None) -> None:
-        """Rank ``group`` by ``ranking`` (None or ``by: slot``: by slot, docs/ranking.md)."""
-        if self._timed.set(group, ranking):
+        """Rank ``group`` by ``ranking`` (None or ``by: slot``: by slot, docs/ranking.md);
+        its measured throughputs age toward its ``assumed_throughput``."""
+        prior = ranking.assumed_throughput if ranking is not None else None
+        if self._timed.set(group, ranking) | self.speeds.set_prior(group, prior):
             self._changed()
 
     def set_cluster_slots(self, slots: Mapping[str, int | None]) -> None:
@@ -294,8 +296,10 @@ class Index:
             built: dict[TargetKey, Built] = {}
             speeds = self.speeds.rates(now)  # every group's, once
             for group, entries in self._by_group().items():
-                measured = sorted(v for key, v in speeds.items() if key in entries and v > 0)
-                typical = measured[len(measured) // 2] if measured else 0.0
+                typical = self._timed.assumed(group)  # what the prediction prices it at
+                if typical is None:  # by slot: as fast as the group's median
+                    measured = sorted(v for key, v in speeds.items() if key in entries and v > 0)
+                    typical = measured[len(measured) // 2] if measured else 0.0
                 screened = self._screens.group(group, entries, speeds, typical)
                 pairs: list[tuple[Any, SnapshotSource]] = []
                 full_pairs: list[tuple[Any, SnapshotSource]] = []
@@ -403,7 +407,7 @@ class Index:
 
     def predicted(self, source: SnapshotSource) -> float | None:
         """The predicted seconds to a running node of ``source``'s pair (None: its group
-        ranks by slot)."""
+        ranks by slot, or no size of an archive of the pair is known: docs/ranking.md)."""
         timed = self._by_time(source.key.group)
         return timed.predicted.get(id(source)) if timed is not None else None
 

@@ -14,7 +14,7 @@ fastest source (measured throughput, else ``assumed_throughput``: one rule,
 :func:`tracker.ordering.predict.priced_throughput`), and
 :func:`tracker.ordering.predict.predicted_seconds` prices the pair. The pair handed out (short
 redirects, status page, first in ``/v1/best_snapshots``) moves only when another beats it by
-``switch_margin`` (:func:`tracker.ordering.predict.choose`).
+``switch_margin`` (:func:`choose_pair`: the full by the margin, the best pair on it).
 """
 
 from __future__ import annotations
@@ -206,7 +206,8 @@ PairKey = tuple[str, str | None]
 @attrs.frozen(eq=False)
 class RankedPairs:
     """A group's sources, the pair handed out first then by predicted seconds; the
-    prediction of each source (by ``id``, for as long as ``sources`` holds it)."""
+    prediction of each source (by ``id``, for as long as ``sources`` holds it; none for a
+    pair with an archive no size is known of, nor typical of its kind)."""
 
     sources: list[SnapshotSource]
     predicted: dict[int, float]
@@ -235,24 +236,52 @@ def rank_pairs(
         base_fulls.setdefault(f.info.slot, _head(f))
     keys: dict[int, PairKey | None] = {}
     costs: dict[PairKey | None, float] = {None: math.inf}
+    unpriced: set[PairKey] = set()
     for s in sources:
         key = keys[id(s)] = _pair_of(s, base_fulls)
         if key not in costs and key is not None:
             wanted = [download(name) for name in key if name is not None]
             costs[key] = predicted_seconds(wanted, s.info.slot, tip, ranking)
+            if any(d.size <= 0 for d in wanted):
+                # no source gives a size of any archive of its kind: ranked by the rest
+                # (the same for every pair of the group), not predicted ("running in ~0 s")
+                unpriced.add(key)
     order = sorted(sources, key=lambda s: costs[keys[id(s)]])
     offered: dict[PairKey, float] = {}
     for s in order:
         if (key := keys[id(s)]) is not None:
             offered.setdefault(key, costs[key])
-    chosen = choose(list(offered.items()), held, ranking.switch_margin)
+    chosen = choose_pair(list(offered.items()), held, ranking.switch_margin)
     order.sort(key=lambda s: keys[id(s)] != chosen)
-    predicted = {id(s): costs[keys[id(s)]] for s in sources}
+    predicted = {id(s): costs[key] for s in sources if (key := keys[id(s)]) not in unpriced}
     full = incremental = None
     if chosen is not None:
         full = next(f for f in fulls if _head(f) == chosen[0])
         incremental = _incremental_of(sources, chosen, full.info.slot)
     return RankedPairs(order, predicted, chosen, full, incremental)
+
+
+def choose_pair(
+    offered: list[tuple[PairKey, float]], held: PairKey | None, margin: float
+) -> PairKey | None:
+    """The pair to hand out among ``offered`` (pair, predicted seconds; in a stable order),
+    given the pair ``held`` (handed out before). Pure.
+
+    The full moves only when another full's best pair beats the held full's best by
+    ``margin`` (:func:`tracker.ordering.predict.choose`): a fleet is not sent between two
+    equal fulls. On the full chosen, its best pair, without a margin: a newer incremental
+    on the same full is a better pair, not an equal one (with the margin on the pair, the
+    full's download, the same for every pair on it, made the newer one beat the held one
+    by 10% almost never, and the redirect kept an older incremental while it was listed),
+    and an incremental the sources dropped does not move the full."""
+    best: dict[str, tuple[PairKey, float]] = {}
+    for pair, seconds in offered:
+        kept = best.get(pair[0])
+        if kept is None or seconds < kept[1]:
+            best[pair[0]] = (pair, seconds)
+    fulls = [(full, seconds) for full, (_pair, seconds) in best.items()]
+    full = choose(fulls, held[0] if held is not None else None, margin)
+    return best[full][0] if full is not None else None
 
 
 def _head(source: SnapshotSource) -> str:
@@ -368,6 +397,13 @@ class TimedGroups:
         else:
             self._rankings[group] = wanted
         return True
+
+    def assumed(self, group: str) -> float | None:
+        """The throughput ``group`` prices a source never measured at (None: it ranks by
+        slot): a copy of an archive is handed out from the source the prediction priced it
+        at, the fastest with an unmeasured one counted so."""
+        ranking = self._rankings.get(group)
+        return ranking.assumed_throughput if ranking is not None else None
 
     def changed(self) -> None:
         """What the pairs were made of changed: they are made again when next asked."""

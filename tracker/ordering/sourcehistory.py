@@ -8,7 +8,10 @@ refreshes into the cache, prefetches). A speed test is easy to spot (``Range: by
 so a source could answer it fast and real transfers slowly: the figure the ranking uses is
 :func:`combined`, in which a real transfer outweighs the speed tests made after it until it
 is old (docs/ranking.md, "Probed and achieved"). Every figure loses half its weight every
-:data:`HALF_LIFE` seconds of the clock, so a source that slowed down falls behind.
+:data:`HALF_LIFE` seconds of the clock, toward its group's ``assumed_throughput`` (the
+*prior*: what a source never measured counts): an old measurement says less, not that the
+source is slow (halving the figure itself priced a source measured fast 20 minutes ago below
+one never measured, and a 500 MB/s source measured three hours ago at 60 kB/s).
 
 The sources bytes come from right now (:class:`Flowing`), each with the rate it delivers at:
 a transfer's throughput reaches the index when the transfer ends (it ranks the source:
@@ -48,30 +51,42 @@ Measured = tuple[float, float]
 Shown = tuple[int, int, int]
 
 
-def decayed(measured: Measured | None, now: float) -> float:
-    """``measured``'s bytes per second at ``now``, halved every :data:`HALF_LIFE` of age."""
+def weight(at: float, now: float) -> float:
+    """The weight at ``now`` of a measurement made at ``at``: 1 while new, halved every
+    :data:`HALF_LIFE` of its age."""
+    return float(0.5 ** (max(0.0, now - at) / HALF_LIFE))
+
+
+def decayed(measured: Measured | None, now: float, prior: float) -> float:
+    """``measured``'s bytes per second at ``now``, as the ranking prices it: its seconds
+    per byte blended with ``prior``'s (the group's ``assumed_throughput``) by its
+    :func:`weight`, a harmonic mean (the unit a prediction adds up): the measurement while
+    new, ``prior`` once old. 0 when nothing is measured."""
     if measured is None:
         return 0.0
     rate, at = measured
-    return float(rate * 0.5 ** (max(0.0, now - at) / HALF_LIFE))
+    fresh = weight(at, now)
+    per_byte = (fresh / rate if rate > 0 else math.inf) + (1 - fresh) / prior
+    return 1 / per_byte if per_byte > 0 else max(rate, prior)  # both huge: underflow
 
 
-def combined(probed: Measured | None, achieved: Measured | None, now: float) -> float:
+def combined(probed: Measured | None, achieved: Measured | None, now: float, prior: float) -> float:
     """A target's figure at ``now`` from its speed tests' (``probed``) and its real
     transfers' (``achieved``) measurements; 0 when neither is known.
 
     With one of them, that one. With both, their seconds per byte are blended (a harmonic
     mean): the achieved one weighs 1 while no speed test came after it, and its weight
     halves every :data:`TRUST_HALF_LIFE` seconds by which the latest speed test is newer.
-    The blend is then decayed by the age of the newer measurement (:func:`decayed`).
+    The blend then ages toward ``prior`` by the age of the newer measurement
+    (:func:`decayed`).
     """
     if probed is None or achieved is None:
-        return decayed(probed or achieved, now)
+        return decayed(probed or achieved, now, prior)
     (fast, probed_at), (served, achieved_at) = probed, achieved
-    weight = 0.5 ** (max(0.0, probed_at - achieved_at) / TRUST_HALF_LIFE)
-    per_byte = weight / served + (1 - weight) / fast
+    trust = 0.5 ** (max(0.0, probed_at - achieved_at) / TRUST_HALF_LIFE)
+    per_byte = trust / served + (1 - trust) / fast
     rate = 1 / per_byte if per_byte > 0 else max(fast, served)  # both huge: underflow
-    return decayed((rate, max(probed_at, achieved_at)), now)
+    return decayed((rate, max(probed_at, achieved_at)), now, prior)
 
 
 #: Targets of one kind whose measurements taken from elsewhere (another replica's learned
@@ -81,39 +96,66 @@ def combined(probed: Measured | None, achieved: Measured | None, now: float) -> 
 MAX_RESTORED = 16_384
 
 
+#: The prior of a group without a ``ranking`` section: the section's default
+#: ``assumed_throughput`` (50 MB/s).
+DEFAULT_PRIOR = 50_000_000.0
+
+
 class Throughputs:
-    """Per target and kind: (bytes per second, the time measured on :attr:`clock`)."""
+    """Per target and kind: (bytes per second, the time measured on :attr:`clock`); each
+    group's prior (its ``assumed_throughput``), which measurements age toward."""
 
     def __init__(self, clock: Callable[[], float]) -> None:
         #: The one clock measurements are recorded and aged on.
         self.clock = clock
         self._measured: dict[Kind, dict[TargetKey, Measured]] = {k: {} for k in KINDS}
+        self._priors: dict[str, float] = {}
         self._version = 0  # moves with every change of a measurement (:meth:`shown` keeps)
         self._shown: tuple[float, int, dict[TargetKey, Shown]] | None = None
+
+    def set_prior(self, group: str, prior: float | None) -> bool:
+        """Age ``group``'s measurements toward ``prior`` bytes a second (None: the default,
+        :data:`DEFAULT_PRIOR`); whether that changed anything."""
+        wanted = prior if prior is not None and prior > 0 else DEFAULT_PRIOR
+        if self._priors.get(group, DEFAULT_PRIOR) == wanted:
+            return False
+        self._priors[group] = wanted
+        self._version += 1
+        return True
+
+    def prior(self, group: str) -> float:
+        """What ``group``'s measurements age toward (:meth:`set_prior`)."""
+        return self._priors.get(group, DEFAULT_PRIOR)
 
     def record(
         self, key: TargetKey, size: int, seconds: float, now: float | None, kind: Kind
     ) -> bool:
         """A transfer (``kind``) of ``size`` bytes from ``key`` took ``seconds``, ended at
         ``now`` (the clock's reading by default); whether it counted (a transfer of nothing
-        does not). It is averaged with the same kind's figure as it is now."""
+        does not). It is averaged with the same kind's figure, which weighs its
+        :func:`weight` (1 while new: the mean of the two)."""
         if seconds <= 0 or size <= 0:
             return False
         now = self.clock() if now is None else now
         known = self._measured[kind]
-        rate, old = size / seconds, decayed(known.get(key), now)
-        known[key] = ((old + rate) / 2 if old else rate, now)
+        rate, old = size / seconds, known.get(key)
+        if old is not None:
+            fresh = weight(old[1], now)
+            rate = (fresh * old[0] + rate) / (fresh + 1)
+        known[key] = (rate, now)
         self._version += 1
         return True
 
     def rate(self, key: TargetKey, now: float | None = None) -> float:
         """``key``'s figure at ``now`` (:func:`combined`); 0: never measured."""
         now = self.clock() if now is None else now
-        return combined(self._measured["probed"].get(key), self._measured["achieved"].get(key), now)
+        probed, achieved = (self._measured[k].get(key) for k in KINDS)
+        return combined(probed, achieved, now, self.prior(key.group))
 
     def figures(self, key: TargetKey, now: float) -> tuple[float, float]:
-        """``key``'s probed and achieved bytes per second at ``now``, each decayed (0: none)."""
-        probed, achieved = (decayed(self._measured[k].get(key), now) for k in KINDS)
+        """``key``'s probed and achieved bytes per second at ``now``, each aged (0: none)."""
+        prior = self.prior(key.group)
+        probed, achieved = (decayed(self._measured[k].get(key), now, prior) for k in KINDS)
         return probed, achieved
 
     def shown(self, at: float) -> Mapping[TargetKey, Shown]:
@@ -128,11 +170,11 @@ class Throughputs:
         probed, achieved = self._measured["probed"], self._measured["achieved"]
         figures = {}
         for key in probed.keys() | achieved.keys():
-            fast, served = probed.get(key), achieved.get(key)
+            fast, served, prior = probed.get(key), achieved.get(key), self.prior(key.group)
             figures[key] = (
-                round(combined(fast, served, at)),
-                round(decayed(fast, at)),
-                round(decayed(served, at)),
+                round(combined(fast, served, at, prior)),
+                round(decayed(fast, at, prior)),
+                round(decayed(served, at, prior)),
             )
         self._shown = (at, self._version, figures)
         return figures
