@@ -593,6 +593,35 @@ async def test_disk_full_during_a_refresh_on_a_real_small_file_system(
             assert_nothing_promoted(t)
 
 
+async def test_a_disk_without_a_free_inode_is_named_as_the_problem(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """Bytes free but no inode left (or a quota): the temp file cannot be created. The
+    archive streams uncached, and the group's reason says why (it said nothing, and cleared
+    an earlier reason as if the refresh had found room); once inodes are free again the
+    next request caches it and the reason goes."""
+    root = tmp_path / "small"
+    with tmpfs(root, "size=40m,nr_inodes=16"):
+        async with proxy_tracker(root, upstream, proxy_snapshot_cache_min_free=0) as t:
+            fillers = []
+            with contextlib.suppress(OSError):
+                while True:  # every inode used
+                    filler = root / f"filler-{len(fillers)}"
+                    filler.write_bytes(b"")
+                    fillers.append(filler)
+            response = await get(t.url(FULL))
+            assert sha256(response.content) == sha256(FULL_DATA)
+            assert t.outcome("refresh_failed") == 1 and t.cached() == []
+            reason = t.streamer.uncached()[GROUP]
+            assert "no room for a new file (No space left on device)" in reason, reason
+            for filler in fillers:
+                filler.unlink()
+            response = await get(t.url(FULL))
+            assert sha256(response.content) == sha256(FULL_DATA)
+            await wait_for(lambda: t.cached() == [FULL])
+            assert GROUP not in t.streamer.uncached()
+
+
 @contextlib.contextmanager
 def read_only_directory(path: Path) -> Iterator[None]:
     """A directory nobody may write to: a read-only tmpfs for root (who ignores modes, and

@@ -4,6 +4,7 @@ never shows them, and a source that needs credentials is proxied even in redirec
 from __future__ import annotations
 
 import base64
+import functools
 import socket
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 import yaml
 from fakes import Rpc
@@ -23,7 +25,10 @@ from helpers_tls import client_tls
 from helpers_upstream import Behaviour, FakeUpstream, serving
 from names import full_name, incremental_name
 
-from tracker.config.schema import BasicAuth, TargetGroup
+from tracker.config.schema import BasicAuth, BearerAuth, TargetGroup
+from tracker.discovery.sidecar import probe_sidecar
+from tracker.errors import ProbeError
+from tracker.net.httpclients import auth_headers, build_client
 
 SECRET = "PW-s3cr3t"
 API_KEY = "KEY-4p1k3y"
@@ -245,3 +250,48 @@ async def test_short_redirects_keep_the_path_prefix_of_public_url(
         assert (served.status_code, served.content) == (200, data)
         alias = await client.get(f"{tracker.base}/snapshot.tar.bz2")
         assert (alias.status_code, alias.headers["location"]) == (303, f"/{name}")
+
+
+async def _echoing_auth_proxy(stream: trio.SocketStream) -> None:
+    """An auth proxy answering 401 with the ``Authorization`` it received in its body, as
+    some do (and debugging setups)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += await stream.receive_some(65536)
+    lines = data.split(b"\r\n")
+    sent = next(
+        (
+            v
+            for k, _, v in (line.partition(b":") for line in lines)
+            if k.lower() == b"authorization"
+        ),
+        b"",
+    )
+    body = b"rejected credentials " + sent.strip()
+    head = b"HTTP/1.1 401 Unauthorized\r\ncontent-type: text/plain\r\nconnection: close\r\n"
+    await stream.send_all(head + b"content-length: %d\r\n\r\n" % len(body) + body)
+    await stream.aclose()
+
+
+@pytest.mark.parametrize("token", [True, False], ids=["with-token", "without"])
+async def test_a_sidecars_echo_of_its_credential_is_not_its_error(
+    nursery: trio.Nursery, token: bool
+) -> None:
+    """A sidecar behind an auth proxy that quotes the credential it refused: the group's
+    token went into the target's ``last_error`` (the public ``/v1/targets``, the status
+    page, the log). A request that carried a credential has its error body left out; one
+    that carried none keeps it (it says why)."""
+    group = TargetGroup(group="g", bearer_auth=BearerAuth(token=SECRET) if token else None)
+    [listener] = await nursery.start(
+        functools.partial(trio.serve_tcp, _echoing_auth_proxy, 0, host="127.0.0.1")
+    )
+    base = f"http://127.0.0.1:{listener.socket.getsockname()[1]}"
+    client = build_client(group, connect_timeout=5, read_timeout=5, max_connections=2)
+    try:
+        with pytest.raises(ProbeError) as failed:
+            await probe_sidecar(client, base, headers=auth_headers(group, base))
+    finally:
+        await client.aclose()
+    reason = str(failed.value)
+    assert SECRET not in reason and reason.startswith("HTTP 401 Unauthorized"), reason
+    assert ("rejected credentials" in reason) is not token, reason

@@ -69,6 +69,26 @@ def test_an_unbracketed_ipv6_url_gets_the_bracketed_fix(
     assert "port must be" not in err
 
 
+@pytest.mark.parametrize(
+    ("flag", "given", "shown"),
+    [
+        ("--tracker", "user:s3cretPW@127.0.0.1:8458", "did you mean http://***@127.0.0.1:8458?"),
+        ("--tracker", "http://user:s3cretPW@127.0.0.1:8458/v1", "http://***@127.0.0.1:8458?"),
+        ("--tracker", "ftp://user:s3cretPW@127.0.0.1:8458", "got 'ftp://***@127.0.0.1:8458'"),
+        ("--source", "user:s3cretPW@127.0.0.1:8899", "did you mean http://***@127.0.0.1:8899?"),
+        ("--rpc", "user:s3cretPW@127.0.0.1:8899", "did you mean http://***@127.0.0.1:8899?"),
+    ],
+)
+def test_a_typed_password_is_masked_in_a_usage_error(
+    flag: str, given: str, shown: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A URL refused as a flag's value was echoed whole, its password with it, into the
+    journal or a CI log; the URL checks' own answers already masked it."""
+    err = usage_error([*FETCH, flag, given], capsys)
+    assert len(err.splitlines()) == 1, err
+    assert "s3cretPW" not in err and shown in err, err
+
+
 @pytest.mark.parametrize("flag", ["--source", "--rpc"])
 def test_an_empty_url_of_a_repeatable_flag_is_a_usage_error(
     flag: str, capsys: pytest.CaptureFixture[str]

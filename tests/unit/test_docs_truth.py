@@ -6,6 +6,7 @@ the code's docstrings, resolves in the code as it is."""
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 import inspect
 import io
@@ -277,9 +278,10 @@ def test_a_broken_line_is_found() -> None:
 CITED = re.compile(r"docs/([a-z-]+)\.md, \"([^\"]+)\"")
 
 
+@functools.cache
 def _sections(doc: str) -> tuple[list[str], str]:
     """The headings of ``docs/{doc}.md`` and its text on one line (bold run-in labels such
-    as ``**Failures.**`` name sections too)."""
+    as ``**Failures.**`` name sections too); read once per doc, not once per citation."""
     text = (ROOT / "docs" / f"{doc}.md").read_text()
     headings = [line.lstrip("#").strip() for line in text.splitlines() if line.startswith("#")]
     return headings, " ".join(text.split())

@@ -445,6 +445,9 @@ class Opened:
     fd: int | None
     temp: str = ""
     no_space: bool = False
+    #: Why the group's directory or the temp file could not be created (None: it was, or
+    #: ``no_space``).
+    error: OSError | None = None
     #: Free bytes found on the cache's file system (with ``no_space``).
     free: int = 0
     #: The orphaned archives removed to make the room (:func:`remove_orphaned`).
@@ -507,7 +510,7 @@ def open_temp(
         return Opened(fd, temp, orphans_removed=tuple(removed), evicted=evicted)
     except OSError as exc:
         log_event(log, "error", "cache_refresh_unwritable", group=group, file=name, error=exc)
-        return Opened(None, orphans_removed=tuple(removed), evicted=evicted)
+        return Opened(None, error=exc, orphans_removed=tuple(removed), evicted=evicted)
 
 
 def sync_temp(fd: int, mtime: float | None, ops: DiskOps) -> None:

@@ -578,7 +578,18 @@ class Refresh:
         self.temp, self.no_space = opened.temp, opened.no_space
         if opened.no_space:  # room() is told in trio's thread, by open()
             self._no_room = no_room_reason(self.name, needed, opened.free)
+        elif opened.error is not None:
+            # a full inode table or quota (ENOSPC, EDQUOT), a read-only or foreign-owned
+            # group directory: said as the group's reason like too little room (it was
+            # left unsaid, and it cleared an earlier reason as if room had been found)
+            self._no_room = unopened_reason(self.name, opened.error)
         return opened
+
+    @property
+    def no_room(self) -> str:
+        """Why :meth:`open` could not create the temp file ("" when it did, or was not
+        asked): the group's reason for streaming uncached."""
+        return self._no_room
 
     async def write(self, data: bytes) -> None:
         """Append ``data`` to the temp file in a worker thread, overlapping the caller's next
@@ -768,6 +779,15 @@ def disk_full_reason(name: str, reason: str) -> str:
     """Why a refresh of ``name`` failed when the disk filled under it (``reason``: the
     system's words): one line for the log, the status page and ``/v1/targets``."""
     return f"{name} not cached: the cache's disk ran out of room while it was written ({reason})"
+
+
+def unopened_reason(name: str, exc: OSError) -> str:
+    """Why a refresh of ``name`` could not create its temp file (``exc``): one line for the
+    log, the status page and ``/v1/targets``; a full disk (no inode, a quota) said as one."""
+    reason = os.strerror(exc.errno) if exc.errno else exc.strerror or str(exc) or "I/O error"
+    if exc.errno in NO_ROOM_ERRORS:
+        return f"{name} streamed uncached: the cache's disk has no room for a new file ({reason})"
+    return f"{name} streamed uncached: its temp file could not be created ({reason})"
 
 
 def no_room_reason(name: str, needed: int, free: int) -> str:

@@ -20,6 +20,7 @@ from tracker.fetch.settings import FetchSettings
 from tracker.fetch.statementfiles import add_trust_key_flags
 from tracker.fetch.trust import TrustPolicy
 from tracker.observability.logs import log_event, setup_logging
+from tracker.observability.redact import redact_url
 from tracker.proof.accounts.budget import (
     AccountsLimits,
     beyond_the_machine,
@@ -93,7 +94,8 @@ def url_arg(text: str) -> str:
     """An ``http://`` or ``https://`` URL (``--tracker``, ``--source``); one without a
     scheme is answered with the fix (``127.0.0.1:8458``: did you mean
     ``http://127.0.0.1:8458``?), not left for the first request to refuse. "" stays ""
-    (the flag's default: not given)."""
+    (the flag's default: not given). A value echoed in an answer has its userinfo and query
+    masked (a typed password would reach the journal)."""
     scheme, sep, rest = text.partition("://")
     if not text:
         return text
@@ -108,8 +110,10 @@ def url_arg(text: str) -> str:
         # ``http://::1:8458``, which the URL check refuses in turn
         authority, slash, path = text.partition("/")
         meant = (bracketed(authority) or authority) + slash + path
-        raise argparse.ArgumentTypeError(f"{text!r} has no scheme: did you mean http://{meant}?")
-    raise argparse.ArgumentTypeError(f"expected an http:// or https:// URL, got {text!r}")
+        shown, meant = redact_url(text), redact_url(f"http://{meant}")
+        raise argparse.ArgumentTypeError(f"{shown!r} has no scheme: did you mean {meant}?")
+    shown = redact_url(text)
+    raise argparse.ArgumentTypeError(f"expected an http:// or https:// URL, got {shown!r}")
 
 
 def listed_url_arg(text: str) -> str:
@@ -131,8 +135,8 @@ def tracker_url_arg(text: str) -> str:
     if slash and "v1" in segments:
         base = f"{scheme}://{authority}/" + "/".join(segments[: segments.index("v1")])
         raise argparse.ArgumentTypeError(
-            f"{text!r} is one of the tracker's routes; --tracker wants its base URL, "
-            f"without /v1: did you mean {base.rstrip('/')}?"
+            f"{redact_url(text)!r} is one of the tracker's routes; --tracker wants its base URL, "
+            f"without /v1: did you mean {redact_url(base.rstrip('/'))}?"
         )
     return url
 

@@ -22,6 +22,7 @@ from tracker.core.text import one_line, quoted
 from tracker.core.untrusted import JSON_ERRORS, ascii_digits, json_reason, reject_constant
 from tracker.errors import ProbeError
 from tracker.net.exchange import HTTPX_ERRORS, transport_reason
+from tracker.observability.redact import has_secrets
 
 #: Default for the ``headers`` parameter of the probes (an immutable empty mapping).
 NO_HEADERS: Mapping[str, str] = MappingProxyType({})
@@ -369,8 +370,9 @@ async def fetch_capped(
 
     Sends ``accept-encoding: identity``. Any other status, a redirect, a body that is too
     large or compressed, no head in time, and every httpx failure (connect, TLS, timeout,
-    protocol) raise :class:`ProbeError` with a one-line reason. Cancellation from outside
-    propagates untouched.
+    protocol) raise :class:`ProbeError` with a one-line reason (an error answer's body
+    quoted, unless the request carried a credential: :func:`carried_credentials`).
+    Cancellation from outside propagates untouched.
     """
     request_headers = {**headers, "accept": "application/json", "accept-encoding": "identity"}
     head = trio.CancelScope(deadline=trio.current_time() + head_within)
@@ -381,17 +383,31 @@ async def fetch_capped(
             ) as response:
                 head.deadline = math.inf
                 if response.status_code != 200:
-                    raise ProbeError(await _unexpected(response))
+                    raise ProbeError(await _unexpected(response, url))
                 return await read_capped(response, max_body)
     except HTTPX_ERRORS as exc:
         raise ProbeError(transport_reason(exc)) from exc
     raise ProbeError(f"no answer within {head_within:g}s")
 
 
-async def _unexpected(response: httpx.Response) -> str:
+#: Request headers that carry a credential (a group's ``Authorization``, a Consul token).
+CREDENTIAL_HEADERS = ("authorization", "proxy-authorization", "x-consul-token", "cookie")
+
+
+def carried_credentials(request: httpx.Request, url: str) -> bool:
+    """True when ``request`` carried a credential: a header of :data:`CREDENTIAL_HEADERS`
+    (userinfo is sent as one), or its configured ``url`` a query (an API key)."""
+    return any(h in request.headers for h in CREDENTIAL_HEADERS) or has_secrets(url)
+
+
+async def _unexpected(response: httpx.Response, url: str) -> str:
     location = response.headers.get("location")
     if response.is_redirect and location is not None:
         return status_reason(response, f"redirect to {quoted(location)} not followed")
+    if carried_credentials(response.request, url):
+        # Its body is not quoted: an auth proxy's "rejected credentials Bearer …" put the
+        # group's token into the target's last_error, shown on the public listener.
+        return status_reason(response)
     return status_reason(response, await error_snippet(response))
 
 

@@ -132,6 +132,7 @@ async def _open_temp_file(
     if await refresh.open(length):
         return True
     flow.outcome = "refresh_no_space" if refresh.no_space else "refresh_failed"
+    flow.error = flow.error or refresh.no_room
     return False
 
 
