@@ -146,6 +146,7 @@ class Components:
             flowing=self.transfers.flowing.rate,
             attestations=self.attestations,
             sources_used=self.streamer.launcher.sources_used.shown,
+            rejected=self.streamer.rejections.errors,
         )
 
     async def aclose(self) -> None:

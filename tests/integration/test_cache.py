@@ -35,7 +35,7 @@ from helpers_proxy import (
     wait_for,
 )
 from helpers_tls import client_tls
-from helpers_upstream import Behaviour, FakeUpstream
+from helpers_upstream import Behaviour, FakeUpstream, serving
 from helpers_wire import raw_request
 from names import full_name, incremental_name
 
@@ -47,6 +47,7 @@ FULL = full_name(5000)
 INCR = incremental_name(5000, 5100)
 FULL_DATA = archive_bytes(4 * MiB, seed=10)
 INCR_DATA = archive_bytes(1 * MiB, seed=11)
+INCR_DATA_HALF = len(INCR_DATA) // 2
 
 
 #: What the ``upstream`` fixture (tests/integration/conftest.py) serves.
@@ -192,6 +193,37 @@ async def test_a_range_request_on_the_best_file_starts_a_background_refresh(
     again = await get(tracker.url(FULL), headers={"range": "bytes=10-19"})
     assert (again.status_code, again.content) == (206, FULL_DATA[10:20])
     assert len(upstream.gets(FULL)) == 2  # a cache hit
+
+
+SERVED_FROM = ("cache", "upstream", "local", "object_store", "replica")
+
+
+async def test_a_range_read_behind_a_background_refresh_counts_as_served(
+    tracker: TrackerUnderTest, upstream: FakeUpstream
+) -> None:
+    """A range whose bytes the background refresh already wrote is read from its temp file
+    (aria2c's and axel's requests are all ranges): its bytes count in
+    ``served_bytes_total`` (they counted nowhere)."""
+    upstream.behaviour[FULL] = Behaviour(pause_at=2 * MiB)
+
+    def served() -> float:
+        name = "snapshot_tracker_served_bytes_total"
+        return sum(tracker.counter(name, source=origin) for origin in SERVED_FROM)
+
+    part = await get(tracker.url(FULL), headers={"range": "bytes=10-19"})  # starts it
+    assert (part.status_code, part.content) == (206, FULL_DATA[10:20])
+
+    def written() -> int:
+        return sum(r.written for r in tracker.streamer.refreshes() if r.name == FULL)
+
+    await wait_for(lambda: written() == 2 * MiB)
+    before, asked = served(), len(upstream.gets(FULL))
+    part = await get(tracker.url(FULL), headers={"range": "bytes=1000-100999"})
+    assert (part.status_code, part.content) == (206, FULL_DATA[1000:101000])
+    assert len(upstream.gets(FULL)) == asked  # read behind the refresh, not asked upstream
+    await wait_for(lambda: served() - before == 100_000)
+    upstream.behaviour[FULL].resume.set()
+    await wait_for(lambda: tracker.cached() == [FULL])
 
 
 async def test_one_refresher_while_concurrent_clients_stream_uncached(
@@ -591,6 +623,30 @@ async def test_disk_full_during_a_refresh_on_a_real_small_file_system(
             assert wire.closed and len(wire.body) < len(FULL_DATA)
             await wait_for(lambda: t.outcome("refresh_failed") == 1)
             assert_nothing_promoted(t)
+
+
+async def test_a_refresh_a_newer_incremental_superseded_is_no_failed_refresh(
+    tmp_path: Path,
+) -> None:
+    """A refresh of the best incremental comes whole, but a newer incremental was listed
+    meanwhile (agave makes one every ~40 s): the copy is not promoted, and that is no
+    failure. It counted as ``refresh_failed``, which the refresh alert pages on (a slow link
+    refreshing incrementals paged every half hour)."""
+    newer = incremental_name(5000, 5200)
+    files = {FULL: FULL_DATA, INCR: INCR_DATA, newer: INCR_DATA}
+    up = FakeUpstream(files=files, behaviour={INCR: Behaviour(pause_at=INCR_DATA_HALF)})
+    async with serving(up), proxy_tracker(tmp_path / "cache") as t:
+        listed = [(n, up.url(n), len(d)) for n, d in files.items() if n != newer]
+        advertise(t.index, up.base, listed)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(raw_request, t.base, f"/v1/{INCR}?group={GROUP}")
+            await wait_for(lambda: sent(up, INCR) == INCR_DATA_HALF)
+            # a newer incremental on the same full: INCR is no longer the best
+            advertise(t.index, up.base, [(n, up.url(n), len(d)) for n, d in files.items()])
+            up.behaviour[INCR].resume.set()
+        await wait_for(lambda: t.outcome("refresh_stale") == 1)
+        assert t.outcome("refresh_failed") == 0 and t.outcome("refresh_ok") == 0
+        assert INCR not in t.cached()
 
 
 async def test_a_disk_without_a_free_inode_is_named_as_the_problem(

@@ -620,6 +620,31 @@ async def test_a_liar_wrong_everywhere_is_repaired_around_and_alone_held_back(
                 assert not t.streamer.rejections.rejected(TargetKey(GROUP, up.base), NAME, now)
             again = await get(t.url(NAME))
             assert again[:3] == (200, sha256(DATA), SIZE)
+            # a copy repaired is no rejected archive: stored, not "neither stored nor handed
+            # out" (the liar named counted one)
+            assert t.counter("snapshot_tracker_archives_rejected_total", group=GROUP) == 0
+
+
+async def test_one_copy_rejected_from_three_sources_counts_once(tmp_path: Path) -> None:
+    """Three sources of the same corrupt copy: one archive failed its check, every source
+    held back for it, and ``archives_rejected_total`` moves by one (it moved by three: the
+    alert said three archives were neither stored nor handed out)."""
+    middle = SIZE // 2
+    bad = DATA[:middle] + bytes(b ^ 0xFF for b in DATA[middle : middle + 4096])
+    bad += DATA[middle + 4096 :]
+    async with AsyncExitStack() as stack:
+        ups = [
+            await stack.enter_async_context(
+                serving(FakeUpstream(files={NAME: bad}, behaviour={NAME: Behaviour(rate=RATE)}))
+            )
+            for _ in range(3)
+        ]
+        async with tracker(tmp_path, ups) as t:
+            status, _digest, size, _seconds = await get(t.url(NAME))
+            assert status == 200 and size < SIZE
+            await wait_for(lambda: t.outcome("refresh_rejected") == 1, timeout=30)
+            assert len(t.streamer.rejections.errors(t.index.clock())) == 3
+            assert t.counter("snapshot_tracker_archives_rejected_total", group=GROUP) == 1
 
 
 class WrongThenMute(WrongEverywhere):

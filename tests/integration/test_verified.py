@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import os
 import shutil
 import threading
@@ -177,6 +178,11 @@ async def test_a_bad_copy_is_never_handed_out_and_its_source_is_skipped(
         assert leftovers(f.cache) == []  # nothing promoted, the temp file gone
         assert await metric(f.internal, "snapshot_tracker_archives_rejected_total") == 1
         await shows_error(f, lambda error: error.startswith(REJECTED))
+        # The status page says it too, in the source's row (it left it out).
+        async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+            page = html.unescape((await client.get(f"{f.internal}/")).text)
+        rows = [row for row in page.split("<tr") if f.bad.base.removeprefix("http://") in row]
+        assert any(REJECTED in row for row in rows), rows
         # Held back, the bad copy is not ranked nor listed (the alias must not point at it).
         assert await sources_of(f.public, name) == []
         # Now the good sidecar lists it too: the next request goes there, not to the bad one.

@@ -47,6 +47,7 @@ Outcome = Literal[
     "refresh_failed",  # a refresh ended in error; nothing was promoted
     "refresh_no_space",  # not enough free disk even after eviction: streamed uncached
     "refresh_rejected",  # a refresh's archive failed its check; nothing was promoted
+    "refresh_stale",  # a refresh came whole and checked, no longer the best: not promoted
     "upstream_failed",  # no source could deliver the bytes (502)
     "not_found",  # no source advertises the file / no snapshot available
     "object_redirect",  # 303 to a presigned URL of the object store

@@ -74,7 +74,7 @@ from tracker.proxy.piececheck import (
     voices,
 )
 from tracker.proxy.pumps import Flow, Upstream, UpstreamBody, opened, recorded
-from tracker.proxy.transfers import Head, Peers, StreamJob
+from tracker.proxy.transfers import Head, Peers, RefreshOutcome, StreamJob
 from tracker.proxy.upstream import UpstreamAnswer, ask_source
 from tracker.serving.ranges import parse_http_date, sent_last_modified
 
@@ -167,9 +167,8 @@ async def _to_disk(job: StreamJob, refresh: Refresh, body: UpstreamBody, flow: F
     """A refresh: upstream bytes to the temp file only, its readers follow the file
     (spliced when the socket allows: :meth:`UpstreamBody.into`)."""
     await body.into(refresh, job.upstream_bytes, job.settings.read_timeout)
-    if await _promote(job, refresh, body.first):
-        flow.outcome = "refresh_ok"
-        flow.report(job)
+    flow.outcome = await _promote(job, refresh, body.first)
+    flow.report(job)
     flow.complete = True
 
 
@@ -229,9 +228,8 @@ async def _to_many(
     repair = Repair(job.peers, refresh, outcome)
     repair.liar_found = job.archive_rejected
     # repair.blame: every sender, narrowed by a repair that failed (never an honest one)
-    if await _promote(job, refresh, first, blame=repair.blame, repair=repair.run):
-        flow.outcome = "refresh_ok"
-        flow.report(job)
+    flow.outcome = await _promote(job, refresh, first, blame=repair.blame, repair=repair.run)
+    flow.report(job)
     flow.complete = True
 
 
@@ -242,13 +240,15 @@ async def _promote(
     *,
     blame: list[TargetKey] | None = None,
     repair: Callable[[ArchiveInvalid], Awaitable[bool]] | None = None,
-) -> bool:
-    """Promote a complete refresh whose archive passed its check; a failure after the check
-    costs the cache, never the client. A failed check raises ArchiveInvalid: the refresh's
-    readers never get their last bytes (docs/http-api.md, "Verified archives"), and the
-    sources that sent the copy (``blame``, default: ``first``'s) are held back for it,
-    unless ``repair`` (a refresh from several sources) found the liars and the repaired copy
-    passed the check again."""
+) -> RefreshOutcome:
+    """Promote a complete refresh whose archive passed its check, and say what came of it:
+    ``refresh_stale`` for a copy no longer the best (a newer incremental came meanwhile: not
+    a failure, which the refresh alert counts), ``refresh_failed`` for a commit that failed
+    (a failure after the check costs the cache, never the client). A failed check raises
+    ArchiveInvalid: the refresh's readers never get their last bytes (docs/http-api.md,
+    "Verified archives"), and the sources that sent the copy (``blame``, default:
+    ``first``'s) are held back for it, unless ``repair`` (a refresh from several sources)
+    found the liars and the repaired copy passed the check again."""
     await refresh.flush()  # the last write may still be in flight (raises CacheError)
     try:
         await refresh.verify()  # readers may finish once it passed, whatever comes next
@@ -265,13 +265,14 @@ async def _promote(
                     reason=exc.reason,
                 )
                 job.archive_rejected(key, exc.reason)
+            job.copy_rejected()  # one archive, however many sources sent it
             raise
     if not job.still_wanted():
         log_event(
             log, "info", "cache_refresh_stale", file=refresh.name, reason="no longer the best"
         )
         refresh.abort()
-        return False
+        return "refresh_stale"
     # the source's date, never later than now (docs/http-api.md#archive-answers): a
     # source's future date would be the copy's mtime, its "stored" time in the listings,
     # and, held to each answer's time, a hit's validator that moves every second
@@ -282,8 +283,8 @@ async def _promote(
         await refresh.commit(None if mtime is None else float(mtime))
     except CacheError as exc:
         log_event(log, "warning", "cache_commit_failed", file=refresh.name, reason=exc)
-        return False
-    return True
+        return "refresh_failed"
+    return "refresh_ok"
 
 
 MiB = 1024 * 1024

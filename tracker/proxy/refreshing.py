@@ -118,8 +118,17 @@ class Refreshes:
 
     async def join_behind(self, refresh: Refresh, ask: Ask) -> Answer | None:
         """A ``Range`` GET read from a background refresh's temp file (the range's first
-        byte is written); None when it ended."""
-        return self._counted(await join(refresh, "GET", ask.asked.range))
+        byte is written); None when it ended. Its bytes count as the cache's served bytes
+        (they counted nowhere: aria2c's and axel's ranges are this path), and go out
+        zero-copy where the connection allows, as every reader of a temp file's do."""
+        answer = await join(
+            refresh,
+            "GET",
+            ask.asked.range,
+            served=self._launcher.served("cache"),
+            connection=ask.connection,
+        )
+        return self._counted(answer)
 
     def _counted(self, answer: Answer | None) -> Answer | None:
         """``answer`` of a shared reader, counted as one when there is one."""

@@ -78,7 +78,9 @@ streamer_log = logging.getLogger("tracker.streamer")
 #: cut by the tracker (:meth:`Transfers.cut`).
 CUT_MARGIN = 0.25
 
-RefreshOutcome = Literal["refresh_ok", "refresh_failed", "refresh_no_space", "refresh_rejected"]
+RefreshOutcome = Literal[
+    "refresh_ok", "refresh_failed", "refresh_no_space", "refresh_rejected", "refresh_stale"
+]
 
 
 def _nothing(*_args: object) -> None:
@@ -282,8 +284,12 @@ class StreamJob:
     refresh_share: Callable[[TargetKey, int, float], None] = _nothing
     #: ``(source key, body bytes, seconds)`` when a pump is done with a source.
     source_transfer: Callable[[TargetKey, int, float], None] = _nothing
-    #: ``(source key, reason)`` when a refresh's archive from that source failed its check.
+    #: ``(source key, reason)`` when a refresh's archive from that source failed its check
+    #: (each source it came from: held back for it), or a repair named it a liar.
     archive_rejected: Callable[[TargetKey, str], None] = _nothing
+    #: Once when a refresh's copy failed its check and was neither stored nor handed out
+    #: (metrics: one archive, however many sources sent it; not a copy repaired).
+    copy_rejected: Callable[[], None] = _nothing
     #: Where a pump registers the upstream it reads while bytes come (None: not a source of
     #: the index, e.g. the bucket or a replica).
     flowing: Flowing | None = None
@@ -479,9 +485,12 @@ class Launcher:
         if metrics is None:
             return attrs.evolve(job, archive_rejected=rejected)
         kind: Kind = "full" if archive.is_full else "incremental"
+        counted = partial(metrics.count_archive_rejected, group)
         if origin != "upstream":
             served = partial(metrics.add_served_bytes, origin)
-            return attrs.evolve(job, client_bytes=served, archive_rejected=rejected)
+            return attrs.evolve(
+                job, client_bytes=served, archive_rejected=rejected, copy_rejected=counted
+            )
         return attrs.evolve(
             job,
             upstream_bytes=partial(metrics.add_upstream_bytes, group, kind),
@@ -491,6 +500,7 @@ class Launcher:
             refresh_share=partial(self._share, metrics, group),
             source_transfer=self._measured,
             archive_rejected=rejected,
+            copy_rejected=counted,
             flowing=self.transfers.flowing,
         )
 
@@ -512,11 +522,10 @@ class Launcher:
         return partial(self.metrics.count_source_failure, group)
 
     def _archive_rejected(self, group: str, name: str, key: TargetKey, reason: str) -> None:
-        """A refresh's archive from ``key`` failed its check: not used for it a while."""
+        """A refresh's archive from ``key`` failed its check: not used for it a while
+        (counted once per copy, not here: :attr:`StreamJob.copy_rejected`)."""
         hold = self.config().reject_for
         self.rejections.reject(key, name, reason, now=self.index.clock(), hold=hold)
-        if self.metrics is not None:
-            self.metrics.count_archive_rejected(group)
 
     def asking(self, group: str, origin: ByteSource, key: TargetKey) -> TargetGroup:
         """The group to ask ``key`` (a source from ``origin``) with, as the config has it now:

@@ -39,7 +39,7 @@ from tracker.web.statusview import (
     TargetView,
     refresh_use,
 )
-from tracker.web.wire import disproven_errors
+from tracker.web.wire import target_errors
 
 #: The log events the page lists, by section: ``rejected`` (archives that failed their
 #: check) and ``failover`` (a source, a transfer or the bucket failed and the request went
@@ -96,6 +96,9 @@ class StatusSources:
     attestations: Attestations | None = None
     #: Per target: how the latest refresh from several sources that asked it used it.
     sources_used: Callable[[], Mapping[TargetKey, Mapping[str, object]]] = dict
+    #: Per target: why its copy of an archive is held back after a failed check, at a time
+    #: of the index's clock (docs/http-api.md, "Verified archives").
+    rejected: Callable[[float], Mapping[TargetKey, str]] = lambda _now: {}
 
 
 async def gather_status(sources: StatusSources, refresh: int) -> StatusView:
@@ -250,8 +253,9 @@ def _best(
 
 def _targets(sources: StatusSources, health: list[TargetHealth]) -> list[TargetView]:
     index, flowing = sources.index, sources.flowing
-    # A copy a proof kept out of the ranking says why, as in /v1/targets.
-    mismatches = {**index.mismatches(), **disproven_errors(index.disproven())}
+    # A copy a proof kept out of the ranking or that failed its check says why, as in
+    # /v1/targets.
+    mismatches = target_errors(index, sources.rejected(index.clock()))
     uses = sources.sources_used()
     out = []
     for h in health:

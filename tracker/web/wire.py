@@ -19,7 +19,7 @@ from tracker.core.snapshots import SnapshotFile, SnapshotInfo
 from tracker.discovery.roster import nothing_listed
 from tracker.discovery.scrape import TargetHealth
 from tracker.observability.redact import redact_text, redact_userinfo
-from tracker.ordering.index import SnapshotSource, TargetKey
+from tracker.ordering.index import Index, SnapshotSource, TargetKey
 from tracker.proof.records.attestations import Attestations
 from tracker.proof.records.localcopies import Checked, holder
 from tracker.web.delivery import tracker_path
@@ -288,6 +288,14 @@ def disproven_errors(disproven: Mapping[TargetKey, Mapping[str, str]]) -> dict[T
     }
 
 
+def target_errors(index: Index, rejected: Mapping[TargetKey, str]) -> dict[TargetKey, str]:
+    """Each target's ``last_error`` from what the ranking knows of it, when its probe did
+    not fail: a hash that lost, a copy a proof kept out (:func:`disproven_errors`), a copy
+    that failed its check and is held back (``rejected``). One rule for ``/v1/targets``
+    and the status page (the page left the failed check out)."""
+    return {**index.mismatches(), **disproven_errors(index.disproven()), **rejected}
+
+
 #: The figures of a target never measured.
 _UNMEASURED = (0, 0, 0)
 
@@ -321,7 +329,7 @@ def targets_body(
     uses = deps.sources_used()
     parts = []
     fragments.sweep()  # every target is asked for below: the gone ones go
-    mismatches = {**index.mismatches(), **disproven_errors(index.disproven()), **rejected}
+    mismatches = target_errors(index, rejected)
     for h in scraper.in_order():
         key = h.target.key
         if group is not None and key.group != group:
