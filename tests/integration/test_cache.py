@@ -35,7 +35,7 @@ from helpers_proxy import (
     wait_for,
 )
 from helpers_tls import client_tls
-from helpers_upstream import Behaviour, FakeUpstream, serving
+from helpers_upstream import Behaviour, FakeUpstream
 from helpers_wire import raw_request
 from names import full_name, incremental_name
 
@@ -47,7 +47,6 @@ FULL = full_name(5000)
 INCR = incremental_name(5000, 5100)
 FULL_DATA = archive_bytes(4 * MiB, seed=10)
 INCR_DATA = archive_bytes(1 * MiB, seed=11)
-INCR_DATA_HALF = len(INCR_DATA) // 2
 
 
 #: What the ``upstream`` fixture (tests/integration/conftest.py) serves.
@@ -440,7 +439,10 @@ async def test_a_refresh_that_stopped_being_the_best_is_not_promoted(
         upstream.behaviour[FULL].resume.set()
     assert [sha256(r) for r in results] == [sha256(FULL_DATA)]  # the client is served ...
     assert_nothing_promoted(tracker)  # ... but a stale archive does not enter the cache
-    assert tracker.outcome("refresh_failed") == 1
+    # and that is no failure: it counted as refresh_failed, which the refresh alert pages
+    # on (a slow link refreshing incrementals, a new one every ~40 s, paged)
+    await wait_for(lambda: tracker.outcome("refresh_stale") == 1)
+    assert tracker.outcome("refresh_failed") == 0
 
 
 async def test_startup_removes_temp_files_and_serves_cached_archives(
@@ -623,30 +625,6 @@ async def test_disk_full_during_a_refresh_on_a_real_small_file_system(
             assert wire.closed and len(wire.body) < len(FULL_DATA)
             await wait_for(lambda: t.outcome("refresh_failed") == 1)
             assert_nothing_promoted(t)
-
-
-async def test_a_refresh_a_newer_incremental_superseded_is_no_failed_refresh(
-    tmp_path: Path,
-) -> None:
-    """A refresh of the best incremental comes whole, but a newer incremental was listed
-    meanwhile (agave makes one every ~40 s): the copy is not promoted, and that is no
-    failure. It counted as ``refresh_failed``, which the refresh alert pages on (a slow link
-    refreshing incrementals paged every half hour)."""
-    newer = incremental_name(5000, 5200)
-    files = {FULL: FULL_DATA, INCR: INCR_DATA, newer: INCR_DATA}
-    up = FakeUpstream(files=files, behaviour={INCR: Behaviour(pause_at=INCR_DATA_HALF)})
-    async with serving(up), proxy_tracker(tmp_path / "cache") as t:
-        listed = [(n, up.url(n), len(d)) for n, d in files.items() if n != newer]
-        advertise(t.index, up.base, listed)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(raw_request, t.base, f"/v1/{INCR}?group={GROUP}")
-            await wait_for(lambda: sent(up, INCR) == INCR_DATA_HALF)
-            # a newer incremental on the same full: INCR is no longer the best
-            advertise(t.index, up.base, [(n, up.url(n), len(d)) for n, d in files.items()])
-            up.behaviour[INCR].resume.set()
-        await wait_for(lambda: t.outcome("refresh_stale") == 1)
-        assert t.outcome("refresh_failed") == 0 and t.outcome("refresh_ok") == 0
-        assert INCR not in t.cached()
 
 
 async def test_a_disk_without_a_free_inode_is_named_as_the_problem(

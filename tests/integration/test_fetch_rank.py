@@ -107,7 +107,7 @@ async def test_fetch_without_a_group_asks_for_one_when_the_tracker_does_not_tell
         options = FetchOptions(
             ledger=str(ledger), tracker=t.base, progress="none", settings=SETTINGS
         )
-        wanted = r"none of those it lists \(groups testnet\); name one with --group"
+        wanted = r"default group has no snapshot \(it lists groups testnet\); name one with"
         with pytest.raises(FetchError, match=wanted):
             await run_fetch(options, NoProgress())
     assert not up.seen and list(ledger.iterdir()) == []

@@ -132,15 +132,19 @@ async def _default_group(
     client: httpx.AsyncClient, base: str, entries: list[Any], within: float
 ) -> str:
     """The tracker's default group among the groups its listing of every group
-    (``entries``) names: from where its redirect to the best full points, a route of the
-    tracker's own naming its group (``/v1/{group}/{name}``, or ``?group=``), else a source's
-    URL the listing gives (a listing naming one group does not say it is the default: the
-    default may hold nothing). Raises FetchError when the tracker does not tell (no full
-    in its default group, an answer without a redirect)."""
-    where = ""
+    (``entries``) names, from its redirect to the best full (``/v1/snapshot.tar.bz2``,
+    answered for the default group): a route of the tracker's own naming its group
+    (``/v1/{group}/{name}``, or ``?group=``), else a source's URL the listing gives, else
+    the one group the listing names (a redirect says the default group holds a full: it is
+    listed). A 202 says the default group holds none: another group's are not taken. Without
+    an answer (a tracker without the route), the one group the listing names. "" for a
+    listing that names no group (a tracker that does not tell them apart: all of it is
+    taken). Raises FetchError when it cannot tell."""
+    status, where = 0, ""
     with trio.move_on_after(within):
         try:
             response = await head(client, base + "/v1/snapshot.tar.bz2", {})
+            status = response.status_code
             where = response.headers.get("location", "") if response.is_redirect else ""
         except TransportError:
             pass
@@ -154,14 +158,20 @@ async def _default_group(
                     for url in (raw.get("url"), raw.get("file_name")):
                         if isinstance(url, str):
                             groups.setdefault(redact_userinfo(url), group)
+    named = set(groups.values())
+    if not named:
+        return ""
     if where:
         found = groups.get(_group_named(where)) or groups.get(redact_userinfo(where))
         if found:
             return found
-    listed = ", ".join(sorted(set(groups.values())))
+    if len(named) == 1 and status != 202:
+        return named.pop()
+    listed = ", ".join(sorted(named))
+    why = "has no snapshot" if status == 202 else "is none of those it lists"
     raise FetchError(
-        f"tracker {redact_userinfo(base)}: its default group's best full is none of those it "
-        f"lists (groups {listed}); name one with --group"
+        f"tracker {redact_userinfo(base)}: its default group {why} (it lists groups "
+        f"{listed}); name one with --group"
     )
 
 
