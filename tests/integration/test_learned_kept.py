@@ -129,6 +129,32 @@ async def test_two_replicas_share_what_they_learned_through_the_bucket(
             assert two.streamer.rejections.rejected(key, NAME, trio.current_time()) is not None
 
 
+async def test_the_documents_of_live_replicas_are_read_past_those_of_replicas_gone(
+    weed: Weed, tmp_path: Path
+) -> None:
+    """A replica without ``replica_url`` whose container is made again writes a new
+    document each time, and none is deleted: the 64 read were the first in key order, and
+    past 64 documents of replicas gone a live replica's was never read again. The newest
+    64 are read."""
+    configs = _replicas(weed, tmp_path)
+    prefix = configs[0].object_store.prefix if configs[0].object_store else ""
+    async with serving(FakeUpstream(files={NAME: DATA})) as up:
+        key = TargetKey(GROUP, up.base)
+        async with learning(configs[0], up) as one, learning(configs[1], up) as two:
+            await two.parts.learning.save()
+            assert two.parts.objects is not None
+            bucket = two.parts.objects.tier.bucket
+            [own] = [o.key for o in await bucket.list_objects(f"{prefix}.learned/")]
+            document = await bucket.get_small(own, 1 << 20)
+            for i in range(64):  # before every live one in key order
+                await bucket.put(f"{prefix}.learned/0000{i:012x}.json", document or b"")
+            await trio.sleep(1.1)  # the store dates objects in whole seconds
+            speed = _learn(one, key)
+            await one.parts.learning.save()
+            await two.parts.learning.restore()  # what its periodic sync does
+            assert abs(two.index.throughput(key, trio.current_time()) - speed) < speed * 0.01
+
+
 async def _learned_and_saved(
     t: TrackerUnderTest, config: Config, key: TargetKey
 ) -> tuple[Bucket, str, float]:

@@ -93,6 +93,12 @@ async def test_start_up_learns_the_bucket_and_aborts_only_orphaned_uploads(
         s3.put_object(Bucket="snapshots", Key=tier.object_key(GROUP, INCR), Body=b"x")
         s3.create_multipart_upload(Bucket="snapshots", Key=orphan)
         s3.create_multipart_upload(Bucket="snapshots", Key=alive)
+        # Uploads that are no archive of this prefix are not the tracker's, whatever their
+        # age (their age alone aborted them): another application's in the bucket, another
+        # fleet's under a longer prefix ("testnet/" under this one)
+        others = [f"{prefix}backups/ledger.tar", f"{prefix}testnet/{GROUP}/{FULL}"]
+        for other in others:
+            s3.create_multipart_upload(Bucket="snapshots", Key=other)
         # Both uploads are older than lock_ttl and a second (whole-second dates on both sides
         # of an age still differ by at least 4 after 4.1 s). lock_ttl is 3 s, not less: the
         # lock put below must still be fresh at the start-up on a loaded host.
@@ -103,7 +109,7 @@ async def test_start_up_learns_the_bucket_and_aborts_only_orphaned_uploads(
         young = tier.object_key(GROUP, full_name(9700))
         s3.create_multipart_upload(Bucket="snapshots", Key=young)
         await tier.startup()
-        assert sorted(weed.uploads(prefix)) == sorted([alive, young])
+        assert sorted(weed.uploads(prefix)) == sorted([alive, young, *others])
         assert tier.status()["objects_known"] == 1
 
 
@@ -379,6 +385,63 @@ async def test_a_hand_out_while_retention_deletes_gets_a_url_that_works(
         got = await client.get(url)
     assert got.status_code == 200 and got.content == b"archive bytes"
     assert (GROUP, True) in retaining.retainer._due  # deleted once that URL expired
+
+
+async def test_a_retention_of_fulls_leaves_an_incrementals_retiring_mark(
+    weed: Weed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One replica's retention of incrementals is deleting an old one (marked retiring);
+    another's retention of fulls runs meanwhile (its upload completed). It took the marks
+    of every archive it kept away, incrementals too, and a hand-out then got a URL of an
+    object deleted a moment later. It leaves the other kind's marks alone."""
+    from tracker.objectstore.bucket import Bucket
+    from tracker.objectstore.retainer import Retainer
+    from tracker.objectstore.tier import ObjectTier
+
+    one = tier_of(weed, direct_serve_ttl=60.0, keep_previous=0)
+    other, handing = (ObjectTier(one.store, Bucket(one.store)) for _ in range(2))
+    old = incremental_name(9000, 9100)
+    for name in (full_name(8000), full_name(9000), old, incremental_name(9000, 9300)):
+        put(weed, one.object_key(GROUP, name), b"archive bytes")
+    urls: list[str | None] = []
+    real = Retainer._retire
+
+    async def retire(self: Retainer, group: str, name: str) -> None:
+        if self is one.retainer and name == old and not urls:
+            await other.retainer.retain(GROUP, full=True)
+            urls.append(await handing.handout(GROUP, name))
+        await real(self, group, name)
+
+    monkeypatch.setattr(Retainer, "_retire", retire)
+    await one.retainer.retain(GROUP, full=False)
+    assert one.object_key(GROUP, old) not in weed.objects(one.store.prefix)
+    assert urls == [None]  # no URL of the archive being deleted
+
+
+async def test_a_hand_out_that_finds_its_archive_gone_leaves_no_mark(weed: Weed) -> None:
+    """A hand-out wrote the archive's mark, then found the object gone (another replica's
+    retention ran between its look and its mark, the marks there were with it): the mark
+    stayed for good (nothing deletes a mark of no archive)."""
+    from tracker.objectstore.bucket import Bucket
+    from tracker.objectstore.tier import ObjectTier
+
+    tier = tier_of(weed, direct_serve_ttl=60.0, keep_previous=0)
+    retaining = ObjectTier(tier.store, Bucket(tier.store))
+    old, new = full_name(9000), full_name(9500)
+    for name in (old, new):
+        put(weed, tier.object_key(GROUP, name))
+    real = tier.quick.head_dated
+
+    async def retention_meanwhile(key: str) -> Any:
+        answer = await real(key)
+        if key == tier.object_key(GROUP, old):
+            await retaining.retainer.retain(GROUP, full=True)
+        return answer
+
+    tier.bucket.health.read_worked()  # the health watcher read a first byte before
+    tier.quick.head_dated = retention_meanwhile  # type: ignore[method-assign]
+    assert await tier.handout(GROUP, old) is None
+    assert [k for k in weed.objects(tier.store.prefix) if old in k] == []
 
 
 async def test_no_url_is_handed_out_of_an_archive_being_retired(weed: Weed) -> None:

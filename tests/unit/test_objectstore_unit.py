@@ -84,6 +84,9 @@ keep_previous: 2
         ("bucket: Snap_shots", "object_store.bucket", "not an S3 bucket name"),
         ("bucket: b1x\nprefix: /abs", "object_store.prefix", "relative key prefix"),
         ("bucket: b1x\nprefix: a/../b", "object_store.prefix", "relative key prefix"),
+        # a "." segment: clients drop it from a presigned URL's path, SeaweedFS refuses it
+        ("bucket: b1x\nprefix: x/./", "object_store.prefix", "relative key prefix"),
+        ("bucket: b1x\nprefix: '.'", "object_store.prefix", "relative key prefix"),
         ("bucket: b1x\nendpoint: ftp://x", "object_store.endpoint", "http(s) URL"),
         ("bucket: b1x\npublic_endpoint: http://u:p@x", "object_store.public_endpoint", "creden"),
         ("bucket: b1x\naddressing_style: dns", "object_store.addressing_style", "'path'"),

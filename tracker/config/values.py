@@ -417,12 +417,16 @@ def bucket_name(value: object) -> str:
 
 
 def object_prefix(value: object) -> str:
-    """A key prefix inside the bucket: letters, digits and ``_ . / -``, no ``..`` segment and
-    no leading ``/``; a non-empty prefix ends with ``/`` (added when missing)."""
+    """A key prefix inside the bucket: letters, digits and ``_ . / -``, no ``.`` or ``..``
+    segment and no leading ``/``; a non-empty prefix ends with ``/`` (added when missing).
+    A ``.`` segment is refused as ``..`` is: an HTTP client removes it from a URL's path
+    (RFC 3986), so a presigned URL asks for another key than it signed, and SeaweedFS
+    refuses to write under it (the tier never worked)."""
     text = string(value)
     if not _PREFIX.fullmatch(text) or len(text) > 256:
         raise ValueError(f"must be at most 256 of A-Z a-z 0-9 _ . / -, got {text!r}")
-    if text.startswith("/") or ".." in text.split("/") or "//" in text:
+    segments = text.split("/")
+    if text.startswith("/") or "." in segments or ".." in segments or "//" in text:
         raise ValueError(f"must be a relative key prefix like 'tracker/', got {text!r}")
     return text if text == "" or text.endswith("/") else text + "/"
 

@@ -177,6 +177,10 @@ class Learning:
         found = []
         try:
             listed = await self._bucket.list_objects(self._objects())
+            # the newest first: documents of replicas gone (a container made again under a
+            # new host name writes a new one) stay, and in key order 64 of them kept the
+            # live replicas' out for good
+            listed.sort(key=lambda info: info.last_modified, reverse=True)
             for info in listed[:MAX_OBJECTS]:
                 if info.size <= MAX_BYTES:
                     data = await self._bucket.get_small(info.key, MAX_BYTES + 1)

@@ -100,12 +100,14 @@ class Retainer:
             listed = await self.bucket.list_objects(keys.archive_key(prefix, group, ""))
             held = {}
             versions: dict[str, str] = {}  # archive key -> its ETag
+            kinds: dict[str, bool] = {}  # archive name -> is a full
             sides: dict[str, tuple[str, ObjectInfo]] = {}
             for o in listed:
                 archive = keys.archive_of(prefix, o.key)
                 side = keys.side_of(prefix, o.key) if archive is None else None
                 if archive is not None and archive.group == group:
                     held[archive.name] = (archive.name, o.size, o.last_modified.timestamp())
+                    kinds[archive.name] = archive.full
                     versions[o.key] = o.etag
                 elif side is not None and side.group == group and side.full == full:
                     sides[o.key] = (side.name, o)
@@ -128,8 +130,12 @@ class Retainer:
                 held.pop(name, None)
             for name in held.keys() - set(old):
                 # kept after all (a newer one deleted by hand, a restart with more kept):
-                # URLs of it are handed out again
-                await self.bucket.delete(keys.retiring_key(self.store.prefix, group, name))
+                # URLs of it are handed out again. Of this kind only: the other kind's
+                # marks are its own retention's, which may be deleting that archive now (a
+                # retention of fulls took an incremental's mark away, and a hand-out then
+                # got a URL of an object deleted a moment later)
+                if kinds[name] == full:
+                    await self.bucket.delete(keys.retiring_key(self.store.prefix, group, name))
             # A listing cut at its bound does not show all that is there: nothing is judged
             # gone for not being in it
             if len(listed) < MAX_LISTED:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 
 from tracker.config.schema import ObjectStore
 from tracker.errors import StoreError
@@ -102,14 +102,18 @@ async def abort_uploads(
 
 
 async def _orphaned(bucket: Bucket, store: ObjectStore, key: str, initiated: datetime) -> bool:
-    """True when an upload of ``key`` begun at ``initiated`` belongs to nobody alive."""
+    """True when an upload of ``key`` begun at ``initiated`` belongs to nobody alive: an
+    upload of an archive key of the prefix (the only uploads the tracker makes), old, its
+    lock gone or stale. Any other key's upload is not the tracker's (another application's
+    in the bucket, another fleet's under a longer prefix: ``testnet/`` under ``""``), and
+    its age alone aborted it, live or not."""
     archive = keys.archive_of(store.prefix, key)
-    lock, now = None, datetime.now(UTC)
-    if archive is not None:  # (anything else has no lock: its age alone decides)
-        lock_key = keys.lock_key(store.prefix, archive.group, archive.name)
-        lock, now = await bucket.head_dated(lock_key)
-    # An upload's ``Initiated`` is in whole seconds like a lock's date (and ``now`` is our
-    # own clock when there is no lock): a young upload must not look a second older.
+    if archive is None:
+        return False
+    lock_key = keys.lock_key(store.prefix, archive.group, archive.name)
+    lock, now = await bucket.head_dated(lock_key)
+    # An upload's ``Initiated`` is in whole seconds like a lock's date (``now`` is the
+    # store's, of its answer): a young upload must not look a second older.
     ttl = store.lock_ttl
     if not old_enough(initiated, now, ttl):
         return False

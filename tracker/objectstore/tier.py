@@ -224,16 +224,20 @@ class ObjectTier:
                 self._clock_off(ahead)
                 return None
             self._clock_said = False
-            marking = trio.current_time()
-            await self.quick.put(self.mark_key(group, name), b"")
+            marking, mark = trio.current_time(), self.mark_key(group, name)
+            await self.quick.put(mark, b"")
             # after the mark, never before: retention marks an archive retiring, then reads
             # the marks again (tracker.objectstore.retainer)
             if await self.quick.head(keys.retiring_key(self.store.prefix, group, name)):
-                return None
+                return None  # the mark is shared: it may hold another replica's URL
             # and the object again: a retention that ran from start to end between the
-            # first look and the mark deleted it, its retiring mark with it
+            # first look and the mark deleted it, its retiring mark with it. The mark written
+            # here goes too (it stayed for good, nothing deletes a mark of no archive, and a
+            # later upload of the name read it as a hand-out); no URL of a gone object is
+            # live, whoever handed it out
             if await self.quick.head(key) is None:
                 self.known.remember(key, None)
+                await self.quick.delete(mark)
                 return None
             # Signed now, not at the mark: the seconds since it was sent come off the URL's
             # life, which must end before the mark's date + direct_serve_ttl (a store
