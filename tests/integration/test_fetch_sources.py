@@ -63,8 +63,8 @@ def body_bytes(up: FakeUpstream, name: str) -> int:
 @pytest.mark.parametrize("url", [True, False])
 async def test_every_sidecar_holding_the_archive_is_used(url: bool, tmp_path: Path) -> None:
     """Two sidecars with the same archives, the tracker redirecting to the first: with the
-    files' ``url`` both carry the download; from an older tracker (no ``url``: the sidecars'
-    names are bare) the route is the only way, to the first."""
+    files' ``url`` both carry the download, and from an older tracker (no ``url``: the
+    sidecars' names are bare) so do they, at each entry's ``target``'s sidecar route."""
     a, b = FakeUpstream(files=dict(FILES)), FakeUpstream(files=dict(FILES))
     ledger = ledger_of(tmp_path)
     async with tracker_of([a, b], url=url) as tracker:
@@ -72,10 +72,22 @@ async def test_every_sidecar_holding_the_archive_is_used(url: bool, tmp_path: Pa
     assert [Path(r.path).name for r in results] == [FULL, INCR]
     assert all(sha256((ledger / n).read_bytes()) == sha256(d) for n, d in FILES.items())
     assert body_bytes(a, FULL) > SAMPLES
-    if url:
-        assert body_bytes(b, FULL) > SAMPLES, "the second sidecar carried nothing"
-    else:
-        assert not b.gets()
+    assert body_bytes(b, FULL) > SAMPLES, "the second sidecar carried nothing"
+
+
+async def test_a_go_tracker_without_a_route_for_the_bytes_is_fetched_from(tmp_path: Path) -> None:
+    """The Go tracker lists bare names and its sidecars as ``target``s, and has no route
+    for the bytes: every download from it failed (404 at ``/v1/{group}/{name}``). Its
+    sidecars' route is where its own fetch reads them."""
+    sidecar = FakeUpstream(files=dict(FILES))
+    ledger = ledger_of(tmp_path)
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(serving(sidecar))
+        go = FakeTracker(entries=tracker_entries(sidecar, sidecar.files, url=False))
+        await stack.enter_async_context(serving(go))
+        results = await run_fetch(options(ledger, go.base), NoProgress())
+    assert [Path(r.path).name for r in results] == [FULL, INCR]
+    assert all(sha256((ledger / n).read_bytes()) == sha256(d) for n, d in FILES.items())
 
 
 async def test_a_sidecar_dying_mid_way_leaves_the_download_to_the_other(tmp_path: Path) -> None:

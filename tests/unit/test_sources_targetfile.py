@@ -39,6 +39,18 @@ def test_lines_with_comments_blanks_and_duplicates(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    "text",
+    ["[fd00::1]:13080\n10.0.0.3:13080\n", "  [::1]\n10.0.0.3:13080", "[fd00::1]:13080"],
+)
+def test_a_line_file_whose_first_target_is_ipv6_is_read_as_lines(tmp_path: Path, text: str) -> None:
+    """A line file may begin with ``[``: an IPv6 target (the Go tracker reads any file as
+    lines). It was read as JSON and refused whole; only ``["`` or ``[]`` is JSON."""
+    assert read_target_file(write(tmp_path, text)) == [
+        line.strip() for line in text.split("\n") if line.strip()
+    ]
+
+
 def test_json_array_of_strings(tmp_path: Path) -> None:
     path = write(tmp_path, "\n " + json.dumps(["a:1", "[::1]:2", "a:1"]))
     assert read_target_file(path) == ["a:1", "[::1]:2"]

@@ -28,11 +28,16 @@ def read_target_file(path: str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> list[s
     entry that is neither ``host`` nor ``host:port``.
     """
     text = _read(path, max_bytes)
-    if text.lstrip().startswith("["):
-        targets = _json_targets(text, path)
-    else:
-        targets = _line_targets(text, path)
+    targets = _json_targets(text, path) if _json_array(text) else _line_targets(text, path)
     return list(dict.fromkeys(targets))
+
+
+def _json_array(text: str) -> bool:
+    """Whether ``text`` is written as a JSON array: ``[`` then a string, ``]`` or a nested
+    value (``[`` or ``{``, refused as no string). A line file may begin with ``[`` too:
+    ``[fd00::1]:13080``, an IPv6 target (it was read as JSON and refused whole). Pure."""
+    opened = text.lstrip()
+    return opened.startswith("[") and opened[1:].lstrip()[:1] in ('"', "]", "[", "{")
 
 
 def is_host_port(text: str) -> bool:

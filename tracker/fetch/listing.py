@@ -228,7 +228,7 @@ def snapshots_from_json(base: str, entries: list[Any]) -> list[RemoteSnapshot]:
                 continue
             names.append(name)
             found = urls.setdefault(name, [f"{base}/v1/{quote(group, safe='')}/{name}"])
-            url = source_url(raw)
+            url = source_url(raw, entry.get("target"))
             if url and url not in found:
                 found.append(url)
             size = raw.get("size")
@@ -288,14 +288,24 @@ def _figure(value: object) -> float | None:
 MAX_URL = 4096
 
 
-def source_url(file: dict[str, Any]) -> str:
+def source_url(file: dict[str, Any], target: object = None) -> str:
     """Where this source's copy of a file is fetched from: the file's ``url``, or with none
-    (an older tracker) its ``file_name`` when that is a URL (an HTTP source); "" for a bare
-    name with no ``url`` (the tracker's route is the only way there) or a URL that is not a
-    plain http(s) URL of printable ASCII."""
+    (an older tracker, the Go tracker) its ``file_name`` when that is a URL (an HTTP
+    source), else, for a bare name, the sidecar route of its entry's ``target`` when that
+    is an http(s) URL (``{target}/v1/snapshot/{name}``, where the Go tracker's own fetch
+    reads it: the Go tracker has no route of its own for the bytes, and every download from
+    it failed); "" for a bare name with neither (the tracker's route is the only way
+    there) or a URL that is not a plain http(s) URL of printable ASCII."""
     url = file.get("url")
     if url is None:
         url = file.get("file_name")
+        if (
+            isinstance(url, str)
+            and parse_archive_name(url) is not None
+            and isinstance(target, str)
+            and target.startswith(("http://", "https://"))
+        ):
+            url = f"{target.rstrip('/')}/v1/snapshot/{quote(url, safe='')}"
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         return ""
     if len(url) > MAX_URL or not url.isascii() or not url.isprintable() or " " in url:
