@@ -40,13 +40,15 @@ RULES = [
         "required key missing",
     ),
     ("listen: true\n", "listen", "expected a string, got a boolean (quote it"),
-    ("rpc: 5\n", "rpc", "expected a string, got an integer (quote it"),
-    # A text value is never echoed: a password written as a bare number was, in the journal
-    # and in POST /reload's answer.
+    # an unquoted number is the text it was written as, as in the Go tracker: here a URL
+    # that is none
+    ("rpc: 5\n", "rpc", "not an absolute http(s) URL: '5'"),
+    # A text value is never echoed: a password written as a bare boolean was, in the
+    # journal and in POST /reload's answer.
     (
-        GROUP + "    basic_auth: {username: u, password: 20240601}\n",
+        GROUP + "    basic_auth: {username: u, password: yes}\n",
         "target_groups[0].basic_auth.password",
-        "expected a string, got an integer (quote it to use it as text)",
+        "expected a string, got a boolean (quote it to use it as text)",
     ),
     (GROUP + "    scheme: [http]\n", "target_groups[0].scheme", "expected a string, got a list"),
     (
@@ -408,6 +410,34 @@ RULES = [
         "not a directory",
     ),
 ]
+
+
+@pytest.mark.parametrize(
+    ("written", "text"),
+    [
+        ("0123456", "0123456"),  # YAML 1.1's octal 42798 to PyYAML
+        ("20240601", "20240601"),
+        ("12_345", "12_345"),
+        ("1e3", "1e3"),
+        ("0x1F", "0x1F"),
+        ("1:30", "1:30"),  # YAML 1.1's sexagesimal 90
+        ("'0123456'", "0123456"),
+    ],
+)
+def test_an_unquoted_number_where_a_string_goes_is_its_text(
+    tmp_path: Path, written: str, text: str
+) -> None:
+    """The Go tracker's yaml.v3 reads ``password: 0123456`` into the string "0123456"; it was
+    refused here ("quote it"), though the Go tracker's files must load unchanged."""
+    config = load(
+        tmp_path,
+        GROUP + f"    basic_auth: {{username: {written}, password: {written}}}\n"
+        f"    consul_sd_config: {{service: s, datacenter: {written}}}\n",
+    )
+    group = config.target_groups[0]
+    assert group.basic_auth is not None and group.consul_sd_config is not None
+    assert (group.basic_auth.username, group.basic_auth.password) == (text, text)
+    assert group.consul_sd_config.datacenter == text
 
 
 @pytest.mark.parametrize(("text", "path", "message"), RULES, ids=[r[1] + "|" + r[2] for r in RULES])

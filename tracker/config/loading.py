@@ -13,14 +13,16 @@ Beyond the Go tracker's format (rpcpool/solana-cluster, ``types/config.go``):
 
 - a key with an empty (null) value is the same as leaving the key out, as in Go;
 - ``tls_config`` also takes the keys yaml.v3 derives from the Go field names (``cafile``,
-  ``certfile``, ``keyfile``, ``insecureskipverify``): the Go struct has no yaml tags, so those
-  are the keys the Go tracker really accepts;
+  ``certfile``, ``keyfile``, ``insecureskipverify``): the Go struct had no yaml tags before
+  May 2022 (commit b1b2e76), so those are the keys the Go tracker's first versions read;
 - ``scheme: ""`` means ``http``; ``api_path`` is normalised to ``""`` or ``/a/b``;
 - ``static_targets`` may omit the port (the scheme's default port), as they may in Go;
-- durations may also be plain numbers of seconds; yaml.v3's ``y``/``on``/``no``... booleans work.
+- durations may also be plain numbers of seconds; yaml.v3's ``y``/``on``/``no``... booleans work;
+- an unquoted number where a string goes is the text it was written as, as yaml.v3 reads it
+  (:class:`tracker.config.yamlfile.PlainInt`).
 
-Not accepted although Go's yaml.v3 would: a YAML number or boolean where a string is expected
-(``password: 1234``): PyYAML has already lost the original text, so quote such values.
+Not accepted although Go's yaml.v3 would: a YAML boolean where a string is expected
+(``password: yes``): the loader keeps a number's text, not a boolean's; quote such values.
 
 Relative paths are resolved against the config file's directory and stored absolute.
 """

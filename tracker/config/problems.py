@@ -26,7 +26,8 @@ from tracker.observability.redact import redact_text
 #: A key path: attribute names and list indexes.
 Path = tuple[str | int, ...]
 
-#: Keys yaml.v3 derives from the Go TLSConfig field names (it has json tags but no yaml tags).
+#: Keys yaml.v3 derives from the Go TLSConfig field names (it had json tags but no yaml
+#: tags before May 2022).
 TLS_GO_KEYS = {
     "cafile": "ca_file",
     "certfile": "cert_file",

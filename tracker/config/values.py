@@ -190,10 +190,15 @@ def check_target(text: str) -> str:
 
 
 def string(value: object) -> str:
+    """A string; an unquoted YAML number is the text it was written as (``password:
+    0123456`` is "0123456", as in the Go tracker: tracker.config.yamlfile.PlainInt)."""
     if isinstance(value, str):
         return value
+    written = getattr(value, "yaml_text", None)
+    if isinstance(written, str):
+        return written
     # Its kind, never its value: a text value may be a secret (a password written as a
-    # bare number is an integer to YAML), and a message goes to the journal and to the
+    # bare boolean is one to YAML), and a message goes to the journal and to the
     # answer of POST /reload.
     hint = " (quote it to use it as text)" if isinstance(value, bool | int | float) else ""
     raise ValueError(f"expected a string, got {kind_of(value)}{hint}")
@@ -214,7 +219,7 @@ def boolean(value: object) -> bool:
 
 def integer(value: object) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
-        return value
+        return int(value)  # a plain int, not the file's PlainInt
     raise ValueError(f"expected an integer, got {describe(value)}")
 
 

@@ -33,6 +33,20 @@ MAX_DEPTH = 32
 MAX_NUMBER = 64
 
 
+class PlainInt(int):
+    """An unquoted YAML integer, with the text it was written as (``yaml_text``): a key that
+    takes a string takes that text, as the Go tracker's yaml.v3 does (``password: 0123456``
+    is "0123456" there; to PyYAML's YAML 1.1 it is the octal 42798)."""
+
+    yaml_text: str
+
+
+class PlainFloat(float):
+    """An unquoted YAML float, with the text it was written as (:class:`PlainInt`)."""
+
+    yaml_text: str
+
+
 def read_yaml(path: str) -> object:
     """The parsed YAML document; ConfigError for unreadable, oversized files and YAML syntax
     errors."""
@@ -101,19 +115,27 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
         """The value of ``node``; a scalar its tag cannot be (``2024-02-30``, ``!!int abc``,
-        a number of thousands of digits) is an error at its line, as a syntax error is."""
+        a number of thousands of digits) is an error at its line, as a syntax error is. An
+        unquoted number keeps its text (:class:`PlainInt`, :class:`PlainFloat`)."""
         integer = isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:int"
         if integer and len(node.value) > MAX_NUMBER:
             reason = f"a number of {len(node.value)} characters (at most {MAX_NUMBER})"
             raise yaml.constructor.ConstructorError(None, None, reason, node.start_mark)
         try:
-            return super().construct_object(node, deep=deep)
+            value = super().construct_object(node, deep=deep)
         except (ValueError, TypeError, OverflowError) as exc:
             kind = node.tag.rsplit(":", 1)[-1]  # (never the value: it may be a secret)
             reason = f"not a valid {kind} (quote it for text): {exc}"
             raise yaml.constructor.ConstructorError(
                 None, None, one_line(reason), node.start_mark
             ) from None
+        if isinstance(node, yaml.ScalarNode) and node.style is None:  # unquoted
+            plain = {int: PlainInt, float: PlainFloat}.get(type(value))
+            if plain is not None:
+                number = plain(value)
+                number.yaml_text = node.value
+                return number
+        return value
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[object] = set()
