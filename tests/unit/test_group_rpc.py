@@ -179,7 +179,7 @@ def test_a_group_rpc_loads_and_is_checked_as_the_top_level_one(tmp_path: Path) -
     [
         ("rpc: ftp://127.0.0.1/", "target_groups[0].rpc", "http"),
         ("rpc: 'http://127.0.0.1:8899/#x'", "target_groups[0].rpc", "must not have a fragment"),
-        ("rpc: 5", "target_groups[0].rpc", "expected a string"),
+        ("rpc: 5", "target_groups[0].rpc", "not an absolute http(s) URL: '5'"),
         ("also_rpc: ['ftp://x/']", "target_groups[0].also_rpc[0]", "http"),
         (f"also_rpc: ['{DEV}']", "target_groups[0].also_rpc", "needs the group's own rpc"),
         ("certificates: 'ftp://x/'", "target_groups[0].certificates", "http"),
