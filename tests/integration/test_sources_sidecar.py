@@ -91,6 +91,29 @@ async def test_malformed_answers_are_one_line_probe_errors(nursery, client, body
     assert str(info.value).startswith(reason)
 
 
+async def test_a_redirect_to_the_sidecars_own_origin_is_followed(nursery, client) -> None:
+    """A sidecar behind a proxy that moved its path: the Go tracker's probe follows the
+    redirect, and its configs' sidecars were down here ("redirect not followed"). Followed
+    on the sidecar's own origin, with its credentials; a loop ends."""
+    listed = [info_json(FULL)]
+    app = ScriptedApp(
+        {
+            "/old/v1/snapshots": Answer(308, (("location", "/new/v1/snapshots"),)),
+            "/new/v1/snapshots": json_answer(listed),
+            "/loop/v1/snapshots": Answer(302, (("location", "/loop/v1/snapshots"),)),
+        }
+    )
+    base = await nursery.start(serve_app, app)
+    [full] = await probe_sidecar(client, base + "/old", headers={"authorization": "Bearer t"})
+    assert full.slot == 100
+    assert full.files[0].url == f"{base}/old/v1/snapshot/{FULL['file_name']}"
+    asked = [(r.path, r.headers.get("authorization")) for r in app.requests]
+    assert asked == [("/old/v1/snapshots", "Bearer t"), ("/new/v1/snapshots", "Bearer t")]
+    with pytest.raises(ProbeError, match=r"^HTTP 302 .*not followed"):
+        await probe_sidecar(client, base + "/loop")
+    assert app.paths().count("/loop/v1/snapshots") == 6  # the first ask and 5 hops
+
+
 async def test_too_many_entries(nursery, client) -> None:
     entries = [info_json(file_json(slot, H0)) for slot in range(1, 10_002)]
     base, _ = await serve_list(nursery, entries)
@@ -103,7 +126,7 @@ async def test_status_redirect_and_encoding_errors(nursery, client) -> None:
     app = ScriptedApp(
         {
             "/a/v1/snapshots": Answer(500, (), b"disk\non fire\x00"),
-            "/b/v1/snapshots": Answer(301, (("location", "/elsewhere"),)),
+            "/b/v1/snapshots": Answer(301, (("location", f"http://{REFUSED}/elsewhere"),)),
             "/c/v1/snapshots": Answer(200, (("content-encoding", "gzip"),), b"[]"),
             "/e/v1/snapshots": Answer(502, (), b"upstream down " * 100_000),
         }
@@ -111,8 +134,8 @@ async def test_status_redirect_and_encoding_errors(nursery, client) -> None:
     base = await nursery.start(serve_app, app)
     with pytest.raises(ProbeError, match=r"^HTTP 500 Internal Server Error: disk on fire$"):
         await probe_sidecar(client, base + "/a")
-    with pytest.raises(ProbeError, match=r"^HTTP 301 .*redirect to '/elsewhere' not followed"):
-        await probe_sidecar(client, base + "/b")
+    with pytest.raises(ProbeError, match=r"^HTTP 301 .*redirect to '.*/elsewhere' not followed"):
+        await probe_sidecar(client, base + "/b")  # another origin
     with pytest.raises(ProbeError, match=r"^unsupported content-encoding 'gzip'$"):
         await probe_sidecar(client, base + "/c")
     with pytest.raises(ProbeError, match=r"^HTTP 404 Not Found"):

@@ -8,13 +8,14 @@ import json
 import tracemalloc
 from typing import Any
 
+import httpx
 import pytest
 from helpers_sources import HASHES, file_json, info_json
 
 from tracker.core.snapshots import U64_MAX
 from tracker.discovery.sidecar import parse_snapshot_list
 from tracker.errors import ProbeError
-from tracker.net.limits import iter_json_array
+from tracker.net.limits import iter_json_array, same_host_redirect
 
 H0, H1, H2 = HASHES[:3]
 MiB = 1024 * 1024
@@ -136,3 +137,37 @@ def test_array_elements_are_decoded_lazily_up_to_the_limit() -> None:
     with pytest.raises(ProbeError, match=r"^more than 10 entries$"):
         seen.extend(iter_json_array(text, max_items=10))
     assert seen == [0] * 10
+
+
+@pytest.mark.parametrize(
+    ("asked", "status", "location", "followed"),
+    [
+        # the sidecar's own origin: a path moved, absolute or relative
+        (
+            "http://h:13080/v1/snapshots",
+            301,
+            "/new/v1/snapshots",
+            "http://h:13080/new/v1/snapshots",
+        ),
+        ("http://h:13080/a/v1/snapshots", 308, "b/x", "http://h:13080/a/v1/b/x"),
+        ("http://H:13080/v1/snapshots", 302, "http://h:13080/y", "http://h:13080/y"),
+        # its https upgrade, on the same host
+        ("http://h:13080/v1/snapshots", 301, "https://h/v1/snapshots", "https://h/v1/snapshots"),
+        # another origin: not followed (its credentials are the sidecar's)
+        ("http://h:13080/v1/snapshots", 301, "http://h:13081/v1/snapshots", None),
+        ("http://h:13080/v1/snapshots", 301, "http://other:13080/v1/snapshots", None),
+        ("https://h/v1/snapshots", 301, "http://h/v1/snapshots", None),  # a downgrade
+        ("http://h:13080/v1/snapshots", 301, "http://u:p@h:13080/x", None),
+        ("http://h:13080/v1/snapshots", 301, "ftp://h/x", None),
+        ("http://h:13080/v1/snapshots", 301, "http://[zz/x", None),
+        # no redirect
+        ("http://h:13080/v1/snapshots", 301, "", None),
+        ("http://h:13080/v1/snapshots", 404, "/x", None),
+    ],
+)
+def test_a_probe_follows_a_redirect_to_its_own_origin_only(
+    asked: str, status: int, location: str, followed: str | None
+) -> None:
+    headers = {"location": location} if location else {}
+    answer = httpx.Response(status, headers=headers, request=httpx.Request("GET", asked))
+    assert same_host_redirect(asked, answer) == followed

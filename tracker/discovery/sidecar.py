@@ -36,6 +36,9 @@ from tracker.errors import ProbeError
 from tracker.net.limits import NO_HEADERS, decode_text, fetch_capped, iter_json_array
 
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
+#: Redirects a probe follows, to the sidecar's own origin or its https upgrade only (a
+#: proxy in front of it that moves its path; a loop ends here).
+SAME_HOST_HOPS = 5
 DEFAULT_MAX_ENTRIES = 10_000
 
 # [0-9], not \d: \d also matches the digits of other scripts ("٣"), which no time uses.
@@ -58,12 +61,21 @@ async def probe_sidecar(
     Each file gets ``url = {base_url}/v1/snapshot/{name}`` and its bare name as ``file_name``;
     each info's files are ordered newest first. An empty list means "up, no snapshots".
     Raises :class:`ProbeError` (one line) on any failure: transport, TLS, non-200 status
-    (redirects are not followed), a body over ``max_body`` bytes, more than ``max_entries``
-    entries, invalid JSON or an invalid entry. Cancellation propagates untouched (a parse
-    already running in its worker thread is finished first); the caller owns the timeout.
+    (redirects are followed to the sidecar's own origin or its https upgrade only, at most
+    :data:`SAME_HOST_HOPS`: as the Go tracker's probe follows them; its files' URLs stay
+    under ``base_url``, whose downloads follow the same redirects), a body over
+    ``max_body`` bytes, more than ``max_entries`` entries, invalid JSON or an invalid entry.
+    Cancellation propagates untouched (a parse already running in its worker thread is
+    finished first); the caller owns the timeout.
     """
     base = base_url.rstrip("/")
-    body = await fetch_capped(client, f"{base}/v1/snapshots", headers=headers, max_body=max_body)
+    body = await fetch_capped(
+        client,
+        f"{base}/v1/snapshots",
+        headers=headers,
+        max_body=max_body,
+        same_host_hops=SAME_HOST_HOPS,
+    )
     # Checking hashes is base58 in pure Python, ~90 us an entry: 10,000 entries would hold
     # the event loop for a second, so the parse runs in a worker thread (not abandoned on
     # cancellation: max_entries bounds the wait).

@@ -363,31 +363,61 @@ async def fetch_capped(
     max_body: int,
     params: Mapping[str, str] = NO_HEADERS,
     head_within: float = math.inf,
+    same_host_hops: int = 0,
 ) -> bytearray:
-    """GET ``url`` without following redirects and return its 200 body, at most ``max_body``;
-    its head within ``head_within`` seconds (the body then has the client's read timeout
-    for each read).
+    """GET ``url`` and return its 200 body, at most ``max_body``; its head within
+    ``head_within`` seconds (the body then has the client's read timeout for each read).
 
-    Sends ``accept-encoding: identity``. Any other status, a redirect, a body that is too
+    Redirects are not followed, but for ``same_host_hops`` of them to ``url``'s own origin
+    or its ``https`` upgrade (:func:`same_host_redirect`), asked with the same headers:
+    a sidecar behind a proxy that moves its path, as the Go tracker follows. Sends
+    ``accept-encoding: identity``. Any other status, another redirect, a body that is too
     large or compressed, no head in time, and every httpx failure (connect, TLS, timeout,
     protocol) raise :class:`ProbeError` with a one-line reason (an error answer's body
     quoted, unless the request carried a credential: :func:`carried_credentials`).
     Cancellation from outside propagates untouched.
     """
     request_headers = {**headers, "accept": "application/json", "accept-encoding": "identity"}
-    head = trio.CancelScope(deadline=trio.current_time() + head_within)
+    deadline = trio.current_time() + head_within
+    hops = 0
+    while True:
+        head = trio.CancelScope(deadline=deadline)
+        following: str | None = None
+        try:
+            with head:
+                async with client.stream(
+                    "GET", url, headers=request_headers, params=params, follow_redirects=False
+                ) as response:
+                    head.deadline = math.inf
+                    if response.status_code == 200:
+                        return await read_capped(response, max_body)
+                    if hops < same_host_hops:
+                        following = same_host_redirect(str(response.request.url), response)
+                    if following is None:
+                        raise ProbeError(await _unexpected(response, url))
+        except HTTPX_ERRORS as exc:
+            raise ProbeError(transport_reason(exc)) from exc
+        if following is None:
+            raise ProbeError(f"no answer within {head_within:g}s")
+        url, params, hops = following, NO_HEADERS, hops + 1
+
+
+def same_host_redirect(asked: str, response: httpx.Response) -> str | None:
+    """Where ``response`` (to the GET of ``asked``) redirects to, when that is ``asked``'s
+    own origin or its ``https`` upgrade on the same host: where the request's credentials
+    may go (docs/configuration.md); None for no redirect or another origin. Pure."""
+    location = response.headers.get("location")
+    if not response.is_redirect or not location:
+        return None
     try:
-        with head:
-            async with client.stream(
-                "GET", url, headers=request_headers, params=params, follow_redirects=False
-            ) as response:
-                head.deadline = math.inf
-                if response.status_code != 200:
-                    raise ProbeError(await _unexpected(response, url))
-                return await read_capped(response, max_body)
-    except HTTPX_ERRORS as exc:
-        raise ProbeError(transport_reason(exc)) from exc
-    raise ProbeError(f"no answer within {head_within:g}s")
+        before, after = httpx.URL(asked), httpx.URL(asked).join(location)
+    except (httpx.InvalidURL, ValueError):
+        return None
+    if after.scheme not in ("http", "https") or after.host != before.host or after.userinfo:
+        return None
+    same = (after.scheme, after.port) == (before.scheme, before.port)
+    upgrade = (before.scheme, after.scheme) == ("http", "https")
+    return str(after) if same or upgrade else None
 
 
 #: Request headers that carry a credential (a group's ``Authorization``, a Consul token).
