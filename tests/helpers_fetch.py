@@ -58,10 +58,13 @@ class FakeTracker(FakeUpstream):
         if target.path not in ("/v1/best_snapshots", "/v1/snapshots"):
             return await super()._answer(conn, stream, req)
         self.seen.append(seen_of(req))
-        slot = parse_qs(target.query).get("slot")
+        query = parse_qs(target.query)
+        slot, group = query.get("slot"), query.get("group")
         entries = self.entries
         if target.path == "/v1/snapshots" and slot:
             entries = [e for e in entries if str(e.get("base_slot")) == slot[0]]
+        if group:  # a tracker's listing of one group: that group's entries only
+            entries = [e for e in entries if e.get("group") == group[0]]
         body = json.dumps(entries).encode()
         head = [("content-type", "application/json"), ("content-length", str(len(body)))]
         await send_event(conn, stream, h11.Response(status_code=200, headers=head))

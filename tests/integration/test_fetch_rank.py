@@ -86,6 +86,30 @@ async def test_fetch_without_a_group_takes_the_default_groups_pair(
     assert sorted(Path(r.path).name for r in results) == sorted(ours)
 
 
+async def test_fetch_without_a_group_finds_its_group_past_another_groups_25_best(
+    tmp_path: Path,
+) -> None:
+    """Redirect mode, another group's slots higher and its sources more than the 25 that
+    ``/v1/best_snapshots`` lists: the default group's redirect (one of its sources) matched
+    nothing listed there, and the one group listed (the other) was taken."""
+    ours = {OLDER: FILES[OLDER], ON_OLDER: FILES[ON_OLDER]}
+    other = {full_name(90_000): archive_bytes(2 * MiB, seed=5)}
+    groups = (TargetGroup(group=GROUP), TargetGroup(group="testnet"))
+    config = make_config(None, proxy_snapshot_downloads=False, target_groups=groups)
+    ledger = tmp_path / "ledger"
+    ledger.mkdir()
+    async with serving(FakeUpstream(files={**ours, **other})) as up, running_tracker(config) as t:
+        advertise(t.index, f"{up.base}/m", [(n, up.url(n), len(d)) for n, d in ours.items()])
+        theirs = [(n, up.url(n), len(d)) for n, d in other.items()]
+        for i in range(26):
+            advertise(t.index, f"{up.base}/t{i}", theirs, group="testnet")
+        options = FetchOptions(
+            ledger=str(ledger), tracker=t.base, progress="none", settings=SETTINGS
+        )
+        results = await run_fetch(options, NoProgress())
+    assert sorted(Path(r.path).name for r in results) == sorted(ours)
+
+
 async def test_fetch_without_a_group_asks_for_one_when_the_tracker_does_not_tell(
     tmp_path: Path,
 ) -> None:

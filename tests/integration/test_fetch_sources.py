@@ -15,7 +15,7 @@ import attrs
 import pytest
 import trio
 from archives import archive_name, compress, make_tar, snapshot_entries, status_cache_of
-from helpers_bytes import sha256
+from helpers_bytes import MiB, archive_bytes, sha256
 from helpers_fetch import CountingUpstream, FakeTracker, sidecar_url, tracker_entries
 from helpers_upstream import Behaviour, FakeUpstream, serving
 from names import full_name, incremental_name
@@ -36,6 +36,8 @@ from tracker.fetch.run import FetchOptions, run_fetch
 
 #: The identity samples compared before two sources are used together (3 x 64 KiB).
 SAMPLES = 3 * 64 * 1024
+#: Another group's full, newer than this one's.
+NEWER, NEWER_DATA = full_name(90_000), archive_bytes(2 * MiB, seed=43)
 
 
 @asynccontextmanager
@@ -88,6 +90,28 @@ async def test_a_go_tracker_without_a_route_for_the_bytes_is_fetched_from(tmp_pa
         results = await run_fetch(options(ledger, go.base), NoProgress())
     assert [Path(r.path).name for r in results] == [FULL, INCR]
     assert all(sha256((ledger / n).read_bytes()) == sha256(d) for n, d in FILES.items())
+
+
+async def test_the_default_group_of_a_go_tracker_of_two_groups_is_found(tmp_path: Path) -> None:
+    """A Go tracker of two groups, another's slots higher: its redirect goes to a sidecar's
+    route ``{target}/v1/snapshot/{name}``, which fetch builds for a bare name but did not
+    look for (and read ``snapshot`` in it as a group): every fetch without ``--group``
+    failed."""
+    ours, theirs = FakeUpstream(files=dict(FILES)), FakeUpstream(files={NEWER: NEWER_DATA})
+    ledger = ledger_of(tmp_path)
+    async with AsyncExitStack() as stack:
+        for sidecar in (ours, theirs):
+            await stack.enter_async_context(serving(sidecar))
+        entries = [
+            *(e | {"group": "testnet"} for e in tracker_entries(theirs, theirs.files, url=False)),
+            *tracker_entries(ours, ours.files, url=False),
+        ]
+        go = FakeTracker(entries=entries)
+        go.behaviour["snapshot.tar.bz2"] = Behaviour(redirect_to=sidecar_url(ours, FULL))
+        await stack.enter_async_context(serving(go))
+        results = await run_fetch(options(ledger, go.base), NoProgress())
+    assert [Path(r.path).name for r in results] == [FULL, INCR]
+    assert not theirs.gets()
 
 
 async def test_a_sidecar_dying_mid_way_leaves_the_download_to_the_other(tmp_path: Path) -> None:

@@ -179,3 +179,26 @@ def test_fetch_moves_to_a_newer_incremental_on_the_trackers_full() -> None:
         full, remote("incremental-snapshot-900-1000-H.tar", 50 * MB, 100 * MB), predicted=29.0
     )
     assert rerank([older, newer], []) == [newer, older]
+
+
+def test_fetch_prices_its_ledger_when_the_incrementals_carry_no_size() -> None:
+    """Sources list the fulls' sizes and not the incrementals': the pairs with one carry no
+    prediction. One pair without it made fetch take the listing as a tracker's that ranks
+    by slot, and a ledger holding the older full no longer made that full's pair win."""
+    index = Index(clock=lambda: 0.0)
+    index.set_ranking("g", Ranking())
+    a = TargetKey("g", "http://10.0.0.1:80")
+    listed = _infos(
+        ("snapshot-30000-H.tar.zst", 6000 * MB),
+        ("incremental-snapshot-30000-30100-H.tar.zst", 0),
+        ("snapshot-20000-G.tar.zst", 6000 * MB),
+        ("incremental-snapshot-20000-29990-G.tar.zst", 0),
+    )
+    index.apply(a, listed, T0, latency=0.01)
+    index.record_transfer(a, 100 * MB, 1.0)  # 60 s a full
+    offered = snapshots_from_json("http://t", _tracker_listing(index, "g"))
+    assert offered[0].full is not None and offered[0].full.name.slot == 30_000
+    assert any(s.predicted is None for s in offered)
+    [older] = [i for i in listed if i.slot == 20_000]
+    chosen = rerank(offered, [older])
+    assert chosen[0].full is not None and chosen[0].full.name.slot == 20_000

@@ -37,12 +37,14 @@ P = 1000.0
         # One of them: that one while new.
         ((100.0, 0.0), None, 0.0, 100.0),
         (None, (10.0, 0.0), 0.0, 10.0),
-        # Older, it weighs half every HALF_LIFE against the prior, in seconds per byte: an
-        # old measurement says less, it does not say the source is slow (halving the figure
-        # itself priced a source measured fast 20 minutes ago below one never measured).
-        ((100.0, 0.0), None, H, 1 / (0.5 / 100 + 0.5 / P)),  # 181.8
-        (None, (10.0, 0.0), 2 * H, 1 / (0.25 / 10 + 0.75 / P)),  # 39.0
-        ((5000.0, 0.0), None, 2 * H, 1 / (0.25 / 5000 + 0.75 / P)),  # 1,176.5
+        # Older, it weighs half every HALF_LIFE against the prior: an old measurement says
+        # less, it does not say the source is slow (halving the figure itself priced a
+        # source measured fast 20 minutes ago below one never measured), nor that it is
+        # as slow as the prior (a mean of seconds per byte, ruled by the slower, priced a
+        # source of ten times the prior at less than twice it after one half-life).
+        ((100.0, 0.0), None, H, 0.5 * 100 + 0.5 * P),  # 550
+        (None, (10.0, 0.0), 2 * H, 0.25 * 10 + 0.75 * P),  # 752.5
+        ((10_000.0, 0.0), None, H, 0.5 * 10_000 + 0.5 * P),  # 5,500
         # Long ago: the prior (a weight that underflowed too).
         ((100.0, 0.0), None, 50 * H, pytest.approx(P, rel=1e-9)),
         ((100.0, 0.0), None, 1e9, P),
@@ -58,10 +60,11 @@ P = 1000.0
         # Served faster than the short probe read: what it served.
         ((10.0, 0.0), (100.0, 0.0), 0.0, 100.0),
         # The blend ages by the age of the newer of the two.
-        ((100.0, 0.0), (10.0, 0.0), H, 1 / (0.5 / 10 + 0.5 / P)),
-        ((100.0, T), (10.0, 0.0), T + H, 1 / (0.5 * (0.5 / 10 + 0.5 / 100) + 0.5 / P)),
+        ((100.0, 0.0), (10.0, 0.0), H, 0.5 * 10 + 0.5 * P),
+        ((100.0, T), (10.0, 0.0), T + H, 0.5 / (0.5 / 10 + 0.5 / 100) + 0.5 * P),
         # Figures at the ends of what a float holds: no error, a finite figure.
         ((1e308, 0.0), (1e308, 0.0), 0.0, 1e308),
+        ((1e308, 0.0), None, H, 0.5 * 1e308 + 0.5 * P),
         ((5e-324, 0.0), (5e-324, 0.0), 0.0, 0.0),
     ],
 )
@@ -96,6 +99,21 @@ def test_a_measurement_is_averaged_with_the_kinds_figure_by_its_age(
 SLY, STEADY = TargetKey("g", "http://sly"), TargetKey("g", "http://steady")
 
 
+def test_a_steady_fast_source_speed_tested_every_interval_keeps_most_of_its_figure() -> None:
+    """500 B/s at every speed test, one each half-life (10 minutes, the default interval),
+    100 as prior: just before each test it is still priced above half its speed, and above
+    a 200 B/s source measured a moment ago (a mean of seconds per byte toward the prior
+    priced it at 167, below that one)."""
+    now = [0.0]
+    speeds = Throughputs(lambda: now[0])
+    speeds.set_prior("g", 100.0)
+    for _ in range(20):
+        speeds.record(STEADY, 500, 1.0, None, "probed")
+        now[0] += HALF_LIFE - 1
+    speeds.record(SLY, 200, 1.0, None, "probed")
+    assert speeds.rate(STEADY) > 250 > speeds.rate(SLY) == 200
+
+
 def test_a_source_that_serves_slower_than_it_probes_stays_behind_after_more_probes() -> None:
     index = Index(clock=lambda: 0.0)
     index.record_transfer(SLY, 500, 1.0, 0.0, kind="probed")
@@ -107,11 +125,11 @@ def test_a_source_that_serves_slower_than_it_probes_stays_behind_after_more_prob
     index.record_transfer(STEADY, 100, 1.0, 600.0, kind="probed")
     assert index.throughput(SLY, 600.0) < index.throughput(STEADY, 600.0)
     # The probes, each new when the next came: 500; the transfer, 599 s old, weighs about
-    # half against the prior (50 MB/s): about 20 B/s.
+    # half against the prior (50 MB/s).
     fresh = 0.5 ** (599 / HALF_LIFE)
     assert index.speeds.figures(SLY, 600.0) == (
         500.0,
-        pytest.approx(1 / (fresh / 10 + (1 - fresh) / DEFAULT_PRIOR)),
+        pytest.approx(fresh * 10 + (1 - fresh) * DEFAULT_PRIOR),
     )
 
 

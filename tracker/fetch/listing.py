@@ -119,8 +119,10 @@ async def default_group(client: httpx.AsyncClient, tracker: str, *, within: floa
     cluster's archives into this node's ledger. Raises FetchError (:func:`_default_group`)."""
     base = tracker.rstrip("/")
     try:
+        # every source of every group: /v1/best_snapshots stops at 25, and another group's
+        # newer ones may fill them
         body = await fetch_capped(
-            client, base + "/v1/best_snapshots", headers={}, max_body=MAX_BODY, head_within=within
+            client, base + "/v1/snapshots", headers={}, max_body=MAX_BODY, head_within=within
         )
         entries = list(iter_json_array(decode_text(body), max_items=MAX_ENTRIES))
     except (ProbeError, ValueError) as exc:
@@ -155,14 +157,16 @@ async def _default_group(
             groups.setdefault(group, group)
             for raw in entry.get("files") or ():
                 if isinstance(raw, dict):
-                    for url in (raw.get("url"), raw.get("file_name")):
-                        if isinstance(url, str):
+                    target = entry.get("target")
+                    for url in (raw.get("url"), raw.get("file_name"), source_url(raw, target)):
+                        if isinstance(url, str) and url:
                             groups.setdefault(redact_userinfo(url), group)
     named = set(groups.values())
     if not named:
         return ""
     if where:
-        found = groups.get(_group_named(where)) or groups.get(redact_userinfo(where))
+        # a source's URL first: a sidecar's route /v1/snapshot/{name} names no group
+        found = groups.get(redact_userinfo(where)) or groups.get(_group_named(where))
         if found:
             return found
     if len(named) == 1 and status != 202:

@@ -251,10 +251,11 @@ def rerank(
     remote: list[RemoteSnapshot], local: list[SnapshotInfo], ranking: Ranking | None = None
 ) -> list[RemoteSnapshot]:
     """``remote`` (the tracker's order) ranked for a ledger holding ``local``; as it is
-    when the tracker does not rank by time to running (a pair without a prediction). Pure.
+    when the tracker does not rank by time to running (no pair with a prediction). Pure.
 
-    A tracker that ranks by the time to a running node lists every pair's
-    ``predicted_seconds`` for a node that has nothing. A full the ledger already holds costs
+    A tracker that ranks by the time to a running node lists the pairs'
+    ``predicted_seconds`` for a node that has nothing (none for a pair with an archive of
+    no known size: it is priced at 0 bytes here, as the tracker ranks it). A full the ledger already holds costs
     this node nothing to download, so the pairs are priced again by the same predictor
     (:func:`tracker.ordering.predict.predicted_seconds`, docs/ranking.md): the ledger's files
     left out, each other file at its priced size (the lower middle of its hosts' sizes, as
@@ -264,7 +265,7 @@ def rerank(
     the choice unless another full's best pair beats it by the switch margin, and on the
     full chosen its best pair (:func:`tracker.ordering.ranking.choose_pair`), as the tracker
     chooses."""
-    if not remote or any(s.predicted is None for s in remote):
+    if all(s.predicted is None for s in remote):  # (one pair unpriced turned it off)
         return remote
     ranking = ranking or Ranking()
     held = {f.bare_name for info in local for f in info.files}

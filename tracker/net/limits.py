@@ -404,19 +404,22 @@ async def fetch_capped(
 
 def same_host_redirect(asked: str, response: httpx.Response) -> str | None:
     """Where ``response`` (to the GET of ``asked``) redirects to, when that is ``asked``'s
-    own origin or its ``https`` upgrade on the same host: where the request's credentials
-    may go (docs/configuration.md); None for no redirect or another origin. Pure."""
+    own origin or its ``https`` upgrade on the same host and port 443: where the request's
+    credentials may go (docs/configuration.md); None for no redirect, another origin, or
+    a ``Location`` naming credentials of its own. ``asked``'s own userinfo (a sidecar
+    configured with it) goes along. Pure."""
     location = response.headers.get("location")
     if not response.is_redirect or not location:
         return None
     try:
-        before, after = httpx.URL(asked), httpx.URL(asked).join(location)
+        named, before = httpx.URL(location), httpx.URL(asked)
+        after = before.join(named)
     except (httpx.InvalidURL, ValueError):
         return None
-    if after.scheme not in ("http", "https") or after.host != before.host or after.userinfo:
+    if named.userinfo or after.scheme not in ("http", "https") or after.host != before.host:
         return None
     same = (after.scheme, after.port) == (before.scheme, before.port)
-    upgrade = (before.scheme, after.scheme) == ("http", "https")
+    upgrade = (before.scheme, after.scheme, after.port) == ("http", "https", None)
     return str(after) if same or upgrade else None
 
 
