@@ -255,8 +255,9 @@ def rerank(
 
     A tracker that ranks by the time to a running node lists the pairs'
     ``predicted_seconds`` for a node that has nothing (none for a pair with an archive of
-    no known size: it is priced at 0 bytes here, as the tracker ranks it). A full the ledger already holds costs
-    this node nothing to download, so the pairs are priced again by the same predictor
+    no known size: it is priced at 0 bytes here, as the tracker ranks it). A full the
+    ledger already holds costs this node nothing to download, so the pairs are priced again
+    by the same predictor
     (:func:`tracker.ordering.predict.predicted_seconds`, docs/ranking.md): the ledger's files
     left out, each other file at its priced size (the lower middle of its hosts' sizes, as
     the tracker prices it) and the fastest throughput the tracker lists for it, at least
