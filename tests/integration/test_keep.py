@@ -6,11 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+import trio
 from helpers_bytes import MiB, archive_bytes, sha256
 from helpers_proxy import GROUP, advertise_files, proxy_tracker, wait_for
 from helpers_tls import client_tls
-from helpers_upstream import FakeUpstream, serving
+from helpers_upstream import Behaviour, FakeUpstream, serving
 from names import full_name, incremental_name
+
+from tracker.fetch.listing import from_tracker
 
 FULL = full_name(5000)
 INCR_1 = incremental_name(5000, 5100)
@@ -47,8 +50,12 @@ async def test_an_incremental_on_a_full_still_served_stays_listed_and_downloads(
             assert listed.status_code == 200
             [entry] = [e for e in listed.json() if e["slot"] != 5000]  # the full is listed too
             assert entry["slot"] == 5100 and entry["base_slot"] == 5000
-            [wire] = entry["files"]
+            # the chain down to its full, the size their sum, as every entry's (it was the
+            # incremental alone)
+            wire, base = entry["files"]
             assert wire["file_name"].endswith(f"/v1/{GROUP}/{INCR_1}")
+            assert base["file_name"].endswith(f"/v1/{GROUP}/{FULL}")
+            assert entry["size"] == len(DATA[INCR_1]) + len(DATA[FULL])
             gets = len(up.gets())
             again = await client.get(wire["file_name"])
             assert again.status_code == 200
@@ -77,3 +84,63 @@ async def test_an_incremental_on_a_full_nobody_serves_goes(tmp_path: Path) -> No
             assert listed.json() == []  # neither the full nor an incremental on it
             gone = await client.get(t.url(INCR_1))
             assert gone.status_code == 404
+
+
+async def test_an_incremental_that_came_whole_after_the_sources_moved_on_is_kept(
+    tmp_path: Path,
+) -> None:
+    """A node downloads the incremental on its full through the tracker; meanwhile the
+    sources move on to a newer full (still listing the older one). The copy comes whole and
+    passes its check, but was thrown away as no longer the best: once the sources deleted
+    it, nothing on the older full was left for the nodes still on it (on a slow link, no
+    incremental was ever kept)."""
+    up = FakeUpstream(files={FULL: DATA[FULL], INCR_1: DATA[INCR_1]})
+    up.behaviour[INCR_1] = Behaviour(pause_at=MiB // 4)
+    async with serving(up), proxy_tracker(tmp_path / "cache") as t:
+        advertise_files(t.index, up, {FULL: DATA[FULL], INCR_1: DATA[INCR_1]})
+        async with httpx.AsyncClient(verify=client_tls(), timeout=20) as client:
+            got: list[httpx.Response] = []
+            async with trio.open_nursery() as nursery:
+
+                async def download() -> None:
+                    got.append(await client.get(t.url(INCR_1)))
+
+                nursery.start_soon(download)
+                await wait_for(lambda: any(s.body_sent > 0 for s in up.gets(INCR_1)))
+                moved = {name: DATA[name] for name in (FULL, NEWER_FULL, INCR_2)}
+                up.files.update(moved)
+                advertise_files(t.index, up, moved)
+                up.behaviour[INCR_1].resume.set()
+            assert sha256(got[0].content) == sha256(DATA[INCR_1])
+            await wait_for(lambda: INCR_1 in t.cached())
+            del up.files[INCR_1]
+            advertise_files(t.index, up, moved)  # the source no longer lists it
+            listed = await client.get(f"{t.base}/v1/snapshots", params={"slot": "5000"})
+            assert [e["slot"] for e in listed.json() if e["slot"] != 5000] == [5100]
+            assert t.outcome("refresh_ok") == 1 and t.outcome("refresh_stale") == 0
+
+
+async def test_a_kept_incremental_is_listed_best_first_on_its_full(tmp_path: Path) -> None:
+    """One source lags on the older full (its newest incremental on it is 5050); the tracker
+    keeps 5100, which the other source deleted. ``?slot=5000`` listed the kept one after
+    every source's (``[5050, 5000, 5100]``), and fetch, which takes the first, replayed 50
+    slots more."""
+    older = incremental_name(5000, 5050)
+    data = {**DATA, older: archive_bytes(MiB // 2, seed=24)}
+    up = FakeUpstream(files={FULL: data[FULL], INCR_1: data[INCR_1]})
+    lagging = FakeUpstream(files={FULL: data[FULL], older: data[older]})
+    async with serving(up), serving(lagging), proxy_tracker(tmp_path / "cache") as t:
+        advertise_files(t.index, up, {FULL: data[FULL], INCR_1: data[INCR_1]})
+        advertise_files(t.index, lagging, {FULL: data[FULL], older: data[older]})
+        async with httpx.AsyncClient(verify=client_tls(), timeout=20) as client:
+            await client.get(t.url(INCR_1))
+            await wait_for(lambda: INCR_1 in t.cached())
+            moved = {name: data[name] for name in (FULL, NEWER_FULL, INCR_2)}
+            up.files = dict(moved)
+            advertise_files(t.index, up, moved)
+            listed = await client.get(f"{t.base}/v1/snapshots", params={"slot": "5000"})
+            slots = [e["slot"] for e in listed.json()]
+            assert slots.index(5100) < slots.index(5050) < slots.index(5000), slots
+            on = await from_tracker(client, t.base, GROUP, slot=5000, within=5)
+            first = next(s.incremental for s in on if s.incremental is not None)
+            assert first.file_name == INCR_1

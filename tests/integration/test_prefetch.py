@@ -21,6 +21,7 @@ from helpers_tls import client_tls
 from helpers_upstream import Behaviour, FakeUpstream, sidecar_listing
 from names import full_name, incremental_name
 
+from tracker.config.schema import BearerAuth, TargetGroup
 from tracker.proxy.prefetch import Prefetcher
 
 FULL = full_name(10000)
@@ -67,17 +68,24 @@ async def test_prefetch_is_off_by_default(upstream: FakeUpstream, tmp_path: Path
 async def one_running_one_waiting(
     upstream: FakeUpstream, tmp_path: Path
 ) -> AsyncIterator[tuple[TrackerUnderTest, Prefetcher]]:
-    """Both files prefetched one at a time: the first paused half way, the second waiting
-    for the slot."""
+    """Two groups' best fulls prefetched one at a time, the first paused half way, the
+    second waiting for the slot; the incremental in a slot of its own, paused half way."""
     for name, data in FILES.items():
         upstream.behaviour[name] = Behaviour(pause_at=len(data) // 2)
+    groups = (TargetGroup(group=GROUP, bearer_auth=BearerAuth(token=TOKEN)), TargetGroup("t"))
     async with proxy_tracker(
-        tmp_path / "cache", upstream, cache_prefetch=True, cache_prefetch_concurrency=1
+        tmp_path / "cache",
+        upstream,
+        cache_prefetch=True,
+        cache_prefetch_concurrency=1,
+        target_groups=groups,
     ) as t:
+        other = [(FULL, upstream.url(FULL), len(FILES[FULL]))]
+        advertise(t.index, f"{upstream.base}/other", other, group="t")
         p = prefetcher(t)
-        assert p.check() == 2
-        await wait_for(lambda: len(upstream.gets()) == 1)
-        await wait_for(lambda: p.statistics() == (1, 1))  # the second waits for the slot
+        assert p.check() == 3
+        await wait_for(lambda: (len(upstream.gets(FULL)), len(upstream.gets(INCR))) == (1, 1))
+        await wait_for(lambda: p.statistics() == (2, 1))  # the second full waits for its slot
         yield t, p
 
 
@@ -86,15 +94,61 @@ async def test_prefetch_is_bounded_and_never_twice_the_same_file(
 ) -> None:
     async with one_running_one_waiting(upstream, tmp_path) as (t, p):
         assert p.check() == 0  # a round later: nothing new, nothing twice
-        assert len(upstream.gets()) == 1  # one at a time
-        [first] = upstream.gets()
-        upstream.behaviour[first.target.rsplit("/", 1)[-1]].resume.set()
-        await wait_for(lambda: len(upstream.gets()) == 2)
-        for how in upstream.behaviour.values():
-            how.resume.set()
+        assert len(upstream.gets(FULL)) == 1  # one full at a time
+        upstream.behaviour[FULL].resume.set()
+        await wait_for(lambda: len(upstream.gets(FULL)) == 2)
+        upstream.behaviour[INCR].resume.set()
         await wait_for(lambda: t.cached() == sorted(FILES))
+        await wait_for(lambda: p.statistics() == (0, 0))
         assert p.check() == 0
-        assert sorted(s.target.rsplit("/", 1)[-1] for s in upstream.gets()) == sorted(FILES)
+        assert (len(upstream.gets(FULL)), len(upstream.gets(INCR))) == (2, 1)
+
+
+async def test_a_new_incremental_never_waits_behind_a_full(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """One slot: the incremental (a new one every minute or two) waited for the full's
+    prefetch (a 100 GB one: 20 minutes) to end. Fulls and incrementals have slots of their
+    own."""
+    upstream.behaviour[FULL] = Behaviour(pause_at=MiB)
+    async with proxy_tracker(
+        tmp_path / "cache", cache_prefetch=True, cache_prefetch_concurrency=1
+    ) as t:
+        advertise(t.index, upstream.base, [(FULL, upstream.url(FULL), len(FILES[FULL]))])
+        p = prefetcher(t)
+        assert p.check() == 1
+        await wait_for(lambda: upstream.gets(FULL) != [] and upstream.gets(FULL)[0].body_sent > 0)
+        # a round later, the incremental on it
+        listed = [(name, upstream.url(name), len(data)) for name, data in FILES.items()]
+        advertise(t.index, upstream.base, listed)
+        assert p.check() == 1
+        await wait_for(lambda: INCR in t.cached())  # while the full is paused
+        assert FULL not in t.cached()
+        upstream.behaviour[FULL].resume.set()
+        await wait_for(lambda: t.cached() == sorted(FILES))
+
+
+async def test_a_prefetch_no_longer_the_best_is_stopped_and_holds_no_slot(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """The sources move on to a newer full while the older one is prefetched: it went on to
+    its end only to be thrown away, and the new best waited for its slot all that time."""
+    upstream.behaviour[FULL] = Behaviour(pause_at=MiB)
+    newer = full_name(20000)
+    upstream.files[newer] = archive_bytes(2 * MiB, seed=62)
+    async with proxy_tracker(
+        tmp_path / "cache", cache_prefetch=True, cache_prefetch_concurrency=1
+    ) as t:
+        advertise(t.index, upstream.base, [(FULL, upstream.url(FULL), len(FILES[FULL]))])
+        p = prefetcher(t)
+        assert p.check() == 1
+        await wait_for(lambda: upstream.gets(FULL) != [] and upstream.gets(FULL)[0].body_sent > 0)
+        listed = [(name, upstream.url(name), len(upstream.files[name])) for name in (FULL, newer)]
+        advertise(t.index, upstream.base, listed)
+        assert p.check() == 1
+        await wait_for(lambda: t.cached() == [newer])  # FULL is still paused
+        assert sum(s.body_sent for s in upstream.gets(FULL)) < len(FILES[FULL])
+        assert t.outcome("refresh_stale") == 0
 
 
 async def test_a_reload_turning_prefetch_off_starts_none_that_waited(
@@ -106,10 +160,11 @@ async def test_a_reload_turning_prefetch_off_starts_none_that_waited(
 
     async with one_running_one_waiting(upstream, tmp_path) as (t, p):
         t.config = attrs.evolve(t.config, cache_prefetch=False)  # the reload
-        [first] = upstream.gets()
-        upstream.behaviour[first.target.rsplit("/", 1)[-1]].resume.set()
-        await wait_for(lambda: p.statistics() == (0, 0))  # the second had its slot: ended
-        assert len(upstream.gets()) == 1
+        upstream.behaviour[FULL].resume.set()
+        await wait_for(lambda: p.statistics() == (1, 0))  # the second had its slot: ended
+        assert len(upstream.gets(FULL)) == 1
+        upstream.behaviour[INCR].resume.set()
+        await wait_for(lambda: p.statistics() == (0, 0))
 
 
 async def test_a_new_best_full_is_prefetched_and_replaces_the_old_one(

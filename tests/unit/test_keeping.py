@@ -11,7 +11,7 @@ from names import full_name, incremental_name
 from tracker.core.snapshots import SnapshotFile, chains_from_files, parse_archive_name
 from tracker.objectstore.retention import superseded
 from tracker.ordering.index import HELD_TARGET, Index, TargetKey
-from tracker.ordering.keeping import cache_keeps, newest_incrementals
+from tracker.ordering.keeping import cache_keeps, newest_incrementals, worth_keeping
 
 F1, F2, F3 = full_name(100), full_name(200), full_name(300)
 I1A, I1B = incremental_name(100, 110), incremental_name(100, 120)
@@ -33,6 +33,27 @@ def test_the_newest_incremental_of_every_full_served(
     names: list[str], served: set[int], kept: set[str]
 ) -> None:
     assert newest_incrementals(names, served) == kept
+
+
+@pytest.mark.parametrize(
+    ("name", "held", "served", "worth"),
+    [
+        # an incremental on a full still served, nothing newer held on it: stored
+        (I1A, [], {100, 200}, True),
+        (I1B, [I1A, F1], {100}, True),
+        # one newer held on its full: the cache would drop it at once
+        (I1A, [I1B], {100}, False),
+        # its full served by no one: nobody needs it
+        (I1A, [], {200}, False),
+        # a full that is not the best is never stored so (it would take the best's place)
+        (F1, [], {100}, False),
+        ("notes.txt", [], {100}, False),
+    ],
+)
+def test_a_complete_incremental_no_longer_the_best_is_kept_while_its_full_is_served(
+    name: str, held: list[str], served: set[int], worth: bool
+) -> None:
+    assert worth_keeping(name, held, served) is worth
 
 
 @pytest.mark.parametrize(
@@ -95,7 +116,10 @@ def test_the_index_lists_what_it_holds_that_no_source_has() -> None:
     assert held.key == TargetKey("g", HELD_TARGET)
     assert held.info.files[0].bare_name == I1B
     assert (held.info.files[0].url, held.info.files[0].path) == ("", "")
-    assert index.find_file("g", I1B) == [(held.info.files[0], held)]
+    # listed as its chain down to the full at its base, which a source still lists
+    assert [f.bare_name for f in held.info.files] == [I1B, F1]
+    [(file, source)] = index.find_file("g", I1B)
+    assert (file, source.key) == (held.info.files[0], held.key)
     assert index.served_fulls("g") == {100, 200}
     index.hold("bucket", "g", [(F3, 10, 2.0)])
     assert index.served_fulls("g") == {100, 200, 300}

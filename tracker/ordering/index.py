@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -526,25 +526,35 @@ class Holdings:
 
 
 def held_sources(
-    holdings: Holdings, groups: Iterable[str], listed: Callable[[str], Collection[str]]
+    holdings: Holdings,
+    groups: Iterable[str],
+    listed: Callable[[str], Mapping[str, Sequence[tuple[SnapshotFile, SnapshotSource]]]],
 ) -> list[SnapshotSource]:
     """The archives ``holdings`` has of ``groups`` whose names no source of the group lists
-    any more (``listed(group)``), newest first, grouped by group: each a source of its own
-    (:func:`held_source`)."""
+    any more (``listed(group)``: the group's copies by name), newest first, grouped by
+    group: each a source of its own (:func:`held_source`), an incremental with the full at
+    its base slot when one is held or listed (a listing's entry is the chain down to its
+    full, its ``size`` their sum)."""
     out: list[SnapshotSource] = []
     for name in groups:
-        advertised = listed(name)
-        for archive, held in holdings.of(name).items():
+        advertised, held = listed(name), holdings.of(name)
+        fulls = {h.file.name.slot: h.file for h in held.values() if h.file.name.is_full}
+        for copies in advertised.values():
+            file = copies[0][0] if copies else None
+            if file is not None and file.name.is_full:
+                fulls.setdefault(file.name.slot, file)
+        for archive, one in held.items():
             if archive not in advertised:
-                out.append(held_source(name, held))
+                base = None if one.file.name.is_full else fulls.get(one.file.name.base_slot)
+                out.append(held_source(name, one, base))
     out.sort(key=lambda s: s.info.rank_key(), reverse=True)
     out.sort(key=lambda s: s.key.group)
     return out
 
 
-def held_source(group: str, held: Held) -> SnapshotSource:
+def held_source(group: str, held: Held, full: SnapshotFile | None = None) -> SnapshotSource:
     """An archive the tracker holds of ``group`` as a source of its own: target
-    :data:`HELD_TARGET`, its file with neither URL nor path."""
-    return SnapshotSource(
-        info_from_files([held.file]), TargetKey(group, HELD_TARGET), held.stored_at
-    )
+    :data:`HELD_TARGET`, its file with neither URL nor path; an incremental's chain with
+    ``full``, the full at its base slot, when given."""
+    files = [held.file] if full is None else [held.file, full]
+    return SnapshotSource(info_from_files(files), TargetKey(group, HELD_TARGET), held.stored_at)

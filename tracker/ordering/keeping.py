@@ -49,3 +49,15 @@ def cache_keeps(names: Iterable[str], promoted: str, served: Collection[int]) ->
         fulls = {a.file_name for a in archives if a.is_full}
     bases = {*served, *(a.slot for a in archives if a.file_name in fulls)}
     return {promoted, *fulls, *newest_incrementals((a.file_name for a in archives), bases)}
+
+
+def worth_keeping(name: str, held: Iterable[str], served: Collection[int]) -> bool:
+    """Whether a complete, checked incremental ``name`` is worth storing beside the archives
+    ``held``: its full is still served (``served``) and no incremental held on that full is
+    newer, so the cache would keep it. A refresh of an incremental that a newer one made no
+    longer the best ended thrown away, and on a slow link (an incremental outlasting the
+    minute or two between two) none was ever kept for the nodes still on that full. Pure."""
+    parsed = parse_archive_name(name)
+    if parsed is None or parsed.is_full or parsed.base_slot not in served:
+        return False
+    return name in newest_incrementals([*held, name], {parsed.base_slot})

@@ -5,7 +5,12 @@ incremental; a file it has not seen yet gets a background task that waits for a 
 most ``cache_prefetch_concurrency`` prefetches at once) and then asks the streamer to refresh
 it (:meth:`tracker.proxy.streamer.ProxyStreamer.prefetch`: nothing happens when the file is cached,
 being refreshed, no longer the best, or local). Each file is tried once while it stays a best
-file: a prefetch that fails leaves the refresh to the next client. :meth:`Prefetcher.wanted`
+file: a prefetch that fails leaves the refresh to the next client. One that stops being a
+best file before its end is stopped (its refresh too, unless clients read it), unless it is
+an incremental the cache would keep (:func:`tracker.ordering.keeping.worth_keeping`): it ran
+to its end to be thrown away, while the new best waited for its slot. Fulls and
+incrementals wait for slots of their own, so that a new incremental (a minute or two
+apart) never waits behind a full (a 100 GB one: 20 minutes). :meth:`Prefetcher.wanted`
 starts the same background refresh for one file on demand (a ``Range`` request showed
 interest in it, whatever ``cache_prefetch`` says). The tasks run in the
 transfers' background nursery and end, with their refresh unless clients read it, when the
@@ -23,7 +28,9 @@ import trio
 
 from tracker.config.schema import Config
 from tracker.observability.logs import log_event
+from tracker.core.snapshots import parse_archive_name
 from tracker.ordering.index import Index
+from tracker.ordering.keeping import worth_keeping
 from tracker.proxy.transfers import Transfers
 
 log = logging.getLogger("tracker.prefetch")
@@ -48,14 +55,18 @@ class Prefetcher:
     _transfers: Transfers
     _seen: set[FileKey] = attrs.field(init=False, factory=set)
     _wanted: set[FileKey] = attrs.field(init=False, factory=set)
-    _limiter: trio.CapacityLimiter = attrs.field(
-        init=False, factory=lambda: trio.CapacityLimiter(1)
+    #: The prefetches :meth:`check` started that run or wait now: stopped when their file
+    #: stops being a best one.
+    _running: dict[FileKey, trio.CancelScope] = attrs.field(init=False, factory=dict)
+    #: The slots of fulls and of incrementals: one kind never waits behind the other.
+    _limiters: dict[bool, trio.CapacityLimiter] = attrs.field(
+        init=False, factory=lambda: {True: trio.CapacityLimiter(1), False: trio.CapacityLimiter(1)}
     )
 
     def statistics(self) -> tuple[int, int]:
         """(prefetches running, prefetches waiting for a slot) right now."""
-        stats = self._limiter.statistics()
-        return stats.borrowed_tokens, stats.tasks_waiting
+        stats = [limiter.statistics() for limiter in self._limiters.values()]
+        return sum(s.borrowed_tokens for s in stats), sum(s.tasks_waiting for s in stats)
 
     def after(self, hook: Callable[[T], None]) -> Callable[[T], None]:
         """A round hook that calls ``hook`` (the existing one), then :meth:`check`."""
@@ -76,9 +87,15 @@ class Prefetcher:
         root = config.proxy_snapshot_cache_dir
         if not (config.cache_prefetch and config.proxy_snapshot_downloads and root):
             return 0
-        self._limiter.total_tokens = config.cache_prefetch_concurrency
+        for limiter in self._limiters.values():
+            limiter.total_tokens = config.cache_prefetch_concurrency
         best = self._best_files(config, root)
-        self._seen &= best  # a file that stops being a best one is forgotten
+        for key in self._seen - best:  # a file that stops being a best one is forgotten
+            running = self._running.get(key)
+            if running is not None and not self._kept(key):
+                log_event(log, "info", "cache_prefetch_dropped", group=key[1], file=key[2])
+                running.cancel()
+        self._seen &= best
         started = 0
         for key in sorted(best - self._seen):
             if not self._transfers.spawn(self._prefetch, key):
@@ -116,6 +133,13 @@ class Prefetcher:
                     files.add((root, name, source.info.files[0].bare_name))
         return files
 
+    def _kept(self, key: FileKey) -> bool:
+        """Whether a file no longer a best one is still worth refreshing: an incremental
+        the cache keeps for the nodes still on its full."""
+        _root, group, name = key
+        index = self._index
+        return worth_keeping(name, index.holdings.of(group), index.served_fulls(group))
+
     def _still_on(self, key: FileKey) -> bool:
         """Whether prefetching ``key`` is still what the config asks (a reload may have
         turned it off, or moved the cache, while it waited for a slot)."""
@@ -127,13 +151,22 @@ class Prefetcher:
         """Refresh ``key`` once a slot is free: a prefetch of :meth:`check` only while the
         config still asks for prefetching then; ``asked``: one :meth:`wanted` started."""
         _root, group, name = key
+        archive = parse_archive_name(name)
+        limiter = self._limiters[archive is None or archive.is_full]
+        done = False
         try:
-            async with self._limiter:
-                if not (asked or self._still_on(key)):
-                    return  # (a reload turned prefetching off: it started the whole archive)
-                done = await self._refresh(group, name)
+            with trio.CancelScope() as scope:
+                if not asked:
+                    self._running[key] = scope
+                async with limiter:
+                    if not (asked or self._still_on(key)):
+                        return  # (a reload turned prefetching off: it started the archive)
+                    done = await self._refresh(group, name)
         except Exception:  # a bug must not take the transfers nursery (the service) down
             log_event(log, "error", "cache_prefetch_failed", group=group, file=name, exc_info=True)
             return
+        finally:
+            if not asked and self._running.get(key) is scope:
+                del self._running[key]
         if done:
             log_event(log, "info", "cache_prefetched", group=group, file=name)

@@ -328,7 +328,7 @@ class Refreshes:
         found = launcher.index.find_file(group, name)
         job = launcher.job(target, WHOLE_FILE, archive, found)
         job = attrs.evolve(
-            job, refresh=refresh, still_wanted=partial(launcher.is_best, group, name)
+            job, refresh=refresh, still_wanted=partial(launcher.still_wanted, group, name)
         )
         refresh.share(job.stop, keep=step.keep, register=step.register)
         if lock is not None and self._objects is not None:

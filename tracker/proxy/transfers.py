@@ -52,6 +52,7 @@ from tracker.multisource.sources import SourcesUsed
 from tracker.observability.logs import log_event
 from tracker.observability.metrics import ByteSource, Kind, Metrics, Outcome
 from tracker.ordering.index import Index, TargetKey
+from tracker.ordering.keeping import worth_keeping
 from tracker.ordering.sourcehistory import Flowing, Rejections
 from tracker.proxy.ask import Ask
 from tracker.proxy.decisions import Found, choose_sources
@@ -453,6 +454,17 @@ class Launcher:
         index = self.index
         best = (index.best_full(group), index.best_incremental(group))
         return any(s is not None and s.info.files[0].bare_name == name for s in best)
+
+    def still_wanted(self, group: str, name: str) -> bool:
+        """Whether a refresh of ``name`` that came whole is stored: the group's best full or
+        incremental, or an incremental the cache keeps for the nodes still on its full
+        (:func:`tracker.ordering.keeping.worth_keeping`; docs/http-api.md, "Kept
+        incrementals"). A full no longer the best is not: stored, it would take the best
+        one's place."""
+        if self.is_best(group, name):
+            return True
+        index = self.index
+        return worth_keeping(name, index.holdings.of(group), index.served_fulls(group))
 
     def index_size(self, group: str, name: str) -> int:
         """The file's size in the index (0: unknown)."""

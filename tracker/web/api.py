@@ -214,11 +214,22 @@ def _register_listings(app: QuartTrio, deps: ApiDeps) -> None:
         sources = deps.index.sources(group)
         if config.proxy_snapshot_downloads:
             # Of the groups configured now only: a shared bucket holds other replicas'
-            # groups, and one a reload dropped (its URLs would answer 404).
+            # groups, and one a reload dropped (its URLs would answer 404). Each group's
+            # after its sources, the listing by group name (all were after every group).
             names = [group] if group is not None else sorted(g.group for g in config.target_groups)
-            sources += [s for name in names for s in deps.index.held(name)]
+            held = [s for name in names for s in deps.index.held(name)]
+            if held:
+                by_group: dict[str, list[SnapshotSource]] = {}
+                for s in (*sources, *held):
+                    by_group.setdefault(s.key.group, []).append(s)
+                sources = [s for name in sorted(by_group) for s in by_group[name]]
         if slot is not None:
+            # what applies on one full: the newest first (a stable sort: the sources of
+            # one archive as ranked), by group name; a kept incremental came after every
+            # source's older one, and fetch takes the first
             sources = [s for s in sources if s.info.base_slot == slot]
+            sources.sort(key=lambda s: s.info.rank_key(), reverse=True)
+            sources.sort(key=lambda s: s.key.group)
         return sources
 
     def best_sources(config: Config, group: str | None, limit: int) -> list[SnapshotSource]:
