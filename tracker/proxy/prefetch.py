@@ -27,8 +27,8 @@ import attrs
 import trio
 
 from tracker.config.schema import Config
-from tracker.observability.logs import log_event
 from tracker.core.snapshots import parse_archive_name
+from tracker.observability.logs import log_event
 from tracker.ordering.index import Index
 from tracker.ordering.keeping import worth_keeping
 from tracker.proxy.transfers import Transfers
