@@ -65,6 +65,8 @@ class FakeTracker(FakeUpstream):
             entries = [e for e in entries if str(e.get("base_slot")) == slot[0]]
         if group:  # a tracker's listing of one group: that group's entries only
             entries = [e for e in entries if e.get("group") == group[0]]
+        if target.path == "/v1/best_snapshots":
+            entries = entries[:25]  # ``max`` absent: 25, as a tracker answers
         body = json.dumps(entries).encode()
         head = [("content-type", "application/json"), ("content-length", str(len(body)))]
         await send_event(conn, stream, h11.Response(status_code=200, headers=head))

@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import httpx
 import pytest
 import trio
 from archives import archive_name, compress, make_tar, snapshot_entries, status_cache_of
 from helpers_bytes import MiB, archive_bytes, sha256
 from helpers_fetch import CountingUpstream, FakeTracker, sidecar_url, tracker_entries
+from helpers_proxy import GROUP
 from helpers_upstream import Behaviour, FakeUpstream, serving
 from names import full_name, incremental_name
 from test_fetch import (
@@ -31,6 +33,8 @@ from test_fetch import (
     the_error_line,
 )
 
+from tracker.core.snapshots import parse_archive_name
+from tracker.fetch.listing import default_group
 from tracker.fetch.progress import NoProgress
 from tracker.fetch.run import FetchOptions, run_fetch
 
@@ -90,6 +94,35 @@ async def test_a_go_tracker_without_a_route_for_the_bytes_is_fetched_from(tmp_pa
         results = await run_fetch(options(ledger, go.base), NoProgress())
     assert [Path(r.path).name for r in results] == [FULL, INCR]
     assert all(sha256((ledger / n).read_bytes()) == sha256(d) for n, d in FILES.items())
+
+
+async def test_the_default_group_is_found_past_another_groups_25_best_in_its_fulls_listing(
+    tmp_path: Path,
+) -> None:
+    """Another group's 26 sources fill the 25 best of every group: the default group's
+    redirect (to one of its sidecars) is looked for among the sources of that full
+    (``/v1/snapshots?slot=``), never in the listing of every source (which a fleet of
+    thousands of nodes makes larger than any bound: fetch failed)."""
+    ours = FakeUpstream(files=dict(FILES))
+    theirs = [FakeUpstream(files={NEWER: NEWER_DATA}) for _ in range(26)]
+    async with AsyncExitStack() as stack:
+        for sidecar in (ours, *theirs):
+            await stack.enter_async_context(serving(sidecar))
+        entries = [
+            *(
+                e | {"group": "testnet"}
+                for up in theirs
+                for e in tracker_entries(up, up.files, url=False)
+            ),
+            *tracker_entries(ours, ours.files, url=False),
+        ]
+        tracker = FakeTracker(entries=entries)
+        tracker.behaviour["snapshot.tar.bz2"] = Behaviour(redirect_to=sidecar_url(ours, FULL))
+        await stack.enter_async_context(serving(tracker))
+        async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+            assert await default_group(client, tracker.base, within=5) == GROUP
+    asked = [s.target for s in tracker.seen if s.target.startswith("/v1/snapshots")]
+    assert asked == [f"/v1/snapshots?slot={parse_archive_name(FULL).slot}"]  # type: ignore[union-attr]
 
 
 async def test_the_default_group_of_a_go_tracker_of_two_groups_is_found(tmp_path: Path) -> None:

@@ -100,3 +100,30 @@ async def test_equal_candidates_keep_one_answer_between_requests() -> None:
             answers.add(listing[0]["files"][0]["file_name"].rsplit("/", 1)[-1])  # type: ignore[index]
             await trio.lowlevel.checkpoint()
         assert len(answers) == 1
+
+
+async def test_the_listing_on_one_full_keeps_the_order_of_the_time_ranking() -> None:
+    """``?slot=B`` is the listing's order, filtered: in a group ranked by time the pair
+    handed out first, not the newest slot first (the short redirect and the listing a
+    client takes the first of must agree)."""
+    full, small, big = full_name(900), incremental_name(900, 990), incremental_name(900, 995)
+    async with running_tracker(config(RANKING)) as t:
+        advertise(
+            t.index,
+            FAST,
+            [(full, f"{FAST}/{full}", 2000 * MB), (small, f"{FAST}/{small}", 50 * MB)],
+        )
+        advertise(
+            t.index, SLOW, [(full, f"{SLOW}/{full}", 2000 * MB), (big, f"{SLOW}/{big}", 1500 * MB)]
+        )
+        t.index.record_transfer(TargetKey(GROUP, SLOW), 20 * MB, 1.0)
+        t.index.record_transfer(TargetKey(GROUP, FAST), 200 * MB, 1.0)
+        assert await location(t.base, "incremental-snapshot.tar.bz2") == small
+
+        async def names(query: str) -> list[str]:
+            wire = await raw_request(t.base, f"/v1/snapshots?group={GROUP}{query}", idle=0)
+            return [e["files"][0]["file_name"].rsplit("/", 1)[-1] for e in json.loads(wire.body)]
+
+        every, on_full = await names(""), await names("&slot=900")
+        assert on_full == [name for name in every if name in on_full]
+        assert on_full[0] == small

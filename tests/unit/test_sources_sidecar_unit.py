@@ -157,6 +157,8 @@ def test_array_elements_are_decoded_lazily_up_to_the_limit() -> None:
         ("http://h:13080/v1/snapshots", 301, "https://h:8443/v1/snapshots", None),
         # a sidecar configured with userinfo: it goes along (it was refused as another's)
         ("http://u:p@h:13080/old", 308, "/new", "http://u:p@h:13080/new"),
+        ("http://u:p@h:13080/old", 308, "http://h:13080/new", "http://u:p@h:13080/new"),
+        ("http://u:p@h/v1/snapshots", 301, "https://h/v1/snapshots", "https://u:p@h/v1/snapshots"),
         # another origin: not followed (its credentials are the sidecar's)
         ("http://h:13080/v1/snapshots", 301, "http://h:13081/v1/snapshots", None),
         ("http://h:13080/v1/snapshots", 301, "http://other:13080/v1/snapshots", None),

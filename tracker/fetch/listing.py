@@ -100,48 +100,29 @@ async def from_tracker(
     if slot is not None:
         params["slot"] = str(slot)
     path = "/v1/snapshots" if slot is not None else "/v1/best_snapshots"
-    try:
-        # its head within ``--request-timeout`` (not the 30 s of a body's read); the body,
-        # megabytes for a cluster's group, at the client's read timeout
-        body = await fetch_capped(
-            client, base + path, headers={}, max_body=MAX_BODY, params=params, head_within=within
-        )
-        entries = list(iter_json_array(decode_text(body), max_items=MAX_ENTRIES))
-    except (ProbeError, ValueError) as exc:
-        raise FetchError(f"tracker {redact_userinfo(base)}: {exc}") from None
-    return snapshots_from_json(base, entries)
+    return snapshots_from_json(base, await _listed(client, base, path, params, within))
 
 
 async def default_group(client: httpx.AsyncClient, tracker: str, *, within: float) -> str:
     """The group the tracker answers a request naming none for (its ``default_group``), for
-    a fetch given no ``--group``; "" when the tracker lists nothing at all. A listing
-    without a group names every group: fetch took the best pair of any of them, another
-    cluster's archives into this node's ledger. Raises FetchError (:func:`_default_group`)."""
-    base = tracker.rstrip("/")
-    try:
-        # every source of every group: /v1/best_snapshots stops at 25, and another group's
-        # newer ones may fill them
-        body = await fetch_capped(
-            client, base + "/v1/snapshots", headers={}, max_body=MAX_BODY, head_within=within
-        )
-        entries = list(iter_json_array(decode_text(body), max_items=MAX_ENTRIES))
-    except (ProbeError, ValueError) as exc:
-        raise FetchError(f"tracker {redact_userinfo(base)}: {exc}") from None
-    return await _default_group(client, base, entries, within) if entries else ""
+    a fetch given no ``--group``; "" when the tracker lists nothing, or names no group (a
+    tracker that does not tell them apart: all of it is taken). A listing without a group
+    names every group: fetch took the best pair of any of them, another cluster's archives
+    into this node's ledger.
 
-
-async def _default_group(
-    client: httpx.AsyncClient, base: str, entries: list[Any], within: float
-) -> str:
-    """The tracker's default group among the groups its listing of every group
-    (``entries``) names, from its redirect to the best full (``/v1/snapshot.tar.bz2``,
+    Learned from the tracker's redirect to the best full (``/v1/snapshot.tar.bz2``,
     answered for the default group): a route of the tracker's own naming its group
-    (``/v1/{group}/{name}``, or ``?group=``), else a source's URL the listing gives, else
-    the one group the listing names (a redirect says the default group holds a full: it is
-    listed). A 202 says the default group holds none: another group's are not taken. Without
-    an answer (a tracker without the route), the one group the listing names. "" for a
-    listing that names no group (a tracker that does not tell them apart: all of it is
-    taken). Raises FetchError when it cannot tell."""
+    (``/v1/{group}/{name}``, or ``?group=``), else a source's URL (a file's ``url``, an
+    absolute ``file_name``, a Go sidecar's route) listed in ``/v1/best_snapshots``, else in
+    ``/v1/snapshots?slot=`` of that full (the 25 best of every group may be another's: a
+    listing of every source outgrew any bound), else the one group listed, when the
+    redirect says the default group holds a full. A 202 says it holds none: another group's
+    are not taken. Raises FetchError when it cannot tell."""
+    base = tracker.rstrip("/")
+    entries = await _listed(client, base, "/v1/best_snapshots", {}, within)
+    groups = _groups_of(entries)
+    if not groups:
+        return ""
     status, where = 0, ""
     with trio.move_on_after(within):
         try:
@@ -150,6 +131,44 @@ async def _default_group(
             where = response.headers.get("location", "") if response.is_redirect else ""
         except TransportError:
             pass
+    found = _found(groups, where)
+    full = parse_archive_name(urlsplit(where).path.rsplit("/", 1)[-1]) if where else None
+    if found is None and full is not None and full.is_full:
+        more = _groups_of(
+            await _listed(client, base, "/v1/snapshots", {"slot": str(full.slot)}, within)
+        )
+        found = _found(more, where)
+        groups.update(more)
+    if found is not None:
+        return found
+    named = set(groups.values())
+    if len(named) == 1 and status != 202:  # with a redirect (or none at all): the one listed
+        return named.pop()
+    listed = ", ".join(sorted(named))
+    why = "has no snapshot" if status == 202 else "is none of those it lists"
+    raise FetchError(
+        f"tracker {redact_userinfo(base)}: its default group {why} (it lists groups "
+        f"{listed}); name one with --group"
+    )
+
+
+async def _listed(
+    client: httpx.AsyncClient, base: str, path: str, params: dict[str, str], within: float
+) -> list[Any]:
+    """The entries of one of the tracker's JSON listings: its head within ``within``
+    (``--request-timeout``, not the 30 s of a body's read), the body (megabytes for a
+    cluster's group) at the client's read timeout. Raises FetchError."""
+    try:
+        body = await fetch_capped(
+            client, base + path, headers={}, max_body=MAX_BODY, params=params, head_within=within
+        )
+        return list(iter_json_array(decode_text(body), max_items=MAX_ENTRIES))
+    except (ProbeError, ValueError) as exc:
+        raise FetchError(f"tracker {redact_userinfo(base)}: {exc}") from None
+
+
+def _groups_of(entries: list[Any]) -> dict[str, str]:
+    """Each group ``entries`` name, and each URL of a file they list, to its group."""
     groups: dict[str, str] = {}
     for entry in entries:
         if isinstance(entry, dict) and isinstance(entry.get("group"), str):
@@ -161,22 +180,16 @@ async def _default_group(
                     for url in (raw.get("url"), raw.get("file_name"), source_url(raw, target)):
                         if isinstance(url, str) and url:
                             groups.setdefault(redact_userinfo(url), group)
-    named = set(groups.values())
-    if not named:
-        return ""
-    if where:
-        # a source's URL first: a sidecar's route /v1/snapshot/{name} names no group
-        found = groups.get(redact_userinfo(where)) or groups.get(_group_named(where))
-        if found:
-            return found
-    if len(named) == 1 and status != 202:
-        return named.pop()
-    listed = ", ".join(sorted(named))
-    why = "has no snapshot" if status == 202 else "is none of those it lists"
-    raise FetchError(
-        f"tracker {redact_userinfo(base)}: its default group {why} (it lists groups "
-        f"{listed}); name one with --group"
-    )
+    return groups
+
+
+def _found(groups: dict[str, str], where: str) -> str | None:
+    """The group of the redirect's ``where`` among ``groups`` (:func:`_groups_of`): a
+    source's URL first (a Go sidecar's route ``/v1/snapshot/{name}`` names no group), then
+    the group a tracker's own route names."""
+    if not where:
+        return None
+    return groups.get(redact_userinfo(where)) or groups.get(_group_named(where)) or None
 
 
 def _is_utf8(text: str) -> bool:

@@ -420,7 +420,10 @@ def same_host_redirect(asked: str, response: httpx.Response) -> str | None:
         return None
     same = (after.scheme, after.port) == (before.scheme, before.port)
     upgrade = (before.scheme, after.scheme, after.port) == ("http", "https", None)
-    return str(after) if same or upgrade else None
+    if not (same or upgrade):
+        return None
+    # an absolute Location has none of ``asked``'s userinfo: the sidecar's credentials
+    return str(after.copy_with(userinfo=before.userinfo) if before.userinfo else after)
 
 
 #: Request headers that carry a credential (a group's ``Authorization``, a Consul token).

@@ -203,6 +203,23 @@ def _listing(
     return quart.Response(body, content_type="application/json")
 
 
+def with_held(sources: list[SnapshotSource], held: list[SnapshotSource]) -> list[SnapshotSource]:
+    """``sources`` (by group name, then best first) with the archives the tracker holds that
+    no source lists any more (``held``, newest first) among them: each before the first
+    source of its group whose snapshot ranks below it (``rank_key``), else after its
+    group's. They came after every group's sources: ``?slot=B`` listed a kept incremental
+    after every source's older one on B, and clients (fetch) take the first. Pure."""
+    by_group: dict[str, list[SnapshotSource]] = {}
+    for s in sources:
+        by_group.setdefault(s.key.group, []).append(s)
+    for h in held:
+        ranked = by_group.setdefault(h.key.group, [])
+        key = h.info.rank_key()
+        below = next((i for i, s in enumerate(ranked) if s.info.rank_key() < key), len(ranked))
+        ranked.insert(below, h)
+    return [s for name in sorted(by_group) for s in by_group[name]]
+
+
 def _register_listings(app: QuartTrio, deps: ApiDeps) -> None:
     listings = ListingCache(deps.index)
     target_fragments = Fragments()
@@ -219,17 +236,9 @@ def _register_listings(app: QuartTrio, deps: ApiDeps) -> None:
             names = [group] if group is not None else sorted(g.group for g in config.target_groups)
             held = [s for name in names for s in deps.index.held(name)]
             if held:
-                by_group: dict[str, list[SnapshotSource]] = {}
-                for s in (*sources, *held):
-                    by_group.setdefault(s.key.group, []).append(s)
-                sources = [s for name in sorted(by_group) for s in by_group[name]]
+                sources = with_held(sources, held)
         if slot is not None:
-            # what applies on one full: the newest first (a stable sort: the sources of
-            # one archive as ranked), by group name; a kept incremental came after every
-            # source's older one, and fetch takes the first
             sources = [s for s in sources if s.info.base_slot == slot]
-            sources.sort(key=lambda s: s.info.rank_key(), reverse=True)
-            sources.sort(key=lambda s: s.key.group)
         return sources
 
     def best_sources(config: Config, group: str | None, limit: int) -> list[SnapshotSource]:
