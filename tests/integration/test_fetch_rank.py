@@ -51,6 +51,31 @@ async def test_a_full_in_the_ledger_costs_nothing(tmp_path: Path) -> None:
     assert [Path(r.path).name for r in results] == [ON_OLDER]
 
 
+async def fetched_without_a_group(tmp_path: Path, *, proxied: bool, others: int) -> list[str]:
+    """What a fetch without ``--group`` puts into a fresh ledger from a tracker of two
+    groups: this one's older pair, and ``others`` sources of the other group's newer full."""
+    ours = {OLDER: FILES[OLDER], ON_OLDER: FILES[ON_OLDER]}
+    other = {full_name(90_000): archive_bytes(2 * MiB, seed=5)}
+    groups = (
+        TargetGroup(group=GROUP, ranking=Ranking()),
+        TargetGroup(group="testnet", ranking=Ranking()),
+    )
+    cache = tmp_path / "cache" if proxied else None
+    config = make_config(cache, proxy_snapshot_downloads=proxied, target_groups=groups)
+    ledger = tmp_path / "ledger"
+    ledger.mkdir()
+    async with serving(FakeUpstream(files={**ours, **other})) as up, running_tracker(config) as t:
+        advertise(t.index, f"{up.base}/m", [(n, up.url(n), len(d)) for n, d in ours.items()])
+        theirs = [(n, up.url(n), len(d)) for n, d in other.items()]
+        for i in range(others):
+            advertise(t.index, f"{up.base}/t{i}", theirs, group="testnet")
+        options = FetchOptions(
+            ledger=str(ledger), tracker=t.base, progress="none", settings=SETTINGS
+        )
+        results = await run_fetch(options, NoProgress())
+    return sorted(Path(r.path).name for r in results)
+
+
 @pytest.mark.parametrize("proxied", [False, True], ids=["redirect", "proxy"])
 async def test_fetch_without_a_group_takes_the_default_groups_pair(
     tmp_path: Path, proxied: bool
@@ -59,31 +84,8 @@ async def test_fetch_without_a_group_takes_the_default_groups_pair(
     fetch took the other cluster's pair into this node's ledger (``--group`` says "default:
     its default group"). The default group is learned from the tracker's redirect (a source's
     URL in redirect mode, the tracker's route naming the group in proxy mode)."""
-    other = {full_name(90_000): archive_bytes(2 * MiB, seed=5)}
-    ours = {OLDER: FILES[OLDER], ON_OLDER: FILES[ON_OLDER]}
-    config = make_config(
-        tmp_path / "cache" if proxied else None,
-        proxy_snapshot_downloads=proxied,
-        default_group=GROUP,
-        target_groups=(
-            TargetGroup(group=GROUP, ranking=Ranking()),
-            TargetGroup(group="testnet", ranking=Ranking()),
-        ),
-    )
-    ledger = tmp_path / "ledger"
-    ledger.mkdir()
-    async with (
-        serving(FakeUpstream(files={**ours, **other})) as up,
-        running_tracker(config) as t,
-    ):
-        advertise(t.index, f"{up.base}/m", [(n, up.url(n), len(d)) for n, d in ours.items()])
-        theirs = [(n, up.url(n), len(d)) for n, d in other.items()]
-        advertise(t.index, f"{up.base}/t", theirs, group="testnet")
-        options = FetchOptions(
-            ledger=str(ledger), tracker=t.base, progress="none", settings=SETTINGS
-        )
-        results = await run_fetch(options, NoProgress())
-    assert sorted(Path(r.path).name for r in results) == sorted(ours)
+    got = await fetched_without_a_group(tmp_path, proxied=proxied, others=1)
+    assert got == sorted([OLDER, ON_OLDER])
 
 
 async def test_fetch_without_a_group_finds_its_group_past_another_groups_25_best(
@@ -92,22 +94,8 @@ async def test_fetch_without_a_group_finds_its_group_past_another_groups_25_best
     """Redirect mode, another group's slots higher and its sources more than the 25 that
     ``/v1/best_snapshots`` lists: the default group's redirect (one of its sources) matched
     nothing listed there, and the one group listed (the other) was taken."""
-    ours = {OLDER: FILES[OLDER], ON_OLDER: FILES[ON_OLDER]}
-    other = {full_name(90_000): archive_bytes(2 * MiB, seed=5)}
-    groups = (TargetGroup(group=GROUP), TargetGroup(group="testnet"))
-    config = make_config(None, proxy_snapshot_downloads=False, target_groups=groups)
-    ledger = tmp_path / "ledger"
-    ledger.mkdir()
-    async with serving(FakeUpstream(files={**ours, **other})) as up, running_tracker(config) as t:
-        advertise(t.index, f"{up.base}/m", [(n, up.url(n), len(d)) for n, d in ours.items()])
-        theirs = [(n, up.url(n), len(d)) for n, d in other.items()]
-        for i in range(26):
-            advertise(t.index, f"{up.base}/t{i}", theirs, group="testnet")
-        options = FetchOptions(
-            ledger=str(ledger), tracker=t.base, progress="none", settings=SETTINGS
-        )
-        results = await run_fetch(options, NoProgress())
-    assert sorted(Path(r.path).name for r in results) == sorted(ours)
+    got = await fetched_without_a_group(tmp_path, proxied=False, others=26)
+    assert got == sorted([OLDER, ON_OLDER])
 
 
 async def test_fetch_without_a_group_asks_for_one_when_the_tracker_does_not_tell(

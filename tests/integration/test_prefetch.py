@@ -104,12 +104,11 @@ async def test_prefetch_is_bounded_and_never_twice_the_same_file(
         assert (len(upstream.gets(FULL)), len(upstream.gets(INCR))) == (2, 1)
 
 
-async def test_a_new_incremental_never_waits_behind_a_full(
+@asynccontextmanager
+async def full_prefetched_and_paused(
     upstream: FakeUpstream, tmp_path: Path
-) -> None:
-    """One slot: the incremental (a new one every minute or two) waited for the full's
-    prefetch (a 100 GB one: 20 minutes) to end. Fulls and incrementals have slots of their
-    own."""
+) -> AsyncIterator[tuple[TrackerUnderTest, Prefetcher]]:
+    """The full alone advertised, its prefetch started (one slot) and paused at 1 MiB."""
     upstream.behaviour[FULL] = Behaviour(pause_at=MiB)
     async with proxy_tracker(
         tmp_path / "cache", cache_prefetch=True, cache_prefetch_concurrency=1
@@ -118,6 +117,16 @@ async def test_a_new_incremental_never_waits_behind_a_full(
         p = prefetcher(t)
         assert p.check() == 1
         await wait_for(lambda: upstream.gets(FULL) != [] and upstream.gets(FULL)[0].body_sent > 0)
+        yield t, p
+
+
+async def test_a_new_incremental_never_waits_behind_a_full(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """One slot: the incremental (a new one every minute or two) waited for the full's
+    prefetch (a 100 GB one: 20 minutes) to end. Fulls and incrementals have slots of their
+    own."""
+    async with full_prefetched_and_paused(upstream, tmp_path) as (t, p):
         # a round later, the incremental on it
         listed = [(name, upstream.url(name), len(data)) for name, data in FILES.items()]
         advertise(t.index, upstream.base, listed)
@@ -133,16 +142,9 @@ async def test_a_prefetch_no_longer_the_best_is_stopped_and_holds_no_slot(
 ) -> None:
     """The sources move on to a newer full while the older one is prefetched: it went on to
     its end only to be thrown away, and the new best waited for its slot all that time."""
-    upstream.behaviour[FULL] = Behaviour(pause_at=MiB)
     newer = full_name(20000)
     upstream.files[newer] = archive_bytes(2 * MiB, seed=62)
-    async with proxy_tracker(
-        tmp_path / "cache", cache_prefetch=True, cache_prefetch_concurrency=1
-    ) as t:
-        advertise(t.index, upstream.base, [(FULL, upstream.url(FULL), len(FILES[FULL]))])
-        p = prefetcher(t)
-        assert p.check() == 1
-        await wait_for(lambda: upstream.gets(FULL) != [] and upstream.gets(FULL)[0].body_sent > 0)
+    async with full_prefetched_and_paused(upstream, tmp_path) as (t, p):
         listed = [(name, upstream.url(name), len(upstream.files[name])) for name in (FULL, newer)]
         advertise(t.index, upstream.base, listed)
         assert p.check() == 1
