@@ -8,6 +8,7 @@ from collections.abc import Callable
 import attrs
 import pytest
 
+from tracker.config.schema import Ranking
 from tracker.learning.learned import Learned, decode, encode, gather, merge, restore
 from tracker.ordering.index import Index, TargetKey
 from tracker.ordering.sourcehistory import (
@@ -97,6 +98,12 @@ def test_a_measurement_is_averaged_with_the_kinds_figure_by_its_age(
 
 
 SLY, STEADY = TargetKey("g", "http://sly"), TargetKey("g", "http://steady")
+
+
+def test_the_default_prior_is_the_ranking_sections_default() -> None:
+    """``ordering`` cannot read ``config`` (siblings in the layers): the prior of a group
+    without a ``ranking`` section is written twice, and must be the same figure."""
+    assert Ranking().assumed_throughput == DEFAULT_PRIOR
 
 
 def test_a_steady_fast_source_speed_tested_every_interval_keeps_most_of_its_figure() -> None:

@@ -677,7 +677,7 @@ class Refresh:
         :meth:`open` keeps too little room (docs/http-api.md#archive-answers): the status page
         and ``/v1/targets`` then say the disk is the problem, not the source, until a
         refresh of the group finds room."""
-        reason = os.strerror(exc.errno) if exc.errno else exc.strerror or str(exc) or "I/O error"
+        reason = os_reason(exc)
         if exc.errno in NO_ROOM_ERRORS:
             self._registry.room(self.group, disk_full_reason(self.name, reason))
         return CacheError(f"{what}: {reason}")
@@ -781,10 +781,15 @@ def disk_full_reason(name: str, reason: str) -> str:
     return f"{name} not cached: the cache's disk ran out of room while it was written ({reason})"
 
 
+def os_reason(exc: OSError) -> str:
+    """The system's words for ``exc``: its errno's, else its own text, else "I/O error"."""
+    return os.strerror(exc.errno) if exc.errno else exc.strerror or str(exc) or "I/O error"
+
+
 def unopened_reason(name: str, exc: OSError) -> str:
     """Why a refresh of ``name`` could not create its temp file (``exc``): one line for the
     log, the status page and ``/v1/targets``; a full disk (no inode, a quota) said as one."""
-    reason = os.strerror(exc.errno) if exc.errno else exc.strerror or str(exc) or "I/O error"
+    reason = os_reason(exc)
     if exc.errno in NO_ROOM_ERRORS:
         return f"{name} streamed uncached: the cache's disk has no room for a new file ({reason})"
     return f"{name} streamed uncached: its temp file could not be created ({reason})"

@@ -172,11 +172,10 @@ def _groups_of(entries: list[Any]) -> dict[str, str]:
     groups: dict[str, str] = {}
     for entry in entries:
         if isinstance(entry, dict) and isinstance(entry.get("group"), str):
-            group = entry["group"]
+            group, target = entry["group"], entry.get("target")
             groups.setdefault(group, group)
             for raw in entry.get("files") or ():
                 if isinstance(raw, dict):
-                    target = entry.get("target")
                     for url in (raw.get("url"), raw.get("file_name"), source_url(raw, target)):
                         if isinstance(url, str) and url:
                             groups.setdefault(redact_userinfo(url), group)

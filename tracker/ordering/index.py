@@ -31,6 +31,7 @@ from tracker.core.snapshots import (
     parse_archive_name,
 )
 from tracker.core.untrusted import utc_time
+from tracker.ordering.keeping import worth_keeping
 from tracker.ordering.predict import RankingSettings
 from tracker.ordering.ranking import (
     Built,
@@ -92,6 +93,13 @@ class Index:
             # as they are. So a cache's promotion does not make the next request re-rank
             # every group.
             self.generation += 1
+
+    def worth_keeping(self, group: str, name: str) -> bool:
+        """Whether ``name`` of ``group``, no longer its best, is still worth storing: an
+        incremental the cache keeps for the nodes still on its full
+        (:func:`tracker.ordering.keeping.worth_keeping`, against what the tracker holds and
+        the fulls still served)."""
+        return worth_keeping(name, self.holdings.of(group), self.served_fulls(group))
 
     def served_fulls(self, group: str) -> set[int]:
         """The slots of ``group``'s fulls still served: advertised by a source (on its own

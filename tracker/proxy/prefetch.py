@@ -7,7 +7,7 @@ it (:meth:`tracker.proxy.streamer.ProxyStreamer.prefetch`: nothing happens when 
 being refreshed, no longer the best, or local). Each file is tried once while it stays a best
 file: a prefetch that fails leaves the refresh to the next client. One that stops being a
 best file before its end is stopped (its refresh too, unless clients read it), unless it is
-an incremental the cache would keep (:func:`tracker.ordering.keeping.worth_keeping`): it ran
+an incremental the cache would keep (:meth:`tracker.ordering.index.Index.worth_keeping`): it ran
 to its end to be thrown away, while the new best waited for its slot. Fulls and
 incrementals wait for slots of their own, so that a new incremental (a minute or two
 apart) never waits behind a full (a 100 GB one: 20 minutes). :meth:`Prefetcher.wanted`
@@ -30,7 +30,6 @@ from tracker.config.schema import Config
 from tracker.core.snapshots import parse_archive_name
 from tracker.observability.logs import log_event
 from tracker.ordering.index import Index
-from tracker.ordering.keeping import worth_keeping
 from tracker.proxy.transfers import Transfers
 
 log = logging.getLogger("tracker.prefetch")
@@ -137,8 +136,7 @@ class Prefetcher:
         """Whether a file no longer a best one is still worth refreshing: an incremental
         the cache keeps for the nodes still on its full."""
         _root, group, name = key
-        index = self._index
-        return worth_keeping(name, index.holdings.of(group), index.served_fulls(group))
+        return self._index.worth_keeping(group, name)
 
     def _still_on(self, key: FileKey) -> bool:
         """Whether prefetching ``key`` is still what the config asks (a reload may have

@@ -52,7 +52,6 @@ from tracker.multisource.sources import SourcesUsed
 from tracker.observability.logs import log_event
 from tracker.observability.metrics import ByteSource, Kind, Metrics, Outcome
 from tracker.ordering.index import Index, TargetKey
-from tracker.ordering.keeping import worth_keeping
 from tracker.ordering.sourcehistory import Flowing, Rejections
 from tracker.proxy.ask import Ask
 from tracker.proxy.decisions import Found, choose_sources
@@ -461,10 +460,7 @@ class Launcher:
         (:func:`tracker.ordering.keeping.worth_keeping`; docs/http-api.md, "Kept
         incrementals"). A full no longer the best is not: stored, it would take the best
         one's place."""
-        if self.is_best(group, name):
-            return True
-        index = self.index
-        return worth_keeping(name, index.holdings.of(group), index.served_fulls(group))
+        return self.is_best(group, name) or self.index.worth_keeping(group, name)
 
     def index_size(self, group: str, name: str) -> int:
         """The file's size in the index (0: unknown)."""
@@ -488,7 +484,7 @@ class Launcher:
         """``job`` with the metrics callbacks of a stream from ``origin``; only a source of
         the index has its transfers ranked (not the bucket, not a replica)."""
         metrics = self.metrics
-        rejected = partial(self._archive_rejected, group, archive.file_name)
+        rejected = partial(self._archive_rejected, archive.file_name)
         if metrics is None and origin == "upstream":
             flowing = self.transfers.flowing
             return attrs.evolve(
@@ -533,7 +529,7 @@ class Launcher:
             return None
         return partial(self.metrics.count_source_failure, group)
 
-    def _archive_rejected(self, group: str, name: str, key: TargetKey, reason: str) -> None:
+    def _archive_rejected(self, name: str, key: TargetKey, reason: str) -> None:
         """A refresh's archive from ``key`` failed its check: not used for it a while
         (counted once per copy, not here: :attr:`StreamJob.copy_rejected`)."""
         hold = self.config().reject_for
