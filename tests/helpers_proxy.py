@@ -84,6 +84,11 @@ class TrackerUnderTest:
         directory = self.group_dir(group)
         return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
 
+    def holds(self, name: str, group: str = GROUP) -> bool:
+        """Whether the index was told the tracker holds ``name`` (the cache's promotion
+        reached the listings: its file on disk comes a moment before)."""
+        return name in self.index.holdings.of(group)
+
     def counter(self, name: str, **labels: str) -> float:
         value = self.metrics.registry.get_sample_value(name, labels)
         return 0.0 if value is None else value

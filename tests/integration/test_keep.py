@@ -3,9 +3,11 @@ sources moved on (docs/http-api.md, "Kept incrementals"): real tracker, real ups
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 from helpers_bytes import MiB, archive_bytes, sha256
 from helpers_proxy import GROUP, advertise_files, proxy_tracker, wait_for
@@ -13,6 +15,7 @@ from helpers_tls import client_tls
 from helpers_upstream import Behaviour, FakeUpstream, serving
 from names import full_name, incremental_name
 
+from tracker.cache import refresh
 from tracker.fetch.listing import from_tracker
 
 FULL = full_name(5000)
@@ -44,7 +47,7 @@ async def test_an_incremental_on_a_full_still_served_stays_listed_and_downloads(
             advertise_files(t.index, up, moved)
             newest = await client.get(t.url(INCR_2))
             assert sha256(newest.content) == sha256(DATA[INCR_2])
-            await wait_for(lambda: INCR_2 in t.cached())
+            await wait_for(lambda: t.holds(INCR_2))
             assert INCR_1 in t.cached()  # kept: FULL is still served
             listed = await client.get(f"{t.base}/v1/snapshots", params={"slot": "5000"})
             assert listed.status_code == 200
@@ -86,6 +89,42 @@ async def test_an_incremental_on_a_full_nobody_serves_goes(tmp_path: Path) -> No
             assert gone.status_code == 404
 
 
+async def test_the_index_knows_a_promotion_before_its_refresh_is_let_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A promotion that evicts frees the evicted bytes after the refresh is let go (an old
+    full's unlink takes seconds). The index was told what the cache holds only after that:
+    meanwhile a request that found no refresh saw the new file on disk but the listings
+    still named the evicted ones and not the new one."""
+    unlinking = threading.Event()
+    freed = threading.Event()
+    free_aside = refresh.free_aside
+
+    def slow_free(paths: list[str]) -> None:
+        unlinking.set()
+        freed.wait(20)
+        free_aside(paths)
+
+    monkeypatch.setattr(refresh, "free_aside", slow_free)
+    up = FakeUpstream(files={FULL: DATA[FULL], INCR_1: DATA[INCR_1]})
+    async with serving(up), proxy_tracker(tmp_path / "cache") as t:
+        try:
+            advertise_files(t.index, up, {FULL: DATA[FULL], INCR_1: DATA[INCR_1]})
+            async with httpx.AsyncClient(verify=client_tls(), timeout=20) as client:
+                await client.get(t.url(INCR_1))
+                await wait_for(lambda: t.holds(INCR_1))
+                moved = {name: DATA[name] for name in (NEWER_FULL, INCR_2)}
+                up.files = dict(moved)
+                advertise_files(t.index, up, moved)
+                await client.get(t.url(INCR_2))
+                cache = t.streamer.cache()
+                assert cache is not None
+                await wait_for(lambda: unlinking.is_set() and not cache.refreshes())
+                assert t.holds(INCR_2) and not t.holds(INCR_1)
+        finally:
+            freed.set()
+
+
 async def test_an_incremental_that_came_whole_after_the_sources_moved_on_is_kept(
     tmp_path: Path,
 ) -> None:
@@ -112,7 +151,7 @@ async def test_an_incremental_that_came_whole_after_the_sources_moved_on_is_kept
                 advertise_files(t.index, up, moved)
                 up.behaviour[INCR_1].resume.set()
             assert sha256(got[0].content) == sha256(DATA[INCR_1])
-            await wait_for(lambda: INCR_1 in t.cached())
+            await wait_for(lambda: t.holds(INCR_1))
             del up.files[INCR_1]
             advertise_files(t.index, up, moved)  # the source no longer lists it
             listed = await client.get(f"{t.base}/v1/snapshots", params={"slot": "5000"})
@@ -134,7 +173,7 @@ async def test_a_kept_incremental_is_listed_best_first_on_its_full(tmp_path: Pat
         advertise_files(t.index, lagging, {FULL: data[FULL], older: data[older]})
         async with httpx.AsyncClient(verify=client_tls(), timeout=20) as client:
             await client.get(t.url(INCR_1))
-            await wait_for(lambda: INCR_1 in t.cached())
+            await wait_for(lambda: t.holds(INCR_1))
             moved = {name: data[name] for name in (FULL, NEWER_FULL, INCR_2)}
             up.files = dict(moved)
             advertise_files(t.index, up, moved)

@@ -728,16 +728,19 @@ class Refresh:
         except OSError as exc:
             raise self.write_failed(exc, "cache commit failed") from exc
         finally:
+            # The index told what the cache holds before the refresh is let go: a request
+            # that finds no refresh must find the new file listed and the evicted ones not
+            # (it was told after the evicted bytes were freed, seconds later for a full).
+            self._registry.report_size()
             # Promoted: only releases the refresh. Failed or cancelled: also removes the
             # temp file.
             self.abort()
             if aside:
                 # The evicted files' bytes freed once the refresh and the group's lock are
                 # let go: an old full's unlink takes seconds, and neither its readers nor
-                # the group's next refresh wait for it.
+                # the group's next refresh wait for it. Set aside, they count no more.
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(free_aside, aside)
-            self._registry.report_size()
 
     def _sync(self, mtime: float | None) -> None:
         """Sync the temp file and give it ``mtime`` (in a worker thread)."""
