@@ -213,7 +213,10 @@ def build(
     prefetcher = Prefetcher(current, index, streamer.prefetch, transfers)
     # A Range request on a best file that nobody caches starts a background refresh (§9).
     streamer.on_interest = prefetcher.wanted
-    local_proofs = LocalProofs(current, index, digests, votes=votes, accounts=streamer.proof_limits)
+    rejected = metrics.count_archive_rejected if metrics is not None else None
+    local_proofs = LocalProofs(
+        current, index, digests, votes=votes, accounts=streamer.proof_limits, on_rejected=rejected
+    )
     delivery = Delivery(current, index, streamer=streamer, metrics=metrics, budget=budget)
     delivery.local_admit = local_proofs.admit  # a local file is served as its check proved it
     delivery.cut = transfers.cut  # past the shutdown grace, the tracker ends what is sent

@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+from archives import build_archive
 from helpers_bytes import MiB, archive_bytes, sha256
 from helpers_proxy import GROUP, advertise_files, proxy_tracker, wait_for
 from helpers_tls import client_tls
@@ -16,6 +17,7 @@ from helpers_upstream import Behaviour, FakeUpstream, serving
 from names import full_name, incremental_name
 
 from tracker.cache import refresh
+from tracker.cache.store import Cache
 from tracker.fetch.listing import from_tracker
 
 FULL = full_name(5000)
@@ -183,3 +185,34 @@ async def test_a_kept_incremental_is_listed_best_first_on_its_full(tmp_path: Pat
             on = await from_tracker(client, t.base, GROUP, slot=5000, within=5)
             first = next(s.incremental for s in on if s.incremental is not None)
             assert first.file_name == INCR_1
+
+
+class RecheckNotEnded(Cache):
+    """A cache whose start-up recheck has not ended (a 100 GB full's takes minutes)."""
+
+    async def recheck(self) -> None:
+        await trio.sleep_forever()
+
+
+async def test_a_copy_found_unchecked_at_start_up_is_listed_once_its_recheck_passed(
+    tmp_path: Path,
+) -> None:
+    """A copy start-up found with no digest that still describes it is not served until
+    its recheck passed (and is removed if it fails), but it was listed as held at once:
+    ``/v1/snapshots`` named the tracker as a source of a file whose GET found no copy."""
+    name, data = build_archive(7000)
+    group_dir = tmp_path / "cache" / GROUP
+    group_dir.mkdir(parents=True)
+    (group_dir / name).write_bytes(data)  # no .sha256 beside it
+    async with proxy_tracker(
+        tmp_path / "cache", verify_archives=True, cache_factory=RecheckNotEnded
+    ) as t:
+        assert t.index.held(GROUP) == []
+        # ...its full served all the same: the incrementals kept on it stay meanwhile
+        assert t.index.served_fulls(GROUP) == {7000}
+        async with httpx.AsyncClient(verify=client_tls(), timeout=20) as client:
+            listed = await client.get(f"{t.base}/v1/snapshots")
+        assert listed.json() == []
+    async with proxy_tracker(tmp_path / "cache", verify_archives=True) as t:
+        await wait_for(lambda: [s.info.slot for s in t.index.held(GROUP)] == [7000])
+        assert (group_dir / f".{name}.sha256").exists()

@@ -31,6 +31,7 @@ from helpers_tracker import start_tracker, wait_until, write_config
 from helpers_votes import VoteRpc
 from test_attestations import attest
 from test_fetch import fetch_command, run_cli, the_error_line
+from test_verified import metric
 
 from tracker.core.digests import repr_digest
 from tracker.core.snapshots import parse_archive_name
@@ -172,10 +173,12 @@ async def test_a_group_without_a_level_ranks_its_files_but_keeps_a_failed_one_ou
 ) -> None:
     """No ``trust.require``: the forged full (the newest) is checked, shown failed
     (``/v1/targets``) and kept out: it was listed, ranked best and served bare (an empty
-    file too); the good files carry their digests."""
+    file too); the good files carry their digests. Its rejection is counted as a remote
+    copy's is (``archives_rejected_total``: it was logged only, and an alert on the
+    counter never saw a corrupt archive in a validator's ledger)."""
     config = quickstart_config(tmp_path)
     (tmp_path / "ledger" / FORGED).write_bytes(FORGED_DATA)
-    base, _internal = await start_tracker(nursery, config)
+    base, internal = await start_tracker(nursery, config)
     async with httpx.AsyncClient(verify=client_tls(), trust_env=False) as client:
 
         async def all_checked() -> bool:
@@ -194,6 +197,7 @@ async def test_a_group_without_a_level_ranks_its_files_but_keeps_a_failed_one_ou
         assert files[FULL]["proof"]["level"] == "accounts"
         answer = await client.get(f"{base}/v1/local/{FORGED}")
         assert answer.status_code == 404
+        assert await metric(internal, "snapshot_tracker_archives_rejected_total") == 1
 
 
 async def test_a_replaced_local_file_is_not_served_on_its_predecessor_s_proof(

@@ -22,6 +22,7 @@ from helpers_upstream import Behaviour, FakeUpstream, sidecar_listing
 from names import full_name, incremental_name
 
 from tracker.config.schema import BearerAuth, TargetGroup
+from tracker.core.snapshots import TargetKey
 from tracker.proxy.prefetch import Prefetcher
 
 FULL = full_name(10000)
@@ -267,3 +268,21 @@ async def test_the_daemon_prefetches_what_it_discovers(tmp_path: Path) -> None:
         assert await serve.stop(timeout=10) == 0
         assert "cache_prefetched" in serve.log
         nursery.cancel_scope.cancel()
+
+
+async def test_a_prefetch_outlives_a_round_its_file_is_not_listed(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """The full's only source missed a round (a timeout with ``max_target_failures: 1``, a
+    sidecar restarting) while the full was prefetched: the prefetch was stopped and, the
+    file listed again a round later, started again from byte 0 (a 100 GB full: 20 minutes
+    thrown away for a blip). Only a newer best full stops it."""
+    async with full_prefetched_and_paused(upstream, tmp_path) as (t, p):
+        t.index.drop(TargetKey(GROUP, upstream.base))  # the round its source missed
+        assert p.check() == 0
+        advertise(t.index, upstream.base, [(FULL, upstream.url(FULL), len(FILES[FULL]))])
+        assert p.check() == 0  # listed again: the same prefetch goes on
+        upstream.behaviour[FULL].resume.set()
+        await wait_for(lambda: t.cached() == [FULL])
+        assert len(upstream.gets(FULL)) == 1
+        assert t.outcome("refresh_failed") == 0

@@ -19,6 +19,7 @@ from typing import Any, cast
 import attrs
 import pytest
 import trio
+from names import full_name, incremental_name
 
 from tracker.core.snapshots import SnapshotFile, SnapshotInfo, parse_archive_name
 from tracker.core.text import TRACKER_AGENT
@@ -799,6 +800,36 @@ def test_a_prefetch_refreshes_only_a_remote_best_file_not_cached() -> None:
     assert not plan.prefetches(True, [], False)  # nobody advertises it
     assert not plan.prefetches(True, remote + local, False)  # a local copy: served from it
     assert not plan.prefetches(True, remote, True)  # cached already
+
+
+_F100, _F200 = full_name(100), full_name(200)
+_I150, _I180, _I250 = (
+    incremental_name(100, 150),
+    incremental_name(100, 180),
+    incremental_name(200, 250),
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "listed", "best", "stopped"),
+    [
+        (_F100, False, [], False),  # unlisted for a round: its only source's scrape failed
+        (_F200, False, [_F100], False),  # its source missed a round, an older full listed
+        (_F200, True, [_F100], True),  # listed, outranked by an older full (time to running)
+        (_F100, False, [_F200], True),  # a newer full is the best
+        (_F100, False, [_F200, _I250], True),
+        (_I180, False, [_F100], False),  # its full still the best, no incremental this round
+        (_I180, False, [_F100, _I150], False),  # an older incremental best for a round
+        (_I180, True, [_F100, _I150], True),  # listed and outranked
+        (_I150, False, [_F100, _I180], True),  # a newer incremental on the same full
+        (_I150, False, [_F200], True),  # a newer full: the incremental is on an old base
+        ("not-an-archive", False, [], True),
+    ],
+)
+def test_a_prefetch_is_stopped_when_outranked_or_superseded_not_when_unlisted(
+    name: str, listed: bool, best: list[str], stopped: bool
+) -> None:
+    assert plan.prefetch_stopped(name, listed, best) is stopped
 
 
 class Prefetching(Refreshes):

@@ -387,7 +387,8 @@ class CheckedFiles:
         """Check, one after another, the cached files start-up found without a digest that
         still describes them (``path_for(group, name)``: where each is, RequestError when
         it may not be read): a file that passes is a hit from then on (its digest file
-        written), one that fails is removed (then ``report_size()``); one whose check ended
+        written), one that fails is removed (either then ``report_size()``: the index
+        lists a copy once its check passed); one whose check ended
         short for the tracker's own cause (:func:`recheck_verdict`: its hashing process
         killed, its temporary space or memory short; or the file unreadable) stays, not
         served, and waits, listed again, ``retry_after`` seconds for a later call (doubled
@@ -414,8 +415,8 @@ class CheckedFiles:
                 except RequestError:
                     continue
                 ended = await self._recheck_one(group, name, path)
-                if ended == "removed":
-                    report_size()
+                if ended in ("removed", "passed"):
+                    report_size()  # the index lists a copy once its check passed
                 elif ended == "later":
                     tries = self._tries[key] = self._tries.get(key, 0) + 1
                     wait = own_retry_after(tries, self._retry_after)

@@ -257,6 +257,15 @@ class Cache:
         """The hex SHA-256 of the cached copy of ``name``, when it passed its check."""
         return self.checked.digest(group, name)
 
+    def held_checked(self, group: str, name: str) -> bool:
+        """Whether the cached copy of ``name`` is told to the index as held (listed):
+        unless archives are verified, once its check passed (before, a full's slot counts
+        as served only: tracker.proxy.streamer.hold_cached). A
+        copy start-up found without a digest that still describes it is served only once
+        its recheck passed, and removed if it fails: listed before, it named the tracker as
+        the source of a file its GET did not serve."""
+        return not self.verify or self.digest(group, name) is not None
+
     def opened(self, group: str, name: str, st: os.stat_result) -> str | None:
         """The digest of the cached copy of ``name`` opened to be served as ``st``
         (:meth:`CheckedFiles.opened`: RequestError when it is not the copy checked)."""

@@ -84,10 +84,18 @@ class Index:
         #: Per target whose last answer the bound cut: how many snapshots it dropped.
         self._trimmed: dict[TargetKey, int] = {}
 
-    def hold(self, origin: str, group: str, files: Iterable[tuple[str, int, float]]) -> None:
+    def hold(
+        self,
+        origin: str,
+        group: str,
+        files: Iterable[tuple[str, int, float]],
+        rechecking: Iterable[str] = (),
+    ) -> None:
         """``origin`` (``"cache"``, ``"bucket"``) now holds ``files`` (name, bytes, Unix time
-        stored) of ``group`` (:class:`~tracker.ordering.index.Holdings`)."""
-        if self.holdings.put(origin, group, files):
+        stored) of ``group`` (:class:`~tracker.ordering.index.Holdings`), and ``rechecking``
+        (names): copies not listed until their check passed, whose fulls still count as
+        served."""
+        if self.holdings.put(origin, group, files, rechecking):
             # Listings change (a new generation); the rankings do not: they are built from
             # what the targets advertise, and ``held`` and ``served_fulls`` read the holdings
             # as they are. So a cache's promotion does not make the next request re-rank
@@ -482,10 +490,29 @@ class Holdings:
 
     def __init__(self) -> None:
         self._held: dict[tuple[str, str], dict[str, Held]] = {}
+        #: Per origin and group: the slots of the fulls it holds whose check has not passed
+        #: yet (a copy start-up found without a digest): never listed, but still served
+        #: fulls, so that the incrementals kept on them stay while a full's recheck runs.
+        self._rechecking: dict[tuple[str, str], frozenset[int]] = {}
 
-    def put(self, origin: str, group: str, files: Iterable[tuple[str, int, float]]) -> bool:
-        """``origin`` now holds ``files`` (name, bytes, Unix time stored) of ``group``; names
+    def put(
+        self,
+        origin: str,
+        group: str,
+        files: Iterable[tuple[str, int, float]],
+        rechecking: Iterable[str] = (),
+    ) -> bool:
+        """``origin`` now holds ``files`` (name, bytes, Unix time stored) of ``group``, and
+        ``rechecking`` (names: copies whose check has not passed yet, not listed); names
         that are not canonical archive names are ignored. True when that changed anything."""
+        key = (origin, group)
+        parsed_rechecking = (parse_archive_name(name) for name in rechecking)
+        fulls = frozenset(p.slot for p in parsed_rechecking if p is not None and p.is_full)
+        changed = self._rechecking.get(key, frozenset()) != fulls
+        if fulls:
+            self._rechecking[key] = fulls
+        else:
+            self._rechecking.pop(key, None)
         held: dict[str, Held] = {}
         for name, size, stored in files:
             parsed = parse_archive_name(name)
@@ -493,9 +520,8 @@ class Holdings:
                 continue
             when = utc_time(stored)
             held[name] = Held(SnapshotFile(name=parsed, file_name=name, size=size), when)
-        key = (origin, group)
         if self._held.get(key, {}) == held:
-            return False
+            return changed
         if held:
             self._held[key] = held
         else:
@@ -503,8 +529,8 @@ class Holdings:
         return True
 
     def groups(self) -> list[str]:
-        """Every group something is held of, by name."""
-        return sorted({group for _origin, group in self._held})
+        """Every group something is held of (listed or rechecking), by name."""
+        return sorted({group for _origin, group in [*self._held, *self._rechecking]})
 
     def of(self, group: str) -> dict[str, Held]:
         """Every archive held of ``group`` by name (the newest copy when several origins
@@ -529,8 +555,11 @@ class Holdings:
         return found
 
     def full_slots(self, group: str) -> frozenset[int]:
-        """The slots of the fulls held of ``group``."""
-        return frozenset(h.file.name.slot for h in self.of(group).values() if h.file.name.is_full)
+        """The slots of the fulls held of ``group``, those whose check has not passed yet
+        too (:meth:`put`)."""
+        held = {h.file.name.slot for h in self.of(group).values() if h.file.name.is_full}
+        rechecking = (slots for (_o, g), slots in self._rechecking.items() if g == group)
+        return frozenset(held.union(*rechecking))
 
 
 def held_sources(

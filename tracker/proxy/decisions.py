@@ -18,7 +18,7 @@ from typing import Literal
 
 import attrs
 
-from tracker.core.snapshots import SnapshotFile
+from tracker.core.snapshots import SnapshotFile, parse_archive_name
 from tracker.core.text import TRACKER_AGENT, wants_bytes
 from tracker.ordering.index import SnapshotSource
 from tracker.ordering.sourcehistory import PREFIX as REJECTED
@@ -351,6 +351,27 @@ def prefetches(best: bool, found: Found, cached: bool) -> bool:
     With a bucket, :meth:`tracker.proxy.refreshing.Refreshes.prefetch` then also asks the
     bucket and its lock."""
     return best and bool(found) and not any(f.path for f, _ in found) and not cached
+
+
+def prefetch_stopped(name: str, listed: bool, best: Sequence[str]) -> bool:
+    """Whether a prefetch of ``name``, no longer among its group's ``best`` file names, is
+    stopped: when it is still ``listed`` by a source (another file ranks above it: it would
+    run to its end to be thrown away while the new best waits for its slot), else only once
+    a newer archive of its kind is the best (a full of a later slot; for an incremental, a
+    later incremental or a best full later than its base). A file merely unlisted for a
+    round (its only source's scrape failed, a sidecar restarted) keeps its prefetch:
+    stopped, a 100 GB full's 20 minutes start again from byte 0 when it is listed again;
+    and a refresh whose file is no longer wanted at its end is not promoted all the same
+    (``refresh_stale``)."""
+    archive = parse_archive_name(name)
+    if listed or archive is None:
+        return True
+    newest = [parsed for b in best if (parsed := parse_archive_name(b)) is not None]
+    full = max((b.slot for b in newest if b.is_full), default=0)
+    if archive.is_full:
+        return full > archive.slot
+    incremental = max((b.slot for b in newest if not b.is_full), default=0)
+    return full > archive.base_slot or incremental > archive.slot
 
 
 # -- the sources of a stream -----------------------------------------------------------------------

@@ -6,7 +6,10 @@ most ``cache_prefetch_concurrency`` prefetches at once) and then asks the stream
 it (:meth:`tracker.proxy.streamer.ProxyStreamer.prefetch`: nothing happens when the file is cached,
 being refreshed, no longer the best, or local). Each file is tried once while it stays a best
 file: a prefetch that fails leaves the refresh to the next client. One that stops being a
-best file before its end is stopped (its refresh too, unless clients read it), unless it is
+best file before its end is stopped (its refresh too, unless clients read it) when it is
+still listed but outranked, or once a newer file of its kind is the best
+(:func:`tracker.proxy.decisions.prefetch_stopped`: a file unlisted for a round, its only
+source's scrape failed, goes on and is not started twice), unless it is
 an incremental the cache would keep (:meth:`tracker.ordering.index.Index.worth_keeping`): it ran
 to its end to be thrown away, while the new best waited for its slot. Fulls and
 incrementals wait for slots of their own, so that a new incremental (a minute or two
@@ -30,6 +33,7 @@ from tracker.config.schema import Config
 from tracker.core.snapshots import parse_archive_name
 from tracker.observability.logs import log_event
 from tracker.ordering.index import Index
+from tracker.proxy.decisions import prefetch_stopped
 from tracker.proxy.transfers import Transfers
 
 log = logging.getLogger("tracker.prefetch")
@@ -89,12 +93,17 @@ class Prefetcher:
         for limiter in self._limiters.values():
             limiter.total_tokens = config.cache_prefetch_concurrency
         best = self._best_files(config, root)
-        for key in self._seen - best:  # a file that stops being a best one is forgotten
+        going_on = set()
+        for key in self._seen - best:  # a file that stops being a best one is forgotten...
             running = self._running.get(key)
-            if running is not None and not self._kept(key):
+            if running is None:
+                continue
+            if not self._outlived(config, best, key):
+                going_on.add(key)  # ...but not its prefetch: listed again, it is not started twice
+            elif not self._kept(key):
                 log_event(log, "info", "cache_prefetch_dropped", group=key[1], file=key[2])
                 running.cancel()
-        self._seen &= best
+        self._seen = (self._seen & best) | going_on
         started = 0
         for key in sorted(best - self._seen):
             if not self._transfers.spawn(self._prefetch, key):
@@ -131,6 +140,18 @@ class Prefetcher:
                 if source is not None:
                     files.add((root, name, source.info.files[0].bare_name))
         return files
+
+    def _outlived(self, config: Config, best: set[FileKey], key: FileKey) -> bool:
+        """Whether the prefetch of ``key``, no longer a best file, has no reason left to run:
+        still listed but outranked, or a newer best file of its kind
+        (:func:`tracker.proxy.decisions.prefetch_stopped`), its group gone or the cache moved
+        by a reload. A file merely unlisted for a round (its only source's scrape failed)
+        goes on."""
+        root, group, name = key
+        if root != config.proxy_snapshot_cache_dir or config.group_named(group) is None:
+            return True
+        listed = bool(self._index.find_file(group, name))
+        return prefetch_stopped(name, listed, [n for r, g, n in best if (r, g) == (root, group)])
 
     def _kept(self, key: FileKey) -> bool:
         """Whether a file no longer a best one is still worth refreshing: an incremental

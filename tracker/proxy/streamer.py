@@ -317,10 +317,17 @@ class ProxyStreamer:
     def _cache_files(self, root: str, files: list[CachedFile]) -> None:
         """The cache at ``root`` now holds ``files``: the index lists those of configured
         groups while it is the configured one (an orphaned group's archives are never
-        listed: a request of its group is refused, docs/proxy.md, "Orphaned archives")."""
+        listed: a request of its group is refused, docs/proxy.md, "Orphaned archives"),
+        each once its check passed (:meth:`tracker.cache.store.Cache.held_checked`)."""
         if root == self._current:
-            groups = self._group_names()
-            hold_cached(self._index, [f for f in files if f.group in groups])
+            groups, cache = self._group_names(), self._caches.get(root)
+            checked: list[CachedFile] = []
+            rechecking: list[CachedFile] = []
+            for f in files:
+                if f.group in groups:
+                    passed = cache is None or cache.held_checked(f.group, f.name)
+                    (checked if passed else rechecking).append(f)
+            hold_cached(self._index, checked, rechecking)
 
     def proof_limits(self) -> AccountsLimits | None:
         """The limits of the tracker's accounts proofs outside the cache's refreshes (local
@@ -689,8 +696,14 @@ class CacheDigests(Digests):
             self._shared.drop(holder, group, name)
 
 
-def hold_cached(index: Index, files: list[CachedFile]) -> None:
+def hold_cached(
+    index: Index, files: list[CachedFile], rechecking: list[CachedFile] | None = None
+) -> None:
     """The disk cache now holds ``files``: the index lists those no source has any more
-    (:class:`tracker.ordering.index.Holdings`)."""
-    for group in {f.group for f in files} | set(index.holdings.groups()):
-        index.hold("cache", group, [(f.name, f.size, f.mtime) for f in files if f.group == group])
+    (:class:`tracker.ordering.index.Holdings`); and ``rechecking``, copies whose check has
+    not passed yet: not listed, their fulls still served."""
+    unchecked = rechecking or []
+    groups = {f.group for f in [*files, *unchecked]} | set(index.holdings.groups())
+    for group in groups:
+        held = [(f.name, f.size, f.mtime) for f in files if f.group == group]
+        index.hold("cache", group, held, [f.name for f in unchecked if f.group == group])

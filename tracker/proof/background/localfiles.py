@@ -84,6 +84,7 @@ class LocalProofs(Rounds):
         *,
         votes: Voters | None = None,
         accounts: Callable[[], AccountsLimits | None] | None = None,
+        on_rejected: Callable[[str], None] | None = None,
         every: float = CHECK_EVERY,
         retry_after: float = RETRY_AFTER,
         clock: Callable[[], float] = time.time,
@@ -95,6 +96,9 @@ class LocalProofs(Rounds):
         #: The limits of a full's accounts proof (the tracker's shared budget and workers);
         #: None: from the config alone.
         self._accounts = accounts
+        #: Told the group of each file whose check failed (``archives_rejected_total``, as
+        #: for a remote copy): once per file identity, as it is checked.
+        self._on_rejected = on_rejected
         #: Wall-clock time: what statements are valid against, and when a file was checked.
         self._clock = clock
         #: When to retry a file that could not be read: monotonic, so that a step of the wall
@@ -217,6 +221,8 @@ class LocalProofs(Rounds):
                 log, "warning", "archive_rejected", group=group, file=name, source=path,
                 reason=exc.reason,
             )  # fmt: skip
+            if self._on_rejected is not None:
+                self._on_rejected(group)
             return
         except OSError as exc:  # unreadable (a descriptor short, a read error): tried later
             self._tried_short(path)
