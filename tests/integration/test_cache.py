@@ -35,7 +35,7 @@ from helpers_proxy import (
     wait_for,
 )
 from helpers_tls import client_tls
-from helpers_upstream import Behaviour, FakeUpstream
+from helpers_upstream import Behaviour, FakeUpstream, serving
 from helpers_wire import raw_request
 from names import full_name, incremental_name
 
@@ -223,6 +223,25 @@ async def test_a_range_read_behind_a_background_refresh_counts_as_served(
     await wait_for(lambda: served() - before == 100_000)
     upstream.behaviour[FULL].resume.set()
     await wait_for(lambda: tracker.cached() == [FULL])
+
+
+async def test_the_bytes_of_a_piece_cut_short_count_as_served(tmp_path: Path) -> None:
+    """A client that leaves in the middle of a zero-copy piece (a piece of up to 128 MiB,
+    larger than the socket's buffers) got some of it: those bytes counted nowhere in
+    ``served_bytes_total`` (a cut piece counted zero), though the download's log line had
+    them."""
+    data = archive_bytes(64 * MiB, seed=11)
+    up = FakeUpstream(files={FULL: data})
+    async with serving(up), proxy_tracker(tmp_path / "cache", up) as t:
+        first = await get(t.url(FULL))
+        assert sha256(first.content) == sha256(data)
+        await wait_for(lambda: t.holds(FULL))
+        name = "snapshot_tracker_served_bytes_total"
+        before = t.counter(name, source="cache")
+        wire = await raw_request(t.base, f"/v1/{FULL}?group={GROUP}", read_limit=2 * MiB)
+        assert len(wire.body) >= 2 * MiB
+        await wait_for(lambda: t.counter("snapshot_tracker_active_streams") == 0)
+        assert len(wire.body) <= t.counter(name, source="cache") - before < len(data)
 
 
 async def test_one_refresher_while_concurrent_clients_stream_uncached(

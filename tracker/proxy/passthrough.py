@@ -80,7 +80,7 @@ class SpliceBody(GeneratorBody):
                 self._on_upstream(size)
                 self._piece = piece
                 yield self._connection.stage(piece)
-                self._connection.finish(piece)
+                self._connection.finish(piece, self._on_client)
                 self._piece = None
             else:
                 data = await self._receive(self.length - self.sent)

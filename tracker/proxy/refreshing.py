@@ -514,7 +514,7 @@ class SharedBody(GeneratorBody):
             if size and connection is not None:
                 piece = FilePiece(size, fd=self.fd, offset=position)
                 yield connection.stage(piece)
-                connection.finish(piece)
+                connection.finish(piece, self._served)
             else:
                 size = min(self._chunk_size, limit - position)
                 # Not abandonable on cancel (trio's default): the descriptor is closed only

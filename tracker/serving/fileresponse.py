@@ -226,7 +226,7 @@ class _SendfileBody(_FileBody):
             if size:
                 piece = FilePiece(size, fd=self._fd, offset=position)
                 yield self._connection.stage(piece)
-                self._connection.finish(piece)
+                self._connection.finish(piece, self._on_bytes)
             else:
                 size = (pieces_end if position < pieces_end else end) - position
                 # Read and awaited at once: nothing to overlap, so a plain worker thread (it

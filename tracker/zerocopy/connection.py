@@ -225,17 +225,21 @@ class Connection:
         cut, self._cut = self._cut, None
         return cut
 
-    def finish(self, piece: Piece) -> None:
+    def finish(self, piece: Piece, on_cut: Callable[[int], None] | None = None) -> None:
         """After the placeholder of ``piece`` was handed to the server: check it went out.
 
         Raises the piece's ``source_error`` when its source failed, ClientGone when the
         connection broke meanwhile, TrackerError when the piece never reached this
         connection's stream (a layer copied the body: a bug, never sent as zeros because the
-        connection is then aborted before its content-length is reached).
+        connection is then aborted before its content-length is reached). ``on_cut`` is
+        told first the bytes of a piece that did not go whole (what went of it): the
+        caller counts its bytes served after this returns, and those counted nowhere.
         """
         if piece.sent:
             return
         self._staged = None
+        if on_cut is not None:
+            on_cut(piece.went())
         if piece.source_error is not None:
             raise piece.source_error
         if self.broken:
