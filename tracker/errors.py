@@ -153,11 +153,21 @@ class StoreError(TrackerError):
     the message is one line naming the
     operation and the store's answer, never a credential. ``down``: the store itself is
     unusable (unreachable, wrong credentials, 5xx), not just this one object; ``dated``: the
-    store's clock when it answered (its ``Date``; None: no answer, or none said)."""
+    store's clock when it answered (its ``Date``; None: no answer, or none said);
+    ``denied``: a housekeeping call the bucket's policy refuses (AccessDenied), never
+    ``down`` (:func:`tracker.objectstore.bucket.verdict`)."""
 
-    def __init__(self, message: str, *, down: bool = True, dated: datetime | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        down: bool = True,
+        dated: datetime | None = None,
+        denied: bool = False,
+    ) -> None:
         self.down = down
         self.dated = dated
+        self.denied = denied
         super().__init__(message)
 
 

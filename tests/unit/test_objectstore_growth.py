@@ -82,6 +82,9 @@ class MemBucket:
     async def delete(self, key: str) -> None:
         self.objects.pop(key, None)
 
+    async def tidy(self, key: str) -> None:  # housekeeping's delete: nothing is refused here
+        await self.delete(key)
+
     async def head(self, key: str) -> ObjectInfo | None:
         held = self.objects.get(key)
         return held[0] if held is not None else None

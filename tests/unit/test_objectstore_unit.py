@@ -16,6 +16,7 @@ from helpers_config import load, problem_at, problems
 from names import full_name, incremental_name
 
 from tracker.objectstore import keys
+from tracker.objectstore.bucket import verdict
 from tracker.objectstore.keys import Archive, archive_of, legacy_kind
 from tracker.objectstore.locks import old_enough
 from tracker.objectstore.replicas import HolderRoute, base_url, holder_route, own_url_warning
@@ -141,6 +142,37 @@ def test_retirement_deletes_what_no_valid_url_names_and_waits_for_the_rest(
     handed: dict[str, float | None], delete: tuple[str, ...], wait: float | None
 ) -> None:
     assert retirement(handed, hold=15.0) == Retirement(delete, wait)
+
+
+@pytest.mark.parametrize(
+    ("operation", "code", "status", "says"),
+    [
+        ("PUT", "PreconditionFailed", 412, "conflict"),
+        ("DELETE", "", 412, "conflict"),  # a lock's release after a takeover
+        ("HEAD", "", 404, "absent"),
+        ("GET", "InvalidRange", 416, "absent"),
+        # housekeeping a bucket policy refuses: that housekeeping is skipped
+        ("DELETE", "AccessDenied", 403, "denied"),
+        ("ListMultipartUploads", "AccessDenied", 403, "denied"),
+        ("AbortMultipartUpload", "AccessDenied", 403, "denied"),
+        # what serving or filling the bucket needs, refused: the store is unusable
+        ("GET", "AccessDenied", 403, "down"),
+        ("HEAD", "", 403, "down"),
+        ("PUT", "AccessDenied", 403, "down"),
+        ("UploadPart", "AccessDenied", 403, "down"),
+        ("LIST", "AccessDenied", 403, "down"),
+        # wrong or expired credentials fail every call, housekeeping too
+        ("DELETE", "SignatureDoesNotMatch", 403, "down"),
+        ("ListMultipartUploads", "InvalidAccessKeyId", 403, "down"),
+        ("DELETE", "", 403, "down"),  # no code said: not known to be a policy's
+        ("DELETE", "InternalError", 500, "down"),
+        ("DELETE", "SlowDown", 503, "down"),
+    ],
+)
+def test_only_a_refused_housekeeping_call_leaves_the_store_up(
+    operation: str, code: str, status: int, says: str
+) -> None:
+    assert verdict(operation, code, status) == says
 
 
 FULL, INCR = full_name(100), incremental_name(100, 150)

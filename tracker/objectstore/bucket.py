@@ -28,7 +28,7 @@ from collections.abc import Callable
 from contextlib import closing
 from datetime import UTC, datetime
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import attrs
 import botocore.exceptions
@@ -61,6 +61,33 @@ CALL_DEADLINE = 600.0
 #: Answers that mean "the store works, this object is not there / not as asked".
 _NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchUpload", "InvalidRange"})
 _CONFLICT = frozenset({"412", "409", "PreconditionFailed", "ConditionalRequestConflict"})
+#: The calls of the tracker's housekeeping: deletes (retention's, of locks, marks and side
+#: objects), the listing and abort of incomplete uploads. No request's bytes and no upload
+#: depend on one, and an operator's bucket policy may refuse them (a role without
+#: ``s3:ListBucketMultipartUploads``, marks or archives left to a lifecycle rule): such a
+#: refusal costs that housekeeping, not the store. A HEAD, GET, PUT or an upload's call
+#: refused is the store's failure: nothing is served or filled without it.
+_CHORES = frozenset({"DELETE", "ListMultipartUploads", "AbortMultipartUpload"})
+#: A policy's refusal. Not 403 as such: wrong or expired credentials are 403 too
+#: (``SignatureDoesNotMatch``, ``InvalidAccessKeyId``) and fail every call.
+_DENIED = frozenset({"AccessDenied"})
+
+#: What an error answer says of the store (:func:`verdict`).
+Verdict = Literal["conflict", "absent", "denied", "down"]
+
+
+def verdict(operation: str, code: str, status: int) -> Verdict:
+    """What the store's error answer (its ``code`` and HTTP ``status``) to ``operation``
+    says: another replica's object (``conflict``), no such object or range (``absent``), a
+    housekeeping call the bucket's policy refuses (``denied``: the store works, that
+    housekeeping is skipped), else the store is unusable (``down``). Pure."""
+    if code in _CONFLICT or status in (409, 412):
+        return "conflict"
+    if code in _NOT_FOUND or status in (404, 416):  # 416: a range of an empty object
+        return "absent"
+    if code in _DENIED and operation in _CHORES:
+        return "denied"
+    return "down"  # 403 (credentials, a policy refusing what serving needs), 5xx, throttling
 
 
 class Bucket:
@@ -152,14 +179,17 @@ class Bucket:
         code = str(error.get("Code", ""))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
         reason = f"{operation}: {code or 'error'} (HTTP {status})"
-        if code in _CONFLICT or status in (409, 412):
-            self.health.answered()
+        said = verdict(operation, code, status)
+        if said == "down":
+            self.health.failed(reason)
+            return StoreError(reason)
+        self.health.answered()
+        if said == "conflict":
             return StoreConflict(reason)
-        if code in _NOT_FOUND or status in (404, 416):  # 416: a range of an empty object
-            self.health.answered()
-            return StoreError(reason, down=False, dated=store_time(exc.response))
-        self.health.failed(reason)  # 403 (credentials), 5xx, throttling: the store is unusable
-        return StoreError(reason)
+        if said == "denied":
+            self.health.denied(operation, reason)  # logged once per operation
+            return StoreError(reason, down=False, denied=True)
+        return StoreError(reason, down=False, dated=store_time(exc.response))
 
     # -- objects -------------------------------------------------------------------------
 
@@ -254,6 +284,16 @@ class Bucket:
         ``if_match``, only while its ETag is that one (StoreConflict when it is not)."""
         extra = {"IfMatch": if_match} if if_match else {}
         await self._call("DELETE", self._client.delete_object, Key=key, **extra)
+
+    async def tidy(self, key: str) -> None:
+        """Delete the object at ``key`` as housekeeping (a lock, a mark, a side object): one
+        the bucket's policy refuses to delete is left (the refusal is logged once), as one
+        that is gone already; StoreError when the store failed."""
+        try:
+            await self.delete(key)
+        except StoreError as exc:
+            if not exc.denied:
+                raise
 
     async def list_objects(self, prefix: str) -> list[ObjectInfo]:
         """Every object under ``prefix`` (at most :data:`MAX_LISTED`)."""

@@ -135,7 +135,7 @@ class Retainer:
                 # retention of fulls took an incremental's mark away, and a hand-out then
                 # got a URL of an object deleted a moment later)
                 if kinds[name] == full:
-                    await self.bucket.delete(keys.retiring_key(self.store.prefix, group, name))
+                    await self.bucket.tidy(keys.retiring_key(self.store.prefix, group, name))
             # A listing cut at its bound does not show all that is there: nothing is judged
             # gone for not being in it
             if len(listed) < MAX_LISTED:
@@ -143,7 +143,8 @@ class Retainer:
                 await self._delete_strays(group, full, listed_names, sides)
             self.on_listed(group, sorted(held.values()))
         except StoreError as exc:
-            self._failed("retention", exc)
+            if not exc.denied:  # a refusal is logged once (the archive's delete refused)
+                self._failed("retention", exc)
             self.schedule(group, full, RETRY_AFTER)
             return
         waits = [w for w in (plan.wait, final.wait) if w is not None]
@@ -177,7 +178,10 @@ class Retainer:
             *self._mark_keys(group, name),
             keys.retiring_key(self.store.prefix, group, name),
         ):
-            await self.bucket.delete(other)
+            # one the bucket's policy refuses to delete stays: a hand-out mark holds an
+            # upload of the name again back at most direct_serve_ttl, a retiring mark has it
+            # streamed through the tracker, never handed out
+            await self.bucket.tidy(other)
         self.known.forget(key)  # no miss: one a retired archive would stay for good
         self.digests.drop(BUCKET, group, name)
         log_event(log, "info", "object_retired", group=group, file=name)
@@ -246,7 +250,7 @@ class Retainer:
             there_now, now_ts = asked[name]
             age = now_ts - info.last_modified.timestamp()
             if side_expired(age, there_now, settle=self.store.lock_ttl):
-                await self.bucket.delete(key)
+                await self.bucket.tidy(key)
                 log_event(log, "info", "object_side_deleted", key=key)
 
     def schedule(self, group: str, full: bool, delay: float) -> None:

@@ -52,10 +52,15 @@ async def start_up(
                 # a side object whose archive may be gone (left by an older version, or
                 # written after another replica deleted it): retention deletes it
                 retainer.schedule(side.group, side.full, 0)
-        aborted = await abort_uploads(bucket, store, prefix, only_stale=True)
+        try:
+            aborted = await abort_uploads(bucket, store, prefix, only_stale=True)
+        except StoreError as exc:
+            if not exc.denied:
+                raise
+            aborted = 0  # the policy refuses the listing of uploads: no clean-up of them
         expired = [key for key, kind in legacy if await _expired(bucket, store, key, kind)]
         for key in expired:
-            await bucket.delete(key)
+            await bucket.tidy(key)
     except StoreError as exc:
         failed("startup", exc)
         return

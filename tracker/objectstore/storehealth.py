@@ -27,6 +27,8 @@ class StoreHealth:
     last_error: str = ""
     on_change: Callable[[bool], None] | None = None
     reads_proven: bool = False
+    #: The housekeeping operations the bucket's policy refused (each logged once).
+    refused: set[str] = attrs.Factory(set)
 
     def usable(self) -> bool:
         """True when requests may ask the store (it is up; while it is down only the health
@@ -44,6 +46,16 @@ class StoreHealth:
         self.last_error = reason
         self.reads_proven = False
         self._set(False)
+
+    def denied(self, operation: str, reason: str) -> None:
+        """The bucket's policy refused a housekeeping call (the store works: that
+        housekeeping is skipped); logged the first time of each operation, not at each of
+        its calls (every upload, every retention)."""
+        if operation not in self.refused:
+            self.refused.add(operation)
+            log_event(
+                log, "warning", "object_store_call_denied", operation=operation, reason=reason
+            )
 
     def read_worked(self) -> None:
         """A GET of an object's bytes worked."""

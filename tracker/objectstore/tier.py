@@ -237,7 +237,7 @@ class ObjectTier:
             # live, whoever handed it out
             if await self.quick.head(key) is None:
                 self.known.remember(key, None)
-                await self.quick.delete(mark)
+                await self.quick.tidy(mark)
                 return None
             # Signed now, not at the mark: the seconds since it was sent come off the URL's
             # life, which must end before the mark's date + direct_serve_ttl (a store
@@ -368,7 +368,8 @@ class ObjectTier:
         try:
             await abort_uploads(self.bucket, self.store, key)
         except StoreError as exc:
-            self._failed("abort", exc)
+            if not exc.denied:  # a refusal is logged once, not after every upload
+                self._failed("abort", exc)
 
     def upload_metadata(self, headers: dict[str, str]) -> dict[str, str]:
         """The object's metadata: the upstream's ``last-modified``, kept for HEAD answers,
