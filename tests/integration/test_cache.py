@@ -495,7 +495,9 @@ async def test_not_enough_space_evicts_stale_files_then_streams_uncached(
     async with proxy_tracker(root, upstream, cache_factory=factory) as t:
         response = await get(t.url(FULL))
         assert sha256(response.content) == sha256(FULL_DATA)
-        assert t.outcome("refresh_no_space") == 1
+        # Counted at the refresh's end (cachefill._end_refresh), after its upstream is
+        # closed: a moment after the client had its last byte.
+        await wait_for(lambda: t.outcome("refresh_no_space") == 1)
         # The stale full went first; the incremental (another kind) stayed.
         assert t.cached() == [INCR]
         assert sizes[-1] == len(INCR_DATA)  # reported right after the eviction
@@ -664,7 +666,9 @@ async def test_a_disk_without_a_free_inode_is_named_as_the_problem(
                     fillers.append(filler)
             response = await get(t.url(FULL))
             assert sha256(response.content) == sha256(FULL_DATA)
-            assert t.outcome("refresh_failed") == 1 and t.cached() == []
+            # counted once the upstream is closed, after the client's last byte
+            await wait_for(lambda: t.outcome("refresh_failed") == 1)
+            assert t.cached() == []
             reason = t.streamer.uncached()[GROUP]
             assert "no room for a new file (No space left on device)" in reason, reason
             for filler in fillers:
@@ -699,7 +703,8 @@ async def test_read_only_cache_directory_streams_uncached(
         async with proxy_tracker(root, upstream) as t:
             response = await get(t.url(FULL))
             assert sha256(response.content) == sha256(FULL_DATA)
-            assert t.outcome("refresh_failed") == 1
+            # counted once the upstream is closed, after the client's last byte
+            await wait_for(lambda: t.outcome("refresh_failed") == 1)
             assert t.cached() == []
 
 

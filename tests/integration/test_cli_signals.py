@@ -122,7 +122,7 @@ async def test_a_signal_ends_fetch_with_one_line_and_a_rerun_resumes(
     async with fetching(tmp_path, 71, as_a_terminal_starts_it) as f:
         await saved_at_least(f, 4 * MiB)
         f.process.send_signal(signum)
-        with trio.fail_after(5):
+        with trio.fail_after(15):
             returncode = await f.process.wait()
         saved = saved_ranges(f.state)
         before = len(f.up.gets(FULL))
@@ -172,7 +172,7 @@ async def test_fetch_started_with_a_signal_ignored_keeps_ignoring_it(
         )
         assert f.process.returncode is None, f.errors.read_text()
         f.process.send_signal(signal.SIGTERM)
-        with trio.fail_after(5):
+        with trio.fail_after(15):
             returncode = await f.process.wait()
     assert returncode == 143
     assert "interrupted; " in one_line(f.errors.read_text(), "interrupted")

@@ -221,7 +221,7 @@ async def test_stopping_ends_a_prefetch_nobody_reads(
         advertise(t.index, upstream.base, [(FULL, upstream.url(FULL), len(FILES[FULL]))])
         prefetcher(t).check()
         await wait_for(lambda: any(n.startswith(".tmp-") for n in t.cached()))
-        with trio.fail_after(2):  # no grace period for a refresh with no reader
+        with trio.fail_after(10):  # no grace period (30 s) for a refresh with no reader
             t.transfers.close(30)
             await wait_for(lambda: t.cached() == [])
         assert t.outcome("refresh_failed") == 1
