@@ -7,8 +7,10 @@ ranks the faster one first.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from datetime import datetime
 from pathlib import Path
 
 import attrs
@@ -211,6 +213,7 @@ async def test_the_service_measures_its_sources_and_targets_show_it(
         "proxy_snapshot_downloads": True,
         "verify_archives": False,  # opaque bytes, not an archive
     }
+    started = time.time()
     [base] = await start_tracker(nursery, write_config(tmp_path, settings))
 
     async def measured() -> bool:
@@ -221,6 +224,11 @@ async def test_the_service_measures_its_sources_and_targets_show_it(
     targets = (await client.get(f"{base}/v1/targets")).json()
     speed = {t["target"]: t["throughput_bps"] for t in targets}
     assert speed[fast.base] > speed[slow.base] > 0
+    # When: a figure ages toward the group's assumed_throughput, and an old one read as
+    # measured (nothing said how old it was)
+    for t in targets:
+        taken = datetime.fromisoformat(t["measured_at"]).timestamp()
+        assert started - 1 <= taken <= time.time() + 1, t
     # Only speed tests so far: the probed figure is the throughput, nothing achieved.
     assert all(t["probed_bps"] > 0 and "achieved_bps" not in t for t in targets)
     listed = (await client.get(f"{base}/v1/snapshots")).json()

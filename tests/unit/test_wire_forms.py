@@ -11,7 +11,7 @@ from names import full_name, incremental_name
 
 from tracker.core.snapshots import SnapshotFile, TargetKey, info_from_files, parse_archive_name
 from tracker.discovery.roster import Target, TargetHealth
-from tracker.web.wire import file_to_json, health_json, info_to_json, wire_time
+from tracker.web.wire import file_to_json, health_json, info_to_json, measured_time, wire_time
 
 FULL = full_name(100)
 INCR = incremental_name(100, 150)
@@ -130,3 +130,20 @@ def test_health_json(health: TargetHealth, mismatch: str, expected: dict[str, ob
     out = health_json(health, 4, mismatch)
     assert {k: out.get(k, "absent") for k in expected} == expected
     assert ("version" in out) == bool(health.target.version)
+
+
+@pytest.mark.parametrize(
+    ("at", "now", "wall", "expected"),
+    [
+        (100.0, 160.0, WHEN.timestamp() + 60, "2026-11-21T10:00:00Z"),  # a minute ago
+        (100.0, 100.0, WHEN.timestamp(), "2026-11-21T10:00:00Z"),  # just now
+        (100.0, 10_900.0, WHEN.timestamp() + 10_800, "2026-11-21T10:00:00Z"),  # 3 h ago
+        # to the second: a rendering a fraction later shows the same time
+        (100.0, 160.4, WHEN.timestamp() + 60.4, "2026-11-21T10:00:00Z"),
+        (100.0, 160.0, WHEN.timestamp() + 60.6, "2026-11-21T10:00:01Z"),
+    ],
+)
+def test_a_measurement_s_time_is_shown_on_the_wall_clock(
+    at: float, now: float, wall: float, expected: str
+) -> None:
+    assert measured_time(at, now, wall) == expected

@@ -159,6 +159,12 @@ class Throughputs:
         probed, achieved = (decayed(self._measured[k].get(key), now, prior) for k in KINDS)
         return probed, achieved
 
+    def measured_at(self, key: TargetKey) -> float | None:
+        """When ``key``'s newest measurement (of either kind) was taken, on :attr:`clock`;
+        None: never measured. Past it, its figures age toward the group's prior."""
+        times = [m[1] for kind in KINDS if (m := self._measured[kind].get(key)) is not None]
+        return max(times) if times else None
+
     def shown(self, at: float) -> Mapping[TargetKey, Shown]:
         """Every measured target's figure, probed and achieved figures at ``at`` (each
         :func:`decayed`), rounded to whole bytes per second: what the targets' listing shows.

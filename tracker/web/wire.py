@@ -251,6 +251,13 @@ def local_files_json(checks: list[tuple[str, Checked | None]]) -> list[dict[str,
     return out
 
 
+def measured_time(at: float, now: float, wall: float) -> str:
+    """The wall-clock time (RFC 3339, to the second) of ``at``, a reading of the monotonic
+    clock whose reading is ``now`` at the wall-clock time ``wall`` (Unix seconds). To the
+    second: a target's entry stays the same from one rendering to the next. Pure."""
+    return wire_time(datetime.fromtimestamp(round(wall - (now - at)), UTC))
+
+
 def _health_bytes(
     health: TargetHealth,
     count: int,
@@ -259,6 +266,7 @@ def _health_bytes(
     uncached: str,
     checks: list[tuple[str, Checked | None]],
     used: Mapping[str, object] | None = None,
+    measured_at: str = "",
 ) -> bytes:
     out = health_json(health, count, mismatch)
     if used:  # how the latest refresh from several sources that asked it used it
@@ -269,6 +277,8 @@ def _health_bytes(
     for name, speed in zip(("throughput_bps", "probed_bps", "achieved_bps"), speeds, strict=True):
         if speed > 0:
             out[name] = speed
+    if measured_at:  # an old figure reads as the group's prior, not as measured
+        out["measured_at"] = measured_at
     if uncached:  # the group's last refresh found too little room on the cache's disk
         out["cache"] = uncached
     return json.dumps(out, separators=(",", ":")).encode()
@@ -325,6 +335,7 @@ def targets_body(
     # the live rates of the few sources bytes come from now
     shown = index.speeds.shown(shown_at)
     live = deps.flowing.rates(now)
+    wall = deps.wall_clock()  # the measurements' monotonic times shown as wall-clock times
     rejected, uncached = deps.rejections.errors(now), deps.uncached()
     uses = deps.sources_used()
     parts = []
@@ -346,11 +357,14 @@ def targets_body(
         reason = uncached.get(key.group, "")
         checks = deps.local_checks(key) if h.target.kind == "local" else []
         used = uses.get(key)
+        at = index.speeds.measured_at(key)
+        measured = measured_time(at, now, wall) if at is not None else ""
         state = (
             *(h.health, h.last_error, h.last_scrape, h.last_duration),
             *(count, mismatch, speeds, reason, tuple(checks)),
             tuple(used.items()) if used else (),
+            measured,
         )
-        render = partial(_health_bytes, h, count, mismatch, speeds, reason, checks, used)
+        render = partial(_health_bytes, h, count, mismatch, speeds, reason, checks, used, measured)
         parts.append(fragments.get(h, state, render))
     return b"[" + b",".join(parts) + b"]"
