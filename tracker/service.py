@@ -330,10 +330,9 @@ async def run_tracker(
         )
         app = parts.public
 
-        reloading = trio.Lock()
         slots_read = Wakeup()  # the cluster-slot loop's: a reload's RPCs read at once
 
-        async def reload() -> None:
+        async def reload_once() -> None:
             # SIGHUP's and POST /reload's: a refused file is logged for either.
             try:
                 await apply_reload()
@@ -347,11 +346,9 @@ async def run_tracker(
 
         async def apply_reload() -> None:
             # Parsed in a worker thread: a large file must not stall the API meanwhile.
-            # One reload at a time, so a storm of them parses the file once after another.
-            async with reloading:
-                # Abandoned on cancellation (the tracker stopping): a file that hangs its read
-                # (a hung network mount) must not hold the daemon's exit.
-                new = await trio.to_thread.run_sync(reload_config, abandon_on_cancel=True)
+            # Abandoned on cancellation (the tracker stopping): a file that hangs its read (a
+            # hung network mount) must not hold the daemon's exit.
+            new = await trio.to_thread.run_sync(reload_config, abandon_on_cancel=True)
             if tracker.stop.is_set():
                 raise ConfigError(["the tracker is stopping: the config is not reloaded"])
             refused = reload_problems(tracker.config, new)
@@ -383,6 +380,10 @@ async def run_tracker(
             # each is named, once per change of the groups (docs/proxy.md, "Orphaned archives").
             await streamer.report_orphaned()
 
+        # One reload at a time, and those asked for meanwhile share the next one: a storm of
+        # SIGHUPs or POST /reload is a reload or two, not one per request (each woke the
+        # scrape loop: every source probed once per request).
+        reload = SharedReload(reload_once)
         sources = parts.status_sources()
         internal = checked_host(
             create_internal_app(reload, tracker.metrics.render, partial(gather_status, sources))
@@ -511,6 +512,60 @@ async def _enforce_grace(
     log_event(log, "warning", "connections_aborted", count=aborted, grace_seconds=grace)
     await trio.sleep(2)
     servers.cancel()
+
+
+@attrs.define
+class _Turn:
+    """One run of a :class:`SharedReload`, and what the callers it serves are told."""
+
+    done: trio.Event = attrs.Factory(trio.Event)
+    #: The refusal's lines (ConfigError), None when it was applied.
+    problems: list[str] | None = None
+    #: No outcome until set: its caller was cancelled (its client left), a sharer asks again.
+    unfinished: bool = True
+
+
+class SharedReload:
+    """``reload`` run one at a time, a call made while another waits for its turn sharing
+    that one (its outcome, a refusal's ConfigError included): it reads the file after
+    every call it serves was made, so each sees the file as it was when it asked. A storm
+    of reloads is then the one running and one after it, however many came."""
+
+    def __init__(self, reload: Reload) -> None:
+        self._reload = reload
+        self._running = trio.Lock()
+        #: The turn waiting for the one running, which later calls share.
+        self._next: _Turn | None = None
+
+    async def __call__(self) -> None:
+        while True:
+            turn = self._next
+            if turn is None:
+                await self._take_turn()
+                return
+            await turn.done.wait()
+            if turn.problems is not None:
+                raise ConfigError(list(turn.problems))
+            if not turn.unfinished:
+                return
+            # its caller was cancelled (its client left): this call asks again
+
+    async def _take_turn(self) -> None:
+        turn = self._next = _Turn()
+        try:
+            async with self._running:
+                # from here the file is read: a call made now needs a turn of its own
+                self._next = None
+                try:
+                    await self._reload()
+                except ConfigError as exc:
+                    turn.problems = list(exc.problems)
+                    raise
+                turn.unfinished = False
+        finally:
+            if self._next is turn:  # cancelled while waiting for the one running
+                self._next = None
+            turn.done.set()
 
 
 #: The first wait before a background task that failed is run again; it doubles to
