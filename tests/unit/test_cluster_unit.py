@@ -144,6 +144,8 @@ def test_the_streamed_choice_is_the_sorted_choice_and_skips_malformed_nodes() ->
     entries: list[object] = [
         node_entry(rng.randrange(5000), f"127.0.0.{n % 250 + 1}:{1000 + n}") for n in range(3000)
     ]
+    # one address under many public keys (each key's only node): one node, the lowest key's
+    entries += [node_entry(5000 + n, f"127.0.0.{n % 7 + 1}:{1000 + n % 11}") for n in range(400)]
     entries += [
         "not a node",
         {"pubkey": "x", "rpc": "127.0.0.1:²"},
@@ -154,11 +156,14 @@ def test_the_streamed_choice_is_the_sorted_choice_and_skips_malformed_nodes() ->
     rng.shuffle(entries)
     expected = naive_select(entries, 50)
     assert parse_answer(nodes_answer(entries), [], 50) == expected == select(entries, [], 50)
-    assert "http://127.0.0.1:80" in [n.url for n in parse_answer(nodes_answer(entries), [], 5000)]
+    everything = parse_answer(nodes_answer(entries), [], 5000)
+    assert everything == naive_select(entries, 5000)
+    assert "http://127.0.0.1:80" in [n.url for n in everything]
 
 
 def naive_select(entries: list[object], max_targets: int) -> list[Node]:
-    """Every usable node, the first of each public key, the lowest keys first."""
+    """Every usable node, the first of each public key, the lowest keys first, one node
+    an address (its lowest key's)."""
     chosen: dict[str, Node] = {}
     for node in entries:
         if isinstance(node, dict) and isinstance(node.get("pubkey"), str):
@@ -166,7 +171,10 @@ def naive_select(entries: list[object], max_targets: int) -> list[Node]:
             if address is not None and len(node["pubkey"]) <= 64:
                 version = shown_version(node.get("version"))
                 chosen.setdefault(node["pubkey"], Node(f"http://{address}", version))
-    return [chosen[key] for key in sorted(chosen)[:max_targets]]
+    by_address: dict[str, Node] = {}
+    for key in sorted(chosen):
+        by_address.setdefault(chosen[key].url, chosen[key])
+    return list(by_address.values())[:max_targets]
 
 
 @pytest.mark.parametrize(
@@ -184,3 +192,23 @@ def test_when_cluster_discovery_asks_again(
     interval: float, failed: bool, kept: bool, after: float
 ) -> None:
     assert asked_again_at(1000.0, interval, failed=failed, kept=kept) == 1000.0 + after
+
+
+def test_one_address_under_many_public_keys_takes_one_of_max_targets() -> None:
+    """Gossip identities are free: a node advertising one RPC address under many low
+    public keys took as many of ``max_targets``' places, all one target once keyed by URL,
+    and the honest nodes past them were never chosen."""
+    liar = [node_entry(n, "203.0.113.9:8899") for n in range(5)]
+    # the same socket spelled as IPv4-mapped IPv6 is the same address
+    liar.append(node_entry(5, "[::ffff:203.0.113.9]:8899"))
+    honest = [node_entry(10 + n, f"198.51.100.{n + 1}:8899") for n in range(3)]
+    chosen = select([*liar, *honest], [], 3)
+    assert [n.url for n in chosen] == [
+        "http://203.0.113.9:8899",
+        "http://198.51.100.1:8899",
+        "http://198.51.100.2:8899",
+    ]
+    # streamed with pruning, shuffled: the same choice
+    entries: list[object] = [*liar, *honest] * 3
+    random.Random(3).shuffle(entries)
+    assert parse_answer(nodes_answer(entries), [], 3) == chosen == select(entries, [], 3)

@@ -10,6 +10,7 @@ from tracker.core.hosts import (
     canonical_host,
     is_authority,
     is_host_name,
+    machine_of,
     voice_of,
 )
 from tracker.ordering.ranking import priced_sizes
@@ -115,6 +116,22 @@ def test_bracketed(authority: str, meant: str | None) -> None:
 )
 def test_canonical_host(host: str, canonical: str) -> None:
     assert canonical_host(host) == canonical
+
+
+@pytest.mark.parametrize(
+    ("host", "machine"),
+    [
+        ("2001:db8:1:2::6", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+        ("2001:db8:1:3::6", "2001:db8:1:3::/64"),  # another /64: another machine
+        ("10.0.0.6", "10.0.0.6"),  # IPv4 (an IPv4-mapped one is canonical_host's IPv4)
+        ("fe80::1%eth0", "fe80::1%eth0"),  # a link's own host
+        ("node.example", "node.example"),
+        ("", ""),
+    ],
+)
+def test_machine_of(host: str, machine: str) -> None:
+    assert machine_of(host) == machine
 
 
 def test_one_link_local_address_on_two_links_is_two_hosts() -> None:

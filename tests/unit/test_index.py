@@ -331,6 +331,10 @@ def test_discovered_nodes_alone_need_two_agreeing(
         (["http://203.0.113.6:8899", "http://[::ffff:203.0.113.6]:8899"], False),
         (["http://203.0.113.6:8899", "http://203.0.113.6:8900"], False),
         (["http://203.0.113.6:8899", "http://203.0.113.7:8899"], True),  # two machines
+        # one machine given a /64, as hosts routinely are, under two of its addresses: one
+        # voice (it counted two, and one machine met the agreement alone)
+        (["http://[2001:db8:1:2::6]:8899", "http://[2001:db8:1:2:ffff::7]:8899"], False),
+        (["http://[2001:db8:1:2::6]:8899", "http://[2001:db8:1:3::6]:8899"], True),  # two /64s
         # three identities of one machine against two honest machines: no majority of
         # hosts, the honest hash is not beaten at its slot
         (["http://203.0.113.6:1", "http://203.0.113.6:2", "http://203.0.113.6:3"], False),
@@ -356,6 +360,14 @@ def test_discovered_nodes_agree_as_hosts(bogus: list[str], ranked: bool) -> None
         ((["10.0.0.1:1", "10.0.0.1:2", "10.0.0.1:3"], ["10.0.0.2:1", "10.0.0.3:1"]), "B"),
         ((["10.0.0.1:1", "10.0.0.4:1", "10.0.0.5:1"], ["10.0.0.2:1", "10.0.0.3:1"]), "A"),
         ((["10.0.0.1:1", "10.0.0.1:2"], ["10.0.0.2:1"]), None),  # one host each: a tie
+        # three addresses of one /64 are one machine's, outvoted by two others
+        (
+            (
+                ["[2001:db8::1]:1", "[2001:db8::2]:1", "[2001:db8::3]:1"],
+                ["10.0.0.2:1", "10.0.0.3:1"],
+            ),
+            "B",
+        ),
     ],
 )
 def test_a_slot_s_hash_is_the_majority_of_discovered_hosts(

@@ -106,6 +106,26 @@ def canonical_host(host: str) -> str:
     return str(address)
 
 
+#: The IPv6 prefix one machine is routinely given whole (SLAAC, a hosting provider's /64 a
+#: server): it may answer on as many of its addresses as it likes.
+MACHINE_PREFIX = 64
+
+
+def machine_of(host: str) -> str:
+    """The machine a host of the network (as :func:`canonical_host` writes it) is at the
+    most: an IPv6 address as its /64 (``2001:db8::6`` and ``2001:db8::7`` are
+    ``2001:db8::/64``), anything else as it is. Gossip identities cost nothing, and one
+    machine advertising its RPC on a thousand addresses of its /64 was a thousand hosts
+    agreeing (docs/http-api.md#trust). Pure."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host  # a name
+    if isinstance(address, ipaddress.IPv4Address) or address.scope_id is not None:
+        return host  # a zone id: a link's own host (canonical_host)
+    return str(ipaddress.IPv6Network((address, MACHINE_PREFIX), strict=False))
+
+
 def canonical_authority(authority: str) -> str:
     """``host[:port]`` or ``[v6][:port]`` (a ``userinfo@`` before it dropped) with its host
     as :func:`canonical_host` writes it (an IPv6 one bracketed), the port as written. Pure."""

@@ -2,9 +2,10 @@
 
 A 32 MiB answer of ``{}`` elements is 11 million dicts to ``json.loads`` (about 960 MB, and
 seconds of an event loop held). Here the nodes of ``result`` are decoded one by one, each
-from at most :data:`MAX_NODE_CHARS` characters (:func:`tracker.net.limits.iter_json_member`),
-and the nodes chosen so far are at most ``2 * max_targets`` (by public key, so the choice is
-the same as sorting every node). Hostile shapes fail the answer with a one-line
+from at most :data:`MAX_NODE_CHARS` characters
+(:func:`tracker.net.limits.iter_json_member`), and the nodes chosen so far are at most ``2 *
+max_targets`` (by public key, so the choice is the same as sorting every node; one address
+is one node, its lowest key's). Hostile shapes fail the answer with a one-line
 :class:`ProbeError`: more than :data:`MAX_NODES` elements, a node larger than
 :data:`MAX_NODE_CHARS` or nested too deep, invalid JSON. A node that is only malformed (not
 an object, no usable ``rpc``, no ``pubkey``) is skipped. Each node chosen keeps its
@@ -80,12 +81,17 @@ def select(nodes: Iterable[object], versions: Sequence[str], max_targets: int) -
 
 class Chooser:
     """The ``max_targets`` usable nodes with the lowest public keys among those offered
-    (the first node of a public key wins), in at most ``2 * max_targets`` entries."""
+    (the first node of a public key wins; of an address, the lowest key's), in at most
+    ``2 * max_targets`` entries."""
 
     def __init__(self, versions: Sequence[str], max_targets: int) -> None:
         self._versions = versions
         self._max = max_targets
         self._chosen: dict[str, Node] = {}
+        #: The public key each chosen address is kept under (the lowest offered): gossip
+        #: identities cost nothing, and one RPC address advertised under thousands of low
+        #: keys took as many places of ``max_targets``, one target once keyed by its URL.
+        self._holder: dict[str, str] = {}
         #: Once pruned: the highest key kept. A higher one can no longer be among the lowest.
         self._ceiling: str | None = None
 
@@ -99,11 +105,18 @@ class Chooser:
             return
         if self._versions and not self._matches(node.get("version")):
             return
-        version = shown_version(node.get("version"))
-        self._chosen.setdefault(pubkey, Node(f"http://{address}", version))
+        url = f"http://{address}"
+        holder = self._holder.get(url)
+        if pubkey in self._chosen or (holder is not None and holder < pubkey):
+            return
+        if holder is not None:
+            del self._chosen[holder]
+        self._holder[url] = pubkey
+        self._chosen[pubkey] = Node(url, shown_version(node.get("version")))
         if len(self._chosen) >= 2 * self._max:
             kept = sorted(self._chosen)[: self._max]
             self._chosen = {key: self._chosen[key] for key in kept}
+            self._holder = {node.url: key for key, node in self._chosen.items()}
             self._ceiling = kept[-1]
 
     def _matches(self, version: object) -> bool:

@@ -7,14 +7,15 @@ is kept until the next one.
 **Trust** (:func:`screen`, from the group's :class:`SourceTrust`). What a source says is
 data, not authority. A (slot, hash) advertised by a *known source* (``trust.known_sources``)
 is trusted; otherwise it is ranked only once ``min_agreeing_sources`` distinct targets
-advertise it, and at least :data:`~tracker.core.snapshots.MIN_DISCOVERED_AGREEING` when
-only discovered nodes (cluster discovery: addresses from the network) advertise it, so that
-one node alone never wins whatever the config says. Discovered nodes count as their hosts
-(one machine with several gossip identities is one voice). When targets advertise different
-hashes for one slot, the trusted hash wins, else the one most targets advertise (ties: none
-wins), and every target advertising another hash is marked (``hash mismatch at slot N``).
-With the cluster's current slot known, a snapshot more than ``max_slot_ahead`` slots above
-it is never ranked: a node advertising a bogus slot cannot win.
+advertise it, and at least :data:`~tracker.core.snapshots.MIN_DISCOVERED_AGREEING` when only
+discovered nodes (cluster discovery: addresses from the network) advertise it, so that one
+node alone never wins whatever the config says. Discovered nodes count as their hosts (one
+machine with several gossip identities is one voice; an IPv6 one's /64 is one host). When
+targets advertise different hashes for one slot, the trusted hash wins, else the one most
+targets advertise (ties: none wins), and every target advertising another hash is marked
+(``hash mismatch at slot N``). With the cluster's current slot known, a snapshot more than
+``max_slot_ahead`` slots above it is never ranked: a node advertising a bogus slot cannot
+win.
 
 **Refused by a proof** (:class:`Disproven`): the copies a proof showed below their group's
 level.
@@ -40,7 +41,7 @@ from typing import Any, Generic, TypeVar
 
 import attrs
 
-from tracker.core.hosts import voice_of
+from tracker.core.hosts import machine_of, voice_of
 from tracker.core.snapshots import (
     MIN_DISCOVERED_AGREEING,
     SnapshotInfo,
@@ -180,8 +181,9 @@ def _voices(targets: Mapping[K, str], discovered: Set[K]) -> dict[K, Hashable]:
     discovered node's is its host's (:func:`~tracker.core.hosts.voice_of`: one machine with
     several gossip identities, its RPC port under several spellings or on several ports, is
     one voice), or a configured target's on that host (the machine whose sidecar the
-    operator listed is not a second voice by its gossip RPC); a configured target's its
-    own, as the operator listed it."""
+    operator listed is not a second voice by its gossip RPC); of an IPv6 host, its /64's
+    (:func:`~tracker.core.hosts.machine_of`: one machine's addresses, as many as it likes);
+    a configured target's its own, as the operator listed it."""
     configured: dict[Hashable, K] = {}
     for key, target in targets.items():
         if key not in discovered:
@@ -190,7 +192,7 @@ def _voices(targets: Mapping[K, str], discovered: Set[K]) -> dict[K, Hashable]:
     for key, target in targets.items():
         if key in discovered:
             host = voice_of(target)
-            voices[key] = configured.get(host, host)
+            voices[key] = configured.get(host, machine_of(host))
         else:
             voices[key] = key
     return voices
