@@ -19,7 +19,7 @@ from archives import archive_name, compress, make_tar, snapshot_entries, status_
 from helpers_bytes import MiB, archive_bytes, sha256
 from helpers_fetch import CountingUpstream, FakeTracker, sidecar_url, tracker_entries
 from helpers_proxy import GROUP
-from helpers_upstream import Behaviour, FakeUpstream, serving
+from helpers_upstream import Behaviour, FakeUpstream, agave_rpc, serving
 from names import full_name, incremental_name
 from test_fetch import (
     FAST,
@@ -339,3 +339,26 @@ async def test_an_incremental_alone_on_the_ledger_s_full_is_fetched(tmp_path: Pa
     assert [Path(r.path).name for r in results] == [INCR]
     assert sha256((ledger / INCR).read_bytes()) == sha256(FILES[INCR])
     assert not a.gets(newer_full)
+
+
+async def test_a_first_source_that_ignores_range_leaves_the_download_to_one_that_takes_it(
+    tmp_path: Path,
+) -> None:
+    """``--source AGAVE --source SIDECAR``: agave's RPC answers every Range with the whole
+    file, slowly; the sidecar takes Range. As the first source agave was the reference, so
+    the download was its one slow stream (no other source pooled with it, none dropped for
+    it) and ran out of time with the sidecar unused: the sidecar goes first."""
+    slow, fast = FakeUpstream(files=dict(FILES)), FakeUpstream(files=dict(FILES))
+    for up in (slow, fast):
+        up.behaviour["snapshot.tar.bz2"] = Behaviour(redirect_to=f"/files/{FULL}")
+        up.behaviour["incremental-snapshot.tar.bz2"] = Behaviour(redirect_to=f"/files/{INCR}")
+    slow.behaviour[FULL] = slow.behaviour[INCR] = agave_rpc(rate=256 * 1024)  # 6 MiB: 24 s
+    ledger = ledger_of(tmp_path)
+    async with serving(slow), serving(fast):
+        opts = FetchOptions(
+            ledger=str(ledger), sources=(slow.base, fast.base), settings=FAST, download_timeout=12
+        )
+        results = await run_fetch(opts, NoProgress())
+    assert [Path(r.path).name for r in results] == [FULL, INCR]
+    assert sha256((ledger / FULL).read_bytes()) == sha256(FILES[FULL])
+    assert body_bytes(fast, FULL) >= len(FILES[FULL])

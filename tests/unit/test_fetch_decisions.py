@@ -15,7 +15,7 @@ from tracker.core.snapshots import SnapshotFile, chains_from_files
 from tracker.core.snapshots import parse_archive_name as parse
 from tracker.errors import FetchError
 from tracker.fetch import space
-from tracker.fetch.download import alone
+from tracker.fetch.download import alone, ranged_first
 from tracker.fetch.ledger import retired, stale_downloads, suspects, without
 from tracker.fetch.listing import RemoteFile, RemoteSnapshot
 from tracker.fetch.lock import ledger_lock, lock_path
@@ -161,6 +161,21 @@ def test_alone_tries_each_source_fresh_in_ranking_order() -> None:
     tries = alone([c, a, b], [a, b, c])
     assert [[s.url for s in pool] for pool in tries] == [["a"], ["b"], ["c"]]
     assert all(s.sent == 0 and not s.dropped and not s.failures for [s] in tries)
+
+
+@pytest.mark.parametrize(
+    ("ranges", "order"),
+    [
+        ({"a": True, "b": True}, ["a", "b"]),
+        ({"a": False, "b": True}, ["b", "a"]),  # agave's RPC first: the sidecar leads
+        ({"a": False, "b": True, "c": False, "d": True}, ["b", "d", "a", "c"]),
+        ({"a": False, "b": False}, ["a", "b"]),  # none takes ranges: as ranked
+        ({}, []),
+    ],
+)
+def test_sources_that_take_ranges_come_first(ranges: dict[str, bool], order: list[str]) -> None:
+    sources = [Source(url, Identity(10), ranges=takes) for url, takes in ranges.items()]
+    assert [s.url for s in ranged_first(sources)] == order
 
 
 def test_alone_leaves_out_the_one_source_that_sent_the_bad_copy() -> None:

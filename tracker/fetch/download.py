@@ -106,7 +106,8 @@ async def download(
     name = file.file_name
     inspected, finals = await _inspected(client, file, settings)
     wanted = chosen_size(file.size, [s.identity.size for s in finals.values()])
-    usable = [s for s in finals.values() if s.identity.size == wanted] if wanted else []
+    sized = [s for s in finals.values() if s.identity.size == wanted] if wanted else []
+    usable = ranged_first(sized)
     if not usable:
         why = summary([str(s) for s in inspected if not isinstance(s, Source)])
         wrong = "wrong size" if wanted else "an empty file"
@@ -142,6 +143,16 @@ async def download(
                     break  # every source of the pool failed: none is tried alone
     what = "no source delivered a good copy" if rejected else "every source failed"
     raise FetchError(f"{name}: {what}: " + summary(reasons))
+
+
+def ranged_first(sources: list[Source]) -> list[Source]:
+    """``sources`` (best first) with those that honour ``Range`` before those that do not,
+    each in its order. Pure. The first is the reference, and only a reference that takes
+    ranges is pooled with others: agave's RPC answers every Range with the whole file, so
+    as the first (a ``--source`` typed first, a listing's best) it was the download's one
+    stream, the sources that take ranges left unused however slow it was and never dropped
+    for it (no other was live). It stays a fallback, read whole when they failed."""
+    return sorted(sources, key=lambda s: not s.ranges)
 
 
 def attempts(pool: list[Source], ranked: list[Source]) -> Iterator[list[Source]]:
