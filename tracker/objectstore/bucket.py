@@ -73,10 +73,10 @@ _CHORES = frozenset({"DELETE", "ListMultipartUploads", "AbortMultipartUpload"})
 _DENIED = frozenset({"AccessDenied"})
 
 #: What an error answer says of the store (:func:`verdict`).
-Verdict = Literal["conflict", "absent", "denied", "down"]
+StoreVerdict = Literal["conflict", "absent", "denied", "down"]
 
 
-def verdict(operation: str, code: str, status: int) -> Verdict:
+def verdict(operation: str, code: str, status: int) -> StoreVerdict:
     """What the store's error answer (its ``code`` and HTTP ``status``) to ``operation``
     says: another replica's object (``conflict``), no such object or range (``absent``), a
     housekeeping call the bucket's policy refuses (``denied``: the store works, that
