@@ -24,9 +24,9 @@ from tracker.config.schema import (
 from tracker.discovery.roster import Target, TargetHealth
 from tracker.discovery.scrape import Scraper
 from tracker.discovery.targetset import credentials_moved, left_behind
-from tracker.errors import UpstreamError
+from tracker.errors import SourceFailed, UpstreamError
 from tracker.ordering.index import Index, TargetKey
-from tracker.proxy.upstream import group_asking
+from tracker.proxy.upstream import group_asking, group_now
 
 FROM_FILE = TargetKey("g", "http://10.0.0.9:8899")  # a file's (or Consul's) sidecar
 STATIC = TargetKey("g", "http://10.0.0.1:8899")
@@ -131,3 +131,31 @@ def test_what_outlives_a_reload_asks_with_the_group_of_now_and_only_what_it_list
         group_asking(new, "g", listed=False)
     with pytest.raises(UpstreamError, match="group 'gone' was removed by a reload"):
         group_asking(new, "gone", listed=True)
+
+
+def _removed(_key: TargetKey) -> TargetGroup:
+    raise UpstreamError("group 'g' was removed by a reload")
+
+
+@pytest.mark.parametrize(
+    ("asking", "sent"),
+    [
+        (None, "old"),  # nothing outlives a reload: the group given
+        (lambda _key: config(bearer_auth=BearerAuth(token="new")).group_named("g"), "new"),
+        (_removed, "removed by a reload"),  # that source fails, the next one is asked
+    ],
+    ids=["given", "rotated", "removed"],
+)
+def test_a_request_that_waited_for_its_slot_is_sent_with_the_group_of_now(
+    asking: object, sent: str
+) -> None:
+    # The group is read once the source's transfer slot is held: a request that waited in
+    # its queue (up to busy_wait) or for its hedge sent the old credentials after a reload.
+    old = config(bearer_auth=BearerAuth(token="old")).group_named("g")
+    assert old is not None
+    if sent == "removed by a reload":
+        with pytest.raises(SourceFailed, match=sent):
+            group_now(old, asking, STATIC)  # type: ignore[arg-type]
+        return
+    group = group_now(old, asking, STATIC)  # type: ignore[arg-type]
+    assert group.bearer_auth is not None and group.bearer_auth.resolved_token == sent

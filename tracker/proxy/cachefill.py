@@ -535,7 +535,15 @@ async def _ask(
     file, copy = copies[source]
     group = peers.group_for(copy.key)  # a reload meanwhile: its credentials of now
     answer = await ask_source(
-        peers.clients, group, file, copy, "GET", headers, url=source.url, wait=SLOT_WAIT
+        peers.clients,
+        group,
+        file,
+        copy,
+        "GET",
+        headers,
+        url=source.url,
+        wait=SLOT_WAIT,
+        asking=peers.group_for,  # and again once a slot is held (a reload while it waited)
     )
     try:
         if answer.response.status_code == 206:

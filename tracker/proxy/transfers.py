@@ -396,6 +396,8 @@ class Launcher:
             slotted=slotted,
             hedge_after=self.config().first_byte_timeout,
             on_failure=self._source_failed(group.group, origin),
+            # a source asked later (a hedge, after a wait in its queue) asks as of then
+            asking=partial(self.asking, group.group, origin),
         )
         if refusal:
             opener = partial(_refuse, refusal)
@@ -556,7 +558,8 @@ class Launcher:
             now = self.asking(group, origin, first.source.key)
         except UpstreamError as exc:
             raise UpstreamError(f"cannot resume: {exc}") from exc
-        return await resume_upstream(self._clients, now, first, offset, size)
+        asking = partial(self.asking, group, origin)
+        return await resume_upstream(self._clients, now, first, offset, size, asking)
 
 
 async def _refuse(reason: str) -> UpstreamAnswer:

@@ -317,6 +317,23 @@ class UpstreamAnswer:
                     await slot.aclose()
 
 
+#: ``asking(key)``: the group to ask source ``key`` with now (raises UpstreamError when a
+#: reload removed the group or the source: :func:`group_asking`).
+Asking = Callable[[TargetKey], TargetGroup]
+
+
+def group_now(group: TargetGroup, asking: Asking | None, key: TargetKey) -> TargetGroup:
+    """The group to send a request to ``key`` with at this moment (``group`` without
+    ``asking``); SourceFailed when a reload removed the group or the source: that source
+    fails, the next one is asked."""
+    if asking is None:
+        return group
+    try:
+        return asking(key)
+    except UpstreamError as exc:
+        raise SourceFailed(str(exc)) from None
+
+
 def group_asking(config: Config, group: str, listed: bool) -> TargetGroup:
     """The group a source of ``group`` is asked with under ``config``, the config in force
     now: what outlives a reload (a refresh, a speed-test round, a head read waiting for its
@@ -343,11 +360,17 @@ async def ask_source(
     url: str | None = None,
     wait: float = 0.0,
     taken: Callable[[], None] | None = None,
+    asking: Asking | None = None,
 ) -> UpstreamAnswer:
     """Ask for ``file`` of ``source`` (at its URL, or ``url``: where an earlier answer
     came from), following redirects, each hop within the
     ``source_limits`` of the origin it asks (waiting in its queue, docs/http-api.md, "Source
     limits").
+
+    ``asking`` gives the group to send each hop with once its slot is held (a reload may
+    come while the request waits in a queue: its credentials and TLS settings are those of
+    now, and a group or source the reload removed is asked nothing, SourceFailed); None:
+    ``group`` throughout.
 
     The transfer slot (docs/http-api.md, "Source limits") belongs to the origin asked for the
     bytes: each hop takes a slot of its own origin (waiting for one at most ``wait`` seconds
@@ -367,14 +390,9 @@ async def ask_source(
     url = file.url if url is None else url
     trusted = not key.discovered
     own_origin = origin(key.target) if trusted else None
-    credentials = authorization(group, key.target) if trusted else None
     deadline = trio.current_time() + wait
     for _hop in range(settings.max_redirects + 1):
         own = _origin_of(url) == own_origin
-        client = (
-            clients.for_tls(group.tls_config) if own else clients.foreign(strangers=not trusted)
-        )
-        request_headers = upstream_request_headers(headers.items(), credentials if own else None)
         url = without_userinfo(url)  # credentials go per origin, never from a URL
         slot = AsyncExitStack()
         left = max(0.0, deadline - trio.current_time())
@@ -382,6 +400,18 @@ async def ask_source(
             url, group.source_limits, wait=left, queue=settings.busy_queue
         )
         transfer = await slot.enter_async_context(taking)
+        try:
+            # Read once the slot is held, not when the request came: the wait in the queue
+            # (up to busy_wait) may span a reload that rotated or removed the credentials.
+            group = group_now(group, asking, key)
+            credentials = authorization(group, key.target) if trusted and own else None
+            client = (
+                clients.for_tls(group.tls_config) if own else clients.foreign(strangers=not trusted)
+            )
+        except BaseException:
+            await slot.aclose()
+            raise
+        request_headers = upstream_request_headers(headers.items(), credentials)
         if taken is not None:
             taken()
         try:
@@ -491,6 +521,8 @@ class _Race:
     slotted: trio.Event | None = None
     #: Told of every source that failed (metrics).
     on_failure: Callable[[], None] | None = None
+    #: The group each source is asked with once its slot is held (None: ``group``).
+    asking: Asking | None = None
     reasons: dict[int, str] = attrs.Factory(dict)
     #: The attempts that failed for want of a transfer slot.
     busy: set[int] = attrs.Factory(set)
@@ -518,6 +550,7 @@ async def open_upstream(
     slotted: trio.Event | None = None,
     hedge_after: float | None = None,
     on_failure: Callable[[], None] | None = None,
+    asking: Asking | None = None,
 ) -> UpstreamAnswer:
     """The first usable answer of the sources in ``found`` (in order) to ``method``, body
     unread, asked through the group's ``clients``.
@@ -534,7 +567,10 @@ async def open_upstream(
     after another. Raises :class:`UpstreamError` with a one-line reason when every source
     failed; it numbers the sources instead of naming them (the log names them).
     Cancellation propagates; nothing stays open. With ``exact`` (sources that always state
-    their length) a 200 without ``Content-Length`` fails too.
+    their length) a 200 without ``Content-Length`` fails too. ``asking``: the group each
+    source is sent with when it is asked (:func:`ask_source`): a source asked after a
+    reload (a hedge, the next after a failure, a request that waited in a queue) carries
+    the credentials of now, and one of a group or target the reload removed fails.
     """
     candidates = [(f, source) for f, source in found if f.url]
     if not candidates:
@@ -554,6 +590,7 @@ async def open_upstream(
                 rate,
                 slotted,
                 on_failure,
+                asking,
             )
             for index, (f, source) in enumerate(candidates):
                 done = trio.Event()
@@ -617,7 +654,15 @@ async def _answer(
     slotted = race.slotted
     taken = slotted.set if slotted is not None else None
     answer = await ask_source(
-        clients, group, f, source, race.method, race.headers, wait=busy_wait, taken=taken
+        clients,
+        group,
+        f,
+        source,
+        race.method,
+        race.headers,
+        wait=busy_wait,
+        taken=taken,
+        asking=race.asking,
     )
     response, method = answer.response, race.method
     if race.rate is not None and answer.transfer is not None:
@@ -699,6 +744,7 @@ async def resume_upstream(
     first: UpstreamAnswer,
     offset: int,
     size: int,
+    asking: Asking | None = None,
 ) -> UpstreamAnswer:
     """Ask the source of ``first`` (a 200 of ``size`` bytes) for bytes ``offset`` to
     ``size - 1``, with ``Range: bytes={offset}-`` and ``If-Range`` (its strong ETag, else its
@@ -708,13 +754,16 @@ async def resume_upstream(
     answer counts only as a ``206`` with ``Content-Range: bytes {offset}-{size-1}/{size}``
     and the validators of ``first`` (:func:`same_representation`). Raises
     :class:`UpstreamError` otherwise. Cancellation propagates; nothing stays open.
+    ``asking``: as :func:`open_upstream`'s (a resume may wait for a slot).
     """
     validator = Validators.of(first.response.headers).if_range()
     if validator is None:
         raise UpstreamError("cannot resume: the source gave no ETag or Last-Modified")
     headers = {"range": f"bytes={offset}-", "if-range": validator}
     try:
-        answer = await open_upstream(clients, group, "GET", headers, [(first.file, first.source)])
+        answer = await open_upstream(
+            clients, group, "GET", headers, [(first.file, first.source)], asking=asking
+        )
     except UpstreamError as exc:
         raise UpstreamError(one_line(f"cannot resume: {exc}")) from exc
     problem = resume_problem(answer.response, offset, size) or same_representation(
