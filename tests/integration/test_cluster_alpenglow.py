@@ -164,6 +164,23 @@ async def test_the_migration_is_asked_once_it_is_reported() -> None:
     assert [m for m, _ in node.calls].count("getAgGenesisCert") == 1
 
 
+async def test_a_tally_kept_before_the_migration_proves_no_slot_past_its_genesis(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Slot 100 was voted for while the RPC said the cluster had not migrated; then it
+    # reports the genesis at 50: the TowerBFT blocks after 50 were cleared, so the tally
+    # kept for (100, H) proves nothing now, for this copy or another of the same bank hash.
+    monkeypatch.setattr(clustervotes_module, "NOT_MIGRATED_FOR", 0.0)
+    node = alpenglow_rpc(VALS, blocks=majority_votes(100, 101))
+    node.genesis = None
+    async with rpcs(node) as urls, voter(urls, certificates=False) as cv:
+        assert (await cv.lift(100, proof_of())).level == Level.CLUSTER
+        node.genesis = genesis_answer(50)
+        proof = await cv.lift(100, proof_of())
+    assert proof.level == Level.MANIFEST
+    assert proof.note == "cluster not proven: the RPC serves no finality certificate for slot 100"
+
+
 async def test_rpcs_that_disagree_on_the_migration_prove_nothing() -> None:
     migrated = alpenglow_rpc(VALS, genesis_slot=50)
     not_yet = alpenglow_rpc(VALS, blocks=majority_votes(100, 101))

@@ -25,6 +25,7 @@ from tracker.proof.cluster.consensus import (
     by_certificate,
     genesis_answer,
     migration_of,
+    tally_holds,
     vote_blocks,
 )
 from tracker.proof.cluster.finality import MAX_UNKNOWN_KEYS, EpochRanks, epoch_rank_map, in_epoch
@@ -246,6 +247,27 @@ def test_the_blocks_whose_votes_count(
 ) -> None:
     assert vote_blocks(slot, 8, genesis) == blocks
     assert by_certificate(slot, genesis) is certificate
+
+
+_G = Genesis(103, b"")
+
+
+@pytest.mark.parametrize(
+    ("slot", "then", "now", "holds"),
+    [
+        (100, None, None, True),  # not migrated then nor now
+        (100, _G, _G, True),  # read up to the genesis, which never changes
+        (90, None, _G, True),  # its 8 blocks all before the genesis: the same ones
+        (100, None, _G, False),  # counted blocks 104 to 108, cleared since
+        (103, None, _G, False),  # the genesis: its votes count for nothing now
+        (104, None, _G, False),  # past it: a certificate's, never the votes'
+        (104, None, Genesis(50, b""), False),
+    ],
+)
+def test_a_kept_tally_holds_while_the_migration_leaves_its_blocks(
+    slot: int, then: Genesis | None, now: Genesis | None, holds: bool
+) -> None:
+    assert tally_holds(slot, 8, then, now) is holds
 
 
 # --- the epoch's stakes a manifest holds ------------------------------------------------------

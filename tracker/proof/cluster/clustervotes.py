@@ -57,6 +57,7 @@ from tracker.proof.cluster.consensus import (
     by_certificate,
     genesis_answer,
     migration_of,
+    tally_holds,
     vote_blocks,
 )
 from tracker.proof.cluster.finality import (
@@ -116,6 +117,7 @@ Key = tuple[int, str]
 #: none): what is kept and what backs off, so that a reload that changes either asks again.
 AskedOfRpcs = tuple[Key, tuple[str, ...], str]
 _T = TypeVar("_T")
+_V = TypeVar("_V")
 
 
 @attrs.frozen
@@ -142,7 +144,11 @@ class ClusterVotes:
         # What the RPCs in force answered, kept by (slot, hash) and by those RPCs: what
         # others said is no answer of the ones configured now (a reload that drops a lying
         # RPC, or adds one, asks again; their count is the answers' count)
-        self._kept: OrderedDict[AskedOfRpcs, tuple[Tally, ...]] = OrderedDict()
+        # (a tally is kept with the genesis the RPCs reported when it was read: one read
+        # before the migration counted blocks the cluster cleared since, tally_holds)
+        self._kept: OrderedDict[AskedOfRpcs, tuple[Genesis | None, tuple[Tally, ...]]] = (
+            OrderedDict()
+        )
         self._certified: OrderedDict[AskedOfRpcs, tuple[Finality, ...]] = OrderedDict()
         self._failed: OrderedDict[AskedOfRpcs, _Failure] = OrderedDict()
         # the digests of the stakes lifted last, by the object (copies of one epoch share
@@ -195,9 +201,17 @@ class ClusterVotes:
         prefix = self._config().group_certificates(group)
         by_votes: AskedOfRpcs = ((slot, proof.bank_hash), urls, "")
         by_cert: AskedOfRpcs = (self._certificate_key(slot, proof), urls, prefix)
-        tallies = self._kept.get(by_votes)
-        if tallies is not None:  # asked before (a slot proven by votes stays so)
-            return judged(proof, tallies, urls)
+        kept = self._kept.get(by_votes)
+        if kept is not None:  # asked before: it stands while the migration left it so
+            ends = trio.current_time() + self._config().cluster_proof.deadline
+            try:
+                genesis = await self.migration(urls, ends)  # kept, or believed a while
+            except RpcError as exc:
+                return attrs.evolve(proof, note=f"cluster not proven: {exc}")
+            blocks = self._config().cluster_proof.blocks
+            if tally_holds(slot, blocks, kept[0], genesis):
+                return judged(proof, kept[1], urls)
+            self._kept.pop(by_votes, None)
         finals = self._certified.get(by_cert)
         if finals is not None:  # kept only once it reached cluster
             return judged_finality(proof, finals, urls)
@@ -250,7 +264,7 @@ class ClusterVotes:
             tallies = await self._ask_all(asked, votes_of, "votes", ends)
         except RpcError as exc:
             return attrs.evolve(proof, note=f"cluster not proven: {exc}")
-        _keep(self._kept, asked, tallies)
+        _keep(self._kept, asked, (genesis, tallies))
         return judged(proof, tallies, urls)
 
     async def migration(self, urls: tuple[str, ...], ends: float) -> Genesis | None:
@@ -586,9 +600,7 @@ class GroupVotes:
         return await self.votes.lift(slot, proof, self.group)
 
 
-def _keep(
-    kept: OrderedDict[AskedOfRpcs, tuple[_T, ...]], key: AskedOfRpcs, value: tuple[_T, ...]
-) -> None:
+def _keep(kept: OrderedDict[AskedOfRpcs, _V], key: AskedOfRpcs, value: _V) -> None:
     kept[key] = value
     while len(kept) > MAX_KEPT:
         kept.popitem(last=False)

@@ -114,3 +114,14 @@ def by_certificate(slot: int, genesis: Genesis | None) -> bool:
     """True when ``slot`` is proven by a finality certificate (after the genesis), False
     when by votes. Pure."""
     return genesis is not None and slot > genesis.slot
+
+
+def tally_holds(slot: int, blocks: int, then: Genesis | None, now: Genesis | None) -> bool:
+    """True when a tally of the votes for ``slot`` (``blocks`` after it), read while the
+    RPCs reported the genesis ``then``, still proves what it did now that they report
+    ``now``: it was read from exactly the blocks that count now. A tally read before the
+    migration counted blocks past the genesis, which the cluster cleared when it enabled
+    Alpenglow, and proves no slot at or after the genesis. Pure."""
+    if by_certificate(slot, now) or (now is not None and slot == now.slot):
+        return False
+    return vote_blocks(slot, blocks, then) == vote_blocks(slot, blocks, now)
