@@ -769,3 +769,40 @@ def test_kept_hashes_are_summed_held_and_taken_out_by_locator() -> None:
     assert (kept.total == rows[2]).all()  # only the one at 5 << 32 is still in the sum
     kept.keeping = False
     assert not kept.fits(0, room)
+
+
+def test_a_check_cancelled_before_its_partitions_are_sorted_sorts_none_of_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The partitions' sort at ``finish`` (minutes of a mainnet full's spilled runs, in
+    threads a stopping interpreter waits for) looks at the cancellation before each one: a
+    check cancelled then (the download cancelled, the tracker stopping) ends as the second
+    read's would, not after the whole sort."""
+    from tracker.proof.accounts import spill
+    from tracker.proof.archive.checklimits import CANCELLED
+
+    sorted_ = []
+    real = spill.superseded_of
+
+    def superseded_of(keys: Any, *rest: Any) -> Any:
+        sorted_.append(len(keys))
+        return real(keys, *rest)
+
+    monkeypatch.setattr(spill, "superseded_of", superseded_of)
+    given = storages()
+    stop = False
+    proof = AccountsProof(AccountsLimits(max_accounts=1000), None, lambda: stop)
+    for storage in given:
+        feed(proof, storage, 4096)
+    stop = True
+    with pytest.raises(ArchiveInvalid, match=CANCELLED):
+        proof.finish(reread_from({s.name: s.data for s in given}))
+    assert sorted_ == []
+
+
+@pytest.mark.one_bookkeeping
+def test_the_sorts_cancellation_says_the_checks_own_reason() -> None:
+    from tracker.proof.accounts import spill
+    from tracker.proof.archive.checklimits import CANCELLED
+
+    assert spill.CANCELLED == CANCELLED  # callers tell a cancelled check by these words

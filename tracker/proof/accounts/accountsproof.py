@@ -144,6 +144,7 @@ class AccountsProof:
     ) -> None:
         """The constructor's work once the budget's share is made (see the class)."""
         self.progress = ProofCounters()
+        self._cancelled = cancelled  # asked by the wait for room and the partitions' sort
         self._note: str | None = None
         #: True once :meth:`finish` said why it could not end for a reason of this tracker's
         #: own (temporary space, files, memory, the hashing process), not the archive's.
@@ -699,7 +700,7 @@ class AccountsProof:
         try:
             index.seal()  # its runs whole, the staging buffer gone: the sort's memory is known
             memory = self._dedup_memory()
-            index.superseded_runs(slots, memory, twice, self.limits.workers)
+            index.superseded_runs(slots, memory, twice, self.limits.workers, self._cancelled)
             if index.on_disk:
                 self.progress.spilled = index.dir.written
             self._hash_newest(index.superseded_in_order(storages, memory), reread)

@@ -41,7 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import numpy.typing as npt
 
-from tracker.errors import NoRoom
+from tracker.errors import ArchiveInvalid, NoRoom
 from tracker.proof.accounts.budget import PREFIX, clean_leftovers
 from tracker.proof.formats import kernels
 
@@ -60,6 +60,10 @@ _BITS = 6
 MAX_LEVEL = 64 // _BITS
 #: The least memory of a thread deduplicating partitions: ~9,000 versions of one pubkey.
 MIN_SHARE = 1024 * 1024
+#: Why a check cancelled while its partitions are sorted stops: the words of
+#: ``tracker.proof.archive.checklimits.CANCELLED``, the check's reason once cancelled (this
+#: package imports no archive module; tests/unit/test_proof_accounts.py holds them equal).
+CANCELLED = "check cancelled"
 #: Free bytes left on the temporary file system, beyond what a write needs.
 KEEP_FREE = 16 * 1024**2
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -376,6 +380,8 @@ class SpillIndex:
         self._capacity = max(64, stage_bytes // (stages * RECORD + 24))
         self._stage: U64 = np.empty((self._capacity, 5), dtype=np.uint64)
         self._staged = 0
+        #: asked before each partition's sort (:meth:`superseded_runs`)
+        self._cancelled: Callable[[], bool] | None = None
 
     def add(self, rows: U64) -> None:
         """Add versions: (n, 5) rows of their pubkeys' four words and their locators."""
@@ -463,13 +469,18 @@ class SpillIndex:
         memory: int,
         twice: Callable[[U64, int], None],
         threads: int = 1,
+        cancelled: Callable[[], bool] | None = None,
     ) -> None:
         """Deduplicate every partition within ``memory`` bytes (splitting those that do
         not fit), appending the superseded versions that counted to the run file ``s``;
         ``twice(key, locator)`` is told of a pubkey stored twice in one slot (it raises).
         ``threads`` partitions at once, each within its share of ``memory`` (numpy's sorts
         and reads release the GIL; the hashing processes are idle by then), as many as
-        keep :data:`MIN_SHARE` each (:func:`dedup_threads`)."""
+        keep :data:`MIN_SHARE` each (:func:`dedup_threads`). Once ``cancelled()`` (asked
+        before each partition) ArchiveInvalid("check cancelled"), as the second read's: a
+        spilled mainnet full sorts for minutes, and a stopping interpreter waits for every
+        partition queued to its threads (``concurrent.futures`` joins them at exit)."""
+        self._cancelled = cancelled
         self.seal()
         largest = max(self.dir.size(f"p{part:02d}") for part in range(FANOUT))
         threads = dedup_threads(threads, memory, largest)
@@ -493,6 +504,8 @@ class SpillIndex:
         memory: int,
         twice: Callable[[U64, int], None],
     ) -> None:
+        if self._cancelled is not None and self._cancelled():
+            raise ArchiveInvalid(CANCELLED)  # the first failure: those not begun never are
         size = self.dir.size(name)
         if not size:
             return
