@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+import trio.testing
 import yaml
 from archives import forged_accounts_archive
 from helpers_cluster import STAKES, bank_hash, votes_for
@@ -645,3 +646,85 @@ async def test_a_check_marks_its_own_file_not_every_file_again(tmp_path: Path) -
     config = attrs.evolve(config)  # a reload: every file marked again
     await proofs.round()
     assert Counting.marks == before + count
+
+
+async def test_a_listing_short_of_descriptors_keeps_what_the_checks_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listing of the ledger that failed for want of a descriptor (EMFILE: this process's
+    trouble, not the directory's; the scrape keeps the target's files and health) forgot
+    every check of that directory: its digests went, a group's gate unranked its files, and
+    every archive (a mainnet full: its whole accounts proof) was read again at the next
+    round. Now what was said of each file stands, and is read again only if the file
+    changed (no network: the daemon's own class, a real archive)."""
+    import errno
+
+    import tracker.proof.background.localfiles as localfiles
+    from tracker.core.digests import Digests
+    from tracker.errors import ProbeError
+    from tracker.ordering.index import Index, TargetKey
+    from tracker.proof.records.localcopies import holder
+
+    ledger, name, _data, config = _ledger_of_one_archive(tmp_path)
+    real_scan, short = localfiles.scan_local, [False]
+
+    def scan_local(directory: str) -> Any:
+        if short[0]:
+            raise ProbeError("cannot list: Too many open files") from OSError(
+                errno.EMFILE, "Too many open files"
+            )
+        return real_scan(directory)
+
+    monkeypatch.setattr(localfiles, "scan_local", scan_local)
+    digests = Digests()
+    proofs = localfiles.LocalProofs(lambda: config, Index(), digests)
+    key = TargetKey("local", str(ledger))
+    assert await proofs.round() == 1
+    assert digests.of(holder(str(ledger / name)), "local", name) is not None
+    short[0] = True
+    assert await proofs.round() == 0
+    assert digests.of(holder(str(ledger / name)), "local", name) is not None
+    [(_name, done)] = proofs.of_target(key)
+    assert done is not None and done.verified is not None
+    short[0] = False
+    assert await proofs.round() == 0  # the same file: not read again
+
+
+async def test_the_check_of_a_file_the_validator_deleted_is_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """agave deletes its oldest archives (``maximum_full_snapshot_archives_to_retain``) as
+    it writes new ones. A check of a file deleted meanwhile ran to its end: a full's whole
+    accounts proof, its ~100 GB held on the validator's disk by the open descriptor, and
+    every other file's check (the new full, which a group's ``trust.require`` serves only
+    once proven) waiting behind it. It is stopped at the next listing, and its result is
+    never kept (no network: the daemon's own class, a real archive)."""
+    import tracker.proof.background.localfiles as localfiles
+    from tracker.core.digests import Digests
+    from tracker.ordering.index import Index, TargetKey
+
+    ledger, name, _data, config = _ledger_of_one_archive(tmp_path)
+    started, stopped = trio.Event(), []
+    real_check = localfiles.check_opened
+
+    async def check_opened(fd: int, st: os.stat_result, *args: Any) -> Any:
+        started.set()
+        try:
+            await trio.sleep_forever()  # a long proof
+        except trio.Cancelled:
+            stopped.append(True)
+            raise
+        return await real_check(fd, st, *args)  # pragma: no cover
+
+    monkeypatch.setattr(localfiles, "check_opened", check_opened)
+    proofs = localfiles.LocalProofs(lambda: config, Index(), Digests())
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            assert await proofs.round(nursery) == 1
+            await started.wait()
+            (ledger / name).unlink()  # the validator's retention
+            await proofs.round(nursery)
+            await trio.testing.wait_all_tasks_blocked()  # the cancelled check has run
+            assert stopped == [True]
+            assert proofs.of_target(TargetKey("local", str(ledger))) == []
+            nursery.cancel_scope.cancel()

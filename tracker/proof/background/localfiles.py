@@ -27,7 +27,7 @@ import math
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
 import attrs
@@ -40,6 +40,7 @@ from tracker.core.smallfiles import read_small_file
 from tracker.core.snapshots import TargetKey
 from tracker.discovery.local import scan_local
 from tracker.errors import ArchiveInvalid, ProbeError, RequestError
+from tracker.net.limits import exhausted
 from tracker.observability.logs import log_event
 from tracker.ordering.index import Index
 from tracker.proof.accounts.budget import AccountsLimits
@@ -122,6 +123,9 @@ class LocalProofs(Rounds):
         #: The paths whose check is started or running, and one check at a time: it reads
         #: a whole archive (as the cache's start-up check).
         self._checking: set[str] = set()
+        #: The cancel scope of each started or running check, by path, and the identity it
+        #: was started for: stopped once its file is no longer that one (see :meth:`round`).
+        self._running: dict[str, tuple[FileIdentity, trio.CancelScope]] = {}
         #: The paths whose marks may have changed since :meth:`_apply` last ran, and the
         #: config it ran with (another one: every path is marked again). Marking every
         #: path after every check cost O(files) each: a ledger of 19,000 archives held the
@@ -136,8 +140,13 @@ class LocalProofs(Rounds):
         """Check every local file due now: in ``nursery`` (None: one after another,
         awaited); how many checks were due."""
         config = self._config()
-        found = await trio.to_thread.run_sync(_listed, config) if config.verify_archives else []
-        self._forget_changed({c.path: (c, i) for c, i in found})
+        found: list[tuple[LocalCopy, FileIdentity | None]] = []
+        deferred: set[TargetKey] = set()
+        if config.verify_archives:
+            found, deferred = await trio.to_thread.run_sync(_listed, config)
+        now = {c.path: (c, i) for c, i in found}
+        self._forget_changed(now, deferred)
+        self._stop_gone(now, deferred)
         running = [(c, i) for c, i in found if c.path not in self._checking]
         due = checks_due(
             running,
@@ -161,19 +170,54 @@ class LocalProofs(Rounds):
         return len(due)
 
     async def _check_one(self, copy: LocalCopy, identity: FileIdentity) -> None:
-        """Check ``copy`` when no other check runs, then mark what it said."""
+        """Check ``copy`` when no other check runs, then mark what it said; stopped (and
+        nothing kept) once its file is gone or another one (:meth:`LocalProofs._stop_gone`)."""
         try:
-            async with self._one_at_a_time:
-                await self._check(self._config(), copy, identity)
+            with trio.CancelScope() as scope:
+                self._running[copy.path] = (identity, scope)
+                async with self._one_at_a_time:
+                    await self._check(self._config(), copy, identity)
             self._apply(self._config())
         finally:
             self._checking.discard(copy.path)
+            self._running.pop(copy.path, None)
 
-    def _forget_changed(self, now: dict[str, tuple[LocalCopy, FileIdentity | None]]) -> None:
+    def _stop_gone(
+        self,
+        now: dict[str, tuple[LocalCopy, FileIdentity | None]],
+        deferred: Collection[TargetKey],
+    ) -> None:
+        """Stop each started check whose file is no longer listed, or is another file now
+        (``now``: by path). agave deletes its oldest archives as it writes new ones: a check
+        left to run read a deleted full to its end (its accounts proof, its bytes held on
+        the validator's disk by the descriptor) while every other check, the new full's
+        among them, waited behind it; what it said would have been forgotten at once.
+        Those of a directory in ``deferred`` (not listed for this process's own cause) run
+        on."""
+        for path, (identity, scope) in self._running.items():
+            copy, listed = now.get(path, (None, None))
+            if copy is None and path in self._copies and self._copies[path].key in deferred:
+                continue
+            if listed != identity:
+                scope.cancel()
+
+    def _forget_changed(
+        self,
+        now: dict[str, tuple[LocalCopy, FileIdentity | None]],
+        deferred: Collection[TargetKey],
+    ) -> None:
         """Forget what was said of each file that is gone or is another file now (another
         identity under its path): its digest goes, and it is neither proven nor refused
-        until checked again."""
+        until checked again. The files of a directory in ``deferred`` (not listed for a
+        cause of this process's own) are kept as they were."""
         for path, copy in list(self._copies.items()):
+            if copy.key in deferred:
+                # Not listed for want of a descriptor or memory: nothing says the file went
+                # (the scrape keeps its target's files and health too), and forgetting it read
+                # every archive again, a full's whole accounts proof. A file changed meanwhile
+                # is still found at the next listing, and never served on this check
+                # (admit compares the opened file's identity).
+                continue
             listed, done = now.get(path, (None, None)), self._checked.get(path)
             if listed[0] == copy and (done is None or listed[1] == done.identity):
                 continue  # the same file (or not checked yet: nothing said of it)
@@ -360,21 +404,29 @@ def local_gated(config: Config, group: TargetGroup) -> bool:
     return config.verify_archives and gated(group.trust.asked) is not None
 
 
-def _listed(config: Config) -> list[tuple[LocalCopy, FileIdentity | None]]:
+def _listed(
+    config: Config,
+) -> tuple[list[tuple[LocalCopy, FileIdentity | None]], set[TargetKey]]:
     """Every archive in the local targets' directories (as the scrape lists them:
     :func:`tracker.discovery.local.scan_local`, keyed as its targets are), with the
-    identity of its file now (None: gone meanwhile). Blocking: in a worker thread."""
+    identity of its file now (None: gone meanwhile), and the targets whose directory could
+    not be listed for this process's own want of descriptors or memory
+    (:func:`tracker.net.limits.exhausted`, as the scrape defers them). Blocking: in a
+    worker thread."""
     found: list[tuple[LocalCopy, FileIdentity | None]] = []
+    deferred: set[TargetKey] = set()
     for group in config.target_groups:
         for directory in group.local_targets.paths if group.local_targets is not None else ():
             key = TargetKey(group.group, directory)
             try:
                 infos = scan_local(directory)
-            except ProbeError:
+            except ProbeError as exc:
+                if exhausted(exc):
+                    deferred.add(key)
                 continue  # its target shows why (the scrape's probe)
             files = {f.path: f for info in infos for f in info.files}
             found += [(LocalCopy(key, f.bare_name, p), _identity(p)) for p, f in files.items()]
-    return found
+    return found, deferred
 
 
 def _statement_files(
