@@ -11,6 +11,7 @@ from typing import Any
 
 import promql_parser
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "examples" / "prometheus" / "alerts.yml"
@@ -83,3 +84,20 @@ def dashboard_names() -> dict[str, set[str]]:
             [name] = re.findall(r"label_values\((\w+),", query["query"])
             out[f"variable {variable['name']}"] = {name}
     return out
+
+
+def promtool_series(
+    exposition: str, instance: str = "t", minutes: int = 30
+) -> list[dict[str, str]]:
+    """Every sample of a ``/metrics`` text as a promtool ``input_series``, held at its value
+    for ``minutes`` scrapes a minute apart (labels ``instance`` and ``job`` added, as a
+    scrape adds them)."""
+    series = []
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            labels = {**sample.labels, "instance": instance, "job": "snapshot-tracker"}
+            text = ",".join(f"{k}={json.dumps(v)}" for k, v in sorted(labels.items()))
+            series.append(
+                {"series": f"{sample.name}{{{text}}}", "values": f"{sample.value}x{minutes}"}
+            )
+    return series

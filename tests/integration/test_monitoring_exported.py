@@ -4,13 +4,26 @@ series yet count too)."""
 
 from __future__ import annotations
 
+import re
+import shutil
+import socket
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
-from helpers_monitoring import LEDGER, alert_rules, dashboard_names, exported_names, metric_names
+import yaml
+from helpers_monitoring import (
+    ALERTS,
+    LEDGER,
+    alert_rules,
+    dashboard_names,
+    exported_names,
+    metric_names,
+    promtool_series,
+)
 from helpers_tls import client_tls
-from helpers_tracker import start_tracker, write_config
+from helpers_tracker import start_tracker, wait_until, write_config
 
 
 async def test_every_metric_of_the_alerts_and_the_dashboard_is_exported(
@@ -32,3 +45,100 @@ async def test_every_metric_of_the_alerts_and_the_dashboard_is_exported(
     missing = {where: sorted(names - exported) for where, names in named.items()}
     assert not {where: names for where, names in missing.items() if names}
     assert all(named.values())  # every query names at least one metric
+
+
+async def firing_alerts(exposition: str, tmp_path: Path) -> set[tuple[str, str]]:
+    """The (alert, group) pairs of examples/prometheus/alerts.yml firing after 20 minutes of
+    a tracker exporting ``exposition`` at every scrape, as promtool's rule engine evaluates
+    them (every rule's ``for:`` passed)."""
+    spec = {
+        "rule_files": [str(ALERTS)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": promtool_series(exposition),
+                # promtool prints what it got when it differs: expect nothing, read that
+                "promql_expr_test": [
+                    {"expr": 'ALERTS{alertstate="firing"}', "eval_time": "20m", "exp_samples": []}
+                ],
+            }
+        ],
+    }
+    (tmp_path / "alert-test.yml").write_text(yaml.safe_dump(spec))
+    done = await trio.run_process(
+        ["promtool", "test", "rules", "alert-test.yml"], cwd=tmp_path, capture_stdout=True,
+        capture_stderr=True, check=False,
+    )  # fmt: skip
+    out = done.stdout.decode() + done.stderr.decode()
+    if done.returncode == 0:
+        return set()
+    found = set(re.findall(r'alertname="(\w+)".*?group="([^"]*)"', out))
+    assert found, out
+    return found
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+async def test_a_group_whose_discovery_finds_no_target_alerts_that_it_has_no_snapshot(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A cluster-discovery group whose RPC refuses (down when the tracker starts) has no
+    target at all and so no snapshot: every archive of it is a 404, and an operator must be
+    told (SnapshotTrackerNoSnapshot), not only about groups with targets."""
+    with socket.socket() as closed:  # bound, never listening: the RPC refuses connections
+        closed.bind(("127.0.0.1", 0))
+        rpc = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        settings = {
+            "internal_listen": "127.0.0.1:0",
+            "scrape_interval": "1s",
+            "target_groups": [{"group": "mainnet", "cluster_discovery": {"rpc": [rpc]}}],
+        }
+        _public, internal = await start_tracker(nursery, write_config(tmp_path, settings))
+        async with httpx.AsyncClient(verify=client_tls(), timeout=10, trust_env=False) as client:
+
+            async def reported() -> bool:
+                text = (await client.get(f"{internal}/metrics")).text
+                return 'snapshot_tracker_targets{group="mainnet"}' in text
+
+            await wait_until(reported)
+            exposition = (await client.get(f"{internal}/metrics")).text
+    assert 'snapshot_tracker_targets{group="mainnet"} 0.0' in exposition
+    assert ("SnapshotTrackerNoSnapshot", "mainnet") in await firing_alerts(exposition, tmp_path)
+
+
+async def test_an_archive_nobody_advertises_is_counted_not_found(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A 404 for an archive is the outcome ``not_found`` of archive_requests_total (the
+    dashboard's "Archive requests by outcome"), not a request no outcome counts."""
+    settings = {
+        "internal_listen": "127.0.0.1:0",
+        "scrape_interval": "1s",
+        "target_groups": [{"group": "local", "local_targets": {"paths": [str(LEDGER)]}}],
+    }
+    public, internal = await start_tracker(nursery, write_config(tmp_path, settings))
+    missing = "snapshot-999-DSDfJEwPp5cKu4Mgf2hZkPQ3abRDccBgmvS3CFJXc2Yt.tar.zst"
+    async with httpx.AsyncClient(verify=client_tls(), timeout=10, trust_env=False) as client:
+        assert (await client.get(f"{public}/v1/{missing}")).status_code == 404
+        text = (await client.get(f"{internal}/metrics")).text
+    assert 'snapshot_tracker_archive_requests_total{outcome="not_found"} 1.0' in text
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+async def test_a_healthy_tracker_fires_no_alert(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """Normal operation (a group with its snapshots, its target up) fires none of the rules."""
+    settings = {
+        "internal_listen": "127.0.0.1:0",
+        "scrape_interval": "1s",
+        "target_groups": [{"group": "local", "local_targets": {"paths": [str(LEDGER)]}}],
+    }
+    _public, internal = await start_tracker(nursery, write_config(tmp_path, settings))
+    async with httpx.AsyncClient(verify=client_tls(), timeout=10, trust_env=False) as client:
+
+        async def reported() -> bool:
+            text = (await client.get(f"{internal}/metrics")).text
+            return 'snapshot_tracker_best_full_slot{group="local"}' in text
+
+        await wait_until(reported)
+        exposition = (await client.get(f"{internal}/metrics")).text
+    assert await firing_alerts(exposition, tmp_path) == set()

@@ -49,7 +49,7 @@ Outcome = Literal[
     "refresh_rejected",  # a refresh's archive failed its check; nothing was promoted
     "refresh_stale",  # a refresh came whole and checked, no longer the best: not promoted
     "upstream_failed",  # no source could deliver the bytes (502)
-    "not_found",  # no source advertises the file / no snapshot available
+    "not_found",  # 404: no source advertises the archive asked for by name
     "object_redirect",  # 303 to a presigned URL of the object store
     "object_store",  # bytes streamed from the object store through the tracker
     "replica",  # bytes proxied from the replica refreshing the file into the bucket

@@ -211,6 +211,7 @@ class Delivery:
         name = archive.file_name
         found = self._index.find_file(group, name)
         if not found:
+            self._count("not_found")  # clients asking for a file gone: the dashboard shows it
             raise RequestError(404, f"no source of group {group!r} advertises {name}")
         f, source = found[0]
         config = self._config()
@@ -218,6 +219,7 @@ class Delivery:
         proxied = config.proxy_snapshot_downloads or served or self.proxied(source)
         if not f.path and not f.url and not config.proxy_snapshot_downloads:
             # Held by the tracker only (ordering.index.Holdings): served by proxy mode alone.
+            self._count("not_found")
             raise RequestError(404, f"no source of group {group!r} advertises {name}")
         if not f.path and not proxied:
             self._count("redirect")
