@@ -136,3 +136,31 @@ async def test_statements_refusing_a_copy_of_several_sources_leave_each_to_be_tr
     assert body_bytes(liar, FULL_NAME) > FAST.sample_size  # pooled: it carried pieces
     assert (ledger / FULL_NAME).read_bytes() == FULL
     assert result.vouched_by == (key.public_key,)
+
+
+async def test_a_resume_never_joins_an_earlier_runs_bytes_of_another_source(
+    tmp_path: Path,
+) -> None:
+    """A full not proven to accounts (``--prove-accounts false``), no sha256 listed, no
+    ``--trust-key``: its copy must be one source's. An earlier run took it from a liar (that
+    source alone: the best one then) and was killed half way, leaving its temp file and
+    state; the liar sent the honest source's validators. This run has the honest source
+    only: resuming joined the liar's half to the honest one's, a copy no check reads whole
+    (the state said which bytes were on disk, not who sent them)."""
+    from helpers_upstream import UPSTREAM_ETAG, UPSTREAM_LAST_MODIFIED
+
+    from tracker.fetch.state import State, save_state, temp_path
+    from tracker.multisource.sources import Identity
+
+    ledger = ledger_of(tmp_path)
+    half = len(FULL) // 2
+    (ledger / Path(temp_path(str(ledger), FULL_NAME)).name).write_bytes(forged(FULL)[:half])
+    identity = Identity(len(FULL), UPSTREAM_ETAG, UPSTREAM_LAST_MODIFIED)
+    save_state(str(ledger), State(FULL_NAME, identity, ((0, half),)))
+    honest = FakeUpstream(files={FULL_NAME: FULL})
+    settings = attrs.evolve(FAST, verify=True, piece_size=256 * 1024, prove_accounts=None)
+    async with tracker_of([honest]) as tracker:
+        opts = options(ledger, tracker.base, incremental=False, settings=settings)
+        await run_fetch(opts, NoProgress())
+    assert (ledger / FULL_NAME).read_bytes() == FULL
+    assert body_bytes(honest, FULL_NAME) >= len(FULL)  # its own copy, whole

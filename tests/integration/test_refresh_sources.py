@@ -752,7 +752,9 @@ async def test_two_ports_of_one_host_are_one_voice(tmp_path: Path) -> None:
             now = t.index.clock()
             named = t.streamer.rejections.errors(now)
             assert set(named) == {TargetKey(GROUP, liar.base) for liar in liars}
-            assert not t.streamer.rejections.rejected(TargetKey(GROUP, honest.base), NAME, now)
+            rejections = t.streamer.rejections
+            assert not rejections.rejected(TargetKey(GROUP, honest.base), NAME, now)
+            assert any(rejections.rejected(TargetKey(GROUP, up.base), NAME, now) for up in liars)
             again = await get(t.url(NAME))
             assert again[:3] == (200, sha256(DATA), SIZE)
 
@@ -784,3 +786,30 @@ async def test_pieces_asked_after_a_reload_carry_the_credentials_of_now(tmp_path
         assert any("Bearer rotated" in asked for asked in later)
         for asked in later:  # the first may have been asked before the reload, none after
             assert all(auth == "Bearer rotated" for auth in asked[1:]), later
+
+
+async def test_two_colluding_liars_never_get_the_honest_source_held_back(
+    tmp_path: Path,
+) -> None:
+    """One honest source (asked first) and two that send the same wrong bytes everywhere:
+    two against one outvote the honest one's ranges, but the copy rewritten with their
+    bytes fails its check again. The vote was refuted by the check that vouches for every
+    byte: the honest source is not held back for it."""
+    async with AsyncExitStack() as stack:
+        honest = await stack.enter_async_context(
+            serving(FakeUpstream(files={NAME: DATA}, behaviour={NAME: Behaviour(rate=RATE)}))
+        )
+        liars = [
+            await stack.enter_async_context(
+                serving(WrongEverywhere(files={NAME: DATA}, behaviour={NAME: Behaviour(rate=RATE)}))
+            )
+            for _ in range(2)
+        ]
+        async with tracker(tmp_path, [honest, *liars]) as t:
+            status, _digest, size, _seconds = await get(t.url(NAME))
+            assert status == 200 and size < SIZE
+            await wait_for(lambda: t.outcome("refresh_rejected") == 1, timeout=30)
+            now = t.index.clock()
+            rejections = t.streamer.rejections
+            assert not rejections.rejected(TargetKey(GROUP, honest.base), NAME, now)
+            assert any(rejections.rejected(TargetKey(GROUP, up.base), NAME, now) for up in liars)

@@ -8,6 +8,7 @@ import errno
 import os
 from pathlib import Path
 
+import attrs
 import pytest
 from names import full_name, incremental_name
 
@@ -21,7 +22,7 @@ from tracker.fetch.listing import RemoteFile, RemoteSnapshot
 from tracker.fetch.lock import ledger_lock, lock_path
 from tracker.fetch.settings import FetchSettings
 from tracker.fetch.sourcechecks import Source
-from tracker.fetch.state import Identity, State, restart_reason
+from tracker.fetch.state import Identity, State, one_source_reason, restart_reason
 from tracker.fetch.trust import TrustPolicy
 from tracker.fetch.vouching import mixing_problem
 from tracker.proof.accounts.budget import AccountsLimits
@@ -59,6 +60,29 @@ def test_why_a_resume_starts_over(
     # Resumed exactly when the state's own rule says it is the same file.
     if saved is not None and saved.done and ranges:
         assert (found == "") == saved.identity.same_file(offered)
+
+
+A, B = "http://a/x", "http://b/x"
+
+
+@pytest.mark.parametrize(
+    ("saved", "url", "reason"),
+    [
+        (None, A, ""),
+        (State("x", Identity(100, '"e1"', DATE)), A, ""),  # nothing saved
+        (attrs.evolve(SAVED, writers=(A,)), A, ""),  # its own bytes
+        (attrs.evolve(SAVED, writers=(B,)), A, "came from http://b/x"),  # another's
+        (attrs.evolve(SAVED, writers=(A, B)), A, "came from http://a/x, http://b/x"),
+        (SAVED, A, "sources not recorded"),  # an older state: who wrote them is unknown
+    ],
+)
+def test_whose_bytes_a_copy_of_one_source_resumes(
+    saved: State | None, url: str, reason: str
+) -> None:
+    """A copy that must be one source's resumes only the bytes that source wrote: the same
+    size and validators do not make another source's bytes its own."""
+    found = one_source_reason(saved, url)
+    assert (reason in found) if reason else found == ""
 
 
 @pytest.mark.parametrize(

@@ -533,18 +533,23 @@ def test_a_refresh_says_how_it_used_each_source(
 
 
 @pytest.mark.parametrize(
-    ("liars", "agreed", "undecided", "differing", "held"),
+    ("liars", "agreed", "undecided", "differing", "refuted", "held"),
     [
         # Liars found: they alone carry it, never a source whose bytes were confirmed.
-        ({2}, {0: 10, 1: 10}, 0, False, [2]),
+        ({2}, {0: 10, 1: 10}, 0, False, False, [2]),
         # Taken for a liar without a third source, and the check then failed: not proven;
         # the sources no other confirmed carry it.
-        ({-2}, {0: 10}, 10, True, [1, 2]),
-        ({2}, {}, 4, True, [2]),
+        ({-2}, {0: 10}, 10, True, False, [1, 2]),
+        ({2}, {}, 4, True, False, [2]),
         # Nothing differs and everything was compared: the archive itself is bad.
-        (set(), {0: 10, 1: 10, 2: 10}, 0, False, [0, 1, 2]),
+        (set(), {0: 10, 1: 10, 2: 10}, 0, False, False, [0, 1, 2]),
         # Undecided: the sources another one confirmed whole are cleared.
-        (set(), {0: 10, 1: 4}, 6, True, [1, 2]),
+        (set(), {0: 10, 1: 4}, 6, True, False, [1, 2]),
+        # Two liars sending the same bytes outvoted the honest 0 (2 confirmed by 1), and
+        # the copy with their bytes failed again: 0 is cleared, the vote proved nothing.
+        ({0}, {2: 10}, 0, False, True, [1]),
+        # One outvoted, every other byte confirmed, the copy still failing: no one.
+        ({2}, {0: 10, 1: 10}, 0, False, True, []),
     ],
 )
 def test_an_honest_source_never_carries_a_liars_error(
@@ -552,6 +557,7 @@ def test_an_honest_source_never_carries_a_liars_error(
     agreed: dict[int, int],
     undecided: int,
     differing: bool,
+    refuted: bool,
     held: list[int],
 ) -> None:
     from tracker.multisource.sources import Identity, Source
@@ -566,4 +572,4 @@ def test_an_honest_source_never_carries_a_liars_error(
         differing=[Difference(20, 21, 2, 0)] if differing else [],
         agreed={sources[i]: count for i, count in agreed.items()},
     )
-    assert held_back(sources, written, found) == [sources[i] for i in held]
+    assert held_back(sources, written, found, refuted=refuted) == [sources[i] for i in held]

@@ -49,6 +49,7 @@ from tracker.fetch.space import (
 from tracker.fetch.state import (
     State,
     load_state,
+    one_source_reason,
     remove_state,
     restart_reason,
     state_path,
@@ -242,9 +243,12 @@ async def _download_from(
     size = reference.identity.size
     saved = load_state(ledger, name)
     why = restart_reason(saved, reference.identity, reference.ranges)
+    if not why and mixing_problem(file, settings):
+        why = one_source_reason(saved, reference.url)  # its copy is the reference's alone
     if why:
         log_event(log, "warning", "fetch_starting_over", file=name, reason=f"{why}; starting over")
     done = list(saved.done) if saved is not None and not why else []
+    writers = saved.writers if saved is not None and done else ()
     if not done:
         remove_state(ledger, name)
     # About four pieces per connection (fewer requests for a 100 GB file); stealing evens
@@ -263,7 +267,8 @@ async def _download_from(
         os.close(fd)
         raise FetchError(f"{path} has another link; not written through: remove it and run again")
     try:
-        return await _fill(FetchCrew(client, settings, pieces, fd, progress), file, pool, ledger)
+        crew = FetchCrew(client, settings, pieces, fd, progress)
+        return await _fill(crew, file, pool, ledger, writers)
     except CopyRejected as exc:
         if not done:
             raise
@@ -283,9 +288,12 @@ async def _download_from(
     return await _download_from(client, file, fresh, ledger, settings, progress)
 
 
-async def _fill(crew: FetchCrew, file: RemoteFile, pool: list[Source], ledger: str) -> Result:
-    """Download the missing pieces into the crew's temp file, check the copy, and rename
-    that very file into place."""
+async def _fill(
+    crew: FetchCrew, file: RemoteFile, pool: list[Source], ledger: str, writers: tuple[str, ...]
+) -> Result:
+    """Download the missing pieces into the crew's temp file (``writers``: the sources of
+    the bytes an earlier run left there), check the copy, and rename that very file into
+    place."""
     name, pieces, fd, progress = file.file_name, crew.pieces, crew.fd, crew.progress
     reference = pool[0]
     size = reference.identity.size
@@ -295,8 +303,9 @@ async def _fill(crew: FetchCrew, file: RemoteFile, pool: list[Source], ledger: s
     # prefix on disk: at the end only what came last is left to check, from the page cache.
     settings = crew.settings
     check = FollowingCheck.start(fd, name, settings.prove_accounts) if settings.verify else None
-    saver = StateSaver(ledger, State(name, reference.identity), pieces, fd)
     live = pool if reference.ranges else [reference]
+    state = State(name, reference.identity, writers=writers)
+    saver = StateSaver(ledger, state, pieces, fd, pool=live)
     try:
         # A new file gets its blocks now: a full disk shows before the download, not in it.
         grow = preallocate if not pieces.done_bytes else os.ftruncate
@@ -329,7 +338,7 @@ async def _fill(crew: FetchCrew, file: RemoteFile, pool: list[Source], ledger: s
         progress.finish()
     digest, proof, vouchers = "", None, tuple[str, ...]()
     if check is not None:
-        digest, proof, vouchers = await _verify(crew, file, live, check, ledger)
+        digest, proof, vouchers = await _verify(crew, file, live, check, ledger, saver.writers())
     final = os.path.join(ledger, name)
     _rename_checked(fd, temp_path(ledger, name), final)
     remove_state(ledger, name)
@@ -409,7 +418,12 @@ async def _follow(check: FollowingCheck, pieces: Pieces, download: trio.CancelSc
 
 
 async def _verify(
-    crew: FetchCrew, file: RemoteFile, pool: list[Source], check: FollowingCheck, ledger: str
+    crew: FetchCrew,
+    file: RemoteFile,
+    pool: list[Source],
+    check: FollowingCheck,
+    ledger: str,
+    writers: tuple[str, ...],
 ) -> tuple[str, Proof, tuple[str, ...]]:
     """The SHA-256 of the complete temp file of ``file`` (``check`` followed it and was
     told its end) and what its check proved (and the votes, with ``--rpc``), when it passes
@@ -420,7 +434,9 @@ async def _verify(
     statements refused it (docs/http-api.md, "Signed statements")."""
     name, sha256, require = file.file_name, file.sha256, crew.settings.require
     senders = [s for s in pool if s.sent]
-    mixed = len(senders) > 1  # a copy of several sources' pieces
+    # A copy of several sources' pieces: this run's, or a resumed copy's (``writers``: an
+    # earlier run's sources count, its bytes are on disk as much as this run's)
+    mixed = len(senders) > 1 or len(writers) > 1
     unvouched = None
     try:
         # On cancellation the check's thread reads on to the end, then stops by itself.

@@ -5,11 +5,15 @@
 size and validators). A fetch that was killed starts again from the state: when the source
 still offers the same file (same size, and the same ``ETag`` or ``Last-Modified`` when it
 gave one), only the missing ranges are fetched; otherwise the download starts over, so bytes
-of two files are never mixed. The state is replaced atomically (temp file and rename); it
-records only bytes whose ``pwrite`` returned. Neither file is ever opened through a symbolic
-link planted under its name (``O_NOFOLLOW``); the state is read and written as every small
-file of the tracker is (:mod:`tracker.core.smallfiles`: a regular file only, bounded, never a
-FIFO's blocking open; written to a temp file created ``O_EXCL``, fsynced, renamed).
+of two files are never mixed. It also names the sources whose bytes those are
+(``writers``): a copy that must be one source's (nothing vouches for every byte of a copy of
+several: :func:`tracker.fetch.vouching.mixing_problem`) is resumed only from the one source
+that wrote all of it (:func:`one_source_reason`). The state is replaced atomically (temp
+file and rename); it records only bytes whose ``pwrite`` returned. Neither file is ever
+opened through a symbolic link planted under its name (``O_NOFOLLOW``); the state is read
+and written as every small file of the tracker is (:mod:`tracker.core.smallfiles`: a
+regular file only, bounded, never a FIFO's blocking open; written to a temp file created
+``O_EXCL``, fsynced, renamed).
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ class State:
     name: str
     identity: Identity
     done: tuple[tuple[int, int], ...] = ()
+    #: The URLs of the sources that sent bytes of ``done``, sorted (none recorded: an
+    #: older state's, or nothing done).
+    writers: tuple[str, ...] = ()
 
 
 def restart_reason(saved: State | None, offered: Identity, ranges: bool) -> str:
@@ -52,6 +59,19 @@ def restart_reason(saved: State | None, offered: Identity, ranges: bool) -> str:
     if saved.identity.validators.if_range() is None or offered.validators.if_range() is None:
         return "the source sent no validator"
     return not_same_reason(saved.identity.validators, offered.validators) or ""
+
+
+def one_source_reason(saved: State | None, url: str) -> str:
+    """Why the bytes of ``saved`` cannot be resumed into a copy that must be ``url``'s
+    alone (one line); "" when there are none or that source wrote them all. Pure. The same
+    size and validators do not make two sources' bytes one file's (a liar may send the
+    validators of the source it lies about): the bytes an earlier run took from another
+    source, joined to this one's, would be a copy of several sources that nothing vouches
+    for, judged as one source's (docs/fetch.md, "Safely")."""
+    if saved is None or not saved.done or saved.writers == (url,):
+        return ""
+    wrote = ", ".join(saved.writers) if saved.writers else "sources not recorded"
+    return f"the bytes on disk came from {wrote}, and this copy must be one source's"
 
 
 def temp_path(ledger: str, name: str) -> str:
@@ -82,7 +102,11 @@ def load_state(ledger: str, name: str) -> State | None:
         return None
     if held is None:
         return None
-    return State(name, identity, tuple(intersect(claimed, held)))
+    writers = raw.get("writers", [])
+    if not isinstance(writers, list) or not all(isinstance(w, str) for w in writers):
+        return None
+    done = tuple(intersect(claimed, held))
+    return State(name, identity, done, tuple(sorted(set(writers))) if done else ())
 
 
 #: Data extents of a temp file looked at; past them the file counts as a hole.
@@ -125,6 +149,7 @@ def save_state(ledger: str, state: State) -> None:
         "etag": state.identity.etag,
         "last_modified": state.identity.last_modified,
         "done": [list(interval) for interval in state.done],
+        "writers": list(state.writers),
     }
     path = state_path(ledger, state.name)
     # Its temp file is ``{state}.new`` (removed with it by :func:`remove_state`).

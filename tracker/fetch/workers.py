@@ -48,21 +48,31 @@ class StateSaver:
     state: State
     pieces: Pieces
     fd: int
+    #: The sources of this run: those that sent bytes join the state's writers.
+    pool: list[Source] = attrs.Factory(list)
     saved: tuple[tuple[int, int], ...] | None = None
+
+    def writers(self) -> tuple[str, ...]:
+        """The URLs of the sources whose bytes the temp file holds: an earlier run's
+        (the state resumed) and this run's that sent any, sorted."""
+        sent = {s.url for s in self.pool if s.sent}
+        return tuple(sorted(set(self.state.writers) | sent))
 
     async def save(self) -> None:
         """Write the state of what is done now, unless it did not change. FetchError when
         it cannot be written (a full disk): one line naming the file, the system's words and
         what a next run resumes (the last state saved stays as it was)."""
         done = tuple(self.pieces.done())  # taken before the sync: every byte in it is written
-        if done == self.saved:
+        # No await since ``done``: every source whose bytes it claims has counted them.
+        writers = self.writers()
+        if done == self.saved and writers == self.state.writers:
             return
-        state = attrs.evolve(self.state, done=done)
+        state = attrs.evolve(self.state, done=done, writers=writers)
         try:
             await trio.to_thread.run_sync(_sync_and_save, self.ledger, state, self.fd)
         except OSError as exc:
             raise FetchError(self._failed(exc)) from exc
-        self.saved = done
+        self.saved, self.state = done, state
 
     def _failed(self, exc: OSError) -> str:
         """Why the state could not be saved, and what a next run resumes."""

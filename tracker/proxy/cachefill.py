@@ -629,14 +629,17 @@ class Repair:
             log_event(
                 many_log, "warning", "refresh_not_repaired", file=refresh.name, reason=exc.reason
             )
-            self._narrow(found)
+            # the bytes the votes chose fail too: two colluding liars may have outvoted
+            # an honest source, who must not carry their error
+            self._narrow(found, refuted=True)
             return False
         return self._named(found)
 
-    def _narrow(self, found: Findings) -> None:
-        """Who carries the failed check now that the repair did not pass (:attr:`blame`)."""
+    def _narrow(self, found: Findings, *, refuted: bool = False) -> None:
+        """Who carries the failed check now that the repair did not pass (:attr:`blame`;
+        ``refuted``: the copy with the votes' bytes failed its check again)."""
         outcome = self.outcome
-        kept = held_back(list(outcome.sources), outcome.written, found)
+        kept = held_back(list(outcome.sources), outcome.written, found, refuted=refuted)
         self.blame[:] = [outcome.key_of(s) for s in kept]
 
     def _named(self, found: Findings) -> bool:

@@ -176,21 +176,32 @@ def held_back(
     sources: list[Source],
     written: dict[Source, list[tuple[int, int]]],
     found: Findings,
+    *,
+    refuted: bool = False,
 ) -> list[Source]:
     """Who carries a copy's failed check once its repair did not pass (who sent bytes of
     it, ``written``): the liars found by two sources against one, when any were, and no one
     else; else, when every range was compared and no source's bytes differed from another's,
     every sender (they agree: the archive they serve fails its check); else the senders whose
     every byte was not sent the same by another source (the liar is among them; a source
-    whose bytes another one confirmed never carries the error)."""
+    whose bytes another one confirmed never carries the error).
+
+    ``refuted``: the copy rewritten with the bytes two sources agreed on failed its check
+    again. Two liars that send the same bytes outvote an honest source, so their vote
+    proves nothing then: no source is held back on its word (the honest one it overturned
+    would be the only one), and the others are judged as where nothing was proven."""
     senders = [s for s in sources if written.get(s)]
+    outvoted = set(found.liars) if refuted else set()
     proven = [s for s in senders if s in found.liars and s not in found.provisional]
-    if proven:
+    if proven and not refuted:
         return proven
     if not found.undecided and not found.differing and not found.liars:
         return senders
     return [
-        s for s in senders if found.agreed.get(s, 0) < sum(end - start for start, end in written[s])
+        s
+        for s in senders
+        if s not in outvoted
+        and found.agreed.get(s, 0) < sum(end - start for start, end in written[s])
     ]
 
 
