@@ -290,3 +290,18 @@ def test_what_lets_a_copy_be_made_of_several_sources(
         prove_accounts=AccountsLimits() if accounts else None,
     )
     assert bool(mixing_problem(file, settings)) is one_source
+
+
+def test_a_saved_state_names_its_writers_without_their_credentials(tmp_path: Path) -> None:
+    # docs/fetch.md: credentials in a --source URL (http://user:pw@host) go as Basic
+    # credentials to that origin; the state (written 0644 into the ledger) named the writers
+    # by that URL, the password with it.
+    from tracker.fetch.state import load_state, save_state, state_path, temp_path
+
+    secret = "http://user:hunter2@a/x?token=s3cr3t"
+    (tmp_path / os.path.basename(temp_path(str(tmp_path), "x"))).write_bytes(b"y" * 100)
+    save_state(str(tmp_path), attrs.evolve(SAVED, done=((0, 100),), writers=(secret,)))
+    text = Path(state_path(str(tmp_path), "x")).read_text()
+    assert "hunter2" not in text and "s3cr3t" not in text, text
+    loaded = load_state(str(tmp_path), "x")
+    assert loaded is not None and one_source_reason(loaded, secret) == ""  # still its own

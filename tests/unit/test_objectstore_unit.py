@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -602,3 +603,58 @@ async def test_a_call_of_the_trackers_own_has_a_deadline(monkeypatch: pytest.Mon
             await _bucket()._call("LIST", trickling)
     finally:
         released.set()
+
+
+async def test_a_denied_archive_delete_leaves_that_archive_and_retention_goes_on() -> None:
+    # docs/replicas.md: a housekeeping call the bucket's policy refuses "costs that
+    # housekeeping only ... the object stays, retention goes on with the rest". A denied
+    # delete of one archive (archives left to a lifecycle rule) ended the whole retention:
+    # the index was never told what the bucket holds (on_listed), nor the rest retired.
+    import botocore.exceptions
+
+    from tracker.core.digests import Digests
+    from tracker.objectstore.known import Known
+    from tracker.objectstore.retainer import Retainer
+
+    when = datetime(2000, 1, 1, tzinfo=UTC)
+    names = [full_name(100), full_name(200), full_name(300)]
+    objects = {f"p/g/{name}" for name in names}
+
+    def error(code: str, status: int) -> botocore.exceptions.ClientError:
+        answer: Any = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+        return botocore.exceptions.ClientError(answer, "op")
+
+    class Store:
+        def list_objects_v2(self, Prefix: str, **_kwargs: object) -> dict[str, object]:
+            items = [
+                {"Key": k, "Size": 5, "ETag": '"e"', "LastModified": when}
+                for k in sorted(objects)
+                if k.startswith(Prefix)
+            ]
+            return {"Contents": items, "IsTruncated": False}
+
+        def head_object(self, Key: str, **_kwargs: object) -> dict[str, object]:
+            if Key not in objects:
+                raise error("404", 404)
+            return {"ContentLength": 5, "ETag": '"e"', "LastModified": when, "Metadata": {}}
+
+        def put_object(self, Key: str, **_kwargs: object) -> dict[str, object]:
+            objects.add(Key)
+            return {"ETag": '"e"'}
+
+        def delete_object(self, Key: str, **_kwargs: object) -> dict[str, object]:
+            if Key == f"p/g/{names[0]}":  # this one is the lifecycle rule's
+                raise error("AccessDenied", 403)
+            objects.discard(Key)
+            return {}
+
+    bucket = _bucket()
+    bucket._client = Store()
+    store = attrs.evolve(bucket.store, prefix="p/", keep_previous=0)
+    told: list[list[str]] = []
+    retainer = Retainer(store, bucket, Known(), Digests(), lambda op, exc: None)
+    retainer.on_listed = lambda _group, held: told.append([n for n, _s, _t in held])
+    await retainer.retain("g", full=True)
+    assert bucket.health.up
+    assert f"p/g/{names[1]}" not in objects  # the rest retired
+    assert told == [[names[0], names[2]]]  # and the index told what the bucket holds

@@ -30,6 +30,7 @@ from tracker.core.smallfiles import read_small, write_atomically
 from tracker.multisource.claims import intersect
 from tracker.multisource.samefile import not_same_reason
 from tracker.multisource.sources import Identity
+from tracker.observability.redact import redact_url
 
 #: The longest state file read back (a state is a few hundred bytes).
 MAX_STATE_BYTES = 1024 * 1024
@@ -42,9 +43,16 @@ class State:
     name: str
     identity: Identity
     done: tuple[tuple[int, int], ...] = ()
-    #: The URLs of the sources that sent bytes of ``done``, sorted (none recorded: an
-    #: older state's, or nothing done).
+    #: The sources that sent bytes of ``done`` (:func:`writer_of` their URLs), sorted
+    #: (none recorded: an older state's, or nothing done).
     writers: tuple[str, ...] = ()
+
+
+def writer_of(url: str) -> str:
+    """How a state names the source at ``url``: its userinfo and query masked (the state
+    file is 0644 in the ledger; a ``--source http://user:pw@host`` carries a password, a
+    presigned URL its signature). Pure."""
+    return redact_url(url)
 
 
 def restart_reason(saved: State | None, offered: Identity, ranges: bool) -> str:
@@ -68,7 +76,7 @@ def one_source_reason(saved: State | None, url: str) -> str:
     validators of the source it lies about): the bytes an earlier run took from another
     source, joined to this one's, would be a copy of several sources that nothing vouches
     for, judged as one source's (docs/fetch.md, "Safely")."""
-    if saved is None or not saved.done or saved.writers == (url,):
+    if saved is None or not saved.done or saved.writers == (writer_of(url),):
         return ""
     wrote = ", ".join(saved.writers) if saved.writers else "sources not recorded"
     return f"the bytes on disk came from {wrote}, and this copy must be one source's"
@@ -149,7 +157,7 @@ def save_state(ledger: str, state: State) -> None:
         "etag": state.identity.etag,
         "last_modified": state.identity.last_modified,
         "done": [list(interval) for interval in state.done],
-        "writers": list(state.writers),
+        "writers": sorted({writer_of(w) for w in state.writers}),
     }
     path = state_path(ledger, state.name)
     # Its temp file is ``{state}.new`` (removed with it by :func:`remove_state`).

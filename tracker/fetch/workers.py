@@ -23,7 +23,7 @@ from tracker.errors import FetchError
 from tracker.fetch.progress import Progress
 from tracker.fetch.settings import FetchSettings
 from tracker.fetch.sourcechecks import request
-from tracker.fetch.state import State, save_state, state_path, temp_path
+from tracker.fetch.state import State, save_state, state_path, temp_path, writer_of
 from tracker.multisource import crew as engine
 from tracker.multisource.claims import Claim, Pieces
 from tracker.multisource.crew import PieceAnswer, skipped
@@ -55,7 +55,7 @@ class StateSaver:
     def writers(self) -> tuple[str, ...]:
         """The URLs of the sources whose bytes the temp file holds: an earlier run's
         (the state resumed) and this run's that sent any, sorted."""
-        sent = {s.url for s in self.pool if s.sent}
+        sent = {writer_of(s.url) for s in self.pool if s.sent}
         return tuple(sorted(set(self.state.writers) | sent))
 
     async def save(self) -> None:

@@ -125,8 +125,15 @@ class Retainer:
                 await self.bucket.put(keys.retiring_key(self.store.prefix, group, name), b"")
             again = {name: await self._handed_age(group, name) for name in plan.delete}
             final = retirement(again, hold=hold)
+            refused = False
             for name in final.delete:
-                await self._retire(group, name)
+                try:
+                    await self._retire(group, name)
+                except StoreError as exc:
+                    if not exc.denied:
+                        raise
+                    refused = True  # the policy keeps it (logged once): the rest goes on
+                    continue
                 held.pop(name, None)
             for name in held.keys() - set(old):
                 # kept after all (a newer one deleted by hand, a restart with more kept):
@@ -148,6 +155,8 @@ class Retainer:
             self.schedule(group, full, RETRY_AFTER)
             return
         waits = [w for w in (plan.wait, final.wait) if w is not None]
+        if refused:  # asked again: a policy changed since deletes it
+            waits.append(RETRY_AFTER)
         if waits:
             self.schedule(group, full, min(waits))
 
