@@ -11,7 +11,7 @@ import pytest
 import trio
 from archives import build_archive
 from helpers_bytes import MiB, archive_bytes, sha256
-from helpers_proxy import GROUP, advertise_files, proxy_tracker, wait_for
+from helpers_proxy import GROUP, TrackerUnderTest, advertise_files, proxy_tracker, wait_for
 from helpers_tls import client_tls
 from helpers_upstream import Behaviour, FakeUpstream, serving
 from names import full_name, incremental_name
@@ -68,19 +68,28 @@ async def test_an_incremental_on_a_full_still_served_stays_listed_and_downloads(
             assert len(up.gets()) == gets  # from the cache: the source has it no more
 
 
+async def moved_to_a_newer_full(
+    t: TrackerUnderTest, up: FakeUpstream, client: httpx.AsyncClient
+) -> Cache:
+    """INCR_1 read through the tracker and held; then the source moves on to a newer full
+    alone (FULL gone) and INCR_2 is read: the cache, whose promotion of INCR_2 evicts."""
+    await client.get(t.url(INCR_1))
+    await wait_for(lambda: t.holds(INCR_1))
+    moved = {name: DATA[name] for name in (NEWER_FULL, INCR_2)}
+    up.files = dict(moved)
+    advertise_files(t.index, up, moved)
+    await client.get(t.url(INCR_2))
+    cache = t.streamer.cache()
+    assert cache is not None
+    return cache
+
+
 async def test_an_incremental_on_a_full_nobody_serves_goes(tmp_path: Path) -> None:
     up = FakeUpstream(files={FULL: DATA[FULL], INCR_1: DATA[INCR_1]})
     async with serving(up), proxy_tracker(tmp_path / "cache") as t:
         advertise_files(t.index, up, {FULL: DATA[FULL], INCR_1: DATA[INCR_1]})
         async with httpx.AsyncClient(verify=client_tls(), timeout=20) as client:
-            await client.get(t.url(INCR_1))
-            await wait_for(lambda: INCR_1 in t.cached())
-            moved = {name: DATA[name] for name in (NEWER_FULL, INCR_2)}
-            up.files = dict(moved)
-            advertise_files(t.index, up, moved)
-            await client.get(t.url(INCR_2))
-            cache = t.streamer.cache()
-            assert cache is not None
+            cache = await moved_to_a_newer_full(t, up, client)
             # Promoted, evicted, and the index told what the cache holds now (the refresh is
             # released only after all three).
             await wait_for(lambda: INCR_2 in t.cached() and not cache.refreshes())
@@ -113,14 +122,7 @@ async def test_the_index_knows_a_promotion_before_its_refresh_is_let_go(
         try:
             advertise_files(t.index, up, {FULL: DATA[FULL], INCR_1: DATA[INCR_1]})
             async with httpx.AsyncClient(verify=client_tls(), timeout=20) as client:
-                await client.get(t.url(INCR_1))
-                await wait_for(lambda: t.holds(INCR_1))
-                moved = {name: DATA[name] for name in (NEWER_FULL, INCR_2)}
-                up.files = dict(moved)
-                advertise_files(t.index, up, moved)
-                await client.get(t.url(INCR_2))
-                cache = t.streamer.cache()
-                assert cache is not None
+                cache = await moved_to_a_newer_full(t, up, client)
                 await wait_for(lambda: unlinking.is_set() and not cache.refreshes())
                 assert t.holds(INCR_2) and not t.holds(INCR_1)
         finally:

@@ -78,6 +78,21 @@ async def firing_alerts(exposition: str, tmp_path: Path) -> set[tuple[str, str]]
     return found
 
 
+async def exposition_once(
+    nursery: trio.Nursery, tmp_path: Path, settings: dict[str, object], line: str
+) -> str:
+    """The ``/metrics`` text of a tracker started with ``settings`` once it exports ``line``
+    (a sample's name and labels)."""
+    _public, internal = await start_tracker(nursery, write_config(tmp_path, settings))
+    async with httpx.AsyncClient(verify=client_tls(), timeout=10, trust_env=False) as client:
+
+        async def reported() -> bool:
+            return line in (await client.get(f"{internal}/metrics")).text
+
+        await wait_until(reported)
+        return (await client.get(f"{internal}/metrics")).text
+
+
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
 async def test_a_group_whose_discovery_finds_no_target_alerts_that_it_has_no_snapshot(
     nursery: trio.Nursery, tmp_path: Path
@@ -93,15 +108,8 @@ async def test_a_group_whose_discovery_finds_no_target_alerts_that_it_has_no_sna
             "scrape_interval": "1s",
             "target_groups": [{"group": "mainnet", "cluster_discovery": {"rpc": [rpc]}}],
         }
-        _public, internal = await start_tracker(nursery, write_config(tmp_path, settings))
-        async with httpx.AsyncClient(verify=client_tls(), timeout=10, trust_env=False) as client:
-
-            async def reported() -> bool:
-                text = (await client.get(f"{internal}/metrics")).text
-                return 'snapshot_tracker_targets{group="mainnet"}' in text
-
-            await wait_until(reported)
-            exposition = (await client.get(f"{internal}/metrics")).text
+        line = 'snapshot_tracker_targets{group="mainnet"}'
+        exposition = await exposition_once(nursery, tmp_path, settings, line)
     assert 'snapshot_tracker_targets{group="mainnet"} 0.0' in exposition
     assert ("SnapshotTrackerNoSnapshot", "mainnet") in await firing_alerts(exposition, tmp_path)
 
@@ -132,13 +140,6 @@ async def test_a_healthy_tracker_fires_no_alert(nursery: trio.Nursery, tmp_path:
         "scrape_interval": "1s",
         "target_groups": [{"group": "local", "local_targets": {"paths": [str(LEDGER)]}}],
     }
-    _public, internal = await start_tracker(nursery, write_config(tmp_path, settings))
-    async with httpx.AsyncClient(verify=client_tls(), timeout=10, trust_env=False) as client:
-
-        async def reported() -> bool:
-            text = (await client.get(f"{internal}/metrics")).text
-            return 'snapshot_tracker_best_full_slot{group="local"}' in text
-
-        await wait_until(reported)
-        exposition = (await client.get(f"{internal}/metrics")).text
+    line = 'snapshot_tracker_best_full_slot{group="local"}'
+    exposition = await exposition_once(nursery, tmp_path, settings, line)
     assert await firing_alerts(exposition, tmp_path) == set()
