@@ -11,7 +11,7 @@ path as a plan"). :meth:`ProxyStreamer.prefetch` starts a refresh with no client
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import attrs
@@ -697,13 +697,12 @@ class CacheDigests(Digests):
 
 
 def hold_cached(
-    index: Index, files: list[CachedFile], rechecking: list[CachedFile] | None = None
+    index: Index, files: Sequence[CachedFile], rechecking: Sequence[CachedFile] = ()
 ) -> None:
     """The disk cache now holds ``files``: the index lists those no source has any more
     (:class:`tracker.ordering.index.Holdings`); and ``rechecking``, copies whose check has
     not passed yet: not listed, their fulls still served."""
-    unchecked = rechecking or []
-    groups = {f.group for f in [*files, *unchecked]} | set(index.holdings.groups())
+    groups = {f.group for f in [*files, *rechecking]} | set(index.holdings.groups())
     for group in groups:
         held = [(f.name, f.size, f.mtime) for f in files if f.group == group]
-        index.hold("cache", group, held, [f.name for f in unchecked if f.group == group])
+        index.hold("cache", group, held, [f.name for f in rechecking if f.group == group])

@@ -380,8 +380,6 @@ class SpillIndex:
         self._capacity = max(64, stage_bytes // (stages * RECORD + 24))
         self._stage: U64 = np.empty((self._capacity, 5), dtype=np.uint64)
         self._staged = 0
-        #: asked before each partition's sort (:meth:`superseded_runs`)
-        self._cancelled: Callable[[], bool] | None = None
 
     def add(self, rows: U64) -> None:
         """Add versions: (n, 5) rows of their pubkeys' four words and their locators."""
@@ -480,7 +478,6 @@ class SpillIndex:
         before each partition) ArchiveInvalid("check cancelled"), as the second read's: a
         spilled mainnet full sorts for minutes, and a stopping interpreter waits for every
         partition queued to its threads (``concurrent.futures`` joins them at exit)."""
-        self._cancelled = cancelled
         self.seal()
         largest = max(self.dir.size(f"p{part:02d}") for part in range(FANOUT))
         threads = dedup_threads(threads, memory, largest)
@@ -488,7 +485,9 @@ class SpillIndex:
         pool = ThreadPoolExecutor(threads, thread_name_prefix="accounts-dedup")
         try:
             done = [
-                pool.submit(self._partition, f"p{part:02d}", 0, storage_slots, share, twice)
+                pool.submit(
+                    self._partition, f"p{part:02d}", 0, storage_slots, share, twice, cancelled
+                )
                 for part in range(FANOUT)
             ]
             for future in done:
@@ -503,8 +502,9 @@ class SpillIndex:
         storage_slots: U64,
         memory: int,
         twice: Callable[[U64, int], None],
+        cancelled: Callable[[], bool] | None = None,
     ) -> None:
-        if self._cancelled is not None and self._cancelled():
+        if cancelled is not None and cancelled():
             raise ArchiveInvalid(CANCELLED)  # the first failure: those not begun never are
         size = self.dir.size(name)
         if not size:
@@ -517,7 +517,8 @@ class SpillIndex:
                 self._write(piece.reshape(-1, 5), f"{name}.", level + 1)
             self.dir.delete(name)
             for part in range(FANOUT):
-                self._partition(f"{name}.{part:02d}", level + 1, storage_slots, memory, twice)
+                sub = f"{name}.{part:02d}"
+                self._partition(sub, level + 1, storage_slots, memory, twice, cancelled)
             return
         rows = self.dir.read(name).reshape(-1, 5)
         self.dir.delete(name)

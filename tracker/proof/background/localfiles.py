@@ -120,11 +120,10 @@ class LocalProofs(Rounds):
         #: When a statement file refused for being checked ahead of this clock becomes
         #: acceptable, by the archive's path: read again then, though it did not change.
         self._ahead: dict[str, float] = {}
-        #: The paths whose check is started or running, and one check at a time: it reads
-        #: a whole archive (as the cache's start-up check).
-        self._checking: set[str] = set()
-        #: The cancel scope of each started or running check, by path, and the identity it
-        #: was started for: stopped once its file is no longer that one (see :meth:`round`).
+        #: The checks started (waiting for their turn) or running, by path: the identity
+        #: each was started for and its cancel scope, cancelled once its file is no longer
+        #: that one (:meth:`_stop_gone`). One check at a time: it reads a whole archive
+        #: (as the cache's start-up check).
         self._running: dict[str, tuple[FileIdentity, trio.CancelScope]] = {}
         #: The paths whose marks may have changed since :meth:`_apply` last ran, and the
         #: config it ran with (another one: every path is marked again). Marking every
@@ -147,7 +146,7 @@ class LocalProofs(Rounds):
         now = {c.path: (c, i) for c, i in found}
         self._forget_changed(now, deferred)
         self._stop_gone(now, deferred)
-        running = [(c, i) for c, i in found if c.path not in self._checking]
+        running = [(c, i) for c, i in found if c.path not in self._running]
         due = checks_due(
             running,
             self._checked,
@@ -158,7 +157,7 @@ class LocalProofs(Rounds):
         )
         self._apply(config)  # a reload may have changed a group's level meanwhile
         for copy, identity in due:
-            self._checking.add(copy.path)
+            self._running[copy.path] = (identity, trio.CancelScope())
             if nursery is None:
                 await self._check_one(copy, identity)
             else:
@@ -173,13 +172,12 @@ class LocalProofs(Rounds):
         """Check ``copy`` when no other check runs, then mark what it said; stopped (and
         nothing kept) once its file is gone or another one (:meth:`LocalProofs._stop_gone`)."""
         try:
-            with trio.CancelScope() as scope:
-                self._running[copy.path] = (identity, scope)
+            # (cancelled before its turn came: entered cancelled, nothing read)
+            with self._running[copy.path][1]:
                 async with self._one_at_a_time:
                     await self._check(self._config(), copy, identity)
             self._apply(self._config())
         finally:
-            self._checking.discard(copy.path)
             self._running.pop(copy.path, None)
 
     def _stop_gone(
