@@ -122,7 +122,7 @@ class LocalProofs(Rounds):
         self._ahead: dict[str, float] = {}
         #: The checks started (waiting for their turn) or running, by path: the identity
         #: each was started for and its cancel scope, cancelled once its file is no longer
-        #: that one (:meth:`_stop_gone`). One check at a time: it reads a whole archive
+        #: that one (:meth:`LocalProofs._stop_gone`). One check at a time: it reads a whole archive
         #: (as the cache's start-up check).
         self._running: dict[str, tuple[FileIdentity, trio.CancelScope]] = {}
         #: The paths whose marks may have changed since :meth:`_apply` last ran, and the
