@@ -144,13 +144,15 @@ async def track_snapshot_age(
 ) -> None:
     """Every scrape interval, and at once when ``wakeup`` is set (a reload), read each
     group's cluster slot from its RPC (each distinct URL of :meth:`Config.slot_rpcs` once)
-    and publish each group's snapshot age in slots against its own cluster's slot (when
-    that RPC answers).
+    and publish each group's snapshot age in slots against its own cluster's slot (as
+    long as one is known).
 
     ``on_slot`` is told every group's cluster slot every interval (the index's
     ``max_slot_ahead`` check, :func:`group_slots`): its RPC's answer, carried on for a
     while when it fails (:func:`cluster_slot_now`), None without an RPC. Runs until
-    cancelled. An RPC failure removes its groups' series rather than keeping a stale age.
+    cancelled. The age is against that same slot, the one the status page shows the ages
+    against: a failed read carries it on as well, and once no slot is known the group's
+    series is removed rather than kept at a stale age.
     """
     last: dict[str, tuple[int, float]] = {}
     while True:
@@ -165,12 +167,16 @@ async def track_snapshot_age(
             if carried is not None:
                 kept[url] = carried
         last = kept
+        # by the groups' RPCs of now: a reload during the read moved a group to another
+        # RPC, whose slot is not read yet (none: never the old cluster's, slots_kept)
+        now_config = config()
+        slots = group_slots(now_config, screened)
         if on_slot is not None:
-            # by the groups' RPCs of now: a reload during the read moved a group to another
-            # RPC, whose slot is not read yet (none: never the old cluster's, slots_kept)
-            on_slot(group_slots(config(), screened))
-        for group in current.target_groups:
-            slot = answered.get(current.group_rpc(group.group))
+            on_slot(slots)
+        for group in now_config.target_groups:
+            # the slot the index screens with and the status page ages against (carried
+            # on when the RPC fails): the metric, its alert and the page never disagree
+            slot = slots.get(group.group)
             newest = health.newest_slot(group.group)
             age = None if slot is None or newest is None else max(0, slot - newest)
             metrics.set_snapshot_age(group.group, age)

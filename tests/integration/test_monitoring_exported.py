@@ -22,8 +22,12 @@ from helpers_monitoring import (
     metric_names,
     promtool_series,
 )
+from helpers_ports import REFUSED
+from helpers_server import serve_app
+from helpers_sources import Answer, Request, ScriptedApp
 from helpers_tls import client_tls
 from helpers_tracker import start_tracker, wait_until, write_config
+from test_store_answers import EMPTY_LISTING, NO_UPLOADS, XML
 
 
 async def test_every_metric_of_the_alerts_and_the_dashboard_is_exported(
@@ -50,7 +54,7 @@ async def test_every_metric_of_the_alerts_and_the_dashboard_is_exported(
 async def firing_alerts(exposition: str, tmp_path: Path) -> set[tuple[str, str]]:
     """The (alert, group) pairs of examples/prometheus/alerts.yml firing after 20 minutes of
     a tracker exporting ``exposition`` at every scrape, as promtool's rule engine evaluates
-    them (every rule's ``for:`` passed)."""
+    them (every rule's ``for:`` passed); an alert of a bucket is paired with the bucket."""
     spec = {
         "rule_files": [str(ALERTS)],
         "evaluation_interval": "1m",
@@ -73,7 +77,7 @@ async def firing_alerts(exposition: str, tmp_path: Path) -> set[tuple[str, str]]
     out = done.stdout.decode() + done.stderr.decode()
     if done.returncode == 0:
         return set()
-    found = set(re.findall(r'alertname="(\w+)".*?group="([^"]*)"', out))
+    found = set(re.findall(r'alertname="(\w+)".*?(?:bucket|group)="([^"]*)"', out))
     assert found, out
     return found
 
@@ -143,3 +147,84 @@ async def test_a_healthy_tracker_fires_no_alert(nursery: trio.Nursery, tmp_path:
     line = 'snapshot_tracker_best_full_slot{group="local"}'
     exposition = await exposition_once(nursery, tmp_path, settings, line)
     assert await firing_alerts(exposition, tmp_path) == set()
+
+
+#: The bucket of :func:`store_held_back` (S3's names: 3 characters at least).
+BUCKET = "snaps"
+BUCKET_UP = f'snapshot_tracker_object_store_up{{bucket="{BUCKET}"}}'
+
+
+def store_held_back(answer: trio.Event) -> ScriptedApp:
+    """A bucket that is there and holds nothing, whose every answer waits for ``answer``
+    (a store that has not answered yet: slow to start, or never reached)."""
+
+    async def bucket(request: Request) -> Answer:
+        await answer.wait()
+        if request.method == "HEAD":
+            return Answer(200)
+        return Answer(200, XML, NO_UPLOADS if "uploads" in request.query else EMPTY_LISTING)
+
+    return ScriptedApp({f"/{BUCKET}": bucket, f"/{BUCKET}/": bucket})
+
+
+async def tracker_before_the_store_answers(
+    nursery: trio.Nursery, tmp_path: Path, answer: trio.Event
+) -> tuple[str, ScriptedApp]:
+    """A tracker over :func:`store_held_back`, its internal URL once the store was asked
+    (and has not answered: nor failed, for a minute)."""
+    store = store_held_back(answer)
+    s3 = await nursery.start(serve_app, store)
+    settings = {
+        "internal_listen": "127.0.0.1:0",
+        "proxy_snapshot_downloads": True,
+        "proxy_snapshot_cache_dir": str(tmp_path / "cache"),
+        "target_groups": [
+            {"group": "g", "static_targets": {"targets": [REFUSED.removeprefix("http://")]}}
+        ],
+        "object_store": {
+            "endpoint": s3,
+            "bucket": BUCKET,
+            "prefix": "p/",
+            "access_key_id": "k",
+            "secret_access_key": "s",
+            "request_timeout": "60s",  # no failure either while the test runs
+        },
+    }
+    _public, internal = await start_tracker(nursery, write_config(tmp_path, settings))
+
+    async def asked() -> bool:
+        return bool(store.requests)
+
+    await wait_until(asked)
+    return internal, store
+
+
+async def test_the_bucket_is_not_up_before_the_store_answered(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """``object_store_up`` read 1 from the start, before the store had answered anything (an
+    endpoint that hangs, a store still starting): up on the dashboard, and no alert, for a
+    store that never answered. It reads 0 until the store's first answer, then 1
+    (docs/replicas.md, the metrics of the object store)."""
+    answer = trio.Event()
+    internal, _store = await tracker_before_the_store_answers(nursery, tmp_path, answer)
+    async with httpx.AsyncClient(verify=client_tls(), timeout=10, trust_env=False) as client:
+
+        async def reads(value: str) -> bool:
+            return f"{BUCKET_UP} {value}" in (await client.get(f"{internal}/metrics")).text
+
+        assert await reads("0.0")
+        answer.set()
+        await wait_until(lambda: reads("1.0"))
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+async def test_a_store_that_never_answered_alerts_that_the_bucket_is_down(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A store that has not answered since the start fires SnapshotTrackerBucketDown once
+    its ``for:`` passed, as a store that failed does."""
+    internal, _store = await tracker_before_the_store_answers(nursery, tmp_path, trio.Event())
+    async with httpx.AsyncClient(verify=client_tls(), timeout=10, trust_env=False) as client:
+        exposition = (await client.get(f"{internal}/metrics")).text
+    assert ("SnapshotTrackerBucketDown", BUCKET) in await firing_alerts(exposition, tmp_path)

@@ -76,6 +76,41 @@ async def test_an_rpc_that_fails_stops_holding_the_index_back(
     assert told[-1] is None  # then none
 
 
+class _Aged(_Health):
+    """Answers once, then fails; the group's newest snapshot is at slot 900."""
+
+    def newest_slot(self, group: str) -> int | None:
+        return 900
+
+
+def age_of(metrics: Metrics) -> float | None:
+    return metrics.registry.get_sample_value("snapshot_tracker_snapshot_age_slots", {"group": "g"})
+
+
+@pytest.mark.parametrize(
+    ("seconds", "age"),
+    [
+        (1, 100),  # the RPC's answer
+        (61, 250),  # its failed read: the slot carried on (1150), as the index is told
+        (SLOT_KEPT_FOR + 130, None),  # carried too long: no slot, no age
+    ],
+)
+async def test_the_age_is_against_the_slot_the_index_is_told(
+    autojump_clock: trio.testing.MockClock, seconds: float, age: int | None
+) -> None:
+    # The status page ages archives against the index's slot, carried on for minutes when
+    # the RPC fails; the metric was dropped at the first failed read (the page said "250
+    # slots old", the metric and its alert nothing).
+    told: list[int | None] = []
+    metrics = Metrics(process=False)
+    config = Config(rpc="http://rpc.invalid/", scrape_interval=60.0, target_groups=(GROUP,))
+    health: Any = _Aged()
+    with trio.move_on_after(seconds):
+        await track_snapshot_age(health, metrics, lambda: config, tell(told))
+    assert age_of(metrics) == age
+    assert age is None or told[-1] == 900 + age
+
+
 class _Breaking(_Health):
     """Answers once, then fails in a way no rule names (a bug, a library's surprise)."""
 

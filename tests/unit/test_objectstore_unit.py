@@ -32,6 +32,7 @@ from tracker.objectstore.retention import (
     url_life,
 )
 from tracker.objectstore.storeanswers import store_time
+from tracker.objectstore.storehealth import StoreHealth
 from tracker.objectstore.upload import MAX_PARTS, MIN_PART, part_size
 
 STORE = """
@@ -174,6 +175,28 @@ def test_only_a_refused_housekeeping_call_leaves_the_store_up(
     operation: str, code: str, status: int, says: str
 ) -> None:
     assert verdict(operation, code, status) == says
+
+
+@pytest.mark.parametrize(
+    ("calls", "told"),
+    [
+        ("", []),  # nothing answered yet: not up (the metric starts at 0)
+        ("f", []),  # failed before any answer: still not up, nothing changed
+        ("a", [True]),
+        ("fa", [True]),
+        ("afa", [True, False, True]),
+        ("aa", [True]),  # told on a change only
+        ("r", [True]),  # a read of stored bytes is an answer
+    ],
+)
+def test_the_store_is_reported_up_only_once_it_answered(calls: str, told: list[bool]) -> None:
+    seen: list[bool] = []
+    health = StoreHealth(on_change=seen.append)
+    for call in calls:
+        {"a": health.answered, "r": health.read_worked}.get(call, lambda: health.failed("x"))()
+    assert seen == told
+    assert health.reported_up() == (told[-1] if told else False)
+    assert health.usable() == (not calls or calls[-1] != "f")  # requests ask it meanwhile
 
 
 FULL, INCR = full_name(100), incremental_name(100, 150)

@@ -15,7 +15,8 @@ log = logging.getLogger("tracker.objectstore")
 
 @attrs.define
 class StoreHealth:
-    """Whether the store answered its last call; read by the status and metrics.
+    """Whether the store answered its last call; read by the status and metrics
+    (``on_change``: told :meth:`reported_up` whenever it changes).
 
     ``reads_proven``: a GET of an object's bytes worked since the store last failed. A store
     that comes back may answer its metadata (the bucket, HEAD, small writes) before it can
@@ -23,7 +24,12 @@ class StoreHealth:
     registered again), so presigned URLs are handed out only once a real GET worked.
     """
 
+    #: Whether requests may ask the store: from the start, before it answered anything
+    #: (its first calls tell).
     up: bool = True
+    #: The store answered a call since the start: until then it is not reported up
+    #: (:meth:`reported_up`), though requests may ask it.
+    heard: bool = False
     last_error: str = ""
     on_change: Callable[[bool], None] | None = None
     reads_proven: bool = False
@@ -34,6 +40,12 @@ class StoreHealth:
         """True when requests may ask the store (it is up; while it is down only the health
         watcher asks it, and its answer brings it back)."""
         return self.up
+
+    def reported_up(self) -> bool:
+        """Up as the metric tells it (``on_change``): the store answered its last call. Not
+        before its first answer: a store that never answered (an endpoint that hangs) read
+        up on the dashboard and fired no alert (docs/replicas.md, its metrics)."""
+        return self.up and self.heard
 
     def answered(self) -> None:
         if not self.up:
@@ -63,7 +75,8 @@ class StoreHealth:
         self.reads_proven = True
 
     def _set(self, up: bool) -> None:
-        changed = up != self.up
+        before = self.reported_up()
         self.up = up
-        if changed and self.on_change is not None:
-            self.on_change(up)
+        self.heard = self.heard or up
+        if self.on_change is not None and self.reported_up() != before:
+            self.on_change(self.reported_up())

@@ -155,8 +155,8 @@ COLLECTORS = (
         "object_store_up",
         Gauge,
         "object_store_up",
-        "1 when the object store answered its last call, 0 when it failed; by bucket, "
-        "none without one.",
+        "1 when the object store answered its last call, 0 when it failed or has not "
+        "answered since the start; by bucket, none without one.",
         ("bucket",),
     ),
     Collector(

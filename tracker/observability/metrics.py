@@ -256,9 +256,9 @@ class Metrics:
         self.upstream_bytes.labels(group, kind).inc(count)
 
     def set_object_store_up(self, bucket: str, up: bool) -> None:
-        """The object store of ``bucket`` answered (``up``) or failed its last call. No
-        series without a bucket: an unlabelled gauge reads 0, "down", on every tracker
-        that has none (its alert fired there)."""
+        """The object store of ``bucket`` answered (``up``) or failed its last call, or has
+        not answered yet (not ``up``). No series without a bucket: an unlabelled gauge
+        reads 0, "down", on every tracker that has none (its alert fired there)."""
         self.object_store_up.labels(bucket).set(1 if up else 0)
 
     def count_object_upload(self, outcome: str) -> None:

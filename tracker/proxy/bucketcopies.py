@@ -276,7 +276,8 @@ def object_path(
     if store is None:
         return None
     health = StoreHealth(on_change=partial(metrics.set_object_store_up, store.bucket))
-    metrics.set_object_store_up(store.bucket, True)
+    # 0 until the store's first answer (StoreHealth.reported_up): not up on a guess
+    metrics.set_object_store_up(store.bucket, health.reported_up())
     events = TierEvents(
         upload=metrics.count_object_upload,
         takeover=metrics.count_object_takeover,
