@@ -23,6 +23,7 @@ from tracker.proof.records.localcopies import (
     gated,
     holder,
     standing,
+    still_said,
 )
 from tracker.web.wire import held_copy, local_files_json
 
@@ -335,3 +336,36 @@ def test_a_file_whose_checks_keep_falling_short_waits_longer_each_time(
         [(A, ONE)], checked, {A.path: tried}, now=1_000.0, retry_after=60.0, tries={A.path: tries}
     )
     assert [copy for copy, _identity in got] == due
+
+
+FAILED = Checked(ONE, failed="zstd: stream truncated at byte 9")
+OTHER: FileIdentity = (1, 11, 500, 7)
+GONE: tuple[LocalCopy | None, FileIdentity | None] = (None, None)
+
+
+@pytest.mark.parametrize(
+    ("listed", "done", "deferred", "unlisted", "stands"),
+    [
+        pytest.param((A, ONE), passed(), False, False, True, id="the same file"),
+        pytest.param((A, ONE), None, False, False, True, id="not checked yet"),
+        pytest.param((A, OTHER), passed(), False, False, False, id="replaced"),
+        pytest.param((A, OTHER), FAILED, False, False, False, id="a failed file replaced"),
+        pytest.param(GONE, passed(), False, False, False, id="gone from a listed directory"),
+        pytest.param(GONE, FAILED, False, False, False, id="failed, gone: forgotten"),
+        pytest.param(GONE, passed(), True, False, True, id="deferred: everything stands"),
+        pytest.param(GONE, FAILED, True, False, True, id="deferred, failed"),
+        pytest.param(
+            GONE, FAILED, False, True, True, id="unlistable: its refusal stands (it was ranked)"
+        ),
+        pytest.param(GONE, passed(), False, True, False, id="unlistable: what passed is not"),
+        pytest.param(GONE, None, False, True, False, id="unlistable, not checked yet"),
+    ],
+)
+def test_what_stands_of_a_local_file_after_a_listing(
+    listed: tuple[LocalCopy | None, FileIdentity | None],
+    done: Checked | None,
+    deferred: bool,
+    unlisted: bool,
+    stands: bool,
+) -> None:
+    assert still_said(A, listed, done, deferred=deferred, unlisted=unlisted) is stands

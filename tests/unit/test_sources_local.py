@@ -15,7 +15,7 @@ import pytest
 from helpers_sources import HASHES
 
 from tracker.config.schema import Config, LocalTargets, TargetGroup
-from tracker.discovery.local import scan_local
+from tracker.discovery.local import LocalListing, readable_archives, scan_local
 from tracker.discovery.scrape import Scraper
 from tracker.errors import ProbeError
 from tracker.net.limits import exhausted
@@ -119,6 +119,27 @@ def test_unreadable_directory_is_a_probe_error(tmp_path: Path) -> None:
         locked.chmod(0o700)
 
 
+def test_what_the_tracker_can_open_is_listed_as_scanned(tmp_path: Path) -> None:
+    """Each archive is opened once after the scan (the permissions a tracker run as another
+    user than agave's meets: tests/integration/test_local_unreadable.py): when each opens,
+    the scan as it was; one gone, or swapped for a link, since the scan is left out unnamed
+    (not unreadable), and the chains are made again without it."""
+    ledger = tmp_path / "ledger"
+    ledger.mkdir()
+    write(ledger / FULL, 10)
+    write(ledger / INCR, 3, T_INCR)
+    write(ledger / OLD, 7)
+    scanned = scan_local(str(ledger))
+    assert readable_archives(scanned) == LocalListing(scanned)
+    (ledger / FULL).unlink()
+    (ledger / OLD).unlink()
+    (ledger / OLD).symlink_to(ledger / INCR)
+    listing = readable_archives(scanned)
+    assert listing.unreadable == ()
+    [info] = listing.snapshots
+    assert [f.file_name for f in info.files] == [INCR]  # no full under it now
+
+
 @contextmanager
 def out_of_descriptors() -> Iterator[None]:
     """No descriptor left in this process for the block (a real EMFILE on any open), as when
@@ -160,6 +181,17 @@ async def test_a_scan_that_runs_out_of_descriptors_keeps_the_last_result(tmp_pat
         assert [f.file_name for f, _ in index.find_file("g", FULL)] == [FULL]
     finally:
         await scraper.aclose()
+
+
+def test_an_open_short_of_descriptors_is_the_process_s_trouble(tmp_path: Path) -> None:
+    """An archive that cannot be opened for want of a descriptor is not taken for one the
+    tracker may not read: the probe fails as a shortage (deferred: the target keeps its
+    snapshots), nothing is left out."""
+    write(tmp_path / FULL, 1)
+    scanned = scan_local(str(tmp_path))
+    with out_of_descriptors(), pytest.raises(ProbeError, match=r"Too many open files$") as err:
+        readable_archives(scanned)
+    assert exhausted(err.value)
 
 
 def _caused(outer: BaseException, cause: BaseException) -> BaseException:

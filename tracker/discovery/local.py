@@ -5,11 +5,19 @@ serves local files itself, and following a link would serve whatever the daemon 
 anywhere on the disk, under an archive name, with a size and mtime that do not belong to the
 configured directory. A validator writes real files; archives kept elsewhere can be served by
 adding that directory as another local target.
+
+The tracker offers only what it can read: :func:`readable_archives` leaves out of a scan each
+archive its user may not open (agave run with systemd's ``UMask=0077`` writes its archives
+0600, its own user's), and names it, so that none is ranked and handed out only to fail its
+GET.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+
+import attrs
 
 from tracker.core.snapshots import SnapshotFile, SnapshotInfo, chains_from_files, parse_archive_name
 from tracker.core.untrusted import utc_time
@@ -71,3 +79,53 @@ def _archive(entry: os.DirEntry[str]) -> SnapshotFile | None:
         mod_time=utc_time(stat.st_mtime),
         path=entry.path,
     )
+
+
+@attrs.frozen
+class LocalListing:
+    """A scan less what this process may not read (:func:`readable_archives`): the
+    ``snapshots`` it can serve, and each archive left out (``unreadable``): its path and the
+    one-line reason (``Permission denied``)."""
+
+    snapshots: list[SnapshotInfo]
+    unreadable: tuple[tuple[str, str], ...] = ()
+
+
+def readable_archives(scanned: list[SnapshotInfo]) -> LocalListing:
+    """``scanned`` (what :func:`scan_local` found) less each archive whose permissions refuse
+    this process: each file opened once, read-only, no link followed, and closed at once.
+    One gone, or swapped for a link, since the scan is left out too (unnamed). Blocking: run
+    it in a worker thread, after the scan. Raises :class:`ProbeError` when a file cannot be
+    opened for another cause (this process's want of descriptors among them: the caller
+    defers such a probe, :func:`tracker.net.limits.exhausted`)."""
+    files = {f.path: f for info in scanned for f in info.files}
+    kept: list[SnapshotFile] = []
+    unreadable: list[tuple[str, str]] = []
+    for path, file in files.items():
+        refused = _refused(path)
+        if refused == "":
+            kept.append(file)
+        elif refused is not None:
+            unreadable.append((path, refused))
+    if len(kept) == len(files):
+        return LocalListing(scanned)
+    kept.sort(key=lambda f: f.name.order_key(), reverse=True)
+    return LocalListing(chains_from_files(kept), tuple(unreadable))
+
+
+def _refused(path: str) -> str | None:
+    """Why this process may not open the file at ``path`` ("": it may; None: gone, or a link
+    now). Only the file's permissions leave it out: any other failure fails the probe of its
+    directory, as a stat that fails does."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK | os.O_NOFOLLOW
+    try:
+        os.close(os.open(path, flags))
+    except PermissionError as exc:
+        return exc.strerror or str(exc)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None
+        raise ProbeError(f"cannot open {path}: {exc.strerror or exc}") from exc
+    return ""

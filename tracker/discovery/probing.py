@@ -3,6 +3,7 @@ node, and the probe of each kind of source."""
 
 from __future__ import annotations
 
+import logging
 import zlib
 from collections.abc import Awaitable
 
@@ -14,13 +15,16 @@ from tracker.clientwire.transport import HeadClient
 from tracker.config.schema import Config, TargetGroup
 from tracker.core.snapshots import SnapshotInfo
 from tracker.discovery.http import Heads, SizeMemo, probe_http
-from tracker.discovery.local import scan_local
+from tracker.discovery.local import LocalListing, readable_archives, scan_local
 from tracker.discovery.roster import Target
 from tracker.discovery.sidecar import probe_sidecar
 from tracker.errors import ProbeError
 from tracker.net.egress import Resolver, checked_addresses, policy_of, resolve_strangers
 from tracker.net.httpclients import auth_headers, build_client, origin, ssl_context
 from tracker.net.limits import run_limiter
+from tracker.observability.logs import log_event
+
+log = logging.getLogger("tracker.scrape")
 
 #: Probe clients per group. httpcore's pool scans all its connections for every queued
 #: request (quadratic in the pool size): several small pools probe 2,000 targets about twice
@@ -53,6 +57,10 @@ class Probes:
         self._retired: list[httpx.AsyncClient] = []
         #: Local directories being scanned now (in a thread, maybe abandoned).
         self._scanning: set[str] = set()
+        #: The archives each local directory's last scan found unreadable, by directory:
+        #: each is logged when first found so, not every round (nor again until it was
+        #: readable or gone in between).
+        self._unreadable: dict[str, frozenset[str]] = {}
         self.use(config)
 
     def use(self, config: Config) -> None:
@@ -104,32 +112,49 @@ class Probes:
         return self._scan(target.location)
 
     async def _scan(self, path: str) -> list[SnapshotInfo]:
-        """The archives of the local directory ``path``, scanned in a thread of the scans'
-        own (:data:`SCANS_AT_ONCE`). A scan that hangs (a stuck network mount) is abandoned
-        at the probe's timeout, its thread kept until the file system answers: the next
-        probe of it is refused while it runs, so that every round does not leave one more
-        thread there (they took trio's shared pool, then every file answer stalled)."""
+        """The archives of the local directory ``path`` that the tracker can read, scanned
+        in a thread of the scans' own (:data:`SCANS_AT_ONCE`); one it may not open is left
+        out and logged once (``local_archive_unreadable``). A scan that hangs (a stuck
+        network mount) is abandoned at the probe's timeout, its thread kept until the file
+        system answers: the next probe of it is refused while it runs, so that every round
+        does not leave one more thread there (they took trio's shared pool, then every file
+        answer stalled)."""
         if path in self._scanning:
             raise ProbeError("the last scan of this directory has not ended (a hung mount?)")
         self._scanning.add(path)
         started = False
 
-        def scan() -> list[SnapshotInfo]:
+        def scan() -> LocalListing:
             nonlocal started
             started = True
             try:
-                return scan_local(path)
+                return readable_archives(scan_local(path))
             finally:
                 self._scanning.discard(path)  # in the thread: when it ends, however late
 
         try:
-            return await trio.to_thread.run_sync(
+            listing = await trio.to_thread.run_sync(
                 scan, abandon_on_cancel=True, limiter=run_limiter(_scans, SCANS_AT_ONCE)
             )
         except BaseException:
             if not started:  # cancelled while waiting for a thread: none will run
                 self._scanning.discard(path)
             raise
+        self._tell_unreadable(path, listing.unreadable)
+        return listing.snapshots
+
+    def _tell_unreadable(self, directory: str, unreadable: tuple[tuple[str, str], ...]) -> None:
+        """Log each archive of ``directory`` newly found unreadable: the operator's one line
+        of why an archive on the disk is not offered (its permissions; docs/http-api.md,
+        "Snapshot sources"), once, where every round would bury the rest of the log."""
+        before = self._unreadable.get(directory, frozenset())
+        for path, reason in unreadable:
+            if path not in before:
+                log_event(log, "warning", "local_archive_unreadable", path=path, error=reason)
+        if unreadable:
+            self._unreadable[directory] = frozenset(path for path, _ in unreadable)
+        else:
+            self._unreadable.pop(directory, None)
 
     async def close_retired(self) -> None:
         """Close the clients a reload replaced. Only between rounds: rounds never overlap,

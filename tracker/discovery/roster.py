@@ -55,7 +55,8 @@ NOTHING_LISTED = {
     "answered 404 or 202; a validator redirects them to its newest archives, a plain file "
     "server has no such routes (serve its directory with local_targets instead)",
     "sidecar": "lists no snapshot: its /v1/snapshots answered an empty list",
-    "local": "lists no snapshot: no file in the directory is named as agave names its archives",
+    "local": "lists no snapshot: no file in the directory is named as agave names its archives, "
+    "or none that the tracker's user may read (the log names each: local_archive_unreadable)",
 }
 
 

@@ -253,6 +253,12 @@ class Delivery:
             return await served_from_disk(path, ask, "local", self._metrics, self._budget, admit)
         except FileNotFoundError as exc:
             raise RequestError(404, f"{name} is gone from its local directory") from exc
+        except PermissionError as exc:
+            # closed to the tracker's user since the scrape (a scan leaves such a file out:
+            # docs/http-api.md, "Snapshot sources"): the file is there, the tracker's own
+            # reading failed, so no 404
+            reason = f"cannot read {name} in its local directory: {exc.strerror or exc}"
+            raise RequestError(502, reason) from exc
         except OSError as exc:  # a symlink, FIFO or directory put there since the scrape
             raise RequestError(404, f"{name} is not a regular file any more") from exc
 

@@ -38,7 +38,7 @@ from tracker.config.schema import Config, TargetGroup
 from tracker.core.digests import Digests, Verified, repr_digest
 from tracker.core.smallfiles import read_small_file
 from tracker.core.snapshots import TargetKey
-from tracker.discovery.local import scan_local
+from tracker.discovery.local import readable_archives, scan_local
 from tracker.errors import ArchiveInvalid, ProbeError, RequestError
 from tracker.net.limits import exhausted
 from tracker.observability.logs import log_event
@@ -57,6 +57,7 @@ from tracker.proof.records.localcopies import (
     holder,
     identity_of,
     standing,
+    still_said,
 )
 
 if TYPE_CHECKING:
@@ -141,10 +142,11 @@ class LocalProofs(Rounds):
         config = self._config()
         found: list[tuple[LocalCopy, FileIdentity | None]] = []
         deferred: set[TargetKey] = set()
+        unlisted: set[TargetKey] = set()
         if config.verify_archives:
-            found, deferred = await trio.to_thread.run_sync(_listed, config)
+            found, deferred, unlisted = await trio.to_thread.run_sync(_listed, config)
         now = {c.path: (c, i) for c, i in found}
-        self._forget_changed(now, deferred)
+        self._forget_changed(now, deferred, unlisted)
         self._stop_gone(now, deferred)
         running = [(c, i) for c, i in found if c.path not in self._running]
         due = checks_due(
@@ -203,22 +205,25 @@ class LocalProofs(Rounds):
         self,
         now: dict[str, tuple[LocalCopy, FileIdentity | None]],
         deferred: Collection[TargetKey],
+        unlisted: Collection[TargetKey] = (),
     ) -> None:
         """Forget what was said of each file that is gone or is another file now (another
         identity under its path): its digest goes, and it is neither proven nor refused
         until checked again. The files of a directory in ``deferred`` (not listed for a
-        cause of this process's own) are kept as they were."""
+        cause of this process's own) are kept as they were, and those whose check failed of
+        a directory in ``unlisted`` (not listed otherwise) stay refused
+        (:func:`tracker.proof.records.localcopies.still_said`)."""
         for path, copy in list(self._copies.items()):
-            if copy.key in deferred:
-                # Not listed for want of a descriptor or memory: nothing says the file went
-                # (the scrape keeps its target's files and health too), and forgetting it read
-                # every archive again, a full's whole accounts proof. A file changed meanwhile
-                # is still found at the next listing, and never served on this check
-                # (admit compares the opened file's identity).
-                continue
+            # deferred (not listed for want of a descriptor or memory): nothing says the file
+            # went (the scrape keeps its target's files and health too), and forgetting it
+            # read every archive again, a full's whole accounts proof. A file changed
+            # meanwhile is still found at the next listing, and never served on this check
+            # (admit compares the opened file's identity).
             listed, done = now.get(path, (None, None)), self._checked.get(path)
-            if listed[0] == copy and (done is None or listed[1] == done.identity):
-                continue  # the same file (or not checked yet: nothing said of it)
+            if still_said(
+                copy, listed, done, deferred=copy.key in deferred, unlisted=copy.key in unlisted
+            ):
+                continue
             self._checked.pop(path, None)
             self._tried.pop(path, None)
             self._tries.pop(path, None)
@@ -404,27 +409,28 @@ def local_gated(config: Config, group: TargetGroup) -> bool:
 
 def _listed(
     config: Config,
-) -> tuple[list[tuple[LocalCopy, FileIdentity | None]], set[TargetKey]]:
+) -> tuple[list[tuple[LocalCopy, FileIdentity | None]], set[TargetKey], set[TargetKey]]:
     """Every archive in the local targets' directories (as the scrape lists them:
-    :func:`tracker.discovery.local.scan_local`, keyed as its targets are), with the
+    :func:`tracker.discovery.local.scan_local`, less what this process may not open:
+    ``readable_archives``, which the scrape logs; keyed as its targets are), with the
     identity of its file now (None: gone meanwhile), and the targets whose directory could
     not be listed for this process's own want of descriptors or memory
-    (:func:`tracker.net.limits.exhausted`, as the scrape defers them). Blocking: in a
-    worker thread."""
+    (:func:`tracker.net.limits.exhausted`, as the scrape defers them), and those whose
+    directory could not be listed otherwise. Blocking: in a worker thread."""
     found: list[tuple[LocalCopy, FileIdentity | None]] = []
     deferred: set[TargetKey] = set()
+    unlisted: set[TargetKey] = set()
     for group in config.target_groups:
         for directory in group.local_targets.paths if group.local_targets is not None else ():
             key = TargetKey(group.group, directory)
             try:
-                infos = scan_local(directory)
+                infos = readable_archives(scan_local(directory)).snapshots
             except ProbeError as exc:
-                if exhausted(exc):
-                    deferred.add(key)
+                (deferred if exhausted(exc) else unlisted).add(key)
                 continue  # its target shows why (the scrape's probe)
             files = {f.path: f for info in infos for f in info.files}
             found += [(LocalCopy(key, f.bare_name, p), _identity(p)) for p, f in files.items()]
-    return found, deferred
+    return found, deferred, unlisted
 
 
 def _statement_files(

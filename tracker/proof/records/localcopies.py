@@ -101,6 +101,31 @@ def checks_due(
     return due
 
 
+def still_said(
+    was: LocalCopy,
+    listed: tuple[LocalCopy | None, FileIdentity | None],
+    done: Checked | None,
+    *,
+    deferred: bool = False,
+    unlisted: bool = False,
+) -> bool:
+    """Whether what was said of the local file ``was`` stands after a listing (``listed``:
+    the copy and identity under its path now, ``(None, None)`` when not listed; ``done``:
+    what its check said, None: not checked yet): the same file; any file of a directory not
+    listed for a cause of this process's own (``deferred``: nothing says it changed); and a
+    file whose check failed, of a directory that could not be listed otherwise
+    (``unlisted``, closed to the tracker or gone): the scrape keeps that directory's last
+    listing for ``max_target_failures`` rounds, and the refusal forgotten ranked that very
+    file (an empty or corrupt full the best) meanwhile. What passed is forgotten there (read
+    again once the directory is back). Pure."""
+    if deferred:
+        return True
+    copy, identity = listed
+    if copy == was and (done is None or identity == done.identity):
+        return True
+    return unlisted and copy is None and done is not None and done.verified is None
+
+
 def own_cause(done: Checked) -> bool:
     """True when the check ``done`` stopped short for a cause of the tracker's own
     (``Proof.local_cause``), not the file's: the same file may prove more on a later try,
