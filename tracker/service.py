@@ -65,7 +65,7 @@ from tracker.web.listeners import INTERNAL, PUBLIC, abort_connections, open_list
 from tracker.web.shortcuts import FastRedirects, best_source, checked_host
 from tracker.web.statusgather import PAGE_EVENTS, Digest, StatusSources, gather_status
 from tracker.zerocopy.connection import Connections
-from tracker.zerocopy.limit import descriptor_budget
+from tracker.zerocopy.limit import DescriptorBudget, descriptor_budget, probes_within
 from tracker.zerocopy.server import hypercorn_config, serve
 
 log = logging.getLogger("tracker.service")
@@ -331,9 +331,26 @@ async def run_tracker(
         app = parts.public
 
         slots_read = Wakeup()  # the cluster-slot loop's: a reload's RPCs read at once
+        # Descriptors for connections, downloads and a reserve for the rest, probes included
+        # (tracker/zerocopy/limit.py): the API and the scans never run out. Split once, here:
+        # a reload keeps it (max_connections is the start's) and its scrape_concurrency too.
+        budget = descriptor_budget(config.max_connections, config.scrape_concurrency)
+        # READY=1 of the start is sent: from then on a reload is told to systemd as one.
+        ready = trio.Event()
 
         async def reload_once() -> None:
-            # SIGHUP's and POST /reload's: a refused file is logged for either.
+            # SIGHUP's and POST /reload's, each told to systemd (sd_notify(3): RELOADING=1
+            # with the monotonic clock, then READY=1, applied or refused; systemd/README.md).
+            # A reload while the tracker starts is part of the start: READY=1 ends both.
+            told = ready.is_set() and notifier.reloading()
+            try:
+                await logged_reload()
+            finally:
+                if told and not tracker.stop.is_set():  # stopping: STOPPING=1 said it all
+                    notifier.ready()
+
+        async def logged_reload() -> None:
+            # a refused file is logged for either
             try:
                 await apply_reload()
             except ConfigError as exc:
@@ -358,6 +375,14 @@ async def run_tracker(
             for change in restart_needed(tracker.config, new):
                 log_event(log, "warning", "config_needs_restart", change=change)
             new = in_force(tracker.config, new)
+            # The probes at once a start would reserve descriptors for beside the connections
+            # and downloads it split, which stay: at most what that split leaves, the rest
+            # at the next restart (docs/configuration.md, `scrape_concurrency`).
+            probes = probes_within(budget, new.max_connections, new.scrape_concurrency)
+            if probes < new.scrape_concurrency:
+                change = probe_limit_change(new.scrape_concurrency, probes, budget)
+                log_event(log, "warning", "config_needs_restart", change=change)
+                new = attrs.evolve(new, scrape_concurrency=probes)
             old, tracker.config = tracker.config, new
             # A group moved to another RPC is screened by no cluster's slot until that one
             # answers, never by its old cluster's; the slot loop reads the new RPCs now, and
@@ -370,6 +395,9 @@ async def run_tracker(
             streamer.cache()
             apply_trust(tracker.index, new)
             scraper.update_config(new)
+            # Requests waiting in a source's queue are let in under the new source_limits: a
+            # raised max_transfers lets them in now (docs/http-api.md, "Source limits").
+            streamer.clients.limits.reconsider()
             # The dropped groups' series would stay in /metrics forever, and a refresh or
             # probe of theirs that the reload left running would make them again.
             tracker.metrics.set_groups(g.group for g in new.target_groups)
@@ -417,9 +445,6 @@ async def run_tracker(
                         transfers.spawn(supervised("object_store_retire", tier.retire_when_due))
                     addresses = []
                     zero_copy = Connections()  # file bodies go out with sendfile
-                    # Descriptors for connections, downloads and a reserve for the rest
-                    # (tracker/zerocopy/limit.py): the API and the scans never run out.
-                    budget = descriptor_budget(config.max_connections, config.scrape_concurrency)
                     parts.delivery.slots.limit = budget.downloads
                     limits = {PUBLIC: budget.connections, INTERNAL: budget.internal}
                     for role, sock in sockets.items():
@@ -466,6 +491,7 @@ async def run_tracker(
                         ),
                     )
                     notifier.ready()
+                    ready.set()
                     log_event(log, "info", "listening", addresses=",".join(addresses))
                     task_status.started(addresses)
                     await tracker.stop.wait()
@@ -485,6 +511,16 @@ async def run_tracker(
             logging.getLogger("tracker").removeHandler(parts.events)
             await parts.aclose()
     log_event(log, "info", "stopped")
+
+
+def probe_limit_change(wanted: int, probes: int, budget: DescriptorBudget) -> str:
+    """The ``config_needs_restart`` line of a reload whose ``scrape_concurrency`` (``wanted``)
+    the descriptors split at start leave room for only ``probes`` of. Pure."""
+    return (
+        f"scrape_concurrency: {wanted} -> {probes} until the next restart: the descriptor"
+        f" limit (LimitNOFILE) was split at start for {budget.connections} connections and"
+        f" {budget.downloads} downloads, which leave room for {probes} probes at once"
+    )
 
 
 async def _enforce_grace(

@@ -19,7 +19,7 @@ import httpx
 import pytest
 import trio
 from helpers_process import start_serve
-from helpers_proxy import proxy_tracker
+from helpers_proxy import proxy_tracker, wait_for
 from helpers_tls import client_tls
 from helpers_tracker import wait_until
 
@@ -445,3 +445,30 @@ async def test_a_stray_line_after_a_closing_request_is_ignored(tmp_path: Path, h
         assert body == data[:100] and closed
     finally:
         assert await serve.stop() == 0
+
+
+async def test_a_reload_raises_scrape_concurrency_only_as_far_as_the_descriptors_allow(
+    tmp_path: Path,
+) -> None:
+    """A tracker limited to 1024 descriptors splits them at start: a reserve for 64 probes
+    (the default ``scrape_concurrency``) and the rest for connections and downloads, which a
+    reload keeps. A reload to 400 probes put them in force unchecked: 800 descriptors more
+    for the scrape loop than the split reserved, out of descriptors (EMFILE) once the
+    listeners fill up. Now it takes what the split leaves (64), says so, and the rest waits
+    for a restart, which splits the descriptors anew; a value that fits is taken as is."""
+    path = small_tracker(tmp_path, scrape_interval="1s")
+    path.write_text(path.read_text().replace("internal_listen: ''", "internal_listen: 127.0.0.1:0"))
+    serve = await start_serve("--config", str(path), preexec_fn=descriptor_limit(1024))
+    assert serve.internal is not None
+    kept = "scrape_concurrency: 400 -> 64 until the next restart"
+    async with httpx.AsyncClient(verify=client_tls(), timeout=10, trust_env=False) as client:
+        path.write_text(path.read_text() + "scrape_concurrency: 400\n")
+        assert (await client.post(f"{serve.internal}/reload")).status_code == 200
+        await wait_for(lambda: "config_reloaded" in serve.log)
+        [line] = [line for line in serve.log.splitlines() if "config_needs_restart" in line]
+        assert kept in line
+        path.write_text(path.read_text().replace("400", "32"))
+        assert (await client.post(f"{serve.internal}/reload")).status_code == 200
+        await wait_for(lambda: serve.log.count("config_reloaded") == 2)
+    assert serve.log.count("config_needs_restart") == 1
+    assert await serve.stop() == 0

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -660,3 +661,52 @@ def _logged_now(caplog: pytest.LogCaptureFixture, message: str) -> bool:
 
 async def _logged(caplog: pytest.LogCaptureFixture, message: str) -> bool:
     return _logged_now(caplog, message)
+
+
+async def test_a_reload_is_told_to_systemd_as_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, client: httpx.AsyncClient
+) -> None:
+    """sd_notify(3) for reloads: ``RELOADING=1`` with ``MONOTONIC_USEC`` (CLOCK_MONOTONIC as
+    the reload begins) before, ``READY=1`` once it is done, applied or refused, for SIGHUP
+    and ``POST /reload`` alike (what ``Type=notify-reload`` waits for; ``Type=notify`` shows
+    the unit reloading meanwhile). Nothing was sent: systemd took a reload as done once
+    ``kill -HUP`` was. A reload while the tracker starts (a SIGHUP held) is the start's: no
+    ``READY=1`` before the start's own."""
+    path = local_config(tmp_path)
+    caplog.set_level(logging.INFO, logger="tracker")
+    sock_path = str(tmp_path / "notify.sock")
+    listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    await listener.bind(sock_path)
+
+    async def told() -> list[str]:
+        """The next notification but the scrape reports' ``STATUS=``, one line each."""
+        while True:
+            with trio.fail_after(5):  # sent before the reload's answer: here at once
+                lines = (await listener.recv(4096)).decode().split("\n")
+            if not lines[0].startswith("STATUS="):
+                return lines
+
+    def monotonic_usec() -> int:
+        return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+
+    environ = {"NOTIFY_SOCKET": sock_path}
+    with listener, trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            run = partial(run_tracker, load_config(path), partial(load_config, path))
+            _public, internal = await nursery.start(
+                partial(run, environ=environ, held=[signal.SIGHUP])
+            )
+            assert await told() == ["READY=1"]
+            await wait_until(lambda: _logged(caplog, "config_reloaded"))  # the held SIGHUP's
+            began = monotonic_usec()
+            assert (await client.post(f"{internal}/reload")).status_code == 200
+            reloading, usec = await told()
+            assert reloading == "RELOADING=1"
+            assert began <= int(usec.removeprefix("MONOTONIC_USEC=")) <= monotonic_usec()
+            assert await told() == ["READY=1"]
+            path.write_text("scrape_interval: soon\n")  # refused: the reload is over all the same
+            os.kill(os.getpid(), signal.SIGHUP)
+            assert (await told())[0] == "RELOADING=1"
+            assert await told() == ["READY=1"]
+            assert _logged_now(caplog, "reload_refused")
+            nursery.cancel_scope.cancel()

@@ -27,6 +27,7 @@ from tracker.zerocopy.limit import (
     RESERVED_DESCRIPTORS,
     DescriptorBudget,
     descriptor_budget,
+    probes_within,
 )
 
 
@@ -115,6 +116,37 @@ def test_descriptors_are_split_between_connections_downloads_and_a_reserve(
         reserve = min(descriptors // 2, RESERVED_DESCRIPTORS + 2 * scrape_concurrency)
         held = budget.connections + DOWNLOAD_DESCRIPTORS * budget.downloads
         assert held <= descriptors - reserve
+
+
+@pytest.mark.parametrize(
+    ("max_connections", "started", "at_start", "wanted", "now", "expected"),
+    [
+        # Room to spare (systemd's LimitNOFILE): the split stays as it is with any value.
+        (4096, 64, 65536, 1000, 65536, 1000),
+        (4096, 64, 65536, 10000, 65536, 10000),
+        # ulimit -n 1024: the start's split left no room beyond its own probes.
+        (4096, 64, 1024, 400, 1024, 64),
+        (4096, 8, 1024, 400, 1024, 8),
+        (4096, 64, 1024, 65, 1024, 64),
+        (4096, 64, 1024, 32, 1024, 32),  # fewer: always
+        # max_connections below what the descriptors allow: the slack is the probes'.
+        (100, 64, 1024, 300, 1024, 132),
+        # The limit raised since the start (prlimit): read again, room for more.
+        (4096, 64, 1024, 400, 65536, 400),
+        # The limit lowered since the start: not even one fits; the least there is.
+        (4096, 64, 65536, 64, 256, 1),
+    ],
+)
+def test_a_reload_puts_in_force_only_the_probes_the_start_split_leaves_room_for(
+    max_connections: int, started: int, at_start: int, wanted: int, now: int, expected: int
+) -> None:
+    split = descriptor_budget(max_connections, started, at_start)
+    probes = probes_within(split, max_connections, wanted, now)
+    assert probes == expected
+    if 1 < probes < wanted:  # the most that fits: one more would not
+        assert descriptor_budget(max_connections, probes, now) == split
+        more = descriptor_budget(max_connections, probes + 1, now)
+        assert more.connections < split.connections or more.downloads < split.downloads
 
 
 def test_download_slots_are_given_back_once_released_or_dropped() -> None:

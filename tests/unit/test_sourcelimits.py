@@ -302,3 +302,38 @@ async def test_requests_wait_their_turn_in_order(autojump_clock: trio.testing.Mo
             await trio.sleep(0.1)
     assert order == [0, 1, 2, 3]
     assert limits.running(URL) == 0 and limits.waiting(URL) == 0
+
+
+async def test_waiting_requests_are_let_in_under_the_limits_in_force(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Limits given as a function (those of the config in force): a request waiting in the
+    queue is held to the limit of the moment a slot frees, not the one it came under; a
+    raised limit lets the queue in as soon as it is reconsidered (a reload)."""
+    limits = SourceLimiter()
+    now = [SourceLimits(max_transfers=2)]
+    releases = [trio.Event() for _ in range(4)]
+    admitted: list[int] = []
+
+    async def one(n: int) -> None:
+        async with limits.transfer(URL, lambda: now[0], wait=100.0):
+            admitted.append(n)
+            await releases[n].wait()
+
+    async with trio.open_nursery() as nursery:
+        for n in range(4):
+            nursery.start_soon(one, n)
+            await trio.testing.wait_all_tasks_blocked()
+        assert (admitted, limits.waiting(URL)) == ([0, 1], 2)
+        now[0] = SourceLimits(max_transfers=1)  # lowered while 2 and 3 wait
+        releases[0].set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert (admitted, limits.running(URL), limits.waiting(URL)) == ([0, 1], 1, 2)
+        now[0] = SourceLimits(max_transfers=3)  # raised: both in, no transfer ended
+        limits.reconsider()
+        await trio.testing.wait_all_tasks_blocked()
+        # both woken at once: trio runs them in either order
+        assert (sorted(admitted), limits.running(URL), limits.waiting(URL)) == ([0, 1, 2, 3], 3, 0)
+        for release in releases:
+            release.set()
+    assert limits.running(URL) == 0

@@ -10,7 +10,11 @@ it (0: no cap for either). One API::
         await slot.pacer.pace(len(chunk))   # sleeps while the source's rate is over its cap
 
 A request that finds every slot taken joins the source's queue (at most ``queue`` wait at
-once, each at most ``wait`` seconds; docs/http-api.md, "Source limits").
+once, each at most ``wait`` seconds; docs/http-api.md, "Source limits"). Given the limits as
+a function that reads those in force, a request that waits is let in under the limits of
+the moment a slot frees, not those it came under: after a reload
+(:meth:`SourceLimiter.reconsider`) a lowered ``max_transfers`` holds the queue back and a
+raised one lets it in at once.
 
 A pacer of an uncapped source does nothing, so the byte paths keep their speed. A source
 has one pacer, whose rate is the lowest ``max_rate`` its running transfers began under: a
@@ -24,6 +28,7 @@ import collections
 import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -111,10 +116,13 @@ class _Source:
     pacer: Pacer
     slots: set[Slot] = attrs.Factory(set)
     #: The requests waiting for a slot, first come first, each with the ``max_transfers``
-    #: it came under: its event is set when a slot is handed to it (a freed slot goes to
-    #: the first, never to a request that came after: a refresh's lane asking again at once
-    #: took every slot a waiter was woken for).
-    queue: collections.deque[tuple[trio.Event, int]] = attrs.Factory(collections.deque)
+    #: in force for it, read when a slot may be handed to it (a reload may have changed it
+    #: since the request came): its event is set when a slot is handed to it (a freed slot
+    #: goes to the first, never to a request that came after: a refresh's lane asking
+    #: again at once took every slot a waiter was woken for).
+    queue: collections.deque[tuple[trio.Event, Callable[[], int]]] = attrs.Factory(
+        collections.deque
+    )
     #: Slots handed to waiters that have not taken them yet.
     handed: int = 0
 
@@ -135,7 +143,8 @@ class _Source:
     def hand_on(self) -> None:
         """Hand the slots free now to the first waiters, in their order."""
         while self.queue:
-            turn, most = self.queue[0]
+            turn, most_now = self.queue[0]
+            most = most_now()
             if most and self.running + self.handed >= most:
                 return
             self.queue.popleft()
@@ -154,6 +163,10 @@ class _Source:
 
 def _ignore(_event: QueueEvent) -> None:
     return None
+
+
+def _same(limits: SourceLimits) -> SourceLimits:
+    return limits
 
 
 class SourceLimiter:
@@ -178,30 +191,48 @@ class SourceLimiter:
         found = self._sources.get(source_of(url))
         return found.waiting if found is not None else 0
 
+    def reconsider(self) -> None:
+        """Hand the slots the limits in force now leave free to the requests that wait: a
+        reload that raised a source's ``max_transfers`` lets its queue in at once, not when
+        a transfer ends (one that lowered it needs nothing: :meth:`_Source.hand_on` reads
+        the limits in force whenever a slot frees)."""
+        for source in list(self._sources.values()):
+            source.hand_on()
+
     @asynccontextmanager
     async def transfer(
-        self, url: str, limits: SourceLimits, *, wait: float, queue: int = QUEUE
+        self,
+        url: str,
+        limits: SourceLimits | Callable[[], SourceLimits],
+        *,
+        wait: float,
+        queue: int = QUEUE,
     ) -> AsyncIterator[Slot]:
         """One transfer from ``url``'s source, for the block, its :class:`Slot` (with the
         source's :class:`Pacer`).
+
+        ``limits``: the source's, or a function that reads those in force (called as the
+        request comes, whenever a slot may be handed to it while it waits, and as it takes
+        one: a reload while it waits applies to it).
 
         With no free slot: ``wait`` 0 raises SourceBusy at once; otherwise the request joins
         the source's queue and waits at most ``wait`` seconds for a slot (SourceBusy after
         that), unless ``queue`` requests wait already (SourceBusy at once). A SourceBusy
         carries ``retry_after``, the seconds until the first running transfer expects to
         end, when one said so (:attr:`Slot.ends_at`)."""
+        now = limits if callable(limits) else partial(_same, limits)
         key = source_of(url)
         source = self._sources.get(key)
         if source is None:
             source = self._sources[key] = _Source(Pacer(0, self._clock))
-        if source.full(limits.max_transfers):
+        if source.full(now().max_transfers):
             if wait <= 0:
                 raise self._busy(source)
             if source.waiting >= queue:
                 self._on_queue("full")
                 raise self._busy(source, f"and {source.waiting} requests wait already")
-            await self._queue(source, limits.max_transfers, wait)
-        slot = Slot(source.pacer, cap=limits.max_rate)
+            await self._queue(source, lambda: now().max_transfers, wait)
+        slot = Slot(source.pacer, cap=now().max_rate)
         source.slots.add(slot)
         source.retune()
         try:
@@ -213,10 +244,10 @@ class SourceLimiter:
             if not (source.running or source.waiting or source.handed or source.pacer.owes()):
                 self._sources.pop(key, None)  # nothing to remember of it
 
-    async def _queue(self, source: _Source, most: int, wait: float) -> None:
+    async def _queue(self, source: _Source, most: Callable[[], int], wait: float) -> None:
         """Wait in ``source``'s queue, at most ``wait`` seconds, until a slot is handed to
-        this request under ``most`` transfers at once (it is then the caller's to take);
-        SourceBusy when none was."""
+        this request under ``most()`` transfers at once (those in force when a slot may be
+        handed: it is then the caller's to take); SourceBusy when none was."""
         turn = trio.Event()
         source.queue.append((turn, most))
         self._on_queue("queued")

@@ -57,6 +57,7 @@ import math
 import ssl
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
+from functools import partial
 from urllib.parse import urljoin, urlsplit
 
 import attrs
@@ -65,7 +66,7 @@ import httpx
 import trio
 
 from tracker.clientwire.transport import BigReadBackend, PoolTransport, body_started
-from tracker.config.schema import Config, TargetGroup, TLSConfig
+from tracker.config.schema import Config, SourceLimits, TargetGroup, TLSConfig
 from tracker.core.snapshots import SnapshotFile
 from tracker.core.text import TRACKER_AGENT, one_line, quoted
 from tracker.errors import SourceBusy, SourceFailed, SourcesBusy, UpstreamError
@@ -334,6 +335,17 @@ def group_now(group: TargetGroup, asking: Asking | None, key: TargetKey) -> Targ
         raise SourceFailed(str(exc)) from None
 
 
+def limits_now(group: TargetGroup, asking: Asking | None, key: TargetKey) -> SourceLimits:
+    """The ``source_limits`` a request to ``key`` is held to at this moment: its group's in
+    the config in force (a request waiting in a source's queue is let in under a reload's
+    new limits, docs/http-api.md, "Source limits"); ``group``'s once a reload removed the
+    group or the source (it is asked nothing then: :func:`group_now` once it holds a slot)."""
+    try:
+        return group_now(group, asking, key).source_limits
+    except SourceFailed:
+        return group.source_limits
+
+
 def group_asking(config: Config, group: str, listed: bool) -> TargetGroup:
     """The group a source of ``group`` is asked with under ``config``, the config in force
     now: what outlives a reload (a refresh, a speed-test round, a head read waiting for its
@@ -397,7 +409,7 @@ async def ask_source(
         slot = AsyncExitStack()
         left = max(0.0, deadline - trio.current_time())
         taking = clients.limits.transfer(
-            url, group.source_limits, wait=left, queue=settings.busy_queue
+            url, partial(limits_now, group, asking, key), wait=left, queue=settings.busy_queue
         )
         transfer = await slot.enter_async_context(taking)
         try:

@@ -9,7 +9,9 @@ local target's directory scan. So :func:`descriptor_budget` splits the descripto
 client connections and half for what downloads hold on top (the download limit is enforced by
 :class:`tracker.accounting.downloads.DownloadSlots`: a request beyond it gets 503 at once, unless
 a download's client has taken nothing for a while and its slot goes to the new one, while
-the API keeps answering on the connections left).
+the API keeps answering on the connections left). A reload keeps that split, so the
+``scrape_concurrency`` it puts in force is at most what the split leaves for probes
+(:func:`probes_within`, the same rule).
 
 Each listener keeps at most ``limit`` connections (``max_connections``, lowered by the budget).
 When a new connection arrives at the limit, the connection idle the longest is shut down to
@@ -34,7 +36,13 @@ from tracker.observability.logs import log_event
 from tracker.zerocopy.stream import ZeroCopyStream
 
 # CAPACITY_ERRNOS: accept() errors that mean "no room now", not "the listener is broken".
-__all__ = ["CAPACITY_ERRNOS", "ConnectionLimit", "DescriptorBudget", "descriptor_budget"]
+__all__ = [
+    "CAPACITY_ERRNOS",
+    "ConnectionLimit",
+    "DescriptorBudget",
+    "descriptor_budget",
+    "probes_within",
+]
 
 log = logging.getLogger("tracker.server")
 
@@ -83,6 +91,37 @@ def descriptor_budget(
     downloads = max(1, min(connections, (usable - connections) // DOWNLOAD_DESCRIPTORS))
     internal = max(1, min(max_connections, INTERNAL_CONNECTIONS))
     return DescriptorBudget(connections, internal, downloads)
+
+
+def probes_within(
+    split: DescriptorBudget, max_connections: int, probes: int, descriptors: int | None = None
+) -> int:
+    """The most probes at once, at most ``probes``, that leave ``split`` whole: the
+    ``scrape_concurrency`` a reload may put in force beside the connections and downloads
+    split at start, which stay until a restart (the listeners keep their limits). The rule
+    is the start's, :func:`descriptor_budget` over the same ``descriptors`` (default: the
+    soft ``RLIMIT_NOFILE`` now): a value that would have made the start give fewer
+    connections or downloads than ``split`` is more than the descriptors leave for probes.
+    At least 1, the least ``scrape_concurrency`` there is. Pure but for the default."""
+    if descriptors is None:
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        descriptors = soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+    def fits(count: int) -> bool:
+        made = descriptor_budget(max_connections, count, descriptors)
+        return made.connections >= split.connections and made.downloads >= split.downloads
+
+    if fits(probes):
+        return probes
+    # fewer probes never leave less (the reserve grows with them): the largest that fits
+    low, high = 1, probes  # fits(high) is false; the answer is below it, at least 1
+    while high - low > 1:
+        middle = (low + high) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle
+    return low
 
 
 class ConnectionLimit:
