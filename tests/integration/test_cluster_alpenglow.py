@@ -12,8 +12,10 @@ the signers its bitmap names in each RPC's rank map, lifts an archive."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -39,11 +41,15 @@ from helpers_alpenglow import (
 from helpers_server import serve_app
 from helpers_tls import client_tls
 from helpers_votes import VoteRpc, hash_of, tower, vote_transaction
+from names import full_name
 
 import tracker.proof.cluster.clustervotes as clustervotes_module
 import tracker.proof.cluster.finality as finality_module
+from tracker.cache.checked import CheckedFiles, write_checked
 from tracker.config.schema import ClusterProof, Config
+from tracker.core.digests import Verified
 from tracker.proof.cluster.clustervotes import ClusterVotes
+from tracker.proof.cluster.lifting import lift_held
 from tracker.proof.formats.alpenglow import voters_digest as finality_digest
 from tracker.proof.levels import Level, Proof
 
@@ -179,6 +185,100 @@ async def test_a_tally_kept_before_the_migration_proves_no_slot_past_its_genesis
         proof = await cv.lift(100, proof_of())
     assert proof.level == Level.MANIFEST
     assert proof.note == "cluster not proven: the RPC serves no finality certificate for slot 100"
+
+
+_FAILING = b'{"jsonrpc":"2.0","error":{"code":-32005,"message":"behind"},"id":1}'
+
+
+async def test_a_kept_tally_stands_while_the_rpc_cannot_tell_the_migration(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Slot 100 was proven by the votes kept for (100, H); then the RPC fails getAgGenesisCert:
+    # this tracker's outage changes nothing the tally rested on, and another copy of the same
+    # bank hash (another source's) is proven by it as the first was.
+    monkeypatch.setattr(clustervotes_module, "NOT_MIGRATED_FOR", 0.0)
+    node = alpenglow_rpc(VALS, blocks=majority_votes(100, 101))
+    node.genesis = None
+    async with rpcs(node) as urls, voter(urls, certificates=False) as cv:
+        assert (await cv.lift(100, proof_of())).level == Level.CLUSTER
+        read = node.block_calls()
+        node.raw["getAgGenesisCert"] = _FAILING
+        again = await cv.lift(100, proof_of())
+    assert (again.level, again.voted_stake, again.cluster_proof) == (Level.CLUSTER, 0.9, "votes")
+    assert [m for m, _ in node.calls].count("getAgGenesisCert") == 2  # asked again: it failed
+    assert node.block_calls() == read  # the votes were read once
+
+
+async def test_a_kept_tally_falls_once_an_rpc_reports_the_genesis_whoever_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The other side of the rule above: one RPC reports the genesis at 50 while the other
+    # fails; the report is a fact the tally rested on changing, whatever the other says.
+    monkeypatch.setattr(clustervotes_module, "NOT_MIGRATED_FOR", 0.0)
+    reports, failing = (alpenglow_rpc(VALS, blocks=majority_votes(100, 101)) for _ in "ab")
+    reports.genesis = failing.genesis = None
+    async with rpcs(reports, failing) as urls, voter(urls, certificates=False) as cv:
+        assert (await cv.lift(100, proof_of())).level == Level.CLUSTER
+        reports.genesis = genesis_answer(50)
+        failing.raw["getAgGenesisCert"] = _FAILING
+        proof = await cv.lift(100, proof_of())
+    assert proof.level == Level.MANIFEST and proof.voted_stake is None
+    assert proof.note is not None and "-32005" in proof.note
+
+
+@pytest.mark.parametrize(
+    ("slot", "genesis", "level", "note"),
+    [
+        pytest.param(
+            100,
+            50,
+            Level.ACCOUNTS,
+            "cluster not proven: the RPC serves no finality certificate for slot 100",
+            id="the genesis before its slot: weighed again",
+        ),
+        pytest.param(30, 50, Level.CLUSTER, None, id="its blocks all before the genesis: stands"),
+        pytest.param(100, None, Level.CLUSTER, None, id="not migrated: stands"),
+        pytest.param(100, "failing", Level.CLUSTER, None, id="the RPC cannot say: stands"),
+    ],
+)
+async def test_a_proof_by_votes_in_a_proof_file_holds_while_the_migration_leaves_its_blocks(
+    tmp_path: Path, slot: int, genesis: int | str | None, level: Level, note: str | None
+) -> None:
+    # A cached full proven by the votes for its slot (its proof file says so) while the
+    # cluster had not migrated; after a restart the RPC reports the genesis (or cannot
+    # say). Votes past the genesis prove nothing: the TowerBFT blocks after it were cleared.
+    name = full_name(slot)
+    group = tmp_path / "mainnet"
+    group.mkdir()
+    path = group / name
+    path.write_bytes(b"archive")
+    bank = base58.b58encode(H).decode()
+    block_id = base58.b58encode(BLOCK_ID).decode()
+    saved = Proof(Level.CLUSTER, "x", bank, 0.9, block_id=block_id, cluster_proof="votes")
+    write_checked(str(path), Verified("a" * 64, saved), name)
+    node = alpenglow_rpc(VALS, blocks=majority_votes(slot, slot + 1))
+    if genesis is None:
+        node.genesis = None
+    elif genesis == "failing":
+        node.raw["getAgGenesisCert"] = _FAILING
+    else:
+        node.genesis = genesis_answer(int(genesis))
+
+    def restarted(cv: ClusterVotes | None) -> CheckedFiles:
+        checked = CheckedFiles(True, required=lambda _g: Level.CLUSTER, voter=cv)
+        checked.restore(str(group), "mainnet", list(os.scandir(group)))
+        return checked
+
+    async with rpcs(node) as urls, voter(urls, certificates=False) as cv:
+        checked = restarted(cv)
+        assert checked.proof("mainnet", name) == saved  # restored as it was saved
+        await lift_held(checked, lambda _g, n: str(group / n), lambda: None)
+    now = checked.proof("mainnet", name)
+    assert now is not None and (now.level, now.note) == (level, note)
+    assert checked.servable("mainnet", name) is (level == Level.CLUSTER)
+    assert node.block_calls() == []  # no vote past the genesis read, nor any kept one again
+    again = restarted(None).proof("mainnet", name)  # the proof file says what holds now
+    assert again is not None and again.level == level
 
 
 async def test_rpcs_that_disagree_on_the_migration_prove_nothing() -> None:

@@ -24,6 +24,7 @@ from tracker.proof.cluster.consensus import (
     Genesis,
     by_certificate,
     genesis_answer,
+    migration_known,
     migration_of,
     tally_holds,
     vote_blocks,
@@ -268,6 +269,24 @@ def test_a_kept_tally_holds_while_the_migration_leaves_its_blocks(
     slot: int, then: Genesis | None, now: Genesis | None, holds: bool
 ) -> None:
     assert tally_holds(slot, 8, then, now) is holds
+
+
+_OTHER = Genesis(80, b"")
+
+
+@pytest.mark.parametrize(
+    ("then", "reported", "known"),
+    [
+        (None, [], None),  # not migrated then, none reported since: our outage changes nothing
+        (_G, [_G], _G),  # reported then, kept for good
+        (None, [_G], _G),  # one RPC reported it since (another failed): a fact that changed
+        (None, [_G, _OTHER], _OTHER),  # two reports that differ: the earliest (slot 80)
+    ],
+)
+def test_the_migration_a_kept_tally_is_judged_by_when_the_rpcs_cannot_say(
+    then: Genesis | None, reported: list[Genesis], known: Genesis | None
+) -> None:
+    assert migration_known(then, reported) == known
 
 
 # --- the epoch's stakes a manifest holds ------------------------------------------------------

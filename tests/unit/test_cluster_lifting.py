@@ -11,7 +11,13 @@ from names import full_name, incremental_name
 from tracker.cache.checked import Checking
 from tracker.errors import ArchiveInvalid
 from tracker.proof.accounts.budget import AccountsLimits
-from tracker.proof.cluster.lifting import liftable, required_proof
+from tracker.proof.cluster.lifting import (
+    liftable,
+    lifted,
+    required_proof,
+    unlifted,
+    votes_tally,
+)
 from tracker.proof.levels import Level, Proof, checked_for
 
 FULL = full_name(500)
@@ -58,22 +64,37 @@ def test_which_proofs_the_votes_may_lift(proof: Proof, name: str, expected: bool
 
 
 class FixedVotes:
-    """A voter whose answer is fixed (what ClusterVotes' lift returns); counts its calls."""
+    """A voter whose answer is fixed (what ClusterVotes' lift returns; ``holding``: what
+    its ``holds`` says of a tally); counts its calls."""
 
-    def __init__(self, answer: Proof | None) -> None:
+    def __init__(
+        self,
+        answer: Proof | None,
+        holding: bool = True,
+        urls: tuple[str, ...] = ("http://127.0.0.1:1/",),
+    ) -> None:
         self.answer = answer
+        self.holding = holding
+        self.urls = urls
         self.asked: list[int] = []
+        self.lifted: list[Proof] = []
+        self.weighed: list[Proof] = []
 
     def rpcs(self) -> tuple[str, ...]:
-        return ("http://127.0.0.1:1/",)
+        return self.urls
 
     def of(self, group: str) -> FixedVotes:
         return self  # one cluster: every group's votes are these
 
     async def lift(self, slot: int, proof: Proof) -> Proof:
         self.asked.append(slot)
+        self.lifted.append(proof)
         assert self.answer is not None
         return self.answer
+
+    async def holds(self, slot: int, proof: Proof) -> bool:
+        self.weighed.append(proof)
+        return self.holding
 
 
 LIFTED = Proof(Level.CLUSTER, "s", BANK, 0.7)
@@ -129,3 +150,72 @@ def test_what_a_refresh_needs_of_the_votes(
 
     assert trio.run(main) == outcome
     assert votes.asked == ([500] if asked else [])
+
+
+BY_VOTES = Proof(Level.CLUSTER, "s", BANK, 0.9, cluster_proof="votes")
+BY_CERTIFICATE = Proof(Level.CLUSTER, "s", BANK, 0.9, cluster_proof="certificate")
+SHORT_CERTIFICATE = Proof(Level.ACCOUNTS, "s", BANK, 0.5, cluster_proof="certificate")
+
+
+@pytest.mark.parametrize(
+    ("proof", "expected"),
+    [
+        pytest.param(BY_VOTES, True, id="cluster by votes"),
+        pytest.param(Proof(Level.CLUSTER, "s", BANK, 0.9), True, id="a proof file before kinds"),
+        pytest.param(MINORITY, True, id="a minority of votes"),
+        pytest.param(BY_CERTIFICATE, False, id="cluster by a certificate"),
+        pytest.param(SHORT_CERTIFICATE, False, id="a certificate short of its stake"),
+        pytest.param(ACCOUNTS, False, id="no tally"),
+        pytest.param(FAILED, False, id="an RPC that failed"),
+    ],
+)
+def test_which_proofs_rest_on_a_tally_of_votes(proof: Proof, expected: bool) -> None:
+    assert votes_tally(proof) is expected
+
+
+@pytest.mark.parametrize(
+    ("proof", "is_full", "expected"),
+    [
+        pytest.param(BY_VOTES, True, ACCOUNTS, id="a full at cluster: accounts"),
+        pytest.param(BY_VOTES, False, MANIFEST, id="an incremental at cluster: manifest"),
+        pytest.param(MINORITY, True, ACCOUNTS, id="a full's minority: its level, no tally"),
+        pytest.param(
+            Proof(Level.MANIFEST, "s", BANK, 0.3, "cluster not proven: 30.0%"),
+            False,
+            MANIFEST,
+            id="an incremental's minority",
+        ),
+    ],
+)
+def test_a_proof_its_tally_taken_away_is_what_the_check_proved(
+    proof: Proof, is_full: bool, expected: Proof
+) -> None:
+    assert unlifted(proof, is_full=is_full) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "proof", "holding", "outcome", "lifted_from"),
+    [
+        pytest.param(FULL, BY_VOTES, True, BY_VOTES, None, id="a tally that holds: as it is"),
+        pytest.param(FULL, BY_VOTES, False, LIFTED, ACCOUNTS, id="one that falls: weighed again"),
+        pytest.param(
+            INCREMENTAL, BY_VOTES, False, LIFTED, MANIFEST, id="an incremental's: from manifest"
+        ),
+        pytest.param(FULL, MINORITY, False, LIFTED, ACCOUNTS, id="a minority that falls"),
+        pytest.param(FULL, BY_CERTIFICATE, False, BY_CERTIFICATE, None, id="a certificate's"),
+    ],
+)
+def test_a_tally_of_votes_is_weighed_again_once_it_no_longer_holds(
+    name: str, proof: Proof, holding: bool, outcome: Proof, lifted_from: Proof | None
+) -> None:
+    votes = FixedVotes(LIFTED, holding)
+    assert trio.run(lifted, votes, name, proof) == outcome
+    assert votes.weighed == ([proof] if votes_tally(proof) else [])
+    assert votes.lifted == ([] if lifted_from is None else [lifted_from])
+
+
+def test_a_tally_of_votes_stands_where_no_rpc_is_asked() -> None:
+    votes = FixedVotes(LIFTED, holding=False, urls=())
+    assert trio.run(lifted, votes, FULL, BY_VOTES) == BY_VOTES
+    assert votes.weighed == [] and votes.lifted == []
+    assert trio.run(lifted, None, FULL, BY_VOTES) == BY_VOTES

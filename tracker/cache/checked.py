@@ -488,8 +488,10 @@ class CheckedFiles:
     async def relevel(self, group: str, name: str, proof: Proof, path: str, was: Proof) -> bool:
         """The cached copy of ``name`` (at ``path``), held at ``was`` when the cluster's
         votes were asked, is proven to ``proof`` now: recorded, and kept beside its digest
-        once a tally says it; False when that tally leaves it below its group's level (now:
-        a reload may have raised it), then it is removed like a copy that failed its check.
+        once a tally says it (or once the tally ``was`` carried no longer holds:
+        :func:`tracker.proof.cluster.lifting.lifted`); False when that tally leaves it below
+        its group's level (now: a reload may have raised it), then it is removed like a copy
+        that failed its check.
         Nothing is done when another copy is held since (a refresh promoted one while the
         votes were asked): they were asked for the one before."""
         checked = self._checked.get((group, name))
@@ -505,7 +507,9 @@ class CheckedFiles:
                 return True  # promoted or removed while the lock was waited for
             self._checked[(group, name)] = checked._replace(proof=proof)
             self._digests.put(CACHE, group, name, checked.sha256, proof)
-            if proof.voted_stake is not None:  # a tally, not a failure to read one
+            # a tally, not a failure to read one; or a tally the migration took away since
+            # (weighed again): its proof file must not restore it after a restart
+            if proof.voted_stake is not None or was.voted_stake is not None:
                 try:
                     await trio.to_thread.run_sync(write_proof, path, proof)
                 except OSError as exc:

@@ -214,6 +214,11 @@ class Voter(Protocol):
         else with ``voted_stake`` (a tally) or a note saying why not."""
         ...
 
+    async def holds(self, slot: int, proof: Proof) -> bool:
+        """True while the tally of votes ``proof`` carries still proves what it did (the
+        Alpenglow migration leaves the blocks it was read from as they were)."""
+        ...
+
 
 class Voters(Protocol):
     """Who asks the cluster's votes for each group's archives

@@ -56,6 +56,7 @@ from tracker.proof.cluster.consensus import (
     Genesis,
     by_certificate,
     genesis_answer,
+    migration_known,
     migration_of,
     tally_holds,
     vote_blocks,
@@ -203,14 +204,12 @@ class ClusterVotes:
         by_cert: AskedOfRpcs = (self._certificate_key(slot, proof), urls, prefix)
         kept = self._kept.get(by_votes)
         if kept is not None:  # asked before: it stands while the migration left it so
-            ends = trio.current_time() + self._config().cluster_proof.deadline
-            try:
-                genesis = await self.migration(urls, ends)  # kept, or believed a while
-            except RpcError as exc:
-                return attrs.evolve(proof, note=f"cluster not proven: {exc}")
+            genesis, failed = await self._migration_for(urls, kept[0])
             blocks = self._config().cluster_proof.blocks
             if tally_holds(slot, blocks, kept[0], genesis):
                 return judged(proof, kept[1], urls)
+            if failed is not None:
+                return attrs.evolve(proof, note=f"cluster not proven: {failed}")
             self._kept.pop(by_votes, None)
         finals = self._certified.get(by_cert)
         if finals is not None:  # kept only once it reached cluster
@@ -230,6 +229,41 @@ class ClusterVotes:
             return await self._lift(slot, proof, bank_hash, urls, prefix)
         finally:
             self._asking.pop(by_votes).set()
+
+    async def holds(self, slot: int, proof: Proof, group: str | None = None) -> bool:
+        """True while the tally of the votes for (``slot``, its bank hash) that ``proof``
+        carries (``cluster`` by votes, or a minority; kept here, or read back from a cached
+        copy's proof file) still proves what it did: the Alpenglow migration the RPCs of
+        ``group`` report leaves the blocks it was read from as they were
+        (:func:`~tracker.proof.cluster.consensus.tally_holds`; one read back from a file was
+        read before any migration known, as far as anything says). An RPC that cannot say
+        now changes nothing (:func:`~tracker.proof.cluster.consensus.migration_known`).
+        False: weigh the archive again (:meth:`lift`, from what its check proved)."""
+        urls = self.rpcs(group)
+        if not urls or proof.bank_hash is None:
+            return True  # nothing asked: nothing learned that it rested on
+        key: AskedOfRpcs = ((slot, proof.bank_hash), urls, "")
+        kept = self._kept.get(key)
+        then = kept[0] if kept is not None else None
+        genesis, _failed = await self._migration_for(urls, then)
+        if tally_holds(slot, self._config().cluster_proof.blocks, then, genesis):
+            return True
+        self._kept.pop(key, None)
+        return False
+
+    async def _migration_for(
+        self, urls: tuple[str, ...], then: Genesis | None
+    ) -> tuple[Genesis | None, RpcError | None]:
+        """The migration a tally read while ``urls`` reported ``then`` is judged by, within
+        ``cluster_proof.deadline``: theirs now, else (with the failure) what is known of it
+        (:func:`~tracker.proof.cluster.consensus.migration_known`: a proven archive is not
+        unproven by this tracker's own outage, docs/http-api.md, "Two consensus kinds")."""
+        ends = trio.current_time() + self._config().cluster_proof.deadline
+        try:
+            return await self.migration(urls, ends), None  # kept, or believed a while
+        except RpcError as exc:
+            reported = [self._genesis[u] for u in urls if u in self._genesis]
+            return migration_known(then, reported), exc
 
     async def _lift(
         self, slot: int, proof: Proof, bank_hash: bytes, urls: tuple[str, ...], prefix: str
@@ -598,6 +632,10 @@ class GroupVotes:
     async def lift(self, slot: int, proof: Proof) -> Proof:
         """:meth:`ClusterVotes.lift` asked of the group's cluster's RPCs."""
         return await self.votes.lift(slot, proof, self.group)
+
+    async def holds(self, slot: int, proof: Proof) -> bool:
+        """:meth:`ClusterVotes.holds` asked of the group's cluster's RPCs."""
+        return await self.votes.holds(slot, proof, self.group)
 
 
 def _keep(kept: OrderedDict[AskedOfRpcs, _V], key: AskedOfRpcs, value: _V) -> None:

@@ -15,7 +15,7 @@ G only by a finality certificate.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import attrs
 
@@ -125,3 +125,14 @@ def tally_holds(slot: int, blocks: int, then: Genesis | None, now: Genesis | Non
     if by_certificate(slot, now) or (now is not None and slot == now.slot):
         return False
     return vote_blocks(slot, blocks, then) == vote_blocks(slot, blocks, now)
+
+
+def migration_known(then: Genesis | None, reported: Collection[Genesis]) -> Genesis | None:
+    """The migration a tally read while the RPCs reported ``then`` is judged by when they
+    cannot say now (one failed, or they disagree): a genesis one of them ever reported
+    (``reported``: kept for good, it never changes; the earliest, should two differ), else
+    ``then``. This tracker's own outage changes no fact the tally rested on; a report of the
+    migration does. Pure."""
+    if not reported:
+        return then
+    return min(reported, key=lambda g: g.slot)

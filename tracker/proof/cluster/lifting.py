@@ -13,7 +13,10 @@ unchecked, and then, every :data:`KEEP_EVERY` seconds, checks again the copies a
 below their group's level, and asks the votes of each held copy that has no tally yet (a
 failure is asked again after the voter's back-off). A tally is recorded with the copy's
 digest (the JSON's ``proof``) and kept in its proof file; one that leaves a copy of a group
-requiring ``cluster`` below it removes the copy, like a failed check.
+requiring ``cluster`` below it removes the copy, like a failed check. A held copy's tally of
+votes (read back from its proof file after a restart too) is weighed again, and its proof
+file written again, once the Alpenglow migration the RPCs report no longer leaves the blocks
+it was read from (:func:`lifted`; docs/http-api.md, "Two consensus kinds").
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+import attrs
 import trio
 
 from tracker.core.digests import below_required
@@ -68,6 +72,21 @@ class HeldCopies(Protocol):
 KEEP_EVERY = 1.0
 
 
+def votes_tally(proof: Proof) -> bool:
+    """True when ``proof`` carries a tally of the votes for its slot (TowerBFT: ``cluster``
+    by votes, or a minority): a fact that holds only while the Alpenglow migration leaves
+    the blocks it was read from (docs/http-api.md, "Two consensus kinds"). Pure."""
+    return proof.voted_stake is not None and proof.cluster_proof != "certificate"
+
+
+def unlifted(proof: Proof, *, is_full: bool) -> Proof:
+    """``proof`` as the archive's check left it, its tally of votes taken away: at most
+    ``accounts`` for a full, ``manifest`` for an incremental (what the votes lifted it from,
+    :func:`liftable`). Pure."""
+    level = min(proof.level, required_for(Level.ACCOUNTS, is_full=is_full))
+    return attrs.evolve(proof, level=level, voted_stake=None, note=None, cluster_proof=None)
+
+
 def liftable(proof: Proof, name: str) -> bool:
     """True when the votes may lift ``proof`` of the archive ``name`` and were not counted
     yet: it reaches what a check shows of ``cluster`` (``accounts``; ``manifest`` for an
@@ -81,9 +100,18 @@ def liftable(proof: Proof, name: str) -> bool:
 
 async def lifted(voter: Voter | None, name: str, proof: Proof) -> Proof:
     """``proof`` of the archive ``name`` after the cluster's votes (as it is when they
-    cannot lift it; with the voter's note when no RPC is configured)."""
+    cannot lift it; with the voter's note when no RPC is configured). A tally of votes it
+    carries (:func:`votes_tally`, a cached copy's read back from its proof file too) is
+    weighed again from what the check proved once the migration no longer leaves its
+    blocks as read (``voter.holds``)."""
     parsed = parse_archive_name(name)
-    if voter is None or parsed is None or not liftable(proof, name):
+    if voter is None or parsed is None:
+        return proof
+    if votes_tally(proof) and voter.rpcs():
+        if await voter.holds(parsed.slot, proof):
+            return proof
+        proof = unlifted(proof, is_full=parsed.is_full)
+    if not liftable(proof, name):
         return proof
     return await voter.lift(parsed.slot, proof)
 
@@ -128,7 +156,8 @@ async def lift_held(
 ) -> None:
     """Ask the votes of every held copy they may lift, of its group's cluster's RPCs (one
     after another: the voter keeps its tallies per slot and bank hash, and backs off a
-    failure); a copy whose tally is below its group's level now is removed."""
+    failure), and weigh again each whose tally of votes the migration no longer leaves
+    (:func:`lifted`); a copy whose tally is below its group's level now is removed."""
     voters = checked.voter
     for group, name, proof in checked.held():
         # each copy's votes are its group's own cluster's (its rpc, else the top-level one)
