@@ -10,8 +10,10 @@ it from several.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
+import random
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -21,7 +23,13 @@ import attrs
 import httpx
 import pytest
 import trio
-from archives import build_archive
+from archives import (
+    archive_name,
+    build_archive,
+    make_tar,
+    many_accounts_archive,
+    snapshot_entries,
+)
 from helpers_bytes import MiB, sha256
 from helpers_proxy import FAST, GROUP, TrackerUnderTest, advertise, proxy_tracker, wait_for
 from helpers_tls import client_tls
@@ -30,6 +38,7 @@ from helpers_upstream import Behaviour, FakeUpstream, agave_rpc, serving
 from tracker.config.schema import BearerAuth, SourceLimits, TargetGroup
 from tracker.observability.logs import TextFormatter
 from tracker.ordering.index import TargetKey
+from tracker.proof.formats.writing import OK_RESULT, write_status_cache
 from tracker.proxy import cachefill
 
 NAME, DATA = build_archive(9300, accounts=36, account_size=MiB, seed=3)
@@ -813,3 +822,175 @@ async def test_two_colluding_liars_never_get_the_honest_source_held_back(
             rejections = t.streamer.rejections
             assert not rejections.rejected(TargetKey(GROUP, honest.base), NAME, now)
             assert any(rejections.rejected(TargetKey(GROUP, up.base), NAME, now) for up in liars)
+
+
+@asynccontextmanager
+async def archive_tracker(
+    tmp_path: Path, ups: list[FakeUpstream], name: str, data: bytes, **overrides: object
+) -> AsyncIterator[TrackerUnderTest]:
+    """A checked tracker that knows ``ups`` (the first the freshest: asked first) as the
+    sources of the archive ``name`` (``data``'s size)."""
+    config = {"verify_archives": True, "target_groups": (group(),), **overrides}
+    async with proxy_tracker(tmp_path / "cache", **config) as t:
+        for age, up in enumerate(ups):
+            advertise(t.index, up.base, [(name, up.url(name), len(data))], age=age)
+        yield t
+
+
+def over_the_bound() -> tuple[str, bytes]:
+    """A full of more accounts than ``prove_accounts_max`` allows (about 2.5 MB): its copy is
+    proven to ``manifest`` at most, short of what vouches for a copy of several sources."""
+    return many_accounts_archive(9320, 24_000)  # built once (cached)
+
+
+@pytest.mark.parametrize("honest", [2, 1])
+async def test_a_repaired_copy_short_of_accounts_still_holds_the_liar_back(
+    tmp_path: Path, honest: int
+) -> None:
+    """Honest sources and a liar; the copy fails its check, the liar's bytes are found by
+    two sources against one (with one honest source: each side's bytes are taken and the
+    copy checked) and rewritten, and the copy is checked again, but its proof stops at
+    ``manifest`` (``prove_accounts_max``): no check vouches for it, so it is not kept. The
+    failed check still stands, carried by the liar alone (it was held back by no one, and
+    the next refresh asked it again)."""
+    name, data = over_the_bound()
+    ups = [FakeUpstream(files={name: data}) for _ in range(honest)]
+    liar = LyingUpstream(files={name: data})
+    async with AsyncExitStack() as stack:
+        for up in (*ups, liar):
+            up.behaviour[name] = Behaviour()
+            await stack.enter_async_context(serving(up))
+        t = await stack.enter_async_context(
+            archive_tracker(tmp_path, [*ups, liar], name, data, prove_accounts_max=1000)
+        )
+        status, _digest, size, _seconds = await get(t.url(name))
+        assert (status, size < len(data)) == (200, True)
+        assert liar.lied is not None
+        clock, rejections = t.index.clock, t.streamer.rejections
+        await wait_for(lambda: bool(rejections.errors(clock())), timeout=30)
+        assert list(rejections.errors(clock())) == [TargetKey(GROUP, liar.base)]
+        assert name not in t.cached()
+
+
+@functools.cache
+def status_cache_twins(slot: int) -> tuple[str, bytes, bytes]:
+    """A full (a plain ``.tar``) whose status cache holds about 6 MiB of statuses, and the
+    same archive with another first byte in every status's key: the same name, size,
+    manifest and storages, so both prove to ``accounts``, which binds no status."""
+    rnd = random.Random(slot)
+    keys = [rnd.randbytes(20) for _ in range(90_000)]
+    entries = snapshot_entries(slot, accounts=3, account_size=64 * 1024, seed=7)
+    at = next(i for i, (member, _) in enumerate(entries) if member == "snapshots/status_cache")
+    twins = []
+    for flip in (0, 0xFF):
+        statuses = [(bytes([key[0] ^ flip]) + key[1:], OK_RESULT) for key in keys]
+        entries[at] = (entries[at][0], write_status_cache([slot, slot - 2, slot - 1], statuses))
+        twins.append(make_tar(entries))
+    return archive_name(slot, None, "tar", seed=7), twins[0], twins[1]
+
+
+async def test_bytes_no_level_binds_are_never_one_other_sources_word(tmp_path: Path) -> None:
+    """An honest first source and a liar whose archive differs only in its status cache
+    (no level binds a status: docs/architecture.md, "Proven archives"). The liar's pieces of
+    the head (the members before the account storages) pass every check; such bytes are
+    kept only as the first source sends them, as one source's copy would hold them: they
+    are compared with the first source's, which replace them. The copy is cached exact and
+    no one is named (which of the two lied, no check can tell). The reader that read along
+    got a whole body of the liar's statuses, and the cache kept them as proven."""
+    name, good, lie = status_cache_twins(9330)
+    honest = FakeUpstream(files={name: good})
+    liar = FakeUpstream(files={name: lie})
+    async with AsyncExitStack() as stack:
+        for up in (honest, liar):
+            up.behaviour[name] = Behaviour(rate=RATE)
+            await stack.enter_async_context(serving(up))
+        t = await stack.enter_async_context(archive_tracker(tmp_path, [honest, liar], name, good))
+        status, _digest, size, _seconds = await get(t.url(name))
+        assert (status, size < len(good)) == (200, True)  # cut off: it read the liar's
+        await wait_for(lambda: name in t.cached(), timeout=30)
+        assert sha256((t.group_dir() / name).read_bytes()) == sha256(good)
+        assert sum(s.body_sent for s in liar.gets(name)) > MiB  # it gave pieces
+        assert t.streamer.rejections.errors(t.index.clock()) == {}
+
+
+async def test_bytes_no_level_binds_from_one_source_alone_are_not_kept(tmp_path: Path) -> None:
+    """The first source stalls after its first KiB and is dropped; the liar, the only source
+    left, sends the rest, the status cache among it. No second source can vouch for those
+    bytes (the first cannot be asked again), so the copy is not kept, and no one is held
+    back (the liar's status cache was cached as proven)."""
+    name, good, lie = status_cache_twins(9330)
+    honest = FakeUpstream(files={name: good})
+    honest.behaviour[name] = Behaviour(rate=RATE, pause_at=1024)
+    liar = FakeUpstream(files={name: lie})
+    liar.behaviour[name] = Behaviour(rate=RATE)
+    async with AsyncExitStack() as stack:
+        for up in (honest, liar):
+            await stack.enter_async_context(serving(up))
+        t = await stack.enter_async_context(archive_tracker(tmp_path, [honest, liar], name, good))
+        status, _digest, size, _seconds = await get(t.url(name))
+        assert (status, size < len(good)) == (200, True)
+        await wait_for(lambda: t.outcome("refresh_failed") == 1, timeout=30)
+        assert name not in t.cached()
+        assert t.streamer.rejections.errors(t.index.clock()) == {}
+        honest.behaviour[name].resume.set()
+
+
+class LiesOnceDone(FakeUpstream):
+    """Honest while the refresh downloads; once it has (``done``: the tracker logged
+    ``refresh_sources``), every byte of every range it sends is another one."""
+
+    done: bool = False
+
+    async def _body(self, conn: Any, stream: Any, seen: Any, how: Any, body: bytes) -> bool:
+        if self.done and seen.headers.get("range", "").startswith("bytes="):
+            body = bytes(b ^ 0x5A for b in body)
+        return await super()._body(conn, stream, seen, how, body)
+
+
+class DoneWhenDelivered(logging.Handler):
+    """Sets ``up.done`` once the refresh logs ``refresh_sources`` (every byte delivered)."""
+
+    def __init__(self, up: LiesOnceDone) -> None:
+        super().__init__()
+        self.up = up
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage() == "refresh_sources":
+            self.up.done = True
+
+
+async def test_a_first_source_whose_bytes_fail_the_check_is_held_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first source, asked again for the head's bytes the second one wrote, sends other
+    bytes, which break the status cache the copy passed its check with: the first lied (the
+    copy was good without its bytes). It alone is held back (a repair would have blamed
+    the second, whose ranges held them), the copy is not kept, and the next client gets the
+    archive from the second source."""
+    name, good, _lie = status_cache_twins(9330)
+    first = LiesOnceDone(files={name: good})
+    second = FakeUpstream(files={name: good})
+    handler = DoneWhenDelivered(first)
+    caplog.set_level(logging.INFO, logger="tracker.proxy")  # refresh_sources is told
+    logging.getLogger("tracker.proxy").addHandler(handler)
+    try:
+        async with AsyncExitStack() as stack:
+            for up in (first, second):
+                up.behaviour[name] = Behaviour(rate=RATE)
+                await stack.enter_async_context(serving(up))
+            t = await stack.enter_async_context(
+                archive_tracker(tmp_path, [first, second], name, good)
+            )
+            status, _digest, size, _seconds = await get(t.url(name))
+            assert (status, size < len(good)) == (200, True)
+            assert first.done
+            clock, rejections = t.index.clock, t.streamer.rejections
+            await wait_for(lambda: bool(rejections.errors(clock())), timeout=30)
+            [(key, reason)] = rejections.errors(clock()).items()
+            assert key == TargetKey(GROUP, first.base)
+            assert "fail the check its copy passed without them" in reason, reason
+            assert name not in t.cached()
+            again = await get(t.url(name))
+            assert again[:3] == (200, sha256(good), len(good))
+    finally:
+        logging.getLogger("tracker.proxy").removeHandler(handler)

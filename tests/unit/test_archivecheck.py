@@ -58,7 +58,7 @@ from tracker.proof.archive.archivecheck import (
     check_file,
     check_stream,
 )
-from tracker.proof.archive.tarwalk import Header, read_header
+from tracker.proof.archive.tarwalk import Header, UnboundExtent, read_header
 from tracker.proof.formats.writing import write_status_cache
 
 SLOT = 123_456
@@ -158,6 +158,45 @@ def test_zstd_frames_without_checksums_pass() -> None:
     tar = make_tar(snapshot_entries(SLOT, accounts=2, account_size=8192, seed=0))
     data = zstandard.ZstdCompressor(write_checksum=False, write_content_size=False).compress(tar)
     assert check_bytes(data, name) == hashlib.sha256(data).hexdigest()
+
+
+# --- the bytes no level binds (docs/architecture.md, "A refresh from several sources") ---------
+
+
+@pytest.mark.parametrize(
+    ("members", "end"),
+    [
+        # agave's order: what comes before the first storage is decoded by then
+        (["version", "snapshots", "snapshots/9/9", "snapshots/status_cache", "accounts/9.0"], 40),
+        (["version", "accounts/9.0", "accounts/8.1"], 10),
+        # Firedancer's status cache after the storages: to the end
+        (["version", "snapshots/9/9", "accounts/9.0", "snapshots/status_cache"], 99),
+        (["accounts/9.0", "accounts/8.1"], 0),
+        # the directory of the storages is no storage, a name like one is
+        (["version", "accounts", "accounts/9.0"], 20),
+        (["accounts/9.0", "accounts/9.0x"], 99),
+    ],
+)
+def test_the_extent_of_the_members_no_level_binds(members: list[str], end: int) -> None:
+    extent = UnboundExtent()
+    for n, name in enumerate(members):
+        extent.header(name, 10 * n)  # the raw bytes the decoder had taken by each header
+    extent.ended(99)
+    assert extent.end == end
+
+
+@pytest.mark.parametrize("last", [False, True], ids=["agave", "status_cache_last"])
+def test_the_check_finds_the_extent_of_the_members_no_level_binds(last: bool) -> None:
+    """agave writes them before the storages: the check's first raw chunk decodes them all;
+    a status cache after the storages (as Firedancer writes it) takes all of the archive."""
+    entries = snapshot_entries(SLOT, accounts=8, account_size=1 << 20, seed=0)
+    if last:
+        entries.sort(key=lambda entry: entry[0] == "snapshots/status_cache")
+    data = compress(make_tar(entries), "zst")
+    assert len(data) > 2 * archivecheck.READ_SIZE
+    extent = UnboundExtent()
+    check_stream(io.BytesIO(data).read, archive_name(SLOT), unbound=extent)
+    assert extent.end == (len(data) if last else archivecheck.READ_SIZE)
 
 
 @pytest.mark.parametrize(

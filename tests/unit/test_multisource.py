@@ -287,6 +287,46 @@ def test_a_hosts_ports_speak_as_one_where_there_are_two_hosts() -> None:
 
 
 @pytest.mark.parametrize(
+    ("written", "live", "voice", "asks"),
+    [
+        # the first source's own ranges are its word; another's are asked of the first,
+        # cut at the end of the bytes no level binds
+        ([[(0, 10)], [(10, 30)]], [0, 1], "ab", [(10, 20, 1, 0)]),
+        ([[(0, 25)], [(25, 40)]], [0, 1], "ab", []),
+        ([[(0, 5), (15, 20)], [(5, 15)], [(20, 40)]], [0, 1, 2], "abc", [(5, 15, 1, 0)]),
+        # the first cannot be asked (dropped, or ignores Range): a source of another voice
+        # than the writer's, so that two sources send the same bytes
+        ([[(0, 5)], [(5, 10)], [(10, 40)]], [1, 2], "abc", [(5, 10, 1, 2), (10, 20, 2, 1)]),
+    ],
+)
+def test_bytes_no_level_binds_are_the_first_sources_or_two_sources(
+    written: list[list[tuple[int, int]]],
+    live: list[int],
+    voice: str,
+    asks: list[tuple[int, int, int, int]],
+) -> None:
+    from tracker.proxy.piececheck import UnboundAsk, unbound_asks
+
+    assert unbound_asks(20, written, live, list(voice)) == [UnboundAsk(*a) for a in asks]
+
+
+@pytest.mark.parametrize(
+    ("written", "live", "voice"),
+    [
+        ([[(0, 5)], [(5, 40)]], [1], "ab"),  # the writer alone is left to ask
+        ([[(0, 5)], [(5, 10)], [(10, 40)]], [1, 2], "abb"),  # one host's two ports
+    ],
+)
+def test_bytes_no_level_binds_of_one_source_alone_are_not_vouched_for(
+    written: list[list[tuple[int, int]]], live: list[int], voice: str
+) -> None:
+    from tracker.proxy.piececheck import unbound_asks
+
+    reason = unbound_asks(20, written, live, list(voice))
+    assert isinstance(reason, str) and "which no level binds" in reason, reason
+
+
+@pytest.mark.parametrize(
     ("differing", "holders", "live", "wanted"),
     [
         # a's range held by a: sent again by b's party (2, not b's first port 1)

@@ -38,6 +38,12 @@ class Vouching:
     sha256: str = ""
     source: str = ""
 
+    @property
+    def by_level(self) -> bool:
+        """True when the level vouches, not a digest: the bytes it does not bind (every
+        member but the account storages) must then be vouched for apart."""
+        return not self.sha256
+
     def vouch(self, name: str, sha256: str, proof: Proof) -> None:
         """Return when the copy of ``name`` whose check gave ``sha256`` and ``proof`` is
         vouched for. Raises ArchiveInvalid when its digest is not the trusted one (some

@@ -22,7 +22,7 @@ import errno
 import logging
 import os
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from functools import partial
 from typing import Literal, Protocol
 
@@ -257,6 +257,15 @@ class Refresh:
         #: of it before it counts as checked (:mod:`tracker.cache.mixedcopy`; None: one
         #: source's copy, the check alone).
         self.vouching: Vouching | None = None
+        #: For such a copy vouched for by its level: what vouches for its bytes that level
+        #: does not bind, the first ``end`` (:attr:`unbound_end`), set by the refresh's owner
+        #: (``tracker.proxy.cachefill``); it raises when nothing does, and says True when it
+        #: rewrote some of them and the copy was checked again (:meth:`recheck`)
+        #: (docs/architecture.md, "A refresh from several sources" → "Bytes no level binds").
+        self.confirm_unbound: Callable[[int], Awaitable[bool]] | None = None
+        #: Raw bytes from the file's start that decode every member no level binds, as the
+        #: last check found (``proof.archive.tarwalk.UnboundExtent``; 0: not checked).
+        self.unbound_end = 0
         #: The archive check following the temp file as it grows (None: not checked).
         self._check: FollowingCheck | None = None
         self._hold_back = 1
@@ -444,7 +453,8 @@ class Refresh:
         Raises ArchiveInvalid (the check failed, or a copy from several sources has not the
         digest that vouches for it: the caller rejects or repairs the refresh) or CacheError
         (not every byte was written, a shortfall of the tracker's own, or a copy from
-        several sources whose level cannot vouch for it: :mod:`tracker.cache.mixedcopy`).
+        several sources whose level cannot vouch for it: :mod:`tracker.cache.mixedcopy`, or
+        whose bytes that level does not bind nothing vouches for: :attr:`confirm_unbound`).
         Cancellation cancels the check.
         """
         if self.written != self.size or self.ended.is_set():
@@ -456,6 +466,7 @@ class Refresh:
                 await self._note_first_read(check)
                 checked = await check.result()
                 self.sha256, self.proof = checked.sha256, checked.proof
+                self.unbound_end = check.unbound.end
             except BaseException as exc:
                 # Failed: a reader that has not sent the end yet never will.
                 if isinstance(exc, OSError):  # the disk's fault, not the source's
@@ -476,6 +487,9 @@ class Refresh:
             raise CacheError(short)  # the tracker's own shortage: no verdict on the source
         if check is not None and self.vouching is not None:
             self.vouching.vouch(self.name, self.sha256, self.proof)  # raises when it does not
+            confirm = self.confirm_unbound
+            if self.vouching.by_level and confirm is not None and await confirm(self.unbound_end):
+                return  # some rewritten and the copy checked again: verified by that check
         if check is not None:  # trust.require; `cluster`: the readers' end waits for votes
             self.proof = await required_proof(self._checking, self.name, self.proof)
             if self.ended.is_set():  # aborted while the votes were awaited

@@ -29,7 +29,9 @@ delivers under a tenth of another one's rate (:func:`tracker.multisource.judging
 is dropped and its pieces go to the others. How each source was used is kept per target
 (:class:`tracker.multisource.sources.SourcesUsed`, ``/v1/targets``). Which copy is good is
 not decided by the pieces: the whole-file checks stay the gate (docs/http-api.md, "Verified
-archives"); a copy from several sources that fails them is repaired (:class:`Repair`).
+archives"); a copy from several sources that fails them is repaired (:class:`Repair`), and
+the bytes of one that its level does not bind are the first source's, or two sources'
+(:func:`confirm_unbound`).
 """
 
 from __future__ import annotations
@@ -61,16 +63,20 @@ from tracker.ordering.sourcehistory import Flowing
 from tracker.proxy.channel import channel
 from tracker.proxy.decisions import Found
 from tracker.proxy.piececheck import (
+    SLOWEST_COMPARE,
     Difference,
     Findings,
     Opener,
+    UnboundAsk,
     blamed,
+    fetch_range,
     find_liars,
     held_back,
     live_sources,
     rewrite,
     side_spans,
     two_source_liar,
+    unbound_asks,
     voices,
 )
 from tracker.proxy.pumps import Flow, Upstream, UpstreamBody, opened, recorded
@@ -227,6 +233,10 @@ async def _to_many(
             job.source_transfer(key, source.sent, outcome.seconds)
     repair = Repair(job.peers, refresh, outcome)
     repair.liar_found = job.archive_rejected
+    # what its level does not bind is the first source's word, or two sources' (verify)
+    refresh.confirm_unbound = partial(
+        confirm_unbound, job.peers, refresh, outcome, job.archive_rejected
+    )
     # repair.blame: every sender, narrowed by a repair that failed (never an honest one)
     flow.outcome = await _promote(job, refresh, first, blame=repair.blame, repair=repair.run)
     flow.report(job)
@@ -557,6 +567,107 @@ def _no_one(_key: TargetKey, _reason: str) -> None:
     return None
 
 
+async def confirm_unbound(
+    peers: Peers,
+    refresh: Refresh,
+    outcome: Delivered,
+    liar_found: Callable[[TargetKey, str], None],
+    end: int,
+) -> bool:
+    """Vouch for the first ``end`` bytes of a copy from several sources that its level does
+    not bind (:attr:`Refresh.unbound_end`; docs/architecture.md, "A refresh from several
+    sources"), before its readers get their end: each range of them another source than the
+    first wrote is asked of the first and compared (:func:`unbound_asks`); the first's bytes
+    replace those that differ, its readers cut off first (they may have read the others'),
+    and the copy is checked again (True). Where the first cannot be asked, a source of
+    another voice than the writer's must send the same bytes. Raises CacheError when a range
+    cannot be vouched for so (no source is held back: no check tells which one lied), or
+    when the first's bytes fail the check the copy passed without them (the first is then
+    held back: ``liar_found``). False when nothing differed, or the copy was repaired
+    already (each range was compared with another source's then: :class:`Repair`)."""
+    if refresh.repairs or end <= 0:
+        return False
+    sources = list(outcome.sources)
+    live = live_sources(sources)
+    asks = unbound_asks(
+        end, [outcome.written.get(s, []) for s in sources], live, voices(sources, live)
+    )
+    if isinstance(asks, str):
+        raise CacheError(f"{refresh.name}: {asks}")
+    if not asks:  # all of them the first source's word, as in a copy from it alone
+        return False
+    ask = partial(_ask, peers, outcome.copies)
+    fd = os.dup(refresh.descriptor())
+    rewritten = 0
+    try:
+        for each in asks:
+            rewritten += await _compare_unbound(peers, refresh, sources, each, fd, ask)
+    finally:
+        os.close(fd)
+    first = redact_text(sources[0].url)
+    asked = sum(a.end - a.start for a in asks)
+    log_event(
+        many_log,
+        "info",
+        "refresh_unbound_checked",
+        file=refresh.name,
+        url=first,
+        asked=asked,
+        rewritten=rewritten,
+    )
+    if not rewritten:
+        return False
+    try:
+        await refresh.recheck()
+    except ArchiveInvalid as exc:
+        # The copy passed without the first's bytes: they are wrong, whoever else lied (a
+        # repair would blame the ranges' writers for them)
+        reason = (
+            f"sent bytes of {refresh.name} that fail the check its copy passed without them: "
+            f"{exc.reason}"
+        )
+        log_event(many_log, "warning", "refresh_source_lied", url=first, reason=reason)
+        liar_found(outcome.key_of(sources[0]), reason)
+        raise CacheError(f"{first} {reason}") from None
+    return True
+
+
+async def _compare_unbound(
+    peers: Peers, refresh: Refresh, sources: list[Source], each: UnboundAsk, fd: int, ask: Opener
+) -> int:
+    """The bytes of ``each`` asked of its source and compared with the disk's; where they
+    differ the first source's are written (the readers cut off before the first one), and
+    how many were is returned. CacheError when another source's differ or do not all come."""
+    source, owner = sources[each.asked], sources[each.owner]
+    written = 0
+
+    async def compare(position: int, chunk: bytes) -> None:
+        nonlocal written
+        on_disk = await trio.to_thread.run_sync(os.pread, fd, len(chunk), position)
+        if on_disk == chunk:
+            return
+        if each.asked:
+            raise CacheError(
+                f"bytes {each.start}-{each.end - 1} of {refresh.name}, which no level binds, "
+                f"differ between {redact_text(owner.url)} and {redact_text(source.url)} "
+                "(the first source cannot be asked)"
+            )
+        if not refresh.repairs:
+            refresh.cut_readers()  # they may have read the other source's bytes
+        await trio.to_thread.run_sync(os.pwrite, fd, chunk, position)
+        written += len(chunk)
+
+    reached = each.start
+    with trio.move_on_after(peers.read_timeout + (each.end - each.start) / SLOWEST_COMPARE):
+        reached = await fetch_range(source, each.start, each.end, ask, compare)
+    if reached < each.end:
+        raise CacheError(
+            f"bytes {each.start}-{each.end - 1} of {refresh.name}, which no level binds, "
+            f"could not be had again from {redact_text(source.url)}"
+        )
+    return written
+
+
 @attrs.define
 class Repair:
     """After the copy of a refresh from several sources failed its check: its readers cut
@@ -633,6 +744,14 @@ class Repair:
             # an honest source, who must not carry their error
             self._narrow(found, refuted=True)
             return False
+        except CacheError as exc:
+            log_event(
+                many_log, "warning", "refresh_not_repaired", file=refresh.name, reason=str(exc)
+            )
+            # no verdict on the repaired copy (it falls short of what vouches for it): the
+            # failed check stands, carried as where the comparison left a range undecided
+            self._narrow(found)
+            return False
         return self._named(found)
 
     def _narrow(self, found: Findings, *, refuted: bool = False) -> None:
@@ -700,6 +819,11 @@ class Repair:
                 url = sources[next(iter(wanted))].url  # a source of the side that failed
                 log_event(many_log, "warning", "refresh_side_failed", url=url, reason=exc.reason)
                 passed.append(False)
+                continue
+            except CacheError as exc:  # short of what vouches for it: no verdict on the side
+                url = sources[next(iter(wanted))].url
+                log_event(many_log, "warning", "refresh_side_failed", url=url, reason=str(exc))
+                passed.append(None)
                 continue
             passed.append(True)
             break

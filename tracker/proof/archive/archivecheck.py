@@ -43,7 +43,7 @@ from tracker.proof.archive.checklimits import CANCELLED, Budget
 from tracker.proof.archive.decoders import decoder_for
 from tracker.proof.archive.framedecode import DecodeAhead, decode_zstd_frames
 from tracker.proof.archive.reread import Handover, accounts_prover, proving
-from tracker.proof.archive.tarwalk import Header, walk_tar
+from tracker.proof.archive.tarwalk import Header, UnboundExtent, walk_tar
 from tracker.proof.formats.prover import AccountsProver, ArchiveProver
 from tracker.proof.formats.streamparse import Feeder
 
@@ -93,6 +93,7 @@ def check_stream(
     decoders: int = 1,
     decode_ahead: bool = False,
     first_read: Callable[[Verified], None] | None = None,
+    unbound: UnboundExtent | None = None,
 ) -> Verified:
     """Check the archive whose raw bytes ``read(n)`` returns (``b""`` at the end) under its
     file name ``name``; returns the lower-case hex SHA-256 of the raw bytes and what the
@@ -116,13 +117,16 @@ def check_stream(
     decoder in a thread of its own (``framedecode.DecodeAhead``; with ``prefetch`` only).
     ``first_read`` (if given) is told what the read of the file proved before the accounts
     level's second read starts (the SHA-256 and the manifest's level: a refresh's readers
-    may end there, docs/architecture.md "Two reads").
+    may end there, docs/architecture.md "Two reads"). ``unbound`` (if given) is told each
+    member with the raw bytes the decoder had taken (:class:`UnboundExtent`).
     """
     parsed = parse_archive_name(name)
     if parsed is None:
         raise ArchiveInvalid(f"not a snapshot archive name: {name!r}")
     wanted = required_entries(parsed.slot)
     budget = Budget(cancelled) if cancelled is not None else Budget()
+    if unbound is not None:
+        seen = _telling(unbound, budget, seen)
     switch = accounts.binds if accounts is not None else None  # .binding: when to BLAKE3
     source = _Prefetch(read, unblock, switch) if prefetch else _Inline(read, switch)
     failed: list[BaseException] = []  # what reading raised: not the archive's fault
@@ -165,6 +169,8 @@ def check_stream(
                 else:
                     decoder_for(parsed.ext)(chunks, sink)
                 tar.finish()
+                if unbound is not None:
+                    unbound.ended(budget.raw)
                 if accounts is not None:
                     accounts.settle()  # a storage scanned apart may have refused
             except Exception as exc:
@@ -200,6 +206,20 @@ def check_stream(
         return Verified(digest, prover.proof())
     except Exception as exc:
         raise as_rejection(exc) from None
+
+
+def _telling(
+    unbound: UnboundExtent, budget: Budget, seen: Callable[[Header, int], None] | None
+) -> Callable[[Header, int], None]:
+    """``seen`` that also tells ``unbound`` each member, with the raw bytes the decoder had
+    taken by its header (``budget.raw``: never fewer than those its data was decoded from)."""
+
+    def told(header: Header, data_at: int) -> None:
+        unbound.header(header.name, budget.raw)
+        if seen is not None:
+            seen(header, data_at)
+
+    return told
 
 
 def as_rejection(exc: Exception) -> ArchiveInvalid:
@@ -619,6 +639,8 @@ class FollowingCheck:
         self._first: Verified | None = None
         #: Set once the first read passed or the check ended.
         self._early = trio.Event()
+        #: How far the members no level binds go (read once :meth:`result` returned).
+        self.unbound = UnboundExtent()
 
         def told(verified: Verified) -> None:
             self._first = verified
@@ -635,6 +657,7 @@ class FollowingCheck:
                         cancelled=growing.cancelled,
                         accounts=accounts,
                         first_read=told,
+                        unbound=self.unbound,
                         # one decoder: frames decoded apart only once whole would hold back
                         # the verdict on a bad frame until the source sends all of it; where
                         # the hashing keeps pace, in a thread of its own, decoding as the bytes

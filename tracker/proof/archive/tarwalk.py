@@ -190,6 +190,35 @@ def _floor() -> int:
     return MEMBER_FLOOR
 
 
+@attrs.define
+class UnboundExtent:
+    """How many of an archive's raw (compressed) bytes decode the members whose data no
+    level binds: every member but the account storages (``version``, the status cache, the
+    manifest, whose fields the bank hash leaves out), which agave writes before the
+    storages, and Firedancer's status cache after them (docs/architecture.md, "A refresh
+    from several sources" → "Bytes no level binds"). The walk tells it each header with the
+    raw bytes its decoder had taken by then (:meth:`header`), and the end (:meth:`ended`):
+    a member's data is decoded, in order, from bytes taken before the next header, so the
+    first :attr:`end` raw bytes decode all of those members. Pure."""
+
+    #: Raw bytes from the start that decode every member no level binds (0: none).
+    end: int = 0
+    #: The member being read binds nothing: the next header (or the end) sets :attr:`end`.
+    _open: bool = False
+
+    def header(self, name: str, raw: int) -> None:
+        """The walk reached the header of ``name``; the decoder had taken ``raw`` bytes."""
+        if self._open:
+            self.end = max(self.end, raw)
+        self._open = _STORAGE.fullmatch(name) is None
+
+    def ended(self, raw: int) -> None:
+        """The walk ended after the decoder took all ``raw`` bytes of the archive."""
+        if self._open:
+            self.end = max(self.end, raw)
+        self._open = False
+
+
 def walk_tar(
     slot: int,
     found: set[str],
