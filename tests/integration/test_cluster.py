@@ -2,10 +2,10 @@
 nodes.
 
 The nodes are real listeners, each on a loopback address of its own (127.1.x.y: the trust
-screen counts discovered nodes by their hosts), and on 127.0.0.9 for the egress cases; the
-private, link-local and metadata addresses listed by the fake RPC must never be connected to
-(``tests/conftest.py`` fails any test that connects off the machine; here they are also
-checked to show ``blocked``).
+screen counts discovered nodes by their hosts, and discovery keeps one node a machine), and
+on 127.0.9.x for the egress cases; the private, link-local and metadata addresses listed by
+the fake RPC must never be connected to (``tests/conftest.py`` fails any test that connects
+off the machine; here they are also checked to show ``blocked``).
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def config_for(
     *,
     trust: Trust = DEFAULT_TRUST,
     known: tuple[str, ...] = (),
-    deny: tuple[str, ...] = ("127.0.0.9/32",),
+    deny: tuple[str, ...] = ("127.0.9.0/24",),
     interval: float = 0.001,
 ) -> Config:
     group = TargetGroup(
@@ -214,7 +214,12 @@ async def test_a_thousand_nodes_discovered_screened_and_ranked(nursery: trio.Nur
     served = [Node(full) for full in kinds]
     addresses = await nodes.serve(nursery, served)
     denied = [Node(good) for _ in range(4)]
-    denied_addresses = await nodes.serve(nursery, denied, host="127.0.0.9")
+    # each on a host of its own: discovery keeps one node a machine
+    denied_addresses = [
+        address
+        for n, node in enumerate(denied)
+        for address in await nodes.serve(nursery, [node], host=f"127.0.9.{n + 1}")
+    ]
     off_machine = ["10.1.2.3:8899", "169.254.169.254:80", "192.168.7.7:8899", "100.64.0.1:80"]
     malformed = ["not-an-address", "1.2.3.4", "[::1]:99999", "host.example:8899"]
     entries = [node_entry(n, a) for n, a in enumerate(addresses + denied_addresses)]
@@ -270,6 +275,40 @@ async def test_nodes_joining_and_leaving(nursery: trio.Nursery) -> None:
         assert sorted(targets) == sorted(f"http://{a}" for a in (first[0], *joined))
         best = index.best_full(GROUP)
         assert best is not None and best.info.slot == SLOT + 1
+
+
+async def test_a_node_absent_for_a_round_keeps_its_machines_measurements(
+    nursery: trio.Nursery,
+) -> None:
+    """A node measured slow that left the cluster's list for one round (or came back on
+    another port of its machine) came back unmeasured: priced at the assumed throughput,
+    its slow history gone. Its machine's measurements wait for it (docs/ranking.md,
+    "Probed and achieved")."""
+    nodes = Nodes()
+    first, other = await nodes.serve(nursery, [Node(full_name(SLOT)) for _ in range(2)])
+    answers = [[node_entry(0, first), node_entry(1, other)]]
+    rpc = await nursery.start(serve_app, rpc_app(answers))
+    async with scraper_for(config_for(rpc)) as (scraper, index):
+        await scraper.scrape_round()
+        key = TargetKey(GROUP, f"http://{first}", discovered=True)
+        assert index.lists(key)
+        index.record_transfer(key, MiB, 10.0)  # about 100 kB/s: slow
+        measured = index.speeds.measurements("achieved")[key]
+        answers.append([node_entry(1, other)])
+        await scraper.scrape_round()
+        assert not index.lists(key)
+        answers.append(answers[0])
+        await scraper.scrape_round()
+        assert index.lists(key)
+        assert index.speeds.measurements("achieved").get(key) == measured
+        # back under another identity, on another port of its machine: the same history
+        host = first.rsplit(":", 1)[0]
+        [moved] = await nodes.serve(nursery, [Node(full_name(SLOT))], host=host)
+        answers.append([node_entry(2, moved), node_entry(1, other)])
+        await scraper.scrape_round()
+        moved_key = TargetKey(GROUP, f"http://{moved}", discovered=True)
+        assert index.lists(moved_key) and not index.lists(key)
+        assert index.speeds.measurements("achieved").get(moved_key) == measured
 
 
 async def test_a_group_removed_and_added_again_asks_the_cluster_anew(
@@ -364,6 +403,32 @@ async def test_the_rpc_list_fails_over_and_answers_are_bounded(nursery: trio.Nur
         with pytest.raises(ProbeError) as info:
             await cluster_targets(client, only_bad, rpc_timeout=1.0, max_answer=1 * MiB)
     assert "exceeds the limit" in str(info.value) and "no answer within 1s" in str(info.value)
+
+
+async def test_one_machine_under_many_identities_takes_one_place_of_max_targets(
+    nursery: trio.Nursery,
+) -> None:
+    """Gossip identities cost nothing: one host advertising its RPC on many ports, and one
+    IPv6 machine on many addresses of its /64, each under the lowest public keys, took as
+    many places of ``max_targets`` and the honest hosts past them were never chosen. A
+    machine takes one place (its lowest key's node); distinct hosts, and IPv6 hosts of
+    other /64s, keep theirs."""
+    ports = [node_entry(n, f"127.0.0.5:{1000 + n}") for n in range(5)]
+    prefix = [node_entry(10 + n, f"[2001:db8:0:1::{n + 1}]:8899") for n in range(5)]
+    honest = [node_entry(20 + n, f"127.1.0.{n + 1}:8899") for n in range(3)]
+    honest.append(node_entry(30, "[2001:db8:0:2::1]:8899"))  # another /64: another machine
+    rpc = await nursery.start(serve_app, rpc_app([[*ports, *prefix, *honest]]))
+    discovery = ClusterDiscovery(rpc=(rpc,), max_targets=6)
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False) as client:
+        nodes = await cluster_targets(client, discovery)
+    assert [n.url for n in nodes] == [
+        "http://127.0.0.5:1000",
+        "http://[2001:db8:0:1::1]:8899",
+        "http://127.1.0.1:8899",
+        "http://127.1.0.2:8899",
+        "http://127.1.0.3:8899",
+        "http://[2001:db8:0:2::1]:8899",
+    ]
 
 
 async def _never(request: Request) -> Answer:

@@ -1,7 +1,7 @@
 """A cluster whose advertised RPC ports accept connections and never answer (on mainnet a
 firewall makes many look so) must not hold back the operator's own targets
 (docs/architecture.md, "Scrape rounds"): a real tracker, a fake ``getClusterNodes`` RPC
-listing hundreds of such nodes (listening sockets on 127.3.0.1 that never accept: their
+listing hundreds of such nodes (listening sockets on 127.3.x.y that never accept: their
 backlog completes the handshake) and one configured node whose listing changes."""
 
 from __future__ import annotations
@@ -19,7 +19,14 @@ from names import full_name
 from test_cluster import SLOT, Node, Nodes, get, raise_fd_limit, rpc_app, targets_of
 
 GROUP = "mainnet"
-DEAD_HOST = "127.3.0.1"
+
+
+def dead_host(n: int) -> str:
+    """The host of the ``n``-th dead node: one of its own (127.3.x.y), as discovery keeps
+    one node a machine."""
+    return f"127.3.{n // 250}.{n % 250 + 1}"
+
+
 #: Probes at once, and their timeout: one round of every dead node takes
 #: 300 / 2 x 0.5 s = 75 s, where the interval is 1 s.
 DEAD, CONCURRENCY, TIMEOUT = 300, 2, 0.5
@@ -30,12 +37,12 @@ def silent_listeners(count: int) -> Iterator[list[str]]:
     """``count`` listening sockets that never accept; their ``ip:port`` addresses."""
     sockets: list[socket.socket] = []
     try:
-        for _ in range(count):
+        for n in range(count):
             sock = socket.socket()
             sockets.append(sock)
-            sock.bind((DEAD_HOST, 0))
+            sock.bind((dead_host(n), 0))
             sock.listen(64)
-        yield [f"{DEAD_HOST}:{s.getsockname()[1]}" for s in sockets]
+        yield [f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in sockets]
     finally:
         for sock in sockets:
             sock.close()

@@ -85,8 +85,10 @@ async def test_hostile_nodes_names_never_take_the_lookups_of_the_operators_targe
     validator redirects to its CDN, was down with "timed out" from the second round on, and
     its snapshots dropped after ``max_target_failures``."""
     configured = await redirector(nursery, f"http://{CDN}:8080/{full_name(SLOT)}")
-    hostile = [
-        await redirector(nursery, f"http://n{i}.hung.test/{full_name(SLOT)}")
+    hostile = [  # each on a host of its own: discovery keeps one node a machine
+        await redirector(
+            nursery, f"http://n{i}.hung.test/{full_name(SLOT)}", host=f"127.1.1.{i + 1}"
+        )
         for i in range(LOOKUPS_AT_ONCE)
     ]
     rpc = await nursery.start(

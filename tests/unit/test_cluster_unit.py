@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import random
 import tracemalloc
+from urllib.parse import urlsplit
 
 import pytest
 from cluster_answers import NESTED, empty_nodes, node_entry, nodes_answer
 from helpers_bytes import MiB
 
+from tracker.core.hosts import machine_of
 from tracker.discovery.nodes import (
     MAX_NODES,
     Node,
+    machine_of_address,
     parse_answer,
     rpc_address,
     select,
@@ -144,7 +147,7 @@ def test_the_streamed_choice_is_the_sorted_choice_and_skips_malformed_nodes() ->
     entries: list[object] = [
         node_entry(rng.randrange(5000), f"127.0.0.{n % 250 + 1}:{1000 + n}") for n in range(3000)
     ]
-    # one address under many public keys (each key's only node): one node, the lowest key's
+    # one machine (7 hosts, 11 ports each) under many public keys: one node, the lowest key's
     entries += [node_entry(5000 + n, f"127.0.0.{n % 7 + 1}:{1000 + n % 11}") for n in range(400)]
     entries += [
         "not a node",
@@ -162,19 +165,22 @@ def test_the_streamed_choice_is_the_sorted_choice_and_skips_malformed_nodes() ->
 
 
 def naive_select(entries: list[object], max_targets: int) -> list[Node]:
-    """Every usable node, the first of each public key, the lowest keys first, one node
-    an address (its lowest key's)."""
-    chosen: dict[str, Node] = {}
+    """Of every usable node, per machine (a host whatever its ports, an IPv6 one's /64) the
+    node of its lowest public key (of a key listed twice there, the first); the machines
+    with the lowest keys first."""
+    best: dict[str, tuple[str, Node]] = {}
     for node in entries:
         if isinstance(node, dict) and isinstance(node.get("pubkey"), str):
             address = rpc_address(node.get("rpc"))
             if address is not None and len(node["pubkey"]) <= 64:
-                version = shown_version(node.get("version"))
-                chosen.setdefault(node["pubkey"], Node(f"http://{address}", version))
-    by_address: dict[str, Node] = {}
-    for key in sorted(chosen):
-        by_address.setdefault(chosen[key].url, chosen[key])
-    return list(by_address.values())[:max_targets]
+                host = urlsplit(f"http://{address}").hostname
+                assert host is not None
+                machine, pubkey = machine_of(host), node["pubkey"]
+                if machine not in best or pubkey < best[machine][0]:
+                    version = shown_version(node.get("version"))
+                    best[machine] = (pubkey, Node(f"http://{address}", version))
+    order = sorted(best, key=lambda machine: (best[machine][0], machine))
+    return [best[machine][1] for machine in order[:max_targets]]
 
 
 @pytest.mark.parametrize(
@@ -212,3 +218,35 @@ def test_one_address_under_many_public_keys_takes_one_of_max_targets() -> None:
     entries: list[object] = [*liar, *honest] * 3
     random.Random(3).shuffle(entries)
     assert parse_answer(nodes_answer(entries), [], 3) == chosen == select(entries, [], 3)
+
+
+@pytest.mark.parametrize(
+    ("address", "machine"),
+    [
+        ("203.0.113.9:8899", "203.0.113.9"),
+        ("203.0.113.9:1", "203.0.113.9"),  # another port: the same machine
+        ("[2001:db8:0:1::1]:8899", "2001:db8:0:1::/64"),
+        ("[2001:db8:0:1:ffff::9]:80", "2001:db8:0:1::/64"),  # another address of its /64
+        ("[2001:db8:0:2::1]:8899", "2001:db8:0:2::/64"),  # another /64: another machine
+    ],
+)
+def test_the_machine_of_a_nodes_address(address: str, machine: str) -> None:
+    assert machine_of_address(address) == machine
+
+
+def test_one_machine_on_many_ports_or_addresses_takes_one_of_max_targets() -> None:
+    """One host on many ports, one IPv6 machine on many addresses of its /64: one place
+    each (the lowest key's), streamed with pruning as sorted."""
+    ports = [node_entry(n, f"203.0.113.9:{1000 + n}") for n in range(5)]
+    prefix = [node_entry(10 + n, f"[2001:db8:0:1::{n + 1}]:8899") for n in range(5)]
+    honest = [node_entry(20 + n, f"198.51.100.{n + 1}:8899") for n in range(3)]
+    chosen = select([*ports, *prefix, *honest], [], 4)
+    assert [n.url for n in chosen] == [
+        "http://203.0.113.9:1000",
+        "http://[2001:db8:0:1::1]:8899",
+        "http://198.51.100.1:8899",
+        "http://198.51.100.2:8899",
+    ]
+    entries: list[object] = [*ports, *prefix, *honest] * 3
+    random.Random(5).shuffle(entries)
+    assert parse_answer(nodes_answer(entries), [], 4) == chosen == select(entries, [], 4)

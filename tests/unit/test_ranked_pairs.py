@@ -10,6 +10,7 @@ import base58
 import pytest
 
 from tracker.config.schema import Ranking
+from tracker.core.hosts import machine_voices, voice_of
 from tracker.core.snapshots import SnapshotFile, SnapshotInfo, chains_from_files, parse_archive_name
 from tracker.ordering.index import Index, TargetKey
 from tracker.ordering.ranking import PairKey, choose_pair, priced_sizes
@@ -285,6 +286,52 @@ def test_one_source_listing_an_older_full_as_tiny_does_not_send_the_fleet_to_it(
     index.apply(TargetKey("g", "http://10.0.0.9:8899"), infos(("snapshot-900-G.tar.zst", 1)), T0)
     best = index.best_full("g")
     assert best is not None and best.info.slot == 1000
+
+
+def test_one_ipv6_machine_on_many_addresses_is_one_voice_in_the_sizes() -> None:
+    """Trust counts a discovered IPv6 node as its /64 (one machine may answer on as many of
+    its addresses as it likes); the sizes counted each address: four addresses of one /64
+    listing the older full at 1 byte outvoted three honest hosts, and it was handed out
+    over the newest."""
+    index = still()
+    index.set_ranking("g", RANKING)
+    honest = infos(("snapshot-1000-H.tar.zst", 2000 * MB), ("snapshot-900-G.tar.zst", 2000 * MB))
+    for n in range(3):
+        index.apply(TargetKey("g", f"http://203.0.113.{n + 1}:8899", discovered=True), honest, T0)
+    for n in range(4):
+        liar = TargetKey("g", f"http://[2001:db8:0:1::{n + 1}]:8899", discovered=True)
+        index.apply(liar, infos(("snapshot-900-G.tar.zst", 1)), T0)
+    best = index.best_full("g")
+    assert best is not None and best.info.slot == 1000
+
+
+@pytest.mark.parametrize(
+    ("targets", "voices"),
+    [
+        # discovered IPv6 nodes of one /64: one machine; of another /64: another
+        (
+            ["+http://[2001:db8::1]:1", "+http://[2001:db8::2]:1", "+http://[2001:db8:0:1::1]:1"],
+            ["2001:db8::/64", "2001:db8::/64", "2001:db8:0:1::/64"],
+        ),
+        # configured targets: each its own host, as the operator listed it
+        (["http://[2001:db8::1]:1", "http://[2001:db8::2]:1"], ["2001:db8::1", "2001:db8::2"]),
+        # a discovered node on a configured target's host is that target's voice; another
+        # address of its /64 is the /64's
+        (
+            ["http://[2001:db8::1]:1", "+http://[2001:db8::1]:2", "+http://[2001:db8::2]:1"],
+            ["2001:db8::1", "2001:db8::1", "2001:db8::/64"],
+        ),
+        # IPv4 and names: their hosts, discovered or not
+        (
+            ["+http://10.0.0.1:1", "+http://10.0.0.1:2", "http://a.example:1"],
+            ["10.0.0.1", "10.0.0.1", "a.example"],
+        ),
+    ],
+)
+def test_whose_voice_each_source_is(targets: list[str], voices: list[str]) -> None:
+    hosts = [voice_of(t.removeprefix("+")) for t in targets]
+    discovered = {n for n, t in enumerate(targets) if t.startswith("+")}
+    assert machine_voices(hosts, discovered) == voices
 
 
 def test_the_listing_of_every_group_keeps_a_time_ranked_groups_order() -> None:

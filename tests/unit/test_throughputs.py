@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import attrs
 import pytest
 
 from tracker.config.schema import Ranking
 from tracker.learning.learned import Learned, decode, encode, gather, merge, restore
+from tracker.ordering import sourcehistory
 from tracker.ordering.index import Index, TargetKey
 from tracker.ordering.sourcehistory import (
     DEFAULT_PRIOR,
@@ -24,6 +26,7 @@ from tracker.ordering.sourcehistory import (
 )
 
 H, T = HALF_LIFE, TRUST_HALF_LIFE
+T0 = datetime(2026, 11, 21, tzinfo=UTC)
 
 
 #: The prior in the table: what a source never measured counts (``assumed_throughput``).
@@ -207,6 +210,77 @@ def test_an_unchanged_restore_or_drop_keeps_the_listings_figures() -> None:
     assert not speeds.restore(SLY, 400.0, 1.0, "probed")  # older than its own: not taken
     speeds.drop(STEADY)  # never measured
     assert speeds.shown(10.0) is first
+
+
+def _node(target: str, group: str = "g") -> TargetKey:
+    return TargetKey(group, target, discovered=True)
+
+
+@pytest.mark.parametrize(
+    ("back", "kept"),
+    [
+        (_node("http://[2001:db8::1]:8899"), True),  # the same node, back after a round
+        (_node("http://[2001:db8::1]:9000"), True),  # another port of its machine
+        (_node("http://[2001:db8::ff]:8899"), True),  # another address of its /64
+        (_node("http://[2001:db8:0:1::1]:8899"), False),  # another /64: another machine
+        (_node("http://[2001:db8::1]:8899", "other"), False),  # another group
+        (TargetKey("g", "http://[2001:db8::1]:8899"), False),  # the operator's: its own
+    ],
+)
+def test_a_discovered_nodes_measurements_wait_for_its_machine(back: TargetKey, kept: bool) -> None:
+    """A node measured slow that dropped out of the cluster's list for one round came back
+    unmeasured (priced at the assumed throughput): its machine's measurements wait for the
+    next discovered node of that machine in its group."""
+    speeds = Throughputs(lambda: 0.0)
+    gone = _node("http://[2001:db8::1]:8899")
+    speeds.record(gone, 10, 1.0, 1.0, "probed")
+    speeds.record(gone, 20, 1.0, 2.0, "achieved")
+    speeds.drop(gone)
+    assert speeds.measured_at(gone) is None
+    assert speeds.resume(back) is kept
+    expected = {"probed": (10.0, 1.0), "achieved": (20.0, 2.0)} if kept else {}
+    assert {
+        k: m[back] for k in ("probed", "achieved") if back in (m := speeds.measurements(k))
+    } == (expected)
+    assert not speeds.resume(back)  # taken once
+
+
+def test_a_nodes_own_newer_measurement_is_not_replaced_and_configured_ones_are_forgotten() -> None:
+    speeds = Throughputs(lambda: 0.0)
+    old, new = _node("http://10.0.0.1:1"), _node("http://10.0.0.1:2")
+    speeds.record(old, 10, 1.0, 1.0, "achieved")
+    speeds.drop(old)
+    speeds.record(new, 500, 1.0, 5.0, "achieved")
+    assert not speeds.resume(new)
+    assert speeds.measurements("achieved") == {new: (500.0, 5.0)}
+    configured = TargetKey("g", "http://10.0.0.2:1")
+    speeds.record(configured, 10, 1.0, 1.0, "achieved")
+    speeds.drop(configured)
+    assert not speeds.resume(_node("http://10.0.0.2:1"))
+
+
+def test_the_departed_measurements_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At most MAX_DEPARTED machines wait, the oldest departures forgotten first."""
+    monkeypatch.setattr(sourcehistory, "MAX_DEPARTED", 3)
+    speeds = Throughputs(lambda: 0.0)
+    nodes = [_node(f"http://10.0.0.{n}:1") for n in range(5)]
+    for key in nodes:
+        speeds.record(key, 10, 1.0, 1.0, "probed")
+        speeds.drop(key)
+    assert [speeds.resume(key) for key in nodes] == [False, False, True, True, True]
+
+
+def test_an_index_gives_a_node_back_its_machines_measurements() -> None:
+    """Through the index: a discovered node dropped (gone from the list, or down) and
+    applied again ranks by its measurement, not as one never measured."""
+    index = Index(clock=lambda: 0.0)
+    key = _node("http://10.0.0.1:8899")
+    index.apply(key, [], T0)
+    index.record_transfer(key, 10, 1.0, 0.0)
+    index.drop(key)
+    assert index.throughput(key) == 0.0
+    index.apply(key, [], T0)
+    assert index.throughput(key) == 10.0
 
 
 @attrs.frozen

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
+from collections.abc import Collection, Sequence
 from urllib.parse import urlsplit
 
 from tracker.core.untrusted import port_number
@@ -124,6 +125,22 @@ def machine_of(host: str) -> str:
     if isinstance(address, ipaddress.IPv4Address) or address.scope_id is not None:
         return host  # a zone id: a link's own host (canonical_host)
     return str(ipaddress.IPv6Network((address, MACHINE_PREFIX), strict=False))
+
+
+def machine_voices(hosts: Sequence[str], discovered: Collection[int]) -> list[str]:
+    """Whose word each source on ``hosts`` (as :func:`voice_of` writes them) is where
+    sources are counted, ``discovered`` the indices of discovered nodes' (cluster
+    discovery), as trust counts them (docs/http-api.md#trust): a configured source's host
+    as it is (the operator listed it); a discovered node's machine (:func:`machine_of`: an
+    IPv6 address counts as its /64), or the host itself where a configured source is on it
+    (a validator's gossip RPC beside its sidecar is that machine's one voice). Gossip
+    identities cost nothing: a machine on a thousand addresses of its /64 was a thousand
+    voices in the sizes ranked and the pieces compared. Pure."""
+    configured = {host for n, host in enumerate(hosts) if n not in discovered}
+    return [
+        machine_of(host) if n in discovered and host not in configured else host
+        for n, host in enumerate(hosts)
+    ]
 
 
 def canonical_authority(authority: str) -> str:

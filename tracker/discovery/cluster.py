@@ -7,7 +7,9 @@ node with an ``rpc`` address (``ip:port``) becomes an HTTP target ``http://{rpc}
 ``version``, shown in the JSON of its sources); a node
 whose address is malformed is skipped, one whose version matches none of the ``versions``
 globs too, and at most ``max_targets`` are kept (by public key, a stable choice between
-rounds; an address under several keys is one node). The addresses came from the network:
+rounds; one machine under several keys, on several ports or addresses of its IPv6 /64, is
+one node, its lowest key's: docs/configuration.md, ``cluster_discovery``). The addresses
+came from the network:
 the scrape loop checks each against the egress policy before any connection
 (:mod:`tracker.discovery.scrape`).
 """

@@ -4,10 +4,11 @@ A 32 MiB answer of ``{}`` elements is 11 million dicts to ``json.loads`` (about 
 seconds of an event loop held). Here the nodes of ``result`` are decoded one by one, each
 from at most :data:`MAX_NODE_CHARS` characters
 (:func:`tracker.net.limits.iter_json_member`), and the nodes chosen so far are at most ``2 *
-max_targets`` (by public key, so the choice is the same as sorting every node; one address
-is one node, its lowest key's). Hostile shapes fail the answer with a one-line
-:class:`ProbeError`: more than :data:`MAX_NODES` elements, a node larger than
-:data:`MAX_NODE_CHARS` or nested too deep, invalid JSON. A node that is only malformed (not
+max_targets`` (by public key, so the choice is the same as sorting every node; one machine,
+a host whatever its ports and an IPv6 one's /64, is one node, its lowest key's:
+:class:`Chooser`). Hostile shapes fail the answer with a one-line :class:`ProbeError`:
+more than :data:`MAX_NODES` elements, a node larger than :data:`MAX_NODE_CHARS` or nested
+too deep, invalid JSON. A node that is only malformed (not
 an object, no usable ``rpc``, no ``pubkey``) is skipped. Each node chosen keeps its
 ``version`` when it is a plain version string (else it is unknown, ``""``). Blocking and
 CPU-bound: run it in a worker thread.
@@ -25,6 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 
+from tracker.core.hosts import machine_of
 from tracker.core.untrusted import port_number
 from tracker.net.limits import decode_text, iter_json_member
 
@@ -80,20 +82,24 @@ def select(nodes: Iterable[object], versions: Sequence[str], max_targets: int) -
 
 
 class Chooser:
-    """The ``max_targets`` usable nodes with the lowest public keys among those offered
-    (the first node of a public key wins; of an address, the lowest key's), in at most
-    ``2 * max_targets`` entries."""
+    """The ``max_targets`` machines (:func:`machine_of_address`) whose lowest public keys are
+    the lowest among the usable nodes offered, each with the node of that key (of a key
+    listed twice on one machine, the first), in at most ``2 * max_targets`` entries."""
 
     def __init__(self, versions: Sequence[str], max_targets: int) -> None:
         self._versions = versions
         self._max = max_targets
-        self._chosen: dict[str, Node] = {}
-        #: The public key each chosen address is kept under (the lowest offered): gossip
-        #: identities cost nothing, and one RPC address advertised under thousands of low
-        #: keys took as many places of ``max_targets``, one target once keyed by its URL.
-        self._holder: dict[str, str] = {}
-        #: Once pruned: the highest key kept. A higher one can no longer be among the lowest.
-        self._ceiling: str | None = None
+        #: Per machine, its lowest public key offered and that key's node. Keyed by machine,
+        #: not by key or address: gossip identities cost nothing, and one machine advertising
+        #: its RPC under thousands of low keys (on one address, on many ports, on many
+        #: addresses of its IPv6 /64) took as many places of ``max_targets``, and the honest
+        #: nodes past them none. Every count of sources counts a machine once
+        #: (docs/http-api.md#trust): a second node of one machine would add no voice, only
+        #: take another machine's place.
+        self._chosen: dict[str, tuple[str, Node]] = {}
+        #: Once pruned: the highest (key, machine) kept. A higher one can no longer be among
+        #: the lowest.
+        self._ceiling: tuple[str, str] | None = None
 
     def offer(self, node: Mapping[str, object]) -> None:
         """Consider one node (a mapping of its fields)."""
@@ -101,23 +107,28 @@ class Chooser:
         pubkey = node.get("pubkey")
         if address is None or not isinstance(pubkey, str) or len(pubkey) > MAX_PUBKEY:
             return
-        if self._ceiling is not None and pubkey > self._ceiling:
+        if self._ceiling is not None and pubkey > self._ceiling[0]:
             return
         if self._versions and not self._matches(node.get("version")):
             return
-        url = f"http://{address}"
-        holder = self._holder.get(url)
-        if pubkey in self._chosen or (holder is not None and holder < pubkey):
+        machine = machine_of_address(address)
+        if self._ceiling is not None and (pubkey, machine) > self._ceiling:
             return
-        if holder is not None:
-            del self._chosen[holder]
-        self._holder[url] = pubkey
-        self._chosen[pubkey] = Node(url, shown_version(node.get("version")))
+        held = self._chosen.get(machine)
+        if held is not None and held[0] <= pubkey:
+            return
+        self._chosen[machine] = (
+            pubkey,
+            Node(f"http://{address}", shown_version(node.get("version"))),
+        )
         if len(self._chosen) >= 2 * self._max:
-            kept = sorted(self._chosen)[: self._max]
-            self._chosen = {key: self._chosen[key] for key in kept}
-            self._holder = {node.url: key for key, node in self._chosen.items()}
-            self._ceiling = kept[-1]
+            kept = self._in_order()[: self._max]
+            self._chosen = {machine: self._chosen[machine] for machine in kept}
+            self._ceiling = (self._chosen[kept[-1]][0], kept[-1])
+
+    def _in_order(self) -> list[str]:
+        """The machines chosen, by their key (then by machine: one key on two machines)."""
+        return sorted(self._chosen, key=lambda machine: (self._chosen[machine][0], machine))
 
     def _matches(self, version: object) -> bool:
         return isinstance(version, str) and any(
@@ -126,7 +137,7 @@ class Chooser:
 
     def chosen(self) -> list[Node]:
         """The nodes chosen, by public key."""
-        return [self._chosen[key] for key in sorted(self._chosen)[: self._max]]
+        return [self._chosen[machine][1] for machine in self._in_order()[: self._max]]
 
 
 def rpc_address(value: object) -> str | None:
@@ -149,3 +160,11 @@ def rpc_address(value: object) -> str | None:
     if address.version == 6:
         return f"[{address}]:{port}"
     return f"{address}:{port}"
+
+
+def machine_of_address(address: str) -> str:
+    """The machine an :func:`rpc_address` (``ip:port``, ``[v6]:port``) is on: its host,
+    an IPv6 one as its /64 (:func:`tracker.core.hosts.machine_of`); the port is not part
+    of it. Pure."""
+    host = address.rpartition(":")[0]
+    return machine_of(host.removeprefix("[").removesuffix("]"))

@@ -154,6 +154,9 @@ class Index:
                 self._trimmed[key] = dropped
             else:
                 self._trimmed.pop(key, None)
+            if key not in self._entries:
+                # a discovered node back: its machine's measurements, kept when dropped
+                self.speeds.resume(key)
             # The same answer again is taken too: its time and latency are the sources'
             # `updated_at` and `latency_ms` (the Go tracker's: when it was last scraped).
             self._entries[key] = Entry(infos, at, latency)
@@ -254,7 +257,8 @@ class Index:
             self._changed()
 
     def drop(self, key: TargetKey) -> None:
-        """Forget a target's snapshots (dead target, or no longer configured).
+        """Forget a target's snapshots (dead target, or no longer configured); a discovered
+        node's measurements wait for its machine (:meth:`.sourcehistory.Throughputs.drop`).
 
         The marks of its copies (:meth:`prove`, :meth:`disprove`) stay: they are their
         provers' to clear, who would not mark them again should it come back (a proven copy

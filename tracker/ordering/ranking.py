@@ -26,7 +26,7 @@ from typing import Any
 
 import attrs
 
-from tracker.core.hosts import voice_of
+from tracker.core.hosts import machine_voices, voice_of
 from tracker.core.snapshots import (
     SnapshotFile,
     SnapshotInfo,
@@ -295,9 +295,11 @@ def _archives(
     (:func:`priced_sizes`)."""
     speeds: dict[str, float] = {}
     listed: list[tuple[str, bool, int, str]] = []
-    for s in sources:
+    # One machine one voice, as trust counts them: a discovered IPv6 node as its /64.
+    hosts = [voice_of(s.key.target) for s in sources]
+    discovered = {n for n, s in enumerate(sources) if s.key.discovered}
+    for s, voice in zip(sources, machine_voices(hosts, discovered), strict=True):
         speed = priced_throughput(s.throughput, ranking)
-        voice = voice_of(s.key.target)
         for f in s.info.files:
             name = f.bare_name
             if speed > speeds.get(name, 0.0):
@@ -308,7 +310,7 @@ def _archives(
 
 def priced_sizes(listed: list[tuple[str, bool, int, str]]) -> dict[str, int]:
     """The size each archive is priced at, from what its sources list (``(name, is_full,
-    size, voice)``, 0: not given; ``voice``: :func:`tracker.core.hosts.voice_of`): the
+    size, voice)``, 0: not given; ``voice``: :func:`tracker.core.hosts.machine_voices`): the
     lower median of its voices' sizes (each voice's own: the lower median of what its
     targets list), so that neither a source listing another's archive as huge (the newest
     full priced out) nor one listing an older archive as tiny (the fleet sent to it)

@@ -13,6 +13,13 @@ is old (docs/ranking.md, "Probed and achieved"). Every figure loses half its wei
 source is slow (halving the figure itself priced a source measured fast 20 minutes ago below
 one never measured, and a 500 MB/s source measured three hours ago at 60 kB/s).
 
+A discovered node dropped from the index (gone from the cluster's list for a round, or down
+past ``max_target_failures``) leaves its measurements with its machine
+(:meth:`Throughputs.drop`): the next discovered node of that machine the index takes, the
+same or another identity on another port, takes them up (:meth:`Throughputs.resume`). Gossip
+identities cost nothing: a node measured slow that dropped out for one round came back
+unmeasured, priced at the assumed throughput.
+
 The sources bytes come from right now (:class:`Flowing`), each with the rate it delivers at:
 a transfer's throughput reaches the index when the transfer ends (it ranks the source:
 docs/http-api.md#trust); a 100 GB download takes an hour, and meanwhile the status page and
@@ -33,6 +40,7 @@ from typing import Literal, Protocol
 
 import attrs
 
+from tracker.core.hosts import machine_of, voice_of
 from tracker.core.snapshots import TargetKey
 
 #: A throughput measurement loses half its weight every this many seconds.
@@ -95,6 +103,17 @@ def combined(probed: Measured | None, achieved: Measured | None, now: float, pri
 #: A document holds at most 4,096 a kind; a fleet's targets are a few thousand. Bounds what
 #: a replica writing new target names every minute could add (each re-rank reads them all).
 MAX_RESTORED = 16_384
+#: Machines whose departed discovered nodes' measurements wait for them (the newest kept):
+#: more than a round's departures of a cluster of thousands of nodes; an old measurement
+#: has aged toward the prior anyway.
+MAX_DEPARTED = 4096
+#: A machine of a group: (group, :func:`tracker.core.hosts.machine_of` of its host).
+Machine = tuple[str, str]
+
+
+def machine_key(key: TargetKey) -> Machine:
+    """The machine of a target's URL in its group (an IPv6 host's /64). Pure."""
+    return (key.group, machine_of(voice_of(key.target)))
 
 
 #: The prior of a group without a ``ranking`` section: the section's default
@@ -113,6 +132,9 @@ class Throughputs:
         self._priors: dict[str, float] = {}
         self._version = 0  # moves with every change of a measurement (:meth:`shown` keeps)
         self._shown: tuple[float, int, dict[TargetKey, Shown]] | None = None
+        #: The measurements of discovered nodes dropped, by machine, oldest first (at most
+        #: :data:`MAX_DEPARTED`), until a node of that machine is taken again (:meth:`resume`).
+        self._departed: dict[Machine, dict[Kind, Measured]] = {}
 
     def set_prior(self, group: str, prior: float | None) -> bool:
         """Age ``group``'s measurements toward ``prior`` bytes a second (None: the default,
@@ -214,10 +236,36 @@ class Throughputs:
         return False
 
     def drop(self, key: TargetKey) -> None:
-        """Forget ``key``'s measurements."""
-        for known in self._measured.values():
-            if known.pop(key, None) is not None:
+        """Forget ``key``'s measurements; a discovered node's wait for its machine
+        (:meth:`resume`)."""
+        left: dict[Kind, Measured] = {}
+        for kind, known in self._measured.items():
+            measured = known.pop(key, None)
+            if measured is not None:
+                left[kind] = measured
                 self._version += 1
+        if left and key.discovered:
+            machine = machine_key(key)
+            self._departed.pop(machine, None)  # the newest last: the oldest go first
+            self._departed[machine] = left
+            if len(self._departed) > MAX_DEPARTED:
+                del self._departed[next(iter(self._departed))]
+
+    def resume(self, key: TargetKey) -> bool:
+        """A discovered node the index takes (again): the measurements its machine's last
+        dropped node left (:meth:`drop`), each unless ``key`` has a newer one of its own;
+        whether any was taken. A node that drops out for a round must not come back
+        unmeasured, its slow figure forgotten (docs/ranking.md, "Probed and achieved")."""
+        left = self._departed.pop(machine_key(key), None) if key.discovered else None
+        taken = False
+        for kind, measured in (left or {}).items():
+            known = self._measured[kind].get(key)
+            if known is None or known[1] < measured[1]:
+                self._measured[kind][key] = measured
+                taken = True
+        if taken:
+            self._version += 1
+        return taken
 
 
 # The transfers running now.

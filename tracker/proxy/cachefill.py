@@ -700,7 +700,8 @@ class Repair:
         # Those that can be asked for a range again (one that ignores Range cannot), and
         # whose word each is (two ports of one host are one voice)
         live = live_sources(sources)
-        voice = voices(sources, live)
+        discovered = {n for n, s in enumerate(sources) if outcome.key_of(s).discovered}
+        voice = voices(sources, live, discovered)
         fd = os.dup(refresh.descriptor())
         try:
             ask = partial(_ask, self.peers, outcome.copies)
@@ -709,7 +710,13 @@ class Repair:
             # (about one more copy of the archive at most).
             two = len({voice[i] for i in live}) == 2
             found = await find_liars(
-                sources, outcome.written, fd, ask, self.peers.read_timeout, judge_later=two
+                sources,
+                outcome.written,
+                fd,
+                ask,
+                self.peers.read_timeout,
+                judge_later=two,
+                discovered=discovered,
             )
             # Undecided ranges too: one side would not compare the other's (a liar gone
             # mute), and the check of the whole copy, which vouches for every byte, judges

@@ -28,7 +28,7 @@ from contextlib import AbstractAsyncContextManager
 import attrs
 import trio
 
-from tracker.core.hosts import voice_of
+from tracker.core.hosts import machine_voices, voice_of
 from tracker.errors import SourceFailed, TransportError
 from tracker.multisource.claims import merge
 from tracker.multisource.crew import PieceAnswer
@@ -65,13 +65,17 @@ def verdict(on_disk: bytes, comparer: bytes, third: bytes | None) -> Verdict:
     return Verdict.UNKNOWN
 
 
-def voices(sources: Sequence[Source], live: Collection[int]) -> list[str]:
-    """Whose word each of ``sources`` is: its host as its URL names it, where the ``live``
-    ones (those that can be asked again) name two hosts or more (two ports of one machine,
-    a sidecar and its validator's RPC, serve the file that machine holds: they agree with
+def voices(
+    sources: Sequence[Source], live: Collection[int], discovered: Collection[int] = ()
+) -> list[str]:
+    """Whose word each of ``sources`` is: its host as its URL names it, a discovered node's
+    (``discovered``: their indices) as its machine (an IPv6 address's /64:
+    :func:`tracker.core.hosts.machine_voices`, as trust counts them), where the ``live``
+    ones (those that can be asked again) name two or more (two ports of one machine, a
+    sidecar and its validator's RPC, serve the file that machine holds: they agree with
     each other, right or wrong, and count once); each source its own where they name one
-    host (there is no other voice to ask: as before hosts were voices)."""
-    hosts = [voice_of(s.url) for s in sources]
+    (there is no other voice to ask: as before hosts were voices)."""
+    hosts = machine_voices([voice_of(s.url) for s in sources], discovered)
     if len({hosts[i] for i in live}) >= 2:
         return hosts
     return [f"{host}#{i}" for i, host in enumerate(hosts)]
@@ -260,16 +264,18 @@ async def find_liars(
     read_timeout: float,
     *,
     judge_later: bool = False,
+    discovered: Collection[int] = (),
 ) -> Findings:
     """Compare every range each source wrote into ``fd`` with another live source's bytes
     (see the module doc); rewrite the bytes found wrong, or with ``judge_later`` only record
     where they differ (``Findings.differing``, indices of ``sources``). A range whose
-    comparer fails or takes too long stays undecided (``Findings.undecided``)."""
+    comparer fails or takes too long stays undecided (``Findings.undecided``).
+    ``discovered``: the indices of discovered nodes' sources (:func:`voices`)."""
     comparison = _Comparison(fd, ask, Findings(), sources if judge_later else None)
     # Only sources that honour Range can be asked for a range (one that ignores it sent
     # its one stream: its bytes are compared, it compares nothing).
     live = live_sources(sources)
-    voice = voices(sources, live)
+    voice = voices(sources, live, discovered)
     for owner, source in enumerate(sources):
         for start, end in written.get(source, []):
             asked = [sources[i] for i in comparers(owner, live, voice)]
