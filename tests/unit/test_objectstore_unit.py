@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -606,6 +607,48 @@ async def test_a_listing_page_of_more_than_was_asked_for_is_cut_to_the_bound() -
     assert len(await bucket.list_objects("p/")) == MAX_LISTED
 
 
+class EndlessListings:
+    """A store whose listings never end: every page says it is truncated and names the next
+    one, a new token each time (``fresh``) or the one just sent again; pages have no entry,
+    so the MAX_LISTED bound never comes."""
+
+    def __init__(self, fresh: bool) -> None:
+        self.fresh = fresh
+        self.pages = 0
+
+    def _next(self) -> str:
+        self.pages += 1
+        return f"token-{self.pages}" if self.fresh else "token"
+
+    def list_objects_v2(self, **_kwargs: object) -> dict[str, object]:
+        return {"Contents": [], "IsTruncated": True, "NextContinuationToken": self._next()}
+
+    def list_multipart_uploads(self, **_kwargs: object) -> dict[str, object]:
+        marker = self._next()
+        return {"IsTruncated": True, "NextKeyMarker": marker, "NextUploadIdMarker": marker}
+
+
+@pytest.mark.parametrize("fresh", [True, False], ids=["new-tokens", "same-token"])
+@pytest.mark.parametrize("operation", ["LIST", "ListMultipartUploads"])
+async def test_a_listing_that_never_ends_is_a_store_error(operation: str, fresh: bool) -> None:
+    # Pages were asked for until MAX_LISTED entries came: a store whose truncated pages hold
+    # none (the same continuation token again, or a new one each time) held the start-up or
+    # the retention of a group in that loop for good.
+    from tracker.errors import StoreError
+    from tracker.objectstore.bucket import MAX_PAGES
+
+    store = EndlessListings(fresh)
+    bucket = _bucket()
+    bucket._client = store  # the store's answers, no network
+    listing = bucket.list_objects if operation == "LIST" else bucket.list_uploads
+    with trio.fail_after(20), pytest.raises(StoreError) as raised:
+        await listing("p/")
+    why = f"more than {MAX_PAGES} pages" if fresh else "the same page again"
+    assert str(raised.value) == f"{operation}: a listing that does not end ({why})"
+    assert store.pages == (MAX_PAGES if fresh else 2)
+    assert not bucket.health.up
+
+
 async def test_a_call_of_the_trackers_own_has_a_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
     # boto's timeouts bound each read: a store trickling a byte every 10 s held the start-up,
     # the retention or the sync of learned documents for good.
@@ -681,3 +724,45 @@ async def test_a_denied_archive_delete_leaves_that_archive_and_retention_goes_on
     assert bucket.health.up
     assert f"p/g/{names[1]}" not in objects  # the rest retired
     assert told == [[names[0], names[2]]]  # and the index told what the bucket holds
+
+
+def test_the_store_clients_answers_go_through_the_bounded_session() -> None:
+    """The canary of botocore's internals that botoclients relies on (tracker/zerocopy/
+    README.md, "Library behaviour relied on outside these packages"): the client's endpoint
+    sends through ``http_session`` (wrapped in place), a request carries ``stream_output``,
+    an ``AWSResponse`` is made of (url, status, headers, raw), and urllib3's response reads
+    what has come with ``read1``: an answer read whole stops at the bound."""
+    import io
+
+    import urllib3
+    from botocore.awsrequest import AWSPreparedRequest, AWSResponse
+    from botocore.httpsession import URLLib3Session
+
+    from tracker.config.schema import ObjectStore
+    from tracker.errors import StoreError
+    from tracker.objectstore.botoclients import (
+        MAX_ANSWER,
+        BoundedAnswer,
+        BoundedSession,
+        make_client,
+    )
+
+    store = ObjectStore(
+        endpoint="http://127.0.0.1:9", bucket="b", access_key_id="k", secret_access_key="s"
+    )
+    client = make_client(store, store.endpoint)
+    session = client._endpoint.http_session  # type: ignore[attr-defined]
+    assert isinstance(session, BoundedSession)
+    assert isinstance(session._inner, URLLib3Session)
+    request = AWSPreparedRequest("GET", "http://127.0.0.1:9/b", {}, None, False)
+    assert request.stream_output is False
+
+    def answer(size: int) -> BoundedAnswer:
+        body = io.BytesIO(b"x" * size)
+        raw = urllib3.HTTPResponse(body=body, status=200, preload_content=False)
+        made = AWSResponse("http://127.0.0.1:9/b", 200, {}, raw)
+        return BoundedAnswer(made, time.monotonic(), 60.0)
+
+    assert answer(MAX_ANSWER).content == b"x" * MAX_ANSWER
+    with pytest.raises(StoreError, match="an answer over"):
+        _ = answer(MAX_ANSWER + 1).content

@@ -3,7 +3,9 @@
 boto3 does the signing (SigV4) and the multipart protocol; it is synchronous, so every call
 runs in a worker thread, at most :data:`~tracker.objectstore.botoclients.THREADS` at once per
 bucket, each bounded by the
-client's connect and read timeouts and a single attempt more on a transient error. Calls on a
+client's connect and read timeouts and a single attempt more on a transient error, and each
+answer read whole at most :data:`~tracker.objectstore.botoclients.MAX_ANSWER` bytes, within
+the call's deadline (a listing: :data:`MAX_LISTED` entries, :data:`MAX_PAGES` pages). Calls on a
 client request's path (:meth:`Bucket.on_request_path`: is the object there, the refresh lock,
 a hand-out, the health check) have one attempt and ``request_timeout`` in all: a store that
 hangs (accepts connections, never answers) costs a request that long once, then it is marked
@@ -54,6 +56,11 @@ _T = TypeVar("_T")
 
 #: Objects listed at most (start-up, retention): far more than a prefix ever holds.
 MAX_LISTED = 100_000
+#: Pages of one listing asked for at most: a store that never stops saying there is more
+#: (its pages empty, or each of a few entries) would otherwise hold the start-up or a group's
+#: retention in the listing for good. A store that fills its pages (1,000 entries asked)
+#: reaches MAX_LISTED in a tenth of them.
+MAX_PAGES = 1000
 #: Seconds one of the tracker's own calls (not a client's request's) may take in all: boto's
 #: timeouts bound each read, not a store that trickles its answer a byte at a time, which
 #: held the start-up, the retention or the learned documents' sync for good.
@@ -296,20 +303,32 @@ class Bucket:
                 raise
 
     async def list_objects(self, prefix: str) -> list[ObjectInfo]:
-        """Every object under ``prefix`` (at most :data:`MAX_LISTED`)."""
+        """Every object under ``prefix`` (at most :data:`MAX_LISTED`). StoreError when the
+        listing does not end (:meth:`_endless`)."""
         found: list[ObjectInfo] = []
         token = ""
-        while len(found) < MAX_LISTED:
+        for _page in range(MAX_PAGES):
             extra = {"ContinuationToken": token} if token else {}
             page = await self._call(
                 "LIST", self._client.list_objects_v2, Prefix=prefix, MaxKeys=1000, **extra
             )
             found += self._parse("LIST", partial(listed, page))
             del found[MAX_LISTED:]  # a page of more than it was asked for counts too
-            token = page.get("NextContinuationToken", "")
-            if not page.get("IsTruncated") or not token:
-                break
-        return found
+            sent, token = token, page.get("NextContinuationToken", "")
+            if not page.get("IsTruncated") or not token or len(found) >= MAX_LISTED:
+                return found
+            if token == sent:
+                raise self._endless("LIST", "the same page again")
+        raise self._endless("LIST", f"more than {MAX_PAGES} pages")
+
+    def _endless(self, operation: str, why: str) -> StoreError:
+        """The store's listing does not end (``why``): it names the page just sent as the
+        next, or says there is more past :data:`MAX_PAGES` pages. A malformed answer: the
+        store is marked down, as for one that does not parse (docs/architecture.md,
+        "Threat model")."""
+        reason = f"{operation}: a listing that does not end ({why})"
+        self.health.failed(reason)
+        return StoreError(reason)
 
     # -- multipart uploads ---------------------------------------------------------------
 
@@ -363,21 +382,25 @@ class Bucket:
                 raise
 
     async def list_uploads(self, prefix: str) -> list[UploadInfo]:
-        """The incomplete multipart uploads of keys under ``prefix``."""
+        """The incomplete multipart uploads of keys under ``prefix`` (at most
+        :data:`MAX_LISTED`). StoreError when the listing does not end (:meth:`_endless`)."""
         found: list[UploadInfo] = []
         key_marker = upload_marker = ""
-        while len(found) < MAX_LISTED:
+        for _page in range(MAX_PAGES):
             extra = {"KeyMarker": key_marker, "UploadIdMarker": upload_marker} if key_marker else {}
             page = await self._call(
                 "ListMultipartUploads", self._client.list_multipart_uploads, Prefix=prefix, **extra
             )
             found += self._parse("ListMultipartUploads", partial(uploads, page))
             del found[MAX_LISTED:]
+            sent = (key_marker, upload_marker)
             key_marker = page.get("NextKeyMarker", "")
             upload_marker = page.get("NextUploadIdMarker", "")
-            if not page.get("IsTruncated") or not key_marker:
-                break
-        return found
+            if not page.get("IsTruncated") or not key_marker or len(found) >= MAX_LISTED:
+                return found
+            if (key_marker, upload_marker) == sent:
+                raise self._endless("ListMultipartUploads", "the same page again")
+        raise self._endless("ListMultipartUploads", f"more than {MAX_PAGES} pages")
 
     # -- presigning ----------------------------------------------------------------------
 
