@@ -3,7 +3,7 @@
 endless chunked body from a misbehaving or compromised endpoint grew the tracker's memory
 until the answer ended, and an answer trickled a byte at a time held its worker thread long
 after the call's deadline gave up on it. Each answer is read up to
-:data:`~tracker.objectstore.botoclients.MAX_ANSWER` bytes and the call's deadline, then the
+:data:`~tracker.clientwire.storewire.MAX_ANSWER` bytes and the call's deadline, then the
 connection is dropped: a StoreError, the store marked down (docs/replicas.md). Real servers
 on 127.0.0.1 that speak just enough HTTP stand in for the store."""
 
@@ -15,9 +15,9 @@ import pytest
 import trio
 from helpers_sources import read_head, serve_raw
 
+from tracker.clientwire.storewire import MAX_ANSWER
 from tracker.config.schema import ObjectStore
 from tracker.errors import StoreError
-from tracker.objectstore.botoclients import MAX_ANSWER
 from tracker.objectstore.bucket import Bucket
 
 MiB = 1024 * 1024

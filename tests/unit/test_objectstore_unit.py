@@ -738,19 +738,15 @@ def test_the_store_clients_answers_go_through_the_bounded_session() -> None:
     from botocore.awsrequest import AWSPreparedRequest, AWSResponse
     from botocore.httpsession import URLLib3Session
 
+    from tracker.clientwire.storewire import MAX_ANSWER, BoundedAnswer, BoundedSession
     from tracker.config.schema import ObjectStore
     from tracker.errors import StoreError
-    from tracker.objectstore.botoclients import (
-        MAX_ANSWER,
-        BoundedAnswer,
-        BoundedSession,
-        make_client,
-    )
+    from tracker.objectstore.botoclients import make_client
 
     store = ObjectStore(
         endpoint="http://127.0.0.1:9", bucket="b", access_key_id="k", secret_access_key="s"
     )
-    client = make_client(store, store.endpoint)
+    client = make_client(store, store.endpoint, deadline=60.0)
     session = client._endpoint.http_session  # type: ignore[attr-defined]
     assert isinstance(session, BoundedSession)
     assert isinstance(session._inner, URLLib3Session)

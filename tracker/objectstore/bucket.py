@@ -4,7 +4,7 @@ boto3 does the signing (SigV4) and the multipart protocol; it is synchronous, so
 runs in a worker thread, at most :data:`~tracker.objectstore.botoclients.THREADS` at once per
 bucket, each bounded by the
 client's connect and read timeouts and a single attempt more on a transient error, and each
-answer read whole at most :data:`~tracker.objectstore.botoclients.MAX_ANSWER` bytes, within
+answer read whole at most :data:`~tracker.clientwire.storewire.MAX_ANSWER` bytes, within
 the call's deadline (a listing: :data:`MAX_LISTED` entries, :data:`MAX_PAGES` pages). Calls on a
 client request's path (:meth:`Bucket.on_request_path`: is the object there, the refresh lock,
 a hand-out, the health check) have one attempt and ``request_timeout`` in all: a store that
@@ -122,7 +122,7 @@ class Bucket:
             # without it (a fifth of a second of every start)
             from tracker.objectstore.botoclients import BucketClients
 
-            clients = BucketClients.of(store)
+            clients = BucketClients.of(store, CALL_DEADLINE)
         self.clients = clients
         self._client = self.clients.calls
         self._signer = self.clients.signer
