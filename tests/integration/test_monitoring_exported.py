@@ -169,9 +169,9 @@ def store_held_back(answer: trio.Event) -> ScriptedApp:
 
 async def tracker_before_the_store_answers(
     nursery: trio.Nursery, tmp_path: Path, answer: trio.Event
-) -> tuple[str, ScriptedApp]:
+) -> tuple[str, ScriptedApp, str]:
     """A tracker over :func:`store_held_back`, its internal URL once the store was asked
-    (and has not answered: nor failed, for a minute)."""
+    (and has not answered: nor failed, for a minute), the store, and its public URL."""
     store = store_held_back(answer)
     s3 = await nursery.start(serve_app, store)
     settings = {
@@ -190,13 +190,13 @@ async def tracker_before_the_store_answers(
             "request_timeout": "60s",  # no failure either while the test runs
         },
     }
-    _public, internal = await start_tracker(nursery, write_config(tmp_path, settings))
+    public, internal = await start_tracker(nursery, write_config(tmp_path, settings))
 
     async def asked() -> bool:
         return bool(store.requests)
 
     await wait_until(asked)
-    return internal, store
+    return internal, store, public
 
 
 async def test_the_bucket_is_not_up_before_the_store_answered(
@@ -207,7 +207,7 @@ async def test_the_bucket_is_not_up_before_the_store_answered(
     store that never answered. It reads 0 until the store's first answer, then 1
     (docs/replicas.md, the metrics of the object store)."""
     answer = trio.Event()
-    internal, _store = await tracker_before_the_store_answers(nursery, tmp_path, answer)
+    internal, _store, _public = await tracker_before_the_store_answers(nursery, tmp_path, answer)
     async with httpx.AsyncClient(verify=client_tls(), timeout=10, trust_env=False) as client:
 
         async def reads(value: str) -> bool:
@@ -224,7 +224,30 @@ async def test_a_store_that_never_answered_alerts_that_the_bucket_is_down(
 ) -> None:
     """A store that has not answered since the start fires SnapshotTrackerBucketDown once
     its ``for:`` passed, as a store that failed does."""
-    internal, _store = await tracker_before_the_store_answers(nursery, tmp_path, trio.Event())
+    internal, _store, _public = await tracker_before_the_store_answers(
+        nursery, tmp_path, trio.Event()
+    )
     async with httpx.AsyncClient(verify=client_tls(), timeout=10, trust_env=False) as client:
         exposition = (await client.get(f"{internal}/metrics")).text
     assert ("SnapshotTrackerBucketDown", BUCKET) in await firing_alerts(exposition, tmp_path)
+
+
+async def test_the_stores_status_is_not_up_before_the_store_answered(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """``GET /v1/store`` (and the status page's bucket card, read from it) said up, 200,
+    before the store had answered anything, while ``object_store_up`` read 0: the JSON is
+    200 only once the store answered its last call (docs/http-api.md, ``/v1/store``), as
+    the metric is 1."""
+    answer = trio.Event()
+    _internal, _store, public = await tracker_before_the_store_answers(nursery, tmp_path, answer)
+    async with httpx.AsyncClient(verify=client_tls(), timeout=10, trust_env=False) as client:
+        before = await client.get(f"{public}/v1/store")
+        assert (before.status_code, before.json()["up"]) == (503, False)
+        answer.set()
+
+        async def up() -> bool:
+            return (await client.get(f"{public}/v1/store")).status_code == 200
+
+        await wait_until(up)
+        assert (await client.get(f"{public}/v1/store")).json()["up"] is True

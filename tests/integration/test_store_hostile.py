@@ -10,6 +10,8 @@ on 127.0.0.1 that speak just enough HTTP stand in for the store."""
 from __future__ import annotations
 
 import itertools
+import socket
+import struct
 
 import pytest
 import trio
@@ -112,3 +114,38 @@ async def test_an_answer_trickled_past_the_calls_deadline_ends_its_thread(
         await quick.put("p/.locks/g/x.lock", b"x", if_none_match=True)
     with trio.fail_after(5):
         await done.wait()  # its thread hung up at the call's deadline
+
+
+@pytest.mark.parametrize("framing", [b"chunked", b"length"])
+async def test_an_answer_cut_off_mid_body_is_asked_again_as_before(
+    nursery: trio.Nursery, framing: bytes
+) -> None:
+    # botocore maps urllib3's errors while it reads an answer whole (a connection reset, a
+    # chunked body cut short) to its own, and retries them once (a transient error): the
+    # bounded read must keep that, or a listing cut off once failed the start-up's listing
+    # or a retention where it worked before.
+    page = LISTING_HEAD + b"</IsTruncated></ListBucketResult>"
+    asked = [0]
+
+    async def cut_once(stream: trio.SocketStream) -> None:
+        await read_head(stream)
+        asked[0] += 1
+        chunked = framing == b"chunked"
+        header = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: %d" % len(page)
+        await stream.send_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\n%s\r\n\r\n" % header
+        )
+        if asked[0] == 1:  # half of it, then the connection reset
+            body = page[: len(page) // 2]
+            await stream.send_all(b"%x\r\n%s" % (len(page), body) if chunked else body)
+            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            await stream.aclose()
+            return
+        await stream.send_all(b"%x\r\n%s\r\n0\r\n\r\n" % (len(page), page) if chunked else page)
+        await stream.aclose()
+
+    bucket = Bucket(store_at(await nursery.start(serve_raw, cut_once)))
+    with trio.fail_after(10):
+        assert await bucket.list_objects("p/") == []
+    assert asked[0] == 2
+    assert bucket.health.up

@@ -14,7 +14,11 @@ import time
 from typing import Any, cast
 
 from botocore.awsrequest import AWSPreparedRequest, AWSRequest, AWSResponse
+from botocore.exceptions import ConnectionClosedError, HTTPClientError, ReadTimeoutError, SSLError
 from botocore.httpsession import URLLib3Session
+from urllib3.exceptions import ProtocolError
+from urllib3.exceptions import ReadTimeoutError as URLLib3ReadTimeoutError
+from urllib3.exceptions import SSLError as URLLib3SSLError
 
 from tracker.errors import StoreError
 
@@ -58,12 +62,33 @@ class BoundedSession:
             request.stream_output = not whole
         bounded = BoundedAnswer(answer, sent, self._seconds)
         if whole:
-            bounded.read_whole()
+            try:
+                bounded.read_whole()
+            except StoreError:
+                raise  # past the bound: never asked again
+            except Exception as exc:
+                raise transport_error(request, exc) from exc
         return bounded
 
     def close(self) -> None:
         """Close the connections of the session (the client's endpoint closes)."""
         self._inner.close()
+
+
+def transport_error(request: AWSRequest | AWSPreparedRequest, exc: Exception) -> Exception:
+    """The botocore error ``URLLib3Session.send`` makes of urllib3's ``exc`` raised while an
+    answer was read whole: botocore read it inside ``send``, and retries these as transient
+    (``retries`` of tracker/objectstore/botoclients.py: a connection reset in a listing's
+    page is asked again once). Read here, outside it, urllib3's own errors were not retried:
+    a store error at the first reset. Pure."""
+    url = request.url or ""
+    if isinstance(exc, URLLib3ReadTimeoutError):
+        return ReadTimeoutError(endpoint_url=url, error=exc)
+    if isinstance(exc, URLLib3SSLError):
+        return SSLError(endpoint_url=url, error=exc)
+    if isinstance(exc, ProtocolError):
+        return ConnectionClosedError(error=exc, request=request, endpoint_url=url)
+    return HTTPClientError(error=exc)
 
 
 class BoundedAnswer(AWSResponse):

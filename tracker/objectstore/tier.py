@@ -541,7 +541,8 @@ class ObjectTier:
             "endpoint": redact_url(self.store.endpoint) if self.store.endpoint else "aws",
             "bucket": self.store.bucket,
             "prefix": self.store.prefix,
-            "up": health.up,
+            # as the metric: not before the store's first answer (StoreHealth.reported_up)
+            "up": health.reported_up(),
             "last_error": health.last_error or None,
             "objects_known": len(self.known),
             "uploads_running": self.uploads_running,
