@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import logging
 import random
+import tarfile
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -24,8 +26,11 @@ import httpx
 import pytest
 import trio
 from archives import (
+    VERSION,
+    account_bytes,
     archive_name,
     build_archive,
+    compress,
     make_tar,
     many_accounts_archive,
     snapshot_entries,
@@ -38,7 +43,16 @@ from helpers_upstream import Behaviour, FakeUpstream, agave_rpc, serving
 from tracker.config.schema import BearerAuth, SourceLimits, TargetGroup
 from tracker.observability.logs import TextFormatter
 from tracker.ordering.index import TargetKey
-from tracker.proof.formats.writing import OK_RESULT, write_status_cache
+from tracker.proof.formats.writing import (
+    OK_RESULT,
+    Account,
+    archive_hash_of,
+    lattice_of,
+    padded,
+    write_manifest,
+    write_status_cache,
+    write_storage,
+)
 from tracker.proxy import cachefill
 
 NAME, DATA = build_archive(9300, accounts=36, account_size=MiB, seed=3)
@@ -933,6 +947,112 @@ async def test_bytes_no_level_binds_from_one_source_alone_are_not_kept(tmp_path:
         assert name not in t.cached()
         assert t.streamer.rejections.errors(t.index.clock()) == {}
         honest.behaviour[name].resume.set()
+
+
+def stored_frames(data: bytes, frame: int = 512 * 1024) -> bytes:
+    """``data`` as zstd frames of ``frame`` bytes of raw (stored) blocks: as long whatever the
+    bytes, so that two archives that differ in them are of one size."""
+    out = bytearray()
+    for at in range(0, len(data), frame):
+        part = data[at : at + frame]
+        # the magic number, a frame header without checksum, a window of 1 MiB
+        out += (0xFD2FB528).to_bytes(4, "little") + bytes([0x00, 0x50])
+        blocks = [part[i : i + 128 * 1024] for i in range(0, len(part), 128 * 1024)]
+        for n, block in enumerate(blocks):
+            out += (len(block) << 3 | (n == len(blocks) - 1)).to_bytes(3, "little") + block
+    return bytes(out)
+
+
+@functools.cache
+def firedancer_twins(slot: int, statuses: int) -> tuple[str, bytes, bytes]:
+    """A full as Firedancer v26.08 writes it (docs/architecture.md, "Bytes no level binds"):
+    its storages (about 12 MiB of tar, one account each, all of its slot, the manifest
+    listing none) in zstd frames of 1 MiB of tar, its status cache of ``statuses`` after
+    them; and the same archive with another first byte in every status's key. The status
+    cache's frames are of stored blocks: both archives have one size (and one name, both
+    prove to ``accounts``, which binds no status)."""
+    rnd = random.Random(slot)
+    accounts = [
+        Account(rnd.randbytes(32), 1 + rnd.randrange(10**9), account_bytes(rnd, MiB))
+        for _ in range(12)
+    ]
+    entries: list[tuple[str, bytes | None]] = [
+        ("version", VERSION),
+        ("snapshots", None),
+        (f"snapshots/{slot}", None),
+        (f"snapshots/{slot}/{slot}", write_manifest(slot, lattice_of(accounts), [])),
+        *((f"accounts/{slot}.{i}", padded(write_storage([a]))) for i, a in enumerate(accounts)),
+    ]
+    keys = [rnd.randbytes(20) for _ in range(statuses)]
+    twins = []
+    for flip in (0, 0xFF):
+        cache = [(bytes([key[0] ^ flip]) + key[1:], OK_RESULT) for key in keys]
+        tar = make_tar([*entries, ("snapshots/status_cache", write_status_cache([slot], cache))])
+        with tarfile.open(fileobj=io.BytesIO(tar)) as members:
+            split = members.getmembers()[-1].offset  # the status cache's header
+        storages = compress(tar[:split], "zst", pieces=len(tar[:split]) // MiB)
+        twins.append(storages + stored_frames(tar[split:]))
+    name = f"snapshot-{slot}-{archive_hash_of(lattice_of(accounts))}.tar.zst"
+    assert len(twins[0]) == len(twins[1])
+    return name, twins[0], twins[1]
+
+
+def unbound_checked(caplog: pytest.LogCaptureFixture) -> list[dict[str, object]]:
+    """The fields of each ``refresh_unbound_checked`` logged."""
+    return [
+        getattr(r, "tracker_fields", {})
+        for r in caplog.records
+        if r.getMessage() == "refresh_unbound_checked"
+    ]
+
+
+async def test_bytes_no_level_binds_last_are_asked_from_their_frame_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Firedancer's layout (the status cache after the storages) in zstd frames, from two
+    honest sources: what the first is asked again is the head's and, from the start of the
+    frame the status cache begins in, the tail's bytes the other wrote (frames decode
+    apart), not every byte the other sent (about half of the archive)."""
+    caplog.set_level(logging.INFO, logger="tracker.proxy")
+    name, good, _lie = firedancer_twins(9340, 300)
+    ups = [FakeUpstream(files={name: good}) for _ in range(2)]
+    async with AsyncExitStack() as stack:
+        for up in ups:
+            up.behaviour[name] = Behaviour(rate=RATE)
+            await stack.enter_async_context(serving(up))
+        t = await stack.enter_async_context(archive_tracker(tmp_path, ups, name, good))
+        assert (await get(t.url(name)))[:3] == (200, sha256(good), len(good))
+        await wait_for(lambda: name in t.cached(), timeout=30)
+        assert sha256((t.group_dir() / name).read_bytes()) == sha256(good)
+    assert sum(s.body_sent for s in ups[1].gets(name)) > len(good) // 4  # it gave pieces
+    checked = unbound_checked(caplog)
+    asked = sum(int(str(fields.get("asked", 0))) for fields in checked)
+    assert asked < len(good) // 8, (asked, len(good))  # the tail: its last frame or two
+    assert all(fields.get("rewritten") == 0 for fields in checked)
+
+
+async def test_bytes_no_level_binds_last_are_still_the_first_sources(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As above, the second source a liar whose status cache (about 6 MiB, after the
+    storages) differs: its pieces of it pass every check, and are replaced by the first
+    source's from the frame the status cache begins in. The copy is cached exact and no
+    one is named; the reader that read along was cut off."""
+    caplog.set_level(logging.INFO, logger="tracker.proxy")
+    name, good, lie = firedancer_twins(9341, 90_000)
+    honest = FakeUpstream(files={name: good})
+    liar = FakeUpstream(files={name: lie})
+    async with AsyncExitStack() as stack:
+        for up in (honest, liar):
+            up.behaviour[name] = Behaviour(rate=RATE)
+            await stack.enter_async_context(serving(up))
+        t = await stack.enter_async_context(archive_tracker(tmp_path, [honest, liar], name, good))
+        status, _digest, size, _seconds = await get(t.url(name))
+        assert (status, size < len(good)) == (200, True)  # cut off: it read the liar's
+        await wait_for(lambda: name in t.cached(), timeout=30)
+        assert sha256((t.group_dir() / name).read_bytes()) == sha256(good)
+        assert t.streamer.rejections.errors(t.index.clock()) == {}
+    assert any(int(str(fields.get("rewritten", 0))) > 0 for fields in unbound_checked(caplog))
 
 
 class LiesOnceDone(FakeUpstream):

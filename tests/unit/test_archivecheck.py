@@ -180,9 +180,62 @@ def test_zstd_frames_without_checksums_pass() -> None:
 def test_the_extent_of_the_members_no_level_binds(members: list[str], end: int) -> None:
     extent = UnboundExtent()
     for n, name in enumerate(members):
-        extent.header(name, 10 * n)  # the raw bytes the decoder had taken by each header
+        # the raw bytes the decoder had taken by each header; each member 1,000 tar bytes
+        extent.header(name, 10 * n, 1000 * n, 1000 * (n + 1))
     extent.ended(99)
     assert extent.end == end
+
+
+FIREDANCER = ["version", "snapshots/9/9", "accounts/9.0", "accounts/9.1", "snapshots/status_cache"]
+
+
+@pytest.mark.parametrize(
+    ("members", "frames", "ranges"),
+    [
+        # agave's order: the head alone, whatever the frames
+        (
+            ["version", "snapshots/9/9", "snapshots/status_cache", "accounts/9.0"],
+            [(0, 0), (1500, 15), (3500, 35)],
+            [(0, 30)],
+        ),
+        # Firedancer's status cache last (its header at tar byte 4000): the head, and the
+        # frame its header begins in to the end
+        (FIREDANCER, [(0, 0), (1500, 15), (3200, 32)], [(0, 20), (32, 99)]),
+        (FIREDANCER, [(0, 0), (1500, 15), (4000, 40)], [(0, 20), (40, 99)]),
+        # a frame that begins inside the header (its first bytes are the frame's before)
+        (FIREDANCER, [(0, 0), (3200, 32), (4100, 41)], [(0, 20), (32, 99)]),
+        # frames past it, told before the header came (a decoder ahead of the walk)
+        (FIREDANCER, [(0, 0), (3900, 39), (4400, 44), (4600, 46)], [(0, 20), (39, 99)]),
+        # one frame (or no frame told: another compression, frames decoded apart): all of it
+        (FIREDANCER, [(0, 0)], [(0, 99)]),
+        (FIREDANCER, [], [(0, 99)]),
+        # the tail's frame starts before the head's end: one range
+        (FIREDANCER, [(0, 0), (1500, 5)], [(0, 99)]),
+        # a member no level binds between storages: from its frame on
+        (
+            ["version", "accounts/9.0", "snapshots/status_cache", "accounts/9.1"],
+            [(0, 0), (1500, 15), (2100, 21)],
+            [(0, 10), (15, 99)],
+        ),
+    ],
+)
+def test_the_extent_s_tail_starts_at_the_frame_of_the_first_member_after_the_storages(
+    members: list[str], frames: list[tuple[int, int]], ranges: list[tuple[int, int]]
+) -> None:
+    extent = UnboundExtent()
+    told = iter(frames)
+    pending = next(told, None)
+    for n, name in enumerate(members):
+        # every frame whose output the header's 512 bytes need is told before it completes
+        while pending is not None and pending[0] < 1000 * n + 512:
+            extent.frame(*pending)
+            pending = next(told, None)
+        extent.header(name, 10 * n, 1000 * n, 1000 * (n + 1))
+    while pending is not None:
+        extent.frame(*pending)
+        pending = next(told, None)
+    extent.ended(99)
+    assert extent.ranges == ranges
 
 
 @pytest.mark.parametrize("last", [False, True], ids=["agave", "status_cache_last"])
@@ -197,6 +250,66 @@ def test_the_check_finds_the_extent_of_the_members_no_level_binds(last: bool) ->
     extent = UnboundExtent()
     check_stream(io.BytesIO(data).read, archive_name(SLOT), unbound=extent)
     assert extent.end == (len(data) if last else archivecheck.READ_SIZE)
+
+
+def _status_cache_last(compression: str, pieces: int) -> tuple[bytes, bytes]:
+    """(tar, archive) of a full whose status cache comes after its storages, as Firedancer
+    writes it, about 10 MiB of tar."""
+    entries = snapshot_entries(SLOT, accounts=10, account_size=1 << 20, seed=0)
+    entries.sort(key=lambda entry: entry[0] == "snapshots/status_cache")
+    tar = make_tar(entries)
+    return tar, compress(tar, compression, pieces=pieces)
+
+
+@pytest.mark.parametrize("ahead", [False, True], ids=["serial", "decoded_ahead"])
+def test_the_status_cache_last_in_many_zstd_frames_takes_its_frame_to_the_end(
+    ahead: bool,
+) -> None:
+    """Firedancer's layout in zstd frames: the head, and the tail from the start of the frame
+    in which the status cache's header begins (frames decode apart) to the end; not the
+    whole archive."""
+    tar, data = _status_cache_last("zst", 20)
+    extent = UnboundExtent()
+    check_stream(io.BytesIO(data).read, archive_name(SLOT), unbound=extent, decode_ahead=ahead)
+    [head, (tail, end)] = extent.ranges
+    assert head == (0, archivecheck.READ_SIZE) and end == len(data)
+    assert data[tail : tail + 4] == (0xFD2FB528).to_bytes(4, "little")  # a frame's start
+    reader = zstandard.ZstdDecompressor().stream_reader(data[tail:], read_across_frames=True)
+    decoded = reader.read()
+    header = tar.index(b"snapshots/status_cache\0")
+    assert tar.endswith(decoded) and len(tar) - len(decoded) <= header  # its header in it
+    # a frame after it (none here: the status cache is in the last) starts past the
+    # header's first byte: the tail starts at the latest frame it can
+    later = data.find((0xFD2FB528).to_bytes(4, "little"), tail + 1)
+    if later > 0:
+        rest = zstandard.ZstdDecompressor().stream_reader(data[later:], read_across_frames=True)
+        assert len(tar) - len(rest.read()) > header
+    assert end - tail < len(data) // 10
+
+
+@pytest.mark.parametrize(
+    ("compression", "pieces", "decoders"),
+    [("zst", 1, 1), ("zst", 20, 2), ("lz4", 1, 1), ("gz", 1, 1), ("xz", 3, 1), ("tar", 1, 1)],
+)
+def test_the_status_cache_last_otherwise_takes_the_whole_archive(
+    compression: str, pieces: int, decoders: int
+) -> None:
+    """One zstd frame, zstd frames decoded apart (which tell no frame's output), another
+    compression (its decoder's state runs through the stream): the whole archive, as the
+    only start its tail's decoding does not depend on bytes before."""
+    _tar, data = _status_cache_last(compression, pieces)
+    extent = UnboundExtent()
+    name = archive_name(SLOT, compression=compression)
+    check_stream(io.BytesIO(data).read, name, unbound=extent, decoders=decoders)
+    assert extent.ranges == [(0, len(data))]
+
+
+def test_agave_s_layout_in_many_zstd_frames_takes_the_head_alone() -> None:
+    entries = snapshot_entries(SLOT, accounts=8, account_size=1 << 20, seed=0)
+    data = compress(make_tar(entries), "zst", pieces=20)
+    extent = UnboundExtent()
+    check_stream(io.BytesIO(data).read, archive_name(SLOT), unbound=extent, decode_ahead=True)
+    assert extent.ranges == [(0, archivecheck.READ_SIZE)]
 
 
 @pytest.mark.parametrize(

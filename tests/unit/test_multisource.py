@@ -319,7 +319,29 @@ def test_bytes_no_level_binds_are_the_first_sources_or_two_sources(
 ) -> None:
     from tracker.proxy.piececheck import UnboundAsk, unbound_asks
 
-    assert unbound_asks(20, written, live, list(voice)) == [UnboundAsk(*a) for a in asks]
+    assert unbound_asks([(0, 20)], written, live, list(voice)) == [UnboundAsk(*a) for a in asks]
+
+
+@pytest.mark.parametrize(
+    ("unbound", "written", "asks"),
+    [
+        # a head and a tail (Firedancer's status cache last): each cut to them
+        ([(0, 20), (70, 100)], [[(0, 10), (50, 60)], [(10, 50), (60, 100)]], [(10, 20), (70, 100)]),
+        ([(0, 20), (70, 100)], [[(0, 30), (80, 100)], [(30, 80)]], [(70, 80)]),
+        # one range of another source's over both
+        ([(0, 20), (70, 100)], [[(0, 5)], [(5, 100)]], [(5, 20), (70, 100)]),
+        ([(0, 20), (70, 100)], [[(0, 20), (70, 100)], [(20, 70)]], []),
+    ],
+)
+def test_bytes_no_level_binds_in_a_head_and_a_tail_are_asked_where_another_wrote_them(
+    unbound: list[tuple[int, int]],
+    written: list[list[tuple[int, int]]],
+    asks: list[tuple[int, int]],
+) -> None:
+    from tracker.proxy.piececheck import UnboundAsk, unbound_asks
+
+    wanted = [UnboundAsk(start, end, 1, 0) for start, end in asks]
+    assert unbound_asks(unbound, written, [0, 1], ["a", "b"]) == wanted
 
 
 @pytest.mark.parametrize(
@@ -334,7 +356,7 @@ def test_bytes_no_level_binds_of_one_source_alone_are_not_vouched_for(
 ) -> None:
     from tracker.proxy.piececheck import unbound_asks
 
-    reason = unbound_asks(20, written, live, list(voice))
+    reason = unbound_asks([(0, 20)], written, live, list(voice))
     assert isinstance(reason, str) and "which no level binds" in reason, reason
 
 

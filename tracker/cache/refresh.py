@@ -258,14 +258,14 @@ class Refresh:
         #: source's copy, the check alone).
         self.vouching: Vouching | None = None
         #: For such a copy vouched for by its level: what vouches for its bytes that level
-        #: does not bind, the first ``end`` (:attr:`unbound_end`), set by the refresh's owner
-        #: (``tracker.proxy.cachefill``); it raises when nothing does, and says True when it
-        #: rewrote some of them and the copy was checked again (:meth:`recheck`)
+        #: does not bind, those of the ranges :attr:`unbound_ranges`, set by the refresh's
+        #: owner (``tracker.proxy.cachefill``); it raises when nothing does, and says True
+        #: when it rewrote some of them and the copy was checked again (:meth:`recheck`)
         #: (docs/architecture.md, "A refresh from several sources" → "Bytes no level binds").
-        self.confirm_unbound: Callable[[int], Awaitable[bool]] | None = None
-        #: Raw bytes from the file's start that decode every member no level binds, as the
-        #: last check found (``proof.archive.tarwalk.UnboundExtent``; 0: not checked).
-        self.unbound_end = 0
+        self.confirm_unbound: Callable[[list[tuple[int, int]]], Awaitable[bool]] | None = None
+        #: The file's raw byte ranges that decode every member no level binds, as the last
+        #: check found (``proof.archive.tarwalk.UnboundExtent.ranges``; none: not checked).
+        self.unbound_ranges: list[tuple[int, int]] = []
         #: The archive check following the temp file as it grows (None: not checked).
         self._check: FollowingCheck | None = None
         self._hold_back = 1
@@ -466,7 +466,7 @@ class Refresh:
                 await self._note_first_read(check)
                 checked = await check.result()
                 self.sha256, self.proof = checked.sha256, checked.proof
-                self.unbound_end = check.unbound.end
+                self.unbound_ranges = check.unbound.ranges
             except BaseException as exc:
                 # Failed: a reader that has not sent the end yet never will.
                 if isinstance(exc, OSError):  # the disk's fault, not the source's
@@ -488,7 +488,11 @@ class Refresh:
         if check is not None and self.vouching is not None:
             self.vouching.vouch(self.name, self.sha256, self.proof)  # raises when it does not
             confirm = self.confirm_unbound
-            if self.vouching.by_level and confirm is not None and await confirm(self.unbound_end):
+            if (
+                self.vouching.by_level
+                and confirm is not None
+                and await confirm(self.unbound_ranges)
+            ):
                 return  # some rewritten and the copy checked again: verified by that check
         if check is not None:  # trust.require; `cluster`: the readers' end waits for votes
             self.proof = await required_proof(self._checking, self.name, self.proof)

@@ -572,11 +572,11 @@ async def confirm_unbound(
     refresh: Refresh,
     outcome: Delivered,
     liar_found: Callable[[TargetKey, str], None],
-    end: int,
+    unbound: list[tuple[int, int]],
 ) -> bool:
-    """Vouch for the first ``end`` bytes of a copy from several sources that its level does
-    not bind (:attr:`Refresh.unbound_end`; docs/architecture.md, "A refresh from several
-    sources"), before its readers get their end: each range of them another source than the
+    """Vouch for the bytes of a copy from several sources that its level does not bind (the
+    ``unbound`` ranges: :attr:`Refresh.unbound_ranges`; docs/architecture.md, "A refresh from
+    several sources"), before its readers get their end: each range of them another source than the
     first wrote is asked of the first and compared (:func:`unbound_asks`); the first's bytes
     replace those that differ, its readers cut off first (they may have read the others'),
     and the copy is checked again (True). Where the first cannot be asked, a source of
@@ -585,12 +585,12 @@ async def confirm_unbound(
     when the first's bytes fail the check the copy passed without them (the first is then
     held back: ``liar_found``). False when nothing differed, or the copy was repaired
     already (each range was compared with another source's then: :class:`Repair`)."""
-    if refresh.repairs or end <= 0:
+    if refresh.repairs or not unbound:
         return False
     sources = list(outcome.sources)
     live = live_sources(sources)
     asks = unbound_asks(
-        end, [outcome.written.get(s, []) for s in sources], live, voices(sources, live)
+        unbound, [outcome.written.get(s, []) for s in sources], live, voices(sources, live)
     )
     if isinstance(asks, str):
         raise CacheError(f"{refresh.name}: {asks}")

@@ -165,33 +165,35 @@ class UnboundAsk:
 
 
 def unbound_asks(
-    end: int,
+    unbound: Sequence[tuple[int, int]],
     written: Sequence[Sequence[tuple[int, int]]],
     live: Collection[int],
     voice: Sequence[str],
 ) -> list[UnboundAsk] | str:
-    """Whom to ask again for the bytes before ``end`` of a copy from several sources, which
-    no level binds (docs/architecture.md, "A refresh from several sources"): each range of
-    them a source other than the first wrote (``written``: each source's ranges, the first
-    first), asked of the first when it can be asked (``live``), whose word a copy from it
-    alone would hold, else of a live source of another voice than the writer's (``voice``:
-    :func:`voices`), so that two sources send the same bytes. The first source's own ranges
+    """Whom to ask again for the bytes of a copy from several sources in the ``unbound``
+    ranges (start, end), which no level binds (docs/architecture.md, "A refresh from several
+    sources" → "Bytes no level binds"): each range of them a source other than the first
+    wrote (``written``: each source's ranges, the first first), asked of the first when it
+    can be asked (``live``), whose word a copy from it alone would hold, else of a live
+    source of another voice than the writer's (``voice``: :func:`voices`), so that two
+    sources send the same bytes. The first source's own ranges
     are its word, as in a copy from it alone. A reason (one line) when a range has no one
     to ask. Pure."""
     asks: list[UnboundAsk] = []
     for owner, ranges in enumerate(written):
-        for start, stop in ranges if owner else ():
-            stop = min(stop, end)
-            if start >= stop:
-                continue
-            others = [i for i in live if voice[i] != voice[owner]]
-            asked = 0 if 0 in live else next(iter(others), None)
-            if asked is None:
-                return (
-                    f"bytes {start}-{stop - 1}, which no level binds, came from one source "
-                    "and no other can be asked for them"
-                )
-            asks.append(UnboundAsk(start, stop, owner, asked))
+        for wrote, stopped in ranges if owner else ():
+            for low, high in unbound:
+                start, stop = max(wrote, low), min(stopped, high)
+                if start >= stop:
+                    continue
+                others = [i for i in live if voice[i] != voice[owner]]
+                asked = 0 if 0 in live else next(iter(others), None)
+                if asked is None:
+                    return (
+                        f"bytes {start}-{stop - 1}, which no level binds, came from one source "
+                        "and no other can be asked for them"
+                    )
+                asks.append(UnboundAsk(start, stop, owner, asked))
     return sorted(asks, key=lambda a: a.start)
 
 

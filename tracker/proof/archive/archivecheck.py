@@ -31,6 +31,7 @@ import os
 import stat
 import threading
 from collections.abc import Callable
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -40,10 +41,10 @@ from tracker.errors import ArchiveInvalid, interruption_in, own_shortage
 from tracker.proof.accounts.budget import AccountsLimits, FrameThreads, decodes_ahead
 from tracker.proof.archive.binding import BlockDigests
 from tracker.proof.archive.checklimits import CANCELLED, Budget
-from tracker.proof.archive.decoders import decoder_for
+from tracker.proof.archive.decoders import decode_zstd, decoder_for
 from tracker.proof.archive.framedecode import DecodeAhead, decode_zstd_frames
 from tracker.proof.archive.reread import Handover, accounts_prover, proving
-from tracker.proof.archive.tarwalk import Header, UnboundExtent, walk_tar
+from tracker.proof.archive.tarwalk import BLOCK, Header, UnboundExtent, walk_tar
 from tracker.proof.formats.prover import AccountsProver, ArchiveProver
 from tracker.proof.formats.streamparse import Feeder
 
@@ -162,12 +163,17 @@ def check_stream(
                     budget.spend(len(piece))
                     tar.feed(piece)
 
+                decode = decoder_for(parsed.ext)
+                if parsed.ext == ".tar.zst" and unbound is not None:
+                    # where each frame's output begins: the extent's tail starts at a frame
+                    # (frames decoded apart tell none: the tail is then the whole archive)
+                    decode = partial(decode_zstd, starts=unbound.frame)
                 if parsed.ext == ".tar.zst" and decoders > 1:
                     decode_zstd_frames(chunks, sink, decoders)
                 elif ahead is not None:
-                    ahead.run(decoder_for(parsed.ext), chunks, sink)
+                    ahead.run(decode, chunks, sink)
                 else:
-                    decoder_for(parsed.ext)(chunks, sink)
+                    decode(chunks, sink)
                 tar.finish()
                 if unbound is not None:
                     unbound.ended(budget.raw)
@@ -215,7 +221,8 @@ def _telling(
     taken by its header (``budget.raw``: never fewer than those its data was decoded from)."""
 
     def told(header: Header, data_at: int) -> None:
-        unbound.header(header.name, budget.raw)
+        following = data_at + -(-header.size // BLOCK) * BLOCK  # the next header's offset
+        unbound.header(header.name, budget.raw, data_at - BLOCK, following)
         if seen is not None:
             seen(header, data_at)
 

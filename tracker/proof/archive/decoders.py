@@ -163,46 +163,82 @@ def _zstd_frame(at: int, state: FrameState) -> ParserOf[int]:
 class _FramedSource:
     """The raw stream as ``zstandard``'s ``stream_reader`` reads it, each piece checked by
     :func:`zstd_frames` first and never spanning two frames, so that a decoding error belongs
-    to the frame of the last piece handed out."""
+    to the frame of the last piece handed out. ``by_frame``: once a frame's last byte is
+    handed out, reads answer ``b""`` (the end of that frame's reader) until
+    :attr:`frame_done` is cleared for the next frame's."""
 
-    def __init__(self, chunks: Chunks, at: int = 0, frames: int = 0) -> None:
+    def __init__(
+        self, chunks: Chunks, at: int = 0, frames: int = 0, by_frame: bool = False
+    ) -> None:
         self._chunks = chunks
+        self._at = at
+        self._by_frame = by_frame
         self.state = FrameState(frame_at=at, magic_at=at, frames=frames)
         self.framing = Feeder(zstd_frames(self.state, at))
         self._data = memoryview(b"")
         self._pos = 0
+        #: The last piece handed out ended a frame (``by_frame`` only).
+        self.frame_done = False
+        #: ``chunks`` said the stream ended.
+        self.ended = False
+
+    @property
+    def position(self) -> int:
+        """The archive offset of the next raw byte to be handed out."""
+        return self._at + self.framing.offset
 
     def read(self, size: int) -> memoryview | bytes:
+        if self.frame_done or self.ended:
+            return b""
         if self._pos >= len(self._data):
             self._data, self._pos = memoryview(self._chunks()), 0
             if not self._data:
+                self.ended = True
                 return b""
         start = self._pos
         self._pos = self.framing.feed_to_mark(self._data, start, min(len(self._data), start + size))
+        self.frame_done = self._by_frame and self.framing.at_mark
         return self._data[start : self._pos]
 
 
-def decode_zstd(chunks: Chunks, sink: Sink, at: int = 0, frames: int = 0) -> None:
+#: Told ``(decoded, raw)`` before the first decoded byte of each frame that has any: the
+#: offset of that byte in the decoded stream, and the archive offset of the frame's start.
+FrameStarts = Callable[[int, int], None]
+
+
+def decode_zstd(
+    chunks: Chunks,
+    sink: Sink,
+    at: int = 0,
+    frames: int = 0,
+    starts: FrameStarts | None = None,
+) -> None:
     """``.tar.zst``: one or more frames (content checksums verified where present), skippable
     frames allowed, nothing after the last frame. ``at``: the archive offset of the first
     byte, ``frames``: the frames before it (a stream taken up at a frame's start, as
-    :mod:`tracker.proof.archive.framedecode` does)."""
-    source = _FramedSource(chunks, at, frames)
+    :mod:`tracker.proof.archive.framedecode` does). ``starts`` (if given) is told where each
+    frame's output begins (:data:`FrameStarts`, from the thread that decodes): each frame is
+    then decoded by a reader of its own, which ends at the frame's last byte."""
+    source = _FramedSource(chunks, at, frames, by_frame=starts is not None)
     decompressor = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
-    reader = decompressor.stream_reader(
-        cast(IO[bytes], source),  # it only calls read(size)
-        read_size=OUT_SIZE,
-        read_across_frames=True,
-        closefd=False,
-    )
     out = bytearray(OUT_SIZE)
     view = memoryview(out)
     state = source.state
     try:
-        # readinto1: what there is as soon as there is some (readinto would wait for a full
-        # buffer, holding a following check's verdict back until more bytes are written).
-        while count := reader.readinto1(out):
-            sink(view[:count])
+        if starts is not None:
+            _by_frame(decompressor, source, sink, starts, out)
+        else:
+            reader = decompressor.stream_reader(
+                cast(IO[bytes], source),  # it only calls read(size)
+                read_size=OUT_SIZE,
+                read_across_frames=True,
+                closefd=False,
+            )
+            # readinto1: what there is as soon as there is some (readinto would wait for a
+            # full buffer, holding a following check's verdict back until more bytes are
+            # written).
+            while count := reader.readinto1(out):
+                sink(view[:count])
     except zstandard.ZstdError as exc:
         if state.in_magic and state.magic_at > 0:
             # The decoder choked on the first bytes after the last frame, which the framing
@@ -211,6 +247,36 @@ def decode_zstd(chunks: Chunks, sink: Sink, at: int = 0, frames: int = 0) -> Non
         reason = zstd_reason(str(exc))
         raise ArchiveInvalid(f"zstd: {reason} in the frame at byte {state.frame_at}") from None
     source.framing.finish()
+
+
+def _by_frame(
+    decompressor: zstandard.ZstdDecompressor,
+    source: _FramedSource,
+    sink: Sink,
+    starts: FrameStarts,
+    out: bytearray,
+) -> None:
+    """:func:`decode_zstd`'s loop, one reader a frame: the output of each is that frame's
+    alone (zstd frames are independent), so where each frame's output begins is known."""
+    view = memoryview(out)
+    decoded = 0
+    while not source.ended:
+        source.frame_done = False
+        raw = source.position
+        reader = decompressor.stream_reader(
+            cast(IO[bytes], source), read_size=OUT_SIZE, read_across_frames=False, closefd=False
+        )
+        told = False
+        while count := reader.readinto1(out):
+            if not told:
+                starts(decoded, raw)
+                told = True
+            sink(view[:count])
+            decoded += count
+        if not source.frame_done and not source.ended:
+            # the decoder ended the frame before the framing did: never for a frame both read
+            # alike, but a frame's bytes it left unread would otherwise go unchecked
+            raise ArchiveInvalid(f"zstd: the frame at byte {raw} ends before its last block")
 
 
 def zstd_reason(message: str) -> str:

@@ -16,6 +16,7 @@ header (a snapshot has a million members), this ~3 µs.
 from __future__ import annotations
 
 import re
+import threading
 import zlib
 from collections.abc import Callable
 
@@ -192,31 +193,96 @@ def _floor() -> int:
 
 @attrs.define
 class UnboundExtent:
-    """How many of an archive's raw (compressed) bytes decode the members whose data no
-    level binds: every member but the account storages (``version``, the status cache, the
+    """Which of an archive's raw (compressed) bytes decode the members whose data no level
+    binds: every member but the account storages (``version``, the status cache, the
     manifest, whose fields the bank hash leaves out), which agave writes before the
     storages, and Firedancer's status cache after them (docs/architecture.md, "A refresh
     from several sources" → "Bytes no level binds"). The walk tells it each header with the
-    raw bytes its decoder had taken by then (:meth:`header`), and the end (:meth:`ended`):
-    a member's data is decoded, in order, from bytes taken before the next header, so the
-    first :attr:`end` raw bytes decode all of those members. Pure."""
+    raw bytes its decoder had taken by then (:meth:`header`), and the end (:meth:`ended`);
+    a zstd decoder that decodes frame by frame tells it where each frame's output begins
+    (:meth:`frame`, from the decoding thread). :attr:`ranges` are then:
 
-    #: Raw bytes from the start that decode every member no level binds (0: none).
-    end: int = 0
-    #: The member being read binds nothing: the next header (or the end) sets :attr:`end`.
+    - the head, ``(0, h)``: a member's data is decoded, in order, from bytes taken before
+      the next header, so the first ``h`` raw bytes decode those before the storages;
+    - the tail, from the start of the zstd frame in which the first such member after a
+      storage begins to the end: frames are independent, so its members decode from those
+      bytes alone. Without frame starts (another compression, or frames decoded apart) the
+      tail is the whole archive: a compressed stream carries its decoder's state across
+      blocks, so only its first byte is a start the tail's decoding does not depend on
+      before.
+
+    Pure (a lock between the decoding thread and the walk's)."""
+
+    #: Raw bytes from the start that decode every member no level binds before the storages.
+    head: int = 0
+    #: Where the tail starts (None: no such member after a storage).
+    tail: int | None = None
+    #: The archive's raw bytes, once :meth:`ended`.
+    size: int = 0
+    #: The member being read binds nothing: the next header (or the end) sets :attr:`head`.
     _open: bool = False
+    _storage_seen: bool = False
+    #: The decoded offset of the next header, and the raw start of the latest frame told
+    #: whose output begins at or before it (None: none told); frames told beyond it wait.
+    _next: int = 0
+    _frame: int | None = None
+    _later: list[tuple[int, int]] = attrs.Factory(list)
+    _lock: threading.Lock = attrs.field(factory=threading.Lock, eq=False, repr=False)
 
-    def header(self, name: str, raw: int) -> None:
-        """The walk reached the header of ``name``; the decoder had taken ``raw`` bytes."""
+    def frame(self, decoded: int, raw: int) -> None:
+        """A frame starting at raw byte ``raw`` decodes from the decoded stream's byte
+        ``decoded`` on (told in order, before any of its output reaches the walk)."""
+        with self._lock:
+            if decoded <= self._next:
+                self._frame = raw
+            else:
+                self._later.append((decoded, raw))
+
+    def header(self, name: str, raw: int, at: int, following: int) -> None:
+        """The walk reached the header of ``name`` at decoded byte ``at``, whose next header
+        comes at ``following``; the decoder had taken ``raw`` bytes."""
+        with self._lock:
+            # every frame whose output begins at or before ``at`` was told before the bytes
+            # of this header reached the walk: the latest holds its first byte
+            self._take(at)
+            frame = self._frame
+            self._next = following
+            self._take(following)
         if self._open:
-            self.end = max(self.end, raw)
-        self._open = _STORAGE.fullmatch(name) is None
+            self.head = max(self.head, raw)
+        storage = _STORAGE.fullmatch(name) is not None
+        if not storage and self._storage_seen and self.tail is None:
+            self.tail = frame if frame is not None else 0
+        self._storage_seen = self._storage_seen or storage
+        self._open = not storage and not self._storage_seen
+
+    def _take(self, upto: int) -> None:
+        while self._later and self._later[0][0] <= upto:
+            self._frame = self._later.pop(0)[1]
 
     def ended(self, raw: int) -> None:
         """The walk ended after the decoder took all ``raw`` bytes of the archive."""
         if self._open:
-            self.end = max(self.end, raw)
+            self.head = max(self.head, raw)
         self._open = False
+        self.size = raw
+
+    @property
+    def ranges(self) -> list[tuple[int, int]]:
+        """The raw byte ranges (start, end) that decode every member no level binds, in
+        order, apart: the head, the tail (one range where they meet)."""
+        found = [(0, self.head)] if self.head else []
+        if self.tail is not None and self.tail < self.size:
+            if found and self.tail <= self.head:
+                found = [(0, self.size)]
+            else:
+                found.append((self.tail, self.size))
+        return found
+
+    @property
+    def end(self) -> int:
+        """Where the last range ends (0: none)."""
+        return self.ranges[-1][1] if self.ranges else 0
 
 
 def walk_tar(
