@@ -903,30 +903,6 @@ def status_cache_twins(slot: int) -> tuple[str, bytes, bytes]:
     return archive_name(slot, None, "tar", seed=7), twins[0], twins[1]
 
 
-async def test_bytes_no_level_binds_are_never_one_other_sources_word(tmp_path: Path) -> None:
-    """An honest first source and a liar whose archive differs only in its status cache
-    (no level binds a status: docs/architecture.md, "Proven archives"). The liar's pieces of
-    the head (the members before the account storages) pass every check; such bytes are
-    kept only as the first source sends them, as one source's copy would hold them: they
-    are compared with the first source's, which replace them. The copy is cached exact and
-    no one is named (which of the two lied, no check can tell). The reader that read along
-    got a whole body of the liar's statuses, and the cache kept them as proven."""
-    name, good, lie = status_cache_twins(9330)
-    honest = FakeUpstream(files={name: good})
-    liar = FakeUpstream(files={name: lie})
-    async with AsyncExitStack() as stack:
-        for up in (honest, liar):
-            up.behaviour[name] = Behaviour(rate=RATE)
-            await stack.enter_async_context(serving(up))
-        t = await stack.enter_async_context(archive_tracker(tmp_path, [honest, liar], name, good))
-        status, _digest, size, _seconds = await get(t.url(name))
-        assert (status, size < len(good)) == (200, True)  # cut off: it read the liar's
-        await wait_for(lambda: name in t.cached(), timeout=30)
-        assert sha256((t.group_dir() / name).read_bytes()) == sha256(good)
-        assert sum(s.body_sent for s in liar.gets(name)) > MiB  # it gave pieces
-        assert t.streamer.rejections.errors(t.index.clock()) == {}
-
-
 async def test_bytes_no_level_binds_from_one_source_alone_are_not_kept(tmp_path: Path) -> None:
     """The first source stalls after its first KiB and is dropped; the liar, the only source
     left, sends the rest, the status cache among it. No second source can vouch for those
@@ -1031,15 +1007,23 @@ async def test_bytes_no_level_binds_last_are_asked_from_their_frame_on(
     assert all(fields.get("rewritten") == 0 for fields in checked)
 
 
-async def test_bytes_no_level_binds_last_are_still_the_first_sources(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("layout", ["agave", "firedancer"])
+async def test_bytes_no_level_binds_are_never_one_other_sources_word(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, layout: str
 ) -> None:
-    """As above, the second source a liar whose status cache (about 6 MiB, after the
-    storages) differs: its pieces of it pass every check, and are replaced by the first
-    source's from the frame the status cache begins in. The copy is cached exact and no
-    one is named; the reader that read along was cut off."""
+    """An honest first source and a liar whose archive differs only in its status cache
+    (no level binds a status: docs/architecture.md, "Proven archives"): before the account
+    storages as agave writes it, or after them (about 6 MiB) as Firedancer does. The liar's
+    pieces of it pass every check; such bytes are kept only as the first source sends them,
+    as one source's copy would hold them: they are compared with the first source's (from
+    the frame the status cache begins in, where it comes last), which replace them. The
+    copy is cached exact and no one is named (which of the two lied, no check can tell).
+    The reader that read along was cut off (it got the liar's statuses)."""
     caplog.set_level(logging.INFO, logger="tracker.proxy")
-    name, good, lie = firedancer_twins(9341, 90_000)
+    if layout == "agave":
+        name, good, lie = status_cache_twins(9330)
+    else:
+        name, good, lie = firedancer_twins(9341, 90_000)
     honest = FakeUpstream(files={name: good})
     liar = FakeUpstream(files={name: lie})
     async with AsyncExitStack() as stack:
@@ -1051,6 +1035,7 @@ async def test_bytes_no_level_binds_last_are_still_the_first_sources(
         assert (status, size < len(good)) == (200, True)  # cut off: it read the liar's
         await wait_for(lambda: name in t.cached(), timeout=30)
         assert sha256((t.group_dir() / name).read_bytes()) == sha256(good)
+        assert sum(s.body_sent for s in liar.gets(name)) > MiB  # it gave pieces
         assert t.streamer.rejections.errors(t.index.clock()) == {}
     assert any(int(str(fields.get("rewritten", 0))) > 0 for fields in unbound_checked(caplog))
 
