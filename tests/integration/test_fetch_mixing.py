@@ -24,6 +24,7 @@ from helpers_statements import signer
 from helpers_upstream import Behaviour, FakeUpstream
 from test_fetch import FAST, ledger_of, options
 from test_fetch_sources import body_bytes, tracker_of
+from test_refresh_sources import status_cache_twins
 
 from tracker.fetch.progress import NoProgress
 from tracker.fetch.run import run_fetch
@@ -164,3 +165,67 @@ async def test_a_resume_never_joins_an_earlier_runs_bytes_of_another_source(
         await run_fetch(opts, NoProgress())
     assert (ledger / FULL_NAME).read_bytes() == FULL
     assert body_bytes(honest, FULL_NAME) >= len(FULL)  # its own copy, whole
+
+
+async def test_a_liars_status_cache_never_reaches_the_ledger_in_a_copy_proven_to_accounts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full proven to ``accounts``, no sha256 listed, no ``--trust-key``: it is pooled,
+    but ``accounts`` binds no status (docs/architecture.md, "Bytes no level binds"). A
+    liar that answers the samples honestly sends, in its pieces, an archive that differs
+    from the honest one in its status cache only: the copy passed every check with those
+    statuses, and the validator would load them. The bytes no level binds that the liar
+    wrote are asked of the first source again and replaced: the ledger holds the first
+    source's archive."""
+    name, good, lie = status_cache_twins(9330)
+    honest = FakeUpstream(files={name: good}, behaviour={name: Behaviour(rate=4 * MiB)})
+    liar = SampleHonestLiar(files={name: good}, truth={name: good}, forgery={name: lie})
+    ledger = ledger_of(tmp_path)
+    settings = attrs.evolve(FAST, verify=True, piece_size=256 * 1024)
+    caplog.set_level(logging.INFO, logger="tracker.fetch")
+    async with tracker_of([honest, liar]) as tracker:
+        opts = options(ledger, tracker.base, incremental=False, settings=settings)
+        [result] = await run_fetch(opts, NoProgress())
+    assert body_bytes(liar, name) > MiB  # pooled: it carried pieces of the head
+    assert result.proof is not None and result.proof.level >= Level.ACCOUNTS
+    assert sha256((ledger / name).read_bytes()) == sha256(good)
+    assert result.sha256 == sha256(good)
+    checked = [r for r in caplog.records if r.getMessage() == "fetch_unbound_checked"]
+    assert checked and int(getattr(checked[0], "tracker_fields", {})["rewritten"]) > 0
+
+
+async def test_a_resumed_copy_proven_to_accounts_keeps_no_earlier_sources_status_cache(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An earlier run took the first half of a full proven to ``accounts`` from a liar
+    (another status cache, nothing else) and was killed, leaving its temp file and a state
+    naming that source; this run resumes it from the honest source alone. The copy is of
+    several sources (the state says so), and the state does not say who wrote which bytes:
+    those of its head are asked of this run's first source again, and the ledger holds its
+    archive."""
+    from helpers_upstream import UPSTREAM_ETAG, UPSTREAM_LAST_MODIFIED
+
+    from tracker.fetch.state import State, save_state, temp_path
+    from tracker.multisource.sources import Identity
+
+    name, good, lie = status_cache_twins(9330)
+    ledger = ledger_of(tmp_path)
+    half = len(lie) // 2
+    (ledger / Path(temp_path(str(ledger), name)).name).write_bytes(lie[:half])
+    identity = Identity(len(lie), UPSTREAM_ETAG, UPSTREAM_LAST_MODIFIED)
+    liar = "http://127.0.0.1:9/v1/snapshot/" + name
+    save_state(str(ledger), State(name, identity, ((0, half),), writers=(liar,)))
+    honest = FakeUpstream(files={name: good})
+    settings = attrs.evolve(FAST, verify=True, piece_size=256 * 1024)
+    caplog.set_level(logging.INFO, logger="tracker.fetch")
+    async with tracker_of([honest]) as tracker:
+        opts = options(ledger, tracker.base, incremental=False, settings=settings)
+        [result] = await run_fetch(opts, NoProgress())
+    assert sha256((ledger / name).read_bytes()) == sha256(good)
+    assert result.sha256 == sha256(good)
+    assert "fetch_starting_over" not in [r.getMessage() for r in caplog.records]
+    [checked] = [r for r in caplog.records if r.getMessage() == "fetch_unbound_checked"]
+    fields = getattr(checked, "tracker_fields", {})
+    # resumed: the earlier half, all in the head (the status cache is most of the archive),
+    # asked again; this run's half is the first source's own
+    assert (int(fields["asked"]), int(fields["rewritten"]) > 0) == (half, True)

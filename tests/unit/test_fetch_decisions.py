@@ -305,3 +305,56 @@ def test_a_saved_state_names_its_writers_without_their_credentials(tmp_path: Pat
     assert "hunter2" not in text and "s3cr3t" not in text, text
     loaded = load_state(str(tmp_path), "x")
     assert loaded is not None and one_source_reason(loaded, secret) == ""  # still its own
+
+
+@pytest.mark.parametrize(
+    ("written", "earlier", "earlier_writers", "dropped", "asks"),
+    [
+        # the second source's bytes in the head: asked of the first; its own are its word
+        ({"a": [(0, 8)], "b": [(8, 40)]}, [], (), "", [(8, 20, 1, 0)]),
+        ({"a": [(0, 25)], "b": [(25, 40)]}, [], (), "", []),
+        # an earlier run's bytes: the state names its sources, not their ranges
+        ({"a": [(10, 40)]}, [(0, 10)], ("http://c/f",), "", [(0, 10, -1, 0)]),
+        ({"a": [(10, 40)]}, [(0, 10)], ("http://a/f", "http://b/f"), "", [(0, 10, -1, 0)]),
+        ({"b": [(10, 40)]}, [(0, 10)], ("http://a/f",), "", [(10, 20, 1, 0)]),  # the first's
+        ({"a": [(0, 40)]}, [(30, 40)], ("http://b/f",), "", []),  # none in the head
+        # the first dropped: another voice than the writer's must send the same bytes
+        ({"a": [(0, 4)], "b": [(4, 40)]}, [], (), "a", [(4, 20, 1, 2)]),
+    ],
+)
+def test_which_bytes_no_level_binds_of_a_pooled_copy_are_asked_again(
+    written: dict[str, list[tuple[int, int]]],
+    earlier: list[tuple[int, int]],
+    earlier_writers: tuple[str, ...],
+    dropped: str,
+    asks: list[tuple[int, int, int, int]],
+) -> None:
+    from tracker.fetch.unbound import unbound_plan
+    from tracker.proxy.piececheck import UnboundAsk
+
+    pool = [Source(f"http://{n}/f", Identity(40), ranges=True) for n in "abc"]
+    pool = [attrs.evolve(s, dropped="slow") if s.url[7] == dropped else s for s in pool]
+    by = {s: written.get(s.url[7], []) for s in pool}
+    got = unbound_plan([(0, 20)], pool, by, earlier, earlier_writers)
+    assert got == [UnboundAsk(*a) for a in asks]
+
+
+@pytest.mark.parametrize(
+    ("written", "earlier", "dropped"),
+    [
+        # the writer alone is left to ask
+        ({"a": [(0, 4)], "b": [(4, 40)]}, [], "ac"),
+        # an earlier run's bytes, and the first cannot be asked: no other may vouch for them
+        ({"b": [(10, 40)]}, [(0, 10)], "a"),
+    ],
+)
+def test_bytes_no_level_binds_of_a_pooled_copy_no_one_can_vouch_for(
+    written: dict[str, list[tuple[int, int]]], earlier: list[tuple[int, int]], dropped: str
+) -> None:
+    from tracker.fetch.unbound import unbound_plan
+
+    pool = [Source(f"http://{n}/f", Identity(40), ranges=True) for n in "abc"]
+    pool = [attrs.evolve(s, dropped="slow") if s.url[7] in dropped else s for s in pool]
+    by = {s: written.get(s.url[7], []) for s in pool}
+    reason = unbound_plan([(0, 20)], pool, by, earlier, ("http://b/f",))
+    assert isinstance(reason, str) and "which no level binds" in reason, reason

@@ -6,7 +6,9 @@ those of the archive's size (the listed one, else the one most of them announce)
 first as the reference and pools every other one that has the same bytes in a sample of
 ranges: archives of one slot and hash made by different nodes differ, so bytes of two of
 them are never mixed; and only when what checks the copy vouches for every byte of it
-(:func:`~tracker.fetch.vouching.mixing_problem`; otherwise the reference alone).
+(:func:`~tracker.fetch.vouching.mixing_problem`; otherwise the reference alone; for an
+``accounts`` proof, the bytes it does not bind made the reference's before the rename:
+:mod:`tracker.fetch.unbound`).
 ``connections`` workers then claim pieces (:mod:`tracker.multisource.claims`), each from a
 live source of the pool, and ``pwrite`` them into ``{ledger}/.tmp-{name}``; a source that
 fails three times in a row, or is slower than ``min_speed`` while another is left, is
@@ -32,7 +34,7 @@ import attrs
 import httpx
 import trio
 
-from tracker.core.digests import below_required, covers
+from tracker.core.digests import Verified, below_required, covers
 from tracker.errors import ArchiveInvalid, CopyRejected, FetchError, SourceFailed, sole_leaf
 from tracker.fetch.listing import RemoteFile
 from tracker.fetch.progress import Progress
@@ -55,6 +57,7 @@ from tracker.fetch.state import (
     state_path,
     temp_path,
 )
+from tracker.fetch.unbound import confirmed, unbound_plan
 from tracker.fetch.vouching import mixing_problem, vouched_for
 from tracker.fetch.workers import FetchCrew, StateSaver, watch_speed, worker
 from tracker.multisource.claims import Pieces
@@ -302,6 +305,7 @@ async def _fill(
     # The archive check reads the file in order while the pieces come in, up to the gapless
     # prefix on disk: at the end only what came last is left to check, from the page cache.
     settings = crew.settings
+    earlier = tuple(pieces.done())  # an earlier run's bytes (``writers``'), resumed
     check = FollowingCheck.start(fd, name, settings.prove_accounts) if settings.verify else None
     live = pool if reference.ranges else [reference]
     state = State(name, reference.identity, writers=writers)
@@ -338,7 +342,8 @@ async def _fill(
         progress.finish()
     digest, proof, vouchers = "", None, tuple[str, ...]()
     if check is not None:
-        digest, proof, vouchers = await _verify(crew, file, live, check, ledger, saver.writers())
+        resumed = Resumed(earlier, writers, saver.writers())
+        digest, proof, vouchers = await _verify(crew, file, live, check, ledger, resumed)
     final = os.path.join(ledger, name)
     _rename_checked(fd, temp_path(ledger, name), final)
     remove_state(ledger, name)
@@ -417,13 +422,24 @@ async def _follow(check: FollowingCheck, pieces: Pieces, download: trio.CancelSc
     download.cancel()
 
 
+@attrs.frozen
+class Resumed:
+    """Whose bytes a download's temp file holds: ``earlier``, the ranges an earlier run
+    left (resumed), written by ``earlier_writers``; ``writers``, those and this run's
+    senders (:meth:`~tracker.fetch.workers.StateSaver.writers`)."""
+
+    earlier: tuple[tuple[int, int], ...]
+    earlier_writers: tuple[str, ...]
+    writers: tuple[str, ...]
+
+
 async def _verify(
     crew: FetchCrew,
     file: RemoteFile,
     pool: list[Source],
     check: FollowingCheck,
     ledger: str,
-    writers: tuple[str, ...],
+    resumed: Resumed,
 ) -> tuple[str, Proof, tuple[str, ...]]:
     """The SHA-256 of the complete temp file of ``file`` (``check`` followed it and was
     told its end) and what its check proved (and the votes, with ``--rpc``), when it passes
@@ -431,18 +447,26 @@ async def _verify(
     that lists any) and enough trusted keys vouch for it (``--trust-key``: which did, third);
     else the temp
     file and its state are deleted and CopyRejected raised, or FetchError when the
-    statements refused it (docs/http-api.md, "Signed statements")."""
+    statements refused it (docs/http-api.md, "Signed statements"). A copy of several
+    sources that only its ``accounts`` proof vouches for has the bytes that level does not
+    bind made the first source's first (:mod:`tracker.fetch.unbound`)."""
     name, sha256, require = file.file_name, file.sha256, crew.settings.require
     senders = [s for s in pool if s.sent]
     # A copy of several sources' pieces: this run's, or a resumed copy's (``writers``: an
     # earlier run's sources count, its bytes are on disk as much as this run's)
-    mixed = len(senders) > 1 or len(writers) > 1
+    mixed = len(senders) > 1 or len(resumed.writers) > 1
     unvouched = None
     try:
         # On cancellation the check's thread reads on to the end, then stops by itself.
         checked = await check.result()
+        if mixed and not (sha256 or crew.settings.trust.active) and covers(name, checked.proof):
+            # accounts binds the storages, not the status cache the validator loads
+            # (docs/architecture.md, "Bytes no level binds")
+            checked = await _unbound_confirmed(crew, name, pool, check, checked, resumed)
     except ArchiveInvalid as exc:
         reason = f"archive failed verification: {exc.reason}"
+    except CopyRejected as exc:  # bytes no level binds that no source vouched for
+        reason = str(exc)
     else:
         digest, proof = checked.sha256, checked.proof
         if crew.settings.voter is not None:
@@ -483,6 +507,32 @@ async def _verify(
         # several sources' pieces may hold a liar's: each source is tried alone next.
         raise FetchError(f"{name}: {reason}")
     raise CopyRejected(f"{urls or name}: {reason}")
+
+
+async def _unbound_confirmed(
+    crew: FetchCrew,
+    name: str,
+    pool: list[Source],
+    check: FollowingCheck,
+    checked: Verified,
+    resumed: Resumed,
+) -> Verified:
+    """What the copy passed (``checked``), its bytes no level binds that another source
+    than the first wrote asked of the first again and, where they differed, written over
+    and checked again (:func:`tracker.fetch.unbound.confirmed`)."""
+    unbound = check.unbound.ranges
+    plan = unbound_plan(unbound, pool, crew.written, resumed.earlier, resumed.earlier_writers)
+    return await confirmed(
+        checked,
+        unbound,
+        plan,
+        name=name,
+        pool=pool,
+        ask=crew.engine.open,
+        fd=crew.fd,
+        read_timeout=crew.settings.read_timeout,
+        prove_accounts=crew.settings.prove_accounts,
+    )
 
 
 def _check_space(ledger: str, size: int, name: str, free: FreeBytes) -> None:

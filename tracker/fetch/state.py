@@ -8,12 +8,14 @@ gave one), only the missing ranges are fetched; otherwise the download starts ov
 of two files are never mixed. It also names the sources whose bytes those are
 (``writers``): a copy that must be one source's (nothing vouches for every byte of a copy of
 several: :func:`tracker.fetch.vouching.mixing_problem`) is resumed only from the one source
-that wrote all of it (:func:`one_source_reason`). The state is replaced atomically (temp
-file and rename); it records only bytes whose ``pwrite`` returned. Neither file is ever
-opened through a symbolic link planted under its name (``O_NOFOLLOW``); the state is read
-and written as every small file of the tracker is (:mod:`tracker.core.smallfiles`: a
-regular file only, bounded, never a FIFO's blocking open; written to a temp file created
-``O_EXCL``, fsynced, renamed).
+that wrote all of it (:func:`one_source_reason`); in a copy pooled for a full's ``accounts``
+proof, the bytes that level does not bind are asked again of the first source unless it
+alone wrote them (:func:`tracker.fetch.unbound.unbound_plan`). The state is replaced
+atomically (temp file and rename); it records only bytes whose ``pwrite`` returned. Neither
+file is ever opened through a symbolic link planted under its name (``O_NOFOLLOW``); the
+state is read and written as every small file of the tracker is
+(:mod:`tracker.core.smallfiles`: a regular file only, bounded, never a FIFO's blocking open;
+written to a temp file created ``O_EXCL``, fsynced, renamed).
 """
 
 from __future__ import annotations

@@ -27,7 +27,8 @@ def mixing_problem(file: RemoteFile, settings: FetchSettings) -> str:
     """Why ``file``'s copy must come from one source, not from the pieces of several (one
     line); "" when what checks the copy vouches for every byte of it (docs/fetch.md,
     "How"): the tracker's ``sha256``, the statements of ``--trust-key``, or, for
-    a full, the ``accounts`` proof; or when nothing is checked (``--verify false``: every
+    a full, the ``accounts`` proof with the bytes it does not bind asked again of the first
+    source (:mod:`tracker.fetch.unbound`); or when nothing is checked (``--verify false``: every
     source's bytes are taken on its word either way). A copy of several sources is a file
     none of them may hold: a liar's pieces that keep the archive well formed pass every
     check that does not bind them. Pure."""

@@ -121,6 +121,9 @@ class FetchCrew:
     fd: int
     progress: Progress
     engine: engine.Crew = attrs.field(init=False)
+    #: The byte ranges each source wrote (this run's): whose word the bytes no level binds
+    #: are in a copy of several sources (:mod:`tracker.fetch.unbound`).
+    written: dict[Source, list[tuple[int, int]]] = attrs.field(init=False, factory=dict)
 
     def __attrs_post_init__(self) -> None:
         crew = engine.Crew(
@@ -140,8 +143,13 @@ class FetchCrew:
         async with request(self.client, source.url, headers, self.settings) as response:
             yield PieceAnswer(response)
 
-    def _landed(self, _source: Source, _offset: int, count: int) -> None:
+    def _landed(self, source: Source, offset: int, count: int) -> None:
         self.progress.add(count)
+        ranges = self.written.setdefault(source, [])
+        if ranges and ranges[-1][1] == offset:  # the same claim going on
+            ranges[-1] = (ranges[-1][0], offset + count)
+        else:
+            ranges.append((offset, offset + count))
 
 
 async def worker(crew: FetchCrew, index: int, pool: list[Source]) -> None:
