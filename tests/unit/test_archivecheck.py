@@ -58,6 +58,7 @@ from tracker.proof.archive.archivecheck import (
     check_file,
     check_stream,
 )
+from tracker.proof.archive.decoders import decode_zstd
 from tracker.proof.archive.tarwalk import Header, UnboundExtent, read_header
 from tracker.proof.formats.writing import write_status_cache
 
@@ -151,6 +152,73 @@ def test_zstd_skippable_frames_pass() -> None:
     skippable = (0x184D2A50).to_bytes(4, "little") + (5).to_bytes(4, "little") + b"hello"
     data = skippable + good + skippable
     assert check_bytes(data, name) == hashlib.sha256(data).hexdigest()
+
+
+def _decoded(data: bytes, cuts: list[int], by_frame: bool) -> tuple[str, bytes, list[object]]:
+    """``data`` handed to :func:`decode_zstd` in pieces cut at ``cuts``: its reason ("" when
+    it passed), what it decoded, and (``by_frame``: one reader a frame) where it said each
+    frame's output begins, as ``(decoded, raw)``."""
+    bounds = zip([0, *cuts], [*cuts, len(data)], strict=True)
+    pieces = iter([data[a:b] for a, b in bounds if a < b])
+    out, told = bytearray(), list[object]()
+    starts = (lambda decoded, raw: told.append((decoded, raw))) if by_frame else None
+    try:
+        decode_zstd(lambda: next(pieces, b""), out.extend, starts=starts)
+    except ArchiveInvalid as exc:
+        return exc.reason, b"", []
+    return "", bytes(out), told
+
+
+def _skippable(size: int) -> bytes:
+    return (0x184D2A5F).to_bytes(4, "little") + size.to_bytes(4, "little") + bytes(size)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    ["skippable", "empty frames", "no content size", "cut", "trailing", "short trailing"],
+)
+def test_the_zstd_decoder_frame_by_frame_reads_every_stream_as_the_serial_one(
+    shape: str,
+) -> None:
+    """The refresh check's zstd decoder (one reader a frame, for the bytes no level binds:
+    docs/architecture.md, "Bytes no level binds") passes, decodes and refuses every stream
+    as the serial one does, with the same reason, and tells where each frame's output
+    begins, however the stream is cut into reads (at every byte)."""
+    sized = zstandard.ZstdCompressor(write_checksum=True)
+    unsized = zstandard.ZstdCompressor(write_content_size=False, write_checksum=False)
+    one, two = b"members " * 40, b"statuses" * 30
+    # each part: its raw bytes and what it decodes to
+    parts = {
+        "skippable": [
+            (_skippable(3), b""),
+            (sized.compress(one), one),
+            (_skippable(0), b""),
+            (unsized.compress(two), two),
+            (_skippable(2), b""),
+        ],
+        "empty frames": [
+            (sized.compress(b""), b""),
+            (sized.compress(one), one),
+            (unsized.compress(b""), b""),
+            (unsized.compress(two), two),
+        ],
+        "no content size": [(unsized.compress(two), two), (unsized.compress(one), one)],
+        "cut": [(sized.compress(one) + unsized.compress(two)[:-5], b"")],
+        "trailing": [(sized.compress(one) + unsized.compress(two) + b"garbage!", b"")],
+        "short trailing": [(sized.compress(one) + b"\x28\xb5", b"")],
+    }[shape]
+    data = b"".join(raw for raw, _ in parts)
+    frames, decoded, at = [], 0, 0
+    for raw, out in parts:
+        if out:
+            frames.append((decoded, at))
+        decoded, at = decoded + len(out), at + len(raw)
+    reason, whole, _ = _decoded(data, [], by_frame=False)
+    assert bool(reason) == (shape in ("cut", "trailing", "short trailing"))
+    told = [] if reason else frames
+    for cuts in [[], list(range(1, len(data))), *([at] for at in range(1, len(data)))]:
+        assert _decoded(data, cuts, by_frame=True) == (reason, whole, told), cuts
+        assert _decoded(data, cuts, by_frame=False) == (reason, whole, []), cuts
 
 
 def test_zstd_frames_without_checksums_pass() -> None:
