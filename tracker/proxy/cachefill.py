@@ -234,9 +234,7 @@ async def _to_many(
     repair = Repair(job.peers, refresh, outcome)
     repair.liar_found = job.archive_rejected
     # what its level does not bind is the first source's word, or two sources' (verify)
-    refresh.confirm_unbound = partial(
-        confirm_unbound, job.peers, refresh, outcome, job.archive_rejected
-    )
+    refresh.confirm_unbound = partial(confirm_unbound, job.peers, refresh, outcome)
     # repair.blame: every sender, narrowed by a repair that failed (never an honest one)
     flow.outcome = await _promote(job, refresh, first, blame=repair.blame, repair=repair.run)
     flow.report(job)
@@ -571,7 +569,6 @@ async def confirm_unbound(
     peers: Peers,
     refresh: Refresh,
     outcome: Delivered,
-    liar_found: Callable[[TargetKey, str], None],
     unbound: list[tuple[int, int]],
 ) -> bool:
     """Vouch for the bytes of a copy from several sources that its level does not bind (the
@@ -581,9 +578,11 @@ async def confirm_unbound(
     replace those that differ, its readers cut off first (they may have read the others'),
     and the copy is checked again (True). Where the first cannot be asked, a source of
     another voice than the writer's must send the same bytes. Raises CacheError when a range
-    cannot be vouched for so (no source is held back: no check tells which one lied), or
-    when the first's bytes fail the check the copy passed without them (the first is then
-    held back: ``liar_found``). False when nothing differed, or the copy was repaired
+    cannot be vouched for so, or when the first's bytes fail the check the copy passed
+    without them (no source is held back either way: no check tells which one lied; there,
+    the first may have lied, or another's bytes fit only their own: a liar that framed its
+    pieces apart would get an honest first held back, and be the first next time). False
+    when nothing differed, or the copy was repaired
     already (each range was compared with another source's then: :class:`Repair`)."""
     if refresh.repairs or not unbound:
         return False
@@ -620,15 +619,18 @@ async def confirm_unbound(
     try:
         await refresh.recheck()
     except ArchiveInvalid as exc:
-        # The copy passed without the first's bytes: they are wrong, whoever else lied (a
-        # repair would blame the ranges' writers for them)
+        # The copy passed without the first's bytes and fails with them: the first lied, or
+        # another source's bytes beside them fit only their own (pieces framed apart). No
+        # check tells which: no one is held back (holding the first back would make a liar
+        # ranked behind it the first, whose word these bytes are), the copy is not kept
         reason = (
-            f"sent bytes of {refresh.name} that fail the check its copy passed without them: "
-            f"{exc.reason}"
+            f"bytes of {refresh.name} that no level binds, asked again of {first}, fail the "
+            f"check its copy passed without them: {exc.reason}"
         )
-        log_event(many_log, "warning", "refresh_source_lied", url=first, reason=reason)
-        liar_found(outcome.key_of(sources[0]), reason)
-        raise CacheError(f"{first} {reason}") from None
+        log_event(
+            many_log, "warning", "refresh_unbound_undecided", file=refresh.name, reason=reason
+        )
+        raise CacheError(reason) from None
     return True
 
 
