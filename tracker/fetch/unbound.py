@@ -95,9 +95,10 @@ async def confirmed(
     (:func:`unbound_plan`) were asked again: as it is when none differ; else the first
     source's bytes are written over them and the copy is checked again, and that check's
     result is returned. ArchiveInvalid when the first's bytes fail the check the copy passed
-    without them (they prove it lied), CopyRejected when a range cannot be vouched for (no
-    one to ask, or another source's bytes differ), SourceFailed (the copy kept for a later
-    run) when a source did not send them all."""
+    without them (the first lied, or another's pieces fit only their own: no check tells
+    which, so the copy is refused and each source tried alone), CopyRejected when a range
+    cannot be vouched for (no one to ask, or another source's bytes differ), SourceFailed
+    (the copy kept for a later run) when a source did not send them all."""
     if isinstance(plan, str):
         raise CopyRejected(plan)
     if not plan:  # all of them the first source's, as in a copy from it alone
