@@ -330,7 +330,7 @@ def test_which_bytes_no_level_binds_of_a_pooled_copy_are_asked_again(
     asks: list[tuple[int, int, int, int]],
 ) -> None:
     from tracker.fetch.unbound import unbound_plan
-    from tracker.proxy.piececheck import UnboundAsk
+    from tracker.multisource.piececheck import UnboundAsk
 
     pool = [Source(f"http://{n}/f", Identity(40), ranges=True) for n in "abc"]
     pool = [attrs.evolve(s, dropped="slow") if s.url[7] == dropped else s for s in pool]

@@ -1,5 +1,5 @@
 """The pure decisions of the shared download engine (tracker/multisource/) and of a refresh
-from several sources (tracker/proxy/cachefill.py, tracker/proxy/piececheck.py), as
+from several sources (tracker/proxy/cachefill.py, tracker/multisource/piececheck.py), as
 tables."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import trio.testing
 from tracker.errors import SourceBusy
 from tracker.multisource.claims import MIN_STEAL, STEAL_AFTER_SECONDS, Pieces
 from tracker.multisource.judging import laggards, slower_than
+from tracker.multisource.piececheck import Verdict, comparers, verdict, voices
 from tracker.multisource.sources import Identity, Source
 from tracker.proxy.cachefill import (
     SLOT_WAIT,
@@ -22,7 +23,6 @@ from tracker.proxy.cachefill import (
     use_many,
     window_for,
 )
-from tracker.proxy.piececheck import Verdict, comparers, verdict, voices
 
 MiB = 1024 * 1024
 
@@ -317,7 +317,7 @@ def test_bytes_no_level_binds_are_the_first_sources_or_two_sources(
     voice: str,
     asks: list[tuple[int, int, int, int]],
 ) -> None:
-    from tracker.proxy.piececheck import UnboundAsk, unbound_asks
+    from tracker.multisource.piececheck import UnboundAsk, unbound_asks
 
     assert unbound_asks([(0, 20)], written, live, list(voice)) == [UnboundAsk(*a) for a in asks]
 
@@ -338,7 +338,7 @@ def test_bytes_no_level_binds_in_a_head_and_a_tail_are_asked_where_another_wrote
     written: list[list[tuple[int, int]]],
     asks: list[tuple[int, int]],
 ) -> None:
-    from tracker.proxy.piececheck import UnboundAsk, unbound_asks
+    from tracker.multisource.piececheck import UnboundAsk, unbound_asks
 
     wanted = [UnboundAsk(start, end, 1, 0) for start, end in asks]
     assert unbound_asks(unbound, written, [0, 1], ["a", "b"]) == wanted
@@ -354,7 +354,7 @@ def test_bytes_no_level_binds_in_a_head_and_a_tail_are_asked_where_another_wrote
 def test_bytes_no_level_binds_of_one_source_alone_are_not_vouched_for(
     written: list[list[tuple[int, int]]], live: list[int], voice: str
 ) -> None:
-    from tracker.proxy.piececheck import unbound_asks
+    from tracker.multisource.piececheck import unbound_asks
 
     reason = unbound_asks([(0, 20)], written, live, list(voice))
     assert isinstance(reason, str) and "which no level binds" in reason, reason
@@ -379,7 +379,7 @@ def test_each_sides_bytes_come_from_its_party(
     live: set[int],
     wanted: dict[int, list[tuple[int, int]]],
 ) -> None:
-    from tracker.proxy.piececheck import Difference, side_spans
+    from tracker.multisource.piececheck import Difference, side_spans
 
     voice = ["a", "b", "b", "c"]
     spans = side_spans([Difference(*d) for d in differing], holders, "b", voice, live)
@@ -545,7 +545,7 @@ def test_a_refresh_chooses_its_sources_by_size_and_published_sha256(
     ],
 )
 def test_two_sources_the_whole_file_check_judges(passed: list[bool | None], liar: int) -> None:
-    from tracker.proxy.piececheck import two_source_liar
+    from tracker.multisource.piececheck import two_source_liar
 
     assert two_source_liar(passed) == liar
 
@@ -572,7 +572,7 @@ def test_once_a_side_passed_the_other_party_of_each_range_lied(
     honest: set[int],
     liars: dict[int, list[tuple[int, int]]],
 ) -> None:
-    from tracker.proxy.piececheck import Difference, blamed
+    from tracker.multisource.piececheck import Difference, blamed
 
     assert blamed([Difference(*d) for d in differing], honest) == liars
 
@@ -634,8 +634,8 @@ def test_an_honest_source_never_carries_a_liars_error(
     refuted: bool,
     held: list[int],
 ) -> None:
+    from tracker.multisource.piececheck import Difference, Findings, held_back
     from tracker.multisource.sources import Identity, Source
-    from tracker.proxy.piececheck import Difference, Findings, held_back
 
     sources = [Source(f"http://s{i}/f", Identity(30), True) for i in range(3)]
     written = {s: [(i * 10, i * 10 + 10)] for i, s in enumerate(sources)}

@@ -26,12 +26,7 @@ from tracker.errors import ArchiveInvalid, CopyRejected, SourceFailed
 from tracker.fetch.state import writer_of
 from tracker.multisource.claims import intersect
 from tracker.multisource.crew import Opener
-from tracker.multisource.sources import Source
-from tracker.observability.logs import log_event
-from tracker.observability.redact import redact_userinfo
-from tracker.proof.accounts.budget import AccountsLimits
-from tracker.proof.archive.archivecheck import FollowingCheck
-from tracker.proxy.piececheck import (
+from tracker.multisource.piececheck import (
     SLOWEST_COMPARE,
     UnboundAsk,
     fetch_range,
@@ -39,6 +34,11 @@ from tracker.proxy.piececheck import (
     unbound_asks,
     voices,
 )
+from tracker.multisource.sources import Source
+from tracker.observability.logs import log_event
+from tracker.observability.redact import redact_userinfo
+from tracker.proof.accounts.budget import AccountsLimits
+from tracker.proof.archive.archivecheck import FollowingCheck
 
 log = logging.getLogger("tracker.fetch")
 
@@ -56,7 +56,7 @@ def unbound_plan(
 ) -> list[UnboundAsk] | str:
     """What to ask again of the pool's sources (``pool``: the first first) so that the bytes
     no level binds (``unbound``: raw ranges) of their copy are the first's, or two sources'
-    (:func:`tracker.proxy.piececheck.unbound_asks`, over what each source of this run wrote:
+    (:func:`tracker.multisource.piececheck.unbound_asks`, over what each source of this run wrote:
     ``written``); and the bytes of those ranges that an earlier run left (``earlier``,
     written by ``earlier_writers``, as the state names them), asked of the first unless it
     alone wrote them (no range of them is known to be another's, so no other source may

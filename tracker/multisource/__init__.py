@@ -12,7 +12,10 @@ slow to keep is :mod:`~tracker.multisource.judging` (pure); which sources may gi
 one copy by the SHA-256 each publishes is :func:`~tracker.multisource.samefile.refusals` (pure).
 The rules every answer of a download is held to live here too: the one ``Content-Range`` parser
 (:mod:`~tracker.multisource.contentrange`) and the one rule of when two answers are the same
-file (:mod:`~tracker.multisource.samefile`).
+file (:mod:`~tracker.multisource.samefile`). Whose word each source is, the liars of a copy
+that failed its check found by comparing ranges, and which bytes no level binds are asked
+again of whom: :mod:`~tracker.multisource.piececheck`, shared by the cache's repair and
+`snapshot-tracker fetch`.
 
 May import: :mod:`tracker.zerocopy`, :mod:`tracker.clientwire`, :mod:`tracker.net`,
 :mod:`tracker.core`, :mod:`tracker.observability`, :mod:`tracker.errors`. Not the web

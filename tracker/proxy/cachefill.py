@@ -54,15 +54,7 @@ from tracker.errors import ArchiveInvalid, CacheError, UpstreamError, first_leaf
 from tracker.multisource.claims import Pieces
 from tracker.multisource.crew import Crew, PieceAnswer, lane, watch_speed
 from tracker.multisource.judging import laggards
-from tracker.multisource.samefile import refusals
-from tracker.multisource.sources import Identity, Source
-from tracker.observability.logs import log_event
-from tracker.observability.redact import redact_text
-from tracker.ordering.index import TargetKey
-from tracker.ordering.sourcehistory import Flowing
-from tracker.proxy.channel import channel
-from tracker.proxy.decisions import Found
-from tracker.proxy.piececheck import (
+from tracker.multisource.piececheck import (
     SLOWEST_COMPARE,
     Difference,
     Findings,
@@ -79,6 +71,14 @@ from tracker.proxy.piececheck import (
     unbound_asks,
     voices,
 )
+from tracker.multisource.samefile import refusals
+from tracker.multisource.sources import Identity, Source
+from tracker.observability.logs import log_event
+from tracker.observability.redact import redact_text
+from tracker.ordering.index import TargetKey
+from tracker.ordering.sourcehistory import Flowing
+from tracker.proxy.channel import channel
+from tracker.proxy.decisions import Found
 from tracker.proxy.pumps import Flow, Upstream, UpstreamBody, opened, recorded
 from tracker.proxy.transfers import Head, Peers, RefreshOutcome, StreamJob
 from tracker.proxy.upstream import UpstreamAnswer, ask_source
@@ -674,12 +674,12 @@ async def _compare_unbound(
 class Repair:
     """After the copy of a refresh from several sources failed its check: its readers cut
     off, the liars found by comparing every range each source wrote with another's and
-    their bytes rewritten (:mod:`tracker.proxy.piececheck`), the copy checked again; the
+    their bytes rewritten (:mod:`tracker.multisource.piececheck`), the copy checked again; the
     liars named (``liar_found(key, reason)``: held back for this archive, ``/v1/targets``
     ``last_error``) once it passed. With two sources left, no third breaks a tie: the
     whole-file check judges (:meth:`_judge_two`). ``blame``: the targets that carry the
     failed check when the repair did not pass (every sender at first, narrowed by
-    :func:`~tracker.proxy.piececheck.held_back`: an honest source never carries a liar's
+    :func:`~tracker.multisource.piececheck.held_back`: an honest source never carries a liar's
     error)."""
 
     peers: Peers
@@ -795,7 +795,7 @@ class Repair:
         fd: int,
         ask: Opener,
     ) -> dict[Source, list[tuple[int, int]]] | None:
-        """Two live voices (sources, or hosts: :func:`~tracker.proxy.piececheck.voices`)
+        """Two live voices (sources, or hosts: :func:`~tracker.multisource.piececheck.voices`)
         that differ: the differing ranges taken from the first and the copy checked again,
         then (when that fails) from the second; the side whose bytes pass is honest, the
         other one lied (:func:`two_source_liar`, :func:`blamed`). None (not repaired) when
