@@ -167,6 +167,32 @@ def test_fetch_is_not_priced_out_by_one_source_listing_a_huge_size() -> None:
     assert chosen[0].full.size == 2_000_000 * MB and chosen[0].full.priced_size == 2000 * MB
 
 
+def test_fetch_counts_a_discovered_machine_on_its_ipv6_64_once() -> None:
+    """Three discovered nodes on three addresses of one IPv6 /64 list the newest full as
+    huge, two nodes of other /64s its true size: the tracker counts the /64 as one machine
+    (its price the honest size) and ranks the newest first; fetch counted three hosts
+    against two, priced it huge and went to the older full."""
+    index = Index(clock=lambda: 0.0)
+    index.set_ranking("g", Ranking())
+    newest, older = "snapshot-1000-H.tar.zst", "snapshot-900-G.tar.zst"
+    liars = [TargetKey("g", f"http://[2001:db8:1::{n}]:8899", discovered=True) for n in (1, 2, 3)]
+    honest = [TargetKey("g", f"http://[2001:db8:{n}::1]:8899", discovered=True) for n in (2, 3)]
+    for key in liars:
+        index.apply(key, _infos((newest, 2_000_000 * MB)), T0, latency=0.01)
+    for key in honest:
+        index.apply(key, _infos((newest, 2000 * MB)), T0, latency=0.05)
+    for n in (1, 2):
+        key = TargetKey("g", f"http://10.0.0.{n}:80")
+        index.apply(key, _infos((older, 2000 * MB)), T0, latency=0.05)
+    best = index.best_full("g")
+    assert best is not None and best.info.slot == 1000
+    offered = snapshots_from_json("http://t", _tracker_listing(index, "g"))
+    newest_full = next(s.full for s in offered if s.full and s.full.name.slot == 1000)
+    assert newest_full.priced_size == 2000 * MB
+    chosen = rerank(offered, [])
+    assert chosen[0].full is not None and chosen[0].full.name.slot == 1000
+
+
 def test_fetch_moves_to_a_newer_incremental_on_the_trackers_full() -> None:
     """The tracker hands out the best pair on its full: a listing whose first pair carries
     an older incremental (an older tracker) is not kept by the margin against a newer one

@@ -9,6 +9,7 @@ from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -18,7 +19,7 @@ import tracker.discovery.targetset as targetset
 from tracker.config.schema import ClusterDiscovery, Config, Egress, HttpTargets, TargetGroup
 from tracker.core.snapshots import SnapshotInfo
 from tracker.discovery.nodes import Node
-from tracker.discovery.roster import Roster, Target, TargetHealth
+from tracker.discovery.roster import GONE_KEPT, Roster, Target, TargetHealth
 from tracker.discovery.schedule import backoff_rounds, due, round_plan
 from tracker.discovery.scrape import Scraper
 from tracker.ordering.index import Index, TargetKey
@@ -277,3 +278,60 @@ def test_a_target_that_changed_keeps_its_record_only_for_a_version(now: Target, 
     assert roster.roster > listed  # the listings' key: a node's version shows at once
     assert roster.health[now.key].target == now
     assert roster.health[now.key].failures == (7 if kept else 0)
+
+
+async def test_a_node_that_leaves_and_comes_back_stays_backed_off(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node down for good that ``getClusterNodes`` lists every other time (discovery
+    asked every round): it came back each time as a node never probed, its failures at 0,
+    and was probed every time it was listed, at the head of the round, never backed off. Its
+    record waits for it: it is probed as if it had stayed, backed off while down (a node
+    listed every round is probed at 1, 2, 4, 8, 16: here the rounds it is listed in)."""
+    flapping = "http://127.3.0.1:1001"
+    run = Run(monkeypatch, [])
+    asked = 0
+
+    async def found(*_args: Any, **_kwargs: Any) -> list[Node]:
+        nonlocal asked
+        asked += 1
+        return [Node(flapping, "2.2.1")] if asked % 2 else []
+
+    monkeypatch.setattr(targetset, "cluster_targets", found)
+    group = TargetGroup(
+        group="g",
+        http_targets=HttpTargets((CONFIGURED,)),
+        cluster_discovery=ClusterDiscovery(rpc=("http://rpc.invalid",), interval=INTERVAL / 2),
+    )
+    config = attrs.evolve(_config(concurrency=4, max_failures=2), target_groups=(group,))
+    await run.rounds_of(config, 20)
+    assert run.rounds_probed(flapping) == [1, 3, 5, 9, 17]
+    assert run.rounds_probed(CONFIGURED) == list(range(1, 21))
+
+
+def test_the_records_of_nodes_gone_are_kept_for_the_down_ones_and_bounded() -> None:
+    """A node down that leaves the list gets its record back when listed again; one up, or
+    one past the bound (the oldest first), starts afresh; a configured target never waits."""
+
+    def node(n: int, *, discovered: bool = True) -> Target:
+        url = f"http://127.3.{n // 250}.{n % 250 + 1}:8899"
+        return Target(TargetKey("g", url, discovered=discovered), "http", url)
+
+    roster = Roster()
+    down, up, mine = node(0), node(1), node(2, discovered=False)
+    roster.adopt([down, up, mine])
+    for target in (down, mine):
+        roster.health[target.key].failures = 5
+    roster.adopt([])
+    back = roster.roster
+    roster.adopt([down, up, mine])
+    assert roster.roster > back  # they came: the listings show them
+    assert [roster.health[t.key].failures for t in (down, up, mine)] == [5, 0, 0]
+    crowd = [node(n) for n in range(3, 3 + GONE_KEPT)]
+    roster.adopt(crowd)  # down gone first, then 1,024 more down: down's record is the oldest
+    for target in crowd:
+        roster.health[target.key].failures = 5
+    roster.adopt([])
+    roster.adopt([down, *crowd])
+    assert roster.health[down.key].failures == 0
+    assert {roster.health[t.key].failures for t in crowd} == {5}

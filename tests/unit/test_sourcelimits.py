@@ -4,6 +4,8 @@ against real upstreams in tests/integration/test_source_limits.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import trio
 import trio.testing
@@ -336,4 +338,50 @@ async def test_waiting_requests_are_let_in_under_the_limits_in_force(
         assert (sorted(admitted), limits.running(URL), limits.waiting(URL)) == ([0, 1, 2, 3], 3, 0)
         for release in releases:
             release.set()
+    assert limits.running(URL) == 0
+
+
+async def test_a_waiter_held_by_its_own_limit_holds_back_no_other_group(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Two groups list one source, one at ``max_transfers: 1``, the other at 3 (a reload
+    raises it to 4). With one transfer running, the first group's request waits (its limit
+    is reached); the other group's requests, which their own limit admits, waited behind it
+    (head of line) until the source was idle. They go at once, a newcomer and a waiter let
+    in by a reload alike; the held one keeps its place and goes once the source has room
+    under its own limit."""
+    limits = SourceLimiter()
+    strict = SourceLimits(max_transfers=1)
+    loose = [SourceLimits(max_transfers=3)]
+    releases = {name: trio.Event() for name in ("running", "b1", "b2", "b3", "a")}
+    admitted: list[str] = []
+
+    async def one(name: str, caps: SourceLimits | Callable[[], SourceLimits]) -> None:
+        async with limits.transfer(URL, caps, wait=100.0):
+            admitted.append(name)
+            await releases[name].wait()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(one, "running", lambda: loose[0])
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(one, "a", strict)  # its limit of 1 is reached: it waits
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(one, "b1", lambda: loose[0])
+        nursery.start_soon(one, "b2", lambda: loose[0])
+        await trio.testing.wait_all_tasks_blocked()
+        # b1 and b2: 2 and 3 running of their 3, at once (trio starts them in either
+        # order), a still waiting
+        assert (sorted(admitted), limits.waiting(URL)) == (["b1", "b2", "running"], 1)
+        nursery.start_soon(one, "b3", lambda: loose[0])  # 3 of 3: it waits behind a
+        await trio.testing.wait_all_tasks_blocked()
+        assert (sorted(admitted), limits.waiting(URL)) == (["b1", "b2", "running"], 2)
+        loose[0] = SourceLimits(max_transfers=4)  # a reload raises the group's limit
+        limits.reconsider()
+        await trio.testing.wait_all_tasks_blocked()
+        assert (admitted[-1], limits.running(URL), limits.waiting(URL)) == ("b3", 4, 1)
+        for name in ("running", "b1", "b2", "b3"):
+            releases[name].set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert (admitted[-1], limits.running(URL), limits.waiting(URL)) == ("a", 1, 0)
+        releases["a"].set()
     assert limits.running(URL) == 0

@@ -96,11 +96,22 @@ def mark_blocked(health: TargetHealth, reason: str) -> None:
     health.last_scrape = datetime.now(UTC)
 
 
+#: Records of discovered nodes gone from the target set kept at least (see :class:`Roster`).
+GONE_KEPT = 1024
+
+
 class Roster:
     """Every target's health and every cluster RPC URL's, and when they changed."""
 
     def __init__(self) -> None:
         self.health: dict[TargetKey, TargetHealth] = {}
+        #: The records of discovered nodes that failed their last probe and left the target
+        #: set, oldest first, each taken back when its node is listed again: a node leaving
+        #: ``getClusterNodes`` and coming back came back never probed, its failures at 0,
+        #: and one that flaps was probed whenever listed, never backed off
+        #: (docs/configuration.md, ``max_target_failures``). At most as many as the targets
+        #: now, at least :data:`GONE_KEPT`, the oldest forgotten first.
+        self._gone: dict[TargetKey, TargetHealth] = {}
         #: The ``getClusterNodes`` RPC URLs of each group, as asked last (``/v1/targets``
         #: shows them beside the targets; they hold no snapshots).
         self.rpc_health: dict[TargetKey, TargetHealth] = {}
@@ -116,23 +127,34 @@ class Roster:
         """Make ``current`` the target set (a target whose kind or location changed starts
         afresh; a discovered node that reports another version keeps its record, its
         back-off too: an RPC flipping a failing node's version must not have it probed every
-        round again); returns the keys of the targets that are gone."""
+        round again, nor a node down that leaves the cluster's list and comes back: see
+        ``_gone``); returns the keys of the targets that are gone."""
         targets = {t.key: t for t in current}
         gone = [k for k in self.health if k not in targets]
         for key in gone:
-            del self.health[key]
+            left = self.health.pop(key)
+            if key.discovered and left.failures:
+                self._gone[key] = left
             self.roster += 1
         for key, target in targets.items():
             kept = self.health.get(key)
+            came = kept is None
+            if came:
+                kept = self._gone.pop(key, None)  # a node down, listed again: its back-off
             if kept is None or (kept.target.kind, kept.target.location) != (
                 target.kind,
                 target.location,
             ):
                 self.health[key] = TargetHealth(target)
                 self.roster += 1
-            elif kept.target != target:  # another version: the listings show it
+            elif came or kept.target != target:  # back, or another version: listings show it
+                self.health[key] = kept
                 kept.target = target
                 self.roster += 1
+        # Bounded: the oldest go first (a cluster's nodes also leave for good).
+        excess = len(self._gone) - max(GONE_KEPT, len(targets))
+        for key in list(self._gone)[: max(0, excess)]:
+            del self._gone[key]
         return gone
 
     def rpc_answered(self, group: str, url: str, reason: str, seconds: float) -> None:

@@ -21,7 +21,7 @@ import httpx
 import trio
 
 from tracker.core.digests import is_sha256_hex
-from tracker.core.hosts import voice_of
+from tracker.core.hosts import machine_of, voice_of
 from tracker.core.snapshots import ArchiveName, file_name_of, parse_archive_name
 from tracker.discovery.http import probe_http
 from tracker.errors import FetchError, ProbeError, TransportError
@@ -53,7 +53,8 @@ class RemoteFile:
     #: its group's ``assumed_throughput``, so it downloads at least that fast.
     unmeasured: bool = False
     #: The size a prediction prices it at, as the tracker does: the lower middle of the
-    #: sizes its sources list, each host one voice (docs/ranking.md; 0: none listed).
+    #: sizes its sources list, each machine one voice (:func:`_voice`, docs/ranking.md; 0:
+    #: none listed).
     #: ``size`` is the best source's, the one its bytes are checked against.
     priced_size: int = 0
     #: The signed statements the tracker's listing carries for it (each file's
@@ -336,10 +337,14 @@ def _parsed(name: str) -> ArchiveName:
 
 
 def _voice(target: object) -> str:
-    """The voice of an entry's ``target`` in the pricing of sizes (one per host:
-    :func:`tracker.core.hosts.voice_of`); a tracker serving the bytes lists itself as every
-    entry's target, one voice."""
-    return voice_of(target) if isinstance(target, str) else ""
+    """The voice of an entry's ``target`` in the pricing of sizes: one per machine, its host
+    (:func:`tracker.core.hosts.voice_of`), an IPv6 address as its /64
+    (:func:`tracker.core.hosts.machine_of`), as the tracker counts a discovered node's
+    (docs/ranking.md). The listing does not say which sources were discovered (a node's
+    ``version`` shows only when it advertises a plain one), so every IPv6 address counts
+    so: three addresses of one /64 outvoted two honest machines here, not in the tracker's
+    ranking. A tracker serving the bytes lists itself as every entry's target, one voice."""
+    return machine_of(voice_of(target)) if isinstance(target, str) else ""
 
 
 def _file(

@@ -259,7 +259,7 @@ def rerank(
     ledger already holds costs this node nothing to download, so the pairs are priced again
     by the same predictor
     (:func:`tracker.ordering.predict.predicted_seconds`, docs/ranking.md): the ledger's files
-    left out, each other file at its priced size (the lower middle of its hosts' sizes, as
+    left out, each other file at its priced size (the lower middle of its machines' sizes, as
     the tracker prices it) and the fastest throughput the tracker lists for it, at least
     the assumed one when a source of it is not measured (it lists no throughput; the
     tracker counts it so), the tip the newest slot on offer. The tracker's first full stays

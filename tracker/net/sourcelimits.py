@@ -14,7 +14,8 @@ once, each at most ``wait`` seconds; docs/http-api.md, "Source limits"). Given t
 a function that reads those in force, a request that waits is let in under the limits of
 the moment a slot frees, not those it came under: after a reload
 (:meth:`SourceLimiter.reconsider`) a lowered ``max_transfers`` holds the queue back and a
-raised one lets it in at once.
+raised one lets it in at once. A request held back by its own limit (another group's lower
+``max_transfers`` for the source) holds back no request that its limit lets in.
 
 A pacer of an uncapped source does nothing, so the byte paths keep their speed. A source
 has one pacer, whose rate is the lowest ``max_rate`` its running transfers began under: a
@@ -118,8 +119,8 @@ class _Source:
     #: The requests waiting for a slot, first come first, each with the ``max_transfers``
     #: in force for it, read when a slot may be handed to it (a reload may have changed it
     #: since the request came): its event is set when a slot is handed to it (a freed slot
-    #: goes to the first, never to a request that came after: a refresh's lane asking
-    #: again at once took every slot a waiter was woken for).
+    #: goes to the first its own limit admits, never to a request that came after: a
+    #: refresh's lane asking again at once took every slot a waiter was woken for).
     queue: collections.deque[tuple[trio.Event, Callable[[], int]]] = attrs.Factory(
         collections.deque
     )
@@ -136,20 +137,30 @@ class _Source:
 
     def full(self, most: int) -> bool:
         """No slot for a newcomer under ``most`` transfers at once (0: no cap): every one
-        taken or handed, or requests wait before it."""
-        taken = self.running + self.handed
-        return bool(most) and (taken >= most or bool(self.queue))
+        taken or handed. Call :meth:`hand_on` first: the requests that wait and that their
+        own limits admit then hold the slots, so that none is overtaken; those still waiting
+        are held by their own limits (another group's lower ``max_transfers`` for this
+        source) and hold no newcomer back."""
+        return bool(most) and self.running + self.handed >= most
 
     def hand_on(self) -> None:
-        """Hand the slots free now to the first waiters, in their order."""
+        """Hand the slots free now to the waiters in their order, each that the limit in
+        force for it admits. One held back by its own limit keeps its place but holds no
+        later one back: two groups listing one source with other ``max_transfers``, a
+        request of the higher one waited behind the lower one's until the source was idle
+        (docs/http-api.md, "Source limits"). Waiters of one limit still go first come first:
+        when one of them is held, so is every later one."""
+        held: list[tuple[trio.Event, Callable[[], int]]] = []
         while self.queue:
-            turn, most_now = self.queue[0]
+            waiter = self.queue.popleft()
+            turn, most_now = waiter
             most = most_now()
             if most and self.running + self.handed >= most:
-                return
-            self.queue.popleft()
+                held.append(waiter)
+                continue
             self.handed += 1
             turn.set()
+        self.queue.extend(held)
 
     def retune(self) -> None:
         """The source's rate: the lowest ``max_rate`` its running transfers began under.
@@ -225,6 +236,7 @@ class SourceLimiter:
         source = self._sources.get(key)
         if source is None:
             source = self._sources[key] = _Source(Pacer(0, self._clock))
+        source.hand_on()  # the waiters' turn before a newcomer's (their limits may allow it)
         if source.full(now().max_transfers):
             if wait <= 0:
                 raise self._busy(source)
