@@ -573,6 +573,130 @@ async def test_a_renewal_whose_answer_was_lost_keeps_the_lock(weed: Weed) -> Non
     assert await bucket.head(lock.key) is None
 
 
+def held_renewals(weed: Weed, workers: trio.Nursery) -> Any:
+    """A bucket whose PUTs go on in ``workers`` once ``land`` is set, whoever waited for them
+    was cancelled: a renewal's PUT abandoned in its worker thread when the refresh ended
+    (``Bucket._call``). ``sent``: one was asked; ``landed``: the store answered it (the
+    answer's error, if any, in ``refused``)."""
+    from tracker.errors import StoreError
+    from tracker.objectstore.bucket import Bucket
+
+    class HeldRenewals(Bucket):
+        def __init__(self) -> None:
+            super().__init__(store_config(weed))
+            self.sent, self.land, self.landed = trio.Event(), trio.Event(), trio.Event()
+            self.refused: list[StoreError] = []
+
+        async def put(self, key: str, body: bytes, **conditions: Any) -> str:
+            etag: list[str] = []
+
+            async def worker() -> None:
+                await self.land.wait()
+                try:
+                    etag.append(await Bucket.put(self, key, body, **conditions))
+                except StoreError as exc:
+                    self.refused.append(exc)
+                self.landed.set()
+
+            workers.start_soon(worker)
+            self.sent.set()
+            await self.landed.wait()
+            if not etag:
+                raise self.refused[0]
+            return etag[0]
+
+    return HeldRenewals()
+
+
+async def abandoned_renewal(bucket: Bucket, lock: Lock) -> None:
+    """Renew ``lock`` through ``bucket`` (:func:`held_renewals`) and cancel the renewal once
+    its PUT is out, as the end of a refresh cancels its renewing task."""
+    lock.bucket = bucket
+    async with trio.open_nursery() as renewing:
+        renewing.start_soon(lock.renew)
+        await bucket.sent.wait()  # type: ignore[attr-defined]
+        renewing.cancel_scope.cancel()
+
+
+async def test_a_renewal_landing_between_the_release_read_and_its_delete_leaves_no_lock(
+    weed: Weed,
+) -> None:
+    """The refresh's upload failed while a renewal of its lock was out: its PUT, abandoned
+    in its worker thread, landed between the release's read of the lock and its delete. The
+    delete's ``If-Match`` failed (412) and the release took the lock for taken over: it
+    stayed for ``lock_ttl``, and every other replica followed a refresh that had ended (a CI
+    run of test_a_failed_refresh_leaves_no_object_and_no_parts)."""
+    from tracker.objectstore.bucket import Bucket
+    from tracker.objectstore.locks import Lock, acquire
+
+    plain = Bucket(store_config(weed))
+    lock = await acquire(plain, f"locks-{secrets.token_hex(4)}/x", "a", "http://a", 60.0)
+    assert isinstance(lock, Lock)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as workers:
+            held = held_renewals(weed, workers)
+            await abandoned_renewal(held, lock)
+
+            class ReadThenLanded(Bucket):
+                async def delete(self, key: str, *, if_match: str = "") -> None:
+                    held.land.set()  # the release read the lock: the renewal lands now
+                    await held.landed.wait()
+                    await Bucket.delete(self, key, if_match=if_match)
+
+            lock.bucket = ReadThenLanded(store_config(weed))
+            await lock.release()
+    assert held.refused == []  # the renewal was applied before the delete
+    assert await plain.head(lock.key) is None
+
+
+async def test_a_renewal_landing_after_the_release_puts_no_lock_back(weed: Weed) -> None:
+    """A renewal abandoned as the refresh ended that reaches the store after the release's
+    delete is refused (its ``If-Match`` names a deleted object): no lock comes back."""
+    from tracker.objectstore.bucket import Bucket
+    from tracker.objectstore.locks import Lock, acquire
+
+    plain = Bucket(store_config(weed))
+    lock = await acquire(plain, f"locks-{secrets.token_hex(4)}/x", "a", "http://a", 60.0)
+    assert isinstance(lock, Lock)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as workers:
+            held = held_renewals(weed, workers)
+            await abandoned_renewal(held, lock)
+            lock.bucket = plain
+            await lock.release()
+            held.land.set()
+    assert len(held.refused) == 1
+    assert await plain.head(lock.key) is None
+
+
+async def test_a_lock_claimed_as_the_tracker_stops_is_released(
+    weed: Weed, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """A request that got the bucket's lock of a file as the tracker began to stop starts
+    no refresh (the transfers refuse new ones): its lock was handed to a background task to
+    release, which a stopping tracker does not start. It stayed for ``lock_ttl``, and the
+    other replicas followed a replica that had stopped."""
+    from tracker.core.snapshots import parse_archive_name
+    from tracker.objectstore.locks import Lock
+    from tracker.proxy.decisions import start_shared
+
+    archive = parse_archive_name(FULL)
+    assert archive is not None
+    async with bucket_tracker(weed, upstream, tmp_path, lock_ttl=60.0) as t:
+        streamer = t.streamer
+        cache = streamer.cache()
+        assert cache is not None
+        refreshes = streamer.shared_refreshes
+        lock = await refreshes.claim((cache.root, GROUP, FULL))
+        assert isinstance(lock, Lock)
+        t.transfers.close(1.0)  # SIGTERM: the grace period begins
+        step = start_shared(keep=True, locked=True)
+        with trio.fail_after(10):
+            started = await refreshes.start(t.config.target_groups[0], archive, cache, step, lock)
+        assert started is None
+        assert await lock.bucket.head(lock.key) is None
+
+
 async def _append(out: list[Any], value: Any) -> None:
     out.append(await value)
 

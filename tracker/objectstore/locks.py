@@ -24,7 +24,10 @@ it (``replica``, its ``replica_url``). It is
 - deleted by its holder when the refresh ends, with ``If-Match`` of the ETag it just read
   under its own mark (:attr:`Lock.token`): a replica that took it over between that read
   and the delete keeps its lock (on a store that ignores ``If-Match`` on DELETE the delete
-  is unconditional, as it was before the stores offered it).
+  is unconditional, as it was before the stores offered it). A delete refused as the lock
+  changed since the read is read and sent again while the lock bears the mark: a renewal
+  abandoned in its worker thread as the refresh ended (the thread goes on) may land in
+  between; one landing after the delete is refused (its ``If-Match`` names no object).
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ from tracker.objectstore.bucket import Bucket
 CLOCK_STEP = 1.0
 #: Conditional-create attempts when the lock vanishes between our create and our look at it.
 ATTEMPTS = 3
+#: Reads and deletes of a lock being released whose delete found it changed since the read
+#: (a renewal of its own, abandoned in its worker thread, landing in between): each change
+#: is a write that was already out when the release began, and those are few.
+RELEASE_ATTEMPTS = 3
 #: A holder's lease, as a share of ``lock_ttl``, from the sending of its last successful
 #: write: past it the holder gives the lock up (a takeover needs the whole ``lock_ttl``).
 LEASE = 5 / 6
@@ -140,13 +147,24 @@ class Lock:
         :attr:`token` (its owner would not tell: another lock of this replica, a stale one of
         its own taken over, has the same; nor the ETag this holder last wrote: a renewal cut
         as the refresh ended may have changed it), and the delete is conditional on the ETag
-        read with that token (a takeover between the read and the delete keeps its lock)."""
-        try:
-            info = await self.bucket.head(self.key)
-            if info is not None and info.metadata.get("token") == self.token:
+        read with that token (a takeover between the read and the delete keeps its lock). A
+        delete refused (412) is read and sent again, at most :data:`RELEASE_ATTEMPTS` times:
+        a renewal of this lock cut as the refresh ended goes on in its worker thread, and
+        may land between the read and the delete."""
+        for _attempt in range(RELEASE_ATTEMPTS):
+            try:
+                info = await self.bucket.head(self.key)
+                if info is None or info.metadata.get("token") != self.token:
+                    return  # gone, or another's: taken over meanwhile
                 await self.bucket.delete(self.key, if_match=info.etag)
-        except StoreError:
-            pass  # taken over meanwhile (412), or it expires after lock_ttl
+                return
+            except StoreConflict:
+                # Changed between the read and the delete: taken over, or renewed by a
+                # renewal of this lock abandoned in its worker thread when the refresh
+                # ended (docs/replicas.md, "Locks and leases"): read it again.
+                continue
+            except StoreError:
+                return  # it expires after lock_ttl
 
 
 async def acquire(

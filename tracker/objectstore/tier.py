@@ -297,13 +297,13 @@ class ObjectTier:
             # Not aborted (the store failed or was slow), or the request left while the lock
             # was ours: no upload may start beside the dead holder's, and a lock kept sends
             # the other replicas to this one for lock_ttl while it refreshes nothing.
-            await _let_go(got)
+            await let_go(got)
             if isinstance(exc, StoreError):
                 self._failed("lock", exc)
                 return None
             raise
         if stored is not None:  # landed as the lock came free: no refresh pulls it again
-            await _let_go(got)
+            await let_go(got)
             return stored
         return got
 
@@ -551,7 +551,7 @@ class ObjectTier:
         }
 
 
-async def _let_go(lock: Lock) -> None:
+async def let_go(lock: Lock) -> None:
     """Release ``lock`` now, also while being cancelled (within RELEASE_WITHIN): a lock
     kept sends the other replicas to this one for lock_ttl while it refreshes nothing."""
     with trio.CancelScope(shield=True) as scope:

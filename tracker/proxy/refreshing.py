@@ -51,6 +51,7 @@ from tracker.core.snapshots import ArchiveName
 from tracker.errors import RequestError, UpstreamError
 from tracker.objectstore.locks import Holder, Lock
 from tracker.objectstore.storeanswers import ObjectInfo
+from tracker.objectstore.tier import let_go
 from tracker.observability.logs import log_event
 from tracker.observability.metrics import ByteSource
 from tracker.proxy.ask import Ask
@@ -150,7 +151,7 @@ class Refreshes:
         it. The answer (None: a refresh of the file runs already, or the one started ended
         unread), and the refresh read when one was."""
         if step.early:
-            begun = self._begin(group, archive, cache, step, lock)
+            begun = await self._begun(group, archive, cache, step, lock)
             started = None if begun is None else await self._start_early(begun, archive, step, ask)
         else:
             started = await self.start(group, archive, cache, step, lock)
@@ -181,7 +182,7 @@ class Refreshes:
         For a client, an Answer when the upstream failed (502/503) or the refresh could
         not open (no room): the client is then streamed uncached.
         """
-        begun = self._begin(group, archive, cache, step, lock)
+        begun = await self._begun(group, archive, cache, step, lock)
         if begun is None:
             return None
         return await self._open(begun[0], begun[1], client=step.client)
@@ -301,6 +302,22 @@ class Refreshes:
         self._launcher.count("cache_hit")
         return answer
 
+    async def _begun(
+        self,
+        target: TargetGroup,
+        archive: ArchiveName,
+        cache: Cache,
+        step: Start,
+        lock: Lock | None,
+    ) -> Begun | None:
+        """:meth:`_begin`; when it begins nothing, ``lock`` is released here, shielded
+        (:func:`~tracker.objectstore.tier.let_go`): not in a background task, which a
+        stopping tracker does not start and cancels at once (docs/replicas.md)."""
+        begun = self._begin(target, archive, cache, step, lock)
+        if begun is None and lock is not None:
+            await let_go(lock)
+        return begun
+
     def _begin(
         self,
         target: TargetGroup,
@@ -312,7 +329,8 @@ class Refreshes:
         """Claim the refresh of the file and, when ``step`` says so, register it for
         readers, synchronously (a request arriving next finds it); its pump, still to start,
         and the event set once it asks a source (``StreamJob.slotted``).
-        None: one runs. Unregistered, only its starter reads it (``cache_share_inflight``
+        None: one runs, or the tracker is stopping (the caller releases ``lock``:
+        :meth:`_begun`). Unregistered, only its starter reads it (``cache_share_inflight``
         off). With the bucket's lock, the refresh's file is also uploaded to the bucket
         (:meth:`tracker.proxy.bucketcopies.ObjectPath.upload`, which releases the lock).
         """
@@ -322,8 +340,6 @@ class Refreshes:
         if refresh is None or (lock is not None and not transfers.accepting):
             if refresh is not None:
                 refresh.abort()
-            if lock is not None:
-                transfers.spawn(lock.release)
             return None
         found = launcher.index.find_file(group, name)
         job = launcher.job(target, WHOLE_FILE, archive, found)
