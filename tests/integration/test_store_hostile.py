@@ -12,14 +12,16 @@ from __future__ import annotations
 import itertools
 import socket
 import struct
+import threading
 
 import pytest
 import trio
 from helpers_sources import read_head, serve_raw
 
-from tracker.clientwire.storewire import MAX_ANSWER
+from tracker.clientwire.storewire import MAX_ANSWER, MAX_PAGE
 from tracker.config.schema import ObjectStore
 from tracker.errors import StoreError
+from tracker.objectstore.botoclients import THREADS
 from tracker.objectstore.bucket import Bucket
 
 MiB = 1024 * 1024
@@ -80,13 +82,14 @@ async def test_an_endless_answer_costs_that_answer_only(
         "PUT": lambda: bucket.put("p/g/x", b"x"),
         "GET": lambda: bucket.get_small("p/g/x.sha256"),
     }
+    most = MAX_PAGE if operation == "LIST" else MAX_ANSWER  # a page costs its parse
     with trio.fail_after(10), pytest.raises(StoreError) as raised:
         await calls[operation]()
-    assert str(raised.value) == f"{operation}: an answer over {MAX_ANSWER} bytes"
+    assert str(raised.value) == f"{operation}: an answer over {most} bytes"
     assert not bucket.health.up
     with trio.fail_after(5):
         await done.wait()  # the tracker hung up instead of reading on
-    assert sent[0] < MAX_ANSWER + 8 * MiB  # what the sockets' buffers hold
+    assert sent[0] < most + 8 * MiB  # what the sockets' buffers hold
     assert sent[1] == 1  # no second attempt read another
 
 
@@ -149,3 +152,123 @@ async def test_an_answer_cut_off_mid_body_is_asked_again_as_before(
         assert await bucket.list_objects("p/") == []
     assert asked[0] == 2
     assert bucket.health.up
+
+
+async def test_a_page_of_a_thousand_of_the_longest_keys_is_listed(nursery: trio.Nursery) -> None:
+    # The bound on a listing's page (MAX_PAGE, tighter than MAX_ANSWER: a hostile page costs
+    # its parse in the worker thread) leaves room for any page a real store sends of 1,000
+    # entries: S3's keys are at most 1,024 bytes, and anyone who can write the prefix may
+    # have put such keys there.
+    entry = (
+        b"<Contents><Key>p/%s</Key><LastModified>2026-11-28T00:00:00.000Z</LastModified>"
+        b"<ETag>&quot;0123456789abcdef0123456789abcdef-10000&quot;</ETag>"
+        b"<ChecksumAlgorithm>CRC64NVME</ChecksumAlgorithm><ChecksumType>FULL_OBJECT"
+        b"</ChecksumType><Size>123456789012</Size><StorageClass>STANDARD_IA</StorageClass>"
+        b"</Contents>"
+    )
+    entries = b"".join(entry % (b"%04d" % n + b"k" * 1018) for n in range(1000))
+    page = LISTING_HEAD + b"</IsTruncated><KeyCount>1000</KeyCount>" + entries
+    page += b"</ListBucketResult>"
+    assert len(page) > 1.25 * MiB
+
+    async def answer(stream: trio.SocketStream) -> None:
+        await read_head(stream)
+        await stream.send_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: %d\r\n\r\n"
+            % len(page)
+        )
+        await stream.send_all(page)
+
+    bucket = Bucket(store_at(await nursery.start(serve_raw, answer)))
+    with trio.fail_after(20):
+        listed = await bucket.list_objects("p/")
+    assert len(listed) == 1000
+    assert all(len(info.key) == 1024 for info in listed)
+
+
+def trickled(head: bytes, done: trio.Event):
+    """A raw server that sends ``head`` and then one byte every 20 ms for minutes (each
+    far inside botocore's read timeout), until the peer hangs up; ``done`` set then."""
+
+    async def handler(stream: trio.SocketStream) -> None:
+        try:
+            await read_head(stream)
+            await stream.send_all(head)
+            for _ in range(30_000):
+                await stream.send_all(b"a")
+                await trio.sleep(0.02)
+        finally:
+            done.set()
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    ("operation", "head"),
+    [
+        # the header block never ends: http.client reads it a line at a time, each read
+        # bounded by the read timeout alone
+        pytest.param("HEAD", b"HTTP/1.1 200 OK\r\nX-Slow: ", id="head-HEAD"),
+        pytest.param("LIST", b"HTTP/1.1 200 OK\r\nX-Slow: ", id="head-LIST"),
+        # a small object's bytes, streamed and read in the thread (a digest, a side object)
+        pytest.param("GET", b"HTTP/1.1 200 OK\r\nContent-Length: 4096\r\n\r\n", id="bytes-GET"),
+    ],
+)
+async def test_a_head_or_small_object_trickled_past_the_deadline_ends_its_thread(
+    nursery: trio.Nursery, operation: str, head: bytes
+) -> None:
+    # trio gave up on the call at its deadline while its worker thread read on, a byte at a
+    # time for as long as the store sent them: it kept one of the bucket's 16 threads, and a
+    # store that trickled 16 answers left the bucket no thread at all, for good.
+    done = trio.Event()
+    store = store_at(await nursery.start(serve_raw, trickled(head, done)), request_timeout=0.5)
+    calls = {
+        "HEAD": lambda: Bucket(store).on_request_path().head("p/g/x"),
+        "LIST": lambda: Bucket(store, deadline=0.5).list_objects("p/"),  # the tracker's own
+        "GET": lambda: Bucket(store).on_request_path().get_small("p/g/x.sha256"),
+    }
+    with pytest.raises(StoreError, match=rf"{operation}: no answer within 0\.5s"):
+        await calls[operation]()
+    with trio.fail_after(5):
+        await done.wait()  # its thread hung up at the call's deadline
+
+
+async def test_trickling_answers_take_the_buckets_threads_only(nursery: trio.Nursery) -> None:
+    # A store that trickles every answer costs the bucket's own threads (THREADS, its own
+    # limiter), never trio's default ones the cache's disk I/O and the proofs run on; and
+    # the threads of the calls given up are freed at their deadline, not when the store
+    # stops trickling (until then no call of the bucket got a thread).
+    done = trio.Event()
+    base = await nursery.start(serve_raw, trickled(b"HTTP/1.1 200 OK\r\nX-Slow: ", done))
+    bucket = Bucket(store_at(base, request_timeout=0.5)).on_request_path()
+    threads = bucket.clients.limiter
+    before = threading.active_count()
+    most, failed = [before], [0]
+
+    async def head(n: int) -> None:
+        with pytest.raises(StoreError):
+            await bucket.head(f"p/g/{n}")
+        failed[0] += 1
+
+    async def count_threads() -> None:
+        while True:  # polling: a thread's start has nothing to wait on
+            most[0] = max(most[0], threading.active_count())
+            await trio.sleep(0.01)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as calls:
+            calls.start_soon(count_threads)
+            for n in range(3 * THREADS):
+                calls.start_soon(head, n)
+            while threads.borrowed_tokens < THREADS:
+                await trio.sleep(0.01)
+            assert failed[0] == 0  # every thread of the bucket reads a trickle
+            with trio.fail_after(0.4):  # trio's default threads are not theirs
+                assert await trio.to_thread.run_sync(lambda: 42) == 42
+            while failed[0] < 3 * THREADS:
+                await trio.sleep(0.01)
+            calls.cancel_scope.cancel()
+    assert most[0] <= before + THREADS + 1
+    with trio.fail_after(5):
+        while threads.borrowed_tokens:  # every thread ended at its call's deadline
+            await trio.sleep(0.01)

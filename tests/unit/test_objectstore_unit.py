@@ -762,3 +762,85 @@ def test_the_store_clients_answers_go_through_the_bounded_session() -> None:
     assert answer(MAX_ANSWER).content == b"x" * MAX_ANSWER
     with pytest.raises(StoreError, match="an answer over"):
         _ = answer(MAX_ANSWER + 1).content
+
+
+def test_the_store_clients_pools_make_connections_a_call_can_hang_up() -> None:
+    """The canary of botocore's and urllib3's internals that CallLine relies on (tracker/
+    zerocopy/README.md): the session's pool managers, direct and through a proxy, make their
+    pools of its ``_pool_classes_by_scheme`` (changed in place), a pool's connections are of
+    its ``ConnectionCls``, and the connection a request uses is taken with ``_get_conn`` and
+    given back with ``_put_conn`` in the thread of the call."""
+    from tracker.clientwire.storewire import CallLine
+    from tracker.config.schema import ObjectStore
+    from tracker.errors import StoreError
+    from tracker.objectstore.botoclients import make_client
+
+    store = ObjectStore(
+        endpoint="http://127.0.0.1:9", bucket="b", access_key_id="k", secret_access_key="s"
+    )
+    client = make_client(store, store.endpoint, deadline=60.0)
+    inner = client._endpoint.http_session._inner  # type: ignore[attr-defined]
+    managers = [inner._manager, inner._get_proxy_manager("http://127.0.0.1:8")]
+    for manager in managers:
+        for url in ("http://127.0.0.1:9/b", "https://127.0.0.1:9/b"):
+            pool = manager.connection_from_url(url)
+            assert type(pool).__name__.startswith("_Lined"), (url, type(pool))
+            assert type(pool).ConnectionCls.__name__.startswith("_Lined")
+    pool = inner._manager.connection_from_url("http://127.0.0.1:9/b")
+    line = CallLine()
+
+    def taken() -> Any:
+        conn = pool._get_conn()  # a connection not connected yet: no socket
+        assert conn.line is line
+        line.hang_up()  # from the call itself here; the event loop's in the daemon
+        pool._put_conn(conn)
+        assert conn.line is None
+        return conn
+
+    assert line.run(taken).sock is None
+    line.hang_up()  # after the call: nothing to do
+    given_up = CallLine()
+    given_up.hang_up()
+    with pytest.raises(StoreError, match="given up before it began"):
+        given_up.run(lambda: None)
+
+
+def test_a_connections_twin_shut_down_ends_a_read_blocked_in_another_thread() -> None:
+    """The canary of the kernel's part (Linux): shutting down a duplicate descriptor of a
+    socket makes a read blocked on the socket in another thread return at once, though the
+    peer stays open and sends nothing (a socket pair stands in for the store's connection)."""
+    import socket
+    import threading
+
+    from tracker.clientwire.storewire import _Hangable
+
+    ours, store = socket.socketpair()
+    ours.settimeout(30.0)  # botocore's read timeout: far past the test's patience
+
+    class Plain:
+        def _new_conn(self) -> socket.socket:
+            return ours
+
+        def close(self) -> None:
+            ours.close()
+
+    class Conn(_Hangable, Plain):
+        pass
+
+    conn = Conn()
+    sock = conn._new_conn()
+    reading, read = threading.Event(), []
+
+    def read_on() -> None:
+        reading.set()
+        read.append(sock.recv(1))
+
+    thread = threading.Thread(target=read_on)
+    thread.start()
+    assert reading.wait(5)
+    conn.hang_up()
+    thread.join(5)
+    assert read == [b""]
+    conn.close()
+    assert conn._twin is None
+    store.close()

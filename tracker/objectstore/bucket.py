@@ -5,7 +5,9 @@ runs in a worker thread, at most :data:`~tracker.objectstore.botoclients.THREADS
 bucket, each bounded by the
 client's connect and read timeouts and a single attempt more on a transient error, and each
 answer read whole at most :data:`~tracker.clientwire.storewire.MAX_ANSWER` bytes, within
-the call's deadline (a listing: :data:`MAX_LISTED` entries, :data:`MAX_PAGES` pages). Calls on a
+the call's deadline (a listing: pages of
+:data:`~tracker.clientwire.storewire.MAX_PAGE` bytes, :data:`MAX_LISTED` entries,
+:data:`MAX_PAGES` pages), its sockets shut down when it is given up. Calls on a
 client request's path (:meth:`Bucket.on_request_path`: is the object there, the refresh lock,
 a hand-out, the health check) have one attempt and ``request_timeout`` in all: a store that
 hangs (accepts connections, never answers) costs a request that long once, then it is marked
@@ -36,6 +38,7 @@ import attrs
 import botocore.exceptions
 import trio
 
+from tracker.clientwire.storewire import MAX_ANSWER, MAX_PAGE, CallLine
 from tracker.config.schema import ObjectStore
 from tracker.core.text import one_line
 from tracker.errors import StoreConflict, StoreError
@@ -137,16 +140,21 @@ class Bucket:
         quick = attrs.evolve(self.clients, calls=self.clients.quick)
         return Bucket(self.store, self.health, clients=quick, deadline=self.request_timeout)
 
-    async def _call(self, operation: str, fn: Callable[..., _T], **kwargs: Any) -> _T:
-        """Run ``fn(Bucket=…, **kwargs)`` in a worker thread; StoreError on any failure (the
-        store marked down unless it answered "not found" or "conflict"), never another
-        exception but cancellation."""
+    async def _call(
+        self, operation: str, fn: Callable[..., _T], *, most: int = MAX_ANSWER, **kwargs: Any
+    ) -> _T:
+        """Run ``fn(Bucket=…, **kwargs)`` in a worker thread, its answers read whole at most
+        ``most`` bytes; StoreError on any failure (the store marked down unless it answered
+        "not found" or "conflict"), never another exception but cancellation."""
         call = partial(fn, Bucket=self.name, **kwargs)
         deadline = CALL_DEADLINE if self._deadline is None else self._deadline
+        # the call's sockets shut down when it is given up (past its deadline, cancelled),
+        # so that its abandoned thread ends then and not when the store stops trickling
+        line = CallLine(most)
         try:
             with trio.move_on_after(deadline):
                 result = await trio.to_thread.run_sync(
-                    call, limiter=self._limiter, abandon_on_cancel=True
+                    partial(line.run, call), limiter=self._limiter, abandon_on_cancel=True
                 )
                 self.health.answered()
                 return result
@@ -166,6 +174,8 @@ class Bucket:
             reason = f"{operation}: {one_line(str(exc)) or type(exc).__name__}"
             self.health.failed(reason)
             raise StoreError(reason) from None
+        finally:
+            line.hang_up()  # nothing when the call returned
         reason = f"{operation}: no answer within {deadline:g}s"
         self.health.failed(reason)
         raise StoreError(reason)
@@ -289,7 +299,7 @@ class Bucket:
     async def delete(self, key: str, *, if_match: str = "") -> None:
         """Remove the object at ``key`` (no error when it is gone already); with
         ``if_match``, only while its ETag is that one (StoreConflict when it is not)."""
-        extra = {"IfMatch": if_match} if if_match else {}
+        extra: dict[str, Any] = {"IfMatch": if_match} if if_match else {}
         await self._call("DELETE", self._client.delete_object, Key=key, **extra)
 
     async def tidy(self, key: str) -> None:
@@ -310,7 +320,12 @@ class Bucket:
         for _page in range(MAX_PAGES):
             extra = {"ContinuationToken": token} if token else {}
             page = await self._call(
-                "LIST", self._client.list_objects_v2, Prefix=prefix, MaxKeys=1000, **extra
+                "LIST",
+                self._client.list_objects_v2,
+                most=MAX_PAGE,
+                Prefix=prefix,
+                MaxKeys=1000,
+                **extra,
             )
             found += self._parse("LIST", partial(listed, page))
             del found[MAX_LISTED:]  # a page of more than it was asked for counts too
@@ -389,7 +404,11 @@ class Bucket:
         for _page in range(MAX_PAGES):
             extra = {"KeyMarker": key_marker, "UploadIdMarker": upload_marker} if key_marker else {}
             page = await self._call(
-                "ListMultipartUploads", self._client.list_multipart_uploads, Prefix=prefix, **extra
+                "ListMultipartUploads",
+                self._client.list_multipart_uploads,
+                most=MAX_PAGE,
+                Prefix=prefix,
+                **extra,
             )
             found += self._parse("ListMultipartUploads", partial(uploads, page))
             del found[MAX_LISTED:]
