@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+import trio
 from agave_storages import ARCHIVE, Storage, feed
-from archives import build_archive
+from archives import build_archive, many_accounts_archive
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_proof_accounts import built, key, model, reread_from, states
@@ -29,7 +30,7 @@ from tracker.errors import ArchiveInvalid
 from tracker.proof.accounts import accountsproof, budget, newest, scanprocess, scanprocs
 from tracker.proof.accounts.accountsproof import AccountsProof
 from tracker.proof.accounts.budget import AccountsLimits, MemoryBudget, scan_processes
-from tracker.proof.archive.archivecheck import check_file
+from tracker.proof.archive.archivecheck import FollowingCheck, check_file
 from tracker.proof.formats import storages as storage_format
 from tracker.proof.formats.slothistory import SLOT_HISTORY_ID
 from tracker.proof.formats.writing import Account, write_storage
@@ -544,8 +545,8 @@ def test_a_real_archive_proves_to_accounts_with_scan_processes(
     started: list[scanprocs.Scanners] = []
 
     class Counted(scanprocs.Scanners):
-        def __init__(self, count: int, sink: scanprocs.ScanAnswers) -> None:
-            super().__init__(count, sink)
+        def __init__(self, count: int, sink: scanprocs.ScanAnswers, *rest: Any) -> None:
+            super().__init__(count, sink, *rest)
             started.append(self)
 
     monkeypatch.setattr(accountsproof, "Scanners", Counted)
@@ -948,3 +949,102 @@ def test_a_scan_thread_that_cannot_start_costs_no_verdict_and_leaves_nothing_beh
             if each.exitcode is None:
                 each.kill()
                 each.join()
+
+
+async def test_a_check_cancelled_while_its_walk_waits_on_a_stuck_scan_process_ends_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real archive's check in one scan process that answers nothing (stopped: a stuck
+    process, a spinning one), its walk waiting for a free slot of it, is cancelled (the
+    refresh aborted, the tracker stopping). The walk heeded only the stall bound (60 s),
+    past the 10 s the stop waits for the check's thread: the interpreter's exit went on
+    under it, its proof never closed. It ends within a second or two of the cancel now, no
+    verdict, every process killed and reaped, nothing held."""
+    monkeypatch.setattr(budget, "SCAN_PROCESSES", 1)
+    monkeypatch.setattr(storage_format, "PIECE", 4096)  # each storage in many pieces
+    monkeypatch.setattr(scanprocs, "GATHERED_PIECE", 0)
+    shared, slots = MemoryBudget(1 << 30, room=1 << 30), budget.WorkerSlots(2)
+    limits = AccountsLimits(max_accounts=100_000, workers=3, budget=shared, slots=slots)
+    name, data = many_accounts_archive(7_000, 2_000, seed=5)
+    processes: list[Any] = []
+    start_process = scanprocs.start_process
+
+    def stopped_at_start(process: Any) -> None:
+        start_process(process)
+        processes.append(process)
+        os.kill(process.pid, signal.SIGSTOP)
+
+    blocked = threading.Event()
+    free_slot = scanprocs._Process._free_slot
+
+    def waiting(self: Any) -> bool:
+        if not self.slots:  # every slot holds a piece it never answers: the walk waits
+            blocked.set()
+        return bool(free_slot(self))
+
+    monkeypatch.setattr(scanprocs, "start_process", stopped_at_start)
+    monkeypatch.setattr(scanprocs._Process, "_free_slot", waiting)
+    with open(tmp_path / "part", "wb") as f:  # noqa: ASYNC230 (a local temp file)
+        check = FollowingCheck.start(f.fileno(), name, prove_accounts=limits)
+        try:
+            f.write(data)
+            f.flush()
+            check.advance(len(data))
+            check.finish(len(data))
+            assert await trio.to_thread.run_sync(blocked.wait, 30), "the walk never waited"
+            started = trio.current_time()
+            await check.stopped()  # cancels, then waits (at most 10 s) for the thread
+            assert check.done(), "the check's thread waited on for the stall bound"
+            assert trio.current_time() - started < 5
+            with pytest.raises(ArchiveInvalid, match=r"^check cancelled$"):
+                await check.result()
+        finally:
+            for each in processes:  # however the test ends, none is left running
+                if each.exitcode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(each.pid, signal.SIGKILL)
+            await check.stopped(within=60)
+    assert len(processes) == 1 and all(each.exitcode is not None for each in processes)
+    assert (shared.used, slots.used) == (0, 0)
+    assert not [t for t in threading.enumerate() if t.name.startswith("accounts-scan")]
+
+
+def test_a_proof_cancelled_while_it_waits_for_a_stuck_scan_processs_answers_ends_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The proof's end waits for every answer of its scan process, which answers nothing
+    (stopped); the check is cancelled meanwhile. The wait heeded only the stall bound (60
+    s); it ends within a second or two now, not proven for the tracker's own cause."""
+    made = built({3: many(20, 3)}, [3])  # one piece: the walk never waits for a slot
+    cancel, sent = threading.Event(), threading.Event()
+    real_send = scanprocs._Process._send
+
+    def send(self: Any, *args: Any) -> None:
+        real_send(self, *args)
+        sent.set()
+
+    monkeypatch.setattr(scanprocs._Process, "_send", send)
+    proof = AccountsProof(roomy(), scanners=1, lanes=0, cancelled=cancel.is_set)
+    assert proof._scanners is not None
+    [process] = proof._scanners._processes
+    os.kill(process.proc.pid, signal.SIGSTOP)
+    result: list[object] = []
+
+    def run() -> None:
+        feed(proof, made[0], 1 << 20)
+        result.append(proof.finish(reread_from({s.name: s.data for s in made})))
+
+    walk = threading.Thread(target=run, daemon=True)
+    try:
+        walk.start()
+        assert sent.wait(30), "nothing was sent to the process"
+        cancel.set()  # the walk waits (or is about to) for the answers
+        walk.join(5)
+        assert not walk.is_alive(), "the proof waited on for the stall bound"
+    finally:
+        if walk.is_alive():  # the test ends however it went: the process let go
+            os.kill(process.proc.pid, signal.SIGKILL)
+            walk.join(30)
+        proof.close()
+    assert result == [(None, "not proven: the check was cancelled")]
+    assert proof.local_cause and process.proc.exitcode is not None

@@ -49,7 +49,7 @@ class StoragesProver:
     digests and size, from :meth:`first_read`), asked at the end, closed by the caller;
     ``summer()`` makes where the accounts are hashed (``tracker.proof.accounts.hashworker``: a
     worker process; in the caller's thread when None), made with the proof at the first storage;
-    ``cancelled()`` ends a wait for the memory budget's room.
+    ``cancelled()`` ends a wait for the memory budget's room or on the scan processes.
     :meth:`close` once the check is over, whichever way it ended."""
 
     limits: AccountsLimits

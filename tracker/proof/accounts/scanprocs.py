@@ -44,6 +44,7 @@ import queue
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
 from multiprocessing import resource_tracker
 from typing import Any, Protocol
@@ -79,6 +80,12 @@ from tracker.proof.formats.parsing import BulkPiece, joined
 PRELOAD = "tracker.proof.accounts.scanpreload"
 #: Seconds a proof waits for a process's answer before it gives up on it.
 STALLED = 60.0
+#: Seconds between two looks at the check's ``cancelled()`` while the proof waits on a
+#: process (a free slot, its answers, its sum): a cancelled check ends within about this,
+#: not at the stall bound, whatever its processes do (docs/architecture.md, "Every core").
+LOOK_EVERY = 1.0
+#: Why a proof whose check was cancelled while it waited on a process is not proven.
+CANCELLED = "the check was cancelled"
 
 _CONTEXT: Any = None
 _CONTEXT_LOCK = threading.Lock()
@@ -198,6 +205,11 @@ def warm() -> None:
     process.join()
 
 
+def _never() -> bool:
+    """A check never cancelled (``verify``'s, a bench's)."""
+    return False
+
+
 class ScanAnswers(Protocol):
     """What the parent does with a process's answers (the proof's bookkeeping:
     :class:`~tracker.proof.accounts.accountsproof.AccountsProof`), called in the thread that
@@ -231,9 +243,13 @@ class _Process:
     """One scan process, its pipe, the thread sending to it and the thread reading its
     answers."""
 
-    def __init__(self, sink: ScanAnswers, unsent: _Unsent) -> None:
+    def __init__(
+        self, sink: ScanAnswers, unsent: _Unsent, cancelled: Callable[[], bool] | None = None
+    ) -> None:
         context = _context()
         self._sink = sink
+        # asked while the proof waits on the process: a stuck one holds no cancelled check
+        self._cancelled = cancelled if cancelled is not None else _never
         self.conn, theirs = context.Pipe(duplex=True)
         try:
             self.proc = context.Process(target=serve, args=(theirs,), daemon=True)
@@ -336,17 +352,18 @@ class _Process:
     def _free_slot(self) -> bool:
         """Take a free slot; False once the process failed, or when none came free for
         :data:`STALLED` seconds (a process alive but answering nothing: stopped, stuck),
-        which fails it as :meth:`settle` does: the walk never waits on it for ever."""
+        which fails it as :meth:`settle` does: the walk never waits on it for ever; nor
+        past :data:`LOOK_EVERY` once the check is cancelled (:data:`CANCELLED`)."""
         waited = 0.0
-        while not self.free.acquire(timeout=1.0):
+        while not self.free.acquire(timeout=LOOK_EVERY):
             if self.failure is not None:
                 return False
-            waited += 1.0
+            waited += LOOK_EVERY
+            if self._cancelled():
+                self._failed(CANCELLED)
+                return False
             if waited >= STALLED:
-                with self.idle:
-                    first = self._fail("the scanning process stalled")
-                if first:
-                    self._sink.failed("the scanning process stalled")
+                self._failed("the scanning process stalled")
                 return False
         return True
 
@@ -404,20 +421,38 @@ class _Process:
             del into  # no view left: close() can unmap
 
     def settle(self) -> None:
-        """Wait until every piece and end sent so far is answered."""
-        first = False
+        """Wait until every piece and end sent so far is answered (the process fails once
+        it answered nothing for :data:`STALLED` seconds, or the check is cancelled)."""
+        first, reason = False, ""
+        deadline = time.monotonic() + STALLED
         with self.idle:
+            seen = self.pending
             while self.pending and self.failure is None:
-                if not self.idle.wait(STALLED) and self.pending:
-                    first = self._fail("the scanning process stalled")
+                if self.pending != seen:  # an answer came: the bound runs from it
+                    seen, deadline = self.pending, time.monotonic() + STALLED
+                left = deadline - time.monotonic()
+                if self._cancelled():
+                    reason = CANCELLED
+                elif left <= 0:
+                    reason = "the scanning process stalled"
+                else:
+                    self.idle.wait(min(LOOK_EVERY, left))
+                    continue
+                first = self._fail(reason)
         if first:
-            self._sink.failed("the scanning process stalled")
+            self._sink.failed(reason)
 
     def finish(self) -> None:
-        """Ask for the process's sum; wait for it."""
+        """Ask for the process's sum; wait for it (at most :data:`STALLED` seconds, and no
+        longer once the check is cancelled)."""
         if self.failure is None:
             self._outbox.put((("finish",), None, 0))
-        self.reader.join(STALLED)
+        deadline = time.monotonic() + STALLED
+        while self.reader.is_alive() and (left := deadline - time.monotonic()) > 0:
+            if self._cancelled():
+                self._failed(CANCELLED)
+                return
+            self.reader.join(min(LOOK_EVERY, left))
 
     def close(self) -> None:
         """End the process (at once unless it gave its sum and ends by itself), then the
@@ -582,7 +617,9 @@ class Scanners:
     to send what is gathered and wait for every answer, :meth:`Scanners.totals` for their
     sums at the end, :meth:`close` whatever the way it ended."""
 
-    def __init__(self, count: int, sink: ScanAnswers) -> None:
+    def __init__(
+        self, count: int, sink: ScanAnswers, cancelled: Callable[[], bool] | None = None
+    ) -> None:
         self._processes: list[_Process] = []
         self._owner: dict[int, _Process] = {}
         #: what a storage's second read needs, sent with its first piece (:meth:`rescan`)
@@ -601,7 +638,7 @@ class Scanners:
         unsent = _Unsent()
         try:
             for _ in range(count):
-                self._processes.append(_Process(sink, unsent))
+                self._processes.append(_Process(sink, unsent, cancelled))
         except BaseException:  # those started end with it
             self.close()
             raise
