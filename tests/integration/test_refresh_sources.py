@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import itertools
 import logging
 import random
 import tarfile
@@ -25,6 +26,7 @@ import attrs
 import httpx
 import pytest
 import trio
+import zstandard
 from archives import (
     VERSION,
     account_bytes,
@@ -1073,15 +1075,16 @@ class DoneWhenDelivered(logging.Handler):
             self.up.done = True
 
 
-async def test_a_first_source_whose_bytes_fail_the_check_costs_the_copy_and_no_one_is_held_back(
+async def test_a_first_source_whose_bytes_fail_the_check_alone_costs_the_copy_and_is_held_back(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The first source, asked again for the head's bytes the second one wrote, sends other
     bytes, which break the status cache the copy passed its check with. The first may have
-    lied, or the second's bytes fit only its own (pieces framed apart, which would get an
-    honest first held back and the liar made the first): no check tells which, so no one
-    is held back and the copy is not kept. A first that goes on lying is named by the next
-    refresh's repair, which has the evidence (its pieces against the second's)."""
+    lied, or the second's bytes fit only its own (pieces framed apart): no check of that
+    copy tells which, so the first is asked for the rest of the second's bytes too. It sends
+    other bytes again: the copy, every byte of it the first's, fails its check as the
+    first's copy alone would, so the first alone is held back for it (not the second) and
+    the copy is not kept. The next refresh takes the file from the second."""
     name, good, _lie = status_cache_twins(9330)
     first = LiesOnceDone(files={name: good})
     second = FakeUpstream(files={name: good})
@@ -1099,16 +1102,92 @@ async def test_a_first_source_whose_bytes_fail_the_check_costs_the_copy_and_no_o
             status, _digest, size, _seconds = await get(t.url(name))
             assert (status, size < len(good)) == (200, True)
             assert first.done
-            await wait_for(lambda: bool(undecided(caplog)), timeout=30)
+            await wait_for(lambda: t.outcome("refresh_rejected") == 1, timeout=30)
             assert "fail the check its copy passed without them" in undecided(caplog)[0]
-            assert t.streamer.rejections.errors(t.index.clock()) == {}
+            clock = t.index.clock
+            errors = t.streamer.rejections.errors(clock())
+            assert list(errors) == [TargetKey(GROUP, first.base)]
+            assert "bytes alone fails its check" in errors[TargetKey(GROUP, first.base)]
             assert name not in t.cached()
-            # It goes on lying in every range it sends: the next refresh's pieces of it
-            # fail the check, and the repair, comparing them with the second's, names it.
-            await get(t.url(name))
+            # held back: the next refresh is the second's
+            assert (await get(t.url(name)))[:3] == (200, sha256(good), len(good))
             await wait_for(lambda: name in t.cached(), timeout=30)
             assert sha256((t.group_dir() / name).read_bytes()) == sha256(good)
-            clock = t.index.clock
             assert list(t.streamer.rejections.errors(clock())) == [TargetKey(GROUP, first.base)]
     finally:
         logging.getLogger("tracker.proxy").removeHandler(handler)
+
+
+@functools.cache
+def reframed_twins(slot: int) -> tuple[str, bytes, bytes, tuple[int, int]]:
+    """A full (``.tar.zst``, frames of 128 KiB of tar, about 2.3 MB of statuses before the
+    storages) and a liar's copy of it of the same name and size: the same bytes outside a
+    window that starts past 1.25 MiB (where a refresh's first piece ends) and ends two frames
+    before the end; inside it, the same tar but another first byte in every status's key,
+    framed otherwise (frames of 128 KiB of tar shifted by half a frame, a skippable frame
+    making up the size). Each copy passes every check; a copy of the honest bytes up to
+    anywhere inside the window and the liar's after it fails (a frame cut), so the liar's
+    pieces there fit only its own neighbours. The window's raw (start, end) with them."""
+    rnd = random.Random(slot)
+    keys = [rnd.randbytes(20) for _ in range(32_000)]
+    entries = snapshot_entries(slot, accounts=12, account_size=512 * 1024, seed=7)
+    at = next(i for i, (member, _) in enumerate(entries) if member == "snapshots/status_cache")
+    tars = []
+    for flip in (0, 0xFF):
+        statuses = [(bytes([key[0] ^ flip]) + key[1:], OK_RESULT) for key in keys]
+        entries[at] = (entries[at][0], write_status_cache([slot, slot - 2, slot - 1], statuses))
+        tars.append(make_tar(entries))
+    frame = 128 * 1024
+
+    def framed(tar: bytes, cuts: list[int], level: int) -> list[bytes]:
+        bounds = [0, *cuts, len(tar)]
+        zstd = zstandard.ZstdCompressor(level=level, write_checksum=True)
+        return [zstd.compress(tar[a:b]) for a, b in itertools.pairwise(bounds)]
+
+    frames = framed(tars[0], list(range(frame, len(tars[0]), frame)), 3)
+    good = b"".join(frames)
+    starts = [sum(len(f) for f in frames[:i]) for i in range(len(frames) + 1)]
+    first = next(i for i, start in enumerate(starts) if start >= MiB * 5 // 4)
+    last = len(frames) - 2
+    low, high = first * frame, last * frame
+    # level 19: shorter than the honest frames, the rest a skippable frame of zeros
+    own = b"".join(framed(tars[1][low:high], list(range(frame // 2, high - low, frame)), 19))
+    pad = starts[last] - starts[first] - len(own) - 8
+    skippable = (0x184D2A50).to_bytes(4, "little") + pad.to_bytes(4, "little") + bytes(pad)
+    lie = good[: starts[first]] + own + skippable + good[starts[last] :]
+    assert len(lie) == len(good) and pad >= 0
+    return archive_name(slot, None, "zst", seed=7), good, lie, (starts[first], starts[last])
+
+
+async def test_a_liar_framing_its_pieces_apart_cannot_keep_the_archive_out_of_the_cache(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An honest first source and a fast liar whose copy (:func:`reframed_twins`) decodes to
+    the same tar but for its statuses, framed otherwise: the first sends the first piece,
+    the liar all the rest, and the copy passes its check. The head's bytes the liar wrote are
+    asked of the first and replace the liar's; the copy then fails its check (the first's
+    frames end inside the liar's), as it would on every refresh. The rest of what the liar
+    wrote is asked of the first too: the copy is then the first's alone, passes, and is
+    cached, exact; no one is held back (each copy passes its check on its own)."""
+    caplog.set_level(logging.INFO, logger="tracker.proxy")
+    name, good, lie, (low, high) = reframed_twins(9350)
+    honest = FakeUpstream(files={name: good})
+    honest.behaviour[name] = Behaviour(rate=1.5 * MiB)
+    liar = FakeUpstream(files={name: lie})
+    liar.behaviour[name] = Behaviour(rate=10 * MiB)
+    async with AsyncExitStack() as stack:
+        for up in (honest, liar):
+            await stack.enter_async_context(serving(up))
+        t = await stack.enter_async_context(archive_tracker(tmp_path, [honest, liar], name, good))
+        status, _digest, size, _seconds = await get(t.url(name))
+        assert (status, size < len(good)) == (200, True)  # cut off: it read the liar's
+        ended = ("refresh_ok", "refresh_failed", "refresh_rejected")
+        await wait_for(lambda: any(t.outcome(o) for o in ended), timeout=30)
+        assert undecided(caplog)  # the first's head alone failed beside the liar's frames
+        assert name in t.cached()
+        assert sha256((t.group_dir() / name).read_bytes()) == sha256(good)
+        assert t.streamer.rejections.errors(t.index.clock()) == {}
+        assert any(r.getMessage() == "refresh_unbound_first_alone" for r in caplog.records)
+    # the liar wrote the whole window (else the first check would have failed, not this)
+    ranges = [g.headers.get("range", "") for g in liar.gets(name)]
+    assert sum(s.body_sent for s in liar.gets(name)) >= high - low, ranges

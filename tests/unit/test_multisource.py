@@ -345,6 +345,36 @@ def test_bytes_no_level_binds_in_a_head_and_a_tail_are_asked_where_another_wrote
 
 
 @pytest.mark.parametrize(
+    ("written", "asked", "spans"),
+    [
+        # what another source wrote past the bytes no level binds, asked of the first too
+        ([[(0, 10)], [(10, 40)]], [(10, 20)], [(20, 40)]),
+        # several others' ranges, adjacent ones as one; the first's own never
+        (
+            [[(0, 5), (15, 20)], [(5, 15)], [(20, 30), (35, 40)]],
+            [(5, 10)],
+            [(10, 15), (20, 30), (35, 40)],
+        ),
+        # a head and a tail asked already: what lies between them
+        ([[(0, 5)], [(5, 100)]], [(5, 20), (70, 100)], [(20, 70)]),
+        # everything asked already, or no other source wrote a byte
+        ([[(0, 10)], [(10, 40)]], [(10, 40)], []),
+        ([[(0, 40)], []], [], []),
+        # bytes two sources wrote (a steal): another's, so the first's again
+        ([[(0, 12)], [(10, 20)]], [], [(10, 20)]),
+    ],
+)
+def test_a_copy_is_made_the_first_sources_alone_from_what_others_wrote_and_was_not_asked(
+    written: list[list[tuple[int, int]]],
+    asked: list[tuple[int, int]],
+    spans: list[tuple[int, int]],
+) -> None:
+    from tracker.multisource.piececheck import first_alone_spans
+
+    assert first_alone_spans(written, asked) == spans
+
+
+@pytest.mark.parametrize(
     ("written", "live", "voice"),
     [
         ([[(0, 5)], [(5, 40)]], [1], "ab"),  # the writer alone is left to ask

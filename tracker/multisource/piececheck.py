@@ -197,6 +197,30 @@ def unbound_asks(
     return sorted(asks, key=lambda a: a.start)
 
 
+def first_alone_spans(
+    written: Sequence[Sequence[tuple[int, int]]], asked: Sequence[tuple[int, int]]
+) -> list[tuple[int, int]]:
+    """The ranges (start, end) of a copy from several sources that a source other than the
+    first wrote (``written``: each source's ranges, the first first) and that were not
+    asked of the first yet (``asked``): once the first sends them, every byte of the copy is
+    its, as in a copy from it alone (docs/architecture.md, "A refresh from several sources"
+    → "Bytes no level binds": the first's bytes that failed the check beside another's
+    neighbouring bytes are then judged on their own). Pure."""
+    done = merge(list(asked))
+    spans: list[tuple[int, int]] = []
+    for start, end in merge([r for ranges in written[1:] for r in ranges]):
+        position = start
+        for low, high in done:
+            if high <= position or low >= end:
+                continue
+            if low > position:
+                spans.append((position, low))
+            position = max(position, high)
+        if position < end:
+            spans.append((position, end))
+    return spans
+
+
 @attrs.define
 class Findings:
     """What the comparison found: the sources that lied (and where), the bytes rewritten;

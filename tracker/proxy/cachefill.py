@@ -31,7 +31,8 @@ is dropped and its pieces go to the others. How each source was used is kept per
 not decided by the pieces: the whole-file checks stay the gate (docs/http-api.md, "Verified
 archives"); a copy from several sources that fails them is repaired (:class:`Repair`), and
 the bytes of one that its level does not bind are the first source's, or two sources'
-(:func:`confirm_unbound`).
+(:func:`confirm_unbound`; where the first's fail the check beside another's, the copy is
+made the first's alone).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ from tracker.multisource.piececheck import (
     blamed,
     fetch_range,
     find_liars,
+    first_alone_spans,
     held_back,
     live_sources,
     rewrite,
@@ -234,7 +236,7 @@ async def _to_many(
     repair = Repair(job.peers, refresh, outcome)
     repair.liar_found = job.archive_rejected
     # what its level does not bind is the first source's word, or two sources' (verify)
-    refresh.confirm_unbound = partial(confirm_unbound, job.peers, refresh, outcome)
+    refresh.confirm_unbound = partial(confirm_unbound, job.peers, refresh, outcome, repair=repair)
     # repair.blame: every sender, narrowed by a repair that failed (never an honest one)
     flow.outcome = await _promote(job, refresh, first, blame=repair.blame, repair=repair.run)
     flow.report(job)
@@ -570,6 +572,8 @@ async def confirm_unbound(
     refresh: Refresh,
     outcome: Delivered,
     unbound: list[tuple[int, int]],
+    *,
+    repair: Repair,
 ) -> bool:
     """Vouch for the bytes of a copy from several sources that its level does not bind (the
     ``unbound`` ranges: :attr:`Refresh.unbound_ranges`; docs/architecture.md, "A refresh from
@@ -578,12 +582,13 @@ async def confirm_unbound(
     replace those that differ, its readers cut off first (they may have read the others'),
     and the copy is checked again (True). Where the first cannot be asked, a source of
     another voice than the writer's must send the same bytes. Raises CacheError when a range
-    cannot be vouched for so, or when the first's bytes fail the check the copy passed
-    without them (no source is held back either way: no check tells which one lied; there,
-    the first may have lied, or another's bytes fit only their own: a liar that framed its
-    pieces apart would get an honest first held back, and be the first next time). False
-    when nothing differed, or the copy was repaired
-    already (each range was compared with another source's then: :class:`Repair`)."""
+    cannot be vouched for so. Where the first's bytes fail the check the copy passed
+    without them, no check tells which lied (the first, or another whose bytes beside them
+    fit only its own: pieces framed apart), so every other range another source wrote is
+    asked of the first too (:func:`_first_alone`): the copy is then the first's alone,
+    checked again (True), or its failure the first's (ArchiveInvalid, ``repair`` told to
+    hold the first back and compare nothing). False when nothing differed, or the copy was
+    repaired already (each range was compared with another source's then: :class:`Repair`)."""
     if refresh.repairs or not unbound:
         return False
     sources = list(outcome.sources)
@@ -620,18 +625,75 @@ async def confirm_unbound(
         await refresh.recheck()
     except ArchiveInvalid as exc:
         # The copy passed without the first's bytes and fails with them: the first lied, or
-        # another source's bytes beside them fit only their own (pieces framed apart). No
-        # check tells which: no one is held back (holding the first back would make a liar
-        # ranked behind it the first, whose word these bytes are), the copy is not kept
+        # another source's bytes beside them fit only their own (pieces framed apart: a
+        # liar's doing on every refresh). No check tells which: the first is asked for the
+        # rest of the others' bytes too, and judged on its own bytes alone
         reason = (
             f"bytes of {refresh.name} that no level binds, asked again of {first}, fail the "
-            f"check its copy passed without them: {exc.reason}"
+            f"check its copy passed without them: {exc.reason}; the other sources' bytes are "
+            "asked of it too"
         )
         log_event(
             many_log, "warning", "refresh_unbound_undecided", file=refresh.name, reason=reason
         )
-        raise CacheError(reason) from None
+        await _first_alone(peers, refresh, outcome, asks, ask, repair, exc)
     return True
+
+
+async def _first_alone(
+    peers: Peers,
+    refresh: Refresh,
+    outcome: Delivered,
+    asks: list[UnboundAsk],
+    ask: Opener,
+    repair: Repair,
+    failed: ArchiveInvalid,
+) -> None:
+    """Make the copy the first source's alone: every range another source wrote that was
+    not asked of the first yet (:func:`first_alone_spans`) written over with the first's
+    bytes, then the copy checked again (docs/architecture.md, "A refresh from several
+    sources" → "Bytes no level binds"); ``failed``: how the copy with the first's bytes
+    asked so far failed (its verdict where nothing is left to ask). Raises CacheError when
+    the first does not send them all in time (no source is held back: nothing was judged),
+    ArchiveInvalid when the copy then fails: every byte of it is the first's, a failure its
+    copy alone would have had, so the first alone carries it (``repair``: no comparison,
+    the first its blame)."""
+    sources = list(outcome.sources)
+    spans = first_alone_spans(
+        [outcome.written.get(s, []) for s in sources], [(a.start, a.end) for a in asks]
+    )
+    first = redact_text(sources[0].url)
+    if spans:
+        fd = os.dup(refresh.descriptor())
+        try:
+            sent = await rewrite(sources[0], spans, fd, ask, peers.read_timeout)
+        finally:
+            os.close(fd)
+        if not sent:
+            raise CacheError(
+                f"bytes of {refresh.name} that other sources wrote could not be had again "
+                f"from {first}"
+            )
+        asked = sum(end - start for start, end in spans)
+        log_event(
+            many_log,
+            "info",
+            "refresh_unbound_first_alone",
+            file=refresh.name,
+            url=first,
+            asked=asked,
+        )
+        try:
+            await refresh.recheck()
+        except ArchiveInvalid as exc:
+            failed = exc
+        else:
+            return
+    repair.first_alone_failed = True
+    repair.blame[:] = [outcome.key_of(sources[0])]
+    raise ArchiveInvalid(
+        f"the copy of {refresh.name} made of {first}'s bytes alone fails its check: {failed.reason}"
+    ) from None
 
 
 async def _compare_unbound(
@@ -687,6 +749,9 @@ class Repair:
     outcome: Delivered
     liar_found: Callable[[TargetKey, str], None] = _no_one
     blame: list[TargetKey] = attrs.field(init=False)
+    #: Set when the copy, made the first source's alone, failed its check
+    #: (:func:`confirm_unbound`): the first carries it, nothing is compared.
+    first_alone_failed: bool = attrs.field(default=False, init=False)
 
     def __attrs_post_init__(self) -> None:
         outcome = self.outcome
@@ -695,6 +760,9 @@ class Repair:
     async def run(self, failed: ArchiveInvalid) -> bool:
         """Whether the copy was repaired and passed its check again (else the caller
         rejects it as it stands, held back against :attr:`blame`)."""
+        # the copy of the first's bytes alone failed: there is no other's left to compare
+        if self.first_alone_failed:
+            return False
         refresh, outcome = self.refresh, self.outcome
         refresh.cut_readers()  # a reader that read a liar's bytes never gets the end
         log_event(many_log, "warning", "refresh_comparing", file=refresh.name, reason=failed.reason)
