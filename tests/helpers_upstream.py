@@ -77,6 +77,11 @@ class Behaviour:
     accept_ranges: bool = True  # send ``Accept-Ranges: bytes``
     # body bytes per second of a request without Range (a real transfer, not a speed test)
     unranged_rate: float | None = None
+    # A source that games the speed tests: every answer but a speed test's (a Range from
+    # byte 0 that is not a resume, ``bytes=0-N``) closes its connection after this many body
+    # bytes (``real_drop_after``), or waits for ``resume`` after them (``real_pause_at``)
+    real_drop_after: int | None = None
+    real_pause_at: int | None = None
     # evaluate If-Range as nginx does: a Range applies only when If-Range equals the ETag or
     # the Last-Modified exactly (the default ignores If-Range)
     if_range: bool = False
@@ -275,6 +280,11 @@ class FakeUpstream:
             rate = how.unranged_rate
         if how.drop_after is not None:
             limit = min(limit, how.drop_after)
+        speed_test = re.fullmatch(r"bytes=0-\d+", seen.headers.get("range", "")) is not None
+        if how.real_drop_after is not None and not speed_test:
+            limit = min(limit, how.real_drop_after)
+        if how.real_pause_at is not None and not speed_test:
+            how = attrs.evolve(how, pause_at=how.real_pause_at)
         try:
             while seen.body_sent < limit:
                 if self.dead:

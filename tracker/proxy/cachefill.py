@@ -82,7 +82,7 @@ from tracker.ordering.sourcehistory import Flowing
 from tracker.proxy.channel import channel
 from tracker.proxy.decisions import Found
 from tracker.proxy.pumps import Flow, Upstream, UpstreamBody, opened, recorded
-from tracker.proxy.transfers import Head, Peers, RefreshOutcome, StreamJob
+from tracker.proxy.transfers import Ending, Head, Peers, RefreshOutcome, StreamJob
 from tracker.proxy.upstream import UpstreamAnswer, ask_source
 from tracker.serving.ranges import parse_http_date, sent_last_modified
 
@@ -231,8 +231,13 @@ async def _to_many(
     for source in outcome.sources:
         key = outcome.key_of(source)
         job.refresh_share(key, source.sent, outcome.seconds)
+        # a source dropped (it failed, stalled or lagged) ended its own part: measured
+        # whatever it sent (docs/ranking.md, "Failed transfers")
+        ending: Ending = "source" if source.dropped else "whole"
         if source is not outcome.sources[0]:  # the first one's is told when it closes
-            job.source_transfer(key, source.sent, outcome.seconds)
+            job.source_transfer(key, source.sent, outcome.seconds, ending)
+        elif source.dropped:
+            flow.ending = ending
     repair = Repair(job.peers, refresh, outcome)
     repair.liar_found = job.archive_rejected
     # what its level does not bind is the first source's word, or two sources' (verify)

@@ -47,7 +47,7 @@ from tracker.errors import ArchiveInvalid, CacheError, SourceFailed, TransportEr
 from tracker.multisource.sources import Source
 from tracker.net.bodyreads import body_chunks
 from tracker.observability.logs import log_event
-from tracker.proxy.transfers import Head, RefreshOutcome, StreamJob
+from tracker.proxy.transfers import Ending, Head, RefreshOutcome, StreamJob
 from tracker.proxy.upstream import Reopen, UpstreamAnswer, head_due, resumable
 from tracker.serving.responsebodies import Body, GeneratorBody
 
@@ -68,6 +68,9 @@ class Flow:
     #: What the refresh (if any) came to; reported once, as soon as it is known.
     outcome: RefreshOutcome = "refresh_failed"
     reported: bool = False
+    #: Who ended the transfer from the (first) source, once known (None: not known, our
+    #: side's for the measurement: :func:`tracker.proxy.transfers.measured_transfer`).
+    ending: Ending | None = None
 
     def report(self, job: StreamJob) -> None:
         """Report the refresh outcome (first call only)."""
@@ -136,6 +139,22 @@ class EarlyBody(GeneratorBody):
                 yield chunk
 
 
+def ending_of(error: BaseException | None, complete: bool) -> Ending:
+    """Who ended a transfer that ended with ``error`` (None: none), ``complete`` or not: the
+    source when the error is its (a break, a stall past the read timeout, a body cut short
+    or too long: UpstreamError, SourceFailed, TransportError), nobody for a complete one or
+    one whose copy failed its check (every byte came: the check's verdict holds the source
+    back, docs/http-api.md#trust), else our side (the client, the tracker stopping, the
+    cache's disk, a bug). Pure."""
+    if error is None:
+        return "whole" if complete else "ours"
+    if isinstance(error, ArchiveInvalid):
+        return "whole"
+    if isinstance(error, UpstreamError | SourceFailed | TransportError):
+        return "source"
+    return "ours"
+
+
 async def recorded(
     url: str,
     flow: Flow,
@@ -145,27 +164,38 @@ async def recorded(
 ) -> None:
     """Run ``work`` inside ``scope``, recording how it failed in ``flow`` (and the log)
     instead of raising: ``scope`` being cancelled records ``left``; Cancelled from outside
-    (the service stopping) is re-raised."""
+    (the service stopping) is re-raised. Who ended it goes to ``flow.ending`` unless
+    ``work`` said so already (:func:`ending_of`)."""
+    error: BaseException | None = None
     try:
         with scope:
             await work()
         if scope.cancelled_caught:
             flow.error = left
         return
-    except trio.Cancelled:
+    except trio.Cancelled as exc:
+        error = exc
         flow.error = "the tracker is stopping"
         log_event(log, "warning", "stream_stopped", url=url, reason=flow.error)
         raise
     except ArchiveInvalid as exc:
+        error = exc
         flow.error = f"archive failed verification: {exc.reason}"
         flow.outcome = "refresh_rejected"
     except (UpstreamError, CacheError) as exc:
+        error = exc
         flow.error = str(exc)
     except TransportError as exc:
+        error = exc
         flow.error = f"upstream broke: {exc}"
     except Exception as exc:  # a bug must not take the transfers nursery (the service) down
+        error = exc
         log_event(log, "error", "stream_failed", url=url, exc_info=True)
         flow.error = f"internal error: {type(exc).__name__}"
+    finally:
+        if flow.ending is None:
+            complete = flow.complete and not scope.cancelled_caught
+            flow.ending = ending_of(error, complete)
     log_event(log, "warning", "stream_failed", url=url, reason=flow.error)
 
 
@@ -255,7 +285,8 @@ async def opened(
         # What this source delivered, and how fast: its throughput ranks it
         # (docs/http-api.md#trust).
         elapsed = trio.current_time() - upstream.opened_at
-        job.source_transfer(upstream.first.source.key, upstream.moved, elapsed)
+        ending = flow.ending or "ours"  # not known to be the source's: not held against it
+        job.source_transfer(upstream.first.source.key, upstream.moved, elapsed, ending)
 
 
 async def _open_or_head_early(

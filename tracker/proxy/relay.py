@@ -26,7 +26,7 @@ from tracker.clientwire.transport import BigReadStream, splice_stream
 from tracker.observability.logs import log_event
 from tracker.proxy.channel import ChannelBody, channel, pass_on
 from tracker.proxy.passthrough import SpliceBody
-from tracker.proxy.pumps import EarlyBody, Flow, Upstream, keeps_promise, opened
+from tracker.proxy.pumps import EarlyBody, Flow, Upstream, ending_of, keeps_promise, opened
 from tracker.proxy.transfers import Head, Launcher, StreamJob, head_answer
 from tracker.serving.httpanswer import Answer
 
@@ -53,7 +53,7 @@ async def relay(job: StreamJob, *, task_status: trio.TaskStatus[Head]) -> None:
         if stream is not None:
             body = _splice_body(job, stream, length)
             task_status.started(attrs.evolve(head, body=body))
-            await _spliced(job, upstream, body)
+            await _spliced(job, upstream, body, flow)
             return
         await channel(job, upstream.read(job, length), head, flow, task_status)
 
@@ -76,7 +76,7 @@ async def _follow_early(
     if stream is not None:
         body = _splice_body(job, stream, length)
         if early.decide(body):
-            await _spliced(job, upstream, body)
+            await _spliced(job, upstream, body, flow)
         return
     send, receive = trio.open_memory_channel[bytes](job.settings.queue_chunks)
     if not early.decide(ChannelBody(receive, length, flow, job.client_bytes)):
@@ -100,15 +100,18 @@ def _splice_body(job: StreamJob, stream: BigReadStream, length: int) -> SpliceBo
     )
 
 
-async def _spliced(job: StreamJob, upstream: Upstream, body: SpliceBody) -> None:
+async def _spliced(job: StreamJob, upstream: Upstream, body: SpliceBody, flow: Flow) -> None:
     """Keep the upstream open until ``body`` (handed to the server) has ended, or the
-    server never started it."""
+    server never started it; who ended it goes to ``flow.ending``."""
     upstream.splicing = lambda: body.received
     with trio.move_on_after(job.settings.drain_start_timeout):
         await body.started.wait()
     if body.started.is_set():
         await body.ended.wait()
-    upstream.spliced, upstream.splicing = body.sent, None
+    # what came from the source, a piece that broke midway included (its measurement)
+    upstream.spliced, upstream.splicing = body.received, None
+    # the source's fault (SourceFailed: a stall, a cut) or the client's (ClientGone)
+    flow.ending = ending_of(body.error, body.sent == body.length)
     if outcome_of(body.sent, body.length, body.error) == "error":
         log_event(log, "warning", "stream_failed", url=upstream.first.url, reason=str(body.error))
 

@@ -282,8 +282,9 @@ class StreamJob:
     #: ``(source key, body bytes, seconds)`` of each source of a refresh from several
     #: sources, once it ended (its share: metrics).
     refresh_share: Callable[[TargetKey, int, float], None] = _nothing
-    #: ``(source key, body bytes, seconds)`` when a pump is done with a source.
-    source_transfer: Callable[[TargetKey, int, float], None] = _nothing
+    #: ``(source key, body bytes, seconds, who ended it)`` when a pump is done with a source
+    #: (what it says of the source's throughput: :func:`measured_transfer`).
+    source_transfer: Callable[[TargetKey, int, float, Ending], None] = _nothing
     #: ``(source key, reason)`` when a refresh's archive from that source failed its check
     #: (each source it came from: held back for it), or a repair named it a liar.
     archive_rejected: Callable[[TargetKey, str], None] = _nothing
@@ -339,8 +340,43 @@ def _range_length(value: str | None) -> int | None:
     return None if stated is None else stated.length
 
 
-#: Transfers smaller than this say little about a source's throughput and are not counted.
+#: Transfers smaller than this say little about a source's throughput and are not counted,
+#: unless the source ended them (:func:`measured_transfer`).
 MIN_MEASURED_BYTES = 1024 * 1024
+
+#: Who ended a transfer from a source: nobody (``whole``: every byte came, the copy checked
+#: or not), the ``source`` (its read stalled past the read timeout, its body was cut short,
+#: it failed after its head), or our side (``ours``: the client left or stalled, the
+#: tracker stopped, the cache could not write; also whatever is not known to be the source's).
+Ending = Literal["whole", "source", "ours"]
+
+
+def measured_transfer(
+    moved: int, seconds: float, ending: Ending, read_timeout: float
+) -> tuple[int, float] | None:
+    """What a transfer from a source says of its throughput: the ``(bytes, seconds)`` to
+    record as achieved, or None (nothing). ``moved`` body bytes came in ``seconds``; it
+    ended as ``ending`` says; ``read_timeout`` is the longest wait for one read.
+
+    A whole transfer, or one our side ended, counts from :data:`MIN_MEASURED_BYTES` on (a
+    few KiB say little, and a client that leaves must not mark a source slow). One the
+    source ended counts whatever its size, over at least ``read_timeout``: a source that
+    answers its speed tests fast and stalls or cuts real transfers early would otherwise
+    never be measured and stay first (docs/ranking.md, "Failed transfers"), and a cut is
+    priced as a stall there, so dropping the connection is not the cheaper way to fail.
+    A source that answered a head and then sent no byte counts as one byte so (a liar
+    stalling at once would otherwise go unmeasured as well). Pure."""
+    if moved < 0 or seconds < 0:
+        return None
+    if ending == "source":
+        return max(moved, 1), max(seconds, read_timeout)
+    if moved == 0:
+        return None
+    if moved < MIN_MEASURED_BYTES or seconds <= 0:
+        return None
+    return moved, seconds
+
+
 #: A pump (tracker/proxy/relay.py, tracker/proxy/cachefill.py) with its job, ready to start.
 Pump = Callable[..., Awaitable[None]]
 
@@ -514,12 +550,13 @@ class Launcher:
             flowing=self.transfers.flowing,
         )
 
-    def _measured(self, key: TargetKey, size: int, seconds: float) -> None:
-        """A transfer from ``key`` ended: big enough ones rank its sources
-        (docs/http-api.md#trust)."""
-        if size >= MIN_MEASURED_BYTES:
+    def _measured(self, key: TargetKey, size: int, seconds: float, ending: Ending) -> None:
+        """A transfer from ``key`` ended (as ``ending`` says): what it says of the source's
+        throughput ranks it (:func:`measured_transfer`, docs/http-api.md#trust)."""
+        measured = measured_transfer(size, seconds, ending, self.settings.read_timeout)
+        if measured is not None:
             # What a real transfer achieved: it outweighs the speed tests (docs/ranking.md).
-            self.index.record_transfer(key, size, seconds, kind="achieved")
+            self.index.record_transfer(key, *measured, kind="achieved")
 
     @staticmethod
     def _share(metrics: Metrics, group: str, key: TargetKey, size: int, seconds: float) -> None:

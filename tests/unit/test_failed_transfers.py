@@ -1,0 +1,96 @@
+"""What a real transfer from a source says of its throughput, by who ended it
+(docs/ranking.md, "Failed transfers"): ``measured_transfer`` and ``ending_of`` as tables."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from tracker.errors import (
+    ArchiveInvalid,
+    CacheError,
+    ClientGone,
+    SourceFailed,
+    TransportError,
+    UpstreamError,
+)
+from tracker.proxy.pumps import ending_of
+from tracker.proxy.transfers import MIN_MEASURED_BYTES, Ending, measured_transfer
+
+KiB, MiB = 1024, 1024 * 1024
+TIMEOUT = 60.0  # the proxy's read_timeout
+
+
+@pytest.mark.parametrize(
+    ("moved", "seconds", "ending", "expected"),
+    [
+        # whole: from 1 MiB on, as it went
+        (MIN_MEASURED_BYTES, 0.5, "whole", (MIN_MEASURED_BYTES, 0.5)),
+        (MIN_MEASURED_BYTES - 1, 0.5, "whole", None),
+        (100 * MiB, 2.0, "whole", (100 * MiB, 2.0)),
+        # our side ended it (client gone or stalled, tracker stopping): small ones say nothing
+        (100 * KiB, 30.0, "ours", None),
+        (4 * MiB, 8.0, "ours", (4 * MiB, 8.0)),
+        # the source ended it: measured whatever its size, a stall over its own time
+        (100 * KiB, 30.0 + TIMEOUT, "source", (100 * KiB, 30.0 + TIMEOUT)),
+        (16 * KiB, TIMEOUT + 0.1, "source", (16 * KiB, TIMEOUT + 0.1)),
+        # a cut priced as a stall there: at least the read timeout
+        (16 * KiB, 0.01, "source", (16 * KiB, TIMEOUT)),
+        (100 * MiB, 1.0, "source", (100 * MiB, TIMEOUT)),
+        # a cut after a long transfer: what it moved at its own speed
+        (10_000 * MiB, 100.0, "source", (10_000 * MiB, 100.0)),
+        # a head, then not a byte: one byte over its time (a liar stalling at once)
+        (0, TIMEOUT, "source", (1, TIMEOUT)),
+        (0, 0.01, "source", (1, TIMEOUT)),
+        # nothing moved, or no time: nothing to measure
+        (0, 1.0, "whole", None),
+        (MIN_MEASURED_BYTES, 0.0, "whole", None),
+        (MIN_MEASURED_BYTES, -1.0, "source", None),
+    ],
+)
+def test_what_a_transfer_says_of_its_source(
+    moved: int, seconds: float, ending: Ending, expected: tuple[int, float] | None
+) -> None:
+    assert measured_transfer(moved, seconds, ending, TIMEOUT) == expected
+
+
+def test_a_failing_source_is_never_measured_faster_by_cutting_than_by_stalling() -> None:
+    """Dropping the connection at once must not be the cheaper way to fail."""
+    for moved in (1, 16 * KiB, MiB, 50 * MiB):
+        cut = measured_transfer(moved, 0.001, "source", TIMEOUT)
+        stall = measured_transfer(moved, TIMEOUT, "source", TIMEOUT)
+        assert cut is not None and stall is not None
+        assert cut[0] / cut[1] <= stall[0] / stall[1]
+
+
+@pytest.mark.parametrize(
+    ("error", "complete", "expected"),
+    [
+        (None, True, "whole"),
+        (None, False, "ours"),  # a body never started, a client gone without an error
+        (ArchiveInvalid("bad tar"), False, "whole"),  # every byte came: the check holds it back
+        (UpstreamError("upstream ended after 16384 of 2097152 bytes"), False, "source"),
+        (SourceFailed("upstream sent nothing for 60 s"), False, "source"),
+        (TransportError("read timeout"), False, "source"),
+        (ClientGone("client connection closed"), False, "ours"),
+        (CacheError("no room"), False, "ours"),
+        (OSError("connection reset"), False, "ours"),
+        (GeneratorExit(), False, "ours"),
+        (RuntimeError("a bug"), False, "ours"),
+    ],
+)
+def test_who_ended_a_transfer(error: BaseException | None, complete: bool, expected: str) -> None:
+    assert ending_of(error, complete) == expected
+
+
+def test_a_cancelled_transfer_is_ours() -> None:
+    async def cancelled() -> str:
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            try:
+                await trio.sleep(1)
+            except trio.Cancelled as exc:
+                return ending_of(exc, complete=False)
+        return ""
+
+    assert trio.run(cancelled) == "ours"
