@@ -38,3 +38,15 @@ def quick_vote_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     import tracker.proof.cluster.clustervotes as votes_module
 
     monkeypatch.setattr(votes_module, "RETRY_AFTER", 0.2)
+
+
+@pytest.fixture
+def quick_handout_margin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An archive handed out is held 1 s past its URLs' life, not 5
+    (``tracker.objectstore.retainer.HANDOUT_MARGIN``, the slack for a store's clock): a
+    retention or a start-up that waits for it waits 4 s less. Startup reads its own binding."""
+    import tracker.objectstore.retainer as retainer_module
+    import tracker.objectstore.startup as startup_module
+
+    monkeypatch.setattr(retainer_module, "HANDOUT_MARGIN", 1.0)
+    monkeypatch.setattr(startup_module, "HANDOUT_MARGIN", 1.0)

@@ -270,24 +270,38 @@ async def test_an_idle_connection_is_closed_soon_and_a_slow_download_is_not(
     host, port = serve.base.removeprefix("http://").rsplit(":", 1)
     async with httpx.AsyncClient(verify=client_tls(), timeout=5, trust_env=False) as client:
         await wait_until(partial(listed, client, serve.base))
-    async with await trio.open_tcp_stream(host, int(port)) as keep_alive:
-        await keep_alive.send_all(b"GET /v1/snapshots HTTP/1.1\r\nhost: t\r\n\r\n")
-        start = trio.current_time()
-        with trio.fail_after(30):  # hypercorn's default kept it 75 s
-            while await keep_alive.receive_some(65536):
-                pass
-        idle_for = trio.current_time() - start
+    idle_for = 0.0
+    received = b""
+
+    async def idle() -> None:
+        nonlocal idle_for
+        async with await trio.open_tcp_stream(host, int(port)) as keep_alive:
+            await keep_alive.send_all(b"GET /v1/snapshots HTTP/1.1\r\nhost: t\r\n\r\n")
+            start = trio.current_time()
+            with trio.fail_after(30):  # hypercorn's default kept it 75 s
+                while await keep_alive.receive_some(65536):
+                    pass
+            idle_for = trio.current_time() - start
+
+    async def slow_download() -> None:
+        # A download whose client stops reading for longer than the idle timeout is not idle.
+        nonlocal received
+        async with await trio.open_tcp_stream(host, int(port)) as download:
+            await download.send_all(f"GET /{name} HTTP/1.1\r\nhost: t\r\n\r\n".encode())
+            received = await download.receive_some(65536)
+            await trio.sleep(KEEP_ALIVE_TIMEOUT + 1)  # the client is busy elsewhere, on purpose
+            with trio.fail_after(30):
+                while len(received.partition(b"\r\n\r\n")[2]) < len(data):
+                    chunk = await download.receive_some(1024 * 1024)
+                    assert chunk, "the download was cut"
+                    received += chunk
+
+    # Both at once: each waits out the idle timeout, the one connection's wait is the other's
+    # (the test waited for the timeout twice in a row).
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(idle)
+        nursery.start_soon(slow_download)
     assert KEEP_ALIVE_TIMEOUT - 0.5 < idle_for < KEEP_ALIVE_TIMEOUT + 20
-    # A download whose client stops reading for longer than the idle timeout is not idle.
-    async with await trio.open_tcp_stream(host, int(port)) as download:
-        await download.send_all(f"GET /{name} HTTP/1.1\r\nhost: t\r\n\r\n".encode())
-        received = await download.receive_some(65536)
-        await trio.sleep(KEEP_ALIVE_TIMEOUT + 1)  # the client is busy elsewhere, on purpose
-        with trio.fail_after(30):
-            while len(received.partition(b"\r\n\r\n")[2]) < len(data):
-                chunk = await download.receive_some(1024 * 1024)
-                assert chunk, "the download was cut"
-                received += chunk
     assert received.partition(b"\r\n\r\n")[2] == data
     assert await serve.stop() == 0
 

@@ -55,6 +55,7 @@ def deny(weed: Weed, bucket: str, prefix: str) -> None:
     )
 
 
+@pytest.mark.usefixtures("quick_handout_margin")
 async def test_a_denied_housekeeping_call_costs_that_housekeeping_not_the_store(
     weed: Weed, upstream: FakeUpstream, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

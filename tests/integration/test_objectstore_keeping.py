@@ -133,6 +133,7 @@ async def test_no_key_but_the_archive_ends_in_its_name(weed: Weed) -> None:
     await lock.release()
 
 
+@pytest.mark.usefixtures("quick_handout_margin")
 async def test_start_up_knows_only_archives_and_deletes_expired_old_locks(weed: Weed) -> None:
     """Digests, locks, marks and stray keys are not archives; the locks and marks of an
     older version (no suffix: they ended in the archive's name) are deleted once expired."""

@@ -111,10 +111,11 @@ async def start_replicas(
     """``count`` replicas sharing ``weed``'s bucket under ``prefix``; those numbered in
     ``env_credentials`` have no credentials in their config, only in their environment
     (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``: boto3's default chain)."""
-    replicas = []
+    started: dict[int, Serve] = {}
     ports = free_ports(2 * count)
     # Loopback is no public address: the replicas follow each other because they are listed.
     fleet = [f"http://127.0.0.1:{ports[2 * i]}" for i in range(count)]
+    configs: list[tuple[Path, dict[str, str] | None]] = []
     for i in range(count):
         port, internal = ports[2 * i], ports[2 * i + 1]
         store = store_settings(
@@ -128,8 +129,17 @@ async def start_replicas(
                 "AWS_ACCESS_KEY_ID": ACCESS_KEY,
                 "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
             }
-        config = write_config(tmp_path, up, port, internal, store)
-        replicas.append(await start_serve("--config", str(config), env=env))
+        configs.append((write_config(tmp_path, up, port, internal, store), env))
+
+    async def start(i: int) -> None:
+        config, env = configs[i]
+        started[i] = await start_serve("--config", str(config), env=env)
+
+    # Started together: each start (a Python start-up, its imports) overlaps the others.
+    async with trio.open_nursery() as nursery:
+        for i in range(count):
+            nursery.start_soon(start, i)
+    replicas = [started[i] for i in range(count)]
     async with httpx.AsyncClient(verify=client_tls(), trust_env=False) as client:
         for replica in replicas:  # each has scraped the upstream
             with trio.fail_after(10):
