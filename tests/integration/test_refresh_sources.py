@@ -1191,3 +1191,32 @@ async def test_a_liar_framing_its_pieces_apart_cannot_keep_the_archive_out_of_th
     # the liar wrote the whole window (else the first check would have failed, not this)
     ranges = [g.headers.get("range", "") for g in liar.gets(name)]
     assert sum(s.body_sent for s in liar.gets(name)) >= high - low, ranges
+
+
+async def test_a_source_dropped_as_a_laggard_is_not_priced_as_a_failure(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A source slower than a tenth of the other (:func:`tracker.multisource.judging.laggards`)
+    is dropped after one speed window, with about 1 MiB sent or less. It was sending all
+    along: our refresh ended its part, not the source (docs/ranking.md, "Failed
+    transfers"), so it is priced as a transfer our side ended (from 1 MiB on, over the
+    seconds it took part). Priced as a failure (its bytes over at least the read timeout),
+    an honest source capped by its operator was measured at a fraction of its rate."""
+    laggard_rate = 200 * 1024  # over the floor (64 KiB/s), under a tenth of the other
+    async with sources(2, rate=12 * MiB) as ups:
+        ups[1].behaviour[NAME] = Behaviour(rate=laggard_rate)
+        async with tracker(tmp_path, ups) as t:
+            status, digest, size, _seconds = await get(t.url(NAME))
+            assert (status, digest, size) == (200, sha256(DATA), SIZE)
+            await wait_for(lambda: NAME in t.cached())
+            laggard = TargetKey(GROUP, ups[1].base)
+            _probed, achieved = t.index.speeds.figures(laggard, trio.current_time())
+    drops = [
+        getattr(r, "tracker_fields", {})
+        for r in caplog.records
+        if r.getMessage() == "refresh_source_dropped"
+    ]
+    assert len(drops) == 1 and str(drops[0]["url"]).startswith(ups[1].base), drops
+    assert "under 10%" in str(drops[0]["reason"]), drops
+    # nothing under 1 MiB is measured; more is its rate, never a failure's price
+    assert achieved == 0 or achieved >= laggard_rate / 2, f"priced at {achieved:.0f} bytes/s"

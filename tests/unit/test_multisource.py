@@ -5,10 +5,13 @@ tables."""
 from __future__ import annotations
 
 import errno
+import itertools
 
 import pytest
 import trio
 import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tracker.errors import SourceBusy
 from tracker.multisource.claims import MIN_STEAL, STEAL_AFTER_SECONDS, Pieces
@@ -18,6 +21,7 @@ from tracker.multisource.sources import Identity, Source
 from tracker.proxy.cachefill import (
     SLOT_WAIT,
     SPEED_WINDOW,
+    lagging,
     lanes_for,
     piece_size_for,
     use_many,
@@ -677,3 +681,42 @@ def test_an_honest_source_never_carries_a_liars_error(
         agreed={sources[i]: count for i, count in agreed.items()},
     )
     assert held_back(sources, written, found, refuted=refuted) == [sources[i] for i in held]
+
+
+_RANGE = st.tuples(st.integers(0, 40), st.integers(0, 40)).map(sorted).map(tuple)
+
+
+@given(
+    written=st.lists(st.lists(_RANGE, max_size=5), min_size=1, max_size=4),
+    asked=st.lists(_RANGE, max_size=5),
+)
+def test_first_alone_spans_are_every_byte_another_source_wrote_and_nobody_asked(
+    written: list[list[tuple[int, int]]], asked: list[tuple[int, int]]
+) -> None:
+    """Against a byte map: overlapping, adjacent and empty ranges, asked ranges covering
+    parts of others' or several at once."""
+    from tracker.multisource.piececheck import first_alone_spans
+
+    others = {b for ranges in written[1:] for a, z in ranges for b in range(a, z)}
+    done = {b for a, z in asked for b in range(a, z)}
+    spans = first_alone_spans(written, asked)
+    assert {b for a, z in spans for b in range(a, z)} == others - done
+    # sorted, none empty, none touching the next: one request per gap
+    assert all(a < z for a, z in spans)
+    assert all(z < a2 for (_a, z), (a2, _z) in itertools.pairwise(spans))
+
+
+async def test_only_a_laggard_over_the_floor_is_priced_at_its_rate() -> None:
+    """Of the sources a refresh drops, a laggard (sending, under a tenth of another's rate)
+    is ended by our side, its seconds until then kept; one that stalled or drips under the
+    floor failed (docs/ranking.md, "Failed transfers")."""
+    fast, laggard, stalled, dripping = (
+        Source(f"http://{n}/f", Identity(64 * MiB), ranges=True) for n in "abcd"
+    )
+    pool = [fast, laggard, stalled, dripping]
+    lagged: dict[Source, float] = {}
+    started = trio.current_time() - 2.0
+    rates = [10 * MiB, 512 * 1024, 0.0, 1024.0]
+    reasons = lagging(pool, lagged, started, rates, [True] * 4, [True] * 4, rates)
+    assert [bool(r) for r in reasons] == [False, True, True, True]
+    assert list(lagged) == [laggard] and lagged[laggard] >= 2.0

@@ -54,7 +54,7 @@ from tracker.core.snapshots import SnapshotFile, SnapshotSource
 from tracker.errors import ArchiveInvalid, CacheError, UpstreamError, first_leaf
 from tracker.multisource.claims import Pieces
 from tracker.multisource.crew import Crew, PieceAnswer, lane, watch_speed
-from tracker.multisource.judging import laggards
+from tracker.multisource.judging import FLOOR_RATE, laggards
 from tracker.multisource.piececheck import (
     SLOWEST_COMPARE,
     Difference,
@@ -230,13 +230,16 @@ async def _to_many(
     upstream.spliced, upstream.splicing = outcome.sources[0].sent, None
     for source in outcome.sources:
         key = outcome.key_of(source)
-        job.refresh_share(key, source.sent, outcome.seconds)
-        # a source dropped (it failed, stalled or lagged) ended its own part: measured
-        # whatever it sent (docs/ranking.md, "Failed transfers")
-        ending: Ending = "source" if source.dropped else "whole"
+        # a laggard took part until it was dropped, and was sending then: our side ended
+        # its part (it is priced at its rate); a source dropped otherwise (it failed,
+        # stalled or dripped) ended its own part: measured whatever it sent
+        # (docs/ranking.md, "Failed transfers")
+        seconds = outcome.lagged.get(source, outcome.seconds)
+        job.refresh_share(key, source.sent, seconds)
+        ending: Ending = "source" if source.dropped and source not in outcome.lagged else "whole"
         if source is not outcome.sources[0]:  # the first one's is told when it closes
-            job.source_transfer(key, source.sent, outcome.seconds, ending)
-        elif source.dropped:
+            job.source_transfer(key, source.sent, seconds, ending)
+        elif ending == "source":
             flow.ending = ending
     repair = Repair(job.peers, refresh, outcome)
     repair.liar_found = job.archive_rejected
@@ -425,6 +428,9 @@ class Delivered:
     written: dict[Source, list[tuple[int, int]]]
     #: The copy each source reads: the file, as the index has it, of which target.
     copies: dict[Source, tuple[SnapshotFile, SnapshotSource]]
+    #: The sources dropped as laggards (:func:`lagging`), each with the seconds it took
+    #: part until then.
+    lagged: dict[Source, float] = attrs.Factory(dict)
 
     def key_of(self, source: Source) -> TargetKey:
         """``source``'s target in the index."""
@@ -489,13 +495,15 @@ async def fill_from_many(
         landed=landed,
         probe_ranges=True,  # a source that ignores Range is read as one stream at most
     )
+    lagged: dict[Source, float] = {}
+    judge = partial(lagging, sources, lagged, started)
     head = pieces.claim(started)
     if head is None:
         raise UpstreamError("an empty file has no pieces")  # use_many refuses those first
     firsts = PieceAnswer(first.response, first.pacer, first.aclose)
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch_speed, sources, SPEED_WINDOW, laggards)
+            nursery.start_soon(watch_speed, sources, SPEED_WINDOW, judge)
             async with trio.open_nursery() as lanes_nursery:
                 for index, each in enumerate(sources):
                     for number in range(lanes):
@@ -510,12 +518,34 @@ async def fill_from_many(
             stop()
         if peers.uses is not None:
             peers.uses.record(refresh.name, [keys[s] for s in sources], sources)
-    outcome = Delivered(tuple(sources), trio.current_time() - started, written, copies)
+    seconds = trio.current_time() - started
+    outcome = Delivered(tuple(sources), seconds, written, copies, lagged)
     if not pieces.complete:
         reasons = "; ".join(f"{redact_text(s.url)}: {s.state or 'failed'}" for s in sources)
         raise UpstreamError(f"every source of the refresh failed: {reasons}")
     log_event(many_log, "info", "refresh_sources", file=refresh.name, sources=outcome.shares())
     return outcome
+
+
+def lagging(
+    sources: list[Source],
+    lagged: dict[Source, float],
+    started: float,
+    rates: list[float],
+    live: list[bool],
+    busy: list[bool],
+    overall: list[float],
+) -> list[str]:
+    """:func:`tracker.multisource.judging.laggards` for ``sources``, a refresh's, that
+    started at ``started`` (trio time); each source it drops while it sends at least
+    FLOOR_RATE (a laggard: slower than others, sending all the same) goes to ``lagged``
+    with the seconds it took part. Its transfer was ended by our side, not by the source:
+    it is priced at the rate it sent (docs/ranking.md, "Failed transfers")."""
+    reasons = laggards(rates, live, busy, overall)
+    for source, reason, rate, on in zip(sources, reasons, rates, live, strict=True):
+        if reason and on and rate >= FLOOR_RATE:
+            lagged.setdefault(source, trio.current_time() - started)
+    return reasons
 
 
 def _unwrapped(
