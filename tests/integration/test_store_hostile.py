@@ -9,6 +9,7 @@ on 127.0.0.1 that speak just enough HTTP stand in for the store."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import socket
 import struct
@@ -212,6 +213,19 @@ def trickled(head: bytes, done: trio.Event):
         pytest.param("LIST", b"HTTP/1.1 200 OK\r\nX-Slow: ", id="head-LIST"),
         # a small object's bytes, streamed and read in the thread (a digest, a side object)
         pytest.param("GET", b"HTTP/1.1 200 OK\r\nContent-Length: 4096\r\n\r\n", id="bytes-GET"),
+        # the store's "Connection: close" (or HTTP/1.0, or a body framed by its end): the
+        # connection is closed as the head is read, the response reading on its socket
+        pytest.param(
+            "GET",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 4096\r\nConnection: close\r\n\r\n",
+            id="bytes-GET-close",
+        ),
+        pytest.param("GET", b"HTTP/1.0 200 OK\r\n\r\n", id="bytes-GET-unframed"),
+        pytest.param(
+            "LIST",
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + LISTING_HEAD,
+            id="page-LIST-close",
+        ),
     ],
 )
 async def test_a_head_or_small_object_trickled_past_the_deadline_ends_its_thread(
@@ -272,3 +286,41 @@ async def test_trickling_answers_take_the_buckets_threads_only(nursery: trio.Nur
     with trio.fail_after(5):
         while threads.borrowed_tokens:  # every thread ended at its call's deadline
             await trio.sleep(0.01)
+
+
+def socket_descriptors() -> dict[str, int]:
+    """How many of this process's descriptors each open socket has (by its inode)."""
+    import collections
+    import os
+
+    found: collections.Counter[str] = collections.Counter()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor, gone by now
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith("socket:"):
+                found[target] += 1
+    return dict(found)
+
+
+async def test_a_pooled_connection_holds_one_descriptor_between_calls(
+    nursery: trio.Nursery,
+) -> None:
+    # The twin a call shuts down when it is given up is the call's: a connection idle in
+    # the pool costs one descriptor, as the start's split of the descriptor limit counts
+    # the store's connections (tracker/zerocopy/limit.py), not two.
+    answered = [0]
+
+    async def keep_alive(stream: trio.SocketStream) -> None:
+        while await read_head(stream):
+            answered[0] += 1
+            await stream.send_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+
+    bucket = Bucket(store_at(await nursery.start(serve_raw, keep_alive)))
+    before = socket_descriptors()
+    with trio.fail_after(10):
+        await bucket.delete("p/g/x")
+        await bucket.delete("p/g/y")  # the pooled connection again
+    assert answered[0] == 2
+    after = socket_descriptors()
+    assert len(after) == len(before) + 2  # the pooled connection and the server's side
+    assert sorted(count for key, count in after.items() if key not in before) == [1, 1]

@@ -844,3 +844,57 @@ def test_a_connections_twin_shut_down_ends_a_read_blocked_in_another_thread() ->
     conn.close()
     assert conn._twin is None
     store.close()
+
+
+def test_a_connection_closed_in_its_call_keeps_its_twin_hangable_until_the_call_ends() -> None:
+    """http.client closes a connection whose answer ends with it (``Connection: close``,
+    HTTP/1.0) as soon as the head is read, the body read on from the socket in the same
+    call: its twin closed with it, a call given up then had nothing to shut down. The call
+    keeps the twin: hung up, the read ends; the call over, the twin is closed (no
+    descriptor left), and a connection closed outside a call closes its twin at once."""
+    import socket
+    import threading
+
+    from tracker.clientwire.storewire import CallLine, _Hangable
+
+    ours, store = socket.socketpair()
+    ours.settimeout(30.0)
+
+    class Plain:
+        def _new_conn(self) -> socket.socket:
+            return ours
+
+        def close(self) -> None:
+            pass  # as http.client's: the answer's reader holds the socket on
+
+    class Conn(_Hangable, Plain):
+        pass
+
+    line, conn = CallLine(), Conn()
+    reading, read, twins = threading.Event(), [], []
+
+    def call() -> None:
+        sock = conn._new_conn()
+        conn.line = line
+        line.hold(conn)
+        twins.append(conn._twin)
+        conn.close()  # the head said the connection ends with the answer
+        assert conn._twin is None
+        reading.set()
+        read.append(sock.recv(1))
+
+    thread = threading.Thread(target=line.run, args=(call,))
+    thread.start()
+    assert reading.wait(5)
+    line.hang_up()
+    thread.join(5)
+    assert read == [b""]
+    assert twins[0].fileno() == -1  # closed as the call ended
+    outside = Conn()
+    outside._new_conn()
+    twin = outside._twin
+    assert twin is not None
+    outside.close()
+    assert twin.fileno() == -1
+    ours.close()
+    store.close()

@@ -14,6 +14,7 @@ lists the assumptions this makes of botocore and urllib3 and their canary tests.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 import time
@@ -200,6 +201,8 @@ class CallLine:
         #: Given up: every connection it holds, or takes from now on, is shut down.
         self.over = False
         self._ended = False
+        #: Twins of connections closed while the call held them, kept until it ends.
+        self._kept: list[socket.socket] = []
 
     def run(self, call: Callable[[], _T]) -> _T:
         """``call()``, in this (worker) thread, as this line's call; StoreError when it was
@@ -214,7 +217,12 @@ class CallLine:
             _running.line = None
             with self._lock:
                 self._ended = True
+                for conn in self._held:  # a body streamed on: nothing hangs it up now
+                    conn.drop_twin()
                 self._held.clear()
+                for twin in self._kept:
+                    twin.close()
+                self._kept.clear()
 
     def hang_up(self) -> None:
         """Give the call up: shut down the connections it holds and any it takes from now
@@ -225,6 +233,8 @@ class CallLine:
             self.over = True
             for conn in self._held:
                 conn.hang_up()
+            for twin in self._kept:
+                _shut(twin)
 
     def hold(self, conn: _Hangable) -> None:
         """``conn`` is this call's until :meth:`let_go` (taken from its pool)."""
@@ -238,11 +248,35 @@ class CallLine:
         with self._lock:
             self._held.discard(conn)
 
+    def keep(self, twin: socket.socket) -> bool:
+        """Keep ``twin``, the twin of a connection this call holds that was closed, until
+        the call ends (False once it ended: the caller closes it). The connection's socket
+        may live on without it: http.client closes a connection whose answer ends with the
+        connection ("Connection: close", HTTP/1.0, a body framed by its end) as soon as its
+        head is read, and the answer's body is read on from the socket, in this call."""
+        with self._lock:
+            if self._ended:
+                return False
+            self._kept.append(twin)
+            if self.over:
+                _shut(twin)
+            return True
+
+
+def _shut(twin: socket.socket) -> None:
+    """Shut down the socket ``twin`` duplicates: a read blocked on it returns."""
+    with contextlib.suppress(OSError):
+        twin.shutdown(socket.SHUT_RDWR)
+
 
 class _Hangable:
     """What botocore's connection classes get: a twin of the connection's socket (a
-    duplicate descriptor of the same socket, closed with the connection) that another thread
-    may shut down. A twin and not the socket itself: TLS takes the socket's descriptor over
+    duplicate descriptor of the same socket) that another thread may shut down, made when it
+    connects or a call takes it from its pool and closed when it goes back there, when the
+    call ends (a body streamed on), or with the connection (kept by the call holding it
+    until it ends: :meth:`CallLine.keep`); an idle connection holds one descriptor, as the
+    start's split of the descriptor limit counts it (tracker/zerocopy/limit.py). A twin and
+    not the socket itself: TLS takes the socket's descriptor over
     (its handshake reads a socket object that has none), and a descriptor closed by the
     connection's thread could be another file's by the time it is shut down."""
 
@@ -251,32 +285,53 @@ class _Hangable:
 
     def _new_conn(self) -> socket.socket:
         sock: socket.socket = super()._new_conn()  # type: ignore[misc]
-        twin = sock.dup()
-        with _TWINS:
-            if self._twin is not None:
-                self._twin.close()
-            self._twin = twin
+        self._twin_of(sock)
         line = _current()
         if line is not None and line.over:  # given up while it connected
             self.hang_up()
         return sock
 
+    def _twin_of(self, sock: socket.socket) -> None:
+        """Make the twin of ``sock`` (any twin before closed)."""
+        twin = socket.socket(fileno=os.dup(sock.fileno()))  # an SSLSocket has no dup()
+        with _TWINS:
+            if self._twin is not None:
+                self._twin.close()
+            self._twin = twin
+
+    def twin_up(self) -> None:
+        """Make the connection's twin, when it is connected and has none: it is taken by a
+        call (only a call's line hangs it up, so an idle one in its pool holds no twin)."""
+        sock = cast(Any, self).sock
+        if sock is not None and self._twin is None:
+            with contextlib.suppress(OSError):  # closed: connected again, with a twin
+                self._twin_of(sock)
+
+    def drop_twin(self) -> None:
+        """Close the connection's twin: no call holds it (the pool's descriptor split
+        counts one descriptor per connection, tracker/zerocopy/limit.py)."""
+        with _TWINS:
+            twin, self._twin = self._twin, None
+        if twin is not None:
+            twin.close()
+
     def hang_up(self) -> None:
         """Shut the connection's socket down: a read blocked on it returns."""
         with _TWINS:
             if self._twin is not None:
-                with contextlib.suppress(OSError):
-                    self._twin.shutdown(socket.SHUT_RDWR)
+                _shut(self._twin)
 
     def close(self) -> None:
-        """Close the connection and its twin."""
+        """Close the connection and its twin, which the call holding it keeps until it ends
+        (:meth:`CallLine.keep`): its answer may still be read from the socket."""
         try:
             super().close()  # type: ignore[misc]
         finally:
             with _TWINS:
-                if self._twin is not None:
-                    self._twin.close()
-                    self._twin = None
+                twin, self._twin = self._twin, None
+            line = self.line
+            if twin is not None and (line is None or not line.keep(twin)):
+                twin.close()
 
 
 # botocore-stubs: AWSConnection's request/send differ from urllib3's (botocore's own classes)
@@ -296,14 +351,17 @@ class _Lined:
         conn = super()._get_conn(timeout)  # type: ignore[misc]
         line = _current()
         if line is not None and isinstance(conn, _Hangable):
+            conn.twin_up()  # before the line holds it: a hang-up from then on reaches it
             conn.line = line
             line.hold(conn)
         return conn
 
     def _put_conn(self, conn: Any) -> None:
-        if isinstance(conn, _Hangable) and conn.line is not None:
-            conn.line.let_go(conn)
-            conn.line = None
+        if isinstance(conn, _Hangable):
+            if conn.line is not None:
+                conn.line.let_go(conn)
+                conn.line = None
+            conn.drop_twin()  # idle: one descriptor
         super()._put_conn(conn)  # type: ignore[misc]
 
 
