@@ -289,3 +289,22 @@ async def test_a_resume_after_a_reload_asks_with_the_config_of_now(
             assert status == 200 and closed and len(body) < len(DATA)
             await wait_for(lambda: t.outcome("refresh_failed") == 1)
             assert t.cached() == []
+
+
+async def test_a_source_that_cuts_every_answer_after_a_few_kib_is_not_resumed_without_end(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Each answer, resumes too, ends after 16 KiB: the breaks share their attempts (a read
+    must move FRESH_AFTER bytes to earn its own), so the refresh fails after a few resumes
+    instead of crawling through the file 16 KiB a resume, and the source's failure is
+    measured (docs/ranking.md, "Failed transfers")."""
+    up = await start_upstream(nursery)
+    up.behaviour[FULL] = Behaviour(drop_after=16 * 1024)
+    async with tracker_for(tmp_path, up) as t:
+        wire = await raw_request(t.base, f"/v1/{FULL}?group={GROUP}")
+        assert wire.closed and len(wire.body) < len(DATA)
+        await wait_for(lambda: t.outcome("refresh_failed") == 1)
+        assert len(up.gets(FULL)) == 1 + len(QUICK)
+        assert t.cached() == []
+        key = TargetKey(GROUP, up.base)
+        assert 0 < t.index.throughput(key) < 16 * 1024, "the cutting source is measured slow"

@@ -24,10 +24,10 @@ when the body breaks (a transport error, a read timeout, a body ending short) an
 ``reopen`` function is given, it waits a little (``delays``), asks the same source for the
 rest (:func:`tracker.proxy.upstream.resume_upstream`) and goes on yielding, so the consumer
 sees one seamless stream. Each break gets ``len(delays)`` attempts; a resumed stream that
-delivered bytes before breaking again starts a fresh count. A first answer with neither
-validator is not resumed at all (:func:`tracker.proxy.upstream.resumable`). When no resume
-is possible the body raises: every client stream it fed ends in error and nothing is
-promoted.
+delivered :data:`FRESH_AFTER` bytes before breaking again starts a fresh count. A first
+answer with neither validator is not resumed at all
+(:func:`tracker.proxy.upstream.resumable`). When no resume is possible the body raises:
+every client stream it fed ends in error and nothing is promoted.
 """
 
 from __future__ import annotations
@@ -54,6 +54,11 @@ from tracker.serving.responsebodies import Body, GeneratorBody
 log = logging.getLogger("tracker.transfers")
 #: The events of a resume.
 resume_log = logging.getLogger("tracker.resume")
+#: Bytes a read must move before it breaks for the break to get attempts of its own: a
+#: source that cuts every answer after a few KiB (it answers each resume) was resumed
+#: without end, its refresh crawling and never measured, while its speed tests kept it
+#: first (docs/ranking.md, "Failed transfers"); an honest break comes after far more.
+FRESH_AFTER = 1024 * 1024
 
 
 @attrs.define
@@ -391,9 +396,10 @@ class _Reads:
         if self._start is not None:
             if self._reason is None:
                 return False
-            # A read that moved bytes before it broke starts a fresh count: each break gets
-            # its own attempts.
-            failures = 0 if body.received > self._start else self._failures
+            # A read that moved a MiB before it broke starts a fresh count: each break gets
+            # its own attempts (one that moved less shares them: FRESH_AFTER).
+            fresh = body.received - self._start >= FRESH_AFTER
+            failures = 0 if fresh else self._failures
             self._failures = await body.resume(self._reason, failures)
         self._start = body.received
         self._reason = None
