@@ -1,5 +1,6 @@
-"""What a real transfer from a source says of its throughput, by who ended it
-(docs/ranking.md, "Failed transfers"): ``measured_transfer`` and ``ending_of`` as tables."""
+"""What a real transfer from a source says of its throughput, by who ended it and who paced
+it (docs/ranking.md, "Failed transfers"): ``measured_transfer``, ``paced_by_client`` and
+``ending_of`` as tables."""
 
 from __future__ import annotations
 
@@ -15,7 +16,12 @@ from tracker.errors import (
     UpstreamError,
 )
 from tracker.proxy.pumps import ending_of
-from tracker.proxy.transfers import MIN_MEASURED_BYTES, Ending, measured_transfer
+from tracker.proxy.transfers import (
+    MIN_MEASURED_BYTES,
+    Ending,
+    measured_transfer,
+    paced_by_client,
+)
 
 KiB, MiB = 1024, 1024 * 1024
 TIMEOUT = 60.0  # the proxy's read_timeout
@@ -52,6 +58,46 @@ def test_what_a_transfer_says_of_its_source(
     moved: int, seconds: float, ending: Ending, expected: tuple[int, float] | None
 ) -> None:
     assert measured_transfer(moved, seconds, ending, TIMEOUT) == expected
+
+
+@pytest.mark.parametrize(
+    ("seconds", "client_waited", "expected"),
+    [
+        (10.0, 0.0, False),  # nobody waited for the client: the source's pace
+        (10.0, 5.0, False),  # half the time: not more than half
+        (10.0, 5.01, True),  # the client took the bytes slower than the source sent them
+        (10.0, 9.9, True),
+        (0.0, 0.0, False),  # no time: nothing to tell
+        (0.0, 1.0, False),
+    ],
+)
+def test_a_transfer_its_client_paced(seconds: float, client_waited: float, expected: bool) -> None:
+    assert paced_by_client(seconds, client_waited) is expected
+
+
+@pytest.mark.parametrize(
+    ("moved", "seconds", "ending", "client_waited", "expected"),
+    [
+        # a relay a slow client paced says nothing of its source, whole or left
+        (100 * MiB, 10.0, "whole", 9.0, None),
+        (100 * MiB, 10.0, "ours", 9.0, None),
+        # one the source paced counts as it went
+        (100 * MiB, 10.0, "whole", 1.0, (100 * MiB, 10.0)),
+        (100 * MiB, 10.0, "ours", 5.0, (100 * MiB, 10.0)),
+        # one the source ended counts whatever paced it: a liar's cut or stall is its own
+        (16 * KiB, 30.0, "source", 29.0, (16 * KiB, TIMEOUT)),
+        (100 * MiB, 100.0, "source", 90.0, (100 * MiB, 100.0)),
+    ],
+)
+def test_what_a_client_paced_transfer_says_of_its_source(
+    moved: int,
+    seconds: float,
+    ending: Ending,
+    client_waited: float,
+    expected: tuple[int, float] | None,
+) -> None:
+    measured = measured_transfer(moved, seconds, ending, TIMEOUT, client_waited=client_waited)
+    assert measured == expected
 
 
 def test_a_failing_source_is_never_measured_faster_by_cutting_than_by_stalling() -> None:

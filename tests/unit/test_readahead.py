@@ -83,3 +83,22 @@ async def test_a_break_comes_after_the_bytes_before_it() -> None:
 def test_the_limit_must_be_positive() -> None:
     with pytest.raises(ValueError, match="positive"):
         ReadAhead(0)
+
+
+async def test_the_time_a_put_waits_for_room_is_counted(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """What a relay's client paced (docs/ranking.md, "Failed transfers"): the reader waits
+    for room while the consumer holds back, and only then."""
+    ahead = ReadAhead(4)
+    await ahead.put(b"abcd")  # room for it: no wait
+    assert ahead.waited == 0.0
+    async with trio.open_nursery() as nursery:
+
+        async def slow_consumer() -> None:
+            await trio.sleep(3)  # the client's pace, on the mock clock
+            await ahead.take()
+
+        nursery.start_soon(slow_consumer)
+        await ahead.put(b"e")  # full: waits until the consumer took what was held
+    assert ahead.waited == pytest.approx(3.0)

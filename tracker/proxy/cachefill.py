@@ -238,7 +238,7 @@ async def _to_many(
         job.refresh_share(key, source.sent, seconds)
         ending: Ending = "source" if source.dropped and source not in outcome.lagged else "whole"
         if source is not outcome.sources[0]:  # the first one's is told when it closes
-            job.source_transfer(key, source.sent, seconds, ending)
+            job.source_transfer(key, source.sent, seconds, ending, 0.0)  # to disk: no client
         elif ending == "source":
             flow.ending = ending
     repair = Repair(job.peers, refresh, outcome)

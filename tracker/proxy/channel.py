@@ -51,6 +51,9 @@ class ReadAhead:
         self._limit = limit
         self._parts: list[bytes] = []
         self._held = 0
+        #: Seconds :meth:`put` waited for room: the consumer (a client) had not taken what
+        #: was held, and the source was not read meanwhile.
+        self.waited = 0.0
         self._ended = False
         self._error: BaseException | None = None
         # Wakes whoever waits (the reader for room, the consumer for bytes); never both at
@@ -77,8 +80,14 @@ class ReadAhead:
     async def put(self, chunk: bytes) -> None:
         """Hold ``chunk`` for the consumer; waits while ``limit`` bytes are held already
         (backpressure: the reader stops reading its socket). Cancellation ends the wait."""
-        while self._held >= self._limit:
-            await self._lot.park()
+        if self._held >= self._limit:
+            # timed only when it waits: the clock is not read on the byte path otherwise
+            began = trio.current_time()
+            try:
+                while self._held >= self._limit:
+                    await self._lot.park()
+            finally:
+                self.waited += trio.current_time() - began
         self._parts.append(chunk)
         self._held += len(chunk)
         self._lot.unpark_all()
@@ -217,6 +226,9 @@ async def _to_client(
     finally:
         if budget is not None:
             budget.streams -= 1
+        # the time the source went unread because the client had not taken what came: a
+        # relay paced by its client says nothing of its source's speed (docs/ranking.md)
+        flow.client_waited += ahead.waited
     if delivered:
         flow.complete = True
 

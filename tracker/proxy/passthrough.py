@@ -53,6 +53,8 @@ class SpliceBody(GeneratorBody):
     sent: int = attrs.field(default=0, init=False)
     #: The socket piece being spliced now (its progress counts in :attr:`received`).
     _piece: SocketPiece | None = attrs.field(default=None, init=False)
+    #: Seconds the pieces that went waited for room in the client's socket.
+    _waited: float = attrs.field(default=0.0, init=False)
 
     async def _start(self) -> None:
         self.started.set()
@@ -68,6 +70,14 @@ class SpliceBody(GeneratorBody):
         splice = piece.splice if piece is not None else None
         return self.sent + (piece.count - splice.left if piece and splice else 0)
 
+    @property
+    def client_waited(self) -> float:
+        """Seconds the body waited for room in the client's socket so far, a piece being
+        spliced included: the upstream socket was not read meanwhile (a relay paced by its
+        client, docs/ranking.md, "Failed transfers")."""
+        piece = self._piece
+        return self._waited + (piece.waited_for_client() if piece is not None else 0.0)
+
     async def _generate(self) -> AsyncGenerator[bytes, None]:
         while self.sent < self.length:
             if not self._intact():
@@ -81,6 +91,7 @@ class SpliceBody(GeneratorBody):
                 self._piece = piece
                 yield self._connection.stage(piece)
                 self._connection.finish(piece, self._on_client)
+                self._waited += piece.waited_for_client()
                 self._piece = None
             else:
                 data = await self._receive(self.length - self.sent)

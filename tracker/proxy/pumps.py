@@ -76,6 +76,9 @@ class Flow:
     #: Who ended the transfer from the (first) source, once known (None: not known, our
     #: side's for the measurement: :func:`tracker.proxy.transfers.measured_transfer`).
     ending: Ending | None = None
+    #: Seconds the pump waited for its client to take bytes, its source unread meanwhile
+    #: (a relay is paced by its client: :func:`tracker.proxy.transfers.paced_by_client`).
+    client_waited: float = 0.0
 
     def report(self, job: StreamJob) -> None:
         """Report the refresh outcome (first call only)."""
@@ -291,7 +294,8 @@ async def opened(
         # (docs/http-api.md#trust).
         elapsed = trio.current_time() - upstream.opened_at
         ending = flow.ending or "ours"  # not known to be the source's: not held against it
-        job.source_transfer(upstream.first.source.key, upstream.moved, elapsed, ending)
+        key, waited = upstream.first.source.key, flow.client_waited
+        job.source_transfer(key, upstream.moved, elapsed, ending, waited)
 
 
 async def _open_or_head_early(

@@ -282,9 +282,10 @@ class StreamJob:
     #: ``(source key, body bytes, seconds)`` of each source of a refresh from several
     #: sources, once it ended (its share: metrics).
     refresh_share: Callable[[TargetKey, int, float], None] = _nothing
-    #: ``(source key, body bytes, seconds, who ended it)`` when a pump is done with a source
-    #: (what it says of the source's throughput: :func:`measured_transfer`).
-    source_transfer: Callable[[TargetKey, int, float, Ending], None] = _nothing
+    #: ``(source key, body bytes, seconds, who ended it, seconds the pump waited for its
+    #: client)`` when a pump is done with a source (what it says of the source's
+    #: throughput: :func:`measured_transfer`).
+    source_transfer: Callable[[TargetKey, int, float, Ending, float], None] = _nothing
     #: ``(source key, reason)`` when a refresh's archive from that source failed its check
     #: (each source it came from: held back for it), or a repair named it a liar.
     archive_rejected: Callable[[TargetKey, str], None] = _nothing
@@ -351,15 +352,33 @@ MIN_MEASURED_BYTES = 1024 * 1024
 Ending = Literal["whole", "source", "ours"]
 
 
+#: A transfer whose pump waited for its client more than this share of its seconds went at
+#: the client's pace, not the source's (:func:`paced_by_client`).
+CLIENT_PACED_SHARE = 0.5
+
+
+def paced_by_client(seconds: float, client_waited: float) -> bool:
+    """Whether a transfer of ``seconds`` went at its client's pace: its pump waited
+    ``client_waited`` of them for the client to take bytes (a relay reads its source only
+    as fast as its client takes them), more than :data:`CLIENT_PACED_SHARE` of them. Such a
+    transfer's bytes over its seconds are the client's speed, not the source's
+    (docs/ranking.md, "Failed transfers"). Pure."""
+    return seconds > 0 and client_waited > CLIENT_PACED_SHARE * seconds
+
+
 def measured_transfer(
-    moved: int, seconds: float, ending: Ending, read_timeout: float
+    moved: int, seconds: float, ending: Ending, read_timeout: float, client_waited: float = 0.0
 ) -> tuple[int, float] | None:
     """What a transfer from a source says of its throughput: the ``(bytes, seconds)`` to
     record as achieved, or None (nothing). ``moved`` body bytes came in ``seconds``; it
-    ended as ``ending`` says; ``read_timeout`` is the longest wait for one read.
+    ended as ``ending`` says; ``read_timeout`` is the longest wait for one read;
+    ``client_waited`` is how long of ``seconds`` the pump waited for its client (0: none,
+    a refresh writing to disk).
 
     A whole transfer, or one our side ended, counts from :data:`MIN_MEASURED_BYTES` on (a
-    few KiB say little, and a client that leaves must not mark a source slow). One the
+    few KiB say little, and a client that leaves must not mark a source slow), unless its
+    client paced it (:func:`paced_by_client`: one slow client would otherwise price a fast
+    source at the client's speed for the whole fleet). One the
     source ended counts whatever its size, over at least ``read_timeout``: a source that
     answers its speed tests fast and stalls or cuts real transfers early would otherwise
     never be measured and stay first (docs/ranking.md, "Failed transfers"), and a cut is
@@ -373,6 +392,8 @@ def measured_transfer(
     if moved == 0:
         return None
     if moved < MIN_MEASURED_BYTES or seconds <= 0:
+        return None
+    if paced_by_client(seconds, client_waited):
         return None
     return moved, seconds
 
@@ -550,10 +571,14 @@ class Launcher:
             flowing=self.transfers.flowing,
         )
 
-    def _measured(self, key: TargetKey, size: int, seconds: float, ending: Ending) -> None:
-        """A transfer from ``key`` ended (as ``ending`` says): what it says of the source's
-        throughput ranks it (:func:`measured_transfer`, docs/http-api.md#trust)."""
-        measured = measured_transfer(size, seconds, ending, self.settings.read_timeout)
+    def _measured(
+        self, key: TargetKey, size: int, seconds: float, ending: Ending, client_waited: float
+    ) -> None:
+        """A transfer from ``key`` ended (as ``ending`` says; its pump waited
+        ``client_waited`` seconds for its client): what it says of the source's throughput
+        ranks it (:func:`measured_transfer`, docs/http-api.md#trust)."""
+        timeout = self.settings.read_timeout
+        measured = measured_transfer(size, seconds, ending, timeout, client_waited=client_waited)
         if measured is not None:
             # What a real transfer achieved: it outweighs the speed tests (docs/ranking.md).
             self.index.record_transfer(key, *measured, kind="achieved")

@@ -209,6 +209,9 @@ class SocketSplice:
     delivered: float = attrs.field(factory=time.monotonic)
     #: Bytes put on the client's socket so far.
     sent: int = 0
+    #: Seconds :meth:`move` waited while the client's socket had no room for what the pipe
+    #: held (the client paced the transfer; tracker/proxy/passthrough.py).
+    client_waited: float = 0.0
 
     def __attrs_post_init__(self) -> None:
         self.read_end, self.write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -242,15 +245,19 @@ class SocketSplice:
                     moved, self.arrived = True, time.monotonic()
                 elif readable and self.buffered:
                     self.pipe_full = True
-            if self.buffered and self._drain(out) > 0:
+            drained = self._drain(out) if self.buffered else 0
+            if drained > 0:
                 moved, self.delivered, self.pipe_full = True, time.monotonic(), False
             if moved:
                 idle_since = time.monotonic()
                 continue
-            if time.monotonic() - idle_since >= linger:
+            now = time.monotonic()
+            if now - idle_since >= linger:
                 return Wait.CLIENT if self.buffered else Wait.SOURCE
             want_in = self.left > 0 and self.buffered < self.capacity and not self.pipe_full
             readable = self._wait(src, out, want_in, min(1.0, linger))
+            if drained < 0:  # the client's socket had no room: the wait was the client's
+                self.client_waited += time.monotonic() - now
         return None
 
     def check(self, read_timeout: float) -> None:

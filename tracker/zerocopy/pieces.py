@@ -72,6 +72,8 @@ class Piece:
     source_error: TrackerError | None = None
     #: Bytes of the piece put on the client's socket so far.
     out: int = 0
+    #: Seconds the piece waited in the event loop for room in the client's socket.
+    client_waited: float = 0.0
 
     def went(self) -> int:
         """Bytes of the piece put on the client's socket so far (a piece cut short: the
@@ -89,6 +91,11 @@ class Piece:
         ``kernelcopy.LINGER``). Raises SourceFailed for the source's failure, OSError or
         TimeoutError for the client's."""
         raise NotImplementedError
+
+    def waited_for_client(self) -> float:
+        """Seconds the piece waited for room in the client's socket so far: a slow client
+        paces a spliced relay's source (docs/ranking.md, "Failed transfers")."""
+        return self.client_waited
 
     async def wait_source(self) -> None:
         """In the event loop: wait until the source has bytes (see :meth:`transfer`)."""
@@ -145,6 +152,12 @@ class SocketPiece(Piece):
     def went(self) -> int:
         """See :meth:`Piece.went`."""
         return self.splice.sent if self.splice is not None else 0
+
+    def waited_for_client(self) -> float:
+        """See :meth:`Piece.waited_for_client`: the event loop's waits and the worker
+        thread's (:attr:`SocketSplice.client_waited`)."""
+        splice = self.splice
+        return self.client_waited + (splice.client_waited if splice is not None else 0.0)
 
     async def wait_source(self) -> None:
         """See :meth:`Piece.wait_source`: at most ``read_timeout`` since the last bytes."""
@@ -240,7 +253,11 @@ class PieceSenders:
         progress = progress if progress is not None else ClientProgress()
         while (waiting := await self._transfer(sock, piece)) is not None:
             if waiting is Wait.CLIENT:
-                await client_room(sock, progress)
+                began = time.monotonic()
+                try:
+                    await client_room(sock, progress)
+                finally:
+                    piece.client_waited += time.monotonic() - began
             else:
                 await _source_bytes(sock, piece, client_left)
 

@@ -1,0 +1,114 @@
+"""A relayed transfer is paced by its client: the pump reads the source only as fast as the
+client takes the bytes. One a slow client paced says nothing of its source's speed and is not
+recorded, while a slow source is measured at its own pace whatever the client
+(docs/ranking.md, "Failed transfers"). Real parts: an upstream on 127.0.0.1, the tracker's
+own components (no cache), a raw client on its own socket reading at a set pace, on both
+byte paths (the splice and the relay through Python).
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import pytest
+import trio
+from helpers_bytes import MiB, archive_bytes
+from helpers_proxy import GROUP, proxy_tracker
+from helpers_upstream import Behaviour, FakeUpstream, serving
+from names import full_name
+
+from tracker.ordering.index import TargetKey
+from tracker.proxy import transfers
+
+KiB = 1024
+NAME = full_name(1000)
+#: Larger than what the loopback's socket buffers hold between the tracker and the client,
+#: so that the slow client paces most of the transfer.
+DATA = archive_bytes(12 * MiB, seed=11)
+#: The slow client's pace; the fast source sends at loopback speed, hundreds of MB/s.
+CLIENT_RATE = 8 * MiB
+
+
+class PacedClient:
+    """A raw HTTP/1.1 GET on its own socket, its answer read at a set pace, 16 KiB at a
+    time."""
+
+    def __init__(self, sock: trio.socket.SocketType) -> None:
+        self.sock = sock
+
+    @classmethod
+    async def get(cls, base: str, target: str, *, small_buffer: bool) -> PacedClient:
+        host, port = base.removeprefix("http://").rsplit(":", 1)
+        sock = trio.socket.socket()
+        if small_buffer:  # a slow link: little waits in the client's socket
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * KiB)
+        await sock.connect((host, int(port)))
+        await sock.send(f"GET {target} HTTP/1.1\r\nhost: {host}\r\n\r\n".encode())
+        return cls(sock)
+
+    async def read(self, rate: float | None) -> bytes:
+        """The whole body, read at ``rate`` bytes/s (None: as fast as it comes)."""
+        data = bytearray()
+        with self.sock, trio.fail_after(20):
+            while b"\r\n\r\n" not in data:
+                data += await self.sock.recv(16 * KiB)
+            head, _, body = bytes(data).partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), head
+            received = bytearray(body)
+            while len(received) < len(DATA):
+                chunk = await self.sock.recv(16 * KiB)
+                assert chunk, "the connection ended mid-body"
+                received += chunk
+                if rate is not None:
+                    await trio.sleep(len(chunk) / rate)  # the client's pace, on purpose
+        return bytes(received)
+
+
+async def _achieved_after_one_download(
+    monkeypatch: pytest.MonkeyPatch, up: FakeUpstream, *, plain: bool, client_rate: float | None
+) -> float:
+    """The source's achieved figure once one download of NAME from it, read at
+    ``client_rate``, was measured (or found to say nothing)."""
+    decided = trio.Event()
+    measured_transfer = transfers.measured_transfer
+
+    def spy(*args: Any, **kwargs: Any) -> tuple[int, float] | None:
+        decided.set()  # the pump is done with its source: the figure is final
+        return measured_transfer(*args, **kwargs)
+
+    monkeypatch.setattr(transfers, "measured_transfer", spy)
+    async with serving(up), proxy_tracker(None, up, plain=plain) as t:
+        target = f"/v1/{NAME}?group={GROUP}"
+        client = await PacedClient.get(t.base, target, small_buffer=client_rate is not None)
+        assert await client.read(client_rate) == DATA
+        with trio.fail_after(10):
+            await decided.wait()
+        _probed, achieved = t.index.speeds.figures(TargetKey(GROUP, up.base), trio.current_time())
+        return achieved
+
+
+@pytest.mark.parametrize("plain", [False, True], ids=["spliced relay", "relay through Python"])
+async def test_a_slow_client_does_not_mark_a_fast_source_slow(
+    monkeypatch: pytest.MonkeyPatch, plain: bool
+) -> None:
+    """A validator on a slow link pulls a full from a source as fast as loopback: the relay
+    went at the client's pace, which is not the source's (recorded, one slow client would
+    decide what the fleet gets)."""
+    up = FakeUpstream(files={NAME: DATA})
+    achieved = await _achieved_after_one_download(
+        monkeypatch, up, plain=plain, client_rate=CLIENT_RATE
+    )
+    assert achieved == 0 or achieved > 10 * CLIENT_RATE, achieved
+
+
+@pytest.mark.parametrize("plain", [False, True], ids=["spliced relay", "relay through Python"])
+async def test_a_slow_source_is_measured_at_its_pace_whatever_the_client(
+    monkeypatch: pytest.MonkeyPatch, plain: bool
+) -> None:
+    """The other way round: the source paces the relay, and its figure is its own pace (a
+    loaded host may slow the source's sends, never speed them up)."""
+    rate = 8 * MiB
+    up = FakeUpstream(files={NAME: DATA}, behaviour={NAME: Behaviour(rate=rate)}, chunk=64 * KiB)
+    achieved = await _achieved_after_one_download(monkeypatch, up, plain=plain, client_rate=None)
+    assert rate / 4 < achieved < rate * 1.5, achieved
