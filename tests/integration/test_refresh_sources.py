@@ -42,7 +42,9 @@ from helpers_proxy import FAST, GROUP, TrackerUnderTest, advertise, proxy_tracke
 from helpers_tls import client_tls
 from helpers_upstream import Behaviour, FakeUpstream, agave_rpc, serving
 
+from tracker.cache.refresh import Refresh
 from tracker.config.schema import BearerAuth, SourceLimits, TargetGroup
+from tracker.multisource.sources import Source
 from tracker.observability.logs import TextFormatter
 from tracker.ordering.index import TargetKey
 from tracker.proof.formats.writing import (
@@ -55,7 +57,7 @@ from tracker.proof.formats.writing import (
     write_status_cache,
     write_storage,
 )
-from tracker.proxy import cachefill
+from tracker.proxy import cachefill, transfers
 
 NAME, DATA = build_archive(9300, accounts=36, account_size=MiB, seed=3)
 SIZE = len(DATA)
@@ -1220,3 +1222,85 @@ async def test_a_source_dropped_as_a_laggard_is_not_priced_as_a_failure(
     assert "under 10%" in str(drops[0]["reason"]), drops
     # nothing under 1 MiB is measured; more is its rate, never a failure's price
     assert achieved == 0 or achieved >= laggard_rate / 2, f"priced at {achieved:.0f} bytes/s"
+
+
+#: How long the test's promotion takes after the archive check passed (the check catching
+#: up, the commit's fsync): far longer than the loopback body itself.
+PROMOTION = 1.5
+
+
+@pytest.mark.parametrize("count", [1, 2], ids=["one source", "two sources"])
+async def test_a_refresh_measures_its_sources_until_their_last_byte_not_its_promotion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int
+) -> None:
+    """A checked refresh is promoted after its source's last byte came (the check catching
+    up, the commit): that time is the tracker's, not the source's. Counted as the first
+    source's, every checked refresh priced it below its speed tests (docs/ranking.md,
+    "Failed transfers"). Each source's measured seconds end at its last byte, both with
+    one source and from several."""
+    verify = Refresh.verify
+
+    async def slow_verify(self: Refresh) -> None:
+        await verify(self)
+        await trio.sleep(PROMOTION)  # a promotion slower than the body, on purpose
+
+    measured: list[tuple[int, float]] = []
+    measured_transfer = transfers.measured_transfer
+
+    def spy(moved: int, seconds: float, *args: Any, **kwargs: Any) -> tuple[int, float] | None:
+        measured.append((moved, seconds))
+        return measured_transfer(moved, seconds, *args, **kwargs)
+
+    monkeypatch.setattr(Refresh, "verify", slow_verify)
+    monkeypatch.setattr(transfers, "measured_transfer", spy)
+    async with sources(count, rate=None) as ups, tracker(tmp_path, ups) as t:
+        status, digest, size, _seconds = await get(t.url(NAME))
+        assert (status, digest, size) == (200, sha256(DATA), SIZE)
+        await wait_for(lambda: NAME in t.cached())
+        await wait_for(lambda: len(measured) == count)  # the first's when its answer closes
+    assert sum(moved for moved, _s in measured) >= SIZE, measured
+    # the loopback body takes a fraction of the promotion, on a loaded host too
+    assert all(seconds < PROMOTION for _moved, seconds in measured), measured
+
+
+async def test_a_first_source_dropped_as_a_laggard_is_measured_over_its_own_part(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first source, slower than a tenth of the other, is dropped as a laggard after two
+    short speed windows while the other sends on: its transfer is measured over the seconds
+    it took part, as another source's is (docs/ranking.md, "Failed transfers"), not over the
+    whole refresh."""
+    monkeypatch.setattr(cachefill, "SPEED_WINDOW", 0.2)
+    lagged: dict[Source, float] = {}
+    every: list[Source] = []
+    lagging = cachefill.lagging
+
+    def spy_lagging(sources: list[Source], dropped: dict[Source, float], *args: Any) -> list[str]:
+        reasons = lagging(sources, dropped, *args)
+        every[:] = sources
+        lagged.update(dropped)
+        return reasons
+
+    measured: list[tuple[int, float]] = []
+    measured_transfer = transfers.measured_transfer
+
+    def spy(moved: int, seconds: float, *args: Any, **kwargs: Any) -> tuple[int, float] | None:
+        measured.append((moved, seconds))
+        return measured_transfer(moved, seconds, *args, **kwargs)
+
+    monkeypatch.setattr(cachefill, "lagging", spy_lagging)
+    monkeypatch.setattr(transfers, "measured_transfer", spy)
+    # over the floor (64 KiB/s), far under a tenth of the other (on a loaded host too)
+    async with sources(2, rate=12 * MiB) as ups:
+        ups[0].behaviour[NAME] = Behaviour(rate=256 * 1024)
+        async with tracker(tmp_path, ups) as t:
+            status, digest, size, _seconds = await get(t.url(NAME))
+            assert (status, digest, size) == (200, sha256(DATA), SIZE)
+            await wait_for(lambda: NAME in t.cached())
+            await wait_for(lambda: len(measured) == 2)  # the first's when its answer closes
+    assert every and every[0] in lagged, "the first source was not dropped as a laggard"
+    part = lagged[every[0]]
+    (_other, whole), (first_sent, first_seconds) = measured
+    assert first_sent == every[0].sent
+    assert whole > part + 0.3, (whole, part)  # the other sent on well after the drop
+    assert first_seconds < part + 0.25, (first_seconds, part, whole)

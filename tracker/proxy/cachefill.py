@@ -228,6 +228,10 @@ async def _to_many(
         on_sources=known,
     )
     upstream.spliced, upstream.splicing = outcome.sources[0].sent, None
+    # the first's part ended with the pieces, or when it was dropped as a laggard (as
+    # another's: below); the promotion is not its time (docs/ranking.md, "Failed transfers")
+    first_part = outcome.lagged.get(outcome.sources[0], outcome.seconds)
+    upstream.many_ended = trio.current_time() - outcome.seconds + first_part
     for source in outcome.sources:
         key = outcome.key_of(source)
         # a laggard took part until it was dropped, and was sending then: our side ended

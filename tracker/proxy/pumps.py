@@ -6,13 +6,14 @@ channel that feeds a client's body through Python is :mod:`tracker.proxy.channel
 :func:`opened` asks the sources (``job.open``: failover inside,
 :func:`tracker.proxy.upstream.open_upstream`) and closes the answer when its block ends,
 reporting what the source delivered and how fast (its throughput ranks it,
-docs/http-api.md#trust). A plain request of a file of known size
-whose source has not answered within ``early_head_after`` gets its head anyway
-(docs/http-api.md, "Archive answers": an *early head*); only a source that then answers 200
-with the promised length may follow it (:func:`keeps_promise`), or the body breaks.
-:class:`Upstream` is the answer a pump reads (with the sources of a refresh from several).
-:func:`recorded` runs a pump's work and records how it failed in its :class:`Flow` rather
-than raising.
+docs/http-api.md#trust), over the seconds until its part ended
+(:attr:`Upstream.source_ended`: a refresh's promotion is not the source's time). A plain
+request of a file of known size whose source has not answered within ``early_head_after``
+gets its head anyway (docs/http-api.md, "Archive answers": an *early head*); only a source
+that then answers 200 with the promised length may follow it (:func:`keeps_promise`), or the
+body breaks. :class:`Upstream` is the answer a pump reads (with the sources of a refresh
+from several). :func:`recorded` runs a pump's work and records how it failed in its
+:class:`Flow` rather than raising.
 
 An early head's body (:class:`EarlyBody`) is decided only once a source answers: a splice
 of the upstream socket when the connections allow it, else a channel.
@@ -226,6 +227,9 @@ class Upstream:
         #: The sources of a refresh from several at once, the first one first (their
         #: shares: the log line, the status page).
         self.many: list[Source] = []
+        #: When (trio time) the first source's part of a refresh from several ended (its
+        #: last byte came, or it was dropped as a laggard): see :attr:`source_ended`.
+        self.many_ended: float | None = None
 
     @property
     def moved(self) -> int:
@@ -233,6 +237,16 @@ class Upstream:
         if self.body is not None:
             return self.body.received
         return self.splicing() if self.splicing is not None else self.spliced
+
+    @property
+    def source_ended(self) -> float | None:
+        """When (trio time) the source's part of the transfer ended, where that comes before
+        the answer closes: a refresh's last body byte came (its promotion, the archive
+        check catching up and the commit, is the tracker's time, not the source's:
+        docs/ranking.md, "Failed transfers"). None: the transfer ends as the answer closes."""
+        if self.body is not None:
+            return self.body.whole_at
+        return self.many_ended
 
     def read(self, job: StreamJob, length: int, *, resume: bool = False) -> UpstreamBody:
         """The body to read, ``length`` bytes. With ``resume`` (a refresh) a break is
@@ -292,7 +306,8 @@ async def opened(
         await upstream.aclose()
         # What this source delivered, and how fast: its throughput ranks it
         # (docs/http-api.md#trust).
-        elapsed = trio.current_time() - upstream.opened_at
+        ended = upstream.source_ended
+        elapsed = (trio.current_time() if ended is None else ended) - upstream.opened_at
         ending = flow.ending or "ours"  # not known to be the source's: not held against it
         key, waited = upstream.first.source.key, flow.client_waited
         job.source_transfer(key, upstream.moved, elapsed, ending, waited)
@@ -450,6 +465,8 @@ class UpstreamBody:
         self.length = length
         self.received = 0
         self.resumes = 0
+        #: When (trio time) :meth:`into` had the whole body (None: not yet, or not so read).
+        self.whole_at: float | None = None
         self._reopen = reopen
         self._delays = delays
         self._on_resume = on_resume
@@ -491,6 +508,8 @@ class UpstreamBody:
         while await reads.again():
             with reads:
                 await self._move_answer(refresh, moved, read_timeout)
+        # the source's last byte came: what follows (the promotion) is not its time
+        self.whole_at = trio.current_time()
 
     async def _move_answer(
         self, refresh: Refresh, moved: Callable[[int], None], read_timeout: float
