@@ -19,7 +19,6 @@ from tracker.multisource.judging import laggards, slower_than
 from tracker.multisource.piececheck import Verdict, comparers, verdict, voices
 from tracker.multisource.sources import Identity, Source
 from tracker.proxy.cachefill import (
-    SLOT_WAIT,
     SPEED_WINDOW,
     lagging,
     lanes_for,
@@ -27,6 +26,7 @@ from tracker.proxy.cachefill import (
     use_many,
     window_for,
 )
+from tracker.proxy.copyrepair import SLOT_WAIT
 
 MiB = 1024 * 1024
 

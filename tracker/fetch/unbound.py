@@ -6,7 +6,7 @@ A full proven to ``accounts`` is pooled without the tracker's ``sha256`` or ``--
 (:func:`tracker.fetch.vouching.mixing_problem`), but that level binds the account storages
 only: ``version``, the status cache (which transactions the validator counts as processed)
 and the manifest's fields outside the bank hash could be any pooled source's, in a copy that
-passes every check. So, as in the cache's refresh (``proxy.cachefill.confirm_unbound``), the
+passes every check. So, as in the cache's refresh (``proxy.copyrepair.confirm_unbound``), the
 raw bytes that decode them (:class:`tracker.proof.archive.tarwalk.UnboundExtent`) that
 another source than the first wrote are asked of the first again (:func:`unbound_plan`,
 pure): bytes that differ are replaced by the first's and the copy is checked again; where

@@ -12,7 +12,7 @@ chunk of each answer at a time.
 
 With only two sources left there is no third to break a tie: the ranges where they differ
 are only recorded (``judge_later``), and the whole-file check judges
-(:class:`tracker.proxy.cachefill.Repair`): the differing ranges are taken from one side and
+(:class:`tracker.proxy.copyrepair.Repair`): the differing ranges are taken from one side and
 the copy checked, then from the other; the side whose bytes pass is honest
 (:func:`two_source_liar`, :func:`blamed`).
 """
