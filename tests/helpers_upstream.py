@@ -13,7 +13,7 @@ import gzip
 import json
 import re
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -82,9 +82,18 @@ class Behaviour:
     # bytes (``real_drop_after``), or waits for ``resume`` after them (``real_pause_at``)
     real_drop_after: int | None = None
     real_pause_at: int | None = None
+    # ... or answers every GET but a speed test's with this status (``real_status``), or
+    # after this many seconds (``real_delay``; math.inf: never)
+    real_status: int | None = None
+    real_delay: float = 0.0
     # evaluate If-Range as nginx does: a Range applies only when If-Range equals the ETag or
     # the Last-Modified exactly (the default ignores If-Range)
     if_range: bool = False
+
+
+def _speed_test(headers: Mapping[str, str]) -> bool:
+    """Whether a request is a speed test's (a Range from byte 0, ``bytes=0-N``)."""
+    return re.fullmatch(r"bytes=0-\d+", headers.get("range", "")) is not None
 
 
 def agave_rpc(rate: float | None = None) -> Behaviour:
@@ -209,6 +218,11 @@ class FakeUpstream:
         data = self.files.get(name)
         if how.delay:
             await trio.sleep(how.delay)
+        if seen.method == "GET" and not _speed_test(headers):
+            if how.real_delay:
+                await trio.sleep(how.real_delay)
+            if how.real_status is not None:
+                how = attrs.evolve(how, status=how.real_status)
         if data is not None and how.gzip_if_asked and "gzip" in headers.get("accept-encoding", ""):
             data = gzip.compress(data, compresslevel=1, mtime=0)
             how = attrs.evolve(how, headers=[*how.headers, ("content-encoding", "gzip")])
@@ -280,7 +294,7 @@ class FakeUpstream:
             rate = how.unranged_rate
         if how.drop_after is not None:
             limit = min(limit, how.drop_after)
-        speed_test = re.fullmatch(r"bytes=0-\d+", seen.headers.get("range", "")) is not None
+        speed_test = _speed_test(seen.headers)
         if how.real_drop_after is not None and not speed_test:
             limit = min(limit, how.real_drop_after)
         if how.real_pause_at is not None and not speed_test:

@@ -126,6 +126,19 @@ class SourceBusy(SourceFailed):
         self.retry_after = retry_after
 
 
+class SourceGone(SourceFailed):
+    """The source answered 404 or 410 for a file its listing named: it pruned the file since
+    the listing was read (agave keeps a few archives and deletes the older). The next source
+    is asked; not held against the source's throughput (docs/ranking.md, "Failed
+    transfers"): a listing is a scrape round old."""
+
+
+class SourceWithdrawn(SourceFailed):
+    """A reload removed the group or the source while a request to it waited: the source is
+    asked nothing and the next one is (none left: UpstreamError). Not the source's failure:
+    it ranks nothing against it."""
+
+
 class SourcesBusy(UpstreamError):
     """Every source of a file was at its ``max_transfers`` for the bounded wait: answered
     503 with the one-line reason and ``retry_after`` (seconds; None: the default)."""

@@ -8,6 +8,7 @@ upstreams on 127.0.0.1, the tracker's own components with its speed-test loop.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import attrs
@@ -35,8 +36,8 @@ HONEST_PROBE_RATE = 256 * KiB
 SETTINGS = attrs.evolve(FAST, read_timeout=0.5, resume_delays=(0.05,))
 
 
-def _config(cache_dir: Path | None) -> Config:
-    config = make_config(cache_dir)
+def _config(cache_dir: Path | None, **overrides: float) -> Config:
+    config = make_config(cache_dir, **overrides)
     group: TargetGroup = config.target_groups[0]
     test = SpeedTest(bytes=PROBE, top=5, interval=600)
     group = attrs.evolve(group, ranking=Ranking(speed_test=test))
@@ -90,3 +91,42 @@ async def test_a_source_failing_real_transfers_loses_its_place_to_an_honest_one(
         response = await client.get(t.url(NAME))
         assert response.status_code == 200 and response.content == DATA
         assert [s.headers.get("range") for s in honest.gets(NAME)] == [f"bytes=0-{PROBE - 1}", None]
+
+
+@pytest.mark.parametrize(
+    ("how", "cache"),
+    [("refused", False), ("silent", False), ("refused", True)],
+    ids=["relay, real GETs answered 503", "relay, real GETs never answered", "cache, 503"],
+)
+async def test_a_source_that_never_answers_real_gets_loses_its_place(
+    tmp_path: Path, client: httpx.AsyncClient, how: str, cache: bool
+) -> None:
+    """A source that answers its speed tests fast and refuses (or leaves unanswered) every
+    real GET is measured by the failure the next source is asked after: one failover, not
+    one on every request for ever (docs/ranking.md, "Failed transfers")."""
+    refusing = Behaviour(real_status=503) if how == "refused" else Behaviour(real_delay=math.inf)
+    liar = FakeUpstream(files={NAME: DATA}, behaviour={NAME: refusing})
+    paced = Behaviour(rate=HONEST_PROBE_RATE, unranged_rate=0)
+    honest = FakeUpstream(files={NAME: DATA}, behaviour={NAME: paced})
+    config = _config(tmp_path / "cache" if cache else None, first_byte_timeout=0.2)
+    async with (
+        serving(liar),
+        serving(honest),
+        running_tracker(config, honest, liar, settings=SETTINGS) as t,
+    ):
+
+        def order() -> list[str]:
+            return [s.key.target for _f, s in t.index.find_file(GROUP, NAME)]
+
+        assert await t.parts.speedtests.round() == 2
+        assert order() == [liar.base, honest.base]  # its speed test was the faster one
+        response = await client.get(t.url(NAME))  # the honest source delivers it
+        assert response.status_code == 200 and response.content == DATA
+        assert [s.headers.get("range") for s in liar.gets(NAME)][1] is None  # a real one
+        assert order() == [honest.base, liar.base], "the liar stays first after failing"
+        _probed, achieved = t.index.speeds.figures(TargetKey(GROUP, liar.base), t.index.clock())
+        assert 0 < achieved < HONEST_PROBE_RATE
+        # The next client goes to the honest source first: the liar is not asked again.
+        response = await client.get(t.url(NAME))
+        assert response.status_code == 200 and response.content == DATA
+        assert len(liar.gets(NAME)) == 2

@@ -1,6 +1,7 @@
 """What a real transfer from a source says of its throughput, by who ended it and who paced
 it (docs/ranking.md, "Failed transfers"): ``measured_transfer``, ``paced_by_client`` and
-``ending_of`` as tables."""
+``ending_of`` as tables; ``failed_to_answer``, which failures to answer at all are the
+source's."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ from tracker.errors import (
     ArchiveInvalid,
     CacheError,
     ClientGone,
+    SourceBusy,
     SourceFailed,
+    SourceGone,
+    SourceWithdrawn,
     TransportError,
     UpstreamError,
 )
@@ -22,6 +26,7 @@ from tracker.proxy.transfers import (
     measured_transfer,
     paced_by_client,
 )
+from tracker.proxy.upstream import failed_to_answer
 
 KiB, MiB = 1024, 1024 * 1024
 TIMEOUT = 60.0  # the proxy's read_timeout
@@ -140,3 +145,34 @@ def test_a_cancelled_transfer_is_ours() -> None:
         return ""
 
     assert trio.run(cancelled) == "ours"
+
+
+@pytest.mark.parametrize(
+    ("failure", "hedged", "won", "method", "expected"),
+    [
+        # refused, an error status, a wrong size, no body within the answer timeout
+        (SourceFailed("cannot connect: Connection refused"), False, False, "GET", True),
+        (SourceFailed("HTTP 503 Service Unavailable"), False, True, "GET", True),
+        (SourceFailed("no body within 5s of the answer"), True, True, "GET", True),
+        # busy under our own source_limits, or withdrawn by a reload: not the source's
+        (SourceBusy("busy", retry_after=3.0), False, True, "GET", False),
+        (SourceWithdrawn("the source is no longer listed"), False, True, "GET", False),
+        # a file pruned since the listing was read (404, 410): a stale listing, not a liar
+        (SourceGone("HTTP 404 Not Found"), False, True, "GET", False),
+        (SourceGone("HTTP 410 Gone"), False, False, "GET", False),
+        # silent past first_byte_timeout while another source's answer won
+        (None, True, True, "GET", True),
+        # beaten while it still had its time (a hedge asked after it, or within its time)
+        (None, False, True, "GET", False),
+        # the request ended (the client left, the tracker stopped), hedged or not
+        (None, True, False, "GET", False),
+        (None, False, False, "GET", False),
+        # a HEAD moves no body: no transfer's figure
+        (SourceFailed("HTTP 503 Service Unavailable"), False, False, "HEAD", False),
+        (None, True, True, "HEAD", False),
+    ],
+)
+def test_which_failures_to_answer_are_the_sources(
+    failure: SourceFailed | None, hedged: bool, won: bool, method: str, expected: bool
+) -> None:
+    assert failed_to_answer(failure, hedged, won, method) is expected

@@ -455,6 +455,9 @@ class Launcher:
             on_failure=self._source_failed(group.group, origin),
             # a source asked later (a hedge, after a wait in its queue) asks as of then
             asking=partial(self.asking, group.group, origin),
+            # a source that fails a real GET is measured as one that ended its transfer
+            # (as the job's source_transfer: only a source of the index is ranked)
+            refused=self._refused if origin == "upstream" else None,
         )
         if refusal:
             opener = partial(_refuse, refusal)
@@ -582,6 +585,12 @@ class Launcher:
         if measured is not None:
             # What a real transfer achieved: it outweighs the speed tests (docs/ranking.md).
             self.index.record_transfer(key, *measured, kind="achieved")
+
+    def _refused(self, key: TargetKey, seconds: float) -> None:
+        """``key`` failed to answer a GET by its own doing, ``seconds`` after it was asked
+        (:func:`~tracker.proxy.upstream.failed_to_answer`): a transfer it ended with no byte
+        (docs/ranking.md, "Failed transfers")."""
+        self._measured(key, 0, seconds, "source", 0.0)
 
     @staticmethod
     def _share(metrics: Metrics, group: str, key: TargetKey, size: int, seconds: float) -> None:

@@ -69,7 +69,14 @@ from tracker.clientwire.transport import BigReadBackend, PoolTransport, body_sta
 from tracker.config.schema import Config, SourceLimits, TargetGroup, TLSConfig
 from tracker.core.snapshots import SnapshotFile
 from tracker.core.text import TRACKER_AGENT, one_line, quoted
-from tracker.errors import SourceBusy, SourceFailed, SourcesBusy, UpstreamError
+from tracker.errors import (
+    SourceBusy,
+    SourceFailed,
+    SourceGone,
+    SourcesBusy,
+    SourceWithdrawn,
+    UpstreamError,
+)
 from tracker.multisource.contentrange import ContentRange, parse_content_range, states_range
 from tracker.multisource.samefile import Validators, not_same_reason
 from tracker.net.egress import CheckingBackend, EgressPolicy, Resolver, resolve, resolve_strangers
@@ -108,6 +115,8 @@ PASSED_RESPONSE_HEADERS = frozenset(
 #: Upstream statuses that are answers for the client; anything else makes us try the next source.
 ANSWER_STATUSES = frozenset({200, 206, 304, 412, 416})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+#: A file the source's listing named and that it no longer has: pruned since (SourceGone).
+_GONE = frozenset({404, 410})
 #: Reads of its share one channel stream holds at most: the read in flight, the read-ahead
 #: (up to a share, plus the read that overflowed it), the piece waiting to be handed over
 #: and the piece being sent (each up to a share plus a read).
@@ -326,13 +335,13 @@ Asking = Callable[[TargetKey], TargetGroup]
 def group_now(group: TargetGroup, asking: Asking | None, key: TargetKey) -> TargetGroup:
     """The group to send a request to ``key`` with at this moment (``group`` without
     ``asking``); SourceFailed when a reload removed the group or the source: that source
-    fails, the next one is asked."""
+    fails (SourceWithdrawn), the next one is asked."""
     if asking is None:
         return group
     try:
         return asking(key)
     except UpstreamError as exc:
-        raise SourceFailed(str(exc)) from None
+        raise SourceWithdrawn(str(exc)) from None
 
 
 def limits_now(group: TargetGroup, asking: Asking | None, key: TargetKey) -> SourceLimits:
@@ -437,6 +446,8 @@ async def ask_source(
             await slot.aclose()
             raise
         await slot.aclose()  # the redirecting origin's slot: it answered
+        if status in _GONE:
+            raise SourceGone(status_reason(response))  # pruned since its listing
         if status not in _REDIRECTS or location is None:
             raise SourceFailed(status_reason(response))
         url = _redirect_target(url, location)
@@ -535,7 +546,13 @@ class _Race:
     on_failure: Callable[[], None] | None = None
     #: The group each source is asked with once its slot is held (None: ``group``).
     asking: Asking | None = None
+    #: ``(source key, seconds since it was asked)`` of each source that failed to answer a
+    #: GET by its own doing (:func:`failed_to_answer`): what ranks it (docs/ranking.md,
+    #: "Failed transfers").
+    refused: Callable[[TargetKey, float], None] | None = None
     reasons: dict[int, str] = attrs.Factory(dict)
+    #: The attempts the next source was asked beside, their body not started in time.
+    hedged: set[int] = attrs.Factory(set)
     #: The attempts that failed for want of a transfer slot.
     busy: set[int] = attrs.Factory(set)
     #: When the busy sources expect a slot to free (seconds from their refusal; None: unknown).
@@ -563,6 +580,7 @@ async def open_upstream(
     hedge_after: float | None = None,
     on_failure: Callable[[], None] | None = None,
     asking: Asking | None = None,
+    refused: Callable[[TargetKey, float], None] | None = None,
 ) -> UpstreamAnswer:
     """The first usable answer of the sources in ``found`` (in order) to ``method``, body
     unread, asked through the group's ``clients``.
@@ -583,6 +601,8 @@ async def open_upstream(
     source is sent with when it is asked (:func:`ask_source`): a source asked after a
     reload (a hedge, the next after a failure, a request that waited in a queue) carries
     the credentials of now, and one of a group or target the reload removed fails.
+    ``refused`` is told ``(source key, seconds since it was asked)`` of each source that
+    failed to answer a GET by its own doing (:func:`failed_to_answer`).
     """
     candidates = [(f, source) for f, source in found if f.url]
     if not candidates:
@@ -603,6 +623,7 @@ async def open_upstream(
                 slotted,
                 on_failure,
                 asking,
+                refused,
             )
             for index, (f, source) in enumerate(candidates):
                 done = trio.Event()
@@ -610,8 +631,10 @@ async def open_upstream(
                 busy_wait = race.queue_wait if index + 1 == len(candidates) else 0.0
                 nursery.start_soon(_attempt, race, index, done, f, source, busy_wait)
                 if index + 1 < len(candidates):
-                    with trio.move_on_after(wait):
+                    with trio.move_on_after(wait) as hedge:
                         await done.wait()
+                    if hedge.cancelled_caught:  # its body did not start in time
+                        race.hedged.add(index)
     except BaseException:
         if race is not None and race.winner is not None:
             await race.winner.aclose()
@@ -635,9 +658,14 @@ async def _attempt(
     busy_wait: float,
 ) -> None:
     """One source's attempt: the winner when its body starts first, else closed."""
+    asked = trio.current_time()
     try:
         answer = await _answer(race, f, source, busy_wait)
+    except trio.Cancelled:
+        _lost(race, index, source, None, asked)  # a winner's, or the request's, cancel
+        raise
     except SourceFailed as exc:
+        _lost(race, index, source, exc, asked)
         if isinstance(exc, SourceBusy):
             race.busy.add(index)
             if exc.retry_after is not None:
@@ -654,6 +682,40 @@ async def _attempt(
     else:
         await answer.aclose()  # another source started first
     done.set()
+
+
+def failed_to_answer(failure: SourceFailed | None, hedged: bool, won: bool, method: str) -> bool:
+    """Whether a source whose attempt did not win failed to answer by its own doing: it
+    ``failure`` (None: cancelled) of a request for ``method``; ``hedged``: the next source
+    was asked beside it, its body not started within ``first_byte_timeout``; ``won``:
+    another source's answer won. A refusal, an error status, a wrong size, a body not
+    started in time are the source's; a source busy under our own ``source_limits``
+    (SourceBusy), one a reload withdrew (SourceWithdrawn), one that pruned the file since
+    its listing (SourceGone: 404, 410), one beaten while it still had
+    its time, or a request that ended (the client left, the tracker stopped) are not. Only
+    a GET's: the figure it yields is a transfer's (docs/ranking.md, "Failed transfers"). A
+    source answering its speed tests fast and refusing every real GET otherwise stayed
+    first, every request paying its failover. Pure."""
+    if method != "GET":
+        return False
+    if failure is not None:
+        return not isinstance(failure, (SourceBusy, SourceWithdrawn, SourceGone))
+    return hedged and won
+
+
+def _lost(
+    race: _Race,
+    index: int,
+    source: SnapshotSource,
+    failure: SourceFailed | None,
+    asked: float,
+) -> None:
+    """Tell ``race.refused`` of a source that failed to answer by its own doing."""
+    if race.refused is None:
+        return
+    hedged, won = index in race.hedged, race.winner is not None
+    if failed_to_answer(failure, hedged, won, race.method):
+        race.refused(source.key, trio.current_time() - asked)
 
 
 async def _answer(
