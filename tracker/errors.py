@@ -18,7 +18,9 @@ exception class::
     ├── SourceFailed       one source of a file's bytes failed: a local file ended early, an
     │   │                  upstream refused, broke or answered something else than the file
     │   ├── CopyRejected   ``fetch``: a complete copy failed its check or has another SHA-256
-    │   └── SourceBusy     a source is at its ``source_limits.max_transfers``
+    │   ├── SourceBusy     a source is at its ``source_limits.max_transfers``
+    │   ├── SourceGone     a source answered 404/410 for a file it listed (pruned since)
+    │   └── SourceWithdrawn a reload removed the source while a request to it waited
     ├── UpstreamError      proxy mode: no source could deliver the bytes (502)
     │   └── SourcesBusy    every source of the file stayed busy (503)
     ├── RpcError           the ``rpc`` node could not tell the current slot (/v1/health 502)
