@@ -12,8 +12,9 @@ from tracker.errors import SourceFailed
 from tracker.fetch.sourcechecks import Source, check_range, first_byte_total
 from tracker.fetch.state import Identity
 from tracker.multisource.contentrange import ContentRange, parse_content_range, states_range
+from tracker.proxy.failover import resume_problem
 from tracker.proxy.transfers import _range_length
-from tracker.proxy.upstream import resume_problem, size_problem
+from tracker.proxy.upstream import size_problem
 
 
 @pytest.mark.parametrize(

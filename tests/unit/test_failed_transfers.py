@@ -19,6 +19,7 @@ from tracker.errors import (
     TransportError,
     UpstreamError,
 )
+from tracker.proxy.failover import failed_to_answer
 from tracker.proxy.pumps import ending_of
 from tracker.proxy.transfers import (
     MIN_MEASURED_BYTES,
@@ -26,7 +27,6 @@ from tracker.proxy.transfers import (
     measured_transfer,
     paced_by_client,
 )
-from tracker.proxy.upstream import failed_to_answer
 
 KiB, MiB = 1024, 1024 * 1024
 TIMEOUT = 60.0  # the proxy's read_timeout

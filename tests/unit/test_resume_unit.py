@@ -1,4 +1,4 @@
-"""Whether an answer to a resume request is the rest that was asked for (tracker.proxy.upstream's
+"""Whether an answer to a resume request is the rest that was asked for (tracker.proxy.failover's
 decision, as a table; resumes over real connections: tests/integration/test_resume.py)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tracker.proxy.upstream import resume_problem
+from tracker.proxy.failover import resume_problem
 
 
 @pytest.mark.parametrize(

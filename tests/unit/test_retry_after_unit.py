@@ -13,7 +13,7 @@ import trio
 import trio.testing
 from names import full_name
 
-from tracker.proxy.upstream import expected_end
+from tracker.proxy.failover import expected_end
 from tracker.serving.httpanswer import MAX_RETRY_AFTER, RETRY_AFTER, retry_after, text_answer
 
 MiB = 1024 * 1024

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from tracker.fetch.state import Identity
 from tracker.multisource.samefile import Sameness, Validators, not_same_reason, sameness
 from tracker.multisource.sources import same_validators
-from tracker.proxy.upstream import resumable, same_representation
+from tracker.proxy.failover import resumable, same_representation
 
 SAME, DIFFERENT, UNPROVEN = Sameness.SAME, Sameness.DIFFERENT, Sameness.UNPROVEN
 MON, TUE = "Mon, 02 Nov 2026 10:00:00 GMT", "Tue, 03 Nov 2026 10:00:00 GMT"

@@ -1,8 +1,9 @@
 """Proxy mode: bytes fetched from the sources and passed on, cached on the way.
 
-:mod:`~tracker.proxy.upstream` asks the sources of a file in turn (failover, redirects,
-credentials only to their own origin, header whitelists) and a source again for the rest of a
-broken body, only when it proves it is the same file;
+:mod:`~tracker.proxy.upstream` asks one source (redirects, credentials only to its own origin,
+header whitelists); :mod:`~tracker.proxy.failover` asks the sources of a file in turn
+(failover, hedging) and the same source again for the rest of a broken body, only when it
+proves it is the same file;
 :mod:`~tracker.proxy.transfers` runs one pump per stream in a nursery the service owns (its
 launcher holds the tunables, :class:`~tracker.proxy.upstream.ProxySettings`);
 :mod:`~tracker.proxy.ask` is what a client asked, read once by the web layer;

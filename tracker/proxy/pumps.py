@@ -4,7 +4,7 @@ upstream opened and closed on every path, how it went, and the body of an early 
 channel that feeds a client's body through Python is :mod:`tracker.proxy.channel`.
 
 :func:`opened` asks the sources (``job.open``: failover inside,
-:func:`tracker.proxy.upstream.open_upstream`) and closes the answer when its block ends,
+:func:`tracker.proxy.failover.open_upstream`) and closes the answer when its block ends,
 reporting what the source delivered and how fast (its throughput ranks it,
 docs/http-api.md#trust), over the seconds until its part ended
 (:attr:`Upstream.source_ended`: a refresh's promotion is not the source's time). A plain
@@ -23,11 +23,11 @@ connection breaks: a cache refresh of a 100 GB archive that loses its upstream c
 60 % should not start over, nor fail every client reading along. It yields the body's chunks;
 when the body breaks (a transport error, a read timeout, a body ending short) and a
 ``reopen`` function is given, it waits a little (``delays``), asks the same source for the
-rest (:func:`tracker.proxy.upstream.resume_upstream`) and goes on yielding, so the consumer
+rest (:func:`tracker.proxy.failover.resume_upstream`) and goes on yielding, so the consumer
 sees one seamless stream. Each break gets ``len(delays)`` attempts; a resumed stream that
 delivered :data:`FRESH_AFTER` bytes before breaking again starts a fresh count. A first
 answer with neither validator is not resumed at all
-(:func:`tracker.proxy.upstream.resumable`). When no resume is possible the body raises:
+(:func:`tracker.proxy.failover.resumable`). When no resume is possible the body raises:
 every client stream it fed ends in error and nothing is promoted.
 """
 
@@ -48,8 +48,9 @@ from tracker.errors import ArchiveInvalid, CacheError, SourceFailed, TransportEr
 from tracker.multisource.sources import Source
 from tracker.net.bodyreads import body_chunks
 from tracker.observability.logs import log_event
+from tracker.proxy.failover import Reopen, head_due, resumable
 from tracker.proxy.transfers import Ending, Head, RefreshOutcome, StreamJob
-from tracker.proxy.upstream import Reopen, UpstreamAnswer, head_due, resumable
+from tracker.proxy.upstream import UpstreamAnswer
 from tracker.serving.responsebodies import Body, GeneratorBody
 
 log = logging.getLogger("tracker.transfers")
@@ -376,7 +377,7 @@ def _report_early(
 
 def keeps_promise(job: StreamJob, head: Head, length: int | None, flow: Flow) -> bool:
     """True when the answer can follow the early head (a 200 of the promised size); else
-    its body breaks. :func:`tracker.proxy.upstream.open_upstream` already refuses others."""
+    its body breaks. :func:`tracker.proxy.failover.open_upstream` already refuses others."""
     if head.status == 200 and length == job.early_size:
         return True
     flow.error = f"the source answered {head.status} with {length} bytes after an early head"

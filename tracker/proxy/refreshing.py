@@ -58,10 +58,10 @@ from tracker.proxy.ask import Ask
 from tracker.proxy.bucketcopies import ObjectPath
 from tracker.proxy.cachefill import fill
 from tracker.proxy.decisions import Asked, Claimed, Start, prefetches, start_prefetch
+from tracker.proxy.failover import head_due
 from tracker.proxy.pumps import EarlyBody
 from tracker.proxy.storedcopies import served_from_disk
 from tracker.proxy.transfers import Head, Launcher, Pump, early_answer, head_answer
-from tracker.proxy.upstream import head_due
 from tracker.serving.fileresponse import ChunkBudget
 from tracker.serving.httpanswer import Answer, text_answer
 from tracker.serving.ranges import UNSATISFIABLE, parse_range

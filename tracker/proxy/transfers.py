@@ -55,15 +55,13 @@ from tracker.ordering.index import Index, TargetKey
 from tracker.ordering.sourcehistory import Flowing, Rejections
 from tracker.proxy.ask import Ask
 from tracker.proxy.decisions import Found, choose_sources
+from tracker.proxy.failover import Reopen, open_upstream, resume_upstream
 from tracker.proxy.upstream import (
     DownloadClients,
     ProxySettings,
-    Reopen,
     UpstreamAnswer,
     client_response_headers,
     group_asking,
-    open_upstream,
-    resume_upstream,
 )
 from tracker.serving.fileresponse import ChunkBudget
 from tracker.serving.httpanswer import Answer, text_answer
@@ -588,7 +586,7 @@ class Launcher:
 
     def _refused(self, key: TargetKey, seconds: float) -> None:
         """``key`` failed to answer a GET by its own doing, ``seconds`` after it was asked
-        (:func:`~tracker.proxy.upstream.failed_to_answer`): a transfer it ended with no byte
+        (:func:`~tracker.proxy.failover.failed_to_answer`): a transfer it ended with no byte
         (docs/ranking.md, "Failed transfers")."""
         self._measured(key, 0, seconds, "source", 0.0)
 
