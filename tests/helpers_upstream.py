@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import re
 import socket
 from collections.abc import AsyncIterator, Mapping
@@ -89,6 +90,9 @@ class Behaviour:
     # evaluate If-Range as nginx does: a Range applies only when If-Range equals the ETag or
     # the Last-Modified exactly (the default ignores If-Range)
     if_range: bool = False
+    # close the connection once one send waited this many seconds for the peer to take
+    # bytes, as nginx's ``send_timeout`` does (None: wait for ever)
+    send_timeout: float | None = None
 
 
 def _speed_test(headers: Mapping[str, str]) -> bool:
@@ -114,6 +118,7 @@ class Seen:
     headers: dict[str, str]  # lower-case names; repeated names joined with ", "
     body_sent: int = 0
     aborted: bool = False  # the peer went away before the body was sent
+    timed_out: bool = False  # closed by ``Behaviour.send_timeout``: the peer took nothing
 
 
 @attrs.define
@@ -309,7 +314,11 @@ class FakeUpstream:
                 if how.pause_at is not None and seen.body_sent < how.pause_at:
                     end = min(end, how.pause_at)
                 piece = body[seen.body_sent : end]
-                await send_event(conn, stream, h11.Data(data=piece))
+                with trio.move_on_after(how.send_timeout or math.inf) as waited:
+                    await send_event(conn, stream, h11.Data(data=piece))
+                if waited.cancelled_caught:  # the peer took nothing: the connection closes
+                    seen.aborted = seen.timed_out = True
+                    return False
                 seen.body_sent = end
                 if rate and end < limit:  # after the last piece the answer is over
                     await trio.sleep(len(piece) / rate)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import trio
 from helpers_bytes import MiB, archive_bytes
-from helpers_proxy import GROUP, proxy_tracker
+from helpers_proxy import GROUP, proxy_tracker, wait_for
 from helpers_upstream import Behaviour, FakeUpstream, serving
 from names import full_name
 
@@ -112,3 +112,50 @@ async def test_a_slow_source_is_measured_at_its_pace_whatever_the_client(
     up = FakeUpstream(files={NAME: DATA}, behaviour={NAME: Behaviour(rate=rate)}, chunk=64 * KiB)
     achieved = await _achieved_after_one_download(monkeypatch, up, plain=plain, client_rate=None)
     assert rate / 4 < achieved < rate * 1.5, achieved
+
+
+#: Larger than every buffer between the source and a client that takes nothing (the
+#: source's send buffer, the tracker's receive buffer, read-ahead and splice pipe, the
+#: tracker's send buffer), so that the source's sends wait on the stalled client.
+STALLED_DATA = archive_bytes(16 * MiB, seed=12)
+
+
+@pytest.mark.parametrize("plain", [False, True], ids=["spliced relay", "relay through Python"])
+async def test_a_client_that_stalls_until_the_source_gives_up_does_not_mark_it_slow(
+    monkeypatch: pytest.MonkeyPatch, plain: bool
+) -> None:
+    """A validator whose disk stops taking bytes: the relay stops reading its source, whose
+    own send timeout (nginx's ``send_timeout``) closes the connection; the client then reads
+    on and finds its body cut. The source ended the transfer, but only because our client
+    held it: the pump waited on the client most of the transfer's seconds, so it says
+    nothing of the source (recorded, a fast honest source was priced at a few hundred kB/s
+    for the fleet)."""
+    name = full_name(1001)
+    up = FakeUpstream(files={name: STALLED_DATA}, behaviour={name: Behaviour(send_timeout=0.5)})
+    decided = trio.Event()
+    measured_transfer = transfers.measured_transfer
+    endings: list[str] = []
+
+    def spy(*args: Any, **kwargs: Any) -> tuple[int, float] | None:
+        endings.append(args[2])
+        decided.set()  # the pump is done with its source: the figure is final
+        return measured_transfer(*args, **kwargs)
+
+    monkeypatch.setattr(transfers, "measured_transfer", spy)
+    async with serving(up), proxy_tracker(None, up, plain=plain) as t:
+        client = await PacedClient.get(t.base, f"/v1/{name}?group={GROUP}", small_buffer=True)
+        with client.sock, trio.fail_after(20):
+            data = bytearray()
+            while b"\r\n\r\n" not in data:
+                data += await client.sock.recv(16 * KiB)
+            assert data.startswith(b"HTTP/1.1 200"), bytes(data[:100])
+            # the client takes nothing until the source gave up on it
+            await wait_for(lambda: any(s.timed_out for s in up.gets(name)))
+            while chunk := await client.sock.recv(256 * KiB):
+                data += chunk
+        assert len(data) < len(STALLED_DATA), "the body came whole: the source never gave up"
+        with trio.fail_after(10):
+            await decided.wait()
+        _probed, achieved = t.index.speeds.figures(TargetKey(GROUP, up.base), trio.current_time())
+    assert endings == ["source"]  # the break is the source's (a cut) ...
+    assert achieved == 0, f"priced at {achieved:.0f} bytes/s"  # ... its pace is not known

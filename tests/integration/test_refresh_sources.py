@@ -1204,7 +1204,9 @@ async def test_a_source_dropped_as_a_laggard_is_not_priced_as_a_failure(
     transfers"), so it is priced as a transfer our side ended (from 1 MiB on, over the
     seconds it took part). Priced as a failure (its bytes over at least the read timeout),
     an honest source capped by its operator was measured at a fraction of its rate."""
-    laggard_rate = 200 * 1024  # over the floor (64 KiB/s), under a tenth of the other
+    # over the floor (64 KiB/s), under a tenth of the other even when a loaded host slows
+    # the other to 1 MiB/s (the drop must not depend on the machine's load)
+    laggard_rate = 100 * 1024
     async with sources(2, rate=12 * MiB) as ups:
         ups[1].behaviour[NAME] = Behaviour(rate=laggard_rate)
         async with tracker(tmp_path, ups) as t:
@@ -1304,3 +1306,41 @@ async def test_a_first_source_dropped_as_a_laggard_is_measured_over_its_own_part
     assert first_sent == every[0].sent
     assert whole > part + 0.3, (whole, part)  # the other sent on well after the drop
     assert first_seconds < part + 0.25, (first_seconds, part, whole)
+
+
+@pytest.mark.parametrize("dies", [0, 1], ids=["the first source", "another source"])
+async def test_a_source_dropped_for_failing_is_measured_over_its_own_part(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dies: int
+) -> None:
+    """A source that dies after 1 MiB is dropped for failing (its pieces break, three in a
+    row) early, while the other sends on for seconds: it ended its own part then, and is
+    measured over the seconds it took part, as a laggard is (docs/ranking.md, "Failed
+    transfers"), not over the whole refresh's (harsher than a laggard's price)."""
+    measured: dict[TargetKey, tuple[int, float, str]] = {}
+    launcher_measured = transfers.Launcher._measured
+
+    def spy(
+        self: transfers.Launcher,
+        key: TargetKey,
+        size: int,
+        seconds: float,
+        ending: transfers.Ending,
+        waited: float,
+    ) -> None:
+        measured[key] = (size, seconds, ending)
+        launcher_measured(self, key, size, seconds, ending, waited)
+
+    monkeypatch.setattr(transfers.Launcher, "_measured", spy)
+    async with sources(2, rate=4 * MiB) as ups:
+        ups[dies].dies_after = MiB
+        async with tracker(tmp_path, ups) as t:
+            status, digest, size, _seconds = await get(t.url(NAME))
+            assert (status, digest, size) == (200, sha256(DATA), SIZE)
+            await wait_for(lambda: NAME in t.cached())
+            await wait_for(lambda: len(measured) == 2)  # the first's when its answer closes
+    assert ups[dies].dead
+    died = measured[TargetKey(GROUP, ups[dies].base)]
+    _sent, whole, _ending = measured[TargetKey(GROUP, ups[1 - dies].base)]
+    assert died[2] == "source", died
+    assert whole > 1.5, whole  # the survivor sent the rest alone, at 4 MiB/s
+    assert died[1] < whole / 2, (died, whole)

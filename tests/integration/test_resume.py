@@ -18,14 +18,23 @@ import httpx
 import pytest
 import trio
 from helpers_bytes import MiB, archive_bytes, sha256
-from helpers_proxy import FAST, GROUP, TrackerUnderTest, advertise, proxy_tracker, wait_for
+from helpers_proxy import (
+    FAST,
+    GROUP,
+    TOKEN,
+    TrackerUnderTest,
+    advertise,
+    proxy_tracker,
+    wait_for,
+)
 from helpers_tls import client_tls
 from helpers_upstream import UPSTREAM_ETAG, UPSTREAM_LAST_MODIFIED, Behaviour, FakeUpstream
 from helpers_wire import raw_request
 from names import full_name
 
-from tracker.config.schema import BearerAuth
+from tracker.config.schema import BearerAuth, SourceLimits, TargetGroup
 from tracker.ordering.index import TargetKey
+from tracker.proxy import pumps
 
 FULL = full_name(9100)
 DATA = archive_bytes(8 * MiB, seed=50)
@@ -308,3 +317,44 @@ async def test_a_source_that_cuts_every_answer_after_a_few_kib_is_not_resumed_wi
         assert t.cached() == []
         key = TargetKey(GROUP, up.base)
         assert 0 < t.index.throughput(key) < 16 * 1024, "the cutting source is measured slow"
+
+
+#: A refresh under a rate cap, scaled down: ``source_limits.max_rate`` at 1 MiB/s and
+#: ``FRESH_SECONDS`` at 0.1 s stand for a cap of a few KiB/s and seconds of it.
+CAPPED_FULL = full_name(9101)
+CAPPED_DATA = archive_bytes(MiB, seed=51)
+
+
+@pytest.mark.parametrize(
+    ("cut", "whole"),
+    [(128 * 1024, True), (16 * 1024, False)],
+    ids=["breaks after 0.125 s of the cap", "cuts after a few KiB"],
+)
+async def test_under_a_rate_cap_a_break_after_seconds_of_the_cap_gets_fresh_attempts(
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cut: int, whole: bool
+) -> None:
+    """Our own ``max_rate`` lets a read move only so much before a link that breaks every
+    so often breaks it: a read that moved what the cap lets through in FRESH_SECONDS earns
+    its break attempts of its own (at a cap of 20 KiB/s, a link breaking every 30 s moved
+    600 KiB a read, never FRESH_AFTER, and the honest refresh failed after three breaks). A
+    source that cuts every answer after a few KiB still shares its attempts and fails."""
+    monkeypatch.setattr(pumps, "FRESH_SECONDS", 0.1)  # 100 KiB at the cap
+    up = FakeUpstream(files={CAPPED_FULL: CAPPED_DATA})
+    up.behaviour[CAPPED_FULL] = Behaviour(drop_after=cut)  # every answer, resumes too
+    await nursery.start(up.run)
+    limits = SourceLimits(max_rate=MiB)
+    capped = TargetGroup(group=GROUP, bearer_auth=BearerAuth(token=TOKEN), source_limits=limits)
+    quick = attrs.evolve(FAST, resume_delays=QUICK)
+    async with proxy_tracker(tmp_path / "cache", settings=quick, target_groups=(capped,)) as t:
+        advertise(t.index, up.base, [(CAPPED_FULL, up.url(CAPPED_FULL), len(CAPPED_DATA))])
+        wire = await raw_request(t.base, f"/v1/{CAPPED_FULL}?group={GROUP}")
+        if whole:
+            assert (wire.status, sha256(wire.body)) == (200, sha256(CAPPED_DATA))
+            await wait_for(lambda: t.outcome("refresh_ok") == 1)
+            assert t.cached() == [CAPPED_FULL]
+            assert len(up.gets(CAPPED_FULL)) == -(-len(CAPPED_DATA) // cut)  # one per cut
+        else:
+            assert wire.closed and len(wire.body) < len(CAPPED_DATA)
+            await wait_for(lambda: t.outcome("refresh_failed") == 1)
+            assert len(up.gets(CAPPED_FULL)) == 1 + len(QUICK)
+            assert t.cached() == []

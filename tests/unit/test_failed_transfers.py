@@ -89,9 +89,17 @@ def test_a_transfer_its_client_paced(seconds: float, client_waited: float, expec
         # one the source paced counts as it went
         (100 * MiB, 10.0, "whole", 1.0, (100 * MiB, 10.0)),
         (100 * MiB, 10.0, "ours", 5.0, (100 * MiB, 10.0)),
-        # one the source ended counts whatever paced it: a liar's cut or stall is its own
-        (16 * KiB, 30.0, "source", 29.0, (16 * KiB, TIMEOUT)),
-        (100 * MiB, 100.0, "source", 90.0, (100 * MiB, 100.0)),
+        # one the source ended while its client paced it: the source gave up on a client
+        # that held it (its own send timeout), which says nothing of the source's pace
+        (100 * MiB, 100.0, "source", 90.0, None),
+        (12 * MiB, 0.6, "source", 0.5, None),
+        # one the source ended at its own pace counts as the table says: a liar's stall or
+        # cut is waited on as the source's, never as the client's (it cannot make our pump
+        # wait on the client by stalling or cutting)
+        (16 * KiB, 30.0, "source", 0.0, (16 * KiB, TIMEOUT)),
+        (0, TIMEOUT + 1.0, "source", 0.0, (1, TIMEOUT + 1.0)),
+        (100 * MiB, 100.0, "source", 50.0, (100 * MiB, 100.0)),
+        (100 * MiB, 1.0, "source", 0.4, (100 * MiB, TIMEOUT)),
     ],
 )
 def test_what_a_client_paced_transfer_says_of_its_source(

@@ -22,6 +22,7 @@ from tracker.proxy.cachefill import (
     SPEED_WINDOW,
     lagging,
     lanes_for,
+    part_of,
     piece_size_for,
     use_many,
     window_for,
@@ -720,3 +721,35 @@ async def test_only_a_laggard_over_the_floor_is_priced_at_its_rate() -> None:
     reasons = lagging(pool, lagged, started, rates, [True] * 4, [True] * 4, rates)
     assert [bool(r) for r in reasons] == [False, True, True, True]
     assert list(lagged) == [laggard] and lagged[laggard] >= 2.0
+
+
+@pytest.mark.parametrize(
+    ("seconds", "lagged", "dropped", "expected"),
+    [
+        # never dropped: it took part until the pieces ended
+        (30.0, None, None, (30.0, "whole")),
+        # a laggard: our side ended its part when it dropped it, sending
+        (30.0, 4.0, None, (4.0, "whole")),
+        # failed (its answers broke, it stalled or dripped): its own part ended then, not
+        # when the others' pieces did (priced over the whole refresh, harsher than a laggard)
+        (30.0, None, 2.0, (2.0, "source")),
+        (30.0, None, 0.0, (0.0, "source")),
+        # never past the refresh's own seconds
+        (30.0, None, 31.0, (30.0, "source")),
+    ],
+)
+def test_a_sources_part_of_a_refresh_ends_when_it_was_dropped(
+    seconds: float, lagged: float | None, dropped: float | None, expected: tuple[float, str]
+) -> None:
+    assert part_of(seconds, lagged, dropped) == expected
+
+
+async def test_a_source_dropped_knows_when() -> None:
+    source = Source("http://a/f", Identity(64 * MiB), ranges=True)
+    assert source.dropped_at is None
+    before = trio.current_time()
+    source.drop("failed three times")
+    at = source.dropped_at
+    assert at is not None and before <= at <= trio.current_time()
+    source.drop("again")  # the first drop's time stays
+    assert source.dropped_at == at

@@ -7,6 +7,7 @@ import httpx
 import pytest
 
 from tracker.proxy.failover import resume_problem
+from tracker.proxy.pumps import FRESH_AFTER, FRESH_SECONDS, fresh_after
 
 
 @pytest.mark.parametrize(
@@ -45,3 +46,27 @@ def test_a_coded_piece_fails_its_source() -> None:
         check_range(piece, Source("http://s/f", Identity(1000), ranges=True), 100, 1000)
     with pytest.raises(SourceFailed, match="content-encoding 'br'"):
         check_whole(whole, Source("http://s/f", Identity(1000), ranges=False))
+
+
+@pytest.mark.parametrize(
+    ("max_rate", "expected"),
+    [
+        (0, FRESH_AFTER),  # no cap: a MiB, whatever the pace
+        (100 * 1024 * 1024, FRESH_AFTER),  # a cap far above: the same
+        # a cap under FRESH_AFTER / FRESH_SECONDS: what it lets through in FRESH_SECONDS
+        # (at 20 KiB/s a link breaking every 30 s moved 600 KiB a read, never a MiB)
+        (20 * 1024, int(20 * 1024 * FRESH_SECONDS)),
+        (1024, int(1024 * FRESH_SECONDS)),
+        (256 * 1024, FRESH_AFTER),  # its FRESH_SECONDS move more than a MiB: a MiB
+    ],
+)
+def test_the_bytes_that_earn_a_break_fresh_attempts_follow_our_rate_cap(
+    max_rate: int, expected: int
+) -> None:
+    assert fresh_after(max_rate) == expected
+
+
+def test_a_link_breaking_every_30_s_earns_fresh_attempts_a_cut_after_4_kib_does_not() -> None:
+    for max_rate in (4 * 1024, 20 * 1024, 35 * 1024, 1024 * 1024):
+        assert max_rate * 30 >= fresh_after(max_rate)  # 30 s at the cap
+        assert fresh_after(max_rate) > 4 * 1024  # a cut after 4 KiB never does

@@ -175,7 +175,7 @@ def alone(pool: list[Source], ranked: list[Source]) -> list[list[Source]]:
     senders = [s for s in pool if s.sent]
     order = {id(s): index for index, s in enumerate(ranked)}
     return [
-        [attrs.evolve(s, sent=0, failures=0, dropped="", scopes=set())]
+        [attrs.evolve(s, sent=0, failures=0, dropped="", dropped_at=None, scopes=set())]
         for s in sorted(pool, key=lambda s: order.get(id(s), len(order)))
         if senders != [s]
     ]
@@ -287,7 +287,9 @@ async def _download_from(
         )
     finally:
         os.close(fd)
-    fresh = [attrs.evolve(s, sent=0, failures=0, dropped="", scopes=set()) for s in pool]
+    fresh = [
+        attrs.evolve(s, sent=0, failures=0, dropped="", dropped_at=None, scopes=set()) for s in pool
+    ]
     return await _download_from(client, file, fresh, ledger, settings, progress)
 
 

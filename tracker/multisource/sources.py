@@ -67,6 +67,9 @@ class Source:
     sent: int = 0
     failures: int = 0
     dropped: str = ""
+    #: When (trio time) it was dropped (None: it was not): its part of the download ended
+    #: then (a refresh measures it over that part, docs/ranking.md, "Failed transfers").
+    dropped_at: float | None = None
     #: Why it gives no (more) pieces though it did not fail ("" while it may): it ignores
     #: ``Range``, and its one stream, if it had one, ended.
     left_out: str = ""
@@ -135,7 +138,7 @@ class Source:
     def drop(self, reason: str) -> None:
         """Stop using this source; its running requests are cancelled (their pieces return)."""
         if not self.dropped:
-            self.dropped = reason
+            self.dropped, self.dropped_at = reason, trio.current_time()
             log_event(log, "warning", self.drop_event, url=self.url, reason=reason)
         for scope in self.scopes:
             scope.cancel()

@@ -208,19 +208,16 @@ async def _to_many(
         on_sources=known,
     )
     upstream.spliced, upstream.splicing = outcome.sources[0].sent, None
-    # the first's part ended with the pieces, or when it was dropped as a laggard (as
-    # another's: below); the promotion is not its time (docs/ranking.md, "Failed transfers")
-    first_part = outcome.lagged.get(outcome.sources[0], outcome.seconds)
+    # the first's part ended with the pieces, or when it was dropped (as another's:
+    # below); the promotion is not its time (docs/ranking.md, "Failed transfers")
+    first_part, _ending = part_of_delivered(outcome, outcome.sources[0])
     upstream.many_ended = trio.current_time() - outcome.seconds + first_part
     for source in outcome.sources:
         key = outcome.key_of(source)
-        # a laggard took part until it was dropped, and was sending then: our side ended
-        # its part (it is priced at its rate); a source dropped otherwise (it failed,
-        # stalled or dripped) ended its own part: measured whatever it sent
-        # (docs/ranking.md, "Failed transfers")
-        seconds = outcome.lagged.get(source, outcome.seconds)
+        # a laggard's part (our side ended it) or a failing one's (it ended its own) ended
+        # when it was dropped, not with the others' pieces
+        seconds, ending = part_of_delivered(outcome, source)
         job.refresh_share(key, source.sent, seconds)
-        ending: Ending = "source" if source.dropped and source not in outcome.lagged else "whole"
         if source is not outcome.sources[0]:  # the first one's is told when it closes
             job.source_transfer(key, source.sent, seconds, ending, 0.0)  # to disk: no client
         elif ending == "source":
@@ -478,7 +475,10 @@ async def fill_from_many(
         if peers.uses is not None:
             peers.uses.record(refresh.name, [keys[s] for s in sources], sources)
     seconds = trio.current_time() - started
-    outcome = Delivered(tuple(sources), seconds, written, copies, lagged)
+    failed = {
+        s: s.dropped_at - started for s in sources if s.dropped_at is not None and s not in lagged
+    }
+    outcome = Delivered(tuple(sources), seconds, written, copies, lagged, failed)
     if not pieces.complete:
         reasons = "; ".join(f"{redact_text(s.url)}: {s.state or 'failed'}" for s in sources)
         raise UpstreamError(f"every source of the refresh failed: {reasons}")
@@ -505,6 +505,28 @@ def lagging(
         if reason and on and rate >= FLOOR_RATE:
             lagged.setdefault(source, trio.current_time() - started)
     return reasons
+
+
+def part_of(seconds: float, lagged: float | None, dropped: float | None) -> tuple[float, Ending]:
+    """How long a source of a refresh from several took part, and who ended its part (what
+    its transfer says of it: :func:`tracker.proxy.transfers.measured_transfer`). The
+    refresh's pieces took ``seconds``; ``lagged`` is the seconds until the source was
+    dropped as a laggard, ``dropped`` until it was dropped for failing (its answers broke,
+    it stalled or dripped under the floor); None: it was not. A laggard was sending when our
+    side dropped it: priced at its rate over its part. One that failed ended its own part
+    when it was dropped: priced as a source's failure over that part (over the whole
+    refresh's seconds, it was priced harsher than a laggard). One never dropped took part
+    until the pieces ended (docs/ranking.md, "Failed transfers"). Pure."""
+    if lagged is not None:
+        return lagged, "whole"
+    if dropped is not None:
+        return max(0.0, min(dropped, seconds)), "source"
+    return seconds, "whole"
+
+
+def part_of_delivered(outcome: Delivered, source: Source) -> tuple[float, Ending]:
+    """:func:`part_of` for ``source``, one of ``outcome``'s."""
+    return part_of(outcome.seconds, outcome.lagged.get(source), outcome.failed.get(source))
 
 
 def _unwrapped(

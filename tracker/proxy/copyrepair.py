@@ -68,6 +68,9 @@ class Delivered:
     #: The sources dropped as laggards (:func:`tracker.proxy.cachefill.lagging`), each with
     #: the seconds it took part until then.
     lagged: dict[Source, float] = attrs.Factory(dict)
+    #: The sources dropped for failing (their answers broke, they stalled or dripped under
+    #: the floor), each with the seconds it took part until then.
+    failed: dict[Source, float] = attrs.Factory(dict)
 
     def key_of(self, source: Source) -> TargetKey:
         """``source``'s target in the index."""

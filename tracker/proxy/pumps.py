@@ -25,7 +25,8 @@ when the body breaks (a transport error, a read timeout, a body ending short) an
 ``reopen`` function is given, it waits a little (``delays``), asks the same source for the
 rest (:func:`tracker.proxy.failover.resume_upstream`) and goes on yielding, so the consumer
 sees one seamless stream. Each break gets ``len(delays)`` attempts; a resumed stream that
-delivered :data:`FRESH_AFTER` bytes before breaking again starts a fresh count. A first
+delivered :data:`FRESH_AFTER` bytes (under a rate cap of our own, perhaps fewer:
+:func:`fresh_after`) before breaking again starts a fresh count. A first
 answer with neither validator is not resumed at all
 (:func:`tracker.proxy.failover.resumable`). When no resume is possible the body raises:
 every client stream it fed ends in error and nothing is promoted.
@@ -61,6 +62,23 @@ resume_log = logging.getLogger("tracker.resume")
 #: without end, its refresh crawling and never measured, while its speed tests kept it
 #: first (docs/ranking.md, "Failed transfers"); an honest break comes after far more.
 FRESH_AFTER = 1024 * 1024
+#: Under a rate cap of our own (``source_limits.max_rate``), seconds of the cap a read must
+#: move before it breaks to earn its break attempts of its own, when that is less than
+#: FRESH_AFTER (:func:`fresh_after`).
+FRESH_SECONDS = 5.0
+
+
+def fresh_after(max_rate: int) -> int:
+    """Bytes a read must move before it breaks for the break to get attempts of its own,
+    reading a source capped at ``max_rate`` bytes a second (0: no cap): FRESH_AFTER, or what
+    the cap lets through in FRESH_SECONDS when that is less. Our own cap paces the reads: at
+    20 KiB/s a link that breaks every 30 s moved 600 KiB a read, never FRESH_AFTER, and an
+    honest refresh failed after a few breaks. A source that cuts each answer sooner still
+    shares its attempts; one that cuts after FRESH_SECONDS of the cap, answering each
+    resume, moves the refresh at nearly the cap (docs/ranking.md, "Failed transfers"). Pure."""
+    if max_rate <= 0:
+        return FRESH_AFTER
+    return min(FRESH_AFTER, int(max_rate * FRESH_SECONDS))
 
 
 @attrs.define
@@ -416,9 +434,10 @@ class _Reads:
         if self._start is not None:
             if self._reason is None:
                 return False
-            # A read that moved a MiB before it broke starts a fresh count: each break gets
-            # its own attempts (one that moved less shares them: FRESH_AFTER).
-            fresh = body.received - self._start >= FRESH_AFTER
+            # A read that moved a MiB (or seconds of our rate cap) before it broke starts a
+            # fresh count: each break gets its own attempts (one that moved less shares
+            # them: fresh_after).
+            fresh = body.received - self._start >= fresh_after(body.answer.pacer.rate)
             failures = 0 if fresh else self._failures
             self._failures = await body.resume(self._reason, failures)
         self._start = body.received

@@ -373,25 +373,29 @@ def measured_transfer(
     ``client_waited`` is how long of ``seconds`` the pump waited for its client (0: none,
     a refresh writing to disk).
 
-    A whole transfer, or one our side ended, counts from :data:`MIN_MEASURED_BYTES` on (a
-    few KiB say little, and a client that leaves must not mark a source slow), unless its
-    client paced it (:func:`paced_by_client`: one slow client would otherwise price a fast
-    source at the client's speed for the whole fleet). One the
-    source ended counts whatever its size, over at least ``read_timeout``: a source that
-    answers its speed tests fast and stalls or cuts real transfers early would otherwise
-    never be measured and stay first (docs/ranking.md, "Failed transfers"), and a cut is
-    priced as a stall there, so dropping the connection is not the cheaper way to fail.
-    A source that answered a head and then sent no byte counts as one byte so (a liar
-    stalling at once would otherwise go unmeasured as well). Pure."""
+    Whoever ended it, a transfer its client paced (:func:`paced_by_client`) counts nothing:
+    one slow client would otherwise price a fast source at the client's speed for the whole
+    fleet, and a source that gave up on a client that stalled (its own send timeout) ended
+    the transfer only because our client held it. A source cannot make our pump wait on its
+    client: it decides how fast it sends, not how fast the client takes (a stall or a cut of
+    its own is waited on as the source's). A whole transfer, or one our side ended, counts
+    from :data:`MIN_MEASURED_BYTES` on (a few KiB say little, and a client that leaves must
+    not mark a source slow). One the source ended counts whatever its size, over at least
+    ``read_timeout``: a source that answers its speed tests fast and stalls or cuts real
+    transfers early would otherwise never be measured and stay first (docs/ranking.md,
+    "Failed transfers"), and a cut is priced as a stall there, so dropping the connection
+    is not the cheaper way to fail. A source that answered a head and then sent no byte
+    counts as one byte so (a liar stalling at once would otherwise go unmeasured as well).
+    Pure."""
     if moved < 0 or seconds < 0:
+        return None
+    if paced_by_client(seconds, client_waited):
         return None
     if ending == "source":
         return max(moved, 1), max(seconds, read_timeout)
     if moved == 0:
         return None
     if moved < MIN_MEASURED_BYTES or seconds <= 0:
-        return None
-    if paced_by_client(seconds, client_waited):
         return None
     return moved, seconds
 
