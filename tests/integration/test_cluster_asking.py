@@ -7,6 +7,8 @@ deadline's test: a fake call on trio's clock, no network)."""
 from __future__ import annotations
 
 import json
+import struct
+import time
 from typing import Any
 
 import base58
@@ -20,15 +22,17 @@ from helpers_alpenglow import (
     document,
     epoch_stakes,
     fast_certificate,
+    genesis_answer,
     ranked,
     validators,
 )
 from helpers_server import serve_app
 from helpers_tls import client_tls
-from helpers_votes import VoteRpc, hash_of, tower, vote_transaction
+from helpers_votes import VoteRpc, hash_of, key, tower, vote_transaction
 
 from tracker.config.schema import ClusterProof, Config, TargetGroup, Trust
 from tracker.config.warnings import config_warnings
+from tracker.proof.cluster import bls, clustervotes
 from tracker.proof.cluster.clustervotes import ClusterVotes
 from tracker.proof.levels import Level, Proof
 
@@ -123,6 +127,74 @@ async def test_the_deadline_stops_a_block_being_decoded(
     assert lifted.level == Level.MANIFEST
     assert lifted.note == "cluster not proven: the votes were not read within 1s"
     assert len(decoded) < many
+
+
+def keyed_account(n: int) -> bytes:
+    """The first bytes of a V4 vote account holding a BLS key of its own (48 bytes that need
+    not be a point: what is timed is their decoding)."""
+    node = struct.pack(">Q", n + 1).rjust(32, b"\0")
+    bls_key = struct.pack(">Q", n + 1).rjust(48, b"\x11")
+    return struct.pack("<I", 3) + node + bytes(96) + struct.pack("<HHQ", 0, 0, 0) + b"\1" + bls_key
+
+
+async def test_the_deadline_stops_a_rank_map_being_decoded(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An RPC listing thousands of staked vote accounts with a BLS key (a hostile one lists up
+    to 20,000: seconds of decoding before the rank map is refused) had every key decoded
+    past ``cluster_proof.deadline``, in one of the parse threads every lift shares, and the
+    lift (a refresh's readers under ``require: cluster``) waited for it. The decode stops at
+    the deadline. Each key's decoding is slowed here (5 ms) instead of 20,000 real keys."""
+    many = 3000  # 15 s of decoding
+    accounts = {key(f"keyed {n}"): keyed_account(n) for n in range(many)}
+    node = VoteRpc(stakes=dict.fromkeys(accounts, 1), accounts=accounts, genesis=genesis_answer(50))
+    # only its block is read before the rank map: no signature is made
+    node.documents[SLOT] = document(SLOT, BANK, struct.pack("<Q", SLOT) + BLOCK_ID)
+    decoded: list[int] = []
+    decode = bls._g1
+
+    def slowly(compressed: bytes) -> Any:
+        decoded.append(1)
+        time.sleep(0.005)
+        return decode(compressed)
+
+    monkeypatch.setattr(bls, "_g1", slowly)
+    url = await nursery.start(serve_app, node.app()) + "/"
+    proof = ClusterProof(deadline=4.0, certificates=url + "certificates")
+    config = Config(rpc=url, cluster_proof=proof)
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False, timeout=30) as client:
+        voter = ClusterVotes(lambda: config, client, retry_after=0)
+        lifted = await voter.lift(SLOT, manifest_proof())
+    assert lifted.level == Level.MANIFEST
+    assert lifted.note == "cluster not proven: the certificate were not read within 4s"
+    assert 0 < len(decoded) < many  # its decoding began, and stopped at the deadline
+
+
+async def test_the_deadline_stops_the_vote_accounts_being_read(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``getVoteAccounts`` answer near its 32 MiB bound takes seconds to walk (200,000
+    entries); the walk went on past ``cluster_proof.deadline``. It stops there. Each entry's
+    reading is slowed here (5 ms) instead of 32 MiB."""
+    many = 3000  # 15 s of reading
+    node = VoteRpc(stakes={key(f"staked {n}"): 1 for n in range(many)})
+    read: list[int] = []
+    entry_of = clustervotes.stake_entry
+
+    def slowly(entry: object) -> Any:
+        read.append(1)
+        time.sleep(0.005)
+        return entry_of(entry)
+
+    monkeypatch.setattr(clustervotes, "stake_entry", slowly)
+    url = await nursery.start(serve_app, node.app()) + "/"
+    config = Config(rpc=url, cluster_proof=ClusterProof(deadline=2.0))
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False, timeout=30) as client:
+        voter = ClusterVotes(lambda: config, client, retry_after=0)
+        lifted = await voter.lift(SLOT, manifest_proof())
+    assert lifted.level == Level.MANIFEST
+    assert lifted.note == "cluster not proven: the votes were not read within 2s"
+    assert 0 < len(read) < many
 
 
 async def test_a_reload_to_another_rpc_asks_it_at_once(nursery: trio.Nursery) -> None:

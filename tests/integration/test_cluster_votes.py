@@ -7,6 +7,7 @@ reads."""
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -30,6 +31,7 @@ from tracker.config.schema import ClusterProof, Config, TargetGroup, Trust
 from tracker.ordering.index import Index, TargetKey
 from tracker.proof.background.heads import HeadProofs
 from tracker.proof.cluster.clustervotes import ClusterVotes
+from tracker.proof.formats.tally import VoteSeen
 from tracker.proof.levels import Level, Proof
 from tracker.proxy.upstream import DownloadClients, ProxySettings
 
@@ -120,6 +122,48 @@ async def test_a_minority_leaves_the_archive_at_manifest_with_the_stake_shown() 
         "cluster not proven: 30.0% of the stake voted the bank hash, 55.0% voted another hash,"
         " 2/3 needed"
     )
+
+
+class CountedCalls(list[tuple[str, Any]]):
+    """An RPC's calls, counting the votes read and kept (``VoteSeen`` objects alive, beyond
+    those alive when the first block was asked) when the first block from ``at`` on is
+    asked: the batches before were read by then, none after them answered yet."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at = at
+        self.before: int | None = None
+        self.kept: int | None = None
+
+    def append(self, call: tuple[str, Any]) -> None:
+        if call[0] == "getBlock" and self.before is None:
+            self.before = alive(VoteSeen)
+        if call[0] == "getBlock" and call[1][0] >= self.at and self.kept is None:
+            self.kept = alive(VoteSeen) - (self.before or 0)
+        super().append(call)
+
+
+def alive(kind: type) -> int:
+    return sum(1 for o in gc.get_objects() if isinstance(o, kind))
+
+
+async def test_votes_a_block_repeats_are_kept_once() -> None:
+    """Every vote instruction read was kept until the archive's check ended: a liar's
+    blocks repeating one vote (~500,000 in a 64 MiB answer) grew the tracker's memory with
+    each block read, up to ``cluster_proof.blocks`` of them within the deadline (an hour at
+    most), and each batch's tally walked all of them on the event loop. A voter is kept once
+    per side (the bank hash, another hash)."""
+    repeated = vote_transaction(V[3], tower([(S, 1)], H))  # 10%: every block is read
+    repeated["transaction"]["message"]["instructions"] *= 250
+    counted = CountedCalls(S + 5)
+    node = VoteRpc(
+        blocks={S + n: [repeated] * 4 for n in range(1, 9)}, stakes=STAKES, calls=counted
+    )
+    async with rpcs(node) as urls, cluster_votes(settings(urls, blocks=8)) as votes:
+        proof = await votes.lift(S, PROOF)
+    assert (proof.level, proof.voted_stake) == (Level.MANIFEST, 0.1)
+    assert sorted(node.block_calls()) == list(range(S + 1, S + 9))
+    assert counted.kept is not None and counted.kept < 10  # not 4 blocks of 1,000 votes
 
 
 async def test_a_tally_is_kept_per_slot_and_hash() -> None:

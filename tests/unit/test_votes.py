@@ -25,7 +25,14 @@ from helpers_votes import (
 
 from tracker.errors import RpcError, VoteInvalid
 from tracker.proof.cluster.clustervotes import block_votes, judged, vote_stakes
-from tracker.proof.formats.tally import Tally, VoteSeen, tally, transaction_votes
+from tracker.proof.formats.tally import (
+    MAX_UNKNOWN_VOTERS,
+    SlotVotes,
+    Tally,
+    VoteSeen,
+    tally,
+    transaction_votes,
+)
 from tracker.proof.formats.votes import decode_vote
 from tracker.proof.levels import Level, Proof
 
@@ -120,6 +127,22 @@ STAKES = {A: 40, B: 30, C: 20, D: 10}
 )
 def test_tally_weighs_each_voter_once_by_stake(votes: list[VoteSeen], expected: Tally) -> None:
     assert tally(votes, 100, H, STAKES) == expected
+    # read one block at a time, the votes weigh the same
+    read = SlotVotes(100, H, STAKES)
+    for one in votes:
+        read.add([one])
+    assert read.tally() == expected
+
+
+def test_the_votes_read_are_kept_per_voter_not_per_vote() -> None:
+    """A liar's blocks repeat votes, vary the hash and invent voters: what is kept is each
+    staked voter once per side and at most MAX_UNKNOWN_VOTERS others (counted up to there)."""
+    read = SlotVotes(100, H, STAKES)
+    for n in range(50):  # 50 blocks
+        read.add([seen(A, 100, H)] * 1000 + [seen(B, 100, bytes([n]) * 32)] * 1000)
+        read.add(seen(f"invented {n} {i}", 100, H) for i in range(1000))
+    assert read.voters == 2 + MAX_UNKNOWN_VOTERS
+    assert read.tally() == Tally(40, 30, 100, unknown=MAX_UNKNOWN_VOTERS)
 
 
 @pytest.mark.parametrize(

@@ -76,7 +76,13 @@ from tracker.proof.cluster.finality import (
     vote_accounts_data,
 )
 from tracker.proof.formats.alpenglow import EpochVoters, voters_digest
-from tracker.proof.formats.tally import Tally, VoteSeen, stake_entry, tally, transaction_votes
+from tracker.proof.formats.tally import (
+    SlotVotes,
+    Tally,
+    VoteSeen,
+    stake_entry,
+    transaction_votes,
+)
 from tracker.proof.levels import Level, Proof
 
 log = logging.getLogger("tracker.proof")
@@ -522,31 +528,35 @@ class ClusterVotes:
         the next few blocks: a busy mainnet block in json is ~10 MB and ~0.3 s of
         decoding). Raises RpcError (one line)."""
         body = await self._call(url, _GET_VOTE_ACCOUNTS, MAX_VOTE_ACCOUNTS)
-        stakes = await trio.to_thread.run_sync(vote_stakes, body, limiter=_PARSE)
-        votes: list[VoteSeen] = []
+        stakes = await trio.to_thread.run_sync(
+            vote_stakes, body, trio.from_thread.check_cancelled, limiter=_PARSE
+        )
+        # each voter kept once, not each vote read (a liar's blocks repeat one): bounded by
+        # the stakes whatever the blocks and the deadline (docs/http-api.md, "Limits")
+        votes = SlotVotes(slot, bank_hash, stakes)
         failed: list[RpcError] = []
+
+        def read(answer: bytearray) -> None:
+            # the decode stops at the deadline (a block of a liar's votes, near its size
+            # bound, takes minutes of decoding: both parse threads of every lift)
+            votes.add(block_votes(answer, slot, trio.from_thread.check_cancelled))
 
         async def one_block(at: int) -> None:
             try:
                 answer = await self._call(url, _get_block(at), MAX_BLOCK)
-                # the decode stops at the deadline (a block of a liar's votes, near its size
-                # bound, takes minutes of decoding: both parse threads of every lift)
-                found = await trio.to_thread.run_sync(
-                    block_votes, answer, slot, trio.from_thread.check_cancelled, limiter=_PARSE
-                )
-                votes.extend(found)
+                await trio.to_thread.run_sync(read, answer, limiter=_PARSE)
             except RpcError as exc:
                 failed.append(RpcError(one_line(f"slot {at}: {exc}")))
 
         blocks = vote_blocks(slot, self._config().cluster_proof.blocks, genesis)
-        result = tally(votes, slot, bank_hash, stakes)
+        result = votes.tally()
         for first in range(blocks.start, blocks.stop, CONCURRENT_BLOCKS):
             async with trio.open_nursery() as nursery:
                 for at in range(first, min(first + CONCURRENT_BLOCKS, blocks.stop)):
                     nursery.start_soon(one_block, at)
             if failed:
                 raise failed[0]
-            result = tally(votes, slot, bank_hash, stakes)
+            result = votes.tally()
             if result.supermajority:
                 break
         return result
@@ -755,10 +765,11 @@ def _error_code(error: object) -> int | None:
     return code if isinstance(code, int) and not isinstance(code, bool) else None
 
 
-def vote_stakes(body: bytes | bytearray) -> dict[str, int]:
+def vote_stakes(body: bytes | bytearray, checkpoint: Callable[[], None] = _go_on) -> dict[str, int]:
     """Each vote account's activated stake from a ``getVoteAccounts`` answer (``current``
     and ``delinquent``; an account listed twice counts once). Raises RpcError (one line).
-    Blocking: run it in a worker thread."""
+    Blocking: run it in a worker thread; ``checkpoint()`` is called before each entry and
+    may raise to stop the walk (``trio.from_thread.check_cancelled``: 32 MiB take seconds)."""
     stakes: dict[str, int] = {}
     lists = 0
     try:
@@ -766,6 +777,7 @@ def vote_stakes(body: bytes | bytearray) -> dict[str, int]:
             decode_text(body), {"current", "delinquent"}, within=("result",), max_items=MAX_ITEMS
         )
         for name, value in members:
+            checkpoint()
             if name in ("current[]", "delinquent[]"):
                 entry = stake_entry(value)
                 if entry is not None:

@@ -315,17 +315,21 @@ class EpochRanks:
 async def epoch_ranks(
     call: Call,
     url: str,
-    stakes_of: Callable[[bytes | bytearray], dict[str, int]],
+    stakes_of: Callable[[bytes | bytearray, Callable[[], None]], dict[str, int]],
     max_vote_accounts: int,
     limiter: trio.CapacityLimiter,
 ) -> EpochRanks:
     """``url``'s current epoch and its rank map (RpcError, one line, when it cannot be
-    read or built)."""
+    read or built). The answers' walk and the keys' decoding, in worker threads, stop when
+    the caller is cancelled (its deadline): ``stakes_of(body, checkpoint)`` calls
+    ``checkpoint()`` as it goes."""
     epoch, first, last = epoch_window(await call(url, get_epoch_info(), MAX_EPOCH_INFO))
     body = await call(
         url, _request("getVoteAccounts", [{"commitment": "finalized"}]), max_vote_accounts
     )
-    stakes = await trio.to_thread.run_sync(stakes_of, body, limiter=limiter)
+    stakes = await trio.to_thread.run_sync(
+        stakes_of, body, trio.from_thread.check_cancelled, limiter=limiter
+    )
     staked = {v: s for v, s in stakes.items() if s > 0}
     if len(staked) > MAX_VOTE_ACCOUNTS:
         raise RpcError(f"getVoteAccounts: {len(staked)} staked vote accounts")
@@ -333,7 +337,10 @@ async def epoch_ranks(
 
     def build() -> EpochRanks:
         accounts = candidates(staked, data)
-        points = bls.decode_all(c.bls_key for c in accounts if c.bls_key is not None)
+        # up to 20,000 keys of a hostile RPC: seconds of a parse thread every lift shares,
+        # stopped at the lift's deadline (docs/http-api.md, "After the migration")
+        keyed = (c.bls_key for c in accounts if c.bls_key is not None)
+        points = bls.decode_all(keyed, trio.from_thread.check_cancelled)
         try:
             ranks = rank_map(accounts, lambda key: points.get(key) is not None)
         except CertificateInvalid as exc:

@@ -17,6 +17,7 @@ null) count: the vote program checked the vote account's authorized voter signed
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping
 
 import attrs
@@ -33,6 +34,8 @@ MAX_KEYS = 256
 MAX_INSTRUCTIONS = 256
 #: The longest public key text accepted (base58 of 32 bytes is at most 44 characters).
 MAX_KEY_CHARS = 64
+#: Voters that hold no stake remembered per slot (they count nothing; the note counts them).
+MAX_UNKNOWN_VOTERS = 10_000
 _U64_MAX = 2**64 - 1
 
 
@@ -171,19 +174,55 @@ def tally(
 ) -> Tally:
     """Weigh the votes for ``slot`` by ``stakes``: each vote account counts once, for
     ``bank_hash`` when its votes carry it, for another hash when they carry only others; one
-    that voted both counts nothing (no evidence for either)."""
-    for_hash: set[str] = set()
-    for_other: set[str] = set()
-    for vote in votes:
-        if vote.slot == slot:
-            (for_hash if vote.hash == bank_hash else for_other).add(vote.voter)
-    both = for_hash & for_other
-    for_hash -= both
-    for_other -= both
-    unknown = sum(1 for v in for_hash | for_other if v not in stakes)
-    return Tally(
-        voted=sum(stakes.get(v, 0) for v in for_hash),
-        other=sum(stakes.get(v, 0) for v in for_other),
-        total=sum(stakes.values()),
-        unknown=unknown,
-    )
+    that voted both counts nothing (no evidence for either); at most
+    :data:`MAX_UNKNOWN_VOTERS` voters without stake are counted."""
+    seen = SlotVotes(slot, bank_hash, stakes)
+    seen.add(votes)
+    return seen.tally()
+
+
+class SlotVotes:
+    """The votes for one slot read so far, as :func:`tally` weighs them: each voter kept once
+    per side (the bank hash, another hash), however often the blocks repeat its vote, and at
+    most :data:`MAX_UNKNOWN_VOTERS` voters without stake. What it holds is bounded by the
+    stakes, not by the votes read: a liar's 64 MiB block repeats one vote ~500,000 times.
+    :meth:`add` may be called from several worker threads at once."""
+
+    def __init__(self, slot: int, bank_hash: bytes, stakes: Mapping[str, int]) -> None:
+        self._slot, self._bank_hash, self._stakes = slot, bank_hash, stakes
+        self._for_hash: set[str] = set()
+        self._for_other: set[str] = set()
+        self._unknown: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, votes: Iterable[VoteSeen]) -> None:
+        """Count ``votes`` in (those for other slots are passed over)."""
+        with self._lock:
+            for vote in votes:
+                if vote.slot != self._slot:
+                    continue
+                voter = vote.voter
+                if voter not in self._stakes and voter not in self._unknown:
+                    if len(self._unknown) >= MAX_UNKNOWN_VOTERS:
+                        continue  # it would count nothing; the note's count stops here
+                    self._unknown.add(voter)
+                (self._for_hash if vote.hash == self._bank_hash else self._for_other).add(voter)
+
+    @property
+    def voters(self) -> int:
+        """The voters kept (on either side)."""
+        with self._lock:
+            return len(self._for_hash | self._for_other)
+
+    def tally(self) -> Tally:
+        """The stake behind the votes added so far."""
+        with self._lock:
+            both = self._for_hash & self._for_other
+            for_hash, for_other = self._for_hash - both, self._for_other - both
+        stakes = self._stakes
+        return Tally(
+            voted=sum(stakes.get(v, 0) for v in for_hash),
+            other=sum(stakes.get(v, 0) for v in for_other),
+            total=sum(stakes.values()),
+            unknown=sum(1 for v in for_hash | for_other if v not in stakes),
+        )
