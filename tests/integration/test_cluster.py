@@ -11,6 +11,7 @@ off the machine; here they are also checked to show ``blocked``).
 from __future__ import annotations
 
 import json
+import logging
 import resource
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -42,6 +43,7 @@ from tracker.config.schema import (
     TargetGroup,
     Trust,
 )
+from tracker.discovery import cluster as cluster_module
 from tracker.discovery import targetset
 from tracker.discovery.cluster import cluster_targets
 from tracker.discovery.nodes import MAX_NODES
@@ -49,6 +51,7 @@ from tracker.discovery.nodes import Node as ClusterNode
 from tracker.discovery.scrape import Scraper
 from tracker.discovery.targetset import TargetFinder
 from tracker.errors import ProbeError
+from tracker.observability.logs import record_fields
 from tracker.observability.metrics import Metrics
 from tracker.ordering.index import Index, TargetKey
 from tracker.reporting import track_snapshot_age
@@ -74,6 +77,7 @@ class Node:
     full: str | None
     size: int = 1000
     connections: int = 0
+    requests: int = 0
 
 
 class Nodes:
@@ -129,6 +133,7 @@ class Nodes:
                     # had this port before): answer as a server would and close.
                     await stream.send_all(_BAD_REQUEST)
                     return
+                node.requests += 1
                 await stream.send_all(_answer(node, request_line[1].decode()))
 
 
@@ -701,3 +706,33 @@ async def test_discovered_nodes_carry_their_version_and_the_filter_applies(
             **expected,
             known_url: None,
         }, route
+
+
+async def test_an_rpc_answer_failing_as_no_rule_foresaw_costs_that_groups_question_only(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What no rule of ``getClusterNodes``'s reading names (here a library's ValueError on
+    junk) raised out of the round's discovery: no target of any group was probed while the
+    RPC answered so. It costs that group's question now: logged with its traceback, the
+    group keeps the nodes it found last, and they are probed (docs/architecture.md,
+    "Failures")."""
+    nodes = Nodes()
+    served = [Node(full_name(SLOT))]
+    addresses = await nodes.serve(nursery, served)
+    rpc = await nursery.start(serve_app, rpc_app([[node_entry(0, addresses[0])]]))
+    config = config_for(rpc)
+
+    def unforeseen(*_args: object) -> list[ClusterNode]:
+        raise ValueError("a library's own complaint")
+
+    async with scraper_for(config) as (scraper, index):
+        await scraper.scrape_round()
+        first = served[0].requests
+        monkeypatch.setattr(cluster_module, "parse_answer", unforeseen)
+        with caplog.at_level(logging.ERROR, logger="tracker"):
+            await scraper.scrape_round()  # raised ValueError out of the round
+        assert served[0].requests > first  # the node found last is probed again
+        assert [k.target for k in index.keys()] == [f"http://{addresses[0]}"]  # noqa: SIM118
+    (failed,) = [record_fields(r)[1] for r in caplog.records if r.msg == "cluster_discovery_error"]
+    assert failed["group"] == GROUP
+    assert failed["error"] == "ValueError: a library's own complaint"

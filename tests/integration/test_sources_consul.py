@@ -4,6 +4,7 @@ failed query leaves a group (the last answer to that same query only), through t
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -12,18 +13,23 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 import trio
+from fakes import Sidecar, sidecar_info
 from helpers_bytes import MiB, archive_bytes
 from helpers_server import serve_app
-from helpers_sources import Answer, ScriptedApp
+from helpers_sources import Answer, ScriptedApp, read_head, serve_raw
 from helpers_tls import client_tls
 from helpers_tracker import start_tracker, wait_until, write_config
 from helpers_upstream import FakeUpstream, sidecar_listing
 from names import full_name
 
-from tracker.config.schema import Config, ConsulSDConfig, TargetGroup
+from tracker.config.schema import Config, ConsulSDConfig, StaticTargets, TargetGroup
+from tracker.discovery import consul as consul_module
 from tracker.discovery.consul import CatalogQuery, discover_consul
+from tracker.discovery.scrape import Scraper
 from tracker.discovery.targetset import TargetFinder
 from tracker.errors import ProbeError
+from tracker.observability.logs import record_fields
+from tracker.ordering.index import Index
 
 CATALOG = "/v1/catalog/service/solana-sidecar"
 
@@ -284,3 +290,73 @@ async def test_a_reload_to_another_service_drops_the_old_services_sidecars(
     assert [t["target"] for t in targets if t["group"] == "g"] == []
     assert snapshots == []
     assert up.seen[probes:] == []  # no probe, no token sent
+
+
+async def test_an_answer_failing_as_no_rule_foresaw_costs_that_groups_question_only(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What no rule of the catalog's reading names (here a library's ValueError on junk)
+    raised out of the round's discovery: the round of every group ended there, each round
+    while Consul answered so, and no target of any group was probed. It costs that group's
+    question now: logged with its traceback, the group keeps the sidecars its last answer
+    to the same query listed, and every group is probed (docs/architecture.md,
+    "Failures")."""
+    listed = Sidecar(body=[sidecar_info((full_name(100), 1))])
+    listed_up = await nursery.start(serve_app, listed.app())
+    other = Sidecar(body=[sidecar_info((full_name(200), 1))])
+    other_up = await nursery.start(serve_app, other.app())
+    app = ScriptedApp({CATALOG: catalog([node("127.0.0.1", int(listed_up.rsplit(":", 1)[1]))])})
+    consul = await nursery.start(serve_app, app)
+    sd = ConsulSDConfig(host=consul, service="solana-sidecar")
+    config = Config(
+        target_groups=(
+            TargetGroup(group="c", consul_sd_config=sd),
+            TargetGroup(group="s", static_targets=StaticTargets((other_up[7:],))),
+        )
+    )
+
+    def unforeseen(_body: bytes | bytearray, _max_entries: int) -> list[str]:
+        raise ValueError("a library's own complaint")
+
+    index = Index()
+    scraper = Scraper(config, index)
+    try:
+        await scraper.scrape_round()
+        monkeypatch.setattr(consul_module, "parse_catalog", unforeseen)
+        with caplog.at_level(logging.ERROR, logger="tracker"):
+            await scraper.scrape_round()
+    finally:
+        await scraper.aclose()
+    assert len(app.requests) == 2  # asked in both rounds
+    assert (len(listed.requests), len(other.requests)) == (2, 2)  # both groups probed twice
+    assert {key.group for key in index.keys()} == {"c", "s"}  # noqa: SIM118 (an Index)
+    (failed,) = [record_fields(r)[1] for r in caplog.records if r.msg == "consul_discovery_error"]
+    assert failed["group"] == "c"
+    assert failed["error"] == "ValueError: a library's own complaint"
+
+
+async def test_every_groups_consul_is_asked_at_once(nursery: trio.Nursery) -> None:
+    """Two groups whose Consuls never answer: the second was asked only once the first had
+    timed out, so a round's probes, every group's, waited for the sum of their timeouts
+    (three groups of one Consul that hangs: 30 s a round at a 15 s interval). Every group's
+    discovery now runs at once: a round waits for the slowest, once."""
+    asked, both = [0], trio.Event()
+
+    async def hanging_consul(stream: trio.SocketStream) -> None:
+        await read_head(stream)
+        asked[0] += 1
+        if asked[0] == 2:
+            both.set()
+        await trio.sleep_forever()
+
+    groups = []
+    for name in ("a", "b"):
+        host = await nursery.start(serve_raw, hanging_consul)
+        sd = ConsulSDConfig(host=host, service="solana-sidecar")
+        groups.append(TargetGroup(group=name, consul_sd_config=sd))
+    config = Config(scrape_interval=60, scrape_timeout=60, target_groups=tuple(groups))
+    async with httpx.AsyncClient(timeout=None) as client, trio.open_nursery() as round_:
+        round_.start_soon(finder(client).discover, config)
+        with trio.fail_after(5):  # far below the 60 s each question may take
+            await both.wait()
+        round_.cancel_scope.cancel()

@@ -217,3 +217,15 @@ async def test_transport_failures(nursery, client) -> None:
         await probe_sidecar(client, base.replace("http://", "https://"))
     with pytest.raises(ProbeError, match=r"^invalid URL: Request URL has an unsupported protocol"):
         await probe_sidecar(client, f"ftp://{REFUSED}")
+
+
+async def test_an_archive_at_two_sizes_in_one_answer_fails_the_probe(nursery, client) -> None:
+    """A sidecar that lists its full at one size on its own and at another as its
+    incremental's base contradicts itself: each size was taken for its own pair, the
+    incremental's priced and served by the other. The probe fails now, naming both (which
+    one is the lie the tracker cannot tell)."""
+    incr_info = info_json(INCR, FULL | {"size": 1}) | {"slot": 150, "base_slot": 100, "hash": H1}
+    base, _ = await serve_list(nursery, [info_json(FULL), incr_info])
+    with pytest.raises(ProbeError) as info:
+        await probe_sidecar(client, base)
+    assert str(info.value) == f"entry 1: {FULL['file_name']}: size 1, entry 0 listed size 1000"

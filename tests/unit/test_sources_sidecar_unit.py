@@ -69,6 +69,14 @@ def with_file(**changes: Any) -> dict[str, Any]:
         (with_file(sha256="xy" * 32), "files[0].sha256: not a SHA-256 (64 hex digits)"),
         (with_file(sha256=7), "files[0].sha256: not a SHA-256 (64 hex digits): 7"),
         ([GOOD], "not a JSON object: [{"),
+        # The same archive at another size than an earlier entry listed it at: one of the
+        # two is a lie the tracker cannot tell from the other (a full listed on its own and
+        # as an incremental's base, or twice).
+        (with_file(size=999), f"{FULL['file_name']}: size 999, entry 0 listed size 1000"),
+        (
+            info_json(file_json(150, H1, base=100, size=10), FULL | {"size": 7}),
+            f"{FULL['file_name']}: size 7, entry 0 listed size 1000",
+        ),
     ],
 )
 def test_one_bad_entry_fails_the_whole_list_naming_it(entry: Any, reason: str) -> None:
@@ -89,6 +97,16 @@ def test_a_published_sha256_is_kept_with_the_file(published: str | None, kept: s
     text = json.dumps([with_file(sha256=published)])
     (info,) = parse_snapshot_list(text, "http://x", max_entries=1)
     assert info.files[0].sha256 == kept
+
+
+def test_an_archive_listed_again_at_the_same_size_or_none_is_taken() -> None:
+    """Only two sizes disagree: the same size again (a full listed on its own and as an
+    incremental's base) or none (unknown) is no contradiction."""
+    incremental = file_json(150, H1, base=100, size=10)
+    listed = [GOOD, info_json(incremental, FULL), info_json(incremental, with_file()["files"][0])]
+    listed.append(with_file(size=None))
+    infos = parse_snapshot_list(json.dumps(listed), "http://x", max_entries=10)
+    assert [i.files[-1].size for i in infos] == [1000, 1000, 1000, 0]
 
 
 def test_full_info_may_carry_base_slot_zero() -> None:

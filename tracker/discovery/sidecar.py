@@ -5,6 +5,8 @@ The answer is validated strictly (docs/http-api.md#snapshot-sources-json without
 invalid entry fails the whole probe, naming the entry and the field, e.g.
 ``entry 3: files[0].hash: not a base58 32-byte hash: 'abc'``. A sidecar that emits garbage
 is broken and should be fixed; trusting the rest of its answer would send clients to it.
+So is one that lists an archive at two sizes (a full on its own and as an incremental's
+base): the later entry fails the probe, naming both.
 Unknown keys are ignored so that newer sidecars (the Go one adds ``download_url``) still work.
 A file's ``sha256`` (another tracker's listing carries the digest of its verified copy) is
 kept as the source's published digest when it is 64 hex digits, else the entry is refused:
@@ -89,12 +91,29 @@ def _parse_body(body: bytearray, base_url: str, max_entries: int) -> list[Snapsh
 def parse_snapshot_list(text: str, base_url: str, *, max_entries: int) -> list[SnapshotInfo]:
     """Validate a sidecar's JSON answer into infos; :class:`ProbeError` names the bad entry."""
     infos = []
+    sizes: dict[str, tuple[int, int]] = {}  # archive name: (size, entry that listed it)
     for index, raw in enumerate(iter_json_array(text, max_items=max_entries)):
         try:
-            infos.append(_info(raw, base_url))
+            info = _info(raw, base_url)
+            _same_sizes(info, index, sizes)
         except ProbeError as exc:  # one field of the entry: ``path: reason``
             raise ProbeError(f"entry {index}: {exc}") from None
+        infos.append(info)
     return infos
+
+
+def _same_sizes(info: SnapshotInfo, index: int, sizes: dict[str, tuple[int, int]]) -> None:
+    """Refuse an archive ``info`` lists at another size than an earlier entry did (a full on
+    its own and as an incremental's base): one answer stating two sizes of one file is a
+    lie the tracker cannot tell from the truth, as any other invalid entry
+    (docs/http-api.md#snapshot-sources-json). An unknown size (0) contradicts none. Records
+    the sizes ``info`` lists in ``sizes``."""
+    for f in info.files:
+        if not f.size:
+            continue
+        size, first = sizes.setdefault(f.file_name, (f.size, index))
+        if size != f.size:
+            raise ProbeError(f"{f.file_name}: size {f.size}, entry {first} listed size {size}")
 
 
 def _info(raw: object, base_url: str) -> SnapshotInfo:

@@ -186,12 +186,20 @@ class TargetFinder:
         self._cluster = {name: a for name, a in self._cluster.items() if name in self._named}
 
     async def discover(self, config: Config) -> list[Target]:
-        """The current target set of every group (files re-read, Consul asked)."""
+        """The current target set of every group (files re-read, Consul asked), in the
+        config's order. Every group's discovery runs at once: asked in turn, each Consul or
+        RPC that hangs held every group's probes back by its whole timeout, one after the
+        other (docs/architecture.md, "Scrape rounds")."""
         self.use(config)
-        targets: list[Target] = []
-        for group in config.target_groups:
-            targets.extend(await self._group_targets(group, config.scrape_timeout))
-        return targets
+        found: list[list[Target]] = [[] for _ in config.target_groups]
+
+        async def discover_group(position: int, group: TargetGroup) -> None:
+            found[position] = await self._group_targets(group, config.scrape_timeout)
+
+        async with trio.open_nursery() as nursery:
+            for position, group in enumerate(config.target_groups):
+                nursery.start_soon(discover_group, position, group)
+        return [target for targets in found for target in targets]
 
     async def _group_targets(self, group: TargetGroup, consul_within: float) -> list[Target]:
         name = group.group
@@ -237,6 +245,11 @@ class TargetFinder:
         except ProbeError as exc:
             failed = True
             log_event(log, "warning", "cluster_discovery_failed", group=group.group, error=exc)
+        except Exception as exc:
+            # What no rule of the answer's reading names costs this group's question, as a
+            # failed one, never the round of every group (docs/architecture.md, "Failures").
+            failed = True
+            log_event(log, "error", "cluster_discovery_error", group=group.group, exc_info=exc)
         else:
             log_event(log, "info", "cluster_discovered", group=group.group, nodes=len(nodes))
         if group.group in self._named:
@@ -279,6 +292,12 @@ class TargetFinder:
         except (ProbeError, trio.TooSlowError) as exc:
             reason = str(exc) or "timed out"
             log_event(log, "warning", "consul_discovery_failed", group=group.group, error=reason)
+            hosts = consul_hosts_kept(self._consul.get(group.group), query)
+        except Exception as exc:
+            # The last guard of hostile input: what Consul's answer made fail that no rule
+            # names costs this group's question, as a failed one, never the round of every
+            # group (docs/architecture.md, "Failures").
+            log_event(log, "error", "consul_discovery_error", group=group.group, exc_info=exc)
             hosts = consul_hosts_kept(self._consul.get(group.group), query)
         # What the group has now, for this query: a reload back to an earlier query finds
         # nothing of that query's older answer either.
