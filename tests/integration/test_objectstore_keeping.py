@@ -798,3 +798,42 @@ async def test_sides_of_an_upload_under_way_survive_a_replica_whose_clock_runs_a
         put(weed, side, b"written by an upload about to complete")
     await tier.retain(GROUP, full=True)
     assert [s for s in sides if s in weed.objects(tier.store.prefix)] == list(sides)
+
+
+async def test_a_bucket_of_long_keys_and_uploads_lists_within_the_listings_bytes(
+    weed: Weed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listing is read at most ``bucket.LISTING_BYTES`` of pages, those of
+    ``MAX_LISTED`` entries: a real store's pages of objects and of incomplete uploads of
+    keys of 880 bytes (S3's longest are 1,024) list within their share of it, entry for
+    entry (the bound made the share of the entries here: a real listing of MAX_LISTED such
+    entries fits the real one; SeaweedFS's pages take about 1.1 KB an entry of these, 0.3
+    KB one of an archive's own key)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tracker.objectstore import bucket as bucket_module
+
+    count = 120
+    store = store_config(weed)
+    # SeaweedFS takes 255 bytes a path component; S3's longest keys are 1,024 bytes in all
+    keys = [f"{store.prefix}{'/'.join(['k' * 200] * 4)}/{full_name(n)}" for n in range(count)]
+    s3 = weed.client()
+
+    def fill(key: str) -> None:
+        s3.put_object(Bucket=store.bucket, Key=key, Body=b"")
+        s3.create_multipart_upload(Bucket=store.bucket, Key=key)
+
+    def filled() -> None:
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(fill, keys))
+
+    await trio.to_thread.run_sync(filled)
+    share = bucket_module.LISTING_BYTES * count // bucket_module.MAX_LISTED
+    monkeypatch.setattr(bucket_module, "LISTING_BYTES", share)
+    bucket = bucket_module.Bucket(store)
+    with trio.fail_after(30):
+        listed = await bucket.list_objects(store.prefix)
+        uploads = await bucket.list_uploads(store.prefix)
+    assert sorted(info.key for info in listed) == sorted(keys)
+    assert sorted(upload.key for upload in uploads) == sorted(keys)
+    assert bucket.health.up

@@ -22,6 +22,7 @@ from helpers_sources import read_head, serve_raw
 from tracker.clientwire.storewire import MAX_ANSWER, MAX_PAGE
 from tracker.config.schema import ObjectStore
 from tracker.errors import StoreError
+from tracker.objectstore import bucket as bucket_module
 from tracker.objectstore.botoclients import THREADS
 from tracker.objectstore.bucket import Bucket
 
@@ -324,3 +325,85 @@ async def test_a_pooled_connection_holds_one_descriptor_between_calls(
     after = socket_descriptors()
     assert len(after) == len(before) + 2  # the pooled connection and the server's side
     assert sorted(count for key, count in after.items() if key not in before) == [1, 1]
+
+
+#: The head and tail of a page of each listing that says there is more; ``%s`` its next
+#: token or marker, new each page.
+TRUNCATED = {
+    "LIST": (
+        b'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult><IsTruncated>true'
+        b"</IsTruncated><NextContinuationToken>t%d</NextContinuationToken>",
+        b"</ListBucketResult>",
+    ),
+    "ListMultipartUploads": (
+        b'<?xml version="1.0" encoding="UTF-8"?><ListMultipartUploadsResult><IsTruncated>true'
+        b"</IsTruncated><NextKeyMarker>k%d</NextKeyMarker><NextUploadIdMarker>u"
+        b"</NextUploadIdMarker>",
+        b"</ListMultipartUploadsResult>",
+    ),
+}
+
+
+def pages_of_nothing(operation: str, size: int, sent: list[int], pause: float = 0.0):
+    """A raw server whose every page of ``operation``'s listing is ``size`` bytes of
+    nothing (XML padding), says there is more and names a new next page, after ``pause``
+    seconds; ``sent``: the bytes of pages sent, then the pages."""
+    head, tail = TRUNCATED[operation]
+
+    async def handler(stream: trio.SocketStream) -> None:
+        while await read_head(stream):
+            sent[1] += 1
+            first = head % sent[1]
+            padding = b"<!--" + b"x" * (size - len(first) - len(tail) - 7) + b"-->"
+            page = first + padding + tail
+            await stream.send_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: %d\r\n\r\n"
+                % len(page)
+            )
+            if pause:
+                await trio.sleep(pause)  # the store's pace, each page within its deadline
+            await stream.send_all(page)
+            sent[0] += len(page)
+
+    return handler
+
+
+@pytest.mark.parametrize("operation", ["LIST", "ListMultipartUploads"])
+async def test_a_listing_of_pages_of_nothing_ends_at_its_bytes(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, operation: str
+) -> None:
+    # Each page was bounded (MAX_PAGE), the listing only by its pages (MAX_PAGES): a store
+    # that sent 1,000 pages of 2 MiB that list nothing cost a listing 2 GB read and parsed
+    # in one of the bucket's threads (minutes of it), at every start-up and retention. The
+    # bound is 16 MiB here, not 200: the same reading, in a twelfth of the pages.
+    bound = 16 * MiB
+    monkeypatch.setattr(bucket_module, "LISTING_BYTES", bound)
+    sent = [0, 0]
+    base = await nursery.start(serve_raw, pages_of_nothing(operation, MAX_PAGE - 4096, sent))
+    bucket = Bucket(store_at(base))
+    listing = bucket.list_objects if operation == "LIST" else bucket.list_uploads
+    with trio.fail_after(30), pytest.raises(StoreError) as raised:
+        await listing("p/")
+    why = "more than 16 MiB of pages"
+    assert str(raised.value) == f"{operation}: a listing that does not end ({why})"
+    assert not bucket.health.up
+    assert bound < sent[0] <= bound + MAX_PAGE  # read to the bound, no further
+
+
+@pytest.mark.parametrize("operation", ["LIST", "ListMultipartUploads"])
+async def test_a_listing_of_slow_pages_ends_at_its_calls_deadline(
+    nursery: trio.Nursery, operation: str
+) -> None:
+    # Each page had the call's deadline, the listing 1,000 of them: a store that answered
+    # each page just inside it held the start-up, a retention or the learned documents'
+    # sync in one listing for days (1,000 pages of 10 minutes).
+    sent = [0, 0]
+    base = await nursery.start(serve_raw, pages_of_nothing(operation, 1024, sent, pause=0.2))
+    bucket = Bucket(store_at(base), deadline=1.0)  # the tracker's own calls, 1 s each
+    listing = bucket.list_objects if operation == "LIST" else bucket.list_uploads
+    with trio.fail_after(10), pytest.raises(StoreError) as raised:
+        await listing("p/")
+    why = "no end within 1s"
+    assert str(raised.value) == f"{operation}: a listing that does not end ({why})"
+    assert not bucket.health.up
+    assert sent[1] <= 6  # 0.2 s a page: the listing gave up at 1 s in all

@@ -508,6 +508,49 @@ def test_processes_that_die_in_the_second_read_cost_the_proof_a_note(
     assert os.listdir(tmp_path) == [] and limits.shared().used == 0
 
 
+def test_a_second_read_stops_once_a_scan_process_failed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A process that failed decides the proof (not proven, the note its): the second read
+    # still read every storage left to it to the archive's end, decoding it all again from
+    # disk only to drop each piece, before the check wrote its note.
+    slots = {s: many(1200, s, start=s % 2 * 600) for s in range(3, 9)}
+    made = built(slots, list(slots))
+    proof = AccountsProof(roomy(10_000), scanners=2, lanes=0)
+    scanners = proof._scanners
+    assert scanners is not None
+    processes = [each.proc for each in scanners._processes]
+    told = threading.Event()
+    failed = proof.failed
+
+    def noted(reason: str) -> None:
+        failed(reason)
+        told.set()
+
+    monkeypatch.setattr(proof, "failed", noted)  # the processes' reading threads tell it
+    for storage in made:
+        feed(proof, storage, 1 << 20)
+    reread = reread_from({s.name: s.data for s in made}, piece=1024)
+    asked: list[str] = []
+    after = [0]  # chunks the second read took once the proof knew
+
+    def killing(name: str, start: int) -> Iterable[bytes]:
+        asked.append(name)
+        if len(asked) == 1:
+            for each in processes:
+                each.kill()
+                each.join()
+            assert told.wait(30)
+        for chunk in reread(name, start):
+            after[0] += 1
+            yield chunk
+
+    lt_hash, note = proof.finish(killing)
+    assert lt_hash is None and note is not None and note.startswith("not proven: the scanning")
+    assert proof.local_cause
+    assert asked == [made[0].name]  # no storage after it asked for
+    assert after[0] <= 1  # of its 1,024-byte chunks, none past the one in hand
+    assert all(each.exitcode is not None for each in processes)
+
+
 @pytest.mark.parametrize("chunk", [1, 4096])
 def test_no_process_outlives_its_proof(chunk: int) -> None:
     made = built({3: many(50, 3)}, [3])

@@ -95,11 +95,13 @@ class BoundedSession:
         bounded = BoundedAnswer(answer, sent, self._seconds, most)
         if whole:
             try:
-                bounded.read_whole()
+                body = bounded.read_whole()
             except StoreError:
                 raise  # past the bound: never asked again
             except Exception as exc:
                 raise transport_error(request, exc) from exc
+            if line is not None:
+                line.read += len(body)
         return bounded
 
     def close(self) -> None:
@@ -197,6 +199,9 @@ class CallLine:
         self._lock = threading.Lock()
         #: The most bytes of an answer of the call read whole (:data:`MAX_PAGE` a listing's).
         self.most = most
+        #: The bytes of the answers the call read whole (a retry's too): a listing counts
+        #: its pages' (``tracker.objectstore.bucket.LISTING_BYTES``).
+        self.read = 0
         self._held: set[_Hangable] = set()
         #: Given up: every connection it holds, or takes from now on, is shut down.
         self.over = False

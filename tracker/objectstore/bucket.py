@@ -7,7 +7,8 @@ client's connect and read timeouts and a single attempt more on a transient erro
 answer read whole at most :data:`~tracker.clientwire.storewire.MAX_ANSWER` bytes, within
 the call's deadline (a listing: pages of
 :data:`~tracker.clientwire.storewire.MAX_PAGE` bytes, :data:`MAX_LISTED` entries,
-:data:`MAX_PAGES` pages), its sockets shut down when it is given up. Calls on a
+:data:`MAX_PAGES` pages, :data:`LISTING_BYTES` in all, and one call's deadline in all), its
+sockets shut down when it is given up. Calls on a
 client request's path (:meth:`Bucket.on_request_path`: is the object there, the refresh lock,
 a hand-out, the health check) have one attempt and ``request_timeout`` in all: a store that
 hangs (accepts connections, never answers) costs a request that long once, then it is marked
@@ -64,6 +65,12 @@ MAX_LISTED = 100_000
 #: retention in the listing for good. A store that fills its pages (1,000 entries asked)
 #: reaches MAX_LISTED in a tenth of them.
 MAX_PAGES = 1000
+#: Bytes of one listing's pages read at most: those of MAX_LISTED entries, 1,000 a page, each
+#: page at most MAX_PAGE (a real listing reaches MAX_LISTED first: a page of 1,000 of S3's
+#: longest keys is 1.3 MiB). A store whose pages list nothing counted (padding, elements not
+#: asked for) was read up to MAX_PAGES pages of MAX_PAGE, 2 GB parsed in one of the bucket's
+#: threads (minutes of it), at every start-up, retention and sync of the learned documents.
+LISTING_BYTES = MAX_LISTED // 1000 * MAX_PAGE
 #: Seconds one of the tracker's own calls (not a client's request's) may take in all: boto's
 #: timeouts bound each read, not a store that trickles its answer a byte at a time, which
 #: held the start-up, the retention or the learned documents' sync for good.
@@ -140,17 +147,29 @@ class Bucket:
         quick = attrs.evolve(self.clients, calls=self.clients.quick)
         return Bucket(self.store, self.health, clients=quick, deadline=self.request_timeout)
 
+    @property
+    def deadline(self) -> float:
+        """Seconds one call may take in all (a listing too, all its pages)."""
+        return CALL_DEADLINE if self._deadline is None else self._deadline
+
     async def _call(
-        self, operation: str, fn: Callable[..., _T], *, most: int = MAX_ANSWER, **kwargs: Any
+        self,
+        operation: str,
+        fn: Callable[..., _T],
+        *,
+        most: int = MAX_ANSWER,
+        line: CallLine | None = None,
+        **kwargs: Any,
     ) -> _T:
         """Run ``fn(Bucket=…, **kwargs)`` in a worker thread, its answers read whole at most
-        ``most`` bytes; StoreError on any failure (the store marked down unless it answered
-        "not found" or "conflict"), never another exception but cancellation."""
+        ``most`` bytes (``line``'s bound when it is given, which then counts what they
+        came to); StoreError on any failure (the store marked down unless it answered "not
+        found" or "conflict"), never another exception but cancellation."""
         call = partial(fn, Bucket=self.name, **kwargs)
-        deadline = CALL_DEADLINE if self._deadline is None else self._deadline
+        deadline = self.deadline
         # the call's sockets shut down when it is given up (past its deadline, cancelled),
         # so that its abandoned thread ends then and not when the store stops trickling
-        line = CallLine(most)
+        line = CallLine(most) if line is None else line
         try:
             with trio.move_on_after(deadline):
                 result = await trio.to_thread.run_sync(
@@ -317,30 +336,59 @@ class Bucket:
         listing does not end (:meth:`_endless`)."""
         found: list[ObjectInfo] = []
         token = ""
-        for _page in range(MAX_PAGES):
-            extra = {"ContinuationToken": token} if token else {}
-            page = await self._call(
-                "LIST",
-                self._client.list_objects_v2,
-                most=MAX_PAGE,
-                Prefix=prefix,
-                MaxKeys=1000,
-                **extra,
-            )
-            found += self._parse("LIST", partial(listed, page))
-            del found[MAX_LISTED:]  # a page of more than it was asked for counts too
-            sent, token = token, page.get("NextContinuationToken", "")
-            if not page.get("IsTruncated") or not token or len(found) >= MAX_LISTED:
-                return found
-            if token == sent:
-                raise self._endless("LIST", "the same page again")
-        raise self._endless("LIST", f"more than {MAX_PAGES} pages")
+        read = [0, 0]
+        # the listing in all within one call's deadline: each page within it, 1,000 of them,
+        # held the start-up or a retention for days
+        with trio.move_on_after(self.deadline):
+            for _page in range(MAX_PAGES):
+                extra = {"ContinuationToken": token} if token else {}
+                page = await self._page(
+                    "LIST",
+                    self._client.list_objects_v2,
+                    read,
+                    Prefix=prefix,
+                    MaxKeys=1000,
+                    **extra,
+                )
+                found += self._parse("LIST", partial(listed, page))
+                del found[MAX_LISTED:]  # a page of more than it was asked for counts too
+                sent, token = token, page.get("NextContinuationToken", "")
+                if not page.get("IsTruncated") or not token or len(found) >= MAX_LISTED:
+                    return found
+                if token == sent:
+                    raise self._endless("LIST", "the same page again")
+            raise self._endless("LIST", f"more than {MAX_PAGES} pages")
+        raise self._overdue("LIST", read[1])
+
+    async def _page(
+        self, operation: str, fn: Callable[..., Any], read: list[int], **kwargs: Any
+    ) -> Any:
+        """One page of a listing (at most :data:`~tracker.clientwire.storewire.MAX_PAGE`
+        bytes); ``read``, the bytes of the listing's pages so far and how many came, counts
+        it. StoreError once they pass :data:`LISTING_BYTES` (:meth:`_endless`)."""
+        line = CallLine(MAX_PAGE)
+        page = await self._call(operation, fn, line=line, **kwargs)
+        read[0] += line.read
+        read[1] += 1
+        if read[0] > LISTING_BYTES:
+            raise self._endless(operation, f"more than {LISTING_BYTES >> 20} MiB of pages")
+        return page
+
+    def _overdue(self, operation: str, came: int) -> StoreError:
+        """The listing's deadline passed after ``came`` pages: with none, a call that did
+        not answer (as :meth:`_call` says); else a listing that does not end."""
+        seconds = self.deadline
+        if came:
+            return self._endless(operation, f"no end within {seconds:g}s")
+        reason = f"{operation}: no answer within {seconds:g}s"
+        self.health.failed(reason)
+        return StoreError(reason)
 
     def _endless(self, operation: str, why: str) -> StoreError:
         """The store's listing does not end (``why``): it names the page just sent as the
-        next, or says there is more past :data:`MAX_PAGES` pages. A malformed answer: the
-        store is marked down, as for one that does not parse (docs/architecture.md,
-        "Threat model")."""
+        next, or says there is more past :data:`MAX_PAGES` pages, :data:`LISTING_BYTES` of
+        pages or the call's deadline. A malformed answer: the store is marked down, as for
+        one that does not parse (docs/architecture.md, "Threat model")."""
         reason = f"{operation}: a listing that does not end ({why})"
         self.health.failed(reason)
         return StoreError(reason)
@@ -399,27 +447,29 @@ class Bucket:
     async def list_uploads(self, prefix: str) -> list[UploadInfo]:
         """The incomplete multipart uploads of keys under ``prefix`` (at most
         :data:`MAX_LISTED`). StoreError when the listing does not end (:meth:`_endless`)."""
+        operation = "ListMultipartUploads"
         found: list[UploadInfo] = []
         key_marker = upload_marker = ""
-        for _page in range(MAX_PAGES):
-            extra = {"KeyMarker": key_marker, "UploadIdMarker": upload_marker} if key_marker else {}
-            page = await self._call(
-                "ListMultipartUploads",
-                self._client.list_multipart_uploads,
-                most=MAX_PAGE,
-                Prefix=prefix,
-                **extra,
-            )
-            found += self._parse("ListMultipartUploads", partial(uploads, page))
-            del found[MAX_LISTED:]
-            sent = (key_marker, upload_marker)
-            key_marker = page.get("NextKeyMarker", "")
-            upload_marker = page.get("NextUploadIdMarker", "")
-            if not page.get("IsTruncated") or not key_marker or len(found) >= MAX_LISTED:
-                return found
-            if (key_marker, upload_marker) == sent:
-                raise self._endless("ListMultipartUploads", "the same page again")
-        raise self._endless("ListMultipartUploads", f"more than {MAX_PAGES} pages")
+        read = [0, 0]
+        with trio.move_on_after(self.deadline):  # in all, as list_objects
+            for _page in range(MAX_PAGES):
+                extra = (
+                    {"KeyMarker": key_marker, "UploadIdMarker": upload_marker} if key_marker else {}
+                )
+                page = await self._page(
+                    operation, self._client.list_multipart_uploads, read, Prefix=prefix, **extra
+                )
+                found += self._parse(operation, partial(uploads, page))
+                del found[MAX_LISTED:]
+                sent = (key_marker, upload_marker)
+                key_marker = page.get("NextKeyMarker", "")
+                upload_marker = page.get("NextUploadIdMarker", "")
+                if not page.get("IsTruncated") or not key_marker or len(found) >= MAX_LISTED:
+                    return found
+                if (key_marker, upload_marker) == sent:
+                    raise self._endless(operation, "the same page again")
+            raise self._endless(operation, f"more than {MAX_PAGES} pages")
+        raise self._overdue(operation, read[1])
 
     # -- presigning ----------------------------------------------------------------------
 

@@ -81,6 +81,11 @@ class StorageProcesses(Protocol):
     def settle(self) -> None:
         """Wait for every storage sent so far; raise the first storage's refusal, if any."""
 
+    @property
+    def stopped(self) -> bool:
+        """True once the proof cannot end whatever comes (a process failed): the second
+        read reads no more."""
+
 
 def member_name(slot: int, ident: int) -> str:
     """The tar member of a storage."""
@@ -210,7 +215,8 @@ def hash_newest(
     lay and kept the hashes of (``AccountsProof``, "Large accounts"): in the sum already,
     whatever range they lie in, and left out of ``superseded`` by the caller, which takes
     their kept hashes out itself. With ``processes`` (instead of ``lanes``) each storage's
-    valid bytes are sent to a process that parses and hashes them: this thread only walks."""
+    valid bytes are sent to a process that parses and hashes them: this thread only walks,
+    and stops once ``processes.stopped`` (its note is the proof's verdict)."""
     apart = processes if processes is not None else lanes
     pending = by_storage(superseded)
     upcoming = next(pending, None)
@@ -218,6 +224,11 @@ def hash_newest(
     keep_next = next(keeping, None)
     try:
         for number, stored in enumerate(storages):
+            if processes is not None and processes.stopped:
+                # a process failed: the proof is not proven whatever the rest holds, and
+                # reading on decoded the archive to its end again only to drop each piece
+                # (docs/architecture.md, "The accounts level" → "Every core")
+                break
             skip = _NONE
             if upcoming is not None and upcoming[0] == number:
                 skip = upcoming[1]
@@ -240,6 +251,8 @@ def hash_newest(
         raise
     if apart is not None:
         apart.settle()
+    if processes is not None and processes.stopped:
+        return  # the storages after it were never read
     if upcoming is not None:  # the index named a storage the proof never had
         raise ArchiveInvalid(f"second read: no storage number {upcoming[0]}")
 
@@ -289,18 +302,31 @@ def _send_storage(
     and sends its valid bytes on; the process parses them and hashes (``processes``)."""
     take = processes.rescan(number, stored, skip, keep)
     feeder = Feeder(_valid_pieces(stored, take))
-    _read_again(reread, stored.name, feeder.feed)
-    feeder.finish()
-    processes.rescanned(number)
+    if _read_again(reread, stored.name, feeder.feed, lambda: processes.stopped):
+        feeder.finish()
+        processes.rescanned(number)
 
 
-def _read_again(reread: Reread, name: str, take: Callable[[bytes | memoryview], None]) -> None:
-    """Each chunk of the storage member ``name`` read again, handed to ``take`` in order; the
+def _never() -> bool:
+    return False
+
+
+def _read_again(
+    reread: Reread,
+    name: str,
+    take: Callable[[bytes | memoryview], None],
+    stopped: Callable[[], bool] = _never,
+) -> bool:
+    """Each chunk of the storage member ``name`` read again, handed to ``take`` in order,
+    until ``stopped()`` (asked before each: False then, True once it was read whole); the
     chunks closed (when they can be) however it ends."""
     chunks = reread(name, 0)
     try:
         for chunk in chunks:
+            if stopped():
+                return False
             take(chunk)
+        return True
     finally:
         close = getattr(chunks, "close", None)
         if close is not None:
