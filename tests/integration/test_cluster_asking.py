@@ -279,3 +279,69 @@ def test_one_rpc_written_twice_is_one_witness(again: str) -> None:
         "http://127.0.0.1:8898",
     )))  # fmt: skip
     assert other.cluster_rpcs() == ("http://127.0.0.1:8899", "http://127.0.0.1:8898")
+
+
+async def test_a_rank_map_that_keeps_failing_is_read_again_after_a_doubling_wait(
+    nursery: trio.Nursery, mock_clock: trio.testing.MockClock
+) -> None:
+    """An RPC whose rank map fails (here: no vote account holds a BLS key; a hostile one
+    lists 20,000 keys that decode, seconds of a parse thread, before the map is refused) was
+    read again a fixed ``retry_after`` after each failure, by the next archive's question:
+    with new archives listed every minute, its keys decoded every minute for good. Its wait
+    doubles as every other failure's. ``mock_clock``: trio's clock moves only when told."""
+    node = VoteRpc(stakes={v.vote: v.stake for v in VALIDATORS}, genesis=genesis_answer(50))
+    slots = [SLOT + n for n in range(5)]
+    for slot in slots:
+        node.documents[slot] = document(slot, BANK, struct.pack("<Q", slot) + BLOCK_ID)
+    url = await nursery.start(serve_app, node.app()) + "/"
+    config = Config(rpc=url, cluster_proof=ClusterProof(certificates=url + "certificates"))
+
+    def rank_map_reads() -> int:
+        return sum(1 for method, _ in node.calls if method == "getEpochInfo")
+
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False, timeout=30) as client:
+        voter = ClusterVotes(lambda: config, client, retry_after=10)
+        seen = []
+        # each a new archive (its own question, not backed off): the rank map's wait decides
+        for slot, after in zip(slots, [0, 10, 15, 5, 39], strict=True):
+            mock_clock.jump(after)
+            lifted = await voter.lift(slot, manifest_proof())
+            assert lifted.level == Level.MANIFEST
+            seen.append(rank_map_reads())
+        # read at 0 and 10 (the first wait), not at 25 (20 after the second failure), at 30,
+        # not at 69 (40 after the third)
+        assert seen == [1, 2, 2, 3, 3]
+        assert "no vote account with stake has a BLS key (read again in 1s)" in (lifted.note or "")
+
+
+async def test_a_rank_map_cut_by_the_deadline_waits_as_a_failure(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rank map whose reading the deadline cut (a hostile RPC's thousands of keys, or its
+    answers drawn out) was no failure of the rank map: the next archive's question read it
+    all again at once, each new archive another deadline of a parse thread. It waits as a
+    failure does. Each key's decoding is slowed (5 ms) instead of 20,000 real keys."""
+    many = 3000  # 15 s of decoding
+    accounts = {key(f"keyed {n}"): keyed_account(n) for n in range(many)}
+    node = VoteRpc(stakes=dict.fromkeys(accounts, 1), accounts=accounts, genesis=genesis_answer(50))
+    for slot in (SLOT, SLOT + 1):
+        node.documents[slot] = document(slot, BANK, struct.pack("<Q", slot) + BLOCK_ID)
+    decode = bls._g1
+
+    def slowly(compressed: bytes) -> Any:
+        time.sleep(0.005)
+        return decode(compressed)
+
+    monkeypatch.setattr(bls, "_g1", slowly)
+    url = await nursery.start(serve_app, node.app()) + "/"
+    proof = ClusterProof(deadline=1.0, certificates=url + "certificates")
+    config = Config(rpc=url, cluster_proof=proof)
+    async with httpx.AsyncClient(verify=client_tls(), trust_env=False, timeout=30) as client:
+        voter = ClusterVotes(lambda: config, client, retry_after=60)
+        cut = await voter.lift(SLOT, manifest_proof())
+        assert cut.note == "cluster not proven: the certificate were not read within 1s"
+        other = await voter.lift(SLOT + 1, manifest_proof())
+    assert sum(1 for method, _ in node.calls if method == "getEpochInfo") == 1
+    assert other.note is not None and "the rank map was not read within 1s (read again in" in (
+        other.note
+    )

@@ -8,6 +8,8 @@ reads."""
 from __future__ import annotations
 
 import gc
+import json
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,17 +19,29 @@ import base58
 import httpx
 import pytest
 import trio
+import trio.testing
 from helpers_bytes import archive_bytes
 from helpers_proxy import GROUP, advertise_files
 from helpers_server import serve_app
 from helpers_tls import client_tls
 from helpers_upstream import FakeUpstream, serving
-from helpers_votes import VoteRpc, compact, hash_of, key, tower, update, vote, vote_transaction
+from helpers_votes import (
+    VoteRpc,
+    block_answer,
+    compact,
+    hash_of,
+    key,
+    tower,
+    update,
+    vote,
+    vote_transaction,
+)
 from names import full_name
 
 import tracker.proof.background.heads as heads_module
 import tracker.proof.cluster.clustervotes as votes_module
 from tracker.config.schema import ClusterProof, Config, TargetGroup, Trust
+from tracker.net.bodyreads import BodyBudget
 from tracker.ordering.index import Index, TargetKey
 from tracker.proof.background.heads import HeadProofs
 from tracker.proof.cluster.clustervotes import ClusterVotes
@@ -217,6 +231,70 @@ async def test_a_silent_rpc_is_given_up_at_the_deadline_then_asked_again() -> No
         assert proof.note == "cluster not proven: the votes were not read within 1s"
         node.stall.clear()  # the RPC recovers: asked again after the back-off (0 here)
         assert (await cv.lift(S, PROOF)).level == Level.CLUSTER
+
+
+async def test_the_answers_held_at_once_stay_within_one_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A lift held up to 4 getBlock answers of up to 64 MiB per RPC at once, each read whole
+    before a parse thread was free, and lifts run at once (the head reads' four, the held
+    copies', a refresh's), each of every RPC: two lifts of two RPCs held 1 GiB, measured.
+    The answers in flight share one budget of the process (docs/http-api.md, "Limits").
+    Scaled down here: answers of 0.9 MiB, a budget of two of them, the parse threads held
+    until nothing more can be read."""
+    cap = 1024**2
+    budget = BodyBudget(2 * cap)
+    monkeypatch.setattr(votes_module, "MAX_BLOCK", cap)
+    monkeypatch.setattr(votes_module, "_ANSWERS", budget)
+    filler = vote_transaction(V[0], tower([(S - 1, 1)], H))  # votes for no slot asked
+    filler["meta"]["logMessages"].append("x" * 100_000)
+    node = majority()
+    node.raw["getBlock"] = json.dumps(block_answer(S + 1, [filler] * 9)).encode()
+    assert 0.8 * cap < len(node.raw["getBlock"]) < 0.9 * cap
+    held = {"now": 0, "peak": 0}
+    counting = threading.Lock()
+    parse = threading.Event()
+    block_votes = votes_module.block_votes
+
+    def held_back(body: bytearray, slot: int, checkpoint: Any) -> list[VoteSeen]:
+        parse.wait(30)  # until every answer that can be read is read
+        found = block_votes(body, slot, checkpoint)
+        with counting:
+            held["now"] -= len(body)
+        return found
+
+    monkeypatch.setattr(votes_module, "block_votes", held_back)
+    async with rpcs(node) as urls, cluster_votes(settings(urls, blocks=4)) as votes:
+        call = votes._call
+
+        async def counted(url: str, payload: dict[str, Any] | None, max_body: int) -> bytearray:
+            body = await call(url, payload, max_body)
+            if payload is not None and payload["method"] == "getBlock":
+                with counting:
+                    held["now"] += len(body)
+                    held["peak"] = max(held["peak"], held["now"])
+            return body
+
+        votes._call = counted  # type: ignore[method-assign]
+        lifted: list[Proof] = []
+
+        async def lift(slot: int) -> None:
+            lifted.append(await votes.lift(slot, PROOF))
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(lift, S)
+                nursery.start_soon(lift, S + 100)
+                await trio.testing.wait_all_tasks_blocked(cushion=0.2)
+                at_rest = held["peak"]
+                parse.set()
+        finally:
+            parse.set()
+    assert at_rest <= 2 * cap, f"{at_rest / cap:.1f} MiB of answers held at once"
+    assert held["peak"] <= 2 * cap
+    assert len(node.block_calls()) == 8  # every block of both read in turn
+    assert [p.level for p in lifted] == [Level.MANIFEST] * 2
+    assert budget.used == 0
 
 
 async def test_several_rpcs_must_agree() -> None:

@@ -24,7 +24,14 @@ from helpers_votes import (
 )
 
 from tracker.errors import RpcError, VoteInvalid
-from tracker.proof.cluster.clustervotes import block_votes, judged, vote_stakes
+from tracker.proof.cluster import clustervotes
+from tracker.proof.cluster.clustervotes import (
+    MAX_BACKOFF,
+    backoff_wait,
+    block_votes,
+    judged,
+    vote_stakes,
+)
 from tracker.proof.formats.tally import (
     MAX_UNKNOWN_VOTERS,
     SlotVotes,
@@ -259,6 +266,50 @@ def test_stakes_come_from_current_and_delinquent() -> None:
         vote_stakes(b'{"jsonrpc":"2.0","result":{"current":[]},"id":1}')
     with pytest.raises(RpcError, match="error"):
         vote_stakes(b'{"jsonrpc":"2.0","error":{"code":-32005},"id":1}')
+
+
+def test_a_wide_character_leaves_the_text_of_an_answer_its_size(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One character past U+FFFF in a getBlock answer (an emoji in a memo's log) made the
+    text the answer is walked in 4 bytes a character: a 64 MiB answer 256 MiB, in each parse
+    thread. The text is one byte a character (a character past ASCII, in a string no vote
+    reads, read as ``?``); the votes are read as before, and so are the stakes."""
+    texts: list[str] = []
+    walk = clustervotes.iter_json_members
+
+    def walked(text: str, *args: object, **kwargs: object) -> object:
+        texts.append(text)
+        return walk(text, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(clustervotes, "iter_json_members", walked)
+    memo = vote_transaction(B, tower([(99, 1)], H))
+    memo["meta"]["logMessages"].append('Program log: Memo (len 4): "\U0001f600 gm"')
+    answer = block_answer(101, [vote_transaction(A, tower([(100, 1)], H)), memo])
+    wide = json.dumps(answer, ensure_ascii=False).encode()
+    assert block_votes(bytearray(wide), 100) == [seen(A, 100, H)]
+    stakes = vote_accounts_answer({A: 40})
+    stakes["result"]["current"][0]["nodePubkey"] = "\u00e9\U0001f600"
+    assert vote_stakes(json.dumps(stakes, ensure_ascii=False).encode()) == {A: 40}
+    assert len(texts) == 2 and all(text.isascii() for text in texts)
+    assert len(texts[0]) == len(wide)
+
+
+@pytest.mark.parametrize(
+    ("previous", "wait"),
+    [
+        (None, 60.0),  # the first failure: the first wait
+        (60.0, 120.0),
+        (120.0, 240.0),
+        (2400.0, MAX_BACKOFF),  # doubled past the most: the most
+        (MAX_BACKOFF, MAX_BACKOFF),
+    ],
+)
+def test_a_failure_asked_again_waits_twice_as_long_up_to_the_most(
+    previous: float | None, wait: float
+) -> None:
+    """The waits after failures in a row (a question's, an RPC's rank map's)."""
+    assert backoff_wait(previous, 60.0) == wait
 
 
 MANIFEST = Proof(Level.MANIFEST, snapshot_hash="s", bank_hash="b")

@@ -8,6 +8,7 @@ message is a single line an operator can act on.
 
 from __future__ import annotations
 
+import codecs
 import errno
 import json
 import math
@@ -166,6 +167,37 @@ def decode_text(body: bytes | bytearray) -> str:
         return body.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ProbeError(f"body is not UTF-8 (byte {exc.start})") from exc
+
+
+#: Bytes of a body checked and narrowed at a time by :func:`narrow_text` (each piece's own
+#: text, up to 4 bytes a character, is let go before the next).
+_NARROW_PIECE = 1024**2
+#: Every byte past ASCII read as ``?``.
+_TO_ASCII = bytes(range(128)) + b"?" * 128
+
+
+def narrow_text(body: bytes | bytearray) -> str:
+    """A JSON body (UTF-8, a BOM tolerated) as text of one byte a character, each byte of a
+    character past ASCII read as ``?``: for the answers whose strings that count are ASCII
+    (keys, base58, numbers), so that one wider character (an emoji in a log) does not make
+    the whole text 4 bytes a character, 4 times the body. Past ASCII, JSON holds such
+    characters only inside strings: the structure is the body's. A ``bytearray`` is
+    narrowed in place (it is the text's bytes after); ProbeError (one line) for a body that
+    is not UTF-8."""
+    start = len(codecs.BOM_UTF8) if body.startswith(codecs.BOM_UTF8) else 0
+    if not body.isascii():
+        narrowed = body if isinstance(body, bytearray) else bytearray(body)
+        check = codecs.getincrementaldecoder("utf-8")()
+        for at in range(start, len(narrowed), _NARROW_PIECE):
+            piece = narrowed[at : at + _NARROW_PIECE]
+            pending = len(check.getstate()[0])  # an unfinished character's bytes, kept
+            try:
+                check.decode(piece, final=at + _NARROW_PIECE >= len(narrowed))
+            except UnicodeDecodeError as exc:
+                raise ProbeError(f"body is not UTF-8 (byte {at - pending + exc.start})") from exc
+            narrowed[at : at + _NARROW_PIECE] = piece.translate(_TO_ASCII)
+        body = narrowed
+    return str(memoryview(body)[start:], "ascii")
 
 
 def iter_json_array(

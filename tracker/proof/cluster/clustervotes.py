@@ -18,15 +18,19 @@ an RPC that fails, lies in a way that shows (a malformed answer) or disagrees wi
 leaves the archive at ``manifest`` with the reason in its note.
 
 Bounded: each answer read up to a size cap and decoded one transaction at a time in a worker
-thread (at most :data:`PARSE_THREADS` at once); at most ``blocks`` getBlock calls per RPC,
-:data:`CONCURRENT_BLOCKS` at once, all within ``deadline`` seconds per archive; a tally kept
-per (slot, hash) (at most :data:`MAX_KEPT`), a failure tried again after a back-off that
-doubles from ``retry_after`` up to :data:`MAX_BACKOFF`.
+thread (at most :data:`PARSE_THREADS` at once), in text of one byte a character
+(:func:`~tracker.net.limits.narrow_text`); the answers held at once, read or waiting for a
+worker thread, within :data:`ANSWERS_HELD` bytes for the whole tracker, whatever the lifts
+and RPCs at once; at most ``blocks`` getBlock calls per RPC, :data:`CONCURRENT_BLOCKS` at
+once, all within ``deadline`` seconds per archive; a tally kept per (slot, hash) (at most
+:data:`MAX_KEPT`), a failure (an RPC's rank map's too) tried again after a back-off that
+doubles from ``retry_after`` up to :data:`MAX_BACKOFF` (:func:`backoff_wait`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -46,9 +50,9 @@ from tracker.errors import (
     VoteInvalid,
     first_leaf,
 )
-from tracker.net.bodyreads import body_chunks
+from tracker.net.bodyreads import BodyBudget, body_chunks
 from tracker.net.exchange import stream
-from tracker.net.limits import decode_text, iter_json_members, status_reason
+from tracker.net.limits import iter_json_members, narrow_text, status_reason
 from tracker.observability.logs import log_event
 from tracker.observability.redact import redact_url
 from tracker.proof.cluster.consensus import (
@@ -99,6 +103,13 @@ MAX_ITEMS = 200_000
 CONCURRENT_BLOCKS = 4
 #: Answers decoded at once in worker threads (for the whole tracker).
 PARSE_THREADS = 2
+#: Bytes of RPC answers held at once, being read or waiting for a worker thread (for the
+#: whole tracker; at least :data:`MAX_BLOCK`): each read takes its answer's cap first and
+#: gives back what its answer did not need once read. Each lift holds up to
+#: :data:`CONCURRENT_BLOCKS` getBlock answers per RPC, and lifts run at once (the head
+#: reads', the held copies', refreshes'): without one budget, lifts times RPCs times 64 MiB
+#: (docs/http-api.md, "Limits").
+ANSWERS_HELD = 256 * 1024**2
 #: (slot, hash) tallies remembered (the oldest forgotten first).
 MAX_KEPT = 4096
 #: The epochs' stakes whose digests are kept (each at most 4 MiB, held while kept): an
@@ -119,6 +130,7 @@ RANKS_FOR = 600.0
 NOT_MIGRATED_FOR = 10.0
 
 _PARSE = trio.CapacityLimiter(PARSE_THREADS)
+_ANSWERS = BodyBudget(ANSWERS_HELD)
 Key = tuple[int, str]
 #: A question, the RPC URLs that were asked it and the certificates' relay read for it ("":
 #: none): what is kept and what backs off, so that a reload that changes either asks again.
@@ -170,9 +182,10 @@ class ClusterVotes:
         self._unmigrated: dict[str, tuple[str | None, float]] = {}
         #: Each RPC's rank map and when it was read.
         self._ranks: dict[str, tuple[EpochRanks, float]] = {}
-        #: Each RPC's rank map that could not be read, why and until when it is not read
-        #: again (a hostile RPC's 20,000 keys cost seconds of a parse thread to decode).
-        self._ranks_failed: dict[str, tuple[str, float]] = {}
+        #: Each RPC's rank map that could not be read: why, until when it is not read again
+        #: and the wait that was (a hostile RPC's 20,000 keys cost seconds of a parse thread
+        #: to decode: the wait doubles, :func:`backoff_wait`).
+        self._ranks_failed: dict[str, _Failure] = {}
         #: RPC calls made (tests count them).
         self.calls = 0
 
@@ -324,8 +337,7 @@ class ClusterVotes:
                 answers[url] = said[0]
                 return
             try:
-                body = await self._call(url, _GET_GENESIS, MAX_GENESIS_ANSWER)
-                answer = await trio.to_thread.run_sync(genesis_answer, body, limiter=_PARSE)
+                answer = await self._answer(url, _GET_GENESIS, MAX_GENESIS_ANSWER, genesis_answer)
             except RpcError as exc:
                 failed.append(RpcError(one_line(f"{redact_url(url)}: {exc}")))
                 return
@@ -395,7 +407,7 @@ class ClusterVotes:
             doc = await self._document(asked, slot, block_id, bank_hash, ends)
 
             def finality_of(url: str) -> Awaitable[Finality]:
-                return self.certify(url, doc, voters)
+                return self.certify(url, doc, voters, ends)
 
             finals = await self._ask_all(asked, finality_of, "certificate", ends)
         except RpcError as exc:
@@ -454,7 +466,7 @@ class ClusterVotes:
         return (slot, f"{proof.bank_hash}/{proof.block_id}/{digest}")
 
     def _back_off(self, key: AskedOfRpcs, failure: _Failure | None, error: RpcError) -> None:
-        wait = self._retry_after if failure is None else min(2 * failure.wait, MAX_BACKOFF)
+        wait = backoff_wait(None if failure is None else failure.wait, self._retry_after)
         self._failed[key] = _Failure(str(error), trio.current_time() + wait, wait)
         self._failed.move_to_end(key)
         while len(self._failed) > MAX_KEPT:  # each forged stakes' is a key: the oldest go
@@ -527,10 +539,7 @@ class ClusterVotes:
         time, until 2/3 voted the hash or ``blocks`` were read (most votes for S land in
         the next few blocks: a busy mainnet block in json is ~10 MB and ~0.3 s of
         decoding). Raises RpcError (one line)."""
-        body = await self._call(url, _GET_VOTE_ACCOUNTS, MAX_VOTE_ACCOUNTS)
-        stakes = await trio.to_thread.run_sync(
-            vote_stakes, body, trio.from_thread.check_cancelled, limiter=_PARSE
-        )
+        stakes = await self._answer(url, _GET_VOTE_ACCOUNTS, MAX_VOTE_ACCOUNTS, _stakes_of)
         # each voter kept once, not each vote read (a liar's blocks repeat one): bounded by
         # the stakes whatever the blocks and the deadline (docs/http-api.md, "Limits")
         votes = SlotVotes(slot, bank_hash, stakes)
@@ -543,8 +552,7 @@ class ClusterVotes:
 
         async def one_block(at: int) -> None:
             try:
-                answer = await self._call(url, _get_block(at), MAX_BLOCK)
-                await trio.to_thread.run_sync(read, answer, limiter=_PARSE)
+                await self._answer(url, _get_block(at), MAX_BLOCK, read)
             except RpcError as exc:
                 failed.append(RpcError(one_line(f"slot {at}: {exc}")))
 
@@ -561,21 +569,32 @@ class ClusterVotes:
                 break
         return result
 
-    async def certify(self, url: str, doc: Document, voters: EpochVoters) -> Finality:
+    async def certify(
+        self, url: str, doc: Document, voters: EpochVoters, ends: float = math.inf
+    ) -> Finality:
         """What ``doc``'s certificate shows by ``url``: its bitmaps read in the rank map of
         the archive's epoch (``voters``, from its manifest), the signers' keys and stakes
         bounded by ``url``'s (its rank map read again after :data:`RANKS_FOR` seconds or
-        for a slot past its epoch). Raises RpcError (one line)."""
+        for a slot past its epoch; one that failed, or that the lift's deadline ``ends``
+        cut, after a back-off). Raises RpcError (one line)."""
         kept = self._ranks.get(url)
         now = trio.current_time()
         if kept is None or now - kept[1] > RANKS_FOR or doc.slot > kept[0].last:
             failed = self._ranks_failed.get(url)
-            if failed is not None and now < failed[1]:
-                raise RpcError(f"{failed[0]} (read again in {failed[1] - now:.0f}s)")
+            if failed is not None and now < failed.until:
+                raise RpcError(f"{failed.reason} (read again in {failed.until - now:.0f}s)")
             try:
-                rpc = await epoch_ranks(self._call, url, vote_stakes, MAX_VOTE_ACCOUNTS, _PARSE)
+                rpc = await epoch_ranks(self._answer, url, vote_stakes, MAX_VOTE_ACCOUNTS, _PARSE)
             except RpcError as exc:
-                self._ranks_failed[url] = (str(exc), trio.current_time() + self._retry_after)
+                self._rank_map_failed(url, failed, str(exc))
+                raise
+            except trio.Cancelled:
+                if trio.current_time() >= ends:
+                    # cut by the deadline: read again at once, each new archive's question
+                    # would cost its keys' decoding again (docs/http-api.md, "After the
+                    # migration: finality certificates")
+                    reason = f"the rank map was not read within {self._deadline()}"
+                    self._rank_map_failed(url, failed, reason)
                 raise
             self._ranks_failed.pop(url, None)
             self._ranks[url] = (rpc, now)
@@ -593,13 +612,37 @@ class ClusterVotes:
                     ranks.votes[r] for r in sorted(named) if ranks.votes[r] not in rpc.keys
                 )
             )
-            data = await vote_accounts_data(self._call, url, unstaked, _PARSE)
+            data = await vote_accounts_data(self._answer, url, unstaked)
             more = {c.vote: c.bls_key for c in candidates(dict.fromkeys(unstaked, 0), data)}
             return await trio.to_thread.run_sync(
                 judge_rpc, doc, voters, ranks, points, rpc, more, limiter=_PARSE
             )
         except CertificateInvalid as exc:
             raise RpcError(str(exc)) from exc
+
+    def _rank_map_failed(self, url: str, before: _Failure | None, reason: str) -> None:
+        """``url``'s rank map not read again for a wait that doubles while it fails."""
+        wait = backoff_wait(None if before is None else before.wait, self._retry_after)
+        self._ranks_failed[url] = _Failure(reason, trio.current_time() + wait, wait)
+
+    async def _answer(
+        self,
+        url: str,
+        payload: dict[str, Any] | None,
+        max_body: int,
+        parse: Callable[[bytearray], _T],
+    ) -> _T:
+        """``parse(body)`` of ``payload``'s answer from ``url`` (:meth:`_call`), in a worker
+        thread, the answer held within :data:`ANSWERS_HELD` with every other: ``max_body``
+        taken before it is asked, what it did not need given back once read (while it waits
+        for a worker thread), the rest once parsed (docs/http-api.md, "Limits")."""
+        async with _ANSWERS.held(max_body) as share:
+            body = await self._call(url, payload, max_body)
+            try:
+                share.keep(len(body))
+                return await trio.to_thread.run_sync(parse, body, limiter=_PARSE)
+            finally:
+                body.clear()  # freed before its share is given back
 
     async def _call(self, url: str, payload: dict[str, Any] | None, max_body: int) -> bytearray:
         """``payload``'s answer from ``url`` (a GET of ``url`` when None), at most
@@ -646,6 +689,13 @@ class GroupVotes:
     async def holds(self, slot: int, proof: Proof) -> bool:
         """:meth:`ClusterVotes.holds` asked of the group's cluster's RPCs."""
         return await self.votes.holds(slot, proof, self.group)
+
+
+def backoff_wait(previous: float | None, first: float) -> float:
+    """The wait after a failure, ``previous`` the wait after the one before it in a row
+    (None: the first): ``first``, then twice the one before, up to :data:`MAX_BACKOFF`.
+    Pure."""
+    return first if previous is None else min(2 * previous, MAX_BACKOFF)
 
 
 def _keep(kept: OrderedDict[AskedOfRpcs, _V], key: AskedOfRpcs, value: _V) -> None:
@@ -730,12 +780,14 @@ def block_votes(
     """The votes for ``slot`` in one ``getBlock`` answer, decoded one transaction at a time;
     [] for a skipped slot. Raises RpcError (one line) for an error answer or a malformed
     one. Blocking: run it in a worker thread; ``checkpoint()`` is called before each
-    transaction and may raise to stop the decode (``trio.from_thread.check_cancelled``)."""
+    transaction and may raise to stop the decode (``trio.from_thread.check_cancelled``).
+    Walked as :func:`~tracker.net.limits.narrow_text` (a ``bytearray`` narrowed in place):
+    no string past ASCII counts for a vote."""
     found: list[VoteSeen] = []
     block = False
     try:
         members = iter_json_members(
-            decode_text(body),
+            narrow_text(body),
             {"transactions"},
             within=("result",),
             max_items=MAX_ITEMS,
@@ -758,6 +810,11 @@ def block_votes(
     return found
 
 
+def _stakes_of(body: bytearray) -> dict[str, int]:
+    """:func:`vote_stakes` in a worker thread, stopped when its caller is cancelled."""
+    return vote_stakes(body, trio.from_thread.check_cancelled)
+
+
 def _error_code(error: object) -> int | None:
     """The ``code`` of a JSON-RPC error when it is a whole number (a hostile one may be a
     list or an object: no code, the answer an error like any other)."""
@@ -769,12 +826,13 @@ def vote_stakes(body: bytes | bytearray, checkpoint: Callable[[], None] = _go_on
     """Each vote account's activated stake from a ``getVoteAccounts`` answer (``current``
     and ``delinquent``; an account listed twice counts once). Raises RpcError (one line).
     Blocking: run it in a worker thread; ``checkpoint()`` is called before each entry and
-    may raise to stop the walk (``trio.from_thread.check_cancelled``: 32 MiB take seconds)."""
+    may raise to stop the walk (``trio.from_thread.check_cancelled``: 32 MiB take seconds).
+    Walked as :func:`~tracker.net.limits.narrow_text` (a ``bytearray`` narrowed in place)."""
     stakes: dict[str, int] = {}
     lists = 0
     try:
         members = iter_json_members(
-            decode_text(body), {"current", "delinquent"}, within=("result",), max_items=MAX_ITEMS
+            narrow_text(body), {"current", "delinquent"}, within=("result",), max_items=MAX_ITEMS
         )
         for name, value in members:
             checkpoint()

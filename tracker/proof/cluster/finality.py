@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import attrs
 import base58
@@ -74,7 +75,17 @@ MAX_VOTE_ACCOUNTS = 20_000
 #: keys each cost ~0.2 ms of a worker thread).
 MAX_UNKNOWN_KEYS = 200
 
-Call = Callable[[str, dict[str, Any], int], Awaitable[bytearray]]
+_T = TypeVar("_T")
+
+
+class ReadAnswer(Protocol):
+    """``parse(body)`` of ``payload``'s answer from ``url``, at most ``max_body`` bytes, in a
+    worker thread, the answer held within the budget of the answers at once (the cluster's
+    :meth:`~tracker.proof.cluster.clustervotes.ClusterVotes._answer`); RpcError (one line)."""
+
+    def __call__(
+        self, url: str, payload: dict[str, Any], max_body: int, parse: Callable[[bytearray], _T]
+    ) -> Awaitable[_T]: ...
 
 
 @attrs.frozen
@@ -313,27 +324,28 @@ class EpochRanks:
 
 
 async def epoch_ranks(
-    call: Call,
+    read: ReadAnswer,
     url: str,
     stakes_of: Callable[[bytes | bytearray, Callable[[], None]], dict[str, int]],
     max_vote_accounts: int,
     limiter: trio.CapacityLimiter,
 ) -> EpochRanks:
     """``url``'s current epoch and its rank map (RpcError, one line, when it cannot be
-    read or built). The answers' walk and the keys' decoding, in worker threads, stop when
-    the caller is cancelled (its deadline): ``stakes_of(body, checkpoint)`` calls
+    read or built), each answer asked and parsed by ``read``. The answers' walk and the
+    keys' decoding, in worker threads (the decoding: one of ``limiter``'s), stop when the
+    caller is cancelled (its deadline): ``stakes_of(body, checkpoint)`` calls
     ``checkpoint()`` as it goes."""
-    epoch, first, last = epoch_window(await call(url, get_epoch_info(), MAX_EPOCH_INFO))
-    body = await call(
-        url, _request("getVoteAccounts", [{"commitment": "finalized"}]), max_vote_accounts
-    )
-    stakes = await trio.to_thread.run_sync(
-        stakes_of, body, trio.from_thread.check_cancelled, limiter=limiter
-    )
+    epoch, first, last = await read(url, get_epoch_info(), MAX_EPOCH_INFO, epoch_window)
+
+    def stakes_read(body: bytearray) -> dict[str, int]:
+        return stakes_of(body, trio.from_thread.check_cancelled)
+
+    vote_accounts = _request("getVoteAccounts", [{"commitment": "finalized"}])
+    stakes = await read(url, vote_accounts, max_vote_accounts, stakes_read)
     staked = {v: s for v, s in stakes.items() if s > 0}
     if len(staked) > MAX_VOTE_ACCOUNTS:
         raise RpcError(f"getVoteAccounts: {len(staked)} staked vote accounts")
-    data = await vote_accounts_data(call, url, list(staked), limiter)
+    data = await vote_accounts_data(read, url, list(staked))
 
     def build() -> EpochRanks:
         accounts = candidates(staked, data)
@@ -351,16 +363,15 @@ async def epoch_ranks(
     return await trio.to_thread.run_sync(build, limiter=limiter)
 
 
-async def vote_accounts_data(
-    call: Call, url: str, votes: list[str], limiter: trio.CapacityLimiter
-) -> list[bytes | None]:
+async def vote_accounts_data(read: ReadAnswer, url: str, votes: list[str]) -> list[bytes | None]:
     """The first :data:`VOTE_PREFIX` bytes of each vote account of ``votes`` at ``url``
     (None: no such account), :data:`ACCOUNTS_PER_CALL` a call. Raises RpcError."""
     data: list[bytes | None] = []
     for at in range(0, len(votes), ACCOUNTS_PER_CALL):
         part = votes[at : at + ACCOUNTS_PER_CALL]
-        answer = await call(url, get_accounts(part), MAX_ACCOUNTS)
-        data += await trio.to_thread.run_sync(accounts_data, answer, len(part), limiter=limiter)
+
+        parsed = functools.partial(accounts_data, count=len(part))
+        data += await read(url, get_accounts(part), MAX_ACCOUNTS, parsed)
     return data
 
 
