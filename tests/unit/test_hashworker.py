@@ -13,6 +13,7 @@ import signal
 import struct
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,8 @@ from agave_storages import Storage, expected_lt_hash, feed, storages
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_accounts_level import STATE, write_archive
-from test_proof_accounts import reread_from
+from test_proof_accounts import built, reread_from
+from test_spill import many
 
 from tracker.errors import ArchiveInvalid
 from tracker.proof.accounts import hashworker
@@ -157,6 +159,41 @@ def test_a_killed_worker_costs_the_proof_never_the_archive() -> None:
     assert lt_hash is None
     assert note is not None and note.startswith("not proven: the hashing process ended")
     assert proof.local_cause  # this machine's failure: never booked against a source
+    assert not workers()
+
+
+def test_a_second_read_stops_once_the_hashing_process_failed() -> None:
+    # A hashing process that failed decides the proof (not proven, its note): the second
+    # read still read every storage left to it to the archive's end, decoding it all again
+    # from disk and laying it out, only for the sum to be dropped, before the check wrote
+    # its note (inline, in one lane and in three: the module's fixture).
+    slots = {s: many(1200, s, start=s % 2 * 600) for s in range(3, 9)}
+    made = built(slots, list(slots))
+    worker = HashWorker(start_from=0)
+    proof = AccountsProof(AccountsLimits(max_accounts=10_000), worker)
+    for storage in made:
+        feed(proof, storage, 1 << 20)
+    reread = reread_from({s.name: s.data for s in made}, piece=1024)
+    asked: list[str] = []
+    after = [0]  # chunks the second read took once the process was gone
+
+    def killing(name: str, start: int) -> Iterable[bytes]:
+        asked.append(name)
+        if len(asked) == 1:
+            pid = worker.pid
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # dead, left to its owner
+        for chunk in reread(name, start):
+            after[0] += 1
+            yield chunk
+
+    lt_hash, note = proof.finish(killing)
+    assert lt_hash is None
+    assert note is not None and note.startswith("not proven: the hashing process ended")
+    assert proof.local_cause
+    assert asked == [made[0].name]  # no storage after it asked for
+    assert after[0] <= 1  # of its 1,024-byte chunks, none past the one in hand
     assert not workers()
 
 

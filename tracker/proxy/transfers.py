@@ -376,9 +376,10 @@ def measured_transfer(
     Whoever ended it, a transfer its client paced (:func:`paced_by_client`) counts nothing:
     one slow client would otherwise price a fast source at the client's speed for the whole
     fleet, and a source that gave up on a client that stalled (its own send timeout) ended
-    the transfer only because our client held it. A source cannot make our pump wait on its
-    client: it decides how fast it sends, not how fast the client takes (a stall or a cut of
-    its own is waited on as the source's). A whole transfer, or one our side ended, counts
+    the transfer only because our client held it. A stall or an early cut of the source's is
+    waited on as the source's; a source faster than the client that cuts late looks like
+    the stalled client's and counts nothing either (docs/ranking.md, "Failed transfers").
+    A whole transfer, or one our side ended, counts
     from :data:`MIN_MEASURED_BYTES` on (a few KiB say little, and a client that leaves must
     not mark a source slow). One the source ended counts whatever its size, over at least
     ``read_timeout``: a source that answers its speed tests fast and stalls or cuts real

@@ -61,6 +61,11 @@ class Summer(Protocol):
     def total(self) -> tuple[Lanes | None, str | None]:
         """The sum of everything added, and None; or None and why it could not be made."""
 
+    @property
+    def stopped(self) -> bool:
+        """True once the sum cannot be made whatever comes (a hashing process failed or
+        ended): :meth:`total` gives its note, and the second read reads no more."""
+
     def close(self) -> None:
         """Let go of what it holds (a process: stopped, waited for)."""
 
@@ -87,6 +92,11 @@ class LocalSum:
     def total(self) -> tuple[Lanes | None, str | None]:
         """See :class:`Summer`."""
         return self._total.copy(), None
+
+    @property
+    def stopped(self) -> bool:
+        """See :class:`Summer`: hashing here never fails."""
+        return False
 
     def close(self) -> None:
         """Nothing to let go of."""

@@ -295,6 +295,15 @@ class HashWorker:
             return None, self._note()
         return np.frombuffer(answer, dtype="<u2") + self._local, None
 
+    @property
+    def stopped(self) -> bool:
+        """See :class:`~tracker.proof.accounts.accounthash.Summer`: it failed, or its child
+        ended (it ends by itself only once told the end: the sum it held is lost). Asked
+        from the walk of the second read while a lane may be handing the child a batch, so
+        it only looks (the lane's next write finds the failure)."""
+        proc = self._proc
+        return self._failure is not None or (proc is not None and proc.poll() is not None)
+
     def close(self) -> None:
         """Stop the child (if it still runs) and wait for it; close the pipes."""
         proc, self._proc = self._proc, None
@@ -467,6 +476,12 @@ class HashPool:
                 return None, note
             total += part
         return total, None
+
+    @property
+    def stopped(self) -> bool:
+        """See :class:`~tracker.proof.accounts.accounthash.Summer`: a child stopped (its
+        partial sum is lost, so is the total)."""
+        return any(child.stopped for child in self._children)
 
     def close(self) -> None:
         """Stop every child; give their slots back."""

@@ -216,18 +216,24 @@ def hash_newest(
     whatever range they lie in, and left out of ``superseded`` by the caller, which takes
     their kept hashes out itself. With ``processes`` (instead of ``lanes``) each storage's
     valid bytes are sent to a process that parses and hashes them: this thread only walks,
-    and stops once ``processes.stopped`` (its note is the proof's verdict)."""
+    and stops once ``processes.stopped`` (its note is the proof's verdict); without, once
+    ``summer.stopped`` (a hashing process failed: :meth:`Summer.total` gives the note)."""
     apart = processes if processes is not None else lanes
+
+    def stopped() -> bool:
+        # what failed decides the proof, not proven: what is left to read counts for nothing
+        return processes.stopped if processes is not None else summer.stopped
+
     pending = by_storage(superseded)
     upcoming = next(pending, None)
     keeping = by_storage(kept)
     keep_next = next(keeping, None)
     try:
         for number, stored in enumerate(storages):
-            if processes is not None and processes.stopped:
-                # a process failed: the proof is not proven whatever the rest holds, and
-                # reading on decoded the archive to its end again only to drop each piece
-                # (docs/architecture.md, "The accounts level" → "Every core")
+            if stopped():
+                # a scan or hashing process failed: the proof is not proven whatever the
+                # rest holds, and reading on decoded the archive to its end again only to
+                # drop each piece (docs/architecture.md, "The accounts level" → "Every core")
                 break
             skip = _NONE
             if upcoming is not None and upcoming[0] == number:
@@ -251,7 +257,7 @@ def hash_newest(
         raise
     if apart is not None:
         apart.settle()
-    if processes is not None and processes.stopped:
+    if stopped():
         return  # the storages after it were never read
     if upcoming is not None:  # the index named a storage the proof never had
         raise ArchiveInvalid(f"second read: no storage number {upcoming[0]}")
@@ -266,10 +272,11 @@ def _hash_storage(
     keep: I64 = _NONE,
 ) -> None:
     """Hash the records of one storage with lamports: in ``stored.left`` those not at
-    ``skip`` nor at ``keep``, to add; outside it those at ``skip``, to take out."""
+    ``skip`` nor at ``keep``, to add; outside it those at ``skip``, to take out. Stops at
+    the chunk in hand once ``summer.stopped`` (the storage then unchecked: no verdict)."""
     storage = _StorageHash(stored, skip, summer, hashed, None, keep)
-    _read_again(reread, stored.name, storage.feed)
-    storage.finish()
+    if _read_again(reread, stored.name, storage.feed, lambda: summer.stopped):
+        storage.finish()
 
 
 def _hand_storage(
@@ -283,11 +290,16 @@ def _hand_storage(
     keep: I64 = _NONE,
 ) -> None:
     """:func:`_hash_storage` in a lane: this thread reads the storage's pieces (immutable:
-    bytes, or views of a decoded frame's bytes) and hands them on."""
+    bytes, or views of a decoded frame's bytes) and hands them on, as long as
+    ``summer.stopped`` is not."""
     storage = _StorageHash(stored, skip, summer, hashed, lanes.lock, keep)
     put = lanes.hand(number)
-    _read_again(reread, stored.name, lambda chunk: put(functools.partial(storage.feed, chunk)))
-    put(storage.finish)
+
+    def hand(chunk: bytes | memoryview) -> None:
+        put(functools.partial(storage.feed, chunk))
+
+    if _read_again(reread, stored.name, hand, lambda: summer.stopped):
+        put(storage.finish)
 
 
 def _send_storage(
