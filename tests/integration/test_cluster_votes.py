@@ -180,6 +180,47 @@ async def test_votes_a_block_repeats_are_kept_once() -> None:
     assert counted.kept is not None and counted.kept < 10  # not 4 blocks of 1,000 votes
 
 
+def invented_voters(names: list[str]) -> dict[str, Any]:
+    """One transaction of a vote for (S, H) by each of ``names``' vote accounts (none of
+    them staked), the most keys a transaction may name."""
+    entry = vote_transaction(V[0], tower([(S, 1)], H))
+    message = entry["transaction"]["message"]
+    instruction = message["instructions"][0]
+    program = message["accountKeys"][2]
+    message["accountKeys"] = [message["accountKeys"][0], program] + [key(n) for n in names]
+    message["instructions"] = [
+        {**instruction, "programIdIndex": 1, "accounts": [2 + n, 0]} for n in range(len(names))
+    ]
+    return entry
+
+
+async def test_a_block_is_folded_as_it_is_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each block's votes were all held at once while it was decoded, before they were
+    folded: a liar's 64 MiB block holds ~500,000 (one vote repeated, or invented voters
+    with no stake), ~100 MiB of objects (170 to 230 bytes each, tracemalloc) in each of
+    the two parse threads, past the answers' budget. A block is folded one transaction
+    at a time: at most one transaction's votes are held; the tally is the same."""
+    repeated = vote_transaction(V[3], tower([(S, 1)], H))  # 10%: the block counts
+    repeated["transaction"]["message"]["instructions"] *= 250
+    invented = [invented_voters([f"invented {t} {n}" for n in range(250)]) for t in range(8)]
+    node = VoteRpc(blocks={S + 1: [repeated] * 8 + invented}, stakes=STAKES)
+    before = alive(VoteSeen)
+    peak = [0]
+    decode = votes_module.transaction_votes
+
+    def counted(entry: object) -> list[VoteSeen]:
+        found = decode(entry)
+        peak[0] = max(peak[0], alive(VoteSeen) - before)
+        return found
+
+    monkeypatch.setattr(votes_module, "transaction_votes", counted)
+    async with rpcs(node) as urls, cluster_votes(settings(urls, blocks=1)) as votes:
+        proof = await votes.lift(S, PROOF)
+    assert (proof.level, proof.voted_stake) == (Level.MANIFEST, 0.1)
+    assert proof.note is not None and "2000 voters hold no stake" in proof.note
+    assert 250 <= peak[0] <= 256, f"{peak[0]} votes held at once"  # one transaction's
+
+
 async def test_a_tally_is_kept_per_slot_and_hash() -> None:
     node = majority()
     async with rpcs(node) as urls, cluster_votes(settings(urls)) as votes:

@@ -32,6 +32,7 @@ from tracker.proof.cluster.clustervotes import (
     judged,
     vote_stakes,
 )
+from tracker.proof.formats import tally as tally_module
 from tracker.proof.formats.tally import (
     MAX_UNKNOWN_VOTERS,
     SlotVotes,
@@ -224,9 +225,12 @@ def test_a_block_answer_gives_the_votes_for_the_slot() -> None:
         vote_transaction(B, vote([99], OTHER)),  # another slot: dropped here
         vote_transaction(C, update([(100, 1)], OTHER)),
     ]
-    found = block_votes(body(block_answer(101, transactions)), 100)
-    assert found == [seen(A, 100, H), seen(C, 100, OTHER)]
-    assert block_votes(body(skipped_answer(102)), 100) == []
+    read = SlotVotes(100, H, STAKES)
+    found = block_votes(body(block_answer(101, transactions)), read)
+    assert (found.tally(), found.voters) == (Tally(40, 20, 100), 2)  # A for H, C another
+    assert read.voters == 0  # the block is the caller's to merge
+    skipped = block_votes(body(skipped_answer(102)), read)
+    assert (skipped.tally(), skipped.voters) == (Tally(0, 0, 100), 0)
 
 
 @pytest.mark.parametrize(
@@ -254,7 +258,83 @@ def test_a_block_answer_gives_the_votes_for_the_slot() -> None:
 )
 def test_a_bad_block_answer_fails_with_a_reason(answer: bytes, reason: str) -> None:
     with pytest.raises(RpcError, match=reason):
-        block_votes(answer, 100)
+        block_votes(answer, SlotVotes(100, H, STAKES))
+
+
+F, G = key("f"), key("g")
+
+
+@pytest.mark.parametrize(
+    ("blocks", "voters", "expected"),
+    [
+        ([[seen(A, 100, H)], [seen(A, 100, H), seen(B, 100, H)]], 2, Tally(70, 0, 100)),
+        ([[seen(A, 100, H)], [seen(A, 100, OTHER)]], 1, Tally(0, 0, 100)),  # both sides
+        ([[seen(A, 100, OTHER), seen(B, 101, H)], []], 1, Tally(0, 40, 100)),
+        # the voters without stake: at most 2 here, whichever block brought them
+        ([[seen(E, 100, H), seen(F, 100, H)], [seen(G, 100, H)]], 2, Tally(0, 0, 100, 2)),
+        ([[seen(E, 100, H)], [seen(F, 100, H), seen(G, 100, H)]], 2, Tally(0, 0, 100, 2)),
+        # E voted both sides: kept, counted nowhere
+        ([[seen(E, 100, H)], [seen(F, 100, H), seen(E, 100, OTHER)]], 2, Tally(0, 0, 100, 1)),
+        ([[seen(E, 100, H), seen(F, 100, H)], [seen(E, 100, OTHER)]], 2, Tally(0, 0, 100, 1)),
+        ([[seen(E, 100, H), seen(A, 100, H)], [seen(F, 100, H)]], 3, Tally(40, 0, 100, 2)),
+        # past the cap in one block, and a voter kept before past it in a later block
+        ([[seen(E, 100, H), seen(F, 100, H), seen(G, 100, H)]], 2, Tally(0, 0, 100, 2)),
+        (
+            [[seen(E, 100, H)], [seen(F, 100, H), seen(G, 100, H), seen(E, 100, H)]],
+            2,
+            Tally(0, 0, 100, 2),
+        ),
+    ],
+)
+def test_blocks_folded_apart_then_merged_weigh_as_their_votes_read_in_one(
+    blocks: list[list[VoteSeen]],
+    voters: int,
+    expected: Tally,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(tally_module, "MAX_UNKNOWN_VOTERS", 2)
+    merged = SlotVotes(100, H, STAKES)
+    for votes in blocks:
+        block = merged.for_block()
+        block.add(votes)
+        merged.merge(block)
+    assert (merged.tally(), merged.voters) == (expected, voters)
+    assert merged.tally() == tally([v for votes in blocks for v in votes], 100, H, STAKES)
+
+
+def test_a_block_is_folded_as_it_is_decoded_and_counts_only_read_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A block's votes were all held as a list while it was decoded: a liar's 64 MiB block
+    repeating one vote, or inventing ~500,000 voters with no stake, held ~100 MiB of them.
+    The block is folded one transaction at a time (each voter once per side, at most
+    MAX_UNKNOWN_VOTERS without stake), and a block that fails to parse counts nothing of
+    what was read before the failure."""
+    monkeypatch.setattr(tally_module, "MAX_UNKNOWN_VOTERS", 100)
+    repeated = vote_transaction(A, tower([(100, 1)], H))
+    repeated["transaction"]["message"]["instructions"] *= 200
+    invented = [vote_transaction(f"invented {n}", tower([(100, 1)], H)) for n in range(500)]
+    answer = body(block_answer(101, [repeated] * 5 + invented))
+    seen_alive: list[int] = []
+    decode = clustervotes.transaction_votes
+
+    def counted(entry: object) -> list[VoteSeen]:
+        found = decode(entry)
+        seen_alive.append(len(found))
+        return found
+
+    monkeypatch.setattr(clustervotes, "transaction_votes", counted)
+    read = SlotVotes(100, H, STAKES)
+    block = block_votes(answer, read)
+    assert sum(seen_alive) == 1500  # every vote decoded ...
+    assert block.voters == 1 + 100  # ... A once, and the first 100 voters without stake
+    assert block.tally() == Tally(40, 0, 100, unknown=100)
+    read.merge(block)
+    assert read.tally() == Tally(40, 0, 100, unknown=100)
+    mangled_last = body(block_answer(101, [vote_transaction(B, tower([(100, 1)], H)), []]))
+    with pytest.raises(RpcError, match="not an object"):
+        block_votes(mangled_last, read)
+    assert read.tally() == Tally(40, 0, 100, unknown=100)  # B's vote counts nothing
 
 
 def test_stakes_come_from_current_and_delinquent() -> None:
@@ -287,7 +367,8 @@ def test_a_wide_character_leaves_the_text_of_an_answer_its_size(
     memo["meta"]["logMessages"].append('Program log: Memo (len 4): "\U0001f600 gm"')
     answer = block_answer(101, [vote_transaction(A, tower([(100, 1)], H)), memo])
     wide = json.dumps(answer, ensure_ascii=False).encode()
-    assert block_votes(bytearray(wide), 100) == [seen(A, 100, H)]
+    found = block_votes(bytearray(wide), SlotVotes(100, H, STAKES))
+    assert (found.tally(), found.voters) == (Tally(40, 0, 100), 1)  # A's vote, B's for 99
     stakes = vote_accounts_answer({A: 40})
     stakes["result"]["current"][0]["nodePubkey"] = "\u00e9\U0001f600"
     assert vote_stakes(json.dumps(stakes, ensure_ascii=False).encode()) == {A: 40}

@@ -83,7 +83,6 @@ from tracker.proof.formats.alpenglow import EpochVoters, voters_digest
 from tracker.proof.formats.tally import (
     SlotVotes,
     Tally,
-    VoteSeen,
     stake_entry,
     transaction_votes,
 )
@@ -547,8 +546,9 @@ class ClusterVotes:
 
         def read(answer: bytearray) -> None:
             # the decode stops at the deadline (a block of a liar's votes, near its size
-            # bound, takes minutes of decoding: both parse threads of every lift)
-            votes.add(block_votes(answer, slot, trio.from_thread.check_cancelled))
+            # bound, takes minutes of decoding: both parse threads of every lift); the block
+            # is folded as it is decoded and counts once it was read whole
+            votes.merge(block_votes(answer, votes, trio.from_thread.check_cancelled))
 
         async def one_block(at: int) -> None:
             try:
@@ -775,15 +775,18 @@ def _go_on() -> None:
 
 
 def block_votes(
-    body: bytes | bytearray, slot: int, checkpoint: Callable[[], None] = _go_on
-) -> list[VoteSeen]:
-    """The votes for ``slot`` in one ``getBlock`` answer, decoded one transaction at a time;
-    [] for a skipped slot. Raises RpcError (one line) for an error answer or a malformed
-    one. Blocking: run it in a worker thread; ``checkpoint()`` is called before each
-    transaction and may raise to stop the decode (``trio.from_thread.check_cancelled``).
-    Walked as :func:`~tracker.net.limits.narrow_text` (a ``bytearray`` narrowed in place):
-    no string past ASCII counts for a vote."""
-    found: list[VoteSeen] = []
+    body: bytes | bytearray, votes: SlotVotes, checkpoint: Callable[[], None] = _go_on
+) -> SlotVotes:
+    """The votes for ``votes``' slot in one ``getBlock`` answer, folded one transaction at a
+    time into a fold of their own (:meth:`SlotVotes.for_block`: each voter once per side,
+    whatever the block repeats; ``votes`` is left as it is, the caller merges the block
+    once it is read whole); empty for a skipped slot. Raises RpcError (one line) for an
+    error answer or a malformed one. Blocking: run it in a worker thread; ``checkpoint()``
+    is called before each transaction and may raise to stop the decode
+    (``trio.from_thread.check_cancelled``). Walked as
+    :func:`~tracker.net.limits.narrow_text` (a ``bytearray`` narrowed in place): no string
+    past ASCII counts for a vote."""
+    found = votes.for_block()
     block = False
     try:
         members = iter_json_members(
@@ -796,12 +799,12 @@ def block_votes(
         for name, value in members:
             checkpoint()
             if name == "transactions[]":
-                found += [v for v in transaction_votes(value) if v.slot == slot]
+                found.add(transaction_votes(value))  # at most 256 votes held at once
             elif name == "transactions":
                 block = True
             elif name == "error":
                 if _error_code(value) in SKIPPED_CODES:
-                    return []
+                    return votes.for_block()
                 raise RpcError(one_line(f"getBlock: error {str(value)[:200]}"))
     except (ProbeError, VoteInvalid) as exc:
         raise RpcError(one_line(f"getBlock: {exc}")) from exc

@@ -186,7 +186,9 @@ class SlotVotes:
     per side (the bank hash, another hash), however often the blocks repeat its vote, and at
     most :data:`MAX_UNKNOWN_VOTERS` voters without stake. What it holds is bounded by the
     stakes, not by the votes read: a liar's 64 MiB block repeats one vote ~500,000 times.
-    :meth:`add` may be called from several worker threads at once."""
+    One block is folded into its own (:meth:`for_block`) as it is decoded, and merged
+    (:meth:`merge`) only once it was read whole. :meth:`add` and :meth:`merge` may be
+    called from several worker threads at once."""
 
     def __init__(self, slot: int, bank_hash: bytes, stakes: Mapping[str, int]) -> None:
         self._slot, self._bank_hash, self._stakes = slot, bank_hash, stakes
@@ -194,6 +196,27 @@ class SlotVotes:
         self._for_other: set[str] = set()
         self._unknown: set[str] = set()
         self._lock = threading.Lock()
+
+    def for_block(self) -> SlotVotes:
+        """An empty fold of the same slot, bank hash and stakes, for one block's votes: a
+        block's votes are never held as a list (a liar's 64 MiB block holds ~500,000, some
+        100 MiB of objects while it is decoded), and what of a block that fails to parse
+        was read counts nothing until :meth:`merge` (docs/http-api.md, "Limits")."""
+        return SlotVotes(self._slot, self._bank_hash, self._stakes)
+
+    def merge(self, block: SlotVotes) -> None:
+        """Count in a block's fold (:meth:`for_block`, read whole) as :meth:`add` would its
+        votes: its voters without stake kept while fewer than :data:`MAX_UNKNOWN_VOTERS`
+        are (those past it would count nothing)."""
+        with self._lock:
+            dropped: set[str] = set()
+            for voter in block._unknown - self._unknown:
+                if len(self._unknown) < MAX_UNKNOWN_VOTERS:
+                    self._unknown.add(voter)
+                else:
+                    dropped.add(voter)
+            self._for_hash |= block._for_hash - dropped
+            self._for_other |= block._for_other - dropped
 
     def add(self, votes: Iterable[VoteSeen]) -> None:
         """Count ``votes`` in (those for other slots are passed over)."""
