@@ -64,6 +64,27 @@ class PacedClient:
                     await trio.sleep(len(chunk) / rate)  # the client's pace, on purpose
         return bytes(received)
 
+    async def read_until_closed(self, rate: float) -> bytes:
+        """The body's bytes until the tracker ends the connection (a body cut short), read
+        at ``rate`` bytes/s."""
+        data = bytearray()
+        with self.sock, trio.fail_after(20):
+            while b"\r\n\r\n" not in data:
+                data += await self.sock.recv(16 * KiB)
+            head, _, body = bytes(data).partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), head
+            received = bytearray(body)
+            while True:
+                try:
+                    chunk = await self.sock.recv(16 * KiB)
+                except ConnectionResetError:
+                    break
+                if not chunk:
+                    break
+                received += chunk
+                await trio.sleep(len(chunk) / rate)  # the client's pace, on purpose
+        return bytes(received)
+
 
 async def _achieved_after_one_download(
     monkeypatch: pytest.MonkeyPatch, up: FakeUpstream, *, plain: bool, client_rate: float | None
@@ -127,11 +148,13 @@ async def test_a_client_that_stalls_until_the_source_gives_up_does_not_mark_it_s
     """A validator whose disk stops taking bytes: the relay stops reading its source, whose
     own send timeout (nginx's ``send_timeout``) closes the connection; the client then reads
     on and finds its body cut. The source ended the transfer, but only because our client
-    held it: the pump waited on the client most of the transfer's seconds, so it says
+    held it: the client took no byte for longer than CLIENT_STALL (here under the source's
+    send timeout, to keep the test short: a real one is a minute), so the transfer says
     nothing of the source (recorded, a fast honest source was priced at a few hundred kB/s
     for the fleet)."""
     name = full_name(1001)
     up = FakeUpstream(files={name: STALLED_DATA}, behaviour={name: Behaviour(send_timeout=0.5)})
+    monkeypatch.setattr(transfers, "CLIENT_STALL", 0.25)
     decided = trio.Event()
     measured_transfer = transfers.measured_transfer
     endings: list[str] = []
@@ -159,3 +182,47 @@ async def test_a_client_that_stalls_until_the_source_gives_up_does_not_mark_it_s
         _probed, achieved = t.index.speeds.figures(TargetKey(GROUP, up.base), trio.current_time())
     assert endings == ["source"]  # the break is the source's (a cut) ...
     assert achieved == 0, f"priced at {achieved:.0f} bytes/s"  # ... its pace is not known
+
+
+#: A source that cuts every real GET after this many body bytes: more than the buffers
+#: between it and a slow client hold, so that the relay waits on its client most of the
+#: transfer's seconds before it meets the cut.
+CUT = 24 * MiB
+CUT_DATA = archive_bytes(32 * MiB, seed=13)
+
+
+@pytest.mark.parametrize("plain", [False, True], ids=["spliced relay", "relay through Python"])
+async def test_a_source_faster_than_its_client_that_cuts_every_get_is_measured(
+    monkeypatch: pytest.MonkeyPatch, plain: bool
+) -> None:
+    """A lying source answers its speed tests and cuts every real GET part way through,
+    relayed to a validator that reads steadily, slower than the source sends. The pump
+    waited on that client most of the transfer's seconds, but the client never stalled (it
+    took bytes every few milliseconds), so the cut is the source's own, not a send timeout
+    our client caused: it is measured as the source's failure (had it recorded nothing, the
+    liar kept its speed-test rank while every client given it failed)."""
+    name = full_name(1002)
+    up = FakeUpstream(files={name: CUT_DATA}, behaviour={name: Behaviour(real_drop_after=CUT)})
+    decided = trio.Event()
+    measured_transfer = transfers.measured_transfer
+    seen: list[tuple[Any, ...]] = []
+
+    def spy(*args: Any, **kwargs: Any) -> tuple[int, float] | None:
+        seen.append((*args, kwargs))
+        decided.set()  # the pump is done with its source: the figure is final
+        return measured_transfer(*args, **kwargs)
+
+    monkeypatch.setattr(transfers, "measured_transfer", spy)
+    async with serving(up), proxy_tracker(None, up, plain=plain) as t:
+        client = await PacedClient.get(t.base, f"/v1/{name}?group={GROUP}", small_buffer=True)
+        received = await client.read_until_closed(CLIENT_RATE)  # most of its seconds
+        assert CUT // 2 < len(received) <= CUT, len(received)  # cut short, after the cut
+        with trio.fail_after(10):
+            await decided.wait()
+        _probed, achieved = t.index.speeds.figures(TargetKey(GROUP, up.base), trio.current_time())
+    [(moved, seconds, ending, read_timeout, kwargs)] = seen
+    assert ending == "source"
+    # the hole's case: the pump waited on its client most of the transfer's seconds
+    assert transfers.paced_by_client(seconds, kwargs["client_waited"]), (seconds, kwargs)
+    # priced as a failure: its bytes over at least the read timeout (aged a little since)
+    assert 0 < achieved < 2 * moved / read_timeout, achieved

@@ -1333,9 +1333,10 @@ async def test_a_source_dropped_for_failing_is_measured_over_its_own_part(
         seconds: float,
         ending: transfers.Ending,
         waited: float,
+        stalled: float,
     ) -> None:
         measured[key] = (size, seconds, ending)
-        launcher_measured(self, key, size, seconds, ending, waited)
+        launcher_measured(self, key, size, seconds, ending, waited, stalled)
 
     monkeypatch.setattr(transfers.Launcher, "_measured", spy)
     async with sources(2, rate=4 * MiB) as ups:

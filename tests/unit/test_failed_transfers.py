@@ -1,7 +1,7 @@
 """What a real transfer from a source says of its throughput, by who ended it and who paced
-it (docs/ranking.md, "Failed transfers"): ``measured_transfer``, ``paced_by_client`` and
-``ending_of`` as tables; ``failed_to_answer``, which failures to answer at all are the
-source's."""
+it, and whether its client stalled (docs/ranking.md, "Failed transfers"):
+``measured_transfer``, ``paced_by_client`` and ``ending_of`` as tables;
+``failed_to_answer``, which failures to answer at all are the source's."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from tracker.errors import (
 from tracker.proxy.failover import failed_to_answer
 from tracker.proxy.pumps import ending_of
 from tracker.proxy.transfers import (
+    CLIENT_STALL,
     MIN_MEASURED_BYTES,
     Ending,
     measured_transfer,
@@ -81,25 +82,36 @@ def test_a_transfer_its_client_paced(seconds: float, client_waited: float, expec
 
 
 @pytest.mark.parametrize(
-    ("moved", "seconds", "ending", "client_waited", "expected"),
+    ("moved", "seconds", "ending", "client_waited", "client_stalled", "expected"),
     [
         # a relay a slow client paced says nothing of its source, whole or left
-        (100 * MiB, 10.0, "whole", 9.0, None),
-        (100 * MiB, 10.0, "ours", 9.0, None),
+        (100 * MiB, 10.0, "whole", 9.0, 0.01, None),
+        (100 * MiB, 10.0, "ours", 9.0, 0.01, None),
         # one the source paced counts as it went
-        (100 * MiB, 10.0, "whole", 1.0, (100 * MiB, 10.0)),
-        (100 * MiB, 10.0, "ours", 5.0, (100 * MiB, 10.0)),
-        # one the source ended while its client paced it: the source gave up on a client
-        # that held it (its own send timeout), which says nothing of the source's pace
-        (100 * MiB, 100.0, "source", 90.0, None),
-        (12 * MiB, 0.6, "source", 0.5, None),
+        (100 * MiB, 10.0, "whole", 1.0, 0.01, (100 * MiB, 10.0)),
+        (100 * MiB, 10.0, "ours", 5.0, 0.01, (100 * MiB, 10.0)),
+        # a stall of its client says nothing of a transfer the source did not end
+        (100 * MiB, 10.0, "whole", 1.0, CLIENT_STALL, (100 * MiB, 10.0)),
+        (100 * MiB, 10.0, "ours", 5.0, 2 * CLIENT_STALL, (100 * MiB, 10.0)),
+        # one the source ended while its client stalled (took no byte) for CLIENT_STALL:
+        # the source gave up on a client that held it (its own send timeout), which says
+        # nothing of the source's pace
+        (100 * MiB, 100.0, "source", 90.0, 80.0, None),
+        (12 * MiB, 0.6, "source", 0.5, CLIENT_STALL, None),
+        (100 * MiB, 100.0, "source", 10.0, CLIENT_STALL, None),
+        # one the source ended while its client read on, however slowly (it never stalled
+        # that long): the cut is the source's own, measured whatever paced the transfer (a
+        # liar faster than its clients that cuts every answer after a few MiB)
+        (100 * MiB, 100.0, "source", 90.0, 0.01, (100 * MiB, 100.0)),
+        (12 * MiB, 0.6, "source", 0.5, 0.01, (12 * MiB, TIMEOUT)),
+        (6 * MiB, 1.0, "source", 0.9, CLIENT_STALL - 0.01, (6 * MiB, TIMEOUT)),
         # one the source ended at its own pace counts as the table says: a liar's stall or
         # cut is waited on as the source's, never as the client's (it cannot make our pump
         # wait on the client by stalling or cutting)
-        (16 * KiB, 30.0, "source", 0.0, (16 * KiB, TIMEOUT)),
-        (0, TIMEOUT + 1.0, "source", 0.0, (1, TIMEOUT + 1.0)),
-        (100 * MiB, 100.0, "source", 50.0, (100 * MiB, 100.0)),
-        (100 * MiB, 1.0, "source", 0.4, (100 * MiB, TIMEOUT)),
+        (16 * KiB, 30.0, "source", 0.0, 0.0, (16 * KiB, TIMEOUT)),
+        (0, TIMEOUT + 1.0, "source", 0.0, 0.0, (1, TIMEOUT + 1.0)),
+        (100 * MiB, 100.0, "source", 50.0, 0.01, (100 * MiB, 100.0)),
+        (100 * MiB, 1.0, "source", 0.4, 0.01, (100 * MiB, TIMEOUT)),
     ],
 )
 def test_what_a_client_paced_transfer_says_of_its_source(
@@ -107,9 +119,17 @@ def test_what_a_client_paced_transfer_says_of_its_source(
     seconds: float,
     ending: Ending,
     client_waited: float,
+    client_stalled: float,
     expected: tuple[int, float] | None,
 ) -> None:
-    measured = measured_transfer(moved, seconds, ending, TIMEOUT, client_waited=client_waited)
+    measured = measured_transfer(
+        moved,
+        seconds,
+        ending,
+        TIMEOUT,
+        client_waited=client_waited,
+        client_stalled=client_stalled,
+    )
     assert measured == expected
 
 

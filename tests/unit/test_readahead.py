@@ -102,3 +102,34 @@ async def test_the_time_a_put_waits_for_room_is_counted(
         nursery.start_soon(slow_consumer)
         await ahead.put(b"e")  # full: waits until the consumer took what was held
     assert ahead.waited == pytest.approx(3.0)
+
+
+async def test_the_longest_span_the_consumer_took_nothing_is_counted(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A stalled client, not a slow one (docs/ranking.md, "Failed transfers"): the longest
+    span of waits for room with no take between them, the one still running when the reader
+    stopped included. A take ends a span; a raised limit that lets one put go on does not."""
+    ahead = ReadAhead(4)
+    await ahead.put(b"abcd")
+    async with trio.open_nursery() as nursery:
+
+        async def consumer() -> None:
+            await trio.sleep(1)
+            await ahead.take()  # the client took bytes: the span of 1 s ends
+
+        nursery.start_soon(consumer)
+        await ahead.put(b"efgh")
+    assert ahead.stalled == pytest.approx(1.0)
+    async with trio.open_nursery() as nursery:
+
+        async def raise_limit() -> None:
+            await trio.sleep(2)
+            ahead.limit = 8
+
+        nursery.start_soon(raise_limit)
+        await ahead.put(b"ijkl")  # waits 2 s, goes on: nothing was taken
+    with trio.move_on_after(3):
+        await ahead.put(b"m")  # waits again, still nothing taken, until the reader stops
+    assert ahead.stalled == pytest.approx(5.0)  # one span: 2 s, then 3 s
+    assert ahead.waited == pytest.approx(6.0)

@@ -1,6 +1,7 @@
 """The zero-copy mechanism's pieces without a socket: placeholders that cost no resident memory,
-piece sizes, and the canary of h11 writing the framing headers it adds in lower case (downloads
-over real sockets: tests/integration/test_zerocopy.py)."""
+piece sizes, the canary of h11 writing the framing headers it adds in lower case, and how a
+spliced relay counts its client's stalls (downloads over real sockets:
+tests/integration/test_zerocopy.py)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from tracker.zerocopy.connection import (
     FilePiece,
     piece_size,
 )
+from tracker.zerocopy.kernelcopy import SocketSplice
+from tracker.zerocopy.pieces import SocketPiece
 
 MiB = 1024 * 1024
 
@@ -122,3 +125,48 @@ async def test_an_upstream_closed_between_two_waits_fails_its_piece() -> None:
     piece = SocketPiece(count=10, sock=upstream, splice=SocketSplice(10))
     with pytest.raises(SourceFailed, match="upstream connection closed"):
         await piece.wait_source()
+
+
+@pytest.mark.parametrize(
+    ("waits", "stalled"),
+    [
+        # each wait for room in the client's socket: (bytes the client had taken when it
+        # began, began, ended)
+        ([(0, 0.0, 1.0)], 1.0),
+        ([(0, 0.0, 1.0), (0, 1.0, 3.0)], 3.0),  # nothing taken between: one span
+        ([(0, 0.0, 1.0), (0, 1.2, 3.0)], 3.0),  # ... the moment between included
+        ([(0, 0.0, 1.0), (100, 1.5, 2.0)], 1.0),  # bytes taken between: two spans
+        # a slow reader: many short waits, bytes taken between each
+        ([(0, 0.0, 0.1), (100, 0.2, 0.3), (200, 0.4, 0.5), (300, 0.6, 0.7)], 0.1),
+        ([(0, 0.0, 0.1), (100, 0.2, 0.3), (100, 0.3, 6.3), (300, 6.4, 6.5)], 6.1),
+    ],
+)
+def test_a_splice_counts_the_longest_span_its_client_took_no_byte(
+    waits: list[tuple[int, float, float]], stalled: float
+) -> None:
+    """A stalled client, not a slow one (docs/ranking.md, "Failed transfers"): the longest
+    span of waits with no byte taken between them, told from the waits' own times."""
+    splice = SocketSplice(1000)
+    try:
+        for sent, began, ended in waits:
+            splice.sent = sent
+            splice.client_wait(began, ended)
+        assert splice.client_stalled == pytest.approx(stalled)
+        assert splice.client_waited == pytest.approx(sum(e - b for _, b, e in waits))
+    finally:
+        splice.close()
+
+
+def test_a_stall_runs_across_the_worker_threads_waits_and_the_event_loops() -> None:
+    """A socket piece's waits in the event loop (between two calls of the worker thread)
+    and in the thread make one span while the client takes no byte."""
+    splice = SocketSplice(1000)
+    try:
+        piece = SocketPiece(count=1000, splice=splice)
+        splice.client_wait(0.0, 0.05)  # the thread lingered, then handed over
+        piece.client_wait(0.05, 4.0)  # the event loop waited for room
+        splice.client_wait(4.0, 4.05)  # the thread again: still nothing taken
+        assert piece.stalled_client() == pytest.approx(4.05)
+        assert piece.waited_for_client() == pytest.approx(4.05)
+    finally:
+        splice.close()

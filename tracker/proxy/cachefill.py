@@ -219,7 +219,7 @@ async def _to_many(
         seconds, ending = part_of_delivered(outcome, source)
         job.refresh_share(key, source.sent, seconds)
         if source is not outcome.sources[0]:  # the first one's is told when it closes
-            job.source_transfer(key, source.sent, seconds, ending, 0.0)  # to disk: no client
+            job.source_transfer(key, source.sent, seconds, ending, 0.0, 0.0)  # to disk: no client
         elif ending == "source":
             flow.ending = ending
     repair = Repair(job.peers, refresh, outcome)

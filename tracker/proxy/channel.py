@@ -54,6 +54,12 @@ class ReadAhead:
         #: Seconds :meth:`put` waited for room: the consumer (a client) had not taken what
         #: was held, and the source was not read meanwhile.
         self.waited = 0.0
+        #: The longest span of those waits with no :meth:`take` between them (the one still
+        #: running included): the consumer took nothing at all meanwhile (a client that
+        #: stalled, not one that reads slowly).
+        self.stalled = 0.0
+        #: When the running span began (its first wait since the last take; None: none).
+        self._stall_began: float | None = None
         self._ended = False
         self._error: BaseException | None = None
         # Wakes whoever waits (the reader for room, the consumer for bytes); never both at
@@ -83,11 +89,15 @@ class ReadAhead:
         if self._held >= self._limit:
             # timed only when it waits: the clock is not read on the byte path otherwise
             began = trio.current_time()
+            # the span this wait is part of (a take during it ends the span)
+            since = self._stall_began = began if self._stall_began is None else self._stall_began
             try:
                 while self._held >= self._limit:
                     await self._lot.park()
             finally:
-                self.waited += trio.current_time() - began
+                ended = trio.current_time()
+                self.waited += ended - began
+                self.stalled = max(self.stalled, ended - since)
         self._parts.append(chunk)
         self._held += len(chunk)
         self._lot.unpark_all()
@@ -109,6 +119,7 @@ class ReadAhead:
                 return None
             await self._lot.park()
         parts, self._parts, self._held = self._parts, [], 0
+        self._stall_began = None  # the consumer took bytes: no stall runs
         self._lot.unpark_all()
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
@@ -229,6 +240,7 @@ async def _to_client(
         # the time the source went unread because the client had not taken what came: a
         # relay paced by its client says nothing of its source's speed (docs/ranking.md)
         flow.client_waited += ahead.waited
+        flow.client_stalled = max(flow.client_stalled, ahead.stalled)
     if delivered:
         flow.complete = True
 

@@ -55,6 +55,8 @@ class SpliceBody(GeneratorBody):
     _piece: SocketPiece | None = attrs.field(default=None, init=False)
     #: Seconds the pieces that went waited for room in the client's socket.
     _waited: float = attrs.field(default=0.0, init=False)
+    #: The longest span of those waits in which the client took no byte.
+    _stalled: float = attrs.field(default=0.0, init=False)
 
     async def _start(self) -> None:
         self.started.set()
@@ -78,6 +80,16 @@ class SpliceBody(GeneratorBody):
         piece = self._piece
         return self._waited + (piece.waited_for_client() if piece is not None else 0.0)
 
+    @property
+    def client_stalled(self) -> float:
+        """The longest span, in seconds, in which the client took no byte while the body
+        waited for room in its socket, a piece being spliced included: one that stalled,
+        which the source's own send timeout may have given up on (docs/ranking.md, "Failed
+        transfers"). A piece goes on only once the client took the last one, so no span
+        runs across two."""
+        piece = self._piece
+        return max(self._stalled, piece.stalled_client() if piece is not None else 0.0)
+
     async def _generate(self) -> AsyncGenerator[bytes, None]:
         while self.sent < self.length:
             if not self._intact():
@@ -92,6 +104,7 @@ class SpliceBody(GeneratorBody):
                 yield self._connection.stage(piece)
                 self._connection.finish(piece, self._on_client)
                 self._waited += piece.waited_for_client()
+                self._stalled = max(self._stalled, piece.stalled_client())
                 self._piece = None
             else:
                 data = await self._receive(self.length - self.sent)

@@ -99,6 +99,10 @@ class Flow:
     #: Seconds the pump waited for its client to take bytes, its source unread meanwhile
     #: (a relay is paced by its client: :func:`tracker.proxy.transfers.paced_by_client`).
     client_waited: float = 0.0
+    #: The longest span of those waits in which the client took no byte (a stalled client,
+    #: which a source's own send timeout may give up on:
+    #: :func:`tracker.proxy.transfers.measured_transfer`).
+    client_stalled: float = 0.0
 
     def report(self, job: StreamJob) -> None:
         """Report the refresh outcome (first call only)."""
@@ -328,8 +332,8 @@ async def opened(
         ended = upstream.source_ended
         elapsed = (trio.current_time() if ended is None else ended) - upstream.opened_at
         ending = flow.ending or "ours"  # not known to be the source's: not held against it
-        key, waited = upstream.first.source.key, flow.client_waited
-        job.source_transfer(key, upstream.moved, elapsed, ending, waited)
+        key, waited, stalled = upstream.first.source.key, flow.client_waited, flow.client_stalled
+        job.source_transfer(key, upstream.moved, elapsed, ending, waited, stalled)
 
 
 async def _open_or_head_early(

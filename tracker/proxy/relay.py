@@ -111,6 +111,7 @@ async def _spliced(job: StreamJob, upstream: Upstream, body: SpliceBody, flow: F
     # what came from the source, a piece that broke midway included (its measurement)
     upstream.spliced, upstream.splicing = body.received, None
     flow.client_waited = body.client_waited  # a slow client paces the source (its measurement)
+    flow.client_stalled = body.client_stalled  # a stalled one may have the source give up
     # the source's fault (SourceFailed: a stall, a cut) or the client's (ClientGone)
     flow.ending = ending_of(body.error, body.sent == body.length)
     if outcome_of(body.sent, body.length, body.error) == "error":

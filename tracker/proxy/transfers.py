@@ -281,9 +281,9 @@ class StreamJob:
     #: sources, once it ended (its share: metrics).
     refresh_share: Callable[[TargetKey, int, float], None] = _nothing
     #: ``(source key, body bytes, seconds, who ended it, seconds the pump waited for its
-    #: client)`` when a pump is done with a source (what it says of the source's
-    #: throughput: :func:`measured_transfer`).
-    source_transfer: Callable[[TargetKey, int, float, Ending, float], None] = _nothing
+    #: client, the longest span of them in which the client took no byte)`` when a pump is
+    #: done with a source (what it says of the source's throughput: :func:`measured_transfer`).
+    source_transfer: Callable[[TargetKey, int, float, Ending, float, float], None] = _nothing
     #: ``(source key, reason)`` when a refresh's archive from that source failed its check
     #: (each source it came from: held back for it), or a repair named it a liar.
     archive_rejected: Callable[[TargetKey, str], None] = _nothing
@@ -364,36 +364,55 @@ def paced_by_client(seconds: float, client_waited: float) -> bool:
     return seconds > 0 and client_waited > CLIENT_PACED_SHARE * seconds
 
 
+#: Seconds a relay's client may take no byte at all before a cut of its source's is laid at
+#: the client's door (:func:`measured_transfer`): a source's own send timeout closes a
+#: connection only once our side took nothing from it for that long, and every real server's
+#: is far longer (nginx's ``send_timeout`` is 60 s by default), while a client that reads,
+#: however slowly, takes bytes every few milliseconds (a piece of at most ``read_size``, 1 MiB,
+#: through Python: a client slower than 200 KiB/s looks stalled there, far slower than any
+#: validator pulls a snapshot).
+CLIENT_STALL = 5.0
+
+
 def measured_transfer(
-    moved: int, seconds: float, ending: Ending, read_timeout: float, client_waited: float = 0.0
+    moved: int,
+    seconds: float,
+    ending: Ending,
+    read_timeout: float,
+    client_waited: float = 0.0,
+    client_stalled: float = 0.0,
 ) -> tuple[int, float] | None:
     """What a transfer from a source says of its throughput: the ``(bytes, seconds)`` to
     record as achieved, or None (nothing). ``moved`` body bytes came in ``seconds``; it
     ended as ``ending`` says; ``read_timeout`` is the longest wait for one read;
     ``client_waited`` is how long of ``seconds`` the pump waited for its client (0: none,
-    a refresh writing to disk).
+    a refresh writing to disk), ``client_stalled`` the longest span of those waits in which
+    the client took no byte.
 
-    Whoever ended it, a transfer its client paced (:func:`paced_by_client`) counts nothing:
-    one slow client would otherwise price a fast source at the client's speed for the whole
-    fleet, and a source that gave up on a client that stalled (its own send timeout) ended
-    the transfer only because our client held it. A stall or an early cut of the source's is
-    waited on as the source's; a source faster than the client that cuts late looks like
-    the stalled client's and counts nothing either (docs/ranking.md, "Failed transfers").
-    A whole transfer, or one our side ended, counts
-    from :data:`MIN_MEASURED_BYTES` on (a few KiB say little, and a client that leaves must
-    not mark a source slow). One the source ended counts whatever its size, over at least
-    ``read_timeout``: a source that answers its speed tests fast and stalls or cuts real
-    transfers early would otherwise never be measured and stay first (docs/ranking.md,
-    "Failed transfers"), and a cut is priced as a stall there, so dropping the connection
-    is not the cheaper way to fail. A source that answered a head and then sent no byte
-    counts as one byte so (a liar stalling at once would otherwise go unmeasured as well).
-    Pure."""
+    One the source ended counts whatever its size and whatever its client's pace, over at
+    least ``read_timeout``: a source that answers its speed tests fast and stalls or cuts
+    real transfers early would otherwise never be measured and stay first, and a cut is
+    priced as a stall there, so dropping the connection is not the cheaper way to fail
+    (docs/ranking.md, "Failed transfers"). A source that answered a head and then sent no
+    byte counts as one byte so (a liar stalling at once would otherwise go unmeasured as
+    well). Only when its client stalled (took no byte) for :data:`CLIENT_STALL` seconds
+    does it count nothing: the source's own send timeout then gave up on a client that held
+    it, a cut that was the source's only because our client held it; a client that reads
+    slowly but steadily cannot cause one, so a liar faster than its clients that cuts every
+    answer is measured.
+
+    A whole transfer, or one our side ended, counts from :data:`MIN_MEASURED_BYTES` on (a
+    few KiB say little, and a client that leaves must not mark a source slow), unless its
+    client paced it (:func:`paced_by_client`: one slow client would otherwise price a fast
+    source at the client's speed for the whole fleet). Pure."""
     if moved < 0 or seconds < 0:
         return None
+    if ending == "source":
+        if client_stalled >= CLIENT_STALL:
+            return None
+        return max(moved, 1), max(seconds, read_timeout)
     if paced_by_client(seconds, client_waited):
         return None
-    if ending == "source":
-        return max(moved, 1), max(seconds, read_timeout)
     if moved == 0:
         return None
     if moved < MIN_MEASURED_BYTES or seconds <= 0:
@@ -578,13 +597,27 @@ class Launcher:
         )
 
     def _measured(
-        self, key: TargetKey, size: int, seconds: float, ending: Ending, client_waited: float
+        self,
+        key: TargetKey,
+        size: int,
+        seconds: float,
+        ending: Ending,
+        client_waited: float,
+        client_stalled: float,
     ) -> None:
         """A transfer from ``key`` ended (as ``ending`` says; its pump waited
-        ``client_waited`` seconds for its client): what it says of the source's throughput
-        ranks it (:func:`measured_transfer`, docs/http-api.md#trust)."""
+        ``client_waited`` seconds for its client, at most ``client_stalled`` of them in a row
+        with no byte taken): what it says of the source's throughput ranks it
+        (:func:`measured_transfer`, docs/http-api.md#trust)."""
         timeout = self.settings.read_timeout
-        measured = measured_transfer(size, seconds, ending, timeout, client_waited=client_waited)
+        measured = measured_transfer(
+            size,
+            seconds,
+            ending,
+            timeout,
+            client_waited=client_waited,
+            client_stalled=client_stalled,
+        )
         if measured is not None:
             # What a real transfer achieved: it outweighs the speed tests (docs/ranking.md).
             self.index.record_transfer(key, *measured, kind="achieved")
@@ -593,7 +626,7 @@ class Launcher:
         """``key`` failed to answer a GET by its own doing, ``seconds`` after it was asked
         (:func:`~tracker.proxy.failover.failed_to_answer`): a transfer it ended with no byte
         (docs/ranking.md, "Failed transfers")."""
-        self._measured(key, 0, seconds, "source", 0.0)
+        self._measured(key, 0, seconds, "source", 0.0, 0.0)
 
     @staticmethod
     def _share(metrics: Metrics, group: str, key: TargetKey, size: int, seconds: float) -> None:

@@ -209,9 +209,16 @@ class SocketSplice:
     delivered: float = attrs.field(factory=time.monotonic)
     #: Bytes put on the client's socket so far.
     sent: int = 0
-    #: Seconds :meth:`move` waited while the client's socket had no room for what the pipe
-    #: held (the client paced the transfer; tracker/proxy/passthrough.py).
+    #: Seconds :meth:`move` (and the event loop between its calls) waited while the client's
+    #: socket had no room for what the pipe held (the client paced the transfer;
+    #: tracker/proxy/passthrough.py).
     client_waited: float = 0.0
+    #: The longest span of those waits in which the client took no byte (the one still
+    #: running included): a client that stalled, not one that reads slowly
+    #: (:meth:`client_wait`).
+    client_stalled: float = 0.0
+    #: The running span: :attr:`sent` when its first wait began, and when (monotonic).
+    _stall: tuple[int, float] = attrs.field(default=(-1, 0.0), init=False)
 
     def __attrs_post_init__(self) -> None:
         self.read_end, self.write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -257,8 +264,20 @@ class SocketSplice:
             want_in = self.left > 0 and self.buffered < self.capacity and not self.pipe_full
             readable = self._wait(src, out, want_in, min(1.0, linger))
             if drained < 0:  # the client's socket had no room: the wait was the client's
-                self.client_waited += time.monotonic() - now
+                self.client_wait(now, time.monotonic())
         return None
+
+    def client_wait(self, began: float, ended: float) -> None:
+        """Count a wait for room in the client's socket from ``began`` to ``ended``
+        (monotonic), in :meth:`move` or in the event loop between its calls: in
+        :attr:`client_waited`, and in :attr:`client_stalled` as part of the span of waits
+        with no byte taken between them (the wait timestamps alone tell it: no clock is read
+        on the byte path)."""
+        self.client_waited += ended - began
+        at, since = self._stall
+        if at != self.sent:  # the client took bytes since the span's first wait: a new one
+            at, since = self._stall = (self.sent, began)
+        self.client_stalled = max(self.client_stalled, ended - since)
 
     def check(self, read_timeout: float) -> None:
         """Raise SourceFailed when the source sent nothing for ``read_timeout`` seconds while

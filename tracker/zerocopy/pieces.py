@@ -74,6 +74,8 @@ class Piece:
     out: int = 0
     #: Seconds the piece waited in the event loop for room in the client's socket.
     client_waited: float = 0.0
+    #: The longest of those waits (:meth:`client_wait`).
+    client_stalled: float = 0.0
 
     def went(self) -> int:
         """Bytes of the piece put on the client's socket so far (a piece cut short: the
@@ -96,6 +98,18 @@ class Piece:
         """Seconds the piece waited for room in the client's socket so far: a slow client
         paces a spliced relay's source (docs/ranking.md, "Failed transfers")."""
         return self.client_waited
+
+    def client_wait(self, began: float, ended: float) -> None:
+        """In the event loop: count a wait for room in the client's socket from ``began``
+        to ``ended`` (monotonic)."""
+        self.client_waited += ended - began
+        self.client_stalled = max(self.client_stalled, ended - began)
+
+    def stalled_client(self) -> float:
+        """The longest span, in seconds, in which the client took no byte of the piece while
+        it was waited for: a client that stalled (a source's own send timeout may give up on
+        it), not one that reads slowly (docs/ranking.md, "Failed transfers")."""
+        return self.client_stalled
 
     async def wait_source(self) -> None:
         """In the event loop: wait until the source has bytes (see :meth:`transfer`)."""
@@ -158,6 +172,21 @@ class SocketPiece(Piece):
         thread's (:attr:`SocketSplice.client_waited`)."""
         splice = self.splice
         return self.client_waited + (splice.client_waited if splice is not None else 0.0)
+
+    def client_wait(self, began: float, ended: float) -> None:
+        """See :meth:`Piece.client_wait`: counted with the worker thread's waits, one span of
+        them running across both while the client takes no byte
+        (:meth:`SocketSplice.client_wait`)."""
+        if self.splice is None:
+            super().client_wait(began, ended)
+        else:
+            self.splice.client_wait(began, ended)
+
+    def stalled_client(self) -> float:
+        """See :meth:`Piece.stalled_client`: the event loop's waits and the worker thread's
+        (:attr:`SocketSplice.client_stalled`)."""
+        splice = self.splice
+        return max(self.client_stalled, splice.client_stalled if splice is not None else 0.0)
 
     async def wait_source(self) -> None:
         """See :meth:`Piece.wait_source`: at most ``read_timeout`` since the last bytes."""
@@ -257,7 +286,7 @@ class PieceSenders:
                 try:
                     await client_room(sock, progress)
                 finally:
-                    piece.client_waited += time.monotonic() - began
+                    piece.client_wait(began, time.monotonic())
             else:
                 await _source_bytes(sock, piece, client_left)
 
