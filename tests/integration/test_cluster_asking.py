@@ -66,7 +66,9 @@ async def test_one_deadline_bounds_the_whole_check(autojump_clock: trio.testing.
     async with httpx.AsyncClient(verify=client_tls()) as client:
         voter = ClusterVotes(lambda: config, client, retry_after=0)
 
-        async def slow(url: str, payload: dict[str, Any] | None, max_body: int) -> bytearray:
+        async def slow(
+            url: str, payload: dict[str, Any] | None, max_body: int, *share: Any
+        ) -> bytearray:
             assert payload is not None
             if payload["method"] == "getAgGenesisCert":  # not migrated, just in time
                 await trio.sleep(1.6)
@@ -117,7 +119,9 @@ async def test_the_deadline_stops_a_block_being_decoded(
     async with httpx.AsyncClient(verify=client_tls()) as client:
         voter = ClusterVotes(lambda: config, client, retry_after=0)
 
-        async def call(url: str, payload: dict[str, Any] | None, max_body: int) -> bytearray:
+        async def call(
+            url: str, payload: dict[str, Any] | None, max_body: int, *share: Any
+        ) -> bytearray:
             assert payload is not None
             answer = answers.get(payload["method"], {"jsonrpc": "2.0", "id": 1, "result": None})
             return bytearray(json.dumps(answer).encode())

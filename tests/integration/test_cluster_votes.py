@@ -308,8 +308,10 @@ async def test_the_answers_held_at_once_stay_within_one_budget(
     async with rpcs(node) as urls, cluster_votes(settings(urls, blocks=4)) as votes:
         call = votes._call
 
-        async def counted(url: str, payload: dict[str, Any] | None, max_body: int) -> bytearray:
-            body = await call(url, payload, max_body)
+        async def counted(
+            url: str, payload: dict[str, Any] | None, max_body: int, *share: Any
+        ) -> bytearray:
+            body = await call(url, payload, max_body, *share)
             if payload is not None and payload["method"] == "getBlock":
                 with counting:
                     held["now"] += len(body)

@@ -50,8 +50,9 @@ from tracker.errors import (
     VoteInvalid,
     first_leaf,
 )
-from tracker.net.bodyreads import BodyBudget, body_chunks
+from tracker.net.bodyreads import BodyBudget, BodyShare, body_chunks, body_share
 from tracker.net.exchange import stream
+from tracker.net.httpclients import origin
 from tracker.net.limits import iter_json_members, narrow_text, status_reason
 from tracker.observability.logs import log_event
 from tracker.observability.redact import redact_url
@@ -103,12 +104,16 @@ CONCURRENT_BLOCKS = 4
 #: Answers decoded at once in worker threads (for the whole tracker).
 PARSE_THREADS = 2
 #: Bytes of RPC answers held at once, being read or waiting for a worker thread (for the
-#: whole tracker; at least :data:`MAX_BLOCK`): each read takes its answer's cap first and
-#: gives back what its answer did not need once read. Each lift holds up to
-#: :data:`CONCURRENT_BLOCKS` getBlock answers per RPC, and lifts run at once (the head
-#: reads', the held copies', refreshes'): without one budget, lifts times RPCs times 64 MiB
-#: (docs/http-api.md, "Limits").
+#: whole tracker; at least :data:`MAX_BLOCK`): each read takes its answer's Content-Length
+#: once its head is read (its cap when it has none) and gives back what its answer did not
+#: need once read. Each lift holds up to :data:`CONCURRENT_BLOCKS` getBlock answers per
+#: RPC, and lifts run at once (the head reads', the held copies', refreshes'): without one
+#: budget, lifts times RPCs times 64 MiB (docs/http-api.md, "Limits").
 ANSWERS_HELD = 256 * 1024**2
+#: The part of :data:`ANSWERS_HELD` one RPC's server holds at once (at least
+#: :data:`MAX_BLOCK`): one that draws its answers out until the deadline leaves the rest to
+#: the others' reads, of every lift and group.
+ANSWERS_HELD_BY_ONE = ANSWERS_HELD // 2
 #: (slot, hash) tallies remembered (the oldest forgotten first).
 MAX_KEPT = 4096
 #: The epochs' stakes whose digests are kept (each at most 4 MiB, held while kept): an
@@ -129,7 +134,7 @@ RANKS_FOR = 600.0
 NOT_MIGRATED_FOR = 10.0
 
 _PARSE = trio.CapacityLimiter(PARSE_THREADS)
-_ANSWERS = BodyBudget(ANSWERS_HELD)
+_ANSWERS = BodyBudget(ANSWERS_HELD, per_owner=ANSWERS_HELD_BY_ONE)
 Key = tuple[int, str]
 #: A question, the RPC URLs that were asked it and the certificates' relay read for it ("":
 #: none): what is kept and what backs off, so that a reload that changes either asks again.
@@ -633,21 +638,30 @@ class ClusterVotes:
         parse: Callable[[bytearray], _T],
     ) -> _T:
         """``parse(body)`` of ``payload``'s answer from ``url`` (:meth:`_call`), in a worker
-        thread, the answer held within :data:`ANSWERS_HELD` with every other: ``max_body``
-        taken before it is asked, what it did not need given back once read (while it waits
-        for a worker thread), the rest once parsed (docs/http-api.md, "Limits")."""
-        async with _ANSWERS.held(max_body) as share:
-            body = await self._call(url, payload, max_body)
+        thread, the answer held within :data:`ANSWERS_HELD` with every other (at most
+        :data:`ANSWERS_HELD_BY_ONE` by ``url``'s server): its length taken once its head is
+        read (``max_body`` without one), what it did not need given back once read (while
+        it waits for a worker thread), the rest once parsed (docs/http-api.md, "Limits")."""
+        async with _ANSWERS.held(owner=_server(url)) as share:
+            body = await self._call(url, payload, max_body, share)
             try:
                 share.keep(len(body))
                 return await trio.to_thread.run_sync(parse, body, limiter=_PARSE)
             finally:
                 body.clear()  # freed before its share is given back
 
-    async def _call(self, url: str, payload: dict[str, Any] | None, max_body: int) -> bytearray:
+    async def _call(
+        self,
+        url: str,
+        payload: dict[str, Any] | None,
+        max_body: int,
+        share: BodyShare | None = None,
+    ) -> bytearray:
         """``payload``'s answer from ``url`` (a GET of ``url`` when None), at most
         ``max_body`` bytes, read so that a cancelled read (the deadline, another call
-        failed) unwinds httpx's generators."""
+        failed) unwinds httpx's generators; ``share`` taken for it once its head is read
+        (:func:`~tracker.net.bodyreads.body_share`): a question waits for no room, nor holds
+        any while its RPC has not answered."""
         self.calls += 1
         method = payload["method"] if payload is not None else "GET"
         headers = {"accept-encoding": "identity"}
@@ -659,10 +673,15 @@ class ClusterVotes:
             async with stream(self._client, verb, url, json=payload, headers=headers) as r:
                 if r.status_code != 200:
                     raise RpcError(f"{method}: {status_reason(r)}")
+                size = body_share(r.headers, max_body)
+                if size is None:  # said longer than it may be: refused unread
+                    raise RpcError(f"{method}: body exceeds the limit of {max_body} bytes")
+                if share is not None:
+                    await share.take(size)
                 async with body_chunks(r) as chunks:
                     async for chunk in chunks:
-                        if len(body) + len(chunk) > max_body:
-                            raise RpcError(f"{method}: body exceeds the limit of {max_body} bytes")
+                        if len(body) + len(chunk) > size:
+                            raise RpcError(f"{method}: body exceeds the limit of {size} bytes")
                         body += chunk
         except (TransportError, ProbeError) as exc:
             raise RpcError(one_line(f"{method}: {exc}")) from exc
@@ -739,6 +758,15 @@ def _judged(
         worst = min(weighed, key=lambda w: w.fraction)
         note = f"cluster not proven: {worst.describe()}, {worst.needed}"
     return attrs.evolve(proof, voted_stake=voted, note=note)
+
+
+def _server(url: str) -> tuple[str, str, int | None] | str:
+    """The server of ``url`` whose answers hold one part of the budget (its origin; the URL
+    itself when its port is no number: asking it fails)."""
+    try:
+        return origin(url)
+    except ValueError:
+        return url
 
 
 def _hash_bytes(text: str) -> bytes | None:

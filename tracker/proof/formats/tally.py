@@ -192,9 +192,11 @@ class SlotVotes:
 
     def __init__(self, slot: int, bank_hash: bytes, stakes: Mapping[str, int]) -> None:
         self._slot, self._bank_hash, self._stakes = slot, bank_hash, stakes
-        self._for_hash: set[str] = set()
-        self._for_other: set[str] = set()
-        self._unknown: set[str] = set()
+        #: The voters kept for the bank hash, for another hash, and those without stake
+        #: (read by :meth:`merge` of another fold; changed only under the lock).
+        self.for_hash: set[str] = set()
+        self.for_other: set[str] = set()
+        self.unknown_voters: set[str] = set()
         self._lock = threading.Lock()
 
     def for_block(self) -> SlotVotes:
@@ -210,13 +212,13 @@ class SlotVotes:
         are (those past it would count nothing)."""
         with self._lock:
             dropped: set[str] = set()
-            for voter in block._unknown - self._unknown:
-                if len(self._unknown) < MAX_UNKNOWN_VOTERS:
-                    self._unknown.add(voter)
+            for voter in block.unknown_voters - self.unknown_voters:
+                if len(self.unknown_voters) < MAX_UNKNOWN_VOTERS:
+                    self.unknown_voters.add(voter)
                 else:
                     dropped.add(voter)
-            self._for_hash |= block._for_hash - dropped
-            self._for_other |= block._for_other - dropped
+            self.for_hash |= block.for_hash - dropped
+            self.for_other |= block.for_other - dropped
 
     def add(self, votes: Iterable[VoteSeen]) -> None:
         """Count ``votes`` in (those for other slots are passed over)."""
@@ -225,23 +227,23 @@ class SlotVotes:
                 if vote.slot != self._slot:
                     continue
                 voter = vote.voter
-                if voter not in self._stakes and voter not in self._unknown:
-                    if len(self._unknown) >= MAX_UNKNOWN_VOTERS:
+                if voter not in self._stakes and voter not in self.unknown_voters:
+                    if len(self.unknown_voters) >= MAX_UNKNOWN_VOTERS:
                         continue  # it would count nothing; the note's count stops here
-                    self._unknown.add(voter)
-                (self._for_hash if vote.hash == self._bank_hash else self._for_other).add(voter)
+                    self.unknown_voters.add(voter)
+                (self.for_hash if vote.hash == self._bank_hash else self.for_other).add(voter)
 
     @property
     def voters(self) -> int:
         """The voters kept (on either side)."""
         with self._lock:
-            return len(self._for_hash | self._for_other)
+            return len(self.for_hash | self.for_other)
 
     def tally(self) -> Tally:
         """The stake behind the votes added so far."""
         with self._lock:
-            both = self._for_hash & self._for_other
-            for_hash, for_other = self._for_hash - both, self._for_other - both
+            both = self.for_hash & self.for_other
+            for_hash, for_other = self.for_hash - both, self.for_other - both
         stakes = self._stakes
         return Tally(
             voted=sum(stakes.get(v, 0) for v in for_hash),
