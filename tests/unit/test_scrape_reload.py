@@ -1,7 +1,7 @@
 """A reload during a scrape round (docs/http-api.md, "Internal routes"): the new config takes
 effect at once, so a probe still waiting for its turn in the round is not made for a group
-the reload dropped, nor its Consul or cluster RPC asked, and the round ends as usual. Local
-targets, and discovery calls replaced by held ones: no network."""
+the reload dropped, nor what its Consul or cluster RPC found probed, and the round ends as
+usual. Local targets, and discovery calls replaced by held ones: no network."""
 
 from __future__ import annotations
 
@@ -75,36 +75,50 @@ def _discovered_by(kind: str, name: str) -> TargetGroup:
 
 
 @pytest.mark.parametrize("kind", ["consul", "cluster"])
-async def test_a_reload_dropping_a_group_mid_discovery_asks_nothing_of_it(
+async def test_a_reload_dropping_a_group_mid_discovery_probes_nothing_it_found(
     kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Groups are discovered one after another; a reload while the first one's Consul or
-    cluster RPC is asked drops the second: nothing is asked for it (its client went with
-    it), and the round ends as usual."""
+    """Every group's Consul or cluster RPC is asked at once (docs/architecture.md, "Scrape
+    rounds"); a reload while they are asked drops the second group: what its question found
+    is not probed (its client went with it), and the round ends as usual."""
     import tracker.discovery.targetset as targetset
+    from tracker.discovery.nodes import Node
 
     groups = (_discovered_by(kind, "a"), _discovered_by(kind, "b"))
     config = Config(target_groups=groups)
     asked: list[str] = []
-    asking, go_on = trio.Event(), trio.Event()
+    probed: list[str] = []
+    both_asked, go_on = trio.Event(), trio.Event()
 
     async def held(_client: object, query: Any, **_kwargs: Any) -> list[Any]:
-        asked.append(query.host if kind == "consul" else query.rpc[0])
-        asking.set()
+        host = query.host if kind == "consul" else query.rpc[0]
+        asked.append(host)
+        if len(asked) == 2:
+            both_asked.set()
         await go_on.wait()
-        return []  # no targets: nothing to probe
+        if host.endswith("b"):  # the dropped group's question found a target
+            return ["127.0.0.1:9"] if kind == "consul" else [Node("http://127.0.0.1:9")]
+        return []
+
+    async def recorded(_client: object, location: str, **_kwargs: Any) -> list[Any]:
+        probed.append(location)
+        return []
 
     monkeypatch.setattr(
         targetset, "discover_consul" if kind == "consul" else "cluster_targets", held
     )
+    monkeypatch.setattr(probing, "probe_sidecar", recorded)
+    monkeypatch.setattr(probing, "probe_http", recorded)
     scraper = Scraper(config, Index())
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(scraper.scrape_round)
-            await asking.wait()
+            with trio.fail_after(10):
+                await both_asked.wait()  # asked at once: neither waits for the other
             scraper.update_config(attrs.evolve(config, target_groups=groups[:1]))
             go_on.set()
-        assert asked == (["a"] if kind == "consul" else ["http://a"])
+        assert sorted(asked) == (["a", "b"] if kind == "consul" else ["http://a", "http://b"])
+        assert probed == []  # what the dropped group's question found
     finally:
         await scraper.aclose()
 
