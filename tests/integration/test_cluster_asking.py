@@ -32,7 +32,7 @@ from helpers_votes import VoteRpc, hash_of, key, tower, vote_transaction
 
 from tracker.config.schema import ClusterProof, Config, TargetGroup, Trust
 from tracker.config.warnings import config_warnings
-from tracker.proof.cluster import bls, clustervotes
+from tracker.proof.cluster import bls, voteanswers
 from tracker.proof.cluster.clustervotes import ClusterVotes
 from tracker.proof.levels import Level, Proof
 
@@ -97,7 +97,7 @@ async def test_the_deadline_stops_a_block_being_decoded(
 
     from helpers_votes import block_answer, vote_accounts_answer
 
-    from tracker.proof.cluster import clustervotes
+    from tracker.proof.cluster import voteanswers
 
     config = Config(rpc="http://rpc.invalid/", cluster_proof=ClusterProof(deadline=1.0))
     many = 3000  # 15 s of decoding
@@ -108,14 +108,14 @@ async def test_the_deadline_stops_a_block_being_decoded(
         "getAgGenesisCert": {"jsonrpc": "2.0", "id": 1, "error": {"code": -32601}},
     }
     decoded = []
-    slow_down = clustervotes.transaction_votes
+    slow_down = voteanswers.transaction_votes
 
     def slowly(entry: object) -> Any:
         decoded.append(1)
         time.sleep(0.005)
         return slow_down(entry)
 
-    monkeypatch.setattr(clustervotes, "transaction_votes", slowly)
+    monkeypatch.setattr(voteanswers, "transaction_votes", slowly)
     async with httpx.AsyncClient(verify=client_tls()) as client:
         voter = ClusterVotes(lambda: config, client, retry_after=0)
 
@@ -183,14 +183,14 @@ async def test_the_deadline_stops_the_vote_accounts_being_read(
     many = 3000  # 15 s of reading
     node = VoteRpc(stakes={key(f"staked {n}"): 1 for n in range(many)})
     read: list[int] = []
-    entry_of = clustervotes.stake_entry
+    entry_of = voteanswers.stake_entry
 
     def slowly(entry: object) -> Any:
         read.append(1)
         time.sleep(0.005)
         return entry_of(entry)
 
-    monkeypatch.setattr(clustervotes, "stake_entry", slowly)
+    monkeypatch.setattr(voteanswers, "stake_entry", slowly)
     url = await nursery.start(serve_app, node.app()) + "/"
     config = Config(rpc=url, cluster_proof=ClusterProof(deadline=2.0))
     async with httpx.AsyncClient(verify=client_tls(), trust_env=False, timeout=30) as client:

@@ -40,6 +40,7 @@ from names import full_name
 
 import tracker.proof.background.heads as heads_module
 import tracker.proof.cluster.clustervotes as votes_module
+import tracker.proof.cluster.voteanswers as voteanswers
 from tracker.config.schema import ClusterProof, Config, TargetGroup, Trust
 from tracker.net.bodyreads import BodyBudget
 from tracker.ordering.index import Index, TargetKey
@@ -206,14 +207,14 @@ async def test_a_block_is_folded_as_it_is_decoded(monkeypatch: pytest.MonkeyPatc
     node = VoteRpc(blocks={S + 1: [repeated] * 8 + invented}, stakes=STAKES)
     before = alive(VoteSeen)
     peak = [0]
-    decode = votes_module.transaction_votes
+    decode = voteanswers.transaction_votes
 
     def counted(entry: object) -> list[VoteSeen]:
         found = decode(entry)
         peak[0] = max(peak[0], alive(VoteSeen) - before)
         return found
 
-    monkeypatch.setattr(votes_module, "transaction_votes", counted)
+    monkeypatch.setattr(voteanswers, "transaction_votes", counted)
     async with rpcs(node) as urls, cluster_votes(settings(urls, blocks=1)) as votes:
         proof = await votes.lift(S, PROOF)
     assert (proof.level, proof.voted_stake) == (Level.MANIFEST, 0.1)

@@ -24,14 +24,9 @@ from helpers_votes import (
 )
 
 from tracker.errors import RpcError, VoteInvalid
-from tracker.proof.cluster import clustervotes
-from tracker.proof.cluster.clustervotes import (
-    MAX_BACKOFF,
-    backoff_wait,
-    block_votes,
-    judged,
-    vote_stakes,
-)
+from tracker.proof.cluster import voteanswers
+from tracker.proof.cluster.clustervotes import MAX_BACKOFF, backoff_wait, judged
+from tracker.proof.cluster.voteanswers import block_votes, vote_stakes
 from tracker.proof.formats import tally as tally_module
 from tracker.proof.formats.tally import (
     MAX_UNKNOWN_VOTERS,
@@ -316,14 +311,14 @@ def test_a_block_is_folded_as_it_is_decoded_and_counts_only_read_whole(
     invented = [vote_transaction(f"invented {n}", tower([(100, 1)], H)) for n in range(500)]
     answer = body(block_answer(101, [repeated] * 5 + invented))
     seen_alive: list[int] = []
-    decode = clustervotes.transaction_votes
+    decode = voteanswers.transaction_votes
 
     def counted(entry: object) -> list[VoteSeen]:
         found = decode(entry)
         seen_alive.append(len(found))
         return found
 
-    monkeypatch.setattr(clustervotes, "transaction_votes", counted)
+    monkeypatch.setattr(voteanswers, "transaction_votes", counted)
     read = SlotVotes(100, H, STAKES)
     block = block_votes(answer, read)
     assert sum(seen_alive) == 1500  # every vote decoded ...
@@ -356,13 +351,13 @@ def test_a_wide_character_leaves_the_text_of_an_answer_its_size(
     thread. The text is one byte a character (a character past ASCII, in a string no vote
     reads, read as ``?``); the votes are read as before, and so are the stakes."""
     texts: list[str] = []
-    walk = clustervotes.iter_json_members
+    walk = voteanswers.iter_json_members
 
     def walked(text: str, *args: object, **kwargs: object) -> object:
         texts.append(text)
         return walk(text, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(clustervotes, "iter_json_members", walked)
+    monkeypatch.setattr(voteanswers, "iter_json_members", walked)
     memo = vote_transaction(B, tower([(99, 1)], H))
     memo["meta"]["logMessages"].append('Program log: Memo (len 4): "\U0001f600 gm"')
     answer = block_answer(101, [vote_transaction(A, tower([(100, 1)], H)), memo])

@@ -47,13 +47,12 @@ from tracker.errors import (
     ProbeError,
     RpcError,
     TransportError,
-    VoteInvalid,
     first_leaf,
 )
 from tracker.net.bodyreads import BodyBudget, BodyShare, body_chunks, body_share
 from tracker.net.exchange import stream
 from tracker.net.httpclients import origin
-from tracker.net.limits import iter_json_members, narrow_text, status_reason
+from tracker.net.limits import status_reason
 from tracker.observability.logs import log_event
 from tracker.observability.redact import redact_url
 from tracker.proof.cluster.consensus import (
@@ -80,12 +79,11 @@ from tracker.proof.cluster.finality import (
     signers,
     vote_accounts_data,
 )
+from tracker.proof.cluster.voteanswers import block_votes, vote_stakes
 from tracker.proof.formats.alpenglow import EpochVoters, voters_digest
 from tracker.proof.formats.tally import (
     SlotVotes,
     Tally,
-    stake_entry,
-    transaction_votes,
 )
 from tracker.proof.levels import Level, Proof
 
@@ -95,10 +93,6 @@ log = logging.getLogger("tracker.proof")
 MAX_BLOCK = 64 * 1024**2
 #: The largest getVoteAccounts answer read (mainnet's ~1,500 accounts are ~1 MB).
 MAX_VOTE_ACCOUNTS = 32 * 1024**2
-#: The largest transaction (with its status) decoded: logs and inner instructions included.
-MAX_TRANSACTION_CHARS = 1024**2
-#: Transactions (or vote accounts) of one answer decoded at most.
-MAX_ITEMS = 200_000
 #: getBlock calls in flight at once per RPC (the blocks are read in batches of this many).
 CONCURRENT_BLOCKS = 4
 #: Answers decoded at once in worker threads (for the whole tracker).
@@ -122,9 +116,6 @@ _DIGESTS_KEPT = 8
 #: The first wait before a failed (slot, hash) is asked again; it doubles to MAX_BACKOFF.
 RETRY_AFTER = 60.0
 MAX_BACKOFF = 3600.0
-#: getBlock's error codes for a slot that has no block (agave ``rpc-client-api``,
-#: ``custom_error.rs``: SLOT_SKIPPED, LONG_TERM_STORAGE_SLOT_SKIPPED).
-SKIPPED_CODES = frozenset({-32007, -32009})
 
 #: How long an RPC's rank map is used again before it is read anew (seconds).
 RANKS_FOR = 600.0
@@ -798,85 +789,6 @@ _GET_VOTE_ACCOUNTS = {
 }
 
 
-def _go_on() -> None:
-    return None
-
-
-def block_votes(
-    body: bytes | bytearray, votes: SlotVotes, checkpoint: Callable[[], None] = _go_on
-) -> SlotVotes:
-    """The votes for ``votes``' slot in one ``getBlock`` answer, folded one transaction at a
-    time into a fold of their own (:meth:`SlotVotes.for_block`: each voter once per side,
-    whatever the block repeats; ``votes`` is left as it is, the caller merges the block
-    once it is read whole); empty for a skipped slot. Raises RpcError (one line) for an
-    error answer or a malformed one. Blocking: run it in a worker thread; ``checkpoint()``
-    is called before each transaction and may raise to stop the decode
-    (``trio.from_thread.check_cancelled``). Walked as
-    :func:`~tracker.net.limits.narrow_text` (a ``bytearray`` narrowed in place): no string
-    past ASCII counts for a vote."""
-    found = votes.for_block()
-    block = False
-    try:
-        members = iter_json_members(
-            narrow_text(body),
-            {"transactions"},
-            within=("result",),
-            max_items=MAX_ITEMS,
-            max_item_chars=MAX_TRANSACTION_CHARS,
-        )
-        for name, value in members:
-            checkpoint()
-            if name == "transactions[]":
-                found.add(transaction_votes(value))  # at most 256 votes held at once
-            elif name == "transactions":
-                block = True
-            elif name == "error":
-                if _error_code(value) in SKIPPED_CODES:
-                    return votes.for_block()
-                raise RpcError(one_line(f"getBlock: error {str(value)[:200]}"))
-    except (ProbeError, VoteInvalid) as exc:
-        raise RpcError(one_line(f"getBlock: {exc}")) from exc
-    if not block:
-        raise RpcError("getBlock: an answer without a block's transactions")
-    return found
-
-
 def _stakes_of(body: bytearray) -> dict[str, int]:
     """:func:`vote_stakes` in a worker thread, stopped when its caller is cancelled."""
     return vote_stakes(body, trio.from_thread.check_cancelled)
-
-
-def _error_code(error: object) -> int | None:
-    """The ``code`` of a JSON-RPC error when it is a whole number (a hostile one may be a
-    list or an object: no code, the answer an error like any other)."""
-    code = error.get("code") if isinstance(error, dict) else None
-    return code if isinstance(code, int) and not isinstance(code, bool) else None
-
-
-def vote_stakes(body: bytes | bytearray, checkpoint: Callable[[], None] = _go_on) -> dict[str, int]:
-    """Each vote account's activated stake from a ``getVoteAccounts`` answer (``current``
-    and ``delinquent``; an account listed twice counts once). Raises RpcError (one line).
-    Blocking: run it in a worker thread; ``checkpoint()`` is called before each entry and
-    may raise to stop the walk (``trio.from_thread.check_cancelled``: 32 MiB take seconds).
-    Walked as :func:`~tracker.net.limits.narrow_text` (a ``bytearray`` narrowed in place)."""
-    stakes: dict[str, int] = {}
-    lists = 0
-    try:
-        members = iter_json_members(
-            narrow_text(body), {"current", "delinquent"}, within=("result",), max_items=MAX_ITEMS
-        )
-        for name, value in members:
-            checkpoint()
-            if name in ("current[]", "delinquent[]"):
-                entry = stake_entry(value)
-                if entry is not None:
-                    stakes[entry[0]] = max(entry[1], stakes.get(entry[0], 0))
-            elif name in ("current", "delinquent"):
-                lists += 1
-            elif name == "error":
-                raise RpcError(one_line(f"getVoteAccounts: error {str(value)[:200]}"))
-    except ProbeError as exc:
-        raise RpcError(one_line(f"getVoteAccounts: {exc}")) from exc
-    if lists != 2 or not sum(stakes.values()):
-        raise RpcError("getVoteAccounts: an answer without current and delinquent stakes")
-    return stakes
