@@ -47,15 +47,19 @@ class PacedClient:
         await sock.send(f"GET {target} HTTP/1.1\r\nhost: {host}\r\n\r\n".encode())
         return cls(sock)
 
+    async def _body_start(self) -> bytearray:
+        """The body's first bytes, read with the head after it (a 200's)."""
+        data = bytearray()
+        while b"\r\n\r\n" not in data:
+            data += await self.sock.recv(16 * KiB)
+        head, _, body = bytes(data).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        return bytearray(body)
+
     async def read(self, rate: float | None) -> bytes:
         """The whole body, read at ``rate`` bytes/s (None: as fast as it comes)."""
-        data = bytearray()
         with self.sock, trio.fail_after(20):
-            while b"\r\n\r\n" not in data:
-                data += await self.sock.recv(16 * KiB)
-            head, _, body = bytes(data).partition(b"\r\n\r\n")
-            assert head.startswith(b"HTTP/1.1 200"), head
-            received = bytearray(body)
+            received = await self._body_start()
             while len(received) < len(DATA):
                 chunk = await self.sock.recv(16 * KiB)
                 assert chunk, "the connection ended mid-body"
@@ -67,13 +71,8 @@ class PacedClient:
     async def read_until_closed(self, rate: float) -> bytes:
         """The body's bytes until the tracker ends the connection (a body cut short), read
         at ``rate`` bytes/s."""
-        data = bytearray()
         with self.sock, trio.fail_after(20):
-            while b"\r\n\r\n" not in data:
-                data += await self.sock.recv(16 * KiB)
-            head, _, body = bytes(data).partition(b"\r\n\r\n")
-            assert head.startswith(b"HTTP/1.1 200"), head
-            received = bytearray(body)
+            received = await self._body_start()
             while True:
                 try:
                     chunk = await self.sock.recv(16 * KiB)

@@ -58,6 +58,21 @@ def voted_by(count: int) -> VoteRpc:
     return VoteRpc(stakes={v.vote: v.stake for v in VALIDATORS}, blocks={SLOT + 1: votes})
 
 
+def slowed(monkeypatch: pytest.MonkeyPatch, module: object, name: str) -> list[int]:
+    """``module.name`` slowed by 5 ms a call (in the worker thread that runs it), in place of
+    thousands of real entries; the calls made, one item each."""
+    calls: list[int] = []
+    real = getattr(module, name)
+
+    def slowly(*args: object) -> Any:
+        calls.append(1)
+        time.sleep(0.005)
+        return real(*args)
+
+    monkeypatch.setattr(module, name, slowly)
+    return calls
+
+
 async def test_one_deadline_bounds_the_whole_check(autojump_clock: trio.testing.MockClock) -> None:
     """Each question had its own ``cluster_proof.deadline``, one after the other: an RPC
     answering each just under it made one archive's check take twice the deadline (three
@@ -93,7 +108,6 @@ async def test_the_deadline_stops_a_block_being_decoded(
     the parse threads every lift shares, and its tally then kept as if in time. The decode
     stops at the deadline: the lift ends there, the votes not read. Each vote's decode is
     slowed here (5 ms) instead of a block of tens of MB."""
-    import time
 
     from helpers_votes import block_answer, vote_accounts_answer
 
@@ -107,15 +121,7 @@ async def test_the_deadline_stops_a_block_being_decoded(
         "getBlock": block_answer(SLOT + 1, votes),
         "getAgGenesisCert": {"jsonrpc": "2.0", "id": 1, "error": {"code": -32601}},
     }
-    decoded = []
-    slow_down = voteanswers.transaction_votes
-
-    def slowly(entry: object) -> Any:
-        decoded.append(1)
-        time.sleep(0.005)
-        return slow_down(entry)
-
-    monkeypatch.setattr(voteanswers, "transaction_votes", slowly)
+    decoded = slowed(monkeypatch, voteanswers, "transaction_votes")
     async with httpx.AsyncClient(verify=client_tls()) as client:
         voter = ClusterVotes(lambda: config, client, retry_after=0)
 
@@ -154,15 +160,7 @@ async def test_the_deadline_stops_a_rank_map_being_decoded(
     node = VoteRpc(stakes=dict.fromkeys(accounts, 1), accounts=accounts, genesis=genesis_answer(50))
     # only its block is read before the rank map: no signature is made
     node.documents[SLOT] = document(SLOT, BANK, struct.pack("<Q", SLOT) + BLOCK_ID)
-    decoded: list[int] = []
-    decode = bls._g1
-
-    def slowly(compressed: bytes) -> Any:
-        decoded.append(1)
-        time.sleep(0.005)
-        return decode(compressed)
-
-    monkeypatch.setattr(bls, "_g1", slowly)
+    decoded = slowed(monkeypatch, bls, "_g1")
     url = await nursery.start(serve_app, node.app()) + "/"
     proof = ClusterProof(deadline=4.0, certificates=url + "certificates")
     config = Config(rpc=url, cluster_proof=proof)
@@ -182,15 +180,7 @@ async def test_the_deadline_stops_the_vote_accounts_being_read(
     reading is slowed here (5 ms) instead of 32 MiB."""
     many = 3000  # 15 s of reading
     node = VoteRpc(stakes={key(f"staked {n}"): 1 for n in range(many)})
-    read: list[int] = []
-    entry_of = voteanswers.stake_entry
-
-    def slowly(entry: object) -> Any:
-        read.append(1)
-        time.sleep(0.005)
-        return entry_of(entry)
-
-    monkeypatch.setattr(voteanswers, "stake_entry", slowly)
+    read = slowed(monkeypatch, voteanswers, "stake_entry")
     url = await nursery.start(serve_app, node.app()) + "/"
     config = Config(rpc=url, cluster_proof=ClusterProof(deadline=2.0))
     async with httpx.AsyncClient(verify=client_tls(), trust_env=False, timeout=30) as client:
@@ -330,13 +320,7 @@ async def test_a_rank_map_cut_by_the_deadline_waits_as_a_failure(
     node = VoteRpc(stakes=dict.fromkeys(accounts, 1), accounts=accounts, genesis=genesis_answer(50))
     for slot in (SLOT, SLOT + 1):
         node.documents[slot] = document(slot, BANK, struct.pack("<Q", slot) + BLOCK_ID)
-    decode = bls._g1
-
-    def slowly(compressed: bytes) -> Any:
-        time.sleep(0.005)
-        return decode(compressed)
-
-    monkeypatch.setattr(bls, "_g1", slowly)
+    slowed(monkeypatch, bls, "_g1")
     url = await nursery.start(serve_app, node.app()) + "/"
     proof = ClusterProof(deadline=1.0, certificates=url + "certificates")
     config = Config(rpc=url, cluster_proof=proof)

@@ -19,6 +19,7 @@ from tracker.config.schema import (
     ClusterDiscovery,
     Config,
     ConsulSDConfig,
+    Egress,
     LocalTargets,
     TargetGroup,
 )
@@ -85,7 +86,8 @@ async def test_a_reload_dropping_a_group_mid_discovery_probes_nothing_it_found(
     from tracker.discovery.nodes import Node
 
     groups = (_discovered_by(kind, "a"), _discovered_by(kind, "b"))
-    config = Config(target_groups=groups)
+    # a discovered node on loopback passes the egress policy: only the reload keeps it unasked
+    config = Config(target_groups=groups, egress=Egress(allow=("127.0.0.0/8",)))
     asked: list[str] = []
     probed: list[str] = []
     both_asked, go_on = trio.Event(), trio.Event()
