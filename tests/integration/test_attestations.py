@@ -50,7 +50,7 @@ from tracker.config.files import signing
 from tracker.config.schema import Attest
 from tracker.observability.logs import TextFormatter
 from tracker.proof.levels import STRUCTURE_ONLY, Level
-from tracker.proof.statements import Attestation, parse_document
+from tracker.proof.statements import MAX_CLOCK_SKEW, Attestation, parse_document
 from tracker.web import wire
 
 NAME, GOOD = build_archive(9600, compression="zst", seed=96)
@@ -380,6 +380,50 @@ async def test_a_tampered_bucket_copy_is_not_vouched_for(
     assert status == 404 and refused == 1
     (line,) = logged(caplog, "bucket_attestation_refused")
     assert f"names size {len(GOOD)}, the object has {len(GOOD) + 1}" in line
+
+
+async def test_a_statement_dated_ahead_is_served_once_this_clock_reaches_it(
+    weed: Weed, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The uploader's clock runs ahead of this replica's by more than the skew allowed: its
+    statement is refused when read (once), then read again at the first look at the object
+    once this clock reaches it, and served (as a local file's statement is)."""
+    caplog.set_level(logging.WARNING, logger="tracker.objectstore")
+    prefix = f"k-{secrets.token_hex(4)}/"
+    key = f"{prefix}{GROUP}/{NAME}"
+    async with (
+        serving(FakeUpstream(files={NAME: GOOD})) as up,
+        replica(weed, up, tmp_path, prefix, attest=attest(tmp_path, 3)) as t,
+    ):
+        # Written once the replica is up (its start-up is no part of what is timed): taken
+        # from 6 s on by this clock (room for a loaded host's first two requests).
+        now = int(time.time())
+        ahead = statement(
+            name=NAME,
+            size=len(GOOD),
+            sha256=SHA,
+            slot=9600,
+            checked_at=now + MAX_CLOCK_SKEW + 6,
+            expires=now + 3600,
+        )
+        signed = signer(1).sign(ahead)
+        await put_copy(weed, key, GOOD, attestation=signed.encode())
+        head = await raw_request(t.base, f"/v1/{GROUP}/{NAME}", method="HEAD")
+        assert head.status == 200  # it read what lies beside the object
+        assert (await raw_request(t.base, ROUTES[0])).status == 404
+        assert time.time() < now + 6  # refused for being ahead, not for anything else
+        (line,) = logged(caplog, "bucket_attestation_refused")
+        assert "ahead of now" in line
+
+        async def taken() -> bool:
+            head = await raw_request(t.base, f"/v1/{GROUP}/{NAME}", method="HEAD")
+            assert head.status == 200
+            return (await raw_request(t.base, ROUTES[0])).status == 200
+
+        await wait_until(taken, timeout=now + 6 - time.time() + 5)
+        assert await served(t, ROUTES[0]) == signed
+        assert (await listed_file(t))["attestations"] == [signed.to_json()]
+        assert t.counter(REFUSED, kind="attestation") == 1  # not read again meanwhile
 
 
 @pytest.mark.parametrize(

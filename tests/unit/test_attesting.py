@@ -28,7 +28,13 @@ from tracker.proof.records.attesting import (
     statement_of,
     to_serve,
 )
-from tracker.proof.statements import DOMAIN, Attestation, Statement, parse_document
+from tracker.proof.statements import (
+    DOMAIN,
+    Attestation,
+    Statement,
+    check_times,
+    parse_document,
+)
 
 FULL = "snapshot-100-7G3gw9TmwzT24jhJQyrPnH2QaKUZ7MHWGG9KW8XaPbDb.tar.zst"
 INCREMENTAL = "incremental-snapshot-100-160-7G3gw9TmwzT24jhJQyrPnH2QaKUZ7MHWGG9KW8XaPbDb.tar.zst"
@@ -56,6 +62,17 @@ def test_a_statement_says_what_the_check_proved_and_parses_back() -> None:
     assert document.signer == key.public_key
     inc = statement_of(held(INCREMENTAL), 2_000.0, 600.0)
     assert (inc.slot, inc.base_slot) == (160, 100)
+
+
+def test_a_copy_checked_ahead_of_the_clock_is_stated_checked_when_signed() -> None:
+    """The clock went back since the check ended (set right after the check; a cached
+    file's digest written while it ran ahead): the statement says the copy was checked no
+    later than it is signed, which every reader takes, not a time they refuse as ahead of
+    theirs."""
+    copy = attrs.evolve(held(FULL), checked_at=2_000.0 + 3_600)
+    stated = statement_of(copy, 2_000.0, 600.0)
+    assert (stated.checked_at, stated.expires) == (2_000, 2_600)
+    check_times(stated, 2_000.0)
 
 
 # -- what the daemon signs, and when again (proof.records.attesting.held_copy, due) ----------------

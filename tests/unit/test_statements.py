@@ -153,6 +153,14 @@ def _canonical_text(**changes: object) -> bytes:
             _resigned(statement().canonical().replace(b'"voted_stake":null', b'"voted_stake":NaN')),
             "not a JSON object",
         ),
+        # 0.0 written -0.0: the same statement, so a second text of it (docs/http-api.md,
+        # "Signed statements": one canonical text).
+        (
+            _resigned(
+                statement().canonical().replace(b'"voted_stake":null', b'"voted_stake":-0.0')
+            ),
+            "not in its canonical form",
+        ),
     ],
 )
 def test_a_bad_document_is_one_line_and_nothing_is_accepted(document: bytes, reason: str) -> None:

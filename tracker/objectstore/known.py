@@ -4,7 +4,9 @@ Objects known to be there are remembered for :data:`KNOWN_FOR` seconds (then loo
 again: another replica's retention may have removed one), misses for :data:`MISSED_FOR`;
 a presigned URL is kept for reuse until its ``reuse_until``; the digest of each object
 version read from its ``{key}.sha256`` object (or that it has none) is kept while the
-object's ETag stays the same. Times are trio's clock.
+object's ETag stays the same, and when the statement beside it, refused for being checked
+ahead of this clock, may be taken. Times are trio's clock, but for that one (seconds since
+the epoch, as statements are dated).
 
 Nothing here outlives what it is about: a miss is dropped once it is no longer believed
 (:data:`MISSED_FOR`; at most :data:`MAX_MISSED` are kept), an object retention deleted is
@@ -47,6 +49,10 @@ class Known:
         self._missed: OrderedDict[str, float] = OrderedDict()
         self._urls: dict[str, HandedUrl] = {}
         self._sums: dict[str, tuple[str, str]] = {}
+        #: When the statement read beside an object version, refused for being checked
+        #: ahead of this clock, may be taken (seconds since the epoch, as statements are
+        #: dated), by key: the object is read again at its first look from then on.
+        self._dated: dict[str, tuple[str, float]] = {}
 
     def __len__(self) -> int:
         """How many objects are known to be there."""
@@ -93,6 +99,7 @@ class Known:
         self._objects.pop(key, None)
         self._urls.pop(key, None)
         self._sums.pop(key, None)
+        self._dated.pop(key, None)
         self._missed.pop(key, None)
 
     def seen(self) -> dict[str, float | None]:
@@ -126,6 +133,21 @@ class Known:
     def keep_sum(self, key: str, etag: str, hex_digest: str) -> None:
         """Version ``etag`` of ``key`` has digest ``hex_digest`` ("" when none)."""
         self._sums[key] = (etag, hex_digest)
+
+    def keep_dated(self, key: str, etag: str, valid_from: float | None) -> None:
+        """The statement beside version ``etag`` of ``key`` was refused for being checked
+        ahead of this clock and may be taken from ``valid_from`` (seconds since the epoch;
+        None: it was read otherwise)."""
+        if valid_from is None:
+            self._dated.pop(key, None)
+        else:
+            self._dated[key] = (etag, valid_from)
+
+    def dated_due(self, key: str, etag: str, wall: float) -> bool:
+        """True when the statement beside version ``etag`` of ``key``, refused for being
+        checked ahead, may be taken at ``wall`` (seconds since the epoch): read it again."""
+        dated = self._dated.get(key)
+        return dated is not None and dated[0] == etag and dated[1] <= wall
 
     def outdated(self, key: str, etag: str, listed_at: float) -> bool:
         """True when what is known of ``key`` (its object, its digest) is of another version

@@ -21,7 +21,9 @@ The uploading replica writes its statement again when it signs it again (half it
 one that holds; they read it again in the background once the one they serve is past half
 its life (:func:`reread`, from the health watcher's loop, at most once a second per object),
 and serve the new one when it is valid and expires later, the old one until it expires
-otherwise; and they read it again at their next look at the object after it expired.
+otherwise; and they read it again at their next look at the object after it expired, or,
+when it was refused for being checked ahead of their clock (the uploader's runs ahead), once
+their clock reached it.
 """
 
 from __future__ import annotations
@@ -94,11 +96,18 @@ def proof_of(raw: bytes | None) -> tuple[Proof | None, str]:
 
 
 async def read_copy(
-    bucket: Bucket, key: str, size: int, now: float, on_refused: Callable[[str], None]
+    bucket: Bucket,
+    key: str,
+    size: int,
+    now: float,
+    on_refused: Callable[[str], None],
+    ahead: Callable[[float], None] | None = None,
 ) -> Verified | None:
     """What the bucket says of the ``size``-byte object at ``key`` (its digest, the proof
     and statement beside it; ``now``: seconds since the epoch, for the statement's expiry);
-    None when it has no digest. Raises StoreError when the store failed."""
+    None when it has no digest. ``ahead`` is told when a statement refused for being checked
+    ahead of this clock may be taken (seconds since the epoch). Raises StoreError when the
+    store failed."""
     name = key.rsplit("/", 1)[-1]
     text = await bucket.get_small(key + DIGEST_SUFFIX, MAX_DIGEST)
     hex_digest = parse_sha256sum_line(text.decode("utf-8", "replace"), name) if text else None
@@ -108,7 +117,7 @@ async def read_copy(
     if why:
         on_refused("proof")
         log_event(log, "warning", "bucket_proof_refused", key=key, reason=why)
-    attestation = await _statement(bucket, key, (size, hex_digest), now, on_refused)
+    attestation = await _statement(bucket, key, (size, hex_digest), now, on_refused, ahead)
     return Verified(hex_digest, proof or STRUCTURE_ONLY, size=size, attestation=attestation)
 
 
@@ -118,11 +127,12 @@ async def _statement(
     copy: tuple[int, str],
     now: float,
     on_refused: Callable[[str], None],
+    ahead: Callable[[float], None] | None = None,
 ) -> Attestation | None:
     """The statement beside the object at ``key`` (of ``copy``: its size and hex SHA-256)
     when it is a valid, unexpired statement of exactly that object; None when there is none
-    or it is refused (logged, ``on_refused`` told). Raises StoreError when the store
-    failed."""
+    or it is refused (logged, ``on_refused`` told; ``ahead`` told when time alone makes it
+    acceptable). Raises StoreError when the store failed."""
     raw = await bucket.get_small(key + ATTESTATION_SUFFIX, MAX_DOCUMENT + 1)
     if raw is None:
         return None
@@ -134,6 +144,8 @@ async def _statement(
     except StatementInvalid as exc:
         on_refused("attestation")
         log_event(log, "warning", "bucket_attestation_refused", key=key, reason=str(exc))
+        if ahead is not None and exc.valid_from is not None:
+            ahead(exc.valid_from)
         return None
 
 

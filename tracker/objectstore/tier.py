@@ -168,21 +168,31 @@ class ObjectTier:
 
     async def digest(self, group: str, name: str, info: ObjectInfo) -> str | None:
         """The hex SHA-256 of object ``info`` of ``name`` from its digest object, asked once
-        per object version (an answer without one is remembered too); None when it has none,
-        or after a failure of the store until it reads again (unknown is the safe answer)."""
+        per object version (an answer without one is remembered too; read again once the
+        statement beside it expired, or once one refused for being checked ahead of this
+        clock may be taken); None when it has none, or after a failure of the store until it
+        reads again (unknown is the safe answer)."""
         key = info.key
         known = self.known.sum(key, info.etag)
-        if known is not None and not self._statement_expired(group, name):
+        if (
+            known is not None
+            and not self._statement_expired(group, name)
+            and not self.known.dated_due(key, info.etag, time.time())
+        ):
             return known or None
         health = self.bucket.health
         if health.last_error and not health.reads_proven:
             return None  # back from a failure, not reading yet: the digest stays unknown
+        ahead: list[float] = []  # a statement checked ahead of this clock: when to take it
         try:
-            copy = await read_copy(self.quick, key, info.size, time.time(), self.events.refused)
+            copy = await read_copy(
+                self.quick, key, info.size, time.time(), self.events.refused, ahead.append
+            )
         except StoreError as exc:
             self._failed("GET", exc)
             return None
         self.known.keep_sum(key, info.etag, copy.sha256 if copy is not None else "")
+        self.known.keep_dated(key, info.etag, ahead[0] if ahead else None)
         if copy is None:
             return None
         self.digests.hold(BUCKET, group, name, copy)

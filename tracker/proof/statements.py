@@ -101,7 +101,7 @@ class Statement:
             "size": self.size,
             "slot": self.slot,
             "snapshot_hash": self.snapshot_hash,
-            "voted_stake": None if self.voted_stake is None else round(self.voted_stake, 6),
+            "voted_stake": None if self.voted_stake is None else _stake(self.voted_stake),
         }
         if self.cluster_proof is not None:
             body["cluster_proof"] = self.cluster_proof
@@ -179,6 +179,13 @@ class Signer:
         return Attestation(
             statement, text, self.public_key, base58.b58encode(signature).decode("ascii")
         )
+
+
+def _stake(value: float) -> float:
+    # Six decimals, and one text of zero: -0.0 equals 0.0 but dumps as "-0.0", a second text
+    # of one statement that a reader would otherwise take (docs/http-api.md, "Signed
+    # statements": the one canonical text).
+    return round(float(value), 6) + 0.0
 
 
 def parse_document(raw: bytes) -> Attestation:

@@ -41,7 +41,8 @@ class HeldCopy:
 
 
 def statement_of(held: HeldCopy, now: float, valid_for: float) -> Statement:
-    """What is said of ``held`` when it is signed at ``now`` (seconds since the epoch)."""
+    """What is said of ``held`` when it is signed at ``now`` (seconds since the epoch):
+    checked when its check ended, or at ``now`` were that later (the clock went back)."""
     name, proof = held.name, held.proof
     return Statement(
         name=name.file_name,
@@ -53,7 +54,10 @@ def statement_of(held: HeldCopy, now: float, valid_for: float) -> Statement:
         bank_hash=proof.bank_hash,
         level=proof.level,
         voted_stake=proof.voted_stake,
-        checked_at=int(held.checked_at),
+        # Never after it is signed: a clock set back since the check (or a cached file's
+        # digest written while it ran ahead) would date it where every reader refuses it
+        # as ahead of theirs (docs/http-api.md, "Signed statements").
+        checked_at=int(min(held.checked_at, now)),
         expires=int(now + valid_for),
         cluster_proof=proof.cluster_proof if proof.level == Level.CLUSTER else None,
     )
