@@ -20,6 +20,7 @@ from names import full_name
 
 from tracker.ordering.index import TargetKey
 from tracker.proxy import transfers
+from tracker.zerocopy import pieces
 
 KiB = 1024
 NAME = full_name(1000)
@@ -223,5 +224,59 @@ async def test_a_source_faster_than_its_client_that_cuts_every_get_is_measured(
     assert ending == "source"
     # the hole's case: the pump waited on its client most of the transfer's seconds
     assert transfers.paced_by_client(seconds, kwargs["client_waited"]), (seconds, kwargs)
+    # priced as a failure: its bytes over at least the read timeout (aged a little since)
+    assert 0 < achieved < 2 * moved / read_timeout, achieved
+
+
+#: Larger than what a client's receive buffer of 2 MiB and the tracker's send buffer hold,
+#: so that the spliced relay waits on its client before it meets the cut.
+ROOMLESS_CUT = 12 * MiB
+ROOMLESS_DATA = archive_bytes(16 * MiB, seed=14)
+
+
+async def test_a_steady_client_whose_socket_has_room_only_now_and_then_is_not_stalled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A spliced relay on a connection without ``TCP_NOTSENT_LOWAT`` (a keep-alive connection
+    whose earlier file answer, sent beside others, cleared trio's mark:
+    ``zerocopy.kernelcopy._low_water_mark``): its socket has room again only once a third of
+    what it queues went, seconds for a client that reads steadily but slowly. Told from the
+    waits for room alone, such a client looked stalled, and a liar's cut during its
+    transfer recorded nothing; the client's acknowledgements, looked at while a piece waits
+    (``zerocopy.pieces.CLIENT_LOOK``), show it took bytes all along, and the cut is
+    measured as the source's failure (docs/ranking.md, "Failed transfers"). Scaled down: a
+    stall of 0.3 s, looks every 0.03 s, a client at 4 MiB/s with 2 MiB of receive buffer
+    (its socket then has room about every half second)."""
+    name = full_name(1003)
+    behaviour = Behaviour(real_drop_after=ROOMLESS_CUT)
+    up = FakeUpstream(files={name: ROOMLESS_DATA}, behaviour={name: behaviour})
+    monkeypatch.delattr(trio.socket, "TCP_NOTSENT_LOWAT")  # the kernel's default: no mark
+    monkeypatch.setattr(transfers, "CLIENT_STALL", 0.3)
+    monkeypatch.setattr(pieces, "CLIENT_LOOK", 0.03)
+    decided = trio.Event()
+    measured_transfer = transfers.measured_transfer
+    seen: list[tuple[Any, ...]] = []
+
+    def spy(*args: Any, **kwargs: Any) -> tuple[int, float] | None:
+        seen.append((*args, kwargs))
+        decided.set()  # the pump is done with its source: the figure is final
+        return measured_transfer(*args, **kwargs)
+
+    monkeypatch.setattr(transfers, "measured_transfer", spy)
+    async with serving(up), proxy_tracker(None, up) as t:
+        host, port = t.base.removeprefix("http://").rsplit(":", 1)
+        sock = trio.socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2 * MiB)
+        await sock.connect((host, int(port)))
+        await sock.send(f"GET /v1/{name}?group={GROUP} HTTP/1.1\r\nhost: {host}\r\n\r\n".encode())
+        received = await PacedClient(sock).read_until_closed(4 * MiB)
+        assert len(received) <= ROOMLESS_CUT < len(ROOMLESS_DATA)  # cut short
+        with trio.fail_after(10):
+            await decided.wait()
+        _probed, achieved = t.index.speeds.figures(TargetKey(GROUP, up.base), trio.current_time())
+    [(moved, _seconds, ending, read_timeout, kwargs)] = seen
+    assert ending == "source"
+    # it waited on its client longer than a stall, and saw it take bytes all along
+    assert kwargs["client_waited"] > transfers.CLIENT_STALL > kwargs["client_stalled"], kwargs
     # priced as a failure: its bytes over at least the read timeout (aged a little since)
     assert 0 < achieved < 2 * moved / read_timeout, achieved

@@ -1352,3 +1352,45 @@ async def test_a_source_dropped_for_failing_is_measured_over_its_own_part(
     assert died[2] == "source", died
     assert whole > 1.5, whole  # the survivor sent the rest alone, at 4 MiB/s
     assert died[1] < whole / 2, (died, whole)
+
+
+async def test_every_source_of_a_failed_refresh_is_measured_over_its_own_part(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three sources, every one cutting each answer after 64 KiB: all are dropped for
+    failing and the refresh fails. Each ended its own part, and each is measured as the
+    source's failure over the seconds it took part (docs/ranking.md, "Failed transfers"),
+    not the first alone: a source whose failures went unmeasured kept its place, and the
+    next refresh leaned on it again."""
+    measured: dict[TargetKey, tuple[int, float, str]] = {}
+    launcher_measured = transfers.Launcher._measured
+
+    def spy(
+        self: transfers.Launcher,
+        key: TargetKey,
+        size: int,
+        seconds: float,
+        ending: transfers.Ending,
+        waited: float,
+        stalled: float,
+    ) -> None:
+        measured[key] = (size, seconds, ending)
+        launcher_measured(self, key, size, seconds, ending, waited, stalled)
+
+    monkeypatch.setattr(transfers.Launcher, "_measured", spy)
+    async with sources(3, rate=None) as ups:
+        for up in ups:
+            up.behaviour[NAME] = Behaviour(drop_after=64 * 1024)
+        keys = [TargetKey(GROUP, up.base) for up in ups]
+        async with tracker(tmp_path, ups) as t:
+            _status, _digest, size, _seconds = await get(t.url(NAME))
+            assert size < SIZE  # the refresh failed: its client's body broke
+            await wait_for(lambda: keys[0] in measured)  # the first's when its answer closes
+            assert NAME not in t.cached()
+            now = trio.current_time()
+            achieved = [t.index.speeds.figures(key, now)[1] for key in keys]
+    assert all(sent(up) > 0 for up in ups), [sent(up) for up in ups]
+    assert sorted(measured) == sorted(keys), measured
+    assert [measured[key][2] for key in keys] == ["source"] * 3, measured
+    # each priced as a failure: its few KiB over at least the read timeout
+    assert all(0 < rate < MiB / FAST.read_timeout for rate in achieved), achieved

@@ -20,7 +20,7 @@ from tracker.zerocopy.connection import (
     FilePiece,
     piece_size,
 )
-from tracker.zerocopy.kernelcopy import SocketSplice
+from tracker.zerocopy.kernelcopy import ClientTook, SocketSplice, untaken
 from tracker.zerocopy.pieces import SocketPiece
 
 MiB = 1024 * 1024
@@ -153,6 +153,52 @@ def test_a_splice_counts_the_longest_span_its_client_took_no_byte(
             splice.client_wait(began, ended)
         assert splice.client_stalled == pytest.approx(stalled)
         assert splice.client_waited == pytest.approx(sum(e - b for _, b, e in waits))
+    finally:
+        splice.close()
+
+
+@pytest.mark.parametrize(
+    ("since", "ended", "took", "expected"),
+    [
+        # the client never seen taking bytes: the whole span since its first wait
+        (0.0, 6.0, None, (6.0, 0.0)),
+        # a steady slow client whose socket had room again only after 6 s: seen taking
+        # bytes every second, it never went a second without
+        (0.0, 6.0, ClientTook(1.0, 6.0, 1.0), (1.0, 6.0)),
+        # took bytes at 1 s, then nothing until 8 s, when room came back: a 7 s stall
+        (0.0, 8.0, ClientTook(1.0, 8.0, 7.0), (7.0, 8.0)),
+        # seen taking bytes last at 2 s, the wait cancelled at 9 s: a stall of 7 s at the end
+        (0.0, 9.0, ClientTook(0.5, 2.0, 1.5), (7.0, 2.0)),
+        # the span began in the worker thread, before the event loop's wait: 3 s to the first
+        (-3.0, 4.0, ClientTook(0.0, 4.0, 1.0), (3.0, 4.0)),
+    ],
+)
+def test_a_wait_for_room_restarts_its_stall_span_whenever_the_client_took_bytes(
+    since: float, ended: float, took: ClientTook | None, expected: tuple[float, float]
+) -> None:
+    """The longest span with no byte taken in a wait for room in the client's socket, told
+    from the moments its acknowledgements were seen to move (docs/ranking.md, "Failed
+    transfers"): a client that reads steadily is not stalled however long its socket had
+    no room."""
+    assert untaken(since, ended, took) == pytest.approx(expected)
+
+
+def test_a_splice_told_its_client_took_bytes_during_a_long_wait_is_not_stalled() -> None:
+    """A socket piece's event-loop wait of 6 s in which its client was seen taking bytes
+    every second (no TCP_NOTSENT_LOWAT: room comes back only once a third of the queue
+    went) is no stall; the span goes on from the last of those moments."""
+    splice = SocketSplice(1000)
+    try:
+        piece = SocketPiece(count=1000, splice=splice)
+        splice.client_wait(0.0, 0.05)  # the thread lingered, then handed over
+        took = ClientTook(1.0, 1.0)
+        for moment in (2.0, 3.0, 4.0, 5.0, 6.0):
+            took = took.then(moment)
+        piece.client_wait(0.05, 6.0, took)  # room came back at 6 s, the client reading on
+        assert piece.stalled_client() == pytest.approx(1.0)
+        splice.client_wait(6.0, 6.05)  # the thread again, nothing put on the socket yet
+        assert piece.stalled_client() == pytest.approx(1.0)
+        assert piece.waited_for_client() == pytest.approx(6.05)
     finally:
         splice.close()
 

@@ -206,7 +206,23 @@ async def _to_many(
         upstream_bytes=job.upstream_bytes,
         flowing=job.flowing,
         on_sources=known,
+        on_ended=partial(_measure_parts, job, upstream, flow),
     )
+    repair = Repair(job.peers, refresh, outcome)
+    repair.liar_found = job.archive_rejected
+    # what its level does not bind is the first source's word, or two sources' (verify)
+    refresh.confirm_unbound = partial(confirm_unbound, job.peers, refresh, outcome, repair=repair)
+    # repair.blame: every sender, narrowed by a repair that failed (never an honest one)
+    flow.outcome = await _promote(job, refresh, first, blame=repair.blame, repair=repair.run)
+    flow.report(job)
+    flow.complete = True
+
+
+def _measure_parts(job: StreamJob, upstream: Upstream, flow: Flow, outcome: Delivered) -> None:
+    """Tell what each source of a refresh from several delivered, over its own part, once
+    its pieces ended, whole or not (a refresh every source of which failed too: each one's
+    failure is measured, not the first's alone; docs/ranking.md, "Failed transfers"). The
+    first one's transfer is told when its answer closes (:func:`tracker.proxy.pumps.opened`)."""
     upstream.spliced, upstream.splicing = outcome.sources[0].sent, None
     # the first's part ended with the pieces, or when it was dropped (as another's:
     # below); the promotion is not its time (docs/ranking.md, "Failed transfers")
@@ -220,16 +236,9 @@ async def _to_many(
         job.refresh_share(key, source.sent, seconds)
         if source is not outcome.sources[0]:  # the first one's is told when it closes
             job.source_transfer(key, source.sent, seconds, ending, 0.0, 0.0)  # to disk: no client
-        elif ending == "source":
+        elif ending == "source" or source in outcome.lagged:
+            # its part ended when it was dropped, whatever became of the refresh after
             flow.ending = ending
-    repair = Repair(job.peers, refresh, outcome)
-    repair.liar_found = job.archive_rejected
-    # what its level does not bind is the first source's word, or two sources' (verify)
-    refresh.confirm_unbound = partial(confirm_unbound, job.peers, refresh, outcome, repair=repair)
-    # repair.blame: every sender, narrowed by a repair that failed (never an honest one)
-    flow.outcome = await _promote(job, refresh, first, blame=repair.blame, repair=repair.run)
-    flow.report(job)
-    flow.complete = True
 
 
 async def _promote(
@@ -406,10 +415,13 @@ async def fill_from_many(
     upstream_bytes: Callable[[int], None],
     flowing: Flowing | None,
     on_sources: Callable[[list[Source]], None],
+    on_ended: Callable[[Delivered], None],
 ) -> Delivered:
     """Fill ``refresh`` (open, ``refresh.size`` bytes) from ``first`` (its answer, body
     unread) and the sources ``others`` at once; see the module doc. ``on_sources`` is told
-    the sources once they are known (the status page reads their shares).
+    the sources once they are known (the status page reads their shares), ``on_ended`` what
+    they delivered once the pieces ended, the file complete or not (before UpstreamError:
+    a failed refresh measures its sources too).
 
     Raises UpstreamError when every source failed before the file was complete (what was
     written stays unread: the refresh fails), CacheError when the temp file cannot be
@@ -479,6 +491,7 @@ async def fill_from_many(
         s: s.dropped_at - started for s in sources if s.dropped_at is not None and s not in lagged
     }
     outcome = Delivered(tuple(sources), seconds, written, copies, lagged, failed)
+    on_ended(outcome)
     if not pieces.complete:
         reasons = "; ".join(f"{redact_text(s.url)}: {s.state or 'failed'}" for s in sources)
         raise UpstreamError(f"every source of the refresh failed: {reasons}")

@@ -189,6 +189,34 @@ _F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 CLIENT_GONE = select.POLLRDHUP | select.POLLHUP | select.POLLERR
 
 
+@attrs.frozen
+class ClientTook:
+    """When a client was seen taking bytes (its acknowledgements shrinking the socket's
+    queue) while the event loop waited for room in its socket (monotonic seconds): the
+    first and the last such moment, and the longest span between two of them."""
+
+    first: float
+    last: float
+    longest: float = 0.0
+
+    def then(self, at: float) -> ClientTook:
+        """Seen taking bytes again at ``at``."""
+        return ClientTook(self.first, at, max(self.longest, at - self.last))
+
+
+def untaken(since: float, ended: float, took: ClientTook | None) -> tuple[float, float]:
+    """The longest span with no byte taken by a client, in a wait for room in its socket
+    that ended at ``ended``, its span of waits running since ``since``, the client seen
+    taking bytes meanwhile as ``took`` says (None: never); and when the span running at
+    the end began. Each moment the client was seen taking bytes restarts the span: one
+    that reads steadily, however slowly, never has a long one, while the room in its
+    socket may come back only once a third of what it queues went (no
+    ``TCP_NOTSENT_LOWAT``: docs/ranking.md, "Failed transfers"). Pure."""
+    if took is None:
+        return ended - since, since
+    return max(took.first - since, took.longest, ended - took.last), took.last
+
+
 @attrs.define
 class SocketSplice:
     """Moves ``left`` bytes socket -> pipe -> socket, in calls of :meth:`move` (each in a
@@ -267,17 +295,20 @@ class SocketSplice:
                 self.client_wait(now, time.monotonic())
         return None
 
-    def client_wait(self, began: float, ended: float) -> None:
+    def client_wait(self, began: float, ended: float, took: ClientTook | None = None) -> None:
         """Count a wait for room in the client's socket from ``began`` to ``ended``
         (monotonic), in :meth:`move` or in the event loop between its calls: in
         :attr:`client_waited`, and in :attr:`client_stalled` as part of the span of waits
         with no byte taken between them (the wait timestamps alone tell it: no clock is read
-        on the byte path)."""
+        on the byte path), a span that restarts whenever the event loop saw the client take
+        bytes meanwhile (``took``: :func:`untaken`)."""
         self.client_waited += ended - began
         at, since = self._stall
         if at != self.sent:  # the client took bytes since the span's first wait: a new one
-            at, since = self._stall = (self.sent, began)
-        self.client_stalled = max(self.client_stalled, ended - since)
+            at, since = (self.sent, began)
+        longest, since = untaken(since, ended, took)
+        self._stall = (at, since)
+        self.client_stalled = max(self.client_stalled, longest)
 
     def check(self, read_timeout: float) -> None:
         """Raise SourceFailed when the source sent nothing for ``read_timeout`` seconds while

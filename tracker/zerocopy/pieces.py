@@ -25,7 +25,14 @@ import trio
 
 from tracker.errors import SourceFailed, TrackerError
 from tracker.zerocopy import kernelcopy
-from tracker.zerocopy.kernelcopy import CLIENT_GONE, SocketSplice, Wait, send_file
+from tracker.zerocopy.kernelcopy import (
+    CLIENT_GONE,
+    ClientTook,
+    SocketSplice,
+    Wait,
+    send_file,
+    untaken,
+)
 
 #: Piece sizes: powers of two from 64 KiB to 128 MiB. A body sends its file in pieces of the
 #: largest size that fits, and anything under the smallest with ordinary bytes.
@@ -39,6 +46,12 @@ LARGEST_PIECE = 128 * 1024 * 1024
 #: nginx proxy_pass with 8 MiB pieces, 1.43x with 64 MiB): each is counted when it starts
 #: (served-bytes metrics), so a bigger piece would make those coarser still.
 LARGEST_SOCKET_PIECE = 64 * 1024 * 1024
+#: Seconds between two looks, while a piece waits for room in its client's socket, at
+#: whether the client took bytes meanwhile (its acknowledgements): a steady slow client's
+#: socket may have no room for seconds (with no ``TCP_NOTSENT_LOWAT``, until a third of what
+#: it queues went), and it is told from a stalled one to within this (docs/ranking.md,
+#: "Failed transfers"). Only a wait this long looks: a fast client's path is not touched.
+CLIENT_LOOK = 1.0
 
 
 def placeholders() -> dict[int, bytes]:
@@ -99,11 +112,12 @@ class Piece:
         paces a spliced relay's source (docs/ranking.md, "Failed transfers")."""
         return self.client_waited
 
-    def client_wait(self, began: float, ended: float) -> None:
+    def client_wait(self, began: float, ended: float, took: ClientTook | None = None) -> None:
         """In the event loop: count a wait for room in the client's socket from ``began``
-        to ``ended`` (monotonic)."""
+        to ``ended`` (monotonic), the client seen taking bytes meanwhile as ``took`` says
+        (:func:`~tracker.zerocopy.kernelcopy.untaken`)."""
         self.client_waited += ended - began
-        self.client_stalled = max(self.client_stalled, ended - began)
+        self.client_stalled = max(self.client_stalled, untaken(began, ended, took)[0])
 
     def stalled_client(self) -> float:
         """The longest span, in seconds, in which the client took no byte of the piece while
@@ -173,14 +187,14 @@ class SocketPiece(Piece):
         splice = self.splice
         return self.client_waited + (splice.client_waited if splice is not None else 0.0)
 
-    def client_wait(self, began: float, ended: float) -> None:
+    def client_wait(self, began: float, ended: float, took: ClientTook | None = None) -> None:
         """See :meth:`Piece.client_wait`: counted with the worker thread's waits, one span of
         them running across both while the client takes no byte
         (:meth:`SocketSplice.client_wait`)."""
         if self.splice is None:
-            super().client_wait(began, ended)
+            super().client_wait(began, ended, took)
         else:
-            self.splice.client_wait(began, ended)
+            self.splice.client_wait(began, ended, took)
 
     def stalled_client(self) -> float:
         """See :meth:`Piece.stalled_client`: the event loop's waits and the worker thread's
@@ -228,10 +242,12 @@ class ClientProgress:
         self._since: float | None = None
         self._wait: trio.CancelScope | None = None
         self.reclaimed = False
+        #: When the client was seen taking bytes during the last wait (None: never).
+        self.took: ClientTook | None = None
 
     def waiting(self, sock: trio.socket.SocketType, scope: trio.CancelScope) -> None:
         """A piece waits for room in ``sock`` within ``scope`` (cancelled by reclaim)."""
-        self._sock, self._wait = sock, scope
+        self._sock, self._wait, self.took = sock, scope, None
         self._queued, self._since = kernelcopy.unacknowledged(sock.fileno()), self._clock()
 
     def moving(self) -> None:
@@ -245,6 +261,7 @@ class ClientProgress:
         queued, now = kernelcopy.unacknowledged(self._sock.fileno()), self._clock()
         if queued < self._queued:
             self._queued, self._since = queued, now
+            self.took = ClientTook(now, now) if self.took is None else self.took.then(now)
         return now - self._since
 
     def reclaim(self) -> None:
@@ -283,10 +300,15 @@ class PieceSenders:
         while (waiting := await self._transfer(sock, piece)) is not None:
             if waiting is Wait.CLIENT:
                 began = time.monotonic()
+                room = False
                 try:
                     await client_room(sock, progress)
+                    room = True
                 finally:
-                    piece.client_wait(began, time.monotonic())
+                    ended, took = time.monotonic(), progress.took
+                    if room:  # room comes back only as the client acknowledges bytes
+                        took = ClientTook(ended, ended) if took is None else took.then(ended)
+                    piece.client_wait(began, ended, took)
             else:
                 await _source_bytes(sock, piece, client_left)
 
@@ -323,8 +345,10 @@ async def client_room(sock: trio.socket.SocketType, progress: ClientProgress) ->
             # "Took nothing" is the client's acknowledgements (ClientProgress.stalled), not
             # the socket's room: a full socket is writable again only once half of what it
             # queues has gone, which a slow client that keeps reading may take longer for.
+            # Every CLIENT_LOOK seconds it looks whether the client took bytes meanwhile
+            # (progress.took): its stall span is told from them.
             while not writable and (left := stall - progress.stalled()) > 0:
-                with trio.move_on_after(left):
+                with trio.move_on_after(min(left, CLIENT_LOOK)):
                     await trio.lowlevel.wait_writable(sock)
                     writable = True
         except (trio.ClosedResourceError, trio.BusyResourceError) as exc:
