@@ -166,3 +166,33 @@ async def test_an_rpc_drawing_out_its_answers_leaves_the_others_room() -> None:
     assert lifted.level == Level.CLUSTER
     assert drawing == votes_module.ANSWERS_HELD_BY_ONE  # two reads of 64 MiB, two waiting
     assert budget.used == 0
+
+
+async def test_rpcs_drawing_out_their_answers_leave_an_honest_one_room() -> None:
+    """Two RPCs drawing out their answers (each getBlock declaring 64 MiB) held the whole
+    budget between them, each its half, until their lift's deadline: every other lift, of
+    every group and RPC, waited for it (20 s here). A share that another read waits for is
+    revoked once its body, at the pace it came so far, would not be in by its read's
+    deadline (after a grace of 2 s), and its server's waiting reads refused: the honest
+    lift goes on. The process's own budget, sizes unscaled."""
+    budget = votes_module._ANSWERS
+    assert budget.used == 0
+    sent = [trio.Event(), trio.Event()]
+    slow = [drawn_out(voted(), votes_module.MAX_BLOCK, event) for event in sent]
+    honest = voted()
+    async with served(*slow, honest.app()) as (one, two, honest_url):
+        groups = (TargetGroup(group="other", rpc=honest_url),)
+        proof = ClusterProof(blocks=8, deadline=20, also_rpc=(two,))
+        config = Config(rpc=one, target_groups=groups, cluster_proof=proof)
+        async with cluster_votes(config) as votes, trio.open_nursery() as nursery:
+            nursery.start_soon(votes.lift, S, PROOF)
+            for event in sent:
+                await event.wait()
+            await trio.testing.wait_all_tasks_blocked(cushion=0.2)
+            drawing = budget.used
+            with trio.fail_after(8):  # the drawn-out lift's deadline is 20 s away
+                lifted = await votes.lift(S, PROOF, "other")
+            nursery.cancel_scope.cancel()
+    assert drawing == votes_module.ANSWERS_HELD  # two reads of 64 MiB of each RPC
+    assert lifted.level == Level.CLUSTER
+    assert budget.used == 0

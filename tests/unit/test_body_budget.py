@@ -1,10 +1,12 @@
 """The budget of the bodies held at once (``tracker.net.bodyreads.BodyBudget``; docs/http-api.md,
 "Limits"): shares taken whole and in turn, at most a part of it by one owner, what a body did
 not need given back, a waiter cancelled leaving its place, nothing held once every share is let
-go; a body's share from its response's head (``body_share``)."""
+go; a body's share from its response's head (``body_share``); a share whose body comes too
+slowly to be in by its deadline revoked while another read waits (``revoked_from``)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import httpx
@@ -12,7 +14,8 @@ import pytest
 import trio
 import trio.testing
 
-from tracker.net.bodyreads import BodyBudget, body_share
+from tracker.errors import TransportError
+from tracker.net.bodyreads import BodyBudget, BodyShare, body_share, revoked_from
 
 
 async def test_shares_are_taken_whole_and_in_turn() -> None:
@@ -152,3 +155,141 @@ async def test_an_owner_waiting_for_its_own_leaves_when_cancelled() -> None:
 )
 def test_a_body_share_is_its_length_else_its_cap(head: Any, share: int | None) -> None:
     assert body_share(httpx.Headers(head), 4096) == share
+
+
+@pytest.mark.parametrize(
+    ("taken", "ends", "received", "count", "revoked"),
+    [
+        (0.0, 30.0, 0, 100, 2.0),  # nothing came: at the grace
+        (0.0, 30.0, 10, 100, 3.0),  # a tenth in 3 s is its whole in 30 s
+        (10.0, 40.0, 50, 100, 25.0),  # half of it by half its time
+        (0.0, 30.0, 1, 100, 2.0),  # never within the grace
+        (0.0, 30.0, 100, 100, math.inf),  # in: never
+        (0.0, math.inf, 0, 100, math.inf),  # no deadline: never
+        (5.0, 4.0, 0, 100, 7.0),  # its deadline passed: at the grace
+    ],
+)
+def test_a_share_is_revoked_once_its_pace_misses_its_deadline(
+    taken: float, ends: float, received: int, count: int, revoked: float
+) -> None:
+    assert revoked_from(taken, ends, received, count) == revoked
+
+
+@pytest.mark.parametrize(("idle", "waits"), [(0.0, 2.0), (10.0, 0.0)])
+async def test_a_share_read_too_slowly_is_revoked_while_another_waits(
+    autojump_clock: trio.testing.MockClock, idle: float, waits: float
+) -> None:
+    """Two owners' bodies that never come hold the whole budget, kept while no read waits for
+    room (``idle`` seconds; an owner at its part waits for its own). A third owner's share
+    then waits for the grace (2 s from their taking) at most: both slow ones are revoked
+    (TransportError, one line), the owners' own waiting shares refused, and it is given."""
+    budget = BodyBudget(100, per_owner=50)
+    failures: list[str] = []
+    given: list[float] = []
+
+    async def slow(owner: str, count: int) -> None:
+        with trio.move_on_after(30):  # the read's deadline
+            try:
+                async with budget.held(owner=owner) as share:
+                    await share.take(count)
+                    with share.reading():
+                        await trio.sleep_forever()
+            except TransportError as exc:
+                failures.append(f"{owner}: {exc}")
+
+    async def waiter() -> None:
+        async with budget.held(10, "c"):
+            given.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        for owner in ("a", "b"):
+            nursery.start_soon(slow, owner, 50)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(slow, "a", 10)  # a at its part: waits behind its own
+        await trio.sleep(idle)
+        assert budget.used == 100 and not failures  # no one waits for room: kept
+        start = trio.current_time()
+        nursery.start_soon(waiter)
+    assert given == [start + waits]
+    assert sorted(failures) == [
+        "a: a body of 50 bytes came at 0 B/s: it would not be in by its deadline, and other"
+        " answers waited for its room",
+        "a: another body of its server came at 0 B/s: it would not be in by its deadline,"
+        " and other answers waited for its room",
+        "b: a body of 50 bytes came at 0 B/s: it would not be in by its deadline, and other"
+        " answers waited for its room",
+    ]
+    assert budget.used == 0
+
+
+async def test_a_share_on_pace_is_not_revoked(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A body that comes at a pace bringing it in by its deadline keeps its room while
+    another read waits for it (past the grace and to its end)."""
+    budget = BodyBudget(100, per_owner=60)
+    order: list[str] = []
+
+    async def steady(share: BodyShare) -> None:
+        with share.reading():
+            for _ in range(25):
+                await trio.sleep(1)  # 50 bytes in 25 s, its deadline 60 s away
+                share.received += 2
+        order.append("steady in")
+
+    async def waiter(owner: str, count: int) -> None:
+        async with budget.held(count, owner):
+            order.append(f"{owner} given")
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery, budget.held(owner="a") as share:
+            await share.take(50)
+            nursery.start_soon(waiter, "a", 20)  # a's part is 60: waits for its own
+            nursery.start_soon(waiter, "b", 60)  # 110 of 100: waits for room
+            await steady(share)
+    assert order[0] == "steady in" and sorted(order[1:]) == ["a given", "b given"]
+
+
+async def test_a_body_read_after_a_read_began_waiting_is_revoked_in_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A share given while a read waits (its owner's own turn, passed meanwhile) whose body
+    never comes is revoked at its grace (2 s from its taking): the waiting read looks again
+    when a body starts being read, not only at the revocations it knew of when it began
+    waiting (there were none)."""
+    budget = BodyBudget(100, per_owner=50)
+    failures: list[str] = []
+    given: list[float] = []
+    got = trio.Event()
+
+    async def slow_b() -> None:
+        with trio.move_on_after(30):
+            try:
+                async with budget.held(10, "b") as share:
+                    await trio.sleep(1)  # its body begins a second after its share
+                    with share.reading():
+                        await trio.sleep_forever()
+            except TransportError as exc:
+                failures.append(str(exc))
+
+    async def waiter() -> None:
+        async with budget.held(40, "c"):
+            given.append(trio.current_time())
+            got.set()
+
+    # b's 50: an answer read, waiting for a parse thread (its share not revocable)
+    async with (
+        trio.open_nursery() as nursery,
+        budget.held(50, "a"),
+        budget.held(50, "b") as parsed,
+    ):
+        nursery.start_soon(slow_b)  # b at its part: waits for its own
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(waiter)  # 140 of 100: waits for room
+        await trio.testing.wait_all_tasks_blocked()
+        start = trio.current_time()
+        parsed.keep(5)  # b's next is given (65 held), c's 40 still lacks room
+        with trio.fail_after(10):
+            await got.wait()
+    assert given == [start + 2.0]
+    assert len(failures) == 1 and "would not be in by its deadline" in failures[0]

@@ -343,6 +343,36 @@ def test_stakes_come_from_current_and_delinquent() -> None:
         vote_stakes(b'{"jsonrpc":"2.0","error":{"code":-32005},"id":1}')
 
 
+def stakes_answer(voters: list[str]) -> bytes:
+    """A getVoteAccounts answer listing ``voters`` (1 lamport each), entries cut to the two
+    fields read."""
+    entries = ",".join(f'{{"votePubkey":"{v}","activatedStake":1}}' for v in voters)
+    return f'{{"jsonrpc":"2.0","result":{{"current":[{entries}],"delinquent":[]}},"id":1}}'.encode()
+
+
+@pytest.mark.parametrize(
+    ("listed", "kept"),
+    [
+        (voteanswers.MAX_VOTE_ACCOUNTS, voteanswers.MAX_VOTE_ACCOUNTS),
+        (voteanswers.MAX_VOTE_ACCOUNTS + 1, None),  # refused
+        (-(voteanswers.MAX_VOTE_ACCOUNTS + 1), 1),  # one account listed that often: once
+    ],
+)
+def test_an_answer_of_more_vote_accounts_than_a_cluster_holds_is_refused(
+    listed: int, kept: int | None
+) -> None:
+    """A lying getVoteAccounts listed up to 200,000 accounts (its item cap), each kept with
+    its stake for the lift, and a block's fold held as many voters: measured 14 MiB of
+    stakes and 26 MiB a side of the fold at that bound (one RPC, one lift; two parse
+    threads fold two blocks at once). Mainnet lists ~1,500; at most 20,000 are read."""
+    voters = [key(f"v{n}") for n in range(abs(listed))] if listed > 0 else [A] * -listed
+    if kept is None:
+        with pytest.raises(RpcError, match="more than 20000 vote accounts"):
+            vote_stakes(stakes_answer(voters))
+    else:
+        assert len(vote_stakes(stakes_answer(voters))) == kept
+
+
 def test_a_wide_character_leaves_the_text_of_an_answer_its_size(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

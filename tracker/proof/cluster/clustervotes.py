@@ -33,6 +33,7 @@ import logging
 import math
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import nullcontext
 from typing import Any, TypeVar
 
 import attrs
@@ -632,7 +633,9 @@ class ClusterVotes:
         thread, the answer held within :data:`ANSWERS_HELD` with every other (at most
         :data:`ANSWERS_HELD_BY_ONE` by ``url``'s server): its length taken once its head is
         read (``max_body`` without one), what it did not need given back once read (while
-        it waits for a worker thread), the rest once parsed (docs/http-api.md, "Limits")."""
+        it waits for a worker thread), the rest once parsed; cut while another read waits
+        for room once its pace would not bring it in by the deadline (docs/http-api.md,
+        "Limits")."""
         async with _ANSWERS.held(owner=_server(url)) as share:
             body = await self._call(url, payload, max_body, share)
             try:
@@ -669,11 +672,16 @@ class ClusterVotes:
                     raise RpcError(f"{method}: body exceeds the limit of {max_body} bytes")
                 if share is not None:
                     await share.take(size)
-                async with body_chunks(r) as chunks:
-                    async for chunk in chunks:
-                        if len(body) + len(chunk) > size:
-                            raise RpcError(f"{method}: body exceeds the limit of {size} bytes")
-                        body += chunk
+                # revoked when its pace would not bring it in by the deadline while another
+                # read waits for its room (docs/http-api.md, "Limits")
+                with share.reading() if share is not None else nullcontext():
+                    async with body_chunks(r) as chunks:
+                        async for chunk in chunks:
+                            if len(body) + len(chunk) > size:
+                                raise RpcError(f"{method}: body exceeds the limit of {size} bytes")
+                            body += chunk
+                            if share is not None:
+                                share.received = len(body)
         except (TransportError, ProbeError) as exc:
             raise RpcError(one_line(f"{method}: {exc}")) from exc
         return body

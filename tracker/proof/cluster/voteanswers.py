@@ -20,6 +20,10 @@ from tracker.proof.formats.tally import SlotVotes, stake_entry, transaction_vote
 MAX_TRANSACTION_CHARS = 1024**2
 #: Transactions (or vote accounts) of one answer decoded at most.
 MAX_ITEMS = 200_000
+#: Vote accounts one getVoteAccounts answer may list (mainnet lists ~1,500; Firedancer sizes
+#: its runtime for 40,200, ``FD_RUNTIME_MAX_VOTE_ACCOUNTS``): each is kept with its stake for
+#: the lift, and a block's fold holds up to as many voters a side.
+MAX_VOTE_ACCOUNTS = 20_000
 #: getBlock's error codes for a slot that has no block (agave ``rpc-client-api``,
 #: ``custom_error.rs``: SLOT_SKIPPED, LONG_TERM_STORAGE_SLOT_SKIPPED).
 SKIPPED_CODES = frozenset({-32007, -32009})
@@ -77,7 +81,8 @@ def _error_code(error: object) -> int | None:
 
 def vote_stakes(body: bytes | bytearray, checkpoint: Callable[[], None] = _go_on) -> dict[str, int]:
     """Each vote account's activated stake from a ``getVoteAccounts`` answer (``current``
-    and ``delinquent``; an account listed twice counts once). Raises RpcError (one line).
+    and ``delinquent``; an account listed twice counts once; at most
+    :data:`MAX_VOTE_ACCOUNTS` accounts). Raises RpcError (one line).
     Blocking: run it in a worker thread; ``checkpoint()`` is called before each entry and
     may raise to stop the walk (``trio.from_thread.check_cancelled``: 32 MiB take seconds).
     Walked as :func:`~tracker.net.limits.narrow_text` (a ``bytearray`` narrowed in place)."""
@@ -93,6 +98,12 @@ def vote_stakes(body: bytes | bytearray, checkpoint: Callable[[], None] = _go_on
                 entry = stake_entry(value)
                 if entry is not None:
                     stakes[entry[0]] = max(entry[1], stakes.get(entry[0], 0))
+                if len(stakes) > MAX_VOTE_ACCOUNTS:
+                    # a liar's 200,000 were ~14 MiB of stakes and ~26 MiB of each side of a
+                    # fold, per RPC and lift (docs/http-api.md, "Limits")
+                    raise RpcError(
+                        f"getVoteAccounts: more than {MAX_VOTE_ACCOUNTS} vote accounts listed"
+                    )
             elif name in ("current", "delinquent"):
                 lists += 1
             elif name == "error":
