@@ -409,6 +409,27 @@ RULES = [
         "proxy_snapshot_cache_dir",
         "not a directory",
     ),
+    # A leading ~ is no home directory here (no shell expands it): the cache went to a
+    # directory named "~" beside the config, and a targets file was never read (a missing
+    # one is only a warning).
+    ("proxy_snapshot_cache_dir: ~/cache\n", "proxy_snapshot_cache_dir", "a leading '~'"),
+    (
+        GROUP + "    file_targets: {path: ~/targets.txt}\n",
+        "target_groups[0].file_targets.path",
+        "'~/targets.txt': a leading '~' is not expanded (no shell reads this file)",
+    ),
+    # The cache directory is the tracker's own: a ledger that is it, or lies in it, was
+    # taken for a group's cache directory, its archives removed to make room for a refresh.
+    (
+        "proxy_snapshot_cache_dir: subdir\n" + GROUP + "    local_targets: {paths: [subdir]}\n",
+        "proxy_snapshot_cache_dir",
+        "holds the local_targets directory '{dir}/subdir' (target_groups[0])",
+    ),
+    (
+        "proxy_snapshot_cache_dir: .\n" + GROUP + "    local_targets: {paths: [subdir]}\n",
+        "proxy_snapshot_cache_dir",
+        "holds the local_targets directory '{dir}/subdir' (target_groups[0])",
+    ),
 ]
 
 
@@ -450,6 +471,29 @@ def test_each_rule_reports_its_key_path(tmp_path: Path, text: str, path: str, me
     os.mkfifo(tmp_path / "fifo")
     line = problem_at(problems(tmp_path, text), path)
     assert message.format(dir=tmp_path) in line
+
+
+@pytest.mark.parametrize(
+    ("cache", "refused"),
+    [
+        ("ledger-link", True),  # a link to the ledger: the same directory
+        ("link-to-tmp", True),  # the ledger lies in it, seen through a link
+        ("ledger/cache", False),  # in the ledger: the scan of a ledger reads its top only
+        ("other", False),
+    ],
+)
+def test_a_cache_directory_holding_a_ledger_is_known_by_its_real_path(
+    tmp_path: Path, cache: str, refused: bool
+) -> None:
+    (tmp_path / "ledger").mkdir()
+    (tmp_path / "ledger-link").symlink_to(tmp_path / "ledger")
+    (tmp_path / "link-to-tmp").symlink_to(tmp_path)
+    text = f"proxy_snapshot_cache_dir: {cache}\n" + GROUP + "    local_targets: {paths: [ledger]}\n"
+    if not refused:
+        assert load(tmp_path, text).proxy_snapshot_cache_dir == str(tmp_path / cache)
+        return
+    line = problem_at(problems(tmp_path, text), "proxy_snapshot_cache_dir")
+    assert f"holds the local_targets directory '{tmp_path}/ledger' (target_groups[0])" in line
 
 
 def test_many_problems_are_reported_together(tmp_path: Path) -> None:

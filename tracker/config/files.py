@@ -35,7 +35,8 @@ class FileChecks:
 
     def resolve(self, value: object) -> str:
         """A string path, absolute (relative to the config's directory); ``""`` stays.
-        ValueError for one no file system call can take (a NUL, a lone surrogate of a
+        ValueError for a leading ``~`` (not the home directory here), and for one no file
+        system call can take (a NUL, a lone surrogate of a
         JSON escape): ``os.path.exists`` says False for it where ``open`` raises, so it
         passed every check here and broke the daemon at its first use."""
         text = values.string(value)
@@ -45,6 +46,14 @@ class FileChecks:
             os.fsencode(text)
         except UnicodeEncodeError:
             raise ValueError("a path must be text the file system can hold (UTF-8)") from None
+        if text.startswith("~"):
+            # Only a shell expands it: as a relative path, ``~/cache`` made a directory named
+            # "~" beside the config file, and a targets file there was never found (a
+            # missing one is only a warning: docs/configuration.md).
+            raise ValueError(
+                f"{text!r}: a leading '~' is not expanded (no shell reads this file): write"
+                f" the path absolute, or './{text}' for a name that starts with '~'"
+            )
         return os.path.abspath(os.path.join(self.base_dir, text)) if text else ""
 
     def readable_file(self, value: object) -> str:

@@ -24,7 +24,8 @@ Beyond the Go tracker's format (rpcpool/solana-cluster, ``types/config.go``):
 Not accepted although Go's yaml.v3 would: a YAML boolean where a string is expected
 (``password: yes``): the loader keeps a number's text, not a boolean's; quote such values.
 
-Relative paths are resolved against the config file's directory and stored absolute.
+Relative paths are resolved against the config file's directory and stored absolute; a
+leading ``~`` is refused (:meth:`tracker.config.files.FileChecks.resolve`).
 """
 
 from __future__ import annotations

@@ -346,9 +346,18 @@ def local_problems(config: Config) -> list[tuple[Path, str]]:
     """A directory of ``local_targets`` listed twice (in two groups, or twice in one): its
     files' checks, proofs and digests are kept by path, and one scan of a directory runs at
     a time, so the second listing was shown down ("the last scan has not ended") and one
-    group's files went unchecked. A ledger belongs to one cluster: one group."""
+    group's files went unchecked. A ledger belongs to one cluster: one group.
+
+    And ``proxy_snapshot_cache_dir`` that is a ``local_targets`` directory or holds one
+    (their real paths compared, :func:`holds`): the cache directory is the tracker's own, its
+    subdirectories taken for groups' and an orphaned one's archives removed when a refresh
+    lacks the room (docs/proxy.md, "Orphaned archives"), so a validator's ledger there lost
+    its snapshots to the cache."""
     found: list[tuple[Path, str]] = []
     first: dict[str, int] = {}
+    cache = config.proxy_snapshot_cache_dir
+    cache = os.path.realpath(cache) if cache else ""
+    held: tuple[str, int] | None = None
     entries = config.group_entries or range(len(config.target_groups))
     for index, group in zip(entries, config.target_groups, strict=True):
         paths = group.local_targets.paths if group.local_targets is not None else ()
@@ -361,7 +370,22 @@ def local_problems(config: Config) -> list[tuple[Path, str]]:
                 )
                 continue
             first[key] = index
+            if cache and held is None and holds(cache, os.path.realpath(directory)):
+                held = (directory, index)
+    if held is not None:
+        message = (
+            f"holds the local_targets directory {held[0]!r} (target_groups[{held[1]}]): the"
+            " cache directory is the tracker's own (its subdirectories are taken for groups',"
+            " their archives removed to make room); give the cache a directory of its own"
+        )
+        found.append((("proxy_snapshot_cache_dir",), message))
     return found
+
+
+def holds(outer: str, inner: str) -> bool:
+    """Whether the directory ``inner`` is ``outer`` or lies inside it; both absolute and
+    normalised (real paths: a link is another name of what it points at). Pure."""
+    return os.path.commonpath((outer, inner)) == outer
 
 
 def proof_problems(config: Config) -> list[tuple[Path, str]]:
