@@ -144,7 +144,12 @@ class LocalProofs(Rounds):
         deferred: set[TargetKey] = set()
         unlisted: set[TargetKey] = set()
         if config.verify_archives:
-            found, deferred, unlisted = await trio.to_thread.run_sync(_listed, config)
+            # Abandoned when cancelled (the stop): a directory on a stuck mount would
+            # otherwise hold the tracker's stop until the mount answered (docs/architecture.md,
+            # "Proven archives": "Local files"). It returns nothing to release.
+            found, deferred, unlisted = await trio.to_thread.run_sync(
+                _listed, config, abandon_on_cancel=True
+            )
         now = {c.path: (c, i) for c, i in found}
         self._forget_changed(now, deferred, unlisted)
         self._stop_gone(now, deferred)
@@ -313,7 +318,8 @@ class LocalProofs(Rounds):
             else self._beside.get(path, (None, None))[0]
             for path in checked
         }
-        found = await trio.to_thread.run_sync(_statement_files, known)
+        # abandoned when cancelled, as the listing is: it stats files of the same mounts
+        found = await trio.to_thread.run_sync(_statement_files, known, abandon_on_cancel=True)
         for path, (identity, raw, error) in found.items():
             name, verified = checked[path]
             taken: Attestation | None = None
