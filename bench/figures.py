@@ -786,29 +786,60 @@ def fetch_vs_aria2c(env: Env, run: int) -> Result:
 # -- cluster discovery (issue 14) ------------------------------------------------------------------
 
 
-def start_cluster(env: Env) -> Tracker:
+def start_cluster(env: Env, *, measured: bool = False) -> Tracker:
     """``cluster_nodes`` validators (one nginx, a socket each on 127.1.x.y), a getClusterNodes
-    answer listing them (served by the files nginx), and a tracker discovering them."""
+    answer listing them (served by the files nginx), and a tracker discovering them.
+
+    ``measured``: every node's throughput measured in the last five minutes, from a learned
+    document in the tracker's cache directory (docs/http-api.md#what-the-tracker-learned),
+    as after a fleet fetched through a tracker that ran a while, or a replica's: every
+    re-rank prices each target with a figure that ages (by slot, as the plain figure, so that
+    the two differ in that alone; a group ranked by time to running ranks its pairs again at
+    every change, measured or not)."""
     count = env.options.cluster_nodes
     port = free_port()
-    conf = nodes_nginx_conf(env.work, port, count, env.archives)
-    start_nginx(
-        env.procs, env.tools["nginx"], env.work, "nodes", conf, port, node_address(count - 1)
-    )
+    role = "nodes-measured" if measured else "nodes"
+    conf = nodes_nginx_conf(env.work, port, count, env.archives, role)
+    start_nginx(env.procs, env.tools["nginx"], env.work, role, conf, port, node_address(count - 1))
     nodes = [
         {"pubkey": f"node{n:05d}", "rpc": f"{node_address(n)}:{port}", "version": "2.2.1"}
         for n in range(count)
     ]
     (env.work / "www" / "rpc").write_text(json.dumps({"jsonrpc": "2.0", "id": 1, "result": nodes}))
     discovery = {"rpc": [f"http://{HOST}:{env.files.port}/rpc"], "interval": "1h"}
+    group: dict[str, Any] = {"group": GROUP, "cluster_discovery": discovery}
+    learned: dict[str, Any] = {}
+    if measured:
+        cache = env.work / "cluster-learned"
+        cache.mkdir()
+        (cache / ".learned.json").write_text(json.dumps(learned_document(nodes, time.time())))
+        learned["proxy_snapshot_cache_dir"] = str(cache)  # read back at start
     config = tracker_config(
         scrape_interval="15s",
         scrape_timeout="10s",
         scrape_concurrency=env.options.cluster_concurrency,
         egress={"allow": ["127.0.0.0/8"]},
-        target_groups=[{"group": GROUP, "cluster_discovery": discovery}],
+        target_groups=[group],
+        **learned,
     )
-    return start_tracker(env.procs, "tracker-cluster", env.work, config, env.tracker_env)
+    name = "tracker-cluster-measured" if measured else "tracker-cluster"
+    return start_tracker(env.procs, name, env.work, config, env.tracker_env)
+
+
+def learned_document(nodes: list[dict[str, str]], wall: float) -> dict[str, Any]:
+    """A learned document (tracker.learning.learned) giving every node of a getClusterNodes
+    answer a speed test's figure: 20 to 520 MB/s, taken 0 to 299 s before ``wall``."""
+    speeds = [
+        {
+            "group": GROUP,
+            "target": f"http://{node['rpc']}",
+            "discovered": True,
+            "bps": 20e6 + (n * 7919 % 500) * 1e6,
+            "at": wall - n % 300,
+        }
+        for n, node in enumerate(nodes)
+    ]
+    return {"version": 1, "throughputs": speeds, "achieved": [], "rejections": []}
 
 
 API_PATHS = ("/v1/best_snapshots", "/v1/snapshots?max=1", "/v1/targets")
@@ -861,9 +892,10 @@ def _p99(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] if ordered else 0.0
 
 
-def cluster(env: Env, tracker: Tracker, run: int) -> Result:
+def cluster(env: Env, tracker: Tracker, run: int, label: str = "cluster") -> Result:
     """A scrape round of every discovered node (started by ``POST /reload``; run 0 is the
-    first, cold round), with the API's latency sampled meanwhile and the tracker's memory."""
+    first, cold round), with the API's latency sampled meanwhile and the tracker's memory;
+    ``label`` names its profiles."""
     after = time.time() if run else 0.0
     latencies: dict[str, list[float]] = {}
     stop = threading.Event()
@@ -876,7 +908,7 @@ def cluster(env: Env, tracker: Tracker, run: int) -> Result:
     stop_status = _status_sampler(tracker, status, sizes, 1.0)
     cpu_before = tree_cpu_seconds(tracker.proc.pid)
     try:
-        with env.profile(f"cluster-run{run + 1}", tracker):
+        with env.profile(f"{label}-run{run + 1}", tracker):
             if run:
                 post(f"{tracker.internal}/reload")
             span = _round_span(tracker, after, timeout=180)
@@ -887,6 +919,8 @@ def cluster(env: Env, tracker: Tracker, run: int) -> Result:
     cpu = tree_cpu_seconds(tracker.proc.pid) - cpu_before
     if span is None:
         raise RuntimeError("cluster scrape round did not finish in 180 s")
+    listed = json.loads(get(f"{tracker.base}/v1/targets", timeout=30))
+    measured = sum(1 for s in listed if s.get("throughput_bps"))
     # The same requests once the round is over: what the API costs without a round.
     idle: dict[str, list[float]] = {}
     stop = threading.Event()
@@ -909,6 +943,7 @@ def cluster(env: Env, tracker: Tracker, run: int) -> Result:
     return {
         "seconds": span,
         "nodes": env.options.cluster_nodes,
+        "measured": measured,  # targets with a throughput (cluster_measured: every node)
         "cpu_share": cpu / span if span else 0.0,
         "api_p99_ms": _p99(every) * 1000,
         "api_p99_ms_by_path": by_path,

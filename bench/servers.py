@@ -188,15 +188,18 @@ def node_address(n: int) -> str:
     return f"127.1.{n // 250}.{n % 250 + 1}"
 
 
-def nodes_nginx_conf(work: Path, port: int, count: int, archives: Archives) -> str:
+def nodes_nginx_conf(
+    work: Path, port: int, count: int, archives: Archives, role: str = "nodes"
+) -> str:
     """nginx as ``count`` validators, one listening socket each (``node_address(n):port``),
-    each redirecting its full alias to the best archive (HEAD of which gives its size)."""
+    each redirecting its full alias to the best archive (HEAD of which gives its size);
+    ``role`` names its files."""
     listens = "\n".join(f"    listen {node_address(n)}:{port};" for n in range(count))
     return (
-        _nginx_common(work, "nodes").replace("worker_connections 4096", "worker_connections 32768")
+        _nginx_common(work, role).replace("worker_connections 4096", "worker_connections 32768")
         + f"""worker_rlimit_nofile 65536;
 http {{
-{_nginx_http_common(work, "nodes")}
+{_nginx_http_common(work, role)}
   access_log off;
   server {{
 {listens}

@@ -14,6 +14,7 @@ from tracker.learning.learned import Learned, decode, encode, gather, merge, res
 from tracker.ordering import sourcehistory
 from tracker.ordering.index import Index, TargetKey
 from tracker.ordering.sourcehistory import (
+    AGING_STEP,
     DEFAULT_PRIOR,
     HALF_LIFE,
     TRUST_HALF_LIFE,
@@ -23,6 +24,7 @@ from tracker.ordering.sourcehistory import (
     Shown,
     Throughputs,
     combined,
+    ranked_at,
 )
 
 H, T = HALF_LIFE, TRUST_HALF_LIFE
@@ -101,6 +103,33 @@ def test_a_measurement_is_averaged_with_the_kinds_figure_by_its_age(
 
 
 SLY, STEADY = TargetKey("g", "http://sly"), TargetKey("g", "http://steady")
+
+
+@pytest.mark.parametrize(
+    ("now", "at"),
+    [
+        # The start of the step of AGING_STEP (10 s) the re-rank falls in.
+        (0.0, 0.0),
+        (9.999, 0.0),
+        (10.0, 10.0),
+        (1e9 + 605.5, 1e9 + 600),  # trio's clock starts far from 0
+    ],
+)
+def test_the_ranking_ages_figures_to_the_start_of_their_step(now: float, at: float) -> None:
+    assert ranked_at(now) == at
+
+
+@pytest.mark.parametrize("measured", [1.0, 999.0, 5000.0, 1e9])
+@pytest.mark.parametrize("age", [0.0, 3.0, 9.99, H, 5 * H])
+def test_within_a_step_a_figure_ages_by_at_most_1_2_percent_of_its_way(
+    measured: float, age: float
+) -> None:
+    """What docs/ranking.md says the step costs: aged to the step's start instead of the
+    instant, a figure stands at most 1.2% of the way from its measurement to the prior
+    nearer its measurement."""
+    instant = sourcehistory.decayed((measured, 0.0), age, P)
+    stepped = sourcehistory.decayed((measured, 0.0), age - AGING_STEP + 1e-9, P)
+    assert abs(stepped - instant) <= 0.012 * abs(measured - P)
 
 
 def test_the_default_prior_is_the_ranking_sections_default() -> None:

@@ -112,6 +112,7 @@ def canonical_host(host: str) -> str:
 MACHINE_PREFIX = 64
 
 
+@functools.lru_cache(maxsize=65_536)  # hosts are few and stable; every re-rank asks each
 def machine_of(host: str) -> str:
     """The machine a host of the network (as :func:`canonical_host` writes it) is at the
     most: an IPv6 address as its /64 (``2001:db8::6`` and ``2001:db8::7`` are

@@ -43,7 +43,7 @@ from tracker.ordering.ranking import (
     first,
 )
 from tracker.ordering.screens import Screens, SourceTrust
-from tracker.ordering.sourcehistory import Kind, Rejections, Throughputs
+from tracker.ordering.sourcehistory import Kind, Rejections, Throughputs, ranked_at
 
 __all__ = ["Index", "SnapshotSource", "TargetKey"]
 
@@ -302,7 +302,8 @@ class Index:
         # Ranked lists are rebuilt lazily once per change, not per request: requests far
         # outnumber scrape results. Each target's part (its sources, ranking keys and fulls)
         # is reused while nothing about it changed: a round of thousands of targets hands
-        # results over several times a second, each time a few dozen of them new.
+        # results over several times a second, each time a few dozen of them new. Its
+        # figures change once a step at most (docs/ranking.md, "Probed and achieved").
         if self._ranked is not None and self.clock() >= self._held_back_until:
             self._changed()  # a rejection ran out: its copy is ranked again
         if self._ranked is None:
@@ -314,7 +315,9 @@ class Index:
             if self._rejections is not None:
                 self._screens.rejected, self._held_back_until = self._rejections.in_force(now)
             built: dict[TargetKey, Built] = {}
-            speeds = self.speeds.rates(now)  # every group's, once
+            # every group's, once, aged to the step's start: an unchanged target's figures,
+            # and the median an unmeasured one is priced at, stay until the next step
+            speeds = self.speeds.rates(ranked_at(now))
             for group, entries in self._by_group().items():
                 typical = self._timed.assumed(group)  # what the prediction prices it at
                 if typical is None:  # by slot: as fast as the group's median
@@ -327,8 +330,10 @@ class Index:
                     infos = screened.get(key, entry.infos)
                     speed = speeds.get(key, 0.0)
                     done = self._built.get(key)
-                    if done is None or not done.fits(entry, speed, speed or typical, infos):
+                    if done is None or not done.fits(entry, infos):
                         done = Built.of(key, entry, speed, speed or typical, infos)
+                    else:  # a new figure (a measurement, the next step): priced anew only
+                        done = done.priced(speed, speed or typical)
                     built[key] = done
                     pairs += done.sources
                     full_pairs += done.fulls

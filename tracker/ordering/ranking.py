@@ -5,7 +5,9 @@
 :func:`copies_by_name` for every file of a group at once). A round of thousands of targets
 hands results over several times a second, each time a few dozen of them new: a target's
 sources, their ranking keys and its fulls are built once and kept while nothing about the
-target changed.
+target changed, and priced anew, not built again, when only its figures did (measured ones
+change once a step of ``sourcehistory.AGING_STEP`` at most: docs/ranking.md, "Probed and
+achieved").
 
 **Pairs by the predicted time to a running node** (:class:`TimedGroups`). Each source of the
 group is a pair: a full alone, or an incremental with its full (the one in its chain, else
@@ -164,16 +166,32 @@ class Built:
         sources = sorted(((s.rank_key(), s) for s in made), key=first, reverse=True)
         return cls(entry, speed, expected, infos, sources, full_sources(sources))
 
-    def fits(
-        self, entry: Entry, speed: float, expected: float, infos: tuple[SnapshotInfo, ...]
-    ) -> bool:
-        """True when building again from these would give the same sources."""
-        return (
-            entry is self.entry
-            and speed == self.speed
-            and expected == self.expected
-            and (infos is self.infos or infos == self.infos)
-        )
+    def fits(self, entry: Entry, infos: tuple[SnapshotInfo, ...]) -> bool:
+        """True when building again from these would give the same sources, but for their
+        figures (:meth:`priced`)."""
+        return entry is self.entry and (infos is self.infos or infos == self.infos)
+
+    def priced(self, speed: float, expected: float) -> Built:
+        """These sources at a new ``speed`` and ``expected`` (itself when they are the same):
+        not made from the infos nor sorted again, as :meth:`of` would make them. One target's
+        sources share their figures, so their order among themselves stays."""
+        if speed == self.speed and expected == self.expected:
+            return self
+        again: dict[int, SnapshotSource] = {}  # a full is in both lists: one source still
+
+        def repriced(pair: tuple[Any, SnapshotSource]) -> tuple[Any, SnapshotSource]:
+            (info_key, _expected, *rest), old = pair
+            new = again.get(id(old))
+            if new is None:
+                new = SnapshotSource(
+                    old.info, old.key, old.updated_at, speed, old.latency, expected
+                )
+                again[id(old)] = new
+            return (info_key, expected, *rest), new
+
+        sources = [repriced(pair) for pair in self.sources]
+        fulls = [repriced(pair) for pair in self.fulls]
+        return Built(self.entry, speed, expected, self.infos, sources, fulls)
 
 
 def full_sources(pairs: list[tuple[Any, SnapshotSource]]) -> list[tuple[Any, SnapshotSource]]:

@@ -50,6 +50,19 @@ HALF_LIFE = 600.0
 #: served at for hours of fast speed tests, and one that had a bad transfer recovers.
 TRUST_HALF_LIFE = 3600.0
 
+#: The ranking ages every figure to the start of the step of this many seconds it re-ranks
+#: in (:func:`ranked_at`), as ``/v1/targets`` shows them: within a step an unchanged target
+#: keeps its figures, and its part of the ranking is reused (docs/ranking.md, "Probed and
+#: achieved"). A figure ages by at most 1.2% of its way to the prior within one.
+AGING_STEP = 10.0
+
+
+def ranked_at(now: float) -> float:
+    """The time the ranking ages measured figures to at ``now``: the start of its
+    :data:`AGING_STEP`. Pure."""
+    return now - now % AGING_STEP
+
+
 #: Which figure a measurement feeds: a speed test's, or a real transfer's.
 Kind = Literal["probed", "achieved"]
 KINDS: tuple[Kind, ...] = ("probed", "achieved")
@@ -132,6 +145,10 @@ class Throughputs:
         self._priors: dict[str, float] = {}
         self._version = 0  # moves with every change of a measurement (:meth:`shown` keeps)
         self._shown: tuple[float, int, dict[TargetKey, Shown]] | None = None
+        #: What :meth:`rates` gave last, at the time asked, and the targets whose
+        #: measurements changed since (only theirs are made again at that time).
+        self._rates: tuple[float, dict[TargetKey, float]] | None = None
+        self._touched: set[TargetKey] = set()
         #: The measurements of discovered nodes dropped, by machine, oldest first (at most
         #: :data:`MAX_DEPARTED`), until a node of that machine is taken again (:meth:`resume`).
         self._departed: dict[Machine, dict[Kind, Measured]] = {}
@@ -144,6 +161,7 @@ class Throughputs:
             return False
         self._priors[group] = wanted
         self._version += 1
+        self._rates = None  # every figure of the group ages toward another prior
         return True
 
     def prior(self, group: str) -> float:
@@ -166,7 +184,7 @@ class Throughputs:
             fresh = weight(old[1], now)
             rate = (fresh * old[0] + rate) / (fresh + 1)
         known[key] = (rate, now)
-        self._version += 1
+        self._touch(key)
         return True
 
     def rate(self, key: TargetKey, now: float | None = None) -> float:
@@ -208,10 +226,31 @@ class Throughputs:
         self._shown = (at, self._version, figures)
         return figures
 
-    def rates(self, now: float) -> dict[TargetKey, float]:
-        """Every measured target's figure at ``now``."""
-        keys = self._measured["probed"].keys() | self._measured["achieved"].keys()
-        return {key: self.rate(key, now) for key in keys}
+    def rates(self, now: float) -> Mapping[TargetKey, float]:
+        """Every measured target's figure at ``now`` (do not keep: changed in place). Asked
+        again at the same ``now`` (the ranking's step, :func:`ranked_at`), only the figures
+        of the targets measured since are made again: a re-rank of thousands of measured
+        targets does not compute each one's figure anew."""
+        probed, achieved = self._measured["probed"], self._measured["achieved"]
+        kept = self._rates
+        if kept is None or kept[0] != now:
+            figures = {key: self.rate(key, now) for key in probed.keys() | achieved.keys()}
+            self._rates = (now, figures)
+        else:
+            figures = kept[1]
+            for key in self._touched:
+                if key in probed or key in achieved:
+                    figures[key] = self.rate(key, now)
+                else:
+                    figures.pop(key, None)
+        self._touched.clear()
+        return figures
+
+    def _touch(self, key: TargetKey) -> None:
+        """``key``'s measurements changed."""
+        self._version += 1
+        if self._rates is not None:
+            self._touched.add(key)
 
     def measurements(self, kind: Kind) -> dict[TargetKey, Measured]:
         """Every measurement of ``kind`` as (bytes per second, time measured), undecayed."""
@@ -231,7 +270,7 @@ class Throughputs:
             return False
         if rate > 0 and math.isfinite(rate) and (known is None or known[1] < at):
             self._measured[kind][key] = (rate, at)
-            self._version += 1
+            self._touch(key)
             return True
         return False
 
@@ -243,7 +282,7 @@ class Throughputs:
             measured = known.pop(key, None)
             if measured is not None:
                 left[kind] = measured
-                self._version += 1
+                self._touch(key)
         if left and key.discovered:
             machine = machine_key(key)
             self._departed.pop(machine, None)  # the newest last: the oldest go first
@@ -264,7 +303,7 @@ class Throughputs:
                 self._measured[kind][key] = measured
                 taken = True
         if taken:
-            self._version += 1
+            self._touch(key)
         return taken
 
 
