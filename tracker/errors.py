@@ -19,6 +19,7 @@ exception class::
     │   │                  upstream refused, broke or answered something else than the file
     │   ├── CopyRejected   ``fetch``: a complete copy failed its check or has another SHA-256
     │   ├── SourceBusy     a source is at its ``source_limits.max_transfers``
+    │   ├── SourceOverloaded a source answered 503/429: busy now (it backs off, unpriced)
     │   ├── SourceGone     a source answered 404/410 for a file it listed (pruned since)
     │   └── SourceWithdrawn a reload removed the source while a request to it waited
     ├── UpstreamError      proxy mode: no source could deliver the bytes (502)
@@ -122,6 +123,18 @@ class SourceBusy(SourceFailed):
     """A source already has its ``source_limits.max_transfers`` transfers from this tracker;
     the next source of the file is asked (none left: SourcesBusy). ``retry_after``: the
     seconds until its first transfer expects to end (None: unknown)."""
+
+    def __init__(self, reason: str, *, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+class SourceOverloaded(SourceFailed):
+    """The source itself answered that it is too busy to serve now: 503 (agave's RPC and
+    nginx's ``limit_conn`` at their connection limit) or 429 (a rate limiter). The next
+    source is asked, and this one is asked after the others for a short back-off; not held
+    against its throughput (docs/ranking.md, "Busy answers"). ``retry_after``: the seconds
+    its ``Retry-After`` asked for (None: none stated)."""
 
     def __init__(self, reason: str, *, retry_after: float | None = None) -> None:
         super().__init__(reason)

@@ -102,8 +102,11 @@ async def test_a_source_that_never_answers_real_gets_loses_its_place(
     tmp_path: Path, client: httpx.AsyncClient, how: str, cache: bool
 ) -> None:
     """A source that answers its speed tests fast and refuses (or leaves unanswered) every
-    real GET is measured by the failure the next source is asked after: one failover, not
-    one on every request for ever (docs/ranking.md, "Failed transfers")."""
+    real GET costs one failover, not one on every request for ever: one left unanswered is
+    measured by the failure the next source is asked after (docs/ranking.md, "Failed
+    transfers"); one answered 503 says the source is busy: it is asked after the others for
+    a back-off, its figure untouched, and priced only when busy again after it
+    (docs/ranking.md, "Busy answers"; test_busy_sources.py)."""
     refusing = Behaviour(real_status=503) if how == "refused" else Behaviour(real_delay=math.inf)
     liar = FakeUpstream(files={NAME: DATA}, behaviour={NAME: refusing})
     paced = Behaviour(rate=HONEST_PROBE_RATE, unranged_rate=0)
@@ -123,9 +126,14 @@ async def test_a_source_that_never_answers_real_gets_loses_its_place(
         response = await client.get(t.url(NAME))  # the honest source delivers it
         assert response.status_code == 200 and response.content == DATA
         assert [s.headers.get("range") for s in liar.gets(NAME)][1] is None  # a real one
-        assert order() == [honest.base, liar.base], "the liar stays first after failing"
-        _probed, achieved = t.index.speeds.figures(TargetKey(GROUP, liar.base), t.index.clock())
-        assert 0 < achieved < HONEST_PROBE_RATE
+        key = TargetKey(GROUP, liar.base)
+        _probed, achieved = t.index.speeds.figures(key, t.index.clock())
+        if how == "silent":
+            assert order() == [honest.base, liar.base], "the liar stays first after failing"
+            assert 0 < achieved < HONEST_PROBE_RATE
+        else:  # busy: backing off, not priced
+            assert t.streamer.launcher.busy.until(key) > t.index.clock()
+            assert achieved == 0
         # The next client goes to the honest source first: the liar is not asked again.
         response = await client.get(t.url(NAME))
         assert response.status_code == 200 and response.content == DATA

@@ -494,3 +494,18 @@ async def test_a_refresh_passes_body_bytes_on_as_soon_as_they_arrive(
         got = await first_bytes_then_rest(t.url(NAME), pause, 100 * 1024)
         assert sha256(got) == sha256(DATA)
         await wait_for(lambda: t.cached() == [NAME])
+
+
+@pytest.mark.parametrize("cached", [False, True])
+@pytest.mark.parametrize("plain", [False, True])
+async def test_an_early_head_then_an_unsized_body_of_the_right_length_is_whole(
+    upstream: FakeUpstream, tmp_path: Path, plain: bool, cached: bool
+) -> None:
+    upstream.behaviour[NAME] = Behaviour(chunked=True, delay=1.0)  # after the early head
+    cache = tmp_path / "cache" if cached else None
+    async with proxy_tracker(cache, plain=plain, settings=EARLY) as t:
+        advertise(t.index, upstream.base, [(NAME, upstream.url(NAME), len(DATA))])
+        wire = await raw_request(t.base, f"/v1/{NAME}?group={GROUP}")
+    assert wire.header("etag") is None  # an early head: it carries no validator
+    assert wire.status == 200 and wire.header("content-length") == str(len(DATA))
+    assert sha256(wire.body) == sha256(DATA) and not wire.closed

@@ -1394,3 +1394,31 @@ async def test_every_source_of_a_failed_refresh_is_measured_over_its_own_part(
     assert [measured[key][2] for key in keys] == ["source"] * 3, measured
     # each priced as a failure: its few KiB over at least the read timeout
     assert all(0 < rate < MiB / FAST.read_timeout for rate in achieved), achieved
+
+
+async def test_a_source_dropped_for_busy_answers_is_not_priced_as_a_failure(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A source that answers its pieces 503 (agave's RPC, nginx's ``limit_conn`` at their
+    connection limit) is dropped from the refresh after three such answers in a row, as a
+    failing one is, but it is busy, not slow: priced as a failure (one byte over the read
+    timeout) one busy moment put it behind every other source for hours. Its part is one
+    our side ended (nothing under 1 MiB is measured), and it backs off instead
+    (docs/ranking.md, "Busy answers")."""
+    async with sources(2, rate=None) as ups:
+        ups[1].behaviour[NAME] = Behaviour(real_status=503)  # its one-byte probe is served
+        async with tracker(tmp_path, ups) as t:
+            status, digest, size, _seconds = await get(t.url(NAME))
+            assert (status, digest, size) == (200, sha256(DATA), SIZE)
+            await wait_for(lambda: NAME in t.cached())
+            busy = TargetKey(GROUP, ups[1].base)
+            _probed, achieved = t.index.speeds.figures(busy, trio.current_time())
+            assert achieved == 0, f"priced at {achieved:.0f} bytes/s"
+            assert t.streamer.launcher.busy.until(busy) > t.index.clock()  # backing off
+    drops = [
+        getattr(r, "tracker_fields", {})
+        for r in caplog.records
+        if r.getMessage() == "refresh_source_dropped"
+    ]
+    assert len(drops) == 1 and str(drops[0]["url"]).startswith(ups[1].base), drops
+    assert "503" in str(drops[0]["reason"]), drops

@@ -15,6 +15,7 @@ from tracker.errors import (
     SourceBusy,
     SourceFailed,
     SourceGone,
+    SourceOverloaded,
     SourceWithdrawn,
     TransportError,
     UpstreamError,
@@ -180,11 +181,14 @@ def test_a_cancelled_transfer_is_ours() -> None:
     [
         # refused, an error status, a wrong size, no body within the answer timeout
         (SourceFailed("cannot connect: Connection refused"), False, False, "GET", True),
-        (SourceFailed("HTTP 503 Service Unavailable"), False, True, "GET", True),
+        (SourceFailed("HTTP 500 Internal Server Error"), False, True, "GET", True),
         (SourceFailed("no body within 5s of the answer"), True, True, "GET", True),
         # busy under our own source_limits, or withdrawn by a reload: not the source's
         (SourceBusy("busy", retry_after=3.0), False, True, "GET", False),
         (SourceWithdrawn("the source is no longer listed"), False, True, "GET", False),
+        # busy (503, 429): it backs off instead (docs/ranking.md, "Busy answers")
+        (SourceOverloaded("HTTP 503 Service Unavailable"), False, True, "GET", False),
+        (SourceOverloaded("HTTP 429 Too Many", retry_after=30.0), False, False, "GET", False),
         # a file pruned since the listing was read (404, 410): a stale listing, not a liar
         (SourceGone("HTTP 404 Not Found"), False, True, "GET", False),
         (SourceGone("HTTP 410 Gone"), False, False, "GET", False),

@@ -24,7 +24,7 @@ import httpx
 import trio
 
 from tracker.clientwire.transport import BigReadStream, splice_stream
-from tracker.errors import SourceBusy, SourceFailed
+from tracker.errors import SourceBusy, SourceFailed, SourceOverloaded
 from tracker.multisource.claims import Claim, Pieces
 from tracker.multisource.sources import Source, check_range, check_whole
 from tracker.net.bodyreads import body_chunks
@@ -240,6 +240,8 @@ async def _probe(crew: Crew, source: Source) -> None:
 def _failed(crew: Crew, source: Source, exc: SourceFailed) -> None:
     """One more failure of ``source`` in a row: dropped at ``max_failures``."""
     source.failures += 1
+    if not source.dropped:  # every failure of the row a busy answer (503, 429): not failing
+        source.busy = isinstance(exc, SourceOverloaded) and (source.failures == 1 or source.busy)
     log_event(log, "warning", "piece_failed", url=source.url, reason=str(exc))
     if source.failures >= crew.settings.max_failures:
         source.drop(str(exc).removeprefix(f"{source.url}: "))  # said once, in url

@@ -70,6 +70,10 @@ class Source:
     #: When (trio time) it was dropped (None: it was not): its part of the download ended
     #: then (a refresh measures it over that part, docs/ranking.md, "Failed transfers").
     dropped_at: float | None = None
+    #: Every failure of its latest row was a busy answer (503, 429: SourceOverloaded): dropped
+    #: so, it was not failing, and its part ended on our side (docs/ranking.md, "Busy
+    #: answers").
+    busy: bool = False
     #: Why it gives no (more) pieces though it did not fail ("" while it may): it ignores
     #: ``Range``, and its one stream, if it had one, ended.
     left_out: str = ""

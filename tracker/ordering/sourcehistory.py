@@ -30,18 +30,22 @@ restarts (docs/http-api.md, "Verified archives"): when the copy a source deliver
 archive check, that source is not used for that archive until ``reject_for`` has passed, and
 ``/v1/targets`` shows why. Times are monotonic seconds passed in by the caller, so the rules
 are tested without a clock.
+
+**Busy answers** (:class:`BusyAnswers`). A source that answered 503 or 429 is busy, not slow
+(docs/ranking.md, "Busy answers"): it is asked after the others of a file for a short back-off
+(:func:`busy_backoff`), and its throughput learns nothing from it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from typing import Literal, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import Literal, Protocol, TypeVar
 
 import attrs
 
 from tracker.core.hosts import machine_of, voice_of
-from tracker.core.snapshots import TargetKey
+from tracker.core.snapshots import SnapshotSource, TargetKey
 
 #: A throughput measurement loses half its weight every this many seconds.
 HALF_LIFE = 600.0
@@ -480,3 +484,83 @@ class Rejections:
             if held.until > now:
                 out[held.key] = PREFIX + held.reason
         return out
+
+
+# Busy answers: sources that said they are too busy (503, 429), asked after the others a while.
+
+#: The longest back-off after busy answers (seconds), whatever their count or Retry-After.
+MAX_BUSY_BACKOFF = 600.0
+#: Sources whose busy answers are remembered at once; the oldest go first.
+MAX_BUSY = 4096
+#: The busy answer in a row (each after the last back-off ran out) from which a source is
+#: priced as one that failed the GET: one busy moment costs an honest node nothing but its
+#: back-off, while a source answering every real GET busy (its speed tests fast) loses its
+#: place at its second (docs/ranking.md, "Busy answers").
+BUSY_PRICED_FROM = 2
+
+F = TypeVar("F")
+
+
+def busy_backoff(strikes: int, retry_after: float | None, base: float) -> float:
+    """Seconds a source is asked after the others once it answered busy (503, 429)
+    ``strikes`` times in a row with no answer that served between: ``base``, doubled for
+    each such answer after the first, or what its ``Retry-After`` asked for when that is
+    longer; at most :data:`MAX_BUSY_BACKOFF`. A source's own Retry-After never shortens it:
+    one that answers every real GET busy (and its speed tests fast) costs one quick failover
+    per back-off, the back-offs doubling (docs/ranking.md, "Busy answers"). Pure."""
+    doubled = base * 2.0 ** min(max(strikes, 1) - 1, 30)
+    said = retry_after if retry_after is not None and math.isfinite(retry_after) else 0.0
+    return min(MAX_BUSY_BACKOFF, max(doubled, said))
+
+
+class BusyAnswers:
+    """The sources backing off after busy answers: for each, its busy answers in a row and
+    until when (on the caller's clock) it is asked after the others."""
+
+    def __init__(self, max_entries: int = MAX_BUSY) -> None:
+        self._max = max_entries
+        #: By source: (busy answers in a row, back-off's end), the newest last.
+        self._held: dict[TargetKey, tuple[int, float]] = {}
+
+    def overloaded(
+        self, key: TargetKey, retry_after: float | None, *, now: float, base: float
+    ) -> float:
+        """``key`` answered busy at ``now``; returns when its back-off ends
+        (:func:`busy_backoff` from ``base``). Busy answers of requests that asked it before
+        its back-off began (several streams at once) count once: one busy moment must not
+        double it for each request that found the source busy."""
+        strikes, until = self._held.pop(key, (0, 0.0))
+        if until <= now:  # asked since the last back-off ended (or never backed off)
+            strikes += 1
+        until = max(until, now + busy_backoff(strikes, retry_after, base))
+        self._held[key] = (strikes, until)
+        if len(self._held) > self._max:
+            del self._held[next(iter(self._held))]
+        return until
+
+    def answered(self, key: TargetKey) -> None:
+        """``key`` answered usably: its back-offs start over."""
+        self._held.pop(key, None)
+
+    def strikes(self, key: TargetKey) -> int:
+        """``key``'s busy answers in a row, each after the last back-off ran out (0: none,
+        or it served since)."""
+        return self._held.get(key, (0, 0.0))[0]
+
+    def until(self, key: TargetKey) -> float:
+        """When ``key``'s back-off ends (0: it never answered busy, or served since)."""
+        return self._held.get(key, (0, 0.0))[1]
+
+    def behind(
+        self, found: Sequence[tuple[F, SnapshotSource]], now: float
+    ) -> list[tuple[F, SnapshotSource]]:
+        """``found`` (a file's sources, best first) with the sources backing off at ``now``
+        moved after the others, each part in its order: never left out (the only source of
+        a file is still asked)."""
+        if not self._held:
+            return list(found)
+        ready: list[tuple[F, SnapshotSource]] = []
+        backing: list[tuple[F, SnapshotSource]] = []
+        for pair in found:
+            (backing if self.until(pair[1].key) > now else ready).append(pair)
+        return ready + backing

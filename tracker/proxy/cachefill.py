@@ -236,7 +236,7 @@ def _measure_parts(job: StreamJob, upstream: Upstream, flow: Flow, outcome: Deli
         job.refresh_share(key, source.sent, seconds)
         if source is not outcome.sources[0]:  # the first one's is told when it closes
             job.source_transfer(key, source.sent, seconds, ending, 0.0, 0.0)  # to disk: no client
-        elif ending == "source" or source in outcome.lagged:
+        elif ending == "source" or source in outcome.lagged or source in outcome.busy:
             # its part ended when it was dropped, whatever became of the refresh after
             flow.ending = ending
 
@@ -487,10 +487,12 @@ async def fill_from_many(
         if peers.uses is not None:
             peers.uses.record(refresh.name, [keys[s] for s in sources], sources)
     seconds = trio.current_time() - started
-    failed = {
+    parts = {
         s: s.dropped_at - started for s in sources if s.dropped_at is not None and s not in lagged
     }
-    outcome = Delivered(tuple(sources), seconds, written, copies, lagged, failed)
+    failed = {s: part for s, part in parts.items() if not s.busy}
+    busy = {s: part for s, part in parts.items() if s.busy}
+    outcome = Delivered(tuple(sources), seconds, written, copies, lagged, failed, busy)
     on_ended(outcome)
     if not pieces.complete:
         reasons = "; ".join(f"{redact_text(s.url)}: {s.state or 'failed'}" for s in sources)
@@ -520,26 +522,35 @@ def lagging(
     return reasons
 
 
-def part_of(seconds: float, lagged: float | None, dropped: float | None) -> tuple[float, Ending]:
+def part_of(
+    seconds: float, lagged: float | None, dropped: float | None, busy: float | None = None
+) -> tuple[float, Ending]:
     """How long a source of a refresh from several took part, and who ended its part (what
     its transfer says of it: :func:`tracker.proxy.transfers.measured_transfer`). The
     refresh's pieces took ``seconds``; ``lagged`` is the seconds until the source was
     dropped as a laggard, ``dropped`` until it was dropped for failing (its answers broke,
-    it stalled or dripped under the floor); None: it was not. A laggard was sending when our
-    side dropped it: priced at its rate over its part. One that failed ended its own part
-    when it was dropped: priced as a source's failure over that part (over the whole
-    refresh's seconds, it was priced harsher than a laggard). One never dropped took part
-    until the pieces ended (docs/ranking.md, "Failed transfers"). Pure."""
+    it stalled or dripped under the floor), ``busy`` until it was dropped for answering busy
+    (503, 429); None: it was not. A laggard was sending when our side dropped it: priced at
+    its rate over its part. One that failed ended its own part when it was dropped: priced
+    as a source's failure over that part (over the whole refresh's seconds, it was priced
+    harsher than a laggard). A busy one said it could not serve more now: our side stopped
+    asking, its part priced as one our side ended (what it sent before, from 1 MiB on;
+    priced as a failure, one busy moment put the fleet's fastest source last for hours:
+    docs/ranking.md, "Busy answers"). One never dropped took part until the pieces ended
+    (docs/ranking.md, "Failed transfers"). Pure."""
     if lagged is not None:
         return lagged, "whole"
     if dropped is not None:
         return max(0.0, min(dropped, seconds)), "source"
+    if busy is not None:
+        return max(0.0, min(busy, seconds)), "ours"
     return seconds, "whole"
 
 
 def part_of_delivered(outcome: Delivered, source: Source) -> tuple[float, Ending]:
     """:func:`part_of` for ``source``, one of ``outcome``'s."""
-    return part_of(outcome.seconds, outcome.lagged.get(source), outcome.failed.get(source))
+    lagged, failed = outcome.lagged.get(source), outcome.failed.get(source)
+    return part_of(outcome.seconds, lagged, failed, outcome.busy.get(source))
 
 
 def _unwrapped(

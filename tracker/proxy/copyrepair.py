@@ -21,7 +21,7 @@ import trio
 
 from tracker.cache.refresh import Refresh
 from tracker.core.snapshots import SnapshotFile, SnapshotSource
-from tracker.errors import ArchiveInvalid, CacheError
+from tracker.errors import ArchiveInvalid, CacheError, SourceOverloaded
 from tracker.multisource.crew import PieceAnswer
 from tracker.multisource.piececheck import (
     SLOWEST_COMPARE,
@@ -71,6 +71,9 @@ class Delivered:
     #: The sources dropped for failing (their answers broke, they stalled or dripped under
     #: the floor), each with the seconds it took part until then.
     failed: dict[Source, float] = attrs.Factory(dict)
+    #: The sources dropped for answering busy (503, 429) in a row, each with the seconds it
+    #: took part until then: our side stopped asking them (docs/ranking.md, "Busy answers").
+    busy: dict[Source, float] = attrs.Factory(dict)
 
     def key_of(self, source: Source) -> TargetKey:
         """``source``'s target in the index."""
@@ -92,20 +95,26 @@ async def ask_copy(
     ``source_limits`` (credentials only to its own origin:
     :func:`tracker.proxy.upstream.ask_source`); the answer closed and its transfer slot
     freed when the block ends. The first answer's validators become the source's (every
-    later one must be of the same file)."""
+    later one must be of the same file). A source that answers busy (503, 429) is told to
+    ``peers.overloaded`` (docs/ranking.md, "Busy answers")."""
     file, copy = copies[source]
     group = peers.group_for(copy.key)  # a reload meanwhile: its credentials of now
-    answer = await ask_source(
-        peers.clients,
-        group,
-        file,
-        copy,
-        "GET",
-        headers,
-        url=source.url,
-        wait=SLOT_WAIT,
-        asking=peers.group_for,  # and again once a slot is held (a reload while it waited)
-    )
+    try:
+        answer = await ask_source(
+            peers.clients,
+            group,
+            file,
+            copy,
+            "GET",
+            headers,
+            url=source.url,
+            wait=SLOT_WAIT,
+            asking=peers.group_for,  # and again once a slot is held (a reload while it waited)
+        )
+    except SourceOverloaded as exc:
+        if peers.overloaded is not None:
+            peers.overloaded(copy.key, exc.retry_after)
+        raise
     try:
         if answer.response.status_code == 206:
             source.adopt_validators(answer.response)

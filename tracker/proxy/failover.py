@@ -43,6 +43,7 @@ from tracker.errors import (
     SourceBusy,
     SourceFailed,
     SourceGone,
+    SourceOverloaded,
     SourcesBusy,
     SourceWithdrawn,
     UpstreamError,
@@ -97,6 +98,9 @@ class _Race:
     #: GET by its own doing (:func:`failed_to_answer`): what ranks it (docs/ranking.md,
     #: "Failed transfers").
     refused: Callable[[TargetKey, float], None] | None = None
+    #: ``(source key, seconds its Retry-After asked for or None)`` of each source that
+    #: answered that it is busy (SourceOverloaded): asked after the others a while.
+    overloaded: Callable[[TargetKey, float | None], None] | None = None
     reasons: dict[int, str] = attrs.Factory(dict)
     #: The attempts the next source was asked beside, their body not started in time.
     hedged: set[int] = attrs.Factory(set)
@@ -128,6 +132,7 @@ async def open_upstream(
     on_failure: Callable[[], None] | None = None,
     asking: Asking | None = None,
     refused: Callable[[TargetKey, float], None] | None = None,
+    overloaded: Callable[[TargetKey, float | None], None] | None = None,
 ) -> UpstreamAnswer:
     """The first usable answer of the sources in ``found`` (in order) to ``method``, body
     unread, asked through the group's ``clients``.
@@ -149,7 +154,9 @@ async def open_upstream(
     reload (a hedge, the next after a failure, a request that waited in a queue) carries
     the credentials of now, and one of a group or target the reload removed fails.
     ``refused`` is told ``(source key, seconds since it was asked)`` of each source that
-    failed to answer a GET by its own doing (:func:`failed_to_answer`).
+    failed to answer a GET by its own doing (:func:`failed_to_answer`); ``overloaded``
+    ``(source key, its Retry-After's seconds or None)`` of each that answered busy (503,
+    429: docs/ranking.md, "Busy answers").
     """
     candidates = [(f, source) for f, source in found if f.url]
     if not candidates:
@@ -171,6 +178,7 @@ async def open_upstream(
                 on_failure,
                 asking,
                 refused,
+                overloaded,
             )
             for index, (f, source) in enumerate(candidates):
                 done = trio.Event()
@@ -217,6 +225,8 @@ async def _attempt(
             race.busy.add(index)
             if exc.retry_after is not None:
                 race.retry_after.append(exc.retry_after)
+        if isinstance(exc, SourceOverloaded) and race.overloaded is not None:
+            race.overloaded(source.key, exc.retry_after)
         log_event(log, "warning", "upstream_failed", url=f.url, reason=exc)
         race.reasons[index] = str(exc)
         if race.on_failure is not None:
@@ -237,16 +247,17 @@ def failed_to_answer(failure: SourceFailed | None, hedged: bool, won: bool, meth
     was asked beside it, its body not started within ``first_byte_timeout``; ``won``:
     another source's answer won. A refusal, an error status, a wrong size, a body not
     started in time are the source's; a source busy under our own ``source_limits``
-    (SourceBusy), one a reload withdrew (SourceWithdrawn), one that pruned the file since
-    its listing (SourceGone: 404, 410), one beaten while it still had
-    its time, or a request that ended (the client left, the tracker stopped) are not. Only
+    (SourceBusy), one that said it is busy (SourceOverloaded: 503, 429; it backs off
+    instead, docs/ranking.md, "Busy answers"), one a reload withdrew (SourceWithdrawn), one
+    that pruned the file since its listing (SourceGone: 404, 410), one beaten while it still
+    had its time, or a request that ended (the client left, the tracker stopped) are not. Only
     a GET's: the figure it yields is a transfer's (docs/ranking.md, "Failed transfers"). A
     source answering its speed tests fast and refusing every real GET otherwise stayed
     first, every request paying its failover. Pure."""
     if method != "GET":
         return False
     if failure is not None:
-        return not isinstance(failure, (SourceBusy, SourceWithdrawn, SourceGone))
+        return not isinstance(failure, (SourceBusy, SourceOverloaded, SourceWithdrawn, SourceGone))
     return hedged and won
 
 

@@ -52,7 +52,7 @@ from tracker.multisource.sources import SourcesUsed
 from tracker.observability.logs import log_event
 from tracker.observability.metrics import ByteSource, Kind, Metrics, Outcome
 from tracker.ordering.index import Index, TargetKey
-from tracker.ordering.sourcehistory import Flowing, Rejections
+from tracker.ordering.sourcehistory import BUSY_PRICED_FROM, BusyAnswers, Flowing, Rejections
 from tracker.proxy.ask import Ask
 from tracker.proxy.decisions import Found, choose_sources
 from tracker.proxy.failover import Reopen, open_upstream, resume_upstream
@@ -229,6 +229,9 @@ class Peers:
     uses: SourcesUsed | None = None
     #: The group to ask a source with now (:meth:`Launcher.asking`; None: ``group``).
     asking: Callable[[TargetKey], TargetGroup] | None = None
+    #: Told ``(source key, its Retry-After's seconds or None)`` of a source that answered a
+    #: piece busy (503, 429: docs/ranking.md, "Busy answers"; None: nobody).
+    overloaded: Callable[[TargetKey, float | None], None] | None = None
 
     def group_for(self, key: TargetKey) -> TargetGroup:
         """The group whose credentials and TLS settings ask ``key`` now."""
@@ -440,6 +443,8 @@ class Launcher:
     _channel_budget: ChunkBudget = attrs.field(alias="channel_budget", kw_only=True)
     #: How the latest refresh from several sources used each target (``/v1/targets``).
     sources_used: SourcesUsed = attrs.field(factory=SourcesUsed, kw_only=True)
+    #: The sources backing off after they answered busy (docs/ranking.md, "Busy answers").
+    busy: BusyAnswers = attrs.field(factory=BusyAnswers, kw_only=True)
 
     def job(
         self,
@@ -456,6 +461,8 @@ class Launcher:
         (``ask``: its method and forwarded headers), sent to the client's zero-copy
         connection when it has one (and ``zero_copy``)."""
         now = self.index.clock()  # the clock rejections are kept on
+        if origin == "upstream":  # a source backing off after a busy answer goes last
+            found = self.busy.behind(found, now)
         held = [self.rejections.rejected(s.key, archive.file_name, now) for _f, s in found]
         kept, size, early, refusal = choose_sources(
             ask.asked, found, [h.reason if h else None for h in held]
@@ -480,7 +487,11 @@ class Launcher:
             # a source that fails a real GET is measured as one that ended its transfer
             # (as the job's source_transfer: only a source of the index is ranked)
             refused=self._refused if origin == "upstream" else None,
+            # a source that said it is busy backs off instead (docs/ranking.md, "Busy answers")
+            overloaded=self._overloaded if origin == "upstream" else None,
         )
+        if origin == "upstream":
+            opener = partial(self._answered, opener)
         if refusal:
             opener = partial(_refuse, refusal)
         job = StreamJob(
@@ -501,6 +512,7 @@ class Launcher:
                 read_timeout=self.settings.read_timeout,
                 uses=self.sources_used,
                 asking=partial(self.asking, group.group, origin),
+                overloaded=self._overloaded if origin == "upstream" else None,
             ),
         )
         return self._reported(job, group.group, archive, origin)
@@ -627,6 +639,24 @@ class Launcher:
         (:func:`~tracker.proxy.failover.failed_to_answer`): a transfer it ended with no byte
         (docs/ranking.md, "Failed transfers")."""
         self._measured(key, 0, seconds, "source", 0.0, 0.0)
+
+    def _overloaded(self, key: TargetKey, retry_after: float | None) -> None:
+        """``key`` answered that it is busy (503, 429): asked after the others of a file for
+        a while, its throughput untouched, unless it was busy again once its back-off ran
+        out (``BUSY_PRICED_FROM``): then it is priced as a source that failed the GET
+        (docs/ranking.md, "Busy answers")."""
+        now, base = self.index.clock(), self.settings.busy_backoff
+        before = self.busy.strikes(key)
+        self.busy.overloaded(key, retry_after, now=now, base=base)
+        strikes = self.busy.strikes(key)
+        if strikes > before and strikes >= BUSY_PRICED_FROM:
+            self._refused(key, 0.0)
+
+    async def _answered(self, opener: Callable[[], Awaitable[UpstreamAnswer]]) -> UpstreamAnswer:
+        """``opener()``'s answer; the source that gave it served: its back-offs start over."""
+        answer = await opener()
+        self.busy.answered(answer.source.key)
+        return answer
 
     @staticmethod
     def _share(metrics: Metrics, group: str, key: TargetKey, size: int, seconds: float) -> None:

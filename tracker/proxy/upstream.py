@@ -50,6 +50,7 @@ from tracker.core.text import TRACKER_AGENT, quoted
 from tracker.errors import (
     SourceFailed,
     SourceGone,
+    SourceOverloaded,
     SourceWithdrawn,
     UpstreamError,
 )
@@ -90,6 +91,9 @@ ANSWER_STATUSES = frozenset({200, 206, 304, 412, 416})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 #: A file the source's listing named and that it no longer has: pruned since (SourceGone).
 _GONE = frozenset({404, 410})
+#: A source too busy to answer now (SourceOverloaded): agave's RPC and nginx's ``limit_conn``
+#: at their connection limit answer 503, a rate limiter 429.
+BUSY_STATUSES = frozenset({429, 503})
 #: Reads of its share one channel stream holds at most: the read in flight, the read-ahead
 #: (up to a share, plus the read that overflowed it), the piece waiting to be handed over
 #: and the piece being sent (each up to a share plus a read).
@@ -141,6 +145,10 @@ class ProxySettings:
     #: Waits before each attempt to resume a broken cache refresh with a Range request; as
     #: many attempts per break as there are delays (an attempt that brought bytes resets it).
     resume_delays: tuple[float, ...] = (0.2, 0.5, 1.0)
+    #: After a source answered 503 or 429, how long it is asked after the others (at least;
+    #: doubled for each such answer in a row, and longer when its ``Retry-After`` says so:
+    #: :func:`tracker.ordering.sourcehistory.busy_backoff`).
+    busy_backoff: float = 10.0
     #: How long a request waits for a refresh that has every byte to be synced and renamed
     #: into place (to be a cache hit) before it is streamed uncached instead.
     promotion_wait: float = 60.0
@@ -375,6 +383,10 @@ async def ask_source(
     redirected across each other's origins would wait for each other for ever). The answer
     keeps the slot of the origin that gave it, in :attr:`UpstreamAnswer.slot`.
 
+    A source that answers 404 or 410 raises SourceGone (pruned since its listing), 503 or
+    429 SourceOverloaded (busy: docs/ranking.md, "Busy answers"), any other status that is
+    no answer SourceFailed.
+
     Only a URL on the source's own origin gets the group's credentials and TLS client
     settings; any other origin (named by a probe's Location or by a redirect) gets the
     foreign client, which connects only where the egress policy allows. A discovered source
@@ -421,10 +433,22 @@ async def ask_source(
         await slot.aclose()  # the redirecting origin's slot: it answered
         if status in _GONE:
             raise SourceGone(status_reason(response))  # pruned since its listing
+        if status in BUSY_STATUSES:  # busy, not slow: docs/ranking.md, "Busy answers"
+            retry = stated_retry(response.headers.get("retry-after"))
+            raise SourceOverloaded(status_reason(response), retry_after=retry)
         if status not in _REDIRECTS or location is None:
             raise SourceFailed(status_reason(response))
         url = _redirect_target(url, location)
     raise SourceFailed(f"more than {settings.max_redirects} redirects")
+
+
+def stated_retry(value: str | None) -> float | None:
+    """The seconds a ``Retry-After`` header's ``value`` asks for, in its delta-seconds form
+    (None: none, or an HTTP date: the default back-off then). Pure."""
+    value = (value or "").strip()
+    if not (value.isascii() and value.isdigit()) or len(value) > 12:
+        return None
+    return float(int(value))
 
 
 def _origin_of(url: str) -> tuple[str, str, int | None]:
