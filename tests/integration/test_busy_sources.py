@@ -132,3 +132,29 @@ async def test_a_source_busy_after_its_back_off_is_asked_again_and_backs_off_lon
         _probed, achieved = t.index.speeds.figures(key, index.clock())
         assert achieved > 0  # the transfer that served is measured as ever
     assert [s.headers.get("range") for s in busy.gets(NAME)] == [None] * 5
+
+
+async def test_a_head_answered_busy_backs_the_source_off_but_never_prices_it(
+    client: httpx.AsyncClient,
+) -> None:
+    """A HEAD moves no body: its failure says nothing of a source's throughput
+    (docs/ranking.md, "Failed transfers"). Answered busy (503) it backs the source off as a
+    GET's busy answer does, but busy again once that ran out, it was priced as a source
+    that failed the GET: a few HEADs of clients (the size of an archive asked first) put a
+    busy moment of the fleet's fastest source at a few bytes a second."""
+    skew = [0.0]
+    index = Index(clock=lambda: trio.current_time() + skew[0])
+    busy = FakeUpstream(files={NAME: DATA}, behaviour={NAME: Behaviour(status=503)})
+    async with (
+        serving(busy),
+        running_tracker(_config(None), busy, settings=SETTINGS, index=index) as t,
+    ):
+        key, launcher = TargetKey(GROUP, busy.base), t.streamer.launcher
+        for backoff in (SETTINGS.busy_backoff, 2 * SETTINGS.busy_backoff):
+            response = await client.head(t.url(NAME))
+            assert response.status_code == 502
+            left = launcher.busy.until(key) - index.clock()
+            assert backoff - 1 < left <= backoff  # backing off, doubled when busy again
+            assert t.index.speeds.measured_at(key) is None  # not priced
+            skew[0] += backoff  # the back-off ran out
+    assert [s.method for s in busy.seen if s.target.endswith(NAME)] == ["HEAD", "HEAD"]

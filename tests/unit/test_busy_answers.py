@@ -10,16 +10,21 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import trio
+import trio.testing
 
 from tracker.core.snapshots import SnapshotSource, TargetKey
 from tracker.errors import SourceFailed, SourceOverloaded
-from tracker.multisource.crew import _failed
+from tracker.multisource.claims import Pieces
+from tracker.multisource.crew import Crew, _failed, lane, watch_speed
+from tracker.multisource.judging import laggards
 from tracker.multisource.sources import Identity, Source
 from tracker.ordering.sourcehistory import MAX_BUSY_BACKOFF, BusyAnswers, busy_backoff
-from tracker.proxy.cachefill import part_of
+from tracker.proxy.cachefill import SPEED_WINDOW, part_of
 from tracker.proxy.upstream import stated_retry
 
 BASE = 10.0
+MiB = 1024 * 1024
 
 
 @pytest.mark.parametrize(
@@ -140,3 +145,56 @@ async def test_a_source_is_dropped_as_busy_only_when_its_whole_row_was(
     for failure in failures:
         _failed(crew, source, failure)
     assert source.dropped and source.busy is busy
+
+
+@pytest.mark.parametrize("served", [0, 1], ids=["then stalls", "serves a piece, then stalls"])
+async def test_a_source_dropped_for_its_pace_after_a_busy_answer_is_not_dropped_as_busy(
+    autojump_clock: trio.testing.MockClock, served: int
+) -> None:
+    """A source that answered one piece busy (503), served ``served`` pieces, and then held
+    its next piece without a byte is dropped by the refresh's speed judge (stalled): for its
+    pace, its own doing, priced as a failure over its part ("Failed transfers"). Left marked
+    busy from the 503 (even once a piece it served ended that row), its part was taken for
+    one our side ended (nothing under 1 MiB measured): one 503 before stalling spared a liar
+    its price (docs/ranking.md, "Busy answers")."""
+
+    class Tunables:
+        read_timeout, write_size, write_delay, max_failures = 30.0, 2 * MiB, 0.05, 3
+
+    fast = Source("http://a/f", Identity(64 * MiB), ranges=True)
+    liar = Source("http://b/f", Identity(64 * MiB), ranges=True)
+    asked = [0]
+
+    async def fetch(crew: Crew, source: Source, claim: object, first: object) -> None:
+        if source is fast:
+            await trio.sleep(0.1)
+            source.sent += MiB
+            return
+        asked[0] += 1
+        if asked[0] == 1:
+            raise SourceOverloaded("HTTP 503 Service Unavailable")
+        if asked[0] <= 1 + served:
+            source.sent += MiB
+            return
+        await trio.sleep_forever()  # its next piece: not a byte
+
+    judged = trio.Event()
+
+    def judge(
+        rates: list[float], live: list[bool], busy: list[bool], overall: list[float]
+    ) -> list[str]:
+        reasons = laggards(rates, live, busy, overall)
+        if reasons[1]:
+            judged.set()  # dropped by watch_speed before it sleeps again
+        return reasons
+
+    crew = Crew(Tunables(), Pieces(64 * MiB, MiB), -1, open=None, fetch_claim=fetch)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        for source in (fast, liar):
+            nursery.start_soon(lane, crew, source)
+        nursery.start_soon(watch_speed, [fast, liar], SPEED_WINDOW, judge)
+        with trio.fail_after(10 * SPEED_WINDOW):
+            await judged.wait()
+        nursery.cancel_scope.cancel()
+    assert liar.dropped.startswith("stalled") and asked[0] == 2 + served
+    assert not liar.busy

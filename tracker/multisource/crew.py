@@ -497,4 +497,7 @@ async def watch_speed(pool: list[Source], window: float, judge: Judge) -> None:
         reasons = judge(rates, [s.live for s in pool], busy, overall)
         for source, reason in zip(pool, reasons, strict=True):
             if reason and source.live:
+                # dropped for its pace, its own doing: not for busy answers, whatever its
+                # row of failures held (docs/ranking.md, "Busy answers")
+                source.busy = False
                 source.drop(reason)

@@ -487,8 +487,11 @@ class Launcher:
             # a source that fails a real GET is measured as one that ended its transfer
             # (as the job's source_transfer: only a source of the index is ranked)
             refused=self._refused if origin == "upstream" else None,
-            # a source that said it is busy backs off instead (docs/ranking.md, "Busy answers")
-            overloaded=self._overloaded if origin == "upstream" else None,
+            # a source that said it is busy backs off instead (docs/ranking.md, "Busy answers");
+            # priced only by a GET's busy answers (a HEAD moves no body: it says nothing)
+            overloaded=partial(self._overloaded, priced=method == "GET")
+            if origin == "upstream"
+            else None,
         )
         if origin == "upstream":
             opener = partial(self._answered, opener)
@@ -640,16 +643,19 @@ class Launcher:
         (docs/ranking.md, "Failed transfers")."""
         self._measured(key, 0, seconds, "source", 0.0, 0.0)
 
-    def _overloaded(self, key: TargetKey, retry_after: float | None) -> None:
+    def _overloaded(
+        self, key: TargetKey, retry_after: float | None, *, priced: bool = True
+    ) -> None:
         """``key`` answered that it is busy (503, 429): asked after the others of a file for
         a while, its throughput untouched, unless it was busy again once its back-off ran
         out (``BUSY_PRICED_FROM``): then it is priced as a source that failed the GET
-        (docs/ranking.md, "Busy answers")."""
+        (docs/ranking.md, "Busy answers"). ``priced``: the busy answer was a GET's (a
+        HEAD's backs it off alone: it moves no body, and says nothing of a transfer)."""
         now, base = self.index.clock(), self.settings.busy_backoff
         before = self.busy.strikes(key)
         self.busy.overloaded(key, retry_after, now=now, base=base)
         strikes = self.busy.strikes(key)
-        if strikes > before and strikes >= BUSY_PRICED_FROM:
+        if priced and strikes > before and strikes >= BUSY_PRICED_FROM:
             self._refused(key, 0.0)
 
     async def _answered(self, opener: Callable[[], Awaitable[UpstreamAnswer]]) -> UpstreamAnswer:
