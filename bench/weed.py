@@ -147,8 +147,10 @@ class Weed:
                 time.sleep(0.1)
 
     def stop(self, *, graceful: bool = True) -> None:
-        """Stop the store: gracefully (its data kept for a restart; killed past 10 s), or
-        killed at once (``graceful=False``)."""
+        """Stop the store: gracefully (killed past 10 s; it takes about 2 s), or killed at
+        once (``graceful=False``). Its data is kept for a restart either way: weed writes
+        an object (a part, a multipart upload's completion) before it answers, so a kill
+        loses nothing answered (a store that crashed and came back)."""
         if self.proc is not None and self.proc.poll() is None:
             if graceful:
                 os.killpg(self.proc.pid, signal.SIGTERM)

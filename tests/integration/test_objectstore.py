@@ -294,7 +294,7 @@ async def test_a_store_that_stops_and_comes_back(upstream: FakeUpstream, tmp_pat
             health = tier.bucket.health
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(tier.watch, 0.2)  # the service's health check
-                own.stop()
+                own.stop(graceful=False)  # gone at once, its data kept (bench/weed.py)
                 await wait_for(lambda: not health.up)
                 # The URL kept for reuse is not handed out for a store that is down.
                 down = await client.get(t.url(FULL))

@@ -23,7 +23,11 @@ from agave_storages import Storage, expected_lt_hash, feed, storages
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_accounts_level import STATE, write_archive
-from test_proof_accounts import built, reread_from
+from test_proof_accounts import (
+    built,
+    reread_from,
+    second_read_by_way,  # noqa: F401 (autouse: its second reads as test_proof_accounts')
+)
 from test_spill import many
 
 from tracker.errors import ArchiveInvalid

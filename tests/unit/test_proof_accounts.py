@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 from unittest import mock
 
@@ -35,14 +35,40 @@ pytestmark = pytest.mark.usefixtures("bookkeeping_both_ways")
 Members = dict[str, bytes]
 
 
-def reread_from(members: Members, piece: int = 5) -> Callable[[str, int], Iterable[bytes]]:
-    """The second read of ``members`` in pieces of ``piece`` bytes (5: records cross every
-    end, the chunking's own tests; the spill's and the budget's read larger pieces, each
-    piece being one lane job)."""
+#: The second read's pieces where the bookkeeping runs in scan lanes (``bookkeeping_both_ways``
+#: other than inline): each piece is one lane job, a hand-over between two threads. Records
+#: (136 bytes and more) still cross several piece ends each, at every offset modulo 8 (61 is
+#: odd), and a storage is still dozens of jobs through its lane's queue of four. In 5-byte
+#: pieces every storage read again was hundreds of hand-overs, most of a lane variant's time,
+#: for what the inline variant checks of every example: the parser's crossing of every end,
+#: the same code whichever thread runs it.
+LANE_PIECE = 61
+#: The second read's pieces unless a test says (:func:`second_read_by_way` sets it).
+_default_piece = [5]
+
+
+@pytest.fixture(autouse=True)
+def second_read_by_way(bookkeeping_both_ways: str) -> Iterator[None]:
+    """The second read in 5-byte pieces inline, in :data:`LANE_PIECE` ones in scan lanes
+    (:func:`reread_from` without its ``piece``); a module that imports it runs so too."""
+    _default_piece[0] = 5 if bookkeeping_both_ways == "inline" else LANE_PIECE
+    try:
+        yield
+    finally:
+        _default_piece[0] = 5
+
+
+def reread_from(
+    members: Members, piece: int | None = None
+) -> Callable[[str, int], Iterable[bytes]]:
+    """The second read of ``members`` in pieces of ``piece`` bytes (default: 5 inline,
+    records cross every end, the chunking's own tests; :data:`LANE_PIECE` in scan lanes; the
+    spill's and the budget's read larger pieces, each piece being one lane job)."""
+    size = _default_piece[0] if piece is None else piece
 
     def reread(name: str, start: int) -> Iterable[bytes]:
         data = members[name]
-        return (data[at : at + piece] for at in range(start, len(data), piece))
+        return (data[at : at + size] for at in range(start, len(data), size))
 
     return reread
 

@@ -18,7 +18,14 @@ import pytest
 from agave_storages import feed
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from test_proof_accounts import built, key, model, reread_from, states
+from test_proof_accounts import (
+    built,
+    key,
+    model,
+    reread_from,
+    second_read_by_way,  # noqa: F401 (autouse: its second reads as test_proof_accounts')
+    states,
+)
 
 from tracker.errors import ArchiveInvalid, NoRoom
 from tracker.observability.metrics import Metrics

@@ -20,6 +20,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
@@ -37,11 +38,14 @@ from tracker.learning.learned import (
     plausible,
     restore,
 )
-from tracker.objectstore.bucket import Bucket
 from tracker.observability.logs import log_event
 from tracker.observability.metrics import LearnedLoss, Metrics
 from tracker.ordering.index import Index, TargetKey
 from tracker.ordering.sourcehistory import Rejections
+
+if TYPE_CHECKING:
+    # not at run time: a tracker without an object store never loads botocore
+    from tracker.objectstore.bucket import Bucket
 
 log = logging.getLogger("tracker.learned")
 

@@ -34,12 +34,16 @@ from __future__ import annotations
 
 import secrets
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
 
 from tracker.errors import StoreConflict, StoreError
-from tracker.objectstore.bucket import Bucket
+
+if TYPE_CHECKING:
+    # not at run time: a tracker without an object store never loads botocore
+    from tracker.objectstore.bucket import Bucket
 
 #: Both times of an age are HTTP dates (whole seconds): a lock is stale only when it looks
 #: older than ``lock_ttl`` by this much more, never early.

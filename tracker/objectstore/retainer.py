@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Collection
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
@@ -30,7 +31,6 @@ from tracker.config.schema import ObjectStore
 from tracker.core.digests import BUCKET, Digests
 from tracker.errors import StoreError
 from tracker.objectstore import keys
-from tracker.objectstore.bucket import MAX_LISTED, Bucket
 from tracker.objectstore.known import KNOWN_FOR, Known
 from tracker.objectstore.retention import (
     clock_ahead,
@@ -42,6 +42,10 @@ from tracker.objectstore.retention import (
 )
 from tracker.objectstore.storeanswers import ObjectInfo
 from tracker.observability.logs import log_event
+
+if TYPE_CHECKING:
+    # not at run time: a tracker without an object store never loads botocore
+    from tracker.objectstore.bucket import Bucket
 
 log = logging.getLogger("tracker.objectstore")
 
@@ -92,6 +96,9 @@ class Retainer:
         none handed out less than ``direct_serve_ttl`` (and a margin) ago: those are deleted
         once their last URL has expired (:meth:`retire_when_due` runs this again then). A
         store that fails is asked again :data:`RETRY_AFTER` seconds later."""
+        # the bucket's module is loaded with the first bucket, never at this one's import
+        from tracker.objectstore.bucket import MAX_LISTED
+
         prefix = self.store.prefix
         hold = self.store.direct_serve_ttl + HANDOUT_MARGIN
         try:

@@ -43,7 +43,6 @@ from tracker.core.digests import (
     sha256sum_line,
 )
 from tracker.errors import StatementInvalid
-from tracker.objectstore.bucket import Bucket
 from tracker.objectstore.keys import (
     ATTESTATION_SUFFIX,
     DIGEST_SUFFIX,
@@ -56,6 +55,7 @@ from tracker.proof.levels import STRUCTURE_ONLY, Proof
 from tracker.proof.records.attestations import Attestations
 
 if TYPE_CHECKING:
+    from tracker.objectstore.bucket import Bucket
     from tracker.proof.statements import Attestation
 
 log = logging.getLogger("tracker.objectstore")

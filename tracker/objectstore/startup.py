@@ -9,16 +9,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from tracker.config.schema import ObjectStore
 from tracker.errors import StoreError
 from tracker.objectstore import keys
-from tracker.objectstore.bucket import Bucket
 from tracker.objectstore.known import Known
 from tracker.objectstore.locks import old_enough
 from tracker.objectstore.retainer import HANDOUT_MARGIN, Retainer
 from tracker.observability.logs import log_event
 from tracker.observability.redact import redact_url
+
+if TYPE_CHECKING:
+    # not at run time: a tracker without an object store never loads botocore
+    from tracker.objectstore.bucket import Bucket
 
 log = logging.getLogger("tracker.objectstore")
 

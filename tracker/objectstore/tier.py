@@ -36,7 +36,6 @@ from tracker.core.digests import BUCKET, Digests, Verified
 from tracker.core.snapshots import parse_archive_name
 from tracker.errors import StoreConflict, StoreError
 from tracker.objectstore import keys
-from tracker.objectstore.bucket import Bucket
 from tracker.objectstore.known import Known
 from tracker.objectstore.locks import LAPSE, RENEW_EVERY, Holder, Lock, acquire
 from tracker.objectstore.retainer import LIST_AGAIN, Retainer
@@ -51,6 +50,7 @@ from tracker.proof.records.attestations import Attestations
 from tracker.serving.ranges import http_date, parse_http_date, sent_last_modified
 
 if TYPE_CHECKING:  # not at run time: an idle tracker never loads cryptography
+    from tracker.objectstore.bucket import Bucket
     from tracker.proof.statements import Attestation
 
 log = logging.getLogger("tracker.objectstore")

@@ -20,17 +20,20 @@ import logging
 import math
 import os
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
 from tracker.core.digests import sha256sum_line
 from tracker.errors import StoreError
-from tracker.objectstore.bucket import Bucket
 from tracker.objectstore.keys import DIGEST_SUFFIX
 from tracker.objectstore.storeanswers import ObjectInfo
 from tracker.observability.logs import log_event
 from tracker.proof.levels import Proof
+
+if TYPE_CHECKING:
+    # not at run time: a tracker without an object store never loads botocore
+    from tracker.objectstore.bucket import Bucket
 
 log = logging.getLogger("tracker.objectstore")
 

@@ -37,7 +37,6 @@ from tracker.config.schema import Config, ObjectStore, TargetGroup
 from tracker.core.digests import CACHE, Digests, repr_digest
 from tracker.core.snapshots import ArchiveName, SnapshotFile, SnapshotInfo
 from tracker.errors import StoreError
-from tracker.objectstore.bucket import Bucket
 from tracker.objectstore.locks import Holder, Lock
 from tracker.objectstore.replicas import holder_route
 from tracker.objectstore.storeanswers import ObjectInfo
@@ -275,6 +274,10 @@ def object_path(
     store = config.object_store
     if store is None:
         return None
+    # here, not at the module's import: a tracker without an object store never loads
+    # botocore (a tenth of a second of every start)
+    from tracker.objectstore.bucket import Bucket
+
     health = StoreHealth(on_change=partial(metrics.set_object_store_up, store.bucket))
     # 0 until the store's first answer (StoreHealth.reported_up): not up on a guess
     metrics.set_object_store_up(store.bucket, health.reported_up())
