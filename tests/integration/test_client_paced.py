@@ -191,6 +191,25 @@ CUT = 24 * MiB
 CUT_DATA = archive_bytes(32 * MiB, seed=13)
 
 
+def measured_transfers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[list[tuple[Any, ...]], trio.Event]:
+    """Every call of ``transfers.measured_transfer`` (its arguments, keywords last) as the
+    tracker makes it, and an event set at the first (the pump is done with its source:
+    the figure is final)."""
+    decided = trio.Event()
+    measured_transfer = transfers.measured_transfer
+    seen: list[tuple[Any, ...]] = []
+
+    def spy(*args: Any, **kwargs: Any) -> tuple[int, float] | None:
+        seen.append((*args, kwargs))
+        decided.set()
+        return measured_transfer(*args, **kwargs)
+
+    monkeypatch.setattr(transfers, "measured_transfer", spy)
+    return seen, decided
+
+
 @pytest.mark.parametrize("plain", [False, True], ids=["spliced relay", "relay through Python"])
 async def test_a_source_faster_than_its_client_that_cuts_every_get_is_measured(
     monkeypatch: pytest.MonkeyPatch, plain: bool
@@ -203,16 +222,7 @@ async def test_a_source_faster_than_its_client_that_cuts_every_get_is_measured(
     liar kept its speed-test rank while every client given it failed)."""
     name = full_name(1002)
     up = FakeUpstream(files={name: CUT_DATA}, behaviour={name: Behaviour(real_drop_after=CUT)})
-    decided = trio.Event()
-    measured_transfer = transfers.measured_transfer
-    seen: list[tuple[Any, ...]] = []
-
-    def spy(*args: Any, **kwargs: Any) -> tuple[int, float] | None:
-        seen.append((*args, kwargs))
-        decided.set()  # the pump is done with its source: the figure is final
-        return measured_transfer(*args, **kwargs)
-
-    monkeypatch.setattr(transfers, "measured_transfer", spy)
+    seen, decided = measured_transfers(monkeypatch)
     async with serving(up), proxy_tracker(None, up, plain=plain) as t:
         client = await PacedClient.get(t.base, f"/v1/{name}?group={GROUP}", small_buffer=True)
         received = await client.read_until_closed(CLIENT_RATE)  # most of its seconds
@@ -253,16 +263,7 @@ async def test_a_steady_client_whose_socket_has_room_only_now_and_then_is_not_st
     monkeypatch.delattr(trio.socket, "TCP_NOTSENT_LOWAT")  # the kernel's default: no mark
     monkeypatch.setattr(transfers, "CLIENT_STALL", 0.3)
     monkeypatch.setattr(pieces, "CLIENT_LOOK", 0.03)
-    decided = trio.Event()
-    measured_transfer = transfers.measured_transfer
-    seen: list[tuple[Any, ...]] = []
-
-    def spy(*args: Any, **kwargs: Any) -> tuple[int, float] | None:
-        seen.append((*args, kwargs))
-        decided.set()  # the pump is done with its source: the figure is final
-        return measured_transfer(*args, **kwargs)
-
-    monkeypatch.setattr(transfers, "measured_transfer", spy)
+    seen, decided = measured_transfers(monkeypatch)
     async with serving(up), proxy_tracker(None, up) as t:
         host, port = t.base.removeprefix("http://").rsplit(":", 1)
         sock = trio.socket.socket()

@@ -1315,14 +1315,9 @@ async def test_a_first_source_dropped_as_a_laggard_is_measured_over_its_own_part
     assert first_seconds < part + 0.25, (first_seconds, part, whole)
 
 
-@pytest.mark.parametrize("dies", [0, 1], ids=["the first source", "another source"])
-async def test_a_source_dropped_for_failing_is_measured_over_its_own_part(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dies: int
-) -> None:
-    """A source that dies after 1 MiB is dropped for failing (its pieces break, three in a
-    row) early, while the other sends on for seconds: it ended its own part then, and is
-    measured over the seconds it took part, as a laggard is (docs/ranking.md, "Failed
-    transfers"), not over the whole refresh's (harsher than a laggard's price)."""
+def measured_by_source(monkeypatch: pytest.MonkeyPatch) -> dict[TargetKey, tuple[int, float, str]]:
+    """Each source's last transfer as the launcher measures it (bytes, seconds, ending), by
+    source, filled as the tracker measures them."""
     measured: dict[TargetKey, tuple[int, float, str]] = {}
     launcher_measured = transfers.Launcher._measured
 
@@ -1339,6 +1334,18 @@ async def test_a_source_dropped_for_failing_is_measured_over_its_own_part(
         launcher_measured(self, key, size, seconds, ending, waited, stalled)
 
     monkeypatch.setattr(transfers.Launcher, "_measured", spy)
+    return measured
+
+
+@pytest.mark.parametrize("dies", [0, 1], ids=["the first source", "another source"])
+async def test_a_source_dropped_for_failing_is_measured_over_its_own_part(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dies: int
+) -> None:
+    """A source that dies after 1 MiB is dropped for failing (its pieces break, three in a
+    row) early, while the other sends on for seconds: it ended its own part then, and is
+    measured over the seconds it took part, as a laggard is (docs/ranking.md, "Failed
+    transfers"), not over the whole refresh's (harsher than a laggard's price)."""
+    measured = measured_by_source(monkeypatch)
     async with sources(2, rate=4 * MiB) as ups:
         ups[dies].dies_after = MiB
         async with tracker(tmp_path, ups) as t:
@@ -1362,22 +1369,7 @@ async def test_every_source_of_a_failed_refresh_is_measured_over_its_own_part(
     source's failure over the seconds it took part (docs/ranking.md, "Failed transfers"),
     not the first alone: a source whose failures went unmeasured kept its place, and the
     next refresh leaned on it again."""
-    measured: dict[TargetKey, tuple[int, float, str]] = {}
-    launcher_measured = transfers.Launcher._measured
-
-    def spy(
-        self: transfers.Launcher,
-        key: TargetKey,
-        size: int,
-        seconds: float,
-        ending: transfers.Ending,
-        waited: float,
-        stalled: float,
-    ) -> None:
-        measured[key] = (size, seconds, ending)
-        launcher_measured(self, key, size, seconds, ending, waited, stalled)
-
-    monkeypatch.setattr(transfers.Launcher, "_measured", spy)
+    measured = measured_by_source(monkeypatch)
     async with sources(3, rate=None) as ups:
         for up in ups:
             up.behaviour[NAME] = Behaviour(drop_after=64 * 1024)
