@@ -128,3 +128,43 @@ class CountingUpstream(FakeUpstream):
             return await super()._answer(conn, stream, req)
         finally:
             self.checking -= 1
+
+
+@attrs.define
+class SigningStore(FakeUpstream):
+    """A bucket behind presigned URLs: ``/sign/{name}`` redirects to ``/files/{name}?sig=N``
+    (``/moved/{name}`` once ``moved`` and the first link expired), and a link expires after
+    ``uses`` GETs of it: it answers 403, as S3 does, and the next one is signed."""
+
+    uses: int = 3
+    signature: int = 1
+    used: int = 0
+    moved: bool = False
+
+    async def _answer(self, conn: h11.Connection, stream: trio.SocketStream, req: Any) -> bool:
+        target = urlsplit(req.target.decode())
+        name = target.path.rsplit("/", 1)[-1]
+        if target.path.startswith("/sign/"):
+            where = "moved" if self.moved and self.signature > 1 else "files"
+            location = f"/{where}/{name}?sig={self.signature}"
+            return await self._head_only(conn, stream, req, 302, [("location", location)])
+        if parse_qs(target.query).get("sig") != [str(self.signature)]:
+            return await self._head_only(conn, stream, req, 403, [])
+        self.used += 1
+        if self.used % self.uses == 0:
+            self.signature += 1  # this GET is answered, the next one with it is refused
+        return await super()._answer(conn, stream, req)
+
+    async def _head_only(
+        self,
+        conn: h11.Connection,
+        stream: trio.SocketStream,
+        req: Any,
+        status: int,
+        headers: list[tuple[str, str]],
+    ) -> bool:
+        self.seen.append(seen_of(req))
+        head = [*headers, ("content-length", "0")]
+        await send_event(conn, stream, h11.Response(status_code=status, headers=head))
+        await send_event(conn, stream, h11.EndOfMessage())
+        return True

@@ -417,6 +417,51 @@ async def test_keep_removes_old_archives_only_once_the_new_ones_are_in_place(
     assert sorted(p.name for p in ledger.iterdir()) == sorted([FULL, INCR])
 
 
+async def test_each_archive_s_name_is_synced_before_the_next_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An archive's bytes are synced before its rename; its name is on disk only once the
+    ledger directory is: after each rename into place, that sync comes before anything else
+    renamed (the next download's state), before ``--keep`` removes the older full (a power
+    cut could leave neither) and before the exit that tells the validator to start."""
+    old = full_name(10_000)
+    ledger = ledger_of(tmp_path)
+    (ledger / old).write_bytes(b"older")
+    directory = (ledger.stat().st_dev, ledger.stat().st_ino)
+    events: list[tuple[str, str]] = []
+    real_replace, real_fsync, real_unlink = os.replace, os.fsync, os.unlink
+
+    def replace(src: str, dst: str, **kwargs: Any) -> None:
+        events.append(("replace", os.path.basename(dst)))
+        real_replace(src, dst, **kwargs)
+
+    def fsync(fd: int) -> None:
+        info = os.fstat(fd)
+        if (info.st_dev, info.st_ino) == directory:
+            events.append(("sync", "ledger"))
+        real_fsync(fd)
+
+    def unlink(path: str, **kwargs: Any) -> None:
+        events.append(("unlink", os.path.basename(path)))
+        real_unlink(path, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "unlink", unlink)
+    async with (
+        serving(FakeUpstream(files=dict(FILES))) as up,
+        tracker_for("redirect", tmp_path) as t,
+    ):
+        advertise_all(t, up, FILES)
+        await run_fetch(options(ledger, t.base, keep=1), NoProgress())
+    assert sorted(p.name for p in ledger.iterdir()) == sorted([FULL, INCR])
+    for name in (FULL, INCR):
+        after = events[events.index(("replace", name)) + 1 :]
+        following = [e for e in after if e[0] == "replace" or e == ("unlink", old)]
+        before_next = after[: after.index(following[0])] if following else after
+        assert ("sync", "ledger") in before_next, (name, events)
+
+
 # -- a bad source among good ones ---------------------------------------------------------------
 
 

@@ -17,7 +17,13 @@ import pytest
 import trio
 from archives import archive_name, compress, make_tar, snapshot_entries, status_cache_of
 from helpers_bytes import MiB, archive_bytes, sha256
-from helpers_fetch import CountingUpstream, FakeTracker, sidecar_url, tracker_entries
+from helpers_fetch import (
+    CountingUpstream,
+    FakeTracker,
+    SigningStore,
+    sidecar_url,
+    tracker_entries,
+)
 from helpers_proxy import GROUP
 from helpers_upstream import Behaviour, FakeUpstream, agave_rpc, serving
 from names import full_name, incremental_name
@@ -34,6 +40,7 @@ from test_fetch import (
 )
 
 from tracker.core.snapshots import parse_archive_name
+from tracker.errors import FetchError
 from tracker.fetch.listing import default_group
 from tracker.fetch.progress import NoProgress
 from tracker.fetch.run import FetchOptions, run_fetch
@@ -295,6 +302,39 @@ async def test_a_listed_source_redirecting_past_port_65535_costs_itself_only(
         await run_fetch(options(ledger, typed, incremental=False), NoProgress())
     assert sha256((ledger / FULL).read_bytes()) == sha256(FILES[FULL])
     assert bad.gets(FULL)  # it was asked, and failed on its own
+
+
+@pytest.mark.parametrize("moved", [False, True], ids=["renewed", "moved"])
+async def test_an_expired_presigned_url_is_asked_for_again(moved: bool, tmp_path: Path) -> None:
+    """The tracker's route and the listed URL lead to a bucket's presigned URL, which
+    expires (403) after three GETs while the download runs (a full takes longer than the
+    15 minutes such a link lives): the listed URL is asked again, and the fetch ends with
+    the bytes. It failed: ``every source failed: ...?sig=1: answered 403 to a range``. A
+    renewal is taken only for the same path: one that leads elsewhere (another node's
+    archive, maybe) is that source's failure, whatever its bytes."""
+    data = FILES[FULL]
+    store = SigningStore(files={FULL: data}, moved=moved)
+    ledger = ledger_of(tmp_path)
+    async with serving(store), serving(FakeTracker()) as tracker:
+        listed = f"{store.base}/sign/{FULL}"
+        tracker.entries = [
+            {
+                "group": GROUP,
+                "target": store.base,
+                "files": [{"file_name": FULL, "size": len(data), "url": listed}],
+            }
+        ]
+        tracker.behaviour[FULL] = Behaviour(redirect_to=listed)
+        opts = options(ledger, tracker.base, incremental=False)
+        if moved:
+            with pytest.raises(FetchError, match="not to a renewal of") as failed:
+                await run_fetch(opts, NoProgress())
+            assert "every source failed" in str(failed.value)
+            assert not (ledger / FULL).exists()
+            return
+        await run_fetch(opts, NoProgress())
+    assert sha256((ledger / FULL).read_bytes()) == sha256(data)
+    assert store.signature >= 3, store.signature  # renewed more than once
 
 
 async def test_a_validator_without_a_full_offers_no_full(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from tracker.fetch.ledger import retired, stale_downloads, suspects, without
 from tracker.fetch.listing import RemoteFile, RemoteSnapshot
 from tracker.fetch.lock import ledger_lock, lock_path
 from tracker.fetch.settings import FetchSettings
-from tracker.fetch.sourcechecks import Source
+from tracker.fetch.sourcechecks import Source, not_renewed
 from tracker.fetch.state import Identity, State, one_source_reason, restart_reason
 from tracker.fetch.trust import TrustPolicy
 from tracker.fetch.vouching import mixing_problem
@@ -358,3 +358,20 @@ def test_bytes_no_level_binds_of_a_pooled_copy_no_one_can_vouch_for(
     by = {s: written.get(s.url[7], []) for s in pool}
     reason = unbound_plan([(0, 20)], pool, by, earlier, ("http://b/f",))
     assert isinstance(reason, str) and "which no level binds" in reason, reason
+
+
+@pytest.mark.parametrize(
+    ("now", "renewed"),
+    [
+        ("https://bucket:9000/g/name?X-Amz-Signature=2", True),  # a new signature
+        ("https://BUCKET:9000/g/name", True),  # the same origin, written otherwise
+        ("https://bucket:9000/g/other?X-Amz-Signature=2", False),  # another path
+        ("https://other:9000/g/name?X-Amz-Signature=2", False),  # another host
+        ("http://bucket:9000/g/name?X-Amz-Signature=2", False),  # another scheme
+        ("https://bucket:9001/g/name?X-Amz-Signature=2", False),  # another port
+        ("https://bucket:65536/g/name", False),  # a port no origin has
+    ],
+)
+def test_a_renewed_link_is_the_same_url_but_its_query(now: str, renewed: bool) -> None:
+    before = "https://bucket:9000/g/name?X-Amz-Signature=1"
+    assert (not_renewed(before, now) == "") is renewed

@@ -35,6 +35,7 @@ import httpx
 import trio
 
 from tracker.core.digests import Verified, below_required, covers
+from tracker.core.smallfiles import fsync_dir
 from tracker.errors import ArchiveInvalid, CopyRejected, FetchError, SourceFailed, sole_leaf
 from tracker.fetch.listing import RemoteFile
 from tracker.fetch.progress import Progress
@@ -350,6 +351,9 @@ async def _fill(
     _rename_checked(fd, temp_path(ledger, name), final)
     remove_state(ledger, name)
     _set_mtime(final, reference.identity.last_modified)
+    # The file's bytes are synced, its name is not until the directory is: exit 0 and
+    # ``--keep`` removing the archives it replaces come after (docs/fetch.md, "Safely").
+    await trio.to_thread.run_sync(sync_names, ledger)
     seconds = trio.current_time() - started
     return Result(final, size, seconds, tuple(live), pieces.steals, digest, proof, vouchers)
 
@@ -408,6 +412,15 @@ def _rename_checked(fd: int, path: str, final: str) -> None:
             "refusing to put it in place (is another program writing to the ledger?)"
         )
     os.replace(path, final)
+
+
+def sync_names(ledger: str) -> None:
+    """Make the renames and removals in ``ledger`` durable (:func:`fsync_dir`); an OSError
+    names the directory (an fsync's names no file)."""
+    try:
+        fsync_dir(ledger)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, ledger) from exc
 
 
 #: Seconds between two looks at how far the gapless prefix on disk reaches.

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
 
 import httpx
 import trio
@@ -26,6 +27,7 @@ from tracker.multisource.contentrange import MAX_DIGITS, parse_content_range
 from tracker.multisource.sources import Identity, Source, check_range
 from tracker.net.bodyreads import body_chunks
 from tracker.net.exchange import coding_problem, send, source_failures
+from tracker.net.httpclients import origin
 from tracker.observability.logs import log_event
 
 log = logging.getLogger("tracker.fetch")
@@ -69,7 +71,29 @@ async def _inspect(client: httpx.AsyncClient, url: str, settings: FetchSettings)
         identity = Identity(
             size, response.headers.get("etag", ""), response.headers.get("last-modified", "")
         )
-        return Source(str(response.url), identity, ranges)
+        final = str(response.url)
+        return Source(final, identity, ranges, listed_at=url if final != url else "")
+
+
+#: Answers of a URL that a redirect led to which say the link, not the file, is no longer
+#: good (a presigned URL expired: S3 and R2 answer 403, GCS 400): the URL the source was
+#: listed at is asked again (:func:`not_renewed`).
+LINK_GONE = frozenset({400, 401, 403, 404, 410})
+
+
+def not_renewed(before: str, now: str) -> str:
+    """Why ``now``, where a source's listed URL leads when asked again, is not a renewal of
+    ``before``, where it led (one line); "" when it is: the same origin and path, only the
+    query (a presigned URL's signature) changed. Pure. Another path may be another node's
+    archive of that slot (a tracker's redirect follows its ranking), whose bytes must never
+    join this copy (docs/fetch.md, "How")."""
+    try:
+        same = origin(before) == origin(now)
+    except ValueError:  # a port httpx took and no origin has: not this one
+        same = False
+    if same and urlsplit(before).path == urlsplit(now).path:
+        return ""
+    return f"its listed URL leads to {now} now, not to a renewal of {before}"
 
 
 def digits(text: str) -> int | None:

@@ -19,16 +19,17 @@ import attrs
 import httpx
 import trio
 
-from tracker.errors import FetchError
+from tracker.errors import FetchError, SourceFailed
 from tracker.fetch.progress import Progress
 from tracker.fetch.settings import FetchSettings
-from tracker.fetch.sourcechecks import request
+from tracker.fetch.sourcechecks import LINK_GONE, not_renewed, request
 from tracker.fetch.state import State, save_state, state_path, temp_path, writer_of
 from tracker.multisource import crew as engine
 from tracker.multisource.claims import Claim, Pieces
 from tracker.multisource.crew import PieceAnswer, skipped
 from tracker.multisource.judging import slower_than
 from tracker.multisource.sources import Source
+from tracker.observability.logs import log_event
 from tracker.zerocopy.kernelcopy import splice_to_file
 
 log = logging.getLogger("tracker.fetch")
@@ -124,6 +125,8 @@ class FetchCrew:
     #: The byte ranges each source wrote (this run's): whose word the bytes no level binds
     #: are in a copy of several sources (:mod:`tracker.fetch.unbound`).
     written: dict[Source, list[tuple[int, int]]] = attrs.field(init=False, factory=dict)
+    #: Where each source's pieces are asked since its link was renewed (:meth:`_open`).
+    renewed: dict[Source, str] = attrs.field(init=False, factory=dict)
 
     def __attrs_post_init__(self) -> None:
         crew = engine.Crew(
@@ -140,8 +143,24 @@ class FetchCrew:
 
     @asynccontextmanager
     async def _open(self, source: Source, headers: dict[str, str]) -> AsyncIterator[PieceAnswer]:
-        async with request(self.client, source.url, headers, self.settings) as response:
-            yield PieceAnswer(response)
+        """``source`` asked at the URL its redirects led to (or its renewal); when that says
+        the link is gone (:data:`LINK_GONE`: a presigned URL lives 15 minutes, a full's
+        download longer), the URL it was listed at is asked again, and where that leads now
+        is taken only as a renewal of the same URL (:func:`not_renewed`)."""
+        async with request(
+            self.client, self.renewed.get(source, source.url), headers, self.settings
+        ) as response:
+            status = response.status_code
+            if not (source.listed_at and status in LINK_GONE):
+                yield PieceAnswer(response)
+                return
+        async with request(self.client, source.listed_at, headers, self.settings) as again:
+            why = not_renewed(source.url, str(again.url))
+            if why:
+                raise SourceFailed(f"{source.url}: status {status}; {why}")
+            log_event(log, "info", "fetch_link_renewed", url=source.url, status=status)
+            self.renewed[source] = str(again.url)
+            yield PieceAnswer(again)
 
     def _landed(self, source: Source, offset: int, count: int) -> None:
         self.progress.add(count)

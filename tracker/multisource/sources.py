@@ -92,6 +92,9 @@ class Source:
     #: The validators of each other origin the source redirected to (a tracker's bucket: its
     #: presigned URLs answer with the store's own ETag and date), first seen there.
     elsewhere: dict[tuple[str, str, int | None], Identity] = attrs.Factory(dict)
+    #: The URL it was listed at when redirects led to ``url`` ("": ``url`` itself): asked
+    #: again by ``fetch`` when ``url`` stops answering (a presigned URL expired).
+    listed_at: str = ""
 
     def identity_of(self, response: httpx.Response) -> Identity:
         """The identity ``response`` is held to: the source's own, or, for an answer a
