@@ -14,6 +14,7 @@ import base64
 import hashlib
 import json
 import struct
+from collections.abc import Collection
 from typing import Any
 
 import attrs
@@ -209,14 +210,21 @@ def vote_account(voter: str, stake: int) -> dict[str, Any]:
 
 
 def vote_accounts_answer(
-    current: dict[str, int], delinquent: dict[str, int] | None = None
+    current: dict[str, int],
+    delinquent: dict[str, int] | None = None,
+    outside: Collection[str] = (),
 ) -> dict[str, Any]:
-    """A getVoteAccounts answer."""
+    """A getVoteAccounts answer; the accounts in ``outside`` are staked but not in the current
+    epoch's stakes (``epochVoteAccount`` false: not admitted to it)."""
+
+    def entry(voter: str, stake: int) -> dict[str, Any]:
+        return vote_account(voter, stake) | {"epochVoteAccount": voter not in outside}
+
     return {
         "jsonrpc": "2.0",
         "result": {
-            "current": [vote_account(v, s) for v, s in current.items()],
-            "delinquent": [vote_account(v, s) for v, s in (delinquent or {}).items()],
+            "current": [entry(v, s) for v, s in current.items()],
+            "delinquent": [entry(v, s) for v, s in (delinquent or {}).items()],
         },
         "id": 1,
     }
@@ -275,6 +283,8 @@ class VoteRpc:
     #: The certificate documents served at GET /certificates/{slot}.json.
     documents: dict[int, bytes] = attrs.Factory(dict)
     delinquent: dict[str, int] = attrs.Factory(dict)
+    #: Staked vote accounts outside the current epoch's stakes (``epochVoteAccount`` false).
+    outside: set[str] = attrs.Factory(set)
     raw: dict[str, bytes] = attrs.Factory(dict)
     stall: set[str] = attrs.Factory(set)
     slot: int = 1_000_000
@@ -307,7 +317,7 @@ class VoteRpc:
                     else skipped_answer(slot)
                 )
             elif method == "getVoteAccounts":
-                answer = vote_accounts_answer(self.stakes, self.delinquent)
+                answer = vote_accounts_answer(self.stakes, self.delinquent, self.outside)
             elif method == "getSlot":
                 answer = {"jsonrpc": "2.0", "result": self.slot, "id": 1}
             elif method == "getAgGenesisCert" and self.genesis != "unsupported":

@@ -606,6 +606,27 @@ async def test_an_account_the_rpcs_rank_map_drops_weighs_nothing() -> None:
     )
 
 
+async def test_staked_vote_accounts_outside_the_epochs_stakes_leave_the_rank_map_as_it_is() -> None:
+    # The admission ticket caps an epoch's stakes at 2,000 validators (SIMD-0357), but
+    # getVoteAccounts lists every staked vote account, admitted or not (epochVoteAccount
+    # false): one with a BLS key and the least delegation, never admitted, pays no ticket.
+    # 1,996 of them beside the cluster's 5 refused every certificate at that RPC ("2001
+    # ranked validators, at most 2000 admitted").
+    # (secrets small enough that py_ecc makes 1,996 keys in a second)
+    outsiders = [
+        attrs.evolve(v, node=bytes.fromhex(f"{n + 1000:064x}"), secret=n + 1000)
+        for n, v in enumerate(validators([1] * 1996, seed="outsider"))
+    ]
+    node = alpenglow_rpc([*VALS, *outsiders])
+    node.outside = {v.vote for v in outsiders}
+    node.documents[S] = document(S, H, fast_certificate(S, [V300, V250, V200, V150], ORDER))
+    proof = await lift(node, S)
+    assert (proof.level, proof.voted_stake, proof.note) == (Level.CLUSTER, 0.9, None)
+    # nor are their accounts read: only the epoch's
+    asked = {v for m, p in node.calls if m == "getMultipleAccounts" for v in p[0]}
+    assert asked == {v.vote for v in VALS}
+
+
 async def test_a_vote_account_listed_twice_costs_the_lift_not_the_service() -> None:
     # A forged manifest lists one vote account the RPC does not stake twice (two nodes, two
     # keys, the two greatest stakes: ranks 0 and 1), and the relay's certificate names
@@ -773,6 +794,26 @@ async def test_rpcs_that_disagree_on_the_migration_are_asked_again_after_a_back_
     assert first.note is not None and "disagree on the Alpenglow migration" in first.note
     assert again.note is not None and "disagree on the Alpenglow migration" in again.note
     assert "asked again in 60s" in again.note
+
+
+async def test_a_genesis_the_other_rpcs_contradict_is_asked_again() -> None:
+    # One answer of an also_rpc that another cluster's node gave (a load balancer's wrong
+    # backend) was kept for good: the RPCs disagreed at every lift, and no archive after the
+    # migration was proven again until a restart.
+    honest, misrouted = alpenglow_rpc(VALS), alpenglow_rpc(VALS)
+    misrouted.genesis = genesis_answer(40, b"\x09" * 32)
+    honest.documents[S] = document(S, H, fast_certificate(S, ORDER[:4], ORDER))
+    async with rpcs(honest, misrouted) as urls, voter(urls) as cv:
+        first = await cv.lift(S, proof_of())
+        misrouted.genesis = genesis_answer(50)  # its own cluster's node again
+        again = await cv.lift(S, proof_of())
+        later = await cv.lift(S, proof_of(bank=hash_of("another")))
+    assert first.note is not None and "disagree on the Alpenglow migration" in first.note
+    assert (again.level, again.note) == (Level.CLUSTER, None)
+    assert later.level == Level.MANIFEST  # (another bank hash: its footer does not say it)
+    # both asked again once they disagreed, then kept for good once they agreed
+    for node in (honest, misrouted):
+        assert [m for m, _ in node.calls].count("getAgGenesisCert") == 2
 
 
 async def test_a_rank_map_that_cannot_be_read_is_not_read_for_every_archive() -> None:

@@ -26,7 +26,7 @@ from helpers_votes import (
 from tracker.errors import RpcError, VoteInvalid
 from tracker.proof.cluster import voteanswers
 from tracker.proof.cluster.clustervotes import MAX_BACKOFF, backoff_wait, judged
-from tracker.proof.cluster.voteanswers import block_votes, vote_stakes
+from tracker.proof.cluster.voteanswers import block_votes, epoch_vote_stakes, vote_stakes
 from tracker.proof.formats import tally as tally_module
 from tracker.proof.formats.tally import (
     MAX_UNKNOWN_VOTERS,
@@ -341,6 +341,43 @@ def test_stakes_come_from_current_and_delinquent() -> None:
         vote_stakes(b'{"jsonrpc":"2.0","result":{"current":[]},"id":1}')
     with pytest.raises(RpcError, match="error"):
         vote_stakes(b'{"jsonrpc":"2.0","error":{"code":-32005},"id":1}')
+
+
+@pytest.mark.parametrize(
+    ("epoch_vote_account", "kept_by_epoch"),
+    [
+        (True, True),
+        (False, False),  # staked, not admitted to the epoch's stakes (SIMD-0357)
+        (None, True),  # an RPC that does not say
+        ("false", True),  # nor one that says it as no boolean
+    ],
+)
+def test_the_epochs_stakes_are_those_the_rpc_says_are_its(
+    epoch_vote_account: object, kept_by_epoch: bool
+) -> None:
+    """The rank map's candidates at an RPC are the accounts of the current epoch's stakes
+    (``epoch_vote_stakes``); the votes are weighed by every staked account (``vote_stakes``)."""
+    answer = vote_accounts_answer({A: 40}, {C: 20})
+    entry = answer["result"]["delinquent"][0]
+    if epoch_vote_account is None:
+        del entry["epochVoteAccount"]
+    else:
+        entry["epochVoteAccount"] = epoch_vote_account
+    assert vote_stakes(body(answer)) == {A: 40, C: 20}
+    assert epoch_vote_stakes(body(answer)) == ({A: 40, C: 20} if kept_by_epoch else {A: 40})
+
+
+def test_accounts_outside_the_epochs_stakes_are_not_kept_nor_counted() -> None:
+    """Listed past the bound, they are passed over: only the epoch's are kept."""
+    outside = ",".join(
+        f'{{"votePubkey":"{key(f"o{n}")}","activatedStake":1,"epochVoteAccount":false}}'
+        for n in range(voteanswers.MAX_VOTE_ACCOUNTS + 1)
+    )
+    listed = f'{{"votePubkey":"{A}","activatedStake":40}},{outside}'
+    answer = f'{{"result":{{"current":[{listed}],"delinquent":[]}},"id":1}}'.encode()
+    assert epoch_vote_stakes(answer) == {A: 40}
+    with pytest.raises(RpcError, match="more than 20000 vote accounts"):
+        vote_stakes(answer)
 
 
 def stakes_answer(voters: list[str]) -> bytes:

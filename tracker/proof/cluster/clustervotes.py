@@ -80,7 +80,7 @@ from tracker.proof.cluster.finality import (
     signers,
     vote_accounts_data,
 )
-from tracker.proof.cluster.voteanswers import block_votes, vote_stakes
+from tracker.proof.cluster.voteanswers import block_votes, epoch_vote_stakes, vote_stakes
 from tracker.proof.formats.alpenglow import EpochVoters, voters_digest
 from tracker.proof.formats.tally import (
     SlotVotes,
@@ -173,6 +173,10 @@ class ClusterVotes:
         self._asking: dict[AskedOfRpcs, trio.Event] = {}
         #: Each RPC's report of the migration, kept once it is one (it never changes).
         self._genesis: dict[str, Genesis] = {}
+        #: RPCs whose kept report another RPC contradicted: asked again at the next question
+        #: (after its back-off), not believed for good (one wrong answer, another cluster's
+        #: node behind a load balancer, held every archive below cluster until a restart).
+        self._contradicted: set[str] = set()
         #: Each RPC's answer that it has not migrated (None) or cannot say (UNSUPPORTED),
         #: and when it was read (believed for :data:`NOT_MIGRATED_FOR`).
         self._unmigrated: dict[str, tuple[str | None, float]] = {}
@@ -325,7 +329,7 @@ class ClusterVotes:
 
         async def ask(url: str) -> None:
             kept = self._genesis.get(url)
-            if kept is not None:
+            if kept is not None and url not in self._contradicted:
                 answers[url] = kept
                 return
             said = self._unmigrated.get(url)
@@ -337,10 +341,12 @@ class ClusterVotes:
             except RpcError as exc:
                 failed.append(RpcError(one_line(f"{redact_url(url)}: {exc}")))
                 return
+            self._contradicted.discard(url)
             if isinstance(answer, Genesis):
                 self._genesis[url] = answer
                 self._unmigrated.pop(url, None)
             else:
+                self._genesis.pop(url, None)  # its report now is that it has not migrated
                 self._unmigrated[url] = (answer, trio.current_time())
             answers[url] = answer
 
@@ -358,7 +364,13 @@ class ClusterVotes:
         try:
             if failed:
                 raise failed[0]
-            genesis = migration_of({u: answers[u] for u in urls})
+            try:
+                genesis = migration_of({u: answers[u] for u in urls})
+            except RpcError:
+                # a report another contradicts is one RPC's word, not the genesis: each is
+                # asked again (docs/http-api.md, "Two consensus kinds")
+                self._contradicted.update(u for u in urls if u in self._genesis)
+                raise
         except RpcError as exc:  # a disagreement too: asked again after the back-off
             self._back_off(key, failure, exc)
             raise
@@ -581,7 +593,9 @@ class ClusterVotes:
             if failed is not None and now < failed.until:
                 raise RpcError(f"{failed.reason} (read again in {failed.until - now:.0f}s)")
             try:
-                rpc = await epoch_ranks(self._answer, url, vote_stakes, MAX_VOTE_ACCOUNTS, _PARSE)
+                rpc = await epoch_ranks(
+                    self._answer, url, epoch_vote_stakes, MAX_VOTE_ACCOUNTS, _PARSE
+                )
             except RpcError as exc:
                 self._rank_map_failed(url, failed, str(exc))
                 raise

@@ -310,9 +310,9 @@ def _request(method: str, params: list[Any]) -> dict[str, Any]:
 
 @attrs.frozen
 class EpochRanks:
-    """One RPC's current epoch: its window, each staked vote account's stake and BLS key
-    (None: none that decodes as V4's), the rank map they make (its total bounds the
-    epoch's from below) and the keys decoded."""
+    """One RPC's current epoch: its window, the stake and BLS key (None: none that decodes
+    as V4's) of each staked vote account in the epoch's stakes, the rank map they make (its
+    total bounds the epoch's from below) and the keys decoded."""
 
     epoch: int
     first: int
@@ -333,8 +333,9 @@ async def epoch_ranks(
     """``url``'s current epoch and its rank map (RpcError, one line, when it cannot be
     read or built), each answer asked and parsed by ``read``. The answers' walk and the
     keys' decoding, in worker threads (the decoding: one of ``limiter``'s), stop when the
-    caller is cancelled (its deadline): ``stakes_of(body, checkpoint)`` calls
-    ``checkpoint()`` as it goes."""
+    caller is cancelled (its deadline): ``stakes_of(body, checkpoint)``, the stakes of the
+    vote accounts in the epoch's stakes (``voteanswers.epoch_vote_stakes``: not every one
+    getVoteAccounts lists), calls ``checkpoint()`` as it goes."""
     epoch, first, last = await read(url, get_epoch_info(), MAX_EPOCH_INFO, epoch_window)
 
     def stakes_read(body: bytearray) -> dict[str, int]:

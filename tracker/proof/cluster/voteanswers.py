@@ -72,6 +72,24 @@ def block_votes(
     return found
 
 
+def epoch_vote_stakes(
+    body: bytes | bytearray, checkpoint: Callable[[], None] = _go_on
+) -> dict[str, int]:
+    """:func:`vote_stakes` of the vote accounts in the current epoch's stakes only: the rank
+    map's candidates at the RPC (docs/http-api.md, "After the migration: finality
+    certificates"). getVoteAccounts lists every staked vote account, but an epoch's stakes
+    hold only the validators admitted to it (at most 2,000, SIMD-0357): a vote account with
+    a BLS key and the least delegation, never admitted, pays no ticket, and 2,000 of them
+    (or the cluster's own growth past 2,000) made every RPC's rank map too long to be one."""
+    return vote_stakes(body, checkpoint, epoch_only=True)
+
+
+def _outside_epoch(entry: object) -> bool:
+    """True for a getVoteAccounts entry that says it is not in the current epoch's stakes
+    (agave's ``epochVoteAccount``; one that does not say is taken to be)."""
+    return isinstance(entry, dict) and entry.get("epochVoteAccount") is False
+
+
 def _error_code(error: object) -> int | None:
     """The ``code`` of a JSON-RPC error when it is a whole number (a hostile one may be a
     list or an object: no code, the answer an error like any other)."""
@@ -79,10 +97,17 @@ def _error_code(error: object) -> int | None:
     return code if isinstance(code, int) and not isinstance(code, bool) else None
 
 
-def vote_stakes(body: bytes | bytearray, checkpoint: Callable[[], None] = _go_on) -> dict[str, int]:
+def vote_stakes(
+    body: bytes | bytearray,
+    checkpoint: Callable[[], None] = _go_on,
+    *,
+    epoch_only: bool = False,
+) -> dict[str, int]:
     """Each vote account's activated stake from a ``getVoteAccounts`` answer (``current``
     and ``delinquent``; an account listed twice counts once; at most
-    :data:`MAX_VOTE_ACCOUNTS` accounts). Raises RpcError (one line).
+    :data:`MAX_VOTE_ACCOUNTS` accounts kept). ``epoch_only``: only those in the current
+    epoch's stakes (an entry whose ``epochVoteAccount`` is false is passed over, an entry
+    without it kept). Raises RpcError (one line).
     Blocking: run it in a worker thread; ``checkpoint()`` is called before each entry and
     may raise to stop the walk (``trio.from_thread.check_cancelled``: 32 MiB take seconds).
     Walked as :func:`~tracker.net.limits.narrow_text` (a ``bytearray`` narrowed in place)."""
@@ -95,6 +120,8 @@ def vote_stakes(body: bytes | bytearray, checkpoint: Callable[[], None] = _go_on
         for name, value in members:
             checkpoint()
             if name in ("current[]", "delinquent[]"):
+                if epoch_only and _outside_epoch(value):
+                    continue
                 entry = stake_entry(value)
                 if entry is not None:
                     stakes[entry[0]] = max(entry[1], stakes.get(entry[0], 0))
