@@ -215,7 +215,13 @@ def build(
     streamer.on_interest = prefetcher.wanted
     rejected = metrics.count_archive_rejected if metrics is not None else None
     local_proofs = LocalProofs(
-        current, index, digests, votes=votes, accounts=streamer.proof_limits, on_rejected=rejected
+        current,
+        index,
+        digests,
+        votes=votes,
+        accounts=streamer.proof_limits,
+        on_rejected=rejected,
+        directories=scraper.directories,  # one read running per directory, whoever asks
     )
     delivery = Delivery(current, index, streamer=streamer, metrics=metrics, budget=budget)
     delivery.local_admit = local_proofs.admit  # a local file is served as its check proved it

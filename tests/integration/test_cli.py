@@ -13,6 +13,7 @@ import httpx
 import trio
 from helpers_process import start_serve
 from helpers_tls import client_tls
+from helpers_tracker import wait_until
 
 import tracker
 
@@ -239,5 +240,54 @@ async def test_known_sources_typos_are_refused_and_unmatched_ones_warned(tmp_pat
             answer = await client.post(f"{serve.internal}/reload")
         assert answer.status_code == 200
         assert "known_sources[0]: 'http://10.0.0.2:8899' matches no configured" in serve.log
+    finally:
+        assert await serve.stop() == 0
+
+
+async def test_a_ledger_not_mounted_yet_is_listed_once_it_appears(tmp_path: Path) -> None:
+    """A ``local_targets`` directory missing at start (a ledger on a mount that comes up
+    after the tracker at boot): ``serve`` refused the config with exit 2, which the systemd
+    unit never restarts (``RestartPreventExitStatus=2``), and the fleet had no tracker until
+    someone started it again. ``check-config`` and ``serve`` now warn naming the key, the
+    target shows down with the reason (``/v1/targets``, ``snapshot_tracker_targets_up``),
+    and the ledger's archives are listed once the directory appears."""
+    from archives import build_archive
+
+    ledger = tmp_path / "mnt" / "ledger"
+    path = tmp_path / "ledger.yml"
+    path.write_text(
+        "listen: 127.0.0.1:0\ninternal_listen: 127.0.0.1:0\nscrape_interval: 300ms\n"
+        f"target_groups: [{{group: g, local_targets: {{paths: ['{ledger}']}}}}]\n"
+    )
+    key = "target_groups[0].local_targets.paths[0]"
+    result = run_cli("check-config", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert f"warning: {key}: '{ledger}' does not exist yet" in result.stderr
+    serve = await start_serve("--config", str(path))
+    try:
+        assert serve.log.count(key) == 1, serve.log  # one warning, at start
+        async with httpx.AsyncClient(verify=client_tls(), trust_env=False, timeout=10) as client:
+
+            async def target() -> dict[str, object]:
+                [only] = (await client.get(f"{serve.base}/v1/targets")).json()
+                return dict(only)
+
+            async def shown(health: str) -> bool:
+                return (await target())["health"] == health
+
+            await wait_until(lambda: shown("down"), timeout=30)
+            assert "No such file or directory" in str((await target())["last_error"])
+            metrics = (await client.get(f"{serve.internal}/metrics")).text
+            assert 'snapshot_tracker_targets_up{group="g"} 0.0' in metrics
+            name, data = build_archive(100)
+            ledger.mkdir(parents=True)
+            (ledger / name).write_bytes(data)
+
+            async def listed() -> bool:
+                answer = (await client.get(f"{serve.base}/v1/snapshots")).json()
+                return [f["file_name"] for s in answer for f in s["files"]] == [name]
+
+            await wait_until(listed, timeout=30)
+            assert await shown("up")
     finally:
         assert await serve.stop() == 0

@@ -690,6 +690,71 @@ async def test_a_listing_short_of_descriptors_keeps_what_the_checks_said(
     assert await proofs.round() == 0  # the same file: not read again
 
 
+@pytest.mark.parametrize("hung_in", ["scan_local", "_statement_files"])
+async def test_a_ledger_on_a_hung_mount_holds_back_no_other_ledgers_checks(
+    hung_in: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every local directory was listed in one worker thread, one after another, each round,
+    and the statement files beside every checked archive looked for in another: one
+    directory on a mount that hangs (a stuck NFS or FUSE server) held the round there, and
+    no file of any other ledger was checked again, so a new full of a group with
+    ``trust.require`` was never ranked, for as long as the mount hung. Each directory is now
+    read in a thread of its own within ``scrape_timeout``: the hung one is left after it
+    (what its checks said stands: the mount said nothing of its files) and not read again
+    while that read runs, and the others are checked on schedule (no network: the daemon's
+    own class, real archives; the hung read is the test's)."""
+    import threading
+
+    from archives import build_archive
+
+    import tracker.proof.background.localfiles as localfiles
+    from tracker.config.loading import load_config
+    from tracker.core.digests import Digests
+    from tracker.ordering.index import Index
+    from tracker.proof.records.localcopies import holder
+
+    mount, ledger = tmp_path / "mount", tmp_path / "ledger"
+    mount.mkdir()
+    ledger.mkdir()
+    archives = [build_archive(slot) for slot in (100, 200, 300)]
+    (mount / archives[0][0]).write_bytes(archives[0][1])
+    config = load_config(write_config(tmp_path, {
+        "scrape_interval": "3s", "scrape_timeout": "3s",
+        "target_groups": [
+            {"group": "a", "local_targets": {"paths": [str(mount)]}},
+            {"group": "b", "local_targets": {"paths": [str(ledger)]}},
+        ],
+    }))  # fmt: skip
+    hangs, answers, hung = [False], threading.Event(), []
+    real = getattr(localfiles, hung_in)
+
+    def read(what: Any) -> Any:
+        if hangs[0] and str(mount) in (what if isinstance(what, str) else str(list(what))):
+            hung.append(str(mount))
+            answers.wait(60)
+        return real(what)
+
+    monkeypatch.setattr(localfiles, hung_in, read)
+    digests = Digests()
+    proofs = localfiles.LocalProofs(lambda: config, Index(), digests)
+
+    def held(directory: Path, group: str, name: str) -> bool:
+        return digests.of(holder(str(directory / name)), group, name) is not None
+
+    assert await proofs.round() == 1
+    hangs[0] = True
+    try:
+        for name, data in archives[1:]:
+            (ledger / name).write_bytes(data)
+            with trio.fail_after(30):  # the mount's listing is left after 3 s
+                assert await proofs.round() == 1
+            assert held(ledger, "b", name)
+        assert held(mount, "a", archives[0][0])
+        assert hung == [str(mount)]  # one thread there, however many rounds
+    finally:
+        answers.set()
+
+
 async def test_the_check_of_a_file_the_validator_deleted_is_stopped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -17,6 +17,7 @@ from tracker.config.schema import (
     LocalTargets,
     TargetGroup,
 )
+from tracker.config.warnings import similar_group_names
 
 DATA = Path(__file__).parent.parent / "data" / "config"
 
@@ -168,6 +169,72 @@ def test_file_targets_file_is_checked_when_present(tmp_path: Path, content: str)
     (tmp_path / "t.txt").write_text(content)
     config = load(tmp_path, "target_groups: [{group: g, file_targets: {path: t.txt}}]\n")
     assert config.warnings == ()
+
+
+def test_a_local_directory_not_there_yet_is_a_warning(tmp_path: Path) -> None:
+    """A ledger on a mount not up yet at boot (missing, or a link to it that leads nowhere
+    yet): ``serve`` starts and lists it every scrape (a refusal, exit 2, was never retried
+    by systemd); something else than a directory there stays an error."""
+    (tmp_path / "ledger").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "mnt" / "ledger")
+    config = load(
+        tmp_path, "target_groups: [{group: g, local_targets: {paths: [ledger, link, mnt/l]}}]\n"
+    )
+    assert config.warnings == (
+        f"target_groups[0].local_targets.paths[1]: '{tmp_path}/link' does not exist yet"
+        " (listed every scrape: its target shows failing until it appears)",
+        f"target_groups[0].local_targets.paths[2]: '{tmp_path}/mnt/l' does not exist yet"
+        " (listed every scrape: its target shows failing until it appears)",
+    )
+    (tmp_path / "file").write_text("")
+    text = "target_groups: [{group: g, local_targets: {paths: [file]}}]\n"
+    [problem] = problems(tmp_path, text)
+    assert problem == f"target_groups[0].local_targets.paths[0]: not a directory: '{tmp_path}/file'"
+
+
+@pytest.mark.parametrize(
+    ("names", "similar"),
+    [
+        (["mainnet", "mainet"], [(1, 0)]),  # a letter left out
+        (["mainet", "testnet", "mainnet"], [(2, 0)]),
+        (["mainnet", "Mainnet"], [(1, 0)]),  # case only
+        (["MAINNET", "mainnet", "mainnnet"], [(1, 0), (2, 0)]),  # each once
+        (["main", "mains"], [(1, 0)]),
+        (["mainnet", "testnet", "devnet"], []),
+        (["a", "b", "A"], [(2, 0)]),  # case only, however short
+        (["eu", "eus"], []),  # shorter than SIMILAR_FROM: a name of its own
+        (["eu-1", "eu-2", "node-a", "node-b"], []),  # a different letter or digit: regions
+        (["testnet", "testnet2"], []),  # a digit more: a second one
+        (["mainnet", "mainnet-"], []),
+        (["mainnet", "mainnat"], []),
+    ],
+)
+def test_similar_group_names(names: list[str], similar: list[tuple[int, int]]) -> None:
+    assert similar_group_names(names) == similar
+
+
+def test_a_group_name_one_letter_or_a_case_away_is_warned(tmp_path: Path) -> None:
+    """Entries of one name make one group (the Go tracker's way to mix static targets with
+    Consul's): an entry whose name is mistyped made a second group silently."""
+    config = load(
+        tmp_path,
+        """
+        target_groups:
+          - {group: mainnet, static_targets: {targets: ["10.0.0.1:13080"]}}
+          - {group: testnet, static_targets: {targets: ["10.0.0.2:13080"]}}
+          - {group: mainet, static_targets: {targets: ["10.0.0.3:13080"]}}
+          - {group: Mainnet, static_targets: {targets: ["10.0.0.4:13080"]}}
+          - {group: mainnet, static_targets: {targets: ["10.0.0.5:13080"]}}
+        """,
+    )
+    assert config.warnings == (
+        "target_groups[2].group: 'mainet' differs from 'mainnet' (target_groups[0]) only by"
+        " one letter: they are two groups (entries merge into one only under the same"
+        " name); if they are one cluster, give them one name",
+        "target_groups[3].group: 'Mainnet' differs from 'mainnet' (target_groups[0]) only in"
+        " case: they are two groups (entries merge into one only under the same name); if"
+        " they are one cluster, give them one name",
+    )
 
 
 @pytest.mark.parametrize(

@@ -322,11 +322,6 @@ RULES = [
         "bad-targets.txt line 2: not host or host:port",
     ),
     (
-        GROUP + "    local_targets: {paths: [missing-dir]}\n",
-        "target_groups[0].local_targets.paths[0]",
-        "no such directory: '{dir}/missing-dir'",
-    ),
-    (
         GROUP + "    local_targets: {paths: [subdir, secret.txt]}\n",
         "target_groups[0].local_targets.paths[1]",
         "not a directory: '{dir}/secret.txt'",

@@ -110,13 +110,17 @@ class FileChecks:
         return text
 
     def directory(self, value: object) -> str:
-        """A directory that exists now (``local_targets``)."""
+        """A directory (``local_targets``): a directory now, or nothing there yet. A missing
+        one is only a warning (:mod:`tracker.config.warnings`), as a missing targets file
+        is: a ledger on a mount that comes up after the tracker at boot is listed every
+        scrape and picked up once it appears, where a refusal (exit 2, which systemd's
+        ``RestartPreventExitStatus=2`` never retries) left the fleet without a tracker until
+        someone started it again. Something else at the path is an error."""
         path = self.resolve(value)
         if not path:
             raise ValueError("must not be empty")
-        if not os.path.isdir(path):
-            what = "not a directory" if os.path.exists(path) else "no such directory"
-            raise ValueError(f"{what}: {path!r}")
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise ValueError(f"not a directory: {path!r}")
         return path
 
     def cache_dir(self, value: object) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Sequence
 
 import attrs
 
@@ -49,6 +50,14 @@ def config_warnings(config: Config) -> list[str]:
     entries = config.group_entries or range(len(config.target_groups))
     for index, group in zip(entries, config.target_groups, strict=True):
         found += [f"target_groups[{index}]{line}" for line in _group_warnings(group, config)]
+    for later, earlier in similar_group_names([g.group for g in config.target_groups]):
+        name, other = config.target_groups[later].group, config.target_groups[earlier].group
+        found.append(
+            f"target_groups[{entries[later]}].group: {name!r} differs from {other!r}"
+            f" (target_groups[{entries[earlier]}]) only {_how_similar(name, other)}: they are"
+            " two groups (entries merge into one only under the same name); if they are one"
+            " cluster, give them one name"
+        )
     found += shared_rpc_warnings(config)
     memory = memory_warning(config)
     if memory:
@@ -64,6 +73,42 @@ def config_warnings(config: Config) -> list[str]:
     if unsigned:
         found.append(f"attest: {unsigned}")
     return found
+
+
+#: The shortest group names compared letter by letter (:func:`similar_group_names`): below
+#: it a letter more or less is a name of its own (``eu``, ``eus``), not a slip.
+SIMILAR_FROM = 4
+
+
+def similar_group_names(names: Sequence[str]) -> list[tuple[int, int]]:
+    """Each name of ``names`` (group names, each once) that reads as an earlier one
+    mistyped, as ``(later, earlier)`` indexes, with the first it resembles: the same but
+    for case (``Mainnet``, ``mainnet``), or one letter more or less and the same otherwise
+    (``mainet``, ``mainnet``), both at least :data:`SIMILAR_FROM` long. A different letter
+    (``node-a``, ``node-b``) or a digit more (``testnet``, ``testnet2``) makes a name of
+    its own: never warned. Pure."""
+    found: list[tuple[int, int]] = []
+    folded = [name.casefold() for name in names]
+    for later, name in enumerate(folded):
+        for earlier, other in enumerate(folded[:later]):
+            if name == other or _one_letter_apart(name, other):
+                found.append((later, earlier))
+                break
+    return found
+
+
+def _one_letter_apart(one: str, other: str) -> bool:
+    """Whether the longer of two names is the shorter with one letter added (a-z)."""
+    short, long = sorted((one, other), key=len)
+    if len(long) != len(short) + 1 or len(short) < SIMILAR_FROM:
+        return False
+    at = next((i for i, (a, b) in enumerate(zip(short, long, strict=False)) if a != b), len(short))
+    return long[at].isalpha() and long[:at] + long[at + 1 :] == short
+
+
+def _how_similar(name: str, other: str) -> str:
+    """How two names of :func:`similar_group_names` differ, for the warning."""
+    return "in case" if name.casefold() == other.casefold() else "by one letter"
 
 
 def shared_rpcs(config: Config) -> list[tuple[str, tuple[str, ...]]]:
@@ -214,6 +259,12 @@ def _group_warnings(group: TargetGroup, config: Config) -> list[str]:
     if group.file_targets is not None and not os.path.lexists(group.file_targets.path):
         path = group.file_targets.path
         found.append(f".file_targets.path: {path!r} does not exist yet (re-read every scrape)")
+    for at, directory in enumerate(group.local_targets.paths if group.local_targets else ()):
+        if not os.path.exists(directory):  # (a link to nothing: a mount not up yet)
+            found.append(
+                f".local_targets.paths[{at}]: {directory!r} does not exist yet (listed every"
+                " scrape: its target shows failing until it appears)"
+            )
     if group.basic_auth is not None and group.bearer_auth is not None:
         found.append(": both basic_auth and bearer_auth set; the bearer token is sent")
     return found + _unmatched_known_sources(group) + _shadowed_targets(group)

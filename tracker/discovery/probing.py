@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import zlib
 from collections.abc import Awaitable
+from functools import partial
 
 import attrs
 import httpx
@@ -15,13 +16,12 @@ from tracker.clientwire.transport import HeadClient
 from tracker.config.schema import Config, TargetGroup
 from tracker.core.snapshots import SnapshotInfo
 from tracker.discovery.http import Heads, SizeMemo, probe_http
-from tracker.discovery.local import LocalListing, readable_archives, scan_local
+from tracker.discovery.local import DirectoryThreads, LocalListing, readable_archives, scan_local
 from tracker.discovery.roster import Target
 from tracker.discovery.sidecar import probe_sidecar
 from tracker.errors import ProbeError
 from tracker.net.egress import Resolver, checked_addresses, policy_of, resolve_strangers
 from tracker.net.httpclients import auth_headers, build_client, origin, ssl_context
-from tracker.net.limits import run_limiter
 from tracker.observability.logs import log_event
 
 log = logging.getLogger("tracker.scrape")
@@ -30,11 +30,6 @@ log = logging.getLogger("tracker.scrape")
 #: request (quadratic in the pool size): several small pools probe 2,000 targets about twice
 #: as fast as one pool of the same total size (bench/README.md, discovery).
 PROBE_SHARDS = 32
-
-
-#: Local directories scanned at once, in threads of their own (not trio's shared pool).
-SCANS_AT_ONCE = 4
-_scans: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("tracker_scans")
 
 
 class Probes:
@@ -55,8 +50,9 @@ class Probes:
         #: Per group with Consul or cluster discovery: the client that asks them.
         self._discovery: dict[str, httpx.AsyncClient] = {}
         self._retired: list[httpx.AsyncClient] = []
-        #: Local directories being scanned now (in a thread, maybe abandoned).
-        self._scanning: set[str] = set()
+        #: The threads of the local directories' listings, shared with the local files'
+        #: checks (one running per directory at most: a hung mount costs its own target).
+        self.directories = DirectoryThreads()
         #: The archives each local directory's last scan found unreadable, by directory:
         #: each is logged when first found so, not every round (nor again until it was
         #: readable or gone in between).
@@ -112,34 +108,19 @@ class Probes:
         return self._scan(target.location)
 
     async def _scan(self, path: str) -> list[SnapshotInfo]:
-        """The archives of the local directory ``path`` that the tracker can read, scanned
-        in a thread of the scans' own (:data:`SCANS_AT_ONCE`); one it may not open is left
-        out and logged once (``local_archive_unreadable``). A scan that hangs (a stuck
-        network mount) is abandoned at the probe's timeout, its thread kept until the file
-        system answers: the next probe of it is refused while it runs, so that every round
-        does not leave one more thread there (they took trio's shared pool, then every file
-        answer stalled)."""
-        if path in self._scanning:
-            raise ProbeError("the last scan of this directory has not ended (a hung mount?)")
-        self._scanning.add(path)
-        started = False
-
-        def scan() -> LocalListing:
-            nonlocal started
-            started = True
-            try:
-                return readable_archives(scan_local(path))
-            finally:
-                self._scanning.discard(path)  # in the thread: when it ends, however late
-
+        """The archives of the local directory ``path`` that the tracker can read, listed
+        in a thread of :attr:`directories`; one it may not open is left out and logged once
+        (``local_archive_unreadable``). A listing that hangs (a stuck network mount) fails
+        this probe at ``scrape_timeout`` and is abandoned, its thread kept until the file
+        system answers: the next probes of it fail at once while it runs, and cost the
+        other directories nothing (docs/architecture.md, "Proven archives": "Local
+        files")."""
         try:
-            listing = await trio.to_thread.run_sync(
-                scan, abandon_on_cancel=True, limiter=run_limiter(_scans, SCANS_AT_ONCE)
+            listing = await self.directories.run(
+                path, partial(_listing, path), self.config.scrape_timeout
             )
-        except BaseException:
-            if not started:  # cancelled while waiting for a thread: none will run
-                self._scanning.discard(path)
-            raise
+        except trio.TooSlowError as exc:
+            raise ProbeError(str(exc)) from None
         self._tell_unreadable(path, listing.unreadable)
         return listing.snapshots
 
@@ -171,6 +152,11 @@ class Probes:
         self._clients, self._discovery = {}, {}
         with trio.CancelScope(shield=True), trio.move_on_after(5):
             await self.close_retired()
+
+
+def _listing(path: str) -> LocalListing:
+    """What the local directory ``path`` offers that this process may read. Blocking."""
+    return readable_archives(scan_local(path))
 
 
 def _probe_clients(group: TargetGroup, config: Config) -> list[httpx.AsyncClient]:

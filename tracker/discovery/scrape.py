@@ -24,6 +24,7 @@ from tracker.config.schema import Config
 from tracker.core.snapshots import SnapshotInfo
 from tracker.discovery.batches import ResultBatches
 from tracker.discovery.http import SizeMemo
+from tracker.discovery.local import DirectoryThreads
 from tracker.discovery.probing import Probes
 from tracker.discovery.roster import (
     Roster,
@@ -127,6 +128,12 @@ class Scraper:
     def shown(self) -> int:
         """Bumped whenever what ``/v1/targets`` shows may have changed (see :class:`Roster`)."""
         return self._roster.shown
+
+    @property
+    def directories(self) -> DirectoryThreads:
+        """The threads local directories are read in (one read running per directory), for
+        the local files' checks to share."""
+        return self._probes.directories
 
     @property
     def sizes(self) -> SizeMemo:

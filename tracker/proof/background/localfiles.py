@@ -22,12 +22,14 @@ as the scrape lists them, every second.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import stat
 import time
 from collections.abc import Callable, Collection
+from functools import partial
 from typing import TYPE_CHECKING
 
 import attrs
@@ -38,7 +40,7 @@ from tracker.config.schema import Config, TargetGroup
 from tracker.core.digests import Digests, Verified, repr_digest
 from tracker.core.smallfiles import read_small_file
 from tracker.core.snapshots import TargetKey
-from tracker.discovery.local import readable_archives, scan_local
+from tracker.discovery.local import DirectoryThreads, readable_archives, scan_local
 from tracker.errors import ArchiveInvalid, ProbeError, RequestError
 from tracker.net.limits import exhausted
 from tracker.observability.logs import log_event
@@ -87,6 +89,7 @@ class LocalProofs(Rounds):
         votes: Voters | None = None,
         accounts: Callable[[], AccountsLimits | None] | None = None,
         on_rejected: Callable[[str], None] | None = None,
+        directories: DirectoryThreads | None = None,
         every: float = CHECK_EVERY,
         retry_after: float = RETRY_AFTER,
         clock: Callable[[], float] = time.time,
@@ -101,6 +104,9 @@ class LocalProofs(Rounds):
         #: Told the group of each file whose check failed (``archives_rejected_total``, as
         #: for a remote copy): once per file identity, as it is checked.
         self._on_rejected = on_rejected
+        #: The threads the directories are read in: the scrape's (one read running per
+        #: directory, whoever asked it); None: its own.
+        self._directories = directories if directories is not None else DirectoryThreads()
         #: Wall-clock time: what statements are valid against, and when a file was checked.
         self._clock = clock
         #: When to retry a file that could not be read: monotonic, so that a step of the wall
@@ -144,12 +150,7 @@ class LocalProofs(Rounds):
         deferred: set[TargetKey] = set()
         unlisted: set[TargetKey] = set()
         if config.verify_archives:
-            # Abandoned when cancelled (the stop): a directory on a stuck mount would
-            # otherwise hold the tracker's stop until the mount answered (docs/architecture.md,
-            # "Proven archives": "Local files"). It returns nothing to release.
-            found, deferred, unlisted = await trio.to_thread.run_sync(
-                _listed, config, abandon_on_cancel=True
-            )
+            found, deferred, unlisted = await self._listed(config)
         now = {c.path: (c, i) for c, i in found}
         self._forget_changed(now, deferred, unlisted)
         self._stop_gone(now, deferred)
@@ -174,6 +175,45 @@ class LocalProofs(Rounds):
         self._apply(self._config())
         self.rounds += 1
         return len(due)
+
+    async def _listed(
+        self, config: Config
+    ) -> tuple[list[tuple[LocalCopy, FileIdentity | None]], set[TargetKey], set[TargetKey]]:
+        """Every archive in the local targets' directories, with the identity of its file
+        now (None: gone meanwhile), in the config's order; the targets whose directory was
+        not listed for a cause of this process's own (its want of descriptors or memory,
+        :func:`tracker.net.limits.exhausted`, as the scrape defers them; or no answer
+        within ``scrape_timeout``: a hung mount, which says nothing of its files either);
+        and those whose directory could not be listed otherwise (closed to the tracker's
+        user, gone). Each directory is listed in a thread of its own
+        (:class:`tracker.discovery.local.DirectoryThreads`, shared with the scrape), all
+        at once: one on a mount that hangs costs its own files, never the others' checks,
+        and is abandoned at its bound and at the stop (docs/architecture.md, "Proven
+        archives": "Local files")."""
+        keys = [
+            TargetKey(group.group, directory)
+            for group in config.target_groups
+            for directory in (group.local_targets.paths if group.local_targets else ())
+        ]
+        listed: dict[TargetKey, list[tuple[LocalCopy, FileIdentity | None]]] = {}
+        deferred: set[TargetKey] = set()
+        unlisted: set[TargetKey] = set()
+
+        async def list_one(key: TargetKey) -> None:
+            try:
+                listed[key] = await self._directories.run(
+                    key.target, partial(_listed_in, key), config.scrape_timeout
+                )
+            except trio.TooSlowError:
+                deferred.add(key)  # its target shows why (the scrape's probe)
+            except ProbeError as exc:
+                (deferred if exhausted(exc) else unlisted).add(key)
+
+        async with trio.open_nursery() as nursery:
+            for key in keys:
+                nursery.start_soon(list_one, key)
+        found = [entry for key in keys for entry in listed.get(key, ())]
+        return found, deferred, unlisted
 
     async def _check_one(self, copy: LocalCopy, identity: FileIdentity) -> None:
         """Check ``copy`` when no other check runs, then mark what it said; stopped (and
@@ -318,8 +358,7 @@ class LocalProofs(Rounds):
             else self._beside.get(path, (None, None))[0]
             for path in checked
         }
-        # abandoned when cancelled, as the listing is: it stats files of the same mounts
-        found = await trio.to_thread.run_sync(_statement_files, known, abandon_on_cancel=True)
+        found = await self._statements_of(known)
         for path, (identity, raw, error) in found.items():
             name, verified = checked[path]
             taken: Attestation | None = None
@@ -335,6 +374,30 @@ class LocalProofs(Rounds):
                 )  # fmt: skip
             self._beside[path] = (identity, taken)
             self._dirty.add(path)
+
+    async def _statements_of(
+        self, known: dict[str, FileIdentity | None]
+    ) -> dict[str, tuple[FileIdentity | None, bytes | None, str]]:
+        """:func:`_statement_files` of ``known``, each directory's in a thread of its own
+        as its listing is (they stat files of the same mounts): one that does not answer
+        within ``scrape_timeout`` is read again at a later round, and holds back no other
+        directory's."""
+        by_directory: dict[str, dict[str, FileIdentity | None]] = {}
+        for path, identity in known.items():
+            by_directory.setdefault(self._copies[path].key.target, {})[path] = identity
+        found: dict[str, tuple[FileIdentity | None, bytes | None, str]] = {}
+        bound = self._config().scrape_timeout
+
+        async def read_one(directory: str, paths: dict[str, FileIdentity | None]) -> None:
+            with contextlib.suppress(trio.TooSlowError):
+                found.update(
+                    await self._directories.run(directory, partial(_statement_files, paths), bound)
+                )
+
+        async with trio.open_nursery() as nursery:
+            for directory, paths in by_directory.items():
+                nursery.start_soon(read_one, directory, paths)
+        return found
 
     async def _lift(self) -> None:
         """Ask the cluster's votes of each checked file they may lift (with ``rpc`` set,
@@ -413,30 +476,14 @@ def local_gated(config: Config, group: TargetGroup) -> bool:
     return config.verify_archives and gated(group.trust.asked) is not None
 
 
-def _listed(
-    config: Config,
-) -> tuple[list[tuple[LocalCopy, FileIdentity | None]], set[TargetKey], set[TargetKey]]:
-    """Every archive in the local targets' directories (as the scrape lists them:
-    :func:`tracker.discovery.local.scan_local`, less what this process may not open:
-    ``readable_archives``, which the scrape logs; keyed as its targets are), with the
-    identity of its file now (None: gone meanwhile), and the targets whose directory could
-    not be listed for this process's own want of descriptors or memory
-    (:func:`tracker.net.limits.exhausted`, as the scrape defers them), and those whose
-    directory could not be listed otherwise. Blocking: in a worker thread."""
-    found: list[tuple[LocalCopy, FileIdentity | None]] = []
-    deferred: set[TargetKey] = set()
-    unlisted: set[TargetKey] = set()
-    for group in config.target_groups:
-        for directory in group.local_targets.paths if group.local_targets is not None else ():
-            key = TargetKey(group.group, directory)
-            try:
-                infos = readable_archives(scan_local(directory)).snapshots
-            except ProbeError as exc:
-                (deferred if exhausted(exc) else unlisted).add(key)
-                continue  # its target shows why (the scrape's probe)
-            files = {f.path: f for info in infos for f in info.files}
-            found += [(LocalCopy(key, f.bare_name, p), _identity(p)) for p, f in files.items()]
-    return found, deferred, unlisted
+def _listed_in(key: TargetKey) -> list[tuple[LocalCopy, FileIdentity | None]]:
+    """Every archive in the directory of the local target ``key`` (as the scrape lists
+    them: :func:`tracker.discovery.local.scan_local`, less what this process may not open:
+    ``readable_archives``, which the scrape logs), with the identity of its file now (None:
+    gone meanwhile). Raises ProbeError when the directory cannot be listed. Blocking."""
+    infos = readable_archives(scan_local(key.target)).snapshots
+    files = {f.path: f for info in infos for f in info.files}
+    return [(LocalCopy(key, f.bare_name, p), _identity(p)) for p, f in files.items()]
 
 
 def _statement_files(
