@@ -20,12 +20,16 @@ from tracker.errors import StatementInvalid
 from tracker.proof.levels import Level, Proof
 from tracker.proof.records.attestations import Attestations
 from tracker.proof.records.attesting import (
+    NO_STATEMENT,
     HeldCopy,
+    already_said,
     due,
     held_copy,
+    naming,
     of_copy,
     reread_due,
     statement_of,
+    takes_over,
     to_serve,
 )
 from tracker.proof.statements import (
@@ -106,6 +110,51 @@ def test_a_statement_is_signed_again_when_due(
 
 
 @pytest.mark.parametrize(
+    ("signed_at", "now", "again"),
+    [
+        (1_990.0, 2_001.0, False),  # the clock behind the check: the same check, kept
+        (1_990.0, 2_289.0, False),
+        (1_990.0, 2_290.0, True),  # half its life passed
+    ],
+)
+def test_a_check_ahead_of_the_clock_is_not_signed_again_at_every_call(
+    signed_at: float, now: float, again: bool
+) -> None:
+    """The clock went back since the check ended (at 2,500): each statement says it was
+    checked when it was signed (statement_of), the same check however often it is asked."""
+    copy = attrs.evolve(held(FULL), checked_at=2_500.0)
+    signed = statement_of(copy, signed_at, VALID)
+    assert due(signed, statement_of(copy, now, VALID), now, VALID, ahead=True) is again
+
+
+def test_once_the_clock_passed_the_check_it_is_signed_again_with_its_own_time() -> None:
+    copy = attrs.evolve(held(FULL), checked_at=2_500.0)
+    signed = statement_of(copy, 1_990.0, VALID)  # stated checked at 1,990
+    wanted = statement_of(copy, 2_501.0, VALID)
+    assert wanted.checked_at == 2_500
+    assert due(signed, wanted, 2_501.0, VALID, ahead=False)
+
+
+def test_a_clock_behind_the_check_signs_nothing_again_when_other_digests_change() -> None:
+    """Every change of the held digests (another copy checked, a bucket copy read) had the
+    statement of a copy checked ahead of the clock signed again (its checked_at, the time of
+    signing, had moved): one signature, one new listing version, and for an upload one
+    write to the bucket, per change while the clock is behind."""
+    digests = Digests()
+    digests.hold("bucket", "g", FULL, Verified(SHA, PROOF, 3695, 2_000.0 + 3_600))
+    attestations = Attestations(digests)
+    attestations.configure(signer(), VALID)
+    attestations.sync(2_000.0)
+    ((_g, _n, first),) = attestations.uploaded()
+    version = attestations.version
+    for second in range(1, 61):  # a change of the digests every second for a minute
+        digests.hold("cache", "g", f"other-{second}", Verified("cd" * 32))
+        attestations.sync(2_000.0 + second)
+    assert attestations.uploaded() == [("g", FULL, first)]
+    assert attestations.version == version
+
+
+@pytest.mark.parametrize(
     ("name", "verified", "signable"),
     [
         (FULL, Verified(SHA, PROOF, 3695, 1_000.0), True),
@@ -147,6 +196,74 @@ def test_a_document_read_beside_an_object_must_vouch_for_exactly_it(
         return
     with pytest.raises(StatementInvalid, match=re.escape(reason)):
         of_copy(raw, FULL, 3695, SHA, 2_500.0)
+
+
+def test_a_document_naming_the_object_is_taken_whatever_its_times() -> None:
+    """What a replica reads to take over its own statement: an expired one names the object
+    as well as one that holds (docs/http-api.md, "Signed statements")."""
+    assert naming(_document(expires=1_000), FULL, 3695, SHA).statement == said(expires=1_000)
+    with pytest.raises(StatementInvalid, match="names size 3696"):
+        naming(_document(size=3696), FULL, 3695, SHA)
+
+
+# -- a statement nobody renews taken over (proof.records.attesting.takes_over) -------------------
+
+KEY = signer(1).public_key
+BUCKET_COPY = Verified(SHA, PROOF, 3695, None)
+OWN = Verified(SHA, PROOF, 3695, 1_000.0)
+NOT_HERE = "those bytes not checked here"
+
+
+def beside(n: int = 1, **changes: object) -> Attestation:
+    """A document of key ``n`` beside the bucket copy, signed at 2,000 for 600 s."""
+    return parse_document(signer(n).sign(said(**changes)).encode())
+
+
+@pytest.mark.parametrize(
+    ("signing", "there", "own", "now", "why"),
+    [
+        (KEY, beside(), OWN, 2_450.0, ""),  # its own key's, a quarter of its life left
+        (KEY, beside(), OWN, 2_600.0, ""),  # expired: nobody renewed it
+        (KEY, beside(), OWN, 9_000.0, ""),
+        (KEY, beside(), OWN, 2_449.0, "renewed by its replica"),  # its uploader renews it
+        (KEY, beside(), OWN, 2_300.0, "renewed by its replica"),  # half its life: due now
+        (None, beside(), OWN, 2_600.0, "not signing"),
+        (KEY, beside(), None, 2_600.0, NOT_HERE),  # another replica's check
+        (KEY, beside(), attrs.evolve(OWN, checked_at=None), 2_600.0, NOT_HERE),
+        (KEY, beside(), attrs.evolve(OWN, sha256="cd" * 32), 2_600.0, NOT_HERE),
+        (KEY, beside(), attrs.evolve(OWN, size=3696), 2_600.0, NOT_HERE),
+        (KEY, None, OWN, 2_600.0, NO_STATEMENT),  # none, or none read yet
+        (KEY, beside(2), OWN, 2_600.0, "another key's statement"),  # its clients trust it
+        (KEY, beside(sha256="cd" * 32), OWN, 2_600.0, "a statement of other bytes"),
+        (KEY, beside(size=3696), OWN, 2_600.0, "a statement of other bytes"),
+        (KEY, beside(name=INCREMENTAL), OWN, 2_600.0, "a statement of other bytes"),
+    ],
+)
+def test_only_an_own_statement_nobody_renews_of_bytes_checked_here_is_taken_over(
+    signing: str | None, there: Attestation | None, own: Verified | None, now: float, why: str
+) -> None:
+    assert takes_over(signing, there, FULL, BUCKET_COPY, own, now, VALID) == why
+
+
+@pytest.mark.parametrize(
+    ("there", "ours", "left"),
+    [
+        (None, beside(), False),  # none there: written
+        (beside(2), beside(), False),  # another key's: written over
+        (beside(), beside(), True),  # the same: nothing to write
+        (beside(), beside(expires=2_750), True),  # renewed lately by another replica
+        (beside(), beside(expires=2_751), False),  # less than a quarter before ours: written
+        (beside(), beside(expires=2_900), False),  # its own, half its life ago: written
+        (beside(expires=2_900), beside(), True),  # holds longer already
+        (beside(level=Level.MANIFEST), beside(), False),  # says less
+        (beside(level=Level.CLUSTER, voted_stake=0.9), beside(), True),
+        (beside(sha256="cd" * 32), beside(), False),  # of other bytes
+    ],
+)
+def test_a_renewal_is_written_unless_the_one_there_already_says_it(
+    there: Attestation | None, ours: Attestation, left: bool
+) -> None:
+    assert already_said(there, ours, VALID) is left
 
 
 # -- another replica's statement read again (proof.records.attesting.reread_due, to_serve) --------

@@ -96,6 +96,10 @@ class MemBucket:
         held = self.objects.get(key)
         return held[1][:limit] if held is not None else None
 
+    async def get_small_tagged(self, key: str, limit: int = 4096) -> tuple[bytes, str] | None:
+        held = self.objects.get(key)
+        return (held[1][:limit], held[0].etag) if held is not None else None
+
     async def read_first_byte(self, key: str) -> bool:
         return key in self.objects
 

@@ -305,15 +305,21 @@ class Bucket:
 
     async def get_small(self, key: str, limit: int = 4096) -> bytes | None:
         """The first ``limit`` bytes of a small object (a digest); None when there is none."""
+        got = await self.get_small_tagged(key, limit)
+        return got[0] if got is not None else None
+
+    async def get_small_tagged(self, key: str, limit: int = 4096) -> tuple[bytes, str] | None:
+        """The first ``limit`` bytes of a small object and its ETag (what a conditional
+        write of it names); None when there is none."""
         try:
-            data = await self._call("GET", partial(_read_small, self._client, limit), Key=key)
+            data, etag = await self._call("GET", partial(_read_small, self._client, limit), Key=key)
         except StoreError as exc:
             if exc.down:
                 raise
             return None
         if data:
             self.health.read_worked()
-        return data
+        return data, etag
 
     async def delete(self, key: str, *, if_match: str = "") -> None:
         """Remove the object at ``key`` (no error when it is gone already); with
@@ -490,11 +496,13 @@ class Bucket:
             raise StoreError(f"presign: {one_line(str(exc))}", down=False) from None
 
 
-def _read_small(client: Any, limit: int, **kwargs: Any) -> bytes:
-    """GET an object and read at most ``limit`` bytes of it (in the worker thread)."""
-    body = client.get_object(**kwargs)["Body"]
+def _read_small(client: Any, limit: int, **kwargs: Any) -> tuple[bytes, str]:
+    """GET an object and read at most ``limit`` bytes of it, with its ETag (in the worker
+    thread)."""
+    answer = client.get_object(**kwargs)
+    body = answer["Body"]
     try:
         data: bytes = body.read(limit)
     finally:
         body.close()
-    return data
+    return data, str(answer.get("ETag", ""))

@@ -130,6 +130,12 @@ class Known:
         known = self._sums.get(key)
         return known[1] if known is not None and known[0] == etag else None
 
+    def digested(self, key: str) -> str | None:
+        """The ETag of the version of ``key`` whose digest was read (what a bucket copy held
+        describes, however long ago it was seen); None when none was."""
+        known = self._sums.get(key)
+        return known[0] if known is not None else None
+
     def keep_sum(self, key: str, etag: str, hex_digest: str) -> None:
         """Version ``etag`` of ``key`` has digest ``hex_digest`` ("" when none)."""
         self._sums[key] = (etag, hex_digest)

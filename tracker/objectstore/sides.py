@@ -18,12 +18,17 @@ one line in the log each, ``on_refused(kind)`` told, nothing served.
 
 The uploading replica writes its statement again when it signs it again (half its
 ``valid_for`` passed, or the copy's proof changed: :func:`restate`), so that the others find
-one that holds; they read it again in the background once the one they serve is past half
-its life (:func:`reread`, from the health watcher's loop, at most once a second per object),
-and serve the new one when it is valid and expires later, the old one until it expires
-otherwise; and they read it again at their next look at the object after it expired, or,
-when it was refused for being checked ahead of their clock (the uploader's runs ahead), once
-their clock reached it.
+one that holds, unless the one there already says as much for as long (another replica of
+its key renewed it), and only over the one it read there (a conditional write). A replica
+that restarted has forgotten which objects were its uploads: it takes over renewing a
+statement of its own key nobody renews once it holds its own check of those bytes
+(:meth:`tracker.objectstore.tier.ObjectTier.take_over`, reading the one there with
+:func:`statement_there`). The others read it again in the background once the one they
+serve is past half its life (:func:`reread`, from the health watcher's loop, at most once
+a second per object), and serve the new one when it is valid and expires later, the old one
+until it expires otherwise; and they read it again at their next look at the object after
+it expired, or, when it was refused for being checked ahead of their clock (the uploader's
+runs ahead), once their clock reached it.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from tracker.core.digests import (
     parse_sha256sum_line,
     sha256sum_line,
 )
-from tracker.errors import StatementInvalid
+from tracker.errors import StatementInvalid, StoreConflict
 from tracker.objectstore.keys import (
     ATTESTATION_SUFFIX,
     DIGEST_SUFFIX,
@@ -149,6 +154,27 @@ async def _statement(
         return None
 
 
+async def statement_there(
+    bucket: Bucket, key: str, copy: tuple[int, str]
+) -> tuple[Attestation | None, str | None]:
+    """The document beside the object at ``key`` when its signature is valid and it names
+    exactly that object (``copy``: its size and hex SHA-256), whatever its times say (None:
+    none there, or one that does not; not logged, the reads of :func:`read_copy` and
+    :func:`reread` tell), and the ETag of the statement object (None: there is none).
+    Raises StoreError when the store failed."""
+    got = await bucket.get_small_tagged(key + ATTESTATION_SUFFIX, MAX_DOCUMENT + 1)
+    if got is None:
+        return None, None
+    raw, etag = got
+    # Imported where a document is read: a tracker that reads none never loads cryptography.
+    from tracker.proof.records.attesting import naming
+
+    try:
+        return naming(raw, key.rsplit("/", 1)[-1], copy[0], copy[1]), etag
+    except StatementInvalid:
+        return None, etag
+
+
 #: What :func:`reread` knows of each statement served of a bucket copy, by archive key: the
 #: statement, when it was taken, when its object was last read (seconds since the epoch).
 Reads = dict[str, tuple["Attestation", float, float]]
@@ -203,10 +229,14 @@ async def restate(
     stated: dict[str, Attestation],
     uploaded: dict[str, str],
 ) -> dict[str, str]:
-    """Write beside each archive this replica uploaded its statement when it was signed
-    again since it was last written (``stated``: the one last written, by archive key;
-    ``uploaded``: the ETag of each upload that completed, by key; both kept current), once a
-    HEAD shows the object is still that upload. Returns the keys whose object is gone or
+    """Write beside each archive this replica uploaded (or took over) its statement when it
+    was signed again since it was last written (``stated``: the one last written, by archive
+    key; ``uploaded``: the ETag of each such object, by key; both kept current), once a HEAD
+    shows the object is still that one. What lies there already saying as much for as long
+    (:func:`~tracker.proof.records.attesting.already_said`: another replica of this key
+    renewed it lately) is left; the write is conditional on the statement object read (its
+    ETag, or none there), so that of two replicas of one key writing at once one writes, and
+    the other reads again at its next round. Returns the keys whose object is gone or
     another (retention deleted this upload, another replica uploaded other bytes of the
     name), with why: no statement is written there, the caller forgets the copy. Raises
     StoreError when the store failed."""
@@ -222,6 +252,18 @@ async def restate(
         if info is None or not same_version(info.etag, uploaded[key]):
             replaced[key] = "gone" if info is None else "another upload of the name"
             continue
-        await bucket.put(key + ATTESTATION_SUFFIX, signed.encode())
+        there, etag = await statement_there(bucket, key, (info.size, signed.statement.sha256))
+        from tracker.proof.records.attesting import already_said  # signed: loaded
+
+        if not already_said(there, signed, attestations.valid_for):
+            try:
+                await bucket.put(
+                    key + ATTESTATION_SUFFIX,
+                    signed.encode(),
+                    if_match=etag or "",
+                    if_none_match=etag is None,
+                )
+            except StoreConflict:
+                continue  # written meanwhile: what is there now is read at the next round
         stated[key] = signed
     return replaced

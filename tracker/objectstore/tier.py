@@ -40,7 +40,14 @@ from tracker.objectstore.known import Known
 from tracker.objectstore.locks import LAPSE, RENEW_EVERY, Holder, Lock, acquire
 from tracker.objectstore.retainer import LIST_AGAIN, Retainer
 from tracker.objectstore.retention import ahead_of, url_life
-from tracker.objectstore.sides import Reads, read_copy, reread, restate, side_objects
+from tracker.objectstore.sides import (
+    Reads,
+    read_copy,
+    reread,
+    restate,
+    side_objects,
+    statement_there,
+)
 from tracker.objectstore.startup import abort_uploads, start_up
 from tracker.objectstore.storeanswers import ObjectInfo
 from tracker.objectstore.upload import Growing, upload_following
@@ -108,9 +115,13 @@ class ObjectTier:
         self._uploading: dict[str, Verified] = {}
         #: The statement last written beside each archive this replica uploaded, by key.
         self._stated: dict[str, Attestation] = {}
-        #: The ETag of each of those uploads that completed, by key: a statement is written
-        #: again only beside that object (:func:`restate`).
+        #: The ETag of each of those uploads that completed, and of each object whose
+        #: statement this replica took over (:meth:`take_over`), by key: a statement is
+        #: written again only beside that object (:func:`restate`).
         self._uploaded: dict[str, str] = {}
+        #: The bucket copies :meth:`take_over` read the statement beside, by key: the
+        #: object's ETag and the statement held then (read again only once either changed).
+        self._looked: dict[str, tuple[str, Attestation | None]] = {}
         #: The statements read beside other replicas' uploads, read again (:func:`reread`).
         self._reads: Reads = {}
         self.retainer = Retainer(store, bucket, self.known, self.digests, self._failed)
@@ -482,6 +493,7 @@ class ObjectTier:
         while True:
             try:
                 await self.probe()
+                await self.take_over()  # this replica's statements nobody renews any more
                 self.attestations.sync(time.time())  # statements signed again go out
                 await self._restate()
                 # Others' statements past half their life read again: their renewals served.
@@ -493,6 +505,55 @@ class ObjectTier:
                 self._failed("check", exc)
             self.probes += 1
             await trio.sleep(every)
+
+    async def take_over(self) -> None:
+        """Renew from now on the statement beside each bucket copy this replica did not
+        upload in this process where :func:`~tracker.proof.records.attesting.takes_over`
+        says so: a statement of its own key that nobody renews (its uploader restarted, and
+        a restart forgets which objects were its uploads; or it stopped), of bytes this
+        replica checked itself (its disk cache's copy, a local file). The copy is then held
+        as its own check's, signed by :attr:`attestations` and written by :func:`restate`
+        beside that object (the version whose digest it read) as beside an upload of its
+        own. The statement there is read (expired ones too) only when what is held says it
+        may be taken over, once per object version and statement held. Raises StoreError
+        when the store failed."""
+        signing = self.attestations.public_key
+        held = self.digests.held()
+        keys_held = {self.object_key(g, n) for g, n, holder, _v in held if holder == BUCKET}
+        for key in [key for key in self._looked if key not in keys_held]:
+            del self._looked[key]  # no longer held: forgotten, or retention deleted it
+        if signing is None:
+            return
+        from tracker.proof.records.attesting import NO_STATEMENT, takes_over  # signing
+
+        own: dict[tuple[str, str, str, int], Verified] = {}  # the best of each bytes
+        for group, name, holder, copy in held:
+            of_bytes = (group, name, copy.sha256, copy.size)
+            best = own.get(of_bytes)
+            if holder != BUCKET and (best is None or copy.proof.level > best.proof.level):
+                own[of_bytes] = copy
+        valid_for = self.attestations.valid_for
+        for group, name, holder, copy in held:
+            key = self.object_key(group, name)
+            # The version whose digest this copy is (seen at start-up or a lookup, maybe
+            # long ago: restate's HEAD shows it is still there before anything is written).
+            etag = self.known.digested(key)
+            if holder != BUCKET or key in self._uploaded or not etag:
+                continue
+            mine = own.get((group, name, copy.sha256, copy.size))
+            why = takes_over(signing, copy.attestation, name, copy, mine, time.time(), valid_for)
+            looked = (etag, copy.attestation)
+            if why not in ("", NO_STATEMENT) or self._looked.get(key) == looked:
+                continue
+            self._looked[key] = looked
+            there, _etag = await statement_there(self.bucket, key, (copy.size, copy.sha256))
+            if takes_over(signing, there, name, copy, mine, time.time(), valid_for):
+                continue
+            assert mine is not None  # takes_over: checked here
+            self._uploaded[key] = etag
+            checked = Verified(copy.sha256, mine.proof, copy.size, mine.checked_at)
+            self.digests.hold(BUCKET, group, name, checked)
+            log_event(log, "info", "bucket_attestation_taken_over", key=key)
 
     async def _restate(self) -> None:
         """Write this replica's statements signed again beside its uploads (:func:`restate`);

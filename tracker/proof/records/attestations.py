@@ -3,13 +3,14 @@
 
 With ``attest`` configured, every copy :class:`~tracker.core.digests.Digests` holds that this
 tracker checked itself and whose size it knows (:func:`tracker.proof.records.attesting.held_copy`:
-the disk cache's files, the bucket copies it uploaded) has a statement signed with
-``attest.key``, signed again when :func:`tracker.proof.records.attesting.due` says so (half its
-``valid_for`` passed, or the copy's proof changed). :meth:`Attestations.sync` does it on the
-request path, and does nothing unless the digests changed or a statement came due: the
-JSON listings call it before they look at :attr:`Attestations.version`. Served beside them
-are the documents other replicas left in the bucket (``Verified.attestation``, checked when
-read by :mod:`tracker.objectstore.sides`).
+the disk cache's files, the bucket copies it uploaded or took over after a restart) has a
+statement signed with ``attest.key``, signed again when
+:func:`tracker.proof.records.attesting.due` says so (half its ``valid_for`` passed, or the
+copy's proof changed). :meth:`Attestations.sync` does it on the request path, and does
+nothing unless the digests changed or a statement came due: the JSON listings call it
+before they look at :attr:`Attestations.version`. Served beside them are the documents other
+replicas left in the bucket (``Verified.attestation``, checked when read by
+:mod:`tracker.objectstore.sides`).
 
 Nothing here imports :mod:`tracker.proof.statements` (and so cryptography) unless a key is
 configured: an idle tracker never loads it.
@@ -105,7 +106,8 @@ class Attestations:
                 continue
             wanted = statement_of(copy, now, valid_for)
             signed = self._own.get((group, name, holder))
-            if signed is None or due(signed.statement, wanted, now, valid_for):
+            ahead = copy.checked_at > now  # the clock went back since the check
+            if signed is None or due(signed.statement, wanted, now, valid_for, ahead=ahead):
                 signed = signer.sign(wanted)
                 self.last_signed = (now, group, name)
             kept[(group, name, holder)] = signed

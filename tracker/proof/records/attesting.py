@@ -8,7 +8,10 @@ and so does the daemon (:mod:`tracker.proof.records.attestations`), which asks :
 what it may sign of a copy it holds and :func:`due` when to sign it again; :func:`of_copy` is the
 check of a document another replica left in the bucket beside an object, :func:`reread_due`
 when to read that document again (its replica signs it again at half its life) and
-:func:`to_serve` which of the one served and the one read again is served.
+:func:`to_serve` which of the one served and the one read again is served; :func:`takes_over`
+whether this tracker renews the statement beside a bucket copy it did not upload in this
+process (its replica restarted, or stopped renewing it), and :func:`already_said` whether the
+one there already says what it would write.
 """
 
 from __future__ import annotations
@@ -74,12 +77,29 @@ def held_copy(file_name: str, verified: Verified) -> HeldCopy | None:
     return HeldCopy(name, verified.size, verified.sha256, verified.proof, verified.checked_at)
 
 
-def due(signed: Statement | None, wanted: Statement, now: float, valid_for: float) -> bool:
+def due(
+    signed: Statement | None,
+    wanted: Statement,
+    now: float,
+    valid_for: float,
+    *,
+    ahead: bool = False,
+) -> bool:
     """True when ``wanted`` (what is said of a copy now) must be signed: nothing was signed
     yet, what was signed says something else of the copy than its expiry (another copy, or a
     new proof: say it was lifted to ``cluster``), or half its ``valid_for`` has passed (so a
-    client is always served a statement that holds for at least half its life)."""
-    if signed is None or attrs.evolve(signed, expires=wanted.expires) != wanted:
+    client is always served a statement that holds for at least half its life). ``ahead``:
+    the copy's check ended after ``now`` (both statements say when they were signed)."""
+    if signed is None:
+        return True
+    # A check that ended after ``now`` (``ahead``: the clock was set back since) is stated
+    # checked when signed (:func:`statement_of`): ``wanted`` names ``now``, the one signed an
+    # earlier ``now``, and both are that same check, not a new one to sign at every call
+    # while the clock is behind. Once the clock passed the check, ``wanted`` names the
+    # check's own time and it is signed once more, saying so.
+    same_check = ahead and signed.checked_at <= wanted.checked_at
+    checked_at = wanted.checked_at if same_check else signed.checked_at
+    if attrs.evolve(signed, expires=wanted.expires, checked_at=checked_at) != wanted:
         return True
     return now >= signed.expires - valid_for / 2
 
@@ -91,6 +111,16 @@ def of_copy(raw: bytes, name: str, size: int, sha256: str, now: float) -> Attest
     size and SHA-256, unexpired and not checked in the future at ``now``
     (:func:`~tracker.proof.statements.check_times`). StatementInvalid naming the first thing that
     differs otherwise."""
+    attestation = naming(raw, name, size, sha256)
+    check_times(attestation.statement, now)
+    return attestation
+
+
+def naming(raw: bytes, name: str, size: int, sha256: str) -> Attestation:
+    """The document ``raw`` when it is a valid signature over a canonical statement naming
+    exactly the object of the archive ``name`` of ``size`` bytes and SHA-256 ``sha256``,
+    whatever its times say (:func:`of_copy` checks those too); StatementInvalid naming the
+    first thing that differs otherwise."""
     attestation = parse_document(raw)
     statement = attestation.statement
     if statement.name != name:
@@ -101,7 +131,6 @@ def of_copy(raw: bytes, name: str, size: int, sha256: str, now: float) -> Attest
         raise StatementInvalid(
             f"statement: names sha256 {statement.sha256}, the object has {sha256}"
         )
-    check_times(statement, now)
     return attestation
 
 
@@ -129,3 +158,67 @@ def to_serve(served: Attestation | None, read: Attestation | None) -> Attestatio
     if read is None or (served is not None and read.statement.expires <= served.statement.expires):
         return served
     return read
+
+
+#: What :func:`takes_over` answers when no statement lies beside the object, or none its
+#: caller has read yet (it then reads the one there, expired ones too, and asks again).
+NO_STATEMENT = "no statement beside it"
+
+
+def takes_over(
+    signing: str | None,
+    there: Attestation | None,
+    name: str,
+    bucket: Verified,
+    own: Verified | None,
+    now: float,
+    valid_for: float,
+) -> str:
+    """Why this tracker does not renew the statement beside the bucket's copy of ``name``
+    (``bucket``: its size and the SHA-256 of its digest object), one it did not upload in
+    this process; "" when it does (docs/http-api.md, "Signed statements").
+
+    It renews only what it may sign: it signs (``signing``: its public key, None when it
+    signs nothing) and checked those same bytes itself (``own``: its best checked copy of
+    the name beside the bucket's, its disk cache's or a local file's: same size and SHA-256),
+    and only a statement of its own key (``there``: the document beside the object, its
+    signature valid and naming exactly that object, whatever its times) that nobody renews:
+    less than a quarter of ``valid_for`` left of it at ``now`` (its replica signs it again
+    with half left: a quarter is past its health watcher's round) or expired. Its replica
+    restarted (a restart forgets which objects were its uploads) or stopped; another key's
+    statement stays that key's, which is what its clients trust."""
+    if signing is None:
+        return "not signing"
+    if (
+        own is None
+        or own.checked_at is None
+        or (own.sha256, own.size) != (bucket.sha256, bucket.size)
+    ):
+        return "those bytes not checked here"
+    if there is None:
+        return NO_STATEMENT
+    said = there.statement
+    if there.signer != signing:
+        return "another key's statement"
+    if (said.name, said.size, said.sha256) != (name, bucket.size, bucket.sha256):
+        return "a statement of other bytes"
+    if now < said.expires - valid_for / 4:
+        return "renewed by its replica"
+    return ""
+
+
+def already_said(there: Attestation | None, ours: Attestation, valid_for: float) -> bool:
+    """True when ``there`` (the document beside a bucket copy, its signature valid and naming
+    exactly that object; None: none, or refused) already says what writing ``ours`` (just
+    signed, for ``valid_for`` seconds) would: the same key, of the same bytes, a level at
+    least ours, expiring no more than a quarter of ``valid_for`` before ours (another replica
+    of that key renewed it lately). Several replicas of one key renewing one object then
+    write it about once per half ``valid_for`` between them, never each its own over the
+    others'; and one that left it, signing again half a ``valid_for`` later, finds it with a
+    quarter of its life left at least, and writes then."""
+    if there is None or there.signer != ours.signer:
+        return False
+    said, wanted = there.statement, ours.statement
+    if (said.name, said.size, said.sha256) != (wanted.name, wanted.size, wanted.sha256):
+        return False
+    return said.level >= wanted.level and said.expires >= wanted.expires - valid_for / 4
