@@ -87,17 +87,29 @@ def dashboard_names() -> dict[str, set[str]]:
 
 
 def promtool_series(
-    exposition: str, instance: str = "t", minutes: int = 30
+    exposition: str, instance: str = "t", minutes: int = 30, answered: int | None = None
 ) -> list[dict[str, str]]:
     """Every sample of a ``/metrics`` text as a promtool ``input_series``, held at its value
     for ``minutes`` scrapes a minute apart (labels ``instance`` and ``job`` added, as a
-    scrape adds them)."""
-    series = []
+    scrape adds them), with the scrape's own ``up``. ``answered``: the tracker answered the
+    first that many scrapes only, then none (its series stale, ``up`` 0)."""
+    job = {"instance": instance, "job": "snapshot-tracker"}
+    held = minutes if answered is None else answered
+    after = "" if answered is None else " stale"
+    series = [
+        {
+            "series": f"up{{{_labels(job)}}}",
+            "values": f"1x{held}" + ("" if answered is None else f" 0x{minutes - answered}"),
+        }
+    ]
     for family in text_string_to_metric_families(exposition):
         for sample in family.samples:
-            labels = {**sample.labels, "instance": instance, "job": "snapshot-tracker"}
-            text = ",".join(f"{k}={json.dumps(v)}" for k, v in sorted(labels.items()))
+            text = _labels({**sample.labels, **job})
             series.append(
-                {"series": f"{sample.name}{{{text}}}", "values": f"{sample.value}x{minutes}"}
+                {"series": f"{sample.name}{{{text}}}", "values": f"{sample.value}x{held}{after}"}
             )
     return series
+
+
+def _labels(labels: dict[str, str]) -> str:
+    return ",".join(f"{k}={json.dumps(v)}" for k, v in sorted(labels.items()))

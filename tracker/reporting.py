@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 
 import trio
 
@@ -31,12 +31,17 @@ class ScrapeReporter:
         """Record one probe's duration and outcome."""
         key = health.target.key
         ok = health.health == "up"
-        self.metrics.observe_scrape(key.group, key.target, health.last_duration or 0.0, ok=ok)
+        seconds = health.last_duration or 0.0
+        self.metrics.observe_scrape(
+            key.group, key.target, seconds, ok=ok, discovered=key.discovered
+        )
 
     def round_done(self, scraper: Scraper) -> None:
         """Refresh per-group gauges, drop series of retired targets, update the status line."""
         index, config = scraper.index, scraper.config
-        current = {(k.group, k.target) for k in scraper.health}
+        # configured targets only: a discovered node's series are its group's (one URL
+        # moved from the config to discovery leaves its own series behind otherwise)
+        current = {(k.group, k.target) for k in scraper.health if not k.discovered}
         # every target with series, not only those probed: a share of a refresh from
         # several sources counted after its node left made series nobody removed
         for group_name, target in self.metrics.reported_targets() - current:
@@ -97,6 +102,23 @@ def group_slots(config: Config, by_url: Mapping[str, int | None]) -> dict[str, i
     return {g.group: by_url.get(config.group_rpc(g.group)) for g in config.target_groups}
 
 
+def rpcs_up(
+    config: Config, asked: Collection[str], answered: Mapping[str, int]
+) -> dict[str, bool | None]:
+    """Each group's ``rpc`` (:meth:`Config.group_rpc`): True when it answered the read of
+    ``asked`` (``answered``), False when it failed, None for a group without one. A group
+    whose ``rpc`` was not among those asked (a reload moved it during the read) is left out:
+    not asked is not failed. Pure."""
+    out: dict[str, bool | None] = {}
+    for group in config.target_groups:
+        url = config.group_rpc(group.group)
+        if not url:
+            out[group.group] = None
+        elif url in asked:
+            out[group.group] = url in answered
+    return out
+
+
 def slots_kept(old: Config, new: Config, slots: Mapping[str, int | None]) -> dict[str, int | None]:
     """The cluster slots (``slots``: by group, as the index holds them) that still screen the
     groups of ``new`` after a reload from ``old``: those of the groups whose RPC
@@ -145,7 +167,7 @@ async def track_snapshot_age(
     """Every scrape interval, and at once when ``wakeup`` is set (a reload), read each
     group's cluster slot from its RPC (each distinct URL of :meth:`Config.slot_rpcs` once)
     and publish each group's snapshot age in slots against its own cluster's slot (as
-    long as one is known).
+    long as one is known), and whether its RPC answered (:func:`rpcs_up`).
 
     ``on_slot`` is told every group's cluster slot every interval (the index's
     ``max_slot_ahead`` check, :func:`group_slots`): its RPC's answer, carried on for a
@@ -173,6 +195,11 @@ async def track_snapshot_age(
         slots = group_slots(now_config, screened)
         if on_slot is not None:
             on_slot(slots)
+        # whether each group's rpc answered, at every read: the age's series goes once
+        # the carried slot ran out, and nothing else said why (docs/http-api.md,
+        # "Internal routes")
+        for name, up in rpcs_up(now_config, urls, answered).items():
+            metrics.set_cluster_rpc_up(name, up)
         for group in now_config.target_groups:
             # the slot the index screens with and the status page ages against (carried
             # on when the RPC fails): the metric, its alert and the page never disagree

@@ -13,6 +13,8 @@ import httpx
 import pytest
 import trio
 import yaml
+from cluster_answers import node_entry
+from fakes import Rpc
 from helpers_monitoring import (
     ALERTS,
     LEDGER,
@@ -22,11 +24,13 @@ from helpers_monitoring import (
     metric_names,
     promtool_series,
 )
-from helpers_ports import REFUSED
+from helpers_ports import REFUSED, REFUSED_PORT
 from helpers_server import serve_app
 from helpers_sources import Answer, Request, ScriptedApp
 from helpers_tls import client_tls
 from helpers_tracker import start_tracker, wait_until, write_config
+from prometheus_client.parser import text_string_to_metric_families
+from test_cluster import raise_fd_limit, rpc_app
 from test_store_answers import EMPTY_LISTING, NO_UPLOADS, XML
 
 
@@ -46,22 +50,27 @@ async def test_every_metric_of_the_alerts_and_the_dashboard_is_exported(
     assert "snapshot_tracker_archives_rejected_total" in exported  # a family with no series
     named = {f"alert {r['alert']}": metric_names(r["expr"]) for r in alert_rules()}
     named.update(dashboard_names())
+    exported.add("up")  # Prometheus's own, one per scrape target
     missing = {where: sorted(names - exported) for where, names in named.items()}
     assert not {where: names for where, names in missing.items() if names}
     assert all(named.values())  # every query names at least one metric
 
 
-async def firing_alerts(exposition: str, tmp_path: Path) -> set[tuple[str, str]]:
+async def firing_alerts(
+    exposition: str, tmp_path: Path, answered: int | None = None
+) -> set[tuple[str, str]]:
     """The (alert, group) pairs of examples/prometheus/alerts.yml firing after 20 minutes of
-    a tracker exporting ``exposition`` at every scrape, as promtool's rule engine evaluates
-    them (every rule's ``for:`` passed); an alert of a bucket is paired with the bucket."""
+    a tracker exporting ``exposition`` at every scrape (``answered``: at the first that many
+    only, then none), as promtool's rule engine evaluates them (every rule's ``for:``
+    passed); an alert of a bucket is paired with the bucket, one of neither group nor
+    bucket with the instance."""
     spec = {
         "rule_files": [str(ALERTS)],
         "evaluation_interval": "1m",
         "tests": [
             {
                 "interval": "1m",
-                "input_series": promtool_series(exposition),
+                "input_series": promtool_series(exposition, answered=answered),
                 # promtool prints what it got when it differs: expect nothing, read that
                 "promql_expr_test": [
                     {"expr": 'ALERTS{alertstate="firing"}', "eval_time": "20m", "exp_samples": []}
@@ -77,7 +86,7 @@ async def firing_alerts(exposition: str, tmp_path: Path) -> set[tuple[str, str]]
     out = done.stdout.decode() + done.stderr.decode()
     if done.returncode == 0:
         return set()
-    found = set(re.findall(r'alertname="(\w+)".*?(?:bucket|group)="([^"]*)"', out))
+    found = set(re.findall(r'alertname="(\w+)".*?(?:bucket|group|instance)="([^"]*)"', out))
     assert found, out
     return found
 
@@ -147,6 +156,53 @@ async def test_a_healthy_tracker_fires_no_alert(nursery: trio.Nursery, tmp_path:
     line = 'snapshot_tracker_best_full_slot{group="local"}'
     exposition = await exposition_once(nursery, tmp_path, settings, line)
     assert await firing_alerts(exposition, tmp_path) == set()
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+async def test_a_tracker_that_stops_answering_alerts_that_it_is_down(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A tracker that died (or hangs, or whose listener Prometheus cannot reach) fired
+    nothing: every rule read its own series, which went stale with it, and what fired when
+    it died resolved. SnapshotTrackerDown reads the scrape's ``up``."""
+    settings = {
+        "internal_listen": "127.0.0.1:0",
+        "scrape_interval": "1s",
+        "target_groups": [{"group": "local", "local_targets": {"paths": [str(LEDGER)]}}],
+    }
+    line = 'snapshot_tracker_best_full_slot{group="local"}'
+    exposition = await exposition_once(nursery, tmp_path, settings, line)
+    # answered for 10 minutes, then not: evaluated 10 minutes after, past the rule's for:
+    assert await firing_alerts(exposition, tmp_path, answered=10) == {("SnapshotTrackerDown", "t")}
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+async def test_a_cluster_rpc_that_fails_alerts_and_one_that_answers_does_not(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A group's ``rpc`` that fails getSlot was said nowhere: no metric, no log line, and
+    once its carried slot ran out the age's series went, so SnapshotTrackerSnapshotTooOld
+    could not fire either. ``snapshot_tracker_cluster_rpc_up`` reads 0 and
+    SnapshotTrackerClusterRpcDown fires; an RPC that answers (the ledger's incremental 100
+    slots behind it) fires nothing."""
+    rpc = await nursery.start(serve_app, Rpc(slot=1300).app())
+    for url, expected in ((f"http://{REFUSED}", "0.0"), (rpc, "1.0")):
+        settings = {
+            "internal_listen": "127.0.0.1:0",
+            "scrape_interval": "1s",
+            "rpc": url,
+            "target_groups": [{"group": "local", "local_targets": {"paths": [str(LEDGER)]}}],
+        }
+        # answering: once the age is read too (the ledger may be listed after the slot)
+        line = 'snapshot_tracker_snapshot_age_slots{group="local"} 100.0'
+        if expected == "0.0":
+            line = 'snapshot_tracker_cluster_rpc_up{group="local"} 0.0'
+        here = tmp_path / expected
+        here.mkdir()
+        exposition = await exposition_once(nursery, here, settings, line)
+        assert f'snapshot_tracker_cluster_rpc_up{{group="local"}} {expected}' in exposition
+        fired = {("SnapshotTrackerClusterRpcDown", "local")} if expected == "0.0" else set()
+        assert await firing_alerts(exposition, here) == fired
 
 
 #: The bucket of :func:`store_held_back` (S3's names: 3 characters at least).
@@ -251,3 +307,53 @@ async def test_the_stores_status_is_not_up_before_the_store_answered(
 
         await wait_until(up)
         assert (await client.get(f"{public}/v1/store")).json()["up"] is True
+
+
+#: Nodes of the cluster in :func:`test_discovered_nodes_are_one_series_of_their_group`.
+NODES = 500
+
+
+async def test_discovered_nodes_are_one_series_of_their_group(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Each node cluster discovery found had series of its own (labelled by its URL): 19
+    each, 57,000 and 6.4 MB at every scrape of a tracker over mainnet's 3,000 nodes, churning
+    as nodes come and go. Now the group's discovered nodes share one ``target`` label,
+    ``discovered``, and a configured target keeps its own (docs/http-api.md, "Internal
+    routes")."""
+    raise_fd_limit()
+    # each node a host of its own (discovery keeps one node a machine), none listening
+    entries = [
+        node_entry(n, f"127.1.{n // 250}.{n % 250 + 1}:{REFUSED_PORT}") for n in range(NODES)
+    ]
+    rpc = await nursery.start(serve_app, rpc_app([entries]))
+    settings = {
+        "internal_listen": "127.0.0.1:0",
+        "scrape_interval": "1s",
+        "egress": {"allow": ["127.0.0.0/8"]},
+        "target_groups": [
+            {
+                "group": "mainnet",
+                "http_targets": {"targets": [f"http://{REFUSED}"]},
+                "cluster_discovery": {"rpc": [rpc]},
+            }
+        ],
+    }
+    _public, internal = await start_tracker(nursery, write_config(tmp_path, settings))
+    probes: dict[str, float] = {}
+    async with httpx.AsyncClient(verify=client_tls(), timeout=30, trust_env=False) as client:
+
+        async def every_node_probed() -> bool:
+            text = (await client.get(f"{internal}/metrics")).text
+            probes.clear()
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if sample.name == "snapshot_tracker_scrape_duration_seconds_count":
+                        probes[sample.labels["target"]] = sample.value
+            return sum(probes.values()) >= NODES + 1
+
+        await wait_until(every_node_probed, timeout=30)
+        size = len((await client.get(f"{internal}/metrics")).content)
+    print(f"\n{NODES} discovered nodes: /metrics {size:,} bytes")
+    assert sorted(probes) == sorted(["discovered", f"http://{REFUSED}"])
+    assert probes["discovered"] >= NODES

@@ -15,7 +15,7 @@ from helpers_config import load, problem_at, problems
 from tracker.config.loading import load_config
 from tracker.config.schema import ClusterProof, Config, TargetGroup
 from tracker.config.warnings import config_warnings, shared_rpcs
-from tracker.reporting import group_slots
+from tracker.reporting import group_slots, rpcs_up
 
 MAIN, TEST, DEV = "http://127.0.0.1:8899", "http://127.0.0.1:8898", "http://127.0.0.1:8897"
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -87,6 +87,26 @@ def test_each_group_is_told_its_own_clusters_slot(
     config: Config, answered: dict[str, int | None], slots: dict[str, int | None]
 ) -> None:
     assert group_slots(config, answered) == slots
+
+
+@pytest.mark.parametrize(
+    ("config", "asked", "answered", "up"),
+    [
+        # one rpc for both: answered, failed
+        (fleet(MAIN, ("a", ""), ("b", "")), {MAIN}, {MAIN: 5}, {"a": True, "b": True}),
+        (fleet(MAIN, ("a", ""), ("b", "")), {MAIN}, {}, {"a": False, "b": False}),
+        # each its own: one cluster's RPC down is that group's alone
+        (fleet("", ("a", MAIN), ("b", TEST)), {MAIN, TEST}, {TEST: 9}, {"a": False, "b": True}),
+        # no rpc at all: nothing to be down (no series)
+        (fleet("", ("a", ""), ("b", TEST)), {TEST}, {TEST: 9}, {"a": None, "b": True}),
+        # a reload moved b to an RPC the read did not ask: not failed, left as it was
+        (fleet(MAIN, ("a", ""), ("b", DEV)), {MAIN}, {MAIN: 5}, {"a": True}),
+    ],
+)
+def test_whether_each_groups_rpc_answered(
+    config: Config, asked: set[str], answered: dict[str, int], up: dict[str, bool | None]
+) -> None:
+    assert rpcs_up(config, asked, answered) == up
 
 
 @pytest.mark.parametrize(

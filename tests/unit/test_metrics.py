@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tracker import __version__
 from tracker.observability.collectors import SCRAPE_BUCKETS
-from tracker.observability.metrics import Metrics, counted
+from tracker.observability.metrics import DISCOVERED, Metrics, counted, target_label
 from tracker.observability.probemetrics import ProbeSeries
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -82,6 +82,55 @@ def test_scrapes_are_timed_and_errors_counted_per_target() -> None:
     assert value(found, "snapshot_tracker_scrape_duration_seconds_bucket", **a, le="0.025") == 1
     assert value(found, "snapshot_tracker_scrape_errors_total", **a) == 1
     assert value(found, "snapshot_tracker_scrape_errors_total", **b) == 0
+
+
+@pytest.mark.parametrize(
+    ("target", "discovered", "label"),
+    [
+        ("http://10.0.0.1:8899", False, "http://10.0.0.1:8899"),  # configured: its own
+        ("http://user:pw@a:1/?key=s", False, "http://***@a:1/?***"),  # masked
+        ("/var/ledger", False, "/var/ledger"),  # a local directory
+        ("http://10.0.0.1:8899", True, DISCOVERED),  # a node of the cluster: its group's
+        ("http://user:pw@a:1/", True, DISCOVERED),
+    ],
+)
+def test_target_label(target: str, discovered: bool, label: str) -> None:
+    assert target_label(target, discovered=discovered) == label
+
+
+def probe_series(metrics: Metrics) -> set[frozenset[tuple[str, str]]]:
+    """The label sets of the probe error counters: one per series of probes."""
+    return {
+        labels
+        for name, labels in samples(metrics)
+        if name == "snapshot_tracker_scrape_errors_total"
+    }
+
+
+def test_discovered_nodes_share_their_groups_series_however_many() -> None:
+    # One series set per discovered node: 3,000 nodes of mainnet made 57,000 series and a
+    # /metrics of 6.3 MB at every scrape, churning with every node that came and went.
+    metrics = Metrics(process=False)
+    metrics.set_groups(["mainnet"])
+    metrics.observe_scrape("mainnet", "http://10.9.0.1:8000", 0.01, ok=True)  # configured
+    for n in range(3000):
+        node = f"http://10.1.{n // 250}.{n % 250}:8899"
+        metrics.observe_scrape("mainnet", node, 0.02, ok=n % 3 != 0, discovered=True)
+        metrics.count_refresh_share("mainnet", node, 10, 1.0, discovered=True)
+    mine = {"group": "mainnet", "target": DISCOVERED}
+    assert probe_series(metrics) == {
+        frozenset(mine.items()),
+        frozenset({"group": "mainnet", "target": "http://10.9.0.1:8000"}.items()),
+    }
+    found = samples(metrics)
+    assert value(found, "snapshot_tracker_scrape_duration_seconds_count", **mine) == 3000
+    assert value(found, "snapshot_tracker_scrape_errors_total", **mine) == 1000
+    assert value(found, "snapshot_tracker_refresh_source_bytes_total", **mine) == 30000
+    # Nodes leaving the cluster retire nothing: the group's counters never start over.
+    assert metrics.reported_targets() == {("mainnet", "http://10.9.0.1:8000")}
+    metrics.set_groups(["other"])  # a reload removes the group: its series go
+    assert probe_series(metrics) == set()
+    assert "mainnet" not in metrics.render()[0].decode()
 
 
 def test_group_gauges_and_none_drops_the_series() -> None:
@@ -383,3 +432,25 @@ def test_the_reporter_retires_a_share_counted_after_its_node_left() -> None:
     reporter.round_done(scraper)
     assert metrics.reported_targets() == set()
     assert node not in metrics.render()[0].decode()
+
+
+def test_the_reporter_counts_discovered_nodes_in_their_groups_series() -> None:
+    from types import SimpleNamespace
+    from typing import Any
+
+    from tracker.ordering.index import TargetKey
+    from tracker.reporting import ScrapeReporter
+
+    metrics = Metrics(process=False)
+    reporter = ScrapeReporter(metrics, SimpleNamespace(status=lambda _line: None))  # type: ignore[arg-type]
+    url = "http://203.0.113.7:8899"  # an address of documentation, never asked
+    index = SimpleNamespace(best_full=lambda _g: None, best_incremental=lambda _g: None)
+    config = SimpleNamespace(target_groups=[SimpleNamespace(group="mainnet")])
+    scraper: Any = SimpleNamespace(health={}, index=index, config=config)
+    for key in (TargetKey("mainnet", url), TargetKey("mainnet", url, discovered=True)):
+        # configured first, then the operator left it to cluster discovery
+        health = SimpleNamespace(target=SimpleNamespace(key=key), health="up", last_duration=0.1)
+        scraper.health = {key: health}
+        reporter.probe_done(health)  # type: ignore[arg-type]
+        reporter.round_done(scraper)
+    assert probe_series(metrics) == {frozenset({"group": "mainnet", "target": DISCOVERED}.items())}

@@ -133,3 +133,64 @@ def test_refreshes_failing_fires_for_every_refresh_that_ends_uncached(
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+UP = 'up{instance="t",job="snapshot-tracker"}'
+RPC_UP = 'snapshot_tracker_cluster_rpc_up{group="g",instance="t",job="snapshot-tracker"}'
+AGE = 'snapshot_tracker_snapshot_age_slots{group="g",instance="t",job="snapshot-tracker"}'
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+@pytest.mark.parametrize(
+    ("alert", "series", "values", "fires"),
+    [
+        ("SnapshotTrackerDown", UP, "1x30", False),  # scraped all along
+        ("SnapshotTrackerDown", UP, "1x10 0x2 1x18", False),  # a restart: two scrapes missed
+        ("SnapshotTrackerDown", UP, "1x10 0x4 1x16", False),  # an upgrade, within the for:
+        ("SnapshotTrackerDown", UP, "1x10 0x20", True),  # stopped: a crash, a config exit 2
+        ("SnapshotTrackerDown", UP, "0x30", True),  # never scraped: the listener out of reach
+        ("SnapshotTrackerClusterRpcDown", RPC_UP, "1x30", False),
+        ("SnapshotTrackerClusterRpcDown", RPC_UP, "1 0 " * 15, False),  # a flaky RPC
+        ("SnapshotTrackerClusterRpcDown", RPC_UP, "1x10 0x3 1x17", False),  # a restart of it
+        ("SnapshotTrackerClusterRpcDown", RPC_UP, "1x10 0x20", True),  # down: slot carried out
+        ("SnapshotTrackerClusterRpcDown", RPC_UP, "1x10 stale", False),  # no rpc any more
+        ("SnapshotTrackerSnapshotTooOld", AGE, "150 250 " * 15, False),  # an incremental a 100
+        ("SnapshotTrackerSnapshotTooOld", AGE, "200x10 1100x5 200x14", False),  # a source's restart
+        ("SnapshotTrackerSnapshotTooOld", AGE, "200x10 1100x19", True),  # no newer snapshot
+    ],
+)
+def test_a_rule_fires_past_routine_events_only(
+    tmp_path: Path, alert: str, series: str, values: str, fires: bool
+) -> None:
+    """A rule of examples/prometheus/alerts.yml, evaluated by promtool's rule engine on
+    its series a minute apart for 30 minutes: a restart or one failed read never fires it
+    at any time, a part that stays down does."""
+    spec = {
+        "rule_files": [str(ALERTS)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [{"series": series, "values": values.strip()}],
+                "promql_expr_test": [
+                    {
+                        # fired at any time of the 30 minutes, not only at their end
+                        "expr": f'count(max_over_time(ALERTS{{alertname="{alert}",'
+                        'alertstate="firing"}[30m]))',
+                        "eval_time": "30m",
+                        "exp_samples": [{"labels": "{}", "value": 1}] if fires else [],
+                    }
+                ],
+            }
+        ],
+    }
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(spec))
+    done = subprocess.run(
+        ["promtool", "test", "rules", "test.yml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr

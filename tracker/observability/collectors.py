@@ -59,6 +59,14 @@ COLLECTORS = (
         ("group",),
     ),
     Collector(
+        "cluster_rpc_up",
+        Gauge,
+        "cluster_rpc_up",
+        "1 when the group's rpc answered its last getSlot, 0 when it failed; none for a"
+        " group without an rpc.",
+        ("group",),
+    ),
+    Collector(
         "http_requests",
         Counter,
         "http_requests_total",

@@ -8,7 +8,9 @@ start with ``snapshot_tracker_`` and use base units (seconds, bytes). Labels are
 event of a group the config no longer has makes no series, :func:`counted`),
 ``route`` is a route template, never a request path. A ``target`` label shows the configured
 URL with its userinfo and query masked (``http://***@host/``): two targets that differ only
-there share one series.
+there share one series. Every node cluster discovery found shares one ``target`` label per
+group, :data:`DISCOVERED` (:func:`target_label`): the network decides how many nodes there
+are, and a series set per node made ~19 series each, 57,000 at mainnet's 3,000 nodes.
 """
 
 from __future__ import annotations
@@ -74,6 +76,20 @@ LearnedLoss = Literal["entry", "document"]
 Kind = Literal["full", "incremental"]
 
 
+#: The ``target`` label of every node cluster discovery found (docs/http-api.md, "Internal
+#: routes"): not a URL, so no configured target's label is this.
+DISCOVERED = "discovered"
+
+
+def target_label(target: str, *, discovered: bool) -> str:
+    """The ``target`` label of a target's series: a configured target's URL or path with its
+    userinfo and query masked; :data:`DISCOVERED` for any node found by cluster discovery,
+    whose number and addresses the cluster's gossip decides (a label each would grow
+    Prometheus without bound and churn with every node that comes and goes; each node's
+    health is on the status page and in ``/v1/targets``). Pure."""
+    return DISCOVERED if discovered else redact_text(target)
+
+
 def counted(configured: frozenset[str] | None, group: str) -> bool:
     """Whether an event of ``group`` makes or moves its series: only a group the config has
     now (``configured``, :meth:`Metrics.set_groups`). A refresh, probe or slot read that a
@@ -97,6 +113,7 @@ class Metrics:
     best_full_slot: Gauge
     best_incremental_slot: Gauge
     snapshot_age_slots: Gauge
+    cluster_rpc_up: Gauge
     http_requests: Counter
     request_duration: Histogram
     archive_requests: Counter
@@ -124,6 +141,9 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         # group -> target label -> the targets sharing that series, for removal
         self._targets: dict[str, dict[str, set[str]]] = {}
+        # The groups with series of their discovered nodes (DISCOVERED): they go with the
+        # group only, so that their counters never restart while the group is configured.
+        self._discovered: set[str] = set()
         # The groups the config has now (set_groups); None until told: every group counts.
         self._groups: frozenset[str] | None = None
         reg = self.registry
@@ -168,17 +188,31 @@ class Metrics:
         make none from then on (:func:`counted`); a group a later reload brings back counts
         again."""
         configured = frozenset(groups)
-        for group in ((self._groups or frozenset()) | self._targets.keys()) - configured:
+        known = (self._groups or frozenset()) | self._targets.keys() | self._discovered
+        for group in known - configured:
             self.remove_group(group)
         self._groups = configured
 
-    def observe_scrape(self, group: str, target: str, seconds: float, *, ok: bool) -> None:
-        """One probe of ``target`` took ``seconds``; ``ok=False`` also counts an error."""
+    def observe_scrape(
+        self, group: str, target: str, seconds: float, *, ok: bool, discovered: bool = False
+    ) -> None:
+        """One probe of ``target`` took ``seconds``; ``ok=False`` also counts an error.
+        ``discovered``: a node of cluster discovery, counted in its group's one series
+        (:func:`target_label`)."""
         if not counted(self._groups, group):  # a probe a reload removing its group left
             return
-        label = redact_text(target)
-        self._targets.setdefault(group, {}).setdefault(label, set()).add(target)
+        label = self._label(group, target, discovered)
         self.probes.observe(group, label, seconds, failed=not ok)  # errors present at 0
+
+    def _label(self, group: str, target: str, discovered: bool) -> str:
+        """``target``'s label, remembered for its removal (a discovered node's: its
+        group's)."""
+        label = target_label(target, discovered=discovered)
+        if discovered:
+            self._discovered.add(group)
+        else:
+            self._targets.setdefault(group, {}).setdefault(label, set()).add(target)
+        return label
 
     def set_targets(self, group: str, *, up: int, total: int) -> None:
         """``up`` of the ``total`` configured targets of ``group`` answered their last probe.
@@ -193,7 +227,8 @@ class Metrics:
             per_group.labels(group)
 
     def reported_targets(self) -> set[tuple[str, str]]:
-        """Every ``(group, target)`` with series now (probes, shares of refreshes)."""
+        """Every ``(group, target)`` with series of its own now (probes, shares of
+        refreshes): configured targets only, a discovered node's being its group's."""
         return {
             (group, target)
             for group, labels in self._targets.items()
@@ -214,6 +249,13 @@ class Metrics:
         if not counted(self._groups, group):  # a slot read a reload removing it left
             return
         _set_or_remove(self.snapshot_age_slots, group, slots)
+
+    def set_cluster_rpc_up(self, group: str, up: bool | None) -> None:
+        """Whether the group's ``rpc`` answered its last ``getSlot``; None (no ``rpc``)
+        drops the series: a group that has none has nothing down."""
+        if not counted(self._groups, group):  # a slot read a reload removing it left
+            return
+        _set_or_remove(self.cluster_rpc_up, group, None if up is None else int(up))
 
     def count_request(self, route: str, status: int, seconds: float | None = None) -> None:
         """An HTTP request to ``route`` (a template such as ``/v1/{name}``) got ``status``;
@@ -312,13 +354,14 @@ class Metrics:
         """A cache refresh resumed after an upstream break."""
         self.refresh_resumes.inc()
 
-    def count_refresh_share(self, group: str, target: str, size: int, seconds: float) -> None:
+    def count_refresh_share(
+        self, group: str, target: str, size: int, seconds: float, *, discovered: bool = False
+    ) -> None:
         """``target`` gave a refresh of ``group`` ``size`` bytes over ``seconds`` (its share
-        of a refresh from several sources)."""
+        of a refresh from several sources); ``discovered``: as for :meth:`observe_scrape`."""
         if not counted(self._groups, group):
             return
-        label = redact_text(target)
-        self._targets.setdefault(group, {}).setdefault(label, set()).add(target)
+        label = self._label(group, target, discovered)
         self.refresh_source_bytes.labels(group, label).inc(size)
         self.refresh_source_seconds.labels(group, label).inc(max(0.0, seconds))
 
@@ -337,7 +380,11 @@ class Metrics:
 
     def remove_group(self, group: str) -> None:
         """Drop every series of ``group`` and of its targets (the group left the config)."""
-        for label in self._targets.pop(group, {}):
+        labels = list(self._targets.pop(group, {}))
+        if group in self._discovered:
+            self._discovered.discard(group)
+            labels.append(DISCOVERED)
+        for label in labels:
             self.probes.remove(group, label)
             for per_target in (self.refresh_source_bytes, self.refresh_source_seconds):
                 _remove(per_target, group, label)
@@ -347,6 +394,7 @@ class Metrics:
             self.best_full_slot,
             self.best_incremental_slot,
             self.snapshot_age_slots,
+            self.cluster_rpc_up,
         ):
             _remove(gauge, group)
         for kind in get_args(Kind):

@@ -666,7 +666,7 @@ class Launcher:
 
     @staticmethod
     def _share(metrics: Metrics, group: str, key: TargetKey, size: int, seconds: float) -> None:
-        metrics.count_refresh_share(group, key.target, size, seconds)
+        metrics.count_refresh_share(group, key.target, size, seconds, discovered=key.discovered)
 
     def _source_failed(self, group: str, origin: ByteSource) -> Callable[[], None] | None:
         """What counts a failed source of the index (not the bucket, not a replica)."""
