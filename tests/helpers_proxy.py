@@ -158,13 +158,14 @@ class Serving:
     """How :func:`running_tracker` serves: the proxy's ``settings``, the cache the streamer
     builds (``cache_factory``), an ``index`` of the test's own, Quart's ``app_config``, and
     ``plain`` hypercorn (no sendfile or splice, every byte through Python: the path of
-    HTTP/2 clients and TLS upstreams)."""
+    HTTP/2 clients and TLS upstreams), the listener's ``max_connections``."""
 
     settings: ProxySettings = FAST
     cache_factory: CacheFactory | None = None
     index: Index | None = None
     app_config: dict[str, Any] | None = None
     plain: bool = False
+    max_connections: int = 4096
 
 
 @asynccontextmanager
@@ -186,7 +187,12 @@ async def running_tracker(
                 await nursery.start(parts.transfers.run)
                 parts.streamer.cache()  # start-up cleanup, as the service does
                 connections = None if how.plain else Connections()
-                serve = partial(serve_app, connections=connections, plain=how.plain)
+                serve = partial(
+                    serve_app,
+                    connections=connections,
+                    plain=how.plain,
+                    max_connections=how.max_connections,
+                )
                 base = await nursery.start(serve, parts.public)
                 for up in advertised:
                     advertise_files(index, up, up.files)

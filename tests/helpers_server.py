@@ -52,6 +52,7 @@ async def serve_app(
     stop_timeout: float = 5.0,
     connections: Connections | None = None,
     plain: bool = False,
+    max_connections: int = 4096,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` on 127.0.0.1 (a free port) until cancelled; start with ``nursery.start``.
@@ -60,7 +61,8 @@ async def serve_app(
     (``http://127.0.0.1:PORT``) through ``task_status.started``, after the app's lifespan
     startup has finished. ``connections`` lets a test see the zero-copy pieces sent;
     ``plain`` serves with hypercorn's own ``serve`` instead (no sendfile: file bodies are read
-    and sent as bytes).
+    and sent as bytes); ``max_connections``: the listener's connection limit (zero-copy
+    server only).
 
     On cancellation the server is stopped through its ``shutdown_trigger`` so that hypercorn
     runs its graceful shutdown and the app's lifespan shutdown (cancelling hypercorn's own
@@ -92,6 +94,7 @@ async def serve_app(
                 sock,
                 connections or Connections(),
                 shutdown_trigger=shutdown.wait,
+                max_connections=max_connections,
                 task_status=task_status,
             )
 

@@ -162,6 +162,54 @@ async def test_a_request_smuggled_behind_an_ambiguous_one_is_never_served() -> N
     assert b"HTTP/1.1 200" not in received
 
 
+@pytest.mark.parametrize(
+    ("request_head", "status", "reason"),
+    [
+        # a request line of 1 MB: h11 stops reading at 16 KiB
+        (
+            b"GET /v1/snapshots?" + b"a" * (1 << 20) + b" HTTP/1.1\r\nhost: t\r\n\r\n",
+            431,
+            b"request head too large\n",
+        ),
+        (
+            b"GET /v1/snapshots HTTP/1.1\r\nhost: t\r\n" + b"x: y\r\n" * 5000 + b"\r\n",
+            431,
+            b"request head too large\n",
+        ),
+        (
+            b"GET /v1/snapshots HTTP/1.1\r\nhost: t\r\n"
+            b"content-length: 0\r\ncontent-length: 5\r\n\r\n",
+            400,
+            b"malformed request\n",
+        ),
+        (
+            b"GET /v1/snapshots HTTP/1.1\r\nhost: t\r\ncontent-length : 5\r\n\r\n",
+            400,
+            b"malformed request\n",
+        ),
+        (b"GET /v1/snapshots HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n", 400, b"malformed request\n"),
+        (
+            b"GET /v1/snapshots HTTP/1.1\r\ntransfer-encoding: gzip, chunked\r\nhost: t\r\n\r\n",
+            501,
+            b"only transfer-encoding: chunked is taken\n",
+        ),
+    ],
+    ids=["line-of-1-MB", "5000-headers", "two-lengths", "space-before-colon", "two-hosts", "gzip"],
+)
+async def test_what_h11_refuses_is_answered_in_one_line(
+    request_head: bytes, status: int, reason: bytes
+) -> None:
+    # hypercorn answered these with an empty body: the client could not tell why
+    async with proxy_tracker() as t:
+        received, closed = await exchange(t.base, request_head, send_while_reading=True)
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d " % status), head
+    assert b"\r\ncontent-type: text/plain\r\n" in head
+    assert b"\r\nconnection: close\r\n" in head
+    assert body == reason
+    assert closed
+
+
 async def test_an_h2c_upgrade_is_answered_in_http_1_1() -> None:
     # HTTP/2 is not served: its streams bypassed the zero-copy sends, and a stream whose
     # flow-control window stayed 0 had a whole archive buffered in the tracker's memory.

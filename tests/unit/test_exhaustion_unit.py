@@ -1,7 +1,8 @@
 """Resource limits decided without a network: configs too large or with too many aliases are
 refused before parsing (by ``check-config``), the descriptor budget split between connections,
-downloads and a reserve, download slots given back (the limits under real connections:
-tests/integration/test_exhaustion.py)."""
+downloads and a reserve, download slots given back, the share one client may keep when
+nothing is free (the limits under real connections: tests/integration/test_exhaustion.py,
+tests/integration/test_fair_share.py)."""
 
 from __future__ import annotations
 
@@ -22,11 +23,13 @@ from tracker.config.loading import load_config
 from tracker.config.yamlfile import MAX_ALIASES, MAX_CONFIG_BYTES, MAX_DEPTH
 from tracker.errors import ClientGone, ConfigError, RequestError, TrackerError
 from tracker.serving.responsebodies import GeneratorBody
+from tracker.zerocopy.connection import Connections, client_of
 from tracker.zerocopy.limit import (
     DOWNLOAD_DESCRIPTORS,
     RESERVED_DESCRIPTORS,
     DescriptorBudget,
     descriptor_budget,
+    fair_share,
     probes_within,
 )
 
@@ -181,10 +184,11 @@ def test_the_slot_reclaimed_is_the_longest_stalled_past_the_threshold(
 
 @attrs.define
 class FakeHolder:
-    """A connection whose client has taken nothing for ``stall`` seconds."""
+    """A connection of ``client`` whose client has taken nothing for ``stall`` seconds."""
 
     stall: float
     reclaimed: bool = False
+    client: str | None = None
 
     def stalled(self) -> float:
         return self.stall
@@ -213,6 +217,68 @@ def test_a_stalled_download_gives_its_slot_to_a_new_one_only_when_all_are_taken(
     new.release()
     assert slots.taken == 1
     held.release()
+
+
+@pytest.mark.parametrize(
+    ("holders", "newcomer", "expected"),
+    [
+        ([], "b", None),  # nothing held
+        (["a"] * 4, "a", None),  # the one holding everything asks for more: refused
+        (["a"] * 4, "b", "a"),  # another client gets one of them
+        (["a", "b"], "c", None),  # one each: as fair as it gets, the newcomer waits
+        (["a", "a", "b"], "c", "a"),  # two against none
+        (["a", "a", "b"], "b", None),  # 2 against 1: the swap would only turn the tables
+        (["a", "a", "a", "b"], "b", "a"),  # 3 against 1: after the swap 2 and 2
+        (["a", "b", "b", "c"], "c", None),  # the most is b's, one more than c's
+        ([None] * 4, "b", None),  # held by nothing that names a client: none to weigh
+        (["a", "a"], None, "a"),  # a newcomer of no known client holds nothing
+        (["a", "a", "b", "b"], "c", "a"),  # a tie: the client listed first
+    ],
+)
+def test_the_client_holding_the_most_gives_one_up_to_one_holding_two_fewer(
+    holders: list[str | None], newcomer: str | None, expected: str | None
+) -> None:
+    assert fair_share(holders, newcomer) == expected
+
+
+@pytest.mark.parametrize(
+    ("peer", "client"),
+    [
+        ("127.0.0.2", "127.0.0.2"),
+        ("::ffff:10.0.0.6", "10.0.0.6"),  # a dual-stack listener's IPv4 client
+        ("2001:db8::6", "2001:db8::/64"),  # a machine is routinely given its /64 whole
+        ("2001:0db8:0:0:ffff::7", "2001:db8::/64"),
+        ("2001:db8:0:1::6", "2001:db8:0:1::/64"),
+    ],
+)
+def test_a_connection_counts_for_its_address_an_ipv6_one_as_its_64(peer: str, client: str) -> None:
+    assert client_of((peer, 5000)) == client
+    assert Connections().open(((peer, 5000), ("::", 8458))).client == client
+
+
+def test_a_connection_given_up_on_is_ended_also_while_its_bytes_flow() -> None:
+    # A slot taken from the client holding the most may be one whose bytes still move:
+    # ending only a piece's wait for room left it sending, over the download limit.
+    ended: list[str] = []
+    key = (("127.0.0.2", 5000), ("127.0.0.1", 8458))
+    connection = Connections().open(key, lambda: ended.append("shut down"))
+    connection.reclaim()
+    assert ended == ["shut down"]
+
+
+def test_a_download_slot_goes_from_the_client_holding_the_most_to_another() -> None:
+    slots = DownloadSlots(3, reclaim_after=10.0)
+    moving, slowest = FakeHolder(0.0, client="a"), FakeHolder(2.0, client="a")
+    kept = FakeHolder(5.0, client="b")
+    held = [slots.take(holder) for holder in (moving, slowest, kept)]  # kept: not dropped
+    with pytest.raises(RequestError, match="too many downloads at once"):
+        slots.take(FakeHolder(0.0, client="a"))  # a holds the most already
+    with pytest.raises(RequestError, match="too many downloads at once"):
+        slots.take(FakeHolder(0.0, client="b"))  # 2 against 1: b waits
+    held.append(slots.take(FakeHolder(0.0, client="c")))
+    # a's slot whose client took nothing the longest goes, though none stalled 10 s
+    assert (slowest.reclaimed, moving.reclaimed, kept.reclaimed) == (True, False, False)
+    assert (slots.shared, slots.reclaimed, slots.taken) == (1, 0, 3)
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ from tracker.observability.logs import log_event
 from tracker.observability.metrics import Metrics
 from tracker.serving.httpanswer import Answer
 from tracker.serving.responsebodies import Body, BytesBody, WrappedBody
+from tracker.zerocopy.limit import fair_share
 
 if TYPE_CHECKING:
     from tracker.zerocopy.connection import Connection
@@ -63,11 +64,16 @@ class SlotHolder(Protocol):
     """What holds a slot: a client connection that can tell how long its client has taken
     nothing, and be given up on (tracker.zerocopy.connection.Connection)."""
 
+    @property
+    def client(self) -> str | None:
+        """The client the connection counts for (its address; None: not known)."""
+
     def stalled(self) -> float:
         """Seconds the client has taken no byte while its download waited for it."""
 
     def reclaim(self) -> None:
-        """Give up on the client: its download ends as the client's failure."""
+        """Give up on the client: its download ends as the client's failure, its connection
+        with it."""
 
 
 def reclaimable(stalls: Mapping[int, float], after: float) -> int | None:
@@ -87,7 +93,10 @@ class DownloadSlots:
     the descriptors left keep the API, ``/metrics`` and the scans working however many
     clients download (or stall) at once. A client that has taken nothing for
     ``reclaim_after`` seconds does not keep its slot from a new download: when all are
-    taken, the longest stalled one is given up on and its slot goes to the new one.
+    taken, the longest stalled one is given up on and its slot goes to the new one. When
+    none stalled that long, the client holding the most slots gives one up to a client
+    holding at least two fewer (:func:`tracker.zerocopy.limit.fair_share`): one machine
+    reading slowly over every slot does not lock the others out.
     """
 
     def __init__(self, limit: int | None = None, *, reclaim_after: float = RECLAIM_AFTER) -> None:
@@ -95,6 +104,8 @@ class DownloadSlots:
         self.reclaim_after = reclaim_after
         self.refused = 0
         self.reclaimed = 0
+        #: Slots taken from the client holding the most for another client (fair_share).
+        self.shared = 0
         #: The slots taken, and what holds each (None: nothing to reclaim it from).
         self._held: dict[int, SlotHolder | None] = {}
         self._tokens = itertools.count()
@@ -108,11 +119,14 @@ class DownloadSlots:
 
     def take(self, holder: SlotHolder | None = None) -> DownloadSlot:
         """A slot for one answer held by ``holder``; when all are taken, the slot of a
-        stalled client (see the class doc); RequestError(503) when there is none."""
+        stalled client or of the client holding the most (see the class doc);
+        RequestError(503) when there is none."""
         victim: SlotHolder | None = None
         with self._lock:
             if self.limit is not None and len(self._held) >= self.limit:
                 victim = self._reclaim_one()
+                if victim is None:
+                    victim = self._share_one(holder)
                 if victim is None:
                     self.refused += 1
                     raise RequestError(503, f"too many downloads at once ({self.limit}), try again")
@@ -130,6 +144,18 @@ class DownloadSlots:
             return None
         self.reclaimed += 1
         return self._held.pop(key)
+
+    def _share_one(self, holder: SlotHolder | None) -> SlotHolder | None:
+        """Uncount a slot of the client holding the most, when :func:`fair_share` says it
+        gives one up to ``holder``'s client: its longest stalled, else its newest."""
+        held = {key: h for key, h in self._held.items() if h is not None}
+        newcomer = holder.client if holder is not None else None
+        client = fair_share((h.client for h in held.values()), newcomer)
+        if client is None:
+            return None
+        stalls = {key: h.stalled() for key, h in held.items() if h.client == client}
+        self.shared += 1
+        return self._held.pop(max(stalls, key=lambda key: (stalls[key], key)))
 
     def give_back(self, token: int) -> None:
         """Slot ``token`` is free again (called once per slot, by :class:`DownloadSlot`; nothing for

@@ -36,6 +36,7 @@ from typing import Any
 
 import trio
 
+from tracker.core.hosts import canonical_host, machine_of
 from tracker.errors import ClientGone, SourceFailed, TrackerError
 from tracker.zerocopy.pieces import (
     LARGEST_PIECE,
@@ -91,11 +92,26 @@ def sending_last() -> Iterator[None]:
         _SENDING_LAST.reset(token)
 
 
-class Connection:
-    """One client connection's side of the handshake between a body and its stream."""
+def _nothing() -> None:
+    """What ending a connection of no socket does."""
 
-    def __init__(self, connections: Connections) -> None:
+
+class Connection:
+    """One client connection's side of the handshake between a body and its stream.
+
+    ``client``: the client it counts for where one client's share is weighed (its address, an
+    IPv6 one as its /64: :func:`tracker.zerocopy.limit.fair_share`; None: not known);
+    ``end``: ends the connection both ways (its stream's ``shut_down``)."""
+
+    def __init__(
+        self,
+        connections: Connections,
+        client: str | None = None,
+        end: Callable[[], None] = _nothing,
+    ) -> None:
         self._connections = connections
+        self.client = client
+        self._end = end
         self._placeholders = connections.placeholders
         self._staged: Piece | None = None
         self.broken = False
@@ -174,8 +190,10 @@ class Connection:
 
     def reclaim(self) -> None:
         """Give up on the client (its download slot went to another): the piece waiting for
-        it fails as the client's failure, and the connection ends."""
+        it fails as the client's failure, and the connection ends, also where the answer is
+        moving (a slot taken from the client holding the most: its bytes still flowed)."""
         self._progress.reclaim()
+        self._end()
 
     async def send_plain(
         self, sock: trio.socket.SocketType, data: bytes | bytearray | memoryview
@@ -300,9 +318,9 @@ class Connections:
         """Connections open now."""
         return len(self._open)
 
-    def open(self, key: tuple[Address, Address]) -> Connection:
-        """Register a new connection (its stream calls this)."""
-        connection = Connection(self)
+    def open(self, key: tuple[Address, Address], end: Callable[[], None] = _nothing) -> Connection:
+        """Register a new connection (its stream calls this with its ``shut_down``)."""
+        connection = Connection(self, client_of(key[0]), end)
         self._open[key] = connection
         return connection
 
@@ -318,6 +336,13 @@ class Connections:
         if not client or not server:
             return None
         return self._open.get((tuple(client), tuple(server)))
+
+
+def client_of(address: Address) -> str:
+    """The client a connection from ``address`` (host, port) counts for: its host as one
+    spelling (an IPv4-mapped address as the IPv4 one), an IPv6 address as its /64, which one
+    machine is routinely given whole (:func:`tracker.core.hosts.machine_of`). Pure."""
+    return machine_of(canonical_host(str(address[0])))
 
 
 def http1(scope: Mapping[str, Any]) -> bool:

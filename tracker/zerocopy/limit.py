@@ -17,8 +17,10 @@ Each listener keeps at most ``limit`` connections (``max_connections``, lowered 
 When a new connection arrives at the limit, the connection idle the longest is shut down to
 make room: idle means no request in flight, so a keep-alive connection between requests and
 one that never completed its request head both are, while a download in progress never is.
-Only when every connection is busy is the new one refused (closed at once). Neither is logged
-per connection: one summary line a minute at most.
+When every connection is busy, the client holding the most connections gives one up to a new
+client holding at least two fewer (:func:`fair_share`: one machine's many connections never
+lock the others out); only when none does is the new one refused (closed at once). None of
+this is logged per connection: one summary line a minute at most.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from __future__ import annotations
 import logging
 import math
 import resource
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 
 import attrs
 import trio
@@ -41,6 +44,7 @@ __all__ = [
     "ConnectionLimit",
     "DescriptorBudget",
     "descriptor_budget",
+    "fair_share",
     "probes_within",
 ]
 
@@ -124,6 +128,25 @@ def probes_within(
     return low
 
 
+def fair_share(holders: Iterable[str | None], newcomer: str | None) -> str | None:
+    """The client that gives one of what it holds (a connection, a download slot) to a
+    request of client ``newcomer`` when none is free: the client holding the most
+    (``holders``: the client of each thing held, None for one no client is known of, never
+    chosen), when it holds at least two more than ``newcomer`` holds already, so that after
+    the swap the newcomer holds no more than it and the two never take turns. None when
+    nobody holds more than that share: the newcomer is refused. A client is an address (an
+    IPv6 one as its /64: :func:`tracker.zerocopy.connection.client_of`), so an
+    aria2c with 16 connections keeps them all while anything is free, and behind a reverse
+    proxy (every client one address) nothing changes. Pure; ties go to the client listed
+    first."""
+    counts = Counter(client for client in holders if client is not None)
+    if not counts:
+        return None
+    top, most = counts.most_common(1)[0]
+    held = counts[newcomer] if newcomer is not None else 0
+    return top if most >= held + 2 else None
+
+
 class ConnectionLimit:
     """The open connections of one listener; see the module doc.
 
@@ -137,8 +160,10 @@ class ConnectionLimit:
         #: Connections shut down to make room, still unwinding (not counted any more).
         self._closing: set[ZeroCopyStream] = set()
         self.evicted = 0
+        #: Busy connections closed to make room for another client (:func:`fair_share`).
+        self.shared = 0
         self.refused = 0
-        self._reported = (0, 0)
+        self._reported = (0, 0, 0)
         self._last_report = -math.inf
 
     @property
@@ -147,9 +172,10 @@ class ConnectionLimit:
         return len(self._open) - len(self._closing)
 
     def admit(self, stream: ZeroCopyStream) -> bool:
-        """Count ``stream`` in, making room by closing the longest idle connection when the
-        limit is reached; False (the caller closes ``stream``) when every one is busy."""
-        if self.open >= self.limit and not self._evict_one():
+        """Count ``stream`` in, making room when the limit is reached by closing the longest
+        idle connection, else a busy one of the client holding the most
+        (:func:`fair_share`); False (the caller closes ``stream``) when neither may go."""
+        if self.open >= self.limit and not (self._evict_one() or self._share(stream)):
             self.refused += 1
             self._report()
             return False
@@ -172,6 +198,21 @@ class ConnectionLimit:
         self._report()
         return True
 
+    def _share(self, stream: ZeroCopyStream) -> bool:
+        """Close the least recently active connection of the client holding the most, when
+        :func:`fair_share` says it gives one up to ``stream``'s client (its answer in
+        progress ends as the client's failure, as if it had left)."""
+        counted = self._open - self._closing
+        client = fair_share((s.client for s in counted), stream.client)
+        if client is None:
+            return False
+        victim = min((s for s in counted if s.client == client), key=lambda s: s.last_active)
+        self._closing.add(victim)
+        victim.shut_down()
+        self.shared += 1
+        self._report()
+        return True
+
     def exhausted(self, error: OSError) -> None:
         """accept() failed for lack of descriptors or memory (reported like a refusal)."""
         self.refused += 1
@@ -181,14 +222,19 @@ class ConnectionLimit:
         now = self._clock()
         if now - self._last_report < REPORT_EVERY:
             return
-        evicted, refused = self.evicted - self._reported[0], self.refused - self._reported[1]
-        self._reported, self._last_report = (self.evicted, self.refused), now
+        evicted, shared, refused = (
+            self.evicted - self._reported[0],
+            self.shared - self._reported[1],
+            self.refused - self._reported[2],
+        )
+        self._reported, self._last_report = (self.evicted, self.shared, self.refused), now
         log_event(
             log,
             "warning",
             "connections_limited",
             limit=self.limit,
             idle_closed=evicted,
+            busy_closed=shared,
             refused=refused,
             reason=reason or "connection limit reached",
         )

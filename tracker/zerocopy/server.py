@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
+import h11
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.protocol.h11 import H11Protocol
@@ -135,6 +136,39 @@ def http1_only() -> None:
     H11Protocol._check_protocol = _served_as_http1  # type: ignore[method-assign,assignment]
 
 
+#: The one-line reasons of the refusals h11 decides before a request reaches the app, by the
+#: status it hints (its own words are not sent: some repeat the client's bytes).
+REFUSALS = {
+    400: b"malformed request\n",
+    431: b"request head too large\n",
+    501: b"only transfer-encoding: chunked is taken\n",
+}
+
+
+async def _refuse_in_one_line(protocol: H11Protocol, status_code: int) -> None:
+    """hypercorn's ``H11Protocol._send_error_response`` replaced: its answer (``connection:
+    close``, the configured response headers) with a one-line ``text/plain`` body where it
+    sent none (docs/http-api.md, "Errors")."""
+    reason = REFUSALS.get(status_code, b"malformed request\n")
+    headers = [
+        (b"content-type", b"text/plain"),
+        (b"content-length", str(len(reason)).encode()),
+        (b"connection", b"close"),
+        *protocol.config.response_headers("h11"),
+    ]
+    await protocol._send_h11_event(h11.Response(status_code=status_code, headers=headers))
+    await protocol._send_h11_event(h11.Data(data=reason))
+    await protocol._send_h11_event(h11.EndOfMessage())
+
+
+def refusals_in_one_line() -> None:
+    """Give the requests h11 refuses (a head over 16 KiB: 431; conflicting
+    ``content-length``s, a missing ``host``, a malformed line: 400; a ``transfer-encoding``
+    other than ``chunked``: 501) a one-line reason, as every other refusal has: hypercorn
+    answers them with an empty body. tracker/zerocopy/README.md, assumption 15."""
+    H11Protocol._send_error_response = _refuse_in_one_line  # type: ignore[method-assign,assignment]
+
+
 async def serve(
     app: Any,
     config: HypercornConfig,
@@ -159,6 +193,7 @@ async def serve(
     reason_phrases()  # `HTTP/1.1 303 See Other`, not `HTTP/1.1 303 `
     bytes_after_the_last_request_dropped()  # a stray CRLF after an HTTP/1.0 request
     http1_only()  # no h2c upgrade, no HTTP/2 preface
+    refusals_in_one_line()  # a 431 or 400 of h11's says why
     wrapped = wrap_app(ZeroCopyApp(app, connections), config.wsgi_max_body_size, "asgi")
     lifespan_state: LifespanState = {}
     lifespan = Lifespan(wrapped, config, lifespan_state)

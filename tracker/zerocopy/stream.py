@@ -47,7 +47,7 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
         self.socket = stream.socket
         self._connections = connections
         self._key = _addresses(stream.socket)
-        self._connection = connections.open(self._key) if self._key else None
+        self._connection = connections.open(self._key, self.shut_down) if self._key else None
         #: The scope hypercorn's handler of this connection runs in (tracker/zerocopy/
         #: server.py): cancelled once the client is gone (Connection.gone).
         self.handler = self._connection.handler if self._connection else trio.CancelScope()
@@ -63,6 +63,12 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
         #: The read hypercorn is waiting in, cancelled when the lingering close starts.
         self._reading: trio.CancelScope | None = None
         self._read_done = trio.Event()
+
+    @property
+    def client(self) -> str | None:
+        """The client this connection counts for
+        (:func:`~tracker.zerocopy.connection.client_of`; None: no TCP peer known)."""
+        return self._connection.client if self._connection is not None else None
 
     @property
     def idle(self) -> bool:
