@@ -13,7 +13,9 @@ from helpers_server import local_config, serve_app
 from helpers_sources import HASHES, Answer, Request, ScriptedApp
 from helpers_tls import client_tls
 
+from tracker.clientwire.transport import HeadClient
 from tracker.config.schema import TargetGroup
+from tracker.core.snapshots import MAX_URL
 from tracker.discovery.http import SizeMemo, probe_http
 from tracker.errors import ProbeError
 from tracker.net.egress import EgressPolicy
@@ -209,6 +211,28 @@ async def test_sizes_are_learned_by_one_head_of_each_new_archive_url(nursery, cl
     assert len(heads) == 1 and heads[0].method == "HEAD"
     assert heads[0].headers.get("authorization") == "Bearer t"
     assert other_app.requests == []
+
+
+async def test_a_location_longer_than_a_listing_keeps_fails_the_probe(nursery, client) -> None:
+    """A discovered node's answer head may hold a 16 KiB ``Location`` (all the probe's
+    client reads): kept, its archive URL was held as many KiB in the index, the sizes memo
+    and every listing (and ``fetch`` refuses a listed URL over 4,096 characters). Over
+    MAX_URL it fails the probe in one line, asking nothing more; one of MAX_URL is kept."""
+    long = "/" + "a" * 16_000 + f"/{FULL}"
+    app = ScriptedApp({FULL_PATH: redirect(long), INCR_PATH: Answer(404)})
+    base = await nursery.start(serve_app, app)
+    for heads in (client, HeadClient(5.0)):  # a configured target's client, a node's
+        with pytest.raises(ProbeError) as info:
+            await probe_http(heads, base, sizes=SizeMemo())
+        assert str(info.value) == (
+            f"snapshot.tar.bz2: Location names a URL of {len(base + long)} characters, "
+            f"over {MAX_URL}"
+        )
+    assert set(app.paths()) == {FULL_PATH, INCR_PATH}  # no HEAD of the archive's size
+    fits = "/" + "a" * (MAX_URL - len(base) - len(FULL) - 2) + f"/{FULL}"
+    app.routes[FULL_PATH] = redirect(fits)
+    [full] = await probe_http(HeadClient(5.0), base)
+    assert full.files[0].url == base + fits and len(full.files[0].url) == MAX_URL
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import pytest
 from cluster_answers import NESTED, empty_nodes, node_entry, nodes_answer
 from helpers_bytes import MiB
 
-from tracker.core.hosts import machine_of
+from tracker.core.hosts import machine_of, network_of
 from tracker.discovery.nodes import (
     MAX_NODES,
     Node,
@@ -166,9 +166,11 @@ def test_the_streamed_choice_is_the_sorted_choice_and_skips_malformed_nodes() ->
 
 def naive_select(entries: list[object], max_targets: int) -> list[Node]:
     """Of every usable node, per machine (a host whatever its ports, an IPv6 one's /64) the
-    node of its lowest public key (of a key listed twice there, the first); the machines
-    with the lowest keys first."""
+    node of its lowest public key (of a key listed twice there, the first); each machine's
+    place is how many machines of its network (an IPv4 /24, an IPv6 /48) have a lower key;
+    the machines of the lowest (place, key) chosen, listed by key."""
     best: dict[str, tuple[str, Node]] = {}
+    networks: dict[str, str] = {}
     for node in entries:
         if isinstance(node, dict) and isinstance(node.get("pubkey"), str):
             address = rpc_address(node.get("rpc"))
@@ -176,11 +178,60 @@ def naive_select(entries: list[object], max_targets: int) -> list[Node]:
                 host = urlsplit(f"http://{address}").hostname
                 assert host is not None
                 machine, pubkey = machine_of(host), node["pubkey"]
+                networks[machine] = network_of(host)
                 if machine not in best or pubkey < best[machine][0]:
                     version = shown_version(node.get("version"))
                     best[machine] = (pubkey, Node(f"http://{address}", version))
-    order = sorted(best, key=lambda machine: (best[machine][0], machine))
-    return [best[machine][1] for machine in order[:max_targets]]
+    by_key = sorted(best, key=lambda machine: (best[machine][0], machine))
+    seen: dict[str, int] = {}
+    places = {}
+    for machine in by_key:
+        places[machine] = seen.get(networks[machine], 0)
+        seen[networks[machine]] = places[machine] + 1
+    order = sorted(best, key=lambda machine: (places[machine], best[machine][0], machine))
+    kept = set(order[:max_targets])
+    return [best[machine][1] for machine in by_key if machine in kept]
+
+
+def test_the_streamed_choice_across_networks_is_the_sorted_choice() -> None:
+    """Machines in a few /24s and /48s, several per network, keys shuffled, machines
+    listed again under lower and higher keys: the pruning chooser keeps what the sort of
+    every machine by (place in its network, key) keeps, at every bound."""
+    rng = random.Random(11)
+    hosts = [f"198.51.{rng.randrange(6)}.{rng.randrange(1, 40)}" for _ in range(300)]
+    hosts += [
+        f"[2001:db8:{rng.randrange(4)}:{rng.randrange(30):x}::{rng.randrange(3)}]"
+        for _ in range(300)
+    ]
+    entries: list[object] = [
+        node_entry(rng.randrange(20_000), f"{rng.choice(hosts)}:{rng.randrange(1000, 1003)}")
+        for _ in range(4000)
+    ]
+    for max_targets in (1, 2, 7, 40, 150, 1000):
+        expected = naive_select(entries, max_targets)
+        assert parse_answer(nodes_answer(entries), [], max_targets) == expected
+        assert select(entries, [], max_targets) == expected
+
+
+def test_one_network_of_many_machines_takes_places_only_after_every_other_networks_first() -> None:
+    """Ten thousand machines of one IPv6 /48 (a tunnel broker's free /48 is 65,536 /64s),
+    each under a public key ground to sort first: sorted by key alone, they took every
+    place of ``max_targets`` and no honest node was probed; chosen network by network,
+    each honest network's first machine comes first, and the /48 takes what is left."""
+    honest = [node_entry(50_000 + n, f"198.51.{n}.{n % 7 + 1}:8899") for n in range(100)]
+    # an honest network of three machines keeps them while there is room
+    honest += [node_entry(60_000 + n, f"203.0.113.{n + 1}:8899") for n in range(3)]
+    flood = [node_entry(n, f"[2001:db8:77:{n:x}::1]:8899") for n in range(10_000)]
+    entries: list[object] = [*flood, *honest]
+    random.Random(4).shuffle(entries)
+    urls = {n["rpc"] for n in honest}
+    chosen = parse_answer(nodes_answer(entries), [], 150)
+    assert {n.url.removeprefix("http://") for n in chosen} >= urls
+    assert len(chosen) == 150  # the /48 fills the room left: 47 of its machines
+    assert chosen == select(entries, [], 150) == naive_select(entries, 150)
+    # with less room than networks: every network's first, the /48's one among them
+    few = parse_answer(nodes_answer(entries), [], 60)
+    assert len(few) == 60 and sum(n.url.startswith("http://[2001:db8:77:") for n in few) == 1
 
 
 @pytest.mark.parametrize(

@@ -49,6 +49,9 @@ from tracker.net.egress import (
         ("192.0.2.1", "private"),  # documentation range
         # what the standard library takes for global (3.11) and IANA does not
         ("fec0::1", "site-local"),
+        ("3fff::1", "reserved"),  # documentation (RFC 9637): global to Python 3.11
+        ("3fff:fff:ffff::1", "reserved"),
+        ("3fff:1000::1", None),  # past the /20: global unicast as any other
         ("192.0.0.11", "reserved"),  # IETF protocol assignments, past their first /29
         ("192.0.0.170", "private"),  # NAT64 discovery (the standard library knows it)
         # IPv6 forms that carry a refused IPv4 address

@@ -11,6 +11,7 @@ from tracker.core.hosts import (
     is_authority,
     is_host_name,
     machine_of,
+    network_of,
     voice_of,
 )
 from tracker.ordering.ranking import priced_sizes
@@ -132,6 +133,25 @@ def test_canonical_host(host: str, canonical: str) -> None:
 )
 def test_machine_of(host: str, machine: str) -> None:
     assert machine_of(host) == machine
+
+
+@pytest.mark.parametrize(
+    ("host", "network"),
+    [
+        ("203.0.113.9", "203.0.113.0/24"),
+        ("203.0.113.255", "203.0.113.0/24"),
+        ("203.0.114.9", "203.0.114.0/24"),  # another /24: another network
+        ("2001:db8:1:2::6", "2001:db8:1::/48"),
+        ("2001:db8:1:ffff:ffff:ffff:ffff:ffff", "2001:db8:1::/48"),  # another /64 of its /48
+        ("2001:db8:2::6", "2001:db8:2::/48"),
+        ("::1", "::/48"),
+        ("fe80::1%eth0", "fe80::1%eth0"),  # a link's own host
+        ("node.example", "node.example"),
+        ("", ""),
+    ],
+)
+def test_network_of(host: str, network: str) -> None:
+    assert network_of(host) == network
 
 
 def test_one_link_local_address_on_two_links_is_two_hosts() -> None:

@@ -443,7 +443,10 @@ def test_discovered_nodes_alone_need_two_agreeing(
         # one machine given a /64, as hosts routinely are, under two of its addresses: one
         # voice (it counted two, and one machine met the agreement alone)
         (["http://[2001:db8:1:2::6]:8899", "http://[2001:db8:1:2:ffff::7]:8899"], False),
-        (["http://[2001:db8:1:2::6]:8899", "http://[2001:db8:1:3::6]:8899"], True),  # two /64s
+        # two /64s of one /48, the block one site is given (a tunnel broker's free one is
+        # 65,536 /64s): one voice (it counted two)
+        (["http://[2001:db8:1:2::6]:8899", "http://[2001:db8:1:3::6]:8899"], False),
+        (["http://[2001:db8:1:2::6]:8899", "http://[2001:db8:2:3::6]:8899"], True),  # two /48s
         # three identities of one machine against two honest machines: no majority of
         # hosts, the honest hash is not beaten at its slot
         (["http://203.0.113.6:1", "http://203.0.113.6:2", "http://203.0.113.6:3"], False),
@@ -473,6 +476,14 @@ def test_discovered_nodes_agree_as_hosts(bogus: list[str], ranked: bool) -> None
         (
             (
                 ["[2001:db8::1]:1", "[2001:db8::2]:1", "[2001:db8::3]:1"],
+                ["10.0.0.2:1", "10.0.0.3:1"],
+            ),
+            "B",
+        ),
+        # four /64s of one /48 are one site's: they flipped the honest hash at its slot
+        (
+            (
+                ["[2001:db8:0:1::1]:1", "[2001:db8:0:2::1]:1", "[2001:db8:0:3::1]:1"],
                 ["10.0.0.2:1", "10.0.0.3:1"],
             ),
             "B",

@@ -292,15 +292,16 @@ def test_a_hosts_ports_speak_as_one_where_there_are_two_hosts() -> None:
 
 
 def test_a_discovered_ipv6_machine_speaks_once_however_many_addresses() -> None:
-    """Two discovered sources on two addresses of one /64 are one machine (as trust counts
-    them): not each other's comparer nor tie-breaker, where another machine can be asked."""
-    urls = ["http://[2001:db8::1]:1/f", "http://[2001:db8::2]:1/f", "http://[2001:db8:1::1]/f"]
+    """Two discovered sources on two addresses of one /48 (of one /64 or two) are one site
+    (as trust counts them): not each other's comparer nor tie-breaker, where another can be
+    asked."""
+    urls = ["http://[2001:db8::1]:1/f", "http://[2001:db8:0:2::1]:1/f", "http://[2001:db8:1::1]/f"]
     sources = [_source(u) for u in urls]
     voice = voices(sources, [0, 1, 2], discovered={0, 1, 2})
-    assert voice == ["2001:db8::/64", "2001:db8::/64", "2001:db8:1::/64"]
+    assert voice == ["2001:db8::/48", "2001:db8::/48", "2001:db8:1::/48"]
     assert comparers(0, [0, 1, 2], voice) == [2]
     # configured sources: each its own host, as the operator listed it
-    assert voices(sources, [0, 1, 2]) == ["2001:db8::1", "2001:db8::2", "2001:db8:1::1"]
+    assert voices(sources, [0, 1, 2]) == ["2001:db8::1", "2001:db8:0:2::1", "2001:db8:1::1"]
 
 
 @pytest.mark.parametrize(

@@ -289,7 +289,7 @@ def test_one_source_listing_an_older_full_as_tiny_does_not_send_the_fleet_to_it(
 
 
 def test_one_ipv6_machine_on_many_addresses_is_one_voice_in_the_sizes() -> None:
-    """Trust counts a discovered IPv6 node as its /64 (one machine may answer on as many of
+    """Trust counts a discovered IPv6 node as its /48 (one site may answer on as many of
     its addresses as it likes); the sizes counted each address: four addresses of one /64
     listing the older full at 1 byte outvoted three honest hosts, and it was handed out
     over the newest."""
@@ -308,18 +308,19 @@ def test_one_ipv6_machine_on_many_addresses_is_one_voice_in_the_sizes() -> None:
 @pytest.mark.parametrize(
     ("targets", "voices"),
     [
-        # discovered IPv6 nodes of one /64: one machine; of another /64: another
+        # discovered IPv6 nodes of one /48 (of one /64 or another): one site; of another
+        # /48: another
         (
-            ["+http://[2001:db8::1]:1", "+http://[2001:db8::2]:1", "+http://[2001:db8:0:1::1]:1"],
-            ["2001:db8::/64", "2001:db8::/64", "2001:db8:0:1::/64"],
+            ["+http://[2001:db8::1]:1", "+http://[2001:db8:0:1::1]:1", "+http://[2001:db8:1::1]:1"],
+            ["2001:db8::/48", "2001:db8::/48", "2001:db8:1::/48"],
         ),
         # configured targets: each its own host, as the operator listed it
         (["http://[2001:db8::1]:1", "http://[2001:db8::2]:1"], ["2001:db8::1", "2001:db8::2"]),
         # a discovered node on a configured target's host is that target's voice; another
-        # address of its /64 is the /64's
+        # address of its /48 is the /48's
         (
             ["http://[2001:db8::1]:1", "+http://[2001:db8::1]:2", "+http://[2001:db8::2]:1"],
-            ["2001:db8::1", "2001:db8::1", "2001:db8::/64"],
+            ["2001:db8::1", "2001:db8::1", "2001:db8::/48"],
         ),
         # IPv4 and names: their hosts, discovered or not
         (

@@ -116,30 +116,84 @@ MACHINE_PREFIX = 64
 def machine_of(host: str) -> str:
     """The machine a host of the network (as :func:`canonical_host` writes it) is at the
     most: an IPv6 address as its /64 (``2001:db8::6`` and ``2001:db8::7`` are
-    ``2001:db8::/64``), anything else as it is. Gossip identities cost nothing, and one
-    machine advertising its RPC on a thousand addresses of its /64 was a thousand hosts
-    agreeing (docs/http-api.md#trust). Pure."""
+    ``2001:db8::/64``), anything else as it is: discovery keeps one node of a machine, and
+    a machine's measured throughput is kept for it. Gossip identities cost nothing, and one
+    machine advertising its RPC on a thousand addresses of its /64 took a thousand places
+    of ``max_targets`` (docs/configuration.md, ``cluster_discovery``). Pure."""
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
         return host  # a name
     if isinstance(address, ipaddress.IPv4Address) or address.scope_id is not None:
         return host  # a zone id: a link's own host (canonical_host)
-    return str(ipaddress.IPv6Network((address, MACHINE_PREFIX), strict=False))
+    return machine_and_network(address)[0]
+
+
+#: The blocks one operator is routinely given whole: an IPv4 /24 (the smallest block routed
+#: between networks, a hosting provider's rack) and an IPv6 /48 (a site's allocation, RFC
+#: 6177: a tunnel broker hands one out free, 65,536 /64s).
+NETWORK_PREFIX_V4 = 24
+NETWORK_PREFIX_V6 = 48
+
+
+def network_of(host: str) -> str:
+    """The network a host of the network (as :func:`canonical_host` writes it) is in: an
+    IPv4 address as its /24, an IPv6 one as its /48 (``2001:db8:1:2::6`` is
+    ``2001:db8:1::/48``); a name, or an address with a zone id (a link's own host), as it
+    is. Where the machines of one network could take every place of a bound
+    (``cluster_discovery.max_targets``), each network's first comes before any network's
+    second (:class:`tracker.discovery.nodes.Chooser`). Pure."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host  # a name
+    return host if getattr(address, "scope_id", None) else machine_and_network(address)[1]
+
+
+def machine_and_network(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[str, str]:
+    """:func:`machine_of` and :func:`network_of` of an address without a zone id, from its
+    bits: for the up to 100,000 nodes of a ``getClusterNodes`` answer, parsed once and kept
+    in no cache (they would flush what the re-ranks keep in :func:`machine_of`'s). Pure."""
+    value = int(address)
+    if isinstance(address, ipaddress.IPv4Address):
+        low = value >> (32 - NETWORK_PREFIX_V4) << (32 - NETWORK_PREFIX_V4)
+        return str(address), f"{ipaddress.IPv4Address(low)}/{NETWORK_PREFIX_V4}"
+    machine = value >> (128 - MACHINE_PREFIX) << (128 - MACHINE_PREFIX)
+    network = value >> (128 - NETWORK_PREFIX_V6) << (128 - NETWORK_PREFIX_V6)
+    return (
+        f"{ipaddress.IPv6Address(machine)}/{MACHINE_PREFIX}",
+        f"{ipaddress.IPv6Address(network)}/{NETWORK_PREFIX_V6}",
+    )
+
+
+@functools.lru_cache(maxsize=65_536)  # hosts are few and stable; every re-rank asks each
+def party_of(host: str) -> str:
+    """Whose word a discovered node on ``host`` (as :func:`canonical_host` writes it) is
+    where sources are counted: an IPv6 address's /48 (:func:`network_of`), anything else
+    as it is. A /48 is what one site is given (a tunnel broker hands one out free): counted
+    by its /64s, one holder was 65,536 voices, enough for any ``min_agreeing_sources`` and
+    any slot's majority (docs/http-api.md#trust). An IPv4 address costs each its own. Pure."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host  # a name
+    if isinstance(address, ipaddress.IPv4Address) or address.scope_id is not None:
+        return host  # a zone id: a link's own host (canonical_host)
+    return machine_and_network(address)[1]
 
 
 def machine_voices(hosts: Sequence[str], discovered: Collection[int]) -> list[str]:
     """Whose word each source on ``hosts`` (as :func:`voice_of` writes them) is where
     sources are counted, ``discovered`` the indices of discovered nodes' (cluster
     discovery), as trust counts them (docs/http-api.md#trust): a configured source's host
-    as it is (the operator listed it); a discovered node's machine (:func:`machine_of`: an
-    IPv6 address counts as its /64), or the host itself where a configured source is on it
+    as it is (the operator listed it); a discovered node's party (:func:`party_of`: an
+    IPv6 address counts as its /48), or the host itself where a configured source is on it
     (a validator's gossip RPC beside its sidecar is that machine's one voice). Gossip
-    identities cost nothing: a machine on a thousand addresses of its /64 was a thousand
-    voices in the sizes ranked and the pieces compared. Pure."""
+    identities cost nothing: a holder of a /48 on a thousand of its addresses was a
+    thousand voices in the sizes ranked and the pieces compared. Pure."""
     configured = {host for n, host in enumerate(hosts) if n not in discovered}
     return [
-        machine_of(host) if n in discovered and host not in configured else host
+        party_of(host) if n in discovered and host not in configured else host
         for n, host in enumerate(hosts)
     ]
 

@@ -35,6 +35,12 @@ _EXT = r"(\.tar(?:\.bz2|\.gz|\.zst|\.lz4|\.xz)?)"
 _FULL_RE = re.compile(rf"snapshot-{_SLOT}-{_HASH}{_EXT}")
 _INCR_RE = re.compile(rf"incremental-snapshot-{_SLOT}-{_SLOT}-{_HASH}{_EXT}")
 U64_MAX = 2**64 - 1
+#: The longest archive URL the tracker keeps from a source's ``Location`` and ``fetch`` reads
+#: from a listing: an agave node's is about 100 characters, a presigned link's a few
+#: thousand; a hostile node's of 16 KiB (all a probe's answer head holds) was kept as many
+#: KiB in the index, the sizes memo and every listing (docs/configuration.md,
+#: ``http_targets``).
+MAX_URL = 4096
 
 
 @functools.lru_cache(maxsize=65536)

@@ -8,7 +8,8 @@ node with an ``rpc`` address (``ip:port``) becomes an HTTP target ``http://{rpc}
 whose address is malformed is skipped, one whose version matches none of the ``versions``
 globs too, and at most ``max_targets`` are kept (by public key, a stable choice between
 rounds; one machine under several keys, on several ports or addresses of its IPv6 /64, is
-one node, its lowest key's: docs/configuration.md, ``cluster_discovery``). The addresses
+one node, its lowest key's; every IPv4 /24's or IPv6 /48's first machine before any one's
+second: docs/configuration.md, ``cluster_discovery``). The addresses
 came from the network:
 the scrape loop checks each against the egress policy before any connection
 (:mod:`tracker.discovery.scrape`).

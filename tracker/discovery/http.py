@@ -25,7 +25,13 @@ import attrs
 import httpx
 import trio
 
-from tracker.core.snapshots import SnapshotFile, SnapshotInfo, chains_from_files, parse_archive_name
+from tracker.core.snapshots import (
+    MAX_URL,
+    SnapshotFile,
+    SnapshotInfo,
+    chains_from_files,
+    parse_archive_name,
+)
 from tracker.core.text import quoted
 from tracker.core.untrusted import ascii_digits
 from tracker.errors import EgressRefused, ProbeError, TransportError
@@ -242,4 +248,11 @@ def _archive_at(request_url: httpx.URL, location: str, alias: str) -> SnapshotFi
         kind = "a full" if name.is_full else "an incremental"
         raise ProbeError(f"{alias}: Location {quoted(location)} names {kind} snapshot")
     absolute = str(target.copy_with(username=None, password=None))
+    if len(absolute) > MAX_URL:
+        # Kept, it is held in the index, the sizes memo and every listing, and fetch
+        # would refuse it from the tracker's listing anyway (docs/configuration.md,
+        # ``http_targets``).
+        raise ProbeError(
+            f"{alias}: Location names a URL of {len(absolute)} characters, over {MAX_URL}"
+        )
     return SnapshotFile(name=name, file_name=absolute, url=absolute)

@@ -4,8 +4,9 @@ A 32 MiB answer of ``{}`` elements is 11 million dicts to ``json.loads`` (about 
 seconds of an event loop held). Here the nodes of ``result`` are decoded one by one, each
 from at most :data:`MAX_NODE_CHARS` characters
 (:func:`tracker.net.limits.iter_json_member`), and the nodes chosen so far are at most ``2 *
-max_targets`` (by public key, so the choice is the same as sorting every node; one machine,
-a host whatever its ports and an IPv6 one's /64, is one node, its lowest key's:
+max_targets`` (network by network, then by public key, so the choice is the same as sorting
+every node; one machine, a host whatever its ports and an IPv6 one's /64, is one node, its
+lowest key's; each network's first machine comes before any network's second:
 :class:`Chooser`). Hostile shapes fail the answer with a one-line :class:`ProbeError`:
 more than :data:`MAX_NODES` elements, a node larger than :data:`MAX_NODE_CHARS` or nested
 too deep, invalid JSON. A node that is only malformed (not
@@ -19,6 +20,7 @@ CPU-bound: run it in a worker thread.
 
 from __future__ import annotations
 
+import bisect
 import fnmatch
 import ipaddress
 import re
@@ -26,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 
-from tracker.core.hosts import machine_of
+from tracker.core.hosts import machine_and_network, machine_of
 from tracker.core.untrusted import port_number
 from tracker.net.limits import decode_text, iter_json_member
 
@@ -36,6 +38,8 @@ MAX_NODES = 100_000
 MAX_NODE_CHARS = 8 * 1024
 #: Longest public key kept (base58 of 32 bytes is at most 44 characters).
 MAX_PUBKEY = 64
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
 #: What a shown version may look like (``2.2.1``, ``0.505.20216``, ``2.3.0-beta+abc``).
 _VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,31}")
 
@@ -64,8 +68,9 @@ def parse_answer(
     max_nodes: int = MAX_NODES,
 ) -> list[Node]:
     """Each usable node (``http://{rpc}``, its version) of a ``getClusterNodes`` answer, at most
-    ``max_targets``, by public key. Raises ProbeError (one line) for an answer that is not
-    one or breaks a limit (see the module)."""
+    ``max_targets`` chosen network by network (:class:`Chooser`), by public key. Raises
+    ProbeError (one line) for an answer that is not one or breaks a limit (see the
+    module)."""
     nodes = iter_json_member(
         decode_text(body), "result", max_items=max_nodes, max_item_chars=MAX_NODE_CHARS
     )
@@ -82,9 +87,18 @@ def select(nodes: Iterable[object], versions: Sequence[str], max_targets: int) -
 
 
 class Chooser:
-    """The ``max_targets`` machines (:func:`machine_of_address`) whose lowest public keys are
-    the lowest among the usable nodes offered, each with the node of that key (of a key
-    listed twice on one machine, the first), in at most ``2 * max_targets`` entries."""
+    """The ``max_targets`` machines (:func:`machine_of_address`) chosen network by network,
+    each with the node of its lowest public key (of a key listed twice on one machine, the
+    first), in at most ``2 * max_targets`` entries.
+
+    A machine's *place* is how many machines of its network (an IPv4 /24, an IPv6 /48:
+    :func:`tracker.core.hosts.network_of`) have a lower key; the machines of the lowest
+    (place, key) are chosen: every network's lowest-keyed machine before any network's
+    second, and so on. With room for every machine offered, that is all of them; without,
+    the ten thousand machines of one network (a tunnel broker hands out a /48, 65,536 /64s,
+    free; public keys that sort first take minutes to grind) take places only after every
+    other network's first, not the honest nodes' (docs/configuration.md,
+    ``cluster_discovery``)."""
 
     def __init__(self, versions: Sequence[str], max_targets: int) -> None:
         self._versions = versions
@@ -97,38 +111,69 @@ class Chooser:
         #: (docs/http-api.md#trust): a second node of one machine would add no voice, only
         #: take another machine's place.
         self._chosen: dict[str, tuple[str, Node]] = {}
-        #: Once pruned: the highest (key, machine) kept. A higher one can no longer be among
-        #: the lowest.
-        self._ceiling: tuple[str, str] | None = None
+        #: Per network: the (key, machine) of its machines held, sorted; a machine's index
+        #: there is its place.
+        self._networks: dict[str, list[tuple[str, str]]] = {}
+        #: Once pruned: the highest (place, key, machine) kept. A place only grows as
+        #: machines come, so one past it can never be among the chosen; nor can the
+        #: machines of its network with higher keys, whose places are higher still.
+        self._ceiling: tuple[int, str, str] | None = None
 
     def offer(self, node: Mapping[str, object]) -> None:
         """Consider one node (a mapping of its fields)."""
-        address = rpc_address(node.get("rpc"))
+        socket = _rpc_socket(node.get("rpc"))
         pubkey = node.get("pubkey")
-        if address is None or not isinstance(pubkey, str) or len(pubkey) > MAX_PUBKEY:
+        if socket is None or not isinstance(pubkey, str) or len(pubkey) > MAX_PUBKEY:
             return
-        if self._ceiling is not None and pubkey > self._ceiling[0]:
-            return
+        ceiling = self._ceiling
+        if ceiling is not None and ceiling[0] == 0 and pubkey > ceiling[1]:
+            return  # past the ceiling at place 0, the lowest there is
         if self._versions and not self._matches(node.get("version")):
             return
-        machine = machine_of_address(address)
-        if self._ceiling is not None and (pubkey, machine) > self._ceiling:
-            return
+        machine, network = machine_and_network(socket[0])
         held = self._chosen.get(machine)
         if held is not None and held[0] <= pubkey:
             return
+        members = self._networks.setdefault(network, [])
+        if held is not None:  # its lower key moves it down its network
+            members.pop(bisect.bisect_left(members, (held[0], machine)))
+            del self._chosen[machine]
+        place = bisect.bisect_left(members, (pubkey, machine))
+        if ceiling is not None and (place, pubkey, machine) > ceiling:
+            # Never among the chosen. Left out of its network, it lowers no place that
+            # counts: every machine of its network above it is past the ceiling too.
+            if not members:
+                del self._networks[network]
+            return
+        members.insert(place, (pubkey, machine))
         self._chosen[machine] = (
             pubkey,
-            Node(f"http://{address}", shown_version(node.get("version"))),
+            Node(f"http://{_authority(*socket)}", shown_version(node.get("version"))),
         )
         if len(self._chosen) >= 2 * self._max:
-            kept = self._in_order()[: self._max]
-            self._chosen = {machine: self._chosen[machine] for machine in kept}
-            self._ceiling = (self._chosen[kept[-1]][0], kept[-1])
+            self._prune()
 
-    def _in_order(self) -> list[str]:
-        """The machines chosen, by their key (then by machine: one key on two machines)."""
-        return sorted(self._chosen, key=lambda machine: (self._chosen[machine][0], machine))
+    def _prune(self) -> None:
+        """Keep the ``max_targets`` machines of the lowest (place, key): each one dropped
+        has at least that many below it, and the count below a (place, key) never falls."""
+        ordered = self._in_order()
+        self._ceiling = ordered[self._max - 1]
+        for _place, _key, machine in ordered[self._max :]:
+            del self._chosen[machine]
+        networks = {}
+        for network, members in self._networks.items():
+            kept = [member for member in members if member[1] in self._chosen]
+            if kept:
+                networks[network] = kept
+        self._networks = networks
+
+    def _in_order(self) -> list[tuple[int, str, str]]:
+        """The (place, key, machine) of every machine held, lowest first."""
+        return sorted(
+            (place, key, machine)
+            for members in self._networks.values()
+            for place, (key, machine) in enumerate(members)
+        )
 
     def _matches(self, version: object) -> bool:
         return isinstance(version, str) and any(
@@ -137,11 +182,18 @@ class Chooser:
 
     def chosen(self) -> list[Node]:
         """The nodes chosen, by public key."""
-        return [self._chosen[machine][1] for machine in self._in_order()[: self._max]]
+        kept = sorted((key, machine) for _place, key, machine in self._in_order()[: self._max])
+        return [self._chosen[machine][1] for _key, machine in kept]
 
 
 def rpc_address(value: object) -> str | None:
     """A node's ``rpc`` (``ip:port`` or ``[v6]:port``) as a URL authority, or None."""
+    socket = _rpc_socket(value)
+    return None if socket is None else _authority(*socket)
+
+
+def _rpc_socket(value: object) -> tuple[IPAddress, int] | None:
+    """A node's ``rpc`` as its address (an IPv4-mapped one as IPv4) and port, or None."""
     if not isinstance(value, str) or len(value) > 64:
         return None
     host, sep, port_text = value.rpartition(":")
@@ -157,9 +209,11 @@ def rpc_address(value: object) -> str | None:
         return None  # a zone id names an interface of the machine that wrote it, not ours
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped  # one socket, one spelling (one target)
-    if address.version == 6:
-        return f"[{address}]:{port}"
-    return f"{address}:{port}"
+    return address, port
+
+
+def _authority(address: IPAddress, port: int) -> str:
+    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
 
 
 def machine_of_address(address: str) -> str:

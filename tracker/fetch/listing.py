@@ -23,7 +23,7 @@ import trio
 
 from tracker.core.digests import is_sha256_hex
 from tracker.core.hosts import machine_of, voice_of
-from tracker.core.snapshots import ArchiveName, file_name_of, parse_archive_name
+from tracker.core.snapshots import MAX_URL, ArchiveName, file_name_of, parse_archive_name
 from tracker.discovery.http import probe_http
 from tracker.errors import FetchError, ProbeError, TransportError
 from tracker.fetch.statementfiles import SUFFIX
@@ -305,10 +305,6 @@ def _figure(value: object) -> float | None:
     return float(value) if math.isfinite(value) and value >= 0 else None
 
 
-#: The longest source URL taken from the tracker's JSON.
-MAX_URL = 4096
-
-
 def source_url(file: dict[str, Any], target: object = None) -> str:
     """Where this source's copy of a file is fetched from: the file's ``url``, or with none
     (an older tracker, the Go tracker) its ``file_name`` when that is a URL (an HTTP
@@ -343,11 +339,12 @@ def _parsed(name: str) -> ArchiveName:
 def _voice(target: object) -> str:
     """The voice of an entry's ``target`` in the pricing of sizes: one per machine, its host
     (:func:`tracker.core.hosts.voice_of`), an IPv6 address as its /64
-    (:func:`tracker.core.hosts.machine_of`), as the tracker counts a discovered node's
-    (docs/ranking.md). The listing does not say which sources were discovered (a node's
-    ``version`` shows only when it advertises a plain one), so every IPv6 address counts
-    so: three addresses of one /64 outvoted two honest machines here, not in the tracker's
-    ranking. A tracker serving the bytes lists itself as every entry's target, one voice."""
+    (:func:`tracker.core.hosts.machine_of`). The listing does not say which sources were
+    discovered (a node's ``version`` shows only when it advertises a plain one), so every
+    IPv6 address counts so: three addresses of one /64 outvoted two honest machines here,
+    not in the tracker's ranking. Not as its /48, as the tracker counts a discovered node's
+    (docs/ranking.md): an operator's own sources in its /48 would be one voice. A tracker
+    serving the bytes lists itself as every entry's target, one voice."""
     return machine_of(voice_of(target)) if isinstance(target, str) else ""
 
 

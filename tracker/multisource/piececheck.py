@@ -69,7 +69,7 @@ def voices(
     sources: Sequence[Source], live: Collection[int], discovered: Collection[int] = ()
 ) -> list[str]:
     """Whose word each of ``sources`` is: its host as its URL names it, a discovered node's
-    (``discovered``: their indices) as its machine (an IPv6 address's /64:
+    (``discovered``: their indices) as its party (an IPv6 address's /48:
     :func:`tracker.core.hosts.machine_voices`, as trust counts them), where the ``live``
     ones (those that can be asked again) name two or more (two ports of one machine, a
     sidecar and its validator's RPC, serve the file that machine holds: they agree with

@@ -48,6 +48,9 @@ _COMPATIBLE = ipaddress.ip_network("::/96")
 # assignments of 192.0.0.0/24 beyond their first /29, but for the two anycast addresses
 # IANA lists as globally reachable.
 _SITE_LOCAL = ipaddress.ip_network("fec0::/10")
+# IPv6's second documentation prefix (RFC 9637, 2024): not globally reachable (IANA), and
+# the standard library (3.11) takes it for global (2001:db8::/32, the first, for private).
+_DOCUMENTATION = ipaddress.ip_network("3fff::/20")
 _IETF_PROTOCOL = ipaddress.ip_network("192.0.0.0/24")
 _IETF_GLOBAL = frozenset(map(ipaddress.ip_address, ("192.0.0.9", "192.0.0.10")))
 
@@ -149,6 +152,8 @@ def _kind(address: IPAddress) -> str | None:
         return "private"
     if isinstance(address, ipaddress.IPv6Address) and address in _SITE_LOCAL:
         return "site-local"
+    if isinstance(address, ipaddress.IPv6Address) and address in _DOCUMENTATION:
+        return "reserved"
     if address in _IETF_PROTOCOL and address not in _IETF_GLOBAL:
         return "reserved"
     if not address.is_global:

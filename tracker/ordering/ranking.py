@@ -313,7 +313,7 @@ def _archives(
     (:func:`priced_sizes`)."""
     speeds: dict[str, float] = {}
     listed: list[tuple[str, bool, int, str]] = []
-    # One machine one voice, as trust counts them: a discovered IPv6 node as its /64.
+    # One party one voice, as trust counts them: a discovered IPv6 node as its /48.
     hosts = [voice_of(s.key.target) for s in sources]
     discovered = {n for n, s in enumerate(sources) if s.key.discovered}
     for s, voice in zip(sources, machine_voices(hosts, discovered), strict=True):

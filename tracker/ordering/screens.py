@@ -10,7 +10,7 @@ is trusted; otherwise it is ranked only once ``min_agreeing_sources`` distinct t
 advertise it, and at least :data:`~tracker.core.snapshots.MIN_DISCOVERED_AGREEING` when only
 discovered nodes (cluster discovery: addresses from the network) advertise it, so that one
 node alone never wins whatever the config says. Discovered nodes count as their hosts (one
-machine with several gossip identities is one voice; an IPv6 one's /64 is one host). When
+machine with several gossip identities is one voice; an IPv6 one's /48 is one host). When
 targets advertise different hashes for one slot, the trusted hash wins, else the one most
 targets advertise (ties: none wins), and every target advertising another hash is marked
 (``hash mismatch at slot N``). With the cluster's current slot known, a snapshot more than
@@ -41,7 +41,7 @@ from typing import Any, Generic, TypeVar
 
 import attrs
 
-from tracker.core.hosts import machine_of, voice_of
+from tracker.core.hosts import party_of, voice_of
 from tracker.core.snapshots import (
     MIN_DISCOVERED_AGREEING,
     SnapshotInfo,
@@ -181,8 +181,8 @@ def _voices(targets: Mapping[K, str], discovered: Set[K]) -> dict[K, Hashable]:
     discovered node's is its host's (:func:`~tracker.core.hosts.voice_of`: one machine with
     several gossip identities, its RPC port under several spellings or on several ports, is
     one voice), or a configured target's on that host (the machine whose sidecar the
-    operator listed is not a second voice by its gossip RPC); of an IPv6 host, its /64's
-    (:func:`~tracker.core.hosts.machine_of`: one machine's addresses, as many as it likes);
+    operator listed is not a second voice by its gossip RPC); of an IPv6 host, its /48's
+    (:func:`~tracker.core.hosts.party_of`: one site's addresses, as many as it likes);
     a configured target's its own, as the operator listed it."""
     configured: dict[Hashable, K] = {}
     for key, target in targets.items():
@@ -192,7 +192,7 @@ def _voices(targets: Mapping[K, str], discovered: Set[K]) -> dict[K, Hashable]:
     for key, target in targets.items():
         if key in discovered:
             host = voice_of(target)
-            voices[key] = configured.get(host, machine_of(host))
+            voices[key] = configured.get(host, party_of(host))
         else:
             voices[key] = key
     return voices
