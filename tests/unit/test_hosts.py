@@ -14,7 +14,7 @@ from tracker.core.hosts import (
     network_of,
     voice_of,
 )
-from tracker.ordering.ranking import priced_sizes
+from tracker.ordering.pricing import priced_sizes
 
 
 @pytest.mark.parametrize(

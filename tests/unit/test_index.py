@@ -20,7 +20,7 @@ from tracker.core.snapshots import (
 )
 from tracker.ordering.index import Index, TargetKey
 from tracker.ordering.ranking import Built
-from tracker.ordering.screens import SourceTrust, screen
+from tracker.ordering.screens import Screened, SourceTrust, screen
 from tracker.ordering.sourcehistory import Rejections
 from tracker.web.listings import ListingCache
 
@@ -92,13 +92,14 @@ def test_a_full_and_an_incremental_of_one_slot_may_carry_two_hashes() -> None:
     # Before SIMD-0220 an incremental was named by the accounts changed since its base: a
     # full and an incremental of one slot, two hashes, is no disagreement (it screened a
     # fleet of 500 targets whose fulls and incrementals met at slots: a tie each, both out)
-    from tracker.ordering.screens import hashes_disagree
-
     other = base58.b58encode(bytes([255] * 32)).decode()
-    full = infos("snapshot-100-H.tar")
-    incremental = infos(f"incremental-snapshot-50-100-{other}.tar")
-    assert not hashes_disagree([full, incremental])
-    assert hashes_disagree([full, infos(f"snapshot-100-{other}.tar")])
+    full, liar = TargetKey("g", "full"), TargetKey("g", "liar")
+    incremental = tuple(infos(f"incremental-snapshot-50-100-{other}.tar"))
+    listed = {full: tuple(infos("snapshot-100-H.tar")), liar: incremental}
+    assert screen(listed, SourceTrust()) == Screened({}, {})
+    listed[liar] = tuple(infos(f"snapshot-100-{other}.tar"))  # two fulls: a tie, both out
+    tie = "hash mismatch at slot 100"
+    assert screen(listed, SourceTrust()) == Screened({full: (), liar: ()}, {full: tie, liar: tie})
 
 
 def test_screening_compares_fulls_with_fulls_and_incrementals_with_incrementals() -> None:
@@ -499,8 +500,8 @@ def test_a_slot_s_hash_is_the_majority_of_discovered_hosts(
     for hash_, nodes in (("H", a_nodes), (other, b_nodes)):
         for node in nodes:
             key = TargetKey("g", f"http://{node}", discovered=True)
-            advertised[key] = (tuple(infos(f"snapshot-100-{hash_}.tar.zst")), key.target)
-    screened = screen(advertised, SourceTrust(), discovered=set(advertised))
+            advertised[key] = tuple(infos(f"snapshot-100-{hash_}.tar.zst"))
+    screened = screen(advertised, SourceTrust())
     lost = {k.target for k in screened.mismatches}
     held = {"A": {f"http://{n}" for n in a_nodes}, "B": {f"http://{n}" for n in b_nodes}}
     if winner is None:

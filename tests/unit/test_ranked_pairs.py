@@ -13,7 +13,8 @@ from tracker.config.schema import Ranking
 from tracker.core.hosts import machine_voices, voice_of
 from tracker.core.snapshots import SnapshotFile, SnapshotInfo, chains_from_files, parse_archive_name
 from tracker.ordering.index import Index, TargetKey
-from tracker.ordering.ranking import PairKey, choose_pair, priced_sizes
+from tracker.ordering.pricing import PairKey, priced_sizes
+from tracker.ordering.ranking import choose_pair
 from tracker.ordering.sourcehistory import HALF_LIFE as THROUGHPUT_HALF_LIFE
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)

@@ -31,7 +31,7 @@ from tracker.fetch.trust import MAX_LISTED, listed_documents
 from tracker.net.exchange import head
 from tracker.net.limits import decode_text, fetch_capped, iter_json_array
 from tracker.observability.redact import redact_userinfo
-from tracker.ordering.ranking import priced_sizes
+from tracker.ordering.pricing import priced_sizes
 
 #: Bounds of what is read from the tracker.
 MAX_BODY = 16 * 1024 * 1024

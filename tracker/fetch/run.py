@@ -53,7 +53,8 @@ from tracker.net.httpclients import ClientShape, OriginCredentials, bulk_client,
 from tracker.observability.logs import log_event
 from tracker.observability.redact import redact_userinfo
 from tracker.ordering.predict import Download, predicted_seconds
-from tracker.ordering.ranking import PairKey, choose_pair
+from tracker.ordering.pricing import PairKey
+from tracker.ordering.ranking import choose_pair
 from tracker.proof.levels import Level, Proof, Voter
 
 log = logging.getLogger("tracker.fetch")

@@ -69,9 +69,10 @@ class Index:
         #: Per group ranked by time to running: its settings, its ranked pairs (per change)
         #: and the pair handed out last (docs/ranking.md).
         self._timed = TimedGroups()
-        #: Per target: its ranked sources as last built, reused while nothing about the
-        #: target changed (a round of thousands of targets re-ranks several times a second).
-        self._built: dict[TargetKey, Built] = {}
+        #: Per group, per target: its ranked sources as last built, reused while nothing
+        #: about the target changed (a round of thousands of targets re-ranks several times
+        #: a second).
+        self._built: dict[str, dict[TargetKey, Built]] = {}
         #: What the tracker itself holds (cache, bucket): listed once no source has it.
         self.holdings = Holdings()
         #: Per group: its copies of each archive name, made once per ranking (an archive
@@ -314,7 +315,7 @@ class Index:
             now = self.clock()
             if self._rejections is not None:
                 self._screens.rejected, self._held_back_until = self._rejections.in_force(now)
-            built: dict[TargetKey, Built] = {}
+            built: dict[str, dict[TargetKey, Built]] = {}
             # every group's, once, aged to the step's start: an unchanged target's figures,
             # and the median an unmeasured one is priced at, stay until the next step
             speeds = self.speeds.rates(ranked_at(now))
@@ -324,17 +325,18 @@ class Index:
                     measured = sorted(v for key, v in speeds.items() if key in entries and v > 0)
                     typical = measured[len(measured) // 2] if measured else 0.0
                 screened = self._screens.group(group, entries, speeds, typical)
+                before, mine = self._built.get(group, {}), built.setdefault(group, {})
                 pairs: list[tuple[Any, SnapshotSource]] = []
                 full_pairs: list[tuple[Any, SnapshotSource]] = []
                 for key, entry in entries.items():
                     infos = screened.get(key, entry.infos)
                     speed = speeds.get(key, 0.0)
-                    done = self._built.get(key)
+                    done = before.get(key)
                     if done is None or not done.fits(entry, infos):
                         done = Built.of(key, entry, speed, speed or typical, infos)
                     else:  # a new figure (a measurement, the next step): priced anew only
                         done = done.priced(speed, speed or typical)
-                    built[key] = done
+                    mine[key] = done
                     pairs += done.sources
                     full_pairs += done.fulls
                 pairs.sort(key=first, reverse=True)
@@ -427,7 +429,11 @@ class Index:
         change (:class:`tracker.ordering.ranking.TimedGroups`)."""
         sources = self._rank().get(group, [])
         return self._timed.pairs(
-            group, sources, self._fulls.get(group, []), self.cluster_slot(group)
+            group,
+            sources,
+            self._fulls.get(group, []),
+            self.cluster_slot(group),
+            self._built.get(group, {}),
         )
 
     def predicted(self, source: SnapshotSource) -> float | None:

@@ -16,19 +16,20 @@ fastest source (measured throughput, else ``assumed_throughput``: one rule,
 :func:`tracker.ordering.predict.priced_throughput`), and
 :func:`tracker.ordering.predict.predicted_seconds` prices the pair. The pair handed out (short
 redirects, status page, first in ``/v1/best_snapshots``) moves only when another beats it by
-``switch_margin`` (:func:`choose_pair`: the full by the margin, the best pair on it).
+``switch_margin`` (:func:`choose_pair`: the full by the margin, the best pair on it). What
+each archive is priced at is kept between re-rankings and changed by the targets that
+changed (:class:`tracker.ordering.pricing.ArchivePrices`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
 import attrs
 
-from tracker.core.hosts import machine_voices, voice_of
 from tracker.core.snapshots import (
     SnapshotFile,
     SnapshotInfo,
@@ -36,14 +37,8 @@ from tracker.core.snapshots import (
     TargetKey,
     info_from_files,
 )
-from tracker.ordering.predict import (
-    Download,
-    RankingSettings,
-    choose,
-    download_seconds,
-    predicted_seconds,
-    priced_throughput,
-)
+from tracker.ordering.predict import RankingSettings, choose, predicted_seconds
+from tracker.ordering.pricing import ArchivePrices, PairKey
 
 # Each target's part of the ranking.
 
@@ -217,9 +212,6 @@ def full_sources(pairs: list[tuple[Any, SnapshotSource]]) -> list[tuple[Any, Sna
 
 # A group's pairs by the predicted time to a running node.
 
-#: A pair: the full's archive name, and the incremental's (None: the full alone).
-PairKey = tuple[str, str | None]
-
 
 @attrs.frozen(eq=False)
 class RankedPairs:
@@ -240,43 +232,88 @@ def rank_pairs(
     tip: int,
     ranking: RankingSettings,
     held: PairKey | None,
+    prices: ArchivePrices | None = None,
 ) -> RankedPairs:
     """Rank ``sources`` (best first by slot) by their pair's predicted seconds; ``fulls``
     are the group's full archives as sources (best first), ``tip`` the cluster's slot and
-    ``held`` the pair handed out before."""
-    speeds, sizes = _archives(sources, ranking)
-
-    def download(name: str) -> Download:
-        return Download(sizes.get(name, 0), speeds.get(name, 0.0))
-
-    base_fulls: dict[int, str] = {}
-    for f in sorted(fulls, key=lambda s: download_seconds([download(_head(s))], ranking)):
-        base_fulls.setdefault(f.info.slot, _head(f))
-    keys: dict[int, PairKey | None] = {}
+    ``held`` the pair handed out before. ``prices``: the group's archives priced, updated
+    with ``sources``' targets (kept between re-rankings: :class:`TimedGroups`); without it
+    they are priced here."""
+    if prices is None:
+        prices = ArchivePrices()
+        by_target: dict[TargetKey, _Listing] = {}
+        for s in sources:
+            by_target.setdefault(s.key, _Listing([])).sources.append((None, s))
+        prices.update(by_target, ranking)
+    prices.base_fulls(fulls, ranking)  # the pairs of incrementals listed without their full
+    # Each pair's sources, in the order of ``sources``: one pass, not a sort of thousands.
+    pair_of = prices.pair_of
+    of_pair: dict[PairKey | None, list[SnapshotSource]] = {}
+    for s in sources:
+        key = pair_of[id(s)]
+        found = of_pair.get(key)
+        if found is None:
+            of_pair[key] = [s]
+        else:
+            found.append(s)
     costs: dict[PairKey | None, float] = {None: math.inf}
     unpriced: set[PairKey] = set()
-    for s in sources:
-        key = keys[id(s)] = _pair_of(s, base_fulls)
-        if key not in costs and key is not None:
-            wanted = [download(name) for name in key if name is not None]
-            costs[key] = predicted_seconds(wanted, s.info.slot, tip, ranking)
+    for key in of_pair:
+        if key is not None:
+            wanted = [prices.download(name) for name in key if name is not None]
+            costs[key] = predicted_seconds(wanted, prices.slot(key), tip, ranking)
             if any(d.size <= 0 for d in wanted):
                 # no source gives a size of any archive of its kind: ranked by the rest
                 # (the same for every pair of the group), not predicted ("running in ~0 s")
                 unpriced.add(key)
-    order = sorted(sources, key=lambda s: costs[keys[id(s)]])
-    offered: dict[PairKey, float] = {}
-    for s in order:
-        if (key := keys[id(s)]) is not None:
-            offered.setdefault(key, costs[key])
-    chosen = choose_pair(list(offered.items()), held, ranking.switch_margin)
-    order.sort(key=lambda s: keys[id(s)] != chosen)
-    predicted = {id(s): costs[key] for s in sources if (key := keys[id(s)]) not in unpriced}
+    # by predicted seconds, equals in the order of their first source (a stable sort)
+    by_cost = sorted(of_pair, key=costs.__getitem__)
+    offered = [(key, costs[key]) for key in by_cost if key is not None]
+    chosen = choose_pair(offered, held, ranking.switch_margin)
+    order = _in_order(sources, pair_of, of_pair, [(key, costs[key]) for key in by_cost], chosen)
+    predicted: dict[int, float] = {}
+    for key, found in of_pair.items():
+        if key not in unpriced:
+            predicted.update(dict.fromkeys(map(id, found), costs[key]))
     full = incremental = None
     if chosen is not None:
         full = next(f for f in fulls if _head(f) == chosen[0])
         incremental = _incremental_of(sources, chosen, full.info.slot)
     return RankedPairs(order, predicted, chosen, full, incremental)
+
+
+@attrs.frozen
+class _Listing:
+    """One target's sources, for :class:`tracker.ordering.pricing.ArchivePrices`."""
+
+    sources: list[tuple[Any, SnapshotSource]]
+
+
+def _in_order(
+    sources: list[SnapshotSource],
+    pair_of: Mapping[int, PairKey | None],
+    of_pair: Mapping[PairKey | None, list[SnapshotSource]],
+    by_cost: list[tuple[PairKey | None, float]],
+    chosen: PairKey | None,
+) -> list[SnapshotSource]:
+    """``sources`` (``pair_of``: each one's pair by ``id``; ``of_pair``: each pair's sources
+    in their order) by their pair's cost (``by_cost``: the pairs and their costs in that
+    order), of equal costs in their own order as a stable sort leaves them, the sources of
+    ``chosen`` first."""
+    order = list(of_pair.get(chosen, ()))
+    n = 0
+    while n < len(by_cost):
+        end = n + 1
+        while end < len(by_cost) and by_cost[end][1] == by_cost[n][1]:
+            end += 1
+        if end == n + 1:
+            if by_cost[n][0] != chosen:
+                order += of_pair[by_cost[n][0]]
+        else:  # two pairs of one cost (rare): their sources interleave as in ``sources``
+            tied = {key for key, _cost in by_cost[n:end]} - {chosen}
+            order += [s for s in sources if pair_of[id(s)] in tied]
+        n = end
+    return order
 
 
 def choose_pair(
@@ -306,83 +343,6 @@ def _head(source: SnapshotSource) -> str:
     return source.info.files[0].bare_name
 
 
-def _archives(
-    sources: list[SnapshotSource], ranking: RankingSettings
-) -> tuple[dict[str, float], dict[str, int]]:
-    """Each archive's best throughput (measured, else assumed) and its size
-    (:func:`priced_sizes`)."""
-    speeds: dict[str, float] = {}
-    listed: list[tuple[str, bool, int, str]] = []
-    # One party one voice, as trust counts them: a discovered IPv6 node as its /48.
-    hosts = [voice_of(s.key.target) for s in sources]
-    discovered = {n for n, s in enumerate(sources) if s.key.discovered}
-    for s, voice in zip(sources, machine_voices(hosts, discovered), strict=True):
-        speed = priced_throughput(s.throughput, ranking)
-        for f in s.info.files:
-            name = f.bare_name
-            if speed > speeds.get(name, 0.0):
-                speeds[name] = speed
-            listed.append((name, f.name.is_full, f.size, voice))
-    return speeds, priced_sizes(listed)
-
-
-def priced_sizes(listed: list[tuple[str, bool, int, str]]) -> dict[str, int]:
-    """The size each archive is priced at, from what its sources list (``(name, is_full,
-    size, voice)``, 0: not given; ``voice``: :func:`tracker.core.hosts.machine_voices`): the
-    lower median of its voices' sizes (each voice's own: the lower median of what its
-    targets list), so that neither a source listing another's archive as huge (the newest
-    full priced out) nor one listing an older archive as tiny (the fleet sent to it)
-    decides, while the honest voices are more than the liars (a lie of a huge size: at
-    least as many); with two voices the smaller; a source can misstate freely only the size
-    of an archive it alone holds. A voice that lists an archive without a size votes the
-    typical size of its kind (full or incremental): the lower median of the voices' own
-    typical sizes of that kind, so that a size left out never makes an archive look free,
-    nor lets one voice's size decide (the largest on offer was taken: one source listing
-    an old archive it alone holds as huge priced out the newest full, which its hosts list
-    without a size). 0 when no voice gives a size of that kind. Pure."""
-    given: dict[str, dict[str, list[int]]] = {}
-    unsized: dict[str, set[str]] = {}
-    kinds: dict[str, bool] = {}
-    of_kind: dict[tuple[bool, str], list[int]] = {}
-    for name, is_full, size, voice in listed:
-        kinds[name] = is_full
-        if size > 0:
-            given.setdefault(name, {}).setdefault(voice, []).append(size)
-            of_kind.setdefault((is_full, voice), []).append(size)
-        else:
-            unsized.setdefault(name, set()).add(voice)
-    typical = {
-        kind: _lower_median(
-            [_lower_median(sizes) for (k, _voice), sizes in of_kind.items() if k == kind] or [0]
-        )
-        for kind in (True, False)
-    }
-    priced: dict[str, int] = {}
-    for name, kind in kinds.items():
-        voices = given.get(name, {})
-        said = [_lower_median(sizes) for sizes in voices.values()]
-        # a voice that gave a size for it, by one of its targets, says that size
-        said += [typical[kind] for voice in unsized.get(name, ()) if voice not in voices]
-        priced[name] = _lower_median(said)
-    return priced
-
-
-def _lower_median(values: list[int]) -> int:
-    """The middle of ``values`` (not empty), the lower of the two middles when even."""
-    ordered = sorted(values)
-    return ordered[(len(ordered) - 1) // 2]
-
-
-def _pair_of(source: SnapshotSource, base_fulls: dict[int, str]) -> PairKey | None:
-    """The pair ``source`` stands for (None: an incremental with no full on offer)."""
-    info = source.info
-    if info.is_full:
-        return (_head(source), None)
-    full = next((f.bare_name for f in info.files if f.name.is_full), None)
-    full = full or base_fulls.get(info.base_slot)
-    return (full, _head(source)) if full is not None else None
-
-
 def _incremental_of(
     sources: list[SnapshotSource], chosen: PairKey, base: int
 ) -> SnapshotSource | None:
@@ -405,6 +365,9 @@ class TimedGroups:
         self._rankings: dict[str, RankingSettings] = {}
         self._pairs: dict[str, RankedPairs] = {}
         self._held: dict[str, PairKey] = {}
+        #: Per group: its archives priced, kept between changes (only the targets whose
+        #: sources changed are weighed again: :class:`tracker.ordering.pricing.ArchivePrices`).
+        self._prices: dict[str, ArchivePrices] = {}
 
     def set(self, group: str, ranking: RankingSettings | None) -> bool:
         """Rank ``group`` by ``ranking`` (None or ``by: slot``: not by time); whether that
@@ -414,6 +377,7 @@ class TimedGroups:
             return False
         if wanted is None:
             self._rankings.pop(group, None)
+            self._prices.pop(group, None)
         else:
             self._rankings[group] = wanted
         return True
@@ -435,16 +399,21 @@ class TimedGroups:
         sources: list[SnapshotSource],
         fulls: list[SnapshotSource],
         cluster_slot: int | None,
+        built: Mapping[TargetKey, Built],
     ) -> RankedPairs | None:
-        """``group``'s ranked pairs (None: it ranks by slot); the tip is ``cluster_slot``,
-        else the newest slot of ``sources`` (found only when the pairs are ranked again)."""
+        """``group``'s ranked pairs (None: it ranks by slot), of ``sources``, ``fulls`` and
+        each target's part they were made of (``built``); the tip is ``cluster_slot``, else
+        the newest slot of ``sources`` (found only when the pairs are ranked again)."""
         ranking = self._rankings.get(group)
         if ranking is None:
             return None
         done = self._pairs.get(group)
         if done is None:
-            tip = cluster_slot or max((s.info.slot for s in sources), default=0)
-            done = rank_pairs(sources, fulls, tip, ranking, self._held.get(group))
+            # the newest slot: the first source's (best first by slot), not a scan of them
+            tip = cluster_slot or (sources[0].info.slot if sources else 0)
+            prices = self._prices.setdefault(group, ArchivePrices())
+            prices.update(built, ranking)
+            done = rank_pairs(sources, fulls, tip, ranking, self._held.get(group), prices)
             self._pairs[group] = done
             if done.chosen is not None:
                 self._held[group] = done.chosen

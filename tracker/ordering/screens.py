@@ -4,7 +4,8 @@ re-ranking; what a re-ranking found (the targets whose hash lost, the copies lef
 their reasons, what a group that ranks proven copies only would rank were every copy proven)
 is kept until the next one.
 
-**Trust** (:func:`screen`, from the group's :class:`SourceTrust`). What a source says is
+**Trust** (:func:`screen`, from the group's :class:`SourceTrust`; its tallies kept between
+re-rankings by :class:`Agreement`, which weighs again only what changed). What a source says is
 data, not authority. A (slot, hash) advertised by a *known source* (``trust.known_sources``)
 is trusted; otherwise it is ranked only once ``min_agreeing_sources`` distinct targets
 advertise it, and at least :data:`~tracker.core.snapshots.MIN_DISCOVERED_AGREEING` when only
@@ -36,14 +37,15 @@ the ranking that leaves them out.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Hashable, Iterable, Mapping, Set
-from typing import Any, Generic, TypeVar
+from collections.abc import Hashable, Mapping
+from typing import Any, Protocol
 
 import attrs
 
 from tracker.core.hosts import party_of, voice_of
 from tracker.core.snapshots import (
     MIN_DISCOVERED_AGREEING,
+    SnapshotFile,
     SnapshotInfo,
     SnapshotSource,
     TargetKey,
@@ -65,33 +67,46 @@ class SourceTrust:
     max_slot_ahead: int = 100
 
 
-K = TypeVar("K", bound=Hashable)
-
 #: An archive as the trust screen tells them apart: (is a full, slot, hash).
 _Archive = tuple[bool, int, str]
 #: A slot of one kind (is a full, slot): where hashes compete.
 _Slot = tuple[bool, int]
+#: A snapshot's state as agreement counts it, whichever kind lists it: (slot, hash).
+_State = tuple[int, str]
 
 
 @attrs.frozen
-class Screened(Generic[K]):
+class Screened:
     """What may be ranked, per target, and why the others were held back."""
 
     #: What each target holding something held back may contribute; a target not listed
     #: keeps all it advertises.
-    infos: dict[K, tuple[SnapshotInfo, ...]]
+    infos: dict[TargetKey, tuple[SnapshotInfo, ...]]
     #: Targets advertising a hash that lost, with the reason shown in ``/v1/targets``.
-    mismatches: dict[K, str]
+    mismatches: dict[TargetKey, str]
+
+
+class Listing(Protocol):
+    """What one target advertises (:class:`tracker.ordering.ranking.Entry`)."""
+
+    @property
+    def infos(self) -> tuple[SnapshotInfo, ...]: ...
+
+
+@attrs.frozen
+class _Advertised:
+    """A listing given as it is (:func:`screen`)."""
+
+    infos: tuple[SnapshotInfo, ...]
 
 
 def screen(
-    advertised: Mapping[K, tuple[tuple[SnapshotInfo, ...], str]],
+    advertised: Mapping[TargetKey, tuple[SnapshotInfo, ...]],
     policy: SourceTrust,
     cluster_slot: int | None = None,
-    discovered: Set[K] = frozenset(),
-) -> Screened[K]:
-    """Screen what each target (key → (infos, its target URL or path)) advertises;
-    ``discovered``: the keys of discovered nodes.
+) -> Screened:
+    """Screen what each target advertises (its URL or path: its key's ``target``; a
+    discovered node: its key's ``discovered``).
 
     A snapshot is identified by the (slot, hash) of every file of its chain: an incremental
     is ranked only when its own and its full's pass. Its agreeing holders and its trust are
@@ -99,140 +114,255 @@ def screen(
     an incremental of one slot carry the same hash: the same state). Hashes compete within
     a kind, fulls with fulls and incrementals with incrementals: before SIMD-0220 an
     incremental was named by the accounts changed since its base, so a full and an
-    incremental of one slot carry two hashes and neither is a liar (as
-    :func:`hashes_disagree` counts them).
+    incremental of one slot carry two hashes and neither is a liar. A target holding hashes
+    that lost is marked with the slot of the one listed first (by the targets in their
+    order). Pure: :class:`Agreement`, which keeps its tallies between re-rankings, made
+    afresh.
     """
-    holders: dict[_Archive, set[K]] = defaultdict(set)
-    agreeing: dict[tuple[int, str], set[K]] = defaultdict(set)
-    trusted: set[tuple[int, str]] = set()
-    for key, (infos, target) in advertised.items():
-        known = is_known(target, policy.known_sources)
-        for info in infos:
-            for f in info.files:
-                pair = (f.name.slot, f.name.hash)
-                holders[(f.name.is_full, *pair)].add(key)
-                agreeing[pair].add(key)
-                if known:
-                    trusted.add(pair)
-    voices = _voices({key: target for key, (_infos, target) in advertised.items()}, discovered)
-    # a (slot, hash) that could never be ranked (one discovered node's alone) neither wins
-    # nor ties a slot: one node listing every slot under another hash left nothing ranked
-    eligible = {
-        pair
-        for pair, pooled in agreeing.items()
-        if pair in trusted
-        or len({voices[key] for key in pooled}) >= _agreeing(policy, pooled, discovered)
-    }
-    winners = _winners(holders, trusted, voices, eligible)
-    hashes = Counter((is_full, slot) for is_full, slot, _hash in holders)
-    mismatches: dict[K, str] = {}
-    passed: set[_Archive] = set()
-    for archive, keys in holders.items():
-        is_full, slot, hash_ = archive
-        if winners.get((is_full, slot)) != hash_:
-            if hashes[(is_full, slot)] > 1:  # alone at its slot it lost to no other hash
-                for key in keys:
-                    mismatches.setdefault(key, f"hash mismatch at slot {slot}")
-            continue
-        if cluster_slot is not None and slot > cluster_slot + policy.max_slot_ahead:
-            continue
-        passed.add(archive)  # a winner is eligible
-    # Only the targets holding something that did not pass are filtered: in a healthy
-    # cluster that is none of thousands.
-    affected = {key for archive, keys in holders.items() if archive not in passed for key in keys}
-    kept = {
-        key: tuple(
-            info
-            for info in advertised[key][0]
-            if all((f.name.is_full, f.name.slot, f.name.hash) in passed for f in info.files)
-        )
-        for key in affected
-    }
-    return Screened(kept, mismatches)
+    agreement = Agreement()
+    agreement.update({key: _Advertised(infos) for key, infos in advertised.items()}, policy)
+    return agreement.screened(cluster_slot)
 
 
-def needs_screening(
-    policy: SourceTrust, cluster_slot: int | None, discovered: bool, disagree: bool
-) -> bool:
-    """False when :func:`screen` would pass everything: the default policy, no cluster slot,
-    no discovered node among the targets and no slot listed with two hashes (``disagree``:
-    :func:`hashes_disagree`; one liar's hash at a slot must not be ranked over the
-    majority's, nor its full paired with their incremental)."""
-    return policy != SourceTrust() or cluster_slot is not None or discovered or disagree
+@attrs.frozen(eq=False)
+class _Holder:
+    """One target's part of the tallies: what it lists, whose voice it is, whether a known
+    source, the archives and states it holds."""
+
+    infos: tuple[SnapshotInfo, ...]
+    voice: Hashable
+    known: bool
+    archives: frozenset[_Archive]
+    states: frozenset[_State]
 
 
-def hashes_disagree(infos: Iterable[Iterable[SnapshotInfo]]) -> bool:
-    """True when two fulls (or two incrementals) of the archives listed (each target's
-    ``infos``) have one slot and two hashes: a full and an incremental of one slot may
-    (before SIMD-0220 an incremental was named by the accounts changed since its base).
-    Pure."""
-    seen: dict[tuple[bool, int], str] = {}
-    for listed in infos:
-        for info in listed:
-            for f in info.files:
-                kind = (f.name.is_full, f.name.slot)
-                if seen.setdefault(kind, f.name.hash) != f.name.hash:
-                    return True
-    return False
+class Agreement:
+    """The trust screen of one group (:func:`screen`): who holds each archive and each
+    state, and how many voices, known sources and configured targets among them, kept
+    between re-rankings. A round of thousands of discovered nodes hands results over
+    several times a second, each time a few dozen of them new: :meth:`update` changes the
+    tallies of the targets whose listing changed, and :meth:`screened` weighs the archives
+    (a handful in a healthy cluster), not every node's listing again (half of a re-rank of
+    3,000 nodes; bench/README.md, "The re-rank with speeds measured")."""
 
+    def __init__(self) -> None:
+        self._reset(SourceTrust())
 
-def _voices(targets: Mapping[K, str], discovered: Set[K]) -> dict[K, Hashable]:
-    """Whose word each target's listing is, as agreement and majorities count it: a
-    discovered node's is its host's (:func:`~tracker.core.hosts.voice_of`: one machine with
-    several gossip identities, its RPC port under several spellings or on several ports, is
-    one voice), or a configured target's on that host (the machine whose sidecar the
-    operator listed is not a second voice by its gossip RPC); of an IPv6 host, its /48's
-    (:func:`~tracker.core.hosts.party_of`: one site's addresses, as many as it likes);
-    a configured target's its own, as the operator listed it."""
-    configured: dict[Hashable, K] = {}
-    for key, target in targets.items():
-        if key not in discovered:
-            configured.setdefault(voice_of(target), key)
-    voices: dict[K, Hashable] = {}
-    for key, target in targets.items():
-        if key in discovered:
-            host = voice_of(target)
-            voices[key] = configured.get(host, party_of(host))
+    def _reset(self, policy: SourceTrust) -> None:
+        """Forget every target; screen by ``policy``."""
+        self._policy = policy
+        self._holders: dict[TargetKey, _Holder] = {}
+        #: Each configured target's host, with the first configured key on it (in the
+        #: order the targets are given): a discovered node there is that target's voice.
+        self._configured: dict[str, TargetKey] = {}
+        self._discovered = 0  # how many discovered nodes
+        self._of_archive: dict[_Archive, set[TargetKey]] = {}
+        #: Per archive and per state: its holders' voices (value: how many holders).
+        self._archive_voices: dict[_Archive, Counter[Hashable]] = {}
+        self._state_voices: dict[_State, Counter[Hashable]] = {}
+        #: Per state: how many configured targets hold it, how many known sources.
+        self._state_configured: Counter[_State] = Counter()
+        self._state_known: Counter[_State] = Counter()
+        #: Per slot of a kind: how many hashes are listed there.
+        self._hashes: Counter[_Slot] = Counter()
+        self._done: tuple[int | None, Screened] | None = None
+        self._listings: Mapping[TargetKey, Listing] = {}
+
+    def update(self, listings: Mapping[TargetKey, Listing], policy: SourceTrust) -> None:
+        """The group's targets now advertise ``listings`` (in the index's order: the first
+        configured target on a host is its voice), screened by ``policy``."""
+        if policy.known_sources != self._policy.known_sources:  # who is known changed
+            self._reset(policy)
+        elif policy != self._policy:  # the agreement needed, the slots ahead: weighed anew
+            self._policy, self._done = policy, None
+        holders = self._holders
+        # one pass of identity checks: a batch of a round changes a few dozen targets of
+        # thousands; the same answer again is an equal listing, kept as the one compared
+        # by identity from then on
+        changed: list[TargetKey] = []
+        for key, listing in listings.items():
+            held = holders.get(key)
+            if held is None:
+                changed.append(key)
+            elif listing.infos is not held.infos:
+                if listing.infos == held.infos:
+                    holders[key] = attrs.evolve(held, infos=listing.infos)
+                else:
+                    changed.append(key)
+        new = sum(1 for key in changed if key not in holders)
+        if len(holders) + new != len(listings):
+            gone = [key for key in holders if key not in listings]
         else:
-            voices[key] = key
-    return voices
+            gone = []
+        if any(not key.discovered for key in (*changed, *gone)):
+            configured: dict[str, TargetKey] = {}
+            for key in listings:
+                if not key.discovered:
+                    configured.setdefault(voice_of(key.target), key)
+            if configured != self._configured:  # a discovered node's voice may change
+                self._reset(policy)
+                holders, changed, gone = self._holders, list(listings), []
+                self._configured = configured
+        for key in gone:
+            self._count(key, holders.pop(key), -1)
+        for key in changed:
+            old = holders.get(key)
+            if old is not None:
+                self._count(key, old, -1)
+            held = holders[key] = self._holder(key, listings[key].infos)
+            self._count(key, held, 1)
+        self._listings = listings
+
+    def _holder(self, key: TargetKey, infos: tuple[SnapshotInfo, ...]) -> _Holder:
+        """``key``'s part of the tallies, listing ``infos``.
+
+        Whose word its listing is, as agreement and majorities count it: a discovered
+        node's is its host's (:func:`~tracker.core.hosts.voice_of`: one machine with several
+        gossip identities, its RPC port under several spellings or on several ports, is one
+        voice), or a configured target's on that host (the machine whose sidecar the
+        operator listed is not a second voice by its gossip RPC); of an IPv6 host, its
+        /48's (:func:`~tracker.core.hosts.party_of`: one site's addresses, as many as it
+        likes); a configured target's its own, as the operator listed it."""
+        voice: Hashable = key
+        if key.discovered:
+            host = voice_of(key.target)
+            voice = self._configured.get(host, party_of(host))
+        archives = frozenset(_archive(f) for info in infos for f in info.files)
+        states = frozenset((slot, hash_) for _full, slot, hash_ in archives)
+        known = is_known(key.target, self._policy.known_sources)
+        return _Holder(infos, voice, known, archives, states)
+
+    def _count(self, key: TargetKey, held: _Holder, sign: int) -> None:
+        """Count ``held``, ``key``'s part, in (``sign`` 1) or out (-1) of the tallies."""
+        self._done = None
+        self._discovered += sign if key.discovered else 0
+        for archive in held.archives:
+            keys = self._of_archive.setdefault(archive, set())
+            if sign > 0:
+                keys.add(key)
+            else:
+                keys.discard(key)
+            if len(keys) == (1 if sign > 0 else 0):  # a hash listed, or no longer
+                _tally(self._hashes, archive[:2], sign)
+            if not keys:
+                del self._of_archive[archive]
+            _tally(self._archive_voices.setdefault(archive, Counter()), held.voice, sign)
+            if not self._archive_voices[archive]:
+                del self._archive_voices[archive]
+        for state in held.states:
+            _tally(self._state_voices.setdefault(state, Counter()), held.voice, sign)
+            if not self._state_voices[state]:
+                del self._state_voices[state]
+            if not key.discovered:
+                _tally(self._state_configured, state, sign)
+            if held.known:
+                _tally(self._state_known, state, sign)
+
+    def screened(self, cluster_slot: int | None) -> Screened:
+        """What each target may contribute with the cluster at ``cluster_slot`` (None:
+        unknown); the same answer while neither the targets, the policy nor the slot
+        changed (do not modify it)."""
+        if self._done is not None and self._done[0] == cluster_slot:
+            return self._done[1]
+        winners = self._winners()
+        ahead = self._policy.max_slot_ahead
+        lost: set[_Archive] = set()  # a hash that lost to another at its slot
+        passed: set[_Archive] = set()
+        for archive in self._of_archive:
+            is_full, slot, hash_ = archive
+            if winners.get((is_full, slot)) != hash_:
+                if self._hashes[(is_full, slot)] > 1:  # alone at its slot it lost to no other
+                    lost.add(archive)
+                continue
+            if cluster_slot is not None and slot > cluster_slot + ahead:
+                continue
+            passed.add(archive)  # a winner is eligible
+        # Only the targets holding something that did not pass are filtered: in a healthy
+        # cluster that is none of thousands.
+        affected = {
+            key
+            for archive, keys in self._of_archive.items()
+            if archive not in passed
+            for key in keys
+        }
+        kept: dict[TargetKey, tuple[SnapshotInfo, ...]] = {}
+        losing: dict[TargetKey, list[_Archive]] = {}
+        for key in affected:
+            held = self._holders[key]
+            kept[key] = tuple(i for i in held.infos if all(_archive(f) in passed for f in i.files))
+            if lost_here := [archive for archive in held.archives if archive in lost]:
+                losing[key] = lost_here
+        first = self._first_listed(
+            {a for found in losing.values() if len(found) > 1 for a in found}
+        )
+        mismatches = {
+            key: f"hash mismatch at slot {min(found, key=lambda a: first.get(a, 0))[1]}"
+            for key, found in losing.items()
+        }
+        self._done = (cluster_slot, Screened(kept, mismatches))
+        return self._done[1]
+
+    def _first_listed(self, archives: set[_Archive]) -> dict[_Archive, int]:
+        """Where each of ``archives`` is first listed, in the order of the targets given,
+        each one's infos and files: of a target's hashes that lost, the first listed so is
+        the slot its mark names. Rare (a target that lost at two slots): a scan."""
+        found: dict[_Archive, int] = {}
+        for listing in self._listings.values() if archives else ():
+            for info in listing.infos:
+                for f in info.files:
+                    if (archive := _archive(f)) in archives:
+                        found.setdefault(archive, len(found))
+            if len(found) == len(archives):
+                break
+        return found
+
+    def _winners(self) -> dict[_Slot, str]:
+        """The hash that wins at each slot of each kind: the trusted state's, else the
+        strict majority's of that kind (its holders' voices counted) among the eligible
+        states: trusted, or held by ``min_agreeing_sources`` voices, and by at least
+        :data:`~tracker.core.snapshots.MIN_DISCOVERED_AGREEING` when only discovered nodes
+        hold it."""
+        need = self._policy.min_agreeing_sources
+        need_discovered = max(need, MIN_DISCOVERED_AGREEING)
+        # a state that could never be ranked (one discovered node's alone) neither wins
+        # nor ties a slot: one node listing every slot under another hash left nothing ranked
+        eligible = {
+            state
+            for state, voices in self._state_voices.items()
+            if self._state_known[state]
+            or len(voices)
+            >= (need_discovered if self._discovered and not self._state_configured[state] else need)
+        }
+        by_slot: dict[_Slot, list[tuple[str, int, bool]]] = defaultdict(list)
+        for (is_full, slot, hash_), voices in self._archive_voices.items():
+            if (slot, hash_) in eligible:
+                trusted = bool(self._state_known[(slot, hash_)])
+                by_slot[(is_full, slot)].append((hash_, len(voices), trusted))
+        winners: dict[_Slot, str] = {}
+        for where, candidates in by_slot.items():
+            known = [h for h, _n, is_trusted in candidates if is_trusted]
+            if len(known) == 1:
+                winners[where] = known[0]
+                continue
+            if len(known) > 1:
+                continue  # known sources disagree: nothing at this slot is ranked
+            candidates.sort(key=lambda c: c[1], reverse=True)
+            if len(candidates) == 1 or candidates[0][1] > candidates[1][1]:
+                winners[where] = candidates[0][0]
+        return winners
 
 
-def _agreeing(policy: SourceTrust, holders: set[K], discovered: Set[K]) -> int:
-    """How many distinct holders a (slot, hash) that is not trusted needs."""
-    if discovered and holders <= discovered:
-        return max(policy.min_agreeing_sources, MIN_DISCOVERED_AGREEING)
-    return policy.min_agreeing_sources
+def _archive(f: SnapshotFile) -> _Archive:
+    """The archive ``f`` is, as the trust screen tells them apart."""
+    return (f.name.is_full, f.name.slot, f.name.hash)
 
 
-def _winners(
-    holders: Mapping[_Archive, set[K]],
-    trusted: set[tuple[int, str]],
-    voices: Mapping[K, Hashable],
-    eligible: set[tuple[int, str]],
-) -> dict[_Slot, str]:
-    """The hash that wins at each slot of each kind: the trusted (slot, hash), else the
-    strict majority's of that kind (its holders' ``voices`` counted) among the ``eligible``
-    (those that have the agreement they need)."""
-    by_slot: dict[_Slot, list[tuple[str, int, bool]]] = defaultdict(list)
-    for archive, keys in holders.items():
-        is_full, slot, hash_ = archive
-        if (slot, hash_) not in eligible:
-            continue
-        heard = len({voices[key] for key in keys})
-        by_slot[(is_full, slot)].append((hash_, heard, (slot, hash_) in trusted))
-    winners: dict[_Slot, str] = {}
-    for where, candidates in by_slot.items():
-        known = [h for h, _n, is_trusted in candidates if is_trusted]
-        if len(known) == 1:
-            winners[where] = known[0]
-            continue
-        if len(known) > 1:
-            continue  # known sources disagree: nothing at this slot is ranked
-        candidates.sort(key=lambda c: c[1], reverse=True)
-        if len(candidates) == 1 or candidates[0][1] > candidates[1][1]:
-            winners[where] = candidates[0][0]
-    return winners
+def _tally(counts: Counter[Any], key: Any, sign: int) -> None:
+    """Add ``sign`` to ``counts[key]``, which goes once at 0 (a count is never kept at 0:
+    how many keys a tally has is how many voices)."""
+    counts[key] += sign
+    if not counts[key]:
+        del counts[key]
 
 
 # Groups that rank proven copies only.
@@ -447,10 +577,14 @@ class Screens:
         self.refusals: Mapping[TargetKey, Mapping[str, str]] = {}
         self._pending: dict[TargetKey, dict[str, str]] = {}
         self._unproven: dict[str, list[Unproven]] = {}
+        #: Per group: its trust screen's tallies, kept between re-rankings.
+        self._agreements: dict[str, Agreement] = {}
+        self._screened: set[str] = set()
 
     def begin(self) -> None:
         """A re-ranking starts: forget what the last one found."""
         self.mismatches, self._pending, self._unproven = {}, {}, {}
+        self._screened = set()
 
     def group(
         self,
@@ -462,8 +596,12 @@ class Screens:
         """What each target of ``group`` (its ``entries``) may contribute to the ranking (a
         target not in the answer: all it advertises); ``speeds`` and ``typical`` (the group's
         median) are kept with what it would rank were every copy proven."""
-        policy = self.policies.get(group, SourceTrust())
-        screened = _screen(entries, policy, self.cluster_slots.get(group), self.mismatches)
+        agreement = self._agreements.setdefault(group, Agreement())
+        agreement.update(entries, self.policies.get(group, SourceTrust()))
+        self._screened.add(group)
+        trusted = agreement.screened(self.cluster_slots.get(group))
+        self.mismatches.update(trusted.mismatches)
+        screened = dict(trusted.infos)  # the screens below leave more out: a copy
         if self.disproven.view():  # rare: only copies a proof refused
             self.disproven.screen({k: e.infos for k, e in entries.items()}, screened)
         if self.rejected:  # rare: only copies a check rejected
@@ -481,7 +619,10 @@ class Screens:
 
     def end(self) -> None:
         """A re-ranking ended: every copy left out, by target, with its reason (a proof's
-        refusal after "not proven yet": the last one is what a target's line shows)."""
+        refusal after "not proven yet": the last one is what a target's line shows); the
+        tallies of a group no longer ranked go."""
+        for group in self._agreements.keys() - self._screened:
+            del self._agreements[group]
         refused, pending = self.disproven.view(), self._pending
         if not pending:  # the common case: nothing to merge
             self.refusals = refused
@@ -498,21 +639,3 @@ class Screens:
             for i in infos
         ]
         return best_unproven(made)
-
-
-def _screen(
-    entries: dict[TargetKey, Entry],
-    policy: SourceTrust,
-    cluster_slot: int | None,
-    mismatches: dict[TargetKey, str],
-) -> dict[TargetKey, tuple[SnapshotInfo, ...]]:
-    """What each target of a group may contribute to the ranking by its trust ``policy``
-    (docs/http-api.md#trust); the targets whose hash lost go into ``mismatches``."""
-    discovered = {key for key in entries if key.discovered}
-    disagree = hashes_disagree(entry.infos for entry in entries.values())
-    if not needs_screening(policy, cluster_slot, bool(discovered), disagree):
-        return {}  # trust everything: nothing to screen (the common, fast path)
-    advertised = {key: (entry.infos, key.target) for key, entry in entries.items()}
-    screened = screen(advertised, policy, cluster_slot, discovered)
-    mismatches.update(screened.mismatches)
-    return screened.infos

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from typing import NamedTuple
 
 from tracker.ordering.index import Index
 
@@ -46,6 +47,18 @@ class ListingCache:
         return body
 
 
+class _Kept(NamedTuple):
+    """One object's JSON as kept: the object, what it was rendered for, the JSON; for a JSON
+    made of a head and a tail (:meth:`Fragments.split`), the head's and what it was
+    rendered for."""
+
+    source: object
+    variant: Hashable
+    body: bytes
+    head_variant: Hashable = None
+    head: bytes | None = None
+
+
 class Fragments:
     """The JSON of each source (or target), kept while it is still being asked for.
 
@@ -59,18 +72,45 @@ class Fragments:
     """
 
     def __init__(self) -> None:
-        self._new: dict[int, tuple[object, Hashable, bytes]] = {}
-        self._old: dict[int, tuple[object, Hashable, bytes]] = {}
+        self._new: dict[int, _Kept] = {}
+        self._old: dict[int, _Kept] = {}
 
     def get(self, source: object, variant: Hashable, render: Callable[[], bytes]) -> bytes:
         """The JSON of ``source`` for ``variant``, kept or rendered now."""
         key = id(source)
         kept = self._new.get(key) or self._old.pop(key, None)
-        if kept is not None and kept[0] is source and kept[1] == variant:
+        if kept is not None and kept.source is source and kept.variant == variant:
             self._new[key] = kept
-            return kept[2]
+            return kept.body
         body = render()
-        self._new[key] = (source, variant, body)
+        self._new[key] = _Kept(source, variant, body)
+        return body
+
+    def split(
+        self,
+        source: object,
+        variant: Hashable,
+        render: Callable[[], bytes],
+        tail: Hashable,
+        render_tail: Callable[[], bytes],
+    ) -> bytes:
+        """:meth:`get` of a JSON made of a head (for ``variant``: ``render()``) and a tail
+        that changes more often (for ``tail``: ``render_tail()``): a new tail is joined to
+        the head kept, which is not rendered again (a target's measured figures age every
+        10 s, the rest of its entry changes with its probe)."""
+        key = id(source)
+        kept = self._new.get(key) or self._old.pop(key, None)
+        if kept is None or kept.source is not source:
+            kept = None
+        elif kept.variant == (variant, tail):
+            self._new[key] = kept
+            return kept.body
+        if kept is not None and kept.head is not None and kept.head_variant == variant:
+            head = kept.head
+        else:
+            head = render()
+        body = head + render_tail()
+        self._new[key] = _Kept(source, (variant, tail), body, variant, head)
         return body
 
     def sweep(self) -> None:
