@@ -34,6 +34,10 @@ def test_the_required_level_of_a_group(
     assert config.required_level(config.target_groups[0]) is expected
 
 
+#: Nine certificate relays, one more than a cluster may name.
+NINE_RELAYS = ", ".join(f"'https://r{n}.example/c'" for n in range(9))
+
+
 @pytest.mark.parametrize(
     ("text", "path", "reason"),
     [
@@ -80,6 +84,26 @@ def test_the_required_level_of_a_group(
             "cluster_proof.certificates",
             "not an absolute http(s) URL",
         ),
+        (
+            "cluster_proof: {certificates: ['https://a.example/c', 'ftp://b']}\n",
+            "cluster_proof.certificates[1]",
+            "not an absolute http(s) URL",
+        ),
+        (
+            "cluster_proof: {certificates: ['https://a.example/c', '']}\n",
+            "cluster_proof.certificates[1]",
+            "a certificate relay's http(s) URL prefix, got an empty one",
+        ),
+        (  # one relay's word counted as two that agree
+            "cluster_proof: {certificates: ['https://a.example/c', 'HTTPS://A.example:443/c/']}\n",
+            "cluster_proof.certificates[1]",
+            "the same relay as certificates[0]",
+        ),
+        (
+            f"cluster_proof: {{certificates: [{NINE_RELAYS}]}}\n",
+            "cluster_proof.certificates",
+            "at most 8 certificate relays, got 9",
+        ),
         (  # a port out of range said "not an absolute http(s) URL", unlike static_targets
             "cluster_proof: {also_rpc: ['http://127.0.0.1:99999']}\n",
             "cluster_proof.also_rpc[0]",
@@ -98,10 +122,23 @@ def test_bad_proof_settings_name_their_key(
     assert reason in problem_at(problems(tmp_path, text), path)
 
 
-def test_the_certificates_url_is_read(tmp_path: Path) -> None:
-    text = "cluster_proof: {certificates: 'https://certs.example/mainnet'}\n"
-    assert load(tmp_path, text).cluster_proof.certificates == "https://certs.example/mainnet"
-    assert load(tmp_path, "cluster_proof: {blocks: 4}\n").cluster_proof.certificates == ""
+@pytest.mark.parametrize(
+    ("value", "relays"),
+    [
+        # a plain string is one relay, as the key was before it took a list
+        ("'https://certs.example/mainnet'", ("https://certs.example/mainnet",)),
+        ("''", ()),
+        ("[]", ()),
+        (
+            "['https://a.example/c', 'https://b.example/c/']",
+            ("https://a.example/c", "https://b.example/c/"),
+        ),
+    ],
+)
+def test_the_certificate_relays_are_read(tmp_path: Path, value: str, relays: tuple[str]) -> None:
+    text = f"cluster_proof: {{certificates: {value}}}\n"
+    assert load(tmp_path, text).cluster_proof.certificates == relays
+    assert load(tmp_path, "cluster_proof: {blocks: 4}\n").cluster_proof.certificates == ()
 
 
 def test_prove_accounts_false_allows_require_manifest(tmp_path: Path) -> None:
@@ -431,3 +468,28 @@ def test_proof_workers_set_derives_the_memory_from_them(tmp_path: Path) -> None:
     assert config.prove_accounts_memory == default_memory(16)
     config = load(tmp_path, "proof_workers: 16\nprove_accounts_memory: 1GiB\n")
     assert config.prove_accounts_memory == 1024 * MiB_  # set: kept as it is
+
+
+@pytest.mark.parametrize(
+    ("settings", "warned"),
+    [
+        ("rpc: http://127.0.0.1:8899\n", False),  # no relay: nothing lifts after the migration
+        ("rpc: http://127.0.0.1:8899\ncluster_proof: {certificates: 'http://r.example/c'}\n", True),
+        (
+            "rpc: http://127.0.0.1:8899\n"
+            "cluster_proof: {certificates: ['http://r.example/c', 'http://s.example/c']}\n",
+            False,
+        ),
+    ],
+)
+def test_require_cluster_on_one_certificate_relay_warns(
+    tmp_path: Path, settings: str, warned: bool
+) -> None:
+    # A relay's footer is its word: one that lies lifts a forged archive of a real block
+    # (docs/http-api.md, "After the migration: finality certificates").
+    text = f"{settings}target_groups: [{{group: g, trust: {{require: cluster}}}}]\n"
+    found = [w for w in load(tmp_path, text).warnings if "one certificate relay's word" in w]
+    assert bool(found) is warned
+    if warned:
+        assert found[0].startswith("target_groups[0].trust.require: cluster after the Alpenglow")
+        assert found[0].endswith("in cluster_proof.certificates, all of which must agree")

@@ -172,7 +172,7 @@ def certified(*groups: TargetGroup) -> Config:
     ],
 )
 def test_the_certificates_read_for_a_group(config: Config, group: str | None, prefix: str) -> None:
-    assert config.group_certificates(group) == prefix
+    assert config.group_certificates(group) == ((prefix,) if prefix else ())
 
 
 def test_a_group_rpc_loads_and_is_checked_as_the_top_level_one(tmp_path: Path) -> None:
@@ -190,7 +190,7 @@ def test_a_group_rpc_loads_and_is_checked_as_the_top_level_one(tmp_path: Path) -
     )
     assert [g.rpc for g in config.target_groups] == ["", TEST]
     assert config.target_groups[1].also_rpc == (DEV,)
-    assert config.group_certificates("testnet") == TEST_CERTS
+    assert config.group_certificates("testnet") == (TEST_CERTS,)
     assert TEST not in repr(config)  # it may carry an API key, as the top-level one
 
 
@@ -204,6 +204,21 @@ def test_a_group_rpc_loads_and_is_checked_as_the_top_level_one(tmp_path: Path) -
         (f"also_rpc: ['{DEV}']", "target_groups[0].also_rpc", "needs the group's own rpc"),
         ("certificates: 'ftp://x/'", "target_groups[0].certificates", "http"),
         (f"certificates: '{DEV}/c'", "target_groups[0].certificates", "needs the group's own rpc"),
+        (
+            f"certificates: ['{DEV}/c']",
+            "target_groups[0].certificates",
+            "needs the group's own rpc",
+        ),
+        (
+            f"rpc: {TEST}\n    certificates: ['{DEV}/c', '{DEV}/c/']",
+            "target_groups[0].certificates[1]",
+            "the same relay as certificates[0]",
+        ),
+        (
+            f"rpc: {TEST}\n    certificates: ['{DEV}/c', 'ftp://x/']",
+            "target_groups[0].certificates[1]",
+            "http",
+        ),
     ],
 )
 def test_a_bad_group_rpc_names_its_key(tmp_path: Path, entry: str, path: str, message: str) -> None:

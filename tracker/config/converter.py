@@ -47,6 +47,7 @@ from tracker.config.schema import (
 from tracker.config.sections import (
     finish_basic_auth,
     finish_bearer_auth,
+    finish_cluster_proof,
     finish_consul,
     finish_discovery,
     finish_group_rpc,
@@ -78,7 +79,7 @@ def config_converter(files: FileChecks) -> cattrs.Converter:
         # the same form as the top-level ones (docs/configuration.md, the per-group table)
         "rpc": values.rpc_url,
         "also_rpc": list_of(values.rpc_url),
-        "certificates": values.rpc_url,
+        "certificates": certificate_relays,
     }
     add_hook(converter, TargetGroup, group_checks, finish_group_rpc)
     add_hook(converter, Config, _config_fields(converter, files))
@@ -124,9 +125,9 @@ def _register_targets(converter: cattrs.Converter, files: FileChecks) -> None:
         "blocks": values.integer_in(1, 512),
         "deadline": values.duration_in(1, 3600),
         "also_rpc": list_of(values.rpc_url),
-        "certificates": values.rpc_url,
+        "certificates": certificate_relays,
     }
-    add_hook(converter, ClusterProof, cluster_proof)
+    add_hook(converter, ClusterProof, cluster_proof, finish_cluster_proof)
     attest = {"key": files.signing_key, "valid_for": values.duration_in(*values.VALID_FOR_RANGE)}
     add_hook(converter, Attest, attest)
 
@@ -251,6 +252,17 @@ def list_of(item: Callable[[Any], _T]) -> Callable[[object], tuple[_T, ...]]:
         return tuple(result)
 
     return check
+
+
+def certificate_relays(value: object) -> tuple[str, ...]:
+    """``certificates``: one relay's URL prefix (a string, as the key was before it took a
+    list; "" none) or a list of at most :data:`~tracker.config.values.MAX_RELAYS`, each an
+    http(s) URL (every bad one reported with its index; one listed twice: the section's
+    finish, :func:`~tracker.config.sections.repeated_relays`)."""
+    if isinstance(value, list):
+        return list_of(values.relay_url)(values.relay_count(value))
+    text = values.rpc_url(value)
+    return (text,) if text else ()
 
 
 def _index_note(index: int) -> IterableValidationNote:

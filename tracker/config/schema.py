@@ -9,7 +9,7 @@ read at load and never appear in ``repr()``.
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -179,6 +179,14 @@ class Attest:
     valid_for: float = 7 * 24 * 3600.0
 
 
+def relay_list(value: str | Sequence[str]) -> tuple[str, ...]:
+    """A ``certificates`` value as its relays: a plain string is one relay ("" none), as
+    the key was before it took a list. Pure."""
+    if isinstance(value, str):
+        return (value,) if value else ()
+    return tuple(value)
+
+
 @attrs.frozen
 class ClusterProof:
     """The ``cluster`` level (docs/architecture.md, "Proven archives"): the votes for an
@@ -188,9 +196,11 @@ class ClusterProof:
     blocks: int = 32
     deadline: float = 30.0
     also_rpc: tuple[str, ...] = attrs.field(default=(), repr=False)
-    #: After the Alpenglow migration: the URL prefix whose ``{slot}.json`` is a slot's
-    #: finality certificate document (docs/http-api.md, "The cluster level"); "": none.
-    certificates: str = attrs.field(default="", repr=False)
+    #: After the Alpenglow migration: the certificate relays, URL prefixes whose
+    #: ``{slot}.json`` is a slot's finality certificate document, all of which must agree
+    #: (docs/http-api.md, "The cluster level"); none: no certificate is read. A plain
+    #: string is one relay ("" none), as the key was before it took a list.
+    certificates: tuple[str, ...] = attrs.field(default=(), converter=relay_list, repr=False)
 
 
 @attrs.frozen
@@ -282,11 +292,11 @@ class TargetGroup:
     #: (``cluster_proof.also_rpc`` is the top-level ``rpc``'s witnesses: another cluster's
     #: votes prove nothing here); only with the group's own ``rpc``.
     also_rpc: tuple[str, ...] = attrs.field(default=(), repr=False)
-    #: After the Alpenglow migration: the URL prefix of the group's own cluster's finality
-    #: certificate documents (``cluster_proof.certificates`` is the top-level ``rpc``'s
-    #: cluster's: another cluster's certificates never verify against this one's stakes);
-    #: only with the group's own ``rpc`` (:meth:`Config.group_certificates`); "": none.
-    certificates: str = attrs.field(default="", repr=False)
+    #: After the Alpenglow migration: the certificate relays of the group's own cluster
+    #: (``cluster_proof.certificates`` are the top-level ``rpc``'s cluster's: another
+    #: cluster's certificates never verify against this one's stakes); only with the
+    #: group's own ``rpc`` (:meth:`Config.group_certificates`); none: the top-level ones.
+    certificates: tuple[str, ...] = attrs.field(default=(), converter=relay_list, repr=False)
 
     def sidecar_url(self, host: str) -> str:
         """The base URL of a sidecar's API for a ``host:port`` entry (its target's name)."""
@@ -503,14 +513,14 @@ class Config:
                 distinct.append(url)
         return tuple(distinct)
 
-    def group_certificates(self, group: str | None = None) -> str:
-        """The URL prefix of the finality certificate documents read for ``group``'s
-        archives (docs/http-api.md, "The cluster level"): the group's own ``certificates``
-        (set only with its own ``rpc``: its cluster's), else ``cluster_proof.certificates``
-        (a group with its own ``rpc`` may be the same cluster, another region's RPC; another
-        cluster's certificate verifies against none of the group's stakes, so reading it
-        proves nothing wrong); None or a group not configured: the top-level one. "": none.
-        Pure."""
+    def group_certificates(self, group: str | None = None) -> tuple[str, ...]:
+        """The certificate relays (URL prefixes of the finality certificate documents) read
+        for ``group``'s archives (docs/http-api.md, "The cluster level"): the group's own
+        ``certificates`` (set only with its own ``rpc``: its cluster's), else
+        ``cluster_proof.certificates`` (a group with its own ``rpc`` may be the same
+        cluster, another region's RPC; another cluster's certificate verifies against none
+        of the group's stakes, so reading it proves nothing wrong); None or a group not
+        configured: the top-level ones. Empty: none. Pure."""
         found = self.group_named(group) if group is not None else None
         if found is not None and found.certificates:
             return found.certificates

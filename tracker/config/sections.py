@@ -24,12 +24,14 @@ from tracker.config.schema import (
     BasicAuth,
     BearerAuth,
     ClusterDiscovery,
+    ClusterProof,
     Config,
     ConsulSDConfig,
     ObjectStore,
     StaticTargets,
     TargetGroup,
     TLSConfig,
+    rpc_identity,
 )
 from tracker.config.values import consul_host, parse_address, parse_duration
 from tracker.core.text import one_line
@@ -176,8 +178,29 @@ def finish_group_rpc(group: TargetGroup) -> TargetGroup:
             " cluster's)"
         )
         problems.append((("certificates",), message))
-    raise_problems(problems)
+    raise_problems(problems + repeated_relays(group.certificates))
     return group
+
+
+def finish_cluster_proof(proof: ClusterProof) -> ClusterProof:
+    """No certificate relay named twice (:func:`repeated_relays`)."""
+    raise_problems(repeated_relays(proof.certificates))
+    return proof
+
+
+def repeated_relays(relays: tuple[str, ...]) -> list[tuple[Path, str]]:
+    """A certificate relay listed twice (``…/certs`` and ``HTTPS://…/certs/`` are one: the
+    cluster level's :func:`~tracker.config.schema.rpc_identity`) is one relay's word counted
+    as two that agree (docs/http-api.md, "After the migration: finality certificates"):
+    each repetition, named at its index."""
+    first: dict[str, int] = {}
+    problems: list[tuple[Path, str]] = []
+    for at, url in enumerate(relays):
+        seen = first.setdefault(rpc_identity(url), at)
+        if seen != at:
+            message = f"the same relay as certificates[{seen}]: one relay's word would count twice"
+            problems.append((("certificates", at), message))
+    return problems
 
 
 def finish_tls(tls: TLSConfig) -> TLSConfig:

@@ -348,6 +348,27 @@ def rpc_url(value: object) -> str:
     return text
 
 
+#: The most certificate relays one cluster names (``certificates``): each is read for every
+#: archive the cluster level lifts after the Alpenglow migration, and every one must agree
+#: (docs/http-api.md, "After the migration: finality certificates").
+MAX_RELAYS = 8
+
+
+def relay_url(value: object) -> str:
+    """One certificate relay of a list: an http(s) URL prefix, never empty."""
+    text = rpc_url(value)
+    if text == "":
+        raise ValueError("expected a certificate relay's http(s) URL prefix, got an empty one")
+    return text
+
+
+def relay_count(value: list[object]) -> list[object]:
+    """A list of certificate relays no longer than :data:`MAX_RELAYS`."""
+    if len(value) > MAX_RELAYS:
+        raise ValueError(f"at most {MAX_RELAYS} certificate relays, got {len(value)}")
+    return value
+
+
 def public_url(value: object) -> str:
     text = string(value)
     if text == "":

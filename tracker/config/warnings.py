@@ -256,6 +256,15 @@ def _group_warnings(group: TargetGroup, config: Config) -> list[str]:
             ' two-thirds majority with a single voter (docs/http-api.md, "The cluster'
             f' level"); name RPCs run by others in {where}'
         )
+    relays = config.group_certificates(group.group)
+    if group.trust.require == Level.CLUSTER and rpc and len(relays) == 1:
+        # the footer's bank hash is the relay's word: a liar lifts a forged archive
+        where = "the group's certificates" if group.certificates else "cluster_proof.certificates"
+        found.append(
+            ".trust.require: cluster after the Alpenglow migration rests on one certificate"
+            " relay's word for the bank hash (docs/http-api.md, \"After the migration: finality"
+            f' certificates"); name relays run by others in {where}, all of which must agree'
+        )
     if group.file_targets is not None and not os.path.lexists(group.file_targets.path):
         path = group.file_targets.path
         found.append(f".file_targets.path: {path!r} does not exist yet (re-read every scrape)")

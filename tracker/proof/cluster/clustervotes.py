@@ -56,6 +56,7 @@ from tracker.net.httpclients import origin
 from tracker.net.limits import status_reason
 from tracker.observability.logs import log_event
 from tracker.observability.redact import redact_url
+from tracker.proof.cluster.certrelays import relays_decide, weakest
 from tracker.proof.cluster.consensus import (
     MAX_GENESIS_ANSWER,
     Genesis,
@@ -72,7 +73,6 @@ from tracker.proof.cluster.finality import (
     EpochRanks,
     Finality,
     candidates,
-    check_block,
     document,
     epoch_rank_map,
     epoch_ranks,
@@ -128,9 +128,10 @@ NOT_MIGRATED_FOR = 10.0
 _PARSE = trio.CapacityLimiter(PARSE_THREADS)
 _ANSWERS = BodyBudget(ANSWERS_HELD, per_owner=ANSWERS_HELD_BY_ONE)
 Key = tuple[int, str]
-#: A question, the RPC URLs that were asked it and the certificates' relay read for it ("":
-#: none): what is kept and what backs off, so that a reload that changes either asks again.
-AskedOfRpcs = tuple[Key, tuple[str, ...], str]
+#: A question, the RPC URLs that were asked it and the certificate relays read for it (none
+#: for the votes): what is kept and what backs off, so that a reload that changes either asks
+#: again.
+AskedOfRpcs = tuple[Key, tuple[str, ...], tuple[str, ...]]
 _T = TypeVar("_T")
 _V = TypeVar("_V")
 
@@ -206,7 +207,7 @@ class ClusterVotes:
         against every RPC's rank map (after the Alpenglow migration); else ``proof`` with
         ``voted_stake`` (when known) and a note saying why not. A proof below ``manifest``
         or without a bank hash is returned as it is. Asked of ``group``'s cluster's RPCs
-        (:meth:`rpcs`), its certificates read from its cluster's prefix
+        (:meth:`rpcs`), its certificates read from its cluster's relays, which must agree
         (:meth:`~tracker.config.schema.Config.group_certificates`): another cluster's votes
         or certificates prove nothing of its archives."""
         if proof.level < Level.MANIFEST or proof.bank_hash is None:
@@ -218,9 +219,9 @@ class ClusterVotes:
         if bank_hash is None:
             return attrs.evolve(proof, note="cluster not proven: the bank hash is not base58")
         # the group's own cluster's certificates: another cluster's never verify here
-        prefix = self._config().group_certificates(group)
-        by_votes: AskedOfRpcs = ((slot, proof.bank_hash), urls, "")
-        by_cert: AskedOfRpcs = (self._certificate_key(slot, proof), urls, prefix)
+        relays = self._config().group_certificates(group)
+        by_votes: AskedOfRpcs = ((slot, proof.bank_hash), urls, ())
+        by_cert: AskedOfRpcs = (self._certificate_key(slot, proof), urls, relays)
         kept = self._kept.get(by_votes)
         if kept is not None:  # asked before: it stands while the migration left it so
             genesis, failed = await self._migration_for(urls, kept[0])
@@ -245,7 +246,7 @@ class ClusterVotes:
             return await self.lift(slot, proof, group)
         self._asking[by_votes] = trio.Event()
         try:
-            return await self._lift(slot, proof, bank_hash, urls, prefix)
+            return await self._lift(slot, proof, bank_hash, urls, relays)
         finally:
             self._asking.pop(by_votes).set()
 
@@ -261,7 +262,7 @@ class ClusterVotes:
         urls = self.rpcs(group)
         if not urls or proof.bank_hash is None:
             return True  # nothing asked: nothing learned that it rested on
-        key: AskedOfRpcs = ((slot, proof.bank_hash), urls, "")
+        key: AskedOfRpcs = ((slot, proof.bank_hash), urls, ())
         kept = self._kept.get(key)
         then = kept[0] if kept is not None else None
         genesis, _failed = await self._migration_for(urls, then)
@@ -285,10 +286,15 @@ class ClusterVotes:
             return migration_known(then, reported), exc
 
     async def _lift(
-        self, slot: int, proof: Proof, bank_hash: bytes, urls: tuple[str, ...], prefix: str
+        self,
+        slot: int,
+        proof: Proof,
+        bank_hash: bytes,
+        urls: tuple[str, ...],
+        relays: tuple[str, ...],
     ) -> Proof:
         """:meth:`lift`'s questions, asked: all of them within one ``cluster_proof.deadline``
-        (the migration, the certificate's document, every RPC's answer)."""
+        (the migration, the relays' certificate documents, every RPC's answer)."""
         ends = trio.current_time() + self._config().cluster_proof.deadline
         assert proof.bank_hash is not None
         key = (slot, proof.bank_hash)
@@ -299,7 +305,7 @@ class ClusterVotes:
         if by_certificate(slot, genesis):
             assert genesis is not None
             return await self._lift_by_certificate(
-                slot, proof, bank_hash, genesis, (urls, prefix), ends
+                slot, proof, bank_hash, genesis, (urls, relays), ends
             )
         if genesis is not None and slot == genesis.slot:
             note = (
@@ -312,7 +318,7 @@ class ClusterVotes:
         def votes_of(url: str) -> Awaitable[Tally]:
             return self.ask(url, slot, bank_hash, genesis)
 
-        asked: AskedOfRpcs = (key, urls, "")
+        asked: AskedOfRpcs = (key, urls, ())
         try:
             tallies = await self._ask_all(asked, votes_of, "votes", ends)
         except RpcError as exc:
@@ -350,7 +356,7 @@ class ClusterVotes:
                 self._unmigrated[url] = (answer, trio.current_time())
             answers[url] = answer
 
-        key: AskedOfRpcs = ((-1, "getAgGenesisCert"), urls, "")
+        key: AskedOfRpcs = ((-1, "getAgGenesisCert"), urls, ())
         failure = self._failed.get(key)
         now = trio.current_time()
         if failure is not None and now < failure.until:
@@ -383,10 +389,10 @@ class ClusterVotes:
         proof: Proof,
         bank_hash: bytes,
         genesis: Genesis,
-        scope: tuple[tuple[str, ...], str],
+        scope: tuple[tuple[str, ...], tuple[str, ...]],
         ends: float,
     ) -> Proof:
-        urls, prefix = scope
+        urls, relays = scope
         block_id = _hash_bytes(proof.block_id) if proof.block_id is not None else None
         if block_id is None:
             note = (
@@ -394,7 +400,7 @@ class ClusterVotes:
                 f" {genesis.slot}) and the manifest has no block id"
             )
             return attrs.evolve(proof, note=note)
-        if not prefix:
+        if not relays:
             note = f"cluster not proven: the RPC serves no finality certificate for slot {slot}"
             return attrs.evolve(proof, note=note)
         if proof.epoch_stakes is None:
@@ -409,13 +415,16 @@ class ClusterVotes:
             )
         except CertificateInvalid as exc:
             return attrs.evolve(proof, note=f"cluster not proven: {exc}")
-        asked: AskedOfRpcs = (self._certificate_key(slot, proof), urls, prefix)
+        asked: AskedOfRpcs = (self._certificate_key(slot, proof), urls, relays)
         before = self._failed.get(asked)  # a short certificate's wait doubles as a failure's
         try:
-            doc = await self._document(asked, slot, block_id, bank_hash, ends)
+            docs = await self._documents(asked, slot, block_id, bank_hash, ends)
 
-            def finality_of(url: str) -> Awaitable[Finality]:
-                return self.certify(url, doc, voters, ends)
+            async def finality_of(url: str) -> Finality:
+                # each relay vouches for the block through its own certificate: every
+                # distinct one must hold at every RPC (identical ones are weighed once)
+                finals = [await self.certify(url, doc, voters, ends) for doc in docs]
+                return weakest(finals)
 
             finals = await self._ask_all(asked, finality_of, "certificate", ends)
         except RpcError as exc:
@@ -428,33 +437,56 @@ class ClusterVotes:
             self._back_off(asked, before, RpcError(reason))
         return lifted
 
-    async def _document(
+    async def _documents(
         self, key: AskedOfRpcs, slot: int, block_id: bytes, bank_hash: bytes, ends: float
-    ) -> Document:
-        """The certificate document of ``slot`` from the relay of ``key``, read until
-        ``ends``, checked against the manifest's block id and bank hash (RpcError, one
-        line, backed off)."""
-        prefix = key[2]
+    ) -> tuple[Document, ...]:
+        """The certificate documents of ``slot`` from every relay of ``key`` at once, each
+        read until ``ends``, decided together against the manifest's block id and bank hash
+        (:func:`~tracker.proof.cluster.certrelays.relays_decide`: every relay answered and
+        all agree): the distinct ones to weigh, else RpcError (one line, backed off)."""
+        relays = key[2]
         failure = self._failed.get(key)
         now = trio.current_time()
         if failure is not None and now < failure.until:
             raise RpcError(f"{failure.reason} (asked again in {failure.until - now:.0f}s)")
-        url = f"{prefix.rstrip('/')}/{slot}.json"
-        try:
-            with trio.fail_at(ends):
-                body = await self._call(url, None, MAX_DOCUMENT)
-            doc = document(body, slot)
-            check_block(doc, slot, block_id, bank_hash)
-        except trio.TooSlowError:
-            error = RpcError(f"{redact_url(url)}: not read within the deadline")
-        except RpcError as exc:
-            error = RpcError(one_line(f"{redact_url(url)}: {exc}"))
-        except CertificateInvalid as exc:
-            error = RpcError(one_line(str(exc)))
-        else:
-            return doc
+        answers: dict[str, Document | str] = {}
+        with trio.move_on_at(ends):
+            async with trio.open_nursery() as nursery:
+                for prefix in relays:
+                    nursery.start_soon(self._read_document, prefix, slot, answers)
+        said = [
+            (_relay_name(prefix), answers.get(prefix, _too_late(prefix, slot))) for prefix in relays
+        ]
+        verdict = relays_decide(said, slot, block_id, bank_hash)
+        if verdict.refused is None:
+            return verdict.documents
+        error = RpcError(one_line(verdict.refused))
         self._back_off(key, failure, error)
         raise error
+
+    async def _read_document(
+        self, prefix: str, slot: int, answers: dict[str, Document | str]
+    ) -> None:
+        """The document of ``slot`` from the relay ``prefix`` into ``answers``: at most
+        :data:`~tracker.proof.cluster.finality.MAX_DOCUMENT` bytes, held within
+        :data:`ANSWERS_HELD` (its server's share) as every RPC answer is, decoded; or why
+        not (one line naming its URL). Cancelled at the lift's deadline."""
+        url = _document_url(prefix, slot)
+        try:
+            async with _ANSWERS.held(owner=_server(url)) as share:
+                body = await self._call(url, None, MAX_DOCUMENT, share)
+                try:
+                    answers[prefix] = document(body, slot)  # 64 KiB of JSON at most
+                finally:
+                    body.clear()
+        except (RpcError, CertificateInvalid) as exc:
+            answers[prefix] = one_line(f"{redact_url(url)}: {exc}")
+        except Exception as exc:
+            # the last guard of hostile input, as for an RPC's answer (_ask_into): what a
+            # relay's bytes made fail that no rule names costs this lift, never the tasks
+            log_event(log, "error", "cluster_proof_error", url=redact_url(url), exc_info=exc)
+            what = type(first_leaf(exc)).__name__
+            answers[prefix] = f"{redact_url(url)}: not read: {what}"
 
     def _certificate_key(self, slot: int, proof: Proof) -> Key:
         """What a certificate's verdict is kept by: the slot, the bank hash, the block id
@@ -780,6 +812,21 @@ def _server(url: str) -> tuple[str, str, int | None] | str:
         return origin(url)
     except ValueError:
         return url
+
+
+def _document_url(prefix: str, slot: int) -> str:
+    """The URL of ``slot``'s certificate document at the relay ``prefix``."""
+    return f"{prefix.rstrip('/')}/{slot}.json"
+
+
+def _relay_name(prefix: str) -> str:
+    """A relay as a note names it (its credentials masked)."""
+    return redact_url(prefix.rstrip("/"))
+
+
+def _too_late(prefix: str, slot: int) -> str:
+    """Why a relay whose document was not read by the lift's deadline counts for none."""
+    return f"{redact_url(_document_url(prefix, slot))}: not read within the deadline"
 
 
 def _hash_bytes(text: str) -> bytes | None:

@@ -7,10 +7,11 @@ No JSON-RPC method serves a finality certificate: ``getBlock`` gives no block fo
 each with the ``FinalCertificate`` of a recent block, reach Geyser plugins (agave's
 ``geyser-plugin-interface`` ``block_footer``). So the certificate comes from the operator:
 ``cluster_proof.certificates`` (or a group's own
-``certificates``: :meth:`~tracker.config.schema.Config.group_certificates`) is a URL prefix
-under which ``{slot}.json`` is the :class:`Document` of a slot (its block's footer and a
-certificate for it, base64), checked here as agave checks a footer's certificate; without
-it the level says the RPC serves none.
+``certificates``: :meth:`~tracker.config.schema.Config.group_certificates`) are URL
+prefixes, the certificate relays, under each of which ``{slot}.json`` is the
+:class:`Document` of a slot (its block's footer and a certificate for it, base64), checked
+here as agave checks a footer's certificate once every relay's agrees
+(:mod:`tracker.proof.cluster.certrelays`); without one the level says the RPC serves none.
 
 agave reads a certificate in the rank map of ``epoch_stakes(E)`` (the stakes and vote
 accounts as epoch E-1 began), which no RPC serves and the archive's manifest holds, but
