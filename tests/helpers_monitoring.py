@@ -47,18 +47,60 @@ def exported_names(exposition: str) -> set[str]:
     return names
 
 
+#: Labels every series has once Prometheus scraped it (added by the scrape, not exported).
+SCRAPE_LABELS = frozenset({"instance", "job"})
+
+
+def _parsed(expression: str) -> Any:
+    """A PromQL expression parsed (Grafana's ``$__…`` variables as 5m)."""
+    return promql_parser.parse(re.sub(r"\$__\w+", "5m", expression))
+
+
+def _names_in(node: Any) -> set[str]:
+    found: set[str] = set()
+
+    def visit(inner: Any) -> bool:
+        if isinstance(inner, promql_parser.VectorSelector) and inner.name:
+            found.add(inner.name)
+        return True
+
+    promql_parser.walk(node, visit)
+    return found
+
+
 def metric_names(expression: str) -> set[str]:
     """Every metric name a PromQL expression selects (Grafana's ``$__…`` variables as 5m)."""
-    expression = re.sub(r"\$__\w+", "5m", expression)
-    found: set[str] = set()
+    return _names_in(_parsed(expression))
+
+
+def label_uses(expression: str) -> set[tuple[str, str]]:
+    """Every (metric, label) a PromQL expression filters or groups by: each selector's
+    matchers, an aggregation's ``by``/``without`` labels (on every metric under it), a
+    binary operation's ``on``/``ignoring`` labels (on both sides) and its ``group_left``/
+    ``group_right`` labels (on the side with one series per match). A label none of them
+    carries selects nothing, and a grouping by it folds every series into one."""
+    uses: set[tuple[str, str]] = set()
 
     def visit(node: Any) -> bool:
         if isinstance(node, promql_parser.VectorSelector) and node.name:
-            found.add(node.name)
+            for matcher in node.matchers.matchers:
+                if matcher.name != "__name__":
+                    uses.add((node.name, matcher.name))
+        elif isinstance(node, promql_parser.AggregateExpr) and node.modifier is not None:
+            uses.update((n, label) for n in _names_in(node.expr) for label in node.modifier.labels)
+        elif isinstance(node, promql_parser.BinaryExpr) and node.modifier is not None:
+            modifier = node.modifier
+            if modifier.matching is not None:
+                both = _names_in(node.lhs) | _names_in(node.rhs)
+                uses.update((n, label) for n in both for label in modifier.matching.labels)
+            if modifier.group_labels:
+                left = modifier.card == promql_parser.VectorMatchCardinality.ManyToOne
+                one = _names_in(node.rhs if left else node.lhs)
+                uses.update((n, label) for n in one for label in modifier.group_labels)
         return True
 
-    promql_parser.walk(promql_parser.parse(expression), visit)
-    return found
+    promql_parser.walk(_parsed(expression), visit)
+    return uses
 
 
 def alert_rules() -> list[dict[str, Any]]:
@@ -71,19 +113,36 @@ def dashboard() -> dict[str, Any]:
     return loaded
 
 
-def dashboard_names() -> dict[str, set[str]]:
-    """Metric names of every panel query and template variable, by where they are."""
+def dashboard_queries() -> dict[str, str]:
+    """Every PromQL expression of the dashboard, by where it is: each panel query, and the
+    selector of each template variable's ``label_values(selector, label)`` with the label
+    read as a grouping by it (``sum by (label) (selector)``)."""
     board = dashboard()
     out = {}
     for panel in board["panels"]:
         for target in panel.get("targets", []):
-            out[f"{panel['title']} {target['refId']}"] = metric_names(target["expr"])
+            out[f"{panel['title']} {target['refId']}"] = target["expr"]
     for variable in board["templating"]["list"]:
         query = variable.get("query")
         if isinstance(query, dict):
-            [name] = re.findall(r"label_values\((\w+),", query["query"])
-            out[f"variable {variable['name']}"] = {name}
+            [(selector, label)] = re.findall(r"^label_values\((.+),\s*(\w+)\)$", query["query"])
+            out[f"variable {variable['name']}"] = f"sum by ({label}) ({selector})"
     return out
+
+
+def dashboard_names() -> dict[str, set[str]]:
+    """Metric names of every panel query and template variable, by where they are."""
+    return {where: metric_names(query) for where, query in dashboard_queries().items()}
+
+
+def exported_labels(exposition: str) -> dict[str, set[str]]:
+    """The label names each series name of a ``/metrics`` text carries (only families
+    with a series: a labelled family with none yet shows no label)."""
+    labels: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            labels.setdefault(sample.name, set()).update(sample.labels)
+    return labels
 
 
 def promtool_series(

@@ -53,12 +53,14 @@ async def serve_app(
     connections: Connections | None = None,
     plain: bool = False,
     max_connections: int = 4096,
+    host: str = "127.0.0.1",
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``app`` on 127.0.0.1 (a free port) until cancelled; start with ``nursery.start``.
+    """Serve ``app`` on ``host`` (a loopback address; a free port) until cancelled; start
+    with ``nursery.start``.
 
     ``config`` defaults to :func:`local_config`. Reports the base URL
-    (``http://127.0.0.1:PORT``) through ``task_status.started``, after the app's lifespan
+    (``http://{host}:PORT``) through ``task_status.started``, after the app's lifespan
     startup has finished. ``connections`` lets a test see the zero-copy pieces sent;
     ``plain`` serves with hypercorn's own ``serve`` instead (no sendfile: file bodies are read
     and sent as bytes); ``max_connections``: the listener's connection limit (zero-copy
@@ -82,12 +84,12 @@ async def serve_app(
                 # this process started the tracker's server before (a reason phrase or not).
                 lower_case_headers()
                 reason_phrases()
-                config.bind = ["127.0.0.1:0"]
+                config.bind = [f"{host}:0"]
                 await hypercorn_serve(
                     app, config, shutdown_trigger=shutdown.wait, task_status=task_status
                 )
                 return
-            sock = bind_socket("127.0.0.1", 0, user_timeout=None)
+            sock = bind_socket(host, 0, user_timeout=None)
             await serve(
                 app,
                 config,

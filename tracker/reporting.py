@@ -102,6 +102,10 @@ def group_slots(config: Config, by_url: Mapping[str, int | None]) -> dict[str, i
     return {g.group: by_url.get(config.group_rpc(g.group)) for g in config.target_groups}
 
 
+#: A group's cluster ``rpc`` that failed its last ``getSlot``: its URL and why (one line).
+RpcFailure = tuple[str, str]
+
+
 def rpcs_up(
     config: Config, asked: Collection[str], answered: Mapping[str, int]
 ) -> dict[str, bool | None]:
@@ -116,6 +120,18 @@ def rpcs_up(
             out[group.group] = None
         elif url in asked:
             out[group.group] = url in answered
+    return out
+
+
+def rpc_failures(config: Config, failed: Mapping[str, str]) -> dict[str, RpcFailure]:
+    """Each group whose ``rpc`` (:meth:`Config.group_rpc`) failed the read: its URL and the
+    reason in ``failed`` (by URL). Exactly the groups :func:`rpcs_up` says are down, so the
+    status page's note and ``snapshot_tracker_cluster_rpc_up`` never disagree. Pure."""
+    out: dict[str, RpcFailure] = {}
+    for group in config.target_groups:
+        url = config.group_rpc(group.group)
+        if url and url in failed:
+            out[group.group] = (url, failed[url])
     return out
 
 
@@ -134,27 +150,31 @@ def slots_kept(old: Config, new: Config, slots: Mapping[str, int | None]) -> dic
     }
 
 
-async def read_slots(health: HealthChecker, urls: Iterable[str]) -> dict[str, int]:
+async def read_slots(
+    health: HealthChecker, urls: Iterable[str]
+) -> tuple[dict[str, int], dict[str, str]]:
     """The finalized slot each RPC of ``urls`` answers, asked all at once (each within the
-    health check's timeout: one slow cluster delays none of the others' reads); an RPC
-    that fails is left out."""
+    health check's timeout: one slow cluster delays none of the others' reads), and why
+    each RPC that failed did (a one-line reason, by URL)."""
     answered: dict[str, int] = {}
+    failed: dict[str, str] = {}
 
     async def read(url: str) -> None:
         try:
             answered[url] = await health.current_slot(url)
-        except RpcError:
-            pass
+        except RpcError as exc:
+            failed[url] = str(exc) or type(exc).__name__
         except Exception as exc:
             # the last guard (docs/architecture.md, "Failures"): what no rule names costs
             # this answer, as a failed one: the carried slot stays (a restart of the
             # whole task would start without it)
             log_event(log, "error", "slot_read_error", rpc=redact_url(url), exc_info=exc)
+            failed[url] = f"not read: {type(exc).__name__}"
 
     async with trio.open_nursery() as nursery:
         for url in urls:
             nursery.start_soon(read, url)
-    return answered
+    return answered, failed
 
 
 async def track_snapshot_age(
@@ -163,11 +183,14 @@ async def track_snapshot_age(
     config: Callable[[], Config],
     on_slot: Callable[[Mapping[str, int | None]], None] | None = None,
     wakeup: Wakeup | None = None,
+    on_rpc: Callable[[Mapping[str, RpcFailure]], None] | None = None,
 ) -> None:
     """Every scrape interval, and at once when ``wakeup`` is set (a reload), read each
     group's cluster slot from its RPC (each distinct URL of :meth:`Config.slot_rpcs` once)
     and publish each group's snapshot age in slots against its own cluster's slot (as
-    long as one is known), and whether its RPC answered (:func:`rpcs_up`).
+    long as one is known), and whether its RPC answered (:func:`rpcs_up`); ``on_rpc`` is
+    told, after every read, the groups whose RPC failed it and why (:func:`rpc_failures`:
+    the status page's note).
 
     ``on_slot`` is told every group's cluster slot every interval (the index's
     ``max_slot_ahead`` check, :func:`group_slots`): its RPC's answer, carried on for a
@@ -180,7 +203,7 @@ async def track_snapshot_age(
     while True:
         current = config()
         urls = current.slot_rpcs()
-        answered = await read_slots(health, urls)
+        answered, failed = await read_slots(health, urls)
         now = trio.current_time()
         screened: dict[str, int | None] = {}
         kept: dict[str, tuple[int, float]] = {}
@@ -200,6 +223,8 @@ async def track_snapshot_age(
         # "Internal routes")
         for name, up in rpcs_up(now_config, urls, answered).items():
             metrics.set_cluster_rpc_up(name, up)
+        if on_rpc is not None:
+            on_rpc(rpc_failures(now_config, failed))
         for group in now_config.target_groups:
             # the slot the index screens with and the status page ages against (carried
             # on when the RPC fails): the metric, its alert and the page never disagree

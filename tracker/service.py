@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import Literal
 
@@ -53,7 +53,7 @@ from tracker.proxy.prefetch import Prefetcher
 from tracker.proxy.streamer import CacheFactory, ProxyStreamer
 from tracker.proxy.transfers import Transfers
 from tracker.proxy.upstream import ProxySettings
-from tracker.reporting import ScrapeReporter, slots_kept, track_snapshot_age
+from tracker.reporting import RpcFailure, ScrapeReporter, slots_kept, track_snapshot_age
 from tracker.serving.fileresponse import ChunkBudget
 from tracker.web.activity import ActiveRequests
 from tracker.web.api import create_app
@@ -82,10 +82,17 @@ class Tracker:
     index: Index = attrs.field(factory=lambda: Index(clock=trio.current_time))
     metrics: Metrics = attrs.field(factory=Metrics)
     stop: trio.Event = attrs.field(factory=trio.Event)
+    #: Each group whose cluster ``rpc`` failed its last ``getSlot``: its URL and why (the
+    #: status page's note; docs/http-api.md, "The status page").
+    rpc_failures: Mapping[str, RpcFailure] = attrs.field(factory=dict)
 
     def current(self) -> Config:
         """The config in force now (read per request: reloads apply at once)."""
         return self.config
+
+    def rpcs_read(self, failures: Mapping[str, RpcFailure]) -> None:
+        """Take the groups whose ``rpc`` failed the slot loop's last read."""
+        self.rpc_failures = failures
 
 
 @attrs.define
@@ -147,6 +154,7 @@ class Components:
             attestations=self.attestations,
             sources_used=self.streamer.launcher.sources_used.shown,
             rejected=self.streamer.rejections.errors,
+            rpc_failures=lambda: self.tracker.rpc_failures,
         )
 
     async def aclose(self) -> None:
@@ -474,6 +482,7 @@ async def run_tracker(
                         tracker.current,
                         tracker.index.set_cluster_slots,
                         slots_read,
+                        tracker.rpcs_read,
                     )
                     background = await nursery.start(
                         _background,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import shutil
 import socket
+from collections import defaultdict
 from pathlib import Path
 
 import httpx
@@ -18,9 +19,13 @@ from fakes import Rpc
 from helpers_monitoring import (
     ALERTS,
     LEDGER,
+    SCRAPE_LABELS,
     alert_rules,
     dashboard_names,
+    dashboard_queries,
+    exported_labels,
     exported_names,
+    label_uses,
     metric_names,
     promtool_series,
 )
@@ -29,24 +34,30 @@ from helpers_server import serve_app
 from helpers_sources import Answer, Request, ScriptedApp
 from helpers_tls import client_tls
 from helpers_tracker import start_tracker, wait_until, write_config
+from prometheus_client import Counter, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 from test_cluster import raise_fd_limit, rpc_app
 from test_store_answers import EMPTY_LISTING, NO_UPLOADS, XML
+
+from tracker.observability.collectors import COLLECTORS, PREFIX
 
 
 async def test_every_metric_of_the_alerts_and_the_dashboard_is_exported(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
+    """Every metric the rules and the dashboard name is exported, and every label they
+    filter or group by is one that metric carries (a label none carries selects nothing,
+    and grouping by it folds every series into one: the panel shows nothing, or a sum)."""
+    rpc = await nursery.start(serve_app, Rpc(slot=1300).app())
     settings = {
         "internal_listen": "127.0.0.1:0",
         "scrape_interval": "1s",
+        "rpc": rpc,  # the cluster's gauges have series
         "target_groups": [{"group": "local", "local_targets": {"paths": [str(LEDGER)]}}],
     }
-    _public, internal = await start_tracker(nursery, write_config(tmp_path, settings))
-    async with httpx.AsyncClient(verify=client_tls(), timeout=10, trust_env=False) as client:
-        response = await client.get(f"{internal}/metrics")
-    assert response.status_code == 200
-    exported = exported_names(response.text)
+    line = 'snapshot_tracker_cluster_rpc_up{group="local"} 1.0'
+    exposition = await exposition_once(nursery, tmp_path, settings, line)
+    exported = exported_names(exposition)
     assert "snapshot_tracker_archives_rejected_total" in exported  # a family with no series
     named = {f"alert {r['alert']}": metric_names(r["expr"]) for r in alert_rules()}
     named.update(dashboard_names())
@@ -54,6 +65,47 @@ async def test_every_metric_of_the_alerts_and_the_dashboard_is_exported(
     missing = {where: sorted(names - exported) for where, names in named.items()}
     assert not {where: names for where, names in missing.items() if names}
     assert all(named.values())  # every query names at least one metric
+    carried = carried_labels(exposition)
+    queries = {f"alert {r['alert']}": r["expr"] for r in alert_rules()}
+    queries.update(dashboard_queries())
+    wrong = {
+        where: sorted(f"{name}: {label}" for name, label in uses if label not in carried[name])
+        for where, uses in ((where, label_uses(query)) for where, query in queries.items())
+    }
+    assert not {where: uses for where, uses in wrong.items() if uses}
+    assert carried["snapshot_tracker_cluster_rpc_up"] >= {"group"}
+
+
+def declared_labels() -> dict[str, set[str]]:
+    """The labels each series of :data:`tracker.observability.collectors.COLLECTORS` is
+    declared with, by series name (a histogram's ``_bucket`` with ``le``)."""
+    declared: dict[str, set[str]] = {}
+    for collector in COLLECTORS:
+        name, labels = PREFIX + collector.name, set(collector.labels)
+        if collector.kind is Counter:
+            declared[name.removesuffix("_total") + "_total"] = labels
+        elif collector.kind is Histogram:
+            declared |= {name + "_sum": labels, name + "_count": labels}
+            declared[name + "_bucket"] = labels | {"le"}
+        else:
+            declared[name] = labels
+    return declared
+
+
+def carried_labels(exposition: str) -> dict[str, set[str]]:
+    """The labels each series of a running tracker's ``exposition`` carries once scraped:
+    those its series show, with the scrape's ``instance`` and ``job``; for a labelled
+    family with no series yet (no bucket, no failure so far), those it is declared with,
+    which must be those shown wherever a family has series."""
+    shown = exported_labels(exposition)
+    declared = declared_labels()
+    for name, labels in shown.items():
+        if name in declared:
+            assert labels == declared[name], name
+    carried = defaultdict(lambda: set(SCRAPE_LABELS))
+    for name, labels in {**declared, **shown, "up": set()}.items():
+        carried[name] = labels | SCRAPE_LABELS
+    return carried
 
 
 async def firing_alerts(

@@ -476,3 +476,43 @@ async def test_the_page_and_the_metric_show_one_age_when_the_rpc_stops_answering
     # the carried slot moves on one slot every 0.4 s and the metric is published once an
     # interval, the page at its request: the metric may be a step or two behind, never gone
     assert metric is not None and 0 <= page - metric <= 3, (page, metric)
+
+
+async def test_a_group_whose_rpc_fails_says_which_rpc_and_why(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A group's ``rpc`` failing getSlot showed as "—" in the age columns and nothing more,
+    while ``snapshot_tracker_cluster_rpc_up`` read 0. The page says it under the group's
+    archives, the RPC's URL masked as every URL on the page, with the reason; the line
+    goes once the RPC answers again (docs/http-api.md, "The status page")."""
+    slot = 7_000_000
+    rpc = Rpc(slot=slot, status=503)
+    rpc_url = await nursery.start(serve_app, rpc.app())
+    sidecar = Sidecar([sidecar_info((full_name(slot - 10), 10))])
+    source = await nursery.start(serve_app, sidecar.app())
+    _public, internal = await tracker_with(
+        nursery,
+        tmp_path,
+        scrape_interval="100ms",
+        rpc=f"{rpc_url}/?api-key=K3Y",
+        target_groups=[{"group": "g", "static_targets": {"targets": [source[7:]]}}],
+    )
+    note = (
+        f'<td colspan="8" class="err">cluster rpc <code>{rpc_url}/?***</code> '
+        "failed its last getSlot: HTTP 503</td>"
+    )
+    gauge = 'snapshot_tracker_cluster_rpc_up{group="g"}'
+    async with httpx.AsyncClient(verify=client_tls(), timeout=30, trust_env=False) as client:
+
+        async def says(shown: bool, up: str) -> bool:
+            metrics = (await client.get(f"{internal}/metrics")).text
+            page = await page_of(client, internal)
+            return (note in page) == shown and f"{gauge} {up}" in metrics
+
+        await wait_until(lambda: says(True, "0.0"))
+        page = await page_of(client, internal)
+        assert "K3Y" not in page
+        assert set(Dom(page).tags) <= PAGE_TAGS
+        rpc.status = 200
+        await wait_until(lambda: says(False, "1.0"))
+        assert "failed its last getSlot" not in await page_of(client, internal)

@@ -154,3 +154,46 @@ def test_a_reload_keeps_the_slot_of_a_group_only_where_it_kept_its_rpc() -> None
     assert slots_kept(old, config("http://other:8899", "http://test:8899"), held) == {"b": 50}
     # a group the reload added has none yet
     assert slots_kept(Config(rpc="http://main:8899"), old, held) == {}
+
+
+class _Flaky(_Health):
+    """Fails its first read, answers the second, fails every one after with another reason."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    async def current_slot(self, url: str) -> int:
+        self.reads += 1
+        if self.reads == 2:
+            return 1000
+        raise RpcError("HTTP 503" if self.reads == 1 else "cannot connect: Connection refused")
+
+
+async def test_each_read_tells_which_groups_rpc_failed_and_why(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The status page showed only "—" in the age columns: nothing said the RPC failed, nor
+    # why (docs/http-api.md, "The status page"). Each read tells the groups whose rpc failed
+    # it, with the reason, and none once it answers.
+    told: list[Mapping[str, tuple[str, str]]] = []
+    url = "http://rpc.invalid/"
+    config = Config(rpc=url, scrape_interval=60.0, target_groups=(GROUP,))
+    health: Any = _Flaky()
+    with trio.move_on_after(121):
+        await track_snapshot_age(health, Metrics(process=False), lambda: config, on_rpc=told.append)
+    assert told == [
+        {"g": (url, "HTTP 503")},
+        {},
+        {"g": (url, "cannot connect: Connection refused")},
+    ]
+
+
+async def test_an_unforeseen_failure_is_told_as_one(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    told: list[Mapping[str, tuple[str, str]]] = []
+    config = Config(rpc="http://rpc.invalid/", scrape_interval=60.0, target_groups=(GROUP,))
+    health: Any = _Breaking()
+    with trio.move_on_after(61):
+        await track_snapshot_age(health, Metrics(process=False), lambda: config, on_rpc=told.append)
+    assert told == [{}, {"g": ("http://rpc.invalid/", "not read: ValueError")}]

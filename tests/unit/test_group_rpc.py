@@ -15,7 +15,7 @@ from helpers_config import load, problem_at, problems
 from tracker.config.loading import load_config
 from tracker.config.schema import ClusterProof, Config, TargetGroup
 from tracker.config.warnings import config_warnings, shared_rpcs
-from tracker.reporting import group_slots, rpcs_up
+from tracker.reporting import group_slots, rpc_failures, rpcs_up
 
 MAIN, TEST, DEV = "http://127.0.0.1:8899", "http://127.0.0.1:8898", "http://127.0.0.1:8897"
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -107,6 +107,36 @@ def test_whether_each_groups_rpc_answered(
     config: Config, asked: set[str], answered: dict[str, int], up: dict[str, bool | None]
 ) -> None:
     assert rpcs_up(config, asked, answered) == up
+
+
+@pytest.mark.parametrize(
+    ("config", "failed", "notes"),
+    [
+        # one rpc for both: each group names it, with why
+        (fleet(MAIN, ("a", ""), ("b", "")), {}, {}),
+        (
+            fleet(MAIN, ("a", ""), ("b", "")),
+            {MAIN: "HTTP 503"},
+            {"a": (MAIN, "HTTP 503"), "b": (MAIN, "HTTP 503")},
+        ),
+        # each its own: the failed one's group alone
+        (
+            fleet("", ("a", MAIN), ("b", TEST)),
+            {MAIN: "cannot connect"},
+            {"a": (MAIN, "cannot connect")},
+        ),
+        # no rpc: nothing to fail
+        (fleet("", ("a", ""), ("b", TEST)), {MAIN: "x"}, {}),
+        # a reload moved b to DEV during the read: MAIN's failure is not b's
+        (fleet(MAIN, ("a", ""), ("b", DEV)), {MAIN: "x"}, {"a": (MAIN, "x")}),
+    ],
+)
+def test_the_groups_whose_rpc_failed_and_why(
+    config: Config, failed: dict[str, str], notes: dict[str, tuple[str, str]]
+) -> None:
+    """The status page's note (docs/http-api.md, "The status page"): the groups whose RPC
+    failed the read, each with its RPC and the reason."""
+    assert rpc_failures(config, failed) == notes
 
 
 @pytest.mark.parametrize(

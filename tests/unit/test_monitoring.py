@@ -10,10 +10,19 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
-from helpers_monitoring import ALERTS, alert_rules, dashboard, exported_names, metric_names
+from helpers_monitoring import (
+    ALERTS,
+    alert_rules,
+    dashboard,
+    dashboard_queries,
+    exported_names,
+    label_uses,
+    metric_names,
+)
 
 
 @pytest.mark.parametrize(
@@ -42,6 +51,79 @@ def test_exported_names_follow_the_type_lines(exposition: str, names: set[str]) 
 )
 def test_metric_names_of_an_expression(expression: str, names: set[str]) -> None:
     assert metric_names(expression) == names
+
+
+@pytest.mark.parametrize(
+    ("expression", "uses"),
+    [
+        ("up", set()),
+        ('a{g=~"$g"}', {("a", "g")}),
+        (
+            "histogram_quantile(0.9, sum by (g, le) (rate(h_bucket[$__rate_interval])))",
+            {("h_bucket", "g"), ("h_bucket", "le")},
+        ),
+        ("sum without (x) (a) > on(g) b", {("a", "x"), ("a", "g"), ("b", "g")}),
+        ("a * on(i) group_left(k) b", {("a", "i"), ("b", "i"), ("b", "k")}),
+        ("a * on(i) group_right(k) b", {("a", "i"), ("b", "i"), ("a", "k")}),
+    ],
+)
+def test_the_labels_an_expression_filters_or_groups_by(
+    expression: str, uses: set[tuple[str, str]]
+) -> None:
+    assert label_uses(expression) == uses
+
+
+def unit_of(panel: dict[str, object], ref_id: str) -> str:
+    """The unit a panel draws its query ``ref_id`` in: an override of that query, else the
+    panel's default."""
+    config: Any = panel["fieldConfig"]
+    for override in config.get("overrides", []):
+        if override["matcher"] == {"id": "byFrameRefID", "options": ref_id}:
+            for prop in override["properties"]:
+                if prop["id"] == "unit":
+                    return str(prop["value"])
+    return str(config["defaults"]["unit"])
+
+
+#: Units of a time and of a rate per second (Grafana's unit ids).
+TIME_UNITS = {"s", "ms"}
+RATE_UNITS = {"reqps", "ops", "cps", "Bps", "binBps"}
+
+
+def test_each_query_is_drawn_in_its_own_unit() -> None:
+    """A quantile of a ``_seconds`` histogram is a time, a ``rate()`` of a counter a number
+    per second: probe errors per second were drawn on the latency's seconds axis ("0.2 s"
+    of errors)."""
+    for panel in dashboard()["panels"]:
+        for target in panel["targets"]:
+            expr, where = target["expr"], f"{panel['title']} {target['refId']}"
+            unit = unit_of(panel, target["refId"])
+            if "histogram_quantile" in expr and "_seconds_bucket" in expr:
+                assert unit in TIME_UNITS, where
+            elif "rate(" in expr:
+                assert unit in RATE_UNITS, where
+
+
+def test_the_dashboard_shows_each_replica_apart() -> None:
+    """Replicas (docs/replicas.md) each probe every target of their config: "Targets up"
+    summed them, 2 replicas of 10 targets read "20 / 20". Every query is of the replicas
+    chosen (the ``instance`` variable), and the count of targets is per replica."""
+    board = dashboard()
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["instance"]["query"]["query"].startswith("label_values(")
+    for where, query in dashboard_queries().items():
+        if where != "variable instance":
+            filtered = {name for name, label in label_uses(query) if label == "instance"}
+            assert filtered == metric_names(query), where
+    [targets_up] = [p for p in board["panels"] if p["title"] == "Targets up"]
+    assert all(t["expr"].startswith("sum by (instance) (") for t in targets_up["targets"])
+
+
+def test_the_dashboard_shows_each_groups_cluster_rpc() -> None:
+    [panel] = [p for p in dashboard()["panels"] if p["title"] == "Cluster RPC up"]
+    assert {n for t in panel["targets"] for n in metric_names(t["expr"])} == {
+        "snapshot_tracker_cluster_rpc_up"
+    }
 
 
 def test_the_alerts_cover_the_operators_cases_with_a_summary_and_a_runbook() -> None:

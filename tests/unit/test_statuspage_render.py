@@ -121,6 +121,10 @@ def rejected(**fields: str) -> RecentEvent:
             view(failovers=(RecentEvent(NOW, "WARNING", HOSTILE, {HOSTILE: HOSTILE}),)),
         ),
         ("version", view(version=HOSTILE)),
+        (
+            "cluster rpc failure",
+            view(groups=(GroupView("g", 0, 0, None, None, rpc_failure=(HOSTILE, HOSTILE)),)),
+        ),
         ("refresh use", view(targets=(target("t")._replace(refresh=HOSTILE),))),
         (
             "refresh source",
@@ -181,12 +185,53 @@ SECRETS = ("pa55", "K3Y", "t0ken", "s3cret")
             failovers=(RecentEvent(NOW, "WARNING", "upstream_failed", {"url": "http://a:pa55@h/"}),)
         ),
         view(rejected=(rejected(source="https://u:s3cret@node/?t=K3Y", reason="bad"),)),
+        view(
+            groups=(
+                GroupView(
+                    "g",
+                    1,
+                    1,
+                    best(),
+                    None,
+                    rpc_failure=(
+                        "https://u:s3cret@rpc.example/?api-key=K3Y",
+                        "cannot connect to https://u:pa55@rpc.example/?key=t0ken",
+                    ),
+                ),
+            )
+        ),
     ],
 )
 def test_credentials_never_reach_the_page(page_view: StatusView) -> None:
     page = render_status(page_view)
     assert not [s for s in SECRETS if s in page]
     assert "***" in page
+
+
+@pytest.mark.parametrize(
+    "group",
+    [
+        GroupView("mainnet", 2, 1, best(), best(INCR, "incremental")),
+        GroupView("mainnet", 2, 1, best(), None),
+        GroupView("mainnet", 2, 0, None, None),
+    ],
+)
+def test_a_group_whose_cluster_rpc_failed_says_so_and_why(group: GroupView) -> None:
+    """The age columns said only "—" (or an age carried on) while the group's ``rpc``
+    failed getSlot: one line under the group's archives names the RPC (masked) and the
+    reason; none while it answers (docs/http-api.md, "The status page")."""
+    failure = ("http://rpc.example:8899/?api-key=K3Y", "HTTP 503")
+    page = section(
+        render_status(view(groups=(attrs.evolve(group, rpc_failure=failure),))), "snapshots"
+    )
+    note = (
+        '<td colspan="8" class="err">cluster rpc <code>http://rpc.example:8899/?***</code> '
+        "failed its last getSlot: HTTP 503</td>"
+    )
+    # one row, under the group's archives
+    assert page.count("failed its last getSlot") == 1
+    assert page.endswith(f'<tr><td class="nowrap">mainnet</td>{note}</tr></tbody></table>')
+    assert "failed its last getSlot" not in render_status(view(groups=(group,)))
 
 
 def test_unhealthy_targets_come_first() -> None:

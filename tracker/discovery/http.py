@@ -13,13 +13,19 @@ The redirect carries no size, but the early head of proxy mode and the JSON need
 ``HEAD``, whose ``Content-Length`` is remembered (:class:`SizeMemo`) for as long as the URL
 is advertised. A URL on another origin is not asked (its size stays unknown): the probe
 client connects without the egress check, which the proxy's downloads of such URLs get.
+
+A node found by cluster discovery (anyone can be one) is held to more in redirect mode
+(:func:`off_origin`): the tracker hands its archive URL to clients, who resolve a name in it
+themselves, perhaps to another address than the one the egress policy checked (DNS
+rebinding, split horizon: one inside the client's network). Its archives must be at the
+address it was discovered at, as agave's are (it answers ``Location: /{name}``).
 """
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import attrs
 import httpx
@@ -40,7 +46,7 @@ from tracker.net.exchange import Heads, head, join_url, parse_url
 from tracker.net.httpclients import origin
 from tracker.net.limits import NO_HEADERS, status_reason
 
-__all__ = ["Heads", "SizeMemo", "probe_http"]
+__all__ = ["Heads", "SizeMemo", "off_origin", "probe_http"]
 
 #: Seconds an archive's size HEAD may take when the probe has no deadline of its own.
 SIZE_WITHIN = 5.0
@@ -133,6 +139,39 @@ async def probe_http(
     if failures:
         raise failures[0]
     return chains_from_files([found[a] for a in (FULL_ALIAS, INCREMENTAL_ALIAS) if a in found])
+
+
+def off_origin(node: str, infos: Iterable[SnapshotInfo]) -> str:
+    """Why the archives ``infos`` of a node found by cluster discovery at ``node`` cannot be
+    handed to clients in redirect mode: the first whose URL is on another origin (scheme,
+    host, port) than the node's own, in one line; "" when each is at the node's origin.
+
+    The node's origin is the address ``getClusterNodes`` gave and the egress policy checked
+    (an IP address: a client connects to that very address). Another origin's name is
+    resolved by each client itself, perhaps to another address than the one the tracker
+    checked (DNS rebinding, split horizon); an address there is no node's own. Agave
+    redirects its aliases within its origin (``/{name}``), so no agave node is refused
+    (docs/http-api.md, "Trust"). Pure."""
+    home = origin(node)
+    for info in infos:
+        for f in info.files:
+            try:
+                there: tuple[str, str, int | None] | None = origin(f.url)
+            except ValueError:  # a port no socket has: no origin of the node's either
+                there = None
+            if there != home:
+                shown = quoted(_origin_text(there) if there else f.url)
+                return (
+                    f"{f.bare_name}: at {shown}, not at the node's own address: in redirect "
+                    "mode a discovered node's archives must be at the address it was found at"
+                )
+    return ""
+
+
+def _origin_text(there: tuple[str, str, int | None]) -> str:
+    scheme, host, port = there
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}" if port is None else f"{scheme}://{host}:{port}"
 
 
 def _target_url(url: str) -> httpx.URL:

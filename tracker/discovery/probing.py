@@ -15,7 +15,7 @@ import trio
 from tracker.clientwire.transport import HeadClient
 from tracker.config.schema import Config, TargetGroup
 from tracker.core.snapshots import SnapshotInfo
-from tracker.discovery.http import Heads, SizeMemo, probe_http
+from tracker.discovery.http import Heads, SizeMemo, off_origin, probe_http
 from tracker.discovery.local import DirectoryThreads, LocalListing, readable_archives, scan_local
 from tracker.discovery.roster import Target
 from tracker.discovery.sidecar import probe_sidecar
@@ -97,7 +97,7 @@ class Probes:
         if target.kind == "http":
             policy = policy_of(self.config.egress)
             heads: Heads = self._lean if target.key.discovered else client
-            return probe_http(
+            probed = probe_http(
                 heads,
                 target.location,
                 headers=headers,
@@ -105,7 +105,22 @@ class Probes:
                 resolver=self.strangers if target.key.discovered else self.resolver,
                 sizes=self.sizes,
             )
+            return self._at_home(target, probed) if target.key.discovered else probed
         return self._scan(target.location)
+
+    async def _at_home(
+        self, target: Target, probed: Awaitable[list[SnapshotInfo]]
+    ) -> list[SnapshotInfo]:
+        """What a discovered node offers, refused in redirect mode when an archive is not at
+        its own origin (:func:`~tracker.discovery.http.off_origin`: clients would resolve
+        that name themselves). The mode of when the answer came: a reload to redirect mode
+        during the probe refuses it too. Raises ProbeError."""
+        infos = await probed
+        if not self.config.proxy_snapshot_downloads:
+            reason = off_origin(target.location, infos)
+            if reason:
+                raise ProbeError(reason)
+        return infos
 
     async def _scan(self, path: str) -> list[SnapshotInfo]:
         """The archives of the local directory ``path`` that the tracker can read, listed

@@ -151,13 +151,19 @@ class Scraper:
         of remaining targets is kept, but for those a change of their group's credentials
         leaves behind (:func:`~tracker.discovery.targetset.left_behind`): dropped, with any
         result of theirs waiting, and not probed again until the next round's discovery
-        tells whether they stay."""
+        tells whether they stay. A reload from proxy to redirect mode drops what discovered
+        nodes listed: each is listed again by its next probe, under redirect mode's rule."""
         previous, self.config = self.config, config
         self._probes.use(config)
         self._finder.use(config)
         self._moved = {**self._moved, **credentials_moved(previous, config)}
+        # Back in redirect mode, a discovered node's archive URL goes to clients: what its
+        # last probe found in proxy mode (another origin's name, which only the tracker
+        # used) is dropped until its next probe, under redirect mode's rule
+        # (tracker.discovery.http.off_origin).
+        to_redirects = previous.proxy_snapshot_downloads and not config.proxy_snapshot_downloads
         for key in [*self.index.keys(), *self._results.waiting()]:
-            if left_behind(self._moved, key):
+            if left_behind(self._moved, key) or (to_redirects and key.discovered):
                 self._results.drop(key)
         self._wakeup.set()
 

@@ -99,6 +99,10 @@ class StatusSources:
     #: Per target: why its copy of an archive is held back after a failed check, at a time
     #: of the index's clock (docs/http-api.md, "Verified archives").
     rejected: Callable[[float], Mapping[TargetKey, str]] = lambda _now: {}
+    #: Per group whose cluster ``rpc`` failed its last ``getSlot``: its URL and why
+    #: (``tracker.reporting.rpc_failures``, the same reads ``snapshot_tracker_cluster_rpc_up``
+    #: reports).
+    rpc_failures: Callable[[], Mapping[str, tuple[str, str]]] = dict
 
 
 async def gather_status(sources: StatusSources, refresh: int) -> StatusView:
@@ -130,11 +134,15 @@ async def gather_status(sources: StatusSources, refresh: int) -> StatusView:
         )
         cache_view = CacheView(cache.root, files, refreshes, uncached, cache.problem, proofs)
     health = sources.scraper.in_order()
+    failures = sources.rpc_failures()
     return StatusView(
         version=__version__,
         now=now,
         mode=_mode(config),
-        groups=tuple(_group(sources, g.group, health, now) for g in config.target_groups),
+        groups=tuple(
+            _group(sources, g.group, health, now, failures.get(g.group))
+            for g in config.target_groups
+        ),
         targets=tuple(_targets(sources, health)),
         cache=cache_view,
         bucket=_bucket(sources.store_status()),
@@ -184,7 +192,13 @@ def _mode(config: Config) -> str:
     return mode
 
 
-def _group(sources: StatusSources, group: str, health: list[TargetHealth], now: float) -> GroupView:
+def _group(
+    sources: StatusSources,
+    group: str,
+    health: list[TargetHealth],
+    now: float,
+    rpc_failure: tuple[str, str] | None,
+) -> GroupView:
     # Snapshot sources only: a cluster RPC URL (kind "cluster") lists no snapshot, and the
     # metrics and the systemd status line do not count it either.
     mine = [h for h in health if h.target.key.group == group and h.target.kind != "cluster"]
@@ -198,6 +212,7 @@ def _group(sources: StatusSources, group: str, health: list[TargetHealth], now: 
         full=_best(sources, "full", full, holders, now),
         incremental=_best(sources, "incremental", incremental, holders, now),
         predicted_seconds=_predicted(index, incremental or full),
+        rpc_failure=rpc_failure,
     )
 
 

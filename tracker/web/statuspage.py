@@ -225,18 +225,33 @@ def _groups(view: StatusView) -> str:
                 f'<tr><td class="nowrap">{name}{health}</td>'
                 '<td colspan="8" class="none">no snapshot yet</td></tr>'
             )
-            continue
-        for best in (group.full, group.incremental):
-            if best is None:
-                rows.append(
-                    f'<tr><td class="nowrap">{name}{health}</td><td>incremental</td>'
-                    '<td colspan="7" class="none">none on the best full</td></tr>'
-                )
-            else:
-                rows.append(_best_row(name + health, best))
-            health = ""
+        else:
+            for best in (group.full, group.incremental):
+                if best is None:
+                    rows.append(
+                        f'<tr><td class="nowrap">{name}{health}</td><td>incremental</td>'
+                        '<td colspan="7" class="none">none on the best full</td></tr>'
+                    )
+                else:
+                    rows.append(_best_row(name + health, best))
+                health = ""
+        rows.append(_rpc_failed(name, group.rpc_failure))
     numeric = frozenset({3, 4, 5, 6, 7})
     return _section("snapshots", "Best snapshots", [_table(headers, rows, numeric)])
+
+
+def _rpc_failed(name: str, failure: tuple[str, str] | None) -> str:
+    """A row under the group's archives naming its cluster ``rpc`` and why its last
+    ``getSlot`` failed ("" while it answers): the age columns alone said only "—" (or an
+    age carried on from its last answer), and nothing said why. URL and reason are masked
+    and escaped as every error on the page is (:func:`text`)."""
+    if failure is None:
+        return ""
+    url, reason = failure
+    return (
+        f'<tr><td class="nowrap">{name}</td><td colspan="8" class="err">cluster rpc '
+        f"<code>{text(url)}</code> failed its last getSlot: {text(reason)}</td></tr>"
+    )
 
 
 def _predicted(seconds: float | None) -> str:

@@ -58,6 +58,9 @@ class GroupView:
     #: The predicted seconds to a running node of the pair handed out (None: the group
     #: ranks by slot; inf: it cannot be predicted), docs/ranking.md.
     predicted_seconds: float | None = None
+    #: Its cluster ``rpc``'s URL and why its last ``getSlot`` failed (None: it answered, or
+    #: the group has none): without it the ages say only "—".
+    rpc_failure: tuple[str, str] | None = None
 
 
 class TargetView(NamedTuple):
