@@ -108,3 +108,43 @@ async def test_a_machine_holding_every_connection_gives_one_to_another(tmp_path:
                 await stream.aclose()
     assert refused == b""
     assert answered.startswith(b"HTTP/1.1 200 OK\r\n"), answered[:200]
+
+
+async def downloaded(stream: trio.SocketStream) -> int:
+    """How many bytes of NAME's body the download on ``stream`` (its first KiB read by
+    :func:`stalled_from`) still gets before it ends: len(DATA), or fewer when the tracker
+    ended the connection under it."""
+    received = 0
+    with trio.fail_after(10):
+        try:
+            while received < len(DATA) and (chunk := await stream.receive_some(1 << 20)):
+                received += len(chunk)
+        except trio.BrokenResourceError:  # ended with a reset
+            pass
+    return received
+
+
+async def test_a_silent_connection_of_another_machine_ends_no_download(tmp_path: Path) -> None:
+    """Every connection busy with one machine's downloads (an aria2c -x4 reading slowly); a
+    scanner from another address connects and sends nothing. Its connection took the place
+    of one of those downloads at once, ended under the client, and the scanner never asked
+    for anything. Now it waits, over the limit, for a request: only a request takes a busy
+    connection's place."""
+    async with proxy_tracker(index=local_archive(tmp_path), max_connections=LIMIT) as t:
+        hog = [await stalled_from(HOG, t.base) for _ in range(LIMIT)]
+        host, port = t.base.removeprefix("http://").rsplit(":", 1)
+        scanner = trio.socket.socket()
+        await scanner.bind((OTHER, 0))
+        await scanner.connect((host, int(port)))
+        try:
+            # accepted after the scanner's (one accept queue): the machine holding every
+            # connection is refused one more, so the scanner's has been weighed by then
+            barrier = await answer_from(HOG, t.base)
+            got = [await downloaded(stream) for stream in hog]
+        finally:
+            scanner.close()
+            for stream in hog:
+                await stream.aclose()
+    # the first KiB of each answer was read with its head
+    assert all(n > len(DATA) - 1024 for n in got), got
+    assert barrier == b""

@@ -12,7 +12,7 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 
 import attrs
@@ -27,6 +27,7 @@ from tracker.zerocopy.connection import Connections, client_of
 from tracker.zerocopy.limit import (
     DOWNLOAD_DESCRIPTORS,
     RESERVED_DESCRIPTORS,
+    ConnectionLimit,
     DescriptorBudget,
     descriptor_budget,
     fair_share,
@@ -264,6 +265,101 @@ def test_a_connection_given_up_on_is_ended_also_while_its_bytes_flow() -> None:
     connection = Connections().open(key, lambda: ended.append("shut down"))
     connection.reclaim()
     assert ended == ["shut down"]
+
+
+@attrs.define(eq=False)
+class FakeStream:
+    """A connection of ``client`` as :class:`ConnectionLimit` sees it: idle until it asks
+    for something (:meth:`request`), active last at ``last_active``."""
+
+    client: str
+    last_active: float = 0.0
+    idle: bool = True
+    ended: bool = False
+    started: Callable[[], None] | None = None
+
+    def on_first_request(self, started: Callable[[], None]) -> bool:
+        self.started = started
+        return True
+
+    def request(self) -> None:
+        self.idle = False
+        started, self.started = self.started, None
+        if started is not None:
+            started()
+
+    def shut_down(self) -> None:
+        self.ended = True
+
+
+def _admitted(limit: ConnectionLimit, stream: FakeStream) -> bool:
+    return limit.admit(stream)  # type: ignore[arg-type]
+
+
+def test_a_connection_owed_a_busy_ones_place_takes_it_only_with_its_first_request() -> None:
+    # A scanner's connection that asks nothing took the place of a download in progress at
+    # once: every scanner that hit a full listener ended an aria2c's connection.
+    limit = ConnectionLimit(3, clock=lambda: 0.0)
+    hog = [FakeStream("a", last_active=t) for t in (2.0, 1.0, 3.0)]
+    for stream in hog:
+        assert _admitted(limit, stream)
+        stream.request()  # downloading
+    scanner = FakeStream("b")
+    assert _admitted(limit, scanner)  # waits over the limit
+    assert not any(s.ended for s in hog) and limit.open == 3
+    other = FakeStream("c")
+    assert _admitted(limit, other)  # the newest waits: the silent one makes way
+    assert scanner.ended and not any(s.ended for s in hog)
+    assert not _admitted(limit, FakeStream("a"))  # the hog's own: refused, nothing ends
+    assert not other.ended
+    other.request()  # now the hog's least recently active download makes room
+    assert [s.ended for s in hog] == [False, True, False]
+    assert (limit.open, limit.shared, limit.evicted, limit.refused) == (3, 1, 1, 1)
+
+
+def test_a_connection_waiting_over_the_limit_is_forgotten_when_it_closes() -> None:
+    limit = ConnectionLimit(2, clock=lambda: 0.0)
+    hog = [FakeStream("a"), FakeStream("a")]
+    for stream in hog:
+        assert _admitted(limit, stream)
+        stream.request()
+    waiting = FakeStream("b")
+    assert _admitted(limit, waiting)
+    limit.release(waiting)  # the keep-alive timeout closed it
+    later = FakeStream("c")
+    assert _admitted(limit, later) and not waiting.ended and not later.ended
+    assert limit.open == 2
+
+
+def test_a_connection_that_waited_is_refused_when_no_client_owes_it_a_place_any_more() -> None:
+    limit = ConnectionLimit(2, clock=lambda: 0.0)
+    first, second = FakeStream("a"), FakeStream("a")
+    for stream in (first, second):
+        assert _admitted(limit, stream)
+        stream.request()
+    waiting = FakeStream("b")
+    assert _admitted(limit, waiting)
+    limit.release(first)  # its download ended: room, taken by another of b's
+    mine = FakeStream("b")
+    assert _admitted(limit, mine)
+    mine.request()
+    waiting.request()  # a and b hold one each: nobody owes it a place
+    assert waiting.ended and not second.ended and not mine.ended
+    assert (limit.open, limit.shared, limit.refused) == (2, 0, 1)
+
+
+def test_a_connection_that_waited_takes_the_room_made_meanwhile() -> None:
+    limit = ConnectionLimit(2, clock=lambda: 0.0)
+    first, second = FakeStream("a"), FakeStream("a")
+    for stream in (first, second):
+        assert _admitted(limit, stream)
+        stream.request()
+    waiting = FakeStream("b")
+    assert _admitted(limit, waiting)
+    limit.release(first)
+    waiting.request()
+    assert not second.ended and not waiting.ended
+    assert (limit.open, limit.shared) == (2, 0)
 
 
 def test_a_download_slot_goes_from_the_client_holding_the_most_to_another() -> None:

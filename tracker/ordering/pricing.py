@@ -86,6 +86,14 @@ def _lower_median(values: list[int]) -> int:
     return ordered[(len(ordered) - 1) // 2]
 
 
+def _count(counts: Counter[int], value: int, sign: int) -> None:
+    """Add ``sign`` to ``counts[value]``, which goes once at 0: a tally holds only the values
+    said now."""
+    counts[value] += sign
+    if not counts[value]:
+        del counts[value]
+
+
 def _counted_lower_median(counts: Mapping[int, int], extra: int = 0, times: int = 0) -> int:
     """:func:`_lower_median` of the values ``counts`` holds (value: how many times), with
     ``extra`` ``times`` more; 0 when there are none."""
@@ -349,10 +357,14 @@ class ArchivePrices:
                     if size is None:
                         self._unsized[name] += sign
                     else:
-                        self._sizes_said.setdefault(name, Counter())[size] += sign
+                        _count(self._sizes_said.setdefault(name, Counter()), size, sign)
                     self._dirty_sizes.add(name)
                 for kind, size in voice_said.kinds.items():
-                    self._typical_said[kind][size] += sign
+                    # a size no voice says any more goes: each voice's typical size moves
+                    # with every new archive it lists (an incremental a minute), and the
+                    # sizes once said were kept for good, every one copied and sorted at
+                    # each move (3,000 nodes: millions of sizes a day)
+                    _count(self._typical_said[kind], size, sign)
                     kinds_moved = True
         self._dirty_voices.clear()
         if kinds_moved:

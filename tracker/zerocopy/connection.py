@@ -117,6 +117,9 @@ class Connection:
         self.broken = False
         #: Requests of this connection the app is answering now (see ZeroCopyApp).
         self.requests = 0
+        #: Called (once) as the app starts answering a request of this connection: a
+        #: connection admitted over the limit is weighed then (ConnectionLimit).
+        self.on_request: Callable[[], None] | None = None
         #: Set when the answer in progress is over.
         self._answered = trio.Event()
         #: The scope the connection's handler runs in (tracker/zerocopy/server.py), cancelled
@@ -137,6 +140,9 @@ class Connection:
         idle) and its closing waits for the answer (:meth:`answer_sent`)."""
         self.requests += 1
         try:
+            if self.on_request is not None:
+                started, self.on_request = self.on_request, None
+                started()
             yield
         finally:
             self.requests -= 1

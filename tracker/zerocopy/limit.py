@@ -19,8 +19,11 @@ make room: idle means no request in flight, so a keep-alive connection between r
 one that never completed its request head both are, while a download in progress never is.
 When every connection is busy, the client holding the most connections gives one up to a new
 client holding at least two fewer (:func:`fair_share`: one machine's many connections never
-lock the others out); only when none does is the new one refused (closed at once). None of
-this is logged per connection: one summary line a minute at most.
+lock the others out), once the new one has asked for something: until its first request it
+waits over the limit (one such connection at a time, the newest), so a connection that asks
+nothing (a port scanner's) ends nobody's download. Only when no client gives one up is the
+new one refused (closed at once). None of this is logged per connection: one summary line a
+minute at most.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import math
 import resource
 from collections import Counter
 from collections.abc import Callable, Iterable
+from functools import partial
 
 import attrs
 import trio
@@ -162,6 +166,9 @@ class ConnectionLimit:
         self.evicted = 0
         #: Busy connections closed to make room for another client (:func:`fair_share`).
         self.shared = 0
+        #: The connection admitted over the limit for a client :func:`fair_share` owes one,
+        #: not counted until its first request (:meth:`_requested`).
+        self._waiting: ZeroCopyStream | None = None
         self.refused = 0
         self._reported = (0, 0, 0)
         self._last_report = -math.inf
@@ -169,16 +176,36 @@ class ConnectionLimit:
     @property
     def open(self) -> int:
         """Connections counted against the limit."""
-        return len(self._open) - len(self._closing)
+        # (the one waiting is never among those closing: :meth:`_close`)
+        return len(self._open) - len(self._closing) - (self._waiting is not None)
+
+    def _counted(self) -> set[ZeroCopyStream]:
+        """The connections counted: neither closing nor waiting for their first request."""
+        counted = self._open - self._closing
+        if self._waiting is not None:
+            counted.discard(self._waiting)
+        return counted
 
     def admit(self, stream: ZeroCopyStream) -> bool:
         """Count ``stream`` in, making room when the limit is reached by closing the longest
-        idle connection, else a busy one of the client holding the most
-        (:func:`fair_share`); False (the caller closes ``stream``) when neither may go."""
-        if self.open >= self.limit and not (self._evict_one() or self._share(stream)):
+        idle connection; else, when the client holding the most would give a busy one up
+        to ``stream``'s (:func:`fair_share`), let ``stream`` wait over the limit for its
+        first request, in the place of the one waiting so far; False (the caller closes
+        ``stream``) when none of these may be."""
+        if self.open < self.limit or self._evict_one():
+            self._open.add(stream)
+            return True
+        if self._owed(stream) is None or not stream.on_first_request(
+            partial(self._requested, stream)
+        ):
             self.refused += 1
             self._report()
             return False
+        if self._waiting is not None:  # it asked nothing yet: the newest waits instead
+            self._close(self._waiting)
+            self.evicted += 1
+            self._report()
+        self._waiting = stream
         self._open.add(stream)
         return True
 
@@ -186,32 +213,50 @@ class ConnectionLimit:
         """``stream`` was closed (its handler ended)."""
         self._open.discard(stream)
         self._closing.discard(stream)
+        if self._waiting is stream:
+            self._waiting = None
+
+    def _close(self, stream: ZeroCopyStream) -> None:
+        """Shut ``stream`` down: it no longer counts, while it unwinds."""
+        if self._waiting is stream:
+            self._waiting = None
+        self._closing.add(stream)
+        stream.shut_down()
 
     def _evict_one(self) -> bool:
-        idle = [s for s in self._open - self._closing if s.idle]
+        idle = [s for s in self._counted() if s.idle]
         if not idle:
             return False
-        oldest = min(idle, key=lambda s: s.last_active)
-        self._closing.add(oldest)
-        oldest.shut_down()
+        self._close(min(idle, key=lambda s: s.last_active))
         self.evicted += 1
         self._report()
         return True
 
-    def _share(self, stream: ZeroCopyStream) -> bool:
-        """Close the least recently active connection of the client holding the most, when
-        :func:`fair_share` says it gives one up to ``stream``'s client (its answer in
-        progress ends as the client's failure, as if it had left)."""
-        counted = self._open - self._closing
-        client = fair_share((s.client for s in counted), stream.client)
-        if client is None:
-            return False
-        victim = min((s for s in counted if s.client == client), key=lambda s: s.last_active)
-        self._closing.add(victim)
-        victim.shut_down()
+    def _owed(self, stream: ZeroCopyStream) -> str | None:
+        """The client that gives a busy connection up to ``stream``'s (:func:`fair_share`
+        among those counted, ``stream`` not among them), or None."""
+        return fair_share((s.client for s in self._counted() if s is not stream), stream.client)
+
+    def _requested(self, stream: ZeroCopyStream) -> None:
+        """``stream``, admitted over the limit, has asked for something: it counts now,
+        making room by closing the longest idle connection, else the least recently active
+        one of the client holding the most (its answer in progress ends as the client's
+        failure, as if it had left) when that client still owes one; else it is closed."""
+        if self._waiting is not stream:
+            return  # counted already, or closed
+        self._waiting = None
+        if self.open <= self.limit or self._evict_one():
+            return
+        client = self._owed(stream)
+        if client is None:  # room or fairness changed while it waited: refused after all
+            self._close(stream)
+            self.refused += 1
+            self._report()
+            return
+        counted = self._counted()
+        self._close(min((s for s in counted if s.client == client), key=lambda s: s.last_active))
         self.shared += 1
         self._report()
-        return True
 
     def exhausted(self, error: OSError) -> None:
         """accept() failed for lack of descriptors or memory (reported like a refusal)."""

@@ -76,6 +76,15 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
         or before a complete request head arrived."""
         return self._connection is None or self._connection.requests == 0
 
+    def on_first_request(self, started: Callable[[], None]) -> bool:
+        """Call ``started()`` as the app starts answering this connection's next request
+        (while it is answered, the connection is not :attr:`idle`); False, and nothing
+        called, where requests are not counted (no TCP peer)."""
+        if self._connection is None:
+            return False
+        self._connection.on_request = started
+        return True
+
     def shut_down(self) -> None:
         """End the connection both ways; its handler then sees the end and closes it."""
         shut_down(self.socket)
