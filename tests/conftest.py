@@ -21,6 +21,7 @@ import pytest
 from helpers_process import RUNNING
 from helpers_tls import client_tls
 
+from tracker.observability import folding
 from tracker.observability.logs import JsonFormatter, TextFormatter
 
 # Each xdist worker imports every test module, its asserts rewritten by pytest: with
@@ -80,6 +81,14 @@ def _events_with_fields(request: pytest.FixtureRequest) -> Iterator[None]:
         ):
             root.removeHandler(left)
     root.setLevel(level)
+
+
+@pytest.fixture(autouse=True)
+def _whole_log_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test with the whole budget of the log lines a remote party can multiply (the
+    process's, tracker/observability/folding.py): a test that counts ``download`` lines is
+    never short of them because the tests before it in this worker spent the window's."""
+    monkeypatch.setattr(folding, "FOLDER", folding.LineFolder())
 
 
 @pytest.hookimpl(wrapper=True)

@@ -38,6 +38,7 @@ from tracker.measuring.rangereads import SpeedTests
 from tracker.net.egress import Resolver, resolve, resolve_strangers
 from tracker.net.httpclients import rpc_client
 from tracker.notify import Notifier, run_watchdog, watchdog_interval
+from tracker.observability import folding
 from tracker.observability.logs import RecentEvents, log_event
 from tracker.observability.metrics import Metrics
 from tracker.ordering.index import Index
@@ -494,6 +495,7 @@ async def run_tracker(
                         supervised("snapshot_ages", age),
                         supervised("speed_tests", parts.speedtests.run),
                         supervised("learned_sync", parts.learning.run),
+                        supervised("folded_lines", report_folded_lines),
                         *(
                             [supervised("head_reads", parts.heads.run)]
                             if parts.heads is not None
@@ -525,6 +527,7 @@ async def run_tracker(
         finally:
             logging.getLogger("tracker").removeHandler(parts.events)
             await parts.aclose()
+    folding.FOLDER.flush(final=True)  # what the last window folded, before the last line
     log_event(log, "info", "stopped")
 
 
@@ -623,6 +626,15 @@ class SharedReload:
 #: :data:`MAX_RESTART_AFTER`.
 RESTART_AFTER = 1.0
 MAX_RESTART_AFTER = 60.0
+
+
+async def report_folded_lines() -> None:
+    """Log what each window of the folded log lines folded once it ended, every window
+    (:mod:`tracker.observability.folding`): a flood's summary comes within a window of its
+    end, not only with the next line of its kind."""
+    while True:
+        await trio.sleep(folding.WINDOW)
+        folding.FOLDER.flush()
 
 
 def supervised(name: str, task: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import tarfile
 import time
 from pathlib import Path
@@ -26,8 +27,10 @@ from test_fetch import FAST, ledger_of, options
 from test_fetch_sources import body_bytes, tracker_of
 from test_refresh_sources import status_cache_twins
 
+from tracker.errors import FetchError
 from tracker.fetch.progress import NoProgress
 from tracker.fetch.run import run_fetch
+from tracker.fetch.state import load_state, temp_path
 from tracker.fetch.trust import TrustPolicy
 from tracker.proof.levels import Level
 from tracker.proof.statements import Statement
@@ -229,3 +232,62 @@ async def test_a_resumed_copy_proven_to_accounts_keeps_no_earlier_sources_status
     # resumed: the earlier half, all in the head (the status cache is most of the archive),
     # asked again; this run's half is the first source's own
     assert (int(fields["asked"]), int(fields["rewritten"]) > 0) == (half, True)
+
+
+@attrs.define
+class AfterDownload(NoProgress):
+    """Calls ``then`` once the download's pieces are all in (:meth:`finish`, before the
+    copy's check is read): a fault from that moment on, with no clock involved."""
+
+    then: Any = None
+
+    def finish(self) -> None:
+        if self.then is not None:
+            self.then()
+            self.then = None
+
+
+@pytest.mark.parametrize("fault", ["stalls", "breaks off"])
+async def test_a_copy_whose_unbound_bytes_are_not_sent_again_is_kept_for_the_next_run(
+    fault: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full proven to ``accounts`` pooled from two sources; once every piece is in, the
+    first source no longer answers the asking again of the bytes no level binds (it never
+    answers, or breaks off). That ended in another same-size source (another node's
+    archive: other validators, other bytes) being tried, which deleted the whole copy and
+    downloaded its own (docs/fetch.md, "How": such a range ends the fetch keeping the temp
+    file and state). The fetch ends with one line saying so, nothing else is asked for the
+    archive, and the next run resumes the copy: only those bytes are asked again."""
+    name, good, lie = status_cache_twins(9330)
+    honest = FakeUpstream(files={name: good}, behaviour={name: Behaviour(rate=4 * MiB)})
+    liar = SampleHonestLiar(files={name: good}, truth={name: good}, forgery={name: lie})
+    another = FakeUpstream(files={name: lie}, behaviour={name: Behaviour(etag='"another"')})
+    ledger = ledger_of(tmp_path)
+    settings = attrs.evolve(FAST, verify=True, piece_size=256 * 1024)
+    failing = Behaviour(delay=math.inf) if fault == "stalls" else Behaviour(drop_after=0)
+
+    def fail() -> None:
+        honest.behaviour[name] = failing
+
+    caplog.set_level(logging.INFO, logger="tracker.fetch")
+    async with tracker_of([honest, liar, another]) as tracker:
+        opts = options(ledger, tracker.base, incremental=False, settings=settings)
+        with pytest.raises(FetchError) as raised:
+            await run_fetch(opts, AfterDownload(then=fail))
+        kept = ledger / Path(temp_path(str(ledger), name)).name
+        assert kept.read_bytes() != good  # the liar's status cache, kept as it is
+        assert len(kept.read_bytes()) == len(good)
+        assert load_state(str(ledger), name) is not None
+        assert f"{len(good)} of {len(good)} bytes kept, run again to resume" in str(raised.value)
+        # its first byte and the samples, never a piece
+        assert body_bytes(another, name) <= 1 + FAST.samples * FAST.sample_size
+        assert "fetch_starting_over" not in [r.getMessage() for r in caplog.records]
+        honest.behaviour[name] = Behaviour()
+        sent = body_bytes(honest, name) + body_bytes(liar, name)
+        [result] = await run_fetch(opts, NoProgress())
+    assert sha256((ledger / name).read_bytes()) == sha256(good)
+    assert result.sha256 == sha256(good)
+    # resumed: the samples, the first bytes and the bytes no level binds asked again
+    again = body_bytes(honest, name) + body_bytes(liar, name) - sent
+    [*_, checked] = [r for r in caplog.records if r.getMessage() == "fetch_unbound_checked"]
+    assert again <= int(getattr(checked, "tracker_fields", {})["asked"]) + 8 * FAST.sample_size

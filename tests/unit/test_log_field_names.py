@@ -1,6 +1,7 @@
 """No event is logged with a field named like the line's own keys (``time``, ``level``,
 ``event``): the renderer would print it with a trailing underscore (``level_=manifest``),
-which no operator can read as meant. Checked on the source, every ``log_event`` call."""
+which no operator can read as meant. Checked on the source, every ``log_event`` and
+``log_folded`` call."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ def test_no_event_is_logged_with_a_field_named_like_the_lines_own_keys() -> None
         f"{path.relative_to(ROOT)}:{node.lineno}: {keyword.arg}="
         for path in sorted(ROOT.rglob("*.py"))
         for node in ast.walk(ast.parse(path.read_text(), str(path)))
-        if isinstance(node, ast.Call) and ast.unparse(node.func).endswith("log_event")
+        if isinstance(node, ast.Call)
+        and ast.unparse(node.func).endswith(("log_event", "log_folded"))
         for keyword in node.keywords
         if keyword.arg in LINE_KEYS
     ]

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 from tracker.errors import ClientGone, RequestError
-from tracker.observability.logs import log_event
+from tracker.observability.folding import bulk, log_folded
 from tracker.observability.metrics import Metrics
 from tracker.serving.httpanswer import Answer
 from tracker.serving.responsebodies import Body, BytesBody, WrappedBody
@@ -243,10 +243,13 @@ class DownloadBody(WrappedBody):
             outcome = outcome_of(self._sent, self._expected, error, cut=self._cut)
             seconds = round(time.monotonic() - self._began, 3)
             level = "info" if outcome != "error" else "warning"
-            log_event(
+            # A client makes one with each request, however small: past a rate the small
+            # ones are folded (docs/http-api.md, "Connections"), a real transfer's stays.
+            log_folded(
                 log,
                 level,
                 "download",
+                unfolded=bulk(self._sent),
                 **self._fields,
                 bytes=self._sent,
                 seconds=seconds,

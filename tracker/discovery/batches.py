@@ -19,7 +19,7 @@ from datetime import datetime
 import trio
 
 from tracker.core.snapshots import SnapshotInfo
-from tracker.observability.logs import log_event
+from tracker.observability.folding import log_folded
 from tracker.ordering.index import Index, TargetKey
 
 log = logging.getLogger("tracker.scrape")
@@ -78,10 +78,11 @@ class ResultBatches:
         pending, self._pending = self._pending, {}
         cut = self.index.apply_many((k, i, at, lat) for k, (i, at, lat) in pending.items())
         for key, dropped in cut:
-            log_event(
+            log_folded(
                 log,
                 "info",
                 "listing_trimmed",
+                unfolded=not key.discovered,
                 group=key.group,
                 target=key.target,
                 kept=self.index.count(key),

@@ -46,6 +46,7 @@ from tracker.discovery.targetset import (
 from tracker.errors import EgressRefused, ProbeError, first_leaf
 from tracker.net.egress import Resolver, resolve, resolve_strangers
 from tracker.net.limits import exhausted
+from tracker.observability.folding import log_folded
 from tracker.observability.logs import log_event
 from tracker.ordering.index import Index, TargetKey
 
@@ -259,8 +260,14 @@ class Scraper:
             except Exception as exc:
                 # the last guard of hostile input: what a target's answer or name made fail
                 # that no rule names costs this target's probe, never the scrape loop
-                log_event(
-                    log, "error", "probe_error", target=health.target.key.target, exc_info=exc
+                key = health.target.key
+                log_folded(
+                    log,
+                    "error",
+                    "probe_error",
+                    unfolded=not key.discovered,
+                    target=key.target,
+                    exc_info=exc,
                 )
                 self._failed(health, f"not read: {type(exc).__name__}")
             else:
@@ -297,13 +304,29 @@ class Scraper:
         if health.failures >= self.config.max_target_failures:
             self._results.drop(health.target.key)
         key = health.target.key
-        log_event(log, "info", "probe_failed", group=key.group, target=key.target, error=reason)
+        # a configured target's, once a round each; the cluster's nodes are as many as the
+        # network says, and fail as they please: theirs are folded past a rate
+        log_folded(
+            log,
+            "info",
+            "probe_failed",
+            unfolded=not key.discovered,
+            group=key.group,
+            target=key.target,
+            error=reason,
+        )
 
     def _deferred(self, health: TargetHealth, reason: str) -> None:
         mark_deferred(health, reason)
         key = health.target.key
-        log_event(
-            log, "warning", "probe_deferred", group=key.group, target=key.target, error=reason
+        log_folded(
+            log,
+            "warning",
+            "probe_deferred",
+            unfolded=not key.discovered,
+            group=key.group,
+            target=key.target,
+            error=reason,
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 import trio
 
 from tracker.core.digests import Verified
-from tracker.errors import ArchiveInvalid, CopyRejected, SourceFailed
+from tracker.errors import ArchiveInvalid, CopyRejected, FetchError
 from tracker.fetch.state import writer_of
 from tracker.multisource.claims import intersect
 from tracker.multisource.crew import Opener
@@ -97,8 +97,9 @@ async def confirmed(
     result is returned. ArchiveInvalid when the first's bytes fail the check the copy passed
     without them (the first lied, or another's pieces fit only their own: no check tells
     which, so the copy is refused and each source tried alone), CopyRejected when a range
-    cannot be vouched for (no one to ask, or another source's bytes differ), SourceFailed
-    (the copy kept for a later run) when a source did not send them all."""
+    cannot be vouched for (no one to ask, or another source's bytes differ), FetchError
+    when a source did not send them all in time: the fetch ends, the copy and its state
+    kept for the next run (never another source's copy, downloaded again whole)."""
     if isinstance(plan, str):
         raise CopyRejected(plan)
     if not plan:  # all of them the first source's, as in a copy from it alone
@@ -177,8 +178,14 @@ async def _compare(
             "be asked)"
         )
     if reached < each.end:
-        raise SourceFailed(
+        # The copy is whole and passed its check: another source would be another copy,
+        # downloaded again whole (a fallback's bytes differ, or its validators do). So the
+        # fetch ends keeping this one; the next run resumes it and asks these bytes again
+        # (docs/fetch.md, "How").
+        kept = os.fstat(fd).st_size
+        raise FetchError(
             f"{redact_userinfo(source.url)}: bytes {each.start}-{each.end - 1} of {name}, "
-            "which no level binds, could not be had again; run again to resume"
+            f"which no level binds, could not be had again; {kept} of {kept} bytes kept, "
+            "run again to resume"
         )
     return written

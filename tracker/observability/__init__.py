@@ -1,4 +1,5 @@
 """What the tracker says about itself: structured log lines (:mod:`~tracker.observability.logs`),
+those a remote party can multiply folded past a rate (:mod:`~tracker.observability.folding`),
 the Prometheus metrics and their collectors (:mod:`~tracker.observability.metrics`,
 :mod:`~tracker.observability.collectors`, :mod:`~tracker.observability.probemetrics`,
 :mod:`~tracker.observability.proofmetrics`), and the redaction of credentials from what is

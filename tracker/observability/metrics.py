@@ -34,6 +34,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from tracker import __version__
 from tracker.observability.collectors import COLLECTORS, PREFIX, SCRAPE_BUCKETS
+from tracker.observability.folding import FoldedCounts
 from tracker.observability.probemetrics import ProbeSeries
 from tracker.observability.proofmetrics import ProofProgress
 from tracker.observability.redact import redact_text
@@ -162,6 +163,8 @@ class Metrics:
         #: The accounts proofs' progress; the proxy tells it its shared budget.
         self.proofs = ProofProgress()
         reg.register(self.proofs)
+        # The log lines folded past their rate (the process's count, as its log stream is).
+        reg.register(FoldedCounts())
         for spec in COLLECTORS:
             setattr(self, spec.attribute, spec.build(reg))
         for upload in get_args(UploadOutcome):

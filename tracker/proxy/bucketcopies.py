@@ -42,7 +42,7 @@ from tracker.objectstore.replicas import holder_route
 from tracker.objectstore.storeanswers import ObjectInfo
 from tracker.objectstore.storehealth import StoreHealth
 from tracker.objectstore.tier import RELEASE_WITHIN, ObjectTier, TierEvents
-from tracker.observability.logs import log_event
+from tracker.observability.folding import log_folded
 from tracker.observability.metrics import Metrics
 from tracker.ordering.index import SnapshotSource, TargetKey
 from tracker.serving.httpanswer import Answer
@@ -130,7 +130,7 @@ class ObjectPath:
         route = holder_route(holder.replica_url, own=store.replica_url, replicas=store.replicas)
         if isinstance(route, str):
             if route:
-                log_event(log, "warning", "replica_not_followed", group=group, reason=route)
+                log_folded(log, "warning", "replica_not_followed", group=group, reason=route)
             return None
         url = f"{route.base}/v1/{quote(group, safe='')}/{archive.file_name}"
         return _source(group, archive, url, size, from_network=not route.trusted)
@@ -147,7 +147,8 @@ class ObjectPath:
                 await tier.completed(group, name, info, refresh.sha256)
         except (StoreError, OSError) as exc:
             tier.events.upload("failed")
-            log_event(log, "warning", "object_upload_failed", group=group, file=name, reason=exc)
+            # beside a refresh, which a request starts again after each failure
+            log_folded(log, "warning", "object_upload_failed", group=group, file=name, reason=exc)
         finally:
             try:
                 with trio.CancelScope(shield=True) as scope:

@@ -54,6 +54,7 @@ from tracker.multisource.crew import Crew, PieceAnswer, lane, watch_speed
 from tracker.multisource.judging import FLOOR_RATE, laggards
 from tracker.multisource.samefile import refusals
 from tracker.multisource.sources import Identity, Source
+from tracker.observability.folding import bulk, log_folded
 from tracker.observability.logs import log_event
 from tracker.observability.redact import redact_text
 from tracker.ordering.index import TargetKey
@@ -136,10 +137,13 @@ def _end_refresh(job: StreamJob, refresh: Refresh, upstream: Upstream | None, fl
     failed: dict[str, Any] = {}
     if flow.outcome != "refresh_ok" and flow.error:
         failed["reason"] = flow.error
-    log_event(
+    # A request starts a refresh again after each that failed: those lines are folded past
+    # a rate, a refresh that came whole or moved a GiB never is.
+    log_folded(
         log,
         "info",
         "cache_refresh_ended",
+        unfolded=flow.outcome == "refresh_ok" or bulk(received),
         group=refresh.group,
         file=refresh.name,
         outcome=flow.outcome,
@@ -180,7 +184,7 @@ def _others(job: StreamJob, refresh: Refresh, first: UpstreamAnswer, length: int
     trusted = trusted_digest(published, frozenset(peers.group.trust.known_sources))
     vouching = plan(refresh.name, trusted, first.file.sha256, refresh.proves_accounts)
     if isinstance(vouching, str):  # nothing would vouch for a mixture: one source's copy
-        log_event(log, "info", "refresh_one_source", file=refresh.name, reason=vouching)
+        log_folded(log, "info", "refresh_one_source", file=refresh.name, reason=vouching)
         return []
     refresh.vouching = vouching
     return others

@@ -51,7 +51,7 @@ from tracker.errors import (
 from tracker.multisource.contentrange import ContentRange, states_range
 from tracker.multisource.samefile import Validators, not_same_reason
 from tracker.net.exchange import coding_problem, source_failures
-from tracker.observability.logs import log_event
+from tracker.observability.folding import log_folded
 from tracker.ordering.index import SnapshotSource, TargetKey
 from tracker.proxy.upstream import Asking, DownloadClients, UpstreamAnswer, ask_source, check_size
 
@@ -227,7 +227,8 @@ async def _attempt(
                 race.retry_after.append(exc.retry_after)
         if isinstance(exc, SourceOverloaded) and race.overloaded is not None:
             race.overloaded(source.key, exc.retry_after)
-        log_event(log, "warning", "upstream_failed", url=f.url, reason=exc)
+        # once per source a request asks: a client repeating it multiplies it
+        log_folded(log, "warning", "upstream_failed", url=f.url, reason=exc)
         race.reasons[index] = str(exc)
         if race.on_failure is not None:
             race.on_failure()
@@ -404,7 +405,7 @@ async def resume_upstream(
     if problem is None:
         return answer
     await answer.aclose()
-    log_event(resume_log, "warning", "upstream_resume_refused", url=answer.url, reason=problem)
+    log_folded(resume_log, "warning", "upstream_resume_refused", url=answer.url, reason=problem)
     raise UpstreamError(one_line(f"cannot resume: {problem}"))
 
 

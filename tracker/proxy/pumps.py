@@ -48,6 +48,7 @@ from tracker.core.text import one_line
 from tracker.errors import ArchiveInvalid, CacheError, SourceFailed, TransportError, UpstreamError
 from tracker.multisource.sources import Source
 from tracker.net.bodyreads import body_chunks
+from tracker.observability.folding import bulk, log_folded
 from tracker.observability.logs import log_event
 from tracker.proxy.failover import Reopen, head_due, resumable
 from tracker.proxy.transfers import Ending, Head, RefreshOutcome, StreamJob
@@ -222,13 +223,13 @@ async def recorded(
         flow.error = f"upstream broke: {exc}"
     except Exception as exc:  # a bug must not take the transfers nursery (the service) down
         error = exc
-        log_event(log, "error", "stream_failed", url=url, exc_info=True)
+        log_folded(log, "error", "stream_failed", url=url, exc_info=True)
         flow.error = f"internal error: {type(exc).__name__}"
     finally:
         if flow.ending is None:
             complete = flow.complete and not scope.cancelled_caught
             flow.ending = ending_of(error, complete)
-    log_event(log, "warning", "stream_failed", url=url, reason=flow.error)
+    log_folded(log, "warning", "stream_failed", url=url, reason=flow.error)
 
 
 # -- the upstream a pump opens ---------------------------------------------------------------
@@ -313,7 +314,7 @@ async def opened(
             if early is not None:
                 flow.error = str(failure) if failure is not None else "no source answered"
                 early.fail(flow.error)  # the body raises: the client's connection breaks
-                log_event(log, "warning", "stream_failed", reason=flow.error)
+                log_folded(log, "warning", "stream_failed", reason=flow.error)
             yield None
             return
     else:
@@ -403,7 +404,7 @@ def keeps_promise(job: StreamJob, head: Head, length: int | None, flow: Flow) ->
     if head.status == 200 and length == job.early_size:
         return True
     flow.error = f"the source answered {head.status} with {length} bytes after an early head"
-    log_event(log, "warning", "stream_failed", reason=flow.error)
+    log_folded(log, "warning", "stream_failed", reason=flow.error)
     return False
 
 
@@ -558,10 +559,11 @@ class UpstreamBody:
     async def resume(self, reason: str, failures: int) -> int:
         """Replace the broken answer by one carrying the rest; return the failure count.
         Raises UpstreamError(reason) once the attempts for this break are used up."""
-        log_event(
+        log_folded(
             resume_log,
             "warning",
             "upstream_broke",
+            unfolded=bulk(self.received),
             url=self.answer.url,
             received=self.received,
             of=self.length,
@@ -574,7 +576,7 @@ class UpstreamBody:
             try:
                 answer = await self._reopen(self.first, self.received, self.length)
             except UpstreamError as exc:
-                log_event(
+                log_folded(
                     resume_log,
                     "warning",
                     "upstream_resume_failed",
@@ -586,10 +588,11 @@ class UpstreamBody:
             self.resumes += 1
             if self._on_resume is not None:
                 self._on_resume()
-            log_event(
+            log_folded(
                 resume_log,
                 "info",
                 "upstream_resumed",
+                unfolded=bulk(self.received),
                 url=answer.url,
                 offset=self.received,
                 attempt=failures,

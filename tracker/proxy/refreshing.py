@@ -52,6 +52,7 @@ from tracker.errors import RequestError, UpstreamError
 from tracker.objectstore.locks import Holder, Lock
 from tracker.objectstore.storeanswers import ObjectInfo
 from tracker.objectstore.tier import let_go
+from tracker.observability.folding import log_folded
 from tracker.observability.logs import log_event
 from tracker.observability.metrics import ByteSource
 from tracker.proxy.ask import Ask
@@ -226,7 +227,7 @@ class Refreshes:
             try:
                 outcome.append(await self._open(begun[0], begun[1], client=True))
             except Exception:  # a bug must not take the transfers nursery down
-                log_event(log, "error", "stream_failed", file=archive.file_name, exc_info=True)
+                log_folded(log, "error", "stream_failed", file=archive.file_name, exc_info=True)
                 outcome.append(None)
             finally:
                 if not outcome:  # cancelled: the transfers end, the tracker is stopping

@@ -23,7 +23,7 @@ import trio
 
 from tracker.accounting.downloads import outcome_of
 from tracker.clientwire.transport import BigReadStream, splice_stream
-from tracker.observability.logs import log_event
+from tracker.observability.folding import log_folded
 from tracker.proxy.channel import ChannelBody, channel, pass_on
 from tracker.proxy.passthrough import SpliceBody
 from tracker.proxy.pumps import EarlyBody, Flow, Upstream, ending_of, keeps_promise, opened
@@ -115,7 +115,7 @@ async def _spliced(job: StreamJob, upstream: Upstream, body: SpliceBody, flow: F
     # the source's fault (SourceFailed: a stall, a cut) or the client's (ClientGone)
     flow.ending = ending_of(body.error, body.sent == body.length)
     if outcome_of(body.sent, body.length, body.error) == "error":
-        log_event(log, "warning", "stream_failed", url=upstream.first.url, reason=str(body.error))
+        log_folded(log, "warning", "stream_failed", url=upstream.first.url, reason=str(body.error))
 
 
 def _spliceable(job: StreamJob, upstream: Upstream, length: int) -> BigReadStream | None:

@@ -20,7 +20,7 @@ from tracker.core.digests import repr_digest
 from tracker.core.snapshots import ArchiveName
 from tracker.errors import RequestError
 from tracker.objectstore.locks import Holder
-from tracker.observability.logs import log_event
+from tracker.observability.folding import log_folded
 from tracker.observability.metrics import ByteSource, Metrics
 from tracker.proxy.ask import Ask
 from tracker.proxy.bucketcopies import ObjectPath
@@ -105,7 +105,7 @@ async def cache_hit(
         cache.confirm(group, archive.file_name)
         return None
     except OSError as exc:  # something else than a file at the path: not cached
-        log_event(log, "warning", "cache_unreadable", path=path, error=exc)
+        log_folded(log, "warning", "cache_unreadable", path=path, error=exc)  # each request
         return None
     if metrics is not None:
         metrics.count_outcome("cache_hit")
@@ -183,5 +183,5 @@ def cache_path(cache: Cache, group: str, archive: ArchiveName) -> str | None:
         return cache.path_for(group, archive)
     except RequestError as exc:
         name = archive.file_name
-        log_event(log, "warning", "cache_path_refused", group=group, file=name, reason=exc.reason)
+        log_folded(log, "warning", "cache_path_refused", group=group, file=name, reason=exc.reason)
         return None

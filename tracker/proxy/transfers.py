@@ -49,6 +49,7 @@ from tracker.core.snapshots import ArchiveName
 from tracker.errors import SourcesBusy, UpstreamError
 from tracker.multisource.contentrange import parse_content_range
 from tracker.multisource.sources import SourcesUsed
+from tracker.observability.folding import log_folded
 from tracker.observability.logs import log_event
 from tracker.observability.metrics import ByteSource, Kind, Metrics, Outcome
 from tracker.ordering.index import Index, TargetKey
@@ -324,7 +325,7 @@ def plan_head(answer: UpstreamAnswer, method: str, known_size: int) -> tuple[Hea
     if length is None and status == 200 and known_size > 0:
         length = known_size
     if length is None:
-        log_event(log, "warning", "upstream_without_length", url=answer.url, status=status)
+        log_folded(log, "warning", "upstream_without_length", url=answer.url, status=status)
         raise UpstreamError(f"the source answered {status} without content-length")
     headers["content-length"] = str(length)
     headers.setdefault("content-type", "application/octet-stream")
@@ -543,7 +544,10 @@ class Launcher:
             if client:
                 self.count("upstream_failed")
             event = failed or ("proxy_failed" if client else "cache_prefetch_failed")
-            log_event(streamer_log, "warning", event, reason=str(exc))
+            # as many as a client asks (a 502, the bucket's stream or the holder replica
+            # given up on); a prefetch's come once per file
+            prefetch = event == "cache_prefetch_failed"
+            log_folded(streamer_log, "warning", event, unfolded=prefetch, reason=str(exc))
             return text_answer(502, str(exc))
         return head
 
