@@ -35,6 +35,7 @@ from test_fetch import (
     saved_ranges,
     tracker_for,
 )
+from test_fetch_sources import tracker_of
 
 SIGNALS = [(signal.SIGINT, 130), (signal.SIGTERM, 143)]
 #: SIGHUP too (a closed terminal, a session's end): it killed them with no line at all.
@@ -313,6 +314,82 @@ async def test_a_signal_during_the_accounts_proof_is_an_interruption_never_a_ver
         line = one_line(errors.read_text(), "interrupted")
         assert line == "snapshot-tracker: interrupted"
         assert list(spill.iterdir()) == []
+
+
+#: What a hashing process of the accounts proof runs (docs/architecture.md, "Every core").
+HASHWORKER = "tracker.proof.accounts.hashworker"
+
+
+def hashing_processes(pid: int) -> list[int]:
+    """The children of ``pid`` that run the accounts proof's hashing (from /proc)."""
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            for child in map(int, Path(f"/proc/{pid}/task/{task}/children").read_text().split()):
+                with contextlib.suppress(OSError):
+                    if HASHWORKER.encode() in Path(f"/proc/{child}/cmdline").read_bytes():
+                        found.append(child)
+    return found
+
+
+def still_there(pid: int) -> bool:
+    """True while ``pid`` is a hashing process (alive, stopped, or not reaped yet)."""
+    try:
+        return HASHWORKER.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize(("signum", "code"), SIGNALS)
+async def test_a_signal_while_fetchs_proof_runs_with_a_hung_hashing_process_leaves_nothing(
+    tmp_path: Path, big_full: Path, signum: int, code: int
+) -> None:
+    """``fetch`` of a good full whose accounts proof's hashing process hangs (stopped, as a
+    frozen or thrashing one is) is signalled once every byte is on disk, its proof running.
+    It exited at once, its check's thread cut off by the exit mid-proof: the stopped child
+    stayed behind for good (an orphan), or the proof's spill directory. It ends with the one
+    line and exit 128 + the signal once the check stopped: the child killed and reaped, no
+    file of the proof left (the proof's own wait on a hung child: test_hashworker.py)."""
+    name, data = big_full.name, await trio.Path(big_full).read_bytes()
+    up = FakeUpstream(files={name: data}, behaviour={name: Behaviour(rate=8 * MiB)})
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    ledger = ledger_of(tmp_path)
+    state = ledger / f".tmp-{name}.state"
+    errors = tmp_path / "stderr"
+    hung: list[int] = []
+    async with tracker_of([up]) as tracker:
+        command = fetch_command(ledger, tracker.base, "--progress", "none", "--verify=true")
+        command += ["--prove-accounts-memory", "4MiB", "--prove-accounts-temp-dir", str(spill)]
+        with errors.open("wb") as sink:
+            process = await trio.lowlevel.open_process(
+                command, stdout=subprocess.DEVNULL, stderr=sink, preexec_fn=as_a_terminal_starts_it
+            )
+        try:
+            # the child starts with the proof's first storages, while the download runs
+            await wait_for(
+                lambda: process.poll() is not None or bool(hashing_processes(process.pid)), 60
+            )
+            hung += hashing_processes(process.pid)
+            assert hung, errors.read_text()
+            os.kill(hung[0], signal.SIGSTOP)
+            await wait_for(
+                lambda: process.poll() is not None or saved_bytes(state) >= len(data), 60
+            )
+            assert process.returncode is None, errors.read_text()
+            process.send_signal(signum)
+            with trio.fail_after(60):
+                returncode = await process.wait()
+        finally:
+            await reap(process)
+            for pid in hung:  # however the test ends, none is left stopped
+                if still_there(pid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+    assert returncode == code
+    assert "interrupted" in one_line(errors.read_text(), "interrupted")
+    assert [pid for pid in hung if still_there(pid)] == []
+    assert list(spill.iterdir()) == []
 
 
 #: A module put before the real one on the child's path: it says so on the pipe ``HOLD_FD``

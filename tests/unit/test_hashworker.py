@@ -7,12 +7,14 @@ of it must cost the proof and never reject the archive, and no check may leave i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import signal
 import struct
 import subprocess
 import sys
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -444,6 +446,62 @@ async def test_a_cancelled_check_stops_its_worker(
         check.cancel()
         with trio.fail_after(10), pytest.raises(ArchiveInvalid, match=r"^check cancelled$"):
             await check.result()
+    assert not workers()
+
+
+async def test_a_check_cancelled_while_its_proof_waits_on_a_stuck_worker_ends_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real archive's check whose hashing process answers nothing (stopped: hung, as an
+    OOM-thrashing or frozen one is), its proof at the end waiting for the child's sum, is
+    cancelled (the refresh aborted, the tracker stopping). The wait heeded only the stall
+    bound (60 s), past the 10 s a stop waits for the check's thread: ``serve`` took 11 s to
+    stop and left the stopped child behind, an orphan. It ends within a second or two of
+    the cancel now, no verdict on the archive, the child killed and reaped."""
+    monkeypatch.setattr(hashworker, "START_FROM", 0)
+    archive = write_archive(tmp_path, STATE, compression="tar")
+    data = archive.read_bytes()
+    children: list[int] = []
+    start, total = HashWorker._start, HashWorker.total
+    waiting = threading.Event()
+
+    def stopped_at_start(self: HashWorker) -> None:
+        start(self)
+        if self.pid is not None:
+            children.append(self.pid)
+            os.kill(self.pid, signal.SIGSTOP)
+
+    def waited_on(self: HashWorker) -> tuple[object, str | None]:
+        waiting.set()  # the proof's end: it waits for the child's sum now
+        return total(self)
+
+    monkeypatch.setattr(HashWorker, "_start", stopped_at_start)
+    monkeypatch.setattr(HashWorker, "total", waited_on)
+    limits = AccountsLimits(max_accounts=1000, workers=2)  # one hashing process
+    with open(tmp_path / "part", "wb") as f:  # noqa: ASYNC230 (a local temp file)
+        check = FollowingCheck.start(f.fileno(), archive.name, prove_accounts=limits)
+        try:
+            f.write(data)
+            f.flush()
+            check.advance(len(data))
+            check.finish(len(data))
+            assert await trio.to_thread.run_sync(waiting.wait, 30), "the proof never ended"
+            assert children, "no hashing process started"
+            began = trio.current_time()
+            await check.stopped()  # cancels, then waits (at most 10 s) for the thread
+            assert check.done(), "the check's thread waited on for the stall bound"
+            assert trio.current_time() - began < 5
+            proof = (await check.result()).proof  # not proven, for the tracker's own cause
+            assert (proof.level, proof.note, proof.local_cause) == (
+                Level.MANIFEST,
+                "not proven: the check was cancelled",
+                True,
+            )
+        finally:
+            for pid in children:  # however the test ends, none is left stopped
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            await check.stopped(within=90)
     assert not workers()
 
 

@@ -330,7 +330,9 @@ async def _fill(
             await trio.to_thread.run_sync(os.fsync, fd)
     except BaseException as exc:
         if check is not None:
-            check.cancel()
+            # stopped and waited for (shielded, seconds at most), as in _verify: a check left
+            # running mid-proof was cut off by the process's exit, its hashing child with it
+            await check.stopped()
         # An interrupt or a local error: what is on disk is kept for a later resume.
         with trio.CancelScope(shield=True), contextlib.suppress(OSError, FetchError):
             await saver.save()
@@ -472,8 +474,14 @@ async def _verify(
     mixed = len(senders) > 1 or len(resumed.writers) > 1
     unvouched = None
     try:
-        # On cancellation the check's thread reads on to the end, then stops by itself.
-        checked = await check.result()
+        try:
+            checked = await check.result()
+        finally:
+            # Cancelled (a signal, --download-timeout): the check is stopped and waited for
+            # (seconds at most), so its accounts proof ends its hashing processes and removes
+            # its files before the process exits; one left running was cut off by the exit,
+            # a hung child left behind for good (docs/architecture.md, "Every core")
+            await check.stopped()
         if mixed and not (sha256 or crew.settings.trust.active) and covers(name, checked.proof):
             # accounts binds the storages, not the status cache the validator loads
             # (docs/architecture.md, "Bytes no level binds")

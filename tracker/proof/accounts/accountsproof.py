@@ -106,7 +106,7 @@ _NONE = np.zeros(0, dtype=np.int64)
 class AccountsProof:
     """The lattice hash of one archive's storages (see the module) within ``limits``;
     ``cancelled()`` ends a wait for the budget's room or on its scan processes (not proven:
-    ``scanprocs.CANCELLED``); ``lanes``: the threads the first read
+    ``hashworker.CANCELLED``); ``lanes``: the threads the first read
     scans storages in (0: the reading thread; None: as :func:`scan_lanes` says);
     ``scanners``: the processes it scans them in instead (:mod:`.scanprocs`; None: as
     :func:`~.budget.scan_processes` says, 0: none)."""

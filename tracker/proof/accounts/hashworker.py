@@ -51,6 +51,7 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -61,6 +62,8 @@ import tracker
 from tracker.proof.formats.lattice import LANES, LT_HASH_BYTES, hash_sum_into
 
 if TYPE_CHECKING:  # the child imports no more than it hashes with (its start-up is a proof's)
+    from collections.abc import Callable
+
     from tracker.proof.accounts.budget import WorkerSlots
 
 _HEADER = struct.Struct("<qQQq")
@@ -90,6 +93,13 @@ START_FROM = 2048
 #: Seconds the check waits for the child to take a frame or to answer before it gives up on
 #: it (a stuck child costs the proof, never a check that never ends).
 STALLED = 60.0
+#: Seconds between two looks at the check's ``cancelled()`` while it waits on a child (or a
+#: scan process, :mod:`.scanprocs`): a cancelled check ends within about this, not at
+#: :data:`STALLED`, whatever its processes do (docs/architecture.md, "Every core"): a stop
+#: waits 10 s for a check's thread, and one still waiting then left its child behind.
+LOOK_EVERY = 1.0
+#: Why a proof whose check was cancelled while it waited on a process is not proven.
+CANCELLED = "the check was cancelled"
 #: The pipe's buffer asked for (Linux: F_SETPIPE_SZ), so that the parent rarely waits.
 PIPE_BYTES = 1 << 20
 _F_SETPIPE_SZ = 1031
@@ -105,9 +115,13 @@ def _package_root() -> str:
 class HashWorker:
     """A :class:`~tracker.proof.accounts.accounthash.Summer` hashing in a child process (see the
     module), started once ``start_from`` messages came (fewer cost less than a process);
-    ``close()`` when done."""
+    ``close()`` when done. ``cancelled()`` (the check's) ends a wait on the child within
+    :data:`LOOK_EVERY`: the proof is then not proven (:data:`CANCELLED`)."""
 
-    def __init__(self, start_from: int | None = None) -> None:
+    def __init__(
+        self, start_from: int | None = None, cancelled: Callable[[], bool] | None = None
+    ) -> None:
+        self._cancelled = cancelled
         self._local = np.zeros(LANES, dtype=np.uint16)
         self.sent = 0  # messages hashed by the child (the rest: here)
         self.in_place = 0  # of them, hashed where they were laid out (a shared slot)
@@ -288,10 +302,10 @@ class HashWorker:
         if self._failure is not None or self._proc is None:
             return None, self._note()
         assert self._proc.stdout is not None
-        ready = _ready(self._proc.stdout.fileno(), select.POLLIN, STALLED)
+        ready = self._wait(self._proc.stdout.fileno(), select.POLLIN)
         answer = _read_exactly(self._proc.stdout, LT_HASH_BYTES) if ready else None
         if answer is None:
-            self._failure = self._ended()
+            self._failure = self._failure or self._ended()
             return None, self._note()
         return np.frombuffer(answer, dtype="<u2") + self._local, None
 
@@ -335,7 +349,10 @@ class HashWorker:
                 except BlockingIOError:
                     if not wait:
                         return False
-                    if not _ready(fd, select.POLLOUT, STALLED):
+                    if not self._wait(fd, select.POLLOUT):
+                        if self._failure is not None:  # cancelled: close() kills it
+                            self._pending = []
+                            return True
                         self._proc.kill()  # stuck: the proof is lost, not the check
                         raise OSError("stalled") from None
                     continue
@@ -355,9 +372,11 @@ class HashWorker:
         assert self._proc.stdout is not None
         fd = self._proc.stdout.fileno()
         while self._due and self._failure is None:
-            if not _ready(fd, select.POLLIN, STALLED if wait else 0):
-                if wait:  # stuck: the proof is lost, not the check (close() kills it)
-                    self._failure = "the hashing process stopped answering"
+            if not (self._wait(fd, select.POLLIN) if wait else _ready(fd, select.POLLIN, 0)):
+                # stuck, or the check cancelled: the proof is lost, not the check (close()
+                # kills the child)
+                if wait:
+                    self._failure = self._failure or "the hashing process stopped answering"
                 return
             try:
                 answer = os.read(fd, self._due)
@@ -380,6 +399,21 @@ class HashWorker:
             and self._lent not in named
         )
 
+    def _wait(self, fd: int, events: int) -> bool:
+        """True once ``fd`` is ready for ``events`` within :data:`STALLED` seconds; False when
+        it is not, or once the check is cancelled (asked every :data:`LOOK_EVERY` seconds;
+        then the failure is :data:`CANCELLED`)."""
+        deadline = time.monotonic() + STALLED
+        while True:
+            if self._cancelled is not None and self._cancelled():
+                self._failure = self._failure or CANCELLED
+                return False
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if _ready(fd, events, min(LOOK_EVERY, left)):
+                return True
+
     def _ended(self) -> str:
         assert self._proc is not None
         try:
@@ -400,18 +434,20 @@ class HashPool:
     sum is commutative (u16 lanes), so each child sums its own batches and :meth:`total` adds
     the children's partial sums. ``workers`` children at most, taken from ``slots`` (the
     processes a tracker's proofs share; None: as many as asked) and given back at
-    :meth:`close`; zero when none is free: the check's process hashes alone."""
+    :meth:`close`; zero when none is free: the check's process hashes alone. ``cancelled()``:
+    the check's, as :class:`HashWorker`'s."""
 
     def __init__(
         self,
         workers: int,
         slots: WorkerSlots | None = None,
         start_from: int | None = None,
+        cancelled: Callable[[], bool] | None = None,
     ) -> None:
         self._slots = slots
         taken = slots.take(workers) if slots is not None else workers
         try:
-            self._children = [HashWorker(start_from) for _ in range(taken)]
+            self._children = [HashWorker(start_from, cancelled) for _ in range(taken)]
         except BaseException:  # memory short: the slots go back, no pool to close them
             if slots is not None:
                 slots.give(taken)

@@ -53,7 +53,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tracker.proof.accounts import scanprocess
-from tracker.proof.accounts.hashworker import shared_memory
+from tracker.proof.accounts.hashworker import CANCELLED, LOOK_EVERY, shared_memory
 from tracker.proof.accounts.scanprocess import (
     COUNT,
     COUNT_BYTES,
@@ -78,14 +78,12 @@ from tracker.proof.formats.parsing import BulkPiece, joined
 
 #: The module the forkserver imports before it forks: numba and the kernels loaded.
 PRELOAD = "tracker.proof.accounts.scanpreload"
-#: Seconds a proof waits for a process's answer before it gives up on it.
+#: Seconds a proof waits for a process's answer before it gives up on it. While it waits
+#: it looks at the check's ``cancelled()`` every :data:`~.hashworker.LOOK_EVERY` (a free
+#: slot, its answers, its sum), as with the hashing processes: a cancelled check ends within
+#: about that, not at the stall bound, whatever its processes do (docs/architecture.md,
+#: "Every core"), not proven for :data:`~.hashworker.CANCELLED`.
 STALLED = 60.0
-#: Seconds between two looks at the check's ``cancelled()`` while the proof waits on a
-#: process (a free slot, its answers, its sum): a cancelled check ends within about this,
-#: not at the stall bound, whatever its processes do (docs/architecture.md, "Every core").
-LOOK_EVERY = 1.0
-#: Why a proof whose check was cancelled while it waited on a process is not proven.
-CANCELLED = "the check was cancelled"
 
 _CONTEXT: Any = None
 _CONTEXT_LOCK = threading.Lock()

@@ -282,7 +282,8 @@ def accounts_prover(
     (its memory budget, temporary directory, optional bound) are given; None for an
     incremental or when off. Its accounts are hashed in a worker process
     (``proof.accounts.hashworker``); the caller closes it (``StoragesProver.close``) when the check
-    is over, whichever way it ended; ``cancelled()`` ends a wait for the budget's room.
+    is over, whichever way it ended; ``cancelled()`` ends a wait for the budget's room or on
+    a hashing process.
     ``decoders``: the threads the second read decodes zstd frames on, held by the caller (the
     check's own, free again once its first read is over); None: the second read takes its
     own from the limits' (``FrameThreads``) and gives them back when it closes."""
@@ -307,7 +308,8 @@ def accounts_prover(
     return StoragesProver(
         limits,
         reread,
-        lambda: HashPool(limits.hash_workers, limits.slots),
+        # a wait on a stuck child ends once the check is cancelled (a stop waits 10 s)
+        lambda: HashPool(limits.hash_workers, limits.slots, cancelled=cancelled),
         cancelled=cancelled,
     )
 
