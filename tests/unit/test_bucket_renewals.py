@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,13 @@ from helpers_uploads import upload
 from test_objectstore_growth import PREFIX, MemBucket, store
 
 from tracker.core.digests import BUCKET, CACHE, Digests, Verified
+from tracker.errors import StoreConflict, StoreError
 from tracker.objectstore.known import KNOWN_FOR
 from tracker.objectstore.sides import restate
 from tracker.objectstore.tier import ObjectTier
 from tracker.proof.levels import STRUCTURE_ONLY, Level, Proof
 from tracker.proof.records.attestations import Attestations
+from tracker.proof.records.attesting import held_copy, statement_of
 from tracker.proof.statements import parse_document
 
 FULL = "snapshot-100-7G3gw9TmwzT24jhJQyrPnH2QaKUZ7MHWGG9KW8XaPbDb.tar.zst"
@@ -33,12 +36,14 @@ KEY = f"{PREFIX}g/{FULL}"
 PROOF = Proof(Level.ACCOUNTS, "7G3gw9TmwzT24jhJQyrPnH2QaKUZ7MHWGG9KW8XaPbDb", "FF2m")
 VALID = 600.0
 ROUND = 5.0  # the health watcher's
+#: The bucket copy as a replica that checked its bytes holds it.
+OURS = Verified(SHA, PROOF, 3695, 1_000.0)
 
 
-async def test_a_restarted_replica_takes_over_its_expired_statement_long_after_startup(
-    mock_clock: trio.testing.MockClock, tmp_path: Path
-) -> None:
-    bucket = MemBucket()
+async def restarted(bucket: MemBucket, tmp_path: Path) -> ObjectTier:
+    """The replica of key 1 that uploaded ``FULL`` to ``bucket``, restarted after its
+    statement there expired, with its own check of those bytes in its disk cache (kept
+    across the restart), started up."""
     data = b"archive bytes" * 300
     uploader = ObjectTier(store(), bucket)  # type: ignore[arg-type]
     uploader.attestations.configure(signer(1), VALID, time.time())
@@ -49,13 +54,15 @@ async def test_a_restarted_replica_takes_over_its_expired_statement_long_after_s
     await bucket.put(KEY + ".attestation", expired.encode())
     again = ObjectTier(store(), bucket)  # type: ignore[arg-type]
     again.attestations.configure(signer(1), VALID, time.time())
-    # its own check of those bytes, in its disk cache across the restart
     own = Verified(hashlib.sha256(data).hexdigest(), STRUCTURE_ONLY, len(data), 1_000.0)
     again.digests.hold(CACHE, "g", FULL, own)
     await again.startup()
     assert again.digests.of(BUCKET, "g", FULL) is not None  # read, its statement refused
-    mock_clock.jump(KNOWN_FOR + 1)  # what start-up saw of the bucket is no longer fresh
-    await again.take_over()
+    return again
+
+
+async def renewed_by(again: ObjectTier, bucket: MemBucket) -> None:
+    """``again`` took the statement over: it wrote its own, of its own check, for VALID."""
     again.attestations.sync(time.time())
     await again._restate()
     renewed = parse_document(bucket.objects[KEY + ".attestation"][1])
@@ -63,6 +70,48 @@ async def test_a_restarted_replica_takes_over_its_expired_statement_long_after_s
     assert renewed.statement.expires > time.time() + VALID - 60
     assert renewed.statement.checked_at == 1_000
     assert again.attestations.uploaded() == [("g", FULL, renewed)]
+
+
+async def test_a_restarted_replica_takes_over_its_expired_statement_long_after_startup(
+    mock_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    bucket = MemBucket()
+    again = await restarted(bucket, tmp_path)
+    mock_clock.jump(KNOWN_FOR + 1)  # what start-up saw of the bucket is no longer fresh
+    await again.take_over()
+    await renewed_by(again, bucket)
+
+
+class Hiccup(MemBucket):
+    """The bucket in memory whose next read of a statement object (a conditional write's,
+    or a take-over's) fails as a store that does not answer in time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fails = 0
+
+    async def get_small_tagged(self, key: str, limit: int = 4096) -> tuple[bytes, str] | None:
+        if self.fails:
+            self.fails -= 1
+            raise StoreError("GET: no answer within 10s")
+        return await super().get_small_tagged(key, limit)
+
+
+async def test_a_take_over_whose_read_failed_reads_again_at_the_next_round(
+    tmp_path: Path,
+) -> None:
+    """The read of the statement there failed (the store did not answer in time): the
+    object was marked looked at all the same, and never looked at again while it held the
+    same version and statement, so the statement its uploader no longer renewed expired on
+    every replica, as before take-overs."""
+    bucket = Hiccup()
+    again = await restarted(bucket, tmp_path)
+    bucket.fails = 1
+    with pytest.raises(StoreError):  # (the health watcher logs it and goes on)
+        await again.take_over()
+    assert again.attestations.uploaded() == []
+    await again.take_over()  # its next round
+    await renewed_by(again, bucket)
 
 
 class CountedWrites(MemBucket):
@@ -109,3 +158,83 @@ async def test_replicas_of_one_key_write_its_renewal_about_once_per_half_life(
         now += ROUND
     # Each wrote when it signed again, every half life: twice as many while both ran.
     assert bucket.written <= span / (VALID / 2) + 2
+
+
+class Racing(MemBucket):
+    """The bucket in memory holding each write to its condition as S3 does (``If-Match``:
+    only over that ETag; ``If-None-Match: *``: only where there is none; StoreConflict
+    otherwise), with ``between`` run once between a replica's read of the statement object
+    and its write: another replica of the key renewing it at that very moment."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.between: Callable[[], Awaitable[object]] | None = None
+        self.written = 0
+
+    async def get_small_tagged(self, key: str, limit: int = 4096) -> tuple[bytes, str] | None:
+        got = await super().get_small_tagged(key, limit)
+        between, self.between = self.between, None
+        if between is not None:
+            await between()
+        return got
+
+    async def put(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        if_match: str = "",
+        if_none_match: bool = False,
+        **extra: Any,
+    ) -> None:
+        held = self.objects.get(key)
+        if (if_none_match and held is not None) or (
+            if_match and (held is None or held[0].etag != if_match)
+        ):
+            raise StoreConflict("PUT: PreconditionFailed (HTTP 412)")
+        self.written += key == KEY + ".attestation"
+        await super().put(key, data, **extra)
+
+
+@pytest.mark.parametrize("before", [None, 1_500], ids=["none there", "an old one there"])
+async def test_of_two_replicas_renewing_at_once_one_writes_and_the_other_leaves_it(
+    before: int | None,
+) -> None:
+    """Both read the statement object (none, or an old one), then both write: the second
+    write names what its replica read, which the first replaced, and is refused; that
+    replica reads again at its next round and leaves what the other wrote (it says as much,
+    as long). Unconditional, the second write replaced the first: each its own over the
+    other's (docs/http-api.md, "Signed statements")."""
+    bucket = Racing()
+    await bucket.put(KEY, b"x" * 3695)
+    info = await bucket.head(KEY)
+    assert info is not None
+    if before is not None:  # what its uploader wrote before it restarted
+        copy = held_copy(FULL, OURS)
+        assert copy is not None
+        old = signer(1).sign(statement_of(copy, before, VALID))
+        await bucket.put(KEY + ".attestation", old.encode())
+    renewing = []
+    for at in (2_000.0, 2_001.0):
+        digests = Digests()
+        digests.hold(BUCKET, "g", FULL, OURS)
+        attestations = Attestations(digests)
+        attestations.configure(signer(1), VALID)
+        attestations.sync(at)
+        stated: dict[str, Any] = {}
+        renewing.append((attestations, stated))
+    (first, first_stated), (second, second_stated) = renewing
+    ((_g, _n, firsts),) = first.uploaded()
+    ((_g, _n, seconds),) = second.uploaded()
+
+    def second_round() -> Awaitable[object]:
+        return restate(bucket, PREFIX, second, second_stated, {KEY: info.etag})  # type: ignore[arg-type]
+
+    bucket.between = second_round  # the second writes between the first's read and write
+    await restate(bucket, PREFIX, first, first_stated, {KEY: info.etag})  # type: ignore[arg-type]
+    assert parse_document(bucket.objects[KEY + ".attestation"][1]) == seconds
+    assert (first_stated, second_stated) == ({}, {KEY: seconds})  # the first: not written
+    await restate(bucket, PREFIX, first, first_stated, {KEY: info.etag})  # type: ignore[arg-type]
+    assert parse_document(bucket.objects[KEY + ".attestation"][1]) == seconds
+    assert first_stated == {KEY: firsts}  # ... and finds it said: left
+    assert bucket.written == 1 + (before is not None)

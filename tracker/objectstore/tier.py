@@ -515,8 +515,8 @@ class ObjectTier:
         as its own check's, signed by :attr:`attestations` and written by :func:`restate`
         beside that object (the version whose digest it read) as beside an upload of its
         own. The statement there is read (expired ones too) only when what is held says it
-        may be taken over, once per object version and statement held. Raises StoreError
-        when the store failed."""
+        may be taken over, once per object version and statement held (again after a read
+        the store failed). Raises StoreError when the store failed."""
         signing = self.attestations.public_key
         held = self.digests.held()
         keys_held = {self.object_key(g, n) for g, n, holder, _v in held if holder == BUCKET}
@@ -545,8 +545,10 @@ class ObjectTier:
             looked = (etag, copy.attestation)
             if why not in ("", NO_STATEMENT) or self._looked.get(key) == looked:
                 continue
-            self._looked[key] = looked
             there, _etag = await statement_there(self.bucket, key, (copy.size, copy.sha256))
+            # looked at once read: a read the store failed is made again at the next round
+            # (marked before it, the statement nobody renewed was never read again)
+            self._looked[key] = looked
             if takes_over(signing, there, name, copy, mine, time.time(), valid_for):
                 continue
             assert mine is not None  # takes_over: checked here
