@@ -148,3 +148,50 @@ async def test_a_silent_connection_of_another_machine_ends_no_download(tmp_path:
     # the first KiB of each answer was read with its head
     assert all(n > len(DATA) - 1024 for n in got), got
     assert barrier == b""
+
+
+#: A third machine, one that connects and asks nothing (a scanner, or a client that means
+#: harm), over and over.
+SCANNER = "127.0.0.4"
+
+
+async def silent_from(address: str, base: str) -> trio.SocketStream:
+    """A connection from ``address`` to ``base`` that has asked nothing (yet)."""
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    sock = trio.socket.socket()
+    await sock.bind((address, 0))
+    await sock.connect((host, int(port)))
+    return trio.SocketStream(sock)
+
+
+async def test_a_machine_that_keeps_connecting_silently_locks_no_newcomer_out(
+    tmp_path: Path,
+) -> None:
+    """Every connection busy with one machine's downloads. A newcomer of another machine
+    waits over the limit for its first request; a third machine connects again and again,
+    asking nothing. Each of its connections took the waiting one's place: the newcomer was
+    closed before its request was read, and one address churning silent connections locked
+    every other machine out of a full listener. Now each machine's newest waits, beside
+    the others' (a few at once): the silent machine replaces only its own."""
+    async with proxy_tracker(index=local_archive(tmp_path), max_connections=LIMIT) as t:
+        hog = [await stalled_from(HOG, t.base) for _ in range(LIMIT)]
+        silent = [await silent_from(SCANNER, t.base)]
+        newcomer = await silent_from(OTHER, t.base)
+        silent += [await silent_from(SCANNER, t.base) for _ in range(3)]
+        try:
+            # accepted after them (one accept queue), and refused: they were weighed
+            assert await answer_from(HOG, t.base) == b""
+            await newcomer.send_all(b"GET /v1/snapshots HTTP/1.1\r\nhost: t\r\n\r\n")
+            answered = b""
+            with trio.fail_after(10):
+                try:
+                    while not answered.endswith(b"]") and (
+                        chunk := await newcomer.receive_some(65536)
+                    ):
+                        answered += chunk
+                except trio.BrokenResourceError:  # closed with the request unread
+                    pass
+        finally:
+            for stream in [*hog, *silent, newcomer]:
+                await stream.aclose()
+    assert answered.startswith(b"HTTP/1.1 200 OK\r\n"), answered[:200]

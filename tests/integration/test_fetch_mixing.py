@@ -18,6 +18,7 @@ from typing import Any
 
 import attrs
 import pytest
+import trio
 from archives import build_archive
 from helpers_bytes import MiB, sha256
 from helpers_fetch import sidecar_url
@@ -291,3 +292,57 @@ async def test_a_copy_whose_unbound_bytes_are_not_sent_again_is_kept_for_the_nex
     again = body_bytes(honest, name) + body_bytes(liar, name) - sent
     [*_, checked] = [r for r in caplog.records if r.getMessage() == "fetch_unbound_checked"]
     assert again <= int(getattr(checked, "tracker_fields", {})["asked"]) + 8 * FAST.sample_size
+
+
+async def test_a_fetch_cancelled_while_its_repaired_copy_is_checked_again_waits_for_that_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resumed copy proven to ``accounts`` whose bytes no level binds were an earlier
+    source's: the first source's are written over them and the copy is checked again, its
+    accounts proof with it. The fetch is cancelled then (a signal, ``--download-timeout``):
+    that check was cancelled and left running, so the process's exit cut its thread off
+    mid-proof (its hashing process and spilled files left behind), as the first check's
+    was before (test_cli_signals.py). The fetch now ends once that check stopped."""
+    from helpers_upstream import UPSTREAM_ETAG, UPSTREAM_LAST_MODIFIED
+
+    from tracker.fetch import download, unbound
+    from tracker.fetch.state import State, save_state
+    from tracker.multisource.sources import Identity
+    from tracker.proof.archive.archivecheck import FollowingCheck
+
+    name, good, lie = status_cache_twins(9330)
+    ledger = ledger_of(tmp_path)
+    half = len(lie) // 2
+    (ledger / Path(temp_path(str(ledger), name)).name).write_bytes(lie[:half])
+    identity = Identity(len(lie), UPSTREAM_ETAG, UPSTREAM_LAST_MODIFIED)
+    liar = "http://127.0.0.1:9/v1/snapshot/" + name
+    save_state(str(ledger), State(name, identity, ((0, half),), writers=(liar,)))
+    honest = FakeUpstream(files={name: good})
+    settings = attrs.evolve(FAST, verify=True, piece_size=256 * 1024)
+    again: list[FollowingCheck] = []
+    ended: list[bool] = []
+
+    class Recorded:
+        """``unbound``'s FollowingCheck: the check of the repaired copy is recorded, and
+        the fetch cancelled as it starts."""
+
+        @staticmethod
+        def start(*args: Any, **kwargs: Any) -> FollowingCheck:
+            again.append(FollowingCheck.start(*args, **kwargs))
+            scope.cancel()
+            return again[-1]
+
+    async def confirmed(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await unbound.confirmed(*args, **kwargs)
+        finally:  # no checkpoint since it returned: has its check ended?
+            ended.extend(check.done() for check in again)
+
+    monkeypatch.setattr(unbound, "FollowingCheck", Recorded)
+    monkeypatch.setattr(download, "confirmed", confirmed)
+    async with tracker_of([honest]) as tracker:
+        opts = options(ledger, tracker.base, incremental=False, settings=settings)
+        with trio.CancelScope() as scope:
+            await run_fetch(opts, NoProgress())
+    assert scope.cancelled_caught
+    assert ended == [True], "the copy's check was left running"

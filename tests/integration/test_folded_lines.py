@@ -24,7 +24,7 @@ from helpers_ports import REFUSED, REFUSED_PORT
 from helpers_proxy import proxy_tracker, wait_for
 from helpers_server import serve_app
 from helpers_tls import client_tls
-from helpers_upstream import FakeUpstream, serving
+from helpers_upstream import Behaviour, FakeUpstream, serving
 from names import full_name
 from test_cluster import config_for, rpc_app, scraper_for
 
@@ -115,3 +115,49 @@ async def test_failing_discovered_nodes_make_a_bounded_number_of_lines(
     assert [line["target"] for line in failed].count(configured) == 2
     assert len(failed) == BUDGET + 2
     assert folder.folded("probe_failed") == 5 * BUDGET
+
+
+async def test_a_refresh_failing_after_a_flood_of_tiny_requests_is_written_with_its_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client's flood of ``bytes=0-0`` GETs spent the window's budget; then a refresh
+    failed (its source answers 500, for every client). Its lines were folded with the
+    flood's: the summary said ``upstream_failed=1 cache_refresh_ended=1 proxy_failed=1``,
+    never which file, which source nor why. Each event's first lines of a window are
+    written whatever the flood spent."""
+    folder = folding.LineFolder(budget=BUDGET, clock=Clock())
+    monkeypatch.setattr(folding, "FOLDER", folder)
+    caplog.set_level(logging.INFO)
+    broken = full_name(4300)  # the newest: a miss of it refreshes
+    up = FakeUpstream(
+        files={NAME: DATA, broken: archive_bytes(MiB, seed=10)},
+        behaviour={broken: Behaviour(status=500)},
+    )
+    async with (
+        serving(up),
+        proxy_tracker(tmp_path / "cache", up) as t,
+        httpx.AsyncClient(verify=client_tls(), timeout=30, trust_env=False) as client,
+    ):
+        for _ in range(FLOOD):  # relayed
+            probe = await client.get(t.url(NAME), headers={"range": "bytes=0-0"})
+            assert probe.status_code == 206
+        assert folder.folded("download") > 0  # the budget is spent
+        failed = await client.get(t.url(broken))
+        assert failed.status_code == 502
+        await wait_for(lambda: "cache_refresh_ended" in messages(caplog) + folded(folder))
+    fields = [record_fields(r) for r in caplog.records]
+    [upstream] = [f for event, f in fields if event == "upstream_failed"]
+    assert upstream["url"] == up.url(broken) and "500" in str(upstream["reason"])
+    [ended] = [f for event, f in fields if event == "cache_refresh_ended"]
+    assert (ended["file"], ended["outcome"]) == (broken, "refresh_failed")
+    [answered] = [f for event, f in fields if event == "proxy_failed"]
+    assert "500" in str(answered["reason"])
+    assert folder.folded("download") == FLOOD - BUDGET
+
+
+def messages(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records]
+
+
+def folded(folder: folding.LineFolder) -> list[str]:
+    return list(folder.totals())

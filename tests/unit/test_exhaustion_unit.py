@@ -27,6 +27,7 @@ from tracker.zerocopy.connection import Connections, client_of
 from tracker.zerocopy.limit import (
     DOWNLOAD_DESCRIPTORS,
     RESERVED_DESCRIPTORS,
+    WAITING_AT_ONCE,
     ConnectionLimit,
     DescriptorBudget,
     descriptor_budget,
@@ -307,14 +308,48 @@ def test_a_connection_owed_a_busy_ones_place_takes_it_only_with_its_first_reques
     scanner = FakeStream("b")
     assert _admitted(limit, scanner)  # waits over the limit
     assert not any(s.ended for s in hog) and limit.open == 3
-    other = FakeStream("c")
-    assert _admitted(limit, other)  # the newest waits: the silent one makes way
+    other = FakeStream("b")
+    assert _admitted(limit, other)  # its client's newest waits: the silent one makes way
     assert scanner.ended and not any(s.ended for s in hog)
     assert not _admitted(limit, FakeStream("a"))  # the hog's own: refused, nothing ends
     assert not other.ended
     other.request()  # now the hog's least recently active download makes room
     assert [s.ended for s in hog] == [False, True, False]
     assert (limit.open, limit.shared, limit.evicted, limit.refused) == (3, 1, 1, 1)
+
+
+def test_a_client_connecting_again_and_again_replaces_only_its_own_waiting_connection() -> None:
+    # One connection waited at a time, the newest: an address that connected again and
+    # again, asking nothing, closed every other client's newcomer before its request.
+    limit = ConnectionLimit(2, clock=lambda: 0.0)
+    hog = [FakeStream("a", last_active=t) for t in (2.0, 1.0)]
+    for stream in hog:
+        assert _admitted(limit, stream)
+        stream.request()
+    silent = [FakeStream("s")]
+    newcomer = FakeStream("b")
+    assert _admitted(limit, silent[0]) and _admitted(limit, newcomer)
+    for _ in range(5):
+        silent.append(FakeStream("s"))
+        assert _admitted(limit, silent[-1])
+    assert [s.ended for s in silent] == [True] * 5 + [False]
+    assert not newcomer.ended and limit.open == 2
+    newcomer.request()  # it takes the hog's least recently active download's place
+    assert [s.ended for s in hog] == [False, True] and not newcomer.ended
+    assert (limit.open, limit.shared, limit.evicted) == (2, 1, 5)
+
+
+def test_at_most_a_few_connections_wait_over_the_limit_the_longest_waiting_making_way() -> None:
+    limit = ConnectionLimit(2, clock=lambda: 0.0)
+    for stream in (FakeStream("a"), FakeStream("a")):
+        assert _admitted(limit, stream)
+        stream.request()
+    waiting = [FakeStream(f"c{n}") for n in range(WAITING_AT_ONCE + 2)]
+    for stream in waiting:
+        assert _admitted(limit, stream)
+    # the descriptors over the limit are bounded (RESERVED_DESCRIPTORS holds them)
+    assert [s.ended for s in waiting] == [True, True] + [False] * WAITING_AT_ONCE
+    assert limit.open == 2
 
 
 def test_a_connection_waiting_over_the_limit_is_forgotten_when_it_closes() -> None:

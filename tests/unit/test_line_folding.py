@@ -11,6 +11,9 @@ import pytest
 
 from tracker.observability import folding
 from tracker.observability.folding import (
+    EACH_EVENT,
+    LINES_PER_WINDOW,
+    WINDOW,
     FoldVerdict,
     LineFolder,
     bulk,
@@ -22,23 +25,35 @@ from tracker.observability.metrics import Metrics
 
 
 @pytest.mark.parametrize(
-    ("started", "logged", "now", "unfolded", "expected"),
+    ("started", "logged", "of_event", "now", "unfolded", "expected"),
     [
         # the first line ever: no window yet, one starts with it
-        (-math.inf, 0, 0.0, False, FoldVerdict(log=True, closes=True)),
-        (0.0, 0, 1.0, False, FoldVerdict(log=True, closes=False)),
-        (0.0, 9, 59.9, False, FoldVerdict(log=True, closes=False)),  # the budget's last line
-        (0.0, 10, 59.9, False, FoldVerdict(log=False, closes=False)),  # past it: folded
-        (0.0, 10, 59.9, True, FoldVerdict(log=True, closes=False)),  # a real transfer's
-        (0.0, 10, 60.0, False, FoldVerdict(log=True, closes=True)),  # the window ended
-        (0.0, 500, 3600.0, False, FoldVerdict(log=True, closes=True)),
-        (0.0, 0, 60.0, True, FoldVerdict(log=True, closes=True)),
+        (-math.inf, 0, 0, 0.0, False, FoldVerdict(log=True, closes=True)),
+        (0.0, 0, 0, 1.0, False, FoldVerdict(log=True, closes=False)),
+        (0.0, 9, 9, 59.9, False, FoldVerdict(log=True, closes=False)),  # the budget's last
+        (0.0, 10, 10, 59.9, False, FoldVerdict(log=False, closes=False)),  # past it: folded
+        (0.0, 10, 10, 59.9, True, FoldVerdict(log=True, closes=False)),  # a real transfer's
+        (0.0, 10, 10, 60.0, False, FoldVerdict(log=True, closes=True)),  # the window ended
+        (0.0, 500, 500, 3600.0, False, FoldVerdict(log=True, closes=True)),
+        (0.0, 0, 0, 60.0, True, FoldVerdict(log=True, closes=True)),
+        # the budget spent by other events: this one's first lines (``each``) still go
+        (0.0, 10, 0, 59.9, False, FoldVerdict(log=True, closes=False)),
+        (0.0, 10, 1, 59.9, False, FoldVerdict(log=True, closes=False)),
+        (0.0, 10, 2, 59.9, False, FoldVerdict(log=False, closes=False)),
+        (0.0, 30, 2, 60.0, False, FoldVerdict(log=True, closes=True)),
     ],
 )
 def test_fold_verdict(
-    started: float, logged: int, now: float, unfolded: bool, expected: FoldVerdict
+    started: float,
+    logged: int,
+    of_event: int,
+    now: float,
+    unfolded: bool,
+    expected: FoldVerdict,
 ) -> None:
-    got = fold_verdict(started, logged, now, unfolded=unfolded, budget=10, every=60.0)
+    got = fold_verdict(
+        started, logged, now, of_event=of_event, unfolded=unfolded, budget=10, each=2, every=60.0
+    )
     assert got == expected
 
 
@@ -68,7 +83,7 @@ def test_a_flood_is_logged_up_to_the_budget_then_summed_up_once_a_window(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     clock = Clock()
-    folder = LineFolder(budget=3, every=60.0, clock=clock)
+    folder = LineFolder(budget=3, every=60.0, each=0, clock=clock)
     caplog.set_level(logging.INFO)
     admitted = [folder.admit("download") for _ in range(5)]
     admitted += [folder.admit("upstream_failed") for _ in range(2)]
@@ -88,11 +103,27 @@ def test_a_flood_is_logged_up_to_the_budget_then_summed_up_once_a_window(
     assert folded_lines(caplog)[-1] == {"seconds": 60.0, "total": 1, "download": 1}
 
 
+def test_a_flood_of_one_event_leaves_every_other_event_its_first_lines() -> None:
+    """A client's flood of tiny requests spent the window's budget within seconds: a
+    refresh failing for every client after it was only a count in the summary, its reason
+    never written. Each event's first lines of a window are written whatever the others
+    spent (the product's numbers)."""
+    clock = Clock()
+    folder = LineFolder(clock=clock)
+    flood = [folder.admit("download") for _ in range(3 * LINES_PER_WINDOW)]
+    assert flood.count(True) == LINES_PER_WINDOW
+    failed = [folder.admit("cache_refresh_ended") for _ in range(2 * EACH_EVENT)]
+    assert failed == [True] * EACH_EVENT + [False] * EACH_EVENT
+    assert folder.admit("upstream_failed")  # another event: its own first lines
+    clock.now += WINDOW  # a new window: each event's first lines again
+    assert [folder.admit("cache_refresh_ended") for _ in range(EACH_EVENT)] == [True] * EACH_EVENT
+
+
 def test_an_ended_window_is_summed_up_by_the_next_line_too(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     clock = Clock()
-    folder = LineFolder(budget=1, every=60.0, clock=clock)
+    folder = LineFolder(budget=1, every=60.0, each=0, clock=clock)
     caplog.set_level(logging.INFO)
     assert [folder.admit("probe_failed") for _ in range(3)] == [True, False, False]
     clock.now += 61.0
@@ -108,7 +139,7 @@ def test_only_lines_someone_wants_spend_the_budget(
 ) -> None:
     """A level the log does not show neither logs nor folds its line (``--log-level
     warning`` and a flood of info lines): the budget is the lines written."""
-    folder = LineFolder(budget=1, clock=Clock())
+    folder = LineFolder(budget=1, each=0, clock=Clock())
     monkeypatch.setattr(folding, "FOLDER", folder)
     log = logging.getLogger("tracker.test_folding")
     caplog.set_level(logging.WARNING, logger="tracker.test_folding")
@@ -121,7 +152,7 @@ def test_only_lines_someone_wants_spend_the_budget(
 
 
 def test_the_folded_lines_are_counted_in_the_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
-    folder = LineFolder(budget=0, clock=Clock())
+    folder = LineFolder(budget=0, each=0, clock=Clock())
     monkeypatch.setattr(folding, "FOLDER", folder)
     for _ in range(3):
         folder.admit("download")

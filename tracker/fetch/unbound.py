@@ -127,16 +127,19 @@ async def confirmed(
         return check
     await trio.to_thread.run_sync(os.fsync, fd)
     again = FollowingCheck.start(fd, name, prove_accounts)
-    again.finish(os.fstat(fd).st_size)
     try:
+        again.finish(os.fstat(fd).st_size)
         return await again.result()
     except ArchiveInvalid as exc:
         raise ArchiveInvalid(
             f"{first} sent bytes that fail the check the copy passed without them: {exc.reason}"
         ) from None
-    except BaseException:
-        again.cancel()
-        raise
+    finally:
+        # Cancelled (a signal, --download-timeout): the check is stopped and waited for
+        # (seconds at most), as the copy's first check is (download.py): one only cancelled
+        # was cut off by the process's exit mid-proof, its hashing process and spilled files
+        # left behind (docs/architecture.md, "Every core")
+        await again.stopped()
 
 
 async def _compare(

@@ -11,9 +11,12 @@ together have :data:`LINES_PER_WINDOW` lines in full per :data:`WINDOW` seconds,
 past it are only counted, the counts logged as one ``log_lines_folded`` line when the window
 ends (:meth:`LineFolder.flush`, called every window by the service and at the next folded
 line) and kept exact in ``snapshot_tracker_log_lines_folded_total{event}``
-(:class:`FoldedCounts`). A line its call site says is no flood's (``unfolded``: a download
-that moved at least a GiB, a configured target's probe) is always logged and spends
-nothing: its rate is bounded by the bandwidth or the config, not by a remote party.
+(:class:`FoldedCounts`). Each event's first :data:`EACH_EVENT` lines of a window are logged
+in full whatever the others spent: a flood of one kind (a client's tiny requests) never
+hides every line of another (a refresh that fails for every client, with its reason). A
+line its call site says is no flood's (``unfolded``: a download that moved at least a GiB, a
+configured target's probe) is always logged and spends nothing: its rate is bounded by the
+bandwidth or the config, not by a remote party.
 
 The budget is the process's, as the log stream and the journal's limit are: one per
 process, :data:`FOLDER`. Whether a line is logged is :func:`fold_verdict`'s decision, pure.
@@ -40,6 +43,11 @@ log = logging.getLogger("tracker.logs")
 #: Lines logged in full per window, all folded events together: a 30 s interval of the
 #: journal sees at most about half of it, 3% of journald's default burst.
 LINES_PER_WINDOW = 600
+#: Lines of each event logged in full per window whatever the others spent: the budget was
+#: all events' together, so a client's flood of tiny requests spent it within seconds and a
+#: refresh failing for every client was only a count in the summary, its reason never
+#: written. The events are a fixed set of call sites (21): 210 lines a window more at most.
+EACH_EVENT = 10
 #: Seconds of one window, and between two summary lines.
 WINDOW = 60.0
 #: Bytes a transfer must have moved for its line never to be folded: such lines come at
@@ -70,17 +78,20 @@ def fold_verdict(
     logged: int,
     now: float,
     *,
+    of_event: int = 0,
     unfolded: bool = False,
     budget: int = LINES_PER_WINDOW,
+    each: int = EACH_EVENT,
     every: float = WINDOW,
 ) -> FoldVerdict:
     """Whether a line that comes at ``now`` is logged in full, in a window begun at
-    ``started`` in which ``logged`` folded-kind lines were logged so far: yes while they are
-    fewer than ``budget``, and always when ``unfolded``. A window lasts ``every`` seconds: a
-    line at or past its end closes it and counts in a new one. Pure."""
+    ``started`` in which ``logged`` folded-kind lines were logged so far, ``of_event`` of
+    them of this line's event: yes while they are fewer than ``budget`` or those of its
+    event fewer than ``each``, and always when ``unfolded``. A window lasts ``every``
+    seconds: a line at or past its end closes it and counts in a new one. Pure."""
     closes = now - started >= every
-    spent = 0 if closes else logged
-    return FoldVerdict(log=unfolded or spent < budget, closes=closes)
+    spent, own = (0, 0) if closes else (logged, of_event)
+    return FoldVerdict(log=unfolded or spent < budget or own < each, closes=closes)
 
 
 class LineFolder:
@@ -92,14 +103,18 @@ class LineFolder:
         budget: int = LINES_PER_WINDOW,
         every: float = WINDOW,
         *,
+        each: int = EACH_EVENT,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.budget = budget
         self.every = every
+        self.each = each
         self._clock = clock
         self._lock = threading.Lock()
         self._started = -math.inf
         self._logged = 0
+        #: Lines logged in full in the current window, by event.
+        self._logged_by: Counter[str] = Counter()
         #: Lines folded in the current window, by event, not yet summed up.
         self._folded: Counter[str] = Counter()
         #: Every line folded since the start, by event (the metric).
@@ -114,8 +129,10 @@ class LineFolder:
                 self._started,
                 self._logged,
                 now,
+                of_event=self._logged_by[event],
                 unfolded=unfolded,
                 budget=self.budget,
+                each=self.each,
                 every=self.every,
             )
             ended = self._close(now) if verdict.closes else None
@@ -124,6 +141,7 @@ class LineFolder:
                 self._totals[event] += 1
             elif not unfolded:
                 self._logged += 1
+                self._logged_by[event] += 1
         if ended:
             _summary(ended, self.every)
         return verdict.log
@@ -141,7 +159,7 @@ class LineFolder:
         """End the window (under the lock): a new one starts at ``now``; what the old one
         folded."""
         folded, self._folded = self._folded, Counter()
-        self._started, self._logged = now, 0
+        self._started, self._logged, self._logged_by = now, 0, Counter()
         return folded
 
     def folded(self, event: str) -> int:

@@ -20,10 +20,12 @@ one that never completed its request head both are, while a download in progress
 When every connection is busy, the client holding the most connections gives one up to a new
 client holding at least two fewer (:func:`fair_share`: one machine's many connections never
 lock the others out), once the new one has asked for something: until its first request it
-waits over the limit (one such connection at a time, the newest), so a connection that asks
-nothing (a port scanner's) ends nobody's download. Only when no client gives one up is the
-new one refused (closed at once). None of this is logged per connection: one summary line a
-minute at most.
+waits over the limit, so a connection that asks nothing (a port scanner's) ends nobody's
+download. A client's newest connection waits, beside other clients' (:data:`WAITING_AT_ONCE`
+at most, the one waiting longest making way past that): one machine that connects again and
+again asking nothing replaces only its own, never another's newcomer before its request.
+Only when no client gives one up is the new one refused (closed at once). None of this is
+logged per connection: one summary line a minute at most.
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ log = logging.getLogger("tracker.server")
 #: Descriptors kept for everything but client connections, downloads and probes: listeners,
 #: logs, the config, directory scans, cache files being checked or promoted, a prefetch's
 #: refresh, idle upstream connections kept for reuse, the object store's connections, and
-#: the internal listener's connections (INTERNAL_CONNECTIONS).
+#: the internal listener's connections (INTERNAL_CONNECTIONS), and the connections waiting
+#: over each listener's limit for their first request (WAITING_AT_ONCE each).
 RESERVED_DESCRIPTORS = 160
 #: Descriptors one probe in flight may hold (an HTTP target's two requests at once).
 PROBE_DESCRIPTORS = 2
@@ -70,6 +73,11 @@ DOWNLOAD_DESCRIPTORS = 5
 INTERNAL_CONNECTIONS = 32
 #: Seconds between two summary lines about refused or closed connections.
 REPORT_EVERY = 60.0
+#: Connections that wait over a listener's limit for their first request at once, each of
+#: another client (:class:`ConnectionLimit`): one let one address that connects again and
+#: again, asking nothing, close every other client's newcomer before its request was read.
+#: A few descriptors of the reserve (RESERVED_DESCRIPTORS).
+WAITING_AT_ONCE = 4
 
 
 @attrs.frozen
@@ -166,9 +174,10 @@ class ConnectionLimit:
         self.evicted = 0
         #: Busy connections closed to make room for another client (:func:`fair_share`).
         self.shared = 0
-        #: The connection admitted over the limit for a client :func:`fair_share` owes one,
-        #: not counted until its first request (:meth:`_requested`).
-        self._waiting: ZeroCopyStream | None = None
+        #: The connections admitted over the limit for a client :func:`fair_share` owes one,
+        #: not counted until their first request (:meth:`_requested`): each client's newest,
+        #: the one waiting longest first.
+        self._waiting: dict[str | None, ZeroCopyStream] = {}
         self.refused = 0
         self._reported = (0, 0, 0)
         self._last_report = -math.inf
@@ -176,22 +185,20 @@ class ConnectionLimit:
     @property
     def open(self) -> int:
         """Connections counted against the limit."""
-        # (the one waiting is never among those closing: :meth:`_close`)
-        return len(self._open) - len(self._closing) - (self._waiting is not None)
+        # (one waiting is never among those closing: :meth:`_close`)
+        return len(self._open) - len(self._closing) - len(self._waiting)
 
     def _counted(self) -> set[ZeroCopyStream]:
         """The connections counted: neither closing nor waiting for their first request."""
-        counted = self._open - self._closing
-        if self._waiting is not None:
-            counted.discard(self._waiting)
-        return counted
+        return self._open - self._closing - set(self._waiting.values())
 
     def admit(self, stream: ZeroCopyStream) -> bool:
         """Count ``stream`` in, making room when the limit is reached by closing the longest
         idle connection; else, when the client holding the most would give a busy one up
         to ``stream``'s (:func:`fair_share`), let ``stream`` wait over the limit for its
-        first request, in the place of the one waiting so far; False (the caller closes
-        ``stream``) when none of these may be."""
+        first request, in the place of its client's one waiting so far, else of the one
+        waiting longest when WAITING_AT_ONCE do; False (the caller closes ``stream``) when
+        none of these may be."""
         if self.open < self.limit or self._evict_one():
             self._open.add(stream)
             return True
@@ -201,11 +208,16 @@ class ConnectionLimit:
             self.refused += 1
             self._report()
             return False
-        if self._waiting is not None:  # it asked nothing yet: the newest waits instead
-            self._close(self._waiting)
+        # it asked nothing yet: the newest waits instead, its client's own first, so that a
+        # client connecting again and again replaces only its own
+        making_way = self._waiting.get(stream.client)
+        if making_way is None and len(self._waiting) >= WAITING_AT_ONCE:
+            making_way = next(iter(self._waiting.values()))
+        if making_way is not None:
+            self._close(making_way)
             self.evicted += 1
             self._report()
-        self._waiting = stream
+        self._waiting[stream.client] = stream
         self._open.add(stream)
         return True
 
@@ -213,13 +225,18 @@ class ConnectionLimit:
         """``stream`` was closed (its handler ended)."""
         self._open.discard(stream)
         self._closing.discard(stream)
-        if self._waiting is stream:
-            self._waiting = None
+        self._stop_waiting(stream)
+
+    def _stop_waiting(self, stream: ZeroCopyStream) -> bool:
+        """``stream`` waits no more (for its first request); whether it did."""
+        if self._waiting.get(stream.client) is not stream:
+            return False
+        del self._waiting[stream.client]
+        return True
 
     def _close(self, stream: ZeroCopyStream) -> None:
         """Shut ``stream`` down: it no longer counts, while it unwinds."""
-        if self._waiting is stream:
-            self._waiting = None
+        self._stop_waiting(stream)
         self._closing.add(stream)
         stream.shut_down()
 
@@ -242,9 +259,8 @@ class ConnectionLimit:
         making room by closing the longest idle connection, else the least recently active
         one of the client holding the most (its answer in progress ends as the client's
         failure, as if it had left) when that client still owes one; else it is closed."""
-        if self._waiting is not stream:
+        if not self._stop_waiting(stream):
             return  # counted already, or closed
-        self._waiting = None
         if self.open <= self.limit or self._evict_one():
             return
         client = self._owed(stream)
