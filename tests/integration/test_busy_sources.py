@@ -120,7 +120,9 @@ async def test_a_source_busy_after_its_back_off_is_asked_again_and_backs_off_lon
             if backoff == SETTINGS.busy_backoff:
                 assert achieved == 0  # one busy moment: not priced
             else:  # busy again once its back-off ran out: priced as a failed GET
-                assert 0 < achieved < 1024, achieved
+                # a failed GET's figure (1 byte over the read timeout), aged toward the
+                # prior while the test runs: about 1 kB/s, far below any source that serves
+                assert 0 < achieved < 64 * 1024, achieved
             response = await client.get(t.url(NAME))  # backing off, but its only source
             assert response.status_code == 502
             assert launcher.busy.until(key) - index.clock() <= backoff  # not doubled by it

@@ -595,9 +595,10 @@ async def test_the_api_answers_while_a_32_mib_answer_is_parsed(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     """While the tracker reads and parses the 32 MiB answer, /v1/targets keeps answering:
-    no poll waits a quarter of the time the answer took. Parsed on the event loop, one poll
-    waited for the whole parse, most of that time, however fast or loaded the host; a
-    bound in seconds measured the host instead (0.93 s at -n 4 beside two CPU hogs)."""
+    no poll waits half the time the answer took. Parsed on the event loop, one poll waited
+    for the whole parse, most of that time, however fast or loaded the host; a bound in
+    seconds measured the host instead (0.93 s at -n 4 beside two CPU hogs), and a quarter
+    failed on one slow poll of a fast parse (34 ms of 135 ms, under load)."""
     asked = trio.Event()
 
     async def handle(request: Request) -> Answer:
@@ -628,7 +629,7 @@ async def test_the_api_answers_while_a_32_mib_answer_is_parsed(
     took = trio.current_time() - began
     print(f"\n32 MiB answer: {took:.3f}s, {polls} polls, slowest {slowest:.3f}s")
     assert polls >= 5, polls  # the parse took a while: the API answered meanwhile
-    assert slowest < 0.25 * took
+    assert slowest < 0.5 * took
     assert entries[rpc]["health"] == "down"
     assert entries[rpc]["last_error"] == f"more than {MAX_NODES} entries"
 

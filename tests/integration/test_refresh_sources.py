@@ -5,7 +5,7 @@ from several sources"): real hypercorn tracker, real archives (tests/archives.py
 Each source sends at most ``RATE`` bytes a second per request and the group allows one
 transfer per origin (``source_limits.max_transfers: 1``): a source is capped at ``RATE`` in
 all, so a single-stream client that gets the file faster than one source can send it got
-it from several.
+it from several. The tests of liars pace every source at ``JUDGED_RATE``.
 """
 
 from __future__ import annotations
@@ -63,6 +63,11 @@ NAME, DATA = build_archive(9300, accounts=36, account_size=MiB, seed=3)
 SIZE = len(DATA)
 #: Body bytes per second of one source (one request at a time: max_transfers 1).
 RATE = 3 * MiB
+#: Body bytes per second of every source in the tests of liars (their pieces compared,
+#: rewritten, judged by the whole-file check): they show whose bytes the copy ends with, not
+#: how fast any came, and every range compared is read at this pace, one at a time (at RATE,
+#: 6 of the 9 s of the test of two ports). All of a test's sources keep one pace, as at RATE.
+JUDGED_RATE = 2 * RATE
 
 
 def group(max_transfers: int = 1) -> TargetGroup:
@@ -279,8 +284,11 @@ async def test_a_liar_costs_only_its_pieces_and_is_named(tmp_path: Path) -> None
     body (its stream breaks), the copy is repaired from the others (compared with another
     source, the tie broken by a third), checked again and cached exact, and the liar is
     held back for the archive with a reason (``/v1/targets`` ``last_error``)."""
-    async with sources(2) as honest, serving(LyingUpstream(files={NAME: DATA})) as liar:
-        liar.behaviour[NAME] = Behaviour(rate=RATE)
+    async with (
+        sources(2, JUDGED_RATE) as honest,
+        serving(LyingUpstream(files={NAME: DATA})) as liar,
+    ):
+        liar.behaviour[NAME] = Behaviour(rate=JUDGED_RATE)
         ups = [*honest, liar]
         async with tracker(tmp_path, ups) as t:
             await read_along_then_repaired(t)
@@ -369,8 +377,11 @@ async def test_two_sources_one_liar_the_whole_file_check_judges(
     lies, so the differing ranges are taken from one side and the copy checked, then from
     the other; the side whose bytes pass is honest. The client that read along never gets a
     complete body, the cache ends exact, the liar alone is named."""
-    async with sources(1) as honest, serving(RangeLiar(files={NAME: DATA})) as liar:
-        liar.behaviour[NAME] = Behaviour(rate=RATE)
+    async with (
+        sources(1, JUDGED_RATE) as honest,
+        serving(RangeLiar(files={NAME: DATA})) as liar,
+    ):
+        liar.behaviour[NAME] = Behaviour(rate=JUDGED_RATE)
         ups = [liar, *honest] if liar_first else [*honest, liar]
         async with tracker(tmp_path, ups) as t:
             await read_along_then_repaired(t)
@@ -437,8 +448,8 @@ async def test_a_liar_whose_side_breaks_halfway_leaves_the_honest_side_to_repair
     proxy_log = logging.getLogger("tracker.proxy")
     proxy_log.addHandler(comparing)
     try:
-        async with sources(1) as honest, serving(liar):
-            liar.behaviour[NAME] = Behaviour(rate=RATE)
+        async with sources(1, JUDGED_RATE) as honest, serving(liar):
+            liar.behaviour[NAME] = Behaviour(rate=JUDGED_RATE)
             async with tracker(tmp_path, [liar, *honest]) as t:
                 await read_along_then_repaired(t)
                 assert liar.broken > 0
@@ -636,8 +647,11 @@ async def test_a_liar_wrong_everywhere_is_repaired_around_and_alone_held_back(
     is compared (not only those before the check's first failure), so all the liar's
     pieces are found and rewritten; the copy passes, the liar alone is held back and the
     honest ones still serve the next client (a cache hit, never a 502)."""
-    async with sources(2) as honest, serving(WrongEverywhere(files={NAME: DATA})) as liar:
-        liar.behaviour[NAME] = Behaviour(rate=RATE)
+    async with (
+        sources(2, JUDGED_RATE) as honest,
+        serving(WrongEverywhere(files={NAME: DATA})) as liar,
+    ):
+        liar.behaviour[NAME] = Behaviour(rate=JUDGED_RATE)
         ups = [*honest, liar]
         async with tracker(tmp_path, ups) as t:
             await read_along_then_repaired(t)
@@ -662,7 +676,9 @@ async def test_one_copy_rejected_from_three_sources_counts_once(tmp_path: Path) 
     async with AsyncExitStack() as stack:
         ups = [
             await stack.enter_async_context(
-                serving(FakeUpstream(files={NAME: bad}, behaviour={NAME: Behaviour(rate=RATE)}))
+                serving(
+                    FakeUpstream(files={NAME: bad}, behaviour={NAME: Behaviour(rate=JUDGED_RATE)})
+                )
             )
             for _ in range(3)
         ]
@@ -710,8 +726,11 @@ async def beside_a_mute_liar(
 ) -> AsyncIterator[tuple[Any, WrongThenMute]]:
     """A tracker refreshing from ``honest`` honest sources and a :class:`WrongThenMute`
     liar, muted as the repair begins: the tracker and the liar."""
-    async with sources(honest) as ups, serving(WrongThenMute(files={NAME: DATA})) as liar:
-        liar.behaviour[NAME] = Behaviour(rate=RATE)
+    async with (
+        sources(honest, JUDGED_RATE) as ups,
+        serving(WrongThenMute(files={NAME: DATA})) as liar,
+    ):
+        liar.behaviour[NAME] = Behaviour(rate=JUDGED_RATE)
         handler = MuteWhenComparing(liar)
         logging.getLogger("tracker.proxy").addHandler(handler)
         try:
@@ -766,12 +785,12 @@ async def test_two_ports_of_one_host_are_one_voice(tmp_path: Path) -> None:
     outvoted the honest one at every tie, which was then held back alone (and the copy not
     repaired). Per host, it is two voices: the whole-file check judges between them, the
     copy is repaired from the honest host, and the two ports are named."""
-    honest = FakeUpstream(files={NAME: DATA}, behaviour={NAME: Behaviour(rate=RATE)})
+    honest = FakeUpstream(files={NAME: DATA}, behaviour={NAME: Behaviour(rate=JUDGED_RATE)})
     honest.host = "127.0.0.2"
     liars = [WrongEverywhere(files={NAME: DATA}) for _ in range(2)]
     for liar in liars:
         liar.host = "127.0.0.3"
-        liar.behaviour[NAME] = Behaviour(rate=RATE)
+        liar.behaviour[NAME] = Behaviour(rate=JUDGED_RATE)
     async with AsyncExitStack() as stack:
         ups = [await stack.enter_async_context(serving(up)) for up in (honest, *liars)]
         async with tracker(tmp_path, ups) as t:
@@ -824,14 +843,12 @@ async def test_two_colluding_liars_never_get_the_honest_source_held_back(
     byte: the honest source is not held back for it."""
     async with AsyncExitStack() as stack:
         honest = await stack.enter_async_context(
-            serving(FakeUpstream(files={NAME: DATA}, behaviour={NAME: Behaviour(rate=RATE)}))
+            serving(FakeUpstream(files={NAME: DATA}, behaviour={NAME: Behaviour(rate=JUDGED_RATE)}))
         )
-        liars = [
-            await stack.enter_async_context(
-                serving(WrongEverywhere(files={NAME: DATA}, behaviour={NAME: Behaviour(rate=RATE)}))
-            )
-            for _ in range(2)
-        ]
+        liars = [WrongEverywhere(files={NAME: DATA}) for _ in range(2)]
+        for liar in liars:
+            liar.behaviour[NAME] = Behaviour(rate=JUDGED_RATE)
+            await stack.enter_async_context(serving(liar))
         async with tracker(tmp_path, [honest, *liars]) as t:
             status, _digest, size, _seconds = await get(t.url(NAME))
             assert status == 200 and size < SIZE
