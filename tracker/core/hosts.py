@@ -120,13 +120,7 @@ def machine_of(host: str) -> str:
     a machine's measured throughput is kept for it. Gossip identities cost nothing, and one
     machine advertising its RPC on a thousand addresses of its /64 took a thousand places
     of ``max_targets`` (docs/configuration.md, ``cluster_discovery``). Pure."""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host  # a name
-    if isinstance(address, ipaddress.IPv4Address) or address.scope_id is not None:
-        return host  # a zone id: a link's own host (canonical_host)
-    return machine_and_network(address)[0]
+    return _ipv6_block(host, 0)
 
 
 #: The blocks one operator is routinely given whole: an IPv4 /24 (the smallest block routed
@@ -173,13 +167,20 @@ def party_of(host: str) -> str:
     as it is. A /48 is what one site is given (a tunnel broker hands one out free): counted
     by its /64s, one holder was 65,536 voices, enough for any ``min_agreeing_sources`` and
     any slot's majority (docs/http-api.md#trust). An IPv4 address costs each its own. Pure."""
+    return _ipv6_block(host, 1)
+
+
+def _ipv6_block(host: str, which: int) -> str:
+    """The block of :func:`machine_and_network` (``which``: 0 the machine's /64, 1 the
+    network's /48) an IPv6 address ``host`` is in; a name, an IPv4 address or an address
+    with a zone id (a link's own host, :func:`canonical_host`) as it is. Pure."""
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
         return host  # a name
     if isinstance(address, ipaddress.IPv4Address) or address.scope_id is not None:
-        return host  # a zone id: a link's own host (canonical_host)
-    return machine_and_network(address)[1]
+        return host
+    return machine_and_network(address)[which]
 
 
 def machine_voices(hosts: Sequence[str], discovered: Collection[int]) -> list[str]:
