@@ -793,3 +793,73 @@ async def test_the_check_of_a_file_the_validator_deleted_is_stopped(
             assert stopped == [True]
             assert proofs.of_target(TargetKey("local", str(ledger))) == []
             nursery.cancel_scope.cancel()
+
+
+async def test_a_check_reading_from_a_hung_mount_gives_way_to_the_other_ledgers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each directory was listed in a thread of its own, but the checks run one at a time:
+    a check already reading an archive when its mount hung waited in the kernel, holding
+    that turn, and no other ledger's file was checked for as long as the mount hung (a new
+    full of a group with ``trust.require`` never ranked). Once its directory's listing gets
+    no answer within ``scrape_timeout``, the check gives way (its thread parked until the
+    mount answers) and is tried again after ``retry_after`` (no network: the daemon's own
+    class, real archives; the hung reads are the test's, of the mount's files only)."""
+    import threading
+
+    from archives import build_archive
+
+    import tracker.proof.background.localfiles as localfiles
+    from tracker.config.loading import load_config
+    from tracker.core.digests import Digests
+    from tracker.ordering.index import Index
+    from tracker.proof.records.localcopies import holder
+
+    mount, ledger = tmp_path / "mount", tmp_path / "ledger"
+    mount.mkdir()
+    ledger.mkdir()
+    (first, first_data), (second, second_data) = build_archive(100), build_archive(200)
+    (mount / first).write_bytes(first_data)
+    config = load_config(write_config(tmp_path, {
+        "scrape_interval": "3s", "scrape_timeout": "1s", "prove_accounts": False,
+        "target_groups": [
+            {"group": "a", "local_targets": {"paths": [str(mount)]}},
+            {"group": "b", "local_targets": {"paths": [str(ledger)]}},
+        ],
+    }))  # fmt: skip
+    answers, reading = threading.Event(), trio.Event()
+    token = trio.lowlevel.current_trio_token()
+    real_pread, real_scan = os.pread, localfiles.scan_local
+
+    def pread(fd: int, count: int, offset: int) -> bytes:
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(str(mount)):
+            trio.from_thread.run_sync(reading.set, trio_token=token)
+            answers.wait(60)  # the mount hangs under the check's read
+        return real_pread(fd, count, offset)
+
+    def scan(path: str) -> Any:
+        if path == str(mount) and reading.is_set():
+            answers.wait(60)  # and under its listing once it does
+        return real_scan(path)
+
+    monkeypatch.setattr(os, "pread", pread)
+    monkeypatch.setattr(localfiles, "scan_local", scan)
+    digests = Digests()
+    proofs = localfiles.LocalProofs(lambda: config, Index(), digests, every=0.05)
+
+    async def checked() -> bool:
+        return digests.of(holder(str(ledger / second)), "b", second) is not None
+
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(proofs.run)
+            with trio.fail_after(30):
+                await reading.wait()  # the mount's check reads, then the mount hangs
+            (ledger / second).write_bytes(second_data)
+            # the hung listing is left after 1 s, the check within FollowingCheck.stopped's
+            # 10 s: the other ledger's file is checked long before the mount answers
+            await wait_until(checked, timeout=40)
+            assert digests.of(holder(str(mount / first)), "a", first) is None
+            nursery.cancel_scope.cancel()
+    finally:
+        answers.set()

@@ -149,11 +149,12 @@ class LocalProofs(Rounds):
         found: list[tuple[LocalCopy, FileIdentity | None]] = []
         deferred: set[TargetKey] = set()
         unlisted: set[TargetKey] = set()
+        hung: set[TargetKey] = set()
         if config.verify_archives:
-            found, deferred, unlisted = await self._listed(config)
+            found, deferred, unlisted, hung = await self._listed(config)
         now = {c.path: (c, i) for c, i in found}
         self._forget_changed(now, deferred, unlisted)
-        self._stop_gone(now, deferred)
+        self._stop_gone(now, deferred, hung)
         running = [(c, i) for c, i in found if c.path not in self._running]
         due = checks_due(
             running,
@@ -178,14 +179,17 @@ class LocalProofs(Rounds):
 
     async def _listed(
         self, config: Config
-    ) -> tuple[list[tuple[LocalCopy, FileIdentity | None]], set[TargetKey], set[TargetKey]]:
+    ) -> tuple[
+        list[tuple[LocalCopy, FileIdentity | None]], set[TargetKey], set[TargetKey], set[TargetKey]
+    ]:
         """Every archive in the local targets' directories, with the identity of its file
         now (None: gone meanwhile), in the config's order; the targets whose directory was
         not listed for a cause of this process's own (its want of descriptors or memory,
         :func:`tracker.net.limits.exhausted`, as the scrape defers them; or no answer
         within ``scrape_timeout``: a hung mount, which says nothing of its files either);
-        and those whose directory could not be listed otherwise (closed to the tracker's
-        user, gone). Each directory is listed in a thread of its own
+        those whose directory could not be listed otherwise (closed to the tracker's
+        user, gone); and, among the first, those that gave no answer (hung). Each
+        directory is listed in a thread of its own
         (:class:`tracker.discovery.local.DirectoryThreads`, shared with the scrape), all
         at once: one on a mount that hangs costs its own files, never the others' checks,
         and is abandoned at its bound and at the stop (docs/architecture.md, "Proven
@@ -198,6 +202,7 @@ class LocalProofs(Rounds):
         listed: dict[TargetKey, list[tuple[LocalCopy, FileIdentity | None]]] = {}
         deferred: set[TargetKey] = set()
         unlisted: set[TargetKey] = set()
+        hung: set[TargetKey] = set()
 
         async def list_one(key: TargetKey) -> None:
             try:
@@ -206,6 +211,7 @@ class LocalProofs(Rounds):
                 )
             except trio.TooSlowError:
                 deferred.add(key)  # its target shows why (the scrape's probe)
+                hung.add(key)
             except ProbeError as exc:
                 (deferred if exhausted(exc) else unlisted).add(key)
 
@@ -213,7 +219,7 @@ class LocalProofs(Rounds):
             for key in keys:
                 nursery.start_soon(list_one, key)
         found = [entry for key in keys for entry in listed.get(key, ())]
-        return found, deferred, unlisted
+        return found, deferred, unlisted, hung
 
     async def _check_one(self, copy: LocalCopy, identity: FileIdentity) -> None:
         """Check ``copy`` when no other check runs, then mark what it said; stopped (and
@@ -231,6 +237,7 @@ class LocalProofs(Rounds):
         self,
         now: dict[str, tuple[LocalCopy, FileIdentity | None]],
         deferred: Collection[TargetKey],
+        hung: Collection[TargetKey] = (),
     ) -> None:
         """Stop each started check whose file is no longer listed, or is another file now
         (``now``: by path). agave deletes its oldest archives as it writes new ones: a check
@@ -238,10 +245,27 @@ class LocalProofs(Rounds):
         the validator's disk by the descriptor) while every other check, the new full's
         among them, waited behind it; what it said would have been forgotten at once.
         Those of a directory in ``deferred`` (not listed for this process's own cause) run
-        on."""
+        on, but for those of a directory in ``hung`` (no answer within ``scrape_timeout``),
+        which give way: tried again after ``retry_after``."""
         for path, (identity, scope) in self._running.items():
             copy, listed = now.get(path, (None, None))
-            if copy is None and path in self._copies and self._copies[path].key in deferred:
+            was = self._copies.get(path)
+            if copy is None and was is not None and was.key in hung:
+                # Its mount does not answer: a check already reading a file there waits in
+                # the kernel for as long as it hangs, holding the one-at-a-time lock, so
+                # every other ledger's checks waited too. Cancelled, it gives the lock back
+                # within FollowingCheck.stopped's bound; its thread stays parked until the
+                # mount answers, then ends at its next read, so it reads nothing beside the
+                # next check (docs/architecture.md, "Proven archives": "Local files").
+                if not scope.cancel_called:
+                    scope.cancel()
+                    self._tried_short(path)
+                    log_event(
+                        log, "warning", "local_check_failed", path=path,
+                        error="its directory did not answer (a hung mount?): given way",
+                    )  # fmt: skip
+                continue
+            if copy is None and was is not None and was.key in deferred:
                 continue
             if listed != identity:
                 scope.cancel()
