@@ -8,10 +8,15 @@ is kept (:attr:`FileChecks.secrets`) for the section that uses it
 
 from __future__ import annotations
 
+import enum
 import os
 import ssl
 import stat
+import threading
+import time
 from typing import TYPE_CHECKING
+
+import attrs
 
 from tracker.config import values
 from tracker.config.targetfile import is_host_port, read_target_file
@@ -32,6 +37,9 @@ class FileChecks:
         self.base_dir = base_dir
         #: Secret files' texts by absolute path (one trailing newline dropped).
         self.secrets: dict[str, str] = {}
+        #: What each ``local_targets`` directory was found to be, once per load (the
+        #: warnings and the checks across sections read it too: :class:`PathLooks`).
+        self.looks = PathLooks()
 
     def resolve(self, value: object) -> str:
         """A string path, absolute (relative to the config's directory); ``""`` stays.
@@ -119,7 +127,10 @@ class FileChecks:
         path = self.resolve(value)
         if not path:
             raise ValueError("must not be empty")
-        if os.path.exists(path) and not os.path.isdir(path):
+        # Looked at in a thread within a bound (:func:`look_at`): a directory on a hung
+        # mount is a warning too, where a stat held check-config, serve and every reload
+        # (docs/configuration.md, the ``local_targets.paths`` row).
+        if self.looks.look(path).kind is Seen.OTHER:
             raise ValueError(f"not a directory: {path!r}")
         return path
 
@@ -131,6 +142,113 @@ class FileChecks:
         if problem:
             raise ValueError(problem)
         return path
+
+
+class Seen(enum.Enum):
+    """What a path was found to be (:func:`look_at`)."""
+
+    DIRECTORY = "directory"
+    #: Nothing there (a link to nothing too), or not to be looked at (``os.path.exists``
+    #: says False for both): a mount not up yet.
+    MISSING = "missing"
+    OTHER = "other"
+    #: No answer within :data:`LOOK_BOUND` (a hung NFS or FUSE mount).
+    HUNG = "hung"
+
+
+@attrs.frozen
+class Look:
+    """What a path is, and its real path ("" unless it answered)."""
+
+    kind: Seen
+    real: str = ""
+
+
+#: How long loading the config waits for one path's answer. A healthy file system answers a
+#: stat in microseconds, a busy NFS server in well under a second; a mount that is hung
+#: would otherwise hold check-config, serve's start and every reload behind it for good.
+LOOK_BOUND = 3.0
+
+
+def seen(mode: int | None) -> Seen:
+    """What a path whose stat gave ``mode`` is (None: the stat failed, as for a path that
+    is not there). Pure."""
+    if mode is None:
+        return Seen.MISSING
+    return Seen.DIRECTORY if stat.S_ISDIR(mode) else Seen.OTHER
+
+
+class _Looking:
+    """One thread's look at one path: its answer once :attr:`done` is set."""
+
+    def __init__(self) -> None:
+        self.began = time.monotonic()
+        self.done = threading.Event()
+        self.answer = Look(Seen.HUNG)
+
+    def run(self, path: str) -> None:
+        mode: int | None = None
+        try:
+            try:
+                mode = os.stat(path).st_mode
+            except (OSError, ValueError):  # what makes ``os.path.exists`` say False
+                mode = None
+            # The real path walks the components the stat just walked (the kernel has them)
+            # and is taken once here for the cache directory's check (sections.local_problems).
+            self.answer = Look(seen(mode), os.path.realpath(path))
+        except (OSError, ValueError):  # (realpath: a loop of links is an answer too)
+            self.answer = Look(seen(mode))
+        finally:
+            with _LOOKING_LOCK:
+                if _LOOKING.get(path) is self:
+                    del _LOOKING[path]
+            self.done.set()
+
+
+#: The looks whose thread has not ended, by path: at most one per path however many loads
+#: ask (a mount that stays hung holds one thread, never one per reload).
+_LOOKING: dict[str, _Looking] = {}
+_LOOKING_LOCK = threading.Lock()
+
+
+def look_at(path: str, bound: float = LOOK_BOUND) -> Look:
+    """What ``path`` is (one ``os.stat``, following links) and its real path, looked at in a
+    daemon thread and waited for at most ``bound`` seconds from that thread's start. A path
+    whose look is still running from an earlier call is not looked at again: that look is
+    waited for within what is left of its bound, so a path hung longer than that answers
+    :attr:`Seen.HUNG` at once. The thread of a hung path is left until it answers (a daemon:
+    it never holds the exit). A thread that cannot be started answers HUNG as well."""
+    with _LOOKING_LOCK:
+        looking = _LOOKING.get(path)
+        started = looking is None
+        if looking is None:
+            looking = _LOOKING[path] = _Looking()
+    if started:
+        thread = threading.Thread(
+            target=looking.run, args=(path,), name=f"config look {path}", daemon=True
+        )
+        try:
+            thread.start()
+        except RuntimeError:  # no thread to be had (this process's limits): no answer
+            with _LOOKING_LOCK:
+                del _LOOKING[path]
+            return Look(Seen.HUNG)
+    looking.done.wait(max(0.0, looking.began + bound - time.monotonic()))
+    return looking.answer if looking.done.is_set() else Look(Seen.HUNG)
+
+
+class PathLooks:
+    """The looks of one load: each path looked at once (:func:`look_at`), whoever asks."""
+
+    def __init__(self, bound: float = LOOK_BOUND) -> None:
+        self.bound = bound
+        self._seen: dict[str, Look] = {}
+
+    def look(self, path: str) -> Look:
+        """What ``path`` is, looked at on the first ask of this load."""
+        if path not in self._seen:
+            self._seen[path] = look_at(path, self.bound)
+        return self._seen[path]
 
 
 #: The largest file a config names that is read whole (a secret, a CA bundle of TLS).

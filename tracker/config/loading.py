@@ -35,7 +35,7 @@ import os
 import attrs
 
 from tracker.config.converter import as_mapping, config_converter
-from tracker.config.files import FileChecks
+from tracker.config.files import FileChecks, PathLooks
 from tracker.config.problems import Path, flatten, lines
 from tracker.config.schema import Config
 from tracker.config.sections import (
@@ -65,7 +65,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ConfigError([f"{file_path}: the config file is empty"])
     if not isinstance(raw, dict):
         raise ConfigError([f"{file_path}: expected a mapping of settings, got {describe(raw)}"])
-    converter = config_converter(FileChecks(os.path.dirname(file_path)))
+    checks = FileChecks(os.path.dirname(file_path))
+    converter = config_converter(checks)
     config: Config | None = None
     problems: list[tuple[Path, str]] = []
     try:
@@ -78,15 +79,15 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         config = attrs.evolve(config, target_groups=groups, group_entries=entries)
         problems += merging
         problems += store_problems(config) + proof_problems(config) + listener_problems(config)
-        problems += local_problems(config)
+        problems += local_problems(config, checks.looks)
     if problems or config is None:
         raise ConfigError(lines(problems))
-    return _finish_config(config, file_path)
+    return _finish_config(config, file_path, checks.looks)
 
 
-def _finish_config(config: Config, file_path: str) -> Config:
+def _finish_config(config: Config, file_path: str, looks: PathLooks) -> Config:
     default_group = config.default_group
     if not default_group and config.target_groups:
         default_group = config.target_groups[0].group
     config = attrs.evolve(config, default_group=default_group, config_path=file_path)
-    return attrs.evolve(config, warnings=tuple(config_warnings(config)))
+    return attrs.evolve(config, warnings=tuple(config_warnings(config, looks)))

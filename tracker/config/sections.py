@@ -17,7 +17,7 @@ from typing import Any
 
 import attrs
 
-from tracker.config.files import tls_context
+from tracker.config.files import PathLooks, Seen, tls_context
 from tracker.config.problems import Path, raise_problems
 from tracker.config.schema import (
     TARGET_KINDS,
@@ -365,7 +365,7 @@ def listener_problems(config: Config) -> list[tuple[Path, str]]:
     return []
 
 
-def local_problems(config: Config) -> list[tuple[Path, str]]:
+def local_problems(config: Config, looks: PathLooks | None = None) -> list[tuple[Path, str]]:
     """A directory of ``local_targets`` listed twice (in two groups, or twice in one): its
     files' checks, proofs and digests are kept by path, and one scan of a directory runs at
     a time, so the second listing was shown down ("the last scan has not ended") and one
@@ -375,7 +375,10 @@ def local_problems(config: Config) -> list[tuple[Path, str]]:
     (their real paths compared, :func:`holds`): the cache directory is the tracker's own, its
     subdirectories taken for groups' and an orphaned one's archives removed when a refresh
     lacks the room (docs/proxy.md, "Orphaned archives"), so a validator's ledger there lost
-    its snapshots to the cache."""
+    its snapshots to the cache. Each directory's real path is the load's ``looks`` (else
+    looked at now: :func:`~tracker.config.files.look_at`); one that did not answer (a hung
+    mount) is not compared, never waited for."""
+    looked = looks if looks is not None else PathLooks()
     found: list[tuple[Path, str]] = []
     first: dict[str, int] = {}
     cache = config.proxy_snapshot_cache_dir
@@ -393,7 +396,10 @@ def local_problems(config: Config) -> list[tuple[Path, str]]:
                 )
                 continue
             first[key] = index
-            if cache and held is None and holds(cache, os.path.realpath(directory)):
+            if not cache or held is not None:
+                continue
+            look = looked.look(directory)
+            if look.kind is not Seen.HUNG and look.real and holds(cache, look.real):
                 held = (directory, index)
     if held is not None:
         message = (

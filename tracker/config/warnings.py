@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import attrs
 
+from tracker.config.files import PathLooks, Seen
 from tracker.config.problems import lines
 from tracker.config.schema import TARGET_KINDS, Config, TargetGroup, rpc_identity
 from tracker.config.sections import proof_problems, store_problems
@@ -36,9 +37,11 @@ from tracker.proof.accounts.machine import cgroup_memory
 from tracker.proof.levels import Level
 
 
-def config_warnings(config: Config) -> list[str]:
+def config_warnings(config: Config, looks: PathLooks | None = None) -> list[str]:
     """What is valid in ``config`` but probably unintended or unguarded, one line each
-    (key path first); ``load_config`` puts them in ``Config.warnings``."""
+    (key path first); ``load_config`` puts them in ``Config.warnings``, passing the
+    ``looks`` its checks took of the ``local_targets`` directories (else looked at now)."""
+    looked = looks if looks is not None else PathLooks()
     found: list[str] = []
     if config.proxy_snapshot_cache_dir and not config.proxy_snapshot_downloads:
         found.append(
@@ -49,7 +52,9 @@ def config_warnings(config: Config) -> list[str]:
         found.append("target_groups: none configured; the tracker will know no snapshots")
     entries = config.group_entries or range(len(config.target_groups))
     for index, group in zip(entries, config.target_groups, strict=True):
-        found += [f"target_groups[{index}]{line}" for line in _group_warnings(group, config)]
+        found += [
+            f"target_groups[{index}]{line}" for line in _group_warnings(group, config, looked)
+        ]
     for later, earlier in similar_group_names([g.group for g in config.target_groups]):
         name, other = config.target_groups[later].group, config.target_groups[earlier].group
         found.append(
@@ -220,7 +225,7 @@ def brings_targets(group: TargetGroup, kind: str) -> bool:
     return listed is None or bool(listed)
 
 
-def _group_warnings(group: TargetGroup, config: Config) -> list[str]:
+def _group_warnings(group: TargetGroup, config: Config, looks: PathLooks) -> list[str]:
     found: list[str] = []
     if not any(brings_targets(group, kind) for kind in TARGET_KINDS):
         found.append(": no targets of any kind; the group stays empty")
@@ -269,14 +274,29 @@ def _group_warnings(group: TargetGroup, config: Config) -> list[str]:
         path = group.file_targets.path
         found.append(f".file_targets.path: {path!r} does not exist yet (re-read every scrape)")
     for at, directory in enumerate(group.local_targets.paths if group.local_targets else ()):
-        if not os.path.exists(directory):  # (a link to nothing: a mount not up yet)
-            found.append(
-                f".local_targets.paths[{at}]: {directory!r} does not exist yet (listed every"
-                " scrape: its target shows failing until it appears)"
-            )
+        found += [
+            f".local_targets.paths[{at}]: {line}"
+            for line in directory_warning(directory, looks.look(directory).kind, looks.bound)
+        ]
     if group.basic_auth is not None and group.bearer_auth is not None:
         found.append(": both basic_auth and bearer_auth set; the bearer token is sent")
     return found + _unmatched_known_sources(group) + _shadowed_targets(group)
+
+
+def directory_warning(directory: str, kind: Seen, bound: float) -> list[str]:
+    """The warning of a ``local_targets`` directory found ``kind`` at load (looked at
+    within ``bound`` seconds), if any. Pure."""
+    if kind is Seen.MISSING:  # (a link to nothing: a mount not up yet)
+        return [
+            f"{directory!r} does not exist yet (listed every scrape: its target shows failing"
+            " until it appears)"
+        ]
+    if kind is Seen.HUNG:  # its listings are bounded at runtime (discovery.local)
+        return [
+            f"{directory!r} did not answer within {bound:g}s (a hung mount?): not"
+            " checked; listed every scrape, its target shows failing until it answers"
+        ]
+    return []
 
 
 def _shadowed_targets(group: TargetGroup) -> list[str]:
