@@ -198,18 +198,14 @@ async def test_a_liars_status_cache_never_reaches_the_ledger_in_a_copy_proven_to
     assert checked and int(getattr(checked[0], "tracker_fields", {})["rewritten"]) > 0
 
 
-async def test_a_resumed_copy_proven_to_accounts_keeps_no_earlier_sources_status_cache(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """An earlier run took the first half of a full proven to ``accounts`` from a liar
-    (another status cache, nothing else) and was killed, leaving its temp file and a state
-    naming that source; this run resumes it from the honest source alone. The copy is of
-    several sources (the state says so), and the state does not say who wrote which bytes:
-    those of its head are asked of this run's first source again, and the ledger holds its
-    archive."""
+def resumed_from_a_liar(tmp_path: Path) -> tuple[str, bytes, Path, int]:
+    """A ledger where an earlier run of a full proven to ``accounts`` took its first half
+    from a liar (another status cache, nothing else) and was killed: its temp file and a
+    state naming that source. Returns the archive's name, the honest bytes, the ledger and
+    the half's length."""
     from helpers_upstream import UPSTREAM_ETAG, UPSTREAM_LAST_MODIFIED
 
-    from tracker.fetch.state import State, save_state, temp_path
+    from tracker.fetch.state import State, save_state
     from tracker.multisource.sources import Identity
 
     name, good, lie = status_cache_twins(9330)
@@ -219,6 +215,19 @@ async def test_a_resumed_copy_proven_to_accounts_keeps_no_earlier_sources_status
     identity = Identity(len(lie), UPSTREAM_ETAG, UPSTREAM_LAST_MODIFIED)
     liar = "http://127.0.0.1:9/v1/snapshot/" + name
     save_state(str(ledger), State(name, identity, ((0, half),), writers=(liar,)))
+    return name, good, ledger, half
+
+
+async def test_a_resumed_copy_proven_to_accounts_keeps_no_earlier_sources_status_cache(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An earlier run took the first half of a full proven to ``accounts`` from a liar
+    (another status cache, nothing else) and was killed, leaving its temp file and a state
+    naming that source; this run resumes it from the honest source alone. The copy is of
+    several sources (the state says so), and the state does not say who wrote which bytes:
+    those of its head are asked of this run's first source again, and the ledger holds its
+    archive."""
+    name, good, ledger, half = resumed_from_a_liar(tmp_path)
     honest = FakeUpstream(files={name: good})
     settings = attrs.evolve(FAST, verify=True, piece_size=256 * 1024)
     caplog.set_level(logging.INFO, logger="tracker.fetch")
@@ -303,20 +312,10 @@ async def test_a_fetch_cancelled_while_its_repaired_copy_is_checked_again_waits_
     that check was cancelled and left running, so the process's exit cut its thread off
     mid-proof (its hashing process and spilled files left behind), as the first check's
     was before (test_cli_signals.py). The fetch now ends once that check stopped."""
-    from helpers_upstream import UPSTREAM_ETAG, UPSTREAM_LAST_MODIFIED
-
     from tracker.fetch import download, unbound
-    from tracker.fetch.state import State, save_state
-    from tracker.multisource.sources import Identity
     from tracker.proof.archive.archivecheck import FollowingCheck
 
-    name, good, lie = status_cache_twins(9330)
-    ledger = ledger_of(tmp_path)
-    half = len(lie) // 2
-    (ledger / Path(temp_path(str(ledger), name)).name).write_bytes(lie[:half])
-    identity = Identity(len(lie), UPSTREAM_ETAG, UPSTREAM_LAST_MODIFIED)
-    liar = "http://127.0.0.1:9/v1/snapshot/" + name
-    save_state(str(ledger), State(name, identity, ((0, half),), writers=(liar,)))
+    name, good, ledger, _half = resumed_from_a_liar(tmp_path)
     honest = FakeUpstream(files={name: good})
     settings = attrs.evolve(FAST, verify=True, piece_size=256 * 1024)
     again: list[FollowingCheck] = []

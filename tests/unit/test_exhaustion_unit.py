@@ -297,6 +297,13 @@ def _admitted(limit: ConnectionLimit, stream: FakeStream) -> bool:
     return limit.admit(stream)  # type: ignore[arg-type]
 
 
+def _answering(limit: ConnectionLimit, *streams: FakeStream) -> None:
+    """Admit each of ``streams`` and start its first request: connections busy answering."""
+    for stream in streams:
+        assert _admitted(limit, stream)
+        stream.request()
+
+
 def test_a_connection_owed_a_busy_ones_place_takes_it_only_with_its_first_request() -> None:
     # A scanner's connection that asks nothing took the place of a download in progress at
     # once: every scanner that hit a full listener ended an aria2c's connection.
@@ -323,9 +330,7 @@ def test_a_client_connecting_again_and_again_replaces_only_its_own_waiting_conne
     # again, asking nothing, closed every other client's newcomer before its request.
     limit = ConnectionLimit(2, clock=lambda: 0.0)
     hog = [FakeStream("a", last_active=t) for t in (2.0, 1.0)]
-    for stream in hog:
-        assert _admitted(limit, stream)
-        stream.request()
+    _answering(limit, *hog)
     silent = [FakeStream("s")]
     newcomer = FakeStream("b")
     assert _admitted(limit, silent[0]) and _admitted(limit, newcomer)
@@ -341,9 +346,7 @@ def test_a_client_connecting_again_and_again_replaces_only_its_own_waiting_conne
 
 def test_at_most_a_few_connections_wait_over_the_limit_the_longest_waiting_making_way() -> None:
     limit = ConnectionLimit(2, clock=lambda: 0.0)
-    for stream in (FakeStream("a"), FakeStream("a")):
-        assert _admitted(limit, stream)
-        stream.request()
+    _answering(limit, FakeStream("a"), FakeStream("a"))
     waiting = [FakeStream(f"c{n}") for n in range(WAITING_AT_ONCE + 2)]
     for stream in waiting:
         assert _admitted(limit, stream)
@@ -355,9 +358,7 @@ def test_at_most_a_few_connections_wait_over_the_limit_the_longest_waiting_makin
 def test_a_connection_waiting_over_the_limit_is_forgotten_when_it_closes() -> None:
     limit = ConnectionLimit(2, clock=lambda: 0.0)
     hog = [FakeStream("a"), FakeStream("a")]
-    for stream in hog:
-        assert _admitted(limit, stream)
-        stream.request()
+    _answering(limit, *hog)
     waiting = FakeStream("b")
     assert _admitted(limit, waiting)
     limit.release(waiting)  # the keep-alive timeout closed it
@@ -369,9 +370,7 @@ def test_a_connection_waiting_over_the_limit_is_forgotten_when_it_closes() -> No
 def test_a_connection_that_waited_is_refused_when_no_client_owes_it_a_place_any_more() -> None:
     limit = ConnectionLimit(2, clock=lambda: 0.0)
     first, second = FakeStream("a"), FakeStream("a")
-    for stream in (first, second):
-        assert _admitted(limit, stream)
-        stream.request()
+    _answering(limit, first, second)
     waiting = FakeStream("b")
     assert _admitted(limit, waiting)
     limit.release(first)  # its download ended: room, taken by another of b's
@@ -386,9 +385,7 @@ def test_a_connection_that_waited_is_refused_when_no_client_owes_it_a_place_any_
 def test_a_connection_that_waited_takes_the_room_made_meanwhile() -> None:
     limit = ConnectionLimit(2, clock=lambda: 0.0)
     first, second = FakeStream("a"), FakeStream("a")
-    for stream in (first, second):
-        assert _admitted(limit, stream)
-        stream.request()
+    _answering(limit, first, second)
     waiting = FakeStream("b")
     assert _admitted(limit, waiting)
     limit.release(first)
