@@ -13,6 +13,7 @@ from fakes import Rpc, Sidecar, Validator, sidecar_info
 from helpers_ports import REFUSED
 from helpers_server import serve_app
 from helpers_tracker import start_tracker, wait_until, write_config
+from helpers_wire import raw_request
 from names import full_name, incremental_name
 
 TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
@@ -309,6 +310,29 @@ async def test_concrete_route_redirects_to_source(
         assert response.headers["location"] == f"{upstream}/v1/snapshot/{name}"
     assert (await client.get(f"{base}/v1/{name}?group=empty")).status_code == 404
     assert (await client.get(f"{base}/v1/{full_name(7)}")).status_code == 404
+
+
+async def test_a_doubled_slash_inside_a_path_is_a_404_not_a_redirect_built_from_host(
+    two_groups: tuple[str, Sidecar, str],
+) -> None:
+    """werkzeug answered ``/v1//snapshots`` (and any route with ``//`` inside) with a 308:
+    an HTML page, and a ``location`` made of the request's own ``Host`` (neither
+    ``public_url`` nor ``X-Forwarded-*``: ``http://`` behind a TLS proxy, the path prefix
+    lost) that kept the query string. No route has an empty segment: 404, in its words."""
+    base, sidecar, _ = two_groups
+    name = sidecar.body[2]["files"][0]["file_name"]
+    forwarded = [("x-forwarded-proto", "https"), ("x-forwarded-host", "tracker.example")]
+    for path, body in [
+        ("/v1//snapshots?group=main", b'{"error":"not found"}'),
+        ("/v1//snapshot.tar.bz2?group=main", b"not found\n"),
+        (f"/v1/main//{name}", b"not found\n"),
+    ]:
+        for method in ("GET", "HEAD"):
+            wire = await raw_request(base, path, method=method, headers=forwarded)
+            assert (wire.status, wire.header("location")) == (404, None), (path, wire.headers)
+            assert wire.body == (b"" if method == "HEAD" else body), path
+    # One slash too many in front is no empty segment: the route itself, as before.
+    assert (await raw_request(base, "//v1/snapshots?group=main")).status == 200
 
 
 async def test_best_snapshots_and_max(

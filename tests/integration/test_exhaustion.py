@@ -210,6 +210,25 @@ async def test_what_h11_refuses_is_answered_in_one_line(
     assert closed
 
 
+@pytest.mark.parametrize("size", [16 * 1024 + 1, 60 * 1024])
+async def test_a_head_over_16_kib_is_refused_however_it_arrives(size: int) -> None:
+    """h11 bounds a request head only while it is incomplete: one that came whole in a
+    read (hypercorn reads 64 KiB) was served, the same one cut in two by the network got
+    a 431. A head over 16 KiB is refused however its bytes arrive (docs/http-api.md,
+    "Errors")."""
+    line = b"GET /v1/snapshots HTTP/1.1\r\n"  # fields written tightly: the head's own size
+    head = line + b"host:t\r\nx:" + b"a" * (size - len(line) - 14) + b"\r\n\r\n"
+    assert len(head) == size
+    async with proxy_tracker() as t:
+        received, closed = await exchange(t.base, head)
+        # One byte less is served: the bound is the head's size, not its arrival.
+        under, _ = await exchange(t.base, head.replace(b"x:a", b"x:", 1))
+    answer, _, body = received.partition(b"\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 431 "), answer
+    assert (body, closed) == (b"request head too large\n", True)
+    assert under.startswith(b"HTTP/1.1 431 " if size > 16 * 1024 + 1 else b"HTTP/1.1 200 ")
+
+
 async def test_an_h2c_upgrade_is_answered_in_http_1_1() -> None:
     # HTTP/2 is not served: its streams bypassed the zero-copy sends, and a stream whose
     # flow-control window stayed 0 had a whole archive buffered in the tracker's memory.

@@ -216,9 +216,9 @@ async def test_the_internal_listener_answers_a_slip_in_one_plain_line(tmp_path: 
         assert await serve.stop() == 0
 
 
-async def upgrade(base: str, path: str) -> bytes:
+async def upgrade(base: str, path: str, behind: bytes = b"") -> bytes:
     """The head of the answer to a WebSocket upgrade of ``path`` (sent by hand: no client
-    of the suite speaks WebSocket)."""
+    of the suite speaks WebSocket), ``behind`` sent in the same packet after it."""
     host, port = base.removeprefix("http://").rsplit(":", 1)
     request = (
         f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\n"
@@ -227,7 +227,7 @@ async def upgrade(base: str, path: str) -> bytes:
     )
     stream = await trio.open_tcp_stream(host, int(port))
     async with stream:
-        await stream.send_all(request.encode())
+        await stream.send_all(request.encode() + behind)
         answer = b""
         with trio.fail_after(10):
             while not _whole(answer) and (chunk := await stream.receive_some(4096)):
@@ -268,6 +268,38 @@ async def test_a_websocket_upgrade_gets_a_400_line_not_a_500_traceback(tmp_path:
             if line.startswith("snapshot_tracker_http_requests_total") and 'status="400"' in line
         ]
         assert float(counted.rsplit(" ", 1)[1]) == 2  # the public listener's
+    finally:
+        assert await serve.stop() == 0
+    assert "Traceback" not in serve.log and "Error in ASGI" not in serve.log
+
+
+#: What a client sends behind its upgrade without waiting for the answer: a pipelined
+#: request, and an eager first frame (a masked text frame of 5 bytes, its payload unsent).
+BEHIND_AN_UPGRADE = {
+    "a pipelined request": b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
+    "a first frame": b"\x81\x85abcd",
+}
+
+
+async def test_bytes_behind_a_websocket_upgrade_cost_no_more_than_its_connection(
+    tmp_path: Path,
+) -> None:
+    """hypercorn gave what came behind an upgrade to its WebSocket stream, whose handshake
+    (not accepted) answered it in the middle of the 400: h11 raised, and the error ended
+    the listener's nursery and the process, both listeners with it (one packet from any
+    client stopped the tracker). The upgrade is refused in one line and its connection
+    closed; the tracker answers on."""
+    serve = await start_serve("--config", str(write(tmp_path)))
+    try:
+        for base, path in [(serve.base, "/v1/snapshots"), (serve.internal, "/healthz")]:
+            for what, behind in BEHIND_AN_UPGRADE.items():
+                answer = await upgrade(base, path, behind)
+                assert answer.startswith(b"HTTP/1.1 400 "), (path, what, answer)
+                assert answer.endswith(b"\r\n\r\nthis server does not speak WebSocket\n")
+                assert b"\r\nconnection: close\r\n" in answer
+        async with httpx.AsyncClient(verify=client_tls(), trust_env=False, timeout=10) as client:
+            assert (await client.get(f"{serve.base}/v1/snapshots")).json() == []
+            assert (await client.get(f"{serve.internal}/healthz")).status_code == 200
     finally:
         assert await serve.stop() == 0
     assert "Traceback" not in serve.log and "Error in ASGI" not in serve.log

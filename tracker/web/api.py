@@ -64,6 +64,10 @@ def create_app(deps: ApiDeps, *, on_response: ResponseCounter | None = None) -> 
     ``seconds`` runs from the request's arrival to its response head (None when unknown).
     """
     app = QuartTrio(__name__)
+    # No route has an empty segment: werkzeug answered a ``//`` inside a path with a 308 of
+    # its own (an HTML page, a location built from the raw Host, the query kept), not one
+    # of the redirects docs/http-api.md describes. Set before the routes, which read it.
+    app.url_map.merge_slashes = False
     if on_response is not None:
         _count_responses(app, on_response)
     # Downloads last hours; stalled clients are bounded at the socket level instead.

@@ -105,7 +105,7 @@ class FastRedirects:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         began = time.monotonic()
         answer, rule = None, ""
-        if scope["type"] == "websocket":
+        if asks_websocket(scope):
             status = await refuse_websocket(scope, send)
             self.answered += 1
             if self._on_response is not None:
@@ -209,17 +209,37 @@ def bad_host_answer(path: str) -> RawAnswer:
 NO_WEBSOCKET = "this server does not speak WebSocket"
 
 
+def asks_websocket(scope: Any) -> bool:
+    """True for a WebSocket request: a WebSocket scope, or an HTTP one of a GET that asks
+    to switch to it (``connection: upgrade``, ``upgrade: websocket``), as the tracker's
+    listeners give it (:func:`tracker.zerocopy.server.http_streams_only`)."""
+    if scope["type"] == "websocket":
+        return True
+    if scope["type"] != "http" or scope.get("method") != "GET":
+        return False
+    tokens = _header(scope, b"connection").lower().split(",")
+    upgrade = _header(scope, b"upgrade").strip().lower()
+    return upgrade == "websocket" and any(token.strip() == "upgrade" for token in tokens)
+
+
 async def refuse_websocket(scope: Any, send: Any) -> int:
-    """Answer a WebSocket request before Quart (no route speaks it, and Quart's error
-    handlers, which read the HTTP request, raised on one: a 500 and a traceback logged for
-    every upgrade a client sent): 400 with one line where the server can send an HTTP
-    answer to it (the ASGI ``websocket.http.response`` extension, hypercorn's), else the
-    handshake refused (the server answers 403). Returns the status."""
+    """Answer a WebSocket request (:func:`asks_websocket`) before Quart (no route speaks
+    it, and Quart's error handlers, which read the HTTP request, raised on one: a 500 and a
+    traceback logged for every upgrade a client sent): 400 with one line where the server
+    can send an HTTP answer to it (an HTTP scope, or the ASGI ``websocket.http.response``
+    extension), else the handshake refused (the server answers 403). An HTTP scope's
+    connection is closed after it: what its client sends next is no HTTP. Returns the
+    status."""
+    body = f"{NO_WEBSOCKET}\n".encode()
+    headers = [_TEXT, (b"content-length", str(len(body)).encode())]
+    if scope["type"] == "http":
+        headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": 400, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        return 400
     if "websocket.http.response" not in scope.get("extensions", {}):
         await send({"type": "websocket.close"})
         return 403
-    body = f"{NO_WEBSOCKET}\n".encode()
-    headers = [_TEXT, (b"content-length", str(len(body)).encode())]
     await send({"type": "websocket.http.response.start", "status": 400, "headers": headers})
     await send({"type": "websocket.http.response.body", "body": body})
     return 400
@@ -231,7 +251,7 @@ def checked_host(app: Any) -> Any:
     pass :class:`FastRedirects`."""
 
     async def checked(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "websocket":
+        if asks_websocket(scope):
             await refuse_websocket(scope, send)
             return
         if scope["type"] != "http" or not unroutable_host(scope):

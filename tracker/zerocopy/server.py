@@ -20,9 +20,11 @@ from functools import partial
 from typing import Any
 
 import h11
+import hypercorn.protocol.h11
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.http_stream import HTTPStream
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
@@ -39,14 +41,19 @@ from tracker.zerocopy.keepalive import KeepAlive
 from tracker.zerocopy.limit import CAPACITY_ERRNOS, ConnectionLimit
 from tracker.zerocopy.stream import ZeroCopyStream
 
+#: The largest request head served (hypercorn's ``h11_max_incomplete_size``, h11's default).
+MAX_HEAD = 16 * 1024
+
 
 class ZeroCopyApp:
     """Puts the request's :class:`~tracker.zerocopy.connection.Connection` in the scope, and
-    refuses requests whose framing is ambiguous before the app sees them."""
+    refuses requests whose framing is ambiguous, or whose head is over ``max_head`` bytes,
+    before the app sees them."""
 
-    def __init__(self, app: Any, connections: Connections) -> None:
+    def __init__(self, app: Any, connections: Connections, max_head: int = MAX_HEAD) -> None:
         self.app = app
         self._connections = connections
+        self._max_head = max_head
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         send = partial(_send_last_shielded, send)
@@ -65,6 +72,12 @@ class ZeroCopyApp:
             await self._answer(scope, receive, send)
 
     async def _answer(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("type") == "http" and head_size(scope) > self._max_head:
+            # h11 bounds a head only while it is incomplete: one whose last bytes came in
+            # the read that crossed the bound (up to 20 KiB in 4 KiB reads) was served, the
+            # same head cut otherwise by the network refused (docs/http-api.md, "Errors").
+            await _refuse(send, REFUSALS[431], 431)
+            return
         if scope.get("type") == "http" and not http1(scope):
             # HTTP/2's prior-knowledge preface (``PRI * HTTP/2.0``), read as a request now
             # that no request switches protocols (:func:`http1_only`).
@@ -101,6 +114,17 @@ async def _send_last_shielded(send: Any, message: Any) -> None:
 _SHIELDED_BODY = 64 * 1024
 
 
+def head_size(scope: Any) -> int:
+    """The bytes of an HTTP scope's request head written as tightly as HTTP/1.1 allows
+    (``name:value`` fields): never more than the head the client sent."""
+    target = len(scope.get("raw_path", b"")) + len(scope.get("query_string", b""))
+    if scope.get("query_string"):
+        target += 1  # its "?"
+    line = len(scope.get("method", "")) + 1 + target + len(" HTTP/1.1\r\n")
+    fields = sum(len(name) + 1 + len(value) + 2 for name, value in scope.get("headers", ()))
+    return line + fields + 2
+
+
 def _ambiguous_length(headers: Any) -> bool:
     """A request with both ``Content-Length`` and ``Transfer-Encoding``: h11 obeys the
     latter, a proxy in front of the tracker may have obeyed the former, and the two would
@@ -134,6 +158,24 @@ def http1_only() -> None:
     ``upgrade`` (RFC 9110, section 7.8): the request is answered in HTTP/1.1; the preface
     gets a 505 (:meth:`ZeroCopyApp._answer`). tracker/zerocopy/README.md, assumption 14."""
     H11Protocol._check_protocol = _served_as_http1  # type: ignore[method-assign,assignment]
+
+
+def _the_same_connection(connection: h11.Connection) -> h11.Connection:
+    """hypercorn's ``H11WSConnection`` replaced: the request's h11 connection goes on."""
+    return connection
+
+
+def http_streams_only() -> None:
+    """Make hypercorn's ``H11Protocol`` take a WebSocket upgrade (a GET with ``upgrade:
+    websocket``) as the HTTP request it is: no route speaks WebSocket, and the app refuses
+    it in one line, closing the connection (:func:`tracker.web.shortcuts.refuse_websocket`).
+    hypercorn's WebSocket stream handed every byte the client sent behind the upgrade (a
+    pipelined request, an eager first frame) to a handshake not accepted, which answered
+    them with a 400 of its own in the middle of the app's: h11 raised, and the error ended
+    the listener's nursery and the process (one packet of any client stopped the
+    tracker). tracker/zerocopy/README.md, assumption 16."""
+    hypercorn.protocol.h11.WSStream = HTTPStream  # type: ignore[attr-defined,assignment]
+    hypercorn.protocol.h11.H11WSConnection = _the_same_connection  # type: ignore[misc,assignment]
 
 
 #: The one-line reasons of the refusals h11 decides before a request reaches the app, by the
@@ -193,8 +235,10 @@ async def serve(
     reason_phrases()  # `HTTP/1.1 303 See Other`, not `HTTP/1.1 303 `
     bytes_after_the_last_request_dropped()  # a stray CRLF after an HTTP/1.0 request
     http1_only()  # no h2c upgrade, no HTTP/2 preface
+    http_streams_only()  # no WebSocket stream: the app refuses an upgrade itself
     refusals_in_one_line()  # a 431 or 400 of h11's says why
-    wrapped = wrap_app(ZeroCopyApp(app, connections), config.wsgi_max_body_size, "asgi")
+    zero_copy = ZeroCopyApp(app, connections, config.h11_max_incomplete_size)
+    wrapped = wrap_app(zero_copy, config.wsgi_max_body_size, "asgi")
     lifespan_state: LifespanState = {}
     lifespan = Lifespan(wrapped, config, lifespan_state)
     context = WorkerContext(None)
