@@ -9,11 +9,13 @@ module names are unique across the two layers (pytest imports them by their base
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
+import re
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
 from typing import Any
 
 import httpx
@@ -117,6 +119,40 @@ def _no_leftover_processes() -> Iterator[None]:
         serve = RUNNING.pop()
         serve.kill()
         serve.discard()
+
+
+#: The event a listener logs when one connection's handler raised what no rule foresaw
+#: (tracker/zerocopy/server.py), as either log format writes it.
+_CONNECTION_FAILED = re.compile(r'(?:^|[ "])connection_failed(?:[ "]|$)')
+
+
+def connection_failed(lines: Iterable[str]) -> list[str]:
+    """The ``connection_failed`` lines of ``lines`` (log lines, text or JSON): the event's
+    name before the traceback, whose text may name anything."""
+    return [
+        line
+        for line in lines
+        if _CONNECTION_FAILED.search(re.split(r' traceback=|"traceback"', line, maxsplit=1)[0])
+    ]
+
+
+@pytest.fixture(autouse=True)
+def _no_connection_failed(
+    request: pytest.FixtureRequest, _events_with_fields: None, _no_leftover_processes: None
+) -> Iterator[None]:
+    """Fail a test during which a tracker's connection failed (``connection_failed``), unless
+    it is marked ``expects_connection_failure``. In the field the listeners contain such an
+    error (it costs that connection, not the process): here it is a bug, and must fail the
+    suite as it did when it stopped the tracker. Reads the test's own records and the stderr
+    of every ``serve`` it started (torn down before the two fixtures that keep them)."""
+    yield
+    if request.node.get_closest_marker("expects_connection_failure") is not None:
+        return
+    found = connection_failed(request.node.stash[_EVENTS].lines)
+    for serve in RUNNING:
+        with contextlib.suppress(FileNotFoundError):
+            found += connection_failed(serve.log.splitlines())
+    assert not found, "a connection's handler failed:\n" + "\n".join(found)
 
 
 def _loopback(address: Any) -> bool:

@@ -474,6 +474,8 @@ async def run_tracker(
                             # Read at the stop: a reload may have changed it since the start.
                             grace=lambda: tracker.config.shutdown_grace,
                             max_connections=limits.get(role, budget.connections),
+                            # a connection's unforeseen error costs it alone: counted
+                            on_failure=partial(tracker.metrics.count_internal_error, "connection"),
                         )
                         addresses += await nursery.start(run)
                     age = partial(

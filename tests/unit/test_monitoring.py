@@ -135,6 +135,7 @@ def test_the_alerts_cover_the_operators_cases_with_a_summary_and_a_runbook() -> 
     assert "snapshot_tracker_object_store_up" in uses["SnapshotTrackerBucketDown"]
     assert "snapshot_tracker_archive_requests_total" in uses["SnapshotTrackerRefreshesFailing"]
     assert "snapshot_tracker_archives_rejected_total" in uses["SnapshotTrackerArchiveRejected"]
+    assert "snapshot_tracker_internal_errors_total" in uses["SnapshotTrackerInternalError"]
     for rule in rules:
         annotations = rule["annotations"]
         assert annotations["summary"].strip() and annotations["runbook"].strip(), rule["alert"]
@@ -220,6 +221,9 @@ def test_refreshes_failing_fires_for_every_refresh_that_ends_uncached(
 UP = 'up{instance="t",job="snapshot-tracker"}'
 RPC_UP = 'snapshot_tracker_cluster_rpc_up{group="g",instance="t",job="snapshot-tracker"}'
 AGE = 'snapshot_tracker_snapshot_age_slots{group="g",instance="t",job="snapshot-tracker"}'
+ERRORS = (
+    'snapshot_tracker_internal_errors_total{instance="t",job="snapshot-tracker",where="connection"}'
+)
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
@@ -239,6 +243,9 @@ AGE = 'snapshot_tracker_snapshot_age_slots{group="g",instance="t",job="snapshot-
         ("SnapshotTrackerSnapshotTooOld", AGE, "150 250 " * 15, False),  # an incremental a 100
         ("SnapshotTrackerSnapshotTooOld", AGE, "200x10 1100x5 200x14", False),  # a source's restart
         ("SnapshotTrackerSnapshotTooOld", AGE, "200x10 1100x19", True),  # no newer snapshot
+        ("SnapshotTrackerInternalError", ERRORS, "0x30", False),  # none
+        ("SnapshotTrackerInternalError", ERRORS, "2x10 0x20", False),  # a restart: from 0 again
+        ("SnapshotTrackerInternalError", ERRORS, "0x10 1x20", True),  # one connection failed
     ],
 )
 def test_a_rule_fires_past_routine_events_only(

@@ -201,4 +201,12 @@ COLLECTORS = (
         "Entries and documents of what the tracker learned that could not be read: ignored.",
         ("what",),
     ),
+    Collector(
+        "internal_errors",
+        Counter,
+        "internal_errors_total",
+        "Exceptions no rule foresaw, each contained where it happened (a client connection:"
+        " closed, every other one served on) and logged with its traceback: a bug to report.",
+        ("where",),
+    ),
 )

@@ -46,7 +46,8 @@ LINES_PER_WINDOW = 600
 #: Lines of each event logged in full per window whatever the others spent: the budget was
 #: all events' together, so a client's flood of tiny requests spent it within seconds and a
 #: refresh failing for every client was only a count in the summary, its reason never
-#: written. The events are a fixed set of call sites (21): 210 lines a window more at most.
+#: written. The events are a fixed set of call sites (``log_folded``'s callers, about two
+#: dozen): ten lines of each a window more at most.
 EACH_EVENT = 10
 #: Seconds of one window, and between two summary lines.
 WINDOW = 60.0

@@ -73,6 +73,9 @@ ByteSource = Literal["cache", "upstream", "local", "object_store", "replica"]
 #: What of the learned state could not be read (label ``what``): one entry, or a whole file
 #: or object.
 LearnedLoss = Literal["entry", "document"]
+#: Where an exception no rule foresaw was contained (label ``where``): one client connection's
+#: handler, closed for it (tracker/zerocopy/server.py, ``connection_failed``).
+InternalErrorSite = Literal["connection"]
 #: Kind of archive (label ``kind``).
 Kind = Literal["full", "incremental"]
 
@@ -136,6 +139,7 @@ class Metrics:
     object_store_errors: Counter
     bucket_sides_refused: Counter
     learned_dropped: Counter
+    internal_errors: Counter
 
     def __init__(self, *, process: bool = True) -> None:
         """``process``: also export ``process_*``, ``python_gc_*`` and ``python_info``."""
@@ -180,6 +184,8 @@ class Metrics:
             self.served_bytes.labels(source)
         for loss in get_args(LearnedLoss):
             self.learned_dropped.labels(loss)
+        for site in get_args(InternalErrorSite):
+            self.internal_errors.labels(site)
         if process:
             ProcessCollector(registry=reg)
             PlatformCollector(registry=reg)
@@ -325,6 +331,11 @@ class Metrics:
     def count_learned_dropped(self, what: LearnedLoss, count: int = 1) -> None:
         """``count`` entries or documents of the learned state could not be read."""
         self.learned_dropped.labels(what).inc(count)
+
+    def count_internal_error(self, where: InternalErrorSite) -> None:
+        """An exception no rule foresaw was contained at ``where`` (a bug: each is logged
+        with its traceback)."""
+        self.internal_errors.labels(where).inc()
 
     def count_source_failure(self, group: str) -> None:
         """A source of ``group`` failed to deliver a proxied file (the next one is asked)."""

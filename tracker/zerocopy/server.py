@@ -35,11 +35,14 @@ from tracker.errors import TrackerError
 from tracker.h11patches.closing import install as bytes_after_the_last_request_dropped
 from tracker.h11patches.headers import install as lower_case_headers
 from tracker.h11patches.statusline import install as reason_phrases
+from tracker.observability.folding import log_folded
 from tracker.observability.logs import ExpectedErrors
 from tracker.zerocopy.connection import SCOPE_KEY, Connections, http1, sending_last
 from tracker.zerocopy.keepalive import KeepAlive
 from tracker.zerocopy.limit import CAPACITY_ERRNOS, ConnectionLimit
 from tracker.zerocopy.stream import ZeroCopyStream
+
+log = logging.getLogger(__name__)
 
 #: The largest request head served (hypercorn's ``h11_max_incomplete_size``, h11's default).
 MAX_HEAD = 16 * 1024
@@ -220,14 +223,17 @@ async def serve(
     shutdown_trigger: Callable[[], Awaitable[Any]],
     grace: Callable[[], float] | None = None,
     max_connections: int = 4096,
+    on_failure: Callable[[], object] | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` on the listening TCP socket ``sock`` until ``shutdown_trigger`` returns.
 
     At most ``max_connections`` client connections are open at once (see
-    :mod:`tracker.zerocopy.limit`). Then stop accepting, give open connections ``grace()``
-    seconds to finish (read once ``shutdown_trigger`` returned; without ``grace``,
-    ``config.graceful_timeout``), and run the app's lifespan shutdown.
+    :mod:`tracker.zerocopy.limit`). An exception no rule foresaw in one connection's handler
+    costs that connection only: it is closed, logged as ``connection_failed`` and
+    ``on_failure()`` is called (:func:`unforeseen`). Once ``shutdown_trigger`` returned, stop
+    accepting, give open connections ``grace()`` seconds to finish (read then; without
+    ``grace``, ``config.graceful_timeout``), and run the app's lifespan shutdown.
     ``sock`` is closed on return. Starts with the bound address (``http://host:port``) as
     hypercorn's ``serve`` does.
     """
@@ -247,17 +253,29 @@ async def serve(
 
     limit = ConnectionLimit(max_connections)
     keep_alive = KeepAlive(config.keep_alive_timeout)
+    failed = partial(_connection_failed, listener=bind, on_failure=on_failure)
 
     async def handle(stream: ZeroCopyStream) -> None:
-        state = ConnectionState(lifespan_state.copy())
-        server = TCPServer(wrapped, config, context, state, stream)  # type: ignore[arg-type]
-        # One keep-alive task for the listener instead of one per connection (keepalive.py).
-        server.idle_task = keep_alive.timer(stream)  # type: ignore[assignment]
-        stream.end_when_gone(partial(_no_request_open, server))
         try:
+            state = ConnectionState(lifespan_state.copy())
+            server = TCPServer(wrapped, config, context, state, stream)  # type: ignore[arg-type]
+            # One keep-alive task for the listener instead of one per connection (keepalive.py).
+            server.idle_task = keep_alive.timer(stream)  # type: ignore[assignment]
+            stream.end_when_gone(partial(_no_request_open, server))
             # Cancelled when a send found the client gone (Connection.gone).
             with stream.handler:
                 await server
+        except BaseException as ended:
+            # What no rule foresaw, in hypercorn, h11 or the tracker's code under them, ended
+            # the listener's nursery and the process: every client's download with it
+            # (docs/architecture.md, "Failures"). It costs this connection; cancellation and
+            # the interpreter's own exits go on up.
+            failure, rest = unforeseen(ended)
+            if failure is None:
+                raise
+            await failed(failure, stream)
+            if rest is not None:
+                raise rest from None
         finally:
             keep_alive.busy(stream)
             limit.release(stream)
@@ -268,7 +286,7 @@ async def serve(
         async with trio.open_nursery() as connections_nursery:
             async with listener, trio.open_nursery() as accepting:
                 accepting.start_soon(
-                    _accept, listener, connections, limit, handle, connections_nursery
+                    _accept, listener, connections, limit, handle, connections_nursery, failed
                 )
                 accepting.start_soon(keep_alive.run)
                 task_status.started([bind])
@@ -283,6 +301,59 @@ async def serve(
             connections_nursery.cancel_scope.deadline = trio.current_time() + seconds
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()
+
+
+def unforeseen(
+    ended: BaseException,
+) -> tuple[Exception | None, BaseException | None]:
+    """What of ``ended`` (what ended a connection's handler) was unforeseen, and what must go
+    on up: every ``Exception``, also inside a group (trio's nurseries, hypercorn's
+    among them, group what their tasks raise), is the connection's failure; a
+    cancellation (``trio.Cancelled``), ``KeyboardInterrupt``, ``SystemExit`` and anything
+    else that is no ``Exception`` go on, in a group of their own where they came in one.
+    ``(None, ended)`` when nothing failed. Pure."""
+    if isinstance(ended, BaseExceptionGroup):
+        failure, rest = ended.split(Exception)
+        return (None, ended) if failure is None else (failure, rest)
+    if isinstance(ended, Exception):
+        return ended, None
+    return None, ended
+
+
+def failure_text(failure: BaseException) -> str:
+    """``Type: message`` of ``failure``; of each exception in it for a group (``; ``
+    between them), whose own text says only how many it holds. Pure."""
+    if isinstance(failure, BaseExceptionGroup):
+        return "; ".join(failure_text(inner) for inner in failure.exceptions)
+    return f"{type(failure).__name__}: {failure}"
+
+
+async def _connection_failed(
+    failure: Exception,
+    stream: ZeroCopyStream | trio.SocketStream,
+    *,
+    listener: str,
+    on_failure: Callable[[], object] | None,
+) -> None:
+    """``failure`` ended the connection of ``stream`` (its handler, or its admission by the
+    accept loop): count it, log it (one line, with its traceback), close the connection.
+    A client that can trigger the bug can repeat it: the line is folded past the log's rate
+    (tracker/observability/folding.py), the count stays exact."""
+    if on_failure is not None:
+        on_failure()
+    log_folded(
+        log,
+        "error",
+        "connection_failed",
+        exc_info=failure,
+        listener=listener,
+        client=stream.client if isinstance(stream, ZeroCopyStream) else None,
+        error=failure_text(failure),
+    )
+    if isinstance(stream, ZeroCopyStream):
+        # Whatever the protocol's state, nothing more of this connection is sent or read.
+        stream.shut_down()
+    await stream.aclose()
 
 
 def _no_request_open(server: TCPServer) -> bool:
@@ -301,12 +372,14 @@ async def _accept(
     limit: ConnectionLimit,
     handle: Callable[[ZeroCopyStream], Awaitable[None]],
     nursery: trio.Nursery,
+    failed: Callable[[Exception, ZeroCopyStream | trio.SocketStream], Awaitable[None]],
 ) -> None:
     """Accept connections for ``handle`` within ``limit``, for ever (until cancelled).
 
     trio's ``serve_listeners`` logs every accept() that fails for lack of descriptors, ten
     times a second while it lasts; here such failures and refusals make one summary line a
-    minute (:class:`ConnectionLimit`) and the loop backs off a little.
+    minute (:class:`ConnectionLimit`) and the loop backs off a little. What no rule foresaw
+    while one connection is admitted costs that connection (``failed``), not the listener.
     """
     while True:
         try:
@@ -317,8 +390,16 @@ async def _accept(
             limit.exhausted(exc)
             await trio.sleep(ACCEPT_BACKOFF)
             continue
-        stream = ZeroCopyStream(socket_stream, connections)
-        if limit.admit(stream):
+        stream: ZeroCopyStream | None = None
+        try:
+            stream = ZeroCopyStream(socket_stream, connections)
+            admitted = limit.admit(stream)
+        except Exception as failure:  # docs/architecture.md, "Failures"
+            if stream is not None:
+                limit.release(stream)
+            await failed(failure, socket_stream if stream is None else stream)
+            continue
+        if admitted:
             nursery.start_soon(handle, stream)
         else:
             await stream.aclose()
