@@ -386,7 +386,10 @@ async def run_tracker(
             refused = reload_problems(tracker.config, new)
             if refused:  # what it would put in force, no start would take
                 raise ConfigError(refused)
-            parts.attestations.configure(*signing(new.attest), now=time.time())  # or refused
+            # The key read again (or refused) in a worker thread, within the config load's
+            # bound: on the event loop, a key on a hung mount froze every request meanwhile.
+            signer = await trio.to_thread.run_sync(signing, new.attest, abandon_on_cancel=True)
+            parts.attestations.configure(*signer, now=time.time())
             for change in restart_needed(tracker.config, new):
                 log_event(log, "warning", "config_needs_restart", change=change)
             new = in_force(tracker.config, new)

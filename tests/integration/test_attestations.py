@@ -491,6 +491,53 @@ async def test_serve_loads_the_key_at_start_and_on_each_reload(
     assert await serve.stop() == 0
 
 
+async def test_a_reload_reads_the_key_again_off_the_event_loop(
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload reads ``attest.key`` again (``signing``): on the event loop, a key whose
+    mount hung froze every request (the API, the archives, /healthz) for as long as the read
+    waited. It is read in a worker thread: the tracker answers meanwhile (the hung read is
+    the test's, at the executor seam, released at the end)."""
+    import threading
+
+    from helpers_tracker import start_tracker, write_config
+
+    import tracker.service as service
+
+    path = write_config(
+        tmp_path, {"internal_listen": "127.0.0.1:0", "attest": {"key": attest(tmp_path).key}}
+    )
+    _public, internal = await start_tracker(nursery, path)
+    asked, answers, read = threading.Event(), threading.Event(), threading.Event()
+    real = service.signing
+
+    def hung(attest: Attest | None) -> Any:
+        asked.set()
+        answers.wait(60)  # the key's mount hangs
+        try:
+            return real(attest)
+        finally:
+            read.set()
+
+    monkeypatch.setattr(service, "signing", hung)
+    async with httpx.AsyncClient(timeout=120) as client:
+        reloaded: list[httpx.Response] = []
+
+        async def reload() -> None:
+            reloaded.append(await client.post(f"{internal}/reload"))
+
+        try:
+            async with trio.open_nursery() as requests:
+                requests.start_soon(reload)
+                assert await trio.to_thread.run_sync(asked.wait, 60)
+                assert (await client.get(f"{internal}/healthz")).status_code == 200
+                assert not read.is_set()  # answered while the key's read still hung
+                answers.set()
+        finally:
+            answers.set()
+    assert [answer.status_code for answer in reloaded] == [200]
+
+
 async def _listed(client: httpx.AsyncClient, base: str) -> bool:
     return bool((await client.get(f"{base}/v1/snapshots")).json())
 

@@ -863,3 +863,79 @@ async def test_a_check_reading_from_a_hung_mount_gives_way_to_the_other_ledgers(
             nursery.cancel_scope.cancel()
     finally:
         answers.set()
+
+
+async def test_a_check_opening_a_file_on_a_hung_mount_gives_way_to_the_other_ledgers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a check reading a file on a hung mount gives way (the test above), so does one
+    still opening it: the open ran in a thread cancellation could not reach, and held the
+    one-at-a-time turn (no other ledger's file checked) for as long as the mount hung (no
+    network: the daemon's own class, real archives; the hung opens are the test's, of the
+    mount's files only, at the open's executor seam)."""
+    import threading
+
+    from archives import build_archive
+
+    import tracker.cache.checked as checked
+    import tracker.proof.background.localfiles as localfiles
+    from tracker.config.loading import load_config
+    from tracker.core.digests import Digests
+    from tracker.ordering.index import Index
+    from tracker.proof.records.localcopies import holder
+
+    mount, ledger = tmp_path / "mount", tmp_path / "ledger"
+    mount.mkdir()
+    ledger.mkdir()
+    (first, first_data), (second, second_data) = build_archive(100), build_archive(200)
+    (mount / first).write_bytes(first_data)
+    config = load_config(write_config(tmp_path, {
+        "scrape_interval": "3s", "scrape_timeout": "1s", "prove_accounts": False,
+        "target_groups": [
+            {"group": "a", "local_targets": {"paths": [str(mount)]}},
+            {"group": "b", "local_targets": {"paths": [str(ledger)]}},
+        ],
+    }))  # fmt: skip
+    answers, opening, opened = threading.Event(), trio.Event(), threading.Event()
+    token = trio.lowlevel.current_trio_token()
+    real_open, real_scan = checked._open_regular, localfiles.scan_local
+
+    def open_regular(path: str) -> tuple[int, os.stat_result]:
+        if not path.startswith(str(mount)):
+            return real_open(path)
+        trio.from_thread.run_sync(opening.set, trio_token=token)
+        answers.wait(60)  # the mount hangs under the check's open
+        try:
+            return real_open(path)
+        finally:
+            opened.set()
+
+    def scan(path: str) -> Any:
+        if path == str(mount) and opening.is_set():
+            answers.wait(60)  # and under its listing once it does
+        return real_scan(path)
+
+    monkeypatch.setattr(checked, "_open_regular", open_regular)
+    monkeypatch.setattr(localfiles, "scan_local", scan)
+    digests = Digests()
+    proofs = localfiles.LocalProofs(lambda: config, Index(), digests, every=0.05)
+
+    async def checked_second() -> bool:
+        return digests.of(holder(str(ledger / second)), "b", second) is not None
+
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(proofs.run)
+            with trio.fail_after(30):
+                await opening.wait()  # the mount's check opens its file: the mount hangs
+            (ledger / second).write_bytes(second_data)
+            # the hung listing is left after 1 s, the open at once: the other ledger's file
+            # is checked long before the mount answers
+            await wait_until(checked_second, timeout=40)
+            assert not opened.is_set()
+            assert digests.of(holder(str(mount / first)), "a", first) is None
+            nursery.cancel_scope.cancel()
+    finally:
+        answers.set()
+    # its thread ends once the mount answers (what it opened is closed there: test_cache_unit)
+    assert await trio.to_thread.run_sync(opened.wait, 60)

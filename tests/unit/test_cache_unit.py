@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -389,6 +390,103 @@ def test_a_fifo_put_where_an_archive_was_is_refused_not_waited_on(tmp_path: Path
         pytest.fail("the open of a FIFO waited for a writer")
     assert len(ended) == 1 and isinstance(ended[0], OSError)
     assert "not a regular file" in str(ended[0])
+
+
+#: How long a hung open is held unless released: far beyond the test, so an open that gave
+#: way before it did not wait for the mount.
+HELD = 60.0
+
+
+class _WatchedOpens:
+    """``os.open`` of one path through the test (``then`` runs in the opening thread, after
+    the real open, before the descriptor is handed back), and ``os.close`` of what it opened
+    watched: :attr:`closed` is set once each is closed."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, path: Path, then: Any) -> None:
+        self.opened: list[int] = []
+        self.closed = threading.Event()
+        real_open, real_close = os.open, os.close
+
+        def opening(name: Any, flags: int, *args: Any) -> int:
+            if os.fspath(name) != str(path):
+                return real_open(name, flags, *args)
+            then(before=True)
+            fd = real_open(name, flags, *args)
+            self.opened.append(fd)
+            then(before=False)
+            return fd
+
+        def closing(fd: int) -> None:
+            real_close(fd)
+            if fd in self.opened:
+                self.closed.set()
+
+        monkeypatch.setattr(os, "open", opening)
+        monkeypatch.setattr(os, "close", closing)
+
+
+async def test_a_check_s_open_on_a_hung_mount_gives_way_and_its_late_descriptor_is_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An open on a hung NFS or FUSE mount waits in the kernel: ``open_copy`` ran it in a
+    thread cancellation could not reach, so a check whose directory hung held the local
+    files' one-at-a-time turn (and the stop) for as long as the mount hung. It gives way at
+    once now, and the descriptor its thread gets once the mount answers is closed there."""
+    from tracker.cache.checked import open_copy
+
+    path = tmp_path / full_name(100)
+    path.write_bytes(b"archive")
+    token = trio.lowlevel.current_trio_token()
+    opening, answers, returned = trio.Event(), threading.Event(), threading.Event()
+
+    def hang(*, before: bool) -> None:
+        if before:  # the mount hangs under the open
+            trio.from_thread.run_sync(opening.set, trio_token=token)
+            answers.wait(HELD)
+        else:
+            returned.set()
+
+    opens = _WatchedOpens(monkeypatch, path, hang)
+    scope = trio.CancelScope()
+
+    async def check() -> None:
+        with scope:
+            await open_copy(str(path))
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(check)
+            await opening.wait()
+            scope.cancel()
+        assert not returned.is_set()  # it gave way while the open still hung
+    finally:
+        answers.set()  # the mount answers: the thread's open ends, and its descriptor
+    assert await trio.to_thread.run_sync(opens.closed.wait, HELD)
+    assert len(opens.opened) == 1
+
+
+async def test_a_descriptor_opened_as_its_open_is_cancelled_is_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The open ends as its caller is cancelled: trio drops the thread's answer (the
+    descriptor in it), so whoever comes second, the thread or the cancelled caller, closes
+    it (either order closes it once)."""
+    from tracker.cache.checked import open_copy
+
+    path = tmp_path / full_name(100)
+    path.write_bytes(b"archive")
+    token = trio.lowlevel.current_trio_token()
+    scope = trio.CancelScope()
+
+    def cancel(*, before: bool) -> None:
+        if not before:  # opened: the caller is cancelled before the answer comes
+            trio.from_thread.run_sync(scope.cancel, trio_token=token)
+
+    opens = _WatchedOpens(monkeypatch, path, cancel)
+    with scope:
+        await open_copy(str(path))
+    assert scope.cancelled_caught
+    assert await trio.to_thread.run_sync(opens.closed.wait, HELD)
 
 
 async def test_a_commit_whose_digest_cannot_be_written_leaves_nothing_behind(

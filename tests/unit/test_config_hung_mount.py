@@ -2,24 +2,37 @@
 is loaded: each stat of it blocked, three per load (a 3 s-blocking stat made a load take
 9 s), and a mount hung for good held ``check-config``, ``serve``'s start and every reload
 queued behind it forever. Each path is looked at once per load, in a thread of its own,
-within :data:`~tracker.config.files.LOOK_BOUND`: a hung one is a warning naming its key, and
-its thread is never doubled by the loads that follow while it hangs."""
+within :data:`~tracker.config.bounded.LOOK_BOUND`: a hung one is a warning naming its key, and
+its thread is never doubled by the loads that follow while it hangs.
+
+Every other path a load stats or opens (the cache and spill directories, a targets file, a
+secret, a TLS file, the signing key, the config file itself) held the load the same way:
+each is read within the bound too, a warning or an error naming its key."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
+import textwrap
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers_config import load
+from helpers_statements import keypair_json
 
-from tracker.config.files import LOOK_BOUND, Seen, seen
-from tracker.config.warnings import directory_warning
+import tracker.config.files as files
+from tracker.config.bounded import LOOK_BOUND, no_answer
+from tracker.config.files import PathLooks, Seen, TargetsRead, seen, signing
+from tracker.config.loading import load_config
+from tracker.config.schema import Attest, Config, LocalTargets, TargetGroup
+from tracker.config.sections import local_problems
+from tracker.config.warnings import directory_warning, targets_warning
+from tracker.errors import ConfigError
 
 #: How long the fake mount holds a stat unless released: far beyond any bound here, so a
 #: load that returns before it did not wait for the stat.
@@ -121,3 +134,222 @@ def test_a_hung_directory_costs_one_bounded_look_and_a_warning(
                 thread.join(HELD)
     # once the mount answers, it is looked at again and is a directory like the others
     assert load(tmp_path, text).warnings == ()
+
+
+@contextlib.contextmanager
+def hung_mount(monkeypatch: pytest.MonkeyPatch, mount: Path) -> Iterator[list[str]]:
+    """Every stat, lstat, access and open of a path under ``mount`` blocks until the block
+    ends (or :data:`HELD`): a hung NFS or FUSE mount, without root. Yields the calls held;
+    at the end the mount answers and every look's thread is joined."""
+    answers = threading.Event()
+    asked: list[str] = []
+
+    def hanging(real: Callable[..., Any]) -> Callable[..., Any]:
+        def call(path: Any, *args: Any, **kwargs: Any) -> Any:
+            if isinstance(path, (str, os.PathLike)) and os.fspath(path).startswith(str(mount)):
+                asked.append(f"{real.__name__} {os.fspath(path)}")
+                answers.wait(HELD)
+            return real(path, *args, **kwargs)
+
+        return call
+
+    for name in ("stat", "lstat", "access", "open"):
+        monkeypatch.setattr(os, name, hanging(getattr(os, name)))
+    try:
+        yield asked
+    finally:
+        answers.set()
+        monkeypatch.undo()
+        for thread in threading.enumerate():  # the looks' threads, reaped
+            if thread.name.startswith("config look "):
+                thread.join(HELD)
+
+
+def _files_on(mount: Path) -> None:
+    mount.mkdir()
+    (mount / "cache").mkdir()
+    (mount / "ca.pem").write_text("not read\n")
+    (mount / "password").write_text("secret\n")
+    (mount / "targets").write_text("127.0.0.1:9\n")
+    (mount / "key.json").write_bytes(keypair_json(bytes([7]) * 32))
+    os.chmod(mount / "key.json", 0o600)
+
+
+#: Each path a config names, on the hung mount, and what its load says: an error where
+#: the tracker needs what is there now, a warning where a missing one is one too.
+HUNG_KEYS = [
+    pytest.param(
+        "proxy_snapshot_downloads: true\nproxy_snapshot_cache_dir: mount/cache\n",
+        "proxy_snapshot_cache_dir: {p}",
+        "mount/cache",
+        id="cache_dir",
+    ),
+    pytest.param(
+        "prove_accounts_temp_dir: mount/cache\n",
+        "prove_accounts_temp_dir: {p}",
+        "mount/cache",
+        id="spill_dir",
+    ),
+    pytest.param(
+        "target_groups:\n  - {group: g, static_targets: {targets: ['127.0.0.1:9']},"
+        " tls_config: {ca_file: mount/ca.pem}}\n",
+        "target_groups[0].tls_config.ca_file: {p}",
+        "mount/ca.pem",
+        id="tls_file",
+    ),
+    pytest.param(
+        "target_groups:\n  - {group: g, static_targets: {targets: ['127.0.0.1:9']},"
+        " basic_auth: {username: u, password_file: mount/password}}\n",
+        "target_groups[0].basic_auth.password_file: {p}",
+        "mount/password",
+        id="secret",
+    ),
+    pytest.param(
+        "attest: {key: mount/key.json}\n", "attest.key: {p}", "mount/key.json", id="attest_key"
+    ),
+    pytest.param(
+        "target_groups:\n  - {group: g, file_targets: {path: mount/targets}}\n",
+        "warning target_groups[0].file_targets.path: {p}: not checked; re-read every scrape",
+        "mount/targets",
+        id="targets_file",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "said", "where"), HUNG_KEYS)
+def test_each_path_on_a_hung_mount_costs_the_load_one_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, said: str, where: str
+) -> None:
+    """Each of these blocked the load for as long as the mount hung (the cache directory's
+    lstat, the secret's or the key's open...): it answers within the bound now."""
+    _files_on(tmp_path / "mount")
+    expected = said.format(p=no_answer(str(tmp_path / where), LOOK_BOUND))
+    with hung_mount(monkeypatch, tmp_path / "mount") as asked:
+        began = time.monotonic()
+        try:
+            found = [f"warning {line}" for line in load(tmp_path, text).warnings]
+        except ConfigError as exc:
+            found = exc.problems
+        took = time.monotonic() - began
+        assert found == [expected]
+        assert asked  # the mount was asked, and held
+        assert took < HELD / 2  # within the bound, not the mount's hang
+
+
+def test_a_config_file_on_a_hung_mount_is_an_error_within_the_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file itself: check-config, serve and every reload waited for its open."""
+    mount = tmp_path / "mount"
+    mount.mkdir()
+    path = mount / "tracker.yml"
+    path.write_text("scrape_interval: 15s\n")
+    with hung_mount(monkeypatch, mount), pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == [
+        f"{path}: the config file did not answer within {LOOK_BOUND:g}s (a hung mount?)"
+    ]
+
+
+def test_tls_files_that_hang_their_load_are_an_error_within_the_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ssl module opens a CA file with a blocking open of its own, after the check read
+    it: a mount that hangs in between held the load there (held at the executor seam)."""
+    from helpers_tls import issue
+
+    ca = issue(tmp_path, "test-ca").cert
+    answers = threading.Event()
+    real = files.tls_context
+
+    def hanging(*args: Any) -> Any:
+        answers.wait(HELD)
+        return real(*args)
+
+    monkeypatch.setattr(files, "tls_context", hanging)
+    text = f"""
+        target_groups:
+          - group: g
+            static_targets: {{targets: ['127.0.0.1:9']}}
+            tls_config: {{ca_file: {ca}}}
+        """
+    try:
+        began = time.monotonic()
+        with pytest.raises(ConfigError) as info:
+            load(tmp_path, text)
+        assert time.monotonic() - began < HELD / 2
+    finally:
+        answers.set()
+    assert info.value.problems == [
+        "target_groups[0].tls_config.ca_file: does not load as TLS: no answer within"
+        f" {LOOK_BOUND:g}s (a hung mount?)"
+    ]
+
+
+def test_the_signing_key_read_again_at_a_reload_answers_within_the_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``signing`` reads the key again at start and at each reload (the service's)."""
+    mount = tmp_path / "mount"
+    _files_on(mount)
+    key = str(mount / "key.json")
+    began = time.monotonic()
+    with hung_mount(monkeypatch, mount), pytest.raises(ConfigError) as info:
+        signing(Attest(key=key))
+    assert time.monotonic() - began < HELD / 2
+    assert info.value.problems == [f"attest.key: {no_answer(key, LOOK_BOUND)}"]
+
+
+def test_the_cache_directory_s_real_path_is_looked_at_within_the_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check of a cache directory holding a ledger took its real path with a plain
+    ``realpath``: a cache on a hung mount held it (one that answered its own check a moment
+    before included). Not compared now, never waited for."""
+    ledger = tmp_path / "ledger"
+    ledger.mkdir()
+    config = Config(
+        proxy_snapshot_cache_dir=str(tmp_path / "mount" / "cache"),
+        target_groups=(TargetGroup(group="g", local_targets=LocalTargets(paths=(str(ledger),))),),
+    )
+    (tmp_path / "mount").mkdir()
+    with hung_mount(monkeypatch, tmp_path / "mount") as asked:
+        began = time.monotonic()
+        assert local_problems(config, PathLooks()) == []
+        assert time.monotonic() - began < HELD / 2
+        assert asked
+
+
+@pytest.mark.parametrize(
+    ("read", "warned"),
+    [
+        (TargetsRead(hosts=("127.0.0.1:9",)), []),
+        (TargetsRead(error="bad line"), []),  # an error of its own, never a warning
+        (TargetsRead(missing=True), ["'/t' does not exist yet (re-read every scrape)"]),
+        (
+            TargetsRead(hung=True),
+            ["'/t' did not answer within 3s (a hung mount?): not checked; re-read every scrape"],
+        ),
+    ],
+)
+def test_the_warning_of_each_targets_file_read(read: TargetsRead, warned: list[str]) -> None:
+    assert targets_warning("/t", read, 3.0) == warned
+
+
+def test_a_known_source_a_hung_targets_file_may_list_is_said_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _files_on(tmp_path / "mount")
+    text = """
+        target_groups:
+          - group: g
+            file_targets: {path: mount/targets}
+            trust: {known_sources: ["127.0.0.1:9"]}
+        """
+    with hung_mount(monkeypatch, tmp_path / "mount"):
+        warnings = load(tmp_path, textwrap.dedent(text)).warnings
+    assert warnings[1:] == (
+        "target_groups[0].trust.known_sources[0]: '127.0.0.1:9' matches no configured target"
+        " of the group, so it trusts nothing (unless file_targets.path, which did not answer,"
+        " lists it)",
+    )

@@ -12,10 +12,12 @@ first.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable
 from math import inf
@@ -549,8 +551,48 @@ class CheckedFiles:
 async def open_copy(path: str) -> tuple[int, os.stat_result]:
     """A read-only descriptor of the regular file at ``path`` (no link followed) and its
     status, opened in a worker thread; OSError when it cannot be (gone, not a regular
-    file)."""
-    return await trio.to_thread.run_sync(_open_regular, path)
+    file). Cancellation abandons the open at once: an ``open`` on a hung NFS or FUSE mount
+    waits in the kernel for as long as the mount hangs, and a check waiting for it held the
+    one-at-a-time turn of local files (their checks gave way at a read, never at the open:
+    docs/architecture.md, "Proven archives") and the stop. The descriptor such a thread
+    opens once the mount answers is closed there (:class:`_Opening`), never leaked."""
+    opening = _Opening(path)
+    try:
+        return await trio.to_thread.run_sync(opening.run, abandon_on_cancel=True)
+    except BaseException:  # abandoned (cancelled), or the open failed: nobody owns its fd
+        opening.abandon()
+        raise
+
+
+class _Opening:
+    """One open of a copy in a worker thread that its caller may abandon: whichever of the
+    two comes second closes the descriptor. The thread hands it over under the lock, or
+    finds the open abandoned and closes it; the abandoner closes one handed over whose
+    answer trio dropped (a cancellation that came as the thread ended)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._handed: int | None = None
+
+    def run(self) -> tuple[int, os.stat_result]:
+        """:func:`_open_regular` (in the worker thread); OSError once abandoned."""
+        fd, st = _open_regular(self.path)
+        with self._lock:
+            if not self._abandoned:
+                self._handed = fd
+                return fd, st
+        os.close(fd)  # opened after its caller gave way: nobody will read or close it
+        raise OSError(errno.ECANCELED, "the open was abandoned", self.path)
+
+    def abandon(self) -> None:
+        """No answer is taken from now on: a descriptor handed over is closed here."""
+        with self._lock:
+            self._abandoned = True
+            fd, self._handed = self._handed, None
+        if fd is not None:
+            os.close(fd)
 
 
 async def check_opened(

@@ -12,13 +12,13 @@ import enum
 import os
 import ssl
 import stat
-import threading
-import time
+from functools import partial
 from typing import TYPE_CHECKING
 
 import attrs
 
 from tracker.config import values
+from tracker.config.bounded import LOOK_BOUND, answered, no_answer
 from tracker.config.targetfile import is_host_port, read_target_file
 from tracker.core.cachedirs import unusable_directory
 from tracker.core.smallfiles import read_small, read_small_file
@@ -68,38 +68,49 @@ class FileChecks:
         """A file the tracker reads (TLS): it must be readable UTF-8 text now."""
         path = self.resolve(value)
         if path:
-            read_text(path)
+            self._text(path)
         return path
 
     def secret_file(self, value: object) -> str:
         """A file holding a secret: read now, its text kept in :attr:`secrets`."""
         path = self.resolve(value)
         if path:
-            text = read_text(path)
+            text = self._text(path)
             # Editors end files with a newline that is not part of the secret: drop one.
             self.secrets[path] = text[:-2] if text.endswith("\r\n") else text.removesuffix("\n")
         return path
 
+    def _text(self, path: str) -> str:
+        """:func:`read_text` of ``path``, within the load's bound: a file on a hung mount is
+        an error (a TLS file or a secret is needed now, and a reload refused keeps the one
+        in force: docs/configuration.md, "Paths on a hung mount")."""
+        text = answered(("read", path), partial(read_text, path), self.looks.bound)
+        if text is None:
+            raise ValueError(no_answer(path, self.looks.bound))
+        return text
+
     def signing_key(self, value: object) -> str:
-        """``attest.key``: a Solana keypair file that signs statements (:func:`load_signer`)."""
+        """``attest.key``: a Solana keypair file that signs statements (:func:`load_signer`),
+        read within the load's bound (one on a hung mount is an error, as :meth:`_text`)."""
         path = self.resolve(value)
         if not path:
             raise ValueError("must not be empty")
-        load_signer(path)
+        if answered(("key", path), partial(load_signer, path), self.looks.bound) is None:
+            raise ValueError(no_answer(path, self.looks.bound))
         return path
 
     def targets_file(self, value: object) -> str:
-        """``file_targets.path``: may be missing (a warning), else must read as targets."""
+        """``file_targets.path``: may be missing or not answer (warnings), else must read as
+        targets."""
         path = self.resolve(value)
         if not path:
             raise ValueError("must not be empty")
-        # A missing file is only a warning (it is re-read every scrape and may appear later);
-        # one that exists must pass the scraper's own reader now, so check-config catches it.
-        if os.path.lexists(path):
-            try:
-                read_target_file(path)
-            except ProbeError as exc:
-                raise ValueError(str(exc)) from None
+        # A missing file is only a warning (it is re-read every scrape and may appear later),
+        # one on a hung mount too; one that exists must pass the scraper's own reader now, so
+        # check-config catches it.
+        error = self.looks.targets(path).error
+        if error:
+            raise ValueError(error)
         return path
 
     def known_source(self, value: object) -> str:
@@ -135,10 +146,17 @@ class FileChecks:
         return path
 
     def cache_dir(self, value: object) -> str:
-        """The disk cache's directory: may be missing when it can be created, must be
-        writable, never something else."""
+        """The disk cache's directory (or the proofs' spill directory): may be missing when it
+        can be created, must be writable, never something else. One that does not answer
+        within the load's bound (a hung mount) is an error too: ``serve`` would wait for it
+        at its start (its cache is opened there, on the event loop), and a reload refused
+        keeps the directory in force (docs/configuration.md, "Paths on a hung mount")."""
         path = self.resolve(value)
-        problem = unusable_directory(path) if path else ""
+        if not path:
+            return path
+        problem = answered(("usable", path), partial(unusable_directory, path), self.looks.bound)
+        if problem is None:
+            raise ValueError(no_answer(path, self.looks.bound))
         if problem:
             raise ValueError(problem)
         return path
@@ -164,10 +182,16 @@ class Look:
     real: str = ""
 
 
-#: How long loading the config waits for one path's answer. A healthy file system answers a
-#: stat in microseconds, a busy NFS server in well under a second; a mount that is hung
-#: would otherwise hold check-config, serve's start and every reload behind it for good.
-LOOK_BOUND = 3.0
+@attrs.frozen
+class TargetsRead:
+    """``file_targets.path`` as a load found it: the hosts it lists, or why none."""
+
+    hosts: tuple[str, ...] = ()
+    missing: bool = False
+    #: No answer within the load's bound (a hung mount): not read.
+    hung: bool = False
+    #: Why it does not read as targets (the scrape's reader's one line).
+    error: str = ""
 
 
 def seen(mode: int | None) -> Seen:
@@ -178,63 +202,35 @@ def seen(mode: int | None) -> Seen:
     return Seen.DIRECTORY if stat.S_ISDIR(mode) else Seen.OTHER
 
 
-class _Looking:
-    """One thread's look at one path: its answer once :attr:`done` is set."""
-
-    def __init__(self) -> None:
-        self.began = time.monotonic()
-        self.done = threading.Event()
-        self.answer = Look(Seen.HUNG)
-
-    def run(self, path: str) -> None:
-        mode: int | None = None
+def _look(path: str) -> Look:
+    mode: int | None = None
+    try:
         try:
-            try:
-                mode = os.stat(path).st_mode
-            except (OSError, ValueError):  # what makes ``os.path.exists`` say False
-                mode = None
-            # The real path walks the components the stat just walked (the kernel has them)
-            # and is taken once here for the cache directory's check (sections.local_problems).
-            self.answer = Look(seen(mode), os.path.realpath(path))
-        except (OSError, ValueError):  # (realpath: a loop of links is an answer too)
-            self.answer = Look(seen(mode))
-        finally:
-            with _LOOKING_LOCK:
-                if _LOOKING.get(path) is self:
-                    del _LOOKING[path]
-            self.done.set()
-
-
-#: The looks whose thread has not ended, by path: at most one per path however many loads
-#: ask (a mount that stays hung holds one thread, never one per reload).
-_LOOKING: dict[str, _Looking] = {}
-_LOOKING_LOCK = threading.Lock()
+            mode = os.stat(path).st_mode
+        except (OSError, ValueError):  # what makes ``os.path.exists`` say False
+            mode = None
+        # The real path walks the components the stat just walked (the kernel has them)
+        # and is taken once here for the cache directory's check (sections.local_problems).
+        return Look(seen(mode), os.path.realpath(path))
+    except (OSError, ValueError):  # (realpath: a loop of links is an answer too)
+        return Look(seen(mode))
 
 
 def look_at(path: str, bound: float = LOOK_BOUND) -> Look:
     """What ``path`` is (one ``os.stat``, following links) and its real path, looked at in a
-    daemon thread and waited for at most ``bound`` seconds from that thread's start. A path
-    whose look is still running from an earlier call is not looked at again: that look is
-    waited for within what is left of its bound, so a path hung longer than that answers
-    :attr:`Seen.HUNG` at once. The thread of a hung path is left until it answers (a daemon:
-    it never holds the exit). A thread that cannot be started answers HUNG as well."""
-    with _LOOKING_LOCK:
-        looking = _LOOKING.get(path)
-        started = looking is None
-        if looking is None:
-            looking = _LOOKING[path] = _Looking()
-    if started:
-        thread = threading.Thread(
-            target=looking.run, args=(path,), name=f"config look {path}", daemon=True
-        )
-        try:
-            thread.start()
-        except RuntimeError:  # no thread to be had (this process's limits): no answer
-            with _LOOKING_LOCK:
-                del _LOOKING[path]
-            return Look(Seen.HUNG)
-    looking.done.wait(max(0.0, looking.began + bound - time.monotonic()))
-    return looking.answer if looking.done.is_set() else Look(Seen.HUNG)
+    daemon thread within ``bound`` seconds (:func:`~tracker.config.bounded.answered`: a path
+    whose look still hangs from an earlier call answers at once); :attr:`Seen.HUNG` when it
+    did not answer."""
+    return answered(("look", path), partial(_look, path), bound) or Look(Seen.HUNG)
+
+
+def _read_targets(path: str) -> TargetsRead:
+    if not os.path.lexists(path):
+        return TargetsRead(missing=True)
+    try:
+        return TargetsRead(hosts=tuple(read_target_file(path)))
+    except ProbeError as exc:
+        return TargetsRead(error=str(exc))
 
 
 class PathLooks:
@@ -243,12 +239,21 @@ class PathLooks:
     def __init__(self, bound: float = LOOK_BOUND) -> None:
         self.bound = bound
         self._seen: dict[str, Look] = {}
+        self._targets: dict[str, TargetsRead] = {}
 
     def look(self, path: str) -> Look:
         """What ``path`` is, looked at on the first ask of this load."""
         if path not in self._seen:
             self._seen[path] = look_at(path, self.bound)
         return self._seen[path]
+
+    def targets(self, path: str) -> TargetsRead:
+        """The ``file_targets`` file at ``path``, read on the first ask of this load within
+        the bound (its check and the warnings share one read)."""
+        if path not in self._targets:
+            read = answered(("targets", path), partial(_read_targets, path), self.bound)
+            self._targets[path] = read or TargetsRead(hung=True)
+        return self._targets[path]
 
 
 #: The largest file a config names that is read whole (a secret, a CA bundle of TLS).
@@ -331,13 +336,19 @@ def signing(attest: Attest | None) -> tuple[Signer | None, float]:
     """The daemon's signer of ``attest`` (its key loaded now: at start and on every reload)
     and how long its statements hold; ``(None, 0)`` without ``attest``. ConfigError, naming
     ``attest.key``, when the key can no longer be read (changed since the config was
-    checked)."""
+    checked) or does not answer within :data:`~tracker.config.bounded.LOOK_BOUND` (a hung
+    mount; blocking meanwhile: call it in a worker thread where an event loop runs)."""
     if attest is None:
         return None, 0.0
     try:
-        return load_signer(attest.key), attest.valid_for
+        # within the load's bound, as the load read it: a key on a hung mount held the start,
+        # and a reload (docs/configuration.md, "Paths on a hung mount")
+        signer = answered(("key", attest.key), partial(load_signer, attest.key))
     except ValueError as exc:
         raise ConfigError([f"attest.key: {exc}"]) from None
+    if signer is None:
+        raise ConfigError([f"attest.key: {no_answer(attest.key, LOOK_BOUND)}"])
+    return signer, attest.valid_for
 
 
 def tls_context(ca_file: str, cert_file: str, key_file: str, insecure: bool) -> ssl.SSLContext:
@@ -351,6 +362,17 @@ def tls_context(ca_file: str, cert_file: str, key_file: str, insecure: bool) -> 
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+def loaded_tls(ca_file: str, cert_file: str, key_file: str) -> ssl.SSLContext:
+    """:func:`tls_context` of the config's check (verifying), built in a thread within
+    :data:`~tracker.config.bounded.LOOK_BOUND` (the ssl module opens the files with a plain,
+    blocking ``open``): ValueError when the files did not answer (a hung mount)."""
+    files = ("tls", ca_file, cert_file, key_file)
+    built = answered(files, partial(tls_context, ca_file, cert_file, key_file, False))
+    if built is None:
+        raise ValueError(f"no answer within {LOOK_BOUND:g}s (a hung mount?)")
+    return built
 
 
 def _no_password() -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 import attrs
 
-from tracker.config.files import PathLooks, Seen, tls_context
+from tracker.config.files import PathLooks, loaded_tls
 from tracker.config.problems import Path, raise_problems
 from tracker.config.schema import (
     TARGET_KINDS,
@@ -214,9 +214,9 @@ def finish_tls(tls: TLSConfig) -> TLSConfig:
         problems.append((("cert_file",), "required when key_file is set"))
     raise_problems(problems)
     if tls.ca_file:
-        _loads(("ca_file",), lambda: tls_context(tls.ca_file, "", "", False))
+        _loads(("ca_file",), lambda: loaded_tls(tls.ca_file, "", ""))
     if tls.cert_file:
-        _loads(("cert_file",), lambda: tls_context("", tls.cert_file, tls.key_file, False))
+        _loads(("cert_file",), lambda: loaded_tls("", tls.cert_file, tls.key_file))
     return tls
 
 
@@ -375,14 +375,16 @@ def local_problems(config: Config, looks: PathLooks | None = None) -> list[tuple
     (their real paths compared, :func:`holds`): the cache directory is the tracker's own, its
     subdirectories taken for groups' and an orphaned one's archives removed when a refresh
     lacks the room (docs/proxy.md, "Orphaned archives"), so a validator's ledger there lost
-    its snapshots to the cache. Each directory's real path is the load's ``looks`` (else
-    looked at now: :func:`~tracker.config.files.look_at`); one that did not answer (a hung
-    mount) is not compared, never waited for."""
+    its snapshots to the cache. Each directory's real path, the cache's too, is the load's
+    ``looks`` (else looked at now: :func:`~tracker.config.files.look_at`); one that did not
+    answer (a hung mount) is not compared, never waited for."""
     looked = looks if looks is not None else PathLooks()
     found: list[tuple[Path, str]] = []
     first: dict[str, int] = {}
+    # its real path looked at as the directories' are: realpath stats each component, and
+    # a cache directory on a hung mount held the load (docs/configuration.md, "Paths on a
+    # hung mount"); one that did not answer is not compared
     cache = config.proxy_snapshot_cache_dir
-    cache = os.path.realpath(cache) if cache else ""
     held: tuple[str, int] | None = None
     entries = config.group_entries or range(len(config.target_groups))
     for index, group in zip(entries, config.target_groups, strict=True):
@@ -398,8 +400,8 @@ def local_problems(config: Config, looks: PathLooks | None = None) -> list[tuple
             first[key] = index
             if not cache or held is not None:
                 continue
-            look = looked.look(directory)
-            if look.kind is not Seen.HUNG and look.real and holds(cache, look.real):
+            outer, look = looked.look(cache).real, looked.look(directory)
+            if outer and look.real and holds(outer, look.real):
                 held = (directory, index)
     if held is not None:
         message = (

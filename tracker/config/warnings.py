@@ -6,19 +6,16 @@ and the command-line overrides recompute them (:mod:`tracker.config.overrides`).
 
 from __future__ import annotations
 
-import contextlib
-import os
 from collections.abc import Sequence
 
 import attrs
 
-from tracker.config.files import PathLooks, Seen
+from tracker.config.bounded import no_answer
+from tracker.config.files import PathLooks, Seen, TargetsRead
 from tracker.config.problems import lines
 from tracker.config.schema import TARGET_KINDS, Config, TargetGroup, rpc_identity
 from tracker.config.sections import proof_problems, store_problems
-from tracker.config.targetfile import read_target_file
 from tracker.core.snapshots import MIN_DISCOVERED_AGREEING, is_known
-from tracker.errors import ProbeError
 from tracker.observability.redact import redact_text, redact_url
 from tracker.proof.accounts.budget import (
     FIXED_COST,
@@ -270,9 +267,12 @@ def _group_warnings(group: TargetGroup, config: Config, looks: PathLooks) -> lis
             " relay's word for the bank hash (docs/http-api.md, \"After the migration: finality"
             f' certificates"); name relays run by others in {where}, all of which must agree'
         )
-    if group.file_targets is not None and not os.path.lexists(group.file_targets.path):
+    if group.file_targets is not None:
         path = group.file_targets.path
-        found.append(f".file_targets.path: {path!r} does not exist yet (re-read every scrape)")
+        found += [
+            f".file_targets.path: {line}"
+            for line in targets_warning(path, looks.targets(path), looks.bound)
+        ]
     for at, directory in enumerate(group.local_targets.paths if group.local_targets else ()):
         found += [
             f".local_targets.paths[{at}]: {line}"
@@ -280,7 +280,7 @@ def _group_warnings(group: TargetGroup, config: Config, looks: PathLooks) -> lis
         ]
     if group.basic_auth is not None and group.bearer_auth is not None:
         found.append(": both basic_auth and bearer_auth set; the bearer token is sent")
-    return found + _unmatched_known_sources(group) + _shadowed_targets(group)
+    return found + _unmatched_known_sources(group, looks) + _shadowed_targets(group)
 
 
 def directory_warning(directory: str, kind: Seen, bound: float) -> list[str]:
@@ -293,9 +293,19 @@ def directory_warning(directory: str, kind: Seen, bound: float) -> list[str]:
         ]
     if kind is Seen.HUNG:  # its listings are bounded at runtime (discovery.local)
         return [
-            f"{directory!r} did not answer within {bound:g}s (a hung mount?): not"
-            " checked; listed every scrape, its target shows failing until it answers"
+            f"{no_answer(directory, bound)}: not checked; listed every scrape, its target"
+            " shows failing until it answers"
         ]
+    return []
+
+
+def targets_warning(path: str, read: TargetsRead, bound: float) -> list[str]:
+    """The warning of a ``file_targets`` file found as ``read`` at load (read within
+    ``bound`` seconds), if any. Pure."""
+    if read.missing:
+        return [f"{path!r} does not exist yet (re-read every scrape)"]
+    if read.hung:  # as a hung directory's (docs/configuration.md, "Paths on a hung mount")
+        return [f"{no_answer(path, bound)}: not checked; re-read every scrape"]
     return []
 
 
@@ -314,12 +324,14 @@ def _shadowed_targets(group: TargetGroup) -> list[str]:
     ]
 
 
-def _unmatched_known_sources(group: TargetGroup) -> list[str]:
+def _unmatched_known_sources(group: TargetGroup, looks: PathLooks) -> list[str]:
     """A ``known_sources`` entry that names none of the group's configured targets trusts
     nothing (a typo, or a target since removed)."""
-    targets = _configured_targets(group)
+    targets = _configured_targets(group, looks)
     found = []
     found_later = group.consul_sd_config is not None or group.cluster_discovery is not None
+    # a file_targets file that did not answer (a hung mount) may list it
+    unread = group.file_targets is not None and looks.targets(group.file_targets.path).hung
     for index, entry in enumerate(group.trust.known_sources):
         if any(is_known(target, {entry}) for target in targets):
             continue
@@ -329,16 +341,18 @@ def _unmatched_known_sources(group: TargetGroup) -> list[str]:
         )
         if found_later:
             line += " (unless Consul or cluster discovery finds it)"
+        if unread:
+            line += " (unless file_targets.path, which did not answer, lists it)"
         found.append(line)
     return found
 
 
-def _configured_targets(group: TargetGroup) -> list[str]:
-    """The target URLs and paths the config names (the targets' keys in the index)."""
+def _configured_targets(group: TargetGroup, looks: PathLooks) -> list[str]:
+    """The target URLs and paths the config names (the targets' keys in the index; a
+    ``file_targets`` file's as the load read it)."""
     hosts = list(group.static_targets.targets) if group.static_targets else []
-    if group.file_targets is not None and os.path.lexists(group.file_targets.path):
-        with contextlib.suppress(ProbeError):  # reported as a problem of its own at load
-            hosts += read_target_file(group.file_targets.path)
+    if group.file_targets is not None:
+        hosts += looks.targets(group.file_targets.path).hosts
     targets = [group.sidecar_url(host) for host in hosts]
     if group.http_targets is not None:
         targets += group.http_targets.targets

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import errno
 import os
+from functools import partial
 from typing import Any
 
 import yaml
 
+from tracker.config.bounded import LOOK_BOUND, answered
 from tracker.core.smallfiles import read_small
 from tracker.core.text import one_line
 from tracker.errors import ConfigError
@@ -48,19 +50,17 @@ class PlainFloat(float):
 
 
 def read_yaml(path: str) -> object:
-    """The parsed YAML document; ConfigError for unreadable, oversized files and YAML syntax
-    errors."""
-    try:
-        # A regular file only, opened without blocking (a FIFO at the path would hold the
-        # read, and a reload with it, forever); its links followed: the operator's own.
-        data = read_small(path, MAX_CONFIG_BYTES, follow=True)
-    except OSError as exc:
-        if exc.errno == errno.EFBIG:
-            size = _size_of(path)
-            raise ConfigError(
-                [f"{path}: the config file is {size} bytes, more than the {MAX_CONFIG_BYTES} read"]
-            ) from None
-        raise ConfigError([f"{path}: cannot read the config file: {exc.strerror}"]) from None
+    """The parsed YAML document; ConfigError for unreadable, oversized files, one that does
+    not answer within :data:`~tracker.config.bounded.LOOK_BOUND` (a hung mount), and YAML
+    syntax errors."""
+    # Read in a thread of its own, within the bound: a config file on a hung mount held
+    # check-config, serve's start and every reload after it (docs/configuration.md, "Paths
+    # on a hung mount"); parsed here.
+    data = answered(("config", path), partial(_read_config, path))
+    if data is None:
+        raise ConfigError(
+            [f"{path}: the config file did not answer within {LOOK_BOUND:g}s (a hung mount?)"]
+        )
     try:
         return yaml.load(data, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
     except yaml.MarkedYAMLError as exc:
@@ -79,6 +79,20 @@ def read_yaml(path: str) -> object:
         # its line where the loader builds it (_UniqueKeyLoader.construct_object); one
         # raised elsewhere is still a bad value of the file, as any other
         raise ConfigError([one_line(f"{path}: invalid YAML value: {exc}")]) from None
+
+
+def _read_config(path: str) -> bytes:
+    try:
+        # A regular file only, opened without blocking (a FIFO at the path would hold the
+        # read, and a reload with it, forever); its links followed: the operator's own.
+        return read_small(path, MAX_CONFIG_BYTES, follow=True)
+    except OSError as exc:
+        if exc.errno == errno.EFBIG:
+            size = _size_of(path)
+            raise ConfigError(
+                [f"{path}: the config file is {size} bytes, more than the {MAX_CONFIG_BYTES} read"]
+            ) from None
+        raise ConfigError([f"{path}: cannot read the config file: {exc.strerror}"]) from None
 
 
 def _size_of(path: str) -> str:
