@@ -41,6 +41,11 @@ BYTES_PER_MEMBER = 1024
 #: accounts-db/src/hardened_unpack.rs: "too many files in snapshot"): past it no node loads
 #: the archive, whatever its size allows.
 MAX_MEMBERS = 5_000_000
+#: The members' sizes agave unpacks in all (``MAX_SNAPSHOT_ARCHIVE_UNPACKED_ACTUAL_SIZE``, 4
+#: TiB, hardened_unpack.rs: "too large archive"; its apparent bound, 64 TiB, counts sparse
+#: holes, which the check refuses). A mainnet full holds ~330 GB. It bounds every size a
+#: member's parser is handed, so that none reaches a compiled kernel past its int64s.
+MAX_UNPACKED_SIZE = 4 * 1024**4
 #: Zeros allowed after the two end-of-archive blocks. agave's tar writer adds none; GNU tar
 #: pads to its record (10 KiB by default, 64 KiB with ``-b 128``).
 MAX_END_PADDING = 64 * 1024

@@ -23,7 +23,12 @@ from collections.abc import Callable
 import attrs
 
 from tracker.errors import ArchiveInvalid
-from tracker.proof.archive.checklimits import MAX_END_PADDING, MAX_MEMBERS, MEMBER_FLOOR
+from tracker.proof.archive.checklimits import (
+    MAX_END_PADDING,
+    MAX_MEMBERS,
+    MAX_UNPACKED_SIZE,
+    MEMBER_FLOOR,
+)
 from tracker.proof.formats.prover import MemberProver
 from tracker.proof.formats.streamparse import REST, EndOfInput, Parser, ParserOf
 
@@ -316,6 +321,7 @@ class _Walk:
         self.headers = 0
         self.headers_limit = members_allowed()
         self.at = 0  # offset of what is being read
+        self.unpacked = 0  # the sizes of the members so far, as agave's unpacker sums them
         self.inside = ""  # what the stream would end inside of, for the truncation reason
         self.prover: MemberProver | None = None
         self.seen: Callable[[Header, int], None] | None = None
@@ -340,6 +346,7 @@ class _Walk:
                 self.count_header()
             header = read_header(block, self.at)
             self.layout.admit(header, self.at)
+            self.count_size(header)
             self.at += BLOCK
             if self.seen is not None:
                 self.seen(header, self.at)
@@ -368,6 +375,18 @@ class _Walk:
             )
             raise ArchiveInvalid(
                 f"tar: more than {self.headers_limit} members by byte {self.at} ({why})"
+            )
+
+    def count_size(self, header: Header) -> None:
+        # agave sums every member's size once its path passed and refuses the archive past
+        # its bound (docs/formats.md, "The check's limits"): a size of 2^64 - 1 is refused
+        # here, at its header, never handed to a member's parser (a status cache's reaches
+        # a compiled kernel, whose int64 it does not fit)
+        self.unpacked += header.size
+        if self.unpacked > MAX_UNPACKED_SIZE:
+            raise ArchiveInvalid(
+                f"tar: {header.name!r} at byte {self.at} takes the members' sizes past the "
+                f"{MAX_UNPACKED_SIZE} bytes agave unpacks (too large archive)"
             )
 
     def end_blocks(self) -> Parser:
