@@ -12,10 +12,14 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import os
 import re
+import shutil
 import socket
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -61,6 +65,19 @@ class _Events(logging.Handler):
 
 
 _EVENTS = pytest.StashKey[_Events]()
+
+
+@pytest.fixture
+def shm_dir() -> Iterator[Path]:
+    """A fresh directory on a memory-backed file system: under /dev/shm, a tmpfs on Linux
+    (skipped where there is none), removed after the test."""
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm here")
+    made = Path(tempfile.mkdtemp(prefix="tracker-test-", dir="/dev/shm"))
+    try:
+        yield made
+    finally:
+        shutil.rmtree(made, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -12,12 +12,14 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from tracker import __version__
 from tracker.config.values import VALID_FOR_RANGE
+from tracker.core.snapshots import parse_archive_name
 from tracker.errors import ArchiveInvalid, ConfigError, interruption_in
 from tracker.fetch.flags import (
     accounts_limits_of,
@@ -27,6 +29,7 @@ from tracker.fetch.flags import (
     count_in,
     duration_in_arg,
     fetch_main,
+    spill_warning,
     too_few_keys,
 )
 from tracker.fetch.keyfiles import add_key_parsers, keygen_main, pubkey_main
@@ -157,7 +160,7 @@ def build_parser() -> CommandParser:
         "'bad <name>: <reason>'. Exit 0 when every file passes, 1 otherwise.",
         "the archives to check",
     )
-    add_prove_accounts_flags(verify)
+    add_prove_accounts_flags(verify, f"the system's temporary directory: {tempfile.gettempdir()}")
     add_trust_flags(verify, count_in)
     add_attest_parser(commands, duration_in_arg(*VALID_FOR_RANGE))
     add_key_parsers(commands)
@@ -224,6 +227,10 @@ def verify_main(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     trust = trust_of(args)
     limits = accounts_limits_of(args)
+    fulls = (parse_archive_name(os.path.basename(path)) for path in args.files)
+    spill = spill_warning(limits.temp_dir) if any(n and n.is_full for n in fulls) else ""
+    if spill:  # said once, before minutes of checks (only a full's accounts proof spills)
+        print(f"snapshot-tracker verify: warning: {spill}", file=sys.stderr)
     failed = False
     for path in args.files:
         try:

@@ -4,6 +4,7 @@ the proofs' own keys (docs/architecture.md, "Proven archives")."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,9 @@ from helpers_config import load, problem_at, problems
 from helpers_statements import keypair_json
 
 from tracker.config.files import load_signer
-from tracker.config.warnings import proof_settings
+from tracker.config.warnings import proof_settings, spill_directory
 from tracker.proof.accounts.budget import default_memory
+from tracker.proof.accounts.machine import memory_backed, read_mountinfo
 from tracker.proof.levels import Level
 
 
@@ -493,3 +495,57 @@ def test_require_cluster_on_one_certificate_relay_warns(
     if warned:
         assert found[0].startswith("target_groups[0].trust.require: cluster after the Alpenglow")
         assert found[0].endswith("in cluster_proof.certificates, all of which must agree")
+
+
+#: The start of the warning of a spill on a memory-backed file system.
+IN_MEMORY = "is on a memory-backed file system (tmpfs): their spilled index"
+
+
+def _spill_warnings(config_warnings: tuple[str, ...]) -> list[str]:
+    return [w for w in config_warnings if w.startswith("prove_accounts_temp_dir: ")]
+
+
+def test_a_spill_directory_in_memory_is_warned_of(tmp_path: Path, shm_dir: Path) -> None:
+    """The proofs' spill counts against the tracker's memory on a tmpfs (its cgroup's
+    shmem): check-config and serve's start say so, naming the key, the directory and why."""
+    spill = shm_dir / "spill"
+    config = load(tmp_path, f"prove_accounts_temp_dir: {spill}\ntarget_groups: [{{group: g}}]\n")
+    [warning] = _spill_warnings(config.warnings)
+    assert warning.startswith(f"prove_accounts_temp_dir: {str(spill)!r} {IN_MEMORY}"), warning
+    assert warning.endswith("past prove_accounts_memory; name a directory on disk")
+    # nothing is proven, nothing spills
+    text = (
+        f"prove_accounts: false\nprove_accounts_temp_dir: {spill}\ntarget_groups: [{{group: g}}]\n"
+    )
+    assert _spill_warnings(load(tmp_path, text).warnings) == []
+
+
+def test_a_default_spill_directory_in_memory_is_warned_of(
+    tmp_path: Path, shm_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without ``prove_accounts_temp_dir`` the warning says which default is in memory: the
+    system's temporary directory (TMPDIR), or the cache directory's ``.accounts-proof``."""
+    monkeypatch.setattr(tempfile, "tempdir", str(shm_dir))  # as TMPDIR=/dev/shm/... gives
+    config = load(tmp_path, "target_groups: [{group: g}]\n")
+    assert spill_directory(config) == (str(shm_dir), "the system's temporary directory")
+    [warning] = _spill_warnings(config.warnings)
+    unset = "unset, so the accounts proofs spill to the system's temporary directory"
+    assert warning.startswith(f"prove_accounts_temp_dir: {unset} {str(shm_dir)!r} {IN_MEMORY}")
+    cache = shm_dir / "cache"
+    config = load(tmp_path, f"proxy_snapshot_cache_dir: {cache}\ntarget_groups: [{{group: g}}]\n")
+    [warning] = _spill_warnings(config.warnings)
+    where = f"in the cache directory {str(cache / '.accounts-proof')!r}"
+    assert warning.startswith(
+        f"prove_accounts_temp_dir: unset, so the accounts proofs spill to {where}"
+    )
+
+
+def test_a_spill_directory_on_disk_is_not_warned_of(tmp_path: Path) -> None:
+    """Judged by this host's mounts (its temporary directory may be a tmpfs): the warning
+    comes exactly when the directory's file system is memory."""
+    spill = tmp_path / "spill"
+    config = load(tmp_path, f"prove_accounts_temp_dir: {spill}\ntarget_groups: [{{group: g}}]\n")
+    mounts = read_mountinfo()
+    assert mounts is not None
+    expected = memory_backed(mounts, os.path.realpath(spill))
+    assert bool(_spill_warnings(config.warnings)) is expected

@@ -199,21 +199,30 @@ def test_verify_flag(flags: list[str], verify: bool) -> None:
     assert options_of(args).settings.verify is verify
 
 
+#: Where fetch's proof spills by default: beside the download, in the ledger ("l").
+BESIDE = "l/.accounts-proof"
+
+
 @pytest.mark.parametrize(
     ("flags", "limits"),
     [
-        ([], AccountsLimits()),
-        (["--prove-accounts"], AccountsLimits()),
+        ([], AccountsLimits(temp_dir=BESIDE)),
+        (["--prove-accounts"], AccountsLimits(temp_dir=BESIDE)),
         (["--prove-accounts=false"], None),
-        (["--prove-accounts-max", "2000"], AccountsLimits(max_accounts=2000)),
+        (["--prove-accounts-max", "2000"], AccountsLimits(max_accounts=2000, temp_dir=BESIDE)),
         (["--prove-accounts=false", "--prove-accounts-max", "2000"], None),
-        (["--prove-accounts-memory", "2GiB"], AccountsLimits(memory=2 * 1024**3)),
+        (
+            ["--prove-accounts-memory", "2GiB"],
+            AccountsLimits(memory=2 * 1024**3, temp_dir=BESIDE),
+        ),
         (["--prove-accounts-temp-dir", "/x"], AccountsLimits(temp_dir="/x")),
     ],
 )
 def test_prove_accounts_flags(flags: list[str], limits: AccountsLimits | None) -> None:
     """``--prove-accounts`` (on by default), its memory, temporary directory and optional
-    bound reach the download's settings; no count bound unless given."""
+    bound reach the download's settings; no count bound unless given. The index spills
+    beside the download unless told where, not in the system's temporary directory (a
+    tmpfs on many hosts: its tens of GB would count as memory; docs/fetch.md, "Safely")."""
     from tracker.cli import build_parser
     from tracker.fetch.flags import options_of
 

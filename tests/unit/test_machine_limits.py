@@ -4,17 +4,25 @@ limits read through a given reader. A real cgroup: tests/integration/test_cgroup
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from tracker.proof.accounts.budget import default_memory, limit_problem
 from tracker.proof.accounts.machine import (
+    MOUNTINFO_MOST,
     NO_LIMIT,
     cgroup_cores,
     cgroup_dirs,
     cgroup_memory,
+    in_memory,
+    memory_backed,
     parse_bytes_limit,
     parse_cpu_max,
     quota_cores,
+    read_mountinfo,
+    unescaped,
 )
 
 GIB = 1024**3
@@ -225,3 +233,110 @@ def test_a_budget_that_leaves_too_little_of_the_limit_is_said(
     if warned:
         assert said.startswith(f"{budget_mib} MiB leaves the tracker less than 256 MiB of its")
         assert f"cgroup's {limit_mib} MiB memory limit" in said
+
+
+# -- whether the spill's directory is memory ---------------------------------------------
+
+#: A host's mounts, as /proc/self/mountinfo lists them (fields 5: the mount point, after
+#: " - ": the file system type): /tmp a tmpfs, the ledger on an NVMe, a tmpfs at a point
+#: with a space (escaped), one mounted on top of another, a ramfs.
+MOUNTS = "\n".join(
+    [
+        "27 1 254:0 / / rw,relatime - ext4 /dev/vda rw",
+        "24 27 0:6 / /dev rw,relatime - devtmpfs devtmpfs rw,mode=755",
+        "25 24 0:23 / /dev/shm rw,relatime - tmpfs tmpfs rw",
+        "60 27 0:40 / /tmp rw,nosuid shared:5 - tmpfs tmpfs rw,size=4g",
+        "61 27 259:1 / /mnt/ledger rw,noatime - xfs /dev/nvme0n1 rw",
+        r"62 27 0:41 / /mnt/fast\040scratch rw - tmpfs tmpfs rw",
+        r"63 27 259:2 / /srv/back\134slash rw - ext4 /dev/nvme1n1 rw",
+        "64 27 0:42 / /srv/stack rw - tmpfs tmpfs rw",
+        "65 64 259:3 / /srv/stack rw - ext4 /dev/nvme2n1 rw",  # on top: ext4 is seen
+        "66 27 0:43 / /var/ram rw - ramfs ramfs rw",
+        "not a mountinfo line",
+        "67 27 0:44 / relative rw - tmpfs tmpfs rw",  # no absolute point: skipped
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    ("path", "memory"),
+    [
+        ("/tmp", True),
+        ("/tmp/accounts", True),
+        ("/tmpfoo", False),  # a prefix by whole components only
+        ("/mnt/ledger/.accounts-proof", False),
+        ("/mnt/ledger", False),
+        ("/mnt", False),
+        ("/", False),
+        ("/dev/shm/x", True),
+        ("/dev/null", True),  # devtmpfs
+        ("/mnt/fast scratch/spill", True),  # \040: a space
+        ("/mnt/fast", False),
+        ("/srv/back\\slash/x", False),  # \134: a backslash
+        ("/srv/stack/x", False),  # the mount on top, not the one below it
+        ("/var/ram/x", True),
+        ("relative/x", False),
+    ],
+)
+def test_a_directory_is_memory_by_the_longest_mount_point_above_it(path: str, memory: bool) -> None:
+    assert memory_backed(MOUNTS, path) is memory
+
+
+@pytest.mark.parametrize(
+    ("mountinfo", "memory"),
+    [
+        ("", False),
+        ("garbage\n\n - \n", False),
+        ("1 0 0:1 / / rw - tmpfs tmpfs rw", True),  # a container whose root is a tmpfs
+        ("1 0 0:1 / /tmp rw - tmpfs tmpfs rw\n2 0 0:2 / /tmp rw - ext4 /dev/x rw", False),
+        ("1 0 0:1 / /tmp rw - ext4 /dev/x rw\n2 0 0:2 / /tmp rw - tmpfs tmpfs rw", True),
+        ("1 0 0:1 / /tmp rw -  tmpfs rw", False),  # no type: malformed
+    ],
+)
+def test_malformed_and_stacked_mounts(mountinfo: str, memory: bool) -> None:
+    assert memory_backed(mountinfo, "/tmp/spill") is memory
+
+
+@pytest.mark.parametrize(
+    ("field", "path"),
+    [
+        ("/plain", "/plain"),
+        (r"/a\040b", "/a b"),
+        (r"/tab\011x", "/tab\tx"),
+        (r"/nl\012x", "/nl\nx"),
+        (r"/back\134slash", "/back\\slash"),
+        (r"/not\9escaped", r"/not\9escaped"),
+        ("/caf\u00e9", "/caf\u00e9"),  # bytes past ASCII are not escaped by the kernel
+    ],
+)
+def test_mount_points_are_unescaped(field: str, path: str) -> None:
+    assert unescaped(field) == path
+
+
+def test_whether_a_directory_is_memory_is_unknown_when_it_does_not_answer() -> None:
+    # "" from the bounded look: a hung mount; None from the mounts: unreadable or too long
+    assert in_memory("/tmp/x", real=lambda _path: "", mountinfo=lambda: MOUNTS) is None
+    assert in_memory("/tmp/x", real=lambda path: path, mountinfo=lambda: None) is None
+    assert in_memory("/tmp/x", real=lambda path: path, mountinfo=lambda: MOUNTS) is True
+    # the real path is judged, not the name given: a link to the ledger is not /tmp's
+    assert in_memory("/tmp/x", real=lambda _p: "/mnt/ledger/x", mountinfo=lambda: MOUNTS) is False
+
+
+def test_the_mounts_are_read_bounded(tmp_path: Path) -> None:
+    short = tmp_path / "short"
+    short.write_text(MOUNTS)
+    assert read_mountinfo(str(short)) == MOUNTS
+    long = tmp_path / "long"
+    long.write_bytes(b"x" * (MOUNTINFO_MOST + 1))
+    assert read_mountinfo(str(long)) is None  # its last lines (mounts on top) would be cut
+    assert read_mountinfo(str(tmp_path / "missing")) is None
+
+
+def test_this_machines_shared_memory_is_memory(tmp_path: Path, shm_dir: Path) -> None:
+    """The executor over this process's own mounts: /dev/shm is a tmpfs on Linux."""
+    assert in_memory(str(shm_dir), real=os.path.realpath) is True
+    # a directory not made yet is judged by where it would be made
+    assert in_memory(str(shm_dir / "not-made-yet" / "spill"), real=os.path.realpath) is True
+    link = tmp_path / "to-shm"
+    link.symlink_to(shm_dir)
+    assert in_memory(str(link / "spill"), real=os.path.realpath) is True

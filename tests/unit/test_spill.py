@@ -473,6 +473,33 @@ def test_the_spill_leaves_the_room_its_caller_keeps_free(
     assert os.listdir(tmp_path) == []
 
 
+def test_the_spill_leaves_free_what_a_download_beside_it_still_needs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``fetch`` spills beside its download: each write leaves free what the download's
+    temp file still lacks on disk (asked at that write: it shrinks as the bytes land), so
+    the proof stops short of room, never the download (docs/fetch.md, "Safely")."""
+    monkeypatch.setattr(SpillDir, "free", lambda self: 100 * 1024**2)
+    limits = AccountsLimits(temp_dir=str(tmp_path), budget=MemoryBudget(4096, 4096))
+    for lacking, proven in ((0, True), (99 * 1024**2, False)):
+        asked: list[int] = []
+
+        def reserve(lacking: int = lacking, asked: list[int] = asked) -> int:
+            asked.append(lacking)
+            return lacking
+
+        proof = AccountsProof(attrs.evolve(limits, reserve=reserve))
+        made = built({3: many(400, 3)}, [3])
+        for storage in made:
+            feed(proof, storage, 4096)
+        lt_hash, note = proof.finish(reread_from({s.name: s.data for s in made}))
+        assert asked  # asked at the spill's writes
+        assert (lt_hash is not None) is proven
+        beside = f"and {99 * 1024**2} bytes the download beside it still needs"
+        assert proven or (note is not None and beside in note), note
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.one_bookkeeping
 def test_the_count_bound_is_an_option_not_the_default() -> None:
     assert AccountsLimits().max_accounts is None

@@ -141,3 +141,23 @@ def test_verify_proves_a_full_larger_than_its_memory_by_spilling_to_its_temp_dir
     assert capsys.readouterr().out == f"ok accounts {sha} {path}\n"
     assert seen and all(len(names) == 1 for names in seen)  # one directory of the proof's
     assert os.listdir(temp) == []  # removed at the end
+
+
+def test_a_spill_directory_in_memory_is_said_once_before_the_checks(
+    tmp_path: Path, shm_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tmpfs spill counts as memory (its cgroup's shmem): verify says so in one line on
+    stderr before the checks, only where a full's accounts proof could spill."""
+    full, data = build_archive(SLOT + 5)
+    (tmp_path / full).write_bytes(data)
+    base = int(full.split("-")[1])
+    incremental = f"incremental-snapshot-{base}-{base + 10}-{full.split('-')[2]}"
+    (tmp_path / incremental).write_bytes(b"")
+    flags = ["--prove-accounts-temp-dir", str(shm_dir)]
+    main(["verify", *flags, str(tmp_path / full), str(tmp_path / full)])
+    err = capsys.readouterr().err.splitlines()
+    said = f"snapshot-tracker verify: warning: --prove-accounts-temp-dir {str(shm_dir)!r}"
+    assert len(err) == 1 and err[0].startswith(f"{said} is on a memory-backed file system")
+    assert "past --prove-accounts-memory; name a directory on disk" in err[0]
+    main(["verify", *flags, str(tmp_path / incremental)])  # an incremental never spills
+    assert capsys.readouterr().err == ""

@@ -6,6 +6,8 @@ and the command-line overrides recompute them (:mod:`tracker.config.overrides`).
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Sequence
 
 import attrs
@@ -18,6 +20,7 @@ from tracker.config.sections import proof_problems, store_problems
 from tracker.core.snapshots import MIN_DISCOVERED_AGREEING, is_known
 from tracker.observability.redact import redact_text, redact_url
 from tracker.proof.accounts.budget import (
+    CACHE_TEMP,
     FIXED_COST,
     PROCESS_MINIMUM,
     SCAN_FROM_WORKERS,
@@ -30,7 +33,7 @@ from tracker.proof.accounts.budget import (
     room_of,
     scan_processes,
 )
-from tracker.proof.accounts.machine import cgroup_memory
+from tracker.proof.accounts.machine import cgroup_memory, in_memory
 from tracker.proof.levels import Level
 
 
@@ -71,6 +74,9 @@ def config_warnings(config: Config, looks: PathLooks | None = None) -> list[str]
     )
     if over:
         found.append(f"prove_accounts_memory: {over}")
+    spill = spill_warning(config, looked)
+    if spill:
+        found.append(f"prove_accounts_temp_dir: {spill}")
     unsigned = nothing_signed(config)
     if unsigned:
         found.append(f"attest: {unsigned}")
@@ -155,6 +161,38 @@ def memory_warning(config: Config) -> str:
         f"{total // 1024**2} MiB bounds the accounts proofs' index ({room_of(total) // 1024**2}"
         f" MiB of it) but not the tracker: the proving processes need ~{FIXED_COST // 1024**2}"
         f" MiB besides it; at least {PROCESS_MINIMUM // 1024**2} MiB bounds both"
+    )
+
+
+def spill_directory(config: Config) -> tuple[str, str]:
+    """Where the daemon's accounts proofs spill their index, and how the config says so
+    ("" when ``prove_accounts_temp_dir`` names it): as ``ProxyStreamer`` gives its proofs
+    the directory, ``.accounts-proof`` in the cache directory, else the system's temporary
+    directory (``TMPDIR``)."""
+    if config.prove_accounts_temp_dir:
+        return config.prove_accounts_temp_dir, ""
+    if config.proxy_snapshot_cache_dir:
+        return os.path.join(config.proxy_snapshot_cache_dir, CACHE_TEMP), "in the cache directory"
+    return tempfile.gettempdir(), "the system's temporary directory"
+
+
+def spill_warning(config: Config, looks: PathLooks) -> str:
+    """Why the accounts proofs' spill directory defeats ``prove_accounts_memory`` ("" when
+    it does not, nothing is proven, or its place did not answer within the looks' bound):
+    it is on a memory-backed file system (tmpfs, ramfs: /tmp on many hosts and containers),
+    where the spilled index (~40 bytes a stored version, tens of GB for a mainnet full)
+    counts against the tracker's memory, so the kernel kills it where the proof would have
+    stopped at "no room" (docs/architecture.md, "Bounded memory")."""
+    if not config.prove_accounts:
+        return ""
+    directory, how = spill_directory(config)
+    if not in_memory(directory, lambda path: looks.look(path).real):
+        return ""
+    unset = f"unset, so the accounts proofs spill to {how} {directory!r}" if how else ""
+    return (
+        f"{unset or repr(directory)} is on a memory-backed file system (tmpfs): their spilled"
+        " index (tens of GB for a mainnet full) counts against the tracker's memory, past"
+        " prove_accounts_memory; name a directory on disk"
     )
 
 

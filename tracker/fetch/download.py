@@ -26,9 +26,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from email.utils import parsedate_to_datetime
+from functools import partial
 
 import attrs
 import httpx
@@ -46,8 +48,10 @@ from tracker.fetch.space import (
     block_size,
     free_bytes,
     no_room_reason,
+    not_on_disk,
     preallocate,
     room_needed,
+    same_file_system,
 )
 from tracker.fetch.state import (
     State,
@@ -64,6 +68,7 @@ from tracker.fetch.workers import FetchCrew, StateSaver, watch_speed, worker
 from tracker.multisource.claims import Pieces
 from tracker.multisource.sources import Source
 from tracker.observability.logs import log_event
+from tracker.proof.accounts.budget import AccountsLimits
 from tracker.proof.archive.archivecheck import FollowingCheck
 from tracker.proof.cluster.lifting import lifted
 from tracker.proof.levels import Proof, not_loadable
@@ -294,6 +299,24 @@ async def _download_from(
     return await _download_from(client, file, fresh, ledger, settings, progress)
 
 
+async def _spill_beside(
+    limits: AccountsLimits | None, ledger: str, name: str, size: int
+) -> AccountsLimits | None:
+    """``limits`` for the check of ``name``'s download (``size`` bytes): where the proof
+    spills on the ledger's file system (``.accounts-proof`` in it, by default), each of its
+    writes leaves free what the temp file does not hold on disk yet (docs/fetch.md,
+    "Safely"), so the proof stops short of room, never the download. Looked at in a worker
+    thread a stop does not wait for (the spill's directory is the operator's: it may be on
+    a hung mount)."""
+    if limits is None:
+        return None
+    spill = limits.temp_dir if limits.temp_dir is not None else tempfile.gettempdir()
+    beside = trio.to_thread.run_sync(same_file_system, spill, ledger, abandon_on_cancel=True)
+    if not await beside:
+        return limits
+    return attrs.evolve(limits, reserve=partial(not_on_disk, temp_path(ledger, name), size))
+
+
 async def _fill(
     crew: FetchCrew, file: RemoteFile, pool: list[Source], ledger: str, writers: tuple[str, ...]
 ) -> Result:
@@ -309,7 +332,8 @@ async def _fill(
     # prefix on disk: at the end only what came last is left to check, from the page cache.
     settings = crew.settings
     earlier = tuple(pieces.done())  # an earlier run's bytes (``writers``'), resumed
-    check = FollowingCheck.start(fd, name, settings.prove_accounts) if settings.verify else None
+    limits = await _spill_beside(settings.prove_accounts, ledger, name, size)
+    check = FollowingCheck.start(fd, name, limits) if settings.verify else None
     live = pool if reference.ranges else [reference]
     state = State(name, reference.identity, writers=writers)
     saver = StateSaver(ledger, state, pieces, fd, pool=live)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import signal
+import tempfile
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -22,12 +24,14 @@ from tracker.fetch.trust import TrustPolicy
 from tracker.observability.logs import log_event, setup_logging
 from tracker.observability.redact import redact_url
 from tracker.proof.accounts.budget import (
+    CACHE_TEMP,
     AccountsLimits,
     beyond_the_machine,
     default_memory,
     default_workers,
     shared_limits,
 )
+from tracker.proof.accounts.machine import in_memory
 from tracker.proof.levels import LEVEL_NAMES, LOADERS, Level
 
 if TYPE_CHECKING:
@@ -171,10 +175,10 @@ def count_in(lowest: int, highest: int) -> Any:
     return check
 
 
-def add_prove_accounts_flags(command: argparse.ArgumentParser) -> None:
+def add_prove_accounts_flags(command: argparse.ArgumentParser, spill_default: str) -> None:
     """``--prove-accounts-max``, ``--prove-accounts-memory``, ``--proof-workers`` and
-    ``--prove-accounts-temp-dir``, as ``fetch`` and ``verify`` take them
-    (docs/architecture.md, "Bounded memory")."""
+    ``--prove-accounts-temp-dir`` (its default as ``spill_default`` says), as ``fetch`` and
+    ``verify`` take them (docs/architecture.md, "Bounded memory")."""
     command.add_argument(
         "--prove-accounts-max",
         type=count_in(*PROVE_ACCOUNTS_RANGE),
@@ -205,7 +209,8 @@ def add_prove_accounts_flags(command: argparse.ArgumentParser) -> None:
         "--prove-accounts-temp-dir",
         default=None,
         metavar="DIR",
-        help="where the accounts proof's index spills (default: the system's temporary directory)",
+        help="where the accounts proof's index spills: tens of GB for a mainnet full, on disk, "
+        f"not a tmpfs, where it would count as memory (default: {spill_default})",
     )
 
 
@@ -236,6 +241,35 @@ def accounts_limits_of(args: argparse.Namespace) -> AccountsLimits:
         budget=budget,
         slots=slots,
         frames=frames,
+    )
+
+
+def beside_the_ledger(limits: AccountsLimits, ledger: str) -> AccountsLimits:
+    """``fetch``'s accounts limits: without ``--prove-accounts-temp-dir``, the index spills
+    to ``.accounts-proof`` in the ledger, on the disk that holds the download, not in the
+    system's temporary directory: a tmpfs on many hosts, where tens of GB of a mainnet full
+    count as memory, or a small root disk (docs/fetch.md, "Safely")."""
+    if limits.temp_dir is not None:
+        return limits
+    return attrs.evolve(limits, temp_dir=os.path.join(ledger, CACHE_TEMP))
+
+
+def spill_warning(temp_dir: str | None) -> str:
+    """Why the accounts proof's spill directory ``temp_dir`` (None: the system's temporary
+    directory) defeats ``--prove-accounts-memory`` ("" when it does not, or did not answer
+    within the config's bound on a look: a hung mount): on a memory-backed file system
+    (tmpfs) the spilled index counts as memory, and the kernel kills the run where the proof
+    would have stopped at "no room"."""
+    # Imported here: the bounded look at a path is the config loader's (a thread, 3 s).
+    from tracker.config.files import look_at
+
+    directory = temp_dir if temp_dir is not None else tempfile.gettempdir()
+    if not in_memory(directory, lambda path: look_at(path).real):
+        return ""
+    return (
+        f"--prove-accounts-temp-dir {directory!r} is on a memory-backed file system (tmpfs): "
+        "the accounts proof's spilled index (tens of GB for a mainnet full) counts as memory, "
+        "past --prove-accounts-memory; name a directory on disk"
     )
 
 
@@ -340,7 +374,9 @@ def add_fetch_parser(commands: Any) -> None:
     # Signed statements of the tracker (docs/http-api.md, "Signed statements"), checked
     # after the archive check, before the rename into the ledger.
     add_trust_key_flags(fetch, count_in)
-    add_prove_accounts_flags(fetch)
+    add_prove_accounts_flags(
+        fetch, f"{CACHE_TEMP} in --ledger, beside the download, removed when the proof ends"
+    )
     add(
         "--connections",
         type=count_in(1, 64),
@@ -433,7 +469,9 @@ def options_of(args: argparse.Namespace) -> FetchOptions:
         verify=args.verify,
         require=required,
         loadable_by=args.loadable_by,
-        prove_accounts=accounts_limits_of(args) if args.prove_accounts else None,
+        prove_accounts=beside_the_ledger(accounts_limits_of(args), args.ledger)
+        if args.prove_accounts
+        else None,
         trust=TrustPolicy(frozenset(args.trust_key), args.trust_min, required),
     )
     return FetchOptions(
@@ -531,6 +569,10 @@ def fetch_main(
     from tracker.fetch.run import os_reason
 
     options = attrs.evolve(options_of(args), voter_for=voter_for)
+    limits = options.settings.prove_accounts
+    spill = spill_warning(limits.temp_dir) if limits and args.verify and args.full else ""
+    if spill:  # once, before the download (docs/fetch.md, "Safely")
+        log_event(log, "warning", "fetch_spill_in_memory", problem=spill)
     stopped = [] if stopped is None else stopped
     try:
         trio.run(_until_signal, options, stopped)

@@ -8,6 +8,7 @@ of a rename into place, what an interrupted fetch leaves for the next run, and r
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
@@ -18,6 +19,7 @@ from tracker.errors import ArchiveInvalid, FetchError
 from tracker.fetch.listing import RemoteSnapshot
 from tracker.fetch.state import load_state, remove_state
 from tracker.observability.logs import log_event
+from tracker.proof.accounts.budget import CACHE_TEMP, clean_leftovers
 from tracker.proof.archive.archivecheck import check_file
 
 log = logging.getLogger("tracker.fetch")
@@ -139,6 +141,26 @@ def remove_stale(ledger: str, planned: set[str]) -> None:
                 continue
         remove_state(ledger, name)
         log_event(log, "info", "fetch_removed_stale", file=name, bytes=freed)
+
+
+def tidy_spill(ledger: str) -> None:
+    """Remove what the accounts proofs of an earlier fetch left in ``ledger``'s
+    ``.accounts-proof`` (killed mid-proof: ``clean_leftovers`` takes only this user's
+    directories whose lock no running proof holds), then the directory itself once empty;
+    a link planted under its name is removed, never followed (the proofs would write, and
+    clean up, where it points). Called under the ledger's lock, at a fetch's start and end:
+    a proof removes its own files however it ends (docs/fetch.md, "Safely")."""
+    spill = os.path.join(ledger, CACHE_TEMP)
+    if os.path.islink(spill):
+        with contextlib.suppress(OSError):
+            os.unlink(spill)
+            log_event(log, "warning", "fetch_link_removed", path=spill)
+        return
+    removed = clean_leftovers(spill)
+    if removed:
+        log_event(log, "info", "fetch_removed_spill", path=spill, directories=removed)
+    with contextlib.suppress(OSError):  # not empty (a proof running elsewhere), or gone
+        os.rmdir(spill)
 
 
 def retired(names: list[str], keep: int, fresh: set[str]) -> list[str]:

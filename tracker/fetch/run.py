@@ -35,6 +35,7 @@ from tracker.fetch.ledger import (
     remove_stale,
     retain,
     suspects,
+    tidy_spill,
     without,
 )
 from tracker.fetch.listing import (
@@ -186,10 +187,18 @@ async def _run(
 ) -> list[Result]:
     no_ledger(options.ledger)  # said of the directory, not of its lock file
     with ledger_lock(options.ledger):
-        # Read under the lock: a fetch that held it may have put archives in place or
-        # removed old ones (--keep) since a scan made before
-        local = await _local(options.ledger)
-        return await _locked(client, options, progress, local)
+        # the accounts proofs' spill of a fetch killed mid-proof, gigabytes maybe (its
+        # .tmp- files are judged once the plan is known: remove_stale)
+        await trio.to_thread.run_sync(tidy_spill, options.ledger)
+        try:
+            # Read under the lock: a fetch that held it may have put archives in place or
+            # removed old ones (--keep) since a scan made before
+            local = await _local(options.ledger)
+            return await _locked(client, options, progress, local)
+        finally:
+            # the empty .accounts-proof goes with the fetch (each proof removed its own
+            # files as it ended, an interrupted one too: nothing to wait for here)
+            tidy_spill(options.ledger)
 
 
 async def _locked(

@@ -15,6 +15,12 @@ two of them exist at once during a save (docs/fetch.md, "Safely"). The check cou
 (:func:`room_needed`): where only the archive's bytes fitted, the temp file was allocated,
 the state file's next save failed with ENOSPC, and every run downloaded the whole archive
 only to record none of it.
+
+A full's accounts proof spills its index beside the download by default (``.accounts-proof``
+in the ledger) while the download runs. Before each of its writes it leaves free what the
+temp file still lacks on disk (:func:`not_on_disk`: a resumed temp file is not preallocated,
+nor one on a file system without ``fallocate``), so the proof stops short of room ("not
+proven") where it would otherwise take the room the download needs.
 """
 
 from __future__ import annotations
@@ -119,3 +125,34 @@ def preallocate(fd: int, size: int) -> None:
             if exc.errno not in NO_PREALLOCATION:
                 raise
     os.ftruncate(fd, size)
+
+
+def not_on_disk(path: str, size: int) -> int:
+    """Bytes of the ``size``-byte temp file at ``path`` that its blocks on disk do not hold
+    yet (a sparse or resumed file lacks them; a preallocated one none); 0 once it is gone
+    (renamed into place). Never follows a link."""
+    try:
+        blocks = os.lstat(path).st_blocks
+    except OSError:
+        return 0
+    return max(0, size - blocks * 512)
+
+
+def same_file_system(path: str, other: str) -> bool:
+    """Whether ``path``, or where it would be made (its nearest parent that exists), lies
+    on the file system of ``other``; False when either cannot be looked at."""
+    try:
+        device = os.stat(other).st_dev
+    except OSError:
+        return False
+    at = os.path.abspath(path)
+    while True:
+        try:
+            return os.stat(at).st_dev == device
+        except FileNotFoundError:
+            parent = os.path.dirname(at)
+            if parent == at:
+                return False
+            at = parent
+        except OSError:
+            return False

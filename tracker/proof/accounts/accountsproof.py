@@ -586,7 +586,7 @@ class AccountsProof:
         self.progress.held = self.held.bytes
         if taken and needed <= self.held.bytes:
             return
-        directory = SpillDir(self.limits.temp_dir, self.limits.keep_free)
+        directory = SpillDir(self.limits.temp_dir, self.limits.keep_free, self.limits.reserve)
         with self._writing:  # not while a lane writes to the runs held in memory
             index.to_disk(directory)
         self.held.shrink_to(self._beside_index)

@@ -99,7 +99,9 @@ MEMORY_SHARE = 8
 #: The start of the name of a proof's spill directory (tracker.proof.accounts.spill).
 PREFIX = "accounts-proof-"
 #: The daemon's temporary directory of the proofs, inside its cache directory (a dot
-#: directory: never a group's).
+#: directory: never a group's), and ``fetch``'s inside the ledger (which agave and
+#: Firedancer, who purge only archive names and their own ``tmp-snapshot-archive-*``, leave
+#: alone).
 CACHE_TEMP = ".accounts-proof"
 #: Seconds a spill directory without its lock file is left alone (a proof making it now).
 LOCKLESS_GRACE = 60.0
@@ -486,7 +488,10 @@ class AccountsLimits:
     ``slots`` (the worker processes shared by the process's proofs; None: this proof's own),
     ``keep_free`` (bytes the spill leaves free on its file system: the cache's
     ``proxy_snapshot_cache_min_free`` when it spills there), ``frames`` (the threads apart
-    that the process's checks decode zstd frames on, shared; None: this check's own)."""
+    that the process's checks decode zstd frames on, shared; None: this check's own),
+    ``reserve`` (asked before each write of the spill: bytes more it leaves free, those a
+    download on its file system has still to put on disk, as ``fetch``'s beside the ledger's
+    archive; None: none)."""
 
     memory: int = DEFAULT_MEMORY
     max_accounts: int | None = None
@@ -496,6 +501,7 @@ class AccountsLimits:
     slots: WorkerSlots | None = attrs.field(default=None, eq=False)
     keep_free: int = 0
     frames: WorkerSlots | None = attrs.field(default=None, eq=False)
+    reserve: Callable[[], int] | None = attrs.field(default=None, eq=False)
 
     @property
     def hash_workers(self) -> int:

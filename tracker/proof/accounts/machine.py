@@ -12,12 +12,18 @@ kernel kills the tracker.
 The parsers and the choice of the cgroup's directories are pure functions of the texts
 (``/proc/self/cgroup``, ``/proc/self/mountinfo``, the limit files); :func:`cgroup_cores` and
 :func:`cgroup_memory` read them. Anything unreadable or malformed is no limit.
+
+Memory is also what a file on a memory-backed file system takes (tmpfs, ramfs): the proof's
+spilled index there (``prove_accounts_temp_dir``; /tmp is a tmpfs on many hosts and in many
+containers) counts against the same limit as shared memory, so :func:`memory_backed` tells
+such a directory from the mounts (docs/architecture.md, "Bounded memory").
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable
 
 #: A v1 memory limit at or above this is none (the kernel's "no limit" is ~2^63 rounded
@@ -160,6 +166,74 @@ def cgroup_memory(read: Callable[[str], str | None] = _read) -> int | None:
         if text is not None:
             found.append(parse_bytes_limit(text))
     return _least(found)
+
+
+#: The file systems whose files live in memory (swap at best): written there, the spill
+#: counts as the process's memory (its cgroup's ``shmem``), not as disk.
+MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs", "devtmpfs"})
+#: The most of ``/proc/self/mountinfo`` read (a line per mount: a host of many containers
+#: lists thousands); one longer is not judged.
+MOUNTINFO_MOST = 8 << 20
+_ESCAPED = re.compile(rb"\\([0-7]{3})")
+
+
+def unescaped(field: str) -> str:
+    """A mount point as mountinfo writes it, with the kernel's octal escapes (``\\040`` a
+    space, ``\\011`` a tab, ``\\012`` a newline, ``\\134`` a backslash) undone, bytewise
+    (the text as ``os.fsdecode`` gives it). Pure."""
+    raw = _ESCAPED.sub(lambda m: bytes([int(m.group(1), 8) & 0xFF]), os.fsencode(field))
+    return os.fsdecode(raw)
+
+
+def _within(path: str, point: str) -> bool:
+    """Whether ``path`` is ``point`` or below it, by whole components."""
+    return point == "/" or path == point or path.startswith(point.rstrip("/") + "/")
+
+
+def memory_backed(mountinfo: str, realpath: str) -> bool:
+    """Whether ``realpath`` (absolute, links resolved) lies on a memory-backed file system
+    (:data:`MEMORY_FILESYSTEMS`) by ``mountinfo`` (``/proc/self/mountinfo``'s text): the
+    mount of the longest mount point it lies under, of several at one point the last
+    listed (mounted on top). Malformed lines are skipped; no mount found: False. Pure."""
+    best: tuple[int, str] | None = None
+    for line in mountinfo.splitlines():
+        fields = line.split(" ")
+        if " - " not in line or len(fields) < 5:
+            continue
+        after = line.split(" - ", 1)[1].split(" ")
+        point = unescaped(fields[4])
+        if not point.startswith("/") or not after[0] or not _within(realpath, point):
+            continue
+        if best is None or len(point) >= best[0]:
+            best = (len(point), after[0])
+    return best is not None and best[1] in MEMORY_FILESYSTEMS
+
+
+def read_mountinfo(path: str = "/proc/self/mountinfo") -> str | None:
+    """The text of ``path`` (mountinfo), None when unreadable or longer than
+    :data:`MOUNTINFO_MOST` (its last mounts, those on top, would be missing)."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read(MOUNTINFO_MOST + 1)
+    except OSError:
+        return None
+    return None if len(data) > MOUNTINFO_MOST else os.fsdecode(data)
+
+
+def in_memory(
+    directory: str,
+    real: Callable[[str], str],
+    mountinfo: Callable[[], str | None] = read_mountinfo,
+) -> bool | None:
+    """Whether ``directory`` is on a memory-backed file system; None when that is not known:
+    ``real`` (which gives its real path, links resolved, within a bound: a directory on a
+    hung mount must not hold the caller; "" when it did not answer) gave none, or the mounts
+    could not be read. A directory not made yet is judged by where it would be made."""
+    resolved = real(directory)
+    mounts = mountinfo() if resolved else None
+    if not resolved or mounts is None:
+        return None
+    return memory_backed(mounts, resolved)
 
 
 def usable_cores() -> int:

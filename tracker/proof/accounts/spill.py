@@ -158,10 +158,14 @@ def _size_text(count: int) -> str:
 class SpillDir:
     """A directory of one proof's run files under ``root`` (None: the system's temporary
     directory), locked while it exists, leaving at least ``keep_free`` bytes (and
-    :data:`KEEP_FREE`) free on its file system; :meth:`remove` when the proof ends."""
+    :data:`KEEP_FREE`) free on its file system, and what ``reserve()`` says at each write
+    (a download beside it: its bytes not on disk yet); :meth:`remove` when the proof ends."""
 
-    def __init__(self, root: str | None, keep_free: int = 0) -> None:
+    def __init__(
+        self, root: str | None, keep_free: int = 0, reserve: Callable[[], int] | None = None
+    ) -> None:
         self.keep_free = max(KEEP_FREE, keep_free)
+        self.reserve = reserve
         self.root = root if root is not None else tempfile.gettempdir()
         self.path = ""
         self._lock = -1
@@ -237,12 +241,15 @@ class SpillDir:
             self.peak = max(self.peak, self.written)
 
     def need(self, count: int) -> None:
-        """NoRoom unless ``count`` more bytes fit on the file system (with a margin)."""
+        """NoRoom unless ``count`` more bytes fit on the file system (with a margin, and
+        what :attr:`reserve` keeps for a download beside it)."""
         free = self.free()
-        if count + self.keep_free > free:
+        kept = max(0, self.reserve()) if self.reserve is not None else 0
+        if count + self.keep_free + kept > free:
+            beside = f" and {kept} bytes the download beside it still needs" if kept else ""
             raise NoRoom(
                 f"not proven: {self.written + count} bytes of temporary space needed plus a "
-                f"{_size_text(self.keep_free)} margin, {self.written + free} free"
+                f"{_size_text(self.keep_free)} margin{beside}, {self.written + free} free"
             )
 
     def free(self) -> int:
