@@ -15,7 +15,7 @@ import logging
 import os
 import subprocess
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -872,15 +872,27 @@ async def test_a_refresh_moves_no_body_byte_through_python(
         return Cache(path, ops=DiskOps(write=write, splice=splice))
 
     # A slow source (head_delay > early_head_after) gets the client an early head, whose
-    # body follows the refresh once it opens: the same path.
-    upstream.behaviour[FULL] = Behaviour(delay=head_delay)
+    # body follows the refresh once it opens: the same path. The source pauses until the
+    # client reads the refresh: a refresh that ended before its client joined it (a loaded
+    # machine) has the client served its promoted copy, counted as the cache's bytes.
+    upstream.behaviour[FULL] = Behaviour(delay=head_delay, pause_at=1 * MiB)
     settings = EARLY if head_delay else FAST
+    served = "snapshot_tracker_served_bytes_total"
     async with proxy_tracker(
         tmp_path / "cache", upstream, cache_factory=factory, settings=settings
     ) as t:
         assert t.connections is not None
         pieces = t.connections.pieces
-        got = await get(t.url(FULL))
+        answers: list[httpx.Response] = []
+
+        async def fetch() -> None:
+            answers.append(await get(t.url(FULL)))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fetch)
+            await wait_for(lambda: t.counter(served, source="upstream") > 0)
+            upstream.behaviour[FULL].resume.set()
+        [got] = answers
         assert got.status_code == 200
         assert sha256(got.content) == sha256(FULL_DATA)
         await wait_for(lambda: t.cached() == [FULL])
@@ -889,9 +901,132 @@ async def test_a_refresh_moves_no_body_byte_through_python(
         # Sent from the temp file with sendfile pieces (each counted once the sending thread
         # is back, which may be after the client had its last byte: waited for, every one).
         await wait_for(lambda: t.connections is not None and t.connections.pieces > pieces)
-        served = "snapshot_tracker_served_bytes_total"
         await wait_for(lambda: t.counter(served, source="upstream") == len(FULL_DATA))
         assert t.counter(served, source="cache") == 0
+
+
+def last_byte_waits_for_the_close(
+    monkeypatch: pytest.MonkeyPatch, port: int, *, checkpoint: bool
+) -> tuple[Callable[[], None], trio.Event]:
+    """Make the worst interleaving of a client that closes as it takes the last byte certain:
+    once the tracker (on ``port``) has sent an answer's last body byte, the send returns only
+    after the request was told of the client's close (quart-trio then cancels it at once), so
+    that cancellation is pending from there on. ``checkpoint``: one more (a checkpoint of the
+    server on its way back to the body: none is there) as the send's caller returns. Returns
+    what arms it, for the next answer of FULL_DATA's length, and the event set once that
+    answer's last send waited."""
+    import tracker.zerocopy.server as server_module
+    import tracker.zerocopy.stream as stream_module
+
+    real_send_all = stream_module.ZeroCopyStream.send_all
+    real_send = server_module._send_last_shielded
+    real_call = server_module.ZeroCopyApp.__call__
+    body = {"armed": False, "sent": 0}
+    disconnected, waited = trio.Event(), trio.Event()
+
+    def done() -> bool:
+        return bool(body["armed"]) and body["sent"] == len(FULL_DATA)
+
+    async def send_all(stream: Any, data: Any) -> None:
+        await real_send_all(stream, data)  # within hypercorn's shield
+        if not body["armed"] or stream.socket.getsockname()[1] != port:
+            return
+        if bytes(data[:9]) != b"HTTP/1.1 ":  # the head
+            body["sent"] += len(data)
+        if data and done():  # the last body byte (not the empty end of the message)
+            with trio.CancelScope(shield=True):
+                await disconnected.wait()
+            waited.set()
+
+    async def send(inner: Any, message: Any) -> None:
+        await real_send(inner, message)
+        if checkpoint and done() and message.get("more_body"):
+            await trio.lowlevel.checkpoint()
+
+    async def call(app: Any, scope: Any, receive: Any, send: Any) -> None:
+        # the answer armed for only: neither an earlier request's nor the upstream's
+        probed = body["armed"] and scope.get("server", (None, None))[1] == port
+
+        async def received() -> Any:
+            message = await receive()
+            if probed and message.get("type") == "http.disconnect":
+                disconnected.set()
+            return message
+
+        await real_call(app, scope, received, send)
+
+    def arm() -> None:
+        body["armed"] = True
+
+    monkeypatch.setattr(stream_module.ZeroCopyStream, "send_all", send_all)
+    monkeypatch.setattr(server_module, "_send_last_shielded", send)
+    monkeypatch.setattr(server_module.ZeroCopyApp, "__call__", call)
+    return arm, waited
+
+
+async def read_and_close(base: str, target: str) -> bytes:
+    """GET ``target``, read exactly FULL_DATA's length of body and close at once."""
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    data = bytearray()
+    async with await trio.open_tcp_stream(host, int(port)) as stream:
+        await stream.send_all(f"GET {target} HTTP/1.1\r\nhost: {host}\r\n\r\n".encode())
+        while (end := data.find(b"\r\n\r\n")) < 0 or len(data) < end + 4 + len(FULL_DATA):
+            chunk = await stream.receive_some(MiB)
+            assert chunk, f"closed after {len(data)} bytes"
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200 ")
+    return bytes(data[end + 4 :])
+
+
+@pytest.mark.parametrize(
+    ("cached", "checkpoint"),
+    [(False, False), (True, False), (False, True), (True, True)],
+    ids=["refresh", "cache-hit", "refresh-checkpoint-added", "cache-hit-checkpoint-added"],
+)
+async def test_a_client_closing_as_it_takes_the_last_byte_has_every_byte_counted(
+    upstream: FakeUpstream,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    cached: bool,
+    checkpoint: bool,
+) -> None:
+    """A body counts a piece's bytes in ``served_bytes_total`` when the server asks it for
+    the next chunk. A client that closes as it takes the last byte has the server cancel the
+    request right after that send: hypercorn sends under a shield and nothing on the way
+    back to the body is a checkpoint, so the body is asked once more and counts it
+    (tracker/zerocopy/README.md, assumption 17). The ``checkpoint-added`` cases show the
+    probe reaches that window: a checkpoint there, and the answer's last message (a sendfile
+    piece of the refresh's temp file, the tail of a cached file) would be counted nowhere."""
+    served = "snapshot_tracker_served_bytes_total"
+    source = "cache" if cached else "upstream"
+    # Uncached, the source pauses until the client reads the refresh (as above).
+    upstream.behaviour[FULL] = Behaviour(pause_at=None if cached else 1 * MiB)
+    async with proxy_tracker(tmp_path / "cache", upstream, settings=FAST) as t:
+        port = int(t.base.rsplit(":", 1)[1])
+        arm, waited = last_byte_waits_for_the_close(monkeypatch, port, checkpoint=checkpoint)
+        if cached:
+            assert sha256((await get(t.url(FULL))).content) == sha256(FULL_DATA)
+            await wait_for(lambda: t.holds(FULL))
+        before = t.counter(served, source=source)
+        arm()
+        bodies: list[bytes] = []
+
+        async def fetch() -> None:
+            bodies.append(await read_and_close(t.base, f"/v1/{FULL}?group={GROUP}"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fetch)
+            if not cached:
+                await wait_for(lambda: t.counter(served, source=source) > 0)
+                upstream.behaviour[FULL].resume.set()
+        assert bodies == [FULL_DATA]
+        await wait_for(lambda: t.counter("snapshot_tracker_active_streams") == 0)
+        assert waited.is_set()
+        counted = t.counter(served, source=source) - before
+        if checkpoint:
+            assert counted < len(FULL_DATA)
+        else:
+            assert counted == len(FULL_DATA)
 
 
 async def test_an_early_heads_body_comes_from_the_cache_when_the_refresh_was_promoted_first(
