@@ -1,7 +1,8 @@
 """The docs name only what exists: every ``tracker/...`` path and every dotted reference to a
 module of the package (``proxy.decisions.Asked``, ``web.delivery.Delivery.location``) in README.md,
 docs/ and the packages' own README files, and every Sphinx reference (``:mod:`tracker.x```) in
-the code's docstrings, resolves in the code as it is."""
+the code's docstrings, resolves in the code as it is; and the output the docs show a command
+printing is what it prints."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import tokenize
 from pathlib import Path
 
 import pytest
+
+from tracker.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = sorted(
@@ -319,3 +322,46 @@ def test_a_citation_of_no_section_is_found(tmp_path: Path) -> None:
         "cites.py: docs/http-api.md has no 'Wire format'",
         "cites.py: docs/nope.md does not exist",
     ]
+
+
+#: README.md's example of ``verify``: the command line, then what it prints.
+VERIFY_EXAMPLE = re.compile(r"^```\n\$ snapshot-tracker verify [^\n]*\n(.*?)^```", re.S | re.M)
+#: An archive's name, with the directories before it.
+ARCHIVE_PATH = re.compile(r"\S*snapshot-\d+(?:-\d+)?-[1-9A-HJ-NP-Za-km-z]+\.tar(?:\.[a-z0-9]+)?")
+
+
+def output_shape(line: str) -> str:
+    """A line a command prints with what differs from archive to archive (its path and name,
+    a SHA-256, numbers such as offsets) written as placeholders: the example's line and the
+    line printed for another archive then read the same."""
+    line = ARCHIVE_PATH.sub("FILE", line)
+    line = re.sub(r"\b[0-9a-f]{64}\b", "DIGEST", line)
+    return re.sub(r"\d+", "N", line)
+
+
+def test_an_output_shape_keeps_what_the_program_decides() -> None:
+    shown = "ok manifest " + "ab" * 32 + " cut/snapshot-300-AbC.tar.zst (not proven: 9 accounts)"
+    assert output_shape(shown) == "ok manifest DIGEST FILE (not proven: N accounts)"
+    assert output_shape("bad incremental-snapshot-1-2-x9.tar: zstd: at byte 7") == (
+        "bad FILE: zstd: at byte N"
+    )
+
+
+def test_the_readme_verify_example_is_what_verify_prints(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each line of README.md's ``verify`` example is one ``verify`` prints for the same kind
+    of file: the quickstart's full, and a copy of it cut inside its second zstd frame."""
+    found = VERIFY_EXAMPLE.search((ROOT / "README.md").read_text())
+    assert found, "README.md shows no `$ snapshot-tracker verify` example"
+    example = found[1].splitlines()
+    assert len(example) == 2, example
+    [full] = (ROOT / "examples" / "ledger").glob("snapshot-*.tar.zst")
+    cut = tmp_path / "cut" / full.name
+    cut.parent.mkdir()
+    data = full.read_bytes()
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    assert main(["verify", str(full), str(cut)]) == 1
+    printed = capsys.readouterr().out.splitlines()
+    shapes = {output_shape(line) for line in printed}
+    assert [line for line in example if output_shape(line) not in shapes] == [], printed

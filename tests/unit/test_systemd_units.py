@@ -1,4 +1,5 @@
-"""The systemd units: `systemd-analyze verify` accepts them, and they agree with the code.
+"""The systemd units: `systemd-analyze verify` accepts them, and they agree with the code; the
+install steps of systemd/README.md give the config they install what it names.
 
 verify checks that ExecStart's binary exists, and /usr/local/bin/snapshot-tracker does not on a
 build machine: the units are copied to tmp_path with ExecStart pointing at /bin/true (the
@@ -8,12 +9,14 @@ arguments stay), so everything else in them is checked as installed.
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from tracker.cli import main
 from tracker.web.listeners import INTERNAL, PUBLIC
 
 UNITS = Path(__file__).resolve().parents[2] / "systemd"
@@ -137,3 +140,30 @@ def test_the_filter_lets_the_hashing_processes_lower_their_priority() -> None:
     assert "setpriority" in allowed
     assert {"setrlimit", "sched_setaffinity", "reboot", "setuid"}.isdisjoint(allowed)
     assert {"read", "sendfile", "splice", "openat"} <= allowed
+
+
+#: Where systemd/README.md's install steps put the config.
+CONFIG_DIR = "/etc/snapshot-tracker"
+SH_BLOCK = re.compile(r"^```sh\n(.*?)^```", re.S | re.M)
+
+
+def test_the_install_steps_give_the_config_the_files_it_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """systemd/README.md's install steps as typed, from the repository root, into a scratch
+    /etc/snapshot-tracker: the config they install passes the `check-config` they run next
+    with no warning, so each file it names beside itself (examples/fleet.yml's
+    ``file_targets``) is installed with it."""
+    steps = SH_BLOCK.findall((UNITS / "README.md").read_text())[0]
+    lines = [line.split("#", 1)[0].strip() for line in steps.splitlines()]
+    scratch = str(tmp_path / "etc" / "snapshot-tracker")
+    installs = [line for line in lines if line.startswith("install ") and CONFIG_DIR in line]
+    assert len(installs) >= 2, steps  # the directory, then the config
+    for line in installs:
+        typed = line.replace(CONFIG_DIR, scratch)
+        subprocess.run(["bash", "-c", typed], cwd=UNITS.parent, check=True, timeout=60)
+    [check] = [line for line in lines if " check-config " in line]
+    program, *args = shlex.split(check.replace(CONFIG_DIR, scratch))
+    assert program == "snapshot-tracker"
+    assert main(args) == 0
+    assert "warning" not in capsys.readouterr().err
