@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from tracker import __version__
 from tracker.config.values import VALID_FOR_RANGE
 from tracker.core.snapshots import parse_archive_name
-from tracker.errors import ArchiveInvalid, ConfigError, interruption_in
+from tracker.errors import ArchiveInvalid, ConfigError, ConfigNotReady, interruption_in
 from tracker.fetch.flags import (
     accounts_limits_of,
     add_fetch_parser,
@@ -55,6 +55,10 @@ if TYPE_CHECKING:
 # the server's and the config's (trio, httpx, cattrs: a third of a second).
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+#: A path the config names did not answer (a hung or late mount): sysexits.h's EX_TEMPFAIL,
+#: which the systemd unit retries, where a config error's 2 is never retried
+#: (docs/configuration.md, "Paths on a hung mount").
+EXIT_NOT_READY = 75
 log = logging.getLogger("tracker.cli")
 
 
@@ -146,8 +150,8 @@ def build_parser() -> CommandParser:
         commands,
         "check-config",
         "validate a config file",
-        "Check a config file: every problem with its key path (exit 2), "
-        "warnings on stderr (exit 0).",
+        "Check a config file: every problem with its key path (exit 2; 75 when every "
+        "one is a path that did not answer, a hung mount), warnings on stderr (exit 0).",
     )
     add_fetch_parser(commands)
     verify = add_archives_command(
@@ -316,11 +320,14 @@ def warnings(config: Config) -> list[str]:
 
 
 def report(exc: ConfigError, path: str) -> int:
-    """Print every config problem to stderr; the exit code for a config error."""
-    print(f"{path}: invalid config:", file=sys.stderr)
+    """Print every config problem to stderr; the exit code for a config error (2), or for
+    one whose every problem is a path that did not answer (75: the machine is not ready)."""
+    ready = not isinstance(exc, ConfigNotReady)
+    what = "invalid config" if ready else "not ready, a path it names did not answer"
+    print(f"{path}: {what}:", file=sys.stderr)
     for problem in exc.problems:
         print(f"  {problem}", file=sys.stderr)
-    return EXIT_USAGE
+    return EXIT_USAGE if ready else EXIT_NOT_READY
 
 
 #: The signals that end a command with one line, with SIGINT, unless they came ignored;
@@ -519,7 +526,8 @@ def _run(
 
 
 def serve(args: argparse.Namespace, config: Config, starting: StartingSignals) -> int:
-    """Run the tracker until it is stopped; 0, or 1 when it could not start. ``starting``
+    """Run the tracker until it is stopped; 0, or 1 when it could not start (75: a path it
+    reads at the start did not answer, retried by systemd). ``starting``
     holds the signals until the daemon takes them."""
     import trio
 
@@ -547,6 +555,11 @@ def serve(args: argparse.Namespace, config: Config, starting: StartingSignals) -
         # Typically a listener that cannot be bound: one line, not a traceback.
         log_event(log, "error", "startup_failed", error=str(exc))
         return EXIT_FAILURE
+    except ConfigNotReady as exc:
+        # A path read again at the start did not answer (the cache directory's opening, the
+        # signing key): the machine is not ready, and systemd retries (docs/configuration.md).
+        log_event(log, "error", "startup_failed", error="; ".join(exc.problems))
+        return EXIT_NOT_READY
     except ConfigError as exc:
         # The listeners systemd passed (LISTEN_FDS) cannot be used: a usage error, as the
         # config's are (a restart would meet it again).

@@ -7,6 +7,8 @@ exception class::
 
     TrackerError
     ├── ConfigError        the config file (or a reload) is invalid; carries every problem
+    │   └── ConfigNotReady every problem is a path it names that did not answer (a hung
+    │                      mount): the environment is not ready, not the config
     ├── FieldProblems      problems of the fields of one config object while it is structured
     │                      (gathered into ConfigError by tracker.config.loading)
     ├── ProbeError         one probe of one target failed; the message becomes ``last_error``
@@ -63,6 +65,14 @@ class ConfigError(TrackerError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = list(problems)
         super().__init__("\n".join(self.problems))
+
+
+class ConfigNotReady(ConfigError):
+    """Every problem of the config is a path it names that did not answer within its bound
+    (a hung NFS or FUSE mount, one not up yet): the file may be right, the machine is not
+    ready. ``serve`` and ``check-config`` exit 75 (``EX_TEMPFAIL``), which the systemd unit
+    retries, where a config error's 2 is never retried (docs/configuration.md, "Paths on a
+    hung mount")."""
 
 
 class FieldProblems(TrackerError):

@@ -25,18 +25,20 @@ import httpx
 import trio
 from quart_trio import QuartTrio
 
+from tracker.config.bounded import LOOK_BOUND
 from tracker.config.files import signing
 from tracker.config.schema import Config
 from tracker.config.warnings import in_force, reload_problems, restart_needed
 from tracker.core.digests import Digests
 from tracker.core.text import one_line
+from tracker.discovery.probing import tls_settings, unanswered_tls
 from tracker.discovery.scrape import Scraper, TargetHealth, Wakeup
 from tracker.discovery.targetset import named_keys
-from tracker.errors import ConfigError
+from tracker.errors import ConfigError, ConfigNotReady
 from tracker.learning.sync import Learning
 from tracker.measuring.rangereads import SpeedTests
 from tracker.net.egress import Resolver, resolve, resolve_strangers
-from tracker.net.httpclients import rpc_client
+from tracker.net.httpclients import TlsContexts, rpc_client
 from tracker.notify import Notifier, run_watchdog, watchdog_interval
 from tracker.observability import folding
 from tracker.observability.logs import RecentEvents, log_event
@@ -51,7 +53,7 @@ from tracker.proof.cluster.clustervotes import ClusterVotes
 from tracker.proof.records.attestations import Attestations
 from tracker.proxy.bucketcopies import ObjectPath, object_path
 from tracker.proxy.prefetch import Prefetcher
-from tracker.proxy.streamer import CacheFactory, ProxyStreamer
+from tracker.proxy.streamer import OPEN_WAIT, CacheFactory, ProxyStreamer
 from tracker.proxy.transfers import Transfers
 from tracker.proxy.upstream import ProxySettings
 from tracker.reporting import RpcFailure, ScrapeReporter, slots_kept, track_snapshot_age
@@ -174,19 +176,22 @@ def build(
     resolver: Resolver = resolve,
     on_probe: Callable[[TargetHealth], None] | None = None,
     strangers: Resolver = resolve_strangers,
+    tls: TlsContexts | None = None,
 ) -> Components:
     """Build every component of a tracker over ``tracker``'s live state: the one place where
     they are wired (the service and the tests use it alike).
 
     ``settings`` (download tunables), ``cache_factory`` (the disk cache), ``resolver`` (host
     names from the network) and ``strangers`` (those discovered nodes give) are for tests to
-    inject; ``on_probe`` is told each probe's result. Nothing runs yet: the caller starts
-    ``transfers.run`` and the listeners.
+    inject; ``on_probe`` is told each probe's result; ``tls``: the groups' TLS contexts, which
+    the service loads off the event loop (None: loaded where they are asked for). Nothing
+    runs yet: the caller starts ``transfers.run`` and the listeners.
     """
     current, index, metrics = tracker.current, tracker.index, tracker.metrics
     apply_trust(index, tracker.config)
+    tls = tls if tls is not None else TlsContexts()  # the probes' and downloads' alike
     scraper = Scraper(
-        tracker.config, index, on_probe=on_probe, resolver=resolver, strangers=strangers
+        tracker.config, index, on_probe=on_probe, resolver=resolver, strangers=strangers, tls=tls
     )
     transfers = Transfers()
     budget = ChunkBudget()  # read-ahead memory shared by every file stream
@@ -218,6 +223,7 @@ def build(
         resolver=resolver,
         voter=votes,
         strangers=strangers,
+        tls=tls,
     )
     prefetcher = Prefetcher(current, index, streamer.prefetch, transfers)
     # A Range request on a best file that nobody caches starts a background refresh (§9).
@@ -286,6 +292,16 @@ def build(
     )
 
 
+async def load_tls(contexts: TlsContexts, config: Config) -> None:
+    """Load the TLS contexts of ``config``'s clients off the event loop (at start-up and
+    before a reload puts ``config`` in force: the probes' and discovery's clients are made
+    then); :class:`~tracker.errors.ConfigNotReady` naming each group whose files did not
+    answer (docs/configuration.md, "Paths on a hung mount")."""
+    unanswered = await contexts.load(tls_settings(config), LOOK_BOUND)
+    if unanswered:
+        raise ConfigNotReady(unanswered_tls(config, unanswered, LOOK_BOUND))
+
+
 def apply_trust(index: Index, config: Config) -> None:
     """Give the index each group's trust settings (docs/http-api.md#trust) and ranking
     (docs/ranking.md); on start and every reload."""
@@ -325,10 +341,25 @@ async def run_tracker(
     tracker.metrics.set_groups(g.group for g in config.target_groups)
     notifier = Notifier.from_env(environ)
     reporter = ScrapeReporter(tracker.metrics, notifier)
+    # The groups' TLS files loaded off the event loop, within the config's bound on a look:
+    # one that does not answer ends the start as not ready (exit 75, retried).
+    contexts = TlsContexts()
+    await load_tls(contexts, config)
     sockets = open_listeners(config, environ)
     async with rpc_client() as rpc:
-        parts = build(tracker, rpc, on_probe=reporter.probe_done)
-        cache = parts.streamer.cache()  # its leftovers go before any request, with its lock
+        parts = build(tracker, rpc, on_probe=reporter.probe_done, tls=contexts)
+        try:
+            # Its leftovers go before any request, with its lock: looked at and opened off
+            # the event loop, bounded (docs/configuration.md, "Paths on a hung mount"); one
+            # whose look does not answer ends the start as not ready (exit 75, retried).
+            await parts.streamer.look_at_cache(config)
+            await parts.streamer.open_cache(OPEN_WAIT)
+        except BaseException:
+            for sock in sockets.values():
+                sock.close()
+            await parts.aclose()
+            raise
+        cache = parts.streamer.cache()
         if cache is not None and cache.in_use:  # another tracker's: nothing of it touched
             for sock in sockets.values():
                 sock.close()
@@ -389,6 +420,11 @@ async def run_tracker(
             # The key read again (or refused) in a worker thread, within the config load's
             # bound: on the event loop, a key on a hung mount froze every request meanwhile.
             signer = await trio.to_thread.run_sync(signing, new.attest, abandon_on_cancel=True)
+            # The cache directory's real path, taken off the event loop within the same bound
+            # (or refused): the config in force is kept (docs/configuration.md, "Paths on a
+            # hung mount").
+            await streamer.look_at_cache(new)
+            await load_tls(contexts, new)  # read here, off the event loop, or refused
             parts.attestations.configure(*signer, now=time.time())
             for change in restart_needed(tracker.config, new):
                 log_event(log, "warning", "config_needs_restart", change=change)
@@ -409,8 +445,9 @@ async def run_tracker(
             tracker.index.set_cluster_slots(slots_kept(old, new, held))
             slots_read.set()
             # A changed cache directory is taken now, not at the next archive request: the
-            # listings say what the new one holds at once (docs/configuration.md).
-            streamer.cache()
+            # listings say what the new one holds once it is opened, off the event loop
+            # (docs/configuration.md); waited for at the reload's end, within a bound.
+            opening = streamer.begin_opening()
             apply_trust(tracker.index, new)
             scraper.update_config(new)
             # Requests waiting in a source's queue are let in under the new source_limits: a
@@ -422,6 +459,7 @@ async def run_tracker(
             log_event(log, "info", "config_reloaded", groups=len(new.target_groups))
             for warning in new.warnings:
                 log_event(log, "warning", "config_warning", problem=warning)
+            await streamer.opened_within(opening, OPEN_WAIT)
             # The cache's directories of the groups dropped stay (the group may come back):
             # each is named, once per change of the groups (docs/proxy.md, "Orphaned archives").
             await streamer.report_orphaned()

@@ -26,13 +26,13 @@ from helpers_config import load
 from helpers_statements import keypair_json
 
 import tracker.config.files as files
-from tracker.config.bounded import LOOK_BOUND, no_answer
+from tracker.config.bounded import LOOK_BOUND, no_answer, not_ready
 from tracker.config.files import PathLooks, Seen, TargetsRead, seen, signing
 from tracker.config.loading import load_config
 from tracker.config.schema import Attest, Config, LocalTargets, TargetGroup
 from tracker.config.sections import local_problems
 from tracker.config.warnings import directory_warning, targets_warning
-from tracker.errors import ConfigError
+from tracker.errors import ConfigError, ConfigNotReady
 
 #: How long the fake mount holds a stat unless released: far beyond any bound here, so a
 #: load that returns before it did not wait for the stat.
@@ -226,12 +226,16 @@ def test_each_path_on_a_hung_mount_costs_the_load_one_bound(
     expected = said.format(p=no_answer(str(tmp_path / where), LOOK_BOUND))
     with hung_mount(monkeypatch, tmp_path / "mount") as asked:
         began = time.monotonic()
+        ready = True
         try:
             found = [f"warning {line}" for line in load(tmp_path, text).warnings]
         except ConfigError as exc:
             found = exc.problems
+            ready = not isinstance(exc, ConfigNotReady)
         took = time.monotonic() - began
         assert found == [expected]
+        # an error is not ready, not wrong: serve exits 75, which the systemd unit retries
+        assert ready is said.startswith("warning")
         assert asked  # the mount was asked, and held
         assert took < HELD / 2  # within the bound, not the mount's hang
 
@@ -244,7 +248,7 @@ def test_a_config_file_on_a_hung_mount_is_an_error_within_the_bound(
     mount.mkdir()
     path = mount / "tracker.yml"
     path.write_text("scrape_interval: 15s\n")
-    with hung_mount(monkeypatch, mount), pytest.raises(ConfigError) as info:
+    with hung_mount(monkeypatch, mount), pytest.raises(ConfigNotReady) as info:
         load_config(path)
     assert info.value.problems == [
         f"{path}: the config file did not answer within {LOOK_BOUND:g}s (a hung mount?)"
@@ -280,10 +284,11 @@ def test_tls_files_that_hang_their_load_are_an_error_within_the_bound(
         assert time.monotonic() - began < HELD / 2
     finally:
         answers.set()
+    hung = no_answer(str(ca), LOOK_BOUND)
     assert info.value.problems == [
-        "target_groups[0].tls_config.ca_file: does not load as TLS: no answer within"
-        f" {LOOK_BOUND:g}s (a hung mount?)"
+        f"target_groups[0].tls_config.ca_file: does not load as TLS: {hung}"
     ]
+    assert isinstance(info.value, ConfigNotReady)  # the machine's, not the file's
 
 
 def test_the_signing_key_read_again_at_a_reload_answers_within_the_bound(
@@ -294,7 +299,7 @@ def test_the_signing_key_read_again_at_a_reload_answers_within_the_bound(
     _files_on(mount)
     key = str(mount / "key.json")
     began = time.monotonic()
-    with hung_mount(monkeypatch, mount), pytest.raises(ConfigError) as info:
+    with hung_mount(monkeypatch, mount), pytest.raises(ConfigNotReady) as info:
         signing(Attest(key=key))
     assert time.monotonic() - began < HELD / 2
     assert info.value.problems == [f"attest.key: {no_answer(key, LOOK_BOUND)}"]
@@ -353,3 +358,58 @@ def test_a_known_source_a_hung_targets_file_may_list_is_said_so(
         " of the group, so it trusts nothing (unless file_targets.path, which did not answer,"
         " lists it)",
     )
+
+
+HUNG_LINE = no_answer("/m/cache", 3.0)
+
+
+@pytest.mark.parametrize(
+    ("problems", "unanswered", "expected"),
+    [
+        ([HUNG_LINE], {HUNG_LINE}, True),
+        ([f"does not load as TLS: {HUNG_LINE}"], {HUNG_LINE}, True),  # told inside a line
+        ([HUNG_LINE, "unknown key"], {HUNG_LINE}, False),  # a real problem beside it
+        (["unknown key"], set(), False),
+        ([HUNG_LINE], set(), False),  # said by no look of this load: a problem of the file
+        ([], {HUNG_LINE}, False),  # no problem at all
+    ],
+    ids=["hung", "tls", "beside-a-problem", "problem", "not-looked", "none"],
+)
+def test_a_load_refused_for_paths_that_did_not_answer_only_is_not_ready(
+    problems: list[str], unanswered: set[str], expected: bool
+) -> None:
+    assert not_ready(problems, unanswered) is expected
+
+
+def test_a_hung_path_beside_a_real_problem_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retrying cannot fix the typo: exit 2 as before, the hung path's line with it."""
+    _files_on(tmp_path / "mount")
+    text = "proxy_snapshot_downloads: true\nproxy_snapshot_cache_dir: mount/cache\nscrape: 1\n"
+    with hung_mount(monkeypatch, tmp_path / "mount"), pytest.raises(ConfigError) as info:
+        load(tmp_path, text)
+    assert not isinstance(info.value, ConfigNotReady)
+    assert len(info.value.problems) == 2
+
+
+def test_check_config_of_a_cache_on_a_hung_mount_exits_75(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A cache directory hung (or late) at boot exited 2, which the systemd unit's
+    ``RestartPreventExitStatus=2`` never restarts: the fleet had no tracker until someone
+    started it again. The machine is not ready, the config is right: 75 (EX_TEMPFAIL),
+    retried, with the same line naming the key; 2 stays the config errors'."""
+    from tracker.cli import EXIT_NOT_READY, main
+
+    _files_on(tmp_path / "mount")
+    path = tmp_path / "tracker.yml"
+    path.write_text("proxy_snapshot_downloads: true\nproxy_snapshot_cache_dir: mount/cache\n")
+    with hung_mount(monkeypatch, tmp_path / "mount"):
+        code = main(["check-config", "--config", str(path)])
+    assert code == EXIT_NOT_READY == 75
+    hung = no_answer(str(tmp_path / "mount" / "cache"), LOOK_BOUND)
+    assert capsys.readouterr().err.splitlines() == [
+        f"{path}: not ready, a path it names did not answer:",
+        f"  proxy_snapshot_cache_dir: {hung}",
+    ]

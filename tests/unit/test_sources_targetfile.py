@@ -249,3 +249,61 @@ async def test_a_group_moved_away_and_back_gets_nothing_of_its_old_list(tmp_path
     file.unlink()
     assert await sidecars(found, files(("a", q)), "a") == []
     assert await sidecars(found, files(("a", p)), "a") == []
+
+
+#: How long the fake hung mount holds a read unless released: far beyond any bound here.
+HELD = 30.0
+
+
+async def test_a_targets_file_on_a_hung_mount_keeps_its_list_and_never_holds_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The scrape read ``file_targets`` on the event loop: a file on a hung mount froze the
+    whole daemon (every client, every download's event-loop side) at each round. It is read
+    in a thread within ``scrape_timeout``: a round goes on with the group's last list (its
+    sidecars are reached over the network, not through the mount), said once; the rounds
+    after it start no second thread while the first hangs (the hang is the test's, at the
+    read's executor seam, released at the end)."""
+    import logging
+
+    import attrs
+    import trio
+
+    import tracker.discovery.targetset as targetset
+
+    caplog.set_level(logging.INFO, logger="tracker.scrape")
+    file = tmp_path / "targets"
+    file.write_text("127.0.0.1:13080\n")
+    path = str(file)
+    config = attrs.evolve(files(("a", path)), scrape_timeout=0.2)
+    found = finder()
+    assert await sidecars(found, config, "a") == ["http://127.0.0.1:13080"]
+    answers, read = threading.Event(), threading.Event()
+    asked: list[str] = []
+    real = targetset.read_target_file
+
+    def hung(at: str) -> list[str]:
+        asked.append(at)
+        answers.wait(HELD)  # the mount hangs
+        try:
+            return real(at)
+        finally:
+            read.set()
+
+    monkeypatch.setattr(targetset, "read_target_file", hung)
+    try:
+        for _round in range(3):
+            assert await sidecars(found, config, "a") == ["http://127.0.0.1:13080"]
+        assert not read.is_set()  # each round ended while the read still hung
+        assert asked == [path]  # one thread, however many rounds ask
+        said = [r.getMessage() for r in caplog.records if r.name == "tracker.scrape"]
+        assert said == ["file_targets_unanswered"]  # once, not each round
+    finally:
+        answers.set()
+    assert await trio.to_thread.run_sync(read.wait, HELD)
+    file.write_text("127.0.0.1:13081\n")
+    with trio.fail_after(HELD):  # its thread's end is told to the loop: then read again
+        while await sidecars(found, config, "a") != ["http://127.0.0.1:13081"]:
+            await trio.sleep(0.01)
+    said = [r.getMessage() for r in caplog.records if r.name == "tracker.scrape"]
+    assert said == ["file_targets_unanswered", "file_targets_answered"]

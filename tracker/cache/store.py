@@ -85,6 +85,15 @@ class CachedFile:
 
 
 @attrs.frozen
+class CacheContents:
+    """What a cache held when it was listed (:meth:`Cache.measure`)."""
+
+    #: Bytes of its archives (None: a file vanished under the scan).
+    total: int | None
+    files: list[CachedFile]
+
+
+@attrs.frozen
 class RefreshProgress:
     """A refresh in flight, as the status page shows it.
 
@@ -415,8 +424,25 @@ class Cache:
         """Create the root if missing and remove leftover temp files; return how many.
 
         Called once before the cache is used (nothing else writes then). Errors are logged,
-        not raised: a cache that cannot be cleaned still serves what it holds.
+        not raised: a cache that cannot be cleaned still serves what it holds. Blocking: the
+        service opens a cache in a worker thread (:meth:`open_blocking`).
         """
+        removed = self._clean_at_start()
+        if removed is None:
+            return 0
+        self.report_size()
+        return removed
+
+    def open_blocking(self) -> CacheContents | None:
+        """:meth:`startup_cleanup`, then what the cache holds, not told to anyone: blocking,
+        run in a worker thread (a directory on a hung mount never holds the event loop), its
+        contents told from there (:meth:`tell`). None when nothing of it may be told (it is
+        unusable, or another tracker's)."""
+        return None if self._clean_at_start() is None else self.measure()
+
+    def _clean_at_start(self) -> int | None:
+        """:meth:`startup_cleanup`'s work: the temp files removed, None when the directory
+        could not be listed or another tracker holds it."""
         try:
             os.makedirs(self.root, exist_ok=True)
             groups = [
@@ -427,12 +453,12 @@ class Cache:
         except OSError as exc:
             self.problem = f"{exc.strerror}: {self.root!r}"
             log_event(log, "error", "cache_unusable", root=self.root, error=exc)
-            return 0
+            return None
         self.in_use = self._hold()
         if self.in_use:  # nothing of it is touched: its files are another tracker's
             self.problem = self.in_use
             log_event(log, "error", "cache_in_use", root=self.root, error=self.in_use)
-            return 0
+            return None
         if self.check_directory():
             log_event(log, "error", "cache_unusable", root=self.root, error=self.problem)
         # the accounts proofs' spilled files left by a tracker killed in the middle
@@ -457,7 +483,6 @@ class Cache:
         if removed:
             log_event(log, "info", "cache_temp_removed", root=self.root, count=removed)
         self.report_orphaned()
-        self.report_size()
         return removed
 
     def report_orphaned(self) -> None:
@@ -474,6 +499,11 @@ class Cache:
         self._orphans_reported = groups
         report_orphaned(self.root, groups)
 
+    def orphans_and_files(self) -> list[CachedFile]:
+        """:meth:`report_orphaned`, then :meth:`files` (blocking: in a worker thread)."""
+        self.report_orphaned()
+        return self.files()
+
     def total_size(self) -> int:
         """Bytes of archives in the cache (temp files excluded)."""
         total = 0
@@ -487,12 +517,24 @@ class Cache:
     def report_size(self) -> None:
         """Tell ``on_size`` the bytes of archives cached now, and ``on_files`` the archives
         (after a change)."""
+        self.tell(self.measure())
+
+    def measure(self) -> CacheContents:
+        """What the cache holds now, as much as anyone is told of it (blocking: it lists the
+        directories)."""
+        # A file vanishing under the scan raises OSError; the next change reports again.
+        total: int | None = None
         if self._on_size is not None:
-            # A file vanishing under the scan raises OSError; the next change reports again.
             with contextlib.suppress(OSError):
-                self._on_size(self.total_size())
+                total = self.total_size()
+        return CacheContents(total, self.files() if self.on_files is not None else [])
+
+    def tell(self, contents: CacheContents) -> None:
+        """Tell ``on_size`` and ``on_files`` what :meth:`measure` found."""
+        if self._on_size is not None and contents.total is not None:
+            self._on_size(contents.total)
         if self.on_files is not None:
-            self.on_files(self.files())
+            self.on_files(contents.files)
 
     # -- refreshes -----------------------------------------------------------------------
 

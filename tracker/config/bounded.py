@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from typing import TypeVar, cast
 
 _T = TypeVar("_T")
@@ -27,6 +27,18 @@ LOOK_BOUND = 3.0
 def no_answer(path: str, bound: float) -> str:
     """What is said of ``path`` when it did not answer within ``bound`` seconds. Pure."""
     return f"{path!r} did not answer within {bound:g}s (a hung mount?)"
+
+
+def not_ready(problems: Sequence[str], unanswered: Collection[str]) -> bool:
+    """Whether a load's ``problems`` (their messages, without key paths) are all paths that
+    did not answer: each ends with one of ``unanswered``, the :func:`no_answer` lines the
+    load raised (a TLS file's is told inside another line). Such a config is not wrong, the
+    machine is not ready (a mount hung, or late at boot): ``serve`` exits so that systemd
+    retries it, where a real problem beside it still makes it a config error
+    (docs/configuration.md, "Paths on a hung mount"). Pure."""
+    return bool(problems) and all(
+        any(problem.endswith(line) for line in unanswered) for problem in problems
+    )
 
 
 class _Asking:

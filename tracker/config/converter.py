@@ -95,7 +95,10 @@ def _register_auth(converter: cattrs.Converter, files: FileChecks) -> None:
     consul = {**token, "host": values.consul_host}
     add_hook(converter, ConsulSDConfig, consul, lambda sd: finish_consul(sd, secrets))
     tls_files = {name: files.readable_file for name in ("ca_file", "cert_file", "key_file")}
-    add_hook(converter, TLSConfig, tls_files, finish_tls, aliases=TLS_GO_KEYS)
+    looks = files.looks  # keeps the TLS files that did not answer (a hung mount)
+    add_hook(
+        converter, TLSConfig, tls_files, lambda tls: finish_tls(tls, looks), aliases=TLS_GO_KEYS
+    )
 
 
 def _register_targets(converter: cattrs.Converter, files: FileChecks) -> None:

@@ -22,7 +22,7 @@ from tracker.config.bounded import LOOK_BOUND, answered, no_answer
 from tracker.config.targetfile import is_host_port, read_target_file
 from tracker.core.cachedirs import unusable_directory
 from tracker.core.smallfiles import read_small, read_small_file
-from tracker.errors import ConfigError, ProbeError, StatementInvalid
+from tracker.errors import ConfigError, ConfigNotReady, ProbeError, StatementInvalid
 from tracker.observability.redact import redact_url
 
 if TYPE_CHECKING:
@@ -86,7 +86,7 @@ class FileChecks:
         in force: docs/configuration.md, "Paths on a hung mount")."""
         text = answered(("read", path), partial(read_text, path), self.looks.bound)
         if text is None:
-            raise ValueError(no_answer(path, self.looks.bound))
+            raise ValueError(self.looks.no_answer(path))
         return text
 
     def signing_key(self, value: object) -> str:
@@ -96,7 +96,7 @@ class FileChecks:
         if not path:
             raise ValueError("must not be empty")
         if answered(("key", path), partial(load_signer, path), self.looks.bound) is None:
-            raise ValueError(no_answer(path, self.looks.bound))
+            raise ValueError(self.looks.no_answer(path))
         return path
 
     def targets_file(self, value: object) -> str:
@@ -156,7 +156,7 @@ class FileChecks:
             return path
         problem = answered(("usable", path), partial(unusable_directory, path), self.looks.bound)
         if problem is None:
-            raise ValueError(no_answer(path, self.looks.bound))
+            raise ValueError(self.looks.no_answer(path))
         if problem:
             raise ValueError(problem)
         return path
@@ -240,6 +240,16 @@ class PathLooks:
         self.bound = bound
         self._seen: dict[str, Look] = {}
         self._targets: dict[str, TargetsRead] = {}
+        #: The lines of the paths whose no answer is an error of this load (not a warning):
+        #: a load refused for those only is not ready, not wrong (:func:`not_ready`).
+        self.unanswered: set[str] = set()
+
+    def no_answer(self, path: str) -> str:
+        """The error line of ``path``, which did not answer within the bound, kept in
+        :attr:`unanswered`."""
+        line = no_answer(path, self.bound)
+        self.unanswered.add(line)
+        return line
 
     def look(self, path: str) -> Look:
         """What ``path`` is, looked at on the first ask of this load."""
@@ -346,8 +356,8 @@ def signing(attest: Attest | None) -> tuple[Signer | None, float]:
         signer = answered(("key", attest.key), partial(load_signer, attest.key))
     except ValueError as exc:
         raise ConfigError([f"attest.key: {exc}"]) from None
-    if signer is None:
-        raise ConfigError([f"attest.key: {no_answer(attest.key, LOOK_BOUND)}"])
+    if signer is None:  # the machine is not ready, not the config (exit 75 at start)
+        raise ConfigNotReady([f"attest.key: {no_answer(attest.key, LOOK_BOUND)}"])
     return signer, attest.valid_for
 
 
@@ -364,14 +374,18 @@ def tls_context(ca_file: str, cert_file: str, key_file: str, insecure: bool) -> 
     return ctx
 
 
-def loaded_tls(ca_file: str, cert_file: str, key_file: str) -> ssl.SSLContext:
-    """:func:`tls_context` of the config's check (verifying), built in a thread within
-    :data:`~tracker.config.bounded.LOOK_BOUND` (the ssl module opens the files with a plain,
-    blocking ``open``): ValueError when the files did not answer (a hung mount)."""
+def loaded_tls(
+    ca_file: str, cert_file: str, key_file: str, looks: PathLooks | None = None
+) -> ssl.SSLContext:
+    """:func:`tls_context` of the config's check (verifying), built in a thread within the
+    bound of ``looks`` (:data:`~tracker.config.bounded.LOOK_BOUND`; the ssl module opens the
+    files with a plain, blocking ``open``): ValueError naming the first file when the files
+    did not answer (a hung mount), kept in ``looks``' :attr:`PathLooks.unanswered`."""
+    looks = looks if looks is not None else PathLooks()
     files = ("tls", ca_file, cert_file, key_file)
-    built = answered(files, partial(tls_context, ca_file, cert_file, key_file, False))
+    built = answered(files, partial(tls_context, ca_file, cert_file, key_file, False), looks.bound)
     if built is None:
-        raise ValueError(f"no answer within {LOOK_BOUND:g}s (a hung mount?)")
+        raise ValueError(looks.no_answer(ca_file or cert_file))
     return built
 
 

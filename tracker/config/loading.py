@@ -34,6 +34,7 @@ import os
 
 import attrs
 
+from tracker.config.bounded import not_ready
 from tracker.config.converter import as_mapping, config_converter
 from tracker.config.files import FileChecks, PathLooks
 from tracker.config.problems import Path, flatten, lines
@@ -49,7 +50,7 @@ from tracker.config.sections import (
 from tracker.config.values import describe
 from tracker.config.warnings import config_warnings
 from tracker.config.yamlfile import read_yaml
-from tracker.errors import ConfigError
+from tracker.errors import ConfigError, ConfigNotReady
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -81,6 +82,9 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         problems += store_problems(config) + proof_problems(config) + listener_problems(config)
         problems += local_problems(config, checks.looks)
     if problems or config is None:
+        messages = [message for _, message in problems]
+        if not_ready(messages, checks.looks.unanswered):  # the machine's, not the file's
+            raise ConfigNotReady(lines(problems))
         raise ConfigError(lines(problems))
     return _finish_config(config, file_path, checks.looks)
 

@@ -203,10 +203,11 @@ def repeated_relays(relays: tuple[str, ...]) -> list[tuple[Path, str]]:
     return problems
 
 
-def finish_tls(tls: TLSConfig) -> TLSConfig:
+def finish_tls(tls: TLSConfig, looks: PathLooks | None = None) -> TLSConfig:
     """A client certificate comes with its key, and the files load as the TLS context the
     tracker builds of them (a file that is no certificate, a key that needs a password or
-    is not the certificate's): named here, not at the first connection or at ``serve``."""
+    is not the certificate's): named here, not at the first connection or at ``serve``.
+    ``looks``: the load's, which keeps the files that did not answer."""
     problems: list[tuple[Path, str]] = []
     if tls.cert_file and not tls.key_file:
         problems.append((("key_file",), "required when cert_file is set"))
@@ -214,9 +215,9 @@ def finish_tls(tls: TLSConfig) -> TLSConfig:
         problems.append((("cert_file",), "required when key_file is set"))
     raise_problems(problems)
     if tls.ca_file:
-        _loads(("ca_file",), lambda: loaded_tls(tls.ca_file, "", ""))
+        _loads(("ca_file",), lambda: loaded_tls(tls.ca_file, "", "", looks))
     if tls.cert_file:
-        _loads(("cert_file",), lambda: loaded_tls("", tls.cert_file, tls.key_file))
+        _loads(("cert_file",), lambda: loaded_tls("", tls.cert_file, tls.key_file, looks))
     return tls
 
 

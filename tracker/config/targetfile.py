@@ -47,8 +47,9 @@ def is_host_port(text: str) -> bool:
 
 
 def _read(path: str, max_bytes: int) -> str:
-    # Read in the scrape's event loop: a FIFO (whose plain open blocks until a writer comes)
-    # or a device is refused at once, never waited on (tracker.core.smallfiles).
+    # Read in a worker thread (the scrape's, bounded: discovery.targetset; the load's:
+    # config.files): a FIFO (whose plain open blocks until a writer comes) or a device is
+    # refused at once, never waited on (tracker.core.smallfiles).
     try:
         data = read_small(path, max_bytes, follow=True)
     except OSError as exc:

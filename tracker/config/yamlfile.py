@@ -16,7 +16,7 @@ import yaml
 from tracker.config.bounded import LOOK_BOUND, answered
 from tracker.core.smallfiles import read_small
 from tracker.core.text import one_line
-from tracker.errors import ConfigError
+from tracker.errors import ConfigError, ConfigNotReady
 
 #: The largest config file read. A fleet's file is a few KiB (3,000 targets: ~150 KiB);
 #: parsing YAML costs ~1.5 s per MiB and ~30x its size in memory here, so a wrong file (a
@@ -57,8 +57,8 @@ def read_yaml(path: str) -> object:
     # check-config, serve's start and every reload after it (docs/configuration.md, "Paths
     # on a hung mount"); parsed here.
     data = answered(("config", path), partial(_read_config, path))
-    if data is None:
-        raise ConfigError(
+    if data is None:  # the machine is not ready, not the file wrong (exit 75 at start)
+        raise ConfigNotReady(
             [f"{path}: the config file did not answer within {LOOK_BOUND:g}s (a hung mount?)"]
         )
     try:

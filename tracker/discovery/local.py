@@ -158,7 +158,8 @@ class DirectoryThreads:
     that stays hung holds one thread however many rounds ask, and takes nothing the other
     directories' calls wait for (no shared pool of threads or slots: their number is the
     configured directories' at most). Shared by the scrape's probes and the local files'
-    checks (:class:`tracker.proof.background.localfiles.LocalProofs`)."""
+    checks (:class:`tracker.proof.background.localfiles.LocalProofs`); keyed by path, it
+    reads the ``file_targets`` files too (:class:`tracker.discovery.targetset.TargetFinder`)."""
 
     def __init__(self) -> None:
         #: The call running on each directory (kept until its thread ends, however late).

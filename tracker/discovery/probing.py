@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Collection
 from functools import partial
 
 import attrs
@@ -13,7 +13,8 @@ import httpx
 import trio
 
 from tracker.clientwire.transport import HeadClient
-from tracker.config.schema import Config, TargetGroup
+from tracker.config.bounded import no_answer
+from tracker.config.schema import Config, TargetGroup, TLSConfig
 from tracker.core.snapshots import SnapshotInfo
 from tracker.discovery.http import Heads, SizeMemo, off_origin, probe_http
 from tracker.discovery.local import DirectoryThreads, LocalListing, readable_archives, scan_local
@@ -21,7 +22,7 @@ from tracker.discovery.roster import Target
 from tracker.discovery.sidecar import probe_sidecar
 from tracker.errors import ProbeError
 from tracker.net.egress import Resolver, checked_addresses, policy_of, resolve_strangers
-from tracker.net.httpclients import auth_headers, build_client, origin, ssl_context
+from tracker.net.httpclients import TlsContexts, auth_headers, build_client, origin
 from tracker.observability.logs import log_event
 
 log = logging.getLogger("tracker.scrape")
@@ -36,7 +37,11 @@ class Probes:
     """The HTTP clients that probe targets, and the probe of one target."""
 
     def __init__(
-        self, config: Config, resolver: Resolver, strangers: Resolver = resolve_strangers
+        self,
+        config: Config,
+        resolver: Resolver,
+        strangers: Resolver = resolve_strangers,
+        tls: TlsContexts | None = None,
     ) -> None:
         #: Looks up the hosts of Locations on other origins (the egress check).
         self.resolver = resolver
@@ -57,6 +62,9 @@ class Probes:
         #: each is logged when first found so, not every round (nor again until it was
         #: readable or gone in between).
         self._unreadable: dict[str, frozenset[str]] = {}
+        #: The groups' TLS contexts, loaded off the event loop at start-up and at each
+        #: reload (:meth:`TlsContexts.load`, of :func:`tls_settings`).
+        self.tls = tls if tls is not None else TlsContexts()
         self.use(config)
 
     def use(self, config: Config) -> None:
@@ -65,9 +73,10 @@ class Probes:
         for clients in self._clients.values():
             self._retired.extend(clients)
         self._retired.extend(self._discovery.values())
-        self._clients = {g.group: _probe_clients(g, config) for g in config.target_groups}
+        tls = self.tls
+        self._clients = {g.group: _probe_clients(g, config, tls) for g in config.target_groups}
         self._discovery = {
-            g.group: _discovery_client(g, config)
+            g.group: _discovery_client(g, config, tls)
             for g in config.target_groups
             if g.consul_sd_config is not None or g.cluster_discovery is not None
         }
@@ -174,10 +183,48 @@ def _listing(path: str) -> LocalListing:
     return readable_archives(scan_local(path))
 
 
-def _probe_clients(group: TargetGroup, config: Config) -> list[httpx.AsyncClient]:
+def tls_settings(config: Config) -> set[TLSConfig | None]:
+    """The TLS settings ``config``'s clients are made of: each group's (its probes' and
+    downloads'), its discovery's (:func:`discovery_tls`), and none (the system's CAs: the
+    clients of the origins that are no group's own). Pure."""
+    settings: set[TLSConfig | None] = {None}
+    for group in config.target_groups:
+        settings |= {group.tls_config, discovery_tls(group.tls_config)}
+    return settings
+
+
+def unanswered_tls(
+    config: Config, unanswered: Collection[TLSConfig | None], bound: float
+) -> list[str]:
+    """The lines of the TLS settings of ``config`` whose files did not answer within
+    ``bound`` seconds (:meth:`TlsContexts.load`), each naming its group's key. Pure."""
+    found = []
+    entries = config.group_entries or range(len(config.target_groups))
+    for at, group in zip(entries, config.target_groups, strict=True):
+        tls = group.tls_config
+        if tls is not None and {tls, discovery_tls(tls)} & set(unanswered):
+            path = tls.ca_file or tls.cert_file
+            found.append(f"target_groups[{at}].tls_config: {no_answer(path, bound)}")
+    if None in unanswered:
+        found.append(f"the system's CA files did not answer within {bound:g}s (a hung mount?)")
+    return found
+
+
+def discovery_tls(tls: TLSConfig | None) -> TLSConfig | None:
+    """The TLS setting of a group's discovery calls (Consul, ``getClusterNodes``): its CA and
+    verification settings, never its client certificate (a credential of its sources only,
+    docs/configuration.md). Pure."""
+    if tls is not None and tls.cert_file:
+        return attrs.evolve(tls, cert_file="", key_file="")
+    return tls
+
+
+def _probe_clients(
+    group: TargetGroup, config: Config, contexts: TlsContexts
+) -> list[httpx.AsyncClient]:
     # Two requests per HTTP target at once: no probe waits in a pool queue.
     per_shard = max(2, -(-2 * config.scrape_concurrency // PROBE_SHARDS))
-    tls = ssl_context(group.tls_config)
+    tls = contexts.context(group.tls_config)
     return [
         build_client(
             group,
@@ -190,19 +237,18 @@ def _probe_clients(group: TargetGroup, config: Config) -> list[httpx.AsyncClient
     ]
 
 
-def _discovery_client(group: TargetGroup, config: Config) -> httpx.AsyncClient:
+def _discovery_client(
+    group: TargetGroup, config: Config, contexts: TlsContexts
+) -> httpx.AsyncClient:
     """The client that asks ``group``'s Consul and ``getClusterNodes`` RPCs: the group's CA
-    and verification settings, never its client certificate (a credential of its sources
-    only, docs/configuration.md), nor its ``Authorization``."""
-    tls = group.tls_config
-    if tls is not None and tls.cert_file:
-        tls = attrs.evolve(tls, cert_file="", key_file="")
+    and verification settings, never its client certificate (:func:`discovery_tls`), nor
+    its ``Authorization``."""
     return build_client(
         group,
         connect_timeout=config.scrape_timeout,
         read_timeout=config.scrape_timeout,
         max_connections=4,
-        tls=ssl_context(tls),
+        tls=contexts.context(discovery_tls(group.tls_config)),
     )
 
 

@@ -45,6 +45,7 @@ from tracker.discovery.targetset import (
 )
 from tracker.errors import EgressRefused, ProbeError, first_leaf
 from tracker.net.egress import Resolver, resolve, resolve_strangers
+from tracker.net.httpclients import TlsContexts
 from tracker.net.limits import exhausted
 from tracker.observability.folding import log_folded
 from tracker.observability.logs import log_event
@@ -99,6 +100,7 @@ class Scraper:
         on_probe: Callable[[TargetHealth], None] | None = None,
         resolver: Resolver = resolve,
         strangers: Resolver = resolve_strangers,
+        tls: TlsContexts | None = None,
     ) -> None:
         self.index = index
         self.on_round = on_round
@@ -106,7 +108,7 @@ class Scraper:
         self.config = config
         self._roster = Roster()
         self._results = ResultBatches(index, self._roster.touch)
-        self._probes = Probes(config, resolver, strangers)
+        self._probes = Probes(config, resolver, strangers, tls)
         self._finder = TargetFinder(self._probes.client, self._roster.rpc_answered)
         self._wakeup = Wakeup()
         #: The groups a reload changed the credentials of, until a round's discovery under

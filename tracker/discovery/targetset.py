@@ -22,6 +22,7 @@ from tracker.config.schema import ClusterDiscovery, Config, TargetGroup
 from tracker.config.targetfile import read_target_file
 from tracker.discovery.cluster import cluster_targets
 from tracker.discovery.consul import CatalogQuery, discover_consul
+from tracker.discovery.local import DirectoryThreads
 from tracker.discovery.nodes import Node
 from tracker.discovery.roster import Target
 from tracker.errors import ProbeError
@@ -167,6 +168,11 @@ class TargetFinder:
         #: The hosts each ``file_targets`` file gave last, per group reading it
         #: (:func:`file_hosts_named`).
         self._hosts: dict[FileRead, list[str]] = {}
+        #: The threads reading the files, one per path at most: a file on a hung mount holds
+        #: one thread however many rounds ask, never the event loop (keyed by path).
+        self._files = DirectoryThreads()
+        #: The reads whose file did not answer at their last ask (said once, not each round).
+        self._unanswered: set[FileRead] = set()
         #: Per group: the Consul query it asked last, and the hosts it has by that query.
         self._consul: dict[str, ConsulAnswer] = {}
         #: Per group: the ``cluster_discovery`` it asked by (a reload that changes it asks
@@ -182,6 +188,7 @@ class TargetFinder:
         that name asks anew."""
         self._named = frozenset(group.group for group in config.target_groups)
         self._hosts = file_hosts_named(self._hosts, config)
+        self._unanswered &= file_reads(config)
         self._consul = {name: a for name, a in self._consul.items() if name in self._named}
         self._cluster = {name: a for name, a in self._cluster.items() if name in self._named}
 
@@ -201,15 +208,16 @@ class TargetFinder:
                 nursery.start_soon(discover_group, position, group)
         return [target for targets in found for target in targets]
 
-    async def _group_targets(self, group: TargetGroup, consul_within: float) -> list[Target]:
+    async def _group_targets(self, group: TargetGroup, within: float) -> list[Target]:
         name = group.group
         out: list[Target] = []
         if group.static_targets:
             out += _sidecars(group, list(group.static_targets.targets))
         if group.file_targets:
-            out += _sidecars(group, self._read_file_targets(name, group.file_targets.path))
+            path = group.file_targets.path
+            out += _sidecars(group, await self._read_file_targets(name, path, within))
         if group.consul_sd_config:
-            out += _sidecars(group, await self._consul_targets(group, consul_within))
+            out += _sidecars(group, await self._consul_targets(group, within))
         out += [Target(TargetKey(name, u), "http", u) for u in _urls(group)]
         out += [Target(TargetKey(name, p), "local", p) for p in _paths(group)]
         if group.cluster_discovery:
@@ -260,21 +268,47 @@ class TargetFinder:
             )
         return nodes
 
-    def _read_file_targets(self, group: str, path: str) -> list[str]:
+    async def _read_file_targets(self, group: str, path: str, within: float) -> list[str]:
+        """The hosts ``group``'s ``file_targets`` file at ``path`` lists, read in a thread
+        within ``within`` seconds (``scrape_timeout``): read on the event loop, a file on a
+        hung mount froze the whole daemon at each round. A file that does not answer keeps
+        the group's last list, as a broken one does (its sidecars are reached over the
+        network, not through the mount), said once until it answers again; while its read
+        still hangs, the next rounds start no second thread and wait for none
+        (docs/configuration.md, "Paths on a hung mount")."""
         # A broken file keeps the last good list: an operator's typo must not empty a group.
         # Only the list this group read from this path: never another group's of the same
         # path, nor one from before a move (file_hosts_named).
         read = (group, path)
+        kept = self._hosts.get(read, [])
         try:
-            hosts = read_target_file(path)
+            hosts = await self._files.run(path, partial(read_target_file, path), within)
+        except trio.TooSlowError:
+            if read not in self._unanswered:
+                self._unanswered.add(read)
+                reason = f"did not answer within {within:g}s (a hung mount?)"
+                log_event(
+                    log, "warning", "file_targets_unanswered", group=group, path=path,
+                    error=reason, kept=len(kept),
+                )  # fmt: skip
+            return kept
         except ProbeError as exc:
+            self._answered(read)
             log_event(
                 log, "warning", "file_targets_unreadable", group=group, path=path, error=str(exc)
             )
-            return self._hosts.get(read, [])
+            return kept
+        self._answered(read)
         if group in self._named:
             self._hosts[read] = hosts
         return hosts
+
+    def _answered(self, read: FileRead) -> None:
+        """The file of ``read`` answered (read or not): one that had not is said to again."""
+        if read in self._unanswered:
+            self._unanswered.discard(read)
+            group, path = read
+            log_event(log, "info", "file_targets_answered", group=group, path=path)
 
     async def _consul_targets(self, group: TargetGroup, within: float) -> list[str]:
         """The hosts Consul lists for ``group``; a failure keeps the last answer to the same

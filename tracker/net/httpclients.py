@@ -15,13 +15,16 @@ import http.cookiejar
 import os
 import ssl
 import urllib.request
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Collection, Generator
+from functools import partial
 from urllib.parse import unquote, urlsplit
 
 import attrs
 import httpcore
 import httpx
+import trio
 
+from tracker.config.bounded import LOOK_BOUND, answered
 from tracker.config.files import tls_context
 from tracker.config.schema import TargetGroup, TLSConfig
 from tracker.core.text import TRACKER_AGENT
@@ -47,6 +50,83 @@ def _context(tls: TLSConfig | None, _files: tuple[object, ...]) -> ssl.SSLContex
     if tls is None:
         return ssl.create_default_context()
     return tls_context(tls.ca_file, tls.cert_file, tls.key_file, tls.insecure_skip_verify)
+
+
+@attrs.frozen
+class _Loaded:
+    """A TLS setting's context, and its files' state when it was loaded."""
+
+    files: tuple[object, ...]
+    context: ssl.SSLContext
+
+
+def _load(tls: TLSConfig | None) -> _Loaded:
+    """:func:`ssl_context` of ``tls`` with the state of the files it was made of. Blocking."""
+    files = tls_files(tls)
+    return _Loaded(files, ssl_context(tls))
+
+
+class TlsContexts:
+    """The client TLS contexts of the config's settings, loaded off the event loop at
+    start-up and at each reload (:meth:`load`, in threads within the config's bound on a
+    look) and handed out on it without a look at the files: on the event loop, the stats
+    and loads of a CA or client certificate on a hung mount froze every request at a reload
+    (the probes' and discovery's clients are made then), and each download's stat of its
+    group's files froze it at every request (docs/configuration.md, "Paths on a hung
+    mount"). A setting not loaded so (a test's) is loaded where it is asked for, as before.
+    """
+
+    def __init__(self) -> None:
+        self._loaded: dict[TLSConfig | None, _Loaded] = {}
+        #: The settings of the last load that answered (the config in force): theirs are kept
+        #: through the next one (a request of the config before may still ask), the others'
+        #: dropped.
+        self._before: frozenset[TLSConfig | None] = frozenset()
+
+    async def load(
+        self, settings: Collection[TLSConfig | None], bound: float = LOOK_BOUND
+    ) -> set[TLSConfig | None]:
+        """Load the context of each of ``settings`` (files replaced since are loaded again),
+        each in a thread within ``bound`` seconds, all at once; returns those whose files
+        did not answer (a hung mount: one still hanging from an earlier load answers at
+        once, no second thread). One whose files do not load keeps no context here: it is
+        loaded again where it is asked for, and its error said there."""
+        found: dict[TLSConfig | None, _Loaded | None] = {}
+        failed: set[TLSConfig | None] = set()
+
+        async def load_one(tls: TLSConfig | None) -> None:
+            # one thread per setting and state of the mount: a setting whose load still
+            # hangs from an earlier load is not asked again meanwhile
+            ask = partial(answered, ("tls context", repr(tls)), partial(_load, tls), bound)
+            try:
+                found[tls] = await trio.to_thread.run_sync(ask, abandon_on_cancel=True)
+            except (ssl.SSLError, OSError, ValueError):
+                failed.add(tls)
+
+        async with trio.open_nursery() as nursery:
+            for tls in set(settings):
+                nursery.start_soon(load_one, tls)
+        now = frozenset(settings)
+        kept = self._before | now
+        self._loaded = {
+            tls: loaded for tls, loaded in self._loaded.items() if tls in kept and tls not in failed
+        }
+        self._loaded.update({tls: loaded for tls, loaded in found.items() if loaded is not None})
+        unanswered = {tls for tls, loaded in found.items() if loaded is None}
+        if not unanswered:  # else refused: the settings in force stay those kept next time
+            self._before = now
+        return unanswered
+
+    def context(self, tls: TLSConfig | None) -> ssl.SSLContext:
+        """The context of ``tls``, as :meth:`load` made it (else :func:`ssl_context`'s)."""
+        loaded = self._loaded.get(tls)
+        return loaded.context if loaded is not None else ssl_context(tls)
+
+    def files(self, tls: TLSConfig | None) -> tuple[object, ...]:
+        """The state of the files of ``tls`` as :meth:`load` found it (else
+        :func:`tls_files`' now)."""
+        loaded = self._loaded.get(tls)
+        return loaded.files if loaded is not None else tls_files(tls)
 
 
 def _system_ca_files() -> tuple[object, ...]:

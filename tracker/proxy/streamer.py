@@ -10,22 +10,27 @@ path as a plan"). :meth:`ProxyStreamer.prefetch` starts a refresh with no client
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Sequence
 from functools import partial
 
 import attrs
+import outcome
 import trio
 
 from tracker.cache.refresh import Refresh
-from tracker.cache.store import Cache, CachedFile, RefreshProgress
+from tracker.cache.store import Cache, CacheContents, CachedFile, RefreshProgress
+from tracker.config.bounded import LOOK_BOUND, answered, no_answer
 from tracker.config.schema import Config, TargetGroup
 from tracker.core.digests import Digests, Verified
 from tracker.core.snapshots import ArchiveName, parse_archive_name
-from tracker.errors import RequestError
+from tracker.errors import ConfigNotReady, RequestError
 from tracker.net.egress import Resolver, policy_of, resolve, resolve_strangers
+from tracker.net.httpclients import TlsContexts
 from tracker.objectstore.locks import Holder, Lock
 from tracker.objectstore.storeanswers import ObjectInfo
+from tracker.observability.logs import log_event
 from tracker.observability.metrics import Metrics
 from tracker.ordering.index import Index
 from tracker.ordering.sourcehistory import Rejections
@@ -65,8 +70,17 @@ from tracker.proxy.transfers import Launcher, Transfers
 from tracker.proxy.upstream import CHANNEL_PIECES, DownloadClients, ProxySettings
 from tracker.serving.fileresponse import ChunkBudget
 from tracker.serving.httpanswer import Answer, text_answer
+from tracker.serving.threads import Background
+
+log = logging.getLogger("tracker.cache")
 
 CacheFactory = Callable[[str], Cache]
+#: How long the start or a reload waits for a cache directory's opening (its lock, its
+#: leftovers, the digests beside its archives, its listing: a second or so for a large cache
+#: on a busy NFS server) before it goes on without it: one that takes longer (a mount that
+#: hung after its look) becomes the configured cache when it answers, every request
+#: streaming uncached meanwhile (docs/configuration.md, "Paths on a hung mount").
+OPEN_WAIT = 10.0
 #: Seconds a ``Range`` reader is asked to wait beyond a refresh's remaining bytes at its rate
 #: (the check's tail), or in all while nothing measured the rate yet (:meth:`Route.checking`).
 CHECKING_RETRY = 5.0
@@ -84,7 +98,8 @@ class ProxyStreamer:
     ``digests`` and ``rejections``: what the archive checks concluded; ``voter``: the
     cluster's votes that lift the cached copies (None: not asked). The seams tests inject
     faults through: ``cache_factory`` builds a Cache for a directory, ``resolver`` looks up
-    host names that came from the network.
+    host names that came from the network. ``tls``: the groups' TLS contexts, loaded off the
+    event loop (:class:`~tracker.net.httpclients.TlsContexts`).
     """
 
     def __init__(
@@ -103,6 +118,7 @@ class ProxyStreamer:
         resolver: Resolver = resolve,
         voter: Voters | None = None,
         strangers: Resolver = resolve_strangers,
+        tls: TlsContexts | None = None,
     ) -> None:
         settings = settings if settings is not None else ProxySettings()
         self._config = config
@@ -119,6 +135,7 @@ class ProxyStreamer:
             resolver=resolver,
             on_queue=metrics.source_queue_event if metrics is not None else None,
             strangers=strangers,
+            tls=tls,
         )
         #: Memory shared by the streams passed through Python (tracker/proxy/channel.py).
         channel_budget = ChunkBudget(
@@ -146,8 +163,14 @@ class ProxyStreamer:
         self._cache_factory = cache_factory or self._default_cache
         self._voter = voter
         self._caches: dict[str, Cache] = {}
-        #: The cache directory last configured and its real path (:meth:`_real_path`).
-        self._resolved = ("", "")
+        #: The real path of the cache directory configured, and of the one a reload is about
+        #: to configure (:meth:`look_at_cache`), each resolved once.
+        self._resolved: dict[str, str] = {}
+        #: The openings of cache directories running in a worker thread, by real path
+        #: (:meth:`open_cache`): one at most per directory, however many reloads ask.
+        self._opening: dict[str, Background[_Opened]] = {}
+        #: The same for a directory used before, listed again (its cache is used meanwhile).
+        self._listing: dict[str, Background[_Opened]] = {}
         #: The directory (its real path) of the one cache that tells the index what it holds
         #: and the digests what it checked; None: none yet, or none configured now.
         self._current: str | None = None
@@ -205,10 +228,12 @@ class ProxyStreamer:
         return found.trust.loadable_by if found is not None else None
 
     def cache(self) -> Cache | None:
-        """The cache of the current config (None without one); made and cleaned on first use.
+        """The cache of the current config (None without one, or while its directory is
+        opened); made and cleaned on first use.
 
-        The service calls it once at start-up so that leftover temp files go before any
-        request arrives.
+        The service opens it first, off the event loop, at start-up and at each reload
+        (:meth:`look_at_cache`, :meth:`open_cache`), so that leftover temp files go before
+        any request arrives; a directory not opened so is made here (a test's direct call).
         """
         config = self._config()
         configured = config.proxy_snapshot_cache_dir
@@ -220,27 +245,15 @@ class ProxyStreamer:
         # link to it) made a second cache of it, whose start-up removed the temp files of
         # every refresh in flight, and a second refresher of one file
         root = self._real_path(configured)
+        if root in self._opening:  # its opening has not answered yet: nothing of it is used
+            return None
         cache = self._caches.get(root)
         if cache is not None and cache.in_use and root != self._current:
             cache = None  # a reload back to a directory another tracker held: asked again
         if cache is None:
-            cache = self._caches[root] = self._cache_factory(root)
-            digests = self._digests_of[root] = CacheDigests(
-                self.digests, partial(self._is_current, root)
-            )
-            cache.verify_with(
-                config.verify_archives,
-                digests,
-                self._cached_copy_rejected,
-                self._required_level,
-                self._accounts_limits(root) if config.prove_accounts else None,
-                self._voter,
-                self._loadable_by,
-            )
-            cache.served = self._index.served_fulls
-            cache.in_flight_elsewhere = self._temp_files_in_flight
-            cache.on_files = partial(self._cache_files, root)
-            cache.groups = self._group_names
+            limits = self._accounts_limits(root) if config.prove_accounts else None
+            cache, digests = self._made(root, config, limits, self._temp_files_in_flight)
+            self._caches[root], self._digests_of[root] = cache, digests
             self._switch(root)
             cache.startup_cleanup()  # tells what it holds and checked (nothing when in use)
             self._rechecking.add(root)
@@ -254,13 +267,158 @@ class ProxyStreamer:
             self._rechecking.discard(root)  # files found unchecked are checked once, now
         return cache
 
+    def _made(
+        self,
+        root: str,
+        config: Config,
+        limits: AccountsLimits | None,
+        in_flight: Callable[[], frozenset[str]],
+    ) -> tuple[Cache, CacheDigests]:
+        """A cache of the directory ``root`` for ``config`` (its accounts proofs' ``limits``)
+        and its own digests, not cleaned yet nor told to anyone (blocking: ``Cache`` takes
+        its real path). ``in_flight``: the temp files of the refreshes in flight elsewhere,
+        which its start-up leaves."""
+        cache = self._cache_factory(root)
+        digests = CacheDigests(self.digests, partial(self._is_current, root))
+        cache.verify_with(
+            config.verify_archives,
+            digests,
+            self._cached_copy_rejected,
+            self._required_level,
+            limits,
+            self._voter,
+            self._loadable_by,
+        )
+        cache.served = self._index.served_fulls
+        cache.in_flight_elsewhere = in_flight
+        cache.on_files = partial(self._cache_files, root)
+        cache.groups = self._group_names
+        return cache, digests
+
+    async def look_at_cache(self, config: Config) -> None:
+        """Take the real path of the cache directory ``config`` names, at start-up and at a
+        reload before ``config`` is in force, in a thread within the config's bound on a
+        look (:data:`~tracker.config.bounded.LOOK_BOUND`): on the event loop, the
+        ``realpath`` of a directory on a hung mount froze every request. Raises
+        :class:`~tracker.errors.ConfigNotReady` naming the key when it does not answer (the
+        start exits 75; a reload is refused, the config in force kept: docs/configuration.md,
+        "Paths on a hung mount"); a look that still hangs from an earlier ask answers at
+        once, never a second thread. The directory in force is not looked at again."""
+        configured = config.proxy_snapshot_cache_dir
+        if not (config.proxy_snapshot_downloads and configured):
+            return
+        if configured in self._resolved and configured == self._config().proxy_snapshot_cache_dir:
+            return
+        look = partial(answered, ("cache", configured), partial(os.path.realpath, configured))
+        real = await trio.to_thread.run_sync(look, abandon_on_cancel=True)
+        if real is None:
+            raise ConfigNotReady([f"proxy_snapshot_cache_dir: {no_answer(configured, LOOK_BOUND)}"])
+        self._resolved[configured] = real
+
+    async def open_cache(self, wait: float = OPEN_WAIT) -> None:
+        """:meth:`begin_opening`, then :meth:`opened_within` ``wait`` seconds (at start-up)."""
+        await self.opened_within(self.begin_opening(), wait)
+
+    def begin_opening(self) -> Background[_Opened] | None:
+        """Begin opening the configured cache directory (its real path taken by
+        :meth:`look_at_cache`), at start-up and as a reload puts its config in force: a
+        directory this process has no cache of is made, locked, cleaned and listed in a
+        worker thread (:meth:`Cache.open_blocking`: on the event loop, a directory on a hung
+        mount froze every request), and made the configured one when it answers, requests
+        streaming uncached meanwhile; a directory used before is listed again the same way
+        (used meanwhile). One thread at most per directory, however many reloads ask (a
+        mount that hangs). Returns the opening (None: nothing to wait for)."""
+        config = self._config()
+        configured = config.proxy_snapshot_cache_dir
+        self._resolved = {path: real for path, real in self._resolved.items() if path == configured}
+        if not (config.proxy_snapshot_downloads and configured):
+            self.cache()
+            return None
+        root = self._real_path(configured)
+        opening = self._opening.get(root)
+        cache = self._caches.get(root)
+        if opening is None and cache is not None and not (cache.in_use and root != self._current):
+            if root != self._current:  # a reload back to a directory used before
+                self._switch(root)
+                if not cache.in_use:  # listed in a thread, told if it is still the one
+                    opening = self._listing.get(root)
+                    if opening is None:
+                        opening = self._in_thread(root, None, cache.measure)
+                        self._listing[root] = opening
+            self.cache()
+            return opening
+        if self._current is not None:  # the one before holds nothing now, this one not yet
+            self._switch(None)
+        if opening is None:
+            limits = self._accounts_limits(root) if config.prove_accounts else None
+            live = self._temp_files_in_flight()  # read here: trio's thread changes them
+            made = partial(self._made, root, config, limits, lambda: live)
+            opening = self._opening[root] = self._in_thread(root, made, None)
+        return opening
+
+    async def opened_within(self, opening: Background[_Opened] | None, wait: float) -> None:
+        """Wait at most ``wait`` seconds for ``opening`` (:meth:`begin_opening`) to answer;
+        one that has not is said once (it goes on, and is used when it answers)."""
+        if opening is None:
+            return
+        with trio.move_on_after(wait):
+            await opening.wait()
+        if not opening.done():
+            log_event(
+                log, "warning", "cache_opening_late", error=f"not opened within {wait:g}s (a"
+                " hung mount?): requests stream uncached until it answers",
+            )  # fmt: skip
+
+    def _in_thread(
+        self,
+        root: str,
+        made: Callable[[], tuple[Cache, CacheDigests]] | None,
+        measure: Callable[[], CacheContents] | None,
+    ) -> Background[_Opened]:
+        """The opening of ``root`` in a worker thread: a cache ``made`` and opened, or one
+        there listed again (``measure``); kept by :meth:`_opened` when it answers."""
+
+        def run() -> _Opened:
+            if made is not None:
+                cache, digests = made()
+                return _Opened(cache, digests, cache.open_blocking())
+            assert measure is not None
+            return _Opened(None, None, measure())
+
+        return Background(run, on_done=partial(self._opened, root), name=f"cache opening {root}")
+
+    def _opened(self, root: str, result: outcome.Outcome[_Opened]) -> None:
+        """In trio's thread, once the opening of ``root`` ended: its cache kept, made the
+        configured one if it still is, and what it holds told."""
+        self._opening.pop(root, None)
+        self._listing.pop(root, None)
+        try:
+            opened = result.unwrap()
+        except Exception as exc:  # its own failure, never the process's
+            log_event(log, "error", "cache_opening_failed", root=root, exc_info=exc)
+            return
+        if opened.cache is not None and opened.digests is not None:
+            self._caches[root], self._digests_of[root] = opened.cache, opened.digests
+            self._rechecking.add(root)
+        config = self._config()
+        configured = config.proxy_snapshot_cache_dir
+        if not config.proxy_snapshot_downloads or self._resolved.get(configured) != root:
+            return  # a reload moved on meanwhile: kept (locked) for a reload back to it
+        if opened.cache is not None:
+            self._switch(root)
+        if opened.contents is not None and root == self._current:
+            self._caches[root].tell(opened.contents)
+        self.cache()  # its room kept and its unchecked files checked
+
     def _real_path(self, configured: str) -> str:
         """The real path of the cache directory ``configured``, resolved once per configured
-        value (a reload that changes it resolves it again): :meth:`cache` runs for every
-        request, and the resolution is a system call per component of the path."""
-        if self._resolved[0] != configured:
-            self._resolved = (configured, os.path.realpath(configured))
-        return self._resolved[1]
+        value (a reload that changes it resolves it again, off the event loop:
+        :meth:`look_at_cache`): :meth:`cache` runs for every request, and the resolution is
+        a system call per component of the path."""
+        real = self._resolved.get(configured)
+        if real is None:  # not looked at by the service (a test's direct call)
+            real = self._resolved[configured] = os.path.realpath(configured)
+        return real
 
     def _temp_files_in_flight(self) -> frozenset[str]:
         """The temp files of every refresh in flight in any cache of this process: a cache
@@ -274,15 +432,22 @@ class ProxyStreamer:
 
     async def report_orphaned(self) -> None:
         """Name in the log the cache's directories of groups no longer configured
-        (:meth:`Cache.report_orphaned`, in a worker thread) and list the archives of those
-        configured in the index; after a reload."""
+        (:meth:`Cache.report_orphaned`) and list the archives of those configured in the
+        index; after a reload. Listed in a thread within :data:`OPEN_WAIT` (a directory on
+        a hung mount held the reload's end, and every reload after it: one at a time); one
+        that does not answer is said once, its listing not started again while it hangs."""
         cache = self.serving_cache()
         if cache is not None:
-            await trio.to_thread.run_sync(cache.report_orphaned)
+            root = self._current
+            key = ("cache listing", cache.root)
+            listing = partial(answered, key, cache.orphans_and_files, OPEN_WAIT)
             # the index lists the configured groups' archives only: a dropped group's go,
             # a group configured again lists its archives again
-            root, files = self._current, await trio.to_thread.run_sync(cache.files)
-            if root is not None:
+            files = await trio.to_thread.run_sync(listing, abandon_on_cancel=True)
+            if files is None:
+                late = f"not listed within {OPEN_WAIT:g}s (a hung mount?)"
+                log_event(log, "warning", "cache_listing_late", root=cache.root, error=late)
+            elif root is not None:
                 self._cache_files(root, files)
 
     def serving_cache(self) -> Cache | None:
@@ -672,6 +837,17 @@ class Route:
 
 #: The holder of the disk cache's copies among the digests (tracker.core.digests.Digests).
 CACHE = "cache"
+
+
+@attrs.frozen
+class _Opened:
+    """What the opening of a cache directory found (:meth:`ProxyStreamer.open_cache`): the
+    cache made (None: one made before, listed again), its digests, what it holds (None:
+    nothing of it may be told)."""
+
+    cache: Cache | None
+    digests: CacheDigests | None
+    contents: CacheContents | None
 
 
 class CacheDigests(Digests):

@@ -60,11 +60,11 @@ from tracker.net.exchange import send, source_failures
 from tracker.net.httpclients import (
     ClientShape,
     PoolTransportOf,
+    TlsContexts,
     authorization,
     bulk_client,
     origin,
     ssl_context,
-    tls_files,
     without_userinfo,
 )
 from tracker.net.limits import status_reason
@@ -159,6 +159,7 @@ def download_client(
     settings: ProxySettings,
     network: httpcore.AsyncNetworkBackend | None = None,
     transport: PoolTransportOf = PoolTransport,
+    context: ssl.SSLContext | None = None,
 ) -> httpx.AsyncClient:
     """An HTTP/1.1 client for archive downloads: big reads, no overall read deadline, no
     cookie jar.
@@ -168,7 +169,8 @@ def download_client(
     ``network`` is the backend that opens connections (default: trio's; the egress policy's
     :class:`~tracker.net.egress.CheckingBackend` for origins that came from the network);
     ``transport`` turns the pool into the client's transport (a test's
-    ``httpx.MockTransport`` where a socket adds nothing: tests/unit/test_upstream_answers.py).
+    ``httpx.MockTransport`` where a socket adds nothing: tests/unit/test_upstream_answers.py);
+    ``context``: the TLS context of ``tls`` loaded before (None: loaded here, blocking).
     """
     shape = ClientShape(
         TRACKER_AGENT,
@@ -177,9 +179,8 @@ def download_client(
         settings.max_connections,
         keepalive_expiry=30.0,
     )
-    return bulk_client(
-        shape, BigReadBackend(settings.read_size, network), transport, ssl_context(tls)
-    )
+    context = context if context is not None else ssl_context(tls)
+    return bulk_client(shape, BigReadBackend(settings.read_size, network), transport, context)
 
 
 class DownloadClients:
@@ -199,9 +200,13 @@ class DownloadClients:
         on_queue: Callable[[QueueEvent], None] | None = None,
         transport: PoolTransportOf = PoolTransport,
         strangers: Resolver = resolve_strangers,
+        tls: TlsContexts | None = None,
     ) -> None:
         #: The proxy's tunables: read size, timeouts, pool (one value, never replaced).
         self.settings = settings
+        #: The TLS contexts of the groups' settings, loaded off the event loop (at start-up
+        #: and at each reload): a request never looks at a TLS file itself.
+        self.tls = tls if tls is not None else TlsContexts()
         self._transport = transport  # what every client's pool is wrapped in (download_client)
         #: Transfers and rate per source (``source_limits``), shared by every stream;
         #: ``on_queue`` is told what becomes of the requests in a source's queue (metrics).
@@ -221,13 +226,16 @@ class DownloadClients:
     def for_tls(self, tls: TLSConfig | None) -> httpx.AsyncClient:
         """The client for sources of a group with TLS settings ``tls``: made again when
         one of its files changed (a CA or client certificate replaced, then a reload: the
-        probes use the new one, so must the downloads)."""
+        probes use the new one, so must the downloads), as :attr:`tls` last loaded them
+        (never a look at the files here: on the event loop, a stat of a file on a hung mount
+        froze every request)."""
         client = self._clients.get(tls)
-        files = tls_files(tls)
+        files = self.tls.files(tls)
         if client is not None and self._made_of.get(tls) == files:
             return client
         try:
-            made = download_client(tls, self.settings, transport=self._transport)
+            context = self.tls.context(tls)
+            made = download_client(tls, self.settings, transport=self._transport, context=context)
         except (ssl.SSLError, OSError, ValueError) as exc:
             if client is None:
                 raise
@@ -251,7 +259,7 @@ class DownloadClients:
             resolver = self._strangers if strangers else self._resolver
             checking = CheckingBackend(self._policy, httpcore.TrioBackend(), resolver)
             client = self._clients[kind] = download_client(
-                None, self.settings, checking, self._transport
+                None, self.settings, checking, self._transport, self.tls.context(None)
             )
         return client
 

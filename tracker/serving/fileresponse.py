@@ -149,6 +149,13 @@ class _FileBody(GeneratorBody):
     async def _finish(self, error: BaseException | None) -> None:
         self._close()
 
+    async def _unchanged(self, position: int) -> None:
+        """:func:`unchanged`, in a worker thread: its ``fstat`` and ``stat`` of a ledger on a
+        hung mount froze the event loop at the end of each of its downloads
+        (docs/configuration.md, "Paths on a hung mount"). Waited for on cancellation: the
+        descriptor stays open under the call."""
+        await trio.to_thread.run_sync(unchanged, self._fd, self._opened, position, self._path)
+
 
 @attrs.define(eq=False)
 class _PreadBody(_FileBody):
@@ -186,7 +193,7 @@ class _PreadBody(_FileBody):
                 if position < end:
                     ahead = self._read(self._next_size(end - position), position)
                 else:
-                    unchanged(self._fd, self._opened, position, self._path)
+                    await self._unchanged(position)
                 size = len(chunk)
                 yield chunk
                 del chunk  # sent: free it now, not after the next read has arrived
@@ -235,7 +242,7 @@ class _SendfileBody(_FileBody):
                 if len(chunk) != size:
                     raise TrackerError(f"file shrank while being sent: ended at byte {position}")
                 if position + size == end:
-                    unchanged(self._fd, self._opened, position, self._path)
+                    await self._unchanged(position)
                 yield chunk
                 if self._connection.broken:
                     # hypercorn keeps a failed send to itself: without this the answer

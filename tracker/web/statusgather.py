@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any, Literal
 
 import attrs
@@ -18,6 +19,7 @@ import trio
 
 from tracker import __version__
 from tracker.cache.store import Cache, CachedFile, RefreshProgress
+from tracker.config.bounded import LOOK_BOUND, answered, no_answer
 from tracker.config.schema import Config
 from tracker.config.warnings import nothing_signed
 from tracker.discovery.roster import nothing_listed
@@ -108,13 +110,19 @@ class StatusSources:
 async def gather_status(sources: StatusSources, refresh: int) -> StatusView:
     """The page's value now (``refresh``: seconds between the page's own reloads).
 
-    Lists the cache directory in a worker thread; everything else is read in memory.
+    Lists the cache directory in a thread within the config's bound on a look (a directory
+    on a hung mount is shown as such: each page held one of trio's worker threads for as
+    long as it hung, and pages that reload themselves took every one, which the daemon's
+    disk reads wait for; a listing still hanging is not started again); everything else is
+    read in memory.
     """
     config, now = sources.config(), sources.clock()
     cache = sources.cache()
-    cached = await trio.to_thread.run_sync(_listed, cache) if cache is not None else []
     cache_view = None
     if cache is not None:
+        listing = partial(answered, ("status listing", cache.root), partial(_listed, cache))
+        cached = await trio.to_thread.run_sync(listing, abandon_on_cancel=True)
+        problem = cache.problem if cached is not None else no_answer(cache.root, LOOK_BOUND)
         files = tuple(
             CachedView(
                 f.group,
@@ -124,7 +132,7 @@ async def gather_status(sources: StatusSources, refresh: int) -> StatusView:
                 sources.digest(f.group, f.name),
                 sources.level(f.group, f.name),
             )
-            for f in cached
+            for f in cached or ()
         )
         uncached = tuple(sorted(cache.uncached.items()))
         refreshes = tuple(sources.refreshes())
@@ -132,7 +140,7 @@ async def gather_status(sources: StatusSources, refresh: int) -> StatusView:
             ProofView(p.records, p.bytes, p.spilled, p.held, p.workers_busy, p.hashed)
             for p in running()
         )
-        cache_view = CacheView(cache.root, files, refreshes, uncached, cache.problem, proofs)
+        cache_view = CacheView(cache.root, files, refreshes, uncached, problem, proofs)
     health = sources.scraper.in_order()
     failures = sources.rpc_failures()
     return StatusView(

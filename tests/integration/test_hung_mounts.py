@@ -1,0 +1,337 @@
+"""Paths on a hung mount while the tracker runs: a real tracker on 127.0.0.1 keeps answering
+(``/healthz``, an archive's bytes) while a path an operator may put on a network mount
+hangs, since the event loop never waits on one (docs/configuration.md, "Paths on a hung
+mount"). Each hang is the test's, at the executor seam of the call it holds (a stuck NFS or
+FUSE server, without root), released at the end however the test ends; the real tracker,
+its listeners and its upstream are real."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from helpers_tls import client_tls, issue
+from helpers_tracker import start_tracker, wait_until, write_config
+from helpers_upstream import FakeUpstream, serving, sidecar_listing
+from names import full_name
+
+import tracker.discovery.targetset as targetset
+import tracker.net.httpclients as httpclients
+import tracker.service as service
+from tracker.config.bounded import LOOK_BOUND, no_answer
+
+#: How long a hung call is held unless released: far beyond every bound here, so a tracker
+#: that answered before it did not wait for it.
+HELD = 30.0
+#: The clients' timeout: beyond the hold, so a tracker that waited for a hung call answers
+#: late (after it ended), never with a timeout.
+WAIT = 2 * HELD
+NAME = full_name(100)
+DATA = os.urandom(256 * 1024)
+
+
+class Hang:
+    """One call held as a hung mount holds it: :attr:`asked` once it is held, :attr:`ended`
+    once it returned (released by :meth:`release`, or after :data:`HELD`)."""
+
+    def __init__(self) -> None:
+        self.asked = threading.Event()
+        self.answers = threading.Event()
+        self.ended = threading.Event()
+        #: How many calls it held: a thread each.
+        self.calls = 0
+
+    def holding(self, real: Callable[..., Any], held: Callable[..., bool]) -> Callable[..., Any]:
+        """``real``, held on the arguments ``held`` says."""
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if not held(*args):
+                return real(*args, **kwargs)
+            self.calls += 1
+            self.asked.set()
+            self.answers.wait(HELD)
+            try:
+                return real(*args, **kwargs)
+            finally:
+                self.ended.set()
+
+        return call
+
+    def release(self) -> None:
+        self.answers.set()
+
+
+@contextmanager
+def hung() -> Iterator[Hang]:
+    hang = Hang()
+    try:
+        yield hang
+    finally:
+        hang.release()  # the threads a hung call holds are let go, however the test ends
+
+
+def ledger_config(tmp_path: Path, **group: Any) -> Path:
+    ledger = tmp_path / "ledger"
+    ledger.mkdir()
+    (ledger / NAME).write_bytes(DATA)
+    settings = {
+        "internal_listen": "127.0.0.1:0",
+        "scrape_interval": "300ms",
+        "scrape_timeout": "200ms",
+        "verify_archives": False,  # random bytes
+        "target_groups": [{"group": "g", "local_targets": {"paths": [str(ledger)]}, **group}],
+    }
+    return write_config(tmp_path, settings)
+
+
+async def answering(client: httpx.AsyncClient, public: str, internal: str, hang: Hang) -> None:
+    """``/healthz`` and the archive's bytes answered while ``hang`` still holds its call."""
+    assert await trio.to_thread.run_sync(hang.asked.wait, HELD)
+    assert (await client.get(f"{internal}/healthz")).status_code == 200
+    answer = await client.get(f"{public}/v1/g/{NAME}")
+    assert answer.status_code == 200 and answer.content == DATA
+    assert not hang.ended.is_set()  # answered while the call still hung
+
+
+async def test_a_targets_file_that_hangs_never_holds_the_tracker(
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scrape read ``file_targets`` on the event loop: a file on a hung mount froze the
+    whole daemon at each round (every client, every download's event-loop side)."""
+    targets = tmp_path / "mount" / "targets"
+    targets.parent.mkdir()
+    targets.write_text("127.0.0.1:9\n")
+    path = ledger_config(tmp_path, file_targets={"path": str(targets)})
+    public, internal = await start_tracker(nursery, path)
+    async with httpx.AsyncClient(verify=client_tls(), timeout=WAIT, trust_env=False) as client:
+
+        async def listed() -> bool:
+            return bool((await client.get(f"{public}/v1/snapshots")).json())
+
+        await wait_until(listed)
+        with hung() as hang:
+            real = targetset.read_target_file
+            monkeypatch.setattr(targetset, "read_target_file", hang.holding(real, lambda _p: True))
+            await answering(client, public, internal, hang)
+            await wait_until(listed)  # the rounds go on: the ledger's archive stays listed
+
+
+async def test_a_reload_whose_tls_files_hang_is_refused_and_never_holds_the_tracker(
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload made the groups' probe and discovery clients on the event loop, each
+    stat and load of their TLS files with them: a CA file on a hung mount froze every
+    request meanwhile. They are loaded in threads within the bound; one that does not
+    answer refuses the reload with a line naming its key, the config in force kept."""
+    ca = issue(tmp_path, "test-ca").cert
+    path = ledger_config(tmp_path, tls_config={"ca_file": str(ca)})
+    public, internal = await start_tracker(nursery, path)
+    async with httpx.AsyncClient(verify=client_tls(), timeout=WAIT, trust_env=False) as client:
+        with hung() as hang:
+            real = httpclients._file_state  # the stat of a TLS file
+            held = hang.holding(real, lambda at: at == str(ca))
+            monkeypatch.setattr(httpclients, "_file_state", held)
+            reloaded: list[httpx.Response] = []
+
+            async def reload() -> None:
+                reloaded.append(await client.post(f"{internal}/reload"))
+
+            async with trio.open_nursery() as requests:
+                requests.start_soon(reload)
+                await answering(client, public, internal, hang)
+            await reload()  # while it still hangs: refused too, no second thread there
+            assert not hang.ended.is_set()
+            assert hang.calls == 1
+        line = f"target_groups[0].tls_config: {no_answer(str(ca), LOOK_BOUND)}"
+        for refused in reloaded:
+            assert refused.status_code == 400
+            assert refused.text == f"config refused:\n{line}\n"
+        assert len(reloaded) == 2
+        assert await trio.to_thread.run_sync(hang.ended.wait, HELD)
+        monkeypatch.undo()
+        assert (await client.post(f"{internal}/reload")).status_code == 200  # it answers
+
+
+async def test_a_new_cache_directory_that_hangs_never_holds_the_tracker(
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload to another cache directory opened it (its lock, its leftovers, its listing)
+    on the event loop: one whose listing hung froze every request meanwhile. It is opened in
+    a thread: the reload ends within its wait, requests stream uncached until the directory
+    answers, and then it is the cache."""
+    files = {NAME: DATA}
+    async with serving(FakeUpstream(files=files, listing=sidecar_listing(files))) as sidecar:
+        settings = {
+            "internal_listen": "127.0.0.1:0",
+            "proxy_snapshot_downloads": True,
+            "proxy_snapshot_cache_dir": str(tmp_path / "cache"),
+            "verify_archives": False,  # random bytes
+            "target_groups": [
+                {"group": "g", "static_targets": {"targets": [sidecar.base[len("http://") :]]}}
+            ],
+        }
+        path = write_config(tmp_path, settings)
+        public, internal = await start_tracker(nursery, path)
+        moved = tmp_path / "mount" / "cache"
+        write_config(tmp_path, {**settings, "proxy_snapshot_cache_dir": str(moved)})
+        monkeypatch.setattr(service, "OPEN_WAIT", 0.5)
+        async with httpx.AsyncClient(verify=client_tls(), timeout=WAIT, trust_env=False) as client:
+
+            async def listed() -> bool:
+                return bool((await client.get(f"{public}/v1/snapshots")).json())
+
+            await wait_until(listed)
+            with hung() as hang:
+                real = os.scandir
+                held = hang.holding(real, lambda at=".": os.fspath(at) == str(moved))
+                monkeypatch.setattr(os, "scandir", held)
+                reloaded: list[httpx.Response] = []
+
+                async def reload() -> None:
+                    reloaded.append(await client.post(f"{internal}/reload"))
+
+                async with trio.open_nursery() as requests:
+                    requests.start_soon(reload)
+                    await answering(client, public, internal, hang)
+                await reload()  # while it still hangs: no second thread there
+                assert [answer.status_code for answer in reloaded] == [200, 200]
+                assert hang.calls == 1
+                assert not (moved / "g").exists()  # streamed uncached: nothing written there
+                hang.release()
+                assert await trio.to_thread.run_sync(hang.ended.wait, HELD)
+                monkeypatch.setattr(os, "scandir", real)
+
+            async def cached() -> bool:  # the directory answered: it is the cache now
+                await client.get(f"{public}/v1/g/{NAME}")
+                return (moved / "g" / NAME).exists()
+
+            await wait_until(cached)
+
+
+async def test_a_cache_directory_that_hangs_at_the_start_ends_it_as_not_ready(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The start opened its cache (the directory's real path first) on the event loop: one
+    whose mount hung after the config's look held the start for as long as it hung. Its
+    real path is taken in a thread within the bound: the start ends as not ready (``serve``
+    exits 75, which systemd retries), its listeners closed."""
+    from tracker.config.loading import load_config
+    from tracker.errors import ConfigNotReady
+
+    cache = tmp_path / "mount" / "cache"
+    path = write_config(
+        tmp_path,
+        {
+            "proxy_snapshot_downloads": True,
+            "proxy_snapshot_cache_dir": str(cache),
+            "target_groups": [{"group": "g", "static_targets": {"targets": ["127.0.0.1:9"]}}],
+        },
+    )
+    config = load_config(path)
+    with hung() as hang:
+        held = hang.holding(os.path.realpath, lambda at, *_: os.fspath(at) == str(cache))
+        monkeypatch.setattr(os.path, "realpath", held)
+        with pytest.raises(ConfigNotReady) as info:
+            await service.run_tracker(config, lambda: config)
+        assert not hang.ended.is_set()  # ended within the bound, the look still hung
+    assert info.value.problems == [f"proxy_snapshot_cache_dir: {no_answer(str(cache), LOOK_BOUND)}"]
+
+
+async def test_a_local_file_s_last_check_on_a_hung_mount_never_holds_the_tracker(
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A local file's download ends with a look at the file (its ``fstat``, its name's
+    ``stat``: was it changed while sent?), which ran on the event loop: a ledger whose mount
+    hung at that moment froze the daemon. It runs in a thread: the tracker answers, and the
+    download ends once the look does."""
+    import tracker.serving.fileresponse as fileresponse
+
+    public, internal = await start_tracker(nursery, ledger_config(tmp_path))
+    async with httpx.AsyncClient(verify=client_tls(), timeout=WAIT, trust_env=False) as client:
+
+        async def listed() -> bool:
+            return bool((await client.get(f"{public}/v1/snapshots")).json())
+
+        await wait_until(listed)
+        downloaded: list[bytes] = []
+
+        async def download() -> None:
+            downloaded.append((await client.get(f"{public}/v1/g/{NAME}")).content)
+
+        with hung() as hang:
+            held = hang.holding(fileresponse.unchanged, lambda *_: True)
+            monkeypatch.setattr(fileresponse, "unchanged", held)
+            async with trio.open_nursery() as requests:
+                requests.start_soon(download)
+                assert await trio.to_thread.run_sync(hang.asked.wait, HELD)
+                assert (await client.get(f"{internal}/healthz")).status_code == 200
+                assert await listed()
+                assert not hang.ended.is_set()  # answered while the look still hung
+                hang.release()
+        assert downloaded == [DATA]
+
+
+async def test_the_status_page_of_a_cache_on_a_hung_mount_answers(
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The status page listed the cache directory in one of trio's worker threads for as long
+    as the listing took: on a hung mount each page (and the page reloads itself) held one
+    for good, until the daemon's disk reads had none left. It is listed within the bound,
+    one listing at a time: the page says the directory did not answer."""
+    import tracker.web.statusgather as statusgather
+
+    cache = tmp_path / "cache"
+    settings = {
+        "internal_listen": "127.0.0.1:0",
+        "proxy_snapshot_downloads": True,
+        "proxy_snapshot_cache_dir": str(cache),
+        "target_groups": [{"group": "g", "static_targets": {"targets": ["127.0.0.1:9"]}}],
+    }
+    _public, internal = await start_tracker(nursery, write_config(tmp_path, settings))
+    async with httpx.AsyncClient(verify=client_tls(), timeout=WAIT, trust_env=False) as client:
+        with hung() as hang:
+            held = hang.holding(statusgather._listed, lambda *_: True)
+            monkeypatch.setattr(statusgather, "_listed", held)
+            for _page in range(2):
+                page = await client.get(f"{internal}/")
+                assert page.status_code == 200
+                said = no_answer(str(cache), LOOK_BOUND).replace("'", "&#x27;")
+                assert f"The directory is unusable: {said}" in page.text
+            assert not hang.ended.is_set()  # answered while the listing still hung
+            assert hang.calls == 1  # one listing however many pages ask
+
+
+async def test_a_reload_s_listing_of_a_cache_on_a_hung_mount_ends_within_its_wait(
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each reload ends by listing the cache (the archives of the groups it names, the
+    directories of those it no longer names), in a worker thread it waited for: a cache on
+    a hung mount held the reload, and every reload after it (one at a time), for as long as
+    the mount hung. The listing is waited for within its bound, one at a time."""
+    import tracker.proxy.streamer as streamer
+    from tracker.cache.store import Cache
+
+    settings = {
+        "internal_listen": "127.0.0.1:0",
+        "proxy_snapshot_downloads": True,
+        "proxy_snapshot_cache_dir": str(tmp_path / "cache"),
+        "target_groups": [{"group": "g", "static_targets": {"targets": ["127.0.0.1:9"]}}],
+    }
+    _public, internal = await start_tracker(nursery, write_config(tmp_path, settings))
+    monkeypatch.setattr(streamer, "OPEN_WAIT", 0.5)
+    async with httpx.AsyncClient(verify=client_tls(), timeout=WAIT, trust_env=False) as client:
+        with hung() as hang:
+            held = hang.holding(Cache.files, lambda *_: True)  # the listing of its archives
+            monkeypatch.setattr(Cache, "files", held)
+            for _reload in range(2):
+                assert (await client.post(f"{internal}/reload")).status_code == 200
+            assert (await client.get(f"{internal}/healthz")).status_code == 200
+            assert not hang.ended.is_set()  # both ended while the listing still hung
+            assert hang.calls == 1  # one listing however many reloads ask
