@@ -550,6 +550,32 @@ def test_a_small_proof_loads_no_numba(tmp_path: Path) -> None:
     assert answer.stdout.split() == ["accounts", "False"]
 
 
+@pytest.mark.one_bookkeeping
+def test_numba_disabled_keeps_the_kernels_interpreted(tmp_path: Path) -> None:
+    """Under NUMBA_DISABLE_JIT=1 (numba's switch for debugging) njit hands the bare function
+    back, and loading the kernels failed on it: a proof of many storages, which loads them
+    (``accountsproof.KERNELS_FROM``, here from the first), rejected a good archive with
+    ``check failed: AttributeError: 'function' object has no attribute 'enable_caching'``."""
+    path = write_archive(tmp_path, STATE)
+    code = (
+        "from tracker.proof.accounts import accountsproof; accountsproof.KERNELS_FROM = 0; "
+        "from tracker.proof.archive.archivecheck import check_file; "
+        "from tracker.proof.accounts.budget import AccountsLimits; "
+        "from tracker.proof.formats import kernels; "
+        f"print(check_file({str(path)!r}, prove_accounts=AccountsLimits()).proof.level.label, "
+        "kernels._LOADED, type(kernels.scan).__name__)"
+    )
+    answer = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "NUMBA_DISABLE_JIT": "1"},
+    )
+    assert answer.returncode == 0, answer.stderr[-3000:]
+    assert answer.stdout.split() == ["accounts", "[True]", "_Kernel"]
+
+
 def reference_scan(buf: bytes, start: int, end: int, at: int) -> tuple[list[int], list[int], int]:
     """The scan as the storage format says it (the former Python loop)."""
     offsets, lens, off = [], [], start

@@ -12,14 +12,20 @@ within bounded time and memory; and a flip that passes as the original lies in b
 binds.
 
 The compiled kernels are loaded first, as in a daemon that proves accounts: there a number
-past their int64 fails, where the interpreted ones would take it.
+past their int64 fails, where the interpreted ones would take it. Compiled, they check no index,
+so these tests would not see one read past its buffer: tests/helpers_bounds.py runs hostile
+inputs through them compiled with numba's bounds checks, in a process of its own.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import os
 import random
 import struct
+import subprocess
+import sys
 import tarfile
 import time
 import tracemalloc
@@ -79,12 +85,18 @@ TARS = {base: tar_bytes(entries) for base, (_, entries) in BASES.items()}
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _compiled_and_inline() -> Iterator[None]:
-    """The compiled kernels, and the accounts proof's first read in the reading thread."""
+def _compiled_and_inline(files: Path) -> Iterator[None]:
+    """The compiled kernels, and the accounts proof's first read in the reading thread. Each
+    entry point checks each original archive once first, untimed: numba compiles a kernel for
+    each argument type at its first call, ~5 s of CPU in all where its cache holds none (a
+    fresh checkout, kernels.py edited), which the first check's bound of :data:`CPU` counted."""
     kernels.load()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(accountsproof, "scan_lanes", lambda limits: 0)
         patch.setattr(accountsproof, "scan_processes", lambda limits: 0)
+        for base, (name, _) in BASES.items():
+            for entry in ENTRY_POINTS.values():
+                entry(files, name + ".tar", TARS[base])
         yield
 
 
@@ -544,3 +556,35 @@ def test_a_slot_history_of_ten_mib_costs_no_more_than_agaves() -> None:
     assert peak < 2 * MAX_ENTRIES
     assert len(history.bits) == MAX_ENTRIES and history.bits.all()
     assert (history.length, history.next_slot) == (64 * words, slot + 1)
+
+
+#: Hostile inputs for each of the kernels' callers, each way (~6 s of CPU in all, numba's
+#: compiling with bounds checks ~3 s of it).
+BOUNDS_EXAMPLES = 3000
+
+
+def test_the_kernels_read_nothing_past_their_buffers_with_bounds_checks_on(tmp_path: Path) -> None:
+    # Compiled, a kernel reading past an archive's bytes reads other memory (a wrong answer,
+    # or a segfault that ends the daemon), which the tests above cannot tell. In a process of
+    # its own, numba checks every index (NUMBA_BOUNDSCHECK=1) in a cache of its own: numba's
+    # cache keys no compile option, so kernels cached without the checks would be loaded
+    # instead (the helper exits 3 then). An out-of-range read is an IndexError there.
+    helper = Path(__file__).parents[1] / "helpers_bounds.py"
+    env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(tmp_path)}
+    env.pop("NUMBA_DISABLE_JIT", None)
+    done = subprocess.run(
+        [sys.executable, str(helper), str(BOUNDS_EXAMPLES)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,  # a hang's bound only: it takes seconds
+    )
+    assert done.returncode != 3, "the compiled kernels were not bounds-checked"
+    assert done.returncode == 0, done.stderr[-6000:]
+    outcomes = json.loads(done.stdout)
+    for way in ("interpreted", "compiled"):
+        found = outcomes[way]
+        # each caller read inputs through to the end and refused others (not a vacuous run)
+        assert {"storage scanned", "status cache read", "manifest read"} <= found.keys()
+        for refused in ("accounts/", "status cache: ", "manifest: "):
+            assert any(outcome.startswith(refused) for outcome in found), (way, refused)
