@@ -138,38 +138,49 @@ def _no_leftover_processes() -> Iterator[None]:
         serve.discard()
 
 
-#: The event a listener logs when one connection's handler raised what no rule foresaw
-#: (tracker/zerocopy/server.py), as either log format writes it.
-_CONNECTION_FAILED = re.compile(r'(?:^|[ "])connection_failed(?:[ "]|$)')
+#: The events the tracker logs when it contained what no rule foresaw, each with the marker
+#: of the tests that make it on purpose: one connection's handler failed
+#: (tracker/zerocopy/server.py), one of its own tasks did (a background loop, a scrape round,
+#: a spawned transfer task: docs/architecture.md, "Failures").
+CONTAINED = {
+    "connection_failed": "expects_connection_failure",
+    "task_failed": "expects_task_failure",
+}
 
 
-def connection_failed(lines: Iterable[str]) -> list[str]:
-    """The ``connection_failed`` lines of ``lines`` (log lines, text or JSON): the event's
-    name before the traceback, whose text may name anything."""
+def contained(event: str, lines: Iterable[str]) -> list[str]:
+    """The ``event`` lines of ``lines`` (log lines, text or JSON): the event's name before
+    the traceback, whose text may name anything."""
+    named = re.compile(rf'(?:^|[ "]){re.escape(event)}(?:[ "]|$)')
     return [
         line
         for line in lines
-        if _CONNECTION_FAILED.search(re.split(r' traceback=|"traceback"', line, maxsplit=1)[0])
+        if named.search(re.split(r' traceback=|"traceback"', line, maxsplit=1)[0])
     ]
 
 
 @pytest.fixture(autouse=True)
-def _no_connection_failed(
+def _nothing_contained(
     request: pytest.FixtureRequest, _events_with_fields: None, _no_leftover_processes: None
 ) -> Iterator[None]:
-    """Fail a test during which a tracker's connection failed (``connection_failed``), unless
-    it is marked ``expects_connection_failure``. In the field the listeners contain such an
-    error (it costs that connection, not the process): here it is a bug, and must fail the
-    suite as it did when it stopped the tracker. Reads the test's own records and the stderr
-    of every ``serve`` it started (torn down before the two fixtures that keep them)."""
+    """Fail a test during which a tracker contained a bug: a connection's handler failed
+    (``connection_failed``) or one of its tasks did (``task_failed``), unless the test is
+    marked as expecting it (:data:`CONTAINED`). In the field such an error costs that
+    connection or that task, not the process: here it is a bug, and must fail the suite as
+    it did when it stopped the tracker. Reads the test's own records and the stderr of every
+    ``serve`` it started (torn down before the two fixtures that keep them)."""
     yield
-    if request.node.get_closest_marker("expects_connection_failure") is not None:
-        return
-    found = connection_failed(request.node.stash[_EVENTS].lines)
+    lines = list(request.node.stash[_EVENTS].lines)
     for serve in RUNNING:
         with contextlib.suppress(FileNotFoundError):
-            found += connection_failed(serve.log.splitlines())
-    assert not found, "a connection's handler failed:\n" + "\n".join(found)
+            lines += serve.log.splitlines()
+    found = [
+        line
+        for event, marker in CONTAINED.items()
+        if request.node.get_closest_marker(marker) is None
+        for line in contained(event, lines)
+    ]
+    assert not found, "the tracker contained a bug:\n" + "\n".join(found)
 
 
 def _loopback(address: Any) -> bool:

@@ -190,10 +190,19 @@ def build(
     current, index, metrics = tracker.current, tracker.index, tracker.metrics
     apply_trust(index, tracker.config)
     tls = tls if tls is not None else TlsContexts()  # the probes' and downloads' alike
+    # A scrape round or a spawned task that failed as no rule foresaw is counted, as a
+    # background loop's is (run_tracker) and a connection's (docs/architecture.md, "Failures")
+    task_failed = partial(metrics.count_internal_error, "task")
     scraper = Scraper(
-        tracker.config, index, on_probe=on_probe, resolver=resolver, strangers=strangers, tls=tls
+        tracker.config,
+        index,
+        on_probe=on_probe,
+        resolver=resolver,
+        strangers=strangers,
+        tls=tls,
+        on_failure=task_failed,
     )
-    transfers = Transfers()
+    transfers = Transfers(on_failure=task_failed)
     budget = ChunkBudget()  # read-ahead memory shared by every file stream
     # Digests of verified archives and sources whose copy failed its check (docs/http-api.md,
     # "Verified archives"): written by the byte paths, read by the API.
@@ -476,6 +485,8 @@ async def run_tracker(
         logging.getLogger("tracker").addHandler(parts.events)
         active = ActiveRequests(app)
         apps = {PUBLIC: active, INTERNAL: ActiveRequests(internal)}
+        # a background loop's unforeseen failure is counted, as a connection's is
+        task_failed = partial(tracker.metrics.count_internal_error, "task")
         try:
             async with trio.open_nursery() as guard:
                 # Signals are the daemon's own until it returns, the grace included: a second
@@ -496,9 +507,13 @@ async def run_tracker(
                     streamer.cache()  # start-up: leftover temp files go before any request
                     if parts.objects is not None:  # learns the bucket; requests need not wait
                         tier = parts.objects.tier
-                        transfers.spawn(supervised("object_store_startup", tier.startup))
-                        transfers.spawn(supervised("object_store_watch", tier.watch))
-                        transfers.spawn(supervised("object_store_retire", tier.retire_when_due))
+                        transfers.spawn(
+                            supervised("object_store_startup", tier.startup, task_failed)
+                        )
+                        transfers.spawn(supervised("object_store_watch", tier.watch, task_failed))
+                        transfers.spawn(
+                            supervised("object_store_retire", tier.retire_when_due, task_failed)
+                        )
                     addresses = []
                     zero_copy = Connections()  # file bodies go out with sendfile
                     parts.delivery.slots.limit = budget.downloads
@@ -535,17 +550,17 @@ async def run_tracker(
                         reload,
                         notifier,
                         environ,
-                        supervised("snapshot_ages", age),
-                        supervised("speed_tests", parts.speedtests.run),
-                        supervised("learned_sync", parts.learning.run),
-                        supervised("folded_lines", report_folded_lines),
+                        supervised("snapshot_ages", age, task_failed),
+                        supervised("speed_tests", parts.speedtests.run, task_failed),
+                        supervised("learned_sync", parts.learning.run, task_failed),
+                        supervised("folded_lines", report_folded_lines, task_failed),
                         *(
-                            [supervised("head_reads", parts.heads.run)]
+                            [supervised("head_reads", parts.heads.run, task_failed)]
                             if parts.heads is not None
                             else []
                         ),
                         *(
-                            [supervised("local_proofs", parts.local_proofs.run)]
+                            [supervised("local_proofs", parts.local_proofs.run, task_failed)]
                             if parts.local_proofs is not None
                             else []
                         ),
@@ -680,13 +695,18 @@ async def report_folded_lines() -> None:
         folding.FOLDER.flush()
 
 
-def supervised(name: str, task: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+def supervised(
+    name: str,
+    task: Callable[[], Awaitable[None]],
+    on_failure: Callable[[], object] | None = None,
+) -> Callable[[], Awaitable[None]]:
     """``task``, run again when it raised what no rule of its own caught (logged as
-    ``task_failed`` with its traceback), after a wait from :data:`RESTART_AFTER` doubling to
-    :data:`MAX_RESTART_AFTER`; done when ``task`` returns. Hostile input costs the answer that
-    carried it, never the process (docs/architecture.md, "Failures"): a background loop's
-    failure, a bug a review has not found yet, must not end the daemon that serves what it
-    holds, nor stop the loop for good. Cancellation is not caught."""
+    ``task_failed`` with its traceback, ``on_failure()`` called: the service counts it),
+    after a wait from :data:`RESTART_AFTER` doubling to :data:`MAX_RESTART_AFTER`; done when
+    ``task`` returns. Hostile input costs the answer that carried it, never the process
+    (docs/architecture.md, "Failures"): a background loop's failure, a bug a review has not
+    found yet, must not end the daemon that serves what it holds, nor stop the loop for
+    good; nor go unseen, the loop failing again at each run. Cancellation is not caught."""
 
     async def run() -> None:
         wait = RESTART_AFTER
@@ -698,6 +718,8 @@ def supervised(name: str, task: Callable[[], Awaitable[None]]) -> Callable[[], A
             except Exception as exc:
                 if trio.current_time() - began > MAX_RESTART_AFTER:
                     wait = RESTART_AFTER  # it ran a while: a new failure, not the same one
+                if on_failure is not None:
+                    on_failure()
                 log_event(log, "error", "task_failed", task=name, exc_info=exc, retry_in=wait)
             await trio.sleep(wait)
             wait = min(2 * wait, MAX_RESTART_AFTER)

@@ -1,6 +1,7 @@
-"""A background loop that fails as no rule foresaw is logged and run again while the
-daemon serves (docs/architecture.md, "Failures"): the snapshot ages' task raised an
-OverflowError for one RPC answer, and the whole tracker ended."""
+"""A background loop that fails as no rule foresaw is logged, counted and run again while
+the daemon serves (docs/architecture.md, "Failures"): the snapshot ages' task raised an
+OverflowError for one RPC answer, and the whole tracker ended; then it was logged alone, and
+no alert told the operator."""
 
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ from helpers_tracker import start_tracker, wait_until, write_config
 from names import full_name
 
 import tracker.service as service
+
+#: Each test here makes a task fail on purpose: its ``task_failed`` lines fail none
+#: (tests/conftest.py).
+pytestmark = pytest.mark.expects_task_failure
 
 
 async def test_a_failed_background_loop_is_run_again_while_the_tracker_serves(
@@ -41,11 +46,12 @@ async def test_a_failed_background_loop_is_run_again_while_the_tracker_serves(
     path = write_config(
         tmp_path,
         {
+            "internal_listen": "127.0.0.1:0",  # /metrics
             "scrape_interval": "100ms",
             "target_groups": [{"group": "g", "static_targets": {"targets": [up[7:]]}}],
         },
     )
-    base = (await start_tracker(nursery, path))[0]
+    base, internal = await start_tracker(nursery, path)
 
     async def run_again() -> bool:
         return calls >= 2
@@ -54,3 +60,5 @@ async def test_a_failed_background_loop_is_run_again_while_the_tracker_serves(
     assert any(r.msg == "task_failed" and r.exc_info for r in caplog.records)
     answer = await client.get(f"{base}/v1/snapshots")
     assert answer.status_code == 200 and len(answer.json()) == 1
+    metrics = (await client.get(f"{internal}/metrics")).text
+    assert 'snapshot_tracker_internal_errors_total{where="task"} 1.0' in metrics

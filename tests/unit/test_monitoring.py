@@ -224,6 +224,7 @@ AGE = 'snapshot_tracker_snapshot_age_slots{group="g",instance="t",job="snapshot-
 ERRORS = (
     'snapshot_tracker_internal_errors_total{instance="t",job="snapshot-tracker",where="connection"}'
 )
+TASK_ERRORS = ERRORS.replace('where="connection"', 'where="task"')
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
@@ -246,6 +247,7 @@ ERRORS = (
         ("SnapshotTrackerInternalError", ERRORS, "0x30", False),  # none
         ("SnapshotTrackerInternalError", ERRORS, "2x10 0x20", False),  # a restart: from 0 again
         ("SnapshotTrackerInternalError", ERRORS, "0x10 1x20", True),  # one connection failed
+        ("SnapshotTrackerInternalError", TASK_ERRORS, "0x10 1x20", True),  # a loop's run failed
     ],
 )
 def test_a_rule_fires_past_routine_events_only(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from functools import partial
 
 import httpx
 import pytest
@@ -17,6 +18,7 @@ from tracker.config.schema import Config, TLSConfig
 from tracker.core.snapshots import SnapshotFile, info_from_files, parse_archive_name
 from tracker.errors import UpstreamError
 from tracker.observability.logs import record_fields
+from tracker.observability.metrics import Metrics
 from tracker.ordering.index import Index, SnapshotSource, TargetKey
 from tracker.proxy.streamer import ProxyStreamer
 from tracker.proxy.transfers import Transfers, plan_head
@@ -196,13 +198,16 @@ async def test_transfers_refuse_new_work_once_closed() -> None:
     assert not transfers.accepting
 
 
+@pytest.mark.expects_task_failure
 async def test_a_background_task_that_raises_is_logged_and_ends_alone(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A spawned task (a prefetch, an upload, a lock's release) that raises what no rule of
-    its own caught ends that task: logged once as ``task_failed``, the transfers running on.
-    Raised into the transfers' nursery, an upload's lock release ended the daemon."""
-    transfers = Transfers()
+    its own caught ends that task: logged once as ``task_failed`` and counted, the transfers
+    running on. Raised into the transfers' nursery, an upload's lock release ended the
+    daemon; logged alone, it alerted no one."""
+    metrics = Metrics(process=False)
+    transfers = Transfers(on_failure=partial(metrics.count_internal_error, "task"))
     ran: list[str] = []
 
     async def release(key: str) -> None:
@@ -230,6 +235,8 @@ async def test_a_background_task_that_raises_is_logged_and_ends_alone(
     assert str(failed[0]["task"]).endswith("release")
     assert failed[0]["error"] == "RuntimeError: no rule for p/.locks/g/x.lock"
     assert "Traceback" in str(failed[0]["traceback"])
+    counted = metrics.registry.get_sample_value
+    assert counted("snapshot_tracker_internal_errors_total", {"where": "task"}) == 1
 
 
 async def test_a_forced_stop_cancels_running_transfers_at_once(

@@ -1,16 +1,23 @@
-"""A background loop's failure is logged and the loop runs again (``service.supervised``):
-what no rule foresaw never ends the daemon, nor stops the loop for good."""
+"""A background loop's failure is logged, counted and the loop runs again
+(``service.supervised``): what no rule foresaw never ends the daemon, nor stops the loop for
+good, nor goes unseen (``snapshot_tracker_internal_errors_total{where="task"}``)."""
 
 from __future__ import annotations
 
 import itertools
 import logging
+from functools import partial
 
 import pytest
 import trio
 import trio.testing
 
+from tracker.observability.metrics import Metrics
 from tracker.service import MAX_RESTART_AFTER, RESTART_AFTER, supervised
+
+#: Each test here makes a task fail on purpose: its ``task_failed`` lines fail none
+#: (tests/conftest.py).
+pytestmark = pytest.mark.expects_task_failure
 
 
 async def test_a_failed_loop_runs_again_after_a_doubling_wait(
@@ -29,6 +36,26 @@ async def test_a_failed_loop_runs_again_after_a_doubling_wait(
     assert [round(t - t0, 3) for t in started] == [0.0, 1.0, 3.0, 7.0]
     failed = [r for r in caplog.records if r.msg == "task_failed"]
     assert len(failed) == 3 and all(r.exc_info for r in failed)
+
+
+async def test_each_failure_of_a_loop_is_counted_as_the_tasks(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Logged alone, a loop that failed at every run alerted no one: the log line was all.
+    metrics = Metrics(process=False)
+    runs = 0
+
+    async def loop() -> None:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            raise RuntimeError("no rule for this")
+
+    await supervised("ages", loop, partial(metrics.count_internal_error, "task"))()
+    counted = metrics.registry.get_sample_value
+    assert runs == 2  # run again after the failure
+    assert counted("snapshot_tracker_internal_errors_total", {"where": "task"}) == 1
+    assert counted("snapshot_tracker_internal_errors_total", {"where": "connection"}) == 0
 
 
 async def test_the_wait_stops_doubling_at_a_minute(autojump_clock: trio.testing.MockClock) -> None:

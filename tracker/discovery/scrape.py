@@ -101,10 +101,15 @@ class Scraper:
         resolver: Resolver = resolve,
         strangers: Resolver = resolve_strangers,
         tls: TlsContexts | None = None,
+        on_failure: Callable[[], object] | None = None,
     ) -> None:
+        """``on_round`` is run after each round, ``on_probe`` told each probe's result,
+        ``on_failure()`` called for each round that failed as no rule foresaw (:meth:`run`);
+        ``resolver`` and ``strangers`` resolve the configured and the discovered hosts."""
         self.index = index
         self.on_round = on_round
         self.on_probe = on_probe
+        self._on_failure = on_failure
         self.config = config
         self._roster = Roster()
         self._results = ResultBatches(index, self._roster.touch)
@@ -337,9 +342,9 @@ class Scraper:
         A reload (``update_config``) starts the next round at once. Cancellation stops the loop
         between or inside rounds; probes in flight are cancelled with it. A round (its
         discovery, the index's batches, the ``on_round`` hooks) that raises what no rule of
-        its own caught costs that round: it is logged as ``task_failed`` with its traceback
-        and the next round starts on schedule (docs/architecture.md, "Failures"); raised, it
-        ended the daemon.
+        its own caught costs that round: it is logged as ``task_failed`` with its traceback,
+        counted (``on_failure``) and the next round starts on schedule (docs/architecture.md,
+        "Failures"); raised, it ended the daemon.
         """
         started = False
         while True:
@@ -354,6 +359,8 @@ class Scraper:
                     self.on_round(self)
             except Exception as exc:  # the round's nursery wraps it: its leaf is what failed
                 failed, number = first_leaf(exc), self._round
+                if self._on_failure is not None:  # a bug contained is still a bug: counted
+                    self._on_failure()
                 log_event(
                     log, "error", "task_failed", task="scrape_round", round=number, exc_info=failed
                 )

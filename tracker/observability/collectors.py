@@ -206,7 +206,9 @@ COLLECTORS = (
         Counter,
         "internal_errors_total",
         "Exceptions no rule foresaw, each contained where it happened (a client connection:"
-        " closed, every other one served on) and logged with its traceback: a bug to report.",
+        " closed, every other one served on; a task of the tracker's: a background loop run"
+        " again, a scrape round, a spawned task) and logged with its traceback: a bug to"
+        " report.",
         ("where",),
     ),
 )

@@ -74,8 +74,13 @@ ByteSource = Literal["cache", "upstream", "local", "object_store", "replica"]
 #: or object.
 LearnedLoss = Literal["entry", "document"]
 #: Where an exception no rule foresaw was contained (label ``where``): one client connection's
-#: handler, closed for it (tracker/zerocopy/server.py, ``connection_failed``).
-InternalErrorSite = Literal["connection"]
+#: handler, closed for it (tracker/zerocopy/server.py, ``connection_failed``), or one of the
+#: tracker's own tasks, logged as ``task_failed`` with the task's name: a background loop,
+#: run again (``service.supervised``), a scrape round, the next one on schedule
+#: (``Scraper.run``), a spawned transfer task, ended alone (``Transfers.spawn``). Two
+#: labels, not one a site: a client may trigger the first again (the firewall holds it off
+#: meanwhile), only the tracker's own work the second; the log line names which task.
+InternalErrorSite = Literal["connection", "task"]
 #: Kind of archive (label ``kind``).
 Kind = Literal["full", "incremental"]
 

@@ -94,7 +94,10 @@ class Transfers:
     client's stream); ``cut_now`` (a forced stop) cancels them at once.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, on_failure: Callable[[], object] | None = None) -> None:
+        """``on_failure()`` is called for each exception a spawned task raised (:meth:`spawn`):
+        the service counts it (``internal_errors_total{where="task"}``)."""
+        self._on_failure = on_failure
         self._nursery: trio.Nursery | None = None
         self._background: trio.Nursery | None = None
         self._stop = trio.Event()
@@ -160,14 +163,17 @@ class Transfers:
         when stopping.
 
         The task should handle its own failures; an exception it raises anyway is logged
-        once (``task_failed``, with its traceback) and ends that task only: raised into the
+        once (``task_failed``, with its traceback), counted (``on_failure``) and ends that
+        task only: raised into the
         transfers nursery it would end every transfer and the daemon with them
         (docs/architecture.md, "Failures"). It is cancelled as soon as the service stops,
         without a grace period.
         """
         if self._background is None or self._stop.is_set():
             return False
-        self._background.start_soon(_contained, task, *args, name=_task_name(task))
+        self._background.start_soon(
+            _contained, self._on_failure, task, *args, name=_task_name(task)
+        )
         return True
 
     async def start(self, pump: Callable[..., Awaitable[None]], *args: Any) -> Any:
@@ -179,12 +185,18 @@ class Transfers:
         return await self._nursery.start(pump, *args)
 
 
-async def _contained(task: Callable[..., Awaitable[None]], *args: Any) -> None:
-    """``task(*args)``; an exception it raised is logged, not raised (cancellation is not
-    caught)."""
+async def _contained(
+    on_failure: Callable[[], object] | None, task: Callable[..., Awaitable[None]], *args: Any
+) -> None:
+    """``task(*args)``; an exception it raised is counted (``on_failure``) and logged, not
+    raised (cancellation is not caught)."""
     try:
         await task(*args)
     except Exception as exc:
+        # a bug contained is still a bug: the log line alone alerted no one
+        # (docs/architecture.md, "Failures")
+        if on_failure is not None:
+            on_failure()
         log_event(log, "error", "task_failed", task=_task_name(task), exc_info=exc)
 
 
