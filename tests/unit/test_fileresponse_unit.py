@@ -114,3 +114,47 @@ def test_chunk_budget_counts_every_chunk_a_stream_holds(streams: int, chunk: int
     budget = ChunkBudget(total=28 * 1024, smallest=64, largest=1024, per_stream=7)
     budget.streams = streams
     assert budget.chunk() == chunk
+
+
+async def test_a_hung_last_check_gives_way_to_cancellation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The look at the file before its last bytes go (``unchanged``: its ``fstat``, its
+    name's ``stat``) hangs on a hung mount. A cancelled body (its client gone, the stop's
+    grace over) ends at once: the look goes on in a thread of its own, on a duplicate of the
+    descriptor (the body's own is closed), and holds none of trio's shared worker threads.
+    Waited for, it held the connection and the stop for as long as the mount hung."""
+    import threading
+
+    import tracker.serving.fileresponse as fileresponse
+
+    path = tmp_path / "f"
+    path.write_bytes(b"0123456789")
+    asked, answers, ended = threading.Event(), threading.Event(), threading.Event()
+
+    def hung(*_: object) -> None:
+        asked.set()
+        answers.wait(30.0)  # released below; the bound only ends a thread a failure left
+        ended.set()
+
+    monkeypatch.setattr(fileresponse, "unchanged", hung)
+    response = to_response(await file_response(str(path), PlainRequest("GET", {})))
+    done = trio.Event()
+    try:
+        async with trio.open_nursery() as nursery:
+
+            async def download(task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+                with trio.CancelScope() as scope:
+                    task_status.started(scope)
+                    await response.get_data()
+                done.set()
+
+            scope = await nursery.start(download)
+            assert await trio.to_thread.run_sync(asked.wait, 30.0)
+            assert trio.to_thread.current_default_thread_limiter().borrowed_tokens == 0
+            scope.cancel()
+            await done.wait()
+            assert not ended.is_set()  # ended while the look still hung
+            assert open_fds(path) == 1  # the look's own duplicate, and only it
+    finally:
+        answers.set()

@@ -150,11 +150,23 @@ class _FileBody(GeneratorBody):
         self._close()
 
     async def _unchanged(self, position: int) -> None:
-        """:func:`unchanged`, in a worker thread: its ``fstat`` and ``stat`` of a ledger on a
-        hung mount froze the event loop at the end of each of its downloads
-        (docs/configuration.md, "Paths on a hung mount"). Waited for on cancellation: the
-        descriptor stays open under the call."""
-        await trio.to_thread.run_sync(unchanged, self._fd, self._opened, position, self._path)
+        """:func:`unchanged`, in a thread of its own: its ``fstat`` and ``stat`` of a ledger
+        on a hung mount froze the event loop at the end of each of its downloads
+        (docs/configuration.md, "Paths on a hung mount"). Given up on cancellation: the
+        thread looks through a duplicate of the descriptor, which it closes itself however
+        late it answers. Waited for, a hung look held the client's connection (and its slot)
+        after the client left, and a stop past its grace; in trio's shared worker threads,
+        each such download held one of those the daemon's other disk reads wait for."""
+        fd = os.dup(self._fd)  # no file system call: a hung mount cannot hold it
+        opened, path = self._opened, self._path  # not the body: its finalizer stays free
+
+        def look() -> None:
+            try:
+                unchanged(fd, opened, position, path)
+            finally:
+                os.close(fd)
+
+        await Background(look, name="last check").result()
 
 
 @attrs.define(eq=False)
