@@ -297,6 +297,26 @@ def test_malformed_and_stacked_mounts(mountinfo: str, memory: bool) -> None:
     assert memory_backed(mountinfo, "/tmp/spill") is memory
 
 
+@pytest.mark.parametrize("odd", ["\f", "\v", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"])
+@pytest.mark.parametrize(
+    ("below", "above", "memory"), [("ext4", "tmpfs", True), ("tmpfs", "ext4", False)]
+)
+def test_a_mount_point_holding_a_character_the_kernel_leaves_unescaped(
+    odd: str, below: str, above: str, memory: bool
+) -> None:
+    """The kernel escapes only a space, tab, newline and backslash in a mount point: a line
+    is cut at "\n" alone, never where ``str.splitlines`` would also cut (a form feed, U+2028):
+    the mount at ``/srv/a<odd>b`` is seen, not the one below it."""
+    point = f"/srv/a{odd}b"
+    mountinfo = "\n".join(
+        [
+            f"1 0 0:1 / / rw - {below} /dev/x rw",
+            f"2 1 0:2 / {point} rw shared:3 - {above} {above} rw",
+        ]
+    )
+    assert memory_backed(mountinfo, f"{point}/spill") is memory
+
+
 @pytest.mark.parametrize(
     ("field", "path"),
     [
