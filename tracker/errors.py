@@ -35,6 +35,8 @@ exception class::
     ├── ClientGone         the client's connection closed while a body was being sent
     ├── FetchError         ``snapshot-tracker fetch`` could not put the wanted archives in place
     ├── ArchiveInvalid     an archive failed its check (compression, tar, entries); one line
+    ├── CopyCutShort       a check of a file being written read all that came before the
+    │                      writer stopped short of the end: no verdict (tracker.fetch)
     ├── EndOfInput         a stream parser's stream ended while it wanted bytes (thrown into it
     │                      by tracker.proof.formats.streamparse; it words its own ArchiveInvalid)
     ├── StatementInvalid   a signed statement about an archive (an attestation) or its signing
@@ -234,6 +236,13 @@ class ArchiveInvalid(TrackerError):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(reason)
+
+
+class CopyCutShort(TrackerError):
+    """A following check (:class:`~tracker.proof.archive.archivecheck.GrowingFile`) read every
+    byte its writer put on disk before the writer stopped short of the end (a download whose
+    sources all failed): those bytes did not fail it, the rest never comes. No verdict on the
+    archive, neither way."""
 
 
 class EndOfInput(TrackerError):

@@ -10,10 +10,11 @@ import attrs
 import pytest
 from archives import bad_variants, build_archive, huge_pax_size_tar
 from helpers_bytes import sha256
-from helpers_upstream import FakeUpstream
+from helpers_upstream import Behaviour, FakeUpstream
 from test_fetch import FAST, fetch_command, ledger_of, options, run_cli, the_error_line
 from test_fetch_sources import body_bytes, tracker_of
 
+from tracker.errors import FetchError
 from tracker.fetch.progress import NoProgress
 from tracker.fetch.run import run_fetch
 
@@ -118,6 +119,38 @@ async def test_a_copy_that_fails_part_way_is_dropped_then(tmp_path: Path) -> Non
     assert max(s.body_sent for s in first.gets(name)) == held.pause_at
     assert result.sha256 == sha256(good)
     assert sorted(p.name for p in ledger.iterdir()) == [name]
+
+
+@pytest.mark.parametrize(
+    ("variant", "reason", "kept"),
+    [
+        # valid zstd, not a tar: the bytes that came fail the check
+        ("not_tar", "no source delivered a good copy: .*tar: bad header checksum", False),
+        # the good archive: the bytes that came pass as far as they go, kept to resume
+        ("good", "every source failed: ", True),
+    ],
+)
+async def test_a_copy_its_source_breaks_off_is_judged_on_the_bytes_that_came(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variant: str, reason: str, kept: bool
+) -> None:
+    """The one source breaks off every answer after 100 kB, and is dropped after the third
+    with 300 kB of the copy on disk, while the check that follows them lags behind (held
+    back here: never told of a byte during the download, as on a loaded machine). The bytes
+    on disk get the check's verdict before the fetch fails: a bad copy is rejected and
+    deleted (it failed "every source failed: ...: source closed the connection mid-body",
+    and the bad bytes were kept to resume, whenever the check had not caught up yet), a
+    good one kept as the source's failure."""
+    monkeypatch.setattr("tracker.fetch.download.FOLLOW_EVERY", 3600.0)
+    data = GOOD if variant == "good" else bad_variants(NAME, GOOD)[variant]
+    up = FakeUpstream(files={NAME: data}, behaviour={NAME: Behaviour(drop_after=100_000)})
+    ledger = ledger_of(tmp_path)
+    async with tracker_of([up]) as tracker:
+        opts = options(ledger, tracker.base, incremental=False, settings=VERIFYING)
+        with pytest.raises(FetchError, match=reason):
+            await run_fetch(opts, NoProgress())
+    assert body_bytes(up, NAME) >= 3 * 100_000  # three answers broken off
+    left = sorted(p.name for p in ledger.iterdir())
+    assert left == ([f".tmp-{NAME}", f".tmp-{NAME}.state"] if kept else [])
 
 
 async def test_a_copy_the_check_cannot_parse_is_deleted_and_the_next_source_used(

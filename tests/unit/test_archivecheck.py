@@ -44,7 +44,7 @@ from archives import (
 
 import tracker.proof.archive.archivecheck as archivecheck
 from tracker.cli import main
-from tracker.errors import ArchiveInvalid
+from tracker.errors import ArchiveInvalid, CopyCutShort
 from tracker.proof.accounts.budget import (
     AccountsLimits,
     FrameThreads,
@@ -880,6 +880,58 @@ def test_growing_file_never_closes_under_a_read(
         assert growing.closed and open_descriptors(path) == 1
 
 
+def test_growing_file_stopped_short_ends_its_reads_at_what_is_written(tmp_path: Path) -> None:
+    # The writer's sources failed: a read waiting past the bytes written ends, and every
+    # byte written is read first (the check's verdict is on all of them).
+    path = tmp_path / "growing"
+    with open(path, "wb") as f:
+        growing = GrowingFile(f.fileno())
+        f.write(b"abcdef")
+        f.flush()
+        growing.advance(4)
+        assert growing.read(100) == b"abcd"
+        thread, results = _reader_thread(growing, 100)
+        thread.join(0.05)
+        assert thread.is_alive() and not results  # waits for more
+        growing.advance(6)
+        growing.stop_short()
+        thread.join(5)
+        assert results == [b"ef"]
+        with pytest.raises(CopyCutShort, match="stops at byte 6"):
+            growing.read(100)
+        growing.cancel()
+        assert growing.closed
+
+
+@pytest.mark.parametrize("decode_ahead", [False, True])
+@pytest.mark.parametrize(
+    ("variant", "verdict"),
+    [("good", CopyCutShort), ("not_tar", ArchiveInvalid), ("other_slot", ArchiveInvalid)],
+)
+def test_a_check_cut_short_gives_its_verdict_on_the_bytes_read(
+    decode_ahead: bool, variant: str, verdict: type[Exception]
+) -> None:
+    """Half an archive, then the read that ends it short (GrowingFile.stop_short): bytes
+    that fail the check fail it with their reason, whichever thread decodes them (the
+    pieces a decoder ahead queued come before the read's end); bytes that pass end it with
+    CopyCutShort as raised, no verdict."""
+    name, good = build_archive(SLOT, accounts=6, account_size=1 << 20)
+    data = good if variant == "good" else bad_variants(name, good)[variant]
+    half = io.BytesIO(data[: len(data) // 2])
+    cut = CopyCutShort("cut")
+
+    def read(size: int) -> bytes:
+        if chunk := half.read(size):
+            return chunk
+        raise cut
+
+    with pytest.raises(verdict) as caught:
+        check_stream(read, name, decode_ahead=decode_ahead)
+    assert (caught.value is cut) == (verdict is CopyCutShort)
+    if variant != "good":
+        assert re.match(EXPECTED_REASONS[variant]["zst"], str(caught.value))
+
+
 def test_growing_file_shorter_than_announced(tmp_path: Path) -> None:
     path = tmp_path / "growing"
     path.write_bytes(b"x" * 10)
@@ -953,6 +1005,27 @@ async def test_following_check_fails_before_the_download_ends(tmp_path: Path) ->
         with trio.fail_after(10):
             while open_descriptors(path) != 1:
                 await trio.sleep(0.01)
+
+
+@pytest.mark.parametrize(("variant", "failed"), [("good", False), ("not_tar", True)])
+async def test_following_check_judges_the_bytes_written_when_the_writer_stops_short(
+    tmp_path: Path, variant: str, failed: bool
+) -> None:
+    # Half the archive is on disk, the check told of none of it yet (it lags): asked for
+    # its verdict on those bytes, it reads them all and ends, failed or without a verdict.
+    name, good = build_archive(SLOT, accounts=6, account_size=1 << 20)
+    data = good if variant == "good" else bad_variants(name, good)["not_tar"]
+    path = tmp_path / "part"
+    with part_file(path) as f:
+        check = FollowingCheck.start(f.fileno(), name)
+        f.write(data[: len(data) // 2])
+        f.flush()
+        with trio.fail_after(30):
+            assert await check.fails_short_of_end(len(data) // 2) is failed
+        assert check.done()
+        with pytest.raises(ArchiveInvalid if failed else CopyCutShort):
+            await check.result()
+    assert open_descriptors(path) == 0
 
 
 async def test_following_check_cancelled(tmp_path: Path) -> None:

@@ -345,10 +345,15 @@ async def _fill(
         await _move_pieces(crew, live, saver, check)
         await _last_save(saver, name)
         # A check that ended before the download failed (the copy is bad): _verify says why.
-        if check is None or not check.done():
-            if not pieces.complete:
-                reasons = dict.fromkeys(f"{s.url}: {s.dropped or 'failed'}" for s in live)
-                raise SourceFailed(summary(list(reasons)))
+        # Every source failed with bytes missing: the bytes on disk get the check's verdict
+        # first (it follows them FOLLOW_EVERY apart at its own pace, and may lag behind);
+        # bytes that fail it are a rejected copy, deleted with the check's reason
+        # (docs/architecture.md, "Verified archives"; fetch's --verify in docs/fetch.md), not
+        # the sources' last errors and a bad copy kept to resume.
+        if not pieces.complete and not await _judged(check, pieces.prefix):
+            reasons = dict.fromkeys(f"{s.url}: {s.dropped or 'failed'}" for s in live)
+            raise SourceFailed(summary(list(reasons)))
+        if pieces.complete and (check is None or not check.done()):
             if check is not None:
                 check.finish(size)
             await trio.to_thread.run_sync(os.fsync, fd)
@@ -382,6 +387,14 @@ async def _fill(
     await trio.to_thread.run_sync(sync_names, ledger)
     seconds = trio.current_time() - started
     return Result(final, size, seconds, tuple(live), pieces.steals, digest, proof, vouchers)
+
+
+async def _judged(check: FollowingCheck | None, written: int) -> bool:
+    """Whether the check of a copy its sources left short of the end, ``written`` bytes
+    without a gap on disk, ended on those bytes (:meth:`FollowingCheck.fails_short_of_end`,
+    also when it had ended already): failed, or could not read them (:func:`_verify` raises
+    why); False when they passed as far as they go, or nothing checks them."""
+    return check is not None and await check.fails_short_of_end(written)
 
 
 async def _last_save(saver: StateSaver, name: str) -> None:

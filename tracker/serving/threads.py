@@ -62,6 +62,11 @@ class Background(Generic[T]):
         assert self._outcome is not None
         return self._outcome.unwrap()
 
+    def failure(self) -> BaseException | None:
+        """What the finished call raised; None when it returned or has not finished. Unlike
+        :meth:`result`, looking leaves the outcome to be taken."""
+        return self._outcome.error if isinstance(self._outcome, outcome.Error) else None
+
     async def settle(self) -> None:
         """Wait (shielded) until the call has finished; discard its result."""
         with trio.CancelScope(shield=True):

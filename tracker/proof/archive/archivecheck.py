@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 from tracker.core.digests import Verified
 from tracker.core.snapshots import parse_archive_name
-from tracker.errors import ArchiveInvalid, interruption_in, own_shortage
+from tracker.errors import ArchiveInvalid, CopyCutShort, interruption_in, own_shortage
 from tracker.proof.accounts.budget import AccountsLimits, FrameThreads, decodes_ahead
 from tracker.proof.archive.binding import BlockDigests
 from tracker.proof.archive.checklimits import CANCELLED, Budget
@@ -493,8 +493,9 @@ class GrowingFile:
     It reads its own descriptor of the file open at ``fd`` (a duplicate; for a write-only
     ``fd``, the file opened again read-only through ``/proc/self/fd``), closed when done,
     with ``os.pread``, never past what :meth:`advance` said is written. :meth:`read` blocks
-    until there are bytes, the end (:meth:`finish`), or :meth:`cancel`. ``advance``,
-    ``finish`` and ``cancel`` never block for long: call them from the trio thread.
+    until there are bytes, the end (:meth:`finish`), :meth:`stop_short` or :meth:`cancel`.
+    ``advance``, ``finish``, ``stop_short`` and ``cancel`` never block for long: call them
+    from the trio thread.
     """
 
     def __init__(self, fd: int) -> None:
@@ -504,6 +505,7 @@ class GrowingFile:
         self._written = 0
         self._size: int | None = None
         self._cancelled = False
+        self._short = False
         self._reading = False
         self._closed = False
 
@@ -519,6 +521,14 @@ class GrowingFile:
         with self._cond:
             self._size = size
             self._written = max(self._written, size)
+            self._cond.notify_all()
+
+    def stop_short(self) -> None:
+        """No byte past what :meth:`advance` said comes (the writer's sources failed): a read
+        there raises CopyCutShort instead of waiting, so that the check ends with its verdict
+        on the bytes written (it reads each of them first)."""
+        with self._cond:
+            self._short = True
             self._cond.notify_all()
 
     def cancel(self) -> None:
@@ -556,6 +566,8 @@ class GrowingFile:
                 if self._size is not None:
                     self._close_unless_reading()
                     return b""
+                if self._short:
+                    raise CopyCutShort(f"the copy stops at byte {limit}, short of its end")
                 self._cond.wait()
             self._reading = True
             offset, count = self._offset, min(size, limit - self._offset)
@@ -705,6 +717,21 @@ class FollowingCheck:
     def done(self) -> bool:
         """True once the check has ended (passed or failed)."""
         return self._background.done()
+
+    async def fails_short_of_end(self, written: int) -> bool:
+        """The writer stopped short of the end (a download whose sources all failed): whether
+        the ``written`` bytes on disk fail the check. The check reads them and no further
+        (:meth:`GrowingFile.stop_short`: a read past them ends it with CopyCutShort instead
+        of waiting), and this waits for its end: as long as the check takes to read those of
+        them it had not read yet. True when it ended on those bytes (:meth:`result` raises
+        why: they fail it, or could not be read), also when it had ended before; False when
+        they passed as far as they go (CopyCutShort: no verdict), or when it passed, which it
+        never does untold of the end (:meth:`finish`)."""
+        self._growing.advance(written)
+        self._growing.stop_short()
+        await self._background.wait()
+        failure = self._background.failure()
+        return failure is not None and not isinstance(failure, CopyCutShort)
 
     async def stopped(self, within: float = STOP_WITHIN) -> None:
         """:meth:`cancel` the check and wait (shielded, at most ``within`` seconds: its
