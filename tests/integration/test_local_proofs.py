@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import shutil
 import signal
@@ -529,7 +530,7 @@ async def test_a_file_that_could_not_be_opened_is_retried_on_time_whatever_the_w
 
 
 async def test_a_file_proven_short_for_the_tracker_s_own_cause_is_checked_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A local full whose accounts proof lost its hashing process (SIGKILL, as an OOM kill:
     ``Proof.local_cause``) stays at ``manifest``, unranked under ``trust.require: accounts``,
@@ -542,12 +543,14 @@ async def test_a_file_proven_short_for_the_tracker_s_own_cause_is_checked_again(
 
     from tracker.config.loading import load_config
     from tracker.core.digests import Digests
+    from tracker.observability.logs import TextFormatter
     from tracker.ordering.index import Index, TargetKey
     from tracker.proof.accounts import hashworker
     from tracker.proof.accounts.budget import AccountsLimits
     from tracker.proof.background.localfiles import LocalProofs
     from tracker.proof.background.rounds import RETRY_AFTER
 
+    caplog.set_level(logging.INFO, logger="tracker")
     ledger = tmp_path / "ledger"
     ledger.mkdir()
     name, data = build_archive(1100, accounts=7)
@@ -585,6 +588,10 @@ async def test_a_file_proven_short_for_the_tracker_s_own_cause_is_checked_again(
     assert await proofs.round() == 1
     assert len(started) == 1
     assert proven() == ("manifest", True)  # the tracker's own cause, not the file's
+    # its line says why, as a warning: ``proven=manifest`` alone read as the file's fault
+    [line] = [r for r in caplog.records if r.getMessage() == "local_checked"]
+    assert line.levelname == "WARNING"
+    assert "note=" in TextFormatter().format(line) and "killed" in TextFormatter().format(line)
     key = TargetKey("local", str(ledger))
     [refused] = index.disproven()[key].values()  # below trust.require: kept out
     assert refused.startswith("proven to manifest, accounts required: not proven: the hash")

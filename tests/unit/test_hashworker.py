@@ -48,6 +48,11 @@ from tracker.proof.levels import Level
 pytestmark = pytest.mark.usefixtures("bookkeeping_both_ways")
 
 WORKER = "tracker.proof.accounts.hashworker"
+#: The note of a proof whose hashing process the OOM killer took.
+KILLED = (
+    "not proven: the hashing process ended"
+    " (killed by SIGKILL: out of memory? (the kernel's OOM killer sends it))"
+)
 
 
 def workers() -> list[int]:
@@ -402,7 +407,7 @@ def test_a_worker_killed_while_it_hashes_a_slot_costs_the_proof() -> None:
         room[:] = work
         worker.add(room, ends)
         os.kill(worker.pid, signal.SIGKILL)
-        assert worker.total() == (None, "not proven: the hashing process ended (exit status -9)")
+        assert worker.total() == (None, KILLED)
     finally:
         worker.close()
     assert not workers()

@@ -42,7 +42,10 @@ OWN_SHORT = Proof(
     Level.MANIFEST,
     H,
     "FF2m",
-    note="not proven: the hashing process ended (exit status -9)",
+    note=(
+        "not proven: the hashing process ended"
+        " (killed by SIGKILL: out of memory? (the kernel's OOM killer sends it))"
+    ),
     local_cause=True,
 )
 BOUND = "not proven: 2000 accounts over the bound of 1000"

@@ -25,7 +25,10 @@ from tracker.proof.levels import Level, Proof
 GROUP = "mainnet"
 FULL = "snapshot-100-7G3gw9TmwzT24jhJQyrPnH2QaKUZ7MHWGG9KW8XaPbDb.tar.zst"
 INCREMENTAL = "incremental-snapshot-90-100-7G3gw9TmwzT24jhJQyrPnH2QaKUZ7MHWGG9KW8XaPbDb.tar.zst"
-KILLED = "not proven: the hashing process ended (exit status -9)"
+KILLED = (
+    "not proven: the hashing process ended"
+    " (killed by SIGKILL: out of memory? (the kernel's OOM killer sends it))"
+)
 BOUND = "not proven: 2000 accounts over the bound of 1000"
 UNLOADABLE = "a storage the manifest does not list"
 RETRY = 60.0
@@ -204,3 +207,19 @@ async def test_a_copy_whose_checks_keep_falling_short_waits_longer_each_time(
     clock.now += RETRY
     await checked.recheck(path_for, lambda: None)
     assert checked.servable(GROUP, name)
+
+
+@pytest.mark.parametrize(
+    ("code", "said"),
+    [
+        (0, "exit status 0"),
+        (2, "exit status 2"),
+        (-signal.SIGKILL, "killed by SIGKILL: out of memory? (the kernel's OOM killer sends it)"),
+        (-signal.SIGSEGV, "killed by SIGSEGV"),
+        (-200, "killed by signal 200"),
+    ],
+)
+def test_how_a_child_ended_is_said_for_an_operator(code: int, said: str) -> None:
+    """A killed hashing process was "exit status -9": the proof's note and the
+    ``local_checked`` line now name the signal, and a SIGKILL points at memory."""
+    assert hashworker.how_ended(code) == said

@@ -420,7 +420,7 @@ class HashWorker:
             code = self._proc.wait(min(5.0, STALLED))
         except subprocess.TimeoutExpired:
             return "the hashing process stopped answering"
-        return f"the hashing process ended (exit status {code})"
+        return f"the hashing process ended ({how_ended(code)})"
 
     def _note(self) -> str:
         return f"not proven: {self._failure}"
@@ -635,3 +635,18 @@ if __name__ == "__main__":
     # ends (it kills it, or closes the pipe).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.exit(_main(sys.argv[1:]))
+
+
+def how_ended(code: int) -> str:
+    """How a child process ended, for an operator: its exit status, or the signal that
+    killed it by name; a SIGKILL nobody here sent is most often the kernel's OOM killer,
+    and the line says so (the fix is memory, not the archive). Pure."""
+    if code >= 0:
+        return f"exit status {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    if -code == signal.SIGKILL:
+        return f"killed by {name}: out of memory? (the kernel's OOM killer sends it)"
+    return f"killed by {name}"

@@ -354,9 +354,13 @@ class LocalProofs(Rounds):
         held = attrs.evolve(checked, size=st.st_size, checked_at=self._clock())
         self._checked[path] = Checked(identity_of(st), verified=held)
         self._dirty.add(path)
+        # A proof stopped short says why beside its level (a hashing process killed by the
+        # OOM killer, no temporary space): ``proven=manifest`` alone read as the file's
+        # fault, and the operator's fix (memory, the spill's room) is in the note.
         log_event(
-            log, "info", "local_checked", group=group, file=name, sha256=held.sha256,
-            proven=held.proof.level.label,
+            log, "warning" if held.proof.local_cause else "info", "local_checked",
+            group=group, file=name, sha256=held.sha256, proven=held.proof.level.label,
+            note=held.proof.note,
         )  # fmt: skip
 
     def _tried_short(self, path: str) -> None:
