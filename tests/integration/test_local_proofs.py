@@ -448,6 +448,32 @@ def _ledger_of_one_archive(tmp_path: Path) -> tuple[Path, str, bytes, Any]:
     return ledger, name, data, config
 
 
+def _mount_and_ledger(
+    tmp_path: Path, slots: tuple[int, ...], timeout: str
+) -> tuple[Path, Path, list[tuple[str, bytes]], Any]:
+    """Two local directories (``mount``, whose mount the test hangs, holding the first
+    archive; ``ledger``, empty), a real archive per slot of ``slots``, and a config of two
+    groups, one local target each (``a``: the mount, ``b``: the ledger), whose rounds leave
+    a directory that does not answer within ``timeout``."""
+    from archives import build_archive
+
+    from tracker.config.loading import load_config
+
+    mount, ledger = tmp_path / "mount", tmp_path / "ledger"
+    mount.mkdir()
+    ledger.mkdir()
+    archives = [build_archive(slot) for slot in slots]
+    (mount / archives[0][0]).write_bytes(archives[0][1])
+    config = load_config(write_config(tmp_path, {
+        "scrape_interval": "3s", "scrape_timeout": timeout, "prove_accounts": False,
+        "target_groups": [
+            {"group": "a", "local_targets": {"paths": [str(mount)]}},
+            {"group": "b", "local_targets": {"paths": [str(ledger)]}},
+        ],
+    }))  # fmt: skip
+    return mount, ledger, archives, config
+
+
 async def test_a_statement_from_a_clock_ahead_is_taken_once_this_clock_catches_up(
     tmp_path: Path,
 ) -> None:
@@ -712,26 +738,12 @@ async def test_a_ledger_on_a_hung_mount_holds_back_no_other_ledgers_checks(
     own class, real archives; the hung read is the test's)."""
     import threading
 
-    from archives import build_archive
-
     import tracker.proof.background.localfiles as localfiles
-    from tracker.config.loading import load_config
     from tracker.core.digests import Digests
     from tracker.ordering.index import Index
     from tracker.proof.records.localcopies import holder
 
-    mount, ledger = tmp_path / "mount", tmp_path / "ledger"
-    mount.mkdir()
-    ledger.mkdir()
-    archives = [build_archive(slot) for slot in (100, 200, 300)]
-    (mount / archives[0][0]).write_bytes(archives[0][1])
-    config = load_config(write_config(tmp_path, {
-        "scrape_interval": "3s", "scrape_timeout": "3s",
-        "target_groups": [
-            {"group": "a", "local_targets": {"paths": [str(mount)]}},
-            {"group": "b", "local_targets": {"paths": [str(ledger)]}},
-        ],
-    }))  # fmt: skip
+    mount, ledger, archives, config = _mount_and_ledger(tmp_path, (100, 200, 300), "3s")
     hangs, answers, hung = [False], threading.Event(), []
     real = getattr(localfiles, hung_in)
 
@@ -814,26 +826,13 @@ async def test_a_check_reading_from_a_hung_mount_gives_way_to_the_other_ledgers(
     class, real archives; the hung reads are the test's, of the mount's files only)."""
     import threading
 
-    from archives import build_archive
-
     import tracker.proof.background.localfiles as localfiles
-    from tracker.config.loading import load_config
     from tracker.core.digests import Digests
     from tracker.ordering.index import Index
     from tracker.proof.records.localcopies import holder
 
-    mount, ledger = tmp_path / "mount", tmp_path / "ledger"
-    mount.mkdir()
-    ledger.mkdir()
-    (first, first_data), (second, second_data) = build_archive(100), build_archive(200)
-    (mount / first).write_bytes(first_data)
-    config = load_config(write_config(tmp_path, {
-        "scrape_interval": "3s", "scrape_timeout": "1s", "prove_accounts": False,
-        "target_groups": [
-            {"group": "a", "local_targets": {"paths": [str(mount)]}},
-            {"group": "b", "local_targets": {"paths": [str(ledger)]}},
-        ],
-    }))  # fmt: skip
+    mount, ledger, archives, config = _mount_and_ledger(tmp_path, (100, 200), "1s")
+    (first, _), (second, second_data) = archives
     answers, reading = threading.Event(), trio.Event()
     token = trio.lowlevel.current_trio_token()
     real_pread, real_scan = os.pread, localfiles.scan_local
@@ -882,27 +881,14 @@ async def test_a_check_opening_a_file_on_a_hung_mount_gives_way_to_the_other_led
     mount's files only, at the open's executor seam)."""
     import threading
 
-    from archives import build_archive
-
     import tracker.cache.checked as checked
     import tracker.proof.background.localfiles as localfiles
-    from tracker.config.loading import load_config
     from tracker.core.digests import Digests
     from tracker.ordering.index import Index
     from tracker.proof.records.localcopies import holder
 
-    mount, ledger = tmp_path / "mount", tmp_path / "ledger"
-    mount.mkdir()
-    ledger.mkdir()
-    (first, first_data), (second, second_data) = build_archive(100), build_archive(200)
-    (mount / first).write_bytes(first_data)
-    config = load_config(write_config(tmp_path, {
-        "scrape_interval": "3s", "scrape_timeout": "1s", "prove_accounts": False,
-        "target_groups": [
-            {"group": "a", "local_targets": {"paths": [str(mount)]}},
-            {"group": "b", "local_targets": {"paths": [str(ledger)]}},
-        ],
-    }))  # fmt: skip
+    mount, ledger, archives, config = _mount_and_ledger(tmp_path, (100, 200), "1s")
+    (first, _), (second, second_data) = archives
     answers, opening, opened = threading.Event(), trio.Event(), threading.Event()
     token = trio.lowlevel.current_trio_token()
     real_open, real_scan = checked._open_regular, localfiles.scan_local
