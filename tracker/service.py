@@ -25,6 +25,7 @@ import httpx
 import trio
 from quart_trio import QuartTrio
 
+from tracker.cache.opening import OPEN_WAIT
 from tracker.config.bounded import LOOK_BOUND
 from tracker.config.files import signing
 from tracker.config.schema import Config
@@ -53,7 +54,7 @@ from tracker.proof.cluster.clustervotes import ClusterVotes
 from tracker.proof.records.attestations import Attestations
 from tracker.proxy.bucketcopies import ObjectPath, object_path
 from tracker.proxy.prefetch import Prefetcher
-from tracker.proxy.streamer import OPEN_WAIT, CacheFactory, ProxyStreamer
+from tracker.proxy.streamer import CacheFactory, ProxyStreamer
 from tracker.proxy.transfers import Transfers
 from tracker.proxy.upstream import ProxySettings
 from tracker.reporting import RpcFailure, ScrapeReporter, slots_kept, track_snapshot_age
@@ -361,8 +362,8 @@ async def run_tracker(
             # Its leftovers go before any request, with its lock: looked at and opened off
             # the event loop, bounded (docs/configuration.md, "Paths on a hung mount"); one
             # whose look does not answer ends the start as not ready (exit 75, retried).
-            await parts.streamer.look_at_cache(config)
-            await parts.streamer.open_cache(OPEN_WAIT)
+            await parts.streamer.directories.look_at_cache(config)
+            await parts.streamer.directories.open_cache(OPEN_WAIT)
         except BaseException:
             for sock in sockets.values():
                 sock.close()
@@ -432,7 +433,7 @@ async def run_tracker(
             # The cache directory's real path, taken off the event loop within the same bound
             # (or refused): the config in force is kept (docs/configuration.md, "Paths on a
             # hung mount").
-            await streamer.look_at_cache(new)
+            await streamer.directories.look_at_cache(new)
             await load_tls(contexts, new)  # read here, off the event loop, or refused
             parts.attestations.configure(*signer, now=time.time())
             for change in restart_needed(tracker.config, new):
@@ -456,7 +457,7 @@ async def run_tracker(
             # A changed cache directory is taken now, not at the next archive request: the
             # listings say what the new one holds once it is opened, off the event loop
             # (docs/configuration.md); waited for at the reload's end, within a bound.
-            opening = streamer.begin_opening()
+            opening = streamer.directories.begin_opening()
             apply_trust(tracker.index, new)
             scraper.update_config(new)
             # Requests waiting in a source's queue are let in under the new source_limits: a
@@ -468,10 +469,10 @@ async def run_tracker(
             log_event(log, "info", "config_reloaded", groups=len(new.target_groups))
             for warning in new.warnings:
                 log_event(log, "warning", "config_warning", problem=warning)
-            await streamer.opened_within(opening, OPEN_WAIT)
+            await streamer.directories.opened_within(opening, OPEN_WAIT)
             # The cache's directories of the groups dropped stay (the group may come back):
             # each is named, once per change of the groups (docs/proxy.md, "Orphaned archives").
-            await streamer.report_orphaned()
+            await streamer.directories.report_orphaned()
 
         # One reload at a time, and those asked for meanwhile share the next one: a storm of
         # SIGHUPs or POST /reload is a reload or two, not one per request (each woke the

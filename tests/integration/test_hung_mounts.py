@@ -315,7 +315,7 @@ async def test_a_reload_s_listing_of_a_cache_on_a_hung_mount_ends_within_its_wai
     directories of those it no longer names), in a worker thread it waited for: a cache on
     a hung mount held the reload, and every reload after it (one at a time), for as long as
     the mount hung. The listing is waited for within its bound, one at a time."""
-    import tracker.proxy.streamer as streamer
+    import tracker.cache.opening as opening
     from tracker.cache.store import Cache
 
     settings = {
@@ -325,7 +325,7 @@ async def test_a_reload_s_listing_of_a_cache_on_a_hung_mount_ends_within_its_wai
         "target_groups": [{"group": "g", "static_targets": {"targets": ["127.0.0.1:9"]}}],
     }
     _public, internal = await start_tracker(nursery, write_config(tmp_path, settings))
-    monkeypatch.setattr(streamer, "OPEN_WAIT", 0.5)
+    monkeypatch.setattr(opening, "OPEN_WAIT", 0.5)
     async with httpx.AsyncClient(verify=client_tls(), timeout=WAIT, trust_env=False) as client:
         with hung() as hang:
             held = hang.holding(Cache.files, lambda *_: True)  # the listing of its archives

@@ -8,7 +8,9 @@ promotion or removal), given its cache's disk operations and limits
 their check, with their digests (restored at start-up or checked again);
 :mod:`~tracker.cache.disk` holds the blocking disk helpers, among them the steps at both ends
 of a refresh (room and a temp file; fsync, atomic rename, eviction of older files of the same
-kind) and the kernel's writeback.
+kind) and the kernel's writeback; :mod:`~tracker.cache.opening` the cache of each directory
+used and which one is configured, each opened at start-up and at each reload off the event
+loop.
 
 May import: :mod:`tracker.proof.archive`, :mod:`tracker.serving`, :mod:`tracker.zerocopy`,
 :mod:`tracker.net`, :mod:`tracker.core`, :mod:`tracker.errors`.

@@ -53,6 +53,7 @@ from tracker.core.snapshots import ArchiveName, parse_archive_name
 from tracker.errors import RequestError
 from tracker.observability.logs import log_event
 from tracker.observability.redact import redact_text
+from tracker.ordering.index import Index
 from tracker.proof.accounts.budget import CACHE_TEMP, AccountsLimits, clean_leftovers
 from tracker.proof.cluster.lifting import keep_levels
 from tracker.proof.levels import STRUCTURE_ONLY, Level, Proof, Voters
@@ -269,7 +270,7 @@ class Cache:
     def held_checked(self, group: str, name: str) -> bool:
         """Whether the cached copy of ``name`` is told to the index as held (listed):
         unless archives are verified, once its check passed (before, a full's slot counts
-        as served only: tracker.proxy.streamer.hold_cached). A
+        as served only: :func:`hold_cached`). A
         copy start-up found without a digest that still describes it is served only once
         its recheck passed, and removed if it fails: listed before, it named the tracker as
         the source of a file its GET did not serve."""
@@ -601,3 +602,15 @@ class Cache:
 
 def _none_served(_group: str) -> Collection[int]:
     return ()
+
+
+def hold_cached(
+    index: Index, files: Sequence[CachedFile], rechecking: Sequence[CachedFile] = ()
+) -> None:
+    """The disk cache now holds ``files``: the index lists those no source has any more
+    (:class:`tracker.ordering.index.Holdings`); and ``rechecking``, copies whose check has
+    not passed yet: not listed, their fulls still served."""
+    groups = {f.group for f in [*files, *rechecking]} | set(index.holdings.groups())
+    for group in groups:
+        held = [(f.name, f.size, f.mtime) for f in files if f.group == group]
+        index.hold("cache", group, held, [f.name for f in rechecking if f.group == group])

@@ -17,13 +17,14 @@ from tracker.config.bounded import no_answer
 from tracker.config.schema import Config, TargetGroup, TLSConfig
 from tracker.core.snapshots import SnapshotInfo
 from tracker.discovery.http import Heads, SizeMemo, off_origin, probe_http
-from tracker.discovery.local import DirectoryThreads, LocalListing, readable_archives, scan_local
+from tracker.discovery.local import LocalListing, readable_archives, scan_local
 from tracker.discovery.roster import Target
 from tracker.discovery.sidecar import probe_sidecar
 from tracker.errors import ProbeError
 from tracker.net.egress import Resolver, checked_addresses, policy_of, resolve_strangers
 from tracker.net.httpclients import TlsContexts, auth_headers, build_client, origin
 from tracker.observability.logs import log_event
+from tracker.serving.threads import DirectoryThreads
 
 log = logging.getLogger("tracker.scrape")
 

@@ -24,7 +24,6 @@ from tracker.config.schema import Config
 from tracker.core.snapshots import SnapshotInfo
 from tracker.discovery.batches import ResultBatches
 from tracker.discovery.http import SizeMemo
-from tracker.discovery.local import DirectoryThreads
 from tracker.discovery.probing import Probes
 from tracker.discovery.roster import (
     Roster,
@@ -50,6 +49,7 @@ from tracker.net.limits import exhausted
 from tracker.observability.folding import log_folded
 from tracker.observability.logs import log_event
 from tracker.ordering.index import Index, TargetKey
+from tracker.serving.threads import DirectoryThreads
 
 __all__ = ["Scraper", "Target", "TargetHealth"]
 

@@ -22,12 +22,12 @@ from tracker.config.schema import ClusterDiscovery, Config, TargetGroup
 from tracker.config.targetfile import read_target_file
 from tracker.discovery.cluster import cluster_targets
 from tracker.discovery.consul import CatalogQuery, discover_consul
-from tracker.discovery.local import DirectoryThreads
 from tracker.discovery.nodes import Node
 from tracker.discovery.roster import Target
 from tracker.errors import ProbeError
 from tracker.observability.logs import log_event
 from tracker.ordering.index import TargetKey
+from tracker.serving.threads import DirectoryThreads
 
 log = logging.getLogger("tracker.scrape")
 

@@ -10,27 +10,23 @@ path as a plan"). :meth:`ProxyStreamer.prefetch` starts a refresh with no client
 
 from __future__ import annotations
 
-import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import partial
 
 import attrs
-import outcome
-import trio
 
+from tracker.cache.opening import CacheDirectories
 from tracker.cache.refresh import Refresh
-from tracker.cache.store import Cache, CacheContents, CachedFile, RefreshProgress
-from tracker.config.bounded import LOOK_BOUND, answered, no_answer
+from tracker.cache.store import Cache, CachedFile, RefreshProgress, hold_cached
 from tracker.config.schema import Config, TargetGroup
 from tracker.core.digests import Digests, Verified
 from tracker.core.snapshots import ArchiveName, parse_archive_name
-from tracker.errors import ConfigNotReady, RequestError
+from tracker.errors import RequestError
 from tracker.net.egress import Resolver, policy_of, resolve, resolve_strangers
 from tracker.net.httpclients import TlsContexts
 from tracker.objectstore.locks import Holder, Lock
 from tracker.objectstore.storeanswers import ObjectInfo
-from tracker.observability.logs import log_event
 from tracker.observability.metrics import Metrics
 from tracker.ordering.index import Index
 from tracker.ordering.sourcehistory import Rejections
@@ -70,17 +66,8 @@ from tracker.proxy.transfers import Launcher, Transfers
 from tracker.proxy.upstream import CHANNEL_PIECES, DownloadClients, ProxySettings
 from tracker.serving.fileresponse import ChunkBudget
 from tracker.serving.httpanswer import Answer, text_answer
-from tracker.serving.threads import Background
-
-log = logging.getLogger("tracker.cache")
 
 CacheFactory = Callable[[str], Cache]
-#: How long the start or a reload waits for a cache directory's opening (its lock, its
-#: leftovers, the digests beside its archives, its listing: a second or so for a large cache
-#: on a busy NFS server) before it goes on without it: one that takes longer (a mount that
-#: hung after its look) becomes the configured cache when it answers, every request
-#: streaming uncached meanwhile (docs/configuration.md, "Paths on a hung mount").
-OPEN_WAIT = 10.0
 #: Seconds a ``Range`` reader is asked to wait beyond a refresh's remaining bytes at its rate
 #: (the check's tail), or in all while nothing measured the rate yet (:meth:`Route.checking`).
 CHECKING_RETRY = 5.0
@@ -162,28 +149,23 @@ class ProxyStreamer:
         self.shared_refreshes = Refreshes(self.launcher, objects, budget)
         self._cache_factory = cache_factory or self._default_cache
         self._voter = voter
-        self._caches: dict[str, Cache] = {}
-        #: The real path of the cache directory configured, and of the one a reload is about
-        #: to configure (:meth:`look_at_cache`), each resolved once.
-        self._resolved: dict[str, str] = {}
-        #: The openings of cache directories running in a worker thread, by real path
-        #: (:meth:`open_cache`): one at most per directory, however many reloads ask.
-        self._opening: dict[str, Background[_Opened]] = {}
-        #: The same for a directory used before, listed again (its cache is used meanwhile).
-        self._listing: dict[str, Background[_Opened]] = {}
-        #: The directory (its real path) of the one cache that tells the index what it holds
-        #: and the digests what it checked; None: none yet, or none configured now.
-        self._current: str | None = None
-        #: Each directory's own digests (:class:`CacheDigests`), by the directory's real path.
-        self._digests_of: dict[str, CacheDigests] = {}
+        #: The cache of each directory used, which one is configured, and their openings at
+        #: start-up and at each reload (docs/configuration.md, ``proxy_snapshot_cache_dir``).
+        self.directories = CacheDirectories(
+            config,
+            index,
+            self.digests,
+            made=self._made,
+            limits=self._accounts_limits,
+            in_force=self.cache,
+            metrics=metrics,
+        )
         #: The one memory budget of every accounts proof (docs/architecture.md, "Bounded
         #: memory"): concurrent checks (groups, refreshes, the start-up check) share it.
         self._proof_budget: MemoryBudget | None = None
         self._proof_slots: WorkerSlots | None = None
         self._proof_frames: WorkerSlots | None = None
         self._proof_workers = 0
-        #: Cache roots whose start-up check of unverified files has not been started yet.
-        self._rechecking: set[str] = set()
         #: Told ``(group, name)`` when a Range request shows interest in a best file that is
         self.on_interest: Callable[[str, str], object] | None = None
 
@@ -204,7 +186,7 @@ class ProxyStreamer:
             return Cache(root)
 
         def on_size(total: int) -> None:
-            if root == self._current:  # an old directory's late promotion is not the cache's
+            if root == self.directories.current:  # an old directory's late promotion
                 metrics.set_cache_size(total)
 
         return Cache(root, on_size=on_size)
@@ -232,39 +214,37 @@ class ProxyStreamer:
         opened); made and cleaned on first use.
 
         The service opens it first, off the event loop, at start-up and at each reload
-        (:meth:`look_at_cache`, :meth:`open_cache`), so that leftover temp files go before
-        any request arrives; a directory not opened so is made here (a test's direct call).
+        (:meth:`CacheDirectories.look_at_cache`, :meth:`CacheDirectories.open_cache`), so
+        that leftover temp files go before any request arrives; a directory not opened so is
+        made here (a test's direct call). Asked by every request: it reads what
+        :attr:`directories` keeps, and calls it only to change it (a reload's switch, a
+        directory made here), so that a request's path does not pass its life cycle.
         """
-        config = self._config()
+        config, directories = self._config(), self.directories
         configured = config.proxy_snapshot_cache_dir
         if not (config.proxy_snapshot_downloads and configured):
-            if self._current is not None:  # a reload turned the cache off: it holds nothing
-                self._switch(None)
+            if directories.current is not None:  # a reload turned the cache off: none now
+                directories.switch(None)
             return None
         # by its real path: a reload to another spelling of the same directory (a symbolic
         # link to it) made a second cache of it, whose start-up removed the temp files of
         # every refresh in flight, and a second refresher of one file
-        root = self._real_path(configured)
-        if root in self._opening:  # its opening has not answered yet: nothing of it is used
+        root = directories.resolved.get(configured) or directories.real_path(configured)
+        if root in directories.opening:  # its opening has not answered yet: nothing is used
             return None
-        cache = self._caches.get(root)
-        if cache is not None and cache.in_use and root != self._current:
+        cache = directories.caches.get(root)
+        if cache is not None and cache.in_use and root != directories.current:
             cache = None  # a reload back to a directory another tracker held: asked again
         if cache is None:
-            limits = self._accounts_limits(root) if config.prove_accounts else None
-            cache, digests = self._made(root, config, limits, self._temp_files_in_flight)
-            self._caches[root], self._digests_of[root] = cache, digests
-            self._switch(root)
-            cache.startup_cleanup()  # tells what it holds and checked (nothing when in use)
-            self._rechecking.add(root)
-        elif root != self._current:  # a reload back to a directory used before
-            self._switch(root)
+            cache = directories.made_here(root, config)
+        elif root != directories.current:  # a reload back to a directory used before
+            directories.switch(root)
             if not cache.in_use:  # another tracker's files are not this one's
                 cache.report_size()
         if cache.ops.min_free != config.proxy_snapshot_cache_min_free:  # set, or reloaded
             cache.ops = attrs.evolve(cache.ops, min_free=config.proxy_snapshot_cache_min_free)
-        if root in self._rechecking and self._transfers.spawn(cache.recheck):
-            self._rechecking.discard(root)  # files found unchecked are checked once, now
+        if root in directories.rechecking and self._transfers.spawn(cache.recheck):
+            directories.rechecking.discard(root)  # files found unchecked are checked once, now
         return cache
 
     def _made(
@@ -295,160 +275,9 @@ class ProxyStreamer:
         cache.groups = self._group_names
         return cache, digests
 
-    async def look_at_cache(self, config: Config) -> None:
-        """Take the real path of the cache directory ``config`` names, at start-up and at a
-        reload before ``config`` is in force, in a thread within the config's bound on a
-        look (:data:`~tracker.config.bounded.LOOK_BOUND`): on the event loop, the
-        ``realpath`` of a directory on a hung mount froze every request. Raises
-        :class:`~tracker.errors.ConfigNotReady` naming the key when it does not answer (the
-        start exits 75; a reload is refused, the config in force kept: docs/configuration.md,
-        "Paths on a hung mount"); a look that still hangs from an earlier ask answers at
-        once, never a second thread. The directory in force is not looked at again."""
-        configured = config.proxy_snapshot_cache_dir
-        if not (config.proxy_snapshot_downloads and configured):
-            return
-        if configured in self._resolved and configured == self._config().proxy_snapshot_cache_dir:
-            return
-        look = partial(answered, ("cache", configured), partial(os.path.realpath, configured))
-        real = await trio.to_thread.run_sync(look, abandon_on_cancel=True)
-        if real is None:
-            raise ConfigNotReady([f"proxy_snapshot_cache_dir: {no_answer(configured, LOOK_BOUND)}"])
-        self._resolved[configured] = real
-
-    async def open_cache(self, wait: float = OPEN_WAIT) -> None:
-        """:meth:`begin_opening`, then :meth:`opened_within` ``wait`` seconds (at start-up)."""
-        await self.opened_within(self.begin_opening(), wait)
-
-    def begin_opening(self) -> Background[_Opened] | None:
-        """Begin opening the configured cache directory (its real path taken by
-        :meth:`look_at_cache`), at start-up and as a reload puts its config in force: a
-        directory this process has no cache of is made, locked, cleaned and listed in a
-        worker thread (:meth:`Cache.open_blocking`: on the event loop, a directory on a hung
-        mount froze every request), and made the configured one when it answers, requests
-        streaming uncached meanwhile; a directory used before is listed again the same way
-        (used meanwhile). One thread at most per directory, however many reloads ask (a
-        mount that hangs). Returns the opening (None: nothing to wait for)."""
-        config = self._config()
-        configured = config.proxy_snapshot_cache_dir
-        self._resolved = {path: real for path, real in self._resolved.items() if path == configured}
-        if not (config.proxy_snapshot_downloads and configured):
-            self.cache()
-            return None
-        root = self._real_path(configured)
-        opening = self._opening.get(root)
-        cache = self._caches.get(root)
-        if opening is None and cache is not None and not (cache.in_use and root != self._current):
-            if root != self._current:  # a reload back to a directory used before
-                self._switch(root)
-                if not cache.in_use:  # listed in a thread, told if it is still the one
-                    opening = self._listing.get(root)
-                    if opening is None:
-                        opening = self._in_thread(root, None, cache.measure)
-                        self._listing[root] = opening
-            self.cache()
-            return opening
-        if self._current is not None:  # the one before holds nothing now, this one not yet
-            self._switch(None)
-        if opening is None:
-            limits = self._accounts_limits(root) if config.prove_accounts else None
-            live = self._temp_files_in_flight()  # read here: trio's thread changes them
-            made = partial(self._made, root, config, limits, lambda: live)
-            opening = self._opening[root] = self._in_thread(root, made, None)
-        return opening
-
-    async def opened_within(self, opening: Background[_Opened] | None, wait: float) -> None:
-        """Wait at most ``wait`` seconds for ``opening`` (:meth:`begin_opening`) to answer;
-        one that has not is said once (it goes on, and is used when it answers)."""
-        if opening is None:
-            return
-        with trio.move_on_after(wait):
-            await opening.wait()
-        if not opening.done():
-            log_event(
-                log, "warning", "cache_opening_late", error=f"not opened within {wait:g}s (a"
-                " hung mount?): requests stream uncached until it answers",
-            )  # fmt: skip
-
-    def _in_thread(
-        self,
-        root: str,
-        made: Callable[[], tuple[Cache, CacheDigests]] | None,
-        measure: Callable[[], CacheContents] | None,
-    ) -> Background[_Opened]:
-        """The opening of ``root`` in a worker thread: a cache ``made`` and opened, or one
-        there listed again (``measure``); kept by :meth:`_opened` when it answers."""
-
-        def run() -> _Opened:
-            if made is not None:
-                cache, digests = made()
-                return _Opened(cache, digests, cache.open_blocking())
-            assert measure is not None
-            return _Opened(None, None, measure())
-
-        return Background(run, on_done=partial(self._opened, root), name=f"cache opening {root}")
-
-    def _opened(self, root: str, result: outcome.Outcome[_Opened]) -> None:
-        """In trio's thread, once the opening of ``root`` ended: its cache kept, made the
-        configured one if it still is, and what it holds told."""
-        self._opening.pop(root, None)
-        self._listing.pop(root, None)
-        try:
-            opened = result.unwrap()
-        except Exception as exc:  # its own failure, never the process's
-            log_event(log, "error", "cache_opening_failed", root=root, exc_info=exc)
-            return
-        if opened.cache is not None and opened.digests is not None:
-            self._caches[root], self._digests_of[root] = opened.cache, opened.digests
-            self._rechecking.add(root)
-        config = self._config()
-        configured = config.proxy_snapshot_cache_dir
-        if not config.proxy_snapshot_downloads or self._resolved.get(configured) != root:
-            return  # a reload moved on meanwhile: kept (locked) for a reload back to it
-        if opened.cache is not None:
-            self._switch(root)
-        if opened.contents is not None and root == self._current:
-            self._caches[root].tell(opened.contents)
-        self.cache()  # its room kept and its unchecked files checked
-
-    def _real_path(self, configured: str) -> str:
-        """The real path of the cache directory ``configured``, resolved once per configured
-        value (a reload that changes it resolves it again, off the event loop:
-        :meth:`look_at_cache`): :meth:`cache` runs for every request, and the resolution is
-        a system call per component of the path."""
-        real = self._resolved.get(configured)
-        if real is None:  # not looked at by the service (a test's direct call)
-            real = self._resolved[configured] = os.path.realpath(configured)
-        return real
-
-    def _temp_files_in_flight(self) -> frozenset[str]:
-        """The temp files of every refresh in flight in any cache of this process: a cache
-        made by a reload to a directory nested in another's (or holding it) removes no
-        leftover that is one of them."""
-        return frozenset(path for cache in self._caches.values() for path in cache.temp_files())
-
     def _group_names(self) -> frozenset[str]:
         """The names of the configured groups: a cache directory none names is orphaned."""
         return frozenset(group.group for group in self._config().target_groups)
-
-    async def report_orphaned(self) -> None:
-        """Name in the log the cache's directories of groups no longer configured
-        (:meth:`Cache.report_orphaned`) and list the archives of those configured in the
-        index; after a reload. Listed in a thread within :data:`OPEN_WAIT` (a directory on
-        a hung mount held the reload's end, and every reload after it: one at a time); one
-        that does not answer is said once, its listing not started again while it hangs."""
-        cache = self.serving_cache()
-        if cache is not None:
-            root = self._current
-            key = ("cache listing", cache.root)
-            listing = partial(answered, key, cache.orphans_and_files, OPEN_WAIT)
-            # the index lists the configured groups' archives only: a dropped group's go,
-            # a group configured again lists its archives again
-            files = await trio.to_thread.run_sync(listing, abandon_on_cancel=True)
-            if files is None:
-                late = f"not listed within {OPEN_WAIT:g}s (a hung mount?)"
-                log_event(log, "warning", "cache_listing_late", root=cache.root, error=late)
-            elif root is not None:
-                self._cache_files(root, files)
 
     def serving_cache(self) -> Cache | None:
         """The cache requests and prefetches use: :meth:`cache`, but None while another
@@ -459,33 +288,15 @@ class ProxyStreamer:
         return None if cache is None or cache.in_use else cache
 
     def _is_current(self, root: str) -> bool:
-        return root == self._current
-
-    def _switch(self, root: str | None) -> None:
-        """The cache at ``root`` (None: none) is the configured one from now on: only it
-        tells the index and the digests what it holds (its files are told next), so an older
-        directory's refresh that ends there later changes neither (docs/configuration.md,
-        ``proxy_snapshot_cache_dir``). The digests of the disk cache's copies become its own:
-        a digest is its copy's, and another directory's copies are not served
-        (docs/http-api.md, "Verified archives")."""
-        self._current = root
-        hold_cached(self._index, [])
-        if root is None and self._metrics is not None:
-            self._metrics.set_cache_size(0)
-        for group, name, holder, _value in self.digests.held():
-            if holder == CACHE:
-                self.digests.drop(CACHE, group, name)
-        own = self._digests_of.get(root) if root is not None else None
-        for group, name, holder, value in own.held() if own is not None else []:
-            self.digests.hold(holder, group, name, value)
+        return root == self.directories.current
 
     def _cache_files(self, root: str, files: list[CachedFile]) -> None:
         """The cache at ``root`` now holds ``files``: the index lists those of configured
         groups while it is the configured one (an orphaned group's archives are never
         listed: a request of its group is refused, docs/proxy.md, "Orphaned archives"),
         each once its check passed (:meth:`tracker.cache.store.Cache.held_checked`)."""
-        if root == self._current:
-            groups, cache = self._group_names(), self._caches.get(root)
+        if root == self.directories.current:
+            groups, cache = self._group_names(), self.directories.caches.get(root)
             checked: list[CachedFile] = []
             rechecking: list[CachedFile] = []
             for f in files:
@@ -564,7 +375,7 @@ class ProxyStreamer:
         configured directory's first, then those a reload left running in a directory used
         before (they end there, docs/configuration.md, ``proxy_snapshot_cache_dir``)."""
         current = self.cache()
-        older = [c for c in self._caches.values() if c is not current]
+        older = [c for c in self.directories.caches.values() if c is not current]
         return [r for c in [current, *older] if c is not None for r in c.refreshes()]
 
     async def aclose(self) -> None:
@@ -835,21 +646,6 @@ class Route:
         return None
 
 
-#: The holder of the disk cache's copies among the digests (tracker.core.digests.Digests).
-CACHE = "cache"
-
-
-@attrs.frozen
-class _Opened:
-    """What the opening of a cache directory found (:meth:`ProxyStreamer.open_cache`): the
-    cache made (None: one made before, listed again), its digests, what it holds (None:
-    nothing of it may be told)."""
-
-    cache: Cache | None
-    digests: CacheDigests | None
-    contents: CacheContents | None
-
-
 class CacheDigests(Digests):
     """One cache directory's digests, told on to the tracker's ``shared`` ones while
     ``current()`` says it is the configured directory: a reload to another directory must not
@@ -870,15 +666,3 @@ class CacheDigests(Digests):
         super().drop(holder, group, name)
         if self._current():
             self._shared.drop(holder, group, name)
-
-
-def hold_cached(
-    index: Index, files: Sequence[CachedFile], rechecking: Sequence[CachedFile] = ()
-) -> None:
-    """The disk cache now holds ``files``: the index lists those no source has any more
-    (:class:`tracker.ordering.index.Holdings`); and ``rechecking``, copies whose check has
-    not passed yet: not listed, their fulls still served."""
-    groups = {f.group for f in [*files, *rechecking]} | set(index.holdings.groups())
-    for group in groups:
-        held = [(f.name, f.size, f.mtime) for f in files if f.group == group]
-        index.hold("cache", group, held, [f.name for f in rechecking if f.group == group])

@@ -1,7 +1,12 @@
-"""Blocking calls started in a worker thread now and awaited later.
+"""Blocking calls started in a worker thread now and awaited later, and blocking calls on a
+path that may hang, each in a thread of its own, waited for within a bound.
 
 ``trio.to_thread.run_sync`` waits in the calling task; to overlap a disk read or write with
-network I/O the call must start, the task move on, and the result be collected afterwards.
+network I/O the call must start, the task move on, and the result be collected afterwards
+(:class:`Background`). A call on a path a hung mount may hold runs in a thread of its own,
+never one of trio's shared ones, waited for by a trio task within its bound
+(:class:`DirectoryThreads`): the trio side of "one thread per hung path, bounded", beside
+:func:`tracker.config.bounded.answered`, the synchronous callers' (the config load).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+import attrs
 import outcome
 import trio
 
@@ -71,3 +77,69 @@ class Background(Generic[T]):
         """Wait (shielded) until the call has finished; discard its result."""
         with trio.CancelScope(shield=True):
             await self._done.wait()
+
+
+@attrs.define(eq=False)
+class _Call:
+    """A call running on a directory: when it began (trio's clock), set once it ended."""
+
+    began: float
+    ended: trio.Event = attrs.field(factory=trio.Event)
+
+
+class DirectoryThreads:
+    """Blocking calls on local directories, each in a thread of its own (never trio's
+    shared pool, which file answers and parsers use), at most one running per directory.
+    A call that outlives its bound is abandoned by its caller and its thread left until
+    the file system answers; the directory's next call is refused meanwhile, so a mount
+    that stays hung holds one thread however many rounds ask, and takes nothing the other
+    directories' calls wait for (no shared pool of threads or slots: their number is the
+    configured directories' at most). Shared by the scrape's probes and the local files'
+    checks (:class:`tracker.proof.background.localfiles.LocalProofs`); keyed by path, it
+    reads the ``file_targets`` files too (:class:`tracker.discovery.targetset.TargetFinder`),
+    and the disk cache's directory is looked at and listed through it at start-up and at
+    each reload (:class:`tracker.cache.opening.CacheDirectories`)."""
+
+    def __init__(self) -> None:
+        #: The call running on each directory (kept until its thread ends, however late).
+        self._running: dict[str, _Call] = {}
+
+    async def run(self, directory: str, call: Callable[[], T], bound: float) -> T:
+        """``call()`` on ``directory``, blocking, in a thread, within ``bound`` seconds (a
+        call on the same directory still running is waited for first, within the same
+        bound). Raises :class:`trio.TooSlowError` (its message a one-line reason) when no
+        answer came within ``bound``, or at once when the directory's last call has run
+        longer than ``bound`` (a hung mount: no second thread is started there); else
+        what ``call`` raises."""
+        deadline = trio.current_time() + bound
+        late = f"not read within {bound:g}s (a hung mount?)"
+        while (running := self._running.get(directory)) is not None:
+            ago = trio.current_time() - running.began
+            if ago >= bound:
+                raise trio.TooSlowError(
+                    f"the directory's last read, {ago:.0f}s ago, has not ended (a hung mount?)"
+                )
+            with trio.move_on_at(min(deadline, running.began + bound)):
+                await running.ended.wait()
+            if trio.current_time() >= deadline:
+                raise trio.TooSlowError(late)
+        mine = self._running[directory] = _Call(trio.current_time())
+        try:
+            thread = Background(
+                call,
+                on_done=lambda _outcome: self._ended(directory, mine),
+                name=f"directory read {directory}",
+            )
+        except BaseException:  # no thread started (this process's limits): none runs
+            self._ended(directory, mine)
+            raise
+        with trio.move_on_at(deadline):
+            return await thread.result()
+        raise trio.TooSlowError(late)
+
+    def _ended(self, directory: str, call: _Call) -> None:
+        """In the trio thread, once ``call`` on ``directory`` has ended: the directory is
+        free for its next call."""
+        call.ended.set()
+        if self._running.get(directory) is call:
+            del self._running[directory]

@@ -40,7 +40,7 @@ from tracker.config.schema import Config, TargetGroup
 from tracker.core.digests import Digests, Verified, repr_digest
 from tracker.core.smallfiles import read_small_file
 from tracker.core.snapshots import TargetKey
-from tracker.discovery.local import DirectoryThreads, readable_archives, scan_local
+from tracker.discovery.local import readable_archives, scan_local
 from tracker.errors import ArchiveInvalid, ProbeError, RequestError
 from tracker.net.limits import exhausted
 from tracker.observability.logs import log_event
@@ -61,6 +61,7 @@ from tracker.proof.records.localcopies import (
     standing,
     still_said,
 )
+from tracker.serving.threads import DirectoryThreads
 
 if TYPE_CHECKING:
     from tracker.proof.statements import Attestation
@@ -190,7 +191,7 @@ class LocalProofs(Rounds):
         those whose directory could not be listed otherwise (closed to the tracker's
         user, gone); and, among the first, those that gave no answer (hung). Each
         directory is listed in a thread of its own
-        (:class:`tracker.discovery.local.DirectoryThreads`, shared with the scrape), all
+        (:class:`tracker.serving.threads.DirectoryThreads`, shared with the scrape), all
         at once: one on a mount that hangs costs its own files, never the others' checks,
         and is abandoned at its bound and at the stop (docs/architecture.md, "Proven
         archives": "Local files")."""
