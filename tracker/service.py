@@ -149,6 +149,7 @@ class Components:
             index=self.tracker.index,
             scraper=self.scraper,
             cache=self.streamer.cache,
+            listing=self.streamer.directories.listed,
             refreshes=self.streamer.refreshes,
             store_status=store,
             events=self.events,

@@ -283,9 +283,10 @@ async def test_the_status_page_of_a_cache_on_a_hung_mount_answers(
 ) -> None:
     """The status page listed the cache directory in one of trio's worker threads for as long
     as the listing took: on a hung mount each page (and the page reloads itself) held one
-    for good, until the daemon's disk reads had none left. It is listed within the bound,
-    one listing at a time: the page says the directory did not answer."""
-    import tracker.web.statusgather as statusgather
+    for good, until the daemon's disk reads had none left; then within the bound, but still
+    in one of trio's shared threads while it waited. It is listed in a thread of its own
+    within the bound, one listing at a time: the page says the directory did not answer."""
+    import tracker.cache.opening as opening
 
     cache = tmp_path / "cache"
     settings = {
@@ -297,13 +298,26 @@ async def test_the_status_page_of_a_cache_on_a_hung_mount_answers(
     _public, internal = await start_tracker(nursery, write_config(tmp_path, settings))
     async with httpx.AsyncClient(verify=client_tls(), timeout=WAIT, trust_env=False) as client:
         with hung() as hang:
-            held = hang.holding(statusgather._listed, lambda *_: True)
-            monkeypatch.setattr(statusgather, "_listed", held)
-            for _page in range(2):
-                page = await client.get(f"{internal}/")
-                assert page.status_code == 200
+            held = hang.holding(opening._listed, lambda *_: True)
+            monkeypatch.setattr(opening, "_listed", held)
+            pages: list[httpx.Response] = []
+            shared = trio.to_thread.current_default_thread_limiter()
+
+            async def asked() -> bool:
+                return hang.asked.is_set()
+
+            async def page() -> None:
+                pages.append(await client.get(f"{internal}/"))
+
+            async with trio.open_nursery() as asking:
+                asking.start_soon(page)
+                await wait_until(asked)
+                assert shared.borrowed_tokens == 0  # the hung listing holds no shared thread
+            await page()
+            for answer in pages:
+                assert answer.status_code == 200
                 said = no_answer(str(cache), LOOK_BOUND).replace("'", "&#x27;")
-                assert f"The directory is unusable: {said}" in page.text
+                assert f"The directory is unusable: {said}" in answer.text
             assert not hang.ended.is_set()  # answered while the listing still hung
             assert hang.calls == 1  # one listing however many pages ask
 

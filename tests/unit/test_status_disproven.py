@@ -18,6 +18,7 @@ def sources(index: Index) -> StatusSources:
         index=index,
         scraper=nothing,
         cache=lambda: None,
+        listing=nothing,
         refreshes=list,
         store_status=lambda: None,
         events=nothing,

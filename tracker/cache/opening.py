@@ -28,7 +28,7 @@ import attrs
 import outcome
 import trio
 
-from tracker.cache.store import Cache, CacheContents, hold_cached
+from tracker.cache.store import Cache, CacheContents, CachedFile, hold_cached
 from tracker.config.bounded import LOOK_BOUND, no_answer
 from tracker.config.schema import Config
 from tracker.core.digests import CACHE, Digests
@@ -285,6 +285,16 @@ class CacheDirectories:
             return
         cache.tell(CacheContents(None, files))  # told the index while it is the configured one
 
+    async def listed(self, cache: Cache) -> list[CachedFile] | None:
+        """``cache``'s files, its directory checked first, for the status page: listed in a
+        thread of its own within :data:`~tracker.config.bounded.LOOK_BOUND` (the reload's
+        listings' threads: one at most per directory, so a page asked while the directory
+        hangs answers at once); None when it did not answer."""
+        try:
+            return await self._listings.run(cache.root, partial(_listed, cache), LOOK_BOUND)
+        except (trio.TooSlowError, RuntimeError):  # RuntimeError: no thread to be had
+            return None
+
     def switch(self, root: str | None) -> None:
         """The cache at ``root`` (None: none) is the configured one from now on: only it
         tells the index and the digests what it holds (its files are told next), so an older
@@ -302,3 +312,9 @@ class CacheDirectories:
         own = self.digests_of.get(root) if root is not None else None
         for group, name, holder, value in own.held() if own is not None else []:
             self._digests.hold(holder, group, name, value)
+
+
+def _listed(cache: Cache) -> list[CachedFile]:
+    """The cache's files, its directory checked first (blocking: in a thread)."""
+    cache.check_directory()
+    return cache.files()

@@ -10,16 +10,14 @@ holds every decision about what to show and how. The service wires the sources i
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
-from functools import partial
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
 
 import attrs
-import trio
 
 from tracker import __version__
 from tracker.cache.store import Cache, CachedFile, RefreshProgress
-from tracker.config.bounded import LOOK_BOUND, answered, no_answer
+from tracker.config.bounded import LOOK_BOUND, no_answer
 from tracker.config.schema import Config
 from tracker.config.warnings import nothing_signed
 from tracker.discovery.roster import nothing_listed
@@ -74,7 +72,9 @@ def no_digest(_group: str, _name: str) -> str | None:
 class StatusSources:
     """Where the page's values come from (each a reader of a running component).
 
-    ``cache`` is the disk cache of the current config (None without one), ``refreshes``
+    ``cache`` is the disk cache of the current config (None without one), ``listing`` its
+    files as listed within a bound on a look (None: no answer; never in one of trio's
+    shared threads: :meth:`tracker.cache.opening.CacheDirectories.listed`), ``refreshes``
     its refreshes in flight with their readers; ``store_status`` the bucket's ``/v1/store``
     status (None without a bucket); ``events`` the ring of :data:`PAGE_EVENTS`;
     ``digest`` the SHA-256 of a verified archive when known, ``level`` what it was proven
@@ -85,6 +85,7 @@ class StatusSources:
     index: Index
     scraper: Scraper
     cache: Callable[[], Cache | None]
+    listing: Callable[[Cache], Awaitable[list[CachedFile] | None]]
     refreshes: Callable[[], list[RefreshProgress]]
     store_status: Callable[[], dict[str, Any] | None]
     events: RecentEvents
@@ -110,18 +111,17 @@ class StatusSources:
 async def gather_status(sources: StatusSources, refresh: int) -> StatusView:
     """The page's value now (``refresh``: seconds between the page's own reloads).
 
-    Lists the cache directory in a thread within the config's bound on a look (a directory
-    on a hung mount is shown as such: each page held one of trio's worker threads for as
-    long as it hung, and pages that reload themselves took every one, which the daemon's
-    disk reads wait for; a listing still hanging is not started again); everything else is
-    read in memory.
+    Lists the cache directory in a thread of its own within the bound on a look (a
+    directory on a hung mount is shown as such: each page held one of trio's worker threads
+    for as long as it hung, and pages that reload themselves took every one, which the
+    daemon's disk reads wait for; a listing still hanging is not started again); everything
+    else is read in memory.
     """
     config, now = sources.config(), sources.clock()
     cache = sources.cache()
     cache_view = None
     if cache is not None:
-        listing = partial(answered, ("status listing", cache.root), partial(_listed, cache))
-        cached = await trio.to_thread.run_sync(listing, abandon_on_cancel=True)
+        cached = await sources.listing(cache)
         problem = cache.problem if cached is not None else no_answer(cache.root, LOOK_BOUND)
         files = tuple(
             CachedView(
@@ -181,12 +181,6 @@ def _signing(attestations: Attestations | None, config: Config, now: float) -> S
         last_at=last[0] if last is not None else None,
         problem=nothing_signed(config),
     )
-
-
-def _listed(cache: Cache) -> list[CachedFile]:
-    """The cache's files, its directory checked first (blocking: in a worker thread)."""
-    cache.check_directory()
-    return cache.files()
 
 
 def _mode(config: Config) -> str:
