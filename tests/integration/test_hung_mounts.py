@@ -278,6 +278,50 @@ async def test_a_local_file_s_last_check_on_a_hung_mount_never_holds_the_tracker
         assert downloaded == [DATA]
 
 
+async def test_a_local_file_whose_open_hung_gets_a_503_and_parks_no_thread_more(
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A local file's open on a hung mount is given up when its client leaves, its thread
+    parked until the mount answers: every client that asked again parked one more, for as
+    long as the mount hung. Once an open there has not answered for a while, the file's
+    next requests get a 503 naming its directory at once, no thread started."""
+    import tracker.serving.threads as threads
+
+    public, _internal = await start_tracker(nursery, ledger_config(tmp_path))
+    path = str(tmp_path / "ledger" / NAME)
+    async with httpx.AsyncClient(verify=client_tls(), timeout=WAIT, trust_env=False) as client:
+
+        async def listed() -> bool:
+            return bool((await client.get(f"{public}/v1/snapshots")).json())
+
+        await wait_until(listed)
+        with hung() as hang:
+            held = hang.holding(os.open, lambda at, *_: os.fspath(at) == path)
+            monkeypatch.setattr(os, "open", held)
+            async with trio.open_nursery() as requests:
+                gone = trio.CancelScope()
+
+                async def download() -> None:
+                    with gone:
+                        await client.get(f"{public}/v1/g/{NAME}")
+
+                requests.start_soon(download)
+                assert await trio.to_thread.run_sync(hang.asked.wait, HELD)
+                gone.cancel()  # its client leaves: the open still hangs
+            monkeypatch.setattr(threads, "HUNG_AFTER", 0.0)  # it has hung a while
+            for _again in range(3):
+                again = await client.get(f"{public}/v1/g/{NAME}")
+                assert again.status_code == 503
+                assert again.text.startswith(f"cannot read {NAME} in its local directory: ")
+                assert "(a hung mount?)" in again.text
+            assert hang.calls == 1 and not hang.ended.is_set()  # one thread parked, no more
+            hang.release()
+            assert await trio.to_thread.run_sync(hang.ended.wait, HELD)
+        monkeypatch.setattr(threads, "HUNG_AFTER", HELD)
+        answer = await client.get(f"{public}/v1/g/{NAME}")  # the mount answers: served
+        assert answer.status_code == 200 and answer.content == DATA
+
+
 async def test_the_status_page_of_a_cache_on_a_hung_mount_answers(
     nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -349,3 +393,74 @@ async def test_a_reload_s_listing_of_a_cache_on_a_hung_mount_ends_within_its_wai
             assert (await client.get(f"{internal}/healthz")).status_code == 200
             assert not hang.ended.is_set()  # both ended while the listing still hung
             assert hang.calls == 1  # one listing however many reloads ask
+
+
+@pytest.mark.parametrize("hung_in", ["realpath", "open"])
+async def test_a_cache_hit_on_a_hung_mount_holds_only_its_own_request(
+    hung_in: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache hit took its file's real path (a stat of each part of the path) on the event
+    loop, then opened it in one of trio's shared worker threads that a cancelled request
+    still waited for: a cache directory on a hung mount froze every request, then held the
+    hung one's slot (and a shared thread) after its client left. The hit's look (real path,
+    open, fstat) runs in one thread of its own: other requests are answered meanwhile, and
+    the hung one ends when its client leaves; what the look opens once the mount answers is
+    closed then. Once a look there has hung a while, no thread more is parked there: the
+    file is streamed uncached until the mount answers (the tracker's own components on
+    127.0.0.1; the hang is the test's, at the real path or the open of the cached file
+    only)."""
+    from helpers_fds import open_fds
+    from helpers_proxy import proxy_tracker, wait_for
+
+    import tracker.serving.threads as threads
+
+    other = full_name(99)  # not the best: relayed, never cached
+    files = {NAME: DATA, other: DATA[::-1]}
+    async with (
+        serving(FakeUpstream(files=files)) as up,
+        proxy_tracker(tmp_path / "cache", up) as t,
+        httpx.AsyncClient(verify=client_tls(), timeout=WAIT, trust_env=False) as client,
+    ):
+        assert (await client.get(t.url(NAME))).content == DATA  # cached by its refresh
+        await wait_for(lambda: t.cached() == [NAME])
+        assert (await client.get(t.url(NAME))).content == DATA
+        assert t.outcome("cache_hit") == 1
+        cached = t.group_dir() / NAME
+        slots = t.parts.delivery.slots
+        with hung() as hang:
+            where = os.path if hung_in == "realpath" else os
+            real = getattr(where, hung_in)
+            held = hang.holding(real, lambda at, *_: os.fspath(at) == str(cached))
+            monkeypatch.setattr(where, hung_in, held)
+            async with trio.open_nursery() as requests:
+                gone = trio.CancelScope()
+
+                async def hit() -> None:
+                    with gone:
+                        await client.get(t.url(NAME))
+                    assert gone.cancelled_caught  # never answered: its client left first
+
+                requests.start_soon(hit)
+                assert await trio.to_thread.run_sync(hang.asked.wait, HELD)
+                assert slots.taken == 1
+                answer = await client.get(t.url(other))  # the cache's other files: answered
+                assert answer.status_code == 200 and answer.content == files[other]
+                assert (await client.get(f"{t.base}/v1/snapshots")).status_code == 200
+                assert not hang.ended.is_set()  # answered while the hit's look still hung
+                assert trio.to_thread.current_default_thread_limiter().borrowed_tokens == 0
+                gone.cancel()  # the client leaves: its request ends, the look still hung
+            await wait_for(lambda: slots.taken == 0)
+            assert not hang.ended.is_set()
+            assert t.outcome("cache_hit") == 1
+            # Once the look has hung a while, the file's next requests park no thread
+            # there: streamed from its source, uncached, while the mount hangs.
+            monkeypatch.setattr(threads, "HUNG_AFTER", 0.0)
+            for _again in range(3):
+                again = await client.get(t.url(NAME))
+                assert again.status_code == 200 and again.content == DATA
+            assert hang.calls == 1 and not hang.ended.is_set()
+            assert t.outcome("cache_hit") == 1
+            hang.release()
+            assert await trio.to_thread.run_sync(hang.ended.wait, HELD)
+            await wait_for(lambda: open_fds(cached) == 0)  # what it opened since: closed
+            assert hang.calls == 1

@@ -158,3 +158,59 @@ async def test_a_hung_last_check_gives_way_to_cancellation(
             assert open_fds(path) == 1  # the look's own duplicate, and only it
     finally:
         answers.set()
+
+
+@pytest.mark.parametrize("hung_in", ["open", "pread"])
+async def test_a_hung_open_or_read_gives_way_to_cancellation(
+    hung_in: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The open of a file to answer (``os.open``, then its ``fstat``) and the reads of its
+    bytes hang on a hung mount. They ran in trio's shared worker threads and were waited
+    for on cancellation (the open's thread, the read ahead's shielded ``settle``): a client
+    that left held its request, and a shared thread, for as long as the mount hung. Each
+    runs in a thread of its own that its caller leaves at once (the read on a duplicate of
+    the descriptor), and closes what it holds itself once the file system answers."""
+    import threading
+
+    path = tmp_path / "f"
+    path.write_bytes(b"0123456789")
+    asked, answers, ended = threading.Event(), threading.Event(), threading.Event()
+    real = getattr(os, hung_in)
+
+    def hung(*args: object) -> object:
+        if hung_in == "open" and args[0] != str(path):
+            return real(*args)
+        asked.set()
+        answers.wait(30.0)  # released below; the bound only ends a thread a failure left
+        try:
+            return real(*args)
+        finally:
+            ended.set()
+
+    monkeypatch.setattr(os, hung_in, hung)
+    done = trio.Event()
+    try:
+        async with trio.open_nursery() as nursery:
+
+            async def download(task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+                with trio.CancelScope() as scope:
+                    task_status.started(scope)
+                    answer = await file_response(str(path), PlainRequest("GET", {}))
+                    await to_response(answer).get_data()
+                done.set()
+
+            scope = await nursery.start(download)
+            assert await trio.to_thread.run_sync(asked.wait, 30.0)
+            assert trio.to_thread.current_default_thread_limiter().borrowed_tokens == 0
+            scope.cancel()
+            await done.wait()
+            assert not ended.is_set()  # ended while the open or read still hung
+            assert open_fds(path) == (hung_in == "pread")  # the read's own duplicate only
+    finally:
+        answers.set()
+    assert await trio.to_thread.run_sync(ended.wait, 30.0)
+    with trio.fail_after(10):
+        # what the thread opened or read through, closed by it (polling: /proc has nothing
+        # to wait on)
+        while open_fds(path):
+            await trio.sleep(0.01)

@@ -235,14 +235,19 @@ class CheckedFiles:
         """Before the digest of the cached copy of ``name`` is told: forget it when the file
         at ``path`` is no longer that copy (as :meth:`opened` does; gone included), and
         have the file checked again."""
-        held = self._checked.get((group, name))
-        if held is None:
+        if (group, name) not in self._checked:
             return
         try:
             identity: FileIdentity | None = identity_of(os.stat(path, follow_symlinks=False))
         except OSError:
             identity = None
-        if identity is None or identity != held.identity:
+        self.confirmed(group, name, identity)
+
+    def confirmed(self, group: str, name: str, identity: FileIdentity | None) -> None:
+        """:meth:`confirm` of what the file system said a moment ago (``identity``: of the
+        file under ``name``, None when there is none), looked at in a worker thread."""
+        held = self._checked.get((group, name))
+        if held is not None and (identity is None or identity != held.identity):
             self._changed(group, name)
 
     async def confirm_held(self, path_for: Callable[[str, str], str]) -> None:

@@ -61,7 +61,7 @@ from tracker.proxy.decisions import (
 )
 from tracker.proxy.refreshing import Refreshes, claimed_of
 from tracker.proxy.relay import relay_answer
-from tracker.proxy.storedcopies import cache_path, copy_of
+from tracker.proxy.storedcopies import Looked, copy_of, look
 from tracker.proxy.transfers import Launcher, Transfers
 from tracker.proxy.upstream import CHANNEL_PIECES, DownloadClients, ProxySettings
 from tracker.serving.fileresponse import ChunkBudget
@@ -446,8 +446,8 @@ class ProxyStreamer:
 @attrs.define(eq=False)
 class Route:
     """One request of ``archive`` of ``group`` (advertised by ``found``) in proxy mode, and
-    what it holds while it goes: the cache path it found, the refresh running, the lock it
-    claimed, the refresh it read, the index's size."""
+    what it holds while it goes: its look at the disk cache (the path, the copy opened), the
+    refresh running, the lock it claimed, the refresh it read, the index's size."""
 
     run: ProxyStreamer
     ask: Ask
@@ -456,7 +456,7 @@ class Route:
     found: Found
     cache: Cache | None
     mode: Mode
-    path: str | None = None
+    looked: Looked | None = None
     shared: Refresh | None = None
     lock: Lock | Holder | ObjectInfo | None = None
     read: Refresh | None = None
@@ -531,12 +531,16 @@ class Route:
     # -- the lookups ---------------------------------------------------------------------------
 
     async def copy(self) -> Copy:
-        """What the disk cache may hold of the file, after a promotion of it in flight."""
+        """What the disk cache may hold of the file, after a promotion of it in flight: its
+        path looked up and, a copy that may be served, opened, in one thread
+        (:func:`tracker.proxy.storedcopies.look`; the hit takes it)."""
         cache, group, archive = self.cache, self.group.group, self.archive
-        self.path = path = cache_path(cache, group, archive) if cache is not None else None
-        if cache is not None and path is not None:
-            await cache.wait_promotion(group, archive.file_name, self.run.settings.promotion_wait)
-        return copy_of(cache, path, group, archive.file_name)
+        if cache is None:
+            return copy_of(None, None, servable=False)
+        await cache.wait_promotion(group, archive.file_name, self.run.settings.promotion_wait)
+        servable = cache.servable(group, archive.file_name)
+        self.looked = looked = await look(cache, group, archive, opens=servable)
+        return copy_of(cache, looked.path, servable)
 
     def missed(self) -> None:
         self.run.launcher.count("cache_miss")
@@ -608,11 +612,11 @@ class Route:
     async def perform(self, decision: Decision) -> Answer | None:
         """Perform ``decision`` as it says; None: it passed."""
         run, ask, shared, group, archive = self.run, self.ask, self.shared, self.group, self.archive
-        cache, path = self.cache, self.path
-        if decision is Step.CACHE_HIT and cache is not None and path is not None:
+        cache, looked = self.cache, self.looked
+        if decision is Step.CACHE_HIT and cache is not None and looked is not None:
             # First, on its own: a hit reads nothing of the transfers nor the refreshes.
-            metrics, name = run.launcher.metrics, group.group
-            return await copies.cache_hit(metrics, run.budget, cache, path, name, archive, ask)
+            metrics, name, self.looked = run.launcher.metrics, group.group, None  # taken
+            return await copies.cache_hit(metrics, run.budget, cache, looked, name, archive, ask)
         refreshes, launcher, objects = run.shared_refreshes, run.launcher, run.objects
         match decision:
             case Step.REDIRECT:

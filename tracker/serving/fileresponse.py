@@ -40,16 +40,16 @@ import stat
 import time
 import weakref
 from collections.abc import AsyncGenerator, Callable, Mapping
+from functools import partial
 from typing import Protocol
 
 import attrs
-import trio
 
 from tracker.errors import ClientGone, TrackerError
 from tracker.serving.httpanswer import Answer
 from tracker.serving.ranges import METHODS, RequestHeaders, make_etag, plan_file_response
 from tracker.serving.responsebodies import Body, GeneratorBody
-from tracker.serving.threads import Background
+from tracker.serving.threads import Background, given_way
 from tracker.zerocopy.connection import Connection, FilePiece, piece_size
 from tracker.zerocopy.pieces import SMALLEST_PIECE
 
@@ -125,6 +125,36 @@ def _named(path: str, st: os.stat_result) -> bool:
     return (named.st_dev, named.st_ino) == (st.st_dev, st.st_ino)
 
 
+@attrs.frozen
+class _Last:
+    """What the last read of a body checks (:func:`unchanged`): the body's ``end``, the
+    file's fstat when it was ``opened``, the ``path`` it was opened at."""
+
+    end: int
+    opened: os.stat_result
+    path: str
+
+
+def _read_checked(fd: int, size: int, position: int, last: _Last) -> bytes:
+    """``size`` bytes at ``position`` of ``fd``, a duplicate of a body's descriptor that
+    this closes (blocking: a worker thread). When they are the body's last bytes, only
+    while the file is as it was opened (:func:`unchanged`), asked here, in the read's own
+    thread: no hop of its own (a thread each was ~35 us an answer), never on the event
+    loop (an ``fstat`` or ``stat`` of a ledger on a hung mount froze it at the end of each
+    download: docs/configuration.md, "Paths on a hung mount"). On its own duplicate, the
+    read is given up on cancellation: its body closes its descriptor at once, and the
+    thread closes this one however late the file system answers (waited for, a hung read
+    held the client's connection and its slot after the client left, and a stop past its
+    grace)."""
+    try:
+        chunk = os.pread(fd, size, position)
+        if len(chunk) == size and position + size == last.end:
+            unchanged(fd, last.opened, position, last.path)
+        return chunk
+    finally:
+        os.close(fd)
+
+
 @attrs.define(eq=False)
 class _FileBody(GeneratorBody):
     """``length`` bytes of the open file ``fd`` from ``offset`` (``opened``: its fstat when it
@@ -149,24 +179,18 @@ class _FileBody(GeneratorBody):
     async def _finish(self, error: BaseException | None) -> None:
         self._close()
 
-    async def _unchanged(self, position: int) -> None:
-        """:func:`unchanged`, in a thread of its own: its ``fstat`` and ``stat`` of a ledger
-        on a hung mount froze the event loop at the end of each of its downloads
-        (docs/configuration.md, "Paths on a hung mount"). Given up on cancellation: the
-        thread looks through a duplicate of the descriptor, which it closes itself however
-        late it answers. Waited for, a hung look held the client's connection (and its slot)
-        after the client left, and a stop past its grace; in trio's shared worker threads,
-        each such download held one of those the daemon's other disk reads wait for."""
-        fd = os.dup(self._fd)  # no file system call: a hung mount cannot hold it
-        opened, path = self._opened, self._path  # not the body: its finalizer stays free
-
-        def look() -> None:
-            try:
-                unchanged(fd, opened, position, path)
-            finally:
-                os.close(fd)
-
-        await Background(look, name="last check").result()
+    def _read(self, size: int, position: int) -> Background[bytes]:
+        """Start :func:`_read_checked` of ``size`` bytes at ``position`` in a thread of its own
+        (trio's limiter is not used: each stream has at most one read in flight), through
+        a duplicate of the descriptor (no file system call: a hung mount cannot hold it),
+        so that the body's own is closed without waiting for the read."""
+        last = _Last(self._offset + self._length, self._opened, self._path)
+        fd = os.dup(self._fd)
+        try:
+            return Background(partial(_read_checked, fd, size, position, last), name="file read")
+        except BaseException:  # no thread started: nobody else closes the duplicate
+            os.close(fd)
+            raise
 
 
 @attrs.define(eq=False)
@@ -204,24 +228,14 @@ class _PreadBody(_FileBody):
                 ahead = None
                 if position < end:
                     ahead = self._read(self._next_size(end - position), position)
-                else:
-                    await self._unchanged(position)
                 size = len(chunk)
                 yield chunk
                 del chunk  # sent: free it now, not after the next read has arrived
                 if self._on_bytes is not None:
                     self._on_bytes(size)
         finally:
-            if ahead is not None:
-                # The descriptor is closed only after the thread has finished reading.
-                await ahead.settle()
+            # A read still in flight reads its own duplicate: not waited for.
             self._close()
-
-    def _read(self, size: int, position: int) -> Background[bytes]:
-        """Start one ``os.pread`` in a worker thread. The closure holds the body, so its
-        finalizer cannot close the fd under a running read; each stream has at most one read
-        in flight, so there are at most as many read threads as streams being sent."""
-        return Background(lambda: os.pread(self._fd, size, position))
 
 
 @attrs.define(eq=False)
@@ -248,13 +262,10 @@ class _SendfileBody(_FileBody):
                 self._connection.finish(piece, self._on_bytes)
             else:
                 size = (pieces_end if position < pieces_end else end) - position
-                # Read and awaited at once: nothing to overlap, so a plain worker thread (it
-                # is waited for on cancellation: the descriptor stays open under the read).
-                chunk = await trio.to_thread.run_sync(os.pread, self._fd, size, position)
+                # read (and, the last bytes, checked) in one thread, given up on cancellation
+                chunk = await self._read(size, position).result()
                 if len(chunk) != size:
                     raise TrackerError(f"file shrank while being sent: ended at byte {position}")
-                if position + size == end:
-                    await self._unchanged(position)
                 yield chunk
                 if self._connection.broken:
                     # hypercorn keeps a failed send to itself: without this the answer
@@ -265,7 +276,37 @@ class _SendfileBody(_FileBody):
                 self._on_bytes(size)
 
 
-def _open_and_stat(path: str) -> tuple[int, os.stat_result]:
+@attrs.define(eq=False)
+class OpenFile:
+    """A regular file opened to be answered (read-only, no link followed: :func:`open_file`):
+    its descriptor, its fstat when it was opened, the ``path`` it was opened at. It owns the
+    descriptor until an answer takes it (:func:`file_answer`): closed once, by
+    :meth:`close` or when collected."""
+
+    path: str
+    fd: int
+    st: os.stat_result
+    _closer: weakref.finalize = attrs.field(init=False)  # type: ignore[type-arg]
+
+    def __attrs_post_init__(self) -> None:
+        self._closer = weakref.finalize(self, os.close, self.fd)
+
+    def close(self) -> None:
+        """Close the descriptor (once; nothing when an answer took it)."""
+        self._closer()
+
+    def take(self) -> int:
+        """The descriptor, its owner the caller from now on (:func:`file_answer`'s body)."""
+        if self._closer.detach() is None:
+            raise ValueError(f"{self.path}: the file was closed or taken already")
+        return self.fd
+
+
+def open_file(path: str) -> OpenFile:
+    """The regular file at ``path`` opened read-only, with its fstat. Blocking: run it in a
+    worker thread (:func:`opened`). Raises OSError (FileNotFoundError, PermissionError,
+    IsADirectoryError, ELOOP for a symlink, EINVAL for anything else that is not a regular
+    file)."""
     # O_NOFOLLOW: a name swapped for a symlink since it was listed would serve whatever the
     # link points at (ELOOP instead). O_NONBLOCK keeps a FIFO put at the path from blocking
     # the open; it changes nothing for the regular file we require.
@@ -282,7 +323,17 @@ def _open_and_stat(path: str) -> tuple[int, os.stat_result]:
     except BaseException:
         os.close(fd)
         raise
-    return fd, st
+    return OpenFile(path, fd, st)
+
+
+async def opened(path: str) -> OpenFile:
+    """:func:`open_file` in a thread of its own, given up on cancellation: an ``open`` on a
+    hung NFS or FUSE mount waits in the kernel for as long as the mount hangs, and its
+    request leaves at once; the descriptor opened once the mount answers is closed then
+    (:func:`tracker.serving.threads.given_way`). Raises TimeoutError at once, no thread
+    started, while an open in the same directory has hung for a while."""
+    place = os.path.dirname(path)
+    return await given_way(partial(open_file, path), OpenFile.close, name="file open", place=place)
 
 
 def content_disposition(file_name: str) -> str:
@@ -323,16 +374,55 @@ async def file_response(
     budget: ChunkBudget | None = None,
     extra_headers: ExtraHeaders | None = None,
 ) -> Answer:
-    """Answer a GET or HEAD of the regular file at ``path`` (200/206/304/412/416).
+    """Answer a GET or HEAD of the regular file at ``path`` (200/206/304/412/416): the file
+    opened in a thread of its own (:func:`opened`), then :func:`file_answer`, whose
+    arguments these are.
+
+    Raises OSError (FileNotFoundError, PermissionError, IsADirectoryError, ELOOP for a
+    symlink, ...) when the file cannot be opened or is not a regular file; ValueError for a
+    method other than GET/HEAD or a non-positive ``chunk_size``, before anything is opened.
+    On cancellation the open is given up at once (a hung mount's): its descriptor is closed
+    whenever it comes."""
+    _check_asked(request, chunk_size)
+    found = await opened(path)
+    return file_answer(
+        found,
+        request,
+        connection=connection,
+        chunk_size=chunk_size,
+        on_bytes=on_bytes,
+        budget=budget,
+        extra_headers=extra_headers,
+    )
+
+
+def _check_asked(request: FileRequest, chunk_size: int) -> None:
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be positive: {chunk_size}")
+    if request.method not in METHODS:
+        raise ValueError(f"cannot serve a file to {request.method!r}")
+
+
+def file_answer(
+    found: OpenFile,
+    request: FileRequest,
+    *,
+    connection: Connection | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    on_bytes: OnBytes | None = None,
+    budget: ChunkBudget | None = None,
+    extra_headers: ExtraHeaders | None = None,
+) -> Answer:
+    """Answer a GET or HEAD of the file ``found`` (opened by :func:`open_file`), with no
+    call to the file system: the answer's descriptor is taken from ``found``.
 
     ``request`` is what was asked (its method and header lines); ``connection`` the client's
-    zero-copy connection, when it has one. The file is opened once, in a worker thread; its
-    size, mtime and inode (fstat of the open descriptor) give ``content-length``,
-    ``last-modified`` and ``etag``, and the body streams that same inode in ``chunk_size``
-    reads even if the path is replaced meanwhile (with a ``connection``, one served by
-    :mod:`tracker.zerocopy.server`: with ``sendfile``, no reads, no buffers).
-    ``on_bytes(n)`` is called after each chunk of ``n`` bytes has been handed to the server
-    (metrics). With a ``budget`` the chunk size follows it instead of
+    zero-copy connection, when it has one. The file's size, mtime and inode (its fstat when
+    opened) give ``content-length``, ``last-modified`` and ``etag``, and the body streams
+    that same inode in ``chunk_size`` reads even if the path is replaced meanwhile (with a
+    ``connection``, one served by :mod:`tracker.zerocopy.server`: with ``sendfile``, no
+    reads, no buffers). ``on_bytes(n)`` is called after each chunk of ``n`` bytes has been
+    handed to the server (metrics). With a ``budget`` the chunk size follows it instead of
     ``chunk_size`` (see :class:`ChunkBudget`). ``extra_headers`` are added to a 200 or 206
     (e.g. the file's ``repr-digest``, or :func:`content_disposition`); given as a function,
     it is asked of the opened file's status before anything is planned, and raises
@@ -340,41 +430,33 @@ async def file_response(
     :mod:`tracker.proof.background.localfiles`).
 
     Only a GET answered 200/206 keeps the descriptor: it is closed when the body ends, fails
-    or is abandoned (client disconnect), or when the unsent response is released. HEAD and
-    bodiless answers close it before returning.
-
-    Raises OSError (FileNotFoundError, PermissionError, IsADirectoryError, ELOOP for a
-    symlink, ...) when the file cannot be opened or is not a regular file; ValueError for a
-    method other than GET/HEAD or a non-positive ``chunk_size``. On
-    cancellation the open, which runs in a thread that is waited for, finishes first and its
-    descriptor is closed. While the body streams, a file that shrinks under it raises
-    TrackerError into the server, which aborts the connection (never a silently short body);
-    so does one changed in place (its size, mtime or ctime moved), before its last bytes.
+    or is abandoned (client disconnect), or when the unsent response is released. HEAD,
+    bodiless answers and a refusal close it before returning. While the body streams, a
+    file that shrinks under it raises TrackerError into the server, which aborts the
+    connection (never a silently short body); so does one changed in place (its size, mtime
+    or ctime moved), before its last bytes. Raises ValueError for a method other than
+    GET/HEAD or a non-positive ``chunk_size``.
     """
-    if chunk_size <= 0:
-        raise ValueError(f"chunk_size must be positive: {chunk_size}")
-    method, headers = request.method, request.lines
-    if method not in METHODS:
-        raise ValueError(f"cannot serve a file to {method!r}")
-    fd, st = await trio.to_thread.run_sync(_open_and_stat, path)
-    # No checkpoint until the descriptor has an owner: a cancellation after the thread
-    # returned would otherwise leak it. Until its body owns it, this frame does.
+    method, headers, st = request.method, request.lines, found.st
     try:
+        _check_asked(request, chunk_size)
         extra = extra_headers(st) if callable(extra_headers) else extra_headers
         etag = make_etag(st.st_size, st.st_mtime_ns, st.st_ino)
         # now: Last-Modified may not be later than the Date the server adds to this answer
         # (RFC 9110 8.8.2.1; docs/http-api.md, "Archive answers").
         plan = plan_file_response(method, headers, st.st_size, st.st_mtime, etag, now=time.time())
     except BaseException:
-        os.close(fd)
+        found.close()
         raise
     body: Body | bytes = b""
-    if plan.send_body and plan.length > 0 and connection is not None:
-        body = _SendfileBody(fd, plan.offset, plan.length, on_bytes, st, path, connection)
-    elif plan.send_body and plan.length > 0:
-        body = _PreadBody(fd, plan.offset, plan.length, on_bytes, st, path, chunk_size, budget)
+    if plan.send_body and plan.length > 0:
+        fd, path = found.take(), found.path
+        if connection is not None:
+            body = _SendfileBody(fd, plan.offset, plan.length, on_bytes, st, path, connection)
+        else:
+            body = _PreadBody(fd, plan.offset, plan.length, on_bytes, st, path, chunk_size, budget)
     else:
-        os.close(fd)
+        found.close()
     # Exactly the planned headers (no text/html default type, no content-length 0 of an
     # empty body: tracker/web/delivery.py sends these only).
     answer = Answer(plan.status, dict(plan.headers), body)

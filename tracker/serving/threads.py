@@ -4,20 +4,25 @@ path that may hang, each in a thread of its own, waited for within a bound.
 ``trio.to_thread.run_sync`` waits in the calling task; to overlap a disk read or write with
 network I/O the call must start, the task move on, and the result be collected afterwards
 (:class:`Background`). A call on a path a hung mount may hold runs in a thread of its own,
-never one of trio's shared ones, waited for by a trio task within its bound
-(:class:`DirectoryThreads`): the trio side of "one thread per hung path, bounded", beside
-:func:`tracker.config.bounded.answered`, the synchronous callers' (the config load).
+never one of trio's shared ones: waited for by a trio task within its bound, one per path
+(:class:`DirectoryThreads`: the trio side of "one thread per hung path, bounded", beside
+:func:`tracker.config.bounded.answered`, the synchronous callers' such as the config load),
+or, on a request's path, awaited by its request and left at once when it is cancelled
+(:func:`given_way`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
 import attrs
 import outcome
 import trio
+
+from tracker.config.bounded import LOOK_BOUND
 
 T = TypeVar("T")
 
@@ -39,6 +44,9 @@ class Background(Generic[T]):
     ) -> None:
         self._done = trio.Event()
         self._outcome: outcome.Outcome[T] | None = None
+        #: Set once the caller gave up (:meth:`abandon`): what releases the value.
+        self._release: Callable[[T], object] | None = None
+        self._abandoned = False
         token = trio.lowlevel.current_trio_token()
 
         def finished() -> None:
@@ -46,6 +54,8 @@ class Background(Generic[T]):
             if on_done is not None:
                 on_done(self._outcome)
             self._done.set()
+            if self._release is not None:
+                self._released()
 
         def deliver(result: outcome.Outcome[T]) -> None:
             self._outcome = result
@@ -72,6 +82,22 @@ class Background(Generic[T]):
         """What the finished call raised; None when it returned or has not finished. Unlike
         :meth:`result`, looking leaves the outcome to be taken."""
         return self._outcome.error if isinstance(self._outcome, outcome.Error) else None
+
+    def abandon(self, release: Callable[[T], object]) -> None:
+        """Nobody takes the call's value: ``release(value)`` frees it (in the trio thread),
+        now if the call returned, else as it returns, however late; an exception is
+        dropped. Once: a second call does nothing. Instead of taking the result."""
+        if self._abandoned:
+            return
+        self._abandoned, self._release = True, release
+        if self._done.is_set():
+            self._released()
+
+    def _released(self) -> None:
+        assert self._release is not None
+        release, self._release = self._release, None
+        if isinstance(self._outcome, outcome.Value):
+            release(self._outcome.value)
 
     async def settle(self) -> None:
         """Wait (shielded) until the call has finished; discard its result."""
@@ -143,3 +169,67 @@ class DirectoryThreads:
         call.ended.set()
         if self._running.get(directory) is call:
             del self._running[directory]
+
+
+#: Seconds a call of :func:`given_way` on a place may run before the place counts as hung
+#: (a stuck NFS or FUSE mount): the config load's bound on a look.
+HUNG_AFTER = LOOK_BOUND
+
+#: Per place (a directory) given to :func:`given_way`: when each of its calls running now
+#: began (trio's clock), by call. A place whose oldest call has run :data:`HUNG_AFTER` is
+#: hung: no thread more is parked there until that call ends.
+_RUNNING: dict[str, dict[object, float]] = {}
+
+
+def hung_for(place: str, now: float) -> float | None:
+    """Seconds the oldest call :func:`given_way` runs on ``place`` has run, when at least
+    :data:`HUNG_AFTER` (the place is hung); else None."""
+    running = _RUNNING.get(place)
+    if not running:
+        return None
+    ago = now - min(running.values())
+    return ago if ago >= HUNG_AFTER else None
+
+
+async def given_way(
+    call: Callable[[], T], release: Callable[[T], object], *, name: str, place: str | None = None
+) -> T:
+    """``call()`` in a thread of its own, awaited: never one of trio's shared worker threads
+    (``trio.to_thread`` holds one of its limiter's tokens until a hung call ends, and the
+    daemon's other disk reads wait for those), and given up on cancellation: the caller
+    leaves at once, and the value the call returns once its file system answers is freed
+    with ``release`` (a descriptor it opened is closed), never leaked. Each call is one
+    thread hop (~35 us here); a hung one holds its own thread only.
+
+    ``place`` (the directory the call reads): once a call there has run
+    :data:`HUNG_AFTER` seconds without an answer, the next ones
+    raise TimeoutError at once, no thread started, until it ends: clients that
+    leave and ask again while a mount hangs park one thread each only for that long, not
+    for as long as it hangs (:func:`hung_for`)."""
+    began = trio.current_time()
+    if place is not None:
+        ago = hung_for(place, began)
+        if ago is not None:
+            reason = f"{place}: a read there {ago:.0f}s ago has not ended (a hung mount?)"
+            raise TimeoutError(errno.ETIMEDOUT, reason)
+        mine = object()
+        running = _RUNNING.setdefault(place, {})
+        running[mine] = began
+
+        def ended(_outcome: object) -> None:
+            running.pop(mine, None)
+            if not running and _RUNNING.get(place) is running:
+                del _RUNNING[place]
+
+        try:
+            thread = Background(call, on_done=ended, name=name)
+        except BaseException:  # no thread started (this process's limits): none runs
+            ended(None)
+            raise
+    else:
+        thread = Background(call, name=name)
+    try:
+        return await thread.result()
+    except BaseException:  # cancelled (its value, if any, is freed), or the call failed
+        thread.abandon(release)
+        raise

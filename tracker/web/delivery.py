@@ -253,6 +253,9 @@ class Delivery:
             return await served_from_disk(path, ask, "local", self._metrics, self._budget, admit)
         except FileNotFoundError as exc:
             raise RequestError(404, f"{name} is gone from its local directory") from exc
+        except TimeoutError as exc:  # its directory hangs (serving.threads.given_way)
+            reason = f"cannot read {name} in its local directory: {exc.strerror or exc}"
+            raise RequestError(503, reason) from exc
         except PermissionError as exc:
             # closed to the tracker's user since the scrape (a scan leaves such a file out:
             # docs/http-api.md, "Snapshot sources"): the file is there, the tracker's own

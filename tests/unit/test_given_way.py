@@ -1,0 +1,86 @@
+"""A call given up by its caller (``tracker.serving.threads``): what it returns is freed
+once, whenever it comes, and nothing when it failed (no network, no file system)."""
+
+from __future__ import annotations
+
+import threading
+from functools import partial
+
+import pytest
+import trio
+import trio.testing
+
+from tracker.serving.threads import Background, given_way
+
+
+async def test_a_value_that_comes_after_its_caller_left_is_released() -> None:
+    answers, released = threading.Event(), trio.Event()
+    freed: list[int] = []
+
+    def call() -> int:
+        answers.wait(30.0)  # released below; the bound only ends a thread a failure left
+        return 7
+
+    def release(value: int) -> None:
+        freed.append(value)
+        released.set()
+
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await given_way(call, release, name="test call")
+    assert scope.cancelled_caught and freed == []  # left at once, nothing came yet
+    answers.set()
+    await released.wait()
+    assert freed == [7]
+
+
+@pytest.mark.parametrize(("fails", "freed"), [(False, [7]), (True, [])])
+async def test_a_call_abandoned_once_it_ended_is_released_at_once(
+    fails: bool, freed: list[int]
+) -> None:
+    def call() -> int:
+        if fails:
+            raise OSError("no")
+        return 7
+
+    got: list[int] = []
+    thread = Background(call)
+    await thread.wait()
+    thread.abandon(got.append)
+    assert got == freed
+    thread.abandon(got.append)  # once only
+    assert got == freed
+
+
+async def test_a_place_whose_call_hung_parks_no_thread_more_until_it_ends(
+    monkeypatch: pytest.MonkeyPatch, mock_clock: trio.testing.MockClock
+) -> None:
+    """Each request given up on a hung mount parked a thread for as long as the mount hung,
+    however many asked. Once a call on a place has run ``HUNG_AFTER``, the place's next
+    calls are refused at once (TimeoutError, no thread), another place's run, and the place
+    is free again once the hung call ends."""
+    import tracker.serving.threads as threads
+
+    monkeypatch.setattr(threads, "HUNG_AFTER", 5.0)
+    answers, ran = threading.Event(), []
+
+    def hung() -> str:
+        answers.wait(30.0)  # released below; the bound only ends a thread a failure left
+        return "late"
+
+    def call() -> str:
+        ran.append(1)
+        return "here"
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(given_way, hung, print, name="hung", place="/mnt/a"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert await given_way(call, print, name="soon", place="/mnt/a") == "here"  # 0 s: runs
+        mock_clock.jump(5.0)
+        with pytest.raises(TimeoutError, match=r"/mnt/a: a read there 5s ago has not ended"):
+            await given_way(call, print, name="refused", place="/mnt/a")
+        assert ran == [1]  # no thread started for it
+        assert await given_way(call, print, name="other", place="/mnt/b") == "here"
+        answers.set()
+    assert await given_way(call, print, name="again", place="/mnt/a") == "here"
+    assert ran == [1, 1, 1]
