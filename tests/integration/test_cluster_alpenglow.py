@@ -269,10 +269,13 @@ async def test_a_proof_by_votes_in_a_proof_file_holds_while_the_migration_leaves
         checked.restore(str(group), "mainnet", list(os.scandir(group)))
         return checked
 
+    async def path_for(_group: str, archive: str) -> str:
+        return str(group / archive)
+
     async with rpcs(node) as urls, voter(urls, certificates=False) as cv:
         checked = restarted(cv)
         assert checked.proof("mainnet", name) == saved  # restored as it was saved
-        await lift_held(checked, lambda _g, n: str(group / n), lambda: None)
+        await lift_held(checked, path_for, lambda: None)
     now = checked.proof("mainnet", name)
     assert now is not None and (now.level, now.note) == (level, note)
     assert checked.servable("mainnet", name) is (level == Level.CLUSTER)

@@ -464,3 +464,58 @@ async def test_a_cache_hit_on_a_hung_mount_holds_only_its_own_request(
             assert await trio.to_thread.run_sync(hang.ended.wait, HELD)
             await wait_for(lambda: open_fds(cached) == 0)  # what it opened since: closed
             assert hang.calls == 1
+
+
+@pytest.mark.parametrize("hung_in", ["realpath", "stat"])
+async def test_the_cache_s_upkeep_on_a_hung_mount_never_holds_the_tracker(
+    hung_in: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every second the cache's upkeep looks whether each checked copy is still the file
+    under its name, and a digest route (``.sha256``) looks before it tells the digest: both
+    took the copy's real path (a stat of each part) and its status on the event loop, so a
+    cache directory on a hung mount froze every request within a second, traffic or not.
+    They look in a thread of the cache directory's own: the tracker answers meanwhile, one
+    thread only is parked there, and the digest route answers 503 with the reason until
+    the mount answers, then the digest (the tracker's own components on 127.0.0.1; the
+    hang is the test's, at the real path or the status of the cached file only)."""
+    import hashlib
+    import math
+
+    from archives import build_archive
+    from helpers_proxy import proxy_tracker, wait_for
+
+    import tracker.serving.threads as threads
+
+    name, data = build_archive(9400, accounts=3, seed=4)  # a real archive: checked
+    async with (
+        serving(FakeUpstream(files={name: data})) as up,
+        proxy_tracker(tmp_path / "cache", up, verify_archives=True) as t,
+        httpx.AsyncClient(verify=client_tls(), timeout=WAIT, trust_env=False) as client,
+    ):
+        assert (await client.get(t.url(name))).content == data  # cached by its refresh
+        await wait_for(lambda: name in t.cached() and not t.streamer.refreshes())
+        digest = t.url(f"{name}.sha256")
+        line = f"{hashlib.sha256(data).hexdigest()}  {name}\n"
+        assert (await client.get(digest)).text == line
+        cache = t.streamer.cache()
+        assert cache is not None
+        cached, root = str(t.group_dir() / name), cache.root
+        with hung() as hang:
+            where = os.path if hung_in == "realpath" else os
+            real = getattr(where, hung_in)
+            held = hang.holding(real, lambda at, *_: os.fspath(at) == cached)
+            monkeypatch.setattr(where, hung_in, held)
+            assert await trio.to_thread.run_sync(hang.asked.wait, HELD)  # the upkeep's look
+            assert (await client.get(f"{t.base}/v1/snapshots")).status_code == 200
+            assert not hang.ended.is_set()  # answered while the look still hung
+            monkeypatch.setattr(threads, "HUNG_AFTER", 0.0)  # it has hung a while
+            refused = await client.get(digest)
+            assert refused.status_code == 503
+            assert "cannot read the cache directory" in refused.text
+            assert "hung mount" in refused.text and "\n" not in refused.text.strip()
+            assert not hang.ended.is_set() and hang.calls == 1  # no thread more parked
+            hang.release()
+            assert await trio.to_thread.run_sync(hang.ended.wait, HELD)
+            monkeypatch.undo()
+            await wait_for(lambda: threads.hung_for(root, math.inf) is None)  # its thread ended
+            assert (await client.get(digest)).text == line  # the mount answers again

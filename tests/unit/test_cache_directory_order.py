@@ -105,11 +105,13 @@ async def promoted_during_recheck(
     as ``name`` (:data:`SHA_NEW`); whether that promotion ended while the check was held."""
     cache.startup_cleanup()
     root = Path(cache.root)
+
+    async def located(group: str, archive: str) -> str:
+        return str(root / group / archive)
+
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(
-                cache.checked.recheck, lambda g, n: str(root / g / n), cache.report_size
-            )
+            nursery.start_soon(cache.checked.recheck, located, cache.report_size)
             await reached_in_time(reached)
             overlapped = await ended_meanwhile(lambda: promote(cache, name, body, SHA_NEW), nursery)
             let_go.set()
@@ -310,8 +312,12 @@ async def test_a_tally_asked_for_one_copy_is_not_applied_to_the_next(tmp_path: P
     was = Proof(Level.ACCOUNTS, "s", bank_hash)
     checked.promoted(GROUP, OLD_FULL, Verified(SHA_OLD, was), identity_of(os.stat(path)), [])
     lifted = Proof(Level.CLUSTER, "s", bank_hash, 0.9)
+
+    async def path_for(_group: str, archive: str) -> str:
+        return str(group / archive)
+
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(lift_held, checked, lambda _g, n: str(group / n), lambda: None)
+        nursery.start_soon(lift_held, checked, path_for, lambda: None)
         await votes.asked.wait()
         (group / "new").write_bytes(b"new")
         os.replace(group / "new", path)  # a refresh's promotion, with its own tally

@@ -250,7 +250,7 @@ async def test_the_start_up_check_of_an_orphaned_archive_waits_for_its_group(
     checked.configured = lambda group: group in configured
     asked: list[tuple[str, str]] = []
 
-    def path_for(group: str, name: str) -> str:
+    async def path_for(group: str, name: str) -> str:
         asked.append((group, name))
         return str(tmp_path / group / name)
 

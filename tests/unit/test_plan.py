@@ -848,9 +848,10 @@ class Prefetching(Refreshes):
 
         objects = SimpleNamespace(tier=SimpleNamespace(lookup=lookup)) if bucket else None
         super().__init__(cast(Any, launcher), cast(Any, objects))
-        self.cache = SimpleNamespace(
-            root="/cache", lookup=lambda g, n: object() if cached else None
-        )
+        async def has_copy(group: str, name: str) -> bool:
+            return cached
+
+        self.cache = SimpleNamespace(root="/cache", has_copy=has_copy)
         self.claimed = claim
         self.tried: list[Tried] = []
 

@@ -142,7 +142,7 @@ async def test_a_copy_whose_hashing_process_was_killed_stays_and_is_checked_agai
 
     asked: list[str] = []
 
-    def path_for(group: str, archive: str) -> str:
+    async def path_for(group: str, archive: str) -> str:
         asked.append(archive)
         return str(tmp_path / group / archive)
 
@@ -193,7 +193,7 @@ async def test_a_copy_whose_checks_keep_falling_short_waits_longer_each_time(
     )
     checked.restore(str(group_dir), GROUP, list(os.scandir(group_dir)))
 
-    def path_for(group: str, archive: str) -> str:
+    async def path_for(group: str, archive: str) -> str:
         return str(tmp_path / group / archive)
 
     await checked.recheck(path_for, lambda: None)  # killed: waits RETRY

@@ -19,7 +19,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from math import inf
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
@@ -50,6 +50,7 @@ from tracker.core.digests import (
 )
 from tracker.core.smallfiles import read_small_file
 from tracker.errors import ArchiveInvalid, RequestError
+from tracker.observability.folding import log_folded
 from tracker.observability.logs import log_event
 from tracker.proof.accounts.budget import AccountsLimits
 from tracker.proof.archive.archivecheck import FollowingCheck
@@ -231,17 +232,20 @@ class CheckedFiles:
             self._changed(group, name)
         raise RequestError(404, f"{name}: the cached file is not the copy that passed its check")
 
-    def confirm(self, group: str, name: str, path: str) -> None:
+    async def confirm(
+        self, group: str, name: str, identity_at: Callable[[], Awaitable[FileIdentity | None]]
+    ) -> None:
         """Before the digest of the cached copy of ``name`` is told: forget it when the file
-        at ``path`` is no longer that copy (as :meth:`opened` does; gone included), and
-        have the file checked again."""
-        if (group, name) not in self._checked:
+        under its name is no longer that copy (as :meth:`opened` does; gone included), and
+        have the file checked again (``identity_at()``: that file's identity now, None when
+        there is none, looked at off the event loop; what it raises goes to the caller)."""
+        held = self._checked.get((group, name))
+        if held is None:
             return
-        try:
-            identity: FileIdentity | None = identity_of(os.stat(path, follow_symlinks=False))
-        except OSError:
-            identity = None
-        self.confirmed(group, name, identity)
+        identity = await identity_at()
+        # another copy promoted meanwhile is not taken for a replaced one
+        if self._checked.get((group, name)) is held and identity != held.identity:
+            self._changed(group, name)
 
     def confirmed(self, group: str, name: str, identity: FileIdentity | None) -> None:
         """:meth:`confirm` of what the file system said a moment ago (``identity``: of the
@@ -250,25 +254,31 @@ class CheckedFiles:
         if held is not None and (identity is None or identity != held.identity):
             self._changed(group, name)
 
-    async def confirm_held(self, path_for: Callable[[str, str], str]) -> None:
-        """:meth:`confirm` every held copy (``path_for(group, name)``: its path,
-        RequestError when it may not be read): one gone or replaced since its check (by
-        hand, or while another directory was the cache's) is forgotten within a round, its
-        digest no longer listed nor its statement renewed, not only once a request comes.
-        The files are looked at in a worker thread, each group's under its lock: a
-        promotion's new file is never taken for a replaced one."""
-        by_group: dict[str, list[tuple[str, _Held, str]]] = {}
+    async def confirm_held(
+        self, identities: Callable[[str, list[str]], Awaitable[dict[str, FileIdentity | None]]]
+    ) -> None:
+        """:meth:`confirm` every held copy (``identities(group, names)``: the identity of
+        the file under each name, None when there is none, a name left out when it may
+        not be read; looked at off the event loop, RequestError when the directory cannot
+        be: that group's copies are confirmed next round): one gone or replaced since its
+        check (by hand, or while another directory was the cache's) is forgotten within a
+        round, its digest no longer listed nor its statement renewed, not only once a
+        request comes. Each group's files are looked at under its lock: a promotion's new
+        file is never taken for a replaced one."""
+        by_group: dict[str, list[tuple[str, _Held]]] = {}
         for (group, name), held in self._checked.items():
-            try:
-                by_group.setdefault(group, []).append((name, held, path_for(group, name)))
-            except RequestError:
-                continue
+            by_group.setdefault(group, []).append((name, held))
         for group, copies in by_group.items():
             async with self.changing(group):
-                paths = [path for _name, _held, path in copies]
-                now = await trio.to_thread.run_sync(_identities, paths)
-                for (name, held, _path), identity in zip(copies, now, strict=True):
-                    if self._checked.get((group, name)) is held and identity != held.identity:
+                try:
+                    now = await identities(group, [name for name, _held in copies])
+                except RequestError as exc:
+                    log_folded(log, "warning", "cache_unreadable", group=group, reason=exc.reason)
+                    continue
+                for name, held in copies:
+                    if name not in now or self._checked.get((group, name)) is not held:
+                        continue
+                    if now[name] != held.identity:
                         self._changed(group, name)
 
     def _changed(self, group: str, name: str) -> None:
@@ -389,7 +399,7 @@ class CheckedFiles:
                 self._unchecked.append((group, name))
 
     async def recheck(
-        self, path_for: Callable[[str, str], str], report_size: Callable[[], None]
+        self, path_for: Callable[[str, str], Awaitable[str]], report_size: Callable[[], None]
     ) -> None:
         """Check, one after another, the cached files start-up found without a digest that
         still describes them (``path_for(group, name)``: where each is, RequestError when
@@ -418,8 +428,10 @@ class CheckedFiles:
                     waiting.append(key)  # its last check ended short for a cause of ours
                     continue
                 try:
-                    path = path_for(group, name)
-                except RequestError:
+                    path = await path_for(group, name)
+                except RequestError as exc:
+                    if exc.status == 503:  # the directory hangs: checked once it answers
+                        waiting.append(key)
                     continue
                 ended = await self._recheck_one(group, name, path)
                 if ended in ("removed", "passed"):
@@ -713,17 +725,6 @@ def _aside_if_same(path: str, ino: int) -> str | None:
     except OSError:
         return None
     return set_aside(path)
-
-
-def _identities(paths: list[str]) -> list[FileIdentity | None]:
-    """The identity of the file at each of ``paths`` (None: none there, or unreadable)."""
-    found: list[FileIdentity | None] = []
-    for path in paths:
-        try:
-            found.append(identity_of(os.stat(path, follow_symlinks=False)))
-        except OSError:
-            found.append(None)
-    return found
 
 
 def _write_checked_if_same(path: str, opened: os.stat_result, checked: Verified, name: str) -> None:

@@ -169,10 +169,17 @@ class Registry(Protocol):
         ...
 
     def promoted(
-        self, group: str, name: str, sha256: str, evicted: list[str], proof: Proof = STRUCTURE_ONLY
+        self,
+        group: str,
+        name: str,
+        sha256: str,
+        evicted: list[str],
+        proof: Proof = STRUCTURE_ONLY,
+        placed: os.stat_result | None = None,
     ) -> None:
         """``refresh`` was renamed into place (``sha256``: its digest when checked, ``proof``
-        what its check proved) and ``evicted`` were removed (files that need not stay beside
+        what its check proved; ``placed``: the file's status after the rename, None when it
+        could not be read) and ``evicted`` were removed (files that need not stay beside
         it)."""
         ...
 
@@ -741,8 +748,10 @@ class Refresh:
             # evict the other's new file (docs/proxy.md, "Proxy mode and the disk cache").
             async with self._registry.changing(self.group):
                 served = self._registry.served(self.group)
-                evicted, aside = await trio.to_thread.run_sync(self._promote, served)
-                self._registry.promoted(self.group, self.name, self.sha256, evicted, self.proof)
+                evicted, aside, placed = await trio.to_thread.run_sync(self._promote, served)
+                self._registry.promoted(
+                    self.group, self.name, self.sha256, evicted, self.proof, placed
+                )
         except OSError as exc:
             raise self.write_failed(exc, "cache commit failed") from exc
         finally:
@@ -765,15 +774,24 @@ class Refresh:
         assert self._fd is not None
         sync_temp(self._fd, mtime, self._ops)
 
-    def _promote(self, served: Collection[int]) -> tuple[list[str], list[str]]:
-        """Rename into place, write the digest beside it; the names evicted and where they
-        were set aside (:func:`~tracker.cache.disk.settle`)."""
+    def _promote(
+        self, served: Collection[int]
+    ) -> tuple[list[str], list[str], os.stat_result | None]:
+        """Rename into place, write the digest beside it; the names evicted, where they
+        were set aside (:func:`~tracker.cache.disk.settle`), and the file's status after
+        the rename (its ctime moved: the identity a hit's opened file must have; read here,
+        in this thread, never on the event loop; None when it cannot be read)."""
         assert self._fd is not None
         fd, self._fd = self._fd, None
         rename_into_place(fd, self.temp, self.final)
         self.temp, self._done = "", True
         checked = Verified(self.sha256, self.proof) if self.sha256 else None
-        return settle(self.final, self.group, self.name, self.written, checked, served)
+        evicted, aside = settle(self.final, self.group, self.name, self.written, checked, served)
+        try:
+            placed: os.stat_result | None = os.stat(self.final, follow_symlinks=False)
+        except OSError:
+            placed = None
+        return evicted, aside, placed
 
     def abort(self) -> None:
         """Close and remove the temp file, release the refresh and mark it ended (readers

@@ -32,6 +32,8 @@ import os
 import stat
 import time
 from collections.abc import Callable, Collection, Sequence
+from functools import partial
+from typing import TypeVar
 
 import attrs
 import trio
@@ -57,9 +59,12 @@ from tracker.ordering.index import Index
 from tracker.proof.accounts.budget import CACHE_TEMP, AccountsLimits, clean_leftovers
 from tracker.proof.cluster.lifting import keep_levels
 from tracker.proof.levels import STRUCTURE_ONLY, Level, Proof, Voters
-from tracker.proof.records.localcopies import identity_of
+from tracker.proof.records.localcopies import FileIdentity, identity_of
+from tracker.serving.threads import HUNG_AFTER, given_way
 
 __all__ = ["TEMP_PREFIX", "Cache", "CachedFile", "RefreshProgress"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("tracker.cache")
 
@@ -228,11 +233,18 @@ class Cache:
         Validates like :meth:`path_for` (and raises the same RequestError).
         """
         path = self._path_named(group, name)
+        return path if self._regular(path) and self.servable(group, name) else None
+
+    def _regular_named(self, group: str, name: str) -> bool:
+        """Whether a regular file is under ``name`` of ``group`` (blocking)."""
+        return self._regular(self._path_named(group, name))
+
+    @staticmethod
+    def _regular(path: str) -> bool:
         try:
-            st = os.lstat(path)
+            return stat.S_ISREG(os.lstat(path).st_mode)
         except OSError:
-            return None
-        return path if stat.S_ISREG(st.st_mode) and self.servable(group, name) else None
+            return False
 
     def verify_with(
         self,
@@ -281,14 +293,68 @@ class Cache:
         (:meth:`CheckedFiles.opened`: RequestError when it is not the copy checked)."""
         return self.checked.opened(group, name, st)
 
-    def confirm(self, group: str, name: str) -> None:
+    async def confirm(self, group: str, name: str) -> None:
         """Forget the digest of the cached copy of ``name`` when the file under its name is
-        no longer that copy (:meth:`CheckedFiles.confirm`), before its digest is told."""
+        no longer that copy (:meth:`CheckedFiles.confirm`), before its digest is told.
+
+        Raises RequestError(503) when the cache directory hangs (:meth:`in_directory`)."""
+        await self.checked.confirm(
+            group, name, partial(self.in_directory, partial(self._identity_named, group, name))
+        )
+
+    def _identity_named(self, group: str, name: str) -> FileIdentity | None:
+        """The identity of the file under ``name`` of ``group`` (blocking); None when there
+        is none, or it may not be read (:meth:`path_for`)."""
         try:
-            path = self._path_named(group, name)
-        except RequestError:
-            return
-        self.checked.confirm(group, name, path)
+            return identity_of(os.stat(self._path_named(group, name), follow_symlinks=False))
+        except (OSError, RequestError):
+            return None
+
+    def _identities_named(self, group: str, names: list[str]) -> dict[str, FileIdentity | None]:
+        """:meth:`_identity_named` of each of ``names`` of ``group`` (blocking), leaving out
+        those that may not be read (:meth:`path_for` refuses them)."""
+        found: dict[str, FileIdentity | None] = {}
+        for name in names:
+            try:
+                path = self._path_named(group, name)
+            except RequestError:
+                continue
+            try:
+                found[name] = identity_of(os.stat(path, follow_symlinks=False))
+            except OSError:
+                found[name] = None
+        return found
+
+    async def in_directory(self, call: Callable[[], T]) -> T:
+        """``call()``, blocking on the cache directory (a real path, a stat), in a thread
+        of its own, never on the event loop nor in one of trio's shared threads
+        (docs/configuration.md, "Paths on a hung mount"); given up after
+        :data:`~tracker.serving.threads.HUNG_AFTER` seconds, and at once while an earlier
+        call there still hangs: RequestError(503) then, naming the directory."""
+        try:
+            with trio.fail_after(HUNG_AFTER):
+                return await given_way(call, _nothing, name="cache directory", place=self.root)
+        except (TimeoutError, trio.TooSlowError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "no answer"
+            reason = f"cannot read the cache directory {self.root}: {why} (a hung mount?)"
+            raise RequestError(503, reason) from exc
+
+    async def identities(self, group: str, names: list[str]) -> dict[str, FileIdentity | None]:
+        """:meth:`_identities_named`, looked at in the cache directory's thread
+        (:meth:`in_directory`): whether each held copy is still the file under its name."""
+        return await self.in_directory(partial(self._identities_named, group, names))
+
+    async def located(self, group: str, name: str) -> str:
+        """:meth:`path_for` of ``name`` of ``group`` as text, looked at in the cache
+        directory's thread (:meth:`in_directory`): what the cache's upkeep opens."""
+        return await self.in_directory(partial(self._path_named, group, name))
+
+    async def has_copy(self, group: str, name: str) -> bool:
+        """Whether ``name`` of ``group`` is cached and may be served (:meth:`lookup`, its
+        look in the directory's thread). RequestError as :meth:`lookup`, and 503 when the
+        directory hangs."""
+        held = await self.in_directory(partial(self._regular_named, group, name))
+        return held and self.servable(group, name)
 
     def promoted(
         self,
@@ -297,18 +363,19 @@ class Cache:
         sha256: str,
         evicted: list[str],
         proof: Proof = STRUCTURE_ONLY,
+        placed: os.stat_result | None = None,
     ) -> None:
         """A refresh of ``name`` was promoted (and evicted ``evicted``): digests follow,
-        with what its check proved."""
+        with what its check proved; ``placed``: the file's status after the rename (read
+        in the promotion's thread), None when it could not be read."""
         identity = None
         # The check ended as the last byte was written, just before this rename.
         checked = Verified(sha256, proof, checked_at=time.time()) if sha256 else None
-        if checked is not None:
-            with contextlib.suppress(OSError, RequestError):
-                # After the rename (which moves the file's ctime): the identity a hit's
-                # opened file must have (CheckedFiles.opened).
-                st = os.stat(self._path_named(group, name))
-                identity, checked = identity_of(st), attrs.evolve(checked, size=st.st_size)
+        if checked is not None and placed is not None:
+            # After the rename (which moves the file's ctime): the identity a hit's opened
+            # file must have (CheckedFiles.opened).
+            identity = identity_of(placed)
+            checked = attrs.evolve(checked, size=placed.st_size)
         self.checked.promoted(group, name, checked, identity, evicted)
 
     async def recheck(self) -> None:
@@ -316,7 +383,7 @@ class Cache:
         (:meth:`CheckedFiles.recheck`), then keep every cached copy at its group's level:
         checked again after a reload raised it, lifted by the cluster's votes
         (:func:`tracker.proof.cluster.lifting.keep_levels`). Runs until cancelled."""
-        await keep_levels(self.checked, self._path_named, self.report_size)
+        await keep_levels(self.checked, self.located, self.identities, self.report_size)
 
     async def wait_promotion(self, group: str, name: str, longest: float) -> None:
         """Wait (at most ``longest`` seconds) while a refresh of ``name`` of ``group`` has all
@@ -598,6 +665,10 @@ class Cache:
     def reserved_besides(self, refresh: Refresh) -> int:
         """Bytes other running refreshes will still write (not yet taken from the disk)."""
         return sum(r.remaining for r in self._refreshing.values() if r is not refresh)
+
+
+def _nothing(_value: object) -> None:
+    """What a look's value needs once nobody takes it: nothing (no descriptor)."""
 
 
 def _none_served(_group: str) -> Collection[int]:

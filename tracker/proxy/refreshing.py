@@ -196,7 +196,8 @@ class Refreshes:
         name = archive.file_name
         best = self._launcher.is_best(group.group, name)
         found = self._launcher.index.find_file(group.group, name) if best else []
-        if not prefetches(best, found, bool(found) and _cached(cache, group.group, name)):
+        cached = bool(found) and await _cached(cache, group.group, name)
+        if not prefetches(best, found, cached):
             return False
         lock = None
         if self._objects is not None:
@@ -382,14 +383,15 @@ async def _prefetched(refresh: Refresh, cache: Cache, group: str, name: str) -> 
             if refresh.stop is not None:
                 refresh.stop.cancel()  # nobody waits for this refresh
         raise
-    return refresh.verified and not refresh.failed and _cached(cache, group, name)
+    return refresh.verified and not refresh.failed and await _cached(cache, group, name)
 
 
-def _cached(cache: Cache, group: str, name: str) -> bool:
+async def _cached(cache: Cache, group: str, name: str) -> bool:
+    """Whether ``name`` of ``group`` is cached, servable (looked at off the event loop)."""
     try:
-        return cache.lookup(group, name) is not None
-    except RequestError:
-        return True  # a name or group that cannot be cached: nothing to prefetch
+        return await cache.has_copy(group, name)
+    except RequestError:  # a name or group that cannot be cached, or a hung directory:
+        return True  # nothing to prefetch
 
 
 def claimed_of(claim: Lock | Holder | ObjectInfo | None) -> Claimed:

@@ -350,13 +350,13 @@ class ProxyStreamer:
             keep_free=config.proxy_snapshot_cache_min_free if in_cache else 0,
         )
 
-    def confirm_cached(self, group: str, name: str) -> None:
+    async def confirm_cached(self, group: str, name: str) -> None:
         """Forget the digest of the disk cache's copy of ``name`` of ``group`` when the file
         under its name is no longer that copy (:meth:`Cache.confirm`; docs/http-api.md,
-        "Verified archives")."""
+        "Verified archives"). RequestError(503) when the cache directory hangs."""
         cache = self.cache()
         if cache is not None:
-            cache.confirm(group, name)
+            await cache.confirm(group, name)
 
     def uncached(self) -> dict[str, str]:
         """Per group: why its last refresh streamed uncached for want of disk room, or why

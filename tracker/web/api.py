@@ -333,34 +333,34 @@ def _short(
     return quart.Response(short.body, short.status, content_type="text/plain")
 
 
-def _served_copy(deps: ApiDeps, group: str, archive: str) -> Verified | None:
+async def _served_copy(deps: ApiDeps, group: str, archive: str) -> Verified | None:
     """The tracker's verified copy of ``archive`` that its own route serves (the first
     found: a group may hold two local files of one name, other bytes each), as the
     listings show it; never a cached copy no longer under its name (docs/http-api.md,
     "Verified archives")."""
-    deps.confirm_cached(group, archive)
+    await deps.confirm_cached(group, archive)
     found = deps.index.find_file(group, archive)
     if found:
         return held_copy(deps.digests, group, found[0][0])
     return deps.digests.verified(group, archive)
 
 
-def _digest_answer(deps: ApiDeps, group: str, name: str) -> quart.Response:
+async def _digest_answer(deps: ApiDeps, group: str, name: str) -> quart.Response:
     """``GET {archive}.sha256``: the ``sha256sum`` line of the tracker's verified copy."""
     archive = archive_name(name[: -len(DIGEST_SUFFIX)]).file_name
-    verified = _served_copy(deps, group, archive)
+    verified = await _served_copy(deps, group, archive)
     if verified is None:
         raise RequestError(404, "no verified copy of this archive is known")
     body = sha256sum_line(verified.sha256, archive).encode()
     return quart.Response(body, 200, content_type="text/plain; charset=utf-8")
 
 
-def _attestation_answer(deps: ApiDeps, group: str, name: str) -> quart.Response:
+async def _attestation_answer(deps: ApiDeps, group: str, name: str) -> quart.Response:
     """``GET {archive}.attestation``: the signed statement of the copy the archive's route
     serves (the tracker's own, else one another replica left in the bucket): never one of
     other bytes of the name, which a client checking the two together would refuse."""
     archive = archive_name(name[: -len(ATTESTATION_SUFFIX)]).file_name
-    verified = _served_copy(deps, group, archive)
+    verified = await _served_copy(deps, group, archive)
     deps.attestations.sync(deps.wall_clock())
     documents = [
         d
@@ -372,13 +372,13 @@ def _attestation_answer(deps: ApiDeps, group: str, name: str) -> quart.Response:
     return quart.Response(documents[0].encode(), 200, content_type="application/json")
 
 
-def _side_answer(deps: ApiDeps, group: str, name: str) -> quart.Response | None:
+async def _side_answer(deps: ApiDeps, group: str, name: str) -> quart.Response | None:
     """The answer of a route beside an archive (``.sha256``, ``.attestation``), None for
     the archive's own."""
     if name.endswith(DIGEST_SUFFIX):
-        return _digest_answer(deps, group, name)
+        return await _digest_answer(deps, group, name)
     if name.endswith(ATTESTATION_SUFFIX):
-        return _attestation_answer(deps, group, name)
+        return await _attestation_answer(deps, group, name)
     return None
 
 
@@ -386,7 +386,7 @@ def _register_archives(app: QuartTrio, deps: ApiDeps) -> None:
     @app.route("/v1/<name>", methods=["GET", "HEAD"])
     async def v1_archive(name: str) -> quart.Response:
         group = resolve_group(deps.config(), quart.request.args)
-        side = _side_answer(deps, group, name)
+        side = await _side_answer(deps, group, name)
         if side is not None:
             return side
         return await deps.delivery.serve(quart.request, group, archive_name(name))
@@ -396,7 +396,7 @@ def _register_archives(app: QuartTrio, deps: ApiDeps) -> None:
         # The query-free form redirects and proxy-mode JSON use (README.md#clients): clients
         # save the file under the last path segment, which must be the archive's name.
         group = known_group(deps.config(), group)
-        side = _side_answer(deps, group, name)
+        side = await _side_answer(deps, group, name)
         if side is not None:
             return side
         return await deps.delivery.serve(quart.request, group, archive_name(name))
@@ -404,7 +404,7 @@ def _register_archives(app: QuartTrio, deps: ApiDeps) -> None:
     @app.route("/<name>", methods=["GET", "HEAD"])
     async def root_archive(name: str) -> quart.Response:
         group = deps.config().default_group
-        side = _side_answer(deps, group, name)
+        side = await _side_answer(deps, group, name)
         if side is not None:
             return side
         return await deps.delivery.serve(quart.request, group, archive_name(name), root=True)

@@ -7,7 +7,7 @@ index, the scrape loop, the byte paths and the helpers. Its own module so that t
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import attrs
@@ -25,6 +25,10 @@ from tracker.web.healthcheck import HealthChecker
 
 #: ``(route template, status, seconds to the response head or None)`` of every answer.
 ResponseCounter = Callable[[str, int, float | None], None]
+
+
+async def _nothing_to_confirm(_group: str, _name: str) -> None:
+    """No disk cache: no copy of its to confirm."""
 
 
 @attrs.define
@@ -63,5 +67,6 @@ class ApiDeps:
     local_checks: Callable[[TargetKey], list[tuple[str, Checked | None]]] = lambda _key: []
     #: Asked of (group, name) before a digest route answers: the disk cache forgets the
     #: digest of its copy of a file replaced or written under its name since its check
-    #: (docs/http-api.md, "Verified archives").
-    confirm_cached: Callable[[str, str], None] = lambda _group, _name: None
+    #: (docs/http-api.md, "Verified archives"); RequestError(503) when the cache directory
+    #: hangs.
+    confirm_cached: Callable[[str, str], Awaitable[None]] = _nothing_to_confirm

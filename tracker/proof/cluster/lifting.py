@@ -21,7 +21,7 @@ it was read from (:func:`lifted`; docs/http-api.md, "Two consensus kinds").
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import attrs
@@ -31,6 +31,7 @@ from tracker.core.digests import below_required
 from tracker.core.snapshots import parse_archive_name
 from tracker.errors import ArchiveInvalid, RequestError
 from tracker.proof.levels import Level, Proof, Voter, Voters, checked_for, required_for
+from tracker.proof.records.localcopies import FileIdentity
 
 
 class GroupRequirement(Protocol):
@@ -59,10 +60,12 @@ class HeldCopies(Protocol):
 
     def recheck_below(self) -> None: ...
 
-    async def confirm_held(self, path_for: Callable[[str, str], str]) -> None: ...
+    async def confirm_held(
+        self, identities: Callable[[str, list[str]], Awaitable[dict[str, FileIdentity | None]]]
+    ) -> None: ...
 
     async def recheck(
-        self, path_for: Callable[[str, str], str], report_size: Callable[[], None]
+        self, path_for: Callable[[str, str], Awaitable[str]], report_size: Callable[[], None]
     ) -> None: ...
 
     async def relevel(self, group: str, name: str, proof: Proof, path: str, was: Proof) -> bool: ...
@@ -134,7 +137,8 @@ async def required_proof(checking: GroupRequirement, name: str, proof: Proof) ->
 
 async def keep_levels(
     checked: HeldCopies,
-    path_for: Callable[[str, str], str],
+    path_for: Callable[[str, str], Awaitable[str]],
+    identities: Callable[[str, list[str]], Awaitable[dict[str, FileIdentity | None]]],
     report_size: Callable[[], None],
     *,
     every: float = KEEP_EVERY,
@@ -142,9 +146,11 @@ async def keep_levels(
     """Forget the held copies gone or replaced since their checks, check the files
     start-up found unchecked, then keep every held copy at its group's level (the
     module's docstring), until cancelled (``path_for(group, name)``: the copy's
-    path, RequestError when it may not be read; ``report_size()``: a copy was removed)."""
+    path, RequestError when it may not be read; ``identities``: as
+    :meth:`HeldCopies.confirm_held` takes it; both look at the directory off the event
+    loop; ``report_size()``: a copy was removed)."""
     while True:
-        await checked.confirm_held(path_for)  # a copy gone or replaced: checked again
+        await checked.confirm_held(identities)  # a copy gone or replaced: checked again
         checked.recheck_below()
         await checked.recheck(path_for, report_size)
         await lift_held(checked, path_for, report_size)
@@ -152,7 +158,9 @@ async def keep_levels(
 
 
 async def lift_held(
-    checked: HeldCopies, path_for: Callable[[str, str], str], report_size: Callable[[], None]
+    checked: HeldCopies,
+    path_for: Callable[[str, str], Awaitable[str]],
+    report_size: Callable[[], None],
 ) -> None:
     """Ask the votes of every held copy they may lift, of its group's cluster's RPCs (one
     after another: the voter keeps its tallies per slot and bank hash, and backs off a
@@ -167,8 +175,8 @@ async def lift_held(
             continue
         now = await lifted(voter, name, proof)
         try:
-            path = path_for(group, name)
-        except RequestError:
+            path = await path_for(group, name)
+        except RequestError:  # refused, or the directory hangs: the next round again
             continue
         # ``proof``: what the copy held was; another promoted meanwhile is not told
         if not await checked.relevel(group, name, now, path, proof):

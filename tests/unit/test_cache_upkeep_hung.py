@@ -1,0 +1,146 @@
+"""The disk cache's upkeep when its directory cannot be looked at (a hung mount: the look,
+off the event loop, gave up with RequestError 503; docs/configuration.md, "Paths on a hung
+mount"), and when another copy is promoted while a look is out: what is forgotten, what is
+checked again, what waits for the next round. The looks are the test's coroutines; the
+registry is the real :class:`~tracker.cache.checked.CheckedFiles`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import trio
+from names import full_name
+
+from tracker.cache.checked import CheckedFiles
+from tracker.core.digests import Digests, Verified
+from tracker.errors import RequestError
+from tracker.proof.levels import Level, Proof
+from tracker.proof.records.localcopies import FileIdentity, identity_of
+
+GROUP = "mainnet"
+NAME = full_name(100)
+SHA = "a" * 64
+HUNG = RequestError(503, "cannot read the cache directory /c: no answer (a hung mount?)")
+
+
+def holding(tmp_path: Path) -> tuple[CheckedFiles, Path]:
+    """A registry holding one checked copy of :data:`NAME`, and its file."""
+    path = tmp_path / NAME
+    path.write_bytes(b"copy")
+    checked = CheckedFiles(True, Digests(), required=lambda _g: Level.STRUCTURE)
+    proof = Proof(Level.STRUCTURE, "s", "")
+    checked.promoted(GROUP, NAME, Verified(SHA, proof), identity_of(os.stat(path)), [])
+    return checked, path
+
+
+async def test_a_hung_directory_forgets_nothing_and_is_looked_at_next_round(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    checked, _path = holding(tmp_path)
+    looks: list[list[str]] = []
+
+    async def hung(group: str, names: list[str]) -> dict[str, FileIdentity | None]:
+        looks.append(names)
+        raise HUNG
+
+    await checked.confirm_held(hung)
+    assert looks == [[NAME]]
+    assert checked.digest(GROUP, NAME) == SHA  # not taken for a copy gone
+    assert [r.msg for r in caplog.records].count("cache_unreadable") == 1
+
+    async def answers(group: str, names: list[str]) -> dict[str, FileIdentity | None]:
+        return {NAME: None}  # the mount answers: the copy is gone
+
+    await checked.confirm_held(answers)
+    assert checked.digest(GROUP, NAME) is None
+
+
+@pytest.mark.parametrize(
+    ("now", "forgotten"),
+    [
+        pytest.param("same", False, id="the same file: kept"),
+        pytest.param("other", True, id="another file under its name: forgotten"),
+        pytest.param("gone", True, id="none under its name: forgotten"),
+        pytest.param("refused", False, id="its name may not be read: left as it is"),
+    ],
+)
+async def test_what_a_look_of_the_held_copies_forgets(
+    tmp_path: Path, now: str, forgotten: bool
+) -> None:
+    checked, path = holding(tmp_path)
+    identity = identity_of(os.stat(path))
+    found: dict[str, dict[str, FileIdentity | None]] = {
+        "same": {NAME: identity},
+        "other": {NAME: (identity[0], identity[1] + 1, *identity[2:])},
+        "gone": {NAME: None},
+        "refused": {},
+    }
+
+    async def identities(group: str, names: list[str]) -> dict[str, FileIdentity | None]:
+        return found[now]
+
+    await checked.confirm_held(identities)
+    assert (checked.digest(GROUP, NAME) is None) is forgotten
+
+
+async def test_a_copy_promoted_while_a_digest_route_looks_is_not_taken_for_a_replaced_one(
+    tmp_path: Path,
+) -> None:
+    """The digest route's look sees the new file (renamed in just before its promotion is
+    told); the promotion is told before the look returns: the new copy stays a hit, never
+    checked again for nothing (a whole archive read)."""
+    checked, path = holding(tmp_path)
+    (tmp_path / "new").write_bytes(b"new copy")
+    os.replace(tmp_path / "new", path)
+    placed = identity_of(os.stat(path))
+    new = Proof(Level.STRUCTURE, "s", "")
+
+    async def meanwhile() -> FileIdentity | None:
+        checked.promoted(GROUP, NAME, Verified("b" * 64, new), placed, [])
+        await trio.lowlevel.checkpoint()
+        return placed
+
+    await checked.confirm(GROUP, NAME, meanwhile)
+    assert checked.digest(GROUP, NAME) == "b" * 64
+    assert checked.servable(GROUP, NAME)
+
+    async def hung() -> FileIdentity | None:
+        raise HUNG
+
+    with pytest.raises(RequestError) as refused:  # the route answers 503
+        await checked.confirm(GROUP, NAME, hung)
+    assert refused.value.status == 503
+    assert checked.digest(GROUP, NAME) == "b" * 64
+
+
+async def test_a_recheck_whose_directory_hangs_waits_for_it(tmp_path: Path) -> None:
+    """A copy start-up found unchecked whose path cannot be looked at for a hung directory
+    stays unchecked and is checked once it answers; one whose name may not be read (a
+    symlink planted: 400) is dropped, as before."""
+    group_dir = tmp_path / GROUP
+    group_dir.mkdir()
+    (group_dir / NAME).write_bytes(b"not an archive")
+    checked = CheckedFiles(verify=True)
+    checked.restore(str(group_dir), GROUP, list(os.scandir(group_dir)))
+    answer: RequestError | None = HUNG
+
+    async def path_for(group: str, name: str) -> str:
+        if answer is not None:
+            raise answer
+        return str(tmp_path / group / name)
+
+    await checked.recheck(path_for, lambda: None)
+    assert (group_dir / NAME).exists()
+    answer = None  # the mount answers: checked (not an archive: removed)
+    await checked.recheck(path_for, lambda: None)
+    assert not (group_dir / NAME).exists()
+
+    (group_dir / NAME).write_bytes(b"not an archive")
+    checked.restore(str(group_dir), GROUP, list(os.scandir(group_dir)))
+    answer = RequestError(400, "a symlink in the cache directory")
+    await checked.recheck(path_for, lambda: None)
+    answer = None
+    await checked.recheck(path_for, lambda: None)  # dropped: nothing left to check
+    assert (group_dir / NAME).exists()
