@@ -848,6 +848,7 @@ class Prefetching(Refreshes):
 
         objects = SimpleNamespace(tier=SimpleNamespace(lookup=lookup)) if bucket else None
         super().__init__(cast(Any, launcher), cast(Any, objects))
+
         async def has_copy(group: str, name: str) -> bool:
             return cached
 
