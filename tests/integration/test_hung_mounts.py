@@ -519,3 +519,51 @@ async def test_the_cache_s_upkeep_on_a_hung_mount_never_holds_the_tracker(
             monkeypatch.undo()
             await wait_for(lambda: threads.hung_for(root, math.inf) is None)  # its thread ended
             assert (await client.get(digest)).text == line  # the mount answers again
+
+
+async def test_a_refresh_s_listing_of_a_cache_on_a_hung_mount_never_holds_the_tracker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refresh lists the cache when it opens its temp file and once it is promoted (what
+    the index and the cache's size are told): that listing ran on the event loop, so a
+    cache directory whose listing hung froze every request at the next miss. It runs in
+    the directory's own thread within its bound: the tracker answers meanwhile, the miss's
+    client gets its bytes, one thread only is parked there, and the index is told once the
+    mount answers, not at the next change (the tracker's own components on 127.0.0.1; the
+    hang is the test's, at the listing of the cache's root only)."""
+    from helpers_proxy import proxy_tracker, wait_for
+
+    import tracker.cache.disk as disk
+    import tracker.cache.store as store
+    import tracker.serving.threads as threads
+
+    bound = 0.5  # the cache directory's bound (3 s), shortened: the test waits it out
+    monkeypatch.setattr(store, "HUNG_AFTER", bound)
+    monkeypatch.setattr(threads, "HUNG_AFTER", bound)
+    async with (
+        serving(FakeUpstream(files={NAME: DATA})) as up,
+        proxy_tracker(tmp_path / "cache", up) as t,
+        httpx.AsyncClient(verify=client_tls(), timeout=WAIT, trust_env=False) as client,
+    ):
+        cache = t.streamer.cache()
+        assert cache is not None
+        with hung() as hang:
+            held = hang.holding(disk.scan, lambda directory, *_: directory == cache.root)
+            monkeypatch.setattr(store, "scan", held)
+            async with trio.open_nursery() as nursery:
+                got: list[httpx.Response] = []
+
+                async def miss() -> None:
+                    got.append(await client.get(t.url(NAME)))
+
+                nursery.start_soon(miss)
+                assert await trio.to_thread.run_sync(hang.asked.wait, HELD)  # open's listing
+                assert (await client.get(f"{t.base}/v1/snapshots")).status_code == 200
+                assert not hang.ended.is_set()  # answered while the listing still hung
+            [answer] = got
+            assert answer.status_code == 200 and answer.content == DATA
+            await wait_for(lambda: NAME in t.cached() and not t.streamer.refreshes())
+            assert not t.holds(NAME)  # the promotion's listing gave up: not told yet
+            assert not hang.ended.is_set() and hang.calls == 1  # no second thread parked
+            hang.release()
+            await wait_for(lambda: t.holds(NAME))  # told once the mount answers

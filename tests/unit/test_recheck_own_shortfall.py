@@ -22,6 +22,11 @@ from tracker.proof.accounts import hashworker
 from tracker.proof.accounts.budget import AccountsLimits
 from tracker.proof.levels import Level, Proof
 
+
+async def told() -> None:
+    """The cache's size told (nothing to tell here)."""
+
+
 GROUP = "mainnet"
 FULL = "snapshot-100-7G3gw9TmwzT24jhJQyrPnH2QaKUZ7MHWGG9KW8XaPbDb.tar.zst"
 INCREMENTAL = "incremental-snapshot-90-100-7G3gw9TmwzT24jhJQyrPnH2QaKUZ7MHWGG9KW8XaPbDb.tar.zst"
@@ -146,7 +151,7 @@ async def test_a_copy_whose_hashing_process_was_killed_stays_and_is_checked_agai
         asked.append(archive)
         return str(tmp_path / group / archive)
 
-    await checked.recheck(path_for, lambda: None)
+    await checked.recheck(path_for, told)
     assert len(killer.pids) == 1
     assert (group_dir / name).exists(), rejected
     assert rejected == []
@@ -158,19 +163,19 @@ async def test_a_copy_whose_hashing_process_was_killed_stays_and_is_checked_agai
     )
     # Before retry_after: not read again (each try reads a whole archive).
     clock.now += RETRY - 1
-    await checked.recheck(path_for, lambda: None)
+    await checked.recheck(path_for, told)
     assert len(killer.pids) == 1
     assert asked == [name]
     # Memory again: the next try after retry_after proves it, a hit from then on.
     killer.on = False
     clock.now += 1
-    await checked.recheck(path_for, lambda: None)
+    await checked.recheck(path_for, told)
     assert checked.servable(GROUP, name)
     proof = checked.proof(GROUP, name)
     assert proof is not None and proof.level == Level.ACCOUNTS
     assert rejected == []
     clock.now += RETRY
-    await checked.recheck(path_for, lambda: None)  # nothing left to check
+    await checked.recheck(path_for, told)  # nothing left to check
     assert asked == [name, name]
 
 
@@ -196,16 +201,16 @@ async def test_a_copy_whose_checks_keep_falling_short_waits_longer_each_time(
     async def path_for(group: str, archive: str) -> str:
         return str(tmp_path / group / archive)
 
-    await checked.recheck(path_for, lambda: None)  # killed: waits RETRY
+    await checked.recheck(path_for, told)  # killed: waits RETRY
     clock.now += RETRY
-    await checked.recheck(path_for, lambda: None)  # killed again: waits twice as long
+    await checked.recheck(path_for, told)  # killed again: waits twice as long
     assert len(killer.pids) == 2
     clock.now += RETRY
-    await checked.recheck(path_for, lambda: None)
+    await checked.recheck(path_for, told)
     assert len(killer.pids) == 2 and not checked.servable(GROUP, name)
     killer.on = False
     clock.now += RETRY
-    await checked.recheck(path_for, lambda: None)
+    await checked.recheck(path_for, told)
     assert checked.servable(GROUP, name)
 
 

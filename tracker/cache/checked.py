@@ -399,7 +399,9 @@ class CheckedFiles:
                 self._unchecked.append((group, name))
 
     async def recheck(
-        self, path_for: Callable[[str, str], Awaitable[str]], report_size: Callable[[], None]
+        self,
+        path_for: Callable[[str, str], Awaitable[str]],
+        report_size: Callable[[], Awaitable[None]],
     ) -> None:
         """Check, one after another, the cached files start-up found without a digest that
         still describes them (``path_for(group, name)``: where each is, RequestError when
@@ -435,7 +437,7 @@ class CheckedFiles:
                     continue
                 ended = await self._recheck_one(group, name, path)
                 if ended in ("removed", "passed"):
-                    report_size()  # the index lists a copy once its check passed
+                    await report_size()  # the index lists a copy once its check passed
                 elif ended == "later":
                     tries = self._tries[key] = self._tries.get(key, 0) + 1
                     wait = own_retry_after(tries, self._retry_after)

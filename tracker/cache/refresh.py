@@ -183,8 +183,8 @@ class Registry(Protocol):
         it)."""
         ...
 
-    def report_size(self) -> None:
-        """The cache's size may have changed."""
+    async def report_size(self) -> None:
+        """The cache's size may have changed (listed off the event loop)."""
         ...
 
     def room(self, group: str, reason: str) -> None:
@@ -583,7 +583,11 @@ class Refresh:
         self._fd = opened.fd
         if opened.orphans_removed:
             self._registry.orphans_removed(opened.orphans_removed)
-        self._registry.report_size()  # stale files may have been evicted to make room
+        try:
+            await self._registry.report_size()  # stale files may have been evicted for room
+        except BaseException:
+            self.abort()
+            raise
         self._registry.room(self.group, self._no_room)
         if self._fd is None:
             self.abort()
@@ -758,7 +762,9 @@ class Refresh:
             # The index told what the cache holds before the refresh is let go: a request
             # that finds no refresh must find the new file listed and the evicted ones not
             # (it was told after the evicted bytes were freed, seconds later for a full).
-            self._registry.report_size()
+            # Listed in a thread within its bound, cancelled or not.
+            with trio.CancelScope(shield=True):
+                await self._registry.report_size()
             # Promoted: only releases the refresh. Failed or cancelled: also removes the
             # temp file.
             self.abort()

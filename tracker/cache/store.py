@@ -53,11 +53,12 @@ from tracker.core.cachedirs import is_group_name, unusable_directory
 from tracker.core.digests import Digests, Verified
 from tracker.core.snapshots import ArchiveName, parse_archive_name
 from tracker.errors import RequestError
+from tracker.observability.folding import log_folded
 from tracker.observability.logs import log_event
 from tracker.observability.redact import redact_text
 from tracker.ordering.index import Index
 from tracker.proof.accounts.budget import CACHE_TEMP, AccountsLimits, clean_leftovers
-from tracker.proof.cluster.lifting import keep_levels
+from tracker.proof.cluster.lifting import KEEP_EVERY, keep_levels
 from tracker.proof.levels import STRUCTURE_ONLY, Level, Proof, Voters
 from tracker.proof.records.localcopies import FileIdentity, identity_of
 from tracker.serving.threads import HUNG_AFTER, given_way
@@ -183,6 +184,9 @@ class Cache:
         #: Per group: why its last refresh streamed uncached (too little room on the disk);
         #: gone once a refresh of it found room.
         self.uncached: dict[str, str] = {}
+        #: Set when a listing gave up (a hung directory): what the cache holds is told
+        #: again once it answers (:meth:`_told_again`).
+        self._untold = trio.Event()
         #: Why the directory cannot be used now ("" while it can): set at start-up and by
         #: :meth:`check_directory`, shown instead of "empty".
         self.problem = ""
@@ -382,8 +386,12 @@ class Cache:
         """Check the cached files start-up found without a digest that still describes them
         (:meth:`CheckedFiles.recheck`), then keep every cached copy at its group's level:
         checked again after a reload raised it, lifted by the cluster's votes
-        (:func:`tracker.proof.cluster.lifting.keep_levels`). Runs until cancelled."""
-        await keep_levels(self.checked, self.located, self.identities, self.report_size)
+        (:func:`tracker.proof.cluster.lifting.keep_levels`), and tell what it holds again
+        once a listing that gave up can be done (:meth:`_told_again`). Runs until
+        cancelled."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._told_again)
+            await keep_levels(self.checked, self.located, self.identities, self.report_size)
 
     async def wait_promotion(self, group: str, name: str, longest: float) -> None:
         """Wait (at most ``longest`` seconds) while a refresh of ``name`` of ``group`` has all
@@ -498,7 +506,7 @@ class Cache:
         removed = self._clean_at_start()
         if removed is None:
             return 0
-        self.report_size()
+        self.tell(self.measure())
         return removed
 
     def open_blocking(self) -> CacheContents | None:
@@ -582,10 +590,27 @@ class Cache:
                         total += entry.stat(follow_symlinks=False).st_size
         return total
 
-    def report_size(self) -> None:
+    async def report_size(self) -> None:
         """Tell ``on_size`` the bytes of archives cached now, and ``on_files`` the archives
-        (after a change)."""
-        self.tell(self.measure())
+        (after a change), listed in the cache directory's thread (:meth:`in_directory`):
+        while the directory does not answer, nothing is told (the last told stays)."""
+        try:
+            contents = await self.in_directory(self.measure)
+        except RequestError as exc:
+            log_folded(log, "warning", "cache_unreadable", root=self.root, reason=exc.reason)
+            self._untold.set()  # told once it answers (:meth:`_told_again`)
+            return
+        self.tell(contents)
+
+    async def _told_again(self) -> None:
+        """Once a listing gave up (the directory did not answer), list it again every
+        :data:`~tracker.proof.cluster.lifting.KEEP_EVERY` seconds until one is told: the
+        index lists what the cache holds once the mount answers, not at the next change."""
+        while True:
+            await self._untold.wait()
+            await trio.sleep(KEEP_EVERY)
+            self._untold = trio.Event()
+            await self.report_size()
 
     def measure(self) -> CacheContents:
         """What the cache holds now, as much as anyone is told of it (blocking: it lists the

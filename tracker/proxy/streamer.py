@@ -240,7 +240,9 @@ class ProxyStreamer:
         elif root != directories.current:  # a reload back to a directory used before
             directories.switch(root)
             if not cache.in_use:  # another tracker's files are not this one's
-                cache.report_size()
+                # Listed here, blocking, only on a test's direct call: the service's reload
+                # switched and listed it in a thread (CacheDirectories.begin_opening).
+                cache.tell(cache.measure())
         if cache.ops.min_free != config.proxy_snapshot_cache_min_free:  # set, or reloaded
             cache.ops = attrs.evolve(cache.ops, min_free=config.proxy_snapshot_cache_min_free)
         if root in directories.rechecking and self._transfers.spawn(cache.recheck):

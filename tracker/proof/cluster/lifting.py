@@ -65,7 +65,9 @@ class HeldCopies(Protocol):
     ) -> None: ...
 
     async def recheck(
-        self, path_for: Callable[[str, str], Awaitable[str]], report_size: Callable[[], None]
+        self,
+        path_for: Callable[[str, str], Awaitable[str]],
+        report_size: Callable[[], Awaitable[None]],
     ) -> None: ...
 
     async def relevel(self, group: str, name: str, proof: Proof, path: str, was: Proof) -> bool: ...
@@ -139,7 +141,7 @@ async def keep_levels(
     checked: HeldCopies,
     path_for: Callable[[str, str], Awaitable[str]],
     identities: Callable[[str, list[str]], Awaitable[dict[str, FileIdentity | None]]],
-    report_size: Callable[[], None],
+    report_size: Callable[[], Awaitable[None]],
     *,
     every: float = KEEP_EVERY,
 ) -> None:
@@ -160,7 +162,7 @@ async def keep_levels(
 async def lift_held(
     checked: HeldCopies,
     path_for: Callable[[str, str], Awaitable[str]],
-    report_size: Callable[[], None],
+    report_size: Callable[[], Awaitable[None]],
 ) -> None:
     """Ask the votes of every held copy they may lift, of its group's cluster's RPCs (one
     after another: the voter keeps its tallies per slot and bank hash, and backs off a
@@ -180,4 +182,4 @@ async def lift_held(
             continue
         # ``proof``: what the copy held was; another promoted meanwhile is not told
         if not await checked.relevel(group, name, now, path, proof):
-            report_size()
+            await report_size()
