@@ -7,13 +7,18 @@ registry is the real :class:`~tracker.cache.checked.CheckedFiles`."""
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 from names import full_name
 
+import tracker.cache.store as store
 from tracker.cache.checked import CheckedFiles
+from tracker.cache.disk import TEMP_PREFIX, DiskOps
+from tracker.cache.store import Cache, CacheContents
 from tracker.core.digests import Digests, Verified
 from tracker.errors import RequestError
 from tracker.proof.levels import Level, Proof
@@ -90,14 +95,17 @@ async def test_what_a_look_of_the_held_copies_forgets(
     assert (checked.digest(GROUP, NAME) is None) is forgotten
 
 
+@pytest.mark.parametrize("saw", ["the old file", "the new file"])
 async def test_a_copy_promoted_while_a_digest_route_looks_is_not_taken_for_a_replaced_one(
-    tmp_path: Path,
+    tmp_path: Path, saw: str
 ) -> None:
-    """The digest route's look sees the new file (renamed in just before its promotion is
-    told); the promotion is told before the look returns: the new copy stays a hit, never
-    checked again for nothing (a whole archive read)."""
+    """The digest route's look sees the old file (just before the rename) or the new one
+    (renamed in just before its promotion is told); the promotion is told before the look
+    returns: the new copy stays a hit, never forgotten nor checked again for nothing (a
+    whole archive read)."""
     checked, path = holding(tmp_path)
-    (tmp_path / "new").write_bytes(b"new copy")
+    old = identity_of(os.stat(path))
+    (tmp_path / "new").write_bytes(b"new copy!")
     os.replace(tmp_path / "new", path)
     placed = identity_of(os.stat(path))
     new = Proof(Level.STRUCTURE, "s", "")
@@ -105,7 +113,7 @@ async def test_a_copy_promoted_while_a_digest_route_looks_is_not_taken_for_a_rep
     async def meanwhile() -> FileIdentity | None:
         checked.promoted(GROUP, NAME, Verified("b" * 64, new), placed, [])
         await trio.lowlevel.checkpoint()
-        return placed
+        return old if saw == "the old file" else placed
 
     await checked.confirm(GROUP, NAME, meanwhile)
     assert checked.digest(GROUP, NAME) == "b" * 64
@@ -149,3 +157,109 @@ async def test_a_recheck_whose_directory_hangs_waits_for_it(tmp_path: Path) -> N
     answer = None
     await checked.recheck(path_for, told)  # dropped: nothing left to check
     assert (group_dir / NAME).exists()
+
+
+# -- a refresh's end and the cache's listings, on a real cache -----------------------------
+
+
+def a_cache(root: Path) -> Cache:
+    """A cache of ``root`` with room for anything."""
+    (root / GROUP).mkdir(exist_ok=True)
+    return Cache(str(root), ops=DiskOps(free_space=lambda _path: 10**12))
+
+
+async def test_a_refresh_s_end_never_looks_at_the_directory_on_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A promoted refresh looks at nothing more (its listing ran in the directory's
+    thread); one that could not create its temp file looks why in that thread, and the
+    status page shows it."""
+    looked_on_loop: list[bool] = []
+    why = ["cache directory is not writable"]
+
+    def look(root: str) -> str:
+        looked_on_loop.append(threading.current_thread() is threading.main_thread())
+        return why[0]
+
+    monkeypatch.setattr(store, "unusable_directory", look)
+    cache = a_cache(tmp_path)
+    refresh = cache.begin_refresh(GROUP, NAME)
+    assert refresh is not None
+    assert await refresh.open(3)
+    await refresh.write(b"abc")
+    await refresh.commit()
+    assert looked_on_loop == [] and (tmp_path / GROUP / NAME).exists()
+
+    real_open = os.open
+
+    def unwritable(path: str, *args: Any, **kwargs: Any) -> int:
+        if os.path.basename(path).startswith(TEMP_PREFIX):  # the refresh's temp file
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", unwritable)
+    refresh = cache.begin_refresh(GROUP, full_name(200))
+    assert refresh is not None
+    assert not await refresh.open(3)
+    assert looked_on_loop == [False]
+    assert cache.problem == why[0]
+    assert not cache.is_refreshing(GROUP, full_name(200))
+
+
+async def test_an_older_listing_is_never_told_over_a_newer_one(tmp_path: Path) -> None:
+    """Two listings in flight (two refreshes ending): the one begun first answers last and
+    is not told over the newer (it would list an evicted file, not the promoted one)."""
+    cache = a_cache(tmp_path)
+    told: list[list[str]] = []
+    cache.on_files = lambda files: told.append([f.name for f in files])
+    listed_first, answer_first = threading.Event(), threading.Event()
+    listings = [0]
+    measure = cache.measure
+
+    def slow_first() -> CacheContents:
+        listings[0] += 1
+        first = listings[0] == 1
+        contents = measure()
+        if first:  # a slow listing (a large directory on NFS): done, answers late
+            listed_first.set()
+            answer_first.wait(10)
+        return contents
+
+    cache.measure = slow_first  # type: ignore[method-assign]
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(cache.report_size)  # lists nothing, answers last
+            await trio.to_thread.run_sync(listed_first.wait, 10)
+            (tmp_path / GROUP / NAME).write_bytes(b"promoted")
+            await cache.report_size()
+            answer_first.set()
+    finally:
+        answer_first.set()
+    assert told == [[NAME]]
+    reloads = cache.listing_begun()  # a reload's listing in a thread, begun before ...
+    cache.tell(cache.measure())  # ... a listing told meanwhile
+    cache.tell(CacheContents(None, []), reloads)
+    assert told == [[NAME], [NAME]]
+
+
+async def test_a_listing_with_no_thread_to_be_had_still_ends_the_refresh(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Threads parked on a hung mount pile up: a listing that gets none is the directory
+    not answering (503, told again later), and the refresh is released all the same."""
+    cache = a_cache(tmp_path)
+    refresh = cache.begin_refresh(GROUP, NAME)
+    assert refresh is not None
+    assert await refresh.open(3)
+    await refresh.write(b"abc")
+
+    async def no_thread(*_args: object, **_kwargs: object) -> object:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(store, "given_way", no_thread)
+    await refresh.commit()
+    assert not cache.is_refreshing(GROUP, NAME)
+    assert "cache_unreadable" in [r.msg for r in caplog.records]
+    with pytest.raises(RequestError) as refused:  # a digest route's look: 503, not a 500
+        await cache.identities(GROUP, [NAME])
+    assert refused.value.status == 503

@@ -108,6 +108,9 @@ class CacheDirectories:
         self.opening: dict[str, Background[_Opened]] = {}
         #: The same for a directory used before, listed again (its cache is used meanwhile).
         self._listing: dict[str, Background[_Opened]] = {}
+        #: Each such listing's ticket (:meth:`Cache.listing_begun`): never told over a
+        #: newer listing of the same cache (a refresh's, promoted meanwhile).
+        self._listing_begun: dict[str, int] = {}
         #: The directory (its real path) of the one cache that tells the index what it holds
         #: and the digests what it checked; None: none yet, or none configured now. Set by
         #: :meth:`switch`.
@@ -180,6 +183,7 @@ class CacheDirectories:
                 if not cache.in_use:  # listed in a thread, told if it is still the one
                     opening = self._listing.get(root)
                     if opening is None:
+                        self._listing_begun[root] = cache.listing_begun()
                         opening = self._in_thread(root, None, cache.measure)
                         self._listing[root] = opening
             self._in_force()
@@ -240,6 +244,7 @@ class CacheDirectories:
         configured one if it still is, and what it holds told."""
         self.opening.pop(root, None)
         self._listing.pop(root, None)
+        begun = self._listing_begun.pop(root, None)
         try:
             opened = result.unwrap()
         except Exception as exc:  # its own failure, never the process's
@@ -255,7 +260,7 @@ class CacheDirectories:
         if opened.cache is not None:
             self.switch(root)
         if opened.contents is not None and root == self.current:
-            self.caches[root].tell(opened.contents)
+            self.caches[root].tell(opened.contents, begun)
         self._in_force()  # its room kept and its unchecked files checked
 
     def temp_files_in_flight(self) -> frozenset[str]:

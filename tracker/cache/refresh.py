@@ -168,6 +168,10 @@ class Registry(Protocol):
         """``refresh`` ended: another may begin."""
         ...
 
+    async def look_at_directory(self) -> None:
+        """A refresh could not create its temp file: look (off the event loop) why."""
+        ...
+
     def promoted(
         self,
         group: str,
@@ -590,7 +594,11 @@ class Refresh:
             raise
         self._registry.room(self.group, self._no_room)
         if self._fd is None:
-            self.abort()
+            try:
+                if not opened.no_space:  # the directory could not be written: show why
+                    await self._registry.look_at_directory()
+            finally:
+                self.abort()
             return False
         if self._checking.verify:
             self._check = FollowingCheck.start(self._fd, self.name, self._checking.prove_accounts)
@@ -763,11 +771,13 @@ class Refresh:
             # that finds no refresh must find the new file listed and the evicted ones not
             # (it was told after the evicted bytes were freed, seconds later for a full).
             # Listed in a thread within its bound, cancelled or not.
-            with trio.CancelScope(shield=True):
-                await self._registry.report_size()
             # Promoted: only releases the refresh. Failed or cancelled: also removes the
-            # temp file.
-            self.abort()
+            # temp file (however the listing ended).
+            with trio.CancelScope(shield=True):
+                try:
+                    await self._registry.report_size()
+                finally:
+                    self.abort()
             if aside:
                 # The evicted files' bytes freed once the refresh and the group's lock are
                 # let go: an old full's unlink takes seconds, and neither its readers nor

@@ -187,6 +187,11 @@ class Cache:
         #: Set when a listing gave up (a hung directory): what the cache holds is told
         #: again once it answers (:meth:`_told_again`).
         self._untold = trio.Event()
+        #: The listings begun (a ticket each, :meth:`listing_begun`) and the newest one told:
+        #: listings run in threads and may answer out of order, and an older one told over a
+        #: newer would list an evicted file, not the promoted one, until the next change.
+        self._listings_begun = 0
+        self._listing_told = 0
         #: Why the directory cannot be used now ("" while it can): set at start-up and by
         #: :meth:`check_directory`, shown instead of "empty".
         self.problem = ""
@@ -338,7 +343,8 @@ class Cache:
         try:
             with trio.fail_after(HUNG_AFTER):
                 return await given_way(call, _nothing, name="cache directory", place=self.root)
-        except (TimeoutError, trio.TooSlowError) as exc:
+        except (TimeoutError, trio.TooSlowError, RuntimeError) as exc:
+            # RuntimeError: no thread to be had (threads parked on a hung mount pile up)
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "no answer"
             reason = f"cannot read the cache directory {self.root}: {why} (a hung mount?)"
             raise RequestError(503, reason) from exc
@@ -445,8 +451,21 @@ class Cache:
     def check_directory(self) -> str:
         """Check that the directory can still be used (blocking: call it in a worker
         thread); :attr:`problem` says why not ("" when it can)."""
-        self.problem = self.in_use or unusable_directory(self.root)
+        self.problem = self._directory_problem()
         return self.problem
+
+    async def look_at_directory(self) -> None:
+        """Why the directory cannot be used, looked at in its thread (:meth:`in_directory`)
+        when a refresh could not create its temp file: shown as :attr:`problem`; one that
+        does not answer is the problem shown."""
+        try:
+            self.problem = await self.in_directory(self._directory_problem)
+        except RequestError as exc:
+            self.problem = exc.reason
+
+    def _directory_problem(self) -> str:
+        """Why the directory cannot be used ("" when it can; blocking: in its thread)."""
+        return self.in_use or unusable_directory(self.root)
 
     def _hold(self) -> str:
         """Take the directory's lock (:data:`LOCK_FILE`), held until the process ends; why
@@ -594,13 +613,14 @@ class Cache:
         """Tell ``on_size`` the bytes of archives cached now, and ``on_files`` the archives
         (after a change), listed in the cache directory's thread (:meth:`in_directory`):
         while the directory does not answer, nothing is told (the last told stays)."""
+        begun = self.listing_begun()
         try:
             contents = await self.in_directory(self.measure)
         except RequestError as exc:
             log_folded(log, "warning", "cache_unreadable", root=self.root, reason=exc.reason)
             self._untold.set()  # told once it answers (:meth:`_told_again`)
             return
-        self.tell(contents)
+        self.tell(contents, begun)
 
     async def _told_again(self) -> None:
         """Once a listing gave up (the directory did not answer), list it again every
@@ -622,8 +642,21 @@ class Cache:
                 total = self.total_size()
         return CacheContents(total, self.files() if self.on_files is not None else [])
 
-    def tell(self, contents: CacheContents) -> None:
-        """Tell ``on_size`` and ``on_files`` what :meth:`measure` found."""
+    def listing_begun(self) -> int:
+        """The ticket of a listing begun now (in trio's thread, before its thread starts),
+        for :meth:`tell`."""
+        self._listings_begun += 1
+        return self._listings_begun
+
+    def tell(self, contents: CacheContents, begun: int | None = None) -> None:
+        """Tell ``on_size`` and ``on_files`` what :meth:`measure` found, by the listing
+        whose ticket is ``begun`` (None: listed just now, blocking); nothing when a listing
+        begun later was told already (listings in threads answer out of order)."""
+        if begun is None:
+            begun = self.listing_begun()
+        if begun < self._listing_told:
+            return
+        self._listing_told = begun
         if self._on_size is not None and contents.total is not None:
             self._on_size(contents.total)
         if self.on_files is not None:
@@ -662,8 +695,6 @@ class Cache:
         key = (refresh.group, refresh.name)
         if self._refreshing.get(key) is refresh:
             del self._refreshing[key]
-        if refresh.size and not refresh.temp and not refresh.no_space:
-            self.check_directory()  # it could not create its temp file: show why
 
     def room(self, group: str, reason: str) -> None:
         """A refresh of ``group`` found room (``reason`` ""), or why not (kept for the
@@ -672,6 +703,8 @@ class Cache:
             self.uncached[group] = reason
         else:
             self.uncached.pop(group, None)
+            if not self.in_use:  # its temp file was made: the directory can be used
+                self.problem = ""
 
     def _configured(self, group: str) -> bool:
         """Whether ``group`` is configured (True while the groups are not known)."""
