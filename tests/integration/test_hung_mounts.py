@@ -7,10 +7,12 @@ its listeners and its upstream are real."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -567,3 +569,60 @@ async def test_a_refresh_s_listing_of_a_cache_on_a_hung_mount_never_holds_the_tr
             assert not hang.ended.is_set() and hang.calls == 1  # no second thread parked
             hang.release()
             await wait_for(lambda: t.holds(NAME))  # told once the mount answers
+
+
+async def test_a_failed_refresh_s_temp_file_on_a_hung_mount_never_holds_the_tracker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refresh whose source broke off removes its temp file: on the event loop, a partial
+    full's unlink (seconds) or a hung mount's (for ever) froze every request. It runs in a
+    thread of its own, waited for within the bound: the tracker answers meanwhile, the
+    refresh is counted failed and released after the bound, and the file goes once the
+    mount answers (the tracker's own components on 127.0.0.1; the hang is the test's, at
+    the temp file's removal only)."""
+    import attrs
+    from helpers_proxy import FAST, proxy_tracker, wait_for
+    from helpers_upstream import Behaviour
+
+    import tracker.cache.refresh as refresh_module
+    from tracker.cache.disk import TEMP_PREFIX
+
+    monkeypatch.setattr(refresh_module, "HUNG_AFTER", 0.5)  # 3 s, shortened: waited out
+    broken = {NAME: Behaviour(drop_after=len(DATA) // 2)}
+    no_resume = attrs.evolve(FAST, resume_delays=())
+    root = tmp_path / "cache"
+
+    def temp_files() -> list[str]:
+        return [n for _d, _s, names in os.walk(root) for n in names if n.startswith(TEMP_PREFIX)]
+
+    async with (
+        serving(FakeUpstream(files={NAME: DATA}, behaviour=broken)) as up,
+        proxy_tracker(root, up, settings=no_resume) as t,
+        httpx.AsyncClient(verify=client_tls(), timeout=WAIT, trust_env=False) as client,
+    ):
+        with hung() as hang:
+            removing = partial(_is_temp_file, TEMP_PREFIX)
+            monkeypatch.setattr(
+                refresh_module, "unlink", hang.holding(refresh_module.unlink, removing)
+            )
+            async with trio.open_nursery() as nursery:
+
+                async def miss() -> None:
+                    with contextlib.suppress(httpx.HTTPError):  # its body breaks off
+                        await client.get(t.url(NAME))
+
+                nursery.start_soon(miss)
+                assert await trio.to_thread.run_sync(hang.asked.wait, HELD)  # the removal
+                assert (await client.get(f"{t.base}/v1/snapshots")).status_code == 200
+                assert not hang.ended.is_set()  # answered while the removal still hung
+            await wait_for(lambda: t.outcome("refresh_failed") == 1 and not t.streamer.refreshes())
+            assert not hang.ended.is_set() and hang.calls == 1
+            assert len(await trio.to_thread.run_sync(temp_files)) == 1  # not removed yet
+            hang.release()
+            await trio.to_thread.run_sync(hang.ended.wait, HELD)
+            assert await trio.to_thread.run_sync(temp_files) == []
+
+
+def _is_temp_file(prefix: str, path: str) -> bool:
+    """Whether ``path`` is a refresh's temp file (named ``prefix``...)."""
+    return os.path.basename(path).startswith(prefix)

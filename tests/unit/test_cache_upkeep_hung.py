@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,11 @@ import pytest
 import trio
 from names import full_name
 
+import tracker.cache.refresh as refresh_module
 import tracker.cache.store as store
 from tracker.cache.checked import CheckedFiles
 from tracker.cache.disk import TEMP_PREFIX, DiskOps
+from tracker.cache.refresh import Refresh
 from tracker.cache.store import Cache, CacheContents
 from tracker.core.digests import Digests, Verified
 from tracker.errors import RequestError
@@ -263,3 +266,81 @@ async def test_a_listing_with_no_thread_to_be_had_still_ends_the_refresh(
     with pytest.raises(RequestError) as refused:  # a digest route's look: 503, not a 500
         await cache.identities(GROUP, [NAME])
     assert refused.value.status == 503
+
+
+async def refreshed(cache: Cache, name: str) -> Refresh:
+    """A refresh of ``name`` with its temp file made and written."""
+    refresh = cache.begin_refresh(GROUP, name)
+    assert refresh is not None
+    assert await refresh.open(3)
+    await refresh.write(b"abc")
+    await refresh.flush()
+    return refresh
+
+
+async def test_a_failed_refresh_s_temp_file_is_removed_off_the_event_loop_within_a_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refresh that ends unpromoted (a failed fill, a stale copy) removes its temp file in
+    a thread of its own (a partial full's unlink takes seconds); on a hung mount the refresh
+    is released and ended after the bound all the same, and the file goes once the mount
+    answers."""
+    monkeypatch.setattr(refresh_module, "HUNG_AFTER", 0.2)
+    cache = a_cache(tmp_path)
+    removed_on_loop: list[bool] = []
+    answers, removed = threading.Event(), threading.Event()
+    unlink = refresh_module.unlink
+
+    def hung_unlink(path: str) -> bool:
+        removed_on_loop.append(threading.current_thread() is threading.main_thread())
+        answers.wait(10)
+        gone = unlink(path)
+        removed.set()
+        return gone
+
+    monkeypatch.setattr(refresh_module, "unlink", hung_unlink)
+    refresh = await refreshed(cache, NAME)
+    temp = tmp_path / GROUP / refresh.temp.rsplit("/", 1)[1]
+    try:
+        await refresh.end()  # returns after the bound, the mount still hung
+        assert refresh.ended.is_set() and not cache.is_refreshing(GROUP, NAME)
+        assert removed_on_loop == [False] and temp.exists()
+    finally:
+        answers.set()
+    await trio.to_thread.run_sync(removed.wait, 10)
+    assert not temp.exists()
+    await refresh.end()  # idempotent
+    assert removed_on_loop == [False]
+
+
+async def test_a_promotion_s_evictions_never_hold_it_past_the_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The evicted full's bytes are freed in a thread of its own: on a hung mount the
+    commit returns after the bound (never shielded: a stop is not held), the newer copy
+    promoted and listed; the bytes go once the mount answers."""
+    monkeypatch.setattr(refresh_module, "HUNG_AFTER", 0.2)
+    cache = a_cache(tmp_path)
+    told: list[list[str]] = []
+    cache.on_files = lambda files: told.append([f.name for f in files])
+    await (await refreshed(cache, NAME)).commit()
+    answers, freed = threading.Event(), threading.Event()
+    free_aside = refresh_module.free_aside
+    freed_on_loop: list[bool] = []
+
+    def hung_free(paths: Collection[str]) -> None:
+        freed_on_loop.append(threading.current_thread() is threading.main_thread())
+        answers.wait(10)
+        free_aside(paths)
+        freed.set()
+
+    monkeypatch.setattr(refresh_module, "free_aside", hung_free)
+    newer = full_name(200)
+    try:
+        await (await refreshed(cache, newer)).commit()
+        assert freed_on_loop == [False] and not freed.is_set()
+        assert told[-1] == [newer] and (tmp_path / GROUP / newer).exists()
+    finally:
+        answers.set()
+    await trio.to_thread.run_sync(freed.wait, 10)
+    assert sorted(os.listdir(tmp_path / GROUP)) == [newer]

@@ -52,7 +52,7 @@ from tracker.net.sourcelimits import UNCAPPED, Pacer
 from tracker.proof.archive.archivecheck import FollowingCheck
 from tracker.proof.cluster.lifting import required_proof
 from tracker.proof.levels import STRUCTURE_ONLY, Proof
-from tracker.serving.threads import Background
+from tracker.serving.threads import HUNG_AFTER, Background, given_way
 from tracker.zerocopy.filesplice import Splicer, splice_into_file
 
 log = logging.getLogger("tracker.cache")
@@ -590,7 +590,8 @@ class Refresh:
         try:
             await self._registry.report_size()  # stale files may have been evicted for room
         except BaseException:
-            self.abort()
+            with trio.CancelScope(shield=True):
+                await self.end()
             raise
         self._registry.room(self.group, self._no_room)
         if self._fd is None:
@@ -777,13 +778,17 @@ class Refresh:
                 try:
                     await self._registry.report_size()
                 finally:
-                    self.abort()
+                    await self.end()
             if aside:
                 # The evicted files' bytes freed once the refresh and the group's lock are
                 # let go: an old full's unlink takes seconds, and neither its readers nor
-                # the group's next refresh wait for it. Set aside, they count no more.
-                with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(free_aside, aside)
+                # the group's next refresh wait for it. Set aside, they count no more. In
+                # a thread of its own, waited for at most HUNG_AFTER seconds, cancelled or
+                # not: it goes on (on a hung mount, until the mount answers), and a stop
+                # or a cancelled fill is never held by it.
+                freeing = partial(free_aside, aside)
+                with trio.move_on_after(HUNG_AFTER):
+                    await given_way(freeing, _nothing, name="cache eviction")
 
     def _sync(self, mtime: float | None) -> None:
         """Sync the temp file and give it ``mtime`` (in a worker thread)."""
@@ -813,21 +818,60 @@ class Refresh:
         """Close and remove the temp file, release the refresh and mark it ended (readers
         wake up). Idempotent, never raises. Readers that opened the temp file keep reading
         their descriptor: after a promotion it is the cached file (a rename keeps the inode).
+        Blocking on the temp file where there is one: a refresh that made it ends with
+        :meth:`end`, which closes and removes it off the event loop.
         """
+        fd, temp = self._let_go()
+        close_and_remove(fd, temp)
+        self._ended()
+
+    async def end(self) -> None:
+        """:meth:`abort`, the temp file closed and removed in a thread of its own: a large
+        file's unlink takes seconds, and on a hung mount (or a soft NFS mount timing out
+        each call) it held the event loop as long. Waited for at most
+        :data:`~tracker.serving.threads.HUNG_AFTER` seconds, cancelled or not: the thread
+        goes on and removes it once the mount answers (else the next start-up does), and
+        the refresh is released and ended either way. Idempotent."""
+        fd, temp = self._let_go()
+        try:
+            if fd is not None or temp:
+                removal = partial(close_and_remove, fd, temp)
+                with trio.move_on_after(HUNG_AFTER):
+                    await given_way(removal, _nothing, name="cache temp file removal")
+        finally:
+            self._ended()
+
+    def _let_go(self) -> tuple[int | None, str]:
+        """The refresh's own descriptor and temp file, taken from it (its check stopped:
+        its thread closes its own descriptor), for :meth:`abort` or :meth:`end` to close
+        and remove."""
         fd, self._fd = self._fd, None
+        temp, self.temp = self.temp, ""
         check, self._check = self._check, None
         if check is not None:
-            check.cancel()  # its thread closes its own descriptor
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        if self.temp:
-            unlink(self.temp)
-            self.temp = ""
+            check.cancel()
+        return fd, temp
+
+    def _ended(self) -> None:
+        """Release the refresh and mark it ended (readers wake up)."""
         self._registry.release(self)
         self._move("ended")
         self.ended.set()
         self._notify()
+
+
+def close_and_remove(fd: int | None, temp: str) -> None:
+    """Close a refresh's descriptor ``fd`` and remove its temp file ``temp`` (either may be
+    absent; blocking). Never raises: what cannot be removed is logged."""
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    if temp:
+        unlink(temp)
+
+
+def _nothing(_value: object) -> None:
+    """What a removal's result needs once nobody waits for it: nothing."""
 
 
 def disk_full_reason(name: str, reason: str) -> str:

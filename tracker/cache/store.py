@@ -9,11 +9,14 @@ A refresh (one per file at a time, see :meth:`Cache.begin_refresh`) goes through
 
     begin_refresh ─► Refresh.open(size) ─► write(chunk)… ─► commit()   (promoted)
                                   │                 │
-                                  └── None/False ───┴──────► abort()     (temp file removed)
+                                  └── None/False ───┴──────► end()       (temp file removed)
 
-``abort`` is synchronous and idempotent, so it can sit in any ``finally``, under cancellation
-too. Blocking file work runs in worker threads that are not abandoned on cancellation: a
-descriptor is never closed while a thread still uses it.
+``end`` and ``abort`` are idempotent, so they can sit in any ``finally``, under cancellation
+too: ``end`` (shielded there) closes and removes the temp file in a thread of its own, waited
+for at most 3 s (a large file's unlink takes seconds, a hung mount forever); ``abort``,
+synchronous, ends a refresh that made no temp file. Blocking file work runs in worker
+threads that are not abandoned on cancellation: a descriptor is never closed while a thread
+still uses it (the writes and the check use duplicates of their own).
 
 A refresh also exposes its progress to readers of the growing temp file (shared in-flight
 downloads, :func:`tracker.proxy.refreshing.join`): ``written`` bytes so far of ``size``,

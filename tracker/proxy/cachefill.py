@@ -106,6 +106,10 @@ async def fill(job: StreamJob, *, fallback: bool, task_status: trio.TaskStatus[H
                 to_disk = partial(_to_disk, job, refresh, body, flow)
                 await recorded(body.first.url, flow, job.stop, to_disk, "no reader left")
     finally:
+        # its temp file closed and removed off the event loop (a partial full's unlink
+        # takes seconds), within a bound, cancelled or not
+        with trio.CancelScope(shield=True):
+            await refresh.end()
         _end_refresh(job, refresh, upstream, flow)
 
 
@@ -126,8 +130,8 @@ async def _open_temp_file(
 
 
 def _end_refresh(job: StreamJob, refresh: Refresh, upstream: Upstream | None, flow: Flow) -> None:
-    """The last step of every refresh: nothing left behind, its outcome counted and logged."""
-    refresh.abort()  # no-op after a promotion
+    """The last step of every refresh, once it ended (:meth:`Refresh.end`: nothing left
+    behind): its outcome counted and logged."""
     flow.report(job)
     body = upstream.body if upstream is not None else None
     many = upstream.many if upstream is not None else []
@@ -283,7 +287,7 @@ async def _promote(
         log_event(
             log, "info", "cache_refresh_stale", file=refresh.name, reason="no longer the best"
         )
-        refresh.abort()
+        await refresh.end()
         return "refresh_stale"
     # the source's date, never later than now (docs/http-api.md#archive-answers): a
     # source's future date would be the copy's mtime, its "stored" time in the listings,
