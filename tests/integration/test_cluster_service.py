@@ -38,7 +38,7 @@ from helpers_tracker import wait_until
 from helpers_votes import VoteRpc
 from helpers_wire import raw_request
 from test_proven import proof_of, wait_until_proof
-from test_verified import GROUP, Fleet, fleet, leftovers, never_complete
+from test_verified import GROUP, Fleet, fleet, left_nothing, never_complete
 
 from tracker.ordering.sourcehistory import PREFIX as REJECTED
 from tracker.web.wire import DISPROVEN
@@ -139,7 +139,7 @@ async def test_proxy_mode_never_caches_a_minority_and_says_why(tmp_path: Path) -
     async with cluster(tmp_path, name, data, node, trust={"require": "cluster"}) as f:
         await wait_until(lambda: _listed(f))
         never_complete(await raw_request(f.public, f"/v1/{GROUP}/{name}", idle=1.0), len(data))
-        assert leftovers(f.cache) == []
+        await left_nothing(f.cache)
         reason = f"proven to accounts, cluster required: {MINORITY}"
         await wait_until(lambda: error_is(f, f"{REJECTED}{reason}"), timeout=20)
         await wait_until(lambda: shown(f, reason), timeout=20)  # the rejected archives
@@ -156,7 +156,7 @@ async def test_proxy_mode_rpc_failing_rejects_then_caches_once_it_answers(
     async with cluster(tmp_path, name, data, node, **settings) as f:
         await wait_until(lambda: _listed(f))
         never_complete(await raw_request(f.public, f"/v1/{GROUP}/{name}", idle=1.0), len(data))
-        assert leftovers(f.cache) == []
+        await left_nothing(f.cache)
 
         seen: list[str] = []
 

@@ -18,7 +18,7 @@ from helpers_upstream import FakeUpstream, sidecar_listing
 from helpers_wire import raw_request
 from test_fetch import fetch_command, ledger_of, run_cli, the_error_line
 from test_fetch_sources import tracker_of
-from test_verified import GROUP, _listed, fleet, leftovers, shows_error
+from test_verified import GROUP, _listed, fleet, left_nothing, shows_error
 
 from tracker.cli import main
 from tracker.ordering.sourcehistory import PREFIX as REJECTED
@@ -51,7 +51,7 @@ async def test_the_cache_never_hands_out_nor_signs_the_forgery(tmp_path: Path) -
         await shows_error(f, lambda error: error.startswith(REJECTED + REASON))
         statement = await raw_request(f.public, f"/v1/{GROUP}/{NAME}.attestation")
         assert statement.status == 404  # nothing held, nothing signed
-        assert leftovers(f.cache) == []
+        await left_nothing(f.cache)
         # The honest copy comes from the other source, proven and signed.
         f.good.listing = sidecar_listing({NAME: good})
         # the rejected copy is held back, not listed: the good one is the one listed

@@ -39,7 +39,7 @@ from test_verified import (
     GROUP,
     _listed,
     fleet,
-    leftovers,
+    left_nothing,
     never_complete,
     shows_error,
     target,
@@ -125,7 +125,7 @@ async def test_proxy_mode_never_caches_nor_hands_out_what_agave_cannot_load(
         await wait_until(lambda: _listed(f.public, name, 1))
         first = await raw_request(f.public, f"/v1/{GROUP}/{name}", idle=1.0)
         never_complete(first, len(firedancer))
-        assert leftovers(f.cache) == []
+        await left_nothing(f.cache)
         expected = f"{REJECTED}{refused_for(2500)}"
         await wait_until(lambda: error_is(f, expected), timeout=20)
         await wait_until(lambda: shown(f, refused_for(2500)), timeout=20)

@@ -15,7 +15,7 @@ import trio
 from archives import many_accounts_archive
 from helpers_tracker import wait_until
 from helpers_wire import raw_request
-from test_verified import GROUP, _listed, fleet, leftovers, never_complete, target
+from test_verified import GROUP, _listed, fleet, left_nothing, never_complete, target
 
 from tracker.ordering.sourcehistory import PREFIX as REJECTED
 from tracker.proof.accounts.spill import SpillDir
@@ -47,7 +47,7 @@ async def test_a_proof_short_of_temporary_space_never_holds_the_source_back(
         await wait_until(lambda: _listed(f.public, name, 1))
         first = await raw_request(f.public, f"/v1/{GROUP}/{name}", idle=5.0)
         never_complete(first, len(good))
-        assert leftovers(f.cache) == []
+        await left_nothing(f.cache)
         source = await target(f.public, f.bad)
         assert not (source["last_error"] or "").startswith(REJECTED), source
         [reason] = _reasons(caplog)

@@ -27,7 +27,7 @@ from test_verified import (
     GROUP,
     _listed,
     fleet,
-    leftovers,
+    left_nothing,
     never_complete,
     shows_error,
     sources_of,
@@ -69,7 +69,7 @@ async def test_a_forged_copy_is_held_back_naming_the_field_and_the_good_one_is_p
         await wait_until(lambda: _listed(f.public, name, 1))
         first = await raw_request(f.public, f"/v1/{GROUP}/{name}", idle=1.0)
         never_complete(first, len(bad))
-        assert leftovers(f.cache) == []
+        await left_nothing(f.cache)
         name_hash = name.split("-")[2].split(".")[0]
         expected = f"manifest: name hash {name_hash}, lattice hash gives {archive_hash_of(other)}"
         await shows_error(f, lambda error: error == f"{REJECTED}{expected}")
@@ -100,7 +100,7 @@ async def test_trust_require_keeps_an_archive_below_it_out_of_the_cache(tmp_path
     async with fleet(tmp_path, name, old, good) as f:  # default: manifest where checked
         await wait_until(lambda: _listed(f.public, name, 1))
         never_complete(await raw_request(f.public, f"/v1/{GROUP}/{name}", idle=1.0), len(old))
-        assert leftovers(f.cache) == []
+        await left_nothing(f.cache)
         reason = f"{REJECTED}proven to structure, manifest required: {NO_LATTICE_HASH}"
         await shows_error(f, lambda error: error == reason)
 
@@ -156,7 +156,7 @@ async def test_trust_require_accounts_keeps_a_forged_accounts_copy_out_of_the_ca
     async with fleet(tmp_path, name, bad, good, trust={"require": "accounts"}) as f:
         await wait_until(lambda: _listed(f.public, name, 1))
         never_complete(await raw_request(f.public, f"/v1/{GROUP}/{name}", idle=1.0), len(bad))
-        assert leftovers(f.cache) == []
+        await left_nothing(f.cache)
         await shows_error(
             f, lambda error: error == f"{REJECTED}{MISMATCH}" and "accounts_lt_hash" in error
         )

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import trio
+from names import full_name
 
 from tracker.cache.store import Cache
 from tracker.config.schema import Config, StaticTargets, TargetGroup
@@ -114,4 +115,48 @@ async def test_the_listing_of_a_hung_cache_directory_holds_no_shared_thread(
             await hang.asked.wait()
             assert shared_threads_busy() == 0  # the listing waits in a thread of its own
             hang.release()
+    await streamer.aclose()
+
+
+async def test_a_reload_s_listing_that_answers_late_is_never_told_over_a_promotion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload's listing begun before a promotion and answering after the promotion's own
+    was told is not told over it: the index would list the evicted archive, not the
+    promoted one, until the next change."""
+    cache_dir = tmp_path / "cache"
+    config = cache_config(cache_dir)
+    streamer = ProxyStreamer(lambda: config, Index(clock=lambda: 0.0), Transfers())
+    cache = streamer.cache()
+    assert cache is not None
+    told: list[list[str]] = []
+    tell_index = cache.on_files
+
+    def on_files(files: Any) -> None:
+        told.append([f.name for f in files])
+        if tell_index is not None:
+            tell_index(files)
+
+    cache.on_files = on_files
+
+    async def promote(name: str) -> None:
+        refresh = cache.begin_refresh("g", name)
+        assert refresh is not None
+        assert await refresh.open(3)
+        await refresh.write(b"abc")
+        await refresh.commit()
+
+    older, newer = full_name(100), full_name(200)
+    await promote(older)
+    with held() as hang:
+        real = Cache.orphans_and_files
+        answers_late = hang.holding(lambda files: files, lambda _files: True)
+        monkeypatch.setattr(Cache, "orphans_and_files", lambda c: answers_late(real(c)))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(streamer.directories.report_orphaned)
+            await hang.asked.wait()  # listed (the older archive), answers once released
+            await promote(newer)  # evicts the older; its listing told
+            assert told[-1] == [newer]
+            hang.release()
+    assert told[-1] == [newer]
     await streamer.aclose()

@@ -6,6 +6,7 @@ registry is the real :class:`~tracker.cache.checked.CheckedFiles`."""
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from collections.abc import Collection
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from names import full_name
 
 import tracker.cache.refresh as refresh_module
@@ -257,7 +259,7 @@ async def test_a_listing_with_no_thread_to_be_had_still_ends_the_refresh(
     await refresh.write(b"abc")
 
     async def no_thread(*_args: object, **_kwargs: object) -> object:
-        raise RuntimeError("can't start new thread")
+        raise TimeoutError(errno.EAGAIN, "cache directory: no thread to be had")
 
     monkeypatch.setattr(store, "given_way", no_thread)
     await refresh.commit()
@@ -344,3 +346,83 @@ async def test_a_promotion_s_evictions_never_hold_it_past_the_bound(
         answers.set()
     await trio.to_thread.run_sync(freed.wait, 10)
     assert sorted(os.listdir(tmp_path / GROUP)) == [newer]
+
+
+async def test_a_promotion_cancelled_at_its_end_still_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last reader leaves (the fill cancelled) while the promotion is listed: the file
+    is promoted and its commit returns (counted `refresh_ok`), the freeing of what it
+    evicted bounded, not cut short into a failure."""
+    cache = a_cache(tmp_path)
+    await (await refreshed(cache, NAME)).commit()
+    newer = full_name(200)
+    refresh = await refreshed(cache, newer)
+    listing = cache.report_size
+    returned = False
+    with trio.CancelScope() as fill:
+
+        async def listed_as_the_reader_leaves() -> None:
+            fill.cancel()
+            await listing()
+
+        monkeypatch.setattr(cache, "report_size", listed_as_the_reader_leaves)
+        await refresh.commit()
+        returned = True
+    assert returned and (tmp_path / GROUP / newer).exists()
+
+
+async def test_a_refresh_s_end_with_no_thread_to_be_had_releases_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No thread to remove the temp file (threads parked on a hung mount pile up): the
+    refresh is released and ended all the same, nothing raised into the fill's end; the
+    file is left for the next start (closing its descriptor on the event loop could hang
+    as the mount does)."""
+    cache = a_cache(tmp_path)
+    refresh = await refreshed(cache, NAME)
+
+    async def no_thread(*_args: object, **_kwargs: object) -> object:
+        raise TimeoutError(errno.EAGAIN, "cache temp file removal: no thread to be had")
+
+    monkeypatch.setattr(refresh_module, "given_way", no_thread)
+    await refresh.end()
+    assert refresh.ended.is_set() and not cache.is_refreshing(GROUP, NAME)
+    assert "cache_unreadable" in [r.msg for r in caplog.records]
+
+
+async def test_readers_learn_that_a_refresh_ended_before_its_temp_file_is_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader waiting for bytes learns at once that the refresh failed, not once its temp
+    file is removed (seconds for a partial full, up to the bound on a hung mount); the
+    refresh stays registered until then."""
+    answers, removed = threading.Event(), threading.Event()
+    unlink = refresh_module.unlink
+
+    def slow_unlink(path: str) -> bool:
+        answers.wait(10)
+        gone = unlink(path)
+        removed.set()
+        return gone
+
+    monkeypatch.setattr(refresh_module, "unlink", slow_unlink)
+    cache = a_cache(tmp_path)
+    refresh = await refreshed(cache, NAME)
+    woke = trio.Event()
+    try:
+        async with trio.open_nursery() as nursery:
+
+            async def reader() -> None:
+                await refresh.wait_progress()
+                woke.set()
+
+            nursery.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(refresh.end)
+            await woke.wait()
+            assert not removed.is_set() and cache.is_refreshing(GROUP, NAME)
+            answers.set()
+    finally:
+        answers.set()
+    assert removed.is_set() and not cache.is_refreshing(GROUP, NAME)

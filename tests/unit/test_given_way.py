@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from tracker.serving.threads import Background, given_way
+from tracker.serving.threads import Background, given_way, hung_for
 
 
 async def test_a_value_that_comes_after_its_caller_left_is_released() -> None:
@@ -84,3 +84,21 @@ async def test_a_place_whose_call_hung_parks_no_thread_more_until_it_ends(
         answers.set()
     assert await given_way(call, print, name="again", place="/mnt/a") == "here"
     assert ran == [1, 1, 1]
+
+
+@pytest.mark.parametrize("place", [None, "/cache"])
+async def test_no_thread_to_be_had_is_said_as_such_and_holds_no_place(
+    monkeypatch: pytest.MonkeyPatch, place: str | None
+) -> None:
+    """This process's thread limit reached (threads parked on a hung mount pile up): the
+    call does not run, a TimeoutError says why (callers answer it as a hang: a 503, never a
+    bug's 500), and the place is not taken for one where a call hangs."""
+
+    def no_thread(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(trio.lowlevel, "start_thread_soon", no_thread)
+    ran: list[int] = []
+    with pytest.raises(TimeoutError, match="no thread to be had"):
+        await given_way(partial(ran.append, 1), lambda _v: None, name="look", place=place)
+    assert ran == [] and (place is None or hung_for(place, 1e9) is None)

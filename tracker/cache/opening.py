@@ -283,12 +283,13 @@ class CacheDirectories:
         try:
             # the index lists the configured groups' archives only: a dropped group's go,
             # a group configured again lists its archives again
+            begun = cache.listing_begun()  # never told over a listing begun later
             files = await self._listings.run(cache.root, cache.orphans_and_files, wait)
         except (trio.TooSlowError, RuntimeError):  # RuntimeError: no thread to be had
             late = f"not listed within {wait:g}s (a hung mount?)"
             log_event(log, "warning", "cache_listing_late", root=cache.root, error=late)
             return
-        cache.tell(CacheContents(None, files))  # told the index while it is the configured one
+        cache.tell(CacheContents(None, files), begun)  # told while it is the configured one
 
     async def listed(self, cache: Cache) -> list[CachedFile] | None:
         """``cache``'s files, its directory checked first, for the status page: listed in a

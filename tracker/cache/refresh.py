@@ -49,6 +49,7 @@ from tracker.core.digests import Verified
 from tracker.errors import CacheError
 from tracker.multisource.sources import Source
 from tracker.net.sourcelimits import UNCAPPED, Pacer
+from tracker.observability.folding import log_folded
 from tracker.proof.archive.archivecheck import FollowingCheck
 from tracker.proof.cluster.lifting import required_proof
 from tracker.proof.levels import STRUCTURE_ONLY, Proof
@@ -590,8 +591,7 @@ class Refresh:
         try:
             await self._registry.report_size()  # stale files may have been evicted for room
         except BaseException:
-            with trio.CancelScope(shield=True):
-                await self.end()
+            await self.end()
             raise
         self._registry.room(self.group, self._no_room)
         if self._fd is None:
@@ -787,8 +787,11 @@ class Refresh:
                 # not: it goes on (on a hung mount, until the mount answers), and a stop
                 # or a cancelled fill is never held by it.
                 freeing = partial(free_aside, aside)
-                with trio.move_on_after(HUNG_AFTER):
-                    await given_way(freeing, _nothing, name="cache eviction")
+                with trio.CancelScope(shield=True), trio.move_on_after(HUNG_AFTER):
+                    try:
+                        await given_way(freeing, _nothing, name="cache eviction")
+                    except TimeoutError as exc:  # no thread: set aside, the next start's
+                        log_folded(log, "warning", "cache_unreadable", left=aside, error=exc)
 
     def _sync(self, mtime: float | None) -> None:
         """Sync the temp file and give it ``mtime`` (in a worker thread)."""
@@ -831,13 +834,21 @@ class Refresh:
         each call) it held the event loop as long. Waited for at most
         :data:`~tracker.serving.threads.HUNG_AFTER` seconds, cancelled or not: the thread
         goes on and removes it once the mount answers (else the next start-up does), and
-        the refresh is released and ended either way. Idempotent."""
+        the refresh released after it either way; its readers learn at once that it ended.
+        Shielded (bounded), so it can sit in any ``finally``. Idempotent."""
         fd, temp = self._let_go()
+        if fd is None and not temp:
+            self._ended()
+            return
+        self._wake_readers()
+        removal = partial(close_and_remove, fd, temp)
         try:
-            if fd is not None or temp:
-                removal = partial(close_and_remove, fd, temp)
-                with trio.move_on_after(HUNG_AFTER):
-                    await given_way(removal, _nothing, name="cache temp file removal")
+            with trio.CancelScope(shield=True), trio.move_on_after(HUNG_AFTER):
+                await given_way(removal, _nothing, name="cache temp file removal")
+        except TimeoutError as exc:  # no thread to be had
+            # Its descriptor left open: closing it here, on the event loop, could hang as
+            # the mount that holds the threads does; the temp file goes at the next start.
+            log_folded(log, "warning", "cache_unreadable", left=temp, error=exc)
         finally:
             self._ended()
 
@@ -855,6 +866,10 @@ class Refresh:
     def _ended(self) -> None:
         """Release the refresh and mark it ended (readers wake up)."""
         self._registry.release(self)
+        self._wake_readers()
+
+    def _wake_readers(self) -> None:
+        """Mark the refresh ended: its readers wake up and learn how it ended."""
         self._move("ended")
         self.ended.set()
         self._notify()

@@ -346,8 +346,7 @@ class Cache:
         try:
             with trio.fail_after(HUNG_AFTER):
                 return await given_way(call, _nothing, name="cache directory", place=self.root)
-        except (TimeoutError, trio.TooSlowError, RuntimeError) as exc:
-            # RuntimeError: no thread to be had (threads parked on a hung mount pile up)
+        except (TimeoutError, trio.TooSlowError) as exc:  # no thread to be had included
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "no answer"
             reason = f"cannot read the cache directory {self.root}: {why} (a hung mount?)"
             raise RequestError(503, reason) from exc

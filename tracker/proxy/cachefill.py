@@ -106,11 +106,12 @@ async def fill(job: StreamJob, *, fallback: bool, task_status: trio.TaskStatus[H
                 to_disk = partial(_to_disk, job, refresh, body, flow)
                 await recorded(body.first.url, flow, job.stop, to_disk, "no reader left")
     finally:
-        # its temp file closed and removed off the event loop (a partial full's unlink
-        # takes seconds), within a bound, cancelled or not
-        with trio.CancelScope(shield=True):
+        try:
+            # its temp file closed and removed off the event loop (a partial full's unlink
+            # takes seconds), within a bound, cancelled or not
             await refresh.end()
-        _end_refresh(job, refresh, upstream, flow)
+        finally:
+            _end_refresh(job, refresh, upstream, flow)
 
 
 async def _open_temp_file(

@@ -205,7 +205,8 @@ async def given_way(
     :data:`HUNG_AFTER` seconds without an answer, the next ones
     raise TimeoutError at once, no thread started, until it ends: clients that
     leave and ask again while a mount hangs park one thread each only for that long, not
-    for as long as it hangs (:func:`hung_for`)."""
+    for as long as it hangs (:func:`hung_for`). A thread that cannot be started (this
+    process's limit) is a TimeoutError too: the call did not run."""
     began = trio.current_time()
     if place is not None:
         ago = hung_for(place, began)
@@ -223,13 +224,25 @@ async def given_way(
 
         try:
             thread = Background(call, on_done=ended, name=name)
-        except BaseException:  # no thread started (this process's limits): none runs
+        except BaseException as exc:  # no thread started (this process's limits): none runs
             ended(None)
+            if isinstance(exc, RuntimeError):
+                raise _no_thread(name, exc) from exc
             raise
     else:
-        thread = Background(call, name=name)
+        try:
+            thread = Background(call, name=name)
+        except RuntimeError as exc:
+            raise _no_thread(name, exc) from exc
     try:
         return await thread.result()
     except BaseException:  # cancelled (its value, if any, is freed), or the call failed
         thread.abandon(release)
         raise
+
+
+def _no_thread(name: str, exc: RuntimeError) -> TimeoutError:
+    """No thread could be started for :func:`given_way`'s call (this process's limit:
+    threads parked on a hung mount pile up): said as the place not answering, which its
+    callers answer as they answer a hang (a 503, the file streamed uncached), never a 500."""
+    return TimeoutError(errno.EAGAIN, f"{name}: no thread to be had ({exc})")
