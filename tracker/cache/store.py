@@ -673,7 +673,10 @@ class Cache:
         returned :class:`Refresh` must end with ``commit()`` or ``abort()``.
         """
         key = (group, name)
-        if key in self._refreshing:
+        running = self._refreshing.get(key)
+        # One that ended (its readers told) while its temp file is removed is no refresher:
+        # the file may be refreshed again at once (it leaves the registry after, not this one).
+        if running is not None and not running.ended.is_set():
             return None
         path = self._path_named(group, name)
         checking = self.checked.checking(group)
@@ -724,7 +727,11 @@ class Cache:
 
     def reserved_besides(self, refresh: Refresh) -> int:
         """Bytes other running refreshes will still write (not yet taken from the disk)."""
-        return sum(r.remaining for r in self._refreshing.values() if r is not refresh)
+        return sum(
+            r.remaining
+            for r in self._refreshing.values()
+            if r is not refresh and not r.ended.is_set()
+        )
 
 
 def _nothing(_value: object) -> None:
