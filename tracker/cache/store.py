@@ -673,10 +673,10 @@ class Cache:
         returned :class:`Refresh` must end with ``commit()`` or ``abort()``.
         """
         key = (group, name)
-        running = self._refreshing.get(key)
-        # One that ended (its readers told) while its temp file is removed is no refresher:
-        # the file may be refreshed again at once (it leaves the registry after, not this one).
-        if running is not None and not running.ended.is_set():
+        # One that ended (its readers told) stays until its temp file is removed (at most
+        # HUNG_AFTER seconds): a new one would measure its room with those bytes still on
+        # the disk, and evict for them.
+        if key in self._refreshing:
             return None
         path = self._path_named(group, name)
         checking = self.checked.checking(group)
