@@ -224,7 +224,7 @@ async def test_stopping_ends_a_prefetch_nobody_reads(
         with trio.fail_after(10):  # no grace period (30 s) for a refresh with no reader
             t.transfers.close(30)
             await wait_for(lambda: t.cached() == [])
-        assert t.outcome("refresh_failed") == 1
+            await wait_for(lambda: t.outcome("refresh_failed") == 1)  # after the removal
 
 
 async def test_the_daemon_prefetches_what_it_discovers(tmp_path: Path) -> None:

@@ -251,7 +251,8 @@ async def test_a_refresh_that_fails_for_good_breaks_every_reader(
         assert wire.header("content-length") == str(len(FULL_DATA))
         assert len(wire.body) < len(FULL_DATA)  # never a short 200 that looks complete
         assert wire.closed
-    assert tracker.outcome("refresh_failed") == 1
+    # counted once its temp file is removed, just after its readers learned it failed
+    await wait_for(lambda: tracker.outcome("refresh_failed") == 1)
     assert tracker.cached() == []  # no archive, no temp file
     assert len(upstream.gets(FULL)) == 4  # the refresh and its three resume attempts
 
