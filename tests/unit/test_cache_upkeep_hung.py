@@ -209,6 +209,12 @@ async def test_a_refresh_s_end_never_looks_at_the_directory_on_the_event_loop(
     assert looked_on_loop == [False]
     assert cache.problem == why[0]
     assert not cache.is_refreshing(GROUP, full_name(200))
+    monkeypatch.setattr(os, "open", real_open)  # writable again: the next refresh says so
+    refresh = cache.begin_refresh(GROUP, full_name(300))
+    assert refresh is not None
+    assert await refresh.open(3)
+    assert cache.problem == "" and looked_on_loop == [False]
+    refresh.abort()
 
 
 async def test_an_older_listing_is_never_told_over_a_newer_one(tmp_path: Path) -> None:

@@ -782,16 +782,8 @@ class Refresh:
             if aside:
                 # The evicted files' bytes freed once the refresh and the group's lock are
                 # let go: an old full's unlink takes seconds, and neither its readers nor
-                # the group's next refresh wait for it. Set aside, they count no more. In
-                # a thread of its own, waited for at most HUNG_AFTER seconds, cancelled or
-                # not: it goes on (on a hung mount, until the mount answers), and a stop
-                # or a cancelled fill is never held by it.
-                freeing = partial(free_aside, aside)
-                with trio.CancelScope(shield=True), trio.move_on_after(HUNG_AFTER):
-                    try:
-                        await given_way(freeing, _nothing, name="cache eviction")
-                    except TimeoutError as exc:  # no thread: set aside, the next start's
-                        log_folded(log, "warning", "cache_unreadable", left=aside, error=exc)
+                # the group's next refresh wait for it. Set aside, they count no more.
+                await _within_bound(partial(free_aside, aside), aside, "cache eviction")
 
     def _sync(self, mtime: float | None) -> None:
         """Sync the temp file and give it ``mtime`` (in a worker thread)."""
@@ -841,14 +833,10 @@ class Refresh:
             self._ended()
             return
         self._wake_readers()
-        removal = partial(close_and_remove, fd, temp)
         try:
-            with trio.CancelScope(shield=True), trio.move_on_after(HUNG_AFTER):
-                await given_way(removal, _nothing, name="cache temp file removal")
-        except TimeoutError as exc:  # no thread to be had
-            # Its descriptor left open: closing it here, on the event loop, could hang as
-            # the mount that holds the threads does; the temp file goes at the next start.
-            log_folded(log, "warning", "cache_unreadable", left=temp, error=exc)
+            # With no thread to be had its descriptor stays open: closing it on the event
+            # loop could hang as the mount that holds the threads does.
+            await _within_bound(partial(close_and_remove, fd, temp), temp, "cache temp removal")
         finally:
             self._ended()
 
@@ -885,8 +873,17 @@ def close_and_remove(fd: int | None, temp: str) -> None:
         unlink(temp)
 
 
-def _nothing(_value: object) -> None:
-    """What a removal's result needs once nobody waits for it: nothing."""
+async def _within_bound(removal: Callable[[], object], left: object, name: str) -> None:
+    """``removal()`` (blocking, on the cache directory) in a thread of its own, waited for
+    at most :data:`~tracker.serving.threads.HUNG_AFTER` seconds, cancelled or not: it goes
+    on (on a hung mount, until the mount answers), and neither a stop nor a cancelled fill
+    is held longer by it. With no thread to be had it does not run: ``left`` is said, and
+    what it would have removed (temp names) goes at the next start."""
+    try:
+        with trio.CancelScope(shield=True), trio.move_on_after(HUNG_AFTER):
+            await given_way(removal, name=name)
+    except TimeoutError as exc:  # no thread to be had
+        log_folded(log, "warning", "cache_unreadable", left=left, error=exc)
 
 
 def disk_full_reason(name: str, reason: str) -> str:

@@ -345,7 +345,7 @@ class Cache:
         call there still hangs: RequestError(503) then, naming the directory."""
         try:
             with trio.fail_after(HUNG_AFTER):
-                return await given_way(call, _nothing, name="cache directory", place=self.root)
+                return await given_way(call, name="cache directory", place=self.root)
         except (TimeoutError, trio.TooSlowError) as exc:  # no thread to be had included
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "no answer"
             reason = f"cannot read the cache directory {self.root}: {why} (a hung mount?)"
@@ -732,10 +732,6 @@ class Cache:
             for r in self._refreshing.values()
             if r is not refresh and not r.ended.is_set()
         )
-
-
-def _nothing(_value: object) -> None:
-    """What a look's value needs once nobody takes it: nothing (no descriptor)."""
 
 
 def _none_served(_group: str) -> Collection[int]:

@@ -191,23 +191,34 @@ def hung_for(place: str, now: float) -> float | None:
     return ago if ago >= HUNG_AFTER else None
 
 
+def _nothing_to_free(_value: object) -> None:
+    """What a value that holds nothing (no descriptor) needs once nobody takes it."""
+
+
 async def given_way(
-    call: Callable[[], T], release: Callable[[T], object], *, name: str, place: str | None = None
+    call: Callable[[], T],
+    release: Callable[[T], object] = _nothing_to_free,
+    *,
+    name: str,
+    place: str | None = None,
 ) -> T:
     """``call()`` in a thread of its own, awaited: never one of trio's shared worker threads
     (``trio.to_thread`` holds one of its limiter's tokens until a hung call ends, and the
     daemon's other disk reads wait for those), and given up on cancellation: the caller
     leaves at once, and the value the call returns once its file system answers is freed
-    with ``release`` (a descriptor it opened is closed), never leaked. Each call is one
-    thread hop (~35 us here); a hung one holds its own thread only.
+    with ``release`` (a descriptor it opened is closed; by default nothing), never leaked.
+    Each call is one thread hop (~35 us here); a hung one holds its own thread only.
 
     ``place`` (the directory the call reads): once a call there has run
     :data:`HUNG_AFTER` seconds without an answer, the next ones
     raise TimeoutError at once, no thread started, until it ends: clients that
     leave and ask again while a mount hangs park one thread each only for that long, not
     for as long as it hangs (:func:`hung_for`). A thread that cannot be started (this
-    process's limit) is a TimeoutError too: the call did not run."""
+    process's limit: threads parked on a hung mount pile up) is a TimeoutError too, which
+    callers answer as a hang (a 503, the file streamed uncached), never a 500: the call did
+    not run."""
     began = trio.current_time()
+    on_done: Callable[[object], None] | None = None  # the place's bookkeeping
     if place is not None:
         ago = hung_for(place, began)
         if ago is not None:
@@ -222,27 +233,17 @@ async def given_way(
             if not running and _RUNNING.get(place) is running:
                 del _RUNNING[place]
 
-        try:
-            thread = Background(call, on_done=ended, name=name)
-        except BaseException as exc:  # no thread started (this process's limits): none runs
-            ended(None)
-            if isinstance(exc, RuntimeError):
-                raise _no_thread(name, exc) from exc
-            raise
-    else:
-        try:
-            thread = Background(call, name=name)
-        except RuntimeError as exc:
-            raise _no_thread(name, exc) from exc
+        on_done = ended
+    try:
+        thread = Background(call, on_done=on_done, name=name)
+    except BaseException as exc:  # no thread started (this process's limits): none runs
+        if on_done is not None:
+            on_done(None)
+        if isinstance(exc, RuntimeError):
+            raise TimeoutError(errno.EAGAIN, f"{name}: no thread to be had ({exc})") from exc
+        raise
     try:
         return await thread.result()
     except BaseException:  # cancelled (its value, if any, is freed), or the call failed
         thread.abandon(release)
         raise
-
-
-def _no_thread(name: str, exc: RuntimeError) -> TimeoutError:
-    """No thread could be started for :func:`given_way`'s call (this process's limit:
-    threads parked on a hung mount pile up): said as the place not answering, which its
-    callers answer as they answer a hang (a 503, the file streamed uncached), never a 500."""
-    return TimeoutError(errno.EAGAIN, f"{name}: no thread to be had ({exc})")
