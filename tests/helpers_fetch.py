@@ -15,7 +15,7 @@ import attrs
 import h11
 import trio
 from helpers_proxy import GROUP
-from helpers_upstream import FakeUpstream, Seen, send_event, sidecar_listing
+from helpers_upstream import FakeUpstream, Seen, send_body, send_event, sidecar_listing
 
 
 def sidecar_url(up: FakeUpstream, name: str) -> str:
@@ -70,8 +70,7 @@ class FakeTracker(FakeUpstream):
         body = json.dumps(entries).encode()
         head = [("content-type", "application/json"), ("content-length", str(len(body)))]
         await send_event(conn, stream, h11.Response(status_code=200, headers=head))
-        await send_event(conn, stream, h11.Data(data=body))
-        await send_event(conn, stream, h11.EndOfMessage())
+        await send_body(conn, stream, req, body)
         return True
 
 
@@ -105,8 +104,7 @@ class HostileUpstream(FakeUpstream):
         self.seen.append(seen_of(req))
         head = [(k, v.encode()) for k, v in answer.headers]
         await send_event(conn, stream, h11.Response(status_code=answer.status, headers=head))
-        await send_event(conn, stream, h11.Data(data=answer.body))
-        await send_event(conn, stream, h11.EndOfMessage())
+        await send_body(conn, stream, req, answer.body)
         return True
 
 

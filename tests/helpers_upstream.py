@@ -215,8 +215,7 @@ class FakeUpstream:
                     ],
                 ),
             )
-            await send_event(conn, stream, h11.Data(data=body))
-            await send_event(conn, stream, h11.EndOfMessage())
+            await send_body(conn, stream, req, body)
             return True
         name = path.rsplit("/", 1)[-1]
         how = self.behaviour.get(name, Behaviour())
@@ -256,8 +255,7 @@ class FakeUpstream:
                     status_code=status, headers=[("content-length", str(len(body))), *how.headers]
                 ),
             )
-            await send_event(conn, stream, h11.Data(data=body))
-            await send_event(conn, stream, h11.EndOfMessage())
+            await send_body(conn, stream, req, body)
             return True
         stale = how.if_range and headers.get("if-range", how.etag) not in (
             how.etag,
@@ -403,6 +401,15 @@ async def send_event(conn: h11.Connection, stream: trio.SocketStream, event: Any
     data = conn.send(event)
     if data:
         await stream.send_all(data)
+
+
+async def send_body(conn: h11.Connection, stream: trio.SocketStream, req: Any, body: bytes) -> None:
+    """End an answer whose head is sent with ``body``, none to a HEAD: a real server keeps
+    the connection after a HEAD's answer (h11 refuses the body, and the connection closed
+    just as the client sent its next request on it: reset)."""
+    if req.method != b"HEAD":
+        await send_event(conn, stream, h11.Data(data=body))
+    await send_event(conn, stream, h11.EndOfMessage())
 
 
 # -- the tracker under test ---------------------------------------------------------------
