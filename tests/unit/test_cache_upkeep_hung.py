@@ -434,3 +434,56 @@ async def test_readers_learn_that_a_refresh_ended_before_its_temp_file_is_remove
     finally:
         answers.set()
     assert removed.is_set() and not cache.is_refreshing(GROUP, NAME)
+
+
+async def test_a_refresh_on_a_hung_cache_directory_streams_uncached_within_the_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refresh's open looks at the cache directory in its own thread first: on a hung
+    mount it creating its temp file (under the group's lock, in a shared thread) held its
+    clients and the group's next refreshes until the mount answered. Now the refresh is
+    over after the bound, the group's reason says why (the status page, ``/v1/targets``),
+    and the next refresh of the group is over at once, no thread parked; nothing was made
+    on the disk."""
+    import tracker.serving.threads as threads
+
+    monkeypatch.setattr(store, "HUNG_AFTER", 0.2)
+    monkeypatch.setattr(threads, "HUNG_AFTER", 0.2)
+    cache = a_cache(tmp_path)
+    answers, ended = threading.Event(), threading.Event()
+    looks: list[str] = []
+    real_stat = os.stat
+
+    def hung_stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        if str(path).startswith(str(tmp_path)):
+            looks.append(str(path))
+            answers.wait(10)
+            ended.set()
+        return real_stat(path, *args, **kwargs)
+
+    made: list[str] = []
+    real_open = refresh_module.open_temp
+
+    def open_temp(*args: Any, **kwargs: Any) -> Any:
+        made.append(args[0])
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(refresh_module, "open_temp", open_temp)
+    monkeypatch.setattr(refresh_module.os, "stat", hung_stat)
+    try:
+        with trio.fail_after(5):  # the bound is 0.2 s: never the mount's hang
+            first = cache.begin_refresh(GROUP, NAME)
+            assert first is not None
+            assert not await first.open(3)
+            assert first.ended.is_set() and not cache.is_refreshing(GROUP, NAME)
+            assert "cannot read the cache directory" in first.no_room, first.no_room
+            assert cache.uncached[GROUP] == first.no_room
+            second = cache.begin_refresh(GROUP, full_name(200))
+            assert second is not None
+            assert not await second.open(3)  # at once: the first look still hangs
+            assert "has not ended (a hung mount?)" in second.no_room, second.no_room
+        assert looks == [str(tmp_path / GROUP)] and not ended.is_set() and made == []
+    finally:
+        answers.set()
+    await trio.to_thread.run_sync(ended.wait, 10)
+    assert os.listdir(tmp_path / GROUP) == []

@@ -24,7 +24,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from functools import partial
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 import attrs
 import outcome
@@ -46,7 +46,7 @@ from tracker.cache.disk import (
 )
 from tracker.cache.mixedcopy import Vouching
 from tracker.core.digests import Verified
-from tracker.errors import CacheError
+from tracker.errors import CacheError, RequestError
 from tracker.multisource.sources import Source
 from tracker.net.sourcelimits import UNCAPPED, Pacer
 from tracker.observability.folding import log_folded
@@ -57,6 +57,7 @@ from tracker.serving.threads import HUNG_AFTER, Background, given_way
 from tracker.zerocopy.filesplice import Splicer, splice_into_file
 
 log = logging.getLogger("tracker.cache")
+T = TypeVar("T")
 
 #: Writes of one refresh in flight at once (each a chunk of up to ProxySettings.read_size).
 WRITE_WINDOW = 4
@@ -171,6 +172,12 @@ class Registry(Protocol):
 
     async def look_at_directory(self) -> None:
         """A refresh could not create its temp file: look (off the event loop) why."""
+        ...
+
+    async def in_directory(self, call: Callable[[], T]) -> T:
+        """``call()``, blocking on the cache directory, in that directory's own thread
+        within :data:`~tracker.serving.threads.HUNG_AFTER` seconds; RequestError(503) when
+        it does not answer, or an earlier call there still hangs."""
         ...
 
     def promoted(
@@ -573,6 +580,21 @@ class Refresh:
         end the refresh (it is released) and return False. Cancellation aborts the refresh.
         """
         self.size = size
+        try:
+            # The cache directory looked at first, in its own thread within its bound: on
+            # a hung mount the open below (under the group's lock, until the mount answers)
+            # held this refresh's clients and the group's next refreshes with it; they
+            # stream uncached now, at once once a look there has hung (docs/configuration.md,
+            # "Paths on a hung mount").
+            await self._registry.in_directory(partial(_answers, os.path.dirname(self.final)))
+        except RequestError as exc:
+            self._no_room = f"{self.name} streamed uncached: {exc.reason}"
+            self._registry.room(self.group, self._no_room)
+            self.abort()  # nothing made yet: only released
+            return False
+        except BaseException:
+            self.abort()
+            raise
         # Read here, not in the worker thread: the registry changes in trio's thread.
         needed = size + self._ops.min_free + self._registry.reserved_besides(self)
         try:
@@ -861,6 +883,13 @@ class Refresh:
         self._move("ended")
         self.ended.set()
         self._notify()
+
+
+def _answers(path: str) -> None:
+    """Look at ``path`` (blocking): returns once its file system answers, whatever it says
+    (the group's directory may not be made yet; the open says what is wrong)."""
+    with contextlib.suppress(OSError):
+        os.stat(path, follow_symlinks=False)
 
 
 def close_and_remove(fd: int | None, temp: str) -> None:
