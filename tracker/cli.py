@@ -525,6 +525,15 @@ def _run(
     return serve(args, config, starting)
 
 
+def _end_held_stop() -> None:
+    """The stop, past its grace, is held by calls a hung mount holds (``stop_held`` logged):
+    the log written out, the process ends with 0 as a stop does (what those calls left, a
+    temp file, goes at the next start). A thread in such a call is no cancellation point,
+    and the interpreter's exit would wait for it as long as the mount hangs."""
+    logging.shutdown()
+    os._exit(EXIT_OK)
+
+
 def serve(args: argparse.Namespace, config: Config, starting: StartingSignals) -> int:
     """Run the tracker until it is stopped; 0, or 1 when it could not start (75: a path it
     reads at the start did not answer, retried by systemd). ``starting``
@@ -550,7 +559,15 @@ def serve(args: argparse.Namespace, config: Config, starting: StartingSignals) -
 
         freeze_startup_objects()
         starting.looping = True
-        trio.run(partial(run_tracker, config, partial(load, args), held=starting.held))
+        trio.run(
+            partial(
+                run_tracker,
+                config,
+                partial(load, args),
+                held=starting.held,
+                stop_held=_end_held_stop,
+            )
+        )
     except OSError as exc:
         # Typically a listener that cannot be bound: one line, not a traceback.
         log_event(log, "error", "startup_failed", error=str(exc))

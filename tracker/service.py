@@ -59,6 +59,7 @@ from tracker.proxy.transfers import Transfers
 from tracker.proxy.upstream import ProxySettings
 from tracker.reporting import RpcFailure, ScrapeReporter, slots_kept, track_snapshot_age
 from tracker.serving.fileresponse import ChunkBudget
+from tracker.serving.threads import threads_running
 from tracker.web.activity import ActiveRequests
 from tracker.web.api import create_app
 from tracker.web.delivery import Delivery
@@ -335,6 +336,7 @@ async def run_tracker(
     *,
     environ: dict[str, str] | None = None,
     held: Sequence[int] = (),
+    stop_held: Callable[[], object] | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run until SIGTERM/SIGINT (or ``Tracker.stop``), then stop gracefully and return.
@@ -345,7 +347,9 @@ async def run_tracker(
     takes the signals; read then, so it may grow until that moment. ``task_status.started``
     gets the bound addresses (public first) once the listeners are bound and the first
     scrape round has started, the moment systemd is told ``READY=1``. Raises OSError when a
-    listener cannot be bound.
+    listener cannot be bound. ``stop_held`` is called when the stop, past its grace, still
+    waits :data:`STOP_HELD_WAIT` seconds later for calls a hung mount holds (logged as
+    ``stop_held`` first); ``serve`` ends the process there.
     """
     environ = dict(os.environ) if environ is None else environ
     tracker = Tracker(config)
@@ -581,7 +585,7 @@ async def run_tracker(
                     # here); the guard then ends what a stalled client still holds.
                     ports = {port_of(a) for a in addresses}
                     guard.start_soon(
-                        _enforce_grace, grace, ports, apps, nursery.cancel_scope, forced
+                        _enforce_grace, grace, ports, apps, nursery.cancel_scope, forced, stop_held
                     )
                 guard.cancel_scope.cancel()
         finally:
@@ -589,6 +593,12 @@ async def run_tracker(
             await parts.aclose()
     folding.FOLDER.flush(final=True)  # what the last window folded, before the last line
     log_event(log, "info", "stopped")
+
+
+#: Seconds the stop waits, once past its grace everything was cancelled, for what a call no
+#: cancellation reaches still holds (a thread in a hung mount's fsync, rename or unlink;
+#: docs/configuration.md, "Paths on a hung mount"), before ``serve`` ends the process.
+STOP_HELD_WAIT = 10.0
 
 
 def probe_limit_change(wanted: int, probes: int, budget: DescriptorBudget) -> str:
@@ -607,9 +617,13 @@ async def _enforce_grace(
     apps: dict[str, ActiveRequests],
     servers: trio.CancelScope,
     forced: trio.Event,
+    stop_held: Callable[[], object] | None = None,
 ) -> None:
     """Close idle connections during the grace period; past it (or once ``forced``: a second
-    SIGTERM or SIGINT), every connection left.
+    SIGTERM or SIGINT), every connection left, and everything still running is cancelled.
+    What does not end :data:`STOP_HELD_WAIT` seconds later is held by a call no
+    cancellation reaches (a thread in a hung mount's fsync or rename): ``stop_held`` is
+    logged with what the threads run, and ``stop_held()`` called.
 
     hypercorn keeps idle keep-alive connections for its whole graceful timeout, so they are
     shut down here as soon as they have no request in flight. It also sends in a shielded
@@ -626,6 +640,11 @@ async def _enforce_grace(
     log_event(log, "warning", "connections_aborted", count=aborted, grace_seconds=grace)
     await trio.sleep(2)
     servers.cancel()
+    await trio.sleep(STOP_HELD_WAIT)
+    threads = threads_running()
+    log_event(log, "warning", "stop_held", seconds=STOP_HELD_WAIT, threads=", ".join(threads))
+    if stop_held is not None:
+        stop_held()
 
 
 @attrs.define

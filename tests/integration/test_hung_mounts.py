@@ -626,3 +626,68 @@ async def test_a_failed_refresh_s_temp_file_on_a_hung_mount_never_holds_the_trac
 def _is_temp_file(prefix: str, path: str) -> bool:
     """Whether ``path`` is a refresh's temp file (named ``prefix``...)."""
     return os.path.basename(path).startswith(prefix)
+
+
+async def test_a_stop_held_by_a_hung_mount_ends_the_process_soon_after_its_grace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SIGTERM while a refresh's last fsync hangs on the cache's mount: a thread in a file
+    system's call is no cancellation point, and the stop waited for it as long as the mount
+    hung (until systemd's kill). Past the grace, everything cancelled, the stop waits a
+    bounded time more, logs ``stop_held`` naming what the threads run and calls
+    ``stop_held`` (``serve`` ends the process there). The tracker's own components on
+    127.0.0.1; the hang is the test's, at the fsync only."""
+    import signal
+
+    import tracker.cache.refresh as refresh_module
+    from tracker.config.loading import load_config
+
+    monkeypatch.setattr(service, "STOP_HELD_WAIT", 0.5)  # 10 s, shortened: waited out
+    listing = sidecar_listing({NAME: DATA})
+    held_at: list[float] = []
+    async with serving(FakeUpstream(files={NAME: DATA}, listing=listing)) as up:
+        settings = {
+            "scrape_interval": "30s",
+            "proxy_snapshot_downloads": True,
+            "verify_archives": False,  # random bytes
+            "proxy_snapshot_cache_dir": str(tmp_path / "cache"),
+            "shutdown_grace": "1s",
+            "target_groups": [
+                {"group": "g", "static_targets": {"targets": [up.base.removeprefix("http://")]}}
+            ],
+        }
+        path = write_config(tmp_path, settings)
+        with hung() as hang:
+            fsync = hang.holding(refresh_module.sync_temp, lambda *_: True)
+            monkeypatch.setattr(refresh_module, "sync_temp", fsync)
+
+            def stop_held() -> None:
+                held_at.append(trio.current_time())
+                hang.release()  # the test's mount answers: the run ends
+
+            with trio.fail_after(HELD):  # a stop held by the hang: never reached
+                async with trio.open_nursery() as nursery:
+                    run = partial(
+                        service.run_tracker,
+                        load_config(path),
+                        partial(load_config, path),
+                        stop_held=stop_held,
+                    )
+                    public, *_ = await nursery.start(run)
+                    async with httpx.AsyncClient(
+                        verify=client_tls(), timeout=WAIT, trust_env=False
+                    ) as client:
+
+                        async def listed() -> bool:
+                            return bool((await client.get(f"{public}/v1/snapshots")).json())
+
+                        await wait_until(listed)
+                        answer = await client.get(f"{public}/v1/g/{NAME}")
+                        assert answer.status_code == 200 and answer.content == DATA
+                    assert await trio.to_thread.run_sync(hang.asked.wait, HELD)  # the fsync
+                    asked = trio.current_time()
+                    os.kill(os.getpid(), signal.SIGTERM)
+    the_grace_and_the_wait = 1 + 2 + 0.5  # its connections' last 2 s between
+    assert len(held_at) == 1 and the_grace_and_the_wait <= held_at[0] - asked < HELD / 2
+    [line] = [r for r in caplog.records if r.getMessage() == "stop_held"]
+    assert "cache sync" in line.tracker_fields["threads"], line.__dict__

@@ -398,3 +398,23 @@ def test_serve_s_sighup_while_its_command_line_is_parsed_changes_nothing(
             signal.signal(signum, handler)
     assert code == 2  # the missing config's usage error, not an interruption
     assert "interrupted" not in capsys.readouterr().err
+
+
+def test_a_held_stop_ends_the_process_at_once_with_its_log_written() -> None:
+    """``serve``'s end of a stop held by a hung mount (``stop_held``): a thread still in a
+    file system's call would hold the interpreter's exit as long as the mount hangs (here a
+    thread that never returns); the process ends with 0 and what was logged is written."""
+    import subprocess
+
+    code = (
+        "import logging, threading\n"
+        "from tracker.cli import _end_held_stop\n"
+        "from tracker.observability.logs import log_event, setup_logging\n"
+        "setup_logging('info', 'text')\n"
+        "threading.Thread(target=threading.Event().wait, name='cache sync').start()\n"
+        "log_event(logging.getLogger('tracker'), 'warning', 'stop_held', threads='cache sync')\n"
+        "_end_held_stop()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert b"stop_held" in done.stderr and b'threads="cache sync"' in done.stderr, done.stderr

@@ -602,7 +602,9 @@ class Refresh:
             # half-done changes, and are told before the next change of the group.
             async with self._registry.changing(self.group):
                 served = self._registry.served(self.group)
-                opened = await trio.to_thread.run_sync(self._prepare, needed, served)
+                opened = await trio.to_thread.run_sync(
+                    self._prepare, needed, served, thread_name="cache refresh open"
+                )
                 self._registry.evicted(self.group, opened.evicted)
         except BaseException:
             self.abort()
@@ -777,13 +779,15 @@ class Refresh:
             await self.flush()
             # The file's own sync before the group's lock: a full's last fsync may take
             # seconds, and the group's other refreshes need not wait for it.
-            await trio.to_thread.run_sync(self._sync, mtime)
+            await trio.to_thread.run_sync(self._sync, mtime, thread_name="cache sync")
             # One promotion of the group at a time, told to the registry before the next:
             # two overlapping ones (both files renamed in before either evicted) would each
             # evict the other's new file (docs/proxy.md, "Proxy mode and the disk cache").
             async with self._registry.changing(self.group):
                 served = self._registry.served(self.group)
-                evicted, aside, placed = await trio.to_thread.run_sync(self._promote, served)
+                evicted, aside, placed = await trio.to_thread.run_sync(
+                    self._promote, served, thread_name="cache promotion"
+                )
                 self._registry.promoted(
                     self.group, self.name, self.sha256, evicted, self.proof, placed
                 )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -247,3 +248,17 @@ async def given_way(
     except BaseException:  # cancelled (its value, if any, is freed), or the call failed
         thread.abandon(release)
         raise
+
+
+def threads_running() -> list[str]:
+    """What this process's threads other than the main one run now, for a stop held past
+    its grace: each name once, with how many run it (``cache temp removal x2``), sorted.
+    trio's idle workers are not counted: its thread cache names a worker ``Trio thread N``
+    while it waits for a call, and after the call's own name while it runs one."""
+    names: dict[str, int] = {}
+    main = threading.main_thread()
+    for thread in threading.enumerate():
+        if thread is main or thread.name.startswith("Trio thread "):
+            continue
+        names[thread.name] = names.get(thread.name, 0) + 1
+    return [f"{name} x{count}" if count > 1 else name for name, count in sorted(names.items())]
