@@ -487,3 +487,44 @@ async def test_a_refresh_on_a_hung_cache_directory_streams_uncached_within_the_b
         answers.set()
     await trio.to_thread.run_sync(ended.wait, 10)
     assert os.listdir(tmp_path / GROUP) == []
+
+
+async def test_a_refresh_begins_with_no_look_at_the_disk_on_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refresh begins on the event loop (synchronously: a request arriving next finds
+    it): its real path was a stat of each part there, which a hung mount froze. Its path is
+    joined, and the links on the way looked at where its temp file is made, in a thread."""
+    cache = a_cache(tmp_path)
+    looked_on_loop: list[str] = []
+    real = os.lstat
+
+    def lstat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        if threading.current_thread() is threading.main_thread():
+            looked_on_loop.append(str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "lstat", lstat)
+    refresh = cache.begin_refresh(GROUP, NAME)
+    assert refresh is not None and refresh.final == str(tmp_path / GROUP / NAME)
+    assert looked_on_loop == []
+    assert await refresh.open(3)  # the group's directory looked at in the open's thread
+    await refresh.end()
+
+
+async def test_a_group_directory_replaced_by_a_link_is_never_written_through(
+    tmp_path: Path,
+) -> None:
+    """The group's directory is a link (to another group's, or out of the cache): the
+    refresh's open refuses it, its reason says so, and nothing is made where it points."""
+    root, elsewhere = tmp_path / "cache", tmp_path / "elsewhere"
+    root.mkdir()
+    elsewhere.mkdir()
+    cache = Cache(str(root), ops=DiskOps(free_space=lambda _path: 10**12))
+    (root / GROUP).symlink_to(elsewhere)
+    refresh = cache.begin_refresh(GROUP, NAME)
+    assert refresh is not None
+    assert not await refresh.open(3)
+    assert "is a symlink in the cache directory" in refresh.no_room, refresh.no_room
+    assert cache.uncached[GROUP] == refresh.no_room
+    assert list(elsewhere.iterdir()) == [] and not cache.is_refreshing(GROUP, NAME)

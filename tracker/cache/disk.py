@@ -477,6 +477,11 @@ def open_temp(
     removed: list[OrphanedArchive] = []
     evicted: tuple[str, ...] = ()
     try:
+        if os.path.islink(directory):
+            # The group's directory replaced by a link (the cache's root is a real path,
+            # the group one part of it): the refresh would write, rename and evict where
+            # it points, another group's archives or outside the cache.
+            raise OSError(f"{directory} is a symlink in the cache directory")
         os.makedirs(directory, exist_ok=True)
         if ops.free_space(directory) < needed:
             evicted = tuple(evict(directory, name, served))

@@ -228,6 +228,19 @@ class Cache:
             raise RequestError(404, "not a snapshot archive name")
         return self.path_for(group, parsed)
 
+    def _joined(self, group: str, name: str) -> str:
+        """``{root}/{group}/{name}`` for a valid group and a canonical archive name, with no
+        look at the disk (pure: a refresh begins on the event loop, and its real path was a
+        stat of each part there, frozen by a hung mount); a link on the way is refused
+        where its temp file is made, in its thread (:func:`~tracker.cache.disk.open_temp`).
+        RequestError as :meth:`_path_named`."""
+        if not is_group_name(group):
+            raise RequestError(400, "malformed group name")
+        parsed = parse_archive_name(name)
+        if parsed is None or parsed.file_name != name:
+            raise RequestError(404, "not a snapshot archive name")
+        return os.path.join(self.root, group, name)
+
     def _inside(self, path: str) -> str:
         real = os.path.realpath(path)
         if os.path.commonpath([self.root, real]) != self.root or real == self.root:
@@ -678,7 +691,7 @@ class Cache:
         # the disk, and evict for them.
         if key in self._refreshing:
             return None
-        path = self._path_named(group, name)
+        path = self._joined(group, name)
         checking = self.checked.checking(group)
         refresh = Refresh(self, self.ops, group, name, path, checking=checking)
         self._refreshing[key] = refresh
