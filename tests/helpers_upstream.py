@@ -119,6 +119,9 @@ class Seen:
     body_sent: int = 0
     aborted: bool = False  # the peer went away before the body was sent
     timed_out: bool = False  # closed by ``Behaviour.send_timeout``: the peer took nothing
+    #: When its body's first and last pieces went out (trio's clock; 0: none did).
+    first_sent: float = 0.0
+    last_sent: float = 0.0
 
 
 @attrs.define
@@ -318,6 +321,8 @@ class FakeUpstream:
                     seen.aborted = seen.timed_out = True
                     return False
                 seen.body_sent = end
+                seen.last_sent = trio.current_time()
+                seen.first_sent = seen.first_sent or seen.last_sent
                 if rate and end < limit:  # after the last piece the answer is over
                     await trio.sleep(len(piece) / rate)
         except (trio.BrokenResourceError, trio.ClosedResourceError):

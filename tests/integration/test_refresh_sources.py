@@ -123,12 +123,11 @@ def sent(up: FakeUpstream) -> int:
 
 
 async def test_three_capped_sources_give_one_client_their_sum(tmp_path: Path) -> None:
-    # One source alone first, under the same load: what the three are measured against.
-    async with sources(1) as ups, tracker(tmp_path / "one", ups) as t:
-        status, digest, size, alone = await get(t.url(NAME))
-        assert (status, digest, size) == (200, sha256(DATA), SIZE)
+    """Each source is capped at RATE, one request at a time: the client's download comes
+    from all three at once, each sending through most of it (their rates add up; how fast,
+    bench/run.py measures), each giving a share."""
     async with sources(3) as ups, tracker(tmp_path / "three", ups) as t:
-        status, digest, size, seconds = await get(t.url(NAME))
+        status, digest, size, _seconds = await get(t.url(NAME))
         assert (status, digest, size) == (200, sha256(DATA), SIZE)
         await wait_for(lambda: NAME in t.cached())
         assert sha256((t.group_dir() / NAME).read_bytes()) == sha256(DATA)
@@ -139,11 +138,18 @@ async def test_three_capped_sources_give_one_client_their_sum(tmp_path: Path) ->
         took = "snapshot_tracker_refresh_source_seconds_total"
         assert all(t.counter(took, group=GROUP, target=up.base) > 0 for up in ups)
     shares = [sent(up) / SIZE for up in ups]
-    print(f"\nthree sources: {alone / seconds:.2f}x one source; shares {shares}")
-    # Ideally 3x; well over half of that even on a loaded machine.
-    assert alone / seconds >= 1.8
     assert all(share >= 0.15 for share in shares), shares
     assert sum(shares) <= 1.3  # what the first answer had sent on when its piece ended
+    # Sending side by side, not in turns: from the first body byte of any source to the
+    # last, each was sending for most of the time (in turns, a third each at most). A
+    # ratio of clocks, the same on a loaded machine: every source is slowed alike.
+    answers = [[s for s in up.gets(NAME) if s.body_sent] for up in ups]
+    began = min(s.first_sent for sent_by in answers for s in sent_by)
+    ended = max(s.last_sent for sent_by in answers for s in sent_by)
+    busy = [
+        sum(s.last_sent - s.first_sent for s in sent_by) / (ended - began) for sent_by in answers
+    ]
+    assert all(b >= 0.6 for b in busy), busy
     # source_limits.max_transfers: 1 held at every origin, the first answer included.
     assert [up.most_at_once for up in ups] == [1, 1, 1]
 
