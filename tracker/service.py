@@ -597,7 +597,7 @@ async def run_tracker(
 
 #: Seconds the stop waits, once past its grace everything was cancelled, for what a call no
 #: cancellation reaches still holds (a thread in a hung mount's fsync, rename or unlink;
-#: docs/configuration.md, "Paths on a hung mount"), before ``serve`` ends the process.
+#: docs/configuration.md, ``shutdown_grace``), before ``serve`` ends the process.
 STOP_HELD_WAIT = 10.0
 
 
