@@ -84,8 +84,12 @@ def test_service_settings_the_daemon_relies_on() -> None:
         f"{INSTALLED_BINARY} serve --config /etc/snapshot-tracker/config.yml"
     ]
     assert service["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
-    # Longer than the default shutdown_grace (30 s), or systemd kills running transfers.
-    assert seconds(service["TimeoutStopSec"][0]) > 30
+    # Longer than the default shutdown_grace (30 s), the connections' last 2 s and the wait
+    # for calls a hung mount holds, or systemd kills the stop before it says `stop_held`.
+    from tracker.config.schema import Config
+    from tracker.service import STOP_HELD_WAIT
+
+    assert seconds(service["TimeoutStopSec"][0]) > Config().shutdown_grace + 2 + STOP_HELD_WAIT
     # The watchdog is pinged at half its period; systemd's notify socket must stay reachable.
     assert seconds(service["WatchdogSec"][0]) >= 10
     assert "AF_UNIX" in service["RestrictAddressFamilies"][0].split()
