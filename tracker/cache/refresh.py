@@ -576,8 +576,10 @@ class Refresh:
 
         Not enough free space (after removing stale files of the same group and kind, then
         the oldest orphaned archives of groups no longer configured as needed:
-        :func:`~tracker.cache.disk.open_temp`) or a cache directory that cannot be written
-        end the refresh (it is released) and return False. Cancellation aborts the refresh.
+        :func:`~tracker.cache.disk.open_temp`), a cache directory that cannot be written or
+        that does not answer a look within its bound (a hung mount: :attr:`no_room` says
+        which) end the refresh (it is released) and return False. Cancellation aborts the
+        refresh.
         """
         self.size = size
         try:
