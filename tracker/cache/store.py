@@ -207,9 +207,14 @@ class Cache:
 
     def group_dir(self, group: str) -> str:
         """``{root}/{group}`` for a valid group name; RequestError(400) otherwise."""
+        return self._inside(self._group_joined(group))
+
+    def _group_joined(self, group: str) -> str:
+        """``{root}/{group}`` with no look at the disk; RequestError(400) for a name that
+        cannot be a group's."""
         if not is_group_name(group):
             raise RequestError(400, "malformed group name")
-        return self._inside(os.path.join(self.root, group))
+        return os.path.join(self.root, group)
 
     def path_for(self, group: str, archive: ArchiveName) -> str:
         """The cache path of ``archive`` of ``group`` (a name parsed once, where it came
@@ -223,10 +228,7 @@ class Cache:
     def _path_named(self, group: str, name: str) -> str:
         """:meth:`path_for` of a name as text (from the disk, a refresh's record): 404 for
         one that is not a canonical archive name."""
-        parsed = parse_archive_name(name)
-        if parsed is None or parsed.file_name != name:
-            raise RequestError(404, "not a snapshot archive name")
-        return self.path_for(group, parsed)
+        return self.path_for(group, _canonical(name))
 
     def _joined(self, group: str, name: str) -> str:
         """``{root}/{group}/{name}`` for a valid group and a canonical archive name, with no
@@ -234,12 +236,7 @@ class Cache:
         stat of each part there, frozen by a hung mount); a link on the way is refused
         where its temp file is made, in its thread (:func:`~tracker.cache.disk.open_temp`).
         RequestError as :meth:`_path_named`."""
-        if not is_group_name(group):
-            raise RequestError(400, "malformed group name")
-        parsed = parse_archive_name(name)
-        if parsed is None or parsed.file_name != name:
-            raise RequestError(404, "not a snapshot archive name")
-        return os.path.join(self.root, group, name)
+        return os.path.join(self._group_joined(group), _canonical(name).file_name)
 
     def _inside(self, path: str) -> str:
         real = os.path.realpath(path)
@@ -745,6 +742,14 @@ class Cache:
             for r in self._refreshing.values()
             if r is not refresh and not r.ended.is_set()
         )
+
+
+def _canonical(name: str) -> ArchiveName:
+    """``name`` parsed, when it is an archive's canonical name; RequestError(404) else."""
+    parsed = parse_archive_name(name)
+    if parsed is None or parsed.file_name != name:
+        raise RequestError(404, "not a snapshot archive name")
+    return parsed
 
 
 def _none_served(_group: str) -> Collection[int]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import threading
+from collections import Counter
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -255,10 +256,10 @@ def threads_running() -> list[str]:
     its grace: each name once, with how many run it (``cache temp removal x2``), sorted.
     trio's idle workers are not counted: its thread cache names a worker ``Trio thread N``
     while it waits for a call, and after the call's own name while it runs one."""
-    names: dict[str, int] = {}
     main = threading.main_thread()
-    for thread in threading.enumerate():
-        if thread is main or thread.name.startswith("Trio thread "):
-            continue
-        names[thread.name] = names.get(thread.name, 0) + 1
+    names = Counter(
+        t.name
+        for t in threading.enumerate()
+        if t is not main and not t.name.startswith("Trio thread ")
+    )
     return [f"{name} x{count}" if count > 1 else name for name, count in sorted(names.items())]
