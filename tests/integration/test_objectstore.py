@@ -32,6 +32,7 @@ from helpers_upstream import Behaviour, FakeUpstream
 from helpers_wire import raw_request
 from names import full_name, incremental_name
 
+from tracker.objectstore.locks import Lock
 from tracker.objectstore.storehealth import StoreHealth
 from tracker.objectstore.tier import ObjectTier
 
@@ -112,6 +113,56 @@ async def test_a_lock_that_came_free_with_its_upload_done_pulls_nothing(
         assert weed.client().head_object(Bucket="snapshots", Key=key)["ETag"] == before
     assert len(upstream.gets(FULL)) == 1
     assert b.counter("snapshot_tracker_object_uploads_total", outcome="ok") == 0
+
+
+async def test_a_refresh_begun_as_a_failed_one_lets_the_lock_go_still_fills_the_bucket(
+    weed: Weed, upstream: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refresh that failed lets its bucket lock go once its upload ended (a store call); a
+    request that came meanwhile found the lock still this replica's and refreshed the file
+    without an upload: the bucket never got that copy. It waits for the release (within
+    ``request_timeout``) and claims the lock: its refresh fills the bucket."""
+    letting_go, let_go = trio.Event(), trio.Event()
+    real_release = Lock.release
+
+    async def held_release(self: Lock) -> None:
+        letting_go.set()
+        await let_go.wait()
+        await real_release(self)
+
+    monkeypatch.setattr(Lock, "release", held_release)
+    upstream.behaviour[FULL] = Behaviour(status=500)
+    async with (
+        bucket_tracker(weed, upstream, tmp_path) as t,
+        httpx.AsyncClient(verify=client_tls(), timeout=60) as client,
+    ):
+        objects = t.parts.objects
+        assert objects is not None
+        claims: list[str] = []
+        real_claim = objects.tier.claim
+
+        async def counted_claim(group: str, name: str) -> object:
+            claims.append(name)
+            return await real_claim(group, name)
+
+        monkeypatch.setattr(objects.tier, "claim", counted_claim)
+        assert (await client.get(t.url(FULL))).status_code == 502
+        with trio.fail_after(20):
+            await letting_go.wait()  # the failed refresh's upload lets its lock go: held
+        del upstream.behaviour[FULL]
+        answers: list[httpx.Response] = []
+        async with trio.open_nursery() as nursery:
+
+            async def download() -> None:
+                answers.append(await client.get(t.url(FULL)))
+
+            nursery.start_soon(download)
+            await wait_for(lambda: len(claims) == 2, timeout=20)  # it found the lock ours
+            let_go.set()
+        assert answers[0].status_code == 200 and answers[0].content == FULL_DATA
+        await uploaded(weed, t, FULL)
+    assert len(upstream.gets(FULL)) == 2
+    assert t.counter("snapshot_tracker_object_uploads_total", outcome="ok") == 1
 
 
 def prefix_of_new(weed: Weed) -> str:

@@ -66,6 +66,8 @@ class ObjectPath:
 
     def __init__(self, tier: ObjectTier) -> None:
         self.tier = tier
+        #: The uploads running here by (group, name), each set once its lock was let go.
+        self._uploading: dict[tuple[str, str], trio.Event] = {}
 
     @property
     def store(self) -> ObjectStore:
@@ -112,9 +114,22 @@ class ObjectPath:
         (it landed meanwhile: answered from the bucket), or None (the store is down: the
         disk cache alone)."""
         claimed = await self.tier.claim(group, name)
-        if isinstance(claimed, Holder) and claimed.owner == self.tier.owner:
-            return None  # our own lock from a refresh that just ended: refresh locally
-        return claimed
+        if not self._own(claimed):
+            return claimed
+        # Our own lock, which the upload beside a refresh that just ended (failed) lets go
+        # with a store call of its own: taken once let go, so that this refresh fills the
+        # bucket too; within the claim's bound, else the disk cache alone.
+        releasing = self._uploading.get((group, name))
+        if releasing is None:
+            return None
+        with trio.move_on_after(self.store.request_timeout):
+            await releasing.wait()
+        claimed = await self.tier.claim(group, name) if releasing.is_set() else None
+        return None if self._own(claimed) else claimed
+
+    def _own(self, claimed: Lock | Holder | ObjectInfo | None) -> bool:
+        """Whether ``claimed`` is this replica's own lock, held by an upload here."""
+        return isinstance(claimed, Holder) and claimed.owner == self.tier.owner
 
     def holder_source(
         self, holder: Holder, group: str, archive: ArchiveName, size: int
@@ -141,6 +156,7 @@ class ObjectPath:
         released)."""
         tier = self.tier
         tier.uploads_running += 1
+        self._uploading[group, name] = let_go = trio.Event()
         try:
             info = await self._upload(refresh, lock, group, name)
             if info is not None:
@@ -156,6 +172,9 @@ class ObjectPath:
                     await lock.release()
             finally:  # whatever the release raised: /v1/store's count must come down
                 tier.uploads_running -= 1
+                if self._uploading.get((group, name)) is let_go:
+                    del self._uploading[group, name]
+                let_go.set()
 
     async def _upload(
         self, refresh: Refresh, lock: Lock, group: str, name: str
