@@ -571,6 +571,55 @@ async def test_a_refresh_s_listing_of_a_cache_on_a_hung_mount_never_holds_the_tr
             await wait_for(lambda: t.holds(NAME))  # told once the mount answers
 
 
+async def test_a_promotion_that_hangs_holds_no_other_refresh_of_its_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refresh's promotion (its rename, under its group's lock) on a mount that answers a
+    look but hangs a rename (NFS answering lookups from its attribute cache): the group's
+    next refresh, past its look, waited for the lock as long as the mount hung, its client
+    with it. The promotion counts as a call in the cache directory: once it has hung past
+    the bound, that refresh streams its file uncached, its group's reason saying why (the
+    tracker's own components on 127.0.0.1; the hang is the test's, at the rename only)."""
+    from helpers_proxy import GROUP, proxy_tracker, wait_for
+    from names import incremental_name
+
+    import tracker.cache.refresh as refresh_module
+    import tracker.cache.store as store
+    import tracker.serving.threads as threads
+
+    bound = 0.5  # the cache directory's bound (3 s), shortened: the test waits it out
+    monkeypatch.setattr(store, "HUNG_AFTER", bound)
+    monkeypatch.setattr(threads, "HUNG_AFTER", bound)
+    other, other_data = incremental_name(100, 150), os.urandom(128 * 1024)
+    async with (
+        serving(FakeUpstream(files={NAME: DATA, other: other_data})) as up,
+        proxy_tracker(tmp_path / "cache", up) as t,
+        httpx.AsyncClient(verify=client_tls(), timeout=WAIT, trust_env=False) as client,
+    ):
+        cache = t.streamer.cache()
+        assert cache is not None
+        with hung() as hang:
+            renaming = hang.holding(
+                refresh_module.rename_into_place, lambda _fd, _temp, final: final.endswith(NAME)
+            )
+            monkeypatch.setattr(refresh_module, "rename_into_place", renaming)
+            async with trio.open_nursery() as nursery:
+
+                async def miss() -> None:
+                    answer = await client.get(t.url(NAME))
+                    assert answer.status_code == 200 and answer.content == DATA
+
+                nursery.start_soon(miss)
+                assert await trio.to_thread.run_sync(hang.asked.wait, HELD)  # the rename
+                answer = await client.get(t.url(other))
+                assert answer.status_code == 200 and answer.content == other_data
+                assert not hang.ended.is_set()  # answered while the rename still hung
+                assert "has not ended (a hung mount?)" in cache.uncached[GROUP]
+                assert other not in t.cached()
+                hang.release()
+            await wait_for(lambda: NAME in t.cached() and not t.streamer.refreshes())
+
+
 async def test_a_failed_refresh_s_temp_file_on_a_hung_mount_never_holds_the_tracker(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -264,7 +264,11 @@ async def test_a_listing_with_no_thread_to_be_had_still_ends_the_refresh(
     assert await refresh.open(3)
     await refresh.write(b"abc")
 
-    async def no_thread(*_args: object, **_kwargs: object) -> object:
+    given_way = store.given_way
+
+    async def no_thread(*args: Any, **kwargs: Any) -> object:
+        if kwargs["name"] == "cache promotion":  # its thread was had: the listings' not
+            return await given_way(*args, **kwargs)
         raise TimeoutError(errno.EAGAIN, "cache directory: no thread to be had")
 
     monkeypatch.setattr(store, "given_way", no_thread)
@@ -528,3 +532,47 @@ async def test_a_group_directory_replaced_by_a_link_is_never_written_through(
     assert "is a symlink in the cache directory" in refresh.no_room, refresh.no_room
     assert cache.uncached[GROUP] == refresh.no_room
     assert list(elsewhere.iterdir()) == [] and not cache.is_refreshing(GROUP, NAME)
+
+
+async def test_a_turn_is_waited_for_while_its_holder_answers_and_given_up_once_it_hangs(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A refresh waiting for its group's lock (:func:`~tracker.cache.refresh.take_turn`)
+    waits for a holder that is slow but answers (an eviction's unlink of an old full), and
+    gives up with the directory's reason, a 503, once the directory counts as hung (a
+    promotion holding the lock on a mount that hangs its rename)."""
+    from tracker.cache.refresh import TURN_LOOK, take_turn
+
+    turn = trio.Lock()
+    why: list[str | None] = [None]
+    async with trio.open_nursery() as nursery:
+
+        async def slow_holder() -> None:
+            async with turn:
+                await trio.sleep(20 * TURN_LOOK)
+
+        nursery.start_soon(slow_holder)
+        await trio.testing.wait_all_tasks_blocked()
+        began = trio.current_time()
+        await take_turn(turn, lambda: why[0])
+        assert trio.current_time() - began >= 20 * TURN_LOOK - 1e-9  # waited it out
+        turn.release()
+
+        async def hung_holder() -> None:
+            async with turn:
+                await trio.sleep_forever()
+
+        nursery.start_soon(hung_holder)
+        await trio.testing.wait_all_tasks_blocked()
+        began = trio.current_time()
+
+        def hung() -> str | None:
+            if trio.current_time() - began >= 3 * TURN_LOOK:
+                why[0] = "cannot read the cache directory /c: a call there 3s ago has not ended"
+            return why[0]
+
+        with pytest.raises(RequestError) as info, trio.fail_after(10 * TURN_LOOK):
+            await take_turn(turn, hung)
+        assert info.value.status == 503 and info.value.reason == why[0]
+        assert trio.current_time() - began <= 4 * TURN_LOOK + 1e-9
+        nursery.cancel_scope.cancel()

@@ -81,9 +81,38 @@ async def test_a_place_whose_call_hung_parks_no_thread_more_until_it_ends(
             await given_way(call, print, name="refused", place="/mnt/a")
         assert ran == [1]  # no thread started for it
         assert await given_way(call, print, name="other", place="/mnt/b") == "here"
+        # a call that must run (a promotion's rename) runs there all the same
+        assert await given_way(call, print, name="must", place="/mnt/a", must_run=True) == "here"
         answers.set()
     assert await given_way(call, print, name="again", place="/mnt/a") == "here"
-    assert ran == [1, 1, 1]
+    assert ran == [1, 1, 1, 1]
+
+
+async def test_a_call_that_must_run_counts_at_its_place(
+    monkeypatch: pytest.MonkeyPatch, mock_clock: trio.testing.MockClock
+) -> None:
+    """A call that must run (``must_run``: a promotion's rename) is counted at its place:
+    once it has run ``HUNG_AFTER`` the place counts as hung (the other calls there are
+    refused), and free again once it ends."""
+    import tracker.serving.threads as threads
+
+    monkeypatch.setattr(threads, "HUNG_AFTER", 5.0)
+    answers = threading.Event()
+
+    def rename() -> str:
+        answers.wait(30.0)  # released below
+        return "renamed"
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            partial(given_way, rename, print, name="promotion", place="/mnt/a", must_run=True)
+        )
+        await trio.testing.wait_all_tasks_blocked()
+        assert hung_for("/mnt/a", trio.current_time()) is None
+        mock_clock.jump(5.0)
+        assert hung_for("/mnt/a", trio.current_time()) == 5.0
+        answers.set()
+    assert hung_for("/mnt/a", trio.current_time()) is None
 
 
 @pytest.mark.parametrize("place", [None, "/cache"])

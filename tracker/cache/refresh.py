@@ -214,6 +214,17 @@ class Registry(Protocol):
         the files the last one left."""
         ...
 
+    async def promoting(self, call: Callable[[], T]) -> T:
+        """``call()`` (a promotion's rename and evictions, blocking on the cache directory)
+        in a thread of its own counted as a call there, waited for to its end, cancelled or
+        not; TimeoutError (an OSError) when no thread can be had."""
+        ...
+
+    def hung(self) -> str | None:
+        """Why the cache directory counts as hung now (a call there has not answered for
+        :data:`~tracker.serving.threads.HUNG_AFTER` seconds); None when it does not."""
+        ...
+
     def evicted(self, group: str, names: Sequence[str]) -> None:
         """``names`` of ``group`` were evicted to make room for a refresh: their digests
         go."""
@@ -582,6 +593,9 @@ class Refresh:
         refresh.
         """
         self.size = size
+        # Evictions for room decide on the files a promotion left, never on its half-done
+        # changes, and are told before the next change of the group: under its lock.
+        turn = self._registry.changing(self.group)
         try:
             # The cache directory looked at first, in its own thread within its bound: on
             # a hung mount the open below (under the group's lock, until the mount answers)
@@ -589,6 +603,10 @@ class Refresh:
             # stream uncached now, at once once a look there has hung (docs/configuration.md,
             # "Paths on a hung mount").
             await self._registry.in_directory(partial(_answers, os.path.dirname(self.final)))
+            # The group's lock, given up once the directory counts as hung: a promotion
+            # holding it on a mount that answers a look (NFS, from its attribute cache) but
+            # hangs a rename held this refresh's clients, their early head sent, as long.
+            await take_turn(turn, self._registry.hung)
         except RequestError as exc:
             self._no_room = f"{self.name} streamed uncached: {exc.reason}"
             self._registry.room(self.group, self._no_room)
@@ -597,20 +615,19 @@ class Refresh:
         except BaseException:
             self.abort()
             raise
-        # Read here, not in the worker thread: the registry changes in trio's thread.
-        needed = size + self._ops.min_free + self._registry.reserved_besides(self)
         try:
-            # Evictions for room decide on the files a promotion left, never on its
-            # half-done changes, and are told before the next change of the group.
-            async with self._registry.changing(self.group):
-                served = self._registry.served(self.group)
-                opened = await trio.to_thread.run_sync(
-                    self._prepare, needed, served, thread_name="cache refresh open"
-                )
-                self._registry.evicted(self.group, opened.evicted)
+            # Read here, not in the worker thread: the registry changes in trio's thread.
+            needed = size + self._ops.min_free + self._registry.reserved_besides(self)
+            served = self._registry.served(self.group)
+            opened = await trio.to_thread.run_sync(
+                self._prepare, needed, served, thread_name="cache refresh open"
+            )
+            self._registry.evicted(self.group, opened.evicted)
         except BaseException:
             self.abort()
             raise
+        finally:
+            turn.release()
         self._fd = opened.fd
         if opened.orphans_removed:
             self._registry.orphans_removed(opened.orphans_removed)
@@ -785,10 +802,13 @@ class Refresh:
             # One promotion of the group at a time, told to the registry before the next:
             # two overlapping ones (both files renamed in before either evicted) would each
             # evict the other's new file (docs/proxy.md, "Proxy mode and the disk cache").
+            # In a thread counted as the cache directory's: one that hangs there (NFS
+            # answering looks from its cache) makes the directory hung for the hits, the
+            # looks and the refreshes waiting for this lock (:func:`take_turn`).
             async with self._registry.changing(self.group):
                 served = self._registry.served(self.group)
-                evicted, aside, placed = await trio.to_thread.run_sync(
-                    self._promote, served, thread_name="cache promotion"
+                evicted, aside, placed = await self._registry.promoting(
+                    partial(self._promote, served)
                 )
                 self._registry.promoted(
                     self.group, self.name, self.sha256, evicted, self.proof, placed
@@ -889,6 +909,25 @@ class Refresh:
         self._move("ended")
         self.ended.set()
         self._notify()
+
+
+#: Seconds between the looks of a refresh waiting for its group's lock at whether the cache
+#: directory counts as hung (:func:`take_turn`).
+TURN_LOOK = 0.25
+
+
+async def take_turn(turn: trio.Lock, hung: Callable[[], str | None]) -> None:
+    """Acquire ``turn`` (a group's lock); RequestError(503) with ``hung()``'s reason once it
+    says, while waiting, that the cache directory hangs: the holder is a call there that
+    may not end before the mount answers. A holder that is slow but answers (an eviction's
+    unlink of an old full) is waited for."""
+    while True:
+        with trio.move_on_after(TURN_LOOK):
+            await turn.acquire()
+            return
+        reason = hung()
+        if reason is not None:
+            raise RequestError(503, reason)
 
 
 def _answers(path: str) -> None:

@@ -64,7 +64,7 @@ from tracker.proof.accounts.budget import CACHE_TEMP, AccountsLimits, clean_left
 from tracker.proof.cluster.lifting import KEEP_EVERY, keep_levels
 from tracker.proof.levels import STRUCTURE_ONLY, Level, Proof, Voters
 from tracker.proof.records.localcopies import FileIdentity, identity_of
-from tracker.serving.threads import HUNG_AFTER, given_way
+from tracker.serving.threads import HUNG_AFTER, given_way, hung_for
 
 __all__ = ["TEMP_PREFIX", "Cache", "CachedFile", "RefreshProgress"]
 
@@ -360,6 +360,30 @@ class Cache:
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "no answer"
             reason = f"cannot read the cache directory {self.root}: {why} (a hung mount?)"
             raise RequestError(503, reason) from exc
+
+    async def promoting(self, call: Callable[[], T]) -> T:
+        """``call()``, a promotion's rename and evictions under its group's lock, in a thread
+        of its own counted as a call in the cache directory (as :meth:`in_directory`'s): one
+        that hangs there past :data:`~tracker.serving.threads.HUNG_AFTER` makes the directory
+        hung for the hits, the looks and the refreshes waiting for the group's lock
+        (:meth:`hung`). Started even while the directory counts as hung (it may answer a
+        rename as a listing hangs), and waited for to its end, cancelled or not: what the
+        rename did is told to the registry. TimeoutError (an OSError: the promotion fails)
+        with no thread to be had."""
+        with trio.CancelScope(shield=True):
+            done = await given_way(call, name="cache promotion", place=self.root, must_run=True)
+        return done
+
+    def hung(self) -> str | None:
+        """Why the cache directory counts as hung now (:func:`~tracker.serving.threads.hung_for`:
+        a call there has not answered for its bound); None when it does not."""
+        ago = hung_for(self.root, trio.current_time())
+        if ago is None:
+            return None
+        return (
+            f"cannot read the cache directory {self.root}: a call there {ago:.0f}s ago"
+            " has not ended (a hung mount?)"
+        )
 
     async def identities(self, group: str, names: list[str]) -> dict[str, FileIdentity | None]:
         """:meth:`_identities_named`, looked at in the cache directory's thread
