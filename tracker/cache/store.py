@@ -64,7 +64,7 @@ from tracker.proof.accounts.budget import CACHE_TEMP, AccountsLimits, clean_left
 from tracker.proof.cluster.lifting import KEEP_EVERY, keep_levels
 from tracker.proof.levels import STRUCTURE_ONLY, Level, Proof, Voters
 from tracker.proof.records.localcopies import FileIdentity, identity_of
-from tracker.serving.threads import HUNG_AFTER, given_way, hung_for
+from tracker.serving.threads import HUNG_AFTER, given_way, hung_reason
 
 __all__ = ["TEMP_PREFIX", "Cache", "CachedFile", "RefreshProgress"]
 
@@ -375,15 +375,10 @@ class Cache:
         return done
 
     def hung(self) -> str | None:
-        """Why the cache directory counts as hung now (:func:`~tracker.serving.threads.hung_for`:
-        a call there has not answered for its bound); None when it does not."""
-        ago = hung_for(self.root, trio.current_time())
-        if ago is None:
-            return None
-        return (
-            f"cannot read the cache directory {self.root}: a call there {ago:.0f}s ago"
-            " has not ended (a hung mount?)"
-        )
+        """Why the cache directory counts as hung now (a call there has not answered for its
+        bound: :func:`~tracker.serving.threads.hung_reason`); None when it does not."""
+        why = hung_reason(self.root, trio.current_time())
+        return None if why is None else f"cannot read the cache directory {self.root}: {why}"
 
     async def identities(self, group: str, names: list[str]) -> dict[str, FileIdentity | None]:
         """:meth:`_identities_named`, looked at in the cache directory's thread

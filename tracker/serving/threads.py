@@ -193,6 +193,15 @@ def hung_for(place: str, now: float) -> float | None:
     return ago if ago >= HUNG_AFTER else None
 
 
+def hung_reason(place: str, now: float) -> str | None:
+    """Why ``place`` counts as hung at ``now`` (:func:`hung_for`), in one line; None when it
+    does not."""
+    ago = hung_for(place, now)
+    if ago is None:
+        return None
+    return f"{place}: a read there {ago:.0f}s ago has not ended (a hung mount?)"
+
+
 def _nothing_to_free(_value: object) -> None:
     """What a value that holds nothing (no descriptor) needs once nobody takes it."""
 
@@ -225,9 +234,8 @@ async def given_way(
     began = trio.current_time()
     on_done: Callable[[object], None] | None = None  # the place's bookkeeping
     if place is not None:
-        ago = hung_for(place, began)
-        if ago is not None and not must_run:
-            reason = f"{place}: a read there {ago:.0f}s ago has not ended (a hung mount?)"
+        reason = hung_reason(place, began)
+        if reason is not None and not must_run:
             raise TimeoutError(errno.ETIMEDOUT, reason)
         mine = object()
         running = _RUNNING.setdefault(place, {})
