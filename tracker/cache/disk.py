@@ -591,3 +591,36 @@ class Writeback:
         start, length = self._flushed, written - self._flushed
         self._flushed = written
         self._running = Background(partial(writeback_and_close, os.dup(fd), start, length))
+
+
+#: A failed write's errors that say the cache's disk (or its owner's quota) is full.
+NO_ROOM_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def disk_full_reason(name: str, reason: str) -> str:
+    """Why a refresh of ``name`` failed when the disk filled under it (``reason``: the
+    system's words): one line for the log, the status page and ``/v1/targets``."""
+    return f"{name} not cached: the cache's disk ran out of room while it was written ({reason})"
+
+
+def os_reason(exc: OSError) -> str:
+    """The system's words for ``exc``: its errno's, else its own text, else "I/O error"."""
+    return os.strerror(exc.errno) if exc.errno else exc.strerror or str(exc) or "I/O error"
+
+
+def unopened_reason(name: str, exc: OSError) -> str:
+    """Why a refresh of ``name`` could not create its temp file (``exc``): one line for the
+    log, the status page and ``/v1/targets``; a full disk (no inode, a quota) said as one."""
+    reason = os_reason(exc)
+    if exc.errno in NO_ROOM_ERRORS:
+        return f"{name} streamed uncached: the cache's disk has no room for a new file ({reason})"
+    return f"{name} streamed uncached: its temp file could not be created ({reason})"
+
+
+def no_room_reason(name: str, needed: int, free: int) -> str:
+    """Why a refresh of ``name`` did not start: one line for the log, the status page and
+    ``/v1/targets``."""
+    return (
+        f"{name} streamed uncached: the cache needs {needed} bytes free "
+        f"(the archive and proxy_snapshot_cache_min_free), {free} are"
+    )

@@ -32,16 +32,21 @@ import trio
 
 from tracker.cache.checked import UNCHECKED, Checking, own_shortfall
 from tracker.cache.disk import (
+    NO_ROOM_ERRORS,
     DiskOps,
     Opened,
     OrphanedArchive,
     Writeback,
+    disk_full_reason,
     free_aside,
+    no_room_reason,
     open_temp,
+    os_reason,
     rename_into_place,
     settle,
     sync_temp,
     unlink,
+    unopened_reason,
     write_all,
 )
 from tracker.cache.mixedcopy import Vouching
@@ -64,8 +69,6 @@ WRITE_WINDOW = 4
 #: Bytes a reader of a refresh being checked gets only once the check passed: enough that no
 #: archive format looks complete without them (docs/http-api.md, "Verified archives").
 HOLD_BACK = 64 * 1024
-#: A failed write's errors that say the cache's disk (or its owner's quota) is full.
-NO_ROOM_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class Phase(enum.Enum):
@@ -958,32 +961,3 @@ async def _within_bound(removal: Callable[[], object], left: object, name: str) 
             await given_way(removal, name=name)
     except TimeoutError as exc:  # no thread to be had
         log_folded(log, "warning", "cache_unreadable", left=left, error=exc)
-
-
-def disk_full_reason(name: str, reason: str) -> str:
-    """Why a refresh of ``name`` failed when the disk filled under it (``reason``: the
-    system's words): one line for the log, the status page and ``/v1/targets``."""
-    return f"{name} not cached: the cache's disk ran out of room while it was written ({reason})"
-
-
-def os_reason(exc: OSError) -> str:
-    """The system's words for ``exc``: its errno's, else its own text, else "I/O error"."""
-    return os.strerror(exc.errno) if exc.errno else exc.strerror or str(exc) or "I/O error"
-
-
-def unopened_reason(name: str, exc: OSError) -> str:
-    """Why a refresh of ``name`` could not create its temp file (``exc``): one line for the
-    log, the status page and ``/v1/targets``; a full disk (no inode, a quota) said as one."""
-    reason = os_reason(exc)
-    if exc.errno in NO_ROOM_ERRORS:
-        return f"{name} streamed uncached: the cache's disk has no room for a new file ({reason})"
-    return f"{name} streamed uncached: its temp file could not be created ({reason})"
-
-
-def no_room_reason(name: str, needed: int, free: int) -> str:
-    """Why a refresh of ``name`` did not start: one line for the log, the status page and
-    ``/v1/targets``."""
-    return (
-        f"{name} streamed uncached: the cache needs {needed} bytes free "
-        f"(the archive and proxy_snapshot_cache_min_free), {free} are"
-    )
