@@ -615,6 +615,66 @@ async def test_a_promotion_that_hangs_holds_no_other_refresh_of_its_group(
             await wait_for(lambda: NAME in t.cached() and not t.streamer.refreshes())
 
 
+async def test_a_refresh_whose_room_hangs_streams_uncached_and_holds_its_group_no_longer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refresh's room and temp file (evictions, the temp file's creation: under its
+    group's lock) on a mount that answers a look but hangs a create (NFS answering lookups
+    from its attribute cache) ran in one of trio's shared threads, waited for without a
+    bound: the refresh's client, its early head sent, and every later refresh of the group
+    waited as long as the mount hung. Past its bound the refresh streams the file uncached,
+    the directory counts as hung so the group's next refresh does too, the call left
+    running keeps the group's lock and, once the mount answers, removes the temp file it
+    made and lets the lock go: the file is cached again (the tracker's own components on
+    127.0.0.1; the hang is the test's, at the creation of one file's temp file only)."""
+    from helpers_proxy import GROUP, proxy_tracker, wait_for
+    from names import incremental_name
+
+    import tracker.cache.refresh as refresh_module
+    from tracker.cache.disk import TEMP_PREFIX
+
+    # 30 s, shortened to the look's bound: a refresh's own room takes microseconds here
+    monkeypatch.setattr(refresh_module, "ROOM_BOUND", LOOK_BOUND)
+    other, other_data = incremental_name(100, 150), os.urandom(128 * 1024)
+    root = tmp_path / "cache"
+
+    def temp_files() -> list[str]:
+        return [n for _d, _s, names in os.walk(root) for n in names if n.startswith(TEMP_PREFIX)]
+
+    async with (
+        serving(FakeUpstream(files={NAME: DATA, other: other_data})) as up,
+        proxy_tracker(root, up) as t,
+        httpx.AsyncClient(verify=client_tls(), timeout=WAIT, trust_env=False) as client,
+    ):
+        cache = t.streamer.cache()
+        assert cache is not None
+        with hung() as hang:
+            opening = hang.holding(refresh_module.open_temp, lambda final, *_: final.endswith(NAME))
+            monkeypatch.setattr(refresh_module, "open_temp", opening)
+            async with trio.open_nursery() as nursery:
+
+                async def miss() -> None:
+                    answer = await client.get(t.url(NAME))
+                    assert answer.status_code == 200 and answer.content == DATA
+                    assert not hang.ended.is_set()  # answered while the create still hung
+
+                nursery.start_soon(miss)
+                assert await trio.to_thread.run_sync(hang.asked.wait, HELD)  # the create
+                answer = await client.get(t.url(other))  # waits for the group's lock, then not
+                assert answer.status_code == 200 and answer.content == other_data
+                assert not hang.ended.is_set()
+                assert "has not ended (a hung mount?)" in cache.uncached[GROUP]
+            assert t.cached() == [] and hang.calls == 1
+            hang.release()
+            assert await trio.to_thread.run_sync(hang.ended.wait, HELD)
+            await wait_for(lambda: temp_files() == [])  # the late temp file: removed
+            monkeypatch.undo()
+            again = await client.get(t.url(NAME))  # the group's lock was let go
+            assert again.status_code == 200 and again.content == DATA
+            await wait_for(lambda: NAME in t.cached() and not t.streamer.refreshes())
+            assert temp_files() == []
+
+
 async def test_a_failed_refresh_s_temp_file_on_a_hung_mount_never_holds_the_tracker(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

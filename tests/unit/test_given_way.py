@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from tracker.serving.threads import Background, given_way, hung_for
+from tracker.serving.threads import Background, given_way, hung_for, started_at
 
 
 async def test_a_value_that_comes_after_its_caller_left_is_released() -> None:
@@ -112,6 +112,39 @@ async def test_a_call_that_must_run_counts_at_its_place(
         mock_clock.jump(5.0)
         assert hung_for("/mnt/a", trio.current_time()) == 5.0
         answers.set()
+    assert hung_for("/mnt/a", trio.current_time()) is None
+
+
+async def test_a_call_with_a_bound_of_its_own_counts_as_hung_only_past_it(
+    monkeypatch: pytest.MonkeyPatch, mock_clock: trio.testing.MockClock
+) -> None:
+    """A refresh's room (an old full's unlink takes seconds) is counted at the cache
+    directory with a longer bound than a look's: the directory counts as hung once it has
+    run that long, not the look's bound, and a look that hangs there meanwhile still makes
+    it hung after the look's own."""
+    import tracker.serving.threads as threads
+
+    monkeypatch.setattr(threads, "HUNG_AFTER", 5.0)
+    answers, look_answers, slow_answers = threading.Event(), threading.Event(), threading.Event()
+    room = started_at(partial(answers.wait, 30.0), name="room", place="/mnt/a", hung_after=20.0)
+    mock_clock.jump(19.0)
+    assert hung_for("/mnt/a", trio.current_time()) is None  # past a look's bound, not its own
+    mock_clock.jump(1.0)
+    assert hung_for("/mnt/a", trio.current_time()) == 20.0
+    answers.set()
+    await room.wait()
+    assert hung_for("/mnt/a", trio.current_time()) is None
+    look = started_at(partial(look_answers.wait, 30.0), name="look", place="/mnt/a")
+    slow = started_at(
+        partial(slow_answers.wait, 30.0), name="room", place="/mnt/a", hung_after=20.0
+    )
+    mock_clock.jump(5.0)
+    assert hung_for("/mnt/a", trio.current_time()) == 5.0  # the look's bound
+    look_answers.set()
+    await look.wait()
+    assert hung_for("/mnt/a", trio.current_time()) is None  # the room: within its own
+    slow_answers.set()
+    await slow.wait()
     assert hung_for("/mnt/a", trio.current_time()) is None
 
 

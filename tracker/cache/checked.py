@@ -193,9 +193,9 @@ class CheckedFiles:
         self.configured: Callable[[str], bool] = _any_group
         #: Per group: what runs the changes of its directory and of this registry one at a
         #: time (:meth:`changing`).
-        self._changing: dict[str, trio.Lock] = {}
+        self._changing: dict[str, trio.Semaphore] = {}
 
-    def changing(self, group: str) -> trio.Lock:
+    def changing(self, group: str) -> trio.Semaphore:
         """The lock that runs ``group``'s changes one at a time: a promotion (its rename,
         its evictions, what it tells this registry), the evictions that make room for a
         refresh, a recheck's digest and a removal of a copy that fell short, each deciding
@@ -203,7 +203,9 @@ class CheckedFiles:
         groups bound them)."""
         lock = self._changing.get(group)
         if lock is None:
-            lock = self._changing[group] = trio.Lock()
+            # a semaphore: a refresh that gave up on its room hands its turn over to the
+            # thread still making it, which lets it go from the trio thread as it ends
+            lock = self._changing[group] = trio.Semaphore(1, max_value=1)
         return lock
 
     def servable(self, group: str, name: str) -> bool:

@@ -448,8 +448,9 @@ class Opened:
     #: Why the group's directory or the temp file could not be created (None: it was, or
     #: ``no_space``).
     error: OSError | None = None
-    #: Free bytes found on the cache's file system (with ``no_space``).
+    #: Free bytes found on the cache's file system, and the bytes needed (with ``no_space``).
     free: int = 0
+    needed: int = 0
     #: The orphaned archives removed to make the room (:func:`remove_orphaned`).
     orphans_removed: tuple[OrphanedArchive, ...] = ()
     #: The group's own archives evicted to make the room (:func:`evict`).
@@ -507,7 +508,12 @@ def open_temp(
                 )
                 orphans = tuple(removed)
                 return Opened(
-                    None, no_space=True, free=free, orphans_removed=orphans, evicted=evicted
+                    None,
+                    no_space=True,
+                    free=free,
+                    needed=needed,
+                    orphans_removed=orphans,
+                    evicted=evicted,
                 )
         temp = os.path.join(directory, f"{TEMP_PREFIX}{name}.{secrets.token_hex(4)}")
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW

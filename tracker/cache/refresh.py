@@ -55,6 +55,7 @@ from tracker.errors import CacheError, RequestError
 from tracker.multisource.sources import Source
 from tracker.net.sourcelimits import UNCAPPED, Pacer
 from tracker.observability.folding import log_folded
+from tracker.observability.logs import log_event
 from tracker.proof.archive.archivecheck import FollowingCheck
 from tracker.proof.cluster.lifting import required_proof
 from tracker.proof.levels import STRUCTURE_ONLY, Proof
@@ -210,11 +211,19 @@ class Registry(Protocol):
         """The slots of ``group``'s fulls still served (which incrementals stay)."""
         ...
 
-    def changing(self, group: str) -> trio.Lock:
+    def changing(self, group: str) -> trio.Semaphore:
         """What runs ``group``'s changes one at a time: a promotion (its rename, the
         evictions after it, what the registry is told), the evictions that make room for a
         refresh, a recheck's digest, the removal of a copy that fell short; each decides on
-        the files the last one left."""
+        the files the last one left. A semaphore, not a lock: a refresh that gave up on its
+        room hands its turn to the call still making it, which lets it go as it ends."""
+        ...
+
+    def making_room(self, call: Callable[[], T], bound: float) -> Background[T]:
+        """``call()`` (a refresh's room and temp file, blocking on the cache directory)
+        started in a thread of its own counted as a call there: once it has run ``bound``
+        seconds the directory counts as hung. RequestError(503) when no thread is started
+        (an earlier call there hangs, or none can be had)."""
         ...
 
     async def promoting(self, call: Callable[[], T]) -> T:
@@ -590,10 +599,10 @@ class Refresh:
 
         Not enough free space (after removing stale files of the same group and kind, then
         the oldest orphaned archives of groups no longer configured as needed:
-        :func:`~tracker.cache.disk.open_temp`), a cache directory that cannot be written or
-        that does not answer a look within its bound (a hung mount: :attr:`no_room` says
-        which) end the refresh (it is released) and return False. Cancellation aborts the
-        refresh.
+        :func:`~tracker.cache.disk.open_temp`), a cache directory that cannot be written, that
+        does not answer a look within its bound or make the room within :data:`ROOM_BOUND`
+        (a hung mount: :attr:`no_room` says which) end the refresh (it is released) and
+        return False. Cancellation aborts the refresh.
         """
         self.size = size
         # Evictions for room decide on the files a promotion left, never on its half-done
@@ -619,21 +628,23 @@ class Refresh:
             self.abort()
             raise
         try:
-            # Read here, not in the worker thread: the registry changes in trio's thread.
-            needed = size + self._ops.min_free + self._registry.reserved_besides(self)
-            served = self._registry.served(self.group)
-            opened = await trio.to_thread.run_sync(
-                self._prepare, needed, served, thread_name="cache refresh open"
-            )
-            self._registry.evicted(self.group, opened.evicted)
+            opened = await self._make_room(turn)
+        except RequestError as exc:  # no answer within its bound: streamed uncached
+            self._no_room = f"{self.name} streamed uncached: {exc.reason}"
+            self._registry.room(self.group, self._no_room)
+            self.abort()  # nothing of its own made: the call still running removes its file
+            return False
         except BaseException:
             self.abort()
             raise
-        finally:
-            turn.release()
-        self._fd = opened.fd
-        if opened.orphans_removed:
-            self._registry.orphans_removed(opened.orphans_removed)
+        self.temp, self.no_space, self._fd = opened.temp, opened.no_space, opened.fd
+        if opened.no_space:
+            self._no_room = no_room_reason(self.name, opened.needed, opened.free)
+        elif opened.error is not None:
+            # a full inode table or quota (ENOSPC, EDQUOT), a read-only or foreign-owned
+            # group directory: said as the group's reason like too little room (it was
+            # left unsaid, and it cleared an earlier reason as if room had been found)
+            self._no_room = unopened_reason(self.name, opened.error)
         try:
             await self._registry.report_size()  # stale files may have been evicted for room
         except BaseException:
@@ -652,22 +663,85 @@ class Refresh:
             self._hold_back = HOLD_BACK
         return True
 
-    def _prepare(self, needed: int, served: Collection[int]) -> Opened:
-        # the configured groups are asked when orphans are looked for, and again before
-        # each goes (a reload may configure one's group again meanwhile)
-        configured = self._registry.configured_groups
-        opened = open_temp(
-            self.final, self.group, self.name, self.size, needed, self._ops, served, configured
-        )
-        self.temp, self.no_space = opened.temp, opened.no_space
-        if opened.no_space:  # room() is told in trio's thread, by open()
-            self._no_room = no_room_reason(self.name, needed, opened.free)
-        elif opened.error is not None:
-            # a full inode table or quota (ENOSPC, EDQUOT), a read-only or foreign-owned
-            # group directory: said as the group's reason like too little room (it was
-            # left unsaid, and it cleared an earlier reason as if room had been found)
-            self._no_room = unopened_reason(self.name, opened.error)
-        return opened
+    async def _make_room(self, turn: trio.Semaphore) -> Opened:
+        """The room and the temp file (:func:`~tracker.cache.disk.open_temp`), made in a
+        thread counted in the cache directory while this refresh holds ``turn``, its group's,
+        and waited for at most :data:`ROOM_BOUND` seconds. A call that has not answered by
+        then (the mount answered the look but hangs a create or an unlink: NFS answering
+        lookups from its attribute cache) is left running with the turn, which it lets go
+        as it ends, its file removed and its evictions told (:meth:`_room_made_late`);
+        RequestError(503) then, the directory counting as hung for the hits and the group's
+        next refreshes until it ends (waited for without a bound, it held this refresh's
+        clients, an early head sent, and every later refresh of the group as long as the
+        mount hung)."""
+        handed = False
+        try:
+            # Read here, not in the worker thread: the registry changes in trio's thread;
+            # the configured groups are asked when orphans are looked for, and again before
+            # each goes (a reload may configure one's group again meanwhile).
+            needed = self.size + self._ops.min_free + self._registry.reserved_besides(self)
+            prepare = partial(
+                open_temp,
+                self.final,
+                self.group,
+                self.name,
+                self.size,
+                needed,
+                self._ops,
+                self._registry.served(self.group),
+                self._registry.configured_groups,
+            )
+            # an Outcome always: a call that raised still lets the turn go (_room_made_late)
+            making = self._registry.making_room(partial(outcome.capture, prepare), ROOM_BOUND)
+            try:
+                with trio.move_on_after(ROOM_BOUND):
+                    opened: Opened = (await making.result()).unwrap()
+                    self._registry.evicted(self.group, opened.evicted)
+                    if opened.orphans_removed:
+                        self._registry.orphans_removed(opened.orphans_removed)
+                    return opened
+            except BaseException:
+                if not making.done():
+                    making.abandon(partial(self._room_made_late, turn))
+                    handed = True
+                raise
+            making.abandon(partial(self._room_made_late, turn))
+            handed = True
+            raise RequestError(503, self._registry.hung() or f"no answer within {ROOM_BOUND:g}s")
+        finally:
+            if not handed:
+                turn.release()
+
+    def _room_made_late(self, turn: trio.Semaphore, made: outcome.Outcome[Opened]) -> None:
+        """In trio's thread, once a call :meth:`_make_room` gave up on has ended: its
+        evictions are told, the file it made removed (in a thread: the mount only just
+        answered), and the group's turn let go."""
+        try:
+            opened = made.unwrap()
+        except Exception as exc:  # said, never raised into trio's thread
+            log_event(
+                log,
+                "error",
+                "cache_refresh_unwritable",
+                group=self.group,
+                file=self.name,
+                error=exc,
+            )
+        else:
+            self._registry.evicted(self.group, opened.evicted)
+            if opened.orphans_removed:
+                self._registry.orphans_removed(opened.orphans_removed)
+            if opened.fd is not None:
+                try:
+                    trio.lowlevel.start_thread_soon(
+                        partial(close_and_remove, opened.fd, opened.temp),
+                        _ignore,
+                        name="cache temp removal",
+                    )
+                except RuntimeError as exc:  # no thread to be had: the next start removes it
+                    log_event(log, "warning", "cache_unlink_failed", path=opened.temp, error=exc)
+        finally:
+            turn.release()
 
     @property
     def no_room(self) -> str:
@@ -918,12 +992,22 @@ class Refresh:
 #: directory counts as hung (:func:`take_turn`).
 TURN_LOOK = 0.25
 
+#: Seconds a refresh waits for its room and temp file (:meth:`Refresh._make_room`) before it
+#: streams uncached and the cache directory counts as hung: an old full's unlink takes
+#: seconds on ext4 (a look's bound, 3 s, would count that as a hang), and a client that
+#: got an early head waits this long for its first byte (aria2c gives up after 60 s).
+ROOM_BOUND = 30.0
 
-async def take_turn(turn: trio.Lock, hung: Callable[[], str | None]) -> None:
-    """Acquire ``turn`` (a group's lock); RequestError(503) with ``hung()``'s reason once it
-    says, while waiting, that the cache directory hangs: the holder is a call there that
-    may not end before the mount answers. A holder that is slow but answers (an eviction's
-    unlink of an old full) is waited for."""
+
+def _ignore(_outcome: object) -> None:
+    """What a thread whose result nobody takes is answered (its call logs its own errors)."""
+
+
+async def take_turn(turn: trio.Semaphore, hung: Callable[[], str | None]) -> None:
+    """Acquire ``turn`` (a group's lock: :meth:`Registry.changing`); RequestError(503) with
+    ``hung()``'s reason once it says, while waiting, that the cache directory hangs: the
+    holder is a call there that may not end before the mount answers. A holder that is
+    slow but answers (an eviction's unlink of an old full) is waited for."""
     while True:
         with trio.move_on_after(TURN_LOOK):
             await turn.acquire()

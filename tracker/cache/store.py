@@ -64,7 +64,7 @@ from tracker.proof.accounts.budget import CACHE_TEMP, AccountsLimits, clean_left
 from tracker.proof.cluster.lifting import KEEP_EVERY, keep_levels
 from tracker.proof.levels import STRUCTURE_ONLY, Level, Proof, Voters
 from tracker.proof.records.localcopies import FileIdentity, identity_of
-from tracker.serving.threads import HUNG_AFTER, given_way, hung_reason
+from tracker.serving.threads import HUNG_AFTER, Background, given_way, hung_reason, started_at
 
 __all__ = ["TEMP_PREFIX", "Cache", "CachedFile", "RefreshProgress"]
 
@@ -373,6 +373,18 @@ class Cache:
         with trio.CancelScope(shield=True):
             done = await given_way(call, name="cache promotion", place=self.root, must_run=True)
         return done
+
+    def making_room(self, call: Callable[[], T], bound: float) -> Background[T]:
+        """``call()``, a refresh's room (evictions, orphans' removal) and its temp file,
+        started in a thread of its own counted as a call in the cache directory: once it has
+        run ``bound`` seconds (an old full's unlink takes seconds: longer than a look's) the
+        directory counts as hung (:meth:`hung`). RequestError(503) when no thread is started:
+        the directory hangs already, or no thread can be had."""
+        try:
+            return started_at(call, name="cache refresh open", place=self.root, hung_after=bound)
+        except TimeoutError as exc:
+            why = exc.strerror or "no answer"
+            raise RequestError(503, f"cannot write the cache directory {self.root}: {why}") from exc
 
     def hung(self) -> str | None:
         """Why the cache directory counts as hung now (a call there has not answered for its
@@ -713,7 +725,7 @@ class Cache:
         self._refreshing[key] = refresh
         return refresh
 
-    def changing(self, group: str) -> trio.Lock:
+    def changing(self, group: str) -> trio.Semaphore:
         """The lock that runs ``group``'s changes one at a time
         (:meth:`CheckedFiles.changing`)."""
         return self.checked.changing(group)

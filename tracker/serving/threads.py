@@ -177,20 +177,25 @@ class DirectoryThreads:
 #: (a stuck NFS or FUSE mount): the config load's bound on a look.
 HUNG_AFTER = LOOK_BOUND
 
-#: Per place (a directory) given to :func:`given_way`: when each of its calls running now
-#: began (trio's clock), by call. A place whose oldest call has run :data:`HUNG_AFTER` is
-#: hung: no thread more is parked there until that call ends.
-_RUNNING: dict[str, dict[object, float]] = {}
+#: Per place (a directory) given to :func:`started_at` (:func:`given_way`): for each of its
+#: calls running now, when it began (trio's clock) and the seconds after which it counts as
+#: hung (None: :data:`HUNG_AFTER`, as it is when asked). A place one of whose calls has run
+#: its bound is hung: no thread more is parked there until that call ends.
+_RUNNING: dict[str, dict[object, tuple[float, float | None]]] = {}
 
 
 def hung_for(place: str, now: float) -> float | None:
-    """Seconds the oldest call :func:`given_way` runs on ``place`` has run, when at least
-    :data:`HUNG_AFTER` (the place is hung); else None."""
+    """Seconds the oldest call that has run past its bound on ``place`` (:data:`HUNG_AFTER`,
+    or the call's own: :func:`started_at`) has run; None when none has (not hung)."""
     running = _RUNNING.get(place)
     if not running:
         return None
-    ago = now - min(running.values())
-    return ago if ago >= HUNG_AFTER else None
+    ago = [
+        now - began
+        for began, after in running.values()
+        if now - began >= (HUNG_AFTER if after is None else after)
+    ]
+    return max(ago) if ago else None
 
 
 def hung_reason(place: str, now: float) -> str | None:
@@ -206,31 +211,28 @@ def _nothing_to_free(_value: object) -> None:
     """What a value that holds nothing (no descriptor) needs once nobody takes it."""
 
 
-async def given_way(
+def started_at(
     call: Callable[[], T],
-    release: Callable[[T], object] = _nothing_to_free,
     *,
     name: str,
     place: str | None = None,
     must_run: bool = False,
-) -> T:
-    """``call()`` in a thread of its own, awaited: never one of trio's shared worker threads
-    (``trio.to_thread`` holds one of its limiter's tokens until a hung call ends, and the
-    daemon's other disk reads wait for those), and given up on cancellation: the caller
-    leaves at once, and the value the call returns once its file system answers is freed
-    with ``release`` (a descriptor it opened is closed; by default nothing), never leaked.
-    Each call is one thread hop (~35 us here); a hung one holds its own thread only.
+    hung_after: float | None = None,
+) -> Background[T]:
+    """``call()`` started in a thread of its own (:class:`Background`), never one of trio's
+    shared worker threads (``trio.to_thread`` holds one of its limiter's tokens until a hung
+    call ends, and the daemon's other disk reads wait for those).
 
-    ``place`` (the directory the call reads): once a call there has run
-    :data:`HUNG_AFTER` seconds without an answer, the next ones
-    raise TimeoutError at once, no thread started, until it ends: clients that
-    leave and ask again while a mount hangs park one thread each only for that long, not
-    for as long as it hangs (:func:`hung_for`). A thread that cannot be started (this
-    process's limit: threads parked on a hung mount pile up) is a TimeoutError too, which
-    callers answer as a hang (a 503, the file streamed uncached), never a 500: the call did
-    not run. ``must_run``: started even while ``place`` counts as hung (a call whose
-    caller must learn what it did, such as a promotion's rename), counted there all the
-    same."""
+    ``place`` (the directory the call reads): the call is counted there while it runs, and
+    once it has run ``hung_after`` seconds (:data:`HUNG_AFTER` by default) without an answer
+    the place counts as hung (:func:`hung_for`): the next calls there raise TimeoutError at
+    once, no thread started, until it ends, so that clients that leave and ask again while a
+    mount hangs park one thread each only for that long, not for as long as it hangs. A
+    thread that cannot be started (this process's limit: threads parked on a hung mount
+    pile up) is a TimeoutError too, which callers answer as a hang (a 503, the file
+    streamed uncached), never a 500: the call did not run. ``must_run``: started even while
+    ``place`` counts as hung (a call whose caller must learn what it did, such as a
+    promotion's rename), counted there all the same."""
     began = trio.current_time()
     on_done: Callable[[object], None] | None = None  # the place's bookkeeping
     if place is not None:
@@ -239,7 +241,7 @@ async def given_way(
             raise TimeoutError(errno.ETIMEDOUT, reason)
         mine = object()
         running = _RUNNING.setdefault(place, {})
-        running[mine] = began
+        running[mine] = (began, hung_after)
 
         def ended(_outcome: object) -> None:
             running.pop(mine, None)
@@ -248,13 +250,29 @@ async def given_way(
 
         on_done = ended
     try:
-        thread = Background(call, on_done=on_done, name=name)
+        return Background(call, on_done=on_done, name=name)
     except BaseException as exc:  # no thread started (this process's limits): none runs
         if on_done is not None:
             on_done(None)
         if isinstance(exc, RuntimeError):
             raise TimeoutError(errno.EAGAIN, f"{name}: no thread to be had ({exc})") from exc
         raise
+
+
+async def given_way(
+    call: Callable[[], T],
+    release: Callable[[T], object] = _nothing_to_free,
+    *,
+    name: str,
+    place: str | None = None,
+    must_run: bool = False,
+) -> T:
+    """``call()`` in a thread of its own (:func:`started_at`, counted at ``place``),
+    awaited, and given up on cancellation: the caller leaves at once, and the value the call
+    returns once its file system answers is freed with ``release`` (a descriptor it opened
+    is closed; by default nothing), never leaked. Each call is one thread hop (~35 us
+    here); a hung one holds its own thread only."""
+    thread = started_at(call, name=name, place=place, must_run=must_run)
     try:
         return await thread.result()
     except BaseException:  # cancelled (its value, if any, is freed), or the call failed
