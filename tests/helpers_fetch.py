@@ -52,12 +52,19 @@ class FakeTracker(FakeUpstream):
     route ``/v1/{group}/{name}`` redirecting where ``behaviour[name].redirect_to`` says."""
 
     entries: list[dict[str, Any]] = attrs.Factory(list)
+    #: Listing routes answered 503, as a tracker restarting answers them.
+    unavailable: set[str] = attrs.Factory(set)
 
     async def _answer(self, conn: h11.Connection, stream: trio.SocketStream, req: Any) -> bool:
         target = urlsplit(req.target.decode())
         if target.path not in ("/v1/best_snapshots", "/v1/snapshots"):
             return await super()._answer(conn, stream, req)
         self.seen.append(seen_of(req))
+        if target.path in self.unavailable:
+            head = [("content-length", "0")]
+            await send_event(conn, stream, h11.Response(status_code=503, headers=head))
+            await send_event(conn, stream, h11.EndOfMessage())
+            return True
         query = parse_qs(target.query)
         slot, group = query.get("slot"), query.get("group")
         entries = self.entries

@@ -243,9 +243,13 @@ def epoch_info(epoch: int, first: int, slots: int) -> dict[str, Any]:
 
 
 def accounts_answer(
-    accounts: dict[str, bytes], keys: list[str], data_slice: dict[str, int]
+    accounts: dict[str, bytes],
+    keys: list[str],
+    data_slice: dict[str, int],
+    owners: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """getMultipleAccounts' answer (base64, the slice asked), as agave writes it."""
+    """getMultipleAccounts' answer (base64, the slice asked), as agave writes it; each
+    account owned by the vote program unless ``owners`` names another."""
     at, length = data_slice["offset"], data_slice["length"]
     value = [
         None
@@ -254,7 +258,7 @@ def accounts_answer(
             "data": [base64.b64encode(accounts[k][at : at + length]).decode(), "base64"],
             "executable": False,
             "lamports": 27074400,
-            "owner": VOTE_PROGRAM,
+            "owner": (owners or {}).get(k, VOTE_PROGRAM),
             "rentEpoch": 2**64 - 1,
             "space": len(accounts[k]),
         }
@@ -280,6 +284,8 @@ class VoteRpc:
     epoch: tuple[int, int, int] = (11, 4752000, 432000)
     #: The vote accounts' data getMultipleAccounts gives (an account not in it: null).
     accounts: dict[str, bytes] = attrs.Factory(dict)
+    #: The program owning an account of ``accounts`` other than the vote program.
+    owners: dict[str, str] = attrs.Factory(dict)
     #: The certificate documents served at GET /certificates/{slot}.json.
     documents: dict[int, bytes] = attrs.Factory(dict)
     delinquent: dict[str, int] = attrs.Factory(dict)
@@ -325,7 +331,9 @@ class VoteRpc:
             elif method == "getEpochInfo":
                 answer = {"jsonrpc": "2.0", "result": epoch_info(*self.epoch), "id": 1}
             elif method == "getMultipleAccounts":
-                answer = accounts_answer(self.accounts, params[0], params[1]["dataSlice"])
+                answer = accounts_answer(
+                    self.accounts, params[0], params[1]["dataSlice"], self.owners
+                )
             else:
                 answer = {"jsonrpc": "2.0", "error": {"code": -32601}, "id": 1}
             return quart.Response(json.dumps(answer), content_type="application/json")

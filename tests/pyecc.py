@@ -11,7 +11,20 @@ import sys
 _LIMIT = sys.getrecursionlimit()
 
 from py_ecc.bls import G2ProofOfPossession  # noqa: E402
+from py_ecc.bls.g2_primitives import G1_to_pubkey, pubkey_to_G1  # noqa: E402
+from py_ecc.optimized_bls12_381 import G1, add, multiply, neg  # noqa: E402
 
 sys.setrecursionlimit(_LIMIT)
 
-__all__ = ["G2ProofOfPossession"]
+
+def rogue_key(secret: int, others: list[bytes]) -> bytes:
+    """The compressed key ``secret*G`` less the keys ``others``: their aggregate with it is
+    ``secret*G``, which ``secret`` alone signs for (the rogue-key attack a proof of
+    possession rules out)."""
+    point = multiply(G1, secret)
+    for key in others:
+        point = add(point, neg(pubkey_to_G1(key)))
+    return bytes(G1_to_pubkey(point))
+
+
+__all__ = ["G2ProofOfPossession", "rogue_key"]

@@ -40,7 +40,7 @@ from helpers_alpenglow import (
 )
 from helpers_server import serve_app
 from helpers_tls import client_tls
-from helpers_votes import VoteRpc, hash_of, tower, vote_transaction
+from helpers_votes import VoteRpc, hash_of, key, tower, vote_transaction
 from names import full_name
 
 import tracker.proof.cluster.clustervotes as clustervotes_module
@@ -567,6 +567,59 @@ async def test_a_signers_key_the_rpc_does_not_confirm_is_refused() -> None:
         f"the signer at rank 3 (vote account {V150.vote}) holds another BLS key at the RPC than"
         " in the manifest's stakes of epoch 11"
     )
+
+
+@attrs.frozen
+class _Forged(Validator):
+    """An account whose data holds a V4 vote state with a key of the forger's choosing."""
+
+    key: bytes = b""
+
+    @property
+    def bls_key(self) -> bytes:
+        return self.key
+
+
+async def test_a_key_from_an_account_the_vote_program_does_not_own_counts_nothing() -> None:
+    # A forged manifest lists, beside the honest validators, an account the RPC does not
+    # stake, whose data (written by a program of the forger's, no proof of possession)
+    # holds a rogue key: x*G less the honest keys. The aggregate over every rank is then
+    # x*G, and x alone signs a notarize of the manifest's block for all of them; the honest
+    # stake counted though no honest validator signed. Only the vote program's accounts
+    # hold a key that counts.
+    from pyecc import G2ProofOfPossession as Pop
+    from pyecc import rogue_key
+
+    secret = 123_456_789
+    forged = _Forged(
+        key("a program's account"),
+        b"\x99" * 32,
+        1,
+        0,
+        key=rogue_key(secret, [v.bls_key for v in VALS]),
+    )
+    epoch = [*VALS, forged]
+    order = ranked(epoch)
+    signed = bytes(Pop.Sign(secret, payload(1, S, BLOCK_ID)))  # notarize
+    bits = bitmap(range(len(order)), len(order))
+    certificate = S.to_bytes(8, "little") + BLOCK_ID + signed
+    certificate += len(bits).to_bytes(2, "little") + bits + b"\x00"
+    node = alpenglow_rpc(VALS)
+    node.accounts[forged.vote] = forged.account_data()
+    node.owners[forged.vote] = key("the forger's program")
+    node.documents[S] = document(S, H, certificate)
+    proof = await lift(node, S, proof_of(epoch=epoch))
+    assert proof.level == Level.MANIFEST and proof.note is not None
+    rank = order.index(forged)
+    assert proof.note.endswith(
+        f"the signer at rank {rank} (vote account {forged.vote}) holds no BLS key at the RPC"
+        " than in the manifest's stakes of epoch 11"
+    )
+    # the same account as the vote program's (which would have checked its possession):
+    # the key counts, the aggregate verifies; the proof of possession is what rules it out
+    del node.owners[forged.vote]
+    proof = await lift(node, S, proof_of(epoch=epoch))
+    assert proof.level == Level.CLUSTER
 
 
 async def test_a_signer_the_rpc_no_longer_stakes_counts_nothing() -> None:

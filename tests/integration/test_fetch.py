@@ -392,6 +392,32 @@ async def test_two_sources_on_the_command_line(tmp_path: Path) -> None:
         assert any(s.body_sent > 64 * 1024 and "range" in s.headers for s in up.gets(FULL))
 
 
+async def test_a_failed_ask_after_the_full_keeps_the_incremental_planned(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Once the full is in place, fetch asks for the newest incremental on it again: that
+    one request failing (a tracker restarting: 503) failed the whole run, the full
+    downloaded, the incremental planned at the start and the retention left undone."""
+    from helpers_fetch import FakeTracker, tracker_entries
+
+    ledger = ledger_of(tmp_path)
+    old = [full_name(10_000 + n) for n in range(2)]
+    for name in old:
+        (ledger / name).write_bytes(b"old")
+    async with serving(FakeUpstream(files=dict(FILES))) as up, serving(FakeTracker()) as t:
+        # best first, as a tracker lists them: the full with its incremental
+        t.entries = sorted(tracker_entries(up, FILES), key=lambda e: -e["slot"])
+        t.unavailable = {"/v1/snapshots"}  # the listing on a full (/v1/best_snapshots: up)
+        results = await run_fetch(options(ledger, t.base, group=GROUP, keep=2), NoProgress())
+    assert [Path(r.path).name for r in results] == [FULL, INCR]
+    assert any(s.target.startswith("/v1/snapshots?") for s in t.seen)  # asked, refused
+    assert contents(ledger) == {
+        **{name: sha256(data) for name, data in FILES.items()},
+        old[1]: sha256(b"old"),
+    }
+    assert "fetch_reask_failed" in caplog.text
+
+
 async def test_retention_keeps_the_newest(tmp_path: Path) -> None:
     ledger = ledger_of(tmp_path)
     old = [full_name(10_000 + n) for n in range(3)]

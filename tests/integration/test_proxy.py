@@ -153,6 +153,27 @@ async def test_range_and_conditionals_are_forwarded(
     ]
 
 
+async def test_a_condition_past_ascii_is_ignored_not_blamed_on_the_source(
+    tracker: TrackerUnderTest, upstream: FakeUpstream
+) -> None:
+    """A client's conditional header with a byte past ASCII (which HTTP lets it send) was
+    passed on as text httpx would not encode: a 502 for a file the source holds, the source
+    counted failed and a failed transfer recorded against it, for any client that sends one.
+    It goes on as none, as a file's answer ignores it; an If-Range so ignored takes its Range
+    with it (the whole file)."""
+    async with httpx.AsyncClient(verify=client_tls()) as client:
+        whole = await client.get(tracker.url(NAME), headers={"if-none-match": b'"\xe9"'})
+        ranged = await client.get(
+            tracker.url(NAME), headers={"range": "bytes=0-9", "if-range": b'"\xe9"'}
+        )
+    assert whole.status_code == 200 and whole.content == DATA
+    assert ranged.status_code == 200 and ranged.content == DATA
+    assert [dict(s.headers).get("if-none-match") for s in upstream.seen] == [None, None]
+    assert [dict(s.headers).get("range") for s in upstream.seen] == [None, None]
+    assert tracker.outcome("proxy") == 2
+    assert tracker.counter("snapshot_tracker_source_failures_total", group=GROUP) == 0
+
+
 def _dead_url() -> str:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

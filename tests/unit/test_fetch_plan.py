@@ -75,6 +75,9 @@ def summary(chosen: Plan) -> tuple[int | None, int | None, int, bool]:
         ((501,), [offer(1000, 1800)], {}, (None, None, 501, False)),
         # min_slots 0: only the offered full itself is recent enough.
         ((999,), [offer(1000, 1800)], {"min_slots": 0}, (1000, 1800, 0, False)),
+        ((1000,), [offer(1000, 1800)], {"min_slots": 0}, (None, 1800, 0, False)),
+        ((1000, (1000, 1800)), [offer(1000, 1800)], {"min_slots": 0}, (None, None, 0, False)),
+        ((1100,), [offer(1000, 1800)], {"min_slots": 0}, (None, None, 1100, False)),
         # --incremental=false: the full alone, or nothing when it (or a recent one) is here.
         ((), [offer(1000, 1800)], {"want_incremental": False}, (1000, None, 0, False)),
         ((1000,), [offer(1000, 1800)], {"want_incremental": False}, (None, None, 0, False)),

@@ -54,8 +54,9 @@ def plan(
     newest = max((f.name.slot for info in local for f in info.files), default=0)
     fulls = sorted({f.name.slot for info in local for f in info.files if f.name.is_full})
     offered_full = best.full.name.slot
-    # A ledger full newer than the offered one counts as recent too.
-    recent = [slot for slot in fulls if offered_full - slot < min_slots]
+    # A ledger full at the offered slot or newer counts as recent whatever ``min_slots``
+    # (with 0, the offered full itself was downloaded again on every run).
+    recent = [slot for slot in fulls if slot >= offered_full or offered_full - slot < min_slots]
     if want_full and not recent:
         incremental = best.incremental if want_incremental else None
         if incremental is not None and incremental.file_name in held_names(local):
@@ -76,7 +77,8 @@ def plan(
     wanted = Plan(
         incremental_on=base,
         newer_than=newest,
-        behind=newest + min_slots <= best.slot,
+        # the ledger holding the newest on offer is never behind (with 0, it was)
+        behind=newest < best.slot and newest + min_slots <= best.slot,
         reason=f"the ledger's snapshot at slot {newest} is within {min_slots} slots of the "
         f"newest on offer ({best.slot}) and no newer incremental is on offer for its full",
     )

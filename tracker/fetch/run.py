@@ -245,10 +245,7 @@ async def _locked(
     if what.full is not None:
         results.append(await _download(client, options, what.full, progress))
         if options.incremental:
-            # The full took a while: ask again for the newest incremental on it.
-            on = await _offer(client, options, what.full.name.slot)
-            newer = next((s.incremental for s in on if s.incremental is not None), None)
-            incremental = newer if newer is not None else incremental
+            incremental = await _newer_incremental(client, options, what.full, incremental)
             if incremental is not None and incremental.file_name in held_names(local):
                 incremental = None  # the ledger holds it already
     if incremental is not None:
@@ -364,6 +361,33 @@ def _room_for(options: FetchOptions, planned: list[RemoteFile], sizes: list[int]
     reason = no_room_reason(what, options.ledger, needed, held, options.free_bytes(options.ledger))
     if reason:
         raise FetchError(reason)
+
+
+async def _newer_incremental(
+    client: httpx.AsyncClient,
+    options: FetchOptions,
+    full: RemoteFile,
+    planned: RemoteFile | None,
+) -> RemoteFile | None:
+    """The full took a while: the newest incremental on it the tracker or the sources offer
+    now, if newer than ``planned`` (the one planned at the start, kept otherwise). One that
+    cannot be asked keeps ``planned``, said as ``fetch_reask_failed``: an hour's full in
+    place, one failed request (a tracker restarting, a 503) failed the whole run, the
+    incremental and the retention with it."""
+    try:
+        on = await _offer(client, options, full.name.slot)
+    except FetchError as exc:
+        log_event(log, "warning", "fetch_reask_failed", full=full.file_name, error=str(exc))
+        return planned
+    newer = next((s.incremental for s in on if s.incremental is not None), None)
+    if newer is None or (planned is not None and newer.name.slot <= planned.name.slot):
+        return planned
+    try:
+        in_the_way(options.ledger, [newer.file_name])
+    except FetchError as exc:
+        log_event(log, "warning", "fetch_reask_failed", full=full.file_name, error=str(exc))
+        return planned
+    return newer
 
 
 async def _offer(

@@ -60,6 +60,7 @@ from tracker.proof.formats.alpenglow import (
     vote_account_keys,
     vote_payload,
 )
+from tracker.proof.formats.votes import VOTE_PROGRAM
 
 #: The largest certificate document read (a real one is ~1 KB: 2,000 ranks are 250 bytes
 #: of bitmap per aggregate).
@@ -241,7 +242,15 @@ def epoch_window(body: bytes | bytearray) -> tuple[int, int, int]:
 
 def accounts_data(body: bytes | bytearray, count: int) -> list[bytes | None]:
     """The data of each account a ``getMultipleAccounts`` answer gives (base64, the slice
-    asked), None for an account that does not exist. Raises RpcError (one line)."""
+    asked), None for an account that does not exist or that the vote program does not own.
+    Raises RpcError (one line).
+
+    Only the vote program's accounts hold a BLS key the cluster's rank map weighs: it takes
+    one with its proof of possession. Any program's account can hold the bytes of a V4
+    vote state, and a key read from one could be a rogue key (``x*G`` less the honest
+    signers' keys: their aggregate with it is ``x*G``, which ``x`` alone signs for any
+    block); a forged manifest listing such an account, unstaked at the RPC, made the honest
+    stake count for a block nobody signed."""
     found: list[bytes | None] = []
     listed = False
     try:
@@ -262,7 +271,9 @@ def accounts_data(body: bytes | bytearray, count: int) -> list[bytes | None]:
     return found
 
 
-def _account(value: object) -> bytes:
+def _account(value: object) -> bytes | None:
+    if isinstance(value, dict) and value.get("owner") != VOTE_PROGRAM:
+        return None  # not a vote account: no key of its counts (accounts_data)
     data = value.get("data") if isinstance(value, dict) else None
     if not (isinstance(data, list) and len(data) == 2 and data[1] == "base64"):
         raise RpcError("getMultipleAccounts: an account without base64 data")

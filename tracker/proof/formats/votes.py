@@ -21,8 +21,12 @@ The kinds that carry a vote, with the hash they vote for:
 
 Bincode: u32/u64 little endian, a ``Vec``/``VecDeque`` length as u64, an ``Option`` a u8 tag
 (0 or 1) then the value, a ``Hash`` 32 bytes. The data is hostile: every length is checked
-against the bytes left before anything is read, and a vote with no slot, a slot past u64,
-an overlong varint or trailing bytes refuse the instruction (:class:`VoteInvalid`).
+against the bytes left before anything is read, and a vote with no slot, a slot past u64 or
+an overlong varint refuse the instruction (:class:`VoteInvalid`). Bytes after the vote are
+not read, as the vote program does not read them: it decodes its instruction with
+``limited_deserialize`` (``program_utils.rs``: bincode allowing trailing bytes), so a vote
+with them lands on chain and counts; refused, one such transaction in a block made every
+slot before it unprovable by votes.
 """
 
 from __future__ import annotations
@@ -119,11 +123,6 @@ class InstructionReader:
                 return value
         raise VoteInvalid("short_vec length longer than 3 bytes")
 
-    def end(self) -> None:
-        """VoteInvalid unless every byte was read."""
-        if self._at != len(self._data):
-            raise VoteInvalid(f"{len(self._data) - self._at} bytes after the instruction")
-
 
 def decode_vote(data: bytes) -> Voted | None:
     """The vote ``data`` (a vote-program instruction's data) carries, None for the kinds
@@ -148,7 +147,7 @@ def decode_vote(data: bytes) -> Voted | None:
         reader.take(32)  # block_id
     if switch:
         reader.take(32)  # the switching proof's hash
-    reader.end()
+    # what follows is not read (the module's docstring: trailing bytes land on chain)
     if slot is None:
         raise VoteInvalid(f"{name} votes for no slot")
     return Voted(name, slot, voted)
