@@ -308,6 +308,30 @@ async def test_a_resume_onto_a_source_that_ignores_range_starts_over(tmp_path: P
     assert not (ledger / f".tmp-{FULL}.state").exists()
 
 
+@pytest.mark.parametrize("validators", [True, False])
+async def test_a_complete_copy_is_checked_not_fetched_again_from_a_source_without_ranges(
+    tmp_path: Path, validators: bool
+) -> None:
+    """A run stopped in its check (every byte on disk, the state claiming them all), then
+    the source as agave's RPC serves a file (200 for any Range, no ETag): nothing is asked
+    of it, so the copy is checked and placed, not downloaded again (a mainnet full's 100 GB
+    for a check cut short)."""
+    data = archive_bytes(6 * MiB, seed=52)
+    ledger = ledger_of(tmp_path)
+    (ledger / f".tmp-{FULL}").write_bytes(data)
+    etag = UPSTREAM_ETAG if validators else ""
+    identity = Identity(len(data), etag, UPSTREAM_LAST_MODIFIED if validators else "")
+    half = len(data) // 2
+    save_state(str(ledger), State(FULL, identity, ((0, half), (half, len(data)))))
+    up = FakeUpstream(files={FULL: data}, behaviour={FULL: Behaviour(ignore_range=True)})
+    async with serving(up), tracker_for("redirect", tmp_path) as t:
+        advertise_all(t, up, {FULL: data})
+        await run_fetch(options(ledger, t.base, incremental=False), NoProgress())
+    assert contents(ledger) == {FULL: sha256(data)}
+    # its first byte asked (the inspection: is it there, what size), never the file again
+    assert {s.headers.get("range") for s in up.gets(FULL)} == {"bytes=0-0"}
+
+
 async def test_every_source_failing_is_a_one_line_error(tmp_path: Path) -> None:
     broken = FakeUpstream(files=dict(FILES), behaviour={FULL: Behaviour(status=500)})
     ledger = ledger_of(tmp_path)

@@ -64,11 +64,26 @@ def restart_reason(saved: State | None, offered: Identity, ranges: bool) -> str:
         return ""
     if saved.identity.size != offered.size:
         return f"the file's size changed ({saved.identity.size} bytes, now {offered.size})"
+    if _covers(saved.done, offered.size):
+        # Every byte is on disk (a run stopped in its check): nothing is asked of a source,
+        # so whether it takes ranges or sends validators does not matter; the check decides
+        # (agave's RPC takes neither: its 100 GB full was downloaded again).
+        return ""
     if not ranges:
         return "the source does not take Range requests"
     if saved.identity.validators.if_range() is None or offered.validators.if_range() is None:
         return "the source sent no validator"
     return not_same_reason(saved.identity.validators, offered.validators) or ""
+
+
+def _covers(done: tuple[tuple[int, int], ...], size: int) -> bool:
+    """Whether the byte ranges ``done`` cover every byte of ``size``. Pure."""
+    reached = 0
+    for start, end in sorted(done):
+        if start > reached:
+            return False
+        reached = max(reached, end)
+    return reached >= size
 
 
 def one_source_reason(saved: State | None, url: str) -> str:
