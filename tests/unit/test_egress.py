@@ -15,6 +15,7 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tracker.core.hosts import embedded_ipv4
 from tracker.errors import EgressRefused
 from tracker.net.egress import (
     CheckingBackend,
@@ -22,7 +23,6 @@ from tracker.net.egress import (
     as_ipv4_network,
     category,
     checked_addresses,
-    embedded_ipv4,
     parse_networks,
     translated_ipv4,
 )

@@ -126,6 +126,11 @@ def test_canonical_host(host: str, canonical: str) -> None:
         ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
         ("2001:db8:1:3::6", "2001:db8:1:3::/64"),  # another /64: another machine
         ("10.0.0.6", "10.0.0.6"),  # IPv4 (an IPv4-mapped one is canonical_host's IPv4)
+        # an IPv6 address carrying an IPv4 one is that machine: its 6to4 /48 is its
+        # holder's, and NAT64 reaches it (one machine was three voices)
+        ("2002:102:304::1", "1.2.3.4"),
+        ("2002:102:304:ffff::9", "1.2.3.4"),
+        ("64:ff9b::102:304", "1.2.3.4"),
         ("fe80::1%eth0", "fe80::1%eth0"),  # a link's own host
         ("node.example", "node.example"),
         ("", ""),
@@ -145,6 +150,8 @@ def test_machine_of(host: str, machine: str) -> None:
         ("2001:db8:1:ffff:ffff:ffff:ffff:ffff", "2001:db8:1::/48"),  # another /64 of its /48
         ("2001:db8:2::6", "2001:db8:2::/48"),
         ("::1", "::/48"),
+        ("2002:102:304::1", "1.2.3.0/24"),
+        ("64:ff9b::102:305", "1.2.3.0/24"),
         ("fe80::1%eth0", "fe80::1%eth0"),  # a link's own host
         ("node.example", "node.example"),
         ("", ""),

@@ -144,6 +144,37 @@ def test_a_full_and_an_incremental_of_one_slot_and_hash_agree() -> None:
     assert (True, 100) in ranked and (False, 100) in ranked
 
 
+@pytest.mark.parametrize("configured_incrementals", [0, 1])
+@pytest.mark.parametrize("policy", [SourceTrust(), SourceTrust(min_agreeing_sources=2)])
+def test_a_state_the_other_kind_vouches_for_ranks_no_one_nodes_full_of_it(
+    configured_incrementals: int, policy: SourceTrust
+) -> None:
+    """Honest nodes list the full at 50 and the incremental 50-100-H; one discovered node
+    lists a full snapshot-100-H (the same state, which a full and an incremental ending at
+    one slot share): the state's voices made that full, which it alone holds at a size it
+    alone states, the group's newest. An archive only discovered nodes hold needs as many
+    of them as a state; two holding it rank it."""
+    index = Index()
+    index.set_policy("g", policy)
+    honest = ("snapshot-50-H.tar", "incremental-snapshot-50-100-H.tar")
+    for n in range(configured_incrementals):
+        index.apply(TargetKey("g", f"http://c{n}"), infos(*honest), T0)
+    for n in range(3):
+        index.apply(
+            TargetKey("g", f"http://198.51.100.{n}:8899", discovered=True), infos(*honest), T0
+        )
+    liar = TargetKey("g", "http://203.0.113.6:8899", discovered=True)
+    index.apply(liar, infos("snapshot-100-H.tar"), T0)
+    best = index.best_full("g")
+    assert best is not None and best.info.slot == 50
+    assert all(s.key != liar for s in index.sources("g"))
+    index.apply(
+        TargetKey("g", "http://203.0.113.9:8899", discovered=True), infos("snapshot-100-H.tar"), T0
+    )
+    best = index.best_full("g")
+    assert best is not None and best.info.slot == 100  # two machines hold it: ranked
+
+
 def test_ties_prefer_most_recent_successful_scrape_then_name() -> None:
     index = Index()
     index.apply(TargetKey("g", "old"), infos("snapshot-100-H.tar"), T0)
@@ -451,6 +482,16 @@ def test_discovered_nodes_alone_need_two_agreeing(
         # three identities of one machine against two honest machines: no majority of
         # hosts, the honest hash is not beaten at its slot
         (["http://203.0.113.6:1", "http://203.0.113.6:2", "http://203.0.113.6:3"], False),
+        # one IPv4 machine under its 6to4 and NAT64 forms: one voice (it counted three)
+        (
+            [
+                "http://203.0.113.6:8899",
+                "http://[2002:cb00:7106::1]:8899",
+                "http://[64:ff9b::cb00:7106]:8899",
+            ],
+            False,
+        ),
+        (["http://[2002:cb00:7106::1]:8899", "http://[2002:cb00:7107::1]:8899"], True),
     ],
 )
 def test_discovered_nodes_agree_as_hosts(bogus: list[str], ranked: bool) -> None:

@@ -111,6 +111,26 @@ def canonical_host(host: str) -> str:
 #: server): it may answer on as many of its addresses as it likes.
 MACHINE_PREFIX = 64
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def embedded_ipv4(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries (mapped, compatible, 6to4, NAT64's
+    well-known prefix), if any: the destination it reaches, which the egress policy judges
+    and whose machine it is where sources are counted. Pure."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return None
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address in _NAT64 or (address in _COMPATIBLE and int(address) > 1):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
 
 @functools.lru_cache(maxsize=65_536)  # hosts are few and stable; every re-rank asks each
 def machine_of(host: str) -> str:
@@ -147,7 +167,11 @@ def network_of(host: str) -> str:
 def machine_and_network(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[str, str]:
     """:func:`machine_of` and :func:`network_of` of an address without a zone id, from its
     bits: for the up to 100,000 nodes of a ``getClusterNodes`` answer, parsed once and kept
-    in no cache (they would flush what the re-ranks keep in :func:`machine_of`'s). Pure."""
+    in no cache (they would flush what the re-ranks keep in :func:`machine_of`'s). An IPv6
+    address that carries an IPv4 one (6to4, NAT64: :func:`embedded_ipv4`) is that IPv4
+    address's machine: whoever holds an IPv4 address holds its 6to4 /48, and one machine
+    was up to three voices under its three forms. Pure."""
+    address = embedded_ipv4(address) or address
     value = int(address)
     if isinstance(address, ipaddress.IPv4Address):
         low = value >> (32 - NETWORK_PREFIX_V4) << (32 - NETWORK_PREFIX_V4)
@@ -173,13 +197,17 @@ def party_of(host: str) -> str:
 def _ipv6_block(host: str, which: int) -> str:
     """The block of :func:`machine_and_network` (``which``: 0 the machine's /64, 1 the
     network's /48) an IPv6 address ``host`` is in; a name, an IPv4 address or an address
-    with a zone id (a link's own host, :func:`canonical_host`) as it is. Pure."""
+    with a zone id (a link's own host, :func:`canonical_host`) as it is, and an IPv6 one
+    that carries an IPv4 address (:func:`embedded_ipv4`) as that IPv4 address. Pure."""
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
         return host  # a name
     if isinstance(address, ipaddress.IPv4Address) or address.scope_id is not None:
         return host
+    inner = embedded_ipv4(address)
+    if inner is not None:
+        return str(inner)
     return machine_and_network(address)[which]
 
 

@@ -31,6 +31,7 @@ import idna
 import trio
 
 from tracker.config.schema import Egress
+from tracker.core.hosts import embedded_ipv4
 from tracker.errors import EgressRefused
 from tracker.net.limits import run_limiter
 
@@ -41,8 +42,6 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 _SHARED = ipaddress.ip_network("100.64.0.0/10")  # RFC 6598, carrier-grade NAT
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
-_COMPATIBLE = ipaddress.ip_network("::/96")
 # What the standard library (3.11) takes for global and IANA does not: IPv6 site-local
 # (RFC 3879 deprecated it; still routed inside sites that use it), and the IETF protocol
 # assignments of 192.0.0.0/24 beyond their first /29, but for the two anycast addresses
@@ -89,19 +88,6 @@ def as_ipv4_network(network: IPNetwork) -> IPNetwork:
         low = ipaddress.IPv4Address(int(network.network_address) & 0xFFFFFFFF)
         return ipaddress.IPv4Network((low, network.prefixlen - 96))
     return network
-
-
-def embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 address carries (mapped, compatible, 6to4, NAT64), if any."""
-    if not isinstance(address, ipaddress.IPv6Address):
-        return None
-    if address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    if address.sixtofour is not None:
-        return address.sixtofour
-    if address in _NAT64 or (address in _COMPATIBLE and int(address) > 1):
-        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    return None
 
 
 #: IPv6 prefixes whose translation to IPv4 is a local choice: RFC 8215's local-use NAT64

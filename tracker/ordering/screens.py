@@ -160,8 +160,10 @@ class Agreement:
         #: Per archive and per state: its holders' voices (value: how many holders).
         self._archive_voices: dict[_Archive, Counter[Hashable]] = {}
         self._state_voices: dict[_State, Counter[Hashable]] = {}
-        #: Per state: how many configured targets hold it, how many known sources.
+        #: Per state: how many configured targets hold it, how many known sources; per
+        #: archive, how many configured targets or known sources (its own vouchers).
         self._state_configured: Counter[_State] = Counter()
+        self._archive_vouched: Counter[_Archive] = Counter()
         self._state_known: Counter[_State] = Counter()
         #: Per slot of a kind: how many hashes are listed there.
         self._hashes: Counter[_Slot] = Counter()
@@ -249,6 +251,8 @@ class Agreement:
             _tally(self._archive_voices.setdefault(archive, Counter()), held.voice, sign)
             if not self._archive_voices[archive]:
                 del self._archive_voices[archive]
+            if not key.discovered or held.known:
+                _tally(self._archive_vouched, archive, sign)
         for state in held.states:
             _tally(self._state_voices.setdefault(state, Counter()), held.voice, sign)
             if not self._state_voices[state]:
@@ -321,7 +325,8 @@ class Agreement:
         strict majority's of that kind (its holders' voices counted) among the eligible
         states: trusted, or held by ``min_agreeing_sources`` voices, and by at least
         :data:`~tracker.core.snapshots.MIN_DISCOVERED_AGREEING` when only discovered nodes
-        hold it."""
+        hold it; an archive (a kind's) only discovered nodes hold, none of them known, by
+        as many of them."""
         need = self._policy.min_agreeing_sources
         need_discovered = max(need, MIN_DISCOVERED_AGREEING)
         # a state that could never be ranked (one discovered node's alone) neither wins
@@ -334,7 +339,18 @@ class Agreement:
             >= (need_discovered if self._discovered and not self._state_configured[state] else need)
         }
         by_slot: dict[_Slot, list[tuple[str, int, bool]]] = defaultdict(list)
-        for (is_full, slot, hash_), voices in self._archive_voices.items():
+        for archive, voices in self._archive_voices.items():
+            is_full, slot, hash_ = archive
+            if (
+                self._discovered
+                and not self._archive_vouched[archive]
+                and len(voices) < need_discovered
+            ):
+                # An archive only discovered nodes hold needs as many of them as a state
+                # they alone hold: a state the other kind vouches for (a full and an
+                # incremental ending at one slot share its hash) made one node's full of
+                # it, at a size it alone stated, the group's newest (docs/http-api.md#trust).
+                continue
             if (slot, hash_) in eligible:
                 trusted = bool(self._state_known[(slot, hash_)])
                 by_slot[(is_full, slot)].append((hash_, len(voices), trusted))
