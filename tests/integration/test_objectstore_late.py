@@ -29,7 +29,7 @@ from helpers_s3 import BUCKET, Weed
 from helpers_uploads import Done
 from names import full_name
 
-from tracker.errors import StoreError
+from tracker.errors import StoreConflict, StoreError
 from tracker.objectstore.locks import Holder, Lock
 from tracker.objectstore.tier import ObjectTier
 
@@ -127,6 +127,75 @@ async def test_a_request_gone_while_its_lock_was_taken_leaves_no_lock(weed: Weed
         landed.release.set()
         got = await b.claim(GROUP, FULL)
     assert isinstance(got, Lock) and not got.took_over
+
+
+async def test_an_object_whose_look_is_answered_late_is_never_uploaded_over(weed: Weed) -> None:
+    """The lock was free (the last upload completed) and the object is in the bucket, but
+    the claim's look for it was answered past ``request_timeout``: the claim handed out the
+    lock, and its refresh uploaded over the verified object (its digest and statement
+    replaced first, a presigned URL handed out serving other bytes). The lock is let go:
+    the disk cache alone serves the file; the next claim finds the object."""
+    async with behind_a_relay(weed, request_timeout=1.0) as (a, relay):
+        put(weed, a.object_key(GROUP, FULL), ARCHIVE)
+        landed = relay.hold(lambda line: line.startswith("HEAD") and line.split()[1].endswith(FULL))
+        assert await a.claim(GROUP, FULL) is None  # the look not answered within 1 s
+        assert landed.arrived.is_set()
+        landed.release.set()
+        b = tier_of(weed, prefix=a.store.prefix)
+        found = await b.claim(GROUP, FULL)  # the lock was let go: the object is found
+    assert not isinstance(found, Lock | Holder) and found is not None
+    assert found.size == len(ARCHIVE)
+
+
+async def test_a_late_complete_never_replaces_the_object_another_replica_completed(
+    weed: Weed,
+) -> None:
+    """A holder whose lease ran out sent its complete after the replica that took its lock
+    over completed its own upload of the name (the takeover's abort came too late, or the
+    complete was resent): the late complete replaced the verified object. It is sent only
+    where no object is (``If-None-Match``): refused, the other's object stays."""
+    a = tier_of(weed)
+    key = a.object_key(GROUP, FULL)
+    upload_id = await a.bucket.create_upload(key, {})
+    etag = await a.bucket.upload_part(key, upload_id, 1, b"late holder's bytes")
+    put(weed, key, ARCHIVE)  # the taker's upload, completed meanwhile
+    with pytest.raises(StoreConflict):
+        await a.bucket.complete_upload(key, upload_id, [etag], if_none_match=True)
+    assert weed.client().get_object(Bucket=BUCKET, Key=key)["Body"].read() == ARCHIVE
+    await a.bucket.abort_upload(key, upload_id)
+
+
+async def test_every_write_of_an_upload_s_end_is_sent_under_its_lease(
+    weed: Weed, tmp_path: Path
+) -> None:
+    """The lease was looked at once, before the objects beside the archive: a digest write
+    or the complete sent after it lapsed (held on the way, or resent) landed on the object
+    of the replica that took the lock over, its digest wrong for good. Each is sent only
+    while the lease holds: once it lapsed, nothing more is written and the upload fails."""
+    from tracker.objectstore.upload import upload_following
+
+    a = tier_of(weed)
+    key = a.object_key(GROUP, FULL)
+    path = tmp_path / FULL
+    path.write_bytes(ARCHIVE)
+    looks: list[int] = []
+
+    async def lease_lapses_after_the_first_write() -> None:
+        looks.append(1)
+        if len(looks) > 1:
+            raise StoreError("the lock's lease lapsed", down=False)
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(StoreError, match="lease lapsed"):
+            await upload_following(
+                a.bucket, key, fd, Done(ARCHIVE), {},
+                before_complete=lease_lapses_after_the_first_write,
+            )  # fmt: skip
+    finally:
+        os.close(fd)
+    assert looks == [1, 1]  # before the digest object, again before the complete
+    assert key not in weed.objects(a.store.prefix)  # never completed past the lease
 
 
 async def no_call_in_flight(tier: ObjectTier) -> None:

@@ -22,6 +22,7 @@ from helpers_uploads import upload
 from names import full_name, incremental_name
 
 from tracker.config.schema import ObjectStore
+from tracker.errors import StoreConflict
 from tracker.objectstore import keys
 from tracker.objectstore.known import KNOWN_FOR, MAX_MISSED, MISSED_FOR, Known
 from tracker.objectstore.retainer import LIST_AGAIN
@@ -114,7 +115,11 @@ class MemBucket:
         self._parts[upload_id].append(data)
         return str(len(self._parts[upload_id]))
 
-    async def complete_upload(self, key: str, upload_id: str, _etags: list[str]) -> None:
+    async def complete_upload(
+        self, key: str, upload_id: str, _etags: list[str], *, if_none_match: bool = False
+    ) -> None:
+        if if_none_match and key in self.objects:
+            raise StoreConflict(f"{key}: an object is there")
         await self.put(key, b"".join(self._parts.pop(upload_id)))
 
     async def list_uploads(self, _prefix: str) -> list[Any]:

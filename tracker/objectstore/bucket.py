@@ -424,17 +424,23 @@ class Bucket:
         )
         return self._parse("UploadPart", lambda: str(answer["ETag"]))
 
-    async def complete_upload(self, key: str, upload_id: str, etags: list[str]) -> None:
-        """Make the object of the upload's parts (``etags`` in part order) appear."""
+    async def complete_upload(
+        self, key: str, upload_id: str, etags: list[str], *, if_none_match: bool = False
+    ) -> None:
+        """Make the object of the upload's parts (``etags`` in part order) appear;
+        ``if_none_match``: only where no object is (StoreConflict otherwise; a store that
+        does not take the condition ignores it)."""
         parts: list[Any] = [
             {"PartNumber": n, "ETag": etag} for n, etag in enumerate(etags, start=1)
         ]
+        extra: dict[str, Any] = {"IfNoneMatch": "*"} if if_none_match else {}
         await self._call(
             "CompleteMultipartUpload",
             self._client.complete_multipart_upload,
             Key=key,
             UploadId=upload_id,
             MultipartUpload={"Parts": parts},
+            **extra,
         )
 
     async def abort_upload(self, key: str, upload_id: str) -> None:

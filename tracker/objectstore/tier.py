@@ -315,9 +315,10 @@ class ObjectTier:
                 # way when the store went quiet) may have landed the object after all
                 stored = await self._landed(group, name)
         except BaseException as exc:
-            # Not aborted (the store failed or was slow), or the request left while the lock
-            # was ours: no upload may start beside the dead holder's, and a lock kept sends
-            # the other replicas to this one for lock_ttl while it refreshes nothing.
+            # Not aborted or the object not looked for (the store failed or was slow), or
+            # the request left while the lock was ours: no upload may start beside the dead
+            # holder's nor over an object it may have completed, and a lock kept sends the
+            # other replicas to this one for lock_ttl while it refreshes nothing.
             await let_go(got)
             if isinstance(exc, StoreError):
                 self._failed("lock", exc)
@@ -331,14 +332,13 @@ class ObjectTier:
     async def _landed(self, group: str, name: str) -> ObjectInfo | None:
         """The object of ``name`` when it is in the bucket after all: the lock was free
         because the replica that held it completed the upload and let it go, after this
-        request's lookup missed (a miss is remembered for a second). None when it is not,
-        or the store does not say (the refresh goes on under the lock)."""
+        request's lookup missed (a miss is remembered for a second). None when it is not;
+        StoreError when the store does not say: :meth:`claim` lets the lock go (a refresh
+        under it uploaded over the verified object the slow answer would have shown, its
+        digest and statement replaced first, a presigned URL handed out serving other
+        bytes)."""
         key = self.object_key(group, name)
-        try:
-            info = await self.quick.head(key)
-        except StoreError as exc:
-            self._failed("HEAD", exc)
-            return None
+        info = await self.quick.head(key)
         if info is not None:
             self.known.remember(key, info)  # the request's next lookup finds it
         return info

@@ -172,13 +172,20 @@ async def _upload_once(
         else:
             if size == 0:
                 raise StoreError("an empty archive is not uploaded", down=False)
-            if before_complete is not None:  # the objects beside it are the complete's too
-                await before_complete()
+            # Each write beside it and the complete are sent under the lock's lease, each
+            # looked at again: a side object sent after the lease lapsed landed on the
+            # object of the replica that took the lock over (its digest replaced for good).
             if growing.sha256 and growing.repairs == repairs:
                 for side, body in (sides or digest_only(key))(growing):
+                    if before_complete is not None:
+                        await before_complete()
                     await bucket.put(side, body)
             if growing.repairs == repairs:  # no part read before a cut
-                await bucket.complete_upload(key, upload_id, etags)
+                if before_complete is not None:
+                    await before_complete()
+                # only where no object is: a complete of a holder past its lease never
+                # replaces the one the replica that took the lock over completed
+                await bucket.complete_upload(key, upload_id, etags, if_none_match=True)
                 upload_id = ""
         if upload_id:
             await _abort(bucket, key, upload_id)
