@@ -18,6 +18,9 @@ from test_manifest import MANIFEST, NAME_HASH, decode
 from tracker.errors import ArchiveInvalid
 from tracker.proof.archive.archivecheck import check_stream
 from tracker.proof.formats.bankhash import NO_LATTICE_HASH, prove_manifest
+from tracker.proof.formats.bincode import Reader
+from tracker.proof.formats.manifest import MAX_EPOCHS, MAX_STORAGES
+from tracker.proof.formats.parsing import ParserOf
 from tracker.proof.levels import Level, Proof
 
 
@@ -129,3 +132,92 @@ def test_hard_forks_after_the_parent_slot_are_kept_up_to_their_bound() -> None:
     assert decode(with_hard_forks(kept)).hard_forks == tuple(kept)
     with pytest.raises(ArchiveInvalid, match="more than 65536 hard forks after the parent slot"):
         decode(with_hard_forks([*kept, (0, 1), (200_000, 1)]))
+
+
+def count_at(field: str) -> int:
+    """Where agave's manifest holds the count read for ``field`` (the reader's name of it)."""
+    seen: dict[str, int] = {}
+    real = Reader.count
+
+    def count(self: Reader, element: int, bound: int | None = None) -> ParserOf[int]:
+        seen.setdefault(self.field, self.at)
+        return (yield from real(self, element, bound))
+
+    Reader.count = count  # type: ignore[method-assign]
+    try:
+        decode(MANIFEST)
+    finally:
+        Reader.count = real  # type: ignore[method-assign]
+    return seen[field]
+
+
+def with_more(field: str, added: int, element: bytes) -> bytes:
+    """agave's manifest with ``added`` more ``element`` s at the start of the sequence whose
+    count is read for ``field``."""
+    at = count_at(field)
+    own = struct.unpack_from("<Q", MANIFEST, at)[0]
+    return MANIFEST[:at] + struct.pack("<Q", own + added) + element * added + MANIFEST[at + 8 :]
+
+
+def test_slots_of_no_storage_are_bounded_as_storages() -> None:
+    # Each slot of the storage list is a Python step, and one listing no storage (16 zero
+    # bytes) counted against nothing: 30 million in an archive of 15 KB took 49 s of a core
+    # and passed. As many slots as storages at most.
+    data = with_more("the account storage list", MAX_STORAGES, bytes(16))
+    started = time.process_time()
+    with pytest.raises(ArchiveInvalid, match=f"at most {MAX_STORAGES}"):
+        decode(data)
+    assert time.process_time() - started < 0.5  # refused at its count
+
+
+@pytest.mark.parametrize(
+    "field", ["the epoch stakes", "the versioned epoch stakes", "the stakes' vote accounts"]
+)
+def test_epochs_and_vote_accounts_are_bounded(field: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An empty epoch is 72 zero bytes a dozen Python steps read (7 million in an archive of
+    # 16 KB took 141 s of a core), an empty vote account 97 (a million: 5 s). Epochs are
+    # bounded each, vote accounts in all of a manifest's stakes.
+    import tracker.proof.formats.manifest as manifest_module
+
+    monkeypatch.setattr(manifest_module, "MAX_VOTE_ACCOUNTS", 40)
+    element = {"the stakes' vote accounts": bytes(97), "the epoch stakes": bytes(72)}
+    if field == "the versioned epoch stakes":  # an epoch, its variant 0, empty stakes
+        element[field] = bytes(8 + 4 + 64)
+    added = MAX_EPOCHS + 1 if "epoch" in field else 41
+    with pytest.raises(ArchiveInvalid, match=r"elements at byte \d+, at most"):
+        decode(with_more(field, added, element[field]))
+    assert decode(with_more(field, 1, element[field])).slot == 100  # within the bound
+
+
+def test_storages_agave_loads_one_a_slot_of_are_found_in_bounded_time() -> None:
+    # A set, a Counter and a sort of Python tuples took ~860 MB and 26 s for the 4 million
+    # storages a manifest may list (a forger names the archive by the lattice hash it
+    # wrote). In numpy: the slot with the most distinct storages, the lowest of a tie.
+    from array import array
+
+    import attrs
+
+    from tracker.proof.formats.bankhash import unloadable
+    from tracker.proof.formats.manifest import StorageList
+
+    base = decode(MANIFEST)
+
+    def said(storages: list[tuple[int, int, int]]) -> str | None:
+        entries = array("Q", [v for storage in storages for v in storage])
+        return unloadable(attrs.evolve(base, storages=StorageList(entries)))
+
+    assert said([(5, 1, 10), (5, 1, 20), (3, 1, 10)]) is None  # listed twice: one
+    assert said([(7, 1, 1), (7, 2, 1), (3, 1, 1), (3, 2, 1)]) == (
+        "agave cannot load it: 2 account storages for slot 3 (agave loads one a slot;"
+        " Firedancer writes several)"
+    )
+    import numpy as np
+
+    rows = np.zeros((1_000_001, 3), dtype=np.uint64)  # a million slots, one storage each
+    rows[:-1, 0] = np.arange(1_000_000)
+    rows[-1] = (999_999, 1, 1)  # and a second one in the last slot
+    manifest = attrs.evolve(base, storages=StorageList(array("Q", rows.tobytes())))
+    started = time.process_time()
+    reason = unloadable(manifest)
+    assert time.process_time() - started < 2.0  # the Python sets took ~6 s here
+    assert reason is not None and "2 account storages for slot 999999" in reason

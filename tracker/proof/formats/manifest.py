@@ -44,6 +44,13 @@ LT_HASH_BYTES = 2048
 MAX_STORAGES = 4_000_000
 #: Hard forks after the parent slot kept at most (real clusters: a handful in all).
 MAX_HARD_FORKS = 65_536
+#: Epochs of stakes a bank's and the versioned map may hold each (agave keeps a handful:
+#: the leader schedule's). An empty one is 72 zero bytes a dozen Python steps read: seven
+#: million, in an archive of 16 KB, took 141 s of a core.
+MAX_EPOCHS = 64
+#: Vote accounts read in all of a manifest's stakes (the bank's and each epoch's; mainnet:
+#: a few thousand each). Each is a Python step (~5 us); a million of zeros is 3.5 KB.
+MAX_VOTE_ACCOUNTS = 1_000_000
 #: The bytes of a vote account's data read to check it as agave loads it (a vote state's
 #: frame ends within ~23 KB whatever its lists hold; the rest is skipped).
 VOTE_DATA_READ = 64 * 1024
@@ -237,6 +244,7 @@ class ManifestDecoder:
         # the rank map's candidates of the bank's own epoch's stakes, while they are read
         self._voters: dict[str, Candidate] | None = None
         self._listed = 0
+        self._vote_accounts = 0  # read in all stakes so far (MAX_VOTE_ACCOUNTS)
 
     def parser(self) -> ParserOf[None]:
         """The parser of the member's bytes (ends when the known fields are read)."""
@@ -312,7 +320,7 @@ class ManifestDecoder:
         for element in (32, 32, 40):
             yield from r.skip_seq(element)
         r.field = "the epoch stakes"
-        epochs = yield from r.count(8)
+        epochs = yield from r.count(8, bound=MAX_EPOCHS)
         self.counts["epoch_stakes"] = epochs
         for _ in range(epochs):
             epoch = yield from r.u64()
@@ -346,7 +354,10 @@ class ManifestDecoder:
     def _stakes(self, name: str, delegation: int) -> ParserOf[None]:
         r = self.r
         r.field = f"the {name}' vote accounts"
-        votes = yield from r.count(32 + 8 + 8 + 8 + 32 + 1 + 8)
+        votes = yield from r.count(
+            32 + 8 + 8 + 8 + 32 + 1 + 8, bound=MAX_VOTE_ACCOUNTS - self._vote_accounts
+        )
+        self._vote_accounts += votes
         for _ in range(votes):  # pubkey, stake, Account{lamports, data, owner, exec, rent}
             head = yield from r.take(48)
             length = yield from r.count(1)
@@ -458,7 +469,10 @@ class ManifestDecoder:
     def _accounts_db(self) -> ParserOf[None]:
         r, f = self.r, self.fields
         r.field = "the account storage list"
-        slots = yield from r.count(16)
+        # as many slots as storages at most (agave lists each slot with its storage): each
+        # is a Python step, and empty ones of zeros cost nothing to send (30 million, in an
+        # archive of 15 KB, took 49 s of a core)
+        slots = yield from r.count(16, bound=MAX_STORAGES)
         storages = self.storages
         for _ in range(slots):
             slot, n = _STORAGE.unpack((yield from r.take(16)))
@@ -502,7 +516,7 @@ class ManifestDecoder:
             yield from r.skip(32)
         if not (yield from self._more("the versioned epoch stakes")):
             return
-        epochs = yield from r.count(8 + 4)
+        epochs = yield from r.count(8 + 4, bound=MAX_EPOCHS)
         self.counts["versioned_epoch_stakes"] = epochs
         for _ in range(epochs):
             epoch = yield from r.u64()
