@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import sys
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -164,7 +163,10 @@ def build_parser() -> CommandParser:
         "'bad <name>: <reason>'. Exit 0 when every file passes, 1 otherwise.",
         "the archives to check",
     )
-    add_prove_accounts_flags(verify, f"the system's temporary directory: {tempfile.gettempdir()}")
+    # Named, not looked up: tempfile.gettempdir() writes a probe file there, and every
+    # command built this parser (nothing is written outside the configured directories;
+    # with no writable /tmp, even --version failed).
+    add_prove_accounts_flags(verify, "the system's temporary directory ($TMPDIR, else /tmp)")
     add_trust_flags(verify, count_in)
     add_attest_parser(commands, duration_in_arg(*VALID_FOR_RANGE))
     add_key_parsers(commands)
@@ -184,6 +186,20 @@ def unknown_flag(parser: CommandParser, argv: Sequence[str]) -> str:
     required flag first, so ``serve --conifg x`` would only say that ``--config`` is
     required (:func:`flag_error`, which also says whose flag it is not)."""
     return flag_error(parser, argv)[1]
+
+
+def value_taken_away(argv: Sequence[str]) -> str:
+    """The first flag ``argv`` gives the value ``--`` with ``=`` (``--log-level=--``), ""
+    when none does: Python 3.11's argparse takes that ``--`` for the end of the flags and
+    hands the flag an empty list, its type never called (a traceback, or a good archive
+    said bad). Flags after a lone ``--`` are arguments. Pure."""
+    for arg in argv:
+        if arg == "--":
+            return ""
+        flag, equals, value = arg.partition("=")
+        if flag.startswith("--") and equals and value == "--":
+            return flag
+    return ""
 
 
 def flag_error(parser: CommandParser, argv: Sequence[str]) -> tuple[CommandParser, str]:
@@ -493,6 +509,11 @@ def _run(
     whose, unknown = flag_error(parser, argv)
     if unknown:
         whose.error(unknown)
+    flag = value_taken_away(argv)
+    if flag:
+        (parser.commands.get(command_of(argv)) or parser).error(
+            f"argument {flag}: expected one argument"
+        )
     args = parser.parse_args(argv)
     starting = StartingSignals(stop)
     if args.command == "serve":

@@ -418,3 +418,41 @@ def test_a_held_stop_ends_the_process_at_once_with_its_log_written() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert b"stop_held" in done.stderr and b'threads="cache sync"' in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["serve", "--config", "x", "--log-level=--"], "serve: error: argument --log-level"),
+        ([*FETCH, "--connections=--"], "fetch: error: argument --connections"),
+        ([*FETCH, "--trust-key=--"], "fetch: error: argument --trust-key"),
+        (
+            ["verify", "f", "--prove-accounts-max=--"],
+            "verify: error: argument --prove-accounts-max",
+        ),
+        (["attest", "f", "--key=--"], "attest: error: argument --key"),
+    ],
+)
+def test_a_flag_given_the_value_double_dash_is_a_usage_error(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Python 3.11's argparse takes ``=--`` for the end of the flags and hands the flag an
+    # empty list, its type never called: a traceback, or a good archive said bad.
+    err = usage_error(argv, capsys)
+    assert len(err.splitlines()) == 1, err
+    assert err.strip().endswith(f"{said}: expected one argument")
+
+
+def test_the_parser_is_built_without_writing_to_the_temporary_directory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every command built it, and verify's help text asked tempfile.gettempdir(), which
+    # writes a probe file there: a write outside the configured directories, and with no
+    # writable /tmp even --version failed.
+    import tempfile
+
+    def no_temporary_directory() -> str:
+        raise FileNotFoundError("No usable temporary directory found")
+
+    monkeypatch.setattr(tempfile, "gettempdir", no_temporary_directory)
+    assert "verify" in build_parser().commands

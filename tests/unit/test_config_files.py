@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 from helpers_config import load, problem_at, problems, write
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tracker.config.loading import load_config
 from tracker.config.schema import (
@@ -213,6 +215,46 @@ def test_similar_group_names(names: list[str], similar: list[tuple[int, int]]) -
     assert similar_group_names(names) == similar
 
 
+def pairwise_similar(names: list[str]) -> list[tuple[int, int]]:
+    """The rule of :func:`similar_group_names` as it reads, every pair compared (what it
+    did: minutes for the 20,000 groups of a 1.2 MB file)."""
+    from tracker.config.warnings import SIMILAR_FROM
+
+    def one_letter_apart(one: str, other: str) -> bool:
+        short, long = sorted((one, other), key=len)
+        if len(long) != len(short) + 1 or len(short) < SIMILAR_FROM:
+            return False
+        at = next(
+            (i for i, (a, b) in enumerate(zip(short, long, strict=False)) if a != b), len(short)
+        )
+        return long[at].isalpha() and long[:at] + long[at + 1 :] == short
+
+    found = []
+    folded = [name.casefold() for name in names]
+    for later, name in enumerate(folded):
+        for earlier, other in enumerate(folded[:later]):
+            if name == other or one_letter_apart(name, other):
+                found.append((later, earlier))
+                break
+    return found
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(alphabet="abnAB1-é", min_size=0, max_size=7), unique=True, max_size=12))
+def test_similar_group_names_by_lookups_are_the_pairs_rule(names: list[str]) -> None:
+    assert similar_group_names(names) == pairwise_similar(names)
+
+
+def test_similar_group_names_of_thousands_of_groups_take_no_time() -> None:
+    import time
+
+    names = [f"group-{n:05d}" for n in range(20_000)] + ["grup-00000", "Group-00001"]
+    started = time.process_time()
+    found = similar_group_names(names)
+    assert time.process_time() - started < 2.0  # every pair: minutes
+    assert found == [(20_000, 0), (20_001, 1)]
+
+
 def test_a_group_name_one_letter_or_a_case_away_is_warned(tmp_path: Path) -> None:
     """Entries of one name make one group (the Go tracker's way to mix static targets with
     Consul's): an entry whose name is mistyped made a second group silently."""
@@ -288,3 +330,20 @@ def test_an_egress_network_with_a_zone_is_a_config_error_naming_its_key(
     resolution has none)."""
     found = problems(tmp_path, f'egress:\n  {key}: ["10.0.0.0/8", "fe80::%eth0/64"]\n')
     assert "has no zone id" in problem_at(found, f"egress.{key}[1]")
+
+
+def test_groups_are_found_by_name_without_scanning_thousands() -> None:
+    # The load asks group_named of every group (its checks and warnings): a scan each,
+    # 20,000 groups (a file of 1.2 MB) took minutes.
+    import time
+
+    from tracker.config.schema import Config, TargetGroup
+
+    groups = tuple(TargetGroup(group=f"g{n}") for n in range(20_000))
+    config = Config(target_groups=groups)
+    started = time.process_time()
+    assert all(config.group_named(g.group) is g for g in groups)
+    assert time.process_time() - started < 2.0  # scans: ~20 s
+    assert config.group_named("absent") is None
+    few = Config(target_groups=groups[:3])
+    assert few.group_named("g2") is groups[2] and few.group_named("g3") is None

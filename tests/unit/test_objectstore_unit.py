@@ -106,6 +106,12 @@ keep_previous: 2
         ("bucket: b1x\nreplicas: ['http://a/?x=1']", "object_store.replicas[0]", "query"),
         ("bucket: b1x\naccess_key_id: AK", "object_store", "both access_key_id"),
         ("region: x", "object_store.bucket", "required"),
+        # the S3 client refuses these at start: serve stopped with a traceback
+        ("bucket: b1x\nregion: 'bad region/'", "object_store.region", "not a region name"),
+        ("bucket: b1x\nregion: a..b", "object_store.region", "not a region name"),
+        ("bucket: b1x\nregion: '-'", "object_store.region", "not a region name"),
+        ("bucket: b1x\nregion: '12345'", "object_store.region", "not a region name"),
+        ("bucket: b1x\nregion: ''", "object_store.region", "not a region name"),
     ],
 )
 def test_bad_settings_name_their_key(tmp_path: Path, body: str, path: str, says: str) -> None:

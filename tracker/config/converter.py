@@ -157,6 +157,7 @@ def _register_object_store(converter: cattrs.Converter, files: FileChecks) -> No
     checks = {
         "endpoint": values.endpoint_url,
         "bucket": values.bucket_name,
+        "region": values.region_name,
         "prefix": values.object_prefix,
         "addressing_style": values.addressing_style,
         # SigV4 presigned URLs live at most 7 days.

@@ -527,8 +527,28 @@ class Config:
         return self.cluster_proof.certificates
 
     def group_named(self, name: str) -> TargetGroup | None:
-        """The group called ``name``, or None."""
-        return next((g for g in self.target_groups if g.group == name), None)
+        """The group called ``name`` (the first so named), or None."""
+        groups = self.target_groups
+        if len(groups) <= _SCANNED_GROUPS:
+            return next((g for g in groups if g.group == name), None)
+        # Looked up, not scanned: the load asks it of every group (its checks and warnings),
+        # and 20,000 groups (a file of 1.2 MB, within the size bound) took minutes in scans.
+        held = _GROUP_INDEX.get(id(groups))
+        if held is None or held[0] is not groups:
+            if len(_GROUP_INDEX) >= _INDEXES_KEPT:
+                _GROUP_INDEX.clear()
+            index: dict[str, TargetGroup] = {}
+            for group in groups:
+                index.setdefault(group.group, group)
+            held = _GROUP_INDEX[id(groups)] = (groups, index)
+        return held[1].get(name)
+
+
+#: Groups a lookup scans (:meth:`Config.group_named`); past it, an index of them by name,
+#: one per tuple of groups (kept with it: its id is its key while the cache holds it).
+_SCANNED_GROUPS = 16
+_INDEXES_KEPT = 8
+_GROUP_INDEX: dict[int, tuple[tuple[TargetGroup, ...], dict[str, TargetGroup]]] = {}
 
 
 def rpc_identity(url: str) -> str:

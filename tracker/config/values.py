@@ -442,6 +442,21 @@ def bucket_name(value: object) -> str:
     return name
 
 
+#: A region as the S3 client takes it: a host label of letters, digits and hyphens (it
+#: goes into the endpoint's name and the signature's scope), not all digits.
+_REGION = re.compile(r"(?![0-9]+$)(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def region_name(value: object) -> str:
+    """An object store's region: 1 to 63 letters, digits and hyphens, neither starting nor
+    ending with one, not digits alone (the S3 client refuses any other at start: ``serve``
+    stopped with a traceback where ``check-config`` said OK)."""
+    name = string(value)
+    if not _REGION.fullmatch(name):
+        raise ValueError(f"not a region name (1-63 of A-Z a-z 0-9 -, e.g. us-east-1), got {name!r}")
+    return name
+
+
 def object_prefix(value: object) -> str:
     """A key prefix inside the bucket: letters, digits and ``_ . / -``, no ``.`` or ``..``
     segment and no leading ``/``; a non-empty prefix ends with ``/`` (added when missing).
