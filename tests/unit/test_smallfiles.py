@@ -82,6 +82,18 @@ def test_the_reader_refuses_what_is_not_a_small_regular_file_without_blocking(
     assert words in str(error) and "\n" not in str(error)
 
 
+def test_a_loop_of_links_the_operator_named_is_said_as_such(tmp_path: Path) -> None:
+    # A path the operator names (--config, file_targets) is followed: ELOOP is then a loop,
+    # which read "a symbolic link, not followed" (as for a file the tracker keeps).
+    loop = tmp_path / "config.yml"
+    loop.symlink_to(loop)
+    with pytest.raises(OSError, match="symbolic links in a loop") as caught:
+        read_small(str(loop), LIMIT, follow=True)
+    assert caught.value.errno == errno.ELOOP
+    with pytest.raises(OSError, match="a symbolic link, not followed"):
+        read_small(str(loop), LIMIT)
+
+
 def test_a_device_is_refused(tmp_path: Path) -> None:
     with pytest.raises(OSError, match="a character device"):
         read_small("/dev/zero", LIMIT)

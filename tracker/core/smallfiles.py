@@ -58,7 +58,9 @@ def read_small_file(
         fd = os.open(path, READ_FLAGS & ~os.O_NOFOLLOW if follow else READ_FLAGS)
     except OSError as exc:
         if exc.errno == errno.ELOOP:  # O_NOFOLLOW's answer for a link: say it plainly
-            raise OSError(errno.ELOOP, "a symbolic link, not followed", path) from None
+            # followed, the same errno is links that lead back to themselves
+            why = "symbolic links in a loop" if follow else "a symbolic link, not followed"
+            raise OSError(errno.ELOOP, why, path) from None
         raise
     try:
         info = os.fstat(fd)
