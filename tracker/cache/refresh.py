@@ -619,20 +619,11 @@ class Refresh:
             # holding it on a mount that answers a look (NFS, from its attribute cache) but
             # hangs a rename held this refresh's clients, their early head sent, as long.
             await take_turn(turn, self._registry.hung)
-        except RequestError as exc:
-            self._no_room = f"{self.name} streamed uncached: {exc.reason}"
-            self._registry.room(self.group, self._no_room)
-            self.abort()  # nothing made yet: only released
-            return False
-        except BaseException:
-            self.abort()
-            raise
-        try:
             opened = await self._make_room(turn)
-        except RequestError as exc:  # no answer within its bound: streamed uncached
+        except RequestError as exc:  # no answer within a bound: streamed uncached
             self._no_room = f"{self.name} streamed uncached: {exc.reason}"
             self._registry.room(self.group, self._no_room)
-            self.abort()  # nothing of its own made: the call still running removes its file
+            self.abort()  # nothing of its own made: a room's call still running removes its file
             return False
         except BaseException:
             self.abort()
@@ -696,9 +687,7 @@ class Refresh:
             try:
                 with trio.move_on_after(ROOM_BOUND):
                     opened: Opened = (await making.result()).unwrap()
-                    self._registry.evicted(self.group, opened.evicted)
-                    if opened.orphans_removed:
-                        self._registry.orphans_removed(opened.orphans_removed)
+                    self._removed_for_room(opened)
                     return opened
             except BaseException:
                 if not making.done():
@@ -728,20 +717,22 @@ class Refresh:
                 error=exc,
             )
         else:
-            self._registry.evicted(self.group, opened.evicted)
-            if opened.orphans_removed:
-                self._registry.orphans_removed(opened.orphans_removed)
+            self._removed_for_room(opened)
             if opened.fd is not None:
-                try:
-                    trio.lowlevel.start_thread_soon(
-                        partial(close_and_remove, opened.fd, opened.temp),
-                        _ignore,
-                        name="cache temp removal",
+                try:  # nobody waits for it: the mount only just answered
+                    Background(
+                        partial(close_and_remove, opened.fd, opened.temp), name="cache temp removal"
                     )
                 except RuntimeError as exc:  # no thread to be had: the next start removes it
                     log_event(log, "warning", "cache_unlink_failed", path=opened.temp, error=exc)
         finally:
             turn.release()
+
+    def _removed_for_room(self, opened: Opened) -> None:
+        """Tell the registry what :func:`~tracker.cache.disk.open_temp` removed for room."""
+        self._registry.evicted(self.group, opened.evicted)
+        if opened.orphans_removed:
+            self._registry.orphans_removed(opened.orphans_removed)
 
     @property
     def no_room(self) -> str:
@@ -997,10 +988,6 @@ TURN_LOOK = 0.25
 #: seconds on ext4 (a look's bound, 3 s, would count that as a hang), and a client that
 #: got an early head waits this long for its first byte (aria2c gives up after 60 s).
 ROOM_BOUND = 30.0
-
-
-def _ignore(_outcome: object) -> None:
-    """What a thread whose result nobody takes is answered (its call logs its own errors)."""
 
 
 async def take_turn(turn: trio.Semaphore, hung: Callable[[], str | None]) -> None:
