@@ -148,21 +148,37 @@ async def test_an_object_whose_look_is_answered_late_is_never_uploaded_over(weed
 
 
 async def test_a_late_complete_never_replaces_the_object_another_replica_completed(
-    weed: Weed,
+    weed: Weed, tmp_path: Path
 ) -> None:
     """A holder whose lease ran out sent its complete after the replica that took its lock
     over completed its own upload of the name (the takeover's abort came too late, or the
-    complete was resent): the late complete replaced the verified object. It is sent only
-    where no object is (``If-None-Match``): refused, the other's object stays."""
+    complete was resent): the late complete replaced the verified object. The upload's
+    complete is sent only where no object is (``If-None-Match``): refused, the other's
+    object stays."""
+    from tracker.objectstore.upload import upload_following
+
     a = tier_of(weed)
     key = a.object_key(GROUP, FULL)
-    upload_id = await a.bucket.create_upload(key, {})
-    etag = await a.bucket.upload_part(key, upload_id, 1, b"late holder's bytes")
-    put(weed, key, ARCHIVE)  # the taker's upload, completed meanwhile
-    with pytest.raises(StoreConflict):
-        await a.bucket.complete_upload(key, upload_id, [etag], if_none_match=True)
+    path = tmp_path / FULL
+    path.write_bytes(b"late holder's bytes")
+    looks: list[int] = []
+
+    async def the_taker_completes_before_the_complete() -> None:
+        looks.append(1)
+        if len(looks) == 2:  # after the digest object, before the complete
+            put(weed, key, ARCHIVE)  # the taker's upload, completed meanwhile
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(StoreConflict):
+            await upload_following(
+                a.bucket, key, fd, Done(path.read_bytes()), {},
+                before_complete=the_taker_completes_before_the_complete,
+            )  # fmt: skip
+    finally:
+        os.close(fd)
+    assert looks == [1, 1]
     assert weed.client().get_object(Bucket=BUCKET, Key=key)["Body"].read() == ARCHIVE
-    await a.bucket.abort_upload(key, upload_id)
 
 
 async def test_every_write_of_an_upload_s_end_is_sent_under_its_lease(
