@@ -117,8 +117,12 @@ class Lock:
         upload's complete waits for: never sent under a lock another replica may hold). The
         renewing task cancels the wait when the lock is lost. StoreError when the lease has
         not come back within :data:`LAPSE` of ``lock_ttl``: a store whose every renewal is
-        answered after its lease kept the lock renewed and the upload waiting for good."""
-        with trio.move_on_after(self.ttl * LAPSE):
+        answered after its lease kept the lock renewed and the upload waiting for good.
+        Counted from the lease's end when the wait began after it, and a renewal period
+        longer than the renewing task's own bound: a store that applies nothing is the
+        lost lock it is (that task's verdict), not a slow one."""
+        began = max(trio.current_time(), self.lease_end)
+        with trio.move_on_at(began + self.ttl * (LAPSE + RENEW_EVERY)):
             while not self.held:
                 await self._applied.wait()
             return
