@@ -785,6 +785,57 @@ async def test_a_liar_gone_mute_beside_one_honest_source_is_held_back_alone(
         assert again[:3] == (200, sha256(DATA), SIZE)
 
 
+async def test_a_fast_liar_beside_an_honest_laggard_is_held_back_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A liar whose every byte is wrong, fast, and an honest source under a tenth of its
+    rate, dropped as a laggard after its first bytes: the laggard's bytes, compared with the
+    liar's (no other source could be asked, a dropped one is not), differed, and neither
+    source's were confirmed by another: both were held back, the archive kept from the
+    fleet on one liar's word. The copy, every byte of it then the liar's, fails its check:
+    the liar alone carries it, and the honest source serves the next client."""
+    # over the floor (64 KiB/s), under a tenth of the liar's even on a loaded host
+    async with (
+        serving(WrongEverywhere(files={NAME: DATA})) as liar,
+        sources(1, rate=100 * 1024) as (honest,),
+    ):
+        liar.behaviour[NAME] = Behaviour(rate=12 * MiB)
+        async with tracker(tmp_path, [liar, honest]) as t:
+            status, _digest, size, _seconds = await get(t.url(NAME))
+            assert status == 200 and size < SIZE
+            clock, rejected = t.index.clock, t.streamer.rejections
+            key = TargetKey(GROUP, liar.base)
+            await wait_for(lambda: rejected.rejected(key, NAME, clock()), timeout=30)
+            assert list(rejected.errors(clock())) == [key]
+            drops = [
+                getattr(r, "tracker_fields", {})
+                for r in caplog.records
+                if r.getMessage() == "refresh_source_dropped"
+            ]
+            assert [str(d["url"]).startswith(honest.base) for d in drops] == [True], drops
+            assert sent(honest) > 16 * 1024  # its bytes were on disk, compared with the liar's
+            honest.behaviour[NAME] = Behaviour(rate=JUDGED_RATE)  # no test waits a laggard out
+            again = await get(t.url(NAME))
+            assert again[:3] == (200, sha256(DATA), SIZE)
+
+
+async def test_a_liar_dropped_as_a_laggard_costs_no_copy(tmp_path: Path) -> None:
+    """The other way round: a slow liar, dropped as a laggard after its first (wrong) bytes,
+    beside a fast honest source. Its bytes, compared with the honest one's, differed and
+    were rewritten, but the honest source's own ranges had no one to compare them: the
+    repair was undecided, the copy rejected and both held back. Every byte of the copy is
+    then the honest source's: it passes its check, is cached, and the liar alone is named."""
+    async with (
+        sources(1, rate=12 * MiB) as (honest,),
+        serving(WrongEverywhere(files={NAME: DATA})) as liar,
+    ):
+        liar.behaviour[NAME] = Behaviour(rate=100 * 1024)  # under a tenth of the honest one's
+        async with tracker(tmp_path, [honest, liar]) as t:
+            await read_along_then_repaired(t)
+            assert sent(liar) > 16 * 1024  # its bytes were on disk, compared with the other's
+            assert only_named(t) == TargetKey(GROUP, liar.base)
+
+
 async def test_two_ports_of_one_host_are_one_voice(tmp_path: Path) -> None:
     """An honest source on one host and two on another (a sidecar and its validator's RPC
     on one machine) whose every byte is the same wrong one: counted per source, the two

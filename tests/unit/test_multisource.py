@@ -754,3 +754,36 @@ async def test_a_source_dropped_knows_when() -> None:
     assert at is not None and before <= at <= trio.current_time()
     source.drop("again")  # the first drop's time stays
     assert source.dropped_at == at
+
+
+@pytest.mark.parametrize(
+    ("live", "agreed", "taken", "word"),
+    [
+        # The one source asked: the other's bytes all confirmed by it, or all rewritten
+        # with its own, or some of each: the copy is its word alone.
+        ([0], {1: 10}, {}, 0),
+        ([0], {}, {1: 10}, 0),
+        ([0], {1: 4}, {1: 6}, 0),
+        # A byte of the other's neither confirmed nor rewritten (its comparison timed out):
+        # not its word alone.
+        ([0], {1: 4}, {1: 5}, None),
+        ([1], {0: 10}, {}, 1),
+        # Two could be asked: the comparison judged between them, not one word.
+        ([0, 1], {0: 10, 1: 10}, {}, None),
+        ([], {}, {}, None),
+    ],
+)
+def test_a_copy_is_one_sources_word_once_every_other_byte_was_compared_with_its(
+    live: list[int], agreed: dict[int, int], taken: dict[int, int], word: int | None
+) -> None:
+    from tracker.multisource.piececheck import Findings, sole_word
+    from tracker.multisource.sources import Identity, Source
+
+    sources = [Source(f"http://s{i}/f", Identity(20), True) for i in range(2)]
+    written = {s: [(i * 10, i * 10 + 10)] for i, s in enumerate(sources)}
+    found = Findings(
+        liars={sources[i]: [(i * 10, i * 10 + n)] for i, n in taken.items()},
+        agreed={sources[i]: count for i, count in agreed.items()},
+        undecided=10,
+    )
+    assert sole_word(sources, written, live, found) == word

@@ -277,6 +277,32 @@ def held_back(
     ]
 
 
+def sole_word(
+    sources: Sequence[Source],
+    written: dict[Source, list[tuple[int, int]]],
+    live: Sequence[int],
+    found: Findings,
+) -> int | None:
+    """The one source (its index) whose word every byte of a compared copy is, when only
+    that one could be asked (``live``: the others dropped, a laggard among them, or
+    ignoring ``Range``) and every byte another source wrote was compared with its bytes:
+    agreed with them, or taken for wrong and rewritten with them (``found``). The copy is
+    then that source's alone, as its copy alone would be: its check judges that source, not
+    the others (docs/architecture.md, "A refresh from several sources"). None otherwise.
+    Pure."""
+    if len(live) != 1:
+        return None
+    word = live[0]
+    for index, source in enumerate(sources):
+        if index == word:
+            continue
+        wrote = sum(end - start for start, end in written.get(source, []))
+        taken = sum(end - start for start, end in found.liars.get(source, []))
+        if found.agreed.get(source, 0) + taken < wrote:
+            return None
+    return word
+
+
 #: The slowest a comparison may go before it is given up (bytes per second), on top of one
 #: read timeout per range.
 SLOWEST_COMPARE = 1024 * 1024

@@ -37,6 +37,7 @@ from tracker.multisource.piececheck import (
     live_sources,
     rewrite,
     side_spans,
+    sole_word,
     two_source_liar,
     unbound_asks,
     voices,
@@ -360,6 +361,9 @@ class Repair:
                 return False
         finally:
             os.close(fd)
+        word = sole_word(sources, outcome.written, live, found)
+        if word is not None and found.undecided:
+            return await self._judge_alone(sources[word], found, failed)
         if not found.liars or found.undecided:
             log_event(
                 many_log,
@@ -390,6 +394,37 @@ class Repair:
             self._narrow(found)
             return False
         return self._named(found)
+
+    async def _judge_alone(self, word: Source, found: Findings, failed: ArchiveInvalid) -> bool:
+        """Every byte of the copy is now ``word``'s, the one source that could be asked
+        (:func:`~tracker.multisource.piececheck.sole_word`): its check judges that source.
+        Passed, every source whose bytes differed from it lied (named, as where a third
+        source decided); failed, ``word`` alone carries it, as a copy from it alone would
+        have (a fast liar beside an honest laggard, dropped and so never asked, held them
+        both back: the honest one kept from the fleet on the liar's word). Nothing rewritten:
+        the copy is the one that failed."""
+        refresh = self.refresh
+        if found.rewritten:
+            try:
+                await refresh.recheck()
+            except ArchiveInvalid as exc:
+                failed = exc
+            except CacheError as exc:  # no verdict on its bytes: as where nothing was proven
+                log_event(
+                    many_log, "warning", "refresh_not_repaired", file=refresh.name, reason=str(exc)
+                )
+                self._narrow(found)
+                return False
+            else:
+                found.provisional.clear()  # the check proved them
+                return self._named(found)
+        reason = (
+            f"the copy made of {redact_text(word.url)}'s bytes alone (no other source could "
+            f"be asked) fails its check: {failed.reason}"
+        )
+        log_event(many_log, "warning", "refresh_not_repaired", file=refresh.name, reason=reason)
+        self.blame[:] = [self.outcome.key_of(word)]
+        return False
 
     def _narrow(self, found: Findings, *, refuted: bool = False) -> None:
         """Who carries the failed check now that the repair did not pass (:attr:`blame`;
