@@ -112,9 +112,10 @@ class Lock:
         self._applied.set()
         self._applied = trio.Event()
 
-    async def until_held(self) -> None:
+    async def until_held(self) -> float:
         """Return while the lease lasts; past it, once a renewal is applied (what an
-        upload's complete waits for: never sent under a lock another replica may hold). The
+        upload's complete waits for: never sent under a lock another replica may hold); the
+        lease's end (``trio.current_time()``), by which a write sent now must be over. The
         renewing task cancels the wait when the lock is lost. StoreError when the lease has
         not come back within :data:`LAPSE` of ``lock_ttl``: a store whose every renewal is
         answered after its lease kept the lock renewed and the upload waiting for good.
@@ -125,7 +126,7 @@ class Lock:
         with trio.move_on_at(began + self.ttl * (LAPSE + RENEW_EVERY)):
             while not self.held:
                 await self._applied.wait()
-            return
+            return self.lease_end
         raise StoreError(
             "the lock's renewals are answered after its lease: the store is too slow for lock_ttl",
             down=False,

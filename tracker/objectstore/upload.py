@@ -114,7 +114,7 @@ async def upload_following(
     growing: Growing,
     metadata: dict[str, str],
     sides: SideObjects | None = None,
-    before_complete: Callable[[], Awaitable[None]] | None = None,
+    before_complete: Callable[[], Awaitable[float]] | None = None,
 ) -> ObjectInfo:
     """Upload ``growing`` (read from ``fd``) to ``key`` as it is written; the object.
 
@@ -123,7 +123,11 @@ async def upload_following(
     tier adds its proof and statement: :mod:`tracker.objectstore.sides`) are written before
     the upload completes, so the archive never appears in the bucket without its digest.
     ``before_complete`` is awaited before those objects and the complete are sent (a
-    refresh's lock: :meth:`~tracker.objectstore.locks.Lock.until_held`).
+    refresh's lock: :meth:`~tracker.objectstore.locks.Lock.until_held`); it gives the
+    time (``trio.current_time()``) by which each object beside the archive must be written:
+    past it the write is given up, none of its attempts sent again (a retry after the
+    lease landed on the object of the replica that took the lock over), and the upload
+    fails.
     When the file is repaired meanwhile (:attr:`Growing.repairs`), the upload is aborted
     and started again once the repair passed (see the module doc). Raises StoreError when
     the store failed or the file ended unverified (the upload is then aborted);
@@ -152,7 +156,7 @@ async def _upload_once(
     metadata: dict[str, str],
     sides: SideObjects | None,
     repairs: int,
-    before_complete: Callable[[], Awaitable[None]] | None = None,
+    before_complete: Callable[[], Awaitable[float]] | None = None,
 ) -> ObjectInfo | None:
     """One upload of ``growing`` (see :func:`upload_following`); None (aborted, nothing
     left) when the file's readers were cut off since ``repairs``."""
@@ -177,9 +181,10 @@ async def _upload_once(
             # object of the replica that took the lock over (its digest replaced for good).
             if growing.sha256 and growing.repairs == repairs:
                 for side, body in (sides or digest_only(key))(growing):
+                    until = math.inf
                     if before_complete is not None:
-                        await before_complete()
-                    await bucket.put(side, body)
+                        until = await before_complete()
+                    await _put_by(bucket, side, body, until)
             if growing.repairs == repairs:  # no part read before a cut
                 if before_complete is not None:
                     await before_complete()
@@ -200,6 +205,19 @@ async def _upload_once(
         await bucket.delete(key)
         raise StoreError(f"the store holds {info.size if info else 'no'} bytes, not {size}")
     return info
+
+
+async def _put_by(bucket: Bucket, key: str, body: bytes, until: float) -> None:
+    """Write the small object ``key`` by ``until`` (``trio.current_time()``; the lock's
+    lease's end); StoreError when the store has not answered by then. The call is given up
+    with its connections (:meth:`Bucket._call`), so boto3 sends no attempt of it after
+    that: resent after its read timeout (30 s, twice), a write sent under the lease landed
+    long past it. A request already on the wire may still be applied by a store that
+    holds it (no client can call that back)."""
+    with trio.move_on_at(until):
+        await bucket.put(key, body)
+        return
+    raise StoreError(f"PUT {key}: no answer within the lock's lease", down=False)
 
 
 async def _abort(bucket: Bucket, key: str, upload_id: str) -> None:
