@@ -52,9 +52,12 @@ def test_the_check_finds_a_skip_without_a_reason() -> None:
 
 
 def test_every_skip_in_the_suite_says_why() -> None:
+    # only files that name a skip or an xfail are parsed (every call is one of those names)
+    texts = {path: path.read_text() for path in sorted(TESTS.rglob("*.py"))}
     found = {
         f"{path.relative_to(TESTS)}:{line}"
-        for path in sorted(TESTS.rglob("*.py"))
-        for line in unexplained_skips(path.read_text())
+        for path, text in texts.items()
+        if "skip" in text or "xfail" in text
+        for line in unexplained_skips(text)
     }
     assert not found, f"skips without a reason: {sorted(found)}"
