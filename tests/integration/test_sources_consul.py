@@ -88,7 +88,12 @@ async def test_host_without_scheme_and_no_options(nursery, client) -> None:
         (Answer(403, (), b"ACL not found"), "HTTP 403 Forbidden: ACL not found"),
         (catalog([node("10.0.0.1", 0)]), "entry 0: ServicePort: not a port number: 0"),
         (catalog([node("10.0.0.1", "80")]), "entry 0: ServicePort: not a port number: '80'"),
-        (catalog([node("a", 1), node(None, 1)]), "entry 1: Address: not a string: None"),
+        (catalog([node(None, 1)]), "entry 0: Address: not a string: None"),
+        # none usable: the first one's reason
+        (
+            catalog([node("", 1), node("10.0.0.1", 0)]),
+            "entry 0: Address: not a host name or IP: ''",
+        ),
         (catalog([node("bad host", 1)]), "entry 0: Address: not a host name or IP: 'bad host'"),
         (catalog([node("", 1)]), "entry 0: Address: not a host name or IP: ''"),
         (Answer(200, (), b'{"a": 1}'), "answer is not a JSON array"),
@@ -100,6 +105,25 @@ async def test_bad_answers_are_probe_errors(nursery, client, answer, reason) -> 
     with pytest.raises(ProbeError) as info:
         await discover_consul(client, CatalogQuery(base, "solana-sidecar"))
     assert str(info.value) == reason
+
+
+async def test_an_unusable_registration_costs_itself_not_the_answer(
+    nursery, client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One instance registered without a port (Consul gives 0) or with a name that is no
+    host: it failed the whole answer, so no new sidecar was added while it was registered,
+    and after a start or a reload the group had none of Consul's. It is skipped and
+    logged; the others are the answer."""
+    entries = [node("10.0.0.1", 13080), node("10.6.6.6", 0), node("evil host", 1)]
+    entries.append(node("10.0.0.2", 13080))
+    base = await nursery.start(serve_app, ScriptedApp({CATALOG: catalog(entries)}))
+    targets = await discover_consul(client, CatalogQuery(base, "solana-sidecar"))
+    assert targets == ["10.0.0.1:13080", "10.0.0.2:13080"]
+    [skipped] = [r for r in caplog.records if r.getMessage() == "consul_entry_skipped"]
+    fields = getattr(skipped, "tracker_fields", {})
+    assert fields["count"] == 2 and fields["reason"] == (
+        "entry 1: ServicePort: not a port number: 0"
+    ), fields
 
 
 async def test_too_many_instances(nursery, client) -> None:

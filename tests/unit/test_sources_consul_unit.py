@@ -35,7 +35,7 @@ async def test_the_catalog_is_parsed_off_the_event_loop(monkeypatch: pytest.Monk
     threads: list[threading.Thread] = []
     parse = consul.parse_catalog
 
-    def recorded(body: bytes, max_entries: int) -> list[str]:
+    def recorded(body: bytes, max_entries: int) -> tuple[list[str], list[str]]:
         threads.append(threading.current_thread())
         return parse(body, max_entries)
 

@@ -9,6 +9,7 @@ not look at health checks; a dead node is caught by its own probe failing), name
 
 from __future__ import annotations
 
+import logging
 from urllib.parse import quote
 
 import attrs
@@ -20,6 +21,9 @@ from tracker.config.targetfile import is_host_port
 from tracker.core.text import quoted
 from tracker.errors import ProbeError
 from tracker.net.limits import decode_text, fetch_capped, iter_json_array
+from tracker.observability.folding import log_folded
+
+log = logging.getLogger("tracker.scrape")
 
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
 DEFAULT_MAX_ENTRIES = 10_000
@@ -50,10 +54,13 @@ async def discover_consul(
     """The ``host:port`` sidecar targets registered in Consul for ``query.service``, in
     catalog order.
 
-    Raises :class:`ProbeError` (one line) on a transport/TLS failure, a non-200 status (with
-    the start of Consul's error text, e.g. ``ACL not found``), a body over ``max_body``,
-    more than ``max_entries`` instances, invalid JSON, or an instance without a usable
-    ``Address``/``ServicePort``. Cancellation propagates; the caller owns the timeout.
+    An instance without a usable ``Address``/``ServicePort`` (a service registered without a
+    port has 0 there) is skipped and logged (``consul_entry_skipped``): one registration
+    costs itself, not the other sidecars of the answer. Raises :class:`ProbeError` (one
+    line) on a transport/TLS failure, a non-200 status (with the start of Consul's error
+    text, e.g. ``ACL not found``), a body over ``max_body``, more than ``max_entries``
+    instances, invalid JSON, or when no instance of a non-empty answer is usable (the
+    first one's reason). Cancellation propagates; the caller owns the timeout.
     """
     if not query.service:
         raise ProbeError("no Consul service name")
@@ -64,16 +71,32 @@ async def discover_consul(
     body = await fetch_capped(client, url, headers=headers, params=params, max_body=max_body)
     # Up to max_body (8 MiB) of JSON would hold the event loop for a good part of a second:
     # parsed in a worker thread, not abandoned on cancellation (max_entries bounds it).
-    return await trio.to_thread.run_sync(parse_catalog, body, max_entries)
+    targets, skipped = await trio.to_thread.run_sync(parse_catalog, body, max_entries)
+    if skipped and not targets:
+        raise ProbeError(skipped[0])
+    if skipped:
+        log_folded(
+            log, "warning", "consul_entry_skipped",
+            service=query.service, count=len(skipped), reason=skipped[0],
+        )  # fmt: skip
+    return targets
 
 
-def parse_catalog(body: bytes | bytearray, max_entries: int) -> list[str]:
-    """The distinct ``host:port`` targets of a Consul catalog answer, in its order; raises
-    ProbeError naming the bad entry."""
+def parse_catalog(body: bytes | bytearray, max_entries: int) -> tuple[list[str], list[str]]:
+    """The distinct ``host:port`` targets of a Consul catalog answer, in its order, and why
+    each entry left out was (naming it); raises ProbeError when the answer itself cannot be
+    read."""
     entries = iter_json_array(
         decode_text(body), max_items=max_entries, max_item_chars=_MAX_ENTRY_CHARS
     )
-    return list(dict.fromkeys(_target(raw, index) for index, raw in enumerate(entries)))
+    targets: dict[str, None] = {}
+    skipped: list[str] = []
+    for index, raw in enumerate(entries):
+        try:
+            targets[_target(raw, index)] = None
+        except ProbeError as exc:
+            skipped.append(str(exc))
+    return list(targets), skipped
 
 
 def _origin(host: str) -> str:
