@@ -175,6 +175,43 @@ def test_a_state_the_other_kind_vouches_for_ranks_no_one_nodes_full_of_it(
     assert best is not None and best.info.slot == 100  # two machines hold it: ranked
 
 
+def sized(*pairs: tuple[str, int]) -> list[SnapshotInfo]:
+    """:func:`infos` of (name, size) pairs."""
+    files = []
+    for n, size in pairs:
+        parsed = parse_archive_name(n.replace("H", H))
+        assert parsed is not None
+        files.append(SnapshotFile(parsed, parsed.file_name, size=size, url=f"http://x/{n}"))
+    return chains_from_files(files)
+
+
+@pytest.mark.parametrize("ranking", [None, Ranking()], ids=["by slot", "by time"])
+def test_a_vouched_archive_under_a_name_one_node_alone_lists_ranks_no_one(
+    ranking: Ranking | None,
+) -> None:
+    """Three nodes list the full at 1000 and an older one at 900, 100 GB each; one
+    discovered node lists the older state under another extension, at 1 KB: its state was
+    vouched for, and its size the only one of that name, so it was the fastest to a running
+    node and the group's best (or, by slot, its newest full under another name tied the
+    honest ones). A name only discovered nodes list needs as many of them as a state; two
+    listing it rank it."""
+    gb = 10**9
+    index = Index()
+    index.set_ranking("g", ranking)
+    honest = sized(("snapshot-1000-H.tar.zst", 100 * gb), ("snapshot-900-H.tar.zst", 100 * gb))
+    for n in range(3):
+        index.apply(TargetKey("g", f"http://198.51.100.{n}:8899", discovered=True), honest, T0)
+    lie = sized(("snapshot-900-H.tar.bz2", 1000), ("snapshot-1000-H.tar.bz2", 1000))
+    liar = TargetKey("g", "http://203.0.113.6:8899", discovered=True)
+    index.apply(liar, lie, T0)
+    best = index.best_full("g")
+    assert best is not None and best.info.slot == 1000 and best.key != liar
+    assert all(s.key != liar for s in index.sources("g"))
+    second = TargetKey("g", "http://203.0.113.9:8899", discovered=True)
+    index.apply(second, lie, T0)
+    assert {s.key for s in index.sources("g")} >= {liar, second}  # two machines list them
+
+
 def test_ties_prefer_most_recent_successful_scrape_then_name() -> None:
     index = Index()
     index.apply(TargetKey("g", "old"), infos("snapshot-100-H.tar"), T0)

@@ -73,6 +73,9 @@ _Archive = tuple[bool, int, str]
 _Slot = tuple[bool, int]
 #: A snapshot's state as agreement counts it, whichever kind lists it: (slot, hash).
 _State = tuple[int, str]
+#: An archive under one name: (is a full, slot, hash, extension). Its size and its bytes
+#: are the name's: each name only discovered nodes list needs as many voices as a state.
+_Name = tuple[bool, int, str, str]
 
 
 @attrs.frozen
@@ -134,6 +137,7 @@ class _Holder:
     known: bool
     archives: frozenset[_Archive]
     states: frozenset[_State]
+    names: frozenset[_Name]
 
 
 class Agreement:
@@ -165,6 +169,11 @@ class Agreement:
         self._state_configured: Counter[_State] = Counter()
         self._archive_vouched: Counter[_Archive] = Counter()
         self._state_known: Counter[_State] = Counter()
+        #: Per name: who lists it, their voices, how many configured targets or known
+        #: sources (its vouchers), as per archive.
+        self._of_name: dict[_Name, set[TargetKey]] = {}
+        self._name_voices: dict[_Name, Counter[Hashable]] = {}
+        self._name_vouched: Counter[_Name] = Counter()
         #: Per slot of a kind: how many hashes are listed there.
         self._hashes: Counter[_Slot] = Counter()
         self._done: tuple[int | None, Screened] | None = None
@@ -229,10 +238,11 @@ class Agreement:
         if key.discovered:
             host = voice_of(key.target)
             voice = self._configured.get(host, party_of(host))
-        archives = frozenset(_archive(f) for info in infos for f in info.files)
+        names = frozenset(_name(f) for info in infos for f in info.files)
+        archives = frozenset(name[:3] for name in names)
         states = frozenset((slot, hash_) for _full, slot, hash_ in archives)
         known = is_known(key.target, self._policy.known_sources)
-        return _Holder(infos, voice, known, archives, states)
+        return _Holder(infos, voice, known, archives, states, names)
 
     def _count(self, key: TargetKey, held: _Holder, sign: int) -> None:
         """Count ``held``, ``key``'s part, in (``sign`` 1) or out (-1) of the tallies."""
@@ -253,6 +263,19 @@ class Agreement:
                 del self._archive_voices[archive]
             if not key.discovered or held.known:
                 _tally(self._archive_vouched, archive, sign)
+        for name in held.names:
+            listers = self._of_name.setdefault(name, set())
+            if sign > 0:
+                listers.add(key)
+            else:
+                listers.discard(key)
+                if not listers:
+                    del self._of_name[name]
+            _tally(self._name_voices.setdefault(name, Counter()), held.voice, sign)
+            if not self._name_voices[name]:
+                del self._name_voices[name]
+            if not key.discovered or held.known:
+                _tally(self._name_vouched, name, sign)
         for state in held.states:
             _tally(self._state_voices.setdefault(state, Counter()), held.voice, sign)
             if not self._state_voices[state]:
@@ -281,6 +304,11 @@ class Agreement:
             if cluster_slot is not None and slot > cluster_slot + ahead:
                 continue
             passed.add(archive)  # a winner is eligible
+        # A name of a passing archive only discovered nodes list, none of them known, needs
+        # as many of them as a state: its size is the name's, so one node listing a vouched
+        # archive under another extension, at a size it alone stated (1 KB), made it the
+        # fastest to a running node, and the group's best (docs/http-api.md#trust).
+        unvouched = self._unvouched_names()
         # Only the targets holding something that did not pass are filtered: in a healthy
         # cluster that is none of thousands.
         affected = {
@@ -289,11 +317,16 @@ class Agreement:
             if archive not in passed
             for key in keys
         }
+        affected.update(key for name in unvouched for key in self._of_name.get(name, ()))
         kept: dict[TargetKey, tuple[SnapshotInfo, ...]] = {}
         losing: dict[TargetKey, list[_Archive]] = {}
         for key in affected:
             held = self._holders[key]
-            kept[key] = tuple(i for i in held.infos if all(_archive(f) in passed for f in i.files))
+            kept[key] = tuple(
+                i
+                for i in held.infos
+                if all(_archive(f) in passed and _name(f) not in unvouched for f in i.files)
+            )
             if lost_here := [archive for archive in held.archives if archive in lost]:
                 losing[key] = lost_here
         first = self._first_listed(
@@ -320,6 +353,22 @@ class Agreement:
                 break
         return found
 
+    def _need_discovered(self) -> int:
+        """How many voices an archive or a name only discovered nodes hold needs."""
+        return max(self._policy.min_agreeing_sources, MIN_DISCOVERED_AGREEING)
+
+    def _unvouched_names(self) -> set[_Name]:
+        """The names only discovered nodes list, none of them known, with fewer voices
+        than :meth:`_need_discovered` (none while no node is discovered)."""
+        if not self._discovered:
+            return set()
+        need = self._need_discovered()
+        return {
+            name
+            for name, voices in self._name_voices.items()
+            if not self._name_vouched[name] and len(voices) < need
+        }
+
     def _winners(self) -> dict[_Slot, str]:
         """The hash that wins at each slot of each kind: the trusted state's, else the
         strict majority's of that kind (its holders' voices counted) among the eligible
@@ -328,7 +377,7 @@ class Agreement:
         hold it; an archive (a kind's) only discovered nodes hold, none of them known, by
         as many of them."""
         need = self._policy.min_agreeing_sources
-        need_discovered = max(need, MIN_DISCOVERED_AGREEING)
+        need_discovered = self._need_discovered()
         # a state that could never be ranked (one discovered node's alone) neither wins
         # nor ties a slot: one node listing every slot under another hash left nothing ranked
         eligible = {
@@ -371,6 +420,11 @@ class Agreement:
 def _archive(f: SnapshotFile) -> _Archive:
     """The archive ``f`` is, as the trust screen tells them apart."""
     return (f.name.is_full, f.name.slot, f.name.hash)
+
+
+def _name(f: SnapshotFile) -> _Name:
+    """The archive ``f`` is under its name (its extension)."""
+    return (f.name.is_full, f.name.slot, f.name.hash, f.name.ext)
 
 
 def _tally(counts: Counter[Any], key: Any, sign: int) -> None:
