@@ -233,7 +233,11 @@ def beside(n: int = 1, **changes: object) -> Attestation:
         (KEY, beside(), attrs.evolve(OWN, sha256="cd" * 32), 2_600.0, NOT_HERE),
         (KEY, beside(), attrs.evolve(OWN, size=3696), 2_600.0, NOT_HERE),
         (KEY, None, OWN, 2_600.0, NO_STATEMENT),  # none, or none read yet
-        (KEY, beside(2), OWN, 2_600.0, "another key's statement"),  # its clients trust it
+        (KEY, beside(2), OWN, 2_599.0, "another key's statement"),  # its clients trust it
+        # expired (its key rotated away, its replica gone): nobody renews it, no client
+        # can use it, so it is taken over, of whatever bytes it spoke
+        (KEY, beside(2), OWN, 2_600.0, ""),
+        (KEY, beside(2, sha256="cd" * 32), OWN, 2_600.0, ""),
         (KEY, beside(sha256="cd" * 32), OWN, 2_600.0, "a statement of other bytes"),
         (KEY, beside(size=3696), OWN, 2_600.0, "a statement of other bytes"),
         (KEY, beside(name=INCREMENTAL), OWN, 2_600.0, "a statement of other bytes"),

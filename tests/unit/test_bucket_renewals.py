@@ -40,10 +40,10 @@ ROUND = 5.0  # the health watcher's
 OURS = Verified(SHA, PROOF, 3695, 1_000.0)
 
 
-async def restarted(bucket: MemBucket, tmp_path: Path) -> ObjectTier:
+async def restarted(bucket: MemBucket, tmp_path: Path, key: int = 1) -> ObjectTier:
     """The replica of key 1 that uploaded ``FULL`` to ``bucket``, restarted after its
     statement there expired, with its own check of those bytes in its disk cache (kept
-    across the restart), started up."""
+    across the restart), started up; signing with key ``key`` from then on."""
     data = b"archive bytes" * 300
     uploader = ObjectTier(store(), bucket)  # type: ignore[arg-type]
     uploader.attestations.configure(signer(1), VALID, time.time())
@@ -53,7 +53,7 @@ async def restarted(bucket: MemBucket, tmp_path: Path) -> ObjectTier:
     expired = signer(1).sign(attrs.evolve(said.statement, expires=int(time.time()) - 1))
     await bucket.put(KEY + ".attestation", expired.encode())
     again = ObjectTier(store(), bucket)  # type: ignore[arg-type]
-    again.attestations.configure(signer(1), VALID, time.time())
+    again.attestations.configure(signer(key), VALID, time.time())
     own = Verified(hashlib.sha256(data).hexdigest(), STRUCTURE_ONLY, len(data), 1_000.0)
     again.digests.hold(CACHE, "g", FULL, own)
     await again.startup()
@@ -61,12 +61,13 @@ async def restarted(bucket: MemBucket, tmp_path: Path) -> ObjectTier:
     return again
 
 
-async def renewed_by(again: ObjectTier, bucket: MemBucket) -> None:
-    """``again`` took the statement over: it wrote its own, of its own check, for VALID."""
+async def renewed_by(again: ObjectTier, bucket: MemBucket, key: int = 1) -> None:
+    """``again`` took the statement over: it wrote its own (of key ``key``), of its own
+    check, for VALID."""
     again.attestations.sync(time.time())
     await again._restate()
     renewed = parse_document(bucket.objects[KEY + ".attestation"][1])
-    assert renewed.signer == signer(1).public_key
+    assert renewed.signer == signer(key).public_key
     assert renewed.statement.expires > time.time() + VALID - 60
     assert renewed.statement.checked_at == 1_000
     assert again.attestations.uploaded() == [("g", FULL, renewed)]
@@ -80,6 +81,20 @@ async def test_a_restarted_replica_takes_over_its_expired_statement_long_after_s
     mock_clock.jump(KNOWN_FOR + 1)  # what start-up saw of the bucket is no longer fresh
     await again.take_over()
     await renewed_by(again, bucket)
+
+
+async def test_a_replica_restarted_with_a_new_key_takes_over_the_old_keys_expired_statement(
+    mock_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Its attest key rotated across the restart: the old key's statement, expired, was
+    "another key's statement" for good, never renewed by anyone, and the object went
+    without a statement on every replica. Expired, no client can use it: it is taken
+    over, under the new key."""
+    bucket = MemBucket()
+    again = await restarted(bucket, tmp_path, key=2)
+    mock_clock.jump(KNOWN_FOR + 1)
+    await again.take_over()
+    await renewed_by(again, bucket, key=2)
 
 
 class Hiccup(MemBucket):

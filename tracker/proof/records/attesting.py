@@ -186,7 +186,9 @@ def takes_over(
     less than a quarter of ``valid_for`` left of it at ``now`` (its replica signs it again
     with half left: a quarter is past its health watcher's round) or expired. Its replica
     restarted (a restart forgets which objects were its uploads) or stopped; another key's
-    statement stays that key's, which is what its clients trust."""
+    statement stays that key's, which is what its clients trust, until it expired: then no
+    client can use it, and nobody renews it (its key rotated away, its replica gone), so
+    it is taken over too: kept, the object went without a statement for good."""
     if signing is None:
         return "not signing"
     if (
@@ -199,7 +201,7 @@ def takes_over(
         return NO_STATEMENT
     said = there.statement
     if there.signer != signing:
-        return "another key's statement"
+        return "another key's statement" if now < said.expires else ""
     if (said.name, said.size, said.sha256) != (name, bucket.size, bucket.sha256):
         return "a statement of other bytes"
     if now < said.expires - valid_for / 4:
