@@ -253,3 +253,44 @@ async def test_of_two_replicas_renewing_at_once_one_writes_and_the_other_leaves_
     assert parse_document(bucket.objects[KEY + ".attestation"][1]) == seconds
     assert first_stated == {KEY: firsts}  # ... and finds it said: left
     assert bucket.written == 1 + (before is not None)
+
+
+async def test_a_statement_read_expired_is_served_once_its_uploader_wrote_it_again(
+    tmp_path: Path,
+) -> None:
+    """A replica read the statement beside an object while it was expired (its uploader
+    down past ``valid_for``) and held the copy with none; the uploader, back, wrote it
+    again, and this replica never read it again (only statements held came due), serving
+    none for as long as the object lasted. A copy that serves none has its statement object
+    looked at again every LOOK_AGAIN_EVERY."""
+    from tracker.objectstore.sides import LOOK_AGAIN_EVERY, reread
+
+    bucket = MemBucket()
+    uploader = ObjectTier(store(), bucket)  # type: ignore[arg-type]
+    uploader.attestations.configure(signer(1), VALID, time.time())
+    await upload(uploader, tmp_path, "g", FULL, b"archive bytes" * 300)
+    fresh = bucket.objects[KEY + ".attestation"][1]
+    said = parse_document(fresh)
+    expired = signer(1).sign(attrs.evolve(said.statement, expires=int(time.time()) - 1))
+    await bucket.put(KEY + ".attestation", expired.encode())
+    observer = ObjectTier(store(), bucket)  # type: ignore[arg-type]
+    await observer.startup()
+    held = observer.digests.of(BUCKET, "g", FULL)
+    assert held is not None and held.attestation is None  # read expired: refused
+    await bucket.put(KEY + ".attestation", fresh)  # its uploader back: written again
+    now = time.time()
+
+    async def round_at(at: float) -> None:
+        await reread(observer.bucket, PREFIX, observer.digests, observer._reads, at, _ignored)
+
+    await round_at(now)
+    await round_at(now + LOOK_AGAIN_EVERY / 2)
+    held = observer.digests.of(BUCKET, "g", FULL)
+    assert held is not None and held.attestation is None  # not read again at every round
+    await round_at(now + LOOK_AGAIN_EVERY)
+    held = observer.digests.of(BUCKET, "g", FULL)
+    assert held is not None and held.attestation == said
+
+
+def _ignored(_what: str) -> None:
+    return None

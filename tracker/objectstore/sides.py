@@ -177,7 +177,11 @@ async def statement_there(
 
 #: What :func:`reread` knows of each statement served of a bucket copy, by archive key: the
 #: statement, when it was taken, when its object was last read (seconds since the epoch).
-Reads = dict[str, tuple["Attestation", float, float]]
+Reads = dict[str, tuple["Attestation | None", float, float]]
+#: How often the statement object beside a bucket copy that serves none is read again
+#: (seconds): one refused as expired, or none there, when this replica read it (its
+#: uploader down past its ``valid_for``) is written again once that replica is back.
+LOOK_AGAIN_EVERY = 60.0
 
 
 async def reread(
@@ -191,28 +195,38 @@ async def reread(
     """Read again the statement object beside each bucket copy under ``prefix`` whose
     statement, read there, came due (:func:`~tracker.proof.records.attesting.reread_due`), and serve
     the one :func:`~tracker.proof.records.attesting.to_serve` chooses (held in ``digests``);
-    ``reads`` is kept current. A refused document is logged and counted as at start-up; the old
-    statement stays served. Raises StoreError when the store failed."""
+    beside a copy that serves none, every :data:`LOOK_AGAIN_EVERY` (one read expired, or
+    none there, stayed so on this replica for as long as the object did: its statement
+    renewed by its uploader back from a long stop was never served here). ``reads`` is kept
+    current. A refused document is logged and counted as at start-up; the old statement
+    stays served. Raises StoreError when the store failed."""
     served = {
         archive_key(prefix, group, name): (group, name, copy)
         for group, name, holder, copy in digests.held()
-        if holder == BUCKET and copy.attestation is not None
+        if holder == BUCKET
     }
     for key in [key for key in reads if key not in served]:
         del reads[key]
-    if not served:
-        return
-    from tracker.proof.records.attesting import reread_due, to_serve  # a statement is held: loaded
-
     for key, (group, name, copy) in served.items():
         held = copy.attestation
-        assert held is not None
         known = reads.get(key)
         if known is None or known[0] != held:
             known = reads[key] = (held, now, now)  # taken since the last pass
-        if not reread_due(known[1], held.statement.expires, known[2], now):
-            continue
+        if held is None:
+            if now - known[2] < LOOK_AGAIN_EVERY:
+                continue
+        else:
+            # a statement is held: its library is loaded (a tracker reading none never loads it)
+            from tracker.proof.records.attesting import reread_due
+
+            if not reread_due(known[1], held.statement.expires, known[2], now):
+                continue
         read = await _statement(bucket, key, (copy.size, copy.sha256), now, on_refused)
+        if read is None and held is None:
+            reads[key] = (None, known[1], now)
+            continue
+        from tracker.proof.records.attesting import to_serve
+
         chosen = to_serve(held, read)
         if chosen is None or chosen is held:
             reads[key] = (held, known[1], now)
