@@ -212,6 +212,46 @@ def test_a_vouched_archive_under_a_name_one_node_alone_lists_ranks_no_one(
     assert {s.key for s in index.sources("g")} >= {liar, second}  # two machines list them
 
 
+@pytest.mark.parametrize(
+    "gossiped",
+    [
+        "198.51.100.5",  # its plain address: one voice already
+        "[2002:c633:6405::1]",  # its 6to4 form
+        "[64:ff9b::c633:6405]",  # its NAT64 form
+    ],
+)
+def test_a_configured_target_gossiping_another_form_of_its_address_is_one_voice(
+    gossiped: str,
+) -> None:
+    """``min_agreeing_sources: 2``: a configured target lists a slot alone; its machine,
+    discovered under its address's 6to4 form, counted as a second voice (matched to the
+    target by its exact host only), and made its slot the group's newest."""
+    index = Index()
+    index.set_policy("g", SourceTrust(min_agreeing_sources=2))
+    for n in (6, 7):
+        index.apply(TargetKey("g", f"http://203.0.113.{n}:8080"), infos("snapshot-1000-H.tar"), T0)
+    index.apply(TargetKey("g", "http://198.51.100.5:8080"), infos("snapshot-1050-H.tar"), T0)
+    index.apply(
+        TargetKey("g", f"http://{gossiped}:8899", discovered=True), infos("snapshot-1050-H.tar"), T0
+    )
+    best = index.best_full("g")
+    assert best is not None and best.info.slot == 1000
+
+
+def test_a_configured_ipv6_target_and_a_node_of_its_site_are_one_voice() -> None:
+    """As above, the node on another address of the target's /48 (its site: discovered
+    nodes there count as one)."""
+    index = Index()
+    index.set_policy("g", SourceTrust(min_agreeing_sources=2))
+    for n in (6, 7):
+        index.apply(TargetKey("g", f"http://203.0.113.{n}:8080"), infos("snapshot-1000-H.tar"), T0)
+    index.apply(TargetKey("g", "http://[2001:db8:1::5]:8080"), infos("snapshot-1050-H.tar"), T0)
+    node = TargetKey("g", "http://[2001:db8:1::6]:8899", discovered=True)
+    index.apply(node, infos("snapshot-1050-H.tar"), T0)
+    best = index.best_full("g")
+    assert best is not None and best.info.slot == 1000
+
+
 def test_ties_prefer_most_recent_successful_scrape_then_name() -> None:
     index = Index()
     index.apply(TargetKey("g", "old"), infos("snapshot-100-H.tar"), T0)

@@ -317,11 +317,20 @@ def test_one_ipv6_machine_on_many_addresses_is_one_voice_in_the_sizes() -> None:
         ),
         # configured targets: each its own host, as the operator listed it
         (["http://[2001:db8::1]:1", "http://[2001:db8::2]:1"], ["2001:db8::1", "2001:db8::2"]),
-        # a discovered node on a configured target's host is that target's voice; another
-        # address of its /48 is the /48's
+        # a discovered node on a configured target's host is that target's voice, and so
+        # is one on another address of its /48 (one site; it was a second voice)
         (
             ["http://[2001:db8::1]:1", "+http://[2001:db8::1]:2", "+http://[2001:db8::2]:1"],
-            ["2001:db8::1", "2001:db8::1", "2001:db8::/48"],
+            ["2001:db8::1", "2001:db8::1", "2001:db8::1"],
+        ),
+        # a configured IPv4 target's machine under its 6to4 and NAT64 forms: its voice
+        (
+            [
+                "http://198.51.100.5:1",
+                "+http://[2002:c633:6405::1]:1",
+                "+http://[64:ff9b::c633:6405]:1",
+            ],
+            ["198.51.100.5", "198.51.100.5", "198.51.100.5"],
         ),
         # IPv4 and names: their hosts, discovered or not
         (

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from urllib.parse import urlsplit
 
 from tracker.core.untrusted import port_number
@@ -216,15 +216,30 @@ def machine_voices(hosts: Sequence[str], discovered: Collection[int]) -> list[st
     sources are counted, ``discovered`` the indices of discovered nodes' (cluster
     discovery), as trust counts them (docs/http-api.md#trust): a configured source's host
     as it is (the operator listed it); a discovered node's party (:func:`party_of`: an
-    IPv6 address counts as its /48), or the host itself where a configured source is on it
-    (a validator's gossip RPC beside its sidecar is that machine's one voice). Gossip
+    IPv6 address counts as its /48), or a configured source's host where it is in that
+    source's party (a validator's gossip RPC beside its sidecar is that machine's one
+    voice, under any of its addresses' forms). Gossip
     identities cost nothing: a holder of a /48 on a thousand of its addresses was a
     thousand voices in the sizes ranked and the pieces compared. Pure."""
-    configured = {host for n, host in enumerate(hosts) if n not in discovered}
+    configured = configured_parties(h for n, h in enumerate(hosts) if n not in discovered)
     return [
-        party_of(host) if n in discovered and host not in configured else host
+        configured.get(party_of(host), party_of(host)) if n in discovered else host
         for n, host in enumerate(hosts)
     ]
+
+
+def configured_parties(hosts: Iterable[str]) -> dict[str, str]:
+    """The voice a discovered node in each party of configured sources' ``hosts``
+    (:func:`party_of`) is: that source's host, the least of them where several are in one
+    party (whatever their order). A node in a configured source's party (its machine under
+    another form of its address, 6to4 or NAT64, or another address of its /48) is that
+    source's voice, not a second one. Pure."""
+    parties: dict[str, str] = {}
+    for host in hosts:
+        party = party_of(host)
+        if party not in parties or host < parties[party]:
+            parties[party] = host
+    return parties
 
 
 def canonical_authority(authority: str) -> str:

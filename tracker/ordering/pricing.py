@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from tracker.core.hosts import party_of, voice_of
+from tracker.core.hosts import configured_parties, party_of, voice_of
 from tracker.core.snapshots import SnapshotSource, TargetKey
 from tracker.ordering.predict import Download, RankingSettings, download_seconds, priced_throughput
 
@@ -166,6 +166,9 @@ class ArchivePrices:
         #: The hosts of the configured targets that list something (a discovered node on one
         #: of them is that machine's voice: :func:`tracker.core.hosts.machine_voices`).
         self._configured: Counter[str] = Counter()
+        #: Their parties, each with the voice a discovered node there is
+        #: (:func:`tracker.core.hosts.configured_parties`).
+        self._parties: dict[str, str] = {}
         #: Per voice: what its targets list, and what it says of the sizes.
         self._listed: dict[str, Counter[_Listed]] = {}
         self._said: dict[str, _Voice] = {}
@@ -225,6 +228,8 @@ class ArchivePrices:
             # a configured host came or went: a discovered node's voice may change with it
             self._reset(self._assumed)
             kept, changed, gone = self._parts, list(given), []
+        if self._configured is not hosts:
+            self._parties = configured_parties(hosts)
         self._configured = hosts
         for key in gone:
             self._remove(kept.pop(key))
@@ -287,7 +292,10 @@ class ArchivePrices:
         """``key``'s part, listing ``sources``: its voice by the configured hosts as they are
         now (:func:`tracker.core.hosts.machine_voices`)."""
         host = voice_of(key.target)
-        voice = party_of(host) if key.discovered and host not in self._configured else host
+        voice = host
+        if key.discovered:
+            party = party_of(host)
+            voice = self._parties.get(party, party)
         listed: Counter[_Listed] = Counter()
         speed = 0.0
         for _rank, s in sources:

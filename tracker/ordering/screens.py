@@ -156,8 +156,10 @@ class Agreement:
         """Forget every target; screen by ``policy``."""
         self._policy = policy
         self._holders: dict[TargetKey, _Holder] = {}
-        #: Each configured target's host, with the first configured key on it (in the
-        #: order the targets are given): a discovered node there is that target's voice.
+        #: Each configured target's party (its host; an IPv6 one's /48, one carrying an
+        #: IPv4 address that address: :func:`~tracker.core.hosts.party_of`), with the first
+        #: configured key there (in the order the targets are given): a discovered node in
+        #: it is that target's voice (its 6to4 form was a second one).
         self._configured: dict[str, TargetKey] = {}
         self._discovered = 0  # how many discovered nodes
         self._of_archive: dict[_Archive, set[TargetKey]] = {}
@@ -209,7 +211,7 @@ class Agreement:
             configured: dict[str, TargetKey] = {}
             for key in listings:
                 if not key.discovered:
-                    configured.setdefault(voice_of(key.target), key)
+                    configured.setdefault(party_of(voice_of(key.target)), key)
             if configured != self._configured:  # a discovered node's voice may change
                 self._reset(policy)
                 holders, changed, gone = self._holders, list(listings), []
@@ -230,14 +232,15 @@ class Agreement:
         Whose word its listing is, as agreement and majorities count it: a discovered
         node's is its host's (:func:`~tracker.core.hosts.voice_of`: one machine with several
         gossip identities, its RPC port under several spellings or on several ports, is one
-        voice), or a configured target's on that host (the machine whose sidecar the
-        operator listed is not a second voice by its gossip RPC); of an IPv6 host, its
+        voice), or a configured target's in its party (the machine whose sidecar the
+        operator listed is not a second voice by its gossip RPC, under any form of its
+        address); of an IPv6 host, its
         /48's (:func:`~tracker.core.hosts.party_of`: one site's addresses, as many as it
         likes); a configured target's its own, as the operator listed it."""
         voice: Hashable = key
         if key.discovered:
-            host = voice_of(key.target)
-            voice = self._configured.get(host, party_of(host))
+            party = party_of(voice_of(key.target))
+            voice = self._configured.get(party, party)
         names = frozenset(_name(f) for info in infos for f in info.files)
         archives = frozenset(name[:3] for name in names)
         states = frozenset((slot, hash_) for _full, slot, hash_ in archives)
