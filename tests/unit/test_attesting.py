@@ -276,8 +276,13 @@ def test_a_renewal_is_written_unless_the_one_there_already_says_it(
 @pytest.mark.parametrize(
     ("taken_at", "expires", "read_at", "now", "again"),
     [
-        (2_000.0, 2_600.0, 2_000.0, 2_299.0, False),  # young: its replica has not renewed
-        (2_000.0, 2_600.0, 2_000.0, 2_300.0, True),  # half its life: renewed by now
+        # young: its replica renews it at half its life, but may sign it again at once (a
+        # level lifted, a key rotated): every 60 s
+        (2_000.0, 2_600.0, 2_000.0, 2_059.0, False),
+        (2_000.0, 2_600.0, 2_000.0, 2_060.0, True),
+        (2_000.0, 2_600.0, 2_240.0, 2_299.0, False),
+        (2_000.0, 2_600.0, 2_250.0, 2_300.0, False),  # half its life: a quarter of what is left
+        (2_000.0, 2_600.0, 2_200.0, 2_300.0, True),  # (at most 60 s) since the last read
         (2_000.0, 2_600.0, 2_300.0, 2_359.0, False),  # nothing newer: at most every 60 s
         (2_000.0, 2_600.0, 2_300.0, 2_360.0, True),
         (2_000.0, 2_600.0, 2_590.0, 2_592.0, False),  # 10 s left: every quarter of it

@@ -143,9 +143,12 @@ def reread_due(taken_at: float, expires: float, read_at: float, now: float) -> b
     (``read_at``) was at least a quarter of what was then left of it ago, within
     :data:`REREAD_AT_LEAST` .. :data:`REREAD_AT_MOST` seconds (after it expired:
     :data:`REREAD_AT_MOST`): a few reads before it expires when none is newer yet, never a
-    storm. Times are seconds since the epoch."""
+    storm. Before half its life, every :data:`REREAD_AT_MOST`: one its replica signed again
+    at once (a level lifted to ``cluster``, a key rotated by a reload) was served here only
+    from its half life on, 3.5 days of the default ``valid_for`` late. Times are seconds
+    since the epoch."""
     if now < (taken_at + expires) / 2:
-        return False
+        return now - read_at >= REREAD_AT_MOST
     left = expires - read_at
     wait = REREAD_AT_MOST if left <= 0 else min(max(left / 4, REREAD_AT_LEAST), REREAD_AT_MOST)
     return now - read_at >= wait
