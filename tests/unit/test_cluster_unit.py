@@ -177,7 +177,9 @@ def naive_select(entries: list[object], max_targets: int) -> list[Node]:
             if address is not None and len(node["pubkey"]) <= 64:
                 host = urlsplit(f"http://{address}").hostname
                 assert host is not None
-                machine, pubkey = machine_of(host), node["pubkey"]
+                # a machine's node on agave's RPC port first, then the lowest key
+                port = "0" if address.endswith(":8899") else "1"
+                machine, pubkey = machine_of(host), port + node["pubkey"]
                 networks[machine] = network_of(host)
                 if machine not in best or pubkey < best[machine][0]:
                     version = shown_version(node.get("version"))
@@ -190,7 +192,8 @@ def naive_select(entries: list[object], max_targets: int) -> list[Node]:
         seen[networks[machine]] = places[machine] + 1
     order = sorted(best, key=lambda machine: (places[machine], best[machine][0], machine))
     kept = set(order[:max_targets])
-    return [best[machine][1] for machine in by_key if machine in kept]
+    listed = sorted(kept, key=lambda machine: (best[machine][0][1:], machine))
+    return [best[machine][1] for machine in listed]
 
 
 def test_the_streamed_choice_across_networks_is_the_sorted_choice() -> None:
@@ -204,7 +207,7 @@ def test_the_streamed_choice_across_networks_is_the_sorted_choice() -> None:
         for _ in range(300)
     ]
     entries: list[object] = [
-        node_entry(rng.randrange(20_000), f"{rng.choice(hosts)}:{rng.randrange(1000, 1003)}")
+        node_entry(rng.randrange(20_000), f"{rng.choice(hosts)}:{rng.choice((1000, 1001, 8899))}")
         for _ in range(4000)
     ]
     for max_targets in (1, 2, 7, 40, 150, 1000):
@@ -269,6 +272,27 @@ def test_one_address_under_many_public_keys_takes_one_of_max_targets() -> None:
     entries: list[object] = [*liar, *honest] * 3
     random.Random(3).shuffle(entries)
     assert parse_answer(nodes_answer(entries), [], 3) == chosen == select(entries, [], 3)
+
+
+def test_a_liars_identities_on_honest_machines_dead_ports_take_no_machine_s_place() -> None:
+    """Gossip identities are free: for each honest machine a liar gossiped one of a lower
+    key with its ``rpc`` on that machine's address at a port nothing answers on. One node
+    a machine, the lowest key's: the liar's, probed and down, and the honest node never
+    probed (two of three gone, a group of discovered nodes had no snapshot). A machine's
+    node on agave's RPC port comes first."""
+    honest = [node_entry(10 + n, f"198.51.100.{n + 1}:8899") for n in range(3)]
+    liar = [node_entry(n, f"198.51.100.{n + 1}:1") for n in range(3)]
+    liar.append(node_entry(9, "203.0.113.9:8899"))
+    chosen = select([*liar, *honest], [], 10)
+    assert [n.url for n in chosen] == [
+        "http://203.0.113.9:8899",
+        "http://198.51.100.1:8899",
+        "http://198.51.100.2:8899",
+        "http://198.51.100.3:8899",
+    ]
+    entries: list[object] = [*liar, *honest] * 3
+    random.Random(7).shuffle(entries)
+    assert parse_answer(nodes_answer(entries), [], 10) == chosen == select(entries, [], 10)
 
 
 @pytest.mark.parametrize(

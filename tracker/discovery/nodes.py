@@ -38,6 +38,8 @@ MAX_NODES = 100_000
 MAX_NODE_CHARS = 8 * 1024
 #: Longest public key kept (base58 of 32 bytes is at most 44 characters).
 MAX_PUBKEY = 64
+#: agave's default JSON-RPC port: of one machine's nodes, one there comes first.
+AGAVE_RPC_PORT = 8899
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 #: What a shown version may look like (``2.2.1``, ``0.505.20216``, ``2.3.0-beta+abc``).
@@ -88,8 +90,10 @@ def select(nodes: Iterable[object], versions: Sequence[str], max_targets: int) -
 
 class Chooser:
     """The ``max_targets`` machines (:func:`machine_of_address`) chosen network by network,
-    each with the node of its lowest public key (of a key listed twice on one machine, the
-    first), in at most ``2 * max_targets`` entries.
+    each with its node on agave's RPC port (:data:`AGAVE_RPC_PORT`) of the lowest public
+    key, else its node of the lowest key (of a key listed twice on one machine, the first),
+    in at most ``2 * max_targets`` entries; a machine's key is its node's, those on that
+    port before the others.
 
     A machine's *place* is how many machines of its network (an IPv4 /24, an IPv6 /48:
     :func:`tracker.core.hosts.network_of`) have a lower key; the machines of the lowest
@@ -125,6 +129,11 @@ class Chooser:
         pubkey = node.get("pubkey")
         if socket is None or not isinstance(pubkey, str) or len(pubkey) > MAX_PUBKEY:
             return
+        # Of one machine's nodes, one on agave's RPC port comes first, then the lowest key:
+        # gossip identities cost nothing, and a liar's lower keys with their `rpc` on an
+        # honest machine's address at a port nothing answers on took that machine's place,
+        # its node never probed (on 8899 the liar's URL is the honest node's own).
+        pubkey = ("0" if socket[1] == AGAVE_RPC_PORT else "1") + pubkey
         ceiling = self._ceiling
         if ceiling is not None and ceiling[0] == 0 and pubkey > ceiling[1]:
             return  # past the ceiling at place 0, the lowest there is
@@ -182,7 +191,8 @@ class Chooser:
 
     def chosen(self) -> list[Node]:
         """The nodes chosen, by public key."""
-        kept = sorted((key, machine) for _place, key, machine in self._in_order()[: self._max])
+        # by the public key itself, past the mark of agave's RPC port put before it
+        kept = sorted((key[1:], machine) for _place, key, machine in self._in_order()[: self._max])
         return [self._chosen[machine][1] for _key, machine in kept]
 
 
