@@ -6,7 +6,8 @@ from at most :data:`MAX_NODE_CHARS` characters
 (:func:`tracker.net.limits.iter_json_member`), and the nodes chosen so far are at most ``2 *
 max_targets`` (network by network, then by public key, so the choice is the same as sorting
 every node; one machine, a host whatever its ports and an IPv6 one's /64, is one node, its
-lowest key's; each network's first machine comes before any network's second:
+node on agave's RPC port of the lowest key, else its lowest key's; each network's first
+machine comes before any network's second:
 :class:`Chooser`). Hostile shapes fail the answer with a one-line :class:`ProbeError`:
 more than :data:`MAX_NODES` elements, a node larger than :data:`MAX_NODE_CHARS` or nested
 too deep, invalid JSON. A node that is only malformed (not
