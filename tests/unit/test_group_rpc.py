@@ -297,3 +297,35 @@ def test_the_fleet_example_gives_testnet_its_own_rpc() -> None:
     assert config.group_rpc("mainnet") == config.rpc
     assert config.group_rpc("testnet") not in ("", config.rpc)
     assert shared_rpcs(config) == []
+
+
+@pytest.mark.parametrize(
+    ("need", "sidecars", "rpcs", "warned"),
+    [
+        # a sidecar and its validator's RPC: one machine, two targets
+        (2, ["10.0.0.1:8080"], ["http://10.0.0.1:8899"], "10.0.0.1"),
+        (2, ["[2001:db8:1::5]:8080"], ["http://[2001:db8:1::6]:8899"], "2001:db8:1::/48"),
+        (1, ["10.0.0.1:8080"], ["http://10.0.0.1:8899"], ""),  # one target is enough anyway
+        (2, ["10.0.0.1:8080"], ["http://10.0.0.2:8899"], ""),  # two machines
+    ],
+)
+def test_check_config_warns_of_one_machines_targets_meeting_the_agreement(
+    need: int, sidecars: list[str], rpcs: list[str], warned: str
+) -> None:
+    """``min_agreeing_sources`` counts targets: one machine listed as its sidecar and its
+    RPC meets 2 alone, which an operator reading "agreeing sources" may not expect."""
+    from tracker.config.schema import HttpTargets, StaticTargets, Trust
+
+    group = TargetGroup(
+        group="mainnet",
+        static_targets=StaticTargets(targets=tuple(sidecars)),
+        http_targets=HttpTargets(targets=tuple(rpcs)),
+        trust=Trust(min_agreeing_sources=need),
+    )
+    found = [w for w in config_warnings(Config(target_groups=(group,))) if "one machine" in w]
+    if not warned:
+        assert found == []
+        return
+    [line] = found
+    assert line.startswith("target_groups[0].trust.min_agreeing_sources: 2: ")
+    assert f"are one machine ({warned}) and count as 2 targets" in line

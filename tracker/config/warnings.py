@@ -17,6 +17,7 @@ from tracker.config.files import PathLooks, Seen, TargetsRead
 from tracker.config.problems import lines
 from tracker.config.schema import TARGET_KINDS, Config, TargetGroup, rpc_identity
 from tracker.config.sections import proof_problems, store_problems
+from tracker.core.hosts import party_of, voice_of
 from tracker.core.snapshots import MIN_DISCOVERED_AGREEING, is_known
 from tracker.observability.redact import redact_text, redact_url
 from tracker.proof.accounts.budget import (
@@ -327,7 +328,28 @@ def _group_warnings(group: TargetGroup, config: Config, looks: PathLooks) -> lis
         ]
     if group.basic_auth is not None and group.bearer_auth is not None:
         found.append(": both basic_auth and bearer_auth set; the bearer token is sent")
-    return found + _unmatched_known_sources(group, looks) + _shadowed_targets(group)
+    found += _unmatched_known_sources(group, looks) + _shadowed_targets(group)
+    return found + _one_machine_targets(group, looks)
+
+
+def _one_machine_targets(group: TargetGroup, looks: PathLooks) -> list[str]:
+    """With ``min_agreeing_sources`` of 2 or more: configured targets of one machine (a
+    sidecar and its validator's RPC, one host's ports; an IPv6 /48) count as as many
+    targets, so that machine alone meets the agreement (docs/configuration.md, ``trust``)."""
+    need = group.trust.min_agreeing_sources
+    if need < 2:
+        return []
+    machines: dict[str, list[str]] = {}
+    for target in _configured_targets(group, looks):
+        if target.startswith(("http://", "https://")):  # a local target is its own
+            machines.setdefault(party_of(voice_of(target)), []).append(target)
+    return [
+        f".trust.min_agreeing_sources: {need}: {', '.join(repr(redact_text(t)) for t in on)}"
+        f" are one machine ({machine}) and count as {len(on)} targets, so it alone meets"
+        " the agreement; list one of them, or raise the setting"
+        for machine, on in machines.items()
+        if len(on) >= 2
+    ]
 
 
 def directory_warning(directory: str, kind: Seen, bound: float) -> list[str]:
