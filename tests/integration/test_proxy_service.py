@@ -92,7 +92,9 @@ async def test_daemon_proxies_caches_and_cleans_up_on_stop(
             await wait_for(lambda: any(p.name.startswith(".tmp-") for p in group_dir.iterdir()))
             assert await serve.stop(timeout=10) == 0
     [result] = results
-    assert isinstance(result, httpx.HTTPError)  # the client's stream broke, never a short 200
+    # the client's stream broke, or (the stop came before its head) it was told 503: never
+    # a short 200
+    assert isinstance(result, httpx.HTTPError) or result.status_code == 503, result
     assert sorted(p.name for p in group_dir.iterdir()) == [INCR]
     assert "stream_stopped" in serve.log
     assert "Traceback" not in serve.log  # a stream broken on purpose is one log line
