@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Hashable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import attrs
 
@@ -252,33 +252,19 @@ class Agreement:
         self._done = None
         self._discovered += sign if key.discovered else 0
         for archive in held.archives:
-            keys = self._of_archive.setdefault(archive, set())
-            if sign > 0:
-                keys.add(key)
-            else:
-                keys.discard(key)
-            if len(keys) == (1 if sign > 0 else 0):  # a hash listed, or no longer
+            listed = _listed(
+                self._of_archive,
+                self._archive_voices,
+                self._archive_vouched,
+                archive,
+                key,
+                held,
+                sign,
+            )
+            if listed == (1 if sign > 0 else 0):  # a hash listed, or no longer
                 _tally(self._hashes, archive[:2], sign)
-            if not keys:
-                del self._of_archive[archive]
-            _tally(self._archive_voices.setdefault(archive, Counter()), held.voice, sign)
-            if not self._archive_voices[archive]:
-                del self._archive_voices[archive]
-            if not key.discovered or held.known:
-                _tally(self._archive_vouched, archive, sign)
         for name in held.names:
-            listers = self._of_name.setdefault(name, set())
-            if sign > 0:
-                listers.add(key)
-            else:
-                listers.discard(key)
-                if not listers:
-                    del self._of_name[name]
-            _tally(self._name_voices.setdefault(name, Counter()), held.voice, sign)
-            if not self._name_voices[name]:
-                del self._name_voices[name]
-            if not key.discovered or held.known:
-                _tally(self._name_vouched, name, sign)
+            _listed(self._of_name, self._name_voices, self._name_vouched, name, key, held, sign)
         for state in held.states:
             _tally(self._state_voices.setdefault(state, Counter()), held.voice, sign)
             if not self._state_voices[state]:
@@ -428,6 +414,37 @@ def _archive(f: SnapshotFile) -> _Archive:
 def _name(f: SnapshotFile) -> _Name:
     """The archive ``f`` is under its name (its extension)."""
     return (f.name.is_full, f.name.slot, f.name.hash, f.name.ext)
+
+
+_Item = TypeVar("_Item", _Archive, _Name)
+
+
+def _listed(
+    listers: dict[_Item, set[TargetKey]],
+    voices: dict[_Item, Counter[Hashable]],
+    vouched: Counter[_Item],
+    item: _Item,
+    key: TargetKey,
+    held: _Holder,
+    sign: int,
+) -> int:
+    """Count ``key`` (its part ``held``) in (``sign`` 1) or out (-1) of who lists ``item``
+    (an archive, or one of its names), their voices and its vouchers (configured targets,
+    known sources); how many targets list it now."""
+    keys = listers.setdefault(item, set())
+    if sign > 0:
+        keys.add(key)
+    else:
+        keys.discard(key)
+    count = len(keys)
+    if not keys:
+        del listers[item]
+    _tally(voices.setdefault(item, Counter()), held.voice, sign)
+    if not voices[item]:
+        del voices[item]
+    if not key.discovered or held.known:
+        _tally(vouched, item, sign)
+    return count
 
 
 def _tally(counts: Counter[Any], key: Any, sign: int) -> None:
